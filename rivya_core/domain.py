@@ -1,0 +1,293 @@
+"""The lifecycle's vocabulary: states, allowed moves, row shapes and typed errors.
+
+Plain dataclasses and enums only: no database, no clock, no SimPy. Field names
+are the column names of the data contract (DESIGN.md), so a row read from any
+store maps onto these one to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class TaskStatus(StrEnum):
+    WAITING = "WAITING"
+    GENERATING = "GENERATING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+
+
+ACTIVE = frozenset({TaskStatus.WAITING, TaskStatus.GENERATING})
+TERMINAL = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED})
+
+ALLOWED_MOVES: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.WAITING: frozenset({TaskStatus.GENERATING, TaskStatus.FAILED}),
+    TaskStatus.GENERATING: frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED}),
+    TaskStatus.SUCCESS: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+}
+
+
+def can_move(old: str, new: str) -> bool:
+    return TaskStatus(new) in ALLOWED_MOVES[TaskStatus(old)]
+
+
+def sources_of(new: TaskStatus) -> frozenset[TaskStatus]:
+    """The states a task may be in for a move to `new` to be legal."""
+    return frozenset(s for s, targets in ALLOWED_MOVES.items() if new in targets)
+
+
+class Category(StrEnum):
+    IMAGE = "image"
+    VIDEO = "video"
+    AUDIO = "audio"
+    CHAT = "chat"
+
+
+class FailureClass(StrEnum):
+    USER = "user"
+    PROVIDER = "provider"
+    INFRASTRUCTURE = "infrastructure"
+    BILLING = "billing"
+
+
+class EntryType(StrEnum):
+    GRANT = "grant"
+    CONSUME = "consume"
+    REFUND = "refund"
+    CHAT_RESERVE = "chat_reserve"
+    CHAT_REFUND = "chat_refund"
+    CHAT_CHARGE = "chat_charge"
+    ADJUSTMENT = "adjustment"
+
+
+class NotificationKind(StrEnum):
+    GENERATION_SUCCESS = "generation_success"
+    GENERATION_FAILED = "generation_failed"
+    INSUFFICIENT_CREDITS = "insufficient_credits"
+
+
+class CallbackOutcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    DEFERRED = "deferred"
+    REJECTED_SIGNATURE = "rejected_signature"
+    REJECTED_STALE = "rejected_stale"
+    UNKNOWN_TASK = "unknown_task"
+    MALFORMED = "malformed"
+
+
+class ChatStatus(StrEnum):
+    RESERVED = "reserved"
+    SETTLED = "settled"
+    REFUSED = "refused"
+    FAILED = "failed"
+
+
+# Error codes the lifecycle itself writes on ai_task.error_code.
+INSUFFICIENT_CREDITS = "insufficient_credits"
+TIMEOUT = "timeout"
+SUBMIT_REFUSED = "submit_refused"
+SUBMIT_ERROR = "submit_error"
+SUBMIT_TIMEOUT = "submit_timeout"
+NO_RESULT_URLS = "no_result_urls"
+MARKED_FAILED = "marked_failed_by_operator"
+INTERRUPTED = "interrupted"
+
+
+# --- rows -----------------------------------------------------------------
+
+
+@dataclass
+class Account:
+    id: int
+    email: str
+    name: str
+    created_at: datetime
+    balance: int = 0
+
+
+@dataclass
+class Task:
+    id: int
+    user_id: int
+    model: str
+    category: str
+    prompt: str
+    params: dict[str, Any]
+    status: str
+    billing_type: str
+    reserved_credits: int
+    provider: str
+    created_at: datetime
+    upstream_task_id: str | None = None
+    result_urls: list[str] | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    failure_class: str | None = None
+    chat_message_id: int | None = None
+    submitted_at: datetime | None = None
+    finished_at: datetime | None = None
+    settled_at: datetime | None = None
+    next_check_at: datetime | None = None
+    check_attempts: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass
+class LedgerEntry:
+    id: int
+    user_id: int
+    entry_type: str
+    amount: int
+    balance_after: int
+    idempotency_key: str
+    created_at: datetime
+    task_id: int | None = None
+    chat_message_id: int | None = None
+    note: str | None = None
+
+
+@dataclass
+class Notification:
+    id: int
+    user_id: int
+    kind: str
+    title: str
+    body: str
+    created_at: datetime
+    task_id: int | None = None
+    read_at: datetime | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass
+class TaskEvent:
+    id: int
+    task_id: int
+    at: datetime
+    kind: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProviderCallback:
+    id: int
+    provider: str
+    received_at: datetime
+    signature_valid: bool
+    outcome: str
+    body: str
+    webhook_id: str | None = None
+    upstream_task_id: str | None = None
+    task_id: int | None = None
+    detail: str | None = None
+
+
+@dataclass
+class ChatSession:
+    id: int
+    user_id: int
+    model: str
+    title: str
+    created_at: datetime
+
+
+@dataclass
+class ChatMessage:
+    id: int
+    session_id: int
+    role: str
+    content: str
+    created_at: datetime
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reserved_credits: int = 0
+    charged_credits: int | None = None
+    status: str = ChatStatus.RESERVED
+    settled_at: datetime | None = None
+
+
+# --- typed errors -------------------------------------------------------------
+
+
+class RivyaError(Exception):
+    """Base of every error the core raises on purpose.
+
+    `code` is stable (tests, the CLI and pages key on it), `message` can be read
+    to a user, `user_correctable` says whether the user can fix it themselves.
+    """
+
+    code = "rivya_error"
+    user_correctable = False
+
+    def __init__(self, message: str, *, code: str | None = None, user_correctable: bool | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if user_correctable is not None:
+            self.user_correctable = user_correctable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "user_correctable": self.user_correctable}
+
+
+class ValidationError(RivyaError):
+    code = "invalid_request"
+    user_correctable = True
+
+
+class InsufficientCredits(RivyaError):
+    code = INSUFFICIENT_CREDITS
+    user_correctable = True
+
+
+class IllegalTransition(RivyaError):
+    code = "illegal_transition"
+
+
+class NotFound(RivyaError):
+    code = "not_found"
+
+
+class ActionRefused(RivyaError):
+    """A support action the rules do not allow (refund not due, task not stuck…)."""
+
+    code = "action_refused"
+
+
+class SchemaMissing(RivyaError):
+    code = "schema_missing"
+
+
+class StoreUnavailable(RivyaError):
+    code = "store_unavailable"
+
+
+class EventKind(StrEnum):
+    """task_event.kind: the steps of a task's story, in the order they happen."""
+
+    CREATED = "created"
+    CHARGED = "charged"
+    CHARGE_REFUSED = "charge_refused"
+    SUBMITTED = "submitted"
+    SUBMIT_FAILED = "submit_failed"
+    CALLBACK = "callback"            # detail: webhook_id, outcome, state
+    DEFERRED = "deferred"            # early callback; detail: attempt, next_check_in_s
+    RECHECK = "recheck"              # upstream status re-read; detail: state, reason
+    POLL = "poll"                    # polling sweep read; detail: state
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"                # detail: error_code, failure_class
+    REFUNDED = "refunded"            # detail: amount, reason
+    REFUND_SKIPPED = "refund_skipped"  # policy keeps the credits; detail: reason
+    NOTIFIED = "notified"            # detail: kind
+    SUPPORT_ACTION = "support_action"  # detail: operator, action, reason, result
+    RECOVERED = "recovered"          # crash-recovery sweep; detail: what
+    DUPLICATE_WARNING = "duplicate_warning"

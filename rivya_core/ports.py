@@ -1,0 +1,198 @@
+"""The three ports the lifecycle service talks to: Clock, Provider, Store.
+
+The simulation plugs in a SimPy clock and the mock provider farm; tests plug
+in fakes; a live deployment plugs in wall time, real provider clients and the
+SQL store. The service never knows which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from .domain import (
+    Account,
+    ChatMessage,
+    ChatSession,
+    LedgerEntry,
+    Notification,
+    ProviderCallback,
+    RivyaError,
+    Task,
+    TaskEvent,
+)
+
+# --- Clock ----------------------------------------------------------------------
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Current time, naive UTC."""
+
+    def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> None:
+        """Run fn(*args) after delay_s seconds of this clock's time."""
+
+
+# --- Provider -------------------------------------------------------------------
+
+
+class ProviderError(RivyaError):
+    """A submission that did not produce an upstream job.
+
+    kind is one of: refused, error, timeout.
+    """
+
+    code = "provider_error"
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message, code=f"submit_{kind}")
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class UpstreamStatus:
+    """What the provider knows about a job right now.
+
+    state: queued | running | succeeded | failed | unknown
+    """
+
+    state: str
+    result_urls: tuple[str, ...] = ()
+    error_code: str | None = None
+    error_message: str | None = None
+    failure_class: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "failed")
+
+
+class Provider(Protocol):
+    name: str
+
+    def submit(self, task_ref: str, model: str, prompt: str, params: dict[str, Any]) -> str:
+        """Start a job and return its upstream id. `task_ref` is our idempotency
+        key: submitting the same ref twice returns the same job. Raises
+        ProviderError."""
+
+    def status(self, upstream_task_id: str) -> UpstreamStatus: ...
+
+    def find(self, task_ref: str) -> str | None:
+        """Upstream id of the job started for task_ref, if any (crash recovery)."""
+
+
+# --- Store ----------------------------------------------------------------------
+
+
+@dataclass
+class Page:
+    rows: list[Any]
+    total: int
+
+
+@dataclass
+class PostResult:
+    entry: LedgerEntry
+    created: bool  # False: the idempotency key existed, nothing was written
+
+
+@dataclass
+class Snapshot:
+    """All rows of a store, for audits and dumps of small stores."""
+
+    accounts: list[Account] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    notifications: list[Notification] = field(default_factory=list)
+    events: list[TaskEvent] = field(default_factory=list)
+    callbacks: list[ProviderCallback] = field(default_factory=list)
+    sessions: list[ChatSession] = field(default_factory=list)
+    messages: list[ChatMessage] = field(default_factory=list)
+
+
+class Tx(Protocol):
+    """One unit of work. Everything done through a Tx commits together or not
+    at all. Returned rows are detached copies: mutating them changes nothing."""
+
+    # accounts
+    def add_account(self, email: str, name: str, at: datetime) -> Account: ...
+    def get_account(self, user_id: int) -> Account | None: ...
+    def account_by_email(self, email: str) -> Account | None: ...
+
+    # tasks
+    def insert_task(self, task: Task) -> Task:
+        """Insert; task.id == 0 means 'assign one'. Returns the stored row."""
+
+    def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None: ...
+    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None: ...
+
+    def update_task(self, task_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
+        """Compare-and-set: write fields only if the task's status is in
+        expect_status (any status when None). True when the row changed."""
+
+    def tasks_due_for_check(self, now: datetime, limit: int) -> list[Task]:
+        """GENERATING tasks whose next_check_at <= now, oldest first."""
+
+    def active_tasks_older_than(self, cutoff: datetime, limit: int) -> list[Task]:
+        """WAITING or GENERATING tasks created before cutoff, oldest first."""
+
+    def user_tasks(self, user_id: int, *, statuses: Iterable[str] | None = None,
+                   since: datetime | None = None, limit: int = 100) -> list[Task]:
+        """A user's tasks, newest first."""
+
+    # ledger
+    def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
+             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
+             allow_negative: bool = False) -> PostResult:
+        """Append a ledger row atomically: lock the account, compute
+        balance_after, refuse (InsufficientCredits) if it would go below zero,
+        write the row and the cached balance. An existing idempotency_key
+        returns the existing row with created=False and writes nothing."""
+
+    def entry(self, idempotency_key: str) -> LedgerEntry | None: ...
+    def task_entries(self, task_id: int) -> list[LedgerEntry]: ...
+    def message_entries(self, chat_message_id: int) -> list[LedgerEntry]: ...
+    def balance(self, user_id: int) -> int: ...
+
+    # timeline, notifications, callbacks
+    def add_event(self, task_id: int, kind: str, detail: dict[str, Any], at: datetime) -> None: ...
+    def task_events(self, task_id: int) -> list[TaskEvent]: ...
+
+    def add_notification(self, user_id: int, kind: str, title: str, body: str, at: datetime, *,
+                         task_id: int | None = None, idempotency_key: str | None = None) -> bool:
+        """False (and nothing written) when idempotency_key already exists."""
+
+    def task_notifications(self, task_id: int) -> list[Notification]: ...
+
+    def add_callback(self, cb: ProviderCallback) -> ProviderCallback: ...
+    def webhook_seen(self, provider: str, webhook_id: str) -> bool:
+        """True when a callback with this id was already applied or deferred."""
+
+    def task_callbacks(self, task_id: int) -> list[ProviderCallback]: ...
+
+    # chat
+    def add_session(self, user_id: int, model: str, title: str, at: datetime) -> ChatSession: ...
+    def get_session(self, session_id: int) -> ChatSession | None: ...
+    def add_message(self, msg: ChatMessage) -> ChatMessage: ...
+    def get_message(self, message_id: int) -> ChatMessage | None: ...
+    def update_message(self, message_id: int, **fields: Any) -> None: ...
+
+
+class Store(Protocol):
+    def begin(self) -> AbstractContextManager[Tx]:
+        """A unit of work. Retryable conflicts (deadlock, serialization
+        failure) raise RetryableConflict so the caller can re-run the step."""
+
+    def snapshot(self) -> Snapshot: ...
+
+
+class RetryableConflict(Exception):
+    """The store lost a race it can win on retry (deadlock, serialization)."""
+
+
+def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]

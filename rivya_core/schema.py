@@ -1,0 +1,189 @@
+"""The data contract of DESIGN.md as SQLAlchemy Core tables.
+
+Table and column names here are public: the dashboard, the audit, imports of
+real data and outside tools read them. Add freely; never rename or drop.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+account = Table(
+    "account",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("balance", BigInteger, nullable=False, default=0),  # cache of the ledger sum
+    CheckConstraint("balance >= 0", name="ck_account_balance_nonneg"),
+)
+
+ai_task = Table(
+    "ai_task",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("category", String(20), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("billing_type", String(30), nullable=False),
+    Column("reserved_credits", BigInteger, nullable=False),
+    Column("provider", String(50), nullable=False),
+    Column("upstream_task_id", String(200)),
+    Column("result_urls", JSON),
+    Column("error_code", String(80)),
+    Column("error_message", Text),
+    Column("failure_class", String(20)),
+    Column("chat_message_id", Id),
+    Column("created_at", DateTime, nullable=False),
+    Column("submitted_at", DateTime),
+    Column("finished_at", DateTime),
+    Column("settled_at", DateTime),
+    Column("next_check_at", DateTime),
+    Column("check_attempts", Integer, nullable=False, default=0),
+    Index("ix_ai_task_user_created", "user_id", "created_at"),
+    Index("ix_ai_task_status_created", "status", "created_at"),
+    Index("ix_ai_task_upstream", "upstream_task_id"),
+    Index("ix_ai_task_created", "created_at"),
+    Index("ix_ai_task_next_check", "status", "next_check_at"),
+    Index("ix_ai_task_chat_message", "chat_message_id"),
+)
+
+credit_ledger = Table(
+    "credit_ledger",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, nullable=False),
+    Column("entry_type", String(20), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
+    Column("task_id", Id),
+    Column("chat_message_id", Id),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("note", Text),
+    UniqueConstraint("idempotency_key", name="uq_credit_ledger_idempotency_key"),
+    CheckConstraint("amount <> 0", name="ck_credit_ledger_amount_nonzero"),
+    CheckConstraint("balance_after >= 0", name="ck_credit_ledger_balance_nonneg"),
+    Index("ix_credit_ledger_user", "user_id", "id"),
+    Index("ix_credit_ledger_task", "task_id"),
+    Index("ix_credit_ledger_chat_message", "chat_message_id"),
+    Index("ix_credit_ledger_type_created", "entry_type", "created_at"),
+)
+
+notification = Table(
+    "notification",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, nullable=False),
+    Column("task_id", Id),
+    Column("kind", String(40), nullable=False),
+    Column("title", String(300), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("read_at", DateTime),
+    Column("idempotency_key", String(200)),
+    UniqueConstraint("idempotency_key", name="uq_notification_idempotency_key"),
+    Index("ix_notification_user_created", "user_id", "created_at"),
+    Index("ix_notification_task", "task_id"),
+)
+
+task_event = Table(
+    "task_event",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, nullable=False),
+    Column("at", DateTime, nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index("ix_task_event_task", "task_id", "id"),
+)
+
+provider_callback = Table(
+    "provider_callback",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("provider", String(50), nullable=False),
+    Column("webhook_id", String(200)),
+    Column("upstream_task_id", String(200)),
+    Column("task_id", Id),
+    Column("received_at", DateTime, nullable=False),
+    Column("signature_valid", Boolean, nullable=False),
+    Column("outcome", String(30), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("detail", Text),
+    Index("ix_provider_callback_webhook", "provider", "webhook_id"),
+    Index("ix_provider_callback_task", "task_id"),
+    Index("ix_provider_callback_upstream", "upstream_task_id"),
+    Index("ix_provider_callback_received", "received_at"),
+)
+
+chat_session = Table(
+    "chat_session",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("title", String(300), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Index("ix_chat_session_user", "user_id"),
+)
+
+chat_message = Table(
+    "chat_message",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("session_id", Id, nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("reserved_credits", BigInteger, nullable=False, default=0),
+    Column("charged_credits", BigInteger),
+    Column("status", String(20), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("settled_at", DateTime),
+    Index("ix_chat_message_session", "session_id"),
+    Index("ix_chat_message_status", "status"),
+)
+
+schema_meta = Table(
+    "schema_meta",
+    metadata,
+    Column("key", String(50), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+CONTRACT_TABLES = (
+    "account",
+    "ai_task",
+    "credit_ledger",
+    "notification",
+    "task_event",
+    "provider_callback",
+    "chat_session",
+    "chat_message",
+)

@@ -1,0 +1,70 @@
+"""Shared fixtures: database URLs for SQLite and PostgreSQL.
+
+PostgreSQL tests use a fresh database per test session (one per xdist worker)
+on 127.0.0.1:5432 and skip, saying so, when no server answers there.
+Set RIVYA_TEST_PG to point at another server (its maintenance database).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+PG_ADMIN_URL = os.environ.get("RIVYA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_reason() -> str | None:
+    try:
+        eng = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with eng.connect() as conn:
+            conn.execute(text("select 1"))
+        eng.dispose()
+        return None
+    except Exception as exc:  # any failure means: no usable server here
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(exc).__name__}"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url():
+    """URL of a database created for this test session, dropped afterwards."""
+    reason = _pg_reason()
+    if reason:
+        if os.environ.get("CI") and os.environ.get("RIVYA_REQUIRE_PG"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = f"rivya_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_server_url):
+    """A PostgreSQL URL whose database holds no tables when the test starts."""
+    eng = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    eng.dispose()
+    return pg_server_url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'rivya.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Runs the test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'rivya.db'}"
+    return request.getfixturevalue("pg_url")
