@@ -1,0 +1,413 @@
+"""The in-memory Store: dicts of domain rows, for tests and fast simulation.
+
+One re-entrant lock is held for a whole unit of work, so concurrent callers
+see serial transactions. Every write records its inverse in an undo log; a unit
+of work that raises is rolled back to where it started. Rows handed out are
+copies, so callers cannot change the store behind its back.
+
+Indexes: upstream id -> task, user -> tasks, idempotency keys, and a heap keyed
+by next_check_at (lazily cleaned) so the polling sweep stays cheap with a
+million tasks.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields as dc_fields
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from .domain import (
+    ACTIVE,
+    Account,
+    CallbackOutcome,
+    ChatMessage,
+    ChatSession,
+    InsufficientCredits,
+    LedgerEntry,
+    NotFound,
+    Notification,
+    ProviderCallback,
+    Task,
+    TaskEvent,
+    TaskStatus,
+)
+from .ports import PostResult, Snapshot
+
+# A webhook id counts as seen once a callback carrying it was applied or deferred.
+_SEEN_OUTCOMES = frozenset({CallbackOutcome.APPLIED, CallbackOutcome.DEFERRED})
+_TASK_FIELDS = frozenset(f.name for f in dc_fields(Task))
+_MESSAGE_FIELDS = frozenset(f.name for f in dc_fields(ChatMessage))
+
+
+def _copy(row: Any) -> Any:
+    """A detached copy: the dataclass and any JSON-like value inside it."""
+    out = copy.copy(row)
+    for name in ("params", "result_urls", "detail"):
+        value = getattr(out, name, None)
+        if isinstance(value, (dict, list)):
+            setattr(out, name, copy.deepcopy(value))
+    return out
+
+
+def _check_fields(given: Iterable[str], allowed: frozenset[str], what: str) -> None:
+    unknown = sorted(set(given) - allowed - {"id"})
+    if unknown or "id" in given:
+        raise ValueError(f"cannot update {what} field(s): {', '.join(unknown or ['id'])}")
+
+
+class MemoryStore:
+    """Store protocol over dicts. Thread-safe; sequential ids from 1."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._undo: list[Callable[[], None]] = []
+        self._depth = 0
+        self._next: dict[str, int] = defaultdict(int)
+        self.accounts: dict[int, Account] = {}
+        self.tasks: dict[int, Task] = {}
+        self.ledger: dict[int, LedgerEntry] = {}
+        self.notifications: dict[int, Notification] = {}
+        self.events: dict[int, TaskEvent] = {}
+        self.callbacks: dict[int, ProviderCallback] = {}
+        self.sessions: dict[int, ChatSession] = {}
+        self.messages: dict[int, ChatMessage] = {}
+        # indexes
+        self._email: dict[str, int] = {}
+        self._upstream: dict[tuple[str, str], int] = {}
+        self._user_tasks: dict[int, list[int]] = defaultdict(list)
+        self._active: dict[int, None] = {}  # insertion-ordered set of WAITING/GENERATING ids
+        self._due: list[tuple[datetime, int]] = []  # heap of (next_check_at, task id), lazily cleaned
+        self._entry_key: dict[str, int] = {}
+        self._entries_by: dict[tuple[str, int], list[int]] = defaultdict(list)  # ("task"|"msg", id)
+        self._note_key: dict[str, int] = {}
+        self._task_notes: dict[int, list[int]] = defaultdict(list)
+        self._task_events: dict[int, list[int]] = defaultdict(list)
+        self._task_cbs: dict[int, list[int]] = defaultdict(list)
+        self._webhooks: set[tuple[str, str]] = set()
+        self._tx = MemoryTx(self)
+
+    # --- Store protocol ---------------------------------------------------------
+
+    @contextmanager
+    def begin(self) -> Iterator[MemoryTx]:
+        with self._lock:
+            mark = len(self._undo)
+            self._depth += 1
+            try:
+                yield self._tx
+            except BaseException:
+                while len(self._undo) > mark:
+                    self._undo.pop()()
+                raise
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._undo.clear()
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(
+                accounts=[_copy(r) for r in self.accounts.values()],
+                tasks=[_copy(r) for r in self.tasks.values()],
+                ledger=[_copy(r) for r in self.ledger.values()],
+                notifications=[_copy(r) for r in self.notifications.values()],
+                events=[_copy(r) for r in self.events.values()],
+                callbacks=[_copy(r) for r in self.callbacks.values()],
+                sessions=[_copy(r) for r in self.sessions.values()],
+                messages=[_copy(r) for r in self.messages.values()],
+            )
+
+    # --- internals used by MemoryTx ---------------------------------------------
+
+    def _new_id(self, table: str) -> int:
+        self._next[table] += 1
+        return self._next[table]
+
+    def _add(self, table: dict[int, Any], row: Any, undo_extra: Callable[[], None] | None = None) -> None:
+        table[row.id] = row
+
+        def undo() -> None:
+            table.pop(row.id, None)
+            if undo_extra:
+                undo_extra()
+
+        self._undo.append(undo)
+
+    def _index_task(self, task: Task) -> None:
+        if task.status in ACTIVE:
+            self._active[task.id] = None
+        else:
+            self._active.pop(task.id, None)
+        if task.status == TaskStatus.GENERATING and task.next_check_at is not None:
+            heapq.heappush(self._due, (task.next_check_at, task.id))
+        if task.upstream_task_id:
+            self._upstream[(task.provider, task.upstream_task_id)] = task.id
+
+    def _unindex_task(self, task: Task) -> None:
+        self._active.pop(task.id, None)
+        if task.upstream_task_id and self._upstream.get((task.provider, task.upstream_task_id)) == task.id:
+            del self._upstream[(task.provider, task.upstream_task_id)]
+
+
+class MemoryTx:
+    """The Tx protocol for MemoryStore; valid only inside `store.begin()`."""
+
+    def __init__(self, store: MemoryStore):
+        self.s = store
+
+    # accounts
+    def add_account(self, email: str, name: str, at: datetime) -> Account:
+        s = self.s
+        if email in s._email:
+            raise ValueError(f"an account with email {email!r} exists")
+        acc = Account(id=s._new_id("account"), email=email, name=name, created_at=at, balance=0)
+        s._email[email] = acc.id
+        s._add(s.accounts, acc, lambda: s._email.pop(email, None))
+        return _copy(acc)
+
+    def get_account(self, user_id: int) -> Account | None:
+        acc = self.s.accounts.get(user_id)
+        return _copy(acc) if acc else None
+
+    def account_by_email(self, email: str) -> Account | None:
+        uid = self.s._email.get(email)
+        return self.get_account(uid) if uid is not None else None
+
+    # tasks
+    def insert_task(self, task: Task) -> Task:
+        s = self.s
+        row = _copy(task)
+        if not row.id:
+            row.id = s._new_id("ai_task")
+        elif row.id in s.tasks:
+            raise ValueError(f"task {row.id} exists")
+        else:
+            s._next["ai_task"] = max(s._next["ai_task"], row.id)
+        s._user_tasks[row.user_id].append(row.id)
+        s._index_task(row)
+
+        def unindex() -> None:
+            s._unindex_task(row)
+            s._user_tasks[row.user_id].remove(row.id)
+
+        s._add(s.tasks, row, unindex)
+        return _copy(row)
+
+    def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None:
+        task = self.s.tasks.get(task_id)
+        return _copy(task) if task else None
+
+    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None:
+        tid = self.s._upstream.get((provider, upstream_task_id))
+        return self.get_task(tid) if tid is not None else None
+
+    def update_task(self, task_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
+        _check_fields(fields, _TASK_FIELDS, "task")
+        s = self.s
+        task = s.tasks.get(task_id)
+        if task is None:
+            return False
+        if expect_status is not None and task.status not in {str(x) for x in expect_status}:
+            return False
+        before = replace(task)
+        s._unindex_task(task)
+        for name, value in fields.items():
+            setattr(task, name, copy.deepcopy(value) if isinstance(value, (dict, list)) else value)
+        s._index_task(task)
+
+        def undo() -> None:
+            s._unindex_task(task)
+            for name in fields:
+                setattr(task, name, getattr(before, name))
+            s._index_task(task)
+
+        s._undo.append(undo)
+        return True
+
+    def tasks_due_for_check(self, now: datetime, limit: int) -> list[Task]:
+        s = self.s
+        heap, found, seen = s._due, [], set()
+        while heap and heap[0][0] <= now and len(found) < limit:
+            at, tid = heapq.heappop(heap)
+            task = s.tasks.get(tid)
+            if tid in seen or task is None or task.status != TaskStatus.GENERATING or task.next_check_at != at:
+                continue  # stale entry: the task moved on since it was pushed
+            seen.add(tid)
+            found.append((at, tid))
+        for item in found:
+            heapq.heappush(heap, item)
+        return [_copy(s.tasks[tid]) for _, tid in found]
+
+    def active_tasks_older_than(self, cutoff: datetime, limit: int) -> list[Task]:
+        s = self.s
+        rows = [s.tasks[t] for t in s._active if s.tasks[t].created_at < cutoff]
+        rows.sort(key=lambda t: (t.created_at, t.id))
+        return [_copy(t) for t in rows[:limit]]
+
+    def user_tasks(self, user_id: int, *, statuses: Iterable[str] | None = None,
+                   since: datetime | None = None, limit: int = 100) -> list[Task]:
+        s = self.s
+        wanted = {str(x) for x in statuses} if statuses is not None else None
+        rows = [s.tasks[t] for t in s._user_tasks.get(user_id, ())]
+        rows = [t for t in rows if (wanted is None or t.status in wanted) and (since is None or t.created_at >= since)]
+        rows.sort(key=lambda t: (t.created_at, t.id), reverse=True)
+        return [_copy(t) for t in rows[:limit]]
+
+    # ledger
+    def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
+             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
+             allow_negative: bool = False) -> PostResult:
+        s = self.s
+        existing = s._entry_key.get(idempotency_key)
+        if existing is not None:
+            return PostResult(_copy(s.ledger[existing]), created=False)
+        if amount == 0:
+            raise ValueError("a ledger amount is never 0")
+        acc = s.accounts.get(user_id)
+        if acc is None:
+            raise NotFound(f"account {user_id} does not exist")
+        after = acc.balance + int(amount)
+        if after < 0:
+            # The data contract forbids a negative balance_after whatever allow_negative says.
+            raise InsufficientCredits(
+                f"balance {acc.balance} cannot cover {-amount} credits (short by {-after})"
+            )
+        entry = LedgerEntry(id=s._new_id("credit_ledger"), user_id=user_id, entry_type=str(entry_type),
+                            amount=int(amount), balance_after=after, idempotency_key=idempotency_key,
+                            created_at=at, task_id=task_id, chat_message_id=chat_message_id, note=note)
+        old_balance = acc.balance
+        acc.balance = after
+        s._entry_key[idempotency_key] = entry.id
+        refs = [k for k in (("task", task_id), ("msg", chat_message_id)) if k[1] is not None]
+        for ref in refs:
+            s._entries_by[ref].append(entry.id)
+
+        def undo() -> None:
+            acc.balance = old_balance
+            s._entry_key.pop(idempotency_key, None)
+            for ref in refs:
+                s._entries_by[ref].remove(entry.id)
+
+        s._add(s.ledger, entry, undo)
+        return PostResult(_copy(entry), created=True)
+
+    def entry(self, idempotency_key: str) -> LedgerEntry | None:
+        eid = self.s._entry_key.get(idempotency_key)
+        return _copy(self.s.ledger[eid]) if eid is not None else None
+
+    def task_entries(self, task_id: int) -> list[LedgerEntry]:
+        return [_copy(self.s.ledger[e]) for e in self.s._entries_by.get(("task", task_id), ())]
+
+    def message_entries(self, chat_message_id: int) -> list[LedgerEntry]:
+        return [_copy(self.s.ledger[e]) for e in self.s._entries_by.get(("msg", chat_message_id), ())]
+
+    def balance(self, user_id: int) -> int:
+        acc = self.s.accounts.get(user_id)
+        return acc.balance if acc else 0
+
+    # timeline, notifications, callbacks
+    def add_event(self, task_id: int, kind: str, detail: dict[str, Any], at: datetime) -> None:
+        s = self.s
+        ev = TaskEvent(id=s._new_id("task_event"), task_id=task_id, at=at, kind=str(kind),
+                       detail=copy.deepcopy(dict(detail)))
+        s._task_events[task_id].append(ev.id)
+        s._add(s.events, ev, lambda: s._task_events[task_id].remove(ev.id))
+
+    def task_events(self, task_id: int) -> list[TaskEvent]:
+        return [_copy(self.s.events[e]) for e in self.s._task_events.get(task_id, ())]
+
+    def add_notification(self, user_id: int, kind: str, title: str, body: str, at: datetime, *,
+                         task_id: int | None = None, idempotency_key: str | None = None) -> bool:
+        s = self.s
+        if idempotency_key is not None and idempotency_key in s._note_key:
+            return False
+        note = Notification(id=s._new_id("notification"), user_id=user_id, kind=str(kind), title=title,
+                            body=body, created_at=at, task_id=task_id, idempotency_key=idempotency_key)
+        if idempotency_key is not None:
+            s._note_key[idempotency_key] = note.id
+        if task_id is not None:
+            s._task_notes[task_id].append(note.id)
+
+        def undo() -> None:
+            if idempotency_key is not None:
+                s._note_key.pop(idempotency_key, None)
+            if task_id is not None:
+                s._task_notes[task_id].remove(note.id)
+
+        s._add(s.notifications, note, undo)
+        return True
+
+    def task_notifications(self, task_id: int) -> list[Notification]:
+        return [_copy(self.s.notifications[n]) for n in self.s._task_notes.get(task_id, ())]
+
+    def add_callback(self, cb: ProviderCallback) -> ProviderCallback:
+        s = self.s
+        row = _copy(cb)
+        row.id = s._new_id("provider_callback")
+        key = (row.provider, row.webhook_id) if row.webhook_id else None
+        newly_seen = key is not None and key not in s._webhooks and row.outcome in _SEEN_OUTCOMES
+        if newly_seen:
+            s._webhooks.add(key)
+        if row.task_id is not None:
+            s._task_cbs[row.task_id].append(row.id)
+
+        def undo() -> None:
+            if newly_seen:
+                s._webhooks.discard(key)
+            if row.task_id is not None:
+                s._task_cbs[row.task_id].remove(row.id)
+
+        s._add(s.callbacks, row, undo)
+        return _copy(row)
+
+    def webhook_seen(self, provider: str, webhook_id: str) -> bool:
+        return (provider, webhook_id) in self.s._webhooks
+
+    def task_callbacks(self, task_id: int) -> list[ProviderCallback]:
+        return [_copy(self.s.callbacks[c]) for c in self.s._task_cbs.get(task_id, ())]
+
+    # chat
+    def add_session(self, user_id: int, model: str, title: str, at: datetime) -> ChatSession:
+        s = self.s
+        row = ChatSession(id=s._new_id("chat_session"), user_id=user_id, model=model, title=title, created_at=at)
+        s._add(s.sessions, row)
+        return _copy(row)
+
+    def get_session(self, session_id: int) -> ChatSession | None:
+        row = self.s.sessions.get(session_id)
+        return _copy(row) if row else None
+
+    def add_message(self, msg: ChatMessage) -> ChatMessage:
+        s = self.s
+        row = _copy(msg)
+        row.id = s._new_id("chat_message")
+        s._add(s.messages, row)
+        return _copy(row)
+
+    def get_message(self, message_id: int) -> ChatMessage | None:
+        row = self.s.messages.get(message_id)
+        return _copy(row) if row else None
+
+    def update_message(self, message_id: int, **fields: Any) -> None:
+        _check_fields(fields, _MESSAGE_FIELDS, "chat message")
+        msg = self.s.messages.get(message_id)
+        if msg is None:
+            raise NotFound(f"chat message {message_id} does not exist")
+        before = replace(msg)
+        for name, value in fields.items():
+            setattr(msg, name, value)
+
+        def undo() -> None:
+            for name in fields:
+                setattr(msg, name, getattr(before, name))
+
+        self.s._undo.append(undo)
+
+
