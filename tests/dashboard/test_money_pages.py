@@ -1,0 +1,203 @@
+"""The money and lab pages: rivya_core.ledger_views on a small known database, and page smoke tests.
+
+The known database (`seed`) is written with SQLAlchemy Core so the numbers are
+fixed by hand: alice has 82 credits (grant 100, a settled task, a refunded
+failed task, a chat turn reserved 12 / charged 8 with a tool-backed task),
+bob spent his 50 on a provider failure that was never refunded.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import create_engine, insert, update
+
+from rivya_core import ledger_views as lv
+from rivya_core.schema import (
+    account,
+    ai_task,
+    chat_message,
+    chat_session,
+    credit_ledger,
+    metadata,
+    notification,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, 0)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def _task(id_, user, status, credits, minutes, **kw):
+    row = {
+        "id": id_, "user_id": user, "model": "flux-pro", "category": "image", "prompt": f"prompt {id_}", "params": {},
+        "status": status, "billing_type": "per_task", "reserved_credits": credits, "provider": "farm-a",
+        "upstream_task_id": f"up-{id_}", "created_at": at(minutes), "submitted_at": at(minutes), "check_attempts": 0,
+        "result_urls": None, "error_code": None, "failure_class": None, "settled_at": None, "chat_message_id": None,
+        "finished_at": at(minutes + 2) if status in ("SUCCESS", "FAILED") else None,
+    }
+    row.update(kw)
+    return row
+
+
+def _entry(id_, user, kind, amount, after, minutes, task=None, msg=None):
+    return {
+        "id": id_, "user_id": user, "entry_type": kind, "amount": amount, "balance_after": after, "task_id": task,
+        "chat_message_id": msg, "idempotency_key": f"k{id_}", "created_at": at(minutes), "note": kind,
+    }
+
+
+def seed(url: str):
+    """Create the schema and the known rows; return the engine."""
+    engine = create_engine(url)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(account), [
+            {"id": 1, "email": "alice@example.com", "name": "Alice Doe", "created_at": T0, "balance": 82},
+            {"id": 2, "email": "bob@example.com", "name": "Bob Roe", "created_at": T0, "balance": 0},
+        ])
+        conn.execute(insert(ai_task), [
+            _task(1, 1, "SUCCESS", 10, 1, result_urls=["https://cdn/x.png"], settled_at=at(3)),
+            _task(2, 1, "FAILED", 20, 4, error_code="provider_error", failure_class="provider"),
+            _task(3, 2, "FAILED", 50, 5, error_code="provider_error", failure_class="provider"),
+            _task(4, 1, "GENERATING", 0, 9, chat_message_id=1, billing_type="tool"),
+        ])
+        conn.execute(insert(credit_ledger), [
+            _entry(1, 1, "grant", 100, 100, 0),
+            _entry(2, 1, "consume", -10, 90, 1, task=1),
+            _entry(3, 1, "consume", -20, 70, 4, task=2),
+            _entry(4, 1, "refund", 20, 90, 6, task=2),
+            _entry(5, 1, "chat_reserve", -12, 78, 8, msg=1),
+            _entry(6, 1, "chat_refund", 4, 82, 10, msg=1),
+            _entry(7, 2, "grant", 50, 50, 0),
+            _entry(8, 2, "consume", -50, 0, 5, task=3),
+        ])
+        conn.execute(insert(chat_session), [{"id": 1, "user_id": 1, "model": "chat-small", "title": "Help", "created_at": at(7)}])
+        conn.execute(insert(chat_message), [
+            {"id": 1, "session_id": 1, "role": "assistant", "content": "hi", "prompt_tokens": 10, "completion_tokens": 5,
+                 "reserved_credits": 12, "charged_credits": 8, "status": "settled", "created_at": at(8), "settled_at": at(10)},
+            {"id": 2, "session_id": 1, "role": "assistant", "content": "more", "prompt_tokens": 10, "completion_tokens": None,
+                 "reserved_credits": 6, "charged_credits": None, "status": "reserved", "created_at": at(11), "settled_at": None},
+        ])
+        conn.execute(insert(notification), [
+            {"id": 1, "user_id": 1, "task_id": 1, "kind": "generation_success", "title": "Done", "body": "b", "created_at": at(3),
+                 "read_at": None},
+            {"id": 2, "user_id": 1, "task_id": 2, "kind": "generation_failed", "title": "Failed", "body": "b", "created_at": at(6),
+                 "read_at": at(7)},
+            {"id": 3, "user_id": 2, "task_id": 3, "kind": "generation_failed", "title": "Failed", "body": "b", "created_at": at(7),
+                 "read_at": None},
+        ])
+    return engine
+
+
+@pytest.fixture
+def engine(db_url):
+    eng = seed(db_url)
+    yield eng
+    eng.dispose()
+
+
+# --- ledger_views -------------------------------------------------------------------
+
+
+def test_missing_tables_names_absent_ones(sqlite_url):
+    eng = create_engine(sqlite_url)
+    metadata.tables["account"].create(eng)
+    assert lv.missing_tables(eng, ["account", "chat_message"]) == ["chat_message"]
+
+
+def test_account_overview(engine):
+    ov = lv.account_overview(engine, 1)
+    assert (ov["balance"], ov["ledger_sum"], ov["entries"]) == (82, 82, 6)
+    assert ov["totals"] == {"grant": 100, "consume": -30, "refund": 20, "chat_reserve": -12, "chat_refund": 4}
+    assert lv.account_overview(engine, 999) is None
+
+
+def test_balance_series_is_ordered_and_limited(engine):
+    s = lv.balance_series(engine, 1)
+    assert s["balance_after"].tolist() == [100, 90, 70, 90, 78, 82]
+    assert lv.balance_series(engine, 1, limit=2)["balance_after"].tolist() == [78, 82]
+
+
+def test_ledger_page_paginates_and_filters(engine):
+    page, total = lv.ledger_page(engine, 1, page=2, page_size=4)
+    assert total == 6 and page["id"].tolist() == [2, 1]
+    refunds, n = lv.ledger_page(engine, 1, entry_types=["refund"])
+    assert n == 1 and refunds.iloc[0]["task_id"] == 2
+
+
+def test_credit_totals_and_conservation(engine):
+    totals = lv.credit_totals(engine)
+    assert totals["ledger_sum"] == totals["balances"] == 82
+    assert totals["grant"] == 150 and totals["consume"] == -80
+    breaks = lv.conservation_breaks(engine)
+    assert breaks["accounts"].empty and breaks["rows"].empty
+
+
+def test_conservation_names_breaking_account_and_row(engine):
+    with engine.begin() as conn:
+        conn.execute(update(account).where(account.c.id == 2).values(balance=5))
+        conn.execute(update(credit_ledger).where(credit_ledger.c.id == 3).values(balance_after=71))
+    breaks = lv.conservation_breaks(engine)
+    assert breaks["accounts"]["user_id"].tolist() == [2]
+    assert breaks["rows"]["id"].tolist() == [3]
+
+
+def test_chat_credits(engine):
+    c = lv.chat_credits(engine)
+    assert c == {"messages": 2, "reserved": 18, "charged": 8, "refunded": 4, "open_reservations": 1,
+                 "open_credits": 6}
+    assert lv.chat_credits(engine, user_id=2)["messages"] == 0
+
+
+def test_chat_sessions_and_messages(engine):
+    s = lv.chat_sessions(engine)
+    assert s.iloc[0][["messages", "reserved", "charged", "refunded"]].tolist() == [2, 18, 8, 4]
+    m = lv.chat_messages(engine, session_id=1)
+    assert m["message_id"].tolist() == [2, 1]
+    assert m.set_index("message_id").loc[1, "task_id"] == 4
+
+
+def test_chat_gap_distribution(engine):
+    d = lv.chat_gap_distribution(engine)
+    assert d.to_dict("records") == [{"gap": 4, "messages": 1}]
+
+
+def test_tool_backed_turns(engine):
+    t = lv.tool_backed_turns(engine)
+    assert t[["task_id", "message_id", "session_id"]].values.tolist() == [[4, 1, 1]]
+
+
+def test_notification_kinds(engine):
+    k = lv.notification_kinds(engine).set_index("kind")
+    assert k.loc["generation_failed"].tolist() == [2, 1]
+    assert lv.notification_kinds(engine, user_id=1).set_index("kind").loc["generation_failed"].tolist() == [1, 0]
+
+
+def test_state_timeline_ends_with_final_counts(engine):
+    tl = lv.state_timeline(engine, buckets=10)
+    last = tl[tl["t_s"] == tl["t_s"].max()].set_index("state")["tasks"]
+    assert last.to_dict() == {"ACTIVE": 1, "SUCCESS": 1, "FAILED": 2}
+
+
+def test_credit_flow_sums_to_ledger(engine):
+    flow = lv.credit_flow(engine, buckets=5)
+    assert flow["credits"].sum() == 82
+    assert set(flow["entry_type"]) >= {"grant", "consume", "refund"}
+
+
+def test_latency_histogram_counts_terminal_tasks(engine):
+    h = lv.latency_histogram(engine)
+    assert h["tasks"].sum() == 3 and set(h["category"]) == {"image"}
+
+
+def test_views_on_empty_database(sqlite_url):
+    eng = create_engine(sqlite_url)
+    metadata.create_all(eng)
+    assert lv.credit_totals(eng)["ledger_sum"] == 0
+    assert lv.state_timeline(eng).empty and lv.credit_flow(eng).empty and lv.latency_histogram(eng).empty
+    assert lv.chat_credits(eng)["messages"] == 0 and lv.chat_gap_distribution(eng).empty
+    assert lv.conservation_breaks(eng)["accounts"].empty
