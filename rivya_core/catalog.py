@@ -183,7 +183,8 @@ class _Where:
             raise self.error(field, "must be a table")
         unknown = sorted(set(value) - allowed)
         if unknown:
-            raise self.error(f"{field}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            where = unknown[0] if field.startswith("<") else f"{field}.{unknown[0]}"
+            raise self.error(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return value
 
     def text(self, value: Any, field: str, choices: tuple[str, ...] | None = None) -> str:
