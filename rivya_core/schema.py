@@ -53,7 +53,7 @@ ai_task = Table(
     Column("reserved_credits", BigInteger, nullable=False),
     Column("provider", String(50), nullable=False),
     Column("upstream_task_id", String(200)),
-    Column("result_urls", JSON),
+    Column("result_urls", JSON(none_as_null=True)),  # no URLs is SQL NULL, not JSON null
     Column("error_code", String(80)),
     Column("error_message", Text),
     Column("failure_class", String(20)),

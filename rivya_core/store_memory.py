@@ -37,6 +37,7 @@ from .domain import (
     Task,
     TaskEvent,
     TaskStatus,
+    ValidationError,
 )
 from .ports import PostResult, Snapshot
 
@@ -166,7 +167,7 @@ class MemoryTx:
     def add_account(self, email: str, name: str, at: datetime) -> Account:
         s = self.s
         if email in s._email:
-            raise ValueError(f"an account with email {email!r} exists")
+            raise ValidationError(f"an account with email {email!r} exists", code="email_taken")
         acc = Account(id=s._new_id("account"), email=email, name=name, created_at=at, balance=0)
         s._email[email] = acc.id
         s._add(s.accounts, acc, lambda: s._email.pop(email, None))

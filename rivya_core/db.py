@@ -1,0 +1,219 @@
+"""Engines, schema setup and opening a SQL store from a URL.
+
+SQLite is the embedded default, PostgreSQL the team database; only the URL
+differs. SQLite engines run in WAL mode with a 30 s busy timeout, and every
+transaction starts with BEGIN IMMEDIATE (SQLAlchemy's documented pysqlite
+recipe), so concurrent writers queue for the write lock instead of failing
+half-way. A read-only caller may ask for a plain BEGIN with
+`engine.execution_options(sqlite_begin="DEFERRED")`.
+
+Every refusal to open a database is a StoreUnavailable (or SchemaMissing) with
+one readable line, never a driver traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+
+from . import schema
+from .domain import (
+    Account,
+    ChatMessage,
+    ChatSession,
+    LedgerEntry,
+    Notification,
+    ProviderCallback,
+    SchemaMissing,
+    StoreUnavailable,
+    Task,
+    TaskEvent,
+)
+from .ports import Snapshot, chunks
+
+if TYPE_CHECKING:
+    from .store_sql import SqlStore
+
+BUSY_TIMEOUT_S = 30
+BATCH = 2000
+
+# Snapshot attribute -> (table, row dataclass): the one place rows meet tables.
+SNAPSHOT_TABLES: dict[str, tuple[Any, type]] = {
+    "accounts": (schema.account, Account),
+    "tasks": (schema.ai_task, Task),
+    "ledger": (schema.credit_ledger, LedgerEntry),
+    "notifications": (schema.notification, Notification),
+    "events": (schema.task_event, TaskEvent),
+    "callbacks": (schema.provider_callback, ProviderCallback),
+    "sessions": (schema.chat_session, ChatSession),
+    "messages": (schema.chat_message, ChatMessage),
+}
+
+
+def normalize_url(url: str) -> str:
+    """postgres[ql]:// -> postgresql+psycopg://; a bare path -> sqlite:///path."""
+    url = (url or "").strip()
+    if not url:
+        raise StoreUnavailable("no database URL given")
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    return url
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _is_memory_sqlite(url: Any) -> bool:
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
+    u = make_url(normalize_url(url))
+    if u.get_backend_name() != "sqlite" or _is_memory_sqlite(u):
+        return None
+    return Path(u.database)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine configured for the store. Raises StoreUnavailable for a bad URL."""
+    url = normalize_url(url)
+    try:
+        u = make_url(url)
+        if u.get_backend_name() == "sqlite":
+            return _sqlite_engine(u)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if u.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": 10}
+        return create_engine(u, **kwargs)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise StoreUnavailable(f"malformed database URL {safe_url(url)!r}: {exc}") from exc
+
+
+def _sqlite_engine(u: Any) -> Engine:
+    memory = _is_memory_sqlite(u)
+    connect_args = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
+    extra: dict[str, Any] = {"poolclass": StaticPool} if memory else {}
+    engine = create_engine(u, connect_args=connect_args, **extra)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def init_db(engine: Engine) -> None:
+    """Create every table and index and record the schema version. Idempotent."""
+    schema.metadata.create_all(engine)
+    with engine.begin() as conn:
+        have = conn.scalar(select(schema.schema_meta.c.value).where(schema.schema_meta.c.key == "version"))
+        if have is None:
+            conn.execute(insert(schema.schema_meta).values(key="version", value=str(schema.SCHEMA_VERSION)))
+
+
+def missing_tables(engine: Engine) -> list[str]:
+    present = set(inspect(engine).get_table_names())
+    return [t for t in schema.CONTRACT_TABLES if t not in present]
+
+
+def require_schema(engine: Engine) -> None:
+    """Raise SchemaMissing naming the contract tables the database lacks."""
+    missing = missing_tables(engine)
+    if missing:
+        raise SchemaMissing(
+            f"database {safe_url(engine.url.render_as_string())} has no Rivya schema "
+            f"(missing tables: {', '.join(missing)}); run `python -m rivya_core init-db --db URL` first"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
+    return lines[0] if lines else type(orig).__name__
+
+
+def open_store(url: str, *, create: bool = False) -> SqlStore:
+    """Open (create=True: also create) the SQL store at url.
+
+    Raises StoreUnavailable for a malformed URL, an unreachable server or a
+    missing SQLite file, SchemaMissing for a database without the tables.
+    """
+    from .store_sql import SqlStore
+
+    url = normalize_url(url)
+    engine = make_engine(url)
+    path = sqlite_path(url)
+    if path is not None:
+        if not create and not path.is_file():
+            raise StoreUnavailable(f"no SQLite database at {path} (create it with `init-db`)")
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        if create:
+            init_db(engine)
+        else:
+            require_schema(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        raise StoreUnavailable(f"cannot use database {safe_url(url)}: {_first_line(exc)}") from exc
+    except SchemaMissing:
+        engine.dispose()
+        raise
+    return SqlStore(engine)
+
+
+# --- bulk writes ------------------------------------------------------------------
+
+
+def row_values(table: Any, row: Any) -> dict[str, Any]:
+    """A dataclass row as insert values for table (same keys for every row)."""
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row) if f.name in table.c}
+
+
+def write_snapshot(engine: Engine, snapshot: Snapshot) -> None:
+    """Insert every row of snapshot, ids preserved, in batches of Core inserts."""
+    with engine.begin() as conn:
+        for attr, (table, _cls) in SNAPSHOT_TABLES.items():
+            rows = getattr(snapshot, attr)
+            for batch in chunks(rows, BATCH):
+                conn.execute(insert(table), [row_values(table, r) for r in batch])
+            if rows and engine.dialect.name == "postgresql":
+                conn.execute(text(
+                    f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                    f"(SELECT max(id) FROM {table.name}))"
+                ))
+
+
+def snapshot_to_engine(snapshot: Snapshot, url: str = "sqlite://") -> Engine:
+    """A database (in-memory SQLite by default) holding exactly snapshot's rows."""
+    engine = make_engine(url)
+    init_db(engine)
+    write_snapshot(engine, snapshot)
+    return engine

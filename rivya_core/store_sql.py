@@ -1,0 +1,331 @@
+"""The SQL Store: the data contract through SQLAlchemy Core, on SQLite or PostgreSQL.
+
+A unit of work is one connection and one transaction (`engine.begin()`); a
+nested `begin()` on the same thread becomes a SAVEPOINT. Rows map onto the
+domain dataclasses by column name. Ledger posts lock the account row
+(`FOR UPDATE` on PostgreSQL; SQLite's BEGIN IMMEDIATE already holds the write
+lock) and insert with ON CONFLICT DO NOTHING on the idempotency key, so a
+repeat or a racing twin is recognised instead of written twice. Lost races
+(deadlock, serialization failure, "database is locked") surface as
+ports.RetryableConflict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, exists, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
+
+from . import db
+from .domain import (
+    Account,
+    CallbackOutcome,
+    ChatMessage,
+    ChatSession,
+    InsufficientCredits,
+    LedgerEntry,
+    NotFound,
+    Notification,
+    ProviderCallback,
+    Task,
+    TaskEvent,
+    TaskStatus,
+    ValidationError,
+)
+from .ports import PostResult, RetryableConflict, Snapshot
+from .schema import (
+    account,
+    ai_task,
+    chat_message,
+    chat_session,
+    credit_ledger,
+    notification,
+    provider_callback,
+    task_event,
+)
+
+_RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
+_SEEN = (CallbackOutcome.APPLIED.value, CallbackOutcome.DEFERRED.value)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+        return True
+    msg = str(orig).lower()
+    return "database is locked" in msg or "database is busy" in msg
+
+
+def _naive(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    if isinstance(value, str) and hasattr(value, "value"):  # StrEnum -> plain str
+        return str(value)
+    return value
+
+
+def _values(table: Any, row: Any, skip_id: bool) -> dict[str, Any]:
+    vals = {k: _naive(v) for k, v in db.row_values(table, row).items()}
+    if skip_id:
+        vals.pop("id", None)
+    return vals
+
+
+def _to(cls: type, row: Any) -> Any:
+    m = row._mapping
+    return cls(**{f.name: m[f.name] for f in dataclasses.fields(cls) if f.name in m})
+
+
+class SqlStore:
+    """Store protocol over a SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._local = threading.local()
+
+    @classmethod
+    def from_url(cls, url: str, create: bool = True) -> SqlStore:
+        return db.open_store(url, create=create)
+
+    @contextmanager
+    def begin(self) -> Iterator[SqlTx]:
+        outer = getattr(self._local, "tx", None)
+        if outer is not None:  # nested unit of work: a savepoint inside the outer one
+            with _translated(), outer.conn.begin_nested():
+                yield outer
+            return
+        with _translated(), self.engine.begin() as conn:
+            tx = SqlTx(conn)
+            self._local.tx = tx
+            try:
+                yield tx
+            finally:
+                self._local.tx = None
+
+    def snapshot(self) -> Snapshot:
+        snap = Snapshot()
+        with self.begin() as tx:
+            for attr, (table, cls) in db.SNAPSHOT_TABLES.items():
+                rows = tx.conn.execute(select(table).order_by(table.c.id))
+                setattr(snap, attr, [_to(cls, r) for r in rows])
+        return snap
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        if is_retryable(exc):
+            raise RetryableConflict(db._first_line(exc)) from exc
+        raise
+
+
+class SqlTx:
+    """The Tx protocol over one open connection and transaction."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.pg = conn.dialect.name == "postgresql"
+
+    def _one(self, cls: type, stmt: Any) -> Any:
+        row = self.conn.execute(stmt).first()
+        return _to(cls, row) if row is not None else None
+
+    def _all(self, cls: type, stmt: Any) -> list[Any]:
+        return [_to(cls, r) for r in self.conn.execute(stmt)]
+
+    def _insert(self, table: Any, row: Any) -> int:
+        explicit = bool(getattr(row, "id", 0))
+        res = self.conn.execute(insert(table).values(**_values(table, row, skip_id=not explicit)))
+        new_id = res.inserted_primary_key[0]
+        if explicit and self.pg:
+            self.conn.execute(text(
+                f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                f"GREATEST((SELECT max(id) FROM {table.name}), 1))"
+            ))
+        return int(new_id)
+
+    def _upsert(self, table: Any) -> Any:
+        return (pg_insert if self.pg else sqlite_insert)(table)
+
+    # accounts
+    def add_account(self, email: str, name: str, at: datetime) -> Account:
+        if self.account_by_email(email) is not None:
+            raise ValidationError(f"an account with email {email!r} exists", code="email_taken")
+        acc = Account(id=0, email=email, name=name, created_at=_naive(at), balance=0)
+        acc.id = self._insert(account, acc)
+        return acc
+
+    def get_account(self, user_id: int) -> Account | None:
+        return self._one(Account, select(account).where(account.c.id == user_id))
+
+    def account_by_email(self, email: str) -> Account | None:
+        return self._one(Account, select(account).where(account.c.email == email))
+
+    # tasks
+    def insert_task(self, task: Task) -> Task:
+        row = dataclasses.replace(task)
+        row.id = self._insert(ai_task, task)
+        return self.get_task(row.id)
+
+    def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None:
+        stmt = select(ai_task).where(ai_task.c.id == task_id)
+        return self._one(Task, stmt.with_for_update() if for_update else stmt)
+
+    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None:
+        return self._one(Task, select(ai_task).where(
+            ai_task.c.upstream_task_id == upstream_task_id, ai_task.c.provider == provider,
+        ).order_by(ai_task.c.id.desc()).limit(1))
+
+    def update_task(self, task_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
+        unknown = sorted(k for k in fields if k not in ai_task.c or k == "id")
+        if unknown:
+            raise ValueError(f"cannot update task field(s): {', '.join(unknown)}")
+        stmt = update(ai_task).where(ai_task.c.id == task_id)
+        if expect_status is not None:
+            stmt = stmt.where(ai_task.c.status.in_([str(s) for s in expect_status]))
+        if not fields:
+            task = self.get_task(task_id)
+            return task is not None and (expect_status is None or task.status in {str(x) for x in expect_status})
+        return self.conn.execute(stmt.values({k: _naive(v) for k, v in fields.items()})).rowcount == 1
+
+    def tasks_due_for_check(self, now: datetime, limit: int) -> list[Task]:
+        return self._all(Task, select(ai_task).where(
+            ai_task.c.status == TaskStatus.GENERATING.value, ai_task.c.next_check_at <= _naive(now),
+        ).order_by(ai_task.c.next_check_at, ai_task.c.id).limit(limit))
+
+    def active_tasks_older_than(self, cutoff: datetime, limit: int) -> list[Task]:
+        return self._all(Task, select(ai_task).where(
+            ai_task.c.status.in_([TaskStatus.WAITING.value, TaskStatus.GENERATING.value]),
+            ai_task.c.created_at < _naive(cutoff),
+        ).order_by(ai_task.c.created_at, ai_task.c.id).limit(limit))
+
+    def user_tasks(self, user_id: int, *, statuses: Iterable[str] | None = None,
+                   since: datetime | None = None, limit: int = 100) -> list[Task]:
+        stmt = select(ai_task).where(ai_task.c.user_id == user_id)
+        if statuses is not None:
+            stmt = stmt.where(ai_task.c.status.in_([str(s) for s in statuses]))
+        if since is not None:
+            stmt = stmt.where(ai_task.c.created_at >= _naive(since))
+        return self._all(Task, stmt.order_by(ai_task.c.created_at.desc(), ai_task.c.id.desc()).limit(limit))
+
+    # ledger
+    def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
+             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
+             allow_negative: bool = False) -> PostResult:
+        existing = self.entry(idempotency_key)
+        if existing is not None:
+            return PostResult(existing, created=False)
+        if amount == 0:
+            raise ValueError("a ledger amount is never 0")
+        balance = self.conn.execute(
+            select(account.c.balance).where(account.c.id == user_id).with_for_update()
+        ).scalar()
+        if balance is None:
+            raise NotFound(f"account {user_id} does not exist")
+        after = balance + int(amount)
+        if after < 0:
+            # The data contract forbids a negative balance_after whatever allow_negative says.
+            raise InsufficientCredits(f"balance {balance} cannot cover {-amount} credits (short by {-after})")
+        entry = LedgerEntry(id=0, user_id=user_id, entry_type=str(entry_type), amount=int(amount),
+                            balance_after=after, idempotency_key=idempotency_key, created_at=_naive(at),
+                            task_id=task_id, chat_message_id=chat_message_id, note=note)
+        stmt = (self._upsert(credit_ledger).values(**_values(credit_ledger, entry, skip_id=True))
+                .on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(credit_ledger.c.id))
+        new_id = self.conn.execute(stmt).scalar()
+        if new_id is None:  # a concurrent unit of work posted this key first
+            return PostResult(self.entry(idempotency_key), created=False)
+        self.conn.execute(update(account).where(account.c.id == user_id).values(balance=after))
+        entry.id = int(new_id)
+        return PostResult(entry, created=True)
+
+    def entry(self, idempotency_key: str) -> LedgerEntry | None:
+        return self._one(LedgerEntry, select(credit_ledger).where(credit_ledger.c.idempotency_key == idempotency_key))
+
+    def task_entries(self, task_id: int) -> list[LedgerEntry]:
+        return self._all(LedgerEntry, select(credit_ledger).where(credit_ledger.c.task_id == task_id)
+                         .order_by(credit_ledger.c.id))
+
+    def message_entries(self, chat_message_id: int) -> list[LedgerEntry]:
+        return self._all(LedgerEntry, select(credit_ledger).where(credit_ledger.c.chat_message_id == chat_message_id)
+                         .order_by(credit_ledger.c.id))
+
+    def balance(self, user_id: int) -> int:
+        return int(self.conn.execute(select(account.c.balance).where(account.c.id == user_id)).scalar() or 0)
+
+    # timeline, notifications, callbacks
+    def add_event(self, task_id: int, kind: str, detail: dict[str, Any], at: datetime) -> None:
+        self.conn.execute(insert(task_event).values(task_id=task_id, kind=str(kind), detail=dict(detail),
+                                                    at=_naive(at)))
+
+    def task_events(self, task_id: int) -> list[TaskEvent]:
+        return self._all(TaskEvent, select(task_event).where(task_event.c.task_id == task_id).order_by(task_event.c.id))
+
+    def add_notification(self, user_id: int, kind: str, title: str, body: str, at: datetime, *,
+                         task_id: int | None = None, idempotency_key: str | None = None) -> bool:
+        values = {"user_id": user_id, "kind": str(kind), "title": title, "body": body, "created_at": _naive(at),
+                  "task_id": task_id, "idempotency_key": idempotency_key}
+        if idempotency_key is None:
+            self.conn.execute(insert(notification).values(**values))
+            return True
+        stmt = (self._upsert(notification).values(**values)
+                .on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(notification.c.id))
+        return self.conn.execute(stmt).scalar() is not None
+
+    def task_notifications(self, task_id: int) -> list[Notification]:
+        return self._all(Notification, select(notification).where(notification.c.task_id == task_id)
+                         .order_by(notification.c.id))
+
+    def add_callback(self, cb: ProviderCallback) -> ProviderCallback:
+        row = dataclasses.replace(cb, id=0)
+        row.id = self._insert(provider_callback, row)
+        return row
+
+    def webhook_seen(self, provider: str, webhook_id: str) -> bool:
+        cond = exists().where(provider_callback.c.provider == provider, provider_callback.c.webhook_id == webhook_id,
+                              provider_callback.c.outcome.in_(_SEEN))
+        return bool(self.conn.execute(select(cond)).scalar())
+
+    def task_callbacks(self, task_id: int) -> list[ProviderCallback]:
+        return self._all(ProviderCallback, select(provider_callback).where(provider_callback.c.task_id == task_id)
+                         .order_by(provider_callback.c.id))
+
+    # chat
+    def add_session(self, user_id: int, model: str, title: str, at: datetime) -> ChatSession:
+        row = ChatSession(id=0, user_id=user_id, model=model, title=title, created_at=_naive(at))
+        row.id = self._insert(chat_session, row)
+        return row
+
+    def get_session(self, session_id: int) -> ChatSession | None:
+        return self._one(ChatSession, select(chat_session).where(chat_session.c.id == session_id))
+
+    def add_message(self, msg: ChatMessage) -> ChatMessage:
+        row = dataclasses.replace(msg, id=0)
+        row.id = self._insert(chat_message, row)
+        return self.get_message(row.id)
+
+    def get_message(self, message_id: int) -> ChatMessage | None:
+        return self._one(ChatMessage, select(chat_message).where(chat_message.c.id == message_id))
+
+    def update_message(self, message_id: int, **fields: Any) -> None:
+        unknown = sorted(k for k in fields if k not in chat_message.c or k == "id")
+        if unknown:
+            raise ValueError(f"cannot update chat message field(s): {', '.join(unknown)}")
+        if not fields:
+            return
+        res = self.conn.execute(update(chat_message).where(chat_message.c.id == message_id)
+                                .values({k: _naive(v) for k, v in fields.items()}))
+        if res.rowcount != 1:
+            raise NotFound(f"chat message {message_id} does not exist")

@@ -1,0 +1,245 @@
+"""One contract suite for every Store: in-memory, SQLite and PostgreSQL.
+
+Each test runs three times; PostgreSQL skips (saying why) when no server answers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from rivya_core.db import open_store
+from rivya_core.domain import (
+    ChatMessage,
+    InsufficientCredits,
+    NotFound,
+    ProviderCallback,
+    Task,
+    TaskStatus,
+    ValidationError,
+)
+from rivya_core.store_memory import MemoryStore
+
+T0 = datetime(2025, 3, 1, 9, 0, 0)
+G, W, S, F = TaskStatus.GENERATING, TaskStatus.WAITING, TaskStatus.SUCCESS, TaskStatus.FAILED
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    url = f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    st = open_store(url, create=True)
+    yield st
+    st.engine.dispose()
+
+
+def task(user_id: int, **kw) -> Task:
+    return Task(**{"id": 0, "user_id": user_id, "model": "flux", "category": "image", "prompt": "a cat",
+                   "params": {"size": "1024", "refs": [1, 2]}, "status": W, "billing_type": "per_task",
+                   "reserved_credits": 10, "provider": "prov", "created_at": T0, **kw})
+
+
+@pytest.fixture
+def uid(store):
+    with store.begin() as tx:
+        return tx.add_account("ann@example.com", "Ann", T0).id
+
+
+def test_accounts(store, uid):
+    with store.begin() as tx:
+        other = tx.add_account("bob@example.com", "Bob", T0)
+        assert other.id != uid and tx.get_account(uid).email == "ann@example.com"
+        assert tx.account_by_email("bob@example.com").id == other.id
+        assert tx.account_by_email("nobody@example.com") is None and tx.get_account(999) is None
+        assert tx.balance(uid) == 0
+    with pytest.raises(ValidationError) as err, store.begin() as tx:
+        tx.add_account("ann@example.com", "Again", T0)
+    assert err.value.code == "email_taken"
+
+
+def test_task_round_trip_and_ids(store, uid):
+    with store.begin() as tx:
+        a = tx.insert_task(task(uid))
+        b = tx.insert_task(task(uid, upstream_task_id="up-1", result_urls=["https://r/1.png"]))
+        assert 0 < a.id < b.id
+        got = tx.get_task(b.id, for_update=True)
+    assert got == b and got.params == {"size": "1024", "refs": [1, 2]} and got.result_urls == ["https://r/1.png"]
+    assert got.created_at == T0 and got.created_at.tzinfo is None
+    with store.begin() as tx:
+        assert tx.get_task(a.id).result_urls is None and tx.get_task(12345) is None
+        assert tx.task_by_upstream("prov", "up-1").id == b.id
+        assert tx.task_by_upstream("other", "up-1") is None
+
+
+def test_update_task_is_compare_and_set(store, uid):
+    with store.begin() as tx:
+        tid = tx.insert_task(task(uid)).id
+        assert tx.update_task(tid, [W], status=G, upstream_task_id="up-9", submitted_at=T0)
+        assert not tx.update_task(tid, [W], status=F)
+        assert tx.update_task(tid, [G], status=S, result_urls=["u"], finished_at=T0)
+        assert not tx.update_task(tid, [G, W], status=F)
+        assert tx.update_task(tid, None, check_attempts=3)
+        assert not tx.update_task(999, None, status=F)
+        got = tx.get_task(tid)
+    assert (got.status, got.upstream_task_id, got.result_urls, got.check_attempts) == (S, "up-9", ["u"], 3)
+    with pytest.raises(ValueError), store.begin() as tx:
+        tx.update_task(tid, None, no_such_column=1)
+
+
+def test_returned_rows_are_copies(store, uid):
+    with store.begin() as tx:
+        t = tx.insert_task(task(uid))
+    t.params["size"] = "1"
+    t.status = F
+    with store.begin() as tx:
+        again = tx.get_task(t.id)
+    assert again.params["size"] == "1024" and again.status == W
+
+
+def test_ledger_post_running_balance_and_refusal(store, uid):
+    with store.begin() as tx:
+        g = tx.post(uid, "grant", 100, "grant-1", T0, note="welcome")
+        c = tx.post(uid, "consume", -30, "consume-1", T0, task_id=7)
+        r = tx.post(uid, "refund", 30, "refund-1", T0, task_id=7)
+        m = tx.post(uid, "chat_reserve", -45, "reserve-1", T0, chat_message_id=3)
+    assert [e.created for e in (g, c, r, m)] == [True] * 4
+    assert [e.entry.balance_after for e in (g, c, r, m)] == [100, 70, 100, 55]
+    with pytest.raises(InsufficientCredits) as err, store.begin() as tx:
+        tx.post(uid, "consume", -56, "consume-2", T0, task_id=8)
+    assert "55" in err.value.message and err.value.code == "insufficient_credits"
+    with store.begin() as tx:
+        assert tx.balance(uid) == 55 and tx.entry("consume-2") is None
+        assert [e.amount for e in tx.task_entries(7)] == [-30, 30]
+        assert [e.idempotency_key for e in tx.message_entries(3)] == ["reserve-1"]
+        assert tx.entry("grant-1").note == "welcome"
+        assert tx.get_account(uid).balance == 55
+    with pytest.raises(NotFound), store.begin() as tx:
+        tx.post(999, "grant", 5, "nobody", T0)
+
+
+def test_ledger_post_is_idempotent(store, uid):
+    with store.begin() as tx:
+        first = tx.post(uid, "grant", 50, "k", T0)
+        again = tx.post(uid, "grant", 50, "k", T0)
+        assert again.created is False and again.entry == first.entry
+        assert tx.balance(uid) == 50
+        # an existing key wins even when the repeat could not be paid
+        assert tx.post(uid, "grant", -999, "k", T0).created is False
+    assert len(store.snapshot().ledger) == 1
+
+
+def test_rollback_leaves_nothing(store, uid):
+    with pytest.raises(RuntimeError), store.begin() as tx:
+        tx.post(uid, "grant", 10, "g", T0)
+        tid = tx.insert_task(task(uid, upstream_task_id="up-x")).id
+        tx.add_event(tid, "created", {"a": 1}, T0)
+        tx.add_notification(uid, "generation_success", "t", "b", T0, task_id=tid, idempotency_key="n1")
+        tx.add_account("eve@example.com", "Eve", T0)
+        raise RuntimeError("boom")
+    snap = store.snapshot()
+    assert (snap.tasks, snap.ledger, snap.events, snap.notifications) == ([], [], [], [])
+    assert [a.email for a in snap.accounts] == ["ann@example.com"] and snap.accounts[0].balance == 0
+    with store.begin() as tx:
+        assert tx.task_by_upstream("prov", "up-x") is None and tx.entry("g") is None
+        assert tx.add_notification(uid, "generation_success", "t", "b", T0, idempotency_key="n1")
+        tx.add_account("eve@example.com", "Eve", T0)
+
+
+def test_update_rolled_back(store, uid):
+    with store.begin() as tx:
+        tid = tx.insert_task(task(uid, status=G, next_check_at=T0)).id
+    with pytest.raises(RuntimeError), store.begin() as tx:
+        tx.update_task(tid, [G], status=F, error_code="x", next_check_at=None)
+        raise RuntimeError("boom")
+    with store.begin() as tx:
+        assert tx.get_task(tid).status == G and [t.id for t in tx.tasks_due_for_check(T0, 5)] == [tid]
+
+
+def test_events_notifications_callbacks(store, uid):
+    with store.begin() as tx:
+        tid = tx.insert_task(task(uid)).id
+        tx.add_event(tid, "created", {"by": "test", "n": [1]}, T0)
+        tx.add_event(tid, "charged", {"amount": 10}, T0 + timedelta(seconds=1))
+        assert tx.add_notification(uid, "generation_failed", "Failed", "body", T0, task_id=tid, idempotency_key="nk")
+        assert not tx.add_notification(uid, "generation_failed", "Failed", "body", T0, task_id=tid,
+                                       idempotency_key="nk")
+        assert tx.add_notification(uid, "insufficient_credits", "Low", "body", T0)
+        assert tx.add_notification(uid, "insufficient_credits", "Low", "body", T0)
+        cb = tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=True,
+                                              outcome="applied", body="{}", webhook_id="wh-1", task_id=tid))
+        tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=False,
+                                         outcome="rejected_signature", body="{}", webhook_id="wh-2", task_id=tid))
+        tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=True,
+                                         outcome="deferred", body="{}", webhook_id="wh-3"))
+        assert cb.id > 0
+        events = tx.task_events(tid)
+        assert [(e.kind, e.detail) for e in events] == [("created", {"by": "test", "n": [1]}),
+                                                        ("charged", {"amount": 10})]
+        assert [n.kind for n in tx.task_notifications(tid)] == ["generation_failed"]
+        assert [c.outcome for c in tx.task_callbacks(tid)] == ["applied", "rejected_signature"]
+        assert tx.webhook_seen("prov", "wh-1") and tx.webhook_seen("prov", "wh-3")
+        assert not tx.webhook_seen("prov", "wh-2") and not tx.webhook_seen("other", "wh-1")
+    assert len(store.snapshot().notifications) == 3
+
+
+def test_due_for_check_and_active(store, uid):
+    with store.begin() as tx:
+        late = tx.insert_task(task(uid, status=G, next_check_at=T0 + timedelta(seconds=30))).id
+        early = tx.insert_task(task(uid, status=G, next_check_at=T0 + timedelta(seconds=10))).id
+        tx.insert_task(task(uid, status=G, next_check_at=T0 + timedelta(hours=1)))
+        tx.insert_task(task(uid, status=S, next_check_at=T0))
+        tx.insert_task(task(uid, status=G))  # no check scheduled
+        old_wait = tx.insert_task(task(uid, status=W, created_at=T0 - timedelta(hours=2))).id
+        tx.insert_task(task(uid, status=F, created_at=T0 - timedelta(hours=3)))
+    with store.begin() as tx:
+        now = T0 + timedelta(minutes=1)
+        assert [t.id for t in tx.tasks_due_for_check(now, 10)] == [early, late]
+        assert [t.id for t in tx.tasks_due_for_check(now, 1)] == [early]
+        tx.update_task(early, [G], next_check_at=T0 + timedelta(days=1))
+        assert [t.id for t in tx.tasks_due_for_check(now, 10)] == [late]
+        assert [t.id for t in tx.active_tasks_older_than(T0, 10)] == [old_wait]
+        assert len(tx.active_tasks_older_than(T0 + timedelta(seconds=1), 10)) == 5
+
+
+def test_user_tasks_order_and_filters(store, uid):
+    with store.begin() as tx:
+        other = tx.add_account("bob@example.com", "Bob", T0).id
+        ids = [tx.insert_task(task(uid, created_at=T0 + timedelta(minutes=m), status=s)).id
+               for m, s in [(5, S), (1, F), (9, G), (3, S)]]
+        tx.insert_task(task(other))
+        assert [t.id for t in tx.user_tasks(uid)] == [ids[2], ids[0], ids[3], ids[1]]
+        assert [t.id for t in tx.user_tasks(uid, statuses=[S])] == [ids[0], ids[3]]
+        assert [t.id for t in tx.user_tasks(uid, since=T0 + timedelta(minutes=3))] == [ids[2], ids[0], ids[3]]
+        assert [t.id for t in tx.user_tasks(uid, limit=2)] == [ids[2], ids[0]]
+        assert tx.user_tasks(12345) == []
+
+
+def test_chat_sessions_and_messages(store, uid):
+    with store.begin() as tx:
+        s = tx.add_session(uid, "gpt", "hello", T0)
+        assert tx.get_session(s.id) == s and tx.get_session(999) is None
+        m = tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="hi", created_at=T0,
+                                       prompt_tokens=5, reserved_credits=12))
+        assert m.id > 0 and m.status == "reserved" and m.charged_credits is None
+        tx.update_message(m.id, status="settled", charged_credits=8, completion_tokens=40, settled_at=T0)
+        got = tx.get_message(m.id)
+        assert (got.status, got.charged_credits, got.completion_tokens, got.settled_at) == ("settled", 8, 40, T0)
+        assert tx.get_message(999) is None
+    with pytest.raises(NotFound), store.begin() as tx:
+        tx.update_message(999, status="failed")
+
+
+def test_snapshot_holds_everything(store, uid):
+    with store.begin() as tx:
+        tid = tx.insert_task(task(uid)).id
+        tx.post(uid, "grant", 5, "g", T0)
+        tx.add_event(tid, "created", {}, T0)
+        s = tx.add_session(uid, "gpt", "t", T0)
+        tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="x", created_at=T0))
+    snap = store.snapshot()
+    assert [len(snap.accounts), len(snap.tasks), len(snap.ledger), len(snap.events), len(snap.sessions),
+            len(snap.messages)] == [1, 1, 1, 1, 1, 1]
+    assert snap.accounts[0].balance == 5
