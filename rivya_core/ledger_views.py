@@ -452,3 +452,29 @@ def _span(engine: Engine, cols, buckets: int) -> tuple[float, float] | None:
         return None
     hi = max(float(h) for h in his if h is not None)
     return float(lo), max((hi - float(lo)) / max(1, buckets), 1.0)
+
+
+def busiest_accounts(engine: Engine, limit: int = 50) -> pd.DataFrame:
+    """Accounts with the most recent ledger activity first: id, email, name, balance, entries."""
+    per_user = (
+        select(
+            credit_ledger.c.user_id,
+            func.count().label("entries"),
+            func.max(credit_ledger.c.id).label("last_id"),
+        )
+        .group_by(credit_ledger.c.user_id)
+        .subquery()
+    )
+    stmt = (
+        select(
+            account.c.id,
+            account.c.email,
+            account.c.name,
+            account.c.balance,
+            func.coalesce(per_user.c.entries, 0).label("entries"),
+        )
+        .select_from(account.outerjoin(per_user, per_user.c.user_id == account.c.id))
+        .order_by(func.coalesce(per_user.c.last_id, 0).desc(), account.c.id)
+        .limit(_limit(limit))
+    )
+    return _frame(engine, stmt)

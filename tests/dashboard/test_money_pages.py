@@ -9,9 +9,11 @@ bob spent his 50 on a provider failure that was never refunded.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, insert, update
+from streamlit.testing.v1 import AppTest
 
 from rivya_core import ledger_views as lv
 from rivya_core.schema import (
@@ -201,3 +203,68 @@ def test_views_on_empty_database(sqlite_url):
     assert lv.state_timeline(eng).empty and lv.credit_flow(eng).empty and lv.latency_histogram(eng).empty
     assert lv.chat_credits(eng)["messages"] == 0 and lv.chat_gap_distribution(eng).empty
     assert lv.conservation_breaks(eng)["accounts"].empty
+
+
+def test_busiest_accounts_most_recent_activity_first(engine):
+    b = lv.busiest_accounts(engine)
+    assert b["id"].tolist() == [2, 1] and b["entries"].tolist() == [2, 6]
+
+
+# --- pages (AppTest) ------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_page(name: str, url: str, query: dict | None = None, timeout: float = 30) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=timeout)
+    at.session_state["db_url"] = url
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in (*at.markdown, *at.caption, *at.info, *at.warning, *at.error, *at.success)]
+    parts += [f"{m.label}={m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.fixture
+def seeded_url(sqlite_url):
+    seed(sqlite_url).dispose()
+    return sqlite_url
+
+
+@pytest.fixture
+def empty_url(sqlite_url):
+    eng = create_engine(sqlite_url)
+    metadata.create_all(eng)
+    eng.dispose()
+    return sqlite_url
+
+
+BAD_URL = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+
+
+def test_ledger_page_shows_account_and_conservation(seeded_url):
+    at = run_page("ledger.py", seeded_url, {"user": "alice"})
+    shown = texts(at)
+    assert "Balance=82" in shown and "Refunded=20" in shown
+    assert "Conservation holds" in shown
+    assert len(at.dataframe) >= 1
+
+
+def test_ledger_page_names_broken_account(seeded_url):
+    with create_engine(seeded_url).begin() as conn:
+        conn.execute(update(account).where(account.c.id == 2).values(balance=5))
+    at = run_page("ledger.py", seeded_url)
+    assert "Conservation is broken" in texts(at)
+
+
+@pytest.mark.parametrize("page", ["ledger.py"])
+def test_page_on_empty_and_bad_database(page, empty_url):
+    assert run_page(page, empty_url).main  # renders with a message, no exception
+    at = run_page(page, BAD_URL)
+    assert "Cannot read this database" in texts(at)

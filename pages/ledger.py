@@ -1,0 +1,115 @@
+"""Ledger: one account's balance over time and its entries; credit conservation across accounts."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+
+from pages._common import cached_df, open_db, require_tables, show_errors, task_url
+from rivya_core import ledger_views as lv
+from rivya_core.queries import find_accounts
+
+PAGE_SIZE = 50
+ENTRY_TYPES = ["grant", "consume", "refund", "chat_reserve", "chat_refund", "chat_charge", "adjustment"]
+
+st.title("Ledger")
+engine = open_db()
+if engine is None or not require_tables(engine, ["account", "credit_ledger"], need_rows="account"):
+    st.stop()
+
+account_tab, conservation_tab = st.tabs(["One account", "Conservation across accounts"])
+
+
+def pick_account() -> int | None:
+    query = st.text_input("Find an account", placeholder="email, name or account id",
+                          value=st.query_params.get("user", ""))
+    if query.strip():
+        found = find_accounts(engine, query, limit=50)
+        if not found:
+            st.info(f"No account matches {query!r}.")
+            return None
+        options = {r["id"]: f"{r['email']} — {r['name']} (#{r['id']})" for r in found}
+    else:
+        busy = cached_df(lv.busiest_accounts, 50)
+        options = {int(r.id): f"{r.email} — {r.name} (#{r.id}, {r.entries} entries)" for r in busy.itertuples()}
+        st.caption("Most recently active accounts; type to search all of them.")
+    return st.selectbox("Account", list(options), format_func=options.get)
+
+
+with account_tab, show_errors():
+    user_id = pick_account()
+    ov = lv.account_overview(engine, user_id) if user_id is not None else None
+    if ov is not None:
+        t = ov["totals"]
+        cols = st.columns(5)
+        cols[0].metric("Balance", f"{ov['balance']:,}")
+        cols[1].metric("Granted", f"{t.get('grant', 0) + t.get('adjustment', 0):,}")
+        cols[2].metric("Charged", f"{-(t.get('consume', 0) + t.get('chat_charge', 0)):,}")
+        cols[3].metric("Refunded", f"{t.get('refund', 0):,}")
+        cols[4].metric("Ledger rows", f"{ov['entries']:,}")
+        if ov["balance"] != ov["ledger_sum"]:
+            st.error(f"Cached balance {ov['balance']:,} differs from the sum of the ledger rows {ov['ledger_sum']:,}.")
+
+        series = cached_df(lv.balance_series, user_id, 2000)
+        if series.empty:
+            st.info("This account has no ledger rows yet.")
+        else:
+            fig = px.line(series, x="created_at", y="balance_after", line_shape="hv", markers=len(series) < 200,
+                          hover_data=["entry_type", "amount"],
+                          labels={"created_at": "time", "balance_after": "balance (credits)"},
+                          title=f"Balance over time (last {len(series):,} entries)")
+            st.plotly_chart(fig, width="stretch")
+
+        st.subheader("Chat credits: reserved vs settled")
+        chat = cached_df(lv.chat_credits, user_id) if not lv.missing_tables(
+            engine, ["chat_session", "chat_message"]) else None
+        if chat is None:
+            st.caption("No chat tables in this database.")
+        else:
+            c = st.columns(4)
+            c[0].metric("Reserved", f"{chat['reserved']:,}")
+            c[1].metric("Charged", f"{chat['charged']:,}")
+            c[2].metric("Refunded", f"{chat['refunded']:,}")
+            c[3].metric("Open reservations", f"{chat['open_reservations']:,}",
+                        help=f"{chat['open_credits']:,} credits reserved for turns not settled yet")
+
+        st.subheader("Entries")
+        kinds = st.multiselect("Entry types", ENTRY_TYPES, placeholder="all types")
+        rows, total = cached_df(lv.ledger_page, user_id, 1, PAGE_SIZE, tuple(kinds) or None)
+        pages = max(1, -(-total // PAGE_SIZE))
+        if pages > 1:
+            page = int(st.number_input(f"Page (of {pages}; {total:,} rows, newest first)", 1, pages, 1))
+            rows, total = cached_df(lv.ledger_page, user_id, page, PAGE_SIZE, tuple(kinds) or None)
+        rows["task"] = [task_url(t) if t == t and t is not None else None for t in rows["task_id"]]
+        st.dataframe(
+            rows, width="stretch", hide_index=True,
+            column_order=["id", "created_at", "entry_type", "amount", "balance_after", "task", "chat_message_id",
+                          "note"],
+            column_config={
+                "task": st.column_config.LinkColumn("task", display_text=r"task=(\d+)",
+                                                    help="Open the task in the inspector"),
+                "chat_message_id": st.column_config.NumberColumn("chat message", format="%d"),
+            },
+        )
+
+with conservation_tab, show_errors():
+    totals = cached_df(lv.credit_totals)
+    st.caption("Every credit is a ledger row: grants − charges + refunds must equal the sum of balances, "
+               "and each row's balance_after must be the running sum of its account.")
+    c = st.columns(5)
+    c[0].metric("Granted", f"{totals.get('grant', 0) + totals.get('adjustment', 0):,}")
+    c[1].metric("Charged", f"{-(totals.get('consume', 0) + totals.get('chat_reserve', 0) + totals.get('chat_charge', 0)):,}")
+    c[2].metric("Refunded", f"{totals.get('refund', 0) + totals.get('chat_refund', 0):,}")
+    c[3].metric("Ledger sum", f"{totals['ledger_sum']:,}")
+    c[4].metric("Sum of balances", f"{totals['balances']:,}", f"{totals['accounts']:,} accounts", delta_color="off")
+    breaks = cached_df(lv.conservation_breaks, 50)
+    if totals["ledger_sum"] == totals["balances"] and breaks["accounts"].empty and breaks["rows"].empty:
+        st.success("Conservation holds: the ledger sums to the balances and every running balance checks out.")
+    else:
+        st.error("Conservation is broken. The accounts and rows below disagree (first 50 of each).")
+        if not breaks["accounts"].empty:
+            st.markdown("**Accounts whose balance is not the sum of their ledger rows**")
+            st.dataframe(breaks["accounts"], width="stretch", hide_index=True)
+        if not breaks["rows"].empty:
+            st.markdown("**Ledger rows whose balance_after is not the running sum**")
+            st.dataframe(breaks["rows"], width="stretch", hide_index=True)
