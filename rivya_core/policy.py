@@ -45,11 +45,13 @@ class BillingPolicy:
     # users
     duplicate_runs: str = "warn"  # warn | block: a heavier duplicate of a running task
     duplicate_window_s: float = 600.0
+    # crash recovery: resume an interrupted task (charge/submit) or fail it (and refund)
+    recover_resubmit: bool = True
 
     def price(self, model_id: str, base_credits: int) -> int:
         if model_id in self.price_overrides:
-            return int(self.price_overrides[model_id])
-        return max(1, math.ceil(base_credits * self.price_multiplier)) if base_credits > 0 else 0
+            return max(1, int(self.price_overrides[model_id]))
+        return max(1, math.ceil(base_credits * self.price_multiplier))
 
     def refunds(self, failure_class: str | None) -> bool:
         return failure_class in self.refund_classes
@@ -125,7 +127,7 @@ def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
             if not isinstance(value, list) or not set(value) <= _CLASSES:
                 raise bad(f"must be a list drawn from {sorted(_CLASSES)}")
             value = frozenset(value)
-        elif key == "chat_allow_overrun":
+        elif key in ("chat_allow_overrun", "recover_resubmit"):
             if not isinstance(value, bool):
                 raise bad("must be true or false")
         elif key == "submit_retries":

@@ -1,0 +1,768 @@
+"""The lifecycle service: the guide's steps, in the guide's order.
+
+submit:   validate -> ai_task WAITING -> spend credits -> provider submit -> GENERATING
+learn:    signed callback (verify, record, apply | defer | ignore) or polling
+finish:   SUCCESS with URLs, or FAILED with its class and a refund when the
+          policy reverses that class; an outcome notification either way
+chat:     reserve an estimate, settle on real usage, refund the difference
+
+Each step is one unit of work on the Store; a step that loses a race
+(RetryableConflict) is re-run from a fresh read. Ledger writes carry
+idempotency keys derived from the task and the step, and task moves are
+compare-and-set, so a replayed step never charges, refunds or notifies twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from . import webhooks
+from .catalog import Catalog
+from .domain import (
+    ACTIVE,
+    INSUFFICIENT_CREDITS,
+    MARKED_FAILED,
+    NO_RESULT_URLS,
+    TIMEOUT,
+    ActionRefused,
+    CallbackOutcome,
+    ChatMessage,
+    ChatSession,
+    ChatStatus,
+    EntryType,
+    EventKind,
+    FailureClass,
+    InsufficientCredits,
+    LedgerEntry,
+    NotFound,
+    NotificationKind,
+    ProviderCallback,
+    Task,
+    TaskStatus,
+    ValidationError,
+)
+from .policy import DEFAULT_POLICY, BillingPolicy
+from .ports import (
+    Clock,
+    Provider,
+    ProviderError,
+    RetryableConflict,
+    Store,
+    Tx,
+    UpstreamStatus,
+)
+from .validation import NormalizedRequest, validate, validate_chat_model
+
+T = TypeVar("T")
+
+MAX_CALLBACK_BODY = 64 * 1024
+STORED_BODY_LIMIT = 4096
+MAX_RETRIES = 20
+SUBMIT_FAILURE_CLASS = {"refused": FailureClass.PROVIDER, "error": FailureClass.PROVIDER,
+                        "timeout": FailureClass.INFRASTRUCTURE}
+
+
+def consume_key(task_id: int) -> str:
+    return f"consume:task:{task_id}"
+
+
+def refund_key(task_id: int) -> str:
+    return f"refund:task:{task_id}"
+
+
+def notify_key(task_id: int) -> str:
+    return f"notify:task:{task_id}"
+
+
+@dataclass(frozen=True)
+class CallbackResult:
+    outcome: str
+    callback_id: int
+    task_id: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class PollReport:
+    checked: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    still_running: int = 0
+
+
+@dataclass
+class RecoveryReport:
+    examined: int = 0
+    actions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return len(self.actions)
+
+
+class LifecycleService:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        providers: Mapping[str, Provider],
+        catalog: Catalog,
+        policy: BillingPolicy = DEFAULT_POLICY,
+        secrets: Mapping[str, list[str]] | None = None,
+        callbacks_enabled: bool = True,
+    ):
+        self.store = store
+        self.clock = clock
+        self.providers = dict(providers)
+        self.catalog = catalog
+        self.policy = policy
+        self._secrets = {k: list(v) for k, v in (secrets or {}).items()}
+        self.callbacks_enabled = callbacks_enabled
+
+    def __repr__(self) -> str:  # never show secrets
+        return f"LifecycleService(providers={sorted(self.providers)}, policy={self.policy.name!r})"
+
+    # --- plumbing -------------------------------------------------------------
+
+    def _tx(self, step: Callable[[Tx], T]) -> T:
+        for attempt in range(MAX_RETRIES):
+            try:
+                with self.store.begin() as tx:
+                    return step(tx)
+            except RetryableConflict:
+                if attempt == MAX_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _now(self) -> datetime:
+        return self.clock.now()
+
+    def _event(self, tx: Tx, task_id: int, event: EventKind, /, **detail: Any) -> None:
+        tx.add_event(task_id, event.value, detail, self._now())
+
+    # --- accounts -------------------------------------------------------------
+
+    def create_account(self, email: str, name: str, grant: int = 0):
+        def step(tx: Tx):
+            if tx.account_by_email(email) is not None:
+                raise ValidationError(f"an account with email {email!r} already exists", code="account_exists")
+            acct = tx.add_account(email, name, self._now())
+            if grant:
+                tx.post(acct.id, EntryType.GRANT, grant, f"grant:signup:{acct.id}", self._now(), note="sign-up grant")
+            return tx.get_account(acct.id)
+
+        return self._tx(step)
+
+    def grant(self, user_id: int, amount: int, note: str = "top-up", key: str | None = None) -> LedgerEntry:
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            raise ValidationError("a grant must be a positive whole number of credits", code="grant_invalid")
+
+        def step(tx: Tx) -> LedgerEntry:
+            if tx.get_account(user_id) is None:
+                raise NotFound(f"no account {user_id}")
+            k = key or f"grant:{user_id}:{uuid.uuid4().hex}"  # pass a key to make a grant replayable
+            return tx.post(user_id, EntryType.GRANT, amount, k, self._now(), note=note).entry
+
+        return self._tx(step)
+
+    # --- 1-4: submit ----------------------------------------------------------
+
+    def submit(self, user_id: int, request: Any, *, chat_message_id: int | None = None) -> Task:
+        req = validate(self.catalog, request)                       # 1. validate (raises, writes nothing)
+        credits = self.policy.price(req.model, req.base_credits)
+        duplicate = self._heavier_duplicate(user_id, req, credits)
+        task = self._tx(lambda tx: self._create(tx, user_id, req, credits, chat_message_id, duplicate))  # 2.
+        if not self._tx(lambda tx: self._charge(tx, task.id)):      # 3. spend before submission
+            return self.task(task.id)
+        return self._submit_upstream(task.id)                       # 4. provider job, GENERATING
+
+    def _heavier_duplicate(self, user_id: int, req: NormalizedRequest, credits: int) -> Task | None:
+        since = self._now() - timedelta(seconds=self.policy.duplicate_window_s)
+
+        def step(tx: Tx) -> Task | None:
+            running = tx.user_tasks(user_id, statuses=ACTIVE, since=since, limit=50)
+            return next((t for t in running if t.model == req.model and t.prompt == req.prompt
+                         and credits >= t.reserved_credits), None)
+
+        dup = self._tx(step)
+        if dup is not None and self.policy.duplicate_runs == "block":
+            raise ValidationError(
+                f"task {dup.id} with the same prompt is still running; wait for it before a heavier duplicate run",
+                code="duplicate_run")
+        return dup
+
+    def _create(self, tx: Tx, user_id: int, req: NormalizedRequest, credits: int,
+                chat_message_id: int | None, duplicate: Task | None) -> Task:
+        if tx.get_account(user_id) is None:
+            raise NotFound(f"no account {user_id}")
+        task = tx.insert_task(Task(
+            id=0, user_id=user_id, model=req.model, category=req.category, prompt=req.prompt,
+            params=dict(req.params), status=TaskStatus.WAITING, billing_type=req.billing_type,
+            reserved_credits=credits, provider=req.provider, created_at=self._now(),
+            chat_message_id=chat_message_id))
+        self._event(tx, task.id, EventKind.CREATED, model=req.model, credits=credits, billing_type=req.billing_type)
+        if duplicate is not None:
+            self._event(tx, task.id, EventKind.DUPLICATE_WARNING, running_task_id=duplicate.id)
+        return task
+
+    def _charge(self, tx: Tx, task_id: int) -> bool:
+        """Spend the task's credits. False when the task ended here (shortfall)."""
+        task = tx.get_task(task_id, for_update=True)
+        if task is None or task.status != TaskStatus.WAITING:
+            return False
+        if tx.entry(consume_key(task_id)) is not None:
+            return True
+        try:
+            res = tx.post(task.user_id, EntryType.CONSUME, -task.reserved_credits, consume_key(task_id),
+                          self._now(), task_id=task_id, chat_message_id=task.chat_message_id)
+        except InsufficientCredits:
+            self._event(tx, task_id, EventKind.CHARGE_REFUSED, needed=task.reserved_credits,
+                        balance=tx.balance(task.user_id))
+            self._finish_failed(tx, task, INSUFFICIENT_CREDITS,
+                                f"{task.reserved_credits} credits needed, {tx.balance(task.user_id)} available",
+                                FailureClass.BILLING, path="charge")
+            return False
+        self._event(tx, task_id, EventKind.CHARGED, amount=task.reserved_credits,
+                    balance_after=res.entry.balance_after)
+        return True
+
+    def _submit_upstream(self, task_id: int) -> Task:
+        task = self.task(task_id)
+        provider = self.providers.get(task.provider)
+        error: ProviderError | None = None
+        upstream_id: str | None = None
+        if provider is None:
+            error = ProviderError("error", f"no client for provider {task.provider!r} in this environment")
+        else:
+            for _ in range(1 + self.policy.submit_retries):
+                try:
+                    upstream_id = provider.submit(f"task-{task.id}", task.model, task.prompt, task.params)
+                    error = None
+                    break
+                except ProviderError as exc:
+                    error = exc
+
+        def step(tx: Tx) -> Task:
+            current = tx.get_task(task_id, for_update=True)
+            if current is None or current.status != TaskStatus.WAITING:
+                return current
+            if error is not None:
+                self._event(tx, task_id, EventKind.SUBMIT_FAILED, fault=error.kind, message=error.message)
+                self._finish_failed(tx, current, error.code, error.message,
+                                    SUBMIT_FAILURE_CLASS.get(error.kind, FailureClass.PROVIDER), path="submit")
+            else:
+                self._mark_generating(tx, current, upstream_id)
+            return tx.get_task(task_id)
+
+        return self._tx(step)
+
+    def _mark_generating(self, tx: Tx, task: Task, upstream_id: str) -> None:
+        now = self._now()
+        first_check = self.policy.poll_interval_s if not self.callbacks_enabled else self.policy.stuck_for(task.category)
+        tx.update_task(task.id, [TaskStatus.WAITING], status=TaskStatus.GENERATING, upstream_task_id=upstream_id,
+                       submitted_at=now, next_check_at=now + timedelta(seconds=first_check), check_attempts=0)
+        self._event(tx, task.id, EventKind.SUBMITTED, upstream_task_id=upstream_id, provider=task.provider)
+
+    # --- 5a: callbacks ----------------------------------------------------------
+
+    def handle_callback(self, provider: str, headers: Mapping[str, str], body: bytes) -> CallbackResult:
+        now = self._now()
+        provider = str(provider)[:50]
+        raw = bytes(body) if isinstance(body, (bytes, bytearray)) else b""
+        stored = raw[:STORED_BODY_LIMIT].decode("utf-8", "replace")
+        record = ProviderCallback(id=0, provider=provider, received_at=now, signature_valid=False,
+                                  outcome=CallbackOutcome.MALFORMED, body=stored)
+
+        def reject(outcome: CallbackOutcome, reason: str) -> CallbackResult:
+            record.outcome, record.detail = outcome, reason
+            cb = self._tx(lambda tx: tx.add_callback(record))
+            return CallbackResult(outcome, cb.id, None, reason)
+
+        if not isinstance(body, (bytes, bytearray)) or len(raw) > MAX_CALLBACK_BODY:
+            return reject(CallbackOutcome.MALFORMED, f"body is not bytes or over {MAX_CALLBACK_BODY} bytes")
+        secrets = self._secrets.get(provider)
+        if not secrets:
+            return reject(CallbackOutcome.REJECTED_SIGNATURE, "no webhook secret configured for this provider")
+        try:
+            record.webhook_id = webhooks.verify(secrets, headers if isinstance(headers, Mapping) else {},
+                                                raw, now.timestamp() if now.tzinfo else _epoch(now))[:200]
+        except webhooks.WebhookError as exc:
+            outcome = {"stale": CallbackOutcome.REJECTED_STALE,
+                       "malformed": CallbackOutcome.MALFORMED}.get(exc.code, CallbackOutcome.REJECTED_SIGNATURE)
+            return reject(outcome, exc.message)
+        record.signature_valid = True
+        parsed = _parse_callback(raw)
+        if isinstance(parsed, str):
+            return reject(CallbackOutcome.MALFORMED, parsed)
+        record.upstream_task_id = parsed.upstream_task_id[:200]
+
+        def step(tx: Tx) -> CallbackResult:
+            task = tx.task_by_upstream(provider, parsed.upstream_task_id)
+            if task is None:
+                record.outcome, record.detail = CallbackOutcome.UNKNOWN_TASK, "no task has this upstream id"
+                return CallbackResult(record.outcome, tx.add_callback(record).id)
+            task = tx.get_task(task.id, for_update=True)
+            record.task_id = task.id
+            if tx.webhook_seen(provider, record.webhook_id) or task.terminal:
+                record.outcome = CallbackOutcome.DUPLICATE
+                record.detail = "webhook id already seen" if not task.terminal else f"task already {task.status}"
+            else:
+                record.outcome = _callback_outcome(parsed)
+            cb = tx.add_callback(record)
+            self._event(tx, task.id, EventKind.CALLBACK, webhook_id=record.webhook_id, outcome=str(record.outcome),
+                        state=parsed.state, callback_id=cb.id)
+            if record.outcome != CallbackOutcome.DUPLICATE:
+                self._apply_status(tx, task, parsed, path="callback")
+            return CallbackResult(record.outcome, cb.id, task.id, record.detail)
+
+        return self._tx(step)
+
+    # --- 5b: polling and re-checks ---------------------------------------------
+
+    def poll(self, limit: int = 1000) -> PollReport:
+        report = PollReport()
+        due = self._tx(lambda tx: tx.tasks_due_for_check(self._now(), limit))
+        for task in due:
+            before = task.status
+            after = self._check(task.id, EventKind.RECHECK if task.check_attempts else EventKind.POLL)
+            report.checked += 1
+            if after is None or after.status == before:
+                report.still_running += 1
+            elif after.status == TaskStatus.SUCCESS:
+                report.succeeded += 1
+            elif after.error_code == TIMEOUT:
+                report.timed_out += 1
+            else:
+                report.failed += 1
+        return report
+
+    def recheck(self, task_id: int, reason: str = "recheck") -> Task:
+        task = self.task(task_id)
+        if task.status != TaskStatus.GENERATING:
+            return task
+        return self._check(task_id, EventKind.RECHECK, reason=reason)
+
+    def _check(self, task_id: int, kind: EventKind, reason: str | None = None) -> Task | None:
+        task = self.task(task_id)
+        if task.status != TaskStatus.GENERATING:
+            return task
+        status = self._upstream_status(task)
+
+        def step(tx: Tx) -> Task | None:
+            current = tx.get_task(task_id, for_update=True)
+            if current is None:
+                return None
+            detail: dict[str, Any] = {"state": status.state}
+            if reason:
+                detail["reason"] = reason
+            if current.status != TaskStatus.GENERATING:  # lost a race with a callback: a recorded no-op
+                self._event(tx, task_id, kind, **detail, result=f"no-op: task already {current.status}")
+                return current
+            self._event(tx, task_id, kind, **detail)
+            path = "polling" if kind == EventKind.POLL else "recheck"
+            if status.done and self._apply_status(tx, current, status, path=path) == CallbackOutcome.APPLIED:
+                return tx.get_task(task_id)
+            elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()
+            limit = self.policy.timeout_for(current.category)
+            rechecks_spent = current.check_attempts >= len(self.policy.recheck_backoff_s)
+            if status.state == "succeeded" and rechecks_spent:
+                self._finish_failed(tx, current, NO_RESULT_URLS, "the provider reported success but never "
+                                    "delivered result URLs", FailureClass.PROVIDER, path=path)
+            elif elapsed >= limit:
+                self._finish_failed(tx, current, TIMEOUT, f"no result after {int(elapsed)} s (limit {int(limit)} s)",
+                                    FailureClass.INFRASTRUCTURE, path=path)
+            else:
+                self._schedule_next_check(tx, current)
+            return tx.get_task(task_id)
+
+        return self._tx(step)
+
+    def _upstream_status(self, task: Task) -> UpstreamStatus:
+        provider = self.providers.get(task.provider)
+        if provider is None or not task.upstream_task_id:
+            return UpstreamStatus("unknown")
+        try:
+            return provider.status(task.upstream_task_id)
+        except ProviderError:
+            return UpstreamStatus("unknown")
+
+    def _schedule_next_check(self, tx: Tx, task: Task) -> None:
+        """Deferred tasks follow the re-check backoff; then plain polling takes over."""
+        backoff = self.policy.recheck_backoff_s
+        if 0 < task.check_attempts < len(backoff):
+            delay, attempts = backoff[task.check_attempts], task.check_attempts + 1
+        else:  # never deferred, or the re-checks ran out: plain polling
+            delay, attempts = self.policy.poll_interval_s, task.check_attempts
+        tx.update_task(task.id, [TaskStatus.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
+                       check_attempts=attempts)
+
+    def _apply_status(self, tx: Tx, task: Task, status: UpstreamStatus | _Parsed, path: str) -> str:
+        """Apply what the provider says to a GENERATING task; return the callback outcome."""
+        if status.state == "failed":
+            self._finish_failed(tx, task, status.error_code or "provider_failed",
+                                status.error_message or "the provider reported a failure",
+                                status.failure_class or FailureClass.PROVIDER, path=path)
+            return CallbackOutcome.APPLIED
+        if status.state == "succeeded" and status.result_urls:
+            self._finish_success(tx, task, list(status.result_urls), path=path)
+            return CallbackOutcome.APPLIED
+        if status.state == "succeeded" and path != "callback":
+            return CallbackOutcome.DEFERRED  # still no URLs at a re-check: the caller reschedules
+        if status.state == "succeeded":
+            # Early: says done, but the result is not ready. Defer and re-check on the backoff.
+            delay = self.policy.recheck_backoff_s[0]
+            tx.update_task(task.id, [TaskStatus.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
+                           check_attempts=1)
+            self._event(tx, task.id, EventKind.DEFERRED, path=path, next_check_in_s=delay)
+            return CallbackOutcome.DEFERRED
+        return CallbackOutcome.APPLIED  # a progress report: nothing to change
+
+    # --- 6-7: finishing ----------------------------------------------------------
+
+    def _finish_success(self, tx: Tx, task: Task, urls: list[str], path: str) -> None:
+        now = self._now()
+        if not urls:
+            raise AssertionError("SUCCESS without result URLs")
+        if not tx.update_task(task.id, [TaskStatus.GENERATING], status=TaskStatus.SUCCESS, result_urls=urls,
+                              finished_at=now, settled_at=now, next_check_at=None):
+            return
+        self._event(tx, task.id, EventKind.SUCCEEDED, path=path, result_urls=len(urls))
+        self._notify(tx, task, NotificationKind.GENERATION_SUCCESS, "Your generation is ready",
+                     f"{task.category.capitalize()} from {task.model} finished and is in your history.")
+
+    def _finish_failed(self, tx: Tx, task: Task, code: str, message: str, failure_class: str, path: str) -> None:
+        now = self._now()
+        if not tx.update_task(task.id, list(ACTIVE), status=TaskStatus.FAILED, error_code=code[:80],
+                              error_message=message[:2000], failure_class=str(failure_class), finished_at=now,
+                              settled_at=now, next_check_at=None):
+            return
+        self._event(tx, task.id, EventKind.FAILED, path=path, error_code=code, failure_class=str(failure_class))
+        self._refund_if_due(tx, task, failure_class)
+        if code == INSUFFICIENT_CREDITS:
+            self._notify(tx, task, NotificationKind.INSUFFICIENT_CREDITS, "Not enough credits",
+                         f"{task.reserved_credits} credits are needed for {task.model}; nothing was charged.")
+        else:
+            self._notify(tx, task, NotificationKind.GENERATION_FAILED, "Your generation failed",
+                         f"{task.model}: {message[:300]}")
+
+    def _refund_if_due(self, tx: Tx, task: Task, failure_class: str, note: str | None = None) -> LedgerEntry | None:
+        charge = tx.entry(consume_key(task.id))
+        if charge is None:
+            return None
+        if not self.policy.refunds(failure_class) and note is None:
+            self._event(tx, task.id, EventKind.REFUND_SKIPPED, reason=f"policy keeps credits for {failure_class} failures")
+            return None
+        res = tx.post(task.user_id, EntryType.REFUND, -charge.amount, refund_key(task.id), self._now(),
+                      task_id=task.id, chat_message_id=task.chat_message_id,
+                      note=note or f"refund: {failure_class} failure after reservation")
+        if res.created:
+            self._event(tx, task.id, EventKind.REFUNDED, amount=-charge.amount, reason=note or "policy")
+        return res.entry
+
+    def _notify(self, tx: Tx, task: Task, kind: NotificationKind, title: str, body: str) -> None:
+        if tx.add_notification(task.user_id, kind, title, body, self._now(), task_id=task.id,
+                               idempotency_key=notify_key(task.id)):
+            self._event(tx, task.id, EventKind.NOTIFIED, notification=kind.value)
+
+    # --- 8: chat -------------------------------------------------------------------
+
+    def open_chat(self, user_id: int, model: str, title: str = "New chat") -> ChatSession:
+        validate_chat_model(self.catalog, model)
+
+        def step(tx: Tx) -> ChatSession:
+            if tx.get_account(user_id) is None:
+                raise NotFound(f"no account {user_id}")
+            return tx.add_session(user_id, model, str(title)[:300] or "New chat", self._now())
+
+        return self._tx(step)
+
+    def chat_turn_reserve(self, session_id: int, content: str, prompt_tokens: int, max_output_tokens: int) -> ChatMessage:
+        for name, value in (("prompt_tokens", prompt_tokens), ("max_output_tokens", max_output_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValidationError(f"{name} must be a non-negative whole number", code="param_invalid")
+
+        def session_of(tx: Tx) -> ChatSession:
+            session = tx.get_session(session_id)
+            if session is None:
+                raise NotFound(f"no chat session {session_id}")
+            return session
+
+        session = self._tx(session_of)
+        spec = validate_chat_model(self.catalog, session.model)
+        estimate = max(1, math.ceil(spec.chat_credits(prompt_tokens, max_output_tokens) * self.policy.chat_reserve_margin))
+
+        def step(tx: Tx) -> ChatMessage:
+            msg = tx.add_message(ChatMessage(id=0, session_id=session_id, role="user", content=str(content)[:20000],
+                                             created_at=self._now(), prompt_tokens=prompt_tokens,
+                                             reserved_credits=estimate, status=ChatStatus.RESERVED))
+            tx.post(session.user_id, EntryType.CHAT_RESERVE, -estimate, f"chat_reserve:msg:{msg.id}", self._now(),
+                    chat_message_id=msg.id, note=f"reserve for {session.model}")
+            return tx.get_message(msg.id)
+
+        try:
+            return self._tx(step)
+        except InsufficientCredits as exc:
+            self._tx(lambda tx: tx.add_message(ChatMessage(
+                id=0, session_id=session_id, role="user", content=str(content)[:20000], created_at=self._now(),
+                prompt_tokens=prompt_tokens, reserved_credits=0, charged_credits=0, status=ChatStatus.REFUSED)))
+            raise InsufficientCredits(f"this turn needs up to {estimate} credits: {exc.message}") from None
+
+    def chat_turn_settle(self, message_id: int, prompt_tokens: int, completion_tokens: int) -> ChatMessage:
+        def step(tx: Tx) -> ChatMessage:
+            msg, session = self._reserved_message(tx, message_id)
+            if msg.status != ChatStatus.RESERVED:
+                return msg
+            spec = validate_chat_model(self.catalog, session.model)
+            actual = spec.chat_credits(prompt_tokens, completion_tokens)
+            charged = min(actual, msg.reserved_credits)
+            if actual > msg.reserved_credits and self.policy.chat_allow_overrun:
+                try:
+                    tx.post(session.user_id, EntryType.CHAT_CHARGE, -(actual - msg.reserved_credits),
+                            f"chat_charge:msg:{msg.id}", self._now(), chat_message_id=msg.id, note="usage over reservation")
+                    charged = actual
+                except InsufficientCredits:
+                    pass  # the overrun cannot be covered: the charge stays at the reservation
+            self._chat_refund(tx, session.user_id, msg, msg.reserved_credits - charged, "unused reservation")
+            tx.update_message(msg.id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                              charged_credits=charged, status=ChatStatus.SETTLED, settled_at=self._now())
+            return tx.get_message(msg.id)
+
+        return self._tx(step)
+
+    def chat_turn_fail(self, message_id: int, reason: str = "chat turn failed") -> ChatMessage:
+        def step(tx: Tx) -> ChatMessage:
+            msg, session = self._reserved_message(tx, message_id)
+            if msg.status != ChatStatus.RESERVED:
+                return msg
+            self._chat_refund(tx, session.user_id, msg, msg.reserved_credits, str(reason)[:200])
+            tx.update_message(msg.id, charged_credits=0, status=ChatStatus.FAILED, settled_at=self._now())
+            return tx.get_message(msg.id)
+
+        return self._tx(step)
+
+    def _reserved_message(self, tx: Tx, message_id: int) -> tuple[ChatMessage, ChatSession]:
+        msg = tx.get_message(message_id)
+        if msg is None:
+            raise NotFound(f"no chat message {message_id}")
+        return msg, tx.get_session(msg.session_id)
+
+    def _chat_refund(self, tx: Tx, user_id: int, msg: ChatMessage, amount: int, note: str) -> None:
+        if amount > 0:
+            tx.post(user_id, EntryType.CHAT_REFUND, amount, f"chat_refund:msg:{msg.id}", self._now(),
+                    chat_message_id=msg.id, note=note)
+
+    # --- support actions --------------------------------------------------------------
+
+    def support_refund(self, task_id: int, operator: str, reason: str) -> Task:
+        operator, reason = _operator(operator, reason)
+
+        def step(tx: Tx) -> Task:
+            task = self._task_in(tx, task_id, for_update=True)
+            refusal = self.refund_refusal(tx, task)
+            if refusal:
+                self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}")
+                return refusal
+            self._refund_if_due(tx, task, task.failure_class, note=f"support: {operator}: {reason}"[:500])
+            self._support_event(tx, task_id, operator, "refund", reason, "refunded")
+            return tx.get_task(task_id)
+
+        return self._refused_or(self._tx(step))
+
+    def refund_refusal(self, tx: Tx, task: Task) -> str | None:
+        """Why a refund of this task is not due, or None when it is."""
+        if task.status != TaskStatus.FAILED:
+            return f"task is {task.status}; only failed tasks are refunded"
+        if tx.entry(consume_key(task.id)) is None:
+            return "task was never charged"
+        if tx.entry(refund_key(task.id)) is not None:
+            return "task was already refunded"
+        if not self.policy.refunds(task.failure_class):
+            return f"policy {self.policy.name!r} keeps credits for {task.failure_class} failures"
+        return None
+
+    def support_recheck(self, task_id: int, operator: str, reason: str) -> Task:
+        operator, reason = _operator(operator, reason)
+        task = self.task(task_id)
+        if task.status != TaskStatus.GENERATING:
+            result = f"refused: task is {task.status}; only generating tasks are re-checked"
+        elif task.provider not in self.providers:
+            result = f"refused: no client for provider {task.provider!r} in this environment"
+        else:
+            task = self._check(task_id, EventKind.RECHECK, reason=f"support: {operator}")
+            result = f"upstream checked; task is {task.status}"
+        self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result))
+        if result.startswith("refused: "):
+            raise ActionRefused(result.removeprefix("refused: "))
+        return task
+
+    def support_mark_failed(self, task_id: int, operator: str, reason: str) -> Task:
+        operator, reason = _operator(operator, reason)
+
+        def step(tx: Tx) -> Task | str:
+            task = self._task_in(tx, task_id, for_update=True)
+            age = (self._now() - (task.submitted_at or task.created_at)).total_seconds()
+            if task.status not in ACTIVE:
+                refusal = f"task is {task.status}; only waiting or generating tasks can be marked failed"
+            elif age < self.policy.stuck_for(task.category):
+                refusal = (f"task is {int(age)} s old; it counts as stuck after "
+                           f"{int(self.policy.stuck_for(task.category))} s")
+            else:
+                refusal = None
+            if refusal:
+                self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}")
+                return refusal
+            self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
+                                FailureClass.INFRASTRUCTURE, path="support")
+            self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed")
+            return tx.get_task(task_id)
+
+        return self._refused_or(self._tx(step))
+
+    def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str, result: str) -> None:
+        self._event(tx, task_id, EventKind.SUPPORT_ACTION, operator=operator, action=action, reason=reason,
+                    result=result)
+
+    @staticmethod
+    def _refused_or(result: Task | str) -> Task:
+        if isinstance(result, str):
+            raise ActionRefused(result)
+        return result
+
+    # --- crash recovery --------------------------------------------------------------
+
+    def recover(self, grace_s: float = 0.0, limit: int = 100_000) -> RecoveryReport:
+        """Bring every task interrupted between steps (and untouched for grace_s)
+        to a consistent state. Idempotent: a second run finds nothing to do."""
+        report = RecoveryReport()
+        cutoff = self._now() - timedelta(seconds=grace_s)
+        stale = self._tx(lambda tx: tx.active_tasks_older_than(cutoff, limit))
+        for task in stale:
+            report.examined += 1
+            action = self._recover_one(task)
+            if action:
+                report.actions.append({"task_id": task.id, "action": action})
+        return report
+
+    def _recover_one(self, task: Task) -> str | None:
+        if task.status == TaskStatus.GENERATING:
+            overdue = (self._now() - (task.submitted_at or task.created_at)).total_seconds() >= \
+                self.policy.timeout_for(task.category)
+            if task.provider in self.providers:
+                after = self._check(task.id, EventKind.RECHECK, reason="recovery")
+                return f"re-checked upstream: {after.status}" if after and after.status != task.status else None
+            if overdue:
+                self._tx(lambda tx: self._fail_interrupted(tx, task.id, TIMEOUT, "no result within the timeout"))
+                return "failed: past the timeout with no provider client to ask"
+            return None
+        # WAITING: created, maybe charged, maybe submitted without the id stored.
+        provider = self.providers.get(task.provider)
+        charged = self._tx(lambda tx: tx.entry(consume_key(task.id))) is not None
+        if provider is not None and charged:
+            upstream = provider.find(f"task-{task.id}")
+            if upstream:
+                self._tx(lambda tx: self._adopt_upstream(tx, task.id, upstream))
+                return "stored the upstream id found at the provider"
+        if provider is not None and self.policy.recover_resubmit:
+            if not charged and not self._tx(lambda tx: self._charge(tx, task.id)):
+                return "charge refused: failed for credits"
+            after = self._submit_upstream(task.id)
+            return f"resumed: {after.status}"
+        self._tx(lambda tx: self._fail_interrupted(tx, task.id, "interrupted",
+                                                   "the task was interrupted before it reached the provider"))
+        return "failed: interrupted before submission" + (" (refunded)" if charged else "")
+
+    def _adopt_upstream(self, tx: Tx, task_id: int, upstream_id: str) -> None:
+        task = tx.get_task(task_id, for_update=True)
+        if task and task.status == TaskStatus.WAITING:
+            self._mark_generating(tx, task, upstream_id)
+            self._event(tx, task_id, EventKind.RECOVERED, what="adopted upstream id")
+
+    def _fail_interrupted(self, tx: Tx, task_id: int, code: str, message: str) -> None:
+        task = tx.get_task(task_id, for_update=True)
+        if task and task.status in ACTIVE:
+            self._event(tx, task_id, EventKind.RECOVERED, what=message)
+            self._finish_failed(tx, task, code, message, FailureClass.INFRASTRUCTURE, path="recovery")
+
+    # --- reads ---------------------------------------------------------------------
+
+    def task(self, task_id: int) -> Task:
+        return self._tx(lambda tx: self._task_in(tx, task_id))
+
+    @staticmethod
+    def _task_in(tx: Tx, task_id: int, for_update: bool = False) -> Task:
+        task = tx.get_task(task_id, for_update=for_update) if isinstance(task_id, int) else None
+        if task is None:
+            raise NotFound(f"no task {task_id!r}")
+        return task
+
+    def balance(self, user_id: int) -> int:
+        return self._tx(lambda tx: tx.balance(user_id))
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    upstream_task_id: str
+    state: str
+    result_urls: tuple[str, ...]
+    error_code: str | None
+    error_message: str | None
+    failure_class: str | None
+
+
+_STATES = {"succeeded", "failed", "running"}
+_CLASSES = {c.value for c in FailureClass} - {FailureClass.BILLING.value}
+
+
+def _parse_callback(raw: bytes) -> _Parsed | str:
+    """The callback body, or the reason it is malformed."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "body is not JSON"
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, dict):
+        return "body has no data object"
+    upstream, state = data.get("upstream_task_id"), data.get("state")
+    if not isinstance(upstream, str) or not upstream or len(upstream) > 200:
+        return "data.upstream_task_id missing or not a string"
+    if state not in _STATES:
+        return "data.state is not succeeded, failed or running"
+    urls = data.get("result_urls") or []
+    if not isinstance(urls, list) or not all(isinstance(u, str) and 0 < len(u) <= 2000 for u in urls) or len(urls) > 50:
+        return "data.result_urls is not a list of URLs"
+    klass = data.get("failure_class")
+    if klass is not None and klass not in _CLASSES:
+        return "data.failure_class is not user, provider or infrastructure"
+    code, message = data.get("error_code"), data.get("error_message")
+    if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):
+        return "data.error_code / error_message are not strings"
+    return _Parsed(upstream, state, tuple(urls), code and code[:80], message and message[:2000], klass)
+
+
+def _callback_outcome(parsed: _Parsed) -> CallbackOutcome:
+    """An early callback (success without URLs yet) is deferred; anything else applies."""
+    if parsed.state == "succeeded" and not parsed.result_urls:
+        return CallbackOutcome.DEFERRED
+    return CallbackOutcome.APPLIED
+
+
+def _epoch(naive_utc: datetime) -> float:
+    return (naive_utc - datetime(1970, 1, 1)).total_seconds()
+
+
+def _operator(operator: Any, reason: Any) -> tuple[str, str]:
+    if not isinstance(operator, str) or not operator.strip():
+        raise ActionRefused("a support action needs the operator's name")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ActionRefused("a support action needs a reason")
+    return operator.strip()[:100], reason.strip()[:500]

@@ -1,0 +1,102 @@
+"""Standard Webhooks signatures for provider callbacks.
+
+A callback carries three headers: `webhook-id`, `webhook-timestamp` (Unix
+seconds) and `webhook-signature` (space-separated `v1,<base64>` entries, so a
+provider can sign with old and new keys during a rotation). The signed content
+is `{id}.{timestamp}.{raw body}`, HMAC-SHA256 with the secret's key bytes
+(`whsec_` + base64). Verification compares in constant time and refuses
+timestamps more than TOLERANCE_S away from now, in either direction.
+
+Secrets never appear in an error message or a repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import random
+from collections.abc import Mapping, Sequence
+
+from .domain import RivyaError
+
+TOLERANCE_S = 300
+SECRET_PREFIX = "whsec_"
+MAX_HEADER_LEN = 4096
+
+
+class WebhookError(RivyaError):
+    """code: missing_headers | bad_signature | stale | malformed."""
+
+    code = "webhook_invalid"
+
+
+def _key(secret: str) -> bytes:
+    raw = secret.removeprefix(SECRET_PREFIX)
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise WebhookError("a configured webhook secret is not valid base64", code="bad_secret") from None
+
+
+def generate_secret(rng: random.Random | None = None) -> str:
+    rng = rng or random.SystemRandom()
+    return SECRET_PREFIX + base64.b64encode(bytes(rng.getrandbits(8) for _ in range(24))).decode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    content = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_key(secret), content, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: str | Sequence[str], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Headers for a callback signed with one secret, or with each of several."""
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in secrets),
+    }
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header lookup; a header given twice is malformed."""
+    found = [v for k, v in headers.items() if isinstance(k, str) and k.lower() == name]
+    if len(found) > 1:
+        raise WebhookError(f"header {name} given more than once", code="malformed")
+    if not found:
+        return None
+    value = found[0]
+    if not isinstance(value, str) or len(value) > MAX_HEADER_LEN:
+        raise WebhookError(f"header {name} is not a usable string", code="malformed")
+    return value
+
+
+def verify(secrets: Sequence[str], headers: Mapping[str, str], body: bytes, now_ts: float) -> str:
+    """Check a callback; return its webhook id. Raises WebhookError."""
+    msg_id = header(headers, "webhook-id")
+    ts_raw = header(headers, "webhook-timestamp")
+    sig_raw = header(headers, "webhook-signature")
+    if not msg_id or not ts_raw or not sig_raw:
+        raise WebhookError("callback is missing a webhook-id, -timestamp or -signature header", code="missing_headers")
+    if not ts_raw.isascii() or not ts_raw.isdigit() or len(ts_raw) > 12:
+        raise WebhookError("webhook-timestamp is not a Unix time in seconds", code="malformed")
+    ts = int(ts_raw)
+    if not isinstance(body, (bytes, bytearray)):
+        raise WebhookError("callback body is not bytes", code="malformed")
+    expected = [sign(s, msg_id, ts, bytes(body)).split(",", 1)[1].encode() for s in secrets]
+    matched = False
+    for candidate in sig_raw.split(" "):
+        version, _, value = candidate.partition(",")
+        if version != "v1" or not value:
+            continue
+        for exp in expected:  # no early exit: every comparison runs
+            matched |= hmac.compare_digest(exp, value.encode("utf-8", "replace"))
+    if not matched:
+        raise WebhookError("callback signature does not match any configured secret", code="bad_signature")
+    if abs(now_ts - ts) > TOLERANCE_S:
+        raise WebhookError(f"callback timestamp is {int(now_ts - ts)} s away from now (tolerance {TOLERANCE_S} s)",
+                           code="stale")
+    return msg_id
