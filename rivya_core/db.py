@@ -40,6 +40,9 @@ from .ports import Snapshot, chunks
 if TYPE_CHECKING:
     from .store_sql import SqlStore
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DB_PATH = REPO_ROOT / "data" / "rivya.db"
+DEFAULT_URL = f"sqlite:///{DEFAULT_DB_PATH}"  # the embedded default database
 BUSY_TIMEOUT_S = 30
 BATCH = 2000
 
@@ -73,8 +76,8 @@ def safe_url(url: str) -> str:
     """The URL with any password hidden, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):
+        return url.split("@")[-1]
 
 
 def _is_memory_sqlite(url: Any) -> bool:

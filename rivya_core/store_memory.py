@@ -47,13 +47,22 @@ _TASK_FIELDS = frozenset(f.name for f in dc_fields(Task))
 _MESSAGE_FIELDS = frozenset(f.name for f in dc_fields(ChatMessage))
 
 
+def _clone(value: Any) -> Any:
+    """A copy of a JSON-like value (much cheaper than copy.deepcopy)."""
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clone(v) for v in value]
+    return value
+
+
 def _copy(row: Any) -> Any:
     """A detached copy: the dataclass and any JSON-like value inside it."""
     out = copy.copy(row)
     for name in ("params", "result_urls", "detail"):
         value = getattr(out, name, None)
         if isinstance(value, (dict, list)):
-            setattr(out, name, copy.deepcopy(value))
+            setattr(out, name, _clone(value))
     return out
 
 
@@ -220,7 +229,7 @@ class MemoryTx:
         before = replace(task)
         s._unindex_task(task)
         for name, value in fields.items():
-            setattr(task, name, copy.deepcopy(value) if isinstance(value, (dict, list)) else value)
+            setattr(task, name, _clone(value) if isinstance(value, (dict, list)) else value)
         s._index_task(task)
 
         def undo() -> None:
@@ -317,7 +326,7 @@ class MemoryTx:
     def add_event(self, task_id: int, kind: str, detail: dict[str, Any], at: datetime) -> None:
         s = self.s
         ev = TaskEvent(id=s._new_id("task_event"), task_id=task_id, at=at, kind=str(kind),
-                       detail=copy.deepcopy(dict(detail)))
+                       detail=_clone(dict(detail)))
         s._task_events[task_id].append(ev.id)
         s._add(s.events, ev, lambda: s._task_events[task_id].remove(ev.id))
 

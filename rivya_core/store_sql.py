@@ -112,9 +112,10 @@ class SqlStore:
 
     def snapshot(self) -> Snapshot:
         snap = Snapshot()
-        with self.begin() as tx:
+        reader = self.engine.execution_options(sqlite_begin="DEFERRED")  # one consistent read, no write lock
+        with _translated(), reader.begin() as conn:
             for attr, (table, cls) in db.SNAPSHOT_TABLES.items():
-                rows = tx.conn.execute(select(table).order_by(table.c.id))
+                rows = conn.execute(select(table).order_by(table.c.id))
                 setattr(snap, attr, [_to(cls, r) for r in rows])
         return snap
 

@@ -5,21 +5,27 @@ Each test runs three times; PostgreSQL skips (saying why) when no server answers
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
-from rivya_core.db import open_store
+from rivya_core import schema
+from rivya_core.db import make_engine, normalize_url, open_store, require_schema, snapshot_to_engine
 from rivya_core.domain import (
     ChatMessage,
     InsufficientCredits,
     NotFound,
     ProviderCallback,
+    SchemaMissing,
+    StoreUnavailable,
     Task,
     TaskStatus,
     ValidationError,
 )
 from rivya_core.store_memory import MemoryStore
+from rivya_core.store_sql import SqlStore
 
 T0 = datetime(2025, 3, 1, 9, 0, 0)
 G, W, S, F = TaskStatus.GENERATING, TaskStatus.WAITING, TaskStatus.SUCCESS, TaskStatus.FAILED
@@ -148,6 +154,18 @@ def test_rollback_leaves_nothing(store, uid):
         tx.add_account("eve@example.com", "Eve", T0)
 
 
+def test_nested_unit_of_work_rolls_back_alone(store, uid):
+    with store.begin() as tx:
+        tx.post(uid, "grant", 10, "g", T0)
+        with pytest.raises(InsufficientCredits), store.begin() as inner:
+            inner.post(uid, "consume", -4, "c1", T0)
+            inner.post(uid, "consume", -7, "c2", T0)
+        tx.post(uid, "consume", -3, "c3", T0)
+    with store.begin() as tx:
+        assert tx.balance(uid) == 7 and tx.entry("c1") is None
+        assert [e.balance_after for e in store.snapshot().ledger] == [10, 7]
+
+
 def test_update_rolled_back(store, uid):
     with store.begin() as tx:
         tid = tx.insert_task(task(uid, status=G, next_check_at=T0)).id
@@ -243,3 +261,92 @@ def test_snapshot_holds_everything(store, uid):
     assert [len(snap.accounts), len(snap.tasks), len(snap.ledger), len(snap.events), len(snap.sessions),
             len(snap.messages)] == [1, 1, 1, 1, 1, 1]
     assert snap.accounts[0].balance == 5
+
+
+# --- opening databases (rivya_core.db) ------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
+    ("postgres://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
+    ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+    ("data/rivya.db", "sqlite:///data/rivya.db"),
+    ("/tmp/x.db", "sqlite:////tmp/x.db"),
+    ("sqlite://", "sqlite://"),
+])
+def test_normalize_url(given, expected):
+    assert normalize_url(given) == expected
+
+
+def _one_line(exc) -> str:
+    assert "\n" not in exc.message and exc.message
+    return exc.message
+
+
+@pytest.mark.parametrize("url", ["", "nonsense://x/y", "postgresql+psycopg://u@h:notaport/db"])
+def test_open_store_refuses_malformed_url(url):
+    with pytest.raises(StoreUnavailable) as err:
+        open_store(url)
+    _one_line(err.value)
+
+
+def test_open_store_refuses_unreachable_server():
+    with pytest.raises(StoreUnavailable) as err:
+        open_store("postgresql://nobody:secret@127.0.0.1:1/none")
+    assert "secret" not in _one_line(err.value) and "127.0.0.1" in err.value.message
+
+
+def test_open_store_refuses_missing_sqlite_file_without_creating_it(tmp_path):
+    path = tmp_path / "absent.db"
+    with pytest.raises(StoreUnavailable) as err:
+        open_store(str(path))
+    assert str(path) in _one_line(err.value) and not path.exists()
+
+
+def test_open_store_refuses_database_without_schema(db_url):
+    make_engine(db_url).dispose()
+    if db_url.startswith("sqlite"):
+        sqlite3.connect(db_url.removeprefix("sqlite:///")).close()  # an empty database file
+    with pytest.raises(SchemaMissing) as err:
+        open_store(db_url)
+    assert "credit_ledger" in _one_line(err.value) and "init-db" in err.value.message
+
+
+def test_init_db_is_idempotent_and_records_version(db_url):
+    open_store(db_url, create=True).dispose()
+    st = open_store(db_url, create=True)
+    with st.engine.connect() as conn:
+        rows = conn.execute(select(schema.schema_meta)).all()
+    assert [(r.key, r.value) for r in rows] == [("version", str(schema.SCHEMA_VERSION))]
+    require_schema(st.engine)
+    st.dispose()
+
+
+def test_sqlite_engine_uses_wal_and_immediate_writes(sqlite_url):
+    st = open_store(sqlite_url, create=True)
+    with st.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    st.dispose()
+
+
+def test_snapshot_to_engine_reproduces_a_memory_store():
+    mem = MemoryStore()
+    with mem.begin() as tx:
+        uid = tx.add_account("ann@example.com", "Ann", T0).id
+        tid = tx.insert_task(task(uid, status=G, upstream_task_id="u1")).id
+        tx.post(uid, "grant", 20, "g", T0)
+        tx.post(uid, "consume", -10, "c", T0, task_id=tid)
+        tx.add_event(tid, "created", {"x": [1]}, T0)
+        tx.add_notification(uid, "generation_success", "t", "b", T0, task_id=tid, idempotency_key="n")
+        s = tx.add_session(uid, "gpt", "t", T0)
+        tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="x", created_at=T0))
+        tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=True,
+                                         outcome="applied", body="{}", webhook_id="w", task_id=tid))
+    engine = snapshot_to_engine(mem.snapshot())
+    sql = SqlStore(engine)
+    assert sql.snapshot() == mem.snapshot()
+    with engine.connect() as conn:
+        assert conn.execute(select(schema.ai_task.c.id).where(schema.ai_task.c.result_urls.is_(None))).all()
+    with sql.begin() as tx:  # ids continue after the copied ones
+        assert tx.post(uid, "grant", 1, "g2", T0).entry.id == 3
