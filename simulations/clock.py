@@ -1,0 +1,39 @@
+"""The SimPy clock: rivya_core.ports.Clock over a SimPy environment.
+
+`now()` is a fixed epoch plus `env.now` seconds (naive UTC), so the same run
+writes the same timestamps every time; `call_later` schedules a SimPy process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import simpy
+
+EPOCH = datetime(2026, 4, 28, 0, 0, 0)
+
+
+class SimClock:
+    def __init__(self, env: simpy.Environment, epoch: datetime = EPOCH):
+        self.env = env
+        self.epoch = epoch
+        self._epoch_ts = int((epoch - datetime(1970, 1, 1)).total_seconds())
+
+    def now(self) -> datetime:
+        return self.epoch + timedelta(seconds=round(self.env.now, 6))
+
+    def timestamp(self) -> int:
+        """Unix seconds of now(), as webhook timestamps carry it."""
+        return self._epoch_ts + int(self.env.now)
+
+    def at(self, sim_s: float) -> datetime:
+        return self.epoch + timedelta(seconds=round(sim_s, 6))
+
+    def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> None:
+        self.env.process(self._later(max(0.0, float(delay_s)), fn, args))
+
+    def _later(self, delay_s: float, fn: Callable[..., Any], args: tuple[Any, ...]):
+        yield self.env.timeout(delay_s)
+        fn(*args)

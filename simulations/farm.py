@@ -1,0 +1,313 @@
+"""The mock provider farm: one simulated provider per catalogue provider.
+
+Each MockProvider implements rivya_core.ports.Provider on a SimPy clock: a
+`simpy.Resource` of `capacity` slots (a queue forms beyond it), a generation
+time per category, submission faults raised as ProviderError, outcome faults
+with realistic error codes and classes, and callbacks sent as real signed
+Standard Webhooks requests (headers + raw JSON bytes) through a delivery
+`simpy.Store`, the way SimPy's examples model network latency. `status()`
+answers only what the provider knows at that simulated moment.
+
+Every draw about one job comes from a Random keyed by (stream, task_ref), so a
+job's latency and faults do not depend on how many jobs came before it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpy
+
+from rivya_core import webhooks
+from rivya_core.ports import ProviderError, UpstreamStatus
+
+from .clock import SimClock
+from .scenarios import Outage, ProviderConfig
+from .streams import Streams
+
+STALE_EXTRA_S = 420.0  # a stale delivery arrives this long after it was signed
+
+CONTENT_POLICY = ("content_policy_violation", "The prompt or reference was refused by the provider's content policy.", "user")
+MODEL_ERROR = ("model_error", "The model failed while generating (internal error).", "provider")
+UPSTREAM_TIMEOUT = ("upstream_timeout", "The provider timed out while generating.", "infrastructure")
+OUTAGE_FAILURE = ("service_unavailable", "The provider is unavailable (outage).", "provider")
+
+
+@dataclass
+class Job:
+    upstream_id: str
+    task_ref: str
+    model: str
+    category: str
+    submitted_at: float
+    state: str = "queued"          # queued | running | succeeded | failed | lost
+    done_at: float | None = None
+    result_urls: tuple[str, ...] = ()
+    error: tuple[str, str, str] | None = None
+    pending_deliveries: int = 0
+    lose_next: int = 0             # scripted: drop the next N callbacks
+
+
+@dataclass
+class Delivery:
+    provider: str
+    headers: dict[str, str]
+    body: bytes
+    kind: str                      # final, early, duplicate, progress, forged, stale, malformed
+    job: Job | None = None
+
+
+@dataclass
+class FarmStats:
+    sent: Counter = field(default_factory=Counter)     # deliveries by kind
+    dropped: Counter = field(default_factory=Counter)  # lost callbacks
+    submit_faults: Counter = field(default_factory=Counter)
+    outcomes: Counter = field(default_factory=Counter)
+
+
+class MockProvider:
+    """One upstream service. `category_of(model)` maps a model id to its category."""
+
+    def __init__(self, name: str, env: simpy.Environment, clock: SimClock, cfg: ProviderConfig, streams: Streams,
+                 secret: str, category_of: Callable[[str], str], farm: Farm):
+        self.name = name
+        self.env = env
+        self.clock = clock
+        self.cfg = cfg
+        self.streams = streams
+        self.secret = secret
+        self.category_of = category_of
+        self.farm = farm
+        self.slots = simpy.Resource(env, capacity=cfg.capacity)
+        self.jobs: dict[str, Job] = {}
+        self.by_ref: dict[str, str] = {}
+        self.outages: list[Outage] = []
+        self._n = 0
+        self._msg = 0
+        self.scripted: dict[str, dict[str, Any]] = {}   # task_ref -> forced outcome/gen_s
+
+    # --- the Provider port -----------------------------------------------------------
+
+    def submit(self, task_ref: str, model: str, prompt: str, params: dict[str, Any]) -> str:
+        if task_ref in self.by_ref:
+            return self.by_ref[task_ref]
+        outage = self._outage()
+        if outage is not None and outage.mode in ("submit_error", "submit_refused"):
+            kind = outage.mode.removeprefix("submit_")
+            self.farm.stats.submit_faults[kind] += 1
+            raise ProviderError(kind, f"{self.name}: upstream unavailable ({kind})")
+        rng = self.streams.keyed(f"submit_faults:{self.name}", task_ref)
+        for kind, p in (("refused", self.cfg.submit_refused), ("error", self.cfg.submit_error),
+                        ("timeout", self.cfg.submit_timeout)):
+            if p and rng.random() < p:
+                self.farm.stats.submit_faults[kind] += 1
+                raise ProviderError(kind, f"{self.name}: submission {kind}")
+        self._n += 1
+        upstream_id = f"{self.name}-{self._n:08d}"
+        job = Job(upstream_id, task_ref, model, self.category_of(model), self.env.now)
+        self.jobs[upstream_id] = job
+        self.by_ref[task_ref] = upstream_id
+        self.env.process(self._run(job))
+        return upstream_id
+
+    def status(self, upstream_task_id: str) -> UpstreamStatus:
+        job = self.jobs.get(upstream_task_id)
+        if job is None or job.state == "lost":
+            return UpstreamStatus("unknown")
+        if job.state == "succeeded":
+            return UpstreamStatus("succeeded", job.result_urls)
+        if job.state == "failed":
+            code, msg, cls = job.error or MODEL_ERROR
+            return UpstreamStatus("failed", error_code=code, error_message=msg, failure_class=cls)
+        return UpstreamStatus(job.state)
+
+    def find(self, task_ref: str) -> str | None:
+        return self.by_ref.get(task_ref)
+
+    # --- a job's life ------------------------------------------------------------------
+
+    def _outage(self) -> Outage | None:
+        now = self.env.now
+        for o in self.outages:
+            if o.start_s <= now < o.end_s:
+                return o
+        return None
+
+    def _run(self, job: Job):
+        cfg = self.cfg
+        lat = self.streams.keyed(f"latency:{self.name}", job.task_ref)
+        faults = self.streams.keyed(f"outcome_faults:{self.name}", job.task_ref)
+        cbr = self.streams.keyed(f"callback_faults:{self.name}", job.task_ref)
+        forced = self.scripted.get(job.task_ref, {})
+        gen_s = forced.get("gen_s") or cfg.gen_range(job.category).draw(lat.random())
+        # every draw is made up front, in a fixed order, whatever the outcome
+        u_outcome = [faults.random() for _ in range(5)]
+        cb_u = {k: cbr.random() for k in ("early", "lost", "duplicate", "reorder", "forged", "stale", "malformed")}
+        early_at = cbr.uniform(0.2, 0.8)
+        delays = [cfg.callback_delay_s.draw(cbr.random()) for _ in range(4)]
+        with self.slots.request() as req:
+            yield req
+            job.state = "running"
+            start = self.env.now
+            if self.farm.callbacks_enabled and cfg.reorder and cb_u["reorder"] < cfg.reorder:
+                # a progress callback that is overtaken by the final one
+                self._send(job, self._next_msg(), self._body(job, "task.progress", "running"),
+                           delay=gen_s + delays[3] + 5.0, kind="progress")
+            if self.farm.callbacks_enabled and cfg.early and cb_u["early"] < cfg.early:
+                self.env.process(self._early(job, gen_s * early_at))
+            yield self.env.timeout(gen_s)
+        self._decide(job, u_outcome, forced)
+        job.done_at = self.env.now
+        self.farm.stats.outcomes[job.state if job.error is None else job.error[0]] += 1
+        if job.state == "lost" or not self.farm.callbacks_enabled:
+            return
+        ok = job.state == "succeeded"
+        body = self._body(job, "task.succeeded" if ok else "task.failed", job.state)
+        if cb_u["lost"] < cfg.lost or job.lose_next > 0:
+            job.lose_next = max(0, job.lose_next - 1)
+            self.farm.stats.dropped["final"] += 1
+        elif cb_u["stale"] < cfg.stale:
+            self._send(job, self._next_msg(), body, delay=delays[0] + STALE_EXTRA_S, kind="stale")
+        else:
+            msg = self._next_msg()
+            self._send(job, msg, body, delay=delays[0], kind="final")
+            if cb_u["duplicate"] < cfg.duplicate:
+                self._send(job, msg, body, delay=delays[0] + delays[1], kind="duplicate")
+        if cb_u["forged"] < cfg.forged:
+            fake = self._body(job, "task.succeeded", "succeeded", urls=(f"https://evil.example/{job.upstream_id}.png",))
+            self._send(job, self._next_msg(), fake, delay=delays[2], kind="forged", secret="whsec_forged")
+        if cb_u["malformed"] < cfg.malformed:
+            bad = (b'{"type": "task.succeeded", "data": ' if start % 2 else b'{"type": "task.succeeded"}')
+            self._send(job, self._next_msg(), bad, delay=delays[2], kind="malformed", raw=True)
+
+    def _decide(self, job: Job, u: list[float], forced: dict[str, Any]) -> None:
+        cfg = self.cfg
+        outage = self._outage()
+        if forced.get("outcome") == "succeeded":
+            job.state, job.result_urls = "succeeded", self._urls(job)
+        elif forced.get("outcome") == "failed":
+            job.state, job.error = "failed", MODEL_ERROR
+        elif outage is not None and outage.mode == "fail":
+            job.state, job.error = "failed", OUTAGE_FAILURE
+        elif u[0] < cfg.lost_job:
+            job.state = "lost"
+        elif u[1] < cfg.content_policy:
+            job.state, job.error = "failed", CONTENT_POLICY
+        elif u[2] < cfg.model_error:
+            job.state, job.error = "failed", MODEL_ERROR
+        elif u[3] < cfg.upstream_timeout:
+            job.state, job.error = "failed", UPSTREAM_TIMEOUT
+        elif u[4] < cfg.no_urls:
+            job.state, job.result_urls = "succeeded", ()
+        else:
+            job.state, job.result_urls = "succeeded", self._urls(job)
+
+    def _urls(self, job: Job) -> tuple[str, ...]:
+        ext = {"image": "png", "video": "mp4", "audio": "mp3"}.get(job.category, "bin")
+        return (f"https://cdn.{self.name}.example/{job.upstream_id}.{ext}",)
+
+    def _early(self, job: Job, after_s: float):
+        yield self.env.timeout(after_s)
+        if job.state in ("queued", "running"):
+            self._send(job, self._next_msg(), self._body(job, "task.succeeded", "succeeded", urls=()),
+                       delay=0.0, kind="early")
+
+    def send_early_now(self, job: Job) -> None:
+        """Scripted: an early 'succeeded' callback without URLs, right now."""
+        self._send(job, self._next_msg(), self._body(job, "task.succeeded", "succeeded", urls=()), 0.0, "early")
+
+    def send_final_now(self, job: Job) -> None:
+        ok = job.state == "succeeded"
+        self._send(job, self._next_msg(), self._body(job, "task.succeeded" if ok else "task.failed", job.state),
+                   0.0, "final")
+
+    # --- callbacks -----------------------------------------------------------------------
+
+    def _next_msg(self) -> str:
+        self._msg += 1
+        return f"msg_{self.name}_{self._msg:08d}"
+
+    def _body(self, job: Job, type_: str, state: str, urls: tuple[str, ...] | None = None) -> dict[str, Any]:
+        err = job.error if state == "failed" else None
+        return {"type": type_, "data": {
+            "upstream_task_id": job.upstream_id, "state": state,
+            "result_urls": list(job.result_urls if urls is None else urls),
+            "error_code": err[0] if err else None, "error_message": err[1] if err else None,
+            "failure_class": err[2] if err else None}}
+
+    def _send(self, job: Job, msg_id: str, body: Any, delay: float, kind: str, *,
+              secret: str | None = None, raw: bool = False) -> None:
+        data = body if raw else json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        ts = self.clock.timestamp()
+        headers = webhooks.signed_headers(secret or self.secret, msg_id, ts, data)
+        job.pending_deliveries += 1
+        self.farm.stats.sent[kind] += 1
+        self.env.process(self.farm.network(Delivery(self.name, headers, data, kind, job), delay))
+
+
+class Farm:
+    """All providers plus the delivery Store and the process that hands each
+    arriving callback to `deliver(provider, headers, body)` (the service)."""
+
+    def __init__(self, env: simpy.Environment, clock: SimClock, streams: Streams, provider_names: list[str],
+                 config_for: Callable[[str], ProviderConfig], category_of: Callable[[str], str],
+                 callbacks_enabled: bool, outages: tuple[Outage, ...] = ()):
+        self.env = env
+        self.callbacks_enabled = callbacks_enabled
+        self.stats = FarmStats()
+        self.inbox = simpy.Store(env)
+        self.deliver: Callable[[str, dict[str, str], bytes], Any] | None = None
+        self.on_delivered: Callable[[Delivery, Any], None] | None = None
+        secrets_rng = streams.get("secrets")
+        self.providers: dict[str, MockProvider] = {}
+        for name in sorted(provider_names):
+            secret = webhooks.generate_secret(secrets_rng)
+            self.providers[name] = MockProvider(name, env, clock, config_for(name), streams, secret, category_of, self)
+        for o in outages:
+            if o.provider in self.providers:
+                self.providers[o.provider].outages.append(o)
+        env.process(self._dispatch())
+
+    @property
+    def secrets(self) -> dict[str, list[str]]:
+        return {name: [p.secret] for name, p in self.providers.items()}
+
+    def network(self, delivery: Delivery, delay: float):
+        yield self.env.timeout(delay)
+        yield self.inbox.put(delivery)
+
+    def _dispatch(self):
+        while True:
+            d = yield self.inbox.get()
+            result = self.deliver(d.provider, d.headers, d.body) if self.deliver else None
+            if d.job is not None:
+                d.job.pending_deliveries -= 1
+            if self.on_delivered:
+                self.on_delivered(d, result)
+
+    def job_for_ref(self, task_ref: str) -> Job | None:
+        for p in self.providers.values():
+            uid = p.by_ref.get(task_ref)
+            if uid is not None:
+                return p.jobs[uid]
+        return None
+
+    def quiet(self, provider: str, upstream_id: str | None) -> bool:
+        """True when the provider will send nothing more about this job."""
+        if upstream_id is None:
+            return True
+        job = self.providers[provider].jobs.get(upstream_id) if provider in self.providers else None
+        return job is None or (job.done_at is not None and job.pending_deliveries == 0
+                               and job.state != "running")
+
+    def forget(self, provider: str, upstream_id: str) -> None:
+        p = self.providers.get(provider)
+        if p is None:
+            return
+        job = p.jobs.pop(upstream_id, None)
+        if job is not None:
+            p.by_ref.pop(job.task_ref, None)

@@ -1,0 +1,317 @@
+"""The runner: one scenario, one seed, the real lifecycle service on a SimPy clock.
+
+Setup (in the style of SimPy's examples): an environment, the SimPy clock, a
+MemoryStore, the provider farm, the lifecycle service wired to all three, the
+user population; then processes: arrivals (or the scenario's script), the
+polling sweep, the batch writer, and a monitor that stops the run once
+arrivals are over and every task is terminal (or the drain timeout passed).
+The database then gets the audit of every invariant and a liveness check.
+
+`--realtime FACTOR`: the SimPy clock follows the wall clock, FACTOR simulated
+seconds per wall second (simpy.rt.RealtimeEnvironment(factor=1/FACTOR)); rows
+are upserted as they change so the dashboard can watch tasks move.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import simpy
+import simpy.rt
+from sqlalchemy import func, select
+
+from rivya_core import schema
+from rivya_core.audit import audit
+from rivya_core.catalog import default_catalog
+from rivya_core.db import init_db, make_engine
+from rivya_core.domain import ACTIVE, RivyaError
+from rivya_core.lifecycle import LifecycleService
+from rivya_core.store_memory import MemoryStore
+
+from .clock import SimClock
+from .farm import Farm
+from .scenarios import Scenario, ScenarioError
+from .streams import Streams
+from .users import Population
+from .writer import BatchWriter, write_sim_run
+
+FLUSH_EVERY_S = 60.0       # simulated seconds between batch writes
+REALTIME_FLUSH_WALL_S = 1.0
+
+
+class RunError(RivyaError):
+    code = "run_failed"
+    user_correctable = True
+
+
+@dataclass
+class RunSummary:
+    fingerprint: str
+    seed: int
+    scenario_name: str
+    tasks: int
+    sim_seconds: float
+    counts_by_state: dict[str, int]
+    counts_by_outcome: dict[str, int]
+    credits: dict[str, int]
+    completion_paths: dict[str, int]
+    deferrals: int
+    rejected_callbacks: dict[str, int]
+    latency_percentiles: dict[str, float]
+    violations: list[dict[str, Any]]
+    liveness_ok: bool
+    kpis: dict[str, float] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
+    farm: dict[str, dict[str, int]] = field(default_factory=dict)
+    users: dict[str, int] = field(default_factory=dict)
+    wall_seconds: float = 0.0   # not stored: differs between identical runs
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and self.liveness_ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def stored(self) -> dict[str, Any]:
+        d = self.to_dict()
+        d.pop("wall_seconds")
+        return d
+
+    def render_text(self) -> str:
+        c = self.credits
+        lines = [
+            f"scenario {self.scenario_name}  seed {self.seed}  fingerprint {self.fingerprint[:16]}",
+            f"tasks {self.tasks} over {self.sim_seconds:,.0f} simulated s"
+            + (f" in {self.wall_seconds:.1f} s wall ({self.tasks / self.wall_seconds:,.0f} tasks/s)"
+               if self.wall_seconds > 0 else ""),
+            "by state:    " + _kv(self.counts_by_state),
+            "callbacks:   " + _kv(self.counts_by_outcome),
+            f"credits:     charged {c['charged']}  refunded {c['refunded']}  net {c['net']}"
+            f"  (chat charged {c['chat_charged']}, chat refunded {c['chat_refunded']})",
+            "completion:  " + _kv(self.completion_paths),
+            f"deferrals:   {self.deferrals}",
+            "rejected:    " + (_kv(self.rejected_callbacks) or "none"),
+            "latency s:   " + "  ".join(f"{k} {v:,.1f}" for k, v in self.latency_percentiles.items()),
+            f"liveness:    {'ok' if self.liveness_ok else 'FAILED: tasks left active'}",
+        ]
+        if self.violations:
+            lines.append(f"VIOLATIONS:  {len(self.violations)}")
+            lines += [f"  - {v['kind']}: {v['message']}" for v in self.violations]
+        else:
+            lines.append("violations:  none")
+        return "\n".join(lines)
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {v}" for k, v in sorted(d.items()))
+
+
+class Run:
+    """The wiring of one run. Kept as an object so tests can look inside."""
+
+    def __init__(self, scenario: Scenario, *, seed: int | None = None, tasks: int | None = None,
+                 realtime: float | None = None):
+        self.sc = scenario
+        self.seed = scenario.seed if seed is None else int(seed)
+        self.max_tasks = scenario.tasks if tasks is None else int(tasks)
+        self.streams = Streams(self.seed)
+        if realtime:
+            self.env: simpy.Environment = simpy.rt.RealtimeEnvironment(factor=1.0 / realtime, strict=False)
+        else:
+            self.env = simpy.Environment()
+        self.realtime = realtime
+        self.clock = SimClock(self.env)
+        self.store = MemoryStore()
+        self.catalog = default_catalog()
+        names = list(self.catalog.providers())
+        unknown = sorted(set(scenario.providers) | {o.provider for o in scenario.outages})
+        unknown = [n for n in unknown if n not in names]
+        if unknown:
+            raise ScenarioError(f"{scenario.path}: key 'farm.providers.{unknown[0]}': no such provider in the "
+                                f"catalogue (known: {', '.join(names)})")
+        category = {m.id: m.category for m in self.catalog.models}
+        self.farm = Farm(self.env, self.clock, self.streams, names, scenario.provider_config,
+                         lambda model: category.get(model, "image"), scenario.callbacks, scenario.outages)
+        self.svc = LifecycleService(self.store, self.clock, self.farm.providers, self.catalog, scenario.policy,
+                                    self.farm.secrets, callbacks_enabled=scenario.callbacks)
+        self.farm.deliver = self.svc.handle_callback
+        self.writer: BatchWriter | None = None
+        self.population = Population(self.env, self.svc, self.catalog, scenario, self.streams,
+                                     self._read_task, self._pin)
+        self.script_tasks: list[int] = []
+        self.script_done = not scenario.script
+        self.polls = 0
+
+    def _read_task(self, task_id: int):
+        with self.store.begin() as tx:
+            return tx.get_task(task_id)
+
+    def _pin(self, task_id: int, on: bool) -> None:
+        if self.writer is not None:
+            self.writer.pin(task_id, on)
+
+    # --- processes -----------------------------------------------------------------
+
+    def poller(self):
+        tick = self.sc.poll_tick_s
+        while True:
+            yield self.env.timeout(tick)
+            self.svc.poll()
+
+    def flusher(self):
+        while True:
+            if self.realtime:
+                yield self.env.timeout(REALTIME_FLUSH_WALL_S * self.realtime)
+            else:
+                yield self.env.timeout(FLUSH_EVERY_S)
+            self.writer.flush()
+
+    def monitor(self, stop: simpy.Event, deadline: Callable[[], float], progress):
+        horizon = self.sc.horizon_s
+        while True:
+            yield self.env.timeout(self.sc.poll_tick_s)
+            pop = self.population
+            if progress is not None:
+                if not pop.arrivals_done:
+                    frac = (pop.arrived / self.max_tasks) if self.max_tasks else self.env.now / max(horizon, 1)
+                    progress(min(0.95, 0.95 * frac), "arrivals")
+                else:
+                    progress(0.96, f"draining ({len(self.store._active)} active)")
+            if not (pop.arrivals_done and self.script_done):
+                continue
+            idle = not self.store._active and pop.open_chats == 0 and not self.writer.pinned
+            if idle or self.env.now >= deadline():
+                stop.succeed()
+                return
+
+    def script(self):
+        from .scripted import play
+
+        yield from play(self)
+        self.script_done = True
+
+
+def drain_seconds(sc: Scenario) -> float:
+    if sc.drain_s:
+        return sc.drain_s
+    p = sc.policy
+    longest = max([*p.timeout_s.values(), 0.0])
+    patience = sc.behaviour.patience_s * (sc.behaviour.max_retries + 2)
+    return longest + 2 * p.poll_interval_s + patience + 900.0
+
+
+def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
+                 progress: Callable[[float, str], None] | None = None, realtime: float | None = None) -> RunSummary:
+    wall0 = time.perf_counter()
+    run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
+    engine = make_engine(db_url)
+    try:
+        init_db(engine)
+        with engine.connect() as conn:
+            if conn.scalar(select(func.count()).select_from(schema.ai_task)) or \
+                    conn.scalar(select(func.count()).select_from(schema.account)):
+                raise RunError(f"database {engine.url.render_as_string(hide_password=True)} already holds data; "
+                               "a run writes into a fresh database")
+        return _execute(run, engine, progress, wall0)
+    finally:
+        engine.dispose()
+
+
+def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
+    sc, env = run.sc, run.env
+    farm = run.farm
+    run.writer = writer = BatchWriter(
+        engine, run.store, sc.policy, realtime=bool(run.realtime),
+        quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
+        forget=lambda t: farm.forget(t.provider, t.upstream_task_id))
+    run.population.create_accounts()
+    horizon = sc.horizon_s if sc.horizon_s > 0 else float("inf")
+    if sc.script:
+        run.population.arrivals_done = True
+        env.process(run.script())
+    else:
+        env.process(run.population.arrivals(horizon, run.max_tasks))
+    env.process(run.poller())
+    env.process(run.flusher())
+    ended_at: list[float] = []
+
+    def deadline() -> float:
+        if not ended_at:
+            ended_at.append(env.now)
+        return ended_at[0] + drain_seconds(sc)
+
+    stop = env.event()
+    env.process(run.monitor(stop, deadline, progress))
+    env.run(until=stop)
+    writer.flush(final=True)
+    if progress is not None:
+        progress(0.98, "audit")
+    report = audit(engine, sc.policy)
+    with engine.connect() as conn:
+        left = conn.scalar(select(func.count()).select_from(schema.ai_task)
+                           .where(schema.ai_task.c.status.in_([str(s) for s in ACTIVE])))
+    summary = _summarize(run, writer, report, left == 0)
+    summary.wall_seconds = time.perf_counter() - wall0
+    write_sim_run(engine, {
+        "scenario_name": sc.name, "scenario_toml": sc.source, "seed": run.seed,
+        "tasks": run.max_tasks, "fingerprint": summary.fingerprint, "started_at": run.clock.at(0),
+        "finished_at": run.clock.now(), "summary": json.loads(json.dumps(summary.stored(), default=str))})
+    _remember(summary, sc, run)
+    if progress is not None:
+        progress(1.0, "done")
+    return summary
+
+
+def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSummary:
+    k = writer.kpis
+    outcomes = dict(k.by_outcome)
+    rejected = {o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred")}
+    users = dict(run.population.stats)
+    insufficient = k.insufficient + users.get("chat_refused", 0)
+    net = k.charged - k.refunded + k.chat_charged - k.chat_refunded
+    kpis = {
+        "revenue": net,
+        "refunds": k.refunded + k.chat_refunded,
+        "failures_without_refund": k.failed_without_refund,
+        "insufficient_credit_rejections": insufficient,
+        "user_visible_failure_rate": (k.user_visible_failures / k.tasks) if k.tasks else 0.0,
+        "time_to_terminal_mean_s": k.mean_latency(),
+        "time_to_terminal_p95_s": k.percentile(0.95),
+        "stuck_tasks": k.stuck,
+        "notifications": k.notifications,
+    }
+    return RunSummary(
+        fingerprint=writer.fingerprint(), seed=run.seed, scenario_name=run.sc.name, tasks=k.tasks,
+        sim_seconds=round(run.env.now, 3),
+        counts_by_state=dict(k.by_state), counts_by_outcome=outcomes,
+        credits={"charged": k.charged, "refunded": k.refunded, "chat_charged": k.chat_charged,
+                 "chat_refunded": k.chat_refunded, "net": net, "granted": k.granted},
+        completion_paths=dict(k.paths), deferrals=k.events.get("deferred", 0), rejected_callbacks=rejected,
+        latency_percentiles={"p50": k.percentile(0.5), "p90": k.percentile(0.9), "p99": k.percentile(0.99)},
+        violations=[{"kind": f.kind, "message": f.message, "count": f.count} for f in report.findings],
+        liveness_ok=live_ok, kpis=kpis, events=dict(k.events),
+        farm={"sent": dict(run.farm.stats.sent), "dropped": dict(run.farm.stats.dropped),
+              "submit_faults": dict(run.farm.stats.submit_faults), "outcomes": dict(run.farm.stats.outcomes)},
+        users=users)
+
+
+def _remember(summary: RunSummary, sc: Scenario, run: Run) -> None:
+    """data/runs/<fingerprint>.json: what `replay FINGERPRINT` needs to re-run it."""
+    from .scenarios import SCENARIO_DIR
+
+    runs = SCENARIO_DIR.parent / "runs"
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        (runs / f"{summary.fingerprint}.json").write_text(json.dumps(
+            {"scenario_name": sc.name, "scenario_toml": sc.source, "seed": run.seed, "tasks": run.max_tasks,
+             "fingerprint": summary.fingerprint}, indent=1))
+    except OSError:
+        pass
+
+
+__all__ = ["Run", "RunSummary", "RunError", "run_scenario", "drain_seconds"]

@@ -1,0 +1,326 @@
+"""Streaming the in-memory run state to the target database, in batches.
+
+The runner keeps live state in a MemoryStore. `BatchWriter.flush()` writes
+every row created since the last flush with Core bulk inserts (no ORM, no
+round-trip per event), then evicts what later callbacks and polls no longer
+need: a task that is terminal, that the provider will send nothing more
+about, and that no user is still watching leaves memory with its events,
+ledger rows, notifications and callbacks. Memory stays bounded by the number
+of live tasks, not the length of the run.
+
+Append-only tables are written in id order whatever the flush cadence, so
+their hashes give the run fingerprint; task and message rows are written once
+they settle (upserted while live in realtime mode, so a dashboard sees them
+move). KPI counters are gathered as rows go by, so the summary never re-reads
+the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Engine, Integer, MetaData, String, Table, Text, bindparam, insert, update
+
+from rivya_core import schema
+from rivya_core.db import row_values
+from rivya_core.domain import TERMINAL, ChatStatus, EntryType, TaskStatus
+from rivya_core.policy import BillingPolicy
+from rivya_core.store_memory import MemoryStore
+
+sim_metadata = MetaData()
+sim_run = Table(
+    "sim_run", sim_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("scenario_name", String(200), nullable=False),
+    Column("scenario_toml", Text, nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("tasks", Integer, nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime, nullable=False),
+    Column("summary", JSON, nullable=False),
+)
+
+# (store dict attribute, table, id counter name): the append-only tables
+APPEND_ONLY = (
+    ("ledger", schema.credit_ledger, "credit_ledger"),
+    ("events", schema.task_event, "task_event"),
+    ("notifications", schema.notification, "notification"),
+    ("callbacks", schema.provider_callback, "provider_callback"),
+    ("sessions", schema.chat_session, "chat_session"),
+)
+FINGERPRINTED = ("ledger", "events", "notifications", "callbacks")
+
+
+def _canon(values: dict[str, Any]) -> bytes:
+    return json.dumps(values, sort_keys=True, default=str, separators=(",", ":")).encode()
+
+
+@dataclass
+class Kpis:
+    """What the run summary and the policy comparison read, gathered while writing."""
+
+    tasks: int = 0
+    by_state: Counter = field(default_factory=Counter)
+    by_outcome: Counter = field(default_factory=Counter)
+    events: Counter = field(default_factory=Counter)
+    paths: Counter = field(default_factory=Counter)
+    failure_codes: Counter = field(default_factory=Counter)
+    charged: int = 0
+    refunded: int = 0
+    chat_charged: int = 0
+    chat_refunded: int = 0
+    granted: int = 0
+    failed_without_refund: int = 0
+    insufficient: int = 0
+    user_visible_failures: int = 0
+    stuck: int = 0
+    notifications: int = 0
+    chat_turns: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return 0.0
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+    def mean_latency(self) -> float:
+        return statistics.fmean(self.latencies) if self.latencies else 0.0
+
+
+class BatchWriter:
+    def __init__(self, engine: Engine, store: MemoryStore, policy: BillingPolicy, *,
+                 quiet: Callable[[Any], bool], forget: Callable[[Any], None], realtime: bool = False):
+        self.engine = engine
+        self.store = store
+        self.policy = policy
+        self.quiet = quiet          # task -> True when nothing more will arrive for it
+        self.forget = forget        # task -> drop the provider's job
+        self.realtime = realtime
+        self.pinned: Counter = Counter()
+        self.marks: dict[str, int] = {name: 0 for name, _t, _c in APPEND_ONLY}
+        self.marks["accounts"] = 0
+        self.written_tasks: set[int] = set()   # realtime: tasks already inserted (upsert later)
+        self.written_msgs: set[int] = set()
+        self.hashers = {name: hashlib.sha256() for name in FINGERPRINTED}
+        self.kpis = Kpis()
+
+    def pin(self, task_id: int, on: bool) -> None:
+        self.pinned[task_id] += 1 if on else -1
+        if self.pinned[task_id] <= 0:
+            del self.pinned[task_id]
+
+    # --- flushing ---------------------------------------------------------------------
+
+    def flush(self, final: bool = False) -> None:
+        s = self.store
+        with s._lock, self.engine.begin() as conn:
+            accounts = self._new_rows("accounts", s.accounts, "account")
+            if accounts:
+                conn.execute(insert(schema.account), [row_values(schema.account, a) for a in accounts])
+            for name, table, _counter in APPEND_ONLY:
+                rows = self._new_rows(name, getattr(s, name), _counter)
+                if not rows:
+                    continue
+                values = [row_values(table, r) for r in rows]
+                if name in self.hashers:
+                    h = self.hashers[name]
+                    for v in values:
+                        h.update(_canon(v))
+                self._count(name, rows)
+                conn.execute(insert(table), values)
+            self._flush_messages(conn, final)
+            self._flush_tasks(conn, final)
+            if final or self.realtime:
+                conn.execute(update(schema.account).where(schema.account.c.id == bindparam("aid"))
+                             .values(balance=bindparam("bal")),
+                             [{"aid": a.id, "bal": a.balance} for a in s.accounts.values()])
+            self._evict_loose_rows()
+
+    def _new_rows(self, name: str, rows: dict[int, Any], counter: str) -> list[Any]:
+        mark, top = self.marks[name], self.store._next[counter]
+        out = [rows[i] for i in range(mark + 1, top + 1) if i in rows]
+        self.marks[name] = top
+        return out
+
+    def _count(self, name: str, rows: list[Any]) -> None:
+        k = self.kpis
+        if name == "events":
+            for e in rows:
+                k.events[e.kind] += 1
+                if e.kind in ("succeeded", "failed"):
+                    k.paths[e.detail.get("path", "?")] += 1
+        elif name == "callbacks":
+            k.by_outcome.update(c.outcome for c in rows)
+        elif name == "notifications":
+            k.notifications += len(rows)
+        elif name == "ledger":
+            for e in rows:
+                t = e.entry_type
+                if t == EntryType.CONSUME:
+                    k.charged -= e.amount
+                elif t == EntryType.REFUND:
+                    k.refunded += e.amount
+                elif t in (EntryType.CHAT_RESERVE, EntryType.CHAT_CHARGE):
+                    k.chat_charged -= e.amount
+                elif t == EntryType.CHAT_REFUND:
+                    k.chat_refunded += e.amount
+                elif t == EntryType.GRANT:
+                    k.granted += e.amount
+
+    def _flush_messages(self, conn: Any, final: bool) -> None:
+        s = self.store
+        done, live = [], []
+        for m in s.messages.values():
+            (done if m.status != ChatStatus.RESERVED or final else live).append(m)
+        self._upsert(conn, schema.chat_message, done, self.written_msgs)
+        if self.realtime:
+            self._upsert(conn, schema.chat_message, live, self.written_msgs)
+        for m in done:
+            self.kpis.chat_turns += 1
+            if m.status == ChatStatus.REFUSED:
+                self.kpis.insufficient += 1
+            s.messages.pop(m.id, None)
+            for e in s._entries_by.pop(("msg", m.id), ()):
+                if s.ledger.get(e) is not None and s.ledger[e].task_id is None:
+                    self._drop_entry(e)
+            self.written_msgs.discard(m.id)
+
+    def _flush_tasks(self, conn: Any, final: bool) -> None:
+        s = self.store
+        done, live = [], []
+        for t in ([] if final else s.tasks.values()):
+            if t.status in TERMINAL and t.id not in self.pinned and self.quiet(t):
+                done.append(t)
+            elif self.realtime:
+                live.append(t)
+        if final:
+            rows = list(s.tasks.values())
+            self._upsert(conn, schema.ai_task, rows, self.written_tasks)
+            for t in rows:
+                if t.status in TERMINAL:
+                    self._settle_kpis(t)
+                else:
+                    self.kpis.tasks += 1
+                    self.kpis.stuck += 1
+                    self.kpis.by_state[t.status] += 1
+            return
+        self._upsert(conn, schema.ai_task, done, self.written_tasks)
+        if live:
+            self._upsert(conn, schema.ai_task, live, self.written_tasks)
+        for t in done:
+            self._settle_kpis(t)
+            self._evict(t)
+
+    def _upsert(self, conn: Any, table: Table, rows: list[Any], written: set[int]) -> None:
+        if not rows:
+            return
+        new = [row_values(table, r) for r in rows if r.id not in written]
+        old = [row_values(table, r) for r in rows if r.id in written]
+        if new:
+            conn.execute(insert(table), new)
+        if old:
+            cols = [c for c in old[0] if c != "id"]
+            stmt = update(table).where(table.c.id == bindparam("_id")).values(
+                {c: bindparam(f"_{c}") for c in cols})
+            conn.execute(stmt, [{f"_{k}": v for k, v in row.items()} for row in old])
+        if self.realtime:
+            written.update(r.id for r in rows)
+
+    def _settle_kpis(self, t: Any) -> None:
+        k = self.kpis
+        k.tasks += 1
+        k.by_state[t.status] += 1
+        entries = [self.store.ledger[e] for e in self.store._entries_by.get(("task", t.id), ())
+                   if e in self.store.ledger]
+        charged = any(e.entry_type == EntryType.CONSUME for e in entries)
+        refunded = any(e.entry_type == EntryType.REFUND for e in entries)
+        if t.status == TaskStatus.FAILED:
+            k.failure_codes[t.error_code] += 1
+            if t.error_code == "insufficient_credits":
+                k.insufficient += 1
+            else:
+                k.user_visible_failures += 1
+            if charged and not refunded:
+                k.failed_without_refund += 1
+        if t.finished_at is not None:
+            dt = (t.finished_at - t.created_at).total_seconds()
+            k.latencies.append(dt)
+            if dt > self.policy.stuck_for(t.category):
+                k.stuck += 1
+
+    # --- eviction ---------------------------------------------------------------------
+
+    def _evict(self, t: Any) -> None:
+        s = self.store
+        s.tasks.pop(t.id, None)
+        s._unindex_task(t)
+        ids = s._user_tasks.get(t.user_id)
+        if ids is not None:
+            try:
+                ids.remove(t.id)
+            except ValueError:
+                pass
+            if not ids:
+                del s._user_tasks[t.user_id]
+        for e in s._task_events.pop(t.id, ()):
+            s.events.pop(e, None)
+        for n in s._task_notes.pop(t.id, ()):
+            note = s.notifications.pop(n, None)
+            if note is not None and note.idempotency_key:
+                s._note_key.pop(note.idempotency_key, None)
+        for c in s._task_cbs.pop(t.id, ()):
+            cb = s.callbacks.pop(c, None)
+            if cb is not None and cb.webhook_id:
+                s._webhooks.discard((cb.provider, cb.webhook_id))
+        for e in s._entries_by.pop(("task", t.id), ()):
+            self._drop_entry(e)
+        if t.upstream_task_id:
+            self.forget(t)
+
+    def _drop_entry(self, entry_id: int) -> None:
+        s = self.store
+        e = s.ledger.pop(entry_id, None)
+        if e is not None:
+            s._entry_key.pop(e.idempotency_key, None)
+
+    def _evict_loose_rows(self) -> None:
+        """Rows tied to no live task or message: grants, unknown/invalid callbacks, sessions."""
+        s = self.store
+        for eid in [i for i, e in s.ledger.items() if e.task_id is None and e.chat_message_id is None]:
+            self._drop_entry(eid)
+        for cid in [i for i, c in s.callbacks.items() if c.task_id is None]:
+            s.callbacks.pop(cid, None)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for name in FINGERPRINTED:
+            h.update(name.encode() + self.hashers[name].digest())
+        return h.hexdigest()
+
+
+def write_sim_run(engine: Engine, values: dict[str, Any]) -> None:
+    sim_metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(sim_run), [values])
+
+
+def read_sim_runs(engine: Engine) -> list[dict[str, Any]]:
+    from sqlalchemy import inspect, select
+
+    if "sim_run" not in inspect(engine).get_table_names():
+        return []
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(sim_run).order_by(sim_run.c.id))]
+
+
+def naive(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=None)
