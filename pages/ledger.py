@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from pages._common import cached_df, open_db, require_tables, show_errors, task_url
+from rivya_core import audit
 from rivya_core import ledger_views as lv
 from rivya_core.queries import find_accounts
 
@@ -93,23 +95,27 @@ with account_tab, show_errors():
         )
 
 with conservation_tab, show_errors():
-    totals = cached_df(lv.credit_totals)
     st.caption("Every credit is a ledger row: grants − charges + refunds must equal the sum of balances, "
                "and each row's balance_after must be the running sum of its account.")
+    cons = cached_df(audit.conservation, 50)
+    rows_report = cached_df(audit.audit, kinds=("ledger_running_sum", "negative_balance"))
     c = st.columns(5)
-    c[0].metric("Granted", f"{totals.get('grant', 0) + totals.get('adjustment', 0):,}")
-    c[1].metric("Charged", f"{-(totals.get('consume', 0) + totals.get('chat_reserve', 0) + totals.get('chat_charge', 0)):,}")
-    c[2].metric("Refunded", f"{totals.get('refund', 0) + totals.get('chat_refund', 0):,}")
-    c[3].metric("Ledger sum", f"{totals['ledger_sum']:,}")
-    c[4].metric("Sum of balances", f"{totals['balances']:,}", f"{totals['accounts']:,} accounts", delta_color="off")
-    breaks = cached_df(lv.conservation_breaks, 50)
-    if totals["ledger_sum"] == totals["balances"] and breaks["accounts"].empty and breaks["rows"].empty:
+    c[0].metric("Granted", f"{cons['grants'] + cons['adjustments']:,}")
+    c[1].metric("Charged", f"{cons['charged']:,}")
+    c[2].metric("Refunded", f"{cons['refunded']:,}")
+    c[3].metric("Ledger sum", f"{cons['ledger_total']:,}")
+    c[4].metric("Sum of balances", f"{cons['balances_total']:,}")
+    if cons["ok"] and rows_report.ok:
         st.success("Conservation holds: the ledger sums to the balances and every running balance checks out.")
     else:
-        st.error("Conservation is broken. The accounts and rows below disagree (first 50 of each).")
-        if not breaks["accounts"].empty:
-            st.markdown("**Accounts whose balance is not the sum of their ledger rows**")
-            st.dataframe(breaks["accounts"], width="stretch", hide_index=True)
-        if not breaks["rows"].empty:
-            st.markdown("**Ledger rows whose balance_after is not the running sum**")
-            st.dataframe(breaks["rows"], width="stretch", hide_index=True)
+        st.error(f"Conservation is broken: ledger sum {cons['ledger_total']:,} vs balances "
+                 f"{cons['balances_total']:,}. The accounts and rows that break it are below (first 50 of each).")
+        if cons["broken_count"]:
+            st.markdown(f"**{cons['broken_count']:,} account(s) whose balance is not the sum of their ledger rows**")
+            st.dataframe(pd.DataFrame(cons["broken_accounts"]), width="stretch", hide_index=True)
+        if cons["ledger_users_without_account"]:
+            st.markdown("**Ledger rows for users with no account:** "
+                        + ", ".join(str(u) for u in cons["ledger_users_without_account"]))
+        for finding in rows_report.findings:
+            st.markdown(f"**{finding.title}: {finding.count:,} row(s)**")
+            st.dataframe(pd.DataFrame(finding.rows), width="stretch", hide_index=True)
