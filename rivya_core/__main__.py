@@ -1,0 +1,153 @@
+"""`python -m rivya_core`: database set-up, audit, the checklist, support actions.
+
+Every command takes --db URL (default: the embedded SQLite database under
+data/). Errors print one line and exit non-zero; audit exits 1 on violations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .db import DEFAULT_URL, open_store
+from .domain import RivyaError
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not a usage block
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=DEFAULT_URL, metavar="URL",
+                   help=f"SQLAlchemy URL or SQLite file (default: {DEFAULT_URL})")
+    p.add_argument("--policy", metavar="FILE", help="billing policy TOML (default: the built-in policy)")
+
+
+def _task_id(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"task id must be a whole number, not {value!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m rivya_core", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("init-db", help="create the tables (idempotent)")
+    _db(p)
+    p = sub.add_parser("audit", help="check every invariant; exit 1 when any is violated")
+    _db(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("diagnose", help="the troubleshooting checklist answered for one task")
+    p.add_argument("task_id", type=_task_id)
+    _db(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, text in (("refund", "issue a refund that is due (refused with the reason otherwise)"),
+                       ("recheck", "re-check a generating task upstream"),
+                       ("mark-failed", "fail a task stuck past its threshold (refund by policy)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("task_id", type=_task_id)
+        _db(p)
+        p.add_argument("--operator", required=name != "recheck", default="cli", help="who is acting")
+        p.add_argument("--reason", required=name != "recheck", default="re-check requested", help="why")
+    p = sub.add_parser("recover", help="bring tasks interrupted between steps to a consistent state")
+    _db(p)
+    p.add_argument("--grace", type=float, default=60.0, metavar="S",
+                   help="leave tasks touched in the last S seconds alone (default 60)")
+    p = sub.add_parser("poll", help="one polling sweep over tasks due for an upstream check")
+    _db(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RivyaError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except SQLAlchemyError as exc:
+        print(f"error: database: {str(getattr(exc, 'orig', exc)).splitlines()[0]}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _service(args: argparse.Namespace):
+    from .service import policy_from, service_for_url
+
+    return service_for_url(args.db, policy=policy_from(args.policy))
+
+
+def cmd_init_db(args: argparse.Namespace) -> int:
+    store = open_store(args.db, create=True)
+    print(f"schema ready at {store.engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit
+    from .service import policy_from
+
+    report = audit(open_store(args.db).engine, policy_from(args.policy))
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str, indent=2))
+    elif report.ok:
+        print(f"audit: no violations ({len(report.checked)} checks)")
+    else:
+        for f in report.findings:
+            print(f"{f.kind}: {f.message}")
+            for row in f.rows[:5]:
+                print(f"    {json.dumps(row, default=str)}")
+    return 0 if report.ok else 1
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import diagnose
+    from .service import policy_from
+
+    result = diagnose(open_store(args.db).engine, args.task_id, policy_from(args.policy))
+    print(json.dumps(result.to_dict(), default=str, indent=2) if args.json else result.render_text())
+    return 0
+
+
+def _support(action: str):
+    def run(args: argparse.Namespace) -> int:
+        svc = _service(args)
+        method = {"refund": svc.support_refund, "recheck": svc.support_recheck,
+                  "mark-failed": svc.support_mark_failed}[action]
+        task = method(args.task_id, args.operator, args.reason)
+        print(f"task {task.id}: {task.status}" + (f" ({task.error_code})" if task.error_code else ""))
+        return 0
+
+    return run
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    report = _service(args).recover(grace_s=args.grace)
+    for action in report.actions:
+        print(f"task {action['task_id']}: {action['action']}")
+    print(f"recover: examined {report.examined} interrupted task(s), changed {report.changed}")
+    return 0
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    r = _service(args).poll()
+    print(f"poll: checked {r.checked}, succeeded {r.succeeded}, failed {r.failed}, "
+          f"timed out {r.timed_out}, still running {r.still_running}")
+    return 0
+
+
+COMMANDS = {
+    "init-db": cmd_init_db, "audit": cmd_audit, "diagnose": cmd_diagnose,
+    "refund": _support("refund"), "recheck": _support("recheck"), "mark-failed": _support("mark-failed"),
+    "recover": cmd_recover, "poll": cmd_poll,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())
