@@ -1,0 +1,99 @@
+"""The Rivya admin dashboard: `streamlit run app.py`.
+
+Runs before every page: picks the data source (sidebar), makes the demo
+database on first start when the default one is empty, checks access, then
+hands over to the page chosen in the navigation. Pages whose file does not
+exist yet are simply not listed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+from sqlalchemy import inspect, literal, select
+
+from pages import _common as common
+from rivya_core import db, schema
+
+ROOT = Path(__file__).resolve().parent
+
+# (file, title, icon, section) in the order a support person needs them.
+PAGES = [
+    ("pages/overview.py", "Overview", ":material/dashboard:", "Support"),
+    ("pages/live_tasks.py", "Live tasks", ":material/pending:", "Support"),
+    ("pages/task_inspector.py", "Task inspector", ":material/search:", "Support"),
+    ("pages/checklist.py", "Checklist", ":material/checklist:", "Support"),
+    ("pages/notifications.py", "Notifications", ":material/notifications:", "Support"),
+    ("pages/ledger.py", "Ledger", ":material/account_balance:", "Credits"),
+    ("pages/refund_audit.py", "Refund audit", ":material/policy:", "Credits"),
+    ("pages/chat_settlement.py", "Chat settlement", ":material/chat:", "Credits"),
+    ("pages/simulation_lab.py", "Simulation lab", ":material/science:", "QA"),
+]
+
+
+def _needs_demo(url: str) -> bool:
+    """True when the default database is absent or holds no task yet."""
+    path = db.sqlite_path(url)
+    if path is not None and not path.is_file():
+        return True
+    try:
+        engine = db.make_engine(url)
+        try:
+            if "ai_task" not in inspect(engine).get_table_names():
+                return True
+            with engine.connect() as conn:
+                return conn.execute(select(literal(1)).select_from(schema.ai_task).limit(1)).first() is None
+        finally:
+            engine.dispose()
+    except Exception:  # unreachable default database: the page itself says so
+        return False
+
+
+def ensure_demo(url: str) -> None:
+    """Seed the default database with the baseline scenario once, showing progress."""
+    done = st.session_state.setdefault("demo_checked", set())
+    if url in done or os.environ.get("RIVYA_DEMO", "1") == "0" or url != common.default_url():
+        return
+    done.add(url)
+    if not _needs_demo(url):
+        return
+    try:
+        from simulations.demo import ensure_demo_data
+    except ImportError as exc:
+        st.info(f"The default database is empty and the demo data generator is not available ({exc}). "
+                "Run a simulation (`python -m simulations run …`) or pick another database in the sidebar.")
+        return
+    bar = st.progress(0.0, text="First start: creating demo data by running the baseline scenario…")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"Creating demo data: {message}")
+
+    try:
+        ensure_demo_data(url, progress)
+    except Exception as exc:  # any failure of the generator must read as a message, not a traceback
+        st.error(f"Could not create the demo data: {type(exc).__name__}: {exc}")
+    else:
+        st.toast("Demo data ready.")
+    finally:
+        bar.empty()
+        st.cache_resource.clear()
+        st.cache_data.clear()
+
+
+def navigation():
+    sections: dict[str, list[st.Page]] = {}
+    present = [row for row in PAGES if (ROOT / row[0]).is_file()]
+    st.session_state["registered_pages"] = {path for path, *_ in present}
+    for i, (path, title, icon, section) in enumerate(present):
+        sections.setdefault(section, []).append(st.Page(path, title=title, icon=icon, default=i == 0))
+    return st.navigation(sections)
+
+
+st.set_page_config(page_title="Rivya admin", page_icon=":material/monitoring:", layout="wide")
+page = navigation()
+common.access_gate()
+url = common.data_source_sidebar()
+ensure_demo(url)
+page.run()

@@ -1,0 +1,293 @@
+"""Shared helpers for every dashboard page: data source, engine, caching, access, links.
+
+Signatures (import with `from pages._common import ...`):
+
+    default_url() -> str
+        RIVYA_DB_URL from the environment, else sqlite:///<repo>/data/rivya.db.
+    current_url() -> str
+        The database the session reads: st.session_state["db_url"], else the
+        ?db= query parameter, else default_url().
+    data_source_sidebar() -> str
+        The sidebar picker (default database, a simulation database under
+        data/ or data/runs/, any SQLAlchemy URL). Stores the choice in
+        st.session_state["db_url"] (and ?db= when the URL holds no password).
+    get_engine(url: str) -> Engine
+        st.cache_resource engine per URL; raises StoreUnavailable / SchemaMissing.
+    open_db() -> Engine | None
+        Engine for current_url() with the schema checked; on failure shows a
+        clear st.error and returns None (the page then calls st.stop()).
+    require_tables(engine, tables, *, need_rows: str | None = None) -> bool
+        st.warning naming the tables an older database lacks, st.info when
+        `need_rows` is empty; True when the page can go on.
+    cached_df(fn, *args, **kwargs) -> Any
+        fn(engine, *args, **kwargs) for the current URL, cached with
+        st.cache_data(ttl=CACHE_TTL_S). fn must be a module-level function
+        taking an Engine first; args must be hashable (str, int, tuples).
+    link_to_task(task_id: int, label: str | None = None) -> None
+        st.page_link to the task inspector with ?task=<id>.
+    page_link(path: str, label: str, icon: str | None = None) -> None
+        st.page_link to another page, a caption when that page is not registered.
+    task_url(task_id: int) -> str
+        Relative URL of the inspector for one task (for st.column_config.LinkColumn).
+    access_gate() -> None
+        Login form when access control is configured; st.stop() until signed in.
+    can_act() -> bool
+        True when the signed-in user (or everybody, access control off) may run support actions.
+    show_errors() -> context manager
+        Turns RivyaError / SQLAlchemyError raised inside into st.error lines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+from sqlalchemy import Engine, inspect, literal, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from rivya_core import access, db, schema
+from rivya_core.domain import RivyaError, StoreUnavailable
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+CACHE_TTL_S = 10
+INSPECTOR = "pages/task_inspector.py"
+
+
+# --- data source ----------------------------------------------------------------
+
+
+def default_url() -> str:
+    return os.environ.get("RIVYA_DB_URL") or f"sqlite:///{DATA / 'rivya.db'}"
+
+
+def current_url() -> str:
+    ss = st.session_state
+    if "db_url" not in ss:
+        ss["db_url"] = st.query_params.get("db") or default_url()
+    return ss["db_url"]
+
+
+def simulation_dbs() -> list[Path]:
+    """SQLite files under data/ and data/runs/, newest first (the default one excluded)."""
+    found = [*DATA.glob("*.db"), *(DATA / "runs").glob("*.db")]
+    default = db.sqlite_path(default_url())
+    found = [p for p in found if default is None or p.resolve() != default.resolve()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)[:200]
+
+
+def _set_url(url: str) -> None:
+    st.session_state["db_url"] = url
+    _sync_query_param(url)
+    st.cache_data.clear()
+
+
+def _sync_query_param(url: str) -> None:
+    try:
+        has_password = make_url(url).password is not None
+    except Exception:  # a malformed URL: keep it out of the address bar
+        has_password = True
+    if url == default_url() or has_password:
+        st.query_params.pop("db", None)
+    elif st.query_params.get("db") != url:
+        st.query_params["db"] = url
+
+
+def data_source_sidebar() -> str:
+    url = current_url()
+    _sync_query_param(url)
+    default_label = "Default database"
+    other_label = "Another SQLAlchemy URL…"
+    runs = {f"Simulation: {p.relative_to(DATA)}": f"sqlite:///{p}" for p in simulation_dbs()}
+    with st.sidebar:
+        st.caption(f"Reading **{db.safe_url(url)}**")
+        with st.expander("Data source", expanded=False):
+            choice = st.selectbox("Database", [default_label, *runs, other_label], key="ds_choice")
+            typed = ""
+            if choice == other_label:
+                typed = st.text_input("SQLAlchemy URL", key="ds_url",
+                                      placeholder="postgresql+psycopg://user@host:5432/rivya")
+            if st.button("Use this database", key="ds_apply", width="stretch"):
+                target = default_url() if choice == default_label else runs.get(choice, typed.strip())
+                if target:
+                    _set_url(target)
+                    st.rerun()
+                st.warning("Type a database URL first.")
+            if st.button("Refresh data", key="ds_refresh", width="stretch"):
+                st.cache_data.clear()
+    return url
+
+
+# --- engine and schema ----------------------------------------------------------------
+
+
+def get_engine(url: str) -> Engine:
+    """The cached engine for url; raises StoreUnavailable or SchemaMissing (nothing cached then)."""
+    return _open(url)
+
+
+@st.cache_resource(show_spinner=False)
+def _open(url: str) -> Engine:
+    """The same checks as rivya_core.db.open_store, without building a store."""
+    engine = db.make_engine(url)
+    path = db.sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StoreUnavailable(f"no SQLite database at {path}")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        db.require_schema(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        raise StoreUnavailable(f"cannot use database {db.safe_url(url)}: {str(exc.orig).splitlines()[0]}") from exc
+    except RivyaError:
+        engine.dispose()
+        raise
+    return engine
+
+
+def open_db() -> Engine | None:
+    url = current_url()
+    try:
+        engine = get_engine(url)
+    except RivyaError as exc:
+        st.error(f"**Cannot read this database.** {exc.message}")
+        st.caption("Pick another one under *Data source* in the sidebar.")
+        return None
+    except SQLAlchemyError as exc:
+        st.error(f"**Cannot read this database.** {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        return None
+    return engine
+
+
+def _has_rows(engine: Engine, table: str) -> bool:
+    t = schema.metadata.tables[table]
+    with engine.connect() as conn:
+        return conn.execute(select(literal(1)).select_from(t).limit(1)).first() is not None
+
+
+def require_tables(engine: Engine, tables: tuple[str, ...] | list[str], *, need_rows: str | None = None) -> bool:
+    present = set(inspect(engine).get_table_names())
+    missing = [t for t in tables if t not in present]
+    if missing:
+        st.warning(f"This database has no {', '.join(f'`{t}`' for t in missing)} table: it was made by an "
+                   "older version. This section needs it; the rest of the dashboard still works.")
+        return False
+    if need_rows and not _has_rows(engine, need_rows):
+        st.info(f"Nothing here yet: the `{need_rows}` table is empty.")
+        return False
+    return True
+
+
+# --- caching ----------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False, max_entries=512)
+def _cached_call(module: str, name: str, url: str, args: tuple, kwargs: tuple) -> Any:
+    fn = getattr(importlib.import_module(module), name)
+    return fn(get_engine(url), *args, **dict(kwargs))
+
+
+def cached_df(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return _cached_call(fn.__module__, fn.__qualname__, current_url(), args, tuple(sorted(kwargs.items())))
+
+
+@contextmanager
+def show_errors() -> Iterator[None]:
+    try:
+        yield
+    except RivyaError as exc:
+        st.error(f"{exc.message} (`{exc.code}`)")
+    except SQLAlchemyError as exc:
+        st.error(f"The database refused this query: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+
+# --- links --------------------------------------------------------------------------------
+
+
+def task_url(task_id: int) -> str:
+    url = current_url()
+    suffix = ""
+    if url != default_url() and "db" in st.query_params:
+        from urllib.parse import quote
+
+        suffix = "&db=" + quote(url, safe="")
+    return f"task_inspector?task={int(task_id)}{suffix}"
+
+
+def page_available(path: str) -> bool:
+    """True when app.py registered the page file (it skips files that do not exist)."""
+    registered = st.session_state.get("registered_pages")
+    return registered is None or path in registered
+
+
+def page_link(path: str, label: str, icon: str | None = None) -> None:
+    """st.page_link, or a plain caption when that page is not part of this version."""
+    if page_available(path):
+        st.page_link(path, label=label, icon=icon)
+    else:
+        st.caption(f"{label} (page not available in this version)")
+
+
+def link_to_task(task_id: int, label: str | None = None) -> None:
+    st.page_link(INSPECTOR, label=label or f"Open task {task_id} in the inspector",
+                 icon=":material/search:", query_params={"task": str(int(task_id))})
+
+
+# --- access --------------------------------------------------------------------------------
+
+
+def _secrets() -> dict[str, Any] | None:
+    try:
+        return {"access": st.secrets["access"]} if "access" in st.secrets else None
+    except Exception:  # no secrets.toml anywhere: nothing configured there
+        return None
+
+
+def access_config() -> access.AccessConfig:
+    return access.load_config(os.environ, _secrets())
+
+
+def access_gate() -> None:
+    try:
+        cfg = access_config()
+    except access.AccessConfigError as exc:
+        st.error(f"Access control is misconfigured: {exc.message}")
+        st.stop()
+    ss = st.session_state
+    if not cfg.enabled:
+        ss["role"] = access.Role.OPERATOR
+        ss["user"] = None
+        st.sidebar.caption(":material/lock_open: Access control is off (no users configured): "
+                           "serve this dashboard on localhost only.")
+        return
+    if ss.get("user") and ss.get("user") in cfg.users:
+        with st.sidebar:
+            st.caption(f"Signed in as **{ss['user']}** ({ss['role']})")
+            if st.button("Sign out", key="sign_out"):
+                ss["user"] = ss["role"] = None
+                st.rerun()
+        return
+    ss["role"] = None
+    st.title("Sign in")
+    with st.form("login"):
+        name = st.text_input("User")
+        password = st.text_input("Password", type="password")
+        if st.form_submit_button("Sign in"):
+            role = cfg.authenticate(name, password)
+            if role is None:
+                st.error("Unknown user or wrong password.")
+            else:
+                ss["user"], ss["role"] = name, role
+                st.rerun()
+    st.stop()
+
+
+def can_act() -> bool:
+    return access.allowed(st.session_state.get("role"), access.ACT)

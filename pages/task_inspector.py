@@ -1,0 +1,184 @@
+"""Task inspector, the support page: find a task, read its whole story, get the checklist answered, act."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from pages._common import cached_df, can_act, current_url, open_db, show_errors
+from rivya_core import queries
+from rivya_core.domain import NotFound, RivyaError
+
+st.title("Task inspector")
+engine = open_db()
+if engine is None:
+    st.stop()
+
+
+def _diagnosis(task_id: int):
+    """(diagnosis, signals) from rivya_core.diagnose, or None when this version lacks it."""
+    try:
+        from rivya_core.diagnose import diagnose, recheck_signals
+    except ImportError:
+        return None
+    diag = diagnose(engine, task_id)
+    user_id = getattr(diag, "user_id", None)
+    signals = recheck_signals(engine, user_id) if user_id is not None else getattr(diag, "signals", [])
+    return diag, signals
+
+
+def _as_dict(obj) -> dict:
+    if isinstance(obj, dict):
+        return obj
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return dict(vars(obj))
+
+
+def show_checklist(task_id: int) -> None:
+    found = _diagnosis(task_id)
+    if found is None:
+        st.info("The troubleshooting checklist (rivya_core.diagnose) is not available in this version.")
+        return
+    diag, signals = (_as_dict(found[0]), found[1])
+    for item in diag.get("items", []):
+        item = _as_dict(item)
+        ok = item.get("ok", item.get("status"))
+        icon = {True: ":material/check_circle:", False: ":material/error:"}.get(ok, ":material/help:")
+        with st.expander(f"{icon} {item.get('question') or item.get('title') or item.get('name')}", expanded=True):
+            st.markdown(f"**{item.get('answer') or item.get('finding') or ''}**")
+            evidence = item.get("evidence")
+            if evidence:
+                st.dataframe(pd.DataFrame(evidence if isinstance(evidence, list) else [evidence]),
+                             hide_index=True, width="stretch")
+    if diag.get("verdict"):
+        st.subheader("Verdict")
+        st.markdown(f"**{diag['verdict']}**")
+    if diag.get("next_action"):
+        st.markdown(f"**Next action:** {diag['next_action']}")
+    st.subheader("Recheck before running again")
+    if not signals:
+        st.success("No recheck signal for this user.")
+    for sig in signals:
+        sig = _as_dict(sig)
+        st.warning(f"**{sig.get('kind') or sig.get('name') or 'signal'}**: {sig.get('message') or sig.get('detail')}")
+
+
+def show_timeline(events: pd.DataFrame) -> None:
+    if events.empty:
+        st.caption("No event recorded for this task.")
+        return
+    fig = px.scatter(events, x="at", y="kind", hover_data=["id"], labels={"at": "time (UTC)", "kind": ""})
+    fig.update_traces(mode="lines+markers", marker=dict(size=10))
+    fig.update_yaxes(categoryorder="array", categoryarray=list(dict.fromkeys(events["kind"])), autorange="reversed")
+    fig.update_layout(height=max(220, 30 * events["kind"].nunique()), margin=dict(l=10, r=10, t=10, b=10))
+    st.plotly_chart(fig, width="stretch")
+    table = events[["id", "at", "kind", "detail"]].assign(detail=events["detail"].map(str))
+    st.dataframe(table, hide_index=True, width="stretch")
+
+
+def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
+    try:
+        from rivya_core.service import service_for_url
+    except ImportError:
+        st.error("Support actions need rivya_core.service.service_for_url, which this version lacks.")
+        return
+    try:
+        svc = service_for_url(current_url())
+        method = {"Re-check upstream": svc.support_recheck, "Issue the due refund": svc.support_refund,
+                  "Mark stuck task failed": svc.support_mark_failed}[action]
+        task = method(task_id, operator, reason)
+    except RivyaError as exc:
+        st.session_state["action_result"] = ("refused", f"{action} refused: {exc.message}")
+    else:
+        st.session_state["action_result"] = ("done", f"{action}: done. The task is now {task.status}.")
+    st.cache_data.clear()
+    st.rerun()
+
+
+def show_actions(task_id: int) -> None:
+    result = st.session_state.pop("action_result", None)
+    if result:
+        (st.success if result[0] == "done" else st.warning)(result[1])
+    if not can_act():
+        st.info("Support actions need the operator role; you are signed in as a viewer.")
+        return
+    with st.form("support_action"):
+        action = st.radio("Action", ["Re-check upstream", "Issue the due refund", "Mark stuck task failed"],
+                          horizontal=True)
+        operator = st.text_input("Operator name", value=st.session_state.get("user") or "")
+        reason = st.text_input("Reason (kept in the task's timeline)")
+        if st.form_submit_button("Run action"):
+            if not operator.strip() or not reason.strip():
+                st.warning("Give your name and a reason: both go into the task's timeline.")
+            else:
+                run_action(task_id, action, operator.strip(), reason.strip())
+
+
+def pick_task() -> int | None:
+    query = st.text_input("Find a task", value=st.query_params.get("task", ""),
+                          placeholder="task id, upstream id, user email or name, prompt text")
+    if not query.strip():
+        st.caption("Type a task id, an upstream id, a user's email or name, or words from the prompt.")
+        return None
+    hits = pd.DataFrame(cached_df(queries.find_tasks, query.strip(), 50))
+    if hits.empty:
+        st.warning(f"No task matches {query.strip()!r}.")
+        return None
+    if len(hits) == 1:
+        return int(hits["id"].iloc[0])
+    st.caption(f"{len(hits)} tasks match (newest first, at most 50).")
+    labels = {int(r.id): f"#{r.id} · {r.status} · {r.model} · {r.email or r.user_id} · {str(r.prompt)[:60]}"
+              for r in hits.itertuples()}
+    return st.selectbox("Task", list(labels), format_func=labels.get)
+
+
+with show_errors():
+    task_id = pick_task()
+    if task_id is not None:
+        try:
+            detail = cached_df(queries.task_detail, task_id)
+        except NotFound:
+            st.warning(f"Task {task_id} does not exist in this database.")
+            st.stop()
+        task, acct = detail["task"], detail["account"] or {}
+        st.query_params["task"] = str(task_id)
+        st.header(f"Task #{task_id} — {task['status']}")
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Status", task["status"])
+        c2.metric("Model", task["model"], help=f"category {task['category']}, provider {task['provider']}")
+        c3.metric("Credits reserved", f"{task['reserved_credits']:,}")
+        c4.metric("User", acct.get("email", f"user {task['user_id']}"))
+        if task.get("error_code"):
+            st.error(f"**{task['error_code']}** ({task.get('failure_class') or 'no class'}): "
+                     f"{task.get('error_message') or ''}")
+        if task.get("result_urls"):
+            st.caption("Results: " + ", ".join(task["result_urls"]))
+        with st.expander("Task row"):
+            st.json(queries.jsonable(task))
+        tabs = st.tabs(["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"])
+        with tabs[0]:
+            show_checklist(task_id)
+        with tabs[1]:
+            show_timeline(pd.DataFrame(detail["events"], columns=["id", "task_id", "at", "kind", "detail"]))
+        with tabs[2]:
+            ledger = pd.DataFrame(detail["ledger"])
+            if ledger.empty:
+                st.caption("No ledger row: this task never touched credits.")
+            else:
+                st.dataframe(ledger, hide_index=True, width="stretch")
+        with tabs[3]:
+            cbs = pd.DataFrame(detail["callbacks"])
+            if cbs.empty:
+                st.caption("No provider callback arrived for this task.")
+            else:
+                st.dataframe(cbs.drop(columns=["body"], errors="ignore"), hide_index=True, width="stretch")
+        with tabs[4]:
+            notes = pd.DataFrame(detail["notifications"])
+            if notes.empty:
+                st.caption("No notification for this task.")
+            else:
+                st.dataframe(notes, hide_index=True, width="stretch")
+        with tabs[5]:
+            show_actions(task_id)

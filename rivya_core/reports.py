@@ -1,0 +1,237 @@
+"""Read-only aggregations for the dashboard, as small pandas DataFrames or dicts.
+
+Every query aggregates in SQL or carries a LIMIT, so a page never pulls a whole
+table into memory however large the database. Functions take a SQLAlchemy
+Engine and only read the data-contract tables of rivya_core.schema; they work
+unchanged on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, func, inspect, or_, select
+
+from .domain import ACTIVE, TaskStatus
+from .policy import DEFAULT_POLICY, BillingPolicy
+from .queries import latest_timestamp, like_escape
+from .schema import account, ai_task, credit_ledger, task_event
+
+MAX_ROWS = 500
+CHARGE_TYPES = ("consume", "chat_reserve", "chat_charge")
+REFUND_TYPES = ("refund", "chat_refund")
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def _frame(engine: Engine, stmt) -> pd.DataFrame:
+    with engine.connect() as conn:
+        result = conn.execute(stmt)
+        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _scalar(engine: Engine, stmt) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(stmt).scalar()
+
+
+# --- overview -----------------------------------------------------------------
+
+
+def tasks_by_state(engine: Engine) -> dict[str, int]:
+    """Count of tasks per status; every state present, zero when none."""
+    stmt = select(ai_task.c.status, func.count()).group_by(ai_task.c.status)
+    with engine.connect() as conn:
+        found = {status: int(n) for status, n in conn.execute(stmt)}
+    return {s.value: found.get(s.value, 0) for s in TaskStatus} | found
+
+
+def _bucket(engine: Engine, col, unit: str):
+    if engine.dialect.name == "sqlite":
+        fmt = {"minute": "%Y-%m-%d %H:%M:00", "hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00"}[unit]
+        return func.strftime(fmt, col)
+    return func.date_trunc(unit, col)
+
+
+def _unit_for(span: timedelta) -> str:
+    if span <= timedelta(hours=6):
+        return "minute"
+    if span <= timedelta(days=14):
+        return "hour"
+    return "day"
+
+
+def throughput(engine: Engine, max_buckets: int = MAX_ROWS) -> pd.DataFrame:
+    """Finished tasks per time bucket and outcome: columns bucket, status, tasks.
+
+    The bucket width (minute, hour, day) follows the span of finished_at.
+    """
+    lo, hi = _span(engine)
+    if lo is None:
+        return pd.DataFrame(columns=["bucket", "status", "tasks"])
+    bucket = _bucket(engine, ai_task.c.finished_at, _unit_for(hi - lo)).label("bucket")
+    stmt = (
+        select(bucket, ai_task.c.status, func.count().label("tasks"))
+        .where(ai_task.c.finished_at.is_not(None))
+        .group_by(bucket, ai_task.c.status)
+        .order_by(bucket.desc())
+        .limit(max_buckets * 2)
+    )
+    df = _frame(engine, stmt)
+    df["bucket"] = pd.to_datetime(df["bucket"])
+    return df.sort_values("bucket").reset_index(drop=True)
+
+
+def _span(engine: Engine) -> tuple[datetime | None, datetime | None]:
+    stmt = select(func.min(ai_task.c.finished_at), func.max(ai_task.c.finished_at))
+    with engine.connect() as conn:
+        lo, hi = conn.execute(stmt).one()
+    if lo is None:
+        return None, None
+    return pd.Timestamp(lo).to_pydatetime(), pd.Timestamp(hi).to_pydatetime()
+
+
+def failures_by_code(engine: Engine, limit: int = 20) -> pd.DataFrame:
+    """Failed tasks grouped by error code and failure class, most frequent first."""
+    n = func.count().label("tasks")
+    stmt = (
+        select(ai_task.c.error_code, ai_task.c.failure_class, n)
+        .where(ai_task.c.status == TaskStatus.FAILED.value)
+        .group_by(ai_task.c.error_code, ai_task.c.failure_class)
+        .order_by(n.desc())
+        .limit(limit)
+    )
+    return _frame(engine, stmt)
+
+
+def ledger_by_type(engine: Engine) -> pd.DataFrame:
+    """Sum and count of ledger rows per entry type."""
+    stmt = (
+        select(credit_ledger.c.entry_type, func.count().label("rows"), func.sum(credit_ledger.c.amount).label("amount"))
+        .group_by(credit_ledger.c.entry_type)
+        .order_by(credit_ledger.c.entry_type)
+    )
+    df = _frame(engine, stmt)
+    df["amount"] = df["amount"].fillna(0).astype("int64")
+    return df
+
+
+def credit_totals(engine: Engine) -> dict[str, int]:
+    """Credits charged (task consumes and chat charges), refunded, net, and granted."""
+    by_type = dict(zip(*(ledger_by_type(engine)[c] for c in ("entry_type", "amount")), strict=True))
+    charged = -sum(int(by_type.get(t, 0)) for t in CHARGE_TYPES)
+    refunded = sum(int(by_type.get(t, 0)) for t in REFUND_TYPES)
+    return {
+        "charged": charged,
+        "refunded": refunded,
+        "net": charged - refunded,
+        "granted": int(by_type.get("grant", 0)),
+    }
+
+
+def audit_summary(engine: Engine) -> dict[str, Any] | None:
+    """The audit's violation total and count per violated kind; None when this version has no audit."""
+    try:
+        from .audit import audit
+    except ImportError:
+        return None
+    report = audit(engine)
+    return {"total": report.total, "kinds": {f.title: f.count for f in report.findings}}
+
+
+# --- live tasks -------------------------------------------------------------------
+
+
+def reference_now(engine: Engine, wall_now: datetime) -> tuple[datetime, str]:
+    """The instant ages are measured from, and why.
+
+    A live database is measured against the wall clock; a simulation database,
+    whose clock stopped long ago, against its latest recorded activity.
+    """
+    latest = latest_timestamp(engine)
+    if latest is not None and wall_now - latest > timedelta(days=1):
+        return latest, "latest activity in this database (a simulation or an idle copy)"
+    return wall_now, "wall clock (UTC)"
+
+
+def filter_options(engine: Engine, limit: int = 200) -> dict[str, list[str]]:
+    """Distinct categories, models and providers of active tasks, for filter widgets."""
+    out: dict[str, list[str]] = {}
+    active = ai_task.c.status.in_([s.value for s in ACTIVE])
+    with engine.connect() as conn:
+        for name in ("category", "model", "provider"):
+            col = ai_task.c[name]
+            rows = conn.execute(select(col).where(active).group_by(col).order_by(col).limit(limit))
+            out[name] = [r[0] for r in rows if r[0] is not None]
+    return out
+
+
+def active_tasks(
+    engine: Engine,
+    *,
+    now: datetime,
+    statuses: tuple[str, ...] = tuple(s.value for s in ACTIVE),
+    category: tuple[str, ...] = (),
+    model: tuple[str, ...] = (),
+    provider: tuple[str, ...] = (),
+    user: str = "",
+    limit: int = 200,
+    policy: BillingPolicy = DEFAULT_POLICY,
+) -> pd.DataFrame:
+    """WAITING/GENERATING tasks, oldest first, with age, last event and a stuck flag."""
+    started = func.coalesce(ai_task.c.submitted_at, ai_task.c.created_at).label("started_at")
+    stmt = (
+        select(
+            ai_task.c.id, ai_task.c.status, ai_task.c.category, ai_task.c.model, ai_task.c.provider,
+            ai_task.c.upstream_task_id, account.c.email, ai_task.c.reserved_credits, started,
+            ai_task.c.check_attempts,
+        )
+        .select_from(ai_task.outerjoin(account, account.c.id == ai_task.c.user_id))
+        .where(ai_task.c.status.in_([s for s in statuses if s in {a.value for a in ACTIVE}] or ["-"]))
+        .order_by(started.asc(), ai_task.c.id.asc())
+        .limit(min(limit, MAX_ROWS))
+    )
+    for name, values in (("category", category), ("model", model), ("provider", provider)):
+        if values:
+            stmt = stmt.where(ai_task.c[name].in_(list(values)))
+    if user.strip():
+        stmt = stmt.where(_user_match(user.strip()))
+    df = _frame(engine, stmt)
+    cols = ["last_event", "last_event_at", "age_s", "stuck_after_s", "stuck"]
+    if df.empty:
+        return df.reindex(columns=[*df.columns, *cols])
+    last = _last_events(engine, [int(i) for i in df["id"]])
+    df["last_event"] = df["id"].map(lambda i: last.get(int(i), (None, None))[0])
+    df["last_event_at"] = df["id"].map(lambda i: last.get(int(i), (None, None))[1])
+    df["age_s"] = (pd.Timestamp(now) - pd.to_datetime(df["started_at"])).dt.total_seconds().round(0)
+    df["stuck_after_s"] = df["category"].map(policy.stuck_for)
+    df["stuck"] = df["age_s"] > df["stuck_after_s"]
+    return df
+
+
+def _user_match(q: str):
+    pattern = "%" + like_escape(q) + "%"
+    conds = [account.c.email.ilike(pattern, escape="\\"), account.c.name.ilike(pattern, escape="\\")]
+    if q.isdigit():
+        conds.append(ai_task.c.user_id == int(q))
+    return or_(*conds)
+
+
+def _last_events(engine: Engine, task_ids: list[int]) -> dict[int, tuple[str, Any]]:
+    if not task_ids:
+        return {}
+    newest = (
+        select(func.max(task_event.c.id).label("id"))
+        .where(task_event.c.task_id.in_(task_ids))
+        .group_by(task_event.c.task_id)
+        .subquery()
+    )
+    stmt = select(task_event.c.task_id, task_event.c.kind, task_event.c.at).join(
+        newest, newest.c.id == task_event.c.id
+    )
+    with engine.connect() as conn:
+        return {int(t): (k, at) for t, k, at in conn.execute(stmt)}

@@ -1,0 +1,106 @@
+"""AppTest smoke tests of the support pages on an empty, a small known and an unreadable database."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.dashboard.conftest import texts
+
+PAGES = {
+    "pages/overview.py": "Overview",
+    "pages/live_tasks.py": "Live tasks",
+    "pages/task_inspector.py": "Task inspector",
+    "pages/checklist.py": "Checklist",
+}
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_on_empty_database(open_page, empty_url, page):
+    at = open_page(empty_url, page)
+    assert not at.exception
+    assert at.title[0].value == PAGES[page]
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "pages/checklist.py"])
+def test_bad_url_is_a_message_not_a_traceback(open_page, tmp_path, page):
+    at = open_page(f"sqlite:///{tmp_path / 'missing.db'}", page)
+    assert not at.exception
+    assert "Cannot read this database" in texts(at)
+
+
+def test_database_without_schema_says_so(open_page, tmp_path):
+    (tmp_path / "plain.db").write_bytes(b"")
+    at = open_page(f"sqlite:///{tmp_path / 'plain.db'}", "pages/overview.py")
+    assert not at.exception
+    assert "no Rivya schema" in texts(at)
+
+
+def test_malformed_url_is_a_message(open_page):
+    at = open_page("nosuchdriver://x/y", "pages/overview.py")
+    assert not at.exception
+    assert "Cannot read this database" in texts(at)
+
+
+def test_overview_shows_known_numbers(open_page, seeded_url):
+    at = open_page(seeded_url)  # the default page
+    assert not at.exception
+    m = metrics(at)
+    assert m["All tasks"] == "4"
+    assert (m["Waiting"], m["Generating"], m["Success"], m["Failed"]) == ("1", "1", "1", "1")
+    assert (m["Charged"], m["Refunded"], m["Net"]) == ("70", "0", "70")
+    assert "1 violation" in texts(at).replace("**", "")
+
+
+def test_empty_overview_says_there_is_nothing_yet(open_page, empty_url):
+    at = open_page(empty_url, "pages/overview.py")
+    assert metrics(at)["All tasks"] == "0"
+    assert "no tasks yet" in texts(at)
+
+
+def test_live_tasks_lists_active_tasks_and_flags_the_stuck_one(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/live_tasks.py")
+    assert not at.exception
+    assert metrics(at)["Stuck (in this view)"] == "1"
+    df = at.dataframe[0].value.data if hasattr(at.dataframe[0].value, "data") else at.dataframe[0].value
+    assert sorted(df["id"]) == [3, 4]
+    assert df.set_index("id").loc[3, "stuck"]
+
+
+def test_inspector_finds_a_task_by_upstream_id(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py")
+    at.text_input[0].input("up-2").run()
+    assert not at.exception
+    assert "Task #2 — FAILED" in texts(at)
+    assert "provider_error" in texts(at)
+
+
+def test_inspector_opens_a_task_from_the_query_param(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py", task="1")
+    assert not at.exception
+    assert "Task #1 — SUCCESS" in texts(at)
+
+
+def test_inspector_reports_no_match(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py")
+    at.text_input[0].input("nothing like this").run()
+    assert "No task matches" in texts(at)
+
+
+def test_inspector_search_by_user_lists_choices(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py")
+    at.text_input[0].input("Bo Chen").run()
+    assert not at.exception
+    assert sorted(at.selectbox[-1].options) != []
+    assert "2 tasks match" in texts(at)
+
+
+def test_checklist_links_each_step(open_page, empty_url):
+    at = open_page(empty_url, "pages/checklist.py")
+    assert not at.exception
+    assert len(at.checkbox) == 9
+    at.checkbox[0].check().run()
+    assert "1 of 5 checked" in [p.proto.text for p in at.get("progress")][0]
