@@ -179,7 +179,7 @@ class MockProvider:
                 self._send(job, msg, body, delay=delays[0] + delays[1], kind="duplicate")
         if cb_u["forged"] < cfg.forged:
             fake = self._body(job, "task.succeeded", "succeeded", urls=(f"https://evil.example/{job.upstream_id}.png",))
-            self._send(job, self._next_msg(), fake, delay=delays[2], kind="forged", secret="whsec_forged")
+            self._send(job, self._next_msg(), fake, delay=delays[2], kind="forged", secret=self.farm.forger_secret)
         if cb_u["malformed"] < cfg.malformed:
             bad = (b'{"type": "task.succeeded", "data": ' if start % 2 else b'{"type": "task.succeeded"}')
             self._send(job, self._next_msg(), bad, delay=delays[2], kind="malformed", raw=True)
@@ -263,6 +263,7 @@ class Farm:
         self.deliver: Callable[[str, dict[str, str], bytes], Any] | None = None
         self.on_delivered: Callable[[Delivery, Any], None] | None = None
         secrets_rng = streams.get("secrets")
+        self.forger_secret = webhooks.generate_secret(streams.get("forger"))  # a key no provider holds
         self.providers: dict[str, MockProvider] = {}
         for name in sorted(provider_names):
             secret = webhooks.generate_secret(secrets_rng)
