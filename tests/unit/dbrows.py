@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import CheckConstraint, MetaData, create_engine, insert, update
+from sqlalchemy import CheckConstraint, MetaData, create_engine, event, insert, update
 
 from rivya_core import schema as s
 
@@ -19,6 +19,8 @@ def make_engine(url: str, *, checks: bool = True):
     """An engine over a fresh contract schema. checks=False drops CHECK constraints,
     as in a database imported from elsewhere that may hold negative balances."""
     engine = create_engine(url)
+    if engine.dialect.name == "sqlite":  # test data need not survive a power cut: skip the fsyncs
+        event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA synchronous=OFF"))
     md = s.metadata
     if not checks:
         md = MetaData()

@@ -1,0 +1,395 @@
+"""The audit: every invariant of DESIGN.md as one set-based SQL query per kind.
+
+Each check is a Core `select()` of the rows that break one invariant; the audit
+runs it once with `count(*) OVER ()`, so a finding's count is exact while its
+rows are capped. Nothing loops over rows in Python, so the audit stays fast on
+millions of tasks. Ledger conventions: consume, chat_reserve and chat_charge
+amounts are negative; grant, refund and chat_refund positive; a refund whose
+note starts with ``support:`` was issued by a support action and is allowed
+even where the policy would not reverse the failure.
+
+`now` (for "stuck" and "not settled" ages) defaults to the latest timestamp the
+database holds (`queries.latest_timestamp`): a simulation database is judged at
+the moment its run stopped. Pass `now` explicitly to judge live data by the
+wall clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, case, cast, exists, func, literal, or_, select
+from sqlalchemy import Text as SAText
+
+from .domain import (
+    INSUFFICIENT_CREDITS,
+    ChatStatus,
+    EntryType,
+    EventKind,
+    NotificationKind,
+    TaskStatus,
+    ValidationError,
+)
+from .policy import DEFAULT_POLICY, BillingPolicy
+from .queries import ACTIVE_STATES, TERMINAL_STATES, Bind, connect, jsonable, resolve_now
+from .schema import account, ai_task, chat_message, chat_session, credit_ledger, notification, task_event
+
+ROW_CAP = 50
+CHAT_SETTLE_GRACE_S = 600.0  # a chat reservation older than this and still open is a finding
+SUPPORT_NOTE_PREFIX = "support:"
+
+AUDIT_KINDS: dict[str, str] = {
+    "ledger_running_sum": "Ledger balance_after differs from the running sum",
+    "negative_balance": "Negative balance_after",
+    "balance_mismatch": "Account balance differs from its ledger sum",
+    "failed_after_charge_without_refund": "Failed after charge without refund",
+    "double_refund": "Double refund",
+    "refund_exceeds_charge": "Refund exceeds charge",
+    "refund_on_success": "Refund on success",
+    "refund_not_due": "Refund not due under the policy",
+    "charged_twice": "Charged twice",
+    "upstream_without_charge": "Submitted upstream without a charge",
+    "charged_after_submit": "Charged after provider submission",
+    "credit_failure_inconsistent": "Failed for credits, yet charged or submitted",
+    "success_without_urls": "SUCCESS without result URLs",
+    "failed_without_error_code": "FAILED without an error code",
+    "multiple_terminal_events": "More than one terminal transition",
+    "notification_missing": "Terminal task without its notification",
+    "notification_wrong_kind": "Notification of the wrong kind",
+    "notification_duplicate": "Duplicate outcome notification",
+    "stuck_past_timeout": "Stuck past the timeout",
+    "consume_without_task": "Charge without a task",
+    "chat_reserve_not_settled": "Chat reserve not settled",
+    "chat_overcharge": "Chat charged more than reserved",
+    "chat_refund_mismatch": "Chat settlement does not net to the charge",
+}
+
+
+@dataclass
+class Finding:
+    kind: str
+    message: str
+    count: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return AUDIT_KINDS.get(self.kind, self.kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "title": self.title, "message": self.message, "count": self.count,
+                "rows": jsonable(self.rows)}
+
+
+@dataclass
+class AuditReport:
+    findings: list[Finding]
+    now: datetime
+    policy: str
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def total(self) -> int:
+        return sum(f.count for f in self.findings)
+
+    def by_kind(self) -> dict[str, Finding]:
+        return {f.kind: f for f in self.findings}
+
+    def counts(self) -> dict[str, int]:
+        """Every checked kind with its count, zeros included."""
+        found = {f.kind: f.count for f in self.findings}
+        return {k: found.get(k, 0) for k in self.checked}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "total": self.total, "now": self.now.isoformat(), "policy": self.policy,
+                "counts": self.counts(), "findings": [f.to_dict() for f in self.findings]}
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    policy: BillingPolicy
+    now: datetime
+    dialect: str
+    chat_grace_s: float
+
+
+L, T, N, M = credit_ledger, ai_task, notification, chat_message
+_L2 = credit_ledger.alias("l2")
+_TASK_COLS = (T.c.id.label("task_id"), T.c.user_id, T.c.model, T.c.category, T.c.status, T.c.reserved_credits,
+              T.c.upstream_task_id, T.c.error_code, T.c.failure_class, T.c.created_at, T.c.submitted_at,
+              T.c.finished_at)
+_LEDGER_COLS = (L.c.id.label("ledger_id"), L.c.user_id, L.c.entry_type, L.c.amount, L.c.balance_after,
+                L.c.task_id, L.c.chat_message_id, L.c.idempotency_key, L.c.created_at, L.c.note)
+
+
+def _has_entry(entry_type: str, task_col=T.c.id):
+    return exists().where(_L2.c.task_id == task_col, _L2.c.entry_type == entry_type)
+
+
+def _not_support(note_col):
+    return or_(note_col.is_(None), ~note_col.like(SUPPORT_NOTE_PREFIX + "%"))
+
+
+def _refund_not_reversed(fc_col, policy: BillingPolicy):
+    classes = sorted(str(c) for c in policy.refund_classes)
+    return or_(fc_col.is_(None), fc_col.not_in(classes)) if classes else literal(True)
+
+
+def _empty_url_list(col, dialect: str):
+    if dialect in ("sqlite", "postgresql"):
+        typeof = func.json_type if dialect == "sqlite" else func.json_typeof
+        length = case((typeof(col) == "array", func.json_array_length(col)), else_=0)
+        return or_(col.is_(None), length == 0)
+    return or_(col.is_(None), cast(col, SAText).in_(["[]", "null", ""]))
+
+
+# --- the checks: each returns the offending rows, or None when it does not apply ---------
+
+
+def ledger_running_sum(c: _Ctx) -> Select:
+    w = select(*_LEDGER_COLS, func.sum(L.c.amount).over(partition_by=L.c.user_id, order_by=L.c.id)
+               .label("running_sum")).subquery()
+    return select(w).where(w.c.running_sum != w.c.balance_after)
+
+
+def negative_balance(c: _Ctx) -> Select:
+    return select(*_LEDGER_COLS).where(L.c.balance_after < 0)
+
+
+def balance_mismatch(c: _Ctx | None = None) -> Select:
+    sums = select(L.c.user_id, func.sum(L.c.amount).label("ledger_sum")).group_by(L.c.user_id).subquery()
+    ledger_sum = func.coalesce(sums.c.ledger_sum, 0)
+    return (select(account.c.id.label("user_id"), account.c.email, account.c.balance,
+                   ledger_sum.label("ledger_sum"))
+            .select_from(account.outerjoin(sums, sums.c.user_id == account.c.id))
+            .where(account.c.balance != ledger_sum))
+
+
+def failed_after_charge_without_refund(c: _Ctx) -> Select:
+    classes = sorted(str(x) for x in c.policy.refund_classes)
+    return select(*_TASK_COLS).where(T.c.status == TaskStatus.FAILED, T.c.failure_class.in_(classes),
+                                     _has_entry(EntryType.CONSUME), ~_has_entry(EntryType.REFUND))
+
+
+def _per_task(entry_type: str, having) -> Select:
+    return (select(L.c.task_id, func.min(L.c.user_id).label("user_id"), func.count().label("entries"),
+                   func.sum(L.c.amount).label("total"))
+            .where(L.c.entry_type == entry_type, L.c.task_id.is_not(None))
+            .group_by(L.c.task_id).having(having))
+
+
+def double_refund(c: _Ctx) -> Select:
+    return _per_task(EntryType.REFUND, func.count() > 1)
+
+
+def refund_exceeds_charge(c: _Ctx) -> Select:
+    r = _per_task(EntryType.REFUND, literal(True)).subquery()
+    charged = func.coalesce(select(-func.sum(_L2.c.amount)).where(
+        _L2.c.task_id == r.c.task_id, _L2.c.entry_type == EntryType.CONSUME).scalar_subquery(), 0)
+    return select(r.c.task_id, r.c.user_id, r.c.total.label("refunded"), charged.label("charged")).where(
+        r.c.total > charged)
+
+
+def _refunds_with_task() -> Select:
+    return select(*_LEDGER_COLS, T.c.status, T.c.failure_class, T.c.error_code).select_from(
+        L.join(T, T.c.id == L.c.task_id)).where(L.c.entry_type == EntryType.REFUND)
+
+
+def refund_on_success(c: _Ctx) -> Select:
+    return _refunds_with_task().where(T.c.status == TaskStatus.SUCCESS)
+
+
+def refund_not_due(c: _Ctx) -> Select:
+    not_due = or_(T.c.status.in_(ACTIVE_STATES),
+                  and_(T.c.status == TaskStatus.FAILED, _refund_not_reversed(T.c.failure_class, c.policy)))
+    return _refunds_with_task().where(not_due, _not_support(L.c.note))
+
+
+def charged_twice(c: _Ctx) -> Select:
+    return _per_task(EntryType.CONSUME, func.count() > 1)
+
+
+def upstream_without_charge(c: _Ctx) -> Select:
+    return select(*_TASK_COLS).where(T.c.upstream_task_id.is_not(None), ~_has_entry(EntryType.CONSUME))
+
+
+def charged_after_submit(c: _Ctx) -> Select:
+    return (select(*_TASK_COLS, L.c.created_at.label("charged_at"))
+            .select_from(T.join(L, and_(L.c.task_id == T.c.id, L.c.entry_type == EntryType.CONSUME)))
+            .where(T.c.submitted_at.is_not(None), L.c.created_at > T.c.submitted_at))
+
+
+def credit_failure_inconsistent(c: _Ctx) -> Select:
+    return select(*_TASK_COLS).where(T.c.error_code == INSUFFICIENT_CREDITS, or_(
+        T.c.upstream_task_id.is_not(None), _has_entry(EntryType.CONSUME)))
+
+
+def success_without_urls(c: _Ctx) -> Select:
+    return select(*_TASK_COLS).where(T.c.status == TaskStatus.SUCCESS, _empty_url_list(T.c.result_urls, c.dialect))
+
+
+def failed_without_error_code(c: _Ctx) -> Select:
+    return select(*_TASK_COLS).where(T.c.status == TaskStatus.FAILED,
+                                     or_(T.c.error_code.is_(None), T.c.error_code == ""))
+
+
+def multiple_terminal_events(c: _Ctx) -> Select:
+    terminal = [EventKind.SUCCEEDED, EventKind.FAILED]
+    return (select(task_event.c.task_id, func.count().label("terminal_events"))
+            .where(task_event.c.kind.in_(terminal)).group_by(task_event.c.task_id).having(func.count() > 1))
+
+
+def _notification_view() -> Any:
+    def n_of(kind):
+        return func.sum(case((N.c.kind == kind, 1), else_=0))
+
+    agg = (select(N.c.task_id, func.count().label("n_total"),
+                  n_of(NotificationKind.GENERATION_SUCCESS).label("n_success"),
+                  n_of(NotificationKind.GENERATION_FAILED).label("n_failed"),
+                  n_of(NotificationKind.INSUFFICIENT_CREDITS).label("n_credits"))
+           .where(N.c.task_id.is_not(None)).group_by(N.c.task_id).subquery())
+    is_success = T.c.status == TaskStatus.SUCCESS
+    for_credits = T.c.error_code == INSUFFICIENT_CREDITS
+    expected = case((is_success, NotificationKind.GENERATION_SUCCESS.value),
+                    (for_credits, NotificationKind.INSUFFICIENT_CREDITS.value),
+                    else_=NotificationKind.GENERATION_FAILED.value)
+    matching = func.coalesce(case((is_success, agg.c.n_success), (for_credits, agg.c.n_credits),
+                                  else_=agg.c.n_failed), 0)
+    total = func.coalesce(agg.c.n_total, 0)
+    q = (select(T.c.id.label("task_id"), T.c.user_id, T.c.status, T.c.error_code,
+                expected.label("expected_kind"), total.label("notifications"), matching.label("matching"))
+         .select_from(T.outerjoin(agg, agg.c.task_id == T.c.id)).where(T.c.status.in_(TERMINAL_STATES)))
+    return q, total, matching
+
+
+def notification_missing(c: _Ctx) -> Select:
+    q, total, _ = _notification_view()
+    return q.where(total == 0)
+
+
+def notification_wrong_kind(c: _Ctx) -> Select:
+    q, total, matching = _notification_view()
+    return q.where(total > matching)
+
+
+def notification_duplicate(c: _Ctx) -> Select:
+    q, _, matching = _notification_view()
+    return q.where(matching > 1)
+
+
+def stuck_past_timeout(c: _Ctx) -> Select:
+    default = c.now - timedelta(seconds=c.policy.timeout_for("\0"))
+    per_category = {cat: c.now - timedelta(seconds=c.policy.timeout_for(cat)) for cat in c.policy.timeout_s}
+    cutoff = case(per_category, value=T.c.category, else_=default) if per_category else literal(default)
+    started = func.coalesce(T.c.submitted_at, T.c.created_at)
+    return select(*_TASK_COLS, started.label("started_at")).where(T.c.status.in_(ACTIVE_STATES), started < cutoff)
+
+
+def consume_without_task(c: _Ctx) -> Select:
+    no_task = ~exists().where(T.c.id == L.c.task_id)
+    return select(*_LEDGER_COLS).where(L.c.entry_type == EntryType.CONSUME, or_(L.c.task_id.is_(None), no_task))
+
+
+_MSG_COLS = (M.c.id.label("message_id"), M.c.session_id, chat_session.c.user_id, M.c.status, M.c.reserved_credits,
+             M.c.charged_credits, M.c.created_at, M.c.settled_at)
+
+
+def _messages() -> Select:
+    return select(*_MSG_COLS).select_from(M.outerjoin(chat_session, chat_session.c.id == M.c.session_id))
+
+
+def chat_reserve_not_settled(c: _Ctx) -> Select:
+    cutoff = c.now - timedelta(seconds=c.chat_grace_s)
+    return _messages().where(M.c.status == ChatStatus.RESERVED, M.c.created_at < cutoff)
+
+
+def chat_overcharge(c: _Ctx) -> Select | None:
+    if c.policy.chat_allow_overrun:
+        return None
+    return _messages().where(M.c.charged_credits > M.c.reserved_credits)
+
+
+def chat_refund_mismatch(c: _Ctx) -> Select:
+    chat_types = [EntryType.CHAT_RESERVE, EntryType.CHAT_CHARGE, EntryType.CHAT_REFUND]
+    agg = (select(L.c.chat_message_id, func.sum(L.c.amount).label("net"),
+                  func.sum(case((L.c.entry_type == EntryType.CHAT_REFUND, 1), else_=0)).label("refunds"))
+           .where(L.c.entry_type.in_(chat_types), L.c.chat_message_id.is_not(None))
+           .group_by(L.c.chat_message_id).subquery())
+    net, refunds = func.coalesce(agg.c.net, 0), func.coalesce(agg.c.refunds, 0)
+    return (select(*_MSG_COLS, net.label("ledger_net"), refunds.label("chat_refunds"))
+            .select_from(M.outerjoin(chat_session, chat_session.c.id == M.c.session_id)
+                         .outerjoin(agg, agg.c.chat_message_id == M.c.id))
+            .where(M.c.status != ChatStatus.RESERVED,
+                   or_(net != -func.coalesce(M.c.charged_credits, 0), refunds > 1)))
+
+
+CHECKS: dict[str, Callable[[_Ctx], Select | None]] = {kind: globals()[kind] for kind in AUDIT_KINDS}
+
+
+def _run(conn, q: Select, cap: int) -> tuple[int, list[dict[str, Any]]]:
+    sub = q.subquery()
+    first = list(sub.c)[0]
+    capped = select(sub, func.count().over().label("_total")).order_by(first).limit(cap)
+    found = [dict(r._mapping) for r in conn.execute(capped)]
+    count = int(found[0].pop("_total")) if found else 0
+    for r in found[1:]:
+        r.pop("_total")
+    return count, found
+
+
+def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None, *,
+          kinds: list[str] | None = None, row_cap: int = ROW_CAP,
+          chat_grace_s: float = CHAT_SETTLE_GRACE_S) -> AuditReport:
+    """Run every check (or `kinds`) and report the violated ones with their rows."""
+    unknown = [k for k in kinds or () if k not in CHECKS]
+    if unknown:
+        raise ValidationError(f"unknown audit kind(s): {', '.join(unknown)}", code="audit_kind_unknown")
+    at = resolve_now(bind, now)
+    findings, checked = [], []
+    with connect(bind) as conn:
+        ctx = _Ctx(policy, at, conn.dialect.name, chat_grace_s)
+        for kind in kinds or CHECKS:
+            q = CHECKS[kind](ctx)
+            if q is None:
+                continue
+            checked.append(kind)
+            count, found = _run(conn, q, max(0, row_cap))
+            if count:
+                findings.append(Finding(kind, f"{AUDIT_KINDS[kind]}: {count}", count, found))
+    return AuditReport(findings, at, policy.name, checked)
+
+
+def conservation(bind: Bind, row_cap: int = ROW_CAP) -> dict[str, Any]:
+    """Credits conserved: grants − charges + refunds + adjustments = sum of balances,
+    and each account's balance equals its ledger sum (the accounts that break it)."""
+    with connect(bind) as conn:
+        by_type = {t: int(v or 0) for t, v in conn.execute(
+            select(L.c.entry_type, func.sum(L.c.amount)).group_by(L.c.entry_type))}
+        balances = int(conn.execute(select(func.coalesce(func.sum(account.c.balance), 0))).scalar() or 0)
+        orphan = select(L.c.user_id).where(~exists().where(account.c.id == L.c.user_id)).distinct().subquery()
+        orphans = [r[0] for r in conn.execute(select(orphan).limit(row_cap))]
+        broken_count, broken = _run(conn, balance_mismatch(), row_cap)
+
+    def of(t: EntryType) -> int:
+        return by_type.get(t.value, 0)
+
+    ledger_total = sum(by_type.values())
+    out = {
+        "grants": of(EntryType.GRANT),
+        "charged": -(of(EntryType.CONSUME) + of(EntryType.CHAT_RESERVE) + of(EntryType.CHAT_CHARGE)),
+        "refunded": of(EntryType.REFUND) + of(EntryType.CHAT_REFUND),
+        "consumes": of(EntryType.CONSUME), "refunds": of(EntryType.REFUND),
+        "chat_reserves": of(EntryType.CHAT_RESERVE), "chat_charges": of(EntryType.CHAT_CHARGE),
+        "chat_refunds": of(EntryType.CHAT_REFUND), "adjustments": of(EntryType.ADJUSTMENT),
+        "by_type": by_type, "ledger_total": ledger_total, "balances_total": balances,
+        "broken_count": broken_count, "broken_accounts": jsonable(broken), "ledger_users_without_account": orphans,
+    }
+    out["ok"] = ledger_total == balances and not broken_count and not orphans
+    return out
