@@ -248,7 +248,32 @@ def test_ledger_page_names_broken_account_and_row(seeded_url):
     assert any(3 in df["ledger_id"].tolist() for df in broken if "running_sum" in df.columns)
 
 
-@pytest.mark.parametrize("page", ["ledger.py"])
+def test_refund_audit_page_groups_findings(seeded_url):
+    at = run_page("refund_audit.py", seeded_url)
+    labels = [e.label for e in at.expander]
+    assert "Failed after charge without refund — 1" in labels
+    assert at.get("download_button"), "CSV downloads offered"
+    rows = [d.value for d in at.dataframe if "task_id" in d.value.columns]
+    assert any(df["task_id"].tolist() == [3] for df in rows)
+
+
+def test_notifications_page_counts_and_filters(seeded_url):
+    at = run_page("notifications.py", seeded_url)
+    assert "Unread=2" in texts(at)
+    assert len(at.dataframe[0].value) == 3
+    at = run_page("notifications.py", seeded_url, {"user": "bob"})
+    assert "Unread=1" in texts(at) and len(at.dataframe[0].value) == 1
+
+
+def test_chat_settlement_page(seeded_url):
+    at = run_page("chat_settlement.py", seeded_url)
+    shown = texts(at)
+    assert "Reserved=18" in shown and "Charged=8" in shown and "Refunded=4" in shown
+    tool = at.dataframe[-1].value
+    assert tool["task"].tolist() == ["task_inspector?task=4"]
+
+
+@pytest.mark.parametrize("page", ["ledger.py", "refund_audit.py", "notifications.py", "chat_settlement.py"])
 def test_page_on_empty_and_bad_database(page, empty_url):
     assert run_page(page, empty_url).main  # renders with a message, no exception
     at = run_page(page, BAD_URL)

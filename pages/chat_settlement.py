@@ -1,0 +1,69 @@
+"""Chat settlement: sessions and messages with reserved, charged and refunded credits; tool-backed turns."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+
+from pages._common import cached_df, open_db, require_tables, show_errors, task_url
+from rivya_core import ledger_views as lv
+
+LIMIT = 200
+TASK_LINK = st.column_config.LinkColumn("task", display_text=r"task=(\d+)", help="Open the task in the inspector")
+
+
+def link_tasks(frame):
+    frame = frame.copy()
+    frame["task"] = [task_url(t) if t == t and t is not None else None for t in frame["task_id"]]
+    return frame
+
+
+st.title("Chat settlement")
+st.caption("Token-priced chat reserves an estimate before a turn, charges the real usage after it and "
+           "refunds the difference once.")
+engine = open_db()
+if engine is None or not require_tables(engine, ["chat_session", "chat_message", "credit_ledger", "account"],
+                                        need_rows="chat_message"):
+    st.stop()
+
+with show_errors():
+    c = cached_df(lv.chat_credits)
+    cols = st.columns(5)
+    cols[0].metric("Messages", f"{c['messages']:,}")
+    cols[1].metric("Reserved", f"{c['reserved']:,}")
+    cols[2].metric("Charged", f"{c['charged']:,}")
+    cols[3].metric("Refunded", f"{c['refunded']:,}")
+    cols[4].metric("Open reservations", f"{c['open_reservations']:,}", f"{c['open_credits']:,} credits",
+                   delta_color="off")
+
+    gaps = cached_df(lv.chat_gap_distribution)
+    if gaps.empty:
+        st.info("No settled chat turn yet.")
+    else:
+        fig = px.histogram(gaps, x="gap", y="messages", histfunc="sum", nbins=min(60, len(gaps)),
+                           labels={"gap": "reserved − charged (credits)", "messages": "messages"},
+                           title="Reserved minus charged per settled turn (what was refunded)")
+        fig.update_layout(yaxis_title="messages")
+        st.plotly_chart(fig, width="stretch")
+
+    st.subheader("Sessions")
+    sessions = cached_df(lv.chat_sessions, None, LIMIT)
+    st.caption(f"Newest {len(sessions):,} sessions.")
+    st.dataframe(sessions, width="stretch", hide_index=True)
+
+    st.subheader("Messages")
+    options = [None, *sessions["session_id"].tolist()]
+    session = st.selectbox("Session", options, format_func=lambda s: "all sessions" if s is None else f"#{s}")
+    messages = link_tasks(cached_df(lv.chat_messages, session, LIMIT))
+    st.dataframe(messages.drop(columns=["task_id"]), width="stretch", hide_index=True,
+                 column_config={"task": TASK_LINK})
+
+    st.subheader("Tool-backed chat turns")
+    tools = cached_df(lv.tool_backed_turns, LIMIT)
+    if tools.empty:
+        st.caption("No chat turn started a generation task.")
+    else:
+        st.dataframe(link_tasks(tools).drop(columns=["task_id"]), width="stretch", hide_index=True,
+                     column_order=["task", "message_id", "session_id", "user_id", "model", "status",
+                                   "reserved_credits", "created_at"],
+                     column_config={"task": TASK_LINK})

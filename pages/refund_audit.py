@@ -1,0 +1,72 @@
+"""Refund audit: every rivya_core.audit finding grouped by kind, with counts, the rows behind each and CSV."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pages._common import cached_df, open_db, require_tables, show_errors, task_url
+from rivya_core import audit
+from rivya_core.schema import CONTRACT_TABLES
+
+ROW_CAP = 200
+# Money findings first, in the order a support person reads them.
+MONEY_KINDS = ["failed_after_charge_without_refund", "double_refund", "refund_on_success", "refund_not_due",
+               "refund_exceeds_charge", "chat_reserve_not_settled", "chat_overcharge", "chat_refund_mismatch",
+               "charged_twice", "consume_without_task"]
+
+
+def csv(rows: pd.DataFrame) -> bytes:
+    return rows.to_csv(index=False).encode("utf-8")
+
+
+def with_task_links(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    if "task_id" not in rows.columns:
+        return rows, {}
+    rows = rows.copy()
+    rows.insert(0, "task", [task_url(t) if pd.notna(t) else None for t in rows["task_id"]])
+    return rows, {"task": st.column_config.LinkColumn("task", display_text=r"task=(\d+)")}
+
+
+st.title("Refund audit")
+st.caption("Every invariant of the lifecycle checked in SQL over the whole database; "
+           f"each finding shows its exact count and up to {ROW_CAP} of the rows that prove it.")
+engine = open_db()
+if engine is None or not require_tables(engine, list(CONTRACT_TABLES)):
+    st.stop()
+
+with show_errors():
+    report = cached_df(audit.audit, row_cap=ROW_CAP)
+    counts = report.counts()
+    money = {k: counts.get(k, 0) for k in MONEY_KINDS if k in counts}
+    c = st.columns(3)
+    c[0].metric("Findings", f"{report.total:,}")
+    c[1].metric("Money findings", f"{sum(money.values()):,}")
+    c[2].metric("Checks run", f"{len(report.checked)}")
+    st.caption(f"Judged at {report.now:%Y-%m-%d %H:%M:%S} UTC (the latest moment the database recorded), "
+               f"policy `{report.policy}`.")
+    if report.ok:
+        st.success("No finding: every refund, charge and notification checks out.")
+
+    table = pd.DataFrame([{"kind": audit.AUDIT_KINDS.get(k, k), "code": k, "rows": n,
+                           "money": k in MONEY_KINDS} for k, n in counts.items()])
+    if not table.empty:
+        table = table.sort_values(["rows", "money"], ascending=False)
+        st.dataframe(table, width="stretch", hide_index=True,
+                     column_config={"money": st.column_config.CheckboxColumn("money")})
+
+    if report.findings:
+        everything = pd.concat([pd.DataFrame(f.rows).assign(kind=f.kind) for f in report.findings],
+                               ignore_index=True)
+        st.download_button("Download every finding's rows (CSV)", csv(everything), "audit_findings.csv",
+                           "text/csv", key="dl_all")
+    order = {k: i for i, k in enumerate(MONEY_KINDS)}
+    for finding in sorted(report.findings, key=lambda f: (order.get(f.kind, len(order)), -f.count)):
+        with st.expander(f"{finding.title} — {finding.count:,}", expanded=finding.kind in MONEY_KINDS):
+            rows = pd.DataFrame(finding.rows)
+            if finding.count > len(rows):
+                st.caption(f"Showing the first {len(rows):,} of {finding.count:,} rows.")
+            shown, config = with_task_links(rows)
+            st.dataframe(shown, width="stretch", hide_index=True, column_config=config)
+            st.download_button("Download these rows (CSV)", csv(rows), f"audit_{finding.kind}.csv", "text/csv",
+                               key=f"dl_{finding.kind}")
