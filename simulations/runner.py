@@ -39,7 +39,9 @@ from .streams import Streams
 from .users import Population
 from .writer import BatchWriter, write_sim_run
 
-FLUSH_EVERY_S = 60.0       # simulated seconds between batch writes
+FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
+FLUSH_MIN_TASKS = 2000     # ... which happens once this many new tasks exist
+FLUSH_MAX_GAP_S = 3600.0   # ... or this many simulated seconds went by
 REALTIME_FLUSH_WALL_S = 1.0
 
 
@@ -164,11 +166,18 @@ class Run:
             self.svc.poll()
 
     def flusher(self):
+        # Batch mode writes once FLUSH_MIN_TASKS new tasks exist (or an hour went
+        # by): a commit per simulated minute made fsync the bulk of a long run.
+        last_top, last_at = 0, 0.0
         while True:
             if self.realtime:
                 yield self.env.timeout(REALTIME_FLUSH_WALL_S * self.realtime)
             else:
                 yield self.env.timeout(FLUSH_EVERY_S)
+                top = self.store._next["ai_task"]
+                if top - last_top < FLUSH_MIN_TASKS and self.env.now - last_at < FLUSH_MAX_GAP_S:
+                    continue
+                last_top, last_at = top, self.env.now
             self.writer.flush()
 
     def monitor(self, stop: simpy.Event, deadline: Callable[[], float], progress):
