@@ -37,7 +37,7 @@ from .farm import Farm
 from .scenarios import Scenario, ScenarioError
 from .streams import Streams
 from .users import Population
-from .writer import BatchWriter, write_sim_run
+from .writer import BatchWriter, relax_sqlite_sync, write_sim_run
 
 FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
 FLUSH_MIN_TASKS = 2000     # ... which happens once this many new tasks exist
@@ -219,6 +219,7 @@ def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, ta
     wall0 = time.perf_counter()
     run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
     engine = make_engine(db_url)
+    relax_sqlite_sync(engine)
     try:
         init_db(engine)
         with engine.connect() as conn:

@@ -199,7 +199,7 @@ class Population:
                     return
                 if task.status in TERMINAL:
                     break
-                if acted:
+                if acted or self.arrivals_done:
                     continue
                 acted = True
                 if intent.duplicate_heavy:
@@ -215,7 +215,8 @@ class Population:
                     else:
                         self.stats["resubmit_running"] += 1
                         self.submit(intent.user, intent.request)
-            if task.status != TaskStatus.FAILED or not intent.retry or attempt >= bh.max_retries:
+            if (task.status != TaskStatus.FAILED or not intent.retry or attempt >= bh.max_retries
+                    or self.arrivals_done):
                 return
             key = (intent.user, intent.request.prompt)
             self.failures[key] += 1

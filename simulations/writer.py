@@ -26,7 +26,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Engine, Integer, MetaData, String, Table, Text, bindparam, insert, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    event,
+    insert,
+    update,
+)
 
 from rivya_core import schema
 from rivya_core.db import row_values
@@ -305,6 +319,19 @@ class BatchWriter:
         for name in FINGERPRINTED:
             h.update(name.encode() + self.hashers[name].digest())
         return h.hexdigest()
+
+
+def relax_sqlite_sync(engine: Engine) -> None:
+    """WAL + synchronous=NORMAL for a simulation's SQLite file: a committed batch
+    survives a killed process, without an fsync per batch. Call before connecting."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _sync(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
 
 
 def write_sim_run(engine: Engine, values: dict[str, Any]) -> None:

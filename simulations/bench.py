@@ -1,0 +1,369 @@
+"""Benchmarks: the lifecycle against SimPy's own limit, and a million-task database.
+
+`python -m simulations bench --tasks N [--reps R] [--json]` runs each mode in
+its own child process (so the child's `ru_maxrss` is that mode's peak memory),
+on one workload with the same draws:
+
+1. bare     -- a bare SimPy model: the same arrival process (the population's
+               own arrival code and draws), the same provider slots and the same
+               per-task timeouts (generation, callback delay, drawn from the
+               farm's keyed streams; submission takes no simulated time in the
+               farm), and no lifecycle work at all;
+2. memory   -- the full lifecycle (validation, task, ledger, signed callbacks,
+               notifications, events) on the in-memory store;
+3. sqlite   -- the same, streamed to SQLite by the real batch writer;
+4. postgres -- the same to PostgreSQL, when it is reachable.
+
+Rates are medians over R repetitions; the ratio to (1) is the figure to quote.
+Each mode also reports the summed task latency, which only matches across
+modes when every mode saw the same draws.
+
+`python -m simulations bench --make-db PATH --tasks 1000000` runs the baseline
+scenario (without its one-day horizon, so the task count decides) into a fresh
+SQLite file: the database the dashboard measurements use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import simpy
+
+from rivya_core.domain import TERMINAL, RivyaError, TaskStatus
+
+from .scenarios import Scenario, load_scenario, parse_scenario
+from .streams import Streams
+from .users import Population
+
+MODES = ("bare", "memory", "sqlite", "postgres")
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG_BENCH_DB = "rivya_bench"
+
+# Generation only, no faults, no behaviours, everyone rich: every arrival is one
+# task with id = arrival number, so the bare model can key the farm's draws.
+WORKLOAD = """
+[scenario]
+description = "benchmark workload"
+seed = 6
+horizon_s = 0
+tasks = {tasks}
+callbacks = true
+[population]
+users = 500
+balance = [100000000, 100000000]
+[arrivals]
+rate_per_hour = 36000
+pattern = "flat"
+[mix]
+image = 0.7
+video = 0.1
+audio = 0.2
+chat = 0
+tool_chat = 0
+[behaviour]
+retry_failed = 0
+resubmit_running = 0
+duplicate_heavy = 0
+[farm]
+capacity = 2000
+"""
+
+
+class BenchError(RivyaError):
+    code = "bench_failed"
+    user_correctable = True
+
+
+def workload(tasks: int) -> Scenario:
+    return parse_scenario(WORKLOAD.format(tasks=int(tasks)), "<bench>", "bench")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# --- (1) the bare SimPy model ------------------------------------------------------
+
+
+class _BarePopulation(Population):
+    """The population's own arrival process and draws; each arrival starts a bare job."""
+
+    def __init__(self, env: simpy.Environment, catalog: Any, sc: Scenario, streams: Streams, job: Any):
+        super().__init__(env, None, catalog, sc, streams, lambda _i: None, lambda _i, _on: None)
+        self.user_ids = list(range(1, sc.population.users + 1))  # same length -> same user draws
+        self._job = job
+
+    def arrive(self, intent: Any) -> None:
+        self.arrived += 1
+        self._job(self.arrived, intent.request.model)
+
+
+def run_bare(sc: Scenario) -> dict[str, Any]:
+    from rivya_core.catalog import default_catalog
+
+    catalog = default_catalog()
+    env = simpy.Environment()
+    streams = Streams(sc.seed)
+    spec = {m.id: (m.provider, m.category) for m in catalog.models}
+    slots = {name: simpy.Resource(env, capacity=sc.provider_config(name).capacity) for name in catalog.providers()}
+    done = [0, 0.0]
+
+    def job(n: int, model: str):
+        provider, category = spec[model]
+        cfg = sc.provider_config(provider)
+        ref = f"task-{n}"
+        # the farm's draws for this job, in the farm's order: generation time is the
+        # first latency draw, the final callback's delay the 9th callback_faults draw
+        gen_s = cfg.gen_range(category).draw(streams.keyed(f"latency:{provider}", ref).random())
+        cbr = streams.keyed(f"callback_faults:{provider}", ref)
+        for _ in range(8):
+            cbr.random()
+        delay = cfg.callback_delay_s.draw(cbr.random())
+        start = env.now
+        with slots[provider].request() as req:
+            yield req
+            yield env.timeout(gen_s)
+        yield env.timeout(delay)
+        done[0] += 1
+        done[1] += env.now - start
+
+    pop = _BarePopulation(env, catalog, sc, streams, lambda n, model: env.process(job(n, model)))
+    env.process(pop.arrivals(float("inf"), sc.tasks))
+    t0, c0 = time.perf_counter(), time.process_time()
+    env.run()
+    return _result("bare", done[0], done[0], done[1], t0, c0, env.now)
+
+
+# --- (2)-(4) the full lifecycle --------------------------------------------------------
+
+
+def run_full(sc: Scenario, mode: str, url: str | None = None) -> dict[str, Any]:
+    from .runner import Run
+    from .writer import BatchWriter
+
+    run = Run(sc)
+    env, store, farm = run.env, run.store, run.farm
+    engine = None
+    if url is not None:
+        from rivya_core.db import init_db, make_engine
+
+        engine = make_engine(url)
+        init_db(engine)
+        run.writer = BatchWriter(engine, store, sc.policy, quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
+                                 forget=lambda t: farm.forget(t.provider, t.upstream_task_id))
+        env.process(run.flusher())
+    run.population.create_accounts()
+    env.process(run.population.arrivals(float("inf"), sc.tasks))
+    env.process(run.poller())
+    stop = env.event()
+
+    def monitor():
+        while True:
+            yield env.timeout(sc.poll_tick_s)
+            if run.population.arrivals_done and not store._active and not (run.writer and run.writer.pinned):
+                stop.succeed()
+                return
+
+    env.process(monitor())
+    t0, c0 = time.perf_counter(), time.process_time()
+    env.run(until=stop)
+    if run.writer is not None:
+        run.writer.flush(final=True)
+        k = run.writer.kpis
+        tasks, ok, latency = k.tasks, k.by_state.get(TaskStatus.SUCCESS, 0), sum(k.latencies)
+    else:
+        terminal = [t for t in store.tasks.values() if t.status in TERMINAL]
+        tasks = len(terminal)
+        ok = sum(t.status == TaskStatus.SUCCESS for t in terminal)
+        latency = sum((t.finished_at - t.created_at).total_seconds() for t in terminal)
+    out = _result(mode, tasks, ok, latency, t0, c0, env.now)
+    if engine is not None:
+        engine.dispose()
+    return out
+
+
+def _result(mode: str, tasks: int, ok: int, latency: float, t0: float, c0: float, sim_s: float) -> dict[str, Any]:
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"mode": mode, "tasks": tasks, "succeeded": ok, "latency_sum_s": round(latency, 1),
+            "sim_s": round(sim_s, 1), "wall_s": wall, "cpu_s": cpu, "rate": tasks / wall if wall else 0.0,
+            "cpu_rate": tasks / cpu if cpu else 0.0, "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
+def run_mode(mode: str, tasks: int, workdir: str) -> dict[str, Any]:
+    sc = workload(tasks)
+    if mode == "bare":
+        return run_bare(sc)
+    if mode == "memory":
+        return run_full(sc, mode)
+    if mode == "sqlite":
+        path = Path(workdir) / "bench.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        return run_full(sc, mode, f"sqlite:///{path}")
+    if mode == "postgres":
+        return run_full(sc, mode, _fresh_pg())
+    raise BenchError(f"unknown mode {mode!r}")
+
+
+def _fresh_pg() -> str:
+    """An empty database of our own on the local server (other work uses `test`)."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {PG_BENCH_DB} WITH (FORCE)"))
+            conn.execute(text(f"CREATE DATABASE {PG_BENCH_DB}"))
+    finally:
+        admin.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{PG_BENCH_DB}"
+
+
+def pg_reachable() -> bool:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except (SQLAlchemyError, OSError):
+        return False
+    finally:
+        engine.dispose()
+
+
+# --- the parent: one child process per mode and repetition -------------------------
+
+
+def _child(mode: str, tasks: int, workdir: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "simulations.bench", "--child", mode, "--tasks", str(tasks), "--workdir", workdir]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"bench mode {mode} failed: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench(tasks: int, reps: int = 3, modes: tuple[str, ...] | None = None, postgres: bool | None = None,
+          progress: Any = None) -> dict[str, Any]:
+    if tasks < 1 or reps < 1:
+        raise BenchError("--tasks and --reps must be at least 1")
+    modes = tuple(modes or MODES)
+    if "postgres" in modes and not (pg_reachable() if postgres is None else postgres):
+        modes = tuple(m for m in modes if m != "postgres")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(prefix="rivya-bench-") as workdir:
+        for rep in range(reps):
+            for mode in modes:  # interleaved, so a noisy spell hits every mode alike
+                r = _child(mode, tasks, workdir)
+                runs[mode].append(r)
+                if progress:
+                    progress(f"rep {rep + 1}/{reps} {mode}: {r['tasks']} tasks, {r['rate']:,.0f}/s")
+    rows = []
+    for mode in modes:
+        rs = runs[mode]
+        rows.append({"mode": mode, "tasks": rs[0]["tasks"], "succeeded": rs[0]["succeeded"],
+                     "latency_sum_s": rs[0]["latency_sum_s"],
+                     "rate": statistics.median(r["rate"] for r in rs),
+                     "cpu_rate": statistics.median(r["cpu_rate"] for r in rs),
+                     "wall_s": statistics.median(r["wall_s"] for r in rs),
+                     "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+                     "consistent": len({(r["tasks"], r["succeeded"]) for r in rs}) == 1})
+    base = rows[0] if rows and rows[0]["mode"] == "bare" else None
+    for row in rows:
+        row["ratio"] = row["rate"] / base["rate"] if base and base["rate"] else None
+        row["cpu_ratio"] = row["cpu_rate"] / base["cpu_rate"] if base and base["cpu_rate"] else None
+    return {"tasks": tasks, "reps": reps, "modes": rows, "runs": runs}
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"bench: {report['tasks']} tasks, median of {report['reps']} repetitions",
+             f"{'mode':9} {'tasks':>8} {'tasks/s':>10} {'x bare':>7} {'cpu t/s':>10} {'x bare':>7} {'peak MiB':>9}"]
+    for r in report["modes"]:
+        ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "-"
+        cratio = f"{r['cpu_ratio']:.3f}" if r["cpu_ratio"] is not None else "-"
+        lines.append(f"{r['mode']:9} {r['tasks']:>8} {r['rate']:>10,.0f} {ratio:>7} {r['cpu_rate']:>10,.0f} "
+                     f"{cratio:>7} {r['peak_rss_mib']:>9,.0f}")
+    if not any(r["mode"] == "postgres" for r in report["modes"]):
+        lines.append("postgres: not reachable, skipped")
+    return "\n".join(lines)
+
+
+# --- the million-task database -----------------------------------------------------
+
+
+def make_db(path: str, tasks: int, scenario: str = "baseline") -> dict[str, Any]:
+    """Run `scenario` for `tasks` tasks into a fresh SQLite file at path."""
+    from .runner import run_scenario
+
+    p = Path(path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(p) + suffix).unlink(missing_ok=True)
+    sc = replace(load_scenario(scenario), horizon_s=0)
+    t0 = time.perf_counter()
+    summary = run_scenario(sc, f"sqlite:///{p.resolve()}", tasks=tasks)
+    wall = time.perf_counter() - t0
+    return {"scenario": scenario, "tasks": summary.tasks, "wall_s": round(wall, 1),
+            "tasks_per_s": round(summary.tasks / wall, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
+            "violations": len(summary.violations), "liveness_ok": summary.liveness_ok,
+            "fingerprint": summary.fingerprint}
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    b = sub.add_parser("bench", help="measure the lifecycle against a bare SimPy model",
+                       description=__doc__.split("\n\n")[1])
+    _arguments(b)
+    return b
+
+
+def _arguments(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--tasks", type=int, default=20_000, help="tasks per run (default 20000)")
+    b.add_argument("--reps", type=int, default=3, help="repetitions per mode; rates are medians (default 3)")
+    b.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--make-db", metavar="PATH", help="instead: run the baseline scenario into a SQLite file")
+    b.add_argument("--scenario", default="baseline", help="scenario for --make-db")
+    b.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    b.add_argument("--workdir", help=argparse.SUPPRESS)
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    if a.child:
+        print(json.dumps(run_mode(a.child, a.tasks, a.workdir or tempfile.gettempdir())))
+        return 0
+    if a.make_db:
+        print(json.dumps(make_db(a.make_db, a.tasks, a.scenario)))
+        return 0
+    modes = tuple(m.strip() for m in a.modes.split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise BenchError(f"unknown mode {bad[0]!r} (modes: {', '.join(MODES)})")
+    report = bench(a.tasks, a.reps, modes, progress=None if a.json else lambda s: print(s, file=sys.stderr))
+    print(json.dumps(report, indent=1) if a.json else render(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m simulations.bench")
+    _arguments(ap)
+    try:
+        return cmd_bench(ap.parse_args(argv))
+    except RivyaError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
