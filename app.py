@@ -92,7 +92,7 @@ def navigation():
 
 
 st.set_page_config(page_title="Rivya admin", page_icon=":material/monitoring:", layout="wide")
-page = navigation()
+page = navigation()  # registered first, so no page script can run before the gate below
 common.access_gate()
 url = common.data_source_sidebar()
 ensure_demo(url)

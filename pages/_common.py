@@ -68,6 +68,7 @@ def default_url() -> str:
 
 
 def current_url() -> str:
+    _ensure_reader()
     ss = st.session_state
     if "db_url" not in ss:
         ss["db_url"] = st.query_params.get("db") or default_url()
@@ -287,6 +288,14 @@ def access_gate() -> None:
                 ss["user"], ss["role"] = name, role
                 st.rerun()
     st.stop()
+
+
+def _ensure_reader() -> None:
+    """Defence in depth: a page reached without passing app.py's gate stops here."""
+    cfg = access_config()
+    if cfg.enabled and st.session_state.get("user") not in cfg.users:
+        st.warning("Sign in first (open the dashboard's start page).")
+        st.stop()
 
 
 def can_act() -> bool:

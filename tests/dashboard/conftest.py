@@ -31,14 +31,16 @@ def seeded_url(tmp_path):
 
 @pytest.fixture
 def open_page(monkeypatch):
-    """open_page(url, page, **query) -> AppTest that ran app.py and then `page` against `url`."""
+    """open_page(url, page, session=None, **query) -> AppTest that ran app.py and then `page` against `url`."""
     monkeypatch.setenv("RIVYA_DEMO", "0")
     monkeypatch.delenv("RIVYA_OPERATORS", raising=False)
     monkeypatch.delenv("RIVYA_VIEWERS", raising=False)
 
-    def _open(url: str, page: str | None = None, **query: str) -> AppTest:
+    def _open(url: str, page: str | None = None, session: dict | None = None, **query: str) -> AppTest:
         monkeypatch.setenv("RIVYA_DB_URL", url)
         at = AppTest.from_file(str(APP), default_timeout=60)
+        for key, value in (session or {}).items():
+            at.session_state[key] = value
         for key, value in query.items():
             at.query_params[key] = value
         at.run()

@@ -37,12 +37,12 @@ def seed(url: str) -> dict[str, int]:
     ledger = [
         dict(user_id=1, entry_type="grant", amount=100, balance_after=100, idempotency_key="g1", created_at=at(-1)),
         dict(user_id=2, entry_type="grant", amount=200, balance_after=200, idempotency_key="g2", created_at=at(-1)),
-        dict(user_id=1, entry_type="consume", amount=-10, balance_after=90, task_id=1, idempotency_key="task:1:consume",
+        dict(user_id=1, entry_type="consume", amount=-10, balance_after=90, task_id=1, idempotency_key="consume:task:1",
              created_at=at(0)),
-        dict(user_id=1, entry_type="consume", amount=-10, balance_after=80, task_id=2, idempotency_key="task:2:consume",
+        dict(user_id=1, entry_type="consume", amount=-10, balance_after=80, task_id=2, idempotency_key="consume:task:2",
              created_at=at(5)),
         dict(user_id=2, entry_type="consume", amount=-50, balance_after=150, task_id=3,
-             idempotency_key="task:3:consume", created_at=at(10)),
+             idempotency_key="consume:task:3", created_at=at(10)),
     ]
     events = []
     for t in tasks:

@@ -104,3 +104,62 @@ def test_checklist_links_each_step(open_page, empty_url):
     assert len(at.checkbox) == 9
     at.checkbox[0].check().run()
     assert "1 of 5 checked" in [p.proto.text for p in at.get("progress")][0]
+
+
+def _by_label(elements, label):
+    return next(e for e in elements if e.label == label)
+
+
+def _run_action(at, action: str, operator: str = "Dana", reason: str = "user asked"):
+    _by_label(at.radio, "Action").set_value(action)
+    _by_label(at.text_input, "Operator name").input(operator)
+    _by_label(at.text_input, "Reason (kept in the task's timeline)").input(reason)
+    _by_label(at.button, "Run action").click().run()
+    return at
+
+
+def test_refund_action_refunds_once_then_is_refused(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py", task="2")
+    _run_action(at, "Issue the due refund")
+    assert not at.exception
+    assert "Issue the due refund: done" in texts(at)
+    ledger = at.dataframe  # the ledger tab now holds the refund row
+    assert any("refund" in set(d.value["entry_type"]) for d in ledger if "entry_type" in d.value.columns)
+    _run_action(at, "Issue the due refund")
+    assert "refused: task was already refunded" in texts(at)
+
+
+def test_refund_not_due_on_success_is_refused_with_the_core_reason(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py", task="1")
+    _run_action(at, "Issue the due refund")
+    assert "only failed tasks are refunded" in texts(at)
+
+
+def test_action_needs_operator_and_reason(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py", task="2")
+    _run_action(at, "Issue the due refund", operator=" ", reason="")
+    assert "Give your name and a reason" in texts(at)
+
+
+def test_login_is_required_when_users_are_configured(open_page, seeded_url, monkeypatch):
+    monkeypatch.setenv("RIVYA_VIEWERS", "vera:pw1")
+    at = open_page(seeded_url)
+    assert not at.exception
+    assert at.title[0].value == "Sign in"
+    assert not at.metric  # nothing read before signing in
+    at.switch_page("pages/task_inspector.py").run()
+    assert "Sign in first" in texts(at)
+    assert not at.metric
+
+
+def test_viewer_reads_but_gets_no_actions(open_page, seeded_url, monkeypatch):
+    monkeypatch.setenv("RIVYA_VIEWERS", "vera:pw1")
+    monkeypatch.setenv("RIVYA_OPERATORS", "olga:pw2")
+    at = open_page(seeded_url, session={"user": "vera", "role": "viewer"})
+    assert at.title[0].value == "Overview"
+    at.switch_page("pages/task_inspector.py")
+    at.query_params["task"] = "2"
+    at.run()
+    assert not at.exception
+    assert "Task #2 — FAILED" in texts(at)
+    assert "need the operator role" in texts(at)
