@@ -1,0 +1,232 @@
+"""The troubleshooting checklist on crafted task stories, chat turns, and the recheck signals."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from rivya_core.diagnose import diagnose, diagnose_chat_message, recheck_signals
+from rivya_core.domain import NotFound
+from rivya_core.policy import DEFAULT_POLICY
+
+from .dbrows import T0, Rows, make_engine
+
+S = timedelta(seconds=1)
+
+
+@pytest.fixture
+def db(db_url):
+    engine = make_engine(db_url)
+    rows = Rows(engine)
+    rows.uid = rows.account()
+    rows.grant(rows.uid, 1000)
+    yield rows
+    engine.dispose()
+
+
+def submitted(db, tid, at=T0):
+    db.event(tid, "created", at=at)
+    db.event(tid, "charged", at=at)
+    db.event(tid, "submitted", at=at + S)
+
+
+def test_success_via_callback(db):
+    tid = db.success(db.uid, upstream="up-1")
+    submitted(db, tid)
+    db.callback(tid, "up-1", "applied", at=T0 + 60 * S)
+    db.event(tid, "callback", at=T0 + 60 * S, outcome="applied", state="succeeded")
+    db.event(tid, "succeeded", at=T0 + 60 * S, path="callback", result_urls=1)
+    d = diagnose(db.engine, tid, now=T0 + 120 * S)
+    assert (d.verdict, d.next_action, d.task_type) == ("delivered", "nothing to do", "image")
+    assert d.item("credits").status == "ok" and "before submission" in d.item("credits").answer
+    assert d.item("credits").evidence[0]["idempotency_key"] == f"consume:task:{tid}"
+    assert d.item("callbacks").status == "ok" and "applied ×1" in d.item("callbacks").answer
+    assert "via callback" in d.item("history").answer
+    assert d.item("notification").status == "ok"
+    assert d.item("refund").status == "ok"
+    assert d.signals == []
+
+
+def test_early_callback_deferred_then_rechecked(db):
+    tid = db.success(db.uid, upstream="up-2")
+    submitted(db, tid)
+    db.callback(tid, "up-2", "deferred", at=T0 + 30 * S)
+    db.event(tid, "callback", at=T0 + 30 * S, outcome="deferred", state="succeeded")
+    db.event(tid, "deferred", at=T0 + 30 * S, path="callback", next_check_in_s=5)
+    db.event(tid, "recheck", at=T0 + 35 * S, state="running")
+    db.event(tid, "recheck", at=T0 + 50 * S, state="succeeded")
+    db.event(tid, "succeeded", at=T0 + 50 * S, path="recheck", result_urls=1)
+    d = diagnose(db.engine, tid)
+    assert d.verdict == "delivered"
+    assert d.item("callbacks").answer == "1 callback: deferred ×1." and d.item("callbacks").status == "info"
+    assert "deferred ×1" in d.item("polling").answer and "recheck ×2" in d.item("polling").answer
+    assert d.item("polling").answer.endswith("last upstream state: succeeded.")
+    assert "via recheck" in d.item("history").answer
+
+
+def test_failed_and_refunded(db):
+    tid = db.failed(db.uid, failure_class="provider", error_code="provider_error")
+    d = diagnose(db.engine, tid)
+    assert (d.verdict, d.next_action) == ("failed, refunded", "nothing to do")
+    assert d.item("refund").status == "ok" and d.item("failure").answer.startswith("Provider failure")
+    assert [e["entry_type"] for e in d.item("refund").evidence] == ["consume", "refund"]
+
+
+def test_failed_refund_due(db):
+    tid = db.failed(db.uid, failure_class="infrastructure", error_code="timeout", refund=False)
+    d = diagnose(db.engine, tid)
+    assert (d.verdict, d.next_action) == ("failed, refund due", "issue the due refund")
+    assert d.item("refund").status == "fail" and "10 credits due" in d.item("refund").answer
+    assert [s.kind for s in d.signals] == ["credits_without_output"]
+    # a policy that keeps infrastructure failures changes the answer
+    keep = replace(DEFAULT_POLICY, name="keep", refund_classes=frozenset())
+    d = diagnose(db.engine, tid, keep)
+    assert d.verdict == "failed, credits kept under the policy" and d.item("refund").status == "ok"
+
+
+def test_user_failure_tells_the_user_what_to_fix(db):
+    tid = db.failed(db.uid, failure_class="user", error_code="prompt_too_long", refund=False)
+    d = diagnose(db.engine, tid)
+    assert d.next_action == "tell the user to shorten the prompt"
+    assert d.item("failure").answer.startswith("User-correctable")
+    assert d.verdict == "failed — user-correctable, credits kept under the policy"
+
+
+def test_support_goodwill_refund_is_not_a_problem(db):
+    tid = db.failed(db.uid, failure_class="user", error_code="content_policy", refund=False)
+    db.ledger(db.uid, "refund", 10, task_id=tid, key=f"refund:task:{tid}", note="support: kim: goodwill")
+    d = diagnose(db.engine, tid)
+    assert d.item("refund").status == "info" and "goodwill" in d.item("refund").answer
+    assert d.verdict == "failed, refunded"
+
+
+def test_insufficient_credits(db):
+    tid = db.broke(db.uid, credits=5000)
+    d = diagnose(db.engine, tid)
+    assert (d.verdict, d.next_action) == ("failed for credits — never charged", "tell the user to top up credits")
+    assert d.item("credits").status == "ok" and "never called" in d.item("credits").answer
+    assert d.item("notification").status == "ok" and d.item("refund").answer == "No: never charged."
+
+
+def test_missing_notification_is_a_failed_item(db):
+    tid = db.success(db.uid, notify=False)
+    assert diagnose(db.engine, tid).item("notification").status == "fail"
+
+
+@pytest.mark.parametrize("minutes, verdict, action", [
+    (1, "still generating — within normal time", "nothing to do (wait)"),
+    (8, "stuck — past the stuck threshold", "re-check upstream"),
+    (20, "stuck — past the timeout", "mark failed (past timeout)"),
+])
+def test_running_task_by_age(db, minutes, verdict, action):
+    tid = db.task(db.uid, status="GENERATING", upstream="up-run", submitted_at=T0)
+    db.ledger(db.uid, "consume", -10, task_id=tid, key=f"consume:task:{tid}")
+    submitted(db, tid)
+    d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=minutes))
+    assert (d.verdict, d.next_action) == (verdict, action)
+    assert d.item("history").answer.startswith("Not yet: GENERATING")
+    stuck_signal = "in_progress_too_long" in [s.kind for s in d.signals]
+    assert stuck_signal == (minutes > 5)
+    assert (d.item("polling").status == "warn") == (minutes > 5)
+
+
+def test_tool_backed_chat(db):
+    mid = db.chat_settled(db.uid, reserved=12, charged=8)
+    tid = db.success(db.uid, chat_message_id=mid, category="video", model="vid-1")
+    d = diagnose(db.engine, tid)
+    assert d.task_type == "tool-backed chat" and f"chat message #{mid}" in d.item("task_type").answer
+    assert d.verdict == "delivered"
+    c = diagnose_chat_message(db.engine, mid)
+    assert c.task_type == "tool-backed chat" and c.verdict == "settled, difference refunded"
+    assert c.item("tool_tasks").status == "ok" and f"task #{tid}: delivered" in c.item("tool_tasks").answer
+
+
+def test_chat_turns(db):
+    mid = db.chat_settled(db.uid, reserved=10, charged=10)
+    assert diagnose_chat_message(db.engine, mid).verdict == "settled"
+    sid = db.session(db.uid)
+    open_mid = db.message(sid, reserved=7, status="reserved", at=T0)
+    db.ledger(db.uid, "chat_reserve", -7, msg_id=open_mid)
+    d = diagnose_chat_message(db.engine, open_mid, now=T0 + timedelta(minutes=1))
+    assert d.verdict == "reserved — awaiting settlement" and d.task_type == "chat settlement"
+    d = diagnose_chat_message(db.engine, open_mid, now=T0 + timedelta(hours=1))
+    assert d.verdict.startswith("reservation not settled") and d.item("credits").status == "warn"
+    bad = db.chat_settled(db.uid, reserved=10, charged=4)
+    db.ledger(db.uid, "chat_refund", 6, msg_id=bad, key="chat_refund:twice")
+    d = diagnose_chat_message(db.engine, bad)
+    assert (d.verdict, d.item("credits").status) == ("settlement mismatch", "fail")
+
+
+@pytest.mark.parametrize("missing", [10**9, -3, "7"])
+def test_missing_ids_raise_not_found(db, missing):
+    with pytest.raises(NotFound):
+        diagnose(db.engine, missing)
+    with pytest.raises(NotFound):
+        diagnose_chat_message(db.engine, missing)
+
+
+def test_to_dict_and_render_text(db):
+    tid = db.failed(db.uid, refund=False)
+    d = diagnose(db.engine, tid)
+    data = json.loads(json.dumps(d.to_dict()))
+    assert data["verdict"] == "failed, refund due" and len(data["items"]) == 8
+    text = d.render_text()
+    assert "Verdict: failed, refund due" in text and "Next action: issue the due refund" in text
+    assert "[FAIL] Should credits be reversed" in text
+
+
+# --- recheck signals -------------------------------------------------------------------------------
+
+
+def kinds(signals):
+    return sorted(s.kind for s in signals)
+
+
+def test_no_signals_for_a_healthy_user(db):
+    db.success(db.uid)
+    db.failed(db.uid)
+    assert recheck_signals(db.engine, db.uid, now=T0 + timedelta(hours=1)) == []
+
+
+def test_same_prompt_failing_repeatedly(db):
+    db.failed(db.uid, prompt="neon city")
+    db.failed(db.uid, prompt="neon city", at=T0 + 5 * S)
+    db.failed(db.uid, prompt="other")
+    sig = recheck_signals(db.engine, db.uid)
+    assert kinds(sig) == ["same_prompt_failing"] and len(sig[0].evidence) == 2 and "2 times" in sig[0].message
+    assert recheck_signals(db.engine, db.uid, prompt="other") == []
+
+
+def test_in_progress_too_long_and_credits_without_output(db):
+    tid = db.task(db.uid, status="GENERATING", upstream="u", submitted_at=T0)
+    db.ledger(db.uid, "consume", -10, task_id=tid, key=f"consume:task:{tid}")
+    assert recheck_signals(db.engine, db.uid, now=T0 + timedelta(minutes=2)) == []
+    sig = recheck_signals(db.engine, db.uid, now=T0 + timedelta(minutes=30))
+    assert kinds(sig) == ["credits_without_output", "in_progress_too_long"]
+    assert all(s.evidence[0]["task_id"] == tid for s in sig)
+
+
+def test_heavier_duplicate_run(db):
+    first = db.task(db.uid, status="GENERATING", prompt="a whale", credits=10, upstream="u1", submitted_at=T0)
+    db.task(db.uid, status="GENERATING", prompt="a whale", credits=20, upstream="u2", at=T0 + 60 * S,
+            submitted_at=T0 + 60 * S)
+    db.task(db.uid, status="SUCCESS", prompt="a whale", credits=30, at=T0 + timedelta(hours=2), urls=["x"])
+    sig = recheck_signals(db.engine, db.uid, now=T0 + 90 * S)
+    assert kinds(sig) == ["heavier_duplicate"] and sig[0].evidence[0]["task_id"] == first
+    assert len(sig[0].evidence) == 2  # the running task and the heavier twin inside the window
+
+
+def test_about_to_run_a_duplicate(db):
+    db.task(db.uid, status="GENERATING", prompt="a whale", model="img-basic", upstream="u1", submitted_at=T0)
+    sig = recheck_signals(db.engine, db.uid, now=T0 + 30 * S, prompt="a whale", model="img-basic")
+    assert kinds(sig) == ["heavier_duplicate"] and "still in progress" in sig[0].message
+    assert recheck_signals(db.engine, db.uid, now=T0 + 30 * S, prompt="a whale", model="other") == []
+
+
+def test_signal_inputs_are_parameters(db):
+    db.failed(db.uid, prompt="x")
+    db.failed(db.uid, prompt="x")
+    assert recheck_signals(db.engine, db.uid, prompt="x' OR '1'='1") == []
