@@ -43,10 +43,8 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB_PATH = REPO_ROOT / "data" / "rivya.db"
-DEFAULT_URL = f"sqlite:///{DEFAULT_DB_PATH}"  # the embedded default database
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-DEFAULT_URL = os.environ.get("RIVYA_DB_URL") or f"sqlite:///{DATA_DIR / 'rivya.db'}"
-"""RIVYA_DB_URL when set, else the embedded SQLite file under data/."""
+# RIVYA_DB_URL when set, else the embedded SQLite file under data/.
+DEFAULT_URL = os.environ.get("RIVYA_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
 BUSY_TIMEOUT_S = 30
 BATCH = 2000
 
