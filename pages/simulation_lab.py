@@ -1,0 +1,256 @@
+"""Simulation lab: run a scenario with edited knobs into a new database and chart it, start a realtime
+run to watch on Live tasks, and compare two billing policies with confidence intervals."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from pages._common import get_engine
+from rivya_core import ledger_views as lv
+from rivya_core.domain import RivyaError
+from rivya_core.policy import BillingPolicy
+
+try:
+    from simulations.compare import compare
+    from simulations.runner import run_scenario
+    from simulations.scenarios import POLICY_DIR, list_scenarios, load_scenario
+    from simulations.writer import read_sim_runs
+except ImportError as exc:  # the simulation package is optional for the rest of the dashboard
+    st.title("Simulation lab")
+    st.info(f"The simulation package is not available here ({exc}); the rest of the dashboard works without it.")
+    st.stop()
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = Path(os.environ.get("RIVYA_RUNS_DIR") or ROOT / "data" / "runs")
+FAULTS = {
+    "Callbacks": ["early", "lost", "duplicate", "reorder", "forged", "stale", "malformed"],
+    "Submission": ["submit_refused", "submit_error", "submit_timeout"],
+    "Generation": ["content_policy", "model_error", "upstream_timeout", "lost_job", "no_urls"],
+}
+STATE_COLORS = {"ACTIVE": "#1f77b4", "SUCCESS": "#2ca02c", "FAILED": "#d62728"}
+
+
+def policies() -> dict[str, Path | None]:
+    return {"the scenario's own": None, **{p.stem: p for p in sorted(POLICY_DIR.glob("*.toml"))}}
+
+
+def pick_scenario(key: str):
+    names = {p.stem: p for p in list_scenarios()}
+    if not names:
+        st.warning("No scenario files under data/scenarios.")
+        st.stop()
+    name = st.selectbox("Scenario", list(names), key=f"{key}_scenario",
+                        index=list(names).index("baseline") if "baseline" in names else 0)
+    try:
+        sc = load_scenario(names[name])
+    except RivyaError as exc:
+        st.error(f"{names[name].name}: {exc.message}")
+        st.stop()
+    if sc.description:
+        st.caption(sc.description)
+    return sc
+
+
+def edit_knobs(sc):
+    """The main knobs as widgets; returns the edited scenario (dataclasses.replace) and the run size."""
+    c = st.columns(4)
+    tasks = c[0].number_input("Tasks", 10, 200_000, sc.tasks or 500, step=100)
+    seed = c[1].number_input("Seed", 0, 2**31 - 1, sc.seed)
+    users = c[2].number_input("Users", 1, 100_000, sc.population.users)
+    callbacks = c[3].toggle("Callbacks on", sc.callbacks, help="Off: polling is the only completion path")
+    broke = st.slider("Users starting with almost no credits", 0.0, 1.0, sc.population.broke_fraction, 0.05)
+    farm, changed = sc.farm, {}
+    for group, names in FAULTS.items():
+        with st.expander(f"{group} fault rates", expanded=group == "Callbacks"):
+            cols = st.columns(len(names))
+            for col, name in zip(cols, names, strict=True):
+                value = col.number_input(name.replace("_", " "), 0.0, 1.0, float(getattr(farm, name)), 0.01,
+                                         format="%.2f", key=f"fault_{name}")
+                if value != getattr(farm, name):
+                    changed[name] = value
+    choice = st.selectbox("Billing policy", list(policies()))
+    policy = sc.policy
+    if policies()[choice] is not None:
+        try:
+            policy = BillingPolicy.load(policies()[choice])
+        except RivyaError as exc:
+            st.error(exc.message)
+            st.stop()
+    edited = replace(
+        sc, seed=int(seed), callbacks=callbacks, policy=policy,
+        population=replace(sc.population, users=int(users), broke_fraction=broke),
+        farm=replace(sc.farm, **changed),
+        providers={n: replace(p, **changed) for n, p in sc.providers.items()},
+    )
+    return edited, int(tasks)
+
+
+def new_run_url(name: str) -> str:
+    RUNS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"sqlite:///{RUNS / f'{name}-{stamp}.db'}"
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def run_view(name: str, url: str, *args):
+    return getattr(lv, name)(get_engine(url), *args)
+
+
+def show_run(url: str) -> None:
+    """The summary stored in the run database and charts queried from it."""
+    try:
+        runs = read_sim_runs(get_engine(url))
+    except RivyaError as exc:
+        st.error(exc.message)
+        return
+    if not runs:
+        st.info("This database holds no recorded simulation run.")
+        return
+    s = runs[-1]["summary"]
+    credits = s.get("credits", {})
+    c = st.columns(6)
+    c[0].metric("Tasks", f"{s.get('tasks', 0):,}")
+    c[1].metric("Charged", f"{credits.get('charged', 0):,}")
+    c[2].metric("Refunded", f"{credits.get('refunded', 0):,}")
+    c[3].metric("Net", f"{credits.get('net', 0):,}")
+    c[4].metric("Violations", f"{len(s.get('violations', [])):,}")
+    c[5].metric("Liveness", "ok" if s.get("liveness_ok") else "FAILED")
+    st.caption(f"Scenario `{s.get('scenario_name')}`, seed {s.get('seed')}, fingerprint "
+               f"`{str(s.get('fingerprint', ''))[:16]}`, {s.get('sim_seconds', 0):,.0f} simulated seconds. "
+               f"Database: `{url}`")
+    for v in s.get("violations", []):
+        st.error(f"{v.get('kind')}: {v.get('message')}")
+
+    left, right = st.columns(2)
+    timeline = run_view("state_timeline", url, 80)
+    if not timeline.empty:
+        left.plotly_chart(px.area(timeline, x="t_s", y="tasks", color="state", color_discrete_map=STATE_COLORS,
+                                  labels={"t_s": "simulated seconds since the first task"},
+                                  title="Task states over simulated time"), width="stretch")
+    paths = pd.DataFrame({"path": list(s.get("completion_paths", {})),
+                          "tasks": list(s.get("completion_paths", {}).values())})
+    if not paths.empty:
+        right.plotly_chart(px.bar(paths, x="path", y="tasks", title="How tasks completed"), width="stretch")
+    left, right = st.columns(2)
+    latency = run_view("latency_histogram", url, 40)
+    if not latency.empty:
+        p = s.get("latency_percentiles", {})
+        left.plotly_chart(px.bar(latency, x="latency_s", y="tasks", color="category",
+                                 labels={"latency_s": "time to terminal (s)"},
+                                 title="Latency: " + ", ".join(f"{k} {v:,.0f}s" for k, v in p.items())),
+                          width="stretch")
+    flow = run_view("credit_flow", url, 60)
+    if not flow.empty:
+        right.plotly_chart(px.bar(flow, x="t_s", y="credits", color="entry_type",
+                                  labels={"t_s": "simulated seconds"}, title="Credit flows over time"),
+                           width="stretch")
+    with st.expander("Whole summary"):
+        st.json(s, expanded=False)
+    if st.button("Read this database in every page", key=f"use_{url}"):
+        st.session_state["db_url"] = url
+        st.cache_data.clear()
+        st.rerun()
+
+
+st.title("Simulation lab")
+run_tab, live_tab, compare_tab = st.tabs(["Run a scenario", "Realtime run", "Compare two policies"])
+
+with run_tab:
+    scenario, tasks = edit_knobs(pick_scenario("run"))
+    if st.button("Run into a new database", type="primary"):
+        url = new_run_url(scenario.name)
+        bar = st.progress(0.0, text="Starting…")
+        try:
+            summary = run_scenario(scenario, url, tasks=tasks,
+                                   progress=lambda f, msg: bar.progress(min(max(float(f), 0.0), 1.0), text=msg))
+        except (RivyaError, ValueError) as exc:
+            st.error(f"The run stopped: {getattr(exc, 'message', exc)}")
+        else:
+            st.session_state["lab_run_url"] = url
+            st.toast(f"Run finished in {summary.wall_seconds:.1f} s")
+        finally:
+            bar.empty()
+    if st.session_state.get("lab_run_url"):
+        show_run(st.session_state["lab_run_url"])
+
+with live_tab:
+    st.caption("Runs the scenario file in a background process at a chosen speed, writing as it goes; "
+               "open **Live tasks** on its database to watch tasks move.")
+    sc = pick_scenario("live")
+    c = st.columns(2)
+    factor = c[0].number_input("Speed (simulated seconds per wall second)", 1.0, 1000.0, 20.0)
+    n = c[1].number_input("Tasks", 10, 100_000, 300, key="live_tasks")
+    proc = st.session_state.get("lab_live")
+    if st.button("Start realtime run", disabled=bool(proc and proc["popen"].poll() is None)):
+        url = new_run_url(f"{sc.name}-live")
+        log = open(Path(url.removeprefix("sqlite:///")).with_suffix(".log"), "w")  # noqa: SIM115 - child owns it
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "simulations", "run", sc.path or sc.name, "--db", url,
+             "--realtime", str(factor), "--tasks", str(int(n))],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        st.session_state["lab_live"] = proc = {"popen": popen, "url": url, "log": log.name}
+    if proc:
+        code = proc["popen"].poll()
+        if code is None:
+            st.info(f"Running (process {proc['popen'].pid}) into `{proc['url']}`.")
+            if st.button("Watch it on Live tasks", type="primary"):
+                st.session_state["db_url"] = proc["url"]
+                st.cache_data.clear()
+                st.switch_page("pages/live_tasks.py")
+        else:
+            (st.success if code == 0 else st.error)(f"The realtime run ended with status {code}.")
+            st.code(Path(proc["log"]).read_text(errors="replace")[-3000:] or "(no output)")
+
+with compare_tab:
+    st.caption("Runs both policies on the same seeds (common random numbers) and reports each KPI with the "
+               "paired difference (B − A) and its 95% confidence interval.")
+    sc = pick_scenario("cmp")
+    names = [p for p in policies() if policies()[p] is not None]
+    if len(names) < 2:
+        st.warning("Compare needs at least two policy files under data/policies.")
+        st.stop()
+    c = st.columns(4)
+    a = c[0].selectbox("Policy A", names, index=0)
+    b = c[1].selectbox("Policy B", names, index=1)
+    reps = c[2].number_input("Replications", 2, 50, 4)
+    per = c[3].number_input("Tasks per run", 20, 20_000, 200)
+    if st.button("Compare", type="primary"):
+        with st.spinner(f"Running {2 * reps} simulations…"):
+            try:
+                report = compare(sc, [BillingPolicy.load(policies()[a]), BillingPolicy.load(policies()[b])],
+                                 int(reps), tasks=int(per))
+            except (RivyaError, ValueError) as exc:
+                st.error(f"The comparison stopped: {getattr(exc, 'message', exc)}")
+            else:
+                st.session_state["lab_compare"] = report.to_dict()
+    result = st.session_state.get("lab_compare")
+    if result:
+        table = pd.DataFrame(result["table"])
+        pa, pb = result["policies"]
+        st.dataframe(table.rename(columns={"policy_a": f"A: {pa}", "policy_b": f"B: {pb}"}).drop(columns=["kpi"]),
+                     width="stretch", hide_index=True)
+        base = table["policy_a"].abs().where(table["policy_a"] != 0)
+        rel = table.assign(diff_pct=100 * table["diff"] / base, lo=100 * table["ci_low"] / base,
+                           hi=100 * table["ci_high"] / base).dropna(subset=["diff_pct"])
+        rel["err_plus"] = (rel["hi"] - rel["diff_pct"]).fillna(0)
+        rel["err_minus"] = (rel["diff_pct"] - rel["lo"]).fillna(0)
+        fig = px.scatter(rel, x="diff_pct", y="label", error_x="err_plus", error_x_minus="err_minus",
+                         labels={"diff_pct": f"B − A, % of A ({pb} vs {pa})", "label": ""},
+                         title=f"Paired difference with 95% CI, {result['replications']} replications")
+        fig.add_vline(x=0, line_dash="dot")
+        st.plotly_chart(fig, width="stretch")
+        skipped = sorted(set(table["label"]) - set(rel["label"]))
+        if skipped:
+            st.caption("Not charted (A is 0, so no relative change): " + ", ".join(skipped))
+        if any(math.isnan(x) for x in table["ci_low"]):
+            st.caption("Some intervals are n/a: they need at least two replications with a spread.")
