@@ -32,6 +32,7 @@ _USER_ADVICE = {
     "prompt_too_long": "tell the user to shorten the prompt",
     "prompt_empty": "tell the user to write a prompt",
     "content_policy": "tell the user to rephrase the prompt (content policy)",
+    "nsfw": "tell the user to rephrase the prompt (content policy)",
     "moderation": "tell the user to rephrase the prompt (moderation)",
     "reference_too_large": "tell the user to upload a smaller reference file",
 }
@@ -250,7 +251,8 @@ def _failure_item(t) -> ChecklistItem:
     q = "Is the failure user-correctable, or a provider/infrastructure/billing failure?"
     if t["status"] != TaskStatus.FAILED:
         return ChecklistItem("failure", q, "Not failed.", INFO)
-    fc, msg = t["failure_class"], f"{t['error_code']}: {t['error_message'] or ''}".rstrip(": ")
+    fc = t["failure_class"]
+    msg = f"{t['error_code']}: {t['error_message'] or ''}".rstrip(": .")
     what = {"user": "User-correctable", "provider": "Provider failure (not the user's fault)",
             "infrastructure": "Infrastructure failure (not the user's fault)",
             "billing": "Billing: not enough credits; the user can top up"}.get(fc)
@@ -307,7 +309,9 @@ def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, ti
         if refund_item.status == FAIL:
             return "delivered, but refunded", "investigate the ledger (refund on a delivered task)"
         return "delivered", "nothing to do"
-    advice = _USER_ADVICE.get(t["error_code"] or "", f"tell the user how to correct the request ({t['error_code']})")
+    code = t["error_code"] or ""
+    advice = next((a for k, a in _USER_ADVICE.items() if k in code),
+                  f"tell the user how to correct the request ({code})")
     if for_credits:
         if charged or t["upstream_task_id"]:
             return "failed for credits — but charged", "investigate the ledger"
