@@ -43,11 +43,13 @@ Bind = Engine | Connection
 
 @contextmanager
 def connect(bind: Bind) -> Iterator[Connection]:
-    """A connection for reading: the caller's, or a fresh one from the engine."""
+    """A connection for reading: the caller's, or a fresh one from the engine.
+    On SQLite a read takes no write lock (plain BEGIN), so pages and the audit
+    never wait behind a simulation that is writing."""
     if isinstance(bind, Connection):
         yield bind
     else:
-        with bind.connect() as conn:
+        with bind.execution_options(sqlite_begin="DEFERRED").connect() as conn:
             yield conn
 
 

@@ -1,0 +1,107 @@
+"""The lifecycle service over the real SQL store, on SQLite and PostgreSQL,
+with the audit run on what it wrote, and the core CLI on the same databases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from rivya_core.audit import audit
+from rivya_core.db import open_store
+from rivya_core.domain import ActionRefused, TaskStatus
+from tests.fakes import IMAGE, callback, make_service
+
+
+@pytest.fixture
+def sql_env(db_url):
+    store = open_store(db_url, create=True)
+    svc, clock, providers = make_service(store=store)
+    yield svc, clock, providers, store
+    store.engine.dispose()
+
+
+def test_every_path_on_sql_store_leaves_a_clean_audit(sql_env):
+    svc, clock, providers, store = sql_env
+    rich = svc.create_account("rich@example.com", "Rich", grant=500)
+    poor = svc.create_account("poor@example.com", "Poor", grant=1)
+    ok = svc.submit(rich.id, IMAGE)
+    failed = svc.submit(rich.id, {**IMAGE, "prompt": "fails upstream"})
+    early = svc.submit(rich.id, {**IMAGE, "prompt": "early callback"})
+    lost = svc.submit(rich.id, {**IMAGE, "prompt": "lost callback"})
+    shortfall = svc.submit(poor.id, {"model": "lumen-pro", "prompt": "too dear"})
+    assert shortfall.status == TaskStatus.FAILED
+
+    svc.handle_callback("lumen", *callback(clock, ok.upstream_task_id, msg_id="a"))
+    svc.handle_callback("lumen", *callback(clock, ok.upstream_task_id, msg_id="a"))  # duplicate
+    svc.handle_callback("lumen", *callback(clock, failed.upstream_task_id, state="failed", msg_id="b",
+                                           error_code="model_error", failure_class="provider"))
+    svc.handle_callback("lumen", *callback(clock, early.upstream_task_id, urls=(), msg_id="c"))
+    svc.handle_callback("lumen", *callback(clock, ok.upstream_task_id, secret="whsec_Zm9yZ2Vk", msg_id="d"))
+    providers["lumen"].succeed(early.upstream_task_id)
+    providers["lumen"].succeed(lost.upstream_task_id)
+    clock.advance(svc.policy.stuck_for("image"))
+    svc.poll()
+
+    statuses = {t: svc.task(t).status for t in (ok.id, failed.id, early.id, lost.id)}
+    assert statuses == {ok.id: "SUCCESS", failed.id: "FAILED", early.id: "SUCCESS", lost.id: "SUCCESS"}
+    outcomes = sorted(c.outcome for c in store.snapshot().callbacks)
+    assert outcomes == ["applied", "applied", "deferred", "duplicate", "rejected_signature"]
+    assert svc.balance(rich.id) == 500 - 3 * ok.reserved_credits
+    report = audit(store.engine, svc.policy, now=clock.now())
+    assert report.ok, report.findings
+
+
+def test_support_actions_on_sql_store(sql_env):
+    svc, clock, providers, store = sql_env
+    user = svc.create_account("s@example.com", "S", grant=50)
+    task = svc.submit(user.id, IMAGE)
+    with pytest.raises(ActionRefused):
+        svc.support_mark_failed(task.id, "sam", "too early")
+    clock.advance(svc.policy.stuck_for("image"))
+    assert svc.support_mark_failed(task.id, "sam", "stuck").status == TaskStatus.FAILED
+    with pytest.raises(ActionRefused, match="already refunded"):
+        svc.support_refund(task.id, "sam", "again")
+    actions = [e.detail for e in store.snapshot().events if e.kind == "support_action"]
+    assert [(a["operator"], a["action"]) for a in actions] == [("sam", "mark_failed"), ("sam", "mark_failed"),
+                                                               ("sam", "refund")]
+    assert audit(store.engine, svc.policy, now=clock.now()).ok
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "rivya_core", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_init_db_then_audit_is_clean(db_url):
+    assert _cli("init-db", "--db", db_url).returncode == 0
+    out = _cli("audit", "--db", db_url)
+    assert out.returncode == 0 and "no violations" in out.stdout
+
+
+def test_cli_diagnose_and_refusals_on_a_real_story(sqlite_url):
+    store = open_store(sqlite_url, create=True)
+    svc, clock, providers = make_service(store=store)
+    user = svc.create_account("c@example.com", "C", grant=50)
+    task = svc.submit(user.id, IMAGE)
+    svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="nsfw",
+                                           failure_class="user"))
+    store.engine.dispose()
+    shown = _cli("diagnose", str(task.id), "--db", sqlite_url)
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr and shown.stdout.strip()
+    refused = _cli("refund", str(task.id), "--db", sqlite_url, "--operator", "sam", "--reason", "asked")
+    assert refused.returncode == 2 and "keeps credits for user failures" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["audit", "--db", "sqlite:////nonexistent/dir/x.db"],
+    ["audit", "--db", "postgresql://nobody@127.0.0.1:1/none"],
+    ["diagnose", "notanumber"],
+    ["refund", "1"],
+    ["nonsense"],
+])
+def test_cli_errors_are_one_line(args):
+    out = _cli(*args)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
