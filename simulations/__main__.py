@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
 
     sub.add_parser("list", help="list the shipped scenarios", description="List data/scenarios/*.toml.")
+    from .bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 
@@ -177,7 +180,13 @@ def cmd_list(_a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "list": cmd_list}
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import cmd_bench as bench
+
+    return bench(a)
+
+
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "list": cmd_list, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
