@@ -286,7 +286,7 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
     net = k.charged - k.refunded + k.chat_charged - k.chat_refunded
     kpis = {
         "revenue": net,
-        "refunds": k.refunded + k.chat_refunded,
+        "refunds": k.refunded,  # task refunds (chat differences are settlement, not policy)
         "failures_without_refund": k.failed_without_refund,
         "insufficient_credit_rejections": insufficient,
         "user_visible_failure_rate": (k.user_visible_failures / k.tasks) if k.tasks else 0.0,
