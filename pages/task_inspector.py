@@ -16,53 +16,34 @@ if engine is None:
     st.stop()
 
 
-def _diagnosis(task_id: int):
-    """(diagnosis, signals) from rivya_core.diagnose, or None when this version lacks it."""
+STATUS_ICON = {"ok": ":material/check_circle:", "warn": ":material/warning:", "fail": ":material/error:",
+               "info": ":material/info:"}
+
+
+def show_checklist(task_id: int, user_id: int) -> None:
     try:
         from rivya_core.diagnose import diagnose, recheck_signals
     except ImportError:
-        return None
-    diag = diagnose(engine, task_id)
-    user_id = getattr(diag, "user_id", None)
-    signals = recheck_signals(engine, user_id) if user_id is not None else getattr(diag, "signals", [])
-    return diag, signals
-
-
-def _as_dict(obj) -> dict:
-    if isinstance(obj, dict):
-        return obj
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return dict(vars(obj))
-
-
-def show_checklist(task_id: int) -> None:
-    found = _diagnosis(task_id)
-    if found is None:
         st.info("The troubleshooting checklist (rivya_core.diagnose) is not available in this version.")
         return
-    diag, signals = (_as_dict(found[0]), found[1])
-    for item in diag.get("items", []):
-        item = _as_dict(item)
-        ok = item.get("ok", item.get("status"))
-        icon = {True: ":material/check_circle:", False: ":material/error:"}.get(ok, ":material/help:")
-        with st.expander(f"{icon} {item.get('question') or item.get('title') or item.get('name')}", expanded=True):
-            st.markdown(f"**{item.get('answer') or item.get('finding') or ''}**")
-            evidence = item.get("evidence")
-            if evidence:
-                st.dataframe(pd.DataFrame(evidence if isinstance(evidence, list) else [evidence]),
-                             hide_index=True, width="stretch")
-    if diag.get("verdict"):
-        st.subheader("Verdict")
-        st.markdown(f"**{diag['verdict']}**")
-    if diag.get("next_action"):
-        st.markdown(f"**Next action:** {diag['next_action']}")
+    diag = diagnose(engine, task_id)
+    box = {"ok": st.success, "warn": st.warning, "fail": st.error}.get(
+        "fail" if any(i.status == "fail" for i in diag.items) else
+        "warn" if any(i.status == "warn" for i in diag.items) else "ok", st.info)
+    box(f"**Verdict:** {diag.verdict}\n\n**Next action:** {diag.next_action}")
+    st.caption(f"Task type: {diag.task_type}. Ages judged at {diag.now:%Y-%m-%d %H:%M:%S} UTC.")
+    for item in diag.items:
+        icon = STATUS_ICON.get(item.status, ":material/help:")
+        with st.expander(f"{icon} {item.question} — {item.answer}", expanded=item.status in ("warn", "fail")):
+            st.markdown(item.answer)
+            if item.evidence:
+                st.dataframe(pd.DataFrame(queries.jsonable(item.evidence)), hide_index=True, width="stretch")
     st.subheader("Recheck before running again")
+    signals = recheck_signals(engine, user_id)
     if not signals:
         st.success("No recheck signal for this user.")
     for sig in signals:
-        sig = _as_dict(sig)
-        st.warning(f"**{sig.get('kind') or sig.get('name') or 'signal'}**: {sig.get('message') or sig.get('detail')}")
+        st.warning(f"**{sig.kind.replace('_', ' ')}**: {sig.message}")
 
 
 def show_timeline(events: pd.DataFrame) -> None:
@@ -149,7 +130,9 @@ with show_errors():
         c1.metric("Status", task["status"])
         c2.metric("Model", task["model"], help=f"category {task['category']}, provider {task['provider']}")
         c3.metric("Credits reserved", f"{task['reserved_credits']:,}")
-        c4.metric("User", acct.get("email", f"user {task['user_id']}"))
+        c4.metric("User", acct.get("name", f"user {task['user_id']}"), help=acct.get("email"))
+        st.caption(f"User {task['user_id']} · {acct.get('email', 'no account row')} · provider {task['provider']}"
+                   f" · upstream id {task.get('upstream_task_id') or '—'} · created {task['created_at']}")
         if task.get("error_code"):
             st.error(f"**{task['error_code']}** ({task.get('failure_class') or 'no class'}): "
                      f"{task.get('error_message') or ''}")
@@ -159,7 +142,7 @@ with show_errors():
             st.json(queries.jsonable(task))
         tabs = st.tabs(["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"])
         with tabs[0]:
-            show_checklist(task_id)
+            show_checklist(task_id, task["user_id"])
         with tabs[1]:
             show_timeline(pd.DataFrame(detail["events"], columns=["id", "task_id", "at", "kind", "detail"]))
         with tabs[2]:

@@ -76,6 +76,8 @@ def test_inspector_finds_a_task_by_upstream_id(open_page, seeded_url):
     assert not at.exception
     assert "Task #2 — FAILED" in texts(at)
     assert "provider_error" in texts(at)
+    assert "**Verdict:**" in texts(at)  # the checklist, answered by diagnose
+    assert "Recheck before running again" in texts(at)
 
 
 def test_inspector_opens_a_task_from_the_query_param(open_page, seeded_url):

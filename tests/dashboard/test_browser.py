@@ -1,0 +1,121 @@
+"""End to end: `streamlit run app.py` on a free port, every page opened in headless Chromium.
+
+The app starts on an absent SQLite database, so the first page load also
+exercises the demo seeding. Each page must show its title and no exception box
+or traceback. Screenshots go to $RIVYA_ARTIFACTS (default: pytest's temp dir).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+PAGES = [
+    ("", "Overview"),
+    ("live_tasks", "Live tasks"),
+    ("task_inspector?task=1", "Task inspector"),
+    ("checklist", "Checklist"),
+    ("notifications", None),
+    ("ledger", None),
+    ("refund_audit", None),
+    ("chat_settlement", None),
+    ("simulation_lab", None),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen, limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("streamlit did not become healthy")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    port = _free_port()
+    env = {**os.environ, "RIVYA_DB_URL": f"sqlite:///{tmp / 'rivya.db'}", "RIVYA_DEMO": "1"}
+    for key in ("RIVYA_OPERATORS", "RIVYA_VIEWERS"):
+        env.pop(key, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, proc)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (install Debian's chromium to run the browser test)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM),
+                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+def _settle(page) -> None:
+    """Wait until the script run has finished (Streamlit's running indicator gone)."""
+    page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=120_000)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=120_000)
+
+
+def test_every_page_opens_without_an_exception(server, browser, tmp_path_factory):
+    shots = Path(os.environ.get("RIVYA_ARTIFACTS") or tmp_path_factory.mktemp("screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server, timeout=60_000)
+    _settle(page)  # the first load seeds the demo database
+    opened = 0
+    for path, title in PAGES:
+        if path and not (ROOT / "pages" / f"{path.split('?')[0]}.py").is_file():
+            continue
+        page.goto(f"{server}/{path}", timeout=60_000)
+        _settle(page)
+        name = path.split("?")[0] or "overview"
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        body = page.inner_text("body")
+        assert page.locator('[data-testid="stException"]').count() == 0, f"{name}: exception box"
+        assert "Traceback" not in body, f"{name}: traceback on the page"
+        if title:
+            assert page.locator("h1").first.inner_text().strip() == title
+        opened += 1
+    assert opened >= 4
+    assert page.title()
