@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Engine,
@@ -54,7 +55,7 @@ sim_run = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("scenario_name", String(200), nullable=False),
     Column("scenario_toml", Text, nullable=False),
-    Column("seed", Integer, nullable=False),
+    Column("seed", BigInteger, nullable=False),
     Column("tasks", Integer, nullable=False),
     Column("fingerprint", String(64), nullable=False),
     Column("started_at", DateTime, nullable=False),

@@ -111,3 +111,14 @@ def test_provider_status_only_knows_the_present():
     assert p.status(a).state == "succeeded" and p.status(a).result_urls
     assert p.status(b).state == "running"
     assert p.status("nope").state == "unknown"
+
+
+def test_realtime_mode_writes_as_it_goes_and_tells_the_same_story(tmp_path):
+    from simulations.runner import run_scenario
+
+    sc = load_scenario("scripted_early_then_lost")
+    fast = run_scenario(sc, f"sqlite:///{tmp_path / 'fast.db'}")
+    live = run_scenario(sc, f"sqlite:///{tmp_path / 'live.db'}", realtime=2000.0)
+    assert live.fingerprint == fast.fingerprint and live.ok
+    q = "select id, status, result_urls from ai_task order by id"
+    assert rows(tmp_path / "live.db", q) == rows(tmp_path / "fast.db", q)
