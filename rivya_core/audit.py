@@ -16,12 +16,14 @@ wall clock.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, cast, exists, func, literal, or_, select
+from sqlalchemy import Engine, Select, and_, case, cast, exists, func, literal, or_, select
 from sqlalchemy import Text as SAText
 
 from .domain import (
@@ -246,42 +248,37 @@ def multiple_terminal_events(c: _Ctx) -> Select:
             .where(task_event.c.kind.in_(terminal)).group_by(task_event.c.task_id).having(func.count() > 1))
 
 
-def _notification_view() -> Any:
-    def n_of(kind):
-        return func.sum(case((N.c.kind == kind, 1), else_=0))
+def _expected_kind():
+    return case((T.c.status == TaskStatus.SUCCESS, NotificationKind.GENERATION_SUCCESS.value),
+                (T.c.error_code == INSUFFICIENT_CREDITS, NotificationKind.INSUFFICIENT_CREDITS.value),
+                else_=NotificationKind.GENERATION_FAILED.value)
 
-    agg = (select(N.c.task_id, func.count().label("n_total"),
-                  n_of(NotificationKind.GENERATION_SUCCESS).label("n_success"),
-                  n_of(NotificationKind.GENERATION_FAILED).label("n_failed"),
-                  n_of(NotificationKind.INSUFFICIENT_CREDITS).label("n_credits"))
-           .where(N.c.task_id.is_not(None)).group_by(N.c.task_id).subquery())
-    is_success = T.c.status == TaskStatus.SUCCESS
-    for_credits = T.c.error_code == INSUFFICIENT_CREDITS
-    expected = case((is_success, NotificationKind.GENERATION_SUCCESS.value),
-                    (for_credits, NotificationKind.INSUFFICIENT_CREDITS.value),
-                    else_=NotificationKind.GENERATION_FAILED.value)
-    matching = func.coalesce(case((is_success, agg.c.n_success), (for_credits, agg.c.n_credits),
-                                  else_=agg.c.n_failed), 0)
-    total = func.coalesce(agg.c.n_total, 0)
-    q = (select(T.c.id.label("task_id"), T.c.user_id, T.c.status, T.c.error_code,
-                expected.label("expected_kind"), total.label("notifications"), matching.label("matching"))
-         .select_from(T.outerjoin(agg, agg.c.task_id == T.c.id)).where(T.c.status.in_(TERMINAL_STATES)))
-    return q, total, matching
+
+_NOTE_TASK_COLS = (T.c.id.label("task_id"), T.c.user_id, T.c.status, T.c.error_code)
 
 
 def notification_missing(c: _Ctx) -> Select:
-    q, total, _ = _notification_view()
-    return q.where(total == 0)
+    none = ~exists().where(N.c.task_id == T.c.id)
+    return select(*_NOTE_TASK_COLS, _expected_kind().label("expected_kind")).where(
+        T.c.status.in_(TERMINAL_STATES), none)
 
 
 def notification_wrong_kind(c: _Ctx) -> Select:
-    q, total, matching = _notification_view()
-    return q.where(total > matching)
+    expected = _expected_kind()
+    return (select(N.c.id.label("notification_id"), *_NOTE_TASK_COLS, N.c.kind, expected.label("expected_kind"))
+            .select_from(N.join(T, T.c.id == N.c.task_id))
+            .where(T.c.status.in_(TERMINAL_STATES), N.c.kind != expected))
 
 
 def notification_duplicate(c: _Ctx) -> Select:
-    q, _, matching = _notification_view()
-    return q.where(matching > 1)
+    several = (select(N.c.task_id).where(N.c.task_id.is_not(None)).group_by(N.c.task_id)
+               .having(func.count() > 1).subquery())
+    matching = (select(func.count()).where(N.c.task_id == T.c.id, N.c.kind == _expected_kind())
+                .scalar_subquery())
+    q = (select(*_NOTE_TASK_COLS, _expected_kind().label("expected_kind"), matching.label("notifications"))
+         .select_from(several.join(T, T.c.id == several.c.task_id)).where(T.c.status.in_(TERMINAL_STATES))
+         .subquery())
+    return select(q).where(q.c.notifications > 1)
 
 
 def stuck_past_timeout(c: _Ctx) -> Select:
@@ -344,26 +341,38 @@ def _run(conn, q: Select, cap: int) -> tuple[int, list[dict[str, Any]]]:
     return count, found
 
 
+def _parallel(bind: Bind) -> bool:
+    """Checks run side by side on their own connections, except on an in-memory
+    SQLite database (each connection would see a different, empty one)."""
+    if not isinstance(bind, Engine):
+        return False
+    return bind.dialect.name != "sqlite" or bind.url.database not in (None, "", ":memory:")
+
+
 def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None, *,
           kinds: list[str] | None = None, row_cap: int = ROW_CAP,
-          chat_grace_s: float = CHAT_SETTLE_GRACE_S) -> AuditReport:
-    """Run every check (or `kinds`) and report the violated ones with their rows."""
+          chat_grace_s: float = CHAT_SETTLE_GRACE_S, workers: int | None = None) -> AuditReport:
+    """Run every check (or `kinds`) and report the violated ones with their rows.
+    On an Engine the checks run on `workers` connections at once (default: up to 4)."""
     unknown = [k for k in kinds or () if k not in CHECKS]
     if unknown:
         raise ValidationError(f"unknown audit kind(s): {', '.join(unknown)}", code="audit_kind_unknown")
     at = resolve_now(bind, now)
-    findings, checked = [], []
-    with connect(bind) as conn:
-        ctx = _Ctx(policy, at, conn.dialect.name, chat_grace_s)
-        for kind in kinds or CHECKS:
-            q = CHECKS[kind](ctx)
-            if q is None:
-                continue
-            checked.append(kind)
-            count, found = _run(conn, q, max(0, row_cap))
-            if count:
-                findings.append(Finding(kind, f"{AUDIT_KINDS[kind]}: {count}", count, found))
-    return AuditReport(findings, at, policy.name, checked)
+    ctx = _Ctx(policy, at, bind.dialect.name, chat_grace_s)
+    todo = [(k, q) for k in kinds or CHECKS if (q := CHECKS[k](ctx)) is not None]
+
+    def run(item: tuple[str, Select]) -> tuple[str, int, list[dict[str, Any]]]:
+        with connect(bind) as conn:
+            return (item[0], *_run(conn, item[1], max(0, row_cap)))
+
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    if workers > 1 and len(todo) > 1 and _parallel(bind):
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(run, todo))
+    else:
+        results = [run(item) for item in todo]
+    findings = [Finding(k, f"{AUDIT_KINDS[k]}: {n}", n, found) for k, n, found in results if n]
+    return AuditReport(findings, at, policy.name, [k for k, _ in todo])
 
 
 def conservation(bind: Bind, row_cap: int = ROW_CAP) -> dict[str, Any]:

@@ -268,3 +268,13 @@ def test_conservation_names_the_accounts_that_break_it(db, clean):
     d_balance(db, clean)
     c = conservation(db.engine)
     assert not c["ok"] and c["broken_count"] == 1 and c["broken_accounts"][0]["user_id"] == clean["ann"]
+
+
+def test_parallel_and_sequential_runs_agree(db, clean):
+    d_stuck(db, clean)
+    d_double_refund(db, clean)
+    one = audit(db.engine, now=NOW, workers=1).to_dict()
+    many = audit(db.engine, now=NOW, workers=4).to_dict()
+    assert one == many and one["counts"]["stuck_past_timeout"] == 1
+    with db.engine.connect() as conn:  # a Connection runs the checks on itself
+        assert audit(conn, now=NOW).to_dict() == one
