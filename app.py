@@ -93,7 +93,11 @@ def navigation():
 
 st.set_page_config(page_title="Rivya admin", page_icon=":material/monitoring:", layout="wide")
 page = navigation()  # registered first, so no page script can run before the gate below
+st.session_state["nav_ready"] = True
 common.access_gate()
+pending = st.session_state.pop("pending_page", None)
+if pending and pending[0] in st.session_state["registered_pages"]:
+    st.switch_page(pending[0], query_params=pending[1])
 url = common.data_source_sidebar()
 ensure_demo(url)
 page.run()

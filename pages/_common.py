@@ -4,6 +4,9 @@ Signatures (import with `from pages._common import ...`):
 
     default_url() -> str
         RIVYA_DB_URL from the environment, else sqlite:///<repo>/data/rivya.db.
+    enter_page() -> None
+        Call first on a page that reads no database: routes a deep link opened in a
+        fresh session through app.py (navigation, gate) and checks sign-in.
     current_url() -> str
         The database the session reads: st.session_state["db_url"], else the
         ?db= query parameter, else default_url().
@@ -67,8 +70,37 @@ def default_url() -> str:
     return os.environ.get("RIVYA_DB_URL") or f"sqlite:///{DATA / 'rivya.db'}"
 
 
-def current_url() -> str:
+def _ensure_app_ran() -> None:
+    """A deep link opened in a fresh session runs the page file without app.py (Streamlit
+    falls back to the pages/ directory); send it through app.py, which returns here."""
+    if st.session_state.get("nav_ready") or not _entry_is_app():
+        return
+    import inspect as _inspect
+
+    page = next((Path(f.filename) for f in _inspect.stack() if Path(f.filename).parent == ROOT / "pages"
+                 and not Path(f.filename).name.startswith("_")), None)
+    if page is not None:
+        st.session_state["pending_page"] = (f"pages/{page.name}", dict(st.query_params.to_dict()))
+    st.switch_page(str(ROOT / "app.py"))
+
+
+def _entry_is_app() -> bool:
+    """True when the running app's entry point is app.py (not a page file run on its own, as in tests)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    main = getattr(getattr(ctx, "pages_manager", None), "main_script_path", None)
+    return main is not None and Path(main).resolve() == ROOT / "app.py"
+
+
+def enter_page() -> None:
+    """Route a deep link through app.py and check sign-in; current_url() calls it too."""
+    _ensure_app_ran()
     _ensure_reader()
+
+
+def current_url() -> str:
+    enter_page()
     ss = st.session_state
     if "db_url" not in ss:
         ss["db_url"] = st.query_params.get("db") or default_url()

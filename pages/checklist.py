@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import page_link
+from pages._common import enter_page, page_link
 
 INSPECTOR = "pages/task_inspector.py"
 
@@ -65,6 +65,7 @@ def _steps(steps, prefix: str) -> int:
     return done
 
 
+enter_page()
 st.title("Checklist")
 st.caption("From the Rivya task lifecycle guide. Open the task in the inspector first: its checklist tab "
            "answers these for one task, with evidence.")

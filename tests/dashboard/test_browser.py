@@ -63,7 +63,8 @@ def server(tmp_path_factory):
         env.pop(key, None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -119,3 +120,11 @@ def test_every_page_opens_without_an_exception(server, browser, tmp_path_factory
         opened += 1
     assert opened >= 4
     assert page.title()
+
+
+def test_a_deep_link_in_a_fresh_session_goes_through_the_app(server, browser):
+    page = browser.new_page()
+    page.goto(f"{server}/task_inspector?task=1", timeout=60_000)
+    page.wait_for_selector("text=Task #1", timeout=120_000)
+    nav = page.inner_text('[data-testid="stSidebarNav"]')
+    assert "Overview" in nav and "common" not in nav  # app.py's navigation, not the pages/ folder
