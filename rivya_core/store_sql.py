@@ -69,6 +69,8 @@ def _naive(value: Any) -> Any:
         return value.astimezone(UTC).replace(tzinfo=None)
     if isinstance(value, str) and hasattr(value, "value"):  # StrEnum -> plain str
         return str(value)
+    if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL (hostile input)
+        return value.replace("\x00", "\ufffd")
     return value
 
 
@@ -186,6 +188,8 @@ class SqlTx:
         return self._one(Task, stmt.with_for_update() if for_update else stmt)
 
     def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None:
+        if "\x00" in provider or "\x00" in upstream_task_id:  # never stored (see _naive): no such task
+            return None
         return self._one(Task, select(ai_task).where(
             ai_task.c.upstream_task_id == upstream_task_id, ai_task.c.provider == provider,
         ).order_by(ai_task.c.id.desc()).limit(1))
