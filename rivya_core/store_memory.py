@@ -19,7 +19,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields as dc_fields
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -47,18 +46,32 @@ _TASK_FIELDS = frozenset(f.name for f in dc_fields(Task))
 _MESSAGE_FIELDS = frozenset(f.name for f in dc_fields(ChatMessage))
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _clone(value: Any) -> Any:
-    """A copy of a JSON-like value (much cheaper than copy.deepcopy)."""
+    """A copy of a JSON-like value (much cheaper than copy.deepcopy); scalars
+    are tested inline rather than by a call each."""
     if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
+        return {k: _clone(v) if isinstance(v, _CONTAINERS) else v for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clone(v) for v in value]
+        return [_clone(v) if isinstance(v, _CONTAINERS) else v for v in value]
     return value
+
+
+def _shallow(row: Any) -> Any:
+    """copy.copy for the plain domain dataclasses, without the __reduce_ex__ round trip."""
+    state = getattr(row, "__dict__", None)
+    if state is None:
+        return copy.copy(row)
+    out = object.__new__(type(row))
+    out.__dict__.update(state)
+    return out
 
 
 def _copy(row: Any) -> Any:
     """A detached copy: the dataclass and any JSON-like value inside it."""
-    out = copy.copy(row)
+    out = _shallow(row)
     for name in ("params", "result_urls", "detail"):
         value = getattr(out, name, None)
         if isinstance(value, (dict, list)):
@@ -226,7 +239,7 @@ class MemoryTx:
             return False
         if expect_status is not None and task.status not in {str(x) for x in expect_status}:
             return False
-        before = replace(task)
+        before = _shallow(task)
         s._unindex_task(task)
         for name, value in fields.items():
             setattr(task, name, _clone(value) if isinstance(value, (dict, list)) else value)
@@ -410,7 +423,7 @@ class MemoryTx:
         msg = self.s.messages.get(message_id)
         if msg is None:
             raise NotFound(f"chat message {message_id} does not exist")
-        before = replace(msg)
+        before = _shallow(msg)
         for name, value in fields.items():
             setattr(msg, name, value)
 
