@@ -120,8 +120,10 @@ def show_run(url: str) -> None:
     credits = s.get("credits", {})
     c = st.columns(6)
     c[0].metric("Tasks", f"{s.get('tasks', 0):,}")
-    c[1].metric("Charged", f"{credits.get('charged', 0):,}")
-    c[2].metric("Refunded", f"{credits.get('refunded', 0):,}")
+    c[1].metric("Charged", f"{credits.get('charged', 0) + credits.get('chat_charged', 0):,}",
+                help="Task charges plus chat reservations")
+    c[2].metric("Refunded", f"{credits.get('refunded', 0) + credits.get('chat_refunded', 0):,}",
+                help="Task refunds plus the unused part of chat reservations")
     c[3].metric("Net", f"{credits.get('net', 0):,}")
     c[4].metric("Violations", f"{len(s.get('violations', [])):,}")
     c[5].metric("Liveness", "ok" if s.get("liveness_ok") else "FAILED")
@@ -145,15 +147,21 @@ def show_run(url: str) -> None:
     latency = run_view("latency_histogram", url, 40)
     if not latency.empty:
         p = s.get("latency_percentiles", {})
-        left.plotly_chart(px.bar(latency, x="latency_s", y="tasks", color="category",
-                                 labels={"latency_s": "time to terminal (s)"},
-                                 title="Latency: " + ", ".join(f"{k} {v:,.0f}s" for k, v in p.items())),
-                          width="stretch")
+        fig = px.bar(latency, x=latency["latency_s"] + latency["width_s"] / 2, y="tasks", color="category",
+                     labels={"x": "time to terminal (s)"},
+                     title="Time to terminal: " + ", ".join(f"{k} {v:,.0f} s" for k, v in p.items()))
+        fig.update_traces(width=float(latency["width_s"].iloc[0]))
+        left.plotly_chart(fig, width="stretch")
     flow = run_view("credit_flow", url, 60)
+    flow = flow[~flow["entry_type"].isin(["grant", "adjustment"])]
     if not flow.empty:
-        right.plotly_chart(px.bar(flow, x="t_s", y="credits", color="entry_type",
-                                  labels={"t_s": "simulated seconds"}, title="Credit flows over time"),
-                           width="stretch")
+        flow = flow.assign(credits=flow["credits"].abs())
+        fig = px.bar(flow, x=flow["t_s"] + flow["width_s"] / 2, y="credits", color="entry_type",
+                     labels={"x": "simulated seconds", "credits": "credits moved"},
+                     title="Credit flows: charges, reservations and refunds")
+        fig.update_traces(width=float(flow["width_s"].iloc[0]))
+        right.plotly_chart(fig, width="stretch")
+        right.caption(f"Grants (starting balances and top-ups): {credits.get('granted', 0):,} credits, not drawn.")
     with st.expander("Whole summary"):
         st.json(s, expanded=False)
     if st.button("Read this database in every page", key=f"use_{url}"):

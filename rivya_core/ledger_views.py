@@ -330,10 +330,10 @@ def state_timeline(engine: Engine, buckets: int = 60) -> pd.DataFrame:
 
 
 def credit_flow(engine: Engine, buckets: int = 60) -> pd.DataFrame:
-    """Credits moved per time bucket and entry type: columns t_s, entry_type, credits."""
+    """Credits moved per time bucket and entry type: columns t_s (bucket start), entry_type, credits, width_s."""
     span = _span(engine, [credit_ledger.c.created_at], buckets)
     if span is None:
-        return pd.DataFrame(columns=["t_s", "entry_type", "credits"])
+        return pd.DataFrame(columns=["t_s", "entry_type", "credits", "width_s"])
     lo, width = span
     b = cast((epoch_seconds(engine, credit_ledger.c.created_at) - lo) / width, Integer).label("b")
     inner = select(b, credit_ledger.c.entry_type, credit_ledger.c.amount).subquery()
@@ -345,19 +345,20 @@ def credit_flow(engine: Engine, buckets: int = 60) -> pd.DataFrame:
     )
     frame = _frame(engine, stmt)
     frame["t_s"] = frame.pop("b") * width
-    return frame[["t_s", "entry_type", "credits"]]
+    frame["width_s"] = width
+    return frame[["t_s", "entry_type", "credits", "width_s"]]
 
 
 def latency_histogram(engine: Engine, buckets: int = 40) -> pd.DataFrame:
     """Terminal tasks by time to terminal (finished_at − created_at) bucket and category.
 
-    Columns latency_s (bucket start, seconds), category, tasks.
+    Columns latency_s (bucket start, seconds), category, tasks, width_s (the bucket width).
     """
     latency = epoch_seconds(engine, ai_task.c.finished_at) - epoch_seconds(engine, ai_task.c.created_at)
     with engine.connect() as conn:
         hi = conn.execute(select(func.max(latency)).where(ai_task.c.finished_at.is_not(None))).scalar()
     if hi is None:
-        return pd.DataFrame(columns=["latency_s", "category", "tasks"])
+        return pd.DataFrame(columns=["latency_s", "category", "tasks", "width_s"])
     width = max(float(hi) / max(1, buckets), 1.0)
     b = cast(latency / width, Integer).label("b")
     inner = select(b, ai_task.c.category).where(ai_task.c.finished_at.is_not(None)).subquery()
@@ -369,7 +370,8 @@ def latency_histogram(engine: Engine, buckets: int = 40) -> pd.DataFrame:
     )
     frame = _frame(engine, stmt)
     frame["latency_s"] = frame.pop("b") * width
-    return frame[["latency_s", "category", "tasks"]]
+    frame["width_s"] = width
+    return frame[["latency_s", "category", "tasks", "width_s"]]
 
 
 def _span(engine: Engine, cols, buckets: int) -> tuple[float, float] | None:
