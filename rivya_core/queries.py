@@ -31,6 +31,7 @@ from .schema import (
 )
 
 MAX_LIMIT = 1000
+PER_ACCOUNT_WALKS = 20  # find_tasks: accounts matched up to this many are searched one by one
 _MAX_ID = 2**63 - 1
 ACTIVE_STATES = sorted(s.value for s in ACTIVE)
 TERMINAL_STATES = sorted(s.value for s in TERMINAL)
@@ -265,8 +266,16 @@ def find_tasks(bind: Bind, query: str, limit: int = 50) -> list[dict[str, Any]]:
         add(conn.execute(base.where(ai_task.c.upstream_task_id == text).order_by(*order).limit(limit)), "upstream")
         if out:
             return list(out.values())
-        users = select(account.c.id).where(_account_match(text)).limit(MAX_LIMIT).scalar_subquery()
-        add(conn.execute(base.where(ai_task.c.user_id.in_(users)).order_by(*order).limit(limit)), "user")
+        users = list(conn.scalars(select(account.c.id).where(_account_match(text)).limit(MAX_LIMIT)))
+        if len(users) <= PER_ACCOUNT_WALKS:
+            # one backward walk of (user_id, created_at) per account: an IN list would
+            # sort every task the accounts own (a million-task database: 8k per user)
+            found = [r for uid in users for r in conn.execute(
+                base.where(ai_task.c.user_id == uid).order_by(*order).limit(limit))]
+            found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+            add(found, "user")
+        else:
+            add(conn.execute(base.where(ai_task.c.user_id.in_(users)).order_by(*order).limit(limit)), "user")
         if len(out) < limit:
             prompt = ai_task.c.prompt.ilike("%" + like_escape(text) + "%", escape="\\")
             add(conn.execute(base.where(prompt).order_by(*order).limit(limit)), "prompt")
