@@ -228,8 +228,8 @@ with compare_tab:
         st.warning("Compare needs at least two policy files under data/policies.")
         st.stop()
     c = st.columns(4)
-    a = c[0].selectbox("Policy A", names, index=0)
-    b = c[1].selectbox("Policy B", names, index=1)
+    a = c[0].selectbox("Policy A", names, index=names.index("default") if "default" in names else 0)
+    b = c[1].selectbox("Policy B", names, index=names.index("no_refunds") if "no_refunds" in names else 1)
     reps = c[2].number_input("Replications", 2, 50, 4)
     per = c[3].number_input("Tasks per run", 20, 20_000, 200)
     if st.button("Compare", type="primary"):
