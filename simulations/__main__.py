@@ -4,6 +4,7 @@
   replay DB_URL_OR_FINGERPRINT [--check]
   compare SCENARIO --policy A.toml --policy B.toml [--replications R] [--workers W] [--json]
   list
+  chaos --seeds N [--start S] [--tasks N]
 
 SCENARIO is a path to a .toml file or a name in data/scenarios. `--realtime
 FACTOR` makes the SimPy clock follow the wall clock at FACTOR simulated seconds
@@ -87,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    from .chaos import add_parser as add_chaos_parser
+
+    add_chaos_parser(sub)
     return p
 
 
@@ -186,7 +190,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return bench(a)
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "list": cmd_list, "bench": cmd_bench}
+def cmd_chaos(a: argparse.Namespace) -> int:
+    from .chaos import cmd_chaos as chaos
+
+    return chaos(a)
+
+
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "list": cmd_list, "bench": cmd_bench,
+            "chaos": cmd_chaos}
 
 
 def main(argv: list[str] | None = None) -> int:
