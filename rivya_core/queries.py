@@ -154,13 +154,18 @@ def active_studio(bind: Bind, user_id: int | None = None, *, status: str | None 
 def history(bind: Bind, user_id: int | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
     """Settled tasks (SUCCESS/FAILED), newest first, with result URLs and errors."""
     limit, offset = _page(limit, offset)
-    q = select(*_TASK_COLS, ai_task.c.result_urls, ai_task.c.error_message, ai_task.c.settled_at).where(
-        ai_task.c.status.in_(TERMINAL_STATES))
-    if user_id is not None:
-        q = q.where(ai_task.c.user_id == user_id)
-    q = q.order_by(ai_task.c.created_at.desc(), ai_task.c.id.desc()).limit(limit).offset(offset)
+    q = select(*_TASK_COLS, ai_task.c.result_urls, ai_task.c.error_message, ai_task.c.settled_at)
+    order = (ai_task.c.created_at.desc(), ai_task.c.id.desc())
     with connect(bind) as conn:
-        return rows(conn.execute(q))
+        if user_id is not None:
+            q = q.where(ai_task.c.user_id == user_id, ai_task.c.status.in_(TERMINAL_STATES))
+            return rows(conn.execute(q.order_by(*order).limit(limit).offset(offset)))
+        # one backward walk of (status, created_at) per state, merged: status IN (...)
+        # ORDER BY created_at made SQLite sort every settled task of the database
+        found = [r for state in TERMINAL_STATES
+                 for r in conn.execute(q.where(ai_task.c.status == state).order_by(*order).limit(limit + offset))]
+        found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return rows(found[offset:offset + limit])
 
 
 def _notification_filter(q, user_id, kind, unread_only):
