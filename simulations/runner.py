@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from rivya_core import schema
 from rivya_core.audit import audit
 from rivya_core.catalog import default_catalog
-from rivya_core.db import init_db, make_engine
+from rivya_core.db import init_db, make_engine, sqlite_path
 from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.store_memory import MemoryStore
@@ -37,7 +37,7 @@ from .farm import Farm
 from .scenarios import Scenario, ScenarioError
 from .streams import Streams
 from .users import Population
-from .writer import BatchWriter, relax_sqlite_sync, write_sim_run
+from .writer import BatchWriter, compact_sqlite, relax_sqlite_sync, write_sim_run
 
 FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
 FLUSH_MIN_TASKS = 2000     # ... which happens once this many new tasks exist
@@ -227,9 +227,13 @@ def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, ta
                     conn.scalar(select(func.count()).select_from(schema.account)):
                 raise RunError(f"database {engine.url.render_as_string(hide_password=True)} already holds data; "
                                "a run writes into a fresh database")
-        return _execute(run, engine, progress, wall0)
+        summary = _execute(run, engine, progress, wall0)
     finally:
         engine.dispose()
+    path = sqlite_path(db_url)
+    if path is not None and not realtime:
+        compact_sqlite(path)
+    return summary
 
 
 def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:

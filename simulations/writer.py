@@ -126,6 +126,8 @@ class BatchWriter:
         self.written_tasks: set[int] = set()   # realtime: tasks already inserted (upsert later)
         self.written_msgs: set[int] = set()
         self.hashers = {name: hashlib.sha256() for name in FINGERPRINTED}
+        self.finished: dict[int, None] = {}   # terminal tasks not yet evicted, in finishing order
+        self.loose: list[tuple[str, int]] = []  # flushed rows tied to no task or message
         self.kpis = Kpis()
 
     def pin(self, task_id: int, on: bool) -> None:
@@ -173,11 +175,14 @@ class BatchWriter:
                 k.events[e.kind] += 1
                 if e.kind in ("succeeded", "failed"):
                     k.paths[e.detail.get("path", "?")] += 1
+                    self.finished[e.task_id] = None
         elif name == "callbacks":
             k.by_outcome.update(c.outcome for c in rows)
+            self.loose += [("callbacks", c.id) for c in rows if c.task_id is None]
         elif name == "notifications":
             k.notifications += len(rows)
         elif name == "ledger":
+            self.loose += [("ledger", e.id) for e in rows if e.task_id is None and e.chat_message_id is None]
             for e in rows:
                 t = e.entry_type
                 if t == EntryType.CONSUME:
@@ -212,11 +217,15 @@ class BatchWriter:
     def _flush_tasks(self, conn: Any, final: bool) -> None:
         s = self.store
         done, live = [], []
-        for t in ([] if final else s.tasks.values()):
-            if t.status in TERMINAL and t.id not in self.pinned and self.quiet(t):
+        for tid in ([] if final else list(self.finished)):
+            t = s.tasks.get(tid)
+            if t is None:
+                del self.finished[tid]
+            elif t.id not in self.pinned and self.quiet(t):
                 done.append(t)
-            elif self.realtime:
-                live.append(t)
+                del self.finished[tid]
+        if self.realtime and not final:
+            live = [t for t in s.tasks.values() if t.status not in TERMINAL or t.id in self.finished]
         if final:
             rows = list(s.tasks.values())
             self._upsert(conn, schema.ai_task, rows, self.written_tasks)
@@ -309,11 +318,12 @@ class BatchWriter:
 
     def _evict_loose_rows(self) -> None:
         """Rows tied to no live task or message: grants, unknown/invalid callbacks, sessions."""
-        s = self.store
-        for eid in [i for i, e in s.ledger.items() if e.task_id is None and e.chat_message_id is None]:
-            self._drop_entry(eid)
-        for cid in [i for i, c in s.callbacks.items() if c.task_id is None]:
-            s.callbacks.pop(cid, None)
+        for table, rid in self.loose:
+            if table == "ledger":
+                self._drop_entry(rid)
+            else:
+                self.store.callbacks.pop(rid, None)
+        self.loose.clear()
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -333,6 +343,26 @@ def relax_sqlite_sync(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
+
+
+def compact_sqlite(path: Any) -> None:
+    """Rewrite a finished SQLite file with VACUUM INTO, so the same rows give the
+    same bytes whatever checkpoints and connections happened during the run."""
+    import os
+    import sqlite3
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".compact")
+    tmp.unlink(missing_ok=True)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("VACUUM INTO ?", (str(tmp),))
+    finally:
+        conn.close()
+    os.replace(tmp, path)
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
 
 
 def write_sim_run(engine: Engine, values: dict[str, Any]) -> None:
