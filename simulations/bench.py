@@ -261,7 +261,8 @@ def bench(tasks: int, reps: int = 3, modes: tuple[str, ...] | None = None, postg
     if tasks < 1 or reps < 1:
         raise BenchError("--tasks and --reps must be at least 1")
     modes = tuple(modes or MODES)
-    if "postgres" in modes and not (pg_reachable() if postgres is None else postgres):
+    skipped = "postgres" in modes and not (pg_reachable() if postgres is None else postgres)
+    if skipped:
         modes = tuple(m for m in modes if m != "postgres")
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="rivya-bench-") as workdir:
@@ -285,7 +286,7 @@ def bench(tasks: int, reps: int = 3, modes: tuple[str, ...] | None = None, postg
     for row in rows:
         row["ratio"] = row["rate"] / base["rate"] if base and base["rate"] else None
         row["cpu_ratio"] = row["cpu_rate"] / base["cpu_rate"] if base and base["cpu_rate"] else None
-    return {"tasks": tasks, "reps": reps, "modes": rows, "runs": runs}
+    return {"tasks": tasks, "reps": reps, "modes": rows, "runs": runs, "postgres_skipped": skipped}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -296,7 +297,7 @@ def render(report: dict[str, Any]) -> str:
         cratio = f"{r['cpu_ratio']:.3f}" if r["cpu_ratio"] is not None else "-"
         lines.append(f"{r['mode']:9} {r['tasks']:>8} {r['rate']:>10,.0f} {ratio:>7} {r['cpu_rate']:>10,.0f} "
                      f"{cratio:>7} {r['peak_rss_mib']:>9,.0f}")
-    if not any(r["mode"] == "postgres" for r in report["modes"]):
+    if report.get("postgres_skipped"):
         lines.append("postgres: not reachable, skipped")
     return "\n".join(lines)
 
