@@ -174,7 +174,7 @@ class Run:
                 yield self.env.timeout(REALTIME_FLUSH_WALL_S * self.realtime)
             else:
                 yield self.env.timeout(FLUSH_EVERY_S)
-                top = self.store._next["ai_task"]
+                top = self.store.last_id("ai_task")
                 if top - last_top < FLUSH_MIN_TASKS and self.env.now - last_at < FLUSH_MAX_GAP_S:
                     continue
                 last_top, last_at = top, self.env.now
@@ -190,10 +190,10 @@ class Run:
                     frac = (pop.arrived / self.max_tasks) if self.max_tasks else self.env.now / max(horizon, 1)
                     progress(min(0.95, 0.95 * frac), "arrivals")
                 else:
-                    progress(0.96, f"draining ({len(self.store._active)} active)")
+                    progress(0.96, f"draining ({self.store.active_count()} active)")
             if not (pop.arrivals_done and self.script_done):
                 continue
-            idle = not self.store._active and pop.open_chats == 0 and not self.writer.pinned
+            idle = not self.store.active_count() and pop.open_chats == 0 and not self.writer.pinned
             if idle or self.env.now >= deadline():
                 stop.succeed()
                 return

@@ -1,12 +1,13 @@
 """Streaming the in-memory run state to the target database, in batches.
 
-The runner keeps live state in a MemoryStore. `BatchWriter.flush()` writes
-every row created since the last flush with Core bulk inserts (no ORM, no
-round-trip per event), then evicts what later callbacks and polls no longer
-need: a task that is terminal, that the provider will send nothing more
-about, and that no user is still watching leaves memory with its events,
-ledger rows, notifications and callbacks. Memory stays bounded by the number
-of live tasks, not the length of the run.
+The runner keeps live state in a MemoryStore. `BatchWriter.flush()` takes
+the rows created since the last flush (`store.drain_changes()`), writes them
+with Core bulk inserts (no ORM, no round-trip per event), then hands the store
+what later callbacks and polls no longer need (`store.evict()`): a task that
+is terminal, that the provider will send nothing more about, and that no user
+is still watching leaves memory with its events, ledger rows, notifications
+and callbacks. Memory stays bounded by the number of live tasks, not the
+length of the run. The writer uses only the store's public API.
 
 Append-only tables are written in id order whatever the flush cadence, so
 their hashes give the run fingerprint; task and message rows are written once
@@ -63,13 +64,13 @@ sim_run = Table(
     Column("summary", JSON, nullable=False),
 )
 
-# (store dict attribute, table, id counter name): the append-only tables
+# (Changes attribute, table): the append-only tables, written in id order
 APPEND_ONLY = (
-    ("ledger", schema.credit_ledger, "credit_ledger"),
-    ("events", schema.task_event, "task_event"),
-    ("notifications", schema.notification, "notification"),
-    ("callbacks", schema.provider_callback, "provider_callback"),
-    ("sessions", schema.chat_session, "chat_session"),
+    ("ledger", schema.credit_ledger),
+    ("events", schema.task_event),
+    ("notifications", schema.notification),
+    ("callbacks", schema.provider_callback),
+    ("sessions", schema.chat_session),
 )
 FINGERPRINTED = ("ledger", "events", "notifications", "callbacks")
 
@@ -121,13 +122,10 @@ class BatchWriter:
         self.forget = forget        # task -> drop the provider's job
         self.realtime = realtime
         self.pinned: Counter = Counter()
-        self.marks: dict[str, int] = {name: 0 for name, _t, _c in APPEND_ONLY}
-        self.marks["accounts"] = 0
         self.written_tasks: set[int] = set()   # realtime: tasks already inserted (upsert later)
         self.written_msgs: set[int] = set()
         self.hashers = {name: hashlib.sha256() for name in FINGERPRINTED}
         self.finished: dict[int, None] = {}   # terminal tasks not yet evicted, in finishing order
-        self.loose: list[tuple[str, int]] = []  # flushed rows tied to no task or message
         self.kpis = Kpis()
 
     def pin(self, task_id: int, on: bool) -> None:
@@ -139,12 +137,12 @@ class BatchWriter:
 
     def flush(self, final: bool = False) -> None:
         s = self.store
-        with s._lock, self.engine.begin() as conn:
-            accounts = self._new_rows("accounts", s.accounts, "account")
-            if accounts:
-                conn.execute(insert(schema.account), [row_values(schema.account, a) for a in accounts])
-            for name, table, _counter in APPEND_ONLY:
-                rows = self._new_rows(name, getattr(s, name), _counter)
+        changes = s.drain_changes()
+        with self.engine.begin() as conn:
+            if changes.accounts:
+                conn.execute(insert(schema.account), [row_values(schema.account, a) for a in changes.accounts])
+            for name, table in APPEND_ONLY:
+                rows = getattr(changes, name)
                 if not rows:
                     continue
                 values = [row_values(table, r) for r in rows]
@@ -154,19 +152,16 @@ class BatchWriter:
                         h.update(_canon(v))
                 self._count(name, rows)
                 conn.execute(insert(table), values)
-            self._flush_messages(conn, final)
-            self._flush_tasks(conn, final)
+            settled = self._flush_messages(conn, final)
+            done = self._flush_tasks(conn, final)
             if final or self.realtime:
                 conn.execute(update(schema.account).where(schema.account.c.id == bindparam("aid"))
                              .values(balance=bindparam("bal")),
-                             [{"aid": a.id, "bal": a.balance} for a in s.accounts.values()])
-            self._evict_loose_rows()
-
-    def _new_rows(self, name: str, rows: dict[int, Any], counter: str) -> list[Any]:
-        mark, top = self.marks[name], self.store._next[counter]
-        out = [rows[i] for i in range(mark + 1, top + 1) if i in rows]
-        self.marks[name] = top
-        return out
+                             [{"aid": uid, "bal": bal} for uid, bal in s.balances().items()])
+        s.evict([t.id for t in done], settled)
+        for t in done:
+            if t.upstream_task_id:
+                self.forget(t)
 
     def _count(self, name: str, rows: list[Any]) -> None:
         k = self.kpis
@@ -178,11 +173,9 @@ class BatchWriter:
                     self.finished[e.task_id] = None
         elif name == "callbacks":
             k.by_outcome.update(c.outcome for c in rows)
-            self.loose += [("callbacks", c.id) for c in rows if c.task_id is None]
         elif name == "notifications":
             k.notifications += len(rows)
         elif name == "ledger":
-            self.loose += [("ledger", e.id) for e in rows if e.task_id is None and e.chat_message_id is None]
             for e in rows:
                 t = e.entry_type
                 if t == EntryType.CONSUME:
@@ -196,10 +189,10 @@ class BatchWriter:
                 elif t == EntryType.GRANT:
                     k.granted += e.amount
 
-    def _flush_messages(self, conn: Any, final: bool) -> None:
-        s = self.store
+    def _flush_messages(self, conn: Any, final: bool) -> list[int]:
+        """Write settled chat messages (all at the end); returns their ids to evict."""
         done, live = [], []
-        for m in s.messages.values():
+        for m in self.store.held_messages():
             (done if m.status != ChatStatus.RESERVED or final else live).append(m)
         self._upsert(conn, schema.chat_message, done, self.written_msgs)
         if self.realtime:
@@ -208,41 +201,43 @@ class BatchWriter:
             self.kpis.chat_turns += 1
             if m.status == ChatStatus.REFUSED:
                 self.kpis.insufficient += 1
-            s.messages.pop(m.id, None)
-            for e in s._entries_by.pop(("msg", m.id), ()):
-                if s.ledger.get(e) is not None and s.ledger[e].task_id is None:
-                    self._drop_entry(e)
             self.written_msgs.discard(m.id)
+        return [m.id for m in done]
 
-    def _flush_tasks(self, conn: Any, final: bool) -> None:
+    def _flush_tasks(self, conn: Any, final: bool) -> list[Any]:
+        """Write finished tasks that nothing will touch again; returns them, to evict."""
         s = self.store
-        done, live = [], []
-        for tid in ([] if final else list(self.finished)):
-            t = s.tasks.get(tid)
-            if t is None:
-                del self.finished[tid]
-            elif t.id not in self.pinned and self.quiet(t):
-                done.append(t)
-                del self.finished[tid]
-        if self.realtime and not final:
-            live = [t for t in s.tasks.values() if t.status not in TERMINAL or t.id in self.finished]
         if final:
-            rows = list(s.tasks.values())
+            rows = s.held_tasks()
             self._upsert(conn, schema.ai_task, rows, self.written_tasks)
+            held = {r.task.id: r.ledger for r in s.rows_for(t.id for t in rows if t.status in TERMINAL)}
             for t in rows:
                 if t.status in TERMINAL:
-                    self._settle_kpis(t)
+                    self._settle_kpis(t, held[t.id])
                 else:
                     self.kpis.tasks += 1
                     self.kpis.stuck += 1
                     self.kpis.by_state[t.status] += 1
-            return
-        self._upsert(conn, schema.ai_task, done, self.written_tasks)
-        if live:
-            self._upsert(conn, schema.ai_task, live, self.written_tasks)
-        for t in done:
-            self._settle_kpis(t)
-            self._evict(t)
+            return []
+        done = []
+        candidates = s.rows_for(self.finished)
+        if len(candidates) < len(self.finished):  # evicted by someone else: nothing to write
+            found = {r.task.id for r in candidates}
+            for tid in [t for t in self.finished if t not in found]:
+                del self.finished[tid]
+        for r in candidates:
+            t = r.task
+            if t.id not in self.pinned and self.quiet(t):
+                done.append(r)
+                del self.finished[t.id]
+        self._upsert(conn, schema.ai_task, [r.task for r in done], self.written_tasks)
+        if self.realtime:
+            gone = {r.task.id for r in done}
+            self._upsert(conn, schema.ai_task, [t for t in s.held_tasks() if t.id not in gone], self.written_tasks)
+        for r in done:
+            self._settle_kpis(r.task, r.ledger)
+            self.written_tasks.discard(r.task.id)
+        return [r.task for r in done]
 
     def _upsert(self, conn: Any, table: Table, rows: list[Any], written: set[int]) -> None:
         if not rows:
@@ -259,12 +254,10 @@ class BatchWriter:
         if self.realtime:
             written.update(r.id for r in rows)
 
-    def _settle_kpis(self, t: Any) -> None:
+    def _settle_kpis(self, t: Any, entries: list[Any]) -> None:
         k = self.kpis
         k.tasks += 1
         k.by_state[t.status] += 1
-        entries = [self.store.ledger[e] for e in self.store._entries_by.get(("task", t.id), ())
-                   if e in self.store.ledger]
         charged = any(e.entry_type == EntryType.CONSUME for e in entries)
         refunded = any(e.entry_type == EntryType.REFUND for e in entries)
         if t.status == TaskStatus.FAILED:
@@ -280,50 +273,6 @@ class BatchWriter:
             k.latencies.append(dt)
             if dt > self.policy.stuck_for(t.category):
                 k.stuck += 1
-
-    # --- eviction ---------------------------------------------------------------------
-
-    def _evict(self, t: Any) -> None:
-        s = self.store
-        s.tasks.pop(t.id, None)
-        s._unindex_task(t)
-        ids = s._user_tasks.get(t.user_id)
-        if ids is not None:
-            try:
-                ids.remove(t.id)
-            except ValueError:
-                pass
-            if not ids:
-                del s._user_tasks[t.user_id]
-        for e in s._task_events.pop(t.id, ()):
-            s.events.pop(e, None)
-        for n in s._task_notes.pop(t.id, ()):
-            note = s.notifications.pop(n, None)
-            if note is not None and note.idempotency_key:
-                s._note_key.pop(note.idempotency_key, None)
-        for c in s._task_cbs.pop(t.id, ()):
-            cb = s.callbacks.pop(c, None)
-            if cb is not None and cb.webhook_id:
-                s._webhooks.discard((cb.provider, cb.webhook_id))
-        for e in s._entries_by.pop(("task", t.id), ()):
-            self._drop_entry(e)
-        if t.upstream_task_id:
-            self.forget(t)
-
-    def _drop_entry(self, entry_id: int) -> None:
-        s = self.store
-        e = s.ledger.pop(entry_id, None)
-        if e is not None:
-            s._entry_key.pop(e.idempotency_key, None)
-
-    def _evict_loose_rows(self) -> None:
-        """Rows tied to no live task or message: grants, unknown/invalid callbacks, sessions."""
-        for table, rid in self.loose:
-            if table == "ledger":
-                self._drop_entry(rid)
-            else:
-                self.store.callbacks.pop(rid, None)
-        self.loose.clear()
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
