@@ -97,7 +97,7 @@ def _check_fields(given: Iterable[str], allowed: frozenset[str], what: str) -> N
 # (counter name, store dict attribute): tables whose rows never change after insert
 _APPEND_ONLY = (("credit_ledger", "ledger"), ("task_event", "events"), ("notification", "notifications"),
                 ("provider_callback", "callbacks"), ("chat_session", "sessions"))
-TOMBSTONES = 100_000  # evicted tasks remembered; the oldest leave the window first
+TOMBSTONES = 10_000  # evicted tasks remembered; the oldest leave the window first
 
 
 @dataclass
@@ -129,14 +129,11 @@ class _Tomb:
     provider: str
     upstream_task_id: str | None
     created_at: datetime
-    finished_at: datetime | None
-    keys: tuple[str, ...]  # idempotency keys of the task's evicted ledger rows
 
     def task(self, task_id: int) -> Task:
         return Task(id=task_id, user_id=self.user_id, model="", category="", prompt="", params={},
                     status=self.status, billing_type="", reserved_credits=0, provider=self.provider,
-                    created_at=self.created_at, upstream_task_id=self.upstream_task_id,
-                    finished_at=self.finished_at)
+                    created_at=self.created_at, upstream_task_id=self.upstream_task_id)
 
 
 class MemoryStore:
@@ -174,7 +171,6 @@ class MemoryStore:
         self._tomb_limit = max(0, int(tombstones))
         self._tombs: dict[int, _Tomb] = {}
         self._tomb_upstream: dict[tuple[str, str], int] = {}
-        self._tomb_keys: dict[str, int] = {}
         self._tx = MemoryTx(self)
 
     # --- Store protocol ---------------------------------------------------------
@@ -271,15 +267,18 @@ class MemoryStore:
         A task goes with its events, ledger rows, notifications, callbacks, its
         upstream and user index entries and its polling-heap entries; a message
         with its ledger rows tied to no task. Drained rows that nothing held
-        links to go too. Kept, for the most recent `tombstones` evicted tasks:
-        id, user, provider, upstream id, terminal status and times, so a late
-        callback is still a `duplicate` (not `unknown_task`) and `get_task`
-        returns that tombstone (model, prompt, params and results blank), and
-        the idempotency keys of its ledger rows, so a replayed post of one is
-        refused (`ActionRefused`, code `entry_evicted`) instead of charging
-        twice. Kept whatever happens: accounts and balances, chat sessions,
-        webhook ids of evicted callbacks are forgotten (the tombstone's terminal
-        status already makes their repeats duplicates).
+        links to go too.
+
+        Kept, for the most recent `tombstones` evicted tasks (about 250 bytes
+        each): id, user, provider, upstream id, terminal status and creation
+        time. So a late callback is still a `duplicate` (not `unknown_task`);
+        `get_task` returns the tombstone (model, prompt, params, results and
+        later times blank: the full row is in the database); and any ledger
+        post linked to the task is refused (`ActionRefused`, code
+        `entry_evicted`), so a replayed charge or refund cannot move money
+        twice, without keeping the keys themselves. Webhook ids of evicted
+        callbacks are forgotten: the terminal status makes repeats duplicates.
+        Kept whatever happens: accounts and balances, chat sessions.
 
         Refuses (ValueError) a task that is not terminal or has rows not yet
         drained, and any call inside a unit of work. Returns the tasks evicted.
@@ -349,13 +348,9 @@ class MemoryStore:
             cb = self.callbacks.pop(c, None)
             if cb is not None and cb.webhook_id:
                 self._webhooks.discard((cb.provider, cb.webhook_id))
-        keys = []
         for e in self._entries_by.pop(("task", tid), ()):
-            entry = self._drop_entry(e)
-            if entry is not None:
-                keys.append(entry.idempotency_key)
-        self._bury(tid, _Tomb(task.user_id, task.status, task.provider, task.upstream_task_id,
-                              task.created_at, task.finished_at, tuple(keys)))
+            self._drop_entry(e)
+        self._bury(tid, _Tomb(task.user_id, task.status, task.provider, task.upstream_task_id, task.created_at))
 
     def _bury(self, tid: int, tomb: _Tomb) -> None:
         if not self._tomb_limit:
@@ -363,16 +358,11 @@ class MemoryStore:
         self._tombs[tid] = tomb
         if tomb.upstream_task_id:
             self._tomb_upstream[(tomb.provider, tomb.upstream_task_id)] = tid
-        for k in tomb.keys:
-            self._tomb_keys[k] = tid
         while len(self._tombs) > self._tomb_limit:
             old_id = next(iter(self._tombs))
             old = self._tombs.pop(old_id)
             if old.upstream_task_id and self._tomb_upstream.get((old.provider, old.upstream_task_id)) == old_id:
                 del self._tomb_upstream[(old.provider, old.upstream_task_id)]
-            for k in old.keys:
-                if self._tomb_keys.get(k) == old_id:
-                    del self._tomb_keys[k]
 
     def _drop_entry(self, entry_id: int) -> LedgerEntry | None:
         e = self.ledger.pop(entry_id, None)
@@ -568,8 +558,8 @@ class MemoryTx:
         existing = s._entry_key.get(idempotency_key)
         if existing is not None:
             return PostResult(_copy(s.ledger[existing]), created=False)
-        if idempotency_key in s._tomb_keys:
-            raise ActionRefused(f"ledger key {idempotency_key!r} was used by an evicted task's entry",
+        if task_id is not None and task_id in s._tombs:
+            raise ActionRefused(f"task {task_id} was settled and evicted; its ledger takes no more entries",
                                 code="entry_evicted")
         if amount == 0:
             raise ValueError("a ledger amount is never 0")
