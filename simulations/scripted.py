@@ -34,7 +34,7 @@ def play(run: Any):
             provider = farm.providers[spec.provider]
             forced = {"outcome": ev.outcome, "gen_s": ev.gen_s or None}
             # the task id is known only after submit; the provider is told by its task_ref
-            next_ref = f"task-{run.store._next['ai_task'] + 1}"
+            next_ref = f"task-{run.store.last_id('ai_task') + 1}"
             provider.scripted[next_ref] = forced
             try:
                 task = svc.submit(users[ev.user], GenerationRequest(spec.id, ev.prompt, {}))

@@ -122,3 +122,65 @@ def test_realtime_mode_writes_as_it_goes_and_tells_the_same_story(tmp_path):
     assert live.fingerprint == fast.fingerprint and live.ok
     q = "select id, status, result_urls from ai_task order by id"
     assert rows(tmp_path / "live.db", q) == rows(tmp_path / "fast.db", q)
+
+
+def test_chaos_into_postgresql_has_no_violations_and_the_sqlite_fingerprint(pg_url, run_small):
+    from sqlalchemy import func, select
+
+    from rivya_core import schema
+    from rivya_core.audit import audit
+    from rivya_core.db import make_engine
+    from simulations.runner import run_scenario
+    from simulations.writer import read_sim_runs
+
+    sc = load_scenario("chaos")
+    summary = run_scenario(sc, pg_url, tasks=200)
+    assert summary.violations == [] and summary.liveness_ok, summary.render_text()
+    engine = make_engine(pg_url)
+    try:
+        report = audit(engine, sc.policy)
+        assert report.ok, [(f.kind, f.message) for f in report.findings]
+        with engine.connect() as conn:
+            tasks = conn.scalar(select(func.count()).select_from(schema.ai_task))
+            active = conn.scalar(select(func.count()).select_from(schema.ai_task)
+                                 .where(schema.ai_task.c.status.in_(["WAITING", "GENERATING"])))
+        [stored] = read_sim_runs(engine)
+    finally:
+        engine.dispose()
+    assert tasks == summary.tasks > 0 and active == 0
+    assert stored["fingerprint"] == summary.fingerprint
+    on_sqlite, _ = run_small("chaos", tasks=200)
+    assert on_sqlite.fingerprint == summary.fingerprint  # the database does not change the run
+
+
+def test_demo_data_seeds_an_empty_database_once(tmp_path):
+    from rivya_core.audit import audit
+    from rivya_core.db import make_engine
+    from simulations.demo import ensure_demo_data
+
+    path = tmp_path / "demo.db"
+    url = f"sqlite:///{path}"
+    steps: list[float] = []
+    assert ensure_demo_data(url, progress=lambda f, _msg: steps.append(f), tasks=150) is True
+    assert steps and steps[-1] == 1.0
+    tasks = rows(path, "select count(*) from ai_task")[0][0]
+    assert tasks > 0 and rows(path, "select scenario_name from sim_run") == [("baseline",)]
+    seeded = _dump(path)
+    assert ensure_demo_data(url, tasks=150) is False
+    assert _dump(path) == seeded  # the second call wrote no row (opening it may switch the journal to WAL)
+    engine = make_engine(url)
+    try:
+        report = audit(engine, load_scenario("baseline").policy)
+    finally:
+        engine.dispose()
+    assert report.ok, [(f.kind, f.message) for f in report.findings]
+
+
+def _dump(path) -> list[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
