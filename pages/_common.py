@@ -10,12 +10,28 @@ Signatures (import with `from pages._common import ...`):
     current_url() -> str
         The database the session reads: st.session_state["db_url"], else the
         ?db= query parameter, else default_url().
+    use_database(url: str) -> None
+        Make url the session's data source: st.session_state["db_url"], ?db= kept
+        in sync (left out when the URL holds a password), cached query results cleared.
     data_source_sidebar() -> str
         The sidebar picker (default database, a simulation database under
         data/ or data/runs/, any SQLAlchemy URL). Stores the choice in
         st.session_state["db_url"] (and ?db= when the URL holds no password).
     get_engine(url: str) -> Engine
-        st.cache_resource engine per URL; raises StoreUnavailable / SchemaMissing.
+        st.cache_resource read engine per URL (on SQLite a plain deferred BEGIN, so a
+        page never queues behind a writer); raises StoreUnavailable / SchemaMissing.
+    policy_in_force() -> tuple[BillingPolicy, str]
+        The billing policy to judge the current database with, and a sentence saying
+        where it comes from: a simulation database's recorded scenario, a realtime
+        run this session started, else RIVYA_POLICY or the default.
+    new_run_url(name: str) -> str
+        A fresh sqlite URL under data/runs (RIVYA_RUNS_DIR) for a simulation run.
+    start_realtime_run(scenario, factor: float, tasks: int | None = None) -> dict
+        `python -m simulations run SCENARIO --realtime FACTOR --db <new run db>` in a
+        background process; waits for its schema, remembers it for the session and
+        returns {"popen", "url", "log", "scenario"}.
+    realtime_run() -> dict | None
+        The realtime run this session started last (same dict), if any.
     open_db() -> Engine | None
         Engine for current_url() with the schema checked; on failure shows a
         clear st.error and returns None (the page then calls st.stop()).
@@ -44,6 +60,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +75,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from rivya_core import access, db, schema
 from rivya_core.domain import RivyaError, StoreUnavailable
+from rivya_core.policy import BillingPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -107,15 +127,20 @@ def current_url() -> str:
     return ss["db_url"]
 
 
+def runs_dir() -> Path:
+    return Path(os.environ.get("RIVYA_RUNS_DIR") or DATA / "runs")
+
+
 def simulation_dbs() -> list[Path]:
-    """SQLite files under data/ and data/runs/, newest first (the default one excluded)."""
-    found = [*DATA.glob("*.db"), *(DATA / "runs").glob("*.db")]
+    """SQLite files under data/ and the runs folder, newest first (the default one excluded)."""
+    found = [*DATA.glob("*.db"), *runs_dir().glob("*.db")]
     default = db.sqlite_path(default_url())
     found = [p for p in found if default is None or p.resolve() != default.resolve()]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)[:200]
 
 
-def _set_url(url: str) -> None:
+def use_database(url: str) -> None:
+    """Read `url` from now on in this session (every page), with ?db= in sync and fresh caches."""
     st.session_state["db_url"] = url
     _sync_query_param(url)
     st.cache_data.clear()
@@ -132,12 +157,19 @@ def _sync_query_param(url: str) -> None:
         st.query_params["db"] = url
 
 
+def _label(path: Path) -> str:
+    try:
+        return str(path.relative_to(DATA))
+    except ValueError:
+        return str(path)
+
+
 def data_source_sidebar() -> str:
     url = current_url()
     _sync_query_param(url)
     default_label = "Default database"
     other_label = "Another SQLAlchemy URL…"
-    runs = {f"Simulation: {p.relative_to(DATA)}": f"sqlite:///{p}" for p in simulation_dbs()}
+    runs = {f"Simulation: {_label(p)}": f"sqlite:///{p}" for p in simulation_dbs()}
     with st.sidebar:
         st.caption(f"Reading **{db.safe_url(url)}**")
         with st.expander("Data source", expanded=False):
@@ -149,7 +181,7 @@ def data_source_sidebar() -> str:
             if st.button("Use this database", key="ds_apply", width="stretch"):
                 target = default_url() if choice == default_label else runs.get(choice, typed.strip())
                 if target:
-                    _set_url(target)
+                    use_database(target)
                     st.rerun()
                 st.warning("Type a database URL first.")
             if st.button("Refresh data", key="ds_refresh", width="stretch"):
@@ -167,8 +199,13 @@ def get_engine(url: str) -> Engine:
 
 @st.cache_resource(show_spinner=False)
 def _open(url: str) -> Engine:
-    """The same checks as rivya_core.db.open_store, without building a store."""
-    engine = db.make_engine(url)
+    """The same checks as rivya_core.db.open_store, without building a store.
+
+    The engine only reads: on SQLite its transactions start with a deferred BEGIN
+    instead of the store's BEGIN IMMEDIATE, so pages never wait for a realtime
+    simulation's write lock (support actions go through rivya_core.service)."""
+    base = db.make_engine(url)
+    engine = base.execution_options(sqlite_begin="DEFERRED")
     path = db.sqlite_path(url)
     if path is not None and not path.is_file():
         raise StoreUnavailable(f"no SQLite database at {path}")
@@ -177,10 +214,10 @@ def _open(url: str) -> Engine:
             conn.execute(text("SELECT 1"))
         db.require_schema(engine)
     except DBAPIError as exc:
-        engine.dispose()
+        base.dispose()
         raise StoreUnavailable(f"cannot use database {db.safe_url(url)}: {str(exc.orig).splitlines()[0]}") from exc
     except RivyaError:
-        engine.dispose()
+        base.dispose()
         raise
     return engine
 
@@ -229,6 +266,103 @@ def _cached_call(module: str, name: str, url: str, args: tuple, kwargs: tuple) -
 
 def cached_df(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return _cached_call(fn.__module__, fn.__qualname__, current_url(), args, tuple(sorted(kwargs.items())))
+
+
+# --- the billing policy a database is judged with -----------------------------------------
+
+
+def recorded_policy(engine: Engine) -> tuple[BillingPolicy, str] | None:
+    """The policy of the latest simulation run recorded in this database (its sim_run row), if any."""
+    try:
+        from simulations.scenarios import parse_scenario
+        from simulations.writer import read_sim_runs
+    except ImportError:
+        return None
+    runs = read_sim_runs(engine)
+    if not runs:
+        return None
+    rec = runs[-1]
+    name = rec["scenario_name"]
+    scenario = parse_scenario(rec["scenario_toml"], f"<recorded {name}>", name)
+    return scenario.policy, f"the policy of the recorded simulation run (scenario `{name}`, seed {rec['seed']})"
+
+
+def policy_in_force() -> tuple[BillingPolicy, str]:
+    """(policy, where it comes from) for the current database; a bad policy source reads as a warning."""
+    from rivya_core.service import POLICY_ENV, policy_from
+
+    url = current_url()
+    try:
+        found = cached_df(recorded_policy)
+        if found is not None:
+            return found
+        launched = st.session_state.get("launched_scenarios", {}).get(url)
+        if launched:
+            from simulations.scenarios import load_scenario
+
+            return (load_scenario(launched).policy,
+                    f"the policy of scenario `{Path(launched).stem}` (a realtime run still in progress)")
+        policy = policy_from()
+    except RivyaError as exc:
+        st.warning(f"Could not read the billing policy for this database ({exc.message}); "
+                   "judging with the default policy.")
+        return BillingPolicy(), "the default policy"
+    if os.environ.get(POLICY_ENV):
+        return policy, f"policy `{policy.name}` from {POLICY_ENV} ({os.environ[POLICY_ENV]})"
+    return policy, "the default policy"
+
+
+# --- simulation runs started from the dashboard ----------------------------------------------
+
+
+def new_run_url(name: str) -> str:
+    """A sqlite URL for a new run database under the runs folder (never an existing file)."""
+    runs = runs_dir()
+    runs.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = runs / f"{stem}.db", 1
+    while path.exists():
+        n += 1
+        path = runs / f"{stem}-{n}.db"
+    return f"sqlite:///{path}"
+
+
+def _schema_ready(url: str) -> bool:
+    path = db.sqlite_path(url)
+    if path is None or not path.is_file():
+        return False
+    engine = db.make_engine(url).execution_options(sqlite_begin="DEFERRED")
+    try:
+        return not db.missing_tables(engine)
+    except SQLAlchemyError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def start_realtime_run(scenario: str | Path, factor: float, tasks: int | None = None, *,
+                       wait_s: float = 20.0) -> dict[str, Any]:
+    """Run `scenario` at `factor` simulated seconds per wall second in a background process
+    writing into a new database; return once its schema exists (or the process ended)."""
+    name = Path(str(scenario)).stem
+    url = new_run_url(f"{name}-live")
+    log_path = db.sqlite_path(url).with_suffix(".log")
+    cmd = [sys.executable, "-m", "simulations", "run", str(scenario), "--db", url, "--realtime", f"{float(factor):g}"]
+    if tasks:
+        cmd += ["--tasks", str(int(tasks))]
+    with open(log_path, "w") as log:  # the child keeps its own handle
+        popen = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + wait_s
+    while popen.poll() is None and time.monotonic() < deadline and not _schema_ready(url):
+        time.sleep(0.2)
+    run = {"popen": popen, "url": url, "log": str(log_path), "scenario": str(scenario)}
+    st.session_state["realtime_run"] = run
+    st.session_state.setdefault("launched_scenarios", {})[url] = str(scenario)
+    return run
+
+
+def realtime_run() -> dict[str, Any] | None:
+    return st.session_state.get("realtime_run")
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages._common import cached_df, open_db, require_tables, show_errors, task_url
+from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, task_url
 from rivya_core import ledger_views as lv
 
 LIMIT = 200
@@ -18,6 +18,7 @@ def link_tasks(frame):
     return frame
 
 
+enter_page()
 st.title("Chat settlement")
 st.caption("Token-priced chat reserves an estimate before a turn, charges the real usage after it and "
            "refunds the difference once.")

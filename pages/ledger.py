@@ -6,14 +6,16 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import cached_df, open_db, require_tables, show_errors, task_url
+from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, task_url
 from rivya_core import audit
 from rivya_core import ledger_views as lv
 from rivya_core.queries import find_accounts
+from rivya_core.reports import credit_breakdown
 
 PAGE_SIZE = 50
 ENTRY_TYPES = ["grant", "consume", "refund", "chat_reserve", "chat_refund", "chat_charge", "adjustment"]
 
+enter_page()
 st.title("Ledger")
 engine = open_db()
 if engine is None or not require_tables(engine, ["account", "credit_ledger"], need_rows="account"):
@@ -38,17 +40,28 @@ def pick_account() -> int | None:
     return st.selectbox("Account", list(options), format_func=options.get)
 
 
+def show_flows(flows: dict[str, int], total_label: str) -> None:
+    """Metrics that visibly add up: granted − charged + refunded − chat spent (+ other) = total."""
+    c = st.columns(5)
+    c[0].metric("Granted", f"{flows['granted']:,}", help="Grants (starting balance, top-ups) and adjustments")
+    c[1].metric("Charged for tasks", f"{flows['task_charged']:,}", help="`consume` rows")
+    c[2].metric("Refunded for tasks", f"{flows['task_refunded']:,}", help="`refund` rows")
+    c[3].metric("Chat spent", f"{flows['chat_net']:,}",
+                help=f"Chat reserved and charged ({flows['chat_charged']:,}) less chat refunded "
+                     f"({flows['chat_refunded']:,})")
+    c[4].metric(total_label, f"{flows['balance']:,}")
+    other = f" + {flows['other']:,} other" if flows["other"] else ""
+    st.caption(f"{flows['granted']:,} granted − {flows['task_charged']:,} charged for tasks + "
+               f"{flows['task_refunded']:,} refunded for tasks − {flows['chat_net']:,} chat spent{other} "
+               f"= **{flows['balance']:,}**.")
+
+
 with account_tab, show_errors():
     user_id = pick_account()
     ov = lv.account_overview(engine, user_id) if user_id is not None else None
     if ov is not None:
-        t = ov["totals"]
-        cols = st.columns(5)
-        cols[0].metric("Balance", f"{ov['balance']:,}")
-        cols[1].metric("Granted", f"{t.get('grant', 0) + t.get('adjustment', 0):,}")
-        cols[2].metric("Charged", f"{-(t.get('consume', 0) + t.get('chat_charge', 0)):,}")
-        cols[3].metric("Refunded", f"{t.get('refund', 0):,}")
-        cols[4].metric("Ledger rows", f"{ov['entries']:,}")
+        show_flows(credit_breakdown(ov["totals"]), "Balance")
+        st.caption(f"{ov['entries']:,} ledger rows; cached balance on the account: {ov['balance']:,}.")
         if ov["balance"] != ov["ledger_sum"]:
             st.error(f"Cached balance {ov['balance']:,} differs from the sum of the ledger rows {ov['ledger_sum']:,}.")
 
@@ -69,9 +82,9 @@ with account_tab, show_errors():
             st.caption("No chat tables in this database.")
         else:
             c = st.columns(4)
-            c[0].metric("Reserved", f"{chat['reserved']:,}")
-            c[1].metric("Charged", f"{chat['charged']:,}")
-            c[2].metric("Refunded", f"{chat['refunded']:,}")
+            c[0].metric("Chat reserved", f"{chat['reserved']:,}", help="Estimated before each turn")
+            c[1].metric("Chat charged", f"{chat['charged']:,}", help="Actual usage of settled turns")
+            c[2].metric("Chat refunded", f"{chat['refunded']:,}", help="Reserved minus charged, given back once")
             c[3].metric("Open reservations", f"{chat['open_reservations']:,}",
                         help=f"{chat['open_credits']:,} credits reserved for turns not settled yet")
 
@@ -99,12 +112,10 @@ with conservation_tab, show_errors():
                "and each row's balance_after must be the running sum of its account.")
     cons = cached_df(audit.conservation, 50)
     rows_report = cached_df(audit.audit, kinds=("ledger_running_sum", "negative_balance"))
-    c = st.columns(5)
-    c[0].metric("Granted", f"{cons['grants'] + cons['adjustments']:,}")
-    c[1].metric("Charged", f"{cons['charged']:,}")
-    c[2].metric("Refunded", f"{cons['refunded']:,}")
-    c[3].metric("Ledger sum", f"{cons['ledger_total']:,}")
-    c[4].metric("Sum of balances", f"{cons['balances_total']:,}")
+    show_flows(credit_breakdown(cons["by_type"]), "Ledger sum")
+    st.metric("Sum of the accounts' balances", f"{cons['balances_total']:,}",
+              delta=None if cons["balances_total"] == cons["ledger_total"]
+              else f"{cons['balances_total'] - cons['ledger_total']:+,} vs ledger", delta_color="inverse")
     if cons["ok"] and rows_report.ok:
         st.success("Conservation holds: the ledger sums to the balances and every running balance checks out.")
     else:

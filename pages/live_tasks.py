@@ -1,4 +1,8 @@
-"""Live tasks: the active studio across users, refreshing on its own, stuck tasks highlighted."""
+"""Live tasks: the active studio across users, refreshing on its own, stuck tasks highlighted.
+
+When nothing is running it says so and offers a one-click realtime demo run
+(the baseline scenario in a background process, via pages._common).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,27 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from pages._common import cached_df, open_db, show_errors, task_url
+from pages._common import (
+    ROOT,
+    cached_df,
+    current_url,
+    enter_page,
+    open_db,
+    policy_in_force,
+    realtime_run,
+    show_errors,
+    start_realtime_run,
+    task_url,
+    use_database,
+)
 from rivya_core import reports
 
 REFRESH_S = 3
+DEMO_SCENARIO = ROOT / "data" / "scenarios" / "baseline.toml"
+DEMO_SPEED = 20.0  # simulated seconds per wall second
+DEMO_TASKS = 300
 
+enter_page()
 st.title("Live tasks")
 st.caption("Tasks in WAITING or GENERATING across all users, oldest first. A task is *stuck* once it has "
            "been running longer than the policy's stuck threshold for its category.")
@@ -19,6 +39,7 @@ if engine is None:
     st.stop()
 
 with show_errors():
+    policy, policy_source = policy_in_force()
     options = cached_df(reports.filter_options)
     f1, f2, f3, f4, f5 = st.columns(5)
     states = f1.multiselect("State", ["WAITING", "GENERATING"], default=["WAITING", "GENERATING"])
@@ -36,35 +57,73 @@ def _style_stuck(row):
     return ["background-color: #ffe0e0" if row["stuck"] else ""] * len(row)
 
 
+def offer_demo_run() -> None:
+    """Nothing is active: say so, and start the baseline scenario in real time on request."""
+    run = realtime_run()
+    if run and run["url"] == current_url() and run["popen"].poll() is None:
+        st.info("The realtime run is warming up: no task is waiting or generating at this moment. "
+                "This page refreshes on its own.")
+        return
+    st.info("**Nothing is running right now.** No task in this database is waiting or generating, "
+            "so there is nothing live to watch: every task here has finished.")
+    if not DEMO_SCENARIO.is_file():
+        st.caption("Start a realtime run from the Simulation lab to watch tasks move here.")
+        return
+    st.caption(f"A realtime demo runs the `baseline` scenario at {DEMO_SPEED:g}× speed ({DEMO_TASKS} tasks) "
+               "in the background, into a new database under data/runs, and switches this dashboard to it.")
+    if st.button("Start a realtime demo run", type="primary", icon=":material/play_arrow:"):
+        with st.spinner("Starting the realtime run…"):
+            run = start_realtime_run(DEMO_SCENARIO, DEMO_SPEED, DEMO_TASKS)
+        code = run["popen"].poll()
+        if code not in (None, 0):
+            st.error(f"The realtime run stopped at once (status {code}); see `{run['log']}`.")
+            return
+        use_database(run["url"])
+        st.rerun()
+
+
 @st.fragment(run_every=REFRESH_S if auto else None)
 def live_table() -> None:
     with show_errors():
+        counts = reports.tasks_by_state(engine)  # not cached: it must move with a realtime run
+        if counts.get("WAITING", 0) + counts.get("GENERATING", 0) == 0:
+            offer_demo_run()
+            return
         now, basis = reports.reference_now(engine, datetime.now(UTC).replace(tzinfo=None))
         df = reports.active_tasks(
             engine, now=now, statuses=tuple(states), category=tuple(category), model=tuple(model),
-            provider=tuple(provider), user=user, limit=limit,
+            provider=tuple(provider), user=user, limit=limit, policy=policy,
         )
-        counts = cached_df(reports.tasks_by_state)
         m1, m2, m3 = st.columns(3)
         m1.metric("Waiting", f"{counts.get('WAITING', 0):,}")
         m2.metric("Generating", f"{counts.get('GENERATING', 0):,}")
         m3.metric("Stuck (in this view)", f"{int(df['stuck'].sum()) if not df.empty else 0:,}")
-        st.caption(f"Ages measured from {now:%Y-%m-%d %H:%M:%S} UTC — {basis}.")
+        st.caption(f"Ages measured from {now:%Y-%m-%d %H:%M:%S} UTC ({basis}). "
+                   f"Stuck thresholds from {policy_source}.")
         if only_stuck and not df.empty:
             df = df[df["stuck"]]
         if df.empty:
-            st.info("No active task matches. Start a realtime run in the Simulation lab to watch tasks move here.")
+            st.info("No active task matches these filters.")
             return
-        df = df.assign(inspect=df["id"].map(task_url), age_min=(df["age_s"] / 60).round(1),
-                       stuck_after_min=(df["stuck_after_s"] / 60).round(1))
-        cols = ["inspect", "id", "status", "stuck", "age_min", "stuck_after_min", "category", "model", "provider",
+        df = df.assign(inspect=df["id"].map(task_url))
+        cols = ["inspect", "id", "status", "stuck", "age_s", "stuck_after_s", "category", "model", "provider",
                 "upstream_task_id", "email", "last_event", "last_event_at", "check_attempts", "reserved_credits"]
+        styled = (df[cols].style.apply(_style_stuck, axis=1)
+                  .format(reports.format_duration, subset=["age_s", "stuck_after_s"])
+                  .format(reports.format_time, subset=["last_event_at"])
+                  .format(na_rep="—", subset=["upstream_task_id", "email", "last_event"]))
         st.dataframe(
-            df[cols].style.apply(_style_stuck, axis=1), hide_index=True, width="stretch",
+            styled, hide_index=True, width="stretch",
             column_config={
-                "inspect": st.column_config.LinkColumn("inspect", display_text="open"),
-                "age_min": st.column_config.NumberColumn("age (min)"),
-                "stuck_after_min": st.column_config.NumberColumn("stuck after (min)"),
+                "inspect": st.column_config.LinkColumn("inspect", display_text="open", width="small"),
+                "id": st.column_config.NumberColumn("task", format="%d", width="small"),
+                "age_s": st.column_config.Column("age", help="Since submission (creation while waiting)"),
+                "stuck_after_s": st.column_config.Column("stuck after", help="The policy's threshold"),
+                "upstream_task_id": st.column_config.Column("upstream id"),
+                "last_event": st.column_config.Column("last event"),
+                "last_event_at": st.column_config.Column("last event at (UTC)"),
+                "check_attempts": st.column_config.NumberColumn("checks", format="%d"),
+                "reserved_credits": st.column_config.NumberColumn("credits", format="%d"),
             },
         )
         if len(df) >= limit:

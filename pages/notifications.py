@@ -5,13 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._common import cached_df, open_db, require_tables, show_errors, task_url
+from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, task_url
 from rivya_core import ledger_views as lv
 from rivya_core import queries
 from rivya_core.domain import NotificationKind
 
 PAGE_SIZE = 50
 
+enter_page()
 st.title("Notifications")
 st.caption("The notifications centre: the durable record of each task's outcome, as the user sees it.")
 engine = open_db()

@@ -6,11 +6,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import cached_df, open_db, page_link, show_errors, task_url
+from pages._common import cached_df, enter_page, open_db, page_link, policy_in_force, show_errors, task_url
 from rivya_core import queries, reports
 
 STATE_COLORS = {"WAITING": "#9e9e9e", "GENERATING": "#1f77b4", "SUCCESS": "#2ca02c", "FAILED": "#d62728"}
 
+enter_page()
 st.title("Overview")
 engine = open_db()
 if engine is None:
@@ -30,13 +31,24 @@ with show_errors():
 
     st.subheader("Credits")
     credits = cached_df(reports.credit_totals)
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Charged", f"{credits['charged']:,}", help="Task consumes plus chat reservations and charges")
-    c2.metric("Refunded", f"{credits['refunded']:,}", help="Task refunds plus chat refunds")
-    c3.metric("Net", f"{credits['net']:,}")
-    c4.metric("Granted", f"{credits['granted']:,}")
+    c = st.columns(5)
+    c[0].metric("Granted", f"{credits['granted']:,}", help="Grants (starting balances, top-ups) and adjustments")
+    c[1].metric("Charged for tasks", f"{credits['task_charged']:,}", help="Generation tasks charged at submission")
+    c[2].metric("Refunded for tasks", f"{credits['task_refunded']:,}", help="Refunds of failed tasks")
+    c[3].metric("Chat spent", f"{credits['chat_net']:,}",
+                help=f"Chat reservations and charges ({credits['chat_charged']:,}) less chat refunds "
+                     f"({credits['chat_refunded']:,})")
+    c[4].metric("Left in balances", f"{credits['balance']:,}", help="The sum of every ledger row")
+    other = f" + {credits['other']:,} other" if credits["other"] else ""
+    st.caption(f"{credits['granted']:,} granted − {credits['task_charged']:,} charged for tasks + "
+               f"{credits['task_refunded']:,} refunded for tasks − {credits['chat_net']:,} chat spent{other} "
+               f"= **{credits['balance']:,}** left in balances.")
+    if credits["account_balances"] != credits["balance"]:
+        st.warning(f"The accounts' cached balances sum to {credits['account_balances']:,}, not "
+                   f"{credits['balance']:,}: see *Conservation across accounts* on the Ledger page.")
+    policy, policy_source = policy_in_force()
     try:
-        summary = cached_df(reports.audit_summary)
+        summary = cached_df(reports.audit_summary, policy)
     except Exception as exc:  # the audit is another module; its failure must not hide the page
         summary = None
         st.warning(f"The audit could not run on this database: {type(exc).__name__}: {exc}")
@@ -47,6 +59,7 @@ with show_errors():
     else:
         kinds = "; ".join(f"{title}: {n:,}" for title, n in summary["kinds"].items())
         st.error(f"Audit: **{summary['total']:,}** violation(s) of the billing and lifecycle invariants — {kinds}")
+    st.caption(f"Audit judged with {policy_source}.")
     page_link("pages/refund_audit.py", "Open the refund audit", icon=":material/policy:")
 
     st.subheader("Throughput and failures over time")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._common import cached_df, open_db, require_tables, show_errors, task_url
+from pages._common import cached_df, enter_page, open_db, policy_in_force, require_tables, show_errors, task_url
 from rivya_core import audit
 from rivya_core.schema import CONTRACT_TABLES
 
@@ -28,6 +28,7 @@ def with_task_links(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return rows, {"task": st.column_config.LinkColumn("task", display_text=r"task=(\d+)")}
 
 
+enter_page()
 st.title("Refund audit")
 st.caption("Every invariant of the lifecycle checked in SQL over the whole database; "
            f"each finding shows its exact count and up to {ROW_CAP} of the rows that prove it.")
@@ -36,15 +37,17 @@ if engine is None or not require_tables(engine, list(CONTRACT_TABLES)):
     st.stop()
 
 with show_errors():
-    report = cached_df(audit.audit, row_cap=ROW_CAP)
+    policy, policy_source = policy_in_force()
+    report = cached_df(audit.audit, policy, row_cap=ROW_CAP)
     counts = report.counts()
     money = {k: counts.get(k, 0) for k in MONEY_KINDS if k in counts}
     c = st.columns(3)
     c[0].metric("Findings", f"{report.total:,}")
     c[1].metric("Money findings", f"{sum(money.values()):,}")
     c[2].metric("Checks run", f"{len(report.checked)}")
-    st.caption(f"Judged at {report.now:%Y-%m-%d %H:%M:%S} UTC (the latest moment the database recorded), "
-               f"policy `{report.policy}`.")
+    st.info(f"**Policy in force:** {policy_source} (`{report.policy}`: refunds "
+            f"{', '.join(sorted(policy.refund_classes)) or 'no'} failures). Judged at "
+            f"{report.now:%Y-%m-%d %H:%M:%S} UTC, the latest moment the database recorded.")
     if report.ok:
         st.success("No finding: every refund, charge and notification checks out.")
 

@@ -4,10 +4,6 @@ run to watch on Live tasks, and compare two billing policies with confidence int
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,11 +11,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import get_engine
+from pages._common import enter_page, get_engine, new_run_url, realtime_run, start_realtime_run, use_database
 from rivya_core import ledger_views as lv
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
 
+enter_page()
 try:
     from simulations.compare import compare
     from simulations.runner import run_scenario
@@ -30,8 +27,6 @@ except ImportError as exc:  # the simulation package is optional for the rest of
     st.info(f"The simulation package is not available here ({exc}); the rest of the dashboard works without it.")
     st.stop()
 
-ROOT = Path(__file__).resolve().parent.parent
-RUNS = Path(os.environ.get("RIVYA_RUNS_DIR") or ROOT / "data" / "runs")
 FAULTS = {
     "Callbacks": ["early", "lost", "duplicate", "reorder", "forged", "stale", "malformed"],
     "Submission": ["submit_refused", "submit_error", "submit_timeout"],
@@ -93,12 +88,6 @@ def edit_knobs(sc):
         providers={n: replace(p, **changed) for n, p in sc.providers.items()},
     )
     return edited, int(tasks)
-
-
-def new_run_url(name: str) -> str:
-    RUNS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"sqlite:///{RUNS / f'{name}-{stamp}.db'}"
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -165,8 +154,7 @@ def show_run(url: str) -> None:
     with st.expander("Whole summary"):
         st.json(s, expanded=False)
     if st.button("Read this database in every page", key=f"use_{url}"):
-        st.session_state["db_url"] = url
-        st.cache_data.clear()
+        use_database(url)
         st.rerun()
 
 
@@ -198,22 +186,16 @@ with live_tab:
     c = st.columns(2)
     factor = c[0].number_input("Speed (simulated seconds per wall second)", 1.0, 1000.0, 20.0)
     n = c[1].number_input("Tasks", 10, 100_000, 300, key="live_tasks")
-    proc = st.session_state.get("lab_live")
+    proc = realtime_run()
     if st.button("Start realtime run", disabled=bool(proc and proc["popen"].poll() is None)):
-        url = new_run_url(f"{sc.name}-live")
-        log = open(Path(url.removeprefix("sqlite:///")).with_suffix(".log"), "w")  # noqa: SIM115 - child owns it
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "simulations", "run", sc.path or sc.name, "--db", url,
-             "--realtime", str(factor), "--tasks", str(int(n))],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        st.session_state["lab_live"] = proc = {"popen": popen, "url": url, "log": log.name}
+        with st.spinner("Starting the run…"):
+            proc = start_realtime_run(sc.path or sc.name, factor, int(n))
     if proc:
         code = proc["popen"].poll()
         if code is None:
             st.info(f"Running (process {proc['popen'].pid}) into `{proc['url']}`.")
             if st.button("Watch it on Live tasks", type="primary"):
-                st.session_state["db_url"] = proc["url"]
-                st.cache_data.clear()
+                use_database(proc["url"])
                 st.switch_page("pages/live_tasks.py")
         else:
             (st.success if code == 0 else st.error)(f"The realtime run ended with status {code}.")

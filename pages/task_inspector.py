@@ -6,14 +6,16 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import cached_df, can_act, current_url, open_db, show_errors
+from pages._common import cached_df, can_act, current_url, enter_page, open_db, policy_in_force, show_errors
 from rivya_core import queries
 from rivya_core.domain import NotFound, RivyaError
 
+enter_page()
 st.title("Task inspector")
 engine = open_db()
 if engine is None:
     st.stop()
+policy, policy_source = policy_in_force()
 
 
 STATUS_ICON = {"ok": ":material/check_circle:", "warn": ":material/warning:", "fail": ":material/error:",
@@ -26,12 +28,13 @@ def show_checklist(task_id: int, user_id: int) -> None:
     except ImportError:
         st.info("The troubleshooting checklist (rivya_core.diagnose) is not available in this version.")
         return
-    diag = diagnose(engine, task_id)
+    diag = diagnose(engine, task_id, policy)
     box = {"ok": st.success, "warn": st.warning, "fail": st.error}.get(
         "fail" if any(i.status == "fail" for i in diag.items) else
         "warn" if any(i.status == "warn" for i in diag.items) else "ok", st.info)
     box(f"**Verdict:** {diag.verdict}\n\n**Next action:** {diag.next_action}")
-    st.caption(f"Task type: {diag.task_type}. Ages judged at {diag.now:%Y-%m-%d %H:%M:%S} UTC.")
+    st.caption(f"Task type: {diag.task_type}. Ages judged at {diag.now:%Y-%m-%d %H:%M:%S} UTC, "
+               f"with {policy_source}.")
     for item in diag.items:
         icon = STATUS_ICON.get(item.status, ":material/help:")
         with st.expander(f"{icon} {item.question} — {item.answer}", expanded=item.status in ("warn", "fail")):
@@ -39,7 +42,7 @@ def show_checklist(task_id: int, user_id: int) -> None:
             if item.evidence:
                 st.dataframe(pd.DataFrame(queries.jsonable(item.evidence)), hide_index=True, width="stretch")
     st.subheader("Recheck before running again")
-    signals = recheck_signals(engine, user_id)
+    signals = recheck_signals(engine, user_id, policy)
     if not signals:
         st.success("No recheck signal for this user.")
     for sig in signals:
@@ -66,7 +69,7 @@ def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
         st.error("Support actions need rivya_core.service.service_for_url, which this version lacks.")
         return
     try:
-        svc = service_for_url(current_url())
+        svc = service_for_url(current_url(), policy=policy)
         method = {"Re-check upstream": svc.support_recheck, "Issue the due refund": svc.support_refund,
                   "Mark stuck task failed": svc.support_mark_failed}[action]
         task = method(task_id, operator, reason)

@@ -8,6 +8,7 @@ unchanged on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -120,27 +121,77 @@ def ledger_by_type(engine: Engine) -> pd.DataFrame:
     return df
 
 
+def credit_breakdown(by_type: dict[str, int]) -> dict[str, int]:
+    """Split ledger sums per entry type into flows that add up to what is left in balances:
+
+        granted − task_charged + task_refunded − chat_net + other = balance
+
+    granted includes adjustments; chat_net = chat_charged − chat_refunded (reservations and
+    charges of chat turns, less their refunds); other is any entry type this version does not know.
+    """
+    of = lambda t: int(by_type.get(t, 0) or 0)  # noqa: E731
+    out = {
+        "granted": of("grant") + of("adjustment"),
+        "task_charged": -of("consume"),
+        "task_refunded": of("refund"),
+        "chat_charged": -(of("chat_reserve") + of("chat_charge")),
+        "chat_refunded": of("chat_refund"),
+    }
+    out["chat_net"] = out["chat_charged"] - out["chat_refunded"]
+    out["balance"] = sum(int(v or 0) for v in by_type.values())
+    out["other"] = out["balance"] - (out["granted"] - out["task_charged"] + out["task_refunded"] - out["chat_net"])
+    return out
+
+
 def credit_totals(engine: Engine) -> dict[str, int]:
-    """Credits charged (task consumes and chat charges), refunded, net, and granted."""
+    """Credits charged (task consumes and chat charges), refunded, net, and granted, plus the
+    credit_breakdown of the whole ledger and the sum of the accounts' cached balances."""
     by_type = dict(zip(*(ledger_by_type(engine)[c] for c in ("entry_type", "amount")), strict=True))
     charged = -sum(int(by_type.get(t, 0)) for t in CHARGE_TYPES)
     refunded = sum(int(by_type.get(t, 0)) for t in REFUND_TYPES)
+    balances = _scalar(engine, select(func.coalesce(func.sum(account.c.balance), 0)))
     return {
         "charged": charged,
         "refunded": refunded,
         "net": charged - refunded,
-        "granted": int(by_type.get("grant", 0)),
+        **credit_breakdown(by_type),
+        "account_balances": int(balances or 0),
     }
 
 
-def audit_summary(engine: Engine) -> dict[str, Any] | None:
-    """The audit's violation total and count per violated kind; None when this version has no audit."""
+def audit_summary(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY) -> dict[str, Any] | None:
+    """The audit's violation total and count per violated kind (judged with `policy`);
+    None when this version has no audit."""
     try:
         from .audit import audit
     except ImportError:
         return None
-    report = audit(engine)
-    return {"total": report.total, "kinds": {f.title: f.count for f in report.findings}}
+    report = audit(engine, policy)
+    return {"total": report.total, "kinds": {f.title: f.count for f in report.findings}, "policy": report.policy}
+
+
+def format_time(value: Any) -> str:
+    """A timestamp as YYYY-MM-DD HH:MM:SS; "—" when missing."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return pd.Timestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_duration(seconds: float | None) -> str:
+    """A duration for people: 42 s, 1 min 58 s, 2 h 5 min, 3 d 4 h; "—" when unknown."""
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "—"
+    sign, s = ("−" if seconds < 0 else ""), int(round(abs(float(seconds))))
+    if s < 60:
+        return f"{sign}{s} s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{sign}{m} min {s} s" if s else f"{sign}{m} min"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{sign}{h} h {m} min" if m else f"{sign}{h} h"
+    d, h = divmod(h, 24)
+    return f"{sign}{d} d {h} h" if h else f"{sign}{d} d"
 
 
 # --- live tasks -------------------------------------------------------------------

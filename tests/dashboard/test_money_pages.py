@@ -232,8 +232,12 @@ BAD_URL = "postgresql+psycopg://nobody@127.0.0.1:1/none"
 def test_ledger_page_shows_account_and_conservation(seeded_url):
     at = run_page("ledger.py", seeded_url, {"user": "alice"})
     shown = texts(at)
-    assert "Balance=82" in shown and "Refunded=20" in shown
+    assert "Balance=82" in shown and "Refunded for tasks=20" in shown
+    # the account's flows add up to its balance: 100 − 30 + 20 − 8 (chat reserved 12, refunded 4) = 82
+    assert "Granted=100" in shown and "Charged for tasks=30" in shown and "Chat spent=8" in shown
     assert "Conservation holds" in shown
+    # across accounts: 150 − 80 + 20 − 8 = 82, the ledger sum and the sum of balances
+    assert "Granted=150" in shown and "Charged for tasks=80" in shown and "Ledger sum=82" in shown
     assert len(at.dataframe) >= 1
 
 
@@ -292,5 +296,10 @@ def test_simulation_lab_runs_a_scenario_and_charts_it(empty_url, tmp_path, monke
     assert not at.exception, [e.value for e in at.exception]
     shown = texts(at)
     assert "Violations=0" in shown and "Liveness=ok" in shown and "Scenario `baseline`" in shown
-    assert list((tmp_path / "runs").glob("baseline-*.db"))
+    made = list((tmp_path / "runs").glob("baseline-*.db"))
+    assert len(made) == 1
     assert len(at.get("plotly_chart")) == 4
+    next(b for b in at.button if b.label == "Read this database in every page").click()
+    at.run()
+    assert at.session_state["db_url"] == f"sqlite:///{made[0]}"
+    assert at.query_params["db"] == f"sqlite:///{made[0]}"
