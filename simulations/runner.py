@@ -43,6 +43,10 @@ FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
 FLUSH_MIN_TASKS = 2000     # ... which happens once this many new tasks exist
 FLUSH_MAX_GAP_S = 3600.0   # ... or this many simulated seconds went by
 REALTIME_FLUSH_WALL_S = 1.0
+# Evicted tasks the store keeps a tombstone of. The writer evicts only tasks the
+# farm will send nothing more about, so the window only guards against a stray
+# late callback; one batch's worth keeps it small (about 250 bytes a task).
+TOMBSTONES = FLUSH_MIN_TASKS
 
 
 class RunError(RivyaError):
@@ -128,7 +132,7 @@ class Run:
             self.env = simpy.Environment()
         self.realtime = realtime
         self.clock = SimClock(self.env)
-        self.store = MemoryStore()
+        self.store = MemoryStore(tombstones=TOMBSTONES)
         self.catalog = default_catalog()
         names = list(self.catalog.providers())
         unknown = sorted(set(scenario.providers) | {o.provider for o in scenario.outages})

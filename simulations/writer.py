@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ class Kpis:
     stuck: int = 0
     notifications: int = 0
     chat_turns: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: array = field(default_factory=lambda: array("d"))  # 8 bytes a task, not a float object
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
