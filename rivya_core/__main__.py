@@ -13,15 +13,9 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .cli import EXIT_ERROR, OneLineParser
 from .db import DEFAULT_URL, open_store
 from .domain import RivyaError
-
-EXIT_ERROR = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not a usage block
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _db(p: argparse.ArgumentParser) -> None:
@@ -37,8 +31,8 @@ def _task_id(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m rivya_core", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="python -m rivya_core", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init-db", help="create the tables (idempotent)")
     _db(p)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from rivya_core.cli import EXIT_ERROR, OneLineParser
 from rivya_core.domain import RivyaError
 
 EXIT_VIOLATION = 1
-EXIT_ERROR = 2
 
 
 class Bar:
@@ -51,7 +51,7 @@ class Bar:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m simulations", description=__doc__.split("\n\n")[0],
+    p = OneLineParser(prog="python -m simulations", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
