@@ -28,8 +28,9 @@ Signatures (import with `from pages._common import ...`):
         A fresh sqlite URL under data/runs (RIVYA_RUNS_DIR) for a simulation run.
     start_realtime_run(scenario, factor: float, tasks: int | None = None) -> dict
         `python -m simulations run SCENARIO --realtime FACTOR --db <new run db>` in a
-        background process; waits for its schema, remembers it for the session and
-        returns {"popen", "url", "log", "scenario"}.
+        background process; keeps a copy of the scenario next to the database (so
+        every session judges the unfinished run with its policy), waits for its
+        schema, remembers it for the session and returns {"popen", "url", "log", "scenario"}.
     realtime_run() -> dict | None
         The realtime run this session started last (same dict), if any.
     open_db() -> Engine | None
@@ -296,12 +297,13 @@ def policy_in_force() -> tuple[BillingPolicy, str]:
         found = cached_df(recorded_policy)
         if found is not None:
             return found
-        launched = st.session_state.get("launched_scenarios", {}).get(url)
-        if launched:
+        sidecar = _scenario_sidecar(url)
+        if sidecar is not None and sidecar.is_file():
             from simulations.scenarios import load_scenario
 
-            return (load_scenario(launched).policy,
-                    f"the policy of scenario `{Path(launched).stem}` (a realtime run still in progress)")
+            sc = load_scenario(sidecar)
+            return sc.policy, (f"the policy of scenario `{sc.name}` (a realtime run still writing; its run "
+                               "record is stored when it ends)")
         policy = policy_from()
     except RivyaError as exc:
         st.warning(f"Could not read the billing policy for this database ({exc.message}); "
@@ -327,6 +329,12 @@ def new_run_url(name: str) -> str:
     return f"sqlite:///{path}"
 
 
+def _scenario_sidecar(url: str) -> Path | None:
+    """<run>.scenario.toml: the scenario a realtime run started from the dashboard is running."""
+    path = db.sqlite_path(url)
+    return None if path is None else path.with_suffix(".scenario.toml")
+
+
 def _schema_ready(url: str) -> bool:
     path = db.sqlite_path(url)
     if path is None or not path.is_file():
@@ -347,6 +355,10 @@ def start_realtime_run(scenario: str | Path, factor: float, tasks: int | None = 
     name = Path(str(scenario)).stem
     url = new_run_url(f"{name}-live")
     log_path = db.sqlite_path(url).with_suffix(".log")
+    try:
+        _scenario_sidecar(url).write_text(Path(scenario).read_text(encoding="utf-8"), encoding="utf-8")
+    except OSError:  # a scenario given by name: the pages judge with RIVYA_POLICY until the run ends
+        pass
     cmd = [sys.executable, "-m", "simulations", "run", str(scenario), "--db", url, "--realtime", f"{float(factor):g}"]
     if tasks:
         cmd += ["--tasks", str(int(tasks))]
@@ -357,7 +369,6 @@ def start_realtime_run(scenario: str | Path, factor: float, tasks: int | None = 
         time.sleep(0.2)
     run = {"popen": popen, "url": url, "log": str(log_path), "scenario": str(scenario)}
     st.session_state["realtime_run"] = run
-    st.session_state.setdefault("launched_scenarios", {})[url] = str(scenario)
     return run
 
 

@@ -34,8 +34,8 @@ with show_errors():
     cols[1].metric("Reserved", f"{c['reserved']:,}")
     cols[2].metric("Charged", f"{c['charged']:,}")
     cols[3].metric("Refunded", f"{c['refunded']:,}")
-    cols[4].metric("Open reservations", f"{c['open_reservations']:,}", f"{c['open_credits']:,} credits",
-                   delta_color="off")
+    cols[4].metric("Open reservations", f"{c['open_reservations']:,}", f"{c['open_credits']:,} credits held",
+                   delta_color="off", delta_arrow="off")
 
     gaps = cached_df(lv.chat_gap_distribution)
     if gaps.empty:

@@ -42,7 +42,8 @@ with show_errors():
     policy, policy_source = policy_in_force()
     options = cached_df(reports.filter_options)
     f1, f2, f3, f4, f5 = st.columns(5)
-    states = f1.multiselect("State", ["WAITING", "GENERATING"], default=["WAITING", "GENERATING"])
+    states = f1.pills("State", ["WAITING", "GENERATING"], selection_mode="multi", default=["WAITING", "GENERATING"],
+                      format_func=str.title)
     category = f2.multiselect("Category", options["category"])
     model = f3.multiselect("Model", options["model"])
     provider = f4.multiselect("Provider", options["provider"])
@@ -98,8 +99,8 @@ def live_table() -> None:
         m1.metric("Waiting", f"{counts.get('WAITING', 0):,}")
         m2.metric("Generating", f"{counts.get('GENERATING', 0):,}")
         m3.metric("Stuck (in this view)", f"{int(df['stuck'].sum()) if not df.empty else 0:,}")
-        st.caption(f"Ages measured from {now:%Y-%m-%d %H:%M:%S} UTC ({basis}). "
-                   f"Stuck thresholds from {policy_source}.")
+        st.caption(f"Ages measured from {now:%Y-%m-%d %H:%M:%S} UTC — {basis}. "
+                   f"Stuck thresholds: {policy_source}.")
         if only_stuck and not df.empty:
             df = df[df["stuck"]]
         if df.empty:
@@ -117,8 +118,10 @@ def live_table() -> None:
             column_config={
                 "inspect": st.column_config.LinkColumn("inspect", display_text="open", width="small"),
                 "id": st.column_config.NumberColumn("task", format="%d", width="small"),
-                "age_s": st.column_config.Column("age", help="Since submission (creation while waiting)"),
-                "stuck_after_s": st.column_config.Column("stuck after", help="The policy's threshold"),
+                "age_s": st.column_config.Column("age", width="small",
+                                                 help="Since submission (creation while waiting)"),
+                "stuck_after_s": st.column_config.Column("stuck after", width="small",
+                                                         help="The policy's threshold for this category"),
                 "upstream_task_id": st.column_config.Column("upstream id"),
                 "last_event": st.column_config.Column("last event"),
                 "last_event_at": st.column_config.Column("last event at (UTC)"),

@@ -38,9 +38,10 @@ with show_errors():
     unread = int(kinds["unread"].sum()) if not kinds.empty else 0
     cols = st.columns(1 + max(1, len(kinds)))
     cols[0].metric("Unread", f"{unread:,}", f"of {int(kinds['total'].sum()) if not kinds.empty else 0:,}",
-                   delta_color="off")
+                   delta_color="off", delta_arrow="off")
     for col, row in zip(cols[1:], kinds.itertuples(), strict=False):
-        col.metric(row.kind.replace("_", " "), f"{row.unread:,} unread", f"{row.total:,} in all", delta_color="off")
+        col.metric(row.kind.replace("_", " ").capitalize(), f"{row.unread:,} unread", f"{row.total:,} in all",
+                   delta_color="off", delta_arrow="off")
 
     kind_arg = None if kind == "all" else kind
     rows, total = cached_df(queries.notifications_centre, user_id, kind_arg, unread_only, PAGE_SIZE, 0)

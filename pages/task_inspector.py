@@ -7,7 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages._common import cached_df, can_act, current_url, enter_page, open_db, policy_in_force, show_errors
-from rivya_core import queries
+from rivya_core import queries, reports
 from rivya_core.domain import NotFound, RivyaError
 
 enter_page()
@@ -58,8 +58,11 @@ def show_timeline(events: pd.DataFrame) -> None:
     fig.update_yaxes(categoryorder="array", categoryarray=list(dict.fromkeys(events["kind"])), autorange="reversed")
     fig.update_layout(height=max(220, 30 * events["kind"].nunique()), margin=dict(l=10, r=10, t=10, b=10))
     st.plotly_chart(fig, width="stretch")
-    table = events[["id", "at", "kind", "detail"]].assign(detail=events["detail"].map(str))
-    st.dataframe(table, hide_index=True, width="stretch")
+    table = events[["id", "at", "kind", "detail"]].assign(detail=events["detail"].map(reports.describe_detail))
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"id": st.column_config.NumberColumn("event", format="%d", width="small"),
+                                "at": st.column_config.DatetimeColumn("at (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+                                "detail": st.column_config.TextColumn("detail", width="large")})
 
 
 def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
@@ -135,7 +138,7 @@ with show_errors():
         c3.metric("Credits reserved", f"{task['reserved_credits']:,}")
         c4.metric("User", acct.get("name", f"user {task['user_id']}"), help=acct.get("email"))
         st.caption(f"User {task['user_id']} · {acct.get('email', 'no account row')} · provider {task['provider']}"
-                   f" · upstream id {task.get('upstream_task_id') or '—'} · created {task['created_at']}")
+                   f" · upstream id {task.get('upstream_task_id') or '—'} · created {reports.format_time(task['created_at'])}")
         if task.get("error_code"):
             st.error(f"**{task['error_code']}** ({task.get('failure_class') or 'no class'}): "
                      f"{task.get('error_message') or ''}")

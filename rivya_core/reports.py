@@ -177,6 +177,22 @@ def format_time(value: Any) -> str:
     return pd.Timestamp(value).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def describe_detail(detail: Any) -> str:
+    """An event's detail as one readable line ("outcome: applied · attempt: 2"); "—" when empty."""
+    if detail is None or detail == {} or detail == "":
+        return "—"
+    if not isinstance(detail, dict):
+        return str(detail)
+    parts = []
+    for key, value in detail.items():
+        if isinstance(value, dict):
+            value = describe_detail(value)
+        elif isinstance(value, list | tuple):
+            value = ", ".join(str(v) for v in value) or "none"
+        parts.append(f"{str(key).replace('_', ' ')}: {'—' if value is None else value}")
+    return " · ".join(parts)
+
+
 def format_duration(seconds: float | None) -> str:
     """A duration for people: 42 s, 1 min 58 s, 2 h 5 min, 3 d 4 h; "—" when unknown."""
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):

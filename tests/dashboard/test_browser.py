@@ -54,18 +54,18 @@ def _wait_healthy(base: str, proc: subprocess.Popen, limit_s: float = 60) -> Non
     raise RuntimeError("streamlit did not become healthy")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("browser")
+def _serve(env_extra: dict[str, str]):
+    """`streamlit run app.py` on a free port with env_extra; yields the base URL, stops it afterwards."""
     port = _free_port()
-    env = {**os.environ, "RIVYA_DB_URL": f"sqlite:///{tmp / 'rivya.db'}", "RIVYA_DEMO": "1"}
+    env = {**os.environ, **env_extra}
     for key in ("RIVYA_OPERATORS", "RIVYA_VIEWERS"):
-        env.pop(key, None)
+        if key not in env_extra:
+            env.pop(key, None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -77,6 +77,22 @@ def server(tmp_path_factory):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    yield from _serve({"RIVYA_DB_URL": f"sqlite:///{tmp / 'rivya.db'}", "RIVYA_DEMO": "1"})
+
+
+@pytest.fixture(scope="module")
+def signed_server(tmp_path_factory):
+    """The app with access control on (one operator), on the small known database."""
+    from tests.dashboard.seed import seed
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('signin') / 'seeded.db'}"
+    seed(url)
+    yield from _serve({"RIVYA_DB_URL": url, "RIVYA_DEMO": "0", "RIVYA_OPERATORS": "olga:correct-horse"})
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +144,33 @@ def test_a_deep_link_in_a_fresh_session_goes_through_the_app(server, browser):
     page.wait_for_selector("text=Task #1", timeout=120_000)
     nav = page.inner_text('[data-testid="stSidebarNav"]')
     assert "Overview" in nav and "common" not in nav  # app.py's navigation, not the pages/ folder
+
+
+def _sign_in(page, user: str, password: str) -> None:
+    page.get_by_role("textbox", name="User").fill(user)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_sign_in_refuses_a_wrong_password_and_lets_an_operator_act(signed_server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(signed_server, timeout=60_000)
+    page.wait_for_selector("h1:has-text('Sign in')", timeout=120_000)
+    assert page.locator("[data-testid='stMetric']").count() == 0  # nothing read before signing in
+    _sign_in(page, "olga", "wrong")
+    page.wait_for_selector("text=Unknown user or wrong password.", timeout=60_000)
+    assert page.locator("h1").first.inner_text().strip() == "Sign in"
+    _sign_in(page, "olga", "correct-horse")
+    page.wait_for_selector("h1:has-text('Overview')", timeout=60_000)
+    assert "Signed in as olga (operator)" in page.inner_text("[data-testid='stSidebar']")
+    page.get_by_role("link", name="Task inspector").click()
+    page.wait_for_selector("h1:has-text('Task inspector')", timeout=60_000)
+    page.get_by_label("Find a task").fill("2")
+    page.get_by_label("Find a task").press("Enter")
+    page.wait_for_selector("text=Task #2 — FAILED", timeout=60_000)
+    page.get_by_role("tab", name="Support actions").click()
+    actions = page.get_by_role("button", name="Run action")
+    actions.wait_for(timeout=30_000)
+    assert actions.is_visible()
+    assert page.get_by_label("Operator name").input_value() == "olga"
+    assert page.locator('[data-testid="stException"]').count() == 0

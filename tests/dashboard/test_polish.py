@@ -74,6 +74,13 @@ def test_live_tasks_shows_ages_for_humans(open_page, seeded_url):
     assert waiting["upstream_task_id"] == "—"  # a waiting task has no upstream id yet: a dash, not "None"
 
 
+def test_event_details_read_as_a_sentence():
+    assert reports.describe_detail({"outcome": "applied", "attempt": 2}) == "outcome: applied · attempt: 2"
+    assert reports.describe_detail({"result_urls": ["a", "b"], "error_code": None}) == (
+        "result urls: a, b · error code: —")
+    assert reports.describe_detail({}) == "—" and reports.describe_detail(None) == "—"
+
+
 def test_idle_live_tasks_says_so_and_starts_a_realtime_demo(open_page, seeded_url, tmp_path, monkeypatch):
     finish_active_tasks(seeded_url)
     monkeypatch.setenv("RIVYA_RUNS_DIR", str(tmp_path / "runs"))
@@ -91,6 +98,7 @@ def test_idle_live_tasks_says_so_and_starts_a_realtime_demo(open_page, seeded_ur
         assert run["popen"].poll() in (None, 0)
         assert not db.missing_tables(db.make_engine(run["url"]))
         assert "Nothing is running right now" not in texts(at)
+        assert made[0].with_suffix(".scenario.toml").read_text() == (ROOT / "data/scenarios/baseline.toml").read_text()
     finally:
         run["popen"].kill()
         run["popen"].wait()
@@ -169,6 +177,15 @@ def test_other_databases_use_rivya_policy(open_page, seeded_url, monkeypatch):
     at = open_page(seeded_url, "pages/refund_audit.py")
     assert not at.exception
     assert "from RIVYA_POLICY" in texts(at)
+    assert "Failed after charge without refund — 1" not in [e.label for e in at.expander]
+
+
+def test_an_unfinished_realtime_run_is_judged_with_its_scenario_policy(open_page, seeded_url):
+    sidecar = db.sqlite_path(seeded_url).with_suffix(".scenario.toml")
+    sidecar.write_text('[scenario]\nname = "frugal"\ntasks = 4\n[policy]\nname = "no_refunds"\nrefund_classes = []\n')
+    at = open_page(seeded_url, "pages/refund_audit.py")
+    assert not at.exception
+    assert "scenario `frugal` (a realtime run still writing" in texts(at)
     assert "Failed after charge without refund — 1" not in [e.label for e in at.expander]
 
 
