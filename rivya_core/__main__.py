@@ -11,11 +11,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from .cli import EXIT_ERROR, OneLineParser
+from .cli import OneLineParser, run_command
 from .db import DEFAULT_URL, open_store
-from .domain import RivyaError
 
 
 def _db(p: argparse.ArgumentParser) -> None:
@@ -62,14 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except RivyaError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_ERROR
-    except SQLAlchemyError as exc:
-        print(f"error: database: {str(getattr(exc, 'orig', exc)).splitlines()[0]}", file=sys.stderr)
-        return EXIT_ERROR
+    return run_command(COMMANDS[args.command], args)
 
 
 def _service(args: argparse.Namespace):

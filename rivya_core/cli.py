@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .domain import RivyaError
 
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -17,3 +24,21 @@ class OneLineParser(argparse.ArgumentParser):
     def add_subparsers(self, **kwargs):
         kwargs.setdefault("parser_class", OneLineParser)
         return super().add_subparsers(**kwargs)
+
+
+def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run one subcommand; every expected failure becomes one line on stderr and exit status 2."""
+    try:
+        return command(args)
+    except RivyaError as exc:
+        return _fail(exc.message)
+    except (SQLAlchemyError, OSError) as exc:
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+        return _fail(f"database or file problem: {lines[0]}")
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _fail(message: str, status: int = EXIT_ERROR) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status

@@ -22,9 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from rivya_core.cli import EXIT_ERROR, OneLineParser
+from rivya_core.cli import OneLineParser, run_command
 from rivya_core.domain import RivyaError
 
 EXIT_VIOLATION = 1
@@ -202,18 +200,7 @@ COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "list"
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except RivyaError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_ERROR
-    except (SQLAlchemyError, OSError) as exc:
-        line = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
-        print(f"error: database or file problem: {line[0]}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_command(COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":
