@@ -53,6 +53,9 @@ Signatures (import with `from pages._common import ...`):
         Login form when access control is configured; st.stop() until signed in.
     can_act() -> bool
         True when the signed-in user (or everybody, access control off) may run support actions.
+    show_table(frame, *, column_config=None, **kwargs) -> None
+        st.dataframe (full width, no index) with headers in words ("error_code" ->
+        "error code") and a dash for missing text, except in configured columns.
     show_errors() -> context manager
         Turns RivyaError / SQLAlchemyError raised inside into st.error lines.
 """
@@ -299,9 +302,10 @@ def policy_in_force() -> tuple[BillingPolicy, str]:
             return found
         sidecar = _scenario_sidecar(url)
         if sidecar is not None and sidecar.is_file():
-            from simulations.scenarios import load_scenario
+            from simulations.scenarios import parse_scenario
 
-            sc = load_scenario(sidecar)
+            name = sidecar.name.split("-live-")[0]  # new_run_url(f"{scenario}-live") named the database
+            sc = parse_scenario(sidecar.read_text(encoding="utf-8"), str(sidecar), default_name=name)
             return sc.policy, (f"the policy of scenario `{sc.name}` (a realtime run still writing; its run "
                                "record is stored when it ends)")
         policy = policy_from()
@@ -374,6 +378,21 @@ def start_realtime_run(scenario: str | Path, factor: float, tasks: int | None = 
 
 def realtime_run() -> dict[str, Any] | None:
     return st.session_state.get("realtime_run")
+
+
+def show_table(frame: Any, *, column_config: dict | None = None, **kwargs: Any) -> None:
+    """A table people read: snake_case headers as words, "—" instead of None in text columns."""
+    import pandas as pd
+
+    config = dict(column_config or {})
+    frame = frame.copy()
+    for col in frame.columns:
+        if col in config:
+            continue
+        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col]):
+            frame[col] = frame[col].astype(object).where(frame[col].notna(), "—")
+        config[col] = st.column_config.Column(str(col).replace("_", " "))
+    st.dataframe(frame, column_config=config, **{"hide_index": True, "width": "stretch", **kwargs})
 
 
 @contextmanager

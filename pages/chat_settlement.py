@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, task_url
+from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, show_table, task_url
 from rivya_core import ledger_views as lv
 
 LIMIT = 200
@@ -50,13 +50,13 @@ with show_errors():
     st.subheader("Sessions")
     sessions = cached_df(lv.chat_sessions, None, LIMIT)
     st.caption(f"Newest {len(sessions):,} sessions.")
-    st.dataframe(sessions, width="stretch", hide_index=True)
+    show_table(sessions, width="stretch", hide_index=True)
 
     st.subheader("Messages")
     options = [None, *sessions["session_id"].tolist()]
     session = st.selectbox("Session", options, format_func=lambda s: "all sessions" if s is None else f"#{s}")
     messages = link_tasks(cached_df(lv.chat_messages, session, LIMIT))
-    st.dataframe(messages.drop(columns=["task_id"]), width="stretch", hide_index=True,
+    show_table(messages.drop(columns=["task_id"]), width="stretch", hide_index=True,
                  column_config={"task": TASK_LINK})
 
     st.subheader("Tool-backed chat turns")
@@ -64,7 +64,7 @@ with show_errors():
     if tools.empty:
         st.caption("No chat turn started a generation task.")
     else:
-        st.dataframe(link_tasks(tools).drop(columns=["task_id"]), width="stretch", hide_index=True,
+        show_table(link_tasks(tools).drop(columns=["task_id"]), width="stretch", hide_index=True,
                      column_order=["task", "message_id", "session_id", "user_id", "model", "status",
                                    "reserved_credits", "created_at"],
                      column_config={"task": TASK_LINK})

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, task_url
+from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, show_table, task_url
 from rivya_core import audit
 from rivya_core import ledger_views as lv
 from rivya_core.queries import find_accounts
@@ -96,7 +96,7 @@ with account_tab, show_errors():
             page = int(st.number_input(f"Page (of {pages}; {total:,} rows, newest first)", 1, pages, 1))
             rows, total = cached_df(lv.ledger_page, user_id, page, PAGE_SIZE, tuple(kinds) or None)
         rows["task"] = [task_url(t) if t == t and t is not None else None for t in rows["task_id"]]
-        st.dataframe(
+        show_table(
             rows, width="stretch", hide_index=True,
             column_order=["id", "created_at", "entry_type", "amount", "balance_after", "task", "chat_message_id",
                           "note"],
@@ -123,10 +123,10 @@ with conservation_tab, show_errors():
                  f"{cons['balances_total']:,}. The accounts and rows that break it are below (first 50 of each).")
         if cons["broken_count"]:
             st.markdown(f"**{cons['broken_count']:,} account(s) whose balance is not the sum of their ledger rows**")
-            st.dataframe(pd.DataFrame(cons["broken_accounts"]), width="stretch", hide_index=True)
+            show_table(pd.DataFrame(cons["broken_accounts"]), width="stretch", hide_index=True)
         if cons["ledger_users_without_account"]:
             st.markdown("**Ledger rows for users with no account:** "
                         + ", ".join(str(u) for u in cons["ledger_users_without_account"]))
         for finding in rows_report.findings:
             st.markdown(f"**{finding.title}: {finding.count:,} row(s)**")
-            st.dataframe(pd.DataFrame(finding.rows), width="stretch", hide_index=True)
+            show_table(pd.DataFrame(finding.rows), width="stretch", hide_index=True)

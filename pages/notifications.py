@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, task_url
+from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, show_table, task_url
 from rivya_core import ledger_views as lv
 from rivya_core import queries
 from rivya_core.domain import NotificationKind
@@ -56,7 +56,7 @@ with show_errors():
     frame = pd.DataFrame(rows)
     frame["task"] = [task_url(t) if pd.notna(t) else None for t in frame["task_id"]]
     frame["unread"] = frame["read_at"].isna()
-    st.dataframe(
+    show_table(
         frame, width="stretch", hide_index=True,
         column_order=["created_at", "unread", "kind", "title", "body", "user_id", "task", "task_status",
                       "task_model", "read_at"],

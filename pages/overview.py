@@ -6,7 +6,16 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import cached_df, enter_page, open_db, page_link, policy_in_force, show_errors, task_url
+from pages._common import (
+    cached_df,
+    enter_page,
+    open_db,
+    page_link,
+    policy_in_force,
+    show_errors,
+    show_table,
+    task_url,
+)
 from rivya_core import queries, reports
 
 STATE_COLORS = {"WAITING": "#9e9e9e", "GENERATING": "#1f77b4", "SUCCESS": "#2ca02c", "FAILED": "#d62728"}
@@ -74,7 +83,7 @@ with show_errors():
     failures = cached_df(reports.failures_by_code)
     if not failures.empty:
         st.caption("Failures by error code and class")
-        st.dataframe(failures, hide_index=True, width="stretch")
+        show_table(failures, hide_index=True, width="stretch")
 
     st.subheader("Recent generations")
     recent = pd.DataFrame(cached_df(queries.recent_generations, None, 20))
@@ -84,7 +93,7 @@ with show_errors():
         recent["inspect"] = recent["id"].map(task_url)
         show = ["inspect", "id", "status", "category", "model", "user_id", "reserved_credits",
                 "error_code", "created_at", "finished_at"]
-        st.dataframe(
+        show_table(
             recent[[c for c in show if c in recent.columns]], hide_index=True, width="stretch",
             column_config={"inspect": st.column_config.LinkColumn("inspect", display_text="open")},
         )

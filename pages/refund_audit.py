@@ -5,7 +5,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._common import cached_df, enter_page, open_db, policy_in_force, require_tables, show_errors, task_url
+from pages._common import (
+    cached_df,
+    enter_page,
+    open_db,
+    policy_in_force,
+    require_tables,
+    show_errors,
+    show_table,
+    task_url,
+)
 from rivya_core import audit
 from rivya_core.schema import CONTRACT_TABLES
 
@@ -55,7 +64,7 @@ with show_errors():
                            "money": k in MONEY_KINDS} for k, n in counts.items()])
     if not table.empty:
         table = table.sort_values(["rows", "money"], ascending=False)
-        st.dataframe(table, width="stretch", hide_index=True,
+        show_table(table, width="stretch", hide_index=True,
                      column_config={"money": st.column_config.CheckboxColumn("money")})
 
     if report.findings:
@@ -70,6 +79,6 @@ with show_errors():
             if finding.count > len(rows):
                 st.caption(f"Showing the first {len(rows):,} of {finding.count:,} rows.")
             shown, config = with_task_links(rows)
-            st.dataframe(shown, width="stretch", hide_index=True, column_config=config)
+            show_table(shown, width="stretch", hide_index=True, column_config=config)
             st.download_button("Download these rows (CSV)", csv(rows), f"audit_{finding.kind}.csv", "text/csv",
                                key=f"dl_{finding.kind}")

@@ -11,7 +11,15 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import enter_page, get_engine, new_run_url, realtime_run, start_realtime_run, use_database
+from pages._common import (
+    enter_page,
+    get_engine,
+    new_run_url,
+    realtime_run,
+    show_table,
+    start_realtime_run,
+    use_database,
+)
 from rivya_core import ledger_views as lv
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
@@ -227,7 +235,7 @@ with compare_tab:
     if result:
         table = pd.DataFrame(result["table"])
         pa, pb = result["policies"]
-        st.dataframe(table.rename(columns={"policy_a": f"A: {pa}", "policy_b": f"B: {pb}"}).drop(columns=["kpi"]),
+        show_table(table.rename(columns={"policy_a": f"A: {pa}", "policy_b": f"B: {pb}"}).drop(columns=["kpi"]),
                      width="stretch", hide_index=True)
         base = table["policy_a"].abs().where(table["policy_a"] != 0)
         rel = table.assign(diff_pct=100 * table["diff"] / base, lo=100 * table["ci_low"] / base,

@@ -6,7 +6,16 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import cached_df, can_act, current_url, enter_page, open_db, policy_in_force, show_errors
+from pages._common import (
+    cached_df,
+    can_act,
+    current_url,
+    enter_page,
+    open_db,
+    policy_in_force,
+    show_errors,
+    show_table,
+)
 from rivya_core import queries, reports
 from rivya_core.domain import NotFound, RivyaError
 
@@ -40,7 +49,7 @@ def show_checklist(task_id: int, user_id: int) -> None:
         with st.expander(f"{icon} {item.question} — {item.answer}", expanded=item.status in ("warn", "fail")):
             st.markdown(item.answer)
             if item.evidence:
-                st.dataframe(pd.DataFrame(queries.jsonable(item.evidence)), hide_index=True, width="stretch")
+                show_table(pd.DataFrame(queries.jsonable(item.evidence)), hide_index=True, width="stretch")
     st.subheader("Recheck before running again")
     signals = recheck_signals(engine, user_id, policy)
     if not signals:
@@ -59,7 +68,7 @@ def show_timeline(events: pd.DataFrame) -> None:
     fig.update_layout(height=max(220, 30 * events["kind"].nunique()), margin=dict(l=10, r=10, t=10, b=10))
     st.plotly_chart(fig, width="stretch")
     table = events[["id", "at", "kind", "detail"]].assign(detail=events["detail"].map(reports.describe_detail))
-    st.dataframe(table, hide_index=True, width="stretch",
+    show_table(table, hide_index=True, width="stretch",
                  column_config={"id": st.column_config.NumberColumn("event", format="%d", width="small"),
                                 "at": st.column_config.DatetimeColumn("at (UTC)", format="YYYY-MM-DD HH:mm:ss"),
                                 "detail": st.column_config.TextColumn("detail", width="large")})
@@ -156,18 +165,18 @@ with show_errors():
             if ledger.empty:
                 st.caption("No ledger row: this task never touched credits.")
             else:
-                st.dataframe(ledger, hide_index=True, width="stretch")
+                show_table(ledger, hide_index=True, width="stretch")
         with tabs[3]:
             cbs = pd.DataFrame(detail["callbacks"])
             if cbs.empty:
                 st.caption("No provider callback arrived for this task.")
             else:
-                st.dataframe(cbs.drop(columns=["body"], errors="ignore"), hide_index=True, width="stretch")
+                show_table(cbs.drop(columns=["body"], errors="ignore"), hide_index=True, width="stretch")
         with tabs[4]:
             notes = pd.DataFrame(detail["notifications"])
             if notes.empty:
                 st.caption("No notification for this task.")
             else:
-                st.dataframe(notes, hide_index=True, width="stretch")
+                show_table(notes, hide_index=True, width="stretch")
         with tabs[5]:
             show_actions(task_id)

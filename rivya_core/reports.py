@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, func, inspect, or_, select
 
-from .domain import ACTIVE, TaskStatus
+from .domain import ACTIVE, Category, RivyaError, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import latest_timestamp, like_escape
 from .schema import account, ai_task, credit_ledger, task_event
@@ -226,15 +226,24 @@ def reference_now(engine: Engine, wall_now: datetime) -> tuple[datetime, str]:
 
 
 def filter_options(engine: Engine, limit: int = 200) -> dict[str, list[str]]:
-    """Distinct categories, models and providers of active tasks, for filter widgets."""
-    out: dict[str, list[str]] = {}
+    """Categories, models and providers for filter widgets: those of the catalogue, plus any
+    other value an active task has (so the filters offer choices before the first task runs)."""
+    known: dict[str, set[str]] = {"category": {c.value for c in Category}, "model": set(), "provider": set()}
+    try:
+        from .catalog import default_catalog
+
+        cat = default_catalog()
+        known["model"] |= set(cat.ids())
+        known["provider"] |= set(cat.providers())
+    except RivyaError:  # a broken catalogue file: the database's values still work
+        pass
     active = ai_task.c.status.in_([s.value for s in ACTIVE])
     with engine.connect() as conn:
         for name in ("category", "model", "provider"):
             col = ai_task.c[name]
             rows = conn.execute(select(col).where(active).group_by(col).order_by(col).limit(limit))
-            out[name] = [r[0] for r in rows if r[0] is not None]
-    return out
+            known[name] |= {r[0] for r in rows if r[0] is not None}
+    return {name: sorted(values) for name, values in known.items()}
 
 
 def active_tasks(

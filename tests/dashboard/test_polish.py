@@ -243,3 +243,20 @@ def test_every_page_on_postgresql(open_page, pg_seeded, page):
         assert len(at.get("plotly_chart")) == 1  # the throughput chart, bucketed by date_trunc
     if page == "pages/live_tasks.py":
         assert metrics(at)["Stuck (in this view)"] == "1"
+
+
+def test_tables_show_a_dash_for_missing_text(open_page, seeded_url):
+    at = open_page(seeded_url)
+    recent = next(d.value for d in at.dataframe if "error_code" in d.value.columns and "model" in d.value.columns)
+    codes = recent.set_index("id")["error_code"]
+    assert codes[1] == "—" and codes[2] == "provider_error"
+
+
+def test_live_filters_offer_the_catalogue_before_any_task_runs(empty_url):
+    engine = db.make_engine(empty_url)
+    try:
+        options = reports.filter_options(engine)
+    finally:
+        engine.dispose()
+    assert {"image", "video", "audio", "chat"} <= set(options["category"])
+    assert options["model"] and options["provider"]
