@@ -81,6 +81,13 @@ class Diagnosis:
         return "\n".join(lines)
 
 
+def _when(value: Any) -> str:
+    """A stored time as support reads it: to the second, no microseconds."""
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M:%S}"
+    return str(value)[:19] if value else "—"
+
+
 def _cap(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -175,10 +182,10 @@ def _credits_item(t, consumes, for_credits) -> ChecklistItem:
         return ChecklistItem("credits", q, f"Charged {len(consumes)} times.", FAIL, consumes)
     c = consumes[0]
     if sub is not None and c["created_at"] > sub:
-        return ChecklistItem("credits", q, f"Charged {-c['amount']} credits at {c['created_at']}, after "
-                             f"submission at {sub}.", FAIL, consumes)
-    when = f"before submission at {sub}" if sub else "not submitted upstream"
-    return ChecklistItem("credits", q, f"Yes: {-c['amount']} credits consumed at {c['created_at']}, {when}.",
+        return ChecklistItem("credits", q, f"Charged {-c['amount']} credits at {_when(c['created_at'])}, after "
+                             f"submission at {_when(sub)}.", FAIL, consumes)
+    when = f"before submission at {_when(sub)}" if sub else "not submitted upstream"
+    return ChecklistItem("credits", q, f"Yes: {-c['amount']} credits consumed at {_when(c['created_at'])}, {when}.",
                          OK, consumes)
 
 
@@ -218,11 +225,11 @@ def _history_item(t, events, age_s) -> ChecklistItem:
         if not urls:
             return ChecklistItem("history", q, "SUCCESS but without result URLs: nothing to show.", FAIL,
                                  [end] if end else [])
-        return ChecklistItem("history", q, f"Yes: delivered at {t['finished_at']} with "
+        return ChecklistItem("history", q, f"Yes: delivered at {_when(t['finished_at'])} with "
                              f"{_cap(len(urls), 'result URL')}{path}.", OK, [{"result_urls": urls}] + (
                                  [end] if end else []))
     if t["status"] == TaskStatus.FAILED:
-        return ChecklistItem("history", q, f"Yes, as a failure at {t['finished_at']}: {t['error_code']}"
+        return ChecklistItem("history", q, f"Yes, as a failure at {_when(t['finished_at'])}: {t['error_code']}"
                              f"{path}.", OK, [end] if end else [])
     return ChecklistItem("history", q, f"Not yet: {t['status']} for {_age(age_s)}, shown in the active "
                          "studio.", INFO)
@@ -243,8 +250,8 @@ def _notification_item(t, notes, for_credits) -> ChecklistItem:
                              f"{', '.join(n['kind'] for n in notes)}.", FAIL, notes)
     if len(matching) > 1:
         return ChecklistItem("notification", q, f"Duplicate: {len(matching)} {expected} notifications.", FAIL, notes)
-    read = f", read at {notes[0]['read_at']}" if notes[0]["read_at"] else ", unread"
-    return ChecklistItem("notification", q, f"Yes: {expected} at {notes[0]['created_at']}{read}.", OK, notes)
+    read = f", read at {_when(notes[0]['read_at'])}" if notes[0]["read_at"] else ", unread"
+    return ChecklistItem("notification", q, f"Yes: {expected} at {_when(notes[0]['created_at'])}{read}.", OK, notes)
 
 
 def _failure_item(t) -> ChecklistItem:
@@ -280,7 +287,7 @@ def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistIt
                              f"{charged}.", FAIL, ev)
     if policy.refunds(t["failure_class"]):
         if refunds:
-            return ChecklistItem("refund", q, f"Yes, and refunded {refunded} credits at {refunds[0]['created_at']}.",
+            return ChecklistItem("refund", q, f"Yes, and refunded {refunded} credits at {_when(refunds[0]['created_at'])}.",
                                  OK, ev)
         return ChecklistItem("refund", q, f"Yes ({t['failure_class']} failure under policy {policy.name!r}), but "
                              f"not refunded: {charged} credits due.", FAIL, ev)
