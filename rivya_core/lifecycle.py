@@ -648,6 +648,11 @@ class LifecycleService:
             action = self._recover_one(task)
             if action:
                 report.actions.append({"task_id": task.id, "action": action})
+        # A chat turn whose usage never came back holds its reservation: release it whole.
+        for msg in self._tx(lambda tx: tx.reserved_messages_older_than(cutoff, limit)):
+            report.examined += 1
+            self.chat_turn_fail(msg.id, "interrupted: usage never reported, reservation released")
+            report.actions.append({"chat_message_id": msg.id, "action": "released the chat reservation"})
         return report
 
     def _recover_one(self, task: Task) -> str | None:

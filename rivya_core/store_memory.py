@@ -37,6 +37,7 @@ from .domain import (
     CallbackOutcome,
     ChatMessage,
     ChatSession,
+    ChatStatus,
     InsufficientCredits,
     LedgerEntry,
     NotFound,
@@ -687,6 +688,11 @@ class MemoryTx:
     def get_message(self, message_id: int) -> ChatMessage | None:
         row = self.s.messages.get(message_id)
         return _copy(row) if row else None
+
+    def reserved_messages_older_than(self, cutoff: datetime, limit: int) -> list[ChatMessage]:
+        rows = [m for m in self.s.messages.values() if m.status == ChatStatus.RESERVED and m.created_at < cutoff]
+        rows.sort(key=lambda m: (m.created_at, m.id))
+        return [_copy(m) for m in rows[:limit]]
 
     def update_message(self, message_id: int, **fields: Any) -> None:
         _check_fields(fields, _MESSAGE_FIELDS, "chat message")

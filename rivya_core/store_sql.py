@@ -30,6 +30,7 @@ from .domain import (
     CallbackOutcome,
     ChatMessage,
     ChatSession,
+    ChatStatus,
     InsufficientCredits,
     LedgerEntry,
     NotFound,
@@ -323,6 +324,12 @@ class SqlTx:
 
     def get_message(self, message_id: int) -> ChatMessage | None:
         return self._one(ChatMessage, select(chat_message).where(chat_message.c.id == message_id))
+
+    def reserved_messages_older_than(self, cutoff: datetime, limit: int) -> list[ChatMessage]:
+        return self._all(ChatMessage, select(chat_message).where(
+            chat_message.c.status == ChatStatus.RESERVED.value,
+            chat_message.c.created_at < _naive(cutoff),
+        ).order_by(chat_message.c.created_at, chat_message.c.id).limit(limit))
 
     def update_message(self, message_id: int, **fields: Any) -> None:
         unknown = sorted(k for k in fields if k not in chat_message.c or k == "id")

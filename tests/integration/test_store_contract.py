@@ -246,6 +246,10 @@ def test_chat_sessions_and_messages(store, uid):
         got = tx.get_message(m.id)
         assert (got.status, got.charged_credits, got.completion_tokens, got.settled_at) == ("settled", 8, 40, T0)
         assert tx.get_message(999) is None
+        open_turn = tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="later",
+                                               created_at=T0 + timedelta(seconds=5), reserved_credits=3))
+        assert [m.id for m in tx.reserved_messages_older_than(T0 + timedelta(seconds=6), 10)] == [open_turn.id]
+        assert tx.reserved_messages_older_than(T0 + timedelta(seconds=5), 10) == []
     with pytest.raises(NotFound), store.begin() as tx:
         tx.update_message(999, status="failed")
 

@@ -457,3 +457,13 @@ def test_callback_body_json_detail_is_plain_json(env):
     svc.handle_callback("lumen", *callback(clock, task.upstream_task_id))
     for e in svc.store.snapshot().events:
         json.dumps(e.detail)
+
+
+def test_recover_releases_a_chat_reservation_left_open(env):
+    svc, clock, providers, user = env
+    msg = svc.chat_turn_reserve(svc.open_chat(user.id, "parley-chat").id, "hi", 1000, 1000)
+    clock.advance(60)
+    report = svc.recover(grace_s=30)
+    assert report.actions == [{"chat_message_id": msg.id, "action": "released the chat reservation"}]
+    assert svc.balance(user.id) == 100
+    assert svc.recover(grace_s=30).changed == 0
