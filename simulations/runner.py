@@ -276,7 +276,7 @@ def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
     summary = _summarize(run, writer, report, left == 0)
     summary.wall_seconds = time.perf_counter() - wall0
     write_sim_run(engine, {
-        "scenario_name": sc.name, "scenario_toml": sc.source, "seed": run.seed,
+        "scenario_name": sc.name, "scenario_toml": sc.to_toml(), "seed": run.seed,
         "tasks": run.max_tasks, "fingerprint": summary.fingerprint, "started_at": run.clock.at(0),
         "finished_at": run.clock.now(), "summary": json.loads(json.dumps(summary.stored(), default=str))})
     _remember(summary, sc, run)
@@ -326,7 +326,7 @@ def _remember(summary: RunSummary, sc: Scenario, run: Run) -> None:
     try:
         runs.mkdir(parents=True, exist_ok=True)
         (runs / f"{summary.fingerprint}.json").write_text(json.dumps(
-            {"scenario_name": sc.name, "scenario_toml": sc.source, "seed": run.seed, "tasks": run.max_tasks,
+            {"scenario_name": sc.name, "scenario_toml": sc.to_toml(), "seed": run.seed, "tasks": run.max_tasks,
              "fingerprint": summary.fingerprint}, indent=1))
     except OSError:
         pass

@@ -12,6 +12,7 @@ key and the reason.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 import types
@@ -164,8 +165,8 @@ class Scenario:
     outages: tuple[Outage, ...] = ()
     policy: BillingPolicy = BillingPolicy()
     script: tuple[ScriptEvent, ...] = ()
-    source: str = ""                        # the TOML text (stored with each run)
-    path: str = ""
+    source: str = field(default="", compare=False)  # the TOML text it was read from
+    path: str = field(default="", compare=False)
 
     def provider_config(self, name: str) -> ProviderConfig:
         return self.providers.get(name, self.farm)
@@ -178,6 +179,71 @@ class Scenario:
     @property
     def scripted(self) -> bool:
         return bool(self.script)
+
+    def to_toml(self) -> str:
+        """This scenario as scenario TOML: `parse_scenario(s.to_toml()) == s`. What a run
+        stores, so a scenario edited in memory (the Simulation lab's knobs) replays as run."""
+        return _dump(self)
+
+
+# --- writing ------------------------------------------------------------------------
+
+_SECTIONS = ("population", "arrivals", "mix", "behaviour", "farm")
+_TOP = ("name", "description", "seed", "horizon_s", "tasks", "drain_s", "callbacks", "poll_tick_s")
+
+
+def _dump(sc: Scenario) -> str:
+    """Scenario TOML for sc: values that differ from the defaults (name always), so
+    it reads like a hand-written file. No TOML writer ships with Python; this one
+    covers what a scenario holds: numbers, booleans, strings, lists, tables."""
+    lines = ["[scenario]"]
+    defaults = {"description": "", "seed": 1, "horizon_s": 3600.0, "tasks": 0, "drain_s": 0.0,
+                "callbacks": True, "poll_tick_s": 10.0}
+    lines += [f"{k} = {_value(getattr(sc, k))}" for k in _TOP
+              if k == "name" or getattr(sc, k) != defaults[k]]
+    for name in _SECTIONS:
+        lines += _table(name, _changed(getattr(sc, name), type(getattr(sc, name))()))
+    for pname, cfg in sorted(sc.providers.items()):
+        lines += _table(f"farm.providers.{_key(pname)}", _changed(cfg, sc.farm), always=True)
+    for out in sc.outages:
+        lines += ["", "[[outages]]", *(f"{k} = {_value(v)}" for k, v in _as_dict(out).items())]
+    default_policy = BillingPolicy().to_dict()
+    policy = {k: v for k, v in sc.policy.to_dict().items() if v != default_policy[k] or k == "name"}
+    if policy != {"name": "default"}:
+        lines += _table("policy", policy)
+    for ev in sc.script:
+        lines += ["", "[[script]]", *(f"{k} = {_value(v)}" for k, v in _as_dict(ev).items())]
+    return "\n".join(lines) + "\n"
+
+
+def _changed(obj: Any, base: Any) -> dict[str, Any]:
+    return {k: v for k, v in _as_dict(obj).items() if v != getattr(base, k)}
+
+
+def _table(header: str, values: dict[str, Any], always: bool = False) -> list[str]:
+    if not values and not always:
+        return []
+    return ["", f"[{header}]", *(f"{_key(k)} = {_value(v)}" for k, v in values.items())]
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() and k.isascii() else _value(k)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):  # a JSON string is a TOML basic string, once DEL is escaped too
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(v, Range):
+        return f"[{v.low!r}, {v.high!r}]"
+    if isinstance(v, list | tuple | frozenset | set):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_key(str(k))} = {_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 
 # --- loading ------------------------------------------------------------------------
