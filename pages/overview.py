@@ -63,11 +63,19 @@ with show_errors():
         st.warning(f"The audit could not run on this database: {type(exc).__name__}: {exc}")
     if summary is None:
         st.caption("Audit: not available in this version.")
+    elif summary["total"] is None:
+        st.info("Audit: no stored result for this policy yet. On a database this size the audit takes "
+                "seconds, so this page shows the latest stored one: run it on the Refund audit page "
+                "(or `python -m rivya_core audit`).")
     elif summary["total"] == 0:
         st.success("Audit: no violations of the billing and lifecycle invariants.")
     else:
         kinds = "; ".join(f"{title}: {n:,}" for title, n in summary["kinds"].items())
         st.error(f"Audit: **{summary['total']:,}** violation(s) of the billing and lifecycle invariants — {kinds}")
+    if summary is not None and summary["ran_at"] is not None:
+        since = "" if summary["fresh"] else " Rows were added since: run it again on the Refund audit page."
+        st.caption(f"Audit stored at {reports.format_time(summary['ran_at'])} UTC (judged at "
+                   f"{reports.format_time(summary['judged_at'])}, took {summary['duration_s']:.1f} s).{since}")
     st.caption(f"Audit judged with {policy_source}.")
     page_link("pages/refund_audit.py", "Open the refund audit", icon=":material/policy:")
 

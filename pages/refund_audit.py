@@ -47,7 +47,19 @@ if engine is None or not require_tables(engine, list(CONTRACT_TABLES)):
 
 with show_errors():
     policy, policy_source = policy_in_force()
-    report = cached_df(audit.audit, policy, row_cap=ROW_CAP)
+    if st.button("Run the audit now", help="Checks every invariant over the whole database and stores the "
+                 "result; on millions of rows this takes seconds"):
+        with st.spinner("Running the audit over the whole database…"):
+            audit.run_and_record(engine, policy, row_cap=ROW_CAP)
+        st.cache_data.clear()
+    stored = cached_df(audit.current_audit, policy, row_cap=ROW_CAP)
+    if stored is None:
+        st.info("No stored audit for this policy yet. On a database this size it takes seconds: "
+                "press **Run the audit now** (or run `python -m rivya_core audit`).")
+        st.stop()
+    report = stored.as_report()
+    st.caption(f"Stored at {stored.ran_at:%Y-%m-%d %H:%M:%S} UTC, took {stored.duration_s:.1f} s."
+               + ("" if stored.fresh else " **Rows were added since**: run it again for the latest figures."))
     counts = report.counts()
     money = {k: counts.get(k, 0) for k in MONEY_KINDS if k in counts}
     c = st.columns(3)

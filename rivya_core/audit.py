@@ -12,19 +12,28 @@ even where the policy would not reverse the failure.
 database holds (`queries.latest_timestamp`): a simulation database is judged at
 the moment its run stopped. Pass `now` explicitly to judge live data by the
 wall clock.
+
+A full audit run on an Engine is stored in the `audit_run` table
+(`record_audit`), keyed by the policy it judged with and by the newest row ids
+the database held (`data_mark`): pages show `latest_audit` instead of running
+the audit on every load, and tell whether new rows arrived since.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, case, cast, exists, func, literal, or_, select
+from sqlalchemy import Engine, Select, and_, case, cast, exists, func, insert, inspect, literal, or_, select
 from sqlalchemy import Text as SAText
+from sqlalchemy.exc import SQLAlchemyError
 
 from .domain import (
     INSUFFICIENT_CREDITS,
@@ -37,7 +46,16 @@ from .domain import (
 )
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import ACTIVE_STATES, TERMINAL_STATES, Bind, connect, jsonable, resolve_now
-from .schema import account, ai_task, chat_message, chat_session, credit_ledger, notification, task_event
+from .schema import (
+    account,
+    ai_task,
+    audit_run,
+    chat_message,
+    chat_session,
+    credit_ledger,
+    notification,
+    task_event,
+)
 
 ROW_CAP = 50
 CHAT_SETTLE_GRACE_S = 600.0  # a chat reservation older than this and still open is a finding
@@ -351,9 +369,15 @@ def _parallel(bind: Bind) -> bool:
 
 def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None, *,
           kinds: list[str] | None = None, row_cap: int = ROW_CAP,
-          chat_grace_s: float = CHAT_SETTLE_GRACE_S, workers: int | None = None) -> AuditReport:
+          chat_grace_s: float = CHAT_SETTLE_GRACE_S, workers: int | None = None,
+          record: bool | None = None) -> AuditReport:
     """Run every check (or `kinds`) and report the violated ones with their rows.
-    On an Engine the checks run on `workers` connections at once (default: up to 4)."""
+    On an Engine the checks run on `workers` connections at once (default: up to 4).
+    `record` (default: when every check ran on an Engine) stores the report with
+    `record_audit`, so pages can show it without running the audit again."""
+    started = time.perf_counter()
+    keep = record if record is not None else (kinds is None and isinstance(bind, Engine))
+    mark = data_mark(bind) if keep else ""
     unknown = [k for k in kinds or () if k not in CHECKS]
     if unknown:
         raise ValidationError(f"unknown audit kind(s): {', '.join(unknown)}", code="audit_kind_unknown")
@@ -372,7 +396,10 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     else:
         results = [run(item) for item in todo]
     findings = [Finding(k, f"{AUDIT_KINDS[k]}: {n}", n, found) for k, n, found in results if n]
-    return AuditReport(findings, at, policy.name, [k for k, _ in todo])
+    report = AuditReport(findings, at, policy.name, [k for k, _ in todo])
+    if keep and isinstance(bind, Engine):
+        record_audit(bind, report, policy, duration_s=time.perf_counter() - started, mark=mark)
+    return report
 
 
 def conservation(bind: Bind, row_cap: int = ROW_CAP) -> dict[str, Any]:
@@ -402,3 +429,103 @@ def conservation(bind: Bind, row_cap: int = ROW_CAP) -> dict[str, Any]:
     }
     out["ok"] = ledger_total == balances and not broken_count and not orphans
     return out
+
+
+# --- stored results: the latest audit without running it again ---------------------------
+
+
+@dataclass
+class StoredAudit:
+    """An audit stored in `audit_run`: the report as a dict (AuditReport.to_dict) and when it ran.
+    `fresh` is False when rows were added to the database after it ran."""
+    ran_at: datetime
+    judged_at: datetime
+    policy: str
+    total: int
+    duration_s: float
+    report: dict[str, Any]
+    conservation: dict[str, Any] | None
+    fresh: bool
+
+    def as_report(self) -> AuditReport:
+        """The stored report as an AuditReport (rows as stored: JSON values)."""
+        r = self.report
+        findings = [Finding(f["kind"], f["message"], int(f["count"]), list(f.get("rows", [])))
+                    for f in r.get("findings", [])]
+        return AuditReport(findings, datetime.fromisoformat(r["now"]), r["policy"], list(r.get("counts", {})))
+
+
+def policy_key(policy: BillingPolicy) -> str:
+    """A digest of every setting of `policy`: results judged with another policy are not reused."""
+    text = json.dumps(policy.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def data_mark(bind: Bind) -> str:
+    """The newest id of each table an audit reads: new tasks, events, ledger rows, notifications
+    and chat turns change it (every state change writes an event or a ledger row). Index lookups."""
+    tables = (ai_task, task_event, credit_ledger, notification, chat_message)
+    with connect(bind) as conn:
+        return ":".join(str(conn.scalar(select(func.max(t.c.id))) or 0) for t in tables)
+
+
+def _wall_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def record_audit(engine: Engine, report: AuditReport, policy: BillingPolicy, *, duration_s: float = 0.0,
+                 mark: str | None = None, conservation_result: dict[str, Any] | None = None) -> bool:
+    """Store `report` in `audit_run` (creating the table on an older database).
+    False when the database cannot be written (a read-only copy): the report is simply not kept."""
+    try:
+        audit_run.create(engine, checkfirst=True)
+        with engine.begin() as conn:
+            conn.execute(insert(audit_run).values(
+                ran_at=_wall_now(), judged_at=report.now, policy=report.policy, policy_key=policy_key(policy),
+                data_mark=mark if mark is not None else data_mark(engine), total=report.total,
+                duration_s=float(duration_s), report=report.to_dict(),
+                conservation=jsonable(conservation_result) if conservation_result is not None else None))
+    except SQLAlchemyError:
+        return False
+    return True
+
+
+def latest_audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY) -> StoredAudit | None:
+    """The newest stored audit judged with `policy`, or None (never run, or an older database)."""
+    with connect(bind) as conn:
+        if not inspect(conn).has_table(audit_run.name):
+            return None
+        row = conn.execute(select(audit_run).where(audit_run.c.policy_key == policy_key(policy))
+                           .order_by(audit_run.c.id.desc()).limit(1)).mappings().first()
+    if row is None:
+        return None
+    report = row["report"] if isinstance(row["report"], dict) else json.loads(row["report"])
+    return StoredAudit(row["ran_at"], row["judged_at"], row["policy"], int(row["total"]), float(row["duration_s"]),
+                       report, row["conservation"], row["data_mark"] == data_mark(bind))
+
+
+def run_and_record(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *,
+                   row_cap: int = ROW_CAP) -> StoredAudit:
+    """Run the whole audit and conservation now, store both, and return them as stored."""
+    started, mark = time.perf_counter(), data_mark(engine)
+    report = audit(engine, policy, row_cap=row_cap, record=False)
+    cons = conservation(engine, row_cap)
+    took = time.perf_counter() - started
+    record_audit(engine, report, policy, duration_s=took, mark=mark, conservation_result=cons)
+    return StoredAudit(_wall_now(), report.now, report.policy, report.total, took, report.to_dict(),
+                       jsonable(cons), mark == data_mark(engine))
+
+
+def current_audit(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: int = ROW_CAP,
+                  run_below_tasks: int = 50_000) -> StoredAudit | None:
+    """The stored audit for `policy`; when there is none or it is stale and the database holds
+    fewer than `run_below_tasks` tasks (seconds of work at most), a new one run now and stored.
+    On a bigger database a stale result is returned as such and a missing one is None."""
+    stored = latest_audit(engine, policy)
+    if stored is not None and stored.fresh:
+        return stored
+    with connect(engine) as conn:
+        tasks = int(conn.scalar(select(func.max(ai_task.c.id))) or 0)
+    if tasks < run_below_tasks:
+        return run_and_record(engine, policy, row_cap=row_cap)
+    return stored

@@ -160,14 +160,21 @@ def credit_totals(engine: Engine) -> dict[str, int]:
 
 
 def audit_summary(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY) -> dict[str, Any] | None:
-    """The audit's violation total and count per violated kind (judged with `policy`);
-    None when this version has no audit."""
+    """The latest stored audit judged with `policy` (audit.current_audit: run now only on a small
+    database): violation total, count per violated kind, when it ran and whether rows were added
+    since (fresh). total is None when a big database has no stored audit yet; None when this
+    version has no audit."""
     try:
-        from .audit import audit
+        from .audit import current_audit
     except ImportError:
         return None
-    report = audit(engine, policy)
-    return {"total": report.total, "kinds": {f.title: f.count for f in report.findings}, "policy": report.policy}
+    stored = current_audit(engine, policy)
+    if stored is None:
+        return {"total": None, "kinds": {}, "policy": policy.name, "ran_at": None, "judged_at": None,
+                "fresh": False, "duration_s": None}
+    kinds = {f["title"]: int(f["count"]) for f in stored.report.get("findings", [])}
+    return {"total": stored.total, "kinds": kinds, "policy": stored.policy, "ran_at": stored.ran_at,
+            "judged_at": stored.judged_at, "fresh": stored.fresh, "duration_s": stored.duration_s}
 
 
 def format_time(value: Any) -> str:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -168,6 +169,24 @@ chat_message = Table(
     Column("settled_at", DateTime),
     Index("ix_chat_message_session", "session_id"),
     Index("ix_chat_message_status", "status"),
+)
+
+# Not a contract table: the audit's stored results (rivya_core.audit.record_audit), so pages
+# show the latest verdict instead of re-running the audit over millions of rows on each load.
+audit_run = Table(
+    "audit_run",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("ran_at", DateTime, nullable=False),  # wall clock (UTC) when the audit finished
+    Column("judged_at", DateTime, nullable=False),  # the `now` the audit judged ages against
+    Column("policy", String(100), nullable=False),
+    Column("policy_key", String(64), nullable=False),  # digest of the whole policy
+    Column("data_mark", String(200), nullable=False),  # the newest row ids when it ran (staleness)
+    Column("total", BigInteger, nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("report", JSON, nullable=False),  # AuditReport.to_dict(), rows capped
+    Column("conservation", JSON),  # audit.conservation() of the same moment
+    Index("ix_audit_run_policy", "policy_key", "id"),
 )
 
 schema_meta = Table(

@@ -278,3 +278,49 @@ def test_parallel_and_sequential_runs_agree(db, clean):
     assert one == many and one["counts"]["stuck_past_timeout"] == 1
     with db.engine.connect() as conn:  # a Connection runs the checks on itself
         assert audit(conn, now=NOW).to_dict() == one
+
+
+# --- stored results ---------------------------------------------------------------------------
+
+
+def test_a_full_audit_is_stored_and_read_back_without_running(db, clean):
+    from rivya_core.audit import current_audit, latest_audit
+
+    assert latest_audit(db.engine) is None
+    set_task(db, clean["ok"], result_urls=None)
+    report = audit(db.engine, now=NOW)
+    stored = latest_audit(db.engine)
+    assert stored is not None and stored.fresh and stored.total == report.total == 1
+    assert stored.as_report().counts() == report.counts()
+    assert stored.as_report().findings[0].rows[0]["task_id"] == clean["ok"]
+    assert latest_audit(db.engine, replace(DEFAULT_POLICY, refund_classes=frozenset())) is None  # other policy
+    assert current_audit(db.engine, run_below_tasks=0) == stored  # big database: the stored one, not a new run
+
+
+def test_partial_audits_are_not_stored(db, clean):
+    from rivya_core.audit import latest_audit
+
+    audit(db.engine, now=NOW, kinds=["double_refund"])
+    audit(db.engine, now=NOW, record=False)
+    assert latest_audit(db.engine) is None
+
+
+def test_new_rows_make_a_stored_audit_stale(db, clean):
+    from rivya_core.audit import current_audit, latest_audit, run_and_record
+
+    first = run_and_record(db.engine)
+    assert first.fresh and first.conservation["ok"]
+    db.grant(clean["bob"], 5)
+    stale = latest_audit(db.engine)
+    assert not stale.fresh and stale.total == first.total
+    assert current_audit(db.engine, run_below_tasks=0).fresh is False  # big: kept as it is, marked stale
+    assert current_audit(db.engine).fresh  # small: run again and stored
+
+
+def test_a_database_without_the_audit_run_table_reads_none_and_gets_it(db, clean):
+    from rivya_core.audit import latest_audit
+
+    s.audit_run.drop(db.engine)
+    assert latest_audit(db.engine) is None
+    audit(db.engine, now=NOW)
+    assert latest_audit(db.engine).fresh
