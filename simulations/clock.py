@@ -20,9 +20,14 @@ class SimClock:
         self.env = env
         self.epoch = epoch
         self._epoch_ts = int((epoch - datetime(1970, 1, 1)).total_seconds())
+        self._at: float | None = None  # the SimPy time now() last converted, and its datetime
+        self._now = epoch
 
     def now(self) -> datetime:
-        return self.epoch + timedelta(seconds=round(self.env.now, 6))
+        t = self.env.now
+        if t != self._at:  # a SimPy step calls now() many times: convert once per simulated instant
+            self._at, self._now = t, self.epoch + timedelta(seconds=round(t, 6))
+        return self._now
 
     def timestamp(self) -> int:
         """Unix seconds of now(), as webhook timestamps carry it."""
