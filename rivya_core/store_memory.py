@@ -22,8 +22,7 @@ import copy
 import heapq
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from dataclasses import fields as dc_fields
 from datetime import datetime
@@ -89,7 +88,9 @@ def _copy(row: Any) -> Any:
     return out
 
 
-def _check_fields(given: Iterable[str], allowed: frozenset[str], what: str) -> None:
+def _check_fields(given: dict[str, Any], allowed: frozenset[str], what: str) -> None:
+    if given.keys() <= allowed and "id" not in given:
+        return
     unknown = sorted(set(given) - allowed - {"id"})
     if unknown or "id" in given:
         raise ValueError(f"cannot update {what} field(s): {', '.join(unknown or ['id'])}")
@@ -137,6 +138,37 @@ class _Tomb:
                     created_at=self.created_at, upstream_task_id=self.upstream_task_id)
 
 
+class _Unit:
+    """One unit of work: holds the lock, rolls back its own writes when it raises.
+    A plain context manager (not @contextmanager): one is entered per lifecycle step."""
+
+    __slots__ = ("s", "mark")
+
+    def __init__(self, store: MemoryStore):
+        self.s = store
+
+    def __enter__(self) -> MemoryTx:
+        s = self.s
+        s._lock.acquire()
+        self.mark = len(s._undo)
+        s._depth += 1
+        return s._tx
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        s = self.s
+        try:
+            if exc_type is not None:
+                undo = s._undo
+                while len(undo) > self.mark:
+                    undo.pop()()
+        finally:
+            s._depth -= 1
+            if s._depth == 0:
+                s._undo.clear()
+            s._lock.release()
+        return False
+
+
 class MemoryStore:
     """Store protocol over dicts. Thread-safe; sequential ids from 1."""
 
@@ -176,21 +208,9 @@ class MemoryStore:
 
     # --- Store protocol ---------------------------------------------------------
 
-    @contextmanager
-    def begin(self) -> Iterator[MemoryTx]:
-        with self._lock:
-            mark = len(self._undo)
-            self._depth += 1
-            try:
-                yield self._tx
-            except BaseException:
-                while len(self._undo) > mark:
-                    self._undo.pop()()
-                raise
-            finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._undo.clear()
+    def begin(self) -> _Unit:
+        """A unit of work (re-entrant): `with store.begin() as tx: ...`."""
+        return _Unit(self)
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -505,18 +525,18 @@ class MemoryTx:
         task = s.tasks.get(task_id)
         if task is None:
             return False
-        if expect_status is not None and task.status not in {str(x) for x in expect_status}:
+        if expect_status is not None and task.status not in expect_status:  # str-valued: StrEnum or str
             return False
-        before = _shallow(task)
+        state = task.__dict__
+        before = {name: state[name] for name in fields}
         s._unindex_task(task)
         for name, value in fields.items():
-            setattr(task, name, _clone(value) if isinstance(value, (dict, list)) else value)
+            state[name] = _clone(value) if isinstance(value, _CONTAINERS) else value
         s._index_task(task)
 
         def undo() -> None:
             s._unindex_task(task)
-            for name in fields:
-                setattr(task, name, getattr(before, name))
+            state.update(before)
             s._index_task(task)
 
         s._undo.append(undo)
@@ -610,7 +630,7 @@ class MemoryTx:
     def add_event(self, task_id: int, kind: str, detail: dict[str, Any], at: datetime) -> None:
         s = self.s
         ev = TaskEvent(id=s._new_id("task_event"), task_id=task_id, at=at, kind=str(kind),
-                       detail=_clone(dict(detail)))
+                       detail=_clone(detail if type(detail) is dict else dict(detail)))  # _clone makes a new dict
         s._task_events[task_id].append(ev.id)
         s._add(s.events, ev, lambda: s._task_events[task_id].remove(ev.id))
 
