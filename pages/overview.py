@@ -80,10 +80,16 @@ with show_errors():
     page_link("pages/refund_audit.py", "Open the refund audit", icon=":material/policy:")
 
     st.subheader("Throughput and failures over time")
-    flow = cached_df(reports.throughput)
+    windows = {"Last 7 days": 7.0, "Last 30 days": 30.0, "Whole history": None}
+    window = st.segmented_control("Window", list(windows), default="Last 7 days", key="throughput_window",
+                                  help="Ends at the newest finished task; longer windows read more rows")
+    flow = cached_df(reports.throughput, windows.get(window or "Last 7 days"))
     if flow.empty:
         st.caption("No finished task yet.")
     else:
+        start, end = flow.attrs.get("window", (None, None))
+        st.caption(f"Tasks finished from {reports.format_time(start)} to {reports.format_time(end)} UTC "
+                   f"({(window or 'Last 7 days').lower()} of this database's history).")
         fig = px.bar(flow, x="bucket", y="tasks", color="status", color_discrete_map=STATE_COLORS,
                      labels={"bucket": "finished at (UTC)", "tasks": "tasks finished"})
         fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), legend_title_text="")

@@ -130,26 +130,33 @@ def show_run(url: str) -> None:
     for v in s.get("violations", []):
         st.error(f"{v.get('kind')}: {v.get('message')}")
 
+    windows = {"Last 7 simulated days": lv.WINDOW_S, "Last 30 simulated days": 30 * 86400.0, "Whole run": None}
+    window = st.segmented_control("Charts show", list(windows), default="Last 7 simulated days",
+                                  key=f"window_{url}", help="Long runs read only the rows of this window")
+    window = window or "Last 7 simulated days"
+    st.caption(f"Charts below: {window.lower()} (a run shorter than the window is shown whole); "
+               "succeeded and failed count from the window's start.")
+    window_s = windows[window]
     left, right = st.columns(2)
-    timeline = run_view("state_timeline", url, 80)
+    timeline = run_view("state_timeline", url, 80, window_s)
     if not timeline.empty:
         left.plotly_chart(px.area(timeline, x="t_s", y="tasks", color="state", color_discrete_map=STATE_COLORS,
                                   labels={"t_s": "simulated seconds since the first task"},
-                                  title="Task states over simulated time"), width="stretch")
+                                  title=f"Task states ({window.lower()})"), width="stretch")
     paths = pd.DataFrame({"path": list(s.get("completion_paths", {})),
                           "tasks": list(s.get("completion_paths", {}).values())})
     if not paths.empty:
         right.plotly_chart(px.bar(paths, x="path", y="tasks", title="How tasks completed"), width="stretch")
     left, right = st.columns(2)
-    latency = run_view("latency_histogram", url, 40)
+    latency = run_view("latency_histogram", url, 40, window_s)
     if not latency.empty:
         p = s.get("latency_percentiles", {})
         fig = px.bar(latency, x=latency["latency_s"] + latency["width_s"] / 2, y="tasks", color="category",
                      labels={"x": "time to terminal (s)"},
-                     title="Time to terminal: " + ", ".join(f"{k} {v:,.0f} s" for k, v in p.items()))
+                     title=f"Time to terminal ({window.lower()}); whole run " + ", ".join(f"{k} {v:,.0f} s" for k, v in p.items()))
         fig.update_traces(width=float(latency["width_s"].iloc[0]))
         left.plotly_chart(fig, width="stretch")
-    flow = run_view("credit_flow", url, 60)
+    flow = run_view("credit_flow", url, 60, window_s)
     flow = flow[~flow["entry_type"].isin(["grant", "adjustment"])]
     if not flow.empty:
         flow = flow.assign(credits=flow["credits"].abs())

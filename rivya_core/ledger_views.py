@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, Float, Integer, case, cast, func, inspect, select
 
+from .queries import ACTIVE_STATES
 from .schema import (
     account,
     ai_task,
@@ -288,55 +289,82 @@ def notification_kinds(engine: Engine, user_id: int | None = None) -> pd.DataFra
 # --- simulation runs ------------------------------------------------------------------
 
 
-def _buckets(engine: Engine, cols, buckets: int) -> tuple[float, float] | None:
-    exprs = [epoch_seconds(engine, c) for c in cols]
+WINDOW_S = 7 * 86400.0  # the lab's charts show the latest week of a long run by default
+
+
+def _to_epoch(value: Any) -> float:
+    return pd.Timestamp(value).timestamp() if value is not None else float("nan")
+
+
+def _first_last(engine: Engine, cols) -> tuple[Any, Any] | None:
+    """The earliest value of cols[0] and the latest of any col: plain min/max, so index lookups."""
     with engine.connect() as conn:
-        lo = conn.execute(select(func.min(exprs[0]))).scalar()
-        hi = max((conn.execute(select(func.max(e))).scalar() or 0.0) for e in exprs)
-    if lo is None:
+        first = conn.execute(select(func.min(cols[0]))).scalar()
+        lasts = [conn.execute(select(func.max(c))).scalar() for c in cols]
+    lasts = [v for v in lasts if v is not None]
+    if first is None or not lasts:
         return None
-    width = max((float(hi) - float(lo)) / max(1, buckets), 1.0)
-    return float(lo), width
+    return pd.Timestamp(first), max(pd.Timestamp(v) for v in lasts)
 
 
-def _bucketed(engine: Engine, col, lo: float, width: float, *extra):
-    """Counts per (bucket, *extra) of rows where `col` is set: columns b, *extra, n."""
+def _window(engine: Engine, cols, buckets: int, window_s: float | None):
+    """(first, start, width): the first timestamp (t = 0), where the window starts (the latest
+    `window_s` seconds, or the whole history) and the bucket width in seconds; None without rows."""
+    span = _first_last(engine, cols)
+    if span is None:
+        return None
+    first, last = span
+    start = first if window_s is None else max(first, last - pd.Timedelta(seconds=float(window_s)))
+    width = max((last - start).total_seconds() / max(1, buckets), 1.0)
+    return first, start, width
+
+
+def _bucketed(engine: Engine, col, start, width: float, *extra):
+    """Counts per (bucket, *extra) of rows where `col` falls in the window: columns b, *extra, n."""
+    lo = _to_epoch(start)
     b = cast((epoch_seconds(engine, col) - lo) / width, Integer).label("b")
-    inner = select(b, *extra).where(col.is_not(None)).subquery()
+    inner = select(b, *extra).where(col >= start.to_pydatetime()).subquery()
     keys = [inner.c.b, *(inner.c[e.name] for e in extra)]
     return _frame(engine, select(*keys, func.count().label("n")).group_by(*keys))
 
 
-def state_timeline(engine: Engine, buckets: int = 60) -> pd.DataFrame:
-    """Tasks active, succeeded and failed at the end of each time bucket since the first task.
+def state_timeline(engine: Engine, buckets: int = 60, window_s: float | None = WINDOW_S) -> pd.DataFrame:
+    """Tasks active at the end of each time bucket of the latest `window_s` seconds (None: since
+    the first task), and tasks succeeded and failed since the window's start.
 
-    Columns t_s (seconds since the first task), state, tasks: per-bucket counts
-    come from SQL and are cumulated here over at most `buckets` + 1 rows.
+    Columns t_s (seconds since the first task), state, tasks. Only rows in the window are read
+    (index range scans): tasks active at time t are those active now, less those created after t,
+    plus those finished after t. Cumulated here over at most `buckets` + 1 rows.
     """
-    span = _span(engine, [ai_task.c.created_at, ai_task.c.finished_at], buckets)
-    if span is None:
+    w = _window(engine, [ai_task.c.created_at, ai_task.c.finished_at], buckets, window_s)
+    if w is None:
         return pd.DataFrame(columns=["t_s", "state", "tasks"])
-    lo, width = span
+    first, start, width = w
     idx = pd.RangeIndex(buckets + 1)
-    created = _bucketed(engine, ai_task.c.created_at, lo, width)
-    finished = _bucketed(engine, ai_task.c.finished_at, lo, width, ai_task.c.status)
-    frame = pd.DataFrame({"created": created.set_index("b")["n"].reindex(idx, fill_value=0).cumsum()})
+    created = _bucketed(engine, ai_task.c.created_at, start, width)
+    finished = _bucketed(engine, ai_task.c.finished_at, start, width, ai_task.c.status)
+    with engine.connect() as conn:
+        active_now = int(conn.scalar(select(func.count()).where(ai_task.c.status.in_(ACTIVE_STATES))) or 0)
+    made = created.set_index("b")["n"].reindex(idx, fill_value=0)
+    done = finished.groupby("b")["n"].sum().reindex(idx, fill_value=0)
+    frame = pd.DataFrame({"ACTIVE": active_now - (made.sum() - made.cumsum()) + (done.sum() - done.cumsum())})
     for state in ("SUCCESS", "FAILED"):
         part = finished[finished["status"] == state].set_index("b")["n"]
         frame[state] = part.reindex(idx, fill_value=0).cumsum()
-    frame["ACTIVE"] = frame["created"] - frame["SUCCESS"] - frame["FAILED"]
-    frame["t_s"] = idx * width + width
+    frame["t_s"] = (start - first).total_seconds() + idx * width + width
     return frame.melt(id_vars="t_s", value_vars=["ACTIVE", "SUCCESS", "FAILED"], var_name="state", value_name="tasks")
 
 
-def credit_flow(engine: Engine, buckets: int = 60) -> pd.DataFrame:
-    """Credits moved per time bucket and entry type: columns t_s (bucket start), entry_type, credits, width_s."""
-    span = _span(engine, [credit_ledger.c.created_at], buckets)
-    if span is None:
+def credit_flow(engine: Engine, buckets: int = 60, window_s: float | None = WINDOW_S) -> pd.DataFrame:
+    """Credits moved per time bucket and entry type over the latest `window_s` seconds (None: the
+    whole ledger): columns t_s (bucket start, seconds since the first entry), entry_type, credits, width_s."""
+    w = _window(engine, [credit_ledger.c.created_at], buckets, window_s)
+    if w is None:
         return pd.DataFrame(columns=["t_s", "entry_type", "credits", "width_s"])
-    lo, width = span
-    b = cast((epoch_seconds(engine, credit_ledger.c.created_at) - lo) / width, Integer).label("b")
-    inner = select(b, credit_ledger.c.entry_type, credit_ledger.c.amount).subquery()
+    first, start, width = w
+    b = cast((epoch_seconds(engine, credit_ledger.c.created_at) - _to_epoch(start)) / width, Integer).label("b")
+    inner = (select(b, credit_ledger.c.entry_type, credit_ledger.c.amount)
+             .where(credit_ledger.c.created_at >= start.to_pydatetime()).subquery())
     stmt = (
         select(inner.c.b, inner.c.entry_type, func.sum(inner.c.amount).label("credits"))
         .group_by(inner.c.b, inner.c.entry_type)
@@ -344,24 +372,28 @@ def credit_flow(engine: Engine, buckets: int = 60) -> pd.DataFrame:
         .limit(MAX_ROWS)
     )
     frame = _frame(engine, stmt)
-    frame["t_s"] = frame.pop("b") * width
+    frame["t_s"] = (start - first).total_seconds() + frame.pop("b") * width
     frame["width_s"] = width
     return frame[["t_s", "entry_type", "credits", "width_s"]]
 
 
-def latency_histogram(engine: Engine, buckets: int = 40) -> pd.DataFrame:
-    """Terminal tasks by time to terminal (finished_at − created_at) bucket and category.
+def latency_histogram(engine: Engine, buckets: int = 40, window_s: float | None = WINDOW_S) -> pd.DataFrame:
+    """Tasks that reached a terminal state in the latest `window_s` seconds (None: all of them) by
+    time to terminal (finished_at − created_at) bucket and category.
 
     Columns latency_s (bucket start, seconds), category, tasks, width_s (the bucket width).
     """
+    span = _first_last(engine, [ai_task.c.finished_at])
+    if span is None:
+        return pd.DataFrame(columns=["latency_s", "category", "tasks", "width_s"])
+    start = span[0] if window_s is None else max(span[0], span[1] - pd.Timedelta(seconds=float(window_s)))
+    in_window = ai_task.c.finished_at >= start.to_pydatetime()
     latency = epoch_seconds(engine, ai_task.c.finished_at) - epoch_seconds(engine, ai_task.c.created_at)
     with engine.connect() as conn:
-        hi = conn.execute(select(func.max(latency)).where(ai_task.c.finished_at.is_not(None))).scalar()
-    if hi is None:
-        return pd.DataFrame(columns=["latency_s", "category", "tasks", "width_s"])
-    width = max(float(hi) / max(1, buckets), 1.0)
+        hi = conn.execute(select(func.max(latency)).where(in_window)).scalar()
+    width = max(float(hi or 0.0) / max(1, buckets), 1.0)
     b = cast(latency / width, Integer).label("b")
-    inner = select(b, ai_task.c.category).where(ai_task.c.finished_at.is_not(None)).subquery()
+    inner = select(b, ai_task.c.category).where(in_window).subquery()
     stmt = (
         select(inner.c.b, inner.c.category, func.count().label("tasks"))
         .group_by(inner.c.b, inner.c.category)
@@ -372,17 +404,6 @@ def latency_histogram(engine: Engine, buckets: int = 40) -> pd.DataFrame:
     frame["latency_s"] = frame.pop("b") * width
     frame["width_s"] = width
     return frame[["latency_s", "category", "tasks", "width_s"]]
-
-
-def _span(engine: Engine, cols, buckets: int) -> tuple[float, float] | None:
-    """(first timestamp, bucket width) in epoch seconds over `cols`, or None when there is no row."""
-    with engine.connect() as conn:
-        lo = conn.execute(select(func.min(epoch_seconds(engine, cols[0])))).scalar()
-        his = [conn.execute(select(func.max(epoch_seconds(engine, c)))).scalar() for c in cols]
-    if lo is None:
-        return None
-    hi = max(float(h) for h in his if h is not None)
-    return float(lo), max((hi - float(lo)) / max(1, buckets), 1.0)
 
 
 def busiest_accounts(engine: Engine, limit: int = 50) -> pd.DataFrame:

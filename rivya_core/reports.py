@@ -66,31 +66,42 @@ def _unit_for(span: timedelta) -> str:
     return "day"
 
 
-def throughput(engine: Engine, max_buckets: int = MAX_ROWS) -> pd.DataFrame:
-    """Finished tasks per time bucket and outcome: columns bucket, status, tasks.
+THROUGHPUT_DAYS = 7.0
 
-    The bucket width (minute, hour, day) follows the span of finished_at.
+
+def throughput(engine: Engine, days: float | None = THROUGHPUT_DAYS, max_buckets: int = MAX_ROWS) -> pd.DataFrame:
+    """Finished tasks per time bucket and outcome over the latest `days` of finished_at (None: the
+    whole history): columns bucket, status, tasks; attrs["window"] is the (start, end) shown.
+
+    The window ends at the newest finished task and is read through ix_ai_task_finished, so a
+    million-task history costs no more than its last week; the bucket width (minute, hour,
+    day) follows the window's span.
     """
     lo, hi = _span(engine)
     if lo is None:
         return pd.DataFrame(columns=["bucket", "status", "tasks"])
+    if days is not None:
+        lo = max(lo, hi - timedelta(days=float(days)))
     bucket = _bucket(engine, ai_task.c.finished_at, _unit_for(hi - lo)).label("bucket")
     stmt = (
         select(bucket, ai_task.c.status, func.count().label("tasks"))
-        .where(ai_task.c.finished_at.is_not(None))
+        .where(ai_task.c.finished_at >= lo)
         .group_by(bucket, ai_task.c.status)
         .order_by(bucket.desc())
         .limit(max_buckets * 2)
     )
     df = _frame(engine, stmt)
     df["bucket"] = pd.to_datetime(df["bucket"])
-    return df.sort_values("bucket").reset_index(drop=True)
+    df = df.sort_values("bucket").reset_index(drop=True)
+    df.attrs["window"] = (lo, hi)
+    return df
 
 
 def _span(engine: Engine) -> tuple[datetime | None, datetime | None]:
-    stmt = select(func.min(ai_task.c.finished_at), func.max(ai_task.c.finished_at))
+    """The first and last finished_at: two index lookups."""
     with engine.connect() as conn:
-        lo, hi = conn.execute(stmt).one()
+        lo = conn.execute(select(func.min(ai_task.c.finished_at))).scalar()
+        hi = conn.execute(select(func.max(ai_task.c.finished_at))).scalar()
     if lo is None:
         return None, None
     return pd.Timestamp(lo).to_pydatetime(), pd.Timestamp(hi).to_pydatetime()

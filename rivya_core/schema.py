@@ -71,6 +71,7 @@ ai_task = Table(
     Index("ix_ai_task_created", "created_at"),
     Index("ix_ai_task_next_check", "status", "next_check_at"),
     Index("ix_ai_task_chat_message", "chat_message_id"),
+    Index("ix_ai_task_finished", "finished_at", "status"),  # time windows of the charts
 )
 
 credit_ledger = Table(
@@ -93,6 +94,7 @@ credit_ledger = Table(
     Index("ix_credit_ledger_task", "task_id"),
     Index("ix_credit_ledger_chat_message", "chat_message_id"),
     Index("ix_credit_ledger_type_created", "entry_type", "created_at"),
+    Index("ix_credit_ledger_created", "created_at"),  # time windows of the charts
 )
 
 notification = Table(

@@ -303,3 +303,27 @@ def test_simulation_lab_runs_a_scenario_and_charts_it(empty_url, tmp_path, monke
     at.run()
     assert at.session_state["db_url"] == f"sqlite:///{made[0]}"
     assert at.query_params["db"] == f"sqlite:///{made[0]}"
+
+
+def test_lab_charts_read_a_window_ending_at_the_latest_row(engine):
+    whole = lv.state_timeline(engine, buckets=10, window_s=None)
+    recent = lv.state_timeline(engine, buckets=10, window_s=60.0)  # the last minute: no task finished in it
+    at_end = lambda tl: tl[tl["t_s"] == tl["t_s"].max()].set_index("state")["tasks"].to_dict()  # noqa: E731
+    assert at_end(whole)["ACTIVE"] == at_end(recent)["ACTIVE"] == 1  # active now, whatever the window
+    assert at_end(recent)["SUCCESS"] == at_end(recent)["FAILED"] == 0  # finished before the window
+    assert recent["t_s"].min() > whole["t_s"].min()  # still seconds since the first task
+    assert lv.credit_flow(engine, buckets=5, window_s=None)["credits"].sum() == 82
+    assert lv.credit_flow(engine, buckets=5, window_s=1.0)["credits"].sum() < 82
+    assert lv.latency_histogram(engine, window_s=None)["tasks"].sum() == 3
+    assert lv.latency_histogram(engine, window_s=60.0)["tasks"].sum() < 3
+
+
+def test_throughput_shows_the_latest_days_and_says_which(engine):
+    from rivya_core import reports
+
+    whole = reports.throughput(engine, days=None)
+    start, end = whole.attrs["window"]
+    assert whole["tasks"].sum() == 3 and start < end
+    recent = reports.throughput(engine, days=1 / 1440)  # the last minute before the newest finish
+    assert 1 <= recent["tasks"].sum() < 3
+    assert recent.attrs["window"] == (end - timedelta(minutes=1), end)
