@@ -78,13 +78,20 @@ def _shallow(row: Any) -> Any:
     return out
 
 
+# The JSON-like fields of each row type (every other field holds a scalar).
+_JSON_FIELDS: dict[type, tuple[str, ...]] = {Task: ("params", "result_urls"), TaskEvent: ("detail",)}
+
+
 def _copy(row: Any) -> Any:
     """A detached copy: the dataclass and any JSON-like value inside it."""
     out = _shallow(row)
-    for name in ("params", "result_urls", "detail"):
-        value = getattr(out, name, None)
-        if isinstance(value, (dict, list)):
-            setattr(out, name, _clone(value))
+    fields = _JSON_FIELDS.get(row.__class__)
+    if fields:
+        state = out.__dict__
+        for name in fields:
+            value = state[name]
+            if isinstance(value, (dict, list)):
+                state[name] = _clone(value)
     return out
 
 
@@ -629,10 +636,17 @@ class MemoryTx:
     # timeline, notifications, callbacks
     def add_event(self, task_id: int, kind: str, detail: dict[str, Any], at: datetime) -> None:
         s = self.s
-        ev = TaskEvent(id=s._new_id("task_event"), task_id=task_id, at=at, kind=str(kind),
-                       detail=_clone(detail if type(detail) is dict else dict(detail)))  # _clone makes a new dict
-        s._task_events[task_id].append(ev.id)
-        s._add(s.events, ev, lambda: s._task_events[task_id].remove(ev.id))
+        eid = s._new_id("task_event")
+        s.events[eid] = TaskEvent(id=eid, task_id=task_id, at=at, kind=str(kind),
+                                  detail=_clone(detail if type(detail) is dict else dict(detail)))  # a new dict
+        ids = s._task_events[task_id]
+        ids.append(eid)
+
+        def undo() -> None:  # the most frequent write: one closure, not two
+            s.events.pop(eid, None)
+            ids.remove(eid)
+
+        s._undo.append(undo)
 
     def task_events(self, task_id: int) -> list[TaskEvent]:
         return [_copy(self.s.events[e]) for e in self.s._task_events.get(task_id, ())]
