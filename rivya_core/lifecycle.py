@@ -177,21 +177,19 @@ class LifecycleService:
     def submit(self, user_id: int, request: Any, *, chat_message_id: int | None = None) -> Task:
         req = validate(self.catalog, request)                       # 1. validate (raises, writes nothing)
         credits = self.policy.price(req.model, req.base_credits)
-        duplicate = self._heavier_duplicate(user_id, req, credits)
-        task = self._tx(lambda tx: self._create(tx, user_id, req, credits, chat_message_id, duplicate))  # 2.
+        task = self._tx(lambda tx: self._create(tx, user_id, req, credits, chat_message_id,  # 2. one unit with
+                                                self._heavier_duplicate(tx, user_id, req, credits)))  # its read-only check
         if not self._tx(lambda tx: self._charge(tx, task.id)):      # 3. spend before submission
             return self.task(task.id)
-        return self._submit_upstream(task.id)                       # 4. provider job, GENERATING
+        return self._submit_upstream(task.id, task)                 # 4. provider job, GENERATING
 
-    def _heavier_duplicate(self, user_id: int, req: NormalizedRequest, credits: int) -> Task | None:
+    def _heavier_duplicate(self, tx: Tx, user_id: int, req: NormalizedRequest, credits: int) -> Task | None:
+        """A running task of this user with the same prompt that this one outweighs; raises when
+        the policy blocks such a run (before anything is written)."""
         since = self._now() - timedelta(seconds=self.policy.duplicate_window_s)
-
-        def step(tx: Tx) -> Task | None:
-            running = tx.user_tasks(user_id, statuses=ACTIVE, since=since, limit=50)
-            return next((t for t in running if t.model == req.model and t.prompt == req.prompt
-                         and credits >= t.reserved_credits), None)
-
-        dup = self._tx(step)
+        running = tx.user_tasks(user_id, statuses=ACTIVE, since=since, limit=50)
+        dup = next((t for t in running if t.model == req.model and t.prompt == req.prompt
+                    and credits >= t.reserved_credits), None)
         if dup is not None and self.policy.duplicate_runs == "block":
             raise ValidationError(
                 f"task {dup.id} with the same prompt is still running; wait for it before a heavier duplicate run",
@@ -233,8 +231,9 @@ class LifecycleService:
                     balance_after=res.entry.balance_after)
         return True
 
-    def _submit_upstream(self, task_id: int) -> Task:
-        task = self.task(task_id)
+    def _submit_upstream(self, task_id: int, task: Task | None = None) -> Task:
+        """`task`: the row as created, when the caller has it (the fields sent upstream never change)."""
+        task = task if task is not None else self.task(task_id)
         provider = self.providers.get(task.provider)
         error: ProviderError | None = None
         upstream_id: str | None = None
