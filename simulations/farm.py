@@ -10,6 +10,12 @@ answers only what the provider knows at that simulated moment.
 
 Every draw about one job comes from a Random keyed by (stream, task_ref), so a
 job's latency and faults do not depend on how many jobs came before it.
+
+With `record_jobs` on (the runner turns it on), the farm remembers which jobs
+changed (submitted, started, finished) and `job_rows()` hands them to the
+batch writer as `upstream_job` rows: the provider's own knowledge, persisted
+in the same transactions as the tasks, so a recorded provider can answer for
+the farm once the run is over (simulations/recorded.py).
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class Job:
     error: tuple[str, str, str] | None = None
     pending_deliveries: int = 0
     lose_next: int = 0             # scripted: drop the next N callbacks
+    provider: str = ""
+    started_at: float | None = None
+    recorded: bool = False         # an upstream_job row exists (later writes update it)
 
 
 @dataclass
@@ -108,9 +117,10 @@ class MockProvider:
                 raise ProviderError(kind, f"{self.name}: submission {kind}")
         self._n += 1
         upstream_id = f"{self.name}-{self._n:08d}"
-        job = Job(upstream_id, task_ref, model, self.category_of(model), self.env.now)
+        job = Job(upstream_id, task_ref, model, self.category_of(model), self.env.now, provider=self.name)
         self.jobs[upstream_id] = job
         self.by_ref[task_ref] = upstream_id
+        self.farm.touch(job)
         self.env.process(self._run(job))
         return upstream_id
 
@@ -152,7 +162,8 @@ class MockProvider:
         with self.slots.request() as req:
             yield req
             job.state = "running"
-            start = self.env.now
+            start = job.started_at = self.env.now
+            self.farm.touch(job)
             if self.farm.callbacks_enabled and cfg.reorder and cb_u["reorder"] < cfg.reorder:
                 # a progress callback that is overtaken by the final one
                 self._send(job, self._next_msg(), self._body(job, "task.progress", "running"),
@@ -162,6 +173,7 @@ class MockProvider:
             yield self.env.timeout(gen_s)
         self._decide(job, u_outcome, forced)
         job.done_at = self.env.now
+        self.farm.touch(job)
         self.farm.stats.outcomes[job.state if job.error is None else job.error[0]] += 1
         if job.state == "lost" or not self.farm.callbacks_enabled:
             return
@@ -257,7 +269,10 @@ class Farm:
                  config_for: Callable[[str], ProviderConfig], category_of: Callable[[str], str],
                  callbacks_enabled: bool, outages: tuple[Outage, ...] = ()):
         self.env = env
+        self.clock = clock
         self.callbacks_enabled = callbacks_enabled
+        self.record_jobs = False
+        self._changed: dict[str, Job] = {}   # jobs changed since the last job_rows(), in order
         self.stats = FarmStats()
         self.inbox = simpy.Store(env)
         self.deliver: Callable[[str, dict[str, str], bytes], Any] | None = None
@@ -289,6 +304,30 @@ class Farm:
                 d.job.pending_deliveries -= 1
             if self.on_delivered:
                 self.on_delivered(d, result)
+
+    def touch(self, job: Job) -> None:
+        if self.record_jobs:
+            self._changed[job.upstream_id] = job
+
+    def job_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """upstream_job rows of the jobs changed since the last call: (new, changed)."""
+        new: list[dict[str, Any]] = []
+        changed: list[dict[str, Any]] = []
+        for job in self._changed.values():
+            (changed if job.recorded else new).append(self._job_row(job))
+            job.recorded = True
+        self._changed.clear()
+        return new, changed
+
+    def _job_row(self, job: Job) -> dict[str, Any]:
+        code, message, klass = (job.error or MODEL_ERROR) if job.state == "failed" else (None, None, None)
+        at = self.clock.at
+        return {"provider": job.provider, "upstream_task_id": job.upstream_id, "task_ref": job.task_ref,
+                "model": job.model, "state": job.state, "result_urls": list(job.result_urls) or None,
+                "error_code": code, "error_message": message, "failure_class": klass,
+                "submitted_at": at(job.submitted_at),
+                "started_at": None if job.started_at is None else at(job.started_at),
+                "done_at": None if job.done_at is None else at(job.done_at)}
 
     def job_for_ref(self, task_ref: str) -> Job | None:
         for p in self.providers.values():

@@ -8,8 +8,12 @@ arrivals are over and every task is terminal (or the drain timeout passed).
 The database then gets the audit of every invariant and a liveness check.
 
 `--realtime FACTOR`: the SimPy clock follows the wall clock, FACTOR simulated
-seconds per wall second (simpy.rt.RealtimeEnvironment(factor=1/FACTOR)); rows
-are upserted as they change so the dashboard can watch tasks move.
+seconds per wall second (simpy.rt.RealtimeEnvironment(factor=1/FACTOR)), and
+the writer flushes every wall second so the dashboard can watch tasks move.
+
+Every flush, batch or realtime, is one transaction holding a consistent cut
+of the run (writer.py): a run killed at any moment leaves a database that
+`python -m rivya_core recover` can finish and `audit` passes.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from .farm import Farm
 from .scenarios import Scenario, ScenarioError
 from .streams import Streams
 from .users import Population
-from .writer import BatchWriter, compact_sqlite, relax_sqlite_sync, write_sim_run
+from .writer import BatchWriter, compact_sqlite, relax_sqlite_sync, sim_metadata, write_sim_run
 
 FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
 FLUSH_MIN_TASKS = 2000     # ... which happens once this many new tasks exist
@@ -161,6 +165,26 @@ class Run:
         if self.writer is not None:
             self.writer.pin(task_id, on)
 
+    def start(self, engine) -> BatchWriter:
+        """Wire the batch writer (and the farm's job records) to engine, create the
+        accounts and start arrivals (or the script), polling and flushing. The
+        caller runs the environment; every flush commits a consistent cut."""
+        sc, env, farm = self.sc, self.env, self.farm
+        self.writer = BatchWriter(
+            engine, self.store, sc.policy, realtime=bool(self.realtime),
+            quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
+            forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows)
+        farm.record_jobs = True
+        self.population.create_accounts()
+        if sc.script:
+            self.population.arrivals_done = True
+            env.process(self.script())
+        else:
+            env.process(self.population.arrivals(sc.horizon_s if sc.horizon_s > 0 else float("inf"), self.max_tasks))
+        env.process(self.poller())
+        env.process(self.flusher())
+        return self.writer
+
     # --- processes -----------------------------------------------------------------
 
     def poller(self):
@@ -226,6 +250,7 @@ def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, ta
     relax_sqlite_sync(engine)
     try:
         init_db(engine)
+        sim_metadata.create_all(engine)
         with engine.connect() as conn:
             if conn.scalar(select(func.count()).select_from(schema.ai_task)) or \
                     conn.scalar(select(func.count()).select_from(schema.account)):
@@ -242,20 +267,7 @@ def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, ta
 
 def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
     sc, env = run.sc, run.env
-    farm = run.farm
-    run.writer = writer = BatchWriter(
-        engine, run.store, sc.policy, realtime=bool(run.realtime),
-        quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
-        forget=lambda t: farm.forget(t.provider, t.upstream_task_id))
-    run.population.create_accounts()
-    horizon = sc.horizon_s if sc.horizon_s > 0 else float("inf")
-    if sc.script:
-        run.population.arrivals_done = True
-        env.process(run.script())
-    else:
-        env.process(run.population.arrivals(horizon, run.max_tasks))
-    env.process(run.poller())
-    env.process(run.flusher())
+    writer = run.start(engine)
     ended_at: list[float] = []
 
     def deadline() -> float:
@@ -269,7 +281,7 @@ def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
     writer.flush(final=True)
     if progress is not None:
         progress(0.98, "audit")
-    report = audit(engine, sc.policy)
+    report = audit(engine, sc.policy)  # not recorded: a stored audit holds wall times, not in a run's bytes
     with engine.connect() as conn:
         left = conn.scalar(select(func.count()).select_from(schema.ai_task)
                            .where(schema.ai_task.c.status.in_([str(s) for s in ACTIVE])))

@@ -1,19 +1,25 @@
 """Streaming the in-memory run state to the target database, in batches.
 
-The runner keeps live state in a MemoryStore. `BatchWriter.flush()` takes
-the rows created since the last flush (`store.drain_changes()`), writes them
-with Core bulk inserts (no ORM, no round-trip per event), then hands the store
-what later callbacks and polls no longer need (`store.evict()`): a task that
-is terminal, that the provider will send nothing more about, and that no user
-is still watching leaves memory with its events, ledger rows, notifications
-and callbacks. Memory stays bounded by the number of live tasks, not the
-length of the run. The writer uses only the store's public API.
+The runner keeps live state in a MemoryStore. `BatchWriter.flush()` writes,
+in ONE transaction, a consistent cut of the run at that simulated moment: the
+rows created since the last flush (`store.drain_changes()`, Core bulk
+inserts, no ORM, no round-trip per event), an upsert of every task touched
+since then (active ones included: every change to a task comes with one of
+its events), of every chat message still held, of the balances that moved,
+and of the provider farm's jobs that changed (the `upstream_job` table). So a
+database whose writer was killed at any moment is a state the lifecycle could
+have been in: `python -m rivya_core recover` finishes it from there.
+
+Then the store forgets what later callbacks and polls no longer need
+(`store.evict()`): a task that is terminal, that the provider will send
+nothing more about, and that no user is still watching leaves memory with its
+events, ledger rows, notifications and callbacks. Memory stays bounded by the
+number of live tasks, not the length of the run. The writer uses only the
+store's public API.
 
 Append-only tables are written in id order whatever the flush cadence, so
-their hashes give the run fingerprint; task and message rows are written once
-they settle (upserted while live in realtime mode, so a dashboard sees them
-move). KPI counters are gathered as rows go by, so the summary never re-reads
-the database.
+their hashes give the run fingerprint. KPI counters are gathered as rows go
+by, so the summary never re-reads the database.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from sqlalchemy import (
     bindparam,
     event,
     insert,
+    text,
     update,
 )
 
@@ -64,6 +71,24 @@ sim_run = Table(
     Column("finished_at", DateTime, nullable=False),
     Column("summary", JSON, nullable=False),
 )
+# What the mock provider farm knew about each job when the row was last written
+# (times in the run's own time base): the recorded provider answers from it.
+upstream_job = Table(
+    "upstream_job", sim_metadata,
+    Column("provider", String(50), primary_key=True),
+    Column("upstream_task_id", String(200), primary_key=True),
+    Column("task_ref", String(200), nullable=False, index=True),
+    Column("model", String(100), nullable=False),
+    Column("state", String(20), nullable=False),  # queued | running | succeeded | failed | lost
+    Column("result_urls", JSON(none_as_null=True)),
+    Column("error_code", String(80)),
+    Column("error_message", Text),
+    Column("failure_class", String(20)),
+    Column("submitted_at", DateTime, nullable=False),
+    Column("started_at", DateTime),
+    Column("done_at", DateTime),
+)
+JOB_KEY = ("provider", "upstream_task_id")
 
 # (Changes attribute, table): the append-only tables, written in id order
 APPEND_ONLY = (
@@ -115,16 +140,19 @@ class Kpis:
 
 class BatchWriter:
     def __init__(self, engine: Engine, store: MemoryStore, policy: BillingPolicy, *,
-                 quiet: Callable[[Any], bool], forget: Callable[[Any], None], realtime: bool = False):
+                 quiet: Callable[[Any], bool], forget: Callable[[Any], None], realtime: bool = False,
+                 jobs: Callable[[], tuple[list[dict], list[dict]]] | None = None):
         self.engine = engine
         self.store = store
         self.policy = policy
         self.quiet = quiet          # task -> True when nothing more will arrive for it
         self.forget = forget        # task -> drop the provider's job
         self.realtime = realtime
+        self.jobs = jobs            # () -> (new, changed) upstream_job rows since the last call
         self.pinned: Counter = Counter()
-        self.written_tasks: set[int] = set()   # realtime: tasks already inserted (upsert later)
+        self.written_tasks: set[int] = set()   # held tasks already inserted (later writes update them)
         self.written_msgs: set[int] = set()
+        self.top_ids: dict[str, int] = {}      # PostgreSQL: highest id written per table, this flush
         self.hashers = {name: hashlib.sha256() for name in FINGERPRINTED}
         self.finished: dict[int, None] = {}   # terminal tasks not yet evicted, in finishing order
         self.kpis = Kpis()
@@ -139,9 +167,11 @@ class BatchWriter:
     def flush(self, final: bool = False) -> None:
         s = self.store
         changes = s.drain_changes()
+        touched = sorted({e.task_id for e in changes.events} | {e.task_id for e in changes.ledger if e.task_id})
         with self.engine.begin() as conn:
             if changes.accounts:
                 conn.execute(insert(schema.account), [row_values(schema.account, a) for a in changes.accounts])
+                self.top_ids["account"] = changes.accounts[-1].id
             for name, table in APPEND_ONLY:
                 rows = getattr(changes, name)
                 if not rows:
@@ -153,16 +183,39 @@ class BatchWriter:
                         h.update(_canon(v))
                 self._count(name, rows)
                 conn.execute(insert(table), values)
+                self.top_ids[table.name] = rows[-1].id
             settled = self._flush_messages(conn, final)
-            done = self._flush_tasks(conn, final)
-            if final or self.realtime:
+            done = self._flush_tasks(conn, touched, final)
+            balances = s.balances()
+            moved = sorted({e.user_id for e in changes.ledger} - {a.id for a in changes.accounts})
+            if moved:
                 conn.execute(update(schema.account).where(schema.account.c.id == bindparam("aid"))
-                             .values(balance=bindparam("bal")),
-                             [{"aid": uid, "bal": bal} for uid, bal in s.balances().items()])
+                             .values(balance=bindparam("bal")), [{"aid": u, "bal": balances[u]} for u in moved])
+            if self.jobs is not None:
+                self._flush_jobs(conn)
+            if conn.dialect.name == "postgresql":
+                self._advance_sequences(conn)
         s.evict([t.id for t in done], settled)
         for t in done:
             if t.upstream_task_id:
                 self.forget(t)
+
+    def _advance_sequences(self, conn: Any) -> None:
+        """Rows carry the run's own ids: move each id sequence past them, so what
+        writes here next (support actions, `recover`) takes fresh ids."""
+        for name, top in sorted(self.top_ids.items()):
+            conn.execute(text("SELECT setval(pg_get_serial_sequence(:t, 'id'), :top)"), {"t": name, "top": top})
+        self.top_ids.clear()
+
+    def _flush_jobs(self, conn: Any) -> None:
+        new, changed = self.jobs()
+        if new:
+            conn.execute(insert(upstream_job), new)
+        if changed:
+            cols = [c for c in changed[0] if c not in JOB_KEY]
+            stmt = update(upstream_job).where(*(upstream_job.c[k] == bindparam(f"_{k}") for k in JOB_KEY)).values(
+                {c: bindparam(f"_{c}") for c in cols})
+            conn.execute(stmt, [{f"_{k}": v for k, v in row.items()} for row in changed])
 
     def _count(self, name: str, rows: list[Any]) -> None:
         k = self.kpis
@@ -191,13 +244,11 @@ class BatchWriter:
                     k.granted += e.amount
 
     def _flush_messages(self, conn: Any, final: bool) -> list[int]:
-        """Write settled chat messages (all at the end); returns their ids to evict."""
-        done, live = [], []
-        for m in self.store.held_messages():
-            (done if m.status != ChatStatus.RESERVED or final else live).append(m)
-        self._upsert(conn, schema.chat_message, done, self.written_msgs)
-        if self.realtime:
-            self._upsert(conn, schema.chat_message, live, self.written_msgs)
+        """Upsert every held chat message (few: open turns and those settled since the
+        last flush); returns the settled ones (all at the end), to evict."""
+        held = self.store.held_messages()
+        self._upsert(conn, schema.chat_message, held, self.written_msgs)
+        done = [m for m in held if m.status != ChatStatus.RESERVED or final]
         for m in done:
             self.kpis.chat_turns += 1
             if m.status == ChatStatus.REFUSED:
@@ -205,12 +256,13 @@ class BatchWriter:
             self.written_msgs.discard(m.id)
         return [m.id for m in done]
 
-    def _flush_tasks(self, conn: Any, final: bool) -> list[Any]:
-        """Write finished tasks that nothing will touch again; returns them, to evict."""
+    def _flush_tasks(self, conn: Any, touched: list[int], final: bool) -> list[Any]:
+        """Upsert every held task touched since the last flush; return the finished
+        ones that nothing will touch again (their rows are written), to evict."""
         s = self.store
+        self._upsert(conn, schema.ai_task, [r.task for r in s.rows_for(touched)], self.written_tasks)
         if final:
             rows = s.held_tasks()
-            self._upsert(conn, schema.ai_task, rows, self.written_tasks)
             held = {r.task.id: r.ledger for r in s.rows_for(t.id for t in rows if t.status in TERMINAL)}
             for t in rows:
                 if t.status in TERMINAL:
@@ -231,10 +283,6 @@ class BatchWriter:
             if t.id not in self.pinned and self.quiet(t):
                 done.append(r)
                 del self.finished[t.id]
-        self._upsert(conn, schema.ai_task, [r.task for r in done], self.written_tasks)
-        if self.realtime:
-            gone = {r.task.id for r in done}
-            self._upsert(conn, schema.ai_task, [t for t in s.held_tasks() if t.id not in gone], self.written_tasks)
         for r in done:
             self._settle_kpis(r.task, r.ledger)
             self.written_tasks.discard(r.task.id)
@@ -247,13 +295,13 @@ class BatchWriter:
         old = [row_values(table, r) for r in rows if r.id in written]
         if new:
             conn.execute(insert(table), new)
+            self.top_ids[table.name] = max(self.top_ids.get(table.name, 0), max(v["id"] for v in new))
         if old:
             cols = [c for c in old[0] if c != "id"]
             stmt = update(table).where(table.c.id == bindparam("_id")).values(
                 {c: bindparam(f"_{c}") for c in cols})
             conn.execute(stmt, [{f"_{k}": v for k, v in row.items()} for row in old])
-        if self.realtime:
-            written.update(r.id for r in rows)
+        written.update(r.id for r in rows)
 
     def _settle_kpis(self, t: Any, entries: list[Any]) -> None:
         k = self.kpis
