@@ -58,6 +58,11 @@ Signatures (import with `from pages._common import ...`):
         "error code") and a dash for missing text, except in configured columns.
     show_errors() -> context manager
         Turns RivyaError / SQLAlchemyError raised inside into st.error lines.
+    support_service(policy: BillingPolicy) -> LifecycleService
+        The service support actions go through, over current_url(). On a simulation
+        database its providers answer from the farm's recorded jobs and its clock is
+        pinned at the database's latest time (rivya_core.service provider sources;
+        importing this module registers the simulations package's).
 """
 
 from __future__ import annotations
@@ -270,6 +275,21 @@ def _cached_call(module: str, name: str, url: str, args: tuple, kwargs: tuple) -
 
 def cached_df(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return _cached_call(fn.__module__, fn.__qualname__, current_url(), args, tuple(sorted(kwargs.items())))
+
+
+# --- support actions -----------------------------------------------------------------------
+
+try:  # registers the simulation databases' recorded providers with rivya_core.service
+    import simulations.recorded  # noqa: F401
+except ModuleNotFoundError:
+    pass
+
+
+def support_service(policy: BillingPolicy):
+    """A LifecycleService over the current database for support actions (see module doc)."""
+    from rivya_core.service import service_for_url
+
+    return service_for_url(current_url(), policy=policy)
 
 
 # --- the billing policy a database is judged with -----------------------------------------

@@ -7,6 +7,7 @@ data/). Errors print one line and exit non-zero; audit exits 1 on violations.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init-db", help="create the tables (idempotent)")
     _db(p)
-    p = sub.add_parser("audit", help="check every invariant; exit 1 when any is violated")
+    p = sub.add_parser("audit", help="check every invariant (the result is stored for the dashboard); "
+                       "exit 1 when any is violated")
     _db(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("diagnose", help="the troubleshooting checklist answered for one task")
@@ -65,7 +67,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _service(args: argparse.Namespace):
     from .service import policy_from, service_for_url
 
+    _provider_sources()
     return service_for_url(args.db, policy=policy_from(args.policy))
+
+
+def _provider_sources() -> None:
+    """On a simulation database, support actions and `recover` ask the farm's recorded
+    jobs on the run's own clock: the simulations package registers that source
+    (rivya_core.service.register_provider_source) when it is installed."""
+    try:
+        importlib.import_module("simulations.recorded")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("simulations", "simulations.recorded"):
+            raise
 
 
 def cmd_init_db(args: argparse.Namespace) -> int:
@@ -78,7 +92,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit
     from .service import policy_from
 
-    report = audit(open_store(args.db).engine, policy_from(args.policy))
+    report = audit(open_store(args.db).engine, policy_from(args.policy), record=True)
     if args.json:
         print(json.dumps(report.to_dict(), default=str, indent=2))
     elif report.ok:
@@ -115,7 +129,8 @@ def _support(action: str):
 def cmd_recover(args: argparse.Namespace) -> int:
     report = _service(args).recover(grace_s=args.grace)
     for action in report.actions:
-        print(f"task {action['task_id']}: {action['action']}")
+        what = f"task {action['task_id']}" if "task_id" in action else f"chat message {action['chat_message_id']}"
+        print(f"{what}: {action['action']}")
     print(f"recover: examined {report.examined} interrupted task(s), changed {report.changed}")
     return 0
 

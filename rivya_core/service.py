@@ -1,18 +1,32 @@
 """Build a live LifecycleService for a database URL (CLI, dashboard).
 
 A live service runs on wall time over the SQL store. Provider clients are
-passed in by whoever has them (a deployment's real clients, or the
-simulation's recorded farm for a simulation database); without one, actions
-that must ask a provider are refused with that reason. Webhook secrets come
-from the environment (RIVYA_WEBHOOK_SECRETS: a JSON object mapping provider
-to a list of secrets, newest first) and are never printed.
+passed in by whoever has them (a deployment's real clients); without one,
+actions that must ask a provider are refused with that reason.
+
+Provider sources: a package that can stand in for the providers of some
+databases registers `fn(engine) -> Recorded | None` with
+`register_provider_source` (an explicit registry, no entry points). The
+simulations package does so on import of `simulations.recorded`: for a
+simulation database it answers with providers that read the farm's recorded
+jobs and a clock pinned at the database's latest recorded time, because such a
+database keeps the run's own time base, not wall time. The composition roots
+(the rivya_core CLI, the dashboard) import that module when it is installed;
+rivya_core itself never imports simulations.
+
+Webhook secrets come from the environment (RIVYA_WEBHOOK_SECRETS: a JSON
+object mapping provider to a list of secrets, newest first) and are never
+printed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
 
 from .catalog import default_catalog
 from .clock import WallClock
@@ -46,9 +60,48 @@ def policy_from(path: str | None = None, environ: Mapping[str, str] = os.environ
     return BillingPolicy.load(path) if path else DEFAULT_POLICY
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What a provider source knows about one database: providers that answer for
+    it, and its own clock when its times are not wall time (None: wall time)."""
+
+    providers: Mapping[str, Provider]
+    clock: Clock | None = None
+
+
+ProviderSource = Callable[[Engine], "Recorded | None"]
+_provider_sources: list[ProviderSource] = []
+
+
+def register_provider_source(source: ProviderSource) -> None:
+    """Ask `source(engine)` for providers whenever service_for_url builds a service
+    without explicit ones. Registering the same function twice keeps one."""
+    if source not in _provider_sources:
+        _provider_sources.append(source)
+
+
+def recorded_for(engine: Engine) -> Recorded | None:
+    """The first registered source's answer for this database, if any recognises it."""
+    for source in _provider_sources:
+        found = source(engine)
+        if found is not None and found.providers:
+            return found
+    return None
+
+
 def service_for_url(url: str, *, providers: Mapping[str, Provider] | None = None,
                     policy: BillingPolicy | None = None, clock: Clock | None = None,
                     create: bool = False) -> LifecycleService:
-    """A service over the database at url. Raises StoreUnavailable/SchemaMissing."""
-    return LifecycleService(open_store(url, create=create), clock or WallClock(), providers or {},
+    """A service over the database at url. Raises StoreUnavailable/SchemaMissing.
+
+    providers=None asks the registered provider sources: for a database one of
+    them recognises (a simulation's), its providers answer status and find, and
+    unless `clock` is given the service runs on the source's clock (pinned at the
+    database's latest recorded time). Otherwise: no providers, wall time."""
+    store = open_store(url, create=create)
+    if providers is None:
+        found = recorded_for(store.engine)
+        if found is not None:
+            providers, clock = found.providers, clock or found.clock
+    return LifecycleService(store, clock or WallClock(), providers or {},
                             default_catalog(), policy or policy_from(), secrets=secrets_from_env())

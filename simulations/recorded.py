@@ -1,0 +1,93 @@
+"""The mock farm's knowledge, recorded: a Provider that answers from `upstream_job`.
+
+A simulation writes what its provider farm knew about each job (state, result
+URLs, error) into the `upstream_job` table, in the same transactions as the
+tasks. Once the run is over (or was killed), `RecordedProvider` stands in for
+the farm: `status` and `find` answer what the farm knew when the row was last
+written, and `submit` refuses, since that provider is gone.
+
+Importing this module registers `recorded_environment` with
+`rivya_core.service.register_provider_source`, so the support actions of the
+CLI (`python -m rivya_core recheck/recover --db ...`) and of the dashboard use
+recorded providers on a simulation database, on a clock pinned at the
+database's latest recorded time (its times are in the run's own time base),
+without rivya_core importing simulations: those entry points import this
+module when the simulations package is there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, inspect, select
+
+from rivya_core.catalog import default_catalog
+from rivya_core.clock import ManualClock
+from rivya_core.ports import Provider, ProviderError, UpstreamStatus
+from rivya_core.queries import latest_timestamp
+from rivya_core.service import Recorded, register_provider_source
+
+from .clock import EPOCH
+from .writer import upstream_job
+
+REFUSAL = "recorded provider: this simulated provider no longer accepts jobs"
+
+
+class RecordedProvider:
+    """rivya_core.ports.Provider over one provider's rows of `upstream_job`."""
+
+    def __init__(self, engine: Engine, name: str):
+        self.engine = engine
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"RecordedProvider({self.name!r})"
+
+    def submit(self, task_ref: str, model: str, prompt: str, params: dict[str, Any]) -> str:
+        raise ProviderError("refused", REFUSAL)
+
+    def status(self, upstream_task_id: str) -> UpstreamStatus:
+        t = upstream_job.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(upstream_job).where(
+                t.provider == self.name, t.upstream_task_id == upstream_task_id)).first()
+        if row is None or row.state == "lost":
+            return UpstreamStatus("unknown")
+        if row.state == "succeeded":
+            return UpstreamStatus("succeeded", tuple(row.result_urls or ()))
+        if row.state == "failed":
+            return UpstreamStatus("failed", error_code=row.error_code, error_message=row.error_message,
+                                  failure_class=row.failure_class)
+        return UpstreamStatus(row.state)
+
+    def find(self, task_ref: str) -> str | None:
+        t = upstream_job.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.upstream_task_id).where(
+                t.provider == self.name, t.task_ref == task_ref).limit(1)).scalar()
+
+
+def has_recorded_jobs(engine: Engine) -> bool:
+    return upstream_job.name in inspect(engine).get_table_names()
+
+
+def providers_for(engine: Engine) -> dict[str, Provider]:
+    """A RecordedProvider per catalogue provider (the farm runs one each); {} when
+    the database holds no `upstream_job` table (not a simulation's)."""
+    if not has_recorded_jobs(engine):
+        return {}
+    return {name: RecordedProvider(engine, name) for name in default_catalog().providers()}
+
+
+def recorded_environment(engine: Engine) -> Recorded | None:
+    """The provider source registered with rivya_core.service: recorded providers and
+    a clock pinned at the database's latest recorded time, for a simulation database."""
+    providers = providers_for(engine)
+    if not providers:
+        return None
+    return Recorded(providers, ManualClock(latest_timestamp(engine) or EPOCH))
+
+
+register_provider_source(recorded_environment)
+
+__all__ = ["RecordedProvider", "providers_for", "recorded_environment", "has_recorded_jobs", "REFUSAL"]
