@@ -370,13 +370,14 @@ def _parallel(bind: Bind) -> bool:
 def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None, *,
           kinds: list[str] | None = None, row_cap: int = ROW_CAP,
           chat_grace_s: float = CHAT_SETTLE_GRACE_S, workers: int | None = None,
-          record: bool | None = None) -> AuditReport:
+          record: bool = False) -> AuditReport:
     """Run every check (or `kinds`) and report the violated ones with their rows.
     On an Engine the checks run on `workers` connections at once (default: up to 4).
-    `record` (default: when every check ran on an Engine) stores the report with
-    `record_audit`, so pages can show it without running the audit again."""
+    `record=True` (a full audit on an Engine) also stores the report with
+    `record_audit`, so pages can show it without running the audit again; by
+    default an audit only reads."""
     started = time.perf_counter()
-    keep = record if record is not None else (kinds is None and isinstance(bind, Engine))
+    keep = record and kinds is None and isinstance(bind, Engine)
     mark = data_mark(bind) if keep else ""
     unknown = [k for k in kinds or () if k not in CHECKS]
     if unknown:

@@ -288,7 +288,9 @@ def test_a_full_audit_is_stored_and_read_back_without_running(db, clean):
 
     assert latest_audit(db.engine) is None
     set_task(db, clean["ok"], result_urls=None)
-    report = audit(db.engine, now=NOW)
+    audit(db.engine, now=NOW)
+    assert latest_audit(db.engine) is None  # a plain audit only reads
+    report = audit(db.engine, now=NOW, record=True)
     stored = latest_audit(db.engine)
     assert stored is not None and stored.fresh and stored.total == report.total == 1
     assert stored.as_report().counts() == report.counts()
@@ -300,8 +302,8 @@ def test_a_full_audit_is_stored_and_read_back_without_running(db, clean):
 def test_partial_audits_are_not_stored(db, clean):
     from rivya_core.audit import latest_audit
 
-    audit(db.engine, now=NOW, kinds=["double_refund"])
-    audit(db.engine, now=NOW, record=False)
+    audit(db.engine, now=NOW, kinds=["double_refund"], record=True)
+    audit(db.engine, now=NOW)
     assert latest_audit(db.engine) is None
 
 
@@ -322,5 +324,5 @@ def test_a_database_without_the_audit_run_table_reads_none_and_gets_it(db, clean
 
     s.audit_run.drop(db.engine)
     assert latest_audit(db.engine) is None
-    audit(db.engine, now=NOW)
+    audit(db.engine, now=NOW, record=True)
     assert latest_audit(db.engine).fresh
