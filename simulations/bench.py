@@ -41,6 +41,7 @@ import simpy
 
 from rivya_core.domain import TERMINAL, RivyaError, TaskStatus
 
+from .gctune import run_pace
 from .scenarios import Scenario, load_scenario, parse_scenario
 from .streams import Streams
 from .users import Population
@@ -140,7 +141,8 @@ def run_bare(sc: Scenario) -> dict[str, Any]:
     pop = _BarePopulation(env, catalog, sc, streams, lambda n, model: env.process(job(n, model)))
     env.process(pop.arrivals(float("inf"), sc.tasks))
     t0, c0 = time.perf_counter(), time.process_time()
-    env.run()
+    with run_pace():  # the runner's garbage-collector pace, in every mode alike
+        env.run()
     return _result("bare", done[0], done[0], done[1], t0, c0, env.now)
 
 
@@ -176,7 +178,8 @@ def run_full(sc: Scenario, mode: str, url: str | None = None) -> dict[str, Any]:
 
     env.process(monitor())
     t0, c0 = time.perf_counter(), time.process_time()
-    env.run(until=stop)
+    with run_pace():
+        env.run(until=stop)
     if run.writer is not None:
         run.writer.flush(final=True)
         k = run.writer.kpis
