@@ -659,6 +659,11 @@ class LifecycleService:
             overdue = (self._now() - (task.submitted_at or task.created_at)).total_seconds() >= \
                 self.policy.timeout_for(task.category)
             if task.provider in self.providers:
+                status = self._upstream_status(task)
+                settles = status.state == "failed" or (status.state == "succeeded" and status.result_urls)
+                if not (overdue or settles):
+                    return None  # still running upstream: polling carries on; a re-check here would
+                    #              spend the task's re-check backoff, so a second recover would differ
                 after = self._check(task.id, EventKind.RECHECK, reason="recovery")
                 return f"re-checked upstream: {after.status}" if after and after.status != task.status else None
             if overdue:
