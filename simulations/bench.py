@@ -123,13 +123,12 @@ def run_bare(sc: Scenario) -> dict[str, Any]:
         provider, category = spec[model]
         cfg = sc.provider_config(provider)
         ref = f"task-{n}"
-        # the farm's draws for this job, in the farm's order: generation time is the
-        # first latency draw, the final callback's delay the 9th callback_faults draw
-        gen_s = cfg.gen_range(category).draw(streams.keyed(f"latency:{provider}", ref).random())
-        cbr = streams.keyed(f"callback_faults:{provider}", ref)
-        for _ in range(8):
-            cbr.random()
-        delay = cfg.callback_delay_s.draw(cbr.random())
+        # the farm's draws for this job, in the farm's order (farm.JOB_DRAWS): generation
+        # time is the 4th draw of the job's Random, the final callback's delay the 18th
+        rng = streams.keyed(f"job:{provider}", ref)
+        u = [rng.random() for _ in range(18)]
+        gen_s = cfg.gen_range(category).draw(u[3])
+        delay = cfg.callback_delay_s.draw(u[17])
         start = env.now
         with slots[provider].request() as req:
             yield req

@@ -8,8 +8,10 @@ Standard Webhooks requests (headers + raw JSON bytes) through a delivery
 `simpy.Store`, the way SimPy's examples model network latency. `status()`
 answers only what the provider knows at that simulated moment.
 
-Every draw about one job comes from a Random keyed by (stream, task_ref), so a
-job's latency and faults do not depend on how many jobs came before it.
+Every draw about one job comes from one Random keyed by (provider, task_ref),
+in a fixed order and number whatever the scenario configures (JOB_DRAWS), so a
+job's latency and faults do not depend on how many jobs came before it, nor on
+which faults are switched on.
 
 With `record_jobs` on (the runner turns it on), the farm remembers which jobs
 changed (submitted, started, finished) and `job_rows()` hands them to the
@@ -21,6 +23,7 @@ the farm once the run is over (simulations/recorded.py).
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +39,9 @@ from .scenarios import Outage, ProviderConfig
 from .streams import Streams
 
 STALE_EXTRA_S = 420.0  # a stale delivery arrives this long after it was signed
+# A job's draws, in order: 3 submit faults (refused, error, timeout), the generation
+# time, 5 outcome faults, 7 callback faults, the early callback's moment, 4 delays.
+JOB_DRAWS = (("submit", 3), ("latency", 1), ("outcome", 5), ("callback", 7), ("early_at", 1), ("delays", 4))
 
 CONTENT_POLICY = ("content_policy_violation", "The prompt or reference was refused by the provider's content policy.", "user")
 MODEL_ERROR = ("model_error", "The model failed while generating (internal error).", "provider")
@@ -59,6 +65,7 @@ class Job:
     provider: str = ""
     started_at: float | None = None
     recorded: bool = False         # an upstream_job row exists (later writes update it)
+    rng: random.Random | None = field(default=None, repr=False, compare=False)  # past its submit draws
 
 
 @dataclass
@@ -109,15 +116,18 @@ class MockProvider:
             kind = outage.mode.removeprefix("submit_")
             self.farm.stats.submit_faults[kind] += 1
             raise ProviderError(kind, f"{self.name}: upstream unavailable ({kind})")
-        rng = self.streams.keyed(f"submit_faults:{self.name}", task_ref)
-        for kind, p in (("refused", self.cfg.submit_refused), ("error", self.cfg.submit_error),
-                        ("timeout", self.cfg.submit_timeout)):
-            if p and rng.random() < p:
+        rng = self._job_rng(task_ref)
+        u_submit = [rng.random() for _ in range(3)]
+        for kind, p, u in (("refused", self.cfg.submit_refused, u_submit[0]),
+                           ("error", self.cfg.submit_error, u_submit[1]),
+                           ("timeout", self.cfg.submit_timeout, u_submit[2])):
+            if p and u < p:
                 self.farm.stats.submit_faults[kind] += 1
                 raise ProviderError(kind, f"{self.name}: submission {kind}")
         self._n += 1
         upstream_id = f"{self.name}-{self._n:08d}"
-        job = Job(upstream_id, task_ref, model, self.category_of(model), self.env.now, provider=self.name)
+        job = Job(upstream_id, task_ref, model, self.category_of(model), self.env.now, provider=self.name,
+                  rng=rng)
         self.jobs[upstream_id] = job
         self.by_ref[task_ref] = upstream_id
         self.farm.touch(job)
@@ -147,18 +157,25 @@ class MockProvider:
                 return o
         return None
 
+    def _job_rng(self, task_ref: str) -> random.Random:
+        """The one Random of a job (JOB_DRAWS): one keyed seed per job, not one per purpose."""
+        return self.streams.keyed(f"job:{self.name}", task_ref)
+
     def _run(self, job: Job):
         cfg = self.cfg
-        lat = self.streams.keyed(f"latency:{self.name}", job.task_ref)
-        faults = self.streams.keyed(f"outcome_faults:{self.name}", job.task_ref)
-        cbr = self.streams.keyed(f"callback_faults:{self.name}", job.task_ref)
+        rng, job.rng = job.rng, None
+        if rng is None:  # a job made without submit(): skip the submit draws
+            rng = self._job_rng(job.task_ref)
+            for _ in range(3):
+                rng.random()
         forced = self.scripted.get(job.task_ref, {})
-        gen_s = forced.get("gen_s") or cfg.gen_range(job.category).draw(lat.random())
         # every draw is made up front, in a fixed order, whatever the outcome
-        u_outcome = [faults.random() for _ in range(5)]
-        cb_u = {k: cbr.random() for k in ("early", "lost", "duplicate", "reorder", "forged", "stale", "malformed")}
-        early_at = cbr.uniform(0.2, 0.8)
-        delays = [cfg.callback_delay_s.draw(cbr.random()) for _ in range(4)]
+        u_gen = rng.random()
+        gen_s = forced.get("gen_s") or cfg.gen_range(job.category).draw(u_gen)
+        u_outcome = [rng.random() for _ in range(5)]
+        cb_u = {k: rng.random() for k in ("early", "lost", "duplicate", "reorder", "forged", "stale", "malformed")}
+        early_at = rng.uniform(0.2, 0.8)
+        delays = [cfg.callback_delay_s.draw(rng.random()) for _ in range(4)]
         with self.slots.request() as req:
             yield req
             job.state = "running"

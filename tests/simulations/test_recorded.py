@@ -42,8 +42,8 @@ def test_recorded_provider_agrees_with_the_outcomes_of_a_finished_run(run_small)
             assert (status.state, status.error_code, status.failure_class) == ("failed", t.error_code,
                                                                              t.failure_class)
             checked["FAILED"] += 1
-        elif t.error_code == "timeout":  # lost upstream: the farm no longer knows the job
-            assert status.state == "unknown"
+        elif t.error_code == "timeout":  # lost upstream, or a success that never delivered URLs
+            assert status.state == "unknown" or (status.state == "succeeded" and not status.result_urls)
     assert min(checked.values()) > 0, checked
     assert providers["lumen"].status("lumen-no-such-job").state == "unknown"
     with pytest.raises(ProviderError) as refused:
