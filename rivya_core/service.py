@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 from .catalog import default_catalog
 from .clock import WallClock
 from .db import open_store
-from .domain import ValidationError
+from .domain import ActionRefused, ValidationError
 from .lifecycle import LifecycleService
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .ports import Clock, Provider
@@ -67,6 +67,7 @@ class Recorded:
 
     providers: Mapping[str, Provider]
     clock: Clock | None = None
+    busy: str | None = None  # why no action may run on this database now (e.g. a run still writing it)
 
 
 ProviderSource = Callable[[Engine], "Recorded | None"]
@@ -102,6 +103,9 @@ def service_for_url(url: str, *, providers: Mapping[str, Provider] | None = None
     if providers is None:
         found = recorded_for(store.engine)
         if found is not None:
+            if found.busy:
+                store.engine.dispose()
+                raise ActionRefused(found.busy)
             providers, clock = found.providers, clock or found.clock
     return LifecycleService(store, clock or WallClock(), providers or {},
                             default_catalog(), policy or policy_from(), secrets=secrets_from_env())

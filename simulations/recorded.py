@@ -17,6 +17,7 @@ module when the simulations package is there.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, inspect, select
@@ -28,8 +29,9 @@ from rivya_core.queries import latest_timestamp
 from rivya_core.service import Recorded, register_provider_source
 
 from .clock import EPOCH
-from .writer import upstream_job
+from .writer import last_beat, upstream_job
 
+LIVE_WINDOW_S = 15.0  # a realtime run beats every second; silence this long means it is gone
 REFUSAL = "recorded provider: this simulated provider no longer accepts jobs"
 
 
@@ -85,7 +87,17 @@ def recorded_environment(engine: Engine) -> Recorded | None:
     providers = providers_for(engine)
     if not providers:
         return None
-    return Recorded(providers, ManualClock(latest_timestamp(engine) or EPOCH))
+    busy = None
+    if still_writing(engine):
+        busy = ("a simulation is still writing this database; support actions wait until the run ends "
+                "(the run would overwrite their changes)")
+    return Recorded(providers, ManualClock(latest_timestamp(engine) or EPOCH), busy=busy)
+
+
+def still_writing(engine: Engine, fresh_s: float = LIVE_WINDOW_S) -> bool:
+    """True while a realtime run's heartbeat is fresh (a killed run's goes stale)."""
+    at = last_beat(engine)
+    return at is not None and (datetime.now(UTC).replace(tzinfo=None) - at).total_seconds() < fresh_s
 
 
 register_provider_source(recorded_environment)

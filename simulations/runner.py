@@ -19,6 +19,7 @@ of the run (writer.py): a run killed at any moment leaves a database that
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -42,7 +43,7 @@ from .gctune import run_pace
 from .scenarios import Scenario, ScenarioError
 from .streams import Streams
 from .users import Population
-from .writer import BatchWriter, compact_sqlite, relax_sqlite_sync, sim_metadata, write_sim_run
+from .writer import BatchWriter, beat, compact_sqlite, end_beat, relax_sqlite_sync, sim_metadata, write_sim_run
 
 FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
 FLUSH_MIN_TASKS = 2000     # ... which happens once this many new tasks exist
@@ -208,6 +209,8 @@ class Run:
                     continue
                 last_top, last_at = top, self.env.now
             self.writer.flush()
+            if self.realtime:
+                beat(self.writer.engine, os.getpid())
 
     def monitor(self, stop: simpy.Event, deadline: Callable[[], float], progress):
         horizon = self.sc.horizon_s
@@ -293,6 +296,8 @@ def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
         "scenario_name": sc.name, "scenario_toml": sc.to_toml(), "seed": run.seed,
         "tasks": run.max_tasks, "fingerprint": summary.fingerprint, "started_at": run.clock.at(0),
         "finished_at": run.clock.now(), "summary": json.loads(json.dumps(summary.stored(), default=str))})
+    if run.realtime:
+        end_beat(engine)
     _remember(summary, sc, run)
     if progress is not None:
         progress(1.0, "done")

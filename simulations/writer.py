@@ -31,7 +31,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -46,6 +46,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    delete,
     event,
     insert,
     text,
@@ -70,6 +71,15 @@ sim_run = Table(
     Column("started_at", DateTime, nullable=False),
     Column("finished_at", DateTime, nullable=False),
     Column("summary", JSON, nullable=False),
+)
+# A realtime run's heartbeat: one row while the run writes, refreshed at every
+# flush (wall time) and deleted when the run ends, so support tools can tell a
+# database a simulation is still writing from one a run left behind.
+sim_live = Table(
+    "sim_live", sim_metadata,
+    Column("id", Integer, primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("heartbeat_at", DateTime, nullable=False),
 )
 # What the mock provider farm knew about each job when the row was last written
 # (times in the run's own time base): the recorded provider answers from it.
@@ -367,6 +377,29 @@ def write_sim_run(engine: Engine, values: dict[str, Any]) -> None:
     sim_metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(insert(sim_run), [values])
+
+
+def beat(engine: Engine, pid: int) -> None:
+    """Say that a realtime run is writing this database now."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as conn:
+        if conn.execute(update(sim_live).where(sim_live.c.id == 1).values(pid=pid, heartbeat_at=now)).rowcount == 0:
+            conn.execute(insert(sim_live).values(id=1, pid=pid, heartbeat_at=now))
+
+
+def end_beat(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(sim_live))
+
+
+def last_beat(engine: Engine) -> datetime | None:
+    """When a realtime run last said it was writing (None: no run ever did, or it ended)."""
+    from sqlalchemy import inspect, select
+
+    if "sim_live" not in inspect(engine).get_table_names():
+        return None
+    with engine.connect() as conn:
+        return conn.scalar(select(sim_live.c.heartbeat_at).where(sim_live.c.id == 1))
 
 
 def read_sim_runs(engine: Engine) -> list[dict[str, Any]]:

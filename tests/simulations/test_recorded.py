@@ -94,3 +94,34 @@ def test_support_recheck_on_an_unfinished_database_settles_a_job_the_farm_finish
     still = svc.support_recheck(running.id, "ops", "still running?")
     assert still.status == "GENERATING"
     engine.dispose()
+
+
+def test_support_actions_wait_while_a_realtime_run_is_still_writing(sqlite_url):
+    from datetime import UTC, datetime, timedelta
+
+    from rivya_core.domain import ActionRefused
+    from simulations.writer import beat, end_beat, sim_live
+
+    _unfinished_run(sqlite_url, until_s=600)
+    engine = make_engine(sqlite_url)
+    beat(engine, 1234)  # a realtime run wrote a moment ago
+    with pytest.raises(ActionRefused, match="still writing"):
+        service_for_url(sqlite_url)
+    with engine.begin() as conn:  # the run was killed a minute ago: its heartbeat went stale
+        conn.execute(sim_live.update().values(heartbeat_at=datetime.now(UTC).replace(tzinfo=None)
+                                              - timedelta(seconds=60)))
+    assert service_for_url(sqlite_url).providers
+    beat(engine, 1234)
+    end_beat(engine)  # a run that ended removes its heartbeat
+    assert service_for_url(sqlite_url).providers
+    engine.dispose()
+
+
+def test_a_realtime_run_ends_without_a_heartbeat(sqlite_url):
+    from simulations.runner import run_scenario
+    from simulations.writer import last_beat
+
+    run_scenario(load_scenario("scripted_early_then_lost"), sqlite_url, realtime=10_000)
+    engine = make_engine(sqlite_url)
+    assert last_beat(engine) is None
+    engine.dispose()
