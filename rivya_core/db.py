@@ -197,9 +197,16 @@ def open_store(url: str, *, create: bool = False) -> SqlStore:
 # --- bulk writes ------------------------------------------------------------------
 
 
+_ROW_COLUMNS: dict[tuple[Any, type], tuple[str, ...]] = {}  # (table, row class) -> field names it stores
+
+
 def row_values(table: Any, row: Any) -> dict[str, Any]:
     """A dataclass row as insert values for table (same keys for every row)."""
-    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row) if f.name in table.c}
+    key = (table, type(row))
+    names = _ROW_COLUMNS.get(key)
+    if names is None:  # once per table and row class, not per row (batch writes call this per row)
+        names = _ROW_COLUMNS[key] = tuple(f.name for f in dataclasses.fields(row) if f.name in table.c)
+    return {name: getattr(row, name) for name in names}
 
 
 def write_snapshot(engine: Engine, snapshot: Snapshot) -> None:
