@@ -372,18 +372,21 @@ def _schema_ready(url: str) -> bool:
         engine.dispose()
 
 
-def start_realtime_run(scenario: str | Path, factor: float, tasks: int | None = None, *,
+def start_realtime_run(scenario: Any, factor: float, tasks: int | None = None, *,
                        wait_s: float = 20.0) -> dict[str, Any]:
-    """Run `scenario` at `factor` simulated seconds per wall second in a background process
-    writing into a new database; return once its schema exists (or the process ended)."""
-    name = Path(str(scenario)).stem
-    url = new_run_url(f"{name}-live")
+    """Run `scenario` (a Scenario, edited or not, or a scenario file or name) at `factor`
+    simulated seconds per wall second in a background process writing into a new
+    database; return once its schema exists (or the process ended). The scenario
+    runs from <run>.scenario.toml beside the database, which the pages also read
+    to judge the run with its own policy while it writes."""
+    from simulations.scenarios import Scenario, load_scenario
+
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(str(scenario))
+    url = new_run_url(f"{sc.name}-live")
     log_path = db.sqlite_path(url).with_suffix(".log")
-    try:
-        _scenario_sidecar(url).write_text(Path(scenario).read_text(encoding="utf-8"), encoding="utf-8")
-    except OSError:  # a scenario given by name: the pages judge with RIVYA_POLICY until the run ends
-        pass
-    cmd = [sys.executable, "-m", "simulations", "run", str(scenario), "--db", url, "--realtime", f"{float(factor):g}"]
+    sidecar = _scenario_sidecar(url)
+    sidecar.write_text(sc.to_toml(), encoding="utf-8")
+    cmd = [sys.executable, "-m", "simulations", "run", str(sidecar), "--db", url, "--realtime", f"{float(factor):g}"]
     if tasks:
         cmd += ["--tasks", str(int(tasks))]
     with open(log_path, "w") as log:  # the child keeps its own handle
@@ -391,7 +394,7 @@ def start_realtime_run(scenario: str | Path, factor: float, tasks: int | None = 
     deadline = time.monotonic() + wait_s
     while popen.poll() is None and time.monotonic() < deadline and not _schema_ready(url):
         time.sleep(0.2)
-    run = {"popen": popen, "url": url, "log": str(log_path), "scenario": str(scenario)}
+    run = {"popen": popen, "url": url, "log": str(log_path), "scenario": sc.name}
     st.session_state["realtime_run"] = run
     return run
 

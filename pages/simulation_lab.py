@@ -195,16 +195,16 @@ with run_tab:
         show_run(st.session_state["lab_run_url"])
 
 with live_tab:
-    st.caption("Runs the scenario file in a background process at a chosen speed, writing as it goes; "
-               "open **Live tasks** on its database to watch tasks move.")
-    sc = pick_scenario("live")
-    c = st.columns(2)
-    factor = c[0].number_input("Speed (simulated seconds per wall second)", 1.0, 1000.0, 20.0)
-    n = c[1].number_input("Tasks", 10, 100_000, 300, key="live_tasks")
+    st.caption("Runs the scenario **with the knobs set on the first tab** in a background process at a "
+               "chosen speed, writing as it goes; open **Live tasks** on its database to watch tasks move.")
+    st.markdown(f"Scenario: `{scenario.name}`, {tasks:,} tasks, seed {scenario.seed}, policy "
+                f"`{scenario.policy.name}`.")
+    factor = st.number_input("Speed (simulated seconds per wall second)", 1.0, 1000.0, 20.0)
+    n = tasks
     proc = realtime_run()
     if st.button("Start realtime run", disabled=bool(proc and proc["popen"].poll() is None)):
         with st.spinner("Starting the run…"):
-            proc = start_realtime_run(sc.path or sc.name, factor, int(n))
+            proc = start_realtime_run(scenario, factor, int(n))
     if proc:
         code = proc["popen"].poll()
         if code is None:
