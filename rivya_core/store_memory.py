@@ -56,6 +56,7 @@ _MESSAGE_FIELDS = frozenset(f.name for f in dc_fields(ChatMessage))
 
 
 _CONTAINERS = (dict, list, tuple)
+_ACTIVE_NAMES = frozenset(str(x) for x in ACTIVE)
 
 
 def _clone(value: Any) -> Any:
@@ -197,6 +198,7 @@ class MemoryStore:
         self._upstream: dict[tuple[str, str], int] = {}
         self._user_tasks: dict[int, list[int]] = defaultdict(list)
         self._active: dict[int, None] = {}  # insertion-ordered set of WAITING/GENERATING ids
+        self._user_active: dict[int, dict[int, None]] = {}  # the same, per user (duplicate checks)
         self._due: list[tuple[datetime, int]] = []  # heap of (next_check_at, task id), lazily cleaned
         self._entry_key: dict[str, int] = {}
         self._entries_by: dict[tuple[str, int], list[int]] = defaultdict(list)  # ("task"|"msg", id)
@@ -438,6 +440,13 @@ class MemoryStore:
 
     # --- internals used by MemoryTx ---------------------------------------------
 
+    def _drop_user_active(self, task: Task) -> None:
+        ids = self._user_active.get(task.user_id)
+        if ids is not None:
+            ids.pop(task.id, None)
+            if not ids:
+                del self._user_active[task.user_id]
+
     def _new_id(self, table: str) -> int:
         self._next[table] += 1
         return self._next[table]
@@ -455,8 +464,10 @@ class MemoryStore:
     def _index_task(self, task: Task) -> None:
         if task.status in ACTIVE:
             self._active[task.id] = None
+            self._user_active.setdefault(task.user_id, {})[task.id] = None
         else:
             self._active.pop(task.id, None)
+            self._drop_user_active(task)
         if task.status == TaskStatus.GENERATING and task.next_check_at is not None:
             heapq.heappush(self._due, (task.next_check_at, task.id))
         if task.upstream_task_id:
@@ -464,6 +475,7 @@ class MemoryStore:
 
     def _unindex_task(self, task: Task) -> None:
         self._active.pop(task.id, None)
+        self._drop_user_active(task)
         if task.upstream_task_id and self._upstream.get((task.provider, task.upstream_task_id)) == task.id:
             del self._upstream[(task.provider, task.upstream_task_id)]
 
@@ -573,7 +585,10 @@ class MemoryTx:
                    since: datetime | None = None, limit: int = 100) -> list[Task]:
         s = self.s
         wanted = {str(x) for x in statuses} if statuses is not None else None
-        rows = [s.tasks[t] for t in s._user_tasks.get(user_id, ())]
+        if wanted is not None and wanted <= _ACTIVE_NAMES:  # only live tasks: not the user's whole history
+            rows = [s.tasks[t] for t in s._user_active.get(user_id, ())]
+        else:
+            rows = [s.tasks[t] for t in s._user_tasks.get(user_id, ())]
         rows = [t for t in rows if (wanted is None or t.status in wanted) and (since is None or t.created_at >= since)]
         rows.sort(key=lambda t: (t.created_at, t.id), reverse=True)
         return [_copy(t) for t in rows[:limit]]
