@@ -12,10 +12,9 @@ import os
 from pathlib import Path
 
 import streamlit as st
-from sqlalchemy import inspect, literal, select
 
 from pages import _common as common
-from rivya_core import db, schema
+from rivya_core import db
 
 ROOT = Path(__file__).resolve().parent
 
@@ -41,10 +40,7 @@ def _needs_demo(url: str) -> bool:
     try:
         engine = db.make_engine(url)
         try:
-            if "ai_task" not in inspect(engine).get_table_names():
-                return True
-            with engine.connect() as conn:
-                return conn.execute(select(literal(1)).select_from(schema.ai_task).limit(1)).first() is None
+            return not db.has_rows(engine, "ai_task")
         finally:
             engine.dispose()
     except Exception:  # unreachable default database: the page itself says so

@@ -78,12 +78,12 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
-from sqlalchemy import Engine, inspect, literal, select, text
+from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from rivya_core import access, db, schema
-from rivya_core.domain import RivyaError, StoreUnavailable
+from rivya_core import access, db
+from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,27 +208,9 @@ def get_engine(url: str) -> Engine:
 
 @st.cache_resource(show_spinner=False)
 def _open(url: str) -> Engine:
-    """The same checks as rivya_core.db.open_store, without building a store.
-
-    The engine only reads: on SQLite its transactions start with a deferred BEGIN
-    instead of the store's BEGIN IMMEDIATE, so pages never wait for a realtime
-    simulation's write lock (support actions go through rivya_core.service)."""
-    base = db.make_engine(url)
-    engine = base.execution_options(sqlite_begin="DEFERRED")
-    path = db.sqlite_path(url)
-    if path is not None and not path.is_file():
-        raise StoreUnavailable(f"no SQLite database at {path}")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        db.require_schema(engine)
-    except DBAPIError as exc:
-        base.dispose()
-        raise StoreUnavailable(f"cannot use database {db.safe_url(url)}: {str(exc.orig).splitlines()[0]}") from exc
-    except RivyaError:
-        base.dispose()
-        raise
-    return engine
+    """rivya_core.db.open_reader, cached: a read engine, so pages never wait for a
+    realtime simulation's write lock (support actions go through rivya_core.service)."""
+    return db.open_reader(url)
 
 
 def open_db() -> Engine | None:
@@ -245,12 +227,6 @@ def open_db() -> Engine | None:
     return engine
 
 
-def _has_rows(engine: Engine, table: str) -> bool:
-    t = schema.metadata.tables[table]
-    with engine.connect() as conn:
-        return conn.execute(select(literal(1)).select_from(t).limit(1)).first() is not None
-
-
 def require_tables(engine: Engine, tables: tuple[str, ...] | list[str], *, need_rows: str | None = None) -> bool:
     present = set(inspect(engine).get_table_names())
     missing = [t for t in tables if t not in present]
@@ -258,7 +234,7 @@ def require_tables(engine: Engine, tables: tuple[str, ...] | list[str], *, need_
         st.warning(f"This database has no {', '.join(f'`{t}`' for t in missing)} table: it was made by an "
                    "older version. This section needs it; the rest of the dashboard still works.")
         return False
-    if need_rows and not _has_rows(engine, need_rows):
+    if need_rows and not db.has_rows(engine, need_rows):
         st.info(f"Nothing here yet: the `{need_rows}` table is empty.")
         return False
     return True

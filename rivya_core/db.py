@@ -170,8 +170,21 @@ def open_store(url: str, *, create: bool = False) -> SqlStore:
     """
     from .store_sql import SqlStore
 
+    return SqlStore(_checked_engine(url, create=create))
+
+
+def open_reader(url: str) -> Engine:
+    """An engine for reading the database at url (pages, reports), checked like
+    open_store. On SQLite its transactions start with a plain deferred BEGIN, not
+    the store's BEGIN IMMEDIATE, so readers never wait behind a writer."""
+    return _checked_engine(url, create=False, read_only=True)
+
+
+def _checked_engine(url: str, *, create: bool, read_only: bool = False) -> Engine:
     url = normalize_url(url)
     engine = make_engine(url)
+    if read_only:
+        engine = engine.execution_options(sqlite_begin="DEFERRED")
     path = sqlite_path(url)
     if path is not None:
         if not create and not path.is_file():
@@ -191,7 +204,16 @@ def open_store(url: str, *, create: bool = False) -> SqlStore:
     except SchemaMissing:
         engine.dispose()
         raise
-    return SqlStore(engine)
+    return engine
+
+
+def has_rows(engine: Engine, table: str) -> bool:
+    """True when the contract table exists and holds at least one row."""
+    if table not in inspect(engine).get_table_names():
+        return False
+    t = schema.metadata.tables[table]
+    with engine.connect() as conn:
+        return conn.execute(select(t.c.id).limit(1)).first() is not None
 
 
 # --- bulk writes ------------------------------------------------------------------
