@@ -90,10 +90,11 @@ credit_ledger = Table(
     UniqueConstraint("idempotency_key", name="uq_credit_ledger_idempotency_key"),
     CheckConstraint("amount <> 0", name="ck_credit_ledger_amount_nonzero"),
     CheckConstraint("balance_after >= 0", name="ck_credit_ledger_balance_nonneg"),
-    Index("ix_credit_ledger_user", "user_id", "id"),
+    # covering: a user's running sum (audit) and per-user sums (conservation) read only the index
+    Index("ix_credit_ledger_user_running", "user_id", "id", "amount", "balance_after"),
     Index("ix_credit_ledger_task", "task_id"),
     Index("ix_credit_ledger_chat_message", "chat_message_id"),
-    Index("ix_credit_ledger_type_created", "entry_type", "created_at"),
+    Index("ix_credit_ledger_type_amount", "entry_type", "amount"),  # covering: credit totals by type
     Index("ix_credit_ledger_created", "created_at"),  # time windows of the charts
 )
 
