@@ -164,8 +164,28 @@ def chat_credits(engine: Engine, user_id: int | None = None) -> dict[str, int]:
 
 
 def chat_sessions(engine: Engine, user_id: int | None = None, limit: int = 200) -> pd.DataFrame:
-    """Chat sessions, newest first, with message count and reserved/charged/refunded credits."""
-    refunds = _chat_refunds()
+    """Chat sessions, newest first, with message count and reserved/charged/refunded credits.
+    The newest `limit` sessions are picked first; their messages are summed through the
+    covering (session_id, reserved, charged) index and their refunds through the ledger."""
+    top = select(chat_session.c.id).order_by(chat_session.c.id.desc()).limit(_limit(limit))
+    if user_id is not None:
+        top = top.where(chat_session.c.user_id == user_id)
+    ids = select(top.subquery().c.id)
+    per_session = (
+        select(chat_message.c.session_id, func.count().label("messages"),
+               func.sum(chat_message.c.reserved_credits).label("reserved"),
+               func.sum(chat_message.c.charged_credits).label("charged"))
+        .where(chat_message.c.session_id.in_(ids))
+        .group_by(chat_message.c.session_id)
+        .subquery()
+    )
+    refunds = (
+        select(chat_message.c.session_id, func.sum(credit_ledger.c.amount).label("refunded"))
+        .select_from(credit_ledger.join(chat_message, chat_message.c.id == credit_ledger.c.chat_message_id))
+        .where(credit_ledger.c.entry_type == "chat_refund", chat_message.c.session_id.in_(ids))
+        .group_by(chat_message.c.session_id)
+        .subquery()
+    )
     stmt = (
         select(
             chat_session.c.id.label("session_id"),
@@ -174,29 +194,17 @@ def chat_sessions(engine: Engine, user_id: int | None = None, limit: int = 200) 
             chat_session.c.model,
             chat_session.c.title,
             chat_session.c.created_at,
-            func.count(chat_message.c.id).label("messages"),
-            func.coalesce(func.sum(chat_message.c.reserved_credits), 0).label("reserved"),
-            func.coalesce(func.sum(chat_message.c.charged_credits), 0).label("charged"),
-            func.coalesce(func.sum(refunds.c.refunded), 0).label("refunded"),
+            func.coalesce(per_session.c.messages, 0).label("messages"),
+            func.coalesce(per_session.c.reserved, 0).label("reserved"),
+            func.coalesce(per_session.c.charged, 0).label("charged"),
+            func.coalesce(refunds.c.refunded, 0).label("refunded"),
         )
-        .select_from(
-            chat_session.outerjoin(account, account.c.id == chat_session.c.user_id)
-            .outerjoin(chat_message, chat_message.c.session_id == chat_session.c.id)
-            .outerjoin(refunds, refunds.c.chat_message_id == chat_message.c.id)
-        )
-        .group_by(
-            chat_session.c.id,
-            chat_session.c.user_id,
-            account.c.email,
-            chat_session.c.model,
-            chat_session.c.title,
-            chat_session.c.created_at,
-        )
+        .select_from(chat_session.outerjoin(account, account.c.id == chat_session.c.user_id)
+                     .outerjoin(per_session, per_session.c.session_id == chat_session.c.id)
+                     .outerjoin(refunds, refunds.c.session_id == chat_session.c.id))
+        .where(chat_session.c.id.in_(ids))
         .order_by(chat_session.c.id.desc())
-        .limit(_limit(limit))
     )
-    if user_id is not None:
-        stmt = stmt.where(chat_session.c.user_id == user_id)
     return _frame(engine, stmt)
 
 

@@ -170,7 +170,8 @@ chat_message = Table(
     Column("status", String(20), nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("settled_at", DateTime),
-    Index("ix_chat_message_session", "session_id"),
+    # covering: a session's totals (chat settlement page) read only the index
+    Index("ix_chat_message_session_credits", "session_id", "reserved_credits", "charged_credits"),
     Index("ix_chat_message_status", "status"),
 )
 
