@@ -133,8 +133,13 @@ def _sqlite_engine(u: Any) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create every table and index and record the schema version. Idempotent."""
+    """Create every table and index and record the schema version. Idempotent, and
+    an upgrade: on a database made by an older version it adds the tables and the
+    indexes that version lacked (create_all alone adds indexes only with their table)."""
     schema.metadata.create_all(engine)
+    for table in schema.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
     with engine.begin() as conn:
         have = conn.scalar(select(schema.schema_meta.c.value).where(schema.schema_meta.c.key == "version"))
         if have is None:

@@ -354,3 +354,19 @@ def test_snapshot_to_engine_reproduces_a_memory_store():
         assert conn.execute(select(schema.ai_task.c.id).where(schema.ai_task.c.result_urls.is_(None))).all()
     with sql.begin() as tx:  # ids continue after the copied ones
         assert tx.post(uid, "grant", 1, "g2", T0).entry.id == 3
+
+
+def test_init_db_adds_indexes_an_older_database_lacks(db_url):
+    from sqlalchemy import inspect
+
+    from rivya_core.db import init_db, make_engine
+    from rivya_core.schema import credit_ledger
+
+    engine = make_engine(db_url)
+    init_db(engine)
+    index = next(i for i in credit_ledger.indexes if i.name == "ix_credit_ledger_type_amount")
+    index.drop(engine)  # as a database made before this index existed
+    assert "ix_credit_ledger_type_amount" not in {i["name"] for i in inspect(engine).get_indexes("credit_ledger")}
+    init_db(engine)
+    assert "ix_credit_ledger_type_amount" in {i["name"] for i in inspect(engine).get_indexes("credit_ledger")}
+    engine.dispose()
