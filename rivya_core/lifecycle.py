@@ -177,8 +177,7 @@ class LifecycleService:
     def submit(self, user_id: int, request: Any, *, chat_message_id: int | None = None) -> Task:
         req = validate(self.catalog, request)                       # 1. validate (raises, writes nothing)
         credits = self.policy.price(req.model, req.base_credits)
-        task = self._tx(lambda tx: self._create(tx, user_id, req, credits, chat_message_id,  # 2. one unit with
-                                                self._heavier_duplicate(tx, user_id, req, credits)))  # its read-only check
+        task = self._tx(lambda tx: self._create(tx, user_id, req, credits, chat_message_id))  # 2. ai_task WAITING
         if not self._tx(lambda tx: self._charge(tx, task.id)):      # 3. spend before submission
             return self.task(task.id)
         return self._submit_upstream(task.id, task)                 # 4. provider job, GENERATING
@@ -197,9 +196,10 @@ class LifecycleService:
         return dup
 
     def _create(self, tx: Tx, user_id: int, req: NormalizedRequest, credits: int,
-                chat_message_id: int | None, duplicate: Task | None) -> Task:
+                chat_message_id: int | None) -> Task:
         if tx.get_account(user_id) is None:
             raise NotFound(f"no account {user_id}")
+        duplicate = self._heavier_duplicate(tx, user_id, req, credits)  # may refuse: nothing written yet
         task = tx.insert_task(Task(
             id=0, user_id=user_id, model=req.model, category=req.category, prompt=req.prompt,
             params=dict(req.params), status=TaskStatus.WAITING, billing_type=req.billing_type,
