@@ -11,9 +11,12 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
 from .cli import OneLineParser, run_command
+from .clock import WallClock
 from .db import DEFAULT_URL, open_store
+from .queries import naive_utc
 
 
 def _db(p: argparse.ArgumentParser) -> None:
@@ -28,6 +31,15 @@ def _task_id(value: str) -> int:
     return int(value)
 
 
+def _moment(value: str) -> datetime:
+    if value == "now":
+        return WallClock().now()
+    try:
+        return naive_utc(datetime.fromisoformat(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected `now` or an ISO time, not {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m rivya_core", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "exit 1 when any is violated")
     _db(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--at", type=_moment, metavar="WHEN", default=None,
+                   help="judge time-dependent checks (stuck tasks, open chat reservations) at WHEN: `now` "
+                        "(wall time, for a live database) or an ISO time; default: the latest time recorded "
+                        "in the database (right for a simulation's own time base)")
     p = sub.add_parser("diagnose", help="the troubleshooting checklist answered for one task")
     p.add_argument("task_id", type=_task_id)
     _db(p)
@@ -92,7 +108,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit
     from .service import policy_from
 
-    report = audit(open_store(args.db).engine, policy_from(args.policy), record=True)
+    report = audit(open_store(args.db).engine, policy_from(args.policy), args.at, record=True)
     if args.json:
         print(json.dumps(report.to_dict(), default=str, indent=2))
     elif report.ok:

@@ -105,3 +105,15 @@ def test_cli_errors_are_one_line(args):
     out = _cli(*args)
     assert out.returncode != 0
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_audit_at_wall_time_finds_a_task_stuck_on_a_quiet_live_database(sqlite_url):
+    store = open_store(sqlite_url, create=True)
+    svc, clock, providers = make_service(store=store)  # its clock stands in 2026-01-01
+    user = svc.create_account("q@example.com", "Q", grant=50)
+    svc.submit(user.id, IMAGE)  # never hears back; nothing else happens on this database
+    store.engine.dispose()
+    judged_at_last_activity = _cli("audit", "--db", sqlite_url)
+    assert judged_at_last_activity.returncode == 0
+    judged_now = _cli("audit", "--db", sqlite_url, "--at", "now")
+    assert judged_now.returncode == 1 and "stuck_past_timeout" in judged_now.stdout
