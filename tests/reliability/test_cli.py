@@ -13,6 +13,7 @@ from sqlalchemy import create_engine
 from rivya_core.audit import audit
 from rivya_core.db import make_engine
 from rivya_core.store_sql import SqlStore
+from rivya_core.validation import validate
 from tests.fakes import IMAGE, make_service
 
 CORE = ["init-db", "audit", "diagnose 1", "refund 1 --operator o --reason r", "recheck 1",
@@ -73,8 +74,7 @@ def test_recover_command_repairs_a_crashed_database(db_url):
     # crashes: charged but never submitted; created but never charged
     with svc.store.begin() as tx:
         tx.update_task(done.id, None, status="WAITING", upstream_task_id=None, submitted_at=None)
-    svc._tx(lambda tx: svc._create(tx, user.id, __import__("rivya_core.validation", fromlist=["validate"])
-                                   .validate(svc.catalog, IMAGE), 2, None, None))
+    svc._tx(lambda tx: svc._create(tx, user.id, validate(svc.catalog, {**IMAGE, "prompt": "never charged"}), 2, None))
     svc.store.dispose()
     first = _run("-m", "rivya_core", "recover", "--db", db_url, "--grace", "0")
     assert first.returncode == 0, first.stderr
