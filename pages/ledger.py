@@ -13,6 +13,7 @@ from pages._common import (
     policy_in_force,
     require_tables,
     show_errors,
+    show_flows,
     show_table,
     task_url,
 )
@@ -47,22 +48,6 @@ def pick_account() -> int | None:
         options = {int(r.id): f"{r.email} — {r.name} (#{r.id}, {r.entries} entries)" for r in busy.itertuples()}
         st.caption("Most recently active accounts; type to search all of them.")
     return st.selectbox("Account", list(options), format_func=options.get)
-
-
-def show_flows(flows: dict[str, int], total_label: str) -> None:
-    """Metrics that visibly add up: granted − charged + refunded − chat spent (+ other) = total."""
-    c = st.columns(5)
-    c[0].metric("Granted", f"{flows['granted']:,}", help="Grants (starting balance, top-ups) and adjustments")
-    c[1].metric("Charged for tasks", f"{flows['task_charged']:,}", help="`consume` rows")
-    c[2].metric("Refunded for tasks", f"{flows['task_refunded']:,}", help="`refund` rows")
-    c[3].metric("Chat spent", f"{flows['chat_net']:,}",
-                help=f"Chat reserved and charged ({flows['chat_charged']:,}) less chat refunded "
-                     f"({flows['chat_refunded']:,})")
-    c[4].metric(total_label, f"{flows['balance']:,}")
-    other = f" + {flows['other']:,} other" if flows["other"] else ""
-    st.caption(f"{flows['granted']:,} granted − {flows['task_charged']:,} charged for tasks + "
-               f"{flows['task_refunded']:,} refunded for tasks − {flows['chat_net']:,} chat spent{other} "
-               f"= **{flows['balance']:,}**.")
 
 
 with account_tab, show_errors():

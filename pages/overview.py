@@ -13,6 +13,7 @@ from pages._common import (
     page_link,
     policy_in_force,
     show_errors,
+    show_flows,
     show_table,
     task_url,
 )
@@ -40,18 +41,7 @@ with show_errors():
 
     st.subheader("Credits")
     credits = cached_df(reports.credit_totals)
-    c = st.columns(5)
-    c[0].metric("Granted", f"{credits['granted']:,}", help="Grants (starting balances, top-ups) and adjustments")
-    c[1].metric("Charged for tasks", f"{credits['task_charged']:,}", help="Generation tasks charged at submission")
-    c[2].metric("Refunded for tasks", f"{credits['task_refunded']:,}", help="Refunds of failed tasks")
-    c[3].metric("Chat spent", f"{credits['chat_net']:,}",
-                help=f"Chat reservations and charges ({credits['chat_charged']:,}) less chat refunds "
-                     f"({credits['chat_refunded']:,})")
-    c[4].metric("Left in balances", f"{credits['balance']:,}", help="The sum of every ledger row")
-    other = f" + {credits['other']:,} other" if credits["other"] else ""
-    st.caption(f"{credits['granted']:,} granted − {credits['task_charged']:,} charged for tasks + "
-               f"{credits['task_refunded']:,} refunded for tasks − {credits['chat_net']:,} chat spent{other} "
-               f"= **{credits['balance']:,}** left in balances.")
+    show_flows(credits, "Left in balances", "The sum of every ledger row")
     if credits["account_balances"] != credits["balance"]:
         st.warning(f"The accounts' cached balances sum to {credits['account_balances']:,}, not "
                    f"{credits['balance']:,}: see *Conservation across accounts* on the Ledger page.")
