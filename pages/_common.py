@@ -57,8 +57,9 @@ Signatures (import with `from pages._common import ...`):
         st.dataframe (full width, no index) with headers in words ("error_code" ->
         "error code") and a dash for missing text, except in configured columns.
     show_errors() -> context manager
-    show_flows(flows, total_label, total_help=None): credit cards that add up, with their sum spelled out
         Turns RivyaError / SQLAlchemyError raised inside into st.error lines.
+    show_flows(flows, total_label, total_help=None) -> None
+        The credit cards that add up (granted − charged + refunded − chat = total), sum spelled out.
     support_service(policy: BillingPolicy) -> LifecycleService
         The service support actions go through, over current_url(). On a simulation
         database its providers answer from the farm's recorded jobs and its clock is
