@@ -8,13 +8,13 @@ and the field, so a bad edit never reaches a running service.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from . import tomlfile
 from .domain import Category, RivyaError, ValidationError
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "data" / "catalog.toml"
@@ -148,12 +148,7 @@ class Catalog:
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
     path = Path(path) if path is not None else DEFAULT_PATH
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CatalogError(f"{path}: no such catalogue file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"{path}: not valid TOML ({exc})") from None
+    raw = tomlfile.load(path, CatalogError, "catalogue")
     return Catalog(models=_parse_catalog(raw, str(path)), source=str(path))
 
 

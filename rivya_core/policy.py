@@ -8,11 +8,11 @@ bad values refused by name.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import tomlfile
 from .domain import FailureClass, ValidationError
 
 DEFAULT_TIMEOUT_S = {"image": 15 * 60.0, "video": 2 * 3600.0, "audio": 30 * 60.0}
@@ -82,12 +82,7 @@ class BillingPolicy:
     @classmethod
     def load(cls, path: str | Path) -> BillingPolicy:
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PolicyError(f"{path}: no such policy file") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"{path}: not valid TOML ({exc})") from None
+        raw = tomlfile.load(path, PolicyError, "policy")
         data = raw.get("policy", raw)
         if not isinstance(data, dict):
             raise PolicyError(f"{path}: [policy] must be a table")

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rivya_core import tomlfile
 from rivya_core.domain import ValidationError
 from rivya_core.policy import BillingPolicy, PolicyError
 
@@ -263,21 +263,12 @@ def resolve(name_or_path: str | Path) -> Path:
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
     path = resolve(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: cannot read ({exc})") from None
+    text = tomlfile.read_text(path, ScenarioError, "scenario")
     return parse_scenario(text, str(path), default_name=path.stem)
 
 
 def parse_scenario(text: str, source: str = "<scenario>", default_name: str = "scenario") -> Scenario:
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{source}: not valid TOML ({exc})") from None
-    raw = dict(raw)
+    raw = dict(tomlfile.parse(text, source, ScenarioError))
     top = dict(raw.pop("scenario", {}))
     if not isinstance(top, dict):
         raise ScenarioError(f"{source}: [scenario] must be a table")
