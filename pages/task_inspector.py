@@ -7,6 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages._common import (
+    access_config,
     cached_df,
     can_act,
     current_url,
@@ -103,7 +104,10 @@ def show_actions(task_id: int) -> None:
     with st.form("support_action"):
         action = st.radio("Action", ["Re-check upstream", "Issue the due refund", "Mark stuck task failed"],
                           horizontal=True)
-        operator = st.text_input("Operator name", value=st.session_state.get("user") or "")
+        signed_in = st.session_state.get("user") if access_config().enabled else None
+        operator = st.text_input("Operator name", value=signed_in or "", disabled=bool(signed_in),
+                                 help="With sign-in on, actions are recorded under the signed-in operator")
+        operator = signed_in or operator
         reason = st.text_input("Reason (kept in the task's timeline)")
         if st.form_submit_button("Run action"):
             if not operator.strip() or not reason.strip():

@@ -166,3 +166,22 @@ def test_viewer_reads_but_gets_no_actions(open_page, seeded_url, monkeypatch):
     assert not at.exception
     assert "Task #2 — FAILED" in texts(at)
     assert "need the operator role" in texts(at)
+
+
+def test_signed_in_operator_acts_under_their_own_name(open_page, seeded_url, monkeypatch):
+    monkeypatch.setenv("RIVYA_OPERATORS", "olga:pw2")
+    at = open_page(seeded_url, session={"user": "olga", "role": "operator"})
+    at.switch_page("pages/task_inspector.py")
+    at.query_params["task"] = "2"
+    at.run()
+    name = _by_label(at.text_input, "Operator name")
+    assert name.value == "olga" and name.disabled  # nobody can type another name in
+    _by_label(at.radio, "Action").set_value("Issue the due refund")
+    _by_label(at.text_input, "Reason (kept in the task's timeline)").input("user asked")
+    _by_label(at.button, "Run action").click().run()
+    assert not at.exception and "Issue the due refund: done" in texts(at)
+    from rivya_core.db import make_engine
+    from rivya_core.queries import task_detail
+
+    actions = [e["detail"] for e in task_detail(make_engine(seeded_url), 2)["events"] if e["kind"] == "support_action"]
+    assert actions[-1]["operator"] == "olga"
