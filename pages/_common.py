@@ -43,8 +43,6 @@ Signatures (import with `from pages._common import ...`):
         fn(engine, *args, **kwargs) for the current URL, cached with
         st.cache_data(ttl=CACHE_TTL_S). fn must be a module-level function
         taking an Engine first; args must be hashable (str, int, tuples).
-    link_to_task(task_id: int, label: str | None = None) -> None
-        st.page_link to the task inspector with ?task=<id>.
     page_link(path: str, label: str, icon: str | None = None) -> None
         st.page_link to another page, a caption when that page is not registered.
     task_url(task_id: int) -> str
@@ -447,11 +445,6 @@ def page_link(path: str, label: str, icon: str | None = None) -> None:
         st.page_link(path, label=label, icon=icon)
     else:
         st.caption(f"{label} (page not available in this version)")
-
-
-def link_to_task(task_id: int, label: str | None = None) -> None:
-    st.page_link(INSPECTOR, label=label or f"Open task {task_id} in the inspector",
-                 icon=":material/search:", query_params={"task": str(int(task_id))})
 
 
 # --- access --------------------------------------------------------------------------------

@@ -10,12 +10,12 @@ from pages._common import (
     access_config,
     cached_df,
     can_act,
-    current_url,
     enter_page,
     open_db,
     policy_in_force,
     show_errors,
     show_table,
+    support_service,
 )
 from rivya_core import queries, reports
 from rivya_core.domain import NotFound, RivyaError
@@ -77,12 +77,7 @@ def show_timeline(events: pd.DataFrame) -> None:
 
 def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
     try:
-        from rivya_core.service import service_for_url
-    except ImportError:
-        st.error("Support actions need rivya_core.service.service_for_url, which this version lacks.")
-        return
-    try:
-        svc = service_for_url(current_url(), policy=policy)
+        svc = support_service(policy)
         method = {"Re-check upstream": svc.support_recheck, "Issue the due refund": svc.support_refund,
                   "Mark stuck task failed": svc.support_mark_failed}[action]
         task = method(task_id, operator, reason)

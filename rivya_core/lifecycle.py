@@ -46,6 +46,7 @@ from .domain import (
     Task,
     TaskStatus,
     ValidationError,
+    sources_of,
 )
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .ports import (
@@ -265,7 +266,7 @@ class LifecycleService:
     def _mark_generating(self, tx: Tx, task: Task, upstream_id: str) -> None:
         now = self._now()
         first_check = self.policy.poll_interval_s if not self.callbacks_enabled else self.policy.stuck_for(task.category)
-        tx.update_task(task.id, [TaskStatus.WAITING], status=TaskStatus.GENERATING, upstream_task_id=upstream_id,
+        tx.update_task(task.id, sources_of(TaskStatus.GENERATING), status=TaskStatus.GENERATING, upstream_task_id=upstream_id,
                        submitted_at=now, next_check_at=now + timedelta(seconds=first_check), check_attempts=0)
         self._event(tx, task.id, EventKind.SUBMITTED, upstream_task_id=upstream_id, provider=task.provider)
 
@@ -429,7 +430,7 @@ class LifecycleService:
         now = self._now()
         if not urls:
             raise AssertionError("SUCCESS without result URLs")
-        if not tx.update_task(task.id, [TaskStatus.GENERATING], status=TaskStatus.SUCCESS, result_urls=urls,
+        if not tx.update_task(task.id, sources_of(TaskStatus.SUCCESS), status=TaskStatus.SUCCESS, result_urls=urls,
                               finished_at=now, settled_at=now, next_check_at=None):
             return
         self._event(tx, task.id, EventKind.SUCCEEDED, path=path, result_urls=len(urls))
@@ -438,7 +439,7 @@ class LifecycleService:
 
     def _finish_failed(self, tx: Tx, task: Task, code: str, message: str, failure_class: str, path: str) -> None:
         now = self._now()
-        if not tx.update_task(task.id, list(ACTIVE), status=TaskStatus.FAILED, error_code=code[:80],
+        if not tx.update_task(task.id, sources_of(TaskStatus.FAILED), status=TaskStatus.FAILED, error_code=code[:80],
                               error_message=message[:2000], failure_class=str(failure_class), finished_at=now,
                               settled_at=now, next_check_at=None):
             return

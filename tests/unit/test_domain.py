@@ -1,0 +1,27 @@
+"""The state machine of the guide: four states, four moves, terminal states absorb."""
+
+from __future__ import annotations
+
+import itertools
+
+from rivya_core.domain import ACTIVE, TERMINAL, TaskStatus, can_move, sources_of
+
+S = TaskStatus
+
+
+def test_exactly_the_four_moves_of_the_guide():
+    allowed = {(a, b) for a, b in itertools.product(S, S) if can_move(a, b)}
+    assert allowed == {(S.WAITING, S.GENERATING), (S.WAITING, S.FAILED),
+                       (S.GENERATING, S.SUCCESS), (S.GENERATING, S.FAILED)}
+
+
+def test_terminal_states_absorb_everything():
+    for terminal, target in itertools.product(TERMINAL, S):
+        assert not can_move(terminal, target)
+
+
+def test_sources_are_what_the_lifecycle_compare_and_sets_on():
+    assert sources_of(S.GENERATING) == {S.WAITING}
+    assert sources_of(S.SUCCESS) == {S.GENERATING}
+    assert sources_of(S.FAILED) == ACTIVE
+    assert sources_of(S.WAITING) == frozenset()
