@@ -100,8 +100,9 @@ def show_actions(task_id: int) -> None:
         action = st.radio("Action", ["Re-check upstream", "Issue the due refund", "Mark stuck task failed"],
                           horizontal=True)
         signed_in = st.session_state.get("user") if access_config().enabled else None
-        operator = st.text_input("Operator name", value=signed_in or "", disabled=bool(signed_in),
-                                 help="With sign-in on, actions are recorded under the signed-in operator")
+        operator = st.text_input("Operator name", value=signed_in or "", disabled=bool(signed_in))
+        if signed_in:
+            st.caption("Sign-in is on: actions are recorded under the signed-in operator.")
         operator = signed_in or operator
         reason = st.text_input("Reason (kept in the task's timeline)")
         if st.form_submit_button("Run action"):
