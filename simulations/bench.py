@@ -149,33 +149,16 @@ def run_bare(sc: Scenario) -> dict[str, Any]:
 
 
 def run_full(sc: Scenario, mode: str, url: str | None = None) -> dict[str, Any]:
-    from .runner import Run
-    from .writer import BatchWriter
+    """The runner's own wiring (Run.start, Run.monitor): with a url, the real batch
+    writer and the farm's job records, as `python -m simulations run` writes them."""
+    from .runner import Run, open_fresh
 
     run = Run(sc)
-    env, store, farm = run.env, run.store, run.farm
-    engine = None
-    if url is not None:
-        from rivya_core.db import init_db, make_engine
-
-        engine = make_engine(url)
-        init_db(engine)
-        run.writer = BatchWriter(engine, store, sc.policy, quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
-                                 forget=lambda t: farm.forget(t.provider, t.upstream_task_id))
-        env.process(run.flusher())
-    run.population.create_accounts()
-    env.process(run.population.arrivals(float("inf"), sc.tasks))
-    env.process(run.poller())
+    env, store = run.env, run.store
+    engine = open_fresh(url) if url is not None else None
+    run.start(engine)
     stop = env.event()
-
-    def monitor():
-        while True:
-            yield env.timeout(sc.poll_tick_s)
-            if run.population.arrivals_done and not store._active and not (run.writer and run.writer.pinned):
-                stop.succeed()
-                return
-
-    env.process(monitor())
+    env.process(run.monitor(stop, lambda: float("inf"), None))
     t0, c0 = time.perf_counter(), time.process_time()
     with run_pace():
         env.run(until=stop)

@@ -167,16 +167,18 @@ class Run:
         if self.writer is not None:
             self.writer.pin(task_id, on)
 
-    def start(self, engine) -> BatchWriter:
+    def start(self, engine=None) -> BatchWriter | None:
         """Wire the batch writer (and the farm's job records) to engine, create the
         accounts and start arrivals (or the script), polling and flushing. The
-        caller runs the environment; every flush commits a consistent cut."""
+        caller runs the environment; every flush commits a consistent cut.
+        Without an engine the run stays in memory (the benchmark's memory mode)."""
         sc, env, farm = self.sc, self.env, self.farm
-        self.writer = BatchWriter(
-            engine, self.store, sc.policy, realtime=bool(self.realtime),
-            quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
-            forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows)
-        farm.record_jobs = True
+        if engine is not None:
+            self.writer = BatchWriter(
+                engine, self.store, sc.policy, realtime=bool(self.realtime),
+                quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
+                forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows)
+            farm.record_jobs = True
         self.population.create_accounts()
         if sc.script:
             self.population.arrivals_done = True
@@ -184,7 +186,8 @@ class Run:
         else:
             env.process(self.population.arrivals(sc.horizon_s if sc.horizon_s > 0 else float("inf"), self.max_tasks))
         env.process(self.poller())
-        env.process(self.flusher())
+        if engine is not None:
+            env.process(self.flusher())
         return self.writer
 
     # --- processes -----------------------------------------------------------------
@@ -225,7 +228,7 @@ class Run:
                     progress(0.96, f"draining ({self.store.active_count()} active)")
             if not (pop.arrivals_done and self.script_done):
                 continue
-            idle = not self.store.active_count() and pop.open_chats == 0 and not self.writer.pinned
+            idle = not self.store.active_count() and pop.open_chats == 0 and not (self.writer and self.writer.pinned)
             if idle or self.env.now >= deadline():
                 stop.succeed()
                 return
@@ -246,10 +249,9 @@ def drain_seconds(sc: Scenario) -> float:
     return longest + 2 * p.poll_interval_s + patience + 900.0
 
 
-def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
-                 progress: Callable[[float, str], None] | None = None, realtime: float | None = None) -> RunSummary:
-    wall0 = time.perf_counter()
-    run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
+def open_fresh(db_url: str):
+    """An engine on db_url with the schema and the simulation tables, for a run to
+    write into; a database that already holds tasks or accounts is refused."""
     engine = make_engine(db_url)
     relax_sqlite_sync(engine)
     try:
@@ -260,6 +262,18 @@ def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, ta
                     conn.scalar(select(func.count()).select_from(schema.account)):
                 raise RunError(f"database {engine.url.render_as_string(hide_password=True)} already holds data; "
                                "a run writes into a fresh database")
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
+                 progress: Callable[[float, str], None] | None = None, realtime: float | None = None) -> RunSummary:
+    wall0 = time.perf_counter()
+    run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
+    engine = open_fresh(db_url)
+    try:
         summary = _execute(run, engine, progress, wall0)
     finally:
         engine.dispose()
@@ -351,4 +365,4 @@ def _remember(summary: RunSummary, sc: Scenario, run: Run) -> None:
         pass
 
 
-__all__ = ["Run", "RunSummary", "RunError", "run_scenario", "drain_seconds"]
+__all__ = ["Run", "RunSummary", "RunError", "open_fresh", "run_scenario", "drain_seconds"]
