@@ -15,6 +15,7 @@ import streamlit as st
 
 from pages import _common as common
 from rivya_core import db
+from simulations.demo import ensure_demo_data
 
 ROOT = Path(__file__).resolve().parent
 
@@ -54,12 +55,6 @@ def ensure_demo(url: str) -> None:
         return
     done.add(url)
     if not _needs_demo(url):
-        return
-    try:
-        from simulations.demo import ensure_demo_data
-    except ImportError as exc:
-        st.info(f"The default database is empty and the demo data generator is not available ({exc}). "
-                "Run a simulation (`python -m simulations run …`) or pick another database in the sidebar.")
         return
     bar = st.progress(0.0, text="First start: creating demo data by running the baseline scenario…")
 

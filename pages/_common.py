@@ -47,6 +47,8 @@ Signatures (import with `from pages._common import ...`):
         st.page_link to another page, a caption when that page is not registered.
     task_url(task_id: int) -> str
         Relative URL of the inspector for one task (for st.column_config.LinkColumn).
+    with_task_links(frame, source="task_id") -> DataFrame; TASK_LINK
+        A "task" column of inspector links, and the column config that shows it.
     access_gate() -> None
         Login form when access control is configured; st.stop() until signed in.
     can_act() -> bool
@@ -421,6 +423,17 @@ def show_errors() -> Iterator[None]:
 
 
 # --- links --------------------------------------------------------------------------------
+
+
+TASK_LINK = st.column_config.LinkColumn("task", display_text=r"task=(\d+)", help="Open the task in the inspector")
+
+
+def with_task_links(frame: Any, source: str = "task_id") -> Any:
+    """frame plus a "task" column of inspector links built from `source` (empty where there is no task);
+    show it with column_config={"task": TASK_LINK}."""
+    frame = frame.copy()
+    frame["task"] = [task_url(t) if t is not None and t == t else None for t in frame[source]]
+    return frame
 
 
 def task_url(task_id: int) -> str:

@@ -5,19 +5,19 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, show_table, task_url
+from pages._common import (
+    TASK_LINK,
+    cached_df,
+    enter_page,
+    open_db,
+    require_tables,
+    show_errors,
+    show_table,
+    with_task_links,
+)
 from rivya_core import ledger_views as lv
 
 LIMIT = 200
-TASK_LINK = st.column_config.LinkColumn("task", display_text=r"task=(\d+)", help="Open the task in the inspector")
-
-
-def link_tasks(frame):
-    frame = frame.copy()
-    frame["task"] = [task_url(t) if t == t and t is not None else None for t in frame["task_id"]]
-    return frame
-
-
 enter_page()
 st.title("Chat settlement")
 st.caption("Token-priced chat reserves an estimate before a turn, charges the real usage after it and "
@@ -55,7 +55,7 @@ with show_errors():
     st.subheader("Messages")
     options = [None, *sessions["session_id"].tolist()]
     session = st.selectbox("Session", options, format_func=lambda s: "all sessions" if s is None else f"#{s}")
-    messages = link_tasks(cached_df(lv.chat_messages, session, LIMIT))
+    messages = with_task_links(cached_df(lv.chat_messages, session, LIMIT))
     show_table(messages.drop(columns=["task_id"]), width="stretch", hide_index=True,
                  column_config={"task": TASK_LINK})
 
@@ -64,7 +64,7 @@ with show_errors():
     if tools.empty:
         st.caption("No chat turn started a generation task.")
     else:
-        show_table(link_tasks(tools).drop(columns=["task_id"]), width="stretch", hide_index=True,
+        show_table(with_task_links(tools).drop(columns=["task_id"]), width="stretch", hide_index=True,
                      column_order=["task", "message_id", "session_id", "user_id", "model", "status",
                                    "reserved_credits", "created_at"],
                      column_config={"task": TASK_LINK})

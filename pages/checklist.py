@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import enter_page, page_link
-
-INSPECTOR = "pages/task_inspector.py"
+from pages._common import INSPECTOR, enter_page, page_link
 
 CHECKLIST = [
     ("Identify the task type first: chat settlement, image, video, audio, or tool-backed chat.",

@@ -7,6 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages._common import (
+    TASK_LINK,
     cached_df,
     enter_page,
     open_db,
@@ -15,15 +16,16 @@ from pages._common import (
     show_errors,
     show_flows,
     show_table,
-    task_url,
+    with_task_links,
 )
 from rivya_core import audit
 from rivya_core import ledger_views as lv
+from rivya_core.domain import EntryType
 from rivya_core.queries import find_accounts
 from rivya_core.reports import credit_breakdown
 
 PAGE_SIZE = 50
-ENTRY_TYPES = ["grant", "consume", "refund", "chat_reserve", "chat_refund", "chat_charge", "adjustment"]
+ENTRY_TYPES = [t.value for t in EntryType]
 
 enter_page()
 st.title("Ledger")
@@ -89,14 +91,12 @@ with account_tab, show_errors():
         if pages > 1:
             page = int(st.number_input(f"Page (of {pages}; {total:,} rows, newest first)", 1, pages, 1))
             rows, total = cached_df(lv.ledger_page, user_id, page, PAGE_SIZE, tuple(kinds) or None)
-        rows["task"] = [task_url(t) if t == t and t is not None else None for t in rows["task_id"]]
         show_table(
-            rows, width="stretch", hide_index=True,
+            with_task_links(rows), width="stretch", hide_index=True,
             column_order=["id", "created_at", "entry_type", "amount", "balance_after", "task", "chat_message_id",
                           "note"],
             column_config={
-                "task": st.column_config.LinkColumn("task", display_text=r"task=(\d+)",
-                                                    help="Open the task in the inspector"),
+                "task": TASK_LINK,
                 "chat_message_id": st.column_config.NumberColumn("chat message", format="%d"),
             },
         )

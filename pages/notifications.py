@@ -5,7 +5,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._common import cached_df, enter_page, open_db, require_tables, show_errors, show_table, task_url
+from pages._common import (
+    TASK_LINK,
+    cached_df,
+    enter_page,
+    open_db,
+    require_tables,
+    show_errors,
+    show_table,
+    with_task_links,
+)
 from rivya_core import ledger_views as lv
 from rivya_core import queries
 from rivya_core.domain import NotificationKind
@@ -53,14 +62,11 @@ with show_errors():
         page = int(st.number_input(f"Page (of {pages}; {total:,} notifications, newest first)", 1, pages, 1))
         rows, total = cached_df(queries.notifications_centre, user_id, kind_arg, unread_only, PAGE_SIZE,
                                 (page - 1) * PAGE_SIZE)
-    frame = pd.DataFrame(rows)
-    frame["task"] = [task_url(t) if pd.notna(t) else None for t in frame["task_id"]]
+    frame = with_task_links(pd.DataFrame(rows))
     frame["unread"] = frame["read_at"].isna()
     show_table(
         frame, width="stretch", hide_index=True,
         column_order=["created_at", "unread", "kind", "title", "body", "user_id", "task", "task_status",
                       "task_model", "read_at"],
-        column_config={"task": st.column_config.LinkColumn("task", display_text=r"task=(\d+)",
-                                                           help="Open the task in the inspector"),
-                       "unread": st.column_config.CheckboxColumn("unread")},
+        column_config={"task": TASK_LINK, "unread": st.column_config.CheckboxColumn("unread")},
     )

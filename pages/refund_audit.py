@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._common import (
+    TASK_LINK,
     cached_df,
     enter_page,
     open_db,
@@ -13,7 +14,7 @@ from pages._common import (
     require_tables,
     show_errors,
     show_table,
-    task_url,
+    with_task_links,
 )
 from rivya_core import audit
 from rivya_core.schema import CONTRACT_TABLES
@@ -27,14 +28,6 @@ MONEY_KINDS = ["failed_after_charge_without_refund", "double_refund", "refund_on
 
 def csv(rows: pd.DataFrame) -> bytes:
     return rows.to_csv(index=False).encode("utf-8")
-
-
-def with_task_links(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    if "task_id" not in rows.columns:
-        return rows, {}
-    rows = rows.copy()
-    rows.insert(0, "task", [task_url(t) if pd.notna(t) else None for t in rows["task_id"]])
-    return rows, {"task": st.column_config.LinkColumn("task", display_text=r"task=(\d+)")}
 
 
 enter_page()
@@ -90,7 +83,10 @@ with show_errors():
             rows = pd.DataFrame(finding.rows)
             if finding.count > len(rows):
                 st.caption(f"Showing the first {len(rows):,} of {finding.count:,} rows.")
-            shown, config = with_task_links(rows)
-            show_table(shown, width="stretch", hide_index=True, column_config=config)
+            if "task_id" in rows.columns:
+                show_table(with_task_links(rows), width="stretch", hide_index=True,
+                           column_order=["task", *rows.columns], column_config={"task": TASK_LINK})
+            else:
+                show_table(rows, width="stretch", hide_index=True)
             st.download_button("Download these rows (CSV)", csv(rows), f"audit_{finding.kind}.csv", "text/csv",
                                key=f"dl_{finding.kind}")

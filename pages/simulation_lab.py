@@ -23,17 +23,12 @@ from pages._common import (
 from rivya_core import ledger_views as lv
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
+from simulations.compare import compare
+from simulations.runner import run_scenario
+from simulations.scenarios import POLICY_DIR, list_scenarios, load_scenario
+from simulations.writer import read_sim_runs
 
 enter_page()
-try:
-    from simulations.compare import compare
-    from simulations.runner import run_scenario
-    from simulations.scenarios import POLICY_DIR, list_scenarios, load_scenario
-    from simulations.writer import read_sim_runs
-except ImportError as exc:  # the simulation package is optional for the rest of the dashboard
-    st.title("Simulation lab")
-    st.info(f"The simulation package is not available here ({exc}); the rest of the dashboard works without it.")
-    st.stop()
 
 FAULTS = {
     "Callbacks": ["early", "lost", "duplicate", "reorder", "forged", "stale", "malformed"],

@@ -18,6 +18,7 @@ from pages._common import (
     support_service,
 )
 from rivya_core import queries, reports
+from rivya_core.diagnose import diagnose, recheck_signals
 from rivya_core.domain import NotFound, RivyaError
 
 enter_page()
@@ -33,11 +34,6 @@ STATUS_ICON = {"ok": ":material/check_circle:", "warn": ":material/warning:", "f
 
 
 def show_checklist(task_id: int, user_id: int) -> None:
-    try:
-        from rivya_core.diagnose import diagnose, recheck_signals
-    except ImportError:
-        st.info("The troubleshooting checklist (rivya_core.diagnose) is not available in this version.")
-        return
     diag = diagnose(engine, task_id, policy)
     box = {"ok": st.success, "warn": st.warning, "fail": st.error}.get(
         "fail" if any(i.status == "fail" for i in diag.items) else
@@ -73,6 +69,14 @@ def show_timeline(events: pd.DataFrame) -> None:
                  column_config={"id": st.column_config.NumberColumn("event", format="%d", width="small"),
                                 "at": st.column_config.DatetimeColumn("at (UTC)", format="YYYY-MM-DD HH:mm:ss"),
                                 "detail": st.column_config.TextColumn("detail", width="large")})
+
+
+def show_rows(rows: list[dict], empty: str, drop: tuple[str, ...] = ()) -> None:
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        st.caption(empty)
+    else:
+        show_table(frame.drop(columns=list(drop), errors="ignore"), hide_index=True, width="stretch")
 
 
 def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
@@ -161,22 +165,10 @@ with show_errors():
         with tabs[1]:
             show_timeline(pd.DataFrame(detail["events"], columns=["id", "task_id", "at", "kind", "detail"]))
         with tabs[2]:
-            ledger = pd.DataFrame(detail["ledger"])
-            if ledger.empty:
-                st.caption("No ledger row: this task never touched credits.")
-            else:
-                show_table(ledger, hide_index=True, width="stretch")
+            show_rows(detail["ledger"], "No ledger row: this task never touched credits.")
         with tabs[3]:
-            cbs = pd.DataFrame(detail["callbacks"])
-            if cbs.empty:
-                st.caption("No provider callback arrived for this task.")
-            else:
-                show_table(cbs.drop(columns=["body"], errors="ignore"), hide_index=True, width="stretch")
+            show_rows(detail["callbacks"], "No provider callback arrived for this task.", drop=("body",))
         with tabs[4]:
-            notes = pd.DataFrame(detail["notifications"])
-            if notes.empty:
-                st.caption("No notification for this task.")
-            else:
-                show_table(notes, hide_index=True, width="stretch")
+            show_rows(detail["notifications"], "No notification for this task.")
         with tabs[5]:
             show_actions(task_id)
