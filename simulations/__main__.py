@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from rivya_core.cli import OneLineParser, run_command
 from rivya_core.domain import RivyaError
@@ -134,14 +132,12 @@ def _recorded(target: str) -> dict:
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
-    from .runner import run_scenario
+    from .runner import run_in_tempdir
     from .scenarios import parse_scenario
 
     rec = _recorded(a.target)
     scenario = parse_scenario(rec["scenario_toml"], f"<recorded {rec['scenario_name']}>", rec["scenario_name"])
-    with tempfile.TemporaryDirectory(prefix="rivya-replay-") as tmp:
-        summary = run_scenario(scenario, f"sqlite:///{Path(tmp) / 'replay.db'}", seed=rec["seed"],
-                               tasks=rec["tasks"] or None)
+    summary = run_in_tempdir(scenario, seed=rec["seed"], tasks=rec["tasks"] or None, prefix="rivya-replay-")
     same = summary.fingerprint == rec["fingerprint"]
     out = {"recorded": rec["fingerprint"], "replayed": summary.fingerprint, "match": same,
            "scenario": rec["scenario_name"], "seed": rec["seed"]}

@@ -11,9 +11,7 @@ replays exactly that seed.
 from __future__ import annotations
 
 import random
-import tempfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from .scenarios import Scenario, load_scenario
@@ -75,18 +73,17 @@ def chaos_scenario(base: Scenario, faults: dict[str, float]) -> Scenario:
 
 
 def run_seed(seed: int, tasks: int = DEFAULT_TASKS, base: Scenario | None = None) -> SeedResult:
-    from .runner import run_scenario
+    from .runner import run_in_tempdir
 
     base = base or load_scenario("chaos")
     faults, run_seed_ = draw_faults(seed)
     scenario = chaos_scenario(base, faults)
-    with tempfile.TemporaryDirectory(prefix="rivya-chaos-") as tmp:
-        try:
-            summary = run_scenario(scenario, f"sqlite:///{Path(tmp) / 'chaos.db'}", seed=run_seed_, tasks=tasks)
-        except Exception as exc:  # noqa: BLE001 - a crash is a failed seed, reported with its replay
-            return SeedResult(seed, run_seed_, faults, False, False, error=f"{type(exc).__name__}: {exc}")
-    return SeedResult(seed, run_seed_, faults, not summary.violations and summary.liveness_ok,
-                      summary.liveness_ok, list(summary.violations), summary.fingerprint)
+    try:
+        summary = run_in_tempdir(scenario, seed=run_seed_, tasks=tasks, prefix="rivya-chaos-")
+    except Exception as exc:  # noqa: BLE001 - a crash is a failed seed, reported with its replay
+        return SeedResult(seed, run_seed_, faults, False, False, error=f"{type(exc).__name__}: {exc}")
+    return SeedResult(seed, run_seed_, faults, summary.ok, summary.liveness_ok, list(summary.violations),
+                      summary.fingerprint)
 
 
 def run_chaos(seeds: int, start: int = 0, tasks: int = DEFAULT_TASKS, report=None) -> list[SeedResult]:

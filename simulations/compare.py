@@ -13,10 +13,8 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rivya_core.policy import BillingPolicy
@@ -95,12 +93,10 @@ def _fmt(x: float) -> str:
 
 
 def _one(args: tuple[Scenario, BillingPolicy, int, int | None]) -> dict[str, Any]:
-    from .runner import run_scenario
+    from .runner import run_in_tempdir
 
     scenario, policy, seed, tasks = args
-    with tempfile.TemporaryDirectory(prefix="rivya-compare-") as tmp:
-        summary = run_scenario(scenario.with_policy(policy), f"sqlite:///{Path(tmp) / 'run.db'}",
-                               seed=seed, tasks=tasks)
+    summary = run_in_tempdir(scenario.with_policy(policy), seed=seed, tasks=tasks, prefix="rivya-compare-")
     return {**summary.kpis, "violations": len(summary.violations), "fingerprint": summary.fingerprint}
 
 

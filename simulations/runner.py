@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import simpy
@@ -283,6 +285,14 @@ def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, ta
     return summary
 
 
+def run_in_tempdir(scenario: Scenario, *, seed: int | None = None, tasks: int | None = None,
+                   prefix: str = "rivya-run-") -> RunSummary:
+    """run_scenario into a temporary SQLite file, gone afterwards (chaos seeds,
+    policy comparisons, replays: only the summary is kept)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        return run_scenario(scenario, f"sqlite:///{Path(tmp) / 'run.db'}", seed=seed, tasks=tasks)
+
+
 def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
     sc, env = run.sc, run.env
     writer = run.start(engine)
@@ -365,4 +375,4 @@ def _remember(summary: RunSummary, sc: Scenario, run: Run) -> None:
         pass
 
 
-__all__ = ["Run", "RunSummary", "RunError", "open_fresh", "run_scenario", "drain_seconds"]
+__all__ = ["Run", "RunSummary", "RunError", "open_fresh", "run_scenario", "run_in_tempdir", "drain_seconds"]
