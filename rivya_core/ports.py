@@ -7,7 +7,7 @@ SQL store. The service never knows which.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -88,12 +88,6 @@ class Provider(Protocol):
 
 
 @dataclass
-class Page:
-    rows: list[Any]
-    total: int
-
-
-@dataclass
 class PostResult:
     entry: LedgerEntry
     created: bool  # False: the idempotency key existed, nothing was written
@@ -145,8 +139,7 @@ class Tx(Protocol):
 
     # ledger
     def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
-             allow_negative: bool = False) -> PostResult:
+             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None) -> PostResult:
         """Append a ledger row atomically: lock the account, compute
         balance_after, refuse (InsufficientCredits) if it would go below zero,
         write the row and the cached balance. An existing idempotency_key
@@ -193,8 +186,3 @@ class Store(Protocol):
 
 class RetryableConflict(Exception):
     """The store lost a race it can win on retry (deadlock, serialization)."""
-
-
-def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]

@@ -595,8 +595,7 @@ class MemoryTx:
 
     # ledger
     def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
-             allow_negative: bool = False) -> PostResult:
+             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None) -> PostResult:
         s = self.s
         existing = s._entry_key.get(idempotency_key)
         if existing is not None:
@@ -611,7 +610,7 @@ class MemoryTx:
             raise NotFound(f"account {user_id} does not exist")
         after = acc.balance + int(amount)
         if after < 0:
-            # The data contract forbids a negative balance_after whatever allow_negative says.
+            # The data contract forbids a negative balance_after.
             raise InsufficientCredits(
                 f"balance {acc.balance} cannot cover {-amount} credits (short by {-after})"
             )

@@ -229,8 +229,7 @@ class SqlTx:
 
     # ledger
     def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
-             allow_negative: bool = False) -> PostResult:
+             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None) -> PostResult:
         existing = self.entry(idempotency_key)
         if existing is not None:
             return PostResult(existing, created=False)
@@ -243,7 +242,7 @@ class SqlTx:
             raise NotFound(f"account {user_id} does not exist")
         after = balance + int(amount)
         if after < 0:
-            # The data contract forbids a negative balance_after whatever allow_negative says.
+            # The data contract forbids a negative balance_after.
             raise InsufficientCredits(f"balance {balance} cannot cover {-amount} credits (short by {-after})")
         entry = LedgerEntry(id=0, user_id=user_id, entry_type=str(entry_type), amount=int(amount),
                             balance_after=after, idempotency_key=idempotency_key, created_at=_naive(at),
