@@ -36,7 +36,7 @@ from .domain import (
     Task,
     TaskEvent,
 )
-from .ports import Snapshot, chunks
+from .ports import Snapshot
 
 if TYPE_CHECKING:
     from .store_sql import SqlStore
@@ -241,8 +241,8 @@ def write_snapshot(engine: Engine, snapshot: Snapshot) -> None:
     with engine.begin() as conn:
         for attr, (table, _cls) in SNAPSHOT_TABLES.items():
             rows = getattr(snapshot, attr)
-            for batch in chunks(rows, BATCH):
-                conn.execute(insert(table), [row_values(table, r) for r in batch])
+            for start in range(0, len(rows), BATCH):
+                conn.execute(insert(table), [row_values(table, r) for r in rows[start:start + BATCH]])
             if rows and engine.dialect.name == "postgresql":
                 conn.execute(text(
                     f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
