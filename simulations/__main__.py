@@ -105,37 +105,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0 if summary.ok else EXIT_VIOLATION
 
 
-def _recorded(target: str) -> dict:
-    from .scenarios import SCENARIO_DIR
-
-    if "://" in target or target.endswith(".db"):
-        from rivya_core.db import make_engine
-
-        from .writer import read_sim_runs
-
-        engine = make_engine(target)
-        try:
-            runs = read_sim_runs(engine)
-        except Exception as exc:  # noqa: BLE001 - any driver error: one line
-            raise RivyaError(f"cannot read {target}: {type(exc).__name__}", code="replay_unreadable") from None
-        finally:
-            engine.dispose()
-        if not runs:
-            raise RivyaError(f"{target} holds no recorded simulation run", code="replay_not_found")
-        return runs[-1]
-    runs_dir = SCENARIO_DIR.parent / "runs"
-    found = sorted(runs_dir.glob(f"{target}*.json")) if target.isalnum() else []
-    if len(found) != 1:
-        why = "no recorded run" if not found else "more than one recorded run"
-        raise RivyaError(f"{why} with fingerprint {target!r} under {runs_dir}", code="replay_not_found")
-    return json.loads(found[0].read_text())
-
-
 def cmd_replay(a: argparse.Namespace) -> int:
-    from .runner import run_in_tempdir
+    from .runner import find_recorded, run_in_tempdir
     from .scenarios import parse_scenario
 
-    rec = _recorded(a.target)
+    rec = find_recorded(a.target)
     scenario = parse_scenario(rec["scenario_toml"], f"<recorded {rec['scenario_name']}>", rec["scenario_name"])
     summary = run_in_tempdir(scenario, seed=rec["seed"], tasks=rec["tasks"] or None, prefix="rivya-replay-")
     same = summary.fingerprint == rec["fingerprint"]

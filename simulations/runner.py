@@ -361,11 +361,15 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
         users=users)
 
 
-def _remember(summary: RunSummary, sc: Scenario, run: Run) -> None:
-    """data/runs/<fingerprint>.json: what `replay FINGERPRINT` needs to re-run it."""
+def _runs_dir() -> Path:
     from .scenarios import SCENARIO_DIR
 
-    runs = SCENARIO_DIR.parent / "runs"
+    return SCENARIO_DIR.parent / "runs"
+
+
+def _remember(summary: RunSummary, sc: Scenario, run: Run) -> None:
+    """data/runs/<fingerprint>.json: what `replay FINGERPRINT` needs to re-run it."""
+    runs = _runs_dir()
     try:
         runs.mkdir(parents=True, exist_ok=True)
         (runs / f"{summary.fingerprint}.json").write_text(json.dumps(
@@ -375,4 +379,28 @@ def _remember(summary: RunSummary, sc: Scenario, run: Run) -> None:
         pass
 
 
-__all__ = ["Run", "RunSummary", "RunError", "open_fresh", "run_scenario", "run_in_tempdir", "drain_seconds"]
+def find_recorded(target: str) -> dict[str, Any]:
+    """The recorded run `replay` re-runs: the last sim_run row of a database URL,
+    or data/runs/<fingerprint>.json for a (unique prefix of a) fingerprint."""
+    if "://" in target or target.endswith(".db"):
+        from .writer import read_sim_runs
+
+        engine = make_engine(target)
+        try:
+            runs = read_sim_runs(engine)
+        except Exception as exc:  # noqa: BLE001 - any driver error: one line
+            raise RivyaError(f"cannot read {target}: {type(exc).__name__}", code="replay_unreadable") from None
+        finally:
+            engine.dispose()
+        if not runs:
+            raise RivyaError(f"{target} holds no recorded simulation run", code="replay_not_found")
+        return runs[-1]
+    runs_dir = _runs_dir()
+    found = sorted(runs_dir.glob(f"{target}*.json")) if target.isalnum() else []
+    if len(found) != 1:
+        why = "no recorded run" if not found else "more than one recorded run"
+        raise RivyaError(f"{why} with fingerprint {target!r} under {runs_dir}", code="replay_not_found")
+    return json.loads(found[0].read_text())
+
+
+__all__ = ["Run", "RunSummary", "RunError", "open_fresh", "run_scenario", "run_in_tempdir", "find_recorded", "drain_seconds"]
