@@ -196,9 +196,9 @@ class BatchWriter:
                 self.top_ids[table.name] = rows[-1].id
             settled = self._flush_messages(conn, final)
             done = self._flush_tasks(conn, touched, final)
-            balances = s.balances()
             moved = sorted({e.user_id for e in changes.ledger} - {a.id for a in changes.accounts})
             if moved:
+                balances = s.balances()
                 conn.execute(update(schema.account).where(schema.account.c.id == bindparam("aid"))
                              .values(balance=bindparam("bal")), [{"aid": u, "bal": balances[u]} for u in moved])
             if self.jobs is not None:
