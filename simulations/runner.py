@@ -159,7 +159,6 @@ class Run:
                                      self._read_task, self._pin)
         self.script_tasks: list[int] = []
         self.script_done = not scenario.script
-        self.polls = 0
 
     def _read_task(self, task_id: int):
         with self.store.begin() as tx:

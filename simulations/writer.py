@@ -135,7 +135,6 @@ class Kpis:
     user_visible_failures: int = 0
     stuck: int = 0
     notifications: int = 0
-    chat_turns: int = 0
     latencies: array = field(default_factory=lambda: array("d"))  # 8 bytes a task, not a float object
 
     def percentile(self, q: float) -> float:
@@ -260,7 +259,6 @@ class BatchWriter:
         self._upsert(conn, schema.chat_message, held, self.written_msgs)
         done = [m for m in held if m.status != ChatStatus.RESERVED or final]
         for m in done:
-            self.kpis.chat_turns += 1
             if m.status == ChatStatus.REFUSED:
                 self.kpis.insufficient += 1
             self.written_msgs.discard(m.id)
@@ -409,7 +407,3 @@ def read_sim_runs(engine: Engine) -> list[dict[str, Any]]:
         return []
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(select(sim_run).order_by(sim_run.c.id))]
-
-
-def naive(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=None)
