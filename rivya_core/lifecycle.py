@@ -18,7 +18,7 @@ import json
 import math
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from .catalog import Catalog
 from .domain import (
     ACTIVE,
     INSUFFICIENT_CREDITS,
+    INTERRUPTED,
     MARKED_FAILED,
     NO_RESULT_URLS,
     TIMEOUT,
@@ -281,8 +282,7 @@ class LifecycleService:
                                   outcome=CallbackOutcome.MALFORMED, body=stored)
 
         def reject(outcome: CallbackOutcome, reason: str) -> CallbackResult:
-            record.outcome, record.detail = outcome, reason
-            cb = self._tx(lambda tx: tx.add_callback(record))
+            cb = self._tx(lambda tx: tx.add_callback(replace(record, outcome=outcome, detail=reason)))
             return CallbackResult(outcome, cb.id, None, reason)
 
         if not isinstance(body, (bytes, bytearray)) or len(raw) > MAX_CALLBACK_BODY:
@@ -303,24 +303,28 @@ class LifecycleService:
             return reject(CallbackOutcome.MALFORMED, parsed)
         record.upstream_task_id = parsed.upstream_task_id[:200]
 
-        def step(tx: Tx) -> CallbackResult:
+        def step(tx: Tx) -> CallbackResult:  # builds its own row: a retried attempt starts clean
             task = tx.task_by_upstream(provider, parsed.upstream_task_id)
             if task is None:
-                record.outcome, record.detail = CallbackOutcome.UNKNOWN_TASK, "no task has this upstream id"
-                return CallbackResult(record.outcome, tx.add_callback(record).id)
+                cb = tx.add_callback(replace(record, outcome=CallbackOutcome.UNKNOWN_TASK,
+                                             detail="no task has this upstream id"))
+                return CallbackResult(cb.outcome, cb.id)
             task = tx.get_task(task.id, for_update=True)
-            record.task_id = task.id
-            if tx.webhook_seen(provider, record.webhook_id) or task.terminal:
-                record.outcome = CallbackOutcome.DUPLICATE
-                record.detail = "webhook id already seen" if not task.terminal else f"task already {task.status}"
+            detail = None
+            if task.terminal:
+                outcome, detail = CallbackOutcome.DUPLICATE, f"task already {task.status}"
+            elif tx.webhook_seen(provider, record.webhook_id):
+                outcome, detail = CallbackOutcome.DUPLICATE, "webhook id already seen"
             else:
-                record.outcome = _callback_outcome(parsed)
-            cb = tx.add_callback(record)
-            self._event(tx, task.id, EventKind.CALLBACK, webhook_id=record.webhook_id, outcome=str(record.outcome),
+                outcome = _callback_outcome(parsed)
+            cb = tx.add_callback(replace(record, task_id=task.id, outcome=outcome, detail=detail))
+            self._event(tx, task.id, EventKind.CALLBACK, webhook_id=record.webhook_id, outcome=str(outcome),
                         state=parsed.state, callback_id=cb.id)
-            if record.outcome != CallbackOutcome.DUPLICATE:
+            if outcome == CallbackOutcome.DEFERRED:
+                self._defer(tx, task)
+            elif outcome == CallbackOutcome.APPLIED:
                 self._apply_status(tx, task, parsed, path="callback")
-            return CallbackResult(record.outcome, cb.id, task.id, record.detail)
+            return CallbackResult(outcome, cb.id, task.id, detail)
 
         return self._tx(step)
 
@@ -367,7 +371,7 @@ class LifecycleService:
                 return current
             self._event(tx, task_id, kind, **detail)
             path = "polling" if kind == EventKind.POLL else "recheck"
-            if status.done and self._apply_status(tx, current, status, path=path) == CallbackOutcome.APPLIED:
+            if self._apply_status(tx, current, status, path=path):
                 return tx.get_task(task_id)
             elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()
             limit = self.policy.timeout_for(current.category)
@@ -403,26 +407,25 @@ class LifecycleService:
         tx.update_task(task.id, [TaskStatus.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
                        check_attempts=attempts)
 
-    def _apply_status(self, tx: Tx, task: Task, status: UpstreamStatus | _Parsed, path: str) -> str:
-        """Apply what the provider says to a GENERATING task; return the callback outcome."""
+    def _apply_status(self, tx: Tx, task: Task, status: UpstreamStatus | _Parsed, path: str) -> bool:
+        """Finish a GENERATING task when what the provider says settles it (a failure, or
+        success with URLs); True when it did. Anything else changes nothing here."""
         if status.state == "failed":
             self._finish_failed(tx, task, status.error_code or "provider_failed",
                                 status.error_message or "the provider reported a failure",
                                 status.failure_class or FailureClass.PROVIDER, path=path)
-            return CallbackOutcome.APPLIED
+            return True
         if status.state == "succeeded" and status.result_urls:
             self._finish_success(tx, task, list(status.result_urls), path=path)
-            return CallbackOutcome.APPLIED
-        if status.state == "succeeded" and path != "callback":
-            return CallbackOutcome.DEFERRED  # still no URLs at a re-check: the caller reschedules
-        if status.state == "succeeded":
-            # Early: says done, but the result is not ready. Defer and re-check on the backoff.
-            delay = self.policy.recheck_backoff_s[0]
-            tx.update_task(task.id, [TaskStatus.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
-                           check_attempts=1)
-            self._event(tx, task.id, EventKind.DEFERRED, path=path, next_check_in_s=delay)
-            return CallbackOutcome.DEFERRED
-        return CallbackOutcome.APPLIED  # a progress report: nothing to change
+            return True
+        return False
+
+    def _defer(self, tx: Tx, task: Task) -> None:
+        """An early callback (done, but no URLs yet): start the re-check backoff."""
+        delay = self.policy.recheck_backoff_s[0]
+        tx.update_task(task.id, [TaskStatus.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
+                       check_attempts=1)
+        self._event(tx, task.id, EventKind.DEFERRED, path="callback", next_check_in_s=delay)
 
     # --- 6-7: finishing ----------------------------------------------------------
 
@@ -590,16 +593,17 @@ class LifecycleService:
     def support_recheck(self, task_id: int, operator: str, reason: str) -> Task:
         operator, reason = _operator(operator, reason)
         task = self.task(task_id)
+        refusal = None
         if task.status != TaskStatus.GENERATING:
-            result = f"refused: task is {task.status}; only generating tasks are re-checked"
+            refusal = f"task is {task.status}; only generating tasks are re-checked"
         elif task.provider not in self.providers:
-            result = f"refused: no client for provider {task.provider!r} in this environment"
+            refusal = f"no client for provider {task.provider!r} in this environment"
         else:
             task = self._check(task_id, EventKind.RECHECK, reason=f"support: {operator}")
-            result = f"upstream checked; task is {task.status}"
+        result = f"refused: {refusal}" if refusal else f"upstream checked; task is {task.status}"
         self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result))
-        if result.startswith("refused: "):
-            raise ActionRefused(result.removeprefix("refused: "))
+        if refusal:
+            raise ActionRefused(refusal)
         return task
 
     def support_mark_failed(self, task_id: int, operator: str, reason: str) -> Task:
@@ -684,7 +688,7 @@ class LifecycleService:
                 return "charge refused: failed for credits"
             after = self._submit_upstream(task.id)
             return f"resumed: {after.status}"
-        self._tx(lambda tx: self._fail_interrupted(tx, task.id, "interrupted",
+        self._tx(lambda tx: self._fail_interrupted(tx, task.id, INTERRUPTED,
                                                    "the task was interrupted before it reached the provider"))
         return "failed: interrupted before submission" + (" (refunded)" if charged else "")
 
