@@ -273,20 +273,10 @@ def support_service(policy: BillingPolicy):
 # --- the billing policy a database is judged with -----------------------------------------
 
 
-def recorded_policy(engine: Engine) -> tuple[BillingPolicy, str] | None:
-    """The policy of the latest simulation run recorded in this database (its sim_run row), if any."""
-    try:
-        from simulations.scenarios import parse_scenario
-        from simulations.writer import read_sim_runs
-    except ImportError:
-        return None
-    runs = read_sim_runs(engine)
-    if not runs:
-        return None
-    rec = runs[-1]
-    name = rec["scenario_name"]
-    scenario = parse_scenario(rec["scenario_toml"], f"<recorded {name}>", name)
-    return scenario.policy, f"the policy of the recorded simulation run (scenario `{name}`, seed {rec['seed']})"
+def _recorded_policy(engine: Engine, url: str) -> tuple[BillingPolicy, str] | None:
+    from simulations.recorded import recorded_policy
+
+    return recorded_policy(engine, db.sqlite_path(url))
 
 
 def policy_in_force() -> tuple[BillingPolicy, str]:
@@ -295,17 +285,9 @@ def policy_in_force() -> tuple[BillingPolicy, str]:
 
     url = current_url()
     try:
-        found = cached_df(recorded_policy)
+        found = cached_df(_recorded_policy, url)
         if found is not None:
             return found
-        sidecar = _scenario_sidecar(url)
-        if sidecar is not None and sidecar.is_file():
-            from simulations.scenarios import parse_scenario
-
-            name = sidecar.name.split("-live-")[0]  # new_run_url(f"{scenario}-live") named the database
-            sc = parse_scenario(sidecar.read_text(encoding="utf-8"), str(sidecar), default_name=name)
-            return sc.policy, (f"the policy of scenario `{sc.name}` (a realtime run still writing; its run "
-                               "record is stored when it ends)")
         policy = policy_from()
     except RivyaError as exc:
         st.warning(f"Could not read the billing policy for this database ({exc.message}); "
@@ -331,12 +313,6 @@ def new_run_url(name: str) -> str:
     return f"sqlite:///{path}"
 
 
-def _scenario_sidecar(url: str) -> Path | None:
-    """<run>.scenario.toml: the scenario a realtime run started from the dashboard is running."""
-    path = db.sqlite_path(url)
-    return None if path is None else path.with_suffix(".scenario.toml")
-
-
 def _schema_ready(url: str) -> bool:
     path = db.sqlite_path(url)
     if path is None or not path.is_file():
@@ -357,12 +333,13 @@ def start_realtime_run(scenario: Any, factor: float, tasks: int | None = None, *
     database; return once its schema exists (or the process ended). The scenario
     runs from <run>.scenario.toml beside the database, which the pages also read
     to judge the run with its own policy while it writes."""
+    from simulations.recorded import scenario_sidecar
     from simulations.scenarios import Scenario, load_scenario
 
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(str(scenario))
     url = new_run_url(f"{sc.name}-live")
     log_path = db.sqlite_path(url).with_suffix(".log")
-    sidecar = _scenario_sidecar(url)
+    sidecar = scenario_sidecar(db.sqlite_path(url))
     sidecar.write_text(sc.to_toml(), encoding="utf-8")
     cmd = [sys.executable, "-m", "simulations", "run", str(sidecar), "--db", url, "--realtime", f"{float(factor):g}"]
     if tasks:

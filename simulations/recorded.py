@@ -18,18 +18,21 @@ module when the simulations package is there.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, inspect, select
 
 from rivya_core.catalog import default_catalog
 from rivya_core.clock import ManualClock
+from rivya_core.policy import BillingPolicy
 from rivya_core.ports import Provider, ProviderError, UpstreamStatus
 from rivya_core.queries import latest_timestamp
 from rivya_core.service import Recorded, register_provider_source
 
 from .clock import EPOCH
-from .writer import last_beat, upstream_job
+from .scenarios import parse_scenario
+from .writer import last_beat, read_sim_runs, upstream_job
 
 LIVE_WINDOW_S = 15.0  # a realtime run beats every second; silence this long means it is gone
 REFUSAL = "recorded provider: this simulated provider no longer accepts jobs"
@@ -100,6 +103,31 @@ def still_writing(engine: Engine, fresh_s: float = LIVE_WINDOW_S) -> bool:
     return at is not None and (datetime.now(UTC).replace(tzinfo=None) - at).total_seconds() < fresh_s
 
 
+def scenario_sidecar(db_path: Path) -> Path:
+    """<run>.scenario.toml: the scenario a realtime run started from the dashboard runs from,
+    beside its database (the run's `sim_run` record is written only when it ends)."""
+    return db_path.with_suffix(".scenario.toml")
+
+
+def recorded_policy(engine: Engine, db_path: Path | None = None) -> tuple[BillingPolicy, str] | None:
+    """(policy, where it comes from) for a simulation database: the scenario of its latest
+    recorded run, or, for a realtime run still writing, the scenario file beside it. None
+    for a database no simulation wrote. Raises ScenarioError for an unreadable scenario."""
+    runs = read_sim_runs(engine)
+    if runs:
+        rec = runs[-1]
+        name = rec["scenario_name"]
+        sc = parse_scenario(rec["scenario_toml"], f"<recorded {name}>", name)
+        return sc.policy, f"the policy of the recorded simulation run (scenario `{name}`, seed {rec['seed']})"
+    sidecar = scenario_sidecar(db_path) if db_path is not None else None
+    if sidecar is not None and sidecar.is_file():
+        sc = parse_scenario(sidecar.read_text(encoding="utf-8"), str(sidecar), default_name=sidecar.stem)
+        return sc.policy, (f"the policy of scenario `{sc.name}` (a realtime run still writing; its run "
+                           "record is stored when it ends)")
+    return None
+
+
 register_provider_source(recorded_environment)
 
-__all__ = ["RecordedProvider", "providers_for", "recorded_environment", "has_recorded_jobs", "REFUSAL"]
+__all__ = ["RecordedProvider", "providers_for", "recorded_environment", "has_recorded_jobs", "recorded_policy",
+           "scenario_sidecar", "REFUSAL"]
