@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, Float, Integer, case, cast, func, inspect, select
 
-from .queries import ACTIVE_STATES
+from .queries import ACTIVE_STATES, connect
+from .reports import read_frame
 from .schema import (
     account,
     ai_task,
@@ -31,12 +32,6 @@ def missing_tables(engine: Engine, names: tuple[str, ...] | list[str]) -> list[s
     return [n for n in names if n not in present]
 
 
-def _frame(engine: Engine, stmt, columns: list[str] | None = None) -> pd.DataFrame:
-    with engine.connect() as conn:
-        result = conn.execute(stmt)
-        return pd.DataFrame(result.fetchall(), columns=columns or list(result.keys()))
-
-
 def _limit(n: int) -> int:
     return max(1, min(int(n), MAX_ROWS))
 
@@ -53,7 +48,7 @@ def epoch_seconds(engine: Engine, col):
 
 def account_overview(engine: Engine, user_id: int) -> dict[str, Any] | None:
     """One account: identity, cached balance, ledger sum, entry count and totals per entry type."""
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         row = conn.execute(select(account).where(account.c.id == user_id)).mappings().first()
         if row is None:
             return None
@@ -90,7 +85,7 @@ def balance_series(engine: Engine, user_id: int, limit: int = 2000) -> pd.DataFr
         .limit(_limit(limit))
         .subquery()
     )
-    return _frame(engine, select(inner).order_by(inner.c.id))
+    return read_frame(engine, select(inner).order_by(inner.c.id))
 
 
 def ledger_page(
@@ -117,9 +112,9 @@ def ledger_page(
         .offset((max(1, int(page)) - 1) * size)
         .limit(size)
     )
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         total = conn.execute(select(func.count()).select_from(credit_ledger).where(*where)).scalar_one()
-    return _frame(engine, stmt), int(total)
+    return read_frame(engine, stmt), int(total)
 
 
 # --- chat -----------------------------------------------------------------------------
@@ -151,7 +146,7 @@ def chat_credits(engine: Engine, user_id: int | None = None) -> dict[str, int]:
     ).select_from(src)
     if user_id is not None:
         stmt = stmt.where(chat_session.c.user_id == user_id)
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         n, reserved, charged, refunded, open_n, open_credits = conn.execute(stmt).one()
     return {
         "messages": int(n),
@@ -205,7 +200,7 @@ def chat_sessions(engine: Engine, user_id: int | None = None, limit: int = 200) 
         .where(chat_session.c.id.in_(ids))
         .order_by(chat_session.c.id.desc())
     )
-    return _frame(engine, stmt)
+    return read_frame(engine, stmt)
 
 
 def chat_messages(engine: Engine, session_id: int | None = None, limit: int = 200) -> pd.DataFrame:
@@ -242,7 +237,7 @@ def chat_messages(engine: Engine, session_id: int | None = None, limit: int = 20
     )
     if session_id is not None:
         stmt = stmt.where(chat_message.c.session_id == session_id)
-    return _frame(engine, stmt)
+    return read_frame(engine, stmt)
 
 
 def chat_gap_distribution(engine: Engine, limit: int = 500) -> pd.DataFrame:
@@ -255,7 +250,7 @@ def chat_gap_distribution(engine: Engine, limit: int = 500) -> pd.DataFrame:
         .order_by(gap)
         .limit(_limit(limit))
     )
-    return _frame(engine, stmt)
+    return read_frame(engine, stmt)
 
 
 def tool_backed_turns(engine: Engine, limit: int = 200) -> pd.DataFrame:
@@ -276,7 +271,7 @@ def tool_backed_turns(engine: Engine, limit: int = 200) -> pd.DataFrame:
         .order_by(ai_task.c.id.desc())
         .limit(_limit(limit))
     )
-    return _frame(engine, stmt)
+    return read_frame(engine, stmt)
 
 
 # --- notifications ---------------------------------------------------------------------
@@ -291,7 +286,7 @@ def notification_kinds(engine: Engine, user_id: int | None = None) -> pd.DataFra
     ).group_by(notification.c.kind)
     if user_id is not None:
         stmt = stmt.where(notification.c.user_id == user_id)
-    return _frame(engine, stmt.order_by(notification.c.kind))
+    return read_frame(engine, stmt.order_by(notification.c.kind))
 
 
 # --- simulation runs ------------------------------------------------------------------
@@ -306,7 +301,7 @@ def _to_epoch(value: Any) -> float:
 
 def _first_last(engine: Engine, cols) -> tuple[Any, Any] | None:
     """The earliest value of cols[0] and the latest of any col: plain min/max, so index lookups."""
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         first = conn.execute(select(func.min(cols[0]))).scalar()
         lasts = [conn.execute(select(func.max(c))).scalar() for c in cols]
     lasts = [v for v in lasts if v is not None]
@@ -333,7 +328,7 @@ def _bucketed(engine: Engine, col, start, width: float, *extra):
     b = cast((epoch_seconds(engine, col) - lo) / width, Integer).label("b")
     inner = select(b, *extra).where(col >= start.to_pydatetime()).subquery()
     keys = [inner.c.b, *(inner.c[e.name] for e in extra)]
-    return _frame(engine, select(*keys, func.count().label("n")).group_by(*keys))
+    return read_frame(engine, select(*keys, func.count().label("n")).group_by(*keys))
 
 
 def state_timeline(engine: Engine, buckets: int = 60, window_s: float | None = WINDOW_S) -> pd.DataFrame:
@@ -351,7 +346,7 @@ def state_timeline(engine: Engine, buckets: int = 60, window_s: float | None = W
     idx = pd.RangeIndex(buckets + 1)
     created = _bucketed(engine, ai_task.c.created_at, start, width)
     finished = _bucketed(engine, ai_task.c.finished_at, start, width, ai_task.c.status)
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         active_now = int(conn.scalar(select(func.count()).where(ai_task.c.status.in_(ACTIVE_STATES))) or 0)
     made = created.set_index("b")["n"].reindex(idx, fill_value=0)
     done = finished.groupby("b")["n"].sum().reindex(idx, fill_value=0)
@@ -379,7 +374,7 @@ def credit_flow(engine: Engine, buckets: int = 60, window_s: float | None = WIND
         .order_by(inner.c.b)
         .limit(MAX_ROWS)
     )
-    frame = _frame(engine, stmt)
+    frame = read_frame(engine, stmt)
     frame["t_s"] = (start - first).total_seconds() + frame.pop("b") * width
     frame["width_s"] = width
     return frame[["t_s", "entry_type", "credits", "width_s"]]
@@ -397,7 +392,7 @@ def latency_histogram(engine: Engine, buckets: int = 40, window_s: float | None 
     start = span[0] if window_s is None else max(span[0], span[1] - pd.Timedelta(seconds=float(window_s)))
     in_window = ai_task.c.finished_at >= start.to_pydatetime()
     latency = epoch_seconds(engine, ai_task.c.finished_at) - epoch_seconds(engine, ai_task.c.created_at)
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         hi = conn.execute(select(func.max(latency)).where(in_window)).scalar()
     width = max(float(hi or 0.0) / max(1, buckets), 1.0)
     b = cast(latency / width, Integer).label("b")
@@ -408,7 +403,7 @@ def latency_histogram(engine: Engine, buckets: int = 40, window_s: float | None 
         .order_by(inner.c.b)
         .limit(MAX_ROWS)
     )
-    frame = _frame(engine, stmt)
+    frame = read_frame(engine, stmt)
     frame["latency_s"] = frame.pop("b") * width
     frame["width_s"] = width
     return frame[["latency_s", "category", "tasks", "width_s"]]
@@ -437,4 +432,4 @@ def busiest_accounts(engine: Engine, limit: int = 50) -> pd.DataFrame:
         .order_by(func.coalesce(per_user.c.last_id, 0).desc(), account.c.id)
         .limit(_limit(limit))
     )
-    return _frame(engine, stmt)
+    return read_frame(engine, stmt)

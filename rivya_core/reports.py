@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, func, inspect, or_, select
+from sqlalchemy import Engine, func, or_, select
 
 from .domain import ACTIVE, Category, RivyaError, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
-from .queries import latest_timestamp, like_escape
+from .queries import connect, latest_timestamp, like_escape
 from .schema import account, ai_task, credit_ledger, task_event
 
 MAX_ROWS = 500
@@ -25,18 +25,15 @@ CHARGE_TYPES = ("consume", "chat_reserve", "chat_charge")
 REFUND_TYPES = ("refund", "chat_refund")
 
 
-def table_names(engine: Engine) -> set[str]:
-    return set(inspect(engine).get_table_names())
-
-
-def _frame(engine: Engine, stmt) -> pd.DataFrame:
-    with engine.connect() as conn:
+def read_frame(engine: Engine, stmt) -> pd.DataFrame:
+    """The rows of `stmt` as a DataFrame, read through queries.connect (no write lock on SQLite)."""
+    with connect(engine) as conn:
         result = conn.execute(stmt)
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
 def _scalar(engine: Engine, stmt) -> Any:
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         return conn.execute(stmt).scalar()
 
 
@@ -46,7 +43,7 @@ def _scalar(engine: Engine, stmt) -> Any:
 def tasks_by_state(engine: Engine) -> dict[str, int]:
     """Count of tasks per status; every state present, zero when none."""
     stmt = select(ai_task.c.status, func.count()).group_by(ai_task.c.status)
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         found = {status: int(n) for status, n in conn.execute(stmt)}
     return {s.value: found.get(s.value, 0) for s in TaskStatus} | found
 
@@ -90,7 +87,7 @@ def throughput(engine: Engine, days: float | None = THROUGHPUT_DAYS, max_buckets
         .order_by(bucket.desc())
         .limit(max_buckets * 2)
     )
-    df = _frame(engine, stmt)
+    df = read_frame(engine, stmt)
     df["bucket"] = pd.to_datetime(df["bucket"])
     df = df.sort_values("bucket").reset_index(drop=True)
     df.attrs["window"] = (lo, hi)
@@ -99,7 +96,7 @@ def throughput(engine: Engine, days: float | None = THROUGHPUT_DAYS, max_buckets
 
 def _span(engine: Engine) -> tuple[datetime | None, datetime | None]:
     """The first and last finished_at: two index lookups."""
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         lo = conn.execute(select(func.min(ai_task.c.finished_at))).scalar()
         hi = conn.execute(select(func.max(ai_task.c.finished_at))).scalar()
     if lo is None:
@@ -117,7 +114,7 @@ def failures_by_code(engine: Engine, limit: int = 20) -> pd.DataFrame:
         .order_by(n.desc())
         .limit(limit)
     )
-    return _frame(engine, stmt)
+    return read_frame(engine, stmt)
 
 
 def ledger_by_type(engine: Engine) -> pd.DataFrame:
@@ -127,7 +124,7 @@ def ledger_by_type(engine: Engine) -> pd.DataFrame:
         .group_by(credit_ledger.c.entry_type)
         .order_by(credit_ledger.c.entry_type)
     )
-    df = _frame(engine, stmt)
+    df = read_frame(engine, stmt)
     df["amount"] = df["amount"].fillna(0).astype("int64")
     return df
 
@@ -256,7 +253,7 @@ def filter_options(engine: Engine, limit: int = 200) -> dict[str, list[str]]:
     except RivyaError:  # a broken catalogue file: the database's values still work
         pass
     active = ai_task.c.status.in_([s.value for s in ACTIVE])
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         for name in ("category", "model", "provider"):
             col = ai_task.c[name]
             rows = conn.execute(select(col).where(active).group_by(col).order_by(col).limit(limit))
@@ -294,7 +291,7 @@ def active_tasks(
             stmt = stmt.where(ai_task.c[name].in_(list(values)))
     if user.strip():
         stmt = stmt.where(_user_match(user.strip()))
-    df = _frame(engine, stmt)
+    df = read_frame(engine, stmt)
     cols = ["last_event", "last_event_at", "age_s", "stuck_after_s", "stuck"]
     if df.empty:
         return df.reindex(columns=[*df.columns, *cols])
@@ -327,5 +324,5 @@ def _last_events(engine: Engine, task_ids: list[int]) -> dict[int, tuple[str, An
     stmt = select(task_event.c.task_id, task_event.c.kind, task_event.c.at).join(
         newest, newest.c.id == task_event.c.id
     )
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         return {int(t): (k, at) for t, k, at in conn.execute(stmt)}
