@@ -403,12 +403,18 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     return report
 
 
+def ledger_sums(bind: Bind) -> dict[str, int]:
+    """The whole ledger's amounts summed per entry type: the one place credits by type are computed."""
+    with connect(bind) as conn:
+        return {t: int(v or 0) for t, v in conn.execute(
+            select(L.c.entry_type, func.sum(L.c.amount)).group_by(L.c.entry_type))}
+
+
 def conservation(bind: Bind, row_cap: int = ROW_CAP) -> dict[str, Any]:
     """Credits conserved: grants − charges + refunds + adjustments = sum of balances,
     and each account's balance equals its ledger sum (the accounts that break it)."""
     with connect(bind) as conn:
-        by_type = {t: int(v or 0) for t, v in conn.execute(
-            select(L.c.entry_type, func.sum(L.c.amount)).group_by(L.c.entry_type))}
+        by_type = ledger_sums(conn)
         balances = int(conn.execute(select(func.coalesce(func.sum(account.c.balance), 0))).scalar() or 0)
         orphan = select(L.c.user_id).where(~exists().where(account.c.id == L.c.user_id)).distinct().subquery()
         orphans = [r[0] for r in conn.execute(select(orphan).limit(row_cap))]

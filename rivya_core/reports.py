@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, func, or_, select
 
+from .audit import current_audit, ledger_sums
 from .domain import ACTIVE, Category, RivyaError, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import connect, latest_timestamp, like_escape
@@ -154,7 +155,7 @@ def credit_breakdown(by_type: dict[str, int]) -> dict[str, int]:
 def credit_totals(engine: Engine) -> dict[str, int]:
     """Credits charged (task consumes and chat charges), refunded, net, and granted, plus the
     credit_breakdown of the whole ledger and the sum of the accounts' cached balances."""
-    by_type = dict(zip(*(ledger_by_type(engine)[c] for c in ("entry_type", "amount")), strict=True))
+    by_type = ledger_sums(engine)
     charged = -sum(int(by_type.get(t, 0)) for t in CHARGE_TYPES)
     refunded = sum(int(by_type.get(t, 0)) for t in REFUND_TYPES)
     balances = _scalar(engine, select(func.coalesce(func.sum(account.c.balance), 0)))
@@ -167,15 +168,10 @@ def credit_totals(engine: Engine) -> dict[str, int]:
     }
 
 
-def audit_summary(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY) -> dict[str, Any] | None:
+def audit_summary(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY) -> dict[str, Any]:
     """The latest stored audit judged with `policy` (audit.current_audit: run now only on a small
     database): violation total, count per violated kind, when it ran and whether rows were added
-    since (fresh). total is None when a big database has no stored audit yet; None when this
-    version has no audit."""
-    try:
-        from .audit import current_audit
-    except ImportError:
-        return None
+    since (fresh). total is None when a big database has no stored audit yet."""
     stored = current_audit(engine, policy)
     if stored is None:
         return {"total": None, "kinds": {}, "policy": policy.name, "ran_at": None, "judged_at": None,
