@@ -20,13 +20,12 @@ from typing import Any
 
 from sqlalchemy import and_, case, exists, func, literal, select
 
+from .audit import CHAT_SETTLE_GRACE_S, SUPPORT_NOTE_PREFIX
 from .domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, NotFound, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import ACTIVE_STATES, Bind, connect, jsonable, resolve_now, rows, task_detail
 from .schema import ai_task, chat_message, chat_session, credit_ledger
 
-SUPPORT_PREFIX = "support:"
-CHAT_SETTLE_GRACE_S = 600.0
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 _USER_ADVICE = {
     "prompt_too_long": "tell the user to shorten the prompt",
@@ -272,7 +271,7 @@ def _failure_item(t) -> ChecklistItem:
 def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistItem:
     q = "Should credits be reversed under the policy, and were they?"
     ev = consumes + refunds
-    support = refunds and all((r["note"] or "").startswith(SUPPORT_PREFIX) for r in refunds)
+    support = refunds and all((r["note"] or "").startswith(SUPPORT_NOTE_PREFIX) for r in refunds)
     if t["status"] == TaskStatus.SUCCESS:
         return (ChecklistItem("refund", q, f"No: delivered, yet refunded {refunded} credits.", FAIL, ev) if refunds
                 else ChecklistItem("refund", q, "No: delivered, nothing to reverse.", OK, ev))
