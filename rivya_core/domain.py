@@ -90,9 +90,6 @@ class ChatStatus(StrEnum):
 # Error codes the lifecycle itself writes on ai_task.error_code.
 INSUFFICIENT_CREDITS = "insufficient_credits"
 TIMEOUT = "timeout"
-SUBMIT_REFUSED = "submit_refused"
-SUBMIT_ERROR = "submit_error"
-SUBMIT_TIMEOUT = "submit_timeout"
 NO_RESULT_URLS = "no_result_urls"
 MARKED_FAILED = "marked_failed_by_operator"
 INTERRUPTED = "interrupted"
@@ -247,10 +244,6 @@ class ValidationError(RivyaError):
 class InsufficientCredits(RivyaError):
     code = INSUFFICIENT_CREDITS
     user_correctable = True
-
-
-class IllegalTransition(RivyaError):
-    code = "illegal_transition"
 
 
 class NotFound(RivyaError):

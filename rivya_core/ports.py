@@ -7,7 +7,7 @@ SQL store. The service never knows which.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,9 +31,6 @@ from .domain import (
 class Clock(Protocol):
     def now(self) -> datetime:
         """Current time, naive UTC."""
-
-    def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> None:
-        """Run fn(*args) after delay_s seconds of this clock's time."""
 
 
 # --- Provider -------------------------------------------------------------------

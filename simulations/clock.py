@@ -1,14 +1,12 @@
 """The SimPy clock: rivya_core.ports.Clock over a SimPy environment.
 
 `now()` is a fixed epoch plus `env.now` seconds (naive UTC), so the same run
-writes the same timestamps every time; `call_later` schedules a SimPy process.
+writes the same timestamps every time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import simpy
 
@@ -35,10 +33,3 @@ class SimClock:
 
     def at(self, sim_s: float) -> datetime:
         return self.epoch + timedelta(seconds=round(sim_s, 6))
-
-    def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> None:
-        self.env.process(self._later(max(0.0, float(delay_s)), fn, args))
-
-    def _later(self, delay_s: float, fn: Callable[..., Any], args: tuple[Any, ...]):
-        yield self.env.timeout(delay_s)
-        fn(*args)
