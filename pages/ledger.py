@@ -18,7 +18,7 @@ from pages._common import (
     show_table,
     with_task_links,
 )
-from rivya_core import audit
+from rivya_core import audit, db
 from rivya_core import ledger_views as lv
 from rivya_core.domain import EntryType
 from rivya_core.queries import find_accounts
@@ -72,7 +72,7 @@ with account_tab, show_errors():
             st.plotly_chart(fig, width="stretch")
 
         st.subheader("Chat credits: reserved vs settled")
-        chat = cached_df(lv.chat_credits, user_id) if not lv.missing_tables(
+        chat = cached_df(lv.chat_credits, user_id) if not db.missing_tables(
             engine, ["chat_session", "chat_message"]) else None
         if chat is None:
             st.caption("No chat tables in this database.")

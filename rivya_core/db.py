@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,9 +147,10 @@ def init_db(engine: Engine) -> None:
             conn.execute(insert(schema.schema_meta).values(key="version", value=str(schema.SCHEMA_VERSION)))
 
 
-def missing_tables(engine: Engine) -> list[str]:
+def missing_tables(engine: Engine, names: Iterable[str] = schema.CONTRACT_TABLES) -> list[str]:
+    """The tables among `names` (default: the data contract) this database lacks (an older schema)."""
     present = set(inspect(engine).get_table_names())
-    return [t for t in schema.CONTRACT_TABLES if t not in present]
+    return [t for t in names if t not in present]
 
 
 def require_schema(engine: Engine) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, Float, Integer, case, cast, func, inspect, select
+from sqlalchemy import Engine, Float, Integer, case, cast, func, select
 
 from .queries import ACTIVE_STATES, connect
 from .reports import read_frame
@@ -24,12 +24,6 @@ from .schema import (
 )
 
 MAX_ROWS = 5000
-
-
-def missing_tables(engine: Engine, names: tuple[str, ...] | list[str]) -> list[str]:
-    """The names among `names` that this database does not have (older schema)."""
-    present = set(inspect(engine).get_table_names())
-    return [n for n in names if n not in present]
 
 
 def _limit(n: int) -> int:

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, insert, update
 from streamlit.testing.v1 import AppTest
 
+from rivya_core import db
 from rivya_core import ledger_views as lv
 from rivya_core.schema import (
     account,
@@ -108,7 +109,7 @@ def engine(db_url):
 def test_missing_tables_names_absent_ones(sqlite_url):
     eng = create_engine(sqlite_url)
     metadata.tables["account"].create(eng)
-    assert lv.missing_tables(eng, ["account", "chat_message"]) == ["chat_message"]
+    assert db.missing_tables(eng, ["account", "chat_message"]) == ["chat_message"]
 
 
 def test_account_overview(engine):
