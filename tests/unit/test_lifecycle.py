@@ -13,6 +13,7 @@ from rivya_core.domain import (
     InsufficientCredits,
     NotFound,
     TaskStatus,
+    TurnClosed,
     ValidationError,
 )
 from rivya_core.policy import BillingPolicy
@@ -345,9 +346,29 @@ def test_chat_reserves_then_settles_and_refunds_difference(env):
     settled = svc.chat_turn_settle(msg.id, prompt_tokens=2000, completion_tokens=500)
     assert settled.status == ChatStatus.SETTLED and settled.charged_credits <= msg.reserved_credits
     assert svc.balance(user.id) == 100 - settled.charged_credits
-    svc.chat_turn_settle(msg.id, 2000, 500)  # a replay changes nothing
+    assert svc.chat_turn_settle(msg.id, 2000, 500) == settled  # a replay returns the settlement
     rows = [r.entry_type for r in svc.store.snapshot().ledger if r.chat_message_id == msg.id]
     assert rows == ["chat_reserve", "chat_refund"]
+
+
+def test_a_closed_chat_turn_is_settled_or_failed_exactly_once(env):
+    svc, clock, providers, user = env
+    session = svc.open_chat(user.id, "parley-chat")
+    settled = svc.chat_turn_reserve(session.id, "a", 2000, 4000)
+    failed = svc.chat_turn_reserve(session.id, "b", 2000, 4000)
+    svc.chat_turn_settle(settled.id, 2000, 500)
+    svc.chat_turn_fail(failed.id)
+    before = svc.store.snapshot()
+    for act, code in ((lambda: svc.chat_turn_settle(settled.id, 2000, 3000), "chat_already_settled"),
+                      (lambda: svc.chat_turn_fail(settled.id), "chat_already_settled"),
+                      (lambda: svc.chat_turn_settle(failed.id, 2000, 500), "chat_already_failed")):
+        with pytest.raises(TurnClosed) as err:
+            act()
+        assert err.value.code == code
+    assert svc.chat_turn_fail(failed.id).status == ChatStatus.FAILED  # a replay of the failure
+    after = svc.store.snapshot()
+    assert (after.ledger, after.messages) == (before.ledger, before.messages)
+    assert svc.recover(grace_s=0).actions == []
 
 
 def test_chat_overrun_capped_unless_policy_allows():
