@@ -153,6 +153,14 @@ class LifecycleService:
     # --- accounts -------------------------------------------------------------
 
     def create_account(self, email: str, name: str, grant: int = 0):
+        if not isinstance(email, str) or not email.strip() or len(email) > 320:
+            raise ValidationError("an account needs a non-empty e-mail address of at most 320 characters",
+                                  code="email_invalid")
+        if not isinstance(name, str) or len(name) > 200:
+            raise ValidationError("an account name is text of at most 200 characters", code="name_invalid")
+        if not isinstance(grant, int) or isinstance(grant, bool) or grant < 0:
+            raise ValidationError("a sign-up grant must be a whole number of credits, 0 or more", code="grant_invalid")
+
         def step(tx: Tx):
             if tx.account_by_email(email) is not None:
                 raise ValidationError(f"an account with email {email!r} already exists", code="account_exists")
