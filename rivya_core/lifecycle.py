@@ -780,7 +780,8 @@ _CLASSES = {c.value for c in FailureClass} - {FailureClass.BILLING.value}
 
 
 def _parse_callback(raw: bytes) -> _Parsed | str:
-    """The callback body, or the reason it is malformed."""
+    """The callback body, or the reason it is malformed. Every field is type-checked
+    before it is compared or hashed: any JSON value of the wrong shape is malformed."""
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -791,13 +792,14 @@ def _parse_callback(raw: bytes) -> _Parsed | str:
     upstream, state = data.get("upstream_task_id"), data.get("state")
     if not isinstance(upstream, str) or not upstream or len(upstream) > 200:
         return "data.upstream_task_id missing or not a string"
-    if state not in _STATES:
+    if not isinstance(state, str) or state not in _STATES:
         return "data.state is not succeeded, failed or running"
-    urls = data.get("result_urls") or []
+    urls = data.get("result_urls")
+    urls = [] if urls is None else urls
     if not isinstance(urls, list) or not all(isinstance(u, str) and 0 < len(u) <= 2000 for u in urls) or len(urls) > 50:
         return "data.result_urls is not a list of URLs"
     klass = data.get("failure_class")
-    if klass is not None and klass not in _CLASSES:
+    if klass is not None and (not isinstance(klass, str) or klass not in _CLASSES):
         return "data.failure_class is not user, provider or infrastructure"
     code, message = data.get("error_code"), data.get("error_message")
     if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):
