@@ -199,7 +199,7 @@ class LifecycleService:
         since = self._now() - timedelta(seconds=self.policy.duplicate_window_s)
         running = tx.user_tasks(user_id, statuses=ACTIVE, since=since, limit=50)
         dup = next((t for t in running if t.model == req.model and t.prompt == req.prompt
-                    and credits >= t.reserved_credits), None)
+                    and self.policy.is_heavier_duplicate(credits, t.reserved_credits)), None)
         if dup is not None and self.policy.duplicate_runs == "block":
             raise ValidationError(
                 f"task {dup.id} with the same prompt is still running; wait for it before a heavier duplicate run",
@@ -508,7 +508,7 @@ class LifecycleService:
 
         session = self._tx(session_of)
         spec = validate_chat_model(self.catalog, session.model)
-        estimate = max(1, math.ceil(spec.chat_credits(prompt_tokens, max_output_tokens) * self.policy.chat_reserve_margin))
+        estimate = self.policy.chat_reservation(spec.chat_credits(prompt_tokens, max_output_tokens))
 
         def step(tx: Tx) -> ChatMessage:
             msg = tx.add_message(ChatMessage(id=0, session_id=session_id, role="user", content=str(content)[:20000],
@@ -539,12 +539,12 @@ class LifecycleService:
                 raise TurnClosed(msg.id, msg.status)
             spec = validate_chat_model(self.catalog, session.model)
             actual = spec.chat_credits(prompt_tokens, completion_tokens)
-            charged = min(actual, msg.reserved_credits)
-            if actual > msg.reserved_credits and self.policy.chat_allow_overrun:
+            charged, overrun = self.policy.chat_settlement(actual, msg.reserved_credits)
+            if overrun:
                 try:
-                    tx.post(session.user_id, EntryType.CHAT_CHARGE, -(actual - msg.reserved_credits),
+                    tx.post(session.user_id, EntryType.CHAT_CHARGE, -overrun,
                             f"chat_charge:msg:{msg.id}", self._now(), chat_message_id=msg.id, note="usage over reservation")
-                    charged = actual
+                    charged += overrun
                 except InsufficientCredits:
                     pass  # the overrun cannot be covered: the charge stays at the reservation
             self._chat_refund(tx, session.user_id, msg, msg.reserved_credits - charged, "unused reservation")

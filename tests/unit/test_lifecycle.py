@@ -166,10 +166,11 @@ def test_forged_callback_changes_nothing_but_its_record(env):
 def test_stale_and_future_callbacks_are_rejected(env, offset):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
+    bal = svc.balance(user.id)
     now = int((clock.now() - __import__("datetime").datetime(1970, 1, 1)).total_seconds())
     result = svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, ts=now + offset))
     assert result.outcome == CallbackOutcome.REJECTED_STALE
-    _unchanged(svc, task.id, user.id, svc.balance(user.id))
+    _unchanged(svc, task.id, user.id, bal)
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b'{"data": {"state": "succeeded"}}',
@@ -177,9 +178,10 @@ def test_stale_and_future_callbacks_are_rejected(env, offset):
 def test_malformed_bodies_are_recorded_not_applied(env, body):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
+    bal = svc.balance(user.id)
     result = svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, body=body))
     assert result.outcome == CallbackOutcome.MALFORMED
-    _unchanged(svc, task.id, user.id, svc.balance(user.id))
+    _unchanged(svc, task.id, user.id, bal)
 
 
 def test_oversized_body_refused_before_parsing_and_stored_bounded(env):
@@ -193,22 +195,25 @@ def test_oversized_body_refused_before_parsing_and_stored_bounded(env):
 def test_unknown_upstream_and_other_providers_ids(env):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
+    bal = svc.balance(user.id)
     assert svc.handle_callback("lumen", *callback(clock, "nope")).outcome == CallbackOutcome.UNKNOWN_TASK
     # a valid kinetica callback naming a lumen task's id does not touch it
     assert svc.handle_callback("kinetica", *callback(clock, task.upstream_task_id)).outcome == "unknown_task"
     assert svc.handle_callback("nobody", *callback(clock, task.upstream_task_id)).outcome == "rejected_signature"
-    _unchanged(svc, task.id, user.id, svc.balance(user.id))
+    _unchanged(svc, task.id, user.id, bal)
 
 
 def test_missing_or_doubled_headers(env):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
+    bal = svc.balance(user.id)
     headers, body = callback(clock, task.upstream_task_id)
     del headers["webhook-signature"]
     assert svc.handle_callback("lumen", headers, body).outcome == CallbackOutcome.REJECTED_SIGNATURE
     headers, body = callback(clock, task.upstream_task_id)
     headers["Webhook-Id"] = "other"
     assert svc.handle_callback("lumen", headers, body).outcome == CallbackOutcome.MALFORMED
+    _unchanged(svc, task.id, user.id, bal)
 
 
 def test_duplicate_webhook_id_has_no_effect(env):
