@@ -256,6 +256,20 @@ class ActionRefused(RivyaError):
     code = "action_refused"
 
 
+class TurnClosed(RivyaError):
+    """A chat turn that is no longer holding a reservation: it was settled or
+    failed already (code chat_already_settled / chat_already_failed) or never
+    reserved anything (chat_not_reserved). Nothing was written."""
+
+    code = "chat_not_reserved"
+
+    def __init__(self, message_id: int, status: str):
+        code = {ChatStatus.SETTLED: "chat_already_settled",
+                ChatStatus.FAILED: "chat_already_failed"}.get(status, "chat_not_reserved")
+        super().__init__(f"chat message {message_id} is already {status}; nothing was changed", code=code)
+        self.status = status
+
+
 class SchemaMissing(RivyaError):
     code = "schema_missing"
 

@@ -733,7 +733,7 @@ class MemoryTx:
         s._add(s.messages, row)
         return _copy(row)
 
-    def get_message(self, message_id: int) -> ChatMessage | None:
+    def get_message(self, message_id: int, *, for_update: bool = False) -> ChatMessage | None:
         row = self.s.messages.get(message_id)
         return _copy(row) if row else None
 
@@ -742,11 +742,13 @@ class MemoryTx:
         rows.sort(key=lambda m: (m.created_at, m.id))
         return [_copy(m) for m in rows[:limit]]
 
-    def update_message(self, message_id: int, **fields: Any) -> None:
+    def update_message(self, message_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         _check_fields(fields, _MESSAGE_FIELDS, "chat message")
         msg = self.s.messages.get(message_id)
         if msg is None:
             raise NotFound(f"chat message {message_id} does not exist")
+        if expect_status is not None and msg.status not in {str(s) for s in expect_status}:
+            return False
         before = _shallow(msg)
         for name, value in fields.items():
             setattr(msg, name, value)
@@ -756,5 +758,6 @@ class MemoryTx:
                 setattr(msg, name, getattr(before, name))
 
         self.s._undo.append(undo)
+        return True
 
 

@@ -321,8 +321,9 @@ class SqlTx:
         row.id = self._insert(chat_message, row)
         return self.get_message(row.id)
 
-    def get_message(self, message_id: int) -> ChatMessage | None:
-        return self._one(ChatMessage, select(chat_message).where(chat_message.c.id == message_id))
+    def get_message(self, message_id: int, *, for_update: bool = False) -> ChatMessage | None:
+        stmt = select(chat_message).where(chat_message.c.id == message_id)
+        return self._one(ChatMessage, stmt.with_for_update() if for_update else stmt)
 
     def reserved_messages_older_than(self, cutoff: datetime, limit: int) -> list[ChatMessage]:
         return self._all(ChatMessage, select(chat_message).where(
@@ -330,13 +331,16 @@ class SqlTx:
             chat_message.c.created_at < _naive(cutoff),
         ).order_by(chat_message.c.created_at, chat_message.c.id).limit(limit))
 
-    def update_message(self, message_id: int, **fields: Any) -> None:
+    def update_message(self, message_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         unknown = sorted(k for k in fields if k not in chat_message.c or k == "id")
         if unknown:
             raise ValueError(f"cannot update chat message field(s): {', '.join(unknown)}")
-        if not fields:
-            return
-        res = self.conn.execute(update(chat_message).where(chat_message.c.id == message_id)
-                                .values({k: _naive(v) for k, v in fields.items()}))
-        if res.rowcount != 1:
+        current = self.get_message(message_id)
+        if current is None:
             raise NotFound(f"chat message {message_id} does not exist")
+        if not fields:
+            return expect_status is None or current.status in {str(s) for s in expect_status}
+        stmt = update(chat_message).where(chat_message.c.id == message_id)
+        if expect_status is not None:
+            stmt = stmt.where(chat_message.c.status.in_([str(s) for s in expect_status]))
+        return self.conn.execute(stmt.values({k: _naive(v) for k, v in fields.items()})).rowcount == 1

@@ -242,8 +242,10 @@ def test_chat_sessions_and_messages(store, uid):
         m = tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="hi", created_at=T0,
                                        prompt_tokens=5, reserved_credits=12))
         assert m.id > 0 and m.status == "reserved" and m.charged_credits is None
-        tx.update_message(m.id, status="settled", charged_credits=8, completion_tokens=40, settled_at=T0)
-        got = tx.get_message(m.id)
+        assert tx.update_message(m.id, ["reserved"], status="settled", charged_credits=8, completion_tokens=40,
+                                 settled_at=T0)
+        assert not tx.update_message(m.id, ["reserved"], status="failed", charged_credits=0)  # compare-and-set
+        got = tx.get_message(m.id, for_update=True)
         assert (got.status, got.charged_credits, got.completion_tokens, got.settled_at) == ("settled", 8, 40, T0)
         assert tx.get_message(999) is None
         open_turn = tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="later",
