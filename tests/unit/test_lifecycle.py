@@ -8,6 +8,7 @@ import pytest
 
 from rivya_core.domain import (
     ActionRefused,
+    IdempotencyConflict,
     CallbackOutcome,
     ChatStatus,
     InsufficientCredits,
@@ -493,3 +494,37 @@ def test_recover_releases_a_chat_reservation_left_open(env):
     assert report.actions == [{"chat_message_id": msg.id, "action": "released the chat reservation"}]
     assert svc.balance(user.id) == 100
     assert svc.recover(grace_s=30).changed == 0
+
+
+def test_grant_key_reused_with_other_parameters_is_refused(env):
+    svc, clock, providers, user = env
+    other = svc.create_account("bo@example.com", "Bo")
+    first = svc.grant(user.id, 50, key="topup-123")
+    assert svc.grant(user.id, 50, key="topup-123") == first  # a replay returns the original
+    before = svc.store.snapshot()
+    for uid, amount in ((other.id, 10), (user.id, 10), (other.id, 50)):
+        with pytest.raises(IdempotencyConflict) as err:
+            svc.grant(uid, amount, key="topup-123")
+        assert err.value.code == "idempotency_key_reused" and "topup-123" in err.value.message
+    after = svc.store.snapshot()
+    assert (after.ledger, after.accounts) == (before.ledger, before.accounts)
+
+
+@pytest.mark.parametrize("email, grant, code", [
+    ("x@example.com", 1.5, "grant_invalid"), ("x@example.com", -1, "grant_invalid"),
+    ("x@example.com", True, "grant_invalid"), ("x@example.com", "5", "grant_invalid"),
+    ("", 0, "email_invalid"), ("   ", 0, "email_invalid"), (None, 0, "email_invalid"), (["a@b"], 0, "email_invalid"),
+])
+def test_create_account_refuses_bad_email_or_grant(email, grant, code):
+    svc, clock, providers = make_service()
+    with pytest.raises(ValidationError) as err:
+        svc.create_account(email, "X", grant=grant)
+    assert err.value.code == code
+    assert svc.store.snapshot().accounts == [] and svc.store.snapshot().ledger == []
+
+
+def test_create_account_twice_is_account_exists(env):
+    svc, clock, providers, user = env
+    with pytest.raises(ValidationError) as err:
+        svc.create_account("ada@example.com", "Ada again", grant=5)
+    assert err.value.code == "account_exists"
