@@ -30,6 +30,7 @@ from sqlalchemy import Engine, create_engine, event, insert, inspect, select, te
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateTable
 
 from . import schema
 from .domain import (
@@ -158,12 +159,17 @@ def _sqlite_engine(u: Any, *, read_only: bool = False) -> Engine:
 def init_db(engine: Engine) -> None:
     """Create every table and index and record the schema version. Idempotent, and
     an upgrade: on a database made by an older version it adds the tables and the
-    indexes that version lacked (create_all alone adds indexes only with their table)."""
-    schema.metadata.create_all(engine)
-    for table in schema.metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(engine, checkfirst=True)
+    indexes that version lacked (create_all alone adds indexes only with their table).
+    Tables go in dependency order and each table's indexes in name order, so the same
+    schema is the same bytes in every process (a table's indexes are a set, in hash order)."""
     with engine.begin() as conn:
+        present = set(inspect(conn).get_table_names())
+        for table in schema.metadata.sorted_tables:
+            if table.name not in present:
+                conn.execute(CreateTable(table))
+        for table in schema.metadata.sorted_tables:
+            for index in sorted(table.indexes, key=lambda ix: ix.name):
+                index.create(conn, checkfirst=True)
         have = conn.scalar(select(schema.schema_meta.c.value).where(schema.schema_meta.c.key == "version"))
         if have is None:
             conn.execute(insert(schema.schema_meta).values(key="version", value=str(schema.SCHEMA_VERSION)))
