@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages._access import access_gate
+from pages._render import plain
 from pages._source import data_source_sidebar, default_url
 from rivya_core import db
 from simulations.demo import ensure_demo_data
@@ -66,7 +67,7 @@ def ensure_demo(url: str) -> None:
     try:
         ensure_demo_data(url, progress)
     except Exception as exc:  # any failure of the generator must read as a message, not a traceback
-        st.error(f"Could not create the demo data: {type(exc).__name__}: {exc}")
+        st.error(f"Could not create the demo data: {type(exc).__name__}: {plain(exc)}")
     else:
         st.toast("Demo data ready.")
     finally:

@@ -16,6 +16,7 @@ from typing import Any
 
 import streamlit as st
 
+from pages._render import plain
 from rivya_core import access
 
 
@@ -34,7 +35,7 @@ def access_gate() -> None:
     try:
         cfg = access_config()
     except access.AccessConfigError as exc:
-        st.error(f"Access control is misconfigured: {exc.message}")
+        st.error(f"Access control is misconfigured: {plain(exc.message)}")
         st.stop()
     ss = st.session_state
     if not cfg.enabled:
@@ -45,7 +46,7 @@ def access_gate() -> None:
         return
     if ss.get("user") and ss.get("user") in cfg.users:
         with st.sidebar:
-            st.caption(f"Signed in as **{ss['user']}** ({ss['role']})")
+            st.caption(f"Signed in as {plain(ss['user'])} ({plain(ss['role'])})")
             if st.button("Sign out", key="sign_out"):
                 ss["user"] = ss["role"] = None
                 st.rerun()

@@ -10,18 +10,13 @@ import streamlit as st
 
 from pages._cache import cached_df
 from pages._links import page_available
+from pages._render import plain
 from pages._source import current_url, default_url
 from rivya_core import alerts
 from rivya_core.policy import BillingPolicy
 
 INCIDENTS = "pages/incidents.py"
 ACTION_WORDS = {"recheck": "re-check", "refund": "refund", "mark-failed": "mark failed"}
-_MARKDOWN = set("\\`*_{}[]()#+-.!|<>~$")
-
-
-def plain(text: str) -> str:
-    """Text from the database, escaped so a Markdown element shows it as typed."""
-    return "".join("\\" + ch if ch in _MARKDOWN else ch for ch in str(text))
 
 
 def _params(alert) -> dict[str, str]:

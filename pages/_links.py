@@ -8,11 +8,16 @@
         A "task" column of inspector links, and the column config that shows it.
     page_link(path: str, label: str, icon: str | None = None) -> None
         st.page_link to another page, a caption when that page is not registered.
+    web_link(url) -> str | None
+        url when it may be offered as a link (an absolute http or https URL with a host), else None:
+        result URLs come from providers and are shown as text, linked only through this check.
+    RESULT_LINK: the LinkColumn that shows web_link's output as "open".
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import streamlit as st
 
@@ -53,3 +58,18 @@ def page_link(path: str, label: str, icon: str | None = None) -> None:
         st.page_link(path, label=label, icon=icon)
     else:
         st.caption(f"{label} (page not available in this version)")
+
+
+RESULT_LINK = st.column_config.LinkColumn("link", display_text="open",
+                                          help="Opens the result in a new tab (http and https URLs only)")
+
+
+def web_link(url: Any) -> str | None:
+    """url when it is an absolute http(s) URL with a host and no whitespace or control characters."""
+    if not isinstance(url, str) or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return url if parts.scheme.lower() in ("http", "https") and parts.hostname else None

@@ -38,6 +38,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from pages._access import ensure_reader
+from pages._render import plain
 from rivya_core import db
 from rivya_core.domain import RivyaError
 
@@ -130,7 +131,7 @@ def data_source_sidebar() -> str:
     other_label = "Another SQLAlchemy URL…"
     runs = {f"Simulation: {_label(p)}": f"sqlite:///{p}" for p in simulation_dbs()}
     with st.sidebar:
-        st.caption(f"Reading **{db.safe_url(url)}**")
+        st.caption(f"Reading {plain(db.safe_url(url))}")
         with st.expander("Data source", expanded=False):
             choice = st.selectbox("Database", [default_label, *runs, other_label], key="ds_choice")
             typed = ""
@@ -168,11 +169,11 @@ def open_db() -> Engine | None:
     try:
         engine = get_engine(url)
     except RivyaError as exc:
-        st.error(f"**Cannot read this database.** {exc.message}")
+        st.error(f"**Cannot read this database.** {plain(exc.message)}")
         st.caption("Pick another one under *Data source* in the sidebar.")
         return None
     except SQLAlchemyError as exc:
-        st.error(f"**Cannot read this database.** {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        st.error(f"**Cannot read this database.** {type(exc).__name__}: {plain(str(exc).splitlines()[0])}")
         return None
     return engine
 

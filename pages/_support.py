@@ -2,7 +2,7 @@
 
     policy_in_force() -> tuple[BillingPolicy, str]
         The billing policy to judge the current database with, and a sentence saying
-        where it comes from: a simulation database's recorded scenario, a realtime
+        where it comes from (it quotes names a database recorded: show it through plain()): a simulation database's recorded scenario, a realtime
         run this session started, else RIVYA_POLICY or the default.
     support_service(policy: BillingPolicy) -> LifecycleService
         The service support actions go through, over current_url(). On a simulation
@@ -22,6 +22,7 @@ import streamlit as st
 from sqlalchemy import Engine
 
 from pages._cache import cached_df
+from pages._render import plain
 from pages._source import current_url
 from rivya_core import db
 from rivya_core.domain import RivyaError
@@ -71,7 +72,7 @@ def policy_in_force() -> tuple[BillingPolicy, str]:
             return found
         policy = policy_from()
     except RivyaError as exc:
-        st.warning(f"Could not read the billing policy for this database ({exc.message}); "
+        st.warning(f"Could not read the billing policy for this database ({plain(exc.message)}); "
                    "judging with the default policy.")
         return BillingPolicy(), "the default policy"
     if os.environ.get(POLICY_ENV):

@@ -13,7 +13,7 @@ import streamlit as st
 from pages._access import access_config, can_act
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
-from pages._render import show_errors, show_table
+from pages._render import plain, show_errors, show_table
 from pages._source import enter_page, open_db, require_tables
 from pages._support import policy_in_force, support_service
 from rivya_core import bulk, reports
@@ -86,7 +86,7 @@ def show_plan(p: bulk.Plan) -> None:
     m[3].metric("Already handled", f"{p.already_done:,}", help="By an earlier run of the incident named below")
     m[4].metric("Credits back to users", f"{p.credits:,}")
     st.caption(f"Dry run at {p.now:%Y-%m-%d %H:%M:%S} UTC (the clock support actions use on this database), "
-               f"judged with {policy_source}. Nothing was changed.")
+               f"judged with {plain(policy_source)}. Nothing was changed.")
     if p.refusals():
         st.write("Refusals, and why")
         show_table(pd.DataFrame([{"reason": r, "tasks": n} for r, n in p.refusals().items()]))
@@ -126,7 +126,7 @@ def execute_form(action: str, flt: bulk.BulkFilter, name: str, planned: bool) ->
             r = bulk.execute(svc, action, flt, operator=operator.strip(), reason=reason.strip(),
                              name=name, progress=progress)
         except RivyaError as exc:
-            ss["bulk_result"] = ("refused", exc.message)
+            ss["bulk_result"] = ("refused", plain(exc.message))
         else:
             ss["bulk_result"] = ("done", f"Incident {r.incident_id}: {r.matched:,} matched, {r.acted:,} acted on, "
                                          f"{r.refused:,} refused, {r.skipped:,} already handled by an earlier run; "

@@ -8,7 +8,7 @@ import streamlit as st
 
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
-from pages._render import show_errors, show_flows, show_table
+from pages._render import plain, show_errors, show_flows, show_table
 from pages._source import enter_page, open_db, require_tables
 from pages._support import policy_in_force
 from rivya_core import audit, db
@@ -35,7 +35,7 @@ def pick_account() -> int | None:
     if query.strip():
         found = find_accounts(engine, query, limit=50)
         if not found:
-            st.info(f"No account matches {query!r}.")
+            st.info(f"No account matches {plain(query)}.")
             return None
         options = {r["id"]: f"{r['email']} — {r['name']} (#{r['id']})" for r in found}
     else:

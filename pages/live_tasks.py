@@ -10,7 +10,7 @@ import streamlit as st
 
 from pages._cache import cached_df
 from pages._links import task_url
-from pages._render import show_errors
+from pages._render import plain, show_errors
 from pages._runs import realtime_run, start_realtime_run
 from pages._source import ROOT, current_url, enter_page, open_db, use_database
 from pages._support import policy_in_force
@@ -68,7 +68,7 @@ def offer_demo_run() -> None:
             run = start_realtime_run(DEMO_SCENARIO, DEMO_SPEED, DEMO_TASKS)
         code = run["popen"].poll()
         if code not in (None, 0):
-            st.error(f"The realtime run stopped at once (status {code}); see `{run['log']}`.")
+            st.error(f"The realtime run stopped at once (status {code}); see {plain(run['log'])}.")
             return
         use_database(run["url"])
         st.rerun()
@@ -91,7 +91,7 @@ def live_table() -> None:
         m2.metric("Generating", f"{counts.get('GENERATING', 0):,}")
         m3.metric("Stuck (in this view)", f"{int(df['stuck'].sum()) if not df.empty else 0:,}")
         st.caption(f"Ages measured from {now:%Y-%m-%d %H:%M:%S} UTC — {basis}. "
-                   f"Stuck thresholds: {policy_source}.")
+                   f"Stuck thresholds: {plain(policy_source)}.")
         if only_stuck and not df.empty:
             df = df[df["stuck"]]
         if df.empty:

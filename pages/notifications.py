@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
-from pages._render import show_errors, show_table
+from pages._render import plain, show_errors, show_table
 from pages._source import enter_page, open_db, require_tables
 from rivya_core import ledger_views as lv
 from rivya_core import queries
@@ -30,7 +30,7 @@ with show_errors():
     if who.strip():
         found = queries.find_accounts(engine, who, limit=50)
         if not found:
-            st.info(f"No account matches {who!r}.")
+            st.info(f"No account matches {plain(who)}.")
             st.stop()
         options = {r["id"]: f"{r['email']} — {r['name']} (#{r['id']})" for r in found}
         user_id = left.selectbox("Account", list(options), format_func=options.get)
@@ -43,7 +43,7 @@ with show_errors():
     cols[0].metric("Unread", f"{unread:,}", f"of {int(kinds['total'].sum()) if not kinds.empty else 0:,}",
                    delta_color="off", delta_arrow="off")
     for col, row in zip(cols[1:], kinds.itertuples(), strict=False):
-        col.metric(row.kind.replace("_", " ").capitalize(), f"{row.unread:,} unread", f"{row.total:,} in all",
+        col.metric(plain(str(row.kind).replace("_", " ").capitalize()), f"{row.unread:,} unread", f"{row.total:,} in all",
                    delta_color="off", delta_arrow="off")
 
     kind_arg = None if kind == "all" else kind

@@ -9,7 +9,7 @@ import streamlit as st
 from pages._alert_strip import alert_strip
 from pages._cache import cached_df
 from pages._links import page_link, task_url
-from pages._render import show_errors, show_flows, show_table
+from pages._render import plain, show_errors, show_flows, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force
 from rivya_core import queries, reports
@@ -32,7 +32,7 @@ with show_errors():
     cols = st.columns(len(states) + 1)
     cols[0].metric("All tasks", f"{total:,}")
     for col, (state, n) in zip(cols[1:], states.items(), strict=True):
-        col.metric(state.title(), f"{n:,}")
+        col.metric(plain(str(state).title()), f"{n:,}")
     if total:
         alert_strip(policy_in_force()[0])
 
@@ -59,7 +59,7 @@ with show_errors():
         since = "" if summary["fresh"] else " Rows were added since: run it again on the Refund audit page."
         st.caption(f"Audit stored at {reports.format_time(summary['ran_at'])} UTC (judged at "
                    f"{reports.format_time(summary['judged_at'])}, took {summary['duration_s']:.1f} s).{since}")
-    st.caption(f"Audit judged with {policy_source}.")
+    st.caption(f"Audit judged with {plain(policy_source)}.")
     page_link("pages/refund_audit.py", "Open the refund audit", icon=":material/policy:")
 
     st.subheader("Throughput and failures over time")

@@ -8,7 +8,7 @@ import streamlit as st
 from pages._access import operator_only
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
-from pages._render import show_errors, show_table
+from pages._render import plain, show_errors, show_table
 from pages._source import enter_page, open_db, require_tables
 from pages._support import policy_in_force, record_audit_now
 from rivya_core import audit
@@ -55,7 +55,7 @@ with show_errors():
     c[0].metric("Findings", f"{report.total:,}")
     c[1].metric("Money findings", f"{sum(money.values()):,}")
     c[2].metric("Checks run", f"{len(report.checked)}")
-    st.info(f"**Policy in force:** {policy_source} (`{report.policy}`: refunds "
+    st.info(f"**Policy in force:** {plain(policy_source)} ({plain(report.policy)}: refunds "
             f"{', '.join(sorted(policy.refund_classes)) or 'no'} failures). Judged at "
             f"{report.now:%Y-%m-%d %H:%M:%S} UTC, the latest moment the database recorded.")
     if report.ok:

@@ -12,7 +12,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages._cache import cached_at
-from pages._render import show_table
+from pages._render import plain, show_table
 from pages._runs import new_run_url, realtime_run, start_realtime_run
 from pages._source import enter_page, get_engine, use_database
 from rivya_core import ledger_views as lv
@@ -47,7 +47,7 @@ def pick_scenario(key: str):
     try:
         sc = load_scenario(names[name])
     except RivyaError as exc:
-        st.error(f"{names[name].name}: {exc.message}")
+        st.error(f"{plain(names[name].name)}: {plain(exc.message)}")
         st.stop()
     if sc.description:
         st.caption(sc.description)
@@ -77,7 +77,7 @@ def edit_knobs(sc):
         try:
             policy = BillingPolicy.load(policies()[choice])
         except RivyaError as exc:
-            st.error(exc.message)
+            st.error(plain(exc.message))
             st.stop()
     edited = replace(
         sc, seed=int(seed), callbacks=callbacks, policy=policy,
@@ -93,7 +93,7 @@ def show_run(url: str) -> None:
     try:
         runs = read_sim_runs(get_engine(url))
     except RivyaError as exc:
-        st.error(exc.message)
+        st.error(plain(exc.message))
         return
     if not runs:
         st.info("This database holds no recorded simulation run.")
@@ -109,11 +109,11 @@ def show_run(url: str) -> None:
     c[3].metric("Net", f"{credits.get('net', 0):,}")
     c[4].metric("Violations", f"{len(s.get('violations', [])):,}")
     c[5].metric("Liveness", "ok" if s.get("liveness_ok") else "FAILED")
-    st.caption(f"Scenario `{s.get('scenario_name')}`, seed {s.get('seed')}, fingerprint "
-               f"`{str(s.get('fingerprint', ''))[:16]}`, {s.get('sim_seconds', 0):,.0f} simulated seconds. "
-               f"Database: `{url}`")
+    st.caption(f"Scenario {plain(s.get('scenario_name'))}, seed {plain(s.get('seed'))}, fingerprint "
+               f"{plain(str(s.get('fingerprint', ''))[:16])}, {float(s.get('sim_seconds') or 0):,.0f} simulated "
+               f"seconds. Database: {plain(url)}")
     for v in s.get("violations", []):
-        st.error(f"{v.get('kind')}: {v.get('message')}")
+        st.error(f"{plain(v.get('kind'))}: {plain(v.get('message'))}")
 
     windows = {"Last 7 simulated days": lv.WINDOW_S, "Last 30 simulated days": 30 * 86400.0, "Whole run": None}
     window = st.segmented_control("Charts show", list(windows), default="Last 7 simulated days",
@@ -170,7 +170,7 @@ with run_tab:
             summary = run_scenario(scenario, url, tasks=tasks,
                                    progress=lambda f, msg: bar.progress(min(max(float(f), 0.0), 1.0), text=msg))
         except (RivyaError, ValueError) as exc:
-            st.error(f"The run stopped: {getattr(exc, 'message', exc)}")
+            st.error(f"The run stopped: {plain(getattr(exc, 'message', exc))}")
         else:
             st.session_state["lab_run_url"] = url
             st.toast(f"Run finished in {summary.wall_seconds:.1f} s")
@@ -193,7 +193,7 @@ with live_tab:
     if proc:
         code = proc["popen"].poll()
         if code is None:
-            st.info(f"Running (process {proc['popen'].pid}) into `{proc['url']}`.")
+            st.info(f"Running (process {proc['popen'].pid}) into {plain(proc['url'])}.")
             if st.button("Watch it on Live tasks", type="primary"):
                 use_database(proc["url"])
                 st.switch_page("pages/live_tasks.py")
@@ -220,7 +220,7 @@ with compare_tab:
                 report = compare(sc, [BillingPolicy.load(policies()[a]), BillingPolicy.load(policies()[b])],
                                  int(reps), tasks=int(per))
             except (RivyaError, ValueError) as exc:
-                st.error(f"The comparison stopped: {getattr(exc, 'message', exc)}")
+                st.error(f"The comparison stopped: {plain(getattr(exc, 'message', exc))}")
             else:
                 st.session_state["lab_compare"] = report.to_dict()
     result = st.session_state.get("lab_compare")

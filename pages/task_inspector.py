@@ -8,7 +8,8 @@ import streamlit as st
 
 from pages._access import access_config, can_act
 from pages._cache import cached_df
-from pages._render import show_errors, show_table
+from pages._links import RESULT_LINK, web_link
+from pages._render import plain, show_errors, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service
 from rivya_core import queries, reports
@@ -32,13 +33,13 @@ def show_checklist(task_id: int, user_id: int) -> None:
     box = {"ok": st.success, "warn": st.warning, "fail": st.error}.get(
         "fail" if any(i.status == "fail" for i in diag.items) else
         "warn" if any(i.status == "warn" for i in diag.items) else "ok", st.info)
-    box(f"**Verdict:** {diag.verdict}\n\n**Next action:** {diag.next_action}")
-    st.caption(f"Task type: {diag.task_type}. Ages judged at {diag.now:%Y-%m-%d %H:%M:%S} UTC, "
-               f"with {policy_source}.")
-    for item in diag.items:
+    box(f"**Verdict:** {plain(diag.verdict)}\n\n**Next action:** {plain(diag.next_action)}")
+    st.caption(f"Task type: {plain(diag.task_type)}. Ages judged at {diag.now:%Y-%m-%d %H:%M:%S} UTC, "
+               f"with {plain(policy_source)}.")
+    for item in diag.items:  # answers quote the task's own fields (error messages, prompts): plain text
         icon = STATUS_ICON.get(item.status, ":material/help:")
-        with st.expander(f"{icon} {item.question} — {item.answer}", expanded=item.status in ("warn", "fail")):
-            st.markdown(item.answer)
+        with st.expander(f"{icon} {item.question} — {plain(item.answer)}", expanded=item.status in ("warn", "fail")):
+            st.text(item.answer)
             if item.evidence:
                 show_table(pd.DataFrame(queries.jsonable(item.evidence)), hide_index=True, width="stretch")
     st.subheader("Recheck before running again")
@@ -46,7 +47,16 @@ def show_checklist(task_id: int, user_id: int) -> None:
     if not signals:
         st.success("No recheck signal for this user.")
     for sig in signals:
-        st.warning(f"**{sig.kind.replace('_', ' ')}**: {sig.message}")
+        st.warning(f"**{plain(sig.kind.replace('_', ' '))}**: {plain(sig.message)}")
+
+
+def show_results(urls: list) -> None:
+    """Result URLs as text; a link only where the URL is http(s) (web_link), never an image."""
+    st.caption("Results")
+    urls = urls if isinstance(urls, list) else [urls]
+    frame = pd.DataFrame({"url": [str(u) for u in urls], "link": [web_link(u) for u in urls]})
+    st.dataframe(frame, hide_index=True, width="stretch",
+                 column_config={"url": st.column_config.TextColumn("result URL"), "link": RESULT_LINK})
 
 
 def show_timeline(events: pd.DataFrame) -> None:
@@ -80,9 +90,9 @@ def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
                   "Mark stuck task failed": svc.support_mark_failed}[action]
         task = method(task_id, operator, reason)
     except RivyaError as exc:
-        st.session_state["action_result"] = ("refused", f"{action} refused: {exc.message}")
+        st.session_state["action_result"] = ("refused", f"{action} refused: {plain(exc.message)}")
     else:
-        st.session_state["action_result"] = ("done", f"{action}: done. The task is now {task.status}.")
+        st.session_state["action_result"] = ("done", f"{action}: done. The task is now {plain(task.status)}.")
     st.cache_data.clear()
     st.rerun()
 
@@ -118,7 +128,7 @@ def pick_task() -> int | None:
         return None
     hits = pd.DataFrame(cached_df(queries.find_tasks, query.strip(), 50))
     if hits.empty:
-        st.warning(f"No task matches {query.strip()!r}.")
+        st.warning(f"No task matches {plain(query.strip())}.")
         return None
     if len(hits) == 1:
         return int(hits["id"].iloc[0])
@@ -138,19 +148,22 @@ with show_errors():
             st.stop()
         task, acct = detail["task"], detail["account"] or {}
         st.query_params["task"] = str(task_id)
-        st.header(f"Task #{task_id} — {task['status']}")
-        c1, c2, c3, c4 = st.columns(4)
-        c1.metric("Status", task["status"])
-        c2.metric("Model", task["model"], help=f"category {task['category']}, provider {task['provider']}")
+        st.header(f"Task #{task_id} — {plain(task['status'])}")
+        c1, c2, c3, c4 = st.columns(4)  # metric labels, values and help are all Markdown
+        c1.metric("Status", plain(task["status"]))
+        c2.metric("Model", plain(task["model"]), help=f"category {plain(task['category'])}, "
+                                                    f"provider {plain(task['provider'])}")
         c3.metric("Credits reserved", f"{task['reserved_credits']:,}")
-        c4.metric("User", acct.get("name", f"user {task['user_id']}"), help=acct.get("email"))
-        st.caption(f"User {task['user_id']} · {acct.get('email', 'no account row')} · provider {task['provider']}"
-                   f" · upstream id {task.get('upstream_task_id') or '—'} · created {reports.format_time(task['created_at'])}")
+        c4.metric("User", plain(acct.get("name", f"user {task['user_id']}")),
+                  help=plain(acct["email"]) if acct.get("email") else None)
+        st.caption(f"User {task['user_id']} · {plain(acct.get('email', 'no account row'))} · provider "
+                   f"{plain(task['provider'])} · upstream id {plain(task.get('upstream_task_id') or '—')} · "
+                   f"created {reports.format_time(task['created_at'])}")
         if task.get("error_code"):
-            st.error(f"**{task['error_code']}** ({task.get('failure_class') or 'no class'}): "
-                     f"{task.get('error_message') or ''}")
+            st.error(f"**{plain(task['error_code'])}** ({plain(task.get('failure_class') or 'no class')}): "
+                     f"{plain(task.get('error_message') or '')}")
         if task.get("result_urls"):
-            st.caption("Results: " + ", ".join(task["result_urls"]))
+            show_results(task["result_urls"])
         with st.expander("Task row"):
             st.json(queries.jsonable(task))
         tabs = st.tabs(["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"])
