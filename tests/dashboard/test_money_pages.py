@@ -296,7 +296,7 @@ def test_simulation_lab_runs_a_scenario_and_charts_it(empty_url, tmp_path, monke
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     shown = texts(at)
-    assert "Violations=0" in shown and "Liveness=ok" in shown and "Scenario `baseline`" in shown
+    assert "Violations=0" in shown and "Liveness=ok" in shown and "Scenario baseline, seed" in shown
     made = list((tmp_path / "runs").glob("baseline-*.db"))
     assert len(made) == 1
     assert len(at.get("plotly_chart")) == 4
