@@ -131,19 +131,32 @@ class Behaviour:
 
 @dataclass(frozen=True)
 class ScriptEvent:
-    """One scripted step. actions: submit, callback, callback_early,
-    lose_next_callback, poll, recheck, grant, advance."""
+    """One scripted step. actions: submit, callback, callback_early, callback_progress,
+    callback_repeat, lose_next_callback, poll, recheck, grant, chat."""
 
     at: float = pos(0.0)
     action: str = field(default="poll", metadata={"choices": (
-        "submit", "callback", "callback_early", "lose_next_callback", "poll", "recheck", "grant")})
+        "submit", "callback", "callback_early", "callback_progress", "callback_repeat", "lose_next_callback",
+        "poll", "recheck", "grant", "chat")})
     user: int = pos(0)
     model: str = ""
     prompt: str = "a scripted prompt"
     task: int = pos(0)        # 1-based index of the scripted submit it refers to
     amount: int = pos(0)
-    outcome: str = field(default="succeeded", metadata={"choices": ("succeeded", "failed")})
-    gen_s: float = pos(0.0)   # scripted generation time (0: drawn)
+    outcome: str = field(default="succeeded", metadata={"choices": ("succeeded", "failed", "lost", "no_urls")})
+    gen_s: float = pos(0.0)   # scripted generation time (0: drawn); chat: seconds until the turn settles
+    # submit: what the provider does, as recorded
+    params: dict[str, Any] = field(default_factory=dict)
+    error_code: str = ""      # outcome "failed": the provider's error (default: a model error)
+    error_message: str = ""
+    failure_class: str = field(default="", metadata={"choices": ("", "user", "provider", "infrastructure")})
+    submit_fault: str = field(default="", metadata={"choices": ("", "refused", "error", "timeout")})
+    auto_callbacks: bool = True  # false: the provider sends only the callbacks the script lists
+    chat: int = pos(0)        # submit: 1-based index of the scripted chat turn whose tool call it is
+    # chat: one turn (reserve now, settle or fail after gen_s)
+    prompt_tokens: int = pos(0)
+    max_output_tokens: int = pos(0)
+    completion_tokens: int = pos(0)
 
 
 @dataclass(frozen=True)
@@ -212,8 +225,12 @@ def _dump(sc: Scenario) -> str:
     if policy != {"name": "default"}:
         lines += _table("policy", policy)
     for ev in sc.script:
-        lines += ["", "[[script]]", *(f"{k} = {_value(v)}" for k, v in _as_dict(ev).items())]
+        lines += ["", "[[script]]", *(f"{k} = {_value(v)}" for k, v in _as_dict(ev).items()
+                                      if k in ("at", "action") or v != getattr(_NO_EVENT, k))]
     return "\n".join(lines) + "\n"
+
+
+_NO_EVENT = ScriptEvent()
 
 
 def _changed(obj: Any, base: Any) -> dict[str, Any]:
