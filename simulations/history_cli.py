@@ -28,6 +28,17 @@ def add_parsers(sub) -> None:
     b.add_argument("--timing", action="store_true", help="also re-simulate the timing part trace-driven")
     b.add_argument("--json", action="store_true")
 
+    c = sub.add_parser("calibrate", help="fit a scenario to recorded history",
+                       description="Fit arrivals, population, mix, per-provider generation times and callback "
+                       "delays (empirical quantiles) and fault rates from a database; write a scenario file "
+                       "that `run` accepts.")
+    c.add_argument("--db", required=True, help="database URL")
+    c.add_argument("--since", help="window start (ISO, UTC)")
+    c.add_argument("--until", help="window end (ISO, UTC)")
+    c.add_argument("-o", "--output", required=True, help="scenario file to write (.toml)")
+    c.add_argument("--force", action="store_true", help="overwrite the output file")
+    c.add_argument("--json", action="store_true", help="print the estimates as JSON")
+
     f = sub.add_parser("fork", help="fork a recorded task or account into a replayable scripted scenario",
                        description="Write a [[script]] scenario that replays what the database recorded for one "
                        "task, or for one account's tasks and chat turns in a window; `run` it to reproduce "
@@ -110,7 +121,26 @@ def cmd_fork(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"backtest": cmd_backtest, "fork": cmd_fork}
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+    from .history import parse_time
+
+    out = refuse_overwrite(a.output, a.force)
+    since, until = parse_time(a.since, "--since"), parse_time(a.until, "--until")
+    engine = open_reader(a.db)
+    try:
+        cal = calibrate(engine, since, until, name=out.stem)
+    finally:
+        engine.dispose()
+    out.write_text(cal.to_toml(), encoding="utf-8")
+    if a.json:
+        print(json.dumps({k: {"value": e.value, "n": e.n, "se": e.se} for k, e in cal.estimates.items()}, indent=1))
+    else:
+        print(f"wrote {out}: {len(cal.estimates)} estimates; not fitted: {'; '.join(cal.not_fitted)}")
+    return 0
+
+
+COMMANDS = {"backtest": cmd_backtest, "fork": cmd_fork, "calibrate": cmd_calibrate}
 
 
 def refuse_overwrite(path: str, force: bool) -> Path:
