@@ -270,6 +270,24 @@ class TurnClosed(RivyaError):
         self.status = status
 
 
+class IdempotencyConflict(RivyaError):
+    """A ledger write whose idempotency key is already used by an entry with another
+    user, kind or amount. Nothing was written."""
+
+    code = "idempotency_key_reused"
+
+
+def replayed_entry(existing: LedgerEntry, user_id: int, entry_type: str, amount: int) -> LedgerEntry:
+    """The entry a keyed write replays: the same user, kind and amount get the original
+    back; anything else reusing the key is refused (as payment APIs do)."""
+    asked = (user_id, str(entry_type), amount)
+    if (existing.user_id, str(existing.entry_type), existing.amount) != asked:
+        raise IdempotencyConflict(
+            f"idempotency key {existing.idempotency_key!r} was used for {existing.entry_type} of "
+            f"{existing.amount} to account {existing.user_id}; refused {entry_type} of {amount} to account {user_id}")
+    return existing
+
+
 class SchemaMissing(RivyaError):
     code = "schema_missing"
 

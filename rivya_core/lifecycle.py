@@ -153,6 +153,14 @@ class LifecycleService:
     # --- accounts -------------------------------------------------------------
 
     def create_account(self, email: str, name: str, grant: int = 0):
+        if not isinstance(email, str) or not email.strip() or len(email) > 320:
+            raise ValidationError("an account needs a non-empty e-mail address of at most 320 characters",
+                                  code="email_invalid")
+        if not isinstance(name, str) or len(name) > 200:
+            raise ValidationError("an account name is text of at most 200 characters", code="name_invalid")
+        if not isinstance(grant, int) or isinstance(grant, bool) or grant < 0:
+            raise ValidationError("a sign-up grant must be a whole number of credits, 0 or more", code="grant_invalid")
+
         def step(tx: Tx):
             if tx.account_by_email(email) is not None:
                 raise ValidationError(f"an account with email {email!r} already exists", code="account_exists")
@@ -772,7 +780,8 @@ _CLASSES = {c.value for c in FailureClass} - {FailureClass.BILLING.value}
 
 
 def _parse_callback(raw: bytes) -> _Parsed | str:
-    """The callback body, or the reason it is malformed."""
+    """The callback body, or the reason it is malformed. Every field is type-checked
+    before it is compared or hashed: any JSON value of the wrong shape is malformed."""
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -783,13 +792,14 @@ def _parse_callback(raw: bytes) -> _Parsed | str:
     upstream, state = data.get("upstream_task_id"), data.get("state")
     if not isinstance(upstream, str) or not upstream or len(upstream) > 200:
         return "data.upstream_task_id missing or not a string"
-    if state not in _STATES:
+    if not isinstance(state, str) or state not in _STATES:
         return "data.state is not succeeded, failed or running"
-    urls = data.get("result_urls") or []
+    urls = data.get("result_urls")
+    urls = [] if urls is None else urls
     if not isinstance(urls, list) or not all(isinstance(u, str) and 0 < len(u) <= 2000 for u in urls) or len(urls) > 50:
         return "data.result_urls is not a list of URLs"
     klass = data.get("failure_class")
-    if klass is not None and klass not in _CLASSES:
+    if klass is not None and (not isinstance(klass, str) or klass not in _CLASSES):
         return "data.failure_class is not user, provider or infrastructure"
     code, message = data.get("error_code"), data.get("error_message")
     if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):

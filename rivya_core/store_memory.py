@@ -46,6 +46,7 @@ from .domain import (
     TaskEvent,
     TaskStatus,
     ValidationError,
+    replayed_entry,
 )
 from .ports import PostResult, Snapshot
 
@@ -490,7 +491,7 @@ class MemoryTx:
     def add_account(self, email: str, name: str, at: datetime) -> Account:
         s = self.s
         if email in s._email:
-            raise ValidationError(f"an account with email {email!r} exists", code="email_taken")
+            raise ValidationError(f"an account with email {email!r} already exists", code="account_exists")
         acc = Account(id=s._new_id("account"), email=email, name=name, created_at=at, balance=0)
         s._email[email] = acc.id
         s._add(s.accounts, acc, lambda: s._email.pop(email, None))
@@ -599,7 +600,7 @@ class MemoryTx:
         s = self.s
         existing = s._entry_key.get(idempotency_key)
         if existing is not None:
-            return PostResult(_copy(s.ledger[existing]), created=False)
+            return PostResult(_copy(replayed_entry(s.ledger[existing], user_id, entry_type, amount)), created=False)
         if task_id is not None and task_id in s._tombs:
             raise ActionRefused(f"task {task_id} was settled and evicted; its ledger takes no more entries",
                                 code="entry_evicted")

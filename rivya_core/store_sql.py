@@ -40,6 +40,7 @@ from .domain import (
     TaskEvent,
     TaskStatus,
     ValidationError,
+    replayed_entry,
 )
 from .ports import PostResult, RetryableConflict, Snapshot
 from .schema import (
@@ -166,10 +167,14 @@ class SqlTx:
 
     # accounts
     def add_account(self, email: str, name: str, at: datetime) -> Account:
-        if self.account_by_email(email) is not None:
-            raise ValidationError(f"an account with email {email!r} exists", code="email_taken")
         acc = Account(id=0, email=email, name=name, created_at=_naive(at), balance=0)
-        acc.id = self._insert(account, acc)
+        # ON CONFLICT: a racing sign-up with the same e-mail waits for the winner, then writes nothing
+        stmt = (self._upsert(account).values(**_values(account, acc, skip_id=True))
+                .on_conflict_do_nothing(index_elements=["email"]).returning(account.c.id))
+        new_id = self.conn.execute(stmt).scalar()
+        if new_id is None:
+            raise ValidationError(f"an account with email {email!r} already exists", code="account_exists")
+        acc.id = int(new_id)
         return acc
 
     def get_account(self, user_id: int) -> Account | None:
@@ -232,7 +237,7 @@ class SqlTx:
              task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None) -> PostResult:
         existing = self.entry(idempotency_key)
         if existing is not None:
-            return PostResult(existing, created=False)
+            return PostResult(replayed_entry(existing, user_id, entry_type, amount), created=False)
         if amount == 0:
             raise ValueError("a ledger amount is never 0")
         balance = self.conn.execute(
@@ -251,7 +256,7 @@ class SqlTx:
                 .on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(credit_ledger.c.id))
         new_id = self.conn.execute(stmt).scalar()
         if new_id is None:  # a concurrent unit of work posted this key first
-            return PostResult(self.entry(idempotency_key), created=False)
+            return PostResult(replayed_entry(self.entry(idempotency_key), user_id, entry_type, amount), created=False)
         self.conn.execute(update(account).where(account.c.id == user_id).values(balance=after))
         entry.id = int(new_id)
         return PostResult(entry, created=True)
