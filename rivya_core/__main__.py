@@ -44,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m rivya_core", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("init-db", help="create the tables (idempotent)")
+    p = sub.add_parser("init-db", help="create the tables (idempotent; upgrades an older Rivya database)")
     _db(p)
+    p.add_argument("--force", action="store_true",
+                   help="add the Rivya tables to a database that holds other data (nothing is dropped)")
     p = sub.add_parser("audit", help="check every invariant (read-only; --record stores the result for the "
                        "dashboard); exit 1 when any is violated")
     _db(p)
@@ -116,6 +118,9 @@ def _provider_sources() -> None:
 
 
 def cmd_init_db(args: argparse.Namespace) -> int:
+    from .targets import ensure_initialisable
+
+    ensure_initialisable(args.db, force=args.force)
     store = open_store(args.db, create=True)
     print(f"schema ready at {store.engine.url.render_as_string(hide_password=True)}")
     return 0
