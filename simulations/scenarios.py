@@ -136,6 +136,9 @@ class Behaviour:
     heed_recheck: float = prob(0.5)
     max_retries: int = pos(2)
     patience_s: float = pos(300.0, min=1.0)  # how long a user waits before acting on a running task
+    read_never: float = prob(0.2)  # share of notifications their user never opens
+    read_median_s: float = pos(900.0, min=1.0, max=30 * 86400.0)  # median delay before a notification is read
+    read_spread: float = pos(1.2, max=5.0)  # log-normal sigma of that delay
 
 
 @dataclass(frozen=True)
