@@ -14,8 +14,8 @@ from pathlib import Path
 import streamlit as st
 
 from pages._access import access_gate
-from pages._render import plain
 from pages._source import data_source_sidebar, default_url
+from pages._text import plain
 from rivya_core import db
 from simulations.demo import ensure_demo_data
 
@@ -27,6 +27,7 @@ PAGES = [
     ("pages/live_tasks.py", "Live tasks", ":material/pending:", "Support"),
     ("pages/task_inspector.py", "Task inspector", ":material/search:", "Support"),
     ("pages/checklist.py", "Checklist", ":material/checklist:", "Support"),
+    ("pages/user.py", "User", ":material/person_search:", "Support"),
     ("pages/incidents.py", "Incidents", ":material/emergency:", "Support"),
     ("pages/notifications.py", "Notifications", ":material/notifications:", "Support"),
     ("pages/ledger.py", "Ledger", ":material/account_balance:", "Credits"),

@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from pages._render import plain
+from pages._text import plain
 from rivya_core import access
 
 

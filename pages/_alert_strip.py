@@ -10,8 +10,8 @@ import streamlit as st
 
 from pages._cache import cached_df
 from pages._links import page_available
-from pages._render import plain
 from pages._source import current_url, default_url
+from pages._text import plain
 from rivya_core import alerts
 from rivya_core.policy import BillingPolicy
 

@@ -1,12 +1,6 @@
 """How pages show things: untrusted text as text, tables people read, credit flows that add up, errors as lines.
 
-    plain(value) -> str
-        Any text from outside (callback fields, result URLs, names, emails, prompts, ?db=,
-        error messages that quote them) for a Markdown-rendering element (st.caption,
-        st.error, labels, help, ...): a Markdown code span, so it shows exactly as typed and
-        never becomes a link, an image, formatting or an icon. The one escaping helper:
-        every page interpolates outside text through it (tables, st.text, st.code and
-        st.json need nothing: they do not interpret Markdown).
+    (untrusted text goes through pages._text.plain, imported here for the error lines)
 
     show_table(frame, *, column_config=None, **kwargs) -> None
         st.dataframe (full width, no index) with headers in words ("error_code" ->
@@ -23,27 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import re
-
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
+from pages._text import plain
 from rivya_core.domain import RivyaError
-
-_BACKTICKS = re.compile(r"`+")
-_INERT = re.compile(r"[A-Za-z0-9 ]+")  # letters, digits and spaces mean nothing to Markdown
-
-
-def plain(value: Any) -> str:
-    """`value` as a Markdown code span (see module doc): whitespace runs and line breaks become one
-    space, and the span is fenced with more backticks than any run inside it. Text of letters,
-    digits and spaces only ("FAILED", "Ana Lima") can mean nothing else and is returned as it is."""
-    text = " ".join(str("" if value is None else value).split())
-    if _INERT.fullmatch(text):
-        return text
-    fence = "`" * (max((len(run) for run in _BACKTICKS.findall(text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") or not text else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def show_table(frame: Any, *, column_config: dict | None = None, **kwargs: Any) -> None:

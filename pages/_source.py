@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from pages._access import ensure_reader
-from pages._render import plain
+from pages._text import plain
 from rivya_core import db
 from rivya_core.domain import RivyaError
 

@@ -22,8 +22,8 @@ import streamlit as st
 from sqlalchemy import Engine
 
 from pages._cache import cached_df
-from pages._render import plain
 from pages._source import current_url
+from pages._text import plain
 from rivya_core import db
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy

@@ -8,9 +8,10 @@ import streamlit as st
 
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
-from pages._render import plain, show_errors, show_flows, show_table
+from pages._render import show_errors, show_flows, show_table
 from pages._source import enter_page, open_db, require_tables
 from pages._support import policy_in_force
+from pages._text import plain
 from rivya_core import audit, db
 from rivya_core import ledger_views as lv
 from rivya_core.domain import EntryType

@@ -10,10 +10,11 @@ import streamlit as st
 
 from pages._cache import cached_df
 from pages._links import task_url
-from pages._render import plain, show_errors
+from pages._render import show_errors
 from pages._runs import realtime_run, start_realtime_run
 from pages._source import ROOT, current_url, enter_page, open_db, use_database
 from pages._support import policy_in_force
+from pages._text import plain
 from rivya_core import clock, reports
 
 REFRESH_S = 3

@@ -8,9 +8,10 @@ import streamlit as st
 from pages._access import operator_only
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
-from pages._render import plain, show_errors, show_table
+from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db, require_tables
 from pages._support import policy_in_force, record_audit_now
+from pages._text import plain
 from rivya_core import audit
 from rivya_core.schema import CONTRACT_TABLES
 

@@ -12,9 +12,10 @@ import plotly.express as px
 import streamlit as st
 
 from pages._cache import cached_at
-from pages._render import plain, show_table
+from pages._render import show_table
 from pages._runs import new_run_url, realtime_run, start_realtime_run
 from pages._source import enter_page, get_engine, use_database
+from pages._text import plain
 from rivya_core import ledger_views as lv
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy

@@ -9,9 +9,10 @@ import streamlit as st
 from pages._access import access_config, can_act
 from pages._cache import cached_df
 from pages._links import RESULT_LINK, web_link
-from pages._render import plain, show_errors, show_table
+from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service
+from pages._text import plain
 from rivya_core import queries, reports
 from rivya_core.diagnose import diagnose, recheck_signals
 from rivya_core.domain import NotFound, RivyaError
