@@ -39,6 +39,10 @@ def access_gate() -> None:
         st.stop()
     ss = st.session_state
     if not cfg.enabled:
+        if not access.local_client(_client_ip()):
+            st.error("Access control is off (no users configured), so this dashboard answers only on this "
+                     "machine. Set RIVYA_OPERATORS / RIVYA_VIEWERS (or [access] in secrets) to serve it further.")
+            st.stop()
         ss["role"] = access.Role.OPERATOR
         ss["user"] = None
         st.sidebar.caption(":material/lock_open: Access control is off (no users configured): "
@@ -64,6 +68,14 @@ def access_gate() -> None:
                 ss["user"], ss["role"] = name, role
                 st.rerun()
     st.stop()
+
+
+def _client_ip() -> str | None:
+    try:
+        ip = st.context.ip_address
+    except Exception:  # no browser connection (a test run): nothing remote either
+        return None
+    return ip if isinstance(ip, str) else None  # a test harness's stand-in is no address
 
 
 def ensure_reader() -> None:

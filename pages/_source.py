@@ -12,8 +12,9 @@
         Make url the session's data source: st.session_state["db_url"], ?db= kept
         in sync (left out when the URL holds a password), cached query results cleared.
     data_source_sidebar() -> str
-        The sidebar picker (default database, a simulation database under
-        data/ or data/runs/, any SQLAlchemy URL).
+        The sidebar picker: the default database, the configured sources, a simulation
+        database under data/ or data/runs/, and a free-form SQLAlchemy URL where
+        rivya_core.access.may_type_url allows it (open mode; operators with allow_any_url).
     runs_dir() -> Path
         Where simulation runs started from the dashboard go (RIVYA_RUNS_DIR, else data/runs).
     get_engine(url: str) -> Engine
@@ -37,9 +38,9 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from pages._access import ensure_reader
+from pages._access import access_config, ensure_reader
 from pages._text import plain
-from rivya_core import db
+from rivya_core import access, db
 from rivya_core.domain import RivyaError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,11 +81,20 @@ def enter_page() -> None:
 
 
 def current_url() -> str:
+    """The session's database (st.session_state["db_url"], else ?db=, else the default), as
+    rivya_core.access.choose_source allows it for the signed-in role; a refused one falls back to
+    the default database and the sidebar says why."""
     enter_page()
     ss = st.session_state
-    if "db_url" not in ss:
-        ss["db_url"] = st.query_params.get("db") or default_url()
-    return ss["db_url"]
+    requested = ss.get("db_url") or st.query_params.get("db") or default_url()
+    try:
+        url = access.choose_source(requested, ss.get("role"), access_config(), default=default_url(),
+                                   sim_dirs=(DATA, runs_dir()))
+    except access.SourceRefused as exc:
+        ss["db_refused"] = exc.message
+        url = default_url()
+    ss["db_url"] = url
+    return url
 
 
 def runs_dir() -> Path:
@@ -127,13 +137,23 @@ def _label(path: Path) -> str:
 def data_source_sidebar() -> str:
     url = current_url()
     _sync_query_param(url)
+    refused = st.session_state.pop("db_refused", None)
+    if refused:
+        st.warning(f"Reading the default database instead: {plain(refused)}")
     default_label = "Default database"
     other_label = "Another SQLAlchemy URL…"
-    runs = {f"Simulation: {_label(p)}": f"sqlite:///{p}" for p in simulation_dbs()}
+    cfg = access_config()
+    runs = {f"Source: {name}": source for name, source in cfg.sources.items()}
+    runs |= {f"Simulation: {_label(p)}": f"sqlite:///{p}" for p in simulation_dbs()}
+    typing_allowed = access.may_type_url(st.session_state.get("role"), cfg)
     with st.sidebar:
         st.caption(f"Reading {plain(db.safe_url(url))}")
         with st.expander("Data source", expanded=False):
-            choice = st.selectbox("Database", [default_label, *runs, other_label], key="ds_choice")
+            choice = st.selectbox("Database", [default_label, *runs, *([other_label] if typing_allowed else [])],
+                                  key="ds_choice")
+            if not typing_allowed:
+                st.caption("The default database, the configured sources and the simulation databases"
+                           + (" (free-form URLs: an operator, when allowed)." if cfg.enabled else "."))
             typed = ""
             if choice == other_label:
                 typed = st.text_input("SQLAlchemy URL", key="ds_url",

@@ -53,3 +53,47 @@ def test_an_operator_runs_the_audit_and_it_is_stored(signed, seeded_url):
     next(b for b in at.button if b.label == "Run the audit now").click().run()
     assert not at.exception, texts(at)
     assert _audit_runs(seeded_url) == 1
+
+
+# --- which databases a session may read ---------------------------------------------------------
+
+
+def _all_tasks(at) -> str:
+    return {m.label: m.value for m in at.metric}["All tasks"]
+
+
+def _source_options(at) -> list[str]:
+    return list(at.selectbox(key="ds_choice").options)
+
+
+@pytest.mark.parametrize("session", [VIEWER, OPERATOR])
+def test_signed_in_users_cannot_read_a_database_outside_the_offered_sources(signed, seeded_url, empty_url, session):
+    at = signed(seeded_url, session=session, db=empty_url)  # ?db= names a file outside data/
+    assert not at.exception
+    assert _all_tasks(at) == "4"  # the default database, not the one asked for
+    assert "Reading the default database instead" in texts(at)
+    assert "Another SQLAlchemy URL…" not in _source_options(at)
+
+
+def test_an_operator_may_type_a_url_only_when_allowed(signed, monkeypatch, seeded_url, empty_url):
+    monkeypatch.setenv("RIVYA_ALLOW_ANY_URL", "1")
+    at = signed(seeded_url, session=OPERATOR, db=empty_url)
+    assert _all_tasks(at) == "0" and "Another SQLAlchemy URL…" in _source_options(at)
+    at = signed(seeded_url, session=VIEWER, db=empty_url)
+    assert _all_tasks(at) == "4" and "Another SQLAlchemy URL…" not in _source_options(at)
+
+
+def test_a_viewer_reads_a_configured_source(signed, monkeypatch, seeded_url, empty_url):
+    monkeypatch.setenv("RIVYA_DATA_SOURCES", f'{{"team": "{empty_url}"}}')
+    at = signed(seeded_url, session=VIEWER)
+    assert "Source: team" in _source_options(at)
+    at = signed(seeded_url, session=VIEWER, db="team")
+    assert _all_tasks(at) == "0"
+    at = signed(seeded_url, session=VIEWER, db=empty_url)  # the same URL, typed: it is configured
+    assert _all_tasks(at) == "0"
+
+
+def test_open_mode_reads_any_database_and_says_it_is_local_only(open_page, seeded_url, empty_url):
+    at = open_page(seeded_url, db=empty_url)
+    assert _all_tasks(at) == "0" and "Another SQLAlchemy URL…" in _source_options(at)
+    assert "serve this dashboard on localhost only" in "\n".join(c.value for c in at.sidebar.caption)
