@@ -108,6 +108,11 @@ def make_engine(url: str) -> Engine:
         return create_engine(u, **kwargs)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise StoreUnavailable(f"malformed database URL {safe_url(url)!r}: {exc}") from exc
+    except ImportError as exc:  # a dialect SQLAlchemy knows whose DBAPI driver is not installed
+        raise StoreUnavailable(
+            f"no driver installed for {u.drivername!r} (database URL {safe_url(url)!r}): the Python module "
+            f"{getattr(exc, 'name', None) or exc} is missing; install it, or pick a supported database "
+            "(sqlite:///path.db or postgresql+psycopg://...)") from None
 
 
 def _sqlite_engine(u: Any) -> Engine:
