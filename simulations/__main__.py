@@ -5,6 +5,9 @@
   compare SCENARIO --policy A.toml --policy B.toml [--replications R] [--workers W] [--json]
   list
   chaos --seeds N [--start S] [--tasks N]
+  backtest --db URL [--since T] [--until T] --policy A.toml --policy B.toml [--json]
+  calibrate --db URL [--since T] [--until T] -o scenario.toml [--force]
+  fork --db URL (--task N | --user ID [--since T] [--until T]) -o story.toml [--force]
 
 SCENARIO is a path to a .toml file or a name in data/scenarios. `--realtime
 FACTOR` makes the SimPy clock follow the wall clock at FACTOR simulated seconds
@@ -81,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
 
     sub.add_parser("list", help="list the shipped scenarios", description="List data/scenarios/*.toml.")
+    from .history_cli import add_parsers as add_history_parsers
+
+    add_history_parsers(sub)
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
@@ -164,8 +170,14 @@ def cmd_chaos(a: argparse.Namespace) -> int:
     return chaos(a)
 
 
+def cmd_history(a: argparse.Namespace) -> int:
+    from .history_cli import COMMANDS as HISTORY
+
+    return HISTORY[a.command](a)
+
+
 COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "list": cmd_list, "bench": cmd_bench,
-            "chaos": cmd_chaos}
+            "chaos": cmd_chaos, "backtest": cmd_history, "calibrate": cmd_history, "fork": cmd_history}
 
 
 def main(argv: list[str] | None = None) -> int:
