@@ -223,7 +223,10 @@ def open_reader(url: str) -> Engine:
 
 def _checked_engine(url: str, *, create: bool, read_only: bool = False) -> Engine:
     url = normalize_url(url)
-    path = sqlite_path(url)
+    try:
+        path = sqlite_path(url)
+    except (ArgumentError, ValueError) as exc:
+        raise StoreUnavailable(f"malformed database URL {safe_url(url)!r}: {exc}") from None
     if path is not None:
         if not create and not path.is_file():
             raise StoreUnavailable(f"no SQLite database at {path} (create it with `init-db`)")
