@@ -164,6 +164,7 @@ class ScriptEvent:
     failure_class: str = field(default="", metadata={"choices": ("", "user", "provider", "infrastructure")})
     submit_fault: str = field(default="", metadata={"choices": ("", "refused", "error", "timeout")})
     auto_callbacks: bool = True  # false: the provider sends only the callbacks the script lists
+    queue_s: float = pos(0.0)  # seconds the job waits in the provider's queue before it runs
     chat: int = pos(0)        # submit: 1-based index of the scripted chat turn whose tool call it is
     # chat: one turn (reserve now, settle or fail after gen_s)
     prompt_tokens: int = pos(0)
