@@ -4,7 +4,7 @@
         A fresh sqlite URL under data/runs (RIVYA_RUNS_DIR) for a simulation run.
     start_realtime_run(scenario, factor: float, tasks: int | None = None) -> dict
         `python -m simulations run SCENARIO --realtime FACTOR --db <new run db>` in a
-        background process; keeps a copy of the scenario next to the database (so
+        background process, admitted by simulations.quotas (raises QuotaExceeded); keeps a copy of the scenario next to the database (so
         every session judges the unfinished run with its policy), waits for its
         schema, remembers it for the session and returns {"popen", "url", "log", "scenario"}.
     realtime_run() -> dict | None
@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pages._source import ROOT, runs_dir
 from rivya_core import db
+from simulations import quotas
 
 
 def new_run_url(name: str) -> str:
@@ -61,15 +62,24 @@ def start_realtime_run(scenario: Any, factor: float, tasks: int | None = None, *
     from simulations.scenarios import Scenario, load_scenario
 
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(str(scenario))
+    limits = quotas.Quotas.from_env()
+    tasks = int(tasks or sc.tasks or limits.max_tasks)  # always bounded: the quota applies to it
     url = new_run_url(f"{sc.name}-live")
     log_path = db.sqlite_path(url).with_suffix(".log")
     sidecar = scenario_sidecar(db.sqlite_path(url))
-    sidecar.write_text(sc.to_toml(), encoding="utf-8")
-    cmd = [sys.executable, "-m", "simulations", "run", str(sidecar), "--db", url, "--realtime", f"{float(factor):g}"]
-    if tasks:
-        cmd += ["--tasks", str(int(tasks))]
-    with open(log_path, "w") as log:  # the child keeps its own handle
-        popen = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-m", "simulations", "run", str(sidecar), "--db", url, "--realtime", f"{float(factor):g}",
+           "--tasks", str(tasks)]
+    popen: subprocess.Popen | None = None
+
+    def launch() -> int:
+        nonlocal popen
+        sidecar.write_text(sc.to_toml(), encoding="utf-8")
+        with open(log_path, "w") as log:  # the child keeps its own handle
+            popen = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return popen.pid
+
+    quotas.admit(runs_dir(), tasks=tasks, users=sc.population.users, db=url, launch=launch, quotas=limits)
+    assert popen is not None
     deadline = time.monotonic() + wait_s
     while popen.poll() is None and time.monotonic() < deadline and not _schema_ready(url):
         time.sleep(0.2)

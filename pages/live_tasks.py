@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages._access import operator_only
 from pages._cache import cached_df
 from pages._links import task_url
 from pages._render import show_errors
@@ -16,6 +17,7 @@ from pages._source import ROOT, current_url, enter_page, open_db, use_database
 from pages._support import policy_in_force
 from pages._text import plain
 from rivya_core import clock, reports
+from rivya_core.domain import RivyaError
 
 REFRESH_S = 3
 DEMO_SCENARIO = ROOT / "data" / "scenarios" / "baseline.toml"
@@ -64,9 +66,15 @@ def offer_demo_run() -> None:
         return
     st.caption(f"A realtime demo runs the `baseline` scenario at {DEMO_SPEED:g}× speed ({DEMO_TASKS} tasks) "
                "in the background, into a new database under data/runs, and switches this dashboard to it.")
+    if not operator_only("Starting a realtime run"):
+        return
     if st.button("Start a realtime demo run", type="primary", icon=":material/play_arrow:"):
         with st.spinner("Starting the realtime run…"):
-            run = start_realtime_run(DEMO_SCENARIO, DEMO_SPEED, DEMO_TASKS)
+            try:
+                run = start_realtime_run(DEMO_SCENARIO, DEMO_SPEED, DEMO_TASKS)
+            except RivyaError as exc:  # a quota, or the scenario file
+                st.error(f"The realtime run was not started: {plain(exc.message)}")
+                return
         code = run["popen"].poll()
         if code not in (None, 0):
             st.error(f"The realtime run stopped at once (status {code}); see {plain(run['log'])}.")

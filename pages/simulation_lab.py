@@ -11,14 +11,16 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from pages._access import operator_only
 from pages._cache import cached_at
 from pages._render import show_table
 from pages._runs import new_run_url, realtime_run, start_realtime_run
-from pages._source import enter_page, get_engine, use_database
+from pages._source import enter_page, get_engine, runs_dir, use_database
 from pages._text import plain
 from rivya_core import ledger_views as lv
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
+from simulations import quotas
 from simulations.compare import compare
 from simulations.runner import run_scenario
 from simulations.scenarios import POLICY_DIR, list_scenarios, load_scenario
@@ -166,17 +168,46 @@ def show_run(url: str) -> None:
         st.rerun()
 
 
+def runs_folder() -> None:
+    """The runs folder against its quotas, and (operators) deleting old runs."""
+    folder = runs_dir()
+    with st.expander("Runs folder: quotas and clean-up"):
+        try:
+            limits = quotas.Quotas.from_env()
+        except RivyaError as exc:
+            st.error(plain(exc.message))
+            return
+        used = quotas.disk_used(folder) if folder.is_dir() else 0
+        active = quotas.active_runs(folder) if folder.is_dir() else []
+        c = st.columns(4)
+        c[0].metric("Disk used", f"{used / quotas.MiB:,.1f} MiB", f"of {limits.max_disk_mb:,} MiB",
+                    delta_color="off", delta_arrow="off")
+        c[1].metric("Runs in progress", f"{len(active)}", f"of {limits.max_concurrent} at once",
+                    delta_color="off", delta_arrow="off")
+        c[2].metric("Tasks per run", f"≤ {limits.max_tasks:,}")
+        c[3].metric("Users per run", f"≤ {limits.max_users:,}")
+        if not operator_only("Cleaning up old runs"):
+            return
+        keep = int(st.number_input("Keep the newest", 0, 10_000, 10, help="Run databases to keep; older ones "
+                                   "are deleted with their logs (a run in progress is never deleted)"))
+        if st.button("Delete older runs", key="cleanup_runs"):
+            done = quotas.cleanup(folder, keep=keep)
+            st.success(f"Deleted {len(done.removed):,} run(s), {done.freed_bytes / quotas.MiB:,.1f} MiB freed"
+                       + (f"; {done.kept_active} in progress kept." if done.kept_active else "."))
+
+
 st.title("Simulation lab")
 run_tab, live_tab, compare_tab = st.tabs(["Run a scenario", "Realtime run", "Compare two policies"])
 
 with run_tab:
     scenario, tasks = edit_knobs(pick_scenario("run"))
-    if st.button("Run into a new database", type="primary"):
+    if operator_only("Running a simulation") and st.button("Run into a new database", type="primary"):
         url = new_run_url(scenario.name)
         bar = st.progress(0.0, text="Starting…")
         try:
-            summary = run_scenario(scenario, url, tasks=tasks,
-                                   progress=lambda f, msg: bar.progress(min(max(float(f), 0.0), 1.0), text=msg))
+            with quotas.running(runs_dir(), tasks=tasks, users=scenario.population.users, db=url):
+                summary = run_scenario(scenario, url, tasks=tasks, progress=lambda f, msg: bar.progress(
+                    min(max(float(f), 0.0), 1.0), text=msg))
         except (RivyaError, ValueError) as exc:
             st.error(f"The run stopped: {plain(getattr(exc, 'message', exc))}")
         else:
@@ -186,6 +217,7 @@ with run_tab:
             bar.empty()
     if st.session_state.get("lab_run_url"):
         show_run(st.session_state["lab_run_url"])
+    runs_folder()
 
 with live_tab:
     st.caption("Runs the scenario **with the knobs set on the first tab** in a background process at a "
@@ -195,9 +227,13 @@ with live_tab:
     factor = st.number_input("Speed (simulated seconds per wall second)", 1.0, 1000.0, 20.0)
     n = tasks
     proc = realtime_run()
-    if st.button("Start realtime run", disabled=bool(proc and proc["popen"].poll() is None)):
+    if operator_only("Starting a realtime run") and st.button(
+            "Start realtime run", disabled=bool(proc and proc["popen"].poll() is None)):
         with st.spinner("Starting the run…"):
-            proc = start_realtime_run(scenario, factor, int(n))
+            try:
+                proc = start_realtime_run(scenario, factor, int(n))
+            except RivyaError as exc:  # a quota
+                st.error(f"The realtime run was not started: {plain(exc.message)}")
     if proc:
         code = proc["popen"].poll()
         if code is None:
@@ -222,11 +258,12 @@ with compare_tab:
     b = c[1].selectbox("Policy B", names, index=names.index("no_refunds") if "no_refunds" in names else 1)
     reps = c[2].number_input("Replications", 2, 50, 4)
     per = c[3].number_input("Tasks per run", 20, 20_000, 200)
-    if st.button("Compare", type="primary"):
+    if operator_only("Comparing policies") and st.button("Compare", type="primary"):
         with st.spinner(f"Running {2 * reps} simulations…"):
             try:
-                report = compare(sc, [BillingPolicy.load(policies()[a]), BillingPolicy.load(policies()[b])],
-                                 int(reps), tasks=int(per))
+                with quotas.running(runs_dir(), tasks=int(per), users=sc.population.users, db=""):
+                    report = compare(sc, [BillingPolicy.load(policies()[a]), BillingPolicy.load(policies()[b])],
+                                     int(reps), tasks=int(per))
             except (RivyaError, ValueError) as exc:
                 st.error(f"The comparison stopped: {plain(getattr(exc, 'message', exc))}")
             else:

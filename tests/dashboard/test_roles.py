@@ -97,3 +97,46 @@ def test_open_mode_reads_any_database_and_says_it_is_local_only(open_page, seede
     at = open_page(seeded_url, db=empty_url)
     assert _all_tasks(at) == "0" and "Another SQLAlchemy URL…" in _source_options(at)
     assert "serve this dashboard on localhost only" in "\n".join(c.value for c in at.sidebar.caption)
+
+
+# --- simulations: operators only, within quotas -------------------------------------------------
+
+WRITING_BUTTONS = {"Run into a new database", "Start realtime run", "Compare", "Delete older runs",
+                   "Start a realtime demo run"}
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    folder = tmp_path / "runs"
+    monkeypatch.setenv("RIVYA_RUNS_DIR", str(folder))
+    return folder
+
+
+def test_a_viewer_gets_no_control_that_runs_a_simulation(signed, empty_url, runs):
+    lab = signed(empty_url, "pages/simulation_lab.py", session=VIEWER)
+    live = signed(empty_url, "pages/live_tasks.py", session=VIEWER)  # nothing active: the demo offer
+    for at in (lab, live):
+        assert not at.exception
+        assert WRITING_BUTTONS.isdisjoint(_labels(at)), _labels(at)
+        assert "needs the operator role" in "\n".join(c.value for c in at.caption)
+    assert not runs.exists() or not list(runs.glob("*.db"))
+
+
+def test_an_operator_sees_them(signed, empty_url, runs):
+    lab = signed(empty_url, "pages/simulation_lab.py", session=OPERATOR)
+    live = signed(empty_url, "pages/live_tasks.py", session=OPERATOR)
+    assert {"Run into a new database", "Start realtime run", "Compare", "Delete older runs"} <= set(_labels(lab))
+    assert "Start a realtime demo run" in _labels(live)
+
+
+def test_an_operator_run_over_the_task_quota_is_refused_and_writes_nothing(signed, monkeypatch, empty_url, runs):
+    monkeypatch.setenv("RIVYA_QUOTA_TASKS", "100")
+    at = signed(empty_url, "pages/simulation_lab.py", session=OPERATOR)
+    assert at.number_input[0].value > 100  # the scenario's own size
+    next(b for b in at.button if b.label == "Run into a new database").click().run()
+    assert not at.exception
+    assert "quota of 100 tasks" in texts(at)
+    assert not list(runs.glob("*.db"))
+    next(b for b in at.button if b.label == "Start realtime run").click().run()
+    assert "quota of 100 tasks" in texts(at)
+    assert not list(runs.glob("*.db")) and not list(runs.glob("*.toml"))
