@@ -87,7 +87,13 @@ def ensure_reader() -> None:
 
 
 def can_act() -> bool:
-    return access.allowed(st.session_state.get("role"), access.ACT)
+    """The signed-in user is an operator; with access control off everybody is (open mode
+    answers only local connections: access_gate)."""
+    try:
+        cfg = access_config()
+    except access.AccessConfigError:
+        return False
+    return not cfg.enabled or access.allowed(st.session_state.get("role"), access.ACT)
 
 
 def operator_only(what: str) -> bool:

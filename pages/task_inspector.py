@@ -56,7 +56,8 @@ def show_results(urls: list) -> None:
     """Result URLs as text; a link only where the URL is http(s) (web_link), never an image."""
     st.caption("Results")
     urls = urls if isinstance(urls, list) else [urls]
-    frame = pd.DataFrame({"url": [str(u) for u in urls], "link": [web_link(u) for u in urls]})
+    frame = pd.DataFrame({"url": [str(u) for u in urls],
+                          "link": pd.Series([web_link(u) for u in urls], dtype="string")})
     st.dataframe(frame, hide_index=True, width="stretch",
                  column_config={"url": st.column_config.TextColumn("result URL"), "link": RESULT_LINK})
 
