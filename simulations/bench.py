@@ -39,6 +39,7 @@ from typing import Any
 
 import simpy
 
+from rivya_core.cli import number
 from rivya_core.domain import TERMINAL, RivyaError, TaskStatus
 
 from .gctune import run_pace
@@ -418,8 +419,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _arguments(b: argparse.ArgumentParser) -> None:
-    b.add_argument("--tasks", type=int, default=20_000, help="tasks per run (default 20000)")
-    b.add_argument("--reps", type=int, default=3, help="repetitions per mode; rates are medians (default 3)")
+    b.add_argument("--tasks", type=number("tasks"), default=20_000, help="tasks per run (default 20000)")
+    b.add_argument("--reps", type=number("replications"), default=3, help="repetitions per mode; rates are medians (default 3)")
     b.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     b.add_argument("--json", action="store_true")
     b.add_argument("--make-db", metavar="PATH", help="instead: run the baseline scenario into a SQLite file")
