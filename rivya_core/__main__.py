@@ -40,7 +40,7 @@ def _moment(value: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected `now` or an ISO time, not {value[:40]!r}") from None
     if not limits.EARLIEST <= moment <= limits.LATEST:
-        raise argparse.ArgumentTypeError(f"must be between {limits.EARLIEST:%Y-%m-%d} and {limits.LATEST:%Y-%m-%d}, "
+        raise argparse.ArgumentTypeError(f"must be a time from {limits.EARLIEST:%Y-%m-%d} to {limits.LATEST:%Y-%m-%d}, "
                                          f"not {value[:40]}")
     return moment
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import simpy
 
-from rivya_core.cli import number
+from rivya_core.cli import OneLineParser, number
 from rivya_core.domain import TERMINAL, RivyaError, TaskStatus
 
 from .gctune import run_pace
@@ -455,10 +455,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simulations.bench")
+    ap = OneLineParser(prog="python -m simulations.bench")
     _arguments(ap)
     try:
-        return cmd_bench(ap.parse_args(argv))
+        args = ap.parse_args(argv)
+    except SystemExit as exc:  # a usage error was printed in one line
+        return int(exc.code or 0)
+    try:
+        return cmd_bench(args)
     except RivyaError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -13,7 +13,6 @@ key and the reason.
 from __future__ import annotations
 
 import json
-import math
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
