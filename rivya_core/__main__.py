@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="judge time-dependent checks (stuck tasks, open chat reservations) at WHEN: `now` "
                         "(wall time, for a live database) or an ISO time; default: the latest time recorded "
                         "in the database (right for a simulation's own time base)")
-    p = sub.add_parser("diagnose", help="the troubleshooting checklist answered for one task")
-    p.add_argument("task_id", type=_task_id)
+    p = sub.add_parser("diagnose", help="the troubleshooting checklist answered for one task or one chat turn")
+    p.add_argument("task_id", type=_task_id, nargs="?")
+    p.add_argument("--chat-message", type=_task_id, metavar="N", help="a chat turn's settlement instead of a task")
     _db(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     for name, text in (("refund", "issue a refund that is due (refused with the reason otherwise)"),
@@ -149,10 +150,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from .diagnose import diagnose
+    from .diagnose import diagnose, diagnose_chat_message
+    from .domain import ValidationError
     from .service import policy_from
 
-    result = diagnose(open_reader(args.db), args.task_id, policy_from(args.policy))
+    if (args.task_id is None) == (args.chat_message is None):
+        raise ValidationError("give a task id or --chat-message N (one of them)")
+    engine = open_reader(args.db)
+    if args.chat_message is not None:
+        result = diagnose_chat_message(engine, args.chat_message, policy_from(args.policy))
+    else:
+        result = diagnose(engine, args.task_id, policy_from(args.policy))
     print(json.dumps(result.to_dict(), default=str, indent=2) if args.json else result.render_text())
     return 0
 

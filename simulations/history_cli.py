@@ -26,7 +26,8 @@ def add_parsers(sub) -> None:
     b.add_argument("--policy", action="append", required=True, help="policy TOML file (give exactly two)")
     b.add_argument("--recorded-policy", help="the policy the history was recorded under (default: a simulation "
                    "database's own; otherwise the default policy)")
-    b.add_argument("--timing", action="store_true", help="also re-simulate the timing part trace-driven")
+    b.add_argument("--exact-only", action="store_true", help="skip the timing part (the trace-driven re-run)")
+    b.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the timing part")
     b.add_argument("--json", action="store_true")
 
     c = sub.add_parser("calibrate", help="fit a scenario to recorded history",
@@ -74,6 +75,8 @@ def cmd_backtest(a: argparse.Namespace) -> int:
     if len(a.policy) != 2:
         raise RivyaError("backtest takes exactly two --policy files", code="bad_argument")
     policies = [BillingPolicy.load(p) for p in a.policy]
+    if a.resamples < 10:
+        raise RivyaError("--resamples must be at least 10", code="bad_argument")
     since, until = parse_time(a.since, "--since"), parse_time(a.until, "--until")
     engine = open_reader(a.db)
     try:
@@ -84,10 +87,12 @@ def cmd_backtest(a: argparse.Namespace) -> int:
         report = backtest(history, policies, recorded, where)
         report.window["read_s"] = round(loaded, 3)
         report.window["exact_s"] = round(time.perf_counter() - t0 - loaded, 3)
-        if a.timing:
+        if not a.exact_only:
             from .timing import timing_part
 
-            report.timing = timing_part(engine, history, policies)
+            t1 = time.perf_counter()
+            report.timing = timing_part(engine, history, policies, resamples=a.resamples)
+            report.window["timing_s"] = round(time.perf_counter() - t1, 3)
     finally:
         engine.dispose()
     print(json.dumps(report.to_dict(), indent=1, default=str) if a.json else report.render_text())

@@ -46,6 +46,7 @@ from .gctune import run_pace
 from .scenarios import Scenario, ScenarioError, check_run_bounds
 from .streams import Streams
 from .users import Population
+from .reads import NotificationReads
 from .writer import BatchWriter, beat, compact_sqlite, end_beat, relax_sqlite_sync, sim_metadata, write_sim_run
 
 FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
@@ -180,7 +181,8 @@ class Run:
             self.writer = BatchWriter(
                 engine, self.store, sc.policy, realtime=bool(self.realtime),
                 quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
-                forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows)
+                forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows,
+                reads=NotificationReads.for_behaviour(self.streams, sc.behaviour), now=self.clock.now)
             farm.record_jobs = True
         self.population.create_accounts()
         if sc.script:

@@ -141,6 +141,9 @@ class Behaviour:
     heed_recheck: float = prob(0.5)
     max_retries: int = pos(2, "retries")
     patience_s: float = pos(300.0, "seconds", min=1.0)  # how long a user waits before acting on a running task
+    read_never: float = prob(0.2)  # share of notifications their user never opens
+    read_median_s: float = pos(900.0, "seconds", min=1.0, max=30 * 86400.0)  # median delay before a notification is read
+    read_spread: float = pos(1.2, "weight", max=5.0)  # log-normal sigma of that delay
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ class ScriptEvent:
     failure_class: str = field(default="", metadata={"choices": ("", "user", "provider", "infrastructure")})
     submit_fault: str = field(default="", metadata={"choices": ("", "refused", "error", "timeout")})
     auto_callbacks: bool = True  # false: the provider sends only the callbacks the script lists
+    queue_s: float = pos(0.0, "seconds")  # seconds the job waits in the provider's queue before it runs
     chat: int = pos(0, "index")        # submit: 1-based index of the scripted chat turn whose tool call it is
     # chat: one turn (reserve now, settle or fail after gen_s)
     prompt_tokens: int = pos(0, "tokens")
@@ -429,6 +433,8 @@ def _coerce(tp: Any, value: Any, meta: Any, source: str, key: str) -> Any:
             limit = replace(limit, whole=True)
         if "min" in meta:
             limit = replace(limit, low=max(limit.low, meta["min"]))
+        if "max" in meta:
+            limit = replace(limit, high=min(limit.high, meta["max"]))
         try:
             return tp(limit.check(value, f"{source}: key '{key}'"))
         except limits.LimitError as exc:
