@@ -97,7 +97,8 @@ def _paths(canary: str) -> list[str]:
     db_param = quote(hostile(canary, "dbparam"), safe="")
     paths = [path for path, _title in PAGES]
     paths += ["task_inspector?task=1", "task_inspector?task=2", "task_inspector?task=" + quote(hostile(canary, "query")),
-              "ledger?user=1", "notifications?user=1", f"?db={db_param}", f"task_inspector?task=2&db={db_param}"]
+              "ledger?user=1", "notifications?user=1", f"?db={db_param}", f"task_inspector?task=2&db={db_param}",
+              f"simulation_lab?db={db_param}", f"refund_audit?db={db_param}"]
     return paths
 
 
