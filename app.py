@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._access import access_gate
+from pages._access import access_gate, can_act
 from pages._source import data_source_sidebar, default_url
 from pages._text import plain
 from rivya_core import db
@@ -53,9 +53,10 @@ def _needs_demo(url: str) -> bool:
 
 
 def ensure_demo(url: str) -> None:
-    """Seed the default database with the baseline scenario once, showing progress."""
+    """Seed the default database with the baseline scenario once, showing progress. It writes, so
+    only for someone who may act (open mode, or an operator): a viewer's visit never writes."""
     done = st.session_state.setdefault("demo_checked", set())
-    if url in done or os.environ.get("RIVYA_DEMO", "1") == "0" or url != default_url():
+    if url in done or os.environ.get("RIVYA_DEMO", "1") == "0" or url != default_url() or not can_act():
         return
     done.add(url)
     if not _needs_demo(url):
