@@ -140,3 +140,11 @@ def test_an_operator_run_over_the_task_quota_is_refused_and_writes_nothing(signe
     next(b for b in at.button if b.label == "Start realtime run").click().run()
     assert "quota of 100 tasks" in texts(at)
     assert not list(runs.glob("*.db")) and not list(runs.glob("*.toml"))
+
+
+def test_a_viewers_visit_does_not_seed_the_demo_database(signed, monkeypatch, tmp_path):
+    monkeypatch.setenv("RIVYA_DEMO", "1")
+    absent = tmp_path / "absent.db"
+    at = signed(f"sqlite:///{absent}", session=VIEWER)
+    assert not at.exception
+    assert not absent.exists()
