@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -85,6 +86,16 @@ class PollLoop:
 
 def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
                poll_every: float | None = None) -> Starlette:
+    engine = getattr(service.store, "engine", None)
+    # SQLite takes one writer at a time: queue callbacks here instead of in SQLite's busy-wait
+    one_writer = threading.Lock() if engine is not None and engine.dialect.name == "sqlite" else None
+
+    def handle(provider: str, headers: Any, body: bytes, ref: str | None) -> Any:
+        if one_writer is None:
+            return service.handle_callback(provider, headers, body, ref)
+        with one_writer:
+            return service.handle_callback(provider, headers, body, ref)
+
     async def webhook(request: Request) -> JSONResponse:
         provider = request.path_params["provider"]
         try:
@@ -93,7 +104,7 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
             return JSONResponse({"error": f"body over {max_body} bytes"}, status_code=413)
         ref = request.query_params.get("ref")
         try:
-            result = await run_in_threadpool(service.handle_callback, provider, request.headers, body, ref)
+            result = await run_in_threadpool(handle, provider, request.headers, body, ref)
         except Exception as exc:
             log.warning("callback for %s not recorded: %s", provider[:50], type(exc).__name__)
             return JSONResponse({"error": "temporarily unavailable"}, status_code=503)

@@ -27,7 +27,8 @@ Webhooks: {"request_id", "status": "OK" | "ERROR", "payload", "error",
 "payload_error"}, signed with ED25519 (rivya_core.webhooks.verify_ed25519) with
 the deployment's configured public keys. OK with URLs -> succeeded; OK with a
 null payload (e.g. `payload_error`) -> succeeded without URLs (deferred, then the
-result is fetched); ERROR -> failed, class provider. fal sends no delivery id:
+result is fetched); ERROR -> failed, class provider (class user when the error
+names the content policy or a safety check). fal sends no delivery id:
 the webhook id is the request id plus the body's digest, so a redelivery of the
 same body is a duplicate.
 """
@@ -48,6 +49,7 @@ from .http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpApi, submit_error, url
 DEFAULT_BASE_URL = "https://queue.fal.run"
 STATES = {"IN_QUEUE": "queued", "IN_PROGRESS": "running"}
 RESULT_ERROR = ("upstream_result_error", "provider")
+USER_ERRORS = ("nsfw", "safety", "content policy", "sensitive")
 
 
 def result_status(payload: Any) -> UpstreamStatus:
@@ -86,7 +88,9 @@ class FalWebhooks:
         if status == "ERROR":
             error = doc.get("error")
             message = str(error)[:2000] if error else "The request failed."
-            return rid, UpstreamStatus("failed", (), "upstream_error", message, "provider")
+            user = any(w in message.lower() for w in USER_ERRORS)
+            return rid, UpstreamStatus("failed", (), "content_policy_violation" if user else "upstream_error",
+                                       message, "user" if user else "provider")
         return "status is not OK or ERROR"
 
 
