@@ -13,7 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import _common as common
+from pages._access import access_gate
+from pages._source import data_source_sidebar, default_url
 from rivya_core import db
 from simulations.demo import ensure_demo_data
 
@@ -25,6 +26,7 @@ PAGES = [
     ("pages/live_tasks.py", "Live tasks", ":material/pending:", "Support"),
     ("pages/task_inspector.py", "Task inspector", ":material/search:", "Support"),
     ("pages/checklist.py", "Checklist", ":material/checklist:", "Support"),
+    ("pages/incidents.py", "Incidents", ":material/emergency:", "Support"),
     ("pages/notifications.py", "Notifications", ":material/notifications:", "Support"),
     ("pages/ledger.py", "Ledger", ":material/account_balance:", "Credits"),
     ("pages/refund_audit.py", "Refund audit", ":material/policy:", "Credits"),
@@ -39,7 +41,7 @@ def _needs_demo(url: str) -> bool:
     if path is not None and not path.is_file():
         return True
     try:
-        engine = db.make_engine(url)
+        engine = db.make_engine(url, read_only=True)
         try:
             return not db.has_rows(engine, "ai_task")
         finally:
@@ -51,7 +53,7 @@ def _needs_demo(url: str) -> bool:
 def ensure_demo(url: str) -> None:
     """Seed the default database with the baseline scenario once, showing progress."""
     done = st.session_state.setdefault("demo_checked", set())
-    if url in done or os.environ.get("RIVYA_DEMO", "1") == "0" or url != common.default_url():
+    if url in done or os.environ.get("RIVYA_DEMO", "1") == "0" or url != default_url():
         return
     done.add(url)
     if not _needs_demo(url):
@@ -85,10 +87,10 @@ def navigation():
 st.set_page_config(page_title="Rivya admin", page_icon=":material/monitoring:", layout="wide")
 page = navigation()  # registered first, so no page script can run before the gate below
 st.session_state["nav_ready"] = True
-common.access_gate()
+access_gate()
 pending = st.session_state.pop("pending_page", None)
 if pending and pending[0] in st.session_state["registered_pages"]:
     st.switch_page(pending[0], query_params=pending[1])
-url = common.data_source_sidebar()
+url = data_source_sidebar()
 ensure_demo(url)
 page.run()

@@ -6,18 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import (
-    TASK_LINK,
-    cached_df,
-    enter_page,
-    open_db,
-    policy_in_force,
-    require_tables,
-    show_errors,
-    show_flows,
-    show_table,
-    with_task_links,
-)
+from pages._cache import cached_df
+from pages._links import TASK_LINK, with_task_links
+from pages._render import show_errors, show_flows, show_table
+from pages._source import enter_page, open_db, require_tables
+from pages._support import policy_in_force
 from rivya_core import audit, db
 from rivya_core import ledger_views as lv
 from rivya_core.domain import EntryType
@@ -113,7 +106,7 @@ with conservation_tab, show_errors():
         [f for f in stored.as_report().findings if f.kind in row_kinds], stored.judged_at, stored.policy, list(row_kinds))
     if stored is None:
         st.info("The per-row balance checks come from the stored audit, and this large database has none yet: "
-                "run it on the **Refund audit** page or with `python -m rivya_core audit`.")
+                "run it on the **Refund audit** page or with `python -m rivya_core audit --record`.")
     elif not stored.fresh:
         st.caption(f"Per-row balance checks from the audit of {stored.ran_at:%Y-%m-%d %H:%M}; rows were added since.")
     show_flows(credit_breakdown(cons["by_type"]), "Ledger sum")

@@ -1,12 +1,16 @@
 """`python -m simulations`: run, replay, compare and list scenarios.
 
-  run SCENARIO --db URL [--seed N] [--tasks N] [--json] [--realtime FACTOR]
+  run SCENARIO --db URL [--seed N] [--tasks N] [--json] [--realtime FACTOR] [--force]
   replay DB_URL_OR_FINGERPRINT [--check]
   compare SCENARIO --policy A.toml --policy B.toml [--replications R] [--workers W] [--json]
   list
   chaos --seeds N [--start S] [--tasks N]
+  backtest --db URL [--since T] [--until T] --policy A.toml --policy B.toml [--json]
+  calibrate --db URL [--since T] [--until T] -o scenario.toml [--force]
+  fork --db URL (--task N | --user ID [--since T] [--until T]) -o story.toml [--force]
   serve-provider --flavor replicate|fal --port N [--scenario FILE] [--seed S] [--config-out FILE]
   live --flavor replicate|fal --tasks N --db URL [--scenario FILE] [--seed S] [--speed F]
+  receiver-load --db URL [--tasks N] [--concurrency C]
 
 SCENARIO is a path to a .toml file or a name in data/scenarios. `--realtime
 FACTOR` makes the SimPy clock follow the wall clock at FACTOR simulated seconds
@@ -63,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--realtime", type=float, metavar="FACTOR",
                    help="follow the wall clock: FACTOR simulated seconds per wall second")
     r.add_argument("--progress", action="store_true", help="show the progress bar even when not a terminal")
+    r.add_argument("--force", action="store_true",
+                   help="replace a SQLite file that already holds data (never empties a server database)")
 
     rp = sub.add_parser("replay", help="re-run a recorded run and compare fingerprints",
                         description="Re-run the run recorded in a database (its sim_run row) or under "
@@ -83,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
 
     sub.add_parser("list", help="list the shipped scenarios", description="List data/scenarios/*.toml.")
+    from .history_cli import add_parsers as add_history_parsers
+
+    add_history_parsers(sub)
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
@@ -136,7 +145,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise RivyaError("--realtime must be a positive factor", code="bad_argument")
     scenario = load_scenario(a.scenario)
     bar = Bar(a.progress or (sys.stderr.isatty() and not a.json))
-    summary = run_scenario(scenario, a.db, seed=a.seed, tasks=a.tasks, progress=bar, realtime=a.realtime)
+    summary = run_scenario(scenario, a.db, seed=a.seed, tasks=a.tasks, progress=bar, realtime=a.realtime,
+                           force=a.force)
     print(json.dumps(summary.to_dict(), indent=1, default=str) if a.json else summary.render_text())
     return 0 if summary.ok else EXIT_VIOLATION
 
@@ -236,9 +246,21 @@ def cmd_live(a: argparse.Namespace) -> int:
     return 0 if summary.ok else EXIT_VIOLATION
 
 
+def cmd_receiver_load(a: argparse.Namespace) -> int:
+    from .receiver_load import cmd_receiver_load as load
+
+    return load(a)
+
+
+def cmd_history(a: argparse.Namespace) -> int:
+    from .history_cli import COMMANDS as HISTORY
+
+    return HISTORY[a.command](a)
+
+
 COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "list": cmd_list, "bench": cmd_bench,
-            "chaos": cmd_chaos, "serve-provider": cmd_serve_provider, "live": cmd_live,
-            "receiver-load": lambda a: __import__("simulations.receiver_load", fromlist=["x"]).cmd_receiver_load(a)}
+            "chaos": cmd_chaos, "backtest": cmd_history, "calibrate": cmd_history, "fork": cmd_history,
+            "serve-provider": cmd_serve_provider, "live": cmd_live, "receiver-load": cmd_receiver_load}
 
 
 def main(argv: list[str] | None = None) -> int:
