@@ -13,6 +13,7 @@ ports.RetryableConflict.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -320,8 +321,9 @@ class SqlTx:
 
     def lock_upstream(self, provider: str, upstream_task_id: str) -> None:
         if self.pg:  # SQLite serialises writers already (BEGIN IMMEDIATE)
-            self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-                              {"k": f"upstream:{provider}:{upstream_task_id}"})
+            digest = hashlib.sha256(f"upstream:{provider}:{upstream_task_id}".encode("utf-8", "replace")).digest()
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                              {"k": int.from_bytes(digest[:8], "big", signed=True)})
 
     def park_callback(self, parked: ParkedCallback) -> ParkedCallback:
         row = dataclasses.replace(parked, id=0)
