@@ -43,9 +43,10 @@ from rivya_core.targets import ensure_fresh
 from .clock import SimClock
 from .farm import Farm
 from .gctune import run_pace
-from .scenarios import Scenario, ScenarioError
+from .scenarios import Scenario, ScenarioError, check_run_bounds
 from .streams import Streams
 from .users import Population
+from .reads import NotificationReads
 from .writer import BatchWriter, beat, compact_sqlite, end_beat, relax_sqlite_sync, sim_metadata, write_sim_run
 
 FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
@@ -134,6 +135,7 @@ class Run:
         self.sc = scenario
         self.seed = scenario.seed if seed is None else int(seed)
         self.max_tasks = scenario.tasks if tasks is None else int(tasks)
+        check_run_bounds(scenario, self.max_tasks)
         self.streams = Streams(self.seed)
         if realtime:
             self.env: simpy.Environment = simpy.rt.RealtimeEnvironment(factor=1.0 / realtime, strict=False)
@@ -179,7 +181,8 @@ class Run:
             self.writer = BatchWriter(
                 engine, self.store, sc.policy, realtime=bool(self.realtime),
                 quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
-                forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows)
+                forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows,
+                reads=NotificationReads.for_behaviour(self.streams, sc.behaviour), now=self.clock.now)
             farm.record_jobs = True
         self.population.create_accounts()
         if sc.script:
