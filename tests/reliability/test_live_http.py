@@ -86,7 +86,7 @@ def _support_recheck_from_the_dashboard(store, url, monkeypatch, tmp_path):
         at.button[0].click().run()
         assert not at.exception
         shown = " ".join(str(s.value) for s in at.success)
-        assert "Re-check upstream: done" in shown, [str(w.value) for w in at.warning]
+        assert f"Re-check upstream on task #{task.id}: done. The task is now SUCCESS" in shown, shown
     after = svc.task(task.id)
     assert after.status == TaskStatus.SUCCESS and after.result_urls
     with store.begin() as tx:
