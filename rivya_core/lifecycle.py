@@ -120,9 +120,12 @@ class LifecycleService:
         policy: BillingPolicy = DEFAULT_POLICY,
         secrets: Mapping[str, list[str]] | None = None,
         callbacks_enabled: bool = True,
+        judge_clock: Clock | None = None,
     ):
         self.store = store
         self.clock = clock
+        # what support judges ages against (clock.judging_now for the database; default: `clock`)
+        self.judge_clock = judge_clock or clock
         self.providers = dict(providers)
         self.catalog = catalog
         self.policy = policy
@@ -628,8 +631,9 @@ class LifecycleService:
         return None
 
     def mark_failed_refusal(self, task: Task) -> str | None:
-        """Why support cannot mark this task failed now, or None when it is stuck."""
-        age = (self._now() - (task.submitted_at or task.created_at)).total_seconds()
+        """Why support cannot mark this task failed now, or None when it is stuck (its age judged at
+        judge_clock: the same moment the pages and the checklist judge it at)."""
+        age = (self.judge_clock.now() - (task.submitted_at or task.created_at)).total_seconds()
         if task.status not in ACTIVE:
             return f"task is {task.status}; only waiting or generating tasks can be marked failed"
         if age < self.policy.stuck_for(task.category):
