@@ -7,11 +7,13 @@ import plotly.express as px
 import streamlit as st
 
 from pages._access import access_config, can_act
+from pages._chat_lookup import chat_lookup
 from pages._cache import cached_df
+from pages._fork import fork_button
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service
-from rivya_core import queries, reports
+from rivya_core import queries, reports, user_view
 from rivya_core.diagnose import diagnose, recheck_signals
 from rivya_core.domain import NotFound, RivyaError
 
@@ -203,6 +205,7 @@ with show_errors():
             st.caption("Results: " + ", ".join(task["result_urls"]))
         with st.expander("Task row"):
             st.json(queries.jsonable(task))
+        fork_button(engine, task_id=task_id)
         tabs = st.tabs(["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"])
         with tabs[0]:
             show_checklist(task_id, task["user_id"])
@@ -213,6 +216,10 @@ with show_errors():
         with tabs[3]:
             show_rows(detail["callbacks"], "No provider callback arrived for this task.", drop=("body",))
         with tabs[4]:
+            st.text("Did the user see the outcome? " + user_view.outcome_seen(engine, task_id)["answer"])
             show_rows(detail["notifications"], "No notification for this task.")
         with tabs[5]:
             show_actions(task_id)
+
+with show_errors():
+    chat_lookup(engine, policy)

@@ -48,3 +48,29 @@ def test_a_deep_link_opens_the_user_and_a_bad_query_says_so(open_page, seeded_ur
     assert any(t.value.startswith("Bo Chen · bo@example.com · account #2") for t in at.text)
     at.text_input(key="user_query").input("nobody-here").run()
     assert "No account matches that." in texts(at)
+
+
+def test_inspector_answers_whether_the_outcome_was_seen(open_page, seeded_url):
+    _mark_read(seeded_url, 2, "2026-04-01 12:10:00")
+    at = open_page(seeded_url, "pages/task_inspector.py", task="2")
+    assert not at.exception
+    assert any(t.value.startswith("Did the user see the outcome? Yes: the generation failed notification")
+               and "3 min later" in t.value for t in at.text)
+
+
+def test_inspector_finds_a_chat_turn_by_user_and_answers_its_checklist(open_page, tmp_path):
+    from rivya_core.db import open_store
+    from tests.fakes import make_service
+
+    url = f"sqlite:///{tmp_path / 'chat.db'}"
+    store = open_store(url, create=True)
+    svc, clock, _ = make_service(store=store)
+    vera = svc.create_account("vera@example.com", "Vera Ortiz", grant=500)
+    turn = svc.chat_turn_reserve(svc.open_chat(vera.id, "parley-chat").id, "hello", 100, 200)
+    svc.chat_turn_settle(turn.id, 100, 50)
+    store.engine.dispose()
+    at = open_page(url, "pages/task_inspector.py")
+    at.text_input(key="chat_query").input("vera@example.com").run()
+    assert not at.exception
+    assert at.selectbox(key="chat_pick").value == turn.id
+    assert any(s.value.startswith("Verdict: settled") for s in at.success)
