@@ -92,7 +92,8 @@ class Outage:
     provider: str
     start_s: float = pos(0.0)
     end_s: float = pos(0.0)
-    mode: str = field(default="submit_error", metadata={"choices": ("submit_error", "submit_refused", "fail")})
+    # submit_*: submissions refused; fail: jobs fail; hang: jobs are accepted and never finish (lost upstream)
+    mode: str = field(default="submit_error", metadata={"choices": ("submit_error", "submit_refused", "fail", "hang")})
 
 
 @dataclass(frozen=True)
