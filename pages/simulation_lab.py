@@ -166,7 +166,8 @@ def show_run(url: str) -> None:
 
 
 st.title("Simulation lab")
-run_tab, live_tab, compare_tab = st.tabs(["Run a scenario", "Realtime run", "Compare two policies"])
+run_tab, live_tab, compare_tab, backtest_tab = st.tabs(["Run a scenario", "Realtime run", "Compare two policies",
+                                                        "Backtest"])
 
 with run_tab:
     scenario, tasks = edit_knobs(pick_scenario("run"))
@@ -251,3 +252,8 @@ with compare_tab:
             st.caption("Not charted (A is 0, so no relative change): " + ", ".join(skipped))
         if any(math.isnan(x) for x in table["ci_low"]):
             st.caption("Some intervals are n/a: they need at least two replications with a spread.")
+
+with backtest_tab:
+    from pages._lab_backtest import backtest_tab as show_backtest
+
+    show_backtest()

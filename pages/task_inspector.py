@@ -9,6 +9,7 @@ import streamlit as st
 from pages._access import access_config, can_act
 from pages._chat_lookup import chat_lookup
 from pages._cache import cached_df
+from pages._fork import fork_button
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service
@@ -204,6 +205,7 @@ with show_errors():
             st.caption("Results: " + ", ".join(task["result_urls"]))
         with st.expander("Task row"):
             st.json(queries.jsonable(task))
+        fork_button(engine, task_id=task_id)
         tabs = st.tabs(["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"])
         with tabs[0]:
             show_checklist(task_id, task["user_id"])

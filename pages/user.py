@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._cache import cached_df
+from pages._fork import fork_button
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
@@ -148,6 +149,7 @@ with show_errors():
         m[2].metric("Unread notifications", f"{unread:,}")
         if ov["balance"] != ov["ledger_sum"]:
             st.error(f"The cached balance {ov['balance']:,} differs from the ledger sum {ov['ledger_sum']:,}.")
+        fork_button(engine, user_id=user_id)
         tabs = st.tabs(["Tasks (history)", "Ledger", "Chat", "Notifications", "Recheck before running again"])
         with tabs[0]:
             tasks_tab(user_id, now)
