@@ -43,7 +43,7 @@ from rivya_core.targets import ensure_fresh
 from .clock import SimClock
 from .farm import Farm
 from .gctune import run_pace
-from .scenarios import Scenario, ScenarioError
+from .scenarios import Scenario, ScenarioError, check_run_bounds
 from .streams import Streams
 from .users import Population
 from .reads import NotificationReads
@@ -135,6 +135,7 @@ class Run:
         self.sc = scenario
         self.seed = scenario.seed if seed is None else int(seed)
         self.max_tasks = scenario.tasks if tasks is None else int(tasks)
+        check_run_bounds(scenario, self.max_tasks)
         self.streams = Streams(self.seed)
         if realtime:
             self.env: simpy.Environment = simpy.rt.RealtimeEnvironment(factor=1.0 / realtime, strict=False)
