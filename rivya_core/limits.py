@@ -90,7 +90,7 @@ LIMITS: dict[str, Limit] = {
     "scenario_tasks": Limit(0, 10_000_000, whole=True),     # 0: the horizon decides
     "users": Limit(1, 1_000_000, whole=True),
     "index": Limit(0, 1_000_000, whole=True),               # script: user, task and chat indexes
-    "count": Limit(1, 100_000, whole=True),                 # capacities, burst sizes
+    "count": Limit(1, 1_000_000, whole=True),               # capacities, burst sizes
     "retries": Limit(0, 100, whole=True),
     "rate_per_hour": Limit(0, 10_000_000),
     "weight": Limit(0, 1_000_000),

@@ -21,7 +21,7 @@ def test_every_required_scenario_ships_and_loads():
 @pytest.mark.parametrize("text, key, reason", [
     ("[scenario]\nsede = 1\n", "sede", "unknown key"),
     ("[farm]\nearly = 1.5\n", "early", "must be a number from 0 to 1, not 1.5"),
-    ("[farm]\ncapacity = 0\n", "capacity", "must be a whole number from 1 to 100_000, not 0"),
+    ("[farm]\ncapacity = 0\n", "capacity", "must be a whole number from 1 to 1_000_000, not 0"),
     ("[population]\nusers = 'many'\n", "population.users", "must be a whole number from 1 to"),
     ("[arrivals]\npattern = 'weekly'\n", "arrivals.pattern", "must be one of"),
     ("[farm.providers.lumen]\nlost = -1\n", "farm.providers.lumen.lost", "must be a number from 0 to 1, not -1"),
