@@ -590,18 +590,27 @@ class LifecycleService:
 
     def support_refund(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
+        return self._refused_or(self._tx(lambda tx: self._refund_step(tx, task_id, operator, reason, incident_id)))
 
-        def step(tx: Tx) -> Task:
-            task = self._task_in(tx, task_id, for_update=True)
-            refusal = self.refund_refusal(tx, task)
-            if refusal:
-                self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}", incident_id)
-                return refusal
-            self._refund_if_due(tx, task, task.failure_class, note=f"support: {operator}: {reason}"[:500])
-            self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
-            return tx.get_task(task_id)
+    def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str, incident_id: int | None) -> Task | str:
+        task = self._task_in(tx, task_id, for_update=True)
+        refusal = self.refund_refusal(tx, task)
+        if refusal:
+            self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}", incident_id)
+            return refusal
+        self._refund_if_due(tx, task, task.failure_class, note=f"support: {operator}: {reason}"[:500])
+        self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
+        return tx.get_task(task_id)
 
-        return self._refused_or(self._tx(step))
+    def support_many(self, action: str, task_ids: list[int], operator: str, reason: str, *,
+                     incident_id: int | None = None) -> list[tuple[int, Task | str]]:
+        """`refund` or `mark-failed` on several tasks in one unit of work (a bulk incident's chunk):
+        the very steps, refusals and events of support_refund / support_mark_failed, one commit.
+        Returns (task id, the task after, or the refusal) per task."""
+        operator, reason = _operator(operator, reason)
+        step = {"refund": self._refund_step, "mark-failed": self._mark_failed_step}[action]
+        ids = list(task_ids)
+        return self._tx(lambda tx: [(i, step(tx, i, operator, reason, incident_id)) for i in ids])
 
     def refund_refusal(self, tx: Tx, task: Task) -> str | None:
         """Why a refund of this task is not due, or None when it is."""
@@ -654,20 +663,20 @@ class LifecycleService:
     def support_mark_failed(self, task_id: int, operator: str, reason: str, *,
                             incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
+        return self._refused_or(self._tx(lambda tx: self._mark_failed_step(tx, task_id, operator, reason,
+                                                                           incident_id)))
 
-        def step(tx: Tx) -> Task | str:
-            task = self._task_in(tx, task_id, for_update=True)
-            refusal = self.mark_failed_refusal(task)
-            if refusal:
-                self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}",
-                                    incident_id)
-                return refusal
-            self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
-                                FailureClass.INFRASTRUCTURE, path="support")
-            self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
-            return tx.get_task(task_id)
-
-        return self._refused_or(self._tx(step))
+    def _mark_failed_step(self, tx: Tx, task_id: int, operator: str, reason: str,
+                          incident_id: int | None) -> Task | str:
+        task = self._task_in(tx, task_id, for_update=True)
+        refusal = self.mark_failed_refusal(task)
+        if refusal:
+            self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}", incident_id)
+            return refusal
+        self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
+                            FailureClass.INFRASTRUCTURE, path="support")
+        self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
+        return tx.get_task(task_id)
 
     def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str, result: str,
                        incident_id: int | None = None) -> None:
