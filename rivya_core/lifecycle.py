@@ -122,9 +122,12 @@ class LifecycleService:
         policy: BillingPolicy = DEFAULT_POLICY,
         secrets: Mapping[str, list[str]] | None = None,
         callbacks_enabled: bool = True,
+        judge_clock: Clock | None = None,
     ):
         self.store = store
         self.clock = clock
+        # what support judges ages against (clock.judging_now for the database; default: `clock`)
+        self.judge_clock = judge_clock or clock
         self.providers = dict(providers)
         self.catalog = catalog
         self.policy = policy
@@ -635,18 +638,27 @@ class LifecycleService:
 
     def support_refund(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
+        return self._refused_or(self._tx(lambda tx: self._refund_step(tx, task_id, operator, reason, incident_id)))
 
-        def step(tx: Tx) -> Task:
-            task = self._task_in(tx, task_id, for_update=True)
-            refusal = self.refund_refusal(tx, task)
-            if refusal:
-                self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}", incident_id)
-                return refusal
-            self._refund_if_due(tx, task, task.failure_class, note=f"support: {operator}: {reason}"[:500])
-            self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
-            return tx.get_task(task_id)
+    def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str, incident_id: int | None) -> Task | str:
+        task = self._task_in(tx, task_id, for_update=True)
+        refusal = self.refund_refusal(tx, task)
+        if refusal:
+            self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}", incident_id)
+            return refusal
+        self._refund_if_due(tx, task, task.failure_class, note=f"support: {operator}: {reason}"[:500])
+        self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
+        return tx.get_task(task_id)
 
-        return self._refused_or(self._tx(step))
+    def support_many(self, action: str, task_ids: list[int], operator: str, reason: str, *,
+                     incident_id: int | None = None) -> list[tuple[int, Task | str]]:
+        """`refund` or `mark-failed` on several tasks in one unit of work (a bulk incident's chunk):
+        the very steps, refusals and events of support_refund / support_mark_failed, one commit.
+        Returns (task id, the task after, or the refusal) per task."""
+        operator, reason = _operator(operator, reason)
+        step = {"refund": self._refund_step, "mark-failed": self._mark_failed_step}[action]
+        ids = list(task_ids)
+        return self._tx(lambda tx: [(i, step(tx, i, operator, reason, incident_id)) for i in ids])
 
     def refund_refusal(self, tx: Tx, task: Task) -> str | None:
         """Why a refund of this task is not due, or None when it is."""
@@ -675,8 +687,9 @@ class LifecycleService:
         return None
 
     def mark_failed_refusal(self, task: Task) -> str | None:
-        """Why support cannot mark this task failed now, or None when it is stuck."""
-        age = (self._now() - (task.submitted_at or task.created_at)).total_seconds()
+        """Why support cannot mark this task failed now, or None when it is stuck (its age judged at
+        judge_clock: the same moment the pages and the checklist judge it at)."""
+        age = (self.judge_clock.now() - (task.submitted_at or task.created_at)).total_seconds()
         if task.status not in ACTIVE:
             return f"task is {task.status}; only waiting or generating tasks can be marked failed"
         if age < self.policy.stuck_for(task.category):
@@ -698,20 +711,20 @@ class LifecycleService:
     def support_mark_failed(self, task_id: int, operator: str, reason: str, *,
                             incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
+        return self._refused_or(self._tx(lambda tx: self._mark_failed_step(tx, task_id, operator, reason,
+                                                                           incident_id)))
 
-        def step(tx: Tx) -> Task | str:
-            task = self._task_in(tx, task_id, for_update=True)
-            refusal = self.mark_failed_refusal(task)
-            if refusal:
-                self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}",
-                                    incident_id)
-                return refusal
-            self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
-                                FailureClass.INFRASTRUCTURE, path="support")
-            self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
-            return tx.get_task(task_id)
-
-        return self._refused_or(self._tx(step))
+    def _mark_failed_step(self, tx: Tx, task_id: int, operator: str, reason: str,
+                          incident_id: int | None) -> Task | str:
+        task = self._task_in(tx, task_id, for_update=True)
+        refusal = self.mark_failed_refusal(task)
+        if refusal:
+            self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}", incident_id)
+            return refusal
+        self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
+                            FailureClass.INFRASTRUCTURE, path="support")
+        self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
+        return tx.get_task(task_id)
 
     def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str, result: str,
                        incident_id: int | None = None) -> None:

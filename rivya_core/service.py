@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from .catalog import default_catalog
-from .clock import WallClock
+from .clock import ManualClock, WallClock
 from .db import open_store
 from .domain import ActionRefused, ValidationError
 from .lifecycle import LifecycleService
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .ports import Clock, Provider
+from .queries import reference_now
 
 SECRETS_ENV = "RIVYA_WEBHOOK_SECRETS"
 POLICY_ENV = "RIVYA_POLICY"
@@ -119,4 +120,12 @@ def service_for_url(url: str, *, providers: Mapping[str, Provider] | None = None
 
             providers = build_clients(load_providers())
     return LifecycleService(store, clock or WallClock(), providers or {},
-                            default_catalog(), policy or policy_from(), secrets=secrets_from_env())
+                            default_catalog(), policy or policy_from(), secrets=secrets_from_env(),
+                            judge_clock=judging_clock(store.engine))
+
+
+def judging_clock(engine: Engine) -> Clock:
+    """A clock at the moment support actions judge ages at (queries.reference_now: the one rule the
+    pages, the checklist and the audit use): the wall clock for a live database, else pinned."""
+    judged = reference_now(engine)
+    return WallClock() if judged.live else ManualClock(judged.at)
