@@ -302,7 +302,7 @@ def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = No
     `incident_id`, tasks that incident already handled are marked done."""
     _check_action(action)
     engine = svc.store.engine
-    now = svc.clock.now()
+    now = svc.judge_clock.now()  # ages judged like the pages and mark-failed judge them
     tasks = matching_tasks(engine, flt, now)
     ids = [t.id for t in tasks]
     charged, refunded = _money_facts(engine, ids)
@@ -400,7 +400,7 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
     with connect(engine) as conn:
         inc = conn.execute(select(incident).where(incident.c.id == incident_id)).first()
         ledger_mark = conn.scalar(select(func.max(credit_ledger.c.id))) or 0
-    engine_now = svc.clock.now()
+    engine_now = svc.judge_clock.now()
     tasks = matching_tasks(engine, flt, engine_now)
     ids = [t.id for t in tasks]
     done = handled_by(engine, incident_id, ids)

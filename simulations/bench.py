@@ -324,8 +324,6 @@ AUDIT_TARGET_S = 10.0
 
 def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
     """(kind, name, call) for every dashboard data function, on sample rows of the database."""
-    from datetime import datetime
-
     from sqlalchemy import func, select
 
     from rivya_core import audit as au
@@ -366,7 +364,7 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
         ("reports.ledger_by_type", lambda: rp.ledger_by_type(e)),
         ("reports.credit_totals", lambda: rp.credit_totals(e)),
         ("reports.audit_summary", lambda: rp.audit_summary(e)),
-        ("reports.reference_now", lambda: rp.reference_now(e, datetime(2030, 1, 1))),
+        ("queries.reference_now", lambda: q.reference_now(e)),
         ("reports.filter_options", lambda: rp.filter_options(e)),
         ("reports.active_tasks", lambda: rp.active_tasks(e, now=now)),
         ("ledger_views.account_overview", lambda: lv.account_overview(e, busiest)),
