@@ -277,12 +277,13 @@ def open_fresh(db_url: str, force: bool = False):
 
 def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
                  progress: Callable[[float, str], None] | None = None, realtime: float | None = None,
-                 force: bool = False) -> RunSummary:
+                 force: bool = False, remember: bool = True) -> RunSummary:
+    """remember=False: no data/runs/<fingerprint>.json (a throwaway run, such as a backtest's re-run)."""
     wall0 = time.perf_counter()
     run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
     engine = open_fresh(db_url, force=force)
     try:
-        summary = _execute(run, engine, progress, wall0)
+        summary = _execute(run, engine, progress, wall0, remember)
     finally:
         engine.dispose()
     path = sqlite_path(db_url)
@@ -299,7 +300,7 @@ def run_in_tempdir(scenario: Scenario, *, seed: int | None = None, tasks: int | 
         return run_scenario(scenario, f"sqlite:///{Path(tmp) / 'run.db'}", seed=seed, tasks=tasks)
 
 
-def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
+def _execute(run: Run, engine, progress, wall0: float, remember: bool = True) -> RunSummary:
     sc, env = run.sc, run.env
     writer = run.start(engine)
     ended_at: list[float] = []
@@ -328,7 +329,8 @@ def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
         "finished_at": run.clock.now(), "summary": json.loads(json.dumps(summary.stored(), default=str))})
     if run.realtime:
         end_beat(engine)
-    _remember(summary, sc, run)
+    if remember:
+        _remember(summary, sc, run)
     if progress is not None:
         progress(1.0, "done")
     return summary
@@ -337,7 +339,7 @@ def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
 def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSummary:
     k = writer.kpis
     outcomes = dict(k.by_outcome)
-    rejected = {o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred")}
+    rejected = {o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred", "progress")}
     users = dict(run.population.stats)
     insufficient = k.insufficient + users.get("chat_refused", 0)
     net = k.charged - k.refunded + k.chat_charged - k.chat_refunded
