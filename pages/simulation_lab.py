@@ -228,7 +228,7 @@ with compare_tab:
         with st.spinner(f"Running {2 * reps} simulations…"):
             try:
                 report = compare(sc, [BillingPolicy.load(policies()[a]), BillingPolicy.load(policies()[b])],
-                                 int(reps), tasks=int(per))
+                                 int(reps), tasks=int(per), workers=0)
             except (RivyaError, ValueError) as exc:
                 st.error(f"The comparison stopped: {getattr(exc, 'message', exc)}")
             else:

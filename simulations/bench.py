@@ -412,6 +412,44 @@ def render_dashboard(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def engine_bench(jobs: int, tasks: int, scenario: str = "baseline") -> dict[str, Any]:
+    """Jobs per minute of a two-policy sweep (jobs/2 replications of `tasks` arrivals)
+    run in this process without the engine, then on a local Dask cluster of 1 and of
+    2 workers (cluster start-up timed apart). The engine's per-job overhead is the
+    1-worker cluster's time per job minus the in-process time per job."""
+    from rivya_core.policy import BillingPolicy
+
+    from .engine import local_cluster, run_jobs
+    from .scenarios import POLICY_DIR
+    from .sweep import Sweep
+
+    sweep = Sweep(load_scenario(scenario), (BillingPolicy.load(POLICY_DIR / "default.toml"),
+                                            BillingPolicy.load(POLICY_DIR / "no_refunds.toml")),
+                  replications=max(1, jobs // 2), tasks=tasks)
+    work = sweep.jobs()
+    out: dict[str, Any] = {"scenario": scenario, "jobs": len(work), "tasks_per_job": tasks}
+    t0 = time.perf_counter()
+    for job in work:
+        job.fn(*job.args)
+    out["in_process_s"] = round(time.perf_counter() - t0, 2)
+    for n in (1, 2):
+        t0 = time.perf_counter()
+        cluster = local_cluster(n)
+        started = time.perf_counter()
+        try:
+            res = run_jobs(work, scheduler=cluster.scheduler_address)
+        finally:
+            cluster.close()
+        out[f"workers_{n}_s"] = round(time.perf_counter() - started, 2)
+        out[f"workers_{n}_startup_s"] = round(started - t0, 2)
+        out[f"workers_{n}_failed"] = sum(not r.ok for r in res)
+    for key in ("in_process", "workers_1", "workers_2"):
+        out[f"{key}_jobs_per_min"] = round(60 * len(work) / out[f"{key}_s"], 1)
+    out["speedup_2_vs_1"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
+    out["engine_overhead_ms_per_job"] = round(1000 * (out["workers_1_s"] - out["in_process_s"]) / len(work), 1)
+    return out
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure the lifecycle against a bare SimPy model",
                        description=__doc__.split("\n\n")[1])
@@ -428,6 +466,9 @@ def _arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--scenario", default="baseline", help="scenario for --make-db")
     b.add_argument("--dashboard", metavar="URL", help="instead: time the dashboard's data functions on URL")
     b.add_argument("--only", default="", help="with --dashboard: only calls whose name contains this")
+    b.add_argument("--engine", action="store_true", help="instead: jobs per minute of a sweep in process and on a "
+                   "local Dask cluster of 1 and 2 workers (--jobs, --tasks per job)")
+    b.add_argument("--jobs", type=int, default=40, help="with --engine: jobs in the sweep (default 40)")
     b.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     b.add_argument("--workdir", help=argparse.SUPPRESS)
 
@@ -438,6 +479,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         return 0
     if a.make_db:
         print(json.dumps(make_db(a.make_db, a.tasks, a.scenario)))
+        return 0
+    if a.engine:
+        if a.jobs < 2 or a.tasks < 1:
+            raise BenchError("--jobs must be at least 2 and --tasks at least 1")
+        print(json.dumps(engine_bench(a.jobs, a.tasks, a.scenario), indent=1))
         return 0
     if a.dashboard:
         rep = dashboard(a.dashboard, a.reps, a.only)
