@@ -13,7 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import _common as common
+from pages._access import access_gate
+from pages._source import data_source_sidebar, default_url
 from rivya_core import db
 from simulations.demo import ensure_demo_data
 
@@ -51,7 +52,7 @@ def _needs_demo(url: str) -> bool:
 def ensure_demo(url: str) -> None:
     """Seed the default database with the baseline scenario once, showing progress."""
     done = st.session_state.setdefault("demo_checked", set())
-    if url in done or os.environ.get("RIVYA_DEMO", "1") == "0" or url != common.default_url():
+    if url in done or os.environ.get("RIVYA_DEMO", "1") == "0" or url != default_url():
         return
     done.add(url)
     if not _needs_demo(url):
@@ -85,10 +86,10 @@ def navigation():
 st.set_page_config(page_title="Rivya admin", page_icon=":material/monitoring:", layout="wide")
 page = navigation()  # registered first, so no page script can run before the gate below
 st.session_state["nav_ready"] = True
-common.access_gate()
+access_gate()
 pending = st.session_state.pop("pending_page", None)
 if pending and pending[0] in st.session_state["registered_pages"]:
     st.switch_page(pending[0], query_params=pending[1])
-url = common.data_source_sidebar()
+url = data_source_sidebar()
 ensure_demo(url)
 page.run()

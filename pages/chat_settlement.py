@@ -5,16 +5,10 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages._common import (
-    TASK_LINK,
-    cached_df,
-    enter_page,
-    open_db,
-    require_tables,
-    show_errors,
-    show_table,
-    with_task_links,
-)
+from pages._cache import cached_df
+from pages._links import TASK_LINK, with_task_links
+from pages._render import show_errors, show_table
+from pages._source import enter_page, open_db, require_tables
 from rivya_core import ledger_views as lv
 
 LIMIT = 200

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._common import INSPECTOR, enter_page, page_link
+from pages._links import INSPECTOR, page_link
+from pages._source import enter_page
 
 CHECKLIST = [
     ("Identify the task type first: chat settlement, image, video, audio, or tool-backed chat.",

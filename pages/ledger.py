@@ -6,18 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import (
-    TASK_LINK,
-    cached_df,
-    enter_page,
-    open_db,
-    policy_in_force,
-    require_tables,
-    show_errors,
-    show_flows,
-    show_table,
-    with_task_links,
-)
+from pages._cache import cached_df
+from pages._links import TASK_LINK, with_task_links
+from pages._render import show_errors, show_flows, show_table
+from pages._source import enter_page, open_db, require_tables
+from pages._support import policy_in_force
 from rivya_core import audit, db
 from rivya_core import ledger_views as lv
 from rivya_core.domain import EntryType

@@ -1,7 +1,7 @@
 """Live tasks: the active studio across users, refreshing on its own, stuck tasks highlighted.
 
 When nothing is running it says so and offers a one-click realtime demo run
-(the baseline scenario in a background process, via pages._common).
+(the baseline scenario in a background process, via pages._runs).
 """
 
 from __future__ import annotations
@@ -10,19 +10,12 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from pages._common import (
-    ROOT,
-    cached_df,
-    current_url,
-    enter_page,
-    open_db,
-    policy_in_force,
-    realtime_run,
-    show_errors,
-    start_realtime_run,
-    task_url,
-    use_database,
-)
+from pages._cache import cached_df
+from pages._links import task_url
+from pages._render import show_errors
+from pages._runs import realtime_run, start_realtime_run
+from pages._source import ROOT, current_url, enter_page, open_db, use_database
+from pages._support import policy_in_force
 from rivya_core import reports
 
 REFRESH_S = 3

@@ -6,17 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import (
-    cached_df,
-    enter_page,
-    open_db,
-    page_link,
-    policy_in_force,
-    show_errors,
-    show_flows,
-    show_table,
-    task_url,
-)
+from pages._cache import cached_df
+from pages._links import page_link, task_url
+from pages._render import show_errors, show_flows, show_table
+from pages._source import enter_page, open_db
+from pages._support import policy_in_force
 from rivya_core import queries, reports
 
 STATE_COLORS = {"WAITING": "#9e9e9e", "GENERATING": "#1f77b4", "SUCCESS": "#2ca02c", "FAILED": "#d62728"}

@@ -5,17 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages._common import (
-    TASK_LINK,
-    cached_df,
-    enter_page,
-    open_db,
-    policy_in_force,
-    require_tables,
-    show_errors,
-    show_table,
-    with_task_links,
-)
+from pages._cache import cached_df
+from pages._links import TASK_LINK, with_task_links
+from pages._render import show_errors, show_table
+from pages._source import enter_page, open_db, require_tables
+from pages._support import policy_in_force
 from rivya_core import audit
 from rivya_core.schema import CONTRACT_TABLES
 

@@ -11,15 +11,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import (
-    enter_page,
-    get_engine,
-    new_run_url,
-    realtime_run,
-    show_table,
-    start_realtime_run,
-    use_database,
-)
+from pages._cache import cached_at
+from pages._render import show_table
+from pages._runs import new_run_url, realtime_run, start_realtime_run
+from pages._source import enter_page, get_engine, use_database
 from rivya_core import ledger_views as lv
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
@@ -93,11 +88,6 @@ def edit_knobs(sc):
     return edited, int(tasks)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
-def run_view(name: str, url: str, *args):
-    return getattr(lv, name)(get_engine(url), *args)
-
-
 def show_run(url: str) -> None:
     """The summary stored in the run database and charts queried from it."""
     try:
@@ -133,7 +123,7 @@ def show_run(url: str) -> None:
                "succeeded and failed count from the window's start.")
     window_s = windows[window]
     left, right = st.columns(2)
-    timeline = run_view("state_timeline", url, 80, window_s)
+    timeline = cached_at(url, lv.state_timeline, 80, window_s)
     if not timeline.empty:
         left.plotly_chart(px.area(timeline, x="t_s", y="tasks", color="state", color_discrete_map=STATE_COLORS,
                                   labels={"t_s": "simulated seconds since the first task"},
@@ -143,7 +133,7 @@ def show_run(url: str) -> None:
     if not paths.empty:
         right.plotly_chart(px.bar(paths, x="path", y="tasks", title="How tasks completed"), width="stretch")
     left, right = st.columns(2)
-    latency = run_view("latency_histogram", url, 40, window_s)
+    latency = cached_at(url, lv.latency_histogram, 40, window_s)
     if not latency.empty:
         p = s.get("latency_percentiles", {})
         fig = px.bar(latency, x=latency["latency_s"] + latency["width_s"] / 2, y="tasks", color="category",
@@ -151,7 +141,7 @@ def show_run(url: str) -> None:
                      title=f"Time to terminal ({window.lower()}); whole run " + ", ".join(f"{k} {v:,.0f} s" for k, v in p.items()))
         fig.update_traces(width=float(latency["width_s"].iloc[0]))
         left.plotly_chart(fig, width="stretch")
-    flow = run_view("credit_flow", url, 60, window_s)
+    flow = cached_at(url, lv.credit_flow, 60, window_s)
     flow = flow[~flow["entry_type"].isin(["grant", "adjustment"])]
     if not flow.empty:
         flow = flow.assign(credits=flow["credits"].abs())

@@ -6,17 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._common import (
-    access_config,
-    cached_df,
-    can_act,
-    enter_page,
-    open_db,
-    policy_in_force,
-    show_errors,
-    show_table,
-    support_service,
-)
+from pages._access import access_config, can_act
+from pages._cache import cached_df
+from pages._render import show_errors, show_table
+from pages._source import enter_page, open_db
+from pages._support import policy_in_force, support_service
 from rivya_core import queries, reports
 from rivya_core.diagnose import diagnose, recheck_signals
 from rivya_core.domain import NotFound, RivyaError

@@ -1,0 +1,62 @@
+"""How pages show things: tables people read, credit flows that add up, errors as lines.
+
+    show_table(frame, *, column_config=None, **kwargs) -> None
+        st.dataframe (full width, no index) with headers in words ("error_code" ->
+        "error code") and a dash for missing text, except in configured columns.
+    show_flows(flows, total_label, total_help=None) -> None
+        The credit cards that add up (granted − charged + refunded − chat = total), sum spelled out.
+    show_errors() -> context manager
+        Turns RivyaError / SQLAlchemyError raised inside into st.error lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+
+from rivya_core.domain import RivyaError
+
+
+def show_table(frame: Any, *, column_config: dict | None = None, **kwargs: Any) -> None:
+    """A table people read: snake_case headers as words, "—" instead of None in text columns."""
+    import pandas as pd
+
+    config = dict(column_config or {})
+    frame = frame.copy()
+    for col in frame.columns:
+        if col in config:
+            continue
+        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col]):
+            frame[col] = frame[col].astype(object).where(frame[col].notna(), "—")
+        config[col] = st.column_config.Column(str(col).replace("_", " "))
+    st.dataframe(frame, column_config=config, **{"hide_index": True, "width": "stretch", **kwargs})
+
+
+def show_flows(flows: dict[str, int], total_label: str, total_help: str | None = None) -> None:
+    """Metrics that visibly add up: granted − charged + refunded − chat spent (+ other) = total."""
+    c = st.columns(5)
+    c[0].metric("Granted", f"{flows['granted']:,}", help="Grants (starting balance, top-ups) and adjustments")
+    c[1].metric("Charged for tasks", f"{flows['task_charged']:,}", help="`consume` rows")
+    c[2].metric("Refunded for tasks", f"{flows['task_refunded']:,}", help="`refund` rows")
+    c[3].metric("Chat spent", f"{flows['chat_net']:,}",
+                help=f"Chat reserved and charged ({flows['chat_charged']:,}) less chat refunded "
+                     f"({flows['chat_refunded']:,})")
+    c[4].metric(total_label, f"{flows['balance']:,}", help=total_help)
+    other = f" + {flows['other']:,} other" if flows["other"] else ""
+    st.caption(f"{flows['granted']:,} granted − {flows['task_charged']:,} charged for tasks + "
+               f"{flows['task_refunded']:,} refunded for tasks − {flows['chat_net']:,} chat spent{other} "
+               f"= **{flows['balance']:,}** ({total_label.lower()}).")
+
+
+@contextmanager
+def show_errors() -> Iterator[None]:
+    try:
+        yield
+    except RivyaError as exc:
+        st.error(f"{exc.message} (`{exc.code}`)")
+    except SQLAlchemyError as exc:
+        st.error(f"The database refused this query: {type(exc).__name__}: {str(exc).splitlines()[0]}")

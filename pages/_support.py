@@ -1,0 +1,65 @@
+"""Support actions on the session's database, and the billing policy it is judged with.
+
+    policy_in_force() -> tuple[BillingPolicy, str]
+        The billing policy to judge the current database with, and a sentence saying
+        where it comes from: a simulation database's recorded scenario, a realtime
+        run this session started, else RIVYA_POLICY or the default.
+    support_service(policy: BillingPolicy) -> LifecycleService
+        The service support actions go through, over current_url(). On a simulation
+        database its providers answer from the farm's recorded jobs and its clock is
+        pinned at the database's latest time (rivya_core.service provider sources;
+        importing this module registers the simulations package's).
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+from sqlalchemy import Engine
+
+from pages._cache import cached_df
+from pages._source import current_url
+from rivya_core import db
+from rivya_core.domain import RivyaError
+from rivya_core.policy import BillingPolicy
+
+try:  # registers the simulation databases' recorded providers with rivya_core.service
+    import simulations.recorded  # noqa: F401
+except ModuleNotFoundError:
+    pass
+
+
+def support_service(policy: BillingPolicy):
+    """A LifecycleService over the current database for support actions (see module doc)."""
+    from rivya_core.service import service_for_url
+
+    return service_for_url(current_url(), policy=policy)
+
+
+# --- the billing policy a database is judged with -----------------------------------------
+
+
+def _recorded_policy(engine: Engine, url: str) -> tuple[BillingPolicy, str] | None:
+    from simulations.recorded import recorded_policy
+
+    return recorded_policy(engine, db.sqlite_path(url))
+
+
+def policy_in_force() -> tuple[BillingPolicy, str]:
+    """(policy, where it comes from) for the current database; a bad policy source reads as a warning."""
+    from rivya_core.service import POLICY_ENV, policy_from
+
+    url = current_url()
+    try:
+        found = cached_df(_recorded_policy, url)
+        if found is not None:
+            return found
+        policy = policy_from()
+    except RivyaError as exc:
+        st.warning(f"Could not read the billing policy for this database ({exc.message}); "
+                   "judging with the default policy.")
+        return BillingPolicy(), "the default policy"
+    if os.environ.get(POLICY_ENV):
+        return policy, f"policy `{policy.name}` from {POLICY_ENV} ({os.environ[POLICY_ENV]})"
+    return policy, "the default policy"
