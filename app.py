@@ -26,6 +26,7 @@ PAGES = [
     ("pages/live_tasks.py", "Live tasks", ":material/pending:", "Support"),
     ("pages/task_inspector.py", "Task inspector", ":material/search:", "Support"),
     ("pages/checklist.py", "Checklist", ":material/checklist:", "Support"),
+    ("pages/incidents.py", "Incidents", ":material/emergency:", "Support"),
     ("pages/notifications.py", "Notifications", ":material/notifications:", "Support"),
     ("pages/ledger.py", "Ledger", ":material/account_balance:", "Credits"),
     ("pages/refund_audit.py", "Refund audit", ":material/policy:", "Credits"),
@@ -40,7 +41,7 @@ def _needs_demo(url: str) -> bool:
     if path is not None and not path.is_file():
         return True
     try:
-        engine = db.make_engine(url)
+        engine = db.make_engine(url, read_only=True)
         try:
             return not db.has_rows(engine, "ai_task")
         finally:

@@ -6,8 +6,6 @@ When nothing is running it says so and offers a one-click realtime demo run
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import streamlit as st
 
 from pages._cache import cached_df
@@ -16,7 +14,7 @@ from pages._render import show_errors
 from pages._runs import realtime_run, start_realtime_run
 from pages._source import ROOT, current_url, enter_page, open_db, use_database
 from pages._support import policy_in_force
-from rivya_core import reports
+from rivya_core import clock, reports
 
 REFRESH_S = 3
 DEMO_SCENARIO = ROOT / "data" / "scenarios" / "baseline.toml"
@@ -83,7 +81,7 @@ def live_table() -> None:
         if counts.get("WAITING", 0) + counts.get("GENERATING", 0) == 0:
             offer_demo_run()
             return
-        now, basis = reports.reference_now(engine, datetime.now(UTC).replace(tzinfo=None))
+        now, basis = reports.reference_now(engine, clock.wall_now())
         df = reports.active_tasks(
             engine, now=now, statuses=tuple(states), category=tuple(category), model=tuple(model),
             provider=tuple(provider), user=user, limit=limit, policy=policy,

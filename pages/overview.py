@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from pages._alert_strip import alert_strip
 from pages._cache import cached_df
 from pages._links import page_link, task_url
 from pages._render import show_errors, show_flows, show_table
@@ -32,6 +33,8 @@ with show_errors():
     cols[0].metric("All tasks", f"{total:,}")
     for col, (state, n) in zip(cols[1:], states.items(), strict=True):
         col.metric(state.title(), f"{n:,}")
+    if total:
+        alert_strip(policy_in_force()[0])
 
     st.subheader("Credits")
     credits = cached_df(reports.credit_totals)
@@ -46,7 +49,7 @@ with show_errors():
     elif summary["total"] is None:
         st.info("Audit: no stored result for this policy yet. On a database this size the audit takes "
                 "seconds, so this page shows the latest stored one: run it on the Refund audit page "
-                "(or `python -m rivya_core audit`).")
+                "(or `python -m rivya_core audit --record`).")
     elif summary["total"] == 0:
         st.success("Audit: no violations of the billing and lifecycle invariants.")
     else:

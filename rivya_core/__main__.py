@@ -15,7 +15,7 @@ from datetime import datetime
 
 from .cli import OneLineParser, run_command
 from .clock import WallClock
-from .db import DEFAULT_URL, open_store
+from .db import DEFAULT_URL, open_reader, open_store
 from .queries import naive_utc
 
 
@@ -46,10 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init-db", help="create the tables (idempotent)")
     _db(p)
-    p = sub.add_parser("audit", help="check every invariant (the result is stored for the dashboard); "
-                       "exit 1 when any is violated")
+    p = sub.add_parser("audit", help="check every invariant (read-only; --record stores the result for the "
+                       "dashboard); exit 1 when any is violated")
     _db(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--record", action="store_true",
+                   help="store the result in the database's audit_run table, where the dashboard shows it "
+                        "(the only case where audit writes)")
     p.add_argument("--at", type=_moment, metavar="WHEN", default=None,
                    help="judge time-dependent checks (stuck tasks, open chat reservations) at WHEN: `now` "
                         "(wall time, for a live database) or an ISO time; default: the latest time recorded "
@@ -66,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         _db(p)
         p.add_argument("--operator", required=name != "recheck", default="cli", help="who is acting")
         p.add_argument("--reason", required=name != "recheck", default="re-check requested", help="why")
+    p = sub.add_parser("bulk", help="a support action on every task a filter matches, as a named incident "
+                       "(--dry-run first: what each task would do)")
+    p.add_argument("action", choices=["recheck", "refund", "mark-failed"])
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="repeatable; keys: provider, model, category, status (comma-separated), error_code, "
+                        "failure_class, min_age_s (seconds or 15m/2h/1d), since, until (ISO), user (id or email)")
+    p.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
+    p.add_argument("--operator", help="who is acting (required to execute)")
+    p.add_argument("--reason", help="why (required to execute; kept on every task's timeline)")
+    p.add_argument("--name", help="the incident's name (default: the action and filter); running a name "
+                                  "again skips the tasks it already handled")
+    _db(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("recover", help="bring tasks interrupted between steps to a consistent state")
     _db(p)
     p.add_argument("--grace", type=float, default=60.0, metavar="S",
@@ -108,7 +124,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit
     from .service import policy_from
 
-    report = audit(open_store(args.db).engine, policy_from(args.policy), args.at, record=True)
+    engine = open_store(args.db).engine if args.record else open_reader(args.db)
+    report = audit(engine, policy_from(args.policy), args.at, record=args.record)
     if args.json:
         print(json.dumps(report.to_dict(), default=str, indent=2))
     elif report.ok:
@@ -125,7 +142,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from .diagnose import diagnose
     from .service import policy_from
 
-    result = diagnose(open_store(args.db).engine, args.task_id, policy_from(args.policy))
+    result = diagnose(open_reader(args.db), args.task_id, policy_from(args.policy))
     print(json.dumps(result.to_dict(), default=str, indent=2) if args.json else result.render_text())
     return 0
 
@@ -140,6 +157,46 @@ def _support(action: str):
         return 0
 
     return run
+
+
+def cmd_bulk(args: argparse.Namespace) -> int:
+    from . import bulk
+    from .domain import ActionRefused
+
+    flt = bulk.BulkFilter.parse(args.filter)
+    if not args.dry_run and (not (args.operator or "").strip() or not (args.reason or "").strip()):
+        raise ActionRefused("executing a bulk action needs --operator and --reason (or use --dry-run)")
+    svc = _service(args)
+    if args.dry_run:
+        existing = bulk.incident_by_name(svc.store.engine, args.name) if args.name else None
+        p = bulk.plan(svc, args.action, flt, incident_id=existing["id"] if existing else None)
+        if args.json:
+            print(json.dumps(p.to_dict(), default=str, indent=2))
+            return 0
+        print(f"dry run of {args.action} on {flt.describe()} at {p.now:%Y-%m-%d %H:%M:%S} UTC: "
+              f"{p.matched} task(s) match; {p.would_act} would be acted on, {p.would_refuse} refused"
+              + (f", {p.already_done} already handled by this incident" if p.already_done else "")
+              + f"; {p.credits:,} credits would go back to users")
+        for reason, n in p.refusals().items():
+            print(f"    refused ({n}): {reason}")
+        for t in p.tasks[:20]:
+            print(f"    task {t.task_id} {t.status} {t.model}: {t.refusal or t.would}")
+        if p.matched > 20:
+            print(f"    ... and {p.matched - 20} more (--json lists every task)")
+        return 0
+
+    def progress(done: int, total: int) -> None:
+        if not args.json and total and (done == total or done % 1000 == 0):
+            print(f"    {done}/{total}", file=sys.stderr)
+
+    r = bulk.execute(svc, args.action, flt, operator=args.operator, reason=args.reason, name=args.name,
+                     progress=progress)
+    if args.json:
+        print(json.dumps(r.to_dict(), default=str, indent=2))
+    else:
+        print(f"incident {r.incident_id} ({r.name}): {r.matched} matched, {r.acted} acted on, {r.refused} "
+              f"refused, {r.skipped} already handled; {r.credits_moved:,} credits refunded")
+    return 0
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -161,7 +218,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
 COMMANDS = {
     "init-db": cmd_init_db, "audit": cmd_audit, "diagnose": cmd_diagnose,
     "refund": _support("refund"), "recheck": _support("recheck"), "mark-failed": _support("mark-failed"),
-    "recover": cmd_recover, "poll": cmd_poll,
+    "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll,
 }
 
 if __name__ == "__main__":

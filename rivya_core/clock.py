@@ -11,9 +11,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 
+def wall_now() -> datetime:
+    """The wall clock as naive UTC: what live code reads (call it through the module, so tests can pin it)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 class WallClock:
     def now(self) -> datetime:
-        return datetime.now(UTC).replace(tzinfo=None)
+        return wall_now()
 
 
 class ManualClock:

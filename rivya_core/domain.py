@@ -256,6 +256,38 @@ class ActionRefused(RivyaError):
     code = "action_refused"
 
 
+class TurnClosed(RivyaError):
+    """A chat turn that is no longer holding a reservation: it was settled or
+    failed already (code chat_already_settled / chat_already_failed) or never
+    reserved anything (chat_not_reserved). Nothing was written."""
+
+    code = "chat_not_reserved"
+
+    def __init__(self, message_id: int, status: str):
+        code = {ChatStatus.SETTLED: "chat_already_settled",
+                ChatStatus.FAILED: "chat_already_failed"}.get(status, "chat_not_reserved")
+        super().__init__(f"chat message {message_id} is already {status}; nothing was changed", code=code)
+        self.status = status
+
+
+class IdempotencyConflict(RivyaError):
+    """A ledger write whose idempotency key is already used by an entry with another
+    user, kind or amount. Nothing was written."""
+
+    code = "idempotency_key_reused"
+
+
+def replayed_entry(existing: LedgerEntry, user_id: int, entry_type: str, amount: int) -> LedgerEntry:
+    """The entry a keyed write replays: the same user, kind and amount get the original
+    back; anything else reusing the key is refused (as payment APIs do)."""
+    asked = (user_id, str(entry_type), amount)
+    if (existing.user_id, str(existing.entry_type), existing.amount) != asked:
+        raise IdempotencyConflict(
+            f"idempotency key {existing.idempotency_key!r} was used for {existing.entry_type} of "
+            f"{existing.amount} to account {existing.user_id}; refused {entry_type} of {amount} to account {user_id}")
+    return existing
+
+
 class SchemaMissing(RivyaError):
     code = "schema_missing"
 

@@ -46,6 +46,7 @@ from .domain import (
     ProviderCallback,
     Task,
     TaskStatus,
+    TurnClosed,
     ValidationError,
     sources_of,
 )
@@ -152,6 +153,14 @@ class LifecycleService:
     # --- accounts -------------------------------------------------------------
 
     def create_account(self, email: str, name: str, grant: int = 0):
+        if not isinstance(email, str) or not email.strip() or len(email) > 320:
+            raise ValidationError("an account needs a non-empty e-mail address of at most 320 characters",
+                                  code="email_invalid")
+        if not isinstance(name, str) or len(name) > 200:
+            raise ValidationError("an account name is text of at most 200 characters", code="name_invalid")
+        if not isinstance(grant, int) or isinstance(grant, bool) or grant < 0:
+            raise ValidationError("a sign-up grant must be a whole number of credits, 0 or more", code="grant_invalid")
+
         def step(tx: Tx):
             if tx.account_by_email(email) is not None:
                 raise ValidationError(f"an account with email {email!r} already exists", code="account_exists")
@@ -190,7 +199,7 @@ class LifecycleService:
         since = self._now() - timedelta(seconds=self.policy.duplicate_window_s)
         running = tx.user_tasks(user_id, statuses=ACTIVE, since=since, limit=50)
         dup = next((t for t in running if t.model == req.model and t.prompt == req.prompt
-                    and credits >= t.reserved_credits), None)
+                    and self.policy.is_heavier_duplicate(credits, t.reserved_credits)), None)
         if dup is not None and self.policy.duplicate_runs == "block":
             raise ValidationError(
                 f"task {dup.id} with the same prompt is still running; wait for it before a heavier duplicate run",
@@ -499,7 +508,7 @@ class LifecycleService:
 
         session = self._tx(session_of)
         spec = validate_chat_model(self.catalog, session.model)
-        estimate = max(1, math.ceil(spec.chat_credits(prompt_tokens, max_output_tokens) * self.policy.chat_reserve_margin))
+        estimate = self.policy.chat_reservation(spec.chat_credits(prompt_tokens, max_output_tokens))
 
         def step(tx: Tx) -> ChatMessage:
             msg = tx.add_message(ChatMessage(id=0, session_id=session_id, role="user", content=str(content)[:20000],
@@ -518,43 +527,57 @@ class LifecycleService:
             raise InsufficientCredits(f"this turn needs up to {estimate} credits: {exc.message}") from None
 
     def chat_turn_settle(self, message_id: int, prompt_tokens: int, completion_tokens: int) -> ChatMessage:
+        """Settle a reserved turn on its real usage, exactly once: the row is locked and
+        moved compare-and-set. A replay with the same usage returns the settled turn; any
+        other action on a closed turn is refused (TurnClosed) and changes nothing."""
         def step(tx: Tx) -> ChatMessage:
             msg, session = self._reserved_message(tx, message_id)
             if msg.status != ChatStatus.RESERVED:
-                return msg
+                if msg.status == ChatStatus.SETTLED and \
+                        (msg.prompt_tokens, msg.completion_tokens) == (prompt_tokens, completion_tokens):
+                    return msg
+                raise TurnClosed(msg.id, msg.status)
             spec = validate_chat_model(self.catalog, session.model)
             actual = spec.chat_credits(prompt_tokens, completion_tokens)
-            charged = min(actual, msg.reserved_credits)
-            if actual > msg.reserved_credits and self.policy.chat_allow_overrun:
+            charged, overrun = self.policy.chat_settlement(actual, msg.reserved_credits)
+            if overrun:
                 try:
-                    tx.post(session.user_id, EntryType.CHAT_CHARGE, -(actual - msg.reserved_credits),
+                    tx.post(session.user_id, EntryType.CHAT_CHARGE, -overrun,
                             f"chat_charge:msg:{msg.id}", self._now(), chat_message_id=msg.id, note="usage over reservation")
-                    charged = actual
+                    charged += overrun
                 except InsufficientCredits:
                     pass  # the overrun cannot be covered: the charge stays at the reservation
             self._chat_refund(tx, session.user_id, msg, msg.reserved_credits - charged, "unused reservation")
-            tx.update_message(msg.id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                              charged_credits=charged, status=ChatStatus.SETTLED, settled_at=self._now())
+            self._close_turn(tx, msg.id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                             charged_credits=charged, status=ChatStatus.SETTLED)
             return tx.get_message(msg.id)
 
         return self._tx(step)
 
     def chat_turn_fail(self, message_id: int, reason: str = "chat turn failed") -> ChatMessage:
+        """Fail a reserved turn and release its whole reservation, exactly once. A replay
+        returns the failed turn; a settled turn is refused (TurnClosed)."""
         def step(tx: Tx) -> ChatMessage:
             msg, session = self._reserved_message(tx, message_id)
             if msg.status != ChatStatus.RESERVED:
-                return msg
+                if msg.status == ChatStatus.FAILED:
+                    return msg
+                raise TurnClosed(msg.id, msg.status)
             self._chat_refund(tx, session.user_id, msg, msg.reserved_credits, str(reason)[:200])
-            tx.update_message(msg.id, charged_credits=0, status=ChatStatus.FAILED, settled_at=self._now())
+            self._close_turn(tx, msg.id, charged_credits=0, status=ChatStatus.FAILED)
             return tx.get_message(msg.id)
 
         return self._tx(step)
 
     def _reserved_message(self, tx: Tx, message_id: int) -> tuple[ChatMessage, ChatSession]:
-        msg = tx.get_message(message_id)
+        msg = tx.get_message(message_id, for_update=True) if isinstance(message_id, int) else None
         if msg is None:
-            raise NotFound(f"no chat message {message_id}")
+            raise NotFound(f"no chat message {message_id!r}")
         return msg, tx.get_session(msg.session_id)
+
+    def _close_turn(self, tx: Tx, message_id: int, **fields: Any) -> None:
+        if not tx.update_message(message_id, [ChatStatus.RESERVED], settled_at=self._now(), **fields):
+            raise RetryableConflict(f"chat message {message_id} moved under a locked read")  # re-run: rolls back
 
     def _chat_refund(self, tx: Tx, user_id: int, msg: ChatMessage, amount: int, note: str) -> None:
         if amount > 0:
@@ -563,75 +586,91 @@ class LifecycleService:
 
     # --- support actions --------------------------------------------------------------
 
-    def support_refund(self, task_id: int, operator: str, reason: str) -> Task:
+    def support_refund(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
 
         def step(tx: Tx) -> Task:
             task = self._task_in(tx, task_id, for_update=True)
             refusal = self.refund_refusal(tx, task)
             if refusal:
-                self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}")
+                self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}", incident_id)
                 return refusal
             self._refund_if_due(tx, task, task.failure_class, note=f"support: {operator}: {reason}"[:500])
-            self._support_event(tx, task_id, operator, "refund", reason, "refunded")
+            self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
             return tx.get_task(task_id)
 
         return self._refused_or(self._tx(step))
 
     def refund_refusal(self, tx: Tx, task: Task) -> str | None:
         """Why a refund of this task is not due, or None when it is."""
+        charge = tx.entry(consume_key(task.id))
+        return self.refund_refusal_for(task, charge is not None, tx.entry(refund_key(task.id)) is not None)
+
+    def refund_refusal_for(self, task: Task, charged: bool, refunded: bool) -> str | None:
+        """refund_refusal over facts already read (whether the task was charged, refunded):
+        the form bulk dry runs use for thousands of tasks at once."""
         if task.status != TaskStatus.FAILED:
             return f"task is {task.status}; only failed tasks are refunded"
-        if tx.entry(consume_key(task.id)) is None:
+        if not charged:
             return "task was never charged"
-        if tx.entry(refund_key(task.id)) is not None:
+        if refunded:
             return "task was already refunded"
         if not self.policy.refunds(task.failure_class):
             return f"policy {self.policy.name!r} keeps credits for {task.failure_class} failures"
         return None
 
-    def support_recheck(self, task_id: int, operator: str, reason: str) -> Task:
+    def recheck_refusal(self, task: Task) -> str | None:
+        """Why support cannot re-check this task upstream, or None when it can."""
+        if task.status != TaskStatus.GENERATING:
+            return f"task is {task.status}; only generating tasks are re-checked"
+        if task.provider not in self.providers:
+            return f"no client for provider {task.provider!r} in this environment"
+        return None
+
+    def mark_failed_refusal(self, task: Task) -> str | None:
+        """Why support cannot mark this task failed now, or None when it is stuck."""
+        age = (self._now() - (task.submitted_at or task.created_at)).total_seconds()
+        if task.status not in ACTIVE:
+            return f"task is {task.status}; only waiting or generating tasks can be marked failed"
+        if age < self.policy.stuck_for(task.category):
+            return f"task is {int(age)} s old; it counts as stuck after {int(self.policy.stuck_for(task.category))} s"
+        return None
+
+    def support_recheck(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
         task = self.task(task_id)
-        refusal = None
-        if task.status != TaskStatus.GENERATING:
-            refusal = f"task is {task.status}; only generating tasks are re-checked"
-        elif task.provider not in self.providers:
-            refusal = f"no client for provider {task.provider!r} in this environment"
-        else:
+        refusal = self.recheck_refusal(task)
+        if refusal is None:
             task = self._check(task_id, EventKind.RECHECK, reason=f"support: {operator}")
         result = f"refused: {refusal}" if refusal else f"upstream checked; task is {task.status}"
-        self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result))
+        self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
         if refusal:
             raise ActionRefused(refusal)
         return task
 
-    def support_mark_failed(self, task_id: int, operator: str, reason: str) -> Task:
+    def support_mark_failed(self, task_id: int, operator: str, reason: str, *,
+                            incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
 
         def step(tx: Tx) -> Task | str:
             task = self._task_in(tx, task_id, for_update=True)
-            age = (self._now() - (task.submitted_at or task.created_at)).total_seconds()
-            if task.status not in ACTIVE:
-                refusal = f"task is {task.status}; only waiting or generating tasks can be marked failed"
-            elif age < self.policy.stuck_for(task.category):
-                refusal = (f"task is {int(age)} s old; it counts as stuck after "
-                           f"{int(self.policy.stuck_for(task.category))} s")
-            else:
-                refusal = None
+            refusal = self.mark_failed_refusal(task)
             if refusal:
-                self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}")
+                self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}",
+                                    incident_id)
                 return refusal
             self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
                                 FailureClass.INFRASTRUCTURE, path="support")
-            self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed")
+            self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
             return tx.get_task(task_id)
 
         return self._refused_or(self._tx(step))
 
-    def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str, result: str) -> None:
+    def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str, result: str,
+                       incident_id: int | None = None) -> None:
+        extra = {} if incident_id is None else {"incident": int(incident_id)}
         self._event(tx, task_id, EventKind.SUPPORT_ACTION, operator=operator, action=action, reason=reason,
-                    result=result)
+                    result=result, **extra)
 
     @staticmethod
     def _refused_or(result: Task | str) -> Task:
@@ -655,7 +694,10 @@ class LifecycleService:
         # A chat turn whose usage never came back holds its reservation: release it whole.
         for msg in self._tx(lambda tx: tx.reserved_messages_older_than(cutoff, limit)):
             report.examined += 1
-            self.chat_turn_fail(msg.id, "interrupted: usage never reported, reservation released")
+            try:
+                self.chat_turn_fail(msg.id, "interrupted: usage never reported, reservation released")
+            except TurnClosed:
+                continue  # settled (or failed) meanwhile by its own turn: nothing to release
             report.actions.append({"chat_message_id": msg.id, "action": "released the chat reservation"})
         return report
 
@@ -738,7 +780,8 @@ _CLASSES = {c.value for c in FailureClass} - {FailureClass.BILLING.value}
 
 
 def _parse_callback(raw: bytes) -> _Parsed | str:
-    """The callback body, or the reason it is malformed."""
+    """The callback body, or the reason it is malformed. Every field is type-checked
+    before it is compared or hashed: any JSON value of the wrong shape is malformed."""
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -749,13 +792,14 @@ def _parse_callback(raw: bytes) -> _Parsed | str:
     upstream, state = data.get("upstream_task_id"), data.get("state")
     if not isinstance(upstream, str) or not upstream or len(upstream) > 200:
         return "data.upstream_task_id missing or not a string"
-    if state not in _STATES:
+    if not isinstance(state, str) or state not in _STATES:
         return "data.state is not succeeded, failed or running"
-    urls = data.get("result_urls") or []
+    urls = data.get("result_urls")
+    urls = [] if urls is None else urls
     if not isinstance(urls, list) or not all(isinstance(u, str) and 0 < len(u) <= 2000 for u in urls) or len(urls) > 50:
         return "data.result_urls is not a list of URLs"
     klass = data.get("failure_class")
-    if klass is not None and klass not in _CLASSES:
+    if klass is not None and (not isinstance(klass, str) or klass not in _CLASSES):
         return "data.failure_class is not user, provider or infrastructure"
     code, message = data.get("error_code"), data.get("error_message")
     if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):

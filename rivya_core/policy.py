@@ -56,6 +56,21 @@ class BillingPolicy:
     def refunds(self, failure_class: str | None) -> bool:
         return failure_class in self.refund_classes
 
+    def chat_reservation(self, full_turn_credits: int) -> int:
+        """Credits reserved before a chat turn whose longest answer would cost full_turn_credits."""
+        return max(1, math.ceil(full_turn_credits * self.chat_reserve_margin))
+
+    def chat_settlement(self, used_credits: int, reserved: int) -> tuple[int, int]:
+        """(charged out of the reservation, overrun charged on top when the balance covers it);
+        the rest of the reservation is refunded."""
+        overrun = used_credits - reserved if used_credits > reserved and self.chat_allow_overrun else 0
+        return min(used_credits, reserved), overrun
+
+    def is_heavier_duplicate(self, credits: int, running_credits: int) -> bool:
+        """A new run with the same model and prompt as a running task (within the window) that costs
+        at least as much: warned or blocked as `duplicate_runs` says."""
+        return credits >= running_credits
+
     def timeout_for(self, category: str) -> float:
         return float(self.timeout_s.get(category, max(DEFAULT_TIMEOUT_S.values())))
 

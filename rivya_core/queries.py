@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, or_, select, update
 
+from . import clock
 from .domain import ACTIVE, TERMINAL, NotFound
 from .schema import (
     account,
@@ -111,7 +112,7 @@ def resolve_now(bind: Bind, now: datetime | None) -> datetime:
     """`now` as given (naive UTC), else the database's latest timestamp, else the wall clock."""
     if now is not None:
         return naive_utc(now)
-    return latest_timestamp(bind) or datetime.now(UTC).replace(tzinfo=None)
+    return latest_timestamp(bind) or clock.wall_now()
 
 
 # --- the four places a task shows -------------------------------------------------------

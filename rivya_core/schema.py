@@ -193,6 +193,27 @@ audit_run = Table(
     Index("ix_audit_run_policy", "policy_key", "id"),
 )
 
+# Not a contract table: a named bulk remediation (rivya_core.bulk). Each task it touched has a
+# support_action event whose detail carries `incident` = this id; the counters sum its runs.
+incident = Table(
+    "incident",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("action", String(20), nullable=False),  # recheck | refund | mark-failed
+    Column("filter", JSON, nullable=False),  # BulkFilter.to_dict()
+    Column("operator", String(100), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),  # the service clock when first executed
+    Column("finished_at", DateTime),  # the end of its latest run; NULL while a run is going
+    Column("runs", Integer, nullable=False, default=0),
+    Column("matched", BigInteger, nullable=False, default=0),  # tasks the filter matched (latest run)
+    Column("acted", BigInteger, nullable=False, default=0),  # actions that went through (all runs)
+    Column("refused", BigInteger, nullable=False, default=0),  # actions refused, with their event (all runs)
+    Column("credits_moved", BigInteger, nullable=False, default=0),  # credits refunded by its actions
+    UniqueConstraint("name", name="uq_incident_name"),
+)
+
 schema_meta = Table(
     "schema_meta",
     metadata,

@@ -46,6 +46,7 @@ from .domain import (
     TaskEvent,
     TaskStatus,
     ValidationError,
+    replayed_entry,
 )
 from .ports import PostResult, Snapshot
 
@@ -490,7 +491,7 @@ class MemoryTx:
     def add_account(self, email: str, name: str, at: datetime) -> Account:
         s = self.s
         if email in s._email:
-            raise ValidationError(f"an account with email {email!r} exists", code="email_taken")
+            raise ValidationError(f"an account with email {email!r} already exists", code="account_exists")
         acc = Account(id=s._new_id("account"), email=email, name=name, created_at=at, balance=0)
         s._email[email] = acc.id
         s._add(s.accounts, acc, lambda: s._email.pop(email, None))
@@ -599,7 +600,7 @@ class MemoryTx:
         s = self.s
         existing = s._entry_key.get(idempotency_key)
         if existing is not None:
-            return PostResult(_copy(s.ledger[existing]), created=False)
+            return PostResult(_copy(replayed_entry(s.ledger[existing], user_id, entry_type, amount)), created=False)
         if task_id is not None and task_id in s._tombs:
             raise ActionRefused(f"task {task_id} was settled and evicted; its ledger takes no more entries",
                                 code="entry_evicted")
@@ -733,7 +734,7 @@ class MemoryTx:
         s._add(s.messages, row)
         return _copy(row)
 
-    def get_message(self, message_id: int) -> ChatMessage | None:
+    def get_message(self, message_id: int, *, for_update: bool = False) -> ChatMessage | None:
         row = self.s.messages.get(message_id)
         return _copy(row) if row else None
 
@@ -742,11 +743,13 @@ class MemoryTx:
         rows.sort(key=lambda m: (m.created_at, m.id))
         return [_copy(m) for m in rows[:limit]]
 
-    def update_message(self, message_id: int, **fields: Any) -> None:
+    def update_message(self, message_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         _check_fields(fields, _MESSAGE_FIELDS, "chat message")
         msg = self.s.messages.get(message_id)
         if msg is None:
             raise NotFound(f"chat message {message_id} does not exist")
+        if expect_status is not None and msg.status not in {str(s) for s in expect_status}:
+            return False
         before = _shallow(msg)
         for name, value in fields.items():
             setattr(msg, name, value)
@@ -756,5 +759,6 @@ class MemoryTx:
                 setattr(msg, name, getattr(before, name))
 
         self.s._undo.append(undo)
+        return True
 
 

@@ -40,6 +40,7 @@ from .domain import (
     TaskEvent,
     TaskStatus,
     ValidationError,
+    replayed_entry,
 )
 from .ports import PostResult, RetryableConflict, Snapshot
 from .schema import (
@@ -166,10 +167,14 @@ class SqlTx:
 
     # accounts
     def add_account(self, email: str, name: str, at: datetime) -> Account:
-        if self.account_by_email(email) is not None:
-            raise ValidationError(f"an account with email {email!r} exists", code="email_taken")
         acc = Account(id=0, email=email, name=name, created_at=_naive(at), balance=0)
-        acc.id = self._insert(account, acc)
+        # ON CONFLICT: a racing sign-up with the same e-mail waits for the winner, then writes nothing
+        stmt = (self._upsert(account).values(**_values(account, acc, skip_id=True))
+                .on_conflict_do_nothing(index_elements=["email"]).returning(account.c.id))
+        new_id = self.conn.execute(stmt).scalar()
+        if new_id is None:
+            raise ValidationError(f"an account with email {email!r} already exists", code="account_exists")
+        acc.id = int(new_id)
         return acc
 
     def get_account(self, user_id: int) -> Account | None:
@@ -232,7 +237,7 @@ class SqlTx:
              task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None) -> PostResult:
         existing = self.entry(idempotency_key)
         if existing is not None:
-            return PostResult(existing, created=False)
+            return PostResult(replayed_entry(existing, user_id, entry_type, amount), created=False)
         if amount == 0:
             raise ValueError("a ledger amount is never 0")
         balance = self.conn.execute(
@@ -251,7 +256,7 @@ class SqlTx:
                 .on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(credit_ledger.c.id))
         new_id = self.conn.execute(stmt).scalar()
         if new_id is None:  # a concurrent unit of work posted this key first
-            return PostResult(self.entry(idempotency_key), created=False)
+            return PostResult(replayed_entry(self.entry(idempotency_key), user_id, entry_type, amount), created=False)
         self.conn.execute(update(account).where(account.c.id == user_id).values(balance=after))
         entry.id = int(new_id)
         return PostResult(entry, created=True)
@@ -321,8 +326,9 @@ class SqlTx:
         row.id = self._insert(chat_message, row)
         return self.get_message(row.id)
 
-    def get_message(self, message_id: int) -> ChatMessage | None:
-        return self._one(ChatMessage, select(chat_message).where(chat_message.c.id == message_id))
+    def get_message(self, message_id: int, *, for_update: bool = False) -> ChatMessage | None:
+        stmt = select(chat_message).where(chat_message.c.id == message_id)
+        return self._one(ChatMessage, stmt.with_for_update() if for_update else stmt)
 
     def reserved_messages_older_than(self, cutoff: datetime, limit: int) -> list[ChatMessage]:
         return self._all(ChatMessage, select(chat_message).where(
@@ -330,13 +336,16 @@ class SqlTx:
             chat_message.c.created_at < _naive(cutoff),
         ).order_by(chat_message.c.created_at, chat_message.c.id).limit(limit))
 
-    def update_message(self, message_id: int, **fields: Any) -> None:
+    def update_message(self, message_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         unknown = sorted(k for k in fields if k not in chat_message.c or k == "id")
         if unknown:
             raise ValueError(f"cannot update chat message field(s): {', '.join(unknown)}")
-        if not fields:
-            return
-        res = self.conn.execute(update(chat_message).where(chat_message.c.id == message_id)
-                                .values({k: _naive(v) for k, v in fields.items()}))
-        if res.rowcount != 1:
+        current = self.get_message(message_id)
+        if current is None:
             raise NotFound(f"chat message {message_id} does not exist")
+        if not fields:
+            return expect_status is None or current.status in {str(s) for s in expect_status}
+        stmt = update(chat_message).where(chat_message.c.id == message_id)
+        if expect_status is not None:
+            stmt = stmt.where(chat_message.c.status.in_([str(s) for s in expect_status]))
+        return self.conn.execute(stmt.values({k: _naive(v) for k, v in fields.items()})).rowcount == 1

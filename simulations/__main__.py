@@ -6,6 +6,9 @@
   compare SCENARIO --policy A.toml --policy B.toml [--replications R] [--json]
   list
   chaos --seeds N [--start S] [--tasks N]
+  backtest --db URL [--since T] [--until T] --policy A.toml --policy B.toml [--json]
+  calibrate --db URL [--since T] [--until T] -o scenario.toml [--force]
+  fork --db URL (--task N | --user ID [--since T] [--until T]) -o story.toml [--force]
 
 sweep, compare and chaos run their jobs on Dask distributed: a local cluster
 of one process per core by default (`--workers N`; `--workers 0` runs them in
@@ -87,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     add_engine_flags(s)
 
     sub.add_parser("list", help="list the shipped scenarios", description="List data/scenarios/*.toml.")
+    from .history_cli import add_parsers as add_history_parsers
+
+    add_history_parsers(sub)
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
@@ -210,8 +216,15 @@ def cmd_chaos(a: argparse.Namespace) -> int:
     return chaos(a)
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "sweep": cmd_sweep, "list": cmd_list, "bench": cmd_bench,
-            "chaos": cmd_chaos}
+def cmd_history(a: argparse.Namespace) -> int:
+    from .history_cli import COMMANDS as HISTORY
+
+    return HISTORY[a.command](a)
+
+
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "sweep": cmd_sweep, "list": cmd_list,
+            "bench": cmd_bench, "chaos": cmd_chaos, "backtest": cmd_history, "calibrate": cmd_history,
+            "fork": cmd_history}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -384,7 +384,10 @@ def find_recorded(target: str) -> dict[str, Any]:
     if "://" in target or target.endswith(".db"):
         from .writer import read_sim_runs
 
-        engine = make_engine(target)
+        path = sqlite_path(target)
+        if path is not None and not path.is_file():
+            raise RivyaError(f"no SQLite database at {path}", code="replay_not_found")
+        engine = make_engine(target, read_only=True)  # replay only reads the recorded run
         try:
             runs = read_sim_runs(engine)
         except Exception as exc:  # noqa: BLE001 - any driver error: one line

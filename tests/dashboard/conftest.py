@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from rivya_core import db
-from tests.dashboard.seed import seed
+from rivya_core import clock, db
+from tests.dashboard.seed import T0, seed
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
+WALL_NOW = T0 + timedelta(days=30)  # the wall clock pages see: long after the seeded activity
 
 
 @pytest.fixture
@@ -31,8 +33,10 @@ def seeded_url(tmp_path):
 
 @pytest.fixture
 def open_page(monkeypatch):
-    """open_page(url, page, session=None, **query) -> AppTest that ran app.py and then `page` against `url`."""
+    """open_page(url, page, session=None, **query) -> AppTest that ran app.py and then `page` against `url`,
+    with the wall clock pinned at WALL_NOW (a test may pin it elsewhere with `pin_wall_clock`)."""
     monkeypatch.setenv("RIVYA_DEMO", "0")
+    pin_wall_clock(monkeypatch, WALL_NOW)
     monkeypatch.delenv("RIVYA_OPERATORS", raising=False)
     monkeypatch.delenv("RIVYA_VIEWERS", raising=False)
 
@@ -49,6 +53,10 @@ def open_page(monkeypatch):
         return at
 
     return _open
+
+
+def pin_wall_clock(monkeypatch, at) -> None:
+    monkeypatch.setattr(clock, "wall_now", lambda: at)
 
 
 def texts(at: AppTest) -> str:

@@ -5,6 +5,7 @@ behind a writer, and every page on PostgreSQL."""
 from __future__ import annotations
 
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +14,7 @@ import streamlit as st
 from sqlalchemy import update
 
 from rivya_core import db, reports, schema
-from tests.dashboard.conftest import texts
+from tests.dashboard.conftest import pin_wall_clock, texts
 from tests.dashboard.seed import T0, seed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +73,15 @@ def test_live_tasks_shows_ages_for_humans(open_page, seeded_url):
     assert row["stuck_after_s"].endswith(("min", "s", "h"))
     waiting = table[table["id"].astype(str) == "4"].iloc[0]
     assert waiting["upstream_task_id"] == "—"  # a waiting task has no upstream id yet: a dash, not "None"
+
+
+def test_live_ages_use_the_wall_clock_while_the_database_is_live(open_page, seeded_url, monkeypatch):
+    pin_wall_clock(monkeypatch, T0 + timedelta(hours=3))  # 15:00, less than a day after the last event (14:08)
+    at = open_page(seeded_url, "pages/live_tasks.py")
+    assert not at.exception
+    assert "Ages measured from 2026-04-01 15:00:00 UTC — wall clock (UTC)" in texts(at)
+    table = shown_table(at.dataframe[0])
+    assert table[table["id"].astype(str) == "3"].iloc[0]["age_s"] == "2 h 50 min"  # submitted at 12:10
 
 
 def test_event_details_read_as_a_sentence():

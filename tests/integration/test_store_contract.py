@@ -15,6 +15,7 @@ from rivya_core import schema
 from rivya_core.db import make_engine, normalize_url, open_store, require_schema, snapshot_to_engine
 from rivya_core.domain import (
     ChatMessage,
+    IdempotencyConflict,
     InsufficientCredits,
     NotFound,
     ProviderCallback,
@@ -63,7 +64,7 @@ def test_accounts(store, uid):
         assert tx.balance(uid) == 0
     with pytest.raises(ValidationError) as err, store.begin() as tx:
         tx.add_account("ann@example.com", "Again", T0)
-    assert err.value.code == "email_taken"
+    assert err.value.code == "account_exists"
 
 
 def test_task_round_trip_and_ids(store, uid):
@@ -132,9 +133,14 @@ def test_ledger_post_is_idempotent(store, uid):
         again = tx.post(uid, "grant", 50, "k", T0)
         assert again.created is False and again.entry == first.entry
         assert tx.balance(uid) == 50
-        # an existing key wins even when the repeat could not be paid
-        assert tx.post(uid, "grant", -999, "k", T0).created is False
-    assert len(store.snapshot().ledger) == 1
+        other = tx.add_account("kim@example.com", "Kim", T0).id
+    # the same key with another amount, kind or user is refused, naming the key, and writes nothing
+    for user, kind, amount in ((uid, "grant", -999), (uid, "grant", 51), (uid, "adjustment", 50), (other, "grant", 50)):
+        with pytest.raises(IdempotencyConflict) as err, store.begin() as tx:
+            tx.post(user, kind, amount, "k", T0)
+        assert err.value.code == "idempotency_key_reused" and "'k'" in err.value.message
+    snap = store.snapshot()
+    assert len(snap.ledger) == 1 and {a.id: a.balance for a in snap.accounts} == {uid: 50, other: 0}
 
 
 def test_rollback_leaves_nothing(store, uid):
@@ -242,8 +248,10 @@ def test_chat_sessions_and_messages(store, uid):
         m = tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="hi", created_at=T0,
                                        prompt_tokens=5, reserved_credits=12))
         assert m.id > 0 and m.status == "reserved" and m.charged_credits is None
-        tx.update_message(m.id, status="settled", charged_credits=8, completion_tokens=40, settled_at=T0)
-        got = tx.get_message(m.id)
+        assert tx.update_message(m.id, ["reserved"], status="settled", charged_credits=8, completion_tokens=40,
+                                 settled_at=T0)
+        assert not tx.update_message(m.id, ["reserved"], status="failed", charged_credits=0)  # compare-and-set
+        got = tx.get_message(m.id, for_update=True)
         assert (got.status, got.charged_credits, got.completion_tokens, got.settled_at) == ("settled", 8, 40, T0)
         assert tx.get_message(999) is None
         open_turn = tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="later",

@@ -1,9 +1,12 @@
-"""A simulation run killed mid-way (SIGKILL after two committed batches) leaves a
-database that `recover` finishes and `audit` passes; a second `recover` changes nothing.
+"""A simulation run killed mid-way (SIGKILL right after its second committed batch)
+leaves a database that `recover` finishes and `audit` passes; a second `recover`
+changes nothing.
 
 Every batch the runner writes is one transaction holding a consistent cut of the
 run (tasks touched since the last batch, active ones included, and the farm's
-jobs), so the kill can land anywhere; `recover` asks the farm's recorded jobs.
+jobs), so the kill can land between any two; `recover` asks the farm's recorded
+jobs. The run kills itself once its second batch has committed, so the point is
+the same on every machine and every run.
 """
 
 from __future__ import annotations
@@ -11,11 +14,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from rivya_core import schema
 from rivya_core.db import make_engine
@@ -30,26 +31,28 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def _kill_after_two_batches(url: str, engine) -> None:
-    run = subprocess.Popen([sys.executable, "-m", "simulations", "run", "data/scenarios/chaos.toml",
-                            "--tasks", "3000", "--db", url], cwd=ROOT, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
-    seen: set[int] = set()   # the newest event id after each committed batch
-    try:
-        while len(seen) < 2 and run.poll() is None:
-            try:
-                with engine.connect() as conn:
-                    top = conn.scalar(select(func.max(schema.task_event.c.id)))
-            except SQLAlchemyError:  # the schema is not there yet
-                top = None
-            if top:
-                seen.add(top)
-            time.sleep(0.02)
-    finally:
-        run.send_signal(signal.SIGKILL)
-        run.wait()
-    assert run.returncode == -signal.SIGKILL, f"the run ended before it was killed: {run.stderr.read()[-500:]}"
-    assert len(seen) >= 2
+# `python -m simulations run ...` whose process SIGKILLs itself once its second batch has committed.
+_KILLED_RUN = """
+import os, signal, sys
+from simulations import __main__ as cli, writer
+
+flush, batches = writer.BatchWriter.flush, []
+
+def flush_then_die(self, final=False):
+    flush(self, final)
+    batches.append(final)
+    if len(batches) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+writer.BatchWriter.flush = flush_then_die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _kill_after_two_batches(url: str) -> None:
+    run = subprocess.run([sys.executable, "-c", _KILLED_RUN, "run", "data/scenarios/chaos.toml",
+                          "--tasks", "3000", "--db", url], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == -signal.SIGKILL, f"the run ended before it was killed: {run.stderr[-500:]}"
 
 
 def _state(engine) -> dict:
@@ -66,7 +69,7 @@ def _state(engine) -> dict:
 def test_a_killed_run_is_recovered_and_passes_the_audit(db_url):
     engine = make_engine(db_url)
     try:
-        _kill_after_two_batches(db_url, engine)
+        _kill_after_two_batches(db_url)
         assert read_sim_runs(engine) == []  # the run never got to record itself
         before = _state(engine)
         active = before["statuses"].get("WAITING", 0) + before["statuses"].get("GENERATING", 0)

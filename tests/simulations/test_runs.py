@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from rivya_core.policy import BillingPolicy
@@ -11,6 +16,7 @@ from simulations.streams import Streams
 
 from .conftest import rows
 
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = [p.stem for p in list_scenarios() if p.stem != "chaos"]
 
 
@@ -31,6 +37,19 @@ def test_same_seed_same_bytes_and_fingerprint_other_seed_differs(run_small):
     assert a.fingerprint == b.fingerprint
     assert pa.read_bytes() == pb.read_bytes()
     assert c.fingerprint != a.fingerprint
+
+
+def test_same_seed_same_bytes_across_processes(tmp_path):
+    """Two processes (different string-hash seeds, as two runs of the CLI have) write identical files."""
+    code = ("import sys; from simulations.runner import run_scenario; from simulations.scenarios import load_scenario;"
+            "run_scenario(load_scenario('chaos'), sys.argv[1], tasks=60)")
+    files = []
+    for hash_seed in ("1", "2"):
+        path = tmp_path / f"h{hash_seed}.db"
+        subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}"], cwd=ROOT, check=True, timeout=300,
+                       env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        files.append(path.read_bytes())
+    assert files[0] == files[1]
 
 
 def test_chaos_exercises_every_fault_kind(run_small):

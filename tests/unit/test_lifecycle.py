@@ -8,11 +8,13 @@ import pytest
 
 from rivya_core.domain import (
     ActionRefused,
+    IdempotencyConflict,
     CallbackOutcome,
     ChatStatus,
     InsufficientCredits,
     NotFound,
     TaskStatus,
+    TurnClosed,
     ValidationError,
 )
 from rivya_core.policy import BillingPolicy
@@ -164,10 +166,11 @@ def test_forged_callback_changes_nothing_but_its_record(env):
 def test_stale_and_future_callbacks_are_rejected(env, offset):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
+    bal = svc.balance(user.id)
     now = int((clock.now() - __import__("datetime").datetime(1970, 1, 1)).total_seconds())
     result = svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, ts=now + offset))
     assert result.outcome == CallbackOutcome.REJECTED_STALE
-    _unchanged(svc, task.id, user.id, svc.balance(user.id))
+    _unchanged(svc, task.id, user.id, bal)
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b'{"data": {"state": "succeeded"}}',
@@ -175,9 +178,10 @@ def test_stale_and_future_callbacks_are_rejected(env, offset):
 def test_malformed_bodies_are_recorded_not_applied(env, body):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
+    bal = svc.balance(user.id)
     result = svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, body=body))
     assert result.outcome == CallbackOutcome.MALFORMED
-    _unchanged(svc, task.id, user.id, svc.balance(user.id))
+    _unchanged(svc, task.id, user.id, bal)
 
 
 def test_oversized_body_refused_before_parsing_and_stored_bounded(env):
@@ -191,22 +195,25 @@ def test_oversized_body_refused_before_parsing_and_stored_bounded(env):
 def test_unknown_upstream_and_other_providers_ids(env):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
+    bal = svc.balance(user.id)
     assert svc.handle_callback("lumen", *callback(clock, "nope")).outcome == CallbackOutcome.UNKNOWN_TASK
     # a valid kinetica callback naming a lumen task's id does not touch it
     assert svc.handle_callback("kinetica", *callback(clock, task.upstream_task_id)).outcome == "unknown_task"
     assert svc.handle_callback("nobody", *callback(clock, task.upstream_task_id)).outcome == "rejected_signature"
-    _unchanged(svc, task.id, user.id, svc.balance(user.id))
+    _unchanged(svc, task.id, user.id, bal)
 
 
 def test_missing_or_doubled_headers(env):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
+    bal = svc.balance(user.id)
     headers, body = callback(clock, task.upstream_task_id)
     del headers["webhook-signature"]
     assert svc.handle_callback("lumen", headers, body).outcome == CallbackOutcome.REJECTED_SIGNATURE
     headers, body = callback(clock, task.upstream_task_id)
     headers["Webhook-Id"] = "other"
     assert svc.handle_callback("lumen", headers, body).outcome == CallbackOutcome.MALFORMED
+    _unchanged(svc, task.id, user.id, bal)
 
 
 def test_duplicate_webhook_id_has_no_effect(env):
@@ -340,9 +347,29 @@ def test_chat_reserves_then_settles_and_refunds_difference(env):
     settled = svc.chat_turn_settle(msg.id, prompt_tokens=2000, completion_tokens=500)
     assert settled.status == ChatStatus.SETTLED and settled.charged_credits <= msg.reserved_credits
     assert svc.balance(user.id) == 100 - settled.charged_credits
-    svc.chat_turn_settle(msg.id, 2000, 500)  # a replay changes nothing
+    assert svc.chat_turn_settle(msg.id, 2000, 500) == settled  # a replay returns the settlement
     rows = [r.entry_type for r in svc.store.snapshot().ledger if r.chat_message_id == msg.id]
     assert rows == ["chat_reserve", "chat_refund"]
+
+
+def test_a_closed_chat_turn_is_settled_or_failed_exactly_once(env):
+    svc, clock, providers, user = env
+    session = svc.open_chat(user.id, "parley-chat")
+    settled = svc.chat_turn_reserve(session.id, "a", 2000, 4000)
+    failed = svc.chat_turn_reserve(session.id, "b", 2000, 4000)
+    svc.chat_turn_settle(settled.id, 2000, 500)
+    svc.chat_turn_fail(failed.id)
+    before = svc.store.snapshot()
+    for act, code in ((lambda: svc.chat_turn_settle(settled.id, 2000, 3000), "chat_already_settled"),
+                      (lambda: svc.chat_turn_fail(settled.id), "chat_already_settled"),
+                      (lambda: svc.chat_turn_settle(failed.id, 2000, 500), "chat_already_failed")):
+        with pytest.raises(TurnClosed) as err:
+            act()
+        assert err.value.code == code
+    assert svc.chat_turn_fail(failed.id).status == ChatStatus.FAILED  # a replay of the failure
+    after = svc.store.snapshot()
+    assert (after.ledger, after.messages) == (before.ledger, before.messages)
+    assert svc.recover(grace_s=0).actions == []
 
 
 def test_chat_overrun_capped_unless_policy_allows():
@@ -467,3 +494,37 @@ def test_recover_releases_a_chat_reservation_left_open(env):
     assert report.actions == [{"chat_message_id": msg.id, "action": "released the chat reservation"}]
     assert svc.balance(user.id) == 100
     assert svc.recover(grace_s=30).changed == 0
+
+
+def test_grant_key_reused_with_other_parameters_is_refused(env):
+    svc, clock, providers, user = env
+    other = svc.create_account("bo@example.com", "Bo")
+    first = svc.grant(user.id, 50, key="topup-123")
+    assert svc.grant(user.id, 50, key="topup-123") == first  # a replay returns the original
+    before = svc.store.snapshot()
+    for uid, amount in ((other.id, 10), (user.id, 10), (other.id, 50)):
+        with pytest.raises(IdempotencyConflict) as err:
+            svc.grant(uid, amount, key="topup-123")
+        assert err.value.code == "idempotency_key_reused" and "topup-123" in err.value.message
+    after = svc.store.snapshot()
+    assert (after.ledger, after.accounts) == (before.ledger, before.accounts)
+
+
+@pytest.mark.parametrize("email, grant, code", [
+    ("x@example.com", 1.5, "grant_invalid"), ("x@example.com", -1, "grant_invalid"),
+    ("x@example.com", True, "grant_invalid"), ("x@example.com", "5", "grant_invalid"),
+    ("", 0, "email_invalid"), ("   ", 0, "email_invalid"), (None, 0, "email_invalid"), (["a@b"], 0, "email_invalid"),
+])
+def test_create_account_refuses_bad_email_or_grant(email, grant, code):
+    svc, clock, providers = make_service()
+    with pytest.raises(ValidationError) as err:
+        svc.create_account(email, "X", grant=grant)
+    assert err.value.code == code
+    assert svc.store.snapshot().accounts == [] and svc.store.snapshot().ledger == []
+
+
+def test_create_account_twice_is_account_exists(env):
+    svc, clock, providers, user = env
+    with pytest.raises(ValidationError) as err:
+        svc.create_account("ada@example.com", "Ada again", grant=5)
+    assert err.value.code == "account_exists"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -157,4 +157,7 @@ def test_latest_timestamp_and_resolve_now(db, world):
     assert q.resolve_now(db.engine, None) == T0 + timedelta(minutes=3)
     empty = make_engine("sqlite://")
     assert q.latest_timestamp(empty) is None
-    assert q.resolve_now(empty, None) is not None
+    before = datetime.now(UTC).replace(tzinfo=None)
+    now = q.resolve_now(empty, None)  # an empty database: the wall clock
+    assert before <= now <= datetime.now(UTC).replace(tzinfo=None)
+    assert q.resolve_now(empty, T0.replace(tzinfo=UTC)) == T0

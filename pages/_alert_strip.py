@@ -1,0 +1,50 @@
+"""The Overview's alert strip: stuck tasks past k × their model's p95 and degraded providers,
+each linking to the Incidents page with its bulk filter prepared (rules: rivya_core.alerts).
+
+    alert_strip(policy) -> None
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._cache import cached_df
+from pages._links import page_available
+from pages._source import current_url, default_url
+from rivya_core import alerts
+from rivya_core.policy import BillingPolicy
+
+INCIDENTS = "pages/incidents.py"
+ACTION_WORDS = {"recheck": "re-check", "refund": "refund", "mark-failed": "mark failed"}
+_MARKDOWN = set("\\`*_{}[]()#+-.!|<>~$")
+
+
+def plain(text: str) -> str:
+    """Text from the database, escaped so a Markdown element shows it as typed."""
+    return "".join("\\" + ch if ch in _MARKDOWN else ch for ch in str(text))
+
+
+def _params(alert) -> dict[str, str]:
+    params = {"action": alert.action, **alert.filter.to_params()}
+    if current_url() != default_url() and "db" in st.query_params:
+        params["db"] = current_url()
+    return params
+
+
+def alert_strip(policy: BillingPolicy) -> None:
+    found = cached_df(alerts.alerts, policy)
+    if not found.count:
+        st.success(f"No alert: no task running past its model's {alerts.STUCK_K:g} × p95, and no provider far "
+                   f"above its baseline in the last hour (judged at {found.now:%Y-%m-%d %H:%M} UTC).",
+                   icon=":material/verified:")
+        return
+    with st.container(border=True):
+        st.markdown(f"**:material/notifications_active: {found.count} alert(s)** at {found.now:%Y-%m-%d %H:%M} UTC")
+        for i, alert in enumerate([*found.stuck, *found.degraded]):
+            c1, c2 = st.columns([3, 1], vertical_alignment="center")
+            kind = "Stuck" if isinstance(alert, alerts.StuckAlert) else "Degraded"
+            c1.warning(f"**{kind}:** {plain(alert.message)}", icon=":material/warning:")
+            label = f"Prepare bulk {ACTION_WORDS[alert.action]}"
+            if page_available(INCIDENTS):
+                c2.page_link(INCIDENTS, label=label, icon=":material/playlist_add_check:",
+                             query_params=_params(alert))

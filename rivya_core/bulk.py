@@ -1,0 +1,473 @@
+"""Bulk remediation as named incidents: select tasks by a filter, dry-run an action, execute it.
+
+    flt = BulkFilter.parse(["provider=kinetica", "status=GENERATING", "min_age_s=600"])
+    plan(svc, "recheck", flt)        # how many, what each would do, credits, refusals and why; writes nothing
+    execute(svc, "recheck", flt, operator="sam", reason="kinetica outage", name="kinetica 14:00")
+
+Every action goes through the lifecycle service's own support actions
+(`support_recheck`, `support_refund`, `support_mark_failed`), so refusals and
+the `support_action` events come from one place; each event carries the
+incident id (`detail.incident`). The dry run asks the same service for its
+refusals (`recheck_refusal`, `refund_refusal_for`, `mark_failed_refusal`) over
+facts read in bulk, so a plan over ten thousand tasks takes a few queries.
+
+An incident is known by its name: executing it again (same action and filter)
+acts only on matching tasks that carry no event of this incident yet, so a
+second run changes nothing, and a run cut short finishes where it stopped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, or_, select, update
+
+from .db import missing_tables
+from .domain import ACTIVE, ActionRefused, EntryType, EventKind, FailureClass, Task, TaskStatus, ValidationError
+from .queries import connect, naive_utc
+from .schema import account, ai_task, credit_ledger, incident, task_event
+
+ACTIONS = ("recheck", "refund", "mark-failed")
+MAX_TASKS = 200_000  # one incident acts on at most this many tasks: narrow the filter beyond it
+CHUNK = 500  # task ids per IN (...) read
+PROGRESS_EVERY = 25
+
+_TASK_FIELDS = ("id", "user_id", "model", "category", "prompt", "params", "status", "billing_type",
+                "reserved_credits", "provider", "upstream_task_id", "result_urls", "error_code",
+                "error_message", "failure_class", "chat_message_id", "created_at", "submitted_at",
+                "finished_at", "settled_at", "next_check_at", "check_attempts")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class BulkError(ValidationError):
+    code = "bulk_invalid"
+
+
+# --- the filter ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BulkFilter:
+    """Which tasks an incident covers. Every field narrows; None means any.
+
+    `min_age_s`: waiting or running for at least this long (from submission, else creation)
+    at the service's clock, the same age mark-failed judges; `since`/`until`: creation time
+    window (naive UTC); `user`: an account id or email."""
+
+    provider: str | None = None
+    model: str | None = None
+    category: str | None = None
+    status: tuple[str, ...] = ()
+    error_code: str | None = None
+    failure_class: str | None = None
+    min_age_s: float | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    user: str | None = None
+
+    KEYS = ("provider", "model", "category", "status", "error_code", "failure_class", "min_age_s", "since",
+            "until", "user")
+
+    @classmethod
+    def parse(cls, clauses: Iterable[str]) -> BulkFilter:
+        """From `key=value` clauses (CLI, query parameters); a list value is comma-separated."""
+        data: dict[str, str] = {}
+        for clause in clauses:
+            key, sep, value = str(clause).partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                raise BulkError(f"filter clause {clause!r} is not key=value (keys: {', '.join(cls.KEYS)})")
+            if key in data:
+                raise BulkError(f"filter key {key!r} given twice")
+            data[key] = value.strip()
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BulkFilter:
+        unknown = sorted(set(data) - set(cls.KEYS))
+        if unknown:
+            raise BulkError(f"unknown filter key(s) {', '.join(unknown)} (keys: {', '.join(cls.KEYS)})")
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if value is None or value == "" or value == [] or value == ():
+                continue
+            if key == "status":
+                items = value.split(",") if isinstance(value, str) else list(value)
+                states = tuple(sorted({str(s).strip().upper() for s in items if str(s).strip()}))
+                bad = [s for s in states if s not in TaskStatus.__members__]
+                if bad:
+                    raise BulkError(f"status {', '.join(bad)} is not one of {', '.join(TaskStatus.__members__)}")
+                out[key] = states
+            elif key == "failure_class":
+                if str(value) not in {c.value for c in FailureClass}:
+                    raise BulkError(f"failure_class {value!r} is not one of "
+                                    f"{', '.join(c.value for c in FailureClass)}")
+                out[key] = str(value)
+            elif key == "min_age_s":
+                out[key] = _seconds(value)
+            elif key in ("since", "until"):
+                out[key] = _time(key, value)
+            else:
+                text = str(value).strip()
+                if len(text) > 320:
+                    raise BulkError(f"filter {key} is longer than 320 characters")
+                out[key] = text
+        if out.get("since") and out.get("until") and out["since"] > out["until"]:
+            raise BulkError("filter since is after until")
+        return cls(**out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only the narrowing fields, JSON-ready (stored with the incident, used in links)."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if value is None or value == ():
+                continue
+            out[key] = value.isoformat(sep=" ") if isinstance(value, datetime) else \
+                list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_params(self) -> dict[str, str]:
+        """As flat string parameters (a URL's query, `--filter` clauses)."""
+        return {k: ",".join(v) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
+                for k, v in self.to_dict().items()}
+
+    def describe(self) -> str:
+        params = self.to_params()
+        return ", ".join(f"{k}={v}" for k, v in params.items()) or "every task"
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise BulkError(f"min_age_s {value!r} is not a duration (seconds, or 90s / 15m / 2h / 1d)")
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if not 0 <= seconds <= 10 * 365 * 86400:
+        raise BulkError(f"min_age_s {value!r} is outside 0 s .. 10 years")
+    return seconds
+
+
+def _time(key: str, value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return naive_utc(value)
+    try:
+        return naive_utc(datetime.fromisoformat(str(value).strip()))
+    except ValueError:
+        raise BulkError(f"filter {key} {value!r} is not an ISO time (e.g. 2026-12-01 14:00)") from None
+
+
+def _where(q, flt: BulkFilter, now: datetime):
+    for col, value in ((ai_task.c.provider, flt.provider), (ai_task.c.model, flt.model),
+                       (ai_task.c.category, flt.category), (ai_task.c.error_code, flt.error_code),
+                       (ai_task.c.failure_class, flt.failure_class)):
+        if value is not None:
+            q = q.where(col == value)
+    if flt.status:
+        q = q.where(ai_task.c.status.in_(flt.status))
+    if flt.min_age_s is not None:
+        started = func.coalesce(ai_task.c.submitted_at, ai_task.c.created_at)
+        q = q.where(started <= now - timedelta(seconds=flt.min_age_s))
+    if flt.since is not None:
+        q = q.where(ai_task.c.created_at >= flt.since)
+    if flt.until is not None:
+        q = q.where(ai_task.c.created_at < flt.until)
+    if flt.user is not None:
+        cond = [account.c.email == flt.user]
+        if flt.user.isdigit() and len(flt.user) < 19:
+            cond.append(account.c.id == int(flt.user))
+        q = q.where(ai_task.c.user_id.in_(select(account.c.id).where(or_(*cond))))
+    return q
+
+
+def matching_tasks(engine: Engine, flt: BulkFilter, now: datetime) -> list[Task]:
+    """The tasks the filter matches at `now`, by id. Raises BulkError past MAX_TASKS."""
+    q = _where(select(*(ai_task.c[name] for name in _TASK_FIELDS)), flt, now)
+    with connect(engine) as conn:
+        found = conn.execute(q.order_by(ai_task.c.id).limit(MAX_TASKS + 1)).all()
+    if len(found) > MAX_TASKS:
+        raise BulkError(f"the filter matches more than {MAX_TASKS:,} tasks; narrow it ({flt.describe()})")
+    return [Task(**dict(zip(_TASK_FIELDS, row, strict=True))) for row in found]
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
+    for start in range(0, len(ids), CHUNK):
+        yield list(ids[start:start + CHUNK])
+
+
+def _money_facts(engine: Engine, ids: Sequence[int]) -> tuple[dict[int, int], set[int]]:
+    """(credits charged per task, tasks already refunded) from the ledger."""
+    charged: dict[int, int] = {}
+    refunded: set[int] = set()
+    with connect(engine) as conn:
+        for chunk in _chunks(ids):
+            q = select(credit_ledger.c.task_id, credit_ledger.c.entry_type, credit_ledger.c.amount).where(
+                credit_ledger.c.task_id.in_(chunk),
+                credit_ledger.c.entry_type.in_([EntryType.CONSUME.value, EntryType.REFUND.value]))
+            for task_id, kind, amount in conn.execute(q):
+                if kind == EntryType.CONSUME:
+                    charged[task_id] = -int(amount)
+                else:
+                    refunded.add(task_id)
+    return charged, refunded
+
+
+def handled_by(engine: Engine, incident_id: int, ids: Sequence[int]) -> set[int]:
+    """The tasks among `ids` that already carry a support_action event of this incident."""
+    done: set[int] = set()
+    with connect(engine) as conn:
+        for chunk in _chunks(ids):
+            q = select(task_event.c.task_id, task_event.c.detail).where(
+                task_event.c.task_id.in_(chunk), task_event.c.kind == EventKind.SUPPORT_ACTION.value)
+            for task_id, detail in conn.execute(q):
+                if isinstance(detail, dict) and detail.get("incident") == incident_id:
+                    done.add(task_id)
+    return done
+
+
+# --- the dry run ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    task_id: int
+    user_id: int
+    status: str
+    model: str
+    provider: str
+    error_code: str | None
+    age_s: float
+    would: str  # what the action would do, or "refused"
+    credits: int  # credits it would move back to the user (0 when none, or unknown before asking upstream)
+    refusal: str | None = None
+    done: bool = False  # already handled by this incident: a run would skip it
+
+
+@dataclass
+class Plan:
+    action: str
+    filter: BulkFilter
+    now: datetime
+    tasks: list[PlannedTask] = field(default_factory=list)
+
+    @property
+    def matched(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def would_act(self) -> int:
+        return sum(1 for t in self.tasks if t.refusal is None and not t.done)
+
+    @property
+    def would_refuse(self) -> int:
+        return sum(1 for t in self.tasks if t.refusal is not None and not t.done)
+
+    @property
+    def already_done(self) -> int:
+        return sum(1 for t in self.tasks if t.done)
+
+    @property
+    def credits(self) -> int:
+        return sum(t.credits for t in self.tasks if t.refusal is None and not t.done)
+
+    def refusals(self) -> dict[str, int]:
+        """Refusal reasons with how many tasks each (numbers in the reason folded, e.g. ages)."""
+        return dict(Counter(re.sub(r"\d+", "N", t.refusal) for t in self.tasks
+                            if t.refusal is not None and not t.done).most_common())
+
+    def to_dict(self, rows: int | None = None) -> dict[str, Any]:
+        return {"action": self.action, "filter": self.filter.to_dict(), "now": self.now.isoformat(sep=" "),
+                "matched": self.matched, "would_act": self.would_act, "would_refuse": self.would_refuse,
+                "already_done": self.already_done, "credits": self.credits, "refusals": self.refusals(),
+                "tasks": [asdict(t) for t in self.tasks[:rows]]}
+
+
+def _check_action(action: str) -> str:
+    if action not in ACTIONS:
+        raise BulkError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
+    return action
+
+
+def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = None) -> Plan:
+    """What `action` would do to every task `flt` matches now; writes nothing. With
+    `incident_id`, tasks that incident already handled are marked done."""
+    _check_action(action)
+    engine = svc.store.engine
+    now = svc.clock.now()
+    tasks = matching_tasks(engine, flt, now)
+    ids = [t.id for t in tasks]
+    charged, refunded = _money_facts(engine, ids)
+    done = handled_by(engine, incident_id, ids) if incident_id is not None else set()
+    refunds_infra = svc.policy.refunds(FailureClass.INFRASTRUCTURE)
+    out = Plan(action, flt, now)
+    for t in tasks:
+        credits = 0
+        if action == "refund":
+            refusal = svc.refund_refusal_for(t, t.id in charged, t.id in refunded)
+            would = f"refund {charged.get(t.id, 0)} credits"
+            credits = charged.get(t.id, 0)
+        elif action == "mark-failed":
+            refusal = svc.mark_failed_refusal(t)
+            back = charged.get(t.id, 0) if refunds_infra and t.id not in refunded else 0
+            would = "mark failed" + (f", refund {back} credits" if back else ", no refund")
+            credits = back
+        else:
+            refusal = svc.recheck_refusal(t)
+            would = f"ask {t.provider} for the result"
+        age = (now - (t.submitted_at or t.created_at)).total_seconds()
+        out.tasks.append(PlannedTask(t.id, t.user_id, t.status, t.model, t.provider, t.error_code, age,
+                                     "refused" if refusal else would, 0 if refusal else credits, refusal,
+                                     t.id in done))
+    return out
+
+
+# --- execution ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    incident_id: int
+    name: str
+    action: str
+    matched: int = 0
+    acted: int = 0
+    refused: int = 0
+    skipped: int = 0  # already handled by an earlier run of this incident
+    credits_moved: int = 0
+    outcomes: list[dict[str, Any]] = field(default_factory=list)  # one per task acted on or refused
+
+    def to_dict(self, rows: int | None = None) -> dict[str, Any]:
+        d = asdict(self)
+        d["outcomes"] = self.outcomes[:rows]
+        return d
+
+
+def _require_table(engine: Engine) -> None:
+    if missing_tables(engine, ["incident"]):
+        raise BulkError("this database has no incident table (an older schema): run "
+                        "`python -m rivya_core init-db --db URL` first", code="schema_missing")
+
+
+def default_name(action: str, flt: BulkFilter) -> str:
+    return f"{action}: {flt.describe()}"[:200]
+
+
+def open_incident(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: str,
+                  name: str | None = None) -> int:
+    """The id of the incident called `name` (default: the action and filter), created when new.
+    An existing name with another action or filter is refused."""
+    _check_action(action)
+    engine = svc.store.engine
+    _require_table(engine)
+    operator, reason = str(operator or "").strip(), str(reason or "").strip()
+    if not operator:
+        raise ActionRefused("a bulk action needs the operator's name")
+    if not reason:
+        raise ActionRefused("a bulk action needs a reason")
+    name = (str(name).strip() if name else "") or default_name(action, flt)
+    if len(name) > 200:
+        raise BulkError("an incident name has at most 200 characters")
+    with engine.begin() as conn:
+        row = conn.execute(select(incident.c.id, incident.c.action, incident.c.filter)
+                           .where(incident.c.name == name)).first()
+        if row is not None:
+            if row.action != action or dict(row.filter or {}) != flt.to_dict():
+                raise BulkError(f"incident {name!r} exists with action {row.action} and filter "
+                                f"{BulkFilter.from_dict(row.filter).describe()}; give this one another name",
+                                code="incident_exists")
+            return int(row.id)
+        return int(conn.execute(insert(incident).values(
+            name=name, action=action, filter=flt.to_dict(), operator=operator[:100], reason=reason[:2000],
+            created_at=svc.clock.now(), runs=0, matched=0, acted=0, refused=0, credits_moved=0,
+        )).inserted_primary_key[0])
+
+
+def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: str, name: str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> RunResult:
+    """Run `action` on every task `flt` matches, as the named incident (see open_incident),
+    through the service's support actions. Tasks this incident already handled are skipped."""
+    incident_id = open_incident(svc, action, flt, operator=operator, reason=reason, name=name)
+    engine = svc.store.engine
+    with connect(engine) as conn:
+        inc = conn.execute(select(incident).where(incident.c.id == incident_id)).first()
+        ledger_mark = conn.scalar(select(func.max(credit_ledger.c.id))) or 0
+    engine_now = svc.clock.now()
+    tasks = matching_tasks(engine, flt, engine_now)
+    ids = [t.id for t in tasks]
+    done = handled_by(engine, incident_id, ids)
+    todo = [t for t in tasks if t.id not in done]
+    result = RunResult(incident_id, inc.name, action, matched=len(tasks), skipped=len(done))
+    method = {"recheck": svc.support_recheck, "refund": svc.support_refund,
+              "mark-failed": svc.support_mark_failed}[action]
+    with engine.begin() as conn:
+        conn.execute(update(incident).where(incident.c.id == incident_id).values(finished_at=None))
+    acted_ids: list[int] = []
+    try:
+        for i, t in enumerate(todo, 1):
+            try:
+                after = method(t.id, inc.operator, inc.reason, incident_id=incident_id)
+            except ActionRefused as exc:
+                result.refused += 1
+                result.outcomes.append({"task_id": t.id, "outcome": "refused", "detail": exc.message})
+            else:
+                result.acted += 1
+                acted_ids.append(t.id)
+                result.outcomes.append({"task_id": t.id, "outcome": "done", "detail": f"task is {after.status}"})
+            if progress is not None and (i % PROGRESS_EVERY == 0 or i == len(todo)):
+                progress(i, len(todo))
+    finally:
+        result.credits_moved = _refunded_since(engine, acted_ids, ledger_mark)
+        with engine.begin() as conn:
+            conn.execute(update(incident).where(incident.c.id == incident_id).values(
+                finished_at=svc.clock.now(), runs=incident.c.runs + 1, matched=result.matched,
+                acted=incident.c.acted + result.acted, refused=incident.c.refused + result.refused,
+                credits_moved=incident.c.credits_moved + result.credits_moved))
+    if progress is not None and not todo:
+        progress(0, 0)
+    return result
+
+
+def _refunded_since(engine: Engine, ids: Sequence[int], ledger_mark: int) -> int:
+    total = 0
+    with connect(engine) as conn:
+        for chunk in _chunks(list(ids)):
+            total += int(conn.scalar(select(func.coalesce(func.sum(credit_ledger.c.amount), 0)).where(
+                credit_ledger.c.task_id.in_(chunk), credit_ledger.c.entry_type == EntryType.REFUND.value,
+                credit_ledger.c.id > ledger_mark)) or 0)
+    return total
+
+
+# --- reading incidents ----------------------------------------------------------------------------
+
+
+def incidents(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
+    """Incidents newest first with their scope and results (empty on a database without the table)."""
+    if missing_tables(engine, ["incident"]):
+        return []
+    with connect(engine) as conn:
+        found = conn.execute(select(incident).order_by(incident.c.id.desc()).limit(max(1, min(limit, 1000))))
+        out = []
+        for row in found:
+            d = dict(row._mapping)
+            d["scope"] = BulkFilter.from_dict(d["filter"] or {}).describe()
+            out.append(d)
+        return out
+
+
+def incident_by_name(engine: Engine, name: str) -> dict[str, Any] | None:
+    if missing_tables(engine, ["incident"]):
+        return None
+    with connect(engine) as conn:
+        row = conn.execute(select(incident).where(incident.c.name == name)).first()
+        return dict(row._mapping) if row else None
+
+
+def active_states() -> list[str]:
+    return sorted(s.value for s in ACTIVE)

@@ -1,0 +1,494 @@
+"""Backtest billing policies on recorded history: the exact part and its self-check.
+
+What a policy decides without changing time is re-applied to every recorded
+task and chat turn as it happened, in the ledger's own order:
+
+- the task price (`BillingPolicy.price` over the catalogue's base credits of the
+  recorded params), spent before submission; a balance too low under the new
+  price is an insufficient-credit rejection the policy *caused*, and a task the
+  history refused for credits that the new price lets through is one it
+  *avoided* (its outcome is unknown: it never ran, so its credits are counted
+  as charged and kept);
+- the refund of a failed task (`BillingPolicy.refunds` of its recorded failure
+  class), at the moment the history refunded it or, when it did not, the
+  moment it failed;
+- the chat reservation (`BillingPolicy.chat_reservation` of the recorded turn's
+  full-answer cost, recovered exactly from its recorded reservation and the
+  recorded margin) and the settlement on recorded usage
+  (`BillingPolicy.chat_settlement`, the overrun charged only when the balance
+  covers it); a chat turn the history refused stays refused (its estimate is
+  not recorded);
+- duplicate blocking (`duplicate_runs = "block"`): a task with the same user,
+  model and prompt as a still-running task created within the window, priced
+  at least as high (`BillingPolicy.is_heavier_duplicate`), is not run.
+  Duplicates a history recorded under "block" never became rows and cannot
+  be re-added.
+
+Balances are re-run through the ledger in order (grants, top-ups and
+adjustments as recorded), so rejections follow from the balances each policy
+leaves. Everything is counted per policy, per model, per provider and per day
+(of the task or turn's creation), with the paired difference.
+
+The self-check replays the history under the policy it was recorded under and
+compares with the database's own ledger row by row (amount and balance after),
+by entry type, and per account at the end of the window: any difference is a
+bug, reported with the first diverging rows.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_left, bisect_right
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
+from rivya_core.policy import BillingPolicy
+
+from .history import ChatRow, History, TaskRow
+
+EXACT_KPIS = ("tasks", "charged", "refunded", "kept", "chat_charged", "revenue", "failures_without_refund",
+              "insufficient_credit_rejections", "rejections_caused", "rejections_avoided", "duplicates_blocked")
+KPI_HELP = {
+    "tasks": "recorded tasks that run under the policy (not blocked as duplicates)",
+    "charged": "task credits spent before submission",
+    "refunded": "task credits refunded for failures the policy reverses",
+    "kept": "task credits charged and not refunded",
+    "chat_charged": "chat credits charged on recorded usage",
+    "revenue": "kept task credits plus chat credits charged",
+    "failures_without_refund": "charged tasks that failed and kept their credits (user-visible)",
+    "insufficient_credit_rejections": "tasks and chat turns refused for credits",
+    "rejections_caused": "refused for credits under the policy, though the history ran them",
+    "rejections_avoided": "refused for credits in the history, affordable under the policy",
+    "duplicates_blocked": "tasks the policy blocks as heavier duplicates of a running task",
+}
+DIMENSIONS = ("model", "provider", "day")
+
+# timeline kinds
+_PASS, _CHARGE, _FINISH, _RESERVE, _SETTLE = range(5)
+
+
+@dataclass
+class Timeline:
+    """The policy-independent order of everything that moved (or could move) credits."""
+
+    events: list[tuple[int, int]]            # (kind, index into tasks / chats / ledger)
+    task_base: list[int | None]              # catalogue base credits of each task (None: model unknown)
+    chat_full: list[int | None]              # full-answer credits of each chat turn's reservation
+    chat_used: list[int | None]              # credits of each turn's recorded usage
+    task_charged: list[bool]                 # the history charged it
+    chat_reserved: list[bool]
+
+
+def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
+    times = [r.at for r in h.ledger]
+    tix = {t.id: i for i, t in enumerate(h.tasks)}
+    cix = {c.id: i for i, c in enumerate(h.chats)}
+    keyed: list[tuple[float, float, int, int, int]] = []   # (position, time, kind, index, seq)
+    charged = [False] * len(h.tasks)
+    refunded = [False] * len(h.tasks)
+    reserved = [False] * len(h.chats)
+    settled = [False] * len(h.chats)
+    for i, r in enumerate(h.ledger):
+        et = r.entry_type
+        if r.own and r.task_id is not None and r.task_id in tix:
+            ti = tix[r.task_id]
+            if et == EntryType.CONSUME and not charged[ti]:
+                charged[ti] = True
+                keyed.append((i, r.at, _CHARGE, ti, 0))
+                continue
+            if et == EntryType.REFUND and not refunded[ti]:
+                refunded[ti] = True
+                keyed.append((i, r.at, _FINISH, ti, 0))
+                continue
+        elif r.own and r.chat_message_id is not None and r.chat_message_id in cix and r.task_id is None:
+            ci = cix[r.chat_message_id]
+            if et == EntryType.CHAT_RESERVE and not reserved[ci]:
+                reserved[ci] = True
+                keyed.append((i, r.at, _RESERVE, ci, 0))
+                continue
+            if et in (EntryType.CHAT_REFUND, EntryType.CHAT_CHARGE):
+                if not settled[ci]:
+                    settled[ci] = True
+                    keyed.append((i, r.at, _SETTLE, ci, 0))
+                continue  # the settlement's second row is part of the same step
+        keyed.append((i, r.at, _PASS, i, 0))
+    seq = 0
+    by_user: defaultdict[int, list[int]] = defaultdict(list)
+    if h.refused_for_credits:
+        for i, r in enumerate(h.ledger):
+            by_user[r.user_id].append(i)
+    for ti, t in enumerate(h.tasks):
+        seq += 1
+        if t.error_code == INSUFFICIENT_CREDITS and not charged[ti]:
+            keyed.append((_refusal_position(h, times, by_user[t.user_id], t), t.created, _CHARGE, ti, seq))
+        elif t.status == TaskStatus.FAILED and not refunded[ti] and charged[ti] and t.finished is not None:
+            keyed.append((bisect_right(times, t.finished) - 0.5, t.finished, _FINISH, ti, seq))
+    for ci, c in enumerate(h.chats):
+        seq += 1
+        if not reserved[ci]:
+            keyed.append((bisect_left(times, c.created) - 0.5, c.created, _RESERVE, ci, seq))
+        elif not settled[ci] and c.settled is not None:
+            keyed.append((bisect_right(times, c.settled) - 0.5, c.settled, _SETTLE, ci, seq))
+    keyed.sort()
+    cat = h.catalog
+    base_cache: dict[tuple[str, str], int | None] = {}
+    task_base: list[int | None] = []
+    for t in h.tasks:
+        k = (t.model, json.dumps(t.params, sort_keys=True) if t.params else "")
+        if k not in base_cache:
+            spec = cat.get(t.model)
+            base_cache[k] = spec.base_credits(t.params) if spec is not None else None
+        task_base.append(base_cache[k])
+    chat_full, chat_used = [], []
+    for c in h.chats:
+        spec = cat.get(c.model)
+        chat_full.append(_full_turn_credits(c.reserved, recorded) if reserved[cix[c.id]] else None)
+        if spec is None or c.completion_tokens is None:
+            chat_used.append(None if spec is not None or c.charged is None else int(c.charged))
+        else:
+            chat_used.append(spec.chat_credits(int(c.prompt_tokens), int(c.completion_tokens)))
+    return Timeline([(k[2], k[3]) for k in keyed], task_base, chat_full, chat_used, charged, reserved)
+
+
+def _refusal_position(h: History, times: list[float], mine: list[int], t: TaskRow) -> float:
+    """Where among the rows written at the same moment a task was refused for credits: where the
+    account held the balance the refusal recorded (`charge_refused` event), else before them
+    (a top-up the refusal prompted comes after it)."""
+    lo, hi = bisect_left(times, t.created), bisect_right(times, t.created)
+    seen = h.refused_balance.get(t.id)
+    if seen is None or lo == hi:
+        return lo - 0.5
+    k = bisect_left(mine, lo)
+    bal = h.ledger[mine[k - 1]].balance_after if k else h.opening.get(t.user_id, 0)
+    for j in mine[k:]:
+        if j >= hi or bal == seen:
+            break
+        bal = h.ledger[j].balance_after
+        lo = j + 1
+    return lo - 0.5
+
+
+def _full_turn_credits(reserved: int, recorded: BillingPolicy) -> int | None:
+    """The full-answer cost a recorded reservation was made from: the one whole number F with
+    recorded.chat_reservation(F) == reserved (a margin of at least 1 leaves at most one)."""
+    m = recorded.chat_reserve_margin
+    lo = max(0, int((reserved - 1) / m) - 1)
+    for f in range(lo, int(reserved / m) + 2):
+        if recorded.chat_reservation(f) == reserved:
+            return f
+    return None
+
+
+@dataclass
+class PolicyResult:
+    policy: BillingPolicy
+    totals: Counter = field(default_factory=Counter)
+    groups: dict[tuple[str, str], Counter] = field(default_factory=lambda: defaultdict(Counter))
+    balances: dict[int, int] = field(default_factory=dict)
+    rows: list[tuple[str, int | None, int | None, int, int, int]] | None = None  # (type, task, msg, user, amount, bal)
+
+    def kpis(self) -> dict[str, int]:
+        return {k: int(self.totals[k]) for k in EXACT_KPIS}
+
+
+def _day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = False) -> PolicyResult:
+    """Re-apply policy to the recorded history (the exact part)."""
+    res = PolicyResult(policy, rows=[] if record else None)
+    tot, groups, rows = res.totals, res.groups, res.rows
+    bal: defaultdict[int, int] = defaultdict(int, h.opening)
+    ntask = len(h.tasks)
+    spent = [0] * ntask
+    held = [0] * len(h.chats)
+    ended = [None] * ntask  # end time of a task refused under the policy (created) or blocked
+    block = policy.duplicate_runs == "block"
+    running: dict[tuple[int, str, str], list[int]] = defaultdict(list)
+    window = policy.duplicate_window_s
+    group_cache: dict[tuple[str, int], tuple[Counter, Counter, Counter]] = {}
+    cat = h.catalog
+
+    def gs(model: str, provider: str, created: float) -> tuple[Counter, Counter, Counter]:
+        day = int(created // 86400)
+        key = (model, day)
+        g = group_cache.get(key)
+        if g is None:
+            g = group_cache[key] = (groups[("model", model)], groups[("provider", provider)],
+                                    groups[("day", _day(day * 86400.0))])
+        return g
+
+    def add(g: tuple[Counter, ...], kpi: str, n: int = 1) -> None:
+        tot[kpi] += n
+        for c in g:
+            c[kpi] += n
+
+    for kind, i in tl.events:
+        if kind == _PASS:
+            r = h.ledger[i]
+            bal[r.user_id] += r.amount
+            if rows is not None:
+                rows.append((r.entry_type, r.task_id, r.chat_message_id, r.user_id, r.amount, bal[r.user_id]))
+        elif kind == _CHARGE:
+            t: TaskRow = h.tasks[i]
+            g = gs(t.model, t.provider, t.created)
+            base = tl.task_base[i]
+            price = policy.price(t.model, base) if base is not None else (
+                int(policy.price_overrides[t.model]) if t.model in policy.price_overrides else t.reserved)
+            if block:
+                key = (t.user_id, t.model, t.prompt)
+                mine = running[key]
+                dup = False
+                for j in mine:
+                    o = h.tasks[j]
+                    end = ended[j] if ended[j] is not None else (o.finished if o.finished is not None else float("inf"))
+                    if o.created >= t.created - window and end > t.created and \
+                            policy.is_heavier_duplicate(price, spent[j] or price):
+                        dup = True
+                        break
+                if dup:
+                    ended[i] = t.created
+                    add(g, "duplicates_blocked")
+                    continue
+                mine.append(i)
+            add(g, "tasks")
+            if bal[t.user_id] >= price:
+                bal[t.user_id] -= price
+                spent[i] = price
+                add(g, "charged", price)
+                add(g, "kept", price)
+                add(g, "revenue", price)
+                if not tl.task_charged[i]:
+                    add(g, "rejections_avoided")
+                if rows is not None:
+                    rows.append((EntryType.CONSUME.value, t.id, t.chat_message_id, t.user_id, -price, bal[t.user_id]))
+            else:
+                ended[i] = t.created
+                add(g, "insufficient_credit_rejections")
+                if tl.task_charged[i]:
+                    add(g, "rejections_caused")
+        elif kind == _FINISH:
+            t = h.tasks[i]
+            amount = spent[i]
+            if not amount:
+                continue
+            g = gs(t.model, t.provider, t.created)
+            if policy.refunds(t.failure_class):
+                bal[t.user_id] += amount
+                add(g, "refunded", amount)
+                add(g, "kept", -amount)
+                add(g, "revenue", -amount)
+                if rows is not None:
+                    rows.append((EntryType.REFUND.value, t.id, t.chat_message_id, t.user_id, amount, bal[t.user_id]))
+            else:
+                add(g, "failures_without_refund")
+        elif kind == _RESERVE:
+            c: ChatRow = h.chats[i]
+            spec = cat.get(c.model)
+            g = gs(c.model, spec.provider if spec is not None else "chat", c.created)
+            full = tl.chat_full[i]
+            if full is None:  # refused in the history: its estimate is not recorded
+                add(g, "insufficient_credit_rejections")
+                continue
+            need = policy.chat_reservation(full)
+            if bal[c.user_id] >= need:
+                bal[c.user_id] -= need
+                held[i] = need
+                if rows is not None:
+                    rows.append((EntryType.CHAT_RESERVE.value, None, c.id, c.user_id, -need, bal[c.user_id]))
+            else:
+                add(g, "insufficient_credit_rejections")
+                add(g, "rejections_caused")
+        elif kind == _SETTLE:
+            c = h.chats[i]
+            hold = held[i]
+            if not hold:
+                continue
+            held[i] = 0
+            spec = cat.get(c.model)
+            g = gs(c.model, spec.provider if spec is not None else "chat", c.created)
+            used = tl.chat_used[i]
+            if c.status != "settled" or used is None:
+                charged, overrun = 0, 0
+            else:
+                charged, overrun = policy.chat_settlement(used, hold)
+            if overrun and bal[c.user_id] >= overrun:
+                bal[c.user_id] -= overrun
+                charged += overrun
+                if rows is not None:
+                    rows.append((EntryType.CHAT_CHARGE.value, None, c.id, c.user_id, -overrun, bal[c.user_id]))
+            back = hold - charged if charged < hold else 0
+            if back:
+                bal[c.user_id] += back
+                if rows is not None:
+                    rows.append((EntryType.CHAT_REFUND.value, None, c.id, c.user_id, back, bal[c.user_id]))
+            add(g, "chat_charged", charged)
+            add(g, "revenue", charged)
+    # turns still holding a reservation at the end: what they hold is spent so far
+    for i, hold in enumerate(held):
+        if hold:
+            c = h.chats[i]
+            spec = cat.get(c.model)
+            add(gs(c.model, spec.provider if spec is not None else "chat", c.created), "chat_charged", hold)
+            add(gs(c.model, spec.provider if spec is not None else "chat", c.created), "revenue", hold)
+    res.balances = dict(bal)
+    return res
+
+
+# --- the self-check -------------------------------------------------------------------
+
+
+@dataclass
+class SelfCheck:
+    policy: str
+    ok: bool
+    rows_compared: int
+    recorded: dict[str, int]
+    replayed: dict[str, int]
+    diverging: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "ok": self.ok, "rows_compared": self.rows_compared,
+                "recorded": self.recorded, "replayed": self.replayed, "first_diverging_rows": self.diverging}
+
+
+def _sums(rows: list[tuple[str, int]]) -> dict[str, int]:
+    out: Counter = Counter()
+    for et, amount in rows:
+        out[et] += amount
+    return {k: int(v) for k, v in sorted(out.items())}
+
+
+def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5) -> SelfCheck:
+    """Replay under the recorded policy and compare with the recorded ledger, row by row
+    (type, task or turn, account, amount, balance after), by entry type, and per account."""
+    res = replay(h, tl, recorded, record=True)
+    mine = res.rows or []
+    theirs = h.ledger
+    diverging: list[dict[str, Any]] = []
+    n = max(len(mine), len(theirs))
+    for k in range(n):
+        a = theirs[k] if k < len(theirs) else None
+        b = mine[k] if k < len(mine) else None
+        ra = (a.entry_type, a.task_id, a.chat_message_id, a.user_id, a.amount, a.balance_after) if a else None
+        if ra != b:
+            diverging.append({"position": k,
+                              "recorded": None if a is None else {
+                                  "id": a.id, "entry_type": a.entry_type, "task_id": a.task_id,
+                                  "chat_message_id": a.chat_message_id, "user_id": a.user_id, "amount": a.amount,
+                                  "balance_after": a.balance_after},
+                              "replayed": None if b is None else dict(zip(
+                                  ("entry_type", "task_id", "chat_message_id", "user_id", "amount", "balance_after"),
+                                  b, strict=True))})
+            if len(diverging) >= limit:
+                break
+    rec_sums = _sums([(r.entry_type, r.amount) for r in theirs])
+    rep_sums = _sums([(r[0], r[4]) for r in mine])
+    final_rec: dict[int, int] = dict(h.opening)
+    for r in theirs:
+        final_rec[r.user_id] = r.balance_after
+    bad_users = sorted(u for u in set(final_rec) | set(res.balances)
+                       if final_rec.get(u, 0) != res.balances.get(u, 0))
+    if bad_users and not diverging:
+        u = bad_users[0]
+        diverging.append({"account": u, "recorded_balance": final_rec.get(u, 0),
+                          "replayed_balance": res.balances.get(u, 0)})
+    recorded_kpis = {"charged": -rec_sums.get("consume", 0), "refunded": rec_sums.get("refund", 0),
+                     "kept": -rec_sums.get("consume", 0) - rec_sums.get("refund", 0),
+                     "chat_charged": -(rec_sums.get("chat_reserve", 0) + rec_sums.get("chat_refund", 0)
+                                       + rec_sums.get("chat_charge", 0)),
+                     "accounts_differing": 0}
+    k = res.kpis()
+    replayed_kpis = {"charged": k["charged"], "refunded": k["refunded"], "kept": k["kept"],
+                     "chat_charged": k["chat_charged"], "accounts_differing": len(bad_users)}
+    ok = not diverging and rec_sums == rep_sums and recorded_kpis == replayed_kpis
+    if not ok and not diverging:
+        diverging.append({"totals": "by entry type", "recorded": rec_sums, "replayed": rep_sums})
+    return SelfCheck(recorded.name, ok, len(theirs), recorded_kpis, replayed_kpis, diverging)
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+@dataclass
+class BacktestReport:
+    window: dict[str, Any]
+    policies: list[BillingPolicy]
+    results: list[PolicyResult]
+    self_check: SelfCheck
+    recorded_from: str
+    timing: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.self_check.ok
+
+    def by(self, dim: str) -> list[dict[str, Any]]:
+        a, b = self.results[0], self.results[-1]
+        keys = sorted({k for r in self.results for (d, k) in r.groups if d == dim})
+        out = []
+        for key in keys:
+            ga, gb = a.groups.get((dim, key), Counter()), b.groups.get((dim, key), Counter())
+            row: dict[str, Any] = {dim: key}
+            for kpi in ("tasks", "charged", "refunded", "kept", "chat_charged", "revenue",
+                        "failures_without_refund", "insufficient_credit_rejections", "duplicates_blocked"):
+                row[f"{kpi}_a"] = int(ga[kpi])
+                row[f"{kpi}_b"] = int(gb[kpi])
+                row[f"{kpi}_diff"] = int(gb[kpi] - ga[kpi])
+            out.append(row)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        a, b = self.results[0], self.results[-1]
+        ka, kb = a.kpis(), b.kpis()
+        out = {
+            "window": self.window,
+            "policies": [p.name for p in self.policies],
+            "exact": {
+                "kpis": {k: {"a": ka[k], "b": kb[k], "diff": kb[k] - ka[k], "source": "exact",
+                             "meaning": KPI_HELP[k]} for k in EXACT_KPIS},
+                **{f"by_{d}": self.by(d) for d in DIMENSIONS},
+            },
+            "self_check": {**self.self_check.to_dict(), "recorded_policy_from": self.recorded_from},
+        }
+        if self.timing is not None:
+            out["timing"] = self.timing
+        return out
+
+    def render_text(self) -> str:
+        a, b = self.results[0], self.results[-1]
+        ka, kb = a.kpis(), b.kpis()
+        na, nb = a.policy.name, b.policy.name
+        w = self.window
+        lines = [f"backtest {w['tasks']} tasks, {w['chat_turns']} chat turns, {w['ledger_rows']} ledger rows "
+                 f"({w['since'] or 'start'} .. {w['until'] or 'end'})",
+                 "", f"exact part (re-applied to every recorded task and chat turn): A = {na}, B = {nb}",
+                 f"  {'kpi':34}{'A':>14}{'B':>14}{'B - A':>14}"]
+        for k in EXACT_KPIS:
+            lines.append(f"  {k:34}{ka[k]:>14,}{kb[k]:>14,}{kb[k] - ka[k]:>+14,}")
+        lines += ["", "  by model (revenue, refunded, failures without refund: B - A)"]
+        for row in self.by("model"):
+            lines.append(f"  {row['model']:34} revenue {row['revenue_diff']:>+10,}  refunded {row['refunded_diff']:>+10,}"
+                         f"  failures w/o refund {row['failures_without_refund_diff']:>+6,}")
+        sc = self.self_check
+        lines += ["", f"self-check under the recorded policy {sc.policy!r} ({self.recorded_from}): "
+                  + ("OK, the replay reproduces the recorded ledger to the credit"
+                     f" ({sc.rows_compared:,} rows)" if sc.ok else "FAILED")]
+        if not sc.ok:
+            lines += [f"  {json.dumps(d, default=str)}" for d in sc.diverging]
+        if self.timing is not None:
+            lines += ["", *self.timing.get("text", [])]
+        return "\n".join(lines)
+
+
+def backtest(h: History, policies: list[BillingPolicy], recorded: BillingPolicy, recorded_from: str) -> BacktestReport:
+    tl = build_timeline(h, recorded)
+    results = [replay(h, tl, p) for p in policies]
+    check = self_check(h, tl, recorded)
+    window = {"since": h.since.isoformat() if h.since else None, "until": h.until.isoformat() if h.until else None,
+              "tasks": len(h.tasks), "chat_turns": len(h.chats), "ledger_rows": len(h.ledger)}
+    return BacktestReport(window, policies, results, check, recorded_from)

@@ -1,0 +1,82 @@
+"""Stuck alerts against each model's observed p95, degradation against a provider's own baseline."""
+
+from __future__ import annotations
+
+import pytest
+
+from rivya_core import alerts, bulk
+from rivya_core.db import open_store
+from rivya_core.policy import BillingPolicy
+from tests.fakes import IMAGE, callback, make_service
+
+
+@pytest.fixture
+def env(sqlite_url):
+    store = open_store(sqlite_url, create=True)
+    policy = BillingPolicy(stuck_after_s={"image": 5.0, "video": 5.0, "audio": 5.0})
+    svc, clock, providers = make_service(policy=policy, store=store)
+    user = svc.create_account("a@example.com", "A", grant=100_000)
+    yield svc, clock, providers, store, user
+    store.engine.dispose()
+
+
+def _finish(svc, clock, user, seconds, n, *, fail=False, tag="t"):
+    for i in range(n):
+        t = svc.submit(user.id, {**IMAGE, "prompt": f"{tag} {i}"})
+        clock.advance(seconds)
+        kw = dict(state="failed", error_code="model_error", failure_class="provider") if fail else {}
+        svc.handle_callback("lumen", *callback(clock, t.upstream_task_id, msg_id=f"{tag}{i}", **kw))
+
+
+def test_stuck_is_judged_against_the_models_p95_with_the_static_floor(env):
+    svc, clock, providers, store, user = env
+    _finish(svc, clock, user, 10, 30)  # lumen-flash finishes in 10 s: p95 10 s, threshold 2 × 10 = 20 s
+    young = svc.submit(user.id, {**IMAGE, "prompt": "young"})
+    clock.advance(15)  # past the 5 s floor, within 2 × p95
+    assert alerts.alerts(store.engine, svc.policy, clock.now()).stuck == []
+    th = alerts.model_thresholds(store.engine, svc.policy, clock.now())["lumen-flash"]
+    assert (th.p95_s, th.floor_s, th.threshold_s, th.finished) == (10.0, 5.0, 20.0, 30)
+    clock.advance(10)
+    [alert] = alerts.alerts(store.engine, svc.policy, clock.now()).stuck
+    assert (alert.model, alert.stuck, alert.action) == ("lumen-flash", 1, "recheck")
+    assert "2 × p95 10 s" in alert.message
+    p = bulk.plan(svc, alert.action, alert.filter)
+    assert [t.task_id for t in p.tasks] == [young.id] and p.would_act == 1
+
+
+def test_a_model_without_history_uses_the_floor(env):
+    svc, clock, providers, store, user = env
+    svc.submit(user.id, IMAGE)
+    clock.advance(6)
+    [alert] = alerts.alerts(store.engine, svc.policy, clock.now()).stuck
+    assert alert.threshold.p95_s is None and alert.threshold.threshold_s == 5.0
+    assert "floor" in alert.message
+
+
+def test_a_provider_failing_far_above_its_baseline_raises_an_alert_with_a_refund_filter(env):
+    svc, clock, providers, store, user = env
+    _finish(svc, clock, user, 600, 30, tag="base")  # a quiet day: no failures, 10 min each
+    clock.advance(3600)
+    assert alerts.degradation_alerts(store.engine, clock.now()) == []
+    _finish(svc, clock, user, 60, 8, fail=True, tag="bad")
+    _finish(svc, clock, user, 60, 4, tag="ok")
+    [alert] = alerts.degradation_alerts(store.engine, clock.now())
+    assert (alert.provider, alert.kind, alert.window_tasks, alert.action) == ("lumen", "failure_rate", 12, "refund")
+    assert alert.value == pytest.approx(8 / 12) and alert.baseline == 0
+    p = bulk.plan(svc, alert.action, alert.filter)
+    assert p.matched == 8
+
+
+def test_latency_far_above_baseline_is_an_alert(env):
+    svc, clock, providers, store, user = env
+    _finish(svc, clock, user, 60, 30, tag="base")
+    clock.advance(3600)
+    _finish(svc, clock, user, 240, 12, tag="slow")  # 4 min each within the last hour
+    kinds = [(a.provider, a.kind) for a in alerts.degradation_alerts(store.engine, clock.now())]
+    assert kinds == [("lumen", "latency")]
+
+
+def test_p95_is_the_nearest_rank():
+    assert alerts.p95([]) is None
+    assert alerts.p95(list(range(1, 101))) == 95
+    assert alerts.p95([3.0]) == 3.0
