@@ -1,7 +1,8 @@
 """The Simulation lab's background jobs: the shared list, live progress, cancel, results.
 
     start_job(kind, params, label) -> int | None
-        simulations.jobs.submit with the signed-in user as owner (None, with a message, when refused).
+        simulations.jobs.submit with the signed-in user as owner (None, with a message, when refused:
+        viewers read, operators start and cancel jobs).
     jobs_panel(renderers) -> None
         Every background job (newest first, the same list in every tab and session), refreshed
         every few seconds in a fragment so the rest of the page stays usable: status, progress,
@@ -16,6 +17,7 @@ from typing import Any
 
 import streamlit as st
 
+from pages._access import can_act
 from pages._source import runs_dir
 from rivya_core.domain import RivyaError
 from simulations import jobs
@@ -27,6 +29,9 @@ VIEW = "lab_job_view"
 
 
 def start_job(kind: str, params: dict[str, Any], label: str) -> int | None:
+    if not can_act():
+        st.caption("Starting a simulation needs the operator role; you are signed in as a viewer.")
+        return None
     try:
         job_id = jobs.submit(kind, params, label=label, owner=st.session_state.get("user"), runs=runs_dir())
     except (RivyaError, OSError) as exc:
@@ -79,7 +84,7 @@ def _job_row(job: dict[str, Any]) -> None:
                        + (f", finished {job['finished_at']}" if job["finished_at"] else ""))
         if status in jobs.ACTIVE:
             top[0].progress(float(job["progress"] or 0.0), text=str(job["message"] or status)[:80])
-            if top[1].button("Cancel", key=f"cancel_{job['id']}", icon=":material/stop:"):
+            if can_act() and top[1].button("Cancel", key=f"cancel_{job['id']}", icon=":material/stop:"):
                 jobs.cancel(job["id"], runs_dir())
                 top[1].caption("cancelled")  # the next refresh shows the row as cancelled
         elif status == "done":
