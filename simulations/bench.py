@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -412,6 +413,71 @@ def render_dashboard(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def growth(sizes: list[int], kinds: list[str], workdir: str) -> list[dict[str, Any]]:
+    """A whole `python -m simulations run` of the generation-only workload (WORKLOAD:
+    capacity well above the arrival rate, so queues stay stable) at each size into a
+    fresh SQLite file or PostgreSQL database, each in its own process: tasks per
+    wall second and per CPU second of the run (audit included) and its peak RSS."""
+    from sqlalchemy import create_engine, text
+
+    out = []
+    scenario = Path(workdir) / "generation_only.toml"
+    for n in sizes:
+        scenario.write_text(WORKLOAD.format(tasks=int(n)), encoding="utf-8")
+        for kind in kinds:
+            if kind == "sqlite":
+                path = Path(workdir) / f"growth-{n}.db"
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+                url = f"sqlite:///{path}"
+            else:
+                name = f"rivya_growth_{os.getpid()}"
+                admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+                with admin.connect() as conn:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    conn.execute(text(f"CREATE DATABASE {name}"))
+                admin.dispose()
+                url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+            cmd = [sys.executable, "-c", _GROWTH_CHILD, str(scenario), url]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise BenchError(f"growth run {kind} {n} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            child = json.loads(proc.stdout.strip().splitlines()[-1])
+            out.append({"db": kind, "arrivals": n, "tasks": child["tasks"], "wall_s": round(wall, 1),
+                        "tasks_per_s": round(child["tasks"] / wall, 1),
+                        "cpu_tasks_per_s": round(child["tasks"] / child["cpu_s"], 1),
+                        "peak_rss_mib": child["peak_rss_mib"], "violations": child["violations"],
+                        "fingerprint": child["fingerprint"][:16]})
+            if kind == "postgres":
+                admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+                with admin.connect() as conn:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                admin.dispose()
+            else:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+    return out
+
+
+# the child of growth(): `python -m simulations run SCENARIO --db URL`, timed from inside
+_GROWTH_CHILD = """
+import json, resource, sys, time
+from simulations.__main__ import main
+import io, contextlib
+c0 = time.process_time()
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    code = main(["run", sys.argv[1], "--db", sys.argv[2], "--json"])
+s = json.loads(buf.getvalue())
+print(json.dumps({"tasks": s["tasks"], "cpu_s": time.process_time() - c0, "violations": len(s["violations"]),
+                  "fingerprint": s["fingerprint"],
+                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+sys.exit(0 if code in (0, 1) else code)
+"""
+
+
 def engine_bench(jobs: int, tasks: int, scenario: str = "baseline") -> dict[str, Any]:
     """Jobs per minute of a two-policy sweep (jobs/2 replications of `tasks` arrivals)
     run in this process without the engine, then on a local Dask cluster of 1 and of
@@ -468,6 +534,9 @@ def _arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--only", default="", help="with --dashboard: only calls whose name contains this")
     b.add_argument("--engine", action="store_true", help="instead: jobs per minute of a sweep in process and on a "
                    "local Dask cluster of 1 and 2 workers (--jobs, --tasks per job)")
+    b.add_argument("--growth", metavar="SIZES", help="instead: whole runs of the generation-only workload at "
+                   "these comma-separated sizes (e.g. 10000,100000) into --dbs")
+    b.add_argument("--dbs", default="sqlite,postgres", help="with --growth: sqlite, postgres or both")
     b.add_argument("--jobs", type=int, default=40, help="with --engine: jobs in the sweep (default 40)")
     b.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     b.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -479,6 +548,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
         return 0
     if a.make_db:
         print(json.dumps(make_db(a.make_db, a.tasks, a.scenario)))
+        return 0
+    if a.growth:
+        sizes = [int(x) for x in a.growth.split(",") if x.strip()]
+        kinds = [k.strip() for k in a.dbs.split(",") if k.strip()]
+        if not sizes or min(sizes) < 1 or not kinds or set(kinds) - {"sqlite", "postgres"}:
+            raise BenchError("--growth takes sizes >= 1 and --dbs sqlite and/or postgres")
+        with tempfile.TemporaryDirectory(prefix="rivya-growth-") as tmp:
+            rows = growth(sizes, kinds, tmp)
+        print(json.dumps(rows, indent=1) if a.json else "\n".join(json.dumps(r) for r in rows))
         return 0
     if a.engine:
         if a.jobs < 2 or a.tasks < 1:

@@ -7,32 +7,28 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from simulations import jobs
 
-ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 240
 
 
 @pytest.fixture
-def lab(tmp_path, monkeypatch, empty_url):
+def lab(tmp_path, monkeypatch, empty_url, open_page):
+    """open_lab() -> the lab through app.py (access off: everybody is an operator), a new session each call."""
     runs = tmp_path / "runs"
     monkeypatch.setenv("RIVYA_RUNS_DIR", str(runs))
-    started: list[int] = []
 
     def open_lab() -> AppTest:
-        at = AppTest.from_file(str(ROOT / "pages" / "simulation_lab.py"), default_timeout=120)
-        at.session_state["db_url"] = empty_url
-        at.run()
+        at = open_page(empty_url, "pages/simulation_lab.py")
+        at.default_timeout = 120
         assert not at.exception, [e.value for e in at.exception]
         return at
 
     open_lab.runs = runs
-    open_lab.started = started
     yield open_lab
     for job in jobs.list_jobs(runs):  # leave no worker behind
         jobs.cancel(job["id"], runs)
