@@ -26,6 +26,7 @@ PAGES = [
     ("pages/live_tasks.py", "Live tasks", ":material/pending:", "Support"),
     ("pages/task_inspector.py", "Task inspector", ":material/search:", "Support"),
     ("pages/checklist.py", "Checklist", ":material/checklist:", "Support"),
+    ("pages/user.py", "User", ":material/person_search:", "Support"),
     ("pages/incidents.py", "Incidents", ":material/emergency:", "Support"),
     ("pages/notifications.py", "Notifications", ":material/notifications:", "Support"),
     ("pages/ledger.py", "Ledger", ":material/account_balance:", "Credits"),

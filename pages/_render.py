@@ -31,9 +31,18 @@ def show_table(frame: Any, *, column_config: dict | None = None, **kwargs: Any) 
         if col in config:
             continue
         if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col]):
-            frame[col] = frame[col].astype(object).where(frame[col].notna(), "—")
+            frame[col] = frame[col].map(_cell_text).astype(object).where(frame[col].notna(), "—")
         config[col] = st.column_config.Column(str(col).replace("_", " "))
     st.dataframe(frame, column_config=config, **{"hide_index": True, "width": "stretch", **kwargs})
+
+
+def _cell_text(value: Any) -> Any:
+    """A list or mapping in a text column as one line of JSON (Arrow cannot mix them with text)."""
+    if isinstance(value, list | tuple | dict | set):
+        import json
+
+        return json.dumps(sorted(value) if isinstance(value, set) else value, default=str)
+    return value
 
 
 def show_flows(flows: dict[str, int], total_label: str, total_help: str | None = None) -> None:

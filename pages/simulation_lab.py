@@ -57,23 +57,30 @@ def pick_scenario(key: str):
 
 
 def edit_knobs(sc):
-    """The main knobs as widgets; returns the edited scenario (dataclasses.replace) and the run size."""
+    """The main knobs as widgets; returns the edited scenario (dataclasses.replace) and the run size.
+
+    Every widget's key names the scenario, so each scenario's knobs start from its own file's values
+    (a value edited for one scenario never carries over to another) and untouched knobs change nothing:
+    the run is then exactly `python -m simulations run SCENARIO --seed S --tasks N`."""
+    k = f"knob_{sc.name}_"
     c = st.columns(4)
-    tasks = c[0].number_input("Tasks", 10, 200_000, sc.tasks or 500, step=100)
-    seed = c[1].number_input("Seed", 0, 2**31 - 1, sc.seed)
-    users = c[2].number_input("Users", 1, 100_000, sc.population.users)
-    callbacks = c[3].toggle("Callbacks on", sc.callbacks, help="Off: polling is the only completion path")
-    broke = st.slider("Users starting with almost no credits", 0.0, 1.0, sc.population.broke_fraction, 0.05)
+    tasks = c[0].number_input("Tasks", 10, 200_000, sc.tasks or 500, step=100, key=k + "tasks")
+    seed = c[1].number_input("Seed", 0, 2**31 - 1, sc.seed, key=k + "seed")
+    users = c[2].number_input("Users", 1, 100_000, sc.population.users, key=k + "users")
+    callbacks = c[3].toggle("Callbacks on", sc.callbacks, help="Off: polling is the only completion path",
+                            key=k + "callbacks")
+    broke = st.slider("Users starting with almost no credits", 0.0, 1.0, sc.population.broke_fraction, 0.05,
+                      key=k + "broke")
     farm, changed = sc.farm, {}
     for group, names in FAULTS.items():
         with st.expander(f"{group} fault rates", expanded=group == "Callbacks"):
             cols = st.columns(len(names))
             for col, name in zip(cols, names, strict=True):
                 value = col.number_input(name.replace("_", " "), 0.0, 1.0, float(getattr(farm, name)), 0.01,
-                                         format="%.2f", key=f"fault_{name}")
+                                         format="%.2f", key=f"{k}fault_{name}")
                 if value != getattr(farm, name):
                     changed[name] = value
-    choice = st.selectbox("Billing policy", list(policies()))
+    choice = st.selectbox("Billing policy", list(policies()), key=k + "policy")
     policy = sc.policy
     if policies()[choice] is not None:
         try:
@@ -203,8 +210,8 @@ def policy_params(paths: list[Path]) -> list[dict]:
 
 
 st.title("Simulation lab")
-run_tab, live_tab, compare_tab, sweep_tab = st.tabs(["Run a scenario", "Realtime run", "Compare two policies",
-                                                     "Sweep"])
+run_tab, live_tab, compare_tab, sweep_tab, backtest_tab = st.tabs(
+    ["Run a scenario", "Realtime run", "Compare two policies", "Sweep", "Backtest"])
 
 with run_tab:
     scenario, tasks = edit_knobs(pick_scenario("run"))
@@ -281,6 +288,11 @@ with sweep_tab:
                                 "grid": [[k, list(v)] for k, v in grid], "replications": int(reps),
                                 "tasks": int(per), "output": str(out)},
                       f"{sc.name}: {', '.join(chosen)}; grid {grid_text or 'none'}; {int(reps)} replications")
+
+with backtest_tab:
+    from pages._lab_backtest import backtest_tab as show_backtest
+
+    show_backtest()
 
 st.divider()
 jobs_panel({"run": show_run_job, "compare": show_compare, "sweep": show_sweep})

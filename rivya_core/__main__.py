@@ -44,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m rivya_core", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("init-db", help="create the tables (idempotent)")
+    p = sub.add_parser("init-db", help="create the tables (idempotent; upgrades an older Rivya database)")
     _db(p)
+    p.add_argument("--force", action="store_true",
+                   help="add the Rivya tables to a database that holds other data (nothing is dropped)")
     p = sub.add_parser("audit", help="check every invariant (read-only; --record stores the result for the "
                        "dashboard); exit 1 when any is violated")
     _db(p)
@@ -57,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="judge time-dependent checks (stuck tasks, open chat reservations) at WHEN: `now` "
                         "(wall time, for a live database) or an ISO time; default: the latest time recorded "
                         "in the database (right for a simulation's own time base)")
-    p = sub.add_parser("diagnose", help="the troubleshooting checklist answered for one task")
-    p.add_argument("task_id", type=_task_id)
+    p = sub.add_parser("diagnose", help="the troubleshooting checklist answered for one task or one chat turn")
+    p.add_argument("task_id", type=_task_id, nargs="?")
+    p.add_argument("--chat-message", type=_task_id, metavar="N", help="a chat turn's settlement instead of a task")
     _db(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     for name, text in (("refund", "issue a refund that is due (refused with the reason otherwise)"),
@@ -115,6 +118,9 @@ def _provider_sources() -> None:
 
 
 def cmd_init_db(args: argparse.Namespace) -> int:
+    from .targets import ensure_initialisable
+
+    ensure_initialisable(args.db, force=args.force)
     store = open_store(args.db, create=True)
     print(f"schema ready at {store.engine.url.render_as_string(hide_password=True)}")
     return 0
@@ -139,10 +145,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from .diagnose import diagnose
+    from .diagnose import diagnose, diagnose_chat_message
+    from .domain import ValidationError
     from .service import policy_from
 
-    result = diagnose(open_reader(args.db), args.task_id, policy_from(args.policy))
+    if (args.task_id is None) == (args.chat_message is None):
+        raise ValidationError("give a task id or --chat-message N (one of them)")
+    engine = open_reader(args.db)
+    if args.chat_message is not None:
+        result = diagnose_chat_message(engine, args.chat_message, policy_from(args.policy))
+    else:
+        result = diagnose(engine, args.task_id, policy_from(args.policy))
     print(json.dumps(result.to_dict(), default=str, indent=2) if args.json else result.render_text())
     return 0
 

@@ -38,6 +38,7 @@ from rivya_core.db import init_db, make_engine, sqlite_path
 from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.store_memory import MemoryStore
+from rivya_core.targets import ensure_fresh
 
 from .clock import SimClock
 from .farm import Farm
@@ -45,6 +46,7 @@ from .gctune import run_pace
 from .scenarios import Scenario, ScenarioError
 from .streams import Streams
 from .users import Population
+from .reads import NotificationReads
 from .writer import BatchWriter, beat, compact_sqlite, end_beat, relax_sqlite_sync, sim_metadata, write_sim_run
 
 FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
@@ -178,7 +180,8 @@ class Run:
             self.writer = BatchWriter(
                 engine, self.store, sc.policy, realtime=bool(self.realtime),
                 quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
-                forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows)
+                forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows,
+                reads=NotificationReads.for_behaviour(self.streams, sc.behaviour), now=self.clock.now)
             farm.record_jobs = True
         self.population.create_accounts()
         if sc.script:
@@ -250,9 +253,11 @@ def drain_seconds(sc: Scenario) -> float:
     return longest + 2 * p.poll_interval_s + patience + 900.0
 
 
-def open_fresh(db_url: str):
+def open_fresh(db_url: str, force: bool = False):
     """An engine on db_url with the schema and the simulation tables, for a run to
-    write into; a database that already holds tasks or accounts is refused."""
+    write into; a target that already holds data is refused (rivya_core.targets),
+    or with force a SQLite file is replaced."""
+    ensure_fresh(db_url, force=force, command="a simulation run")
     engine = make_engine(db_url)
     relax_sqlite_sync(engine)
     try:
@@ -270,10 +275,11 @@ def open_fresh(db_url: str):
 
 
 def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
-                 progress: Callable[[float, str], None] | None = None, realtime: float | None = None) -> RunSummary:
+                 progress: Callable[[float, str], None] | None = None, realtime: float | None = None,
+                 force: bool = False) -> RunSummary:
     wall0 = time.perf_counter()
     run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
-    engine = open_fresh(db_url)
+    engine = open_fresh(db_url, force=force)
     try:
         summary = _execute(run, engine, progress, wall0)
     finally:
