@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 
-from .cli import OneLineParser, run_command
+from . import limits
+from .cli import OneLineParser, number, run_command
 from .clock import WallClock
 from .db import DEFAULT_URL, open_reader, open_store
 from .queries import naive_utc
@@ -26,18 +27,22 @@ def _db(p: argparse.ArgumentParser) -> None:
 
 
 def _task_id(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"task id must be a whole number, not {value!r}")
-    return int(value)
+    if not value.isascii() or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"task id must be {limits.describe('id')}, not {value[:40]!r}")
+    return number("id")(value)
 
 
 def _moment(value: str) -> datetime:
     if value == "now":
         return WallClock().now()
     try:
-        return naive_utc(datetime.fromisoformat(value))
+        moment = naive_utc(datetime.fromisoformat(value))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected `now` or an ISO time, not {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected `now` or an ISO time, not {value[:40]!r}") from None
+    if not limits.EARLIEST <= moment <= limits.LATEST:
+        raise argparse.ArgumentTypeError(f"must be a time from {limits.EARLIEST:%Y-%m-%d} to {limits.LATEST:%Y-%m-%d}, "
+                                         f"not {value[:40]}")
+    return moment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("recover", help="bring tasks interrupted between steps to a consistent state")
     _db(p)
-    p.add_argument("--grace", type=float, default=60.0, metavar="S",
+    p.add_argument("--grace", type=number("grace_s"), default=60.0, metavar="S",
                    help="leave tasks touched in the last S seconds alone (default 60)")
     p = sub.add_parser("poll", help="one polling sweep over tasks due for an upstream check")
     _db(p)

@@ -15,14 +15,13 @@ compare-and-set, so a replayed step never charges, refunds or notifies twice.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from . import webhooks
+from . import limits, webhooks
 from .catalog import Catalog
 from .domain import (
     ACTIVE,
@@ -570,7 +569,7 @@ class LifecycleService:
         return self._tx(step)
 
     def _reserved_message(self, tx: Tx, message_id: int) -> tuple[ChatMessage, ChatSession]:
-        msg = tx.get_message(message_id, for_update=True) if isinstance(message_id, int) else None
+        msg = tx.get_message(message_id, for_update=True) if limits.LIMITS["id"].ok(message_id) else None
         if msg is None:
             raise NotFound(f"no chat message {message_id!r}")
         return msg, tx.get_session(msg.session_id)
@@ -753,7 +752,7 @@ class LifecycleService:
 
     @staticmethod
     def _task_in(tx: Tx, task_id: int, for_update: bool = False) -> Task:
-        task = tx.get_task(task_id, for_update=for_update) if isinstance(task_id, int) else None
+        task = tx.get_task(task_id, for_update=for_update) if limits.LIMITS["id"].ok(task_id) else None
         if task is None:
             raise NotFound(f"no task {task_id!r}")
         return task

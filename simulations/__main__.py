@@ -27,7 +27,7 @@ import argparse
 import json
 import sys
 
-from rivya_core.cli import OneLineParser, run_command
+from rivya_core.cli import OneLineParser, number, run_command
 from rivya_core.domain import RivyaError
 
 from .cli_engine import add_engine_flags, progress_bar
@@ -44,10 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                        "row to --db, print the summary; exit 1 on any invariant violation.")
     r.add_argument("scenario", help="scenario file or name in data/scenarios")
     r.add_argument("--db", required=True, help="database URL (sqlite:///path.db or postgresql://...)")
-    r.add_argument("--seed", type=int, help="master seed (default: the scenario's)")
-    r.add_argument("--tasks", type=int, help="stop arrivals after this many (default: the scenario's)")
+    r.add_argument("--seed", type=number("seed"), help="master seed (default: the scenario's)")
+    r.add_argument("--tasks", type=number("tasks"), help="stop arrivals after this many (default: the scenario's)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
-    r.add_argument("--realtime", type=float, metavar="FACTOR",
+    r.add_argument("--realtime", type=number("realtime"), metavar="FACTOR",
                    help="follow the wall clock: FACTOR simulated seconds per wall second")
     r.add_argument("--progress", action="store_true", help="show the progress bar even when not a terminal")
     r.add_argument("--force", action="store_true",
@@ -66,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                        "each KPI with the paired difference and its 95%% confidence interval.")
     c.add_argument("scenario")
     c.add_argument("--policy", action="append", required=True, help="policy TOML file (give exactly two)")
-    c.add_argument("--replications", type=int, default=4)
-    c.add_argument("--tasks", type=int, help="tasks per replication (default: the scenario's)")
+    c.add_argument("--replications", type=number("replications"), default=4)
+    c.add_argument("--tasks", type=number("tasks"), help="tasks per replication (default: the scenario's)")
     c.add_argument("--json", action="store_true")
     add_engine_flags(c)
 
@@ -81,9 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                    "scenario's own)")
     s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a scenario key and its values, e.g. farm.capacity=8,12 (repeatable: the product)")
-    s.add_argument("--replications", type=int, default=4)
-    s.add_argument("--seed", type=int, help="master seed (default: the scenario's)")
-    s.add_argument("--tasks", type=int, help="arrivals per job (default: the scenario's)")
+    s.add_argument("--replications", type=number("replications"), default=4)
+    s.add_argument("--seed", type=number("seed"), help="master seed (default: the scenario's)")
+    s.add_argument("--tasks", type=number("tasks"), help="arrivals per job (default: the scenario's)")
     s.add_argument("-o", "--output", metavar="FILE", help="write the results table and the sweep's definition "
                    "to FILE (.db: SQLite, .parquet: Parquet)")
     s.add_argument("--force", action="store_true", help="replace an output file that already holds data")

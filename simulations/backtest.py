@@ -134,17 +134,19 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
             keyed.append((bisect_right(times, c.settled) - 0.5, c.settled, _SETTLE, ci, seq))
     keyed.sort()
     cat = h.catalog
-    base_cache: dict[tuple[str, str], int | None] = {}
+    specs = {m.id: m for m in cat.models}
+    base_cache: dict[tuple[str, Any], int | None] = {}
     task_base: list[int | None] = []
     for t in h.tasks:
-        k = (t.model, json.dumps(t.params, sort_keys=True) if t.params else "")
+        spec = specs.get(t.model)
+        dur = spec.pricing.duration_param if spec is not None else None
+        k = (t.model, repr(t.params.get(dur)) if dur and t.params else None)  # only a duration moves a price
         if k not in base_cache:
-            spec = cat.get(t.model)
             base_cache[k] = spec.base_credits(t.params) if spec is not None else None
         task_base.append(base_cache[k])
     chat_full, chat_used = [], []
     for c in h.chats:
-        spec = cat.get(c.model)
+        spec = specs.get(c.model)
         chat_full.append(_full_turn_credits(c.reserved, recorded) if reserved[cix[c.id]] else None)
         if spec is None or c.completion_tokens is None:
             chat_used.append(None if spec is not None or c.charged is None else int(c.charged))
@@ -210,22 +212,19 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
     block = policy.duplicate_runs == "block"
     running: dict[tuple[int, str, str], list[int]] = defaultdict(list)
     window = policy.duplicate_window_s
-    group_cache: dict[tuple[str, int], tuple[Counter, Counter, Counter]] = {}
+    cells: dict[tuple[str, str, int], Counter] = {}  # (model, provider, day) -> KPI counts
     cat = h.catalog
+    providers = {m.id: m.provider for m in cat.models}
 
-    def gs(model: str, provider: str, created: float) -> tuple[Counter, Counter, Counter]:
-        day = int(created // 86400)
-        key = (model, day)
-        g = group_cache.get(key)
+    def gs(model: str, provider: str, created: float) -> Counter:
+        key = (model, provider, int(created // 86400))
+        g = cells.get(key)
         if g is None:
-            g = group_cache[key] = (groups[("model", model)], groups[("provider", provider)],
-                                    groups[("day", _day(day * 86400.0))])
+            g = cells[key] = Counter()
         return g
 
-    def add(g: tuple[Counter, ...], kpi: str, n: int = 1) -> None:
-        tot[kpi] += n
-        for c in g:
-            c[kpi] += n
+    def add(g: Counter, kpi: str, n: int = 1) -> None:
+        g[kpi] += n
 
     for kind, i in tl.events:
         if kind == _PASS:
@@ -288,8 +287,7 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
                 add(g, "failures_without_refund")
         elif kind == _RESERVE:
             c: ChatRow = h.chats[i]
-            spec = cat.get(c.model)
-            g = gs(c.model, spec.provider if spec is not None else "chat", c.created)
+            g = gs(c.model, providers.get(c.model, "chat"), c.created)
             full = tl.chat_full[i]
             if full is None:  # refused in the history: its estimate is not recorded
                 add(g, "insufficient_credit_rejections")
@@ -309,8 +307,7 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
             if not hold:
                 continue
             held[i] = 0
-            spec = cat.get(c.model)
-            g = gs(c.model, spec.provider if spec is not None else "chat", c.created)
+            g = gs(c.model, providers.get(c.model, "chat"), c.created)
             used = tl.chat_used[i]
             if c.status != "settled" or used is None:
                 charged, overrun = 0, 0
@@ -332,9 +329,13 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
     for i, hold in enumerate(held):
         if hold:
             c = h.chats[i]
-            spec = cat.get(c.model)
-            add(gs(c.model, spec.provider if spec is not None else "chat", c.created), "chat_charged", hold)
-            add(gs(c.model, spec.provider if spec is not None else "chat", c.created), "revenue", hold)
+            g = gs(c.model, providers.get(c.model, "chat"), c.created)
+            add(g, "chat_charged", hold)
+            add(g, "revenue", hold)
+    for (model, provider, day), g in cells.items():
+        tot.update(g)
+        for key in (("model", model), ("provider", provider), ("day", _day(day * 86400.0))):
+            groups[key].update(g)
     res.balances = dict(bal)
     return res
 

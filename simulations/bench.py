@@ -40,6 +40,7 @@ from typing import Any
 
 import simpy
 
+from rivya_core.cli import OneLineParser, number
 from rivya_core.domain import TERMINAL, RivyaError, TaskStatus
 
 from .gctune import run_pace
@@ -522,8 +523,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _arguments(b: argparse.ArgumentParser) -> None:
-    b.add_argument("--tasks", type=int, default=20_000, help="tasks per run (default 20000)")
-    b.add_argument("--reps", type=int, default=3, help="repetitions per mode; rates are medians (default 3)")
+    b.add_argument("--tasks", type=number("tasks"), default=20_000, help="tasks per run (default 20000)")
+    b.add_argument("--reps", type=number("replications"), default=3, help="repetitions per mode; rates are medians (default 3)")
     b.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     b.add_argument("--json", action="store_true")
     b.add_argument("--make-db", metavar="PATH", help="instead: run the baseline scenario into a SQLite file")
@@ -578,10 +579,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simulations.bench")
+    ap = OneLineParser(prog="python -m simulations.bench")
     _arguments(ap)
     try:
-        return cmd_bench(ap.parse_args(argv))
+        args = ap.parse_args(argv)
+    except SystemExit as exc:  # a usage error was printed in one line
+        return int(exc.code or 0)
+    try:
+        return cmd_bench(args)
     except RivyaError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -14,6 +14,9 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rivya_core.cli import number
+from rivya_core.limits import MAX_INT64
+
 from .scenarios import Scenario, load_scenario
 
 FAULT_KINDS = ("submit_refused", "submit_error", "submit_timeout", "content_policy", "model_error",
@@ -118,9 +121,9 @@ def add_parser(sub: Any) -> None:
     c = sub.add_parser("chaos", help="run randomized fault seeds; exit 1 when any seed breaks an invariant",
                        description="For each seed draw the active fault kinds and their rates, run the chaos "
                        "scenario, check every invariant and liveness; print failing seeds with a replay command.")
-    c.add_argument("--seeds", type=int, required=True, help="how many seeds to run")
-    c.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    c.add_argument("--tasks", type=int, default=DEFAULT_TASKS, help=f"tasks per seed (default {DEFAULT_TASKS})")
+    c.add_argument("--seeds", type=number("seeds"), required=True, help="how many seeds to run")
+    c.add_argument("--start", type=number("seed"), default=0, help="first seed (default 0)")
+    c.add_argument("--tasks", type=number("tasks"), default=DEFAULT_TASKS, help=f"tasks per seed (default {DEFAULT_TASKS})")
     from .cli_engine import add_engine_flags
 
     add_engine_flags(c)
@@ -131,6 +134,8 @@ def cmd_chaos(a: Any) -> int:
 
     if a.seeds < 1 or a.tasks < 1 or a.start < 0:
         raise RivyaError("--seeds and --tasks must be at least 1 and --start not negative", code="bad_argument")
+    if a.start + a.seeds - 1 > MAX_INT64:
+        raise RivyaError(f"--start + --seeds goes past the last seed, {MAX_INT64}", code="bad_argument")
     failed = []
 
     def report(result: SeedResult) -> None:

@@ -57,8 +57,8 @@ Progress = Callable[[float, str], None]
 
 
 def check_flags(workers: int | None, scheduler: str | None) -> None:
-    if workers is not None and workers < 0:
-        raise EngineError("--workers must be 0 (in this process) or more", code="bad_argument")
+    if workers is not None and not 0 <= workers <= 256:
+        raise EngineError("--workers must be 0 (in this process) to 256", code="bad_argument")
     if workers is not None and scheduler:
         raise EngineError("give --workers (a local cluster) or --scheduler (an existing one), not both",
                           code="bad_argument")

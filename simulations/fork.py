@@ -68,9 +68,11 @@ def _recorded_run(engine: Engine) -> tuple[Scenario | None, float | None]:
 
 
 def fork_story(engine: Engine, *, task_id: int | None = None, user_id: int | None = None,
-               since: datetime | None = None, until: datetime | None = None, everyone: bool = False) -> Story:
+               since: datetime | None = None, until: datetime | None = None, everyone: bool = False,
+               as_file: bool = True) -> Story:
     """The story of one task, of one account in a window, or (everyone=True) of every
-    account in a window: the trace the timing part of a backtest re-simulates."""
+    account in a window: the trace the timing part of a backtest re-simulates.
+    as_file=False skips reading the scenario back from its TOML (a story only run, never written)."""
     if (task_id is not None) + (user_id is not None) + everyone != 1:
         raise ForkError("give exactly one of --task and --user", code="bad_argument")
     recorded, origin = _recorded_run(engine)
@@ -196,7 +198,8 @@ def fork_story(engine: Engine, *, task_id: int | None = None, user_id: int | Non
                                                                         if len(accounts) == 1 else 0.0])),
                               topup_probability=0.0),
         policy=base_sc.policy, script=tuple(s[3] for s in steps))
-    sc = parse_scenario(sc.to_toml(), f"<fork of {what}>", sc.name)  # what the file will hold
+    if as_file:
+        sc = parse_scenario(sc.to_toml(), f"<fork of {what}>", sc.name)  # what the file will hold
     return Story(sc, ids, [c.id for c in chats])
 
 
@@ -338,7 +341,7 @@ def check_fork(engine: Engine, story: Story) -> list[str]:
     diffs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="rivya-fork-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'story.db'}"
-        run_scenario(story.scenario, url)
+        run_scenario(story.scenario, url, remember=False)
         replayed = make_engine(url)
         try:
             with connect(replayed) as conn:

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from rivya_core.cli import number
 from rivya_core.db import open_reader
 from rivya_core.domain import RivyaError
 from rivya_core.policy import DEFAULT_POLICY, BillingPolicy
@@ -45,8 +46,8 @@ def add_parsers(sub) -> None:
                        "task, or for one account's tasks and chat turns in a window; `run` it to reproduce "
                        "the timeline, edit one line to ask what-if.")
     who = f.add_mutually_exclusive_group(required=True)
-    who.add_argument("--task", type=int, help="task id")
-    who.add_argument("--user", type=int, help="account id")
+    who.add_argument("--task", type=number("id"), help="task id")
+    who.add_argument("--user", type=number("id"), help="account id")
     f.add_argument("--db", required=True, help="database URL")
     f.add_argument("--since", help="with --user: window start (ISO, UTC)")
     f.add_argument("--until", help="with --user: window end (ISO, UTC)")

@@ -43,7 +43,7 @@ from rivya_core.targets import ensure_fresh
 from .clock import SimClock
 from .farm import Farm
 from .gctune import run_pace
-from .scenarios import Scenario, ScenarioError
+from .scenarios import Scenario, ScenarioError, check_run_bounds
 from .streams import Streams
 from .users import Population
 from .reads import NotificationReads
@@ -135,6 +135,7 @@ class Run:
         self.sc = scenario
         self.seed = scenario.seed if seed is None else int(seed)
         self.max_tasks = scenario.tasks if tasks is None else int(tasks)
+        check_run_bounds(scenario, self.max_tasks)
         self.streams = Streams(self.seed)
         if realtime:
             self.env: simpy.Environment = simpy.rt.RealtimeEnvironment(factor=1.0 / realtime, strict=False)
@@ -276,12 +277,13 @@ def open_fresh(db_url: str, force: bool = False):
 
 def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
                  progress: Callable[[float, str], None] | None = None, realtime: float | None = None,
-                 force: bool = False) -> RunSummary:
+                 force: bool = False, remember: bool = True) -> RunSummary:
+    """remember=False: no data/runs/<fingerprint>.json (a throwaway run, such as a backtest's re-run)."""
     wall0 = time.perf_counter()
     run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
     engine = open_fresh(db_url, force=force)
     try:
-        summary = _execute(run, engine, progress, wall0)
+        summary = _execute(run, engine, progress, wall0, remember)
     finally:
         engine.dispose()
     path = sqlite_path(db_url)
@@ -298,7 +300,7 @@ def run_in_tempdir(scenario: Scenario, *, seed: int | None = None, tasks: int | 
         return run_scenario(scenario, f"sqlite:///{Path(tmp) / 'run.db'}", seed=seed, tasks=tasks)
 
 
-def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
+def _execute(run: Run, engine, progress, wall0: float, remember: bool = True) -> RunSummary:
     sc, env = run.sc, run.env
     writer = run.start(engine)
     ended_at: list[float] = []
@@ -327,7 +329,8 @@ def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
         "finished_at": run.clock.now(), "summary": json.loads(json.dumps(summary.stored(), default=str))})
     if run.realtime:
         end_beat(engine)
-    _remember(summary, sc, run)
+    if remember:
+        _remember(summary, sc, run)
     if progress is not None:
         progress(1.0, "done")
     return summary

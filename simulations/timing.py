@@ -102,7 +102,7 @@ def timing_part(engine: Engine, history: History, policies: list[BillingPolicy],
                 seed: int = 0, progress=None) -> dict[str, Any]:
     from .runner import run_scenario
 
-    story = fork_story(engine, everyone=True, since=history.since, until=history.until)
+    story = fork_story(engine, everyone=True, since=history.since, until=history.until, as_file=False)
     by_id = {t.id: t for t in history.tasks}
     span_days = len({int(t.created // 86400) for t in history.tasks})
     by_day = span_days >= MIN_DAYS
@@ -111,7 +111,7 @@ def timing_part(engine: Engine, history: History, policies: list[BillingPolicy],
     with tempfile.TemporaryDirectory(prefix="rivya-timing-") as tmp:
         for n, policy in enumerate(policies):
             url = f"sqlite:///{Path(tmp) / f'policy{n}.db'}"
-            run_scenario(story.scenario.with_policy(policy), url)
+            run_scenario(story.scenario.with_policy(policy), url, remember=False)
             results.append(_outcomes(url, len(story.task_ids)))
             if progress is not None:
                 progress((n + 1) / len(policies), f"trace-driven run under {policy.name}")

@@ -130,6 +130,7 @@ def test_two_policies_by_fifty_replications_of_baseline_match_compare(cluster, t
 
 @pytest.mark.parametrize("argv, needle", [
     (["sweep", "baseline", "--workers", "-1"], "--workers"),
+    (["sweep", "baseline", "--workers", "257"], "--workers"),
     (["sweep", "baseline", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
     (["sweep", "baseline", "--scheduler", "nonsense"], "tcp://host:8786"),
     (["sweep", "baseline", "--grid", "farm.capacity"], "key=value1,value2"),
@@ -146,7 +147,11 @@ def test_two_policies_by_fifty_replications_of_baseline_match_compare(cluster, t
 def test_engine_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
     (tmp_path / "full.db").write_bytes(b"x")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    assert main(argv) == 2
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own one-line usage errors
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err and "Traceback" not in err
 
