@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, or_, select
 from .audit import current_audit, ledger_sums
 from .domain import ACTIVE, Category, RivyaError, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
-from .queries import connect, latest_timestamp, like_escape
+from .queries import connect, like_escape
 from .schema import account, ai_task, credit_ledger, task_event
 
 MAX_ROWS = 500
@@ -222,18 +222,6 @@ def format_duration(seconds: float | None) -> str:
 
 
 # --- live tasks -------------------------------------------------------------------
-
-
-def reference_now(engine: Engine, wall_now: datetime) -> tuple[datetime, str]:
-    """The instant ages are measured from, and why.
-
-    A live database is measured against the wall clock; a simulation database,
-    whose clock stopped long ago, against its latest recorded activity.
-    """
-    latest = latest_timestamp(engine)
-    if latest is not None and wall_now - latest > timedelta(days=1):
-        return latest, "latest activity in this database (a simulation or an idle copy)"
-    return wall_now, "wall clock (UTC)"
 
 
 def filter_options(engine: Engine, limit: int = 200) -> dict[str, list[str]]:

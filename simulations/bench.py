@@ -18,6 +18,14 @@ Rates are medians over R repetitions; the ratio to (1) is the figure to quote.
 Each mode also reports the summed task latency, which only matches across
 modes when every mode saw the same draws.
 
+`python -m simulations bench --bulk sqlite:///big.db` times bulk remediation on a copy
+of that SQLite database (the file given is only read): dry runs of `refund` over
+every failed task and over every finished one, and of `mark-failed` over every
+succeeded one, then the execution
+of the refund incident (under `refund_everything`, so content-policy failures are
+really refunded and the rest refused, each with its support_action event), and a
+second execution that must change nothing.
+
 `python -m simulations bench --make-db PATH --tasks 1000000` runs the baseline
 scenario (without its one-day horizon, so the task count decides) into a fresh
 SQLite file: the database the dashboard measurements use.
@@ -316,8 +324,6 @@ AUDIT_TARGET_S = 10.0
 
 def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
     """(kind, name, call) for every dashboard data function, on sample rows of the database."""
-    from datetime import datetime
-
     from sqlalchemy import func, select
 
     from rivya_core import audit as au
@@ -358,7 +364,7 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
         ("reports.ledger_by_type", lambda: rp.ledger_by_type(e)),
         ("reports.credit_totals", lambda: rp.credit_totals(e)),
         ("reports.audit_summary", lambda: rp.audit_summary(e)),
-        ("reports.reference_now", lambda: rp.reference_now(e, datetime(2030, 1, 1))),
+        ("queries.reference_now", lambda: q.reference_now(e)),
         ("reports.filter_options", lambda: rp.filter_options(e)),
         ("reports.active_tasks", lambda: rp.active_tasks(e, now=now)),
         ("ledger_views.account_overview", lambda: lv.account_overview(e, busiest)),
@@ -512,6 +518,57 @@ def engine_bench(jobs: int, tasks: int, scenario: str = "baseline") -> dict[str,
         out[f"{key}_jobs_per_min"] = round(60 * len(work) / out[f"{key}_s"], 1)
     out["speedup_2_vs_1"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
     out["engine_overhead_ms_per_job"] = round(1000 * (out["workers_1_s"] - out["in_process_s"]) / len(work), 1)
+# --- bulk remediation on a big database ------------------------------------------------
+
+
+def bulk(url: str) -> dict[str, Any]:
+    """Dry-run and execution rates of rivya_core.bulk on a temporary copy of the SQLite database at url."""
+    import shutil
+    import sqlite3
+
+    from rivya_core import bulk as bulk_actions
+    from rivya_core.db import sqlite_path
+    from rivya_core.policy import BillingPolicy
+    from rivya_core.service import service_for_url
+
+    from . import recorded  # noqa: F401  (the recorded providers answer re-checks)
+
+    src = sqlite_path(url)
+    if src is None or not src.is_file():
+        raise BenchError(f"--bulk needs an existing SQLite database file, not {url!r}")
+    out: dict[str, Any] = {"url": url}
+    with tempfile.TemporaryDirectory(prefix="rivya-bulk-") as tmp:
+        copy = Path(tmp) / "bulk.db"
+        with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as a, sqlite3.connect(copy) as b:
+            a.backup(b)  # a consistent copy, WAL included
+        curl = f"sqlite:///{copy}"
+        svc = service_for_url(curl, create=True)  # create: the incident table on an older file
+        svc.policy = BillingPolicy.load(str(Path(__file__).resolve().parent.parent / "data" / "policies"
+                                            / "refund_everything.toml"))
+        out["tasks"] = svc.store.engine.connect().exec_driver_sql("select count(*) from ai_task").scalar()
+        for label, action, states in (("refund_failed", "refund", ("FAILED",)),
+                                      ("refund_all_finished", "refund", ("FAILED", "SUCCESS")),
+                                      ("mark_failed_succeeded", "mark-failed", ("SUCCESS",))):
+            flt = bulk_actions.BulkFilter(status=states)
+            t0, c0 = time.perf_counter(), time.process_time()
+            p = bulk_actions.plan(svc, action, flt)
+            out[f"dry_run_{label}"] = {"filter": flt.describe(), "matched": p.matched, "would_act": p.would_act,
+                                        "would_refuse": p.would_refuse, "seconds": round(time.perf_counter() - t0, 3),
+                                        "cpu_seconds": round(time.process_time() - c0, 3)}
+        flt = bulk_actions.BulkFilter(status=("FAILED",))
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = bulk_actions.execute(svc, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        out["execute_refund"] = {"matched": r.matched, "acted": r.acted, "refused": r.refused,
+                                 "credits_moved": r.credits_moved, "seconds": round(dt, 2), "cpu_seconds": round(dc, 2),
+                                 "tasks_per_s": round(r.matched / dt, 1) if dt else None,
+                                 "tasks_per_cpu_s": round(r.matched / dc, 1) if dc else None}
+        t0 = time.perf_counter()
+        again = bulk_actions.execute(svc, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
+        out["execute_again"] = {"acted": again.acted, "refused": again.refused, "skipped": again.skipped,
+                                "seconds": round(time.perf_counter() - t0, 2)}
+        out["load_average"] = [round(x, 1) for x in os.getloadavg()]
+        svc.store.engine.dispose()
     return out
 
 
@@ -531,6 +588,8 @@ def _arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--scenario", default="baseline", help="scenario for --make-db")
     b.add_argument("--force", action="store_true", help="with --make-db: replace a file that already holds data")
     b.add_argument("--dashboard", metavar="URL", help="instead: time the dashboard's data functions on URL")
+    b.add_argument("--bulk", metavar="URL", help="instead: time bulk dry runs and executions on a copy of a "
+                                                 "SQLite database")
     b.add_argument("--only", default="", help="with --dashboard: only calls whose name contains this")
     b.add_argument("--engine", action="store_true", help="instead: jobs per minute of a sweep in process and on a "
                    "local Dask cluster of 1 and 2 workers (--jobs, --tasks per job)")
@@ -564,6 +623,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if a.jobs < 2 or a.tasks < 1:
             raise BenchError("--jobs must be at least 2 and --tasks at least 1")
         print(json.dumps(engine_bench(a.jobs, a.tasks, a.scenario), indent=1))
+        return 0
+    if a.bulk:
+        print(json.dumps(bulk(a.bulk), indent=1))
         return 0
     if a.dashboard:
         rep = dashboard(a.dashboard, a.reps, a.only)

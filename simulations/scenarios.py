@@ -97,7 +97,8 @@ class Outage:
     provider: str
     start_s: float = pos(0.0, "seconds")
     end_s: float = pos(0.0, "seconds")
-    mode: str = field(default="submit_error", metadata={"choices": ("submit_error", "submit_refused", "fail")})
+    # submit_*: submissions refused; fail: jobs fail; hang: jobs are accepted and never finish (lost upstream)
+    mode: str = field(default="submit_error", metadata={"choices": ("submit_error", "submit_refused", "fail", "hang")})
 
 
 @dataclass(frozen=True)

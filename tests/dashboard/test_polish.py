@@ -79,7 +79,7 @@ def test_live_ages_use_the_wall_clock_while_the_database_is_live(open_page, seed
     pin_wall_clock(monkeypatch, T0 + timedelta(hours=3))  # 15:00, less than a day after the last event (14:08)
     at = open_page(seeded_url, "pages/live_tasks.py")
     assert not at.exception
-    assert "Ages measured from 2026-04-01 15:00:00 UTC — wall clock (UTC)" in texts(at)
+    assert "Ages judged at 2026-04-01 15:00:00 UTC (wall clock: the database is live)" in texts(at)
     table = shown_table(at.dataframe[0])
     assert table[table["id"].astype(str) == "3"].iloc[0]["age_s"] == "2 h 50 min"  # submitted at 12:10
 
