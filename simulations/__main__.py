@@ -8,6 +8,9 @@
   backtest --db URL [--since T] [--until T] --policy A.toml --policy B.toml [--json]
   calibrate --db URL [--since T] [--until T] -o scenario.toml [--force]
   fork --db URL (--task N | --user ID [--since T] [--until T]) -o story.toml [--force]
+  serve-provider --flavor replicate|fal --port N [--scenario FILE] [--seed S] [--config-out FILE]
+  live --flavor replicate|fal --tasks N --db URL [--scenario FILE] [--seed S] [--speed F]
+  receiver-load --db URL [--tasks N] [--concurrency C]
 
 SCENARIO is a path to a .toml file or a name in data/scenarios. `--realtime
 FACTOR` makes the SimPy clock follow the wall clock at FACTOR simulated seconds
@@ -95,6 +98,40 @@ def _parser() -> argparse.ArgumentParser:
     from .chaos import add_parser as add_chaos_parser
 
     add_chaos_parser(sub)
+
+    from .receiver_load import add_parser as add_load_parser
+
+    add_load_parser(sub)
+    sp = sub.add_parser("serve-provider", help="serve the mock farm over HTTP in a real provider's protocol",
+                        description="Serve every catalogue provider over HTTP as a Replicate-style or fal-style "
+                        "API, with the scenario's generation times and faults, and deliver signed webhooks "
+                        "over real HTTP to the webhook URL each submission names.")
+    sp.add_argument("--flavor", required=True, choices=("replicate", "fal"))
+    sp.add_argument("--port", type=int, required=True)
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sp.add_argument("--scenario", default="baseline", help="scenario file or name (default: baseline)")
+    sp.add_argument("--seed", type=int, help="master seed (default: the scenario's)")
+    sp.add_argument("--speed", type=float, default=1.0,
+                    help="simulated seconds per wall second for generation and callback delays (default 1)")
+    sp.add_argument("--receiver", default="http://127.0.0.1:8080", metavar="URL",
+                    help="the webhook receiver's base URL, written into --config-out (default http://127.0.0.1:8080)")
+    sp.add_argument("--config-out", metavar="FILE",
+                    help="write the RIVYA_PROVIDERS file a deployment needs to use this fake (its test keys)")
+    sp.add_argument("--force", action="store_true", help="overwrite --config-out if it exists")
+
+    lv = sub.add_parser("live", help="a run over real HTTP: receiver + fake provider + the real clients",
+                        description="Start the webhook receiver and the fake provider on 127.0.0.1, submit N "
+                        "tasks through the real provider client, wait until every task is terminal, print the "
+                        "summary; exit 1 on any invariant violation or a task left active.")
+    lv.add_argument("--flavor", required=True, choices=("replicate", "fal"))
+    lv.add_argument("--tasks", type=int, required=True)
+    lv.add_argument("--db", required=True, help="database URL (sqlite:///path.db or postgresql://...)")
+    lv.add_argument("--scenario", default="baseline", help="scenario file or name (default: baseline)")
+    lv.add_argument("--seed", type=int, help="master seed (default: the scenario's)")
+    lv.add_argument("--speed", type=float, default=120.0,
+                    help="simulated seconds per wall second; the policy's waits scale with it (default 120)")
+    lv.add_argument("--force", action="store_true", help="add the run to a database that already holds tasks")
+    lv.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
 
@@ -173,6 +210,48 @@ def cmd_chaos(a: argparse.Namespace) -> int:
     return chaos(a)
 
 
+def cmd_serve_provider(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .httpfarm import FakeProvider, providers_toml
+    from .scenarios import load_scenario
+
+    if not 0 < a.port < 65536 or not a.speed > 0:
+        raise RivyaError("--port must be 1-65535 and --speed positive", code="bad_argument")
+    fake = FakeProvider(a.flavor, load_scenario(a.scenario), a.seed, speed=a.speed)
+    base = f"http://{a.host}:{a.port}"
+    if a.config_out:
+        out = Path(a.config_out)
+        if out.exists() and out.stat().st_size and not a.force:
+            raise RivyaError(f"{out} exists; pass --force to overwrite it", code="file_exists")
+        out.write_text(providers_toml(a.flavor, base, a.receiver, fake.keys, fake.provider_names))
+    import uvicorn
+
+    print(f"fake {a.flavor} provider for {', '.join(fake.provider_names)} on {base} "
+          f"(scenario {fake.scenario.name}, seed {fake.seed}, speed {a.speed:g})"
+          + (f"; deployment config in {a.config_out}" if a.config_out else ""), flush=True)
+    uvicorn.run(fake.app, host=a.host, port=a.port, log_level="warning", access_log=False)
+    return 0
+
+
+def cmd_live(a: argparse.Namespace) -> int:
+    from .live import run_live
+    from .scenarios import load_scenario
+
+    if a.tasks < 1 or not a.speed > 0:
+        raise RivyaError("--tasks must be at least 1 and --speed positive", code="bad_argument")
+    summary, _farm = run_live(load_scenario(a.scenario), a.flavor, a.tasks, a.db, seed=a.seed, speed=a.speed,
+                              force=a.force, progress=Bar(sys.stderr.isatty() and not a.json))
+    print(json.dumps(summary.to_dict(), indent=1, default=str) if a.json else summary.render_text())
+    return 0 if summary.ok else EXIT_VIOLATION
+
+
+def cmd_receiver_load(a: argparse.Namespace) -> int:
+    from .receiver_load import cmd_receiver_load as load
+
+    return load(a)
+
+
 def cmd_history(a: argparse.Namespace) -> int:
     from .history_cli import COMMANDS as HISTORY
 
@@ -180,7 +259,8 @@ def cmd_history(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "list": cmd_list, "bench": cmd_bench,
-            "chaos": cmd_chaos, "backtest": cmd_history, "calibrate": cmd_history, "fork": cmd_history}
+            "chaos": cmd_chaos, "backtest": cmd_history, "calibrate": cmd_history, "fork": cmd_history,
+            "serve-provider": cmd_serve_provider, "live": cmd_live, "receiver-load": cmd_receiver_load}
 
 
 def main(argv: list[str] | None = None) -> int:

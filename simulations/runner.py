@@ -341,7 +341,7 @@ def _execute(run: Run, engine, progress, wall0: float, remember: bool = True) ->
 def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSummary:
     k = writer.kpis
     outcomes = dict(k.by_outcome)
-    rejected = {o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred")}
+    rejected = {o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred", "progress")}
     users = dict(run.population.stats)
     insufficient = k.insufficient + users.get("chat_refused", 0)
     chat = ChatFigures(reserved=k.chat_reserved, overrun=k.chat_overrun, refunded=k.chat_refunded)
