@@ -19,6 +19,8 @@ from pages._render import show_table
 from pages._runs import new_run_url, realtime_run, start_realtime_run
 from pages._source import enter_page, get_engine, runs_dir, use_database
 from rivya_core import ledger_views as lv
+from rivya_core.audit import ledger_sums
+from rivya_core.credits import chat_figures
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
 from simulations.scenarios import POLICY_DIR, list_scenarios, load_scenario
@@ -109,15 +111,18 @@ def show_run(url: str) -> None:
         return
     s = runs[-1]["summary"]
     credits = s.get("credits", {})
-    c = st.columns(6)
+    chat = chat_figures(cached_at(url, ledger_sums))  # the one definition, over the run's own ledger
+    c = st.columns(8)
     c[0].metric("Tasks", f"{s.get('tasks', 0):,}")
-    c[1].metric("Charged", f"{credits.get('charged', 0) + credits.get('chat_charged', 0):,}",
-                help="Task charges plus chat reservations")
-    c[2].metric("Refunded", f"{credits.get('refunded', 0) + credits.get('chat_refunded', 0):,}",
-                help="Task refunds plus the unused part of chat reservations")
-    c[3].metric("Net", f"{credits.get('net', 0):,}")
-    c[4].metric("Violations", f"{len(s.get('violations', [])):,}")
-    c[5].metric("Liveness", "ok" if s.get("liveness_ok") else "FAILED")
+    c[1].metric("Charged for tasks", f"{credits.get('charged', 0):,}", help="`consume` rows")
+    c[2].metric("Refunded for tasks", f"{credits.get('refunded', 0):,}", help="`refund` rows")
+    c[3].metric("Chat charged", f"{chat.charged:,}", help="What users were finally charged for chat turns")
+    c[4].metric("Chat reserved", f"{chat.reserved:,}",
+                help=f"Held before the turns ran; {chat.refunded:,} of it returned unused at settlement")
+    c[5].metric("Net", f"{credits.get('charged', 0) - credits.get('refunded', 0) + chat.charged:,}",
+                help="Charged for tasks − refunded for tasks + chat charged")
+    c[6].metric("Violations", f"{len(s.get('violations', [])):,}")
+    c[7].metric("Liveness", "ok" if s.get("liveness_ok") else "FAILED")
     st.caption(f"Scenario `{s.get('scenario_name')}`, seed {s.get('seed')}, fingerprint "
                f"`{str(s.get('fingerprint', ''))[:16]}`, {s.get('sim_seconds', 0):,.0f} simulated seconds. "
                f"Database: `{url}`")

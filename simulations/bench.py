@@ -555,6 +555,12 @@ def bulk(url: str) -> dict[str, Any]:
             out[f"dry_run_{label}"] = {"filter": flt.describe(), "matched": p.matched, "would_act": p.would_act,
                                         "would_refuse": p.would_refuse, "seconds": round(time.perf_counter() - t0, 3),
                                         "cpu_seconds": round(time.process_time() - c0, 3)}
+        from rivya_core import alerts
+
+        t0 = time.perf_counter()
+        found = alerts.alerts(svc.store.engine, svc.policy)
+        out["alerts"] = {"stuck": len(found.stuck), "degraded": len(found.degraded),
+                         "seconds": round(time.perf_counter() - t0, 3)}
         flt = bulk_actions.BulkFilter(status=("FAILED",))
         t0, c0 = time.perf_counter(), time.process_time()
         r = bulk_actions.execute(svc, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")

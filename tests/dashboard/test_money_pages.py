@@ -235,7 +235,7 @@ def test_ledger_page_shows_account_and_conservation(seeded_url):
     shown = texts(at)
     assert "Balance=82" in shown and "Refunded for tasks=20" in shown
     # the account's flows add up to its balance: 100 − 30 + 20 − 8 (chat reserved 12, refunded 4) = 82
-    assert "Granted=100" in shown and "Charged for tasks=30" in shown and "Chat spent=8" in shown
+    assert "Granted=100" in shown and "Charged for tasks=30" in shown and "Chat charged=8" in shown
     assert "Conservation holds" in shown
     # across accounts: 150 − 80 + 20 − 8 = 82, the ledger sum and the sum of balances
     assert "Granted=150" in shown and "Charged for tasks=80" in shown and "Ledger sum=82" in shown
