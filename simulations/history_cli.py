@@ -27,7 +27,7 @@ def add_parsers(sub) -> None:
     b.add_argument("--recorded-policy", help="the policy the history was recorded under (default: a simulation "
                    "database's own; otherwise the default policy)")
     b.add_argument("--exact-only", action="store_true", help="skip the timing part (the trace-driven re-run)")
-    b.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the timing part")
+    b.add_argument("--resamples", type=number("resamples"), default=1000, help="bootstrap resamples of the timing part")
     b.add_argument("--json", action="store_true")
 
     c = sub.add_parser("calibrate", help="fit a scenario to recorded history",
