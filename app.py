@@ -53,7 +53,7 @@ def _needs_demo(url: str) -> bool:
 
 
 def ensure_demo(url: str) -> None:
-    """Seed the default database with the baseline scenario once, showing progress. It writes, so
+    """Seed the default database with the demo scenario once, showing progress. It writes, so
     only for someone who may act (open mode, or an operator): a viewer's visit never writes."""
     done = st.session_state.setdefault("demo_checked", set())
     if url in done or os.environ.get("RIVYA_DEMO", "1") == "0" or url != default_url() or not can_act():
@@ -61,7 +61,7 @@ def ensure_demo(url: str) -> None:
     done.add(url)
     if not _needs_demo(url):
         return
-    bar = st.progress(0.0, text="First start: creating demo data by running the baseline scenario…")
+    bar = st.progress(0.0, text="First start: creating demo data by running the demo scenario…")
 
     def progress(fraction: float, message: str) -> None:
         bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"Creating demo data: {message}")

@@ -83,7 +83,7 @@ def _show(result: dict) -> None:
         st.json(sc["first_diverging_rows"], expanded=True)
     w = result["window"]
     st.caption(f"{w['tasks']:,} tasks, {w['chat_turns']:,} chat turns, {w['ledger_rows']:,} ledger rows "
-               f"({w['since'] or 'start'} to {w['until'] or 'end'}).")
+               f"({plain(w['since'] or 'start')} to {plain(w['until'] or 'end')}).")
     rows = [{"kpi": k, f"A: {pa}": v["a"], f"B: {pb}": v["b"], "B − A": v["diff"], "95% CI": "",
              "figure": "exact", "meaning": v["meaning"]} for k, v in result["exact"]["kpis"].items()]
     timing = result.get("timing")
@@ -107,14 +107,19 @@ def _show(result: dict) -> None:
                      labels={"revenue_diff": "credits, B − A", "model": ""})
         st.plotly_chart(fig, width="stretch")
     if timing:
-        ci = pd.DataFrame([{"kpi": k, "diff": v["diff"], "lo": v["ci95"][0], "hi": v["ci95"][1]}
-                           for k, v in timing["kpis"].items() if v["ci95"]])
-        ci["err_plus"] = ci["hi"] - ci["diff"]
-        ci["err_minus"] = ci["diff"] - ci["lo"]
-        fig = px.scatter(ci, x="diff", y="kpi", error_x="err_plus", error_x_minus="err_minus",
-                         labels={"diff": f"B − A ({pb} vs {pa})", "kpi": ""},
-                         title="Simulated KPIs: paired difference with 95% bootstrap CI")
-        fig.add_vline(x=0, line_dash="dot")
-        st.plotly_chart(fig, width="stretch")
+        rel = [{"kpi": k, "diff": 100 * v["diff"] / abs(v["a"]), "lo": 100 * v["ci95"][0] / abs(v["a"]),
+                "hi": 100 * v["ci95"][1] / abs(v["a"])} for k, v in timing["kpis"].items() if v["ci95"] and v["a"]]
+        skipped = [k for k, v in timing["kpis"].items() if not (v["ci95"] and v["a"])]
+        if rel:
+            ci = pd.DataFrame(rel)
+            ci["err_plus"] = ci["hi"] - ci["diff"]
+            ci["err_minus"] = ci["diff"] - ci["lo"]
+            fig = px.scatter(ci, x="diff", y="kpi", error_x="err_plus", error_x_minus="err_minus",
+                             labels={"diff": f"B − A, % of A ({pb} vs {pa})", "kpi": ""},
+                             title="Simulated KPIs: paired difference with 95% bootstrap CI")
+            fig.add_vline(x=0, line_dash="dot")
+            st.plotly_chart(fig, width="stretch")
+        if skipped:
+            st.caption("Not charted (A is 0, so no relative change): " + ", ".join(skipped))
     else:
         st.caption("The confidence-interval chart comes from the timing part: switch it on and run again.")

@@ -32,13 +32,13 @@ STATUS_ICON = {"ok": ":material/check_circle:", "warn": ":material/warning:", "f
 
 
 def show_checklist(task_id: int, user_id: int) -> None:
-    diag = diagnose(engine, task_id, policy)
+    judged = queries.reference_now(engine)  # the one "now" the pages and the support actions judge ages at
+    diag = diagnose(engine, task_id, policy, now=judged.at)
     box = {"ok": st.success, "warn": st.warning, "fail": st.error}.get(
         "fail" if any(i.status == "fail" for i in diag.items) else
         "warn" if any(i.status == "warn" for i in diag.items) else "ok", st.info)
     box(f"**Verdict:** {plain(diag.verdict)}\n\n**Next action:** {plain(diag.next_action)}")
-    st.caption(f"Task type: {plain(diag.task_type)}. Ages judged at {diag.now:%Y-%m-%d %H:%M:%S} UTC, "
-               f"with {plain(policy_source)}.")
+    st.caption(f"Task type: {plain(diag.task_type)}. {judged.caption()}, with {plain(policy_source)}.")
     for item in diag.items:  # answers quote the task's own fields (error messages, prompts): plain text
         icon = STATUS_ICON.get(item.status, ":material/help:")
         with st.expander(f"{icon} {item.question} — {plain(item.answer)}", expanded=item.status in ("warn", "fail")):
@@ -46,7 +46,7 @@ def show_checklist(task_id: int, user_id: int) -> None:
             if item.evidence:
                 show_table(pd.DataFrame(queries.jsonable(item.evidence)), hide_index=True, width="stretch")
     st.subheader("Recheck before running again")
-    signals = recheck_signals(engine, user_id, policy)
+    signals = recheck_signals(engine, user_id, policy, now=judged.at)
     if not signals:
         st.success("No recheck signal for this user.")
     for sig in signals:

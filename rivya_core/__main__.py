@@ -1,4 +1,4 @@
-"""`python -m rivya_core`: database set-up, audit, the checklist, support actions.
+"""`python -m rivya_core`: database set-up, audit, the checklist, support actions, the webhook receiver.
 
 Every command takes --db URL (default: the embedded SQLite database under
 data/). Errors print one line and exit non-zero; audit exits 1 on violations.
@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -96,7 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave tasks touched in the last S seconds alone (default 60)")
     p = sub.add_parser("poll", help="one polling sweep over tasks due for an upstream check")
     _db(p)
+    p.add_argument("--every", type=_seconds, metavar="S",
+                   help="sweep again every S seconds until interrupted (default: once)")
+    p = sub.add_parser("serve", help="the webhook receiver (POST /webhooks/PROVIDER, GET /healthz) "
+                       "and the polling sweep, in one process")
+    _db(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
+    p.add_argument("--poll-every", type=number("poll_every_s"), default=30.0, metavar="S",
+                   help="run the polling sweep every S seconds in this process; 0: never (default 30)")
     return parser
+
+
+_seconds = number("sweep_s")
+_port = number("port")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,16 +241,31 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
-    r = _service(args).poll()
-    print(f"poll: checked {r.checked}, succeeded {r.succeeded}, failed {r.failed}, "
-          f"timed out {r.timed_out}, still running {r.still_running}")
+    svc = _service(args)
+    while True:
+        r = svc.poll()
+        print(f"poll: checked {r.checked}, succeeded {r.succeeded}, failed {r.failed}, "
+              f"timed out {r.timed_out}, still running {r.still_running}", flush=True)
+        if not args.every:
+            return 0
+        time.sleep(args.every)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .receiver import serve
+
+    svc = _service(args)
+    print(f"receiving webhooks on http://{args.host}:{args.port}/webhooks/PROVIDER for "
+          f"{', '.join(sorted(svc.providers)) or 'no configured provider'}"
+          + (f"; polling every {args.poll_every:g} s" if args.poll_every else ""), flush=True)
+    serve(svc, args.host, args.port, poll_every=args.poll_every or None)
     return 0
 
 
 COMMANDS = {
     "init-db": cmd_init_db, "audit": cmd_audit, "diagnose": cmd_diagnose,
     "refund": _support("refund"), "recheck": _support("recheck"), "mark-failed": _support("mark-failed"),
-    "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll,
+    "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
 }
 
 if __name__ == "__main__":

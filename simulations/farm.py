@@ -233,6 +233,8 @@ class MockProvider:
             job.state, job.result_urls = "succeeded", ()
         elif outage is not None and outage.mode == "fail":
             job.state, job.error = "failed", OUTAGE_FAILURE
+        elif outage is not None and outage.mode == "hang":
+            job.state = "lost"
         elif u[0] < cfg.lost_job:
             job.state = "lost"
         elif u[1] < cfg.content_policy:

@@ -101,8 +101,8 @@ def test_open_mode_reads_any_database_and_says_it_is_local_only(open_page, seede
 
 # --- simulations: operators only, within quotas -------------------------------------------------
 
-WRITING_BUTTONS = {"Run into a new database", "Start realtime run", "Compare", "Delete older runs",
-                   "Start a realtime demo run"}
+WRITING_BUTTONS = {"Run in the background", "Start realtime run", "Compare in the background",
+                   "Sweep in the background", "Backtest", "Delete older runs", "Start a realtime demo run"}
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_a_viewer_gets_no_control_that_runs_a_simulation(signed, empty_url, runs
 def test_an_operator_sees_them(signed, empty_url, runs):
     lab = signed(empty_url, "pages/simulation_lab.py", session=OPERATOR)
     live = signed(empty_url, "pages/live_tasks.py", session=OPERATOR)
-    assert {"Run into a new database", "Start realtime run", "Compare", "Delete older runs"} <= set(_labels(lab))
+    assert WRITING_BUTTONS - {"Start a realtime demo run"} <= set(_labels(lab))
     assert "Start a realtime demo run" in _labels(live)
 
 
@@ -133,10 +133,10 @@ def test_an_operator_run_over_the_task_quota_is_refused_and_writes_nothing(signe
     monkeypatch.setenv("RIVYA_QUOTA_TASKS", "100")
     at = signed(empty_url, "pages/simulation_lab.py", session=OPERATOR)
     assert at.number_input[0].value > 100  # the scenario's own size
-    next(b for b in at.button if b.label == "Run into a new database").click().run()
+    next(b for b in at.button if b.label == "Run in the background").click().run()
     assert not at.exception
     assert "quota of 100 tasks" in texts(at)
-    assert not list(runs.glob("*.db"))
+    assert not list(runs.glob("*.db")) and not list(runs.glob("jobs/*.log"))  # no job was started
     next(b for b in at.button if b.label == "Start realtime run").click().run()
     assert "quota of 100 tasks" in texts(at)
     assert not list(runs.glob("*.db")) and not list(runs.glob("*.toml"))
