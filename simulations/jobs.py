@@ -235,7 +235,10 @@ def _row(r: Any) -> dict[str, Any]:
 
 
 def list_jobs(runs: Path | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """The newest jobs first, as dicts (params and result decoded)."""
+    """The newest jobs first, as dicts (params and result decoded); none, and nothing created,
+    while no job was ever submitted (looking at the list never makes the jobs database)."""
+    if not ((runs or runs_dir()).resolve() / "jobs.db").is_file():
+        return []
     refresh(runs)
     with _engine(runs).connect() as conn:
         return [_row(r) for r in conn.execute(select(lab_job).order_by(lab_job.c.id.desc()).limit(limit))]

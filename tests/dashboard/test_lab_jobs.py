@@ -106,7 +106,8 @@ def test_a_comparison_shows_progress_and_cancel_stops_it(lab):
         raise AssertionError("the comparison's processes outlived the cancel")
 
 
-def test_a_worker_that_died_shows_as_failed_with_its_log(lab):
+def test_a_worker_that_died_shows_as_failed_with_its_log(lab, monkeypatch):
+    monkeypatch.setenv("RIVYA_QUOTA_TASKS", "200000")  # a run long enough to kill mid-way
     at = lab()
     at.number_input[0].set_value(200_000)
     button(at, "Run in the background").click().run()
