@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from rivya_core.credits import chat_figures
 from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
 
@@ -400,8 +401,7 @@ def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5
                           "replayed_balance": res.balances.get(u, 0)})
     recorded_kpis = {"charged": -rec_sums.get("consume", 0), "refunded": rec_sums.get("refund", 0),
                      "kept": -rec_sums.get("consume", 0) - rec_sums.get("refund", 0),
-                     "chat_charged": -(rec_sums.get("chat_reserve", 0) + rec_sums.get("chat_refund", 0)
-                                       + rec_sums.get("chat_charge", 0)),
+                     "chat_charged": chat_figures(rec_sums).charged,
                      "accounts_differing": 0}
     k = res.kpis()
     replayed_kpis = {"charged": k["charged"], "refunded": k["refunded"], "kept": k["kept"],
