@@ -113,11 +113,11 @@ def _parser() -> argparse.ArgumentParser:
                         "API, with the scenario's generation times and faults, and deliver signed webhooks "
                         "over real HTTP to the webhook URL each submission names.")
     sp.add_argument("--flavor", required=True, choices=("replicate", "fal"))
-    sp.add_argument("--port", type=int, required=True)
+    sp.add_argument("--port", type=number("port"), required=True)
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sp.add_argument("--scenario", default="baseline", help="scenario file or name (default: baseline)")
-    sp.add_argument("--seed", type=int, help="master seed (default: the scenario's)")
-    sp.add_argument("--speed", type=float, default=1.0,
+    sp.add_argument("--seed", type=number("seed"), help="master seed (default: the scenario's)")
+    sp.add_argument("--speed", type=number("realtime"), default=1.0,
                     help="simulated seconds per wall second for generation and callback delays (default 1)")
     sp.add_argument("--receiver", default="http://127.0.0.1:8080", metavar="URL",
                     help="the webhook receiver's base URL, written into --config-out (default http://127.0.0.1:8080)")
@@ -130,11 +130,11 @@ def _parser() -> argparse.ArgumentParser:
                         "tasks through the real provider client, wait until every task is terminal, print the "
                         "summary; exit 1 on any invariant violation or a task left active.")
     lv.add_argument("--flavor", required=True, choices=("replicate", "fal"))
-    lv.add_argument("--tasks", type=int, required=True)
+    lv.add_argument("--tasks", type=number("tasks"), required=True)
     lv.add_argument("--db", required=True, help="database URL (sqlite:///path.db or postgresql://...)")
     lv.add_argument("--scenario", default="baseline", help="scenario file or name (default: baseline)")
-    lv.add_argument("--seed", type=int, help="master seed (default: the scenario's)")
-    lv.add_argument("--speed", type=float, default=120.0,
+    lv.add_argument("--seed", type=number("seed"), help="master seed (default: the scenario's)")
+    lv.add_argument("--speed", type=number("realtime"), default=120.0,
                     help="simulated seconds per wall second; the policy's waits scale with it (default 120)")
     lv.add_argument("--force", action="store_true", help="add the run to a database that already holds tasks")
     lv.add_argument("--json", action="store_true", help="print the summary as JSON")
