@@ -39,6 +39,11 @@ def policies() -> dict[str, Path | None]:
     return {"the scenario's own": None, **{p.stem: p for p in sorted(POLICY_DIR.glob("*.toml"))}}
 
 
+def describe_policy(policy: BillingPolicy, label: str = "") -> None:
+    """The product question a policy answers (its `description`), as plain text."""
+    st.text(f"{label}{policy.name}: {policy.description or 'no description in its file'}")
+
+
 def pick_scenario(key: str):
     names = {p.stem: p for p in list_scenarios()}
     if not names:
@@ -88,6 +93,7 @@ def edit_knobs(sc):
         except RivyaError as exc:
             st.error(exc.message)
             st.stop()
+    describe_policy(policy)
     edited = replace(
         sc, seed=int(seed), callbacks=callbacks, policy=policy,
         population=replace(sc.population, users=int(users), broke_fraction=broke),
@@ -227,11 +233,17 @@ with compare_tab:
     b = c[1].selectbox("Policy B", names, index=names.index("no_refunds") if "no_refunds" in names else 1)
     reps = c[2].number_input("Replications", 2, 50, 4)
     per = c[3].number_input("Tasks per run", 20, 20_000, 200)
+    try:
+        chosen = [BillingPolicy.load(policies()[a]), BillingPolicy.load(policies()[b])]
+    except RivyaError as exc:
+        st.error(exc.message)
+        st.stop()
+    describe_policy(chosen[0], "A = ")
+    describe_policy(chosen[1], "B = ")
     if st.button("Compare", type="primary"):
         with st.spinner(f"Running {2 * reps} simulations…"):
             try:
-                report = compare(sc, [BillingPolicy.load(policies()[a]), BillingPolicy.load(policies()[b])],
-                                 int(reps), tasks=int(per))
+                report = compare(sc, chosen, int(reps), tasks=int(per))
             except (RivyaError, ValueError) as exc:
                 st.error(f"The comparison stopped: {getattr(exc, 'message', exc)}")
             else:

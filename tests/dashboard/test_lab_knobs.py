@@ -70,3 +70,21 @@ def test_a_lab_run_with_untouched_knobs_matches_the_cli_fingerprint(empty_url, t
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     assert lab["fingerprint"] == json.loads(cli.stdout)["fingerprint"]
+
+
+def test_the_lab_names_the_question_each_policy_answers(empty_url, tmp_path, monkeypatch):
+    from rivya_core.policy import BillingPolicy
+    from simulations.scenarios import POLICY_DIR
+
+    monkeypatch.setenv("RIVYA_RUNS_DIR", str(tmp_path / "runs"))
+    at = run_page("simulation_lab.py", empty_url, timeout=120)
+    shown = lambda: [t.value for t in at.text]  # noqa: E731
+    run_policy = next(s for s in at.selectbox if s.label == "Billing policy")
+    run_policy.set_value("premium_prices").run()
+    premium = BillingPolicy.load(POLICY_DIR / "premium_prices.toml")
+    assert f"premium_prices: {premium.description}" in shown()
+    next(s for s in at.selectbox if s.label == "Policy B").set_value("refund_everything").run()
+    everything = BillingPolicy.load(POLICY_DIR / "refund_everything.toml")
+    default = BillingPolicy.load(POLICY_DIR / "default.toml")
+    assert f"A = default: {default.description}" in shown()
+    assert f"B = refund_everything: {everything.description}" in shown()
