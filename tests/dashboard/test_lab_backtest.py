@@ -21,9 +21,10 @@ def sim_url(tmp_path_factory):
     return url
 
 
-def _page(name: str, url: str, **query) -> AppTest:
+def _page(name: str, url: str, role: str = "operator", **query) -> AppTest:
     at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=180)
     at.session_state["db_url"] = url
+    at.session_state["role"] = role
     for k, v in query.items():
         at.query_params[k] = v
     at.run()
@@ -45,6 +46,12 @@ def test_backtest_tab_shows_exact_and_simulated_figures_with_the_ci_chart(sim_ur
     assert refunded["B: no_refunds"] == 0 and refunded["B − A"] == -refunded["A: default"]
     titles = [str(c.proto) for c in at.get("plotly_chart")]
     assert any("95% bootstrap CI" in t for t in titles) and any("by model" in t for t in titles)
+
+
+def test_a_viewer_reads_the_tab_but_cannot_run_a_backtest(sim_url):
+    at = _page("simulation_lab.py", sim_url, role="viewer")
+    assert not [b for b in at.button if b.label == "Backtest"]
+    assert any("Running a backtest needs the operator role" in c.value for c in at.caption)
 
 
 def test_inspector_and_user_page_offer_the_fork_download(sim_url):

@@ -287,25 +287,6 @@ def test_page_on_empty_and_bad_database(page, empty_url):
         assert "Cannot read this database" in texts(at)
 
 
-def test_simulation_lab_runs_a_scenario_and_charts_it(empty_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("RIVYA_RUNS_DIR", str(tmp_path / "runs"))
-    at = run_page("simulation_lab.py", empty_url, timeout=120)
-    assert at.selectbox(key="run_scenario").value == "baseline"
-    at.number_input[0].set_value(20)
-    next(b for b in at.button if b.label == "Run into a new database").click()
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    shown = texts(at)
-    assert "Violations=0" in shown and "Liveness=ok" in shown and "Scenario `baseline`" in shown
-    made = list((tmp_path / "runs").glob("baseline-*.db"))
-    assert len(made) == 1
-    assert len(at.get("plotly_chart")) == 4
-    next(b for b in at.button if b.label == "Read this database in every page").click()
-    at.run()
-    assert at.session_state["db_url"] == f"sqlite:///{made[0]}"
-    assert at.query_params["db"] == f"sqlite:///{made[0]}"
-
-
 def test_lab_charts_read_a_window_ending_at_the_latest_row(engine):
     whole = lv.state_timeline(engine, buckets=10, window_s=None)
     recent = lv.state_timeline(engine, buckets=10, window_s=60.0)  # the last minute: no task finished in it
