@@ -104,25 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     _db(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
-    p.add_argument("--poll-every", type=float, default=30.0, metavar="S",
+    p.add_argument("--poll-every", type=number("poll_every_s"), default=30.0, metavar="S",
                    help="run the polling sweep every S seconds in this process; 0: never (default 30)")
     return parser
 
 
-def _seconds(value: str) -> float:
-    try:
-        s = float(value)
-    except ValueError:
-        s = -1.0
-    if not 0 < s <= 86400:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds in (0, 86400], not {value!r}")
-    return s
-
-
-def _port(value: str) -> int:
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, not {value!r}")
-    return int(value)
+_seconds = number("sweep_s")
+_port = number("port")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

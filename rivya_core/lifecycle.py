@@ -163,8 +163,9 @@ class LifecycleService:
                                   code="email_invalid")
         if not isinstance(name, str) or len(name) > 200:
             raise ValidationError("an account name is text of at most 200 characters", code="name_invalid")
-        if not isinstance(grant, int) or isinstance(grant, bool) or grant < 0:
-            raise ValidationError("a sign-up grant must be a whole number of credits, 0 or more", code="grant_invalid")
+        if not isinstance(grant, int) or not limits.LIMITS["whole_credits"].ok(grant):
+            raise ValidationError(f"a sign-up grant must be {limits.describe('whole_credits')} credits",
+                                  code="grant_invalid")
 
         def step(tx: Tx):
             if tx.account_by_email(email) is not None:
@@ -177,8 +178,9 @@ class LifecycleService:
         return self._tx(step)
 
     def grant(self, user_id: int, amount: int, note: str = "top-up", key: str | None = None) -> LedgerEntry:
-        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-            raise ValidationError("a grant must be a positive whole number of credits", code="grant_invalid")
+        if not isinstance(amount, int) or amount == 0 or not limits.LIMITS["whole_credits"].ok(amount):
+            raise ValidationError(f"a grant must be {limits.describe('whole_credits')} credits, not 0",
+                                  code="grant_invalid")
 
         def step(tx: Tx) -> LedgerEntry:
             if tx.get_account(user_id) is None:
@@ -743,6 +745,7 @@ class LifecycleService:
     def recover(self, grace_s: float = 0.0, limit: int = 100_000) -> RecoveryReport:
         """Bring every task interrupted between steps (and untouched for grace_s)
         to a consistent state. Idempotent: a second run finds nothing to do."""
+        grace_s = limits.check("grace_s", grace_s, "recover: grace_s")
         report = RecoveryReport()
         cutoff = self._now() - timedelta(seconds=grace_s)
         stale = self._tx(lambda tx: tx.active_tasks_older_than(cutoff, limit))
@@ -785,6 +788,10 @@ class LifecycleService:
             if upstream:
                 self._tx(lambda tx: self._adopt_upstream(tx, task.id, upstream))
                 return "stored the upstream id found at the provider"
+            parked = self._tx(lambda tx: tx.parked_upstream_for_ref(task.provider, f"task-{task.id}"))
+            if parked:  # a signed callback for our reference: the provider has the job
+                self._tx(lambda tx: self._adopt_upstream(tx, task.id, parked))
+                return "stored the upstream id of a callback parked under this task's reference"
         if provider is not None and self.policy.recover_resubmit:
             if not charged and not self._tx(lambda tx: self._charge(tx, task.id)):
                 return "charge refused: failed for credits"

@@ -82,6 +82,10 @@ LIMITS: dict[str, Limit] = {
     "replications": Limit(1, 1000, whole=True),
     "workers": Limit(1, 256, whole=True),
     "seeds": Limit(1, 100_000, whole=True),                 # chaos --seeds
+    "resamples": Limit(1, 100_000, whole=True),             # backtest --resamples
+    "port": Limit(1, 65_535, whole=True),
+    "sweep_s": Limit(0, DAY_S, above_low=True),             # poll --every
+    "poll_every_s": Limit(0, DAY_S),                        # serve --poll-every (0: never)
     # scenario and policy files
     "probability": Limit(0, 1),
     "seconds": Limit(0, YEAR_S),                            # times and durations in a scenario or policy

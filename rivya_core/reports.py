@@ -16,14 +16,13 @@ import pandas as pd
 from sqlalchemy import Engine, func, or_, select
 
 from .audit import current_audit, ledger_sums
+from .credits import chat_figures
 from .domain import ACTIVE, Category, RivyaError, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import connect, like_escape
 from .schema import account, ai_task, credit_ledger, task_event
 
 MAX_ROWS = 500
-CHARGE_TYPES = ("consume", "chat_reserve", "chat_charge")
-REFUND_TYPES = ("refund", "chat_refund")
 
 
 def read_frame(engine: Engine, stmt) -> pd.DataFrame:
@@ -133,37 +132,39 @@ def ledger_by_type(engine: Engine) -> pd.DataFrame:
 def credit_breakdown(by_type: dict[str, int]) -> dict[str, int]:
     """Split ledger sums per entry type into flows that add up to what is left in balances:
 
-        granted − task_charged + task_refunded − chat_net + other = balance
+        granted − task_charged + task_refunded − chat_charged + other = balance
 
-    granted includes adjustments; chat_net = chat_charged − chat_refunded (reservations and
-    charges of chat turns, less their refunds); other is any entry type this version does not know.
+    granted includes adjustments; chat_charged is what users were finally charged for chat
+    (credits.chat_figures: reservations + overrun − refunds), with chat_reserved and
+    chat_refunded beside it; other is any entry type this version does not know.
     """
     of = lambda t: int(by_type.get(t, 0) or 0)  # noqa: E731
+    chat = chat_figures(by_type)
     out = {
         "granted": of("grant") + of("adjustment"),
         "task_charged": -of("consume"),
         "task_refunded": of("refund"),
-        "chat_charged": -(of("chat_reserve") + of("chat_charge")),
-        "chat_refunded": of("chat_refund"),
+        "chat_charged": chat.charged,
+        "chat_reserved": chat.reserved,
+        "chat_refunded": chat.refunded,
     }
-    out["chat_net"] = out["chat_charged"] - out["chat_refunded"]
     out["balance"] = sum(int(v or 0) for v in by_type.values())
-    out["other"] = out["balance"] - (out["granted"] - out["task_charged"] + out["task_refunded"] - out["chat_net"])
+    out["other"] = out["balance"] - (out["granted"] - out["task_charged"] + out["task_refunded"]
+                                     - out["chat_charged"])
     return out
 
 
 def credit_totals(engine: Engine) -> dict[str, int]:
-    """Credits charged (task consumes and chat charges), refunded, net, and granted, plus the
-    credit_breakdown of the whole ledger and the sum of the accounts' cached balances."""
-    by_type = ledger_sums(engine)
-    charged = -sum(int(by_type.get(t, 0)) for t in CHARGE_TYPES)
-    refunded = sum(int(by_type.get(t, 0)) for t in REFUND_TYPES)
+    """Credits charged (tasks, and chat as finally charged), refunded (task refunds), net, and
+    granted, plus the credit_breakdown of the whole ledger and the sum of the accounts' cached balances."""
+    flows = credit_breakdown(ledger_sums(engine))
+    charged = flows["task_charged"] + flows["chat_charged"]
     balances = _scalar(engine, select(func.coalesce(func.sum(account.c.balance), 0)))
     return {
         "charged": charged,
-        "refunded": refunded,
-        "net": charged - refunded,
-        **credit_breakdown(by_type),
+        "refunded": flows["task_refunded"],
+        "net": charged - flows["task_refunded"],
+        **flows,
         "account_balances": int(balances or 0),
     }
 

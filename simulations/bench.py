@@ -418,6 +418,106 @@ def render_dashboard(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def growth(sizes: list[int], kinds: list[str], workdir: str) -> list[dict[str, Any]]:
+    """A whole `python -m simulations run` of the generation-only workload (WORKLOAD:
+    capacity well above the arrival rate, so queues stay stable) at each size into a
+    fresh SQLite file or PostgreSQL database, each in its own process: tasks per
+    wall second and per CPU second of the run (audit included) and its peak RSS."""
+    from sqlalchemy import create_engine, text
+
+    out = []
+    scenario = Path(workdir) / "generation_only.toml"
+    for n in sizes:
+        scenario.write_text(WORKLOAD.format(tasks=int(n)), encoding="utf-8")
+        for kind in kinds:
+            if kind == "sqlite":
+                path = Path(workdir) / f"growth-{n}.db"
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+                url = f"sqlite:///{path}"
+            else:
+                name = f"rivya_growth_{os.getpid()}"
+                admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+                with admin.connect() as conn:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    conn.execute(text(f"CREATE DATABASE {name}"))
+                admin.dispose()
+                url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+            cmd = [sys.executable, "-c", _GROWTH_CHILD, str(scenario), url]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise BenchError(f"growth run {kind} {n} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            child = json.loads(proc.stdout.strip().splitlines()[-1])
+            out.append({"db": kind, "arrivals": n, "tasks": child["tasks"], "wall_s": round(wall, 1),
+                        "tasks_per_s": round(child["tasks"] / wall, 1),
+                        "cpu_tasks_per_s": round(child["tasks"] / child["cpu_s"], 1),
+                        "peak_rss_mib": child["peak_rss_mib"], "violations": child["violations"],
+                        "fingerprint": child["fingerprint"][:16]})
+            if kind == "postgres":
+                admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+                with admin.connect() as conn:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                admin.dispose()
+            else:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+    return out
+
+
+# the child of growth(): `python -m simulations run SCENARIO --db URL`, timed from inside
+_GROWTH_CHILD = """
+import json, resource, sys, time
+from simulations.__main__ import main
+import io, contextlib
+c0 = time.process_time()
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    code = main(["run", sys.argv[1], "--db", sys.argv[2], "--json"])
+s = json.loads(buf.getvalue())
+print(json.dumps({"tasks": s["tasks"], "cpu_s": time.process_time() - c0, "violations": len(s["violations"]),
+                  "fingerprint": s["fingerprint"],
+                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+sys.exit(0 if code in (0, 1) else code)
+"""
+
+
+def engine_bench(jobs: int, tasks: int, scenario: str = "baseline") -> dict[str, Any]:
+    """Jobs per minute of a two-policy sweep (jobs/2 replications of `tasks` arrivals)
+    run in this process without the engine, then on a local Dask cluster of 1 and of
+    2 workers (cluster start-up timed apart). The engine's per-job overhead is the
+    1-worker cluster's time per job minus the in-process time per job."""
+    from rivya_core.policy import BillingPolicy
+
+    from .engine import local_cluster, run_jobs
+    from .scenarios import POLICY_DIR
+    from .sweep import Sweep
+
+    sweep = Sweep(load_scenario(scenario), (BillingPolicy.load(POLICY_DIR / "default.toml"),
+                                            BillingPolicy.load(POLICY_DIR / "no_refunds.toml")),
+                  replications=max(1, jobs // 2), tasks=tasks)
+    work = sweep.jobs()
+    out: dict[str, Any] = {"scenario": scenario, "jobs": len(work), "tasks_per_job": tasks}
+    t0 = time.perf_counter()
+    for job in work:
+        job.fn(*job.args)
+    out["in_process_s"] = round(time.perf_counter() - t0, 2)
+    for n in (1, 2):
+        t0 = time.perf_counter()
+        cluster = local_cluster(n)
+        started = time.perf_counter()
+        try:
+            res = run_jobs(work, scheduler=cluster.scheduler_address)
+        finally:
+            cluster.close()
+        out[f"workers_{n}_s"] = round(time.perf_counter() - started, 2)
+        out[f"workers_{n}_startup_s"] = round(started - t0, 2)
+        out[f"workers_{n}_failed"] = sum(not r.ok for r in res)
+    for key in ("in_process", "workers_1", "workers_2"):
+        out[f"{key}_jobs_per_min"] = round(60 * len(work) / out[f"{key}_s"], 1)
+    out["speedup_2_vs_1"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
+    out["engine_overhead_ms_per_job"] = round(1000 * (out["workers_1_s"] - out["in_process_s"]) / len(work), 1)
 # --- bulk remediation on a big database ------------------------------------------------
 
 
@@ -497,6 +597,12 @@ def _arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--bulk", metavar="URL", help="instead: time bulk dry runs and executions on a copy of a "
                                                  "SQLite database")
     b.add_argument("--only", default="", help="with --dashboard: only calls whose name contains this")
+    b.add_argument("--engine", action="store_true", help="instead: jobs per minute of a sweep in process and on a "
+                   "local Dask cluster of 1 and 2 workers (--jobs, --tasks per job)")
+    b.add_argument("--growth", metavar="SIZES", help="instead: whole runs of the generation-only workload at "
+                   "these comma-separated sizes (e.g. 10000,100000) into --dbs")
+    b.add_argument("--dbs", default="sqlite,postgres", help="with --growth: sqlite, postgres or both")
+    b.add_argument("--jobs", type=int, default=40, help="with --engine: jobs in the sweep (default 40)")
     b.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     b.add_argument("--workdir", help=argparse.SUPPRESS)
 
@@ -509,6 +615,20 @@ def cmd_bench(a: argparse.Namespace) -> int:
         return 0
     if a.make_db:
         print(json.dumps(make_db(a.make_db, a.tasks, a.scenario, force=a.force)))
+        return 0
+    if a.growth:
+        sizes = [int(x) for x in a.growth.split(",") if x.strip()]
+        kinds = [k.strip() for k in a.dbs.split(",") if k.strip()]
+        if not sizes or min(sizes) < 1 or not kinds or set(kinds) - {"sqlite", "postgres"}:
+            raise BenchError("--growth takes sizes >= 1 and --dbs sqlite and/or postgres")
+        with tempfile.TemporaryDirectory(prefix="rivya-growth-") as tmp:
+            rows = growth(sizes, kinds, tmp)
+        print(json.dumps(rows, indent=1) if a.json else "\n".join(json.dumps(r) for r in rows))
+        return 0
+    if a.engine:
+        if a.jobs < 2 or a.tasks < 1:
+            raise BenchError("--jobs must be at least 2 and --tasks at least 1")
+        print(json.dumps(engine_bench(a.jobs, a.tasks, a.scenario), indent=1))
         return 0
     if a.bulk:
         print(json.dumps(bulk(a.bulk), indent=1))

@@ -36,6 +36,7 @@ from sqlalchemy import func, select
 from rivya_core import schema, webhooks
 from rivya_core.audit import audit
 from rivya_core.catalog import default_catalog
+from rivya_core.cli import number
 from rivya_core.clock import WallClock
 from rivya_core.db import has_rows, open_store, safe_url
 from rivya_core.domain import RivyaError
@@ -197,9 +198,11 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("receiver-load", help="valid callbacks per second the webhook receiver holds on loopback",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--db", required=True, help="a fresh database URL (refused when it holds tasks, unless --force)")
-    p.add_argument("--tasks", type=int, default=2000)
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight at most (default 16)")
-    p.add_argument("--duplicates", type=float, default=0.1, help="fraction of exact redeliveries (default 0.1)")
+    p.add_argument("--tasks", type=number("tasks"), default=2000)
+    p.add_argument("--concurrency", type=number("workers"), default=16,
+                   help="requests in flight at most (default 16)")
+    p.add_argument("--duplicates", type=number("probability"), default=0.1,
+                   help="fraction of exact redeliveries (default 0.1)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--json", action="store_true")
 

@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 from rivya_core import schema
 from rivya_core.audit import audit
 from rivya_core.catalog import default_catalog
+from rivya_core.credits import ChatFigures
 from rivya_core.db import init_db, make_engine, sqlite_path
 from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.lifecycle import LifecycleService
@@ -43,10 +44,10 @@ from rivya_core.targets import ensure_fresh
 from .clock import SimClock
 from .farm import Farm
 from .gctune import run_pace
+from .reads import NotificationReads
 from .scenarios import Scenario, ScenarioError, check_run_bounds
 from .streams import Streams
 from .users import Population
-from .reads import NotificationReads
 from .writer import BatchWriter, beat, compact_sqlite, end_beat, relax_sqlite_sync, sim_metadata, write_sim_run
 
 FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
@@ -108,7 +109,8 @@ class RunSummary:
             "by state:    " + _kv(self.counts_by_state),
             "callbacks:   " + _kv(self.counts_by_outcome),
             f"credits:     charged {c['charged']}  refunded {c['refunded']}  net {c['net']}"
-            f"  (chat charged {c['chat_charged']}, chat refunded {c['chat_refunded']})",
+            f"  (chat charged {c['chat_charged']}: reserved {c.get('chat_reserved', 0)}, "
+            f"{c['chat_refunded']} of it returned unused)",
             "completion:  " + _kv(self.completion_paths),
             f"deferrals:   {self.deferrals}",
             "rejected:    " + (_kv(self.rejected_callbacks) or "none"),
@@ -342,7 +344,8 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
     rejected = {o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred", "progress")}
     users = dict(run.population.stats)
     insufficient = k.insufficient + users.get("chat_refused", 0)
-    net = k.charged - k.refunded + k.chat_charged - k.chat_refunded
+    chat = ChatFigures(reserved=k.chat_reserved, overrun=k.chat_overrun, refunded=k.chat_refunded)
+    net = k.charged - k.refunded + chat.charged
     kpis = {
         "revenue": net,
         "refunds": k.refunded,  # task refunds (chat differences are settlement, not policy)
@@ -358,8 +361,9 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
         fingerprint=writer.fingerprint(), seed=run.seed, scenario_name=run.sc.name, tasks=k.tasks,
         sim_seconds=round(run.env.now, 3),
         counts_by_state=dict(k.by_state), counts_by_outcome=outcomes,
-        credits={"charged": k.charged, "refunded": k.refunded, "chat_charged": k.chat_charged,
-                 "chat_refunded": k.chat_refunded, "net": net, "granted": k.granted},
+        credits={"charged": k.charged, "refunded": k.refunded, "chat_charged": chat.charged,
+                 "chat_reserved": chat.reserved, "chat_overrun": chat.overrun, "chat_refunded": chat.refunded,
+                 "net": net, "granted": k.granted},
         completion_paths=dict(k.paths), deferrals=k.events.get("deferred", 0), rejected_callbacks=rejected,
         latency_percentiles={"p50": k.percentile(0.5), "p90": k.percentile(0.9), "p99": k.percentile(0.99)},
         violations=[{"kind": f.kind, "message": f.message, "count": f.count} for f in report.findings],

@@ -306,7 +306,33 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 
 
 def parse_scenario(text: str, source: str = "<scenario>", default_name: str = "scenario") -> Scenario:
-    raw = dict(tomlfile.parse(text, source, ScenarioError))
+    return _from_tables(dict(tomlfile.parse(text, source, ScenarioError)), text, source, default_name)
+
+
+def with_overrides(sc: Scenario, overrides: dict[str, Any], source: str = "<overrides>") -> Scenario:
+    """sc with dotted keys set, checked exactly as a scenario file's: `farm.capacity`,
+    `farm.providers.NAME.early`, `arrivals.rate_per_hour`, `policy.poll_interval_s`,
+    `tasks` or `scenario.tasks` for the [scenario] table. Its source is its own TOML."""
+    import tomllib
+
+    raw = tomllib.loads(sc.to_toml())
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if parts[0] in _TOP:
+            parts = ["scenario", *parts]
+        table = raw
+        for part in parts[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ScenarioError(f"{source}: key {dotted!r}: {part!r} is not a table")
+        table[parts[-1]] = value
+    out = _from_tables(raw, "", source, sc.name)
+    from dataclasses import replace
+
+    return replace(out, source=out.to_toml(), path=sc.path)
+
+
+def _from_tables(raw: dict[str, Any], text: str, source: str, default_name: str) -> Scenario:
     top = dict(raw.pop("scenario", {}))
     if not isinstance(top, dict):
         raise ScenarioError(f"{source}: [scenario] must be a table")

@@ -129,7 +129,8 @@ class Kpis:
     failure_codes: Counter = field(default_factory=Counter)
     charged: int = 0
     refunded: int = 0
-    chat_charged: int = 0
+    chat_reserved: int = 0
+    chat_overrun: int = 0
     chat_refunded: int = 0
     granted: int = 0
     failed_without_refund: int = 0
@@ -258,8 +259,10 @@ class BatchWriter:
                     k.charged -= e.amount
                 elif t == EntryType.REFUND:
                     k.refunded += e.amount
-                elif t in (EntryType.CHAT_RESERVE, EntryType.CHAT_CHARGE):
-                    k.chat_charged -= e.amount
+                elif t == EntryType.CHAT_RESERVE:
+                    k.chat_reserved -= e.amount
+                elif t == EntryType.CHAT_CHARGE:
+                    k.chat_overrun -= e.amount
                 elif t == EntryType.CHAT_REFUND:
                     k.chat_refunded += e.amount
                 elif t == EntryType.GRANT:

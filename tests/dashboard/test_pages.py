@@ -51,7 +51,7 @@ def test_overview_shows_known_numbers(open_page, seeded_url):
     m = metrics(at)
     assert m["All tasks"] == "4"
     assert (m["Waiting"], m["Generating"], m["Success"], m["Failed"]) == ("1", "1", "1", "1")
-    assert (m["Granted"], m["Charged for tasks"], m["Refunded for tasks"], m["Chat spent"]) == ("300", "70", "0", "0")
+    assert (m["Granted"], m["Charged for tasks"], m["Refunded for tasks"], m["Chat charged"]) == ("300", "70", "0", "0")
     assert m["Left in balances"] == "230"  # 300 − 70 + 0 − 0, and the accounts hold 80 + 150
     assert "1 violation" in texts(at).replace("**", "")
 

@@ -34,6 +34,8 @@ def _dump(path) -> list[str]:
     (["audit", "--at", "0001-01-01"], "--at"), (["audit", "--at", "9999-12-31T23:59:59"], "--at"),
     (["recover", "--grace", "nan"], "--grace"), (["recover", "--grace", "inf"], "--grace"),
     (["recover", "--grace", "1e308"], "--grace"), (["recover", "--grace", "-1"], "--grace"),
+    (["poll", "--every", "nan"], "--every"), (["serve", "--poll-every", "inf"], "--poll-every"),
+    (["serve", "--port", "70000"], "--port"),
 ])
 def test_core_cli_refuses_bad_numbers_in_one_line(argv, needle, db, tmp_path, capsys):
     before = _dump(tmp_path / "r.db")
@@ -52,6 +54,12 @@ def test_core_cli_refuses_bad_numbers_in_one_line(argv, needle, db, tmp_path, ca
     (["compare", "baseline", "--policy", "a", "--policy", "b", "--replications", BIG], "--replications"),
     (["chaos", "--seeds", "1", "--start", str(2**63)], "--start"),
     (["bench", "--tasks", "1e300"], "--tasks"),
+    (["live", "--flavor", "fal", "--tasks", BIG, "--db", "sqlite:///{tmp}/l.db"], "--tasks"),
+    (["live", "--flavor", "fal", "--tasks", "3", "--speed", "inf", "--db", "sqlite:///{tmp}/l.db"], "--speed"),
+    (["serve-provider", "--flavor", "fal", "--port", "0"], "--port"),
+    (["receiver-load", "--duplicates", "2"], "--duplicates"),
+    (["backtest", "--db", "sqlite:///{tmp}/b.db", "--policy", "a", "--policy", "b", "--resamples", "0"],
+     "--resamples"),
 ])
 def test_simulation_cli_refuses_bad_numbers_in_one_line(argv, needle, tmp_path, capsys):
     with pytest.raises(SystemExit) as ex:
