@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 from sqlalchemy import Engine
 
+from pages._text import plain
 from rivya_core.domain import RivyaError
 from simulations.fork import fork_story
 
@@ -14,7 +15,7 @@ def fork_button(engine: Engine, *, task_id: int | None = None, user_id: int | No
     try:
         story = fork_story(engine, task_id=task_id, user_id=user_id)
     except RivyaError as exc:
-        st.caption(f"Cannot fork this into a scenario: {exc.message}")
+        st.caption(f"Cannot fork this into a scenario: {plain(exc.message)}")
         return
     st.download_button("Fork into a scenario", story.to_toml(), file_name=f"fork-{what}.toml", mime="text/plain",
                        key=f"fork_{what}",

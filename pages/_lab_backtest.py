@@ -8,13 +8,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from pages._access import operator_only
+from pages._jobs import start_job
 from pages._render import show_table
-from pages._source import current_url, get_engine
-from rivya_core.domain import RivyaError
+from pages._source import current_url
+from pages._text import plain
 from rivya_core.policy import BillingPolicy
-from simulations.backtest import backtest
-from simulations.history import load_history
-from simulations.history_cli import recorded_policy_for
 from simulations.scenarios import POLICY_DIR
 
 
@@ -24,7 +23,7 @@ def _policy_files() -> dict[str, object]:
 
 def backtest_tab() -> None:
     st.caption("Re-applies two billing policies to **every recorded task and chat turn of the current data "
-               "source** (`" + current_url() + "`). The exact part re-prices the history as it happened; the "
+               "source** (" + plain(current_url()) + "). The exact part re-prices the history as it happened; the "
                "timing part re-runs it trace-driven (recorded arrivals, generation times, callbacks and outcomes) "
                "so only the policy differs.")
     files = _policy_files()
@@ -40,47 +39,34 @@ def backtest_tab() -> None:
     until = c[3].date_input("Until (UTC, exclusive)", value=None, key="bt_until")
     timing = st.toggle("Also re-run the timing part (a trace-driven simulation: slower on a large history)",
                        value=False, key="bt_timing")
-    if st.button("Backtest", type="primary", key="bt_run"):
-        _run(files[a], files[b], since, until, timing)
-    result = st.session_state.get("lab_backtest")
-    if result:
-        _show(result)
+    if operator_only("Running a backtest") and st.button("Backtest in the background", type="primary",
+                                                         key="bt_run"):
+        start_job("backtest", {"url": current_url(), "policies": [BillingPolicy.load(files[a]).to_dict(),
+                                                                  BillingPolicy.load(files[b]).to_dict()],
+                               "since": datetime.combine(since, time()).isoformat() if since else None,
+                               "until": datetime.combine(until, time()).isoformat() if until else None,
+                               "timing": timing},
+                  f"backtest of {current_url()}: {a} vs {b}" + (" with timing" if timing else ""))
 
 
-def _run(pa, pb, since, until, timing: bool) -> None:
-    lo = datetime.combine(since, time()) if since else None
-    hi = datetime.combine(until, time()) if until else None
-    with st.spinner("Backtesting…"):
-        try:
-            policies = [BillingPolicy.load(pa), BillingPolicy.load(pb)]
-            engine = get_engine(current_url())
-            recorded, where = recorded_policy_for(engine, None)
-            history = load_history(engine, lo, hi)
-            report = backtest(history, policies, recorded, where)
-            if timing:
-                from simulations.timing import timing_part
-
-                report.timing = timing_part(engine, history, policies, resamples=500)
-        except RivyaError as exc:
-            st.error(f"The backtest stopped: {exc.message}")
-            return
-    st.session_state["lab_backtest"] = report.to_dict()
+def show_backtest_job(job: dict) -> None:
+    _show(job["result"])
 
 
 def _show(result: dict) -> None:
     pa, pb = result["policies"]
     sc = result["self_check"]
     if sc["ok"]:
-        st.success(f"Self-check passed: replaying the history under its recorded policy `{sc['policy']}` "
+        st.success(f"Self-check passed: replaying the history under its recorded policy {plain(sc['policy'])} "
                    f"reproduces its ledger to the credit ({sc['rows_compared']:,} rows). Source of that policy: "
-                   f"{sc['recorded_policy_from']}.")
+                   f"{plain(sc['recorded_policy_from'])}.")
     else:
         st.error("Self-check FAILED: the recorded policy does not reproduce this database's ledger. The figures "
                  "below are not trustworthy; the first diverging rows:")
         st.json(sc["first_diverging_rows"], expanded=True)
     w = result["window"]
     st.caption(f"{w['tasks']:,} tasks, {w['chat_turns']:,} chat turns, {w['ledger_rows']:,} ledger rows "
-               f"({w['since'] or 'start'} to {w['until'] or 'end'}).")
+               f"({plain(w['since'] or 'start')} to {plain(w['until'] or 'end')}).")
     rows = [{"kpi": k, f"A: {pa}": v["a"], f"B: {pb}": v["b"], "B − A": v["diff"], "95% CI": "",
              "figure": "exact", "meaning": v["meaning"]} for k, v in result["exact"]["kpis"].items()]
     timing = result.get("timing")
@@ -104,14 +90,19 @@ def _show(result: dict) -> None:
                      labels={"revenue_diff": "credits, B − A", "model": ""})
         st.plotly_chart(fig, width="stretch")
     if timing:
-        ci = pd.DataFrame([{"kpi": k, "diff": v["diff"], "lo": v["ci95"][0], "hi": v["ci95"][1]}
-                           for k, v in timing["kpis"].items() if v["ci95"]])
-        ci["err_plus"] = ci["hi"] - ci["diff"]
-        ci["err_minus"] = ci["diff"] - ci["lo"]
-        fig = px.scatter(ci, x="diff", y="kpi", error_x="err_plus", error_x_minus="err_minus",
-                         labels={"diff": f"B − A ({pb} vs {pa})", "kpi": ""},
-                         title="Simulated KPIs: paired difference with 95% bootstrap CI")
-        fig.add_vline(x=0, line_dash="dot")
-        st.plotly_chart(fig, width="stretch")
+        rel = [{"kpi": k, "diff": 100 * v["diff"] / abs(v["a"]), "lo": 100 * v["ci95"][0] / abs(v["a"]),
+                "hi": 100 * v["ci95"][1] / abs(v["a"])} for k, v in timing["kpis"].items() if v["ci95"] and v["a"]]
+        skipped = [k for k, v in timing["kpis"].items() if not (v["ci95"] and v["a"])]
+        if rel:
+            ci = pd.DataFrame(rel)
+            ci["err_plus"] = ci["hi"] - ci["diff"]
+            ci["err_minus"] = ci["diff"] - ci["lo"]
+            fig = px.scatter(ci, x="diff", y="kpi", error_x="err_plus", error_x_minus="err_minus",
+                             labels={"diff": f"B − A, % of A ({pb} vs {pa})", "kpi": ""},
+                             title="Simulated KPIs: paired difference with 95% bootstrap CI")
+            fig.add_vline(x=0, line_dash="dot")
+            st.plotly_chart(fig, width="stretch")
+        if skipped:
+            st.caption("Not charted (A is 0, so no relative change): " + ", ".join(skipped))
     else:
         st.caption("The confidence-interval chart comes from the timing part: switch it on and run again.")

@@ -81,12 +81,14 @@ def cmd_backtest(a: argparse.Namespace) -> int:
     engine = open_reader(a.db)
     try:
         recorded, where = recorded_policy_for(engine, a.recorded_policy)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         history = load_history(engine, since, until)
-        loaded = time.perf_counter() - t0
+        loaded, c1 = time.perf_counter() - t0, time.process_time()
         report = backtest(history, policies, recorded, where)
         report.window["read_s"] = round(loaded, 3)
         report.window["exact_s"] = round(time.perf_counter() - t0 - loaded, 3)
+        report.window["read_cpu_s"] = round(c1 - c0, 3)
+        report.window["exact_cpu_s"] = round(time.process_time() - c1, 3)
         if not a.exact_only:
             from .timing import timing_part
 
