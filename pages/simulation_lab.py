@@ -44,6 +44,11 @@ def policies() -> dict[str, Path | None]:
     return {"the scenario's own": None, **{p.stem: p for p in sorted(POLICY_DIR.glob("*.toml"))}}
 
 
+def describe_policy(policy: BillingPolicy, label: str = "") -> None:
+    """The product question a policy answers (its `description`), as plain text."""
+    st.text(f"{label}{policy.name}: {policy.description or 'no description in its file'}")
+
+
 def pick_scenario(key: str):
     names = {p.stem: p for p in list_scenarios()}
     if not names:
@@ -93,6 +98,7 @@ def edit_knobs(sc):
         except RivyaError as exc:
             st.error(plain(exc.message))
             st.stop()
+    describe_policy(policy)
     edited = replace(
         sc, seed=int(seed), callbacks=callbacks, policy=policy,
         population=replace(sc.population, users=int(users), broke_fraction=broke),
@@ -298,6 +304,11 @@ with compare_tab:
         b = c[1].selectbox("Policy B", names, index=names.index("no_refunds") if "no_refunds" in names else 1)
         reps = c[2].number_input("Replications", 2, 200, 4)
         per = c[3].number_input("Tasks per run", 20, 20_000, 200)
+        for label, name in (("A = ", a), ("B = ", b)):
+            try:
+                describe_policy(BillingPolicy.load(policies()[name]), label)
+            except RivyaError as exc:
+                st.error(plain(exc.message))
         if operator_only("Comparing policies") and st.button("Compare in the background", type="primary"):
             start_job("compare", {"scenario_toml": sc.to_toml(), "scenario_name": sc.name,
                                   "policies": policy_params([policies()[a], policies()[b]]),
@@ -339,4 +350,6 @@ with backtest_tab:
     show_backtest()
 
 st.divider()
-jobs_panel({"run": show_run_job, "compare": show_compare, "sweep": show_sweep})
+from pages._lab_backtest import show_backtest_job  # noqa: E402 - beside the tab that starts it
+
+jobs_panel({"run": show_run_job, "compare": show_compare, "sweep": show_sweep, "backtest": show_backtest_job})

@@ -788,6 +788,10 @@ class LifecycleService:
             if upstream:
                 self._tx(lambda tx: self._adopt_upstream(tx, task.id, upstream))
                 return "stored the upstream id found at the provider"
+            parked = self._tx(lambda tx: tx.parked_upstream_for_ref(task.provider, f"task-{task.id}"))
+            if parked:  # a signed callback for our reference: the provider has the job
+                self._tx(lambda tx: self._adopt_upstream(tx, task.id, parked))
+                return "stored the upstream id of a callback parked under this task's reference"
         if provider is not None and self.policy.recover_resubmit:
             if not charged and not self._tx(lambda tx: self._charge(tx, task.id)):
                 return "charge refused: failed for credits"

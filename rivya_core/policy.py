@@ -27,6 +27,8 @@ class PolicyError(ValidationError):
 @dataclass(frozen=True)
 class BillingPolicy:
     name: str = "default"
+    # the product question this policy answers, in one line (words only: not part of the policy's identity)
+    description: str = field(default="", compare=False)
     # prices
     price_multiplier: float = 1.0
     price_overrides: dict[str, int] = field(default_factory=dict)  # model id -> credits per task
@@ -135,6 +137,9 @@ def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
         if key == "name":
             if not isinstance(value, str) or not value or len(value) > 200:
                 raise bad("must be a non-empty string of at most 200 characters")
+        elif key == "description":
+            if not isinstance(value, str) or len(value) > 300 or any(c in value for c in "\r\n"):
+                raise bad("must be one line of text of at most 300 characters")
         elif key in _NUMBER_KIND:
             value = number(_NUMBER_KIND[key], value)
         elif key == "price_overrides":

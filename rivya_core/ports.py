@@ -189,6 +189,9 @@ class Tx(Protocol):
     def claim_parked(self, provider: str, upstream_task_id: str, task_id: int, at: datetime) -> list[ParkedCallback]:
         """The unclaimed parked callbacks of this upstream id, oldest first, now claimed by task_id."""
 
+    def parked_upstream_for_ref(self, provider: str, task_ref: str) -> str | None:
+        """The upstream id of the oldest unclaimed parked callback carrying our task reference."""
+
     # chat
     def add_session(self, user_id: int, model: str, title: str, at: datetime) -> ChatSession: ...
     def get_session(self, session_id: int) -> ChatSession | None: ...

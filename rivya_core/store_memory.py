@@ -751,6 +751,10 @@ class MemoryTx:
         self.s._add(self.s.parked, row)
         return _copy(row)
 
+    def parked_upstream_for_ref(self, provider: str, task_ref: str) -> str | None:
+        return next((p.upstream_task_id for p in self.s.parked.values() if p.provider == provider
+                     and p.task_ref == task_ref and p.claimed_task_id is None), None)
+
     def claim_parked(self, provider: str, upstream_task_id: str, task_id: int, at: datetime) -> list[ParkedCallback]:
         s = self.s
         if not s.parked:

@@ -330,6 +330,11 @@ class SqlTx:
         row.id = self._insert(parked_callback, row)
         return row
 
+    def parked_upstream_for_ref(self, provider: str, task_ref: str) -> str | None:
+        return self.conn.execute(select(parked_callback.c.upstream_task_id).where(
+            parked_callback.c.provider == provider, parked_callback.c.task_ref == task_ref,
+            parked_callback.c.claimed_task_id.is_(None)).order_by(parked_callback.c.id).limit(1)).scalar()
+
     def claim_parked(self, provider: str, upstream_task_id: str, task_id: int, at: datetime) -> list[ParkedCallback]:
         found = self._all(ParkedCallback, select(parked_callback).where(
             parked_callback.c.provider == provider, parked_callback.c.upstream_task_id == upstream_task_id,

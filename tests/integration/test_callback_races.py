@@ -101,3 +101,30 @@ def test_parked_race_leaves_a_clean_audit_on_sql(db_url):
         assert report.ok, [f.kind for f in report.findings]
     finally:
         store.engine.dispose()
+
+
+def test_recovery_adopts_the_upstream_id_of_a_callback_parked_under_the_tasks_reference(svc_env):
+    """The process died between the provider's answer and our write of the upstream id, and the
+    provider cannot be searched by our reference: the callback parked under it tells the id."""
+    svc, clock, providers, user = svc_env
+    lumen = providers["lumen"]
+    seen = _early_caller(svc, clock, lumen, [("succeeded", "m1")])
+    real_submit = lumen.submit
+
+    def crash(*args):
+        real_submit(*args)
+        raise KeyboardInterrupt  # the process dies before storing the id
+
+    lumen.submit = crash
+    lumen.find = lambda ref: None  # a real API: no search by our reference
+    with pytest.raises(KeyboardInterrupt):
+        svc.submit(user.id, IMAGE)
+    [task] = [t for t in svc.store.snapshot().tasks if t.user_id == user.id]
+    assert task.status == TaskStatus.WAITING and seen[0].outcome == "unknown_task" and seen[0].task_id == task.id
+    clock.advance(120)
+    report = svc.recover(grace_s=60)
+    assert report.actions == [{"task_id": task.id, "action":
+                               "stored the upstream id of a callback parked under this task's reference"}]
+    done = svc.task(task.id)
+    assert done.status == TaskStatus.SUCCESS and done.upstream_task_id == "lumen-job-1"
+    assert svc.recover(grace_s=60).actions == []

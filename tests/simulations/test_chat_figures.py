@@ -48,22 +48,3 @@ def test_reports_and_the_ledger_agree(chat_run):
     totals = reports.credit_totals(engine)
     assert totals["chat_charged"] == figures.charged
     assert totals["chat_reserved"] == figures.reserved
-
-
-def test_the_lab_shows_chat_charged_and_reservations_apart(chat_run, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    from tests.dashboard.test_money_pages import ROOT
-
-    summary, _, url = chat_run
-    monkeypatch.setenv("RIVYA_DEMO", "0")
-    at = AppTest.from_file(str(ROOT / "pages" / "simulation_lab.py"), default_timeout=60)
-    at.session_state["db_url"] = url
-    at.session_state["lab_run_url"] = url
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    shown = {m.label: m.value for m in at.metric}
-    c = summary.credits
-    assert shown["Charged for tasks"] == f"{c['charged']:,}"
-    assert shown["Chat charged"] == f"{c['chat_charged']:,}"
-    assert shown["Chat reserved"] == f"{c['chat_reserved']:,}"
