@@ -22,10 +22,12 @@ def sim_url(tmp_path_factory):
     return url
 
 
-def _page(name: str, url: str, role: str = "operator", **query) -> AppTest:
+def _page(name: str, url: str, role: str = "operator", signed_in: str | None = None, **query) -> AppTest:
     at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=180)
     at.session_state["db_url"] = url
     at.session_state["role"] = role
+    if signed_in is not None:
+        at.session_state["user"] = signed_in
     for k, v in query.items():
         at.query_params[k] = v
     at.run()
@@ -64,9 +66,11 @@ def test_backtest_tab_shows_exact_and_simulated_figures_with_the_ci_chart(sim_ur
     assert any("95% bootstrap CI" in t for t in titles) and any("by model" in t for t in titles)
 
 
-def test_a_viewer_reads_the_tab_but_cannot_run_a_backtest(sim_url):
-    at = _page("simulation_lab.py", sim_url, role="viewer")
-    assert not [b for b in at.button if b.label == "Backtest"]
+def test_a_viewer_reads_the_tab_but_cannot_run_a_backtest(sim_url, monkeypatch):
+    monkeypatch.setenv("RIVYA_VIEWERS", "vera:pw1")  # access control on (off, everybody is an operator)
+    monkeypatch.delenv("RIVYA_OPERATORS", raising=False)
+    at = _page("simulation_lab.py", sim_url, role="viewer", signed_in="vera")
+    assert not [b for b in at.button if b.label.startswith("Backtest")]
     assert any("Running a backtest needs the operator role" in c.value for c in at.caption)
 
 
