@@ -113,8 +113,12 @@ APPEND_ONLY = (
 FINGERPRINTED = ("ledger", "events", "notifications", "callbacks")
 
 
+# one encoder for every row: json.dumps with these arguments builds a new one per call
+_CANON = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
+
+
 def _canon(values: dict[str, Any]) -> bytes:
-    return json.dumps(values, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return _CANON.encode(values).encode()
 
 
 @dataclass
