@@ -20,7 +20,8 @@ from typing import Any
 
 from sqlalchemy import and_, case, exists, func, literal, select
 
-from .audit import CHAT_SETTLE_GRACE_S, SUPPORT_NOTE_PREFIX
+from . import rules
+from .audit import CHAT_SETTLE_GRACE_S
 from .domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, NotFound, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import ACTIVE_STATES, Bind, connect, jsonable, resolve_now, rows, task_detail
@@ -239,8 +240,7 @@ def _notification_item(t, notes, for_credits) -> ChecklistItem:
     if t["status"] not in TERMINAL:
         return ChecklistItem("notification", q, "None expected while the task runs." if not notes else
                              "Notified although the task is still running.", INFO if not notes else WARN, notes)
-    expected = ("generation_success" if t["status"] == TaskStatus.SUCCESS else
-                "insufficient_credits" if for_credits else "generation_failed")
+    expected = str(rules.outcome_notification(t["status"], t["error_code"]))
     matching = [n for n in notes if n["kind"] == expected]
     if not notes:
         return ChecklistItem("notification", q, f"Missing: no {expected} notification.", FAIL)
@@ -271,7 +271,7 @@ def _failure_item(t) -> ChecklistItem:
 def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistItem:
     q = "Should credits be reversed under the policy, and were they?"
     ev = consumes + refunds
-    support = refunds and all((r["note"] or "").startswith(SUPPORT_NOTE_PREFIX) for r in refunds)
+    support = refunds and all(r.get("support") for r in refunds)
     if t["status"] == TaskStatus.SUCCESS:
         return (ChecklistItem("refund", q, f"No: delivered, yet refunded {refunded} credits.", FAIL, ev) if refunds
                 else ChecklistItem("refund", q, "No: delivered, nothing to reverse.", OK, ev))
@@ -284,7 +284,8 @@ def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistIt
     if len(refunds) > 1 or refunded > charged:
         return ChecklistItem("refund", q, f"Refunded {len(refunds)} times, {refunded} credits for a charge of "
                              f"{charged}.", FAIL, ev)
-    if policy.refunds(t["failure_class"]):
+    facts = rules.RefundFacts(t["status"], t["failure_class"], charged=True, refunded=False)
+    if rules.refund_due(facts, policy):
         if refunds:
             return ChecklistItem("refund", q, f"Yes, and refunded {refunded} credits at {_when(refunds[0]['created_at'])}.",
                                  OK, ev)
@@ -459,10 +460,13 @@ def _duplicates(conn, user_id, active, policy, prompt, model) -> list[Signal]:
     out, window = [], timedelta(seconds=policy.duplicate_window_s)
     t = ai_task.c
     for a in active:
-        twins = rows(conn.execute(select(*_SIG_COLS).where(
+        running = rules.Run(a["task_id"], a["model"], a["prompt"], a["reserved_credits"], a["created_at"])
+        later = rows(conn.execute(select(*_SIG_COLS).where(
             t.user_id == user_id, t.model == a["model"], t.prompt == a["prompt"], t.id > a["task_id"],
-            t.reserved_credits >= a["reserved_credits"], t.created_at >= a["created_at"],
-            t.created_at <= a["created_at"] + window).order_by(t.id).limit(10)))
+            t.created_at >= a["created_at"], t.created_at <= a["created_at"] + window).order_by(t.id).limit(50)))
+        twins = [r for r in later if rules.heavier_duplicate(
+            rules.Run(r["task_id"], r["model"], a["prompt"], r["reserved_credits"], r["created_at"]), running,
+            policy)][:10]
         if twins:
             ev = [{k: v for k, v in a.items() if k != "prompt"}, *twins]
             out.append(Signal("heavier_duplicate", f"Task #{a['task_id']} is still running and "

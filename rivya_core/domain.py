@@ -149,6 +149,7 @@ class LedgerEntry:
     task_id: int | None = None
     chat_message_id: int | None = None
     note: str | None = None
+    support: bool = False  # issued by a support action (a goodwill refund), not by the service's rules
 
 
 @dataclass

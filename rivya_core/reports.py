@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, func, or_, select
 
+from . import rules
 from .audit import current_audit, ledger_sums
 from .domain import ACTIVE, Category, RivyaError, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
@@ -22,8 +23,6 @@ from .queries import connect, latest_timestamp, like_escape
 from .schema import account, ai_task, credit_ledger, task_event
 
 MAX_ROWS = 500
-CHARGE_TYPES = ("consume", "chat_reserve", "chat_charge")
-REFUND_TYPES = ("refund", "chat_refund")
 
 
 def read_frame(engine: Engine, stmt) -> pd.DataFrame:
@@ -138,26 +137,15 @@ def credit_breakdown(by_type: dict[str, int]) -> dict[str, int]:
     granted includes adjustments; chat_net = chat_charged − chat_refunded (reservations and
     charges of chat turns, less their refunds); other is any entry type this version does not know.
     """
-    of = lambda t: int(by_type.get(t, 0) or 0)  # noqa: E731
-    out = {
-        "granted": of("grant") + of("adjustment"),
-        "task_charged": -of("consume"),
-        "task_refunded": of("refund"),
-        "chat_charged": -(of("chat_reserve") + of("chat_charge")),
-        "chat_refunded": of("chat_refund"),
-    }
-    out["chat_net"] = out["chat_charged"] - out["chat_refunded"]
-    out["balance"] = sum(int(v or 0) for v in by_type.values())
-    out["other"] = out["balance"] - (out["granted"] - out["task_charged"] + out["task_refunded"] - out["chat_net"])
-    return out
+    return rules.credit_flows(by_type).as_dict()
 
 
 def credit_totals(engine: Engine) -> dict[str, int]:
     """Credits charged (task consumes and chat charges), refunded, net, and granted, plus the
     credit_breakdown of the whole ledger and the sum of the accounts' cached balances."""
     by_type = ledger_sums(engine)
-    charged = -sum(int(by_type.get(t, 0)) for t in CHARGE_TYPES)
-    refunded = sum(int(by_type.get(t, 0)) for t in REFUND_TYPES)
+    flows = rules.credit_flows(by_type)
+    charged, refunded = flows.charged, flows.refunded
     balances = _scalar(engine, select(func.coalesce(func.sum(account.c.balance), 0)))
     return {
         "charged": charged,

@@ -39,6 +39,7 @@ from typing import Any
 
 import simpy
 
+from rivya_core import rules
 from rivya_core.domain import TERMINAL, RivyaError, TaskStatus
 
 from .gctune import run_pace
@@ -122,7 +123,7 @@ def run_bare(sc: Scenario) -> dict[str, Any]:
     def job(n: int, model: str):
         provider, category = spec[model]
         cfg = sc.provider_config(provider)
-        ref = f"task-{n}"
+        ref = rules.task_ref(n)
         # the farm's draws for this job, in the farm's order (farm.JOB_DRAWS): generation
         # time is the 4th draw of the job's Random, the final callback's delay the 18th
         rng = streams.keyed(f"job:{provider}", ref)

@@ -333,10 +333,11 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
     rejected = {o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred")}
     users = dict(run.population.stats)
     insufficient = k.insufficient + users.get("chat_refused", 0)
-    net = k.charged - k.refunded + k.chat_charged - k.chat_refunded
+    flows = k.flows
+    net = flows.charged - flows.refunded
     kpis = {
         "revenue": net,
-        "refunds": k.refunded,  # task refunds (chat differences are settlement, not policy)
+        "refunds": flows.task_refunded,  # task refunds (chat differences are settlement, not policy)
         "failures_without_refund": k.failed_without_refund,
         "insufficient_credit_rejections": insufficient,
         "user_visible_failure_rate": (k.user_visible_failures / k.tasks) if k.tasks else 0.0,
@@ -349,8 +350,8 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
         fingerprint=writer.fingerprint(), seed=run.seed, scenario_name=run.sc.name, tasks=k.tasks,
         sim_seconds=round(run.env.now, 3),
         counts_by_state=dict(k.by_state), counts_by_outcome=outcomes,
-        credits={"charged": k.charged, "refunded": k.refunded, "chat_charged": k.chat_charged,
-                 "chat_refunded": k.chat_refunded, "net": net, "granted": k.granted},
+        credits={"charged": flows.task_charged, "refunded": flows.task_refunded, "chat_charged": flows.chat_charged,
+                 "chat_refunded": flows.chat_refunded, "net": net, "granted": flows.granted},
         completion_paths=dict(k.paths), deferrals=k.events.get("deferred", 0), rejected_callbacks=rejected,
         latency_percentiles={"p50": k.percentile(0.5), "p90": k.percentile(0.9), "p99": k.percentile(0.99)},
         violations=[{"kind": f.kind, "message": f.message, "count": f.count} for f in report.findings],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rivya_core import rules
 from rivya_core.domain import RivyaError
 from rivya_core.validation import GenerationRequest
 
@@ -34,7 +35,7 @@ def play(run: Any):
             provider = farm.providers[spec.provider]
             forced = {"outcome": ev.outcome, "gen_s": ev.gen_s or None}
             # the task id is known only after submit; the provider is told by its task_ref
-            next_ref = f"task-{run.store.last_id('ai_task') + 1}"
+            next_ref = rules.task_ref(run.store.last_id("ai_task") + 1)
             provider.scripted[next_ref] = forced
             try:
                 task = svc.submit(users[ev.user], GenerationRequest(spec.id, ev.prompt, {}))
@@ -51,7 +52,7 @@ def play(run: Any):
         if not 1 <= ev.task <= len(run.script_tasks):
             raise ScenarioError(f"{where}.task: refers to scripted submit #{ev.task}, which has not happened")
         task_id = run.script_tasks[ev.task - 1]
-        job = farm.job_for_ref(f"task-{task_id}")
+        job = farm.job_for_ref(rules.task_ref(task_id))
         if ev.action == "recheck":
             svc.recheck(task_id, reason="scripted recheck")
         elif job is None:

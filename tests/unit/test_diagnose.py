@@ -97,7 +97,7 @@ def test_user_failure_tells_the_user_what_to_fix(db):
 
 def test_support_goodwill_refund_is_not_a_problem(db):
     tid = db.failed(db.uid, failure_class="user", error_code="content_policy", refund=False)
-    db.ledger(db.uid, "refund", 10, task_id=tid, key=f"refund:task:{tid}", note="support: kim: goodwill")
+    db.ledger(db.uid, "refund", 10, task_id=tid, key=f"refund:task:{tid}", note="kim: goodwill", support=True)
     d = diagnose(db.engine, tid)
     assert d.item("refund").status == "info" and "goodwill" in d.item("refund").answer
     assert d.verdict == "failed, refunded"

@@ -8,9 +8,9 @@ import pytest
 
 from rivya_core.domain import (
     ActionRefused,
-    IdempotencyConflict,
     CallbackOutcome,
     ChatStatus,
+    IdempotencyConflict,
     InsufficientCredits,
     NotFound,
     TaskStatus,
