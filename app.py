@@ -41,7 +41,7 @@ def _needs_demo(url: str) -> bool:
     if path is not None and not path.is_file():
         return True
     try:
-        engine = db.make_engine(url)
+        engine = db.make_engine(url, read_only=True)
         try:
             return not db.has_rows(engine, "ai_task")
         finally:

@@ -3,7 +3,10 @@
     access_config() -> AccessConfig        users and roles from the environment / st.secrets
     access_gate() -> None                  login form when access control is on; st.stop() until signed in
     ensure_reader() -> None                a page reached without passing app.py's gate stops here
-    can_act() -> bool                      the signed-in user (or everybody, access off) may run support actions
+    can_act() -> bool                      the signed-in user (or everybody, access off) may act: support
+                                           actions, audits, simulation runs, anything that writes
+    operator_only(what) -> bool            can_act(), and for a viewer an info line saying `what` needs the
+                                           operator role: `if operator_only("Running the audit"): <button>`
 """
 
 from __future__ import annotations
@@ -72,3 +75,12 @@ def ensure_reader() -> None:
 
 def can_act() -> bool:
     return access.allowed(st.session_state.get("role"), access.ACT)
+
+
+def operator_only(what: str) -> bool:
+    """True when the user may act; otherwise says, as plain text, that `what` needs the operator role.
+    Every control that writes (an action, an audit run, a simulation run) is drawn only behind it."""
+    if can_act():
+        return True
+    st.caption(f":material/lock: {what} needs the operator role; you are signed in as a viewer.")
+    return False

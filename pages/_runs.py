@@ -41,7 +41,7 @@ def _schema_ready(url: str) -> bool:
     path = db.sqlite_path(url)
     if path is None or not path.is_file():
         return False
-    engine = db.make_engine(url).execution_options(sqlite_begin="DEFERRED")
+    engine = db.make_engine(url, read_only=True)
     try:
         return not db.missing_tables(engine)
     except SQLAlchemyError:

@@ -9,6 +9,9 @@
         database its providers answer from the farm's recorded jobs and its clock is
         pinned at the database's latest time (rivya_core.service provider sources;
         importing this module registers the simulations package's).
+    record_audit_now(policy, row_cap) -> StoredAudit
+        Run the whole audit on the current database and store it in `audit_run` (an
+        operator's act: the only page path that writes it; pages read through read-only engines).
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ def support_service(policy: BillingPolicy):
     from rivya_core.service import service_for_url
 
     return service_for_url(current_url(), policy=policy)
+
+
+def record_audit_now(policy: BillingPolicy, row_cap: int):
+    """The audit run now over a writable engine and stored (see module doc)."""
+    from rivya_core.audit import run_and_record
+
+    engine = db.open_store(current_url()).engine
+    try:
+        return run_and_record(engine, policy, row_cap=row_cap)
+    finally:
+        engine.dispose()
 
 
 # --- the billing policy a database is judged with -----------------------------------------

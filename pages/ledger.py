@@ -106,7 +106,7 @@ with conservation_tab, show_errors():
         [f for f in stored.as_report().findings if f.kind in row_kinds], stored.judged_at, stored.policy, list(row_kinds))
     if stored is None:
         st.info("The per-row balance checks come from the stored audit, and this large database has none yet: "
-                "run it on the **Refund audit** page or with `python -m rivya_core audit`.")
+                "run it on the **Refund audit** page or with `python -m rivya_core audit --record`.")
     elif not stored.fresh:
         st.caption(f"Per-row balance checks from the audit of {stored.ran_at:%Y-%m-%d %H:%M}; rows were added since.")
     show_flows(credit_breakdown(cons["by_type"]), "Ledger sum")

@@ -49,7 +49,7 @@ with show_errors():
     elif summary["total"] is None:
         st.info("Audit: no stored result for this policy yet. On a database this size the audit takes "
                 "seconds, so this page shows the latest stored one: run it on the Refund audit page "
-                "(or `python -m rivya_core audit`).")
+                "(or `python -m rivya_core audit --record`).")
     elif summary["total"] == 0:
         st.success("Audit: no violations of the billing and lifecycle invariants.")
     else:

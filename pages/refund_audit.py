@@ -5,11 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from pages._access import operator_only
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db, require_tables
-from pages._support import policy_in_force
+from pages._support import policy_in_force, record_audit_now
 from rivya_core import audit
 from rivya_core.schema import CONTRACT_TABLES
 
@@ -34,15 +35,16 @@ if engine is None or not require_tables(engine, list(CONTRACT_TABLES)):
 
 with show_errors():
     policy, policy_source = policy_in_force()
-    if st.button("Run the audit now", help="Checks every invariant over the whole database and stores the "
-                 "result; on millions of rows this takes seconds"):
+    if operator_only("Running and storing the audit") and st.button(
+            "Run the audit now", help="Checks every invariant over the whole database and stores the "
+            "result; on millions of rows this takes seconds"):
         with st.spinner("Running the audit over the whole database…"):
-            audit.run_and_record(engine, policy, row_cap=ROW_CAP)
+            record_audit_now(policy, ROW_CAP)
         st.cache_data.clear()
     stored = cached_df(audit.current_audit, policy, row_cap=ROW_CAP)
     if stored is None:
         st.info("No stored audit for this policy yet. On a database this size it takes seconds: "
-                "press **Run the audit now** (or run `python -m rivya_core audit`).")
+                "an operator presses **Run the audit now** (or runs `python -m rivya_core audit --record`).")
         st.stop()
     report = stored.as_report()
     st.caption(f"Stored at {stored.ran_at:%Y-%m-%d %H:%M:%S} UTC, took {stored.duration_s:.1f} s."

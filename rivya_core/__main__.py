@@ -15,7 +15,7 @@ from datetime import datetime
 
 from .cli import OneLineParser, run_command
 from .clock import WallClock
-from .db import DEFAULT_URL, open_store
+from .db import DEFAULT_URL, open_reader, open_store
 from .queries import naive_utc
 
 
@@ -44,12 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m rivya_core", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("init-db", help="create the tables (idempotent)")
+    p = sub.add_parser("init-db", help="create the tables (idempotent; upgrades an older Rivya database)")
     _db(p)
-    p = sub.add_parser("audit", help="check every invariant (the result is stored for the dashboard); "
-                       "exit 1 when any is violated")
+    p.add_argument("--force", action="store_true",
+                   help="add the Rivya tables to a database that holds other data (nothing is dropped)")
+    p = sub.add_parser("audit", help="check every invariant (read-only; --record stores the result for the "
+                       "dashboard); exit 1 when any is violated")
     _db(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--record", action="store_true",
+                   help="store the result in the database's audit_run table, where the dashboard shows it "
+                        "(the only case where audit writes)")
     p.add_argument("--at", type=_moment, metavar="WHEN", default=None,
                    help="judge time-dependent checks (stuck tasks, open chat reservations) at WHEN: `now` "
                         "(wall time, for a live database) or an ISO time; default: the latest time recorded "
@@ -112,6 +117,9 @@ def _provider_sources() -> None:
 
 
 def cmd_init_db(args: argparse.Namespace) -> int:
+    from .targets import ensure_initialisable
+
+    ensure_initialisable(args.db, force=args.force)
     store = open_store(args.db, create=True)
     print(f"schema ready at {store.engine.url.render_as_string(hide_password=True)}")
     return 0
@@ -121,7 +129,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit
     from .service import policy_from
 
-    report = audit(open_store(args.db).engine, policy_from(args.policy), args.at, record=True)
+    engine = open_store(args.db).engine if args.record else open_reader(args.db)
+    report = audit(engine, policy_from(args.policy), args.at, record=args.record)
     if args.json:
         print(json.dumps(report.to_dict(), default=str, indent=2))
     elif report.ok:
@@ -138,7 +147,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from .diagnose import diagnose
     from .service import policy_from
 
-    result = diagnose(open_store(args.db).engine, args.task_id, policy_from(args.policy))
+    result = diagnose(open_reader(args.db), args.task_id, policy_from(args.policy))
     print(json.dumps(result.to_dict(), default=str, indent=2) if args.json else result.render_text())
     return 0
 

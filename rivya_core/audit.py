@@ -14,10 +14,13 @@ database holds (`queries.latest_timestamp`): a simulation database is judged at
 the moment its run stopped. Pass `now` explicitly to judge live data by the
 wall clock.
 
-A full audit run on an Engine is stored in the `audit_run` table
-(`record_audit`), keyed by the policy it judged with and by the newest row ids
-the database held (`data_mark`): pages show `latest_audit` instead of running
-the audit on every load, and tell whether new rows arrived since.
+An audit only reads. When asked (`run_and_record`, `audit(record=True)`, the
+CLI's `audit --record`, an operator's "Run the audit now") a full audit on an
+Engine is stored in the `audit_run` table (`record_audit`), keyed by the policy
+it judged with and by the newest row ids the database held (`data_mark`):
+pages show `latest_audit` instead of running the audit on every load, and tell
+whether new rows arrived since (`current_audit` runs a small database's audit
+afresh, without storing it).
 """
 
 from __future__ import annotations
@@ -500,28 +503,38 @@ def latest_audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY) -> StoredAu
                        report, row["conservation"], row["data_mark"] == data_mark(bind))
 
 
-def run_and_record(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *,
-                   row_cap: int = ROW_CAP) -> StoredAudit:
-    """Run the whole audit and conservation now, store both, and return them as stored."""
+def run_now(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: int = ROW_CAP) -> StoredAudit:
+    """Run the whole audit and conservation now and return them shaped as a stored result,
+    without storing anything (a reader may call it on a read-only engine)."""
     started, mark = time.perf_counter(), data_mark(engine)
     report = audit(engine, policy, row_cap=row_cap, record=False)
     cons = conservation(engine, row_cap)
-    took = time.perf_counter() - started
-    record_audit(engine, report, policy, duration_s=took, mark=mark, conservation_result=cons)
-    return StoredAudit(_wall_now(), report.now, report.policy, report.total, took, report.to_dict(),
-                       jsonable(cons), mark == data_mark(engine))
+    return StoredAudit(_wall_now(), report.now, report.policy, report.total, time.perf_counter() - started,
+                       report.to_dict(), jsonable(cons), mark == data_mark(engine))
+
+
+def run_and_record(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *,
+                   row_cap: int = ROW_CAP) -> StoredAudit:
+    """Run the whole audit and conservation now, store both (an operator's act: it writes
+    `audit_run`), and return them as stored."""
+    mark = data_mark(engine)
+    result = run_now(engine, policy, row_cap=row_cap)
+    record_audit(engine, result.as_report(), policy, duration_s=result.duration_s, mark=mark,
+                 conservation_result=result.conservation)
+    return result
 
 
 def current_audit(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: int = ROW_CAP,
                   run_below_tasks: int = 50_000) -> StoredAudit | None:
     """The stored audit for `policy`; when there is none or it is stale and the database holds
-    fewer than `run_below_tasks` tasks (seconds of work at most), a new one run now and stored.
-    On a bigger database a stale result is returned as such and a missing one is None."""
+    fewer than `run_below_tasks` tasks (seconds of work at most), one run now (`run_now`: read
+    only, not stored). On a bigger database a stale result is returned as such and a missing one
+    is None. Only `run_and_record` (or `audit --record`) stores a result."""
     stored = latest_audit(engine, policy)
     if stored is not None and stored.fresh:
         return stored
     with connect(engine) as conn:
         tasks = int(conn.scalar(select(func.max(ai_task.c.id))) or 0)
     if tasks < run_below_tasks:
-        return run_and_record(engine, policy, row_cap=row_cap)
+        return run_now(engine, policy, row_cap=row_cap)
     return stored

@@ -7,6 +7,12 @@ recipe), so concurrent writers queue for the write lock instead of failing
 half-way. A read-only caller may ask for a plain BEGIN with
 `engine.execution_options(sqlite_begin="DEFERRED")`.
 
+Readers (`open_reader`, `make_engine(url, read_only=True)`) cannot write at all:
+SQLite is opened with the `mode=ro` URI (no journal-mode switch, so an empty
+file stays empty and a missing one is not created) and PostgreSQL sessions
+start with `default_transaction_read_only=on`. Pages and read-only commands use
+them; nothing they do can create or change a file or a database.
+
 Every refusal to open a database is a StoreUnavailable (or SchemaMissing) with
 one readable line, never a driver traceback.
 """
@@ -18,9 +24,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateColumn, CreateTable
@@ -96,23 +103,38 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine configured for the store. Raises StoreUnavailable for a bad URL."""
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine configured for the store (read_only: one that cannot write, see the
+    module doc). Raises StoreUnavailable for a bad URL."""
     url = normalize_url(url)
     try:
         u = make_url(url)
         if u.get_backend_name() == "sqlite":
-            return _sqlite_engine(u)
+            return _sqlite_engine(u, read_only=read_only)
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if u.get_backend_name() == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 10}
+            if read_only:
+                kwargs["connect_args"]["options"] = "-c default_transaction_read_only=on"
+        elif read_only:
+            raise StoreUnavailable(f"cannot open {safe_url(url)} read-only: only SQLite and PostgreSQL are supported")
         return create_engine(u, **kwargs)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise StoreUnavailable(f"malformed database URL {safe_url(url)!r}: {exc}") from exc
 
 
-def _sqlite_engine(u: Any) -> Engine:
+def _read_only_sqlite_url(u: Any) -> Any:
+    """The same file as a `mode=ro` SQLite URI (the path percent-encoded, any query of the
+    given URL dropped, so nothing in it can ask for write access)."""
+    path = Path(u.database).absolute()
+    return URL.create("sqlite", database="file:" + quote(str(path)), query={"mode": "ro", "uri": "true"})
+
+
+def _sqlite_engine(u: Any, *, read_only: bool = False) -> Engine:
     memory = _is_memory_sqlite(u)
+    read_only = read_only and not memory
+    if read_only:
+        u = _read_only_sqlite_url(u)
     connect_args = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
     extra: dict[str, Any] = {"poolclass": StaticPool} if memory else {}
     engine = create_engine(u, connect_args=connect_args, **extra)
@@ -121,7 +143,7 @@ def _sqlite_engine(u: Any) -> Engine:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
         cur = dbapi_conn.cursor()
-        if not memory:
+        if not memory and not read_only:
             cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
         cur.close()
@@ -131,7 +153,7 @@ def _sqlite_engine(u: Any) -> Engine:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
-    return engine
+    return engine.execution_options(sqlite_begin="DEFERRED") if read_only else engine
 
 
 def init_db(engine: Engine) -> None:
@@ -185,12 +207,12 @@ def missing_tables(engine: Engine, names: Iterable[str] = schema.CONTRACT_TABLES
     return [t for t in names if t not in present]
 
 
-def require_schema(engine: Engine) -> None:
-    """Raise SchemaMissing naming the contract tables the database lacks."""
+def require_schema(engine: Engine, url: str | None = None) -> None:
+    """Raise SchemaMissing naming the contract tables the database lacks (`url`: how to name it)."""
     missing = missing_tables(engine)
     if missing:
         raise SchemaMissing(
-            f"database {safe_url(engine.url.render_as_string())} has no Rivya schema "
+            f"database {safe_url(url or engine.url.render_as_string())} has no Rivya schema "
             f"(missing tables: {', '.join(missing)}); run `python -m rivya_core init-db --db URL` first"
         )
 
@@ -213,30 +235,29 @@ def open_store(url: str, *, create: bool = False) -> SqlStore:
 
 
 def open_reader(url: str) -> Engine:
-    """An engine for reading the database at url (pages, reports), checked like
-    open_store. On SQLite its transactions start with a plain deferred BEGIN, not
-    the store's BEGIN IMMEDIATE, so readers never wait behind a writer."""
+    """A read-only engine for the database at url (pages, reports, read-only commands),
+    checked like open_store; it never creates or changes a file or a database (see the
+    module doc). On SQLite its transactions start with a plain deferred BEGIN, so readers
+    never wait behind a writer."""
     return _checked_engine(url, create=False, read_only=True)
 
 
 def _checked_engine(url: str, *, create: bool, read_only: bool = False) -> Engine:
     url = normalize_url(url)
-    engine = make_engine(url)
-    if read_only:
-        engine = engine.execution_options(sqlite_begin="DEFERRED")
     path = sqlite_path(url)
     if path is not None:
         if not create and not path.is_file():
             raise StoreUnavailable(f"no SQLite database at {path} (create it with `init-db`)")
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url, read_only=read_only)
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         if create:
             init_db(engine)
         else:
-            require_schema(engine)
+            require_schema(engine, url)
     except DBAPIError as exc:
         engine.dispose()
         raise StoreUnavailable(f"cannot use database {safe_url(url)}: {_first_line(exc)}") from exc

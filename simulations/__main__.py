@@ -1,6 +1,6 @@
 """`python -m simulations`: run, replay, compare and list scenarios.
 
-  run SCENARIO --db URL [--seed N] [--tasks N] [--json] [--realtime FACTOR]
+  run SCENARIO --db URL [--seed N] [--tasks N] [--json] [--realtime FACTOR] [--force]
   replay DB_URL_OR_FINGERPRINT [--check]
   compare SCENARIO --policy A.toml --policy B.toml [--replications R] [--workers W] [--json]
   list
@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--realtime", type=float, metavar="FACTOR",
                    help="follow the wall clock: FACTOR simulated seconds per wall second")
     r.add_argument("--progress", action="store_true", help="show the progress bar even when not a terminal")
+    r.add_argument("--force", action="store_true",
+                   help="replace a SQLite file that already holds data (never empties a server database)")
 
     rp = sub.add_parser("replay", help="re-run a recorded run and compare fingerprints",
                         description="Re-run the run recorded in a database (its sim_run row) or under "
@@ -106,7 +108,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise RivyaError("--realtime must be a positive factor", code="bad_argument")
     scenario = load_scenario(a.scenario)
     bar = Bar(a.progress or (sys.stderr.isatty() and not a.json))
-    summary = run_scenario(scenario, a.db, seed=a.seed, tasks=a.tasks, progress=bar, realtime=a.realtime)
+    summary = run_scenario(scenario, a.db, seed=a.seed, tasks=a.tasks, progress=bar, realtime=a.realtime,
+                           force=a.force)
     print(json.dumps(summary.to_dict(), indent=1, default=str) if a.json else summary.render_text())
     return 0 if summary.ok else EXIT_VIOLATION
 

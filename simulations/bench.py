@@ -291,16 +291,14 @@ def render(report: dict[str, Any]) -> str:
 # --- the million-task database -----------------------------------------------------
 
 
-def make_db(path: str, tasks: int, scenario: str = "baseline") -> dict[str, Any]:
-    """Run `scenario` for `tasks` tasks into a fresh SQLite file at path."""
+def make_db(path: str, tasks: int, scenario: str = "baseline", force: bool = False) -> dict[str, Any]:
+    """Run `scenario` for `tasks` tasks into a fresh SQLite file at path; a file that
+    holds data is refused unless force (rivya_core.targets)."""
     from .runner import run_scenario
 
-    p = Path(path)
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(p) + suffix).unlink(missing_ok=True)
     sc = replace(load_scenario(scenario), horizon_s=0)
     t0 = time.perf_counter()
-    summary = run_scenario(sc, f"sqlite:///{p.resolve()}", tasks=tasks)
+    summary = run_scenario(sc, f"sqlite:///{Path(path).resolve()}", tasks=tasks, force=force)
     wall = time.perf_counter() - t0
     return {"scenario": scenario, "tasks": summary.tasks, "wall_s": round(wall, 1),
             "tasks_per_s": round(summary.tasks / wall, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
@@ -427,6 +425,7 @@ def _arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--json", action="store_true")
     b.add_argument("--make-db", metavar="PATH", help="instead: run the baseline scenario into a SQLite file")
     b.add_argument("--scenario", default="baseline", help="scenario for --make-db")
+    b.add_argument("--force", action="store_true", help="with --make-db: replace a file that already holds data")
     b.add_argument("--dashboard", metavar="URL", help="instead: time the dashboard's data functions on URL")
     b.add_argument("--only", default="", help="with --dashboard: only calls whose name contains this")
     b.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
@@ -434,11 +433,13 @@ def _arguments(b: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    if a.child:
-        print(json.dumps(run_mode(a.child, a.tasks, a.workdir or tempfile.gettempdir())))
+    if a.child:  # internal: the parent passes its own temporary --workdir
+        if not a.workdir or not Path(a.workdir).is_dir():
+            raise BenchError("--child needs the --workdir directory its parent made")
+        print(json.dumps(run_mode(a.child, a.tasks, a.workdir)))
         return 0
     if a.make_db:
-        print(json.dumps(make_db(a.make_db, a.tasks, a.scenario)))
+        print(json.dumps(make_db(a.make_db, a.tasks, a.scenario, force=a.force)))
         return 0
     if a.dashboard:
         rep = dashboard(a.dashboard, a.reps, a.only)

@@ -65,6 +65,7 @@ class Job:
     provider: str = ""
     started_at: float | None = None
     recorded: bool = False         # an upstream_job row exists (later writes update it)
+    last_sent: tuple[str, Any] | None = None  # (message id, body) of the latest callback: scripted repeats
     rng: random.Random | None = field(default=None, repr=False, compare=False)  # past its submit draws
 
 
@@ -111,6 +112,10 @@ class MockProvider:
     def submit(self, task_ref: str, model: str, prompt: str, params: dict[str, Any]) -> str:
         if task_ref in self.by_ref:
             return self.by_ref[task_ref]
+        fault = self.scripted.get(task_ref, {}).get("submit_fault")
+        if fault:
+            self.farm.stats.submit_faults[fault] += 1
+            raise ProviderError(fault, f"{self.name}: submission {fault}")
         outage = self._outage()
         if outage is not None and outage.mode in ("submit_error", "submit_refused"):
             kind = outage.mode.removeprefix("submit_")
@@ -192,7 +197,7 @@ class MockProvider:
         job.done_at = self.env.now
         self.farm.touch(job)
         self.farm.stats.outcomes[job.state if job.error is None else job.error[0]] += 1
-        if job.state == "lost" or not self.farm.callbacks_enabled:
+        if job.state == "lost" or not self.farm.callbacks_enabled or forced.get("auto_callbacks") is False:
             return
         ok = job.state == "succeeded"
         body = self._body(job, "task.succeeded" if ok else "task.failed", job.state)
@@ -219,7 +224,11 @@ class MockProvider:
         if forced.get("outcome") == "succeeded":
             job.state, job.result_urls = "succeeded", self._urls(job)
         elif forced.get("outcome") == "failed":
-            job.state, job.error = "failed", MODEL_ERROR
+            job.state, job.error = "failed", forced.get("error") or MODEL_ERROR
+        elif forced.get("outcome") == "lost":
+            job.state = "lost"
+        elif forced.get("outcome") == "no_urls":
+            job.state, job.result_urls = "succeeded", ()
         elif outage is not None and outage.mode == "fail":
             job.state, job.error = "failed", OUTAGE_FAILURE
         elif u[0] < cfg.lost_job:
@@ -249,6 +258,18 @@ class MockProvider:
         """Scripted: an early 'succeeded' callback without URLs, right now."""
         self._send(job, self._next_msg(), self._body(job, "task.succeeded", "succeeded", urls=()), 0.0, "early")
 
+    def send_progress_now(self, job: Job) -> None:
+        """Scripted: a 'running' progress callback, right now."""
+        self._send(job, self._next_msg(), self._body(job, "task.progress", "running"), 0.0, "progress")
+
+    def send_repeat_now(self, job: Job) -> None:
+        """Scripted: the latest callback again, same webhook id and body (a duplicate delivery)."""
+        if job.last_sent is None:
+            self.send_final_now(job)
+            return
+        msg_id, body = job.last_sent
+        self._send(job, msg_id, body, 0.0, "duplicate")
+
     def send_final_now(self, job: Job) -> None:
         ok = job.state == "succeeded"
         self._send(job, self._next_msg(), self._body(job, "task.succeeded" if ok else "task.failed", job.state),
@@ -271,6 +292,8 @@ class MockProvider:
     def _send(self, job: Job, msg_id: str, body: Any, delay: float, kind: str, *,
               secret: str | None = None, raw: bool = False) -> None:
         data = body if raw else json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        if kind in ("final", "early", "progress"):
+            job.last_sent = (msg_id, body)
         ts = self.clock.timestamp()
         headers = webhooks.signed_headers(secret or self.secret, msg_id, ts, data)
         job.pending_deliveries += 1

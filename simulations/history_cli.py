@@ -28,6 +28,32 @@ def add_parsers(sub) -> None:
     b.add_argument("--timing", action="store_true", help="also re-simulate the timing part trace-driven")
     b.add_argument("--json", action="store_true")
 
+    c = sub.add_parser("calibrate", help="fit a scenario to recorded history",
+                       description="Fit arrivals, population, mix, per-provider generation times and callback "
+                       "delays (empirical quantiles) and fault rates from a database; write a scenario file "
+                       "that `run` accepts.")
+    c.add_argument("--db", required=True, help="database URL")
+    c.add_argument("--since", help="window start (ISO, UTC)")
+    c.add_argument("--until", help="window end (ISO, UTC)")
+    c.add_argument("-o", "--output", required=True, help="scenario file to write (.toml)")
+    c.add_argument("--force", action="store_true", help="overwrite the output file")
+    c.add_argument("--json", action="store_true", help="print the estimates as JSON")
+
+    f = sub.add_parser("fork", help="fork a recorded task or account into a replayable scripted scenario",
+                       description="Write a [[script]] scenario that replays what the database recorded for one "
+                       "task, or for one account's tasks and chat turns in a window; `run` it to reproduce "
+                       "the timeline, edit one line to ask what-if.")
+    who = f.add_mutually_exclusive_group(required=True)
+    who.add_argument("--task", type=int, help="task id")
+    who.add_argument("--user", type=int, help="account id")
+    f.add_argument("--db", required=True, help="database URL")
+    f.add_argument("--since", help="with --user: window start (ISO, UTC)")
+    f.add_argument("--until", help="with --user: window end (ISO, UTC)")
+    f.add_argument("-o", "--output", required=True, help="story file to write (.toml)")
+    f.add_argument("--force", action="store_true", help="overwrite the output file")
+    f.add_argument("--check", action="store_true", help="run the story and compare it with the recorded "
+                   "timeline; exit 1 on a difference")
+
 
 def recorded_policy_for(engine, path: str | None) -> tuple[BillingPolicy, str]:
     if path:
@@ -67,7 +93,54 @@ def cmd_backtest(a: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_VIOLATION
 
 
-COMMANDS = {"backtest": cmd_backtest}
+def cmd_fork(a: argparse.Namespace) -> int:
+    from .fork import check_fork, fork_story
+    from .history import parse_time
+
+    if a.task is not None and (a.since or a.until):
+        raise RivyaError("--since/--until go with --user", code="bad_argument")
+    out = refuse_overwrite(a.output, a.force)
+    since, until = parse_time(a.since, "--since"), parse_time(a.until, "--until")
+    engine = open_reader(a.db)
+    try:
+        story = fork_story(engine, task_id=a.task, user_id=a.user, since=since, until=until)
+        diffs = check_fork(engine, story) if a.check else None
+    finally:
+        engine.dispose()
+    out.write_text(story.to_toml(), encoding="utf-8")
+    print(f"wrote {out}: {len(story.task_ids)} task(s), {len(story.chat_ids)} chat turn(s), "
+          f"{len(story.scenario.script)} scripted steps; run it with `python -m simulations run {out} --db URL`")
+    if diffs is None:
+        return 0
+    if diffs:
+        print("the story does NOT reproduce the recorded timeline:")
+        for d in diffs[:20]:
+            print(f"  {d}")
+        return EXIT_VIOLATION
+    print("checked: running the story reproduces the recorded timeline (states, ledger, notifications)")
+    return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+    from .history import parse_time
+
+    out = refuse_overwrite(a.output, a.force)
+    since, until = parse_time(a.since, "--since"), parse_time(a.until, "--until")
+    engine = open_reader(a.db)
+    try:
+        cal = calibrate(engine, since, until, name=out.stem)
+    finally:
+        engine.dispose()
+    out.write_text(cal.to_toml(), encoding="utf-8")
+    if a.json:
+        print(json.dumps({k: {"value": e.value, "n": e.n, "se": e.se} for k, e in cal.estimates.items()}, indent=1))
+    else:
+        print(f"wrote {out}: {len(cal.estimates)} estimates; not fitted: {'; '.join(cal.not_fitted)}")
+    return 0
+
+
+COMMANDS = {"backtest": cmd_backtest, "fork": cmd_fork, "calibrate": cmd_calibrate}
 
 
 def refuse_overwrite(path: str, force: bool) -> Path:

@@ -38,6 +38,7 @@ from rivya_core.db import init_db, make_engine, sqlite_path
 from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.store_memory import MemoryStore
+from rivya_core.targets import ensure_fresh
 
 from .clock import SimClock
 from .farm import Farm
@@ -250,9 +251,11 @@ def drain_seconds(sc: Scenario) -> float:
     return longest + 2 * p.poll_interval_s + patience + 900.0
 
 
-def open_fresh(db_url: str):
+def open_fresh(db_url: str, force: bool = False):
     """An engine on db_url with the schema and the simulation tables, for a run to
-    write into; a database that already holds tasks or accounts is refused."""
+    write into; a target that already holds data is refused (rivya_core.targets),
+    or with force a SQLite file is replaced."""
+    ensure_fresh(db_url, force=force, command="a simulation run")
     engine = make_engine(db_url)
     relax_sqlite_sync(engine)
     try:
@@ -270,10 +273,11 @@ def open_fresh(db_url: str):
 
 
 def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
-                 progress: Callable[[float, str], None] | None = None, realtime: float | None = None) -> RunSummary:
+                 progress: Callable[[float, str], None] | None = None, realtime: float | None = None,
+                 force: bool = False) -> RunSummary:
     wall0 = time.perf_counter()
     run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
-    engine = open_fresh(db_url)
+    engine = open_fresh(db_url, force=force)
     try:
         summary = _execute(run, engine, progress, wall0)
     finally:
@@ -385,7 +389,10 @@ def find_recorded(target: str) -> dict[str, Any]:
     if "://" in target or target.endswith(".db"):
         from .writer import read_sim_runs
 
-        engine = make_engine(target)
+        path = sqlite_path(target)
+        if path is not None and not path.is_file():
+            raise RivyaError(f"no SQLite database at {path}", code="replay_not_found")
+        engine = make_engine(target, read_only=True)  # replay only reads the recorded run
         try:
             runs = read_sim_runs(engine)
         except Exception as exc:  # noqa: BLE001 - any driver error: one line

@@ -43,13 +43,21 @@ def pos(default: float, **meta: Any) -> Any:
 
 @dataclass(frozen=True)
 class Range:
-    """Uniform draw between low and high (log-uniform when log=True)."""
+    """Uniform draw between low and high; or, with `points` (empirical quantiles at evenly
+    spaced probabilities, written `{quantiles = [q0, ..., q100]}`), the inverse of their
+    piecewise-linear distribution."""
 
     low: float
     high: float
+    points: tuple[float, ...] = ()
 
     def draw(self, u: float) -> float:
-        return self.low + (self.high - self.low) * u
+        pts = self.points
+        if not pts:
+            return self.low + (self.high - self.low) * u
+        x = u * (len(pts) - 1)
+        i = min(int(x), len(pts) - 2)
+        return pts[i] + (pts[i + 1] - pts[i]) * (x - i)
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,7 @@ class Mix:
     chat_max_output_tokens: int = pos(800, min=1)
     chat_failure: float = prob(0.02)
     chat_overrun: float = prob(0.0)         # completion beyond the max asked
+    models: dict[str, float] = field(default_factory=dict)  # weight of each model in its category (default: even)
 
 
 @dataclass(frozen=True)
@@ -131,19 +140,32 @@ class Behaviour:
 
 @dataclass(frozen=True)
 class ScriptEvent:
-    """One scripted step. actions: submit, callback, callback_early,
-    lose_next_callback, poll, recheck, grant, advance."""
+    """One scripted step. actions: submit, callback, callback_early, callback_progress,
+    callback_repeat, lose_next_callback, poll, recheck, grant, chat."""
 
     at: float = pos(0.0)
     action: str = field(default="poll", metadata={"choices": (
-        "submit", "callback", "callback_early", "lose_next_callback", "poll", "recheck", "grant")})
+        "submit", "callback", "callback_early", "callback_progress", "callback_repeat", "lose_next_callback",
+        "poll", "recheck", "grant", "chat")})
     user: int = pos(0)
     model: str = ""
     prompt: str = "a scripted prompt"
     task: int = pos(0)        # 1-based index of the scripted submit it refers to
     amount: int = pos(0)
-    outcome: str = field(default="succeeded", metadata={"choices": ("succeeded", "failed")})
-    gen_s: float = pos(0.0)   # scripted generation time (0: drawn)
+    outcome: str = field(default="succeeded", metadata={"choices": ("succeeded", "failed", "lost", "no_urls")})
+    gen_s: float = pos(0.0)   # scripted generation time (0: drawn); chat: seconds until the turn settles
+    # submit: what the provider does, as recorded
+    params: dict[str, Any] = field(default_factory=dict)
+    error_code: str = ""      # outcome "failed": the provider's error (default: a model error)
+    error_message: str = ""
+    failure_class: str = field(default="", metadata={"choices": ("", "user", "provider", "infrastructure")})
+    submit_fault: str = field(default="", metadata={"choices": ("", "refused", "error", "timeout")})
+    auto_callbacks: bool = True  # false: the provider sends only the callbacks the script lists
+    chat: int = pos(0)        # submit: 1-based index of the scripted chat turn whose tool call it is
+    # chat: one turn (reserve now, settle or fail after gen_s)
+    prompt_tokens: int = pos(0)
+    max_output_tokens: int = pos(0)
+    completion_tokens: int = pos(0)
 
 
 @dataclass(frozen=True)
@@ -212,8 +234,12 @@ def _dump(sc: Scenario) -> str:
     if policy != {"name": "default"}:
         lines += _table("policy", policy)
     for ev in sc.script:
-        lines += ["", "[[script]]", *(f"{k} = {_value(v)}" for k, v in _as_dict(ev).items())]
+        lines += ["", "[[script]]", *(f"{k} = {_value(v)}" for k, v in _as_dict(ev).items()
+                                      if k in ("at", "action") or v != getattr(_NO_EVENT, k))]
     return "\n".join(lines) + "\n"
+
+
+_NO_EVENT = ScriptEvent()
 
 
 def _changed(obj: Any, base: Any) -> dict[str, Any]:
@@ -238,6 +264,8 @@ def _value(v: Any) -> str:
     if isinstance(v, str):  # a JSON string is a TOML basic string, once DEL is escaped too
         return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, Range):
+        if v.points:
+            return "{quantiles = " + _value(list(v.points)) + "}"
         return f"[{v.low!r}, {v.high!r}]"
     if isinstance(v, list | tuple | frozenset | set):
         return "[" + ", ".join(_value(x) for x in v) + "]"
@@ -372,6 +400,13 @@ def _coerce(tp: Any, value: Any, meta: Any, source: str, key: str) -> Any:
             raise bad(f"must be one of {', '.join(choices)}")
         return value
     if tp is Range:
+        if isinstance(value, dict):
+            q = value.get("quantiles")
+            if set(value) != {"quantiles"} or not isinstance(q, list) or len(q) < 2 or not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in q) \
+                    or any(b < a for a, b in zip(q, q[1:], strict=False)):
+                raise bad("must be {quantiles = [q0, ..., q100]}: at least two non-negative, non-decreasing numbers")
+            return Range(float(q[0]), float(q[-1]), tuple(float(v) for v in q))
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = [value, value]
         if (not isinstance(value, list) or len(value) != 2
@@ -388,6 +423,9 @@ def _coerce(tp: Any, value: Any, meta: Any, source: str, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise bad("must be a table")
+        if key.endswith("models") and not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                              and math.isfinite(v) and v >= 0 for v in value.values()):
+            raise bad("must map model ids to non-negative weights")
         return value  # provider overrides: built after the [farm] defaults
     if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
         return _build(tp, value, source, key + ".")

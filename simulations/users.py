@@ -145,7 +145,7 @@ class Population:
                      topup=b[4] < self.sc.population.topup_probability)
         if kind in ("chat", "tool_chat"):
             pool = self.chat_models if kind == "chat" else self.tool_chat_models
-            spec = pool[int(pick * len(pool))]
+            spec = _pick(pool, pick, m.models)
             max_out = min(m.chat_max_output_tokens, _param_max(spec, "max_output_tokens", m.chat_max_output_tokens))
             pt = int(m.chat_prompt_tokens.draw(s[0]))
             overrun = s[2] < m.chat_overrun
@@ -156,7 +156,7 @@ class Population:
             return Intent(user, kind, tool_req, spec.id, prompt, pt, max_out, ct, b[5] < m.chat_failure,
                           1.0 + 20.0 * s[3], **flags)
         pool = self.models.get(kind) or [m for ms in self.models.values() for m in ms]
-        spec = pool[int(pick * len(pool))]
+        spec = _pick(pool, pick, m.models)
         return Intent(user, "generation", _request(spec, prompt, s), **flags)
 
     def arrive(self, intent: Intent) -> None:
@@ -264,6 +264,20 @@ class Population:
 def _param_max(spec: ModelSpec, name: str, fallback: int) -> int:
     p = spec.param(name)
     return int(p.max) if p is not None and p.max is not None else fallback
+
+
+def _pick(pool: list[ModelSpec], u: float, weights: dict[str, float]) -> ModelSpec:
+    """A model of the pool: evenly, or by the scenario's weights (one uniform draw either way)."""
+    w = [float(weights.get(m.id, 0.0)) for m in pool] if weights else []
+    total = sum(w)
+    if total <= 0:
+        return pool[int(u * len(pool))]
+    x = u * total
+    for spec, wi in zip(pool, w, strict=True):
+        x -= wi
+        if x < 0:
+            return spec
+    return next(spec for spec, wi in zip(reversed(pool), reversed(w), strict=True) if wi > 0)
 
 
 def _request(spec: ModelSpec, prompt: str, s: list[float]) -> GenerationRequest:

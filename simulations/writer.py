@@ -355,17 +355,23 @@ def compact_sqlite(path: Any) -> None:
     same bytes whatever checkpoints and connections happened during the run."""
     import os
     import sqlite3
+    import tempfile
     from pathlib import Path
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".compact")
-    tmp.unlink(missing_ok=True)
-    conn = sqlite3.connect(path)
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".compact", dir=path.parent)  # a new empty file
+    os.close(fd)
+    tmp = Path(name)
     try:
-        conn.execute("VACUUM INTO ?", (str(tmp),))
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("VACUUM INTO ?", (str(tmp),))
+        finally:
+            conn.close()
+        os.chmod(tmp, path.stat().st_mode)
+        os.replace(tmp, path)
     finally:
-        conn.close()
-    os.replace(tmp, path)
+        tmp.unlink(missing_ok=True)
     for suffix in ("-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
 

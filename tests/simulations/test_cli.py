@@ -15,7 +15,7 @@ from simulations.__main__ import main
     (["run", "baseline", "--db", "sqlite:///{tmp}/x.db", "--tasks", "0"], "--tasks"),
     (["compare", "baseline", "--policy", "data/policies/default.toml"], "exactly two"),
     (["compare", "baseline", "--policy", "missing.toml", "--policy", "missing.toml"], "no such policy file"),
-    (["replay", "sqlite:///{tmp}/empty.db"], "no recorded simulation run"),
+    (["replay", "sqlite:///{tmp}/missing.db"], "no SQLite database"),
     (["replay", "0000deadbeef"], "no recorded run"),
 ])
 def test_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
