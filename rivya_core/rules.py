@@ -211,3 +211,86 @@ def heavier_duplicate(new: Run, running: Run, policy: BillingPolicy) -> bool:
     return (new.task_id != running.task_id and new.model == running.model and new.prompt == running.prompt
             and 0 <= gap <= policy.duplicate_window_s
             and policy.is_heavier_duplicate(new.credits, running.credits))
+
+
+# --- what support is told -------------------------------------------------------------------------
+
+
+class Verdict(StrEnum):
+    """The state of a task or chat turn as support's checklist concludes it (`diagnose`)."""
+
+    WAITING = "waiting"
+    GENERATING = "generating"
+    STUCK = "stuck"
+    STUCK_PAST_TIMEOUT = "stuck_past_timeout"
+    DELIVERED = "delivered"
+    SUCCESS_WITHOUT_URLS = "success_without_urls"
+    DELIVERED_BUT_REFUNDED = "delivered_but_refunded"
+    FAILED_FOR_CREDITS = "failed_for_credits"
+    FAILED_FOR_CREDITS_BUT_CHARGED = "failed_for_credits_but_charged"
+    REFUND_DUE = "refund_due"
+    REFUND_INCONSISTENT = "refund_inconsistent"
+    FAILED_NEVER_CHARGED = "failed_never_charged"
+    FAILED_REFUNDED = "failed_refunded"
+    FAILED_USER_CREDITS_KEPT = "failed_user_credits_kept"
+    FAILED_CREDITS_KEPT = "failed_credits_kept"
+    CHAT_RESERVED = "chat_reserved"
+    CHAT_RESERVATION_OVERDUE = "chat_reservation_overdue"
+    CHAT_SETTLEMENT_MISMATCH = "chat_settlement_mismatch"
+    CHAT_FAILED_REFUNDED = "chat_failed_refunded"
+    CHAT_REFUSED = "chat_refused"
+    CHAT_SETTLED = "chat_settled"
+    CHAT_SETTLED_REFUNDED = "chat_settled_refunded"
+
+
+VERDICT_TEXT: Mapping[Verdict, str] = {
+    Verdict.WAITING: "waiting to be submitted — within normal time",
+    Verdict.GENERATING: "still generating — within normal time",
+    Verdict.STUCK: "stuck — past the stuck threshold",
+    Verdict.STUCK_PAST_TIMEOUT: "stuck — past the timeout",
+    Verdict.DELIVERED: "delivered",
+    Verdict.SUCCESS_WITHOUT_URLS: "SUCCESS without result URLs",
+    Verdict.DELIVERED_BUT_REFUNDED: "delivered, but refunded",
+    Verdict.FAILED_FOR_CREDITS: "failed for credits — never charged",
+    Verdict.FAILED_FOR_CREDITS_BUT_CHARGED: "failed for credits — but charged",
+    Verdict.REFUND_DUE: "failed, refund due",
+    Verdict.REFUND_INCONSISTENT: "failed, refund inconsistent",
+    Verdict.FAILED_NEVER_CHARGED: "failed — never charged",
+    Verdict.FAILED_REFUNDED: "failed, refunded",
+    Verdict.FAILED_USER_CREDITS_KEPT: "failed — user-correctable, credits kept under the policy",
+    Verdict.FAILED_CREDITS_KEPT: "failed, credits kept under the policy",
+    Verdict.CHAT_RESERVED: "reserved — awaiting settlement",
+    Verdict.CHAT_RESERVATION_OVERDUE: "reservation not settled — past the grace period",
+    Verdict.CHAT_SETTLEMENT_MISMATCH: "settlement mismatch",
+    Verdict.CHAT_FAILED_REFUNDED: "failed, reservation refunded",
+    Verdict.CHAT_REFUSED: "refused — nothing charged",
+    Verdict.CHAT_SETTLED: "settled",
+    Verdict.CHAT_SETTLED_REFUNDED: "settled, difference refunded",
+}
+
+
+class NextAction(StrEnum):
+    """What support does next about it."""
+
+    NOTHING = "nothing"
+    WAIT = "wait"
+    RECHECK_UPSTREAM = "recheck_upstream"
+    MARK_FAILED = "mark_failed"
+    ISSUE_REFUND = "issue_refund"
+    INVESTIGATE_LEDGER = "investigate_ledger"
+    TELL_USER_TOP_UP = "tell_user_top_up"
+    TELL_USER_CORRECT = "tell_user_correct"
+    SETTLE_OR_FAIL_TURN = "settle_or_fail_turn"
+
+
+ACTION_TEXT: Mapping[NextAction, str] = {
+    NextAction.NOTHING: "nothing to do",
+    NextAction.WAIT: "nothing to do (wait)",
+    NextAction.RECHECK_UPSTREAM: "re-check upstream",
+    NextAction.MARK_FAILED: "mark failed (past timeout)",
+    NextAction.ISSUE_REFUND: "issue the due refund",
+    NextAction.INVESTIGATE_LEDGER: "investigate the ledger",
+    NextAction.TELL_USER_TOP_UP: "tell the user to top up credits",
+    NextAction.TELL_USER_CORRECT: "tell the user how to correct the request",  # diagnose adds how
+    NextAction.SETTLE_OR_FAIL_TURN: "settle or fail the turn (release the reservation)",
+}
