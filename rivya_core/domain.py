@@ -31,10 +31,6 @@ ALLOWED_MOVES: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 
-def can_move(old: str, new: str) -> bool:
-    return TaskStatus(new) in ALLOWED_MOVES[TaskStatus(old)]
-
-
 def sources_of(new: TaskStatus) -> frozenset[TaskStatus]:
     """The states a task may be in for a move to `new` to be legal."""
     return frozenset(s for s, targets in ALLOWED_MOVES.items() if new in targets)

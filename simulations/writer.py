@@ -131,7 +131,6 @@ class Kpis:
     by_outcome: Counter = field(default_factory=Counter)
     events: Counter = field(default_factory=Counter)
     paths: Counter = field(default_factory=Counter)
-    failure_codes: Counter = field(default_factory=Counter)
     ledger_sums: Counter = field(default_factory=Counter)  # amount per entry type; rules.credit_flows reads it
     failed_without_refund: int = 0
     insufficient: int = 0
@@ -316,7 +315,6 @@ class BatchWriter:
         charged = any(e.entry_type == EntryType.CONSUME for e in entries)
         refunded = any(e.entry_type == EntryType.REFUND for e in entries)
         if t.status == TaskStatus.FAILED:
-            k.failure_codes[t.error_code] += 1
             if t.error_code == "insufficient_credits":
                 k.insufficient += 1
             else:
