@@ -26,6 +26,7 @@ PAGES = [
     ("pages/live_tasks.py", "Live tasks", ":material/pending:", "Support"),
     ("pages/task_inspector.py", "Task inspector", ":material/search:", "Support"),
     ("pages/checklist.py", "Checklist", ":material/checklist:", "Support"),
+    ("pages/user.py", "User", ":material/person_search:", "Support"),
     ("pages/incidents.py", "Incidents", ":material/emergency:", "Support"),
     ("pages/notifications.py", "Notifications", ":material/notifications:", "Support"),
     ("pages/ledger.py", "Ledger", ":material/account_balance:", "Credits"),
@@ -51,14 +52,14 @@ def _needs_demo(url: str) -> bool:
 
 
 def ensure_demo(url: str) -> None:
-    """Seed the default database with the baseline scenario once, showing progress."""
+    """Seed the default database with the demo scenario once, showing progress."""
     done = st.session_state.setdefault("demo_checked", set())
     if url in done or os.environ.get("RIVYA_DEMO", "1") == "0" or url != default_url():
         return
     done.add(url)
     if not _needs_demo(url):
         return
-    bar = st.progress(0.0, text="First start: creating demo data by running the baseline scenario…")
+    bar = st.progress(0.0, text="First start: creating demo data by running the demo scenario…")
 
     def progress(fraction: float, message: str) -> None:
         bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"Creating demo data: {message}")

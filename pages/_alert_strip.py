@@ -11,19 +11,12 @@ import streamlit as st
 from pages._cache import cached_df
 from pages._links import page_available
 from pages._source import current_url, default_url
+from pages._text import plain
 from rivya_core import alerts
 from rivya_core.policy import BillingPolicy
 
 INCIDENTS = "pages/incidents.py"
 ACTION_WORDS = {"recheck": "re-check", "refund": "refund", "mark-failed": "mark failed"}
-_MARKDOWN = set("\\`*_{}[]()#+-.!|<>~$")
-
-
-def plain(text: str) -> str:
-    """Text from the database, escaped so a Markdown element shows it as typed."""
-    return "".join("\\" + ch if ch in _MARKDOWN else ch for ch in str(text))
-
-
 def _params(alert) -> dict[str, str]:
     params = {"action": alert.action, **alert.filter.to_params()}
     if current_url() != default_url() and "db" in st.query_params:

@@ -31,25 +31,35 @@ def show_table(frame: Any, *, column_config: dict | None = None, **kwargs: Any) 
         if col in config:
             continue
         if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col]):
-            frame[col] = frame[col].astype(object).where(frame[col].notna(), "—")
+            frame[col] = frame[col].map(_cell_text).astype(object).where(frame[col].notna(), "—")
         config[col] = st.column_config.Column(str(col).replace("_", " "))
     st.dataframe(frame, column_config=config, **{"hide_index": True, "width": "stretch", **kwargs})
 
 
+def _cell_text(value: Any) -> Any:
+    """A list or mapping in a text column as one line of JSON (Arrow cannot mix them with text)."""
+    if isinstance(value, list | tuple | dict | set):
+        import json
+
+        return json.dumps(sorted(value) if isinstance(value, set) else value, default=str)
+    return value
+
+
 def show_flows(flows: dict[str, int], total_label: str, total_help: str | None = None) -> None:
-    """Metrics that visibly add up: granted − charged + refunded − chat spent (+ other) = total."""
+    """Metrics that visibly add up: granted − charged + refunded − chat charged (+ other) = total."""
     c = st.columns(5)
     c[0].metric("Granted", f"{flows['granted']:,}", help="Grants (starting balance, top-ups) and adjustments")
     c[1].metric("Charged for tasks", f"{flows['task_charged']:,}", help="`consume` rows")
     c[2].metric("Refunded for tasks", f"{flows['task_refunded']:,}", help="`refund` rows")
-    c[3].metric("Chat spent", f"{flows['chat_net']:,}",
-                help=f"Chat reserved and charged ({flows['chat_charged']:,}) less chat refunded "
-                     f"({flows['chat_refunded']:,})")
+    c[3].metric("Chat charged", f"{flows['chat_charged']:,}",
+                help=f"What users were finally charged for chat: {flows['chat_reserved']:,} reserved before "
+                     f"the turns ran, {flows['chat_refunded']:,} of it returned unused at settlement")
     c[4].metric(total_label, f"{flows['balance']:,}", help=total_help)
     other = f" + {flows['other']:,} other" if flows["other"] else ""
     st.caption(f"{flows['granted']:,} granted − {flows['task_charged']:,} charged for tasks + "
-               f"{flows['task_refunded']:,} refunded for tasks − {flows['chat_net']:,} chat spent{other} "
-               f"= **{flows['balance']:,}** ({total_label.lower()}).")
+               f"{flows['task_refunded']:,} refunded for tasks − {flows['chat_charged']:,} chat charged{other} "
+               f"= **{flows['balance']:,}** ({total_label.lower()}). Chat reservations: "
+               f"{flows['chat_reserved']:,}, of which {flows['chat_refunded']:,} returned.")
 
 
 @contextmanager

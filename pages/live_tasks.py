@@ -14,7 +14,7 @@ from pages._render import show_errors
 from pages._runs import realtime_run, start_realtime_run
 from pages._source import ROOT, current_url, enter_page, open_db, use_database
 from pages._support import policy_in_force
-from rivya_core import clock, reports
+from rivya_core import queries, reports
 
 REFRESH_S = 3
 DEMO_SCENARIO = ROOT / "data" / "scenarios" / "baseline.toml"
@@ -81,7 +81,8 @@ def live_table() -> None:
         if counts.get("WAITING", 0) + counts.get("GENERATING", 0) == 0:
             offer_demo_run()
             return
-        now, basis = reports.reference_now(engine, clock.wall_now())
+        judged = queries.reference_now(engine)  # the one rule: pages, checklist, audit and support actions
+        now = judged.at
         df = reports.active_tasks(
             engine, now=now, statuses=tuple(states), category=tuple(category), model=tuple(model),
             provider=tuple(provider), user=user, limit=limit, policy=policy,
@@ -90,7 +91,7 @@ def live_table() -> None:
         m1.metric("Waiting", f"{counts.get('WAITING', 0):,}")
         m2.metric("Generating", f"{counts.get('GENERATING', 0):,}")
         m3.metric("Stuck (in this view)", f"{int(df['stuck'].sum()) if not df.empty else 0:,}")
-        st.caption(f"Ages measured from {now:%Y-%m-%d %H:%M:%S} UTC — {basis}. "
+        st.caption(f"{judged.caption()}. "
                    f"Stuck thresholds: {policy_source}.")
         if only_stuck and not df.empty:
             df = df[df["stuck"]]

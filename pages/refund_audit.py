@@ -56,8 +56,8 @@ with show_errors():
     c[1].metric("Money findings", f"{sum(money.values()):,}")
     c[2].metric("Checks run", f"{len(report.checked)}")
     st.info(f"**Policy in force:** {policy_source} (`{report.policy}`: refunds "
-            f"{', '.join(sorted(policy.refund_classes)) or 'no'} failures). Judged at "
-            f"{report.now:%Y-%m-%d %H:%M:%S} UTC, the latest moment the database recorded.")
+            f"{', '.join(sorted(policy.refund_classes)) or 'no'} failures). Ages judged at "
+            f"{report.now:%Y-%m-%d %H:%M:%S} UTC ({report.now_why or 'the moment the audit judged at'}).")
     if report.ok:
         st.success("No finding: every refund, charge and notification checks out.")
 

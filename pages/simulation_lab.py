@@ -1,9 +1,11 @@
-"""Simulation lab: run a scenario with edited knobs into a new database and chart it, start a realtime
-run to watch on Live tasks, and compare two billing policies with confidence intervals."""
+"""Simulation lab: run a scenario with edited knobs, compare two billing policies, sweep policies and
+scenario keys (each in a background job, listed and followed below the tabs), and start a realtime run
+to watch on Live tasks."""
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,15 +14,17 @@ import plotly.express as px
 import streamlit as st
 
 from pages._cache import cached_at
+from pages._jobs import jobs_panel, start_job
 from pages._render import show_table
 from pages._runs import new_run_url, realtime_run, start_realtime_run
-from pages._source import enter_page, get_engine, use_database
+from pages._source import enter_page, get_engine, runs_dir, use_database
 from rivya_core import ledger_views as lv
+from rivya_core.audit import ledger_sums
+from rivya_core.credits import chat_figures
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
-from simulations.compare import compare
-from simulations.runner import run_scenario
 from simulations.scenarios import POLICY_DIR, list_scenarios, load_scenario
+from simulations.sweep import Sweep, parse_grid
 from simulations.writer import read_sim_runs
 
 enter_page()
@@ -35,6 +39,11 @@ STATE_COLORS = {"ACTIVE": "#1f77b4", "SUCCESS": "#2ca02c", "FAILED": "#d62728"}
 
 def policies() -> dict[str, Path | None]:
     return {"the scenario's own": None, **{p.stem: p for p in sorted(POLICY_DIR.glob("*.toml"))}}
+
+
+def describe_policy(policy: BillingPolicy, label: str = "") -> None:
+    """The product question a policy answers (its `description`), as plain text."""
+    st.text(f"{label}{policy.name}: {policy.description or 'no description in its file'}")
 
 
 def pick_scenario(key: str):
@@ -55,23 +64,30 @@ def pick_scenario(key: str):
 
 
 def edit_knobs(sc):
-    """The main knobs as widgets; returns the edited scenario (dataclasses.replace) and the run size."""
+    """The main knobs as widgets; returns the edited scenario (dataclasses.replace) and the run size.
+
+    Every widget's key names the scenario, so each scenario's knobs start from its own file's values
+    (a value edited for one scenario never carries over to another) and untouched knobs change nothing:
+    the run is then exactly `python -m simulations run SCENARIO --seed S --tasks N`."""
+    k = f"knob_{sc.name}_"
     c = st.columns(4)
-    tasks = c[0].number_input("Tasks", 10, 200_000, sc.tasks or 500, step=100)
-    seed = c[1].number_input("Seed", 0, 2**31 - 1, sc.seed)
-    users = c[2].number_input("Users", 1, 100_000, sc.population.users)
-    callbacks = c[3].toggle("Callbacks on", sc.callbacks, help="Off: polling is the only completion path")
-    broke = st.slider("Users starting with almost no credits", 0.0, 1.0, sc.population.broke_fraction, 0.05)
+    tasks = c[0].number_input("Tasks", 10, 200_000, sc.tasks or 500, step=100, key=k + "tasks")
+    seed = c[1].number_input("Seed", 0, 2**31 - 1, sc.seed, key=k + "seed")
+    users = c[2].number_input("Users", 1, 100_000, sc.population.users, key=k + "users")
+    callbacks = c[3].toggle("Callbacks on", sc.callbacks, help="Off: polling is the only completion path",
+                            key=k + "callbacks")
+    broke = st.slider("Users starting with almost no credits", 0.0, 1.0, sc.population.broke_fraction, 0.05,
+                      key=k + "broke")
     farm, changed = sc.farm, {}
     for group, names in FAULTS.items():
         with st.expander(f"{group} fault rates", expanded=group == "Callbacks"):
             cols = st.columns(len(names))
             for col, name in zip(cols, names, strict=True):
                 value = col.number_input(name.replace("_", " "), 0.0, 1.0, float(getattr(farm, name)), 0.01,
-                                         format="%.2f", key=f"fault_{name}")
+                                         format="%.2f", key=f"{k}fault_{name}")
                 if value != getattr(farm, name):
                     changed[name] = value
-    choice = st.selectbox("Billing policy", list(policies()))
+    choice = st.selectbox("Billing policy", list(policies()), key=k + "policy")
     policy = sc.policy
     if policies()[choice] is not None:
         try:
@@ -79,6 +95,7 @@ def edit_knobs(sc):
         except RivyaError as exc:
             st.error(exc.message)
             st.stop()
+    describe_policy(policy)
     edited = replace(
         sc, seed=int(seed), callbacks=callbacks, policy=policy,
         population=replace(sc.population, users=int(users), broke_fraction=broke),
@@ -100,15 +117,18 @@ def show_run(url: str) -> None:
         return
     s = runs[-1]["summary"]
     credits = s.get("credits", {})
-    c = st.columns(6)
+    chat = chat_figures(cached_at(url, ledger_sums))  # the one definition, over the run's own ledger
+    c = st.columns(8)
     c[0].metric("Tasks", f"{s.get('tasks', 0):,}")
-    c[1].metric("Charged", f"{credits.get('charged', 0) + credits.get('chat_charged', 0):,}",
-                help="Task charges plus chat reservations")
-    c[2].metric("Refunded", f"{credits.get('refunded', 0) + credits.get('chat_refunded', 0):,}",
-                help="Task refunds plus the unused part of chat reservations")
-    c[3].metric("Net", f"{credits.get('net', 0):,}")
-    c[4].metric("Violations", f"{len(s.get('violations', [])):,}")
-    c[5].metric("Liveness", "ok" if s.get("liveness_ok") else "FAILED")
+    c[1].metric("Charged for tasks", f"{credits.get('charged', 0):,}", help="`consume` rows")
+    c[2].metric("Refunded for tasks", f"{credits.get('refunded', 0):,}", help="`refund` rows")
+    c[3].metric("Chat charged", f"{chat.charged:,}", help="What users were finally charged for chat turns")
+    c[4].metric("Chat reserved", f"{chat.reserved:,}",
+                help=f"Held before the turns ran; {chat.refunded:,} of it returned unused at settlement")
+    c[5].metric("Net", f"{credits.get('charged', 0) - credits.get('refunded', 0) + chat.charged:,}",
+                help="Charged for tasks − refunded for tasks + chat charged")
+    c[6].metric("Violations", f"{len(s.get('violations', [])):,}")
+    c[7].metric("Liveness", "ok" if s.get("liveness_ok") else "FAILED")
     st.caption(f"Scenario `{s.get('scenario_name')}`, seed {s.get('seed')}, fingerprint "
                f"`{str(s.get('fingerprint', ''))[:16]}`, {s.get('sim_seconds', 0):,.0f} simulated seconds. "
                f"Database: `{url}`")
@@ -158,26 +178,60 @@ def show_run(url: str) -> None:
         st.rerun()
 
 
+def show_run_job(job: dict) -> None:
+    show_run(job["result"]["url"])
+
+
+def show_compare(job: dict) -> None:
+    result = job["result"]
+    table = pd.DataFrame(result["table"])
+    pa, pb = result["policies"]
+    show_table(table.rename(columns={"policy_a": f"A: {pa}", "policy_b": f"B: {pb}"}).drop(columns=["kpi"]),
+               width="stretch", hide_index=True)
+    base = table["policy_a"].abs().where(table["policy_a"] != 0)
+    rel = table.assign(diff_pct=100 * table["diff"] / base, lo=100 * table["ci_low"] / base,
+                       hi=100 * table["ci_high"] / base).dropna(subset=["diff_pct"])
+    rel["err_plus"] = (rel["hi"] - rel["diff_pct"]).fillna(0)
+    rel["err_minus"] = (rel["diff_pct"] - rel["lo"]).fillna(0)
+    fig = px.scatter(rel, x="diff_pct", y="label", error_x="err_plus", error_x_minus="err_minus",
+                     labels={"diff_pct": f"B − A, % of A ({pb} vs {pa})", "label": ""},
+                     title=f"Paired difference with 95% CI, {result['replications']} replications")
+    fig.add_vline(x=0, line_dash="dot")
+    st.plotly_chart(fig, width="stretch")
+    skipped = sorted(set(table["label"]) - set(rel["label"]))
+    if skipped:
+        st.caption("Not charted (A is 0, so no relative change): " + ", ".join(skipped))
+    if any(math.isnan(x) for x in table["ci_low"]):
+        st.caption("Some intervals are n/a: they need at least two replications with a spread.")
+    for f in result.get("failed", []):
+        st.text(f"Failed job {f['key']}: {f['error']}  (replay: {f['replay']})")
+
+
+def show_sweep(job: dict) -> None:
+    result = job["result"]
+    show_table(pd.DataFrame(result["variants"]), width="stretch", hide_index=True)
+    for f in result.get("failed", []):
+        st.text(f"Failed job {f['key']}: {f['error']}")
+    if result.get("output"):
+        st.text(f"Results table: {result['output']}")
+
+
+def policy_params(paths: list[Path]) -> list[dict]:
+    return [BillingPolicy.load(p).to_dict() for p in paths]
+
+
 st.title("Simulation lab")
-run_tab, live_tab, compare_tab = st.tabs(["Run a scenario", "Realtime run", "Compare two policies"])
+run_tab, live_tab, compare_tab, sweep_tab, backtest_tab = st.tabs(
+    ["Run a scenario", "Realtime run", "Compare two policies", "Sweep", "Backtest"])
 
 with run_tab:
     scenario, tasks = edit_knobs(pick_scenario("run"))
-    if st.button("Run into a new database", type="primary"):
+    if st.button("Run in the background", type="primary"):
         url = new_run_url(scenario.name)
-        bar = st.progress(0.0, text="Starting…")
-        try:
-            summary = run_scenario(scenario, url, tasks=tasks,
-                                   progress=lambda f, msg: bar.progress(min(max(float(f), 0.0), 1.0), text=msg))
-        except (RivyaError, ValueError) as exc:
-            st.error(f"The run stopped: {getattr(exc, 'message', exc)}")
-        else:
-            st.session_state["lab_run_url"] = url
-            st.toast(f"Run finished in {summary.wall_seconds:.1f} s")
-        finally:
-            bar.empty()
-    if st.session_state.get("lab_run_url"):
-        show_run(st.session_state["lab_run_url"])
+        start_job("run", {"scenario_toml": scenario.to_toml(), "scenario_name": scenario.name, "tasks": tasks,
+                          "url": url}, f"{scenario.name}, {tasks:,} tasks, seed {scenario.seed}, policy "
+                  f"{scenario.policy.name}")
+    st.caption("The run goes into a new database under the runs folder; follow it under Background jobs below.")
 
 with live_tab:
     st.caption("Runs the scenario **with the knobs set on the first tab** in a background process at a "
@@ -208,39 +262,55 @@ with compare_tab:
     names = [p for p in policies() if policies()[p] is not None]
     if len(names) < 2:
         st.warning("Compare needs at least two policy files under data/policies.")
-        st.stop()
-    c = st.columns(4)
-    a = c[0].selectbox("Policy A", names, index=names.index("default") if "default" in names else 0)
-    b = c[1].selectbox("Policy B", names, index=names.index("no_refunds") if "no_refunds" in names else 1)
-    reps = c[2].number_input("Replications", 2, 50, 4)
-    per = c[3].number_input("Tasks per run", 20, 20_000, 200)
-    if st.button("Compare", type="primary"):
-        with st.spinner(f"Running {2 * reps} simulations…"):
+    else:
+        c = st.columns(4)
+        a = c[0].selectbox("Policy A", names, index=names.index("default") if "default" in names else 0)
+        b = c[1].selectbox("Policy B", names, index=names.index("no_refunds") if "no_refunds" in names else 1)
+        reps = c[2].number_input("Replications", 2, 200, 4)
+        per = c[3].number_input("Tasks per run", 20, 20_000, 200)
+        for label, name in (("A = ", a), ("B = ", b)):
             try:
-                report = compare(sc, [BillingPolicy.load(policies()[a]), BillingPolicy.load(policies()[b])],
-                                 int(reps), tasks=int(per))
-            except (RivyaError, ValueError) as exc:
-                st.error(f"The comparison stopped: {getattr(exc, 'message', exc)}")
-            else:
-                st.session_state["lab_compare"] = report.to_dict()
-    result = st.session_state.get("lab_compare")
-    if result:
-        table = pd.DataFrame(result["table"])
-        pa, pb = result["policies"]
-        show_table(table.rename(columns={"policy_a": f"A: {pa}", "policy_b": f"B: {pb}"}).drop(columns=["kpi"]),
-                     width="stretch", hide_index=True)
-        base = table["policy_a"].abs().where(table["policy_a"] != 0)
-        rel = table.assign(diff_pct=100 * table["diff"] / base, lo=100 * table["ci_low"] / base,
-                           hi=100 * table["ci_high"] / base).dropna(subset=["diff_pct"])
-        rel["err_plus"] = (rel["hi"] - rel["diff_pct"]).fillna(0)
-        rel["err_minus"] = (rel["diff_pct"] - rel["lo"]).fillna(0)
-        fig = px.scatter(rel, x="diff_pct", y="label", error_x="err_plus", error_x_minus="err_minus",
-                         labels={"diff_pct": f"B − A, % of A ({pb} vs {pa})", "label": ""},
-                         title=f"Paired difference with 95% CI, {result['replications']} replications")
-        fig.add_vline(x=0, line_dash="dot")
-        st.plotly_chart(fig, width="stretch")
-        skipped = sorted(set(table["label"]) - set(rel["label"]))
-        if skipped:
-            st.caption("Not charted (A is 0, so no relative change): " + ", ".join(skipped))
-        if any(math.isnan(x) for x in table["ci_low"]):
-            st.caption("Some intervals are n/a: they need at least two replications with a spread.")
+                describe_policy(BillingPolicy.load(policies()[name]), label)
+            except RivyaError as exc:
+                st.error(exc.message)
+        if st.button("Compare in the background", type="primary"):
+            start_job("compare", {"scenario_toml": sc.to_toml(), "scenario_name": sc.name,
+                                  "policies": policy_params([policies()[a], policies()[b]]),
+                                  "replications": int(reps), "tasks": int(per)},
+                      f"{sc.name}: {a} vs {b}, {int(reps)} replications of {int(per)} tasks")
+
+with sweep_tab:
+    st.caption("Every policy × grid point × replication is one job on a local Dask cluster; replication r of "
+               "every variant runs at the same seed. The same as `python -m simulations sweep`.")
+    sc = pick_scenario("sweep")
+    names = [p for p in policies() if policies()[p] is not None]
+    chosen = st.multiselect("Policies", names, default=[n for n in ("default", "no_refunds") if n in names])
+    grid_text = st.text_input("Grid (optional)", "", placeholder="farm.capacity=8,12; arrivals.rate_per_hour=300,600",
+                              help="Scenario keys and their values, separated by ';'")
+    c = st.columns(2)
+    reps = c[0].number_input("Replications", 1, 500, 4, key="sweep_reps")
+    per = c[1].number_input("Tasks per run", 10, 20_000, 200, key="sweep_tasks")
+    if st.button("Sweep in the background", type="primary", disabled=not chosen):
+        try:
+            grid = parse_grid([g.strip() for g in grid_text.split(";") if g.strip()])
+            Sweep(sc, tuple(BillingPolicy.load(policies()[n]) for n in chosen), grid, int(reps),
+                  tasks=int(per)).variants()
+        except RivyaError as exc:
+            st.error(exc.message)
+        else:
+            out = runs_dir() / f"sweep-{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}.parquet"
+            start_job("sweep", {"scenario_toml": sc.to_toml(), "scenario_name": sc.name,
+                                "policies": policy_params([policies()[n] for n in chosen]),
+                                "grid": [[k, list(v)] for k, v in grid], "replications": int(reps),
+                                "tasks": int(per), "output": str(out)},
+                      f"{sc.name}: {', '.join(chosen)}; grid {grid_text or 'none'}; {int(reps)} replications")
+
+with backtest_tab:
+    from pages._lab_backtest import backtest_tab as show_backtest
+
+    show_backtest()
+
+st.divider()
+from pages._lab_backtest import show_backtest_job  # noqa: E402 - beside the tab that starts it
+
+jobs_panel({"run": show_run_job, "compare": show_compare, "sweep": show_sweep, "backtest": show_backtest_job})

@@ -8,10 +8,12 @@ import streamlit as st
 
 from pages._access import access_config, can_act
 from pages._cache import cached_df
+from pages._chat_lookup import chat_lookup
+from pages._fork import fork_button
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service
-from rivya_core import queries, reports
+from rivya_core import queries, reports, user_view
 from rivya_core.diagnose import diagnose, recheck_signals
 from rivya_core.domain import NotFound, RivyaError
 
@@ -28,13 +30,13 @@ STATUS_ICON = {"ok": ":material/check_circle:", "warn": ":material/warning:", "f
 
 
 def show_checklist(task_id: int, user_id: int) -> None:
-    diag = diagnose(engine, task_id, policy)
+    judged = queries.reference_now(engine)  # the one "now" the pages and the support actions judge ages at
+    diag = diagnose(engine, task_id, policy, now=judged.at)
     box = {"ok": st.success, "warn": st.warning, "fail": st.error}.get(
         "fail" if any(i.status == "fail" for i in diag.items) else
         "warn" if any(i.status == "warn" for i in diag.items) else "ok", st.info)
     box(f"**Verdict:** {diag.verdict}\n\n**Next action:** {diag.next_action}")
-    st.caption(f"Task type: {diag.task_type}. Ages judged at {diag.now:%Y-%m-%d %H:%M:%S} UTC, "
-               f"with {policy_source}.")
+    st.caption(f"Task type: {diag.task_type}. {judged.caption()}, with {policy_source}.")
     for item in diag.items:
         icon = STATUS_ICON.get(item.status, ":material/help:")
         with st.expander(f"{icon} {item.question} — {item.answer}", expanded=item.status in ("warn", "fail")):
@@ -42,7 +44,7 @@ def show_checklist(task_id: int, user_id: int) -> None:
             if item.evidence:
                 show_table(pd.DataFrame(queries.jsonable(item.evidence)), hide_index=True, width="stretch")
     st.subheader("Recheck before running again")
-    signals = recheck_signals(engine, user_id, policy)
+    signals = recheck_signals(engine, user_id, policy, now=judged.at)
     if not signals:
         st.success("No recheck signal for this user.")
     for sig in signals:
@@ -73,6 +75,9 @@ def show_rows(rows: list[dict], empty: str, drop: tuple[str, ...] = ()) -> None:
         show_table(frame.drop(columns=list(drop), errors="ignore"), hide_index=True, width="stretch")
 
 
+ACTIONS = ("Re-check upstream", "Issue the due refund", "Mark stuck task failed")
+
+
 def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
     try:
         svc = support_service(policy)
@@ -80,52 +85,100 @@ def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
                   "Mark stuck task failed": svc.support_mark_failed}[action]
         task = method(task_id, operator, reason)
     except RivyaError as exc:
-        st.session_state["action_result"] = ("refused", f"{action} refused: {exc.message}")
+        st.session_state["action_result"] = (task_id, "refused", f"{action} on task #{task_id} refused: {exc.message}")
     else:
-        st.session_state["action_result"] = ("done", f"{action}: done. The task is now {task.status}.")
+        st.session_state["action_result"] = (task_id, "done",
+                                             f"{action} on task #{task_id}: done. The task is now {task.status}.")
     st.cache_data.clear()
     st.rerun()
 
 
 def show_actions(task_id: int) -> None:
-    result = st.session_state.pop("action_result", None)
-    if result:
-        (st.success if result[0] == "done" else st.warning)(result[1])
+    result = st.session_state.get("action_result")
+    if result and result[0] == task_id:
+        del st.session_state["action_result"]
+        (st.success if result[1] == "done" else st.warning)(result[2])
     if not can_act():
         st.info("Support actions need the operator role; you are signed in as a viewer.")
         return
-    with st.form("support_action"):
-        action = st.radio("Action", ["Re-check upstream", "Issue the due refund", "Mark stuck task failed"],
-                          horizontal=True)
+    # The form belongs to one task: a submit can only ever act on the task whose form it came from.
+    with st.form(f"support_action_{task_id}"):
+        st.markdown(f"Acting on **task #{task_id}**.")
+        action = st.radio("Action", ACTIONS, horizontal=True)
         signed_in = st.session_state.get("user") if access_config().enabled else None
         operator = st.text_input("Operator name", value=signed_in or "", disabled=bool(signed_in))
         if signed_in:
             st.caption("Sign-in is on: actions are recorded under the signed-in operator.")
         operator = signed_in or operator
         reason = st.text_input("Reason (kept in the task's timeline)")
-        if st.form_submit_button("Run action"):
+        if st.form_submit_button(f"Run action on task #{task_id}"):
             if not operator.strip() or not reason.strip():
                 st.warning("Give your name and a reason: both go into the task's timeline.")
             else:
                 run_action(task_id, action, operator.strip(), reason.strip())
 
 
+QUERY_KEY = "inspector_query"
+
+
+def _follow_deep_link() -> None:
+    """A ?task= / ?q= the page did not write itself (a link followed, a URL typed, a reload) sets the
+    search box once; afterwards the box and the selection are the operator's, and the page only
+    writes the URL to match them (so the two never overwrite each other)."""
+    ss = st.session_state
+    link = (st.query_params.get("q"), st.query_params.get("task"))
+    if link != ss.get("inspector_link"):
+        ss["inspector_link"] = link
+        if link[0] or link[1]:
+            ss[QUERY_KEY] = link[0] or link[1]
+            ss["inspector_pick"] = int(link[1]) if (link[1] or "").isdigit() else None
+    elif QUERY_KEY not in ss:  # the widget's state was dropped while another page ran
+        ss[QUERY_KEY] = ss.get("inspector_query_kept", "")
+
+
+def _write_link(query: str, task_id: int | None) -> None:
+    """Keep the URL in step with the box and the selection (a reload or a shared link shows the same)."""
+    q = query if task_id is None or query != str(task_id) else None
+    want = {"q": q, "task": None if task_id is None else str(task_id)}
+    for key, value in want.items():
+        if value is None:
+            st.query_params.pop(key, None)
+        elif st.query_params.get(key) != value:
+            st.query_params[key] = value
+    st.session_state["inspector_link"] = (want["q"], want["task"])
+    st.session_state["inspector_query_kept"] = query
+
+
 def pick_task() -> int | None:
-    query = st.text_input("Find a task", value=st.query_params.get("task", ""),
-                          placeholder="task id, upstream id, user email or name, prompt text")
-    if not query.strip():
+    _follow_deep_link()
+    query = st.text_input("Find a task", key=QUERY_KEY,
+                          placeholder="task id, upstream id, user email or name, prompt text").strip()
+    if not query:
         st.caption("Type a task id, an upstream id, a user's email or name, or words from the prompt.")
-        return None
-    hits = pd.DataFrame(cached_df(queries.find_tasks, query.strip(), 50))
+    chosen = _choose_task(query) if query else None
+    _write_link(query, chosen)
+    return chosen
+
+
+def _choose_task(query: str) -> int | None:
+    ss = st.session_state
+    hits = pd.DataFrame(cached_df(queries.find_tasks, query, 50))
     if hits.empty:
-        st.warning(f"No task matches {query.strip()!r}.")
+        st.warning(f"No task matches {query!r}.")
         return None
-    if len(hits) == 1:
-        return int(hits["id"].iloc[0])
+    ids = [int(i) for i in hits["id"]]
+    if len(ids) == 1:
+        ss["inspector_pick"] = ids[0]
+        return ids[0]
     st.caption(f"{len(hits)} tasks match (newest first, at most 50).")
     labels = {int(r.id): f"#{r.id} · {r.status} · {r.model} · {r.email or r.user_id} · {str(r.prompt)[:60]}"
               for r in hits.itertuples()}
-    return st.selectbox("Task", list(labels), format_func=labels.get)
+    key = f"inspector_pick_{query}"  # one selection per search: a new search starts from its own first hit
+    if key not in ss:
+        ss[key] = ss.get("inspector_pick") if ss.get("inspector_pick") in labels else ids[0]
+    choice = st.selectbox("Task", ids, key=key, format_func=labels.get)
+    ss["inspector_pick"] = choice
+    return choice
 
 
 with show_errors():
@@ -137,7 +190,6 @@ with show_errors():
             st.warning(f"Task {task_id} does not exist in this database.")
             st.stop()
         task, acct = detail["task"], detail["account"] or {}
-        st.query_params["task"] = str(task_id)
         st.header(f"Task #{task_id} — {task['status']}")
         c1, c2, c3, c4 = st.columns(4)
         c1.metric("Status", task["status"])
@@ -153,6 +205,7 @@ with show_errors():
             st.caption("Results: " + ", ".join(task["result_urls"]))
         with st.expander("Task row"):
             st.json(queries.jsonable(task))
+        fork_button(engine, task_id=task_id)
         tabs = st.tabs(["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"])
         with tabs[0]:
             show_checklist(task_id, task["user_id"])
@@ -163,6 +216,10 @@ with show_errors():
         with tabs[3]:
             show_rows(detail["callbacks"], "No provider callback arrived for this task.", drop=("body",))
         with tabs[4]:
+            st.text("Did the user see the outcome? " + user_view.outcome_seen(engine, task_id)["answer"])
             show_rows(detail["notifications"], "No notification for this task.")
         with tabs[5]:
             show_actions(task_id)
+
+with show_errors():
+    chat_lookup(engine, policy)

@@ -1,4 +1,4 @@
-"""`python -m rivya_core`: database set-up, audit, the checklist, support actions.
+"""`python -m rivya_core`: database set-up, audit, the checklist, support actions, the webhook receiver.
 
 Every command takes --db URL (default: the embedded SQLite database under
 data/). Errors print one line and exit non-zero; audit exits 1 on violations.
@@ -10,10 +10,12 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from .cli import OneLineParser, run_command
+from . import limits
+from .cli import OneLineParser, number, run_command
 from .clock import WallClock
 from .db import DEFAULT_URL, open_reader, open_store
 from .queries import naive_utc
@@ -26,18 +28,22 @@ def _db(p: argparse.ArgumentParser) -> None:
 
 
 def _task_id(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"task id must be a whole number, not {value!r}")
-    return int(value)
+    if not value.isascii() or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"task id must be {limits.describe('id')}, not {value[:40]!r}")
+    return number("id")(value)
 
 
 def _moment(value: str) -> datetime:
     if value == "now":
         return WallClock().now()
     try:
-        return naive_utc(datetime.fromisoformat(value))
+        moment = naive_utc(datetime.fromisoformat(value))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected `now` or an ISO time, not {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected `now` or an ISO time, not {value[:40]!r}") from None
+    if not limits.EARLIEST <= moment <= limits.LATEST:
+        raise argparse.ArgumentTypeError(f"must be a time from {limits.EARLIEST:%Y-%m-%d} to {limits.LATEST:%Y-%m-%d}, "
+                                         f"not {value[:40]}")
+    return moment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="judge time-dependent checks (stuck tasks, open chat reservations) at WHEN: `now` "
                         "(wall time, for a live database) or an ISO time; default: the latest time recorded "
                         "in the database (right for a simulation's own time base)")
-    p = sub.add_parser("diagnose", help="the troubleshooting checklist answered for one task")
-    p.add_argument("task_id", type=_task_id)
+    p = sub.add_parser("diagnose", help="the troubleshooting checklist answered for one task or one chat turn")
+    p.add_argument("task_id", type=_task_id, nargs="?")
+    p.add_argument("--chat-message", type=_task_id, metavar="N", help="a chat turn's settlement instead of a task")
     _db(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     for name, text in (("refund", "issue a refund that is due (refused with the reason otherwise)"),
@@ -86,11 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("recover", help="bring tasks interrupted between steps to a consistent state")
     _db(p)
-    p.add_argument("--grace", type=float, default=60.0, metavar="S",
+    p.add_argument("--grace", type=number("grace_s"), default=60.0, metavar="S",
                    help="leave tasks touched in the last S seconds alone (default 60)")
     p = sub.add_parser("poll", help="one polling sweep over tasks due for an upstream check")
     _db(p)
+    p.add_argument("--every", type=_seconds, metavar="S",
+                   help="sweep again every S seconds until interrupted (default: once)")
+    p = sub.add_parser("serve", help="the webhook receiver (POST /webhooks/PROVIDER, GET /healthz) "
+                       "and the polling sweep, in one process")
+    _db(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
+    p.add_argument("--poll-every", type=number("poll_every_s"), default=30.0, metavar="S",
+                   help="run the polling sweep every S seconds in this process; 0: never (default 30)")
     return parser
+
+
+_seconds = number("sweep_s")
+_port = number("port")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,10 +164,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from .diagnose import diagnose
+    from .diagnose import diagnose, diagnose_chat_message
+    from .domain import ValidationError
     from .service import policy_from
 
-    result = diagnose(open_reader(args.db), args.task_id, policy_from(args.policy))
+    if (args.task_id is None) == (args.chat_message is None):
+        raise ValidationError("give a task id or --chat-message N (one of them)")
+    engine = open_reader(args.db)
+    if args.chat_message is not None:
+        result = diagnose_chat_message(engine, args.chat_message, policy_from(args.policy))
+    else:
+        result = diagnose(engine, args.task_id, policy_from(args.policy))
     print(json.dumps(result.to_dict(), default=str, indent=2) if args.json else result.render_text())
     return 0
 
@@ -214,16 +241,31 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
-    r = _service(args).poll()
-    print(f"poll: checked {r.checked}, succeeded {r.succeeded}, failed {r.failed}, "
-          f"timed out {r.timed_out}, still running {r.still_running}")
+    svc = _service(args)
+    while True:
+        r = svc.poll()
+        print(f"poll: checked {r.checked}, succeeded {r.succeeded}, failed {r.failed}, "
+              f"timed out {r.timed_out}, still running {r.still_running}", flush=True)
+        if not args.every:
+            return 0
+        time.sleep(args.every)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .receiver import serve
+
+    svc = _service(args)
+    print(f"receiving webhooks on http://{args.host}:{args.port}/webhooks/PROVIDER for "
+          f"{', '.join(sorted(svc.providers)) or 'no configured provider'}"
+          + (f"; polling every {args.poll_every:g} s" if args.poll_every else ""), flush=True)
+    serve(svc, args.host, args.port, poll_every=args.poll_every or None)
     return 0
 
 
 COMMANDS = {
     "init-db": cmd_init_db, "audit": cmd_audit, "diagnose": cmd_diagnose,
     "refund": _support("refund"), "recheck": _support("recheck"), "mark-failed": _support("mark-failed"),
-    "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll,
+    "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
 }
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 
 from .bulk import BulkFilter
 from .domain import ACTIVE, FailureClass, TaskStatus
@@ -184,17 +184,22 @@ def degradation_alerts(bind: Bind, now: datetime, window_s: float = WINDOW_S,
     from .schema import ai_task
 
     start, base_start = now - timedelta(seconds=window_s), now - timedelta(seconds=window_s + baseline_s)
-    q = select(ai_task.c.provider, ai_task.c.status, ai_task.c.failure_class, _started(),
-               ai_task.c.finished_at).where(ai_task.c.finished_at > base_start, ai_task.c.finished_at <= now)
+    t = ai_task.c
+    in_window = case((t.finished_at > start, 1), else_=0)
+    faulted = case((and_(t.status == TaskStatus.FAILED.value, t.failure_class.in_(PROVIDER_FAULTS)), 1), else_=0)
+    counts = (select(t.provider, in_window.label("w"), func.count(), func.sum(faulted))
+              .where(t.finished_at > base_start, t.finished_at <= now).group_by(t.provider, in_window))
+    took = select(t.provider, _started(), t.finished_at).where(t.status == TaskStatus.SUCCESS.value)
     stats: dict[str, dict[str, Any]] = defaultdict(lambda: {"w": [0, 0, []], "b": [0, 0, []]})
-    with connect(bind) as conn:
-        for provider, status, klass, started, finished in conn.execute(q):
-            bucket = stats[provider]["w" if finished > start else "b"]
-            bucket[0] += 1
-            if status == TaskStatus.FAILED and klass in PROVIDER_FAULTS:
-                bucket[1] += 1
-            if status == TaskStatus.SUCCESS and started is not None:
-                bucket[2].append((finished - started).total_seconds())
+    with connect(bind) as conn:  # counts in SQL; durations of the window and of a recent baseline sample
+        for provider, w, n, failed in conn.execute(counts):
+            stats[provider]["w" if w else "b"][:2] = [int(n), int(failed or 0)]
+        for key, q in (("w", took.where(t.finished_at > start, t.finished_at <= now)),
+                       ("b", took.where(t.finished_at > base_start, t.finished_at <= start)
+                        .order_by(t.finished_at.desc()).limit(HISTORY_TASKS))):
+            for provider, started, finished in conn.execute(q):
+                if started is not None and provider in stats:
+                    stats[provider][key][2].append((finished - started).total_seconds())
     out = []
     for provider in sorted(stats):
         (wn, wf, wd), (bn, bf, bd) = stats[provider]["w"], stats[provider]["b"]

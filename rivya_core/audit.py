@@ -9,10 +9,10 @@ amounts are negative; grant, refund and chat_refund positive; a refund with
 The checks are the set-based SQL form of `rivya_core.rules` (`rules_sql`, the
 same names), so the audit judges a row exactly as the service decided it.
 
-`now` (for "stuck" and "not settled" ages) defaults to the latest timestamp the
-database holds (`queries.latest_timestamp`): a simulation database is judged at
-the moment its run stopped. Pass `now` explicitly to judge live data by the
-wall clock.
+`now` (for "stuck" and "not settled" ages) defaults to the one rule every page
+and support action uses (`queries.reference_now`, `clock.judging_now`): the wall
+clock for a live database, its latest recorded activity for one whose clock
+stopped (a simulation database is judged at the moment its run stopped).
 
 An audit only reads. When asked (`run_and_record`, `audit(record=True)`, the
 CLI's `audit --record`, an operator's "Run the audit now") a full audit on an
@@ -49,7 +49,7 @@ from .domain import (
     ValidationError,
 )
 from .policy import DEFAULT_POLICY, BillingPolicy
-from .queries import ACTIVE_STATES, TERMINAL_STATES, Bind, connect, jsonable, resolve_now
+from .queries import ACTIVE_STATES, TERMINAL_STATES, Bind, connect, jsonable, reference_now
 from .schema import (
     account,
     ai_task,
@@ -113,6 +113,7 @@ class AuditReport:
     now: datetime
     policy: str
     checked: list[str] = field(default_factory=list)
+    now_why: str = ""  # why ages were judged at `now` (clock.judging_now)
 
     @property
     def ok(self) -> bool:
@@ -131,8 +132,8 @@ class AuditReport:
         return {k: found.get(k, 0) for k in self.checked}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "total": self.total, "now": self.now.isoformat(), "policy": self.policy,
-                "counts": self.counts(), "findings": [f.to_dict() for f in self.findings]}
+        return {"ok": self.ok, "total": self.total, "now": self.now.isoformat(), "now_why": self.now_why,
+                "policy": self.policy, "counts": self.counts(), "findings": [f.to_dict() for f in self.findings]}
 
 
 @dataclass(frozen=True)
@@ -373,7 +374,8 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     unknown = [k for k in kinds or () if k not in CHECKS]
     if unknown:
         raise ValidationError(f"unknown audit kind(s): {', '.join(unknown)}", code="audit_kind_unknown")
-    at = resolve_now(bind, now)
+    judged = reference_now(bind, now)
+    at = judged.at
     ctx = _Ctx(policy, at, bind.dialect.name, chat_grace_s)
     todo = [(k, q) for k in kinds or CHECKS if (q := CHECKS[k](ctx)) is not None]
 
@@ -388,7 +390,7 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     else:
         results = [run(item) for item in todo]
     findings = [Finding(k, f"{AUDIT_KINDS[k]}: {n}", n, found) for k, n, found in results if n]
-    report = AuditReport(findings, at, policy.name, [k for k, _ in todo])
+    report = AuditReport(findings, at, policy.name, [k for k, _ in todo], judged.why)
     if keep and isinstance(bind, Engine):
         record_audit(bind, report, policy, duration_s=time.perf_counter() - started, mark=mark)
     return report
@@ -418,8 +420,8 @@ def conservation(bind: Bind, row_cap: int = ROW_CAP) -> dict[str, Any]:
     flows = rules.credit_flows(by_type)
     out = {
         "grants": of(EntryType.GRANT),
-        "charged": flows.charged,
-        "refunded": flows.refunded,
+        "charged": flows.task_charged + flows.chat_reserved + flows.chat_overrun,  # gross: reservations as held
+        "refunded": flows.task_refunded + flows.chat_refunded,
         "consumes": of(EntryType.CONSUME), "refunds": of(EntryType.REFUND),
         "chat_reserves": of(EntryType.CHAT_RESERVE), "chat_charges": of(EntryType.CHAT_CHARGE),
         "chat_refunds": of(EntryType.CHAT_REFUND), "adjustments": of(EntryType.ADJUSTMENT),
@@ -451,7 +453,8 @@ class StoredAudit:
         r = self.report
         findings = [Finding(f["kind"], f["message"], int(f["count"]), list(f.get("rows", [])))
                     for f in r.get("findings", [])]
-        return AuditReport(findings, datetime.fromisoformat(r["now"]), r["policy"], list(r.get("counts", {})))
+        return AuditReport(findings, datetime.fromisoformat(r["now"]), r["policy"], list(r.get("counts", {})),
+                           r.get("now_why", ""))
 
 
 def policy_key(policy: BillingPolicy) -> str:

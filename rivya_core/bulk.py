@@ -5,7 +5,8 @@
     execute(svc, "recheck", flt, operator="sam", reason="kinetica outage", name="kinetica 14:00")
 
 Every action goes through the lifecycle service's own support actions
-(`support_recheck`, `support_refund`, `support_mark_failed`), so refusals and
+(`support_recheck`, `support_refund`, `support_mark_failed`; refunds and mark-failed a hundred
+tasks per unit of work through `support_many`, the same steps), so refusals and
 the `support_action` events come from one place; each event carries the
 incident id (`detail.incident`). The dry run asks the same service for its
 refusals (`recheck_refusal`, `refund_refusal_for`, `mark_failed_refusal`) over
@@ -36,6 +37,7 @@ ACTIONS = ("recheck", "refund", "mark-failed")
 MAX_TASKS = 200_000  # one incident acts on at most this many tasks: narrow the filter beyond it
 CHUNK = 500  # task ids per IN (...) read
 PROGRESS_EVERY = 25
+ACT_CHUNK = 100  # refund / mark-failed: tasks per unit of work (one commit)
 
 _TASK_FIELDS = ("id", "user_id", "model", "category", "prompt", "params", "status", "billing_type",
                 "reserved_credits", "provider", "upstream_task_id", "result_urls", "error_code",
@@ -300,7 +302,7 @@ def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = No
     `incident_id`, tasks that incident already handled are marked done."""
     _check_action(action)
     engine = svc.store.engine
-    now = svc.clock.now()
+    now = svc.judge_clock.now()  # ages judged like the pages and mark-failed judge them
     tasks = matching_tasks(engine, flt, now)
     ids = [t.id for t in tasks]
     charged, refunded = _money_facts(engine, ids)
@@ -398,30 +400,45 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
     with connect(engine) as conn:
         inc = conn.execute(select(incident).where(incident.c.id == incident_id)).first()
         ledger_mark = conn.scalar(select(func.max(credit_ledger.c.id))) or 0
-    engine_now = svc.clock.now()
+    engine_now = svc.judge_clock.now()
     tasks = matching_tasks(engine, flt, engine_now)
     ids = [t.id for t in tasks]
     done = handled_by(engine, incident_id, ids)
     todo = [t for t in tasks if t.id not in done]
     result = RunResult(incident_id, inc.name, action, matched=len(tasks), skipped=len(done))
-    method = {"recheck": svc.support_recheck, "refund": svc.support_refund,
-              "mark-failed": svc.support_mark_failed}[action]
     with engine.begin() as conn:
         conn.execute(update(incident).where(incident.c.id == incident_id).values(finished_at=None))
     acted_ids: list[int] = []
+
+    def record(task_id: int, after: Any) -> None:
+        if isinstance(after, str):
+            result.refused += 1
+            result.outcomes.append({"task_id": task_id, "outcome": "refused", "detail": after})
+        else:
+            result.acted += 1
+            acted_ids.append(task_id)
+            result.outcomes.append({"task_id": task_id, "outcome": "done", "detail": f"task is {after.status}"})
+
     try:
-        for i, t in enumerate(todo, 1):
-            try:
-                after = method(t.id, inc.operator, inc.reason, incident_id=incident_id)
-            except ActionRefused as exc:
-                result.refused += 1
-                result.outcomes.append({"task_id": t.id, "outcome": "refused", "detail": exc.message})
-            else:
-                result.acted += 1
-                acted_ids.append(t.id)
-                result.outcomes.append({"task_id": t.id, "outcome": "done", "detail": f"task is {after.status}"})
-            if progress is not None and (i % PROGRESS_EVERY == 0 or i == len(todo)):
-                progress(i, len(todo))
+        done_n = 0
+        if action == "recheck":  # asks a provider per task: one at a time
+            for t in todo:
+                try:
+                    record(t.id, svc.support_recheck(t.id, inc.operator, inc.reason, incident_id=incident_id))
+                except ActionRefused as exc:
+                    record(t.id, exc.message)
+                done_n += 1
+                if progress is not None and (done_n % PROGRESS_EVERY == 0 or done_n == len(todo)):
+                    progress(done_n, len(todo))
+        else:  # the same support steps, ACT_CHUNK tasks per unit of work
+            for start in range(0, len(todo), ACT_CHUNK):
+                chunk = [t.id for t in todo[start:start + ACT_CHUNK]]
+                for task_id, after in svc.support_many(action, chunk, inc.operator, inc.reason,
+                                                       incident_id=incident_id):
+                    record(task_id, after)
+                done_n += len(chunk)
+                if progress is not None:
+                    progress(done_n, len(todo))
     finally:
         result.credits_moved = _refunded_since(engine, acted_ids, ledger_mark)
         with engine.begin() as conn:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import limits
 from .domain import RivyaError
 
 EXIT_ERROR = 2
@@ -24,6 +25,25 @@ class OneLineParser(argparse.ArgumentParser):
     def add_subparsers(self, **kwargs):
         kwargs.setdefault("parser_class", OneLineParser)
         return super().add_subparsers(**kwargs)
+
+
+def number(kind: str) -> Callable[[str], int | float]:
+    """An argparse type for a number of the given kind (rivya_core.limits): a value out of
+    range or not a number is a one-line usage error naming the option and the range."""
+    limit = limits.LIMITS[kind]
+
+    def parse(text: str) -> int | float:
+        try:
+            value: int | float = int(text) if limit.whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {limit.describe()}, not {text[:40]!r}") from None
+        try:
+            return limit.check(value, "value")
+        except limits.LimitError:
+            raise argparse.ArgumentTypeError(f"must be {limit.describe()}, not {text[:40]}") from None
+
+    parse.__name__ = kind  # argparse names the type in some messages
+    return parse
 
 
 def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -8,12 +8,44 @@ polling sweep acts on it, so a deferral survives a restart.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+# A database with nothing recorded for this long is a simulation or an idle copy: its clock stopped.
+STOPPED_AFTER = timedelta(days=1)
 
 
 def wall_now() -> datetime:
     """The wall clock as naive UTC: what live code reads (call it through the module, so tests can pin it)."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class JudgedAt:
+    """The moment ages are judged at, why that one, and whether it is the wall clock (live)."""
+
+    at: datetime
+    why: str
+    live: bool
+
+    def caption(self) -> str:
+        return f"Ages judged at {self.at:%Y-%m-%d %H:%M:%S} UTC ({self.why})"
+
+
+def judging_now(latest: datetime | None, wall: datetime) -> JudgedAt:
+    """THE rule for "now" when judging ages (stuck, past timeout, not settled, mark-failed):
+    the wall clock for a live database; the database's latest recorded activity when its clock
+    stopped (nothing recorded for STOPPED_AFTER: a simulation run or an idle copy) or runs ahead
+    of the wall clock. Every page, report and support action goes through it
+    (queries.reference_now reads `latest` from a database)."""
+    if latest is None:
+        return JudgedAt(wall, "wall clock: the database has recorded nothing yet", True)
+    if latest > wall:
+        return JudgedAt(latest, "latest activity in the database, which runs ahead of the wall clock", False)
+    if wall - latest > STOPPED_AFTER:
+        return JudgedAt(latest, "latest activity in the database: nothing recorded for over a day, "
+                                "so its clock stopped there (a simulation or an idle copy)", False)
+    return JudgedAt(wall, "wall clock: the database is live", True)
 
 
 class WallClock:

@@ -121,6 +121,11 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         return create_engine(u, **kwargs)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise StoreUnavailable(f"malformed database URL {safe_url(url)!r}: {exc}") from exc
+    except ImportError as exc:  # a dialect SQLAlchemy knows whose DBAPI driver is not installed
+        raise StoreUnavailable(
+            f"no driver installed for {u.drivername!r} (database URL {safe_url(url)!r}): the Python module "
+            f"{getattr(exc, 'name', None) or exc} is missing; install it, or pick a supported database "
+            "(sqlite:///path.db or postgresql+psycopg://...)") from None
 
 
 def _read_only_sqlite_url(u: Any) -> Any:
@@ -244,7 +249,10 @@ def open_reader(url: str) -> Engine:
 
 def _checked_engine(url: str, *, create: bool, read_only: bool = False) -> Engine:
     url = normalize_url(url)
-    path = sqlite_path(url)
+    try:
+        path = sqlite_path(url)
+    except (ArgumentError, ValueError) as exc:
+        raise StoreUnavailable(f"malformed database URL {safe_url(url)!r}: {exc}") from None
     if path is not None:
         if not create and not path.is_file():
             raise StoreUnavailable(f"no SQLite database at {path} (create it with `init-db`)")

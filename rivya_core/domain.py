@@ -74,6 +74,7 @@ class CallbackOutcome(StrEnum):
     REJECTED_STALE = "rejected_stale"
     UNKNOWN_TASK = "unknown_task"
     MALFORMED = "malformed"
+    PROGRESS = "progress"            # a valid "still running" report: recorded, nothing changes
 
 
 class ChatStatus(StrEnum):
@@ -182,6 +183,28 @@ class ProviderCallback:
     upstream_task_id: str | None = None
     task_id: int | None = None
     detail: str | None = None
+
+
+@dataclass
+class ParkedCallback:
+    """A signed, well-formed callback for an upstream id no task holds yet (the provider
+    answered the submission and called back before our write of the upstream id).
+    Kept until a task takes that upstream id, then applied to it."""
+
+    id: int
+    callback_id: int                 # its provider_callback row
+    provider: str
+    upstream_task_id: str
+    received_at: datetime
+    state: str                       # succeeded | failed | running
+    webhook_id: str | None = None
+    result_urls: list[str] | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    failure_class: str | None = None
+    task_ref: str | None = None      # our reference from the webhook URL, when it carried one
+    claimed_task_id: int | None = None
+    claimed_at: datetime | None = None
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from . import rules, webhooks
+from . import limits, rules, webhooks
 from .catalog import Catalog
 from .domain import (
     ACTIVE,
@@ -42,6 +42,7 @@ from .domain import (
     LedgerEntry,
     NotFound,
     NotificationKind,
+    ParkedCallback,
     ProviderCallback,
     Task,
     TaskStatus,
@@ -51,6 +52,7 @@ from .domain import (
 )
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .ports import (
+    CallbackFormat,
     Clock,
     Provider,
     ProviderError,
@@ -65,6 +67,7 @@ T = TypeVar("T")
 
 MAX_CALLBACK_BODY = 64 * 1024
 STORED_BODY_LIMIT = 4096
+PARKED_DETAIL = "no task has this upstream id yet: parked, applied when a task takes it"
 MAX_RETRIES = 20
 
 
@@ -117,9 +120,12 @@ class LifecycleService:
         policy: BillingPolicy = DEFAULT_POLICY,
         secrets: Mapping[str, list[str]] | None = None,
         callbacks_enabled: bool = True,
+        judge_clock: Clock | None = None,
     ):
         self.store = store
         self.clock = clock
+        # what support judges ages against (clock.judging_now for the database; default: `clock`)
+        self.judge_clock = judge_clock or clock
         self.providers = dict(providers)
         self.catalog = catalog
         self.policy = policy
@@ -155,8 +161,9 @@ class LifecycleService:
                                   code="email_invalid")
         if not isinstance(name, str) or len(name) > 200:
             raise ValidationError("an account name is text of at most 200 characters", code="name_invalid")
-        if not isinstance(grant, int) or isinstance(grant, bool) or grant < 0:
-            raise ValidationError("a sign-up grant must be a whole number of credits, 0 or more", code="grant_invalid")
+        if not isinstance(grant, int) or not limits.LIMITS["whole_credits"].ok(grant):
+            raise ValidationError(f"a sign-up grant must be {limits.describe('whole_credits')} credits",
+                                  code="grant_invalid")
 
         def step(tx: Tx):
             if tx.account_by_email(email) is not None:
@@ -169,8 +176,9 @@ class LifecycleService:
         return self._tx(step)
 
     def grant(self, user_id: int, amount: int, note: str = "top-up", key: str | None = None) -> LedgerEntry:
-        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-            raise ValidationError("a grant must be a positive whole number of credits", code="grant_invalid")
+        if not isinstance(amount, int) or amount == 0 or not limits.LIMITS["whole_credits"].ok(amount):
+            raise ValidationError(f"a grant must be {limits.describe('whole_credits')} credits, not 0",
+                                  code="grant_invalid")
 
         def step(tx: Tx) -> LedgerEntry:
             if tx.get_account(user_id) is None:
@@ -277,10 +285,14 @@ class LifecycleService:
         tx.update_task(task.id, sources_of(TaskStatus.GENERATING), status=TaskStatus.GENERATING, upstream_task_id=upstream_id,
                        submitted_at=now, next_check_at=now + timedelta(seconds=first_check), check_attempts=0)
         self._event(tx, task.id, EventKind.SUBMITTED, upstream_task_id=upstream_id, provider=task.provider)
+        self._claim_parked(tx, task.id, task.provider, upstream_id)
 
     # --- 5a: callbacks ----------------------------------------------------------
 
-    def handle_callback(self, provider: str, headers: Mapping[str, str], body: bytes) -> CallbackResult:
+    def handle_callback(self, provider: str, headers: Mapping[str, str], body: bytes,
+                        task_ref: str | None = None) -> CallbackResult:
+        """Verify, record and route one delivery. `task_ref`: our own reference for the task
+        when the webhook URL carried it (unsigned: it only links a parked callback to its task)."""
         now = self._now()
         provider = str(provider)[:50]
         raw = bytes(body) if isinstance(body, (bytes, bytearray)) else b""
@@ -294,46 +306,87 @@ class LifecycleService:
 
         if not isinstance(body, (bytes, bytearray)) or len(raw) > MAX_CALLBACK_BODY:
             return reject(CallbackOutcome.MALFORMED, f"body is not bytes or over {MAX_CALLBACK_BODY} bytes")
+        fmt: CallbackFormat | None = getattr(self.providers.get(provider), "callbacks", None)
         secrets = self._secrets.get(provider)
-        if not secrets:
+        if fmt is None and not secrets:
             return reject(CallbackOutcome.REJECTED_SIGNATURE, "no webhook secret configured for this provider")
+        headers = headers if isinstance(headers, Mapping) else {}
+        now_ts = now.timestamp() if now.tzinfo else _epoch(now)
         try:
-            record.webhook_id = webhooks.verify(secrets, headers if isinstance(headers, Mapping) else {},
-                                                raw, now.timestamp() if now.tzinfo else _epoch(now))[:200]
+            webhook_id = fmt.verify(headers, raw, now_ts) if fmt else webhooks.verify(secrets, headers, raw, now_ts)
+            record.webhook_id = webhook_id[:200]
         except webhooks.WebhookError as exc:
             outcome = {"stale": CallbackOutcome.REJECTED_STALE,
                        "malformed": CallbackOutcome.MALFORMED}.get(exc.code, CallbackOutcome.REJECTED_SIGNATURE)
             return reject(outcome, exc.message)
         record.signature_valid = True
-        parsed = _parse_callback(raw)
+        parsed = _parse_with(fmt, raw) if fmt else _parse_callback(raw)
         if isinstance(parsed, str):
             return reject(CallbackOutcome.MALFORMED, parsed)
         record.upstream_task_id = parsed.upstream_task_id[:200]
+        ref = task_ref[:100] if isinstance(task_ref, str) and task_ref else None
 
         def step(tx: Tx) -> CallbackResult:  # builds its own row: a retried attempt starts clean
+            tx.lock_upstream(provider, parsed.upstream_task_id)  # against _mark_generating's claim
             task = tx.task_by_upstream(provider, parsed.upstream_task_id)
             if task is None:
-                cb = tx.add_callback(replace(record, outcome=CallbackOutcome.UNKNOWN_TASK,
-                                             detail="no task has this upstream id"))
-                return CallbackResult(cb.outcome, cb.id)
+                return self._park(tx, record, parsed, ref)
             task = tx.get_task(task.id, for_update=True)
-            detail = None
-            if task.terminal:
-                outcome, detail = CallbackOutcome.DUPLICATE, f"task already {task.status}"
-            elif tx.webhook_seen(provider, record.webhook_id):
-                outcome, detail = CallbackOutcome.DUPLICATE, "webhook id already seen"
-            else:
-                outcome = _callback_outcome(parsed)
+            outcome, detail = self._route(tx, task, parsed, record.webhook_id)
             cb = tx.add_callback(replace(record, task_id=task.id, outcome=outcome, detail=detail))
-            self._event(tx, task.id, EventKind.CALLBACK, webhook_id=record.webhook_id, outcome=str(outcome),
-                        state=parsed.state, callback_id=cb.id)
-            if outcome == CallbackOutcome.DEFERRED:
-                self._defer(tx, task)
-            elif outcome == CallbackOutcome.APPLIED:
-                self._apply_status(tx, task, parsed, path="callback")
+            self._take(tx, task, parsed, record.webhook_id, outcome, cb.id)
             return CallbackResult(outcome, cb.id, task.id, detail)
 
         return self._tx(step)
+
+    def _route(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None) -> tuple[CallbackOutcome, str | None]:
+        """What a valid callback does to its task: nothing (duplicate, progress), defer or apply."""
+        if task.terminal:
+            return CallbackOutcome.DUPLICATE, f"task already {task.status}"
+        if webhook_id and tx.webhook_seen(task.provider, webhook_id):
+            return CallbackOutcome.DUPLICATE, "webhook id already seen"
+        return _callback_outcome(parsed), None
+
+    def _take(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None, outcome: CallbackOutcome,
+              callback_id: int, **extra: Any) -> None:
+        self._event(tx, task.id, EventKind.CALLBACK, webhook_id=webhook_id, outcome=str(outcome),
+                    state=parsed.state, callback_id=callback_id, **extra)
+        if outcome == CallbackOutcome.DEFERRED:
+            self._defer(tx, task)
+        elif outcome == CallbackOutcome.APPLIED:
+            self._apply_status(tx, task, parsed, path="callback")
+
+    def _park(self, tx: Tx, record: ProviderCallback, parsed: _Parsed, ref: str | None) -> CallbackResult:
+        """A valid callback for an upstream id no task holds yet: kept, and applied by
+        _mark_generating when a task takes that id (the provider answered before our write)."""
+        owner = self._task_for_ref(tx, record.provider, ref)
+        cb = tx.add_callback(replace(record, task_id=owner, outcome=CallbackOutcome.UNKNOWN_TASK,
+                                     detail=PARKED_DETAIL))
+        tx.park_callback(ParkedCallback(
+            id=0, callback_id=cb.id, provider=record.provider, upstream_task_id=parsed.upstream_task_id,
+            received_at=record.received_at, state=parsed.state, webhook_id=record.webhook_id,
+            result_urls=list(parsed.result_urls) or None, error_code=parsed.error_code,
+            error_message=parsed.error_message, failure_class=parsed.failure_class, task_ref=ref))
+        return CallbackResult(cb.outcome, cb.id, owner, PARKED_DETAIL)
+
+    @staticmethod
+    def _task_for_ref(tx: Tx, provider: str, ref: str | None) -> int | None:
+        """The still-waiting task of this provider that our reference names, if any."""
+        if not ref or not ref.startswith("task-") or not ref[5:].isdigit():
+            return None
+        task = tx.get_task(int(ref[5:]))
+        return task.id if task and task.provider == provider and task.status == TaskStatus.WAITING else None
+
+    def _claim_parked(self, tx: Tx, task_id: int, provider: str, upstream_id: str) -> None:
+        """Apply, in arrival order, the callbacks that came before this task had its upstream id."""
+        tx.lock_upstream(provider, upstream_id)
+        for p in tx.claim_parked(provider, upstream_id, task_id, self._now()):
+            parsed = _Parsed(p.upstream_task_id, p.state, tuple(p.result_urls or ()), p.error_code,
+                             p.error_message, p.failure_class)
+            task = tx.get_task(task_id, for_update=True)
+            outcome, detail = self._route(tx, task, parsed, p.webhook_id)
+            tx.settle_callback(p.callback_id, task_id, outcome, detail or "parked until the upstream id was stored")
+            self._take(tx, task, parsed, p.webhook_id, outcome, p.callback_id, parked=True)
 
     # --- 5b: polling and re-checks ---------------------------------------------
 
@@ -569,7 +622,7 @@ class LifecycleService:
         return self._tx(step)
 
     def _reserved_message(self, tx: Tx, message_id: int) -> tuple[ChatMessage, ChatSession]:
-        msg = tx.get_message(message_id, for_update=True) if isinstance(message_id, int) else None
+        msg = tx.get_message(message_id, for_update=True) if limits.LIMITS["id"].ok(message_id) else None
         if msg is None:
             raise NotFound(f"no chat message {message_id!r}")
         return msg, tx.get_session(msg.session_id)
@@ -587,18 +640,27 @@ class LifecycleService:
 
     def support_refund(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
+        return self._refused_or(self._tx(lambda tx: self._refund_step(tx, task_id, operator, reason, incident_id)))
 
-        def step(tx: Tx) -> Task:
-            task = self._task_in(tx, task_id, for_update=True)
-            refusal = self.refund_refusal(tx, task)
-            if refusal:
-                self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}", incident_id)
-                return refusal
-            self._refund_if_due(tx, task, task.failure_class, support_note=f"support refund by {operator}: {reason}"[:500])
-            self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
-            return tx.get_task(task_id)
+    def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str, incident_id: int | None) -> Task | str:
+        task = self._task_in(tx, task_id, for_update=True)
+        refusal = self.refund_refusal(tx, task)
+        if refusal:
+            self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}", incident_id)
+            return refusal
+        self._refund_if_due(tx, task, task.failure_class, support_note=f"support refund by {operator}: {reason}"[:500])
+        self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
+        return tx.get_task(task_id)
 
-        return self._refused_or(self._tx(step))
+    def support_many(self, action: str, task_ids: list[int], operator: str, reason: str, *,
+                     incident_id: int | None = None) -> list[tuple[int, Task | str]]:
+        """`refund` or `mark-failed` on several tasks in one unit of work (a bulk incident's chunk):
+        the very steps, refusals and events of support_refund / support_mark_failed, one commit.
+        Returns (task id, the task after, or the refusal) per task."""
+        operator, reason = _operator(operator, reason)
+        step = {"refund": self._refund_step, "mark-failed": self._mark_failed_step}[action]
+        ids = list(task_ids)
+        return self._tx(lambda tx: [(i, step(tx, i, operator, reason, incident_id)) for i in ids])
 
     def refund_refusal(self, tx: Tx, task: Task) -> str | None:
         """Why a refund of this task is not due, or None when it is."""
@@ -621,8 +683,9 @@ class LifecycleService:
         return None
 
     def mark_failed_refusal(self, task: Task) -> str | None:
-        """Why support cannot mark this task failed now, or None when it is stuck."""
-        age = (self._now() - (task.submitted_at or task.created_at)).total_seconds()
+        """Why support cannot mark this task failed now, or None when it is stuck (its age judged at
+        judge_clock: the same moment the pages and the checklist judge it at)."""
+        age = (self.judge_clock.now() - (task.submitted_at or task.created_at)).total_seconds()
         if task.status not in ACTIVE:
             return f"task is {task.status}; only waiting or generating tasks can be marked failed"
         if age < self.policy.stuck_for(task.category):
@@ -644,20 +707,20 @@ class LifecycleService:
     def support_mark_failed(self, task_id: int, operator: str, reason: str, *,
                             incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
+        return self._refused_or(self._tx(lambda tx: self._mark_failed_step(tx, task_id, operator, reason,
+                                                                           incident_id)))
 
-        def step(tx: Tx) -> Task | str:
-            task = self._task_in(tx, task_id, for_update=True)
-            refusal = self.mark_failed_refusal(task)
-            if refusal:
-                self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}",
-                                    incident_id)
-                return refusal
-            self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
-                                FailureClass.INFRASTRUCTURE, path="support")
-            self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
-            return tx.get_task(task_id)
-
-        return self._refused_or(self._tx(step))
+    def _mark_failed_step(self, tx: Tx, task_id: int, operator: str, reason: str,
+                          incident_id: int | None) -> Task | str:
+        task = self._task_in(tx, task_id, for_update=True)
+        refusal = self.mark_failed_refusal(task)
+        if refusal:
+            self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}", incident_id)
+            return refusal
+        self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
+                            FailureClass.INFRASTRUCTURE, path="support")
+        self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
+        return tx.get_task(task_id)
 
     def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str, result: str,
                        incident_id: int | None = None) -> None:
@@ -676,6 +739,7 @@ class LifecycleService:
     def recover(self, grace_s: float = 0.0, limit: int = 100_000) -> RecoveryReport:
         """Bring every task interrupted between steps (and untouched for grace_s)
         to a consistent state. Idempotent: a second run finds nothing to do."""
+        grace_s = limits.check("grace_s", grace_s, "recover: grace_s")
         report = RecoveryReport()
         cutoff = self._now() - timedelta(seconds=grace_s)
         stale = self._tx(lambda tx: tx.active_tasks_older_than(cutoff, limit))
@@ -718,6 +782,10 @@ class LifecycleService:
             if upstream:
                 self._tx(lambda tx: self._adopt_upstream(tx, task.id, upstream))
                 return "stored the upstream id found at the provider"
+            parked = self._tx(lambda tx: tx.parked_upstream_for_ref(task.provider, f"task-{task.id}"))
+            if parked:  # a signed callback for our reference: the provider has the job
+                self._tx(lambda tx: self._adopt_upstream(tx, task.id, parked))
+                return "stored the upstream id of a callback parked under this task's reference"
         if provider is not None and self.policy.recover_resubmit:
             if not charged and not self._tx(lambda tx: self._charge(tx, task.id)):
                 return "charge refused: failed for credits"
@@ -746,7 +814,7 @@ class LifecycleService:
 
     @staticmethod
     def _task_in(tx: Tx, task_id: int, for_update: bool = False) -> Task:
-        task = tx.get_task(task_id, for_update=for_update) if isinstance(task_id, int) else None
+        task = tx.get_task(task_id, for_update=for_update) if limits.LIMITS["id"].ok(task_id) else None
         if task is None:
             raise NotFound(f"no task {task_id!r}")
         return task
@@ -801,14 +869,26 @@ def _parse_callback(raw: bytes) -> _Parsed | str:
 
 
 def _callback_outcome(parsed: _Parsed) -> CallbackOutcome:
-    """An early callback (success without URLs yet) is deferred; anything else applies."""
+    """An early callback (success without URLs yet) is deferred; a "still running" report
+    is progress (nothing changes); a result applies."""
     if parsed.state == "succeeded" and not parsed.result_urls:
         return CallbackOutcome.DEFERRED
+    if parsed.state not in ("succeeded", "failed"):
+        return CallbackOutcome.PROGRESS
     return CallbackOutcome.APPLIED
 
 
 def _run_of(task: Task) -> rules.Run:
     return rules.Run(task.id, task.model, task.prompt, task.reserved_credits, task.created_at)
+
+
+def _parse_with(fmt: CallbackFormat, raw: bytes) -> _Parsed | str:
+    """A provider's own callback body, through its client's parser."""
+    got = fmt.parse(raw)
+    if isinstance(got, str):
+        return got
+    upstream_id, st = got
+    return _Parsed(upstream_id, st.state, tuple(st.result_urls), st.error_code, st.error_message, st.failure_class)
 
 
 def _epoch(naive_utc: datetime) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from . import tomlfile
+from . import limits, tomlfile
 from .domain import FailureClass, ValidationError
 
 DEFAULT_TIMEOUT_S = {"image": 15 * 60.0, "video": 2 * 3600.0, "audio": 30 * 60.0}
@@ -27,6 +27,8 @@ class PolicyError(ValidationError):
 @dataclass(frozen=True)
 class BillingPolicy:
     name: str = "default"
+    # the product question this policy answers, in one line (words only: not part of the policy's identity)
+    description: str = field(default="", compare=False)
     # prices
     price_multiplier: float = 1.0
     price_overrides: dict[str, int] = field(default_factory=dict)  # model id -> credits per task
@@ -110,53 +112,58 @@ _FIELD_NAMES = {f.name for f in fields(BillingPolicy)}
 _CLASSES = {c.value for c in FailureClass}
 
 
+_NUMBER_KIND = {"price_multiplier": "multiplier", "chat_reserve_margin": "margin",
+                "poll_interval_s": "positive_seconds", "duplicate_window_s": "positive_seconds",
+                "submit_retries": "submit_retries"}
+
+
 def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Every key checked by name; every number against its range in rivya_core.limits."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _FIELD_NAMES:
-            raise PolicyError(f"{source}: unknown policy key {key!r}")
+            raise PolicyError(f"{source}: unknown policy key {str(key)[:40]!r}")
+        where = f"{source}: policy key {key!r}"
 
-        def bad(reason: str, key: str = key) -> PolicyError:
-            return PolicyError(f"{source}: policy key {key!r}: {reason}")
+        def bad(reason: str, where: str = where) -> PolicyError:
+            return PolicyError(f"{where}: {reason}")
+
+        def number(kind: str, v: Any, at: str = where) -> Any:
+            try:
+                return limits.check(kind, v, at)
+            except limits.LimitError as exc:
+                raise PolicyError(exc.message) from None
 
         if key == "name":
-            if not isinstance(value, str) or not value:
-                raise bad("must be a non-empty string")
-        elif key in ("price_multiplier", "chat_reserve_margin", "poll_interval_s", "duplicate_window_s"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise bad("must be a positive number")
-            if key == "chat_reserve_margin" and value < 1:
-                raise bad("must be at least 1.0")
-            value = float(value)
+            if not isinstance(value, str) or not value or len(value) > 200:
+                raise bad("must be a non-empty string of at most 200 characters")
+        elif key == "description":
+            if not isinstance(value, str) or len(value) > 300 or any(c in value for c in "\r\n"):
+                raise bad("must be one line of text of at most 300 characters")
+        elif key in _NUMBER_KIND:
+            value = number(_NUMBER_KIND[key], value)
         elif key == "price_overrides":
-            if not isinstance(value, dict) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()
-            ):
-                raise bad("must map model ids to non-negative whole credits")
+            if not isinstance(value, dict):
+                raise bad("must map model ids to whole credits")
+            value = {str(k): number("whole_credits", v, f"{where}.{k}") for k, v in value.items()}
         elif key == "refund_classes":
-            if not isinstance(value, list) or not set(value) <= _CLASSES:
-                raise bad(f"must be a list drawn from {sorted(_CLASSES)}")
+            if not isinstance(value, list) or not all(isinstance(v, str) and v in _CLASSES for v in value):
+                raise bad(f"must be a list of names drawn from {sorted(_CLASSES)}")
             value = frozenset(value)
         elif key in ("chat_allow_overrun", "recover_resubmit"):
             if not isinstance(value, bool):
                 raise bad("must be true or false")
-        elif key == "submit_retries":
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
-                raise bad("must be a whole number from 0 to 10")
         elif key == "recheck_backoff_s":
-            if not isinstance(value, list) or not value or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value
-            ):
-                raise bad("must be a non-empty list of positive seconds")
-            value = tuple(float(v) for v in value)
+            if not isinstance(value, list):
+                raise bad("must be a list of seconds")
+            number("backoff_steps", len(value), f"{where} (its length)")
+            value = tuple(number("positive_seconds", v, f"{where}[{i}]") for i, v in enumerate(value))
         elif key in ("stuck_after_s", "timeout_s"):
-            if not isinstance(value, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value.values()
-            ):
-                raise bad("must map categories to positive seconds")
-            value = {str(k): float(v) for k, v in value.items()}
+            if not isinstance(value, dict):
+                raise bad("must map categories to seconds")
+            value = {str(k): number("positive_seconds", v, f"{where}.{k}") for k, v in value.items()}
         elif key == "duplicate_runs":
-            if value not in ("warn", "block"):
+            if not isinstance(value, str) or value not in ("warn", "block"):
                 raise bad("must be 'warn' or 'block'")
         out[key] = value
     return out

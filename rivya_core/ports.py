@@ -7,7 +7,7 @@ SQL store. The service never knows which.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +19,7 @@ from .domain import (
     ChatSession,
     LedgerEntry,
     Notification,
+    ParkedCallback,
     ProviderCallback,
     RivyaError,
     Task,
@@ -65,6 +66,19 @@ class UpstreamStatus:
     @property
     def done(self) -> bool:
         return self.state in ("succeeded", "failed")
+
+
+class CallbackFormat(Protocol):
+    """How a provider API signs and shapes its webhooks (rivya_core.providers). A provider
+    client that has one as `.callbacks` has its deliveries verified and read with it;
+    without one the core's Standard Webhooks secrets and its own body format apply."""
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now_ts: float) -> str:
+        """The delivery's id when the signature holds; raises webhooks.WebhookError
+        (code bad_signature, stale, malformed or missing_headers) otherwise."""
+
+    def parse(self, body: bytes) -> tuple[str, UpstreamStatus] | str:
+        """(upstream id, what the delivery says), or why the body is malformed."""
 
 
 class Provider(Protocol):
@@ -164,6 +178,21 @@ class Tx(Protocol):
         """True when a callback with this id was already applied or deferred."""
 
     def task_callbacks(self, task_id: int) -> list[ProviderCallback]: ...
+
+    def settle_callback(self, callback_id: int, task_id: int, outcome: str, detail: str | None) -> None:
+        """Link a recorded callback to its task and give it its final outcome (a parked one)."""
+
+    def lock_upstream(self, provider: str, upstream_task_id: str) -> None:
+        """Serialise, until the unit of work ends, everyone parking or claiming callbacks of this
+        upstream id (so a callback and the write of its upstream id cannot miss each other)."""
+
+    def park_callback(self, parked: ParkedCallback) -> ParkedCallback: ...
+
+    def claim_parked(self, provider: str, upstream_task_id: str, task_id: int, at: datetime) -> list[ParkedCallback]:
+        """The unclaimed parked callbacks of this upstream id, oldest first, now claimed by task_id."""
+
+    def parked_upstream_for_ref(self, provider: str, task_ref: str) -> str | None:
+        """The upstream id of the oldest unclaimed parked callback carrying our task reference."""
 
     # chat
     def add_session(self, user_id: int, model: str, title: str, at: datetime) -> ChatSession: ...

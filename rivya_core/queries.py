@@ -108,11 +108,17 @@ def latest_timestamp(bind: Bind) -> datetime | None:
     return max(seen) if seen else None
 
 
-def resolve_now(bind: Bind, now: datetime | None) -> datetime:
-    """`now` as given (naive UTC), else the database's latest timestamp, else the wall clock."""
+def reference_now(bind: Bind, now: datetime | None = None) -> clock.JudgedAt:
+    """The moment ages are judged at in this database (clock.judging_now over its latest
+    recorded activity and the wall clock), or `now` when a caller gives one."""
     if now is not None:
-        return naive_utc(now)
-    return latest_timestamp(bind) or clock.wall_now()
+        return clock.JudgedAt(naive_utc(now), "the time asked for", False)
+    return clock.judging_now(latest_timestamp(bind), clock.wall_now())
+
+
+def resolve_now(bind: Bind, now: datetime | None) -> datetime:
+    """`now` as given (naive UTC), else reference_now(bind).at."""
+    return reference_now(bind, now).at
 
 
 # --- the four places a task shows -------------------------------------------------------

@@ -19,7 +19,7 @@ from . import rules
 from .audit import current_audit, ledger_sums
 from .domain import ACTIVE, Category, RivyaError, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
-from .queries import connect, latest_timestamp, like_escape
+from .queries import connect, like_escape
 from .schema import account, ai_task, credit_ledger, task_event
 
 MAX_ROWS = 500
@@ -132,26 +132,26 @@ def ledger_by_type(engine: Engine) -> pd.DataFrame:
 def credit_breakdown(by_type: dict[str, int]) -> dict[str, int]:
     """Split ledger sums per entry type into flows that add up to what is left in balances:
 
-        granted − task_charged + task_refunded − chat_net + other = balance
+        granted − task_charged + task_refunded − chat_charged + other = balance
 
-    granted includes adjustments; chat_net = chat_charged − chat_refunded (reservations and
-    charges of chat turns, less their refunds); other is any entry type this version does not know.
+    granted includes adjustments; chat_charged is what users were finally charged for chat
+    (credits.chat_figures: reservations + overrun − refunds), with chat_reserved and
+    chat_refunded beside it; other is any entry type this version does not know.
     """
     return rules.credit_flows(by_type).as_dict()
 
 
 def credit_totals(engine: Engine) -> dict[str, int]:
-    """Credits charged (task consumes and chat charges), refunded, net, and granted, plus the
-    credit_breakdown of the whole ledger and the sum of the accounts' cached balances."""
-    by_type = ledger_sums(engine)
-    flows = rules.credit_flows(by_type)
-    charged, refunded = flows.charged, flows.refunded
+    """Credits charged (tasks, and chat as finally charged), refunded (task refunds), net, and
+    granted, plus the credit_breakdown of the whole ledger and the sum of the accounts' cached balances."""
+    flows = credit_breakdown(ledger_sums(engine))
+    charged = flows["task_charged"] + flows["chat_charged"]
     balances = _scalar(engine, select(func.coalesce(func.sum(account.c.balance), 0)))
     return {
         "charged": charged,
-        "refunded": refunded,
-        "net": charged - refunded,
-        **credit_breakdown(by_type),
+        "refunded": flows["task_refunded"],
+        "net": charged - flows["task_refunded"],
+        **flows,
         "account_balances": int(balances or 0),
     }
 
@@ -210,18 +210,6 @@ def format_duration(seconds: float | None) -> str:
 
 
 # --- live tasks -------------------------------------------------------------------
-
-
-def reference_now(engine: Engine, wall_now: datetime) -> tuple[datetime, str]:
-    """The instant ages are measured from, and why.
-
-    A live database is measured against the wall clock; a simulation database,
-    whose clock stopped long ago, against its latest recorded activity.
-    """
-    latest = latest_timestamp(engine)
-    if latest is not None and wall_now - latest > timedelta(days=1):
-        return latest, "latest activity in this database (a simulation or an idle copy)"
-    return wall_now, "wall clock (UTC)"
 
 
 def filter_options(engine: Engine, limit: int = 200) -> dict[str, list[str]]:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from .credits import ChatFigures
 from .domain import INSUFFICIENT_CREDITS, EntryType, FailureClass, NotificationKind, TaskStatus
 from .policy import BillingPolicy
 
@@ -116,47 +117,51 @@ def outcome_notification(status: str, error_code: str | None) -> NotificationKin
 FLOW_OF: Mapping[str, str] = {
     EntryType.GRANT: "granted", EntryType.ADJUSTMENT: "granted",
     EntryType.CONSUME: "task_charged", EntryType.REFUND: "task_refunded",
-    EntryType.CHAT_RESERVE: "chat_charged", EntryType.CHAT_CHARGE: "chat_charged",
+    EntryType.CHAT_RESERVE: "chat_reserved", EntryType.CHAT_CHARGE: "chat_overrun",
     EntryType.CHAT_REFUND: "chat_refunded",
 }
-_OUTFLOWS = frozenset({"task_charged", "chat_charged"})
+_OUTFLOWS = frozenset({"task_charged", "chat_reserved", "chat_overrun"})
 
 
 @dataclass(frozen=True)
 class CreditFlows:
     """Credits by flow, adding up to what is left in balances:
-    granted − task_charged + task_refunded − chat_net + other = balance."""
+    granted − task_charged + task_refunded − chat_charged + other = balance,
+    where chat_charged is what users were finally charged for chat (credits.ChatFigures:
+    reservations + overrun − refunds)."""
 
     granted: int = 0        # grants and adjustments
     task_charged: int = 0   # consume
     task_refunded: int = 0  # refund
-    chat_charged: int = 0   # chat_reserve and chat_charge
-    chat_refunded: int = 0  # chat_refund
+    chat_reserved: int = 0  # chat_reserve (gross reservations)
+    chat_overrun: int = 0   # chat_charge (beyond a reservation)
+    chat_refunded: int = 0  # chat_refund (unused reservations returned)
     other: int = 0          # an entry type this version does not know
 
     @property
-    def chat_net(self) -> int:
-        return self.chat_charged - self.chat_refunded
+    def chat(self) -> ChatFigures:
+        return ChatFigures(reserved=self.chat_reserved, overrun=self.chat_overrun, refunded=self.chat_refunded)
+
+    @property
+    def chat_charged(self) -> int:
+        return self.chat.charged
 
     @property
     def charged(self) -> int:
+        """Tasks and chat, as finally charged."""
         return self.task_charged + self.chat_charged
 
     @property
-    def refunded(self) -> int:
-        return self.task_refunded + self.chat_refunded
-
-    @property
     def balance(self) -> int:
-        return self.granted - self.task_charged + self.task_refunded - self.chat_net + self.other
+        return self.granted - self.task_charged + self.task_refunded - self.chat_charged + self.other
 
     def as_dict(self) -> dict[str, int]:
-        return {**asdict(self), "chat_net": self.chat_net, "balance": self.balance}
+        return {**asdict(self), "chat_charged": self.chat_charged, "balance": self.balance}
 
 
 def credit_flows(sums_by_type: Mapping[str, int]) -> CreditFlows:
     """Ledger amounts summed per entry type, as flows."""
-    flows = dict.fromkeys(("granted", "task_charged", "task_refunded", "chat_charged", "chat_refunded", "other"), 0)
+    flows = dict.fromkeys((f for f in CreditFlows.__dataclass_fields__), 0)
     for entry_type, amount in sums_by_type.items():
         flow = FLOW_OF.get(entry_type, "other")
         flows[flow] += -int(amount or 0) if flow in _OUTFLOWS else int(amount or 0)

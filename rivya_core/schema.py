@@ -148,6 +148,28 @@ provider_callback = Table(
     Index("ix_provider_callback_received", "received_at"),
 )
 
+# Added (init-db creates it on older databases): callbacks that arrived before their
+# task had its upstream id, kept until a task takes that id (rivya_core.lifecycle).
+parked_callback = Table(
+    "parked_callback",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("callback_id", Id, nullable=False),
+    Column("provider", String(50), nullable=False),
+    Column("upstream_task_id", String(200), nullable=False),
+    Column("received_at", DateTime, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("webhook_id", String(200)),
+    Column("result_urls", JSON(none_as_null=True)),
+    Column("error_code", String(80)),
+    Column("error_message", Text),
+    Column("failure_class", String(20)),
+    Column("task_ref", String(100)),
+    Column("claimed_task_id", Id),
+    Column("claimed_at", DateTime),
+    Index("ix_parked_callback_upstream", "provider", "upstream_task_id"),
+)
+
 chat_session = Table(
     "chat_session",
     metadata,

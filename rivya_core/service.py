@@ -14,9 +14,15 @@ database keeps the run's own time base, not wall time. The composition roots
 (the rivya_core CLI, the dashboard) import that module when it is installed;
 rivya_core itself never imports simulations.
 
+Live databases: without explicit providers and without a source that
+recognises the database, the clients come from configuration
+(rivya_core.providers.config: RIVYA_PROVIDERS or .streamlit/secrets.toml), so
+support actions, `recheck`, `poll`, `recover` and the webhook receiver ask the
+real providers.
+
 Webhook secrets come from the environment (RIVYA_WEBHOOK_SECRETS: a JSON
 object mapping provider to a list of secrets, newest first) and are never
-printed.
+printed; configured provider clients carry their own secrets or public keys.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from .catalog import default_catalog
-from .clock import WallClock
+from .clock import ManualClock, WallClock
 from .db import open_store
 from .domain import ActionRefused, ValidationError
 from .lifecycle import LifecycleService
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .ports import Clock, Provider
+from .queries import reference_now
 
 SECRETS_ENV = "RIVYA_WEBHOOK_SECRETS"
 POLICY_ENV = "RIVYA_POLICY"
@@ -98,7 +105,8 @@ def service_for_url(url: str, *, providers: Mapping[str, Provider] | None = None
     providers=None asks the registered provider sources: for a database one of
     them recognises (a simulation's), its providers answer status and find, and
     unless `clock` is given the service runs on the source's clock (pinned at the
-    database's latest recorded time). Otherwise: no providers, wall time."""
+    database's latest recorded time). Otherwise: the configured live clients
+    (rivya_core.providers.config), on wall time."""
     store = open_store(url, create=create)
     if providers is None:
         found = recorded_for(store.engine)
@@ -107,5 +115,17 @@ def service_for_url(url: str, *, providers: Mapping[str, Provider] | None = None
                 store.engine.dispose()
                 raise ActionRefused(found.busy)
             providers, clock = found.providers, clock or found.clock
+        else:
+            from .providers.config import build_clients, load_providers
+
+            providers = build_clients(load_providers())
     return LifecycleService(store, clock or WallClock(), providers or {},
-                            default_catalog(), policy or policy_from(), secrets=secrets_from_env())
+                            default_catalog(), policy or policy_from(), secrets=secrets_from_env(),
+                            judge_clock=judging_clock(store.engine))
+
+
+def judging_clock(engine: Engine) -> Clock:
+    """A clock at the moment support actions judge ages at (queries.reference_now: the one rule the
+    pages, the checklist and the audit use): the wall clock for a live database, else pinned."""
+    judged = reference_now(engine)
+    return WallClock() if judged.live else ManualClock(judged.at)

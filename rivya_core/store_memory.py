@@ -41,6 +41,7 @@ from .domain import (
     LedgerEntry,
     NotFound,
     Notification,
+    ParkedCallback,
     ProviderCallback,
     Task,
     TaskEvent,
@@ -192,6 +193,7 @@ class MemoryStore:
         self.notifications: dict[int, Notification] = {}
         self.events: dict[int, TaskEvent] = {}
         self.callbacks: dict[int, ProviderCallback] = {}
+        self.parked: dict[int, ParkedCallback] = {}
         self.sessions: dict[int, ChatSession] = {}
         self.messages: dict[int, ChatMessage] = {}
         # indexes
@@ -717,6 +719,59 @@ class MemoryTx:
 
     def task_callbacks(self, task_id: int) -> list[ProviderCallback]:
         return [_copy(self.s.callbacks[c]) for c in self.s._task_cbs.get(task_id, ())]
+
+    def settle_callback(self, callback_id: int, task_id: int, outcome: str, detail: str | None) -> None:
+        s = self.s
+        row = s.callbacks.get(callback_id)
+        if row is None:
+            return
+        before = (row.task_id, row.outcome, row.detail)
+        key = (row.provider, row.webhook_id) if row.webhook_id else None
+        newly_seen = key is not None and key not in s._webhooks and outcome in _SEEN_OUTCOMES
+        row.task_id, row.outcome, row.detail = task_id, str(outcome), detail
+        if newly_seen:
+            s._webhooks.add(key)
+        linked = before[0] != task_id
+        if linked:
+            s._task_cbs[task_id].append(callback_id)
+
+        def undo() -> None:
+            row.task_id, row.outcome, row.detail = before
+            if newly_seen:
+                s._webhooks.discard(key)
+            if linked:
+                s._task_cbs[task_id].remove(callback_id)
+
+        s._undo.append(undo)
+
+    def lock_upstream(self, provider: str, upstream_task_id: str) -> None:
+        """Units of work are serialised already."""
+
+    def park_callback(self, parked: ParkedCallback) -> ParkedCallback:
+        row = _copy(parked)
+        row.id = self.s._new_id("parked_callback")
+        self.s._add(self.s.parked, row)
+        return _copy(row)
+
+    def parked_upstream_for_ref(self, provider: str, task_ref: str) -> str | None:
+        return next((p.upstream_task_id for p in self.s.parked.values() if p.provider == provider
+                     and p.task_ref == task_ref and p.claimed_task_id is None), None)
+
+    def claim_parked(self, provider: str, upstream_task_id: str, task_id: int, at: datetime) -> list[ParkedCallback]:
+        s = self.s
+        if not s.parked:
+            return []
+        found = [p for p in s.parked.values() if p.provider == provider and p.upstream_task_id == upstream_task_id
+                 and p.claimed_task_id is None]
+        for p in found:
+            p.claimed_task_id, p.claimed_at = task_id, at
+
+        def undo() -> None:
+            for p in found:
+                p.claimed_task_id, p.claimed_at = None, None
+
+        s._undo.append(undo)
+        return [_copy(p) for p in found]
 
     # chat
     def add_session(self, user_id: int, model: str, title: str, at: datetime) -> ChatSession:

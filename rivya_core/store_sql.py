@@ -13,6 +13,7 @@ ports.RetryableConflict.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from .domain import (
     LedgerEntry,
     NotFound,
     Notification,
+    ParkedCallback,
     ProviderCallback,
     Task,
     TaskEvent,
@@ -50,6 +52,7 @@ from .schema import (
     chat_session,
     credit_ledger,
     notification,
+    parked_callback,
     provider_callback,
     task_event,
 )
@@ -313,6 +316,35 @@ class SqlTx:
     def task_callbacks(self, task_id: int) -> list[ProviderCallback]:
         return self._all(ProviderCallback, select(provider_callback).where(provider_callback.c.task_id == task_id)
                          .order_by(provider_callback.c.id))
+
+    def settle_callback(self, callback_id: int, task_id: int, outcome: str, detail: str | None) -> None:
+        self.conn.execute(update(provider_callback).where(provider_callback.c.id == callback_id)
+                          .values(task_id=task_id, outcome=str(outcome), detail=detail))
+
+    def lock_upstream(self, provider: str, upstream_task_id: str) -> None:
+        if self.pg:  # SQLite serialises writers already (BEGIN IMMEDIATE)
+            digest = hashlib.sha256(f"upstream:{provider}:{upstream_task_id}".encode("utf-8", "replace")).digest()
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                              {"k": int.from_bytes(digest[:8], "big", signed=True)})
+
+    def park_callback(self, parked: ParkedCallback) -> ParkedCallback:
+        row = dataclasses.replace(parked, id=0)
+        row.id = self._insert(parked_callback, row)
+        return row
+
+    def parked_upstream_for_ref(self, provider: str, task_ref: str) -> str | None:
+        return self.conn.execute(select(parked_callback.c.upstream_task_id).where(
+            parked_callback.c.provider == provider, parked_callback.c.task_ref == task_ref,
+            parked_callback.c.claimed_task_id.is_(None)).order_by(parked_callback.c.id).limit(1)).scalar()
+
+    def claim_parked(self, provider: str, upstream_task_id: str, task_id: int, at: datetime) -> list[ParkedCallback]:
+        found = self._all(ParkedCallback, select(parked_callback).where(
+            parked_callback.c.provider == provider, parked_callback.c.upstream_task_id == upstream_task_id,
+            parked_callback.c.claimed_task_id.is_(None)).order_by(parked_callback.c.id))
+        if found:
+            self.conn.execute(update(parked_callback).where(parked_callback.c.id.in_([p.id for p in found]))
+                              .values(claimed_task_id=task_id, claimed_at=_naive(at)))
+        return found
 
     # chat
     def add_session(self, user_id: int, model: str, title: str, at: datetime) -> ChatSession:

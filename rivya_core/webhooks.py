@@ -100,3 +100,88 @@ def verify(secrets: Sequence[str], headers: Mapping[str, str], body: bytes, now_
         raise WebhookError(f"callback timestamp is {int(now_ts - ts)} s away from now (tolerance {TOLERANCE_S} s)",
                            code="stale")
     return msg_id
+
+
+# --- ED25519 (fal-style) -----------------------------------------------------------
+#
+# Headers `x-fal-webhook-request-id`, `-user-id`, `-timestamp` (Unix seconds) and
+# `-signature` (hex). The signed message is the four lines
+# `request_id \n user_id \n timestamp \n sha256(body).hexdigest()`; it verifies against
+# any of the deployment's configured public keys (32 bytes, base64url as in a JWKS `x`,
+# base64 or hex). Same ±TOLERANCE_S window as above.
+
+FAL_HEADERS = ("x-fal-webhook-request-id", "x-fal-webhook-user-id", "x-fal-webhook-timestamp",
+               "x-fal-webhook-signature")
+
+
+def ed25519_key_bytes(key: str) -> bytes:
+    """A configured public (or private seed) key as 32 bytes: hex, base64url or base64."""
+    key = key.strip()
+    if len(key) == 64:
+        try:
+            return bytes.fromhex(key)
+        except ValueError:
+            pass
+    try:
+        raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise WebhookError("a configured ED25519 key is not 32 bytes (hex, base64url or base64)", code="bad_secret")
+    return raw
+
+
+def ed25519_message(request_id: str, user_id: str, timestamp: int | str, body: bytes) -> bytes:
+    return "\n".join([request_id, user_id, str(timestamp), hashlib.sha256(body).hexdigest()]).encode()
+
+
+def ed25519_headers(private_seed: str, request_id: str, user_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Headers of a delivery signed with a private key seed (the fake provider's side)."""
+    from nacl.signing import SigningKey
+
+    sig = SigningKey(ed25519_key_bytes(private_seed)).sign(ed25519_message(request_id, user_id, timestamp, body))
+    return dict(zip(FAL_HEADERS, (request_id, user_id, str(timestamp), sig.signature.hex()), strict=True))
+
+
+def ed25519_public_key(private_seed: str) -> str:
+    """The base64url public key of a private seed (what a deployment configures)."""
+    from nacl.signing import SigningKey
+
+    pub = SigningKey(ed25519_key_bytes(private_seed)).verify_key.encode()
+    return base64.urlsafe_b64encode(pub).decode().rstrip("=")
+
+
+def verify_ed25519(public_keys: Sequence[str], headers: Mapping[str, str], body: bytes, now_ts: float) -> str:
+    """Check a fal-style delivery; return its request id. Raises WebhookError."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    request_id, user_id, ts_raw, sig_hex = (header(headers, h) for h in FAL_HEADERS)
+    if not request_id or not user_id or not ts_raw or not sig_hex:
+        raise WebhookError("callback is missing an x-fal-webhook-request-id, -user-id, -timestamp or -signature "
+                           "header", code="missing_headers")
+    if not ts_raw.isascii() or not ts_raw.isdigit() or len(ts_raw) > 12:
+        raise WebhookError("x-fal-webhook-timestamp is not a Unix time in seconds", code="malformed")
+    if not isinstance(body, (bytes, bytearray)):
+        raise WebhookError("callback body is not bytes", code="malformed")
+    try:
+        signature = bytes.fromhex(sig_hex)
+    except ValueError:
+        signature = b""
+    if len(signature) != 64:
+        raise WebhookError("x-fal-webhook-signature is not a hex ED25519 signature", code="bad_signature")
+    message = ed25519_message(request_id, user_id, ts_raw, bytes(body))
+    matched = False
+    for key in public_keys:  # every key is tried: no early exit on a match
+        try:
+            VerifyKey(ed25519_key_bytes(key)).verify(message, signature)
+            matched = True
+        except BadSignatureError:
+            pass
+    if not matched:
+        raise WebhookError("callback signature does not match any configured public key", code="bad_signature")
+    ts = int(ts_raw)
+    if abs(now_ts - ts) > TOLERANCE_S:
+        raise WebhookError(f"callback timestamp is {int(now_ts - ts)} s away from now (tolerance {TOLERANCE_S} s)",
+                           code="stale")
+    return request_id

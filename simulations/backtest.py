@@ -40,10 +40,11 @@ from __future__ import annotations
 import json
 from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from rivya_core.credits import chat_figures
 from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
 
@@ -134,17 +135,19 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
             keyed.append((bisect_right(times, c.settled) - 0.5, c.settled, _SETTLE, ci, seq))
     keyed.sort()
     cat = h.catalog
-    base_cache: dict[tuple[str, str], int | None] = {}
+    specs = {m.id: m for m in cat.models}
+    base_cache: dict[tuple[str, Any], int | None] = {}
     task_base: list[int | None] = []
     for t in h.tasks:
-        k = (t.model, json.dumps(t.params, sort_keys=True) if t.params else "")
+        spec = specs.get(t.model)
+        dur = spec.pricing.duration_param if spec is not None else None
+        k = (t.model, repr(t.params.get(dur)) if dur and t.params else None)  # only a duration moves a price
         if k not in base_cache:
-            spec = cat.get(t.model)
             base_cache[k] = spec.base_credits(t.params) if spec is not None else None
         task_base.append(base_cache[k])
     chat_full, chat_used = [], []
     for c in h.chats:
-        spec = cat.get(c.model)
+        spec = specs.get(c.model)
         chat_full.append(_full_turn_credits(c.reserved, recorded) if reserved[cix[c.id]] else None)
         if spec is None or c.completion_tokens is None:
             chat_used.append(None if spec is not None or c.charged is None else int(c.charged))
@@ -210,22 +213,19 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
     block = policy.duplicate_runs == "block"
     running: dict[tuple[int, str, str], list[int]] = defaultdict(list)
     window = policy.duplicate_window_s
-    group_cache: dict[tuple[str, int], tuple[Counter, Counter, Counter]] = {}
+    cells: dict[tuple[str, str, int], Counter] = {}  # (model, provider, day) -> KPI counts
     cat = h.catalog
+    providers = {m.id: m.provider for m in cat.models}
 
-    def gs(model: str, provider: str, created: float) -> tuple[Counter, Counter, Counter]:
-        day = int(created // 86400)
-        key = (model, day)
-        g = group_cache.get(key)
+    def gs(model: str, provider: str, created: float) -> Counter:
+        key = (model, provider, int(created // 86400))
+        g = cells.get(key)
         if g is None:
-            g = group_cache[key] = (groups[("model", model)], groups[("provider", provider)],
-                                    groups[("day", _day(day * 86400.0))])
+            g = cells[key] = Counter()
         return g
 
-    def add(g: tuple[Counter, ...], kpi: str, n: int = 1) -> None:
-        tot[kpi] += n
-        for c in g:
-            c[kpi] += n
+    def add(g: Counter, kpi: str, n: int = 1) -> None:
+        g[kpi] += n
 
     for kind, i in tl.events:
         if kind == _PASS:
@@ -288,8 +288,7 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
                 add(g, "failures_without_refund")
         elif kind == _RESERVE:
             c: ChatRow = h.chats[i]
-            spec = cat.get(c.model)
-            g = gs(c.model, spec.provider if spec is not None else "chat", c.created)
+            g = gs(c.model, providers.get(c.model, "chat"), c.created)
             full = tl.chat_full[i]
             if full is None:  # refused in the history: its estimate is not recorded
                 add(g, "insufficient_credit_rejections")
@@ -309,8 +308,7 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
             if not hold:
                 continue
             held[i] = 0
-            spec = cat.get(c.model)
-            g = gs(c.model, spec.provider if spec is not None else "chat", c.created)
+            g = gs(c.model, providers.get(c.model, "chat"), c.created)
             used = tl.chat_used[i]
             if c.status != "settled" or used is None:
                 charged, overrun = 0, 0
@@ -332,9 +330,13 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
     for i, hold in enumerate(held):
         if hold:
             c = h.chats[i]
-            spec = cat.get(c.model)
-            add(gs(c.model, spec.provider if spec is not None else "chat", c.created), "chat_charged", hold)
-            add(gs(c.model, spec.provider if spec is not None else "chat", c.created), "revenue", hold)
+            g = gs(c.model, providers.get(c.model, "chat"), c.created)
+            add(g, "chat_charged", hold)
+            add(g, "revenue", hold)
+    for (model, provider, day), g in cells.items():
+        tot.update(g)
+        for key in (("model", model), ("provider", provider), ("day", _day(day * 86400.0))):
+            groups[key].update(g)
     res.balances = dict(bal)
     return res
 
@@ -363,7 +365,7 @@ def _sums(rows: list[tuple[str, int]]) -> dict[str, int]:
     return {k: int(v) for k, v in sorted(out.items())}
 
 
-def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5) -> SelfCheck:
+def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5) -> tuple[SelfCheck, PolicyResult]:
     """Replay under the recorded policy and compare with the recorded ledger, row by row
     (type, task or turn, account, amount, balance after), by entry type, and per account."""
     res = replay(h, tl, recorded, record=True)
@@ -399,8 +401,7 @@ def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5
                           "replayed_balance": res.balances.get(u, 0)})
     recorded_kpis = {"charged": -rec_sums.get("consume", 0), "refunded": rec_sums.get("refund", 0),
                      "kept": -rec_sums.get("consume", 0) - rec_sums.get("refund", 0),
-                     "chat_charged": -(rec_sums.get("chat_reserve", 0) + rec_sums.get("chat_refund", 0)
-                                       + rec_sums.get("chat_charge", 0)),
+                     "chat_charged": chat_figures(rec_sums).charged,
                      "accounts_differing": 0}
     k = res.kpis()
     replayed_kpis = {"charged": k["charged"], "refunded": k["refunded"], "kept": k["kept"],
@@ -408,7 +409,8 @@ def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5
     ok = not diverging and rec_sums == rep_sums and recorded_kpis == replayed_kpis
     if not ok and not diverging:
         diverging.append({"totals": "by entry type", "recorded": rec_sums, "replayed": rep_sums})
-    return SelfCheck(recorded.name, ok, len(theirs), recorded_kpis, replayed_kpis, diverging)
+    res.rows = None
+    return SelfCheck(recorded.name, ok, len(theirs), recorded_kpis, replayed_kpis, diverging), res
 
 
 # --- the report --------------------------------------------------------------------------
@@ -487,8 +489,9 @@ class BacktestReport:
 
 def backtest(h: History, policies: list[BillingPolicy], recorded: BillingPolicy, recorded_from: str) -> BacktestReport:
     tl = build_timeline(h, recorded)
-    results = [replay(h, tl, p) for p in policies]
-    check = self_check(h, tl, recorded)
+    check, as_recorded = self_check(h, tl, recorded)
+    same = lambda p: replace(p, name="") == replace(recorded, name="")  # noqa: E731
+    results = [replace(as_recorded, policy=p) if same(p) else replay(h, tl, p) for p in policies]
     window = {"since": h.since.isoformat() if h.since else None, "until": h.until.isoformat() if h.until else None,
               "tasks": len(h.tasks), "chat_turns": len(h.chats), "ledger_rows": len(h.ledger)}
     return BacktestReport(window, policies, results, check, recorded_from)

@@ -18,6 +18,14 @@ Rates are medians over R repetitions; the ratio to (1) is the figure to quote.
 Each mode also reports the summed task latency, which only matches across
 modes when every mode saw the same draws.
 
+`python -m simulations bench --bulk sqlite:///big.db` times bulk remediation on a copy
+of that SQLite database (the file given is only read): dry runs of `refund` over
+every failed task and over every finished one, and of `mark-failed` over every
+succeeded one, then the execution
+of the refund incident (under `refund_everything`, so content-policy failures are
+really refunded and the rest refused, each with its support_action event), and a
+second execution that must change nothing.
+
 `python -m simulations bench --make-db PATH --tasks 1000000` runs the baseline
 scenario (without its one-day horizon, so the task count decides) into a fresh
 SQLite file: the database the dashboard measurements use.
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -40,6 +49,7 @@ from typing import Any
 import simpy
 
 from rivya_core import rules
+from rivya_core.cli import OneLineParser, number
 from rivya_core.domain import TERMINAL, RivyaError, TaskStatus
 
 from .gctune import run_pace
@@ -315,8 +325,6 @@ AUDIT_TARGET_S = 10.0
 
 def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
     """(kind, name, call) for every dashboard data function, on sample rows of the database."""
-    from datetime import datetime
-
     from sqlalchemy import func, select
 
     from rivya_core import audit as au
@@ -357,7 +365,7 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
         ("reports.ledger_by_type", lambda: rp.ledger_by_type(e)),
         ("reports.credit_totals", lambda: rp.credit_totals(e)),
         ("reports.audit_summary", lambda: rp.audit_summary(e)),
-        ("reports.reference_now", lambda: rp.reference_now(e, datetime(2030, 1, 1))),
+        ("queries.reference_now", lambda: q.reference_now(e)),
         ("reports.filter_options", lambda: rp.filter_options(e)),
         ("reports.active_tasks", lambda: rp.active_tasks(e, now=now)),
         ("ledger_views.account_overview", lambda: lv.account_overview(e, busiest)),
@@ -411,6 +419,165 @@ def render_dashboard(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def growth(sizes: list[int], kinds: list[str], workdir: str) -> list[dict[str, Any]]:
+    """A whole `python -m simulations run` of the generation-only workload (WORKLOAD:
+    capacity well above the arrival rate, so queues stay stable) at each size into a
+    fresh SQLite file or PostgreSQL database, each in its own process: tasks per
+    wall second and per CPU second of the run (audit included) and its peak RSS."""
+    from sqlalchemy import create_engine, text
+
+    out = []
+    scenario = Path(workdir) / "generation_only.toml"
+    for n in sizes:
+        scenario.write_text(WORKLOAD.format(tasks=int(n)), encoding="utf-8")
+        for kind in kinds:
+            if kind == "sqlite":
+                path = Path(workdir) / f"growth-{n}.db"
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+                url = f"sqlite:///{path}"
+            else:
+                name = f"rivya_growth_{os.getpid()}"
+                admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+                with admin.connect() as conn:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    conn.execute(text(f"CREATE DATABASE {name}"))
+                admin.dispose()
+                url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+            cmd = [sys.executable, "-c", _GROWTH_CHILD, str(scenario), url]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise BenchError(f"growth run {kind} {n} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            child = json.loads(proc.stdout.strip().splitlines()[-1])
+            out.append({"db": kind, "arrivals": n, "tasks": child["tasks"], "wall_s": round(wall, 1),
+                        "tasks_per_s": round(child["tasks"] / wall, 1),
+                        "cpu_tasks_per_s": round(child["tasks"] / child["cpu_s"], 1),
+                        "peak_rss_mib": child["peak_rss_mib"], "violations": child["violations"],
+                        "fingerprint": child["fingerprint"][:16]})
+            if kind == "postgres":
+                admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+                with admin.connect() as conn:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                admin.dispose()
+            else:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
+    return out
+
+
+# the child of growth(): `python -m simulations run SCENARIO --db URL`, timed from inside
+_GROWTH_CHILD = """
+import json, resource, sys, time
+from simulations.__main__ import main
+import io, contextlib
+c0 = time.process_time()
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    code = main(["run", sys.argv[1], "--db", sys.argv[2], "--json"])
+s = json.loads(buf.getvalue())
+print(json.dumps({"tasks": s["tasks"], "cpu_s": time.process_time() - c0, "violations": len(s["violations"]),
+                  "fingerprint": s["fingerprint"],
+                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+sys.exit(0 if code in (0, 1) else code)
+"""
+
+
+def engine_bench(jobs: int, tasks: int, scenario: str = "baseline") -> dict[str, Any]:
+    """Jobs per minute of a two-policy sweep (jobs/2 replications of `tasks` arrivals)
+    run in this process without the engine, then on a local Dask cluster of 1 and of
+    2 workers (cluster start-up timed apart). The engine's per-job overhead is the
+    1-worker cluster's time per job minus the in-process time per job."""
+    from rivya_core.policy import BillingPolicy
+
+    from .engine import local_cluster, run_jobs
+    from .scenarios import POLICY_DIR
+    from .sweep import Sweep
+
+    sweep = Sweep(load_scenario(scenario), (BillingPolicy.load(POLICY_DIR / "default.toml"),
+                                            BillingPolicy.load(POLICY_DIR / "no_refunds.toml")),
+                  replications=max(1, jobs // 2), tasks=tasks)
+    work = sweep.jobs()
+    out: dict[str, Any] = {"scenario": scenario, "jobs": len(work), "tasks_per_job": tasks}
+    t0 = time.perf_counter()
+    for job in work:
+        job.fn(*job.args)
+    out["in_process_s"] = round(time.perf_counter() - t0, 2)
+    for n in (1, 2):
+        t0 = time.perf_counter()
+        cluster = local_cluster(n)
+        started = time.perf_counter()
+        try:
+            res = run_jobs(work, scheduler=cluster.scheduler_address)
+        finally:
+            cluster.close()
+        out[f"workers_{n}_s"] = round(time.perf_counter() - started, 2)
+        out[f"workers_{n}_startup_s"] = round(started - t0, 2)
+        out[f"workers_{n}_failed"] = sum(not r.ok for r in res)
+    for key in ("in_process", "workers_1", "workers_2"):
+        out[f"{key}_jobs_per_min"] = round(60 * len(work) / out[f"{key}_s"], 1)
+    out["speedup_2_vs_1"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
+    out["engine_overhead_ms_per_job"] = round(1000 * (out["workers_1_s"] - out["in_process_s"]) / len(work), 1)
+# --- bulk remediation on a big database ------------------------------------------------
+
+
+def bulk(url: str) -> dict[str, Any]:
+    """Dry-run and execution rates of rivya_core.bulk on a temporary copy of the SQLite database at url."""
+    import sqlite3
+
+    from rivya_core import bulk as bulk_actions
+    from rivya_core.db import sqlite_path
+    from rivya_core.policy import BillingPolicy
+    from rivya_core.service import service_for_url
+
+    from . import recorded  # noqa: F401  (the recorded providers answer re-checks)
+
+    src = sqlite_path(url)
+    if src is None or not src.is_file():
+        raise BenchError(f"--bulk needs an existing SQLite database file, not {url!r}")
+    out: dict[str, Any] = {"url": url}
+    with tempfile.TemporaryDirectory(prefix="rivya-bulk-") as tmp:
+        copy = Path(tmp) / "bulk.db"
+        with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as a, sqlite3.connect(copy) as b:
+            a.backup(b)  # a consistent copy, WAL included
+        curl = f"sqlite:///{copy}"
+        svc = service_for_url(curl, create=True)  # create: the incident table on an older file
+        svc.policy = BillingPolicy.load(str(Path(__file__).resolve().parent.parent / "data" / "policies"
+                                            / "refund_everything.toml"))
+        out["tasks"] = svc.store.engine.connect().exec_driver_sql("select count(*) from ai_task").scalar()
+        for label, action, states in (("refund_failed", "refund", ("FAILED",)),
+                                      ("refund_all_finished", "refund", ("FAILED", "SUCCESS")),
+                                      ("mark_failed_succeeded", "mark-failed", ("SUCCESS",))):
+            flt = bulk_actions.BulkFilter(status=states)
+            t0, c0 = time.perf_counter(), time.process_time()
+            p = bulk_actions.plan(svc, action, flt)
+            out[f"dry_run_{label}"] = {"filter": flt.describe(), "matched": p.matched, "would_act": p.would_act,
+                                        "would_refuse": p.would_refuse, "seconds": round(time.perf_counter() - t0, 3),
+                                        "cpu_seconds": round(time.process_time() - c0, 3)}
+        from rivya_core import alerts
+
+        t0 = time.perf_counter()
+        found = alerts.alerts(svc.store.engine, svc.policy)
+        out["alerts"] = {"stuck": len(found.stuck), "degraded": len(found.degraded),
+                         "seconds": round(time.perf_counter() - t0, 3)}
+        flt = bulk_actions.BulkFilter(status=("FAILED",))
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = bulk_actions.execute(svc, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        out["execute_refund"] = {"matched": r.matched, "acted": r.acted, "refused": r.refused,
+                                 "credits_moved": r.credits_moved, "seconds": round(dt, 2), "cpu_seconds": round(dc, 2),
+                                 "tasks_per_s": round(r.matched / dt, 1) if dt else None,
+                                 "tasks_per_cpu_s": round(r.matched / dc, 1) if dc else None}
+        t0 = time.perf_counter()
+        again = bulk_actions.execute(svc, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
+        out["execute_again"] = {"acted": again.acted, "refused": again.refused, "skipped": again.skipped,
+                                "seconds": round(time.perf_counter() - t0, 2)}
+        out["load_average"] = [round(x, 1) for x in os.getloadavg()]
+        svc.store.engine.dispose()
+    return out
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure the lifecycle against a bare SimPy model",
                        description=__doc__.split("\n\n")[1])
@@ -419,15 +586,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _arguments(b: argparse.ArgumentParser) -> None:
-    b.add_argument("--tasks", type=int, default=20_000, help="tasks per run (default 20000)")
-    b.add_argument("--reps", type=int, default=3, help="repetitions per mode; rates are medians (default 3)")
+    b.add_argument("--tasks", type=number("tasks"), default=20_000, help="tasks per run (default 20000)")
+    b.add_argument("--reps", type=number("replications"), default=3, help="repetitions per mode; rates are medians (default 3)")
     b.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     b.add_argument("--json", action="store_true")
     b.add_argument("--make-db", metavar="PATH", help="instead: run the baseline scenario into a SQLite file")
     b.add_argument("--scenario", default="baseline", help="scenario for --make-db")
     b.add_argument("--force", action="store_true", help="with --make-db: replace a file that already holds data")
     b.add_argument("--dashboard", metavar="URL", help="instead: time the dashboard's data functions on URL")
+    b.add_argument("--bulk", metavar="URL", help="instead: time bulk dry runs and executions on a copy of a "
+                                                 "SQLite database")
     b.add_argument("--only", default="", help="with --dashboard: only calls whose name contains this")
+    b.add_argument("--engine", action="store_true", help="instead: jobs per minute of a sweep in process and on a "
+                   "local Dask cluster of 1 and 2 workers (--jobs, --tasks per job)")
+    b.add_argument("--growth", metavar="SIZES", help="instead: whole runs of the generation-only workload at "
+                   "these comma-separated sizes (e.g. 10000,100000) into --dbs")
+    b.add_argument("--dbs", default="sqlite,postgres", help="with --growth: sqlite, postgres or both")
+    b.add_argument("--jobs", type=int, default=40, help="with --engine: jobs in the sweep (default 40)")
     b.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     b.add_argument("--workdir", help=argparse.SUPPRESS)
 
@@ -440,6 +615,23 @@ def cmd_bench(a: argparse.Namespace) -> int:
         return 0
     if a.make_db:
         print(json.dumps(make_db(a.make_db, a.tasks, a.scenario, force=a.force)))
+        return 0
+    if a.growth:
+        sizes = [int(x) for x in a.growth.split(",") if x.strip()]
+        kinds = [k.strip() for k in a.dbs.split(",") if k.strip()]
+        if not sizes or min(sizes) < 1 or not kinds or set(kinds) - {"sqlite", "postgres"}:
+            raise BenchError("--growth takes sizes >= 1 and --dbs sqlite and/or postgres")
+        with tempfile.TemporaryDirectory(prefix="rivya-growth-") as tmp:
+            rows = growth(sizes, kinds, tmp)
+        print(json.dumps(rows, indent=1) if a.json else "\n".join(json.dumps(r) for r in rows))
+        return 0
+    if a.engine:
+        if a.jobs < 2 or a.tasks < 1:
+            raise BenchError("--jobs must be at least 2 and --tasks at least 1")
+        print(json.dumps(engine_bench(a.jobs, a.tasks, a.scenario), indent=1))
+        return 0
+    if a.bulk:
+        print(json.dumps(bulk(a.bulk), indent=1))
         return 0
     if a.dashboard:
         rep = dashboard(a.dashboard, a.reps, a.only)
@@ -455,10 +647,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simulations.bench")
+    ap = OneLineParser(prog="python -m simulations.bench")
     _arguments(ap)
     try:
-        return cmd_bench(ap.parse_args(argv))
+        args = ap.parse_args(argv)
+    except SystemExit as exc:  # a usage error was printed in one line
+        return int(exc.code or 0)
+    try:
+        return cmd_bench(args)
     except RivyaError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -14,6 +14,9 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rivya_core.cli import number
+from rivya_core.limits import MAX_INT64
+
 from .scenarios import Scenario, load_scenario
 
 FAULT_KINDS = ("submit_refused", "submit_error", "submit_timeout", "content_policy", "model_error",
@@ -86,12 +89,25 @@ def run_seed(seed: int, tasks: int = DEFAULT_TASKS, base: Scenario | None = None
                       summary.fingerprint)
 
 
-def run_chaos(seeds: int, start: int = 0, tasks: int = DEFAULT_TASKS, report=None) -> list[SeedResult]:
-    """Run seeds start..start+seeds-1; report(result) is called after each."""
+def run_chaos(seeds: int, start: int = 0, tasks: int = DEFAULT_TASKS, report=None, *, workers: int | None = None,
+              scheduler: str | None = None, progress=None) -> list[SeedResult]:
+    """Run seeds start..start+seeds-1 as jobs on the experiment engine (engine.py:
+    a local cluster by default, workers=0 in this process, or scheduler=ADDRESS);
+    report(result) is called for each, in seed order, once all finished."""
+    from .engine import Job, run_jobs
+
     base = load_scenario("chaos")
+    jobs = [Job(f"seed{seed}", run_seed, (seed, tasks, base),
+                f"python -m simulations chaos --seeds 1 --start {seed} --tasks {tasks}")
+            for seed in range(start, start + seeds)]
     results = []
-    for seed in range(start, start + seeds):
-        result = run_seed(seed, tasks, base)
+    for seed, out in zip(range(start, start + seeds), run_jobs(jobs, workers=workers, scheduler=scheduler,
+                                                               progress=progress), strict=True):
+        if out.ok:
+            result = out.value
+        else:  # the job itself died (a killed worker): a failed seed all the same
+            faults, run_seed_ = draw_faults(seed)
+            result = SeedResult(seed, run_seed_, faults, False, False, error=out.error)
         results.append(result)
         if report:
             report(result)
@@ -105,9 +121,12 @@ def add_parser(sub: Any) -> None:
     c = sub.add_parser("chaos", help="run randomized fault seeds; exit 1 when any seed breaks an invariant",
                        description="For each seed draw the active fault kinds and their rates, run the chaos "
                        "scenario, check every invariant and liveness; print failing seeds with a replay command.")
-    c.add_argument("--seeds", type=int, required=True, help="how many seeds to run")
-    c.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    c.add_argument("--tasks", type=int, default=DEFAULT_TASKS, help=f"tasks per seed (default {DEFAULT_TASKS})")
+    c.add_argument("--seeds", type=number("seeds"), required=True, help="how many seeds to run")
+    c.add_argument("--start", type=number("seed"), default=0, help="first seed (default 0)")
+    c.add_argument("--tasks", type=number("tasks"), default=DEFAULT_TASKS, help=f"tasks per seed (default {DEFAULT_TASKS})")
+    from .cli_engine import add_engine_flags
+
+    add_engine_flags(c)
 
 
 def cmd_chaos(a: Any) -> int:
@@ -115,6 +134,8 @@ def cmd_chaos(a: Any) -> int:
 
     if a.seeds < 1 or a.tasks < 1 or a.start < 0:
         raise RivyaError("--seeds and --tasks must be at least 1 and --start not negative", code="bad_argument")
+    if a.start + a.seeds - 1 > MAX_INT64:
+        raise RivyaError(f"--start + --seeds goes past the last seed, {MAX_INT64}", code="bad_argument")
     failed = []
 
     def report(result: SeedResult) -> None:
@@ -122,7 +143,10 @@ def cmd_chaos(a: Any) -> int:
             failed.append(result)
             print(result.render(a.tasks), flush=True)
 
-    results = run_chaos(a.seeds, a.start, a.tasks, report)
+    from .cli_engine import progress_bar
+
+    results = run_chaos(a.seeds, a.start, a.tasks, report, workers=a.workers, scheduler=a.scheduler,
+                        progress=progress_bar(a))
     print(f"chaos: {len(results)} seed(s) from {a.start}, {len(failed)} failed"
           + (f": {', '.join(str(r.seed) for r in failed)}" if failed else ", zero violations"))
     return 1 if failed else 0

@@ -1,8 +1,14 @@
-"""Demo data for a fresh dashboard: the baseline scenario, run once into an empty database."""
+"""Demo data for a fresh dashboard: data/demo.toml, run once into an empty database.
+
+Five hours of a normal day, cut off thirty seconds after the last arrival so a live slice is
+still running (videos generating, a dozen of them stuck past their model's threshold), with a
+kinetica incident in the last hour and a half (its jobs fail, then hang): the inspector, the
+User page, the Overview's alerts and a bulk incident all have something real to show."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import func, inspect, select
 
@@ -13,6 +19,7 @@ from .runner import run_scenario
 from .scenarios import load_scenario
 
 DEMO_TASKS = 1500
+DEMO_SCENARIO = Path(__file__).resolve().parent.parent / "data" / "demo.toml"
 
 
 def ensure_demo_data(url: str, progress: Callable[[float, str], None] | None = None,
@@ -26,5 +33,5 @@ def ensure_demo_data(url: str, progress: Callable[[float, str], None] | None = N
                     return False
     finally:
         engine.dispose()
-    run_scenario(load_scenario("baseline"), url, tasks=tasks, progress=progress)
+    run_scenario(load_scenario(str(DEMO_SCENARIO)), url, tasks=tasks, progress=progress)
     return True

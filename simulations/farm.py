@@ -181,6 +181,8 @@ class MockProvider:
         cb_u = {k: rng.random() for k in ("early", "lost", "duplicate", "reorder", "forged", "stale", "malformed")}
         early_at = rng.uniform(0.2, 0.8)
         delays = [cfg.callback_delay_s.draw(rng.random()) for _ in range(4)]
+        if forced.get("queue_s"):
+            yield self.env.timeout(forced["queue_s"])
         with self.slots.request() as req:
             yield req
             job.state = "running"
@@ -231,6 +233,8 @@ class MockProvider:
             job.state, job.result_urls = "succeeded", ()
         elif outage is not None and outage.mode == "fail":
             job.state, job.error = "failed", OUTAGE_FAILURE
+        elif outage is not None and outage.mode == "hang":
+            job.state = "lost"
         elif u[0] < cfg.lost_job:
             job.state = "lost"
         elif u[1] < cfg.content_policy:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from rivya_core.policy import DEFAULT_POLICY
 from rivya_core.queries import connect
 
 from .history import seconds
-from .scenarios import Population, Range, Scenario, ScriptEvent, parse_scenario
+from .scenarios import Population, ProviderConfig, Range, Scenario, ScriptEvent, parse_scenario
 from .writer import read_sim_runs, upstream_job
 
 LEAD_S = 5.0          # the story starts at least this long before its first recorded step
@@ -68,8 +68,12 @@ def _recorded_run(engine: Engine) -> tuple[Scenario | None, float | None]:
 
 
 def fork_story(engine: Engine, *, task_id: int | None = None, user_id: int | None = None,
-               since: datetime | None = None, until: datetime | None = None) -> Story:
-    if (task_id is None) == (user_id is None):
+               since: datetime | None = None, until: datetime | None = None, everyone: bool = False,
+               as_file: bool = True) -> Story:
+    """The story of one task, of one account in a window, or (everyone=True) of every
+    account in a window: the trace the timing part of a backtest re-simulates.
+    as_file=False skips reading the scenario back from its TOML (a story only run, never written)."""
+    if (task_id is not None) + (user_id is not None) + everyone != 1:
         raise ForkError("give exactly one of --task and --user", code="bad_argument")
     recorded, origin = _recorded_run(engine)
     t, L, e, m, s = (schema.ai_task.c, schema.credit_ledger.c, schema.task_event.c, schema.chat_message.c,
@@ -89,13 +93,16 @@ def fork_story(engine: Engine, *, task_id: int | None = None, user_id: int | Non
             tasks = [*conn.execute(select(schema.ai_task).where(t.id.in_([d for d in dup_of if d]))
                                    .order_by(t.id)), task]
         else:
-            if conn.execute(select(schema.account.c.id).where(schema.account.c.id == user_id)).first() is None:
+            if user_id is not None and conn.execute(
+                    select(schema.account.c.id).where(schema.account.c.id == user_id)).first() is None:
                 raise NotFound(f"no account {user_id}")
             user = user_id
-            q = select(schema.ai_task).where(t.user_id == user)
-            mq = (select(m.id, s.model, m.content, m.prompt_tokens, m.completion_tokens, m.reserved_credits,
-                         m.status, m.created_at, m.settled_at)
-                  .join(schema.chat_session, s.id == m.session_id).where(s.user_id == user, m.role == "user"))
+            q = select(schema.ai_task)
+            mq = (select(m.id, s.user_id, s.model, m.content, m.prompt_tokens, m.completion_tokens,
+                         m.reserved_credits, m.status, m.created_at, m.settled_at)
+                  .join(schema.chat_session, s.id == m.session_id).where(m.role == "user"))
+            if user is not None:
+                q, mq = q.where(t.user_id == user), mq.where(s.user_id == user)
             if since is not None:
                 q, mq = q.where(t.created_at >= since), mq.where(m.created_at >= since)
             if until is not None:
@@ -103,7 +110,8 @@ def fork_story(engine: Engine, *, task_id: int | None = None, user_id: int | Non
             tasks = list(conn.execute(q.order_by(t.id)))
             chats = list(conn.execute(mq.order_by(m.id)))
             if not tasks and not chats:
-                raise ForkError(f"account {user_id} has no task or chat turn in that window", code="fork_empty")
+                raise ForkError(f"{'account ' + str(user_id) if user_id else 'the database'} has no task or chat "
+                                "turn in that window", code="fork_empty")
         ids = [x.id for x in tasks]
         events: dict[int, list[Any]] = {i: [] for i in ids}
         for chunk in _chunks(ids):
@@ -118,16 +126,23 @@ def fork_story(engine: Engine, *, task_id: int | None = None, user_id: int | Non
                 for row in conn.execute(select(upstream_job).where(or_(*(
                         and_(j.provider == p, j.upstream_task_id == u) for p, u in chunk)))):
                     jobs[(row.provider, row.upstream_task_id)] = row
-        ledger = list(conn.execute(select(L.id, L.entry_type, L.amount, L.balance_after, L.task_id,
-                                          L.chat_message_id, L.created_at)
-                                   .where(L.user_id == user).order_by(L.created_at, L.id)))
+        lq = select(L.id, L.user_id, L.entry_type, L.amount, L.balance_after, L.task_id, L.chat_message_id,
+                    L.created_at).order_by(L.created_at, L.id)
+        ledger_rows = list(conn.execute(lq if user is None else lq.where(L.user_id == user)))
+    accounts = sorted({x.user_id for x in tasks} | {c.user_id for c in chats})
+    index = {u: i for i, u in enumerate(accounts)}
+    ledger: dict[int, list[Any]] = {u: [] for u in accounts}
+    for r in ledger_rows:
+        if r.user_id in ledger:
+            ledger[r.user_id].append(r)
     first = min([seconds(x.created_at) for x in tasks] + [seconds(c.created_at) for c in chats])
     tick = recorded.poll_tick_s if recorded is not None else DEFAULT_TICK_S
     base = origin if origin is not None else first - LEAD_S
     offset = base + max(0, math.floor((first - LEAD_S - base) / tick)) * tick
     rel = lambda dt: round(seconds(dt) - offset, 6)  # noqa: E731
 
-    opening = _opening_balance(ledger, tasks, events, first, task_id is not None)
+    opening = {u: _opening_balance(ledger[u], [x for x in tasks if x.user_id == u], events, first,
+                                   task_id is not None) for u in accounts}
     steps: list[tuple[float, int, int, ScriptEvent]] = []
     seq = 0
 
@@ -145,37 +160,46 @@ def fork_story(engine: Engine, *, task_id: int | None = None, user_id: int | Non
         policy = recorded.policy if recorded is not None else DEFAULT_POLICY
         reserved = int(c.reserved_credits or 0)
         if c.status == "refused":  # its estimate is not recorded: ask for the fewest tokens the balance refuses
-            reserved = 1 + _balance_before(ledger, c.created_at, opening)
+            reserved = 1 + _balance_before(ledger[c.user_id], c.created_at, opening[c.user_id])
         max_out = _max_output_tokens(spec, int(c.prompt_tokens or 0), reserved, policy)
         settle = rel(c.settled_at) - rel(c.created_at) if c.settled_at is not None else 10 ** 7
-        add(ScriptEvent(at=rel(c.created_at), action="chat", model=c.model, prompt=c.content or "chat turn",
+        add(ScriptEvent(at=rel(c.created_at), action="chat", user=index[c.user_id], model=c.model, prompt=c.content or "chat turn",
                         prompt_tokens=int(c.prompt_tokens or 0), max_output_tokens=max_out,
                         completion_tokens=int(c.completion_tokens or 0), gen_s=max(0.0, settle),
                         outcome="failed" if c.status == "failed" else "succeeded"))
-    if task_id is None:  # the account's own top-ups and grants in the window
-        for r in ledger:
-            at = seconds(r.created_at)
-            if r.task_id is None and r.chat_message_id is None and r.amount > 0 and first <= at and \
-                    (until is None or r.created_at < until):
-                add(ScriptEvent(at=rel(r.created_at), action="grant", amount=int(r.amount)))
+    if len(accounts) > 1:  # balances at the start: a grant each as the story opens
+        for u in accounts:
+            if opening[u] > 0:
+                add(ScriptEvent(at=0.0, action="grant", user=index[u], amount=opening[u]))
+    if task_id is None:  # the accounts' own top-ups and grants in the window
+        for u in accounts:
+            for r in ledger[u]:
+                at = seconds(r.created_at)
+                if r.task_id is None and r.chat_message_id is None and r.amount > 0 and first <= at and \
+                        (until is None or r.created_at < until):
+                    add(ScriptEvent(at=rel(r.created_at), action="grant", user=index[u], amount=int(r.amount)))
     for n, x in enumerate(tasks, start=1):
-        add(_submit(x, events[x.id], jobs.get((x.provider, x.upstream_task_id)), rel,
-                    chat_index.get(x.chat_message_id, 0)))
+        add(replace(_submit(x, events[x.id], jobs.get((x.provider, x.upstream_task_id)), rel,
+                            chat_index.get(x.chat_message_id, 0)), user=index[x.user_id]))
         for ev in events[x.id]:
             action = _action(ev)
             if action:
                 add(ScriptEvent(at=rel(ev.at), action=action, task=n))
     steps.sort(key=lambda s: s[:3])
-    what = f"task {task_id}" if task_id is not None else f"account {user_id}" + (
+    what = f"task {task_id}" if task_id is not None else (f"account {user_id}" if user_id else "every account") + (
         f" from {since:%Y-%m-%d %H:%M}" if since else "") + (f" until {until:%Y-%m-%d %H:%M}" if until else "")
     base_sc = recorded if recorded is not None else Scenario(name="fork")
     sc = Scenario(
-        name=f"fork-task-{task_id}" if task_id is not None else f"fork-user-{user_id}",
+        name=f"fork-task-{task_id}" if task_id is not None else f"fork-user-{user_id}" if user_id else "trace",
         description=f"Forked from {what} of the recorded history: replays its recorded steps.",
         seed=base_sc.seed, horizon_s=0.0, callbacks=base_sc.callbacks, poll_tick_s=tick,
-        population=Population(users=1, balance=Range(float(opening), float(opening)), topup_probability=0.0),
+        farm=ProviderConfig(capacity=10 ** 6),  # the recorded queueing is in each submit's queue_s
+        population=Population(users=len(accounts), balance=Range(*(2 * [float(opening[accounts[0]])
+                                                                        if len(accounts) == 1 else 0.0])),
+                              topup_probability=0.0),
         policy=base_sc.policy, script=tuple(s[3] for s in steps))
-    sc = parse_scenario(sc.to_toml(), f"<fork of {what}>", sc.name)  # what the file will hold
+    if as_file:
+        sc = parse_scenario(sc.to_toml(), f"<fork of {what}>", sc.name)  # what the file will hold
     return Story(sc, ids, [c.id for c in chats])
 
 
@@ -219,7 +243,10 @@ def _submit(x: Any, events: list[Any], job: Any, rel, chat: int) -> ScriptEvent:
                           failure_class=job.failure_class or "")
         else:
             fields["outcome"] = "lost"
-        fields["gen_s"] = max(0.001, round(done - created, 6)) if done is not None else 10 ** 7
+        started = rel(job.started_at) if job.started_at is not None else None
+        if started is not None and started > created:
+            fields["queue_s"] = round(started - created, 6)
+        fields["gen_s"] = max(0.001, round(done - (started or created), 6)) if done is not None else 10 ** 7
     elif x.upstream_task_id:  # no provider record (a live database): what the task itself learnt
         done = rel(x.finished_at) if x.finished_at is not None else None
         if x.status == TaskStatus.SUCCESS:
@@ -314,7 +341,7 @@ def check_fork(engine: Engine, story: Story) -> list[str]:
     diffs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="rivya-fork-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'story.db'}"
-        run_scenario(story.scenario, url)
+        run_scenario(story.scenario, url, remember=False)
         replayed = make_engine(url)
         try:
             with connect(replayed) as conn:

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from rivya_core.cli import number
 from rivya_core.db import open_reader
 from rivya_core.domain import RivyaError
 from rivya_core.policy import DEFAULT_POLICY, BillingPolicy
@@ -25,7 +26,8 @@ def add_parsers(sub) -> None:
     b.add_argument("--policy", action="append", required=True, help="policy TOML file (give exactly two)")
     b.add_argument("--recorded-policy", help="the policy the history was recorded under (default: a simulation "
                    "database's own; otherwise the default policy)")
-    b.add_argument("--timing", action="store_true", help="also re-simulate the timing part trace-driven")
+    b.add_argument("--exact-only", action="store_true", help="skip the timing part (the trace-driven re-run)")
+    b.add_argument("--resamples", type=number("resamples"), default=1000, help="bootstrap resamples of the timing part")
     b.add_argument("--json", action="store_true")
 
     c = sub.add_parser("calibrate", help="fit a scenario to recorded history",
@@ -44,8 +46,8 @@ def add_parsers(sub) -> None:
                        "task, or for one account's tasks and chat turns in a window; `run` it to reproduce "
                        "the timeline, edit one line to ask what-if.")
     who = f.add_mutually_exclusive_group(required=True)
-    who.add_argument("--task", type=int, help="task id")
-    who.add_argument("--user", type=int, help="account id")
+    who.add_argument("--task", type=number("id"), help="task id")
+    who.add_argument("--user", type=number("id"), help="account id")
     f.add_argument("--db", required=True, help="database URL")
     f.add_argument("--since", help="with --user: window start (ISO, UTC)")
     f.add_argument("--until", help="with --user: window end (ISO, UTC)")
@@ -73,20 +75,26 @@ def cmd_backtest(a: argparse.Namespace) -> int:
     if len(a.policy) != 2:
         raise RivyaError("backtest takes exactly two --policy files", code="bad_argument")
     policies = [BillingPolicy.load(p) for p in a.policy]
+    if a.resamples < 10:
+        raise RivyaError("--resamples must be at least 10", code="bad_argument")
     since, until = parse_time(a.since, "--since"), parse_time(a.until, "--until")
     engine = open_reader(a.db)
     try:
         recorded, where = recorded_policy_for(engine, a.recorded_policy)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         history = load_history(engine, since, until)
-        loaded = time.perf_counter() - t0
+        loaded, c1 = time.perf_counter() - t0, time.process_time()
         report = backtest(history, policies, recorded, where)
         report.window["read_s"] = round(loaded, 3)
         report.window["exact_s"] = round(time.perf_counter() - t0 - loaded, 3)
-        if a.timing:
+        report.window["read_cpu_s"] = round(c1 - c0, 3)
+        report.window["exact_cpu_s"] = round(time.process_time() - c1, 3)
+        if not a.exact_only:
             from .timing import timing_part
 
-            report.timing = timing_part(engine, history, policies)
+            t1 = time.perf_counter()
+            report.timing = timing_part(engine, history, policies, resamples=a.resamples)
+            report.window["timing_s"] = round(time.perf_counter() - t1, 3)
     finally:
         engine.dispose()
     print(json.dumps(report.to_dict(), indent=1, default=str) if a.json else report.render_text())

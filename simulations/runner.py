@@ -43,7 +43,8 @@ from rivya_core.targets import ensure_fresh
 from .clock import SimClock
 from .farm import Farm
 from .gctune import run_pace
-from .scenarios import Scenario, ScenarioError
+from .reads import NotificationReads
+from .scenarios import Scenario, ScenarioError, check_run_bounds
 from .streams import Streams
 from .users import Population
 from .writer import BatchWriter, beat, compact_sqlite, end_beat, relax_sqlite_sync, sim_metadata, write_sim_run
@@ -107,7 +108,8 @@ class RunSummary:
             "by state:    " + _kv(self.counts_by_state),
             "callbacks:   " + _kv(self.counts_by_outcome),
             f"credits:     charged {c['charged']}  refunded {c['refunded']}  net {c['net']}"
-            f"  (chat charged {c['chat_charged']}, chat refunded {c['chat_refunded']})",
+            f"  (chat charged {c['chat_charged']}: reserved {c.get('chat_reserved', 0)}, "
+            f"{c['chat_refunded']} of it returned unused)",
             "completion:  " + _kv(self.completion_paths),
             f"deferrals:   {self.deferrals}",
             "rejected:    " + (_kv(self.rejected_callbacks) or "none"),
@@ -134,6 +136,7 @@ class Run:
         self.sc = scenario
         self.seed = scenario.seed if seed is None else int(seed)
         self.max_tasks = scenario.tasks if tasks is None else int(tasks)
+        check_run_bounds(scenario, self.max_tasks)
         self.streams = Streams(self.seed)
         if realtime:
             self.env: simpy.Environment = simpy.rt.RealtimeEnvironment(factor=1.0 / realtime, strict=False)
@@ -179,7 +182,8 @@ class Run:
             self.writer = BatchWriter(
                 engine, self.store, sc.policy, realtime=bool(self.realtime),
                 quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
-                forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows)
+                forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows,
+                reads=NotificationReads.for_behaviour(self.streams, sc.behaviour), now=self.clock.now)
             farm.record_jobs = True
         self.population.create_accounts()
         if sc.script:
@@ -274,12 +278,13 @@ def open_fresh(db_url: str, force: bool = False):
 
 def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
                  progress: Callable[[float, str], None] | None = None, realtime: float | None = None,
-                 force: bool = False) -> RunSummary:
+                 force: bool = False, remember: bool = True) -> RunSummary:
+    """remember=False: no data/runs/<fingerprint>.json (a throwaway run, such as a backtest's re-run)."""
     wall0 = time.perf_counter()
     run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
     engine = open_fresh(db_url, force=force)
     try:
-        summary = _execute(run, engine, progress, wall0)
+        summary = _execute(run, engine, progress, wall0, remember)
     finally:
         engine.dispose()
     path = sqlite_path(db_url)
@@ -296,7 +301,7 @@ def run_in_tempdir(scenario: Scenario, *, seed: int | None = None, tasks: int | 
         return run_scenario(scenario, f"sqlite:///{Path(tmp) / 'run.db'}", seed=seed, tasks=tasks)
 
 
-def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
+def _execute(run: Run, engine, progress, wall0: float, remember: bool = True) -> RunSummary:
     sc, env = run.sc, run.env
     writer = run.start(engine)
     ended_at: list[float] = []
@@ -325,7 +330,8 @@ def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
         "finished_at": run.clock.now(), "summary": json.loads(json.dumps(summary.stored(), default=str))})
     if run.realtime:
         end_beat(engine)
-    _remember(summary, sc, run)
+    if remember:
+        _remember(summary, sc, run)
     if progress is not None:
         progress(1.0, "done")
     return summary
@@ -334,11 +340,11 @@ def _execute(run: Run, engine, progress, wall0: float) -> RunSummary:
 def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSummary:
     k = writer.kpis
     outcomes = dict(k.by_outcome)
-    rejected = {o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred")}
+    rejected = {o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred", "progress")}
     users = dict(run.population.stats)
     insufficient = k.insufficient + users.get("chat_refused", 0)
     flows = k.flows
-    net = flows.charged - flows.refunded
+    net = flows.task_charged - flows.task_refunded + flows.chat_charged
     kpis = {
         "revenue": net,
         "refunds": flows.task_refunded,  # task refunds (chat differences are settlement, not policy)
@@ -355,6 +361,7 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
         sim_seconds=round(run.env.now, 3),
         counts_by_state=dict(k.by_state), counts_by_outcome=outcomes,
         credits={"charged": flows.task_charged, "refunded": flows.task_refunded, "chat_charged": flows.chat_charged,
+                 "chat_reserved": flows.chat_reserved, "chat_overrun": flows.chat_overrun,
                  "chat_refunded": flows.chat_refunded, "net": net, "granted": flows.granted},
         completion_paths=dict(k.paths), deferrals=k.events.get("deferred", 0), rejected_callbacks=rejected,
         latency_percentiles={"p50": k.percentile(0.5), "p90": k.percentile(0.9), "p99": k.percentile(0.99)},

@@ -13,14 +13,13 @@ key and the reason.
 from __future__ import annotations
 
 import json
-import math
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from rivya_core import tomlfile
+from rivya_core import limits, tomlfile
 from rivya_core.domain import ValidationError
 from rivya_core.policy import BillingPolicy, PolicyError
 
@@ -34,11 +33,17 @@ class ScenarioError(ValidationError):
 
 
 def prob(default: float = 0.0) -> Any:
-    return field(default=default, metadata={"min": 0.0, "max": 1.0})
+    return field(default=default, metadata={"kind": "probability"})
 
 
-def pos(default: float, **meta: Any) -> Any:
-    return field(default=default, metadata={"min": 0.0, **meta})
+def pos(default: float, kind: str, **meta: Any) -> Any:
+    """A number field: its range is rivya_core.limits' `kind`, narrowed by meta min."""
+    return field(default=default, metadata={"kind": kind, **meta})
+
+
+def ranged(default: Range, kind: str) -> Any:
+    """A Range field whose ends are numbers of rivya_core.limits' `kind`."""
+    return field(default=default, metadata={"kind": kind})
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,10 @@ class Range:
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    capacity: int = pos(8, min=1)
-    image_s: Range = Range(4.0, 20.0)
-    video_s: Range = Range(60.0, 600.0)
-    audio_s: Range = Range(10.0, 90.0)
+    capacity: int = pos(8, "count")
+    image_s: Range = ranged(Range(4.0, 20.0), "seconds")
+    video_s: Range = ranged(Range(60.0, 600.0), "seconds")
+    audio_s: Range = ranged(Range(10.0, 90.0), "seconds")
     submit_refused: float = prob()
     submit_error: float = prob()
     submit_timeout: float = prob()
@@ -74,7 +79,7 @@ class ProviderConfig:
     upstream_timeout: float = prob()  # failure reported, class infrastructure
     lost_job: float = prob()         # the provider silently loses the job
     no_urls: float = prob()          # success without result URLs
-    callback_delay_s: Range = Range(0.2, 3.0)
+    callback_delay_s: Range = ranged(Range(0.2, 3.0), "seconds")
     early: float = prob()
     lost: float = prob()
     duplicate: float = prob()
@@ -90,39 +95,40 @@ class ProviderConfig:
 @dataclass(frozen=True)
 class Outage:
     provider: str
-    start_s: float = pos(0.0)
-    end_s: float = pos(0.0)
-    mode: str = field(default="submit_error", metadata={"choices": ("submit_error", "submit_refused", "fail")})
+    start_s: float = pos(0.0, "seconds")
+    end_s: float = pos(0.0, "seconds")
+    # submit_*: submissions refused; fail: jobs fail; hang: jobs are accepted and never finish (lost upstream)
+    mode: str = field(default="submit_error", metadata={"choices": ("submit_error", "submit_refused", "fail", "hang")})
 
 
 @dataclass(frozen=True)
 class Population:
-    users: int = pos(50, min=1)
-    balance: Range = Range(200.0, 2000.0)
+    users: int = pos(50, "users")
+    balance: Range = ranged(Range(200.0, 2000.0), "credits")
     broke_fraction: float = prob(0.0)      # users who start near zero
-    broke_balance: Range = Range(0.0, 20.0)
+    broke_balance: Range = ranged(Range(0.0, 20.0), "credits")
     topup_probability: float = prob(0.3)    # after an insufficient-credit refusal
-    topup_amount: int = pos(500, min=1)
+    topup_amount: int = pos(500, "whole_credits", min=1)
 
 
 @dataclass(frozen=True)
 class Arrivals:
-    rate_per_hour: float = pos(600.0)
+    rate_per_hour: float = pos(600.0, "rate_per_hour")
     pattern: str = field(default="flat", metadata={"choices": ("flat", "daily", "bursts")})
     daily_amplitude: float = prob(0.6)      # daily: rate * (1 + a*sin)
-    burst_every_s: float = pos(600.0, min=1.0)
-    burst_size: int = pos(20, min=1)
+    burst_every_s: float = pos(600.0, "seconds", min=1.0)
+    burst_size: int = pos(20, "count")
 
 
 @dataclass(frozen=True)
 class Mix:
-    image: float = pos(0.6)
-    video: float = pos(0.2)
-    audio: float = pos(0.05)
-    chat: float = pos(0.1)
-    tool_chat: float = pos(0.05)
-    chat_prompt_tokens: Range = Range(50.0, 1500.0)
-    chat_max_output_tokens: int = pos(800, min=1)
+    image: float = pos(0.6, "weight")
+    video: float = pos(0.2, "weight")
+    audio: float = pos(0.05, "weight")
+    chat: float = pos(0.1, "weight")
+    tool_chat: float = pos(0.05, "weight")
+    chat_prompt_tokens: Range = ranged(Range(50.0, 1500.0), "tokens")
+    chat_max_output_tokens: int = pos(800, "tokens", min=1)
     chat_failure: float = prob(0.02)
     chat_overrun: float = prob(0.0)         # completion beyond the max asked
     models: dict[str, float] = field(default_factory=dict)  # weight of each model in its category (default: even)
@@ -134,8 +140,11 @@ class Behaviour:
     resubmit_running: float = prob(0.05)
     duplicate_heavy: float = prob(0.02)
     heed_recheck: float = prob(0.5)
-    max_retries: int = pos(2)
-    patience_s: float = pos(300.0, min=1.0)  # how long a user waits before acting on a running task
+    max_retries: int = pos(2, "retries")
+    patience_s: float = pos(300.0, "seconds", min=1.0)  # how long a user waits before acting on a running task
+    read_never: float = prob(0.2)  # share of notifications their user never opens
+    read_median_s: float = pos(900.0, "seconds", min=1.0, max=30 * 86400.0)  # median delay before a notification is read
+    read_spread: float = pos(1.2, "weight", max=5.0)  # log-normal sigma of that delay
 
 
 @dataclass(frozen=True)
@@ -143,17 +152,17 @@ class ScriptEvent:
     """One scripted step. actions: submit, callback, callback_early, callback_progress,
     callback_repeat, lose_next_callback, poll, recheck, grant, chat."""
 
-    at: float = pos(0.0)
+    at: float = pos(0.0, "seconds")
     action: str = field(default="poll", metadata={"choices": (
         "submit", "callback", "callback_early", "callback_progress", "callback_repeat", "lose_next_callback",
         "poll", "recheck", "grant", "chat")})
-    user: int = pos(0)
+    user: int = pos(0, "index")
     model: str = ""
     prompt: str = "a scripted prompt"
-    task: int = pos(0)        # 1-based index of the scripted submit it refers to
-    amount: int = pos(0)
+    task: int = pos(0, "index")        # 1-based index of the scripted submit it refers to
+    amount: int = pos(0, "whole_credits")
     outcome: str = field(default="succeeded", metadata={"choices": ("succeeded", "failed", "lost", "no_urls")})
-    gen_s: float = pos(0.0)   # scripted generation time (0: drawn); chat: seconds until the turn settles
+    gen_s: float = pos(0.0, "seconds")   # scripted generation time (0: drawn); chat: seconds until the turn settles
     # submit: what the provider does, as recorded
     params: dict[str, Any] = field(default_factory=dict)
     error_code: str = ""      # outcome "failed": the provider's error (default: a model error)
@@ -161,23 +170,24 @@ class ScriptEvent:
     failure_class: str = field(default="", metadata={"choices": ("", "user", "provider", "infrastructure")})
     submit_fault: str = field(default="", metadata={"choices": ("", "refused", "error", "timeout")})
     auto_callbacks: bool = True  # false: the provider sends only the callbacks the script lists
-    chat: int = pos(0)        # submit: 1-based index of the scripted chat turn whose tool call it is
+    queue_s: float = pos(0.0, "seconds")  # seconds the job waits in the provider's queue before it runs
+    chat: int = pos(0, "index")        # submit: 1-based index of the scripted chat turn whose tool call it is
     # chat: one turn (reserve now, settle or fail after gen_s)
-    prompt_tokens: int = pos(0)
-    max_output_tokens: int = pos(0)
-    completion_tokens: int = pos(0)
+    prompt_tokens: int = pos(0, "tokens")
+    max_output_tokens: int = pos(0, "tokens")
+    completion_tokens: int = pos(0, "tokens")
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     description: str = ""
-    seed: int = pos(1)
-    horizon_s: float = pos(3600.0)
-    tasks: int = pos(0)                     # 0: no cap, the horizon decides
-    drain_s: float = pos(0.0)               # 0: the policy's longest timeout plus margin
+    seed: int = pos(1, "seed")
+    horizon_s: float = pos(3600.0, "seconds")
+    tasks: int = pos(0, "scenario_tasks")   # 0: no cap, the horizon decides
+    drain_s: float = pos(0.0, "seconds")    # 0: the policy's longest timeout plus margin
     callbacks: bool = True
-    poll_tick_s: float = pos(10.0, min=0.1)
+    poll_tick_s: float = pos(10.0, "poll_tick_s")
     population: Population = Population()
     arrivals: Arrivals = Arrivals()
     mix: Mix = Mix()
@@ -296,7 +306,33 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 
 
 def parse_scenario(text: str, source: str = "<scenario>", default_name: str = "scenario") -> Scenario:
-    raw = dict(tomlfile.parse(text, source, ScenarioError))
+    return _from_tables(dict(tomlfile.parse(text, source, ScenarioError)), text, source, default_name)
+
+
+def with_overrides(sc: Scenario, overrides: dict[str, Any], source: str = "<overrides>") -> Scenario:
+    """sc with dotted keys set, checked exactly as a scenario file's: `farm.capacity`,
+    `farm.providers.NAME.early`, `arrivals.rate_per_hour`, `policy.poll_interval_s`,
+    `tasks` or `scenario.tasks` for the [scenario] table. Its source is its own TOML."""
+    import tomllib
+
+    raw = tomllib.loads(sc.to_toml())
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if parts[0] in _TOP:
+            parts = ["scenario", *parts]
+        table = raw
+        for part in parts[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ScenarioError(f"{source}: key {dotted!r}: {part!r} is not a table")
+        table[parts[-1]] = value
+    out = _from_tables(raw, "", source, sc.name)
+    from dataclasses import replace
+
+    return replace(out, source=out.to_toml(), path=sc.path)
+
+
+def _from_tables(raw: dict[str, Any], text: str, source: str, default_name: str) -> Scenario:
     top = dict(raw.pop("scenario", {}))
     if not isinstance(top, dict):
         raise ScenarioError(f"{source}: [scenario] must be a table")
@@ -340,7 +376,44 @@ def parse_scenario(text: str, source: str = "<scenario>", default_name: str = "s
             raise ScenarioError(f"{source}: key 'outages[{i}].end_s': must be after start_s")
     if scen.tasks == 0 and scen.horizon_s <= 0 and not scen.script:
         raise ScenarioError(f"{source}: key 'horizon_s': a run needs a horizon, a task count or a script")
+    check_run_bounds(scen)
     return scen
+
+
+def check_run_bounds(sc: Scenario, tasks: int | None = None) -> None:
+    """Refuse a scenario no run could finish: arrivals that never come or draw from an
+    all-zero mix, script steps naming users that do not exist, or more polling ticks
+    than limits.MAX_RUN_TICKS over the run's span (its arrivals or script, plus the
+    drain), so no run can tick for ever. `tasks`: a --tasks override of the cap."""
+    from .runner import drain_seconds
+
+    where = sc.path or "<scenario>"
+    cap = sc.tasks if tasks is None else tasks
+    if sc.script:
+        for i, ev in enumerate(sc.script):
+            if ev.action in ("submit", "chat", "grant") and ev.user >= sc.population.users:
+                raise ScenarioError(f"{where}: key 'script[{i}].user': user {ev.user} does not exist "
+                                    f"(users are numbered 0 to {sc.population.users - 1})")
+            if ev.action == "grant" and ev.amount < 1:
+                raise ScenarioError(f"{where}: key 'script[{i}].amount': a grant must be at least 1 credit")
+        arrivals_s = max(ev.at for ev in sc.script)
+    else:
+        m, rate = sc.mix, sc.arrivals.rate_per_hour
+        if not m.image + m.video + m.audio + m.chat + m.tool_chat > 0:
+            raise ScenarioError(f"{where}: key 'mix': the weights of image, video, audio, chat and tool_chat "
+                                "are all 0; at least one must be above 0")
+        if rate <= 0:
+            raise ScenarioError(f"{where}: key 'arrivals.rate_per_hour': must be above 0 for a run with arrivals")
+        if cap == 0 and rate * sc.horizon_s / 3600 > limits.LIMITS["scenario_tasks"].high:
+            raise ScenarioError(f"{where}: key 'arrivals.rate_per_hour': {rate:g} an hour over {sc.horizon_s:g} s "
+                                f"makes more than {limits.LIMITS['scenario_tasks'].high:,.0f} tasks; set `tasks`")
+        arrivals_s = sc.horizon_s if sc.horizon_s > 0 else cap * 3600 / rate
+    span = arrivals_s + drain_seconds(sc)
+    ticks = span / sc.poll_tick_s
+    if ticks > limits.MAX_RUN_TICKS:
+        raise ScenarioError(f"{where}: key 'poll_tick_s': a tick of {sc.poll_tick_s:g} s over this run's "
+                            f"{span:,.0f} simulated s is {ticks:,.0f} ticks (at most {limits.MAX_RUN_TICKS:,}); "
+                            "raise poll_tick_s or shorten the horizon, the task count, the script or the timeouts")
 
 
 def _fields(cls: type) -> set[str]:
@@ -382,16 +455,17 @@ def _coerce(tp: Any, value: Any, meta: Any, source: str, key: str) -> Any:
             raise bad("must be true or false")
         return value
     if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise bad("must be a number")
-        if tp is int and value != int(value):
-            raise bad("must be a whole number")
-        lo, hi = meta.get("min"), meta.get("max")
-        if lo is not None and value < lo:
-            raise bad(f"must be at least {lo}")
-        if hi is not None and value > hi:
-            raise bad(f"must be at most {hi}")
-        return tp(value)
+        limit = limits.LIMITS[meta["kind"]]
+        if tp is int and limit.whole is False:
+            limit = replace(limit, whole=True)
+        if "min" in meta:
+            limit = replace(limit, low=max(limit.low, meta["min"]))
+        if "max" in meta:
+            limit = replace(limit, high=min(limit.high, meta["max"]))
+        try:
+            return tp(limit.check(value, f"{source}: key '{key}'"))
+        except limits.LimitError as exc:
+            raise ScenarioError(exc.message) from None
     if tp is str:
         if not isinstance(value, str):
             raise bad("must be a string")
@@ -400,20 +474,19 @@ def _coerce(tp: Any, value: Any, meta: Any, source: str, key: str) -> Any:
             raise bad(f"must be one of {', '.join(choices)}")
         return value
     if tp is Range:
+        limit = replace(limits.LIMITS[meta["kind"]], whole=False)
         if isinstance(value, dict):
             q = value.get("quantiles")
-            if set(value) != {"quantiles"} or not isinstance(q, list) or len(q) < 2 or not all(
-                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in q) \
-                    or any(b < a for a, b in zip(q, q[1:], strict=False)):
-                raise bad("must be {quantiles = [q0, ..., q100]}: at least two non-negative, non-decreasing numbers")
+            if set(value) != {"quantiles"} or not isinstance(q, list) or not 2 <= len(q) <= 1001 \
+                    or not all(limit.ok(v) for v in q) or any(b < a for a, b in zip(q, q[1:], strict=False)):
+                raise bad("must be {quantiles = [q0, ..., q100]}: at least two non-decreasing numbers, each "
+                          + limit.describe())
             return Range(float(q[0]), float(q[-1]), tuple(float(v) for v in q))
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = [value, value]
-        if (not isinstance(value, list) or len(value) != 2
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
-            raise bad("must be [low, high]")
-        if value[0] < 0 or value[1] < value[0]:
-            raise bad("must be [low, high] with 0 <= low <= high")
+        if not isinstance(value, list) or len(value) != 2 or not all(limit.ok(v) for v in value) \
+                or value[1] < value[0]:
+            raise bad(f"must be [low, high] with low <= high, each {limit.describe()}")
         return Range(float(value[0]), float(value[1]))
     if origin is tuple:
         inner = typing.get_args(tp)[0]
@@ -423,9 +496,8 @@ def _coerce(tp: Any, value: Any, meta: Any, source: str, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise bad("must be a table")
-        if key.endswith("models") and not all(isinstance(v, int | float) and not isinstance(v, bool)
-                                              and math.isfinite(v) and v >= 0 for v in value.values()):
-            raise bad("must map model ids to non-negative weights")
+        if key.endswith("models") and not all(limits.LIMITS["weight"].ok(v) for v in value.values()):
+            raise bad(f"must map model ids to weights, each {limits.describe('weight')}")
         return value  # provider overrides: built after the [farm] defaults
     if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
         return _build(tp, value, source, key + ".")

@@ -45,7 +45,7 @@ def play(run: Any):
                 raise ScenarioError(f"{where}.chat: refers to scripted chat turn #{ev.chat}, which has not happened")
             provider = farm.providers[spec.provider]
             forced = {"outcome": ev.outcome, "gen_s": ev.gen_s or None, "submit_fault": ev.submit_fault,
-                      "auto_callbacks": ev.auto_callbacks}
+                      "auto_callbacks": ev.auto_callbacks, "queue_s": ev.queue_s}
             if ev.error_code:
                 forced["error"] = (ev.error_code, ev.error_message or f"{ev.error_code} (scripted)",
                                    ev.failure_class or "provider")

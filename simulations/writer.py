@@ -59,6 +59,8 @@ from rivya_core.domain import TERMINAL, ChatStatus, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
 from rivya_core.store_memory import MemoryStore
 
+from .reads import NotificationReads
+
 sim_metadata = MetaData()
 sim_run = Table(
     "sim_run", sim_metadata,
@@ -156,7 +158,8 @@ class Kpis:
 class BatchWriter:
     def __init__(self, engine: Engine, store: MemoryStore, policy: BillingPolicy, *,
                  quiet: Callable[[Any], bool], forget: Callable[[Any], None], realtime: bool = False,
-                 jobs: Callable[[], tuple[list[dict], list[dict]]] | None = None):
+                 jobs: Callable[[], tuple[list[dict], list[dict]]] | None = None,
+                 reads: NotificationReads | None = None, now: Callable[[], datetime] | None = None):
         self.engine = engine
         self.store = store
         self.policy = policy
@@ -164,6 +167,8 @@ class BatchWriter:
         self.forget = forget        # task -> drop the provider's job
         self.realtime = realtime
         self.jobs = jobs            # () -> (new, changed) upstream_job rows since the last call
+        self.reads = reads          # simulated users opening their notifications (None: nobody reads)
+        self.now = now              # the run's clock: reads up to it are written at each flush
         self.pinned: Counter = Counter()
         self.written_tasks: set[int] = set()   # held tasks already inserted (later writes update them)
         self.written_msgs: set[int] = set()
@@ -199,6 +204,14 @@ class BatchWriter:
                 self._count(name, rows)
                 conn.execute(insert(table), values)
                 self.top_ids[table.name] = rows[-1].id
+                if name == "notifications" and self.reads is not None:
+                    for v in values:
+                        self.reads.schedule(v)
+            if self.reads is not None and self.now is not None:
+                read = self.reads.due(self.now())
+                if read:
+                    conn.execute(update(schema.notification).where(schema.notification.c.id == bindparam("_id"))
+                                 .values(read_at=bindparam("_read_at")), read)
             settled = self._flush_messages(conn, final)
             done = self._flush_tasks(conn, touched, final)
             moved = sorted({e.user_id for e in changes.ledger} - {a.id for a in changes.accounts})
@@ -332,6 +345,8 @@ class BatchWriter:
         h = hashlib.sha256()
         for name in FINGERPRINTED:
             h.update(name.encode() + self.hashers[name].digest())
+        if self.reads is not None:
+            h.update(b"reads" + self.reads.digest.to_bytes(32, "big"))
         return h.hexdigest()
 
 

@@ -57,9 +57,24 @@ def _wait_healthy(base: str, proc: subprocess.Popen, limit_s: float = 60) -> Non
     raise RuntimeError("streamlit did not become healthy")
 
 
-def _serve(env_extra: dict[str, str]):
-    """`streamlit run app.py` on a free port with env_extra; yields the base URL, stops it afterwards."""
+class Served(str):
+    """The base URL of a served app (a str), with `.log`: the file holding the server's stdout and stderr."""
+
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _serve(env_extra: dict[str, str], log: Path | None = None):
+    """`streamlit run app.py` on a free port with env_extra; yields the base URL (a Served, whose
+    .log is the server's output), stops it afterwards."""
     port = _free_port()
+    if log is None:
+        import tempfile
+
+        log = Path(tempfile.mkdtemp(prefix="rivya-streamlit-")) / "server.log"
+    out = open(log, "wb")
     env = {**os.environ, **env_extra}
     for key in ("RIVYA_OPERATORS", "RIVYA_VIEWERS"):
         if key not in env_extra:
@@ -68,9 +83,10 @@ def _serve(env_extra: dict[str, str]):
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = Served(f"http://127.0.0.1:{port}")
+    base.log = log
     try:
         _wait_healthy(base, proc)
         yield base
@@ -80,12 +96,13 @@ def _serve(env_extra: dict[str, str]):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        out.close()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
-    yield from _serve({"RIVYA_DB_URL": f"sqlite:///{tmp / 'rivya.db'}", "RIVYA_DEMO": "1"})
+    yield from _serve({"RIVYA_DB_URL": f"sqlite:///{tmp / 'rivya.db'}", "RIVYA_DEMO": "1"}, tmp / "server.log")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +140,7 @@ def test_every_page_opens_without_an_exception(server, browser, tmp_path_factory
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server, timeout=60_000)
     _settle(page)  # the first load seeds the demo database
-    assert len(PAGES) == 10  # every page of app.py, Incidents included
+    assert len(PAGES) == 11  # every page of app.py, User and Incidents included
     for path, title in PAGES:
         path = f"{path}?task=1" if path == "task_inspector" else path
         page.goto(f"{server}/{path}", timeout=60_000)
@@ -134,6 +151,7 @@ def test_every_page_opens_without_an_exception(server, browser, tmp_path_factory
         assert page.locator('[data-testid="stException"]').count() == 0, f"{name}: exception box"
         assert "Traceback" not in body, f"{name}: traceback on the page"
         assert page.locator("h1").first.inner_text().strip() == title, f"{name}: title"
+        assert "Traceback" not in server.log_text(), f"{name}: traceback in the server log"
     assert page.title()
 
 

@@ -159,3 +159,30 @@ def test_bulk_dry_run_execute_then_execute_again(served, browser, tmp_path_facto
     page.screenshot(path=str(_shots(tmp_path_factory) / "incidents-executed-twice.png"), full_page=True)
     assert page.locator('[data-testid="stException"]').count() == 0
     assert "Traceback" not in log.read_text()
+
+
+def test_user_page_filters_stick(served, browser, tmp_path_factory):
+    base, url, log = served
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(f"{base}/user", timeout=60_000)
+    _settle(page)
+    box = page.get_by_role("textbox", name="Find a user")
+    box.fill("ana@")
+    box.press("Enter")
+    page.wait_for_selector("text=Ana Lima · ana@example.com · account #1", timeout=60_000)
+    _settle(page)
+    page.wait_for_selector("text=2 task(s)", timeout=60_000)
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    page.get_by_role("button", name="Failed").first.click()
+    page.wait_for_selector("text=1 task(s)", timeout=60_000)
+    _settle(page)
+    assert page.get_by_role("textbox", name="Find a user").input_value() == "ana@"  # the search sticks
+    assert "user=1" in page.url
+    page.screenshot(path=str(_shots(tmp_path_factory) / "user-page-filtered.png"), full_page=True)
+    grid.wait_for(timeout=30_000)  # the task links are drawn on the grid's canvas; AppTest checks their URLs
+    page.get_by_role("button", name="Failed").first.click()  # off again: both tasks
+    page.wait_for_selector("text=2 task(s)", timeout=60_000)
+    _settle(page)
+    assert len(browser.contexts[-1].pages) == 1
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "Traceback" not in log.read_text()

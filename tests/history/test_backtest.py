@@ -25,7 +25,7 @@ def _policy(tmp_path, name: str, body: str) -> str:
 
 
 def _run_backtest(capsys, *argv) -> tuple[int, dict]:
-    code = main(["backtest", *argv, "--json"])
+    code = main(["backtest", *argv, "--json", "--exact-only"])
     out = capsys.readouterr().out
     return code, json.loads(out) if out.strip() else {}
 

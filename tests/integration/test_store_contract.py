@@ -302,6 +302,14 @@ def test_open_store_refuses_malformed_url(url):
     _one_line(err.value)
 
 
+@pytest.mark.parametrize("url", ["mysql://support@db.internal/rivya", "oracle://u:secret@h/db"])
+def test_open_store_names_a_missing_driver(url):
+    with pytest.raises(StoreUnavailable) as err:
+        open_store(url)
+    message = _one_line(err.value)
+    assert "driver" in message and url.split(":")[0] in message and "secret" not in message
+
+
 def test_open_store_refuses_unreachable_server():
     with pytest.raises(StoreUnavailable) as err:
         open_store("postgresql://nobody:secret@127.0.0.1:1/none")

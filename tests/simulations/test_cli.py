@@ -20,7 +20,11 @@ from simulations.__main__ import main
 ])
 def test_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    assert main(argv) == 2
+    try:
+        code = main(argv)
+    except SystemExit as ex:  # a usage error (argparse): the same one line and status
+        code = ex.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err and "Traceback" not in err
 

@@ -183,13 +183,13 @@ def test_demo_data_seeds_an_empty_database_once(tmp_path):
     assert ensure_demo_data(url, progress=lambda f, _msg: steps.append(f), tasks=150) is True
     assert steps and steps[-1] == 1.0
     tasks = rows(path, "select count(*) from ai_task")[0][0]
-    assert tasks > 0 and rows(path, "select scenario_name from sim_run") == [("baseline",)]
+    assert tasks > 0 and rows(path, "select scenario_name from sim_run") == [("demo",)]
     seeded = _dump(path)
     assert ensure_demo_data(url, tasks=150) is False
     assert _dump(path) == seeded  # the second call wrote no row (opening it may switch the journal to WAL)
     engine = make_engine(url)
     try:
-        report = audit(engine, load_scenario("baseline").policy)
+        report = audit(engine, load_scenario(str(ROOT / "data" / "demo.toml")).policy)
     finally:
         engine.dispose()
     assert report.ok, [(f.kind, f.message) for f in report.findings]

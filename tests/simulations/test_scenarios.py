@@ -20,11 +20,11 @@ def test_every_required_scenario_ships_and_loads():
 
 @pytest.mark.parametrize("text, key, reason", [
     ("[scenario]\nsede = 1\n", "sede", "unknown key"),
-    ("[farm]\nearly = 1.5\n", "early", "at most 1.0"),
-    ("[farm]\ncapacity = 0\n", "capacity", "at least 1"),
-    ("[population]\nusers = 'many'\n", "population.users", "must be a number"),
+    ("[farm]\nearly = 1.5\n", "early", "must be a number from 0 to 1, not 1.5"),
+    ("[farm]\ncapacity = 0\n", "capacity", "must be a whole number from 1 to 1_000_000, not 0"),
+    ("[population]\nusers = 'many'\n", "population.users", "must be a whole number from 1 to"),
     ("[arrivals]\npattern = 'weekly'\n", "arrivals.pattern", "must be one of"),
-    ("[farm.providers.lumen]\nlost = -1\n", "farm.providers.lumen.lost", "at least"),
+    ("[farm.providers.lumen]\nlost = -1\n", "farm.providers.lumen.lost", "must be a number from 0 to 1, not -1"),
     ("[policy]\nrefund_classes = ['nobody']\n", "refund_classes", "must be a list"),
     ("[[outages]]\nprovider = 'lumen'\nstart_s = 10\nend_s = 5\n", "outages[0].end_s", "after start_s"),
     ("[[script]]\nat = 1\naction = 'explode'\n", "script[0].action", "must be one of"),

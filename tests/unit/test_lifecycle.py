@@ -513,6 +513,7 @@ def test_grant_key_reused_with_other_parameters_is_refused(env):
 @pytest.mark.parametrize("email, grant, code", [
     ("x@example.com", 1.5, "grant_invalid"), ("x@example.com", -1, "grant_invalid"),
     ("x@example.com", True, "grant_invalid"), ("x@example.com", "5", "grant_invalid"),
+    ("x@example.com", 10**30, "grant_invalid"),
     ("", 0, "email_invalid"), ("   ", 0, "email_invalid"), (None, 0, "email_invalid"), (["a@b"], 0, "email_invalid"),
 ])
 def test_create_account_refuses_bad_email_or_grant(email, grant, code):
@@ -528,3 +529,20 @@ def test_create_account_twice_is_account_exists(env):
     with pytest.raises(ValidationError) as err:
         svc.create_account("ada@example.com", "Ada again", grant=5)
     assert err.value.code == "account_exists"
+
+
+@pytest.mark.parametrize("amount", [0, -5, 1.5, 10**30, True, float("inf")])
+def test_a_grant_out_of_range_is_refused_and_writes_nothing(env, amount):
+    svc, clock, providers, user = env
+    before = svc.store.snapshot().ledger
+    with pytest.raises(ValidationError) as err:
+        svc.grant(user.id, amount)
+    assert err.value.code == "grant_invalid" and svc.store.snapshot().ledger == before
+
+
+@pytest.mark.parametrize("grace", [float("nan"), float("inf"), 1e308, -1])
+def test_recover_refuses_a_grace_out_of_range(env, grace):
+    svc, clock, providers, user = env
+    with pytest.raises(ValidationError) as err:
+        svc.recover(grace_s=grace)
+    assert "grace_s" in err.value.message and "\n" not in err.value.message

@@ -46,8 +46,8 @@ def test_every_shipped_policy_file_loads():
 @pytest.mark.parametrize("body,reason", [
     ("[policy]\nrefund_everything = true\n", "unknown policy key 'refund_everything'"),
     ("[policy]\nrefund_classes = ['provider', 'gremlins']\n", "'refund_classes'"),
-    ("[policy]\nprice_multiplier = -1\n", "'price_multiplier': must be a positive number"),
-    ("[policy]\nchat_reserve_margin = 0.5\n", "at least 1.0"),
+    ("[policy]\nprice_multiplier = -1\n", "'price_multiplier': must be a number above 0 to 1000, not -1"),
+    ("[policy]\nchat_reserve_margin = 0.5\n", "must be a number from 1 to 100, not 0.5"),
     ("[policy]\nsubmit_retries = 99\n", "'submit_retries'"),
     ("[policy]\nduplicate_runs = 'sometimes'\n", "'warn' or 'block'"),
     ("[policy]\nrecheck_backoff_s = []\n", "'recheck_backoff_s'"),

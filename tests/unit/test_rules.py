@@ -79,11 +79,11 @@ def test_credit_flows_add_up_to_the_ledger_total():
     sums = {EntryType.GRANT: 500, EntryType.ADJUSTMENT: 20, EntryType.CONSUME: -120, EntryType.REFUND: 40,
             EntryType.CHAT_RESERVE: -30, EntryType.CHAT_CHARGE: -5, EntryType.CHAT_REFUND: 10, "bonus": 7}
     f = rules.credit_flows(sums)
-    assert (f.granted, f.task_charged, f.task_refunded, f.chat_charged, f.chat_refunded, f.other) == (
-        520, 120, 40, 35, 10, 7)
-    assert f.chat_net == 25 and f.charged == 155 and f.refunded == 50
+    assert (f.granted, f.task_charged, f.task_refunded, f.chat_reserved, f.chat_overrun, f.chat_refunded,
+            f.other) == (520, 120, 40, 30, 5, 10, 7)
+    assert f.chat_charged == 25 and f.charged == 145  # chat as finally charged: 30 reserved + 5 over − 10 back
     assert f.balance == sum(sums.values())
-    assert f.as_dict()["balance"] == f.balance and f.as_dict()["chat_net"] == 25
+    assert f.as_dict()["balance"] == f.balance and f.as_dict()["chat_charged"] == 25
     assert rules.credit_flows({}).balance == 0
 
 

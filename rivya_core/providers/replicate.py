@@ -1,0 +1,154 @@
+"""A Replicate-style predictions API client (the Provider port over HTTP).
+
+  create:  POST {base}/models/{owner}/{name}/predictions  (a catalogue model mapped to
+           "owner/name"), or POST {base}/predictions with {"version": ...} (mapped to
+           a 64-hex version id); body {"input": {...}, "webhook": URL?ref=task-N,
+           "webhook_events_filter": ["start", "completed"]}; header Authorization: Bearer
+  get:     GET  {base}/predictions/{id}
+  cancel:  POST {base}/predictions/{id}/cancel
+
+Prediction status -> UpstreamStatus:
+
+  starting   -> queued
+  processing -> running
+  succeeded  -> succeeded, with every URL found in `output` (none: succeeded without
+                URLs, which the core defers and re-checks; never SUCCESS without them)
+  failed     -> failed, class provider (`error` kept as the message); an error the
+                provider blames on the input's safety check -> class user
+  canceled   -> failed `upstream_canceled`, class provider: the job was stopped after it
+                started; upstream bills a canceled prediction, but the user received
+                nothing, so the default policy refunds it (we carry the upstream cost)
+  aborted    -> failed `upstream_aborted`, class infrastructure: terminated before it
+                ran (e.g. a deadline); upstream does not bill it; refunded by default
+
+Webhooks: the body is the prediction object, signed with Standard Webhooks
+(`webhook-id`, `-timestamp`, `-signature`, `whsec_` secrets): verified by
+rivya_core.webhooks.verify; the webhook id is the delivery's id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from .. import webhooks
+from ..ports import ProviderError, UpstreamStatus
+from .http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpApi, submit_error, urls_in, with_ref
+
+DEFAULT_BASE_URL = "https://api.replicate.com/v1"
+EVENTS = ("start", "completed")
+_VERSION = re.compile(r"^[0-9a-f]{64}$")
+_USER_ERRORS = ("nsfw", "safety", "content policy", "sensitive")
+
+STATES = {"starting": "queued", "processing": "running"}
+FAILED = {"canceled": ("upstream_canceled", "The prediction was canceled upstream.", "provider"),
+          "aborted": ("upstream_aborted", "The prediction was aborted before it ran.", "infrastructure")}
+
+
+def prediction_status(pred: Any) -> UpstreamStatus:
+    """What a prediction object says, as the core's UpstreamStatus."""
+    if not isinstance(pred, dict):
+        return UpstreamStatus("unknown")
+    status = pred.get("status")
+    if status in STATES:
+        return UpstreamStatus(STATES[status])
+    if status == "succeeded":
+        return UpstreamStatus("succeeded", urls_in(pred.get("output")))
+    if status == "failed":
+        error = pred.get("error")
+        message = str(error)[:2000] if error else "The prediction failed."
+        user = any(w in message.lower() for w in _USER_ERRORS)
+        return UpstreamStatus("failed", (), "content_policy_violation" if user else "model_error", message,
+                              "user" if user else "provider")
+    if status in FAILED:
+        code, message, klass = FAILED[status]
+        return UpstreamStatus("failed", (), code, message, klass)
+    return UpstreamStatus("unknown")
+
+
+class ReplicateWebhooks:
+    """Standard Webhooks signatures; the body is a prediction object."""
+
+    def __init__(self, secrets: Sequence[str]):
+        self._secrets = list(secrets)
+
+    def __repr__(self) -> str:
+        return f"ReplicateWebhooks(secrets={len(self._secrets)})"
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now_ts: float) -> str:
+        if not self._secrets:
+            raise webhooks.WebhookError("no webhook secret configured for this provider", code="bad_signature")
+        return webhooks.verify(self._secrets, headers, body, now_ts)
+
+    def parse(self, body: bytes) -> tuple[str, UpstreamStatus] | str:
+        try:
+            pred = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return "body is not JSON"
+        if not isinstance(pred, dict):
+            return "body is not a prediction object"
+        pid = pred.get("id")
+        if not isinstance(pid, str) or not pid or len(pid) > 200:
+            return "prediction id missing or not a string"
+        status = prediction_status(pred)
+        if status.state == "unknown":
+            return "prediction status is not one of starting, processing, succeeded, failed, canceled, aborted"
+        return pid, status
+
+
+class ReplicateClient:
+    """One catalogue provider served by a Replicate-style API."""
+
+    def __init__(self, name: str, token: str, *, base_url: str = DEFAULT_BASE_URL, webhook_url: str | None = None,
+                 webhook_secrets: Sequence[str] = (), models: Mapping[str, str] | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
+                 transport: httpx.BaseTransport | None = None):
+        self.name = name
+        self.webhook_url = webhook_url
+        self.models = dict(models or {})
+        self.callbacks = ReplicateWebhooks(webhook_secrets)
+        self.api = HttpApi(base_url, f"Bearer {token}", timeout_s=timeout_s, retries=retries, transport=transport,
+                           label=f"{name} (replicate)")
+
+    def __repr__(self) -> str:
+        return f"ReplicateClient({self.name!r}, {self.api!r})"
+
+    def _create_request(self, task_ref: str, model: str, prompt: str, params: dict[str, Any]) -> tuple[str, dict]:
+        target = self.models.get(model, model)
+        body: dict[str, Any] = {"input": {"prompt": prompt, **params}}
+        if self.webhook_url:
+            body["webhook"] = with_ref(self.webhook_url, task_ref)
+            body["webhook_events_filter"] = list(EVENTS)
+        if _VERSION.match(target):
+            return "predictions", {"version": target, **body}
+        return f"models/{target}/predictions", body
+
+    def submit(self, task_ref: str, model: str, prompt: str, params: dict[str, Any]) -> str:
+        path, body = self._create_request(task_ref, model, prompt, params)
+        resp = self.api.request("POST", path, json=body)
+        if resp.status_code not in (200, 201, 202):
+            raise submit_error(self.api.label, resp)
+        pred = self.api.json(resp)
+        pid = pred.get("id") if isinstance(pred, dict) else None
+        if not isinstance(pid, str) or not pid:
+            raise ProviderError("error", f"{self.api.label}: the answer names no prediction id")
+        return pid
+
+    def status(self, upstream_task_id: str) -> UpstreamStatus:
+        resp = self.api.request("GET", f"predictions/{upstream_task_id}")
+        if resp.status_code != 200:
+            return UpstreamStatus("unknown")
+        return prediction_status(self.api.json(resp))
+
+    def cancel(self, upstream_task_id: str) -> UpstreamStatus:
+        resp = self.api.request("POST", f"predictions/{upstream_task_id}/cancel")
+        return prediction_status(self.api.json(resp)) if resp.status_code == 200 else UpstreamStatus("unknown")
+
+    def find(self, task_ref: str) -> str | None:
+        """The predictions API cannot be searched by our reference: None (recovery then
+        relies on a callback parked under this reference)."""
+        return None
