@@ -150,11 +150,13 @@ class Tx(Protocol):
 
     # ledger
     def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None) -> PostResult:
+             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
+             support: bool = False) -> PostResult:
         """Append a ledger row atomically: lock the account, compute
         balance_after, refuse (InsufficientCredits) if it would go below zero,
         write the row and the cached balance. An existing idempotency_key
-        returns the existing row with created=False and writes nothing."""
+        returns the existing row with created=False and writes nothing.
+        support=True marks an entry a support action issued (credit_ledger.support)."""
 
     def entry(self, idempotency_key: str) -> LedgerEntry | None: ...
     def task_entries(self, task_id: int) -> list[LedgerEntry]: ...
