@@ -63,10 +63,6 @@ class UpstreamStatus:
     error_message: str | None = None
     failure_class: str | None = None
 
-    @property
-    def done(self) -> bool:
-        return self.state in ("succeeded", "failed")
-
 
 class CallbackFormat(Protocol):
     """How a provider API signs and shapes its webhooks (rivya_core.providers). A provider

@@ -98,10 +98,6 @@ class SqlStore:
         self.engine = engine
         self._local = threading.local()
 
-    @classmethod
-    def from_url(cls, url: str, create: bool = True) -> SqlStore:
-        return db.open_store(url, create=create)
-
     @contextmanager
     def begin(self) -> Iterator[SqlTx]:
         outer = getattr(self._local, "tx", None)
