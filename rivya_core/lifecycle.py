@@ -15,7 +15,10 @@ compare-and-set, so a replayed step never charges, refunds or notifies twice.
 from __future__ import annotations
 
 import json
+import random
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -69,6 +72,8 @@ MAX_CALLBACK_BODY = 64 * 1024
 STORED_BODY_LIMIT = 4096
 PARKED_DETAIL = "no task has this upstream id yet: parked, applied when a task takes it"
 MAX_RETRIES = 20
+RETRY_BASE_SECONDS = 0.002
+RETRY_CAP_SECONDS = 0.25
 
 
 def consume_key(task_id: int) -> str:
@@ -121,6 +126,7 @@ class LifecycleService:
         secrets: Mapping[str, list[str]] | None = None,
         callbacks_enabled: bool = True,
         judge_clock: Clock | None = None,
+        retry_seed: int = 0,
     ):
         self.store = store
         self.clock = clock
@@ -131,6 +137,13 @@ class LifecycleService:
         self.policy = policy
         self._secrets = {k: list(v) for k, v in (secrets or {}).items()}
         self.callbacks_enabled = callbacks_enabled
+        # unit-of-work retries: the jitter has its own Random (never the global one), seedable for runs
+        self.retry_rng = random.Random(retry_seed)
+        self.retry_base = RETRY_BASE_SECONDS
+        self.retry_cap = RETRY_CAP_SECONDS
+        self.sleep: Callable[[float], None] = time.sleep
+        self.retry_counts: Counter[int] = Counter()
+        self.retries_total = 0
 
     def __repr__(self) -> str:  # never show secrets
         return f"LifecycleService(providers={sorted(self.providers)}, policy={self.policy.name!r})"
@@ -138,14 +151,26 @@ class LifecycleService:
     # --- plumbing -------------------------------------------------------------
 
     def _tx(self, step: Callable[[Tx], T]) -> T:
+        """Run one unit of work; a lost race is re-run after a jittered exponential pause
+        ("full jitter": uniform in [0, min(cap, base * 2**attempt)]). How many retries each
+        unit needed is counted in `retry_counts` (retries -> units) and `retries_total`."""
         for attempt in range(MAX_RETRIES):
             try:
                 with self.store.begin() as tx:
-                    return step(tx)
+                    result = step(tx)
             except RetryableConflict:
                 if attempt == MAX_RETRIES - 1:
+                    self._count_retries(attempt)
                     raise
+                self.sleep(self.retry_rng.uniform(0.0, min(self.retry_cap, self.retry_base * 2 ** attempt)))
+                continue
+            self._count_retries(attempt)
+            return result
         raise AssertionError("unreachable")
+
+    def _count_retries(self, retries: int) -> None:
+        self.retry_counts[retries] += 1
+        self.retries_total += retries
 
     def _now(self) -> datetime:
         return self.clock.now()

@@ -156,7 +156,7 @@ class Run:
         self.farm = Farm(self.env, self.clock, self.streams, names, scenario.provider_config,
                          lambda model: category.get(model, "image"), scenario.callbacks, scenario.outages)
         self.svc = LifecycleService(self.store, self.clock, self.farm.providers, self.catalog, scenario.policy,
-                                    self.farm.secrets, callbacks_enabled=scenario.callbacks)
+                                    self.farm.secrets, callbacks_enabled=scenario.callbacks, retry_seed=self.seed)
         self.farm.deliver = self.svc.handle_callback
         self.writer: BatchWriter | None = None
         self.population = Population(self.env, self.svc, self.catalog, scenario, self.streams,
