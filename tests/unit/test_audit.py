@@ -31,7 +31,7 @@ def build_clean(db: Rows) -> dict[str, int]:
     ids["kept"] = db.failed(ann, failure_class="user", error_code="content_policy", refund=False)
     ids["support"] = db.failed(ann, failure_class="user", error_code="content_policy", refund=False)
     db.ledger(ann, "refund", 10, task_id=ids["support"], key=f"refund:task:{ids['support']}",
-              note="support: goodwill (operator=kim)")
+              note="goodwill (operator=kim)", support=True)
     ids["broke"] = db.broke(bob, credits=50)
     ids["running"] = db.task(ann, status="GENERATING", upstream="up-run", at=NOW - timedelta(minutes=2),
                              submitted_at=NOW - timedelta(minutes=2))
@@ -220,6 +220,14 @@ def test_each_kind_fires_on_its_defect(db, clean, kind, inject, count):
     assert finding is not None, report.counts()
     assert finding.count == count and len(finding.rows) == count
     assert not report.ok and report.to_dict()["counts"][kind] == count
+
+
+def test_a_support_refund_is_the_row_s_fact_not_its_note(db, clean):
+    """The `support` column marks a support refund; a note that merely reads like one is not."""
+    tid = db.failed(clean["ann"], failure_class="user", error_code="content_policy", refund=False)
+    db.ledger(clean["ann"], "refund", 10, task_id=tid, key=f"refund:task:{tid}", note="support: kim: goodwill")
+    found = audit(db.engine, now=NOW).by_kind()["refund_not_due"]
+    assert found.count == 1 and found.rows[0]["task_id"] == tid and not found.rows[0]["support"]
 
 
 def test_refund_not_due_follows_the_policy(db, clean):
