@@ -45,6 +45,7 @@ from .domain import (
     ChatStatus,
     EntryType,
     EventKind,
+    RivyaError,
     TaskStatus,
     ValidationError,
 )
@@ -475,10 +476,17 @@ def _wall_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+class AuditNotRecorded(RivyaError):
+    """The audit ran but its result could not be stored in `audit_run` (a read-only copy,
+    a full disk, a refused write): nothing was stored. `message` is one line."""
+
+    code = "audit_not_recorded"
+
+
 def record_audit(engine: Engine, report: AuditReport, policy: BillingPolicy, *, duration_s: float = 0.0,
-                 mark: str | None = None, conservation_result: dict[str, Any] | None = None) -> bool:
+                 mark: str | None = None, conservation_result: dict[str, Any] | None = None) -> None:
     """Store `report` in `audit_run` (creating the table on an older database).
-    False when the database cannot be written (a read-only copy): the report is simply not kept."""
+    Raises AuditNotRecorded when the database refuses the write."""
     try:
         audit_run.create(engine, checkfirst=True)
         with engine.begin() as conn:
@@ -487,9 +495,9 @@ def record_audit(engine: Engine, report: AuditReport, policy: BillingPolicy, *, 
                 data_mark=mark if mark is not None else data_mark(engine), total=report.total,
                 duration_s=float(duration_s), report=report.to_dict(),
                 conservation=jsonable(conservation_result) if conservation_result is not None else None))
-    except SQLAlchemyError:
-        return False
-    return True
+    except SQLAlchemyError as exc:
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+        raise AuditNotRecorded(f"the audit ran but could not be stored: {lines[0]}") from exc
 
 
 def latest_audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY) -> StoredAudit | None:

@@ -335,3 +335,20 @@ def test_a_database_without_the_audit_run_table_reads_none_and_gets_it(db, clean
     assert latest_audit(db.engine) is None
     audit(db.engine, now=NOW, record=True)
     assert latest_audit(db.engine).fresh
+
+
+def test_an_audit_that_cannot_be_stored_says_so_with_a_typed_error(db, clean, db_url):
+    from rivya_core import audit as audit_mod
+    from rivya_core.db import make_engine as store_engine
+
+    audit(db.engine, now=NOW, record=True)  # the table exists: the failure below is the write itself
+    reader = store_engine(db_url, read_only=True)
+    try:
+        report = audit(reader, now=NOW)
+        with pytest.raises(audit_mod.AuditNotRecorded) as err:
+            audit_mod.record_audit(reader, report, DEFAULT_POLICY)
+        assert err.value.code == "audit_not_recorded" and "\n" not in err.value.message
+        with pytest.raises(audit_mod.AuditNotRecorded):
+            audit_mod.run_and_record(reader)
+    finally:
+        reader.dispose()
