@@ -43,7 +43,7 @@ with show_errors():
             try:
                 record_audit_now(policy, ROW_CAP)
             except audit.AuditNotRecorded as exc:  # one message; the stored result below still shows
-                st.error(f"{exc.message} (`{exc.code}`)")
+                st.error(f"{plain(exc.message)} ({plain(exc.code)})")
         st.cache_data.clear()
     stored = cached_df(audit.current_audit, policy, row_cap=ROW_CAP)
     if stored is None:
