@@ -100,7 +100,8 @@ def task_table(frame: Any, link_col: str, **kwargs: Any) -> None:
     given = config.get(link_col)
     label = given.get("label") if isinstance(given, dict) else None
     config[link_col] = st.column_config.TextColumn(label or link_col, help=OPEN_HELP, width="small")
-    key = "task_table_" + hashlib.sha1(repr((list(frame.columns), targets)).encode()).hexdigest()[:16]
+    key = kwargs.pop("key", None) or "task_table_" + hashlib.sha1(
+        repr((list(frame.columns), targets)).encode()).hexdigest()[:16]
 
     def picked() -> None:
         rows = st.session_state[key].selection.rows

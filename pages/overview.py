@@ -88,7 +88,7 @@ with show_errors():
         st.caption("No generation yet.")
     else:
         recent = with_task_links(recent, "id")
-        show = ["task", "status", "category", "model", "user_id", "reserved_credits",
+        show = ["task", "id", "status", "category", "model", "user_id", "reserved_credits",
                 "error_code", "created_at", "finished_at"]
         show_table(
             recent[[c for c in show if c in recent.columns]], hide_index=True, width="stretch",
