@@ -7,8 +7,8 @@ import plotly.express as px
 import streamlit as st
 
 from pages._access import access_config, can_act
-from pages._chat_lookup import chat_lookup
 from pages._cache import cached_df
+from pages._chat_lookup import chat_lookup
 from pages._fork import fork_button
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
