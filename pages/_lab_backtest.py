@@ -9,14 +9,11 @@ import plotly.express as px
 import streamlit as st
 
 from pages._access import operator_only
+from pages._jobs import start_job
 from pages._render import show_table
-from pages._source import current_url, get_engine
+from pages._source import current_url
 from pages._text import plain
-from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
-from simulations.backtest import backtest
-from simulations.history import load_history
-from simulations.history_cli import recorded_policy_for
 from simulations.scenarios import POLICY_DIR
 
 
@@ -42,31 +39,18 @@ def backtest_tab() -> None:
     until = c[3].date_input("Until (UTC, exclusive)", value=None, key="bt_until")
     timing = st.toggle("Also re-run the timing part (a trace-driven simulation: slower on a large history)",
                        value=False, key="bt_timing")
-    if operator_only("Running a backtest") and st.button("Backtest", type="primary", key="bt_run"):
-        _run(files[a], files[b], since, until, timing)
-    result = st.session_state.get("lab_backtest")
-    if result:
-        _show(result)
+    if operator_only("Running a backtest") and st.button("Backtest in the background", type="primary",
+                                                         key="bt_run"):
+        start_job("backtest", {"url": current_url(), "policies": [BillingPolicy.load(files[a]).to_dict(),
+                                                                  BillingPolicy.load(files[b]).to_dict()],
+                               "since": datetime.combine(since, time()).isoformat() if since else None,
+                               "until": datetime.combine(until, time()).isoformat() if until else None,
+                               "timing": timing},
+                  f"backtest of {current_url()}: {a} vs {b}" + (" with timing" if timing else ""))
 
 
-def _run(pa, pb, since, until, timing: bool) -> None:
-    lo = datetime.combine(since, time()) if since else None
-    hi = datetime.combine(until, time()) if until else None
-    with st.spinner("Backtesting…"):
-        try:
-            policies = [BillingPolicy.load(pa), BillingPolicy.load(pb)]
-            engine = get_engine(current_url())
-            recorded, where = recorded_policy_for(engine, None)
-            history = load_history(engine, lo, hi)
-            report = backtest(history, policies, recorded, where)
-            if timing:
-                from simulations.timing import timing_part
-
-                report.timing = timing_part(engine, history, policies, resamples=500)
-        except RivyaError as exc:
-            st.error(f"The backtest stopped: {plain(exc.message)}")
-            return
-    st.session_state["lab_backtest"] = report.to_dict()
+def show_backtest_job(job: dict) -> None:
+    _show(job["result"])
 
 
 def _show(result: dict) -> None:

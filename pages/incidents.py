@@ -16,6 +16,7 @@ from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db, require_tables
 from pages._support import policy_in_force, support_service
+from pages._text import plain
 from rivya_core import bulk, reports
 from rivya_core.domain import RivyaError
 
@@ -140,10 +141,14 @@ _prefill_from_link()
 if require_tables(engine, ["incident"]):
     result = ss.pop("bulk_result", None)
     if result:
-        (st.success if result[0] == "done" else st.error)(result[1])
+        (st.success if result[0] == "done" else st.error)(plain(result[1]))  # may quote typed names
     with show_errors():
         action, raw = filter_form()
-        flt = bulk.BulkFilter.from_dict(raw)
+        try:
+            flt = bulk.BulkFilter.from_dict(raw)
+        except bulk.BulkError as exc:  # quotes what was typed: plain text
+            st.error(plain(exc.message))
+            st.stop()
         st.text(f"Scope: {flt.describe()}")
         typed = st.text_input("Incident name", key="bulk_name", placeholder=bulk.default_name(action, flt),
                               help="Names the incident when executed; a name executed before: its handled "

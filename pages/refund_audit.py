@@ -39,7 +39,10 @@ with show_errors():
             "Run the audit now", help="Checks every invariant over the whole database and stores the "
             "result; on millions of rows this takes seconds"):
         with st.spinner("Running the audit over the whole database…"):
-            record_audit_now(policy, ROW_CAP)
+            try:
+                record_audit_now(policy, ROW_CAP)
+            except audit.AuditNotRecorded as exc:  # one message; the stored result below still shows
+                st.error(f"{exc.message} (`{exc.code}`)")
         st.cache_data.clear()
     stored = cached_df(audit.current_audit, policy, row_cap=ROW_CAP)
     if stored is None:

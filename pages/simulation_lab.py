@@ -311,4 +311,6 @@ with backtest_tab:
     show_backtest()
 
 st.divider()
-jobs_panel({"run": show_run_job, "compare": show_compare, "sweep": show_sweep})
+from pages._lab_backtest import show_backtest_job  # noqa: E402 - beside the tab that starts it
+
+jobs_panel({"run": show_run_job, "compare": show_compare, "sweep": show_sweep, "backtest": show_backtest_job})

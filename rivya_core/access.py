@@ -100,13 +100,12 @@ def load_config(env: Mapping[str, str] | None = None, secrets: Mapping[str, Any]
     raises AccessConfigError naming where it is.
     """
     env = os.environ if env is None else env
-    users: dict[str, tuple[Role, str]] = {}
     section = (secrets or {}).get("access") if secrets is not None else None
-    if section is not None:
-        if not isinstance(section, Mapping):
-            raise AccessConfigError("secrets [access]: must be a table")
-        users |= _parse_table(section.get("viewers", {}), Role.VIEWER, "secrets access.viewers")
-        users |= _parse_table(section.get("operators", {}), Role.OPERATOR, "secrets access.operators")
-    users |= _parse_env(env.get("RIVYA_VIEWERS", ""), Role.VIEWER, "RIVYA_VIEWERS")
-    users |= _parse_env(env.get("RIVYA_OPERATORS", ""), Role.OPERATOR, "RIVYA_OPERATORS")
-    return AccessConfig(users)
+    if section is not None and not isinstance(section, Mapping):
+        raise AccessConfigError("secrets [access]: must be a table")
+    section = section or {}
+    viewers = (_parse_table(section.get("viewers", {}), Role.VIEWER, "secrets access.viewers")
+               | _parse_env(env.get("RIVYA_VIEWERS", ""), Role.VIEWER, "RIVYA_VIEWERS"))
+    operators = (_parse_table(section.get("operators", {}), Role.OPERATOR, "secrets access.operators")
+                 | _parse_env(env.get("RIVYA_OPERATORS", ""), Role.OPERATOR, "RIVYA_OPERATORS"))
+    return AccessConfig(viewers | operators)  # operators last: a name listed as both is an operator

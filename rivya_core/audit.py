@@ -4,9 +4,10 @@ Each check is a Core `select()` of the rows that break one invariant; the audit
 runs it once with `count(*) OVER ()`, so a finding's count is exact while its
 rows are capped. Nothing loops over rows in Python, so the audit stays fast on
 millions of tasks. Ledger conventions: consume, chat_reserve and chat_charge
-amounts are negative; grant, refund and chat_refund positive; a refund whose
-note starts with ``support:`` was issued by a support action and is allowed
-even where the policy would not reverse the failure.
+amounts are negative; grant, refund and chat_refund positive; a refund with
+`support` set was issued by a support action and is allowed on any failed task.
+The checks are the set-based SQL form of `rivya_core.rules` (`rules_sql`, the
+same names), so the audit judges a row exactly as the service decided it.
 
 `now` (for "stuck" and "not settled" ages) defaults to the one rule every page
 and support action uses (`queries.reference_now`, `clock.judging_now`): the wall
@@ -38,12 +39,13 @@ from sqlalchemy import Engine, Select, and_, case, cast, exists, func, insert, i
 from sqlalchemy import Text as SAText
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import rules, rules_sql
 from .domain import (
     INSUFFICIENT_CREDITS,
     ChatStatus,
     EntryType,
     EventKind,
-    NotificationKind,
+    RivyaError,
     TaskStatus,
     ValidationError,
 )
@@ -62,7 +64,6 @@ from .schema import (
 
 ROW_CAP = 50
 CHAT_SETTLE_GRACE_S = 600.0  # a chat reservation older than this and still open is a finding
-SUPPORT_NOTE_PREFIX = "support:"
 
 AUDIT_KINDS: dict[str, str] = {
     "ledger_running_sum": "Ledger balance_after differs from the running sum",
@@ -150,20 +151,11 @@ _TASK_COLS = (T.c.id.label("task_id"), T.c.user_id, T.c.model, T.c.category, T.c
               T.c.upstream_task_id, T.c.error_code, T.c.failure_class, T.c.created_at, T.c.submitted_at,
               T.c.finished_at)
 _LEDGER_COLS = (L.c.id.label("ledger_id"), L.c.user_id, L.c.entry_type, L.c.amount, L.c.balance_after,
-                L.c.task_id, L.c.chat_message_id, L.c.idempotency_key, L.c.created_at, L.c.note)
+                L.c.task_id, L.c.chat_message_id, L.c.idempotency_key, L.c.created_at, L.c.note, L.c.support)
 
 
 def _has_entry(entry_type: str, task_col=T.c.id):
     return exists().where(_L2.c.task_id == task_col, _L2.c.entry_type == entry_type)
-
-
-def _not_support(note_col):
-    return or_(note_col.is_(None), ~note_col.like(SUPPORT_NOTE_PREFIX + "%"))
-
-
-def _refund_not_reversed(fc_col, policy: BillingPolicy):
-    classes = sorted(str(c) for c in policy.refund_classes)
-    return or_(fc_col.is_(None), fc_col.not_in(classes)) if classes else literal(True)
 
 
 def _empty_url_list(col, dialect: str):
@@ -197,9 +189,8 @@ def balance_mismatch(c: _Ctx | None = None) -> Select:
 
 
 def failed_after_charge_without_refund(c: _Ctx) -> Select:
-    classes = sorted(str(x) for x in c.policy.refund_classes)
-    return select(*_TASK_COLS).where(T.c.status == TaskStatus.FAILED, T.c.failure_class.in_(classes),
-                                     _has_entry(EntryType.CONSUME), ~_has_entry(EntryType.REFUND))
+    return select(*_TASK_COLS).where(rules_sql.refund_due(T.c.status, T.c.failure_class, _has_entry(EntryType.CONSUME),
+                                                          _has_entry(EntryType.REFUND), c.policy))
 
 
 def _per_task(entry_type: str, having) -> Select:
@@ -231,9 +222,9 @@ def refund_on_success(c: _Ctx) -> Select:
 
 
 def refund_not_due(c: _Ctx) -> Select:
-    not_due = or_(T.c.status.in_(ACTIVE_STATES),
-                  and_(T.c.status == TaskStatus.FAILED, _refund_not_reversed(T.c.failure_class, c.policy)))
-    return _refunds_with_task().where(not_due, _not_support(L.c.note))
+    """Refunds the rules do not allow (a refund on a delivered task is refund_on_success)."""
+    allowed = rules_sql.refund_allowed(T.c.status, T.c.failure_class, L.c.support, c.policy)
+    return _refunds_with_task().where(T.c.status != TaskStatus.SUCCESS, ~allowed)
 
 
 def charged_twice(c: _Ctx) -> Select:
@@ -271,9 +262,7 @@ def multiple_terminal_events(c: _Ctx) -> Select:
 
 
 def _expected_kind():
-    return case((T.c.status == TaskStatus.SUCCESS, NotificationKind.GENERATION_SUCCESS.value),
-                (T.c.error_code == INSUFFICIENT_CREDITS, NotificationKind.INSUFFICIENT_CREDITS.value),
-                else_=NotificationKind.GENERATION_FAILED.value)
+    return rules_sql.outcome_notification(T.c.status, T.c.error_code)
 
 
 _NOTE_TASK_COLS = (T.c.id.label("task_id"), T.c.user_id, T.c.status, T.c.error_code)
@@ -429,10 +418,11 @@ def conservation(bind: Bind, row_cap: int = ROW_CAP) -> dict[str, Any]:
         return by_type.get(t.value, 0)
 
     ledger_total = sum(by_type.values())
+    flows = rules.credit_flows(by_type)
     out = {
         "grants": of(EntryType.GRANT),
-        "charged": -(of(EntryType.CONSUME) + of(EntryType.CHAT_RESERVE) + of(EntryType.CHAT_CHARGE)),
-        "refunded": of(EntryType.REFUND) + of(EntryType.CHAT_REFUND),
+        "charged": flows.task_charged + flows.chat_reserved + flows.chat_overrun,  # gross: reservations as held
+        "refunded": flows.task_refunded + flows.chat_refunded,
         "consumes": of(EntryType.CONSUME), "refunds": of(EntryType.REFUND),
         "chat_reserves": of(EntryType.CHAT_RESERVE), "chat_charges": of(EntryType.CHAT_CHARGE),
         "chat_refunds": of(EntryType.CHAT_REFUND), "adjustments": of(EntryType.ADJUSTMENT),
@@ -486,10 +476,17 @@ def _wall_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+class AuditNotRecorded(RivyaError):
+    """The audit ran but its result could not be stored in `audit_run` (a read-only copy,
+    a full disk, a refused write): nothing was stored. `message` is one line."""
+
+    code = "audit_not_recorded"
+
+
 def record_audit(engine: Engine, report: AuditReport, policy: BillingPolicy, *, duration_s: float = 0.0,
-                 mark: str | None = None, conservation_result: dict[str, Any] | None = None) -> bool:
+                 mark: str | None = None, conservation_result: dict[str, Any] | None = None) -> None:
     """Store `report` in `audit_run` (creating the table on an older database).
-    False when the database cannot be written (a read-only copy): the report is simply not kept."""
+    Raises AuditNotRecorded when the database refuses the write."""
     try:
         audit_run.create(engine, checkfirst=True)
         with engine.begin() as conn:
@@ -498,9 +495,9 @@ def record_audit(engine: Engine, report: AuditReport, policy: BillingPolicy, *, 
                 data_mark=mark if mark is not None else data_mark(engine), total=report.total,
                 duration_s=float(duration_s), report=report.to_dict(),
                 conservation=jsonable(conservation_result) if conservation_result is not None else None))
-    except SQLAlchemyError:
-        return False
-    return True
+    except SQLAlchemyError as exc:
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+        raise AuditNotRecorded(f"the audit ran but could not be stored: {lines[0]}") from exc
 
 
 def latest_audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY) -> StoredAudit | None:

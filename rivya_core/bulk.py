@@ -39,10 +39,10 @@ CHUNK = 500  # task ids per IN (...) read
 PROGRESS_EVERY = 25
 ACT_CHUNK = 100  # refund / mark-failed: tasks per unit of work (one commit)
 
-_TASK_FIELDS = ("id", "user_id", "model", "category", "prompt", "params", "status", "billing_type",
-                "reserved_credits", "provider", "upstream_task_id", "result_urls", "error_code",
-                "error_message", "failure_class", "chat_message_id", "created_at", "submitted_at",
-                "finished_at", "settled_at", "next_check_at", "check_attempts")
+# what the refusal checks read: no prompt, params or result URLs (JSON per row would double a plan's time)
+_TASK_FIELDS = ("id", "user_id", "model", "category", "status", "billing_type", "reserved_credits", "provider",
+                "upstream_task_id", "error_code", "failure_class", "chat_message_id", "created_at", "submitted_at",
+                "finished_at", "check_attempts")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -190,13 +190,14 @@ def _where(q, flt: BulkFilter, now: datetime):
 
 
 def matching_tasks(engine: Engine, flt: BulkFilter, now: datetime) -> list[Task]:
-    """The tasks the filter matches at `now`, by id. Raises BulkError past MAX_TASKS."""
+    """The tasks the filter matches at `now`, by id, with the fields support refusals read (prompt and
+    params left empty). Raises BulkError past MAX_TASKS."""
     q = _where(select(*(ai_task.c[name] for name in _TASK_FIELDS)), flt, now)
     with connect(engine) as conn:
         found = conn.execute(q.order_by(ai_task.c.id).limit(MAX_TASKS + 1)).all()
     if len(found) > MAX_TASKS:
         raise BulkError(f"the filter matches more than {MAX_TASKS:,} tasks; narrow it ({flt.describe()})")
-    return [Task(**dict(zip(_TASK_FIELDS, row, strict=True))) for row in found]
+    return [Task(prompt="", params={}, **dict(zip(_TASK_FIELDS, row, strict=True))) for row in found]
 
 
 def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
@@ -210,13 +211,14 @@ def _money_facts(engine: Engine, ids: Sequence[int]) -> tuple[dict[int, int], se
     refunded: set[int] = set()
     with connect(engine) as conn:
         for chunk in _chunks(ids):
+            # by task id only: with the entry type in the WHERE, SQLite walks the (entry_type, amount)
+            # index over every consume row of the database instead of each task's few rows
             q = select(credit_ledger.c.task_id, credit_ledger.c.entry_type, credit_ledger.c.amount).where(
-                credit_ledger.c.task_id.in_(chunk),
-                credit_ledger.c.entry_type.in_([EntryType.CONSUME.value, EntryType.REFUND.value]))
+                credit_ledger.c.task_id.in_(chunk))
             for task_id, kind, amount in conn.execute(q):
                 if kind == EntryType.CONSUME:
                     charged[task_id] = -int(amount)
-                else:
+                elif kind == EntryType.REFUND:
                     refunded.add(task_id)
     return charged, refunded
 
@@ -452,13 +454,13 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
 
 
 def _refunded_since(engine: Engine, ids: Sequence[int], ledger_mark: int) -> int:
-    total = 0
+    """Credits refunded to `ids` by ledger rows written after `ledger_mark` (read by the id range)."""
+    wanted = set(ids)
+    q = select(credit_ledger.c.task_id, credit_ledger.c.entry_type, credit_ledger.c.amount).where(
+        credit_ledger.c.id > ledger_mark)
     with connect(engine) as conn:
-        for chunk in _chunks(list(ids)):
-            total += int(conn.scalar(select(func.coalesce(func.sum(credit_ledger.c.amount), 0)).where(
-                credit_ledger.c.task_id.in_(chunk), credit_ledger.c.entry_type == EntryType.REFUND.value,
-                credit_ledger.c.id > ledger_mark)) or 0)
-    return total
+        return sum(int(amount) for task_id, kind, amount in conn.execute(q)
+                   if kind == EntryType.REFUND and task_id in wanted)
 
 
 # --- reading incidents ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from sqlalchemy import Engine, create_engine, event, insert, inspect, select, te
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.schema import CreateTable
+from sqlalchemy.schema import CreateColumn, CreateTable
 
 from . import schema
 from .domain import (
@@ -172,12 +172,38 @@ def init_db(engine: Engine) -> None:
         for table in schema.metadata.sorted_tables:
             if table.name not in present:
                 conn.execute(CreateTable(table))
+        _add_missing_columns(conn, present)
         for table in schema.metadata.sorted_tables:
             for index in sorted(table.indexes, key=lambda ix: ix.name):
                 index.create(conn, checkfirst=True)
         have = conn.scalar(select(schema.schema_meta.c.value).where(schema.schema_meta.c.key == "version"))
         if have is None:
             conn.execute(insert(schema.schema_meta).values(key="version", value=str(schema.SCHEMA_VERSION)))
+
+
+# Facts an older database kept another way, filled into a column added since:
+# support refunds were once marked only by a note starting with "support:".
+_BACKFILL = {
+    ("credit_ledger", "support"): "UPDATE credit_ledger SET support = TRUE "
+                                  "WHERE entry_type = 'refund' AND note LIKE 'support:%'",
+}
+
+
+def _add_missing_columns(conn: Any, present: set[str]) -> None:
+    """The migration: every contract column an existing table lacks, added with its server
+    default (so rows written before it read as the default), then backfilled where the
+    older database held the fact another way."""
+    for table in schema.metadata.sorted_tables:
+        if table.name not in present:
+            continue
+        have = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            ddl = CreateColumn(column).compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+            if (table.name, column.name) in _BACKFILL:
+                conn.execute(text(_BACKFILL[table.name, column.name]))
 
 
 def missing_tables(engine: Engine, names: Iterable[str] = schema.CONTRACT_TABLES) -> list[str]:

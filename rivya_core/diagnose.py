@@ -20,7 +20,8 @@ from typing import Any
 
 from sqlalchemy import and_, case, exists, func, literal, select
 
-from .audit import CHAT_SETTLE_GRACE_S, SUPPORT_NOTE_PREFIX
+from . import rules
+from .audit import CHAT_SETTLE_GRACE_S
 from .domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, NotFound, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import ACTIVE_STATES, Bind, connect, jsonable, resolve_now, rows, task_detail
@@ -63,6 +64,8 @@ class Diagnosis:
     next_action: str
     now: datetime
     signals: list[Signal] = field(default_factory=list)
+    verdict_code: rules.Verdict | None = None     # what pages and tests key on; `verdict` is its sentence
+    action_code: rules.NextAction | None = None   # likewise for `next_action`
 
     def item(self, key: str) -> ChecklistItem:
         return next(i for i in self.items if i.key == key)
@@ -143,9 +146,10 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
         _failure_item(t),
         _refund_item(t, policy, consumes, refunds, charged, refunded),
     ]
-    verdict, action = _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s)
+    verdict, action, how = _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s)
     task_type = "tool-backed chat" if t["chat_message_id"] is not None else t["category"]
-    return Diagnosis("task", tid, task_type, items, verdict, action, now)
+    return Diagnosis("task", tid, task_type, items, rules.VERDICT_TEXT[verdict], how or rules.ACTION_TEXT[action],
+                     now, verdict_code=verdict, action_code=action)
 
 
 def _type_item(t, msg, chat_rows) -> ChecklistItem:
@@ -239,8 +243,7 @@ def _notification_item(t, notes, for_credits) -> ChecklistItem:
     if t["status"] not in TERMINAL:
         return ChecklistItem("notification", q, "None expected while the task runs." if not notes else
                              "Notified although the task is still running.", INFO if not notes else WARN, notes)
-    expected = ("generation_success" if t["status"] == TaskStatus.SUCCESS else
-                "insufficient_credits" if for_credits else "generation_failed")
+    expected = str(rules.outcome_notification(t["status"], t["error_code"]))
     matching = [n for n in notes if n["kind"] == expected]
     if not notes:
         return ChecklistItem("notification", q, f"Missing: no {expected} notification.", FAIL)
@@ -271,7 +274,7 @@ def _failure_item(t) -> ChecklistItem:
 def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistItem:
     q = "Should credits be reversed under the policy, and were they?"
     ev = consumes + refunds
-    support = refunds and all((r["note"] or "").startswith(SUPPORT_NOTE_PREFIX) for r in refunds)
+    support = refunds and all(r.get("support") for r in refunds)
     if t["status"] == TaskStatus.SUCCESS:
         return (ChecklistItem("refund", q, f"No: delivered, yet refunded {refunded} credits.", FAIL, ev) if refunds
                 else ChecklistItem("refund", q, "No: delivered, nothing to reverse.", OK, ev))
@@ -284,7 +287,8 @@ def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistIt
     if len(refunds) > 1 or refunded > charged:
         return ChecklistItem("refund", q, f"Refunded {len(refunds)} times, {refunded} credits for a charge of "
                              f"{charged}.", FAIL, ev)
-    if policy.refunds(t["failure_class"]):
+    facts = rules.RefundFacts(t["status"], t["failure_class"], charged=True, refunded=False)
+    if rules.refund_due(facts, policy):
         if refunds:
             return ChecklistItem("refund", q, f"Yes, and refunded {refunded} credits at {_when(refunds[0]['created_at'])}.",
                                  OK, ev)
@@ -299,40 +303,42 @@ def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistIt
     return ChecklistItem("refund", q, f"{why}; {charged} credits kept.", OK, ev)
 
 
-def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s) -> tuple[str, str]:
+def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s,
+             timeout_s) -> tuple[rules.Verdict, rules.NextAction, str | None]:
+    """(verdict, next action, how to say the action when it depends on the task)."""
+    V, A = rules.Verdict, rules.NextAction
     refund_item = next(i for i in items if i.key == "refund")
     status = t["status"]
     if status in ACTIVE_STATES:
-        doing = "still generating" if status == TaskStatus.GENERATING else "waiting to be submitted"
         if age_s >= timeout_s:
-            return "stuck — past the timeout", "mark failed (past timeout)"
+            return V.STUCK_PAST_TIMEOUT, A.MARK_FAILED, None
         if age_s >= stuck_s:
-            return "stuck — past the stuck threshold", "re-check upstream"
-        return f"{doing} — within normal time", "nothing to do (wait)"
+            return V.STUCK, A.RECHECK_UPSTREAM, None
+        return (V.GENERATING if status == TaskStatus.GENERATING else V.WAITING), A.WAIT, None
     if status == TaskStatus.SUCCESS:
         if not t["result_urls"]:
-            return "SUCCESS without result URLs", "re-check upstream"
+            return V.SUCCESS_WITHOUT_URLS, A.RECHECK_UPSTREAM, None
         if refund_item.status == FAIL:
-            return "delivered, but refunded", "investigate the ledger (refund on a delivered task)"
-        return "delivered", "nothing to do"
+            return V.DELIVERED_BUT_REFUNDED, A.INVESTIGATE_LEDGER, None
+        return V.DELIVERED, A.NOTHING, None
     code = t["error_code"] or ""
     advice = next((a for k, a in _USER_ADVICE.items() if k in code),
                   f"tell the user how to correct the request ({code})")
     if for_credits:
         if charged or t["upstream_task_id"]:
-            return "failed for credits — but charged", "investigate the ledger"
-        return "failed for credits — never charged", "tell the user to top up credits"
-    if refund_item.status == FAIL and "not refunded" in refund_item.answer:
-        return "failed, refund due", "issue the due refund"
+            return V.FAILED_FOR_CREDITS_BUT_CHARGED, A.INVESTIGATE_LEDGER, None
+        return V.FAILED_FOR_CREDITS, A.TELL_USER_TOP_UP, None
+    if rules.refund_due(rules.RefundFacts(status, t["failure_class"], charged != 0, bool(refunds)), policy):
+        return V.REFUND_DUE, A.ISSUE_REFUND, None
     if refund_item.status in (FAIL, WARN):
-        return "failed, refund inconsistent", "investigate the ledger"
+        return V.REFUND_INCONSISTENT, A.INVESTIGATE_LEDGER, None
     user = t["failure_class"] == "user"
+    then = (A.TELL_USER_CORRECT, advice) if user else (A.NOTHING, None)
     if not charged:
-        return "failed — never charged", advice if user else "nothing to do"
+        return V.FAILED_NEVER_CHARGED, *then
     if refunds:
-        return "failed, refunded", advice if user else "nothing to do"
-    return ("failed — user-correctable, credits kept under the policy", advice) if user else (
-        "failed, credits kept under the policy", "nothing to do")
+        return V.FAILED_REFUNDED, *then
+    return (V.FAILED_USER_CREDITS_KEPT if user else V.FAILED_CREDITS_KEPT), *then
 
 
 # --- one chat turn -----------------------------------------------------------------------------
@@ -377,8 +383,8 @@ def checklist_for_chat(msg, ledger, tool: list[Diagnosis], policy, now, grace_s)
         late = age > grace_s
         credit = ChecklistItem("credits", q, f"Reserved {reserve} credits {_age(age)} ago, not settled yet" + (
             ", past the grace period." if late else "."), WARN if late else INFO, chat_rows)
-        verdict = ("reservation not settled — past the grace period", "settle or fail the turn (release the "
-                   "reservation)") if late else ("reserved — awaiting settlement", "nothing to do (wait)")
+        verdict = ((rules.Verdict.CHAT_RESERVATION_OVERDUE, rules.NextAction.SETTLE_OR_FAIL_TURN) if late
+                   else (rules.Verdict.CHAT_RESERVED, rules.NextAction.WAIT))
     else:
         over = charged > (msg["reserved_credits"] or 0) and not policy.chat_allow_overrun
         broken = net != -charged or len(chat_refunds) > 1 or over
@@ -386,23 +392,29 @@ def checklist_for_chat(msg, ledger, tool: list[Diagnosis], policy, now, grace_s)
                                f"{sum(e['amount'] for e in chat_refunds)} in {_cap(len(chat_refunds), 'refund')}; "
                                f"ledger net {net}" + (" — does not match the charge." if broken else "."),
                                FAIL if broken else OK, chat_rows)
+        V, A = rules.Verdict, rules.NextAction
         if broken:
-            verdict = ("settlement mismatch", "investigate the ledger")
+            verdict = (V.CHAT_SETTLEMENT_MISMATCH, A.INVESTIGATE_LEDGER)
         elif status == "failed":
-            verdict = ("failed, reservation refunded", "nothing to do")
+            verdict = (V.CHAT_FAILED_REFUNDED, A.NOTHING)
         elif status == "refused":
-            verdict = ("refused — nothing charged", "tell the user to top up credits")
+            verdict = (V.CHAT_REFUSED, A.TELL_USER_TOP_UP)
         else:
-            verdict = ("settled, difference refunded" if chat_refunds else "settled", "nothing to do")
+            verdict = (V.CHAT_SETTLED_REFUNDED if chat_refunds else V.CHAT_SETTLED, A.NOTHING)
+    code, action = verdict
+    verdict_text, action_text = rules.VERDICT_TEXT[code], rules.ACTION_TEXT[action]
     items = [type_item, credit]
     if tool:
-        bad = [d for d in tool if d.next_action != "nothing to do" and not d.verdict.startswith("still")]
+        bad = [d for d in tool if d.action_code != rules.NextAction.NOTHING
+               and d.verdict_code != rules.Verdict.GENERATING]
         items.append(ChecklistItem("tool_tasks", "Did the tool-backed generations finish?", "; ".join(
             f"task #{d.id}: {d.verdict}" for d in tool) + ".", WARN if bad else OK,
             [{"task_id": d.id, "verdict": d.verdict, "next_action": d.next_action} for d in tool]))
-        if bad and verdict[1] == "nothing to do":
-            verdict = (verdict[0] + f"; tool task #{bad[0].id}: {bad[0].verdict}", bad[0].next_action)
-    return Diagnosis("chat_message", msg["id"], kind, items, verdict[0], verdict[1], now)
+        if bad and action == rules.NextAction.NOTHING:
+            verdict_text += f"; tool task #{bad[0].id}: {bad[0].verdict}"
+            action, action_text = bad[0].action_code, bad[0].next_action
+    return Diagnosis("chat_message", msg["id"], kind, items, verdict_text, action_text, now,
+                     verdict_code=code, action_code=action)
 
 
 # --- "Recheck Before Running Again" -----------------------------------------------------------
@@ -459,10 +471,13 @@ def _duplicates(conn, user_id, active, policy, prompt, model) -> list[Signal]:
     out, window = [], timedelta(seconds=policy.duplicate_window_s)
     t = ai_task.c
     for a in active:
-        twins = rows(conn.execute(select(*_SIG_COLS).where(
+        running = rules.Run(a["task_id"], a["model"], a["prompt"], a["reserved_credits"], a["created_at"])
+        later = rows(conn.execute(select(*_SIG_COLS).where(
             t.user_id == user_id, t.model == a["model"], t.prompt == a["prompt"], t.id > a["task_id"],
-            t.reserved_credits >= a["reserved_credits"], t.created_at >= a["created_at"],
-            t.created_at <= a["created_at"] + window).order_by(t.id).limit(10)))
+            t.created_at >= a["created_at"], t.created_at <= a["created_at"] + window).order_by(t.id).limit(50)))
+        twins = [r for r in later if rules.heavier_duplicate(
+            rules.Run(r["task_id"], r["model"], a["prompt"], r["reserved_credits"], r["created_at"]), running,
+            policy)][:10]
         if twins:
             ev = [{k: v for k, v in a.items() if k != "prompt"}, *twins]
             out.append(Signal("heavier_duplicate", f"Task #{a['task_id']} is still running and "

@@ -31,10 +31,6 @@ ALLOWED_MOVES: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 
-def can_move(old: str, new: str) -> bool:
-    return TaskStatus(new) in ALLOWED_MOVES[TaskStatus(old)]
-
-
 def sources_of(new: TaskStatus) -> frozenset[TaskStatus]:
     """The states a task may be in for a move to `new` to be legal."""
     return frozenset(s for s, targets in ALLOWED_MOVES.items() if new in targets)
@@ -150,6 +146,7 @@ class LedgerEntry:
     task_id: int | None = None
     chat_message_id: int | None = None
     note: str | None = None
+    support: bool = False  # issued by a support action (a goodwill refund), not by the service's rules
 
 
 @dataclass

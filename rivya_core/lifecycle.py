@@ -15,13 +15,16 @@ compare-and-set, so a replayed step never charges, refunds or notifies twice.
 from __future__ import annotations
 
 import json
+import random
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from . import limits, webhooks
+from . import limits, rules, webhooks
 from .catalog import Catalog
 from .domain import (
     ACTIVE,
@@ -69,8 +72,8 @@ MAX_CALLBACK_BODY = 64 * 1024
 STORED_BODY_LIMIT = 4096
 PARKED_DETAIL = "no task has this upstream id yet: parked, applied when a task takes it"
 MAX_RETRIES = 20
-SUBMIT_FAILURE_CLASS = {"refused": FailureClass.PROVIDER, "error": FailureClass.PROVIDER,
-                        "timeout": FailureClass.INFRASTRUCTURE}
+RETRY_BASE_SECONDS = 0.002
+RETRY_CAP_SECONDS = 0.25
 
 
 def consume_key(task_id: int) -> str:
@@ -123,6 +126,7 @@ class LifecycleService:
         secrets: Mapping[str, list[str]] | None = None,
         callbacks_enabled: bool = True,
         judge_clock: Clock | None = None,
+        retry_seed: int = 0,
     ):
         self.store = store
         self.clock = clock
@@ -133,6 +137,13 @@ class LifecycleService:
         self.policy = policy
         self._secrets = {k: list(v) for k, v in (secrets or {}).items()}
         self.callbacks_enabled = callbacks_enabled
+        # unit-of-work retries: the jitter has its own Random (never the global one), seedable for runs
+        self.retry_rng = random.Random(retry_seed)
+        self.retry_base = RETRY_BASE_SECONDS
+        self.retry_cap = RETRY_CAP_SECONDS
+        self.sleep: Callable[[float], None] = time.sleep
+        self.retry_counts: Counter[int] = Counter()
+        self.retries_total = 0
 
     def __repr__(self) -> str:  # never show secrets
         return f"LifecycleService(providers={sorted(self.providers)}, policy={self.policy.name!r})"
@@ -140,14 +151,26 @@ class LifecycleService:
     # --- plumbing -------------------------------------------------------------
 
     def _tx(self, step: Callable[[Tx], T]) -> T:
+        """Run one unit of work; a lost race is re-run after a jittered exponential pause
+        ("full jitter": uniform in [0, min(cap, base * 2**attempt)]). How many retries each
+        unit needed is counted in `retry_counts` (retries -> units) and `retries_total`."""
         for attempt in range(MAX_RETRIES):
             try:
                 with self.store.begin() as tx:
-                    return step(tx)
+                    result = step(tx)
             except RetryableConflict:
                 if attempt == MAX_RETRIES - 1:
+                    self._count_retries(attempt)
                     raise
+                self.sleep(self.retry_rng.uniform(0.0, min(self.retry_cap, self.retry_base * 2 ** attempt)))
+                continue
+            self._count_retries(attempt)
+            return result
         raise AssertionError("unreachable")
+
+    def _count_retries(self, retries: int) -> None:
+        self.retry_counts[retries] += 1
+        self.retries_total += retries
 
     def _now(self) -> datetime:
         return self.clock.now()
@@ -203,10 +226,11 @@ class LifecycleService:
     def _heavier_duplicate(self, tx: Tx, user_id: int, req: NormalizedRequest, credits: int) -> Task | None:
         """A running task of this user with the same prompt that this one outweighs; raises when
         the policy blocks such a run (before anything is written)."""
-        since = self._now() - timedelta(seconds=self.policy.duplicate_window_s)
-        running = tx.user_tasks(user_id, statuses=ACTIVE, since=since, limit=50)
-        dup = next((t for t in running if t.model == req.model and t.prompt == req.prompt
-                    and self.policy.is_heavier_duplicate(credits, t.reserved_credits)), None)
+        now = self._now()
+        running = tx.user_tasks(user_id, statuses=ACTIVE, since=now - timedelta(seconds=self.policy.duplicate_window_s),
+                                limit=50)
+        new = rules.Run(0, req.model, req.prompt, credits, now)
+        dup = next((t for t in running if rules.heavier_duplicate(new, _run_of(t), self.policy)), None)
         if dup is not None and self.policy.duplicate_runs == "block":
             raise ValidationError(
                 f"task {dup.id} with the same prompt is still running; wait for it before a heavier duplicate run",
@@ -260,7 +284,7 @@ class LifecycleService:
         else:
             for _ in range(1 + self.policy.submit_retries):
                 try:
-                    upstream_id = provider.submit(f"task-{task.id}", task.model, task.prompt, task.params)
+                    upstream_id = provider.submit(rules.task_ref(task.id), task.model, task.prompt, task.params)
                     error = None
                     break
                 except ProviderError as exc:
@@ -273,7 +297,7 @@ class LifecycleService:
             if error is not None:
                 self._event(tx, task_id, EventKind.SUBMIT_FAILED, fault=error.kind, message=error.message)
                 self._finish_failed(tx, current, error.code, error.message,
-                                    SUBMIT_FAILURE_CLASS.get(error.kind, FailureClass.PROVIDER), path="submit")
+                                    rules.submit_failure_class(error.kind), path="submit")
             else:
                 self._mark_generating(tx, current, upstream_id)
             return tx.get_task(task_id)
@@ -282,7 +306,7 @@ class LifecycleService:
 
     def _mark_generating(self, tx: Tx, task: Task, upstream_id: str) -> None:
         now = self._now()
-        first_check = self.policy.poll_interval_s if not self.callbacks_enabled else self.policy.stuck_for(task.category)
+        first_check = rules.first_check_in(task.category, self.callbacks_enabled, self.policy)
         tx.update_task(task.id, sources_of(TaskStatus.GENERATING), status=TaskStatus.GENERATING, upstream_task_id=upstream_id,
                        submitted_at=now, next_check_at=now + timedelta(seconds=first_check), check_attempts=0)
         self._event(tx, task.id, EventKind.SUBMITTED, upstream_task_id=upstream_id, provider=task.provider)
@@ -436,8 +460,7 @@ class LifecycleService:
                 return tx.get_task(task_id)
             elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()
             limit = self.policy.timeout_for(current.category)
-            rechecks_spent = current.check_attempts >= len(self.policy.recheck_backoff_s)
-            if status.state == "succeeded" and rechecks_spent:
+            if status.state == "succeeded" and rules.rechecks_spent(current.check_attempts, self.policy):
                 self._finish_failed(tx, current, NO_RESULT_URLS, "the provider reported success but never "
                                     "delivered result URLs", FailureClass.PROVIDER, path=path)
             elif elapsed >= limit:
@@ -460,11 +483,7 @@ class LifecycleService:
 
     def _schedule_next_check(self, tx: Tx, task: Task) -> None:
         """Deferred tasks follow the re-check backoff; then plain polling takes over."""
-        backoff = self.policy.recheck_backoff_s
-        if 0 < task.check_attempts < len(backoff):
-            delay, attempts = backoff[task.check_attempts], task.check_attempts + 1
-        else:  # never deferred, or the re-checks ran out: plain polling
-            delay, attempts = self.policy.poll_interval_s, task.check_attempts
+        delay, attempts = rules.next_check(task.check_attempts, self.policy)
         tx.update_task(task.id, [TaskStatus.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
                        check_attempts=attempts)
 
@@ -483,9 +502,9 @@ class LifecycleService:
 
     def _defer(self, tx: Tx, task: Task) -> None:
         """An early callback (done, but no URLs yet): start the re-check backoff."""
-        delay = self.policy.recheck_backoff_s[0]
+        delay, attempts = rules.deferral(self.policy)
         tx.update_task(task.id, [TaskStatus.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
-                       check_attempts=1)
+                       check_attempts=attempts)
         self._event(tx, task.id, EventKind.DEFERRED, path="callback", next_check_in_s=delay)
 
     # --- 6-7: finishing ----------------------------------------------------------
@@ -498,7 +517,7 @@ class LifecycleService:
                               finished_at=now, settled_at=now, next_check_at=None):
             return
         self._event(tx, task.id, EventKind.SUCCEEDED, path=path, result_urls=len(urls))
-        self._notify(tx, task, NotificationKind.GENERATION_SUCCESS, "Your generation is ready",
+        self._notify(tx, task, rules.outcome_notification(TaskStatus.SUCCESS, None), "Your generation is ready",
                      f"{task.category.capitalize()} from {task.model} finished and is in your history.")
 
     def _finish_failed(self, tx: Tx, task: Task, code: str, message: str, failure_class: str, path: str) -> None:
@@ -509,25 +528,31 @@ class LifecycleService:
             return
         self._event(tx, task.id, EventKind.FAILED, path=path, error_code=code, failure_class=str(failure_class))
         self._refund_if_due(tx, task, failure_class)
-        if code == INSUFFICIENT_CREDITS:
-            self._notify(tx, task, NotificationKind.INSUFFICIENT_CREDITS, "Not enough credits",
+        kind = rules.outcome_notification(TaskStatus.FAILED, code)
+        if kind == NotificationKind.INSUFFICIENT_CREDITS:
+            self._notify(tx, task, kind, "Not enough credits",
                          f"{task.reserved_credits} credits are needed for {task.model}; nothing was charged.")
         else:
-            self._notify(tx, task, NotificationKind.GENERATION_FAILED, "Your generation failed",
-                         f"{task.model}: {message[:300]}")
+            self._notify(tx, task, kind, "Your generation failed", f"{task.model}: {message[:300]}")
 
-    def _refund_if_due(self, tx: Tx, task: Task, failure_class: str, note: str | None = None) -> LedgerEntry | None:
+    def _refund_if_due(self, tx: Tx, task: Task, failure_class: str, *,
+                       support_note: str | None = None) -> LedgerEntry | None:
+        """Reverse a failed task's charge when the rules say so. `support_note`: a support action
+        issues it (after refund_refusal allowed it); the row then carries support=True."""
         charge = tx.entry(consume_key(task.id))
-        if charge is None:
+        facts = rules.RefundFacts(TaskStatus.FAILED, failure_class, charged=charge is not None, refunded=False)
+        refusal = rules.refund_refusal(facts, self.policy)
+        if refusal == rules.RefundRefusal.NEVER_CHARGED:
             return None
-        if not self.policy.refunds(failure_class) and note is None:
+        if refusal == rules.RefundRefusal.POLICY_KEEPS and support_note is None:
             self._event(tx, task.id, EventKind.REFUND_SKIPPED, reason=f"policy keeps credits for {failure_class} failures")
             return None
         res = tx.post(task.user_id, EntryType.REFUND, -charge.amount, refund_key(task.id), self._now(),
-                      task_id=task.id, chat_message_id=task.chat_message_id,
-                      note=note or f"refund: {failure_class} failure after reservation")
+                      task_id=task.id, chat_message_id=task.chat_message_id, support=support_note is not None,
+                      note=support_note or f"refund: {failure_class} failure after reservation")
         if res.created:
-            self._event(tx, task.id, EventKind.REFUNDED, amount=-charge.amount, reason=note or "policy")
+            self._event(tx, task.id, EventKind.REFUNDED, amount=-charge.amount,
+                        reason="support" if support_note is not None else "policy")
         return res.entry
 
     def _notify(self, tx: Tx, task: Task, kind: NotificationKind, title: str, body: str) -> None:
@@ -648,7 +673,7 @@ class LifecycleService:
         if refusal:
             self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}", incident_id)
             return refusal
-        self._refund_if_due(tx, task, task.failure_class, note=f"support: {operator}: {reason}"[:500])
+        self._refund_if_due(tx, task, task.failure_class, support_note=f"support refund by {operator}: {reason}"[:500])
         self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
         return tx.get_task(task_id)
 
@@ -670,15 +695,9 @@ class LifecycleService:
     def refund_refusal_for(self, task: Task, charged: bool, refunded: bool) -> str | None:
         """refund_refusal over facts already read (whether the task was charged, refunded):
         the form bulk dry runs use for thousands of tasks at once."""
-        if task.status != TaskStatus.FAILED:
-            return f"task is {task.status}; only failed tasks are refunded"
-        if not charged:
-            return "task was never charged"
-        if refunded:
-            return "task was already refunded"
-        if not self.policy.refunds(task.failure_class):
-            return f"policy {self.policy.name!r} keeps credits for {task.failure_class} failures"
-        return None
+        facts = rules.RefundFacts(task.status, task.failure_class, charged, refunded)
+        refusal = rules.refund_refusal(facts, self.policy)
+        return None if refusal is None else rules.refund_refusal_text(refusal, facts, self.policy)
 
     def recheck_refusal(self, task: Task) -> str | None:
         """Why support cannot re-check this task upstream, or None when it can."""
@@ -784,7 +803,7 @@ class LifecycleService:
         provider = self.providers.get(task.provider)
         charged = self._tx(lambda tx: tx.entry(consume_key(task.id))) is not None
         if provider is not None and charged:
-            upstream = provider.find(f"task-{task.id}")
+            upstream = provider.find(rules.task_ref(task.id))
             if upstream:
                 self._tx(lambda tx: self._adopt_upstream(tx, task.id, upstream))
                 return "stored the upstream id found at the provider"
@@ -882,6 +901,10 @@ def _callback_outcome(parsed: _Parsed) -> CallbackOutcome:
     if parsed.state not in ("succeeded", "failed"):
         return CallbackOutcome.PROGRESS
     return CallbackOutcome.APPLIED
+
+
+def _run_of(task: Task) -> rules.Run:
+    return rules.Run(task.id, task.model, task.prompt, task.reserved_credits, task.created_at)
 
 
 def _parse_with(fmt: CallbackFormat, raw: bytes) -> _Parsed | str:

@@ -63,10 +63,6 @@ class UpstreamStatus:
     error_message: str | None = None
     failure_class: str | None = None
 
-    @property
-    def done(self) -> bool:
-        return self.state in ("succeeded", "failed")
-
 
 class CallbackFormat(Protocol):
     """How a provider API signs and shapes its webhooks (rivya_core.providers). A provider
@@ -150,11 +146,13 @@ class Tx(Protocol):
 
     # ledger
     def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None) -> PostResult:
+             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
+             support: bool = False) -> PostResult:
         """Append a ledger row atomically: lock the account, compute
         balance_after, refuse (InsufficientCredits) if it would go below zero,
         write the row and the cached balance. An existing idempotency_key
-        returns the existing row with created=False and writes nothing."""
+        returns the existing row with created=False and writes nothing.
+        support=True marks an entry a support action issued (credit_ledger.support)."""
 
     def entry(self, idempotency_key: str) -> LedgerEntry | None: ...
     def task_entries(self, task_id: int) -> list[LedgerEntry]: ...

@@ -23,12 +23,12 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from sqlalchemy import text
 
 from .domain import CallbackOutcome
 from .lifecycle import MAX_CALLBACK_BODY, LifecycleService

@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, func, or_, select
 
+from . import rules
 from .audit import current_audit, ledger_sums
-from .credits import chat_figures
 from .domain import ACTIVE, Category, RivyaError, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import connect, like_escape
@@ -138,20 +138,7 @@ def credit_breakdown(by_type: dict[str, int]) -> dict[str, int]:
     (credits.chat_figures: reservations + overrun − refunds), with chat_reserved and
     chat_refunded beside it; other is any entry type this version does not know.
     """
-    of = lambda t: int(by_type.get(t, 0) or 0)  # noqa: E731
-    chat = chat_figures(by_type)
-    out = {
-        "granted": of("grant") + of("adjustment"),
-        "task_charged": -of("consume"),
-        "task_refunded": of("refund"),
-        "chat_charged": chat.charged,
-        "chat_reserved": chat.reserved,
-        "chat_refunded": chat.refunded,
-    }
-    out["balance"] = sum(int(v or 0) for v in by_type.values())
-    out["other"] = out["balance"] - (out["granted"] - out["task_charged"] + out["task_refunded"]
-                                     - out["chat_charged"])
-    return out
+    return rules.credit_flows(by_type).as_dict()
 
 
 def credit_totals(engine: Engine) -> dict[str, int]:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 SCHEMA_VERSION = 1
@@ -87,6 +88,8 @@ credit_ledger = Table(
     Column("idempotency_key", String(200), nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("note", Text),
+    # issued by a support action (not by the service's rules); added after version 1 (init_db migrates)
+    Column("support", Boolean, nullable=False, default=False, server_default=false()),
     UniqueConstraint("idempotency_key", name="uq_credit_ledger_idempotency_key"),
     CheckConstraint("amount <> 0", name="ck_credit_ledger_amount_nonzero"),
     CheckConstraint("balance_after >= 0", name="ck_credit_ledger_balance_nonneg"),

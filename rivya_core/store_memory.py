@@ -598,7 +598,8 @@ class MemoryTx:
 
     # ledger
     def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None) -> PostResult:
+             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
+             support: bool = False) -> PostResult:
         s = self.s
         existing = s._entry_key.get(idempotency_key)
         if existing is not None:
@@ -619,7 +620,8 @@ class MemoryTx:
             )
         entry = LedgerEntry(id=s._new_id("credit_ledger"), user_id=user_id, entry_type=str(entry_type),
                             amount=int(amount), balance_after=after, idempotency_key=idempotency_key,
-                            created_at=at, task_id=task_id, chat_message_id=chat_message_id, note=note)
+                            created_at=at, task_id=task_id, chat_message_id=chat_message_id, note=note,
+                            support=bool(support))
         old_balance = acc.balance
         acc.balance = after
         s._entry_key[idempotency_key] = entry.id

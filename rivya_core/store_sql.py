@@ -98,10 +98,6 @@ class SqlStore:
         self.engine = engine
         self._local = threading.local()
 
-    @classmethod
-    def from_url(cls, url: str, create: bool = True) -> SqlStore:
-        return db.open_store(url, create=create)
-
     @contextmanager
     def begin(self) -> Iterator[SqlTx]:
         outer = getattr(self._local, "tx", None)
@@ -237,7 +233,8 @@ class SqlTx:
 
     # ledger
     def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None) -> PostResult:
+             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
+             support: bool = False) -> PostResult:
         existing = self.entry(idempotency_key)
         if existing is not None:
             return PostResult(replayed_entry(existing, user_id, entry_type, amount), created=False)
@@ -254,7 +251,8 @@ class SqlTx:
             raise InsufficientCredits(f"balance {balance} cannot cover {-amount} credits (short by {-after})")
         entry = LedgerEntry(id=0, user_id=user_id, entry_type=str(entry_type), amount=int(amount),
                             balance_after=after, idempotency_key=idempotency_key, created_at=_naive(at),
-                            task_id=task_id, chat_message_id=chat_message_id, note=note)
+                            task_id=task_id, chat_message_id=chat_message_id, note=note,
+                            support=bool(support))
         stmt = (self._upsert(credit_ledger).values(**_values(credit_ledger, entry, skip_id=True))
                 .on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(credit_ledger.c.id))
         new_id = self.conn.execute(stmt).scalar()

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from rivya_core import rules
 from rivya_core.credits import chat_figures
 from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
@@ -197,6 +198,10 @@ class PolicyResult:
         return {k: int(self.totals[k]) for k in EXACT_KPIS}
 
 
+def _at(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+
+
 def _day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
@@ -243,11 +248,12 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
                 key = (t.user_id, t.model, t.prompt)
                 mine = running[key]
                 dup = False
+                new = rules.Run(t.id, t.model, t.prompt, price, _at(t.created))
                 for j in mine:
                     o = h.tasks[j]
                     end = ended[j] if ended[j] is not None else (o.finished if o.finished is not None else float("inf"))
-                    if o.created >= t.created - window and end > t.created and \
-                            policy.is_heavier_duplicate(price, spent[j] or price):
+                    if end > t.created and o.created >= t.created - window and rules.heavier_duplicate(
+                            new, rules.Run(o.id, o.model, o.prompt, spent[j] or price, _at(o.created)), policy):
                         dup = True
                         break
                 if dup:
@@ -277,7 +283,8 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
             if not amount:
                 continue
             g = gs(t.model, t.provider, t.created)
-            if policy.refunds(t.failure_class):
+            if rules.refund_due(rules.RefundFacts(TaskStatus.FAILED, t.failure_class, charged=True, refunded=False),
+                                policy):
                 bal[t.user_id] += amount
                 add(g, "refunded", amount)
                 add(g, "kept", -amount)

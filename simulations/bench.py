@@ -48,6 +48,7 @@ from typing import Any
 
 import simpy
 
+from rivya_core import rules
 from rivya_core.cli import OneLineParser, number
 from rivya_core.domain import TERMINAL, RivyaError, TaskStatus
 
@@ -132,7 +133,7 @@ def run_bare(sc: Scenario) -> dict[str, Any]:
     def job(n: int, model: str):
         provider, category = spec[model]
         cfg = sc.provider_config(provider)
-        ref = f"task-{n}"
+        ref = rules.task_ref(n)
         # the farm's draws for this job, in the farm's order (farm.JOB_DRAWS): generation
         # time is the 4th draw of the job's Random, the final callback's delay the 18th
         rng = streams.keyed(f"job:{provider}", ref)
@@ -523,7 +524,6 @@ def engine_bench(jobs: int, tasks: int, scenario: str = "baseline") -> dict[str,
 
 def bulk(url: str) -> dict[str, Any]:
     """Dry-run and execution rates of rivya_core.bulk on a temporary copy of the SQLite database at url."""
-    import shutil
     import sqlite3
 
     from rivya_core import bulk as bulk_actions

@@ -320,7 +320,6 @@ class Farm:
         self.stats = FarmStats()
         self.inbox = simpy.Store(env)
         self.deliver: Callable[[str, dict[str, str], bytes], Any] | None = None
-        self.on_delivered: Callable[[Delivery, Any], None] | None = None
         secrets_rng = streams.get("secrets")
         self.forger_secret = webhooks.generate_secret(streams.get("forger"))  # a key no provider holds
         self.providers: dict[str, MockProvider] = {}
@@ -343,11 +342,10 @@ class Farm:
     def _dispatch(self):
         while True:
             d = yield self.inbox.get()
-            result = self.deliver(d.provider, d.headers, d.body) if self.deliver else None
+            if self.deliver:
+                self.deliver(d.provider, d.headers, d.body)
             if d.job is not None:
                 d.job.pending_deliveries -= 1
-            if self.on_delivered:
-                self.on_delivered(d, result)
 
     def touch(self, job: Job) -> None:
         if self.record_jobs:

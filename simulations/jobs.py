@@ -154,8 +154,35 @@ def do_sweep(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
             "failed": [{"key": o.key, "error": o.error} for o in result.failed], "output": str(out or "")}
 
 
+def do_backtest(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from datetime import datetime
+
+    from rivya_core.db import open_reader
+
+    from .backtest import backtest
+    from .history import load_history
+    from .history_cli import recorded_policy_for
+
+    since, until = (datetime.fromisoformat(params[k]) if params.get(k) else None for k in ("since", "until"))
+    engine = open_reader(params["url"])
+    try:
+        progress(0.05, "reading the history")
+        recorded, where = recorded_policy_for(engine, None)
+        history = load_history(engine, since, until)
+        progress(0.4, "re-applying the policies")
+        report = backtest(history, list(_policies(params)), recorded, where)
+        if params.get("timing"):
+            from .timing import timing_part
+
+            progress(0.6, "timing part: trace-driven re-run")
+            report.timing = timing_part(engine, history, list(_policies(params)), resamples=500)
+    finally:
+        engine.dispose()
+    return report.to_dict()
+
+
 KINDS: dict[str, Callable[[dict[str, Any], Progress], dict[str, Any]]] = {
-    "run": do_run, "compare": do_compare, "sweep": do_sweep}
+    "run": do_run, "compare": do_compare, "sweep": do_sweep, "backtest": do_backtest}
 
 
 def register(kind: str, fn: Callable[[dict[str, Any], Progress], dict[str, Any]]) -> None:

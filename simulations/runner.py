@@ -34,7 +34,6 @@ from sqlalchemy import func, select
 from rivya_core import schema
 from rivya_core.audit import audit
 from rivya_core.catalog import default_catalog
-from rivya_core.credits import ChatFigures
 from rivya_core.db import init_db, make_engine, sqlite_path
 from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.lifecycle import LifecycleService
@@ -157,7 +156,7 @@ class Run:
         self.farm = Farm(self.env, self.clock, self.streams, names, scenario.provider_config,
                          lambda model: category.get(model, "image"), scenario.callbacks, scenario.outages)
         self.svc = LifecycleService(self.store, self.clock, self.farm.providers, self.catalog, scenario.policy,
-                                    self.farm.secrets, callbacks_enabled=scenario.callbacks)
+                                    self.farm.secrets, callbacks_enabled=scenario.callbacks, retry_seed=self.seed)
         self.farm.deliver = self.svc.handle_callback
         self.writer: BatchWriter | None = None
         self.population = Population(self.env, self.svc, self.catalog, scenario, self.streams,
@@ -344,11 +343,11 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
     rejected = {o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred", "progress")}
     users = dict(run.population.stats)
     insufficient = k.insufficient + users.get("chat_refused", 0)
-    chat = ChatFigures(reserved=k.chat_reserved, overrun=k.chat_overrun, refunded=k.chat_refunded)
-    net = k.charged - k.refunded + chat.charged
+    flows = k.flows
+    net = flows.task_charged - flows.task_refunded + flows.chat_charged
     kpis = {
         "revenue": net,
-        "refunds": k.refunded,  # task refunds (chat differences are settlement, not policy)
+        "refunds": flows.task_refunded,  # task refunds (chat differences are settlement, not policy)
         "failures_without_refund": k.failed_without_refund,
         "insufficient_credit_rejections": insufficient,
         "user_visible_failure_rate": (k.user_visible_failures / k.tasks) if k.tasks else 0.0,
@@ -361,9 +360,9 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
         fingerprint=writer.fingerprint(), seed=run.seed, scenario_name=run.sc.name, tasks=k.tasks,
         sim_seconds=round(run.env.now, 3),
         counts_by_state=dict(k.by_state), counts_by_outcome=outcomes,
-        credits={"charged": k.charged, "refunded": k.refunded, "chat_charged": chat.charged,
-                 "chat_reserved": chat.reserved, "chat_overrun": chat.overrun, "chat_refunded": chat.refunded,
-                 "net": net, "granted": k.granted},
+        credits={"charged": flows.task_charged, "refunded": flows.task_refunded, "chat_charged": flows.chat_charged,
+                 "chat_reserved": flows.chat_reserved, "chat_overrun": flows.chat_overrun,
+                 "chat_refunded": flows.chat_refunded, "net": net, "granted": flows.granted},
         completion_paths=dict(k.paths), deferrals=k.events.get("deferred", 0), rejected_callbacks=rejected,
         latency_percentiles={"p50": k.percentile(0.5), "p90": k.percentile(0.9), "p99": k.percentile(0.99)},
         violations=[{"kind": f.kind, "message": f.message, "count": f.count} for f in report.findings],

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rivya_core import rules
 from rivya_core.domain import InsufficientCredits, RivyaError
 from rivya_core.validation import GenerationRequest, Reference
 
@@ -49,7 +50,7 @@ def play(run: Any):
                 forced["error"] = (ev.error_code, ev.error_message or f"{ev.error_code} (scripted)",
                                    ev.failure_class or "provider")
             # the task id is known only after submit; the provider is told by its task_ref
-            next_ref = f"task-{run.store.last_id('ai_task') + 1}"
+            next_ref = rules.task_ref(run.store.last_id("ai_task") + 1)
             provider.scripted[next_ref] = forced
             try:
                 task = svc.submit(users[ev.user], GenerationRequest(spec.id, ev.prompt, dict(ev.params),
@@ -71,7 +72,7 @@ def play(run: Any):
         if not 1 <= ev.task <= len(run.script_tasks):
             raise ScenarioError(f"{where}.task: refers to scripted submit #{ev.task}, which has not happened")
         task_id = run.script_tasks[ev.task - 1]
-        job = farm.job_for_ref(f"task-{task_id}")
+        job = farm.job_for_ref(rules.task_ref(task_id))
         if ev.action == "recheck":
             svc.recheck(task_id, reason="scripted recheck")
         elif job is None:

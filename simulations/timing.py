@@ -120,7 +120,7 @@ def timing_part(engine: Engine, history: History, policies: list[BillingPolicy],
     point = [_aggregate(s, keys) for s in sums]
     rng = random.Random(seed)
     draws: dict[str, list[float]] = defaultdict(list)
-    for _ in range(resamples):
+    for _ in range(resamples if keys else 0):
         sample = [keys[rng.randrange(len(keys))] for _ in keys]
         a, b = _aggregate(sums[0], sample), _aggregate(sums[-1], sample)
         for k in TIMING_KPIS:

@@ -53,7 +53,7 @@ from sqlalchemy import (
     update,
 )
 
-from rivya_core import schema
+from rivya_core import rules, schema
 from rivya_core.db import row_values
 from rivya_core.domain import TERMINAL, ChatStatus, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
@@ -113,7 +113,14 @@ APPEND_ONLY = (
 FINGERPRINTED = ("ledger", "events", "notifications", "callbacks")
 
 
+_KEPT = (None, rules.RefundRefusal.POLICY_KEEPS)  # charged and not refunded: due, or kept by the policy
+
+
 def _canon(values: dict[str, Any]) -> bytes:
+    """A row's bytes for the fingerprint. credit_ledger.support came after fingerprints were first
+    recorded: left out while it is False (never in a simulation), so a run keeps its fingerprint."""
+    if values.get("support") is False:
+        values = {k: v for k, v in values.items() if k != "support"}
     return json.dumps(values, sort_keys=True, default=str, separators=(",", ":")).encode()
 
 
@@ -126,13 +133,7 @@ class Kpis:
     by_outcome: Counter = field(default_factory=Counter)
     events: Counter = field(default_factory=Counter)
     paths: Counter = field(default_factory=Counter)
-    failure_codes: Counter = field(default_factory=Counter)
-    charged: int = 0
-    refunded: int = 0
-    chat_reserved: int = 0
-    chat_overrun: int = 0
-    chat_refunded: int = 0
-    granted: int = 0
+    ledger_sums: Counter = field(default_factory=Counter)  # amount per entry type; rules.credit_flows reads it
     failed_without_refund: int = 0
     insufficient: int = 0
     user_visible_failures: int = 0
@@ -145,6 +146,10 @@ class Kpis:
             return 0.0
         xs = sorted(self.latencies)
         return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+    @property
+    def flows(self) -> rules.CreditFlows:
+        return rules.credit_flows(self.ledger_sums)
 
     def mean_latency(self) -> float:
         return statistics.fmean(self.latencies) if self.latencies else 0.0
@@ -253,20 +258,9 @@ class BatchWriter:
         elif name == "notifications":
             k.notifications += len(rows)
         elif name == "ledger":
+            sums = k.ledger_sums
             for e in rows:
-                t = e.entry_type
-                if t == EntryType.CONSUME:
-                    k.charged -= e.amount
-                elif t == EntryType.REFUND:
-                    k.refunded += e.amount
-                elif t == EntryType.CHAT_RESERVE:
-                    k.chat_reserved -= e.amount
-                elif t == EntryType.CHAT_CHARGE:
-                    k.chat_overrun -= e.amount
-                elif t == EntryType.CHAT_REFUND:
-                    k.chat_refunded += e.amount
-                elif t == EntryType.GRANT:
-                    k.granted += e.amount
+                sums[e.entry_type] += e.amount
 
     def _flush_messages(self, conn: Any, final: bool) -> list[int]:
         """Upsert every held chat message (few: open turns and those settled since the
@@ -334,12 +328,12 @@ class BatchWriter:
         charged = any(e.entry_type == EntryType.CONSUME for e in entries)
         refunded = any(e.entry_type == EntryType.REFUND for e in entries)
         if t.status == TaskStatus.FAILED:
-            k.failure_codes[t.error_code] += 1
             if t.error_code == "insufficient_credits":
                 k.insufficient += 1
             else:
                 k.user_visible_failures += 1
-            if charged and not refunded:
+            facts = rules.RefundFacts(t.status, t.failure_class, charged, refunded)
+            if rules.refund_refusal(facts, self.policy) in _KEPT:
                 k.failed_without_refund += 1
         if t.finished_at is not None:
             dt = (t.finished_at - t.created_at).total_seconds()

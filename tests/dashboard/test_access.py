@@ -45,3 +45,11 @@ def test_malformed_env_entries_are_named(value):
 def test_malformed_secret_is_named():
     with pytest.raises(AccessConfigError, match="access.viewers.vic"):
         load_config({}, {"access": {"viewers": {"vic": 3}}})
+
+
+def test_operators_win_over_viewers_whichever_source_names_them():
+    both_ways = load_config({"RIVYA_VIEWERS": "ann:a1", "RIVYA_OPERATORS": "bob:b1"},
+                            {"access": {"operators": {"ann": "a2"}, "viewers": {"bob": "b2"}}})
+    assert both_ways.users["ann"][0] == Role.OPERATOR and both_ways.users["bob"][0] == Role.OPERATOR
+    assert both_ways.authenticate("ann", "a2") == Role.OPERATOR  # the operator entry's password
+    assert both_ways.authenticate("ann", "a1") is None

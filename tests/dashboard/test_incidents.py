@@ -62,3 +62,11 @@ def test_viewers_dry_run_but_do_not_execute(open_page, seeded_url, monkeypatch):
     assert _metrics(at)["Would act on"] == "1"
     assert "needs the operator role" in texts(at)
     assert not [b for b in at.button if b.key == "bulk_execute"]
+
+
+def test_a_bad_filter_value_is_one_plain_message(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/incidents.py")
+    at.text_input(key="bulk_min_age_s").input("[soon](http://127.0.0.1:9/x)").run()
+    assert not at.exception
+    [err] = at.error
+    assert "is not a duration" in err.value and "\\[soon\\]" in err.value  # escaped: no link is rendered

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 
@@ -32,11 +33,26 @@ def _page(name: str, url: str, role: str = "operator", **query) -> AppTest:
     return at
 
 
-def test_backtest_tab_shows_exact_and_simulated_figures_with_the_ci_chart(sim_url):
-    at = _page("simulation_lab.py", sim_url)
+def test_backtest_tab_shows_exact_and_simulated_figures_with_the_ci_chart(sim_url, tmp_path, monkeypatch):
+    from rivya_core.access import Role
+    from simulations import jobs
+
+    monkeypatch.setenv("RIVYA_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(ROOT / "pages" / "simulation_lab.py"), default_timeout=180)
+    at.session_state["db_url"] = sim_url
+    at.session_state["role"] = Role.OPERATOR
+    at.run()
     at.selectbox(key="bt_b").set_value("no_refunds")
     at.toggle(key="bt_timing").set_value(True)
-    next(b for b in at.button if b.label == "Backtest").click()
+    next(b for b in at.button if b.label == "Backtest in the background").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    deadline = time.monotonic() + 300  # the backtest runs in its own worker process
+    while (job := jobs.list_jobs(tmp_path / "runs")[0])["status"] in jobs.ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job["kind"] == "backtest" and job["status"] == "done", jobs.log_tail(job)
+    at.run()
+    next(b for b in at.button if b.label == "Show result").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("Self-check passed" in s.value for s in at.success)

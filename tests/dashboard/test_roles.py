@@ -53,3 +53,25 @@ def test_an_operator_runs_the_audit_and_it_is_stored(signed, seeded_url):
     next(b for b in at.button if b.label == "Run the audit now").click().run()
     assert not at.exception, texts(at)
     assert _audit_runs(seeded_url) == 1
+
+
+def test_an_audit_run_that_cannot_be_stored_is_one_message_and_the_page_still_shows(signed, seeded_url):
+    import sqlite3
+
+    from rivya_core import db
+    from rivya_core.schema import audit_run
+
+    engine = db.make_engine(seeded_url)
+    audit_run.create(engine, checkfirst=True)
+    engine.dispose()
+    conn = sqlite3.connect(seeded_url.removeprefix("sqlite:///"))
+    conn.execute("CREATE TRIGGER keep_out BEFORE INSERT ON audit_run BEGIN SELECT RAISE(ABORT, 'no audits here'); END")
+    conn.commit()
+    conn.close()
+    at = signed(seeded_url, "pages/refund_audit.py", session=OPERATOR)
+    next(b for b in at.button if b.label == "Run the audit now").click().run()
+    assert not at.exception, texts(at)
+    [error] = [e.value for e in at.error]
+    assert "could not be stored" in error and "no audits here" in error and "\n" not in error
+    assert any(m.label == "Findings" for m in at.metric)  # the rest of the page is still drawn
+    assert _audit_runs(seeded_url) == 0

@@ -121,3 +121,18 @@ def test_self_check_on_postgresql(scenario, pg_url, capsys):
                               "--policy", f"{POLICIES}/refund_everything.toml")
     assert code == 0, rep["self_check"]["first_diverging_rows"]
     assert rep["exact"]["kpis"]["refunded"]["diff"] >= 0
+
+
+def test_blocking_heavier_duplicates_blocks_only_warned_runs(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'chaos.db'}"
+    run_scenario(load_scenario("chaos"), url, tasks=600)
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        warned = conn.execute("select count(distinct task_id) from task_event where kind = 'duplicate_warning'"
+                              ).fetchone()[0]
+    block = _policy(tmp_path, "block", 'duplicate_runs = "block"')
+    code, rep = _run_backtest(capsys, "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy", block)
+    assert code == 0 and warned > 0
+    k = rep["exact"]["kpis"]
+    # a run is blocked only where the history warned (a warned run whose running twin was itself blocked runs)
+    assert 0 < k["duplicates_blocked"]["b"] <= warned and k["duplicates_blocked"]["a"] == 0
+    assert k["tasks"]["diff"] == -k["duplicates_blocked"]["b"] and k["charged"]["diff"] < 0

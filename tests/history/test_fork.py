@@ -121,3 +121,20 @@ def test_qa_edits_one_line_and_the_story_answers_what_if(chaos_db, tmp_path):
     assert later["status"] == recorded["status"] == "SUCCESS"
     assert abs(done(later) - (done(recorded) + 30.0)) < 0.01
     assert [k for _, k, _ in later["events"]] == [k for _, k, _ in recorded["events"]]
+
+
+def test_fork_from_postgresql_reproduces_an_early_callback_task(pg_url):
+    from sqlalchemy import text
+
+    run_scenario(load_scenario("early_callbacks"), pg_url, tasks=120)
+    engine = open_reader(pg_url)
+    try:
+        with engine.connect() as conn:
+            task = conn.execute(text("select task_id from task_event where kind = 'deferred' "
+                                     "order by task_id limit 1")).scalar()
+        assert task is not None
+        story = fork_story(engine, task_id=task)
+        assert any(ev.action == "callback_early" for ev in story.scenario.script)
+        assert check_fork(engine, story) == []
+    finally:
+        engine.dispose()

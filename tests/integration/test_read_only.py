@@ -130,3 +130,24 @@ def test_replay_of_an_empty_file_leaves_it_empty(tmp_path):
     proc = _cli("simulations", "replay", str(empty))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert empty.read_bytes() == b""
+
+
+def test_audit_record_that_cannot_be_stored_fails_in_one_line(seeded):
+    import sqlite3
+
+    from rivya_core.audit import latest_audit
+
+    conn = sqlite3.connect(seeded)
+    schema.audit_run.create(db.make_engine(f"sqlite:///{seeded}"), checkfirst=True)
+    conn.execute("CREATE TRIGGER keep_out BEFORE INSERT ON audit_run BEGIN SELECT RAISE(ABORT, 'no audits here'); END")
+    conn.commit()
+    conn.close()
+    proc = _cli("rivya_core", "audit", "--record", "--db", str(seeded))
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "audit" in proc.stderr and "no audits here" in proc.stderr
+    engine = db.open_reader(f"sqlite:///{seeded}")
+    try:
+        assert latest_audit(engine) is None
+    finally:
+        engine.dispose()

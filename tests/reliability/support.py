@@ -1,23 +1,27 @@
 """Shared pieces of the reliability tests: a provider whose truth is a hash,
-the DESIGN.md invariants checked in Python over a Snapshot, and the audit run
-on a snapshot loaded into SQLite."""
+the DESIGN.md invariants checked in Python over a Snapshot (by the audit's kinds,
+decided with rivya_core.rules), and the audit run on a snapshot loaded into SQLite:
+`differential` says where the two disagree."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from rivya_core.audit import audit
+from rivya_core import rules
+from rivya_core.audit import CHAT_SETTLE_GRACE_S, audit
 from rivya_core.db import snapshot_to_engine
-from rivya_core.domain import INSUFFICIENT_CREDITS, TaskStatus
+from rivya_core.domain import INSUFFICIENT_CREDITS, ChatStatus, EntryType, TaskStatus
 from rivya_core.policy import DEFAULT_POLICY, BillingPolicy
 from rivya_core.ports import Snapshot, UpstreamStatus
 
 TERMINAL = {TaskStatus.SUCCESS.value, TaskStatus.FAILED.value}
-OUTCOME_KIND = {"SUCCESS": "generation_success", "FAILED": "generation_failed"}
+CHAT_TYPES = {EntryType.CHAT_RESERVE, EntryType.CHAT_CHARGE, EntryType.CHAT_REFUND}
 
 
 def upstream_truth(upstream_id: str) -> UpstreamStatus:
@@ -51,65 +55,122 @@ class HashProvider:
         return f"{self.name}-{task_ref}"
 
 
-def invariant_violations(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY) -> list[str]:
-    """Every DESIGN.md invariant over the rows, in plain Python: [] when all hold."""
-    bad: list[str] = []
+def violations_by_kind(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY,
+                       now: datetime | None = None) -> dict[str, list[str]]:
+    """Every DESIGN.md invariant over the rows, in plain Python, decided by `rivya_core.rules`:
+    the violations found, keyed by the audit kind that checks the same invariant in SQL (kinds
+    the audit has no query for are prefixed `py_`). `now` judges ages (stuck tasks, open chat
+    reservations); without it those are not judged."""
+    bad: dict[str, list[str]] = defaultdict(list)
     running: dict[int, int] = defaultdict(int)
     for e in sorted(snap.ledger, key=lambda e: e.id):
         running[e.user_id] += e.amount
         if e.amount == 0:
-            bad.append(f"ledger {e.id}: amount 0")
+            bad["py_amount_zero"].append(f"ledger {e.id}: amount 0")
         if e.balance_after != running[e.user_id]:
-            bad.append(f"ledger {e.id}: balance_after {e.balance_after} != running sum {running[e.user_id]}")
+            bad["ledger_running_sum"].append(f"ledger {e.id}: balance_after {e.balance_after} != running sum "
+                                             f"{running[e.user_id]}")
         if e.balance_after < 0:
-            bad.append(f"ledger {e.id}: negative balance_after")
+            bad["negative_balance"].append(f"ledger {e.id}: negative balance_after")
     for a in snap.accounts:
         if a.balance != running[a.id]:
-            bad.append(f"account {a.id}: balance {a.balance} != ledger sum {running[a.id]}")
-    if sum(e.amount for e in snap.ledger) != sum(a.balance for a in snap.accounts):
-        bad.append("conservation: ledger total != sum of balances")
+            bad["balance_mismatch"].append(f"account {a.id}: balance {a.balance} != ledger sum {running[a.id]}")
+    if rules.credit_flows(_sums(snap.ledger)).balance != sum(a.balance for a in snap.accounts):
+        bad["py_conservation"].append("conservation: ledger total != sum of balances")
+    tasks = {t.id: t for t in snap.tasks}
     by_task: dict[int, Counter] = defaultdict(Counter)
     amounts: dict[tuple[int, str], int] = defaultdict(int)
     for e in snap.ledger:
         if e.task_id is not None:
             by_task[e.task_id][e.entry_type] += 1
             amounts[e.task_id, e.entry_type] += e.amount
+        if e.entry_type == EntryType.CONSUME and tasks.get(e.task_id) is None:
+            bad["consume_without_task"].append(f"ledger {e.id}: a charge without a task")
+        t = tasks.get(e.task_id)
+        if e.entry_type == EntryType.CONSUME and t is not None and t.submitted_at and e.created_at > t.submitted_at:
+            bad["charged_after_submit"].append(f"task {t.id}: charged after submission")
+        if e.entry_type == EntryType.REFUND and t is not None and t.status != TaskStatus.SUCCESS \
+                and not rules.refund_allowed(t.status, t.failure_class, e.support, policy):
+            bad["refund_not_due"].append(f"ledger {e.id}: refund of task {t.id} ({t.status}, {t.failure_class})")
     notes: dict[int, list[str]] = defaultdict(list)
     for n in snap.notifications:
         if n.task_id is not None:
             notes[n.task_id].append(str(n.kind))
     terminal_events = Counter(ev.task_id for ev in snap.events if ev.kind in ("succeeded", "failed"))
+    for tid, n in terminal_events.items():
+        if n > 1:
+            bad["multiple_terminal_events"].append(f"task {tid}: {n} terminal transitions")
     for t in snap.tasks:
         c = by_task[t.id]
         where = f"task {t.id} ({t.status}, {t.error_code}, {t.failure_class})"
-        if c["consume"] > 1:
-            bad.append(f"{where}: charged {c['consume']} times")
-        if c["refund"] > 1:
-            bad.append(f"{where}: refunded {c['refund']} times")
-        if amounts[t.id, "refund"] > -amounts[t.id, "consume"]:
-            bad.append(f"{where}: refund exceeds charge")
-        if t.upstream_task_id and c["consume"] != 1:
-            bad.append(f"{where}: upstream id without exactly one charge")
-        if t.error_code == INSUFFICIENT_CREDITS and (c["consume"] or t.upstream_task_id):
-            bad.append(f"{where}: failed for credits yet charged or submitted")
-        if t.status == "SUCCESS" and (c["refund"] or not t.result_urls):
-            bad.append(f"{where}: success refunded or without URLs")
-        if t.status == "FAILED" and not t.error_code:
-            bad.append(f"{where}: failed without an error code")
-        if (t.status == "FAILED" and c["consume"] and policy.refunds(t.failure_class) and c["refund"] != 1):
-            bad.append(f"{where}: reversible failure after charge not refunded exactly once")
-        if t.status in TERMINAL:
-            want = "insufficient_credits" if t.error_code == INSUFFICIENT_CREDITS else OUTCOME_KIND[t.status]
-            if notes[t.id] != [want]:
-                bad.append(f"{where}: notifications {notes[t.id]} instead of [{want}]")
+        if c[EntryType.CONSUME] > 1:
+            bad["charged_twice"].append(f"{where}: charged {c['consume']} times")
+        if c[EntryType.REFUND] > 1:
+            bad["double_refund"].append(f"{where}: refunded {c['refund']} times")
+        if c[EntryType.REFUND] and amounts[t.id, EntryType.REFUND] > -amounts[t.id, EntryType.CONSUME]:
+            bad["refund_exceeds_charge"].append(f"{where}: refund exceeds charge")
+        if t.upstream_task_id and not c[EntryType.CONSUME]:
+            bad["upstream_without_charge"].append(f"{where}: upstream id without a charge")
+        if t.error_code == INSUFFICIENT_CREDITS and (c[EntryType.CONSUME] or t.upstream_task_id):
+            bad["credit_failure_inconsistent"].append(f"{where}: failed for credits yet charged or submitted")
+        if t.status == TaskStatus.SUCCESS and c[EntryType.REFUND]:
+            bad["refund_on_success"].append(f"{where}: delivered and refunded")
+        if t.status == TaskStatus.SUCCESS and not t.result_urls:
+            bad["success_without_urls"].append(f"{where}: success without URLs")
+        if t.status == TaskStatus.FAILED and not t.error_code:
+            bad["failed_without_error_code"].append(f"{where}: failed without an error code")
+        facts = rules.RefundFacts(t.status, t.failure_class, bool(c[EntryType.CONSUME]), bool(c[EntryType.REFUND]))
+        if rules.refund_due(facts, policy):
+            bad["failed_after_charge_without_refund"].append(f"{where}: refund due, not refunded")
+        want = rules.outcome_notification(t.status, t.error_code)
+        if want is not None:
+            got = notes[t.id]
+            if not got:
+                bad["notification_missing"].append(f"{where}: no notification, {want} due")
+            if any(k != want for k in got):
+                bad["notification_wrong_kind"].append(f"{where}: notifications {got} instead of [{want}]")
+            if len(got) > 1 and got.count(want) > 1:
+                bad["notification_duplicate"].append(f"{where}: {got.count(want)} {want} notifications")
             if terminal_events[t.id] != 1:
-                bad.append(f"{where}: {terminal_events[t.id]} terminal transitions")
+                bad["py_terminal_event"].append(f"{where}: {terminal_events[t.id]} terminal transitions")
         elif notes[t.id] or terminal_events[t.id]:
-            bad.append(f"{where}: active yet notified or finished")
+            bad["py_active_yet_finished"].append(f"{where}: active yet notified or finished")
+        elif now is not None and (now - (t.submitted_at or t.created_at)).total_seconds() > \
+                policy.timeout_for(t.category):
+            bad["stuck_past_timeout"].append(f"{where}: past the timeout")
+    chat = {m.id: [e for e in snap.ledger if e.chat_message_id == m.id and e.entry_type in CHAT_TYPES]
+            for m in snap.messages}
     for m in snap.messages:
         if m.charged_credits is not None and m.charged_credits > m.reserved_credits and not policy.chat_allow_overrun:
-            bad.append(f"chat message {m.id}: charged more than reserved")
-    return bad
+            bad["chat_overcharge"].append(f"chat message {m.id}: charged more than reserved")
+        if m.status == ChatStatus.RESERVED:
+            if now is not None and (now - m.created_at).total_seconds() > CHAT_SETTLE_GRACE_S:
+                bad["chat_reserve_not_settled"].append(f"chat message {m.id}: reservation still open")
+            continue
+        net = sum(e.amount for e in chat[m.id])
+        refunds = sum(e.entry_type == EntryType.CHAT_REFUND for e in chat[m.id])
+        if net != -(m.charged_credits or 0) or refunds > 1:
+            bad["chat_refund_mismatch"].append(f"chat message {m.id}: ledger net {net}, charged {m.charged_credits}")
+    return dict(bad)
+
+
+def invariant_violations(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY) -> list[str]:
+    """violations_by_kind as one list: [] when every invariant holds."""
+    return [v for found in violations_by_kind(snap, policy).values() for v in found]
+
+
+def _sums(ledger) -> dict[str, int]:
+    sums: dict[str, int] = defaultdict(int)
+    for e in ledger:
+        sums[e.entry_type] += e.amount
+    return sums
+
+
+def differential(snap: Snapshot, report, policy: BillingPolicy, now: datetime) -> dict[str, tuple[bool, bool]]:
+    """The audit kinds on which the Python checker and the SQL audit disagree: kind -> (python, sql)."""
+    py = violations_by_kind(snap, policy, now)
+    sql = report.counts()
+    return {k: (k in py, sql[k] > 0) for k in sql if (k in py) != (sql[k] > 0)}
 
 
 def audit_snapshot(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None):
@@ -119,3 +180,42 @@ def audit_snapshot(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY, now: 
         return audit(engine, policy, now)
     finally:
         engine.dispose()
+
+
+def corruptions(snap: Snapshot) -> list[tuple[str, Snapshot]]:
+    """Copies of a healthy snapshot, each with one kind of damage the checkers must both see:
+    a lost notification, a repeated refund, a lost refund, a failed task without its code, a
+    refund the rules do not allow. Only the damage the snapshot has material for is made."""
+    out: list[tuple[str, Snapshot]] = []
+    ledger_ids = max((e.id for e in snap.ledger), default=0)
+    terminal = [t for t in snap.tasks if t.status in TERMINAL]
+    noted = {n.task_id for n in snap.notifications}
+    victim = next((t for t in terminal if t.id in noted), None)
+    if victim is not None:
+        s = copy.deepcopy(snap)
+        s.notifications = [n for n in s.notifications if n.task_id != victim.id]
+        out.append(("notification lost", s))
+    refund = next((e for e in snap.ledger if e.entry_type == EntryType.REFUND), None)
+    if refund is not None:
+        s = copy.deepcopy(snap)
+        s.ledger.append(dataclasses.replace(refund, id=ledger_ids + 1, idempotency_key="again:" + refund.idempotency_key))
+        out.append(("refund repeated", s))
+        s = copy.deepcopy(snap)
+        s.ledger = [e for e in s.ledger if e.id != refund.id]
+        out.append(("refund lost", s))
+    success = next((t for t in snap.tasks if t.status == TaskStatus.SUCCESS), None)
+    if success is not None:
+        s = copy.deepcopy(snap)
+        t = next(t for t in s.tasks if t.id == success.id)
+        t.status, t.error_code = TaskStatus.FAILED.value, None
+        out.append(("success turned failure without a code", s))
+    kept = next((t for t in snap.tasks if t.status == TaskStatus.FAILED and not t.error_code == INSUFFICIENT_CREDITS
+                 and any(e.task_id == t.id and e.entry_type == EntryType.CONSUME for e in snap.ledger)), None)
+    if kept is not None:
+        s = copy.deepcopy(snap)
+        charge = next(e for e in s.ledger if e.task_id == kept.id and e.entry_type == EntryType.CONSUME)
+        s.ledger.append(dataclasses.replace(charge, id=ledger_ids + 1, entry_type=EntryType.REFUND.value,
+                                            amount=-charge.amount, idempotency_key=f"goodwill:{kept.id}",
+                                            support=False, note="support: reads like one, is not one"))
+        out.append(("refund without the rules' leave", s))
+    return out

@@ -11,8 +11,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from rivya_core.audit import audit
-from rivya_core.db import make_engine
-from rivya_core.store_sql import SqlStore
+from rivya_core.db import make_engine, open_store
 from rivya_core.validation import validate
 from tests.fakes import IMAGE, make_service
 
@@ -68,7 +67,7 @@ def test_sims_replay_of_missing_or_empty_database(tmp_path):
 
 
 def test_recover_command_repairs_a_crashed_database(db_url):
-    svc, clock, providers = make_service(store=SqlStore.from_url(db_url, create=True))
+    svc, clock, providers = make_service(store=open_store(db_url, create=True))
     user = svc.create_account("c@example.com", "C", grant=50)
     done = svc.submit(user.id, IMAGE)
     # crashes: charged but never submitted; created but never charged

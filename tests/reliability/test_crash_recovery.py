@@ -70,7 +70,7 @@ def _finish_upstream(providers) -> None:
     """The provider finished every job it accepted (the crash did not stop it)."""
     for p in providers.values():
         for upstream, status in list(p.jobs.items()):
-            if not status.done:
+            if status.state not in ("succeeded", "failed"):
                 p.succeed(upstream)
 
 

@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from rivya_core.domain import ActionRefused, InsufficientCredits
 from tests.fakes import callback, make_service
 
-from .support import TERMINAL, audit_snapshot, invariant_violations
+from .support import TERMINAL, audit_snapshot, corruptions, differential, invariant_violations
 
 MODELS = [("lumen-flash", {}), ("lumen-pro", {}), ("sonora-tts", {})]
 PROVIDER = {"lumen-flash": "lumen", "lumen-pro": "lumen", "sonora-tts": "sonora"}
@@ -133,6 +133,12 @@ class Lifecycle(RuleBasedStateMachine):
         assert invariant_violations(snap, self.svc.policy) == []
         report = audit_snapshot(snap, self.svc.policy, now=self.clock.now())
         assert report.ok, [f.to_dict() for f in report.findings]
+        # the Python checker and the SQL audit agree, on this run and on each damaged copy of it
+        assert differential(snap, report, self.svc.policy, self.clock.now()) == {}
+        for damage, bad in corruptions(snap):
+            found = audit_snapshot(bad, self.svc.policy, now=self.clock.now())
+            assert not found.ok, damage
+            assert differential(bad, found, self.svc.policy, self.clock.now()) == {}, damage
 
 
 Lifecycle.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,

@@ -48,14 +48,14 @@ class Rows:
         return uid
 
     def ledger(self, user_id, entry_type, amount, *, task_id=None, msg_id=None, key=None, at=T0,
-               note=None, balance_after=None, touch_account=True) -> int:
+               note=None, balance_after=None, touch_account=True, support=False) -> int:
         self._n += 1
         new = self.balances.get(user_id, 0) + amount
         self.balances[user_id] = new
         lid = self._insert(s.credit_ledger, user_id=user_id, entry_type=entry_type, amount=amount,
                            balance_after=new if balance_after is None else balance_after, task_id=task_id,
                            chat_message_id=msg_id, idempotency_key=key or f"k{self._n}:{entry_type}",
-                           created_at=at, note=note)
+                           created_at=at, note=note, support=support)
         if touch_account:
             with self.engine.begin() as conn:
                 conn.execute(update(s.account).where(s.account.c.id == user_id).values(balance=new))

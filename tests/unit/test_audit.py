@@ -31,7 +31,7 @@ def build_clean(db: Rows) -> dict[str, int]:
     ids["kept"] = db.failed(ann, failure_class="user", error_code="content_policy", refund=False)
     ids["support"] = db.failed(ann, failure_class="user", error_code="content_policy", refund=False)
     db.ledger(ann, "refund", 10, task_id=ids["support"], key=f"refund:task:{ids['support']}",
-              note="support: goodwill (operator=kim)")
+              note="goodwill (operator=kim)", support=True)
     ids["broke"] = db.broke(bob, credits=50)
     ids["running"] = db.task(ann, status="GENERATING", upstream="up-run", at=NOW - timedelta(minutes=2),
                              submitted_at=NOW - timedelta(minutes=2))
@@ -222,6 +222,14 @@ def test_each_kind_fires_on_its_defect(db, clean, kind, inject, count):
     assert not report.ok and report.to_dict()["counts"][kind] == count
 
 
+def test_a_support_refund_is_the_row_s_fact_not_its_note(db, clean):
+    """The `support` column marks a support refund; a note that merely reads like one is not."""
+    tid = db.failed(clean["ann"], failure_class="user", error_code="content_policy", refund=False)
+    db.ledger(clean["ann"], "refund", 10, task_id=tid, key=f"refund:task:{tid}", note="support: kim: goodwill")
+    found = audit(db.engine, now=NOW).by_kind()["refund_not_due"]
+    assert found.count == 1 and found.rows[0]["task_id"] == tid and not found.rows[0]["support"]
+
+
 def test_refund_not_due_follows_the_policy(db, clean):
     db.failed(clean["ann"], failure_class="provider")  # refunded under the default policy
     assert audit(db.engine, now=NOW).ok
@@ -327,3 +335,20 @@ def test_a_database_without_the_audit_run_table_reads_none_and_gets_it(db, clean
     assert latest_audit(db.engine) is None
     audit(db.engine, now=NOW, record=True)
     assert latest_audit(db.engine).fresh
+
+
+def test_an_audit_that_cannot_be_stored_says_so_with_a_typed_error(db, clean, db_url):
+    from rivya_core import audit as audit_mod
+    from rivya_core.db import make_engine as store_engine
+
+    audit(db.engine, now=NOW, record=True)  # the table exists: the failure below is the write itself
+    reader = store_engine(db_url, read_only=True)
+    try:
+        report = audit(reader, now=NOW)
+        with pytest.raises(audit_mod.AuditNotRecorded) as err:
+            audit_mod.record_audit(reader, report, DEFAULT_POLICY)
+        assert err.value.code == "audit_not_recorded" and "\n" not in err.value.message
+        with pytest.raises(audit_mod.AuditNotRecorded):
+            audit_mod.run_and_record(reader)
+    finally:
+        reader.dispose()

@@ -8,11 +8,14 @@ from datetime import timedelta
 
 import pytest
 
+from rivya_core import rules
 from rivya_core.diagnose import diagnose, diagnose_chat_message, recheck_signals
 from rivya_core.domain import NotFound
 from rivya_core.policy import DEFAULT_POLICY
 
 from .dbrows import T0, Rows, make_engine
+
+V, A = rules.Verdict, rules.NextAction
 
 S = timedelta(seconds=1)
 
@@ -40,7 +43,7 @@ def test_success_via_callback(db):
     db.event(tid, "callback", at=T0 + 60 * S, outcome="applied", state="succeeded")
     db.event(tid, "succeeded", at=T0 + 60 * S, path="callback", result_urls=1)
     d = diagnose(db.engine, tid, now=T0 + 120 * S)
-    assert (d.verdict, d.next_action, d.task_type) == ("delivered", "nothing to do", "image")
+    assert (d.verdict_code, d.action_code, d.task_type) == (V.DELIVERED, A.NOTHING, "image")
     assert d.item("credits").status == "ok" and "before submission" in d.item("credits").answer
     assert d.item("credits").evidence[0]["idempotency_key"] == f"consume:task:{tid}"
     assert d.item("callbacks").status == "ok" and "applied ×1" in d.item("callbacks").answer
@@ -60,7 +63,7 @@ def test_early_callback_deferred_then_rechecked(db):
     db.event(tid, "recheck", at=T0 + 50 * S, state="succeeded")
     db.event(tid, "succeeded", at=T0 + 50 * S, path="recheck", result_urls=1)
     d = diagnose(db.engine, tid)
-    assert d.verdict == "delivered"
+    assert d.verdict_code == V.DELIVERED
     assert d.item("callbacks").answer == "1 callback: deferred ×1." and d.item("callbacks").status == "info"
     assert "deferred ×1" in d.item("polling").answer and "recheck ×2" in d.item("polling").answer
     assert d.item("polling").answer.endswith("last upstream state: succeeded.")
@@ -70,7 +73,7 @@ def test_early_callback_deferred_then_rechecked(db):
 def test_failed_and_refunded(db):
     tid = db.failed(db.uid, failure_class="provider", error_code="provider_error")
     d = diagnose(db.engine, tid)
-    assert (d.verdict, d.next_action) == ("failed, refunded", "nothing to do")
+    assert (d.verdict_code, d.action_code) == (V.FAILED_REFUNDED, A.NOTHING)
     assert d.item("refund").status == "ok" and d.item("failure").answer.startswith("Provider failure")
     assert [e["entry_type"] for e in d.item("refund").evidence] == ["consume", "refund"]
 
@@ -78,35 +81,35 @@ def test_failed_and_refunded(db):
 def test_failed_refund_due(db):
     tid = db.failed(db.uid, failure_class="infrastructure", error_code="timeout", refund=False)
     d = diagnose(db.engine, tid)
-    assert (d.verdict, d.next_action) == ("failed, refund due", "issue the due refund")
+    assert (d.verdict_code, d.action_code) == (V.REFUND_DUE, A.ISSUE_REFUND)
     assert d.item("refund").status == "fail" and "10 credits due" in d.item("refund").answer
     assert [s.kind for s in d.signals] == ["credits_without_output"]
     # a policy that keeps infrastructure failures changes the answer
     keep = replace(DEFAULT_POLICY, name="keep", refund_classes=frozenset())
     d = diagnose(db.engine, tid, keep)
-    assert d.verdict == "failed, credits kept under the policy" and d.item("refund").status == "ok"
+    assert d.verdict_code == V.FAILED_CREDITS_KEPT and d.item("refund").status == "ok"
 
 
 def test_user_failure_tells_the_user_what_to_fix(db):
     tid = db.failed(db.uid, failure_class="user", error_code="prompt_too_long", refund=False)
     d = diagnose(db.engine, tid)
-    assert d.next_action == "tell the user to shorten the prompt"
+    assert d.action_code == A.TELL_USER_CORRECT and d.next_action == "tell the user to shorten the prompt"
     assert d.item("failure").answer.startswith("User-correctable")
-    assert d.verdict == "failed — user-correctable, credits kept under the policy"
+    assert d.verdict_code == V.FAILED_USER_CREDITS_KEPT
 
 
 def test_support_goodwill_refund_is_not_a_problem(db):
     tid = db.failed(db.uid, failure_class="user", error_code="content_policy", refund=False)
-    db.ledger(db.uid, "refund", 10, task_id=tid, key=f"refund:task:{tid}", note="support: kim: goodwill")
+    db.ledger(db.uid, "refund", 10, task_id=tid, key=f"refund:task:{tid}", note="kim: goodwill", support=True)
     d = diagnose(db.engine, tid)
     assert d.item("refund").status == "info" and "goodwill" in d.item("refund").answer
-    assert d.verdict == "failed, refunded"
+    assert d.verdict_code == V.FAILED_REFUNDED
 
 
 def test_insufficient_credits(db):
     tid = db.broke(db.uid, credits=5000)
     d = diagnose(db.engine, tid)
-    assert (d.verdict, d.next_action) == ("failed for credits — never charged", "tell the user to top up credits")
+    assert (d.verdict_code, d.action_code) == (V.FAILED_FOR_CREDITS, A.TELL_USER_TOP_UP)
     assert d.item("credits").status == "ok" and "never called" in d.item("credits").answer
     assert d.item("notification").status == "ok" and d.item("refund").answer == "No: never charged."
 
@@ -117,16 +120,17 @@ def test_missing_notification_is_a_failed_item(db):
 
 
 @pytest.mark.parametrize("minutes, verdict, action", [
-    (1, "still generating — within normal time", "nothing to do (wait)"),
-    (8, "stuck — past the stuck threshold", "re-check upstream"),
-    (20, "stuck — past the timeout", "mark failed (past timeout)"),
+    (1, V.GENERATING, A.WAIT),
+    (8, V.STUCK, A.RECHECK_UPSTREAM),
+    (20, V.STUCK_PAST_TIMEOUT, A.MARK_FAILED),
 ])
 def test_running_task_by_age(db, minutes, verdict, action):
     tid = db.task(db.uid, status="GENERATING", upstream="up-run", submitted_at=T0)
     db.ledger(db.uid, "consume", -10, task_id=tid, key=f"consume:task:{tid}")
     submitted(db, tid)
     d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=minutes))
-    assert (d.verdict, d.next_action) == (verdict, action)
+    assert (d.verdict_code, d.action_code) == (verdict, action)
+    assert (d.verdict, d.next_action) == (rules.VERDICT_TEXT[verdict], rules.ACTION_TEXT[action])
     assert d.item("history").answer.startswith("Not yet: GENERATING")
     stuck_signal = "in_progress_too_long" in [s.kind for s in d.signals]
     assert stuck_signal == (minutes > 5)
@@ -138,26 +142,26 @@ def test_tool_backed_chat(db):
     tid = db.success(db.uid, chat_message_id=mid, category="video", model="vid-1")
     d = diagnose(db.engine, tid)
     assert d.task_type == "tool-backed chat" and f"chat message #{mid}" in d.item("task_type").answer
-    assert d.verdict == "delivered"
+    assert d.verdict_code == V.DELIVERED
     c = diagnose_chat_message(db.engine, mid)
-    assert c.task_type == "tool-backed chat" and c.verdict == "settled, difference refunded"
+    assert c.task_type == "tool-backed chat" and c.verdict_code == V.CHAT_SETTLED_REFUNDED
     assert c.item("tool_tasks").status == "ok" and f"task #{tid}: delivered" in c.item("tool_tasks").answer
 
 
 def test_chat_turns(db):
     mid = db.chat_settled(db.uid, reserved=10, charged=10)
-    assert diagnose_chat_message(db.engine, mid).verdict == "settled"
+    assert diagnose_chat_message(db.engine, mid).verdict_code == V.CHAT_SETTLED
     sid = db.session(db.uid)
     open_mid = db.message(sid, reserved=7, status="reserved", at=T0)
     db.ledger(db.uid, "chat_reserve", -7, msg_id=open_mid)
     d = diagnose_chat_message(db.engine, open_mid, now=T0 + timedelta(minutes=1))
-    assert d.verdict == "reserved — awaiting settlement" and d.task_type == "chat settlement"
+    assert d.verdict_code == V.CHAT_RESERVED and d.task_type == "chat settlement"
     d = diagnose_chat_message(db.engine, open_mid, now=T0 + timedelta(hours=1))
-    assert d.verdict.startswith("reservation not settled") and d.item("credits").status == "warn"
+    assert d.verdict_code == V.CHAT_RESERVATION_OVERDUE and d.item("credits").status == "warn"
     bad = db.chat_settled(db.uid, reserved=10, charged=4)
     db.ledger(db.uid, "chat_refund", 6, msg_id=bad, key="chat_refund:twice")
     d = diagnose_chat_message(db.engine, bad)
-    assert (d.verdict, d.item("credits").status) == ("settlement mismatch", "fail")
+    assert (d.verdict_code, d.item("credits").status) == (V.CHAT_SETTLEMENT_MISMATCH, "fail")
 
 
 @pytest.mark.parametrize("missing", [10**9, -3, "7"])
@@ -172,7 +176,7 @@ def test_to_dict_and_render_text(db):
     tid = db.failed(db.uid, refund=False)
     d = diagnose(db.engine, tid)
     data = json.loads(json.dumps(d.to_dict()))
-    assert data["verdict"] == "failed, refund due" and len(data["items"]) == 8
+    assert data["verdict_code"] == "refund_due" and data["verdict"] == "failed, refund due" and len(data["items"]) == 8
     text = d.render_text()
     assert "Verdict: failed, refund due" in text and "Next action: issue the due refund" in text
     assert "[FAIL] Should credits be reversed" in text

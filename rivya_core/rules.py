@@ -1,0 +1,301 @@
+"""The lifecycle's business rules, each written once, as pure functions over typed facts.
+
+The service decides with them, `diagnose` explains with them, the simulation's
+KPIs count with them and the tests call them. The audit checks the same rules
+over whole tables: `rivya_core.rules_sql` holds their set-based SQL form under
+the same names, and a test holds the two forms equal on every combination of
+facts. Nothing here reads a store, a database or a clock.
+
+    task_ref(task_id) -> "task-{id}"          the reference a provider job is submitted and found under
+    submit_failure_class(fault) -> FailureClass     a failed submission's class, by the provider fault
+    refund_refusal(facts, policy) -> RefundRefusal | None   why a refund is not due (None: it is due)
+    refund_allowed(status, failure_class, support, policy) -> bool   may a refund row exist at all
+    outcome_notification(status, error_code) -> NotificationKind | None   what a settled task tells its user
+    credit_flows(sums_by_type) -> CreditFlows   ledger sums per entry type as flows that add up
+    first_check_in(category, callbacks_enabled, policy) / next_check(attempts, policy) / deferral(policy)
+    heavier_duplicate(new, running, policy) -> bool   a new run outweighing a running same-prompt run
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from .credits import ChatFigures
+from .domain import INSUFFICIENT_CREDITS, EntryType, FailureClass, NotificationKind, TaskStatus
+from .policy import BillingPolicy
+
+# --- submission -----------------------------------------------------------------------------
+
+
+def task_ref(task_id: int) -> str:
+    """The client reference a task's provider job is submitted under, and found again by after a crash."""
+    return f"task-{task_id}"
+
+
+SUBMIT_FAILURE_CLASS: Mapping[str, FailureClass] = {
+    "refused": FailureClass.PROVIDER, "error": FailureClass.PROVIDER, "timeout": FailureClass.INFRASTRUCTURE}
+
+
+def submit_failure_class(fault: str) -> FailureClass:
+    """A submission the provider refused or erred on is the provider's failure; a timeout, ours."""
+    return SUBMIT_FAILURE_CLASS.get(str(fault), FailureClass.PROVIDER)
+
+
+# --- refunds ----------------------------------------------------------------------------------
+
+
+class RefundRefusal(StrEnum):
+    """Why a task's credits are not reversed."""
+
+    NOT_FAILED = "not_failed"
+    NEVER_CHARGED = "never_charged"
+    ALREADY_REFUNDED = "already_refunded"
+    POLICY_KEEPS = "policy_keeps"
+
+
+@dataclass(frozen=True)
+class RefundFacts:
+    status: str
+    failure_class: str | None
+    charged: bool
+    refunded: bool
+
+
+def refund_refusal(facts: RefundFacts, policy: BillingPolicy) -> RefundRefusal | None:
+    """Why a refund of this task is not due, or None when it is: a failed task that was
+    charged, not yet refunded, whose failure class the policy reverses."""
+    if facts.status != TaskStatus.FAILED:
+        return RefundRefusal.NOT_FAILED
+    if not facts.charged:
+        return RefundRefusal.NEVER_CHARGED
+    if facts.refunded:
+        return RefundRefusal.ALREADY_REFUNDED
+    if not policy.refunds(facts.failure_class):
+        return RefundRefusal.POLICY_KEEPS
+    return None
+
+
+def refund_due(facts: RefundFacts, policy: BillingPolicy) -> bool:
+    return refund_refusal(facts, policy) is None
+
+
+def refund_refusal_text(refusal: RefundRefusal, facts: RefundFacts, policy: BillingPolicy) -> str:
+    return {
+        RefundRefusal.NOT_FAILED: f"task is {facts.status}; only failed tasks are refunded",
+        RefundRefusal.NEVER_CHARGED: "task was never charged",
+        RefundRefusal.ALREADY_REFUNDED: "task was already refunded",
+        RefundRefusal.POLICY_KEEPS: f"policy {policy.name!r} keeps credits for {facts.failure_class} failures",
+    }[refusal]
+
+
+def refund_allowed(status: str, failure_class: str | None, support: bool, policy: BillingPolicy) -> bool:
+    """May a task refund row exist: a support refund (its own fact on the row) on a failed task,
+    or a failed task whose class the policy reverses. (Once per charged task is `refund_refusal`'s.)"""
+    return status == TaskStatus.FAILED and (bool(support) or policy.refunds(failure_class))
+
+
+# --- notifications ------------------------------------------------------------------------------
+
+
+def outcome_notification(status: str, error_code: str | None) -> NotificationKind | None:
+    """The one notification a settled task sends its user; None while it runs."""
+    if status == TaskStatus.SUCCESS:
+        return NotificationKind.GENERATION_SUCCESS
+    if status == TaskStatus.FAILED:
+        if error_code == INSUFFICIENT_CREDITS:
+            return NotificationKind.INSUFFICIENT_CREDITS
+        return NotificationKind.GENERATION_FAILED
+    return None
+
+
+# --- credits ----------------------------------------------------------------------------------------
+
+# Which flow each entry type's amount belongs to; charges are stored negative and shown positive.
+FLOW_OF: Mapping[str, str] = {
+    EntryType.GRANT: "granted", EntryType.ADJUSTMENT: "granted",
+    EntryType.CONSUME: "task_charged", EntryType.REFUND: "task_refunded",
+    EntryType.CHAT_RESERVE: "chat_reserved", EntryType.CHAT_CHARGE: "chat_overrun",
+    EntryType.CHAT_REFUND: "chat_refunded",
+}
+_OUTFLOWS = frozenset({"task_charged", "chat_reserved", "chat_overrun"})
+
+
+@dataclass(frozen=True)
+class CreditFlows:
+    """Credits by flow, adding up to what is left in balances:
+    granted − task_charged + task_refunded − chat_charged + other = balance,
+    where chat_charged is what users were finally charged for chat (credits.ChatFigures:
+    reservations + overrun − refunds)."""
+
+    granted: int = 0        # grants and adjustments
+    task_charged: int = 0   # consume
+    task_refunded: int = 0  # refund
+    chat_reserved: int = 0  # chat_reserve (gross reservations)
+    chat_overrun: int = 0   # chat_charge (beyond a reservation)
+    chat_refunded: int = 0  # chat_refund (unused reservations returned)
+    other: int = 0          # an entry type this version does not know
+
+    @property
+    def chat(self) -> ChatFigures:
+        return ChatFigures(reserved=self.chat_reserved, overrun=self.chat_overrun, refunded=self.chat_refunded)
+
+    @property
+    def chat_charged(self) -> int:
+        return self.chat.charged
+
+    @property
+    def charged(self) -> int:
+        """Tasks and chat, as finally charged."""
+        return self.task_charged + self.chat_charged
+
+    @property
+    def balance(self) -> int:
+        return self.granted - self.task_charged + self.task_refunded - self.chat_charged + self.other
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "chat_charged": self.chat_charged, "balance": self.balance}
+
+
+def credit_flows(sums_by_type: Mapping[str, int]) -> CreditFlows:
+    """Ledger amounts summed per entry type, as flows."""
+    flows = dict.fromkeys((f for f in CreditFlows.__dataclass_fields__), 0)
+    for entry_type, amount in sums_by_type.items():
+        flow = FLOW_OF.get(entry_type, "other")
+        flows[flow] += -int(amount or 0) if flow in _OUTFLOWS else int(amount or 0)
+    return CreditFlows(**flows)
+
+
+# --- checks upstream ------------------------------------------------------------------------------
+
+
+def first_check_in(category: str, callbacks_enabled: bool, policy: BillingPolicy) -> float:
+    """Seconds from submission to the first upstream check: the polling interval when no
+    callback will come, else the category's stuck threshold (a callback is expected first)."""
+    return policy.poll_interval_s if not callbacks_enabled else policy.stuck_for(category)
+
+
+def deferral(policy: BillingPolicy) -> tuple[float, int]:
+    """(seconds to the next check, check attempts) after an early callback: the backoff starts."""
+    return policy.recheck_backoff_s[0], 1
+
+
+def next_check(check_attempts: int, policy: BillingPolicy) -> tuple[float, int]:
+    """(seconds to the next check, check attempts after it) for a task still running upstream:
+    a deferred task walks the re-check backoff; then (or never deferred) plain polling."""
+    backoff = policy.recheck_backoff_s
+    if 0 < check_attempts < len(backoff):
+        return backoff[check_attempts], check_attempts + 1
+    return policy.poll_interval_s, check_attempts
+
+
+def rechecks_spent(check_attempts: int, policy: BillingPolicy) -> bool:
+    return check_attempts >= len(policy.recheck_backoff_s)
+
+
+# --- duplicate runs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """The facts of a run that decide whether another one duplicates it."""
+
+    task_id: int
+    model: str
+    prompt: str
+    credits: int
+    created_at: datetime
+
+
+def heavier_duplicate(new: Run, running: Run, policy: BillingPolicy) -> bool:
+    """`new` repeats `running` (same model and prompt, started within the duplicate window
+    after it) and costs at least as much: warned or blocked as the policy's `duplicate_runs` says."""
+    gap = (new.created_at - running.created_at).total_seconds()
+    return (new.task_id != running.task_id and new.model == running.model and new.prompt == running.prompt
+            and 0 <= gap <= policy.duplicate_window_s
+            and policy.is_heavier_duplicate(new.credits, running.credits))
+
+
+# --- what support is told -------------------------------------------------------------------------
+
+
+class Verdict(StrEnum):
+    """The state of a task or chat turn as support's checklist concludes it (`diagnose`)."""
+
+    WAITING = "waiting"
+    GENERATING = "generating"
+    STUCK = "stuck"
+    STUCK_PAST_TIMEOUT = "stuck_past_timeout"
+    DELIVERED = "delivered"
+    SUCCESS_WITHOUT_URLS = "success_without_urls"
+    DELIVERED_BUT_REFUNDED = "delivered_but_refunded"
+    FAILED_FOR_CREDITS = "failed_for_credits"
+    FAILED_FOR_CREDITS_BUT_CHARGED = "failed_for_credits_but_charged"
+    REFUND_DUE = "refund_due"
+    REFUND_INCONSISTENT = "refund_inconsistent"
+    FAILED_NEVER_CHARGED = "failed_never_charged"
+    FAILED_REFUNDED = "failed_refunded"
+    FAILED_USER_CREDITS_KEPT = "failed_user_credits_kept"
+    FAILED_CREDITS_KEPT = "failed_credits_kept"
+    CHAT_RESERVED = "chat_reserved"
+    CHAT_RESERVATION_OVERDUE = "chat_reservation_overdue"
+    CHAT_SETTLEMENT_MISMATCH = "chat_settlement_mismatch"
+    CHAT_FAILED_REFUNDED = "chat_failed_refunded"
+    CHAT_REFUSED = "chat_refused"
+    CHAT_SETTLED = "chat_settled"
+    CHAT_SETTLED_REFUNDED = "chat_settled_refunded"
+
+
+VERDICT_TEXT: Mapping[Verdict, str] = {
+    Verdict.WAITING: "waiting to be submitted — within normal time",
+    Verdict.GENERATING: "still generating — within normal time",
+    Verdict.STUCK: "stuck — past the stuck threshold",
+    Verdict.STUCK_PAST_TIMEOUT: "stuck — past the timeout",
+    Verdict.DELIVERED: "delivered",
+    Verdict.SUCCESS_WITHOUT_URLS: "SUCCESS without result URLs",
+    Verdict.DELIVERED_BUT_REFUNDED: "delivered, but refunded",
+    Verdict.FAILED_FOR_CREDITS: "failed for credits — never charged",
+    Verdict.FAILED_FOR_CREDITS_BUT_CHARGED: "failed for credits — but charged",
+    Verdict.REFUND_DUE: "failed, refund due",
+    Verdict.REFUND_INCONSISTENT: "failed, refund inconsistent",
+    Verdict.FAILED_NEVER_CHARGED: "failed — never charged",
+    Verdict.FAILED_REFUNDED: "failed, refunded",
+    Verdict.FAILED_USER_CREDITS_KEPT: "failed — user-correctable, credits kept under the policy",
+    Verdict.FAILED_CREDITS_KEPT: "failed, credits kept under the policy",
+    Verdict.CHAT_RESERVED: "reserved — awaiting settlement",
+    Verdict.CHAT_RESERVATION_OVERDUE: "reservation not settled — past the grace period",
+    Verdict.CHAT_SETTLEMENT_MISMATCH: "settlement mismatch",
+    Verdict.CHAT_FAILED_REFUNDED: "failed, reservation refunded",
+    Verdict.CHAT_REFUSED: "refused — nothing charged",
+    Verdict.CHAT_SETTLED: "settled",
+    Verdict.CHAT_SETTLED_REFUNDED: "settled, difference refunded",
+}
+
+
+class NextAction(StrEnum):
+    """What support does next about it."""
+
+    NOTHING = "nothing"
+    WAIT = "wait"
+    RECHECK_UPSTREAM = "recheck_upstream"
+    MARK_FAILED = "mark_failed"
+    ISSUE_REFUND = "issue_refund"
+    INVESTIGATE_LEDGER = "investigate_ledger"
+    TELL_USER_TOP_UP = "tell_user_top_up"
+    TELL_USER_CORRECT = "tell_user_correct"
+    SETTLE_OR_FAIL_TURN = "settle_or_fail_turn"
+
+
+ACTION_TEXT: Mapping[NextAction, str] = {
+    NextAction.NOTHING: "nothing to do",
+    NextAction.WAIT: "nothing to do (wait)",
+    NextAction.RECHECK_UPSTREAM: "re-check upstream",
+    NextAction.MARK_FAILED: "mark failed (past timeout)",
+    NextAction.ISSUE_REFUND: "issue the due refund",
+    NextAction.INVESTIGATE_LEDGER: "investigate the ledger",
+    NextAction.TELL_USER_TOP_UP: "tell the user to top up credits",
+    NextAction.TELL_USER_CORRECT: "tell the user how to correct the request",  # diagnose adds how
+    NextAction.SETTLE_OR_FAIL_TURN: "settle or fail the turn (release the reservation)",
+}

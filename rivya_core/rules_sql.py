@@ -1,0 +1,46 @@
+"""The rules of `rivya_core.rules` in set-based SQL, under the same names: what the audit
+checks whole tables with. Each takes column expressions (and the policy) and returns a
+SQL expression that is never NULL, so `~rule` is as safe as `rule` in a WHERE clause.
+`tests/unit/test_rules.py` holds each equal to its Python form on every combination of facts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, case, false, literal, or_
+
+from .domain import INSUFFICIENT_CREDITS, TaskStatus
+from .policy import BillingPolicy
+from .rules import outcome_notification as _py_outcome_notification
+
+
+def _reverses(failure_class: Any, policy: BillingPolicy) -> Any:
+    """SQL: policy.refunds(failure_class), False for a NULL class."""
+    classes = sorted(str(c) for c in policy.refund_classes)
+    return and_(failure_class.is_not(None), failure_class.in_(classes)) if classes else false()
+
+
+def _true(flag: Any) -> Any:
+    """SQL: a boolean column that is TRUE (NULL, from a row written before the column existed, is False)."""
+    return flag.is_(True) if hasattr(flag, "is_") else literal(bool(flag))
+
+
+def refund_allowed(status: Any, failure_class: Any, support: Any, policy: BillingPolicy) -> Any:
+    """rules.refund_allowed: a failed task, refunded by support or in a class the policy reverses."""
+    return and_(status == TaskStatus.FAILED.value, or_(_true(support), _reverses(failure_class, policy)))
+
+
+def refund_due(status: Any, failure_class: Any, charged: Any, refunded: Any, policy: BillingPolicy) -> Any:
+    """rules.refund_due: failed, charged, not refunded, in a class the policy reverses."""
+    return and_(status == TaskStatus.FAILED.value, charged, ~refunded, _reverses(failure_class, policy))
+
+
+def outcome_notification(status: Any, error_code: Any) -> Any:
+    """rules.outcome_notification: the notification kind a settled task sends, NULL while it runs."""
+    success = _py_outcome_notification(TaskStatus.SUCCESS, None)
+    for_credits = _py_outcome_notification(TaskStatus.FAILED, INSUFFICIENT_CREDITS)
+    failed = _py_outcome_notification(TaskStatus.FAILED, "")
+    return case((status == TaskStatus.SUCCESS.value, success.value),
+                (and_(status == TaskStatus.FAILED.value, error_code == INSUFFICIENT_CREDITS), for_credits.value),
+                (status == TaskStatus.FAILED.value, failed.value), else_=None)
