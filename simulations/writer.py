@@ -114,6 +114,8 @@ FINGERPRINTED = ("ledger", "events", "notifications", "callbacks")
 
 
 _KEPT = (None, rules.RefundRefusal.POLICY_KEEPS)  # charged and not refunded: due, or kept by the policy
+# one encoder for every row: json.dumps with these arguments builds a new one per call
+_CANON = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
 
 
 def _canon(values: dict[str, Any]) -> bytes:
@@ -121,7 +123,7 @@ def _canon(values: dict[str, Any]) -> bytes:
     recorded: left out while it is False (never in a simulation), so a run keeps its fingerprint."""
     if values.get("support") is False:
         values = {k: v for k, v in values.items() if k != "support"}
-    return json.dumps(values, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return _CANON.encode(values).encode()
 
 
 @dataclass

@@ -66,7 +66,7 @@ def test_backtest_tab_shows_exact_and_simulated_figures_with_the_ci_chart(sim_ur
 
 def test_a_viewer_reads_the_tab_but_cannot_run_a_backtest(sim_url):
     at = _page("simulation_lab.py", sim_url, role="viewer")
-    assert not [b for b in at.button if b.label == "Backtest"]
+    assert not [b for b in at.button if b.label.startswith("Backtest")]
     assert any("Running a backtest needs the operator role" in c.value for c in at.caption)
 
 
