@@ -328,6 +328,7 @@ class EventKind(StrEnum):
     DEFERRED = "deferred"            # early callback; detail: attempt, next_check_in_s
     RECHECK = "recheck"              # upstream status re-read; detail: state, reason
     POLL = "poll"                    # polling sweep read; detail: state
+    POLL_ERROR = "poll_error"        # a status read the provider failed; detail: error_kind, message, path
     SUCCEEDED = "succeeded"
     FAILED = "failed"                # detail: error_code, failure_class
     REFUNDED = "refunded"            # detail: amount, reason

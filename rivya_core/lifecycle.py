@@ -442,12 +442,16 @@ class LifecycleService:
         task = self.task(task_id)
         if task.status != TaskStatus.GENERATING:
             return task
-        status = self._upstream_status(task)
+        status, fault = self._read_upstream(task)
+        path = "polling" if kind == EventKind.POLL else "recheck"
 
         def step(tx: Tx) -> Task | None:
             current = tx.get_task(task_id, for_update=True)
             if current is None:
                 return None
+            if fault is not None:  # the read failed: on the timeline, then handled as "unknown"
+                self._event(tx, task_id, EventKind.POLL_ERROR, error_kind=fault.kind, message=fault.message,
+                            path=path)
             detail: dict[str, Any] = {"state": status.state}
             if reason:
                 detail["reason"] = reason
@@ -455,7 +459,6 @@ class LifecycleService:
                 self._event(tx, task_id, kind, **detail, result=f"no-op: task already {current.status}")
                 return current
             self._event(tx, task_id, kind, **detail)
-            path = "polling" if kind == EventKind.POLL else "recheck"
             if self._apply_status(tx, current, status, path=path):
                 return tx.get_task(task_id)
             elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()
@@ -473,13 +476,18 @@ class LifecycleService:
         return self._tx(step)
 
     def _upstream_status(self, task: Task) -> UpstreamStatus:
+        return self._read_upstream(task)[0]
+
+    def _read_upstream(self, task: Task) -> tuple[UpstreamStatus, ProviderError | None]:
+        """The provider's status of the task's job; a provider error reads as "unknown" and is
+        returned beside it, so the caller can record it."""
         provider = self.providers.get(task.provider)
         if provider is None or not task.upstream_task_id:
-            return UpstreamStatus("unknown")
+            return UpstreamStatus("unknown"), None
         try:
-            return provider.status(task.upstream_task_id)
-        except ProviderError:
-            return UpstreamStatus("unknown")
+            return provider.status(task.upstream_task_id), None
+        except ProviderError as exc:
+            return UpstreamStatus("unknown"), exc
 
     def _schedule_next_check(self, tx: Tx, task: Task) -> None:
         """Deferred tasks follow the re-check backoff; then plain polling takes over."""

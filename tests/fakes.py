@@ -27,6 +27,7 @@ class FakeProvider:
     submits: int = 0
     status_calls: int = 0
     on_status: Any = None  # called inside status(): lets a test race a callback against a poll
+    status_faults: list[str] = field(default_factory=list)  # kinds status() raises, in order
 
     def submit(self, task_ref: str, model: str, prompt: str, params: dict[str, Any]) -> str:
         self.submits += 1
@@ -44,6 +45,9 @@ class FakeProvider:
         if self.on_status:
             hook, self.on_status = self.on_status, None
             hook()
+        if self.status_faults:
+            kind = self.status_faults.pop(0)
+            raise ProviderError(kind, f"status read: upstream said {kind}")
         return self.jobs.get(upstream_task_id, UpstreamStatus("unknown"))
 
     def find(self, task_ref: str) -> str | None:

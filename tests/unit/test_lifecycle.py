@@ -335,6 +335,27 @@ def test_poll_losing_to_callback_is_a_recorded_noop(env):
     assert noops and noops[-1].detail["result"].startswith("no-op")
 
 
+
+def test_a_provider_error_on_a_status_read_is_recorded_and_changes_nothing_else(env):
+    svc, clock, providers, user = env
+    task = svc.submit(user.id, IMAGE)
+    balance, entries = svc.balance(user.id), len(ledger(svc))
+    providers["lumen"].status_faults = ["timeout", "error"]
+    clock.advance(svc.policy.stuck_for("image"))
+    assert svc.poll().still_running == 1
+    svc.recheck(task.id, reason="support asked")
+    errors = [e for e in svc.store.snapshot().events if e.task_id == task.id and e.kind == "poll_error"]
+    assert [(e.detail["error_kind"], e.detail["path"]) for e in errors] == [("timeout", "polling"),
+                                                                          ("error", "recheck")]
+    assert errors[0].detail["message"] == "status read: upstream said timeout"
+    after = svc.task(task.id)
+    assert after.status == TaskStatus.GENERATING and after.error_code is None
+    assert (svc.balance(user.id), len(ledger(svc))) == (balance, entries)
+    assert notifications(svc, task.id) == []
+    providers["lumen"].succeed(task.upstream_task_id)  # the next read that answers settles it as usual
+    assert svc.recheck(task.id).status == TaskStatus.SUCCESS
+    assert len([e for e in svc.store.snapshot().events if e.kind == "poll_error"]) == 2
+
 # --- chat --------------------------------------------------------------------------------
 
 
