@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages._access import access_gate, can_act
+from pages._links import open_picked_task
 from pages._source import data_source_sidebar, default_url
 from pages._text import plain
 from rivya_core import db
@@ -91,6 +92,7 @@ st.set_page_config(page_title="Rivya admin", page_icon=":material/monitoring:", 
 page = navigation()  # registered first, so no page script can run before the gate below
 st.session_state["nav_ready"] = True
 access_gate()
+open_picked_task()  # a task row selected in a table: straight to the inspector, same tab
 pending = st.session_state.pop("pending_page", None)
 if pending and pending[0] in st.session_state["registered_pages"]:
     st.switch_page(pending[0], query_params=pending[1])

@@ -28,6 +28,8 @@ def show_table(frame: Any, *, column_config: dict | None = None, **kwargs: Any) 
     """A table people read: snake_case headers as words, "—" instead of None in text columns."""
     import pandas as pd
 
+    from pages._links import TASK_LINK, task_table
+
     config = dict(column_config or {})
     frame = frame.copy()
     for col in frame.columns:
@@ -36,6 +38,10 @@ def show_table(frame: Any, *, column_config: dict | None = None, **kwargs: Any) 
         if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col]):
             frame[col] = frame[col].map(_cell_text).astype(object).where(frame[col].notna(), "—")
         config[col] = st.column_config.Column(str(col).replace("_", " "))
+    links = [col for col, conf in config.items() if conf is TASK_LINK and col in frame.columns]
+    if links:  # task links open in this tab: select a row (a link column would open a new browser tab)
+        task_table(frame, links[0], column_config=config, **kwargs)
+        return
     st.dataframe(frame, column_config=config, **{"hide_index": True, "width": "stretch", **kwargs})
 
 

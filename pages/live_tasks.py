@@ -10,7 +10,7 @@ import streamlit as st
 
 from pages._access import operator_only
 from pages._cache import cached_df
-from pages._links import task_url
+from pages._links import OPEN_HELP, PICKED
 from pages._render import show_errors
 from pages._runs import realtime_run, start_realtime_run
 from pages._source import ROOT, current_url, enter_page, open_db, use_database
@@ -107,18 +107,17 @@ def live_table() -> None:
         if df.empty:
             st.info("No active task matches these filters.")
             return
-        df = df.assign(inspect=df["id"].map(task_url))
-        cols = ["inspect", "id", "status", "stuck", "age_s", "stuck_after_s", "category", "model", "provider",
+        cols = ["id", "status", "stuck", "age_s", "stuck_after_s", "category", "model", "provider",
                 "upstream_task_id", "email", "last_event", "last_event_at", "check_attempts", "reserved_credits"]
         styled = (df[cols].style.apply(_style_stuck, axis=1)
                   .format(reports.format_duration, subset=["age_s", "stuck_after_s"])
                   .format(reports.format_time, subset=["last_event_at"])
                   .format(na_rep="—", subset=["upstream_task_id", "email", "last_event"]))
-        st.dataframe(
-            styled, hide_index=True, width="stretch",
+        event = st.dataframe(
+            styled, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+            key="live_pick",
             column_config={
-                "inspect": st.column_config.LinkColumn("inspect", display_text="open", width="small"),
-                "id": st.column_config.NumberColumn("task", format="%d", width="small"),
+                "id": st.column_config.NumberColumn("task", format="%d", width="small", help=OPEN_HELP),
                 "age_s": st.column_config.Column("age", width="small",
                                                  help="Since submission (creation while waiting)"),
                 "stuck_after_s": st.column_config.Column("stuck after", width="small",
@@ -130,6 +129,11 @@ def live_table() -> None:
                 "reserved_credits": st.column_config.NumberColumn("credits", format="%d"),
             },
         )
+        picked = event.selection.rows
+        if picked:  # the inspector, in this tab: app.py opens it at the start of the whole-app run
+            st.session_state[PICKED] = (str(int(df.iloc[picked[0]]["id"])), st.query_params.get("db"))
+            st.rerun()
+        st.caption(f"{OPEN_HELP}.")
         if len(df) >= limit:
             st.caption(f"Showing the oldest {limit}; narrow the filters to see others.")
 

@@ -8,7 +8,7 @@ import streamlit as st
 
 from pages._alert_strip import alert_strip
 from pages._cache import cached_df
-from pages._links import page_link, task_url
+from pages._links import TASK_LINK, page_link, with_task_links
 from pages._render import show_errors, show_flows, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force
@@ -88,10 +88,10 @@ with show_errors():
     if recent.empty:
         st.caption("No generation yet.")
     else:
-        recent["inspect"] = recent["id"].map(task_url)
-        show = ["inspect", "id", "status", "category", "model", "user_id", "reserved_credits",
+        recent = with_task_links(recent, "id")
+        show = ["task", "id", "status", "category", "model", "user_id", "reserved_credits",
                 "error_code", "created_at", "finished_at"]
         show_table(
             recent[[c for c in show if c in recent.columns]], hide_index=True, width="stretch",
-            column_config={"inspect": st.column_config.LinkColumn("inspect", display_text="open")},
+            column_config={"task": TASK_LINK},
         )

@@ -131,31 +131,56 @@ _TASK_COLS = [
 ]
 
 
-def _last_event_kind():
-    return (
-        select(task_event.c.kind)
-        .where(task_event.c.task_id == ai_task.c.id)
-        .order_by(task_event.c.id.desc())
-        .limit(1)
-        .scalar_subquery()
-        .label("last_event")
-    )
+def active_started():
+    """When a running task started: submitted, else created (what its age is measured from)."""
+    return func.coalesce(ai_task.c.submitted_at, ai_task.c.created_at)
+
+
+def match_active(q, *, statuses: Iterable[str] | None = None, category: Iterable[str] = (),
+                 model: Iterable[str] = (), provider: Iterable[str] = (), user_id: int | None = None):
+    """The one rule for which running tasks a list shows and in what order: WAITING/GENERATING
+    (narrowed to `statuses`; a status that is not running matches nothing), each given filter
+    as "one of these values", oldest start first. The studio and the live tasks report use it."""
+    states = ACTIVE_STATES if statuses is None else [s for s in statuses if s in ACTIVE_STATES] or ["-"]
+    q = q.where(ai_task.c.status.in_(states))
+    for col, values in ((ai_task.c.category, category), (ai_task.c.model, model), (ai_task.c.provider, provider)):
+        values = list(values)
+        if values:
+            q = q.where(col.in_(values))
+    if user_id is not None:
+        q = q.where(ai_task.c.user_id == user_id)
+    return q.order_by(active_started(), ai_task.c.id)
+
+
+def last_events(bind: Bind, task_ids: list[int]) -> dict[int, tuple[str, Any]]:
+    """{task_id: (kind, at)} of each task's newest event (by id): one query for a page of tasks."""
+    if not task_ids:
+        return {}
+    newest = (select(func.max(task_event.c.id).label("id")).where(task_event.c.task_id.in_(task_ids))
+              .group_by(task_event.c.task_id).subquery())
+    stmt = select(task_event.c.task_id, task_event.c.kind, task_event.c.at).join(newest, newest.c.id == task_event.c.id)
+    with connect(bind) as conn:
+        return {int(t): (k, at) for t, k, at in conn.execute(stmt)}
 
 
 def active_studio(bind: Bind, user_id: int | None = None, *, status: str | None = None,
                   category: str | None = None, model: str | None = None, provider: str | None = None,
                   limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-    """Running tasks (WAITING/GENERATING), oldest first, with their last event.
+    """Running tasks (WAITING/GENERATING), oldest start first, with their last event and its time.
     user_id None: across all users (the live tasks page)."""
     limit, offset = _page(limit, offset)
-    q = select(*_TASK_COLS, _last_event_kind()).where(ai_task.c.status.in_(ACTIVE_STATES))
-    for col, value in ((ai_task.c.user_id, user_id), (ai_task.c.status, status), (ai_task.c.category, category),
-                       (ai_task.c.model, model), (ai_task.c.provider, provider)):
-        if value is not None:
-            q = q.where(col == value)
-    q = q.order_by(ai_task.c.created_at, ai_task.c.id).limit(limit).offset(offset)
+
+    def one(value: str | None) -> tuple[str, ...]:
+        return () if value is None else (value,)
+
+    q = match_active(select(*_TASK_COLS), statuses=None if status is None else (status,), category=one(category),
+                     model=one(model), provider=one(provider), user_id=user_id).limit(limit).offset(offset)
     with connect(bind) as conn:
-        return rows(conn.execute(q))
+        found = rows(conn.execute(q))
+        last = last_events(conn, [r["id"] for r in found])
+    for r in found:
+        r["last_event"], r["last_event_at"] = last.get(r["id"], (None, None))
+    return found
 
 
 def history(bind: Bind, user_id: int | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:

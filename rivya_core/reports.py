@@ -19,8 +19,8 @@ from . import rules
 from .audit import current_audit, ledger_sums
 from .domain import ACTIVE, Category, RivyaError, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
-from .queries import connect, like_escape
-from .schema import account, ai_task, credit_ledger, task_event
+from .queries import active_started, connect, last_events, like_escape, match_active
+from .schema import account, ai_task, credit_ledger
 
 MAX_ROWS = 500
 
@@ -246,28 +246,23 @@ def active_tasks(
     policy: BillingPolicy = DEFAULT_POLICY,
 ) -> pd.DataFrame:
     """WAITING/GENERATING tasks, oldest first, with age, last event and a stuck flag."""
-    started = func.coalesce(ai_task.c.submitted_at, ai_task.c.created_at).label("started_at")
-    stmt = (
+    started = active_started().label("started_at")
+    stmt = match_active(
         select(
             ai_task.c.id, ai_task.c.status, ai_task.c.category, ai_task.c.model, ai_task.c.provider,
             ai_task.c.upstream_task_id, account.c.email, ai_task.c.reserved_credits, started,
             ai_task.c.check_attempts,
-        )
-        .select_from(ai_task.outerjoin(account, account.c.id == ai_task.c.user_id))
-        .where(ai_task.c.status.in_([s for s in statuses if s in {a.value for a in ACTIVE}] or ["-"]))
-        .order_by(started.asc(), ai_task.c.id.asc())
-        .limit(min(limit, MAX_ROWS))
+        ).select_from(ai_task.outerjoin(account, account.c.id == ai_task.c.user_id)),
+        statuses=statuses, category=category, model=model, provider=provider,
     )
-    for name, values in (("category", category), ("model", model), ("provider", provider)):
-        if values:
-            stmt = stmt.where(ai_task.c[name].in_(list(values)))
     if user.strip():
         stmt = stmt.where(_user_match(user.strip()))
+    stmt = stmt.limit(min(limit, MAX_ROWS))
     df = read_frame(engine, stmt)
     cols = ["last_event", "last_event_at", "age_s", "stuck_after_s", "stuck"]
     if df.empty:
         return df.reindex(columns=[*df.columns, *cols])
-    last = _last_events(engine, [int(i) for i in df["id"]])
+    last = last_events(engine, [int(i) for i in df["id"]])
     df["last_event"] = df["id"].map(lambda i: last.get(int(i), (None, None))[0])
     df["last_event_at"] = df["id"].map(lambda i: last.get(int(i), (None, None))[1])
     df["age_s"] = (pd.Timestamp(now) - pd.to_datetime(df["started_at"])).dt.total_seconds().round(0)
@@ -284,17 +279,3 @@ def _user_match(q: str):
     return or_(*conds)
 
 
-def _last_events(engine: Engine, task_ids: list[int]) -> dict[int, tuple[str, Any]]:
-    if not task_ids:
-        return {}
-    newest = (
-        select(func.max(task_event.c.id).label("id"))
-        .where(task_event.c.task_id.in_(task_ids))
-        .group_by(task_event.c.task_id)
-        .subquery()
-    )
-    stmt = select(task_event.c.task_id, task_event.c.kind, task_event.c.at).join(
-        newest, newest.c.id == task_event.c.id
-    )
-    with connect(engine) as conn:
-        return {int(t): (k, at) for t, k, at in conn.execute(stmt)}

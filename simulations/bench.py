@@ -519,6 +519,7 @@ def engine_bench(jobs: int, tasks: int, scenario: str = "baseline") -> dict[str,
         out[f"{key}_jobs_per_min"] = round(60 * len(work) / out[f"{key}_s"], 1)
     out["speedup_2_vs_1"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
     out["engine_overhead_ms_per_job"] = round(1000 * (out["workers_1_s"] - out["in_process_s"]) / len(work), 1)
+    return out
 # --- bulk remediation on a big database ------------------------------------------------
 
 

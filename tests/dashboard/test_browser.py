@@ -191,3 +191,44 @@ def test_sign_in_refuses_a_wrong_password_and_lets_an_operator_act(signed_server
     assert actions.is_visible()
     assert page.get_by_label("Operator name").input_value() == "olga"
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def _select_first_row(page, table) -> None:
+    """Tick the row selector of a st.dataframe's first data row (the grid is drawn on a canvas)."""
+    table.scroll_into_view_if_needed()
+    box = table.bounding_box()
+    page.mouse.move(box["x"] + 18, box["y"] + 53)
+    page.wait_for_timeout(200)
+    page.mouse.click(box["x"] + 18, box["y"] + 53)
+
+
+def test_a_task_row_opens_the_inspector_in_the_same_tab_quickly(server, browser, tmp_path_factory):
+    """Table to inspector on the demo database: same tab, same session; the time is reported
+    (BENCHMARKS.md), not asserted."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(server, timeout=60_000)
+    _settle(page)
+    shown, settled = [], []
+    for _ in range(5):
+        page.get_by_role("link", name="Overview").first.click()
+        page.wait_for_selector("h1:has-text('Overview')", timeout=60_000)
+        _settle(page)
+        recent = page.locator('[data-testid="stDataFrame"]').last
+        recent.wait_for(timeout=60_000)
+        seen = len(server.log_text())
+        t0 = time.monotonic()
+        _select_first_row(page, recent)
+        page.wait_for_selector("h2:has-text('Task #')", timeout=60_000)
+        shown.append(time.monotonic() - t0)  # the task's header and status on screen
+        _settle(page)
+        settled.append(time.monotonic() - t0)  # the whole page drawn, the script run over
+        assert "task_inspector?task=" in page.url
+        assert len(context.pages) == 1  # no new tab
+        assert "Traceback" not in server.log_text()[seen:]
+    page.screenshot(path=str(tmp_path_factory.mktemp("nav") / "inspector_from_table.png"), full_page=True)
+    for name, times in (("task header shown", shown), ("page settled", settled)):
+        times.sort()
+        print(f"\ntable -> inspector, {name} (s): median {times[len(times) // 2]:.2f}, "
+              f"min {times[0]:.2f}, max {times[-1]:.2f} over {len(times)}")
+    context.close()

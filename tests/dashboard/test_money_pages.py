@@ -275,7 +275,7 @@ def test_chat_settlement_page(seeded_url):
     shown = texts(at)
     assert "Reserved=18" in shown and "Charged=8" in shown and "Refunded=4" in shown
     tool = at.dataframe[-1].value
-    assert tool["task"].tolist() == ["task_inspector?task=4"]
+    assert tool["task"].tolist() == ["#4"]  # selecting the row opens task 4 in the inspector, same tab
 
 
 @pytest.mark.parametrize("page", ["ledger.py", "refund_audit.py", "notifications.py", "chat_settlement.py",

@@ -29,7 +29,7 @@ def test_find_a_user_and_filter_their_tasks(open_page, seeded_url):
     assert {m.label: m.value for m in at.metric}["Balance"] == "80"
     tasks = at.dataframe[0].value
     assert list(tasks["status"]) == ["FAILED", "SUCCESS"]  # newest first
-    assert list(tasks["task"].str.extract(r"task=(\d+)")[0]) == ["2", "1"]
+    assert list(tasks["task"]) == ["#2", "#1"]  # selecting a row opens that task in the inspector
     at.selectbox(key="user_seen_task").select(1).run()
     assert any("Yes: the generation success notification" in t.value and "3 min later" in t.value for t in at.text)
     at.selectbox(key="user_seen_task").select(2).run()

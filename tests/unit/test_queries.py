@@ -161,3 +161,26 @@ def test_latest_timestamp_and_resolve_now(db, world):
     now = q.resolve_now(empty, None)  # an empty database: the wall clock
     assert before <= now <= datetime.now(UTC).replace(tzinfo=None)
     assert q.resolve_now(empty, T0.replace(tzinfo=UTC)) == T0
+
+
+def test_active_studio_and_the_live_tasks_report_agree_on_which_tasks_and_their_last_event(db, world):
+    from rivya_core import reports
+
+    # created first but submitted last: both lists order by when the task started (submitted, else created)
+    late = db.task(world["bob"], status="GENERATING", prompt="late start", category="video", model="vid-1",
+                   upstream="up-late", at=T0 - timedelta(minutes=5), submitted_at=T0 + timedelta(minutes=4))
+    db.event(late, "created", at=T0 - timedelta(minutes=5))
+    db.event(late, "submitted", at=T0 + timedelta(minutes=4))
+    db.event(late, "poll", at=T0 + timedelta(minutes=6))
+    now = T0 + timedelta(hours=1)
+    for filters in ({}, {"status": "GENERATING"}, {"status": "WAITING"}, {"category": "video"},
+                    {"model": "vid-1", "provider": "alpha"}):
+        studio = q.active_studio(db.engine, **filters)
+        live = reports.active_tasks(db.engine, now=now, **({"statuses": (filters["status"],)} if "status" in filters
+                                                          else {}),
+                                    **{k: (v,) for k, v in filters.items() if k != "status"})
+        assert ids(studio) == [int(i) for i in live["id"]], filters
+        assert [(r["last_event"], r["last_event_at"]) for r in studio] == \
+            [(None if e is None or e != e else e, None if a is None or a != a else a)
+             for e, a in zip(live["last_event"], live["last_event_at"], strict=True)], filters
+    assert ids(q.active_studio(db.engine)) == [world["run"], world["wait"], late]
