@@ -35,7 +35,7 @@ def alert_strip(policy: BillingPolicy) -> None:
         return
     with st.container(border=True):
         st.markdown(f"**:material/notifications_active: {found.count} alert(s)** at {found.now:%Y-%m-%d %H:%M} UTC")
-        for i, alert in enumerate([*found.stuck, *found.degraded]):
+        for alert in [*found.stuck, *found.degraded]:
             c1, c2 = st.columns([3, 1], vertical_alignment="center")
             kind = "Stuck" if isinstance(alert, alerts.StuckAlert) else "Degraded"
             c1.warning(f"**{kind}:** {plain(alert.message)}", icon=":material/warning:")

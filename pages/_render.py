@@ -26,18 +26,12 @@ from rivya_core.domain import RivyaError
 
 def show_table(frame: Any, *, column_config: dict | None = None, **kwargs: Any) -> None:
     """A table people read: snake_case headers as words, "—" instead of None in text columns."""
-    import pandas as pd
-
     from pages._links import TASK_LINK, task_table
 
     config = dict(column_config or {})
-    frame = frame.copy()
+    frame = readable_frame(frame, skip=set(config))
     for col in frame.columns:
-        if col in config:
-            continue
-        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col]):
-            frame[col] = frame[col].map(_cell_text).astype(object).where(frame[col].notna(), "—")
-        config[col] = st.column_config.Column(str(col).replace("_", " "))
+        config.setdefault(col, st.column_config.Column(str(col).replace("_", " ")))
     links = [col for col, conf in config.items() if conf is TASK_LINK and col in frame.columns]
     if links:  # task links open in this tab: select a row (a link column would open a new browser tab)
         task_table(frame, links[0], column_config=config, **kwargs)
@@ -45,13 +39,31 @@ def show_table(frame: Any, *, column_config: dict | None = None, **kwargs: Any) 
     st.dataframe(frame, column_config=config, **{"hide_index": True, "width": "stretch", **kwargs})
 
 
+def readable_frame(frame: Any, *, skip: set) -> Any:
+    """A copy whose text columns (object or string dtype, not in skip) hold text only, "—" where missing."""
+    import pandas as pd
+
+    frame = frame.copy()
+    for col in frame.columns:
+        if col in skip:
+            continue
+        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col]):
+            frame[col] = frame[col].map(_cell_text).astype(object).where(frame[col].notna(), "—")
+    return frame
+
+
 def _cell_text(value: Any) -> Any:
-    """A list or mapping in a text column as one line of JSON (Arrow cannot mix them with text)."""
+    """One cell of a text column as text: a flag as yes/no, a list or mapping as one line of JSON,
+    anything else as str (Arrow cannot mix text with other types in one column)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, list | tuple | dict | set):
         import json
 
         return json.dumps(sorted(value) if isinstance(value, set) else value, default=str)
-    return value
+    return str(value)
 
 
 def show_flows(flows: dict[str, int], total_label: str, total_help: str | None = None) -> None:
