@@ -212,13 +212,34 @@ def missing_tables(engine: Engine, names: Iterable[str] = schema.CONTRACT_TABLES
     return [t for t in names if t not in present]
 
 
+def missing_columns(engine: Engine, names: Iterable[str] = schema.CONTRACT_TABLES) -> list[str]:
+    """`table.column` for every column this version defines on the present tables among `names`
+    that the database lacks (made by an older version; `init-db` adds them)."""
+    insp = inspect(engine)
+    present = set(insp.get_table_names())
+    gaps = []
+    for name in names:
+        if name in present:
+            have = {c["name"] for c in insp.get_columns(name)}
+            gaps += [f"{name}.{c.name}" for c in schema.metadata.tables[name].columns if c.name not in have]
+    return gaps
+
+
 def require_schema(engine: Engine, url: str | None = None) -> None:
-    """Raise SchemaMissing naming the contract tables the database lacks (`url`: how to name it)."""
+    """Raise SchemaMissing naming the contract tables, or the columns of this version, the database
+    lacks (`url`: how to name it)."""
+    where = safe_url(url or engine.url.render_as_string())
     missing = missing_tables(engine)
     if missing:
         raise SchemaMissing(
-            f"database {safe_url(url or engine.url.render_as_string())} has no Rivya schema "
+            f"database {where} has no Rivya schema "
             f"(missing tables: {', '.join(missing)}); run `python -m rivya_core init-db --db URL` first"
+        )
+    gaps = missing_columns(engine)
+    if gaps:
+        raise SchemaMissing(
+            f"database {where} was made by an older version (missing columns: {', '.join(gaps)}); "
+            "run `python -m rivya_core init-db --db URL` to upgrade it"
         )
 
 

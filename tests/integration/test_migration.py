@@ -43,3 +43,20 @@ def test_init_db_adds_the_support_column_and_carries_over_support_refunds(db_url
         assert audit(engine, now=at).ok  # the migrated database reads like a current one
     finally:
         engine.dispose()
+
+
+def test_reading_an_older_database_names_the_missing_columns_and_the_upgrade(db_url):
+    engine = db.make_engine(db_url)
+    try:
+        _version_1(engine)
+    finally:
+        engine.dispose()
+    try:
+        db.open_reader(db_url)
+    except db.SchemaMissing as exc:
+        assert "credit_ledger.support" in str(exc) and "init-db" in str(exc)
+    else:
+        raise AssertionError("an older database was read as if it were current")
+    upgraded = db.open_store(db_url, create=True)  # what init-db does
+    upgraded.engine.dispose()
+    db.open_reader(db_url).dispose()
