@@ -49,6 +49,23 @@ UPSTREAM_TIMEOUT = ("upstream_timeout", "The provider timed out while generating
 OUTAGE_FAILURE = ("service_unavailable", "The provider is unavailable (outage).", "provider")
 
 
+def drawn_outcome(cfg: Any, outage: Any, u: list[float]) -> tuple[str, tuple[str, str, str] | None, bool]:
+    """What a provider job ends as, from its config, the outage in force (or None) and five uniform
+    draws: (state "succeeded" | "failed" | "lost", error or None, whether it carries result URLs).
+    The in-process farm and the farm served over HTTP both decide with it."""
+    if outage is not None and outage.mode == "fail":
+        return "failed", OUTAGE_FAILURE, False
+    if (outage is not None and outage.mode == "hang") or u[0] < cfg.lost_job:
+        return "lost", None, False
+    if u[1] < cfg.content_policy:
+        return "failed", CONTENT_POLICY, False
+    if u[2] < cfg.model_error:
+        return "failed", MODEL_ERROR, False
+    if u[3] < cfg.upstream_timeout:
+        return "failed", UPSTREAM_TIMEOUT, False
+    return "succeeded", None, u[4] >= cfg.no_urls
+
+
 @dataclass
 class Job:
     upstream_id: str
@@ -231,22 +248,9 @@ class MockProvider:
             job.state = "lost"
         elif forced.get("outcome") == "no_urls":
             job.state, job.result_urls = "succeeded", ()
-        elif outage is not None and outage.mode == "fail":
-            job.state, job.error = "failed", OUTAGE_FAILURE
-        elif outage is not None and outage.mode == "hang":
-            job.state = "lost"
-        elif u[0] < cfg.lost_job:
-            job.state = "lost"
-        elif u[1] < cfg.content_policy:
-            job.state, job.error = "failed", CONTENT_POLICY
-        elif u[2] < cfg.model_error:
-            job.state, job.error = "failed", MODEL_ERROR
-        elif u[3] < cfg.upstream_timeout:
-            job.state, job.error = "failed", UPSTREAM_TIMEOUT
-        elif u[4] < cfg.no_urls:
-            job.state, job.result_urls = "succeeded", ()
         else:
-            job.state, job.result_urls = "succeeded", self._urls(job)
+            job.state, job.error, with_urls = drawn_outcome(cfg, outage, u)
+            job.result_urls = self._urls(job) if with_urls else ()
 
     def _urls(self, job: Job) -> tuple[str, ...]:
         ext = {"image": "png", "video": "mp4", "audio": "mp3"}.get(job.category, "bin")

@@ -48,7 +48,7 @@ from starlette.routing import Route
 from rivya_core import webhooks
 from rivya_core.catalog import Catalog, default_catalog
 
-from .farm import CONTENT_POLICY, MODEL_ERROR, STALE_EXTRA_S, UPSTREAM_TIMEOUT
+from .farm import STALE_EXTRA_S, UPSTREAM_TIMEOUT, drawn_outcome
 from .scenarios import Outage, ProviderConfig, Scenario
 from .streams import Streams
 
@@ -261,21 +261,10 @@ class FakeProvider:
     def _decide(self, job: FakeJob, u: list[float]) -> None:
         cfg = self.cfg(job.provider)
         outage = self._outage(job.provider)
-        if outage is not None and outage.mode == "fail":
-            job.state, job.error = "failed", MODEL_ERROR
-        elif u[0] < cfg.lost_job:
-            job.state = "lost"
-        elif u[1] < cfg.content_policy:
-            job.state, job.error = "failed", CONTENT_POLICY
-        elif u[2] < cfg.model_error:
-            job.state, job.error = "failed", MODEL_ERROR
-        elif u[3] < cfg.upstream_timeout:
-            job.state, job.error = "failed", UPSTREAM_TIMEOUT
-        elif u[4] < cfg.no_urls:
-            job.state = "succeeded"
-        else:
+        job.state, job.error, with_urls = drawn_outcome(cfg, outage, u)
+        if with_urls:
             ext = {"image": "png", "video": "mp4", "audio": "mp3"}.get(job.category, "bin")
-            job.state, job.urls = "succeeded", (f"https://cdn.{job.provider}.example/{job.id}.{ext}",)
+            job.urls = (f"https://cdn.{job.provider}.example/{job.id}.{ext}",)
 
     # --- what the API says about a job --------------------------------------------------
 
