@@ -18,7 +18,7 @@ from pages._source import enter_page, open_db, require_tables
 from pages._support import policy_in_force, support_service
 from pages._text import plain
 from rivya_core import bulk, reports
-from rivya_core.domain import RivyaError
+from rivya_core.domain import RivyaError, TaskStatus
 
 ACTION_LABELS = {"recheck": "Re-check upstream", "refund": "Refund if due", "mark-failed": "Mark failed (stuck only)"}
 ANY = "any"
@@ -63,7 +63,7 @@ def filter_form() -> tuple[str, dict[str, str]]:
         if ss.get(f"bulk_{name}") in ("", None):
             ss[f"bulk_{name}"] = ANY
         col.selectbox(name.title(), _choices(options[name], f"bulk_{name}"), key=f"bulk_{name}")
-    c[3].multiselect("Status", ["WAITING", "GENERATING", "SUCCESS", "FAILED"], key="bulk_status")
+    c[3].multiselect("Status", [s.value for s in TaskStatus], key="bulk_status")
     c = st.columns(4)
     c[0].text_input("Error code", key="bulk_error_code")
     c[1].selectbox("Failure class", ["", "user", "provider", "infrastructure", "billing"], key="bulk_failure_class",

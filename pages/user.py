@@ -18,9 +18,10 @@ from pages._text import plain
 from rivya_core import ledger_views as lv
 from rivya_core import queries, reports, user_view
 from rivya_core.diagnose import diagnose_chat_message, recheck_signals
+from rivya_core.domain import TaskStatus
 
 WINDOWS = {"Any time": None, "Last 24 hours": 1.0, "Last 7 days": 7.0, "Last 30 days": 30.0}
-STATES = ["WAITING", "GENERATING", "SUCCESS", "FAILED"]
+STATES = [s.value for s in TaskStatus]
 
 enter_page()
 st.title("User")
