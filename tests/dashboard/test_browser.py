@@ -202,6 +202,21 @@ def _select_first_row(page, table) -> None:
     page.mouse.click(box["x"] + 18, box["y"] + 53)
 
 
+def _open_first_row(page, table, selector: str, attempts: int = 3) -> None:
+    """Select a table's first row until `selector` shows: on a busy machine the grid can take
+    a click before its canvas takes selections, and then nothing happens; a person clicks again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(attempts):
+        _select_first_row(page, table)
+        try:
+            page.wait_for_selector(selector, timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
+
+
 def test_a_task_row_opens_the_inspector_in_the_same_tab_quickly(server, browser, tmp_path_factory):
     """Table to inspector on the demo database: same tab, same session; the time is reported
     (BENCHMARKS.md), not asserted."""
@@ -218,8 +233,7 @@ def test_a_task_row_opens_the_inspector_in_the_same_tab_quickly(server, browser,
         recent.wait_for(timeout=60_000)
         seen = len(server.log_text())
         t0 = time.monotonic()
-        _select_first_row(page, recent)
-        page.wait_for_selector("h2:has-text('Task #')", timeout=60_000)
+        _open_first_row(page, recent, "h2:has-text('Task #')")
         shown.append(time.monotonic() - t0)  # the task's header and status on screen
         _settle(page)
         settled.append(time.monotonic() - t0)  # the whole page drawn, the script run over
