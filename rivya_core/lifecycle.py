@@ -48,6 +48,7 @@ from .domain import (
     ParkedCallback,
     ProviderCallback,
     Task,
+    TaskEvicted,
     TaskStatus,
     TurnClosed,
     ValidationError,
@@ -353,7 +354,10 @@ class LifecycleService:
 
         def step(tx: Tx) -> CallbackResult:  # builds its own row: a retried attempt starts clean
             tx.lock_upstream(provider, parsed.upstream_task_id)  # against _mark_generating's claim
-            task = tx.task_by_upstream(provider, parsed.upstream_task_id)
+            try:
+                task = tx.task_by_upstream(provider, parsed.upstream_task_id)
+            except TaskEvicted as gone:
+                return self._late(tx, record, parsed, gone)
             if task is None:
                 return self._park(tx, record, parsed, ref)
             task = tx.get_task(task.id, for_update=True)
@@ -367,15 +371,27 @@ class LifecycleService:
     def _route(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None) -> tuple[CallbackOutcome, str | None]:
         """What a valid callback does to its task: nothing (duplicate, progress), defer or apply."""
         if task.terminal:
-            return CallbackOutcome.DUPLICATE, f"task already {task.status}"
+            return _repeat(task.status)
         if webhook_id and tx.webhook_seen(task.provider, webhook_id):
             return CallbackOutcome.DUPLICATE, "webhook id already seen"
         return _callback_outcome(parsed), None
 
+    def _late(self, tx: Tx, record: ProviderCallback, parsed: _Parsed, gone: TaskEvicted) -> CallbackResult:
+        """A valid callback for a task the store wrote out and forgot: the task is
+        finished, so the callback is a repeat, recorded as for a task still held."""
+        outcome, detail = _repeat(gone.status)
+        cb = tx.add_callback(replace(record, task_id=gone.task_id, outcome=outcome, detail=detail))
+        self._callback_event(tx, gone.task_id, parsed, record.webhook_id, outcome, cb.id)
+        return CallbackResult(outcome, cb.id, gone.task_id, detail)
+
+    def _callback_event(self, tx: Tx, task_id: int, parsed: _Parsed, webhook_id: str | None,
+                        outcome: CallbackOutcome, callback_id: int, **extra: Any) -> None:
+        self._event(tx, task_id, EventKind.CALLBACK, webhook_id=webhook_id, outcome=str(outcome),
+                    state=parsed.state, callback_id=callback_id, **extra)
+
     def _take(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None, outcome: CallbackOutcome,
               callback_id: int, **extra: Any) -> None:
-        self._event(tx, task.id, EventKind.CALLBACK, webhook_id=webhook_id, outcome=str(outcome),
-                    state=parsed.state, callback_id=callback_id, **extra)
+        self._callback_event(tx, task.id, parsed, webhook_id, outcome, callback_id, **extra)
         if outcome == CallbackOutcome.DEFERRED:
             self._defer(tx, task)
         elif outcome == CallbackOutcome.APPLIED:
@@ -899,6 +915,11 @@ def _parse_callback(raw: bytes) -> _Parsed | str:
     if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):
         return "data.error_code / error_message are not strings"
     return _Parsed(upstream, state, tuple(urls), code and code[:80], message and message[:2000], klass)
+
+
+def _repeat(status: str) -> tuple[CallbackOutcome, str]:
+    """A callback for a task that already finished changes nothing: a duplicate."""
+    return CallbackOutcome.DUPLICATE, f"task already {status}"
 
 
 def _callback_outcome(parsed: _Parsed) -> CallbackOutcome:

@@ -127,8 +127,12 @@ class Tx(Protocol):
     def insert_task(self, task: Task) -> Task:
         """Insert; task.id == 0 means 'assign one'. Returns the stored row."""
 
-    def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None: ...
-    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None: ...
+    def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None:
+        """The task, or None when there is none. A store that wrote a finished task
+        out and forgot it (the simulation's run buffer) raises TaskEvicted instead."""
+
+    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None:
+        """As get_task, by the provider's id for the task."""
 
     def update_task(self, task_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         """Compare-and-set: write fields only if the task's status is in
@@ -152,7 +156,8 @@ class Tx(Protocol):
         balance_after, refuse (InsufficientCredits) if it would go below zero,
         write the row and the cached balance. An existing idempotency_key
         returns the existing row with created=False and writes nothing.
-        support=True marks an entry a support action issued (credit_ledger.support)."""
+        support=True marks an entry a support action issued (credit_ledger.support).
+        A task the store evicted (see get_task) takes no new entry: TaskEvicted."""
 
     def entry(self, idempotency_key: str) -> LedgerEntry | None: ...
     def task_entries(self, task_id: int) -> list[LedgerEntry]: ...
