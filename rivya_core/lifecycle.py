@@ -59,9 +59,11 @@ from .ports import (
     Clock,
     Provider,
     ProviderError,
+    ProviderFault,
     RetryableConflict,
     Store,
     Tx,
+    UpstreamState,
     UpstreamStatus,
 )
 from .validation import NormalizedRequest, validate, validate_chat_model
@@ -280,7 +282,7 @@ class LifecycleService:
         error: ProviderError | None = None
         upstream_id: str | None = None
         if provider is None:
-            error = ProviderError("error", f"no client for provider {task.provider!r} in this environment")
+            error = ProviderError(ProviderFault.ERROR, f"no client for provider {task.provider!r} in this environment")
         else:
             for _ in range(1 + self.policy.submit_retries):
                 try:
@@ -406,8 +408,8 @@ class LifecycleService:
         """Apply, in arrival order, the callbacks that came before this task had its upstream id."""
         tx.lock_upstream(provider, upstream_id)
         for p in tx.claim_parked(provider, upstream_id, task_id, self._now()):
-            parsed = _Parsed(p.upstream_task_id, p.state, tuple(p.result_urls or ()), p.error_code,
-                             p.error_message, p.failure_class)
+            parsed = _Parsed(p.upstream_task_id, _STATES.get(p.state, p.state), tuple(p.result_urls or ()),
+                             p.error_code, p.error_message, _CLASSES.get(p.failure_class, p.failure_class))
             task = tx.get_task(task_id, for_update=True)
             outcome, detail = self._route(tx, task, parsed, p.webhook_id)
             tx.settle_callback(p.callback_id, task_id, outcome, detail or "parked until the upstream id was stored")
@@ -463,7 +465,7 @@ class LifecycleService:
                 return tx.get_task(task_id)
             elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()
             limit = self.policy.timeout_for(current.category)
-            if status.state == "succeeded" and rules.rechecks_spent(current.check_attempts, self.policy):
+            if status.state == UpstreamState.SUCCEEDED and rules.rechecks_spent(current.check_attempts, self.policy):
                 self._finish_failed(tx, current, NO_RESULT_URLS, "the provider reported success but never "
                                     "delivered result URLs", FailureClass.PROVIDER, path=path)
             elif elapsed >= limit:
@@ -483,11 +485,11 @@ class LifecycleService:
         returned beside it, so the caller can record it."""
         provider = self.providers.get(task.provider)
         if provider is None or not task.upstream_task_id:
-            return UpstreamStatus("unknown"), None
+            return UpstreamStatus(UpstreamState.UNKNOWN), None
         try:
             return provider.status(task.upstream_task_id), None
         except ProviderError as exc:
-            return UpstreamStatus("unknown"), exc
+            return UpstreamStatus(UpstreamState.UNKNOWN), exc
 
     def _schedule_next_check(self, tx: Tx, task: Task) -> None:
         """Deferred tasks follow the re-check backoff; then plain polling takes over."""
@@ -498,12 +500,12 @@ class LifecycleService:
     def _apply_status(self, tx: Tx, task: Task, status: UpstreamStatus | _Parsed, path: str) -> bool:
         """Finish a GENERATING task when what the provider says settles it (a failure, or
         success with URLs); True when it did. Anything else changes nothing here."""
-        if status.state == "failed":
+        if status.state == UpstreamState.FAILED:
             self._finish_failed(tx, task, status.error_code or "provider_failed",
                                 status.error_message or "the provider reported a failure",
                                 status.failure_class or FailureClass.PROVIDER, path=path)
             return True
-        if status.state == "succeeded" and status.result_urls:
+        if status.state == UpstreamState.SUCCEEDED and status.result_urls:
             self._finish_success(tx, task, list(status.result_urls), path=path)
             return True
         return False
@@ -797,7 +799,7 @@ class LifecycleService:
                 self.policy.timeout_for(task.category)
             if task.provider in self.providers:
                 status = self._upstream_status(task)
-                settles = status.state == "failed" or (status.state == "succeeded" and status.result_urls)
+                settles = status.state == UpstreamState.FAILED or (status.state == UpstreamState.SUCCEEDED and status.result_urls)
                 if not (overdue or settles):
                     return None  # still running upstream: polling carries on; a re-check here would
                     #              spend the task's re-check backoff, so a second recover would differ
@@ -862,15 +864,15 @@ class LifecycleService:
 @dataclass(frozen=True)
 class _Parsed:
     upstream_task_id: str
-    state: str
+    state: UpstreamState
     result_urls: tuple[str, ...]
     error_code: str | None
     error_message: str | None
-    failure_class: str | None
+    failure_class: FailureClass | None
 
 
-_STATES = {"succeeded", "failed", "running"}
-_CLASSES = {c.value for c in FailureClass} - {FailureClass.BILLING.value}
+_STATES = {s.value: s for s in (UpstreamState.SUCCEEDED, UpstreamState.FAILED, UpstreamState.RUNNING)}
+_CLASSES = {c.value: c for c in FailureClass if c is not FailureClass.BILLING}
 
 
 def _parse_callback(raw: bytes) -> _Parsed | str:
@@ -898,15 +900,16 @@ def _parse_callback(raw: bytes) -> _Parsed | str:
     code, message = data.get("error_code"), data.get("error_message")
     if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):
         return "data.error_code / error_message are not strings"
-    return _Parsed(upstream, state, tuple(urls), code and code[:80], message and message[:2000], klass)
+    return _Parsed(upstream, _STATES[state], tuple(urls), code and code[:80], message and message[:2000],
+                   klass and _CLASSES[klass])
 
 
 def _callback_outcome(parsed: _Parsed) -> CallbackOutcome:
     """An early callback (success without URLs yet) is deferred; a "still running" report
     is progress (nothing changes); a result applies."""
-    if parsed.state == "succeeded" and not parsed.result_urls:
+    if parsed.state == UpstreamState.SUCCEEDED and not parsed.result_urls:
         return CallbackOutcome.DEFERRED
-    if parsed.state not in ("succeeded", "failed"):
+    if parsed.state not in (UpstreamState.SUCCEEDED, UpstreamState.FAILED):
         return CallbackOutcome.PROGRESS
     return CallbackOutcome.APPLIED
 
