@@ -37,6 +37,9 @@ def test_demo_has_running_and_stuck_tasks_an_incident_and_alerts_that_lead_to_bu
     stuck = next(a for a in found.stuck if a.provider == "kinetica")
     p = bulk.plan(svc, "mark-failed", stuck.filter)
     assert p.matched == stuck.stuck and p.would_act == stuck.stuck  # every alerted task may be marked failed
+    crashed = next(a for a in found.stuck if a.provider != "kinetica")  # WAITING: ask the provider first
+    p = bulk.plan(svc, crashed.action, crashed.filter)
+    assert crashed.action == "recheck" and crashed.generating == 0 and p.would_act == crashed.stuck
     svc.store.engine.dispose()
 
 
