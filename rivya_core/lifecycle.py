@@ -710,19 +710,27 @@ class LifecycleService:
         return None if refusal is None else rules.refund_refusal_text(refusal, facts, self.policy)
 
     def recheck_refusal(self, task: Task) -> str | None:
-        """Why support cannot re-check this task upstream, or None when it can."""
-        if task.status != TaskStatus.GENERATING:
-            return f"task is {task.status}; only generating tasks are re-checked"
+        """Why support cannot re-check this task upstream, or None when it can. A WAITING task is
+        re-checked once it is stuck (before that its submission may be in flight): the provider is
+        asked for a job under the task's reference, as `recover` does for one task."""
+        if task.status not in ACTIVE:
+            return f"task is {task.status}; only waiting or generating tasks are re-checked"
         if task.provider not in self.providers:
             return f"no client for provider {task.provider!r} in this environment"
+        if task.status == TaskStatus.WAITING:
+            return self._not_stuck_yet(task)
         return None
 
     def mark_failed_refusal(self, task: Task) -> str | None:
-        """Why support cannot mark this task failed now, or None when it is stuck (its age judged at
-        judge_clock: the same moment the pages and the checklist judge it at)."""
-        age = (self.judge_clock.now() - (task.submitted_at or task.created_at)).total_seconds()
+        """Why support cannot mark this task failed now, or None when it is stuck."""
         if task.status not in ACTIVE:
             return f"task is {task.status}; only waiting or generating tasks can be marked failed"
+        return self._not_stuck_yet(task)
+
+    def _not_stuck_yet(self, task: Task) -> str | None:
+        """None when the task is stuck, its age judged at judge_clock (the same moment the pages and
+        the checklist judge it at); else why not yet."""
+        age = (self.judge_clock.now() - (task.submitted_at or task.created_at)).total_seconds()
         if age < self.policy.stuck_for(task.category):
             return f"task is {int(age)} s old; it counts as stuck after {int(self.policy.stuck_for(task.category))} s"
         return None
@@ -731,9 +739,14 @@ class LifecycleService:
         operator, reason = _operator(operator, reason)
         task = self.task(task_id)
         refusal = self.recheck_refusal(task)
-        if refusal is None:
+        found = None
+        if refusal is None and task.status == TaskStatus.WAITING:  # interrupted before the provider answered
+            found = self._recover_one(task)
+            task = self.task(task_id)
+        elif refusal is None:
             task = self._check(task_id, EventKind.RECHECK, reason=f"support: {operator}")
-        result = f"refused: {refusal}" if refusal else f"upstream checked; task is {task.status}"
+        result = (f"refused: {refusal}" if refusal else f"upstream checked; task is {task.status}"
+                  + (f" ({found})" if found else ""))
         self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
         if refusal:
             raise ActionRefused(refusal)
@@ -817,7 +830,7 @@ class LifecycleService:
             if upstream:
                 self._tx(lambda tx: self._adopt_upstream(tx, task.id, upstream))
                 return "stored the upstream id found at the provider"
-            parked = self._tx(lambda tx: tx.parked_upstream_for_ref(task.provider, f"task-{task.id}"))
+            parked = self._tx(lambda tx: tx.parked_upstream_for_ref(task.provider, rules.task_ref(task.id)))
             if parked:  # a signed callback for our reference: the provider has the job
                 self._tx(lambda tx: self._adopt_upstream(tx, task.id, parked))
                 return "stored the upstream id of a callback parked under this task's reference"
