@@ -128,7 +128,8 @@ class Tx(Protocol):
         """Insert; task.id == 0 means 'assign one'. Returns the stored row."""
 
     def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None: ...
-    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None: ...
+    def task_by_upstream(self, provider: str, upstream_task_id: str, *, for_update: bool = False) -> Task | None:
+        """The newest task holding this upstream id; for_update also locks its row until the unit ends."""
 
     def update_task(self, task_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         """Compare-and-set: write fields only if the task's status is in
@@ -172,6 +173,10 @@ class Tx(Protocol):
     def add_callback(self, cb: ProviderCallback) -> ProviderCallback: ...
     def webhook_seen(self, provider: str, webhook_id: str) -> bool:
         """True when a callback with this id was already applied or deferred."""
+
+    def add_callback_unless_seen(self, cb: ProviderCallback, seen_detail: str) -> ProviderCallback:
+        """add_callback, except that when cb's webhook id was already applied or deferred
+        (webhook_seen) the row is stored as a duplicate with seen_detail; returns the stored row."""
 
     def task_callbacks(self, task_id: int) -> list[ProviderCallback]: ...
 

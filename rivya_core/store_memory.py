@@ -23,7 +23,7 @@ import heapq
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from dataclasses import fields as dc_fields
 from datetime import datetime
 from typing import Any
@@ -534,7 +534,7 @@ class MemoryTx:
         tomb = self.s._tombs.get(task_id)
         return tomb.task(task_id) if tomb is not None else None
 
-    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None:
+    def task_by_upstream(self, provider: str, upstream_task_id: str, *, for_update: bool = False) -> Task | None:
         key = (provider, upstream_task_id)
         tid = self.s._upstream.get(key)
         if tid is None:
@@ -713,6 +713,11 @@ class MemoryTx:
 
         s._add(s.callbacks, row, undo)
         return _copy(row)
+
+    def add_callback_unless_seen(self, cb: ProviderCallback, seen_detail: str) -> ProviderCallback:
+        if cb.webhook_id and self.webhook_seen(cb.provider, cb.webhook_id):
+            cb = replace(cb, outcome=CallbackOutcome.DUPLICATE, detail=seen_detail)
+        return self.add_callback(cb)
 
     def webhook_seen(self, provider: str, webhook_id: str) -> bool:
         return (provider, webhook_id) in self.s._webhooks
