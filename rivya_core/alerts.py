@@ -171,7 +171,7 @@ def stuck_alerts(bind: Bind, policy: BillingPolicy, now: datetime, k: float = ST
     for (model, provider), found in groups.items():
         t = thresholds[model]
         generating = sum(1 for s, _ in found if s == TaskStatus.GENERATING)
-        action = "recheck" if generating else "mark-failed"
+        action = "recheck"  # ask the provider first: a GENERATING task's job, a WAITING one's lost submission
         states = ("GENERATING",) if generating else ("WAITING",)
         flt = BulkFilter(provider=provider, model=model, status=states, min_age_s=float(math.ceil(t.threshold_s)))
         out.append(StuckAlert(model, provider, len(found), generating, max(a for _, a in found), t, action, flt))

@@ -59,9 +59,11 @@ from .ports import (
     Clock,
     Provider,
     ProviderError,
+    ProviderFault,
     RetryableConflict,
     Store,
     Tx,
+    UpstreamState,
     UpstreamStatus,
 )
 from .validation import NormalizedRequest, validate, validate_chat_model
@@ -281,7 +283,7 @@ class LifecycleService:
         error: ProviderError | None = None
         upstream_id: str | None = None
         if provider is None:
-            error = ProviderError("error", f"no client for provider {task.provider!r} in this environment")
+            error = ProviderError(ProviderFault.ERROR, f"no client for provider {task.provider!r} in this environment")
         else:
             for _ in range(1 + self.policy.submit_retries):
                 try:
@@ -413,8 +415,8 @@ class LifecycleService:
         """Apply, in arrival order, the callbacks that came before this task had its upstream id."""
         tx.lock_upstream(provider, upstream_id)
         for p in tx.claim_parked(provider, upstream_id, task_id, self._now()):
-            parsed = _Parsed(p.upstream_task_id, p.state, tuple(p.result_urls or ()), p.error_code,
-                             p.error_message, p.failure_class)
+            parsed = _Parsed(p.upstream_task_id, _STATES.get(p.state, p.state), tuple(p.result_urls or ()),
+                             p.error_code, p.error_message, _CLASSES.get(p.failure_class, p.failure_class))
             task = tx.get_task(task_id, for_update=True)
             outcome, detail = self._route(tx, task, parsed, p.webhook_id)
             tx.settle_callback(p.callback_id, task_id, outcome, detail or "parked until the upstream id was stored")
@@ -470,7 +472,7 @@ class LifecycleService:
                 return tx.get_task(task_id)
             elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()
             limit = self.policy.timeout_for(current.category)
-            if status.state == "succeeded" and rules.rechecks_spent(current.check_attempts, self.policy):
+            if status.state == UpstreamState.SUCCEEDED and rules.rechecks_spent(current.check_attempts, self.policy):
                 self._finish_failed(tx, current, NO_RESULT_URLS, "the provider reported success but never "
                                     "delivered result URLs", FailureClass.PROVIDER, path=path)
             elif elapsed >= limit:
@@ -490,11 +492,11 @@ class LifecycleService:
         returned beside it, so the caller can record it."""
         provider = self.providers.get(task.provider)
         if provider is None or not task.upstream_task_id:
-            return UpstreamStatus("unknown"), None
+            return UpstreamStatus(UpstreamState.UNKNOWN), None
         try:
             return provider.status(task.upstream_task_id), None
         except ProviderError as exc:
-            return UpstreamStatus("unknown"), exc
+            return UpstreamStatus(UpstreamState.UNKNOWN), exc
 
     def _schedule_next_check(self, tx: Tx, task: Task) -> None:
         """Deferred tasks follow the re-check backoff; then plain polling takes over."""
@@ -505,12 +507,12 @@ class LifecycleService:
     def _apply_status(self, tx: Tx, task: Task, status: UpstreamStatus | _Parsed, path: str) -> bool:
         """Finish a GENERATING task when what the provider says settles it (a failure, or
         success with URLs); True when it did. Anything else changes nothing here."""
-        if status.state == "failed":
+        if status.state == UpstreamState.FAILED:
             self._finish_failed(tx, task, status.error_code or "provider_failed",
                                 status.error_message or "the provider reported a failure",
                                 status.failure_class or FailureClass.PROVIDER, path=path)
             return True
-        if status.state == "succeeded" and status.result_urls:
+        if status.state == UpstreamState.SUCCEEDED and status.result_urls:
             self._finish_success(tx, task, list(status.result_urls), path=path)
             return True
         return False
@@ -715,19 +717,27 @@ class LifecycleService:
         return None if refusal is None else rules.refund_refusal_text(refusal, facts, self.policy)
 
     def recheck_refusal(self, task: Task) -> str | None:
-        """Why support cannot re-check this task upstream, or None when it can."""
-        if task.status != TaskStatus.GENERATING:
-            return f"task is {task.status}; only generating tasks are re-checked"
+        """Why support cannot re-check this task upstream, or None when it can. A WAITING task is
+        re-checked once it is stuck (before that its submission may be in flight): the provider is
+        asked for a job under the task's reference, as `recover` does for one task."""
+        if task.status not in ACTIVE:
+            return f"task is {task.status}; only waiting or generating tasks are re-checked"
         if task.provider not in self.providers:
             return f"no client for provider {task.provider!r} in this environment"
+        if task.status == TaskStatus.WAITING:
+            return self._not_stuck_yet(task)
         return None
 
     def mark_failed_refusal(self, task: Task) -> str | None:
-        """Why support cannot mark this task failed now, or None when it is stuck (its age judged at
-        judge_clock: the same moment the pages and the checklist judge it at)."""
-        age = (self.judge_clock.now() - (task.submitted_at or task.created_at)).total_seconds()
+        """Why support cannot mark this task failed now, or None when it is stuck."""
         if task.status not in ACTIVE:
             return f"task is {task.status}; only waiting or generating tasks can be marked failed"
+        return self._not_stuck_yet(task)
+
+    def _not_stuck_yet(self, task: Task) -> str | None:
+        """None when the task is stuck, its age judged at judge_clock (the same moment the pages and
+        the checklist judge it at); else why not yet."""
+        age = (self.judge_clock.now() - (task.submitted_at or task.created_at)).total_seconds()
         if age < self.policy.stuck_for(task.category):
             return f"task is {int(age)} s old; it counts as stuck after {int(self.policy.stuck_for(task.category))} s"
         return None
@@ -736,9 +746,14 @@ class LifecycleService:
         operator, reason = _operator(operator, reason)
         task = self.task(task_id)
         refusal = self.recheck_refusal(task)
-        if refusal is None:
+        found = None
+        if refusal is None and task.status == TaskStatus.WAITING:  # interrupted before the provider answered
+            found = self._recover_one(task)
+            task = self.task(task_id)
+        elif refusal is None:
             task = self._check(task_id, EventKind.RECHECK, reason=f"support: {operator}")
-        result = f"refused: {refusal}" if refusal else f"upstream checked; task is {task.status}"
+        result = (f"refused: {refusal}" if refusal else f"upstream checked; task is {task.status}"
+                  + (f" ({found})" if found else ""))
         self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
         if refusal:
             raise ActionRefused(refusal)
@@ -804,7 +819,7 @@ class LifecycleService:
                 self.policy.timeout_for(task.category)
             if task.provider in self.providers:
                 status = self._upstream_status(task)
-                settles = status.state == "failed" or (status.state == "succeeded" and status.result_urls)
+                settles = status.state == UpstreamState.FAILED or (status.state == UpstreamState.SUCCEEDED and status.result_urls)
                 if not (overdue or settles):
                     return None  # still running upstream: polling carries on; a re-check here would
                     #              spend the task's re-check backoff, so a second recover would differ
@@ -822,7 +837,7 @@ class LifecycleService:
             if upstream:
                 self._tx(lambda tx: self._adopt_upstream(tx, task.id, upstream))
                 return "stored the upstream id found at the provider"
-            parked = self._tx(lambda tx: tx.parked_upstream_for_ref(task.provider, f"task-{task.id}"))
+            parked = self._tx(lambda tx: tx.parked_upstream_for_ref(task.provider, rules.task_ref(task.id)))
             if parked:  # a signed callback for our reference: the provider has the job
                 self._tx(lambda tx: self._adopt_upstream(tx, task.id, parked))
                 return "stored the upstream id of a callback parked under this task's reference"
@@ -869,15 +884,15 @@ class LifecycleService:
 @dataclass(frozen=True)
 class _Parsed:
     upstream_task_id: str
-    state: str
+    state: UpstreamState
     result_urls: tuple[str, ...]
     error_code: str | None
     error_message: str | None
-    failure_class: str | None
+    failure_class: FailureClass | None
 
 
-_STATES = {"succeeded", "failed", "running"}
-_CLASSES = {c.value for c in FailureClass} - {FailureClass.BILLING.value}
+_STATES = {s.value: s for s in (UpstreamState.SUCCEEDED, UpstreamState.FAILED, UpstreamState.RUNNING)}
+_CLASSES = {c.value: c for c in FailureClass if c is not FailureClass.BILLING}
 
 
 def _parse_callback(raw: bytes) -> _Parsed | str:
@@ -905,7 +920,8 @@ def _parse_callback(raw: bytes) -> _Parsed | str:
     code, message = data.get("error_code"), data.get("error_message")
     if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):
         return "data.error_code / error_message are not strings"
-    return _Parsed(upstream, state, tuple(urls), code and code[:80], message and message[:2000], klass)
+    return _Parsed(upstream, _STATES[state], tuple(urls), code and code[:80], message and message[:2000],
+                   klass and _CLASSES[klass])
 
 
 def _already(task: Task) -> str:
@@ -915,9 +931,9 @@ def _already(task: Task) -> str:
 def _callback_outcome(parsed: _Parsed) -> CallbackOutcome:
     """An early callback (success without URLs yet) is deferred; a "still running" report
     is progress (nothing changes); a result applies."""
-    if parsed.state == "succeeded" and not parsed.result_urls:
+    if parsed.state == UpstreamState.SUCCEEDED and not parsed.result_urls:
         return CallbackOutcome.DEFERRED
-    if parsed.state not in ("succeeded", "failed"):
+    if parsed.state not in (UpstreamState.SUCCEEDED, UpstreamState.FAILED):
         return CallbackOutcome.PROGRESS
     return CallbackOutcome.APPLIED
 

@@ -11,12 +11,14 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from .domain import (
     Account,
     ChatMessage,
     ChatSession,
+    FailureClass,
     LedgerEntry,
     Notification,
     ParkedCallback,
@@ -24,6 +26,7 @@ from .domain import (
     RivyaError,
     Task,
     TaskEvent,
+    members,
 )
 
 # --- Clock ----------------------------------------------------------------------
@@ -37,31 +40,65 @@ class Clock(Protocol):
 # --- Provider -------------------------------------------------------------------
 
 
-class ProviderError(RivyaError):
-    """A submission that did not produce an upstream job.
+class ProviderFault(StrEnum):
+    """How a submission (or a status read) failed to reach a provider's job."""
 
-    kind is one of: refused, error, timeout.
-    """
+    REFUSED = "refused"    # the provider said no (a 4xx): resubmitting will not help
+    ERROR = "error"        # the provider erred or could not be reached
+    TIMEOUT = "timeout"    # no answer within the timeout
+
+
+class UpstreamState(StrEnum):
+    """What a provider says of a job."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"    # the provider does not know the job, or could not be asked
+
+
+_FAULT_OF = members(ProviderFault)
+_STATE_OF = members(UpstreamState)
+_CLASS_OF = members(FailureClass)
+
+
+def _member(lookup: dict[str, Any], value: Any, what: str) -> Any:
+    try:
+        return lookup[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"{what} {value!r} is not one of {', '.join(lookup)}") from None
+
+
+class ProviderError(RivyaError):
+    """A submission that did not produce an upstream job (or a status read that failed).
+    `kind` is a ProviderFault; an unknown kind is a ValueError (a client bug)."""
 
     code = "provider_error"
 
     def __init__(self, kind: str, message: str):
+        kind = _member(_FAULT_OF, kind, "provider fault")
         super().__init__(message, code=f"submit_{kind}")
-        self.kind = kind
+        self.kind: ProviderFault = kind
 
 
 @dataclass(frozen=True)
 class UpstreamStatus:
-    """What the provider knows about a job right now.
+    """What the provider knows about a job right now. `state` is an UpstreamState (a plain
+    string is typed on construction; an unknown one is a ValueError, a client bug);
+    `failure_class` a FailureClass when it names one."""
 
-    state: queued | running | succeeded | failed | unknown
-    """
-
-    state: str
+    state: UpstreamState
     result_urls: tuple[str, ...] = ()
     error_code: str | None = None
     error_message: str | None = None
-    failure_class: str | None = None
+    failure_class: FailureClass | None = None
+
+    def __post_init__(self) -> None:
+        if self.state.__class__ is not UpstreamState:
+            object.__setattr__(self, "state", _member(_STATE_OF, self.state, "upstream state"))
+        if self.failure_class is not None:
+            object.__setattr__(self, "failure_class", _CLASS_OF.get(self.failure_class, self.failure_class))
 
 
 class CallbackFormat(Protocol):

@@ -30,6 +30,7 @@ from typing import Any
 
 from .domain import (
     ACTIVE,
+    TASK_ENUM_FIELDS,
     TERMINAL,
     Account,
     ActionRefused,
@@ -553,7 +554,9 @@ class MemoryTx:
         before = {name: state[name] for name in fields}
         s._unindex_task(task)
         for name, value in fields.items():
-            state[name] = _clone(value) if isinstance(value, _CONTAINERS) else value
+            typed = TASK_ENUM_FIELDS.get(name)  # status, category, failure_class: as their StrEnum members
+            state[name] = _clone(value) if isinstance(value, _CONTAINERS) else \
+                value if typed is None else typed.get(value, value)
         s._index_task(task)
 
         def undo() -> None:

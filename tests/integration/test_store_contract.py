@@ -14,7 +14,9 @@ from sqlalchemy import select
 from rivya_core import schema
 from rivya_core.db import make_engine, normalize_url, open_store, require_schema, snapshot_to_engine
 from rivya_core.domain import (
+    Category,
     ChatMessage,
+    FailureClass,
     IdempotencyConflict,
     InsufficientCredits,
     NotFound,
@@ -94,6 +96,22 @@ def test_update_task_is_compare_and_set(store, uid):
     assert (got.status, got.upstream_task_id, got.result_urls, got.check_attempts) == (S, "up-9", ["u"], 3)
     with pytest.raises(ValueError), store.begin() as tx:
         tx.update_task(tid, None, no_such_column=1)
+
+
+def test_task_fields_come_back_as_their_enums(store, uid):
+    """status, category and failure_class are read as StrEnum members whatever form they were
+    written in (the members equal the strings, so what is stored does not change)."""
+    with store.begin() as tx:
+        tid = tx.insert_task(task(uid, status="WAITING", category="video")).id
+        assert tx.update_task(tid, ["WAITING"], status="FAILED", failure_class="provider")
+        got = tx.get_task(tid)
+        listed = tx.user_tasks(uid)[0]
+    for row in (got, listed):
+        assert row.status is TaskStatus.FAILED and row.category is Category.VIDEO
+        assert row.failure_class is FailureClass.PROVIDER
+    snap = store.snapshot().tasks[0]
+    assert (snap.status, snap.category, snap.failure_class) == ("FAILED", "video", "provider")
+    assert type(snap.status) is TaskStatus
 
 
 def test_returned_rows_are_copies(store, uid):
