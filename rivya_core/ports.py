@@ -168,8 +168,9 @@ class Tx(Protocol):
         """The task, or None when there is none. A store that wrote a finished task
         out and forgot it (the simulation's run buffer) raises TaskEvicted instead."""
 
-    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None:
-        """As get_task, by the provider's id for the task."""
+    def task_by_upstream(self, provider: str, upstream_task_id: str, *, for_update: bool = False) -> Task | None:
+        """The newest task holding this upstream id; for_update also locks its row until the unit ends.
+        TaskEvicted as get_task."""
 
     def update_task(self, task_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         """Compare-and-set: write fields only if the task's status is in
@@ -214,6 +215,10 @@ class Tx(Protocol):
     def add_callback(self, cb: ProviderCallback) -> ProviderCallback: ...
     def webhook_seen(self, provider: str, webhook_id: str) -> bool:
         """True when a callback with this id was already applied or deferred."""
+
+    def add_callback_unless_seen(self, cb: ProviderCallback, seen_detail: str) -> ProviderCallback:
+        """add_callback, except that when cb's webhook id was already applied or deferred
+        (webhook_seen) the row is stored as a duplicate with seen_detail; returns the stored row."""
 
     def task_callbacks(self, task_id: int) -> list[ProviderCallback]: ...
 

@@ -21,6 +21,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import fields as dc_fields
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -274,7 +275,7 @@ class MemoryTx:
         task = self.s.tasks.get(task_id)
         return _copy(task) if task is not None else None
 
-    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None:
+    def task_by_upstream(self, provider: str, upstream_task_id: str, *, for_update: bool = False) -> Task | None:
         tid = self.s._upstream.get((provider, upstream_task_id))
         return self.get_task(tid) if tid is not None else None
 
@@ -449,6 +450,11 @@ class MemoryTx:
 
         s._add(s.callbacks, row, undo)
         return _copy(row)
+
+    def add_callback_unless_seen(self, cb: ProviderCallback, seen_detail: str) -> ProviderCallback:
+        if cb.webhook_id and self.webhook_seen(cb.provider, cb.webhook_id):
+            cb = replace(cb, outcome=CallbackOutcome.DUPLICATE, detail=seen_detail)
+        return self.add_callback(cb)
 
     def webhook_seen(self, provider: str, webhook_id: str) -> bool:
         return (provider, webhook_id) in self.s._webhooks

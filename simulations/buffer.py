@@ -87,7 +87,7 @@ class StreamingTx(MemoryTx):
             raise tomb.error(task_id)
         return None
 
-    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None:
+    def task_by_upstream(self, provider: str, upstream_task_id: str, *, for_update: bool = False) -> Task | None:
         s = self.s
         key = (provider, upstream_task_id)
         tid = s._upstream.get(key)
