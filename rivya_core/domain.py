@@ -296,6 +296,19 @@ class NotFound(RivyaError):
     code = "not_found"
 
 
+class TaskEvicted(NotFound):
+    """A task a streaming store wrote out and then forgot (the simulation's run
+    buffer): its full row is in the database, not in memory. Carries what the
+    store still remembers, so a late callback can be recorded as a repeat.
+    Raised instead of handing out a hollow row; nothing was written."""
+
+    code = "task_evicted"
+
+    def __init__(self, task_id: int, status: str, provider: str, message: str | None = None):
+        super().__init__(message or f"task {task_id} was finished, written out and evicted from memory")
+        self.task_id, self.status, self.provider = task_id, status, provider
+
+
 class ActionRefused(RivyaError):
     """A support action the rules do not allow (refund not due, task not stuck…). `reason` is
     which refusal it was, a machine-readable code (rivya_core.rules: RefundRefusal,

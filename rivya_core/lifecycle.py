@@ -48,6 +48,7 @@ from .domain import (
     ParkedCallback,
     ProviderCallback,
     Task,
+    TaskEvicted,
     TaskStatus,
     TurnClosed,
     ValidationError,
@@ -74,6 +75,7 @@ T = TypeVar("T")
 MAX_CALLBACK_BODY = 64 * 1024
 STORED_BODY_LIMIT = 4096
 PARKED_DETAIL = "no task has this upstream id yet: parked, applied when a task takes it"
+WEBHOOK_SEEN = "webhook id already seen"
 MAX_RETRIES = 20
 RETRY_BASE_SECONDS = 0.002
 RETRY_CAP_SECONDS = 0.25
@@ -355,30 +357,51 @@ class LifecycleService:
         ref = task_ref[:100] if isinstance(task_ref, str) and task_ref else None
 
         def step(tx: Tx) -> CallbackResult:  # builds its own row: a retried attempt starts clean
-            tx.lock_upstream(provider, parsed.upstream_task_id)  # against _mark_generating's claim
-            task = tx.task_by_upstream(provider, parsed.upstream_task_id)
+            upstream_id = parsed.upstream_task_id
+            try:
+                task = tx.task_by_upstream(provider, upstream_id, for_update=True)  # found: its row lock orders us
+                if task is None:  # look again under the upstream lock, against _mark_generating's claim
+                    tx.lock_upstream(provider, upstream_id)
+                    task = tx.task_by_upstream(provider, upstream_id, for_update=True)
+            except TaskEvicted as gone:
+                return self._late(tx, record, parsed, gone)
             if task is None:
                 return self._park(tx, record, parsed, ref)
-            task = tx.get_task(task.id, for_update=True)
-            outcome, detail = self._route(tx, task, parsed, record.webhook_id)
-            cb = tx.add_callback(replace(record, task_id=task.id, outcome=outcome, detail=detail))
+            row = replace(record, task_id=task.id)
+            if task.terminal:
+                cb = tx.add_callback(replace(row, outcome=CallbackOutcome.DUPLICATE, detail=_already(task.status)))
+            else:  # the insert itself turns a webhook id already applied or deferred into a duplicate
+                cb = tx.add_callback_unless_seen(replace(row, outcome=_callback_outcome(parsed)), WEBHOOK_SEEN)
+            outcome = CallbackOutcome(cb.outcome)
             self._take(tx, task, parsed, record.webhook_id, outcome, cb.id)
-            return CallbackResult(outcome, cb.id, task.id, detail)
+            return CallbackResult(outcome, cb.id, task.id, cb.detail)
 
         return self._tx(step)
 
     def _route(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None) -> tuple[CallbackOutcome, str | None]:
         """What a valid callback does to its task: nothing (duplicate, progress), defer or apply."""
         if task.terminal:
-            return CallbackOutcome.DUPLICATE, f"task already {task.status}"
+            return CallbackOutcome.DUPLICATE, _already(task.status)
         if webhook_id and tx.webhook_seen(task.provider, webhook_id):
-            return CallbackOutcome.DUPLICATE, "webhook id already seen"
+            return CallbackOutcome.DUPLICATE, WEBHOOK_SEEN
         return _callback_outcome(parsed), None
+
+    def _late(self, tx: Tx, record: ProviderCallback, parsed: _Parsed, gone: TaskEvicted) -> CallbackResult:
+        """A valid callback for a task the store wrote out and forgot: the task is
+        finished, so the callback is a repeat, recorded as for a task still held."""
+        outcome, detail = CallbackOutcome.DUPLICATE, _already(gone.status)
+        cb = tx.add_callback(replace(record, task_id=gone.task_id, outcome=outcome, detail=detail))
+        self._callback_event(tx, gone.task_id, parsed, record.webhook_id, outcome, cb.id)
+        return CallbackResult(outcome, cb.id, gone.task_id, detail)
+
+    def _callback_event(self, tx: Tx, task_id: int, parsed: _Parsed, webhook_id: str | None,
+                        outcome: CallbackOutcome, callback_id: int, **extra: Any) -> None:
+        self._event(tx, task_id, EventKind.CALLBACK, webhook_id=webhook_id, outcome=str(outcome),
+                    state=parsed.state, callback_id=callback_id, **extra)
 
     def _take(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None, outcome: CallbackOutcome,
               callback_id: int, **extra: Any) -> None:
-        self._event(tx, task.id, EventKind.CALLBACK, webhook_id=webhook_id, outcome=str(outcome),
-                    state=parsed.state, callback_id=callback_id, **extra)
+        self._callback_event(tx, task.id, parsed, webhook_id, outcome, callback_id, **extra)
         if outcome == CallbackOutcome.DEFERRED:
             self._defer(tx, task)
         elif outcome == CallbackOutcome.APPLIED:
@@ -912,6 +935,11 @@ def _parse_callback(raw: bytes) -> _Parsed | str:
         return "data.error_code / error_message are not strings"
     return _Parsed(upstream, _STATES[state], tuple(urls), code and code[:80], message and message[:2000],
                    klass and _CLASSES[klass])
+
+
+def _already(status: str) -> str:
+    """Why a callback for a finished task is a duplicate."""
+    return f"task already {status}"
 
 
 def _callback_outcome(parsed: _Parsed) -> CallbackOutcome:
