@@ -296,10 +296,33 @@ class NotFound(RivyaError):
     code = "not_found"
 
 
+class TaskEvicted(NotFound):
+    """A task a streaming store wrote out and then forgot (the simulation's run
+    buffer): its full row is in the database, not in memory. Carries what the
+    store still remembers, so a late callback can be recorded as a repeat.
+    Raised instead of handing out a hollow row; nothing was written."""
+
+    code = "task_evicted"
+
+    def __init__(self, task_id: int, status: str, provider: str, message: str | None = None):
+        super().__init__(message or f"task {task_id} was finished, written out and evicted from memory")
+        self.task_id, self.status, self.provider = task_id, status, provider
+
+
 class ActionRefused(RivyaError):
-    """A support action the rules do not allow (refund not due, task not stuck…)."""
+    """A support action the rules do not allow (refund not due, task not stuck…). `reason` is
+    which refusal it was, a machine-readable code (rivya_core.rules: RefundRefusal,
+    MarkFailedRefusal, RecheckRefusal, SupportRefusal): pages, the CLI and tests key on it,
+    never on the message's wording."""
 
     code = "action_refused"
+
+    def __init__(self, message: str, *, reason: StrEnum | None = None, code: str | None = None):
+        super().__init__(message, code=code)
+        self.reason = reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "reason": None if self.reason is None else str(self.reason)}
 
 
 class TurnClosed(RivyaError):
@@ -360,6 +383,6 @@ class EventKind(StrEnum):
     REFUNDED = "refunded"            # detail: amount, reason
     REFUND_SKIPPED = "refund_skipped"  # policy keeps the credits; detail: reason
     NOTIFIED = "notified"            # detail: kind
-    SUPPORT_ACTION = "support_action"  # detail: operator, action, reason, result
+    SUPPORT_ACTION = "support_action"  # detail: operator, action, reason, result; refusal (its code) when refused
     RECOVERED = "recovered"          # crash-recovery sweep; detail: what
     DUPLICATE_WARNING = "duplicate_warning"

@@ -164,8 +164,13 @@ class Tx(Protocol):
     def insert_task(self, task: Task) -> Task:
         """Insert; task.id == 0 means 'assign one'. Returns the stored row."""
 
-    def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None: ...
-    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None: ...
+    def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None:
+        """The task, or None when there is none. A store that wrote a finished task
+        out and forgot it (the simulation's run buffer) raises TaskEvicted instead."""
+
+    def task_by_upstream(self, provider: str, upstream_task_id: str, *, for_update: bool = False) -> Task | None:
+        """The newest task holding this upstream id; for_update also locks its row until the unit ends.
+        TaskEvicted as get_task."""
 
     def update_task(self, task_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         """Compare-and-set: write fields only if the task's status is in
@@ -189,7 +194,8 @@ class Tx(Protocol):
         balance_after, refuse (InsufficientCredits) if it would go below zero,
         write the row and the cached balance. An existing idempotency_key
         returns the existing row with created=False and writes nothing.
-        support=True marks an entry a support action issued (credit_ledger.support)."""
+        support=True marks an entry a support action issued (credit_ledger.support).
+        A task the store evicted (see get_task) takes no new entry: TaskEvicted."""
 
     def entry(self, idempotency_key: str) -> LedgerEntry | None: ...
     def task_entries(self, task_id: int) -> list[LedgerEntry]: ...
@@ -209,6 +215,10 @@ class Tx(Protocol):
     def add_callback(self, cb: ProviderCallback) -> ProviderCallback: ...
     def webhook_seen(self, provider: str, webhook_id: str) -> bool:
         """True when a callback with this id was already applied or deferred."""
+
+    def add_callback_unless_seen(self, cb: ProviderCallback, seen_detail: str) -> ProviderCallback:
+        """add_callback, except that when cb's webhook id was already applied or deferred
+        (webhook_seen) the row is stored as a duplicate with seen_detail; returns the stored row."""
 
     def task_callbacks(self, task_id: int) -> list[ProviderCallback]: ...
 

@@ -1,6 +1,7 @@
-"""One contract suite for every Store: in-memory, SQLite and PostgreSQL.
+"""One contract suite for every Store: in-memory, the simulation's run buffer
+(in-memory, streaming), SQLite and PostgreSQL.
 
-Each test runs three times; PostgreSQL skips (saying why) when no server answers.
+Each test runs four times; PostgreSQL skips (saying why) when no server answers.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ from rivya_core.domain import (
 )
 from rivya_core.store_memory import MemoryStore
 from rivya_core.store_sql import SqlStore
+from simulations.buffer import StreamingStore
 
 T0 = datetime(2025, 3, 1, 9, 0, 0)
 G, W, S, F = TaskStatus.GENERATING, TaskStatus.WAITING, TaskStatus.SUCCESS, TaskStatus.FAILED
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["memory", "streaming", "sqlite", "postgresql"])
 def store(request, tmp_path):
-    if request.param == "memory":
-        yield MemoryStore()
+    if request.param in ("memory", "streaming"):
+        yield MemoryStore() if request.param == "memory" else StreamingStore()
         return
     url = f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     st = open_store(url, create=True)
