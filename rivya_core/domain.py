@@ -310,9 +310,19 @@ class TaskEvicted(NotFound):
 
 
 class ActionRefused(RivyaError):
-    """A support action the rules do not allow (refund not due, task not stuck…)."""
+    """A support action the rules do not allow (refund not due, task not stuck…). `reason` is
+    which refusal it was, a machine-readable code (rivya_core.rules: RefundRefusal,
+    MarkFailedRefusal, RecheckRefusal, SupportRefusal): pages, the CLI and tests key on it,
+    never on the message's wording."""
 
     code = "action_refused"
+
+    def __init__(self, message: str, *, reason: StrEnum | None = None, code: str | None = None):
+        super().__init__(message, code=code)
+        self.reason = reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "reason": None if self.reason is None else str(self.reason)}
 
 
 class TurnClosed(RivyaError):
@@ -373,6 +383,6 @@ class EventKind(StrEnum):
     REFUNDED = "refunded"            # detail: amount, reason
     REFUND_SKIPPED = "refund_skipped"  # policy keeps the credits; detail: reason
     NOTIFIED = "notified"            # detail: kind
-    SUPPORT_ACTION = "support_action"  # detail: operator, action, reason, result
+    SUPPORT_ACTION = "support_action"  # detail: operator, action, reason, result; refusal (its code) when refused
     RECOVERED = "recovered"          # crash-recovery sweep; detail: what
     DUPLICATE_WARNING = "duplicate_warning"

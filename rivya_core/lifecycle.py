@@ -67,6 +67,7 @@ from .ports import (
     UpstreamState,
     UpstreamStatus,
 )
+from .rules import Refusal, SupportRefusal
 from .validation import NormalizedRequest, validate, validate_chat_model
 
 T = TypeVar("T")
@@ -700,18 +701,19 @@ class LifecycleService:
         operator, reason = _operator(operator, reason)
         return self._refused_or(self._tx(lambda tx: self._refund_step(tx, task_id, operator, reason, incident_id)))
 
-    def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str, incident_id: int | None) -> Task | str:
+    def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str,
+                     incident_id: int | None) -> Task | Refusal:
         task = self._task_in(tx, task_id, for_update=True)
         refusal = self.refund_refusal(tx, task)
         if refusal:
-            self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}", incident_id)
+            self._support_event(tx, task_id, operator, "refund", reason, refusal, incident_id)
             return refusal
         self._refund_if_due(tx, task, task.failure_class, support_note=f"support refund by {operator}: {reason}"[:500])
         self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
         return tx.get_task(task_id)
 
     def support_many(self, action: str, task_ids: list[int], operator: str, reason: str, *,
-                     incident_id: int | None = None) -> list[tuple[int, Task | str]]:
+                     incident_id: int | None = None) -> list[tuple[int, Task | Refusal]]:
         """`refund` or `mark-failed` on several tasks in one unit of work (a bulk incident's chunk):
         the very steps, refusals and events of support_refund / support_mark_failed, one commit.
         Returns (task id, the task after, or the refusal) per task."""
@@ -720,43 +722,37 @@ class LifecycleService:
         ids = list(task_ids)
         return self._tx(lambda tx: [(i, step(tx, i, operator, reason, incident_id)) for i in ids])
 
-    def refund_refusal(self, tx: Tx, task: Task) -> str | None:
+    def refund_refusal(self, tx: Tx, task: Task) -> Refusal | None:
         """Why a refund of this task is not due, or None when it is."""
         charge = tx.entry(consume_key(task.id))
         return self.refund_refusal_for(task, charge is not None, tx.entry(refund_key(task.id)) is not None)
 
-    def refund_refusal_for(self, task: Task, charged: bool, refunded: bool) -> str | None:
+    def refund_refusal_for(self, task: Task, charged: bool, refunded: bool) -> Refusal | None:
         """refund_refusal over facts already read (whether the task was charged, refunded):
         the form bulk dry runs use for thousands of tasks at once."""
         facts = rules.RefundFacts(task.status, task.failure_class, charged, refunded)
-        refusal = rules.refund_refusal(facts, self.policy)
-        return None if refusal is None else rules.refund_refusal_text(refusal, facts, self.policy)
+        code = rules.refund_refusal(facts, self.policy)
+        return None if code is None else Refusal(code, rules.refund_refusal_text(code, facts, self.policy))
 
-    def recheck_refusal(self, task: Task) -> str | None:
-        """Why support cannot re-check this task upstream, or None when it can. A WAITING task is
-        re-checked once it is stuck (before that its submission may be in flight): the provider is
-        asked for a job under the task's reference, as `recover` does for one task."""
-        if task.status not in ACTIVE:
-            return f"task is {task.status}; only waiting or generating tasks are re-checked"
-        if task.provider not in self.providers:
-            return f"no client for provider {task.provider!r} in this environment"
-        if task.status == TaskStatus.WAITING:
-            return self._not_stuck_yet(task)
-        return None
-
-    def mark_failed_refusal(self, task: Task) -> str | None:
-        """Why support cannot mark this task failed now, or None when it is stuck."""
-        if task.status not in ACTIVE:
-            return f"task is {task.status}; only waiting or generating tasks can be marked failed"
-        return self._not_stuck_yet(task)
-
-    def _not_stuck_yet(self, task: Task) -> str | None:
-        """None when the task is stuck, its age judged at judge_clock (the same moment the pages and
-        the checklist judge it at); else why not yet."""
+    def _stuck_facts(self, task: Task) -> rules.StuckFacts:
+        """The task's age judged at judge_clock (the same moment the pages and the checklist judge it at)."""
         age = (self.judge_clock.now() - (task.submitted_at or task.created_at)).total_seconds()
-        if age < self.policy.stuck_for(task.category):
-            return f"task is {int(age)} s old; it counts as stuck after {int(self.policy.stuck_for(task.category))} s"
-        return None
+        return rules.StuckFacts(task.status, age, self.policy.stuck_for(task.category))
+
+    def recheck_refusal(self, task: Task) -> Refusal | None:
+        """Why support cannot re-check this task upstream, or None when it can (rules.recheck_refusal).
+        A WAITING task is re-checked once it is stuck: the provider is asked for a job under the
+        task's reference, as `recover` does for one task."""
+        facts = self._stuck_facts(task)
+        code = rules.recheck_refusal(facts, task.provider in self.providers)
+        return None if code is None else Refusal(
+            code, rules.stuck_refusal_text(code, facts, "are re-checked", task.provider))
+
+    def mark_failed_refusal(self, task: Task) -> Refusal | None:
+        """Why support cannot mark this task failed now, or None when it is stuck (rules.mark_failed_refusal)."""
+        facts = self._stuck_facts(task)
+        code = rules.mark_failed_refusal(facts)
+        return None if code is None else Refusal(code, rules.stuck_refusal_text(code, facts, "can be marked failed"))
 
     def support_recheck(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
@@ -768,12 +764,9 @@ class LifecycleService:
             task = self.task(task_id)
         elif refusal is None:
             task = self._check(task_id, EventKind.RECHECK, reason=f"support: {operator}")
-        result = (f"refused: {refusal}" if refusal else f"upstream checked; task is {task.status}"
-                  + (f" ({found})" if found else ""))
+        result = refusal or (f"upstream checked; task is {task.status}" + (f" ({found})" if found else ""))
         self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
-        if refusal:
-            raise ActionRefused(refusal)
-        return task
+        return self._refused_or(refusal or task)
 
     def support_mark_failed(self, task_id: int, operator: str, reason: str, *,
                             incident_id: int | None = None) -> Task:
@@ -782,27 +775,31 @@ class LifecycleService:
                                                                            incident_id)))
 
     def _mark_failed_step(self, tx: Tx, task_id: int, operator: str, reason: str,
-                          incident_id: int | None) -> Task | str:
+                          incident_id: int | None) -> Task | Refusal:
         task = self._task_in(tx, task_id, for_update=True)
         refusal = self.mark_failed_refusal(task)
         if refusal:
-            self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}", incident_id)
+            self._support_event(tx, task_id, operator, "mark_failed", reason, refusal, incident_id)
             return refusal
         self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
                             FailureClass.INFRASTRUCTURE, path="support")
         self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
         return tx.get_task(task_id)
 
-    def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str, result: str,
-                       incident_id: int | None = None) -> None:
-        extra = {} if incident_id is None else {"incident": int(incident_id)}
+    def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str,
+                       result: str | Refusal, incident_id: int | None = None) -> None:
+        """detail: operator, action, reason, result (a sentence); a refused action adds `refusal`, its code."""
+        extra: dict[str, Any] = {} if incident_id is None else {"incident": int(incident_id)}
+        if isinstance(result, Refusal):
+            extra["refusal"] = str(result.code)
+            result = f"refused: {result.text}"
         self._event(tx, task_id, EventKind.SUPPORT_ACTION, operator=operator, action=action, reason=reason,
                     result=result, **extra)
 
     @staticmethod
-    def _refused_or(result: Task | str) -> Task:
-        if isinstance(result, str):
-            raise ActionRefused(result)
+    def _refused_or(result: Task | Refusal) -> Task:
+        if isinstance(result, Refusal):
+            raise ActionRefused(result.text, reason=result.code)
         return result
 
     # --- crash recovery --------------------------------------------------------------
@@ -974,7 +971,7 @@ def _epoch(naive_utc: datetime) -> float:
 
 def _operator(operator: Any, reason: Any) -> tuple[str, str]:
     if not isinstance(operator, str) or not operator.strip():
-        raise ActionRefused("a support action needs the operator's name")
+        raise ActionRefused("a support action needs the operator's name", reason=SupportRefusal.NO_OPERATOR)
     if not isinstance(reason, str) or not reason.strip():
-        raise ActionRefused("a support action needs a reason")
+        raise ActionRefused("a support action needs a reason", reason=SupportRefusal.NO_REASON)
     return operator.strip()[:100], reason.strip()[:500]
