@@ -340,3 +340,43 @@ def snapshot_to_engine(snapshot: Snapshot, url: str = "sqlite://") -> Engine:
     init_db(engine)
     write_snapshot(engine, snapshot)
     return engine
+
+
+class Prepared:
+    """A DML statement compiled once for a dialect and run as the driver's executemany.
+
+    The parameters of each row go through the same bind processors SQLAlchemy's own
+    `conn.execute(stmt, rows)` applies (DateTime to text on SQLite, JSON serialised, ...),
+    so the stored values are the same; what is skipped is SQLAlchemy's per-row parameter
+    construction, which costs more than the insert itself for the small rows a batch
+    writer sends. `keys`: the parameter names every row carries (for an insert, the
+    column names; for an update, its bindparam names)."""
+
+    __slots__ = ("sql", "names", "procs", "positional", "source")
+
+    def __init__(self, stmt: Any, dialect: Any, keys: Iterable[str], source: dict[str, str] | None = None):
+        """`source`: bind name -> the row key that holds its value, where they differ."""
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        self.names = tuple(compiled.positiontup) if compiled.positional else tuple(compiled.binds)
+        procs = {}
+        for name in self.names:
+            proc = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                procs[name] = proc
+        self.procs = procs
+        self.source = source or {}
+
+    def params(self, rows: Iterable[dict[str, Any]]) -> list[Any]:
+        names, procs = self.names, self.procs
+        src = self.source
+        cols = [(src.get(name, name), procs.get(name)) for name in names]
+        if self.positional:
+            return [tuple([v[k] if p is None else p(v[k]) for k, p in cols]) for v in rows]
+        named = [(name, src.get(name, name), procs.get(name)) for name in names]
+        return [{name: v[k] if p is None else p(v[k]) for name, k, p in named} for v in rows]
+
+    def run(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            conn.exec_driver_sql(self.sql, self.params(rows))
