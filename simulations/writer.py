@@ -25,7 +25,6 @@ by, so the summary never re-reads the database.
 from __future__ import annotations
 
 import hashlib
-import json
 import statistics
 from array import array
 from collections import Counter
@@ -53,7 +52,7 @@ from sqlalchemy import (
     update,
 )
 
-from rivya_core import rules, schema
+from rivya_core import jsontext, rules, schema
 from rivya_core.db import Prepared, row_values
 from rivya_core.domain import TERMINAL, ChatStatus, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
@@ -114,8 +113,6 @@ FINGERPRINTED = ("ledger", "events", "notifications", "callbacks")
 
 
 _KEPT = (None, rules.RefundRefusal.POLICY_KEEPS)  # charged and not refunded: due, or kept by the policy
-# one encoder for every row: json.dumps with these arguments builds a new one per call
-_CANON = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
 
 
 def _canon(values: dict[str, Any]) -> bytes:
@@ -123,7 +120,7 @@ def _canon(values: dict[str, Any]) -> bytes:
     recorded: left out while it is False (never in a simulation), so a run keeps its fingerprint."""
     if values.get("support") is False:
         values = {k: v for k, v in values.items() if k != "support"}
-    return _CANON.encode(values).encode()
+    return jsontext.canonical(values).encode()
 
 
 @dataclass

@@ -3,7 +3,7 @@ conn.execute(stmt, rows) stores, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import bindparam, insert, select, text, update
@@ -13,6 +13,7 @@ from rivya_core.db import Prepared, init_db, make_engine, row_values
 from rivya_core.domain import Task, TaskEvent
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)  # microsecond 0: SQLite still stores ".000000"
+OLD = datetime(999, 1, 2)  # a three-digit year is padded to four
 
 
 def _tasks(offset: int) -> list[dict]:
@@ -21,13 +22,14 @@ def _tasks(offset: int) -> list[dict]:
              status="waiting", billing_type="per_image", reserved_credits=3, provider="fal", created_at=T0),
         Task(id=offset + 2, user_id=1, model="m", category="image", prompt="", params={}, status="success",
              billing_type="per_image", reserved_credits=3, provider="fal", created_at=T0.replace(microsecond=7),
-             result_urls=["https://x/1"], finished_at=T0, upstream_task_id="u-1"),
+             result_urls=["https://x/1"], finished_at=T0, upstream_task_id="u-1",
+             settled_at=T0.replace(tzinfo=UTC, microsecond=9)),  # aware: SQLite keeps the wall time
     ]
     return [row_values(schema.ai_task, t) for t in rows]
 
 
 def _events(offset: int) -> list[dict]:
-    return [row_values(schema.task_event, TaskEvent(id=offset + i, task_id=1, at=T0, kind="created",
+    return [row_values(schema.task_event, TaskEvent(id=offset + i, task_id=1, at=T0 if i == 1 else OLD, kind="created",
                                                     detail={"z": i, "a": "\u2603"})) for i in (1, 2)]
 
 
