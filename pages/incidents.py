@@ -90,12 +90,15 @@ def show_plan(p: bulk.Plan) -> None:
                f"judged with {plain(policy_source)}. Nothing was changed.")
     if p.refusals():
         st.write("Refusals, and why")
-        show_table(pd.DataFrame([{"reason": r, "tasks": n} for r, n in p.refusals().items()]))
+        texts = p.refusal_texts()
+        show_table(pd.DataFrame([{"refusal": code, "tasks": n, "why": texts[code]}
+                                 for code, n in p.refusals().items()]))
     if p.tasks:
         frame = pd.DataFrame([t.__dict__ for t in p.tasks[:SHOWN_ROWS]])
         frame["age_s"] = frame["age_s"].round(0)
         frame = with_task_links(frame)
-        cols = ["task", "status", "model", "provider", "error_code", "age_s", "would", "credits", "refusal", "done"]
+        cols = ["task", "status", "model", "provider", "error_code", "age_s", "would", "credits", "refusal_code",
+                "refusal", "done"]
         show_table(frame[cols], column_config={"task": TASK_LINK})
         if p.matched > SHOWN_ROWS:
             st.caption(f"The first {SHOWN_ROWS} of {p.matched:,} tasks (by id).")

@@ -97,8 +97,9 @@ def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
                   "Mark stuck task failed": svc.support_mark_failed}[action]
         task = method(task_id, operator, reason)
     except RivyaError as exc:
-        st.session_state["action_result"] = (task_id, "refused",
-                                             f"{action} on task #{task_id} refused: {plain(exc.message)}")
+        code = getattr(exc, "reason", None) or exc.code  # which refusal (rules' codes), else the error's code
+        st.session_state["action_result"] = (task_id, "refused", f"{action} on task #{task_id} refused "
+                                             f"({code}): {plain(exc.message)}")
     else:
         st.session_state["action_result"] = (task_id, "done",
                                              f"{action} on task #{task_id}: done. The task is now {plain(task.status)}.")

@@ -141,7 +141,8 @@ with show_errors():
         if ov is None:
             st.warning(f"Account {user_id} does not exist in this database.")
             st.stop()
-        now = cached_df(queries.resolve_now, None)
+        judged = cached_df(queries.reference_now)  # the one "now" the pages and support actions judge ages at
+        now = judged.at
         st.text(f"{ov['name']} · {ov['email']} · account #{ov['id']} · since {reports.format_time(ov['created_at'])}")
         unread = cached_df(queries.unread_counts, user_id)["total"]
         m = st.columns(3)
@@ -162,4 +163,4 @@ with show_errors():
             notifications_tab(user_id)
         with tabs[4]:
             signals_tab(user_id)
-        st.caption(f"Ages judged at {now:%Y-%m-%d %H:%M:%S} UTC, with {plain(policy_source)}.")
+        st.caption(f"{judged.caption()}, with {plain(policy_source)}.")

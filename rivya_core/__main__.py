@@ -194,10 +194,13 @@ def _support(action: str):
 def cmd_bulk(args: argparse.Namespace) -> int:
     from . import bulk
     from .domain import ActionRefused
+    from .rules import SupportRefusal
 
     flt = bulk.BulkFilter.parse(args.filter)
     if not args.dry_run and (not (args.operator or "").strip() or not (args.reason or "").strip()):
-        raise ActionRefused("executing a bulk action needs --operator and --reason (or use --dry-run)")
+        raise ActionRefused("executing a bulk action needs --operator and --reason (or use --dry-run)",
+                            reason=SupportRefusal.NO_REASON if (args.operator or "").strip()
+                            else SupportRefusal.NO_OPERATOR)
     svc = _service(args)
     if args.dry_run:
         existing = bulk.incident_by_name(svc.store.engine, args.name) if args.name else None
@@ -209,8 +212,9 @@ def cmd_bulk(args: argparse.Namespace) -> int:
               f"{p.matched} task(s) match; {p.would_act} would be acted on, {p.would_refuse} refused"
               + (f", {p.already_done} already handled by this incident" if p.already_done else "")
               + f"; {p.credits:,} credits would go back to users")
-        for reason, n in p.refusals().items():
-            print(f"    refused ({n}): {reason}")
+        texts = p.refusal_texts()
+        for code, n in p.refusals().items():
+            print(f"    refused ({n}) [{code}]: {texts[code]}")
         for t in p.tasks[:20]:
             print(f"    task {t.task_id} {t.status} {t.model}: {t.refusal or t.would}")
         if p.matched > 20:

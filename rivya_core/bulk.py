@@ -31,6 +31,7 @@ from sqlalchemy import Engine, func, insert, or_, select, update
 from .db import missing_tables
 from .domain import ACTIVE, ActionRefused, EntryType, EventKind, FailureClass, Task, TaskStatus, ValidationError
 from .queries import connect, naive_utc
+from .rules import Refusal, SupportRefusal
 from .schema import account, ai_task, credit_ledger, incident, task_event
 
 ACTIONS = ("recheck", "refund", "mark-failed")
@@ -250,7 +251,8 @@ class PlannedTask:
     age_s: float
     would: str  # what the action would do, or "refused"
     credits: int  # credits it would move back to the user (0 when none, or unknown before asking upstream)
-    refusal: str | None = None
+    refusal: str | None = None  # why it would be refused, for people
+    refusal_code: str | None = None  # which refusal (rules: RefundRefusal, MarkFailedRefusal, RecheckRefusal)
     done: bool = False  # already handled by this incident: a run would skip it
 
 
@@ -282,15 +284,23 @@ class Plan:
         return sum(t.credits for t in self.tasks if t.refusal is None and not t.done)
 
     def refusals(self) -> dict[str, int]:
-        """Refusal reasons with how many tasks each (numbers in the reason folded, e.g. ages)."""
-        return dict(Counter(re.sub(r"\d+", "N", t.refusal) for t in self.tasks
-                            if t.refusal is not None and not t.done).most_common())
+        """Refusal codes with how many tasks each, most first."""
+        return dict(Counter(t.refusal_code for t in self.tasks if t.refusal_code is not None and not t.done)
+                    .most_common())
+
+    def refusal_texts(self) -> dict[str, str]:
+        """Each refusal code's sentence for people (numbers folded, e.g. ages: "task is N s old…")."""
+        out: dict[str, str] = {}
+        for t in self.tasks:
+            if t.refusal_code is not None and not t.done and t.refusal_code not in out:
+                out[t.refusal_code] = re.sub(r"\d+", "N", t.refusal or "")
+        return out
 
     def to_dict(self, rows: int | None = None) -> dict[str, Any]:
         return {"action": self.action, "filter": self.filter.to_dict(), "now": self.now.isoformat(sep=" "),
                 "matched": self.matched, "would_act": self.would_act, "would_refuse": self.would_refuse,
                 "already_done": self.already_done, "credits": self.credits, "refusals": self.refusals(),
-                "tasks": [asdict(t) for t in self.tasks[:rows]]}
+                "refusal_texts": self.refusal_texts(), "tasks": [asdict(t) for t in self.tasks[:rows]]}
 
 
 def _check_action(action: str) -> str:
@@ -327,8 +337,8 @@ def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = No
             would = f"ask {t.provider} for the result"
         age = (now - (t.submitted_at or t.created_at)).total_seconds()
         out.tasks.append(PlannedTask(t.id, t.user_id, t.status, t.model, t.provider, t.error_code, age,
-                                     "refused" if refusal else would, 0 if refusal else credits, refusal,
-                                     t.id in done))
+                                     "refused" if refusal else would, 0 if refusal else credits,
+                                     refusal and refusal.text, refusal and str(refusal.code), t.id in done))
     return out
 
 
@@ -372,9 +382,9 @@ def open_incident(svc: Any, action: str, flt: BulkFilter, *, operator: str, reas
     _require_table(engine)
     operator, reason = str(operator or "").strip(), str(reason or "").strip()
     if not operator:
-        raise ActionRefused("a bulk action needs the operator's name")
+        raise ActionRefused("a bulk action needs the operator's name", reason=SupportRefusal.NO_OPERATOR)
     if not reason:
-        raise ActionRefused("a bulk action needs a reason")
+        raise ActionRefused("a bulk action needs a reason", reason=SupportRefusal.NO_REASON)
     name = (str(name).strip() if name else "") or default_name(action, flt)
     if len(name) > 200:
         raise BulkError("an incident name has at most 200 characters")
@@ -413,9 +423,10 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
     acted_ids: list[int] = []
 
     def record(task_id: int, after: Any) -> None:
-        if isinstance(after, str):
+        if isinstance(after, Refusal):
             result.refused += 1
-            result.outcomes.append({"task_id": task_id, "outcome": "refused", "detail": after})
+            result.outcomes.append({"task_id": task_id, "outcome": "refused", "detail": after.text,
+                                    "refusal": str(after.code)})
         else:
             result.acted += 1
             acted_ids.append(task_id)
@@ -428,7 +439,7 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
                 try:
                     record(t.id, svc.support_recheck(t.id, inc.operator, inc.reason, incident_id=incident_id))
                 except ActionRefused as exc:
-                    record(t.id, exc.message)
+                    record(t.id, Refusal(exc.reason, exc.message))
                 done_n += 1
                 if progress is not None and (done_n % PROGRESS_EVERY == 0 or done_n == len(todo)):
                     progress(done_n, len(todo))

@@ -51,7 +51,8 @@ def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Nam
     try:
         return command(args)
     except RivyaError as exc:
-        return _fail(exc.message)
+        reason = getattr(exc, "reason", None)  # a refused support action: which refusal, as its code
+        return _fail(exc.message + (f" [{reason}]" if reason else ""))
     except (SQLAlchemyError, OSError) as exc:
         lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
         return _fail(f"database or file problem: {lines[0]}")

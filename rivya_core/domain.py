@@ -84,6 +84,23 @@ class ChatStatus(StrEnum):
     FAILED = "failed"
 
 
+def members(enum: type[StrEnum]) -> dict[str, Any]:
+    """value -> member of a StrEnum: the lookup that types a value read from a row (a dict
+    lookup, several times cheaper than calling the enum per row)."""
+    return {m.value: m for m in enum}
+
+
+_STATUS_OF = members(TaskStatus)
+_CATEGORY_OF = members(Category)
+_CLASS_OF = members(FailureClass)
+
+
+# The typed fields of a task row and each one's value -> member lookup: a store that keeps rows
+# as given types what it is handed (Task.__post_init__ types what is constructed).
+TASK_ENUM_FIELDS: dict[str, dict[str, Any]] = {
+    "status": _STATUS_OF, "category": _CATEGORY_OF, "failure_class": _CLASS_OF}
+
+
 # Error codes the lifecycle itself writes on ai_task.error_code.
 INSUFFICIENT_CREDITS = "insufficient_credits"
 TIMEOUT = "timeout"
@@ -109,10 +126,10 @@ class Task:
     id: int
     user_id: int
     model: str
-    category: str
+    category: Category
     prompt: str
     params: dict[str, Any]
-    status: str
+    status: TaskStatus
     billing_type: str
     reserved_credits: int
     provider: str
@@ -121,13 +138,22 @@ class Task:
     result_urls: list[str] | None = None
     error_code: str | None = None
     error_message: str | None = None
-    failure_class: str | None = None
+    failure_class: FailureClass | None = None
     chat_message_id: int | None = None
     submitted_at: datetime | None = None
     finished_at: datetime | None = None
     settled_at: datetime | None = None
     next_check_at: datetime | None = None
     check_attempts: int = 0
+
+    def __post_init__(self) -> None:
+        # rows come from stores and callers as plain strings: typed here, once per row built. A
+        # value this version does not know stays as read (the audit reports it) rather than
+        # making the row unreadable.
+        self.status = _STATUS_OF.get(self.status, self.status)
+        self.category = _CATEGORY_OF.get(self.category, self.category)
+        if self.failure_class is not None:
+            self.failure_class = _CLASS_OF.get(self.failure_class, self.failure_class)
 
     @property
     def terminal(self) -> bool:
@@ -270,10 +296,33 @@ class NotFound(RivyaError):
     code = "not_found"
 
 
+class TaskEvicted(NotFound):
+    """A task a streaming store wrote out and then forgot (the simulation's run
+    buffer): its full row is in the database, not in memory. Carries what the
+    store still remembers, so a late callback can be recorded as a repeat.
+    Raised instead of handing out a hollow row; nothing was written."""
+
+    code = "task_evicted"
+
+    def __init__(self, task_id: int, status: str, provider: str, message: str | None = None):
+        super().__init__(message or f"task {task_id} was finished, written out and evicted from memory")
+        self.task_id, self.status, self.provider = task_id, status, provider
+
+
 class ActionRefused(RivyaError):
-    """A support action the rules do not allow (refund not due, task not stuck…)."""
+    """A support action the rules do not allow (refund not due, task not stuck…). `reason` is
+    which refusal it was, a machine-readable code (rivya_core.rules: RefundRefusal,
+    MarkFailedRefusal, RecheckRefusal, SupportRefusal): pages, the CLI and tests key on it,
+    never on the message's wording."""
 
     code = "action_refused"
+
+    def __init__(self, message: str, *, reason: StrEnum | None = None, code: str | None = None):
+        super().__init__(message, code=code)
+        self.reason = reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "reason": None if self.reason is None else str(self.reason)}
 
 
 class TurnClosed(RivyaError):
@@ -334,6 +383,6 @@ class EventKind(StrEnum):
     REFUNDED = "refunded"            # detail: amount, reason
     REFUND_SKIPPED = "refund_skipped"  # policy keeps the credits; detail: reason
     NOTIFIED = "notified"            # detail: kind
-    SUPPORT_ACTION = "support_action"  # detail: operator, action, reason, result
+    SUPPORT_ACTION = "support_action"  # detail: operator, action, reason, result; refusal (its code) when refused
     RECOVERED = "recovered"          # crash-recovery sweep; detail: what
     DUPLICATE_WARNING = "duplicate_warning"

@@ -48,6 +48,7 @@ from .domain import (
     ParkedCallback,
     ProviderCallback,
     Task,
+    TaskEvicted,
     TaskStatus,
     TurnClosed,
     ValidationError,
@@ -59,11 +60,14 @@ from .ports import (
     Clock,
     Provider,
     ProviderError,
+    ProviderFault,
     RetryableConflict,
     Store,
     Tx,
+    UpstreamState,
     UpstreamStatus,
 )
+from .rules import Refusal, SupportRefusal
 from .validation import NormalizedRequest, validate, validate_chat_model
 
 T = TypeVar("T")
@@ -71,6 +75,7 @@ T = TypeVar("T")
 MAX_CALLBACK_BODY = 64 * 1024
 STORED_BODY_LIMIT = 4096
 PARKED_DETAIL = "no task has this upstream id yet: parked, applied when a task takes it"
+WEBHOOK_SEEN = "webhook id already seen"
 MAX_RETRIES = 20
 RETRY_BASE_SECONDS = 0.002
 RETRY_CAP_SECONDS = 0.25
@@ -280,7 +285,7 @@ class LifecycleService:
         error: ProviderError | None = None
         upstream_id: str | None = None
         if provider is None:
-            error = ProviderError("error", f"no client for provider {task.provider!r} in this environment")
+            error = ProviderError(ProviderFault.ERROR, f"no client for provider {task.provider!r} in this environment")
         else:
             for _ in range(1 + self.policy.submit_retries):
                 try:
@@ -352,30 +357,51 @@ class LifecycleService:
         ref = task_ref[:100] if isinstance(task_ref, str) and task_ref else None
 
         def step(tx: Tx) -> CallbackResult:  # builds its own row: a retried attempt starts clean
-            tx.lock_upstream(provider, parsed.upstream_task_id)  # against _mark_generating's claim
-            task = tx.task_by_upstream(provider, parsed.upstream_task_id)
+            upstream_id = parsed.upstream_task_id
+            try:
+                task = tx.task_by_upstream(provider, upstream_id, for_update=True)  # found: its row lock orders us
+                if task is None:  # look again under the upstream lock, against _mark_generating's claim
+                    tx.lock_upstream(provider, upstream_id)
+                    task = tx.task_by_upstream(provider, upstream_id, for_update=True)
+            except TaskEvicted as gone:
+                return self._late(tx, record, parsed, gone)
             if task is None:
                 return self._park(tx, record, parsed, ref)
-            task = tx.get_task(task.id, for_update=True)
-            outcome, detail = self._route(tx, task, parsed, record.webhook_id)
-            cb = tx.add_callback(replace(record, task_id=task.id, outcome=outcome, detail=detail))
+            row = replace(record, task_id=task.id)
+            if task.terminal:
+                cb = tx.add_callback(replace(row, outcome=CallbackOutcome.DUPLICATE, detail=_already(task.status)))
+            else:  # the insert itself turns a webhook id already applied or deferred into a duplicate
+                cb = tx.add_callback_unless_seen(replace(row, outcome=_callback_outcome(parsed)), WEBHOOK_SEEN)
+            outcome = CallbackOutcome(cb.outcome)
             self._take(tx, task, parsed, record.webhook_id, outcome, cb.id)
-            return CallbackResult(outcome, cb.id, task.id, detail)
+            return CallbackResult(outcome, cb.id, task.id, cb.detail)
 
         return self._tx(step)
 
     def _route(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None) -> tuple[CallbackOutcome, str | None]:
         """What a valid callback does to its task: nothing (duplicate, progress), defer or apply."""
         if task.terminal:
-            return CallbackOutcome.DUPLICATE, f"task already {task.status}"
+            return CallbackOutcome.DUPLICATE, _already(task.status)
         if webhook_id and tx.webhook_seen(task.provider, webhook_id):
-            return CallbackOutcome.DUPLICATE, "webhook id already seen"
+            return CallbackOutcome.DUPLICATE, WEBHOOK_SEEN
         return _callback_outcome(parsed), None
+
+    def _late(self, tx: Tx, record: ProviderCallback, parsed: _Parsed, gone: TaskEvicted) -> CallbackResult:
+        """A valid callback for a task the store wrote out and forgot: the task is
+        finished, so the callback is a repeat, recorded as for a task still held."""
+        outcome, detail = CallbackOutcome.DUPLICATE, _already(gone.status)
+        cb = tx.add_callback(replace(record, task_id=gone.task_id, outcome=outcome, detail=detail))
+        self._callback_event(tx, gone.task_id, parsed, record.webhook_id, outcome, cb.id)
+        return CallbackResult(outcome, cb.id, gone.task_id, detail)
+
+    def _callback_event(self, tx: Tx, task_id: int, parsed: _Parsed, webhook_id: str | None,
+                        outcome: CallbackOutcome, callback_id: int, **extra: Any) -> None:
+        self._event(tx, task_id, EventKind.CALLBACK, webhook_id=webhook_id, outcome=str(outcome),
+                    state=parsed.state, callback_id=callback_id, **extra)
 
     def _take(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None, outcome: CallbackOutcome,
               callback_id: int, **extra: Any) -> None:
-        self._event(tx, task.id, EventKind.CALLBACK, webhook_id=webhook_id, outcome=str(outcome),
-                    state=parsed.state, callback_id=callback_id, **extra)
+        self._callback_event(tx, task.id, parsed, webhook_id, outcome, callback_id, **extra)
         if outcome == CallbackOutcome.DEFERRED:
             self._defer(tx, task)
         elif outcome == CallbackOutcome.APPLIED:
@@ -406,8 +432,8 @@ class LifecycleService:
         """Apply, in arrival order, the callbacks that came before this task had its upstream id."""
         tx.lock_upstream(provider, upstream_id)
         for p in tx.claim_parked(provider, upstream_id, task_id, self._now()):
-            parsed = _Parsed(p.upstream_task_id, p.state, tuple(p.result_urls or ()), p.error_code,
-                             p.error_message, p.failure_class)
+            parsed = _Parsed(p.upstream_task_id, _STATES.get(p.state, p.state), tuple(p.result_urls or ()),
+                             p.error_code, p.error_message, _CLASSES.get(p.failure_class, p.failure_class))
             task = tx.get_task(task_id, for_update=True)
             outcome, detail = self._route(tx, task, parsed, p.webhook_id)
             tx.settle_callback(p.callback_id, task_id, outcome, detail or "parked until the upstream id was stored")
@@ -463,7 +489,7 @@ class LifecycleService:
                 return tx.get_task(task_id)
             elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()
             limit = self.policy.timeout_for(current.category)
-            if status.state == "succeeded" and rules.rechecks_spent(current.check_attempts, self.policy):
+            if status.state == UpstreamState.SUCCEEDED and rules.rechecks_spent(current.check_attempts, self.policy):
                 self._finish_failed(tx, current, NO_RESULT_URLS, "the provider reported success but never "
                                     "delivered result URLs", FailureClass.PROVIDER, path=path)
             elif elapsed >= limit:
@@ -483,11 +509,11 @@ class LifecycleService:
         returned beside it, so the caller can record it."""
         provider = self.providers.get(task.provider)
         if provider is None or not task.upstream_task_id:
-            return UpstreamStatus("unknown"), None
+            return UpstreamStatus(UpstreamState.UNKNOWN), None
         try:
             return provider.status(task.upstream_task_id), None
         except ProviderError as exc:
-            return UpstreamStatus("unknown"), exc
+            return UpstreamStatus(UpstreamState.UNKNOWN), exc
 
     def _schedule_next_check(self, tx: Tx, task: Task) -> None:
         """Deferred tasks follow the re-check backoff; then plain polling takes over."""
@@ -498,12 +524,12 @@ class LifecycleService:
     def _apply_status(self, tx: Tx, task: Task, status: UpstreamStatus | _Parsed, path: str) -> bool:
         """Finish a GENERATING task when what the provider says settles it (a failure, or
         success with URLs); True when it did. Anything else changes nothing here."""
-        if status.state == "failed":
+        if status.state == UpstreamState.FAILED:
             self._finish_failed(tx, task, status.error_code or "provider_failed",
                                 status.error_message or "the provider reported a failure",
                                 status.failure_class or FailureClass.PROVIDER, path=path)
             return True
-        if status.state == "succeeded" and status.result_urls:
+        if status.state == UpstreamState.SUCCEEDED and status.result_urls:
             self._finish_success(tx, task, list(status.result_urls), path=path)
             return True
         return False
@@ -675,18 +701,19 @@ class LifecycleService:
         operator, reason = _operator(operator, reason)
         return self._refused_or(self._tx(lambda tx: self._refund_step(tx, task_id, operator, reason, incident_id)))
 
-    def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str, incident_id: int | None) -> Task | str:
+    def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str,
+                     incident_id: int | None) -> Task | Refusal:
         task = self._task_in(tx, task_id, for_update=True)
         refusal = self.refund_refusal(tx, task)
         if refusal:
-            self._support_event(tx, task_id, operator, "refund", reason, f"refused: {refusal}", incident_id)
+            self._support_event(tx, task_id, operator, "refund", reason, refusal, incident_id)
             return refusal
         self._refund_if_due(tx, task, task.failure_class, support_note=f"support refund by {operator}: {reason}"[:500])
         self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
         return tx.get_task(task_id)
 
     def support_many(self, action: str, task_ids: list[int], operator: str, reason: str, *,
-                     incident_id: int | None = None) -> list[tuple[int, Task | str]]:
+                     incident_id: int | None = None) -> list[tuple[int, Task | Refusal]]:
         """`refund` or `mark-failed` on several tasks in one unit of work (a bulk incident's chunk):
         the very steps, refusals and events of support_refund / support_mark_failed, one commit.
         Returns (task id, the task after, or the refusal) per task."""
@@ -695,47 +722,51 @@ class LifecycleService:
         ids = list(task_ids)
         return self._tx(lambda tx: [(i, step(tx, i, operator, reason, incident_id)) for i in ids])
 
-    def refund_refusal(self, tx: Tx, task: Task) -> str | None:
+    def refund_refusal(self, tx: Tx, task: Task) -> Refusal | None:
         """Why a refund of this task is not due, or None when it is."""
         charge = tx.entry(consume_key(task.id))
         return self.refund_refusal_for(task, charge is not None, tx.entry(refund_key(task.id)) is not None)
 
-    def refund_refusal_for(self, task: Task, charged: bool, refunded: bool) -> str | None:
+    def refund_refusal_for(self, task: Task, charged: bool, refunded: bool) -> Refusal | None:
         """refund_refusal over facts already read (whether the task was charged, refunded):
         the form bulk dry runs use for thousands of tasks at once."""
         facts = rules.RefundFacts(task.status, task.failure_class, charged, refunded)
-        refusal = rules.refund_refusal(facts, self.policy)
-        return None if refusal is None else rules.refund_refusal_text(refusal, facts, self.policy)
+        code = rules.refund_refusal(facts, self.policy)
+        return None if code is None else Refusal(code, rules.refund_refusal_text(code, facts, self.policy))
 
-    def recheck_refusal(self, task: Task) -> str | None:
-        """Why support cannot re-check this task upstream, or None when it can."""
-        if task.status != TaskStatus.GENERATING:
-            return f"task is {task.status}; only generating tasks are re-checked"
-        if task.provider not in self.providers:
-            return f"no client for provider {task.provider!r} in this environment"
-        return None
-
-    def mark_failed_refusal(self, task: Task) -> str | None:
-        """Why support cannot mark this task failed now, or None when it is stuck (its age judged at
-        judge_clock: the same moment the pages and the checklist judge it at)."""
+    def _stuck_facts(self, task: Task) -> rules.StuckFacts:
+        """The task's age judged at judge_clock (the same moment the pages and the checklist judge it at)."""
         age = (self.judge_clock.now() - (task.submitted_at or task.created_at)).total_seconds()
-        if task.status not in ACTIVE:
-            return f"task is {task.status}; only waiting or generating tasks can be marked failed"
-        if age < self.policy.stuck_for(task.category):
-            return f"task is {int(age)} s old; it counts as stuck after {int(self.policy.stuck_for(task.category))} s"
-        return None
+        return rules.StuckFacts(task.status, age, self.policy.stuck_for(task.category))
+
+    def recheck_refusal(self, task: Task) -> Refusal | None:
+        """Why support cannot re-check this task upstream, or None when it can (rules.recheck_refusal).
+        A WAITING task is re-checked once it is stuck: the provider is asked for a job under the
+        task's reference, as `recover` does for one task."""
+        facts = self._stuck_facts(task)
+        code = rules.recheck_refusal(facts, task.provider in self.providers)
+        return None if code is None else Refusal(
+            code, rules.stuck_refusal_text(code, facts, "are re-checked", task.provider))
+
+    def mark_failed_refusal(self, task: Task) -> Refusal | None:
+        """Why support cannot mark this task failed now, or None when it is stuck (rules.mark_failed_refusal)."""
+        facts = self._stuck_facts(task)
+        code = rules.mark_failed_refusal(facts)
+        return None if code is None else Refusal(code, rules.stuck_refusal_text(code, facts, "can be marked failed"))
 
     def support_recheck(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
         task = self.task(task_id)
         refusal = self.recheck_refusal(task)
-        if refusal is None:
+        found = None
+        if refusal is None and task.status == TaskStatus.WAITING:  # interrupted before the provider answered
+            found = self._recover_one(task)
+            task = self.task(task_id)
+        elif refusal is None:
             task = self._check(task_id, EventKind.RECHECK, reason=f"support: {operator}")
-        result = f"refused: {refusal}" if refusal else f"upstream checked; task is {task.status}"
+        result = refusal or (f"upstream checked; task is {task.status}" + (f" ({found})" if found else ""))
         self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
-        if refusal:
-            raise ActionRefused(refusal)
-        return task
+        return self._refused_or(refusal or task)
 
     def support_mark_failed(self, task_id: int, operator: str, reason: str, *,
                             incident_id: int | None = None) -> Task:
@@ -744,27 +775,31 @@ class LifecycleService:
                                                                            incident_id)))
 
     def _mark_failed_step(self, tx: Tx, task_id: int, operator: str, reason: str,
-                          incident_id: int | None) -> Task | str:
+                          incident_id: int | None) -> Task | Refusal:
         task = self._task_in(tx, task_id, for_update=True)
         refusal = self.mark_failed_refusal(task)
         if refusal:
-            self._support_event(tx, task_id, operator, "mark_failed", reason, f"refused: {refusal}", incident_id)
+            self._support_event(tx, task_id, operator, "mark_failed", reason, refusal, incident_id)
             return refusal
         self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
                             FailureClass.INFRASTRUCTURE, path="support")
         self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
         return tx.get_task(task_id)
 
-    def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str, result: str,
-                       incident_id: int | None = None) -> None:
-        extra = {} if incident_id is None else {"incident": int(incident_id)}
+    def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str,
+                       result: str | Refusal, incident_id: int | None = None) -> None:
+        """detail: operator, action, reason, result (a sentence); a refused action adds `refusal`, its code."""
+        extra: dict[str, Any] = {} if incident_id is None else {"incident": int(incident_id)}
+        if isinstance(result, Refusal):
+            extra["refusal"] = str(result.code)
+            result = f"refused: {result.text}"
         self._event(tx, task_id, EventKind.SUPPORT_ACTION, operator=operator, action=action, reason=reason,
                     result=result, **extra)
 
     @staticmethod
-    def _refused_or(result: Task | str) -> Task:
-        if isinstance(result, str):
-            raise ActionRefused(result)
+    def _refused_or(result: Task | Refusal) -> Task:
+        if isinstance(result, Refusal):
+            raise ActionRefused(result.text, reason=result.code)
         return result
 
     # --- crash recovery --------------------------------------------------------------
@@ -797,7 +832,7 @@ class LifecycleService:
                 self.policy.timeout_for(task.category)
             if task.provider in self.providers:
                 status = self._upstream_status(task)
-                settles = status.state == "failed" or (status.state == "succeeded" and status.result_urls)
+                settles = status.state == UpstreamState.FAILED or (status.state == UpstreamState.SUCCEEDED and status.result_urls)
                 if not (overdue or settles):
                     return None  # still running upstream: polling carries on; a re-check here would
                     #              spend the task's re-check backoff, so a second recover would differ
@@ -815,7 +850,7 @@ class LifecycleService:
             if upstream:
                 self._tx(lambda tx: self._adopt_upstream(tx, task.id, upstream))
                 return "stored the upstream id found at the provider"
-            parked = self._tx(lambda tx: tx.parked_upstream_for_ref(task.provider, f"task-{task.id}"))
+            parked = self._tx(lambda tx: tx.parked_upstream_for_ref(task.provider, rules.task_ref(task.id)))
             if parked:  # a signed callback for our reference: the provider has the job
                 self._tx(lambda tx: self._adopt_upstream(tx, task.id, parked))
                 return "stored the upstream id of a callback parked under this task's reference"
@@ -862,15 +897,15 @@ class LifecycleService:
 @dataclass(frozen=True)
 class _Parsed:
     upstream_task_id: str
-    state: str
+    state: UpstreamState
     result_urls: tuple[str, ...]
     error_code: str | None
     error_message: str | None
-    failure_class: str | None
+    failure_class: FailureClass | None
 
 
-_STATES = {"succeeded", "failed", "running"}
-_CLASSES = {c.value for c in FailureClass} - {FailureClass.BILLING.value}
+_STATES = {s.value: s for s in (UpstreamState.SUCCEEDED, UpstreamState.FAILED, UpstreamState.RUNNING)}
+_CLASSES = {c.value: c for c in FailureClass if c is not FailureClass.BILLING}
 
 
 def _parse_callback(raw: bytes) -> _Parsed | str:
@@ -898,15 +933,21 @@ def _parse_callback(raw: bytes) -> _Parsed | str:
     code, message = data.get("error_code"), data.get("error_message")
     if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):
         return "data.error_code / error_message are not strings"
-    return _Parsed(upstream, state, tuple(urls), code and code[:80], message and message[:2000], klass)
+    return _Parsed(upstream, _STATES[state], tuple(urls), code and code[:80], message and message[:2000],
+                   klass and _CLASSES[klass])
+
+
+def _already(status: str) -> str:
+    """Why a callback for a finished task is a duplicate."""
+    return f"task already {status}"
 
 
 def _callback_outcome(parsed: _Parsed) -> CallbackOutcome:
     """An early callback (success without URLs yet) is deferred; a "still running" report
     is progress (nothing changes); a result applies."""
-    if parsed.state == "succeeded" and not parsed.result_urls:
+    if parsed.state == UpstreamState.SUCCEEDED and not parsed.result_urls:
         return CallbackOutcome.DEFERRED
-    if parsed.state not in ("succeeded", "failed"):
+    if parsed.state not in (UpstreamState.SUCCEEDED, UpstreamState.FAILED):
         return CallbackOutcome.PROGRESS
     return CallbackOutcome.APPLIED
 
@@ -930,7 +971,7 @@ def _epoch(naive_utc: datetime) -> float:
 
 def _operator(operator: Any, reason: Any) -> tuple[str, str]:
     if not isinstance(operator, str) or not operator.strip():
-        raise ActionRefused("a support action needs the operator's name")
+        raise ActionRefused("a support action needs the operator's name", reason=SupportRefusal.NO_OPERATOR)
     if not isinstance(reason, str) or not reason.strip():
-        raise ActionRefused("a support action needs a reason")
+        raise ActionRefused("a support action needs a reason", reason=SupportRefusal.NO_REASON)
     return operator.strip()[:100], reason.strip()[:500]

@@ -11,12 +11,14 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from .domain import (
     Account,
     ChatMessage,
     ChatSession,
+    FailureClass,
     LedgerEntry,
     Notification,
     ParkedCallback,
@@ -24,6 +26,7 @@ from .domain import (
     RivyaError,
     Task,
     TaskEvent,
+    members,
 )
 
 # --- Clock ----------------------------------------------------------------------
@@ -37,31 +40,65 @@ class Clock(Protocol):
 # --- Provider -------------------------------------------------------------------
 
 
-class ProviderError(RivyaError):
-    """A submission that did not produce an upstream job.
+class ProviderFault(StrEnum):
+    """How a submission (or a status read) failed to reach a provider's job."""
 
-    kind is one of: refused, error, timeout.
-    """
+    REFUSED = "refused"    # the provider said no (a 4xx): resubmitting will not help
+    ERROR = "error"        # the provider erred or could not be reached
+    TIMEOUT = "timeout"    # no answer within the timeout
+
+
+class UpstreamState(StrEnum):
+    """What a provider says of a job."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"    # the provider does not know the job, or could not be asked
+
+
+_FAULT_OF = members(ProviderFault)
+_STATE_OF = members(UpstreamState)
+_CLASS_OF = members(FailureClass)
+
+
+def _member(lookup: dict[str, Any], value: Any, what: str) -> Any:
+    try:
+        return lookup[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"{what} {value!r} is not one of {', '.join(lookup)}") from None
+
+
+class ProviderError(RivyaError):
+    """A submission that did not produce an upstream job (or a status read that failed).
+    `kind` is a ProviderFault; an unknown kind is a ValueError (a client bug)."""
 
     code = "provider_error"
 
     def __init__(self, kind: str, message: str):
+        kind = _member(_FAULT_OF, kind, "provider fault")
         super().__init__(message, code=f"submit_{kind}")
-        self.kind = kind
+        self.kind: ProviderFault = kind
 
 
 @dataclass(frozen=True)
 class UpstreamStatus:
-    """What the provider knows about a job right now.
+    """What the provider knows about a job right now. `state` is an UpstreamState (a plain
+    string is typed on construction; an unknown one is a ValueError, a client bug);
+    `failure_class` a FailureClass when it names one."""
 
-    state: queued | running | succeeded | failed | unknown
-    """
-
-    state: str
+    state: UpstreamState
     result_urls: tuple[str, ...] = ()
     error_code: str | None = None
     error_message: str | None = None
-    failure_class: str | None = None
+    failure_class: FailureClass | None = None
+
+    def __post_init__(self) -> None:
+        if self.state.__class__ is not UpstreamState:
+            object.__setattr__(self, "state", _member(_STATE_OF, self.state, "upstream state"))
+        if self.failure_class is not None:
+            object.__setattr__(self, "failure_class", _CLASS_OF.get(self.failure_class, self.failure_class))
 
 
 class CallbackFormat(Protocol):
@@ -127,8 +164,13 @@ class Tx(Protocol):
     def insert_task(self, task: Task) -> Task:
         """Insert; task.id == 0 means 'assign one'. Returns the stored row."""
 
-    def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None: ...
-    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None: ...
+    def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None:
+        """The task, or None when there is none. A store that wrote a finished task
+        out and forgot it (the simulation's run buffer) raises TaskEvicted instead."""
+
+    def task_by_upstream(self, provider: str, upstream_task_id: str, *, for_update: bool = False) -> Task | None:
+        """The newest task holding this upstream id; for_update also locks its row until the unit ends.
+        TaskEvicted as get_task."""
 
     def update_task(self, task_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         """Compare-and-set: write fields only if the task's status is in
@@ -152,7 +194,8 @@ class Tx(Protocol):
         balance_after, refuse (InsufficientCredits) if it would go below zero,
         write the row and the cached balance. An existing idempotency_key
         returns the existing row with created=False and writes nothing.
-        support=True marks an entry a support action issued (credit_ledger.support)."""
+        support=True marks an entry a support action issued (credit_ledger.support).
+        A task the store evicted (see get_task) takes no new entry: TaskEvicted."""
 
     def entry(self, idempotency_key: str) -> LedgerEntry | None: ...
     def task_entries(self, task_id: int) -> list[LedgerEntry]: ...
@@ -172,6 +215,10 @@ class Tx(Protocol):
     def add_callback(self, cb: ProviderCallback) -> ProviderCallback: ...
     def webhook_seen(self, provider: str, webhook_id: str) -> bool:
         """True when a callback with this id was already applied or deferred."""
+
+    def add_callback_unless_seen(self, cb: ProviderCallback, seen_detail: str) -> ProviderCallback:
+        """add_callback, except that when cb's webhook id was already applied or deferred
+        (webhook_seen) the row is stored as a duplicate with seen_detail; returns the stored row."""
 
     def task_callbacks(self, task_id: int) -> list[ProviderCallback]: ...
 

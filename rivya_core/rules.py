@@ -9,6 +9,8 @@ facts. Nothing here reads a store, a database or a clock.
     task_ref(task_id) -> "task-{id}"          the reference a provider job is submitted and found under
     submit_failure_class(fault) -> FailureClass     a failed submission's class, by the provider fault
     refund_refusal(facts, policy) -> RefundRefusal | None   why a refund is not due (None: it is due)
+    mark_failed_refusal(facts) / recheck_refusal(facts, has_client) -> MarkFailedRefusal / RecheckRefusal | None
+    Refusal(code, text)                        a support action's refusal: the code to key on, the sentence to show
     refund_allowed(status, failure_class, support, policy) -> bool   may a refund row exist at all
     outcome_notification(status, error_code) -> NotificationKind | None   what a settled task tells its user
     credit_flows(sums_by_type) -> CreditFlows   ledger sums per entry type as flows that add up
@@ -24,7 +26,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from .credits import ChatFigures
-from .domain import INSUFFICIENT_CREDITS, EntryType, FailureClass, NotificationKind, TaskStatus
+from .domain import ACTIVE, INSUFFICIENT_CREDITS, EntryType, FailureClass, NotificationKind, TaskStatus
 from .policy import BillingPolicy
 
 # --- submission -----------------------------------------------------------------------------
@@ -95,6 +97,81 @@ def refund_allowed(status: str, failure_class: str | None, support: bool, policy
     """May a task refund row exist: a support refund (its own fact on the row) on a failed task,
     or a failed task whose class the policy reverses. (Once per charged task is `refund_refusal`'s.)"""
     return status == TaskStatus.FAILED and (bool(support) or policy.refunds(failure_class))
+
+
+# --- the other support actions' refusals -------------------------------------------------------
+
+
+class MarkFailedRefusal(StrEnum):
+    """Why support may not mark a task failed."""
+
+    NOT_ACTIVE = "not_active"        # already settled: only waiting or generating tasks
+    NOT_STUCK_YET = "not_stuck_yet"  # younger than its category's stuck threshold
+
+
+class RecheckRefusal(StrEnum):
+    """Why support may not re-check a task upstream."""
+
+    NOT_ACTIVE = "not_active"
+    NO_PROVIDER_CLIENT = "no_provider_client"  # this environment has no client for the task's provider
+    NOT_STUCK_YET = "not_stuck_yet"            # a waiting task's submission may still be in flight
+
+
+class SupportRefusal(StrEnum):
+    """Why a support action (one task or a bulk incident) is refused before its own rule is asked."""
+
+    NO_OPERATOR = "no_operator"
+    NO_REASON = "no_reason"
+    SOURCE_BUSY = "source_busy"  # the database is being written by a run: no action may run on it now
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A support action's refusal: `code` is what pages, the CLI, events and tests key on;
+    `text` the sentence shown to people."""
+
+    code: StrEnum
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class StuckFacts:
+    status: str
+    age_s: float           # since submission, else creation, at the clock support judges with
+    stuck_after_s: float   # the policy's stuck threshold for the task's category
+
+
+def mark_failed_refusal(facts: StuckFacts) -> MarkFailedRefusal | None:
+    """Support marks a task failed only while it waits or generates, once it is stuck."""
+    if facts.status not in ACTIVE:
+        return MarkFailedRefusal.NOT_ACTIVE
+    if facts.age_s < facts.stuck_after_s:
+        return MarkFailedRefusal.NOT_STUCK_YET
+    return None
+
+
+def recheck_refusal(facts: StuckFacts, has_client: bool) -> RecheckRefusal | None:
+    """Support re-checks a waiting or generating task whose provider has a client here; a waiting
+    one only once it is stuck (before that its submission may be in flight)."""
+    if facts.status not in ACTIVE:
+        return RecheckRefusal.NOT_ACTIVE
+    if not has_client:
+        return RecheckRefusal.NO_PROVIDER_CLIENT
+    if facts.status == TaskStatus.WAITING and facts.age_s < facts.stuck_after_s:
+        return RecheckRefusal.NOT_STUCK_YET
+    return None
+
+
+def stuck_refusal_text(refusal: MarkFailedRefusal | RecheckRefusal, facts: StuckFacts, action: str,
+                       provider: str = "") -> str:
+    if refusal == MarkFailedRefusal.NOT_ACTIVE:  # the same value in both enums
+        return f"task is {facts.status}; only waiting or generating tasks {action}"
+    if refusal == RecheckRefusal.NO_PROVIDER_CLIENT:
+        return f"no client for provider {provider!r} in this environment"
+    return f"task is {int(facts.age_s)} s old; it counts as stuck after {int(facts.stuck_after_s)} s"
 
 
 # --- notifications ------------------------------------------------------------------------------

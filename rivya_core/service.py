@@ -42,6 +42,7 @@ from .lifecycle import LifecycleService
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .ports import Clock, Provider
 from .queries import reference_now
+from .rules import SupportRefusal
 
 SECRETS_ENV = "RIVYA_WEBHOOK_SECRETS"
 POLICY_ENV = "RIVYA_POLICY"
@@ -113,7 +114,7 @@ def service_for_url(url: str, *, providers: Mapping[str, Provider] | None = None
         if found is not None:
             if found.busy:
                 store.engine.dispose()
-                raise ActionRefused(found.busy)
+                raise ActionRefused(found.busy, reason=SupportRefusal.SOURCE_BUSY)
             providers, clock = found.providers, clock or found.clock
         else:
             from .providers.config import build_clients, load_providers

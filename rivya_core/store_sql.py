@@ -13,6 +13,7 @@ ports.RetryableConflict.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import threading
 from collections.abc import Iterable, Iterator
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, exists, insert, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, case, exists, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -86,9 +87,52 @@ def _values(table: Any, row: Any, skip_id: bool) -> dict[str, Any]:
     return vals
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _to(cls: type, row: Any) -> Any:
     m = row._mapping
-    return cls(**{f.name: m[f.name] for f in dataclasses.fields(cls) if f.name in m})
+    return cls(**{name: m[name] for name in _field_names(cls) if name in m})
+
+
+# Statements built once and executed with parameters (SQLAlchemy then reuses their compiled form)
+def _plain_and_locked(stmt: Any) -> tuple[Any, Any]:
+    return stmt, stmt.with_for_update()
+
+
+_TASK_BY_ID = _plain_and_locked(select(ai_task).where(ai_task.c.id == bindparam("task_id")))
+_TASK_BY_UPSTREAM = _plain_and_locked(select(ai_task).where(
+    ai_task.c.upstream_task_id == bindparam("upstream_task_id"), ai_task.c.provider == bindparam("provider"),
+).order_by(ai_task.c.id.desc()).limit(1))
+
+
+@functools.lru_cache(maxsize=512)
+def _task_update(keys: tuple[str, ...], expect: tuple[str, ...] | None) -> Any:
+    """UPDATE ai_task SET <keys> WHERE id = :task_id [AND status IN expect], one per shape."""
+    stmt = update(ai_task).where(ai_task.c.id == bindparam("task_id"))
+    if expect is not None:
+        stmt = stmt.where(ai_task.c.status.in_(expect))
+    return stmt.values({k: bindparam(f"set_{k}", type_=ai_task.c[k].type) for k in keys})
+
+
+def _callback_unless_seen() -> Any:
+    """INSERT a callback whose outcome turns into duplicate (with :seen_detail) when its webhook id
+    was already applied or deferred for its provider; RETURNING the row's id, outcome and detail."""
+    cb = provider_callback
+    seen = exists().where(cb.c.provider == bindparam("provider"), cb.c.webhook_id == bindparam("webhook_id"),
+                          cb.c.outcome.in_(_SEEN))
+    names = [c.name for c in cb.c if c.name != "id"]
+    values = {name: bindparam(name, type_=cb.c[name].type) for name in names}
+    values["outcome"] = case((seen, literal(CallbackOutcome.DUPLICATE.value, cb.c.outcome.type)),
+                             else_=values["outcome"])
+    values["detail"] = case((seen, bindparam("seen_detail", type_=cb.c.detail.type)), else_=values["detail"])
+    return (insert(cb).from_select(names, select(*[values[n] for n in names]))
+            .returning(cb.c.id, cb.c.outcome, cb.c.detail))
+
+
+_CALLBACK_UNLESS_SEEN = _callback_unless_seen()
 
 
 class SqlStore:
@@ -102,14 +146,22 @@ class SqlStore:
     def begin(self) -> Iterator[SqlTx]:
         outer = getattr(self._local, "tx", None)
         if outer is not None:  # nested unit of work: a savepoint inside the outer one
-            with _translated(), outer.conn.begin_nested():
-                yield outer
+            with _translated():
+                outer.flush_events()
+                with outer.conn.begin_nested():
+                    try:
+                        yield outer
+                        outer.flush_events()
+                    except BaseException:
+                        outer.pending_events.clear()  # rolled back with the savepoint
+                        raise
             return
         with _translated(), self.engine.begin() as conn:
             tx = SqlTx(conn)
             self._local.tx = tx
             try:
                 yield tx
+                tx.flush_events()
             finally:
                 self._local.tx = None
 
@@ -137,11 +189,14 @@ def _translated() -> Iterator[None]:
 
 
 class SqlTx:
-    """The Tx protocol over one open connection and transaction."""
+    """The Tx protocol over one open connection and transaction. Timeline events are
+    written together (one multi-row INSERT) when the unit of work ends or before
+    anything reads them."""
 
     def __init__(self, conn: Connection):
         self.conn = conn
         self.pg = conn.dialect.name == "postgresql"
+        self.pending_events: list[dict[str, Any]] = []
 
     def _one(self, cls: type, stmt: Any) -> Any:
         row = self.conn.execute(stmt).first()
@@ -189,27 +244,27 @@ class SqlTx:
         return self.get_task(row.id)
 
     def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None:
-        stmt = select(ai_task).where(ai_task.c.id == task_id)
-        return self._one(Task, stmt.with_for_update() if for_update else stmt)
+        row = self.conn.execute(_TASK_BY_ID[for_update], {"task_id": task_id}).first()
+        return _to(Task, row) if row is not None else None
 
-    def task_by_upstream(self, provider: str, upstream_task_id: str) -> Task | None:
+    def task_by_upstream(self, provider: str, upstream_task_id: str, *, for_update: bool = False) -> Task | None:
         if "\x00" in provider or "\x00" in upstream_task_id:  # never stored (see _naive): no such task
             return None
-        return self._one(Task, select(ai_task).where(
-            ai_task.c.upstream_task_id == upstream_task_id, ai_task.c.provider == provider,
-        ).order_by(ai_task.c.id.desc()).limit(1))
+        row = self.conn.execute(_TASK_BY_UPSTREAM[for_update],
+                                {"upstream_task_id": upstream_task_id, "provider": provider}).first()
+        return _to(Task, row) if row is not None else None
 
     def update_task(self, task_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         unknown = sorted(k for k in fields if k not in ai_task.c or k == "id")
         if unknown:
             raise ValueError(f"cannot update task field(s): {', '.join(unknown)}")
-        stmt = update(ai_task).where(ai_task.c.id == task_id)
-        if expect_status is not None:
-            stmt = stmt.where(ai_task.c.status.in_([str(s) for s in expect_status]))
         if not fields:
             task = self.get_task(task_id)
             return task is not None and (expect_status is None or task.status in {str(x) for x in expect_status})
-        return self.conn.execute(stmt.values({k: _naive(v) for k, v in fields.items()})).rowcount == 1
+        expect = None if expect_status is None else tuple(str(s) for s in expect_status)
+        params = {f"set_{k}": _naive(v) for k, v in fields.items()}
+        params["task_id"] = task_id
+        return self.conn.execute(_task_update(tuple(fields), expect), params).rowcount == 1
 
     def tasks_due_for_check(self, now: datetime, limit: int) -> list[Task]:
         return self._all(Task, select(ai_task).where(
@@ -278,10 +333,16 @@ class SqlTx:
 
     # timeline, notifications, callbacks
     def add_event(self, task_id: int, kind: str, detail: dict[str, Any], at: datetime) -> None:
-        self.conn.execute(insert(task_event).values(task_id=task_id, kind=str(kind), detail=dict(detail),
-                                                    at=_naive(at)))
+        self.pending_events.append({"task_id": task_id, "kind": str(kind), "detail": dict(detail), "at": _naive(at)})
+
+    def flush_events(self) -> None:
+        """Write the buffered events, in the order they were added, in one INSERT."""
+        if self.pending_events:
+            rows, self.pending_events = self.pending_events, []
+            self.conn.execute(insert(task_event).values(rows))
 
     def task_events(self, task_id: int) -> list[TaskEvent]:
+        self.flush_events()
         return self._all(TaskEvent, select(task_event).where(task_event.c.task_id == task_id).order_by(task_event.c.id))
 
     def add_notification(self, user_id: int, kind: str, title: str, body: str, at: datetime, *,
@@ -303,6 +364,14 @@ class SqlTx:
         row = dataclasses.replace(cb, id=0)
         row.id = self._insert(provider_callback, row)
         return row
+
+    def add_callback_unless_seen(self, cb: ProviderCallback, seen_detail: str) -> ProviderCallback:
+        if not cb.webhook_id:
+            return self.add_callback(cb)
+        params = _values(provider_callback, cb, skip_id=True)
+        params["seen_detail"] = seen_detail
+        row = self.conn.execute(_CALLBACK_UNLESS_SEEN, params).one()
+        return dataclasses.replace(cb, id=int(row.id), outcome=CallbackOutcome(row.outcome), detail=row.detail)
 
     def webhook_seen(self, provider: str, webhook_id: str) -> bool:
         cond = exists().where(provider_callback.c.provider == provider, provider_callback.c.webhook_id == webhook_id,

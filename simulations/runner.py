@@ -1,8 +1,8 @@
 """The runner: one scenario, one seed, the real lifecycle service on a SimPy clock.
 
-Setup (in the style of SimPy's examples): an environment, the SimPy clock, a
-MemoryStore, the provider farm, the lifecycle service wired to all three, the
-user population; then processes: arrivals (or the scenario's script), the
+Setup (in the style of SimPy's examples): an environment, the SimPy clock, the
+run buffer (a StreamingStore), the provider farm, the lifecycle service wired
+to all three, the user population; then processes: arrivals (or the scenario's script), the
 polling sweep, the batch writer, and a monitor that stops the run once
 arrivals are over and every task is terminal (or the drain timeout passed).
 The database then gets the audit of every invariant and a liveness check.
@@ -37,9 +37,9 @@ from rivya_core.catalog import default_catalog
 from rivya_core.db import init_db, make_engine, sqlite_path
 from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.lifecycle import LifecycleService
-from rivya_core.store_memory import MemoryStore
 from rivya_core.targets import ensure_fresh
 
+from .buffer import StreamingStore
 from .clock import SimClock
 from .farm import Farm
 from .gctune import run_pace
@@ -144,7 +144,7 @@ class Run:
             self.env = simpy.Environment()
         self.realtime = realtime
         self.clock = SimClock(self.env)
-        self.store = MemoryStore(tombstones=TOMBSTONES)
+        self.store = StreamingStore(tombstones=TOMBSTONES)
         self.catalog = default_catalog()
         names = list(self.catalog.providers())
         unknown = sorted(set(scenario.providers) | {o.provider for o in scenario.outages})

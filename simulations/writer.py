@@ -1,7 +1,7 @@
 """Streaming the in-memory run state to the target database, in batches.
 
-The runner keeps live state in a MemoryStore. `BatchWriter.flush()` writes,
-in ONE transaction, a consistent cut of the run at that simulated moment: the
+The runner keeps live state in a StreamingStore (`buffer.py`).
+`BatchWriter.flush()` writes, in ONE transaction, a consistent cut of the run at that simulated moment: the
 rows created since the last flush (`store.drain_changes()`, Core bulk
 inserts, no ORM, no round-trip per event), an upsert of every task touched
 since then (active ones included: every change to a task comes with one of
@@ -56,8 +56,8 @@ from rivya_core import jsontext, rules, schema
 from rivya_core.db import Prepared, row_values
 from rivya_core.domain import TERMINAL, ChatStatus, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
-from rivya_core.store_memory import MemoryStore
 
+from .buffer import StreamingStore
 from .reads import NotificationReads
 
 sim_metadata = MetaData()
@@ -155,7 +155,7 @@ class Kpis:
 
 
 class BatchWriter:
-    def __init__(self, engine: Engine, store: MemoryStore, policy: BillingPolicy, *,
+    def __init__(self, engine: Engine, store: StreamingStore, policy: BillingPolicy, *,
                  quiet: Callable[[Any], bool], forget: Callable[[Any], None], realtime: bool = False,
                  jobs: Callable[[], tuple[list[dict], list[dict]]] | None = None,
                  reads: NotificationReads | None = None, now: Callable[[], datetime] | None = None):

@@ -43,18 +43,19 @@ from typing import Any
 import httpx
 
 from .. import webhooks
-from ..ports import ProviderError, UpstreamStatus
+from ..domain import FailureClass
+from ..ports import ProviderError, ProviderFault, UpstreamState, UpstreamStatus
 from .http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpApi, submit_error, urls_in, with_ref
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
-STATES = {"IN_QUEUE": "queued", "IN_PROGRESS": "running"}
-RESULT_ERROR = ("upstream_result_error", "provider")
+STATES = {"IN_QUEUE": UpstreamState.QUEUED, "IN_PROGRESS": UpstreamState.RUNNING}
+RESULT_ERROR = ("upstream_result_error", FailureClass.PROVIDER)
 USER_ERRORS = ("nsfw", "safety", "content policy", "sensitive")
 
 
 def result_status(payload: Any) -> UpstreamStatus:
     """A fetched or delivered payload: succeeded, with the URLs in it (maybe none)."""
-    return UpstreamStatus("succeeded", urls_in(payload))
+    return UpstreamStatus(UpstreamState.SUCCEEDED, urls_in(payload))
 
 
 class FalWebhooks:
@@ -89,8 +90,9 @@ class FalWebhooks:
             error = doc.get("error")
             message = str(error)[:2000] if error else "The request failed."
             user = any(w in message.lower() for w in USER_ERRORS)
-            return rid, UpstreamStatus("failed", (), "content_policy_violation" if user else "upstream_error",
-                                       message, "user" if user else "provider")
+            code = "content_policy_violation" if user else "upstream_error"
+            return rid, UpstreamStatus(UpstreamState.FAILED, (), code, message,
+                                       FailureClass.USER if user else FailureClass.PROVIDER)
         return "status is not OK or ERROR"
 
 
@@ -121,32 +123,34 @@ class FalClient:
         doc = self.api.json(resp)
         rid = doc.get("request_id") if isinstance(doc, dict) else None
         if not isinstance(rid, str) or not rid:
-            raise ProviderError("error", f"{self.api.label}: the answer names no request id")
+            raise ProviderError(ProviderFault.ERROR, f"{self.api.label}: the answer names no request id")
         return rid
 
     def status(self, upstream_task_id: str) -> UpstreamStatus:
         base = f"{self.app}/requests/{upstream_task_id}"
         resp = self.api.request("GET", f"{base}/status")
         if resp.status_code not in (200, 202):
-            return UpstreamStatus("unknown")
+            return UpstreamStatus(UpstreamState.UNKNOWN)
         doc = self.api.json(resp)
         state = doc.get("status") if isinstance(doc, dict) else None
         if state in STATES:
             return UpstreamStatus(STATES[state])
         if state != "COMPLETED":
-            return UpstreamStatus("unknown")
+            return UpstreamStatus(UpstreamState.UNKNOWN)
         if doc.get("error"):
-            return UpstreamStatus("failed", (), "upstream_error", str(doc["error"])[:2000], "provider")
+            return UpstreamStatus(UpstreamState.FAILED, (), "upstream_error", str(doc["error"])[:2000],
+                                  FailureClass.PROVIDER)
         result = self.api.request("GET", base)
         if 400 <= result.status_code < 500:  # COMPLETED, yet no result: the job failed
             code, klass = RESULT_ERROR
-            return UpstreamStatus("failed", (), code, f"the result fetch answered HTTP {result.status_code}", klass)
+            return UpstreamStatus(UpstreamState.FAILED, (), code,
+                                  f"the result fetch answered HTTP {result.status_code}", klass)
         if result.status_code != 200:
-            return UpstreamStatus("unknown")
+            return UpstreamStatus(UpstreamState.UNKNOWN)
         try:
             payload = result.json()
         except ValueError:
-            return UpstreamStatus("unknown")
+            return UpstreamStatus(UpstreamState.UNKNOWN)
         return result_status(payload)
 
     def cancel(self, upstream_task_id: str) -> bool:

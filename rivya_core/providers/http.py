@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from ..ports import ProviderError
+from ..ports import ProviderError, ProviderFault
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 DEFAULT_TIMEOUT_S = 30.0
@@ -52,13 +52,15 @@ class HttpApi:
                 resp = self._client.request(method, path.lstrip("/"), **kwargs)
             except httpx.ConnectError as exc:
                 if last:
-                    raise ProviderError("error", f"{self.label}: cannot connect ({type(exc).__name__})") from None
+                    raise ProviderError(ProviderFault.ERROR,
+                                        f"{self.label}: cannot connect ({type(exc).__name__})") from None
             except httpx.TimeoutException:
                 if last or not idempotent:
-                    raise ProviderError("timeout", f"{self.label}: no answer within the timeout") from None
+                    raise ProviderError(ProviderFault.TIMEOUT, f"{self.label}: no answer within the timeout") from None
             except httpx.HTTPError as exc:
                 if last or not idempotent:
-                    raise ProviderError("error", f"{self.label}: HTTP failure ({type(exc).__name__})") from None
+                    raise ProviderError(ProviderFault.ERROR,
+                                        f"{self.label}: HTTP failure ({type(exc).__name__})") from None
             else:
                 retry = resp.status_code in RETRY_STATUS or (idempotent and resp.status_code == 500)
                 if not retry or last:
@@ -70,12 +72,12 @@ class HttpApi:
         try:
             return resp.json()
         except ValueError:
-            raise ProviderError("error", f"{self.label}: answer {resp.status_code} is not JSON") from None
+            raise ProviderError(ProviderFault.ERROR, f"{self.label}: answer {resp.status_code} is not JSON") from None
 
 
 def submit_error(label: str, resp: httpx.Response) -> ProviderError:
     """A create/submit answer that started no job: 4xx refused (but 429), else an error."""
-    kind = "refused" if 400 <= resp.status_code < 500 and resp.status_code != 429 else "error"
+    kind = ProviderFault.REFUSED if 400 <= resp.status_code < 500 and resp.status_code != 429 else ProviderFault.ERROR
     return ProviderError(kind, f"{label}: submission answered HTTP {resp.status_code}")
 
 

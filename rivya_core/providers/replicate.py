@@ -36,7 +36,8 @@ from typing import Any
 import httpx
 
 from .. import webhooks
-from ..ports import ProviderError, UpstreamStatus
+from ..domain import FailureClass
+from ..ports import ProviderError, ProviderFault, UpstreamState, UpstreamStatus
 from .http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpApi, submit_error, urls_in, with_ref
 
 DEFAULT_BASE_URL = "https://api.replicate.com/v1"
@@ -44,30 +45,31 @@ EVENTS = ("start", "completed")
 _VERSION = re.compile(r"^[0-9a-f]{64}$")
 _USER_ERRORS = ("nsfw", "safety", "content policy", "sensitive")
 
-STATES = {"starting": "queued", "processing": "running"}
-FAILED = {"canceled": ("upstream_canceled", "The prediction was canceled upstream.", "provider"),
-          "aborted": ("upstream_aborted", "The prediction was aborted before it ran.", "infrastructure")}
+STATES = {"starting": UpstreamState.QUEUED, "processing": UpstreamState.RUNNING}
+FAILED = {"canceled": ("upstream_canceled", "The prediction was canceled upstream.", FailureClass.PROVIDER),
+          "aborted": ("upstream_aborted", "The prediction was aborted before it ran.",
+                        FailureClass.INFRASTRUCTURE)}
 
 
 def prediction_status(pred: Any) -> UpstreamStatus:
     """What a prediction object says, as the core's UpstreamStatus."""
     if not isinstance(pred, dict):
-        return UpstreamStatus("unknown")
+        return UpstreamStatus(UpstreamState.UNKNOWN)
     status = pred.get("status")
     if status in STATES:
         return UpstreamStatus(STATES[status])
     if status == "succeeded":
-        return UpstreamStatus("succeeded", urls_in(pred.get("output")))
+        return UpstreamStatus(UpstreamState.SUCCEEDED, urls_in(pred.get("output")))
     if status == "failed":
         error = pred.get("error")
         message = str(error)[:2000] if error else "The prediction failed."
         user = any(w in message.lower() for w in _USER_ERRORS)
-        return UpstreamStatus("failed", (), "content_policy_violation" if user else "model_error", message,
-                              "user" if user else "provider")
+        return UpstreamStatus(UpstreamState.FAILED, (), "content_policy_violation" if user else "model_error", message,
+                              FailureClass.USER if user else FailureClass.PROVIDER)
     if status in FAILED:
         code, message, klass = FAILED[status]
-        return UpstreamStatus("failed", (), code, message, klass)
-    return UpstreamStatus("unknown")
+        return UpstreamStatus(UpstreamState.FAILED, (), code, message, klass)
+    return UpstreamStatus(UpstreamState.UNKNOWN)
 
 
 class ReplicateWebhooks:
@@ -95,7 +97,7 @@ class ReplicateWebhooks:
         if not isinstance(pid, str) or not pid or len(pid) > 200:
             return "prediction id missing or not a string"
         status = prediction_status(pred)
-        if status.state == "unknown":
+        if status.state == UpstreamState.UNKNOWN:
             return "prediction status is not one of starting, processing, succeeded, failed, canceled, aborted"
         return pid, status
 
@@ -135,18 +137,20 @@ class ReplicateClient:
         pred = self.api.json(resp)
         pid = pred.get("id") if isinstance(pred, dict) else None
         if not isinstance(pid, str) or not pid:
-            raise ProviderError("error", f"{self.api.label}: the answer names no prediction id")
+            raise ProviderError(ProviderFault.ERROR, f"{self.api.label}: the answer names no prediction id")
         return pid
 
     def status(self, upstream_task_id: str) -> UpstreamStatus:
         resp = self.api.request("GET", f"predictions/{upstream_task_id}")
         if resp.status_code != 200:
-            return UpstreamStatus("unknown")
+            return UpstreamStatus(UpstreamState.UNKNOWN)
         return prediction_status(self.api.json(resp))
 
     def cancel(self, upstream_task_id: str) -> UpstreamStatus:
         resp = self.api.request("POST", f"predictions/{upstream_task_id}/cancel")
-        return prediction_status(self.api.json(resp)) if resp.status_code == 200 else UpstreamStatus("unknown")
+        if resp.status_code != 200:
+            return UpstreamStatus(UpstreamState.UNKNOWN)
+        return prediction_status(self.api.json(resp))
 
     def find(self, task_ref: str) -> str | None:
         """The predictions API cannot be searched by our reference: None (recovery then

@@ -129,13 +129,13 @@ def test_refund_action_refunds_once_then_is_refused(open_page, seeded_url):
     ledger = at.dataframe  # the ledger tab now holds the refund row
     assert any("refund" in set(d.value["entry_type"]) for d in ledger if "entry_type" in d.value.columns)
     _run_action(at, "Issue the due refund")
-    assert "refused: task was already refunded" in texts(at)
+    assert "refused (already_refunded)" in texts(at)
 
 
 def test_refund_not_due_on_success_is_refused_with_the_core_reason(open_page, seeded_url):
     at = open_page(seeded_url, "pages/task_inspector.py", task="1")
     _run_action(at, "Issue the due refund")
-    assert "only failed tasks are refunded" in texts(at)
+    assert "refused (not_failed)" in texts(at)
 
 
 def test_action_needs_operator_and_reason(open_page, seeded_url):

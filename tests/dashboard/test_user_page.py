@@ -74,3 +74,11 @@ def test_inspector_finds_a_chat_turn_by_user_and_answers_its_checklist(open_page
     assert not at.exception
     assert at.selectbox(key="chat_pick").value == turn.id
     assert any(s.value.replace("`", "").startswith("Verdict: settled") for s in at.success)
+
+
+def test_the_user_page_says_why_ages_are_judged_when_they_are(open_page, seeded_url):
+    """The one "now" rule (clock.judging_now) and its reason, as on the inspector and Live tasks."""
+    at = open_page(seeded_url, "pages/user.py", user="1")
+    assert not at.exception
+    caption = next(c.value for c in at.caption if c.value.startswith("Ages judged at"))
+    assert "(latest activity in the database" in caption  # the seeded database's clock stopped

@@ -14,6 +14,7 @@ from rivya_core.audit import audit
 from rivya_core.db import open_store
 from rivya_core.domain import ActionRefused, TaskStatus
 from rivya_core.policy import BillingPolicy
+from rivya_core.rules import SupportRefusal
 from tests.fakes import IMAGE, callback, make_service
 
 
@@ -50,7 +51,8 @@ def test_dry_run_says_what_each_task_would_do_and_writes_nothing(outage):
     p = bulk.plan(svc, "refund", bulk.BulkFilter.parse(["provider=lumen", "status=FAILED"]))
     assert p.matched == 6 and p.would_act == 4 and p.would_refuse == 2
     assert p.credits == 4 * svc.task(failed[0]).reserved_credits
-    assert p.refusals() == {"policy 'default' keeps credits for user failures": 2}
+    assert p.refusals() == {"policy_keeps": 2}
+    assert p.refusal_texts() == {"policy_keeps": "policy 'default' keeps credits for user failures"}
     assert {t.task_id for t in p.tasks if t.refusal is None} == set(failed[:4])
     after = store.snapshot()
     assert (len(after.events), len(after.ledger)) == (len(before.events), len(before.ledger))
@@ -63,6 +65,7 @@ def test_execute_acts_through_support_actions_and_a_second_run_changes_nothing(o
     first = bulk.execute(svc, "refund", flt, operator="sam", reason="lumen outage", name="lumen 14:00",
                          progress=lambda done, total: seen.append((done, total)))
     assert (first.matched, first.acted, first.refused, first.skipped) == (6, 4, 2, 0)
+    assert sorted(o.get("refusal", "") for o in first.outcomes) == ["", "", "", "", "policy_keeps", "policy_keeps"]
     assert first.credits_moved == 4 * svc.task(failed[0]).reserved_credits
     assert seen[-1] == (6, 6)
     events = _events(store)
@@ -90,15 +93,16 @@ def test_a_name_in_use_with_another_filter_is_refused(outage):
     bulk.execute(svc, "refund", bulk.BulkFilter(provider="lumen"), operator="sam", reason="r", name="inc")
     with pytest.raises(bulk.BulkError, match="exists"):
         bulk.execute(svc, "refund", bulk.BulkFilter(provider="other"), operator="sam", reason="r", name="inc")
-    with pytest.raises(ActionRefused, match="reason"):
+    with pytest.raises(ActionRefused) as unexplained:
         bulk.execute(svc, "refund", bulk.BulkFilter(provider="lumen"), operator="sam", reason=" ")
+    assert unexplained.value.reason == SupportRefusal.NO_REASON
 
 
 def test_mark_failed_acts_on_stuck_tasks_only_and_recheck_asks_upstream(outage):
     svc, clock, providers, store, failed, generating = outage
     flt = bulk.BulkFilter(status=("GENERATING",))
     p = bulk.plan(svc, "mark-failed", flt)
-    assert p.would_act == 0 and p.would_refuse == 2 and "stuck after" in next(iter(p.refusals()))
+    assert p.would_act == 0 and p.would_refuse == 2 and p.refusals() == {"not_stuck_yet": 2}
     upstream = svc.task(generating[0]).upstream_task_id
     providers["lumen"].succeed(upstream)
     run = bulk.execute(svc, "recheck", flt, operator="sam", reason="outage over")

@@ -3,7 +3,11 @@ on the memory store and on the SQL stores (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
+from sqlalchemy import text
 
 from rivya_core.audit import audit
 from rivya_core.db import open_store
@@ -128,3 +132,80 @@ def test_recovery_adopts_the_upstream_id_of_a_callback_parked_under_the_tasks_re
     done = svc.task(task.id)
     assert done.status == TaskStatus.SUCCESS and done.upstream_task_id == "lumen-job-1"
     assert svc.recover(grace_s=60).actions == []
+
+
+def _wait_until_blocked(engine, timeout=10.0):
+    """Until another connection of this database waits on a lock (row or advisory)."""
+    deadline = time.monotonic() + timeout
+    with engine.connect() as conn:
+        while time.monotonic() < deadline:
+            if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND wait_event_type = 'Lock'")).scalar():
+                return True
+            conn.rollback()
+            time.sleep(0.02)
+    return False
+
+
+def test_a_callback_that_waits_on_the_write_of_its_upstream_id_is_applied_not_parked(pg_url):
+    """The callback arrives while the unit of work storing the upstream id is still open: it
+    cannot see the id yet, waits for that unit of work, then finds the task and applies."""
+    store = open_store(pg_url, create=True)
+    try:
+        svc, clock, providers = make_service(store=store)
+        user = svc.create_account("cy@example.com", "Cy", grant=100)
+        real_claim, seen, blocked = svc._claim_parked, [], []
+
+        def claim_then_race(tx, task_id, provider, upstream_id):
+            real_claim(tx, task_id, provider, upstream_id)  # nothing parked yet; the unit of work is still open
+            racer = threading.Thread(target=lambda: seen.append(svc.handle_callback(
+                provider, *callback(clock, upstream_id, msg_id="m1"))))
+            racer.start()
+            blocked.append(_wait_until_blocked(store.engine))
+            svc._racer = racer
+
+        svc._claim_parked = claim_then_race
+        task = svc.submit(user.id, IMAGE)
+        svc._racer.join(30)
+        assert blocked == [True]
+        assert [r.outcome for r in seen] == ["applied"] and seen[0].task_id == task.id
+        assert svc.task(task.id).status == TaskStatus.SUCCESS
+        with store.begin() as tx:
+            assert [c.outcome for c in tx.task_callbacks(task.id)] == ["applied"]
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM parked_callback")).scalar() == 0  # never parked
+    finally:
+        store.engine.dispose()
+
+
+@pytest.mark.parametrize("state", ["succeeded", "deferred"])
+def test_concurrent_deliveries_of_one_webhook_take_effect_once(pg_url, state):
+    """Eight threads deliver the same webhook at once: one applies (or defers), seven are duplicates."""
+    store = open_store(pg_url, create=True)
+    try:
+        svc, clock, providers = make_service(store=store)
+        user = svc.create_account("di@example.com", "Di", grant=100)
+        task = svc.submit(user.id, IMAGE)
+        urls = () if state == "deferred" else ("https://cdn.example/out.png",)
+        delivery = callback(clock, task.upstream_task_id, urls=urls, msg_id="same")
+        barrier, results = threading.Barrier(8), []
+
+        def deliver():
+            barrier.wait(timeout=30)
+            results.append(svc.handle_callback("lumen", *delivery).outcome)
+
+        threads = [threading.Thread(target=deliver) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        first = "deferred" if state == "deferred" else "applied"
+        assert sorted(results) == sorted([first] + ["duplicate"] * 7)
+        with store.begin() as tx:
+            kinds = [e.kind for e in tx.task_events(task.id)]
+            notes = tx.task_notifications(task.id)
+        assert kinds.count("callback") == 8
+        assert kinds.count("deferred" if state == "deferred" else "succeeded") == 1
+        assert len(notes) == (0 if state == "deferred" else 1)
+    finally:
+        store.engine.dispose()

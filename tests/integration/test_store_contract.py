@@ -1,6 +1,7 @@
-"""One contract suite for every Store: in-memory, SQLite and PostgreSQL.
+"""One contract suite for every Store: in-memory, the simulation's run buffer
+(in-memory, streaming), SQLite and PostgreSQL.
 
-Each test runs three times; PostgreSQL skips (saying why) when no server answers.
+Each test runs four times; PostgreSQL skips (saying why) when no server answers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from sqlalchemy import select
 from rivya_core import schema
 from rivya_core.db import make_engine, normalize_url, open_store, require_schema, snapshot_to_engine
 from rivya_core.domain import (
+    Category,
     ChatMessage,
+    FailureClass,
     IdempotencyConflict,
     InsufficientCredits,
     NotFound,
@@ -27,15 +30,16 @@ from rivya_core.domain import (
 )
 from rivya_core.store_memory import MemoryStore
 from rivya_core.store_sql import SqlStore
+from simulations.buffer import StreamingStore
 
 T0 = datetime(2025, 3, 1, 9, 0, 0)
 G, W, S, F = TaskStatus.GENERATING, TaskStatus.WAITING, TaskStatus.SUCCESS, TaskStatus.FAILED
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["memory", "streaming", "sqlite", "postgresql"])
 def store(request, tmp_path):
-    if request.param == "memory":
-        yield MemoryStore()
+    if request.param in ("memory", "streaming"):
+        yield MemoryStore() if request.param == "memory" else StreamingStore()
         return
     url = f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     st = open_store(url, create=True)
@@ -94,6 +98,22 @@ def test_update_task_is_compare_and_set(store, uid):
     assert (got.status, got.upstream_task_id, got.result_urls, got.check_attempts) == (S, "up-9", ["u"], 3)
     with pytest.raises(ValueError), store.begin() as tx:
         tx.update_task(tid, None, no_such_column=1)
+
+
+def test_task_fields_come_back_as_their_enums(store, uid):
+    """status, category and failure_class are read as StrEnum members whatever form they were
+    written in (the members equal the strings, so what is stored does not change)."""
+    with store.begin() as tx:
+        tid = tx.insert_task(task(uid, status="WAITING", category="video")).id
+        assert tx.update_task(tid, ["WAITING"], status="FAILED", failure_class="provider")
+        got = tx.get_task(tid)
+        listed = tx.user_tasks(uid)[0]
+    for row in (got, listed):
+        assert row.status is TaskStatus.FAILED and row.category is Category.VIDEO
+        assert row.failure_class is FailureClass.PROVIDER
+    snap = store.snapshot().tasks[0]
+    assert (snap.status, snap.category, snap.failure_class) == ("FAILED", "video", "provider")
+    assert type(snap.status) is TaskStatus
 
 
 def test_returned_rows_are_copies(store, uid):

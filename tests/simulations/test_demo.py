@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from rivya_core import alerts, bulk, db
+from rivya_core.audit import audit
+from rivya_core.diagnose import diagnose
+from rivya_core.rules import NextAction
 from rivya_core.policy import DEFAULT_POLICY
 from rivya_core.service import service_for_url
 from simulations import recorded  # noqa: F401  (registers the recorded providers)
@@ -18,17 +21,51 @@ def test_demo_has_running_and_stuck_tasks_an_incident_and_alerts_that_lead_to_bu
     running = dict(rows(path, "select status, count(*) from ai_task where status in ('WAITING','GENERATING') "
                               "group by status"))
     assert running.get("GENERATING", 0) >= 20
+    assert running.get("WAITING", 0) >= 3  # submissions cut off by a worker that died after charging
     outage = rows(path, "select count(*) from ai_task where provider = 'kinetica' and error_code = 'service_unavailable'")
     assert outage[0][0] >= 20
 
     engine = db.open_reader(url)
     found = alerts.alerts(engine, DEFAULT_POLICY)
     engine.dispose()
-    assert 3 <= sum(a.stuck for a in found.stuck) <= 40 and {a.provider for a in found.stuck} == {"kinetica"}
+    assert 3 <= sum(a.stuck for a in found.stuck) <= 40
+    waiting_providers = {p for (p,) in rows(path, "select distinct provider from ai_task where status = 'WAITING'")}
+    assert {a.provider for a in found.stuck} == {"kinetica"} | waiting_providers  # the incident and the crash
     assert [(a.provider, a.kind) for a in found.degraded] == [("kinetica", "failure_rate")]
 
     svc = service_for_url(url)  # the recorded providers, on the database's own clock
-    stuck = found.stuck[0]
+    stuck = next(a for a in found.stuck if a.provider == "kinetica")
     p = bulk.plan(svc, "mark-failed", stuck.filter)
     assert p.matched == stuck.stuck and p.would_act == stuck.stuck  # every alerted task may be marked failed
+    crashed = next(a for a in found.stuck if a.provider != "kinetica")  # WAITING: ask the provider first
+    p = bulk.plan(svc, crashed.action, crashed.filter)
+    assert crashed.action == "recheck" and crashed.generating == 0 and p.would_act == crashed.stuck
     svc.store.engine.dispose()
+
+
+def test_demo_waiting_tasks_are_charged_crash_leftovers_that_recover_finishes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    ensure_demo_data(url)
+    path = tmp_path / "demo.db"
+    waiting = [r[0] for r in rows(path, "select id from ai_task where status = 'WAITING' order by id")]
+    assert len(waiting) >= 3
+    charged = rows(path, "select count(distinct task_id) from credit_ledger where entry_type = 'consume' "
+                         f"and task_id in ({','.join(map(str, waiting))})")[0][0]
+    assert charged == len(waiting)  # charged before submission, as the guide orders
+    svc = service_for_url(url)  # the recorded providers, on the database's own clock
+    for task_id in waiting:  # the checklist's next action is one the dashboard can take
+        assert diagnose(svc.store.engine, task_id, DEFAULT_POLICY).action_code == NextAction.RECHECK_UPSTREAM
+    after = svc.support_recheck(waiting[0], "olga", "customer asked where the image is")
+    assert after.status == "FAILED"  # the recorded provider takes no new job: failed, and refunded
+    report = svc.recover()
+    svc.store.engine.dispose()
+    assert {a["task_id"] for a in report.actions if "task_id" in a} >= set(waiting[1:])
+    finished = rows(path, f"select status from ai_task where id in ({','.join(map(str, waiting))})")
+    assert {s for (s,) in finished} == {"FAILED"}
+    refunded = rows(path, "select count(distinct task_id) from credit_ledger where entry_type = 'refund' "
+                          f"and task_id in ({','.join(map(str, waiting))})")[0][0]
+    assert refunded == len(waiting)
+    engine = db.open_reader(url)
+    report = audit(engine, DEFAULT_POLICY)
+    engine.dispose()
+    assert report.ok, [(f.kind, f.message) for f in report.findings]

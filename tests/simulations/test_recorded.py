@@ -100,13 +100,15 @@ def test_support_actions_wait_while_a_realtime_run_is_still_writing(sqlite_url):
     from datetime import UTC, datetime, timedelta
 
     from rivya_core.domain import ActionRefused
+    from rivya_core.rules import SupportRefusal
     from simulations.writer import beat, end_beat, sim_live
 
     _unfinished_run(sqlite_url, until_s=600)
     engine = make_engine(sqlite_url)
     beat(engine, 1234)  # a realtime run wrote a moment ago
-    with pytest.raises(ActionRefused, match="still writing"):
+    with pytest.raises(ActionRefused) as busy:
         service_for_url(sqlite_url)
+    assert busy.value.reason == SupportRefusal.SOURCE_BUSY and "still writing" in busy.value.message
     with engine.begin() as conn:  # the run was killed a minute ago: its heartbeat went stale
         conn.execute(sim_live.update().values(heartbeat_at=datetime.now(UTC).replace(tzinfo=None)
                                               - timedelta(seconds=60)))

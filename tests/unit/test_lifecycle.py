@@ -18,6 +18,7 @@ from rivya_core.domain import (
     ValidationError,
 )
 from rivya_core.policy import BillingPolicy
+from rivya_core.rules import MarkFailedRefusal, RecheckRefusal, RefundRefusal, SupportRefusal
 from tests.fakes import IMAGE, OLD_SECRET, SECRET, callback, make_service
 
 
@@ -437,16 +438,42 @@ def test_tool_backed_chat_task_is_billed_on_task_path(env):
 def test_support_refund_only_when_due(env):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
-    with pytest.raises(ActionRefused, match="GENERATING"):
+    with pytest.raises(ActionRefused) as running:
         svc.support_refund(task.id, "sam", "user asked")
+    assert running.value.reason == RefundRefusal.NOT_FAILED and "GENERATING" in running.value.message
     svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="nsfw",
                                            failure_class="user"))
-    with pytest.raises(ActionRefused, match="keeps credits"):
+    with pytest.raises(ActionRefused) as kept:
         svc.support_refund(task.id, "sam", "user asked")
+    assert kept.value.reason == RefundRefusal.POLICY_KEEPS
+    assert kept.value.to_dict()["reason"] == "policy_keeps"
     actions = [e.detail for e in svc.store.snapshot().events if e.kind == "support_action"]
-    assert [a["operator"] for a in actions] == ["sam", "sam"] and all("refused" in a["result"] for a in actions)
-    with pytest.raises(ActionRefused, match="operator"):
+    assert [a["operator"] for a in actions] == ["sam", "sam"]
+    assert [a["refusal"] for a in actions] == ["not_failed", "policy_keeps"]  # the code on the timeline
+    assert all(a["result"].startswith("refused: ") for a in actions)        # the sentence, as before
+    with pytest.raises(ActionRefused) as anonymous:
         svc.support_refund(task.id, " ", "why")
+    assert anonymous.value.reason == SupportRefusal.NO_OPERATOR
+    with pytest.raises(ActionRefused) as unexplained:
+        svc.support_refund(task.id, "sam", "")
+    assert unexplained.value.reason == SupportRefusal.NO_REASON
+
+
+def test_support_recheck_refusals_carry_their_codes(env):
+    svc, clock, providers, user = env
+    task = svc.submit(user.id, IMAGE)
+    lumen = svc.providers.pop("lumen")
+    with pytest.raises(ActionRefused) as no_client:
+        svc.support_recheck(task.id, "sam", "look")
+    assert no_client.value.reason == RecheckRefusal.NO_PROVIDER_CLIENT
+    svc.providers["lumen"] = lumen
+    providers["lumen"].succeed(task.upstream_task_id)
+    assert svc.support_recheck(task.id, "sam", "look").status == TaskStatus.SUCCESS
+    with pytest.raises(ActionRefused) as settled:
+        svc.support_recheck(task.id, "sam", "again")
+    assert settled.value.reason == RecheckRefusal.NOT_ACTIVE
+    events = [e.detail for e in svc.store.snapshot().events if e.kind == "support_action"]
+    assert [e.get("refusal") for e in events] == ["no_provider_client", None, "not_active"]
 
 
 def test_support_refund_issues_a_due_refund_once():
@@ -457,19 +484,24 @@ def test_support_refund_issues_a_due_refund_once():
                                            failure_class="provider"))
     svc.policy = BillingPolicy()  # the policy now reverses provider failures: the refund is due
     svc.support_refund(task.id, "sam", "policy changed")
-    with pytest.raises(ActionRefused, match="already refunded"):
+    with pytest.raises(ActionRefused) as again:
         svc.support_refund(task.id, "sam", "again")
+    assert again.value.reason == RefundRefusal.ALREADY_REFUNDED
     assert svc.balance(user.id) == 100
 
 
 def test_support_mark_failed_only_when_stuck(env):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
-    with pytest.raises(ActionRefused, match="stuck"):
+    with pytest.raises(ActionRefused) as young:
         svc.support_mark_failed(task.id, "sam", "looks stuck")
+    assert young.value.reason == MarkFailedRefusal.NOT_STUCK_YET
     clock.advance(svc.policy.stuck_for("image"))
     failed = svc.support_mark_failed(task.id, "sam", "looks stuck")
     assert failed.status == TaskStatus.FAILED and failed.error_code == "marked_failed_by_operator"
+    with pytest.raises(ActionRefused) as settled:
+        svc.support_mark_failed(task.id, "sam", "again")
+    assert settled.value.reason == MarkFailedRefusal.NOT_ACTIVE
     assert svc.balance(user.id) == 100
 
 

@@ -10,7 +10,8 @@ import pytest
 import respx
 
 from rivya_core import webhooks
-from rivya_core.ports import ProviderError, UpstreamStatus
+from rivya_core.domain import FailureClass
+from rivya_core.ports import ProviderError, ProviderFault, UpstreamState, UpstreamStatus
 from rivya_core.providers.config import ProviderConfigError, load_providers, parse_providers
 from rivya_core.providers.fal import FalClient
 from rivya_core.providers.replicate import ReplicateClient
@@ -107,7 +108,22 @@ def test_replicate_create_timeout_is_not_retried(replicate):
 def test_replicate_every_state(replicate, pred, expected):
     client, mock = replicate
     mock.get(f"/predictions/{pred['id']}").respond(200, json=pred)
-    assert client.status(pred["id"]) == expected
+    got = client.status(pred["id"])
+    assert got == expected
+    assert type(got.state) is UpstreamState
+    assert got.failure_class is None or type(got.failure_class) is FailureClass
+
+
+def test_statuses_and_faults_are_typed_and_unknown_ones_refused():
+    st = UpstreamStatus("failed", failure_class="user")
+    assert st.state is UpstreamState.FAILED and st.failure_class is FailureClass.USER
+    assert UpstreamStatus(UpstreamState.RUNNING).state == "running"   # equal to the string
+    err = ProviderError("timeout", "slow")
+    assert err.kind is ProviderFault.TIMEOUT and err.code == "submit_timeout"
+    with pytest.raises(ValueError, match="upstream state 'done'"):
+        UpstreamStatus("done")
+    with pytest.raises(ValueError, match="provider fault 'oops'"):
+        ProviderError("oops", "x")
 
 
 def test_replicate_get_retries_a_server_error_then_answers(replicate):

@@ -68,6 +68,23 @@ def test_refund_refusals_in_order():
     assert text == "policy 'default' keeps credits for user failures"
 
 
+def test_mark_failed_and_recheck_refusals():
+    f = rules.StuckFacts
+    assert rules.mark_failed_refusal(f("SUCCESS", 9999, 300)) == rules.MarkFailedRefusal.NOT_ACTIVE
+    assert rules.mark_failed_refusal(f("GENERATING", 299.5, 300)) == rules.MarkFailedRefusal.NOT_STUCK_YET
+    assert rules.mark_failed_refusal(f("WAITING", 300, 300)) is None
+    assert rules.recheck_refusal(f("FAILED", 9999, 300), True) == rules.RecheckRefusal.NOT_ACTIVE
+    assert rules.recheck_refusal(f("GENERATING", 0, 300), False) == rules.RecheckRefusal.NO_PROVIDER_CLIENT
+    assert rules.recheck_refusal(f("GENERATING", 0, 300), True) is None  # a running job: ask any time
+    assert rules.recheck_refusal(f("WAITING", 10, 300), True) == rules.RecheckRefusal.NOT_STUCK_YET
+    assert rules.recheck_refusal(f("WAITING", 300, 300), True) is None
+    young = f("WAITING", 10.7, 300)
+    assert rules.stuck_refusal_text(rules.RecheckRefusal.NOT_STUCK_YET, young, "are re-checked") == \
+        "task is 10 s old; it counts as stuck after 300 s"
+    assert rules.stuck_refusal_text(rules.MarkFailedRefusal.NOT_ACTIVE, f("SUCCESS", 0, 1), "can be marked failed") \
+        == "task is SUCCESS; only waiting or generating tasks can be marked failed"
+
+
 def test_outcome_notification():
     assert rules.outcome_notification("SUCCESS", None) == NotificationKind.GENERATION_SUCCESS
     assert rules.outcome_notification("FAILED", INSUFFICIENT_CREDITS) == NotificationKind.INSUFFICIENT_CREDITS
