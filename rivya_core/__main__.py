@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
     p.add_argument("--poll-every", type=number("poll_every_s"), default=30.0, metavar="S",
                    help="run the polling sweep every S seconds in this process; 0: never (default 30)")
+    p.add_argument("--workers", type=number("workers"), default=1, metavar="N",
+                   help="worker processes accepting webhooks on the one port (default 1); the polling "
+                        "sweep runs once, in the parent")
     return parser
 
 
@@ -258,12 +261,16 @@ def cmd_poll(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .receiver import serve
 
-    svc = _service(args)
+    svc = _service(args)  # checks the database and the configuration before anything is served
     print(f"receiving webhooks on http://{args.host}:{args.port}/webhooks/PROVIDER for "
           f"{', '.join(sorted(svc.providers)) or 'no configured provider'}"
+          + (f" in {args.workers} worker processes" if args.workers > 1 else "")
           + (f"; polling every {args.poll_every:g} s" if args.poll_every else ""), flush=True)
-    serve(svc, args.host, args.port, poll_every=args.poll_every or None)
-    return 0
+    if args.workers <= 1:
+        return serve(lambda: svc, args.host, args.port, poll_every=args.poll_every or None)
+    svc.store.engine.dispose()  # no pooled connection crosses the forks
+    return serve(lambda: _service(args), args.host, args.port, poll_every=args.poll_every or None,
+                 workers=args.workers)
 
 
 COMMANDS = {

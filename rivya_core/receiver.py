@@ -12,15 +12,24 @@ read whole; 503 when the database cannot take the delivery (the provider retries
 Nothing else happens here: every rule lives in the service.
 
 The same process can run the polling sweep (`poll_every` seconds, in a thread),
-so a deployment needs nothing else.
+so a deployment needs nothing else. With `workers` > 1 the listening socket is
+opened once and N forked worker processes accept on it (each with its own
+service and connection pool); the parent runs the polling sweep, once, and stops
+the workers when it is stopped or when one of them dies. On SQLite the workers
+take turns to write through a lock on the database file, instead of SQLite's
+busy-wait.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
+import signal
+import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from sqlalchemy import text
@@ -84,16 +93,41 @@ class PollLoop:
                 log.warning("poll sweep failed: %s", type(exc).__name__)
 
 
+class OneWriter:
+    """SQLite takes one writer at a time: callbacks queue here instead of in SQLite's
+    busy-wait, the threads of this process on a lock and the processes on an
+    exclusive flock of the database file (SQLite itself uses fcntl locks, which do
+    not interact with flock on Linux)."""
+
+    def __init__(self, path: str | None):
+        self._threads = threading.Lock()
+        self._path = path if path and path != ":memory:" else None
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._threads:
+            if self._path is None:
+                yield
+                return
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDONLY)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
                poll_every: float | None = None) -> Starlette:
     engine = getattr(service.store, "engine", None)
-    # SQLite takes one writer at a time: queue callbacks here instead of in SQLite's busy-wait
-    one_writer = threading.Lock() if engine is not None and engine.dialect.name == "sqlite" else None
+    one_writer = OneWriter(engine.url.database) if engine is not None and engine.dialect.name == "sqlite" else None
 
     def handle(provider: str, headers: Any, body: bytes, ref: str | None) -> Any:
         if one_writer is None:
             return service.handle_callback(provider, headers, body, ref)
-        with one_writer:
+        with one_writer.held():
             return service.handle_callback(provider, headers, body, ref)
 
     async def webhook(request: Request) -> JSONResponse:
@@ -138,9 +172,68 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
                              Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)
 
 
-def serve(service: LifecycleService, host: str = "127.0.0.1", port: int = 8080, *,
-          poll_every: float | None = 30.0, max_body: int = MAX_CALLBACK_BODY) -> None:
+def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1", port: int = 8080, *,
+          poll_every: float | None = 30.0, max_body: int = MAX_CALLBACK_BODY, workers: int = 1) -> int:
+    """Serve until stopped; the exit status (non-zero when a worker died)."""
     import uvicorn
 
-    app = create_app(service, max_body=max_body, poll_every=poll_every)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    if workers <= 1:
+        app = create_app(make_service(), max_body=max_body, poll_every=poll_every)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        return 0
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    children = [_fork_worker(make_service, sock, max_body) for _ in range(workers)]
+    stopping = threading.Event()
+
+    def stop(_signum: int, _frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    loop = PollLoop(make_service(), poll_every) if poll_every else None  # the parent's own pool, after the forks
+    if loop:
+        loop.start()
+    status = 0
+    try:
+        while not stopping.is_set():
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid in children:  # a worker died: stop the others (a supervisor restarts the receiver)
+                log.warning("receiver worker %d exited; stopping", pid)
+                children.remove(pid)
+                status = 1
+                break
+            stopping.wait(0.2)
+    finally:
+        if loop:
+            loop.stop()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        sock.close()
+    return status
+
+
+def _fork_worker(make_service: Callable[[], LifecycleService], sock: socket.socket, max_body: int) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:  # the worker: its own service and connection pool, built after the fork
+        import uvicorn
+
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        app = create_app(make_service(), max_body=max_body, poll_every=None)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+        code = 0
+    except BaseException:
+        log.exception("receiver worker failed")
+    finally:
+        os._exit(code)

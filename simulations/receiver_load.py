@@ -1,23 +1,29 @@
 """Load on the webhook receiver: how many valid callbacks per second it holds on loopback.
 
-`python -m simulations receiver-load --db URL [--tasks N] [--concurrency C] [--duplicates F]`
+`python -m simulations receiver-load --db URL [--tasks N] [--concurrency C] [--duplicates F] [--workers W]
+[--in-process]`
 
 1. creates N generating tasks in a fresh database (a stub provider hands out ids);
-2. starts `python -m rivya_core serve` on a free 127.0.0.1 port in its own process,
-   with a generated Standard Webhooks secret and no polling;
+2. starts `python -m rivya_core serve --workers W` on a free 127.0.0.1 port in its own
+   process(es), with a generated Standard Webhooks secret and no polling;
 3. from this (second) process, sends every task's signed final callback, plus a
    fraction F of exact redeliveries, with at most C requests in flight (bounded);
 4. checks the effects: every task SUCCESS, one notification each, no refund, one
    `applied` row per task and every redelivery recorded `duplicate` (nothing lost,
    nothing doubled), and the audit clean.
 
-Prints callbacks per second (valid ones, over the send window) and the receiver's
-latency p50/p99 as the client saw it.
+Prints callbacks per second (valid ones, over the send window), the receiver's
+latency p50/p99 as the client saw it, and the CPU the receiver's processes spent
+per valid callback (user + system over the send window: on a shared machine the
+figure that does not depend on the load). `--in-process` hands the same deliveries
+straight to LifecycleService.handle_callback from C threads of this process (no
+HTTP): the core's own CPU and SQL statements per valid callback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -26,12 +32,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+import psutil
+from sqlalchemy import event, func, select
 
 from rivya_core import schema, webhooks
 from rivya_core.audit import audit
@@ -42,6 +50,7 @@ from rivya_core.db import has_rows, open_store, safe_url
 from rivya_core.domain import RivyaError
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.ports import UpstreamStatus
+from rivya_core.receiver import OneWriter
 
 from .live import free_port
 
@@ -79,17 +88,28 @@ class LoadResult:
     lost: int
     doubled: int
     audit_ok: bool
+    workers: int = 1
+    cpu_ms_per_callback: float = 0.0
+    sender_cpu_ms_per_callback: float = 0.0
+    statements_per_callback: float | None = None
+    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def render_text(self) -> str:
-        return (f"{self.database}: {self.valid} valid callbacks (+{self.duplicates} redeliveries) in "
+        how = "in process" if self.workers == 0 else f"{self.workers} receiver process" + "es" * (self.workers > 1)
+        sql = "" if self.statements_per_callback is None else f", {self.statements_per_callback:.2f} SQL statements"
+        return (f"{self.database} ({how}): {self.valid} valid callbacks (+{self.duplicates} redeliveries) in "
                 f"{self.seconds:.1f} s -> {self.valid_per_s:,.0f} valid callbacks/s "
                 f"({self.requests_per_s:,.0f} requests/s), latency p50 {self.p50_ms:.1f} ms p99 {self.p99_ms:.1f} ms, "
-                f"concurrency {self.concurrency}; lost {self.lost}, doubled {self.doubled}, errors {self.errors}, "
-                f"audit {'clean' if self.audit_ok else 'FINDINGS'}")
+                f"concurrency {self.concurrency}; {self.cpu_ms_per_callback:.2f} CPU ms{sql} per valid callback"
+                + ("" if self.workers == 0 else f" (the sender: {self.sender_cpu_ms_per_callback:.2f} CPU ms)") + "; "
+                f"lost {self.lost}, doubled {self.doubled}, errors {self.errors}, "
+                f"audit {'clean' if self.audit_ok else 'FINDINGS'}; load average "
+                + " ".join(f"{x:.1f}" for x in self.load_average))
 
 
 def run_load(url: str, tasks: int = 2000, concurrency: int = 16, duplicates: float = 0.1, seed: int = 1,
-             force: bool = False) -> LoadResult:
+             force: bool = False, workers: int = 1) -> LoadResult:
+    """workers: receiver processes (0: no HTTP, handle_callback in this process)."""
     store = open_store(url, create=True)
     try:
         if has_rows(store.engine, "ai_task") and not force:
@@ -106,17 +126,96 @@ def run_load(url: str, tasks: int = 2000, concurrency: int = 16, duplicates: flo
         deliveries = [(uid, f"msg_{n}") for n, uid in enumerate(ids)]
         deliveries += [deliveries[i] for i in rng.sample(range(len(ids)), int(len(ids) * duplicates))]
         rng.shuffle(deliveries)
-        result = _blast(url, secret, deliveries, concurrency)
-        return _check(store, url, svc, made, deliveries, result, concurrency)
+        if workers == 0:
+            result = _direct(svc, secret, deliveries, concurrency)
+        else:
+            result = _blast(url, secret, deliveries, concurrency, workers)
+        return _check(store, url, svc, made, deliveries, result, concurrency, workers)
     finally:
         store.engine.dispose()
 
 
-def _blast(url: str, secret: str, deliveries: list[tuple[str, str]], concurrency: int) -> dict[str, Any]:
+def _delivery(secret: str, uid: str, msg: str) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps({"type": "task.succeeded", "data": {
+        "upstream_task_id": uid, "state": "succeeded", "result_urls": [f"https://cdn.example/{uid}.png"]}}).encode()
+    return body, webhooks.signed_headers(secret, msg, int(time.time()), body)
+
+
+def _run_bounded(deliveries: list[tuple[str, str]], concurrency: int, send: Callable[[Any, str, str], int],
+                 client: Callable[[], Any]) -> dict[str, Any]:
+    """Every delivery through send(client, uid, msg) -> status, from `concurrency` threads."""
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    lock = threading.Lock()
+    it = iter(deliveries)
+
+    def worker() -> None:
+        with client() as conn:
+            while True:
+                with lock:
+                    item = next(it, None)
+                if item is None:
+                    return
+                t0 = time.perf_counter()
+                code = send(conn, *item)
+                dt = time.perf_counter() - t0
+                with lock:
+                    latencies.append(dt)
+                    statuses[code] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start, cpu0 = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"seconds": time.perf_counter() - start, "latencies": sorted(latencies), "statuses": statuses,
+            "sender_cpu": time.process_time() - cpu0}
+
+
+def _cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _direct(svc: LifecycleService, secret: str, deliveries: list[tuple[str, str]], concurrency: int) -> dict[str, Any]:
+    """The deliveries straight into handle_callback (no HTTP), counting SQL statements."""
+    statements = [0]
+
+    def count(*_args: Any) -> None:
+        statements[0] += 1  # GIL-atomic enough for a count read after the threads join
+
+    engine = svc.store.engine
+    one_writer = OneWriter(None) if engine.dialect.name == "sqlite" else None  # as the receiver queues writers
+
+    def send(_conn: Any, uid: str, msg: str) -> int:
+        body, headers = _delivery(secret, uid, msg)
+        with one_writer.held() if one_writer else contextlib.nullcontext():
+            res = svc.handle_callback(PROVIDER, headers, body)
+        return 200 if res.outcome in ("applied", "duplicate") else 500
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        r = _run_bounded(deliveries, concurrency, send, contextlib.nullcontext)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    r["cpu"] = r["sender_cpu"]
+    r["statements"] = statements[0]
+    return r
+
+
+def _blast(url: str, secret: str, deliveries: list[tuple[str, str]], concurrency: int, workers: int) -> dict[str, Any]:
     port = free_port()
     env = {**os.environ, "RIVYA_WEBHOOK_SECRETS": json.dumps({PROVIDER: [secret]}), "RIVYA_PROVIDERS": ""}
     proc = subprocess.Popen([sys.executable, "-m", "rivya_core", "serve", "--db", url, "--port", str(port),
-                             "--poll-every", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--poll-every", "0", "--workers", str(workers)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -130,40 +229,20 @@ def _blast(url: str, secret: str, deliveries: list[tuple[str, str]], concurrency
                 raise RivyaError("the receiver did not start: " + (proc.stderr.read() or b"").decode()[-300:],
                                  code="server_failed")
             time.sleep(0.1)
-        latencies: list[float] = []
-        statuses: Counter = Counter()
-        lock = threading.Lock()
-        it = iter(deliveries)
 
-        def worker() -> None:
-            with httpx.Client(base_url=base, timeout=30) as http:
-                while True:
-                    with lock:
-                        item = next(it, None)
-                    if item is None:
-                        return
-                    uid, msg = item
-                    body = json.dumps({"type": "task.succeeded", "data": {
-                        "upstream_task_id": uid, "state": "succeeded",
-                        "result_urls": [f"https://cdn.example/{uid}.png"]}}).encode()
-                    headers = webhooks.signed_headers(secret, msg, int(time.time()), body)
-                    t0 = time.perf_counter()
-                    try:
-                        code = http.post(f"/webhooks/{PROVIDER}", content=body, headers=headers).status_code
-                    except httpx.HTTPError:
-                        code = 0
-                    dt = time.perf_counter() - t0
-                    with lock:
-                        latencies.append(dt)
-                        statuses[code] += 1
+        def send(http: httpx.Client, uid: str, msg: str) -> int:
+            body, headers = _delivery(secret, uid, msg)
+            try:
+                return http.post(f"/webhooks/{PROVIDER}", content=body, headers=headers).status_code
+            except httpx.HTTPError:
+                return 0
 
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return {"seconds": time.perf_counter() - start, "latencies": sorted(latencies), "statuses": statuses}
+        receiver = psutil.Process(proc.pid)
+        procs = [receiver, *receiver.children(recursive=True)]
+        cpu0 = _cpu_seconds(procs)
+        r = _run_bounded(deliveries, concurrency, send, lambda: httpx.Client(base_url=base, timeout=30))
+        r["cpu"] = _cpu_seconds(procs) - cpu0
+        return r
     finally:
         proc.terminate()
         try:
@@ -173,7 +252,7 @@ def _blast(url: str, secret: str, deliveries: list[tuple[str, str]], concurrency
 
 
 def _check(store: Any, url: str, svc: LifecycleService, made: list, deliveries: list, r: dict[str, Any],
-           concurrency: int) -> LoadResult:
+           concurrency: int, workers: int) -> LoadResult:
     t, cb, note, led = schema.ai_task, schema.provider_callback, schema.notification, schema.credit_ledger
     with store.engine.connect() as conn:
         success = conn.scalar(select(func.count()).select_from(t).where(t.c.status == "SUCCESS"))
@@ -191,7 +270,10 @@ def _check(store: Any, url: str, svc: LifecycleService, made: list, deliveries: 
         if lat else 0.0, concurrency=concurrency, errors=len(deliveries) - ok,
         lost=max(n - success, n - outcomes.get("applied", 0), len(deliveries) - sum(outcomes.values())),
         doubled=max(0, notes - n) + refunds + max(0, outcomes.get("applied", 0) - n),
-        audit_ok=report.ok)
+        audit_ok=report.ok, workers=workers, cpu_ms_per_callback=r["cpu"] * 1000 / n,
+        sender_cpu_ms_per_callback=r["sender_cpu"] * 1000 / n,
+        statements_per_callback=r["statements"] / n if "statements" in r else None,
+        load_average=tuple(round(x, 2) for x in os.getloadavg()))
 
 
 def add_parser(sub: Any) -> None:
@@ -203,6 +285,11 @@ def add_parser(sub: Any) -> None:
                    help="requests in flight at most (default 16)")
     p.add_argument("--duplicates", type=number("probability"), default=0.1,
                    help="fraction of exact redeliveries (default 0.1)")
+    p.add_argument("--workers", type=number("workers"), default=1,
+                   help="receiver processes (`serve --workers`, default 1)")
+    p.add_argument("--in-process", action="store_true",
+                   help="no HTTP: the deliveries go straight to handle_callback in this process, which "
+                        "counts the CPU and the SQL statements per callback")
     p.add_argument("--force", action="store_true")
     p.add_argument("--json", action="store_true")
 
@@ -210,6 +297,6 @@ def add_parser(sub: Any) -> None:
 def cmd_receiver_load(a: argparse.Namespace) -> int:
     if a.tasks < 1 or not 1 <= a.concurrency <= 256 or not 0 <= a.duplicates <= 1:
         raise RivyaError("--tasks >= 1, --concurrency 1-256, --duplicates 0-1", code="bad_argument")
-    res = run_load(a.db, a.tasks, a.concurrency, a.duplicates, force=a.force)
+    res = run_load(a.db, a.tasks, a.concurrency, a.duplicates, force=a.force, workers=0 if a.in_process else a.workers)
     print(json.dumps(asdict(res), indent=1) if a.json else res.render_text())
     return 0 if res.audit_ok and not res.lost and not res.doubled and not res.errors else 1

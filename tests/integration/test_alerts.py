@@ -80,3 +80,21 @@ def test_p95_is_the_nearest_rank():
     assert alerts.p95([]) is None
     assert alerts.p95(list(range(1, 101))) == 95
     assert alerts.p95([3.0]) == 3.0
+
+
+def test_degradation_reads_a_time_range_not_every_success_of_the_history(sqlite_url):
+    """On SQLite, `status = 'SUCCESS'` made the planner walk every SUCCESS task of the database
+    through the status index (seconds on a million tasks): each read must use the finished-at range."""
+    from datetime import datetime
+
+    from sqlalchemy.dialects import sqlite
+
+    store = open_store(sqlite_url, create=True)
+    try:
+        with store.engine.connect() as conn:
+            for q in alerts.degradation_queries(datetime(2026, 4, 1, 12)):
+                sql = str(q.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+                plan = " / ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+                assert "ix_ai_task_finished" in plan and "ix_ai_task_status" not in plan, plan
+    finally:
+        store.engine.dispose()

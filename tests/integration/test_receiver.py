@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import time
 
+import httpx
+import psutil
 import pytest
 from starlette.testclient import TestClient
 
 from rivya_core.db import open_store
 from rivya_core.domain import TaskStatus
 from rivya_core.receiver import create_app
+from simulations.live import free_port
 from tests.fakes import IMAGE, callback, make_service
 
 
@@ -85,3 +91,97 @@ def test_health_says_when_the_database_is_gone(env, tmp_path):
     svc.store = SqlStore(make_engine(f"sqlite:///{tmp_path}/no-such-dir/x.db"))
     with TestClient(create_app(svc)) as http:
         assert http.get("/healthz").status_code == 503
+
+
+def _serve_two_workers(url: str, port: int, marks: str) -> None:
+    """serve(workers=2) in a forked child, noting which processes build an app or start a sweep."""
+    from rivya_core import receiver
+
+    def note(line: str) -> None:
+        with open(marks, "a") as f:
+            f.write(line + "\n")
+
+    class NotedPoll(receiver.PollLoop):
+        def start(self):
+            note(f"poll {os.getpid()}")
+            super().start()
+
+    real_create_app = receiver.create_app
+
+    def create_app(svc, **kw):
+        note(f"app {os.getpid()} {kw.get('poll_every')}")
+        return real_create_app(svc, **kw)
+
+    receiver.PollLoop, receiver.create_app = NotedPoll, create_app
+    os._exit(receiver.serve(lambda: make_service(store=open_store(url))[0], "127.0.0.1", port,
+                            poll_every=0.1, workers=2))
+
+
+def test_workers_accept_on_one_port_and_the_sweep_runs_once_in_the_parent(sqlite_url, tmp_path):
+    store = open_store(sqlite_url, create=True)
+    svc, clock, providers = make_service(store=store)
+    user = svc.create_account("ada@example.com", "Ada", grant=100)
+    tasks = [svc.submit(user.id, {**IMAGE, "prompt": f"workers {i}"}) for i in range(20)]
+    store.engine.dispose()
+    marks, port = tmp_path / "marks", free_port()
+    server = multiprocessing.get_context("fork").Process(target=_serve_two_workers,
+                                                         args=(sqlite_url, port, str(marks)))
+    server.start()
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        with httpx.Client(base_url=base, timeout=30) as http:
+            answers = [http.post("/webhooks/lumen", content=body, headers=headers).json()["outcome"]
+                       for headers, body in (callback(clock, t.upstream_task_id, msg_id=f"w{t.id}") for t in tasks)]
+        assert answers == ["applied"] * len(tasks)
+        workers = {c.pid for c in psutil.Process(server.pid).children()}
+        time.sleep(0.5)  # a few sweep intervals
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.join(30)
+    assert server.exitcode == 0 and len(workers) == 2
+    lines = marks.read_text().splitlines()
+    assert sorted(lines) == sorted([f"app {pid} None" for pid in workers] + [f"poll {server.pid}"])
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in workers)
+    assert all(t.status == TaskStatus.SUCCESS for t in svc.store.snapshot().tasks)
+
+
+def test_receiver_load_counts_nothing_lost_or_doubled_with_two_workers_and_in_process(tmp_path):
+    from simulations.receiver_load import run_load
+
+    for workers in (2, 0):
+        res = run_load(f"sqlite:///{tmp_path}/load{workers}.db", tasks=40, concurrency=4, workers=workers)
+        assert (res.lost, res.doubled, res.errors, res.audit_ok, res.workers) == (0, 0, 0, True, workers)
+        assert res.cpu_ms_per_callback > 0
+        assert (res.statements_per_callback is None) == (workers > 0)
+
+
+def test_a_final_callback_costs_five_statements_and_a_redelivery_three(pg_url):
+    """Read and lock the task, record the callback (its webhook-id dedupe included), finish the
+    task, notify, and write the three timeline events at once; a redelivery reads, records and
+    writes its one event."""
+    from sqlalchemy import event
+
+    store = open_store(pg_url, create=True)
+    try:
+        svc, clock, providers = make_service(store=store)
+        user = svc.create_account("ada@example.com", "Ada", grant=100)
+        task = svc.submit(user.id, IMAGE)
+        statements: list[str] = []
+        event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2].split()[0]))
+        headers, body = callback(clock, task.upstream_task_id, msg_id="once")
+        assert svc.handle_callback("lumen", headers, body).outcome == "applied"
+        assert statements == ["SELECT", "INSERT", "UPDATE", "INSERT", "INSERT"]
+        statements.clear()
+        assert svc.handle_callback("lumen", headers, body).outcome == "duplicate"
+        assert statements == ["SELECT", "INSERT", "INSERT"]
+        kinds = [e.kind for e in svc.store.snapshot().events if e.task_id == task.id]
+        assert kinds[-4:] == ["callback", "succeeded", "notified", "callback"]
+    finally:
+        store.engine.dispose()
