@@ -66,6 +66,27 @@ def open_page(monkeypatch):
     return _open
 
 
+def _app_page_rows() -> list[tuple[str, str]]:
+    """(file, title) of every page in app.py's PAGES, read from its source (importing app.py runs it)."""
+    tree = ast.parse(APP.read_text(encoding="utf-8"))
+    rows = next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PAGES" for t in node.targets))
+    return [(path, title) for path, title, *_rest in rows]
+
+
+PAGE_TITLES = dict(_app_page_rows())  # page file -> the title it shows, for every page of app.py
+
+
+def app_pages() -> list[tuple[str, str]]:
+    """(URL path, title) of every page of app.py, in its order (the first is served at "")."""
+    return [("" if i == 0 else Path(path).stem, title) for i, (path, title) in enumerate(PAGE_TITLES.items())]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    """The page's st.metric values by label."""
+    return {m.label: m.value for m in at.metric}
+
+
 def pin_wall_clock(monkeypatch, at) -> None:
     monkeypatch.setattr(clock, "wall_now", lambda: at)
 
@@ -120,12 +141,6 @@ ROOT = APP.parent
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def app_pages() -> list[tuple[str, str]]:
-    """(URL path, title) of every page in app.py's PAGES, read from its source (importing app.py runs it)."""
-    tree = ast.parse(APP.read_text(encoding="utf-8"))
-    rows = next(ast.literal_eval(node.value) for node in tree.body
-                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PAGES" for t in node.targets))
-    return [("" if i == 0 else Path(path).stem, title) for i, (path, title, *_rest) in enumerate(rows)]
 
 
 def free_port() -> int:
