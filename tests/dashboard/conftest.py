@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -143,12 +142,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_healthy(base: str, proc: subprocess.Popen, limit_s: float = 60) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
@@ -175,6 +168,8 @@ class Served(str):
 def serve(env_extra: dict[str, str], log: Path | None = None) -> Iterator[Served]:
     """`streamlit run app.py` on a free port with env_extra (access control off unless it names
     users); yields the base URL (a Served, whose .log is the server's output), stops it afterwards."""
+    from simulations.live import free_port, stop_process
+
     port = free_port()
     if log is None:
         import tempfile
@@ -197,11 +192,7 @@ def serve(env_extra: dict[str, str], log: Path | None = None) -> Iterator[Served
         _wait_healthy(base, proc)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         out.close()
 
 
