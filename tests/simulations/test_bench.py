@@ -68,3 +68,32 @@ def test_cli_json_and_bad_arguments(capsys):
 def test_make_db_writes_a_fresh_database(tmp_path):
     out = bench.make_db(str(tmp_path / "m.db"), 60)
     assert out["tasks"] > 0 and out["violations"] == 0 and out["liveness_ok"]
+
+
+def test_dashboard_timing_covers_every_page_and_each_call_runs(tmp_path):
+    """`bench --dashboard`: the newer pages' data (alerts, the User page, incidents, the checklist) are
+    timed too, and every call returns on a real run's database."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    bench.make_db(str(tmp_path / "d.db"), 60)
+    out = bench.dashboard(url, reps=1)
+    names = {c["name"] for c in out["calls"]}
+    assert {"alerts.alerts", "user_view.user_tasks", "user_view.outcome_seen", "bulk.incidents",
+            "diagnose.diagnose"} <= names
+    assert all(c["median_s"] >= 0 for c in out["calls"])
+
+
+def test_bulk_bench_reports_a_refused_filter_and_runs_the_rest(tmp_path, monkeypatch):
+    """`bench --bulk` on a history larger than bulk.MAX_TASKS: the over-broad dry run is reported as
+    refused (it used to end the benchmark), the others and the executions are timed; the second
+    execution of the same incident changes nothing."""
+    from rivya_core import bulk as bulk_actions
+
+    bench.make_db(str(tmp_path / "b.db"), 120)
+    monkeypatch.setattr(bulk_actions, "MAX_TASKS", 3)
+    out = bench.bulk(f"sqlite:///{tmp_path / 'b.db'}")
+    assert "refused" in out["dry_run_refund_failed"] or out["dry_run_refund_failed"]["matched"] <= 3
+    assert "refused" in out["dry_run_refund_all_finished"]
+    monkeypatch.setattr(bulk_actions, "MAX_TASKS", 200_000)
+    out = bench.bulk(f"sqlite:///{tmp_path / 'b.db'}")
+    assert out["dry_run_refund_all_finished"]["matched"] > 0
+    assert out["execute_again"]["acted"] == 0
