@@ -2,14 +2,12 @@
 
 Runs before every page: picks the data source (sidebar), makes the demo
 database on first start when the default one is empty, checks access, then
-hands over to the page chosen in the navigation. Pages whose file does not
-exist yet are simply not listed.
+hands over to the page chosen in the navigation.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import streamlit as st
 
@@ -19,8 +17,6 @@ from pages._source import data_source_sidebar, default_url
 from pages._text import plain
 from rivya_core import db
 from simulations.demo import ensure_demo_data
-
-ROOT = Path(__file__).resolve().parent
 
 # (file, title, icon, section) in the order a support person needs them.
 PAGES = [
@@ -36,6 +32,7 @@ PAGES = [
     ("pages/chat_settlement.py", "Chat settlement", ":material/chat:", "Credits"),
     ("pages/simulation_lab.py", "Simulation lab", ":material/science:", "QA"),
 ]
+PAGE_FILES = frozenset(path for path, *_ in PAGES)
 
 
 def _needs_demo(url: str) -> bool:
@@ -81,9 +78,7 @@ def ensure_demo(url: str) -> None:
 
 def navigation():
     sections: dict[str, list[st.Page]] = {}
-    present = [row for row in PAGES if (ROOT / row[0]).is_file()]
-    st.session_state["registered_pages"] = {path for path, *_ in present}
-    for i, (path, title, icon, section) in enumerate(present):
+    for i, (path, title, icon, section) in enumerate(PAGES):
         sections.setdefault(section, []).append(st.Page(path, title=title, icon=icon, default=i == 0))
     return st.navigation(sections)
 
@@ -94,7 +89,7 @@ st.session_state["nav_ready"] = True
 access_gate()
 open_picked_task()  # a task row selected in a table: straight to the inspector, same tab
 pending = st.session_state.pop("pending_page", None)
-if pending and pending[0] in st.session_state["registered_pages"]:
+if pending and pending[0] in PAGE_FILES:
     st.switch_page(pending[0], query_params=pending[1])
 url = data_source_sidebar()
 ensure_demo(url)

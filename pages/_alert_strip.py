@@ -9,7 +9,6 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._cache import cached_df
-from pages._links import page_available
 from pages._source import current_url, default_url
 from pages._text import plain
 from rivya_core import alerts
@@ -40,6 +39,4 @@ def alert_strip(policy: BillingPolicy) -> None:
             kind = "Stuck" if isinstance(alert, alerts.StuckAlert) else "Degraded"
             c1.warning(f"**{kind}:** {plain(alert.message)}", icon=":material/warning:")
             label = f"Prepare bulk {ACTION_WORDS[alert.action]}"
-            if page_available(INCIDENTS):
-                c2.page_link(INCIDENTS, label=label, icon=":material/playlist_add_check:",
-                             query_params=_params(alert))
+            c2.page_link(INCIDENTS, label=label, icon=":material/playlist_add_check:", query_params=_params(alert))

@@ -14,8 +14,6 @@
     task_table(frame, link_col, **dataframe_kwargs) -> None
         st.dataframe of `frame` whose `link_col` holds task_url()s: shown as "#N", and
         selecting a row opens that task (open_task).
-    page_link(path: str, label: str, icon: str | None = None) -> None
-        st.page_link to another page, a caption when that page is not registered.
     web_link(url) -> str | None
         url when it may be offered as a link (an absolute http or https URL with a host), else None:
         result URLs come from providers and are shown as text, linked only through this check.
@@ -53,20 +51,6 @@ def task_url(task_id: int) -> str:
 
         suffix = "&db=" + quote(url, safe="")
     return f"task_inspector?task={int(task_id)}{suffix}"
-
-
-def page_available(path: str) -> bool:
-    """True when app.py registered the page file (it skips files that do not exist)."""
-    registered = st.session_state.get("registered_pages")
-    return registered is None or path in registered
-
-
-def page_link(path: str, label: str, icon: str | None = None) -> None:
-    """st.page_link, or a plain caption when that page is not part of this version."""
-    if page_available(path):
-        st.page_link(path, label=label, icon=icon)
-    else:
-        st.caption(f"{label} (page not available in this version)")
 
 
 RESULT_LINK = st.column_config.LinkColumn("link", display_text="open",

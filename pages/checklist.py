@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._links import INSPECTOR, page_link
+from pages._links import INSPECTOR
 from pages._source import enter_page
 
 CHECKLIST = [
@@ -50,7 +50,7 @@ RECHECK = [
 
 def _links(targets) -> None:
     for path, label in targets:
-        page_link(path, label, icon=":material/arrow_forward:")
+        st.page_link(path, label=label, icon=":material/arrow_forward:")
 
 
 def _steps(steps, prefix: str) -> int:

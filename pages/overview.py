@@ -8,7 +8,7 @@ import streamlit as st
 
 from pages._alert_strip import alert_strip
 from pages._cache import cached_df
-from pages._links import TASK_LINK, page_link, with_task_links
+from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_flows, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force
@@ -61,7 +61,7 @@ with show_errors():
         st.caption(f"Audit stored at {reports.format_time(summary['ran_at'])} UTC (judged at "
                    f"{reports.format_time(summary['judged_at'])}, took {summary['duration_s']:.1f} s).{since}")
     st.caption(f"Audit judged with {plain(policy_source)}.")
-    page_link("pages/refund_audit.py", "Open the refund audit", icon=":material/policy:")
+    st.page_link("pages/refund_audit.py", label="Open the refund audit", icon=":material/policy:")
 
     st.subheader("Throughput and failures over time")
     windows = {"Last 7 days": 7.0, "Last 30 days": 30.0, "Whole history": None}

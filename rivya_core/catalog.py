@@ -95,9 +95,6 @@ class ModelSpec:
     def reference(self, kind: str) -> ReferenceSpec | None:
         return next((r for r in self.references if r.kind == kind), None)
 
-    def tool_model(self, tool: str) -> str | None:
-        return dict(self.tool_models).get(tool)
-
     def base_credits(self, params: dict[str, Any] | None = None) -> int:
         """Credits for one task before any policy multiplier (0 for token-priced models)."""
         p = self.pricing
@@ -141,9 +138,6 @@ class Catalog:
 
     def providers(self) -> tuple[str, ...]:
         return tuple(sorted({m.provider for m in self.models}))
-
-    def by_category(self, category: str) -> tuple[ModelSpec, ...]:
-        return tuple(m for m in self.models if m.category == category)
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

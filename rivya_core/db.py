@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -32,7 +33,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateColumn, CreateTable
 
-from . import schema
+from . import jsontext, schema
 from .domain import (
     Account,
     ChatMessage,
@@ -111,7 +112,7 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         u = make_url(url)
         if u.get_backend_name() == "sqlite":
             return _sqlite_engine(u, read_only=read_only)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": jsontext.dumps}
         if u.get_backend_name() == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 10}
             if read_only:
@@ -142,7 +143,7 @@ def _sqlite_engine(u: Any, *, read_only: bool = False) -> Engine:
         u = _read_only_sqlite_url(u)
     connect_args = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
     extra: dict[str, Any] = {"poolclass": StaticPool} if memory else {}
-    engine = create_engine(u, connect_args=connect_args, **extra)
+    engine = create_engine(u, connect_args=connect_args, json_serializer=jsontext.dumps, **extra)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -340,3 +341,67 @@ def snapshot_to_engine(snapshot: Snapshot, url: str = "sqlite://") -> Engine:
     init_db(engine)
     write_snapshot(engine, snapshot)
     return engine
+
+
+_SAMPLES = (datetime(2026, 12, 31, 23, 59, 58, 7), datetime(999, 1, 2, 3, 4, 5), None)
+
+
+def _faster(proc: Any) -> Any:
+    """SQLite's DateTime processor formats with a %-dict per value; when it writes what
+    `datetime.isoformat(" ", "microseconds")` writes (SQLAlchemy's default storage format),
+    use that for naive datetimes and keep the processor for anything else."""
+    if proc is None:
+        return None
+    try:
+        same = all(proc(v) == (v and v.isoformat(" ", "microseconds")) for v in _SAMPLES)
+    except Exception:  # a processor for another type: not this one
+        same = False
+    if not same:
+        return proc
+
+    def process(value: Any) -> Any:
+        if value.__class__ is datetime and value.tzinfo is None:
+            return value.isoformat(" ", "microseconds")
+        return proc(value)
+
+    return process
+
+
+class Prepared:
+    """A DML statement compiled once for a dialect and run as the driver's executemany.
+
+    The parameters of each row go through the same bind processors SQLAlchemy's own
+    `conn.execute(stmt, rows)` applies (DateTime to text on SQLite, JSON serialised, ...),
+    so the stored values are the same; what is skipped is SQLAlchemy's per-row parameter
+    construction, which costs more than the insert itself for the small rows a batch
+    writer sends. `keys`: the parameter names every row carries (for an insert, the
+    column names; for an update, its bindparam names)."""
+
+    __slots__ = ("sql", "names", "procs", "positional", "source")
+
+    def __init__(self, stmt: Any, dialect: Any, keys: Iterable[str], source: dict[str, str] | None = None):
+        """`source`: bind name -> the row key that holds its value, where they differ."""
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        self.names = tuple(compiled.positiontup) if compiled.positional else tuple(compiled.binds)
+        procs = {}
+        for name in self.names:
+            proc = _faster(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            if proc is not None:
+                procs[name] = proc
+        self.procs = procs
+        self.source = source or {}
+
+    def params(self, rows: Iterable[dict[str, Any]]) -> list[Any]:
+        names, procs = self.names, self.procs
+        src = self.source
+        cols = [(src.get(name, name), procs.get(name)) for name in names]
+        if self.positional:
+            return [tuple([v[k] if p is None else p(v[k]) for k, p in cols]) for v in rows]
+        named = [(name, src.get(name, name), procs.get(name)) for name in names]
+        return [{name: v[k] if p is None else p(v[k]) for name, k, p in named} for v in rows]
+
+    def run(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            conn.exec_driver_sql(self.sql, self.params(rows))

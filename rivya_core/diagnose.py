@@ -3,7 +3,9 @@
 `diagnose(engine, task_id)` reads the task's rows (`queries.task_detail`) and
 answers, in the guide's order: what type of task this is; whether credits were
 reserved before provider submission; what the callbacks, polls and re-checks
-said; whether it is in history and was notified; whether the failure is the
+said, and which status reads the provider failed (`poll_error`: while every read
+since the provider last answered failed, a stuck task is re-checked later, after
+looking for a provider incident); whether it is in history and was notified; whether the failure is the
 user's to correct; whether credits should be reversed and were. It ends with a
 verdict and the next action for support. `diagnose_chat_message` does the same
 for a chat turn's settlement, and `recheck_signals` raises the guide's
@@ -146,7 +148,8 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
         _failure_item(t),
         _refund_item(t, policy, consumes, refunds, charged, refunded),
     ]
-    verdict, action, how = _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s)
+    verdict, action, how = _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
+                                    unreachable=bool(_failed_reads(events)[1]))
     task_type = "tool-backed chat" if t["chat_message_id"] is not None else t["category"]
     return Diagnosis("task", tid, task_type, items, rules.VERDICT_TEXT[verdict], how or rules.ACTION_TEXT[action],
                      now, verdict_code=verdict, action_code=action)
@@ -204,19 +207,49 @@ def _callbacks_item(callbacks) -> ChecklistItem:
                          [_slim(c) for c in callbacks])
 
 
+def _failed_reads(events) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(every status read the provider failed, those since the provider last answered). The lifecycle
+    records a failed read as a poll_error event followed by the read itself (state unknown); any
+    other read, or a callback, is the provider answering."""
+    errors: list[dict[str, Any]] = []
+    since: list[dict[str, Any]] = []
+    paired = False
+    for e in events:
+        if e["kind"] == EventKind.POLL_ERROR:
+            errors.append(e)
+            since.append(e)
+            paired = True
+        elif e["kind"] in (EventKind.POLL, EventKind.RECHECK) and paired:
+            paired = False  # the failed read's own record
+        elif e["kind"] in (EventKind.POLL, EventKind.RECHECK, EventKind.CALLBACK):
+            since, paired = [], False
+    return errors, since
+
+
 def _polling_item(events, status, age_s, stuck_s) -> ChecklistItem:
     q = "What did polling and upstream re-checks find?"
-    kinds = (EventKind.POLL, EventKind.RECHECK, EventKind.DEFERRED)
+    kinds = (EventKind.POLL, EventKind.RECHECK, EventKind.DEFERRED, EventKind.POLL_ERROR)
     checks = [e for e in events if e["kind"] in kinds]
     if not checks:
         stale = status in ACTIVE_STATES and age_s > stuck_s
         return ChecklistItem("polling", q, "No polls or re-checks recorded" + (
             " although the task is past the stuck threshold." if stale else "."), WARN if stale else INFO)
-    counts = Counter(e["kind"] for e in checks)
-    last = next((e for e in reversed(checks) if e["kind"] != EventKind.DEFERRED), None)
+    counts = Counter(e["kind"] for e in checks if e["kind"] != EventKind.POLL_ERROR)
+    last = next((e for e in reversed(checks) if e["kind"] not in (EventKind.DEFERRED, EventKind.POLL_ERROR)), None)
     tail = f"; last upstream state: {last['detail'].get('state')}" if last else ""
     parts = ", ".join(f"{k} ×{n}" for k, n in counts.items())
-    return ChecklistItem("polling", q, f"{parts}{tail}.", INFO, checks)
+    errors, unanswered = _failed_reads(events)
+    if not errors:
+        return ChecklistItem("polling", q, f"{parts}{tail}.", INFO, checks)
+    faults = ", ".join(f"{k} ×{n}" for k, n in Counter(str(e["detail"].get("error_kind")) for e in errors).items())
+    said = f"{parts}{tail}; {_cap(len(errors), 'status read')} failed ({faults})"
+    if not unanswered:
+        return ChecklistItem("polling", q, f"{said}, and the provider answered since.", INFO, checks)
+    first, latest = unanswered[0], unanswered[-1]
+    said += (f"; the provider has not answered since {_when(first['at'])} (latest: "
+             f"{latest['detail'].get('message')}): upstream unreachable or erring. Polling asks again; "
+             "while it fails, a re-check fails too — look for a provider incident.")
+    return ChecklistItem("polling", q, said, WARN if status in ACTIVE_STATES else INFO, checks)
 
 
 def _history_item(t, events, age_s) -> ChecklistItem:
@@ -303,9 +336,10 @@ def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistIt
     return ChecklistItem("refund", q, f"{why}; {charged} credits kept.", OK, ev)
 
 
-def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s,
-             timeout_s) -> tuple[rules.Verdict, rules.NextAction, str | None]:
-    """(verdict, next action, how to say the action when it depends on the task)."""
+def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
+             unreachable: bool = False) -> tuple[rules.Verdict, rules.NextAction, str | None]:
+    """(verdict, next action, how to say the action when it depends on the task). `unreachable`: the
+    provider failed every status read since it last answered (poll_error events)."""
     V, A = rules.Verdict, rules.NextAction
     refund_item = next(i for i in items if i.key == "refund")
     status = t["status"]
@@ -313,7 +347,7 @@ def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s,
         if age_s >= timeout_s:
             return V.STUCK_PAST_TIMEOUT, A.MARK_FAILED, None
         if age_s >= stuck_s:
-            return V.STUCK, A.RECHECK_UPSTREAM, None
+            return V.STUCK, A.RECHECK_LATER if unreachable else A.RECHECK_UPSTREAM, None
         return (V.GENERATING if status == TaskStatus.GENERATING else V.WAITING), A.WAIT, None
     if status == TaskStatus.SUCCESS:
         if not t["result_urls"]:

@@ -357,6 +357,7 @@ class NextAction(StrEnum):
     NOTHING = "nothing"
     WAIT = "wait"
     RECHECK_UPSTREAM = "recheck_upstream"
+    RECHECK_LATER = "recheck_later"    # stuck, but the provider failed the latest status reads
     MARK_FAILED = "mark_failed"
     ISSUE_REFUND = "issue_refund"
     INVESTIGATE_LEDGER = "investigate_ledger"
@@ -369,6 +370,8 @@ ACTION_TEXT: Mapping[NextAction, str] = {
     NextAction.NOTHING: "nothing to do",
     NextAction.WAIT: "nothing to do (wait)",
     NextAction.RECHECK_UPSTREAM: "re-check upstream",
+    NextAction.RECHECK_LATER: "re-check later: the provider failed the latest status reads (upstream "
+                              "unreachable or erring) — look for a provider incident first",
     NextAction.MARK_FAILED: "mark failed (past timeout)",
     NextAction.ISSUE_REFUND: "issue the due refund",
     NextAction.INVESTIGATE_LEDGER: "investigate the ledger",

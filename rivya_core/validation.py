@@ -88,14 +88,6 @@ class NormalizedRequest:
     billing_type: str
     base_credits: int
 
-    def as_request(self) -> GenerationRequest:
-        return GenerationRequest(self.model, self.prompt, dict(self.params), self.references)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The request as plain JSON-ready data (what a scenario file or an API body holds)."""
-        refs = [{k: getattr(r, k) for k in REFERENCE_KEYS} for r in self.references]
-        return {"model": self.model, "prompt": self.prompt, "params": dict(self.params), "references": refs}
-
 
 def show(value: Any) -> str:
     """A short, always-printable rendering of any user value for messages."""

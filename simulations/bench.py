@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -327,10 +328,14 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
     """(kind, name, call) for every dashboard data function, on sample rows of the database."""
     from sqlalchemy import func, select
 
+    from rivya_core import alerts as al
     from rivya_core import audit as au
+    from rivya_core import bulk as bk
     from rivya_core import ledger_views as lv
     from rivya_core import queries as q
     from rivya_core import reports as rp
+    from rivya_core import user_view as uv
+    from rivya_core.diagnose import diagnose
     from rivya_core.schema import account, ai_task, chat_message, chat_session, credit_ledger
 
     with engine.connect() as conn:
@@ -382,6 +387,14 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
         ("ledger_views.latency_histogram", lambda: lv.latency_histogram(e)),
         ("ledger_views.busiest_accounts", lambda: lv.busiest_accounts(e)),
         ("audit.conservation", lambda: au.conservation(e)),
+        ("diagnose.diagnose", lambda: diagnose(e, tid)),
+        ("alerts.alerts", lambda: al.alerts(e)),
+        ("user_view.user_tasks", lambda: uv.user_tasks(e, busiest, limit=500)),
+        ("user_view.user_tasks(FAILED, 7 days)", lambda: uv.user_tasks(
+            e, busiest, statuses=("FAILED",), since=now - timedelta(days=7), limit=500)),
+        ("user_view.outcome_seen", lambda: uv.outcome_seen(e, tid)),
+        ("user_view.find_chat_messages", lambda: uv.find_chat_messages(e, email)),
+        ("bulk.incidents", lambda: bk.incidents(e)),
     ]
     return ([("lookup", n, f) for n, f in lookups] + [("page", n, f) for n, f in pages]
             + [("audit", "audit.audit", lambda: au.audit(e))])

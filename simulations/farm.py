@@ -22,7 +22,6 @@ the farm once the run is over (simulations/recorded.py).
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from typing import Any
 
 import simpy
 
-from rivya_core import webhooks
+from rivya_core import jsontext, webhooks
 from rivya_core.ports import ProviderError, UpstreamStatus
 
 from .clock import SimClock
@@ -299,7 +298,7 @@ class MockProvider:
 
     def _send(self, job: Job, msg_id: str, body: Any, delay: float, kind: str, *,
               secret: str | None = None, raw: bool = False) -> None:
-        data = body if raw else json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        data = body if raw else jsontext.compact(body).encode()
         if kind in ("final", "early", "progress"):
             job.last_sent = (msg_id, body)
         ts = self.clock.timestamp()

@@ -46,6 +46,8 @@ from sqlalchemy import (
 
 from rivya_core.domain import RivyaError
 
+from .quotas import pid_running
+
 ROOT = Path(__file__).resolve().parent.parent
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
@@ -229,16 +231,7 @@ def _alive(pid: int | None) -> bool:
             return True
         _CHILDREN.pop(pid, None)
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (ended, not yet reaped by its parent) is not running
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return pid_running(pid)
 
 
 def refresh(runs: Path | None = None) -> None:

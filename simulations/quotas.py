@@ -84,7 +84,8 @@ def disk_used(runs_dir: Path) -> int:
     return total
 
 
-def _alive(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """True while a process with this id runs (one of another user counts; a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,7 +113,7 @@ def active_runs(runs_dir: Path) -> list[dict]:
         except (OSError, ValueError, KeyError, TypeError):
             marker.unlink(missing_ok=True)
             continue
-        if _alive(pid):
+        if pid_running(pid):
             found.append(info)
         else:
             marker.unlink(missing_ok=True)

@@ -208,10 +208,6 @@ class Scenario:
 
         return replace(self, policy=policy)
 
-    @property
-    def scripted(self) -> bool:
-        return bool(self.script)
-
     def to_toml(self) -> str:
         """This scenario as scenario TOML: `parse_scenario(s.to_toml()) == s`. What a run
         stores, so a scenario edited in memory (the Simulation lab's knobs) replays as run."""

@@ -25,7 +25,6 @@ by, so the summary never re-reads the database.
 from __future__ import annotations
 
 import hashlib
-import json
 import statistics
 from array import array
 from collections import Counter
@@ -53,8 +52,8 @@ from sqlalchemy import (
     update,
 )
 
-from rivya_core import rules, schema
-from rivya_core.db import row_values
+from rivya_core import jsontext, rules, schema
+from rivya_core.db import Prepared, row_values
 from rivya_core.domain import TERMINAL, ChatStatus, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
 
@@ -114,8 +113,6 @@ FINGERPRINTED = ("ledger", "events", "notifications", "callbacks")
 
 
 _KEPT = (None, rules.RefundRefusal.POLICY_KEEPS)  # charged and not refunded: due, or kept by the policy
-# one encoder for every row: json.dumps with these arguments builds a new one per call
-_CANON = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
 
 
 def _canon(values: dict[str, Any]) -> bytes:
@@ -123,7 +120,7 @@ def _canon(values: dict[str, Any]) -> bytes:
     recorded: left out while it is False (never in a simulation), so a run keeps its fingerprint."""
     if values.get("support") is False:
         values = {k: v for k, v in values.items() if k != "support"}
-    return _CANON.encode(values).encode()
+    return jsontext.canonical(values).encode()
 
 
 @dataclass
@@ -178,6 +175,7 @@ class BatchWriter:
         self.hashers = {name: hashlib.sha256() for name in FINGERPRINTED}
         self.finished: dict[int, None] = {}   # terminal tasks not yet evicted, in finishing order
         self.kpis = Kpis()
+        self._prepared: dict[tuple[Any, ...], Prepared] = {}
 
     def pin(self, task_id: int, on: bool) -> None:
         self.pinned[task_id] += 1 if on else -1
@@ -192,7 +190,7 @@ class BatchWriter:
         touched = sorted({e.task_id for e in changes.events} | {e.task_id for e in changes.ledger if e.task_id})
         with self.engine.begin() as conn:
             if changes.accounts:
-                conn.execute(insert(schema.account), [row_values(schema.account, a) for a in changes.accounts])
+                self._insert(conn, schema.account, [row_values(schema.account, a) for a in changes.accounts])
                 self.top_ids["account"] = changes.accounts[-1].id
             for name, table in APPEND_ONLY:
                 rows = getattr(changes, name)
@@ -204,7 +202,7 @@ class BatchWriter:
                     for v in values:
                         h.update(_canon(v))
                 self._count(name, rows)
-                conn.execute(insert(table), values)
+                self._insert(conn, table, values)
                 self.top_ids[table.name] = rows[-1].id
                 if name == "notifications" and self.reads is not None:
                     for v in values:
@@ -212,15 +210,14 @@ class BatchWriter:
             if self.reads is not None and self.now is not None:
                 read = self.reads.due(self.now())
                 if read:
-                    conn.execute(update(schema.notification).where(schema.notification.c.id == bindparam("_id"))
-                                 .values(read_at=bindparam("_read_at")), read)
+                    self._update(conn, schema.notification, ("id",), [{"id": r["_id"], "read_at": r["_read_at"]}
+                                                                      for r in read])
             settled = self._flush_messages(conn, final)
             done = self._flush_tasks(conn, touched, final)
             moved = sorted({e.user_id for e in changes.ledger} - {a.id for a in changes.accounts})
             if moved:
                 balances = s.balances()
-                conn.execute(update(schema.account).where(schema.account.c.id == bindparam("aid"))
-                             .values(balance=bindparam("bal")), [{"aid": u, "bal": balances[u]} for u in moved])
+                self._update(conn, schema.account, ("id",), [{"id": u, "balance": balances[u]} for u in moved])
             if self.jobs is not None:
                 self._flush_jobs(conn)
             if conn.dialect.name == "postgresql":
@@ -239,13 +236,36 @@ class BatchWriter:
 
     def _flush_jobs(self, conn: Any) -> None:
         new, changed = self.jobs()
-        if new:
-            conn.execute(insert(upstream_job), new)
-        if changed:
-            cols = [c for c in changed[0] if c not in JOB_KEY]
-            stmt = update(upstream_job).where(*(upstream_job.c[k] == bindparam(f"_{k}") for k in JOB_KEY)).values(
-                {c: bindparam(f"_{c}") for c in cols})
-            conn.execute(stmt, [{f"_{k}": v for k, v in row.items()} for row in changed])
+        self._insert(conn, upstream_job, new)
+        self._update(conn, upstream_job, JOB_KEY, changed)
+
+    # --- statements compiled once per table and set of columns --------------------------
+
+    def _insert(self, conn: Any, table: Table, rows: list[dict[str, Any]]) -> None:
+        """INSERT rows (dicts with the same keys, the table's column names)."""
+        if rows:
+            self._statement(conn, ("insert", table.name), tuple(rows[0]), lambda keys: (insert(table), keys, None)
+                            ).run(conn, rows)
+
+    def _update(self, conn: Any, table: Table, key: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+        """UPDATE, for each row (dicts with the same keys, column names), the row whose
+        `key` columns hold the row's values there, setting its other columns."""
+        if not rows:
+            return
+
+        def build(keys: tuple[str, ...]) -> tuple[Any, list[str], dict[str, str]]:
+            stmt = update(table).where(*(table.c[k] == bindparam(f"_{k}") for k in key)).values(
+                {c: bindparam(f"_{c}") for c in keys if c not in key})
+            return stmt, [f"_{k}" for k in keys], {f"_{k}": k for k in keys}
+
+        self._statement(conn, ("update", table.name, key), tuple(rows[0]), build).run(conn, rows)
+
+    def _statement(self, conn: Any, what: tuple[Any, ...], keys: tuple[str, ...], build: Callable) -> Prepared:
+        prepared = self._prepared.get((what, keys))
+        if prepared is None:
+            stmt, binds, source = build(keys)
+            prepared = self._prepared[(what, keys)] = Prepared(stmt, conn.dialect, binds, source)
+        return prepared
 
     def _count(self, name: str, rows: list[Any]) -> None:
         k = self.kpis
@@ -314,13 +334,9 @@ class BatchWriter:
         new = [row_values(table, r) for r in rows if r.id not in written]
         old = [row_values(table, r) for r in rows if r.id in written]
         if new:
-            conn.execute(insert(table), new)
+            self._insert(conn, table, new)
             self.top_ids[table.name] = max(self.top_ids.get(table.name, 0), max(v["id"] for v in new))
-        if old:
-            cols = [c for c in old[0] if c != "id"]
-            stmt = update(table).where(table.c.id == bindparam("_id")).values(
-                {c: bindparam(f"_{c}") for c in cols})
-            conn.execute(stmt, [{f"_{k}": v for k, v in row.items()} for row in old])
+        self._update(conn, table, ("id",), old)
         written.update(r.id for r in rows)
 
     def _settle_kpis(self, t: Any, entries: list[Any]) -> None:

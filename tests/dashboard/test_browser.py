@@ -7,102 +7,23 @@ or traceback. Screenshots go to $RIVYA_ARTIFACTS (default: pytest's temp dir).
 
 from __future__ import annotations
 
-import ast
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import skip_or_fail_in_ci
+from tests.dashboard.conftest import app_pages, serve, settle, sign_in
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-def _app_pages() -> list[tuple[str, str]]:
-    """(URL path, title) of every page in app.py's PAGES, read from its source (importing app.py runs it)."""
-    tree = ast.parse((ROOT / "app.py").read_text(encoding="utf-8"))
-    rows = next(ast.literal_eval(node.value) for node in tree.body
-                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PAGES" for t in node.targets))
-    return [("" if i == 0 else Path(path).stem, title) for i, (path, title, *_rest) in enumerate(rows)]
-
-
-PAGES = _app_pages()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen, limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("streamlit did not become healthy")
-
-
-class Served(str):
-    """The base URL of a served app (a str), with `.log`: the file holding the server's stdout and stderr."""
-
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _serve(env_extra: dict[str, str], log: Path | None = None):
-    """`streamlit run app.py` on a free port with env_extra; yields the base URL (a Served, whose
-    .log is the server's output), stops it afterwards."""
-    port = _free_port()
-    if log is None:
-        import tempfile
-
-        log = Path(tempfile.mkdtemp(prefix="rivya-streamlit-")) / "server.log"
-    out = open(log, "wb")
-    env = {**os.environ, **env_extra}
-    for key in ("RIVYA_OPERATORS", "RIVYA_VIEWERS"):
-        if key not in env_extra:
-            env.pop(key, None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-    )
-    base = Served(f"http://127.0.0.1:{port}")
-    base.log = log
-    try:
-        _wait_healthy(base, proc)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        out.close()
+PAGES = app_pages()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
-    yield from _serve({"RIVYA_DB_URL": f"sqlite:///{tmp / 'rivya.db'}", "RIVYA_DEMO": "1"}, tmp / "server.log")
+    yield from serve({"RIVYA_DB_URL": f"sqlite:///{tmp / 'rivya.db'}", "RIVYA_DEMO": "1"}, tmp / "server.log")
 
 
 @pytest.fixture(scope="module")
@@ -112,26 +33,7 @@ def signed_server(tmp_path_factory):
 
     url = f"sqlite:///{tmp_path_factory.mktemp('signin') / 'seeded.db'}"
     seed(url)
-    yield from _serve({"RIVYA_DB_URL": url, "RIVYA_DEMO": "0", "RIVYA_OPERATORS": "olga:correct-horse"})
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        skip_or_fail_in_ci(f"{CHROMIUM} is absent (install Debian's chromium to run the browser test)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM),
-                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield b
-        b.close()
-
-
-def _settle(page) -> None:
-    """Wait until the script run has finished (Streamlit's running indicator gone)."""
-    page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=120_000)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=120_000)
+    yield from serve({"RIVYA_DB_URL": url, "RIVYA_DEMO": "0", "RIVYA_OPERATORS": "olga:correct-horse"})
 
 
 def test_every_page_opens_without_an_exception(server, browser, tmp_path_factory):
@@ -139,12 +41,12 @@ def test_every_page_opens_without_an_exception(server, browser, tmp_path_factory
     shots.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server, timeout=60_000)
-    _settle(page)  # the first load seeds the demo database
+    settle(page)  # the first load seeds the demo database
     assert len(PAGES) == 11  # every page of app.py, User and Incidents included
     for path, title in PAGES:
         path = f"{path}?task=1" if path == "task_inspector" else path
         page.goto(f"{server}/{path}", timeout=60_000)
-        _settle(page)
+        settle(page)
         name = path.split("?")[0] or "overview"
         page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
         body = page.inner_text("body")
@@ -163,21 +65,15 @@ def test_a_deep_link_in_a_fresh_session_goes_through_the_app(server, browser):
     assert "Overview" in nav and "common" not in nav  # app.py's navigation, not the pages/ folder
 
 
-def _sign_in(page, user: str, password: str) -> None:
-    page.get_by_role("textbox", name="User").fill(user)
-    page.get_by_role("textbox", name="Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
-
-
 def test_sign_in_refuses_a_wrong_password_and_lets_an_operator_act(signed_server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(signed_server, timeout=60_000)
     page.wait_for_selector("h1:has-text('Sign in')", timeout=120_000)
     assert page.locator("[data-testid='stMetric']").count() == 0  # nothing read before signing in
-    _sign_in(page, "olga", "wrong")
+    sign_in(page, "olga", "wrong")
     page.wait_for_selector("text=Unknown user or wrong password.", timeout=60_000)
     assert page.locator("h1").first.inner_text().strip() == "Sign in"
-    _sign_in(page, "olga", "correct-horse")
+    sign_in(page, "olga", "correct-horse")
     page.wait_for_selector("h1:has-text('Overview')", timeout=60_000)
     assert "Signed in as olga (operator)" in page.inner_text("[data-testid='stSidebar']")
     page.get_by_role("link", name="Task inspector").click()
@@ -223,19 +119,19 @@ def test_a_task_row_opens_the_inspector_in_the_same_tab_quickly(server, browser,
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.goto(server, timeout=60_000)
-    _settle(page)
+    settle(page)
     shown, settled = [], []
     for _ in range(5):
         page.get_by_role("link", name="Overview").first.click()
         page.wait_for_selector("h1:has-text('Overview')", timeout=60_000)
-        _settle(page)
+        settle(page)
         recent = page.locator('[data-testid="stDataFrame"]').last
         recent.wait_for(timeout=60_000)
         seen = len(server.log_text())
         t0 = time.monotonic()
         _open_first_row(page, recent, "h2:has-text('Task #')")
         shown.append(time.monotonic() - t0)  # the task's header and status on screen
-        _settle(page)
+        settle(page)
         settled.append(time.monotonic() - t0)  # the whole page drawn, the script run over
         assert "task_inspector?task=" in page.url
         assert len(context.pages) == 1  # no new tab

@@ -1,17 +1,13 @@
 """Support work in headless Chromium on the small known database: search, pick, act on the right
 task; every page read with the server log free of tracebacks; a URL whose driver is absent.
-
-Shares the server launcher and the browser of test_browser.py.
 """
 
 from __future__ import annotations
 
 import pytest
 from playwright.sync_api import expect
-from sqlalchemy import select
 
-from rivya_core import db, schema
-from tests.dashboard.test_browser import _serve, _settle, browser  # noqa: F401  (browser: a fixture)
+from tests.dashboard.conftest import settle, support_events
 
 pytestmark = pytest.mark.browser
 
@@ -19,31 +15,8 @@ EVERY_PAGE = ["", "live_tasks", "task_inspector?task=1", "task_inspector?task=2"
               "ledger", "refund_audit", "chat_settlement", "simulation_lab"]
 
 
-@pytest.fixture(scope="module")
-def seeded(tmp_path_factory):
-    """(served app, database URL): the seeded database, access control off, no demo data."""
-    from tests.dashboard.seed import seed
-
-    tmp = tmp_path_factory.mktemp("support")
-    url = f"sqlite:///{tmp / 'seeded.db'}"
-    seed(url)
-    for served in _serve({"RIVYA_DB_URL": url, "RIVYA_DEMO": "0"}, tmp / "server.log"):
-        yield served, url
-
-
 def _tracebacks(log: str) -> list[str]:
     return [chunk[:400] for chunk in log.split("Traceback (most recent call last)")[1:]]
-
-
-def _support_events(url: str) -> list[tuple[int, dict]]:
-    engine = db.make_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(select(schema.task_event.c.task_id, schema.task_event.c.detail)
-                                .where(schema.task_event.c.kind == "support_action")).all()
-    finally:
-        engine.dispose()
-    return [(r.task_id, r.detail) for r in rows]
 
 
 def _choose(page, label: str, option: str) -> None:
@@ -52,12 +25,12 @@ def _choose(page, label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def test_search_pick_the_second_result_then_act_lands_on_that_task(seeded, browser):  # noqa: F811
-    served, url = seeded
-    before = _support_events(url)
+def test_search_pick_the_second_result_then_act_lands_on_that_task(seeded_server, browser):
+    served, url = seeded_server
+    before = support_events(url)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{served}/task_inspector", timeout=60_000)
-    _settle(page)
+    settle(page)
     search = page.get_by_label("Find a task")
     search.fill("ana@example.com")
     search.press("Enter")
@@ -65,7 +38,7 @@ def test_search_pick_the_second_result_then_act_lands_on_that_task(seeded, brows
     page.wait_for_selector("text=Task #2 — FAILED", timeout=60_000)  # newest first
     _choose(page, "Task", "#1 · SUCCESS · img-fast · ana@example.com · a red fox in snow")
     page.wait_for_selector("text=Task #1 — SUCCESS", timeout=60_000)
-    _settle(page)
+    settle(page)
     page.wait_for_timeout(1500)  # any late rerun that would jump back has happened by now
     assert page.get_by_label("Find a task").input_value() == "ana@example.com"
     assert page.locator("h2").filter(has_text="Task #").first.inner_text().startswith("Task #1 — SUCCESS")
@@ -83,40 +56,40 @@ def test_search_pick_the_second_result_then_act_lands_on_that_task(seeded, brows
         "Issue the due refund on task #1 refused")
     page.screenshot(path=str(served.log.parent / "inspector_action.png"), full_page=True)
 
-    new = _support_events(url)[len(before):]
+    new = support_events(url)[len(before):]
     assert [task for task, _ in new] == [1], new  # on the task shown, and on no other
     assert new[0][1]["action"] == "refund" and new[0][1]["operator"] == "Dana"
     assert _tracebacks(served.log_text()) == []
 
 
-def test_a_deep_link_keeps_the_search_and_the_choice(seeded, browser):  # noqa: F811
-    served, _ = seeded
+def test_a_deep_link_keeps_the_search_and_the_choice(seeded_server, browser):
+    served, _ = seeded_server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{served}/task_inspector?q=ana%40example.com&task=1", timeout=60_000)
     page.wait_for_selector("text=Task #1 — SUCCESS", timeout=60_000)
-    _settle(page)
+    settle(page)
     expect(page.get_by_label("Find a task")).to_have_value("ana@example.com", timeout=30_000)
     page.reload()
     page.wait_for_selector("text=Task #1 — SUCCESS", timeout=60_000)
-    _settle(page)
+    settle(page)
     expect(page.get_by_label("Find a task")).to_have_value("ana@example.com", timeout=30_000)
     # a new search replaces the old one at the first attempt
     search = page.get_by_label("Find a task")
     search.fill("Bo Chen")
     search.press("Enter")
     page.wait_for_selector("text=Task #4 — WAITING", timeout=60_000)
-    _settle(page)
+    settle(page)
     page.wait_for_timeout(1000)
     assert page.get_by_label("Find a task").input_value() == "Bo Chen"
 
 
-def test_every_page_reads_without_a_traceback_in_the_server_log(seeded, browser):  # noqa: F811
-    served, _ = seeded
+def test_every_page_reads_without_a_traceback_in_the_server_log(seeded_server, browser):
+    served, _ = seeded_server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     for path in EVERY_PAGE:
         seen = len(served.log_text())
         page.goto(f"{served}/{path}", timeout=60_000)
-        _settle(page)
+        settle(page)
         page.wait_for_timeout(500)
         if path.startswith("task_inspector"):
             for tab in ("Checklist", "Timeline", "Ledger", "Callbacks", "Notifications"):
@@ -126,13 +99,13 @@ def test_every_page_reads_without_a_traceback_in_the_server_log(seeded, browser)
         assert _tracebacks(served.log_text()[seen:]) == [], f"{path or 'overview'}: traceback in the server log"
 
 
-def test_a_url_whose_driver_is_missing_is_one_message(seeded, browser):  # noqa: F811
-    served, _ = seeded
+def test_a_url_whose_driver_is_missing_is_one_message(seeded_server, browser):
+    served, _ = seeded_server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     seen = len(served.log_text())
     page.goto(f"{served}/?db=mysql%3A%2F%2Fsupport%40db.internal%2Frivya", timeout=60_000)
     page.wait_for_selector("text=Cannot read this database", timeout=60_000)
-    _settle(page)
+    settle(page)
     body = page.inner_text("body")
     assert "Traceback" not in body and "ModuleNotFoundError" not in body
     assert page.locator('[data-testid="stException"]').count() == 0

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import insert, update
 
 from rivya_core import db, schema
+from tests.dashboard.conftest import app_pages, free_port, serve, settle, sign_in
 from tests.dashboard.seed import seed
-from tests.dashboard.test_browser import PAGES, _free_port, _serve, _settle, _sign_in, browser  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -36,7 +36,7 @@ class _Canary(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def canary():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", _free_port()), _Canary)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Canary)
     _Canary.hits = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -84,18 +84,18 @@ def hostile_db(tmp_path_factory, canary):
 
 @pytest.fixture(scope="module")
 def open_server(hostile_db):
-    yield from _serve({"RIVYA_DB_URL": hostile_db, "RIVYA_DEMO": "0"})
+    yield from serve({"RIVYA_DB_URL": hostile_db, "RIVYA_DEMO": "0"})
 
 
 @pytest.fixture(scope="module")
 def signed_server(hostile_db):
-    yield from _serve({"RIVYA_DB_URL": hostile_db, "RIVYA_DEMO": "0", "RIVYA_OPERATORS": "olga:correct-horse",
+    yield from serve({"RIVYA_DB_URL": hostile_db, "RIVYA_DEMO": "0", "RIVYA_OPERATORS": "olga:correct-horse",
                        "RIVYA_VIEWERS": "vera:pw1"})
 
 
 def _paths(canary: str) -> list[str]:
     db_param = quote(hostile(canary, "dbparam"), safe="")
-    paths = [path for path, _title in PAGES]
+    paths = [path for path, _title in app_pages()]
     paths += ["task_inspector?task=1", "task_inspector?task=2", "task_inspector?task=" + quote(hostile(canary, "query")),
               "ledger?user=1", "notifications?user=1", f"?db={db_param}", f"task_inspector?task=2&db={db_param}",
               f"simulation_lab?db={db_param}", f"refund_audit?db={db_param}"]
@@ -113,7 +113,7 @@ def _aimed_at(page, canary: str) -> list[str]:
 def _visit_every_page(page, base: str, canary: str) -> None:
     for path in _paths(canary):
         page.goto(f"{base}/{path}", timeout=60_000)
-        _settle(page)
+        settle(page)
         for expander in page.locator("[data-testid='stExpander'] summary").all():
             expander.click()  # open every expander: their bodies render only when open
         page.wait_for_timeout(300)
@@ -121,25 +121,25 @@ def _visit_every_page(page, base: str, canary: str) -> None:
         assert _aimed_at(page, canary) == [], path
 
 
-def test_no_page_fetches_or_links_hostile_text_in_open_mode(open_server, browser, canary):  # noqa: F811
+def test_no_page_fetches_or_links_hostile_text_in_open_mode(open_server, browser, canary):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     _visit_every_page(page, open_server, canary)
     page.goto(f"{open_server}/task_inspector?task=2", timeout=60_000)
-    _settle(page)
+    settle(page)
     assert "message ![i](" in page.inner_text("body")  # shown, as typed
     page.close()
     assert _Canary.hits == []
 
 
 @pytest.mark.parametrize("user, password", [("vera", "pw1"), ("olga", "correct-horse")])
-def test_no_page_fetches_or_links_hostile_text_after_sign_in(signed_server, browser, canary, user, password):  # noqa: F811
+def test_no_page_fetches_or_links_hostile_text_aftersign_in(signed_server, browser, canary, user, password):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     db_param = quote(hostile(canary, "signin"), safe="")
     page.goto(f"{signed_server}/?db={db_param}", timeout=60_000)
     page.wait_for_selector("h1:has-text('Sign in')", timeout=120_000)
-    _sign_in(page, user, password)
+    sign_in(page, user, password)
     page.wait_for_selector("h1:has-text('Overview')", timeout=60_000)
-    _settle(page)
+    settle(page)
     assert _aimed_at(page, canary) == []
     _visit_every_page(page, signed_server, canary)
     page.close()

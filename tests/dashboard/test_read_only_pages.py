@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.dashboard.conftest import audit_runs
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py") if not p.name.startswith("_"))
 
@@ -18,22 +20,6 @@ def _state(path: Path) -> tuple[bytes, int, bytes]:
     return path.read_bytes(), path.stat().st_mtime_ns, wal.read_bytes() if wal.exists() else b""
 
 
-def _audit_runs(url: str) -> int:
-    from sqlalchemy import func, inspect, select
-
-    from rivya_core import db
-    from rivya_core.schema import audit_run
-
-    engine = db.open_reader(url)
-    try:
-        if not inspect(engine).has_table(audit_run.name):
-            return 0
-        with engine.connect() as conn:
-            return conn.scalar(select(func.count()).select_from(audit_run))
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize("page", PAGES)
 def test_opening_a_page_leaves_the_database_as_it_was(open_page, seeded_url, page):
     path = Path(seeded_url.removeprefix("sqlite:///"))
@@ -41,7 +27,7 @@ def test_opening_a_page_leaves_the_database_as_it_was(open_page, seeded_url, pag
     at = open_page(seeded_url, page)
     assert not at.exception, page
     assert _state(path) == before, f"{page} changed the database it reads"
-    assert _audit_runs(seeded_url) == 0
+    assert audit_runs(seeded_url) == 0
 
 
 def test_db_param_naming_an_empty_or_missing_file_writes_nothing(open_page, seeded_url, tmp_path):

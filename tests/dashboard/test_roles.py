@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dashboard.conftest import texts
+from tests.dashboard.conftest import audit_runs, texts
 
 VIEWER = {"user": "vera", "role": "viewer"}
 OPERATOR = {"user": "olga", "role": "operator"}
@@ -23,28 +23,12 @@ def _labels(at) -> list[str]:
     return [b.label for b in at.button]
 
 
-def _audit_runs(url: str) -> int:
-    from sqlalchemy import func, inspect, select
-
-    from rivya_core import db
-    from rivya_core.schema import audit_run
-
-    engine = db.open_reader(url)
-    try:
-        if not inspect(engine).has_table(audit_run.name):
-            return 0
-        with engine.connect() as conn:
-            return conn.scalar(select(func.count()).select_from(audit_run))
-    finally:
-        engine.dispose()
-
-
 def test_a_viewer_cannot_run_the_audit(signed, seeded_url):
     at = signed(seeded_url, "pages/refund_audit.py", session=VIEWER)
     assert not at.exception
     assert "Run the audit now" not in _labels(at)
     assert "needs the operator role" in "\n".join(c.value for c in at.caption)
-    assert _audit_runs(seeded_url) == 0
+    assert audit_runs(seeded_url) == 0
 
 
 def test_an_operator_runs_the_audit_and_it_is_stored(signed, seeded_url):
@@ -52,7 +36,7 @@ def test_an_operator_runs_the_audit_and_it_is_stored(signed, seeded_url):
     assert not at.exception
     next(b for b in at.button if b.label == "Run the audit now").click().run()
     assert not at.exception, texts(at)
-    assert _audit_runs(seeded_url) == 1
+    assert audit_runs(seeded_url) == 1
 
 
 def test_an_audit_run_that_cannot_be_stored_is_one_message_and_the_page_still_shows(signed, seeded_url):
@@ -74,7 +58,7 @@ def test_an_audit_run_that_cannot_be_stored_is_one_message_and_the_page_still_sh
     [error] = [e.value for e in at.error]
     assert "could not be stored" in error and "no audits here" in error and "\n" not in error
     assert any(m.label == "Findings" for m in at.metric)  # the rest of the page is still drawn
-    assert _audit_runs(seeded_url) == 0
+    assert audit_runs(seeded_url) == 0
 
 
 # --- which databases a session may read ---------------------------------------------------------

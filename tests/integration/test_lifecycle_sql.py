@@ -10,8 +10,9 @@ import pytest
 
 from rivya_core.audit import audit
 from rivya_core.db import open_store
+from rivya_core.diagnose import diagnose
 from rivya_core.domain import ActionRefused, TaskStatus
-from rivya_core.rules import MarkFailedRefusal, RefundRefusal
+from rivya_core.rules import MarkFailedRefusal, NextAction, RefundRefusal, Verdict
 from tests.fakes import IMAGE, callback, make_service
 
 
@@ -80,6 +81,25 @@ def test_cli_init_db_then_audit_is_clean(db_url):
     assert _cli("init-db", "--db", db_url).returncode == 0
     out = _cli("audit", "--db", db_url)
     assert out.returncode == 0 and "no violations" in out.stdout
+
+
+def test_the_checklist_explains_status_reads_the_provider_failed(sql_env):
+    svc, clock, providers, store = sql_env
+    user = svc.create_account("p@example.com", "P", grant=50)
+    task = svc.submit(user.id, IMAGE)
+    providers["lumen"].status_faults = ["timeout", "error"]
+    clock.advance(svc.policy.stuck_for("image"))
+    svc.poll()
+    svc.recheck(task.id, reason="support asked")
+    d = diagnose(store.engine, task.id, svc.policy, now=clock.now())
+    assert (d.verdict_code, d.action_code) == (Verdict.STUCK, NextAction.RECHECK_LATER)
+    assert d.item("polling").status == "warn" and "2 status reads failed (timeout ×1, error ×1)" in \
+        d.item("polling").answer
+    providers["lumen"].succeed(task.upstream_task_id)  # the provider answers again
+    clock.advance(1)
+    svc.recheck(task.id)
+    d = diagnose(store.engine, task.id, svc.policy, now=clock.now())
+    assert d.verdict_code == Verdict.DELIVERED and "the provider answered since" in d.item("polling").answer
 
 
 def test_cli_diagnose_and_refusals_on_a_real_story(sqlite_url):

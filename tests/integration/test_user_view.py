@@ -62,7 +62,7 @@ def test_chat_turns_are_found_by_message_session_and_user_and_diagnosed_from_the
     out = _cli("diagnose", "--chat-message", str(turn.id), "--db", url, "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["subject"] == "chat_message" and doc["id"] == turn.id and doc["verdict"].startswith("settled")
+    assert doc["subject"] == "chat_message" and doc["id"] == turn.id and doc["verdict_code"] == "chat_settled_refunded"
     text_out = _cli("diagnose", "--chat-message", str(turn.id), "--db", url)
     assert "chat message #" in text_out.stdout and "Verdict:" in text_out.stdout
     for args in (["diagnose", "--db", url], ["diagnose", "1", "--chat-message", "2", "--db", url],

@@ -3,12 +3,11 @@ exit 2, no traceback, and the database untouched."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from rivya_core.__main__ import main as core_main
 from simulations.__main__ import main as sim_main
+from tests.simulations.conftest import dump
 
 BIG = "99999999999999999999999"
 
@@ -18,14 +17,6 @@ def db(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     assert core_main(["init-db", "--db", url]) == 0
     return url
-
-
-def _dump(path) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -38,12 +29,12 @@ def _dump(path) -> list[str]:
     (["serve", "--port", "70000"], "--port"),
 ])
 def test_core_cli_refuses_bad_numbers_in_one_line(argv, needle, db, tmp_path, capsys):
-    before = _dump(tmp_path / "r.db")
+    before = dump(tmp_path / "r.db")
     with pytest.raises(SystemExit) as ex:
         core_main([*argv, "--db", db])
     err = capsys.readouterr().err.strip()
     assert ex.value.code == 2 and "\n" not in err and needle in err and " to " in err, err
-    assert _dump(tmp_path / "r.db") == before
+    assert dump(tmp_path / "r.db") == before
 
 
 @pytest.mark.parametrize("argv, needle", [

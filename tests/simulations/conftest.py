@@ -23,3 +23,12 @@ def run_small(tmp_path):
 def rows(path, sql: str, *args):
     with sqlite3.connect(path) as conn:
         return conn.execute(sql, args).fetchall()
+
+
+def dump(path) -> list[str]:
+    """The SQLite file's rows as SQL statements (iterdump), to compare before and after."""
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()

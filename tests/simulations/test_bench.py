@@ -68,3 +68,15 @@ def test_cli_json_and_bad_arguments(capsys):
 def test_make_db_writes_a_fresh_database(tmp_path):
     out = bench.make_db(str(tmp_path / "m.db"), 60)
     assert out["tasks"] > 0 and out["violations"] == 0 and out["liveness_ok"]
+
+
+def test_dashboard_timing_covers_every_page_and_each_call_runs(tmp_path):
+    """`bench --dashboard`: the newer pages' data (alerts, the User page, incidents, the checklist) are
+    timed too, and every call returns on a real run's database."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    bench.make_db(str(tmp_path / "d.db"), 60)
+    out = bench.dashboard(url, reps=1)
+    names = {c["name"] for c in out["calls"]}
+    assert {"alerts.alerts", "user_view.user_tasks", "user_view.outcome_seen", "bulk.incidents",
+            "diagnose.diagnose"} <= names
+    assert all(c["median_s"] >= 0 for c in out["calls"])

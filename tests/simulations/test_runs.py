@@ -14,7 +14,7 @@ from simulations.farm import Farm
 from simulations.scenarios import list_scenarios, load_scenario
 from simulations.streams import Streams
 
-from .conftest import rows
+from .conftest import dump, rows
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = [p.stem for p in list_scenarios() if p.stem != "chaos"]
@@ -184,22 +184,12 @@ def test_demo_data_seeds_an_empty_database_once(tmp_path):
     assert steps and steps[-1] == 1.0
     tasks = rows(path, "select count(*) from ai_task")[0][0]
     assert tasks > 0 and rows(path, "select scenario_name from sim_run") == [("demo",)]
-    seeded = _dump(path)
+    seeded = dump(path)
     assert ensure_demo_data(url, tasks=150) is False
-    assert _dump(path) == seeded  # the second call wrote no row (opening it may switch the journal to WAL)
+    assert dump(path) == seeded  # the second call wrote no row (opening it may switch the journal to WAL)
     engine = make_engine(url)
     try:
         report = audit(engine, load_scenario(str(ROOT / "data" / "demo.toml")).policy)
     finally:
         engine.dispose()
     assert report.ok, [(f.kind, f.message) for f in report.findings]
-
-
-def _dump(path) -> list[str]:
-    import sqlite3
-
-    conn = sqlite3.connect(path)
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()

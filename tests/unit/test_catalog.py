@@ -37,7 +37,7 @@ def test_shipped_catalogue_covers_the_required_models(catalog):
     assert {m.billing_type for m in catalog.models} == {"per_task", "per_second", "per_token"}
     assert any(not m.direct_generation for m in catalog.models)
     assert any(m.runtime == "sync" for m in catalog.models)
-    assert all(m.runtime == "chat" for m in catalog.by_category("chat"))
+    assert all(m.runtime == "chat" for m in catalog.models if m.category == "chat")
     isolate = catalog.get("sonora-isolate")
     assert isolate.rules.verify_duration_kind == "audio" and isolate.reference("audio").required
 
@@ -82,7 +82,7 @@ def test_chat_credits_refuse_bad_token_counts(catalog, bad):
 def test_chat_tool_starts_an_image_model(catalog):
     chat = catalog.get("parley-chat")
     assert "image_generation" in chat.tools
-    assert catalog.get(chat.tool_model("image_generation")).category == "image"
+    assert catalog.get(dict(chat.tool_models)["image_generation"]).category == "image"
 
 
 def test_a_good_file_loads(tmp_path):

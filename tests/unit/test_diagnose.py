@@ -137,6 +137,48 @@ def test_running_task_by_age(db, minutes, verdict, action):
     assert (d.item("polling").status == "warn") == (minutes > 5)
 
 
+def failed_read(db, tid, at, kind, path="polling"):
+    """A status read the provider failed, as the lifecycle records it: poll_error, then the read as unknown."""
+    db.event(tid, "poll_error", at=at, error_kind=kind, message=f"kinetica: upstream said {kind}", path=path)
+    db.event(tid, "poll" if path == "polling" else "recheck", at=at, state="unknown")
+
+
+@pytest.mark.parametrize("minutes, verdict, action", [
+    (4, V.GENERATING, A.WAIT),                  # within normal time: polling asks again by itself
+    (9, V.STUCK, A.RECHECK_LATER),              # stuck while the provider does not answer: not a re-check now
+    (20, V.STUCK_PAST_TIMEOUT, A.MARK_FAILED),
+])
+def test_poll_errors_are_shown_and_steer_the_next_action(db, minutes, verdict, action):
+    tid = db.task(db.uid, status="GENERATING", upstream="up-err", submitted_at=T0)
+    db.ledger(db.uid, "consume", -10, task_id=tid, key=f"consume:task:{tid}")
+    submitted(db, tid)
+    db.event(tid, "poll", at=T0 + 60 * S, state="running")
+    failed_read(db, tid, T0 + 150 * S, "timeout")
+    failed_read(db, tid, T0 + 210 * S, "error", path="recheck")
+    d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=minutes))
+    assert (d.verdict_code, d.action_code) == (verdict, action)
+    polling = d.item("polling")
+    assert polling.status == "warn"
+    assert "2 status reads failed (timeout ×1, error ×1)" in polling.answer
+    assert "has not answered since" in polling.answer
+    assert [e["detail"]["error_kind"] for e in polling.evidence if e["kind"] == "poll_error"] == ["timeout", "error"]
+    if action == A.RECHECK_LATER:
+        assert "provider incident" in d.next_action
+
+
+def test_poll_errors_the_provider_answered_since_are_history(db):
+    tid = db.task(db.uid, status="GENERATING", upstream="up-err2", submitted_at=T0)
+    db.ledger(db.uid, "consume", -10, task_id=tid, key=f"consume:task:{tid}")
+    submitted(db, tid)
+    failed_read(db, tid, T0 + 60 * S, "timeout")
+    db.event(tid, "poll", at=T0 + 120 * S, state="running")
+    d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=9))
+    assert (d.verdict_code, d.action_code) == (V.STUCK, A.RECHECK_UPSTREAM)
+    polling = d.item("polling")
+    assert polling.status == "info" and "1 status read failed (timeout ×1)" in polling.answer
+    assert "answered since" in polling.answer and "last upstream state: running" in polling.answer
+
+
 def test_tool_backed_chat(db):
     mid = db.chat_settled(db.uid, reserved=12, charged=8)
     tid = db.success(db.uid, chat_message_id=mid, category="video", model="vid-1")

@@ -17,6 +17,7 @@ from rivya_core.db import make_engine
 from rivya_core.diagnose import diagnose, recheck_signals
 from rivya_core.domain import ActionRefused
 from rivya_core.policy import DEFAULT_POLICY
+from rivya_core.rules import Verdict
 from rivya_core.service import service_for_url
 from tests.dashboard.seed import seed
 
@@ -53,7 +54,7 @@ def _answers(url, engine):
         "diagnose at": diag.now,
         "audit at": audited,
         "live says stuck": bool(live.loc[TASK, "stuck"]),
-        "checklist says stuck": diag.verdict.startswith("stuck"),
+        "checklist says stuck": diag.verdict_code in (Verdict.STUCK, Verdict.STUCK_PAST_TIMEOUT),
         "signals say stuck": any(f"#{TASK}" in s.message for s in signals if s.kind == "in_progress_too_long"),
         "mark failed allowed": marked,
     }

@@ -32,6 +32,14 @@ def req(model="lumen-flash", prompt="a red fox in snow", params=None, references
     return {"model": model, "prompt": prompt, "params": params or {}, "references": references or []}
 
 
+def _revalidates(n: NormalizedRequest) -> None:
+    """A normalized request, sent again as a request or as plain JSON data, normalizes to itself."""
+    assert validate(CATALOG, GenerationRequest(n.model, n.prompt, dict(n.params), n.references)) == n
+    data = req(n.model, n.prompt, dict(n.params), [vars(r) for r in n.references])
+    assert validate(CATALOG, data) == n
+    json.dumps(data, allow_nan=False)
+
+
 REJECTIONS = {
     "request_malformed": [None, 42, "lumen-flash", ["lumen-flash"], {**req(), "user": 1},
                           req(params=[1, 2]), {**req(), "references": "cat.png"}],
@@ -148,10 +156,7 @@ def test_audio_isolation_accepts_a_verified_duration_within_tolerance_and_limit(
 
 def test_generation_request_input_and_idempotence():
     n = validate(CATALOG, GenerationRequest("lumen-pro", " fox ", {"quality": "HD"}, (Reference("image", "a", 5),)))
-    again = validate(CATALOG, n.as_request())
-    assert again == n
-    assert validate(CATALOG, n.as_dict()) == n
-    json.dumps(n.as_dict(), allow_nan=False)
+    _revalidates(n)
 
 
 def test_validate_chat_model():
@@ -254,7 +259,5 @@ def test_any_input_gives_a_normalized_request_or_a_typed_error(request_):
         assert isinstance(err.message, str) and err.message
         return
     assert isinstance(n, NormalizedRequest)
-    assert validate(CATALOG, n.as_request()) == n
-    assert validate(CATALOG, n.as_dict()) == n
-    json.dumps(n.as_dict(), allow_nan=False)
+    _revalidates(n)
     assert isinstance(n.base_credits, int) and n.base_credits >= 0
