@@ -20,8 +20,9 @@ one readable line, never a driver traceback.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -309,16 +310,20 @@ def has_rows(engine: Engine, table: str) -> bool:
 # --- bulk writes ------------------------------------------------------------------
 
 
-_ROW_COLUMNS: dict[tuple[Any, type], tuple[str, ...]] = {}  # (table, row class) -> field names it stores
+# (table, row class) -> (field names it stores, a getter of their values as a tuple)
+_ROW_COLUMNS: dict[tuple[Any, type], tuple[tuple[str, ...], Any]] = {}
 
 
 def row_values(table: Any, row: Any) -> dict[str, Any]:
     """A dataclass row as insert values for table (same keys for every row)."""
     key = (table, type(row))
-    names = _ROW_COLUMNS.get(key)
-    if names is None:  # once per table and row class, not per row (batch writes call this per row)
-        names = _ROW_COLUMNS[key] = tuple(f.name for f in dataclasses.fields(row) if f.name in table.c)
-    return {name: getattr(row, name) for name in names}
+    got = _ROW_COLUMNS.get(key)
+    if got is None:  # once per table and row class, not per row (batch writes call this per row)
+        names = tuple(f.name for f in dataclasses.fields(row) if f.name in table.c)
+        get = operator.attrgetter(*names) if len(names) > 1 else (lambda r, n=names[0]: (getattr(r, n),))
+        got = _ROW_COLUMNS[key] = (names, get)
+    names, get = got
+    return dict(zip(names, get(row), strict=True))
 
 
 def write_snapshot(engine: Engine, snapshot: Snapshot) -> None:
@@ -367,6 +372,12 @@ def _faster(proc: Any) -> Any:
     return process
 
 
+def _tuple_getter(keys: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """keys -> a function giving a mapping's values at keys as a tuple (one C call for several)."""
+    get = operator.itemgetter(*keys)
+    return get if len(keys) > 1 else (lambda v: (get(v),))
+
+
 class Prepared:
     """A DML statement compiled once for a dialect and run as the driver's executemany.
 
@@ -396,9 +407,18 @@ class Prepared:
     def params(self, rows: Iterable[dict[str, Any]]) -> list[Any]:
         names, procs = self.names, self.procs
         src = self.source
-        cols = [(src.get(name, name), procs.get(name)) for name in names]
         if self.positional:
-            return [tuple([v[k] if p is None else p(v[k]) for k, p in cols]) for v in rows]
+            get = _tuple_getter([src.get(name, name) for name in names])
+            at = [(i, procs[name]) for i, name in enumerate(names) if name in procs]
+            if not at:
+                return [get(v) for v in rows]
+            out = []
+            for v in rows:
+                t = list(get(v))
+                for i, p in at:
+                    t[i] = p(t[i])
+                out.append(tuple(t))
+            return out
         named = [(name, src.get(name, name), procs.get(name)) for name in names]
         return [{name: v[k] if p is None else p(v[k]) for name, k, p in named} for v in rows]
 

@@ -57,12 +57,20 @@ _CONTAINERS = (dict, list, tuple)
 _ACTIVE_NAMES = frozenset(str(x) for x in ACTIVE)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _clone(value: Any) -> Any:
-    """A copy of a JSON-like value (much cheaper than copy.deepcopy); scalars
-    are tested inline rather than by a call each."""
+    """A copy of a JSON-like value (much cheaper than copy.deepcopy): a dict or list of
+    plain scalars (the usual params, details and URL lists) is copied in one C call;
+    otherwise scalars are tested inline rather than by a call each."""
     if isinstance(value, dict):
+        if _SCALARS.issuperset(map(type, value.values())):
+            return dict(value)
         return {k: _clone(v) if isinstance(v, _CONTAINERS) else v for k, v in value.items()}
     if isinstance(value, (list, tuple)):
+        if _SCALARS.issuperset(map(type, value)):
+            return list(value)
         return [_clone(v) if isinstance(v, _CONTAINERS) else v for v in value]
     return value
 
@@ -72,8 +80,8 @@ def _shallow(row: Any) -> Any:
     state = getattr(row, "__dict__", None)
     if state is None:
         return copy.copy(row)
-    out = object.__new__(type(row))
-    out.__dict__.update(state)
+    out = object.__new__(row.__class__)
+    object.__setattr__(out, "__dict__", state.copy())
     return out
 
 

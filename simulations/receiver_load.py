@@ -53,7 +53,7 @@ from rivya_core.lifecycle import LifecycleService
 from rivya_core.ports import UpstreamStatus
 from rivya_core.receiver import OneWriter
 
-from .live import free_port
+from .live import free_port, stop_process
 
 PROVIDER = "lumen"
 MODEL = "lumen-flash"
@@ -252,11 +252,7 @@ def _blast(url: str, secret: str, deliveries: list[Signed], concurrency: int, wo
         r["cpu"] = _cpu_seconds(procs) - cpu0
         return r
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, grace_s=30)
 
 
 def _check(store: Any, url: str, svc: LifecycleService, made: list, deliveries: list, r: dict[str, Any],
