@@ -226,6 +226,14 @@ def settle(page) -> None:
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=120_000)
 
 
+def open_settled(browser, url: str, height: int = 1000):
+    """A new page of `browser` on `url`, once the script run has finished."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(url, timeout=60_000)
+    settle(page)
+    return page
+
+
 def sign_in(page, user: str, password: str) -> None:
     page.get_by_role("textbox", name="User").fill(user)
     page.get_by_role("textbox", name="Password").fill(password)
