@@ -196,10 +196,19 @@ def failed_after_charge_without_refund(c: _Ctx) -> Select:
                                                           _has_entry(EntryType.REFUND), c.policy))
 
 
+def _is_charge():
+    """Ledger rows that are task charges. They are most of the ledger, so they are read in
+    one pass over the table (or the task index) rather than through the (entry_type, amount)
+    index, where each was a random table read (3-4x the CPU at a million tasks): the type is
+    compared as an expression, which no index serves."""
+    return (L.c.entry_type + "") == EntryType.CONSUME
+
+
 def _per_task(entry_type: str, having) -> Select:
+    of_type = _is_charge() if entry_type == EntryType.CONSUME else L.c.entry_type == entry_type
     return (select(L.c.task_id, func.min(L.c.user_id).label("user_id"), func.count().label("entries"),
                    func.sum(L.c.amount).label("total"))
-            .where(L.c.entry_type == entry_type, L.c.task_id.is_not(None))
+            .where(of_type, L.c.task_id.is_not(None))
             .group_by(L.c.task_id).having(having))
 
 
@@ -240,7 +249,7 @@ def upstream_without_charge(c: _Ctx) -> Select:
 
 def charged_after_submit(c: _Ctx) -> Select:
     return (select(*_TASK_COLS, L.c.created_at.label("charged_at"))
-            .select_from(T.join(L, and_(L.c.task_id == T.c.id, L.c.entry_type == EntryType.CONSUME)))
+            .select_from(T.join(L, and_(L.c.task_id == T.c.id, _is_charge())))
             .where(T.c.submitted_at.is_not(None), L.c.created_at > T.c.submitted_at))
 
 
@@ -305,7 +314,7 @@ def stuck_past_timeout(c: _Ctx) -> Select:
 
 def consume_without_task(c: _Ctx) -> Select:
     no_task = ~exists().where(T.c.id == L.c.task_id)
-    return select(*_LEDGER_COLS).where(L.c.entry_type == EntryType.CONSUME, or_(L.c.task_id.is_(None), no_task))
+    return select(*_LEDGER_COLS).where(_is_charge(), or_(L.c.task_id.is_(None), no_task))
 
 
 _MSG_COLS = (M.c.id.label("message_id"), M.c.session_id, chat_session.c.user_id, M.c.status, M.c.reserved_credits,
