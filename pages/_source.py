@@ -20,9 +20,9 @@
     get_engine(url: str) -> Engine
         st.cache_resource read engine per URL (on SQLite a plain deferred BEGIN, so a
         page never queues behind a writer); raises StoreUnavailable / SchemaMissing.
-    open_db() -> Engine | None
-        Engine for current_url() with the schema checked; on failure shows a
-        clear st.error and returns None (the page then calls st.stop()).
+    open_db(tables=(), *, need_rows: str | None = None) -> Engine
+        Engine for current_url() with the schema checked and `tables` present (and
+        `need_rows` not empty); otherwise says why (require_tables) and stops the page.
     require_tables(engine, tables, *, need_rows: str | None = None) -> bool
         st.warning naming the tables an older database lacks, st.info when
         `need_rows` is empty; True when the page can go on.
@@ -184,17 +184,21 @@ def _open(url: str) -> Engine:
     return db.open_reader(url)
 
 
-def open_db() -> Engine | None:
+def open_db(tables: tuple[str, ...] | list[str] = (), *, need_rows: str | None = None) -> Engine:
+    """The page's database; when it cannot be read or lacks what the page needs, the page
+    says so and stops here."""
     url = current_url()
     try:
         engine = get_engine(url)
     except RivyaError as exc:
         st.error(f"**Cannot read this database.** {plain(exc.message)}")
         st.caption("Pick another one under *Data source* in the sidebar.")
-        return None
+        st.stop()
     except SQLAlchemyError as exc:
         st.error(f"**Cannot read this database.** {type(exc).__name__}: {plain(str(exc).splitlines()[0])}")
-        return None
+        st.stop()
+    if (tables or need_rows) and not require_tables(engine, tables, need_rows=need_rows):
+        st.stop()
     return engine
 
 

@@ -8,7 +8,7 @@ import streamlit as st
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
-from pages._source import enter_page, open_db, require_tables
+from pages._source import enter_page, open_db
 from rivya_core import ledger_views as lv
 
 LIMIT = 200
@@ -16,10 +16,7 @@ enter_page()
 st.title("Chat settlement")
 st.caption("Token-priced chat reserves an estimate before a turn, charges the real usage after it and "
            "refunds the difference once.")
-engine = open_db()
-if engine is None or not require_tables(engine, ["chat_session", "chat_message", "credit_ledger", "account"],
-                                        need_rows="chat_message"):
-    st.stop()
+engine = open_db(["chat_session", "chat_message", "credit_ledger", "account"], need_rows="chat_message")
 
 with show_errors():
     c = cached_df(lv.chat_credits)

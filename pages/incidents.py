@@ -30,8 +30,6 @@ st.caption("Act on many tasks at once: pick them by filter, dry-run the action t
            "then execute it as a named incident. Every task gets its own `support_action` event carrying the "
            "incident id; executing the same incident again skips the tasks it already handled.")
 engine = open_db()
-if engine is None:
-    st.stop()
 policy, policy_source = policy_in_force()
 ss = st.session_state
 

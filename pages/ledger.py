@@ -9,7 +9,7 @@ import streamlit as st
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_flows, show_table
-from pages._source import enter_page, open_db, require_tables
+from pages._source import enter_page, open_db
 from pages._support import policy_in_force
 from pages._text import plain
 from rivya_core import audit, db
@@ -23,9 +23,7 @@ ENTRY_TYPES = [t.value for t in EntryType]
 
 enter_page()
 st.title("Ledger")
-engine = open_db()
-if engine is None or not require_tables(engine, ["account", "credit_ledger"], need_rows="account"):
-    st.stop()
+engine = open_db(["account", "credit_ledger"], need_rows="account")
 
 account_tab, conservation_tab = st.tabs(["One account", "Conservation across accounts"])
 

@@ -29,8 +29,6 @@ st.title("Live tasks")
 st.caption("Tasks in WAITING or GENERATING across all users, oldest first. A task is *stuck* once it has "
            "been running longer than the policy's stuck threshold for its category.")
 engine = open_db()
-if engine is None:
-    st.stop()
 
 with show_errors():
     policy, policy_source = policy_in_force()

@@ -8,7 +8,7 @@ import streamlit as st
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
-from pages._source import enter_page, open_db, require_tables
+from pages._source import enter_page, open_db
 from pages._text import plain
 from rivya_core import ledger_views as lv
 from rivya_core import queries
@@ -19,9 +19,7 @@ PAGE_SIZE = 50
 enter_page()
 st.title("Notifications")
 st.caption("The notifications centre: the durable record of each task's outcome, as the user sees it.")
-engine = open_db()
-if engine is None or not require_tables(engine, ["notification", "account"]):
-    st.stop()
+engine = open_db(["notification", "account"])
 
 with show_errors():
     left, mid, right = st.columns([2, 1, 1])

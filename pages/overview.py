@@ -20,8 +20,6 @@ STATE_COLORS = {"WAITING": "#9e9e9e", "GENERATING": "#1f77b4", "SUCCESS": "#2ca0
 enter_page()
 st.title("Overview")
 engine = open_db()
-if engine is None:
-    st.stop()
 
 
 with show_errors():

@@ -9,7 +9,7 @@ from pages._access import operator_only
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
-from pages._source import enter_page, open_db, require_tables
+from pages._source import enter_page, open_db
 from pages._support import policy_in_force, record_audit_now
 from pages._text import plain
 from rivya_core import audit
@@ -30,9 +30,7 @@ enter_page()
 st.title("Refund audit")
 st.caption("Every invariant of the lifecycle checked in SQL over the whole database; "
            f"each finding shows its exact count and up to {ROW_CAP} of the rows that prove it.")
-engine = open_db()
-if engine is None or not require_tables(engine, list(CONTRACT_TABLES)):
-    st.stop()
+engine = open_db(list(CONTRACT_TABLES))
 
 with show_errors():
     policy, policy_source = policy_in_force()

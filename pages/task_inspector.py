@@ -22,8 +22,6 @@ from rivya_core.domain import NotFound, RivyaError
 enter_page()
 st.title("Task inspector")
 engine = open_db()
-if engine is None:
-    st.stop()
 policy, policy_source = policy_in_force()
 
 

@@ -26,8 +26,6 @@ STATES = [s.value for s in TaskStatus]
 enter_page()
 st.title("User")
 engine = open_db()
-if engine is None:
-    st.stop()
 policy, policy_source = policy_in_force()
 ss = st.session_state
 

@@ -170,9 +170,12 @@ def _empty_url_list(col, dialect: str):
 
 
 def ledger_running_sum(c: _Ctx) -> Select:
-    w = select(*_LEDGER_COLS, func.sum(L.c.amount).over(partition_by=L.c.user_id, order_by=L.c.id)
+    # The window reads only columns of the covering (user_id, id, amount, balance_after)
+    # index; the table is read for the mismatching rows alone.
+    w = select(L.c.id, L.c.balance_after, func.sum(L.c.amount).over(partition_by=L.c.user_id, order_by=L.c.id)
                .label("running_sum")).subquery()
-    return select(w).where(w.c.running_sum != w.c.balance_after)
+    return (select(*_LEDGER_COLS, w.c.running_sum).select_from(w.join(L, L.c.id == w.c.id))
+            .where(w.c.running_sum != w.c.balance_after))
 
 
 def negative_balance(c: _Ctx) -> Select:

@@ -113,7 +113,7 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         u = make_url(url)
         if u.get_backend_name() == "sqlite":
             return _sqlite_engine(u, read_only=read_only)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": jsontext.dumps}
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": jsontext.driver_dumps}
         if u.get_backend_name() == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 10}
             if read_only:

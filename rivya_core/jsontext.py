@@ -37,3 +37,9 @@ canonical = _make(sort_keys=True, separators=(",", ":"), default=str)
 canonical.__doc__ = 'json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))'
 compact = _make(sort_keys=True, separators=(",", ":"), default=None)
 compact.__doc__ = 'json.dumps(value, sort_keys=True, separators=(",", ":"))'
+
+
+def driver_dumps(value: Any) -> str:
+    """`dumps` for a database driver: psycopg caches its JSON dumpers by the function's code and
+    refuses (with a warning on every connection) a closure such as `dumps`; this is a plain function."""
+    return dumps(value)

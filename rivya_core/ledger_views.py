@@ -198,14 +198,15 @@ def chat_sessions(engine: Engine, user_id: int | None = None, limit: int = 200) 
 
 
 def chat_messages(engine: Engine, session_id: int | None = None, limit: int = 200) -> pd.DataFrame:
-    """Chat messages, newest first (optionally of one session), with their refund and any tool task."""
-    refunds = _chat_refunds()
-    tool = (
-        select(ai_task.c.chat_message_id, func.min(ai_task.c.id).label("task_id"))
-        .where(ai_task.c.chat_message_id.is_not(None))
-        .group_by(ai_task.c.chat_message_id)
-        .subquery()
+    """Chat messages, newest first (optionally of one session), with their refund and any tool task.
+    Each listed message's refund and task are looked up through the chat-message indexes
+    (not summed over every chat refund and tool task first)."""
+    refunded = (
+        select(func.sum(credit_ledger.c.amount))
+        .where(credit_ledger.c.chat_message_id == chat_message.c.id, credit_ledger.c.entry_type == "chat_refund")
+        .scalar_subquery()
     )
+    tool_task = select(func.min(ai_task.c.id)).where(ai_task.c.chat_message_id == chat_message.c.id).scalar_subquery()
     stmt = (
         select(
             chat_message.c.id.label("message_id"),
@@ -216,15 +217,10 @@ def chat_messages(engine: Engine, session_id: int | None = None, limit: int = 20
             chat_message.c.completion_tokens,
             chat_message.c.reserved_credits.label("reserved"),
             chat_message.c.charged_credits.label("charged"),
-            func.coalesce(refunds.c.refunded, 0).label("refunded"),
-            tool.c.task_id,
+            func.coalesce(refunded, 0).label("refunded"),
+            tool_task.label("task_id"),
             chat_message.c.created_at,
             chat_message.c.settled_at,
-        )
-        .select_from(
-            chat_message.outerjoin(refunds, refunds.c.chat_message_id == chat_message.c.id).outerjoin(
-                tool, tool.c.chat_message_id == chat_message.c.id
-            )
         )
         .order_by(chat_message.c.id.desc())
         .limit(_limit(limit))

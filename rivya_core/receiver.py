@@ -194,11 +194,12 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    loop = PollLoop(make_service(), poll_every) if poll_every else None  # the parent's own pool, after the forks
-    if loop:
-        loop.start()
+    loop: PollLoop | None = None
     status = 0
     try:
+        if poll_every:  # the parent's own service and pool, built after the forks
+            loop = PollLoop(make_service(), poll_every)
+            loop.start()
         while not stopping.is_set():
             pid, _ = os.waitpid(-1, os.WNOHANG)
             if pid in children:  # a worker died: stop the others (a supervisor restarts the receiver)

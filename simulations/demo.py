@@ -11,9 +11,8 @@ to show."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import func, inspect, select
 

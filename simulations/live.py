@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -55,6 +56,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """Stop a server subprocess: terminate it, and kill it when it has not ended within grace_s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class ServerThread:

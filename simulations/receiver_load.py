@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -52,7 +53,7 @@ from rivya_core.lifecycle import LifecycleService
 from rivya_core.ports import UpstreamStatus
 from rivya_core.receiver import OneWriter
 
-from .live import free_port
+from .live import free_port, stop_process
 
 PROVIDER = "lumen"
 MODEL = "lumen-flash"
@@ -126,10 +127,11 @@ def run_load(url: str, tasks: int = 2000, concurrency: int = 16, duplicates: flo
         deliveries = [(uid, f"msg_{n}") for n, uid in enumerate(ids)]
         deliveries += [deliveries[i] for i in rng.sample(range(len(ids)), int(len(ids) * duplicates))]
         rng.shuffle(deliveries)
+        signed = [_delivery(secret, uid, msg) for uid, msg in deliveries]  # before the clock starts
         if workers == 0:
-            result = _direct(svc, secret, deliveries, concurrency)
+            result = _direct(svc, signed, concurrency)
         else:
-            result = _blast(url, secret, deliveries, concurrency, workers)
+            result = _blast(url, secret, signed, concurrency, workers)
         return _check(store, url, svc, made, deliveries, result, concurrency, workers)
     finally:
         store.engine.dispose()
@@ -141,9 +143,12 @@ def _delivery(secret: str, uid: str, msg: str) -> tuple[bytes, dict[str, str]]:
     return body, webhooks.signed_headers(secret, msg, int(time.time()), body)
 
 
-def _run_bounded(deliveries: list[tuple[str, str]], concurrency: int, send: Callable[[Any, str, str], int],
+Signed = tuple[bytes, dict[str, str]]
+
+
+def _run_bounded(deliveries: list[Signed], concurrency: int, send: Callable[[Any, bytes, dict[str, str]], int],
                  client: Callable[[], Any]) -> dict[str, Any]:
-    """Every delivery through send(client, uid, msg) -> status, from `concurrency` threads."""
+    """Every delivery through send(client, body, headers) -> status, from `concurrency` threads."""
     latencies: list[float] = []
     statuses: Counter = Counter()
     lock = threading.Lock()
@@ -184,7 +189,7 @@ def _cpu_seconds(procs: list[psutil.Process]) -> float:
     return total
 
 
-def _direct(svc: LifecycleService, secret: str, deliveries: list[tuple[str, str]], concurrency: int) -> dict[str, Any]:
+def _direct(svc: LifecycleService, deliveries: list[Signed], concurrency: int) -> dict[str, Any]:
     """The deliveries straight into handle_callback (no HTTP), counting SQL statements."""
     statements = [0]
 
@@ -194,8 +199,7 @@ def _direct(svc: LifecycleService, secret: str, deliveries: list[tuple[str, str]
     engine = svc.store.engine
     one_writer = OneWriter(None) if engine.dialect.name == "sqlite" else None  # as the receiver queues writers
 
-    def send(_conn: Any, uid: str, msg: str) -> int:
-        body, headers = _delivery(secret, uid, msg)
+    def send(_conn: Any, body: bytes, headers: dict[str, str]) -> int:
         with one_writer.held() if one_writer else contextlib.nullcontext():
             res = svc.handle_callback(PROVIDER, headers, body)
         return 200 if res.outcome in ("applied", "duplicate") else 500
@@ -210,7 +214,7 @@ def _direct(svc: LifecycleService, secret: str, deliveries: list[tuple[str, str]
     return r
 
 
-def _blast(url: str, secret: str, deliveries: list[tuple[str, str]], concurrency: int, workers: int) -> dict[str, Any]:
+def _blast(url: str, secret: str, deliveries: list[Signed], concurrency: int, workers: int) -> dict[str, Any]:
     port = free_port()
     env = {**os.environ, "RIVYA_WEBHOOK_SECRETS": json.dumps({PROVIDER: [secret]}), "RIVYA_PROVIDERS": ""}
     proc = subprocess.Popen([sys.executable, "-m", "rivya_core", "serve", "--db", url, "--port", str(port),
@@ -230,25 +234,25 @@ def _blast(url: str, secret: str, deliveries: list[tuple[str, str]], concurrency
                                  code="server_failed")
             time.sleep(0.1)
 
-        def send(http: httpx.Client, uid: str, msg: str) -> int:
-            body, headers = _delivery(secret, uid, msg)
-            try:
-                return http.post(f"/webhooks/{PROVIDER}", content=body, headers=headers).status_code
-            except httpx.HTTPError:
+        def send(conn: http.client.HTTPConnection, body: bytes, headers: dict[str, str]) -> int:
+            try:  # the standard library's client: the lightest sender, so the receiver gets the cores
+                conn.request("POST", f"/webhooks/{PROVIDER}", body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                return response.status
+            except (OSError, http.client.HTTPException):
+                conn.close()  # reconnects on the next request
                 return 0
 
         receiver = psutil.Process(proc.pid)
         procs = [receiver, *receiver.children(recursive=True)]
         cpu0 = _cpu_seconds(procs)
-        r = _run_bounded(deliveries, concurrency, send, lambda: httpx.Client(base_url=base, timeout=30))
+        r = _run_bounded(deliveries, concurrency, send,
+                         lambda: contextlib.closing(http.client.HTTPConnection("127.0.0.1", port, timeout=30)))
         r["cpu"] = _cpu_seconds(procs) - cpu0
         return r
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, grace_s=30)
 
 
 def _check(store: Any, url: str, svc: LifecycleService, made: list, deliveries: list, r: dict[str, Any],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -66,6 +65,27 @@ def open_page(monkeypatch):
     return _open
 
 
+def _app_page_rows() -> list[tuple[str, str]]:
+    """(file, title) of every page in app.py's PAGES, read from its source (importing app.py runs it)."""
+    tree = ast.parse(APP.read_text(encoding="utf-8"))
+    rows = next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PAGES" for t in node.targets))
+    return [(path, title) for path, title, *_rest in rows]
+
+
+PAGE_TITLES = dict(_app_page_rows())  # page file -> the title it shows, for every page of app.py
+
+
+def app_pages() -> list[tuple[str, str]]:
+    """(URL path, title) of every page of app.py, in its order (the first is served at "")."""
+    return [("" if i == 0 else Path(path).stem, title) for i, (path, title) in enumerate(PAGE_TITLES.items())]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    """The page's st.metric values by label."""
+    return {m.label: m.value for m in at.metric}
+
+
 def pin_wall_clock(monkeypatch, at) -> None:
     monkeypatch.setattr(clock, "wall_now", lambda: at)
 
@@ -120,18 +140,6 @@ ROOT = APP.parent
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def app_pages() -> list[tuple[str, str]]:
-    """(URL path, title) of every page in app.py's PAGES, read from its source (importing app.py runs it)."""
-    tree = ast.parse(APP.read_text(encoding="utf-8"))
-    rows = next(ast.literal_eval(node.value) for node in tree.body
-                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PAGES" for t in node.targets))
-    return [("" if i == 0 else Path(path).stem, title) for i, (path, title, *_rest) in enumerate(rows)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(base: str, proc: subprocess.Popen, limit_s: float = 60) -> None:
@@ -160,6 +168,8 @@ class Served(str):
 def serve(env_extra: dict[str, str], log: Path | None = None) -> Iterator[Served]:
     """`streamlit run app.py` on a free port with env_extra (access control off unless it names
     users); yields the base URL (a Served, whose .log is the server's output), stops it afterwards."""
+    from simulations.live import free_port, stop_process
+
     port = free_port()
     if log is None:
         import tempfile
@@ -182,11 +192,7 @@ def serve(env_extra: dict[str, str], log: Path | None = None) -> Iterator[Served
         _wait_healthy(base, proc)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         out.close()
 
 
@@ -218,6 +224,14 @@ def settle(page) -> None:
     """Wait until the script run has finished (Streamlit's running indicator gone)."""
     page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=120_000)
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=120_000)
+
+
+def open_settled(browser, url: str, height: int = 1000):
+    """A new page of `browser` on `url`, once the script run has finished."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(url, timeout=60_000)
+    settle(page)
+    return page
 
 
 def sign_in(page, user: str, password: str) -> None:

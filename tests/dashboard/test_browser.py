@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dashboard.conftest import app_pages, serve, settle, sign_in
+from tests.dashboard.conftest import app_pages, open_settled, serve, settle, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -39,9 +39,7 @@ def signed_server(tmp_path_factory):
 def test_every_page_opens_without_an_exception(server, browser, tmp_path_factory):
     shots = Path(os.environ.get("RIVYA_ARTIFACTS") or tmp_path_factory.mktemp("screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(server, timeout=60_000)
-    settle(page)  # the first load seeds the demo database
+    page = open_settled(browser, server)  # the first load seeds the demo database
     assert len(PAGES) == 11  # every page of app.py, User and Incidents included
     for path, title in PAGES:
         path = f"{path}?task=1" if path == "task_inspector" else path

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.dashboard.conftest import settle, support_events
+from tests.dashboard.conftest import open_settled, settle, support_events
 
 pytestmark = pytest.mark.browser
 
@@ -28,9 +28,7 @@ def _choose(page, label: str, option: str) -> None:
 def test_search_pick_the_second_result_then_act_lands_on_that_task(seeded_server, browser):
     served, url = seeded_server
     before = support_events(url)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{served}/task_inspector", timeout=60_000)
-    settle(page)
+    page = open_settled(browser, f"{served}/task_inspector")
     search = page.get_by_label("Find a task")
     search.fill("ana@example.com")
     search.press("Enter")

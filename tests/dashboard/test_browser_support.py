@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dashboard.conftest import settle, support_events
+from tests.dashboard.conftest import open_settled, settle, support_events
 
 pytestmark = pytest.mark.browser
 
@@ -26,9 +26,7 @@ def _metric(page, label: str) -> str:
 
 def test_alert_strip_opens_a_prepared_bulk_filter_in_the_same_tab(seeded_server, browser, tmp_path_factory):
     base, url = seeded_server
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(base, timeout=60_000)
-    settle(page)
+    page = open_settled(browser, base, height=1100)
     page.wait_for_selector("text=1 alert(s)", timeout=60_000)
     link = page.get_by_role("link", name="Prepare bulk re-check")
     assert link.get_attribute("target") in (None, "", "_self")
@@ -49,9 +47,7 @@ def test_alert_strip_opens_a_prepared_bulk_filter_in_the_same_tab(seeded_server,
 
 def test_bulk_dry_run_execute_then_execute_again(seeded_server, browser, tmp_path_factory):
     base, url = seeded_server
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(f"{base}/incidents?action=refund&provider=pixa&status=FAILED", timeout=60_000)
-    settle(page)
+    page = open_settled(browser, f"{base}/incidents?action=refund&provider=pixa&status=FAILED", height=1100)
     page.get_by_role("textbox", name="Incident name").fill("pixa outage")
     page.get_by_role("textbox", name="Incident name").press("Enter")
     settle(page)
@@ -86,9 +82,7 @@ def test_bulk_dry_run_execute_then_execute_again(seeded_server, browser, tmp_pat
 
 def test_user_page_filters_stick(seeded_server, browser, tmp_path_factory):
     base, url = seeded_server
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(f"{base}/user", timeout=60_000)
-    settle(page)
+    page = open_settled(browser, f"{base}/user", height=1100)
     box = page.get_by_role("textbox", name="Find a user")
     box.fill("ana@")
     box.press("Enter")

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import insert, update
 
 from rivya_core import db, schema
-from tests.dashboard.conftest import app_pages, free_port, serve, settle, sign_in
+from simulations.live import free_port
+from tests.dashboard.conftest import app_pages, serve, settle, sign_in
 from tests.dashboard.seed import seed
 
 pytestmark = pytest.mark.browser

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from tests.dashboard.conftest import support_events, texts
-
-
-def _metrics(at) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
+from tests.dashboard.conftest import metrics, support_events, texts
 
 
 def test_overview_alert_strip_links_to_a_prepared_bulk_filter(open_page, seeded_url):
@@ -24,7 +20,7 @@ def test_dry_run_then_execute_then_execute_again(open_page, seeded_url):
     assert not at.exception
     assert at.session_state["bulk_provider"] == "pixa" and at.session_state["bulk_status"] == ["FAILED"]
     at.button(key="bulk_dry_run").click().run()
-    m = _metrics(at)
+    m = metrics(at)
     assert (m["Tasks matched"], m["Would act on"], m["Credits back to users"]) == ("1", "1", "10")
     assert support_events(seeded_url) == []  # a dry run changes nothing
     at.text_input(key="bulk_operator").input("sam")
@@ -35,7 +31,7 @@ def test_dry_run_then_execute_then_execute_again(open_page, seeded_url):
     [(task_id, detail)] = support_events(seeded_url)
     assert task_id == 2 and detail["incident"] == 1
     at.button(key="bulk_dry_run").click().run()
-    assert _metrics(at)["Already handled"] == "1" and _metrics(at)["Would act on"] == "0"
+    assert metrics(at)["Already handled"] == "1" and metrics(at)["Would act on"] == "0"
     at.button(key="bulk_execute").click().run()
     assert "0 acted on, 0 refused, 1 already handled" in texts(at)
     assert len(support_events(seeded_url)) == 1
@@ -49,7 +45,7 @@ def test_viewers_dry_run_but_do_not_execute(open_page, seeded_url, monkeypatch):
                    action="refund", provider="pixa")
     assert not at.exception
     at.button(key="bulk_dry_run").click().run()
-    assert _metrics(at)["Would act on"] == "1"
+    assert metrics(at)["Would act on"] == "1"
     assert "needs the operator role" in texts(at)
     assert not [b for b in at.button if b.key == "bulk_execute"]
 

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dashboard.conftest import texts
+from tests.dashboard.conftest import PAGE_TITLES, metrics, texts
 
-PAGES = {
-    "pages/overview.py": "Overview",
-    "pages/live_tasks.py": "Live tasks",
-    "pages/task_inspector.py": "Task inspector",
-    "pages/checklist.py": "Checklist",
-}
-
-
-def metrics(at) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
+PAGES = {p: PAGE_TITLES[p] for p in ("pages/overview.py", "pages/live_tasks.py", "pages/task_inspector.py",
+                                     "pages/checklist.py")}
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -14,25 +14,11 @@ import streamlit as st
 from sqlalchemy import update
 
 from rivya_core import db, reports, schema
-from tests.dashboard.conftest import pin_wall_clock, texts
+from tests.dashboard.conftest import PAGE_TITLES, metrics, pin_wall_clock, texts
 from tests.dashboard.seed import T0, seed
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL_PAGES = {
-    "pages/overview.py": "Overview",
-    "pages/live_tasks.py": "Live tasks",
-    "pages/task_inspector.py": "Task inspector",
-    "pages/checklist.py": "Checklist",
-    "pages/notifications.py": "Notifications",
-    "pages/ledger.py": "Ledger",
-    "pages/refund_audit.py": "Refund audit",
-    "pages/chat_settlement.py": "Chat settlement",
-    "pages/simulation_lab.py": "Simulation lab",
-}
-
-
-def metrics(at) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
+ALL_PAGES = PAGE_TITLES  # every page of app.py
 
 
 def shown_table(element):

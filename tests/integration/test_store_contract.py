@@ -7,6 +7,7 @@ Each test runs four times; PostgreSQL skips (saying why) when no server answers.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -406,3 +407,41 @@ def test_init_db_adds_indexes_an_older_database_lacks(db_url):
     init_db(engine)
     assert "ix_credit_ledger_type_amount" in {i["name"] for i in inspect(engine).get_indexes("credit_ledger")}
     engine.dispose()
+
+
+def test_a_callback_whose_webhook_id_was_applied_or_deferred_is_stored_as_a_duplicate(store, uid):
+    def row(webhook_id, outcome="applied"):
+        return ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=True, outcome=outcome,
+                                body="{}", webhook_id=webhook_id)
+
+    with store.begin() as tx:
+        first = tx.add_callback_unless_seen(row("wh-1"), "seen before")
+        again = tx.add_callback_unless_seen(row("wh-1", "deferred"), "seen before")
+        other = tx.add_callback_unless_seen(row("wh-1", "progress"), "seen before")
+        tx.add_callback(row("wh-2", "rejected_signature"))
+        not_seen = tx.add_callback_unless_seen(row("wh-2", "deferred"), "seen before")
+        elsewhere = tx.add_callback_unless_seen(replace(row("wh-1"), provider="other"), "seen before")
+    assert (first.outcome, first.detail) == ("applied", None)
+    assert [(c.outcome, c.detail) for c in (again, other)] == [("duplicate", "seen before")] * 2
+    assert not_seen.outcome == "deferred" and elsewhere.outcome == "applied"
+    stored = {c.id: (c.outcome, c.detail) for c in store.snapshot().callbacks}
+    assert [stored[c.id] for c in (first, again, other, not_seen, elsewhere)] == [
+        ("applied", None), ("duplicate", "seen before"), ("duplicate", "seen before"), ("deferred", None),
+        ("applied", None)]
+
+
+def test_events_keep_their_order_and_leave_with_a_rolled_back_nested_unit(store, uid):
+    with store.begin() as tx:
+        tid = tx.insert_task(task(uid, upstream_task_id="up-e")).id
+        tx.add_event(tid, "created", {"n": 1}, T0)
+        with pytest.raises(RuntimeError), store.begin() as inner:
+            inner.add_event(tid, "charged", {"n": 2}, T0)
+            raise RuntimeError("boom")
+        tx.add_event(tid, "submitted", {"n": 3}, T0)
+        assert [e.kind for e in tx.task_events(tid)] == ["created", "submitted"]  # read inside the unit
+        with store.begin() as inner:
+            inner.add_event(tid, "callback", {"n": 4}, T0)
+        tx.add_event(tid, "succeeded", {"n": 5}, T0)
+        assert tx.task_by_upstream("prov", "up-e", for_update=True).id == tid
+    events = [e for e in store.snapshot().events if e.task_id == tid]
+    assert [e.detail["n"] for e in events] == [1, 3, 4, 5] and [e.id for e in events] == sorted(e.id for e in events)

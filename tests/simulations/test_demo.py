@@ -5,8 +5,8 @@ from __future__ import annotations
 from rivya_core import alerts, bulk, db
 from rivya_core.audit import audit
 from rivya_core.diagnose import diagnose
-from rivya_core.rules import NextAction
 from rivya_core.policy import DEFAULT_POLICY
+from rivya_core.rules import NextAction
 from rivya_core.service import service_for_url
 from simulations import recorded  # noqa: F401  (registers the recorded providers)
 from simulations.demo import ensure_demo_data

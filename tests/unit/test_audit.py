@@ -352,3 +352,24 @@ def test_an_audit_that_cannot_be_stored_says_so_with_a_typed_error(db, clean, db
             audit_mod.run_and_record(reader)
     finally:
         reader.dispose()
+
+
+def test_the_running_sum_check_reads_only_the_ledger_index(tmp_path):
+    """The window sum over the whole ledger read every ledger row from the table (the check
+    selected all its columns): 3 CPU-s of the audit's 12 at a million tasks. The sum is taken
+    over the covering (user_id, id, amount, balance_after) index; only mismatches are joined
+    back to the table."""
+    from sqlalchemy.dialects import sqlite
+
+    from rivya_core.audit import CHECKS, _Ctx
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    try:
+        q = CHECKS["ledger_running_sum"](_Ctx(DEFAULT_POLICY, NOW, "sqlite", 600.0))
+        sql = str(q.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+        with engine.connect() as conn:
+            plan = " / ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+        assert "SCAN credit_ledger USING COVERING INDEX ix_credit_ledger_user_running" in plan, plan
+        assert "SCAN credit_ledger USING INDEX" not in plan, plan
+    finally:
+        engine.dispose()
