@@ -116,6 +116,7 @@ notification = Table(
     UniqueConstraint("idempotency_key", name="uq_notification_idempotency_key"),
     Index("ix_notification_user_created", "user_id", "created_at"),
     Index("ix_notification_task", "task_id"),
+    Index("ix_notification_kind_read", "kind", "read_at"),  # covering: counts and unread per kind
 )
 
 task_event = Table(

@@ -330,3 +330,21 @@ def test_throughput_shows_the_latest_days_and_says_which(engine):
     recent = reports.throughput(engine, days=1 / 1440)  # the last minute before the newest finish
     assert 1 <= recent["tasks"].sum() < 3
     assert recent.attrs["window"] == (end - timedelta(minutes=1), end)
+
+
+def test_notification_kinds_read_a_covering_index_in_kind_order(sqlite_url):
+    """Counting notifications and unread ones per kind scanned the table and sorted a million rows
+    for the GROUP BY (0.5 CPU-s at a million tasks): a (kind, read_at) index covers it in order."""
+    from sqlalchemy import event
+
+    eng = seed(sqlite_url)
+    statements = []
+    event.listen(eng, "before_cursor_execute", lambda c, cur, sql, params, ctx, many: statements.append((sql, params)))
+    try:
+        lv.notification_kinds(eng)
+        sql, params = statements[-1]
+        with eng.connect() as conn:
+            plan = " / ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params))
+        assert "COVERING INDEX ix_notification_kind_read" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        eng.dispose()
