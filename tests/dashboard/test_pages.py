@@ -177,3 +177,29 @@ def test_signed_in_operator_acts_under_their_own_name(open_page, seeded_url, mon
 
     actions = [e["detail"] for e in task_detail(make_engine(seeded_url), 2)["events"] if e["kind"] == "support_action"]
     assert actions[-1]["operator"] == "olga"
+
+
+def test_a_stuck_waiting_task_of_the_demo_is_finished_by_the_inspectors_recheck(open_page, tmp_path):
+    """The demo's crash leftovers (WAITING, charged, never submitted), as support meets them: the
+    checklist advises a re-check, and the inspector's re-check finishes the task (the recorded
+    provider takes no new job: failed, refunded)."""
+    from sqlalchemy import create_engine, text
+
+    from simulations.demo import ensure_demo_data
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    ensure_demo_data(url)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        waiting = conn.scalar(text("select min(id) from ai_task where status = 'WAITING'"))
+    at = open_page(url, "pages/task_inspector.py", task=str(waiting))
+    assert not at.exception
+    assert "re-check upstream" in texts(at).lower()
+    _run_action(at, "Re-check upstream")
+    assert not at.exception
+    assert f"Re-check upstream on task #{waiting}: done. The task is now FAILED." in texts(at)
+    with engine.connect() as conn:
+        refunds = conn.scalar(text("select count(*) from credit_ledger where entry_type = 'refund' "
+                                   "and task_id = :t"), {"t": waiting})
+    engine.dispose()
+    assert refunds == 1
