@@ -112,7 +112,8 @@ class StuckAlert:
         t = self.threshold
         basis = (f"{STUCK_K:g} × p95 {t.p95_s:,.0f} s over {t.finished:,} finished tasks"
                  if t.p95_s is not None and t.threshold_s > t.floor_s else f"the {t.category} floor")
-        return (f"{self.stuck:,} {self.model} task(s) on {self.provider} running past {t.threshold_s:,.0f} s "
+        state = "running" if self.generating else "waiting to be submitted"  # WAITING only: never reached it
+        return (f"{self.stuck:,} {self.model} task(s) on {self.provider} {state} past {t.threshold_s:,.0f} s "
                 f"({basis}); the oldest for {self.oldest_s / 60:,.0f} min")
 
 

@@ -40,6 +40,7 @@ def test_demo_has_running_and_stuck_tasks_an_incident_and_alerts_that_lead_to_bu
     crashed = next(a for a in found.stuck if a.provider != "kinetica")  # WAITING: ask the provider first
     p = bulk.plan(svc, crashed.action, crashed.filter)
     assert crashed.action == "recheck" and crashed.generating == 0 and p.would_act == crashed.stuck
+    assert "waiting to be submitted past" in crashed.message and "running" not in crashed.message
     svc.store.engine.dispose()
 
 
