@@ -334,7 +334,8 @@ def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = No
             credits = back
         else:
             refusal = svc.recheck_refusal(t)
-            would = f"ask {t.provider} for the result"
+            would = (f"ask {t.provider} for the result" if t.status != TaskStatus.WAITING else
+                     f"ask {t.provider} for a job under the task's reference; else resubmit or fail it")
         age = (now - (t.submitted_at or t.created_at)).total_seconds()
         out.tasks.append(PlannedTask(t.id, t.user_id, t.status, t.model, t.provider, t.error_code, age,
                                      "refused" if refusal else would, 0 if refusal else credits,

@@ -41,6 +41,8 @@ def test_demo_has_running_and_stuck_tasks_an_incident_and_alerts_that_lead_to_bu
     p = bulk.plan(svc, crashed.action, crashed.filter)
     assert crashed.action == "recheck" and crashed.generating == 0 and p.would_act == crashed.stuck
     assert "waiting to be submitted past" in crashed.message and "running" not in crashed.message
+    assert {t.would for t in p.tasks} == {f"ask {crashed.provider} for a job under the task's reference; "
+                                          "else resubmit or fail it"}  # what a re-check does to a WAITING task
     svc.store.engine.dispose()
 
 
