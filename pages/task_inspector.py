@@ -221,7 +221,11 @@ with show_errors():
         with st.expander("Task row"):
             st.json(queries.jsonable(task))
         fork_button(engine, task_id=task_id)
-        tabs = st.tabs(["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"])
+        # Right after an action, its outcome shows in the tab it ran from: an action that changes the task
+        # redraws what stands above the tabs, and the tabs would otherwise start again at the Checklist.
+        acted = (st.session_state.get("action_result") or (None,))[0] == task_id
+        tabs = st.tabs(["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"],
+                       default="Support actions" if acted else None)
         with tabs[0]:
             show_checklist(task_id, task["user_id"])
         with tabs[1]:

@@ -140,3 +140,29 @@ def test_a_task_row_opens_the_inspector_in_the_same_tab_quickly(server, browser,
         print(f"\ntable -> inspector, {name} (s): median {times[len(times) // 2]:.2f}, "
               f"min {times[0]:.2f}, max {times[-1]:.2f} over {len(times)}")
     context.close()
+
+
+def test_an_action_that_changes_the_task_shows_its_outcome_where_it_ran(server, browser):
+    """A re-check that finishes one of the demo's WAITING crash leftovers: the page redraws the task
+    (now FAILED, with its error box above the tabs) and must still show the action's outcome, in the
+    Support actions tab it ran from, not behind the Checklist tab."""
+    import sqlite3
+
+    page = open_settled(browser, server)  # the first start seeds the demo database
+    db = server.log.parent / "rivya.db"
+    with sqlite3.connect(db) as conn:
+        waiting = conn.execute("select min(id) from ai_task where status = 'WAITING'").fetchone()[0]
+    page.goto(f"{server}/task_inspector?task={waiting}", timeout=60_000)
+    page.wait_for_selector(f"text=Task #{waiting} — WAITING", timeout=60_000)
+    settle(page)
+    seen = len(server.log_text())
+    page.get_by_role("tab", name="Support actions").click()
+    page.get_by_label("Operator name").fill("Olga")
+    page.get_by_label("Reason (kept in the task's timeline)").fill("the user asked where the image is")
+    page.get_by_role("button", name=f"Run action on task #{waiting}").click()
+    page.wait_for_selector(f"text=Task #{waiting} — FAILED", timeout=60_000)
+    settle(page)
+    page.wait_for_timeout(1000)
+    done = page.locator('[data-testid="stAlert"]').filter(has_text=f"Re-check upstream on task #{waiting}: done")
+    assert done.first.is_visible()
+    assert "Traceback" not in server.log_text()[seen:]

@@ -52,6 +52,9 @@ def test_search_pick_the_second_result_then_act_lands_on_that_task(seeded_server
     page.wait_for_selector("text=refused", timeout=60_000)
     assert page.locator('[data-testid="stAlert"]').filter(has_text="refused").first.inner_text().startswith(
         "Issue the due refund on task #1 refused")
+    settle(page)
+    page.wait_for_timeout(1000)
+    assert page.locator('[data-testid="stAlert"]').filter(has_text="refused").first.is_visible()  # not in a hidden tab
     page.screenshot(path=str(served.log.parent / "inspector_action.png"), full_page=True)
 
     new = support_events(url)[len(before):]
