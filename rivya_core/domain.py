@@ -77,6 +77,11 @@ class CallbackOutcome(StrEnum):
     PROGRESS = "progress"            # a valid "still running" report: recorded, nothing changes
 
 
+# A webhook id counts as seen once a delivery carrying it was applied or deferred: a later delivery
+# with the same id is a duplicate (the stores decide it; the SQL store inside the callback's INSERT).
+WEBHOOK_SEEN_OUTCOMES = frozenset({CallbackOutcome.APPLIED, CallbackOutcome.DEFERRED})
+
+
 class ChatStatus(StrEnum):
     RESERVED = "reserved"
     SETTLED = "settled"

@@ -28,6 +28,7 @@ from typing import Any
 from .domain import (
     ACTIVE,
     TASK_ENUM_FIELDS,
+    WEBHOOK_SEEN_OUTCOMES,
     Account,
     CallbackOutcome,
     ChatMessage,
@@ -47,8 +48,6 @@ from .domain import (
 )
 from .ports import PostResult, Snapshot
 
-# A webhook id counts as seen once a callback carrying it was applied or deferred.
-_SEEN_OUTCOMES = frozenset({CallbackOutcome.APPLIED, CallbackOutcome.DEFERRED})
 _TASK_FIELDS = frozenset(f.name for f in dc_fields(Task))
 _MESSAGE_FIELDS = frozenset(f.name for f in dc_fields(ChatMessage))
 
@@ -444,7 +443,7 @@ class MemoryTx:
         row = _copy(cb)
         row.id = s._new_id("provider_callback")
         key = (row.provider, row.webhook_id) if row.webhook_id else None
-        newly_seen = key is not None and key not in s._webhooks and row.outcome in _SEEN_OUTCOMES
+        newly_seen = key is not None and key not in s._webhooks and row.outcome in WEBHOOK_SEEN_OUTCOMES
         if newly_seen:
             s._webhooks.add(key)
         if row.task_id is not None:
@@ -477,7 +476,7 @@ class MemoryTx:
             return
         before = (row.task_id, row.outcome, row.detail)
         key = (row.provider, row.webhook_id) if row.webhook_id else None
-        newly_seen = key is not None and key not in s._webhooks and outcome in _SEEN_OUTCOMES
+        newly_seen = key is not None and key not in s._webhooks and outcome in WEBHOOK_SEEN_OUTCOMES
         row.task_id, row.outcome, row.detail = task_id, str(outcome), detail
         if newly_seen:
             s._webhooks.add(key)

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import db
 from .domain import (
+    WEBHOOK_SEEN_OUTCOMES,
     Account,
     CallbackOutcome,
     ChatMessage,
@@ -59,7 +60,7 @@ from .schema import (
 )
 
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
-_SEEN = (CallbackOutcome.APPLIED.value, CallbackOutcome.DEFERRED.value)
+_SEEN = sorted(o.value for o in WEBHOOK_SEEN_OUTCOMES)
 
 
 def is_retryable(exc: BaseException) -> bool:
