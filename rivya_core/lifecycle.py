@@ -181,7 +181,7 @@ class LifecycleService:
         return self.clock.now()
 
     def _event(self, tx: Tx, task_id: int, event: EventKind, /, **detail: Any) -> None:
-        tx.add_event(task_id, event.value, detail, self._now())
+        tx.add_event(task_id, event._value_, detail, self._now())  # _value_: .value is a descriptor call
 
     # --- accounts -------------------------------------------------------------
 
@@ -367,11 +367,12 @@ class LifecycleService:
                 return self._late(tx, record, parsed, gone)
             if task is None:
                 return self._park(tx, record, parsed, ref)
-            row = replace(record, task_id=task.id)
             if task.terminal:
-                cb = tx.add_callback(replace(row, outcome=CallbackOutcome.DUPLICATE, detail=_already(task.status)))
+                cb = tx.add_callback(replace(record, task_id=task.id, outcome=CallbackOutcome.DUPLICATE,
+                                             detail=_already(task.status)))
             else:  # the insert itself turns a webhook id already applied or deferred into a duplicate
-                cb = tx.add_callback_unless_seen(replace(row, outcome=_callback_outcome(parsed)), WEBHOOK_SEEN)
+                cb = tx.add_callback_unless_seen(replace(record, task_id=task.id, outcome=_callback_outcome(parsed)),
+                                                 WEBHOOK_SEEN)
             outcome = CallbackOutcome(cb.outcome)
             self._take(tx, task, parsed, record.webhook_id, outcome, cb.id)
             return CallbackResult(outcome, cb.id, task.id, cb.detail)

@@ -300,8 +300,8 @@ class BatchWriter:
         """Upsert every held task touched since the last flush; return the finished
         ones that nothing will touch again (their rows are written), to evict."""
         s = self.store
-        self._upsert(conn, schema.ai_task, [r.task for r in s.rows_for(touched)], self.written_tasks)
         if final:
+            self._upsert(conn, schema.ai_task, [r.task for r in s.rows_for(touched)], self.written_tasks)
             rows = s.held_tasks()
             held = {r.task.id: r.ledger for r in s.rows_for(t.id for t in rows if t.status in TERMINAL)}
             for t in rows:
@@ -312,11 +312,13 @@ class BatchWriter:
                     self.kpis.stuck += 1
                     self.kpis.by_state[t.status] += 1
             return []
+        # one read of the store for both: the touched tasks to write, the finished ones to evict
+        held = {r.task.id: r for r in s.rows_for(dict.fromkeys(touched) | self.finished)}
+        self._upsert(conn, schema.ai_task, [held[t].task for t in touched if t in held], self.written_tasks)
         done = []
-        candidates = s.rows_for(self.finished)
+        candidates = [held[t] for t in self.finished if t in held]
         if len(candidates) < len(self.finished):  # evicted by someone else: nothing to write
-            found = {r.task.id for r in candidates}
-            for tid in [t for t in self.finished if t not in found]:
+            for tid in [t for t in self.finished if t not in held]:
                 del self.finished[tid]
         for r in candidates:
             t = r.task
