@@ -370,6 +370,7 @@ def _faster_json(proc: Any) -> Any:
             return dumps(value)
         return proc(value)
 
+    process.inline = "(_dumps(x) if (x := {value}).__class__ is dict or x.__class__ is list else {proc}(x))"
     return process
 
 
@@ -395,13 +396,33 @@ def _faster(proc: Any) -> Any:
             return value.isoformat(" ", "microseconds")
         return proc(value)
 
+    process.inline = ('(x.isoformat(" ", "microseconds") if (x := {value}).__class__ is _datetime and x.tzinfo is None '
+                      'else {proc}(x))')
     return process
 
 
-def _tuple_getter(keys: list[str]) -> Callable[[Any], tuple[Any, ...]]:
-    """keys -> a function giving a mapping's values at keys as a tuple (one C call for several)."""
-    get = operator.itemgetter(*keys)
-    return get if len(keys) > 1 else (lambda v: (get(v),))
+def _row_function(entries: list[tuple[str, str, Any]], positional: bool) -> Callable[[Any], Any]:
+    """entries: (bind name, row key, processor or None) -> a function of one row (a mapping) giving its
+    parameters, a tuple (positional) or a dict by bind name, each value through its processor. Built
+    as source once per statement (as collections.namedtuple builds its class), so a row costs one
+    call instead of a loop over its columns; the fast processors of `_faster` are written inline."""
+    env: dict[str, Any] = {"_dumps": jsontext.dumps, "_datetime": datetime}
+    parts = []
+    for i, (name, key, proc) in enumerate(entries):
+        value = f"v[{key!r}]"
+        if proc is None:
+            expr = value
+        else:
+            env[f"_p{i}"] = proc
+            inline = getattr(proc, "inline", None)
+            expr = f"_p{i}({value})" if inline is None else inline.format(value=value, proc=f"_p{i}")
+        parts.append(expr if positional else f"{name!r}: {expr}")
+    if positional:
+        body = f"({', '.join(parts)},)" if parts else "()"
+    else:
+        body = "{" + ", ".join(parts) + "}"
+    exec(f"def row(v):\n    return {body}\n", env)  # noqa: S102 - source from column names (repr) only
+    return env["row"]
 
 
 class Prepared:
@@ -414,7 +435,7 @@ class Prepared:
     writer sends. `keys`: the parameter names every row carries (for an insert, the
     column names; for an update, its bindparam names)."""
 
-    __slots__ = ("sql", "names", "procs", "positional", "source")
+    __slots__ = ("sql", "names", "procs", "positional", "source", "row")
 
     def __init__(self, stmt: Any, dialect: Any, keys: Iterable[str], source: dict[str, str] | None = None):
         """`source`: bind name -> the row key that holds its value, where they differ."""
@@ -429,24 +450,11 @@ class Prepared:
                 procs[name] = proc
         self.procs = procs
         self.source = source or {}
+        self.row = _row_function([(name, self.source.get(name, name), procs.get(name)) for name in self.names],
+                                 self.positional)
 
     def params(self, rows: Iterable[dict[str, Any]]) -> list[Any]:
-        names, procs = self.names, self.procs
-        src = self.source
-        if self.positional:
-            get = _tuple_getter([src.get(name, name) for name in names])
-            at = [(i, procs[name]) for i, name in enumerate(names) if name in procs]
-            if not at:
-                return [get(v) for v in rows]
-            out = []
-            for v in rows:
-                t = list(get(v))
-                for i, p in at:
-                    t[i] = p(t[i])
-                out.append(tuple(t))
-            return out
-        named = [(name, src.get(name, name), procs.get(name)) for name in names]
-        return [{name: v[k] if p is None else p(v[k]) for name, k, p in named} for v in rows]
+        return list(map(self.row, rows))
 
     def run(self, conn: Any, rows: list[dict[str, Any]]) -> None:
         if rows:
