@@ -396,8 +396,8 @@ def _faster(proc: Any) -> Any:
             return value.isoformat(" ", "microseconds")
         return proc(value)
 
-    process.inline = ('(x.isoformat(" ", "microseconds") if (x := {value}).__class__ is _datetime and x.tzinfo is None '
-                      'else {proc}(x))')
+    process.inline = ('((_iso_seen(x) or _iso(x)) if (x := {value}).__class__ is _datetime and x.tzinfo is None '
+                      'else {proc}(x))')  # the text of each instant formatted once (jsontext.naive_iso)
     return process
 
 
@@ -406,7 +406,8 @@ def _row_function(entries: list[tuple[str, str, Any]], positional: bool) -> Call
     parameters, a tuple (positional) or a dict by bind name, each value through its processor. Built
     as source once per statement (as collections.namedtuple builds its class), so a row costs one
     call instead of a loop over its columns; the fast processors of `_faster` are written inline."""
-    env: dict[str, Any] = {"_dumps": jsontext.dumps, "_datetime": datetime}
+    env: dict[str, Any] = {"_dumps": jsontext.dumps, "_datetime": datetime, "_iso": jsontext.naive_iso,
+                           "_iso_seen": jsontext.NAIVE_ISO.get}
     parts = []
     for i, (name, key, proc) in enumerate(entries):
         value = f"v[{key!r}]"

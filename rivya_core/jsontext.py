@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from json import encoder as _encoder
 from typing import Any
+
+_CACHE_LIMIT = 1 << 16  # datetimes remembered (by `_str` and `naive_iso`) before starting over
 
 
 def _make(*, sort_keys: bool, separators: tuple[str, str], default: Callable[[Any], Any] | None) -> Callable[[Any], str]:
@@ -31,9 +34,27 @@ def _make(*, sort_keys: bool, separators: tuple[str, str], default: Callable[[An
     return dumps
 
 
+_NAIVE_STR: dict[datetime, str] = {}
+
+
+def _str(value: Any) -> str:
+    """`str(value)`, remembering the text of naive datetimes: a run's rows repeat the same few
+    instants (a task, its events and its ledger rows share them), and `datetime.__str__` formats
+    through a method call by name. Equal naive datetimes always print the same (not aware ones:
+    equal instants in two zones print differently, so they are not cached)."""
+    if value.__class__ is datetime and value.tzinfo is None:
+        text = _NAIVE_STR.get(value)
+        if text is None:
+            if len(_NAIVE_STR) >= _CACHE_LIMIT:
+                _NAIVE_STR.clear()
+            text = _NAIVE_STR[value] = str(value)
+        return text
+    return str(value)
+
+
 dumps = _make(sort_keys=False, separators=(", ", ": "), default=None)
 dumps.__doc__ = "json.dumps(value)"
-canonical = _make(sort_keys=True, separators=(",", ":"), default=str)
+canonical = _make(sort_keys=True, separators=(",", ":"), default=_str)
 canonical.__doc__ = 'json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))'
 compact = _make(sort_keys=True, separators=(",", ":"), default=None)
 compact.__doc__ = 'json.dumps(value, sort_keys=True, separators=(",", ":"))'
@@ -43,3 +64,21 @@ def driver_dumps(value: Any) -> str:
     """`dumps` for a database driver: psycopg caches its JSON dumpers by the function's code and
     refuses (with a warning on every connection) a closure such as `dumps`; this is a plain function."""
     return dumps(value)
+
+
+_NAIVE_ISO: dict[datetime, str] = {}
+
+
+def naive_iso(value: datetime) -> str:
+    """`value.isoformat(" ", "microseconds")` of a naive datetime, remembered as `_str` does (the
+    text SQLAlchemy stores a DateTime as on SQLite). `NAIVE_ISO.get(value) or naive_iso(value)`
+    is the cheap form for a caller that looks up first."""
+    text = _NAIVE_ISO.get(value)
+    if text is None:
+        if len(_NAIVE_ISO) >= _CACHE_LIMIT:
+            _NAIVE_ISO.clear()
+        text = _NAIVE_ISO[value] = value.isoformat(" ", "microseconds")
+    return text
+
+
+NAIVE_ISO = _NAIVE_ISO
