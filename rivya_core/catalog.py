@@ -105,7 +105,7 @@ class ModelSpec:
             value = (params or {}).get(p.duration_param, spec.default if spec else 0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 value = spec.default if spec else 0
-            return math.ceil(_exact(p.credits_per_second) * _exact(max(value, 0)))
+            return _ceil_product(p.credits_per_second, max(value, 0))
         return 0
 
     def chat_credits(self, prompt_tokens: int, completion_tokens: int) -> int:
@@ -121,6 +121,13 @@ class ModelSpec:
 def _exact(x: float) -> Fraction:
     """Decimal-exact value of a price, so 10_000 tokens at 0.3/1k is 3 credits, not 4."""
     return Fraction(str(x)) if isinstance(x, float) else Fraction(x)
+
+
+@lru_cache(maxsize=4096)
+def _ceil_product(a: float, b: float) -> int:
+    """ceil(a * b), decimal-exact: a per-second price times a duration. Remembered by value (equal
+    numbers give equal Fractions), as a run prices the same few durations over and over."""
+    return math.ceil(_exact(a) * _exact(b))
 
 
 @dataclass(frozen=True)

@@ -234,8 +234,10 @@ class LifecycleService:
         now = self._now()
         running = tx.user_tasks(user_id, statuses=ACTIVE, since=now - timedelta(seconds=self.policy.duplicate_window_s),
                                 limit=50)
-        new = rules.Run(0, req.model, req.prompt, credits, now)
-        dup = next((t for t in running if rules.heavier_duplicate(new, _run_of(t), self.policy)), None)
+        dup = None
+        if running:  # most submissions: no running task of this user in the window
+            new = rules.Run(0, req.model, req.prompt, credits, now)
+            dup = next((t for t in running if rules.heavier_duplicate(new, _run_of(t), self.policy)), None)
         if dup is not None and self.policy.duplicate_runs == "block":
             raise ValidationError(
                 f"task {dup.id} with the same prompt is still running; wait for it before a heavier duplicate run",
@@ -373,7 +375,7 @@ class LifecycleService:
             else:  # the insert itself turns a webhook id already applied or deferred into a duplicate
                 cb = tx.add_callback_unless_seen(replace(record, task_id=task.id, outcome=_callback_outcome(parsed)),
                                                  WEBHOOK_SEEN)
-            outcome = CallbackOutcome(cb.outcome)
+            outcome = _OUTCOMES.get(cb.outcome) or CallbackOutcome(cb.outcome)  # the Enum call is slow
             self._take(tx, task, parsed, record.webhook_id, outcome, cb.id)
             return CallbackResult(outcome, cb.id, task.id, cb.detail)
 
@@ -906,6 +908,7 @@ class _Parsed:
 
 
 _STATES = {s.value: s for s in (UpstreamState.SUCCEEDED, UpstreamState.FAILED, UpstreamState.RUNNING)}
+_OUTCOMES = {o.value: o for o in CallbackOutcome}
 _CLASSES = {c.value: c for c in FailureClass if c is not FailureClass.BILLING}
 
 
