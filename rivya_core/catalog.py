@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,15 @@ class Catalog:
     def get(self, model_id: object) -> ModelSpec | None:
         if not isinstance(model_id, str):
             return None
-        return next((m for m in self.models if m.id == model_id), None)
+        return self._by_id.get(model_id)
+
+    @cached_property
+    def _by_id(self) -> dict[str, ModelSpec]:
+        """Each id's first model (what a scan in order would find); validation asks twice a task."""
+        by_id: dict[str, ModelSpec] = {}
+        for m in self.models:
+            by_id.setdefault(m.id, m)
+        return by_id
 
     def ids(self) -> tuple[str, ...]:
         return tuple(m.id for m in self.models)

@@ -169,7 +169,10 @@ class LifecycleService:
                     raise
                 self.sleep(self.retry_rng.uniform(0.0, min(self.retry_cap, self.retry_base * 2 ** attempt)))
                 continue
-            self._count_retries(attempt)
+            if attempt:
+                self._count_retries(attempt)
+            else:  # the usual case, inlined (four units a task)
+                self.retry_counts[0] += 1
             return result
         raise AssertionError("unreachable")
 
@@ -342,7 +345,7 @@ class LifecycleService:
         secrets = self._secrets.get(provider)
         if fmt is None and not secrets:
             return reject(CallbackOutcome.REJECTED_SIGNATURE, "no webhook secret configured for this provider")
-        headers = headers if isinstance(headers, Mapping) else {}
+        headers = headers if headers.__class__ is dict or isinstance(headers, Mapping) else {}  # dict: no ABC check
         now_ts = now.timestamp() if now.tzinfo else _epoch(now)
         try:
             webhook_id = fmt.verify(headers, raw, now_ts) if fmt else webhooks.verify(secrets, headers, raw, now_ts)

@@ -82,11 +82,35 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
     return value
 
 
+_SIGNED = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def _headers(headers: Mapping[str, str], names: tuple[str, ...]) -> list[str | None]:
+    """`[header(headers, n) for n in names]` in one pass over the headers (same errors, same order)."""
+    found: dict[str, list[str]] = {n: [] for n in names}
+    for k, v in headers.items():
+        if isinstance(k, str):
+            got = found.get(k.lower())
+            if got is not None:
+                got.append(v)
+    out: list[str | None] = []
+    for name in names:
+        values = found[name]
+        if len(values) > 1:
+            raise WebhookError(f"header {name} given more than once", code="malformed")
+        if not values:
+            out.append(None)
+            continue
+        value = values[0]
+        if not isinstance(value, str) or len(value) > MAX_HEADER_LEN:
+            raise WebhookError(f"header {name} is not a usable string", code="malformed")
+        out.append(value)
+    return out
+
+
 def verify(secrets: Sequence[str], headers: Mapping[str, str], body: bytes, now_ts: float) -> str:
     """Check a callback; return its webhook id. Raises WebhookError."""
-    msg_id = header(headers, "webhook-id")
-    ts_raw = header(headers, "webhook-timestamp")
-    sig_raw = header(headers, "webhook-signature")
+    msg_id, ts_raw, sig_raw = _headers(headers, _SIGNED)
     if not msg_id or not ts_raw or not sig_raw:
         raise WebhookError("callback is missing a webhook-id, -timestamp or -signature header", code="missing_headers")
     if not ts_raw.isascii() or not ts_raw.isdigit() or len(ts_raw) > 12:
