@@ -101,7 +101,12 @@ def _copy(row: Any) -> Any:
         state = out.__dict__
         for name in fields:
             value = state[name]
-            if isinstance(value, (dict, list)):
+            cls = value.__class__
+            if cls is dict:  # _clone's flat case inlined: a task's params, an event's detail
+                state[name] = dict(value) if _SCALARS.issuperset(map(type, value.values())) else _clone(value)
+            elif cls is list:
+                state[name] = list(value) if _SCALARS.issuperset(map(type, value)) else _clone(value)
+            elif isinstance(value, (dict, list)):
                 state[name] = _clone(value)
     return out
 
