@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=number("workers"), default=1, metavar="N",
                    help="worker processes accepting webhooks on the one port (default 1); the polling "
                         "sweep runs once, in the parent")
+    p.add_argument("--threads", type=number("workers"), default=None, metavar="N",
+                   help="callbacks each process handles at once, and database connections it keeps "
+                        "(one more for the sweep) (default 8)")
     return parser
 
 
@@ -121,11 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(COMMANDS[args.command], args)
 
 
-def _service(args: argparse.Namespace):
+def _service(args: argparse.Namespace, pool_size: int | None = None):
     from .service import policy_from, service_for_url
 
     _provider_sources()
-    return service_for_url(args.db, policy=policy_from(args.policy))
+    return service_for_url(args.db, policy=policy_from(args.policy), pool_size=pool_size)
 
 
 def _provider_sources() -> None:
@@ -259,18 +262,20 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .receiver import serve
+    from .receiver import DEFAULT_THREADS, pool_size_for, serve
 
-    svc = _service(args)  # checks the database and the configuration before anything is served
+    threads = args.threads or DEFAULT_THREADS
+    pool = pool_size_for(threads)
+    svc = _service(args, pool)  # checks the database and the configuration before anything is served
     print(f"receiving webhooks on http://{args.host}:{args.port}/webhooks/PROVIDER for "
           f"{', '.join(sorted(svc.providers)) or 'no configured provider'}"
           + (f" in {args.workers} worker processes" if args.workers > 1 else "")
           + (f"; polling every {args.poll_every:g} s" if args.poll_every else ""), flush=True)
     if args.workers <= 1:
-        return serve(lambda: svc, args.host, args.port, poll_every=args.poll_every or None)
+        return serve(lambda: svc, args.host, args.port, poll_every=args.poll_every or None, threads=threads)
     svc.store.engine.dispose()  # no pooled connection crosses the forks
-    return serve(lambda: _service(args), args.host, args.port, poll_every=args.poll_every or None,
-                 workers=args.workers)
+    return serve(lambda: _service(args, pool), args.host, args.port, poll_every=args.poll_every or None,
+                 workers=args.workers, threads=threads)
 
 
 COMMANDS = {

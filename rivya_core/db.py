@@ -105,15 +105,19 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
-def make_engine(url: str, *, read_only: bool = False) -> Engine:
+def make_engine(url: str, *, read_only: bool = False, pool_size: int | None = None) -> Engine:
     """An engine configured for the store (read_only: one that cannot write, see the
-    module doc). Raises StoreUnavailable for a bad URL."""
+    module doc). pool_size: the connections a process that uses that many at once keeps
+    open (the webhook receiver: its callback threads and the sweep), with little overflow,
+    so none is opened and closed again per request; default SQLAlchemy's (5, and 10 more
+    that are closed when given back). Raises StoreUnavailable for a bad URL."""
     url = normalize_url(url)
+    pool: dict[str, Any] = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 2}
     try:
         u = make_url(url)
         if u.get_backend_name() == "sqlite":
-            return _sqlite_engine(u, read_only=read_only)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": jsontext.driver_dumps}
+            return _sqlite_engine(u, read_only=read_only, pool=pool)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": jsontext.driver_dumps, **pool}
         if u.get_backend_name() == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 10}
             if read_only:
@@ -137,13 +141,13 @@ def _read_only_sqlite_url(u: Any) -> Any:
     return URL.create("sqlite", database="file:" + quote(str(path)), query={"mode": "ro", "uri": "true"})
 
 
-def _sqlite_engine(u: Any, *, read_only: bool = False) -> Engine:
+def _sqlite_engine(u: Any, *, read_only: bool = False, pool: dict[str, Any] | None = None) -> Engine:
     memory = _is_memory_sqlite(u)
     read_only = read_only and not memory
     if read_only:
         u = _read_only_sqlite_url(u)
     connect_args = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
-    extra: dict[str, Any] = {"poolclass": StaticPool} if memory else {}
+    extra: dict[str, Any] = {"poolclass": StaticPool} if memory else dict(pool or {})
     engine = create_engine(u, connect_args=connect_args, json_serializer=jsontext.dumps, **extra)
 
     @event.listens_for(engine, "connect")
@@ -251,7 +255,7 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
-def open_store(url: str, *, create: bool = False) -> SqlStore:
+def open_store(url: str, *, create: bool = False, pool_size: int | None = None) -> SqlStore:
     """Open (create=True: also create) the SQL store at url.
 
     Raises StoreUnavailable for a malformed URL, an unreachable server or a
@@ -259,7 +263,7 @@ def open_store(url: str, *, create: bool = False) -> SqlStore:
     """
     from .store_sql import SqlStore
 
-    return SqlStore(_checked_engine(url, create=create))
+    return SqlStore(_checked_engine(url, create=create, pool_size=pool_size))
 
 
 def open_reader(url: str) -> Engine:
@@ -270,7 +274,7 @@ def open_reader(url: str) -> Engine:
     return _checked_engine(url, create=False, read_only=True)
 
 
-def _checked_engine(url: str, *, create: bool, read_only: bool = False) -> Engine:
+def _checked_engine(url: str, *, create: bool, read_only: bool = False, pool_size: int | None = None) -> Engine:
     url = normalize_url(url)
     try:
         path = sqlite_path(url)
@@ -281,7 +285,7 @@ def _checked_engine(url: str, *, create: bool, read_only: bool = False) -> Engin
             raise StoreUnavailable(f"no SQLite database at {path} (create it with `init-db`)")
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(url, read_only=read_only)
+    engine = make_engine(url, read_only=read_only, pool_size=pool_size)
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))

@@ -11,6 +11,12 @@ over the limit, refused from its Content-Length or while streaming, before it is
 read whole; 503 when the database cannot take the delivery (the provider retries).
 Nothing else happens here: every rule lives in the service.
 
+A process handles at most `threads` callbacks at once (default 8; the rest wait
+their turn on the event loop), and its service's connection pool should hold that
+many connections plus one for the sweep (`serve` builds it so): a thread beyond
+the pool would only wait for a connection, or make the pool open one and close it
+again, a new PostgreSQL backend every few deliveries.
+
 The same process can run the polling sweep (`poll_every` seconds, in a thread),
 so a deployment needs nothing else. With `workers` > 1 the listening socket is
 opened once and N forked worker processes accept on it (each with its own
@@ -30,11 +36,13 @@ import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from sqlalchemy import text
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -43,6 +51,8 @@ from .domain import CallbackOutcome
 from .lifecycle import MAX_CALLBACK_BODY, LifecycleService
 
 log = logging.getLogger("rivya.receiver")
+
+DEFAULT_THREADS = 8  # callbacks one receiver process handles at once
 
 REJECTED = {CallbackOutcome.MALFORMED: 400, CallbackOutcome.REJECTED_SIGNATURE: 401,
             CallbackOutcome.REJECTED_STALE: 401}
@@ -119,8 +129,21 @@ class OneWriter:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
+def pool_size_for(threads: int) -> int:
+    """The connections a receiver process with `threads` callback threads keeps: one per thread
+    and one for the polling sweep."""
+    return threads + 1
+
+
 def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
-               poll_every: float | None = None) -> Starlette:
+               poll_every: float | None = None, threads: int = DEFAULT_THREADS) -> Starlette:
+    if threads < 1:
+        raise ValueError("a receiver needs at least one callback thread")
+    limiter = CapacityLimiter(threads)
+
+    async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
+
     engine = getattr(service.store, "engine", None)
     one_writer = OneWriter(engine.url.database) if engine is not None and engine.dialect.name == "sqlite" else None
 
@@ -138,7 +161,7 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
             return JSONResponse({"error": f"body over {max_body} bytes"}, status_code=413)
         ref = request.query_params.get("ref")
         try:
-            result = await run_in_threadpool(handle, provider, request.headers, body, ref)
+            result = await in_thread(handle, provider, request.headers, body, ref)
         except Exception as exc:
             log.warning("callback for %s not recorded: %s", provider[:50], type(exc).__name__)
             return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
@@ -152,7 +175,7 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
 
         try:
             if hasattr(service.store, "engine"):
-                await run_in_threadpool(ping)
+                await in_thread(ping)
         except Exception:
             return JSONResponse({"ok": False, "database": "unreachable"}, status_code=503)
         return JSONResponse({"ok": True, "providers": sorted(service.providers)})
@@ -173,12 +196,14 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
 
 
 def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1", port: int = 8080, *,
-          poll_every: float | None = 30.0, max_body: int = MAX_CALLBACK_BODY, workers: int = 1) -> int:
-    """Serve until stopped; the exit status (non-zero when a worker died)."""
+          poll_every: float | None = 30.0, max_body: int = MAX_CALLBACK_BODY, workers: int = 1,
+          threads: int = DEFAULT_THREADS) -> int:
+    """Serve until stopped; the exit status (non-zero when a worker died). make_service builds
+    each process's service (its pool sized by pool_size_for(threads))."""
     import uvicorn
 
     if workers <= 1:
-        app = create_app(make_service(), max_body=max_body, poll_every=poll_every)
+        app = create_app(make_service(), max_body=max_body, poll_every=poll_every, threads=threads)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return 0
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -186,7 +211,7 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
-    children = [_fork_worker(make_service, sock, max_body) for _ in range(workers)]
+    children = [_fork_worker(make_service, sock, max_body, threads) for _ in range(workers)]
     stopping = threading.Event()
 
     def stop(_signum: int, _frame: Any) -> None:
@@ -221,7 +246,8 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
     return status
 
 
-def _fork_worker(make_service: Callable[[], LifecycleService], sock: socket.socket, max_body: int) -> int:
+def _fork_worker(make_service: Callable[[], LifecycleService], sock: socket.socket, max_body: int,
+                 threads: int) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -231,7 +257,7 @@ def _fork_worker(make_service: Callable[[], LifecycleService], sock: socket.sock
 
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        app = create_app(make_service(), max_body=max_body, poll_every=None)
+        app = create_app(make_service(), max_body=max_body, poll_every=None, threads=threads)
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
         code = 0
     except BaseException:

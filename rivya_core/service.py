@@ -100,15 +100,15 @@ def recorded_for(engine: Engine) -> Recorded | None:
 
 def service_for_url(url: str, *, providers: Mapping[str, Provider] | None = None,
                     policy: BillingPolicy | None = None, clock: Clock | None = None,
-                    create: bool = False) -> LifecycleService:
+                    create: bool = False, pool_size: int | None = None) -> LifecycleService:
     """A service over the database at url. Raises StoreUnavailable/SchemaMissing.
 
     providers=None asks the registered provider sources: for a database one of
     them recognises (a simulation's), its providers answer status and find, and
     unless `clock` is given the service runs on the source's clock (pinned at the
     database's latest recorded time). Otherwise: the configured live clients
-    (rivya_core.providers.config), on wall time."""
-    store = open_store(url, create=create)
+    (rivya_core.providers.config), on wall time. pool_size: see db.make_engine."""
+    store = open_store(url, create=create, pool_size=pool_size)
     if providers is None:
         found = recorded_for(store.engine)
         if found is not None:

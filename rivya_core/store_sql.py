@@ -134,6 +134,12 @@ def _callback_unless_seen() -> Any:
 
 
 _CALLBACK_UNLESS_SEEN = _callback_unless_seen()
+_EVENT_INSERT = insert(task_event)
+_NOTIFICATION_INSERT = insert(notification)
+_NOTIFICATION_ONCE = {  # keyed by "is PostgreSQL": a repeat of the idempotency key writes nothing
+    pg: upsert(notification).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(notification.c.id)
+    for pg, upsert in ((True, pg_insert), (False, sqlite_insert))
+}
 
 
 class SqlStore:
@@ -191,7 +197,7 @@ def _translated() -> Iterator[None]:
 
 class SqlTx:
     """The Tx protocol over one open connection and transaction. Timeline events are
-    written together (one multi-row INSERT) when the unit of work ends or before
+    written together (one executemany) when the unit of work ends or before
     anything reads them."""
 
     def __init__(self, conn: Connection):
@@ -337,10 +343,11 @@ class SqlTx:
         self.pending_events.append({"task_id": task_id, "kind": str(kind), "detail": dict(detail), "at": _naive(at)})
 
     def flush_events(self) -> None:
-        """Write the buffered events, in the order they were added, in one INSERT."""
+        """Write the buffered events, in the order they were added, in one round trip."""
         if self.pending_events:
             rows, self.pending_events = self.pending_events, []
-            self.conn.execute(insert(task_event).values(rows))
+            # executemany of one INSERT built once (psycopg sends it in one pipeline; ids follow the order)
+            self.conn.execute(_EVENT_INSERT, rows if len(rows) > 1 else rows[0])
 
     def task_events(self, task_id: int) -> list[TaskEvent]:
         self.flush_events()
@@ -351,11 +358,9 @@ class SqlTx:
         values = {"user_id": user_id, "kind": str(kind), "title": title, "body": body, "created_at": _naive(at),
                   "task_id": task_id, "idempotency_key": idempotency_key}
         if idempotency_key is None:
-            self.conn.execute(insert(notification).values(**values))
+            self.conn.execute(_NOTIFICATION_INSERT, values)
             return True
-        stmt = (self._upsert(notification).values(**values)
-                .on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(notification.c.id))
-        return self.conn.execute(stmt).scalar() is not None
+        return self.conn.execute(_NOTIFICATION_ONCE[self.pg], values).scalar() is not None
 
     def task_notifications(self, task_id: int) -> list[Notification]:
         return self._all(Notification, select(notification).where(notification.c.task_id == task_id)

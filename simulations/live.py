@@ -38,7 +38,7 @@ from rivya_core.domain import ACTIVE, RivyaError, ValidationError
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.policy import BillingPolicy
 from rivya_core.providers.config import build_clients, parse_providers
-from rivya_core.receiver import create_app
+from rivya_core.receiver import DEFAULT_THREADS, create_app, pool_size_for
 from rivya_core.tomlfile import parse as parse_toml
 from rivya_core.validation import validate
 
@@ -148,7 +148,8 @@ def run_live(scenario: Scenario, flavor: str, tasks: int, db_url: str, *, seed: 
              speed: float = 120.0, force: bool = False, timeout_s: float | None = None,
              progress: Any = None) -> tuple[RunSummary, dict[str, Any]]:
     """Run N tasks live; (summary, farm stats). Refuses a database holding tasks unless force."""
-    store = open_store(db_url, create=True)
+    # one connection for each receiver thread, the sweep and each submitter
+    store = open_store(db_url, create=True, pool_size=pool_size_for(DEFAULT_THREADS) + SUBMITTERS)
     try:
         if has_rows(store.engine, "ai_task") and not force:
             raise RivyaError(f"database {safe_url(db_url)} already holds tasks; pass --force to add a live run "

@@ -51,7 +51,7 @@ from rivya_core.db import has_rows, open_store, safe_url
 from rivya_core.domain import RivyaError
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.ports import UpstreamStatus
-from rivya_core.receiver import OneWriter
+from rivya_core.receiver import DEFAULT_THREADS, OneWriter, pool_size_for
 
 from .live import free_port, stop_process
 
@@ -109,9 +109,11 @@ class LoadResult:
 
 
 def run_load(url: str, tasks: int = 2000, concurrency: int = 16, duplicates: float = 0.1, seed: int = 1,
-             force: bool = False, workers: int = 1) -> LoadResult:
-    """workers: receiver processes (0: no HTTP, handle_callback in this process)."""
-    store = open_store(url, create=True)
+             force: bool = False, workers: int = 1, threads: int = DEFAULT_THREADS) -> LoadResult:
+    """workers: receiver processes (0: no HTTP, handle_callback in this process, from `concurrency`
+    threads); threads: callbacks each receiver process handles at once (`serve --threads`)."""
+    # this process's pool: a connection for each of its threads (the setup's 8, or the in-process senders)
+    store = open_store(url, create=True, pool_size=pool_size_for(max(8, concurrency if workers == 0 else 1)))
     try:
         if has_rows(store.engine, "ai_task") and not force:
             raise RivyaError(f"database {safe_url(url)} already holds tasks; pass --force", code="db_not_empty")
@@ -131,7 +133,7 @@ def run_load(url: str, tasks: int = 2000, concurrency: int = 16, duplicates: flo
         if workers == 0:
             result = _direct(svc, signed, concurrency)
         else:
-            result = _blast(url, secret, signed, concurrency, workers)
+            result = _blast(url, secret, signed, concurrency, workers, threads)
         return _check(store, url, svc, made, deliveries, result, concurrency, workers)
     finally:
         store.engine.dispose()
@@ -214,11 +216,12 @@ def _direct(svc: LifecycleService, deliveries: list[Signed], concurrency: int) -
     return r
 
 
-def _blast(url: str, secret: str, deliveries: list[Signed], concurrency: int, workers: int) -> dict[str, Any]:
+def _blast(url: str, secret: str, deliveries: list[Signed], concurrency: int, workers: int,
+           threads: int) -> dict[str, Any]:
     port = free_port()
     env = {**os.environ, "RIVYA_WEBHOOK_SECRETS": json.dumps({PROVIDER: [secret]}), "RIVYA_PROVIDERS": ""}
     proc = subprocess.Popen([sys.executable, "-m", "rivya_core", "serve", "--db", url, "--port", str(port),
-                             "--poll-every", "0", "--workers", str(workers)],
+                             "--poll-every", "0", "--workers", str(workers), "--threads", str(threads)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -291,6 +294,9 @@ def add_parser(sub: Any) -> None:
                    help="fraction of exact redeliveries (default 0.1)")
     p.add_argument("--workers", type=number("workers"), default=1,
                    help="receiver processes (`serve --workers`, default 1)")
+    p.add_argument("--threads", type=number("workers"), default=DEFAULT_THREADS,
+                   help=f"callbacks each receiver process handles at once (`serve --threads`, default "
+                        f"{DEFAULT_THREADS})")
     p.add_argument("--in-process", action="store_true",
                    help="no HTTP: the deliveries go straight to handle_callback in this process, which "
                         "counts the CPU and the SQL statements per callback")
@@ -301,6 +307,7 @@ def add_parser(sub: Any) -> None:
 def cmd_receiver_load(a: argparse.Namespace) -> int:
     if a.tasks < 1 or not 1 <= a.concurrency <= 256 or not 0 <= a.duplicates <= 1:
         raise RivyaError("--tasks >= 1, --concurrency 1-256, --duplicates 0-1", code="bad_argument")
-    res = run_load(a.db, a.tasks, a.concurrency, a.duplicates, force=a.force, workers=0 if a.in_process else a.workers)
+    res = run_load(a.db, a.tasks, a.concurrency, a.duplicates, force=a.force, workers=0 if a.in_process else a.workers,
+                   threads=a.threads)
     print(json.dumps(asdict(res), indent=1) if a.json else res.render_text())
     return 0 if res.audit_ok and not res.lost and not res.doubled and not res.errors else 1

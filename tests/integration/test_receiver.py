@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
 import pytest
+from sqlalchemy import create_engine, make_url, text
 from starlette.testclient import TestClient
 
+from rivya_core.clock import WallClock
 from rivya_core.db import open_store
 from rivya_core.domain import TaskStatus
 from rivya_core.receiver import create_app
 from simulations.live import free_port
-from tests.fakes import IMAGE, callback, make_service
+from tests.fakes import IMAGE, SECRET, callback, make_service
 
 
 @pytest.fixture
@@ -205,3 +211,57 @@ def test_a_final_callback_costs_five_statements_and_a_redelivery_three(pg_url):
         assert kinds[-4:] == ["callback", "succeeded", "notified", "callback"]
     finally:
         store.engine.dispose()
+
+
+def _sessions_opened(url: str) -> int:
+    """Connections ever opened to the database at url, once none but this one is open."""
+    name = make_url(url).database
+    eng = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with eng.connect() as conn:
+            deadline = time.monotonic() + 30
+            while conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND pid <> "
+                                   "pg_backend_pid()"), {"d": name}) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return int(conn.scalar(text("SELECT sessions FROM pg_stat_database WHERE datname = :d"), {"d": name}))
+    finally:
+        eng.dispose()
+
+
+def test_deliveries_in_flight_share_the_receivers_connections(pg_url):
+    """32 deliveries at once against `serve`: the receiver handles a bounded number at a time and
+    keeps that many connections (plus the sweep's), instead of opening one for every few deliveries."""
+    store = open_store(pg_url, create=True)
+    svc, _clock, _providers = make_service(store=store)
+    user = svc.create_account("ada@example.com", "Ada", grant=10_000)
+    tasks = [svc.submit(user.id, {**IMAGE, "prompt": f"in flight {i}"}) for i in range(240)]
+    store.engine.dispose()
+    before = _sessions_opened(pg_url)
+    port = free_port()
+    env = {**os.environ, "RIVYA_WEBHOOK_SECRETS": json.dumps({"lumen": [SECRET]}), "RIVYA_PROVIDERS": ""}
+    server = subprocess.Popen([sys.executable, "-m", "rivya_core", "serve", "--db", pg_url, "--port", str(port),
+                               "--poll-every", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        wall = WallClock()
+
+        def deliver(t):
+            headers, body = callback(wall, t.upstream_task_id, msg_id=f"f{t.id}")
+            with httpx.Client(base_url=base, timeout=60) as http:
+                return http.post("/webhooks/lumen", content=body, headers=headers).json()["outcome"]
+
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(deliver, tasks))
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert answers == ["applied"] * len(tasks)
+    opened = _sessions_opened(pg_url) - before
+    assert opened <= 12, f"the receiver opened {opened} connections for {len(tasks)} deliveries"
