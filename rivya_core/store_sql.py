@@ -109,12 +109,19 @@ _TASK_BY_UPSTREAM = _plain_and_locked(select(ai_task).where(
 ).order_by(ai_task.c.id.desc()).limit(1))
 
 
+def _constants(column: Any, values: Iterable[str]) -> list[Any]:
+    """The values of a fixed IN list, one bound parameter each: a statement built once and run many
+    times then needs no per-execution expansion of the list (SQLAlchemy re-renders the SQL text of
+    an `in_` over plain values at every execution)."""
+    return [literal(v, column.type) for v in values]
+
+
 @functools.lru_cache(maxsize=512)
 def _task_update(keys: tuple[str, ...], expect: tuple[str, ...] | None) -> Any:
     """UPDATE ai_task SET <keys> WHERE id = :task_id [AND status IN expect], one per shape."""
     stmt = update(ai_task).where(ai_task.c.id == bindparam("task_id"))
     if expect is not None:
-        stmt = stmt.where(ai_task.c.status.in_(expect))
+        stmt = stmt.where(ai_task.c.status.in_(_constants(ai_task.c.status, expect)))
     return stmt.values({k: bindparam(f"set_{k}", type_=ai_task.c[k].type) for k in keys})
 
 
@@ -123,7 +130,7 @@ def _callback_unless_seen() -> Any:
     was already applied or deferred for its provider; RETURNING the row's id, outcome and detail."""
     cb = provider_callback
     seen = exists().where(cb.c.provider == bindparam("provider"), cb.c.webhook_id == bindparam("webhook_id"),
-                          cb.c.outcome.in_(_SEEN))
+                          cb.c.outcome.in_(_constants(cb.c.outcome, _SEEN)))
     names = [c.name for c in cb.c if c.name != "id"]
     values = {name: bindparam(name, type_=cb.c[name].type) for name in names}
     values["outcome"] = case((seen, literal(CallbackOutcome.DUPLICATE.value, cb.c.outcome.type)),
