@@ -35,6 +35,16 @@ def _make(*, sort_keys: bool, separators: tuple[str, str], default: Callable[[An
     return dumps
 
 
+def _remember(cache: dict[datetime, str], value: datetime, text: Callable[[datetime], str]) -> str:
+    """text(value), remembered in cache (emptied when it reaches _CACHE_LIMIT entries)."""
+    got = cache.get(value)
+    if got is None:
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        got = cache[value] = text(value)
+    return got
+
+
 _NAIVE_STR: dict[datetime, str] = {}
 
 
@@ -44,12 +54,7 @@ def _str(value: Any) -> str:
     through a method call by name. Equal naive datetimes always print the same (not aware ones:
     equal instants in two zones print differently, so they are not cached)."""
     if value.__class__ is datetime and value.tzinfo is None:
-        text = _NAIVE_STR.get(value)
-        if text is None:
-            if len(_NAIVE_STR) >= _CACHE_LIMIT:
-                _NAIVE_STR.clear()
-            text = _NAIVE_STR[value] = str(value)
-        return text
+        return _remember(_NAIVE_STR, value, str)
     return str(value)
 
 
@@ -67,19 +72,15 @@ def driver_dumps(value: Any) -> str:
     return dumps(value)
 
 
-_NAIVE_ISO: dict[datetime, str] = {}
+NAIVE_ISO: dict[datetime, str] = {}
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(" ", "microseconds")
 
 
 def naive_iso(value: datetime) -> str:
     """`value.isoformat(" ", "microseconds")` of a naive datetime, remembered as `_str` does (the
     text SQLAlchemy stores a DateTime as on SQLite). `NAIVE_ISO.get(value) or naive_iso(value)`
     is the cheap form for a caller that looks up first."""
-    text = _NAIVE_ISO.get(value)
-    if text is None:
-        if len(_NAIVE_ISO) >= _CACHE_LIMIT:
-            _NAIVE_ISO.clear()
-        text = _NAIVE_ISO[value] = value.isoformat(" ", "microseconds")
-    return text
-
-
-NAIVE_ISO = _NAIVE_ISO
+    return _remember(NAIVE_ISO, value, _iso)

@@ -71,22 +71,16 @@ def signed_headers(secret: str | Sequence[str], msg_id: str, timestamp: int, bod
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """Case-insensitive header lookup; a header given twice is malformed."""
-    found = [v for k, v in headers.items() if isinstance(k, str) and k.lower() == name]
-    if len(found) > 1:
-        raise WebhookError(f"header {name} given more than once", code="malformed")
-    if not found:
-        return None
-    value = found[0]
-    if not isinstance(value, str) or len(value) > MAX_HEADER_LEN:
-        raise WebhookError(f"header {name} is not a usable string", code="malformed")
-    return value
+    return _headers(headers, (name,))[0]
 
 
 _SIGNED = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 def _headers(headers: Mapping[str, str], names: tuple[str, ...]) -> list[str | None]:
-    """`[header(headers, n) for n in names]` in one pass over the headers (same errors, same order)."""
+    """The headers named (lower case), looked up case-insensitively in one pass over the headers;
+    a header given twice, or not a string of at most MAX_HEADER_LEN, is malformed (checked in the
+    order of names)."""
     found: dict[str, list[str]] = {n: [] for n in names}
     for k, v in headers.items():
         if isinstance(k, str):
@@ -188,7 +182,7 @@ def verify_ed25519(public_keys: Sequence[str], headers: Mapping[str, str], body:
     from nacl.exceptions import BadSignatureError
     from nacl.signing import VerifyKey
 
-    request_id, user_id, ts_raw, sig_hex = (header(headers, h) for h in FAL_HEADERS)
+    request_id, user_id, ts_raw, sig_hex = _headers(headers, FAL_HEADERS)
     if not request_id or not user_id or not ts_raw or not sig_hex:
         raise WebhookError("callback is missing an x-fal-webhook-request-id, -user-id, -timestamp or -signature "
                            "header", code="missing_headers")

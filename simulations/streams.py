@@ -13,8 +13,12 @@ import random
 
 
 def derive_seed(seed: int, *names: object) -> int:
-    key = ":".join([str(int(seed)), *map(str, names)]).encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
+    return _seed_of(":".join([str(int(seed)), *map(str, names)]).encode())
+
+
+def _seed_of(text: bytes) -> int:
+    """The seed of a derivation's text `seed:name:...`: the first 8 bytes of its SHA-256."""
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big")
 
 
 class Streams:
@@ -39,4 +43,4 @@ class Streams:
         prefix = self._prefix.get(name)
         if prefix is None:
             prefix = self._prefix[name] = f"{self.seed}:{name}:".encode()
-        return random.Random(int.from_bytes(hashlib.sha256(prefix + str(key).encode()).digest()[:8], "big"))
+        return random.Random(_seed_of(prefix + str(key).encode()))
