@@ -76,6 +76,12 @@ class Population:
         self.models = {c: [m for m in gen if m.category == c] for c in ("image", "video", "audio")}
         self.chat_models = [m for m in catalog.models if m.runtime == "chat"]
         self.tool_chat_models = [m for m in self.chat_models if m.tool_models]
+        m = scenario.mix
+        self._kinds = ("image", "video", "audio", "chat", "tool_chat")
+        self._kind_weights = [m.image, m.video, m.audio, m.chat if self.chat_models else 0,
+                              m.tool_chat if self.tool_chat_models else 0]
+        # draw()'s four streams, looked up once (Streams.get returns the same Random every time)
+        self._draw_streams = tuple(streams.get(n) for n in ("users", "mix", "sizes", "behaviour"))
         fake = Faker("en_US")
         fake.seed_instance(streams.get("faker").getrandbits(32))
         self.fake = fake
@@ -128,13 +134,10 @@ class Population:
 
     def draw(self) -> Intent:
         """Every random number of one arrival, always in the same order."""
-        users, mixr, sizes, beh = (self.streams.get(n) for n in ("users", "mix", "sizes", "behaviour"))
+        users, mixr, sizes, beh = self._draw_streams
         m = self.sc.mix
         user = self.user_ids[users.randrange(len(self.user_ids))]
-        kinds = ("image", "video", "audio", "chat", "tool_chat")
-        weights = [m.image, m.video, m.audio, m.chat if self.chat_models else 0,
-                   m.tool_chat if self.tool_chat_models else 0]
-        kind = mixr.choices(kinds, weights)[0]
+        kind = mixr.choices(self._kinds, self._kind_weights)[0]
         pick = mixr.random()
         prompt = self.prompts[mixr.randrange(PROMPT_POOL)]
         s = [sizes.random() for _ in range(4)]
