@@ -86,6 +86,9 @@ def _shallow(row: Any) -> Any:
 
 # The JSON-like fields of each row type (every other field holds a scalar).
 _JSON_FIELDS: dict[type, tuple[str, ...]] = {Task: ("params", "result_urls"), TaskEvent: ("detail",)}
+# The task fields update_task does more with than store: JSON-like ones cloned (None), typed ones as their
+# StrEnum members (status, category, failure_class: value -> member).
+_TASK_TYPED: dict[str, dict[str, Any] | None] = {**dict.fromkeys(_JSON_FIELDS[Task]), **TASK_ENUM_FIELDS}
 
 
 def _copy(row: Any) -> Any:
@@ -307,8 +310,9 @@ class MemoryTx:
         state = task.__dict__
         before = {name: state[name] for name in fields}
         s._unindex_task(task)
-        for name, value in fields.items():
-            typed = TASK_ENUM_FIELDS.get(name)  # status, category, failure_class: as their StrEnum members
+        state.update(fields)  # scalars as given; then the few fields that need more (one or two a call)
+        for name in _TASK_TYPED.keys() & fields.keys():
+            value, typed = fields[name], _TASK_TYPED[name]
             state[name] = _clone(value) if isinstance(value, _CONTAINERS) else \
                 value if typed is None else typed.get(value, value)
         s._index_task(task)
