@@ -414,8 +414,11 @@ class MemoryTx:
     def add_event(self, task_id: int, kind: str, detail: dict[str, Any], at: datetime) -> None:
         s = self.s
         eid = s._next["task_event"] = s._next["task_event"] + 1  # _new_id inlined: six events a task
-        s.events[eid] = TaskEvent(id=eid, task_id=task_id, at=at, kind=str(kind),
-                                  detail=_clone(detail if type(detail) is dict else dict(detail)))  # a new dict
+        if detail.__class__ is not dict:
+            detail = dict(detail)
+        # a new dict: _clone's flat case inlined (an event's detail holds scalars)
+        detail = dict(detail) if _SCALARS.issuperset(map(type, detail.values())) else _clone(detail)
+        s.events[eid] = TaskEvent(eid, task_id, at, kind if kind.__class__ is str else str(kind), detail)
         ids = s._task_events[task_id]
         ids.append(eid)
 
