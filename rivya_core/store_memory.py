@@ -383,7 +383,10 @@ class MemoryTx:
         old_balance = acc.balance
         acc.balance = after
         s._entry_key[idempotency_key] = entry.id
-        refs = [k for k in (("task", task_id), ("msg", chat_message_id)) if k[1] is not None]
+        # the rows this entry belongs to (no comprehension: one or two entries a task)
+        refs = [("task", task_id)] if task_id is not None else []
+        if chat_message_id is not None:
+            refs.append(("msg", chat_message_id))
         for ref in refs:
             s._entries_by[ref].append(entry.id)
 
