@@ -123,27 +123,31 @@ def _check_fields(given: dict[str, Any], allowed: frozenset[str], what: str) -> 
 
 
 class _Unit:
-    """One unit of work: holds the lock, rolls back its own writes when it raises.
-    A plain context manager (not @contextmanager): one is entered per lifecycle step."""
+    """The store's units of work: holds the lock, rolls back a unit's own writes when it raises.
+    A plain context manager (not @contextmanager), and one object per store, entered once per
+    unit (nested units push their undo mark on `marks`, under the lock): a lifecycle step enters
+    one, four a task, so none is built per step."""
 
-    __slots__ = ("s", "mark")
+    __slots__ = ("s", "marks")
 
     def __init__(self, store: MemoryStore):
         self.s = store
+        self.marks: list[int] = []  # the undo log's length when each open unit began, innermost last
 
     def __enter__(self) -> MemoryTx:
         s = self.s
         s._lock.acquire()
-        self.mark = len(s._undo)
+        self.marks.append(len(s._undo))
         s._depth += 1
         return s._tx
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         s = self.s
         try:
+            mark = self.marks.pop()
             if exc_type is not None:
                 undo = s._undo
-                while len(undo) > self.mark:
+                while len(undo) > mark:
                     undo.pop()()
         finally:
             s._depth -= 1
@@ -185,12 +189,13 @@ class MemoryStore:
         self._task_cbs: dict[int, list[int]] = defaultdict(list)
         self._webhooks: set[tuple[str, str]] = set()
         self._tx = MemoryTx(self)
+        self._unit = _Unit(self)
 
     # --- Store protocol ---------------------------------------------------------
 
     def begin(self) -> _Unit:
         """A unit of work (re-entrant): `with store.begin() as tx: ...`."""
-        return _Unit(self)
+        return self._unit
 
     def snapshot(self) -> Snapshot:
         with self._lock:
