@@ -97,11 +97,11 @@ def _copy(row: Any) -> Any:
     state = getattr(row, "__dict__", None)
     if state is None:
         return copy.copy(row)
-    out = object.__new__(row.__class__)
-    object.__setattr__(out, "__dict__", state.copy())
-    fields = _JSON_FIELDS.get(row.__class__)
+    cls = row.__class__
+    out = object.__new__(cls)
+    out.__dict__ = state = state.copy()  # the domain rows are plain (not frozen) dataclasses
+    fields = _JSON_FIELDS.get(cls)
     if fields:
-        state = out.__dict__
         for name in fields:
             value = state[name]
             cls = value.__class__
