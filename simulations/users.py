@@ -33,9 +33,10 @@ from .streams import Streams
 PROMPT_POOL = 400
 
 
-@dataclass(frozen=True)
+@dataclass
 class Intent:
-    """One arrival, fully drawn."""
+    """One arrival, fully drawn (read, never changed). Not frozen: a frozen dataclass sets each of
+    these 15 fields through object.__setattr__, which made building one cost several times more."""
 
     user: int
     kind: str                # generation | chat | tool_chat
