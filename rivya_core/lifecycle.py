@@ -907,8 +907,8 @@ class LifecycleService:
 # --- helpers -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Parsed:
+@dataclass
+class _Parsed:  # read, never changed; not frozen: a frozen dataclass sets each field through object.__setattr__
     upstream_task_id: str
     state: UpstreamState
     result_urls: tuple[str, ...]
