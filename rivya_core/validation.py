@@ -76,7 +76,9 @@ class GenerationRequest:
     references: tuple[Reference, ...] = ()
 
 
-@dataclass(frozen=True)
+# Read-only by use, but not frozen: one is built per submission, and a frozen dataclass's __init__
+# sets each of the nine fields through object.__setattr__ (about 1% of a simulated task).
+@dataclass
 class NormalizedRequest:
     spec: ModelSpec = field(repr=False)
     model: str
