@@ -93,8 +93,8 @@ def notify_key(task_id: int) -> str:
     return f"notify:task:{task_id}"
 
 
-@dataclass(frozen=True)
-class CallbackResult:
+@dataclass
+class CallbackResult:  # not frozen: one a callback, and a frozen __init__ sets each field through object.__setattr__
     outcome: str
     callback_id: int
     task_id: int | None = None
