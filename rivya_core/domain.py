@@ -100,6 +100,14 @@ def members(enum: type[StrEnum]) -> dict[str, Any]:
     return {m.value: m for m in enum}
 
 
+def by_name(enum: type[StrEnum]) -> type:
+    """A plain class whose attributes are the enum's members (`by_name(TaskStatus).WAITING is
+    TaskStatus.WAITING`), for code that reads members on every task: on Python 3.11 a member read
+    as an Enum class attribute goes through EnumType.__getattr__'s hook (~750 instructions), a
+    plain class attribute is a cached lookup."""
+    return type(f"{enum.__name__}Members", (), dict(enum.__members__))
+
+
 _STATUS_OF = members(TaskStatus)
 _CATEGORY_OF = members(Category)
 _CLASS_OF = members(FailureClass)

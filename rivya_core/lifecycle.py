@@ -52,6 +52,7 @@ from .domain import (
     TaskStatus,
     TurnClosed,
     ValidationError,
+    by_name,
     sources_of,
 )
 from .policy import DEFAULT_POLICY, BillingPolicy
@@ -71,6 +72,9 @@ from .rules import Refusal, SupportRefusal
 from .validation import NormalizedRequest, validate, validate_chat_model
 
 T = TypeVar("T")
+
+# The enums' members as plain class attributes (domain.by_name): read about twenty times a task.
+_Status, _Event, _Outcome, _Upstream = (by_name(e) for e in (TaskStatus, EventKind, CallbackOutcome, UpstreamState))
 
 MAX_CALLBACK_BODY = 64 * 1024
 STORED_BODY_LIMIT = 4096
@@ -261,18 +265,18 @@ class LifecycleService:
         duplicate = self._heavier_duplicate(tx, user_id, req, credits)  # may refuse: nothing written yet
         task = tx.insert_task(Task(
             id=0, user_id=user_id, model=req.model, category=req.category, prompt=req.prompt,
-            params=dict(req.params), status=TaskStatus.WAITING, billing_type=req.billing_type,
+            params=dict(req.params), status=_Status.WAITING, billing_type=req.billing_type,
             reserved_credits=credits, provider=req.provider, created_at=self._now(),
             chat_message_id=chat_message_id))
-        self._event(tx, task.id, EventKind.CREATED, model=req.model, credits=credits, billing_type=req.billing_type)
+        self._event(tx, task.id, _Event.CREATED, model=req.model, credits=credits, billing_type=req.billing_type)
         if duplicate is not None:
-            self._event(tx, task.id, EventKind.DUPLICATE_WARNING, running_task_id=duplicate.id)
+            self._event(tx, task.id, _Event.DUPLICATE_WARNING, running_task_id=duplicate.id)
         return task
 
     def _charge(self, tx: Tx, task_id: int) -> bool:
         """Spend the task's credits. False when the task ended here (shortfall)."""
         task = tx.get_task(task_id, for_update=True)
-        if task is None or task.status != TaskStatus.WAITING:
+        if task is None or task.status != _Status.WAITING:
             return False
         if tx.entry(consume_key(task_id)) is not None:
             return True
@@ -280,13 +284,13 @@ class LifecycleService:
             res = tx.post(task.user_id, EntryType.CONSUME, -task.reserved_credits, consume_key(task_id),
                           self._now(), task_id=task_id, chat_message_id=task.chat_message_id)
         except InsufficientCredits:
-            self._event(tx, task_id, EventKind.CHARGE_REFUSED, needed=task.reserved_credits,
+            self._event(tx, task_id, _Event.CHARGE_REFUSED, needed=task.reserved_credits,
                         balance=tx.balance(task.user_id))
             self._finish_failed(tx, task, INSUFFICIENT_CREDITS,
                                 f"{task.reserved_credits} credits needed, {tx.balance(task.user_id)} available",
                                 FailureClass.BILLING, path="charge")
             return False
-        self._event(tx, task_id, EventKind.CHARGED, amount=task.reserved_credits,
+        self._event(tx, task_id, _Event.CHARGED, amount=task.reserved_credits,
                     balance_after=res.entry.balance_after)
         return True
 
@@ -309,10 +313,10 @@ class LifecycleService:
 
         def step(tx: Tx) -> Task:
             current = tx.get_task(task_id, for_update=True)
-            if current is None or current.status != TaskStatus.WAITING:
+            if current is None or current.status != _Status.WAITING:
                 return current
             if error is not None:
-                self._event(tx, task_id, EventKind.SUBMIT_FAILED, fault=error.kind, message=error.message)
+                self._event(tx, task_id, _Event.SUBMIT_FAILED, fault=error.kind, message=error.message)
                 self._finish_failed(tx, current, error.code, error.message,
                                     rules.submit_failure_class(error.kind), path="submit")
             else:
@@ -324,9 +328,9 @@ class LifecycleService:
     def _mark_generating(self, tx: Tx, task: Task, upstream_id: str) -> None:
         now = self._now()
         first_check = rules.first_check_in(task.category, self.callbacks_enabled, self.policy)
-        tx.update_task(task.id, sources_of(TaskStatus.GENERATING), status=TaskStatus.GENERATING, upstream_task_id=upstream_id,
+        tx.update_task(task.id, sources_of(_Status.GENERATING), status=_Status.GENERATING, upstream_task_id=upstream_id,
                        submitted_at=now, next_check_at=now + timedelta(seconds=first_check), check_attempts=0)
-        self._event(tx, task.id, EventKind.SUBMITTED, upstream_task_id=upstream_id, provider=task.provider)
+        self._event(tx, task.id, _Event.SUBMITTED, upstream_task_id=upstream_id, provider=task.provider)
         self._claim_parked(tx, task.id, task.provider, upstream_id)
 
     # --- 5a: callbacks ----------------------------------------------------------
@@ -340,31 +344,31 @@ class LifecycleService:
         raw = bytes(body) if isinstance(body, (bytes, bytearray)) else b""
         stored = raw[:STORED_BODY_LIMIT].decode("utf-8", "replace")
         record = ProviderCallback(id=0, provider=provider, received_at=now, signature_valid=False,
-                                  outcome=CallbackOutcome.MALFORMED, body=stored)
+                                  outcome=_Outcome.MALFORMED, body=stored)
 
         def reject(outcome: CallbackOutcome, reason: str) -> CallbackResult:
             cb = self._tx(lambda tx: tx.add_callback(replace(record, outcome=outcome, detail=reason)))
             return CallbackResult(outcome, cb.id, None, reason)
 
         if not isinstance(body, (bytes, bytearray)) or len(raw) > MAX_CALLBACK_BODY:
-            return reject(CallbackOutcome.MALFORMED, f"body is not bytes or over {MAX_CALLBACK_BODY} bytes")
+            return reject(_Outcome.MALFORMED, f"body is not bytes or over {MAX_CALLBACK_BODY} bytes")
         fmt: CallbackFormat | None = getattr(self.providers.get(provider), "callbacks", None)
         secrets = self._secrets.get(provider)
         if fmt is None and not secrets:
-            return reject(CallbackOutcome.REJECTED_SIGNATURE, "no webhook secret configured for this provider")
+            return reject(_Outcome.REJECTED_SIGNATURE, "no webhook secret configured for this provider")
         headers = headers if headers.__class__ is dict or isinstance(headers, Mapping) else {}  # dict: no ABC check
         now_ts = now.timestamp() if now.tzinfo else _epoch(now)
         try:
             webhook_id = fmt.verify(headers, raw, now_ts) if fmt else webhooks.verify(secrets, headers, raw, now_ts)
             record.webhook_id = webhook_id[:200]
         except webhooks.WebhookError as exc:
-            outcome = {"stale": CallbackOutcome.REJECTED_STALE,
-                       "malformed": CallbackOutcome.MALFORMED}.get(exc.code, CallbackOutcome.REJECTED_SIGNATURE)
+            outcome = {"stale": _Outcome.REJECTED_STALE,
+                       "malformed": _Outcome.MALFORMED}.get(exc.code, _Outcome.REJECTED_SIGNATURE)
             return reject(outcome, exc.message)
         record.signature_valid = True
         parsed = _parse_with(fmt, raw) if fmt else _parse_callback(raw)
         if isinstance(parsed, str):
-            return reject(CallbackOutcome.MALFORMED, parsed)
+            return reject(_Outcome.MALFORMED, parsed)
         record.upstream_task_id = parsed.upstream_task_id[:200]
         ref = task_ref[:100] if isinstance(task_ref, str) and task_ref else None
 
@@ -380,7 +384,7 @@ class LifecycleService:
             if task is None:
                 return self._park(tx, record, parsed, ref)
             if task.terminal:
-                cb = tx.add_callback(replace(record, task_id=task.id, outcome=CallbackOutcome.DUPLICATE,
+                cb = tx.add_callback(replace(record, task_id=task.id, outcome=_Outcome.DUPLICATE,
                                              detail=_already(task.status)))
             else:  # the insert itself turns a webhook id already applied or deferred into a duplicate
                 cb = tx.add_callback_unless_seen(replace(record, task_id=task.id, outcome=_callback_outcome(parsed)),
@@ -394,37 +398,37 @@ class LifecycleService:
     def _route(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None) -> tuple[CallbackOutcome, str | None]:
         """What a valid callback does to its task: nothing (duplicate, progress), defer or apply."""
         if task.terminal:
-            return CallbackOutcome.DUPLICATE, _already(task.status)
+            return _Outcome.DUPLICATE, _already(task.status)
         if webhook_id and tx.webhook_seen(task.provider, webhook_id):
-            return CallbackOutcome.DUPLICATE, WEBHOOK_SEEN
+            return _Outcome.DUPLICATE, WEBHOOK_SEEN
         return _callback_outcome(parsed), None
 
     def _late(self, tx: Tx, record: ProviderCallback, parsed: _Parsed, gone: TaskEvicted) -> CallbackResult:
         """A valid callback for a task the store wrote out and forgot: the task is
         finished, so the callback is a repeat, recorded as for a task still held."""
-        outcome, detail = CallbackOutcome.DUPLICATE, _already(gone.status)
+        outcome, detail = _Outcome.DUPLICATE, _already(gone.status)
         cb = tx.add_callback(replace(record, task_id=gone.task_id, outcome=outcome, detail=detail))
         self._callback_event(tx, gone.task_id, parsed, record.webhook_id, outcome, cb.id)
         return CallbackResult(outcome, cb.id, gone.task_id, detail)
 
     def _callback_event(self, tx: Tx, task_id: int, parsed: _Parsed, webhook_id: str | None,
                         outcome: CallbackOutcome, callback_id: int, **extra: Any) -> None:
-        self._event(tx, task_id, EventKind.CALLBACK, webhook_id=webhook_id, outcome=str(outcome),
+        self._event(tx, task_id, _Event.CALLBACK, webhook_id=webhook_id, outcome=str(outcome),
                     state=parsed.state, callback_id=callback_id, **extra)
 
     def _take(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None, outcome: CallbackOutcome,
               callback_id: int, **extra: Any) -> None:
         self._callback_event(tx, task.id, parsed, webhook_id, outcome, callback_id, **extra)
-        if outcome == CallbackOutcome.DEFERRED:
+        if outcome == _Outcome.DEFERRED:
             self._defer(tx, task)
-        elif outcome == CallbackOutcome.APPLIED:
+        elif outcome == _Outcome.APPLIED:
             self._apply_status(tx, task, parsed, path="callback")
 
     def _park(self, tx: Tx, record: ProviderCallback, parsed: _Parsed, ref: str | None) -> CallbackResult:
         """A valid callback for an upstream id no task holds yet: kept, and applied by
         _mark_generating when a task takes that id (the provider answered before our write)."""
         owner = self._task_for_ref(tx, record.provider, ref)
-        cb = tx.add_callback(replace(record, task_id=owner, outcome=CallbackOutcome.UNKNOWN_TASK,
+        cb = tx.add_callback(replace(record, task_id=owner, outcome=_Outcome.UNKNOWN_TASK,
                                      detail=PARKED_DETAIL))
         tx.park_callback(ParkedCallback(
             id=0, callback_id=cb.id, provider=record.provider, upstream_task_id=parsed.upstream_task_id,
@@ -439,7 +443,7 @@ class LifecycleService:
         if not ref or not ref.startswith("task-") or not ref[5:].isdigit():
             return None
         task = tx.get_task(int(ref[5:]))
-        return task.id if task and task.provider == provider and task.status == TaskStatus.WAITING else None
+        return task.id if task and task.provider == provider and task.status == _Status.WAITING else None
 
     def _claim_parked(self, tx: Tx, task_id: int, provider: str, upstream_id: str) -> None:
         """Apply, in arrival order, the callbacks that came before this task had its upstream id."""
@@ -459,11 +463,11 @@ class LifecycleService:
         due = self._tx(lambda tx: tx.tasks_due_for_check(self._now(), limit))
         for task in due:
             before = task.status
-            after = self._check(task.id, EventKind.RECHECK if task.check_attempts else EventKind.POLL)
+            after = self._check(task.id, _Event.RECHECK if task.check_attempts else _Event.POLL)
             report.checked += 1
             if after is None or after.status == before:
                 report.still_running += 1
-            elif after.status == TaskStatus.SUCCESS:
+            elif after.status == _Status.SUCCESS:
                 report.succeeded += 1
             elif after.error_code == TIMEOUT:
                 report.timed_out += 1
@@ -473,28 +477,28 @@ class LifecycleService:
 
     def recheck(self, task_id: int, reason: str = "recheck") -> Task:
         task = self.task(task_id)
-        if task.status != TaskStatus.GENERATING:
+        if task.status != _Status.GENERATING:
             return task
-        return self._check(task_id, EventKind.RECHECK, reason=reason)
+        return self._check(task_id, _Event.RECHECK, reason=reason)
 
     def _check(self, task_id: int, kind: EventKind, reason: str | None = None) -> Task | None:
         task = self.task(task_id)
-        if task.status != TaskStatus.GENERATING:
+        if task.status != _Status.GENERATING:
             return task
         status, fault = self._read_upstream(task)
-        path = "polling" if kind == EventKind.POLL else "recheck"
+        path = "polling" if kind == _Event.POLL else "recheck"
 
         def step(tx: Tx) -> Task | None:
             current = tx.get_task(task_id, for_update=True)
             if current is None:
                 return None
             if fault is not None:  # the read failed: on the timeline, then handled as "unknown"
-                self._event(tx, task_id, EventKind.POLL_ERROR, error_kind=fault.kind, message=fault.message,
+                self._event(tx, task_id, _Event.POLL_ERROR, error_kind=fault.kind, message=fault.message,
                             path=path)
             detail: dict[str, Any] = {"state": status.state}
             if reason:
                 detail["reason"] = reason
-            if current.status != TaskStatus.GENERATING:  # lost a race with a callback: a recorded no-op
+            if current.status != _Status.GENERATING:  # lost a race with a callback: a recorded no-op
                 self._event(tx, task_id, kind, **detail, result=f"no-op: task already {current.status}")
                 return current
             self._event(tx, task_id, kind, **detail)
@@ -502,7 +506,7 @@ class LifecycleService:
                 return tx.get_task(task_id)
             elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()
             limit = self.policy.timeout_for(current.category)
-            if status.state == UpstreamState.SUCCEEDED and rules.rechecks_spent(current.check_attempts, self.policy):
+            if status.state == _Upstream.SUCCEEDED and rules.rechecks_spent(current.check_attempts, self.policy):
                 self._finish_failed(tx, current, NO_RESULT_URLS, "the provider reported success but never "
                                     "delivered result URLs", FailureClass.PROVIDER, path=path)
             elif elapsed >= limit:
@@ -522,27 +526,27 @@ class LifecycleService:
         returned beside it, so the caller can record it."""
         provider = self.providers.get(task.provider)
         if provider is None or not task.upstream_task_id:
-            return UpstreamStatus(UpstreamState.UNKNOWN), None
+            return UpstreamStatus(_Upstream.UNKNOWN), None
         try:
             return provider.status(task.upstream_task_id), None
         except ProviderError as exc:
-            return UpstreamStatus(UpstreamState.UNKNOWN), exc
+            return UpstreamStatus(_Upstream.UNKNOWN), exc
 
     def _schedule_next_check(self, tx: Tx, task: Task) -> None:
         """Deferred tasks follow the re-check backoff; then plain polling takes over."""
         delay, attempts = rules.next_check(task.check_attempts, self.policy)
-        tx.update_task(task.id, [TaskStatus.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
+        tx.update_task(task.id, [_Status.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
                        check_attempts=attempts)
 
     def _apply_status(self, tx: Tx, task: Task, status: UpstreamStatus | _Parsed, path: str) -> bool:
         """Finish a GENERATING task when what the provider says settles it (a failure, or
         success with URLs); True when it did. Anything else changes nothing here."""
-        if status.state == UpstreamState.FAILED:
+        if status.state == _Upstream.FAILED:
             self._finish_failed(tx, task, status.error_code or "provider_failed",
                                 status.error_message or "the provider reported a failure",
                                 status.failure_class or FailureClass.PROVIDER, path=path)
             return True
-        if status.state == UpstreamState.SUCCEEDED and status.result_urls:
+        if status.state == _Upstream.SUCCEEDED and status.result_urls:
             self._finish_success(tx, task, list(status.result_urls), path=path)
             return True
         return False
@@ -550,9 +554,9 @@ class LifecycleService:
     def _defer(self, tx: Tx, task: Task) -> None:
         """An early callback (done, but no URLs yet): start the re-check backoff."""
         delay, attempts = rules.deferral(self.policy)
-        tx.update_task(task.id, [TaskStatus.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
+        tx.update_task(task.id, [_Status.GENERATING], next_check_at=self._now() + timedelta(seconds=delay),
                        check_attempts=attempts)
-        self._event(tx, task.id, EventKind.DEFERRED, path="callback", next_check_in_s=delay)
+        self._event(tx, task.id, _Event.DEFERRED, path="callback", next_check_in_s=delay)
 
     # --- 6-7: finishing ----------------------------------------------------------
 
@@ -560,22 +564,22 @@ class LifecycleService:
         now = self._now()
         if not urls:
             raise AssertionError("SUCCESS without result URLs")
-        if not tx.update_task(task.id, sources_of(TaskStatus.SUCCESS), status=TaskStatus.SUCCESS, result_urls=urls,
+        if not tx.update_task(task.id, sources_of(_Status.SUCCESS), status=_Status.SUCCESS, result_urls=urls,
                               finished_at=now, settled_at=now, next_check_at=None):
             return
-        self._event(tx, task.id, EventKind.SUCCEEDED, path=path, result_urls=len(urls))
-        self._notify(tx, task, rules.outcome_notification(TaskStatus.SUCCESS, None), "Your generation is ready",
+        self._event(tx, task.id, _Event.SUCCEEDED, path=path, result_urls=len(urls))
+        self._notify(tx, task, rules.outcome_notification(_Status.SUCCESS, None), "Your generation is ready",
                      f"{task.category.capitalize()} from {task.model} finished and is in your history.")
 
     def _finish_failed(self, tx: Tx, task: Task, code: str, message: str, failure_class: str, path: str) -> None:
         now = self._now()
-        if not tx.update_task(task.id, sources_of(TaskStatus.FAILED), status=TaskStatus.FAILED, error_code=code[:80],
+        if not tx.update_task(task.id, sources_of(_Status.FAILED), status=_Status.FAILED, error_code=code[:80],
                               error_message=message[:2000], failure_class=str(failure_class), finished_at=now,
                               settled_at=now, next_check_at=None):
             return
-        self._event(tx, task.id, EventKind.FAILED, path=path, error_code=code, failure_class=str(failure_class))
+        self._event(tx, task.id, _Event.FAILED, path=path, error_code=code, failure_class=str(failure_class))
         self._refund_if_due(tx, task, failure_class)
-        kind = rules.outcome_notification(TaskStatus.FAILED, code)
+        kind = rules.outcome_notification(_Status.FAILED, code)
         if kind == NotificationKind.INSUFFICIENT_CREDITS:
             self._notify(tx, task, kind, "Not enough credits",
                          f"{task.reserved_credits} credits are needed for {task.model}; nothing was charged.")
@@ -587,25 +591,25 @@ class LifecycleService:
         """Reverse a failed task's charge when the rules say so. `support_note`: a support action
         issues it (after refund_refusal allowed it); the row then carries support=True."""
         charge = tx.entry(consume_key(task.id))
-        facts = rules.RefundFacts(TaskStatus.FAILED, failure_class, charged=charge is not None, refunded=False)
+        facts = rules.RefundFacts(_Status.FAILED, failure_class, charged=charge is not None, refunded=False)
         refusal = rules.refund_refusal(facts, self.policy)
         if refusal == rules.RefundRefusal.NEVER_CHARGED:
             return None
         if refusal == rules.RefundRefusal.POLICY_KEEPS and support_note is None:
-            self._event(tx, task.id, EventKind.REFUND_SKIPPED, reason=f"policy keeps credits for {failure_class} failures")
+            self._event(tx, task.id, _Event.REFUND_SKIPPED, reason=f"policy keeps credits for {failure_class} failures")
             return None
         res = tx.post(task.user_id, EntryType.REFUND, -charge.amount, refund_key(task.id), self._now(),
                       task_id=task.id, chat_message_id=task.chat_message_id, support=support_note is not None,
                       note=support_note or f"refund: {failure_class} failure after reservation")
         if res.created:
-            self._event(tx, task.id, EventKind.REFUNDED, amount=-charge.amount,
+            self._event(tx, task.id, _Event.REFUNDED, amount=-charge.amount,
                         reason="support" if support_note is not None else "policy")
         return res.entry
 
     def _notify(self, tx: Tx, task: Task, kind: NotificationKind, title: str, body: str) -> None:
         if tx.add_notification(task.user_id, kind, title, body, self._now(), task_id=task.id,
                                idempotency_key=notify_key(task.id)):
-            self._event(tx, task.id, EventKind.NOTIFIED, notification=kind.value)
+            self._event(tx, task.id, _Event.NOTIFIED, notification=kind.value)
 
     # --- 8: chat -------------------------------------------------------------------
 
@@ -772,11 +776,11 @@ class LifecycleService:
         task = self.task(task_id)
         refusal = self.recheck_refusal(task)
         found = None
-        if refusal is None and task.status == TaskStatus.WAITING:  # interrupted before the provider answered
+        if refusal is None and task.status == _Status.WAITING:  # interrupted before the provider answered
             found = self._recover_one(task)
             task = self.task(task_id)
         elif refusal is None:
-            task = self._check(task_id, EventKind.RECHECK, reason=f"support: {operator}")
+            task = self._check(task_id, _Event.RECHECK, reason=f"support: {operator}")
         result = refusal or (f"upstream checked; task is {task.status}" + (f" ({found})" if found else ""))
         self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
         return self._refused_or(refusal or task)
@@ -806,7 +810,7 @@ class LifecycleService:
         if isinstance(result, Refusal):
             extra["refusal"] = str(result.code)
             result = f"refused: {result.text}"
-        self._event(tx, task_id, EventKind.SUPPORT_ACTION, operator=operator, action=action, reason=reason,
+        self._event(tx, task_id, _Event.SUPPORT_ACTION, operator=operator, action=action, reason=reason,
                     result=result, **extra)
 
     @staticmethod
@@ -840,16 +844,16 @@ class LifecycleService:
         return report
 
     def _recover_one(self, task: Task) -> str | None:
-        if task.status == TaskStatus.GENERATING:
+        if task.status == _Status.GENERATING:
             overdue = (self._now() - (task.submitted_at or task.created_at)).total_seconds() >= \
                 self.policy.timeout_for(task.category)
             if task.provider in self.providers:
                 status = self._upstream_status(task)
-                settles = status.state == UpstreamState.FAILED or (status.state == UpstreamState.SUCCEEDED and status.result_urls)
+                settles = status.state == _Upstream.FAILED or (status.state == _Upstream.SUCCEEDED and status.result_urls)
                 if not (overdue or settles):
                     return None  # still running upstream: polling carries on; a re-check here would
                     #              spend the task's re-check backoff, so a second recover would differ
-                after = self._check(task.id, EventKind.RECHECK, reason="recovery")
+                after = self._check(task.id, _Event.RECHECK, reason="recovery")
                 return f"re-checked upstream: {after.status}" if after and after.status != task.status else None
             if overdue:
                 self._tx(lambda tx: self._fail_interrupted(tx, task.id, TIMEOUT, "no result within the timeout"))
@@ -878,14 +882,14 @@ class LifecycleService:
 
     def _adopt_upstream(self, tx: Tx, task_id: int, upstream_id: str) -> None:
         task = tx.get_task(task_id, for_update=True)
-        if task and task.status == TaskStatus.WAITING:
+        if task and task.status == _Status.WAITING:
             self._mark_generating(tx, task, upstream_id)
-            self._event(tx, task_id, EventKind.RECOVERED, what="adopted upstream id")
+            self._event(tx, task_id, _Event.RECOVERED, what="adopted upstream id")
 
     def _fail_interrupted(self, tx: Tx, task_id: int, code: str, message: str) -> None:
         task = tx.get_task(task_id, for_update=True)
         if task and task.status in ACTIVE:
-            self._event(tx, task_id, EventKind.RECOVERED, what=message)
+            self._event(tx, task_id, _Event.RECOVERED, what=message)
             self._finish_failed(tx, task, code, message, FailureClass.INFRASTRUCTURE, path="recovery")
 
     # --- reads ---------------------------------------------------------------------
@@ -917,7 +921,7 @@ class _Parsed:  # read, never changed; not frozen: a frozen dataclass sets each 
     failure_class: FailureClass | None
 
 
-_STATES = {s.value: s for s in (UpstreamState.SUCCEEDED, UpstreamState.FAILED, UpstreamState.RUNNING)}
+_STATES = {s.value: s for s in (_Upstream.SUCCEEDED, _Upstream.FAILED, _Upstream.RUNNING)}
 _OUTCOMES = {o.value: o for o in CallbackOutcome}
 _CLASSES = {c.value: c for c in FailureClass if c is not FailureClass.BILLING}
 
@@ -959,11 +963,11 @@ def _already(status: str) -> str:
 def _callback_outcome(parsed: _Parsed) -> CallbackOutcome:
     """An early callback (success without URLs yet) is deferred; a "still running" report
     is progress (nothing changes); a result applies."""
-    if parsed.state == UpstreamState.SUCCEEDED and not parsed.result_urls:
-        return CallbackOutcome.DEFERRED
-    if parsed.state not in (UpstreamState.SUCCEEDED, UpstreamState.FAILED):
-        return CallbackOutcome.PROGRESS
-    return CallbackOutcome.APPLIED
+    if parsed.state == _Upstream.SUCCEEDED and not parsed.result_urls:
+        return _Outcome.DEFERRED
+    if parsed.state not in (_Upstream.SUCCEEDED, _Upstream.FAILED):
+        return _Outcome.PROGRESS
+    return _Outcome.APPLIED
 
 
 def _run_of(task: Task) -> rules.Run:
