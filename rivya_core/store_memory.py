@@ -355,7 +355,10 @@ class MemoryTx:
         s = self.s
         wanted = {str(x) for x in statuses} if statuses is not None else None
         if wanted is not None and wanted <= _ACTIVE_NAMES:  # only live tasks: not the user's whole history
-            rows = [s.tasks[t] for t in s._user_active.get(user_id, ())]
+            live = s._user_active.get(user_id)
+            if not live:  # the duplicate check of most submissions: nothing running
+                return []
+            rows = [s.tasks[t] for t in live]
         else:
             rows = [s.tasks[t] for t in s._user_tasks.get(user_id, ())]
         rows = [t for t in rows if (wanted is None or t.status in wanted) and (since is None or t.created_at >= since)]
