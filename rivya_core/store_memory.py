@@ -425,10 +425,11 @@ class MemoryTx:
     def add_event(self, task_id: int, kind: str, detail: dict[str, Any], at: datetime) -> None:
         s = self.s
         eid = s._next["task_event"] = s._next["task_event"] + 1  # _new_id inlined: six events a task
-        if detail.__class__ is not dict:
+        # a new dict: the usual flat dict copied inline (six events a task), anything else by _clone
+        if detail.__class__ is dict and _SCALARS.issuperset(map(type, detail.values())):
             detail = dict(detail)
-        # a new dict: _clone's flat case inlined (an event's detail holds scalars)
-        detail = dict(detail) if _SCALARS.issuperset(map(type, detail.values())) else _clone(detail)
+        else:
+            detail = _clone(detail if detail.__class__ is dict else dict(detail))
         s.events[eid] = TaskEvent(eid, task_id, at, kind if kind.__class__ is str else str(kind), detail)
         ids = s._task_events[task_id]
         ids.append(eid)
