@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
         _db(p)
         p.add_argument("--operator", required=name != "recheck", default="cli", help="who is acting")
         p.add_argument("--reason", required=name != "recheck", default="re-check requested", help="why")
+    p = sub.add_parser("rerun", help="run a task again for its user: a new task with the same model, prompt and "
+                       "params, linked to the original, charged by the policy (--courtesy: refunded at once)")
+    p.add_argument("task_id", type=_task_id)
+    _db(p)
+    p.add_argument("--operator", required=True, help="who is acting")
+    p.add_argument("--reason", required=True, help="why (kept on the original's timeline, never shown to the user)")
+    p.add_argument("--courtesy", action="store_true",
+                   help="give the re-run's charge back at once, as a support refund")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("bulk", help="a support action on every task a filter matches, as a named incident "
                        "(--dry-run first: what each task would do)")
     p.add_argument("action", choices=["recheck", "refund", "mark-failed"])
@@ -197,6 +206,19 @@ def _support(action: str):
     return run
 
 
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from .rerun import describe_rerun, support_rerun
+
+    svc = _service(args)
+    task = support_rerun(svc, args.task_id, args.operator, args.reason, courtesy=args.courtesy)
+    said = describe_rerun(svc, args.task_id, task)
+    if args.json:
+        print(json.dumps(said, default=str, indent=2))
+    else:
+        print(said["text"])
+    return 0
+
+
 def cmd_bulk(args: argparse.Namespace) -> int:
     from . import bulk
     from .domain import ActionRefused
@@ -281,7 +303,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 COMMANDS = {
     "init-db": cmd_init_db, "audit": cmd_audit, "diagnose": cmd_diagnose,
     "refund": _support("refund"), "recheck": _support("recheck"), "mark-failed": _support("mark-failed"),
-    "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
+    "rerun": cmd_rerun, "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
 }
 
 if __name__ == "__main__":

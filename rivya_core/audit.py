@@ -229,13 +229,19 @@ def _refunds_with_task() -> Select:
         L.join(T, T.c.id == L.c.task_id)).where(L.c.entry_type == EntryType.REFUND)
 
 
+def _courtesy():
+    """A courtesy re-run's refund (rules.courtesy_refund): allowed whatever the re-run's state."""
+    return rules_sql.courtesy_refund(L.c.support, T.c.rerun_of.is_not(None))
+
+
 def refund_on_success(c: _Ctx) -> Select:
-    return _refunds_with_task().where(T.c.status == TaskStatus.SUCCESS)
+    return _refunds_with_task().where(T.c.status == TaskStatus.SUCCESS, ~_courtesy())
 
 
 def refund_not_due(c: _Ctx) -> Select:
     """Refunds the rules do not allow (a refund on a delivered task is refund_on_success)."""
-    allowed = rules_sql.refund_allowed(T.c.status, T.c.failure_class, L.c.support, c.policy)
+    allowed = rules_sql.refund_allowed(T.c.status, T.c.failure_class, L.c.support, c.policy,
+                                       T.c.rerun_of.is_not(None))
     return _refunds_with_task().where(T.c.status != TaskStatus.SUCCESS, ~allowed)
 
 

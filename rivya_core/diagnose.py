@@ -308,6 +308,10 @@ def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistIt
     q = "Should credits be reversed under the policy, and were they?"
     ev = consumes + refunds
     support = refunds and all(r.get("support") for r in refunds)
+    if rules.courtesy_refund(bool(support), t.get("rerun_of") is not None) and len(refunds) == 1 \
+            and refunded <= charged and t["status"] != TaskStatus.FAILED:
+        return ChecklistItem("refund", q, f"No, and none is due: a courtesy re-run of task #{t['rerun_of']}, "
+                             f"whose {refunded} credits support refunded at once.", OK, ev)
     if t["status"] == TaskStatus.SUCCESS:
         return (ChecklistItem("refund", q, f"No: delivered, yet refunded {refunded} credits.", FAIL, ev) if refunds
                 else ChecklistItem("refund", q, "No: delivered, nothing to reverse.", OK, ev))

@@ -163,6 +163,7 @@ class Task:
     settled_at: datetime | None = None
     next_check_at: datetime | None = None
     check_attempts: int = 0
+    rerun_of: int | None = None  # the task support re-ran this one from (ai_task.rerun_of)
 
     def __post_init__(self) -> None:
         # rows come from stores and callers as plain strings: typed here, once per row built. A
@@ -404,3 +405,5 @@ class EventKind(StrEnum):
     SUPPORT_ACTION = "support_action"  # detail: operator, action, reason, result; refusal (its code) when refused
     RECOVERED = "recovered"          # crash-recovery sweep; detail: what
     DUPLICATE_WARNING = "duplicate_warning"
+    RERUN = "rerun"                  # support re-ran this task; detail: rerun_task_id, courtesy
+    RERUN_OF = "rerun_of"            # this task is a re-run; detail: original_task_id, courtesy

@@ -259,7 +259,7 @@ class LifecycleService:
         return dup
 
     def _create(self, tx: Tx, user_id: int, req: NormalizedRequest, credits: int,
-                chat_message_id: int | None) -> Task:
+                chat_message_id: int | None, rerun_of: int | None = None) -> Task:
         if tx.get_account(user_id) is None:
             raise NotFound(f"no account {user_id}")
         duplicate = self._heavier_duplicate(tx, user_id, req, credits)  # may refuse: nothing written yet
@@ -267,7 +267,7 @@ class LifecycleService:
             id=0, user_id=user_id, model=req.model, category=req.category, prompt=req.prompt,
             params=dict(req.params), status=_Status.WAITING, billing_type=req.billing_type,
             reserved_credits=credits, provider=req.provider, created_at=self._now(),
-            chat_message_id=chat_message_id))
+            chat_message_id=chat_message_id, rerun_of=rerun_of))
         self._event(tx, task.id, _Event.CREATED, model=req.model, credits=credits, billing_type=req.billing_type)
         if duplicate is not None:
             self._event(tx, task.id, _Event.DUPLICATE_WARNING, running_task_id=duplicate.id)

@@ -11,7 +11,9 @@ facts. Nothing here reads a store, a database or a clock.
     refund_refusal(facts, policy) -> RefundRefusal | None   why a refund is not due (None: it is due)
     mark_failed_refusal(facts) / recheck_refusal(facts, has_client) -> MarkFailedRefusal / RecheckRefusal | None
     Refusal(code, text)                        a support action's refusal: the code to key on, the sentence to show
-    refund_allowed(status, failure_class, support, policy) -> bool   may a refund row exist at all
+    refund_allowed(status, failure_class, support, policy, rerun) -> bool   may a refund row exist at all
+    courtesy_refund(support, rerun) -> bool    a courtesy re-run's charge given back at once by support
+    rerun_refusal(facts) -> RerunRefusal | None   why support may not re-run a task for its user now
     outcome_notification(status, error_code) -> NotificationKind | None   what a settled task tells its user
     credit_flows(sums_by_type) -> CreditFlows   ledger sums per entry type as flows that add up
     first_check_in(category, callbacks_enabled, policy) / next_check(attempts, policy) / deferral(policy)
@@ -93,10 +95,19 @@ def refund_refusal_text(refusal: RefundRefusal, facts: RefundFacts, policy: Bill
     }[refusal]
 
 
-def refund_allowed(status: str, failure_class: str | None, support: bool, policy: BillingPolicy) -> bool:
+def refund_allowed(status: str, failure_class: str | None, support: bool, policy: BillingPolicy,
+                   rerun: bool = False) -> bool:
     """May a task refund row exist: a support refund (its own fact on the row) on a failed task,
-    or a failed task whose class the policy reverses. (Once per charged task is `refund_refusal`'s.)"""
-    return status == TaskStatus.FAILED and (bool(support) or policy.refunds(failure_class))
+    a failed task whose class the policy reverses, or a courtesy re-run's refund in any state
+    (`rerun`: the task is a re-run, ai_task.rerun_of set). (Once per charged task is `refund_refusal`'s.)"""
+    return courtesy_refund(support, rerun) or (
+        status == TaskStatus.FAILED and (bool(support) or policy.refunds(failure_class)))
+
+
+def courtesy_refund(support: bool, rerun: bool) -> bool:
+    """A support refund on a re-run task: support re-ran the task as a courtesy and gave its charge
+    back at once (before the run settles), so it is allowed whatever the re-run's state."""
+    return bool(support) and bool(rerun)
 
 
 # --- the other support actions' refusals -------------------------------------------------------
@@ -172,6 +183,48 @@ def stuck_refusal_text(refusal: MarkFailedRefusal | RecheckRefusal, facts: Stuck
     if refusal == RecheckRefusal.NO_PROVIDER_CLIENT:
         return f"no client for provider {provider!r} in this environment"
     return f"task is {int(facts.age_s)} s old; it counts as stuck after {int(facts.stuck_after_s)} s"
+
+
+class RerunRefusal(StrEnum):
+    """Why support may not re-run a task for its user now (the guide's "recheck before running
+    again": a run of the same prompt that is still going must finish first)."""
+
+    ORIGINAL_RUNNING = "original_running"    # the task itself still waits or generates
+    DUPLICATE_RUNNING = "duplicate_running"  # another run of the user's, same model and prompt, still runs
+    NO_PROVIDER_CLIENT = "no_provider_client"  # no client here for the model's provider: it would fail at submission
+    REQUEST_INVALID = "request_invalid"      # the task's model, prompt and params no longer pass validation
+
+
+@dataclass(frozen=True)
+class RerunFacts:
+    status: str                     # the original task's status
+    running_twins: tuple[int, ...]  # the user's other running tasks with the same model and prompt
+    has_client: bool                # this environment has a client for the task's provider
+
+
+def rerun_refusal(facts: RerunFacts) -> RerunRefusal | None:
+    """A task is re-run only once neither it nor a same-model, same-prompt run of its user is still
+    waiting or generating, and where its provider can be asked (else the re-run could only fail)."""
+    if facts.status in ACTIVE:
+        return RerunRefusal.ORIGINAL_RUNNING
+    if facts.running_twins:
+        return RerunRefusal.DUPLICATE_RUNNING
+    if not facts.has_client:
+        return RerunRefusal.NO_PROVIDER_CLIENT
+    return None
+
+
+def rerun_refusal_text(refusal: RerunRefusal, facts: RerunFacts, provider: str = "") -> str:
+    if refusal == RerunRefusal.ORIGINAL_RUNNING:
+        return (f"the task is still {facts.status}: wait for it, re-check it upstream, or mark it failed once "
+                "it is stuck, before running it again")
+    if refusal == RerunRefusal.REQUEST_INVALID:
+        return "the task's request no longer passes validation; nothing was created"
+    if refusal == RerunRefusal.DUPLICATE_RUNNING:
+        twins = ", ".join(f"#{t}" for t in facts.running_twins[:10])
+        return f"a run of the same model and prompt is still in progress ({twins}): wait for it before running again"
+    return (f"no client for provider {provider!r} in this environment: a re-run would fail at submission and "
+            "tell the user their generation failed; nothing was created")
 
 
 # --- notifications ------------------------------------------------------------------------------

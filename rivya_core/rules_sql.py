@@ -26,9 +26,17 @@ def _true(flag: Any) -> Any:
     return flag.is_(True) if hasattr(flag, "is_") else literal(bool(flag))
 
 
-def refund_allowed(status: Any, failure_class: Any, support: Any, policy: BillingPolicy) -> Any:
-    """rules.refund_allowed: a failed task, refunded by support or in a class the policy reverses."""
-    return and_(status == TaskStatus.FAILED.value, or_(_true(support), _reverses(failure_class, policy)))
+def refund_allowed(status: Any, failure_class: Any, support: Any, policy: BillingPolicy,
+                   rerun: Any = False) -> Any:
+    """rules.refund_allowed: a courtesy re-run's refund, or a failed task refunded by support or in a
+    class the policy reverses. `rerun`: a boolean expression (e.g. `ai_task.rerun_of IS NOT NULL`)."""
+    return or_(courtesy_refund(support, rerun),
+               and_(status == TaskStatus.FAILED.value, or_(_true(support), _reverses(failure_class, policy))))
+
+
+def courtesy_refund(support: Any, rerun: Any) -> Any:
+    """rules.courtesy_refund: a support refund on a re-run task."""
+    return and_(_true(support), _true(rerun))
 
 
 def refund_due(status: Any, failure_class: Any, charged: Any, refunded: Any, policy: BillingPolicy) -> Any:

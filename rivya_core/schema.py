@@ -66,6 +66,8 @@ ai_task = Table(
     Column("settled_at", DateTime),
     Column("next_check_at", DateTime),
     Column("check_attempts", Integer, nullable=False, default=0),
+    # the task support re-ran this one from (rivya_core.rerun); added after version 1 (init_db migrates)
+    Column("rerun_of", Id),
     Index("ix_ai_task_user_created", "user_id", "created_at"),
     Index("ix_ai_task_status_created", "status", "created_at"),
     Index("ix_ai_task_upstream", "upstream_task_id"),
@@ -73,6 +75,7 @@ ai_task = Table(
     Index("ix_ai_task_next_check", "status", "next_check_at"),
     Index("ix_ai_task_chat_message", "chat_message_id"),
     Index("ix_ai_task_finished", "finished_at", "status"),  # time windows of the charts
+    Index("ix_ai_task_rerun_of", "rerun_of"),  # a task's re-runs
 )
 
 credit_ledger = Table(

@@ -90,8 +90,9 @@ def violations_by_kind(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY,
         if e.entry_type == EntryType.CONSUME and t is not None and t.submitted_at and e.created_at > t.submitted_at:
             bad["charged_after_submit"].append(f"task {t.id}: charged after submission")
         if e.entry_type == EntryType.REFUND and t is not None and t.status != TaskStatus.SUCCESS \
-                and not rules.refund_allowed(t.status, t.failure_class, e.support, policy):
+                and not rules.refund_allowed(t.status, t.failure_class, e.support, policy, t.rerun_of is not None):
             bad["refund_not_due"].append(f"ledger {e.id}: refund of task {t.id} ({t.status}, {t.failure_class})")
+    support_refunded = {e.task_id for e in snap.ledger if e.entry_type == EntryType.REFUND and e.support}
     notes: dict[int, list[str]] = defaultdict(list)
     for n in snap.notifications:
         if n.task_id is not None:
@@ -113,7 +114,8 @@ def violations_by_kind(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY,
             bad["upstream_without_charge"].append(f"{where}: upstream id without a charge")
         if t.error_code == INSUFFICIENT_CREDITS and (c[EntryType.CONSUME] or t.upstream_task_id):
             bad["credit_failure_inconsistent"].append(f"{where}: failed for credits yet charged or submitted")
-        if t.status == TaskStatus.SUCCESS and c[EntryType.REFUND]:
+        courtesy = t.rerun_of is not None and t.id in support_refunded
+        if t.status == TaskStatus.SUCCESS and c[EntryType.REFUND] and not courtesy:
             bad["refund_on_success"].append(f"{where}: delivered and refunded")
         if t.status == TaskStatus.SUCCESS and not t.result_urls:
             bad["success_without_urls"].append(f"{where}: success without URLs")

@@ -23,17 +23,18 @@ T0 = datetime(2026, 4, 1, 12, 0, 0)
 
 @pytest.fixture(scope="module")
 def facts():
-    """Every combination of status, failure class, error code, charged, refunded and support, as rows."""
+    """Every combination of status, failure class, error code, charged, refunded, support and re-run, as rows."""
     md = MetaData()
     table = Table("facts", md, Column("id", Integer, primary_key=True), Column("status", String),
                   Column("failure_class", String), Column("error_code", String), Column("charged", Boolean),
-                  Column("refunded", Boolean), Column("support", Boolean))
+                  Column("refunded", Boolean), Column("support", Boolean), Column("rerun", Boolean))
     engine = create_engine("sqlite://")
     md.create_all(engine)
-    combos = list(itertools.product(STATUSES, CLASSES, CODES, (False, True), (False, True), (False, True, None)))
+    combos = list(itertools.product(STATUSES, CLASSES, CODES, (False, True), (False, True), (False, True, None),
+                                    (False, True)))
     with engine.begin() as conn:
         conn.execute(insert(table), [dict(zip(("status", "failure_class", "error_code", "charged", "refunded",
-                                               "support"), c, strict=True)) for c in combos])
+                                               "support", "rerun"), c, strict=True)) for c in combos])
     yield engine, table
     engine.dispose()
 
@@ -42,18 +43,21 @@ def facts():
 def test_the_sql_forms_agree_with_the_rules_on_every_fact(facts, policy):
     engine, t = facts
     c = t.c
-    q = select(c.status, c.failure_class, c.error_code, c.charged, c.refunded, c.support,
+    q = select(c.status, c.failure_class, c.error_code, c.charged, c.refunded, c.support, c.rerun,
                rules_sql.outcome_notification(c.status, c.error_code).label("kind"),
                rules_sql.refund_due(c.status, c.failure_class, c.charged, c.refunded, policy).label("due"),
-               rules_sql.refund_allowed(c.status, c.failure_class, c.support, policy).label("allowed"))
+               rules_sql.refund_allowed(c.status, c.failure_class, c.support, policy, c.rerun).label("allowed"),
+               rules_sql.courtesy_refund(c.support, c.rerun).label("courtesy"))
     with engine.connect() as conn:
         found = conn.execute(q).all()
-    assert len(found) == len(STATUSES) * len(CLASSES) * len(CODES) * 12
-    for status, fc, code, charged, refunded, support, kind, due, allowed in found:
+    assert len(found) == len(STATUSES) * len(CLASSES) * len(CODES) * 24
+    for status, fc, code, charged, refunded, support, rerun, kind, due, allowed, courtesy in found:
         facts_ = rules.RefundFacts(status, fc, bool(charged), bool(refunded))
         assert kind == rules.outcome_notification(status, code)
         assert bool(due) is rules.refund_due(facts_, policy), (status, fc, charged, refunded)
-        assert bool(allowed) is rules.refund_allowed(status, fc, bool(support), policy), (status, fc, support)
+        assert bool(allowed) is rules.refund_allowed(status, fc, bool(support), policy, bool(rerun)), \
+            (status, fc, support, rerun)
+        assert bool(courtesy) is rules.courtesy_refund(bool(support), bool(rerun)), (support, rerun)
 
 
 def test_refund_refusals_in_order():
@@ -66,6 +70,27 @@ def test_refund_refusals_in_order():
     assert rules.refund_refusal(f("FAILED", "infrastructure", True, False), p) is None
     text = rules.refund_refusal_text(rules.RefundRefusal.POLICY_KEEPS, f("FAILED", "user", True, False), p)
     assert text == "policy 'default' keeps credits for user failures"
+
+
+def test_rerun_refusals_in_order():
+    f = rules.RerunFacts
+    assert rules.rerun_refusal(f("GENERATING", (), True)) == rules.RerunRefusal.ORIGINAL_RUNNING
+    assert rules.rerun_refusal(f("WAITING", (7,), False)) == rules.RerunRefusal.ORIGINAL_RUNNING
+    assert rules.rerun_refusal(f("FAILED", (7,), True)) == rules.RerunRefusal.DUPLICATE_RUNNING
+    assert rules.rerun_refusal(f("SUCCESS", (), False)) == rules.RerunRefusal.NO_PROVIDER_CLIENT
+    assert rules.rerun_refusal(f("FAILED", (), True)) is None
+    assert rules.rerun_refusal(f("SUCCESS", (), True)) is None
+    text = rules.rerun_refusal_text(rules.RerunRefusal.DUPLICATE_RUNNING, f("FAILED", (7, 9), True))
+    assert "#7, #9" in text and "still in progress" in text
+
+
+def test_a_courtesy_refund_is_a_support_refund_on_a_rerun_in_any_state():
+    p = BillingPolicy()
+    for status in STATUSES:
+        assert rules.refund_allowed(status, None, True, p, rerun=True)
+        assert rules.refund_allowed(status, None, True, p, rerun=False) is (status == "FAILED")
+    assert not rules.refund_allowed("SUCCESS", None, False, p, rerun=True)  # the policy's own refund: failed only
+    assert not rules.courtesy_refund(False, True) and not rules.courtesy_refund(True, False)
 
 
 def test_mark_failed_and_recheck_refusals():
