@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--courtesy", action="store_true",
                    help="give the re-run's charge back at once, as a support refund")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("reprocess-callback", help="apply a parked (unknown_task) provider callback to the task "
+                       "that now holds its upstream id; a repeat is recorded as a duplicate")
+    p.add_argument("callback_id", type=_task_id)
+    _db(p)
+    p.add_argument("--operator", required=True, help="who is acting")
+    p.add_argument("--reason", required=True, help="why (kept on the task's timeline)")
     p = sub.add_parser("bulk", help="a support action on every task a filter matches, as a named incident "
                        "(--dry-run first: what each task would do)")
     p.add_argument("action", choices=["recheck", "refund", "mark-failed"])
@@ -219,6 +225,14 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from .deliveries import reprocess_callback
+
+    done = reprocess_callback(_service(args), args.callback_id, args.operator, args.reason)
+    print(f"task {done.task_id}: {done.text}")
+    return 0
+
+
 def cmd_bulk(args: argparse.Namespace) -> int:
     from . import bulk
     from .domain import ActionRefused
@@ -303,7 +317,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 COMMANDS = {
     "init-db": cmd_init_db, "audit": cmd_audit, "diagnose": cmd_diagnose,
     "refund": _support("refund"), "recheck": _support("recheck"), "mark-failed": _support("mark-failed"),
-    "rerun": cmd_rerun, "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
+    "rerun": cmd_rerun, "reprocess-callback": cmd_reprocess, "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
 }
 
 if __name__ == "__main__":

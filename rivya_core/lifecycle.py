@@ -445,9 +445,11 @@ class LifecycleService:
         task = tx.get_task(int(ref[5:]))
         return task.id if task and task.provider == provider and task.status == _Status.WAITING else None
 
-    def _claim_parked(self, tx: Tx, task_id: int, provider: str, upstream_id: str) -> None:
-        """Apply, in arrival order, the callbacks that came before this task had its upstream id."""
+    def _claim_parked(self, tx: Tx, task_id: int, provider: str, upstream_id: str) -> list[tuple[int, str]]:
+        """Apply, in arrival order, the callbacks that came before this task had its upstream id;
+        (callback id, outcome) of each."""
         tx.lock_upstream(provider, upstream_id)
+        claimed = []
         for p in tx.claim_parked(provider, upstream_id, task_id, self._now()):
             parsed = _Parsed(p.upstream_task_id, _STATES.get(p.state, p.state), tuple(p.result_urls or ()),
                              p.error_code, p.error_message, _CLASSES.get(p.failure_class, p.failure_class))
@@ -455,6 +457,8 @@ class LifecycleService:
             outcome, detail = self._route(tx, task, parsed, p.webhook_id)
             tx.settle_callback(p.callback_id, task_id, outcome, detail or "parked until the upstream id was stored")
             self._take(tx, task, parsed, p.webhook_id, outcome, p.callback_id, parked=True)
+            claimed.append((p.callback_id, str(outcome)))
+        return claimed
 
     # --- 5b: polling and re-checks ---------------------------------------------
 

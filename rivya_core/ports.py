@@ -221,6 +221,9 @@ class Tx(Protocol):
         (webhook_seen) the row is stored as a duplicate with seen_detail; returns the stored row."""
 
     def task_callbacks(self, task_id: int) -> list[ProviderCallback]: ...
+    def get_callback(self, callback_id: int) -> ProviderCallback | None: ...
+    def parked_of(self, callback_id: int) -> ParkedCallback | None:
+        """The parked copy of a recorded callback (claimed or not), None when it was never parked."""
 
     def settle_callback(self, callback_id: int, task_id: int, outcome: str, detail: str | None) -> None:
         """Link a recorded callback to its task and give it its final outcome (a parked one)."""

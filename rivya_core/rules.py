@@ -14,6 +14,7 @@ facts. Nothing here reads a store, a database or a clock.
     refund_allowed(status, failure_class, support, policy, rerun) -> bool   may a refund row exist at all
     courtesy_refund(support, rerun) -> bool    a courtesy re-run's charge given back at once by support
     rerun_refusal(facts) -> RerunRefusal | None   why support may not re-run a task for its user now
+    reprocess_refusal(facts) -> ReprocessRefusal | None   why a stored callback cannot be re-processed
     outcome_notification(status, error_code) -> NotificationKind | None   what a settled task tells its user
     credit_flows(sums_by_type) -> CreditFlows   ledger sums per entry type as flows that add up
     first_check_in(category, callbacks_enabled, policy) / next_check(attempts, policy) / deferral(policy)
@@ -225,6 +226,35 @@ def rerun_refusal_text(refusal: RerunRefusal, facts: RerunFacts, provider: str =
         return f"a run of the same model and prompt is still in progress ({twins}): wait for it before running again"
     return (f"no client for provider {provider!r} in this environment: a re-run would fail at submission and "
             "tell the user their generation failed; nothing was created")
+
+
+class ReprocessRefusal(StrEnum):
+    """Why support may not re-process a recorded provider callback."""
+
+    NOT_PARKED = "not_parked"      # only a parked (unknown_task) callback waits for its task
+    NO_TASK_YET = "no_task_yet"    # no task holds its upstream id yet: it stays parked
+    BODY_UNREADABLE = "body_unreadable"  # recorded before parking: its stored body no longer parses
+
+
+@dataclass(frozen=True)
+class ReprocessFacts:
+    outcome: str       # provider_callback.outcome as recorded now
+    parked: bool       # it has a parked copy (parked_callback)
+    claimed: bool      # that copy was claimed by a task already (applied once: a repeat is a duplicate)
+    task_found: bool   # a task holds its upstream id at its provider now
+
+
+def reprocess_refusal(facts: ReprocessFacts) -> ReprocessRefusal | None:
+    """A callback parked for an upstream id no task held (or recorded as unknown_task before parking
+    existed) is re-processed once a task holds that id. One already claimed is not refused: its
+    re-process is recorded as a duplicate and changes nothing."""
+    if not facts.parked and facts.outcome != "unknown_task":
+        return ReprocessRefusal.NOT_PARKED
+    if facts.claimed:
+        return None
+    if not facts.task_found:
+        return ReprocessRefusal.NO_TASK_YET
+    return None
 
 
 # --- notifications ------------------------------------------------------------------------------

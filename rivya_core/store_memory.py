@@ -498,6 +498,14 @@ class MemoryTx:
     def task_callbacks(self, task_id: int) -> list[ProviderCallback]:
         return [_copy(self.s.callbacks[c]) for c in self.s._task_cbs.get(task_id, ())]
 
+    def get_callback(self, callback_id: int) -> ProviderCallback | None:
+        row = self.s.callbacks.get(callback_id)
+        return _copy(row) if row else None
+
+    def parked_of(self, callback_id: int) -> ParkedCallback | None:
+        row = next((p for p in self.s.parked.values() if p.callback_id == callback_id), None)
+        return _copy(row) if row else None
+
     def settle_callback(self, callback_id: int, task_id: int, outcome: str, detail: str | None) -> None:
         s = self.s
         row = s.callbacks.get(callback_id)

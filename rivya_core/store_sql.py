@@ -395,6 +395,13 @@ class SqlTx:
         return self._all(ProviderCallback, select(provider_callback).where(provider_callback.c.task_id == task_id)
                          .order_by(provider_callback.c.id))
 
+    def get_callback(self, callback_id: int) -> ProviderCallback | None:
+        return self._one(ProviderCallback, select(provider_callback).where(provider_callback.c.id == callback_id))
+
+    def parked_of(self, callback_id: int) -> ParkedCallback | None:
+        return self._one(ParkedCallback, select(parked_callback).where(parked_callback.c.callback_id == callback_id)
+                         .order_by(parked_callback.c.id).limit(1))
+
     def settle_callback(self, callback_id: int, task_id: int, outcome: str, detail: str | None) -> None:
         self.conn.execute(update(provider_callback).where(provider_callback.c.id == callback_id)
                           .values(task_id=task_id, outcome=str(outcome), detail=detail))

@@ -445,3 +445,29 @@ def test_events_keep_their_order_and_leave_with_a_rolled_back_nested_unit(store,
         assert tx.task_by_upstream("prov", "up-e", for_update=True).id == tid
     events = [e for e in store.snapshot().events if e.task_id == tid]
     assert [e.detail["n"] for e in events] == [1, 3, 4, 5] and [e.id for e in events] == sorted(e.id for e in events)
+
+
+def test_a_recorded_callback_and_its_parked_copy_read_back_by_id(store, uid):
+    from rivya_core.domain import ParkedCallback
+
+    with store.begin() as tx:
+        cb = tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=True,
+                                              outcome="unknown_task", body='{"a": 1}', webhook_id="wh-9",
+                                              upstream_task_id="up-9", detail="parked"))
+        plain = tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=False,
+                                                 outcome="rejected_signature", body="{}"))
+        tx.park_callback(ParkedCallback(id=0, callback_id=cb.id, provider="prov", upstream_task_id="up-9",
+                                        received_at=T0, state="succeeded", webhook_id="wh-9",
+                                        result_urls=["https://cdn.example/9.png"]))
+    with store.begin() as tx:
+        got = tx.get_callback(cb.id)
+        assert (got.outcome, got.body, got.upstream_task_id, got.detail) == ("unknown_task", '{"a": 1}', "up-9",
+                                                                            "parked")
+        assert tx.get_callback(plain.id).outcome == "rejected_signature" and tx.get_callback(10**9) is None
+        parked = tx.parked_of(cb.id)
+        assert (parked.upstream_task_id, parked.result_urls, parked.claimed_task_id) == (
+            "up-9", ["https://cdn.example/9.png"], None)
+        assert tx.parked_of(plain.id) is None
+        tid = tx.insert_task(task(uid, upstream_task_id="up-9", provider="prov")).id
+        tx.claim_parked("prov", "up-9", tid, T0)
+        assert tx.parked_of(cb.id).claimed_task_id == tid

@@ -156,3 +156,13 @@ def test_task_ref_and_submission_fault_classes():
     assert rules.submit_failure_class("timeout") == FailureClass.INFRASTRUCTURE
     assert rules.submit_failure_class("refused") == rules.submit_failure_class("error") == FailureClass.PROVIDER
     assert rules.submit_failure_class("anything else") == FailureClass.PROVIDER
+
+
+def test_reprocess_refusals():
+    f = rules.ReprocessFacts
+    assert rules.reprocess_refusal(f("applied", False, False, True)) == rules.ReprocessRefusal.NOT_PARKED
+    assert rules.reprocess_refusal(f("rejected_signature", False, False, True)) == rules.ReprocessRefusal.NOT_PARKED
+    assert rules.reprocess_refusal(f("unknown_task", True, False, False)) == rules.ReprocessRefusal.NO_TASK_YET
+    assert rules.reprocess_refusal(f("unknown_task", False, False, True)) is None  # recorded before parking
+    assert rules.reprocess_refusal(f("unknown_task", True, False, True)) is None
+    assert rules.reprocess_refusal(f("applied", True, True, True)) is None  # a repeat: recorded as a duplicate

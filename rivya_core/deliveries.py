@@ -1,0 +1,196 @@
+"""The webhook delivery log: every `provider_callback` row across tasks, and re-processing a parked one.
+
+    delivery_log(bind, *, providers=(), outcomes=(), since=None, until=None, limit=50, offset=0) -> DeliveryPage
+        The deliveries a filter matches, newest first (received_at, then id), one page of them with
+        every stored field, whether each is parked (and claimed) and may be re-processed now, the
+        total and the count per outcome over the whole filter.
+    delivery_providers(bind) -> list[str]        the providers that ever called back
+    reprocess_callback(svc, callback_id, operator, reason) -> Reprocessed
+        Apply a parked (or `unknown_task`) callback to the task that now holds its upstream id,
+        through the lifecycle's own claim of parked callbacks (`_claim_parked`, `_route`, `_take`):
+        every parked callback of that upstream id is applied, in arrival order, as when the task had
+        stored its id. Idempotent: once its parked copy is claimed, a re-process is recorded as a
+        duplicate on the task's timeline and changes nothing. Refused (ActionRefused,
+        rules.ReprocessRefusal) for a callback that was never parked (applied, rejected, malformed:
+        those are never replayed) and while no task holds the upstream id.
+
+A callback recorded as `unknown_task` before callbacks were parked has no parked copy: its stored body
+(signature already verified when it arrived) is read again by the provider's parser and parked, then
+claimed the same way. Every text here came from outside: pages show it as plain text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from . import rules
+from .domain import CallbackOutcome, EventKind, NotFound, ParkedCallback, ProviderCallback
+from .lifecycle import LifecycleService, _operator, _parse_callback, _parse_with
+from .queries import Bind, _page, connect, naive_utc, rows
+from .rules import Refusal
+from .schema import ai_task, parked_callback, provider_callback
+
+ACTION = "reprocess_callback"
+OUTCOMES = [o.value for o in CallbackOutcome]
+
+
+@dataclass
+class DeliveryPage:
+    rows: list[dict[str, Any]]
+    total: int
+    counts: dict[str, int]     # outcome -> deliveries over the whole filter
+    limit: int
+    offset: int
+
+
+def _filtered(q, providers, outcomes, since, until):
+    c = provider_callback.c
+    if providers:
+        q = q.where(c.provider.in_([str(p) for p in providers]))
+    if outcomes:
+        q = q.where(c.outcome.in_([str(o) for o in outcomes]))
+    if since is not None:
+        q = q.where(c.received_at >= naive_utc(since))
+    if until is not None:
+        q = q.where(c.received_at < naive_utc(until))
+    return q
+
+
+def delivery_log(bind: Bind, *, providers: tuple[str, ...] = (), outcomes: tuple[str, ...] = (),
+                 since: datetime | None = None, until: datetime | None = None, limit: int = 50,
+                 offset: int = 0) -> DeliveryPage:
+    """See the module doc. The page reads the received-at index backwards; the counts are one grouped
+    read over the filter."""
+    limit, offset = _page(limit, offset)
+    c = provider_callback.c
+    page_q = _filtered(select(*provider_callback.c), providers, outcomes, since, until)
+    page_q = page_q.order_by(c.received_at.desc(), c.id.desc()).limit(limit).offset(offset)
+    count_q = _filtered(select(c.outcome, func.count()), providers, outcomes, since, until).group_by(c.outcome)
+    with connect(bind) as conn:
+        found = rows(conn.execute(page_q))
+        counts = {str(o): int(n) for o, n in conn.execute(count_q)}
+        ids = [r["id"] for r in found]
+        parked = {r.callback_id: r for r in conn.execute(
+            select(parked_callback.c.callback_id, parked_callback.c.claimed_task_id, parked_callback.c.claimed_at,
+                   parked_callback.c.task_ref).where(parked_callback.c.callback_id.in_(ids)))} if ids else {}
+        waiting = {(r["provider"], r["upstream_task_id"]) for r in found
+                   if r["upstream_task_id"] and r["outcome"] == CallbackOutcome.UNKNOWN_TASK}
+        holders = _holders(conn, waiting)
+    for r in found:
+        p = parked.get(r["id"])
+        holder = holders.get((r["provider"], r["upstream_task_id"]))
+        r["parked"] = p is not None
+        r["claimed_task_id"] = p.claimed_task_id if p is not None else None
+        r["claimed_at"] = p.claimed_at if p is not None else None
+        r["holder_task_id"] = holder
+        facts = rules.ReprocessFacts(r["outcome"], p is not None, p is not None and p.claimed_task_id is not None,
+                                     holder is not None)
+        r["reprocessable"] = rules.reprocess_refusal(facts) is None and not facts.claimed
+    ordered = {o: counts[o] for o in OUTCOMES if o in counts}
+    ordered.update({o: n for o, n in sorted(counts.items()) if o not in ordered})
+    return DeliveryPage(found, sum(counts.values()), ordered, limit, offset)
+
+
+def _holders(conn: Any, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """(provider, upstream id) -> the newest task holding it, for the given keys (the upstream-id index)."""
+    if not keys:
+        return {}
+    t = ai_task.c
+    q = (select(t.provider, t.upstream_task_id, func.max(t.id))
+         .where(t.upstream_task_id.in_(sorted({u for _, u in keys})))
+         .group_by(t.provider, t.upstream_task_id))
+    return {(p, u): int(i) for p, u, i in conn.execute(q) if (p, u) in keys}
+
+
+def delivery_providers(bind: Bind) -> list[str]:
+    with connect(bind) as conn:
+        return sorted(str(p) for p in conn.scalars(select(provider_callback.c.provider).distinct()))
+
+
+# --- re-processing ----------------------------------------------------------------------------
+
+
+@dataclass
+class Reprocessed:
+    callback_id: int
+    task_id: int
+    outcome: str                 # the callback's outcome after it (duplicate for a repeat)
+    applied: list[tuple[int, str]] = field(default_factory=list)  # (callback id, outcome) claimed, arrival order
+    text: str = ""
+
+
+def reprocess_callback(svc: LifecycleService, callback_id: int, operator: str, reason: str) -> Reprocessed:
+    """See the module doc. Raises ActionRefused, NotFound."""
+    operator, reason = _operator(operator, reason)
+    result = svc._tx(lambda tx: _reprocess(svc, tx, int(callback_id), operator, reason))
+    return svc._refused_or(result) if isinstance(result, Refusal) else result
+
+
+def _reprocess(svc: LifecycleService, tx: Any, callback_id: int, operator: str,
+               reason: str) -> Reprocessed | Refusal:
+    cb = tx.get_callback(callback_id)
+    if cb is None:
+        raise NotFound(f"no provider callback {callback_id}")
+    parked = tx.parked_of(callback_id)
+    upstream = parked.upstream_task_id if parked is not None else cb.upstream_task_id
+    task = None
+    if upstream and (parked is not None or cb.outcome == CallbackOutcome.UNKNOWN_TASK):
+        tx.lock_upstream(cb.provider, upstream)
+        task = tx.task_by_upstream(cb.provider, upstream, for_update=True)
+    claimed = parked is not None and parked.claimed_task_id is not None
+    facts = rules.ReprocessFacts(str(cb.outcome), parked is not None, claimed, task is not None)
+    code = rules.reprocess_refusal(facts)
+    if code is not None:
+        return Refusal(code, _refusal_text(code, cb, parked, upstream))
+    if claimed:  # applied once already: recorded as a duplicate, nothing changes
+        owner = parked.claimed_task_id
+        svc._event(tx, owner, EventKind.CALLBACK, webhook_id=cb.webhook_id, outcome=str(CallbackOutcome.DUPLICATE),
+                   state=parked.state, callback_id=cb.id, reprocessed=True)
+        said = (f"duplicate: callback #{cb.id} was already applied to this task at {parked.claimed_at:%Y-%m-%d %H:%M:%S} "
+                f"UTC ({cb.outcome}); nothing changed")
+        svc._support_event(tx, owner, operator, ACTION, reason, said)
+        return Reprocessed(cb.id, owner, str(CallbackOutcome.DUPLICATE), [], said)
+    if parked is None:  # recorded as unknown_task before callbacks were parked: park it from its stored body
+        got = _parked_from_body(svc, cb)
+        if isinstance(got, Refusal):
+            return got
+        tx.park_callback(got)
+    applied = svc._claim_parked(tx, task.id, cb.provider, upstream)
+    outcome = next((o for i, o in applied if i == cb.id), str(tx.get_callback(cb.id).outcome))
+    others = len(applied) - 1
+    said = (f"callback #{cb.id} re-processed for upstream id {upstream}: {outcome}"
+            + (f", with {others} more parked callback(s) of that upstream id, in arrival order" if others > 0 else ""))
+    svc._support_event(tx, task.id, operator, ACTION, reason, said)
+    return Reprocessed(cb.id, task.id, outcome, applied, said)
+
+
+def _parked_from_body(svc: LifecycleService, cb: ProviderCallback) -> ParkedCallback | Refusal:
+    raw = (cb.body or "").encode("utf-8")
+    fmt = getattr(svc.providers.get(cb.provider), "callbacks", None)
+    parsed = _parse_with(fmt, raw) if fmt else _parse_callback(raw)
+    if isinstance(parsed, str) or parsed.upstream_task_id != cb.upstream_task_id:
+        why = parsed if isinstance(parsed, str) else "its body names another upstream id"
+        code = rules.ReprocessRefusal.BODY_UNREADABLE
+        return Refusal(code, f"callback #{cb.id}'s stored body cannot be read again ({why}); it stays as recorded")
+    return ParkedCallback(id=0, callback_id=cb.id, provider=cb.provider, upstream_task_id=parsed.upstream_task_id,
+                          received_at=cb.received_at, state=str(parsed.state), webhook_id=cb.webhook_id,
+                          result_urls=list(parsed.result_urls) or None, error_code=parsed.error_code,
+                          error_message=parsed.error_message,
+                          failure_class=None if parsed.failure_class is None else str(parsed.failure_class))
+
+
+def _refusal_text(code: rules.ReprocessRefusal, cb: ProviderCallback, parked: ParkedCallback | None,
+                  upstream: str | None) -> str:
+    if code == rules.ReprocessRefusal.NOT_PARKED:
+        return (f"callback #{cb.id} is {cb.outcome}, not parked: only a callback that waited for its task "
+                "is re-processed (a rejected or malformed one never is)")
+    hint = ""
+    if parked is not None and parked.task_ref:
+        hint = (f"; its reference names {parked.task_ref}: once that task is stuck waiting, Re-check upstream "
+                "(or `recover`) adopts this upstream id and applies the callback")
+    return (f"no task holds upstream id {upstream} at {cb.provider} yet: callback #{cb.id} stays parked and is "
+            f"applied when a task takes that id{hint}")
