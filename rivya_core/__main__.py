@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     _db(p)
     p.add_argument("--operator", required=True, help="who is acting")
     p.add_argument("--reason", required=True, help="why (kept on the task's timeline)")
+    p = sub.add_parser("export-task", help="a task's whole record (row, timeline, ledger, callbacks, "
+                       "notifications, re-run links) as one JSON document (read-only)")
+    p.add_argument("task_id", type=_task_id)
+    _db(p)
+    p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE (default: standard output)")
+    p.add_argument("--force", action="store_true", help="overwrite FILE when it already holds data")
     p = sub.add_parser("bulk", help="a support action on every task a filter matches, as a named incident "
                        "(--dry-run first: what each task would do)")
     p.add_argument("action", choices=["recheck", "refund", "mark-failed"])
@@ -233,6 +239,24 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_task(args: argparse.Namespace) -> int:
+    from .export import task_record_json
+    from .targets import file_target
+
+    out = file_target(args.output, args.force) if args.output else None  # refused before anything is read
+    engine = open_reader(args.db)
+    try:
+        text = task_record_json(engine, args.task_id)
+    finally:
+        engine.dispose()
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote task {args.task_id}'s record to {out} ({len(text.encode()):,} bytes)")
+    return 0
+
+
 def cmd_bulk(args: argparse.Namespace) -> int:
     from . import bulk
     from .domain import ActionRefused
@@ -317,7 +341,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 COMMANDS = {
     "init-db": cmd_init_db, "audit": cmd_audit, "diagnose": cmd_diagnose,
     "refund": _support("refund"), "recheck": _support("recheck"), "mark-failed": _support("mark-failed"),
-    "rerun": cmd_rerun, "reprocess-callback": cmd_reprocess, "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
+    "rerun": cmd_rerun, "reprocess-callback": cmd_reprocess,
+    "export-task": cmd_export_task, "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
 }
 
 if __name__ == "__main__":

@@ -94,6 +94,17 @@ def ensure_fresh(url: str, *, force: bool, command: str) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
+def file_target(path: str | Path, force: bool) -> Path:
+    """An output file a command may write: refused (TargetOccupied, one line) when it is a directory,
+    or a file that holds data and `force` is not given. Reads only."""
+    p = Path(path)
+    if p.is_dir():
+        raise RivyaError(f"{p} is a directory; give a file path", code="bad_argument")
+    if p.exists() and p.stat().st_size > 0 and not force:
+        raise TargetOccupied(f"{p} already exists; pass --force to overwrite it", code="output_exists")
+    return p
+
+
 def _table_names(url: str) -> set[str]:
     path = sqlite_path(url)
     if path is not None:

@@ -152,10 +152,7 @@ COMMANDS = {"backtest": cmd_backtest, "fork": cmd_fork, "calibrate": cmd_calibra
 
 
 def refuse_overwrite(path: str, force: bool) -> Path:
-    """Outputs never overwrite a file that holds data unless --force."""
-    p = Path(path)
-    if p.is_dir():
-        raise RivyaError(f"{p} is a directory; give a file path", code="bad_argument")
-    if p.exists() and p.stat().st_size > 0 and not force:
-        raise RivyaError(f"{p} already exists; pass --force to overwrite it", code="output_exists")
-    return p
+    """Outputs never overwrite a file that holds data unless --force (rivya_core.targets.file_target)."""
+    from rivya_core.targets import file_target
+
+    return file_target(path, force)
