@@ -11,7 +11,7 @@ import streamlit as st
 from pages._cache import cached_df
 from pages._source import current_url, default_url
 from pages._text import plain
-from rivya_core import alerts
+from rivya_core import alert_push, alerts
 from rivya_core.policy import BillingPolicy
 
 INCIDENTS = "pages/incidents.py"
@@ -34,9 +34,13 @@ def alert_strip(policy: BillingPolicy) -> None:
         return
     with st.container(border=True):
         st.markdown(f"**:material/notifications_active: {found.count} alert(s)** at {found.now:%Y-%m-%d %H:%M} UTC")
+        pushed = cached_df(alert_push.notice_states)
         for alert in [*found.stuck, *found.degraded]:
             c1, c2 = st.columns([3, 1], vertical_alignment="center")
             kind = "Stuck" if isinstance(alert, alerts.StuckAlert) else "Degraded"
             c1.warning(f"**{kind}:** {plain(alert.message)}", icon=":material/warning:")
+            notice = pushed.get(alert_push.alert_key(alert))
+            if notice and notice["state"] == alert_push.RAISED and notice["raised_at"]:
+                c1.caption(f"Pushed to the alert webhook at {notice['raised_at']:%Y-%m-%d %H:%M} UTC.")
             label = f"Prepare bulk {ACTION_WORDS[alert.action]}"
             c2.page_link(INCIDENTS, label=label, icon=":material/playlist_add_check:", query_params=_params(alert))

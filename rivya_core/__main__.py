@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=number("workers"), default=None, metavar="N",
                    help="callbacks each process handles at once, and database connections it keeps "
                         "(one more for the sweep) (default 8)")
+    p.add_argument("--alerts-notify", metavar="URL", default=None,
+                   help="after each polling sweep, POST new and cleared alerts to this webhook (default: "
+                        "$RIVYA_ALERTS_NOTIFY; never printed)")
+    p = sub.add_parser("alerts", help="the alert strip's alerts (stuck tasks, degraded providers); --notify "
+                       "POSTs each new one to a webhook once, and again when it clears")
+    _db(p)
+    p.add_argument("--notify", metavar="URL", help="the alert webhook (Slack-compatible JSON; never printed)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -321,21 +329,63 @@ def cmd_poll(args: argparse.Namespace) -> int:
         time.sleep(args.every)
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from .alert_push import push_alerts
+    from .alerts import alerts
+    from .service import policy_from
+
+    engine = open_store(args.db).engine if args.notify else open_reader(args.db)
+    try:
+        found = alerts(engine, policy_from(args.policy))
+        report = push_alerts(engine, found, args.notify) if args.notify else None
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({**found.to_dict(), "push": report.to_dict() if report else None}, default=str, indent=2))
+    else:
+        print(f"{found.count} alert(s) at {found.now:%Y-%m-%d %H:%M:%S} UTC" if found.count
+              else f"no alert at {found.now:%Y-%m-%d %H:%M:%S} UTC")
+        for kind, alist in (("stuck", found.stuck), ("degraded", found.degraded)):
+            for a in alist:
+                print(f"    {kind}: {a.message} (next: bulk {a.action} {a.filter.describe()})")
+        if report is not None:
+            for n in report.notices:
+                print(f"    pushed {n.state}: {n.key}" if n.delivered
+                      else f"    NOT pushed {n.state}: {n.key} ({n.error}; the next run tries again)")
+            if not report.notices:
+                print("    nothing new to push")
+            for key in report.deferred:
+                print(f"    deferred to the next run (deadline): {key}")
+    return 1 if report is not None and (report.failed or report.deferred) else 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .alert_push import NOTIFY_ENV, check_notify_url
     from .receiver import DEFAULT_THREADS, pool_size_for, serve
 
+    notify = args.alerts_notify or os.environ.get(NOTIFY_ENV) or None
+    if notify:
+        check_notify_url(notify)
+        if not args.poll_every:
+            from .domain import ValidationError
+
+            raise ValidationError("--alerts-notify pushes alerts after each polling sweep: give --poll-every above 0")
     threads = args.threads or DEFAULT_THREADS
     pool = pool_size_for(threads)
     svc = _service(args, pool)  # checks the database and the configuration before anything is served
     print(f"receiving webhooks on http://{args.host}:{args.port}/webhooks/PROVIDER for "
           f"{', '.join(sorted(svc.providers)) or 'no configured provider'}"
           + (f" in {args.workers} worker processes" if args.workers > 1 else "")
-          + (f"; polling every {args.poll_every:g} s" if args.poll_every else ""), flush=True)
+          + (f"; polling every {args.poll_every:g} s" if args.poll_every else "")
+          + ("; pushing alerts after each sweep" if notify else ""), flush=True)
     if args.workers <= 1:
-        return serve(lambda: svc, args.host, args.port, poll_every=args.poll_every or None, threads=threads)
+        return serve(lambda: svc, args.host, args.port, poll_every=args.poll_every or None, threads=threads,
+                     alerts_notify=notify)
     svc.store.engine.dispose()  # no pooled connection crosses the forks
     return serve(lambda: _service(args, pool), args.host, args.port, poll_every=args.poll_every or None,
-                 workers=args.workers, threads=threads)
+                 workers=args.workers, threads=threads, alerts_notify=notify)
 
 
 COMMANDS = {
@@ -343,6 +393,7 @@ COMMANDS = {
     "refund": _support("refund"), "recheck": _support("recheck"), "mark-failed": _support("mark-failed"),
     "rerun": cmd_rerun, "reprocess-callback": cmd_reprocess,
     "export-task": cmd_export_task, "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
+    "alerts": cmd_alerts,
 }
 
 if __name__ == "__main__":

@@ -76,10 +76,12 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 class PollLoop:
-    """The polling sweep every `every` seconds in a daemon thread, until stopped."""
+    """The polling sweep every `every` seconds in a daemon thread, until stopped. `after`: run after
+    each pass (the alert push, rivya_core.alert_push.AlertPusher, bounded by its own deadline); its
+    failure is logged and never stops the sweep."""
 
-    def __init__(self, service: LifecycleService, every: float):
-        self.service, self.every = service, every
+    def __init__(self, service: LifecycleService, every: float, after: Callable[[], Any] | None = None):
+        self.service, self.every, self.after = service, every, after
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rivya-poll", daemon=True)
         self.sweeps = 0
@@ -101,6 +103,13 @@ class PollLoop:
                              report.succeeded + report.failed + report.timed_out)
             except Exception as exc:  # a sweep that fails is tried again at the next tick
                 log.warning("poll sweep failed: %s", type(exc).__name__)
+            if self.after is not None:
+                try:
+                    report = self.after()
+                    for n in getattr(report, "failed", []):
+                        log.warning("alert %s (%s) not delivered: %s", n.key, n.state, n.error)
+                except Exception as exc:
+                    log.warning("alert push failed: %s", type(exc).__name__)
 
 
 class OneWriter:
@@ -136,7 +145,8 @@ def pool_size_for(threads: int) -> int:
 
 
 def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
-               poll_every: float | None = None, threads: int = DEFAULT_THREADS) -> Starlette:
+               poll_every: float | None = None, threads: int = DEFAULT_THREADS,
+               after_sweep: Callable[[], Any] | None = None) -> Starlette:
     if threads < 1:
         raise ValueError("a receiver needs at least one callback thread")
     limiter = CapacityLimiter(threads)
@@ -182,7 +192,7 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        loop = PollLoop(service, poll_every) if poll_every else None
+        loop = PollLoop(service, poll_every, after_sweep) if poll_every else None
         if loop:
             loop.start()
         try:
@@ -197,13 +207,16 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
 
 def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1", port: int = 8080, *,
           poll_every: float | None = 30.0, max_body: int = MAX_CALLBACK_BODY, workers: int = 1,
-          threads: int = DEFAULT_THREADS) -> int:
+          threads: int = DEFAULT_THREADS, alerts_notify: str | None = None) -> int:
     """Serve until stopped; the exit status (non-zero when a worker died). make_service builds
-    each process's service (its pool sized by pool_size_for(threads))."""
+    each process's service (its pool sized by pool_size_for(threads)). alerts_notify: the alert
+    webhook the sweep pushes alerts to after each pass (rivya_core.alert_push)."""
     import uvicorn
 
     if workers <= 1:
-        app = create_app(make_service(), max_body=max_body, poll_every=poll_every, threads=threads)
+        svc = make_service()
+        app = create_app(svc, max_body=max_body, poll_every=poll_every, threads=threads,
+                         after_sweep=_pusher(svc, alerts_notify))
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return 0
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -223,7 +236,8 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
     status = 0
     try:
         if poll_every:  # the parent's own service and pool, built after the forks
-            loop = PollLoop(make_service(), poll_every)
+            svc = make_service()
+            loop = PollLoop(svc, poll_every, _pusher(svc, alerts_notify))
             loop.start()
         while not stopping.is_set():
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -244,6 +258,14 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
                 os.waitpid(pid, 0)
         sock.close()
     return status
+
+
+def _pusher(service: LifecycleService, url: str | None) -> Callable[[], Any] | None:
+    if not url:
+        return None
+    from .alert_push import AlertPusher
+
+    return AlertPusher(service.store.engine, service.policy, url)
 
 
 def _fork_worker(make_service: Callable[[], LifecycleService], sock: socket.socket, max_body: int,

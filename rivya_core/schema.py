@@ -243,6 +243,24 @@ incident = Table(
     UniqueConstraint("name", name="uq_incident_name"),
 )
 
+# Not a contract table: which alerts were pushed to the alert webhook (rivya_core.alert_push), so a
+# second run sends nothing new and a cleared alert is announced once. `state`: quiet (nothing
+# announced, or announced cleared), raised, or raising / clearing while a sender holds the claim
+# (until `claimed_until`, wall clock UTC).
+alert_notice = Table(
+    "alert_notice",
+    metadata,
+    Column("key", String(200), primary_key=True),  # alert_push.alert_key: kind, provider, model or measure
+    Column("state", String(20), nullable=False),
+    Column("message", Text),  # the alert's sentence when last announced
+    Column("alert", JSON),  # the structured alert when last announced
+    Column("raised_at", DateTime),  # when the raise was delivered
+    Column("cleared_at", DateTime),  # when the clear was delivered
+    Column("claimed_until", DateTime),
+    Column("attempts", Integer, nullable=False, default=0),  # deliveries tried, all runs
+    Column("last_error", Text),  # why the latest delivery failed (never the URL)
+)
+
 schema_meta = Table(
     "schema_meta",
     metadata,
