@@ -27,6 +27,7 @@ PAGES = [
     ("pages/user.py", "User", ":material/person_search:", "Support"),
     ("pages/incidents.py", "Incidents", ":material/emergency:", "Support"),
     ("pages/notifications.py", "Notifications", ":material/notifications:", "Support"),
+    ("pages/deliveries.py", "Webhook deliveries", ":material/webhook:", "Support"),
     ("pages/ledger.py", "Ledger", ":material/account_balance:", "Credits"),
     ("pages/refund_audit.py", "Refund audit", ":material/policy:", "Credits"),
     ("pages/chat_settlement.py", "Chat settlement", ":material/chat:", "Credits"),

@@ -12,6 +12,7 @@ from pages._chat_lookup import chat_lookup
 from pages._fork import fork_button
 from pages._links import RESULT_LINK, web_link
 from pages._render import show_errors, show_table
+from pages._rerun import export_button, rerun_acted, rerun_form, rerun_links
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service
 from pages._text import plain
@@ -220,10 +221,12 @@ with show_errors():
             show_results(task["result_urls"])
         with st.expander("Task row"):
             st.json(queries.jsonable(task))
+        rerun_links(engine, task)
         fork_button(engine, task_id=task_id)
+        export_button(engine, task_id)
         # Right after an action, its outcome shows in the tab it ran from: an action that changes the task
         # redraws what stands above the tabs, and the tabs would otherwise start again at the Checklist.
-        acted = (st.session_state.get("action_result") or (None,))[0] == task_id
+        acted = (st.session_state.get("action_result") or (None,))[0] == task_id or rerun_acted(task_id)
         tabs = st.tabs(["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"],
                        default="Support actions" if acted else None)
         with tabs[0]:
@@ -239,6 +242,7 @@ with show_errors():
             show_rows(detail["notifications"], "No notification for this task.")
         with tabs[5]:
             show_actions(task_id)
+            rerun_form(task_id, policy)
 
 with show_errors():
     chat_lookup(engine, policy)
