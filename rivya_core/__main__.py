@@ -78,21 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         _db(p)
         p.add_argument("--operator", required=name != "recheck", default="cli", help="who is acting")
         p.add_argument("--reason", required=name != "recheck", default="re-check requested", help="why")
-    p = sub.add_parser("rerun", help="run a task again for its user: a new task with the same model, prompt and "
-                       "params, linked to the original, charged by the policy (--courtesy: refunded at once)")
-    p.add_argument("task_id", type=_task_id)
-    _db(p)
-    p.add_argument("--operator", required=True, help="who is acting")
-    p.add_argument("--reason", required=True, help="why (kept on the original's timeline, never shown to the user)")
+    p = _act(sub, "rerun", "task_id", "run a task again for its user: a new task with the same model, prompt and "
+             "params, linked to the original, charged by the policy (--courtesy: refunded at once)",
+             "why (kept on the original's timeline, never shown to the user)")
     p.add_argument("--courtesy", action="store_true",
                    help="give the re-run's charge back at once, as a support refund")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("reprocess-callback", help="apply a parked (unknown_task) provider callback to the task "
-                       "that now holds its upstream id; a repeat is recorded as a duplicate")
-    p.add_argument("callback_id", type=_task_id)
-    _db(p)
-    p.add_argument("--operator", required=True, help="who is acting")
-    p.add_argument("--reason", required=True, help="why (kept on the task's timeline)")
+    _act(sub, "reprocess-callback", "callback_id", "apply a parked (unknown_task) provider callback to the task "
+         "that now holds its upstream id; a repeat is recorded as a duplicate", "why (kept on the task's timeline)")
     p = sub.add_parser("export-task", help="a task's whole record (row, timeline, ledger, callbacks, "
                        "notifications, re-run links) as one JSON document (read-only)")
     p.add_argument("task_id", type=_task_id)
@@ -142,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notify", metavar="URL", help="the alert webhook (Slack-compatible JSON; never printed)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _act(sub, name: str, ident: str, text: str, why: str) -> argparse.ArgumentParser:
+    """A support act on one row: its id, --db/--policy, and the operator and reason it needs."""
+    p = sub.add_parser(name, help=text)
+    p.add_argument(ident, type=_task_id)
+    _db(p)
+    p.add_argument("--operator", required=True, help="who is acting")
+    p.add_argument("--reason", required=True, help=why)
+    return p
 
 
 _seconds = number("sweep_s")

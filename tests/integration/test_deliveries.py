@@ -8,20 +8,15 @@ import pytest
 from sqlalchemy import insert, select
 
 from rivya_core import schema
-from rivya_core.db import open_store
 from rivya_core.deliveries import delivery_log, delivery_providers, reprocess_callback
 from rivya_core.domain import ActionRefused, NotFound, TaskStatus
 from rivya_core.rules import ReprocessRefusal, SupportRefusal
-from tests.fakes import IMAGE, callback, make_service
+from tests.fakes import IMAGE, callback
 
 
 @pytest.fixture
-def env(db_url):
-    store = open_store(db_url, create=True)
-    svc, clock, providers = make_service(store=store)
-    user = svc.create_account("d@example.com", "D", grant=100)
-    yield svc, clock, providers, store, user
-    store.engine.dispose()
+def env(sql_user_env):
+    return sql_user_env
 
 
 def _park(svc, clock, upstream, msg_id, **kw):

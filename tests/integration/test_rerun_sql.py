@@ -14,20 +14,15 @@ from sqlalchemy import MetaData, Table, inspect, select
 
 from rivya_core import db, rerun, schema
 from rivya_core.audit import audit
-from rivya_core.db import open_store
 from rivya_core.diagnose import diagnose
 from rivya_core.domain import TaskStatus
 from rivya_core.rules import Verdict
-from tests.fakes import IMAGE, callback, make_service
+from tests.fakes import IMAGE, callback
 
 
 @pytest.fixture
-def sql_env(db_url):
-    store = open_store(db_url, create=True)
-    svc, clock, providers = make_service(store=store)
-    user = svc.create_account("r@example.com", "R", grant=100)
-    yield svc, clock, providers, store, user
-    store.engine.dispose()
+def sql_env(sql_user_env):
+    return sql_user_env
 
 
 def _failed(svc, clock, user, prompt="a lighthouse at dusk"):
