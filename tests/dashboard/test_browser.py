@@ -40,7 +40,7 @@ def test_every_page_opens_without_an_exception(server, browser, tmp_path_factory
     shots = Path(os.environ.get("RIVYA_ARTIFACTS") or tmp_path_factory.mktemp("screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
     page = open_settled(browser, server)  # the first load seeds the demo database
-    assert len(PAGES) == 11  # every page of app.py, User and Incidents included
+    assert len(PAGES) == 12  # every page of app.py, User, Incidents and Webhook deliveries included
     for path, title in PAGES:
         path = f"{path}?task=1" if path == "task_inspector" else path
         page.goto(f"{server}/{path}", timeout=60_000)

@@ -47,6 +47,7 @@ def test_find_a_task_rerun_it_and_follow_the_link_to_the_new_task(support_server
     page.wait_for_selector(f"text=Task #{ids['failed']} — FAILED", timeout=60_000)
     settle(page)
     page.get_by_role("tab", name="Support actions").click()
+    settle(page)
     page.get_by_label("Re-run by (your name)").fill("Dana")
     page.get_by_label("Reason for the re-run").fill("Vera asked for another try")
     page.get_by_role("button", name=f"Re-run task #{ids['failed']} for the user").click()
@@ -82,6 +83,7 @@ def test_open_the_delivery_log_filter_and_reprocess_a_parked_callback(support_se
     page.get_by_role("combobox", name="Delivery", exact=True).click()
     page.get_by_role("option").filter(has_text=f"#{ids['parked']} · unknown_task").click()
     page.wait_for_selector(f"text=Task #{ids['holder']} now holds this upstream id", timeout=60_000)
+    settle(page)  # the form of the delivery shown before is gone
     page.get_by_label("Operator name").fill("Dana")
     page.get_by_label("Reason (kept on the task's timeline)").fill("provider called back before our write")
     page.get_by_role("button", name=f"Re-process callback #{ids['parked']}").click()
