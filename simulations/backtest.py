@@ -49,7 +49,7 @@ from rivya_core.credits import chat_figures
 from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
 
-from .history import ChatRow, History, TaskRow
+from .history import ChatRow, History, LedgerRow, TaskRow
 
 EXACT_KPIS = ("tasks", "charged", "refunded", "kept", "chat_charged", "revenue", "failures_without_refund",
               "insufficient_credit_rejections", "rejections_caused", "rejections_avoided", "duplicates_blocked")
@@ -84,14 +84,28 @@ class Timeline:
     chat_reserved: list[bool]
 
 
+def reached(ledger: list[LedgerRow]) -> list[float]:
+    """For each ledger row (in id order, the order of writing), the latest time any row up to it
+    carries: a non-decreasing clock to place unrecorded moments (a refusal, a failure kept by the
+    policy) among the rows, also when writers' clocks disagree and a later row has an earlier time.
+    Where the timestamps follow the ids it is the rows' own times."""
+    out, top = [], float("-inf")
+    for r in ledger:
+        top = r.at if r.at > top else top
+        out.append(top)
+    return out
+
+
 def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
-    times = [r.at for r in h.ledger]
+    times = reached(h.ledger)
     tix = {t.id: i for i, t in enumerate(h.tasks)}
     cix = {c.id: i for i, c in enumerate(h.chats)}
     keyed: list[tuple[float, float, int, int, int]] = []   # (position, time, kind, index, seq)
     charged = [False] * len(h.tasks)
     refunded = [False] * len(h.tasks)
     reserved = [False] * len(h.chats)
+    charged_at = [0] * len(h.tasks)   # ledger position of each task's charge
+    reserved_at = [0] * len(h.chats)  # ... and of each chat turn's reservation
     settled = [False] * len(h.chats)
     for i, r in enumerate(h.ledger):
         et = r.entry_type
@@ -99,6 +113,7 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
             ti = tix[r.task_id]
             if et == EntryType.CONSUME and not charged[ti]:
                 charged[ti] = True
+                charged_at[ti] = i
                 keyed.append((i, r.at, _CHARGE, ti, 0))
                 continue
             if et == EntryType.REFUND and not refunded[ti]:
@@ -109,6 +124,7 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
             ci = cix[r.chat_message_id]
             if et == EntryType.CHAT_RESERVE and not reserved[ci]:
                 reserved[ci] = True
+                reserved_at[ci] = i
                 keyed.append((i, r.at, _RESERVE, ci, 0))
                 continue
             if et in (EntryType.CHAT_REFUND, EntryType.CHAT_CHARGE):
@@ -127,13 +143,14 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
         if t.error_code == INSUFFICIENT_CREDITS and not charged[ti]:
             keyed.append((_refusal_position(h, times, by_user[t.user_id], t), t.created, _CHARGE, ti, seq))
         elif t.status == TaskStatus.FAILED and not refunded[ti] and charged[ti] and t.finished is not None:
-            keyed.append((bisect_right(times, t.finished) - 0.5, t.finished, _FINISH, ti, seq))
+            # never before its own charge, whatever the clocks say
+            keyed.append((max(bisect_right(times, t.finished), charged_at[ti] + 1) - 0.5, t.finished, _FINISH, ti, seq))
     for ci, c in enumerate(h.chats):
         seq += 1
         if not reserved[ci]:
             keyed.append((bisect_left(times, c.created) - 0.5, c.created, _RESERVE, ci, seq))
         elif not settled[ci] and c.settled is not None:
-            keyed.append((bisect_right(times, c.settled) - 0.5, c.settled, _SETTLE, ci, seq))
+            keyed.append((max(bisect_right(times, c.settled), reserved_at[ci] + 1) - 0.5, c.settled, _SETTLE, ci, seq))
     keyed.sort()
     cat = h.catalog
     specs = {m.id: m for m in cat.models}
@@ -158,21 +175,30 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
 
 
 def _refusal_position(h: History, times: list[float], mine: list[int], t: TaskRow) -> float:
-    """Where among the rows written at the same moment a task was refused for credits: where the
-    account held the balance the refusal recorded (`charge_refused` event), else before them
-    (a top-up the refusal prompted comes after it)."""
-    lo, hi = bisect_left(times, t.created), bisect_right(times, t.created)
+    """Where among the ledger rows a task was refused for credits: where the account held the
+    balance the refusal recorded (`charge_refused` event), nearest to the moment it was refused
+    (a top-up the refusal prompted comes after it); without that balance, before the rows written
+    at that moment."""
+    lo = bisect_left(times, t.created)
     seen = h.refused_balance.get(t.id)
-    if seen is None or lo == hi:
+    if seen is None:
         return lo - 0.5
-    k = bisect_left(mine, lo)
-    bal = h.ledger[mine[k - 1]].balance_after if k else h.opening.get(t.user_id, 0)
-    for j in mine[k:]:
-        if j >= hi or bal == seen:
-            break
-        bal = h.ledger[j].balance_after
-        lo = j + 1
-    return lo - 0.5
+    opening = h.opening.get(t.user_id, 0)
+
+    def before(k: int) -> int:  # the account's balance before its k-th row (after its last: k = len)
+        return h.ledger[mine[k - 1]].balance_after if k else opening
+
+    def place(k: int) -> int:
+        return mine[k] if k < len(mine) else len(h.ledger)
+
+    k0 = bisect_left(mine, lo)
+    right = next((k for k in range(k0, len(mine) + 1) if before(k) == seen), None)
+    left = next((k for k in range(k0 - 1, -1, -1) if before(k) == seen), None)
+    if left is None and right is None:
+        return lo - 0.5
+    if right is None or (left is not None and lo - place(left) <= place(right) - lo):
+        return place(left) - 0.5
+    return place(right) - 0.5
 
 
 def _full_turn_credits(reserved: int, recorded: BillingPolicy) -> int | None:

@@ -136,3 +136,53 @@ def test_blocking_heavier_duplicates_blocks_only_warned_runs(tmp_path, capsys):
     # a run is blocked only where the history warned (a warned run whose running twin was itself blocked runs)
     assert 0 < k["duplicates_blocked"]["b"] <= warned and k["duplicates_blocked"]["a"] == 0
     assert k["tasks"]["diff"] == -k["duplicates_blocked"]["b"] and k["charged"]["diff"] < 0
+
+
+def _write_skewed_history(url: str) -> None:
+    """Two workers on one database whose clocks disagree: the second runs five minutes behind, so
+    its ledger rows get later ids but earlier timestamps than rows written before them."""
+    from datetime import datetime
+
+    from rivya_core.catalog import default_catalog
+    from rivya_core.clock import ManualClock
+    from rivya_core.db import open_store
+    from rivya_core.lifecycle import LifecycleService
+    from rivya_core.policy import DEFAULT_POLICY
+    from rivya_core.validation import GenerationRequest
+    from tests.fakes import SECRET, FakeProvider
+
+    store = open_store(url, create=True)
+    catalog = default_catalog()
+    providers = {name: FakeProvider(name) for name in catalog.providers()}
+    ahead, behind = ManualClock(datetime(2026, 1, 1, 12, 10)), ManualClock(datetime(2026, 1, 1, 12, 5))
+    a, b = (LifecycleService(store, clock, providers, catalog, DEFAULT_POLICY,
+                             secrets={n: [SECRET] for n in providers}) for clock in (ahead, behind))
+    lumen = providers["lumen"]
+    user = a.create_account("ada@example.com", "Ada", grant=20).id            # 12:10, balance 20
+    flash = a.submit(user, GenerationRequest("lumen-flash", "first", {}))     # 12:10, 18
+    pro = b.submit(user, GenerationRequest("lumen-pro", "second", {}))        # 12:05 (id after 12:10), 12
+    ahead.advance(60)
+    lumen.fail(flash.upstream_task_id, "model_error", "provider")
+    a.recheck(flash.id)                                                       # 12:11 refund 2, 14
+    behind.advance(30)
+    lumen.fail(pro.upstream_task_id, "content_policy_violation", "user")
+    b.recheck(pro.id)                                                         # 12:05:30, kept
+    b.submit(user, GenerationRequest("lumen-pro", "third", {}))               # 12:05:30, 8
+    b.submit(user, GenerationRequest("lumen-pro", "fourth", {}))              # 12:05:30, 2
+    b.submit(user, GenerationRequest("lumen-pro", "fifth", {}))               # refused for credits (2 left)
+    store.engine.dispose()
+
+
+def test_self_check_passes_when_ledger_ids_and_timestamps_disagree(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'skewed.db'}"
+    _write_skewed_history(url)
+    with sqlite3.connect(tmp_path / "skewed.db") as conn:  # the history really is out of order
+        ids = [r[0] for r in conn.execute("select id from credit_ledger order by created_at, id")]
+    assert ids != sorted(ids)
+    code, rep = _run_backtest(capsys, "--db", url, "--policy", f"{POLICIES}/default.toml",
+                              "--policy", f"{POLICIES}/refund_everything.toml")
+    assert rep["self_check"]["ok"], rep["self_check"]["first_diverging_rows"]
+    assert code == 0
+    k = rep["exact"]["kpis"]
+    assert (k["charged"]["a"], k["refunded"]["a"], k["insufficient_credit_rejections"]["a"]) == (20, 2, 1)
+    assert k["refunded"]["b"] == 2 + 6  # the content-policy failure is refunded too under B
