@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,13 +278,16 @@ def open_fresh(db_url: str, force: bool = False):
 
 def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
                  progress: Callable[[float, str], None] | None = None, realtime: float | None = None,
-                 force: bool = False, remember: bool = True) -> RunSummary:
-    """remember=False: no data/runs/<fingerprint>.json (a throwaway run, such as a backtest's re-run)."""
+                 force: bool = False, remember: bool = True,
+                 processes: Sequence[Callable[[Run], Any]] = ()) -> RunSummary:
+    """remember=False: no data/runs/<fingerprint>.json (a throwaway run, such as a backtest's re-run).
+    processes: more SimPy processes on the run's clock, each process(run) started with the run's own
+    (the demo's dying submission worker)."""
     wall0 = time.perf_counter()
     run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
     engine = open_fresh(db_url, force=force)
     try:
-        summary = _execute(run, engine, progress, wall0, remember)
+        summary = _execute(run, engine, progress, wall0, remember, processes)
     finally:
         engine.dispose()
     path = sqlite_path(db_url)
@@ -301,9 +304,12 @@ def run_in_tempdir(scenario: Scenario, *, seed: int | None = None, tasks: int | 
         return run_scenario(scenario, f"sqlite:///{Path(tmp) / 'run.db'}", seed=seed, tasks=tasks)
 
 
-def _execute(run: Run, engine, progress, wall0: float, remember: bool = True) -> RunSummary:
+def _execute(run: Run, engine, progress, wall0: float, remember: bool = True,
+             processes: Sequence[Callable[[Run], Any]] = ()) -> RunSummary:
     sc, env = run.sc, run.env
     writer = run.start(engine)
+    for process in processes:
+        env.process(process(run))
     ended_at: list[float] = []
 
     def deadline() -> float:
