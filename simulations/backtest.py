@@ -449,6 +449,25 @@ def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5
 # --- the report --------------------------------------------------------------------------
 
 
+def describe_window(w: dict[str, Any]) -> str:
+    """The window a report covers, in dates: the bounds asked for, else the first and the latest
+    record it holds (`window` of BacktestReport.to_dict)."""
+    def day(iso: str | None) -> str:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S") if iso else ""
+
+    if "first" not in w:  # a report from before the window recorded its dates
+        return f"({day(w['since']) or 'start'} to {day(w['until']) or 'end'})"
+    if w["first"] is None:
+        asked = " to ".join(x for x in (day(w["since"]) or "the start", day(w["until"]) or "now"))
+        return f"(no records from {asked})"
+    if not w["since"] and not w["until"]:
+        return f"recorded {day(w['first'])} to {day(w['last'])} UTC (the whole history)"
+    start = f"{day(w['since'])} (the window's start)" if w["since"] else f"{day(w['first'])} (the first record)"
+    end = f"{day(w['until'])} UTC (the window's end, exclusive)" if w["until"] else \
+        f"{day(w['last'])} UTC (the latest record)"
+    return f"from {start} to {end}"
+
+
 @dataclass
 class BacktestReport:
     window: dict[str, Any]
@@ -500,7 +519,7 @@ class BacktestReport:
         na, nb = a.policy.name, b.policy.name
         w = self.window
         lines = [f"backtest {w['tasks']} tasks, {w['chat_turns']} chat turns, {w['ledger_rows']} ledger rows "
-                 f"({w['since'] or 'start'} .. {w['until'] or 'end'})",
+                 f"{describe_window(w)}",
                  "", f"exact part (re-applied to every recorded task and chat turn): A = {na}, B = {nb}",
                  f"  {'kpi':34}{'A':>14}{'B':>14}{'B - A':>14}"]
         for k in EXACT_KPIS:
@@ -525,6 +544,9 @@ def backtest(h: History, policies: list[BillingPolicy], recorded: BillingPolicy,
     check, as_recorded = self_check(h, tl, recorded)
     same = lambda p: replace(p, name="") == replace(recorded, name="")  # noqa: E731
     results = [replace(as_recorded, policy=p) if same(p) else replay(h, tl, p) for p in policies]
+    first, last = h.span()
     window = {"since": h.since.isoformat() if h.since else None, "until": h.until.isoformat() if h.until else None,
+              "first": _at(first).isoformat() if first is not None else None,
+              "last": _at(last).isoformat() if last is not None else None,
               "tasks": len(h.tasks), "chat_turns": len(h.chats), "ledger_rows": len(h.ledger)}
     return BacktestReport(window, policies, results, check, recorded_from)

@@ -114,6 +114,15 @@ class History:
     refused_balance: dict[int, int] = field(default_factory=dict)  # task refused for credits -> balance it saw
     catalog: Catalog = field(default_factory=default_catalog)
 
+    def span(self) -> tuple[float | None, float | None]:
+        """The first and the latest moment the window's rows record (None, None when it holds none)."""
+        times = [r.at for r in self.ledger]
+        for t in self.tasks:
+            times += [x for x in (t.created, t.finished) if x is not None]
+        for c in self.chats:
+            times += [x for x in (c.created, c.settled) if x is not None]
+        return (min(times), max(times)) if times else (None, None)
+
     @property
     def refused_for_credits(self) -> list[TaskRow]:
         return [t for t in self.tasks if t.error_code == INSUFFICIENT_CREDITS]

@@ -186,3 +186,17 @@ def test_self_check_passes_when_ledger_ids_and_timestamps_disagree(tmp_path, cap
     k = rep["exact"]["kpis"]
     assert (k["charged"]["a"], k["refunded"]["a"], k["insufficient_credit_rejections"]["a"]) == (20, 2, 1)
     assert k["refunded"]["b"] == 2 + 6  # the content-policy failure is refunded too under B
+
+
+def test_the_text_report_names_the_windows_dates(small_history, capsys):
+    url, _ = small_history
+    assert main(["backtest", "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy",
+                 f"{POLICIES}/no_refunds.toml", "--exact-only"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "start .. end" not in head
+    # the small history: the grant at 12:00, the chat turn settled at 12:07:05
+    assert "2026-01-01 12:00:00 to 2026-01-01 12:07:05 UTC (the whole history)" in head, head
+    assert main(["backtest", "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy",
+                 f"{POLICIES}/no_refunds.toml", "--exact-only", "--since", "2026-01-01T12:03"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "from 2026-01-01 12:03:00 (the window's start) to 2026-01-01 12:07:05 UTC (the latest record)" in head, head
