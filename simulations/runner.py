@@ -278,16 +278,15 @@ def open_fresh(db_url: str, force: bool = False):
 
 def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
                  progress: Callable[[float, str], None] | None = None, realtime: float | None = None,
-                 force: bool = False, remember: bool = True,
-                 processes: Sequence[Callable[[Run], Any]] = ()) -> RunSummary:
-    """remember=False: no data/runs/<fingerprint>.json (a throwaway run, such as a backtest's re-run).
-    processes: more SimPy processes on the run's clock, each process(run) started with the run's own
-    (the demo's dying submission worker)."""
+                 force: bool = False, processes: Sequence[Callable[[Run], Any]] = ()) -> RunSummary:
+    """Run scenario into db_url and nowhere else (its sim_run row records scenario, seed and
+    fingerprint: what `replay` needs). processes: more SimPy processes on the run's clock, each
+    process(run) started with the run's own (the demo's dying submission worker)."""
     wall0 = time.perf_counter()
     run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
     engine = open_fresh(db_url, force=force)
     try:
-        summary = _execute(run, engine, progress, wall0, remember, processes)
+        summary = _execute(run, engine, progress, wall0, processes)
     finally:
         engine.dispose()
     path = sqlite_path(db_url)
@@ -304,7 +303,7 @@ def run_in_tempdir(scenario: Scenario, *, seed: int | None = None, tasks: int | 
         return run_scenario(scenario, f"sqlite:///{Path(tmp) / 'run.db'}", seed=seed, tasks=tasks)
 
 
-def _execute(run: Run, engine, progress, wall0: float, remember: bool = True,
+def _execute(run: Run, engine, progress, wall0: float,
              processes: Sequence[Callable[[Run], Any]] = ()) -> RunSummary:
     sc, env = run.sc, run.env
     writer = run.start(engine)
@@ -336,8 +335,6 @@ def _execute(run: Run, engine, progress, wall0: float, remember: bool = True,
         "finished_at": run.clock.now(), "summary": json.loads(json.dumps(summary.stored(), default=str))})
     if run.realtime:
         end_beat(engine)
-    if remember:
-        _remember(summary, sc, run)
     if progress is not None:
         progress(1.0, "done")
     return summary
@@ -378,27 +375,34 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
         users=users)
 
 
-def _runs_dir() -> Path:
-    from .scenarios import SCENARIO_DIR
+def _sim_databases() -> list[Path]:
+    """The SQLite files a fingerprint is looked up in: directly under data/ and the runs folder
+    (RIVYA_RUNS_DIR), as the dashboard's data source lists them."""
+    from .jobs import ROOT, runs_dir
 
-    return SCENARIO_DIR.parent / "runs"
+    found = [*sorted((ROOT / "data").glob("*.db")), *sorted(runs_dir().glob("*.db"))]
+    return [p for p in dict.fromkeys(p.resolve() for p in found) if p.name != "jobs.db"]
 
 
-def _remember(summary: RunSummary, sc: Scenario, run: Run) -> None:
-    """data/runs/<fingerprint>.json: what `replay FINGERPRINT` needs to re-run it."""
-    runs = _runs_dir()
+def _recorded_in(path: Path) -> list[dict[str, Any]]:
+    from .writer import read_sim_runs
+
     try:
-        runs.mkdir(parents=True, exist_ok=True)
-        (runs / f"{summary.fingerprint}.json").write_text(json.dumps(
-            {"scenario_name": sc.name, "scenario_toml": sc.to_toml(), "seed": run.seed, "tasks": run.max_tasks,
-             "fingerprint": summary.fingerprint}, indent=1))
-    except OSError:
-        pass
+        engine = make_engine(f"sqlite:///{path}", read_only=True)
+    except Exception:  # noqa: BLE001 - not a database we can open: not one to look in
+        return []
+    try:
+        return read_sim_runs(engine)
+    except Exception:  # noqa: BLE001 - not SQLite, or not ours
+        return []
+    finally:
+        engine.dispose()
 
 
 def find_recorded(target: str) -> dict[str, Any]:
-    """The recorded run `replay` re-runs: the last sim_run row of a database URL,
-    or data/runs/<fingerprint>.json for a (unique prefix of a) fingerprint."""
+    """The recorded run `replay` re-runs: the last sim_run row of a database URL, or the run
+    with a (unique prefix of a) fingerprint among the simulation databases under data/ and the
+    runs folder (a run elsewhere is replayed by its database URL)."""
     if "://" in target or target.endswith(".db"):
         from .writer import read_sim_runs
 
@@ -415,12 +419,19 @@ def find_recorded(target: str) -> dict[str, Any]:
         if not runs:
             raise RivyaError(f"{target} holds no recorded simulation run", code="replay_not_found")
         return runs[-1]
-    runs_dir = _runs_dir()
-    found = sorted(runs_dir.glob(f"{target}*.json")) if target.isalnum() else []
+    found: dict[str, dict[str, Any]] = {}
+    if target.isalnum():
+        for path in _sim_databases():
+            for rec in _recorded_in(path):
+                if str(rec.get("fingerprint", "")).startswith(target):
+                    found.setdefault(rec["fingerprint"], rec)
     if len(found) != 1:
+        from .jobs import runs_dir
+
         why = "no recorded run" if not found else "more than one recorded run"
-        raise RivyaError(f"{why} with fingerprint {target!r} under {runs_dir}", code="replay_not_found")
-    return json.loads(found[0].read_text())
+        raise RivyaError(f"{why} with fingerprint {target!r} in the simulation databases under data/ and "
+                         f"{runs_dir()} (give the run's database URL instead)", code="replay_not_found")
+    return next(iter(found.values()))
 
 
 __all__ = ["Run", "RunSummary", "RunError", "open_fresh", "run_scenario", "run_in_tempdir", "find_recorded", "drain_seconds"]

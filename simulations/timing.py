@@ -111,7 +111,7 @@ def timing_part(engine: Engine, history: History, policies: list[BillingPolicy],
     with tempfile.TemporaryDirectory(prefix="rivya-timing-") as tmp:
         for n, policy in enumerate(policies):
             url = f"sqlite:///{Path(tmp) / f'policy{n}.db'}"
-            run_scenario(story.scenario.with_policy(policy), url, remember=False)
+            run_scenario(story.scenario.with_policy(policy), url)
             results.append(_outcomes(url, len(story.task_ids)))
             if progress is not None:
                 progress((n + 1) / len(policies), f"trace-driven run under {policy.name}")

@@ -116,7 +116,7 @@ def _tampered_history(tmp_path) -> str:
     from simulations.runner import run_scenario
 
     path = tmp_path / "tampered.db"
-    run_scenario(load_scenario("lost_callbacks"), f"sqlite:///{path}", tasks=60, remember=False)
+    run_scenario(load_scenario("lost_callbacks"), f"sqlite:///{path}", tasks=60)
     with sqlite3.connect(path) as conn:
         n = conn.execute("update credit_ledger set amount = amount - 1, balance_after = balance_after - 1 "
                          "where id = (select min(id) from credit_ledger where entry_type = 'consume')").rowcount
