@@ -25,9 +25,9 @@ from rivya_core.audit import ledger_sums
 from rivya_core.credits import chat_figures
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
-from simulations import quotas
+from simulations import kpis, quotas
 from simulations.scenarios import POLICY_DIR, list_scenarios, load_scenario
-from simulations.sweep import Sweep, parse_grid
+from simulations.sweep import Sweep, fmt, parse_grid, pct
 from simulations.writer import read_sim_runs
 
 enter_page()
@@ -189,8 +189,17 @@ def show_compare(job: dict) -> None:
     result = job["result"]
     table = pd.DataFrame(result["table"])
     pa, pb = result["policies"]
-    show_table(table.rename(columns={"policy_a": f"A: {pa}", "policy_b": f"B: {pb}"}).drop(columns=["kpi"]),
-               width="stretch", hide_index=True)
+    show_table(pd.DataFrame([{
+        "KPI": r["label"], f"A: {pa}": r["policy_a"], f"B: {pb}": r["policy_b"], "B − A": r["diff"],
+        "95% CI": "n/a" if math.isnan(r["ci_low"]) else f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
+        "change": pct(r.get("rel", math.nan)),
+        "change, 95% CI": "n/a" if math.isnan(r.get("rel_ci_low", math.nan)) else
+        f"[{pct(r['rel_ci_low'])}, {pct(r['rel_ci_high'])}]",
+        "what it counts": r.get("meaning") or kpis.meaning(r["kpi"])} for r in result["table"]]),
+        width="stretch", hide_index=True)
+    st.caption("change: B − A as a share of A's mean over the replications.")
+    for note in result.get("notes", []):
+        st.text(note)  # names models and policies: plain text
     base = table["policy_a"].abs().where(table["policy_a"] != 0)
     rel = table.assign(diff_pct=100 * table["diff"] / base, lo=100 * table["ci_low"] / base,
                        hi=100 * table["ci_high"] / base).dropna(subset=["diff_pct"])
@@ -213,6 +222,8 @@ def show_compare(job: dict) -> None:
 def show_sweep(job: dict) -> None:
     result = job["result"]
     show_table(pd.DataFrame(result["variants"]), width="stretch", hide_index=True)
+    with st.expander("What each KPI counts"):
+        st.text("\n".join(kpis.definition_lines(kpis.SIMULATED)))
     for f in result.get("failed", []):
         st.text(f"Failed job {f['key']}: {f['error']}")
     if result.get("output"):

@@ -49,23 +49,12 @@ from rivya_core.credits import chat_figures
 from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
 
+from . import kpis
 from .history import ChatRow, History, LedgerRow, TaskRow
 
 EXACT_KPIS = ("tasks", "charged", "refunded", "kept", "chat_charged", "revenue", "failures_without_refund",
               "insufficient_credit_rejections", "rejections_caused", "rejections_avoided", "duplicates_blocked")
-KPI_HELP = {
-    "tasks": "recorded tasks that run under the policy (not blocked as duplicates)",
-    "charged": "task credits spent before submission",
-    "refunded": "task credits refunded for failures the policy reverses",
-    "kept": "task credits charged and not refunded",
-    "chat_charged": "chat credits charged on recorded usage",
-    "revenue": "kept task credits plus chat credits charged",
-    "failures_without_refund": "charged tasks that failed and kept their credits (user-visible)",
-    "insufficient_credit_rejections": "tasks and chat turns refused for credits",
-    "rejections_caused": "refused for credits under the policy, though the history ran them",
-    "rejections_avoided": "refused for credits in the history, affordable under the policy",
-    "duplicates_blocked": "tasks the policy blocks as heavier duplicates of a running task",
-}
+KPI_HELP = {k: kpis.meaning(k) for k in EXACT_KPIS}  # what each counts: simulations/kpis.py
 DIMENSIONS = ("model", "provider", "day")
 
 # timeline kinds

@@ -29,20 +29,14 @@ from rivya_core.domain import EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
 from rivya_core.queries import connect
 
+from . import kpis
 from .fork import fork_story
 from .history import History, seconds
 
 MIN_DAYS = 7
 RESAMPLES = 1000
-TIMING_KPIS = {
-    "time_to_terminal_mean_s": "mean seconds from creation to SUCCESS or FAILED",
-    "timeouts": "tasks failed by the hard timeout",
-    "user_visible_failures": "tasks that ended FAILED",
-    "failures_without_refund": "charged tasks that failed and kept their credits",
-    "refunded": "task credits refunded",
-    "kept": "task credits charged and not refunded",
-    "unfinished": "tasks not terminal when the re-run ended",
-}
+TIMING_KPIS = {k: kpis.meaning(k) for k in ("time_to_terminal_mean_s", "timeouts", "user_visible_failures",
+                                            "failures_without_refund", "refunded", "kept", "unfinished")}
 
 
 def _outcomes(url: str, n_tasks: int) -> list[dict[str, Any]]:

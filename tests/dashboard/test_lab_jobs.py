@@ -118,3 +118,23 @@ def test_a_worker_that_died_shows_as_failed_with_its_log(lab, monkeypatch):
     text = shown(at)
     assert "· failed" in text and "ended without a result" in text
     assert any(f"job {job['id']}: run" in str(c.value) for c in at.code)
+
+
+def test_a_comparisons_result_gives_changes_definitions_and_the_price_note(lab):
+    at = lab()
+    policies = [s for s in at.selectbox if s.label in ("Policy A", "Policy B") and not (s.key or "").startswith("bt_")]
+    policies[1].set_value("premium_prices")
+    compare_tab = [n for n in at.number_input if n.label in ("Replications", "Tasks per run") and not n.key]
+    compare_tab[0].set_value(2)
+    compare_tab[1].set_value(40)
+    button(at, "Compare in the background").click().run()
+    job = wait_job(lab.runs, lambda j: j["status"] in jobs.FINISHED, "finished")
+    assert job["status"] == "done", jobs.log_tail(job)
+    at.run()
+    button(at, "Show result").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "what it counts" in d.value.columns)
+    assert {"change", "change, 95% CI", "B − A"} <= set(table.columns)
+    row = table[table["KPI"] == "failures without refund"].iloc[0]
+    assert row["what it counts"].startswith("tasks charged, then failed")
+    assert "rounded up to whole credits" in shown(at) and "lumen-flash 2 → 3 (+50.0%)" in shown(at)
