@@ -85,9 +85,11 @@ def dying_submission_worker(run: Any, count: int = CRASHED_SUBMISSIONS):
             task = worker.submit(user, request)
         except _WorkerDied:
             made += 1
+            pop.task_sources["crashed_worker"] += 1
             yield env.timeout(CRASH_SPACING_S)
             continue
         except RivyaError:
             continue  # refused at validation: the next user
+        pop.task_sources["crashed_worker"] += 1  # refused for credits: a task all the same
         if task.status != TaskStatus.WAITING:
-            continue  # refused for credits: the worker never reached the provider
+            continue  # the worker never reached the provider

@@ -84,6 +84,8 @@ class RunSummary:
     events: dict[str, int] = field(default_factory=dict)
     farm: dict[str, dict[str, int]] = field(default_factory=dict)
     users: dict[str, int] = field(default_factory=dict)
+    arrivals: dict[str, int] = field(default_factory=dict)      # generation | chat | tool_chat
+    task_sources: dict[str, int] = field(default_factory=dict)  # what made each task (TASK_SOURCES)
     wall_seconds: float = 0.0   # not stored: differs between identical runs
 
     @property
@@ -98,6 +100,9 @@ class RunSummary:
         d.pop("wall_seconds")
         return d
 
+    def tasks_explained(self) -> str:
+        return explain_tasks(self.tasks, self.arrivals, self.task_sources)
+
     def render_text(self) -> str:
         c = self.credits
         lines = [
@@ -105,6 +110,7 @@ class RunSummary:
             f"tasks {self.tasks} over {self.sim_seconds:,.0f} simulated s"
             + (f" in {self.wall_seconds:.1f} s wall ({self.tasks / self.wall_seconds:,.0f} tasks/s)"
                if self.wall_seconds > 0 else ""),
+            *([f"arrivals:    {self.tasks_explained()}"] if self.tasks_explained() else []),
             "by state:    " + _kv(self.counts_by_state),
             "callbacks:   " + _kv(self.counts_by_outcome),
             f"credits:     charged {c['charged']}  refunded {c['refunded']}  net {c['net']}"
@@ -122,6 +128,42 @@ class RunSummary:
         else:
             lines.append("violations:  none")
         return "\n".join(lines)
+
+
+# what made a task, beyond the population's arrivals and reruns (RunSummary.tasks_explained)
+TASK_SOURCES = {"script": "from the scenario's script", "crashed_worker": "submitted by a worker that died"}
+
+
+def explain_tasks(tasks: int, arrivals: dict[str, int], sources: dict[str, int]) -> str:
+    """How a run's arrivals (what --tasks counts: generation requests and chat turns) became its
+    tasks (the ai_task rows), in one line; empty for a run that recorded neither (RunSummary's
+    arrivals and task_sources, or the same keys of a stored summary)."""
+    a, t = arrivals or {}, sources or {}
+    if not a and not t:
+        return ""
+    chat, tool = a.get("chat", 0) + a.get("tool_chat", 0), a.get("tool_chat", 0)
+    head = f"{tasks:,} tasks"
+    if a:
+        head += (f" from {sum(a.values()):,} arrivals ({a.get('generation', 0):,} generation requests and "
+                 f"{chat:,} chat turns, {tool:,} of them tool-backed)")
+    parts = []
+    if a.get("generation") or t.get("generation"):
+        parts.append(f"{t.get('generation', 0):,} from generation requests")
+        refused = a.get("generation", 0) - t.get("generation", 0)
+        if refused > 0:
+            parts[-1] += f" ({refused:,} refused before a task existed)"
+    if tool:
+        parts.append(f"{t.get('tool_chat', 0):,} started by tool-backed chat turns")
+    reruns = {k: t.get(k, 0) for k in ("retry", "resubmit", "duplicate_heavy")}
+    if any(reruns.values()):
+        parts.append(f"{sum(reruns.values()):,} users' reruns ({reruns['retry']:,} retries after a failure, "
+                     f"{reruns['resubmit']:,} resubmits while running, {reruns['duplicate_heavy']:,} "
+                     "heavier duplicates)")
+    parts += [f"{n:,} {TASK_SOURCES.get(k, k)}" for k, n in t.items()
+              if k not in ("generation", "tool_chat", *reruns)]
+    return head + (": " + "; ".join(parts) if parts else "") + (
+        ". Chat turns are billed apart, not tasks." if chat else ".")
+
 
 
 def _kv(d: dict[str, Any]) -> str:
@@ -372,7 +414,8 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
         liveness_ok=live_ok, kpis=kpis, events=dict(k.events),
         farm={"sent": dict(run.farm.stats.sent), "dropped": dict(run.farm.stats.dropped),
               "submit_faults": dict(run.farm.stats.submit_faults), "outcomes": dict(run.farm.stats.outcomes)},
-        users=users)
+        users=users, arrivals=dict(sorted(run.population.arrivals_by_kind.items())),
+        task_sources=dict(sorted(run.population.task_sources.items())))
 
 
 def _sim_databases() -> list[Path]:
@@ -434,4 +477,4 @@ def find_recorded(target: str) -> dict[str, Any]:
     return next(iter(found.values()))
 
 
-__all__ = ["Run", "RunSummary", "RunError", "open_fresh", "run_scenario", "run_in_tempdir", "find_recorded", "drain_seconds"]
+__all__ = ["Run", "RunSummary", "explain_tasks", "RunError", "open_fresh", "run_scenario", "run_in_tempdir", "find_recorded", "drain_seconds"]
