@@ -121,6 +121,7 @@ def test_a_backtest_whose_self_check_fails_shows_as_failed_with_the_reason(tmp_p
     deadline = time.monotonic() + 300
     while (job := jobs.list_jobs(tmp_path / "runs")[0])["status"] in jobs.ACTIVE and time.monotonic() < deadline:
         time.sleep(0.5)
+    assert job["status"] == "failed", jobs.log_tail(job)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     texts = [t.value for t in at.text] + [m.value for m in at.markdown]

@@ -54,6 +54,16 @@ def wait_job(runs, predicate, what):
     raise AssertionError(f"the job never {what}: {rows[:1]}\n{jobs.log_tail(rows[0]) if rows else ''}")
 
 
+def show_finished(at: AppTest, runs) -> dict:
+    """Wait for the newest job to finish well, then show its result; the job."""
+    job = wait_job(runs, lambda j: j["status"] in jobs.FINISHED, "finished")
+    assert job["status"] == "done", jobs.log_tail(job)
+    at.run()
+    button(at, "Show result").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return job
+
+
 def test_a_run_starts_in_the_background_and_its_result_shows_when_ready(lab):
     at = lab()
     assert "No background jobs yet." in shown(at)
@@ -65,11 +75,7 @@ def test_a_run_starts_in_the_background_and_its_result_shows_when_ready(lab):
     assert "#1 run" in shown(at) and "baseline, 20 arrivals" in shown(at)
     other = lab()  # another browser tab: its own session, the same list
     assert "#1 run" in shown(other)
-    job = wait_job(lab.runs, lambda j: j["status"] in jobs.FINISHED, "finished")
-    assert job["status"] == "done", jobs.log_tail(job)
-    at.run()
-    button(at, "Show result").click().run()
-    assert not at.exception, [e.value for e in at.exception]
+    job = show_finished(at, lab.runs)
     text = shown(at)
     assert "Violations=0" in text and "Liveness=ok" in text and "Scenario baseline, seed" in text
     made = list(lab.runs.glob("baseline-*.db"))
@@ -128,11 +134,7 @@ def test_a_comparisons_result_gives_changes_definitions_and_the_price_note(lab):
     compare_tab[0].set_value(2)
     compare_tab[1].set_value(40)
     button(at, "Compare in the background").click().run()
-    job = wait_job(lab.runs, lambda j: j["status"] in jobs.FINISHED, "finished")
-    assert job["status"] == "done", jobs.log_tail(job)
-    at.run()
-    button(at, "Show result").click().run()
-    assert not at.exception, [e.value for e in at.exception]
+    show_finished(at, lab.runs)
     table = next(d.value for d in at.dataframe if "what it counts" in d.value.columns)
     assert {"change", "change, 95% CI", "B − A"} <= set(table.columns)
     row = table[table["KPI"] == "failures without refund"].iloc[0]
@@ -148,10 +150,5 @@ def test_the_lab_names_the_scenarios_own_policy_and_arrivals_against_tasks(lab):
     next(e for e in at.number_input if e.label == "Arrivals").set_value(300)
     button(at, "Run in the background").click().run()
     assert "baseline, 300 arrivals (generation requests and chat turns)" in shown(at)
-    job = wait_job(lab.runs, lambda j: j["status"] in jobs.FINISHED, "finished")
-    assert job["status"] == "done", jobs.log_tail(job)
-    at.run()
-    button(at, "Show result").click().run()
-    assert not at.exception, [e.value for e in at.exception]
-    s = job["result"]["summary"]
+    s = show_finished(at, lab.runs)["result"]["summary"]
     assert f"{s['tasks']:,} tasks from 300 arrivals" in shown(at)
