@@ -180,14 +180,19 @@ def _refusal_position(h: History, times: list[float], mine: list[int], t: TaskRo
     def place(k: int) -> int:
         return mine[k] if k < len(mine) else len(h.ledger)
 
+    # the balance before the account's k-th row holds from just after its (k-1)-th row up to that
+    # row: the places nearest the moment, right of it (never before the moment) and left of it
     k0 = bisect_left(mine, lo)
     right = next((k for k in range(k0, len(mine) + 1) if before(k) == seen), None)
-    left = next((k for k in range(k0 - 1, -1, -1) if before(k) == seen), None)
-    if left is None and right is None:
+    at_right = None if right is None else max(lo, place(right - 1) + 1 if right else 0)
+    reach = -1 if at_right is None else lo - (at_right - lo)  # a left place farther than that loses
+    left = next((k for k in range(k0 - 1, -1, -1) if place(k) < reach or before(k) == seen), None)
+    at_left = None if left is None or place(left) < reach else place(left)
+    if at_left is None and at_right is None:
         return lo - 0.5
-    if right is None or (left is not None and lo - place(left) <= place(right) - lo):
-        return place(left) - 0.5
-    return place(right) - 0.5
+    if at_right is None or (at_left is not None and lo - at_left <= at_right - lo):
+        return at_left - 0.5
+    return at_right - 0.5
 
 
 def _full_turn_credits(reserved: int, recorded: BillingPolicy) -> int | None:

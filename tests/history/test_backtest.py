@@ -200,3 +200,29 @@ def test_the_text_report_names_the_windows_dates(small_history, capsys):
                  f"{POLICIES}/no_refunds.toml", "--exact-only", "--since", "2026-01-01T12:03"]) == 0
     head = capsys.readouterr().out.splitlines()[0]
     assert "from 2026-01-01 12:03:00 (the window's start) to 2026-01-01 12:07:05 UTC (the latest record)" in head, head
+
+
+def test_where_clocks_agree_a_refusal_stays_at_its_moment(tmp_path):
+    """Placing refusals by the balance they saw must not move them off their moment when the
+    timestamps follow the ids: each lands among the rows written at its creation time."""
+    from bisect import bisect_left, bisect_right
+    from collections import defaultdict
+
+    from simulations import backtest as bt
+
+    url = f"sqlite:///{tmp_path / 'short.db'}"
+    run_scenario(load_scenario("credit_shortfall"), url, tasks=600)
+    engine = open_reader(url)
+    try:
+        h = load_history(engine)
+    finally:
+        engine.dispose()
+    assert [r.at for r in h.ledger] == bt.reached(h.ledger)  # the clocks agree
+    mine = defaultdict(list)
+    for i, r in enumerate(h.ledger):
+        mine[r.user_id].append(i)
+    times = bt.reached(h.ledger)
+    assert len(h.refused_for_credits) > 20
+    for t in h.refused_for_credits:
+        p = bt._refusal_position(h, times, mine[t.user_id], t)
+        assert bisect_left(times, t.created) - 0.5 <= p <= bisect_right(times, t.created) - 0.5, t.id
