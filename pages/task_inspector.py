@@ -11,7 +11,7 @@ from pages._cache import cached_df
 from pages._chat_lookup import chat_lookup
 from pages._fork import fork_button
 from pages._links import RESULT_LINK, web_link
-from pages._render import show_errors, show_table
+from pages._render import show_errors, show_table, verdict_box
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service
 from pages._text import plain
@@ -32,10 +32,7 @@ STATUS_ICON = {"ok": ":material/check_circle:", "warn": ":material/warning:", "f
 def show_checklist(task_id: int, user_id: int) -> None:
     judged = queries.reference_now(engine)  # the one "now" the pages and the support actions judge ages at
     diag = diagnose(engine, task_id, policy, now=judged.at)
-    box = {"ok": st.success, "warn": st.warning, "fail": st.error}.get(
-        "fail" if any(i.status == "fail" for i in diag.items) else
-        "warn" if any(i.status == "warn" for i in diag.items) else "ok", st.info)
-    box(f"**Verdict:** {plain(diag.verdict)}\n\n**Next action:** {plain(diag.next_action)}")
+    verdict_box(diag)
     st.caption(f"Task type: {plain(diag.task_type)}. {judged.caption()}, with {plain(policy_source)}.")
     for item in diag.items:  # answers quote the task's own fields (error messages, prompts): plain text
         icon = STATUS_ICON.get(item.status, ":material/help:")

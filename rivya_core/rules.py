@@ -16,6 +16,7 @@ facts. Nothing here reads a store, a database or a clock.
     credit_flows(sums_by_type) -> CreditFlows   ledger sums per entry type as flows that add up
     first_check_in(category, callbacks_enabled, policy) / next_check(attempts, policy) / deferral(policy)
     heavier_duplicate(new, running, policy) -> bool   a new run outweighing a running same-prompt run
+    Verdict, NextAction, verdict_severity(verdict) -> Severity   what support's checklist concludes, and its colour
 """
 
 from __future__ import annotations
@@ -349,6 +350,48 @@ VERDICT_TEXT: Mapping[Verdict, str] = {
     Verdict.CHAT_SETTLED: "settled",
     Verdict.CHAT_SETTLED_REFUNDED: "settled, difference refunded",
 }
+
+
+class Severity(StrEnum):
+    """How much a conclusion asks of support, the colour pages draw it in: ok (nothing to do, all
+    checks out), info (normal, or the user's to act on), warn (support should look), fail (money or
+    an invariant is wrong, or the task is past its timeout)."""
+
+    OK = "ok"
+    INFO = "info"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+VERDICT_SEVERITY: Mapping[Verdict, Severity] = {
+    Verdict.WAITING: Severity.INFO,
+    Verdict.GENERATING: Severity.INFO,
+    Verdict.STUCK: Severity.WARN,
+    Verdict.STUCK_PAST_TIMEOUT: Severity.FAIL,
+    Verdict.DELIVERED: Severity.OK,
+    Verdict.SUCCESS_WITHOUT_URLS: Severity.FAIL,
+    Verdict.DELIVERED_BUT_REFUNDED: Severity.FAIL,
+    Verdict.FAILED_FOR_CREDITS: Severity.INFO,
+    Verdict.FAILED_FOR_CREDITS_BUT_CHARGED: Severity.FAIL,
+    Verdict.REFUND_DUE: Severity.FAIL,
+    Verdict.REFUND_INCONSISTENT: Severity.FAIL,
+    Verdict.FAILED_NEVER_CHARGED: Severity.OK,
+    Verdict.FAILED_REFUNDED: Severity.OK,
+    Verdict.FAILED_USER_CREDITS_KEPT: Severity.INFO,
+    Verdict.FAILED_CREDITS_KEPT: Severity.OK,
+    Verdict.CHAT_RESERVED: Severity.INFO,
+    Verdict.CHAT_RESERVATION_OVERDUE: Severity.WARN,
+    Verdict.CHAT_SETTLEMENT_MISMATCH: Severity.FAIL,
+    Verdict.CHAT_FAILED_REFUNDED: Severity.OK,
+    Verdict.CHAT_REFUSED: Severity.INFO,
+    Verdict.CHAT_SETTLED: Severity.OK,
+    Verdict.CHAT_SETTLED_REFUNDED: Severity.OK,
+}
+
+
+def verdict_severity(verdict: Verdict) -> Severity:
+    """The one mapping from a verdict to how it is drawn (every page's verdict box)."""
+    return VERDICT_SEVERITY[verdict]
 
 
 class NextAction(StrEnum):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from tests.dashboard.conftest import PAGE_TITLES, metrics, texts
@@ -203,3 +205,23 @@ def test_a_stuck_waiting_task_of_the_demo_is_finished_by_the_inspectors_recheck(
                                    "and task_id = :t"), {"t": waiting})
     engine.dispose()
     assert refunds == 1
+
+
+def test_a_stuck_task_s_verdict_is_a_warning_even_when_every_item_reads_fine(open_page, seeded_url):
+    """Task 3 has generated for two hours (stuck, within the timeout) and the provider answered a poll:
+    no checklist item warns, yet the verdict is stuck and drawn as a warning, never a success."""
+    from sqlalchemy import insert
+
+    from rivya_core import schema
+    from rivya_core.db import make_engine
+    from tests.dashboard.seed import T0
+
+    engine = make_engine(seeded_url)
+    with engine.begin() as conn:
+        conn.execute(insert(schema.task_event).values(task_id=3, at=T0 + timedelta(minutes=127), kind="poll",
+                                                      detail={"state": "running"}))
+    engine.dispose()
+    at = open_page(seeded_url, "pages/task_inspector.py", task="3")
+    assert not at.exception
+    assert any("Verdict" in w.value and "stuck — past the stuck threshold" in w.value for w in at.warning)
+    assert not any("Verdict" in s.value for s in at.success)

@@ -131,3 +131,15 @@ def test_task_ref_and_submission_fault_classes():
     assert rules.submit_failure_class("timeout") == FailureClass.INFRASTRUCTURE
     assert rules.submit_failure_class("refused") == rules.submit_failure_class("error") == FailureClass.PROVIDER
     assert rules.submit_failure_class("anything else") == FailureClass.PROVIDER
+
+
+def test_every_verdict_has_one_severity_and_stuck_is_never_a_success():
+    S, V = rules.Severity, rules.Verdict
+    assert {v: rules.verdict_severity(v) for v in V}.keys() == set(V)  # total: a new verdict needs its colour
+    assert rules.verdict_severity(V.STUCK) == S.WARN
+    assert rules.verdict_severity(V.STUCK_PAST_TIMEOUT) == S.FAIL
+    assert rules.verdict_severity(V.REFUND_DUE) == S.FAIL
+    assert rules.verdict_severity(V.DELIVERED) == S.OK
+    assert rules.verdict_severity(V.GENERATING) == S.INFO
+    assert {rules.verdict_severity(v) for v in V if "stuck" in v or "overdue" in v or "mismatch" in v
+            or "inconsistent" in v or "but" in v or "without" in v}.isdisjoint({S.OK, S.INFO})
