@@ -42,12 +42,14 @@ def support_service(policy: BillingPolicy):
 
 
 def record_audit_now(policy: BillingPolicy, row_cap: int):
-    """The audit run now over a writable engine and stored (see module doc)."""
+    """The audit run now over a writable engine and stored under the signed-in operator (see module doc)."""
+    from pages._access import access_config
     from rivya_core.audit import run_and_record
 
+    by = (st.session_state.get("user") if access_config().enabled else None) or "an operator in open mode"
     engine = db.open_store(current_url()).engine
     try:
-        return run_and_record(engine, policy, row_cap=row_cap)
+        return run_and_record(engine, policy, row_cap=row_cap, stored_by=by)
     finally:
         engine.dispose()
 

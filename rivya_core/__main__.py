@@ -156,7 +156,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .service import policy_from
 
     engine = open_store(args.db).engine if args.record else open_reader(args.db)
-    report = audit(engine, policy_from(args.policy), args.at, record=args.record)
+    report = audit(engine, policy_from(args.policy), args.at, record=args.record,
+                   stored_by="the command line (audit --record)")
     if args.json:
         print(json.dumps(report.to_dict(), default=str, indent=2))
     elif report.ok:

@@ -216,6 +216,7 @@ audit_run = Table(
     Column("duration_s", Float, nullable=False),
     Column("report", JSON, nullable=False),  # AuditReport.to_dict(), rows capped
     Column("conservation", JSON),  # audit.conservation() of the same moment
+    Column("stored_by", String(100)),  # who stored it: an operator's name, the command line (NULL: older rows)
     Index("ix_audit_run_policy", "policy_key", "id"),
 )
 

@@ -225,3 +225,27 @@ def test_a_stuck_task_s_verdict_is_a_warning_even_when_every_item_reads_fine(ope
     assert not at.exception
     assert any("Verdict" in w.value and "stuck — past the stuck threshold" in w.value for w in at.warning)
     assert not any("Verdict" in s.value for s in at.success)
+
+
+def test_an_audit_computed_on_load_is_not_called_stored(open_page, seeded_url):
+    """No audit_run row: the Overview and the Refund audit say the audit was computed now, not stored."""
+    from tests.dashboard.conftest import audit_runs
+
+    for page in ("pages/overview.py", "pages/refund_audit.py"):
+        at = open_page(seeded_url, page)
+        assert not at.exception
+        shown = texts(at)
+        assert "Audit computed now, not stored (run the audit to store it)" in shown, page
+        assert "stored at" not in shown.lower(), page
+    assert audit_runs(seeded_url) == 0
+
+
+def test_a_stored_audit_says_when_and_by_whom(open_page, seeded_url, monkeypatch):
+    monkeypatch.setenv("RIVYA_OPERATORS", "olga:pw2")
+    at = open_page(seeded_url, "pages/refund_audit.py", session={"user": "olga", "role": "operator"})
+    _by_label(at.button, "Run the audit now").click().run()
+    assert not at.exception
+    assert "Audit stored at " in texts(at) and " by olga" in texts(at)
+    at.switch_page("pages/overview.py").run()
+    shown = texts(at)
+    assert "Audit stored at " in shown and " by olga" in shown and "computed now" not in shown
