@@ -30,7 +30,7 @@ from sqlalchemy import Engine, func, insert, or_, select, update
 
 from .db import missing_tables
 from .domain import ACTIVE, ActionRefused, EntryType, EventKind, FailureClass, Task, TaskStatus, ValidationError
-from .queries import connect, naive_utc
+from .queries import connect, latest_timestamp, naive_utc
 from .rules import Refusal, SupportRefusal
 from .schema import account, ai_task, credit_ledger, incident, task_event
 
@@ -400,7 +400,7 @@ def open_incident(svc: Any, action: str, flt: BulkFilter, *, operator: str, reas
             return int(row.id)
         return int(conn.execute(insert(incident).values(
             name=name, action=action, filter=flt.to_dict(), operator=operator[:100], reason=reason[:2000],
-            created_at=svc.clock.now(), runs=0, matched=0, acted=0, refused=0, credits_moved=0,
+            created_at=svc.act_time(latest_timestamp(engine)), runs=0, matched=0, acted=0, refused=0, credits_moved=0,
         )).inserted_primary_key[0])
 
 
@@ -457,7 +457,7 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
         result.credits_moved = _refunded_since(engine, acted_ids, ledger_mark)
         with engine.begin() as conn:
             conn.execute(update(incident).where(incident.c.id == incident_id).values(
-                finished_at=svc.clock.now(), runs=incident.c.runs + 1, matched=result.matched,
+                finished_at=svc.act_time(latest_timestamp(engine)), runs=incident.c.runs + 1, matched=result.matched,
                 acted=incident.c.acted + result.acted, refused=incident.c.refused + result.refused,
                 credits_moved=incident.c.credits_moved + result.credits_moved))
     if progress is not None and not todo:

@@ -14,6 +14,7 @@ compare-and-set, so a replayed step never charges, refunds or notifies twice.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 
 from . import limits, rules, webhooks
 from .catalog import Catalog
+from .clock import ManualClock, act_time
 from .domain import (
     ACTIVE,
     INSUFFICIENT_CREDITS,
@@ -716,7 +718,8 @@ class LifecycleService:
 
     def support_refund(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
-        return self._refused_or(self._tx(lambda tx: self._refund_step(tx, task_id, operator, reason, incident_id)))
+        return self._refused_or(self._tx(lambda tx: self._acting(tx, task_id)._refund_step(
+            tx, task_id, operator, reason, incident_id)))
 
     def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str,
                      incident_id: int | None) -> Task | Refusal:
@@ -735,9 +738,23 @@ class LifecycleService:
         the very steps, refusals and events of support_refund / support_mark_failed, one commit.
         Returns (task id, the task after, or the refusal) per task."""
         operator, reason = _operator(operator, reason)
-        step = {"refund": self._refund_step, "mark-failed": self._mark_failed_step}[action]
+        step = {"refund": LifecycleService._refund_step, "mark-failed": LifecycleService._mark_failed_step}[action]
         ids = list(task_ids)
-        return self._tx(lambda tx: [(i, step(tx, i, operator, reason, incident_id)) for i in ids])
+        return self._tx(lambda tx: [(i, step(self._acting(tx, i), tx, i, operator, reason, incident_id)) for i in ids])
+
+    def act_time(self, latest: datetime | None = None) -> datetime:
+        """When an operator's act done now is recorded (clock.act_time at the judging clock)."""
+        return act_time(self.judge_clock.now(), latest)
+
+    def _acting(self, tx: Tx, task_id: int) -> LifecycleService:
+        """This service on the clock of an operator's act on the task (clock.act_time): the judging
+        clock, never before the task's latest event, so everything the act writes (its events, a
+        refund, a notification) keeps the task's timeline in order. The task's row is locked first:
+        no other write to the task lands between this read and the act."""
+        self._task_in(tx, task_id, for_update=True)
+        acting = copy.copy(self)
+        acting.clock = ManualClock(self.act_time(max((e.at for e in tx.task_events(task_id)), default=None)))
+        return acting
 
     def refund_refusal(self, tx: Tx, task: Task) -> Refusal | None:
         """Why a refund of this task is not due, or None when it is."""
@@ -773,23 +790,24 @@ class LifecycleService:
 
     def support_recheck(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
-        task = self.task(task_id)
-        refusal = self.recheck_refusal(task)
+        me = self._tx(lambda tx: self._acting(tx, task_id))
+        task = me.task(task_id)
+        refusal = me.recheck_refusal(task)
         found = None
         if refusal is None and task.status == _Status.WAITING:  # interrupted before the provider answered
-            found = self._recover_one(task)
-            task = self.task(task_id)
+            found = me._recover_one(task)
+            task = me.task(task_id)
         elif refusal is None:
-            task = self._check(task_id, _Event.RECHECK, reason=f"support: {operator}")
+            task = me._check(task_id, _Event.RECHECK, reason=f"support: {operator}")
         result = refusal or (f"upstream checked; task is {task.status}" + (f" ({found})" if found else ""))
-        self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
+        me._tx(lambda tx: me._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
         return self._refused_or(refusal or task)
 
     def support_mark_failed(self, task_id: int, operator: str, reason: str, *,
                             incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
-        return self._refused_or(self._tx(lambda tx: self._mark_failed_step(tx, task_id, operator, reason,
-                                                                           incident_id)))
+        return self._refused_or(self._tx(lambda tx: self._acting(tx, task_id)._mark_failed_step(
+            tx, task_id, operator, reason, incident_id)))
 
     def _mark_failed_step(self, tx: Tx, task_id: int, operator: str, reason: str,
                           incident_id: int | None) -> Task | Refusal:
