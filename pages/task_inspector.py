@@ -13,7 +13,7 @@ from pages._fork import fork_button
 from pages._links import RESULT_LINK, web_link
 from pages._render import show_errors, show_table, verdict_box
 from pages._source import enter_page, open_db
-from pages._support import policy_in_force, support_service
+from pages._support import policy_in_force, support_service, who_sees_what
 from pages._text import plain
 from rivya_core import queries, reports, user_view
 from rivya_core.diagnose import diagnose, recheck_signals
@@ -102,7 +102,7 @@ def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
     st.rerun()
 
 
-def show_actions(task_id: int) -> None:
+def show_actions(task_id: int, task: dict, ledger: list[dict]) -> None:
     result = st.session_state.get("action_result")
     if result and result[0] == task_id:
         del st.session_state["action_result"]
@@ -120,6 +120,7 @@ def show_actions(task_id: int) -> None:
             st.caption("Sign-in is on: actions are recorded under the signed-in operator.")
         operator = signed_in or operator
         reason = st.text_input("Reason (kept in the task's timeline)")
+        st.caption(who_sees_what(task, ledger, policy))
         if st.form_submit_button(f"Run action on task #{task_id}"):
             if not operator.strip() or not reason.strip():
                 st.warning("Give your name and a reason: both go into the task's timeline.")
@@ -235,7 +236,7 @@ with show_errors():
             st.text("Did the user see the outcome? " + user_view.outcome_seen(engine, task_id)["answer"])
             show_rows(detail["notifications"], "No notification for this task.")
         with tabs[5]:
-            show_actions(task_id)
+            show_actions(task_id, task, detail["ledger"])
 
 with show_errors():
     chat_lookup(engine, policy)

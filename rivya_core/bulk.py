@@ -31,7 +31,7 @@ from sqlalchemy import Engine, func, insert, or_, select, update
 from .db import missing_tables
 from .domain import ACTIVE, ActionRefused, EntryType, EventKind, FailureClass, Task, TaskStatus, ValidationError
 from .queries import connect, latest_timestamp, naive_utc
-from .rules import Refusal, SupportRefusal
+from .rules import Refusal, SupportRefusal, mark_failed_refund
 from .schema import account, ai_task, credit_ledger, incident, task_event
 
 ACTIONS = ("recheck", "refund", "mark-failed")
@@ -319,7 +319,6 @@ def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = No
     ids = [t.id for t in tasks]
     charged, refunded = _money_facts(engine, ids)
     done = handled_by(engine, incident_id, ids) if incident_id is not None else set()
-    refunds_infra = svc.policy.refunds(FailureClass.INFRASTRUCTURE)
     out = Plan(action, flt, now)
     for t in tasks:
         credits = 0
@@ -329,7 +328,7 @@ def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = No
             credits = charged.get(t.id, 0)
         elif action == "mark-failed":
             refusal = svc.mark_failed_refusal(t)
-            back = charged.get(t.id, 0) if refunds_infra and t.id not in refunded else 0
+            back = mark_failed_refund(charged.get(t.id, 0), t.id in refunded, svc.policy)
             would = "mark failed" + (f", refund {back} credits" if back else ", no refund")
             credits = back
         else:

@@ -580,11 +580,15 @@ class LifecycleService:
                               settled_at=now, next_check_at=None):
             return
         self._event(tx, task.id, _Event.FAILED, path=path, error_code=code, failure_class=str(failure_class))
-        self._refund_if_due(tx, task, failure_class)
+        refund = self._refund_if_due(tx, task, failure_class)
         kind = rules.outcome_notification(_Status.FAILED, code)
         if kind == NotificationKind.INSUFFICIENT_CREDITS:
             self._notify(tx, task, kind, "Not enough credits",
                          f"{task.reserved_credits} credits are needed for {task.model}; nothing was charged.")
+        elif path == "support":  # support's words stay on the timeline: the user is told what happened
+            charge = tx.entry(consume_key(task.id))
+            self._notify(tx, task, kind, *rules.support_failure_notice(
+                task.category, task.model, -charge.amount if charge else 0, refund.amount if refund else 0))
         else:
             self._notify(tx, task, kind, "Your generation failed", f"{task.model}: {message[:300]}")
 
@@ -728,7 +732,7 @@ class LifecycleService:
         if refusal:
             self._support_event(tx, task_id, operator, "refund", reason, refusal, incident_id)
             return refusal
-        self._refund_if_due(tx, task, task.failure_class, support_note=f"support refund by {operator}: {reason}"[:500])
+        self._refund_if_due(tx, task, task.failure_class, support_note=rules.SUPPORT_REFUND_NOTE)
         self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
         return tx.get_task(task_id)
 
@@ -816,8 +820,8 @@ class LifecycleService:
         if refusal:
             self._support_event(tx, task_id, operator, "mark_failed", reason, refusal, incident_id)
             return refusal
-        self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
-                            FailureClass.INFRASTRUCTURE, path="support")
+        self._finish_failed(tx, task, MARKED_FAILED, rules.MARKED_FAILED_MESSAGE, rules.MARKED_FAILED_CLASS,
+                            path="support")
         self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
         return tx.get_task(task_id)
 

@@ -13,6 +13,8 @@ facts. Nothing here reads a store, a database or a clock.
     Refusal(code, text)                        a support action's refusal: the code to key on, the sentence to show
     refund_allowed(status, failure_class, support, policy) -> bool   may a refund row exist at all
     outcome_notification(status, error_code) -> NotificationKind | None   what a settled task tells its user
+    support_failure_notice(category, model, charged, refunded)   what a task support marked failed tells its user
+    mark_failed_refund(charged, refunded, policy) -> int   the credits marking a task failed gives back
     credit_flows(sums_by_type) -> CreditFlows   ledger sums per entry type as flows that add up
     first_check_in(category, callbacks_enabled, policy) / next_check(attempts, policy) / deferral(policy)
     heavier_duplicate(new, running, policy) -> bool   a new run outweighing a running same-prompt run
@@ -187,6 +189,33 @@ def outcome_notification(status: str, error_code: str | None) -> NotificationKin
             return NotificationKind.INSUFFICIENT_CREDITS
         return NotificationKind.GENERATION_FAILED
     return None
+
+
+# What operators write (names, reasons, incident names) is internal: it stays on the task's timeline
+# (the support_action event) and in the incident. What the customer sees of a support act (the
+# notification, the task's error message in History, the ledger note) is said in these words.
+MARKED_FAILED_CLASS = FailureClass.INFRASTRUCTURE  # a task support gives up on: not the user's fault
+MARKED_FAILED_MESSAGE = "stopped by support: it did not finish in the expected time"
+SUPPORT_REFUND_NOTE = "support refund"
+
+
+def mark_failed_refund(charged: int, refunded: bool, policy: BillingPolicy) -> int:
+    """Credits marking a task failed gives back: its charge, when it was charged, not refunded yet,
+    and the policy reverses the class support fails it with (MARKED_FAILED_CLASS); else 0."""
+    facts = RefundFacts(TaskStatus.FAILED, MARKED_FAILED_CLASS, charged > 0, refunded)
+    return charged if refund_refusal(facts, policy) is None else 0
+
+
+def support_failure_notice(category: str, model: str, charged: int, refunded: int) -> tuple[str, str]:
+    """(title, body) of the notification a task marked failed by support sends its user: what
+    happened to the task and to its credits, truthfully (refunded, kept, or never charged)."""
+    if refunded:
+        money = f"your {refunded} credits were refunded."
+    elif charged:
+        money = f"your {charged} credits were not refunded."
+    else:
+        money = "nothing was charged."
+    return "Your generation could not be completed", f"Your {category} from {model} could not be completed; {money}"
 
 
 # --- credits ----------------------------------------------------------------------------------------

@@ -249,3 +249,30 @@ def test_a_stored_audit_says_when_and_by_whom(open_page, seeded_url, monkeypatch
     at.switch_page("pages/overview.py").run()
     shown = texts(at)
     assert "Audit stored at " in shown and " by olga" in shown and "computed now" not in shown
+
+
+def test_the_support_forms_say_who_sees_what(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py", task="3")
+    shown = texts(at)
+    assert "internal" in shown and "timeline" in shown
+    assert "Your video from vid-pro could not be completed; your 50 credits were refunded." in shown
+    at = open_page(seeded_url, "pages/incidents.py")
+    shown = texts(at)
+    assert "internal" in shown and "incident name" in shown and "could not be completed" in shown
+
+
+def test_marking_failed_from_the_inspector_keeps_the_reason_from_the_customer(open_page, seeded_url):
+    from rivya_core.db import make_engine
+    from rivya_core.queries import task_detail
+
+    at = open_page(seeded_url, "pages/task_inspector.py", task="3")
+    _run_action(at, "Mark stuck task failed", operator="Dana", reason="motion hang; upstream lost the job")
+    assert not at.exception
+    engine = make_engine(seeded_url)
+    detail = task_detail(engine, 3)
+    engine.dispose()
+    [note] = detail["notifications"]
+    assert note["body"] == "Your video from vid-pro could not be completed; your 50 credits were refunded."
+    assert "Dana" not in detail["task"]["error_message"] and "hang" not in detail["task"]["error_message"]
+    [act] = [e["detail"] for e in detail["events"] if e["kind"] == "support_action"]
+    assert (act["operator"], act["reason"]) == ("Dana", "motion hang; upstream lost the job")
