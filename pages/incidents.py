@@ -139,7 +139,7 @@ def execute_form(action: str, flt: bulk.BulkFilter, name: str, planned: bool) ->
         else:
             ss["bulk_result"] = ("done", f"Incident {r.incident_id}: {r.matched:,} matched, {r.acted:,} acted on, "
                                          f"{r.refused:,} refused, {r.skipped:,} already handled by an earlier run; "
-                                         f"{r.credits_moved:,} credits refunded.")
+                                         f"{r.money()}.")
         ss.pop("bulk_plan", None)
         st.cache_data.clear()
         st.rerun()

@@ -96,8 +96,8 @@ def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
         st.session_state["action_result"] = (task_id, "refused", f"{action} on task #{task_id} refused "
                                              f"({code}): {plain(exc.message)}")
     else:
-        st.session_state["action_result"] = (task_id, "done",
-                                             f"{action} on task #{task_id}: done. The task is now {plain(task.status)}.")
+        st.session_state["action_result"] = (task_id, "done", f"{action} on task #{task_id}: done. The task is now "
+                                             f"{plain(task.status)}; {plain(svc.credits_outcome(task))}.")
     st.cache_data.clear()
     st.rerun()
 

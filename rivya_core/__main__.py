@@ -192,7 +192,8 @@ def _support(action: str):
         method = {"refund": svc.support_refund, "recheck": svc.support_recheck,
                   "mark-failed": svc.support_mark_failed}[action]
         task = method(args.task_id, args.operator, args.reason)
-        print(f"task {task.id}: {task.status}" + (f" ({task.error_code})" if task.error_code else ""))
+        print(f"task {task.id}: {task.status}" + (f" ({task.error_code})" if task.error_code else "")
+              + f"; {svc.credits_outcome(task)}")
         return 0
 
     return run
@@ -238,7 +239,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         print(json.dumps(r.to_dict(), default=str, indent=2))
     else:
         print(f"incident {r.incident_id} ({r.name}): {r.matched} matched, {r.acted} acted on, {r.refused} "
-              f"refused, {r.skipped} already handled; {r.credits_moved:,} credits refunded")
+              f"refused, {r.skipped} already handled; {r.money()}")
     return 0
 
 

@@ -31,7 +31,7 @@ from sqlalchemy import Engine, func, insert, or_, select, update
 from .db import missing_tables
 from .domain import ACTIVE, ActionRefused, EntryType, EventKind, FailureClass, Task, TaskStatus, ValidationError
 from .queries import connect, latest_timestamp, naive_utc
-from .rules import Refusal, SupportRefusal, mark_failed_refund
+from .rules import RefundFacts, Refusal, SupportRefusal, credits_outcome, mark_failed_refund
 from .schema import account, ai_task, credit_ledger, incident, task_event
 
 ACTIONS = ("recheck", "refund", "mark-failed")
@@ -357,9 +357,22 @@ class RunResult:
     credits_moved: int = 0
     outcomes: list[dict[str, Any]] = field(default_factory=list)  # one per task acted on or refused
 
+    def money(self) -> str:
+        """The credits of the run in one sentence: how many went back on how many tasks, and why the
+        tasks acted on without a refund got none (counted by reason)."""
+        refunded = [o for o in self.outcomes if o.get("refunded")]
+        kept = Counter(o["money"] for o in self.outcomes if o["outcome"] == "done" and not o.get("refunded")
+                       and o.get("money", "").startswith("no refund"))
+        said = (f"{self.credits_moved:,} credits refunded on {len(refunded)} task(s)" if refunded
+                else "no credits refunded")
+        for why, n in kept.most_common():
+            said += f"; {n} task(s) without a refund: {why.removeprefix('no refund: ')}"
+        return said
+
     def to_dict(self, rows: int | None = None) -> dict[str, Any]:
         d = asdict(self)
         d["outcomes"] = self.outcomes[:rows]
+        d["money"] = self.money()
         return d
 
 
@@ -430,7 +443,8 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
         else:
             result.acted += 1
             acted_ids.append(task_id)
-            result.outcomes.append({"task_id": task_id, "outcome": "done", "detail": f"task is {after.status}"})
+            result.outcomes.append({"task_id": task_id, "outcome": "done", "detail": f"task is {after.status}",
+                                    "status": after.status, "failure_class": after.failure_class})
 
     try:
         done_n = 0
@@ -453,7 +467,9 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
                 if progress is not None:
                     progress(done_n, len(todo))
     finally:
-        result.credits_moved = _refunded_since(engine, acted_ids, ledger_mark)
+        moved = _refunded_since(engine, acted_ids, ledger_mark)
+        result.credits_moved = sum(moved.values())
+        _say_money(result, engine, moved, svc.policy)
         with engine.begin() as conn:
             conn.execute(update(incident).where(incident.c.id == incident_id).values(
                 finished_at=svc.act_time(latest_timestamp(engine)), runs=incident.c.runs + 1, matched=result.matched,
@@ -464,14 +480,29 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
     return result
 
 
-def _refunded_since(engine: Engine, ids: Sequence[int], ledger_mark: int) -> int:
-    """Credits refunded to `ids` by ledger rows written after `ledger_mark` (read by the id range)."""
+def _refunded_since(engine: Engine, ids: Sequence[int], ledger_mark: int) -> dict[int, int]:
+    """Credits refunded to each of `ids` by ledger rows written after `ledger_mark` (read by the id range)."""
     wanted = set(ids)
     q = select(credit_ledger.c.task_id, credit_ledger.c.entry_type, credit_ledger.c.amount).where(
         credit_ledger.c.id > ledger_mark)
+    moved: dict[int, int] = {}
     with connect(engine) as conn:
-        return sum(int(amount) for task_id, kind, amount in conn.execute(q)
-                   if kind == EntryType.REFUND and task_id in wanted)
+        for task_id, kind, amount in conn.execute(q):
+            if kind == EntryType.REFUND and task_id in wanted:
+                moved[task_id] = moved.get(task_id, 0) + int(amount)
+    return moved
+
+
+def _say_money(result: RunResult, engine: Engine, moved: Mapping[int, int], policy: Any) -> None:
+    """Each task acted on: what happened to its credits (rules.credits_outcome), added to its outcome."""
+    done = [o for o in result.outcomes if o["outcome"] == "done"]
+    charged, refunded = _money_facts(engine, [o["task_id"] for o in done])
+    for o in done:
+        facts = RefundFacts(o.pop("status"), o.pop("failure_class"), o["task_id"] in charged,
+                            o["task_id"] in refunded)
+        o["refunded"] = moved.get(o["task_id"], 0)
+        o["money"] = credits_outcome(facts, charged.get(o["task_id"], 0), o["refunded"], policy)
+        o["detail"] += f"; {o['money']}"
 
 
 # --- reading incidents ----------------------------------------------------------------------------

@@ -772,6 +772,16 @@ class LifecycleService:
         code = rules.refund_refusal(facts, self.policy)
         return None if code is None else Refusal(code, rules.refund_refusal_text(code, facts, self.policy))
 
+    def credits_outcome(self, task: Task) -> str:
+        """What happened to the task's credits, in the operator's words (rules.credits_outcome)."""
+        def read(tx: Tx) -> tuple[LedgerEntry | None, LedgerEntry | None]:
+            return tx.entry(consume_key(task.id)), tx.entry(refund_key(task.id))
+
+        charge, refund = self._tx(read)
+        facts = rules.RefundFacts(task.status, task.failure_class, charge is not None, refund is not None)
+        return rules.credits_outcome(facts, -charge.amount if charge else 0, refund.amount if refund else 0,
+                                     self.policy)
+
     def _stuck_facts(self, task: Task) -> rules.StuckFacts:
         """The task's age judged at judge_clock (the same moment the pages and the checklist judge it at)."""
         age = (self.judge_clock.now() - (task.submitted_at or task.created_at)).total_seconds()

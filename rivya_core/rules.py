@@ -12,6 +12,7 @@ facts. Nothing here reads a store, a database or a clock.
     mark_failed_refusal(facts) / recheck_refusal(facts, has_client) -> MarkFailedRefusal / RecheckRefusal | None
     Refusal(code, text)                        a support action's refusal: the code to key on, the sentence to show
     refund_allowed(status, failure_class, support, policy) -> bool   may a refund row exist at all
+    credits_outcome(facts, charged, refunded, policy) -> str   a task's credits after an act, for the operator
     outcome_notification(status, error_code) -> NotificationKind | None   what a settled task tells its user
     support_failure_notice(category, model, charged, refunded)   what a task support marked failed tells its user
     mark_failed_refund(charged, refunded, policy) -> int   the credits marking a task failed gives back
@@ -94,6 +95,22 @@ def refund_refusal_text(refusal: RefundRefusal, facts: RefundFacts, policy: Bill
         RefundRefusal.ALREADY_REFUNDED: "task was already refunded",
         RefundRefusal.POLICY_KEEPS: f"policy {policy.name!r} keeps credits for {facts.failure_class} failures",
     }[refusal]
+
+
+def credits_outcome(facts: RefundFacts, charged: int, refunded: int, policy: BillingPolicy) -> str:
+    """What happened to a task's credits, for the operator who just acted on it: "refunded N
+    credits", or no refund and why (`facts.refunded` is ignored: `refunded` is the amount)."""
+    if refunded:
+        return f"refunded {refunded} credits"
+    if not charged:
+        return "no refund: nothing was charged"
+    if facts.status != TaskStatus.FAILED:
+        return f"{charged} credits charged; a refund is decided when the task fails"
+    facts = RefundFacts(facts.status, facts.failure_class, True, False)
+    code = refund_refusal(facts, policy)
+    if code is None:
+        return f"no refund yet: {charged} credits are due"
+    return f"no refund: {refund_refusal_text(code, facts, policy)}"
 
 
 def refund_allowed(status: str, failure_class: str | None, support: bool, policy: BillingPolicy) -> bool:

@@ -199,7 +199,7 @@ def test_a_stuck_waiting_task_of_the_demo_is_finished_by_the_inspectors_recheck(
     assert "re-check upstream" in texts(at).lower()
     _run_action(at, "Re-check upstream")
     assert not at.exception
-    assert f"Re-check upstream on task #{waiting}: done. The task is now FAILED." in texts(at)
+    assert f"Re-check upstream on task #{waiting}: done. The task is now FAILED; refunded " in texts(at)
     with engine.connect() as conn:
         refunds = conn.scalar(text("select count(*) from credit_ledger where entry_type = 'refund' "
                                    "and task_id = :t"), {"t": waiting})
@@ -276,3 +276,23 @@ def test_marking_failed_from_the_inspector_keeps_the_reason_from_the_customer(op
     assert "Dana" not in detail["task"]["error_message"] and "hang" not in detail["task"]["error_message"]
     [act] = [e["detail"] for e in detail["events"] if e["kind"] == "support_action"]
     assert (act["operator"], act["reason"]) == ("Dana", "motion hang; upstream lost the job")
+
+
+def test_the_confirmation_says_the_money(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py", task="3")
+    _run_action(at, "Mark stuck task failed")
+    assert "Mark stuck task failed on task #3: done. The task is now FAILED; refunded 50 credits." in texts(at)
+    at = open_page(seeded_url, "pages/task_inspector.py", task="2")
+    _run_action(at, "Issue the due refund")
+    assert "Issue the due refund on task #2: done. The task is now FAILED; refunded 10 credits." in texts(at)
+
+
+def test_the_confirmation_says_why_no_credits_went_back(open_page, seeded_url, monkeypatch, tmp_path):
+    policy = tmp_path / "keep.toml"
+    policy.write_text('[policy]\nname = "keep"\nrefund_classes = []\n', encoding="utf-8")
+    monkeypatch.setenv("RIVYA_POLICY", str(policy))
+    at = open_page(seeded_url, "pages/task_inspector.py", task="3")
+    _run_action(at, "Mark stuck task failed")
+    shown = texts(at).replace("`", "")  # the policy's name comes from a file: shown as plain text
+    assert ("Mark stuck task failed on task #3: done. The task is now FAILED; no refund: policy 'keep' keeps "
+            "credits for infrastructure failures.") in shown
