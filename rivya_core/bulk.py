@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, or_, select, update
+from sqlalchemy import Engine, func, insert, inspect, or_, select, update
 
 from .db import missing_tables
 from .domain import ACTIVE, ActionRefused, EntryType, EventKind, FailureClass, Task, TaskStatus, ValidationError
@@ -520,6 +520,33 @@ def incidents(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
             d["scope"] = BulkFilter.from_dict(d["filter"] or {}).describe()
             out.append(d)
         return out
+
+
+OPEN_FOR_S = 3600.0  # an incident stays open this long after its latest run ended (a run going: open)
+
+
+def covering_incident(bind: Any, provider: str, task_id: int, now: datetime) -> dict[str, Any] | None:
+    """The newest open incident whose filter names `provider` and that has not acted on the task yet:
+    its run is going, or its latest run ended at most OPEN_FOR_S before `now`. None when none is."""
+    since = now - timedelta(seconds=OPEN_FOR_S)
+    with connect(bind) as conn:
+        if not inspect(conn).has_table(incident.name):  # an older database: no incident yet
+            return None
+        found = conn.execute(select(incident).where(
+            or_(incident.c.finished_at.is_(None), incident.c.finished_at >= since), incident.c.created_at <= now)
+            .order_by(incident.c.id.desc()).limit(50)).all()
+        mine = [dict(r._mapping) for r in found if (r.filter or {}).get("provider") == provider]
+        if not mine:
+            return None
+        acted = handled_by_any(conn, task_id)
+    return next((d for d in mine if d["id"] not in acted), None)
+
+
+def handled_by_any(conn: Any, task_id: int) -> set[int]:
+    """The incidents that acted on this task (its support_action events' `incident`)."""
+    q = select(task_event.c.detail).where(task_event.c.task_id == task_id,
+                                          task_event.c.kind == EventKind.SUPPORT_ACTION.value)
+    return {d.get("incident") for (d,) in conn.execute(q) if isinstance(d, dict) and d.get("incident")}
 
 
 def incident_by_name(engine: Engine, name: str) -> dict[str, Any] | None:

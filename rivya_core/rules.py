@@ -20,6 +20,7 @@ facts. Nothing here reads a store, a database or a clock.
     first_check_in(category, callbacks_enabled, policy) / next_check(attempts, policy) / deferral(policy)
     heavier_duplicate(new, running, policy) -> bool   a new run outweighing a running same-prompt run
     Verdict, NextAction, verdict_severity(verdict) -> Severity   what support's checklist concludes, and its colour
+    stuck_next_action(StuckReads) -> NextAction   a stuck task's next action from what its reads found
 """
 
 from __future__ import annotations
@@ -447,6 +448,7 @@ class NextAction(StrEnum):
     WAIT = "wait"
     RECHECK_UPSTREAM = "recheck_upstream"
     RECHECK_LATER = "recheck_later"    # stuck, but the provider failed the latest status reads
+    WAIT_FOR_INCIDENT = "wait_for_incident"  # stuck, found nothing, and a named provider incident covers it
     MARK_FAILED = "mark_failed"
     ISSUE_REFUND = "issue_refund"
     INVESTIGATE_LEDGER = "investigate_ledger"
@@ -461,10 +463,40 @@ ACTION_TEXT: Mapping[NextAction, str] = {
     NextAction.RECHECK_UPSTREAM: "re-check upstream",
     NextAction.RECHECK_LATER: "re-check later: the provider failed the latest status reads (upstream "
                               "unreachable or erring) — look for a provider incident first",
-    NextAction.MARK_FAILED: "mark failed (past timeout)",
+    NextAction.WAIT_FOR_INCIDENT: "wait for the provider incident",  # diagnose names it
+    NextAction.MARK_FAILED: "mark failed",  # diagnose says why and what it does to the credits
     NextAction.ISSUE_REFUND: "issue the due refund",
     NextAction.INVESTIGATE_LEDGER: "investigate the ledger",
     NextAction.TELL_USER_TOP_UP: "tell the user to top up credits",
     NextAction.TELL_USER_CORRECT: "tell the user how to correct the request",  # diagnose adds how
     NextAction.SETTLE_OR_FAIL_TURN: "settle or fail the turn (release the reservation)",
 }
+
+
+@dataclass(frozen=True)
+class StuckReads:
+    """What the upstream reads said of a task past its stuck threshold (diagnose gathers it)."""
+
+    last_state: str | None  # what the latest read since the task became stuck found; None: no read since
+    unreachable: bool       # every status read since the provider last answered failed
+    incident: str | None    # a named provider incident covering the task's provider, if any
+    read_kind: str | None = None       # which read that was (poll, recheck, callback), and when
+    read_at: datetime | None = None
+
+
+FOUND_NOTHING = frozenset({"unknown", "lost"})  # the provider has no job, or no answer, for the task
+STILL_WORKING = frozenset({"running", "queued"})
+
+
+def stuck_next_action(reads: StuckReads) -> NextAction:
+    """A stuck task's next action from what the reads found, so the checklist never loops on
+    "re-check": a read that found nothing leads to mark failed, unless a named provider incident
+    covers the task (then wait for it); a provider still working on the job, to waiting for the
+    timeout; no read since the task became stuck, to a re-check."""
+    if reads.unreachable:
+        return NextAction.WAIT_FOR_INCIDENT if reads.incident else NextAction.RECHECK_LATER
+    if reads.last_state in FOUND_NOTHING:
+        return NextAction.WAIT_FOR_INCIDENT if reads.incident else NextAction.MARK_FAILED
+    if reads.last_state in STILL_WORKING:
+        return NextAction.WAIT
+    return NextAction.RECHECK_UPSTREAM
