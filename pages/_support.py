@@ -28,7 +28,7 @@ from pages._cache import cached_df
 from pages._source import current_url
 from pages._text import plain
 from rivya_core import db
-from rivya_core.domain import RivyaError
+from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.policy import BillingPolicy
 
 try:  # registers the simulation databases' recorded providers with rivya_core.service
@@ -48,14 +48,16 @@ def who_sees_what(task: dict, ledger: list[dict], policy: BillingPolicy) -> str:
     """Markdown: who reads what the operator writes, and what the customer is told (rivya_core.rules)."""
     from rivya_core.rules import mark_failed_refund, support_failure_notice
 
+    internal = ("**Who sees what.** Your name and the reason are internal: they go into the task's timeline "
+                "(its support action event), never to the customer.")
+    if task["status"] not in ACTIVE:
+        return f"{internal} A refund sends the customer no message (their balance shows it as `support refund`)."
     mine = [e for e in ledger if e.get("task_id") == task["id"]]
     charged = -sum(e["amount"] for e in mine if e["entry_type"] == "consume")
     refunded = any(e["entry_type"] == "refund" for e in mine)
     back = mark_failed_refund(charged, refunded, policy)
     told = support_failure_notice(task["category"], task["model"], charged, back)[1]
-    return ("**Who sees what.** Your name and the reason are internal: they go into the task's timeline "
-            "(its support action event), never to the customer. If you mark the task failed, the customer "
-            f"is told: {plain(told)} A refund sends no message (their balance shows it as "
+    return (f"{internal} If you mark the task failed, the customer is told: {plain(told)} A refund sends no message (their balance shows it as "
             "`support refund`); a re-check tells them only the task's outcome, if it finishes the task.")
 
 

@@ -234,6 +234,9 @@ with show_errors():
             show_rows(detail["callbacks"], "No provider callback arrived for this task.", drop=("body",))
         with tabs[4]:
             st.text("Did the user see the outcome? " + user_view.outcome_seen(engine, task_id)["answer"])
+            for note in detail["notifications"]:  # the words the customer read, as text
+                st.text(f"The user was told ({note['kind']}, {reports.format_time(note['created_at'])}): "
+                        f"{note['title']}. {note['body']}")
             show_rows(detail["notifications"], "No notification for this task.")
         with tabs[5]:
             show_actions(task_id, task, detail["ledger"])
