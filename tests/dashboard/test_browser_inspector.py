@@ -25,14 +25,20 @@ def _choose(page, label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def _search(browser, served: str, query: str, matches: str):
+    """The inspector, with `query` typed into its search box, once `matches` shows."""
+    page = open_settled(browser, f"{served}/task_inspector")
+    search = page.get_by_label("Find a task")
+    search.fill(query)
+    search.press("Enter")
+    page.wait_for_selector(f"text={matches}", timeout=60_000)
+    return page
+
+
 def test_search_pick_the_second_result_then_act_lands_on_that_task(seeded_server, browser):
     served, url = seeded_server
     before = support_events(url)
-    page = open_settled(browser, f"{served}/task_inspector")
-    search = page.get_by_label("Find a task")
-    search.fill("ana@example.com")
-    search.press("Enter")
-    page.wait_for_selector("text=2 tasks match", timeout=60_000)
+    page = _search(browser, served, "ana@example.com", "2 tasks match")
     page.wait_for_selector("text=Task #2 — FAILED", timeout=60_000)  # newest first
     _choose(page, "Task", "#1 · SUCCESS · img-fast · ana@example.com · a red fox in snow")
     page.wait_for_selector("text=Task #1 — SUCCESS", timeout=60_000)
@@ -119,11 +125,7 @@ def test_search_pick_mark_failed_then_read_the_confirmation_and_what_the_custome
     with an internal reason, read the confirmation (with the money) and the notification he got."""
     served, url = seeded_server
     before = support_events(url)
-    page = open_settled(browser, f"{served}/task_inspector")
-    search = page.get_by_label("Find a task")
-    search.fill("bo@example.com")
-    search.press("Enter")
-    page.wait_for_selector("text=2 tasks match", timeout=60_000)
+    page = _search(browser, served, "bo@example.com", "2 tasks match")
     _choose(page, "Task", "#3 · GENERATING · vid-pro · bo@example.com · waves at dusk")
     page.wait_for_selector("text=Task #3 — GENERATING", timeout=60_000)
     settle(page)
