@@ -11,12 +11,9 @@ import streamlit as st
 
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
-from pages._render import show_table
-from pages._text import plain
+from pages._render import show_table, verdict_box
 from rivya_core import queries, user_view
 from rivya_core.diagnose import diagnose_chat_message
-
-STATUS_BOX = {"ok": "success", "warn": "warning", "fail": "error"}
 
 
 def chat_lookup(engine, policy) -> None:
@@ -36,9 +33,7 @@ def chat_lookup(engine, policy) -> None:
         show_table(pd.DataFrame(found))
         message_id = st.selectbox("Chat turn", list(labels), format_func=labels.get, key="chat_pick")
         d = diagnose_chat_message(engine, message_id, policy)
-        worst = "fail" if any(i.status == "fail" for i in d.items) else \
-            "warn" if any(i.status == "warn" for i in d.items) else "ok"
-        getattr(st, STATUS_BOX[worst])(f"Verdict: {plain(d.verdict)}. Next action: {plain(d.next_action)}.")
+        verdict_box(d, markdown=False)
         for item in d.items:
             st.text(f"{item.question} {item.answer}")
             if item.evidence:

@@ -7,7 +7,8 @@
     jobs_panel(renderers) -> None
         Every background job (newest first, the same list in every tab and session), refreshed
         every few seconds in a fragment so the rest of the page stays usable: status, progress,
-        a Cancel button for running jobs, "Show result" for finished ones, the log of failed ones.
+        a Cancel button for running jobs, "Show result" for finished ones, the reason and the log of
+        failed ones (a result its verdict does not trust, simulations.jobs.verdict, stays readable).
         The chosen result is drawn below the list by renderers[kind](job).
 """
 
@@ -62,7 +63,7 @@ def jobs_panel(renderers: dict[str, Callable[[dict[str, Any]], None]]) -> None:
         except RivyaError:
             st.session_state.pop(VIEW, None)
             return
-        if job["status"] == "done" and job["kind"] in renderers:
+        if job["result"] is not None and job["kind"] in renderers:  # done, or failed by its verdict
             st.divider()
             st.markdown(f"**Result of job {job['id']}** ({job['kind']})")
             st.text(job["label"])
@@ -96,11 +97,12 @@ def _job_row(job: dict[str, Any]) -> None:
             if can_act() and top[1].button("Cancel", key=f"cancel_{job['id']}", icon=":material/stop:"):
                 jobs.cancel(job["id"], runs_dir())
                 top[1].caption("cancelled")  # the next refresh shows the row as cancelled
-        elif status == "done":
-            if top[1].button("Show result", key=f"show_{job['id']}", type="primary"):
-                st.session_state[VIEW] = job["id"]
-                st.rerun(scope="app")
-        elif status == "failed":
-            top[0].text(f"Error: {job['error'] or 'failed'}")  # may quote outside text: plain
+            return
+        if status == "failed":  # a crash (no result), or a result its verdict does not trust (jobs.verdict)
+            top[0].text(f"{'Failed' if job['result'] is not None else 'Error'}: {job['error'] or 'failed'}")  # plain
             with top[0].expander("Log"):
                 st.code(jobs.log_tail(job) or "(no output)", language=None)
+        if job["result"] is not None and top[1].button("Show result", key=f"show_{job['id']}",
+                                                       type="primary" if status == "done" else "secondary"):
+            st.session_state[VIEW] = job["id"]
+            st.rerun(scope="app")

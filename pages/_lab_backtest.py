@@ -15,6 +15,7 @@ from pages._source import current_url
 from pages._text import plain
 from rivya_core import db
 from rivya_core.policy import BillingPolicy
+from simulations.backtest import describe_window
 from simulations.scenarios import POLICY_DIR
 
 
@@ -67,8 +68,8 @@ def _show(result: dict) -> None:
                  "below are not trustworthy; the first diverging rows:")
         st.json(sc["first_diverging_rows"], expanded=True)
     w = result["window"]
-    st.caption(f"{w['tasks']:,} tasks, {w['chat_turns']:,} chat turns, {w['ledger_rows']:,} ledger rows "
-               f"({plain(w['since'] or 'start')} to {plain(w['until'] or 'end')}).")
+    st.caption(f"{w['tasks']:,} tasks, {w['chat_turns']:,} chat turns, {w['ledger_rows']:,} ledger rows, "
+               f"{plain(describe_window(w))}.")
     rows = [{"kpi": k, f"A: {pa}": v["a"], f"B: {pb}": v["b"], "B − A": v["diff"], "95% CI": "",
              "figure": "exact", "meaning": v["meaning"]} for k, v in result["exact"]["kpis"].items()]
     timing = result.get("timing")

@@ -9,6 +9,9 @@
         The credit cards that add up (granted − charged + refunded − chat = total), sum spelled out.
     show_errors() -> context manager
         Turns RivyaError / SQLAlchemyError raised inside into st.error lines.
+    verdict_box(diag, *, markdown=True) -> None
+        A checklist's verdict and next action, in the colour of the verdict's severity
+        (rivya_core.rules.verdict_severity), and a line naming the items that failed or warn.
 """
 
 from __future__ import annotations
@@ -81,6 +84,24 @@ def show_flows(flows: dict[str, int], total_label: str, total_help: str | None =
                f"{flows['task_refunded']:,} refunded for tasks − {flows['chat_charged']:,} chat charged{other} "
                f"= **{flows['balance']:,}** ({total_label.lower()}). Chat reservations: "
                f"{flows['chat_reserved']:,}, of which {flows['chat_refunded']:,} returned.")
+
+
+SEVERITY_BOX = {"ok": st.success, "info": st.info, "warn": st.warning, "fail": st.error}
+
+
+def verdict_box(diag: Any, *, markdown: bool = True) -> None:
+    """The verdict drawn by its severity; items that fail or warn are named beneath it, whatever the verdict."""
+    from rivya_core.rules import verdict_severity
+
+    box = SEVERITY_BOX[verdict_severity(diag.verdict_code)]
+    if markdown:
+        box(f"**Verdict:** {plain(diag.verdict)}\n\n**Next action:** {plain(diag.next_action)}")
+    else:
+        box(f"Verdict: {plain(diag.verdict)}. Next action: {plain(diag.next_action)}.")
+    flagged = [i for i in diag.items if i.status in ("fail", "warn")]
+    if flagged:
+        st.caption("Checklist items to look at: " + "; ".join(
+            f"{'failed' if i.status == 'fail' else 'warns'}: {plain(i.question)}" for i in flagged))
 
 
 @contextmanager

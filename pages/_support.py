@@ -9,6 +9,9 @@
         database its providers answer from the farm's recorded jobs and its clock is
         pinned at the database's latest time (rivya_core.service provider sources;
         importing this module registers the simulations package's).
+    who_sees_what(task, ledger, policy) -> str
+        The support form's sentence on who reads what: the operator's name and reason are
+        internal (the timeline); what the customer is told if the task is marked failed.
     record_audit_now(policy, row_cap) -> StoredAudit
         Run the whole audit on the current database and store it in `audit_run` (an
         operator's act: the only page path that writes it; pages read through read-only engines).
@@ -25,7 +28,7 @@ from pages._cache import cached_df
 from pages._source import current_url
 from pages._text import plain
 from rivya_core import db
-from rivya_core.domain import RivyaError
+from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.policy import BillingPolicy
 
 try:  # registers the simulation databases' recorded providers with rivya_core.service
@@ -41,13 +44,32 @@ def support_service(policy: BillingPolicy):
     return service_for_url(current_url(), policy=policy)
 
 
+def who_sees_what(task: dict, ledger: list[dict], policy: BillingPolicy) -> str:
+    """Markdown: who reads what the operator writes, and what the customer is told (rivya_core.rules)."""
+    from rivya_core.rules import mark_failed_refund, support_failure_notice
+
+    internal = ("**Who sees what.** Your name and the reason are internal: they go into the task's timeline "
+                "(its support action event), never to the customer.")
+    if task["status"] not in ACTIVE:
+        return f"{internal} A refund sends the customer no message (their balance shows it as `support refund`)."
+    mine = [e for e in ledger if e.get("task_id") == task["id"]]
+    charged = -sum(e["amount"] for e in mine if e["entry_type"] == "consume")
+    refunded = any(e["entry_type"] == "refund" for e in mine)
+    back = mark_failed_refund(charged, refunded, policy)
+    told = support_failure_notice(task["category"], task["model"], charged, back)[1]
+    return (f"{internal} If you mark the task failed, the customer is told: {plain(told)} A refund sends no message (their balance shows it as "
+            "`support refund`); a re-check tells them only the task's outcome, if it finishes the task.")
+
+
 def record_audit_now(policy: BillingPolicy, row_cap: int):
-    """The audit run now over a writable engine and stored (see module doc)."""
+    """The audit run now over a writable engine and stored under the signed-in operator (see module doc)."""
+    from pages._access import access_config
     from rivya_core.audit import run_and_record
 
+    by = (st.session_state.get("user") if access_config().enabled else None) or "an operator in open mode"
     engine = db.open_store(current_url()).engine
     try:
-        return run_and_record(engine, policy, row_cap=row_cap)
+        return run_and_record(engine, policy, row_cap=row_cap, stored_by=by)
     finally:
         engine.dispose()
 

@@ -19,6 +19,7 @@ from pages._support import policy_in_force, support_service
 from pages._text import plain
 from rivya_core import bulk, reports
 from rivya_core.domain import RivyaError, TaskStatus
+from rivya_core.rules import support_failure_notice
 
 ACTION_LABELS = {"recheck": "Re-check upstream", "refund": "Refund if due", "mark-failed": "Mark failed (stuck only)"}
 ANY = "any"
@@ -112,6 +113,12 @@ def execute_form(action: str, flt: bulk.BulkFilter, name: str, planned: bool) ->
     operator = c[0].text_input("Operator", value=signed_in or "", disabled=bool(signed_in), key="bulk_operator")
     reason = c[1].text_input("Reason (kept on every task's timeline)", key="bulk_reason")
     operator = signed_in or operator
+    example = support_failure_notice("video", "kinetica-v2", 24, 24)[1]
+    st.caption("**Who sees what.** Your name, the reason and the incident name are internal: they go on every "
+               "task's timeline and in the incidents list, never to the customers. The customer of a task "
+               "marked failed is told only that their task could not be completed and what happened to its "
+               f"credits (e.g. {plain(example)}, or that they were not refunded when the policy keeps them); a "
+               "refund sends no message; a re-check tells them only the task's outcome, if it finishes the task.")
     if not planned:
         st.caption("Dry-run this action and filter first; then it can be executed.")
     if st.button("Execute incident", type="primary", disabled=not planned, key="bulk_execute"):
@@ -132,7 +139,7 @@ def execute_form(action: str, flt: bulk.BulkFilter, name: str, planned: bool) ->
         else:
             ss["bulk_result"] = ("done", f"Incident {r.incident_id}: {r.matched:,} matched, {r.acted:,} acted on, "
                                          f"{r.refused:,} refused, {r.skipped:,} already handled by an earlier run; "
-                                         f"{r.credits_moved:,} credits refunded.")
+                                         f"{r.money()}.")
         ss.pop("bulk_plan", None)
         st.cache_data.clear()
         st.rerun()

@@ -56,8 +56,8 @@ with show_errors():
         st.error(f"Audit: **{summary['total']:,}** violation(s) of the billing and lifecycle invariants — {kinds}")
     if summary is not None and summary["ran_at"] is not None:
         since = "" if summary["fresh"] else " Rows were added since: run it again on the Refund audit page."
-        st.caption(f"Audit stored at {reports.format_time(summary['ran_at'])} UTC (judged at "
-                   f"{reports.format_time(summary['judged_at'])}, took {summary['duration_s']:.1f} s).{since}")
+        st.caption(reports.audit_provenance(summary["stored"], summary["ran_at"], summary["stored_by"],
+                                           summary["judged_at"], summary["duration_s"], plain) + since)
     st.caption(f"Audit judged with {plain(policy_source)}.")
     st.page_link("pages/refund_audit.py", label="Open the refund audit", icon=":material/policy:")
 

@@ -12,7 +12,7 @@ from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, record_audit_now
 from pages._text import plain
-from rivya_core import audit
+from rivya_core import audit, reports
 from rivya_core.schema import CONTRACT_TABLES
 
 ROW_CAP = 200
@@ -49,7 +49,8 @@ with show_errors():
                 "an operator presses **Run the audit now** (or runs `python -m rivya_core audit --record`).")
         st.stop()
     report = stored.as_report()
-    st.caption(f"Stored at {stored.ran_at:%Y-%m-%d %H:%M:%S} UTC, took {stored.duration_s:.1f} s."
+    st.caption(reports.audit_provenance(stored.stored, stored.ran_at, stored.stored_by, stored.judged_at,
+                                        stored.duration_s, plain)
                + ("" if stored.fresh else " **Rows were added since**: run it again for the latest figures."))
     counts = report.counts()
     money = {k: counts.get(k, 0) for k in MONEY_KINDS if k in counts}

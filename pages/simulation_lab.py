@@ -25,9 +25,10 @@ from rivya_core.audit import ledger_sums
 from rivya_core.credits import chat_figures
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
-from simulations import quotas
-from simulations.scenarios import POLICY_DIR, list_scenarios, load_scenario
-from simulations.sweep import Sweep, parse_grid
+from simulations import kpis, quotas
+from simulations.runner import explain_tasks
+from simulations.scenarios import POLICY_DIR, describe_own_policy, list_scenarios, load_scenario
+from simulations.sweep import Sweep, fmt, parse_grid, pct
 from simulations.writer import read_sim_runs
 
 enter_page()
@@ -38,6 +39,9 @@ FAULTS = {
     "Generation": ["content_policy", "model_error", "upstream_timeout", "lost_job", "no_urls"],
 }
 STATE_COLORS = {"ACTIVE": "#1f77b4", "SUCCESS": "#2ca02c", "FAILED": "#d62728"}
+ARRIVALS_HELP = ("Arrivals: generation requests and chat turns, what `--tasks` counts. A run's tasks are its "
+                 "ai_task rows: one per generation request, one per tool-backed chat turn, one per user rerun; "
+                 "a plain chat turn is billed apart and makes no task.")
 
 
 def policies() -> dict[str, Path | None]:
@@ -74,7 +78,8 @@ def edit_knobs(sc):
     the run is then exactly `python -m simulations run SCENARIO --seed S --tasks N`."""
     k = f"knob_{sc.name}_"
     c = st.columns(4)
-    tasks = c[0].number_input("Tasks", 10, 200_000, sc.tasks or 500, step=100, key=k + "tasks")
+    tasks = c[0].number_input("Arrivals", 10, 200_000, sc.tasks or 500, step=100, key=k + "tasks",
+                              help=ARRIVALS_HELP)
     seed = c[1].number_input("Seed", 0, 2**31 - 1, sc.seed, key=k + "seed")
     users = c[2].number_input("Users", 1, 100_000, sc.population.users, key=k + "users")
     callbacks = c[3].toggle("Callbacks on", sc.callbacks, help="Off: polling is the only completion path",
@@ -98,7 +103,9 @@ def edit_knobs(sc):
         except RivyaError as exc:
             st.error(plain(exc.message))
             st.stop()
-    describe_policy(policy)
+        describe_policy(policy)
+    else:  # built from the scenario's [policy] table, not read from a file: described by the file it equals
+        st.text(describe_own_policy(sc))
     edited = replace(
         sc, seed=int(seed), callbacks=callbacks, policy=policy,
         population=replace(sc.population, users=int(users), broke_fraction=broke),
@@ -122,7 +129,8 @@ def show_run(url: str) -> None:
     credits = s.get("credits", {})
     chat = chat_figures(cached_at(url, ledger_sums))  # the one definition, over the run's own ledger
     c = st.columns(8)
-    c[0].metric("Tasks", f"{s.get('tasks', 0):,}")
+    explained = explain_tasks(s.get("tasks", 0), s.get("arrivals"), s.get("task_sources"))
+    c[0].metric("Tasks", f"{s.get('tasks', 0):,}", help=explained or "ai_task rows")
     c[1].metric("Charged for tasks", f"{credits.get('charged', 0):,}", help="`consume` rows")
     c[2].metric("Refunded for tasks", f"{credits.get('refunded', 0):,}", help="`refund` rows")
     c[3].metric("Chat charged", f"{chat.charged:,}", help="What users were finally charged for chat turns")
@@ -135,6 +143,8 @@ def show_run(url: str) -> None:
     st.caption(f"Scenario {plain(s.get('scenario_name'))}, seed {plain(s.get('seed'))}, fingerprint "
                f"{plain(str(s.get('fingerprint', ''))[:16])}, {float(s.get('sim_seconds') or 0):,.0f} simulated "
                f"seconds. Database: {plain(url)}")
+    if explained:
+        st.caption(explained)
     for v in s.get("violations", []):
         st.error(f"{plain(v.get('kind'))}: {plain(v.get('message'))}")
 
@@ -189,8 +199,17 @@ def show_compare(job: dict) -> None:
     result = job["result"]
     table = pd.DataFrame(result["table"])
     pa, pb = result["policies"]
-    show_table(table.rename(columns={"policy_a": f"A: {pa}", "policy_b": f"B: {pb}"}).drop(columns=["kpi"]),
-               width="stretch", hide_index=True)
+    show_table(pd.DataFrame([{
+        "KPI": r["label"], f"A: {pa}": r["policy_a"], f"B: {pb}": r["policy_b"], "B − A": r["diff"],
+        "95% CI": "n/a" if math.isnan(r["ci_low"]) else f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
+        "change": pct(r.get("rel", math.nan)),
+        "change, 95% CI": "n/a" if math.isnan(r.get("rel_ci_low", math.nan)) else
+        f"[{pct(r['rel_ci_low'])}, {pct(r['rel_ci_high'])}]",
+        "what it counts": r.get("meaning") or kpis.meaning(r["kpi"])} for r in result["table"]]),
+        width="stretch", hide_index=True)
+    st.caption("change: B − A as a share of A's mean over the replications.")
+    for note in result.get("notes", []):
+        st.text(note)  # names models and policies: plain text
     base = table["policy_a"].abs().where(table["policy_a"] != 0)
     rel = table.assign(diff_pct=100 * table["diff"] / base, lo=100 * table["ci_low"] / base,
                        hi=100 * table["ci_high"] / base).dropna(subset=["diff_pct"])
@@ -213,6 +232,8 @@ def show_compare(job: dict) -> None:
 def show_sweep(job: dict) -> None:
     result = job["result"]
     show_table(pd.DataFrame(result["variants"]), width="stretch", hide_index=True)
+    with st.expander("What each KPI counts"):
+        st.text("\n".join(kpis.definition_lines(kpis.SIMULATED)))
     for f in result.get("failed", []):
         st.text(f"Failed job {f['key']}: {f['error']}")
     if result.get("output"):
@@ -260,7 +281,8 @@ with run_tab:
     if operator_only("Running a simulation") and st.button("Run in the background", type="primary"):
         url = new_run_url(scenario.name)
         start_job("run", {"scenario_toml": scenario.to_toml(), "scenario_name": scenario.name, "tasks": tasks,
-                          "url": url}, f"{scenario.name}, {tasks:,} tasks, seed {scenario.seed}, policy "
+                          "url": url}, f"{scenario.name}, {tasks:,} arrivals (generation requests and chat "
+                  f"turns), seed {scenario.seed}, policy "
                   f"{scenario.policy.name}", tasks=tasks, users=scenario.population.users, db=url)
     st.caption("The run goes into a new database under the runs folder; follow it under Background jobs below.")
     runs_folder()
@@ -268,7 +290,7 @@ with run_tab:
 with live_tab:
     st.caption("Runs the scenario **with the knobs set on the first tab** in a background process at a "
                "chosen speed, writing as it goes; open **Live tasks** on its database to watch tasks move.")
-    st.markdown(f"Scenario: `{scenario.name}`, {tasks:,} tasks, seed {scenario.seed}, policy "
+    st.markdown(f"Scenario: `{scenario.name}`, {tasks:,} arrivals, seed {scenario.seed}, policy "
                 f"`{scenario.policy.name}`.")
     factor = st.number_input("Speed (simulated seconds per wall second)", 1.0, 1000.0, 20.0)
     n = tasks
@@ -303,7 +325,7 @@ with compare_tab:
         a = c[0].selectbox("Policy A", names, index=names.index("default") if "default" in names else 0)
         b = c[1].selectbox("Policy B", names, index=names.index("no_refunds") if "no_refunds" in names else 1)
         reps = c[2].number_input("Replications", 2, 200, 4)
-        per = c[3].number_input("Tasks per run", 20, 20_000, 200)
+        per = c[3].number_input("Arrivals per run", 20, 20_000, 200, help=ARRIVALS_HELP)
         for label, name in (("A = ", a), ("B = ", b)):
             try:
                 describe_policy(BillingPolicy.load(policies()[name]), label)
@@ -313,7 +335,7 @@ with compare_tab:
             start_job("compare", {"scenario_toml": sc.to_toml(), "scenario_name": sc.name,
                                   "policies": policy_params([policies()[a], policies()[b]]),
                                   "replications": int(reps), "tasks": int(per)},
-                      f"{sc.name}: {a} vs {b}, {int(reps)} replications of {int(per)} tasks",
+                      f"{sc.name}: {a} vs {b}, {int(reps)} replications of {int(per)} arrivals",
                       tasks=int(per), users=sc.population.users)
 
 with sweep_tab:
@@ -326,7 +348,7 @@ with sweep_tab:
                               help="Scenario keys and their values, separated by ';'")
     c = st.columns(2)
     reps = c[0].number_input("Replications", 1, 500, 4, key="sweep_reps")
-    per = c[1].number_input("Tasks per run", 10, 20_000, 200, key="sweep_tasks")
+    per = c[1].number_input("Arrivals per run", 10, 20_000, 200, key="sweep_tasks", help=ARRIVALS_HELP)
     if operator_only("Sweeping policies") and st.button("Sweep in the background", type="primary",
                                                           disabled=not chosen):
         try:

@@ -11,10 +11,10 @@ from pages._cache import cached_df
 from pages._chat_lookup import chat_lookup
 from pages._fork import fork_button
 from pages._links import RESULT_LINK, web_link
-from pages._render import show_errors, show_table
+from pages._render import show_errors, show_table, verdict_box
 from pages._rerun import export_button, rerun_acted, rerun_form, rerun_links
 from pages._source import enter_page, open_db
-from pages._support import policy_in_force, support_service
+from pages._support import policy_in_force, support_service, who_sees_what
 from pages._text import plain
 from rivya_core import queries, reports, user_view
 from rivya_core.diagnose import diagnose, recheck_signals
@@ -33,10 +33,7 @@ STATUS_ICON = {"ok": ":material/check_circle:", "warn": ":material/warning:", "f
 def show_checklist(task_id: int, user_id: int) -> None:
     judged = queries.reference_now(engine)  # the one "now" the pages and the support actions judge ages at
     diag = diagnose(engine, task_id, policy, now=judged.at)
-    box = {"ok": st.success, "warn": st.warning, "fail": st.error}.get(
-        "fail" if any(i.status == "fail" for i in diag.items) else
-        "warn" if any(i.status == "warn" for i in diag.items) else "ok", st.info)
-    box(f"**Verdict:** {plain(diag.verdict)}\n\n**Next action:** {plain(diag.next_action)}")
+    verdict_box(diag)
     st.caption(f"Task type: {plain(diag.task_type)}. {judged.caption()}, with {plain(policy_source)}.")
     for item in diag.items:  # answers quote the task's own fields (error messages, prompts): plain text
         icon = STATUS_ICON.get(item.status, ":material/help:")
@@ -100,13 +97,13 @@ def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
         st.session_state["action_result"] = (task_id, "refused", f"{action} on task #{task_id} refused "
                                              f"({code}): {plain(exc.message)}")
     else:
-        st.session_state["action_result"] = (task_id, "done",
-                                             f"{action} on task #{task_id}: done. The task is now {plain(task.status)}.")
+        st.session_state["action_result"] = (task_id, "done", f"{action} on task #{task_id}: done. The task is now "
+                                             f"{plain(task.status)}; {plain(svc.credits_outcome(task))}.")
     st.cache_data.clear()
     st.rerun()
 
 
-def show_actions(task_id: int) -> None:
+def show_actions(task_id: int, task: dict, ledger: list[dict]) -> None:
     result = st.session_state.get("action_result")
     if result and result[0] == task_id:
         del st.session_state["action_result"]
@@ -124,6 +121,7 @@ def show_actions(task_id: int) -> None:
             st.caption("Sign-in is on: actions are recorded under the signed-in operator.")
         operator = signed_in or operator
         reason = st.text_input("Reason (kept in the task's timeline)")
+        st.caption(who_sees_what(task, ledger, policy))
         if st.form_submit_button(f"Run action on task #{task_id}"):
             if not operator.strip() or not reason.strip():
                 st.warning("Give your name and a reason: both go into the task's timeline.")
@@ -239,9 +237,12 @@ with show_errors():
             show_rows(detail["callbacks"], "No provider callback arrived for this task.", drop=("body",))
         with tabs[4]:
             st.text("Did the user see the outcome? " + user_view.outcome_seen(engine, task_id)["answer"])
+            for note in detail["notifications"]:  # the words the customer read, as text
+                st.text(f"The user was told ({note['kind']}, {reports.format_time(note['created_at'])}): "
+                        f"{note['title']}. {note['body']}")
             show_rows(detail["notifications"], "No notification for this task.")
         with tabs[5]:
-            show_actions(task_id)
+            show_actions(task_id, task, detail["ledger"])
             rerun_form(task_id, policy)
 
 with show_errors():

@@ -11,7 +11,7 @@ import streamlit as st
 from pages._cache import cached_df
 from pages._fork import fork_button
 from pages._links import TASK_LINK, with_task_links
-from pages._render import show_errors, show_table
+from pages._render import show_errors, show_table, verdict_box
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force
 from pages._text import plain
@@ -108,7 +108,7 @@ def chat_tab(user_id: int) -> None:
                         format_func=lambda m: f"message #{m}")
     if turn is not None:
         d = diagnose_chat_message(engine, turn, policy)
-        st.text(f"Verdict: {d.verdict}. Next action: {d.next_action}.")
+        verdict_box(d, markdown=False)
         for item in d.items:
             st.text(f"{item.question} {item.answer}")
 

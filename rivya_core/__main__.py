@@ -188,7 +188,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .service import policy_from
 
     engine = open_store(args.db).engine if args.record else open_reader(args.db)
-    report = audit(engine, policy_from(args.policy), args.at, record=args.record)
+    report = audit(engine, policy_from(args.policy), args.at, record=args.record,
+                   stored_by="the command line (audit --record)")
     if args.json:
         print(json.dumps(report.to_dict(), default=str, indent=2))
     elif report.ok:
@@ -223,7 +224,8 @@ def _support(action: str):
         method = {"refund": svc.support_refund, "recheck": svc.support_recheck,
                   "mark-failed": svc.support_mark_failed}[action]
         task = method(args.task_id, args.operator, args.reason)
-        print(f"task {task.id}: {task.status}" + (f" ({task.error_code})" if task.error_code else ""))
+        print(f"task {task.id}: {task.status}" + (f" ({task.error_code})" if task.error_code else "")
+              + f"; {svc.credits_outcome(task)}")
         return 0
 
     return run
@@ -308,7 +310,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         print(json.dumps(r.to_dict(), default=str, indent=2))
     else:
         print(f"incident {r.incident_id} ({r.name}): {r.matched} matched, {r.acted} acted on, {r.refused} "
-              f"refused, {r.skipped} already handled; {r.credits_moved:,} credits refunded")
+              f"refused, {r.skipped} already handled; {r.money()}")
     return 0
 
 

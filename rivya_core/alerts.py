@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, case, func, select
 
-from .bulk import BulkFilter
+from .bulk import BulkFilter, covering_incident
 from .domain import ACTIVE, FailureClass, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import Bind, connect
@@ -235,3 +235,14 @@ def alerts(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | N
 
     at = resolve_now(bind, now)
     return Alerts(at, stuck_alerts(bind, policy, at, k), degradation_alerts(bind, at))
+
+
+def provider_incident(bind: Bind, provider: str, task_id: int, now: datetime) -> str | None:
+    """A named provider incident covering a task of `provider` at `now`, in words: an open incident
+    naming the provider that has not acted on the task (rivya_core.bulk.covering_incident), else a
+    degradation alert on the provider; None when neither."""
+    found = covering_incident(bind, provider, task_id, now)
+    if found is not None:
+        return f"incident {found['name']!r} ({found['action']} on {BulkFilter.from_dict(found['filter']).describe()})"
+    alert = next((a for a in degradation_alerts(bind, now) if a.provider == provider), None)
+    return None if alert is None else f"a degradation alert on {alert.message}"

@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +40,7 @@ from sqlalchemy import Text as SAText
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import rules, rules_sql
+from .db import add_missing_columns
 from .domain import (
     INSUFFICIENT_CREDITS,
     ChatStatus,
@@ -386,12 +387,12 @@ def _parallel(bind: Bind) -> bool:
 def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None, *,
           kinds: list[str] | None = None, row_cap: int = ROW_CAP,
           chat_grace_s: float = CHAT_SETTLE_GRACE_S, workers: int | None = None,
-          record: bool = False) -> AuditReport:
+          record: bool = False, stored_by: str | None = None) -> AuditReport:
     """Run every check (or `kinds`) and report the violated ones with their rows.
     On an Engine the checks run on `workers` connections at once (default: up to 4).
     `record=True` (a full audit on an Engine) also stores the report with
-    `record_audit`, so pages can show it without running the audit again; by
-    default an audit only reads."""
+    `record_audit` (under `stored_by`: who asked), so pages can show it without running
+    the audit again; by default an audit only reads."""
     started = time.perf_counter()
     keep = record and kinds is None and isinstance(bind, Engine)
     mark = data_mark(bind) if keep else ""
@@ -416,7 +417,8 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     findings = [Finding(k, f"{AUDIT_KINDS[k]}: {n}", n, found) for k, n, found in results if n]
     report = AuditReport(findings, at, policy.name, [k for k, _ in todo], judged.why)
     if keep and isinstance(bind, Engine):
-        record_audit(bind, report, policy, duration_s=time.perf_counter() - started, mark=mark)
+        record_audit(bind, report, policy, duration_s=time.perf_counter() - started, mark=mark,
+                     stored_by=stored_by)
     return report
 
 
@@ -468,7 +470,9 @@ def conservation(bind: Bind, row_cap: int = ROW_CAP) -> dict[str, Any]:
 @dataclass
 class StoredAudit:
     """An audit stored in `audit_run`: the report as a dict (AuditReport.to_dict) and when it ran.
-    `fresh` is False when rows were added to the database after it ran."""
+    `fresh` is False when rows were added to the database after it ran. The same shape holds an
+    audit computed now and not stored (`run_now`): `stored` is False; `stored_by` names who
+    stored a stored one (None on rows older than the column)."""
     ran_at: datetime
     judged_at: datetime
     policy: str
@@ -477,6 +481,8 @@ class StoredAudit:
     report: dict[str, Any]
     conservation: dict[str, Any] | None
     fresh: bool
+    stored: bool = True
+    stored_by: str | None = None
 
     def as_report(self) -> AuditReport:
         """The stored report as an AuditReport (rows as stored: JSON values)."""
@@ -513,17 +519,20 @@ class AuditNotRecorded(RivyaError):
 
 
 def record_audit(engine: Engine, report: AuditReport, policy: BillingPolicy, *, duration_s: float = 0.0,
-                 mark: str | None = None, conservation_result: dict[str, Any] | None = None) -> None:
-    """Store `report` in `audit_run` (creating the table on an older database).
-    Raises AuditNotRecorded when the database refuses the write."""
+                 mark: str | None = None, conservation_result: dict[str, Any] | None = None,
+                 stored_by: str | None = None) -> None:
+    """Store `report` in `audit_run` under `stored_by` (creating the table, or the columns it
+    lacks, on an older database). Raises AuditNotRecorded when the database refuses the write."""
     try:
         audit_run.create(engine, checkfirst=True)
+        add_missing_columns(engine, audit_run.name)
         with engine.begin() as conn:
             conn.execute(insert(audit_run).values(
                 ran_at=_wall_now(), judged_at=report.now, policy=report.policy, policy_key=policy_key(policy),
                 data_mark=mark if mark is not None else data_mark(engine), total=report.total,
                 duration_s=float(duration_s), report=report.to_dict(),
-                conservation=jsonable(conservation_result) if conservation_result is not None else None))
+                conservation=jsonable(conservation_result) if conservation_result is not None else None,
+                stored_by=str(stored_by)[:100] if stored_by else None))
     except SQLAlchemyError as exc:
         lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
         raise AuditNotRecorded(f"the audit ran but could not be stored: {lines[0]}") from exc
@@ -540,7 +549,8 @@ def latest_audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY) -> StoredAu
         return None
     report = row["report"] if isinstance(row["report"], dict) else json.loads(row["report"])
     return StoredAudit(row["ran_at"], row["judged_at"], row["policy"], int(row["total"]), float(row["duration_s"]),
-                       report, row["conservation"], row["data_mark"] == data_mark(bind))
+                       report, row["conservation"], row["data_mark"] == data_mark(bind),
+                       stored_by=row.get("stored_by"))
 
 
 def run_now(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: int = ROW_CAP) -> StoredAudit:
@@ -550,18 +560,18 @@ def run_now(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: 
     report = audit(engine, policy, row_cap=row_cap, record=False)
     cons = conservation(engine, row_cap)
     return StoredAudit(_wall_now(), report.now, report.policy, report.total, time.perf_counter() - started,
-                       report.to_dict(), jsonable(cons), mark == data_mark(engine))
+                       report.to_dict(), jsonable(cons), mark == data_mark(engine), stored=False)
 
 
 def run_and_record(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *,
-                   row_cap: int = ROW_CAP) -> StoredAudit:
-    """Run the whole audit and conservation now, store both (an operator's act: it writes
-    `audit_run`), and return them as stored."""
+                   row_cap: int = ROW_CAP, stored_by: str | None = None) -> StoredAudit:
+    """Run the whole audit and conservation now, store both under `stored_by` (an operator's
+    act: it writes `audit_run`), and return them as stored."""
     mark = data_mark(engine)
     result = run_now(engine, policy, row_cap=row_cap)
     record_audit(engine, result.as_report(), policy, duration_s=result.duration_s, mark=mark,
-                 conservation_result=result.conservation)
-    return result
+                 conservation_result=result.conservation, stored_by=stored_by)
+    return replace(result, stored=True, stored_by=stored_by)
 
 
 def current_audit(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: int = ROW_CAP,

@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, or_, select, update
+from sqlalchemy import Engine, func, insert, inspect, or_, select, update
 
 from .db import missing_tables
 from .domain import ACTIVE, ActionRefused, EntryType, EventKind, FailureClass, Task, TaskStatus, ValidationError
-from .queries import connect, naive_utc
-from .rules import Refusal, SupportRefusal
+from .queries import connect, latest_timestamp, naive_utc
+from .rules import RefundFacts, Refusal, SupportRefusal, credits_outcome, mark_failed_refund
 from .schema import account, ai_task, credit_ledger, incident, task_event
 
 ACTIONS = ("recheck", "refund", "mark-failed")
@@ -319,7 +319,6 @@ def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = No
     ids = [t.id for t in tasks]
     charged, refunded = _money_facts(engine, ids)
     done = handled_by(engine, incident_id, ids) if incident_id is not None else set()
-    refunds_infra = svc.policy.refunds(FailureClass.INFRASTRUCTURE)
     out = Plan(action, flt, now)
     for t in tasks:
         credits = 0
@@ -329,7 +328,7 @@ def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = No
             credits = charged.get(t.id, 0)
         elif action == "mark-failed":
             refusal = svc.mark_failed_refusal(t)
-            back = charged.get(t.id, 0) if refunds_infra and t.id not in refunded else 0
+            back = mark_failed_refund(charged.get(t.id, 0), t.id in refunded, svc.policy)
             would = "mark failed" + (f", refund {back} credits" if back else ", no refund")
             credits = back
         else:
@@ -358,9 +357,22 @@ class RunResult:
     credits_moved: int = 0
     outcomes: list[dict[str, Any]] = field(default_factory=list)  # one per task acted on or refused
 
+    def money(self) -> str:
+        """The credits of the run in one sentence: how many went back on how many tasks, and why the
+        tasks acted on without a refund got none (counted by reason)."""
+        refunded = [o for o in self.outcomes if o.get("refunded")]
+        kept = Counter(o["money"] for o in self.outcomes if o["outcome"] == "done" and not o.get("refunded")
+                       and o.get("money", "").startswith("no refund"))
+        said = (f"{self.credits_moved:,} credits refunded on {len(refunded)} task(s)" if refunded
+                else "no credits refunded")
+        for why, n in kept.most_common():
+            said += f"; {n} task(s) without a refund: {why.removeprefix('no refund: ')}"
+        return said
+
     def to_dict(self, rows: int | None = None) -> dict[str, Any]:
         d = asdict(self)
         d["outcomes"] = self.outcomes[:rows]
+        d["money"] = self.money()
         return d
 
 
@@ -400,7 +412,7 @@ def open_incident(svc: Any, action: str, flt: BulkFilter, *, operator: str, reas
             return int(row.id)
         return int(conn.execute(insert(incident).values(
             name=name, action=action, filter=flt.to_dict(), operator=operator[:100], reason=reason[:2000],
-            created_at=svc.clock.now(), runs=0, matched=0, acted=0, refused=0, credits_moved=0,
+            created_at=svc.act_time(latest_timestamp(engine)), runs=0, matched=0, acted=0, refused=0, credits_moved=0,
         )).inserted_primary_key[0])
 
 
@@ -431,7 +443,8 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
         else:
             result.acted += 1
             acted_ids.append(task_id)
-            result.outcomes.append({"task_id": task_id, "outcome": "done", "detail": f"task is {after.status}"})
+            result.outcomes.append({"task_id": task_id, "outcome": "done", "detail": f"task is {after.status}",
+                                    "status": after.status, "failure_class": after.failure_class})
 
     try:
         done_n = 0
@@ -454,10 +467,12 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
                 if progress is not None:
                     progress(done_n, len(todo))
     finally:
-        result.credits_moved = _refunded_since(engine, acted_ids, ledger_mark)
+        moved = _refunded_since(engine, acted_ids, ledger_mark)
+        result.credits_moved = sum(moved.values())
+        _say_money(result, engine, moved, svc.policy)
         with engine.begin() as conn:
             conn.execute(update(incident).where(incident.c.id == incident_id).values(
-                finished_at=svc.clock.now(), runs=incident.c.runs + 1, matched=result.matched,
+                finished_at=svc.act_time(latest_timestamp(engine)), runs=incident.c.runs + 1, matched=result.matched,
                 acted=incident.c.acted + result.acted, refused=incident.c.refused + result.refused,
                 credits_moved=incident.c.credits_moved + result.credits_moved))
     if progress is not None and not todo:
@@ -465,14 +480,29 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
     return result
 
 
-def _refunded_since(engine: Engine, ids: Sequence[int], ledger_mark: int) -> int:
-    """Credits refunded to `ids` by ledger rows written after `ledger_mark` (read by the id range)."""
+def _refunded_since(engine: Engine, ids: Sequence[int], ledger_mark: int) -> dict[int, int]:
+    """Credits refunded to each of `ids` by ledger rows written after `ledger_mark` (read by the id range)."""
     wanted = set(ids)
     q = select(credit_ledger.c.task_id, credit_ledger.c.entry_type, credit_ledger.c.amount).where(
         credit_ledger.c.id > ledger_mark)
+    moved: dict[int, int] = {}
     with connect(engine) as conn:
-        return sum(int(amount) for task_id, kind, amount in conn.execute(q)
-                   if kind == EntryType.REFUND and task_id in wanted)
+        for task_id, kind, amount in conn.execute(q):
+            if kind == EntryType.REFUND and task_id in wanted:
+                moved[task_id] = moved.get(task_id, 0) + int(amount)
+    return moved
+
+
+def _say_money(result: RunResult, engine: Engine, moved: Mapping[int, int], policy: Any) -> None:
+    """Each task acted on: what happened to its credits (rules.credits_outcome), added to its outcome."""
+    done = [o for o in result.outcomes if o["outcome"] == "done"]
+    charged, refunded = _money_facts(engine, [o["task_id"] for o in done])
+    for o in done:
+        facts = RefundFacts(o.pop("status"), o.pop("failure_class"), o["task_id"] in charged,
+                            o["task_id"] in refunded)
+        o["refunded"] = moved.get(o["task_id"], 0)
+        o["money"] = credits_outcome(facts, charged.get(o["task_id"], 0), o["refunded"], policy)
+        o["detail"] += f"; {o['money']}"
 
 
 # --- reading incidents ----------------------------------------------------------------------------
@@ -490,6 +520,33 @@ def incidents(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
             d["scope"] = BulkFilter.from_dict(d["filter"] or {}).describe()
             out.append(d)
         return out
+
+
+OPEN_FOR_S = 3600.0  # an incident stays open this long after its latest run ended (a run going: open)
+
+
+def covering_incident(bind: Any, provider: str, task_id: int, now: datetime) -> dict[str, Any] | None:
+    """The newest open incident whose filter names `provider` and that has not acted on the task yet:
+    its run is going, or its latest run ended at most OPEN_FOR_S before `now`. None when none is."""
+    since = now - timedelta(seconds=OPEN_FOR_S)
+    with connect(bind) as conn:
+        if not inspect(conn).has_table(incident.name):  # an older database: no incident yet
+            return None
+        found = conn.execute(select(incident).where(
+            or_(incident.c.finished_at.is_(None), incident.c.finished_at >= since), incident.c.created_at <= now)
+            .order_by(incident.c.id.desc()).limit(50)).all()
+        mine = [dict(r._mapping) for r in found if (r.filter or {}).get("provider") == provider]
+        if not mine:
+            return None
+        acted = handled_by_any(conn, task_id)
+    return next((d for d in mine if d["id"] not in acted), None)
+
+
+def handled_by_any(conn: Any, task_id: int) -> set[int]:
+    """The incidents that acted on this task (its support_action events' `incident`)."""
+    q = select(task_event.c.detail).where(task_event.c.task_id == task_id,
+                                          task_event.c.kind == EventKind.SUPPORT_ACTION.value)
+    return {d.get("incident") for (d,) in conn.execute(q) if isinstance(d, dict) and d.get("incident")}
 
 
 def incident_by_name(engine: Engine, name: str) -> dict[str, Any] | None:

@@ -48,6 +48,17 @@ def judging_now(latest: datetime | None, wall: datetime) -> JudgedAt:
     return JudgedAt(wall, "wall clock: the database is live", True)
 
 
+def act_time(judged: datetime, latest: datetime | None = None) -> datetime:
+    """THE rule for when an operator's act (a support action, an incident) is recorded: at the
+    moment ages are judged at (`judging_now`: the wall clock on a live database; on one whose clock
+    stopped or runs ahead, its latest recorded time), and never before `latest`, the newest moment
+    recorded for what it acts on (the task's latest event; for an incident, the database's), so a
+    task's timeline never goes backwards. A simulation database or an idle copy is acted on at its
+    own latest time, not at the wall clock: the wall clock would move its clock months ahead at
+    the first act, and every task still running in it would turn past its timeout."""
+    return max(judged, latest) if latest is not None else judged
+
+
 class WallClock:
     def now(self) -> datetime:
         return wall_now()

@@ -212,6 +212,14 @@ def _add_missing_columns(conn: Any, present: set[str]) -> None:
                 conn.execute(text(_BACKFILL[table.name, column.name]))
 
 
+def add_missing_columns(engine: Engine, table_name: str) -> None:
+    """The migration of init_db for one existing table: the columns this version added to it
+    (a writer that creates its table itself on an older database, e.g. audit.record_audit)."""
+    with engine.begin() as conn:
+        if inspect(conn).has_table(table_name):
+            _add_missing_columns(conn, {table_name})
+
+
 def missing_tables(engine: Engine, names: Iterable[str] = schema.CONTRACT_TABLES) -> list[str]:
     """The tables among `names` (default: the data contract) this database lacks (an older schema)."""
     present = set(inspect(engine).get_table_names())

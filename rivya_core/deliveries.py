@@ -14,7 +14,8 @@
         rules.ReprocessRefusal) for a callback that was never parked (applied, rejected, malformed:
         those are never replayed) and while no task holds the upstream id.
 
-A callback recorded as `unknown_task` before callbacks were parked has no parked copy: its stored body
+Its writes are stamped at the time of an operator's act on the task (`clock.act_time`, as the other
+support actions are). A callback recorded as `unknown_task` before callbacks were parked has no parked copy: its stored body
 (signature already verified when it arrived) is read again by the provider's parser and parked, then
 claimed the same way. Every text here came from outside: pages show it as plain text.
 """
@@ -148,12 +149,14 @@ def _reprocess(svc: LifecycleService, tx: Any, callback_id: int, operator: str,
         return Refusal(code, _refusal_text(code, cb, parked, upstream))
     if claimed:  # applied once already: recorded as a duplicate, nothing changes
         owner = parked.claimed_task_id
+        svc = svc._acting(tx, owner)  # on the clock of an operator's act (clock.act_time)
         svc._event(tx, owner, EventKind.CALLBACK, webhook_id=cb.webhook_id, outcome=str(CallbackOutcome.DUPLICATE),
                    state=parked.state, callback_id=cb.id, reprocessed=True)
         said = (f"duplicate: callback #{cb.id} was already applied to this task at {parked.claimed_at:%Y-%m-%d %H:%M:%S} "
                 f"UTC ({cb.outcome}); nothing changed")
         svc._support_event(tx, owner, operator, ACTION, reason, said)
         return Reprocessed(cb.id, owner, str(CallbackOutcome.DUPLICATE), [], said)
+    svc = svc._acting(tx, task.id)  # on the clock of an operator's act (clock.act_time)
     if parked is None:  # recorded as unknown_task before callbacks were parked: park it from its stored body
         got = _parked_from_body(svc, cb)
         if isinstance(got, Refusal):

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import and_, case, exists, func, literal, select
 
 from . import rules
+from .alerts import provider_incident
 from .audit import CHAT_SETTLE_GRACE_S
 from .domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, NotFound, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
@@ -116,6 +117,10 @@ def diagnose(bind: Bind, task_id: int, policy: BillingPolicy = DEFAULT_POLICY, n
     """The checklist for one task; raises NotFound for a missing id."""
     detail = task_detail(bind, task_id)
     at = resolve_now(bind, now)
+    t = detail["task"]
+    if t["status"] in ACTIVE_STATES and policy.stuck_for(t["category"]) <= _age_s(t, at) \
+            < policy.timeout_for(t["category"]):  # stuck: is a named provider incident on it?
+        detail = {**detail, "provider_incident": provider_incident(bind, t["provider"], task_id, at)}
     diag = checklist_for_task(detail, policy, at)
     if with_signals:
         t = detail["task"]
@@ -133,8 +138,7 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
     charged = -sum(e["amount"] for e in consumes)
     refunded = sum(e["amount"] for e in refunds)
     for_credits = t["error_code"] == INSUFFICIENT_CREDITS
-    started = t["submitted_at"] or t["created_at"]
-    age_s = (now - started).total_seconds()
+    age_s = _age_s(t, now)
     stuck_s, timeout_s = policy.stuck_for(t["category"]), policy.timeout_for(t["category"])
     events = d["events"]
 
@@ -148,11 +152,31 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
         _failure_item(t),
         _refund_item(t, policy, consumes, refunds, charged, refunded),
     ]
+    reads = _stuck_reads(t, events, stuck_s, d.get("provider_incident"))
     verdict, action, how = _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
-                                    unreachable=bool(_failed_reads(events)[1]))
+                                    reads)
     task_type = "tool-backed chat" if t["chat_message_id"] is not None else t["category"]
     return Diagnosis("task", tid, task_type, items, rules.VERDICT_TEXT[verdict], how or rules.ACTION_TEXT[action],
                      now, verdict_code=verdict, action_code=action)
+
+
+def _age_s(t: dict[str, Any], now: datetime) -> float:
+    """A task's age: since submission, else creation (what stuck and the timeout are judged on)."""
+    return (now - (t["submitted_at"] or t["created_at"])).total_seconds()
+
+
+_READS = (EventKind.POLL, EventKind.RECHECK, EventKind.CALLBACK)
+
+
+def _stuck_reads(t, events, stuck_s, incident: str | None) -> rules.StuckReads:
+    """What upstream said since the task became stuck: the latest read's state (a poll, a re-check, or
+    a callback reporting its state), whether every read since the provider last answered failed,
+    and the named provider incident covering it (diagnose looks it up for a stuck task)."""
+    stuck_at = (t["submitted_at"] or t["created_at"]) + timedelta(seconds=stuck_s)
+    last = next((e for e in reversed(events) if e["kind"] in _READS and e["at"] >= stuck_at
+                 and e["detail"].get("state")), None)
+    return rules.StuckReads(last["detail"]["state"] if last else None, bool(_failed_reads(events)[1]), incident,
+                            last["kind"] if last else None, last["at"] if last else None)
 
 
 def _type_item(t, msg, chat_rows) -> ChecklistItem:
@@ -341,17 +365,19 @@ def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistIt
 
 
 def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
-             unreachable: bool = False) -> tuple[rules.Verdict, rules.NextAction, str | None]:
-    """(verdict, next action, how to say the action when it depends on the task). `unreachable`: the
-    provider failed every status read since it last answered (poll_error events)."""
+             reads: rules.StuckReads) -> tuple[rules.Verdict, rules.NextAction, str | None]:
+    """(verdict, next action, how to say the action when it depends on the task). `reads`: what the
+    upstream reads since the task became stuck found (rules.stuck_next_action decides with it)."""
     V, A = rules.Verdict, rules.NextAction
     refund_item = next(i for i in items if i.key == "refund")
     status = t["status"]
     if status in ACTIVE_STATES:
         if age_s >= timeout_s:
-            return V.STUCK_PAST_TIMEOUT, A.MARK_FAILED, None
+            return V.STUCK_PAST_TIMEOUT, A.MARK_FAILED, f"mark failed (past the timeout): " \
+                f"{_mark_failed_money(charged, refunds, policy)}"
         if age_s >= stuck_s:
-            return V.STUCK, A.RECHECK_LATER if unreachable else A.RECHECK_UPSTREAM, None
+            action = rules.stuck_next_action(reads)
+            return V.STUCK, action, _stuck_how(action, reads, t, charged, refunds, policy, timeout_s)
         return (V.GENERATING if status == TaskStatus.GENERATING else V.WAITING), A.WAIT, None
     if status == TaskStatus.SUCCESS:
         if not t["result_urls"]:
@@ -377,6 +403,33 @@ def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, ti
     if refunds:
         return V.FAILED_REFUNDED, *then
     return (V.FAILED_USER_CREDITS_KEPT if user else V.FAILED_CREDITS_KEPT), *then
+
+
+def _mark_failed_money(charged, refunds, policy) -> str:
+    """What marking the task failed would do to its credits (rules.mark_failed_refund)."""
+    back = rules.mark_failed_refund(charged, bool(refunds), policy)
+    if back:
+        return f"marking it failed refunds its {back} credits"
+    if charged and not refunds:
+        return f"policy {policy.name!r} keeps its {charged} credits"
+    return "no credits to refund"
+
+
+def _stuck_how(action, reads: rules.StuckReads, t, charged, refunds, policy, timeout_s) -> str | None:
+    """The words of a stuck task's next action, with what the last read found and the deadline."""
+    A = rules.NextAction
+    deadline = _when((t["submitted_at"] or t["created_at"]) + timedelta(seconds=timeout_s))
+    read = f"the last upstream read ({reads.read_kind} at {_when(reads.read_at)})"
+    if action == A.MARK_FAILED:
+        return f"mark failed: {read} found nothing (state {reads.last_state}); " \
+               f"{_mark_failed_money(charged, refunds, policy)}"
+    if action == A.WAIT_FOR_INCIDENT:
+        return (f"wait for the provider incident: {reads.incident}. Act on its tasks together (Incidents page); "
+                f"if it is still unfinished past the timeout at {deadline}, mark it failed")
+    if action == A.WAIT:
+        return (f"wait: the provider still reports it {reads.last_state} ({read}); past the timeout at "
+                f"{deadline}, mark it failed")
+    return None
 
 
 # --- one chat turn -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ compare-and-set, so a replayed step never charges, refunds or notifies twice.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 
 from . import limits, rules, webhooks
 from .catalog import Catalog
+from .clock import ManualClock, act_time
 from .domain import (
     ACTIVE,
     INSUFFICIENT_CREDITS,
@@ -582,11 +584,15 @@ class LifecycleService:
                               settled_at=now, next_check_at=None):
             return
         self._event(tx, task.id, _Event.FAILED, path=path, error_code=code, failure_class=str(failure_class))
-        self._refund_if_due(tx, task, failure_class)
+        refund = self._refund_if_due(tx, task, failure_class)
         kind = rules.outcome_notification(_Status.FAILED, code)
         if kind == NotificationKind.INSUFFICIENT_CREDITS:
             self._notify(tx, task, kind, "Not enough credits",
                          f"{task.reserved_credits} credits are needed for {task.model}; nothing was charged.")
+        elif path == "support":  # support's words stay on the timeline: the user is told what happened
+            charge = tx.entry(consume_key(task.id))
+            self._notify(tx, task, kind, *rules.support_failure_notice(
+                task.category, task.model, -charge.amount if charge else 0, refund.amount if refund else 0))
         else:
             self._notify(tx, task, kind, "Your generation failed", f"{task.model}: {message[:300]}")
 
@@ -720,7 +726,8 @@ class LifecycleService:
 
     def support_refund(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
-        return self._refused_or(self._tx(lambda tx: self._refund_step(tx, task_id, operator, reason, incident_id)))
+        return self._refused_or(self._tx(lambda tx: self._acting(tx, task_id)._refund_step(
+            tx, task_id, operator, reason, incident_id)))
 
     def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str,
                      incident_id: int | None) -> Task | Refusal:
@@ -729,7 +736,7 @@ class LifecycleService:
         if refusal:
             self._support_event(tx, task_id, operator, "refund", reason, refusal, incident_id)
             return refusal
-        self._refund_if_due(tx, task, task.failure_class, support_note=f"support refund by {operator}: {reason}"[:500])
+        self._refund_if_due(tx, task, task.failure_class, support_note=rules.SUPPORT_REFUND_NOTE)
         self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
         return tx.get_task(task_id)
 
@@ -739,9 +746,23 @@ class LifecycleService:
         the very steps, refusals and events of support_refund / support_mark_failed, one commit.
         Returns (task id, the task after, or the refusal) per task."""
         operator, reason = _operator(operator, reason)
-        step = {"refund": self._refund_step, "mark-failed": self._mark_failed_step}[action]
+        step = {"refund": LifecycleService._refund_step, "mark-failed": LifecycleService._mark_failed_step}[action]
         ids = list(task_ids)
-        return self._tx(lambda tx: [(i, step(tx, i, operator, reason, incident_id)) for i in ids])
+        return self._tx(lambda tx: [(i, step(self._acting(tx, i), tx, i, operator, reason, incident_id)) for i in ids])
+
+    def act_time(self, latest: datetime | None = None) -> datetime:
+        """When an operator's act done now is recorded (clock.act_time at the judging clock)."""
+        return act_time(self.judge_clock.now(), latest)
+
+    def _acting(self, tx: Tx, task_id: int) -> LifecycleService:
+        """This service on the clock of an operator's act on the task (clock.act_time): the judging
+        clock, never before the task's latest event, so everything the act writes (its events, a
+        refund, a notification) keeps the task's timeline in order. The task's row is locked first:
+        no other write to the task lands between this read and the act."""
+        self._task_in(tx, task_id, for_update=True)
+        acting = copy.copy(self)
+        acting.clock = ManualClock(self.act_time(max((e.at for e in tx.task_events(task_id)), default=None)))
+        return acting
 
     def refund_refusal(self, tx: Tx, task: Task) -> Refusal | None:
         """Why a refund of this task is not due, or None when it is."""
@@ -754,6 +775,16 @@ class LifecycleService:
         facts = rules.RefundFacts(task.status, task.failure_class, charged, refunded)
         code = rules.refund_refusal(facts, self.policy)
         return None if code is None else Refusal(code, rules.refund_refusal_text(code, facts, self.policy))
+
+    def credits_outcome(self, task: Task) -> str:
+        """What happened to the task's credits, in the operator's words (rules.credits_outcome)."""
+        def read(tx: Tx) -> tuple[LedgerEntry | None, LedgerEntry | None]:
+            return tx.entry(consume_key(task.id)), tx.entry(refund_key(task.id))
+
+        charge, refund = self._tx(read)
+        facts = rules.RefundFacts(task.status, task.failure_class, charge is not None, refund is not None)
+        return rules.credits_outcome(facts, -charge.amount if charge else 0, refund.amount if refund else 0,
+                                     self.policy)
 
     def _stuck_facts(self, task: Task) -> rules.StuckFacts:
         """The task's age judged at judge_clock (the same moment the pages and the checklist judge it at)."""
@@ -777,23 +808,24 @@ class LifecycleService:
 
     def support_recheck(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
-        task = self.task(task_id)
-        refusal = self.recheck_refusal(task)
+        me = self._tx(lambda tx: self._acting(tx, task_id))
+        task = me.task(task_id)
+        refusal = me.recheck_refusal(task)
         found = None
         if refusal is None and task.status == _Status.WAITING:  # interrupted before the provider answered
-            found = self._recover_one(task)
-            task = self.task(task_id)
+            found = me._recover_one(task)
+            task = me.task(task_id)
         elif refusal is None:
-            task = self._check(task_id, _Event.RECHECK, reason=f"support: {operator}")
+            task = me._check(task_id, _Event.RECHECK, reason=f"support: {operator}")
         result = refusal or (f"upstream checked; task is {task.status}" + (f" ({found})" if found else ""))
-        self._tx(lambda tx: self._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
+        me._tx(lambda tx: me._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
         return self._refused_or(refusal or task)
 
     def support_mark_failed(self, task_id: int, operator: str, reason: str, *,
                             incident_id: int | None = None) -> Task:
         operator, reason = _operator(operator, reason)
-        return self._refused_or(self._tx(lambda tx: self._mark_failed_step(tx, task_id, operator, reason,
-                                                                           incident_id)))
+        return self._refused_or(self._tx(lambda tx: self._acting(tx, task_id)._mark_failed_step(
+            tx, task_id, operator, reason, incident_id)))
 
     def _mark_failed_step(self, tx: Tx, task_id: int, operator: str, reason: str,
                           incident_id: int | None) -> Task | Refusal:
@@ -802,8 +834,8 @@ class LifecycleService:
         if refusal:
             self._support_event(tx, task_id, operator, "mark_failed", reason, refusal, incident_id)
             return refusal
-        self._finish_failed(tx, task, MARKED_FAILED, f"marked failed by {operator}: {reason}",
-                            FailureClass.INFRASTRUCTURE, path="support")
+        self._finish_failed(tx, task, MARKED_FAILED, rules.MARKED_FAILED_MESSAGE, rules.MARKED_FAILED_CLASS,
+                            path="support")
         self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
         return tx.get_task(task_id)
 

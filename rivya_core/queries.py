@@ -90,17 +90,25 @@ def _page(limit: int, offset: int = 0) -> tuple[int, int]:
 
 
 def latest_timestamp(bind: Bind) -> datetime | None:
-    """The latest moment the database has recorded (task creation, newest event,
-    callback receipt or ledger entry). A simulated run's clock stops there, so
-    audits and diagnoses of a simulation database judge ages against it rather
-    than against the wall clock. Cheap: indexed maxima and a primary-key lookup."""
+    """The latest moment the database has recorded (task creation and finish, every event,
+    callback receipt, ledger entry). A simulated run's clock stops there, so audits and diagnoses
+    of a simulation database judge ages against it rather than against the wall clock.
+
+    Rows are not written in time order by every writer (a simulation's writer drains tasks as it
+    evicts them), so the newest row by id is not the latest one. The latest events are a running
+    task's (polls, re-checks: read through the status index, then each running task's events),
+    a settled task's last one is at its `finished_at` (its later callbacks at their receipt), and
+    the newest event by id covers what a live database writes afterwards (support acts on settled
+    tasks). Cheap: indexed maxima, the running tasks' events and a primary-key lookup."""
     newest_event = select(func.max(task_event.c.id)).scalar_subquery()
-    newest_entry = select(func.max(credit_ledger.c.id)).scalar_subquery()
+    running = select(ai_task.c.id).where(ai_task.c.status.in_(ACTIVE_STATES))
     candidates = [
         select(func.max(ai_task.c.created_at)),
+        select(func.max(ai_task.c.finished_at)),
         select(task_event.c.at).where(task_event.c.id == newest_event),
+        select(func.max(task_event.c.at)).where(task_event.c.task_id.in_(running)),
         select(func.max(provider_callback.c.received_at)),
-        select(credit_ledger.c.created_at).where(credit_ledger.c.id == newest_entry),
+        select(func.max(credit_ledger.c.created_at)),
     ]
     with connect(bind) as conn:
         seen = [conn.execute(q).scalar() for q in candidates]

@@ -9,6 +9,7 @@ unchanged on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -159,14 +160,27 @@ def credit_totals(engine: Engine) -> dict[str, int]:
 def audit_summary(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY) -> dict[str, Any]:
     """The latest stored audit judged with `policy` (audit.current_audit: run now only on a small
     database): violation total, count per violated kind, when it ran and whether rows were added
-    since (fresh). total is None when a big database has no stored audit yet."""
+    since (fresh), and whether it is a stored one (and by whom) or one computed now. total is
+    None when a big database has no stored audit yet."""
     stored = current_audit(engine, policy)
     if stored is None:
         return {"total": None, "kinds": {}, "policy": policy.name, "ran_at": None, "judged_at": None,
-                "fresh": False, "duration_s": None}
+                "fresh": False, "duration_s": None, "stored": False, "stored_by": None}
     kinds = {f["title"]: int(f["count"]) for f in stored.report.get("findings", [])}
     return {"total": stored.total, "kinds": kinds, "policy": stored.policy, "ran_at": stored.ran_at,
-            "judged_at": stored.judged_at, "fresh": stored.fresh, "duration_s": stored.duration_s}
+            "judged_at": stored.judged_at, "fresh": stored.fresh, "duration_s": stored.duration_s,
+            "stored": stored.stored, "stored_by": stored.stored_by}
+
+
+def audit_provenance(stored: bool, ran_at: Any, stored_by: str | None, judged_at: Any,
+                     duration_s: float | None, quote: Callable[[str], str] = str) -> str:
+    """Which audit a page shows: one stored in `audit_run` (when, by whom) or one computed now.
+    `quote` shows the name (typed by a person: a page passes its plain-text helper)."""
+    judged = f"judged at {format_time(judged_at)}, took {duration_s or 0:.1f} s"
+    if not stored:
+        return f"Audit computed now, not stored (run the audit to store it): {judged}."
+    by = quote(stored_by) if stored_by else "an unnamed run (stored before runs were named)"
+    return f"Audit stored at {format_time(ran_at)} UTC by {by} ({judged})."
 
 
 def format_time(value: Any) -> str:

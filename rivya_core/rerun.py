@@ -15,6 +15,9 @@ the same entry, never a second one); the audit allows a support refund on a re-r
 (rules.courtesy_refund). What operators write stays internal: the ledger note and every
 notification the user gets name neither the operator nor the reason.
 
+Every write is stamped at the time of an operator's act on the original (`clock.act_time`, as the
+other support actions are): the new task is created then, never before the original's latest event.
+
 Refused (ActionRefused with a rules.RerunRefusal code, recorded on the original's timeline) while
 the original or another run of the same model and prompt of that user is still waiting or
 generating (the guide's "recheck before running again"), when the request no longer validates, and
@@ -59,6 +62,7 @@ def support_rerun(svc: LifecycleService, task_id: int, operator: str, reason: st
     returns it as it stands after submission (GENERATING, or FAILED as the lifecycle decided).
     Raises ActionRefused (rules.RerunRefusal, SupportRefusal), NotFound."""
     operator, reason = _operator(operator, reason)
+    svc = svc._tx(lambda tx: svc._acting(tx, task_id))  # on the clock of an operator's act (clock.act_time)
     original = svc.task(task_id)
     try:
         req = validate(svc.catalog, {"model": original.model, "prompt": original.prompt,

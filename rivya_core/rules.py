@@ -13,12 +13,17 @@ facts. Nothing here reads a store, a database or a clock.
     Refusal(code, text)                        a support action's refusal: the code to key on, the sentence to show
     refund_allowed(status, failure_class, support, policy, rerun) -> bool   may a refund row exist at all
     courtesy_refund(support, rerun) -> bool    a courtesy re-run's charge given back at once by support
+    credits_outcome(facts, charged, refunded, policy) -> str   a task's credits after an act, for the operator
     rerun_refusal(facts) -> RerunRefusal | None   why support may not re-run a task for its user now
     reprocess_refusal(facts) -> ReprocessRefusal | None   why a stored callback cannot be re-processed
     outcome_notification(status, error_code) -> NotificationKind | None   what a settled task tells its user
+    support_failure_notice(category, model, charged, refunded)   what a task support marked failed tells its user
+    mark_failed_refund(charged, refunded, policy) -> int   the credits marking a task failed gives back
     credit_flows(sums_by_type) -> CreditFlows   ledger sums per entry type as flows that add up
     first_check_in(category, callbacks_enabled, policy) / next_check(attempts, policy) / deferral(policy)
     heavier_duplicate(new, running, policy) -> bool   a new run outweighing a running same-prompt run
+    Verdict, NextAction, verdict_severity(verdict) -> Severity   what support's checklist concludes, and its colour
+    stuck_next_action(StuckReads) -> NextAction   a stuck task's next action from what its reads found
 """
 
 from __future__ import annotations
@@ -94,6 +99,22 @@ def refund_refusal_text(refusal: RefundRefusal, facts: RefundFacts, policy: Bill
         RefundRefusal.ALREADY_REFUNDED: "task was already refunded",
         RefundRefusal.POLICY_KEEPS: f"policy {policy.name!r} keeps credits for {facts.failure_class} failures",
     }[refusal]
+
+
+def credits_outcome(facts: RefundFacts, charged: int, refunded: int, policy: BillingPolicy) -> str:
+    """What happened to a task's credits, for the operator who just acted on it: "refunded N
+    credits", or no refund and why (`facts.refunded` is ignored: `refunded` is the amount)."""
+    if refunded:
+        return f"refunded {refunded} credits"
+    if not charged:
+        return "no refund: nothing was charged"
+    if facts.status != TaskStatus.FAILED:
+        return f"{charged} credits charged; a refund is decided when the task fails"
+    facts = RefundFacts(facts.status, facts.failure_class, True, False)
+    code = refund_refusal(facts, policy)
+    if code is None:
+        return f"no refund yet: {charged} credits are due"
+    return f"no refund: {refund_refusal_text(code, facts, policy)}"
 
 
 def refund_allowed(status: str, failure_class: str | None, support: bool, policy: BillingPolicy,
@@ -271,6 +292,33 @@ def outcome_notification(status: str, error_code: str | None) -> NotificationKin
     return None
 
 
+# What operators write (names, reasons, incident names) is internal: it stays on the task's timeline
+# (the support_action event) and in the incident. What the customer sees of a support act (the
+# notification, the task's error message in History, the ledger note) is said in these words.
+MARKED_FAILED_CLASS = FailureClass.INFRASTRUCTURE  # a task support gives up on: not the user's fault
+MARKED_FAILED_MESSAGE = "stopped by support: it did not finish in the expected time"
+SUPPORT_REFUND_NOTE = "support refund"
+
+
+def mark_failed_refund(charged: int, refunded: bool, policy: BillingPolicy) -> int:
+    """Credits marking a task failed gives back: its charge, when it was charged, not refunded yet,
+    and the policy reverses the class support fails it with (MARKED_FAILED_CLASS); else 0."""
+    facts = RefundFacts(TaskStatus.FAILED, MARKED_FAILED_CLASS, charged > 0, refunded)
+    return charged if refund_refusal(facts, policy) is None else 0
+
+
+def support_failure_notice(category: str, model: str, charged: int, refunded: int) -> tuple[str, str]:
+    """(title, body) of the notification a task marked failed by support sends its user: what
+    happened to the task and to its credits, truthfully (refunded, kept, or never charged)."""
+    if refunded:
+        money = f"your {refunded} credits were refunded."
+    elif charged:
+        money = f"your {charged} credits were not refunded."
+    else:
+        money = "nothing was charged."
+    return "Your generation could not be completed", f"Your {category} from {model} could not be completed; {money}"
+
+
 # --- credits ----------------------------------------------------------------------------------------
 
 # Which flow each entry type's amount belongs to; charges are stored negative and shown positive.
@@ -434,6 +482,48 @@ VERDICT_TEXT: Mapping[Verdict, str] = {
 }
 
 
+class Severity(StrEnum):
+    """How much a conclusion asks of support, the colour pages draw it in: ok (nothing to do, all
+    checks out), info (normal, or the user's to act on), warn (support should look), fail (money or
+    an invariant is wrong, or the task is past its timeout)."""
+
+    OK = "ok"
+    INFO = "info"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+VERDICT_SEVERITY: Mapping[Verdict, Severity] = {
+    Verdict.WAITING: Severity.INFO,
+    Verdict.GENERATING: Severity.INFO,
+    Verdict.STUCK: Severity.WARN,
+    Verdict.STUCK_PAST_TIMEOUT: Severity.FAIL,
+    Verdict.DELIVERED: Severity.OK,
+    Verdict.SUCCESS_WITHOUT_URLS: Severity.FAIL,
+    Verdict.DELIVERED_BUT_REFUNDED: Severity.FAIL,
+    Verdict.FAILED_FOR_CREDITS: Severity.INFO,
+    Verdict.FAILED_FOR_CREDITS_BUT_CHARGED: Severity.FAIL,
+    Verdict.REFUND_DUE: Severity.FAIL,
+    Verdict.REFUND_INCONSISTENT: Severity.FAIL,
+    Verdict.FAILED_NEVER_CHARGED: Severity.OK,
+    Verdict.FAILED_REFUNDED: Severity.OK,
+    Verdict.FAILED_USER_CREDITS_KEPT: Severity.INFO,
+    Verdict.FAILED_CREDITS_KEPT: Severity.OK,
+    Verdict.CHAT_RESERVED: Severity.INFO,
+    Verdict.CHAT_RESERVATION_OVERDUE: Severity.WARN,
+    Verdict.CHAT_SETTLEMENT_MISMATCH: Severity.FAIL,
+    Verdict.CHAT_FAILED_REFUNDED: Severity.OK,
+    Verdict.CHAT_REFUSED: Severity.INFO,
+    Verdict.CHAT_SETTLED: Severity.OK,
+    Verdict.CHAT_SETTLED_REFUNDED: Severity.OK,
+}
+
+
+def verdict_severity(verdict: Verdict) -> Severity:
+    """The one mapping from a verdict to how it is drawn (every page's verdict box)."""
+    return VERDICT_SEVERITY[verdict]
+
+
 class NextAction(StrEnum):
     """What support does next about it."""
 
@@ -441,6 +531,7 @@ class NextAction(StrEnum):
     WAIT = "wait"
     RECHECK_UPSTREAM = "recheck_upstream"
     RECHECK_LATER = "recheck_later"    # stuck, but the provider failed the latest status reads
+    WAIT_FOR_INCIDENT = "wait_for_incident"  # stuck, found nothing, and a named provider incident covers it
     MARK_FAILED = "mark_failed"
     ISSUE_REFUND = "issue_refund"
     INVESTIGATE_LEDGER = "investigate_ledger"
@@ -455,10 +546,40 @@ ACTION_TEXT: Mapping[NextAction, str] = {
     NextAction.RECHECK_UPSTREAM: "re-check upstream",
     NextAction.RECHECK_LATER: "re-check later: the provider failed the latest status reads (upstream "
                               "unreachable or erring) — look for a provider incident first",
-    NextAction.MARK_FAILED: "mark failed (past timeout)",
+    NextAction.WAIT_FOR_INCIDENT: "wait for the provider incident",  # diagnose names it
+    NextAction.MARK_FAILED: "mark failed",  # diagnose says why and what it does to the credits
     NextAction.ISSUE_REFUND: "issue the due refund",
     NextAction.INVESTIGATE_LEDGER: "investigate the ledger",
     NextAction.TELL_USER_TOP_UP: "tell the user to top up credits",
     NextAction.TELL_USER_CORRECT: "tell the user how to correct the request",  # diagnose adds how
     NextAction.SETTLE_OR_FAIL_TURN: "settle or fail the turn (release the reservation)",
 }
+
+
+@dataclass(frozen=True)
+class StuckReads:
+    """What the upstream reads said of a task past its stuck threshold (diagnose gathers it)."""
+
+    last_state: str | None  # what the latest read since the task became stuck found; None: no read since
+    unreachable: bool       # every status read since the provider last answered failed
+    incident: str | None    # a named provider incident covering the task's provider, if any
+    read_kind: str | None = None       # which read that was (poll, recheck, callback), and when
+    read_at: datetime | None = None
+
+
+FOUND_NOTHING = frozenset({"unknown", "lost"})  # the provider has no job, or no answer, for the task
+STILL_WORKING = frozenset({"running", "queued"})
+
+
+def stuck_next_action(reads: StuckReads) -> NextAction:
+    """A stuck task's next action from what the reads found, so the checklist never loops on
+    "re-check": a read that found nothing leads to mark failed, unless a named provider incident
+    covers the task (then wait for it); a provider still working on the job, to waiting for the
+    timeout; no read since the task became stuck, to a re-check."""
+    if reads.unreachable:
+        return NextAction.WAIT_FOR_INCIDENT if reads.incident else NextAction.RECHECK_LATER
+    if reads.last_state in FOUND_NOTHING:
+        return NextAction.WAIT_FOR_INCIDENT if reads.incident else NextAction.MARK_FAILED
+    if reads.last_state in STILL_WORKING:
+        return NextAction.WAIT
+    return NextAction.RECHECK_UPSTREAM

@@ -219,6 +219,7 @@ audit_run = Table(
     Column("duration_s", Float, nullable=False),
     Column("report", JSON, nullable=False),  # AuditReport.to_dict(), rows capped
     Column("conservation", JSON),  # audit.conservation() of the same moment
+    Column("stored_by", String(100)),  # who stored it: an operator's name, the command line (NULL: older rows)
     Index("ix_audit_run_policy", "policy_key", "id"),
 )
 
@@ -233,7 +234,7 @@ incident = Table(
     Column("filter", JSON, nullable=False),  # BulkFilter.to_dict()
     Column("operator", String(100), nullable=False),
     Column("reason", Text, nullable=False),
-    Column("created_at", DateTime, nullable=False),  # the service clock when first executed
+    Column("created_at", DateTime, nullable=False),  # when first executed (clock.act_time, as its events)
     Column("finished_at", DateTime),  # the end of its latest run; NULL while a run is going
     Column("runs", Integer, nullable=False, default=0),
     Column("matched", BigInteger, nullable=False, default=0),  # tasks the filter matched (latest run)

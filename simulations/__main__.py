@@ -57,10 +57,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="replace a SQLite file that already holds data (never empties a server database)")
 
     rp = sub.add_parser("replay", help="re-run a recorded run and compare fingerprints",
-                        description="Re-run the run recorded in a database (its sim_run row) or under "
-                        "data/runs/<fingerprint>.json from its stored scenario and seed, into a temporary "
-                        "database, and compare fingerprints.")
-    rp.add_argument("target", help="database URL or run fingerprint (a unique prefix is enough)")
+                        description="Re-run the run recorded in a database (its sim_run row; by fingerprint, "
+                        "found among the simulation databases under data/ and the runs folder) from its stored "
+                        "scenario and seed, into a temporary database, and compare fingerprints.")
+    rp.add_argument("target", help="database URL, or the fingerprint of a run under data/ or the runs folder "
+                    "(a unique prefix is enough)")
     rp.add_argument("--check", action="store_true", help="exit 1 when the fingerprint differs")
     rp.add_argument("--json", action="store_true")
 

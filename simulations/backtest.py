@@ -49,23 +49,12 @@ from rivya_core.credits import chat_figures
 from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
 
-from .history import ChatRow, History, TaskRow
+from . import kpis
+from .history import ChatRow, History, LedgerRow, TaskRow
 
 EXACT_KPIS = ("tasks", "charged", "refunded", "kept", "chat_charged", "revenue", "failures_without_refund",
               "insufficient_credit_rejections", "rejections_caused", "rejections_avoided", "duplicates_blocked")
-KPI_HELP = {
-    "tasks": "recorded tasks that run under the policy (not blocked as duplicates)",
-    "charged": "task credits spent before submission",
-    "refunded": "task credits refunded for failures the policy reverses",
-    "kept": "task credits charged and not refunded",
-    "chat_charged": "chat credits charged on recorded usage",
-    "revenue": "kept task credits plus chat credits charged",
-    "failures_without_refund": "charged tasks that failed and kept their credits (user-visible)",
-    "insufficient_credit_rejections": "tasks and chat turns refused for credits",
-    "rejections_caused": "refused for credits under the policy, though the history ran them",
-    "rejections_avoided": "refused for credits in the history, affordable under the policy",
-    "duplicates_blocked": "tasks the policy blocks as heavier duplicates of a running task",
-}
+KPI_HELP = {k: kpis.meaning(k) for k in EXACT_KPIS}  # what each counts: simulations/kpis.py
 DIMENSIONS = ("model", "provider", "day")
 
 # timeline kinds
@@ -84,14 +73,28 @@ class Timeline:
     chat_reserved: list[bool]
 
 
+def reached(ledger: list[LedgerRow]) -> list[float]:
+    """For each ledger row (in id order, the order of writing), the latest time any row up to it
+    carries: a non-decreasing clock to place unrecorded moments (a refusal, a failure kept by the
+    policy) among the rows, also when writers' clocks disagree and a later row has an earlier time.
+    Where the timestamps follow the ids it is the rows' own times."""
+    out, top = [], float("-inf")
+    for r in ledger:
+        top = r.at if r.at > top else top
+        out.append(top)
+    return out
+
+
 def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
-    times = [r.at for r in h.ledger]
+    times = reached(h.ledger)
     tix = {t.id: i for i, t in enumerate(h.tasks)}
     cix = {c.id: i for i, c in enumerate(h.chats)}
     keyed: list[tuple[float, float, int, int, int]] = []   # (position, time, kind, index, seq)
     charged = [False] * len(h.tasks)
     refunded = [False] * len(h.tasks)
     reserved = [False] * len(h.chats)
+    charged_at = [0] * len(h.tasks)   # ledger position of each task's charge
+    reserved_at = [0] * len(h.chats)  # ... and of each chat turn's reservation
     settled = [False] * len(h.chats)
     for i, r in enumerate(h.ledger):
         et = r.entry_type
@@ -99,6 +102,7 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
             ti = tix[r.task_id]
             if et == EntryType.CONSUME and not charged[ti]:
                 charged[ti] = True
+                charged_at[ti] = i
                 keyed.append((i, r.at, _CHARGE, ti, 0))
                 continue
             if et == EntryType.REFUND and not refunded[ti]:
@@ -109,6 +113,7 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
             ci = cix[r.chat_message_id]
             if et == EntryType.CHAT_RESERVE and not reserved[ci]:
                 reserved[ci] = True
+                reserved_at[ci] = i
                 keyed.append((i, r.at, _RESERVE, ci, 0))
                 continue
             if et in (EntryType.CHAT_REFUND, EntryType.CHAT_CHARGE):
@@ -127,13 +132,14 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
         if t.error_code == INSUFFICIENT_CREDITS and not charged[ti]:
             keyed.append((_refusal_position(h, times, by_user[t.user_id], t), t.created, _CHARGE, ti, seq))
         elif t.status == TaskStatus.FAILED and not refunded[ti] and charged[ti] and t.finished is not None:
-            keyed.append((bisect_right(times, t.finished) - 0.5, t.finished, _FINISH, ti, seq))
+            # never before its own charge, whatever the clocks say
+            keyed.append((max(bisect_right(times, t.finished), charged_at[ti] + 1) - 0.5, t.finished, _FINISH, ti, seq))
     for ci, c in enumerate(h.chats):
         seq += 1
         if not reserved[ci]:
             keyed.append((bisect_left(times, c.created) - 0.5, c.created, _RESERVE, ci, seq))
         elif not settled[ci] and c.settled is not None:
-            keyed.append((bisect_right(times, c.settled) - 0.5, c.settled, _SETTLE, ci, seq))
+            keyed.append((max(bisect_right(times, c.settled), reserved_at[ci] + 1) - 0.5, c.settled, _SETTLE, ci, seq))
     keyed.sort()
     cat = h.catalog
     specs = {m.id: m for m in cat.models}
@@ -158,21 +164,35 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
 
 
 def _refusal_position(h: History, times: list[float], mine: list[int], t: TaskRow) -> float:
-    """Where among the rows written at the same moment a task was refused for credits: where the
-    account held the balance the refusal recorded (`charge_refused` event), else before them
-    (a top-up the refusal prompted comes after it)."""
-    lo, hi = bisect_left(times, t.created), bisect_right(times, t.created)
+    """Where among the ledger rows a task was refused for credits: where the account held the
+    balance the refusal recorded (`charge_refused` event), nearest to the moment it was refused
+    (a top-up the refusal prompted comes after it); without that balance, before the rows written
+    at that moment."""
+    lo = bisect_left(times, t.created)
     seen = h.refused_balance.get(t.id)
-    if seen is None or lo == hi:
+    if seen is None:
         return lo - 0.5
-    k = bisect_left(mine, lo)
-    bal = h.ledger[mine[k - 1]].balance_after if k else h.opening.get(t.user_id, 0)
-    for j in mine[k:]:
-        if j >= hi or bal == seen:
-            break
-        bal = h.ledger[j].balance_after
-        lo = j + 1
-    return lo - 0.5
+    opening = h.opening.get(t.user_id, 0)
+
+    def before(k: int) -> int:  # the account's balance before its k-th row (after its last: k = len)
+        return h.ledger[mine[k - 1]].balance_after if k else opening
+
+    def place(k: int) -> int:
+        return mine[k] if k < len(mine) else len(h.ledger)
+
+    # the balance before the account's k-th row holds from just after its (k-1)-th row up to that
+    # row: the places nearest the moment, right of it (never before the moment) and left of it
+    k0 = bisect_left(mine, lo)
+    right = next((k for k in range(k0, len(mine) + 1) if before(k) == seen), None)
+    at_right = None if right is None else max(lo, place(right - 1) + 1 if right else 0)
+    reach = -1 if at_right is None else lo - (at_right - lo)  # a left place farther than that loses
+    left = next((k for k in range(k0 - 1, -1, -1) if place(k) < reach or before(k) == seen), None)
+    at_left = None if left is None or place(left) < reach else place(left)
+    if at_left is None and at_right is None:
+        return lo - 0.5
+    if at_right is None or (at_left is not None and lo - at_left <= at_right - lo):
+        return at_left - 0.5
+    return at_right - 0.5
 
 
 def _full_turn_credits(reserved: int, recorded: BillingPolicy) -> int | None:
@@ -423,6 +443,25 @@ def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5
 # --- the report --------------------------------------------------------------------------
 
 
+def describe_window(w: dict[str, Any]) -> str:
+    """The window a report covers, in dates: the bounds asked for, else the first and the latest
+    record it holds (`window` of BacktestReport.to_dict)."""
+    def day(iso: str | None) -> str:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S") if iso else ""
+
+    if "first" not in w:  # a report from before the window recorded its dates
+        return f"({day(w['since']) or 'start'} to {day(w['until']) or 'end'})"
+    if w["first"] is None:
+        asked = " to ".join(x for x in (day(w["since"]) or "the start", day(w["until"]) or "now"))
+        return f"(no records from {asked})"
+    if not w["since"] and not w["until"]:
+        return f"recorded {day(w['first'])} to {day(w['last'])} UTC (the whole history)"
+    start = f"{day(w['since'])} (the window's start)" if w["since"] else f"{day(w['first'])} (the first record)"
+    end = f"{day(w['until'])} UTC (the window's end, exclusive)" if w["until"] else \
+        f"{day(w['last'])} UTC (the latest record)"
+    return f"from {start} to {end}"
+
+
 @dataclass
 class BacktestReport:
     window: dict[str, Any]
@@ -474,7 +513,7 @@ class BacktestReport:
         na, nb = a.policy.name, b.policy.name
         w = self.window
         lines = [f"backtest {w['tasks']} tasks, {w['chat_turns']} chat turns, {w['ledger_rows']} ledger rows "
-                 f"({w['since'] or 'start'} .. {w['until'] or 'end'})",
+                 f"{describe_window(w)}",
                  "", f"exact part (re-applied to every recorded task and chat turn): A = {na}, B = {nb}",
                  f"  {'kpi':34}{'A':>14}{'B':>14}{'B - A':>14}"]
         for k in EXACT_KPIS:
@@ -499,6 +538,9 @@ def backtest(h: History, policies: list[BillingPolicy], recorded: BillingPolicy,
     check, as_recorded = self_check(h, tl, recorded)
     same = lambda p: replace(p, name="") == replace(recorded, name="")  # noqa: E731
     results = [replace(as_recorded, policy=p) if same(p) else replay(h, tl, p) for p in policies]
+    first, last = h.span()
     window = {"since": h.since.isoformat() if h.since else None, "until": h.until.isoformat() if h.until else None,
+              "first": _at(first).isoformat() if first is not None else None,
+              "last": _at(last).isoformat() if last is not None else None,
               "tasks": len(h.tasks), "chat_turns": len(h.chats), "ledger_rows": len(h.ledger)}
     return BacktestReport(window, policies, results, check, recorded_from)

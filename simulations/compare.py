@@ -7,7 +7,9 @@ faults; only what the policy changes differs. The jobs run on the experiment
 engine (a local Dask cluster by default, `workers=0` in this process, or an
 existing cluster), and each KPI is reported per policy with the paired
 difference (b − a) and its 95% confidence interval from the t distribution,
-computed from the sweep's results table.
+computed from the sweep's results table, with the relative change (the difference as a share of
+A's mean), what each KPI counts (simulations/kpis.py) and, when the two price tasks differently, why
+the change in revenue is not the change in price (rounding to whole credits, chat, rejections).
 """
 
 from __future__ import annotations
@@ -18,7 +20,19 @@ from typing import Any
 from rivya_core.policy import BillingPolicy
 
 from .scenarios import Scenario
-from .sweep import KPIS, NO_GRID, Sweep, SweepResult, paired_ci, paired_table, render_paired, run_sweep, t95
+from .sweep import (
+    KPIS,
+    NO_GRID,
+    Sweep,
+    SweepResult,
+    legend,
+    paired_ci,
+    paired_table,
+    price_notes,
+    render_paired,
+    run_sweep,
+    t95,
+)
 
 __all__ = ["KPIS", "CompareReport", "compare", "paired_ci", "t95"]
 
@@ -32,16 +46,19 @@ class CompareReport:
     runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # policy -> KPI dicts per replication
     table: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)  # key, error, replay of each failed job
+    notes: list[str] = field(default_factory=list)  # what bends a change (kpis.price_note)
     result: SweepResult | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "policies": self.policies, "replications": self.replications,
-                "seeds": self.seeds, "table": self.table, "runs": self.runs, "failed": self.failed}
+                "seeds": self.seeds, "table": self.table, "notes": self.notes, "runs": self.runs,
+                "failed": self.failed}
 
     def render_text(self) -> str:
         a, b = self.policies
         text = render_paired(f"scenario {self.scenario}: {self.replications} paired replications "
-                             f"(seeds {self.seeds[0]}..)", a, b, self.table)
+                             f"(seeds {self.seeds[0]}..)", a, b, self.table, self.notes)
+        text += "\n\n" + legend()
         for f in self.failed:
             text += f"\nFAILED {f['key']}: {f['error']}\n  replay: {f['replay']}"
         return text
@@ -70,6 +87,7 @@ def report_from(result: SweepResult) -> CompareReport:
                                                                               "status", "error")}
                              for row in rows.to_dict("records")]
     report.table = paired_table(frame, (names[0], NO_GRID), (names[1], NO_GRID))
+    report.notes = price_notes(sw.policies[0], sw.policies[1], report.table)
     report.failed = [{"key": o.key, "error": o.error or "", "replay": o.replay} for o in result.failed]
     return report
 

@@ -11,17 +11,15 @@ to show."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, inspect, select
 
 from rivya_core import schema
-from rivya_core.clock import ManualClock
 from rivya_core.db import make_engine
 from rivya_core.domain import RivyaError, TaskStatus
-from rivya_core.queries import latest_timestamp
-from rivya_core.service import service_for_url
+from rivya_core.lifecycle import LifecycleService
 from rivya_core.validation import GenerationRequest
 
 from .runner import run_scenario
@@ -29,7 +27,8 @@ from .scenarios import load_scenario
 
 DEMO_TASKS = 1500
 CRASHED_SUBMISSIONS = 4  # image tasks a dying submission worker leaves WAITING
-CRASH_BEFORE_END_S = 480  # minutes before the end: past an image's stuck threshold (5 min)
+CRASH_BEFORE_END_S = 600  # before the arrivals end: past an image's stuck threshold (5 min) at the end
+CRASH_SPACING_S = 45.0
 DEMO_SCENARIO = Path(__file__).resolve().parent.parent / "data" / "demo.toml"
 
 
@@ -44,8 +43,8 @@ def ensure_demo_data(url: str, progress: Callable[[float, str], None] | None = N
                     return False
     finally:
         engine.dispose()
-    run_scenario(load_scenario(str(DEMO_SCENARIO)), url, tasks=tasks, progress=progress)
-    crash_submissions(url)
+    run_scenario(load_scenario(str(DEMO_SCENARIO)), url, tasks=tasks, progress=progress,
+                 processes=(dying_submission_worker,))
     return True
 
 
@@ -59,37 +58,38 @@ class _DyingProvider:
         raise _WorkerDied(task_ref)
 
 
-def crash_submissions(url: str, count: int = CRASHED_SUBMISSIONS) -> list[int]:
-    """Users submit image tasks again (the prompts and models of the run's last image successes)
-    to a worker that dies between the charge and the provider's answer: each task stays WAITING
-    and charged, as after a real crash. Deterministic: the run's own rows decide everything.
-    Returns the WAITING task ids."""
-    engine = make_engine(url)
-    try:
-        t = schema.ai_task.c
-        with engine.connect() as conn:
-            end = latest_timestamp(conn)
-            recent = conn.execute(select(t.user_id, t.model, t.prompt, t.params, t.provider).where(
-                t.category == "image", t.status == TaskStatus.SUCCESS).order_by(t.id.desc()).limit(50)).all()
-    finally:
-        engine.dispose()
-    if end is None:
-        return []
-    clock = ManualClock(end - timedelta(seconds=CRASH_BEFORE_END_S))
-    svc = service_for_url(url, clock=clock, providers={row.provider: _DyingProvider() for row in recent})
-    made = 0
-    try:
-        for row in recent:
-            if made == count:
-                break
-            try:
-                svc.submit(row.user_id, GenerationRequest(row.model, row.prompt, dict(row.params or {})))
-            except _WorkerDied:
-                made += 1
-            except RivyaError:
-                continue  # this one would not pass validation or the balance check: the next
-            clock.advance(45.0)
-        with svc.store.engine.connect() as conn:
-            return list(conn.scalars(select(t.id).where(t.status == TaskStatus.WAITING).order_by(t.id)))
-    finally:
-        svc.store.engine.dispose()
+def dying_submission_worker(run: Any, count: int = CRASHED_SUBMISSIONS):
+    """A SimPy process of the demo run: about CRASH_BEFORE_END_S before the arrivals end (the
+    horizon, or the last of the run's arrivals at the scenario's rate), users submit image tasks
+    through a second submission worker that dies between the charge and the provider's answer,
+    one every CRASH_SPACING_S: each task stays WAITING and charged, as after a real crash, and
+    nothing reaches the provider. On the run's own clock, so no row is dated before one written
+    earlier; its draws come from a stream of its own, so the run's other draws do not move."""
+    sc, env, pop = run.sc, run.env, run.population
+    before = round(CRASH_BEFORE_END_S * sc.arrivals.rate_per_hour / 3600.0)
+    while env.now < sc.horizon_s - CRASH_BEFORE_END_S and not (
+            run.max_tasks and pop.arrived >= run.max_tasks - before) and not pop.arrivals_done:
+        yield env.timeout(15.0)
+    if pop.arrivals_done:
+        return
+    worker = LifecycleService(run.store, run.clock, {p: _DyingProvider() for p in run.catalog.providers()},
+                              run.catalog, sc.policy, run.farm.secrets, callbacks_enabled=sc.callbacks)
+    rng = run.streams.get("demo_crash")
+    models = [m for m in pop.models["image"] if not any(r.required for r in m.references)]
+    made = tries = 0
+    while made < count and tries < 10 * count:
+        tries += 1
+        user = pop.user_ids[rng.randrange(len(pop.user_ids))]
+        request = GenerationRequest(models[rng.randrange(len(models))].id, pop.prompts[rng.randrange(len(pop.prompts))])
+        try:
+            task = worker.submit(user, request)
+        except _WorkerDied:
+            made += 1
+            pop.task_sources["crashed_worker"] += 1
+            yield env.timeout(CRASH_SPACING_S)
+            continue
+        except RivyaError:
+            continue  # refused at validation: the next user
+        pop.task_sources["crashed_worker"] += 1  # refused for credits: a task all the same
+        if task.status != TaskStatus.WAITING:
+            continue  # the worker never reached the provider

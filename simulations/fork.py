@@ -341,7 +341,7 @@ def check_fork(engine: Engine, story: Story) -> list[str]:
     diffs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="rivya-fork-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'story.db'}"
-        run_scenario(story.scenario, url, remember=False)
+        run_scenario(story.scenario, url)
         replayed = make_engine(url)
         try:
             with connect(replayed) as conn:

@@ -8,6 +8,11 @@ belongs to it with everything that happened to it afterwards; ledger rows of
 accounts (grants, adjustments) belong to it when they were written inside it.
 Balances at the start of the window are the recorded `balance_after` of each
 account's last ledger row before it.
+
+Ledger rows are read in id order, the order they were written: each
+`balance_after` is the running sum in that order. Their timestamps come from
+the clocks of whoever wrote them, which may disagree (two workers, a clock set
+back), so a later row can carry an earlier time; time never orders the ledger.
 """
 
 from __future__ import annotations
@@ -104,10 +109,19 @@ class History:
     until: datetime | None
     tasks: list[TaskRow]
     chats: list[ChatRow]
-    ledger: list[LedgerRow]                      # the window's rows and its tasks' later rows, (time, id) order
+    ledger: list[LedgerRow]                      # the window's rows and its tasks' later rows, in id order
     opening: dict[int, int]                      # balance of each account when the window opens
     refused_balance: dict[int, int] = field(default_factory=dict)  # task refused for credits -> balance it saw
     catalog: Catalog = field(default_factory=default_catalog)
+
+    def span(self) -> tuple[float | None, float | None]:
+        """The first and the latest moment the window's rows record (None, None when it holds none)."""
+        times = [r.at for r in self.ledger]
+        for t in self.tasks:
+            times += [x for x in (t.created, t.finished) if x is not None]
+        for c in self.chats:
+            times += [x for x in (c.created, c.settled) if x is not None]
+        return (min(times), max(times)) if times else (None, None)
 
     @property
     def refused_for_credits(self) -> list[TaskRow]:
@@ -148,7 +162,7 @@ def load_history(engine: Engine, since: datetime | None = None, until: datetime 
         task_ids = {x.id for x in tasks}
         msg_ids = {x.id for x in chats}
         q = select(L.id, L.user_id, L.entry_type, L.amount, L.balance_after, L.task_id, L.chat_message_id,
-                   L.created_at).order_by(L.created_at, L.id)
+                   L.created_at).order_by(L.id)
         if since is not None:  # a refund after the window of a task inside it belongs to it
             q = q.where(L.created_at >= since)
         ledger = []

@@ -8,6 +8,10 @@ and its result into the row:
 
     queued -> running -> done | failed | cancelled
 
+A job that ran to its end is `done` only when its result can be trusted (`verdict`: what its
+command line would exit 1 on — a run's violations, a failed replication, a backtest's failed
+self-check — makes it `failed`, with the reason as its error and the result kept).
+
 `submit` starts one, `cancel` ends one (its whole process group, so the Dask
 workers of a comparison go too), `list_jobs` reads them after `refresh` has
 marked as failed every job whose worker is gone without a result (killed, out
@@ -187,9 +191,62 @@ KINDS: dict[str, Callable[[dict[str, Any], Progress], dict[str, Any]]] = {
     "run": do_run, "compare": do_compare, "sweep": do_sweep, "backtest": do_backtest}
 
 
-def register(kind: str, fn: Callable[[dict[str, Any], Progress], dict[str, Any]]) -> None:
-    """Another kind of background job (e.g. a backtest): fn(params, progress) -> result."""
+# --- whether a finished result can be trusted ----------------------------------------
+# A job that ran to its end is `done` only when its command line would exit 0 on the same result;
+# otherwise it is `failed`, with the reason as its error and its result kept (the evidence).
+
+
+def _run_verdict(result: dict[str, Any]) -> str | None:
+    s = result.get("summary") or {}
+    bad = s.get("violations") or []
+    if bad:
+        kinds = ", ".join(sorted({str(v.get("kind")) for v in bad}))
+        return f"the run broke {len(bad)} invariant(s) ({kinds}): its figures are not trustworthy"
+    if s.get("liveness_ok") is False:
+        return "tasks were left active after the faults stopped (liveness): its figures are not trustworthy"
+    return None
+
+
+def _replications_verdict(result: dict[str, Any]) -> str | None:
+    failed = result.get("failed") or []
+    if not failed:
+        return None
+    first = failed[0]
+    return (f"{len(failed)} replication job(s) failed (first {first.get('key')}: {first.get('error')}): "
+            "the figures cover only the jobs that finished")
+
+
+def _backtest_verdict(result: dict[str, Any]) -> str | None:
+    sc = result.get("self_check") or {}
+    if sc.get("ok", True):
+        return None
+    rows = sc.get("first_diverging_rows") or [{}]
+    where = ", ".join(f"{k} {v}" for k, v in rows[0].items() if k in ("position", "account", "totals")) or "totals"
+    return (f"the self-check failed: replaying the history under its recorded policy {sc.get('policy')!r} does "
+            f"not reproduce the database's ledger (first difference at {where}), so the figures are not "
+            "trustworthy")
+
+
+VERDICTS: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    "run": _run_verdict, "compare": _replications_verdict, "sweep": _replications_verdict,
+    "backtest": _backtest_verdict}
+
+
+def verdict(kind: str, result: dict[str, Any]) -> str | None:
+    """Why a finished job's result cannot be trusted (the job is then failed with this reason), or
+    None: the rule its command's exit status follows (`run` on a violation or a liveness failure,
+    `compare`/`sweep` on a failed replication, `backtest` on a failed self-check)."""
+    judge = VERDICTS.get(kind)
+    return judge(result) if judge is not None else None
+
+
+def register(kind: str, fn: Callable[[dict[str, Any], Progress], dict[str, Any]],
+             judge: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+    """Another kind of background job: fn(params, progress) -> result; judge(result) -> why the
+    result cannot be trusted, or None (see verdict)."""
     KINDS[kind] = fn
+    if judge is not None:
+        VERDICTS[kind] = judge
 
 
 # --- the page's side ----------------------------------------------------------------
@@ -345,10 +402,11 @@ def work(job_id: int, runs: Path | None = None) -> int:
         message = message if isinstance(message, str) else (message[0] if message else type(exc).__name__)
         _set(eng, job_id, status="failed", finished_at=_now(), error=f"{type(exc).__name__}: {message}")
         return 1
-    _set(eng, job_id, status="done", progress=1.0, message="done", finished_at=_now(),
-         result=json.dumps(result, default=str))
-    print("done", flush=True)
-    return 0
+    problem = verdict(job["kind"], result)
+    _set(eng, job_id, status="failed" if problem else "done", progress=1.0, message="failed" if problem else "done",
+         finished_at=_now(), result=json.dumps(result, default=str), error=problem)
+    print(f"failed: {problem}" if problem else "done", flush=True)
+    return 1 if problem else 0
 
 
 def main(argv: list[str] | None = None) -> int:

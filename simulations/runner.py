@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,8 @@ class RunSummary:
     events: dict[str, int] = field(default_factory=dict)
     farm: dict[str, dict[str, int]] = field(default_factory=dict)
     users: dict[str, int] = field(default_factory=dict)
+    arrivals: dict[str, int] = field(default_factory=dict)      # generation | chat | tool_chat
+    task_sources: dict[str, int] = field(default_factory=dict)  # what made each task (TASK_SOURCES)
     wall_seconds: float = 0.0   # not stored: differs between identical runs
 
     @property
@@ -98,6 +100,9 @@ class RunSummary:
         d.pop("wall_seconds")
         return d
 
+    def tasks_explained(self) -> str:
+        return explain_tasks(self.tasks, self.arrivals, self.task_sources)
+
     def render_text(self) -> str:
         c = self.credits
         lines = [
@@ -105,6 +110,7 @@ class RunSummary:
             f"tasks {self.tasks} over {self.sim_seconds:,.0f} simulated s"
             + (f" in {self.wall_seconds:.1f} s wall ({self.tasks / self.wall_seconds:,.0f} tasks/s)"
                if self.wall_seconds > 0 else ""),
+            *([f"arrivals:    {self.tasks_explained()}"] if self.tasks_explained() else []),
             "by state:    " + _kv(self.counts_by_state),
             "callbacks:   " + _kv(self.counts_by_outcome),
             f"credits:     charged {c['charged']}  refunded {c['refunded']}  net {c['net']}"
@@ -122,6 +128,42 @@ class RunSummary:
         else:
             lines.append("violations:  none")
         return "\n".join(lines)
+
+
+# what made a task, beyond the population's arrivals and reruns (RunSummary.tasks_explained)
+TASK_SOURCES = {"script": "from the scenario's script", "crashed_worker": "submitted by a worker that died"}
+
+
+def explain_tasks(tasks: int, arrivals: dict[str, int], sources: dict[str, int]) -> str:
+    """How a run's arrivals (what --tasks counts: generation requests and chat turns) became its
+    tasks (the ai_task rows), in one line; empty for a run that recorded neither (RunSummary's
+    arrivals and task_sources, or the same keys of a stored summary)."""
+    a, t = arrivals or {}, sources or {}
+    if not a and not t:
+        return ""
+    chat, tool = a.get("chat", 0) + a.get("tool_chat", 0), a.get("tool_chat", 0)
+    head = f"{tasks:,} tasks"
+    if a:
+        head += (f" from {sum(a.values()):,} arrivals ({a.get('generation', 0):,} generation requests and "
+                 f"{chat:,} chat turns, {tool:,} of them tool-backed)")
+    parts = []
+    if a.get("generation") or t.get("generation"):
+        parts.append(f"{t.get('generation', 0):,} from generation requests")
+        refused = a.get("generation", 0) - t.get("generation", 0)
+        if refused > 0:
+            parts[-1] += f" ({refused:,} refused before a task existed)"
+    if tool:
+        parts.append(f"{t.get('tool_chat', 0):,} started by tool-backed chat turns")
+    reruns = {k: t.get(k, 0) for k in ("retry", "resubmit", "duplicate_heavy")}
+    if any(reruns.values()):
+        parts.append(f"{sum(reruns.values()):,} users' reruns ({reruns['retry']:,} retries after a failure, "
+                     f"{reruns['resubmit']:,} resubmits while running, {reruns['duplicate_heavy']:,} "
+                     "heavier duplicates)")
+    parts += [f"{n:,} {TASK_SOURCES.get(k, k)}" for k, n in t.items()
+              if k not in ("generation", "tool_chat", *reruns)]
+    return head + (": " + "; ".join(parts) if parts else "") + (
+        ". Chat turns are billed apart, not tasks." if chat else ".")
+
 
 
 def _kv(d: dict[str, Any]) -> str:
@@ -278,13 +320,15 @@ def open_fresh(db_url: str, force: bool = False):
 
 def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
                  progress: Callable[[float, str], None] | None = None, realtime: float | None = None,
-                 force: bool = False, remember: bool = True) -> RunSummary:
-    """remember=False: no data/runs/<fingerprint>.json (a throwaway run, such as a backtest's re-run)."""
+                 force: bool = False, processes: Sequence[Callable[[Run], Any]] = ()) -> RunSummary:
+    """Run scenario into db_url and nowhere else (its sim_run row records scenario, seed and
+    fingerprint: what `replay` needs). processes: more SimPy processes on the run's clock, each
+    process(run) started with the run's own (the demo's dying submission worker)."""
     wall0 = time.perf_counter()
     run = Run(scenario, seed=seed, tasks=tasks, realtime=realtime)
     engine = open_fresh(db_url, force=force)
     try:
-        summary = _execute(run, engine, progress, wall0, remember)
+        summary = _execute(run, engine, progress, wall0, processes)
     finally:
         engine.dispose()
     path = sqlite_path(db_url)
@@ -301,9 +345,12 @@ def run_in_tempdir(scenario: Scenario, *, seed: int | None = None, tasks: int | 
         return run_scenario(scenario, f"sqlite:///{Path(tmp) / 'run.db'}", seed=seed, tasks=tasks)
 
 
-def _execute(run: Run, engine, progress, wall0: float, remember: bool = True) -> RunSummary:
+def _execute(run: Run, engine, progress, wall0: float,
+             processes: Sequence[Callable[[Run], Any]] = ()) -> RunSummary:
     sc, env = run.sc, run.env
     writer = run.start(engine)
+    for process in processes:
+        env.process(process(run))
     ended_at: list[float] = []
 
     def deadline() -> float:
@@ -330,8 +377,6 @@ def _execute(run: Run, engine, progress, wall0: float, remember: bool = True) ->
         "finished_at": run.clock.now(), "summary": json.loads(json.dumps(summary.stored(), default=str))})
     if run.realtime:
         end_beat(engine)
-    if remember:
-        _remember(summary, sc, run)
     if progress is not None:
         progress(1.0, "done")
     return summary
@@ -369,30 +414,38 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
         liveness_ok=live_ok, kpis=kpis, events=dict(k.events),
         farm={"sent": dict(run.farm.stats.sent), "dropped": dict(run.farm.stats.dropped),
               "submit_faults": dict(run.farm.stats.submit_faults), "outcomes": dict(run.farm.stats.outcomes)},
-        users=users)
+        users=users, arrivals=dict(sorted(run.population.arrivals_by_kind.items())),
+        task_sources=dict(sorted(run.population.task_sources.items())))
 
 
-def _runs_dir() -> Path:
-    from .scenarios import SCENARIO_DIR
+def _sim_databases() -> list[Path]:
+    """The SQLite files a fingerprint is looked up in: directly under data/ and the runs folder
+    (RIVYA_RUNS_DIR), as the dashboard's data source lists them."""
+    from .jobs import ROOT, runs_dir
 
-    return SCENARIO_DIR.parent / "runs"
+    found = [*sorted((ROOT / "data").glob("*.db")), *sorted(runs_dir().glob("*.db"))]
+    return [p for p in dict.fromkeys(p.resolve() for p in found) if p.name != "jobs.db"]
 
 
-def _remember(summary: RunSummary, sc: Scenario, run: Run) -> None:
-    """data/runs/<fingerprint>.json: what `replay FINGERPRINT` needs to re-run it."""
-    runs = _runs_dir()
+def _recorded_in(path: Path) -> list[dict[str, Any]]:
+    from .writer import read_sim_runs
+
     try:
-        runs.mkdir(parents=True, exist_ok=True)
-        (runs / f"{summary.fingerprint}.json").write_text(json.dumps(
-            {"scenario_name": sc.name, "scenario_toml": sc.to_toml(), "seed": run.seed, "tasks": run.max_tasks,
-             "fingerprint": summary.fingerprint}, indent=1))
-    except OSError:
-        pass
+        engine = make_engine(f"sqlite:///{path}", read_only=True)
+    except Exception:  # noqa: BLE001 - not a database we can open: not one to look in
+        return []
+    try:
+        return read_sim_runs(engine)
+    except Exception:  # noqa: BLE001 - not SQLite, or not ours
+        return []
+    finally:
+        engine.dispose()
 
 
 def find_recorded(target: str) -> dict[str, Any]:
-    """The recorded run `replay` re-runs: the last sim_run row of a database URL,
-    or data/runs/<fingerprint>.json for a (unique prefix of a) fingerprint."""
+    """The recorded run `replay` re-runs: the last sim_run row of a database URL, or the run
+    with a (unique prefix of a) fingerprint among the simulation databases under data/ and the
+    runs folder (a run elsewhere is replayed by its database URL)."""
     if "://" in target or target.endswith(".db"):
         from .writer import read_sim_runs
 
@@ -409,12 +462,19 @@ def find_recorded(target: str) -> dict[str, Any]:
         if not runs:
             raise RivyaError(f"{target} holds no recorded simulation run", code="replay_not_found")
         return runs[-1]
-    runs_dir = _runs_dir()
-    found = sorted(runs_dir.glob(f"{target}*.json")) if target.isalnum() else []
+    found: dict[str, dict[str, Any]] = {}
+    if target.isalnum():
+        for path in _sim_databases():
+            for rec in _recorded_in(path):
+                if str(rec.get("fingerprint", "")).startswith(target):
+                    found.setdefault(rec["fingerprint"], rec)
     if len(found) != 1:
+        from .jobs import runs_dir
+
         why = "no recorded run" if not found else "more than one recorded run"
-        raise RivyaError(f"{why} with fingerprint {target!r} under {runs_dir}", code="replay_not_found")
-    return json.loads(found[0].read_text())
+        raise RivyaError(f"{why} with fingerprint {target!r} in the simulation databases under data/ and "
+                         f"{runs_dir()} (give the run's database URL instead)", code="replay_not_found")
+    return next(iter(found.values()))
 
 
-__all__ = ["Run", "RunSummary", "RunError", "open_fresh", "run_scenario", "run_in_tempdir", "find_recorded", "drain_seconds"]
+__all__ = ["Run", "RunSummary", "explain_tasks", "RunError", "open_fresh", "run_scenario", "run_in_tempdir", "find_recorded", "drain_seconds"]

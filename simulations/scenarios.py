@@ -280,6 +280,32 @@ def _value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 
+def describe_own_policy(sc: Scenario, directory: Path | None = None) -> str:
+    """What a scenario's own policy is, in one line. It is built from the scenario's [policy]
+    table over the defaults, not read from a policy file, so it has no `description` of its own:
+    it is described by the shipped policy file it equals, or as the default file's policy with
+    the settings its [policy] table changes."""
+    files = sorted((directory or POLICY_DIR).glob("*.toml"))
+    loaded = []
+    for path in files:
+        try:
+            loaded.append((path, BillingPolicy.load(path)))
+        except PolicyError:  # a broken file describes nothing
+            continue
+    same = next(((path, p) for path, p in loaded if replace(p, name="") == replace(sc.policy, name="")), None)
+    if same is not None:
+        path, p = same
+        return f"{sc.policy.name}: {p.description or 'no description in ' + path.name} (the scenario's own " \
+               f"policy is the same as data/policies/{path.name})"
+    base = BillingPolicy().to_dict()
+    changed = {k: v for k, v in sc.policy.to_dict().items() if k not in ("name", "description") and v != base[k]}
+    default = next((p for path, p in loaded if path.stem == "default"), None)
+    rest = f"; the rest as data/policies/default.toml: {default.description}" if default and default.description \
+        else ""
+    return (f"{sc.policy.name} with " + ", ".join(f"{k} = {_value(v)}" for k, v in changed.items())
+            + f" (set in the scenario's [policy] table){rest}")
+
+
 # --- loading ------------------------------------------------------------------------
 
 

@@ -59,6 +59,7 @@ def play(run: Any):
             except RivyaError as exc:
                 raise ScenarioError(f"{where}: submit refused ({exc.code}: {exc.message})") from None
             run.script_tasks.append(task.id)
+            run.population.task_sources["script"] += 1
             continue
         if ev.action == "chat":
             chats.append(_chat_turn(run, ev, users[ev.user], where))

@@ -31,20 +31,11 @@ from typing import Any
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
 
+from . import kpis
 from .engine import Job, Outcome, run_jobs
 from .scenarios import Scenario, with_overrides
 
-KPIS = (
-    ("revenue", "revenue (net credits)"),
-    ("refunds", "refunds (credits)"),
-    ("failures_without_refund", "failures without refund"),
-    ("insufficient_credit_rejections", "insufficient-credit rejections"),
-    ("user_visible_failure_rate", "user-visible failure rate"),
-    ("time_to_terminal_mean_s", "time to terminal, mean (s)"),
-    ("time_to_terminal_p95_s", "time to terminal, p95 (s)"),
-    ("stuck_tasks", "stuck tasks"),
-    ("notifications", "notifications"),
-)
+KPIS = tuple((k, kpis.label(k)) for k in kpis.SIMULATED)  # what each counts: simulations/kpis.py
 KPI_KEYS = tuple(k for k, _ in KPIS)
 # the columns of the results table, in order; wall_s is the only one that differs between identical sweeps
 COLUMNS = ("key", "policy", "grid", "replication", "seed", "status", "error", "replay", "fingerprint", "tasks",
@@ -148,6 +139,10 @@ class Sweep:
                 key = job_key(v.policy, v.grid, r)
                 jobs.append(Job(key, sweep_job, (v.scenario, self.seed_for(r), self.tasks), self.replay(key)))
         return jobs
+
+    def policy_of(self, name: str) -> BillingPolicy:
+        """The policy a variant's (unique) policy name stands for."""
+        return dict(zip(self.names, self.policies, strict=True))[name]
 
     def replay(self, key: str) -> str:
         if not self.command:
@@ -290,10 +285,19 @@ def paired_table(frame, a: tuple[str, str], b: tuple[str, str]) -> list[dict[str
         xa = [float(left.at[r, key]) for r in reps]
         xb = [float(right.at[r, key]) for r in reps]
         diff, lo, hi = paired_ci(xa, xb) if reps else (math.nan, math.nan, math.nan)
-        table.append({"kpi": key, "label": label, "policy_a": statistics.fmean(xa) if xa else math.nan,
+        mean_a = statistics.fmean(xa) if xa else math.nan
+        table.append({"kpi": key, "label": label, "policy_a": mean_a,
                       "policy_b": statistics.fmean(xb) if xb else math.nan, "diff": diff, "ci_low": lo,
-                      "ci_high": hi})
+                      "ci_high": hi, "rel": kpis.relative(diff, mean_a), "rel_ci_low": kpis.relative(lo, mean_a),
+                      "rel_ci_high": kpis.relative(hi, mean_a), "meaning": kpis.meaning(key)})
     return table
+
+
+def price_notes(a: BillingPolicy, b: BillingPolicy, table: list[dict[str, Any]]) -> list[str]:
+    """kpis.price_note for a paired table's two policies (none when their prices agree)."""
+    rev = next((r["rel"] for r in table if r["kpi"] == "revenue"), None)
+    note = kpis.price_note(a, b, rev)
+    return [note] if note else []
 
 
 def mean_table(frame) -> list[dict[str, Any]]:
@@ -320,14 +324,28 @@ def fmt(x: float) -> str:
     return f"{x:,.4f}" if abs(x) < 1 and x != 0 else f"{x:,.1f}"
 
 
-def render_paired(title: str, a: str, b: str, table: list[dict[str, Any]]) -> str:
-    head = f"{'KPI':34} {a[:14]:>14} {b[:14]:>14} {'diff (b-a)':>12}   95% CI"
+def pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:+.1f}%"
+
+
+def render_paired(title: str, a: str, b: str, table: list[dict[str, Any]], notes: list[str] = ()) -> str:
+    head = f"{'KPI':34} {a[:14]:>14} {b[:14]:>14} {'diff (b-a)':>12} {'change':>8}   95% CI (diff; change)"
     lines = [title, head, "-" * len(head)]
     for row in table:
         ci = "n/a" if math.isnan(row["ci_low"]) else f"[{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
+        rel = row.get("rel", math.nan)
+        if not math.isnan(rel) and not math.isnan(row["ci_low"]):
+            ci += f"; [{pct(row['rel_ci_low'])}, {pct(row['rel_ci_high'])}]"
         lines.append(f"{row['label']:34} {fmt(row['policy_a']):>14} {fmt(row['policy_b']):>14} "
-                     f"{fmt(row['diff']):>12}   {ci}")
+                     f"{fmt(row['diff']):>12} {pct(rel):>8}   {ci}")
+    lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def legend() -> str:
+    """What each KPI of a run counts, one line each (the change column is relative to A's mean)."""
+    return "\n".join(["what each KPI counts (change: the difference as a share of A's mean):",
+                      *[f"  {line}" for line in kpis.definition_lines(KPI_KEYS)]])
 
 
 def render_text(result: SweepResult) -> str:
@@ -347,8 +365,10 @@ def render_text(result: SweepResult) -> str:
     for other in variants[1:]:
         la = first[0] if first[1] == NO_GRID else f"{first[0]} [{first[1]}]"
         lb = other[0] if other[1] == NO_GRID else f"{other[0]} [{other[1]}]"
-        lines += ["", render_paired(f"{lb} against {la} (paired by replication)", la, lb,
-                                    paired_table(frame, first, other))]
+        table = paired_table(frame, first, other)
+        lines += ["", render_paired(f"{lb} against {la} (paired by replication)", la, lb, table,
+                                    price_notes(sw.policy_of(first[0]), sw.policy_of(other[0]), table))]
+    lines += ["", legend()]
     for out in result.failed:
         lines += ["", f"FAILED {out.key}: {out.error}", f"  replay: {out.replay}"]
     return "\n".join(lines)

@@ -29,20 +29,14 @@ from rivya_core.domain import EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
 from rivya_core.queries import connect
 
+from . import kpis
 from .fork import fork_story
 from .history import History, seconds
 
 MIN_DAYS = 7
 RESAMPLES = 1000
-TIMING_KPIS = {
-    "time_to_terminal_mean_s": "mean seconds from creation to SUCCESS or FAILED",
-    "timeouts": "tasks failed by the hard timeout",
-    "user_visible_failures": "tasks that ended FAILED",
-    "failures_without_refund": "charged tasks that failed and kept their credits",
-    "refunded": "task credits refunded",
-    "kept": "task credits charged and not refunded",
-    "unfinished": "tasks not terminal when the re-run ended",
-}
+TIMING_KPIS = {k: kpis.meaning(k) for k in ("time_to_terminal_mean_s", "timeouts", "user_visible_failures",
+                                            "failures_without_refund", "refunded", "kept", "unfinished")}
 
 
 def _outcomes(url: str, n_tasks: int) -> list[dict[str, Any]]:
@@ -111,7 +105,7 @@ def timing_part(engine: Engine, history: History, policies: list[BillingPolicy],
     with tempfile.TemporaryDirectory(prefix="rivya-timing-") as tmp:
         for n, policy in enumerate(policies):
             url = f"sqlite:///{Path(tmp) / f'policy{n}.db'}"
-            run_scenario(story.scenario.with_policy(policy), url, remember=False)
+            run_scenario(story.scenario.with_policy(policy), url)
             results.append(_outcomes(url, len(story.task_ids)))
             if progress is not None:
                 progress((n + 1) / len(policies), f"trace-driven run under {policy.name}")

@@ -70,6 +70,8 @@ class Population:
         self.failures: Counter = Counter()      # (user, prompt) -> failed count
         self.stats: Counter = Counter()
         self.arrived = 0
+        self.arrivals_by_kind: Counter = Counter()  # generation | chat | tool_chat
+        self.task_sources: Counter = Counter()      # what made each task: see RunSummary.tasks_explained
         self.arrivals_done = False
         self.open_chats = 0
         self._topups = 0
@@ -165,21 +167,23 @@ class Population:
 
     def arrive(self, intent: Intent) -> None:
         self.arrived += 1
+        self.arrivals_by_kind[intent.kind] += 1
         if intent.kind == "generation":
-            task = self.submit(intent.user, intent.request, intent.topup)
+            task = self.submit(intent.user, intent.request, intent.topup, source="generation")
             if task is not None and (intent.retry or intent.resubmit or intent.duplicate_heavy):
                 self.pin(task.id, True)
                 self.env.process(self.watch(intent, task.id, 0))
         else:
             self.env.process(self.chat_turn(intent))
 
-    def submit(self, user: int, request: GenerationRequest, topup: bool = False, **kw: Any):
+    def submit(self, user: int, request: GenerationRequest, topup: bool = False, *, source: str, **kw: Any):
         try:
             task = self.svc.submit(user, request, **kw)
         except RivyaError as exc:
             self.stats[f"rejected:{exc.code}"] += 1
             return None
         self.stats["submitted"] += 1
+        self.task_sources[source] += 1
         if task.status == TaskStatus.FAILED and task.failure_class == FailureClass.BILLING and topup:
             self.top_up(user)
         return task
@@ -208,7 +212,8 @@ class Population:
                 acted = True
                 if intent.duplicate_heavy:
                     self.stats["duplicate_heavy"] += 1
-                    self.submit(intent.user, _heavier(self.catalog.get(intent.request.model), intent.request))
+                    self.submit(intent.user, _heavier(self.catalog.get(intent.request.model), intent.request),
+                                source="duplicate_heavy")
                 if intent.resubmit:
                     if intent.heed:
                         self.stats["user_recheck"] += 1
@@ -218,7 +223,7 @@ class Population:
                             pass
                     else:
                         self.stats["resubmit_running"] += 1
-                        self.submit(intent.user, intent.request)
+                        self.submit(intent.user, intent.request, source="resubmit")
             if (task.status != TaskStatus.FAILED or not intent.retry or attempt >= bh.max_retries
                     or self.arrivals_done):
                 return
@@ -230,7 +235,7 @@ class Population:
                 self.stats["retry_withheld"] += 1   # the recheck signal says: do not rerun unchanged
                 return
             self.stats["retry"] += 1
-            again = self.submit(intent.user, intent.request)
+            again = self.submit(intent.user, intent.request, source="retry")
             if again is not None:
                 self.pin(again.id, True)
                 self.env.process(self.watch(intent, again.id, attempt + 1))
@@ -255,7 +260,7 @@ class Population:
                 return
             self.stats[it.kind] += 1
             if it.kind == "tool_chat" and it.request is not None:
-                self.submit(it.user, it.request, chat_message_id=msg.id)
+                self.submit(it.user, it.request, source="tool_chat", chat_message_id=msg.id)
             yield self.env.timeout(it.chat_delay_s)
             if it.chat_fails:
                 self.svc.chat_turn_fail(msg.id, "model_error")

@@ -25,14 +25,20 @@ def _choose(page, label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def _search(browser, served: str, query: str, matches: str):
+    """The inspector, with `query` typed into its search box, once `matches` shows."""
+    page = open_settled(browser, f"{served}/task_inspector")
+    search = page.get_by_label("Find a task")
+    search.fill(query)
+    search.press("Enter")
+    page.wait_for_selector(f"text={matches}", timeout=60_000)
+    return page
+
+
 def test_search_pick_the_second_result_then_act_lands_on_that_task(seeded_server, browser):
     served, url = seeded_server
     before = support_events(url)
-    page = open_settled(browser, f"{served}/task_inspector")
-    search = page.get_by_label("Find a task")
-    search.fill("ana@example.com")
-    search.press("Enter")
-    page.wait_for_selector("text=2 tasks match", timeout=60_000)
+    page = _search(browser, served, "ana@example.com", "2 tasks match")
     page.wait_for_selector("text=Task #2 — FAILED", timeout=60_000)  # newest first
     _choose(page, "Task", "#1 · SUCCESS · img-fast · ana@example.com · a red fox in snow")
     page.wait_for_selector("text=Task #1 — SUCCESS", timeout=60_000)
@@ -112,3 +118,40 @@ def test_a_url_whose_driver_is_missing_is_one_message(seeded_server, browser):
     assert page.locator('[data-testid="stException"]').count() == 0
     assert "mysql://support@db.internal/rivya" in body
     assert _tracebacks(served.log_text()[seen:]) == []
+
+
+def test_search_pick_mark_failed_then_read_the_confirmation_and_what_the_customer_was_told(seeded_server, browser):
+    """Bo's video (task 3) has generated for two hours: find it by his email, pick it, mark it failed
+    with an internal reason, read the confirmation (with the money) and the notification he got."""
+    served, url = seeded_server
+    before = support_events(url)
+    page = _search(browser, served, "bo@example.com", "2 tasks match")
+    _choose(page, "Task", "#3 · GENERATING · vid-pro · bo@example.com · waves at dusk")
+    page.wait_for_selector("text=Task #3 — GENERATING", timeout=60_000)
+    settle(page)
+    verdict = page.locator('[data-testid="stAlert"]').filter(has_text="Verdict").first
+    assert "stuck" in verdict.inner_text() and verdict.locator('[data-testid="stAlertContentWarning"]').count() == 1
+
+    page.get_by_role("tab", name="Support actions").click()
+    assert page.get_by_text("Your video from vid-pro could not be completed; your 50 credits were refunded.",
+                            exact=False).first.is_visible()  # who sees what, before acting
+    page.get_by_text("Mark stuck task failed", exact=True).click()
+    page.get_by_label("Operator name").fill("Dana")
+    page.get_by_label("Reason (kept in the task's timeline)").fill("motion hang; upstream lost the job")
+    page.get_by_role("button", name="Run action on task #3").click()
+    page.wait_for_selector("text=The task is now FAILED", timeout=60_000)
+    settle(page)
+    done = page.locator('[data-testid="stAlert"]').filter(has_text="The task is now FAILED").first
+    assert done.inner_text().strip() == ("Mark stuck task failed on task #3: done. The task is now FAILED; "
+                                         "refunded 50 credits.")
+
+    page.get_by_role("tab", name="Notifications").click()
+    told = page.get_by_text("Your video from vid-pro could not be completed; your 50 credits were refunded.",
+                            exact=False)
+    told.last.wait_for(timeout=30_000)
+    panel = page.get_by_role("tabpanel", name="Notifications").inner_text()
+    assert "Dana" not in panel and "hang" not in panel
+    page.screenshot(path=str(served.log.parent / "inspector_mark_failed.png"), full_page=True)
+    new = support_events(url)[len(before):]
+    assert [(task, d["operator"], d["reason"]) for task, d in new] == [(3, "Dana", "motion hang; upstream lost the job")]
+    assert _tracebacks(served.log_text()) == []

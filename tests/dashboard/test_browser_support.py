@@ -64,6 +64,9 @@ def test_bulk_dry_run_execute_then_execute_again(seeded_server, browser, tmp_pat
     page.get_by_role("button", name="Execute incident").click()
     page.wait_for_selector("text=1 acted on", timeout=60_000)
     settle(page)
+    assert "10 credits refunded on 1 task(s)" in page.locator('[data-testid="stAlert"]').filter(
+        has_text="1 acted on").first.inner_text()  # the money of the run
+    assert "never to the customers" in page.inner_text("body")  # the form says who sees what
     [(task_id, detail)] = support_events(url)
     assert task_id == 2 and detail["incident"] == 1 and detail["operator"] == "sam"
 
@@ -101,5 +104,26 @@ def test_user_page_filters_stick(seeded_server, browser, tmp_path_factory):
     page.wait_for_selector("text=2 task(s)", timeout=60_000)
     settle(page)
     assert len(browser.contexts[-1].pages) == 1
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "Traceback" not in base.log_text()
+
+
+def test_the_audit_shown_says_whether_it_was_stored_and_by_whom(seeded_server, browser, tmp_path_factory):
+    base, url = seeded_server
+    page = open_settled(browser, base, height=1100)
+    page.wait_for_selector("text=Audit computed now, not stored (run the audit to store it)", timeout=60_000)
+    assert "Audit stored at" not in page.inner_text("body")
+    page.get_by_role("link", name="Open the refund audit").click()
+    page.wait_for_selector("h1:has-text('Refund audit')", timeout=60_000)
+    page.wait_for_selector("text=Audit computed now, not stored", timeout=60_000)  # drawn once the audit ran
+    settle(page)
+    page.get_by_role("button", name="Run the audit now").click()
+    page.wait_for_selector("text=by an operator in open mode", timeout=60_000)
+    settle(page)
+    assert "Audit stored at" in page.inner_text("body") and "computed now" not in page.inner_text("body")
+    page.get_by_role("link", name="Overview").first.click()
+    page.wait_for_selector("text=by an operator in open mode", timeout=60_000)
+    settle(page)
+    page.screenshot(path=str(_shots(tmp_path_factory) / "overview-audit-stored.png"), full_page=True)
     assert page.locator('[data-testid="stException"]').count() == 0
     assert "Traceback" not in base.log_text()

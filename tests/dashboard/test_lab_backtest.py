@@ -98,3 +98,37 @@ def test_the_forked_story_is_a_scenario_run_accepts(sim_url):
         engine.dispose()
     assert tomllib.loads(text)["script"][0]["action"] == "submit"
     assert parse_scenario(text).script
+
+
+def test_a_backtest_whose_self_check_fails_shows_as_failed_with_the_reason(tmp_path, monkeypatch):
+    import sqlite3
+
+    from rivya_core.access import Role
+    from simulations import jobs
+
+    path = tmp_path / "tampered.db"
+    run_scenario(load_scenario("lost_callbacks"), f"sqlite:///{path}", tasks=60)
+    with sqlite3.connect(path) as conn:  # a charge one credit dearer than the recorded policy's price
+        conn.execute("update credit_ledger set amount = amount - 1, balance_after = balance_after - 1 "
+                     "where id = (select min(id) from credit_ledger where entry_type = 'consume')")
+    monkeypatch.setenv("RIVYA_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(ROOT / "pages" / "simulation_lab.py"), default_timeout=180)
+    at.session_state["db_url"] = f"sqlite:///{path}"
+    at.session_state["role"] = Role.OPERATOR
+    at.run()
+    next(b for b in at.button if b.label == "Backtest in the background").click()
+    at.run()
+    deadline = time.monotonic() + 300
+    while (job := jobs.list_jobs(tmp_path / "runs")[0])["status"] in jobs.ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job["status"] == "failed", jobs.log_tail(job)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    texts = [t.value for t in at.text] + [m.value for m in at.markdown]
+    assert any("#1 backtest" in t and "failed" in t for t in texts), texts
+    assert any("self-check failed" in t and "not trustworthy" in t for t in texts), texts
+    assert not any("done" in t and "#1 backtest" in t for t in texts)
+    next(b for b in at.button if b.label == "Show result").click()  # the evidence stays readable
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Self-check FAILED" in e.value for e in at.error)

@@ -54,6 +54,16 @@ def wait_job(runs, predicate, what):
     raise AssertionError(f"the job never {what}: {rows[:1]}\n{jobs.log_tail(rows[0]) if rows else ''}")
 
 
+def show_finished(at: AppTest, runs) -> dict:
+    """Wait for the newest job to finish well, then show its result; the job."""
+    job = wait_job(runs, lambda j: j["status"] in jobs.FINISHED, "finished")
+    assert job["status"] == "done", jobs.log_tail(job)
+    at.run()
+    button(at, "Show result").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return job
+
+
 def test_a_run_starts_in_the_background_and_its_result_shows_when_ready(lab):
     at = lab()
     assert "No background jobs yet." in shown(at)
@@ -62,14 +72,10 @@ def test_a_run_starts_in_the_background_and_its_result_shows_when_ready(lab):
     button(at, "Run in the background").click().run()
     assert time.monotonic() - t0 < 30  # the page came back without waiting for the run
     assert not at.exception, [e.value for e in at.exception]
-    assert "#1 run" in shown(at) and "baseline, 20 tasks" in shown(at)
+    assert "#1 run" in shown(at) and "baseline, 20 arrivals" in shown(at)
     other = lab()  # another browser tab: its own session, the same list
     assert "#1 run" in shown(other)
-    job = wait_job(lab.runs, lambda j: j["status"] in jobs.FINISHED, "finished")
-    assert job["status"] == "done", jobs.log_tail(job)
-    at.run()
-    button(at, "Show result").click().run()
-    assert not at.exception, [e.value for e in at.exception]
+    job = show_finished(at, lab.runs)
     text = shown(at)
     assert "Violations=0" in text and "Liveness=ok" in text and "Scenario baseline, seed" in text
     made = list(lab.runs.glob("baseline-*.db"))
@@ -79,7 +85,7 @@ def test_a_run_starts_in_the_background_and_its_result_shows_when_ready(lab):
 
 def test_a_comparison_shows_progress_and_cancel_stops_it(lab):
     at = lab()
-    compare_tab = [n for n in at.number_input if n.label in ("Replications", "Tasks per run") and not n.key]
+    compare_tab = [n for n in at.number_input if n.label in ("Replications", "Arrivals per run") and not n.key]
     compare_tab[0].set_value(25)  # 50 jobs: each one done is 2% of the bar
     compare_tab[1].set_value(3000)
     button(at, "Compare in the background").click().run()
@@ -118,3 +124,31 @@ def test_a_worker_that_died_shows_as_failed_with_its_log(lab, monkeypatch):
     text = shown(at)
     assert "· failed" in text and "ended without a result" in text
     assert any(f"job {job['id']}: run" in str(c.value) for c in at.code)
+
+
+def test_a_comparisons_result_gives_changes_definitions_and_the_price_note(lab):
+    at = lab()
+    policies = [s for s in at.selectbox if s.label in ("Policy A", "Policy B") and not (s.key or "").startswith("bt_")]
+    policies[1].set_value("premium_prices")
+    compare_tab = [n for n in at.number_input if n.label in ("Replications", "Arrivals per run") and not n.key]
+    compare_tab[0].set_value(2)
+    compare_tab[1].set_value(40)
+    button(at, "Compare in the background").click().run()
+    show_finished(at, lab.runs)
+    table = next(d.value for d in at.dataframe if "what it counts" in d.value.columns)
+    assert {"change", "change, 95% CI", "B − A"} <= set(table.columns)
+    row = table[table["KPI"] == "failures without refund"].iloc[0]
+    assert row["what it counts"].startswith("tasks charged, then failed")
+    assert "rounded up to whole credits" in shown(at) and "lumen-flash 2 → 3 (+50.0%)" in shown(at)
+
+
+def test_the_lab_names_the_scenarios_own_policy_and_arrivals_against_tasks(lab):
+    at = lab()
+    text = shown(at)
+    assert "no description in its file" not in text
+    assert "default: The baseline: refund provider and infrastructure failures" in text
+    next(e for e in at.number_input if e.label == "Arrivals").set_value(300)
+    button(at, "Run in the background").click().run()
+    assert "baseline, 300 arrivals (generation requests and chat turns)" in shown(at)
+    s = show_finished(at, lab.runs)["result"]["summary"]
+    assert f"{s['tasks']:,} tasks from 300 arrivals" in shown(at)

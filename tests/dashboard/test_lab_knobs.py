@@ -32,7 +32,7 @@ def shown_knobs(at) -> dict:
 def file_knobs(name: str) -> dict:
     sc = load_scenario(name)
     want = {f.replace("_", " "): getattr(sc.farm, f) for f in FAULTS}
-    want.update({"Tasks": sc.tasks or 500, "Seed": sc.seed, "Users": sc.population.users,
+    want.update({"Arrivals": sc.tasks or 500, "Seed": sc.seed, "Users": sc.population.users,
                  "Callbacks on": sc.callbacks, "Users starting with almost no credits": sc.population.broke_fraction})
     return want
 
@@ -58,7 +58,7 @@ def test_a_lab_run_with_untouched_knobs_matches_the_cli_fingerprint(lab):  # noq
     at.selectbox(key="run_scenario").set_value("lost_callbacks").run()
     sc = load_scenario("lost_callbacks")
     tasks = 60
-    next(e for e in at.number_input if e.label == "Tasks").set_value(tasks).run()
+    next(e for e in at.number_input if e.label == "Arrivals").set_value(tasks).run()
     button(at, "Run in the background").click().run()
     assert not at.exception, [e.value for e in at.exception]
     job = wait_job(lab.runs, lambda j: j["status"] in jobs.FINISHED, "finished")

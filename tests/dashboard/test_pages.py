@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from tests.dashboard.conftest import PAGE_TITLES, metrics, texts
@@ -197,9 +199,100 @@ def test_a_stuck_waiting_task_of_the_demo_is_finished_by_the_inspectors_recheck(
     assert "re-check upstream" in texts(at).lower()
     _run_action(at, "Re-check upstream")
     assert not at.exception
-    assert f"Re-check upstream on task #{waiting}: done. The task is now FAILED." in texts(at)
+    assert f"Re-check upstream on task #{waiting}: done. The task is now FAILED; refunded " in texts(at)
     with engine.connect() as conn:
         refunds = conn.scalar(text("select count(*) from credit_ledger where entry_type = 'refund' "
                                    "and task_id = :t"), {"t": waiting})
     engine.dispose()
     assert refunds == 1
+
+
+def test_a_stuck_task_s_verdict_is_a_warning_even_when_every_item_reads_fine(open_page, seeded_url):
+    """Task 3 has generated for two hours (stuck, within the timeout) and the provider answered a poll:
+    no checklist item warns, yet the verdict is stuck and drawn as a warning, never a success."""
+    from sqlalchemy import insert
+
+    from rivya_core import schema
+    from rivya_core.db import make_engine
+    from tests.dashboard.seed import T0
+
+    engine = make_engine(seeded_url)
+    with engine.begin() as conn:
+        conn.execute(insert(schema.task_event).values(task_id=3, at=T0 + timedelta(minutes=127), kind="poll",
+                                                      detail={"state": "running"}))
+    engine.dispose()
+    at = open_page(seeded_url, "pages/task_inspector.py", task="3")
+    assert not at.exception
+    assert any("Verdict" in w.value and "stuck — past the stuck threshold" in w.value for w in at.warning)
+    assert not any("Verdict" in s.value for s in at.success)
+
+
+def test_an_audit_computed_on_load_is_not_called_stored(open_page, seeded_url):
+    """No audit_run row: the Overview and the Refund audit say the audit was computed now, not stored."""
+    from tests.dashboard.conftest import audit_runs
+
+    for page in ("pages/overview.py", "pages/refund_audit.py"):
+        at = open_page(seeded_url, page)
+        assert not at.exception
+        shown = texts(at)
+        assert "Audit computed now, not stored (run the audit to store it)" in shown, page
+        assert "stored at" not in shown.lower(), page
+    assert audit_runs(seeded_url) == 0
+
+
+def test_a_stored_audit_says_when_and_by_whom(open_page, seeded_url, monkeypatch):
+    monkeypatch.setenv("RIVYA_OPERATORS", "olga:pw2")
+    at = open_page(seeded_url, "pages/refund_audit.py", session={"user": "olga", "role": "operator"})
+    _by_label(at.button, "Run the audit now").click().run()
+    assert not at.exception
+    assert "Audit stored at " in texts(at) and " by olga" in texts(at)
+    at.switch_page("pages/overview.py").run()
+    shown = texts(at)
+    assert "Audit stored at " in shown and " by olga" in shown and "computed now" not in shown
+
+
+def test_the_support_forms_say_who_sees_what(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py", task="3")
+    shown = texts(at)
+    assert "internal" in shown and "timeline" in shown
+    assert "Your video from vid-pro could not be completed; your 50 credits were refunded." in shown
+    at = open_page(seeded_url, "pages/incidents.py")
+    shown = texts(at)
+    assert "internal" in shown and "incident name" in shown and "could not be completed" in shown
+
+
+def test_marking_failed_from_the_inspector_keeps_the_reason_from_the_customer(open_page, seeded_url):
+    from rivya_core.db import make_engine
+    from rivya_core.queries import task_detail
+
+    at = open_page(seeded_url, "pages/task_inspector.py", task="3")
+    _run_action(at, "Mark stuck task failed", operator="Dana", reason="motion hang; upstream lost the job")
+    assert not at.exception
+    engine = make_engine(seeded_url)
+    detail = task_detail(engine, 3)
+    engine.dispose()
+    [note] = detail["notifications"]
+    assert note["body"] == "Your video from vid-pro could not be completed; your 50 credits were refunded."
+    assert "Dana" not in detail["task"]["error_message"] and "hang" not in detail["task"]["error_message"]
+    [act] = [e["detail"] for e in detail["events"] if e["kind"] == "support_action"]
+    assert (act["operator"], act["reason"]) == ("Dana", "motion hang; upstream lost the job")
+
+
+def test_the_confirmation_says_the_money(open_page, seeded_url):
+    at = open_page(seeded_url, "pages/task_inspector.py", task="3")
+    _run_action(at, "Mark stuck task failed")
+    assert "Mark stuck task failed on task #3: done. The task is now FAILED; refunded 50 credits." in texts(at)
+    at = open_page(seeded_url, "pages/task_inspector.py", task="2")
+    _run_action(at, "Issue the due refund")
+    assert "Issue the due refund on task #2: done. The task is now FAILED; refunded 10 credits." in texts(at)
+
+
+def test_the_confirmation_says_why_no_credits_went_back(open_page, seeded_url, monkeypatch, tmp_path):
+    policy = tmp_path / "keep.toml"
+    policy.write_text('[policy]\nname = "keep"\nrefund_classes = []\n', encoding="utf-8")
+    monkeypatch.setenv("RIVYA_POLICY", str(policy))
+    at = open_page(seeded_url, "pages/task_inspector.py", task="3")
+    _run_action(at, "Mark stuck task failed")
+    shown = texts(at).replace("`", "")  # the policy's name comes from a file: shown as plain text
+    assert ("Mark stuck task failed on task #3: done. The task is now FAILED; no refund: policy 'keep' keeps "
+            "credits for infrastructure failures.") in shown

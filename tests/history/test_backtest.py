@@ -136,3 +136,93 @@ def test_blocking_heavier_duplicates_blocks_only_warned_runs(tmp_path, capsys):
     # a run is blocked only where the history warned (a warned run whose running twin was itself blocked runs)
     assert 0 < k["duplicates_blocked"]["b"] <= warned and k["duplicates_blocked"]["a"] == 0
     assert k["tasks"]["diff"] == -k["duplicates_blocked"]["b"] and k["charged"]["diff"] < 0
+
+
+def _write_skewed_history(url: str) -> None:
+    """Two workers on one database whose clocks disagree: the second runs five minutes behind, so
+    its ledger rows get later ids but earlier timestamps than rows written before them."""
+    from datetime import datetime
+
+    from rivya_core.catalog import default_catalog
+    from rivya_core.clock import ManualClock
+    from rivya_core.db import open_store
+    from rivya_core.lifecycle import LifecycleService
+    from rivya_core.policy import DEFAULT_POLICY
+    from rivya_core.validation import GenerationRequest
+    from tests.fakes import SECRET, FakeProvider
+
+    store = open_store(url, create=True)
+    catalog = default_catalog()
+    providers = {name: FakeProvider(name) for name in catalog.providers()}
+    ahead, behind = ManualClock(datetime(2026, 1, 1, 12, 10)), ManualClock(datetime(2026, 1, 1, 12, 5))
+    a, b = (LifecycleService(store, clock, providers, catalog, DEFAULT_POLICY,
+                             secrets={n: [SECRET] for n in providers}) for clock in (ahead, behind))
+    lumen = providers["lumen"]
+    user = a.create_account("ada@example.com", "Ada", grant=20).id            # 12:10, balance 20
+    flash = a.submit(user, GenerationRequest("lumen-flash", "first", {}))     # 12:10, 18
+    pro = b.submit(user, GenerationRequest("lumen-pro", "second", {}))        # 12:05 (id after 12:10), 12
+    ahead.advance(60)
+    lumen.fail(flash.upstream_task_id, "model_error", "provider")
+    a.recheck(flash.id)                                                       # 12:11 refund 2, 14
+    behind.advance(30)
+    lumen.fail(pro.upstream_task_id, "content_policy_violation", "user")
+    b.recheck(pro.id)                                                         # 12:05:30, kept
+    b.submit(user, GenerationRequest("lumen-pro", "third", {}))               # 12:05:30, 8
+    b.submit(user, GenerationRequest("lumen-pro", "fourth", {}))              # 12:05:30, 2
+    b.submit(user, GenerationRequest("lumen-pro", "fifth", {}))               # refused for credits (2 left)
+    store.engine.dispose()
+
+
+def test_self_check_passes_when_ledger_ids_and_timestamps_disagree(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'skewed.db'}"
+    _write_skewed_history(url)
+    with sqlite3.connect(tmp_path / "skewed.db") as conn:  # the history really is out of order
+        ids = [r[0] for r in conn.execute("select id from credit_ledger order by created_at, id")]
+    assert ids != sorted(ids)
+    code, rep = _run_backtest(capsys, "--db", url, "--policy", f"{POLICIES}/default.toml",
+                              "--policy", f"{POLICIES}/refund_everything.toml")
+    assert rep["self_check"]["ok"], rep["self_check"]["first_diverging_rows"]
+    assert code == 0
+    k = rep["exact"]["kpis"]
+    assert (k["charged"]["a"], k["refunded"]["a"], k["insufficient_credit_rejections"]["a"]) == (20, 2, 1)
+    assert k["refunded"]["b"] == 2 + 6  # the content-policy failure is refunded too under B
+
+
+def test_the_text_report_names_the_windows_dates(small_history, capsys):
+    url, _ = small_history
+    assert main(["backtest", "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy",
+                 f"{POLICIES}/no_refunds.toml", "--exact-only"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "start .. end" not in head
+    # the small history: the grant at 12:00, the chat turn settled at 12:07:05
+    assert "2026-01-01 12:00:00 to 2026-01-01 12:07:05 UTC (the whole history)" in head, head
+    assert main(["backtest", "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy",
+                 f"{POLICIES}/no_refunds.toml", "--exact-only", "--since", "2026-01-01T12:03"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "from 2026-01-01 12:03:00 (the window's start) to 2026-01-01 12:07:05 UTC (the latest record)" in head, head
+
+
+def test_where_clocks_agree_a_refusal_stays_at_its_moment(tmp_path):
+    """Placing refusals by the balance they saw must not move them off their moment when the
+    timestamps follow the ids: each lands among the rows written at its creation time."""
+    from bisect import bisect_left, bisect_right
+    from collections import defaultdict
+
+    from simulations import backtest as bt
+
+    url = f"sqlite:///{tmp_path / 'short.db'}"
+    run_scenario(load_scenario("credit_shortfall"), url, tasks=600)
+    engine = open_reader(url)
+    try:
+        h = load_history(engine)
+    finally:
+        engine.dispose()
+    assert [r.at for r in h.ledger] == bt.reached(h.ledger)  # the clocks agree
+    mine = defaultdict(list)
+    for i, r in enumerate(h.ledger):
+        mine[r.user_id].append(i)
+    times = bt.reached(h.ledger)
+    assert len(h.refused_for_credits) > 20
+    for t in h.refused_for_credits:
+        p = bt._refusal_position(h, times, mine[t.user_id], t)
+        assert bisect_left(times, t.created) - 0.5 <= p <= bisect_right(times, t.created) - 0.5, t.id

@@ -98,3 +98,27 @@ def test_degradation_reads_a_time_range_not_every_success_of_the_history(sqlite_
                 assert "ix_ai_task_finished" in plan and "ix_ai_task_status" not in plan, plan
     finally:
         store.engine.dispose()
+
+
+def test_the_readme_names_the_action_each_stuck_alert_prepares(tmp_path):
+    """The README's alert strip sentence ("stuck generating tasks: …; stuck waiting ones: …") says what
+    the Overview's links really prepare: both kinds of stuck task are re-checked first."""
+    import re
+    from datetime import timedelta
+    from pathlib import Path
+
+    from rivya_core.db import make_engine
+    from rivya_core.policy import DEFAULT_POLICY
+    from tests.dashboard.seed import T0, seed
+
+    url = f"sqlite:///{tmp_path / 'seeded.db'}"
+    seed(url)  # task 3 GENERATING for hours (vid-pro on motion), task 4 WAITING (img-fast on pixa)
+    engine = make_engine(url)
+    found = alerts.alerts(engine, DEFAULT_POLICY, T0 + timedelta(hours=3))
+    engine.dispose()
+    by_state = {("generating" if a.generating else "waiting"): a.action for a in found.stuck}
+    assert by_state == {"generating": "recheck", "waiting": "recheck"}
+    words = {"recheck": "re-check", "refund": "refund if due", "mark-failed": "mark failed"}
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").split())
+    said = dict(re.findall(r"stuck (generating|waiting) (?:tasks|ones): ([a-z -]+?)[;)]", readme))
+    assert said == {state: words[action] for state, action in by_state.items()}

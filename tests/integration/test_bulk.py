@@ -187,3 +187,32 @@ def test_cli_errors_are_one_line(sqlite_url):
                  ["bulk", "refund", "--filter", "provider=x"]):
         out = _cli(*args, "--db", sqlite_url)
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_a_bulk_result_says_the_money_per_task_and_in_sum(db_url):
+    """Mark-failed under a policy that keeps infrastructure failures: each task's outcome and the run's
+    sentence say that no credits went back, and why; under the default, how many did."""
+    store = open_store(db_url, create=True)
+    try:
+        svc, clock, providers = make_service(policy=BillingPolicy(name="keep", refund_classes=frozenset()),
+                                             store=store)
+        user = svc.create_account("k@example.com", "K", grant=500)
+        for i in range(3):
+            svc.submit(user.id, {**IMAGE, "prompt": f"hang {i}"})
+        clock.advance(svc.policy.stuck_for("image"))
+        kept = bulk.execute(svc, "mark-failed", bulk.BulkFilter(status=("GENERATING",)), operator="sam",
+                            reason="hang", name="keep run")
+        assert {o["detail"] for o in kept.outcomes} == {
+            "task is FAILED; no refund: policy 'keep' keeps credits for infrastructure failures"}
+        assert kept.money() == ("no credits refunded; 3 task(s) without a refund: policy 'keep' keeps credits "
+                                "for infrastructure failures")
+        more = [svc.submit(user.id, {**IMAGE, "prompt": f"again {i}"}) for i in range(2)]
+        clock.advance(svc.policy.stuck_for("image"))
+        svc.policy = BillingPolicy()
+        back = bulk.execute(svc, "mark-failed", bulk.BulkFilter(status=("GENERATING",)), operator="sam",
+                            reason="hang", name="refund run")
+        each = more[0].reserved_credits
+        assert {o["detail"] for o in back.outcomes} == {f"task is FAILED; refunded {each} credits"}
+        assert back.money() == f"{2 * each} credits refunded on 2 task(s)"
+    finally:
+        store.engine.dispose()

@@ -12,6 +12,7 @@ from rivya_core.audit import audit
 from rivya_core.db import open_store
 from rivya_core.diagnose import diagnose
 from rivya_core.domain import ActionRefused, TaskStatus
+from rivya_core.policy import BillingPolicy
 from rivya_core.rules import MarkFailedRefusal, NextAction, RefundRefusal, Verdict
 from tests.fakes import IMAGE, callback, make_service
 
@@ -140,3 +141,16 @@ def test_cli_audit_at_wall_time_finds_a_task_stuck_on_a_quiet_live_database(sqli
     assert judged_at_last_activity.returncode == 0
     judged_now = _cli("audit", "--db", sqlite_url, "--at", "now")
     assert judged_now.returncode == 1 and "stuck_past_timeout" in judged_now.stdout
+
+
+def test_cli_support_action_says_the_money(sqlite_url):
+    store = open_store(sqlite_url, create=True)
+    svc, clock, providers = make_service(policy=BillingPolicy(refund_classes=frozenset()), store=store)
+    user = svc.create_account("m@example.com", "M", grant=50)
+    task = svc.submit(user.id, IMAGE)
+    svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="model_error",
+                                           failure_class="provider"))  # kept then; the default reverses it
+    store.engine.dispose()
+    done = _cli("refund", str(task.id), "--db", sqlite_url, "--operator", "sam", "--reason", "asked")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"task {task.id}: FAILED (model_error); refunded {task.reserved_credits} credits"

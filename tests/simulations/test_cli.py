@@ -37,7 +37,8 @@ def test_help_everywhere(capsys):
     assert "usage" in capsys.readouterr().out
 
 
-def test_run_json_then_replay_check(tmp_path, capsys):
+def test_run_json_then_replay_check(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RIVYA_RUNS_DIR", str(tmp_path))  # a run in the runs folder is found by fingerprint
     db = f"sqlite:///{tmp_path / 'r.db'}"
     assert main(["run", "lost_callbacks", "--db", db, "--tasks", "60", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -46,6 +47,10 @@ def test_run_json_then_replay_check(tmp_path, capsys):
     assert "MATCH" in capsys.readouterr().out
     assert main(["replay", out["fingerprint"][:20], "--check", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["match"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]  # the replay's database is gone
+    monkeypatch.setenv("RIVYA_RUNS_DIR", str(tmp_path / "elsewhere"))
+    assert main(["replay", out["fingerprint"][:20]]) == 2  # elsewhere: by its database URL
+    assert "give the run's database URL" in capsys.readouterr().err
 
 
 def test_compare_prints_a_table_with_confidence_intervals(capsys):

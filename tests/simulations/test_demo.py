@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from rivya_core import alerts, bulk, db
 from rivya_core.audit import audit
 from rivya_core.diagnose import diagnose
@@ -72,3 +74,55 @@ def test_demo_waiting_tasks_are_charged_crash_leftovers_that_recover_finishes(tm
     report = audit(engine, DEFAULT_POLICY)
     engine.dispose()
     assert report.ok, [(f.kind, f.message) for f in report.findings]
+
+
+def test_demo_history_runs_forward_in_time_and_its_backtest_self_checks(tmp_path, capsys):
+    """The demo writes every row on one clock that never goes back: in id order the ledger's,
+    the tasks' and the events' times never decrease; and the backtest's self-check on it passes."""
+    import json
+
+    from simulations.__main__ import main
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    ensure_demo_data(url)
+    path = tmp_path / "demo.db"
+    for table, col in (("credit_ledger", "created_at"), ("ai_task", "created_at"), ("task_event", "at")):
+        back = rows(path, f"select count(*) from {table} a join {table} b on b.id = a.id + 1 and b.{col} < a.{col}")
+        assert back == [(0,)], f"{table}: a row dated before the row written just before it"
+    code = main(["backtest", "--db", url, "--policy", "data/policies/default.toml",
+                 "--policy", "data/policies/refund_everything.toml", "--exact-only", "--json"])
+    check = json.loads(capsys.readouterr().out)["self_check"]
+    assert check["ok"], check["first_diverging_rows"]
+    assert code == 0
+
+
+def test_on_the_demo_acts_and_ages_are_never_before_the_last_poll(tmp_path):
+    """The demo's writer drains tasks out of time order: the newest event by id is not the latest.
+    A stuck kinetica task's last poll is at T; the judged "now", the support act on it and the
+    incident that acts on its neighbours are all at T or later."""
+    from rivya_core import queries
+    from rivya_core.schema import incident
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    ensure_demo_data(url)
+    path = tmp_path / "demo.db"
+    [(task_id, last_poll)] = rows(path, "select e.task_id, max(e.at) from task_event e join ai_task t on t.id = "
+                                        "e.task_id where t.status = 'GENERATING' and t.provider = 'kinetica' and "
+                                        "e.kind = 'poll' group by e.task_id order by max(e.at) desc, e.task_id limit 1")
+    svc = service_for_url(url)
+    try:
+        engine = svc.store.engine
+        t = datetime.fromisoformat(last_poll)
+        assert queries.reference_now(engine).at >= t  # "Ages judged at"
+        svc.support_mark_failed(task_id, "sam", "kinetica hang; upstream lost the job")
+        events = queries.task_detail(engine, task_id)["events"]
+        assert [e["at"] for e in events] == sorted(e["at"] for e in events)
+        assert all(e["at"] >= t for e in events if e["kind"] in ("support_action", "failed", "refunded", "notified"))
+        bulk.execute(svc, "mark-failed", bulk.BulkFilter(provider="kinetica", status=("GENERATING",),
+                                                         min_age_s=1800), operator="sam", reason="kinetica hang",
+                     name="kinetica hang")
+        with engine.connect() as conn:
+            created = conn.execute(incident.select()).first()._mapping["created_at"]
+        assert created >= t
+    finally:
+        svc.store.engine.dispose()

@@ -107,3 +107,43 @@ def test_unknown_kind_is_refused_and_records_nothing(tmp_path):
     with pytest.raises(jobs.JobError, match="unknown job kind"):
         jobs.submit("nope", {}, label="x", runs=tmp_path)
     assert jobs.list_jobs(tmp_path) == []
+
+
+def _tampered_history(tmp_path) -> str:
+    """A simulation database whose ledger no longer matches its own policy (a charge one credit dearer)."""
+    import sqlite3
+
+    from simulations.runner import run_scenario
+
+    path = tmp_path / "tampered.db"
+    run_scenario(load_scenario("lost_callbacks"), f"sqlite:///{path}", tasks=60)
+    with sqlite3.connect(path) as conn:
+        n = conn.execute("update credit_ledger set amount = amount - 1, balance_after = balance_after - 1 "
+                         "where id = (select min(id) from credit_ledger where entry_type = 'consume')").rowcount
+    assert n == 1
+    return f"sqlite:///{path}"
+
+
+def test_a_backtest_whose_self_check_fails_is_a_failed_job_with_the_reason_and_its_result(tmp_path):
+    runs = tmp_path / "runs"
+    pols = [BillingPolicy.load(f"data/policies/{n}.toml").to_dict() for n in ("default", "no_refunds")]
+    job_id = jobs.submit("backtest", {"url": _tampered_history(tmp_path), "policies": pols}, label="bt", runs=runs)
+    done = wait_for(runs, job_id, lambda j: j["status"] in jobs.FINISHED, "finished")
+    assert done["status"] == "failed", jobs.log_tail(done)
+    assert "self-check failed" in done["error"] and "not trustworthy" in done["error"]
+    assert done["result"]["self_check"]["ok"] is False  # kept: the diverging rows are the evidence
+
+
+def test_a_jobs_verdict_follows_its_commands_exit_status():
+    """The one rule: a finished result the command line would exit 1 on is a failed job."""
+    ok_bt = {"self_check": {"ok": True}}
+    bad_bt = {"self_check": {"ok": False, "policy": "default", "first_diverging_rows": [{"position": 7}]}}
+    assert jobs.verdict("backtest", ok_bt) is None
+    assert "position 7" in jobs.verdict("backtest", bad_bt)
+    assert jobs.verdict("run", {"summary": {"violations": [], "liveness_ok": True}}) is None
+    assert "refund_missing" in jobs.verdict("run", {"summary": {"violations": [
+        {"kind": "refund_missing", "message": "m", "count": 2}], "liveness_ok": True}})
+    assert "left active" in jobs.verdict("run", {"summary": {"violations": [], "liveness_ok": False}})
+    assert jobs.verdict("compare", {"failed": []}) is None
+    assert "1 replication job" in jobs.verdict("compare", {"failed": [{"key": "a|-|r0", "error": "boom"}]})
+    assert "1 replication job" in jobs.verdict("sweep", {"failed": [{"key": "a|-|r0", "error": "boom"}]})

@@ -193,3 +193,18 @@ def test_demo_data_seeds_an_empty_database_once(tmp_path):
     finally:
         engine.dispose()
     assert report.ok, [(f.kind, f.message) for f in report.findings]
+
+
+def test_a_summary_says_how_its_arrivals_became_tasks(run_small):
+    """--tasks counts arrivals (generation requests and chat turns); tasks are the ai_task rows:
+    one per generation request, one per tool-backed chat turn, and one per user rerun."""
+    summary, path = run_small("baseline", tasks=600)
+    a, t = summary.arrivals, summary.task_sources
+    assert sum(a.values()) == 600 and set(a) <= {"generation", "chat", "tool_chat"}
+    assert sum(t.values()) == summary.tasks == rows(path, "select count(*) from ai_task")[0][0]
+    assert t["tool_chat"] == rows(path, "select count(*) from ai_task where chat_message_id is not null")[0][0]
+    assert t["generation"] <= a["generation"] and t["tool_chat"] <= a["tool_chat"]
+    text = summary.tasks_explained()
+    assert f"{summary.tasks:,} tasks from 600 arrivals" in text
+    assert f"{a['generation']:,} generation requests" in text and f"{a['chat'] + a['tool_chat']:,} chat turns" in text
+    assert text in summary.render_text()

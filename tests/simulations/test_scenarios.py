@@ -49,3 +49,18 @@ def test_provider_overrides_start_from_farm_defaults():
     sc = parse_scenario("[farm]\nlost = 0.2\ncapacity = 3\n[farm.providers.lumen]\ncapacity = 9\n", "x.toml")
     assert sc.provider_config("lumen").capacity == 9 and sc.provider_config("lumen").lost == 0.2
     assert sc.provider_config("kinetica").capacity == 3
+
+
+def test_a_scenarios_own_policy_is_described_from_the_policy_file_it_equals():
+    """The lab once said 'default: no description in its file': a scenario's own policy is built
+    from its [policy] table, not read from a policy file, so it carries no description."""
+    from rivya_core.policy import BillingPolicy
+    from simulations.scenarios import describe_own_policy
+
+    default = BillingPolicy.load("data/policies/default.toml")
+    text = describe_own_policy(load_scenario("baseline"))
+    assert default.description in text and "data/policies/default.toml" in text
+    assert "no description" not in text
+    assert default.description in describe_own_policy(load_scenario("chaos"))  # its [policy] changes nothing
+    text = describe_own_policy(load_scenario("polling_only"))
+    assert "poll_interval_s = 20" in text and "[policy]" in text and default.description in text

@@ -422,3 +422,18 @@ def test_notifications_of_the_wrong_kind_are_found_in_one_pass_over_the_notifica
     notifications with each task by its primary key costs a third less."""
     plan = _check_plan(tmp_path, "notification_wrong_kind")
     assert "SCAN notification" in plan and "ix_ai_task_status_created" not in plan, plan
+
+
+def test_an_audit_computed_now_is_not_a_stored_one_and_a_stored_one_names_who_stored_it(db, clean):
+    from rivya_core.audit import current_audit, latest_audit, run_and_record
+
+    computed = current_audit(db.engine)  # a small database with no audit_run row: run on load, not stored
+    assert computed is not None and computed.stored is False and computed.stored_by is None
+    assert latest_audit(db.engine) is None
+    stored = run_and_record(db.engine, stored_by="sam")
+    assert stored.stored is True and stored.stored_by == "sam"
+    again = latest_audit(db.engine)
+    assert again.stored is True and again.stored_by == "sam"
+    assert current_audit(db.engine) == again  # fresh: the stored one is what pages show
+    audit(db.engine, now=NOW, record=True, stored_by="the command line")
+    assert latest_audit(db.engine).stored_by == "the command line"

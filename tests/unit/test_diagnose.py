@@ -130,7 +130,9 @@ def test_running_task_by_age(db, minutes, verdict, action):
     submitted(db, tid)
     d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=minutes))
     assert (d.verdict_code, d.action_code) == (verdict, action)
-    assert (d.verdict, d.next_action) == (rules.VERDICT_TEXT[verdict], rules.ACTION_TEXT[action])
+    assert d.verdict == rules.VERDICT_TEXT[verdict] and d.next_action.startswith(rules.ACTION_TEXT[action])
+    if action == A.MARK_FAILED:  # with what it does to the credits
+        assert d.next_action.endswith("marking it failed refunds its 10 credits")
     assert d.item("history").answer.startswith("Not yet: GENERATING")
     stuck_signal = "in_progress_too_long" in [s.kind for s in d.signals]
     assert stuck_signal == (minutes > 5)
@@ -276,3 +278,84 @@ def test_signal_inputs_are_parameters(db):
     db.failed(db.uid, prompt="x")
     db.failed(db.uid, prompt="x")
     assert recheck_signals(db.engine, db.uid, prompt="x' OR '1'='1") == []
+
+
+# --- after a re-check: the next action uses what it found -------------------------------------
+
+
+def _stuck_with_reads(db, *reads, provider="alpha"):
+    """A GENERATING image task charged 10 credits, submitted at T0 (stuck after 5 min, past the
+    timeout after 15), with the given (minutes, kind, state) upstream reads."""
+    tid = db.task(db.uid, status="GENERATING", upstream=f"up-{len(reads)}-{provider}", submitted_at=T0,
+                  provider=provider)
+    db.ledger(db.uid, "consume", -10, task_id=tid, key=f"consume:task:{tid}")
+    submitted(db, tid)
+    for minutes, kind, state in reads:
+        db.event(tid, kind, at=T0 + timedelta(minutes=minutes), state=state)
+    return tid
+
+
+def _incident(db, name, *, provider="alpha", minutes=7, finished=True):
+    from rivya_core.schema import incident
+
+    at = T0 + timedelta(minutes=minutes)
+    return db._insert(incident, name=name, action="recheck", filter={"provider": provider}, operator="sam",
+                      reason="provider down", created_at=at, finished_at=at if finished else None, runs=1,
+                      matched=1, acted=1, refused=0, credits_moved=0)
+
+
+def test_a_recheck_that_found_nothing_leads_to_mark_failed_with_its_refund(db):
+    tid = _stuck_with_reads(db, (6, "recheck", "unknown"))
+    d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=8))
+    assert (d.verdict_code, d.action_code) == (V.STUCK, A.MARK_FAILED)
+    assert "found nothing" in d.next_action and "refunds its 10 credits" in d.next_action
+    keep = replace(DEFAULT_POLICY, name="keep", refund_classes=frozenset())
+    d = diagnose(db.engine, tid, keep, now=T0 + timedelta(minutes=8))
+    assert d.action_code == A.MARK_FAILED and "policy 'keep' keeps its 10 credits" in d.next_action
+
+
+def test_a_read_before_the_task_was_stuck_is_no_answer_yet(db):
+    tid = _stuck_with_reads(db, (2, "poll", "unknown"))
+    d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=8))
+    assert (d.verdict_code, d.action_code) == (V.STUCK, A.RECHECK_UPSTREAM)
+
+
+def test_a_provider_that_still_runs_the_job_means_wait_until_the_timeout(db):
+    tid = _stuck_with_reads(db, (6, "recheck", "running"))
+    d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=8))
+    assert (d.verdict_code, d.action_code) == (V.STUCK, A.WAIT)
+    assert "still reports it running" in d.next_action and "timeout" in d.next_action
+
+
+def test_an_open_incident_on_the_provider_means_wait_for_it_by_name(db):
+    tid = _stuck_with_reads(db, (6, "recheck", "unknown"))
+    _incident(db, "alpha outage 12:07")
+    _incident(db, "beta outage", provider="beta")
+    d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=8))
+    assert (d.verdict_code, d.action_code) == (V.STUCK, A.WAIT_FOR_INCIDENT)
+    assert "alpha outage 12:07" in d.next_action and "beta" not in d.next_action
+
+
+def test_an_incident_that_already_acted_on_the_task_no_longer_covers_it(db):
+    tid = _stuck_with_reads(db, (6, "recheck", "unknown"))
+    inc = _incident(db, "alpha outage 12:07")
+    db.event(tid, "support_action", at=T0 + timedelta(minutes=7), operator="sam", action="recheck",
+             reason="provider down", result="upstream checked; task is GENERATING", incident=inc)
+    d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=8))
+    assert d.action_code == A.MARK_FAILED
+
+
+def test_a_degraded_provider_means_wait_for_its_incident(db):
+    for i in range(12):  # the last hour: alpha failed 12 of 12 tasks, against none the day before
+        db.failed(db.uid, at=T0 - timedelta(minutes=50) + timedelta(minutes=i), upstream=f"upd-{i}")
+    tid = _stuck_with_reads(db, (6, "recheck", "unknown"))
+    d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=8))
+    assert (d.verdict_code, d.action_code) == (V.STUCK, A.WAIT_FOR_INCIDENT)
+    assert "alpha" in d.next_action and "failed in the last hour" in d.next_action
+
+
+def test_unreachable_with_an_incident_waits_for_it(db):
+    tid = _stuck_with_reads(db, (6, "poll_error", None), (6, "poll", "unknown"))
+    _incident(db, "alpha outage 12:07")
+    d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=8))
+    assert d.action_code == A.WAIT_FOR_INCIDENT

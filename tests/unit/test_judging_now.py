@@ -87,3 +87,74 @@ def test_the_rule_names_its_reason():
     assert (live.at, idle.at, ahead.at, empty.at) == (wall, wall - timedelta(days=2), wall + timedelta(hours=1), wall)
     assert "wall clock" in live.why and "latest activity" in idle.why and "latest activity" in ahead.why
     assert idle.caption().startswith("Ages judged at 2026-03-31 09:00:00 UTC (")
+
+
+# --- the time of an operator's act -----------------------------------------------------------
+
+POLL_AT = LATEST + timedelta(minutes=10)
+
+
+def _poll_then_older_rows_written_later(engine):
+    """Task 3 is polled at POLL_AT; afterwards rows stamped earlier get higher ids (a simulation's
+    writer drains tasks in eviction order, not in time order)."""
+    from sqlalchemy import insert
+
+    from rivya_core import schema
+
+    with engine.begin() as conn:
+        conn.execute(insert(schema.task_event).values(task_id=3, at=POLL_AT, kind="poll", detail={"state": "running"}))
+        conn.execute(insert(schema.task_event).values(task_id=1, at=LATEST - timedelta(hours=2), kind="notified",
+                                                      detail={}))
+        conn.execute(insert(schema.credit_ledger).values(
+            user_id=2, entry_type="grant", amount=5, balance_after=155, idempotency_key="g-late",
+            created_at=LATEST - timedelta(hours=2)))
+
+
+def _events(engine, task_id):
+    return queries.task_detail(engine, task_id)["events"]
+
+
+def test_after_a_poll_at_t_acts_ages_and_incidents_are_at_t_or_later(seeded, monkeypatch):
+    from rivya_core import bulk
+    from rivya_core.schema import incident
+
+    url, engine = seeded
+    _poll_then_older_rows_written_later(engine)
+    monkeypatch.setattr(clock, "wall_now", lambda: LATEST + timedelta(days=4))  # an idle copy
+    assert queries.reference_now(engine).at >= POLL_AT  # "Ages judged at"
+    svc = service_for_url(url, policy=DEFAULT_POLICY)
+    try:
+        svc.support_mark_failed(3, "Dana", "upstream lost the job")
+        after = [e for e in _events(engine, 3) if e["at"] is not None]
+        assert [e["at"] for e in after] == sorted(e["at"] for e in after)  # the timeline never goes back
+        assert {e["kind"]: e["at"] for e in after}["support_action"] >= POLL_AT
+        result = bulk.execute(svc, "mark-failed", bulk.BulkFilter(status=("WAITING",)), operator="Dana",
+                              reason="crash leftovers", name="waiting 14:08")
+        assert result.acted == 1
+        with engine.connect() as conn:
+            created, finished = conn.execute(incident.select()).first()._mapping["created_at"], None
+            finished = conn.execute(incident.select()).first()._mapping["finished_at"]
+        assert POLL_AT <= created <= finished
+        assert all(e["at"] >= POLL_AT for e in _events(engine, 4) if e["kind"] == "support_action")
+    finally:
+        svc.store.engine.dispose()
+
+
+def test_an_act_on_a_database_ahead_of_the_wall_clock_is_not_stamped_before_its_rows(seeded, monkeypatch):
+    url, engine = seeded
+    monkeypatch.setattr(clock, "wall_now", lambda: LATEST - timedelta(hours=1))  # this machine's clock is behind
+    svc = service_for_url(url, policy=DEFAULT_POLICY)
+    try:
+        with pytest.raises(ActionRefused):  # task 4 was created at LATEST: judged there, not stuck yet
+            svc.support_mark_failed(TASK, "Dana", "user says it never started")
+    finally:
+        svc.store.engine.dispose()
+    [act] = [e for e in _events(engine, TASK) if e["kind"] == "support_action"]
+    assert act["at"] >= LATEST
+
+
+def test_the_act_rule():
+    judged = datetime(2026, 4, 2, 9, 0)
+    assert clock.act_time(judged) == judged
+    assert clock.act_time(judged, judged - timedelta(minutes=1)) == judged
+    assert clock.act_time(judged, judged + timedelta(minutes=1)) == judged + timedelta(minutes=1)

@@ -166,3 +166,27 @@ def test_reprocess_refusals():
     assert rules.reprocess_refusal(f("unknown_task", False, False, True)) is None  # recorded before parking
     assert rules.reprocess_refusal(f("unknown_task", True, False, True)) is None
     assert rules.reprocess_refusal(f("applied", True, True, True)) is None  # a repeat: recorded as a duplicate
+
+
+def test_every_verdict_has_one_severity_and_stuck_is_never_a_success():
+    S, V = rules.Severity, rules.Verdict
+    assert {v: rules.verdict_severity(v) for v in V}.keys() == set(V)  # total: a new verdict needs its colour
+    assert rules.verdict_severity(V.STUCK) == S.WARN
+    assert rules.verdict_severity(V.STUCK_PAST_TIMEOUT) == S.FAIL
+    assert rules.verdict_severity(V.REFUND_DUE) == S.FAIL
+    assert rules.verdict_severity(V.DELIVERED) == S.OK
+    assert rules.verdict_severity(V.GENERATING) == S.INFO
+    assert {rules.verdict_severity(v) for v in V if "stuck" in v or "overdue" in v or "mismatch" in v
+            or "inconsistent" in v or "but" in v or "without" in v}.isdisjoint({S.OK, S.INFO})
+
+
+def test_marking_failed_refunds_what_the_policy_reverses_and_the_notice_says_it():
+    keep = BillingPolicy(refund_classes=frozenset())
+    assert rules.mark_failed_refund(24, False, BillingPolicy()) == 24
+    assert rules.mark_failed_refund(24, True, BillingPolicy()) == 0 and rules.mark_failed_refund(0, False, keep) == 0
+    assert rules.mark_failed_refund(24, False, keep) == 0
+    body = rules.support_failure_notice
+    assert body("video", "kinetica-v2", 24, 24)[1] == ("Your video from kinetica-v2 could not be completed; "
+                                                       "your 24 credits were refunded.")
+    assert body("video", "kinetica-v2", 24, 0)[1].endswith("your 24 credits were not refunded.")
+    assert body("image", "lumen-flash", 0, 0)[1].endswith("nothing was charged.")
