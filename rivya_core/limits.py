@@ -3,7 +3,7 @@ line, a scenario file or a policy file may be.
 
 Each kind of number has a Limit (inclusive range, whole or not). `check` returns
 the value or raises LimitError with one line naming where it came from (file and
-key, or the option) and the range. The README's "Number ranges" table lists them.
+key, or the option) and the range. The "Number ranges" table of docs/simulations.md lists them.
 """
 
 from __future__ import annotations

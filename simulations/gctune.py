@@ -8,7 +8,7 @@ each walking the objects just created, and a handful of full ones: ~20% of a
 run's CPU. Nearly all of it is acyclic and freed by reference counting, so
 `run_pace()` collects less often during `env.run` (every 50,000 net
 allocations) and restores the previous thresholds afterwards. Peak memory did
-not change measurably (BENCHMARKS.md, section 1).
+not change measurably (the history of BENCHMARKS.md, in git).
 """
 
 from __future__ import annotations

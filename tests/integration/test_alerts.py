@@ -100,9 +100,9 @@ def test_degradation_reads_a_time_range_not_every_success_of_the_history(sqlite_
         store.engine.dispose()
 
 
-def test_the_readme_names_the_action_each_stuck_alert_prepares(tmp_path):
-    """The README's alert strip sentence ("stuck generating tasks: …; stuck waiting ones: …") says what
-    the Overview's links really prepare: both kinds of stuck task are re-checked first."""
+def test_the_docs_name_the_action_each_stuck_alert_prepares(tmp_path):
+    """The alert strip's sentence in docs/support.md ("stuck generating tasks: …; stuck waiting ones: …")
+    says what the Overview's links really prepare: both kinds of stuck task are re-checked first."""
     import re
     from datetime import timedelta
     from pathlib import Path
@@ -119,6 +119,6 @@ def test_the_readme_names_the_action_each_stuck_alert_prepares(tmp_path):
     by_state = {("generating" if a.generating else "waiting"): a.action for a in found.stuck}
     assert by_state == {"generating": "recheck", "waiting": "recheck"}
     words = {"recheck": "re-check", "refund": "refund if due", "mark-failed": "mark failed"}
-    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").split())
-    said = dict(re.findall(r"stuck (generating|waiting) (?:tasks|ones): ([a-z -]+?)[;)]", readme))
+    doc = " ".join((Path(__file__).resolve().parents[2] / "docs" / "support.md").read_text(encoding="utf-8").split())
+    said = dict(re.findall(r"stuck (generating|waiting) (?:tasks|ones): ([a-z -]+?)[;)]", doc))
     assert said == {state: words[action] for state, action in by_state.items()}
