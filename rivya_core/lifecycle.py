@@ -34,6 +34,7 @@ from .domain import (
     INTERRUPTED,
     MARKED_FAILED,
     NO_RESULT_URLS,
+    OUTPUT_COPY_FAILED,
     TIMEOUT,
     ActionRefused,
     CallbackOutcome,
@@ -70,6 +71,7 @@ from .ports import (
     UpstreamState,
     UpstreamStatus,
 )
+from .results import CopyError, ResultCopier
 from .rules import Refusal, SupportRefusal
 from .validation import NormalizedRequest, validate, validate_chat_model
 
@@ -138,6 +140,7 @@ class LifecycleService:
         callbacks_enabled: bool = True,
         judge_clock: Clock | None = None,
         retry_seed: int = 0,
+        results: ResultCopier | None = None,
     ):
         self.store = store
         self.clock = clock
@@ -148,6 +151,8 @@ class LifecycleService:
         self.policy = policy
         self._secrets = {k: list(v) for k, v in (secrets or {}).items()}
         self.callbacks_enabled = callbacks_enabled
+        # outputs copied into our own store before SUCCESS (rivya_core.results); None: URLs kept as given
+        self.results = results
         # unit-of-work retries: the jitter has its own Random (never the global one), seedable for runs
         self.retry_rng = random.Random(retry_seed)
         self.retry_base = RETRY_BASE_SECONDS
@@ -373,6 +378,7 @@ class LifecycleService:
             return reject(_Outcome.MALFORMED, parsed)
         record.upstream_task_id = parsed.upstream_task_id[:200]
         ref = task_ref[:100] if isinstance(task_ref, str) and task_ref else None
+        parsed, copied = self._copy_for_callback(provider, parsed)
 
         def step(tx: Tx) -> CallbackResult:  # builds its own row: a retried attempt starts clean
             upstream_id = parsed.upstream_task_id
@@ -392,7 +398,10 @@ class LifecycleService:
                 cb = tx.add_callback_unless_seen(replace(record, task_id=task.id, outcome=_callback_outcome(parsed)),
                                                  WEBHOOK_SEEN)
             outcome = _OUTCOMES.get(cb.outcome) or CallbackOutcome(cb.outcome)  # the Enum call is slow
-            self._take(tx, task, parsed, record.webhook_id, outcome, cb.id)
+            if copied is not None and outcome == _Outcome.APPLIED and self._record_copy(tx, task, copied, "callback"):
+                self._callback_event(tx, task.id, parsed, record.webhook_id, outcome, cb.id)
+            else:
+                self._take(tx, task, parsed, record.webhook_id, outcome, cb.id)
             return CallbackResult(outcome, cb.id, task.id, cb.detail)
 
         return self._tx(step)
@@ -492,6 +501,7 @@ class LifecycleService:
         if task.status != _Status.GENERATING:
             return task
         status, fault = self._read_upstream(task)
+        status, copied = self._copy_outputs(task_id, status)
         path = "polling" if kind == _Event.POLL else "recheck"
 
         def step(tx: Tx) -> Task | None:
@@ -508,6 +518,8 @@ class LifecycleService:
                 self._event(tx, task_id, kind, **detail, result=f"no-op: task already {current.status}")
                 return current
             self._event(tx, task_id, kind, **detail)
+            if copied is not None and self._record_copy(tx, current, copied, path):
+                return tx.get_task(task_id)
             if self._apply_status(tx, current, status, path=path):
                 return tx.get_task(task_id)
             elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()
@@ -553,9 +565,61 @@ class LifecycleService:
                                 status.failure_class or FailureClass.PROVIDER, path=path)
             return True
         if status.state == _Upstream.SUCCEEDED and status.result_urls:
+            if self.results is not None and not self.results.owns_all(status.result_urls):
+                # not copied yet (a parked callback, a race): never SUCCESS with the provider's URLs
+                self._event(tx, task.id, _Event.OUTPUT_COPY, provider_urls=list(status.result_urls), pending=True,
+                            path=path)
+                tx.update_task(task.id, [_Status.GENERATING], next_check_at=self._now())
+                return True
             self._finish_success(tx, task, list(status.result_urls), path=path)
             return True
         return False
+
+    # --- outputs copied into our result store (rivya_core.results) ----------------
+
+    def _copy_outputs(self, task_id: int, status: Any) -> tuple[Any, _Copied | None]:
+        """Outside any unit of work: a success's outputs copied into the result store. The status
+        carrying our URLs, and what happened (None: nothing to copy)."""
+        if (self.results is None or status.state != _Upstream.SUCCEEDED or not status.result_urls
+                or self.results.owns_all(status.result_urls)):
+            return status, None
+        sources = list(status.result_urls)
+        try:
+            ours = self.results.copy(task_id, sources)
+        except CopyError as exc:
+            return status, _Copied(sources, exc)
+        return replace(status, result_urls=tuple(ours)), _Copied(sources, None)
+
+    def _copy_for_callback(self, provider: str, parsed: _Parsed) -> tuple[_Parsed, _Copied | None]:
+        if self.results is None or parsed.state != _Upstream.SUCCEEDED or not parsed.result_urls:
+            return parsed, None
+        try:
+            task = self._tx(lambda tx: tx.task_by_upstream(provider, parsed.upstream_task_id))
+        except TaskEvicted:
+            return parsed, None
+        if task is None or task.terminal:  # parked or a repeat: copied when (if) it applies
+            return parsed, None
+        return self._copy_outputs(task.id, parsed)
+
+    def _record_copy(self, tx: Tx, task: Task, copied: _Copied, path: str) -> bool:
+        """The copy on the timeline (the provider's URLs kept there); True when it failed and
+        was handled here (retried on the re-check backoff, or failed past the deadline)."""
+        if copied.error is None:
+            self._event(tx, task.id, _Event.OUTPUT_COPY, provider_urls=copied.sources, copied=len(copied.sources),
+                        path=path)
+            return False
+        exc = copied.error
+        first = next((e.at for e in tx.task_events(task.id)
+                      if e.kind == _Event.OUTPUT_COPY and e.detail.get("error")), None)
+        self._event(tx, task.id, _Event.OUTPUT_COPY, provider_urls=copied.sources, error=exc.message,
+                    permanent=exc.permanent, path=path)
+        now = self._now()
+        if exc.permanent or (first is not None and (now - first).total_seconds() >= self.results.deadline_s):
+            self._finish_failed(tx, task, OUTPUT_COPY_FAILED, f"the outputs could not be copied: {exc.message}",
+                                FailureClass.INFRASTRUCTURE, path=path)
+        else:
+            self._schedule_next_check(tx, task)
+        return True
 
     def _defer(self, tx: Tx, task: Task) -> None:
         """An early callback (done, but no URLs yet): start the re-check backoff."""
@@ -945,6 +1009,12 @@ class LifecycleService:
 
 
 # --- helpers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Copied:
+    sources: list[str]              # the provider's URLs
+    error: CopyError | None         # None: copied
 
 
 @dataclass
