@@ -58,7 +58,9 @@ RESULTS_BASE_URL_ENV = "RIVYA_RESULTS_BASE_URL"
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
 OUTPUT_COPY_FAILED = "output_copy_failed"
 COPY_DEADLINE_S = 900.0            # from the first failed copy: well inside Replicate's ~1 h retention
-PROVIDER_RETENTION_S = {"replicate": 3600.0}   # how long a provider keeps an API output (by API)
+# How long a provider keeps an API output, by the host that serves it: Replicate deletes a
+# prediction's files made through the API about an hour after it ends.
+PROVIDER_RETENTION_S = {"replicate.delivery": 3600.0}
 MAX_BYTES = 512 * 1024 * 1024
 FETCH_DEADLINE_S = 120.0
 MAX_REDIRECTS = 3
@@ -256,6 +258,16 @@ class SafeFetcher:
             raise
         out.seek(0)
         return Fetched(out, ctype, size)
+
+
+def provider_retention_s(url: str) -> float | None:
+    """How long the provider keeps the output at url, when url is a known provider's (None: not
+    known to expire: ours, or a host without a documented retention)."""
+    try:
+        host = httpx.URL(url).host
+    except (httpx.InvalidURL, TypeError):
+        return None
+    return next((s for h, s in PROVIDER_RETENTION_S.items() if host == h or host.endswith("." + h)), None)
 
 
 # --- the copier the lifecycle calls -----------------------------------------------------------
