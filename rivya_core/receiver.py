@@ -45,7 +45,8 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .domain import CallbackOutcome
 from .lifecycle import MAX_CALLBACK_BODY, LifecycleService
@@ -201,8 +202,12 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
             if loop:
                 loop.stop()
 
-    return Starlette(routes=[Route("/webhooks/{provider}", webhook, methods=["POST"]),
-                             Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)
+    routes: list[Any] = [Route("/webhooks/{provider}", webhook, methods=["POST"]),
+                         Route("/healthz", healthz, methods=["GET"])]
+    folder = getattr(getattr(service.results, "store", None), "root", None)
+    if folder is not None:  # the result store's files, read-only, for RIVYA_RESULTS_BASE_URL = <public>/results
+        routes.append(Mount("/results", StaticFiles(directory=folder, check_dir=False)))
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1", port: int = 8080, *,

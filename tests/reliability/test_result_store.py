@@ -262,3 +262,19 @@ def test_without_a_result_store_urls_are_kept_as_given():
     task = svc.submit(user.id, IMAGE)
     providers["lumen"].succeed(task.upstream_task_id)
     assert svc.recheck(task.id).result_urls == ["https://cdn.example/out.png"]
+
+
+def test_the_receiver_serves_the_result_folder_read_only(server, tmp_path):
+    from rivya_core.receiver import create_app
+
+    _bad, url = server
+    svc, clock, lumen, store, user = _service(tmp_path)
+    task = svc.submit(user.id, IMAGE)
+    lumen.succeed(task.upstream_task_id, [f"{url}/ok.png"])
+    [ours] = svc.recheck(task.id).result_urls
+    key = ours.removeprefix(store.root.as_uri() + "/")
+    with ServerThread(create_app(svc, poll_every=None)) as receiver:
+        got = httpx.get(f"{receiver.url}/results/{key}")
+        assert got.status_code == 200 and got.content == PNG and got.headers["content-type"] == "image/png"
+        assert httpx.get(f"{receiver.url}/results/%2e%2e/%2e%2e/etc/passwd").status_code == 404
+        assert httpx.post(f"{receiver.url}/results/{key}").status_code == 405
