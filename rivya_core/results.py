@@ -14,8 +14,11 @@ The port and its adapters:
   so a retried copy overwrites the same file. Its URLs are `RIVYA_RESULTS_BASE_URL/<key>`
   when that is set (the public path a reverse proxy serves the folder under), else
   `file://` URLs.
-- An S3-compatible bucket is the same port (`put` = PutObject, `owns` = the bucket's URL
-  prefix); no adapter ships yet (see docs/live.md).
+- `S3Store`: an S3-compatible bucket (boto3; `RIVYA_RESULTS_S3_BUCKET`, optional
+  `RIVYA_RESULTS_S3_PREFIX` and `RIVYA_RESULTS_S3_ENDPOINT` for a non-AWS service);
+  credentials come from boto3's own chain (environment, profile, instance role), never
+  from us. Its URLs are `RIVYA_RESULTS_BASE_URL/<key>` (a CDN or public bucket URL) when
+  set, else the bucket's own URL.
 
 The fetch (`SafeFetcher`) refuses, before any byte is read:
 - a scheme other than http/https, credentials in the URL;
@@ -44,7 +47,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -55,6 +58,9 @@ from .domain import RivyaError
 
 RESULTS_DIR_ENV = "RIVYA_RESULTS_DIR"
 RESULTS_BASE_URL_ENV = "RIVYA_RESULTS_BASE_URL"
+RESULTS_S3_BUCKET_ENV = "RIVYA_RESULTS_S3_BUCKET"
+RESULTS_S3_PREFIX_ENV = "RIVYA_RESULTS_S3_PREFIX"
+RESULTS_S3_ENDPOINT_ENV = "RIVYA_RESULTS_S3_ENDPOINT"
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
 OUTPUT_COPY_FAILED = "output_copy_failed"
 COPY_DEADLINE_S = 900.0            # from the first failed copy: well inside Replicate's ~1 h retention
@@ -128,6 +134,42 @@ class LocalFolderStore:
 
     def read(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+
+# --- an S3-compatible bucket ----------------------------------------------------------------
+
+
+class S3Store:
+    def __init__(self, bucket: str, *, prefix: str = "", base_url: str | None = None,
+                 endpoint_url: str | None = None, region: str | None = None, client: object | None = None):
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        if base_url:
+            self.base_url = base_url.rstrip("/")
+        elif endpoint_url:
+            self.base_url = f"{endpoint_url.rstrip('/')}/{bucket}"
+        else:
+            where = region or getattr(getattr(client, "meta", None), "region_name", None) or "us-east-1"
+            self.base_url = f"https://{bucket}.s3.{where}.amazonaws.com"
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.bucket!r}, prefix={self.prefix!r})"
+
+    def put(self, key: str, data: IO[bytes], content_type: str) -> str:
+        try:
+            self.client.upload_fileobj(data, self.bucket, self.prefix + key,  # type: ignore[attr-defined]
+                                       ExtraArgs={"ContentType": content_type})
+        except Exception as exc:  # noqa: BLE001 -- botocore's errors: a transient store failure
+            raise CopyError(f"the result bucket refused the output ({type(exc).__name__})", permanent=False) from None
+        return f"{self.base_url}/{self.prefix}{key}"
+
+    def owns(self, url: str) -> bool:
+        return isinstance(url, str) and url.startswith(f"{self.base_url}/{self.prefix}")
 
 
 # --- fetching without being a proxy into our own network -----------------------------------
@@ -312,8 +354,13 @@ class ResultCopier:
         return tuple(ours)
 
 
-def copier_from_env(environ: dict[str, str] | None = None) -> ResultCopier:
-    """The live deployment's copier: the configured folder (default data/results/)."""
+def copier_from_env(environ: Mapping[str, str] | None = None) -> ResultCopier:
+    """The live deployment's copier: the configured bucket, else the configured folder
+    (default data/results/)."""
     env = os.environ if environ is None else environ
-    root = env.get(RESULTS_DIR_ENV) or DEFAULT_DIR
-    return ResultCopier(LocalFolderStore(root, env.get(RESULTS_BASE_URL_ENV) or None))
+    base_url = env.get(RESULTS_BASE_URL_ENV) or None
+    bucket = env.get(RESULTS_S3_BUCKET_ENV)
+    if bucket:
+        return ResultCopier(S3Store(bucket, prefix=env.get(RESULTS_S3_PREFIX_ENV, ""), base_url=base_url,
+                                    endpoint_url=env.get(RESULTS_S3_ENDPOINT_ENV) or None))
+    return ResultCopier(LocalFolderStore(env.get(RESULTS_DIR_ENV) or DEFAULT_DIR, base_url))

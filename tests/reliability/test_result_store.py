@@ -278,3 +278,37 @@ def test_the_receiver_serves_the_result_folder_read_only(server, tmp_path):
         assert got.status_code == 200 and got.content == PNG and got.headers["content-type"] == "image/png"
         assert httpx.get(f"{receiver.url}/results/%2e%2e/%2e%2e/etc/passwd").status_code == 404
         assert httpx.post(f"{receiver.url}/results/{key}").status_code == 405
+
+
+def test_outputs_go_to_an_s3_bucket_when_one_is_configured(server, tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from rivya_core.results import copier_from_env
+
+    _bad, url = server
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="eu-west-1")
+        s3.create_bucket(Bucket="rivya-results", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        copier = copier_from_env({"RIVYA_RESULTS_S3_BUCKET": "rivya-results", "RIVYA_RESULTS_S3_PREFIX": "prod",
+                                  "RIVYA_RESULTS_BASE_URL": "https://results.rivya.example"})
+        copier.fetcher = _fetcher()
+        svc, clock, providers = make_service()
+        svc.results = copier
+        user = svc.create_account("s3@qa.example", "S3", grant=100)
+        task = svc.submit(user.id, IMAGE)
+        providers["lumen"].succeed(task.upstream_task_id, [f"{url}/ok.png"])
+        [ours] = svc.recheck(task.id).result_urls
+        assert ours.startswith(f"https://results.rivya.example/prod/{task.id}/0-") and ours.endswith(".png")
+        key = ours.removeprefix("https://results.rivya.example/")
+        obj = s3.get_object(Bucket="rivya-results", Key=key)
+        assert obj["Body"].read() == PNG and obj["ContentType"] == "image/png"
+        # a bucket that refuses is a transient failure: retried, the task still GENERATING
+        other = svc.submit(user.id, IMAGE)
+        s3.delete_object(Bucket="rivya-results", Key=key)
+        s3.delete_bucket(Bucket="rivya-results")
+        providers["lumen"].succeed(other.upstream_task_id, [f"{url}/ok.png"])
+        assert svc.recheck(other.id).status == TaskStatus.GENERATING
