@@ -35,13 +35,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from . import rules
-from .domain import ACTIVE, EntryType, EventKind, Task, ValidationError
-from .lifecycle import LifecycleService, _operator, consume_key, refund_key
-from .queries import Bind, connect, rows
-from .rules import Refusal
-from .schema import ai_task
-from .validation import NormalizedRequest, validate
+from .. import rules
+from ..domain import ACTIVE, EntryType, EventKind, Task, ValidationError
+from ..lifecycle import LifecycleService, _operator, consume_key, refund_key
+from ..read.queries import Bind, connect, rows
+from ..rules import Refusal
+from ..stores.schema import ai_task
+from ..validation import NormalizedRequest, validate
 
 ACTION = "rerun"
 TWIN_SCAN = 1000  # running tasks of the user read to find a same-model, same-prompt run
