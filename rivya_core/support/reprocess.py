@@ -22,7 +22,9 @@ from typing import Any
 
 from .. import rules
 from ..domain import CallbackOutcome, EventKind, NotFound, ParkedCallback, ProviderCallback
-from ..lifecycle import LifecycleService, _operator, _parse_callback, _parse_with
+from ..lifecycle import LifecycleService
+from ..lifecycle.parsing import parse_callback, parse_with
+from ..lifecycle.support import checked_operator
 from ..rules import Refusal
 
 ACTION = "reprocess_callback"
@@ -38,7 +40,7 @@ class Reprocessed:
 
 def reprocess_callback(svc: LifecycleService, callback_id: int, operator: str, reason: str) -> Reprocessed:
     """See the module doc. Raises ActionRefused, NotFound."""
-    operator, reason = _operator(operator, reason)
+    operator, reason = checked_operator(operator, reason)
     result = svc._tx(lambda tx: _reprocess(svc, tx, int(callback_id), operator, reason))
     return svc._refused_or(result) if isinstance(result, Refusal) else result
 
@@ -86,7 +88,7 @@ def _reprocess(svc: LifecycleService, tx: Any, callback_id: int, operator: str,
 def _parked_from_body(svc: LifecycleService, cb: ProviderCallback) -> ParkedCallback | Refusal:
     raw = (cb.body or "").encode("utf-8")
     fmt = getattr(svc.providers.get(cb.provider), "callbacks", None)
-    parsed = _parse_with(fmt, raw) if fmt else _parse_callback(raw)
+    parsed = parse_with(fmt, raw) if fmt else parse_callback(raw)
     if isinstance(parsed, str) or parsed.upstream_task_id != cb.upstream_task_id:
         why = parsed if isinstance(parsed, str) else "its body names another upstream id"
         code = rules.ReprocessRefusal.BODY_UNREADABLE

@@ -37,7 +37,8 @@ from sqlalchemy import select
 
 from .. import rules
 from ..domain import ACTIVE, EntryType, EventKind, Task, ValidationError
-from ..lifecycle import LifecycleService, _operator, consume_key, refund_key
+from ..lifecycle import LifecycleService, consume_key, refund_key
+from ..lifecycle.support import checked_operator
 from ..read.queries import Bind, connect, rows
 from ..rules import Refusal
 from ..stores.schema import ai_task
@@ -61,7 +62,7 @@ def support_rerun(svc: LifecycleService, task_id: int, operator: str, reason: st
     """A new task with the original's request, linked to it both ways, submitted as `submit` does;
     returns it as it stands after submission (GENERATING, or FAILED as the lifecycle decided).
     Raises ActionRefused (rules.RerunRefusal, SupportRefusal), NotFound."""
-    operator, reason = _operator(operator, reason)
+    operator, reason = checked_operator(operator, reason)
     svc = svc._tx(lambda tx: svc._acting(tx, task_id))  # on the clock of an operator's act (clock.act_time)
     original = svc.task(task_id)
     try:
