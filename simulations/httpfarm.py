@@ -539,8 +539,11 @@ class FakeProvider:
                 return JSONResponse({"detail": "Request not found"}, status_code=404)
             state = {"queued": "IN_QUEUE", "running": "IN_PROGRESS", "lost": "IN_PROGRESS"}.get(
                 job.state, "COMPLETED")
-            return JSONResponse({"status": state, "queue_position": 0 if state == "IN_QUEUE" else None},
-                                status_code=202 if state != "COMPLETED" else 200)
+            base = f"{str(request.base_url).rstrip('/')}/rivya/{job.provider}/requests/{job.id}"
+            return JSONResponse({"status": state, "request_id": job.id, "response_url": base,
+                                 "status_url": base + "/status", "cancel_url": base + "/cancel",
+                                 "queue_position": 0 if state == "IN_QUEUE" else None, "logs": None,
+                                 "metrics": {}}, status_code=202 if state != "COMPLETED" else 200)
 
         async def fal_result(request: Request) -> Response:
             if not self._authorized(request):

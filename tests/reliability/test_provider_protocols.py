@@ -234,3 +234,53 @@ def test_fal_client_uses_the_jwks_the_fake_publishes():
                            jwks_url=f"{server.url}/.well-known/jwks.json")
         headers, body = _fal_delivery(fake.keys.seeds[name])
         assert client.callbacks.verify(headers, body, time.time()).startswith("req-1:")
+
+
+@pytest.fixture
+def fal_client_at(monkeypatch):
+    """The official fal client pointed at a fake on loopback (its queue host is a module constant)."""
+    import fal_client
+    import fal_client.client
+
+    def at(url: str):
+        monkeypatch.setattr(fal_client.client, "QUEUE_URL_FORMAT", f"{url}/")
+        return fal_client.SyncClient(key=TOKEN)
+
+    return at
+
+
+def test_official_fal_client_submits_polls_and_reads_the_result(fal_client_at):
+    fake = FakeProvider("fal", _quiet_scenario(), speed=SPEED)
+    with ServerThread(fake.app) as server:
+        client = fal_client_at(server.url)
+        handle = client.submit("rivya/kinetica/kinetica-v2", arguments={"prompt": "a wave"})
+        assert handle.request_id in fake.jobs and handle.status_url.startswith(server.url)
+        result = handle.get(interval=0.02)
+        assert result["video"]["url"].startswith("https://cdn.kinetica.example/")
+        # and our client reads the same request through the URLs fal answered with
+        ours = FalClient("kinetica", TOKEN, app="rivya/kinetica", base_url=server.url)
+        rid = ours.submit("task-fal-2", "kinetica-v2", "a second wave", {})
+        assert ours.handle(rid)["status_url"].startswith(server.url)
+        _wait(lambda: ours.status(rid).state.value == "succeeded")
+
+
+def test_official_fal_client_cancels_and_reads_typed_errors(fal_client_at):
+    import fal_client
+
+    fake = FakeProvider("fal", _quiet_scenario(), speed=0.001)
+    with ServerThread(fake.app) as server:
+        client = fal_client_at(server.url)
+        handle = client.submit("rivya/kinetica/kinetica-v2", arguments={"prompt": "never finishes"})
+        handle.cancel()
+        assert fake.jobs[handle.request_id].state == "canceled"
+    failing = dataclasses.replace(_quiet_scenario(), farm=ProviderConfig(content_policy=1.0))
+    fake = FakeProvider("fal", failing, speed=SPEED)
+    with ServerThread(fake.app) as server:
+        client = fal_client_at(server.url)
+        handle = client.submit("rivya/kinetica/kinetica-v2", arguments={"prompt": "refused"})
+        with pytest.raises(fal_client.client.FalClientHTTPError) as err:
+            handle.get(interval=0.02)
+        assert err.value.status_code == 422 and err.value.message[0]["type"] == "content_policy_violation"
+        ours = FalClient("kinetica", TOKEN, app="rivya/kinetica", base_url=server.url)
+        st = ours.status(handle.request_id)
+        assert (st.error_code, st.failure_class.value) == ("content_policy_violation", "user")
