@@ -215,7 +215,7 @@ class SafeFetcher:
     def _http(self) -> httpx.Client:
         if self._client is None:
             self._client = httpx.Client(timeout=httpx.Timeout(min(30.0, self.deadline_s), connect=10.0),
-                                        follow_redirects=False, transport=self.transport,
+                                        follow_redirects=False, transport=self.transport, trust_env=False,
                                         headers={"User-Agent": "rivya-results/1"})
         return self._client
 
