@@ -284,3 +284,24 @@ def test_official_fal_client_cancels_and_reads_typed_errors(fal_client_at):
         ours = FalClient("kinetica", TOKEN, app="rivya/kinetica", base_url=server.url)
         st = ours.status(handle.request_id)
         assert (st.error_code, st.failure_class.value) == ("content_policy_violation", "user")
+
+
+def test_the_receiver_fetches_webhook_keys_at_start(fake_replicate):
+    """Replicate's signing secret (none configured) is read from the API when the receiver starts,
+    before any delivery."""
+    from rivya_core.catalog import default_catalog
+    from rivya_core.clock import WallClock
+    from rivya_core.lifecycle import LifecycleService
+    from rivya_core.receiver import create_app
+    from rivya_core.stores.memory import MemoryStore
+
+    fake, url = fake_replicate
+    name = fake.provider_names[0]
+    client = ReplicateClient(name, TOKEN, base_url=f"{url}/v1", webhook_url="http://127.0.0.1:9/webhooks/x")
+    svc = LifecycleService(MemoryStore(), WallClock(), {name: client}, default_catalog())
+    with ServerThread(create_app(svc, poll_every=None)):
+        _wait(lambda: client.callbacks.fetched.fetches == 1)
+    body = b'{"id": "p1", "status": "processing"}'
+    headers = webhooks.signed_headers(fake.keys.secrets[name], "msg_9", int(time.time()), body)
+    assert client.callbacks.verify(headers, body, time.time()) == "msg_9"
+    assert client.callbacks.fetched.fetches == 1
