@@ -54,13 +54,17 @@ from typing import IO, Protocol
 
 import httpx
 
-from .domain import RivyaError
+from .domain import RivyaError, ValidationError
 
 RESULTS_DIR_ENV = "RIVYA_RESULTS_DIR"
 RESULTS_BASE_URL_ENV = "RIVYA_RESULTS_BASE_URL"
 RESULTS_S3_BUCKET_ENV = "RIVYA_RESULTS_S3_BUCKET"
 RESULTS_S3_PREFIX_ENV = "RIVYA_RESULTS_S3_PREFIX"
 RESULTS_S3_ENDPOINT_ENV = "RIVYA_RESULTS_S3_ENDPOINT"
+# QA only: loopback hosts the copier may fetch from (a fake provider on this machine); nothing else
+# may be named here
+TEST_ALLOW_HOSTS_ENV = "RIVYA_RESULTS_TEST_ALLOW_HOSTS"
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "::1", "localhost"})
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
 OUTPUT_COPY_FAILED = "output_copy_failed"
 COPY_DEADLINE_S = 900.0            # from the first failed copy: well inside Replicate's ~1 h retention
@@ -359,8 +363,13 @@ def copier_from_env(environ: Mapping[str, str] | None = None) -> ResultCopier:
     (default data/results/)."""
     env = os.environ if environ is None else environ
     base_url = env.get(RESULTS_BASE_URL_ENV) or None
+    allow = frozenset(h.strip() for h in env.get(TEST_ALLOW_HOSTS_ENV, "").split(",") if h.strip())
+    if allow - LOOPBACK_NAMES:
+        raise ValidationError(f"{TEST_ALLOW_HOSTS_ENV} may name only loopback hosts (127.0.0.1, ::1, localhost)",
+                              code="results_invalid")
+    fetcher = SafeFetcher(allow_hosts=allow)
     bucket = env.get(RESULTS_S3_BUCKET_ENV)
     if bucket:
         return ResultCopier(S3Store(bucket, prefix=env.get(RESULTS_S3_PREFIX_ENV, ""), base_url=base_url,
-                                    endpoint_url=env.get(RESULTS_S3_ENDPOINT_ENV) or None))
-    return ResultCopier(LocalFolderStore(env.get(RESULTS_DIR_ENV) or DEFAULT_DIR, base_url))
+                                    endpoint_url=env.get(RESULTS_S3_ENDPOINT_ENV) or None), fetcher)
+    return ResultCopier(LocalFolderStore(env.get(RESULTS_DIR_ENV) or DEFAULT_DIR, base_url), fetcher)

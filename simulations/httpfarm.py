@@ -65,6 +65,15 @@ REPLICATE_SECRET_PATH = "/v1/webhooks/default/secret"
 FAL_ERROR_TYPES = {"content_policy_violation": "content_policy_violation", "model_error": "internal_server_error"}
 
 
+OUTPUT_EXT = {"image": "png", "video": "mp4", "audio": "mp3"}
+OUTPUT_TYPES = {"png": "image/png", "mp4": "video/mp4", "mp3": "audio/mpeg", "bin": "application/octet-stream"}
+
+
+def output_bytes(job_id: str) -> bytes:
+    """A job's output as the fake serves it: a few KiB derived from its id (not a real image)."""
+    return b"".join(hashlib.sha256(f"{job_id}:{i}".encode()).digest() for i in range(64))
+
+
 def version_id(model: str) -> str:
     """The fake's 64-hex version id of a catalogue model (stable, derived from its name)."""
     return hashlib.sha256(f"rivya-fake-version:{model}".encode()).hexdigest()
@@ -100,6 +109,7 @@ class FakeJob:
     webhook: str | None
     created: float
     events: tuple[str, ...] = REPLICATE_EVENTS  # replicate: the webhook_events_filter asked for
+    origin: str = ""                 # the fake's own base URL, as the submission reached it (outputs served there)
     state: str = "queued"            # queued | running | succeeded | failed | lost | canceled
     urls: tuple[str, ...] = ()
     error: tuple[str, str, str] | None = None
@@ -208,7 +218,7 @@ class FakeProvider:
     # --- creating jobs --------------------------------------------------------------------
 
     def _create(self, provider: str, model: str, webhook: str | None,
-                events: tuple[str, ...] = REPLICATE_EVENTS) -> tuple[int, dict[str, Any] | FakeJob]:
+                events: tuple[str, ...] = REPLICATE_EVENTS, origin: str = "") -> tuple[int, dict[str, Any] | FakeJob]:
         """(HTTP status, error body) for a refused submission, or (200, job)."""
         spec = self.catalog.get(model)
         if spec is None or spec.provider != provider:
@@ -237,7 +247,7 @@ class FakeProvider:
                 self.stats.submit_faults[kind] += 1
                 return {"refused": 422, "error": 500, "timeout": -1}[kind], {"detail": f"submission {kind}"}
         jid = self._job_id(provider, task_ref)
-        job = FakeJob(jid, provider, task_ref, model, spec.category, webhook, time.time(), events)
+        job = FakeJob(jid, provider, task_ref, model, spec.category, webhook, time.time(), events, origin.rstrip("/"))
         self.jobs[jid] = job
         self.by_ref[(provider, task_ref)] = jid
         self._spawn(self._run(job, rng))
@@ -307,8 +317,10 @@ class FakeProvider:
         outage = self._outage(job.provider)
         job.state, job.error, with_urls = drawn_outcome(cfg, outage, u)
         if with_urls:
-            ext = {"image": "png", "video": "mp4", "audio": "mp3"}.get(job.category, "bin")
-            job.urls = (f"https://cdn.{job.provider}.example/{job.id}.{ext}",)
+            ext = OUTPUT_EXT.get(job.category, "bin")
+            # served by the fake itself (GET /outputs/...), so a deployment can copy it into its result store
+            job.urls = (f"{job.origin}/outputs/{job.id}.{ext}" if job.origin
+                        else f"https://cdn.{job.provider}.example/{job.id}.{ext}",)
 
     # --- what the API says about a job --------------------------------------------------
 
@@ -481,7 +493,7 @@ class FakeProvider:
             model = p.get("name") or self._model_of_version(doc.get("version"))
             spec = self.catalog.get(model)
             status, got = self._create(spec.provider if spec else "", model, doc.get("webhook"),
-                                       tuple(e for e in REPLICATE_EVENTS if e in events))
+                                       tuple(e for e in REPLICATE_EVENTS if e in events), str(request.base_url))
             return await self._submit_answer(status, got)
 
         async def rep_secret(request: Request) -> Response:
@@ -524,7 +536,8 @@ class FakeProvider:
             doc = await body_json(request)
             if not isinstance(doc, dict):
                 return JSONResponse({"detail": [{"msg": "body must be an object"}]}, status_code=422)
-            status, got = self._create(p["app"], p["model"], request.query_params.get("fal_webhook"))
+            status, got = self._create(p["app"], p["model"], request.query_params.get("fal_webhook"),
+                                       origin=str(request.base_url))
             return await self._submit_answer(status, got, str(request.base_url))
 
         def fal_job(request: Request) -> FakeJob | None:
@@ -571,6 +584,13 @@ class FakeProvider:
                 return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
             return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
 
+        async def output(request: Request) -> Response:
+            jid, _dot, ext = request.path_params["name"].partition(".")
+            job = self.jobs.get(jid)
+            if job is None or job.state != "succeeded" or not job.urls or OUTPUT_TYPES.get(ext) is None:
+                return JSONResponse({"detail": "Not found."}, status_code=404)
+            return Response(output_bytes(job.id), media_type=OUTPUT_TYPES[ext])
+
         async def health(_request: Request) -> Response:
             return JSONResponse({"ok": True, "flavor": self.flavor, "jobs": len(self.jobs), "quiet": self.quiet()})
 
@@ -587,7 +607,8 @@ class FakeProvider:
                       Route("/rivya/{app}/requests/{id}/cancel", fal_cancel, methods=["PUT"]),
                       Route("/rivya/{app}/requests/{id}", fal_result, methods=["GET"]),
                       Route("/rivya/{app}/{model}", fal_submit, methods=["POST"])]
-        return Starlette(routes=[Route("/healthz", health, methods=["GET"]), *routes])
+        return Starlette(routes=[Route("/healthz", health, methods=["GET"]),
+                                 Route("/outputs/{name}", output, methods=["GET"]), *routes])
 
 
 def _json(doc: Any) -> bytes:

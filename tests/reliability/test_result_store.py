@@ -312,3 +312,15 @@ def test_outputs_go_to_an_s3_bucket_when_one_is_configured(server, tmp_path, mon
         s3.delete_bucket(Bucket="rivya-results")
         providers["lumen"].succeed(other.upstream_task_id, [f"{url}/ok.png"])
         assert svc.recheck(other.id).status == TaskStatus.GENERATING
+
+
+def test_the_test_only_allowance_names_loopback_hosts_only(tmp_path):
+    from rivya_core.domain import ValidationError
+    from rivya_core.results import copier_from_env
+
+    ok = copier_from_env({"RIVYA_RESULTS_DIR": str(tmp_path), "RIVYA_RESULTS_TEST_ALLOW_HOSTS": "127.0.0.1, ::1"})
+    assert ok.fetcher.allow_hosts == frozenset({"127.0.0.1", "::1"})
+    assert copier_from_env({"RIVYA_RESULTS_DIR": str(tmp_path)}).fetcher.allow_hosts == frozenset()
+    with pytest.raises(ValidationError) as err:
+        copier_from_env({"RIVYA_RESULTS_TEST_ALLOW_HOSTS": "127.0.0.1,10.0.0.5"})
+    assert "only loopback" in err.value.message and err.value.code == "results_invalid"
