@@ -20,8 +20,9 @@ Faults, as the scenario says: submissions refused (422), failing (500) or stalli
 past the client's timeout; outcomes (content policy, model error, upstream timeout,
 lost job, success without URLs); callbacks early, lost, duplicated, reordered (a
 "processing" report overtaken by the final one), forged (a key the deployment does
-not hold), stale, malformed. Replicate also sends its `start` webhook at once, which
-races the caller's write of the upstream id, as the real API does. fal's traps: a
+not hold), stale, malformed. Replicate sends its `start` webhook at once when the
+filter asks for it (ours does), which races the caller's write of the upstream id,
+as the real API does. fal's traps: a
 failed job reports COMPLETED and its result answers 422; a success whose payload is
 null (webhook `payload: null` with `payload_error`, result `null`).
 
@@ -58,7 +59,9 @@ FLAVORS = ("replicate", "fal")
 TOKEN = "fake-provider-token"        # what the fake expects as the API token/key (not a secret)
 FAL_USER = "rivya-qa"
 DELIVERY_ATTEMPTS = 4                # a delivery answered 5xx or not at all is retried (then dropped)
-REPLICATE_EVENTS = ("start", "output", "logs", "completed")  # every event; the default without a filter
+REPLICATE_EVENTS = ("start", "output", "logs", "completed")  # the events a webhook_events_filter may name
+# without a filter Replicate sends "whenever there are new outputs or the prediction has finished"
+DEFAULT_EVENTS = ("output", "completed")
 FAL_JWKS_PATH = "/.well-known/jwks.json"
 REPLICATE_SECRET_PATH = "/v1/webhooks/default/secret"
 # the farm's failure codes as fal's model error types
@@ -108,7 +111,7 @@ class FakeJob:
     category: str
     webhook: str | None
     created: float
-    events: tuple[str, ...] = REPLICATE_EVENTS  # replicate: the webhook_events_filter asked for
+    events: tuple[str, ...] = DEFAULT_EVENTS  # replicate: the webhook_events_filter asked for
     origin: str = ""                 # the fake's own base URL, as the submission reached it (outputs served there)
     state: str = "queued"            # queued | running | succeeded | failed | lost | canceled
     urls: tuple[str, ...] = ()
@@ -218,7 +221,7 @@ class FakeProvider:
     # --- creating jobs --------------------------------------------------------------------
 
     def _create(self, provider: str, model: str, webhook: str | None,
-                events: tuple[str, ...] = REPLICATE_EVENTS, origin: str = "") -> tuple[int, dict[str, Any] | FakeJob]:
+                events: tuple[str, ...] = DEFAULT_EVENTS, origin: str = "") -> tuple[int, dict[str, Any] | FakeJob]:
         """(HTTP status, error body) for a refused submission, or (200, job)."""
         spec = self.catalog.get(model)
         if spec is None or spec.provider != provider:
@@ -485,7 +488,7 @@ class FakeProvider:
             doc = await body_json(request)
             if not isinstance(doc, dict) or not isinstance(doc.get("input"), dict):
                 return JSONResponse({"detail": "input is required"}, status_code=422)
-            events = doc.get("webhook_events_filter", list(REPLICATE_EVENTS))
+            events = doc.get("webhook_events_filter", list(DEFAULT_EVENTS))
             if not isinstance(events, list) or not events or not set(events) <= set(REPLICATE_EVENTS):
                 return JSONResponse({"detail": "webhook_events_filter must list start, output, logs, completed"},
                                     status_code=422)

@@ -120,7 +120,8 @@ def test_official_client_reads_the_default_webhook_secret(fake_replicate):
 
 
 @pytest.mark.parametrize("events, expected", [(["completed"], ["succeeded"]),
-                                              (None, ["starting", "succeeded"])])
+                                              (["start", "completed"], ["starting", "succeeded"]),
+                                              (None, ["succeeded"])])   # default: output and completed
 def test_webhook_events_filter_is_honoured(fake_replicate, events, expected):
     fake, url = fake_replicate
     cap = Capture()
@@ -134,7 +135,7 @@ def test_webhook_events_filter_is_honoured(fake_replicate, events, expected):
         _wait(lambda: fake.jobs[pred.id].pending == 0 and "succeeded" in cap.statuses())
         assert cap.statuses() == expected
         assert fake.prediction(fake.jobs[pred.id])["webhook_events_filter"] == (
-            events or ["start", "output", "logs", "completed"])
+            events or ["output", "completed"])
 
 
 def test_429_carries_retry_after_and_our_client_waits_for_it():
