@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import httpx
 
@@ -145,9 +145,9 @@ class LocalFolderStore:
 
 class S3Store:
     def __init__(self, bucket: str, *, prefix: str = "", base_url: str | None = None,
-                 endpoint_url: str | None = None, region: str | None = None, client: object | None = None):
+                 endpoint_url: str | None = None, region: str | None = None, client: Any = None):
         if client is None:
-            import boto3
+            import boto3  # type: ignore[import-untyped]
 
             client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
         self.client = client
@@ -166,8 +166,7 @@ class S3Store:
 
     def put(self, key: str, data: IO[bytes], content_type: str) -> str:
         try:
-            self.client.upload_fileobj(data, self.bucket, self.prefix + key,  # type: ignore[attr-defined]
-                                       ExtraArgs={"ContentType": content_type})
+            self.client.upload_fileobj(data, self.bucket, self.prefix + key, ExtraArgs={"ContentType": content_type})
         except Exception as exc:  # noqa: BLE001 -- botocore's errors: a transient store failure
             raise CopyError(f"the result bucket refused the output ({type(exc).__name__})", permanent=False) from None
         return f"{self.base_url}/{self.prefix}{key}"

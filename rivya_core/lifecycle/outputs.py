@@ -67,7 +67,8 @@ class Outputs(Finishing):
                       if e.kind == EventKind.OUTPUT_COPY and e.detail.get("error")), None)
         self._event(tx, task.id, EventKind.OUTPUT_COPY, provider_urls=copied.sources, error=exc.message,
                     permanent=exc.permanent, path=path)
-        if exc.permanent or (first is not None and (self._now() - first).total_seconds() >= self.results.deadline_s):
+        deadline_s = self.results.deadline_s if self.results is not None else 0.0
+        if exc.permanent or (first is not None and (self._now() - first).total_seconds() >= deadline_s):
             self._finish_failed(tx, task, OUTPUT_COPY_FAILED, f"the outputs could not be copied: {exc.message}",
                                 FailureClass.INFRASTRUCTURE, path=path)
         else:
