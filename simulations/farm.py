@@ -30,7 +30,8 @@ from typing import Any
 
 import simpy
 
-from rivya_core import jsontext, webhooks
+from rivya_core.stores import jsontext
+from rivya_core import webhooks
 from rivya_core.ports import ProviderError, UpstreamStatus
 
 from .clock import SimClock

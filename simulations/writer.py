@@ -52,7 +52,8 @@ from sqlalchemy import (
     update,
 )
 
-from rivya_core import jsontext, rules
+from rivya_core.stores import jsontext
+from rivya_core import rules
 from rivya_core.domain import TERMINAL, ChatStatus, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
 from rivya_core.stores import schema

@@ -27,13 +27,14 @@ from typing import Any
 
 from ..domain import (
     ACTIVE,
-    TASK_ENUM_FIELDS,
     WEBHOOK_SEEN_OUTCOMES,
     Account,
     CallbackOutcome,
+    Category,
     ChatMessage,
     ChatSession,
     ChatStatus,
+    FailureClass,
     InsufficientCredits,
     LedgerEntry,
     NotFound,
@@ -88,7 +89,10 @@ def _shallow(row: Any) -> Any:
 _JSON_FIELDS: dict[type, tuple[str, ...]] = {Task: ("params", "result_urls"), TaskEvent: ("detail",)}
 # The task fields update_task does more with than store: JSON-like ones cloned (None), typed ones as their
 # StrEnum members (status, category, failure_class: value -> member).
-_TASK_TYPED: dict[str, dict[str, Any] | None] = {**dict.fromkeys(_JSON_FIELDS[Task]), **TASK_ENUM_FIELDS}
+_TASK_TYPED: dict[str, dict[str, Any] | None] = {
+    **dict.fromkeys(_JSON_FIELDS[Task]),
+    **{name: {m.value: m for m in enum} for name, enum in
+       (("status", TaskStatus), ("category", Category), ("failure_class", FailureClass))}}
 
 
 def _copy(row: Any) -> Any:
