@@ -363,6 +363,16 @@ def replayed_entry(existing: LedgerEntry, user_id: int, entry_type: str, amount:
     return existing
 
 
+def balance_after(balance: int, amount: int) -> int:
+    """The balance a ledger row of amount leaves on an account holding balance. The never-overdraw
+    rule of the data contract (balance_after is never negative): a row that would leave less than
+    zero is refused with InsufficientCredits, and nothing is written. Every store calls this."""
+    after = balance + int(amount)
+    if after < 0:
+        raise InsufficientCredits(f"balance {balance} cannot cover {-amount} credits (short by {-after})")
+    return after
+
+
 class SchemaMissing(RivyaError):
     code = "schema_missing"
 

@@ -35,7 +35,6 @@ from ..domain import (
     ChatSession,
     ChatStatus,
     FailureClass,
-    InsufficientCredits,
     LedgerEntry,
     NotFound,
     Notification,
@@ -45,6 +44,7 @@ from ..domain import (
     TaskEvent,
     TaskStatus,
     ValidationError,
+    balance_after,
     replayed_entry,
 )
 from ..ports import PostResult, Snapshot
@@ -382,12 +382,7 @@ class MemoryTx:
         acc = s.accounts.get(user_id)
         if acc is None:
             raise NotFound(f"account {user_id} does not exist")
-        after = acc.balance + int(amount)
-        if after < 0:
-            # The data contract forbids a negative balance_after.
-            raise InsufficientCredits(
-                f"balance {acc.balance} cannot cover {-amount} credits (short by {-after})"
-            )
+        after = balance_after(acc.balance, amount)
         entry = LedgerEntry(id=s._new_id("credit_ledger"), user_id=user_id, entry_type=str(entry_type),
                             amount=int(amount), balance_after=after, idempotency_key=idempotency_key,
                             created_at=at, task_id=task_id, chat_message_id=chat_message_id, note=note,
@@ -417,9 +412,6 @@ class MemoryTx:
 
     def task_entries(self, task_id: int) -> list[LedgerEntry]:
         return [_copy(self.s.ledger[e]) for e in self.s._entries_by.get(("task", task_id), ())]
-
-    def message_entries(self, chat_message_id: int) -> list[LedgerEntry]:
-        return [_copy(self.s.ledger[e]) for e in self.s._entries_by.get(("msg", chat_message_id), ())]
 
     def balance(self, user_id: int) -> int:
         acc = self.s.accounts.get(user_id)
@@ -468,9 +460,6 @@ class MemoryTx:
         s._add(s.notifications, note, undo)
         return True
 
-    def task_notifications(self, task_id: int) -> list[Notification]:
-        return [_copy(self.s.notifications[n]) for n in self.s._task_notes.get(task_id, ())]
-
     def add_callback(self, cb: ProviderCallback) -> ProviderCallback:
         s = self.s
         row = _copy(cb)
@@ -498,9 +487,6 @@ class MemoryTx:
 
     def webhook_seen(self, provider: str, webhook_id: str) -> bool:
         return (provider, webhook_id) in self.s._webhooks
-
-    def task_callbacks(self, task_id: int) -> list[ProviderCallback]:
-        return [_copy(self.s.callbacks[c]) for c in self.s._task_cbs.get(task_id, ())]
 
     def get_callback(self, callback_id: int) -> ProviderCallback | None:
         row = self.s.callbacks.get(callback_id)
