@@ -1,0 +1,816 @@
+"""`import shipany`: a ShipAny-style production database, read-only, into the data contract.
+
+The source (docs/shipany-schema.md; names from data/sources/shipany.toml or a fork's --map file)
+is read in one read-only transaction: on PostgreSQL a REPEATABLE READ transaction declared
+`SET TRANSACTION READ ONLY` on a session whose `default_transaction_read_only` is on, on SQLite a
+`mode=ro` file. No DDL or write statement is ever sent to it.
+
+The target is a contract database (`init-db` schema) written in one transaction, so a failed
+import leaves it as it was. What becomes what:
+
+- `user` -> `account` (`external_ref` = the user's id); a user id the tasks or credits name that
+  the user table lacks gets a placeholder account, so no credit is lost.
+- `ai_task` -> `ai_task` (`external_ref` = its id): `pending`/`processing` -> GENERATING,
+  `success` -> SUCCESS (result URLs out of `task_info`), `failed` -> FAILED (error code and
+  message out of `task_info`, `upstream_failed` when it has none; class provider), `canceled` ->
+  FAILED `upstream_canceled` (class user: the template never refunds a cancel); media types
+  `music`/`speech` -> audio; `text` is not a generation task and is counted apart; `options` ->
+  params. The provider is called before the row is written, so submitted_at = created_at.
+- `credit` -> `credit_ledger`, every row marked derived with its source rows named
+  (`derived_from`): a grant -> `grant`; a consume -> `consume` (its task: the `ai_task` whose
+  `credit_id` names it, else its metadata's `taskId`); a consume set to `deleted` (the template's
+  refund) -> `refund` at its update time; the credits a grant still held when it expired ->
+  `expire`; credits refunded onto a grant that had already expired -> `refund` then `expire`
+  (the user lost them); credits a grant shows put back once more than its history explains ->
+  a second `refund` (a task refunded twice). Entries go in time order per user with
+  `balance_after` the running sum. The grants themselves are kept in `source_grant`.
+
+Ids: an imported row keeps the contract id it was first given (looked up by `external_ref`),
+so a second import never renumbers. Incremental: rows whose `updated_at` (else `created_at`) is
+at or after the last import's watermark minus OVERLAP are read again; an entry is written once
+(its idempotency key names its source rows), a task is updated in place: importing twice
+writes the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, inspect, insert, or_, select, text, update
+from sqlalchemy.exc import DBAPIError
+
+from .. import schema
+from ..db import init_db, make_engine, normalize_url, safe_url, sqlite_path
+from ..domain import EntryType, RivyaError, StoreUnavailable, TaskStatus
+from ..schema import account, ai_task, credit_ledger, data_source, source_grant
+from ..targets import TargetOccupied, ensure_fresh, occupied
+from .facts import FACTS
+from .mapping import SourceMap, load_map
+
+SOURCE = "shipany"
+OVERLAP = timedelta(minutes=15)  # rows updated this long before the watermark are read again
+CHUNK = 5000
+NOT_RECORDED = ("callbacks", "notifications", "timeline", "chat_billing")
+
+STATUS = {"pending": TaskStatus.GENERATING, "processing": TaskStatus.GENERATING, "success": TaskStatus.SUCCESS,
+          "failed": TaskStatus.FAILED, "canceled": TaskStatus.FAILED, "cancelled": TaskStatus.FAILED}
+CATEGORY = {"image": "image", "video": "video", "music": "audio", "speech": "audio", "audio": "audio"}
+CANCELED = "upstream_canceled"
+FAILED_WITHOUT_CODE = "upstream_failed"
+URL_KEYS = (("images", "imageUrl"), ("videos", "videoUrl"), ("songs", "audioUrl"), ("audios", "audioUrl"))
+
+USER_COLS = ["id", "name", "email", "created_at", "updated_at"]
+TASK_COLS = ["id", "user_id", "media_type", "provider", "model", "prompt", "options", "status", "created_at",
+             "updated_at", "task_id", "task_info", "cost_credits", "credit_id"]
+CREDIT_COLS = ["id", "user_id", "transaction_type", "transaction_scene", "credits", "remaining_credits",
+               "expires_at", "status", "created_at", "updated_at", "deleted_at", "consumed_detail", "metadata"]
+
+
+class SourceError(RivyaError):
+    """The source cannot be imported: unreachable, or without the tables and columns expected."""
+
+    code = "source_invalid"
+    user_correctable = True
+
+
+@dataclass
+class ImportSummary:
+    source: str
+    into: str
+    since: datetime | None
+    as_of: datetime | None
+    watermark: datetime | None
+    dry_run: bool
+    read: Counter = field(default_factory=Counter)  # source table -> rows read
+    written: Counter = field(default_factory=Counter)  # contract table -> rows inserted
+    updated: Counter = field(default_factory=Counter)  # contract table -> rows updated
+    apart: Counter = field(default_factory=Counter)  # what was counted apart (text tasks, ...)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "into": self.into, "since": _iso(self.since), "as_of": _iso(self.as_of),
+                "watermark": _iso(self.watermark), "dry_run": self.dry_run, "read": dict(self.read),
+                "written": dict(self.written), "updated": dict(self.updated), "apart": dict(self.apart),
+                "seconds": round(self.seconds, 3)}
+
+    def lines(self) -> list[str]:
+        head = ("dry run (nothing written): " if self.dry_run else "") + (
+            f"imported {self.source} into {self.into}" + (f" (rows updated since {self.since:%Y-%m-%d %H:%M:%S})"
+                                                         if self.since else " (everything)"))
+        out = [head]
+        for t in ("user", "ai_task", "credit"):
+            out.append(f"    read {t:<9} {self.read.get(t, 0):>10,}")
+        for t in ("account", "ai_task", "credit_ledger", "source_grant"):
+            out.append(f"    {t:<14} {self.written.get(t, 0):>10,} written  {self.updated.get(t, 0):>10,} updated")
+        for what, n in sorted(self.apart.items()):
+            out.append(f"    counted apart: {what} {n:,}")
+        out.append(f"    source time {_iso(self.as_of) or '-'}; next import reads from "
+                   f"{_iso(self.watermark - OVERLAP) if self.watermark else 'the start'}; {self.seconds:.1f} s")
+        return out
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat(" ") if t else None
+
+
+# --- reading values the way either database hands them over --------------------------------
+
+
+def _ts(v: Any) -> datetime | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v
+    try:
+        t = datetime.fromisoformat(str(v))
+    except ValueError:
+        return None
+    return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+
+
+def _json(v: Any) -> Any:
+    if v is None or isinstance(v, (dict, list)):
+        return v
+    try:
+        return json.loads(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def result_urls(info: Any) -> list[str]:
+    """The result URLs a ShipAny `task_info` holds (images, videos, songs)."""
+    urls: list[str] = []
+    if not isinstance(info, dict):
+        return urls
+    for key, url_key in URL_KEYS:
+        items = info.get(key)
+        if isinstance(items, list):
+            for item in items:
+                u = item.get(url_key) if isinstance(item, dict) else None
+                if isinstance(u, str) and u:
+                    urls.append(u)
+    return urls
+
+
+def draws(consumed_detail: Any) -> list[tuple[str, int]]:
+    """A consume row's `consumed_detail` as (grant id, credits) pairs."""
+    detail = _json(consumed_detail)
+    out = []
+    if isinstance(detail, list):
+        for d in detail:
+            if isinstance(d, dict) and d.get("creditId") is not None and _int(d.get("creditsConsumed")) > 0:
+                out.append((str(d["creditId"]), _int(d["creditsConsumed"])))
+    return out
+
+
+# --- the source, read-only -----------------------------------------------------------------
+
+
+def open_source(url: str) -> Engine:
+    """A read-only engine on the source; StoreUnavailable (one line) when it cannot be reached."""
+    if not (url or "").strip():
+        raise StoreUnavailable("no source URL given")
+    engine = make_engine(url, read_only=True)
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StoreUnavailable(f"no SQLite database at {path}")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        engine.dispose()
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise StoreUnavailable(f"cannot read source {safe_url(normalize_url(url))}: "
+                               f"{first[0] if first else type(exc).__name__}") from None
+    return engine
+
+
+class ReadOnlySource:
+    """One read-only transaction on the source, and the queries the import makes in it."""
+
+    def __init__(self, engine: Engine, smap: SourceMap):
+        self.engine, self.smap = engine, smap
+        self.conn = None
+
+    def __enter__(self) -> ReadOnlySource:
+        conn = self.engine.connect()
+        if self.engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            conn.begin()
+            conn.execute(text("SET TRANSACTION READ ONLY"))
+        else:
+            conn.begin()
+        self.conn = conn
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.conn.rollback()  # nothing to keep: a read-only transaction ends without a commit
+        finally:
+            self.conn.close()
+
+    def check(self) -> None:
+        """SourceError naming every expected table and column the source lacks."""
+        insp = inspect(self.conn)
+        have = set(insp.get_table_names())
+        missing_tables = [self.smap.name(t) for t in ("user", "ai_task", "credit") if self.smap.name(t) not in have]
+        if missing_tables:
+            raise SourceError(f"the source lacks the table(s) {', '.join(missing_tables)} "
+                              f"(expected {', '.join(self.smap.name(t) for t in ('user', 'ai_task', 'credit'))}; "
+                              "rename with --map FILE.toml)")
+        gaps = []
+        for logical, cols in (("user", USER_COLS), ("ai_task", TASK_COLS), ("credit", CREDIT_COLS)):
+            present = {c["name"] for c in insp.get_columns(self.smap.name(logical))}
+            gaps += [f"{self.smap.name(logical)}.{self.smap.column_name(logical, c)}" for c in cols
+                     if self.smap.column_name(logical, c) not in present]
+        if gaps:
+            raise SourceError(f"the source lacks the column(s) {', '.join(gaps)} (rename with --map FILE.toml)")
+
+    def _table(self, logical: str, cols: list[str]) -> tuple[Any, list[Any]]:
+        t = self.smap.select_table(logical, cols)
+        return t, self.smap.columns_of(logical, t, cols)
+
+    def latest(self) -> datetime | None:
+        """The source's own latest time: the newest created_at or updated_at of its tasks and credits."""
+        seen = []
+        for logical in ("ai_task", "credit"):
+            t, _ = self._table(logical, ["created_at", "updated_at"])
+            for c in ("created_at", "updated_at"):
+                seen.append(_ts(self.conn.execute(select(func.max(t.c[self.smap.column_name(logical, c)]))).scalar()))
+        seen = [s for s in seen if s is not None]
+        return max(seen) if seen else None
+
+    def rows(self, logical: str, cols: list[str], since: datetime | None, order: list[str]) -> Iterator[Any]:
+        t, labelled = self._table(logical, cols)
+        changed = func.coalesce(t.c[self.smap.column_name(logical, "updated_at")],
+                                t.c[self.smap.column_name(logical, "created_at")])
+        q = select(*labelled)
+        if since is not None:
+            q = q.where(changed >= self._param(since))
+        q = q.order_by(*(t.c[self.smap.column_name(logical, c)] for c in order))
+        result = self.conn.execution_options(stream_results=True, yield_per=CHUNK).execute(q)
+        yield from result
+
+    def _param(self, t: datetime) -> Any:
+        # SQLite keeps times as text: compare text to text, in the same ISO layout
+        return t.isoformat(" ") if self.engine.dialect.name == "sqlite" else t
+
+    def tasks_of_consumes(self, consume_ids: list[str], task_ids: list[str]) -> list[Any]:
+        """(id, media_type, credit_id) of the source's tasks paid by these consume rows or with these ids."""
+        t, labelled = self._table("ai_task", ["id", "media_type", "credit_id"])
+        cid, tid = (t.c[self.smap.column_name("ai_task", c)] for c in ("credit_id", "id"))
+        out = []
+        for start in range(0, max(len(consume_ids), len(task_ids)), 1000):
+            a, b = consume_ids[start:start + 1000], task_ids[start:start + 1000]
+            conds = ([cid.in_(a)] if a else []) + ([tid.in_(b)] if b else [])
+            if conds:
+                out += list(self.conn.execute(select(*labelled).where(or_(*conds))))
+        return out
+
+
+# --- the target ----------------------------------------------------------------------------
+
+
+def _imported_from(engine: Engine, kind: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(data_source.name):
+            return None
+        row = conn.execute(select(data_source).where(data_source.c.key == kind)).mappings().first()
+    return dict(row) if row else None
+
+
+def _prepare_target(into: str, *, force: bool, dry_run: bool) -> tuple[Engine, dict[str, Any] | None]:
+    """The target engine (schema ready) and its previous import of this source, if any. A target
+    holding anything but an earlier import of this source is refused unless --force (which
+    replaces a SQLite file, never empties a server database)."""
+    reason = occupied(into)
+    previous = None
+    if reason is not None:
+        probe = make_engine(into, read_only=True)
+        try:
+            previous = _imported_from(probe, SOURCE)
+        finally:
+            probe.dispose()
+        if previous is None:
+            if dry_run and not force:
+                raise TargetOccupied(f"{reason}; import writes only into a fresh database or one an earlier "
+                                     "import of this source wrote (pass --force to replace a SQLite file)")
+            ensure_fresh(into, force=force, command="import")
+    if dry_run and reason is None:
+        engine = make_engine("sqlite://")  # a fresh target: the dry run writes into memory, nothing on disk
+    else:
+        path = sqlite_path(into)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(into)
+    if not dry_run or reason is None:
+        init_db(engine)
+    else:
+        from ..db import require_schema
+
+        require_schema(engine, into)
+    return engine, previous
+
+
+# --- the import ------------------------------------------------------------------------------
+
+
+Progress = Callable[[str, int], None]
+
+
+def import_shipany(source: str, into: str, *, since: datetime | None = None, map_path: str | None = None,
+                   dry_run: bool = False, force: bool = False, progress: Progress | None = None) -> ImportSummary:
+    """Import the ShipAny-style database at `source` into the contract database at `into`."""
+    started = time.perf_counter()
+    smap = load_map(map_path)
+    src_engine = open_source(source)
+    try:
+        with ReadOnlySource(src_engine, smap) as src:
+            src.check()
+            tgt, previous = _prepare_target(into, force=force, dry_run=dry_run)
+            try:
+                if since is None and previous and previous.get("watermark"):
+                    since = _ts(previous["watermark"]) - OVERLAP
+                summary = ImportSummary(safe_url(normalize_url(source)), safe_url(normalize_url(into)), since,
+                                        src.latest(), _ts(previous["watermark"]) if previous else None, dry_run)
+                with tgt.begin() as conn:
+                    _Importer(src, conn, summary, progress or (lambda _stage, _n: None)).run(previous)
+                    if dry_run:
+                        conn.rollback()
+            finally:
+                tgt.dispose()
+    finally:
+        src_engine.dispose()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+class _Grant:
+    __slots__ = ("ref", "local_id", "user_id", "credits", "remaining", "replayed", "live", "scene", "status",
+                 "created_at", "expires_at", "expired_at", "new", "dirty")
+
+    def __init__(self, **kw: Any):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+
+class _Importer:
+    def __init__(self, src: ReadOnlySource, conn: Any, summary: ImportSummary, progress: Progress):
+        self.src, self.conn, self.s, self.progress = src, conn, summary, progress
+        self.users: dict[str, int] = {}  # source user id -> account id
+        self.next_account = self._next_id(account)
+        self.next_task = self._next_id(ai_task)
+        self.emails: set[str] = set()
+        self.watermark = summary.watermark
+
+    def _next_id(self, table: Any) -> int:
+        return int(self.conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar()) + 1
+
+    def _seen(self, *times: Any) -> None:
+        for t in times:
+            if t is not None and (self.watermark is None or t > self.watermark):
+                self.watermark = t
+
+    def run(self, previous: dict[str, Any] | None) -> None:
+        self._import_users()
+        self._import_tasks()
+        self._import_credits()
+        self._finish(previous)
+
+    # users -----------------------------------------------------------------------------
+
+    def _lookup_users(self, refs: Iterable[str]) -> None:
+        need = [r for r in set(refs) if r not in self.users]
+        for start in range(0, len(need), 1000):
+            part = need[start:start + 1000]
+            for local, ref in self.conn.execute(select(account.c.id, account.c.external_ref)
+                                                .where(account.c.external_ref.in_(part))):
+                self.users[ref] = local
+
+    def _email_free(self, email: str, ref: str) -> str:
+        taken = email in self.emails or self.conn.execute(
+            select(account.c.id).where(account.c.email == email)).first() is not None
+        if taken:
+            email = f"{ref}+{email}"[:320]
+        self.emails.add(email)
+        return email
+
+    def _import_users(self) -> None:
+        batch: list[Any] = []
+        for row in self.src.rows("user", USER_COLS, self.s.since, ["created_at", "id"]):
+            batch.append(row)
+            if len(batch) >= CHUNK:
+                self._user_batch(batch)
+                batch = []
+        if batch:
+            self._user_batch(batch)
+
+    def _user_batch(self, rows: list[Any]) -> None:
+        self.s.read["user"] += len(rows)
+        self._lookup_users(str(r.id) for r in rows)
+        new, changed = [], []
+        for r in rows:
+            ref = str(r.id)
+            created = _ts(r.created_at) or _ts(r.updated_at)
+            self._seen(_ts(r.updated_at), created)
+            name = (r.name or "")[:200] or (r.email or ref)[:200]
+            if ref in self.users:
+                changed.append({"b_id": self.users[ref], "name": name})
+                continue
+            email = self._email_free(str(r.email or f"{ref}@source.invalid")[:320], ref)
+            self.users[ref] = self.next_account
+            new.append({"id": self.next_account, "email": email, "name": name,
+                        "created_at": created or datetime(1970, 1, 1), "balance": 0, "external_ref": ref})
+            self.next_account += 1
+        if new:
+            self.conn.execute(insert(account), new)
+            self.s.written["account"] += len(new)
+        if changed:
+            from sqlalchemy import bindparam
+
+            self.conn.execute(update(account).where(account.c.id == bindparam("b_id"))
+                              .values(name=bindparam("name")), changed)
+            self.s.updated["account"] += len(changed)
+        self.progress("users", self.s.read["user"])
+
+    def _user(self, ref: Any, at: datetime | None) -> int:
+        """The account of a source user id; one the user table lacks gets a placeholder account."""
+        ref = str(ref)
+        if ref not in self.users:
+            self._lookup_users([ref])
+        if ref not in self.users:
+            email = self._email_free(f"{ref}@missing-user.invalid"[:320], ref)
+            self.users[ref] = self.next_account
+            self.conn.execute(insert(account).values(
+                id=self.next_account, email=email, name="(not in the source's user table)",
+                created_at=at or datetime(1970, 1, 1), balance=0, external_ref=ref))
+            self.next_account += 1
+            self.s.written["account"] += 1
+            self.s.apart["users missing from the user table (placeholder accounts)"] += 1
+        return self.users[ref]
+
+    # tasks -----------------------------------------------------------------------------
+
+    def _import_tasks(self) -> None:
+        batch: list[Any] = []
+        for row in self.src.rows("ai_task", TASK_COLS, self.s.since, ["created_at", "id"]):
+            batch.append(row)
+            if len(batch) >= CHUNK:
+                self._task_batch(batch)
+                batch = []
+        if batch:
+            self._task_batch(batch)
+
+    def _task_batch(self, rows: list[Any]) -> None:
+        self.s.read["ai_task"] += len(rows)
+        refs = [str(r.id) for r in rows]
+        existing = {}
+        for start in range(0, len(refs), 1000):
+            existing.update({ref: local for local, ref in self.conn.execute(
+                select(ai_task.c.id, ai_task.c.external_ref).where(ai_task.c.external_ref.in_(refs[start:start + 1000])))})
+        self._lookup_users(str(r.user_id) for r in rows)
+        new, changed = [], []
+        for r in rows:
+            created, updated = _ts(r.created_at), _ts(r.updated_at)
+            self._seen(created, updated)
+            media = str(r.media_type or "").lower()
+            if media not in CATEGORY:
+                self.s.apart[f"{media or 'untyped'} tasks (not generation tasks)"] += 1
+                continue
+            values = self._task_values(r, created, updated)
+            ref = str(r.id)
+            if ref in existing:
+                values["b_id"] = existing[ref]
+                changed.append(values)
+            else:
+                values["id"] = self.next_task
+                self.next_task += 1
+                values["external_ref"] = ref
+                values["user_id"] = self._user(r.user_id, created)
+                new.append(values)
+        if new:
+            self.conn.execute(insert(ai_task), new)
+            self.s.written["ai_task"] += len(new)
+        if changed:
+            from sqlalchemy import bindparam
+
+            cols = [c for c in changed[0] if c != "b_id"]
+            self.conn.execute(update(ai_task).where(ai_task.c.id == bindparam("b_id"))
+                              .values({c: bindparam(c) for c in cols}), changed)
+            self.s.updated["ai_task"] += len(changed)
+        self.progress("tasks", self.s.read["ai_task"])
+
+    def _task_values(self, r: Any, created: datetime | None, updated: datetime | None) -> dict[str, Any]:
+        raw = str(r.status or "").lower()
+        status = STATUS.get(raw, TaskStatus.GENERATING)
+        info = _json(r.task_info)
+        info = info if isinstance(info, dict) else {}
+        params = _json(r.options)
+        params = params if isinstance(params, dict) else ({} if params is None else {"options": params})
+        created = created or updated or datetime(1970, 1, 1)
+        terminal = status in (TaskStatus.SUCCESS, TaskStatus.FAILED)
+        finished = (updated or created) if terminal else None
+        urls = result_urls(info) if status == TaskStatus.SUCCESS else []
+        code = message = klass = None
+        if status == TaskStatus.FAILED:
+            if raw in ("canceled", "cancelled"):
+                code, klass = CANCELED, "user"
+                message = str(info.get("errorMessage") or "canceled upstream")
+            else:
+                code = str(info.get("errorCode") or FAILED_WITHOUT_CODE)[:80]
+                message = str(info.get("errorMessage") or "the provider reported a failure")
+                klass = "provider"
+        return {
+            "model": str(r.model or "unknown")[:100], "category": CATEGORY[str(r.media_type).lower()],
+            "prompt": str(r.prompt or ""), "params": params, "status": status.value, "billing_type": "per_task",
+            "reserved_credits": max(0, _int(r.cost_credits)), "provider": str(r.provider or "unknown")[:50],
+            "upstream_task_id": str(r.task_id)[:200] if r.task_id else None,
+            "result_urls": urls or None, "error_code": code, "error_message": message, "failure_class": klass,
+            "created_at": created, "submitted_at": created if r.task_id else None, "finished_at": finished,
+            "settled_at": finished, "check_attempts": 0,
+        }
+
+    # credits -----------------------------------------------------------------------------
+
+    def _import_credits(self) -> None:
+        self.processed_users: set[int] = set()
+        chunk: list[Any] = []
+        last_user = None
+        for row in self.src.rows("credit", CREDIT_COLS, self.s.since, ["user_id", "created_at", "id"]):
+            if len(chunk) >= CHUNK and row.user_id != last_user:
+                self._credit_chunk(chunk)
+                chunk = []
+            chunk.append(row)
+            last_user = row.user_id
+        if chunk:
+            self._credit_chunk(chunk)
+        # users with no new credit row whose grants expired since the last import
+        due = [u for (u,) in self.conn.execute(
+            select(source_grant.c.user_id).distinct().where(source_grant.c.expired_at.is_(None),
+                                                             source_grant.c.expires_at.is_not(None),
+                                                             source_grant.c.expires_at <= self.s.as_of))
+            if u not in self.processed_users] if self.s.as_of else []
+        for start in range(0, len(due), 1000):
+            self._replay({u: [] for u in due[start:start + 1000]}, {})
+
+    def _credit_chunk(self, rows: list[Any]) -> None:
+        self.s.read["credit"] += len(rows)
+        self._lookup_users(str(r.user_id) for r in rows)
+        by_user: dict[int, list[Any]] = defaultdict(list)
+        for r in rows:
+            self._seen(_ts(r.created_at), _ts(r.updated_at))
+            by_user[self._user(r.user_id, _ts(r.created_at))].append(r)
+        # the task each consume paid for: by ai_task.credit_id, else by the metadata's taskId
+        consumes = [r for r in rows if str(r.transaction_type).lower() == "consume"]
+        meta_task = {}
+        for r in consumes:
+            m = _json(r.metadata)
+            if isinstance(m, dict) and m.get("taskId"):
+                meta_task[str(r.id)] = str(m["taskId"])
+        found = self.src.tasks_of_consumes([str(r.id) for r in consumes], sorted(set(meta_task.values())))
+        media_of = {str(t.id): str(t.media_type or "").lower() for t in found}
+        by_credit = {str(t.credit_id): str(t.id) for t in found if t.credit_id is not None}
+        task_ref = {}
+        for r in consumes:
+            ref = by_credit.get(str(r.id)) or meta_task.get(str(r.id))
+            task_ref[str(r.id)] = (ref, media_of.get(ref) if ref else None)
+        locals_ = {}
+        refs = sorted({ref for ref, media in task_ref.values() if ref and media in CATEGORY})
+        for start in range(0, len(refs), 1000):
+            locals_.update({ref: local for local, ref in self.conn.execute(
+                select(ai_task.c.id, ai_task.c.external_ref).where(ai_task.c.external_ref.in_(refs[start:start + 1000])))})
+        self.task_links = {cid: (ref, media, locals_.get(ref)) for cid, (ref, media) in task_ref.items()}
+        self._replay(by_user, self.task_links)
+        self.progress("credits", self.s.read["credit"])
+
+    def _load_grants(self, user_ids: list[int]) -> dict[str, _Grant]:
+        out = {}
+        for row in self.conn.execute(select(source_grant).where(source_grant.c.user_id.in_(user_ids))).mappings():
+            out[row["external_ref"]] = _Grant(
+                ref=row["external_ref"], local_id=row["id"], user_id=row["user_id"], credits=row["credits"],
+                remaining=row["remaining_credits"], replayed=row["replayed_remaining"], live=row["live"],
+                scene=row["scene"], status=row["status"], created_at=row["created_at"],
+                expires_at=row["expires_at"], expired_at=row["expired_at"], new=False, dirty=False)
+        return out
+
+    def _existing_keys(self, keys: list[str]) -> set[str]:
+        got = set()
+        for start in range(0, len(keys), 1000):
+            got.update(k for (k,) in self.conn.execute(select(credit_ledger.c.idempotency_key)
+                                                       .where(credit_ledger.c.idempotency_key.in_(keys[start:start + 1000]))))
+        return got
+
+    def _replay(self, by_user: dict[int, list[Any]], links: dict[str, Any]) -> None:
+        """Each user's new credit rows and due expiries as ledger entries in time order."""
+        users = sorted(by_user)
+        self.processed_users.update(users)
+        grants = self._load_grants(users)
+        balances = dict(self.conn.execute(select(account.c.id, account.c.balance).where(account.c.id.in_(users))).all())
+        keys = []
+        for rows in by_user.values():
+            for r in rows:
+                cid = str(r.id)
+                keys += [f"{SOURCE}:{k}:{cid}" for k in ("grant", "consume", "refund", "refund-again")]
+        done = self._existing_keys(keys)
+        entries: list[dict[str, Any]] = []
+        for user in users:
+            balances[user] = self._replay_user(user, by_user[user], grants, links, done, int(balances.get(user, 0)),
+                                               entries)
+        if entries:
+            self.conn.execute(insert(credit_ledger), entries)
+            self.s.written["credit_ledger"] += len(entries)
+        changed = [{"b_id": u, "balance": b} for u, b in balances.items()]
+        if changed:
+            from sqlalchemy import bindparam
+
+            self.conn.execute(update(account).where(account.c.id == bindparam("b_id"))
+                              .values(balance=bindparam("balance")), changed)
+        new = [g for g in grants.values() if g.new]
+        if new:
+            self.conn.execute(insert(source_grant), [self._grant_values(g) for g in new])
+            self.s.written["source_grant"] += len(new)
+        dirty = [dict(self._grant_values(g), b_id=g.local_id) for g in grants.values() if g.dirty and not g.new]
+        if dirty:
+            from sqlalchemy import bindparam
+
+            cols = ["remaining_credits", "replayed_remaining", "live", "status", "expires_at", "expired_at"]
+            self.conn.execute(update(source_grant).where(source_grant.c.id == bindparam("b_id"))
+                              .values({c: bindparam(c) for c in cols}), dirty)
+            self.s.updated["source_grant"] += len(dirty)
+
+    @staticmethod
+    def _grant_values(g: _Grant) -> dict[str, Any]:
+        return {"external_ref": g.ref, "user_id": g.user_id, "credits": g.credits, "remaining_credits": g.remaining,
+                "replayed_remaining": g.replayed, "live": g.live, "scene": g.scene, "status": g.status,
+                "created_at": g.created_at, "expires_at": g.expires_at, "expired_at": g.expired_at}
+
+    def _replay_user(self, user: int, rows: list[Any], grants: dict[str, _Grant], links: dict[str, Any],
+                     done: set[str], balance: int, entries: list[dict[str, Any]]) -> int:
+        events: list[tuple[datetime, int, str, str, Any]] = []  # (at, order, kind, ref, row)
+        deleted: list[Any] = []
+        for r in rows:
+            cid, kind = str(r.id), str(r.transaction_type or "").lower()
+            created = _ts(r.created_at) or _ts(r.updated_at) or datetime(1970, 1, 1)
+            if kind == "grant":
+                g = grants.get(cid)
+                if g is None:
+                    g = grants[cid] = _Grant(ref=cid, user_id=user, credits=_int(r.credits), replayed=0, live=0,
+                                             created_at=created, expired_at=None, new=True)
+                g.remaining = _int(r.remaining_credits)
+                g.status = str(r.status or "active")[:20]
+                g.scene = str(r.transaction_scene)[:50] if r.transaction_scene else None
+                g.expires_at = _ts(r.expires_at)
+                g.dirty = True
+                if f"{SOURCE}:grant:{cid}" not in done:
+                    events.append((created, 0, "grant", cid, r))
+            elif kind == "consume":
+                if f"{SOURCE}:consume:{cid}" not in done:
+                    events.append((created, 1, "consume", cid, r))
+                if str(r.status or "").lower() == "deleted":
+                    deleted.append(r)
+                    if f"{SOURCE}:refund:{cid}" not in done:
+                        at = _ts(r.deleted_at) or _ts(r.updated_at) or created
+                        events.append((max(at, created), 2, "refund", cid, r))
+            else:
+                self.s.apart[f"credit rows of type {kind or 'none'}"] += 1
+        as_of = self.s.as_of
+        for g in grants.values():
+            if g.user_id != user or g.expired_at is not None:
+                continue
+            ends = g.expires_at
+            if ends is None and str(g.status or "").lower() == "expired":
+                ends = as_of
+            if ends is not None and as_of is not None and ends <= as_of:
+                events.append((ends, 3, "expire", g.ref, None))
+        events.sort(key=lambda e: (e[0], e[1], e[3]))
+
+        def entry(kind: str, amount: int, at: datetime, key: str, sources: list[str], note: str,
+                  task_id: int | None = None) -> None:
+            nonlocal balance
+            balance += amount
+            entries.append({"user_id": user, "entry_type": kind, "amount": amount, "balance_after": balance,
+                            "task_id": task_id, "chat_message_id": None, "idempotency_key": key, "created_at": at,
+                            "note": note, "support": False, "derived_from": json.dumps(sources)})
+
+        def put_back(r: Any, at: datetime, key_kind: str, note: str) -> None:
+            cid = str(r.id)
+            amount = abs(_int(r.credits)) or sum(n for _g, n in draws(r.consumed_detail))
+            if amount <= 0:
+                return
+            ref, _media, local = links.get(cid, (None, None, None))
+            lost, names = 0, []
+            for gref, n in draws(r.consumed_detail) or []:
+                g = grants.get(gref)
+                names.append(f"credit/{gref}")
+                if g is None:
+                    continue
+                g.replayed += n
+                g.dirty = True
+                if g.expired_at is not None:
+                    lost += n
+                else:
+                    g.live += n
+            sources = [f"credit/{cid}", *names] + ([f"ai_task/{ref}"] if ref else [])
+            entry(EntryType.REFUND.value, amount, at, f"{SOURCE}:{key_kind}:{cid}", sources, note, local)
+            if lost and min(lost, balance) > 0:
+                entry(EntryType.EXPIRE.value, -min(lost, balance), at, f"{SOURCE}:lost-refund:{key_kind}:{cid}",
+                      sources, f"refunded onto grant(s) that had already expired: {lost} credits lost", local)
+
+        for at, _order, kind, ref, r in events:
+            if kind == "grant":
+                g = grants[ref]
+                g.replayed += g.credits
+                g.live += g.credits
+                if g.credits > 0:
+                    entry(EntryType.GRANT.value, g.credits, at, f"{SOURCE}:grant:{ref}", [f"credit/{ref}"],
+                          f"grant ({g.scene or 'unspecified'})")
+            elif kind == "consume":
+                cost = abs(_int(r.credits)) or sum(n for _g, n in draws(r.consumed_detail))
+                names = []
+                for gref, n in draws(r.consumed_detail):
+                    names.append(f"credit/{gref}")
+                    g = grants.get(gref)
+                    if g is not None:
+                        g.replayed -= n
+                        g.live -= n
+                        g.dirty = True
+                tref, media, local = links.get(ref, (None, None, None))
+                sources = [f"credit/{ref}", *names]
+                note = "consume"
+                if tref and media == "text":
+                    sources.append(f"text_task/{tref}")
+                    note = "consume for a text task (not a generation task)"
+                elif tref:
+                    sources.append(f"ai_task/{tref}")
+                    if local is None:
+                        note = f"consume for task {tref}, which the source does not have"
+                else:
+                    note = "consume naming no task"
+                charged = min(cost, balance)
+                if charged < cost:
+                    note += f"; {cost - charged} credits beyond the user's balance not recorded here (see source_grant)"
+                    self.s.apart["consume credits beyond the balance"] += cost - charged
+                if charged > 0:
+                    entry(EntryType.CONSUME.value, -charged, at, f"{SOURCE}:consume:{ref}", sources, note, local)
+            elif kind == "refund":
+                put_back(r, at, "refund", "refund (the consume row set to deleted)")
+            elif kind == "expire":
+                g = grants[ref]
+                left = min(max(0, g.live), balance)
+                g.live -= left
+                g.expired_at = at
+                g.dirty = True
+                if left > 0:
+                    entry(EntryType.EXPIRE.value, -left, at, f"{SOURCE}:expire:{ref}", [f"credit/{ref}"],
+                          "credits left on the grant when it expired")
+        # credits a grant shows put back once more than its history explains: a task refunded twice
+        for r in deleted:
+            cid = str(r.id)
+            if f"{SOURCE}:refund-again:{cid}" in done:
+                continue
+            pairs = draws(r.consumed_detail)
+            if pairs and all(gref in grants and grants[gref].remaining - grants[gref].replayed >= n
+                             for gref, n in pairs):
+                at = (_ts(r.deleted_at) or _ts(r.updated_at) or _ts(r.created_at)) + timedelta(microseconds=1)
+                put_back(r, at, "refund-again", "credits put back onto the grant(s) a second time")
+        return balance
+
+    # the record of the import -----------------------------------------------------------------
+
+    def _finish(self, previous: dict[str, Any] | None) -> None:
+        values = {"source": self.s.source, "not_recorded": list(NOT_RECORDED), "watermark": self.watermark,
+                  "as_of": self.s.as_of, "imported_at": datetime.now(UTC).replace(tzinfo=None),
+                  "imports": int(previous["imports"]) + 1 if previous else 1, "summary": self.s.to_dict()}
+        if previous:
+            self.conn.execute(update(data_source).where(data_source.c.key == SOURCE).values(**values))
+        else:
+            self.conn.execute(insert(data_source).values(key=SOURCE, **values))
+        self.s.watermark = self.watermark
+        if self.conn.dialect.name == "postgresql":
+            for t in (account, ai_task, credit_ledger, source_grant):
+                self.conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{t.name}', 'id'), "
+                                       f"GREATEST((SELECT max(id) FROM {t.name}), 1))"))
+
+
+assert set(NOT_RECORDED) <= set(FACTS)
+assert schema.data_source is data_source
+
+
+def stderr_progress(stage: str, n: int) -> None:
+    """A progress line on standard error, rewritten in place."""
+    sys.stderr.write(f"\r    {stage}: {n:,} rows read")
+    sys.stderr.flush()
