@@ -206,7 +206,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), default=str, indent=2))
     elif report.ok:
         print(f"audit: no violations ({len(report.checked)} checks)")
-    else:
+    if not args.json:
+        for kind, said in report.not_recorded.items():
+            print(f"{kind}: not judged; {said}")
+    if not args.json and not report.ok:
         for f in report.findings:
             print(f"{f.kind}: {f.message}")
             for row in f.rows[:5]:

@@ -40,6 +40,8 @@ from sqlalchemy import Text as SAText
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import rules, rules_sql
+from .sources import facts as source_facts
+from .sources import findings as source_findings
 from .db import add_missing_columns
 from .domain import (
     INSUFFICIENT_CREDITS,
@@ -90,6 +92,7 @@ AUDIT_KINDS: dict[str, str] = {
     "chat_reserve_not_settled": "Chat reserve not settled",
     "chat_overcharge": "Chat charged more than reserved",
     "chat_refund_mismatch": "Chat settlement does not net to the charge",
+    **source_findings.KINDS,  # found only in a database imported from a production source
 }
 
 
@@ -116,6 +119,8 @@ class AuditReport:
     policy: str
     checked: list[str] = field(default_factory=list)
     now_why: str = ""  # why ages were judged at `now` (clock.judging_now)
+    # kinds not judged because the database's source never recorded their facts: kind -> what to say
+    not_recorded: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -135,7 +140,8 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "total": self.total, "now": self.now.isoformat(), "now_why": self.now_why,
-                "policy": self.policy, "counts": self.counts(), "findings": [f.to_dict() for f in self.findings]}
+                "policy": self.policy, "counts": self.counts(), "findings": [f.to_dict() for f in self.findings],
+                "not_recorded": dict(self.not_recorded)}
 
 
 @dataclass(frozen=True)
@@ -326,7 +332,8 @@ def stuck_past_timeout(c: _Ctx) -> Select:
 
 def consume_without_task(c: _Ctx) -> Select:
     no_task = ~exists().where(T.c.id == L.c.task_id)
-    return select(*_LEDGER_COLS).where(_is_charge(), or_(L.c.task_id.is_(None), no_task))
+    return select(*_LEDGER_COLS).where(_is_charge(), or_(L.c.task_id.is_(None), no_task),
+                                       ~source_findings.text_task_charge())
 
 
 _MSG_COLS = (M.c.id.label("message_id"), M.c.session_id, chat_session.c.user_id, M.c.status, M.c.reserved_credits,
@@ -362,7 +369,8 @@ def chat_refund_mismatch(c: _Ctx) -> Select:
                    or_(net != -func.coalesce(M.c.charged_credits, 0), refunds > 1)))
 
 
-CHECKS: dict[str, Callable[[_Ctx], Select | None]] = {kind: globals()[kind] for kind in AUDIT_KINDS}
+CHECKS: dict[str, Callable[[_Ctx], Select | None]] = {
+    kind: source_findings.CHECKS.get(kind) or globals()[kind] for kind in AUDIT_KINDS}
 
 
 def _run(conn, q: Select, cap: int) -> tuple[int, list[dict[str, Any]]]:
@@ -402,7 +410,12 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     judged = reference_now(bind, now)
     at = judged.at
     ctx = _Ctx(policy, at, bind.dialect.name, chat_grace_s)
-    todo = [(k, q) for k in kinds or CHECKS if (q := CHECKS[k](ctx)) is not None]
+    facts = source_facts.source_facts(bind)
+    not_recorded = {k: facts.describe(source_facts.AUDIT_NEEDS[k]) for k in kinds or CHECKS
+                    if not facts.audit_kind_recorded(k)}
+    tables = set(inspect(bind).get_table_names())
+    todo = [(k, q) for k in kinds or CHECKS if k not in not_recorded
+            and (k != "grant_below_zero" or "source_grant" in tables) and (q := CHECKS[k](ctx)) is not None]
 
     def run(item: tuple[str, Select]) -> tuple[str, int, list[dict[str, Any]]]:
         with connect(bind) as conn:
@@ -415,7 +428,7 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     else:
         results = [run(item) for item in todo]
     findings = [Finding(k, f"{AUDIT_KINDS[k]}: {n}", n, found) for k, n, found in results if n]
-    report = AuditReport(findings, at, policy.name, [k for k, _ in todo], judged.why)
+    report = AuditReport(findings, at, policy.name, [k for k, _ in todo], judged.why, not_recorded)
     if keep and isinstance(bind, Engine):
         record_audit(bind, report, policy, duration_s=time.perf_counter() - started, mark=mark,
                      stored_by=stored_by)
@@ -490,7 +503,7 @@ class StoredAudit:
         findings = [Finding(f["kind"], f["message"], int(f["count"]), list(f.get("rows", [])))
                     for f in r.get("findings", [])]
         return AuditReport(findings, datetime.fromisoformat(r["now"]), r["policy"], list(r.get("counts", {})),
-                           r.get("now_why", ""))
+                           r.get("now_why", ""), dict(r.get("not_recorded", {})))
 
 
 def policy_key(policy: BillingPolicy) -> str:
