@@ -28,7 +28,9 @@ from .audit import CHAT_SETTLE_GRACE_S
 from .domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, NotFound, TaskStatus
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import ACTIVE_STATES, Bind, connect, jsonable, resolve_now, rows, task_detail
-from .schema import ai_task, chat_message, chat_session, credit_ledger
+from .schema import ai_task, chat_message, chat_session, credit_ledger, source_grant
+from .sources import findings as source_findings
+from .sources.facts import FACTS, NATIVE, NOT_RECORDED, SourceFacts, source_facts
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 _USER_ADVICE = {
@@ -121,11 +123,32 @@ def diagnose(bind: Bind, task_id: int, policy: BillingPolicy = DEFAULT_POLICY, n
     if t["status"] in ACTIVE_STATES and policy.stuck_for(t["category"]) <= _age_s(t, at) \
             < policy.timeout_for(t["category"]):  # stuck: is a named provider incident on it?
         detail = {**detail, "provider_incident": provider_incident(bind, t["provider"], task_id, at)}
+    facts = source_facts(bind)
+    if facts.imported:
+        detail = {**detail, "facts": facts, "source_grants": source_grants_of(bind, detail["ledger"])}
     diag = checklist_for_task(detail, policy, at)
     if with_signals:
         t = detail["task"]
         diag.signals = recheck_signals(bind, t["user_id"], policy, at, prompt=t["prompt"])
     return diag
+
+
+def source_grants_of(bind: Bind, ledger: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The source grants (source_grant rows) the task's derived ledger rows name."""
+    import json
+
+    refs: set[str] = set()
+    for e in ledger:
+        try:
+            names = json.loads(e.get("derived_from") or "[]")
+        except ValueError:
+            continue
+        refs.update(n.split("/", 1)[1] for n in names if isinstance(n, str) and n.startswith("credit/"))
+    if not refs:
+        return []
+    with connect(bind) as conn:
+        return rows(conn.execute(select(*source_grant.c).where(source_grant.c.external_ref.in_(sorted(refs)))
+                                 .order_by(source_grant.c.id)))
 
 
 def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) -> Diagnosis:
@@ -141,17 +164,20 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
     age_s = _age_s(t, now)
     stuck_s, timeout_s = policy.stuck_for(t["category"]), policy.timeout_for(t["category"])
     events = d["events"]
+    facts: SourceFacts = d.get("facts") or NATIVE
 
     items = [
         _type_item(t, d.get("chat_message"), [e for e in d["ledger"] if e["task_id"] != tid]),
         _credits_item(t, consumes, for_credits),
-        _callbacks_item(d["callbacks"]),
-        _polling_item(events, status, age_s, stuck_s),
+        _unrecorded("callbacks", facts) or _callbacks_item(d["callbacks"]),
+        _unrecorded("polling", facts) or _polling_item(events, status, age_s, stuck_s),
         _history_item(t, events, age_s),
-        _notification_item(t, d["notifications"], for_credits),
+        _unrecorded("notification", facts) or _notification_item(t, d["notifications"], for_credits),
         _failure_item(t),
         _refund_item(t, policy, consumes, refunds, charged, refunded),
     ]
+    if facts.imported:
+        items.append(_source_item(t, mine, d.get("source_grants") or [], facts))
     reads = _stuck_reads(t, events, stuck_s, d.get("provider_incident"))
     verdict, action, how = _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
                                     reads)
@@ -217,6 +243,53 @@ def _credits_item(t, consumes, for_credits) -> ChecklistItem:
     when = f"before submission at {_when(sub)}" if sub else "not submitted upstream"
     return ChecklistItem("credits", q, f"Yes: {-c['amount']} credits consumed at {_when(c['created_at'])}, {when}.",
                          OK, consumes)
+
+
+_FACT_OF_ITEM = {
+    "callbacks": ("callbacks", "Did the provider call back, and what was each callback's verdict?"),
+    "polling": ("timeline", "What did polling and upstream re-checks find?"),
+    "notification": ("notifications", "Was the user notified of the outcome?"),
+}
+
+
+def _unrecorded(key: str, facts: SourceFacts) -> ChecklistItem | None:
+    """The item for a fact the database's source never recorded: said so, neither failed nor hidden."""
+    fact, q = _FACT_OF_ITEM[key]
+    if facts.has(fact):
+        return None
+    return ChecklistItem(key, q, f"{NOT_RECORDED[0].upper()}{NOT_RECORDED[1:]} ({facts.source}): "
+                         f"{FACTS[fact]}.", INFO)
+
+
+def _source_item(t, mine, grants, facts: SourceFacts) -> ChecklistItem:
+    """The findings only an imported source can have, answered for this task."""
+    q = f"Does the source's own record ({facts.source}) show a problem with this task's credits?"
+    said, bad = [], []
+    consumes = [e for e in mine if e["entry_type"] == EntryType.CONSUME]
+    refunds = [e for e in mine if e["entry_type"] == EntryType.REFUND]
+    lost = [e for e in mine if e["entry_type"] == EntryType.EXPIRE and ":lost-refund:" in str(e["idempotency_key"])]
+    if t["status"] == TaskStatus.FAILED and t["error_code"] == source_findings.CANCELED and consumes and not refunds:
+        said.append(f"canceled and not refunded: {-sum(e['amount'] for e in consumes)} credits kept")
+        bad += consumes
+    if lost:
+        said.append(f"refunded onto a grant that had already expired: {-sum(e['amount'] for e in lost)} "
+                    "credits lost to the user")
+        bad += lost
+    if len(refunds) > 1:
+        said.append(f"refunded {len(refunds)} times")
+        bad += refunds
+    if t["status"] == TaskStatus.SUCCESS and not t["result_urls"]:
+        said.append("success with no output")
+    below = [g for g in grants if g["remaining_credits"] < 0]
+    if below:
+        said.append("drew on a grant the source shows below zero (" + ", ".join(
+            f"{g['external_ref']}: {g['remaining_credits']}" for g in below) + ")")
+        bad += below
+    if not said:
+        return ChecklistItem("source", q, "No: none of the source's own findings (canceled not refunded, refund "
+                             "onto an expired grant, refunded twice, success with no output, grant below zero) "
+                             "applies.", OK, grants)
+    return ChecklistItem("source", q, "Yes: " + "; ".join(said) + ".", FAIL, bad or grants)
 
 
 def _callbacks_item(callbacks) -> ChecklistItem:

@@ -82,3 +82,21 @@ def source_facts(bind: Bind) -> SourceFacts:
 
         missing = json.loads(missing)
     return SourceFacts(row.key, row.source, frozenset(str(f) for f in missing or ()))
+
+
+def external_refs(bind: Bind, kind: str, ids: list[int]) -> dict[int, str]:
+    """Our id -> the source's original id, for tasks (`kind` "task") or accounts ("user"); ids
+    with none (rows this project wrote, or a database older than the column) are left out."""
+    from ..schema import account, ai_task
+
+    table = {"task": ai_task, "user": account}[kind]
+    wanted = sorted({int(i) for i in ids if i is not None})
+    out: dict[int, str] = {}
+    with connect(bind) as conn:
+        if "external_ref" not in {c["name"] for c in inspect(conn).get_columns(table.name)}:
+            return out
+        for start in range(0, len(wanted), 1000):
+            out.update({int(i): str(ref) for i, ref in conn.execute(
+                select(table.c.id, table.c.external_ref).where(table.c.id.in_(wanted[start:start + 1000]),
+                                                               table.c.external_ref.is_not(None)))})
+    return out
