@@ -205,3 +205,122 @@ def upsert_changed(engine: Engine, tasks: list[dict[str, Any]], credits: list[di
             for r in rows:
                 conn.execute(update(table).where(table.c.id == r["id"]).values(
                     {k: v for k, v in r.items() if k != "id"}))
+
+
+# --- a scenario's run in the template's shape -------------------------------------------------
+
+MEDIA_OF = {"image": "image", "video": "video", "audio": "music"}
+
+
+@dataclass
+class ShapeSummary:
+    """What `run --shape shipany` wrote, beside the run's own summary."""
+
+    run: Any  # the RunSummary of the run the rows come from
+    rows: dict[str, int]
+    refused: int  # generations the template refused: too few unexpired credits
+    canceled: int
+    gift_expiry_days: float | None
+
+    @property
+    def ok(self) -> bool:
+        return self.run.ok
+
+    def render_text(self) -> str:
+        rows = ", ".join(f"{n:,} {t}" for t, n in self.rows.items())
+        expiry = f"{self.gift_expiry_days:g} days" if self.gift_expiry_days else "never"
+        return (self.run.render_text() + f"\nShipAny shape: {rows}; {self.refused:,} generation(s) refused for too "
+                f"few unexpired credits, {self.canceled:,} reported canceled (not refunded); sign-up gifts expire: "
+                f"{expiry}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.run.to_dict(), "shipany": {"rows": self.rows, "refused": self.refused,
+                                                  "canceled": self.canceled,
+                                                  "gift_expiry_days": self.gift_expiry_days}}
+
+
+def run_shipany(scenario: Any, db_url: str, *, seed: int | None = None, tasks: int | None = None,
+                force: bool = False, progress: Any = None) -> ShapeSummary:
+    """Run `scenario` (the ordinary run, into a temporary database of its own) and write what it
+    did into `db_url` in the ShipAny template's schema by the template's credit code paths: users
+    with their paid packs (starting balance, top-ups) and sign-up gift, every generation that
+    reached the provider, its outcome, the FIFO consumes and the refunds of failures."""
+    import tempfile
+    from datetime import timedelta
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from rivya_core import schema as contract
+    from rivya_core.db import make_engine, sqlite_path
+    from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
+    from rivya_core.targets import ensure_fresh
+
+    from .runner import run_scenario
+
+    ensure_fresh(db_url, force=force, command="run --shape shipany")
+    days = scenario.policy.credit_expiry_days
+    gift = scenario.grants.signup_gift
+    with tempfile.TemporaryDirectory(prefix="rivya-shipany-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'run.db'}"
+        summary = run_scenario(scenario, url, seed=seed, tasks=tasks, progress=progress)
+        engine = make_engine(url, read_only=True)
+        with engine.connect() as conn:
+            accounts = list(conn.execute(select(contract.account).order_by(contract.account.c.id)).mappings())
+            grants = list(conn.execute(select(contract.credit_ledger).where(
+                contract.credit_ledger.c.entry_type == EntryType.GRANT.value).order_by(contract.credit_ledger.c.id))
+                .mappings())
+            tasks_ = list(conn.execute(select(contract.ai_task).order_by(contract.ai_task.c.id)).mappings())
+        engine.dispose()
+    rng = random.Random(f"{summary.seed}:shipany")
+    w = ShipAnyWriter(rng)
+    uid = {}
+    events: list[tuple[datetime, int, int, str, Any]] = []  # (at, order, seq, kind, row)
+    for a in accounts:
+        uid[a["id"]] = w.add_user(a["name"], a["email"], a["created_at"])
+        if gift:
+            expires = a["created_at"] + timedelta(days=days) if days else None
+            w.grant(uid[a["id"]], gift, "gift", a["created_at"], expires)
+    for g in grants:
+        events.append((g["created_at"], 0, g["id"], "grant", g))
+    for t in tasks_:
+        if t["error_code"] == INSUFFICIENT_CREDITS or not t["upstream_task_id"]:
+            continue  # the template checks credits, then calls the provider: neither leaves a row
+        events.append((t["submitted_at"] or t["created_at"], 1, t["id"], "start", t))
+        if t["status"] in (TaskStatus.SUCCESS, TaskStatus.FAILED) and t["finished_at"] is not None:
+            events.append((t["finished_at"], 2, t["id"], "end", t))
+    events.sort(key=lambda e: (e[0], e[1], e[2]))
+    started: dict[int, str] = {}
+    canceled = 0
+    for at, _order, _seq, kind, row in events:
+        if kind == "grant":
+            w.grant(uid[row["user_id"]], int(row["amount"]), "payment", at)
+        elif kind == "start":
+            tid = w.generate(uid[row["user_id"]], media_type=MEDIA_OF.get(row["category"], "image"),
+                             provider=row["provider"], model=row["model"], prompt=row["prompt"],
+                             options=row["params"] if isinstance(row["params"], dict) else {},
+                             cost=int(row["reserved_credits"]), at=at, upstream_id=row["upstream_task_id"])
+            if tid is not None:
+                started[row["id"]] = tid
+        elif row["id"] in started:
+            tid = started[row["id"]]
+            if row["status"] == TaskStatus.SUCCESS:
+                w.succeed(tid, list(row["result_urls"] or []), at)
+            elif rng.random() < scenario.grants.canceled_fraction:
+                w.cancel(tid, at)
+                canceled += 1
+            else:
+                w.fail(tid, row["error_code"] or "failed", row["error_message"] or "", at)
+    end = max((e[0] for e in events), default=None)
+    if end is not None:
+        w.expire_due(end)
+    target = make_engine(db_url)
+    try:
+        path = sqlite_path(db_url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        create_schema(target)
+        rows = w.flush(target)
+    finally:
+        target.dispose()
+    return ShapeSummary(summary, rows, w.refused, canceled, days)
