@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Engine, Integer, MetaData, Table, Text, insert, update
 
-from rivya_core.db import Prepared
+from rivya_core.stores.rows import Prepared
 
 metadata = MetaData()
 
@@ -251,8 +251,8 @@ def run_shipany(scenario: Any, db_url: str, *, seed: int | None = None, tasks: i
 
     from sqlalchemy import select
 
-    from rivya_core import schema as contract
-    from rivya_core.db import make_engine, sqlite_path
+    from rivya_core.stores import schema as contract
+    from rivya_core.stores.db import make_engine, sqlite_path
     from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
     from rivya_core.targets import ensure_fresh
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import inspect, select
 
-from ..queries import Bind, connect
-from ..schema import data_source
+from ..read.queries import Bind, connect
+from ..stores.schema import data_source
 
 NOT_RECORDED = "not recorded by this source"
 
@@ -87,7 +87,7 @@ def source_facts(bind: Bind) -> SourceFacts:
 def external_refs(bind: Bind, kind: str, ids: list[int]) -> dict[int, str]:
     """Our id -> the source's original id, for tasks (`kind` "task") or accounts ("user"); ids
     with none (rows this project wrote, or a database older than the column) are left out."""
-    from ..schema import account, ai_task
+    from ..stores.schema import account, ai_task
 
     table = {"task": ai_task, "user": account}[kind]
     wanted = sorted({int(i) for i in ids if i is not None})

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Select, and_, exists, select
 
 from ..domain import EntryType, TaskStatus
-from ..schema import ai_task, credit_ledger, source_grant
+from ..stores.schema import ai_task, credit_ledger, source_grant
 
 CANCELED = "upstream_canceled"
 LOST_REFUND_KEY = "%:lost-refund:%"

@@ -46,10 +46,10 @@ from typing import Any
 from sqlalchemy import Engine, func, inspect, insert, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from .. import schema
-from ..db import init_db, make_engine, normalize_url, safe_url, sqlite_path
+from ..stores import schema
+from ..stores.db import init_db, make_engine, normalize_url, safe_url, sqlite_path
 from ..domain import EntryType, RivyaError, StoreUnavailable, TaskStatus
-from ..schema import account, ai_task, credit_ledger, data_source, source_grant
+from ..stores.schema import account, ai_task, credit_ledger, data_source, source_grant
 from ..targets import TargetOccupied, ensure_fresh, occupied
 from .facts import FACTS
 from .mapping import SourceMap, load_map
@@ -320,7 +320,7 @@ def _prepare_target(into: str, *, force: bool, dry_run: bool) -> tuple[Engine, d
     if not dry_run or reason is None:
         init_db(engine)
     else:
-        from ..db import require_schema
+        from ..stores.db import require_schema
 
         require_schema(engine, into)
     return engine, previous

@@ -9,11 +9,11 @@ import json
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from rivya_core import schema
+from rivya_core.stores import schema
 from rivya_core.__main__ import main as rivya_main
 from rivya_core.audit import audit
-from rivya_core.db import make_engine
-from rivya_core.diagnose import diagnose
+from rivya_core.stores.db import make_engine
+from rivya_core.read.diagnose import diagnose
 from rivya_core.sources.facts import source_facts
 from rivya_core.sources.shipany import import_shipany
 from simulations.scenarios import load_scenario
@@ -275,7 +275,7 @@ def test_a_target_holding_other_data_is_refused(tmp_path, capsys):
     src = f"sqlite:///{tmp_path / 'src.db'}"
     build_source(src, w)
     other = tmp_path / "other.db"
-    from rivya_core.db import init_db
+    from rivya_core.stores.db import init_db
 
     engine = make_engine(f"sqlite:///{other}")
     init_db(engine)
