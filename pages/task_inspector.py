@@ -203,8 +203,8 @@ with show_errors():
             st.warning(f"Task {task_id} does not exist in this database.")
             st.stop()
         task, acct = detail["task"], detail["account"] or {}
-        original = f" (original id {task['external_ref']})" if task.get("external_ref") else ""
-        st.header(f"Task #{task_id}{plain(original)} — {plain(task['status'])}")
+        original = f" · original id {plain(task['external_ref'])}" if task.get("external_ref") else ""
+        st.header(f"Task #{task_id}{original} — {plain(task['status'])}")
         c1, c2, c3, c4 = st.columns(4)  # metric labels, values and help are all Markdown
         c1.metric("Status", plain(task["status"]))
         c2.metric("Model", plain(task["model"]), help=f"category {plain(task['category'])}, "
