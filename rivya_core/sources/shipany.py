@@ -47,6 +47,7 @@ from sqlalchemy import Engine, func, inspect, insert, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from ..stores import schema
+from ..stores.rows import Prepared
 from ..stores.db import init_db, make_engine, normalize_url, safe_url, sqlite_path
 from ..domain import EntryType, RivyaError, StoreUnavailable, TaskStatus
 from ..stores.schema import account, ai_task, credit_ledger, data_source, source_grant
@@ -376,6 +377,18 @@ class _Importer:
         self.next_task = self._next_id(ai_task)
         self.emails: set[str] = set()
         self.watermark = summary.watermark
+        self._prepared: dict[tuple, Prepared] = {}
+
+    def _insert(self, table: Any, rows: list[dict[str, Any]]) -> None:
+        """Rows of one shape inserted as the driver's executemany, through the same bind processors
+        (stores.rows.Prepared): a million-task import spends its time on the rows, not on building
+        each insert's parameters."""
+        key = (table.name, tuple(rows[0]))
+        stmt = self._prepared.get(key)
+        if stmt is None:
+            stmt = self._prepared[key] = Prepared(insert(table), self.conn.dialect, list(rows[0]))
+        for start in range(0, len(rows), CHUNK):
+            stmt.run(self.conn, rows[start:start + CHUNK])
 
     def _next_id(self, table: Any) -> int:
         return int(self.conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar()) + 1
@@ -437,7 +450,7 @@ class _Importer:
                         "created_at": created or datetime(1970, 1, 1), "balance": 0, "external_ref": ref})
             self.next_account += 1
         if new:
-            self.conn.execute(insert(account), new)
+            self._insert(account, new)
             self.s.written["account"] += len(new)
         if changed:
             from sqlalchemy import bindparam
@@ -503,7 +516,7 @@ class _Importer:
                 values["user_id"] = self._user(r.user_id, created)
                 new.append(values)
         if new:
-            self.conn.execute(insert(ai_task), new)
+            self._insert(ai_task, new)
             self.s.written["ai_task"] += len(new)
         if changed:
             from sqlalchemy import bindparam
@@ -631,7 +644,7 @@ class _Importer:
             balances[user] = self._replay_user(user, by_user[user], grants, links, done, int(balances.get(user, 0)),
                                                entries)
         if entries:
-            self.conn.execute(insert(credit_ledger), entries)
+            self._insert(credit_ledger, entries)
             self.s.written["credit_ledger"] += len(entries)
         changed = [{"b_id": u, "balance": b} for u, b in balances.items()]
         if changed:
@@ -641,7 +654,7 @@ class _Importer:
                               .values(balance=bindparam("balance")), changed)
         new = [g for g in grants.values() if g.new]
         if new:
-            self.conn.execute(insert(source_grant), [self._grant_values(g) for g in new])
+            self._insert(source_grant, [self._grant_values(g) for g in new])
             self.s.written["source_grant"] += len(new)
         dirty = [dict(self._grant_values(g), b_id=g.local_id) for g in grants.values() if g.dirty and not g.new]
         if dirty:
