@@ -271,15 +271,18 @@ class ReadOnlySource:
         return t.isoformat(" ") if self.engine.dialect.name == "sqlite" else t
 
     def tasks_of_consumes(self, consume_ids: list[str], task_ids: list[str]) -> list[Any]:
-        """(id, media_type, credit_id) of the source's tasks paid by these consume rows or with these ids."""
+        """(id, media_type, credit_id) of the source's tasks with these ids (a consume's metadata names
+        its task: primary-key lookups), then of those paid by the consume rows no such task claims
+        (`credit_id`, which the template may not index: asked only for those few)."""
         t, labelled = self._table("ai_task", ["id", "media_type", "credit_id"])
         cid, tid = (t.c[self.smap.column_name("ai_task", c)] for c in ("credit_id", "id"))
         out = []
-        for start in range(0, max(len(consume_ids), len(task_ids)), 1000):
-            a, b = consume_ids[start:start + 1000], task_ids[start:start + 1000]
-            conds = ([cid.in_(a)] if a else []) + ([tid.in_(b)] if b else [])
-            if conds:
-                out += list(self.conn.execute(select(*labelled).where(or_(*conds))))
+        for start in range(0, len(task_ids), 1000):
+            out += list(self.conn.execute(select(*labelled).where(tid.in_(task_ids[start:start + 1000]))))
+        claimed = {str(r.credit_id) for r in out if r.credit_id is not None}
+        rest = [c for c in consume_ids if c not in claimed]
+        for start in range(0, len(rest), 1000):
+            out += list(self.conn.execute(select(*labelled).where(cid.in_(rest[start:start + 1000]))))
         return out
 
 
