@@ -40,6 +40,9 @@ _USER_ADVICE = {
     "nsfw": "tell the user to rephrase the prompt (content policy)",
     "moderation": "tell the user to rephrase the prompt (moderation)",
     "reference_too_large": "tell the user to upload a smaller reference file",
+    # an imported source's cancel (rivya_core.sources): its credits were kept, as the template keeps them
+    "upstream_canceled": "tell the user the task was canceled upstream; its credits were kept (a support "
+                         "refund gives them back)",
 }
 
 
