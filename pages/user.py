@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from pages._cache import cached_df
-from pages._imported import not_recorded_note
 from pages._fork import fork_button
+from pages._imported import not_recorded_note
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table, verdict_box
 from pages._source import enter_page, open_db

@@ -40,8 +40,6 @@ from sqlalchemy import Text as SAText
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import rules, rules_sql
-from .sources import facts as source_facts
-from .sources import findings as source_findings
 from .domain import (
     INSUFFICIENT_CREDITS,
     ChatStatus,
@@ -53,6 +51,8 @@ from .domain import (
 )
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .read.queries import ACTIVE_STATES, TERMINAL_STATES, Bind, connect, jsonable, reference_now
+from .sources import facts as source_facts
+from .sources import findings as source_findings
 from .stores.db import add_missing_columns
 from .stores.schema import (
     account,

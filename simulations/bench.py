@@ -645,7 +645,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print(json.dumps(run_mode(a.child, a.tasks, a.workdir)))
         return 0
     if a.import_tasks:
-        from .bench_import import bench_import, render as render_import
+        from .bench_import import bench_import
+        from .bench_import import render as render_import
 
         rep = bench_import(a.import_tasks)
         print(json.dumps(rep, indent=1) if a.json else render_import(rep))

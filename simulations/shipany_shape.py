@@ -251,9 +251,9 @@ def run_shipany(scenario: Any, db_url: str, *, seed: int | None = None, tasks: i
 
     from sqlalchemy import select
 
+    from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
     from rivya_core.stores import schema as contract
     from rivya_core.stores.db import make_engine, sqlite_path
-    from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
     from rivya_core.targets import ensure_fresh
 
     from .runner import run_scenario

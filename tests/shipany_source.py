@@ -91,7 +91,7 @@ def hand_written(writer: ShipAnyWriter | None = None) -> tuple[ShipAnyWriter, Pl
     ann = w.add_user("Ann", "ann@example.com", T0)
     bob = w.add_user("Bob", "bob@example.com", T0)
     cy = w.add_user("Cy", "cy@example.com", T0)
-    gift = w.grant(ann, 40, "gift", T0, expires_at=T0 + 24 * h)
+    w.grant(ann, 40, "gift", T0, expires_at=T0 + 24 * h)
     w.grant(ann, 200, "payment", T0 + h)
     w.grant(bob, 100, "payment", T0)
     w.grant(bob, 30, "gift", T0, expires_at=T0 + 2 * h)  # lapses unused: an ordinary expiry

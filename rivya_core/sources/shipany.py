@@ -43,13 +43,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, inspect, insert, or_, select, text, update
+from sqlalchemy import Engine, func, insert, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from ..stores import schema
-from ..stores.rows import Prepared
-from ..stores.db import init_db, make_engine, normalize_url, safe_url, sqlite_path
 from ..domain import EntryType, RivyaError, StoreUnavailable, TaskStatus
+from ..stores import schema
+from ..stores.db import init_db, make_engine, normalize_url, safe_url, sqlite_path
+from ..stores.rows import Prepared
 from ..stores.schema import account, ai_task, credit_ledger, data_source, source_grant
 from ..targets import TargetOccupied, ensure_fresh, occupied
 from .facts import FACTS
@@ -205,7 +205,7 @@ class ReadOnlySource:
 
     def __init__(self, engine: Engine, smap: SourceMap):
         self.engine, self.smap = engine, smap
-        self.conn = None
+        self.conn: Any = None
 
     def __enter__(self) -> ReadOnlySource:
         conn = self.engine.connect()
@@ -247,13 +247,13 @@ class ReadOnlySource:
 
     def latest(self) -> datetime | None:
         """The source's own latest time: the newest created_at or updated_at of its tasks and credits."""
-        seen = []
+        seen: list[datetime | None] = []
         for logical in ("ai_task", "credit"):
             t, _ = self._table(logical, ["created_at", "updated_at"])
             for c in ("created_at", "updated_at"):
                 seen.append(_ts(self.conn.execute(select(func.max(t.c[self.smap.column_name(logical, c)]))).scalar()))
-        seen = [s for s in seen if s is not None]
-        return max(seen) if seen else None
+        known = [s for s in seen if s is not None]
+        return max(known) if known else None
 
     def rows(self, logical: str, cols: list[str], since: datetime | None, order: list[str]) -> Iterator[Any]:
         t, labelled = self._table(logical, cols)
@@ -347,8 +347,9 @@ def import_shipany(source: str, into: str, *, since: datetime | None = None, map
             src.check()
             tgt, previous = _prepare_target(into, force=force, dry_run=dry_run)
             try:
-                if since is None and previous and previous.get("watermark"):
-                    since = _ts(previous["watermark"]) - OVERLAP
+                mark = _ts(previous.get("watermark")) if previous else None
+                if since is None and mark is not None:
+                    since = mark - OVERLAP
                 summary = ImportSummary(safe_url(normalize_url(source)), safe_url(normalize_url(into)), since,
                                         src.latest(), _ts(previous["watermark"]) if previous else None, dry_run)
                 with tgt.begin() as conn:
@@ -363,13 +364,24 @@ def import_shipany(source: str, into: str, *, since: datetime | None = None, map
     return summary
 
 
+@dataclass
 class _Grant:
-    __slots__ = ("ref", "local_id", "user_id", "credits", "remaining", "replayed", "live", "scene", "status",
-                 "created_at", "expires_at", "expired_at", "new", "dirty")
+    """A source grant while its user's rows are replayed (mirrored in source_grant)."""
 
-    def __init__(self, **kw: Any):
-        for k in self.__slots__:
-            setattr(self, k, kw.get(k))
+    ref: str
+    user_id: int
+    credits: int
+    created_at: datetime
+    replayed: int = 0
+    live: int = 0
+    remaining: int = 0
+    local_id: int | None = None
+    scene: str | None = None
+    status: str = "active"
+    expires_at: datetime | None = None
+    expired_at: datetime | None = None
+    new: bool = False
+    dirty: bool = False
 
 
 class _Importer:
@@ -624,7 +636,7 @@ class _Importer:
         return out
 
     def _existing_keys(self, keys: list[str]) -> set[str]:
-        got = set()
+        got: set[str] = set()
         for start in range(0, len(keys), 1000):
             got.update(k for (k,) in self.conn.execute(select(credit_ledger.c.idempotency_key)
                                                        .where(credit_ledger.c.idempotency_key.in_(keys[start:start + 1000]))))
@@ -801,7 +813,8 @@ class _Importer:
             pairs = draws(r.consumed_detail)
             if pairs and all(gref in grants and grants[gref].remaining - grants[gref].replayed >= n
                              for gref, n in pairs):
-                at = (_ts(r.deleted_at) or _ts(r.updated_at) or _ts(r.created_at)) + timedelta(microseconds=1)
+                back = _ts(r.deleted_at) or _ts(r.updated_at) or _ts(r.created_at) or datetime(1970, 1, 1)
+                at = back + timedelta(microseconds=1)
                 put_back(r, at, "refund-again", "credits put back onto the grant(s) a second time")
         return balance
 

@@ -9,13 +9,13 @@ import json
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from rivya_core.stores import schema
 from rivya_core.__main__ import main as rivya_main
 from rivya_core.audit import audit
-from rivya_core.stores.db import make_engine
 from rivya_core.read.diagnose import diagnose
 from rivya_core.sources.facts import source_facts
 from rivya_core.sources.shipany import import_shipany
+from rivya_core.stores import schema
+from rivya_core.stores.db import make_engine
 from simulations.scenarios import load_scenario
 from simulations.shipany_shape import ShipAnyWriter, run_shipany
 from tests.conftest import _pg_reason, skip_or_fail_in_ci
@@ -199,9 +199,9 @@ def test_incremental_imports_write_nothing_twice(pg, tmp_path):
 
 
 def test_round_trip_run_shipany_import_audit_backtest(pg, tmp_path, capsys):
-    from simulations.__main__ import main as sim_main
-
     from dataclasses import replace
+
+    from simulations.__main__ import main as sim_main
 
     scenario = load_scenario("shipany_gifts")
     scenario = scenario.with_policy(replace(scenario.policy, credit_expiry_days=0.25))  # gifts lapse in 6 h
