@@ -839,7 +839,13 @@ assert set(NOT_RECORDED) <= set(FACTS)
 assert schema.data_source is data_source
 
 
+_STAGE: list[str] = []
+
+
 def stderr_progress(stage: str, n: int) -> None:
-    """A progress line on standard error, rewritten in place."""
+    """A progress line per stage on standard error (users, tasks, credits), rewritten in place."""
+    if _STAGE and _STAGE[-1] != stage:
+        sys.stderr.write("\n")
+    _STAGE[:] = [stage]
     sys.stderr.write(f"\r    {stage}: {n:,} rows read")
     sys.stderr.flush()
