@@ -264,7 +264,8 @@ class ReadOnlySource:
             q = q.where(changed >= self._param(since))
         q = q.order_by(*(t.c[self.smap.column_name(logical, c)] for c in order))
         result = self.conn.execution_options(stream_results=True, yield_per=CHUNK).execute(q)
-        yield from result
+        for part in result.partitions():
+            yield from part
 
     def _param(self, t: datetime) -> Any:
         # SQLite keeps times as text: compare text to text, in the same ISO layout
