@@ -27,7 +27,7 @@ with show_errors():
     imported = source_facts_of(engine)
     if imported.imported:
         st.caption(f"Imported from a {plain(imported.source)} database ({plain(imported.location or '')}): "
-                   "ids in brackets are the source's own. What it never recorded is not a violation:")
+                   "the source's own ids show beside ours. What it never recorded is not a violation:")
         not_recorded_note(engine, *sorted(imported.not_recorded))
     states = cached_df(reports.tasks_by_state)
     total = sum(states.values())

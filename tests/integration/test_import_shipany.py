@@ -289,3 +289,28 @@ def test_a_target_holding_other_data_is_refused(tmp_path, capsys):
     assert rivya_main(["import", "shipany", "--source", src, "--into", str(dry), "--dry-run"]) == 0
     assert not dry.exists()
     assert rivya_main(["import", "shipany", "--source", src, "--into", str(other), "--force"]) == 0
+
+
+def test_only_reads_reach_the_source_even_as_its_owner(pg, tmp_path):
+    """Every statement the importer sends to the source, through a role that could write, reads."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    w, _ = hand_written()
+    with pg_database() as url:
+        build_source(url, w)
+        dbname = url.rsplit("/", 1)[1]
+        sent: list[str] = []
+
+        def spy(conn, _cursor, statement, *_args):
+            if conn.engine.url.database == dbname:
+                sent.append(" ".join(statement.split()).upper())
+
+        event.listen(Engine, "before_cursor_execute", spy)
+        try:
+            import_shipany(url, f"sqlite:///{tmp_path / 'imported.db'}")
+        finally:
+            event.remove(Engine, "before_cursor_execute", spy)
+    assert sent and "SET TRANSACTION READ ONLY" in sent
+    writes = [s for s in sent if not s.startswith(("SELECT", "SET TRANSACTION READ ONLY", "SHOW", "WITH"))]
+    assert not writes, writes
