@@ -632,6 +632,9 @@ def _arguments(b: argparse.ArgumentParser) -> None:
                    "these comma-separated sizes (e.g. 10000,100000) into --dbs")
     b.add_argument("--dbs", default="sqlite,postgres", help="with --growth: sqlite, postgres or both")
     b.add_argument("--jobs", type=int, default=40, help="with --engine: jobs in the sweep (default 40)")
+    b.add_argument("--import", dest="import_tasks", type=number("tasks"), metavar="N",
+                   help="instead: build a ShipAny-style SQLite source of N tasks and time `import shipany` of it "
+                        "into SQLite, then an incremental import of 1%% new tasks")
     b.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     b.add_argument("--workdir", help=argparse.SUPPRESS)
 
@@ -641,6 +644,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if not a.workdir or not Path(a.workdir).is_dir():
             raise BenchError("--child needs the --workdir directory its parent made")
         print(json.dumps(run_mode(a.child, a.tasks, a.workdir)))
+        return 0
+    if a.import_tasks:
+        from .bench_import import bench_import
+        from .bench_import import render as render_import
+
+        rep = bench_import(a.import_tasks)
+        print(json.dumps(rep, indent=1) if a.json else render_import(rep))
         return 0
     if a.make_db:
         print(json.dumps(make_db(a.make_db, a.tasks, a.scenario, force=a.force)))
