@@ -43,8 +43,8 @@ from .buffer import StreamingStore
 from .clock import SimClock
 from .farm import Farm
 from .gctune import run_pace
-from .reads import NotificationReads
 from .paths import ROOT, runs_dir
+from .reads import NotificationReads
 from .scenarios import Scenario, ScenarioError, check_run_bounds, drain_seconds
 from .streams import Streams
 from .users import Population
