@@ -1,0 +1,8 @@
+"""`python -m simulations.benchmarks ...`: the bench command on its own (the lifecycle modes'
+child processes run through it)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
