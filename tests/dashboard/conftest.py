@@ -221,9 +221,33 @@ def browser():
 
 
 def settle(page) -> None:
-    """Wait until the script run has finished (Streamlit's running indicator gone)."""
+    """Wait until the script run has finished: the app says its script is not running (a widget
+    change marks it `rerunRequested` at once, before the running indicator shows) and the running
+    indicator is gone."""
     page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=120_000)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=120_000)
+
+
+def choose(page, label: str, option: str, *, exact: bool = True, timeout_s: float = 90) -> None:
+    """Pick `option` in the Streamlit selectbox labelled `label`. A click on a box that a rerun is
+    redrawing opens nothing, or the options it had before; so settle, open, and when the option is
+    not offered within a few seconds close the list and try again, until `timeout_s`."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        settle(page)
+        page.get_by_role("combobox", name=label, exact=True).click()
+        offered = (page.get_by_role("option", name=option, exact=True) if exact
+                   else page.get_by_role("option").filter(has_text=option))
+        try:
+            offered.first.click(timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
+            page.keyboard.press("Escape")
 
 
 def open_settled(browser, url: str, height: int = 1000):
