@@ -14,9 +14,11 @@ from tests.conftest import skip_or_fail_in_ci
 
 @pytest.fixture(scope="module")
 def report():
+    """Every mode once, each in a child process, PostgreSQL included: the tests on it are slow."""
     return lifecycle.bench(300, reps=1, modes=("bare", "memory", "sqlite", "postgres"))
 
 
+@pytest.mark.slow
 def test_every_mode_processes_the_same_tasks(report):
     rows = {r["mode"]: r for r in report["modes"]}
     expected = {"bare", "memory", "sqlite"} if report["postgres_skipped"] else set(lifecycle.MODES)
@@ -28,6 +30,7 @@ def test_every_mode_processes_the_same_tasks(report):
     assert all(r["consistent"] for r in rows.values())
 
 
+@pytest.mark.slow
 def test_the_postgres_mode_ran(report):
     if report["postgres_skipped"]:
         skip_or_fail_in_ci("PostgreSQL not reachable: the bench's postgres mode did not run")
@@ -35,6 +38,7 @@ def test_the_postgres_mode_ran(report):
     assert "postgres: not reachable" not in lifecycle.render(report)
 
 
+@pytest.mark.slow
 def test_rates_and_ratios_are_the_measured_ones(report):
     rows = {r["mode"]: r for r in report["modes"]}
     bare = rows["bare"]
@@ -112,6 +116,7 @@ def _bench_databases() -> set[str]:
         admin.dispose()
 
 
+@pytest.mark.slow
 def test_the_postgres_mode_keeps_to_a_database_of_its_own(tmp_path):
     """Two benchmarks at once (pytest -n 2, two sessions) must not clobber each other: the postgres
     mode used to DROP ... WITH (FORCE) and recreate one fixed database, ending the other run's
