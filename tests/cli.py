@@ -17,6 +17,8 @@ import importlib
 import io
 import os
 import shlex
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,30 @@ class Completed:
     returncode: int
     stdout: str
     stderr: str
+
+
+class CommandTimeout(Exception):
+    """The command was still running after its timeout (a refusal that should have been immediate)."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Like subprocess.run's timeout: a command that hangs (a server that should have refused to
+    start) raises CommandTimeout in the test instead of blocking it for ever."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(_signum, _frame):
+        raise CommandTimeout(f"still running after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @contextlib.contextmanager
@@ -44,13 +70,15 @@ def _environment(env: Mapping[str, str] | None, unset: tuple[str, ...]) -> Itera
 
 
 def run_main(module: str, *argv: str, env: Mapping[str, str] | None = None, unset: tuple[str, ...] = (),
-             cwd: str | Path | None = None) -> Completed:
+             cwd: str | Path | None = None, timeout: float = 120) -> Completed:
     """`python -m module *argv`, in process: env adds variables and unset removes some for the call
-    (both restored afterwards), cwd is the working directory during it."""
+    (both restored afterwards), cwd is the working directory during it, and after timeout seconds
+    it is interrupted with CommandTimeout."""
     main = importlib.import_module(f"{module}.__main__").main
     out, err = io.StringIO(), io.StringIO()
     here = os.getcwd()
-    with _environment(env, unset), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with _environment(env, unset), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            _deadline(timeout):
         try:
             if cwd is not None:
                 os.chdir(cwd)

@@ -3,10 +3,8 @@ seed passes the audit and liveness, and a failure prints its replay command."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from simulations.chaos import FAULT_KINDS, SeedResult, draw_faults, run_chaos
+from tests.cli import run_main
 
 
 def test_fault_draws_are_deterministic_and_switch_every_kind_on_and_off():
@@ -32,10 +30,8 @@ def test_a_failed_seed_prints_rows_and_replay_command():
 
 
 def test_chaos_command_exit_status():
-    ok = subprocess.run([sys.executable, "-m", "simulations", "chaos", "--seeds", "1", "--start", "5",
-                         "--tasks", "30"], capture_output=True, text=True, timeout=300)
+    ok = run_main("simulations", "chaos", "--seeds", "1", "--start", "5", "--tasks", "30", timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "zero violations" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "simulations", "chaos", "--seeds", "0"],
-                         capture_output=True, text=True, timeout=60)
+    bad = run_main("simulations", "chaos", "--seeds", "0", timeout=60)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
