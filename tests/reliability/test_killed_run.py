@@ -36,6 +36,8 @@ _KILLED_RUN = """
 import os, signal, sys
 from simulations import __main__ as cli, writer
 
+pytestmark = pytest.mark.slow  # kills a run in a child process
+
 flush, batches = writer.BatchWriter.flush, []
 
 def flush_then_die(self, final=False):
