@@ -12,6 +12,7 @@ one cycle of it, module by module.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ PACKAGES = ("rivya_core", "simulations", "pages")
 TOP_LEVEL = ("app",)
 
 
+@functools.cache
 def project_modules() -> dict[str, Path]:
     """Every module of the project, by dotted name."""
     mods: dict[str, Path] = {}
@@ -105,10 +107,14 @@ def test_the_graph_sees_function_local_and_relative_imports(tmp_path):
     assert find_cycle(import_graph(mods), set(mods)) is None
 
 
+@functools.cache
+def project_graph() -> dict[str, set[str]]:
+    return import_graph(project_modules())
+
+
 @pytest.mark.parametrize("package", [*PACKAGES, *TOP_LEVEL])
 def test_no_import_circle(package):
-    mods = project_modules()
-    graph = import_graph(mods)
+    mods, graph = project_modules(), project_graph()
     inside = {m for m in mods if m == package or m.startswith(package + ".")}
     assert inside, f"no modules found for {package}"
     cycle = find_cycle(graph, inside)
@@ -118,7 +124,6 @@ def test_no_import_circle(package):
 def test_no_import_circle_across_packages():
     """Every package may be acyclic on its own and still close a circle through another (a page
     importing simulations importing pages)."""
-    mods = project_modules()
-    graph = import_graph(mods)
+    mods, graph = project_modules(), project_graph()
     cycle = find_cycle(graph, set(mods))
     assert cycle is None, "import circle across packages: " + " -> ".join(cycle or [])
