@@ -25,13 +25,13 @@ BROAD_DAYS = 14  # bench --bulk: the window of the broad dry runs
 
 
 def bulk(url: str) -> dict[str, Any]:
-    """Dry-run and execution rates of rivya_core.bulk on a temporary copy of the SQLite database at url."""
+    """Dry-run and execution rates of rivya_core.support.bulk on a temporary copy of the SQLite database at url."""
     import sqlite3
 
-    from rivya_core import bulk as bulk_actions
-    from rivya_core.db import sqlite_path
     from rivya_core.policy import BillingPolicy
-    from rivya_core.service import service_for_url
+    from rivya_core.stores.db import sqlite_path
+    from rivya_core.support import bulk as bulk_actions
+    from rivya_core.wiring import service_for_url
 
     from .. import recorded  # noqa: F401  (the recorded providers answer re-checks)
 
@@ -63,7 +63,7 @@ def bulk(url: str) -> dict[str, Any]:
             out[f"dry_run_{label}"] = {"filter": flt.describe(), "matched": p.matched, "would_act": p.would_act,
                                         "would_refuse": p.would_refuse, "seconds": round(time.perf_counter() - t0, 3),
                                         "cpu_seconds": round(time.process_time() - c0, 3)}
-        from rivya_core import alerts
+        from rivya_core.read import alerts
 
         t0 = time.perf_counter()
         found = alerts.alerts(svc.store.engine, svc.policy)

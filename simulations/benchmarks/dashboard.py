@@ -17,15 +17,15 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
     """(kind, name, call) for every dashboard data function, on sample rows of the database."""
     from sqlalchemy import func, select
 
-    from rivya_core import alerts as al
     from rivya_core import audit as au
-    from rivya_core import bulk as bk
-    from rivya_core import ledger_views as lv
-    from rivya_core import queries as q
-    from rivya_core import reports as rp
-    from rivya_core import user_view as uv
-    from rivya_core.diagnose import diagnose
-    from rivya_core.schema import account, ai_task, chat_message, chat_session, credit_ledger
+    from rivya_core.read import alerts as al
+    from rivya_core.read import ledger_views as lv
+    from rivya_core.read import queries as q
+    from rivya_core.read import reports as rp
+    from rivya_core.read import user_view as uv
+    from rivya_core.read.diagnose import diagnose
+    from rivya_core.stores.schema import account, ai_task, chat_message, chat_session, credit_ledger
+    from rivya_core.support import bulk as bk
 
     with engine.connect() as conn:
         top = conn.scalar(select(func.max(ai_task.c.id)))
@@ -91,7 +91,7 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
 
 def dashboard(url: str, reps: int = 3, only: str = "") -> dict[str, Any]:
     """Median wall time of each dashboard data function on the database at url."""
-    from rivya_core.db import make_engine
+    from rivya_core.stores.db import make_engine
 
     engine = make_engine(url)
     target = {"lookup": LOOKUP_TARGET_S, "page": PAGE_TARGET_S, "audit": AUDIT_TARGET_S}

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from rivya_core import clock, db
+from rivya_core import clock
+from rivya_core.stores import db
 from tests.conftest import skip_or_fail_in_ci
 from tests.dashboard.seed import T0, seed
 
@@ -105,7 +106,7 @@ def support_events(url: str) -> list[tuple[int, dict]]:
     """(task id, detail) of every support_action event, in id order."""
     from sqlalchemy import select
 
-    from rivya_core import schema
+    from rivya_core.stores import schema
 
     engine = db.make_engine(url)
     try:
@@ -122,7 +123,7 @@ def audit_runs(url: str) -> int:
     """How many audit runs the database holds (0 when it has no audit_run table)."""
     from sqlalchemy import func, inspect, select
 
-    from rivya_core.schema import audit_run
+    from rivya_core.stores.schema import audit_run
 
     engine = db.open_reader(url)
     try:

@@ -92,7 +92,7 @@ def test_bulk_bench_reports_a_refused_filter_and_runs_the_rest(tmp_path, monkeyp
     """`bench --bulk` on a history larger than bulk.MAX_TASKS: the over-broad dry run is reported as
     refused (it used to end the benchmark), the others and the executions are timed; the second
     execution of the same incident changes nothing."""
-    from rivya_core import bulk as bulk_actions
+    from rivya_core.support import bulk as bulk_actions
 
     database.make_db(str(tmp_path / "b.db"), 120)
     monkeypatch.setattr(bulk_actions, "MAX_TASKS", 3)
@@ -117,25 +117,39 @@ def _bench_databases() -> set[str]:
 
 
 @pytest.mark.slow
-def test_the_postgres_mode_keeps_to_a_database_of_its_own(tmp_path):
+def test_the_postgres_mode_keeps_to_a_database_of_its_own(tmp_path, monkeypatch):
     """Two benchmarks at once (pytest -n 2, two sessions) must not clobber each other: the postgres
     mode used to DROP ... WITH (FORCE) and recreate one fixed database, ending the other run's
     connections. Now each run has a uniquely named scratch database, dropped when it ends, and a
     concurrent run's database and connection survive it."""
+    from contextlib import contextmanager
+
     from sqlalchemy import create_engine, text
 
     if not common.pg_reachable():
         skip_or_fail_in_ci("PostgreSQL not reachable: the bench's postgres mode cannot run")
+    used: list[str] = []
+
+    @contextmanager
+    def recorded(label: str = "run"):
+        with common.scratch_postgres(label) as url:
+            used.append(url.rsplit("/", 1)[1])
+            assert used[-1] in _bench_databases()
+            yield url
+
+    monkeypatch.setattr(lifecycle, "scratch_postgres", recorded)
     with common.scratch_postgres("other") as other_url, common.scratch_postgres("other") as second_url:
         assert other_url != second_url  # two runs never share a name
         other = create_engine(other_url)
         try:
             with other.connect() as held:  # a concurrent run, mid-way, holding its connection
-                before = _bench_databases()
                 out = lifecycle.run_mode("postgres", 40, str(tmp_path))
                 assert out["mode"] == "postgres" and out["tasks"] == 40
                 assert held.scalar(text("SELECT 1")) == 1  # not terminated by the other run
-                assert _bench_databases() == before  # the run dropped its own database, only that
         finally:
             other.dispose()
-    assert other_url.rsplit("/", 1)[1] not in _bench_databases()
+        assert len(used) == 1 and used[0] not in other_url + second_url
+        left = _bench_databases()
+        assert used[0] not in left  # the run dropped its own database
+        assert {u.rsplit("/", 1)[1] for u in (other_url, second_url)} <= left  # and only that
+    assert not {u.rsplit("/", 1)[1] for u in (other_url, second_url)} & _bench_databases()
