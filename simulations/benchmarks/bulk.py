@@ -29,6 +29,7 @@ def bulk(url: str) -> dict[str, Any]:
     import sqlite3
 
     from rivya_core.policy import BillingPolicy
+    from rivya_core.read import incidents
     from rivya_core.stores.db import sqlite_path
     from rivya_core.support import bulk as bulk_actions
     from rivya_core.wiring import service_for_url
@@ -48,16 +49,16 @@ def bulk(url: str) -> dict[str, Any]:
         svc.policy = BillingPolicy.load(str(ROOT / "data" / "policies" / "refund_everything.toml"))
         out["tasks"] = svc.store.engine.connect().exec_driver_sql("select count(*) from ai_task").scalar()
         # The broad dry runs cover the latest BROAD_DAYS of creation: a filter matching more than
-        # bulk.MAX_TASKS is refused (narrow it), which on a million-task history the whole of it does.
+        # incidents.MAX_TASKS is refused (narrow it), which on a million-task history the whole of it does.
         since = svc.judge_clock.now() - timedelta(days=BROAD_DAYS)
         for label, action, states, start in (("refund_failed", "refund", ("FAILED",), None),
                                              ("refund_all_finished", "refund", ("FAILED", "SUCCESS"), since),
                                              ("mark_failed_succeeded", "mark-failed", ("SUCCESS",), since)):
-            flt = bulk_actions.BulkFilter(status=states, since=start)
+            flt = incidents.BulkFilter(status=states, since=start)
             t0, c0 = time.perf_counter(), time.process_time()
             try:
                 p = bulk_actions.plan(svc, action, flt)
-            except bulk_actions.BulkError as exc:
+            except incidents.BulkError as exc:
                 out[f"dry_run_{label}"] = {"filter": flt.describe(), "refused": str(exc)}
                 continue
             out[f"dry_run_{label}"] = {"filter": flt.describe(), "matched": p.matched, "would_act": p.would_act,
@@ -69,7 +70,7 @@ def bulk(url: str) -> dict[str, Any]:
         found = alerts.alerts(svc.store.engine, svc.policy)
         out["alerts"] = {"stuck": len(found.stuck), "degraded": len(found.degraded),
                          "seconds": round(time.perf_counter() - t0, 3)}
-        flt = bulk_actions.BulkFilter(status=("FAILED",))
+        flt = incidents.BulkFilter(status=("FAILED",))
         if "refused" in out["dry_run_refund_failed"]:
             out["execute_refund"] = {"refused": out["dry_run_refund_failed"]["refused"]}
         else:

@@ -19,13 +19,13 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
 
     from rivya_core import audit as au
     from rivya_core.read import alerts as al
+    from rivya_core.read import incidents
     from rivya_core.read import ledger_views as lv
     from rivya_core.read import queries as q
     from rivya_core.read import reports as rp
     from rivya_core.read import user_view as uv
     from rivya_core.read.diagnose import diagnose
     from rivya_core.stores.schema import account, ai_task, chat_message, chat_session, credit_ledger
-    from rivya_core.support import bulk as bk
 
     with engine.connect() as conn:
         top = conn.scalar(select(func.max(ai_task.c.id)))
@@ -83,7 +83,7 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
             e, busiest, statuses=("FAILED",), since=now - timedelta(days=7), limit=500)),
         ("user_view.outcome_seen", lambda: uv.outcome_seen(e, tid)),
         ("user_view.find_chat_messages", lambda: uv.find_chat_messages(e, email)),
-        ("bulk.incidents", lambda: bk.incidents(e)),
+        ("bulk.incidents", lambda: incidents.incidents(e)),
     ]
     return ([("lookup", n, f) for n, f in lookups] + [("page", n, f) for n, f in pages]
             + [("audit", "audit.audit", lambda: au.audit(e))])
