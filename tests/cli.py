@@ -69,16 +69,21 @@ def _environment(env: Mapping[str, str] | None, unset: tuple[str, ...]) -> Itera
         os.environ.update(saved)
 
 
-def run_main(module: str, *argv: str, env: Mapping[str, str] | None = None, unset: tuple[str, ...] = (),
-             cwd: str | Path | None = None, timeout: float = 120) -> Completed:
+def run_main(
+    module: str,
+    *argv: str,
+    env: Mapping[str, str] | None = None,
+    unset: tuple[str, ...] = (),
+    cwd: str | Path | None = None,
+    timeout: float = 120,
+) -> Completed:
     """`python -m module *argv`, in process: env adds variables and unset removes some for the call
     (both restored afterwards), cwd is the working directory during it, and after timeout seconds
     it is interrupted with CommandTimeout."""
     main = importlib.import_module(f"{module}.__main__").main
     out, err = io.StringIO(), io.StringIO()
     here = os.getcwd()
-    with _environment(env, unset), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            _deadline(timeout):
+    with _environment(env, unset), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _deadline(timeout):
         try:
             if cwd is not None:
                 os.chdir(cwd)

@@ -51,9 +51,11 @@ def bulk(url: str) -> dict[str, Any]:
         # The broad dry runs cover the latest BROAD_DAYS of creation: a filter matching more than
         # incidents.MAX_TASKS is refused (narrow it), which on a million-task history the whole of it does.
         since = svc.judge_clock.now() - timedelta(days=BROAD_DAYS)
-        for label, action, states, start in (("refund_failed", "refund", ("FAILED",), None),
-                                             ("refund_all_finished", "refund", ("FAILED", "SUCCESS"), since),
-                                             ("mark_failed_succeeded", "mark-failed", ("SUCCESS",), since)):
+        for label, action, states, start in (
+            ("refund_failed", "refund", ("FAILED",), None),
+            ("refund_all_finished", "refund", ("FAILED", "SUCCESS"), since),
+            ("mark_failed_succeeded", "mark-failed", ("SUCCESS",), since),
+        ):
             flt = incidents.BulkFilter(status=states, since=start)
             t0, c0 = time.perf_counter(), time.process_time()
             try:
@@ -61,15 +63,23 @@ def bulk(url: str) -> dict[str, Any]:
             except incidents.BulkError as exc:
                 out[f"dry_run_{label}"] = {"filter": flt.describe(), "refused": str(exc)}
                 continue
-            out[f"dry_run_{label}"] = {"filter": flt.describe(), "matched": p.matched, "would_act": p.would_act,
-                                        "would_refuse": p.would_refuse, "seconds": round(time.perf_counter() - t0, 3),
-                                        "cpu_seconds": round(time.process_time() - c0, 3)}
+            out[f"dry_run_{label}"] = {
+                "filter": flt.describe(),
+                "matched": p.matched,
+                "would_act": p.would_act,
+                "would_refuse": p.would_refuse,
+                "seconds": round(time.perf_counter() - t0, 3),
+                "cpu_seconds": round(time.process_time() - c0, 3),
+            }
         from rivya_core.read import alerts
 
         t0 = time.perf_counter()
         found = alerts.alerts(svc.store.engine, svc.policy)
-        out["alerts"] = {"stuck": len(found.stuck), "degraded": len(found.degraded),
-                         "seconds": round(time.perf_counter() - t0, 3)}
+        out["alerts"] = {
+            "stuck": len(found.stuck),
+            "degraded": len(found.degraded),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         flt = incidents.BulkFilter(status=("FAILED",))
         if "refused" in out["dry_run_refund_failed"]:
             out["execute_refund"] = {"refused": out["dry_run_refund_failed"]["refused"]}
@@ -77,15 +87,24 @@ def bulk(url: str) -> dict[str, Any]:
             t0, c0 = time.perf_counter(), time.process_time()
             r = bulk_actions.execute(svc, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
-            out["execute_refund"] = {"matched": r.matched, "acted": r.acted, "refused": r.refused,
-                                     "credits_moved": r.credits_moved, "seconds": round(dt, 2),
-                                     "cpu_seconds": round(dc, 2),
-                                     "tasks_per_s": round(r.matched / dt, 1) if dt else None,
-                                     "tasks_per_cpu_s": round(r.matched / dc, 1) if dc else None}
+            out["execute_refund"] = {
+                "matched": r.matched,
+                "acted": r.acted,
+                "refused": r.refused,
+                "credits_moved": r.credits_moved,
+                "seconds": round(dt, 2),
+                "cpu_seconds": round(dc, 2),
+                "tasks_per_s": round(r.matched / dt, 1) if dt else None,
+                "tasks_per_cpu_s": round(r.matched / dc, 1) if dc else None,
+            }
             t0 = time.perf_counter()
             again = bulk_actions.execute(svc, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
-            out["execute_again"] = {"acted": again.acted, "refused": again.refused, "skipped": again.skipped,
-                                    "seconds": round(time.perf_counter() - t0, 2)}
+            out["execute_again"] = {
+                "acted": again.acted,
+                "refused": again.refused,
+                "skipped": again.skipped,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
         out["load_average"] = [round(x, 1) for x in os.getloadavg()]
         svc.store.engine.dispose()
     return out

@@ -24,28 +24,42 @@ from .common import BenchError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    b = sub.add_parser("bench", help="measure the lifecycle against a bare SimPy model",
-                       description=lifecycle.__doc__.split("\n\n")[1])
+    b = sub.add_parser(
+        "bench", help="measure the lifecycle against a bare SimPy model", description=lifecycle.__doc__.split("\n\n")[1]
+    )
     _arguments(b)
     return b
 
 
 def _arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--tasks", type=number("tasks"), default=20_000, help="tasks per run (default 20000)")
-    b.add_argument("--reps", type=number("replications"), default=3, help="repetitions per mode; rates are medians (default 3)")
-    b.add_argument("--modes", default=",".join(lifecycle.MODES), help="comma-separated subset of " + ",".join(lifecycle.MODES))
+    b.add_argument(
+        "--reps", type=number("replications"), default=3, help="repetitions per mode; rates are medians (default 3)"
+    )
+    b.add_argument(
+        "--modes", default=",".join(lifecycle.MODES), help="comma-separated subset of " + ",".join(lifecycle.MODES)
+    )
     b.add_argument("--json", action="store_true")
     b.add_argument("--make-db", metavar="PATH", help="instead: run the baseline scenario into a SQLite file")
     b.add_argument("--scenario", default="baseline", help="scenario for --make-db")
     b.add_argument("--force", action="store_true", help="with --make-db: replace a file that already holds data")
     b.add_argument("--dashboard", metavar="URL", help="instead: time the dashboard's data functions on URL")
-    b.add_argument("--bulk", metavar="URL", help="instead: time bulk dry runs and executions on a copy of a "
-                                                 "SQLite database")
+    b.add_argument(
+        "--bulk", metavar="URL", help="instead: time bulk dry runs and executions on a copy of a SQLite database"
+    )
     b.add_argument("--only", default="", help="with --dashboard: only calls whose name contains this")
-    b.add_argument("--engine", action="store_true", help="instead: jobs per minute of a sweep in process and on a "
-                   "local Dask cluster of 1 and 2 workers (--jobs, --tasks per job)")
-    b.add_argument("--growth", metavar="SIZES", help="instead: whole runs of the generation-only workload at "
-                   "these comma-separated sizes (e.g. 10000,100000) into --dbs")
+    b.add_argument(
+        "--engine",
+        action="store_true",
+        help="instead: jobs per minute of a sweep in process and on a "
+        "local Dask cluster of 1 and 2 workers (--jobs, --tasks per job)",
+    )
+    b.add_argument(
+        "--growth",
+        metavar="SIZES",
+        help="instead: whole runs of the generation-only workload at "
+        "these comma-separated sizes (e.g. 10000,100000) into --dbs",
+    )
     b.add_argument("--dbs", default="sqlite,postgres", help="with --growth: sqlite, postgres or both")
     b.add_argument("--jobs", type=int, default=40, help="with --engine: jobs in the sweep (default 40)")
     b.add_argument("--child", choices=lifecycle.MODES, help=argparse.SUPPRESS)

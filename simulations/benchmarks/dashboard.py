@@ -29,12 +29,16 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
 
     with engine.connect() as conn:
         top = conn.scalar(select(func.max(ai_task.c.id)))
-        tid, upstream, uid = conn.execute(select(ai_task.c.id, ai_task.c.upstream_task_id, ai_task.c.user_id)
-                                          .where(ai_task.c.id >= top // 2, ai_task.c.upstream_task_id.is_not(None))
-                                          .order_by(ai_task.c.id).limit(1)).one()
+        tid, upstream, uid = conn.execute(
+            select(ai_task.c.id, ai_task.c.upstream_task_id, ai_task.c.user_id)
+            .where(ai_task.c.id >= top // 2, ai_task.c.upstream_task_id.is_not(None))
+            .order_by(ai_task.c.id)
+            .limit(1)
+        ).one()
         email = conn.scalar(select(account.c.email).where(account.c.id == uid))
-        busiest = conn.scalar(select(credit_ledger.c.user_id).group_by(credit_ledger.c.user_id)
-                              .order_by(func.count().desc()).limit(1))
+        busiest = conn.scalar(
+            select(credit_ledger.c.user_id).group_by(credit_ledger.c.user_id).order_by(func.count().desc()).limit(1)
+        )
         sid = conn.scalar(select(func.max(chat_session.c.id))) or 1
         has_msgs = conn.scalar(select(func.count()).select_from(chat_message))
     now = q.resolve_now(engine, None)
@@ -79,14 +83,19 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
         ("diagnose.diagnose", lambda: diagnose(e, tid)),
         ("alerts.alerts", lambda: al.alerts(e)),
         ("user_view.user_tasks", lambda: uv.user_tasks(e, busiest, limit=500)),
-        ("user_view.user_tasks(FAILED, 7 days)", lambda: uv.user_tasks(
-            e, busiest, statuses=("FAILED",), since=now - timedelta(days=7), limit=500)),
+        (
+            "user_view.user_tasks(FAILED, 7 days)",
+            lambda: uv.user_tasks(e, busiest, statuses=("FAILED",), since=now - timedelta(days=7), limit=500),
+        ),
         ("user_view.outcome_seen", lambda: uv.outcome_seen(e, tid)),
         ("user_view.find_chat_messages", lambda: uv.find_chat_messages(e, email)),
         ("bulk.incidents", lambda: incidents.incidents(e)),
     ]
-    return ([("lookup", n, f) for n, f in lookups] + [("page", n, f) for n, f in pages]
-            + [("audit", "audit.audit", lambda: au.audit(e))])
+    return (
+        [("lookup", n, f) for n, f in lookups]
+        + [("page", n, f) for n, f in pages]
+        + [("audit", "audit.audit", lambda: au.audit(e))]
+    )
 
 
 def dashboard(url: str, reps: int = 3, only: str = "") -> dict[str, Any]:
@@ -106,8 +115,15 @@ def dashboard(url: str, reps: int = 3, only: str = "") -> dict[str, Any]:
                 call()
                 times.append(time.perf_counter() - t0)
             med = statistics.median(times)
-            out.append({"kind": kind, "name": name, "median_s": round(med, 4), "target_s": target[kind],
-                        "ok": med <= target[kind]})
+            out.append(
+                {
+                    "kind": kind,
+                    "name": name,
+                    "median_s": round(med, 4),
+                    "target_s": target[kind],
+                    "ok": med <= target[kind],
+                }
+            )
     finally:
         engine.dispose()
     return {"url": url, "reps": reps, "calls": out}
@@ -116,8 +132,10 @@ def dashboard(url: str, reps: int = 3, only: str = "") -> dict[str, Any]:
 def render_dashboard(report: dict[str, Any]) -> str:
     lines = [f"dashboard reads on {report['url']} (median of {report['reps']})"]
     for c in report["calls"]:
-        lines.append(f"  {c['name']:38} {c['median_s'] * 1000:10,.1f} ms  (target {c['target_s'] * 1000:,.0f} ms)"
-                     f"  {'ok' if c['ok'] else 'SLOW'}")
+        lines.append(
+            f"  {c['name']:38} {c['median_s'] * 1000:10,.1f} ms  (target {c['target_s'] * 1000:,.0f} ms)"
+            f"  {'ok' if c['ok'] else 'SLOW'}"
+        )
     return "\n".join(lines)
 
 

@@ -22,10 +22,16 @@ def make_db(path: str, tasks: int, scenario: str = "baseline", force: bool = Fal
     t0 = time.perf_counter()
     summary = run_scenario(sc, f"sqlite:///{Path(path).resolve()}", tasks=tasks, force=force)
     wall = time.perf_counter() - t0
-    return {"scenario": scenario, "tasks": summary.tasks, "wall_s": round(wall, 1),
-            "tasks_per_s": round(summary.tasks / wall, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
-            "violations": len(summary.violations), "liveness_ok": summary.liveness_ok,
-            "fingerprint": summary.fingerprint}
+    return {
+        "scenario": scenario,
+        "tasks": summary.tasks,
+        "wall_s": round(wall, 1),
+        "tasks_per_s": round(summary.tasks / wall, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "violations": len(summary.violations),
+        "liveness_ok": summary.liveness_ok,
+        "fingerprint": summary.fingerprint,
+    }
 
 
 __all__ = ["make_db"]

@@ -35,11 +35,19 @@ def growth(sizes: list[int], kinds: list[str], workdir: str) -> list[dict[str, A
             if proc.returncode != 0:
                 raise BenchError(f"growth run {kind} {n} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
             child = json.loads(proc.stdout.strip().splitlines()[-1])
-            out.append({"db": kind, "arrivals": n, "tasks": child["tasks"], "wall_s": round(wall, 1),
-                        "tasks_per_s": round(child["tasks"] / wall, 1),
-                        "cpu_tasks_per_s": round(child["tasks"] / child["cpu_s"], 1),
-                        "peak_rss_mib": child["peak_rss_mib"], "violations": child["violations"],
-                        "fingerprint": child["fingerprint"][:16]})
+            out.append(
+                {
+                    "db": kind,
+                    "arrivals": n,
+                    "tasks": child["tasks"],
+                    "wall_s": round(wall, 1),
+                    "tasks_per_s": round(child["tasks"] / wall, 1),
+                    "cpu_tasks_per_s": round(child["tasks"] / child["cpu_s"], 1),
+                    "peak_rss_mib": child["peak_rss_mib"],
+                    "violations": child["violations"],
+                    "fingerprint": child["fingerprint"][:16],
+                }
+            )
     return out
 
 

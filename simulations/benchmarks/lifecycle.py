@@ -135,9 +135,18 @@ def run_full(sc: Scenario, mode: str, url: str | None = None) -> dict[str, Any]:
 
 def _result(mode: str, tasks: int, ok: int, latency: float, t0: float, c0: float, sim_s: float) -> dict[str, Any]:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"mode": mode, "tasks": tasks, "succeeded": ok, "latency_sum_s": round(latency, 1),
-            "sim_s": round(sim_s, 1), "wall_s": wall, "cpu_s": cpu, "rate": tasks / wall if wall else 0.0,
-            "cpu_rate": tasks / cpu if cpu else 0.0, "peak_rss_mib": round(peak_rss_mib(), 1)}
+    return {
+        "mode": mode,
+        "tasks": tasks,
+        "succeeded": ok,
+        "latency_sum_s": round(latency, 1),
+        "sim_s": round(sim_s, 1),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rate": tasks / wall if wall else 0.0,
+        "cpu_rate": tasks / cpu if cpu else 0.0,
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
 
 
 def run_mode(mode: str, tasks: int, workdir: str) -> dict[str, Any]:
@@ -169,8 +178,9 @@ def _child(mode: str, tasks: int, workdir: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench(tasks: int, reps: int = 3, modes: tuple[str, ...] | None = None, postgres: bool | None = None,
-          progress: Any = None) -> dict[str, Any]:
+def bench(
+    tasks: int, reps: int = 3, modes: tuple[str, ...] | None = None, postgres: bool | None = None, progress: Any = None
+) -> dict[str, Any]:
     if tasks < 1 or reps < 1:
         raise BenchError("--tasks and --reps must be at least 1")
     modes = tuple(modes or MODES)
@@ -188,13 +198,19 @@ def bench(tasks: int, reps: int = 3, modes: tuple[str, ...] | None = None, postg
     rows = []
     for mode in modes:
         rs = runs[mode]
-        rows.append({"mode": mode, "tasks": rs[0]["tasks"], "succeeded": rs[0]["succeeded"],
-                     "latency_sum_s": rs[0]["latency_sum_s"],
-                     "rate": statistics.median(r["rate"] for r in rs),
-                     "cpu_rate": statistics.median(r["cpu_rate"] for r in rs),
-                     "wall_s": statistics.median(r["wall_s"] for r in rs),
-                     "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
-                     "consistent": len({(r["tasks"], r["succeeded"]) for r in rs}) == 1})
+        rows.append(
+            {
+                "mode": mode,
+                "tasks": rs[0]["tasks"],
+                "succeeded": rs[0]["succeeded"],
+                "latency_sum_s": rs[0]["latency_sum_s"],
+                "rate": statistics.median(r["rate"] for r in rs),
+                "cpu_rate": statistics.median(r["cpu_rate"] for r in rs),
+                "wall_s": statistics.median(r["wall_s"] for r in rs),
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+                "consistent": len({(r["tasks"], r["succeeded"]) for r in rs}) == 1,
+            }
+        )
     base = rows[0] if rows and rows[0]["mode"] == "bare" else None
     for row in rows:
         row["ratio"] = row["rate"] / base["rate"] if base and base["rate"] else None
@@ -203,13 +219,17 @@ def bench(tasks: int, reps: int = 3, modes: tuple[str, ...] | None = None, postg
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"bench: {report['tasks']} tasks, median of {report['reps']} repetitions",
-             f"{'mode':9} {'tasks':>8} {'tasks/s':>10} {'x bare':>7} {'cpu t/s':>10} {'x bare':>7} {'peak MiB':>9}"]
+    lines = [
+        f"bench: {report['tasks']} tasks, median of {report['reps']} repetitions",
+        f"{'mode':9} {'tasks':>8} {'tasks/s':>10} {'x bare':>7} {'cpu t/s':>10} {'x bare':>7} {'peak MiB':>9}",
+    ]
     for r in report["modes"]:
         ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "-"
         cratio = f"{r['cpu_ratio']:.3f}" if r["cpu_ratio"] is not None else "-"
-        lines.append(f"{r['mode']:9} {r['tasks']:>8} {r['rate']:>10,.0f} {ratio:>7} {r['cpu_rate']:>10,.0f} "
-                     f"{cratio:>7} {r['peak_rss_mib']:>9,.0f}")
+        lines.append(
+            f"{r['mode']:9} {r['tasks']:>8} {r['rate']:>10,.0f} {ratio:>7} {r['cpu_rate']:>10,.0f} "
+            f"{cratio:>7} {r['peak_rss_mib']:>9,.0f}"
+        )
     if report.get("postgres_skipped"):
         lines.append("postgres: not reachable, skipped")
     return "\n".join(lines)

@@ -20,9 +20,12 @@ def engine_bench(jobs: int, tasks: int, scenario: str = "baseline") -> dict[str,
     from ..scenarios import POLICY_DIR
     from ..sweep import Sweep
 
-    sweep = Sweep(load_scenario(scenario), (BillingPolicy.load(POLICY_DIR / "default.toml"),
-                                            BillingPolicy.load(POLICY_DIR / "no_refunds.toml")),
-                  replications=max(1, jobs // 2), tasks=tasks)
+    sweep = Sweep(
+        load_scenario(scenario),
+        (BillingPolicy.load(POLICY_DIR / "default.toml"), BillingPolicy.load(POLICY_DIR / "no_refunds.toml")),
+        replications=max(1, jobs // 2),
+        tasks=tasks,
+    )
     work = sweep.jobs()
     out: dict[str, Any] = {"scenario": scenario, "jobs": len(work), "tasks_per_job": tasks}
     t0 = time.perf_counter()
