@@ -44,9 +44,17 @@ def needs_postgres(item: pytest.Item) -> bool:
     return callspec is not None and any(isinstance(v, str) and v in PG_PARAMS for v in callspec.params.values())
 
 
+BROWSER_FIXTURES = frozenset({"browser", "seeded_server"})  # tests/dashboard/conftest.py: Chromium, a served app
+
+
+def needs_browser(item: pytest.Item) -> bool:
+    return item.get_closest_marker("browser") is not None or bool(
+        BROWSER_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("browser") is not None or needs_postgres(item):
+        if needs_browser(item) or needs_postgres(item):
             item.add_marker(pytest.mark.slow)
 
 
