@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     from .history_cli import add_parsers as add_history_parsers
 
     add_history_parsers(sub)
-    from .bench import add_parser as add_bench_parser
+    from .benchmarks.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
     from .chaos import add_parser as add_chaos_parser
@@ -266,7 +266,7 @@ def cmd_list(_a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .bench import cmd_bench as bench
+    from .benchmarks.cli import cmd_bench as bench
 
     return bench(a)
 

@@ -415,13 +415,22 @@ def _from_tables(raw: dict[str, Any], text: str, source: str, default_name: str)
     return scen
 
 
+def drain_seconds(sc: Scenario) -> float:
+    """How long a run goes on after its last arrival: the scenario's drain_s, else the longest
+    timeout, two polling intervals and a user's patience through every retry, plus 15 minutes."""
+    if sc.drain_s:
+        return sc.drain_s
+    p = sc.policy
+    longest = max([*p.timeout_s.values(), 0.0])
+    patience = sc.behaviour.patience_s * (sc.behaviour.max_retries + 2)
+    return longest + 2 * p.poll_interval_s + patience + 900.0
+
+
 def check_run_bounds(sc: Scenario, tasks: int | None = None) -> None:
     """Refuse a scenario no run could finish: arrivals that never come or draw from an
     all-zero mix, script steps naming users that do not exist, or more polling ticks
     than limits.MAX_RUN_TICKS over the run's span (its arrivals or script, plus the
     drain), so no run can tick for ever. `tasks`: a --tasks override of the cap."""
-    from .runner import drain_seconds
-
     where = sc.path or "<scenario>"
     cap = sc.tasks if tasks is None else tasks
     if sc.script:

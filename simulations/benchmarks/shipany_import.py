@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from .shipany_shape import ShipAnyWriter, create_schema
+from ..shipany_shape import ShipAnyWriter, create_schema
 
 T0 = datetime(2026, 1, 1)
 SPAN = timedelta(days=60)
@@ -122,7 +122,7 @@ def _child_import(source: Path, into: Path) -> dict[str, Any]:
 
 
 def _run_child(source: Path, into: Path) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "simulations.bench_import", "--child", str(source), str(into)],
+    out = subprocess.run([sys.executable, "-m", "simulations.benchmarks.shipany_import", "--child", str(source), str(into)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
