@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from ..domain import EntryType, TaskStatus
 from ..stores.rows import Prepared
 from ..stores.schema import account, ai_task, credit_ledger, source_grant
-from .shipany import (
+from .shipany_source import (
     CANCELED,
     CATEGORY,
     CHUNK,
