@@ -105,6 +105,7 @@ class Window:
     end: float
     in_flight: int = 0      # tasks active when it began
     recovered_s: float | None = None  # after its end, until the receiver answered healthy (all workers up)
+    victim_busy: bool = False  # kill-worker: the worker killed held the write lock / an open transaction
 
 
 @dataclass
@@ -135,6 +136,7 @@ class FaultReport:
     gave_up: dict[str, int]
     windows: list[dict[str, Any]]
     states: dict[str, int]
+    failed_by_code: dict[str, int]
     drain_s: float
     wall_s: float
     submitted: int
@@ -152,14 +154,17 @@ class FaultReport:
     def render_text(self) -> str:
         def recovered(w: dict[str, Any]) -> str:
             r = w["recovered_s"]
-            return "" if r is None else f", healthy {r:.2f} s after"
+            busy = ", killed mid-delivery" if w["victim_busy"] else ""
+            return busy + ("" if r is None else f", healthy {r:.2f} s after")
 
         lines = [f"{self.fault} on {self.database} ({self.flavor}): {self.tasks} tasks, seed {self.seed}, "
                  f"speed {self.speed:g}, {self.wall_s:.1f} s",
                  "  faults: " + "; ".join(f"{w['start']:.2f}-{w['end']:.2f} s ({w['in_flight']} in flight"
                                           f"{recovered(w)})" for w in self.windows),
                  f"  every task terminal {self.drain_s:.1f} s after the last fault ended; states "
-                 + ", ".join(f"{k} {v}" for k, v in sorted(self.states.items())),
+                 + ", ".join(f"{k} {v}" for k, v in sorted(self.states.items()))
+                 + (" (failed: " + ", ".join(f"{k} {v}" for k, v in sorted(self.failed_by_code.items())) + ")"
+                    if self.failed_by_code else ""),
                  "  provider saw: " + ", ".join(f"{k} {v}" for k, v in sorted(self.answers.items()))
                  + ("; gave up on " + ", ".join(f"{k} {v}" for k, v in sorted(self.gave_up.items()))
                     if self.gave_up else ""),
@@ -539,22 +544,79 @@ class _Injector(threading.Thread):
                 time.sleep(max(0.0, anchor + offset - self.now()))
                 in_flight = _active(self.store, quiet=True)
                 begin = self.now()
+                busy = False
                 if self.fault == "kill-worker":
-                    workers = sorted(_workers(self.receiver.pid), key=lambda p: p.pid)
-                    if workers:
-                        with contextlib.suppress(psutil.NoSuchProcess):
-                            os.kill(self.victims.choice(workers).pid, signal.SIGKILL)
+                    victim, busy = self._victim()
+                    begin = self.now()
+                    if victim is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(victim, signal.SIGKILL)
                 else:
                     self._begin()
+                    begin = self.now()  # in effect from here
                     time.sleep(length)
                     self._end()
-                w = Window(begin, self.now(), in_flight)
+                w = Window(begin, self.now(), in_flight, victim_busy=busy)
                 self.windows.append(w)
                 w.recovered_s = self._recovery(w.end)
         except BaseException as exc:  # noqa: BLE001 - reported by the run, the windows cleared
             self.error = exc
             self._end()
             raise
+
+    def _victim(self) -> tuple[int | None, bool]:
+        """The worker to kill: one in the middle of a delivery when one is within 2 s, else one
+        drawn among the live workers; (pid, busy). On SQLite: the holder of the receiver's write
+        lock. On PostgreSQL: this process holds the row locks of the active tasks for a moment, and
+        a worker whose delivery waits on one (its transaction open, its request unanswered) is killed
+        before they are released."""
+        workers = sorted(w.pid for w in _workers(self.receiver.pid))
+        if not workers:
+            return None, False
+        if self.store.engine.dialect.name == "sqlite":
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                busy = sorted(set(workers) & self._flock_holders())
+                if busy:
+                    return self.victims.choice(busy), True
+                time.sleep(0.002)
+            return self.victims.choice(workers), False
+        t = schema.ai_task
+        with contextlib.suppress(Exception), self.store.engine.connect() as hold:
+            hold.execute(select(t.c.id).where(t.c.status.in_([str(s) for s in ACTIVE])).with_for_update())
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                busy = sorted(set(workers) & self._waiting_on_a_lock(workers))
+                if busy:
+                    victim = self.victims.choice(busy)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(victim, signal.SIGKILL)
+                    return victim, True
+                time.sleep(0.01)
+        return self.victims.choice(workers), False
+
+    def _flock_holders(self) -> set[int]:
+        inode = str(os.stat(self.store.engine.url.database).st_ino)
+        held = set()
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[3] == "WRITE" \
+                        and parts[5].rsplit(":", 1)[-1] == inode:
+                    held.add(int(parts[4]))
+        return held
+
+    def _waiting_on_a_lock(self, workers: list[int]) -> set[int]:
+        with self.store.engine.connect() as conn:
+            ports = set(conn.scalars(text(
+                "SELECT client_port FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).all())
+        out = set()
+        for pid in workers:
+            with contextlib.suppress(psutil.Error):
+                if any(c.laddr and c.laddr.port in ports for c in psutil.Process(pid).net_connections("tcp")):
+                    out.add(pid)
+        return out
 
     def _begin(self) -> None:
         if self.fault == "restart-db":
@@ -611,6 +673,8 @@ def _report(store: Any, fault: str, flavor: str, dialect: str, tasks: int, seed:
     t = schema.ai_task
     with store.engine.connect() as conn:
         states = {str(k): int(v) for k, v in conn.execute(select(t.c.status, func.count()).group_by(t.c.status))}
+        failed = {str(k): int(v) for k, v in conn.execute(select(t.c.error_code, func.count()).where(
+            t.c.status == "FAILED").group_by(t.c.error_code))}
     counts = audit(store.engine, policy, WallClock().now()).counts()
     findings = {k: n for k, n in counts.items() if n}
     down = [(w.start, w.end) for w in windows] if fault in ("restart-db", "drop-connections") else []
@@ -622,7 +686,7 @@ def _report(store: Any, fault: str, flavor: str, dialect: str, tasks: int, seed:
         fault=fault, flavor=flavor, database=dialect, tasks=sum(states.values()), seed=seed, speed=speed, lost=lost,
         **{name: counts.get(kind, 0) for name, kind in COUNTED.items()},
         audit_findings=findings, acked_while_down=acked, answers=dict(answers), gave_up=dict(fake.gave_up),
-        windows=[asdict(w) for w in windows], states=states, drain_s=max(0.0, drained), wall_s=wall,
+        windows=[asdict(w) for w in windows], states=states, failed_by_code=failed, drain_s=max(0.0, drained), wall_s=wall,
         submitted=submitted, notes=notes)
 
 
