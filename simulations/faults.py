@@ -79,8 +79,17 @@ from rivya_core.providers.config import build_clients, parse_providers
 from rivya_core.tomlfile import parse as parse_toml
 
 from .httpfarm import DELIVERY_ATTEMPTS, FAL_USER, FakeJob, FakeProvider, providers_toml
-from .live import CLIENT_TIMEOUT_S, HOST, SUBMITTERS, ServerThread, _accounts, _requests, free_port, scaled_policy, \
-    stop_process
+from .live import (
+    CLIENT_TIMEOUT_S,
+    HOST,
+    SUBMITTERS,
+    ServerThread,
+    _accounts,
+    _requests,
+    free_port,
+    scaled_policy,
+    stop_process,
+)
 from .scenarios import Scenario, _table, load_scenario
 from .streams import Streams
 
@@ -133,6 +142,7 @@ class FaultReport:
     audit_findings: dict[str, int]
     acked_while_down: int
     answers: dict[str, int]
+    api_faults: dict[str, int]
     gave_up: dict[str, int]
     windows: list[dict[str, Any]]
     states: dict[str, int]
@@ -167,7 +177,9 @@ class FaultReport:
                     if self.failed_by_code else ""),
                  "  provider saw: " + ", ".join(f"{k} {v}" for k, v in sorted(self.answers.items()))
                  + ("; gave up on " + ", ".join(f"{k} {v}" for k, v in sorted(self.gave_up.items()))
-                    if self.gave_up else ""),
+                    if self.gave_up else "")
+                 + ("; its API answers " + ", ".join(f"{k} {v}" for k, v in sorted(self.api_faults.items()))
+                    if self.api_faults else ""),
                  f"  lost {self.lost}, charged twice {self.charged_twice}, refunded twice {self.refunded_twice}, "
                  f"notifications missing {self.notifications_missing}, doubled {self.notifications_doubled}, "
                  f"callbacks applied twice {self.callbacks_applied_twice}, acknowledged while the database was "
@@ -191,6 +203,7 @@ class FaultyProvider(FakeProvider):
         self.slow_s = CLIENT_TIMEOUT_S * 1.5
         self.attempts: list[Attempt] = []
         self.gave_up: Counter = Counter()
+        self.api_faults: Counter = Counter()   # API answers refused (down) or late (slow)
         self.t0 = time.monotonic()
         inner = self.app
 
@@ -198,11 +211,14 @@ class FaultyProvider(FakeProvider):
             if scope["type"] != "http" or scope.get("path") == "/healthz":
                 return await inner(scope, receive, send)
             if self.down.is_set():
+                self.api_faults["refused"] += 1
                 body = b'{"detail":"the provider is unavailable"}'
                 await send({"type": "http.response.start", "status": 503,
                             "headers": [(b"content-type", b"application/json")]})
                 return await send({"type": "http.response.body", "body": body})
             slow = self.slow.is_set()
+            if slow:
+                self.api_faults["late"] += 1
 
             async def late(message: dict[str, Any]) -> None:
                 if slow and message["type"] == "http.response.start":
@@ -337,16 +353,10 @@ def _admin_engine(url: str) -> Any:
                          connect_args={"connect_timeout": 10})
 
 
-def _other_sessions(admin: Any, name: str, ours: set[int]) -> int:
+def _other_sessions(admin: Any, name: str) -> int:
+    """Sessions on database `name` (the admin engine is connected to another database)."""
     with admin.connect() as conn:
-        pids = conn.scalars(text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
-                            {"d": name}).all()
-    return len(set(pids) - ours)
-
-
-def _session_pids(engine: Any) -> set[int]:
-    with engine.connect() as conn:
-        return {conn.scalar(text("SELECT pg_backend_pid()"))}
+        return int(conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"), {"d": name}))
 
 
 def check_arguments(db_url: str, fault: str, tasks: int, speed: float) -> str:
@@ -386,19 +396,29 @@ def run_faults(db_url: str, flavor: str, tasks: int, fault: str, *, seed: int | 
     dialect = check_arguments(db_url, fault, tasks, speed)
     scenario = scenario or load_scenario("baseline")
     seed = scenario.seed if seed is None else int(seed)
-    store = open_store(db_url, create=True, pool_size=SUBMITTERS + 2)
     admin = None
+    if dialect == "postgresql" and fault == "restart-db":  # before anything is written
+        admin = _admin_engine(db_url)
+        name = make_url(normalize_url(db_url)).database
+        try:
+            others = _other_sessions(admin, name)
+        except Exception:
+            admin.dispose()
+            raise
+        if others:
+            admin.dispose()
+            raise RivyaError(f"database {name} has {others} other session(s); restart-db ends every session of "
+                             "the database: give the run a database of its own", code="db_shared")
+    try:
+        store = open_store(db_url, create=True, pool_size=SUBMITTERS + 2)
+    except Exception:
+        if admin is not None:
+            admin.dispose()
+        raise
     try:
         if has_rows(store.engine, "ai_task") and not force:
             raise RivyaError(f"database {safe_url(db_url)} already holds tasks; pass --force to add a fault run "
                              "to it", code="db_not_empty")
-        if dialect == "postgresql" and fault == "restart-db":
-            admin = _admin_engine(db_url)
-            name = make_url(normalize_url(db_url)).database
-            others = _other_sessions(admin, name, _session_pids(store.engine))
-            if others:
-                raise RivyaError(f"database {name} has {others} other session(s); restart-db ends every session of "
-                                 "the database: give the run a database of its own", code="db_shared")
         return _run(store, admin, db_url, dialect, scenario, flavor, tasks, fault, seed, speed, deadline_s)
     finally:
         store.engine.dispose()
@@ -685,7 +705,7 @@ def _report(store: Any, fault: str, flavor: str, dialect: str, tasks: int, seed:
     return FaultReport(
         fault=fault, flavor=flavor, database=dialect, tasks=sum(states.values()), seed=seed, speed=speed, lost=lost,
         **{name: counts.get(kind, 0) for name, kind in COUNTED.items()},
-        audit_findings=findings, acked_while_down=acked, answers=dict(answers), gave_up=dict(fake.gave_up),
+        audit_findings=findings, acked_while_down=acked, answers=dict(answers), api_faults=dict(fake.api_faults), gave_up=dict(fake.gave_up),
         windows=[asdict(w) for w in windows], states=states, failed_by_code=failed, drain_s=max(0.0, drained), wall_s=wall,
         submitted=submitted, notes=notes)
 
