@@ -81,7 +81,7 @@ async def _body(request: Request, limit: int) -> bytes:
 
 class PollLoop:
     """The polling sweep every `every` seconds in a daemon thread, until stopped. `after`: run after
-    each pass (the alert push, rivya_core.alert_push.AlertPusher, bounded by its own deadline); its
+    each pass (the alert push, rivya_core.support.alert_push.AlertPusher, bounded by its own deadline); its
     failure is logged and never stops the sweep."""
 
     def __init__(self, service: LifecycleService, every: float, after: Callable[[], Any] | None = None):
@@ -241,7 +241,7 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
     new one (after a doubling pause when workers keep dying at start); the deliveries it held
     get no answer, and the provider sends them again. make_service builds
     each process's service (its pool sized by pool_size_for(threads)). alerts_notify: the alert
-    webhook the sweep pushes alerts to after each pass (rivya_core.alert_push)."""
+    webhook the sweep pushes alerts to after each pass (rivya_core.support.alert_push)."""
     import uvicorn
 
     if workers <= 1:
@@ -298,7 +298,7 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
 def _pusher(service: LifecycleService, url: str | None) -> Callable[[], Any] | None:
     if not url:
         return None
-    from .alert_push import AlertPusher
+    from .support.alert_push import AlertPusher
 
     return AlertPusher(service.store.engine, service.policy, url)
 
