@@ -67,15 +67,17 @@ import psutil
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from rivya_core import schema, webhooks
+from rivya_core import webhooks
 from rivya_core.audit import audit
 from rivya_core.catalog import default_catalog
 from rivya_core.cli import number
 from rivya_core.clock import WallClock
-from rivya_core.db import has_rows, normalize_url, open_store, safe_url
 from rivya_core.domain import ACTIVE, RivyaError, ValidationError
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.providers.config import build_clients, parse_providers
+from rivya_core.stores import schema
+from rivya_core.stores.db import has_rows, normalize_url, safe_url
+from rivya_core.stores.sql import open_store
 from rivya_core.tomlfile import parse as parse_toml
 
 from .httpfarm import DELIVERY_ATTEMPTS, FAL_USER, FakeJob, FakeProvider, providers_toml

@@ -14,9 +14,9 @@ import psutil
 from sqlalchemy import create_engine, make_url, text
 from starlette.testclient import TestClient
 
-from rivya_core.db import open_store
 from rivya_core.domain import TaskStatus
 from rivya_core.receiver import create_app
+from rivya_core.stores.sql import open_store
 from simulations.live import free_port
 from tests.fakes import IMAGE, callback, make_service
 
