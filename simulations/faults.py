@@ -207,7 +207,7 @@ class FaultyProvider(FakeProvider):
         self.gave_up: Counter = Counter()
         self.api_faults: Counter = Counter()   # API answers refused (down) or late (slow)
         self.t0 = time.monotonic()
-        inner = self.app
+        inner: Any = self.app
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] != "http" or scope.get("path") == "/healthz":
@@ -229,7 +229,7 @@ class FaultyProvider(FakeProvider):
 
             return await inner(scope, receive, late)
 
-        self.app = app
+        self.app: Any = app
 
     def pauses(self) -> list[float]:
         """Wall seconds before each retry of a delivery."""
@@ -262,7 +262,7 @@ class FaultyProvider(FakeProvider):
                 headers["content-type"] = "application/json"
                 sent = time.monotonic() - self.t0
                 try:
-                    resp = await self._client().post(job.webhook, content=body, headers=headers)
+                    resp = await self._client().post(str(job.webhook), content=body, headers=headers)
                     status = resp.status_code
                 except httpx.HTTPError:
                     status = 0
@@ -401,7 +401,7 @@ def run_faults(db_url: str, flavor: str, tasks: int, fault: str, *, seed: int | 
     admin = None
     if dialect == "postgresql" and fault == "restart-db":  # before anything is written
         admin = _admin_engine(db_url)
-        name = make_url(normalize_url(db_url)).database
+        name = str(make_url(normalize_url(db_url)).database)
         try:
             others = _other_sessions(admin, name)
         except Exception:
@@ -646,7 +646,7 @@ class _Injector(threading.Thread):
                 conn.execute(text(f'ALTER DATABASE "{self.db_name}" ALLOW_CONNECTIONS false'))
                 conn.execute(text("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                                   "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": self.db_name})
-        elif self.fault == "drop-connections":
+        elif self.fault == "drop-connections" and self.proxy is not None:
             self.proxy.drop()
         elif self.fault == "slow-provider":
             self.fake.slow.set()
