@@ -310,6 +310,10 @@ class TcpProxy:
             with contextlib.suppress(OSError):  # a reset, not an orderly close
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             with contextlib.suppress(OSError):
+                # shutdown first: close() alone leaves a socket a pump thread is reading from open, and a
+                # client waiting for an answer on it would wait for ever instead of seeing the drop
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 s.close()
 
     def _accept(self, srv: socket.socket) -> None:

@@ -74,3 +74,43 @@ def test_restart_db_refuses_a_database_other_sessions_use(pg_url):
         assert inspect(check).get_table_names() == []  # refused before anything was written
     finally:
         check.dispose()
+
+
+def test_a_dropped_proxy_connection_fails_the_query_waiting_on_it_at_once(pg_url):
+    """drop-connections resets the connections it carries: a query waiting for its answer gets an
+    error, instead of waiting for ever on a socket the proxy no longer reads."""
+    import threading
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    from simulations.faults import TcpProxy
+
+    u = make_url(pg_url)
+    proxy = TcpProxy(u.host, u.port or 5432)
+    proxy.listen()
+    engine = create_engine(u.set(drivername="postgresql+psycopg", host="127.0.0.1", port=proxy.port))
+    got = []
+
+    def query():
+        started = time.monotonic()
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_sleep(2)"))
+            got.append(("answered", time.monotonic() - started))
+        except Exception as exc:
+            got.append((type(exc).__name__, time.monotonic() - started))
+
+    try:
+        thread = threading.Thread(target=query, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while len(proxy._conns) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        proxy.drop()
+        thread.join(10)
+        assert got and got[0][0] == "OperationalError" and got[0][1] < 2, got
+    finally:
+        proxy.drop()
+        engine.dispose()
