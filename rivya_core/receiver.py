@@ -55,6 +55,7 @@ log = logging.getLogger("rivya.receiver")
 
 DEFAULT_THREADS = 8  # callbacks one receiver process handles at once
 REQUEST_TIMEOUT_S = 15.0
+SWEEP_TIMEOUT_S = 600.0   # a polling pass still running by then is left behind and the next one starts
 RESTART_QUICK_S = 5.0      # a worker that dies sooner than this after its start is restarted after a pause
 RESTART_PAUSE_MAX_S = 10.0  # doubling from 0.2 s, at most this  # a delivery not handled by then is answered 503 (the provider retries)
 
@@ -84,11 +85,14 @@ class PollLoop:
     each pass (the alert push, rivya_core.support.alert_push.AlertPusher, bounded by its own deadline); its
     failure is logged and never stops the sweep."""
 
-    def __init__(self, service: LifecycleService, every: float, after: Callable[[], Any] | None = None):
+    def __init__(self, service: LifecycleService, every: float, after: Callable[[], Any] | None = None, *,
+                 sweep_timeout_s: float | None = None):
         self.service, self.every, self.after = service, every, after
+        self.sweep_timeout_s = SWEEP_TIMEOUT_S if sweep_timeout_s is None else sweep_timeout_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rivya-poll", daemon=True)
         self.sweeps = 0
+        self.abandoned = 0   # sweeps still running past sweep_timeout_s, left to end on their own
 
     def start(self) -> None:
         self._thread.start()
@@ -98,22 +102,36 @@ class PollLoop:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        """Each pass in a thread of its own, waited for up to sweep_timeout_s: a pass stuck on a
+        connection that never answers (no timeout ends a read the server never replies to) is left
+        behind, logged, and the next pass starts on another connection."""
         while not self._stop.wait(self.every):
+            sweep = threading.Thread(target=self._sweep, name="rivya-poll-sweep", daemon=True)
+            sweep.start()
+            deadline = time.monotonic() + self.sweep_timeout_s
+            while sweep.is_alive() and not self._stop.is_set() and time.monotonic() < deadline:
+                sweep.join(0.05)
+            if sweep.is_alive() and not self._stop.is_set():
+                self.abandoned += 1
+                log.warning("poll sweep still running after %.0f s; the next one starts beside it",
+                            self.sweep_timeout_s)
+
+    def _sweep(self) -> None:
+        try:
+            report = self.service.poll()
+            self.sweeps += 1
+            if report.checked:
+                log.info("poll: checked %d, finished %d", report.checked,
+                         report.succeeded + report.failed + report.timed_out)
+        except Exception as exc:  # a sweep that fails is tried again at the next tick
+            log.warning("poll sweep failed: %s", type(exc).__name__)
+        if self.after is not None:
             try:
-                report = self.service.poll()
-                self.sweeps += 1
-                if report.checked:
-                    log.info("poll: checked %d, finished %d", report.checked,
-                             report.succeeded + report.failed + report.timed_out)
-            except Exception as exc:  # a sweep that fails is tried again at the next tick
-                log.warning("poll sweep failed: %s", type(exc).__name__)
-            if self.after is not None:
-                try:
-                    report = self.after()
-                    for n in getattr(report, "failed", []):
-                        log.warning("alert %s (%s) not delivered: %s", n.key, n.state, n.error)
-                except Exception as exc:
-                    log.warning("alert push failed: %s", type(exc).__name__)
+                report = self.after()
+                for n in getattr(report, "failed", []):
+                    log.warning("alert %s (%s) not delivered: %s", n.key, n.state, n.error)
+            except Exception as exc:
+                log.warning("alert push failed: %s", type(exc).__name__)
 
 
 class OneWriter:

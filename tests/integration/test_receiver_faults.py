@@ -157,3 +157,36 @@ def test_a_delivery_waiting_on_a_lock_answers_503_within_its_timeout(pg_url):
     with open_store(pg_url).engine.connect() as conn:
         applied = conn.scalar(text("SELECT count(*) FROM provider_callback WHERE outcome = 'applied'"))
     assert applied == 1 and svc.task(task.id).status == TaskStatus.SUCCESS
+
+
+class _HangingFirstSweep:
+    """A service whose first poll never returns (a connection that never answers); the later ones do."""
+
+    def __init__(self):
+        self.calls = 0
+        self.release = threading.Event()
+
+    def poll(self):
+        from rivya_core.lifecycle.polling import PollReport
+
+        self.calls += 1
+        if self.calls == 1:
+            self.release.wait(60)
+        return PollReport()
+
+
+def test_a_sweep_that_never_returns_does_not_stop_the_polling():
+    from rivya_core import receiver
+
+    svc = _HangingFirstSweep()
+    loop = receiver.PollLoop(svc, 0.02, sweep_timeout_s=0.3)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while loop.sweeps < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert loop.sweeps >= 3, f"{loop.sweeps} sweeps in 10 s after the first one hung"
+        assert loop.abandoned == 1
+    finally:
+        svc.release.set()
+        loop.stop()
