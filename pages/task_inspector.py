@@ -16,7 +16,7 @@ from pages._rerun import export_button, rerun_acted, rerun_form, rerun_links
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service, who_sees_what
 from pages._text import plain
-from rivya_core.domain import NotFound, RivyaError
+from rivya_core.domain import NotFound, RivyaError, SupportAction
 from rivya_core.read import queries, reports, user_view
 from rivya_core.read.diagnose import diagnose
 from rivya_core.read.signals import recheck_signals
@@ -84,21 +84,21 @@ def show_rows(rows: list[dict], empty: str, drop: tuple[str, ...] = ()) -> None:
         show_table(frame.drop(columns=list(drop), errors="ignore"), hide_index=True, width="stretch")
 
 
-ACTIONS = ("Re-check upstream", "Issue the due refund", "Mark stuck task failed")
+ACTIONS = {SupportAction.RECHECK: "Re-check upstream", SupportAction.REFUND: "Issue the due refund",
+           SupportAction.MARK_FAILED: "Mark stuck task failed"}
 
 
-def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
+def run_action(task_id: int, action: SupportAction, operator: str, reason: str) -> None:
+    label = ACTIONS[action]
     try:
         svc = support_service(policy)
-        method = {"Re-check upstream": svc.support_recheck, "Issue the due refund": svc.support_refund,
-                  "Mark stuck task failed": svc.support_mark_failed}[action]
-        task = method(task_id, operator, reason)
+        task = svc.support(action, task_id, operator, reason)
     except RivyaError as exc:
         code = getattr(exc, "reason", None) or exc.code  # which refusal (rules' codes), else the error's code
-        st.session_state["action_result"] = (task_id, "refused", f"{action} on task #{task_id} refused "
+        st.session_state["action_result"] = (task_id, "refused", f"{label} on task #{task_id} refused "
                                              f"({code}): {plain(exc.message)}")
     else:
-        st.session_state["action_result"] = (task_id, "done", f"{action} on task #{task_id}: done. The task is now "
+        st.session_state["action_result"] = (task_id, "done", f"{label} on task #{task_id}: done. The task is now "
                                              f"{plain(task.status)}; {plain(svc.credits_outcome(task))}.")
     st.cache_data.clear()
     st.rerun()
@@ -115,7 +115,7 @@ def show_actions(task_id: int, task: dict, ledger: list[dict]) -> None:
     # The form belongs to one task: a submit can only ever act on the task whose form it came from.
     with st.form(f"support_action_{task_id}"):
         st.markdown(f"Acting on **task #{task_id}**.")
-        action = st.radio("Action", ACTIONS, horizontal=True)
+        action = st.radio("Action", list(ACTIONS), format_func=ACTIONS.get, horizontal=True)
         signed_in = st.session_state.get("user") if access_config().enabled else None
         operator = st.text_input("Operator name", value=signed_in or "", disabled=bool(signed_in))
         if signed_in:

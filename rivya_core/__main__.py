@@ -17,6 +17,7 @@ from datetime import datetime
 from . import limits
 from .cli import OneLineParser, number, run_command
 from .clock import WallClock
+from .domain import SupportAction
 from .read.queries import naive_utc
 from .stores.db import DEFAULT_URL, open_reader
 from .stores.sql import open_store
@@ -71,14 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-message", type=_task_id, metavar="N", help="a chat turn's settlement instead of a task")
     _db(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    for name, text in (("refund", "issue a refund that is due (refused with the reason otherwise)"),
-                       ("recheck", "re-check a generating task upstream"),
-                       ("mark-failed", "fail a task stuck past its threshold (refund by policy)")):
-        p = sub.add_parser(name, help=text)
+    for action, text in ((SupportAction.REFUND, "issue a refund that is due (refused with the reason otherwise)"),
+                         (SupportAction.RECHECK, "re-check a generating task upstream"),
+                         (SupportAction.MARK_FAILED, "fail a task stuck past its threshold (refund by policy)")):
+        p = sub.add_parser(action.value, help=text)
         p.add_argument("task_id", type=_task_id)
         _db(p)
-        p.add_argument("--operator", required=name != "recheck", default="cli", help="who is acting")
-        p.add_argument("--reason", required=name != "recheck", default="re-check requested", help="why")
+        optional = action is SupportAction.RECHECK
+        p.add_argument("--operator", required=not optional, default="cli", help="who is acting")
+        p.add_argument("--reason", required=not optional, default="re-check requested", help="why")
     p = _act(sub, "rerun", "task_id", "run a task again for its user: a new task with the same model, prompt and "
              "params, linked to the original, charged by the policy (--courtesy: refunded at once)",
              "why (kept on the original's timeline, never shown to the user)")
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite FILE when it already holds data")
     p = sub.add_parser("bulk", help="a support action on every task a filter matches, as a named incident "
                        "(--dry-run first: what each task would do)")
-    p.add_argument("action", choices=["recheck", "refund", "mark-failed"])
+    p.add_argument("action", choices=[a.value for a in SupportAction])
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="repeatable; keys: provider, model, category, status (comma-separated), error_code, "
                         "failure_class, min_age_s (seconds or 15m/2h/1d), since, until (ISO), user (id or email)")
@@ -220,12 +222,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _support(action: str):
+def _support(action: SupportAction):
     def run(args: argparse.Namespace) -> int:
         svc = _service(args)
-        method = {"refund": svc.support_refund, "recheck": svc.support_recheck,
-                  "mark-failed": svc.support_mark_failed}[action]
-        task = method(args.task_id, args.operator, args.reason)
+        task = svc.support(action, args.task_id, args.operator, args.reason)
         print(f"task {task.id}: {task.status}" + (f" ({task.error_code})" if task.error_code else "")
               + f"; {svc.credits_outcome(task)}")
         return 0
@@ -398,7 +398,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "init-db": cmd_init_db, "audit": cmd_audit, "diagnose": cmd_diagnose,
-    "refund": _support("refund"), "recheck": _support("recheck"), "mark-failed": _support("mark-failed"),
+    **{action.value: _support(action) for action in SupportAction},
     "rerun": cmd_rerun, "reprocess-callback": cmd_reprocess,
     "export-task": cmd_export_task, "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
     "alerts": cmd_alerts,
