@@ -11,6 +11,7 @@ import time
 
 import httpx
 import psutil
+import pytest
 from sqlalchemy import create_engine, make_url, text
 from starlette.testclient import TestClient
 
@@ -44,6 +45,7 @@ def _workers(pid: int, n: int, deadline_s: float = 30) -> list[psutil.Process]:
     raise AssertionError(f"the receiver did not have {n} workers within {deadline_s} s")
 
 
+@pytest.mark.slow  # receiver worker processes
 def test_a_killed_worker_is_replaced_and_the_receiver_keeps_serving(sqlite_url):
     store = open_store(sqlite_url, create=True)
     svc, clock, _providers = make_service(store=store)
