@@ -19,6 +19,7 @@ from sqlalchemy import Text as SAText
 from . import rules_sql
 from .domain import (
     INSUFFICIENT_CREDITS,
+    CallbackOutcome,
     ChatStatus,
     EntryType,
     EventKind,
@@ -34,6 +35,7 @@ from .stores.schema import (
     chat_session,
     credit_ledger,
     notification,
+    provider_callback,
     task_event,
 )
 
@@ -53,6 +55,7 @@ AUDIT_KINDS: dict[str, str] = {
     "success_without_urls": "SUCCESS without result URLs",
     "failed_without_error_code": "FAILED without an error code",
     "multiple_terminal_events": "More than one terminal transition",
+    "callback_applied_twice": "Callback applied twice",
     "notification_missing": "Terminal task without its notification",
     "notification_wrong_kind": "Notification of the wrong kind",
     "notification_duplicate": "Duplicate outcome notification",
@@ -208,6 +211,15 @@ def multiple_terminal_events(c: _Ctx) -> Select:
     task_id = task_event.c.task_id + 0
     return (select(task_id.label("task_id"), func.count().label("terminal_events"))
             .where(task_event.c.kind.in_(terminal)).group_by(task_id).having(func.count() > 1))
+
+
+def callback_applied_twice(c: _Ctx) -> Select:
+    """A task that more than one provider callback was applied to: a redelivery (or a delivery
+    racing a poll) must be recorded as a duplicate, never applied again."""
+    cb = provider_callback
+    return (select(cb.c.task_id.label("task_id"), func.count().label("applied_callbacks"))
+            .where(cb.c.outcome == str(CallbackOutcome.APPLIED), cb.c.task_id.is_not(None))
+            .group_by(cb.c.task_id).having(func.count() > 1))
 
 
 def _expected_kind():

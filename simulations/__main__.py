@@ -12,6 +12,7 @@
   serve-provider --flavor replicate|fal --port N [--scenario FILE] [--seed S] [--config-out FILE]
   live --flavor replicate|fal --tasks N --db URL [--scenario FILE] [--seed S] [--speed F]
   receiver-load --db URL [--tasks N] [--concurrency C]
+  faults --db URL --flavor replicate|fal --tasks N --fault KIND [--seed S] [--speed X]
 
 sweep, compare and chaos run their jobs on Dask distributed: a local cluster
 of one process per core by default (`--workers N`; `--workers 0` runs them in
@@ -114,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     from .receiver_load import add_parser as add_load_parser
 
     add_load_parser(sub)
+    from .faults import add_parser as add_faults_parser
+
+    add_faults_parser(sub)
     sp = sub.add_parser("serve-provider", help="serve the mock farm over HTTP in a real provider's protocol",
                         description="Serve every catalogue provider over HTTP as a Replicate-style or fal-style "
                         "API, with the scenario's generation times and faults, and deliver signed webhooks "
@@ -319,6 +323,12 @@ def cmd_receiver_load(a: argparse.Namespace) -> int:
     return load(a)
 
 
+def cmd_faults(a: argparse.Namespace) -> int:
+    from .faults import cmd_faults as faults
+
+    return faults(a)
+
+
 def cmd_history(a: argparse.Namespace) -> int:
     from .history_cli import COMMANDS as HISTORY
 
@@ -328,7 +338,7 @@ def cmd_history(a: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "sweep": cmd_sweep, "list": cmd_list,
             "bench": cmd_bench, "chaos": cmd_chaos, "backtest": cmd_history, "calibrate": cmd_history,
             "fork": cmd_history, "serve-provider": cmd_serve_provider, "live": cmd_live,
-            "receiver-load": cmd_receiver_load}
+            "receiver-load": cmd_receiver_load, "faults": cmd_faults}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,6 +146,13 @@ def d_terminal_twice(db, ids):
     db.event(ids["ok"], "succeeded")
 
 
+def d_callback_applied_twice(db, ids):
+    db.callback(ids["ok"], "up-ok", outcome="applied")
+    db.callback(ids["ok"], "up-ok", outcome="applied")
+    db.callback(ids["kept"], "up-kept", outcome="applied")      # once: fine
+    db.callback(ids["kept"], "up-kept", outcome="duplicate")    # a repeat recorded as one: fine
+
+
 def d_notification_missing(db, ids):
     db.success(ids["ann"], notify=False)
 
@@ -217,6 +224,7 @@ DEFECTS = [
     ("success_without_urls", d_success_null_urls, 1),
     ("failed_without_error_code", d_failed_no_code, 1),
     ("multiple_terminal_events", d_terminal_twice, 1),
+    ("callback_applied_twice", d_callback_applied_twice, 1),
     ("notification_missing", d_notification_missing, 1),
     ("notification_wrong_kind", d_notification_wrong, 1),
     ("notification_duplicate", d_notification_duplicate, 1),
