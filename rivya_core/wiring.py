@@ -43,6 +43,7 @@ from .policy import DEFAULT_POLICY, BillingPolicy
 from .ports import Clock, Provider
 from .providers.config import build_clients, load_providers
 from .read.queries import reference_now
+from .results import copier_from_env
 from .rules import SupportRefusal
 from .stores.sql import SqlStore, open_store
 
@@ -141,7 +142,9 @@ def service_for_store(store: SqlStore, *, providers: Mapping[str, Provider] | No
     them recognises (a simulation's), its providers answer status and find, and
     unless `clock` is given the service runs on the source's clock (pinned at the
     database's latest recorded time). Otherwise: the configured live clients
-    (rivya_core.providers.config), on wall time."""
+    (rivya_core.providers.config), on wall time; live clients' outputs are copied before SUCCESS
+    (`results.copier_from_env`)."""
+    results = None
     if providers is None:
         found = recorded_for(store.engine)
         if found is not None:
@@ -150,9 +153,10 @@ def service_for_store(store: SqlStore, *, providers: Mapping[str, Provider] | No
             providers, clock = found.providers, clock or found.clock
         else:
             providers = build_clients(load_providers())
+            results = copier_from_env() if providers else None  # live: outputs copied before SUCCESS
     return LifecycleService(store, clock or WallClock(), providers or {},
                             default_catalog(), policy or policy_from(), secrets=secrets_from_env(),
-                            judge_clock=judging_clock(store.engine))
+                            judge_clock=judging_clock(store.engine), results=results)
 
 
 def judging_clock(engine: Engine) -> Clock:
