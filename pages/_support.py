@@ -5,7 +5,8 @@
         where it comes from (it quotes names a database recorded: show it through plain()): a simulation database's recorded scenario, a realtime
         run this session started, else RIVYA_POLICY or the default.
     support_service(policy: BillingPolicy) -> LifecycleService
-        The service support actions go through, over current_url(). On a simulation
+        The service support actions go through, over current_url()'s one cached writable store
+        (support_engine(): its engine, for bulk incidents). On a simulation
         database its providers answer from the farm's recorded jobs and its clock is
         pinned at the database's latest time (rivya_core.wiring provider sources;
         importing this module registers the simulations package's).
@@ -30,7 +31,7 @@ from pages._text import plain
 from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.policy import BillingPolicy
 from rivya_core.stores import db
-from rivya_core.stores.sql import open_store
+from rivya_core.stores.sql import SqlStore, open_store
 
 try:  # registers the simulation databases' recorded providers with rivya_core.wiring
     import simulations.recorded  # noqa: F401
@@ -38,11 +39,24 @@ except ModuleNotFoundError:
     pass
 
 
+@st.cache_resource(show_spinner=False, on_release=lambda store: store.engine.dispose())
+def _write_store(url: str) -> SqlStore:
+    """The one writable store (and engine) of a database for this dashboard process: support
+    actions and stored audits reuse it, so a click never builds an engine; disposed when the
+    cache lets it go."""
+    return open_store(url)
+
+
+def support_engine() -> Engine:
+    """The writable engine of the current database (bulk incidents record through it)."""
+    return _write_store(current_url()).engine
+
+
 def support_service(policy: BillingPolicy):
     """A LifecycleService over the current database for support actions (see module doc)."""
-    from rivya_core.wiring import service_for_url
+    from rivya_core.wiring import service_for_store
 
-    return service_for_url(current_url(), policy=policy)
+    return service_for_store(_write_store(current_url()), policy=policy)
 
 
 def who_sees_what(task: dict, ledger: list[dict], policy: BillingPolicy) -> str:
@@ -68,11 +82,7 @@ def record_audit_now(policy: BillingPolicy, row_cap: int):
     from rivya_core.audit import run_and_record
 
     by = (st.session_state.get("user") if access_config().enabled else None) or "an operator in open mode"
-    engine = open_store(current_url()).engine
-    try:
-        return run_and_record(engine, policy, row_cap=row_cap, stored_by=by)
-    finally:
-        engine.dispose()
+    return run_and_record(support_engine(), policy, row_cap=row_cap, stored_by=by)
 
 
 # --- the billing policy a database is judged with -----------------------------------------

@@ -15,7 +15,7 @@ from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db, require_tables
-from pages._support import policy_in_force, support_service
+from pages._support import policy_in_force, support_engine, support_service
 from pages._text import plain
 from rivya_core.domain import RivyaError, SupportAction, TaskStatus
 from rivya_core.read import incidents, reports
@@ -134,7 +134,7 @@ def execute_form(action: str, flt: incidents.BulkFilter, name: str, planned: boo
 
         try:
             svc = support_service(policy)
-            r = bulk.execute(svc, action, flt, operator=operator.strip(), reason=reason.strip(),
+            r = bulk.execute(svc, support_engine(), action, flt, operator=operator.strip(), reason=reason.strip(),
                              name=name, progress=progress)
         except RivyaError as exc:
             ss["bulk_result"] = ("refused", plain(exc.message))
@@ -167,8 +167,8 @@ if require_tables(engine, ["incident"]):
         key = (action, tuple(sorted(flt.to_params().items())), name)
         if st.button("Dry run", key="bulk_dry_run", icon=":material/preview:"):
             svc = support_service(policy)
-            existing = incidents.incident_by_name(svc.store.engine, name)
-            ss["bulk_plan"] = (key, bulk.plan(svc, action, flt, incident_id=existing["id"] if existing else None))
+            existing = incidents.incident_by_name(support_engine(), name)
+            ss["bulk_plan"] = (key, bulk.plan(svc, support_engine(), action, flt, incident_id=existing["id"] if existing else None))
         planned = ss.get("bulk_plan")
         if planned and planned[0] == key:
             show_plan(planned[1])

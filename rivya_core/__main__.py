@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from . import limits
 from .cli import OneLineParser, number, run_command
@@ -20,6 +21,10 @@ from .clock import WallClock
 from .domain import SupportAction
 from .read.queries import naive_utc
 from .stores.db import DEFAULT_URL, open_reader
+
+if TYPE_CHECKING:
+    from .lifecycle import LifecycleService
+    from .wiring import Wired
 from .stores.sql import open_store
 
 
@@ -32,7 +37,7 @@ def _db(p: argparse.ArgumentParser) -> None:
 def _task_id(value: str) -> int:
     if not value.isascii() or not value.isdigit():
         raise argparse.ArgumentTypeError(f"task id must be {limits.describe('id')}, not {value[:40]!r}")
-    return number("id")(value)
+    return int(number("id")(value))
 
 
 def _moment(value: str) -> datetime:
@@ -171,11 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(COMMANDS[args.command], args)
 
 
-def _service(args: argparse.Namespace, pool_size: int | None = None):
-    from .wiring import policy_from, service_for_url
+def _wired(args: argparse.Namespace, pool_size: int | None = None) -> Wired:
+    from .wiring import policy_from, wire
 
     _provider_sources()
-    return service_for_url(args.db, policy=policy_from(args.policy), pool_size=pool_size)
+    return wire(args.db, policy=policy_from(args.policy), pool_size=pool_size)
+
+
+def _service(args: argparse.Namespace) -> LifecycleService:
+    return _wired(args).service
 
 
 def _provider_sources() -> None:
@@ -298,10 +307,11 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         raise ActionRefused("executing a bulk action needs --operator and --reason (or use --dry-run)",
                             reason=SupportRefusal.NO_REASON if (args.operator or "").strip()
                             else SupportRefusal.NO_OPERATOR)
-    svc = _service(args)
+    wired = _wired(args)
+    svc, engine = wired.service, wired.engine
     if args.dry_run:
-        existing = incidents.incident_by_name(svc.store.engine, args.name) if args.name else None
-        p = bulk.plan(svc, args.action, flt, incident_id=existing["id"] if existing else None)
+        existing = incidents.incident_by_name(engine, args.name) if args.name else None
+        p = bulk.plan(svc, engine, args.action, flt, incident_id=existing["id"] if existing else None)
         if args.json:
             print(json.dumps(p.to_dict(), default=str, indent=2))
             return 0
@@ -322,7 +332,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         if not args.json and total and (done == total or done % 1000 == 0):
             print(f"    {done}/{total}", file=sys.stderr)
 
-    r = bulk.execute(svc, args.action, flt, operator=args.operator, reason=args.reason, name=args.name,
+    r = bulk.execute(svc, engine, args.action, flt, operator=args.operator, reason=args.reason, name=args.name,
                      progress=progress)
     if args.json:
         print(json.dumps(r.to_dict(), default=str, indent=2))
@@ -397,17 +407,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValidationError("--alerts-notify pushes alerts after each polling sweep: give --poll-every above 0")
     threads = args.threads or DEFAULT_THREADS
     pool = pool_size_for(threads)
-    svc = _service(args, pool)  # checks the database and the configuration before anything is served
+    wired = _wired(args, pool)  # checks the database and the configuration before anything is served
+    svc = wired.service
     print(f"receiving webhooks on http://{args.host}:{args.port}/webhooks/PROVIDER for "
           f"{', '.join(sorted(svc.providers)) or 'no configured provider'}"
           + (f" in {args.workers} worker processes" if args.workers > 1 else "")
           + (f"; polling every {args.poll_every:g} s" if args.poll_every else "")
           + ("; pushing alerts after each sweep" if notify else ""), flush=True)
     if args.workers <= 1:
-        return serve(lambda: svc, args.host, args.port, poll_every=args.poll_every or None, threads=threads,
+        return serve(lambda: wired, args.host, args.port, poll_every=args.poll_every or None, threads=threads,
                      alerts_notify=notify)
-    svc.store.engine.dispose()  # no pooled connection crosses the forks
-    return serve(lambda: _service(args, pool), args.host, args.port, poll_every=args.poll_every or None,
+    wired.close()  # no pooled connection crosses the forks
+    return serve(lambda: _wired(args, pool), args.host, args.port, poll_every=args.poll_every or None,
                  workers=args.workers, threads=threads, alerts_notify=notify)
 
 

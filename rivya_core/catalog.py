@@ -102,7 +102,7 @@ class ModelSpec:
             return p.credits
         if p.billing_type == "per_second":
             spec = self.param(p.duration_param or "")
-            value = (params or {}).get(p.duration_param, spec.default if spec else 0)
+            value = (params or {}).get(p.duration_param or "", spec.default if spec else 0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 value = spec.default if spec else 0
             return _ceil_product(p.credits_per_second, max(value, 0))
@@ -223,7 +223,8 @@ def _parse_catalog(raw: dict[str, Any], source: str) -> tuple[ModelSpec, ...]:
         raise top.error("model", "the catalogue needs at least one [[model]] table")
     models: list[ModelSpec] = []
     for i, entry in enumerate(entries):
-        label = entry.get("id") if isinstance(entry, dict) and isinstance(entry.get("id"), str) else f"#{i + 1}"
+        given = entry.get("id") if isinstance(entry, dict) else None
+        label = given if isinstance(given, str) else f"#{i + 1}"
         where = _Where(source, label)
         spec = _parse_model(where, entry)
         if any(m.id == spec.id for m in models):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -19,7 +20,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error prints one line (and points at --help)
     instead of the usage block; subcommands inherit it."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
     def add_subparsers(self, **kwargs):

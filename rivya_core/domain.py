@@ -341,8 +341,8 @@ class TurnClosed(RivyaError):
     code = "chat_not_reserved"
 
     def __init__(self, message_id: int, status: str):
-        code = {ChatStatus.SETTLED: "chat_already_settled",
-                ChatStatus.FAILED: "chat_already_failed"}.get(status, "chat_not_reserved")
+        codes: dict[str, str] = {ChatStatus.SETTLED: "chat_already_settled", ChatStatus.FAILED: "chat_already_failed"}
+        code = codes.get(status, "chat_not_reserved")
         super().__init__(f"chat message {message_id} is already {status}; nothing was changed", code=code)
         self.status = status
 
@@ -403,7 +403,7 @@ class SupportAction(StrEnum):
         return {"recheck": "re-check"}.get(self.value, self.value.replace("-", " "))
 
     @classmethod
-    def parse(cls, value: object) -> SupportAction:
+    def parse(cls, value: str) -> SupportAction:
         """The action value names; ValidationError (code support_action_unknown) for anything else."""
         try:
             return cls(value)

@@ -42,7 +42,7 @@ from typing import Any
 
 import anyio.to_thread
 from anyio import CapacityLimiter
-from sqlalchemy import event, text
+from sqlalchemy import Engine, event, text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -51,6 +51,8 @@ from starlette.staticfiles import StaticFiles
 
 from .domain import CallbackOutcome
 from .lifecycle import MAX_CALLBACK_BODY, LifecycleService
+from .support.alert_push import AlertPusher
+from .wiring import Wired
 
 log = logging.getLogger("rivya.receiver")
 
@@ -182,14 +184,17 @@ def _statement_timeout(engine: Any, seconds: float) -> None:
         record.info["rivya_statement_timeout"] = ms
 
 
-def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
+def create_app(service: LifecycleService, *, engine: Engine | None = None, max_body: int = MAX_CALLBACK_BODY,
                poll_every: float | None = None, threads: int = DEFAULT_THREADS,
                after_sweep: Callable[[], Any] | None = None,
                request_timeout_s: float = REQUEST_TIMEOUT_S) -> Starlette:
-    """request_timeout_s: a delivery (or a health check) not answered by then gets a 503, and on
-    PostgreSQL each of the service's statements gives up after that long too, so no request hangs
-    on a lock, a dead connection or a database that stopped answering; a delivery whose work
-    committed after its 503 is recorded as a duplicate when the provider sends it again."""
+    """The receiver's app over `service`. `engine`: the SQL database the service's store writes
+    (`wiring.Wired.engine`): /healthz checks it answers, and on SQLite callbacks queue for its one
+    writer; None (a store without a database) skips both. request_timeout_s: a delivery (or a
+    health check) not answered by then gets a 503, and on PostgreSQL each statement on `engine`
+    gives up after that long too, so no request hangs on a lock, a dead connection or a database
+    that stopped answering; a delivery whose work committed after its 503 is recorded as a
+    duplicate when the provider sends it again."""
     if threads < 1:
         raise ValueError("a receiver needs at least one callback thread")
     if not request_timeout_s > 0:
@@ -200,7 +205,6 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
         with anyio.fail_after(request_timeout_s):  # the thread is left to end on its own timeouts
             return await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter, abandon_on_cancel=True)
 
-    engine = getattr(service.store, "engine", None)
     if engine is not None and engine.dialect.name == "postgresql":
         _statement_timeout(engine, request_timeout_s)
     one_writer = OneWriter(engine.url.database) if engine is not None and engine.dialect.name == "sqlite" else None
@@ -228,11 +232,12 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
 
     async def healthz(_request: Request) -> JSONResponse:
         def ping() -> None:
-            with service.store.engine.connect() as conn:
+            assert engine is not None
+            with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
 
         try:
-            if hasattr(service.store, "engine"):
+            if engine is not None:
                 await in_thread(ping)
         except Exception:
             return JSONResponse({"ok": False, "database": "unreachable"}, status_code=503)
@@ -271,20 +276,20 @@ def warm_webhook_keys(service: LifecycleService) -> int:
     return held
 
 
-def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1", port: int = 8080, *,
+def serve(make_service: Callable[[], Wired], host: str = "127.0.0.1", port: int = 8080, *,
           poll_every: float | None = 30.0, max_body: int = MAX_CALLBACK_BODY, workers: int = 1,
           threads: int = DEFAULT_THREADS, alerts_notify: str | None = None) -> int:
     """Serve until stopped (exit status 0). With workers > 1 a worker that dies is replaced by a
     new one (after a doubling pause when workers keep dying at start); the deliveries it held
-    get no answer, and the provider sends them again. make_service builds
-    each process's service (its pool sized by pool_size_for(threads)). alerts_notify: the alert
+    get no answer, and the provider sends them again. make_service builds each process's service
+    and engine (`wiring.wire`, its pool sized by pool_size_for(threads)). alerts_notify: the alert
     webhook the sweep pushes alerts to after each pass (rivya_core.support.alert_push)."""
     import uvicorn
 
     if workers <= 1:
-        svc = make_service()
-        app = create_app(svc, max_body=max_body, poll_every=poll_every, threads=threads,
-                         after_sweep=_pusher(svc, alerts_notify))
+        wired = make_service()
+        app = create_app(wired.service, engine=wired.engine, max_body=max_body, poll_every=poll_every,
+                         threads=threads, after_sweep=_pusher(wired, alerts_notify))
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return 0
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -304,8 +309,8 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
     quick_deaths = 0
     try:
         if poll_every:  # the parent's own service and pool, built after the forks
-            svc = make_service()
-            loop = PollLoop(svc, poll_every, _pusher(svc, alerts_notify))
+            wired = make_service()
+            loop = PollLoop(wired.service, poll_every, _pusher(wired, alerts_notify))
             loop.start()
         while not stopping.is_set():
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -332,15 +337,13 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
     return 0
 
 
-def _pusher(service: LifecycleService, url: str | None) -> Callable[[], Any] | None:
+def _pusher(wired: Wired, url: str | None) -> Callable[[], Any] | None:
     if not url:
         return None
-    from .support.alert_push import AlertPusher
-
-    return AlertPusher(service.store.engine, service.policy, url)
+    return AlertPusher(wired.engine, wired.service.policy, url)
 
 
-def _fork_worker(make_service: Callable[[], LifecycleService], sock: socket.socket, max_body: int,
+def _fork_worker(make_service: Callable[[], Wired], sock: socket.socket, max_body: int,
                  threads: int) -> int:
     pid = os.fork()
     if pid:
@@ -351,7 +354,8 @@ def _fork_worker(make_service: Callable[[], LifecycleService], sock: socket.sock
 
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        app = create_app(make_service(), max_body=max_body, poll_every=None, threads=threads)
+        wired = make_service()
+        app = create_app(wired.service, engine=wired.engine, max_body=max_body, poll_every=None, threads=threads)
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
         code = 0
     except BaseException:

@@ -46,9 +46,11 @@ def refund_due(status: Any, failure_class: Any, charged: Any, refunded: Any, pol
 
 def outcome_notification(status: Any, error_code: Any) -> Any:
     """rules.outcome_notification: the notification kind a settled task sends, NULL while it runs."""
-    success = _py_outcome_notification(TaskStatus.SUCCESS, None)
-    for_credits = _py_outcome_notification(TaskStatus.FAILED, INSUFFICIENT_CREDITS)
-    failed = _py_outcome_notification(TaskStatus.FAILED, "")
-    return case((status == TaskStatus.SUCCESS.value, success.value),
-                (and_(status == TaskStatus.FAILED.value, error_code == INSUFFICIENT_CREDITS), for_credits.value),
-                (status == TaskStatus.FAILED.value, failed.value), else_=None)
+    def kind(status_value: str, code: str | None) -> str | None:
+        found = _py_outcome_notification(status_value, code)
+        return found.value if found is not None else None
+
+    return case((status == TaskStatus.SUCCESS.value, kind(TaskStatus.SUCCESS, None)),
+                (and_(status == TaskStatus.FAILED.value, error_code == INSUFFICIENT_CREDITS),
+                 kind(TaskStatus.FAILED, INSUFFICIENT_CREDITS)),
+                (status == TaskStatus.FAILED.value, kind(TaskStatus.FAILED, "")), else_=None)

@@ -199,9 +199,10 @@ def _coerce(p: ParamSpec, value: Any) -> Any:
             allowed = ", ".join(str(c) for c in p.choices)
             raise reject("param_invalid", f"The setting {p.name!r} must be one of {allowed}; got {show(value)}.")
         return canon[key]
-    if (p.min is not None and converted < p.min) or (p.max is not None and converted > p.max):
+    number = converted if isinstance(converted, (int, float)) and not isinstance(converted, bool) else None
+    if number is not None and ((p.min is not None and number < p.min) or (p.max is not None and number > p.max)):
         raise reject("param_out_of_range", f"The setting {p.name!r} must be {_bounds(p)}; got {show(value)}.")
-    if p.max_length is not None and len(converted) > p.max_length:
+    if p.max_length is not None and isinstance(converted, str) and len(converted) > p.max_length:
         raise reject("param_invalid", f"The setting {p.name!r} can be at most {p.max_length} characters; "
                                       f"it has {len(converted)}.")
     return converted

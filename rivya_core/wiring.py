@@ -31,6 +31,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -40,9 +41,11 @@ from .domain import ActionRefused, ValidationError
 from .lifecycle import LifecycleService
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .ports import Clock, Provider
+from .providers.config import build_clients, load_providers
 from .read.queries import reference_now
+from .results import copier_from_env
 from .rules import SupportRefusal
-from .stores.sql import open_store
+from .stores.sql import SqlStore, open_store
 
 SECRETS_ENV = "RIVYA_WEBHOOK_SECRETS"
 POLICY_ENV = "RIVYA_POLICY"
@@ -98,29 +101,57 @@ def recorded_for(engine: Engine) -> Recorded | None:
     return None
 
 
-def service_for_url(url: str, *, providers: Mapping[str, Provider] | None = None,
-                    policy: BillingPolicy | None = None, clock: Clock | None = None,
-                    create: bool = False, pool_size: int | None = None) -> LifecycleService:
-    """A service over the database at url. Raises StoreUnavailable/SchemaMissing.
+@dataclass(frozen=True)
+class Wired:
+    """A lifecycle service and the engine of the SQL database its store writes: the read side,
+    bulk incidents, alert pushing and the receiver's health check read through `engine`, so no
+    caller reaches into the service's store for it. `close()` disposes the engine."""
+
+    service: LifecycleService
+    engine: Engine
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def wire(url: str, *, providers: Mapping[str, Provider] | None = None,
+         policy: BillingPolicy | None = None, clock: Clock | None = None,
+         create: bool = False, pool_size: int | None = None) -> Wired:
+    """A service over the database at url, with its engine. Raises StoreUnavailable/SchemaMissing;
+    ActionRefused (SOURCE_BUSY) when the database's provider source says no action may run now
+    (the engine is disposed then). See service_for_store; pool_size: see db.make_engine."""
+    store = open_store(url, create=create, pool_size=pool_size)
+    try:
+        return Wired(service_for_store(store, providers=providers, policy=policy, clock=clock), store.engine)
+    except ActionRefused:
+        store.engine.dispose()
+        raise
+
+
+def service_for_url(url: str, **options: Any) -> LifecycleService:
+    """wire(url, **options).service: for a caller that needs no engine of its own."""
+    return wire(url, **options).service
+
+
+def service_for_store(store: SqlStore, *, providers: Mapping[str, Provider] | None = None,
+                      policy: BillingPolicy | None = None, clock: Clock | None = None) -> LifecycleService:
+    """A service over an open SQL store (a caller that keeps one store per database, such as the
+    dashboard, builds its services here: no new engine per action).
 
     providers=None asks the registered provider sources: for a database one of
     them recognises (a simulation's), its providers answer status and find, and
     unless `clock` is given the service runs on the source's clock (pinned at the
     database's latest recorded time). Otherwise: the configured live clients
-    (rivya_core.providers.config), on wall time. pool_size: see db.make_engine."""
-    store = open_store(url, create=create, pool_size=pool_size)
+    (rivya_core.providers.config), on wall time; live clients' outputs are copied before SUCCESS
+    (`results.copier_from_env`)."""
     results = None
     if providers is None:
         found = recorded_for(store.engine)
         if found is not None:
             if found.busy:
-                store.engine.dispose()
                 raise ActionRefused(found.busy, reason=SupportRefusal.SOURCE_BUSY)
             providers, clock = found.providers, clock or found.clock
         else:
-            from .providers.config import build_clients, load_providers
-            from .results import copier_from_env
-
             providers = build_clients(load_providers())
             results = copier_from_env() if providers else None  # live: outputs copied before SUCCESS
     return LifecycleService(store, clock or WallClock(), providers or {},

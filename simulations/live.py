@@ -173,7 +173,7 @@ def _run(store: Any, scenario: Scenario, flavor: str, tasks: int, seed: int | No
                               fake.provider_names, timeout_s=CLIENT_TIMEOUT_S)
         clients = build_clients(parse_providers(parse_toml(text, "<live>", RivyaError), "<live>"))
         svc = LifecycleService(store, WallClock(), clients, catalog, policy)
-        app = create_app(svc, poll_every=max(0.1, min(1.0, policy.poll_interval_s)))
+        app = create_app(svc, engine=store.engine, poll_every=max(0.1, min(1.0, policy.poll_interval_s)))
         with ServerThread(app, receiver_port):
             streams = Streams(seed)
             users = _accounts(svc, scenario, streams)

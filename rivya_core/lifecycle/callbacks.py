@@ -8,13 +8,21 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import webhooks
-from ..domain import CallbackOutcome, EventKind, ParkedCallback, ProviderCallback, Task, TaskEvicted, TaskStatus
-from ..ports import CallbackFormat, Tx
+from ..domain import (
+    CallbackOutcome,
+    EventKind,
+    FailureClass,
+    ParkedCallback,
+    ProviderCallback,
+    Task,
+    TaskEvicted,
+    TaskStatus,
+    known,
+)
+from ..ports import CallbackFormat, Tx, UpstreamState
 from .base import MAX_CALLBACK_BODY, PARKED_DETAIL, STORED_BODY_LIMIT, WEBHOOK_SEEN
 from .outputs import Outputs
 from .parsing import (
-    _CLASSES,
-    _STATES,
     _already,
     _callback_outcome,
     _epoch,
@@ -57,7 +65,8 @@ class Callbacks(Outputs):
         headers = headers if isinstance(headers, Mapping) else {}
         now_ts = now.timestamp() if now.tzinfo else _epoch(now)
         try:
-            webhook_id = fmt.verify(headers, raw, now_ts) if fmt else webhooks.verify(secrets, headers, raw, now_ts)
+            webhook_id = (fmt.verify(headers, raw, now_ts) if fmt is not None
+                          else webhooks.verify(secrets or [], headers, raw, now_ts))
             record.webhook_id = webhook_id[:200]
         except webhooks.WebhookError as exc:
             outcome = {"stale": CallbackOutcome.REJECTED_STALE,
@@ -154,9 +163,10 @@ class Callbacks(Outputs):
         tx.lock_upstream(provider, upstream_id)
         claimed = []
         for p in tx.claim_parked(provider, upstream_id, task_id, self._now()):
-            parsed = _Parsed(p.upstream_task_id, _STATES.get(p.state, p.state), tuple(p.result_urls or ()),
-                             p.error_code, p.error_message, _CLASSES.get(p.failure_class, p.failure_class))
-            task = tx.get_task(task_id, for_update=True)
+            parsed = _Parsed(p.upstream_task_id, known(UpstreamState, p.state), tuple(p.result_urls or ()),
+                             p.error_code, p.error_message,
+                             known(FailureClass, p.failure_class) if p.failure_class is not None else None)
+            task = self._task_in(tx, task_id, for_update=True)
             outcome, detail = self._route(tx, task, parsed, p.webhook_id)
             tx.settle_callback(p.callback_id, task_id, outcome, detail or "parked until the upstream id was stored")
             self._take(tx, task, parsed, p.webhook_id, outcome, p.callback_id, parked=True)

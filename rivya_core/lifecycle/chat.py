@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import limits
 from ..domain import (
     ChatMessage,
     ChatSession,
@@ -52,7 +51,7 @@ class Chat(Reads):
                                              reserved_credits=estimate, status=ChatStatus.RESERVED))
             tx.post(session.user_id, EntryType.CHAT_RESERVE, -estimate, f"chat_reserve:msg:{msg.id}", self._now(),
                     chat_message_id=msg.id, note=f"reserve for {session.model}")
-            return tx.get_message(msg.id)
+            return self._message_in(tx, msg.id)
 
         try:
             return self._tx(step)
@@ -86,7 +85,7 @@ class Chat(Reads):
             self._chat_refund(tx, session.user_id, msg, msg.reserved_credits - charged, "unused reservation")
             self._close_turn(tx, msg.id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                              charged_credits=charged, status=ChatStatus.SETTLED)
-            return tx.get_message(msg.id)
+            return self._message_in(tx, msg.id)
 
         return self._tx(step)
 
@@ -101,15 +100,13 @@ class Chat(Reads):
                 raise TurnClosed(msg.id, msg.status)
             self._chat_refund(tx, session.user_id, msg, msg.reserved_credits, str(reason)[:200])
             self._close_turn(tx, msg.id, charged_credits=0, status=ChatStatus.FAILED)
-            return tx.get_message(msg.id)
+            return self._message_in(tx, msg.id)
 
         return self._tx(step)
 
     def _reserved_message(self, tx: Tx, message_id: int) -> tuple[ChatMessage, ChatSession]:
-        msg = tx.get_message(message_id, for_update=True) if limits.LIMITS["id"].ok(message_id) else None
-        if msg is None:
-            raise NotFound(f"no chat message {message_id!r}")
-        return msg, tx.get_session(msg.session_id)
+        msg = self._message_in(tx, message_id, for_update=True)
+        return msg, self._session_in(tx, msg.session_id)
 
     def _close_turn(self, tx: Tx, message_id: int, **fields: Any) -> None:
         if not tx.update_message(message_id, [ChatStatus.RESERVED], settled_at=self._now(), **fields):

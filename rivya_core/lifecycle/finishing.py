@@ -77,14 +77,14 @@ class Finishing(Reads):
         else:
             self._notify(tx, task, kind, "Your generation failed", f"{task.model}: {message[:300]}")
 
-    def _refund_if_due(self, tx: Tx, task: Task, failure_class: str, *,
+    def _refund_if_due(self, tx: Tx, task: Task, failure_class: str | None, *,
                        support_note: str | None = None) -> LedgerEntry | None:
         """Reverse a failed task's charge when the rules say so. `support_note`: a support action
         issues it (after refund_refusal allowed it); the row then carries support=True."""
         charge = tx.entry(consume_key(task.id))
         facts = rules.RefundFacts(TaskStatus.FAILED, failure_class, charged=charge is not None, refunded=False)
         refusal = rules.refund_refusal(facts, self.policy)
-        if refusal == rules.RefundRefusal.NEVER_CHARGED:
+        if charge is None or refusal == rules.RefundRefusal.NEVER_CHARGED:
             return None
         if refusal == rules.RefundRefusal.POLICY_KEEPS and support_note is None:
             self._event(tx, task.id, EventKind.REFUND_SKIPPED, reason=f"policy keeps credits for {failure_class} failures")
@@ -97,7 +97,8 @@ class Finishing(Reads):
                         reason="support" if support_note is not None else "policy")
         return res.entry
 
-    def _notify(self, tx: Tx, task: Task, kind: NotificationKind, title: str, body: str) -> None:
-        if tx.add_notification(task.user_id, kind, title, body, self._now(), task_id=task.id,
+    def _notify(self, tx: Tx, task: Task, kind: NotificationKind | None, title: str, body: str) -> None:
+        """The task's one outcome notification (kind None: the outcome tells the user nothing)."""
+        if kind is not None and tx.add_notification(task.user_id, kind, title, body, self._now(), task_id=task.id,
                                idempotency_key=notify_key(task.id)):
             self._event(tx, task.id, EventKind.NOTIFIED, notification=kind.value)

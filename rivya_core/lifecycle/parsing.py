@@ -53,8 +53,9 @@ def parse_callback(raw: bytes) -> _Parsed | str:
     code, message = data.get("error_code"), data.get("error_message")
     if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):
         return "data.error_code / error_message are not strings"
-    return _Parsed(upstream, _STATES[state], tuple(urls), code and code[:80], message and message[:2000],
-                   klass and _CLASSES[klass])
+    return _Parsed(upstream, _STATES[state], tuple(urls), code[:80] if code is not None else None,
+                   message[:2000] if message is not None else None,
+                   _CLASSES[klass] if klass is not None else None)
 
 
 def _already(status: str) -> str:

@@ -42,7 +42,7 @@ class Polling(Outputs):
         task = self.task(task_id)
         if task.status != TaskStatus.GENERATING:
             return task
-        return self._check(task_id, EventKind.RECHECK, reason=reason)
+        return self._check(task_id, EventKind.RECHECK, reason=reason) or self.task(task_id)
 
     def _check(self, task_id: int, kind: EventKind, reason: str | None = None) -> Task | None:
         task = self.task(task_id)

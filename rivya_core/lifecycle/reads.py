@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import limits
-from ..domain import NotFound, Task
+from ..domain import ChatMessage, ChatSession, NotFound, Task
 from ..ports import Tx
 from .base import LifecycleBase
 
@@ -18,6 +18,20 @@ class Reads(LifecycleBase):
         if task is None:
             raise NotFound(f"no task {task_id!r}")
         return task
+
+    @staticmethod
+    def _message_in(tx: Tx, message_id: int, for_update: bool = False) -> ChatMessage:
+        msg = tx.get_message(message_id, for_update=for_update) if limits.LIMITS["id"].ok(message_id) else None
+        if msg is None:
+            raise NotFound(f"no chat message {message_id!r}")
+        return msg
+
+    @staticmethod
+    def _session_in(tx: Tx, session_id: int) -> ChatSession:
+        session = tx.get_session(session_id) if limits.LIMITS["id"].ok(session_id) else None
+        if session is None:
+            raise NotFound(f"no chat session {session_id}")
+        return session
 
     def balance(self, user_id: int) -> int:
         return self._tx(lambda tx: tx.balance(user_id))

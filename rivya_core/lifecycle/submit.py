@@ -9,6 +9,7 @@ from .. import rules
 from ..domain import (
     ACTIVE,
     INSUFFICIENT_CREDITS,
+    Category,
     EntryType,
     EventKind,
     FailureClass,
@@ -60,7 +61,7 @@ class Submitting(Callbacks):
             raise NotFound(f"no account {user_id}")
         duplicate = self._heavier_duplicate(tx, user_id, req, credits)  # may refuse: nothing written yet
         task = tx.insert_task(Task(
-            id=0, user_id=user_id, model=req.model, category=req.category, prompt=req.prompt,
+            id=0, user_id=user_id, model=req.model, category=Category(req.category), prompt=req.prompt,
             params=dict(req.params), status=TaskStatus.WAITING, billing_type=req.billing_type,
             reserved_credits=credits, provider=req.provider, created_at=self._now(),
             chat_message_id=chat_message_id, rerun_of=rerun_of))
@@ -108,16 +109,17 @@ class Submitting(Callbacks):
                     error = exc
 
         def step(tx: Tx) -> Task:
-            current = tx.get_task(task_id, for_update=True)
-            if current is None or current.status != TaskStatus.WAITING:
+            current = self._task_in(tx, task_id, for_update=True)
+            if current.status != TaskStatus.WAITING:
                 return current
-            if error is not None:
-                self._event(tx, task_id, EventKind.SUBMIT_FAILED, fault=error.kind, message=error.message)
-                self._finish_failed(tx, current, error.code, error.message,
-                                    rules.submit_failure_class(error.kind), path="submit")
+            if upstream_id is None:
+                fault = error or ProviderError(ProviderFault.ERROR, "the provider gave no job id")
+                self._event(tx, task_id, EventKind.SUBMIT_FAILED, fault=fault.kind, message=fault.message)
+                self._finish_failed(tx, current, fault.code, fault.message,
+                                    rules.submit_failure_class(fault.kind), path="submit")
             else:
                 self._mark_generating(tx, current, upstream_id)
-            return tx.get_task(task_id)
+            return self._task_in(tx, task_id)
 
         return self._tx(step)
 

@@ -49,7 +49,7 @@ class Support(Recovery):
         self._refund_if_due(tx, task, task.failure_class, support_note=rules.SUPPORT_REFUND_NOTE)
         self._support_event(tx, task_id, operator, SupportAction.REFUND.event_name, reason, "refunded",
                             incident_id)
-        return tx.get_task(task_id)
+        return self._task_in(tx, task_id)
 
     def support(self, action: SupportAction | str, task_id: int, operator: str, reason: str, *,
                 incident_id: int | None = None) -> Task:
@@ -151,7 +151,7 @@ class Support(Recovery):
             found = me._recover_one(task)
             task = me.task(task_id)
         elif refusal is None:
-            task = me._check(task_id, EventKind.RECHECK, reason=f"support: {operator}")
+            task = me._check(task_id, EventKind.RECHECK, reason=f"support: {operator}") or me.task(task_id)
         result = refusal or (f"upstream checked; task is {task.status}" + (f" ({found})" if found else ""))
         me._tx(lambda tx: me._support_event(tx, task_id, operator, SupportAction.RECHECK.event_name, reason,
                                                 result, incident_id))
@@ -175,7 +175,7 @@ class Support(Recovery):
                             path="support")
         self._support_event(tx, task_id, operator, SupportAction.MARK_FAILED.event_name, reason,
                             "marked failed", incident_id)
-        return tx.get_task(task_id)
+        return self._task_in(tx, task_id)
 
     def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str,
                        result: str | Refusal, incident_id: int | None = None) -> None:

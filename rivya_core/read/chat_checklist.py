@@ -22,12 +22,12 @@ def diagnose_chat_message(bind: Bind, message_id: int, policy: BillingPolicy = D
     """The checklist for a chat turn's settlement (and its tool-backed tasks); NotFound for a missing id."""
     mid = message_id if isinstance(message_id, int) and 0 <= message_id < 2**63 else None
     with connect(bind) as conn:
-        msg = conn.execute(select(*chat_message.c, chat_session.c.user_id, chat_session.c.model).select_from(
+        row = conn.execute(select(*chat_message.c, chat_session.c.user_id, chat_session.c.model).select_from(
             chat_message.outerjoin(chat_session, chat_session.c.id == chat_message.c.session_id)).where(
             chat_message.c.id == mid)).first() if mid is not None else None
-        if msg is None:
+        if row is None:
             raise NotFound(f"chat message {message_id} not found")
-        msg = dict(msg._mapping)
+        msg = dict(row._mapping)
         ledger = rows(conn.execute(select(*credit_ledger.c).where(credit_ledger.c.chat_message_id == mid)
                                    .order_by(credit_ledger.c.id)))
         tasks = [r[0] for r in conn.execute(select(ai_task.c.id).where(ai_task.c.chat_message_id == mid)
@@ -85,6 +85,6 @@ def checklist_for_chat(msg, ledger, tool: list[Diagnosis], policy, now, grace_s)
             [{"task_id": d.id, "verdict": d.verdict, "next_action": d.next_action} for d in tool]))
         if bad and action == verdicts.NextAction.NOTHING:
             verdict_text += f"; tool task #{bad[0].id}: {bad[0].verdict}"
-            action, action_text = bad[0].action_code, bad[0].next_action
+            action, action_text = bad[0].action_code or action, bad[0].next_action
     return Diagnosis("chat_message", msg["id"], kind, items, verdict_text, action_text, now,
                      verdict_code=code, action_code=action)

@@ -215,7 +215,7 @@ def handled_by_any(conn: Any, task_id: int) -> set[int]:
     """The incidents that acted on this task (its support_action events' `incident`)."""
     q = select(task_event.c.detail).where(task_event.c.task_id == task_id,
                                           task_event.c.kind == EventKind.SUPPORT_ACTION.value)
-    return {d.get("incident") for (d,) in conn.execute(q) if isinstance(d, dict) and d.get("incident")}
+    return {int(d["incident"]) for (d,) in conn.execute(q) if isinstance(d, dict) and d.get("incident")}
 
 
 def incident_by_name(engine: Engine, name: str) -> dict[str, Any] | None:

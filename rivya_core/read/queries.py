@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Connection, Engine, Select, func, or_, select, update
 
@@ -55,6 +55,10 @@ def connect(bind: Bind) -> Iterator[Connection]:
             yield conn
 
 
+@overload
+def naive_utc(dt: datetime) -> datetime: ...
+@overload
+def naive_utc(dt: None) -> None: ...
 def naive_utc(dt: datetime | None) -> datetime | None:
     """Stored times are naive UTC; turn an aware datetime into one."""
     if dt is not None and dt.tzinfo is not None:
@@ -111,8 +115,8 @@ def latest_timestamp(bind: Bind) -> datetime | None:
         select(func.max(credit_ledger.c.created_at)),
     ]
     with connect(bind) as conn:
-        seen = [conn.execute(q).scalar() for q in candidates]
-    seen = [naive_utc(t) for t in seen if t is not None]
+        found = [conn.execute(q).scalar() for q in candidates]
+    seen = [naive_utc(t) for t in found if t is not None]
     return max(seen) if seen else None
 
 
@@ -363,10 +367,10 @@ def task_detail(bind: Bind, task_id: int) -> dict[str, Any]:
     message it belongs to. Raises NotFound."""
     tid = _as_id(str(task_id)) if not isinstance(task_id, bool) else None
     with connect(bind) as conn:
-        task = conn.execute(select(*ai_task.c).where(ai_task.c.id == tid)).first() if tid is not None else None
-        if task is None:
+        row = conn.execute(select(*ai_task.c).where(ai_task.c.id == tid)).first() if tid is not None else None
+        if row is None or tid is None:
             raise NotFound(f"task {task_id} not found")
-        task = dict(task._mapping)
+        task = dict(row._mapping)
         acct = conn.execute(select(*account.c).where(account.c.id == task["user_id"])).first()
         events = conn.execute(select(*task_event.c).where(task_event.c.task_id == tid).order_by(task_event.c.id))
         ledger_cond = credit_ledger.c.task_id == tid

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import ColumnElement, Engine, func, or_, select
 
 from .. import rules
 from ..audit import current_audit, ledger_sums
@@ -75,9 +75,10 @@ def throughput(engine: Engine, days: float | None = THROUGHPUT_DAYS, max_buckets
     million-task history costs no more than its last week; the bucket width (minute, hour,
     day) follows the window's span.
     """
-    lo, hi = _span(engine)
-    if lo is None:
+    span = _span(engine)
+    if span is None:
         return pd.DataFrame(columns=["bucket", "status", "tasks"])
+    lo, hi = span
     if days is not None:
         lo = max(lo, hi - timedelta(days=float(days)))
     bucket = _bucket(engine, ai_task.c.finished_at, _unit_for(hi - lo)).label("bucket")
@@ -95,13 +96,13 @@ def throughput(engine: Engine, days: float | None = THROUGHPUT_DAYS, max_buckets
     return df
 
 
-def _span(engine: Engine) -> tuple[datetime | None, datetime | None]:
-    """The first and last finished_at: two index lookups."""
+def _span(engine: Engine) -> tuple[datetime, datetime] | None:
+    """The first and last finished_at (None: no task finished yet): two index lookups."""
     with connect(engine) as conn:
         lo = conn.execute(select(func.min(ai_task.c.finished_at))).scalar()
         hi = conn.execute(select(func.max(ai_task.c.finished_at))).scalar()
-    if lo is None:
-        return None, None
+    if lo is None or hi is None:
+        return None
     return pd.Timestamp(lo).to_pydatetime(), pd.Timestamp(hi).to_pydatetime()
 
 
@@ -247,11 +248,14 @@ def filter_options(engine: Engine, limit: int = 200) -> dict[str, list[str]]:
     return {name: sorted(values) for name, values in known.items()}
 
 
+_ACTIVE_VALUES = tuple(status.value for status in ACTIVE)
+
+
 def active_tasks(
     engine: Engine,
     *,
     now: datetime,
-    statuses: tuple[str, ...] = tuple(s.value for s in ACTIVE),
+    statuses: tuple[str, ...] = _ACTIVE_VALUES,
     category: tuple[str, ...] = (),
     model: tuple[str, ...] = (),
     provider: tuple[str, ...] = (),
@@ -287,7 +291,8 @@ def active_tasks(
 
 def _user_match(q: str):
     pattern = "%" + like_escape(q) + "%"
-    conds = [account.c.email.ilike(pattern, escape="\\"), account.c.name.ilike(pattern, escape="\\")]
+    conds: list[ColumnElement[bool]] = [account.c.email.ilike(pattern, escape="\\"),
+                                        account.c.name.ilike(pattern, escape="\\")]
     if q.isdigit():
         conds.append(ai_task.c.user_id == int(q))
     return or_(*conds)

@@ -69,7 +69,7 @@ def _is_memory_sqlite(url: Any) -> bool:
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
     u = make_url(normalize_url(url))
-    if u.get_backend_name() != "sqlite" or _is_memory_sqlite(u):
+    if u.get_backend_name() != "sqlite" or _is_memory_sqlite(u) or u.database is None:
         return None
     return Path(u.database)
 
@@ -149,7 +149,7 @@ def init_db(engine: Engine) -> None:
                 conn.execute(CreateTable(table))
         _add_missing_columns(conn, present)
         for table in schema.metadata.sorted_tables:
-            for index in sorted(table.indexes, key=lambda ix: ix.name):
+            for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
                 index.create(conn, checkfirst=True)
         have = conn.scalar(select(schema.schema_meta.c.value).where(schema.schema_meta.c.key == "version"))
         if have is None:

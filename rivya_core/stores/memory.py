@@ -14,7 +14,7 @@ store: it hands new rows to the batch writer and forgets finished tasks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ..ports import Snapshot
 from .memory_tables import MemoryTables, _copy
@@ -40,7 +40,7 @@ class _Unit:
         s._depth += 1
         return s._tx
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         s = self.s
         try:
             mark = self.marks.pop()

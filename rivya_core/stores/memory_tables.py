@@ -155,7 +155,7 @@ class MemoryTables:
         self._next[table] += 1
         return self._next[table]
 
-    def _add(self, table: dict[int, Any], row: Any, undo_extra: Callable[[], None] | None = None) -> None:
+    def _add(self, table: dict[int, Any], row: Any, undo_extra: Callable[[], object] | None = None) -> None:
         table[row.id] = row
 
         def undo() -> None:

@@ -123,7 +123,8 @@ class MemoryTx:
 
     def tasks_due_for_check(self, now: datetime, limit: int) -> list[Task]:
         s = self.s
-        heap, found, seen = s._due, [], set()
+        heap, seen = s._due, set()
+        found: list[tuple[datetime, int]] = []
         while heap and heap[0][0] <= now and len(found) < limit:
             at, tid = heapq.heappop(heap)
             task = s.tasks.get(tid)
@@ -253,7 +254,7 @@ class MemoryTx:
         row.id = s._new_id("provider_callback")
         key = (row.provider, row.webhook_id) if row.webhook_id else None
         newly_seen = key is not None and key not in s._webhooks and row.outcome in WEBHOOK_SEEN_OUTCOMES
-        if newly_seen:
+        if key is not None and newly_seen:
             s._webhooks.add(key)
         if row.task_id is not None:
             s._task_cbs[row.task_id].append(row.id)
@@ -292,7 +293,7 @@ class MemoryTx:
         key = (row.provider, row.webhook_id) if row.webhook_id else None
         newly_seen = key is not None and key not in s._webhooks and outcome in WEBHOOK_SEEN_OUTCOMES
         row.task_id, row.outcome, row.detail = task_id, str(outcome), detail
-        if newly_seen:
+        if key is not None and newly_seen:
             s._webhooks.add(key)
         linked = before[0] != task_id
         if linked:

@@ -88,6 +88,19 @@ _SAMPLES = (datetime(2026, 12, 31, 23, 59, 58, 7), datetime(999, 1, 2, 3, 4, 5),
 _JSON_SAMPLES = ({"b": 1, "a": [1.5, "\u00e9", None, True, {"c": "d"}]}, ["x", 2])
 
 
+class _Inlined:
+    """A bind processor and the source text of the same conversion (`inline`, with `{value}` and
+    `{proc}` to fill in), which `_row_function` writes into the row function instead of a call."""
+
+    __slots__ = ("fn", "inline")
+
+    def __init__(self, fn: Callable[[Any], Any], inline: str):
+        self.fn, self.inline = fn, inline
+
+    def __call__(self, value: Any) -> Any:
+        return self.fn(value)
+
+
 def _faster_json(proc: Any) -> Any:
     """A JSON column's processor wraps the engine's serializer in two calls per value; when it
     writes what `jsontext.dumps` writes, encode dicts and lists with that directly."""
@@ -104,8 +117,7 @@ def _faster_json(proc: Any) -> Any:
             return dumps(value)
         return proc(value)
 
-    process.inline = "(_dumps(x) if (x := {value}).__class__ is dict or x.__class__ is list else {proc}(x))"
-    return process
+    return _Inlined(process, "(_dumps(x) if (x := {value}).__class__ is dict or x.__class__ is list else {proc}(x))")
 
 
 def _faster(proc: Any) -> Any:
@@ -130,9 +142,8 @@ def _faster(proc: Any) -> Any:
             return value.isoformat(" ", "microseconds")
         return proc(value)
 
-    process.inline = ('((_iso_seen(x) or _iso(x)) if (x := {value}).__class__ is _datetime and x.tzinfo is None '
-                      'else {proc}(x))')  # the text of each instant formatted once (jsontext.naive_iso)
-    return process
+    return _Inlined(process, '((_iso_seen(x) or _iso(x)) if (x := {value}).__class__ is _datetime '
+                             'and x.tzinfo is None else {proc}(x))')  # each instant's text formatted once (naive_iso)
 
 
 def _row_function(entries: list[tuple[str, str, Any]], positional: bool) -> Callable[[Any], Any]:

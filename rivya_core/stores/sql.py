@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, case, exists, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -132,7 +132,7 @@ def _callback_unless_seen() -> Any:
     seen = exists().where(cb.c.provider == bindparam("provider"), cb.c.webhook_id == bindparam("webhook_id"),
                           cb.c.outcome.in_(_constants(cb.c.outcome, _SEEN)))
     names = [c.name for c in cb.c if c.name != "id"]
-    values = {name: bindparam(name, type_=cb.c[name].type) for name in names}
+    values: dict[str, Any] = {name: bindparam(name, type_=cb.c[name].type) for name in names}
     values["outcome"] = case((seen, literal(CallbackOutcome.DUPLICATE.value, cb.c.outcome.type)),
                              else_=values["outcome"])
     values["detail"] = case((seen, bindparam("seen_detail", type_=cb.c.detail.type)), else_=values["detail"])
@@ -147,6 +147,9 @@ _NOTIFICATION_ONCE = {  # keyed by "is PostgreSQL": a repeat of the idempotency 
     pg: upsert(notification).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(notification.c.id)
     for pg, upsert in ((True, pg_insert), (False, sqlite_insert))
 }
+
+
+R = TypeVar("R")
 
 
 class SqlStore:
@@ -222,7 +225,7 @@ class SqlTx:
     def _insert(self, table: Any, row: Any) -> int:
         explicit = bool(getattr(row, "id", 0))
         res = self.conn.execute(insert(table).values(**_values(table, row, skip_id=not explicit)))
-        new_id = res.inserted_primary_key[0]
+        new_id = _stored(res.inserted_primary_key, f"the id of a new {table.name} row")[0]
         if explicit and self.pg:
             self.conn.execute(text(
                 f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
@@ -255,7 +258,7 @@ class SqlTx:
     def insert_task(self, task: Task) -> Task:
         row = dataclasses.replace(task)
         row.id = self._insert(ai_task, task)
-        return self.get_task(row.id)
+        return _stored(self.get_task(row.id), f"task {row.id}")
 
     def get_task(self, task_id: int, *, for_update: bool = False) -> Task | None:
         row = self.conn.execute(_TASK_BY_ID[for_update], {"task_id": task_id}).first()
@@ -323,7 +326,8 @@ class SqlTx:
                 .on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(credit_ledger.c.id))
         new_id = self.conn.execute(stmt).scalar()
         if new_id is None:  # a concurrent unit of work posted this key first
-            return PostResult(replayed_entry(self.entry(idempotency_key), user_id, entry_type, amount), created=False)
+            existing = _stored(self.entry(idempotency_key), f"ledger entry {idempotency_key!r}")
+            return PostResult(replayed_entry(existing, user_id, entry_type, amount), created=False)
         self.conn.execute(update(account).where(account.c.id == user_id).values(balance=after))
         entry.id = int(new_id)
         return PostResult(entry, created=True)
@@ -428,7 +432,7 @@ class SqlTx:
     def add_message(self, msg: ChatMessage) -> ChatMessage:
         row = dataclasses.replace(msg, id=0)
         row.id = self._insert(chat_message, row)
-        return self.get_message(row.id)
+        return _stored(self.get_message(row.id), f"chat message {row.id}")
 
     def get_message(self, message_id: int, *, for_update: bool = False) -> ChatMessage | None:
         stmt = select(chat_message).where(chat_message.c.id == message_id)
@@ -453,6 +457,13 @@ class SqlTx:
         if expect_status is not None:
             stmt = stmt.where(chat_message.c.status.in_([str(s) for s in expect_status]))
         return self.conn.execute(stmt.values({k: _naive(v) for k, v in fields.items()})).rowcount == 1
+
+
+def _stored(row: R | None, what: str) -> R:
+    """A row this unit of work just wrote or found by its key, read back: it is there."""
+    if row is None:
+        raise NotFound(f"{what} vanished within its own unit of work")
+    return row
 
 
 def open_store(url: str, *, create: bool = False, pool_size: int | None = None) -> SqlStore:

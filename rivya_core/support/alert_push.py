@@ -124,7 +124,8 @@ def push_alerts(engine: Engine, found: Alerts, url: str, *, timeout_s: float = T
         raise RivyaError("this database has no alert_notice table (an older schema): run "
                          "`python -m rivya_core init-db --db URL` first", code="schema_missing")
     end = monotonic() + deadline_s
-    current = {alert_key(a): a for a in [*found.stuck, *found.degraded]}
+    alerts: list[StuckAlert | DegradationAlert] = [*found.stuck, *found.degraded]
+    current = {alert_key(a): a for a in alerts}
     known = notice_states(engine)
     now = clock.wall_now()
     report = PushReport(found.now)

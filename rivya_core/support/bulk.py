@@ -1,8 +1,11 @@
 """Bulk remediation as named incidents: select tasks by a filter, dry-run an action, execute it.
 
     flt = BulkFilter.parse(["provider=kinetica", "status=GENERATING", "min_age_s=600"])
-    plan(svc, "recheck", flt)        # how many, what each would do, credits, refusals and why; writes nothing
-    execute(svc, "recheck", flt, operator="sam", reason="kinetica outage", name="kinetica 14:00")
+    plan(svc, engine, "recheck", flt)        # how many, what each would do, credits, refusals and why; writes nothing
+    execute(svc, engine, "recheck", flt, operator="sam", reason="kinetica outage", name="kinetica 14:00")
+
+`svc` is the lifecycle service that acts, `engine` the database it writes (`wiring.Wired`): the
+filter and the incident are read and recorded through it.
 
 Every action (a `SupportAction`) goes through the lifecycle service's own support actions
 (`support`; refunds and mark-failed a hundred tasks per unit of work through `support_many`,
@@ -151,11 +154,11 @@ def _check_action(action: SupportAction | str) -> SupportAction:
         raise BulkError(f"action {action!r} is not one of {', '.join(ACTIONS)}") from None
 
 
-def plan(svc: Any, action: SupportAction | str, flt: BulkFilter, *, incident_id: int | None = None) -> Plan:
+def plan(svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilter, *,
+         incident_id: int | None = None) -> Plan:
     """What `action` would do to every task `flt` matches now; writes nothing. With
     `incident_id`, tasks that incident already handled are marked done."""
     action = _check_action(action)
-    engine = svc.store.engine
     now = svc.judge_clock.now()  # ages judged like the pages and mark-failed judge them
     tasks = matching_tasks(engine, flt, now)
     ids = [t.id for t in tasks]
@@ -226,12 +229,11 @@ def default_name(action: str, flt: BulkFilter) -> str:
     return f"{action}: {flt.describe()}"[:200]
 
 
-def open_incident(svc: Any, action: SupportAction | str, flt: BulkFilter, *, operator: str, reason: str,
-                  name: str | None = None) -> int:
+def open_incident(svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilter, *, operator: str,
+                  reason: str, name: str | None = None) -> int:
     """The id of the incident called `name` (default: the action and filter), created when new.
     An existing name with another action or filter is refused."""
     action = _check_action(action)
-    engine = svc.store.engine
     _require_table(engine)
     operator, reason = str(operator or "").strip(), str(reason or "").strip()
     if not operator:
@@ -250,19 +252,20 @@ def open_incident(svc: Any, action: SupportAction | str, flt: BulkFilter, *, ope
                                 f"{BulkFilter.from_dict(row.filter).describe()}; give this one another name",
                                 code="incident_exists")
             return int(row.id)
-        return int(conn.execute(insert(incident).values(
+        new = conn.execute(insert(incident).values(
             name=name, action=action, filter=flt.to_dict(), operator=operator[:100], reason=reason[:2000],
             created_at=svc.act_time(latest_timestamp(engine)), runs=0, matched=0, acted=0, refused=0, credits_moved=0,
-        )).inserted_primary_key[0])
+        ).returning(incident.c.id)).scalar_one()
+        return int(new)
 
 
-def execute(svc: Any, action: SupportAction | str, flt: BulkFilter, *, operator: str, reason: str,
-            name: str | None = None, progress: Callable[[int, int], None] | None = None) -> RunResult:
+def execute(svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilter, *, operator: str,
+            reason: str, name: str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> RunResult:
     """Run `action` on every task `flt` matches, as the named incident (see open_incident),
     through the service's support actions. Tasks this incident already handled are skipped."""
     action = _check_action(action)
-    incident_id = open_incident(svc, action, flt, operator=operator, reason=reason, name=name)
-    engine = svc.store.engine
+    incident_id = open_incident(svc, engine, action, flt, operator=operator, reason=reason, name=name)
     with connect(engine) as conn:
         inc = conn.execute(select(incident).where(incident.c.id == incident_id)).first()
         ledger_mark = conn.scalar(select(func.max(credit_ledger.c.id))) or 0
@@ -271,6 +274,8 @@ def execute(svc: Any, action: SupportAction | str, flt: BulkFilter, *, operator:
     ids = [t.id for t in tasks]
     done = handled_by(engine, incident_id, ids)
     todo = [t for t in tasks if t.id not in done]
+    if inc is None:
+        raise BulkError(f"incident {incident_id} vanished while it ran")
     result = RunResult(incident_id, inc.name, action, matched=len(tasks), skipped=len(done))
     with engine.begin() as conn:
         conn.execute(update(incident).where(incident.c.id == incident_id).values(finished_at=None))
@@ -294,6 +299,8 @@ def execute(svc: Any, action: SupportAction | str, flt: BulkFilter, *, operator:
                 try:
                     record(t.id, svc.support(action, t.id, inc.operator, inc.reason, incident_id=incident_id))
                 except ActionRefused as exc:
+                    if exc.reason is None:  # every support refusal carries its code
+                        raise
                     record(t.id, Refusal(exc.reason, exc.message))
                 done_n += 1
                 if progress is not None and (done_n % PROGRESS_EVERY == 0 or done_n == len(todo)):

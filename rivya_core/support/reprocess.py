@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import rules
-from ..domain import CallbackOutcome, EventKind, NotFound, ParkedCallback, ProviderCallback
+from ..domain import ActionRefused, CallbackOutcome, EventKind, NotFound, ParkedCallback, ProviderCallback
 from ..lifecycle import LifecycleService
 from ..lifecycle.parsing import parse_callback, parse_with
 from ..lifecycle.support import checked_operator
@@ -42,7 +42,9 @@ def reprocess_callback(svc: LifecycleService, callback_id: int, operator: str, r
     """See the module doc. Raises ActionRefused, NotFound."""
     operator, reason = checked_operator(operator, reason)
     result = svc._tx(lambda tx: _reprocess(svc, tx, int(callback_id), operator, reason))
-    return svc._refused_or(result) if isinstance(result, Refusal) else result
+    if isinstance(result, Refusal):
+        raise ActionRefused(result.text, reason=result.code)
+    return result
 
 
 def _reprocess(svc: LifecycleService, tx: Any, callback_id: int, operator: str,
@@ -61,7 +63,7 @@ def _reprocess(svc: LifecycleService, tx: Any, callback_id: int, operator: str,
     code = rules.reprocess_refusal(facts)
     if code is not None:
         return Refusal(code, _refusal_text(code, cb, parked, upstream))
-    if claimed:  # applied once already: recorded as a duplicate, nothing changes
+    if parked is not None and parked.claimed_task_id is not None:  # applied once already: a duplicate, nothing changes
         owner = parked.claimed_task_id
         svc = svc._acting(tx, owner)  # on the clock of an operator's act (clock.act_time)
         svc._event(tx, owner, EventKind.CALLBACK, webhook_id=cb.webhook_id, outcome=str(CallbackOutcome.DUPLICATE),
@@ -70,6 +72,9 @@ def _reprocess(svc: LifecycleService, tx: Any, callback_id: int, operator: str,
                 f"UTC ({cb.outcome}); nothing changed")
         svc._support_event(tx, owner, operator, ACTION, reason, said)
         return Reprocessed(cb.id, owner, str(CallbackOutcome.DUPLICATE), [], said)
+    if task is None:  # reprocess_refusal refused this already: no task holds the upstream id
+        code = rules.ReprocessRefusal.NO_TASK_YET
+        return Refusal(code, _refusal_text(code, cb, parked, upstream))
     svc = svc._acting(tx, task.id)  # on the clock of an operator's act (clock.act_time)
     if parked is None:  # recorded as unknown_task before callbacks were parked: park it from its stored body
         got = _parked_from_body(svc, cb)

@@ -32,7 +32,7 @@ def bulk(url: str) -> dict[str, Any]:
     from rivya_core.read import incidents
     from rivya_core.stores.db import sqlite_path
     from rivya_core.support import bulk as bulk_actions
-    from rivya_core.wiring import service_for_url
+    from rivya_core.wiring import wire
 
     from .. import recorded  # noqa: F401  (the recorded providers answer re-checks)
 
@@ -45,9 +45,10 @@ def bulk(url: str) -> dict[str, Any]:
         with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as a, sqlite3.connect(copy) as b:
             a.backup(b)  # a consistent copy, WAL included
         curl = f"sqlite:///{copy}"
-        svc = service_for_url(curl, create=True)  # create: the incident table on an older file
+        wired = wire(curl, create=True)  # create: the incident table on an older file
+        svc, engine = wired.service, wired.engine
         svc.policy = BillingPolicy.load(str(ROOT / "data" / "policies" / "refund_everything.toml"))
-        out["tasks"] = svc.store.engine.connect().exec_driver_sql("select count(*) from ai_task").scalar()
+        out["tasks"] = engine.connect().exec_driver_sql("select count(*) from ai_task").scalar()
         # The broad dry runs cover the latest BROAD_DAYS of creation: a filter matching more than
         # incidents.MAX_TASKS is refused (narrow it), which on a million-task history the whole of it does.
         since = svc.judge_clock.now() - timedelta(days=BROAD_DAYS)
@@ -59,7 +60,7 @@ def bulk(url: str) -> dict[str, Any]:
             flt = incidents.BulkFilter(status=states, since=start)
             t0, c0 = time.perf_counter(), time.process_time()
             try:
-                p = bulk_actions.plan(svc, action, flt)
+                p = bulk_actions.plan(svc, engine, action, flt)
             except incidents.BulkError as exc:
                 out[f"dry_run_{label}"] = {"filter": flt.describe(), "refused": str(exc)}
                 continue
@@ -74,7 +75,7 @@ def bulk(url: str) -> dict[str, Any]:
         from rivya_core.read import alerts
 
         t0 = time.perf_counter()
-        found = alerts.alerts(svc.store.engine, svc.policy)
+        found = alerts.alerts(engine, svc.policy)
         out["alerts"] = {
             "stuck": len(found.stuck),
             "degraded": len(found.degraded),
@@ -85,7 +86,7 @@ def bulk(url: str) -> dict[str, Any]:
             out["execute_refund"] = {"refused": out["dry_run_refund_failed"]["refused"]}
         else:
             t0, c0 = time.perf_counter(), time.process_time()
-            r = bulk_actions.execute(svc, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
+            r = bulk_actions.execute(svc, engine, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             out["execute_refund"] = {
                 "matched": r.matched,
@@ -98,7 +99,7 @@ def bulk(url: str) -> dict[str, Any]:
                 "tasks_per_cpu_s": round(r.matched / dc, 1) if dc else None,
             }
             t0 = time.perf_counter()
-            again = bulk_actions.execute(svc, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
+            again = bulk_actions.execute(svc, engine, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
             out["execute_again"] = {
                 "acted": again.acted,
                 "refused": again.refused,
@@ -106,7 +107,7 @@ def bulk(url: str) -> dict[str, Any]:
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         out["load_average"] = [round(x, 1) for x in os.getloadavg()]
-        svc.store.engine.dispose()
+        wired.close()
     return out
 
 

@@ -41,7 +41,7 @@ def test_stuck_is_judged_against_the_models_p95_with_the_static_floor(env):
     [alert] = alerts.alerts(store.engine, svc.policy, clock.now()).stuck
     assert (alert.model, alert.stuck, alert.action) == ("lumen-flash", 1, "recheck")
     assert "2 × p95 10 s" in alert.message
-    p = bulk.plan(svc, alert.action, alert.filter)
+    p = bulk.plan(svc, svc.store.engine, alert.action, alert.filter)
     assert [t.task_id for t in p.tasks] == [young.id] and p.would_act == 1
 
 
@@ -64,7 +64,7 @@ def test_a_provider_failing_far_above_its_baseline_raises_an_alert_with_a_refund
     [alert] = alerts.degradation_alerts(store.engine, clock.now())
     assert (alert.provider, alert.kind, alert.window_tasks, alert.action) == ("lumen", "failure_rate", 12, "refund")
     assert alert.value == pytest.approx(8 / 12) and alert.baseline == 0
-    p = bulk.plan(svc, alert.action, alert.filter)
+    p = bulk.plan(svc, svc.store.engine, alert.action, alert.filter)
     assert p.matched == 8
 
 

@@ -48,7 +48,7 @@ def outage(db_url):
 def test_dry_run_says_what_each_task_would_do_and_writes_nothing(outage):
     svc, clock, providers, store, failed, generating = outage
     before = store.snapshot()
-    p = bulk.plan(svc, "refund", incidents.BulkFilter.parse(["provider=lumen", "status=FAILED"]))
+    p = bulk.plan(svc, svc.store.engine, "refund", incidents.BulkFilter.parse(["provider=lumen", "status=FAILED"]))
     assert p.matched == 6 and p.would_act == 4 and p.would_refuse == 2
     assert p.credits == 4 * svc.task(failed[0]).reserved_credits
     assert p.refusals() == {"policy_keeps": 2}
@@ -62,7 +62,7 @@ def test_execute_acts_through_support_actions_and_a_second_run_changes_nothing(o
     svc, clock, providers, store, failed, generating = outage
     flt = incidents.BulkFilter.parse(["provider=lumen", "status=FAILED"])
     seen = []
-    first = bulk.execute(svc, "refund", flt, operator="sam", reason="lumen outage", name="lumen 14:00",
+    first = bulk.execute(svc, svc.store.engine, "refund", flt, operator="sam", reason="lumen outage", name="lumen 14:00",
                          progress=lambda done, total: seen.append((done, total)))
     assert (first.matched, first.acted, first.refused, first.skipped) == (6, 4, 2, 0)
     assert sorted(o.get("refusal", "") for o in first.outcomes) == ["", "", "", "", "policy_keeps", "policy_keeps"]
@@ -74,7 +74,7 @@ def test_execute_acts_through_support_actions_and_a_second_run_changes_nothing(o
     assert all(e.detail["operator"] == "sam" and e.detail["reason"] == "lumen outage" for e in events)
     snap = store.snapshot()
 
-    again = bulk.execute(svc, "refund", flt, operator="sam", reason="lumen outage", name="lumen 14:00")
+    again = bulk.execute(svc, svc.store.engine, "refund", flt, operator="sam", reason="lumen outage", name="lumen 14:00")
     assert again.incident_id == first.incident_id
     assert (again.acted, again.refused, again.skipped, again.credits_moved) == (0, 0, 6, 0)
     later = store.snapshot()
@@ -84,36 +84,36 @@ def test_execute_acts_through_support_actions_and_a_second_run_changes_nothing(o
     assert (row["name"], row["runs"], row["acted"], row["refused"], row["credits_moved"]) == \
         ("lumen 14:00", 2, 4, 2, first.credits_moved)
     assert row["scope"] == "provider=lumen, status=FAILED"
-    assert bulk.plan(svc, "refund", flt, incident_id=first.incident_id).already_done == 6
+    assert bulk.plan(svc, svc.store.engine, "refund", flt, incident_id=first.incident_id).already_done == 6
     assert audit(store.engine, svc.policy, now=clock.now()).ok
 
 
 def test_a_name_in_use_with_another_filter_is_refused(outage):
     svc, *_ = outage
-    bulk.execute(svc, "refund", incidents.BulkFilter(provider="lumen"), operator="sam", reason="r", name="inc")
+    bulk.execute(svc, svc.store.engine, "refund", incidents.BulkFilter(provider="lumen"), operator="sam", reason="r", name="inc")
     with pytest.raises(incidents.BulkError, match="exists"):
-        bulk.execute(svc, "refund", incidents.BulkFilter(provider="other"), operator="sam", reason="r", name="inc")
+        bulk.execute(svc, svc.store.engine, "refund", incidents.BulkFilter(provider="other"), operator="sam", reason="r", name="inc")
     with pytest.raises(ActionRefused) as unexplained:
-        bulk.execute(svc, "refund", incidents.BulkFilter(provider="lumen"), operator="sam", reason=" ")
+        bulk.execute(svc, svc.store.engine, "refund", incidents.BulkFilter(provider="lumen"), operator="sam", reason=" ")
     assert unexplained.value.reason == SupportRefusal.NO_REASON
 
 
 def test_mark_failed_acts_on_stuck_tasks_only_and_recheck_asks_upstream(outage):
     svc, clock, providers, store, failed, generating = outage
     flt = incidents.BulkFilter(status=("GENERATING",))
-    p = bulk.plan(svc, "mark-failed", flt)
+    p = bulk.plan(svc, svc.store.engine, "mark-failed", flt)
     assert p.would_act == 0 and p.would_refuse == 2 and p.refusals() == {"not_stuck_yet": 2}
     upstream = svc.task(generating[0]).upstream_task_id
     providers["lumen"].succeed(upstream)
-    run = bulk.execute(svc, "recheck", flt, operator="sam", reason="outage over")
+    run = bulk.execute(svc, svc.store.engine, "recheck", flt, operator="sam", reason="outage over")
     assert (run.acted, run.refused) == (2, 0)
     assert svc.task(generating[0]).status == TaskStatus.SUCCESS
     assert svc.task(generating[1]).status == TaskStatus.GENERATING
     clock.advance(svc.policy.stuck_for("image"))
     aged = incidents.BulkFilter.parse(["status=GENERATING", "min_age_s=1m"])
-    p = bulk.plan(svc, "mark-failed", aged)
+    p = bulk.plan(svc, svc.store.engine, "mark-failed", aged)
     assert p.matched == 1 and p.would_act == 1 and p.credits == svc.task(generating[1]).reserved_credits
-    run = bulk.execute(svc, "mark-failed", aged, operator="sam", reason="stuck in outage")
+    run = bulk.execute(svc, svc.store.engine, "mark-failed", aged, operator="sam", reason="stuck in outage")
     assert run.acted == 1 and run.credits_moved == p.credits
     assert svc.task(generating[1]).error_code == "marked_failed_by_operator"
 
@@ -143,7 +143,7 @@ def test_init_db_adds_the_incident_table_to_an_older_database(sqlite_url):
         conn.execute(text("DROP TABLE incident"))
     assert incidents.incidents(store.engine) == []
     with pytest.raises(incidents.BulkError, match="init-db"):
-        bulk.execute(svc, "refund", incidents.BulkFilter(), operator="sam", reason="r")
+        bulk.execute(svc, svc.store.engine, "refund", incidents.BulkFilter(), operator="sam", reason="r")
     store.engine.dispose()
     assert _cli("init-db", "--db", sqlite_url).returncode == 0
     engine = create_engine(sqlite_url)
@@ -200,7 +200,7 @@ def test_a_bulk_result_says_the_money_per_task_and_in_sum(db_url):
         for i in range(3):
             svc.submit(user.id, {**IMAGE, "prompt": f"hang {i}"})
         clock.advance(svc.policy.stuck_for("image"))
-        kept = bulk.execute(svc, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator="sam",
+        kept = bulk.execute(svc, svc.store.engine, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator="sam",
                             reason="hang", name="keep run")
         assert {o["detail"] for o in kept.outcomes} == {
             "task is FAILED; no refund: policy 'keep' keeps credits for infrastructure failures"}
@@ -209,7 +209,7 @@ def test_a_bulk_result_says_the_money_per_task_and_in_sum(db_url):
         more = [svc.submit(user.id, {**IMAGE, "prompt": f"again {i}"}) for i in range(2)]
         clock.advance(svc.policy.stuck_for("image"))
         svc.policy = BillingPolicy()
-        back = bulk.execute(svc, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator="sam",
+        back = bulk.execute(svc, svc.store.engine, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator="sam",
                             reason="hang", name="refund run")
         each = more[0].reserved_credits
         assert {o["detail"] for o in back.outcomes} == {f"task is FAILED; refunded {each} credits"}

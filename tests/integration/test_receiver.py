@@ -21,6 +21,7 @@ from rivya_core.clock import WallClock
 from rivya_core.domain import TaskStatus
 from rivya_core.receiver import create_app
 from rivya_core.stores.sql import open_store
+from rivya_core.wiring import Wired
 from simulations.live import free_port
 from tests.fakes import IMAGE, SECRET, callback, make_service
 
@@ -41,7 +42,7 @@ def outcomes(svc):
 def test_deliveries_are_answered_by_outcome_and_recorded(env):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
-    with TestClient(create_app(svc)) as http:
+    with TestClient(create_app(svc, engine=svc.store.engine)) as http:
         headers, body = callback(clock, task.upstream_task_id, state="running", msg_id="p")
         assert http.post("/webhooks/lumen", content=body, headers=headers).status_code == 200     # progress
         headers, body = callback(clock, task.upstream_task_id, msg_id="a")
@@ -64,7 +65,7 @@ def test_deliveries_are_answered_by_outcome_and_recorded(env):
 
 def test_oversized_bodies_are_refused_before_being_read_whole(env):
     svc, clock, providers, user = env
-    with TestClient(create_app(svc, max_body=1000)) as http:
+    with TestClient(create_app(svc, engine=svc.store.engine, max_body=1000)) as http:
         headers, body = callback(clock, "x", msg_id="big", body=b"{" + b" " * 5000 + b"}")
         assert http.post("/webhooks/lumen", content=body, headers=headers).status_code == 413
 
@@ -81,7 +82,7 @@ def test_health_and_the_polling_sweep_in_the_same_process(env):
     task = svc.submit(user.id, IMAGE)
     providers["lumen"].succeed(task.upstream_task_id)
     clock.advance(3600)   # past the first check
-    with TestClient(create_app(svc, poll_every=0.05)) as http:
+    with TestClient(create_app(svc, engine=svc.store.engine, poll_every=0.05)) as http:
         assert http.get("/healthz").json()["ok"] is True
         deadline = time.monotonic() + 20
         while svc.task(task.id).status != TaskStatus.SUCCESS and time.monotonic() < deadline:
@@ -95,7 +96,7 @@ def test_health_says_when_the_database_is_gone(env, tmp_path):
     from rivya_core.stores.sql import SqlStore
 
     svc.store = SqlStore(make_engine(f"sqlite:///{tmp_path}/no-such-dir/x.db"))
-    with TestClient(create_app(svc)) as http:
+    with TestClient(create_app(svc, engine=svc.store.engine)) as http:
         assert http.get("/healthz").status_code == 503
 
 
@@ -119,8 +120,14 @@ def _serve_two_workers(url: str, port: int, marks: str) -> None:
         return real_create_app(svc, **kw)
 
     receiver.PollLoop, receiver.create_app = NotedPoll, create_app
-    os._exit(receiver.serve(lambda: make_service(store=open_store(url))[0], "127.0.0.1", port,
+    os._exit(receiver.serve(lambda: _wired(url), "127.0.0.1", port,
                             poll_every=0.1, workers=2))
+
+
+def _wired(url):
+    store = open_store(url)
+    return Wired(make_service(store=store)[0], store.engine)
+
 
 
 @pytest.mark.slow  # receiver worker processes

@@ -18,15 +18,20 @@ from starlette.testclient import TestClient
 from rivya_core.domain import TaskStatus
 from rivya_core.receiver import create_app
 from rivya_core.stores.sql import open_store
+from rivya_core.wiring import Wired
 from simulations.live import free_port
 from tests.fakes import IMAGE, callback, make_service
+
+
+def _wired(url: str) -> Wired:
+    store = open_store(url)
+    return Wired(make_service(store=store)[0], store.engine)
 
 
 def _serve(url: str, port: int) -> None:
     from rivya_core import receiver
 
-    os._exit(receiver.serve(lambda: make_service(store=open_store(url))[0], "127.0.0.1", port,
-                            poll_every=None, workers=2))
+    os._exit(receiver.serve(lambda: _wired(url), "127.0.0.1", port, poll_every=None, workers=2))
 
 
 def _workers(pid: int, n: int, deadline_s: float = 30) -> list[psutil.Process]:
@@ -90,7 +95,7 @@ def test_after_the_databases_sessions_are_terminated_the_pool_recovers_by_itself
     name = make_url(pg_url).database
     admin = _admin(pg_url)
     try:
-        with TestClient(create_app(svc, threads=2)) as http:
+        with TestClient(create_app(svc, engine=store.engine, threads=2)) as http:
             def post(task):
                 headers, body = callback(clock, task.upstream_task_id, msg_id=f"t{task.id}")
                 return http.post("/webhooks/lumen", content=body, headers=headers)
@@ -131,7 +136,7 @@ def test_a_delivery_waiting_on_a_lock_answers_503_within_its_timeout(pg_url):
     holder = create_engine(pg_url)
     answers: list[httpx.Response] = []
     try:
-        with TestClient(create_app(svc, threads=2, request_timeout_s=1.0)) as http:
+        with TestClient(create_app(svc, engine=store.engine, threads=2, request_timeout_s=1.0)) as http:
             headers, body = callback(clock, task.upstream_task_id, msg_id="locked")
             with holder.connect() as conn:
                 conn.execute(text("SELECT id FROM ai_task WHERE id = :i FOR UPDATE"), {"i": task.id})

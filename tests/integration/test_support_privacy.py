@@ -98,7 +98,7 @@ def test_a_bulk_incident_s_name_reason_and_operator_stay_internal(env):
     svc, clock, providers, store, user = env
     tasks = [svc.submit(user.id, {**IMAGE, "prompt": f"p{i}"}) for i in range(3)]
     clock.advance(svc.policy.stuck_for("image"))
-    result = bulk.execute(svc, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator=OPERATOR,
+    result = bulk.execute(svc, svc.store.engine, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator=OPERATOR,
                           reason=REASON, name=INCIDENT)
     assert result.acted == 3
     assert_internal_stays_internal(store, user.id)

@@ -39,10 +39,10 @@ def test_demo_has_running_and_stuck_tasks_an_incident_and_alerts_that_lead_to_bu
 
     svc = service_for_url(url)  # the recorded providers, on the database's own clock
     stuck = next(a for a in found.stuck if a.provider == "kinetica")
-    p = bulk.plan(svc, "mark-failed", stuck.filter)
+    p = bulk.plan(svc, svc.store.engine, "mark-failed", stuck.filter)
     assert p.matched == stuck.stuck and p.would_act == stuck.stuck  # every alerted task may be marked failed
     crashed = next(a for a in found.stuck if a.provider != "kinetica")  # WAITING: ask the provider first
-    p = bulk.plan(svc, crashed.action, crashed.filter)
+    p = bulk.plan(svc, svc.store.engine, crashed.action, crashed.filter)
     assert crashed.action == "recheck" and crashed.generating == 0 and p.would_act == crashed.stuck
     assert "waiting to be submitted past" in crashed.message and "running" not in crashed.message
     assert {t.would for t in p.tasks} == {f"ask {crashed.provider} for a job under the task's reference; "
@@ -120,7 +120,7 @@ def test_on_the_demo_acts_and_ages_are_never_before_the_last_poll(tmp_path):
         events = queries.task_detail(engine, task_id)["events"]
         assert [e["at"] for e in events] == sorted(e["at"] for e in events)
         assert all(e["at"] >= t for e in events if e["kind"] in ("support_action", "failed", "refunded", "notified"))
-        bulk.execute(svc, "mark-failed", incidents.BulkFilter(provider="kinetica", status=("GENERATING",),
+        bulk.execute(svc, svc.store.engine, "mark-failed", incidents.BulkFilter(provider="kinetica", status=("GENERATING",),
                                                          min_age_s=1800), operator="sam", reason="kinetica hang",
                      name="kinetica hang")
         with engine.connect() as conn:

@@ -131,7 +131,7 @@ def test_after_a_poll_at_t_acts_ages_and_incidents_are_at_t_or_later(seeded, mon
         after = [e for e in _events(engine, 3) if e["at"] is not None]
         assert [e["at"] for e in after] == sorted(e["at"] for e in after)  # the timeline never goes back
         assert {e["kind"]: e["at"] for e in after}["support_action"] >= POLL_AT
-        result = bulk.execute(svc, "mark-failed", incidents.BulkFilter(status=("WAITING",)), operator="Dana",
+        result = bulk.execute(svc, svc.store.engine, "mark-failed", incidents.BulkFilter(status=("WAITING",)), operator="Dana",
                               reason="crash leftovers", name="waiting 14:08")
         assert result.acted == 1
         with engine.connect() as conn:
