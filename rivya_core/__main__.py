@@ -137,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alerts-notify", metavar="URL", default=None,
                    help="after each polling sweep, POST new and cleared alerts to this webhook (default: "
                         "$RIVYA_ALERTS_NOTIFY; never printed)")
+    p = sub.add_parser("import", help="read a production database (read-only) into a contract database "
+                       "every page, audit and backtest reads (docs/import.md)")
+    p.add_argument("kind", choices=["shipany"], help="the source's schema family")
+    p.add_argument("--source", required=True, metavar="URL", help="the production database (only read)")
+    p.add_argument("--into", required=True, metavar="URL", help="the contract database to write (SQLite or PostgreSQL)")
+    p.add_argument("--since", type=_moment, metavar="ISO", help="read only rows updated since this time "
+                   "(default: since the last import of this source, minus an overlap; everything the first time)")
+    p.add_argument("--map", metavar="FILE.toml", help="table and column names of a fork (default: the template's, "
+                   "data/sources/shipany.toml)")
+    p.add_argument("--dry-run", action="store_true", help="read and derive everything, write nothing")
+    p.add_argument("--force", action="store_true", help="replace a SQLite target that holds other data")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
     p = sub.add_parser("alerts", help="the alert strip's alerts (stuck tasks, degraded providers); --notify "
                        "POSTs each new one to a webhook once, and again when it clears")
     _db(p)
@@ -206,7 +218,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), default=str, indent=2))
     elif report.ok:
         print(f"audit: no violations ({len(report.checked)} checks)")
-    else:
+    if not args.json:
+        for kind, said in report.not_recorded.items():
+            print(f"{kind}: not judged; {said}")
+    if not args.json and not report.ok:
         for f in report.findings:
             print(f"{f.kind}: {f.message}")
             for row in f.rows[:5]:
@@ -407,7 +422,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  workers=args.workers, threads=threads, alerts_notify=notify)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from .sources.shipany import import_shipany, stderr_progress
+
+    summary = import_shipany(args.source, args.into, since=args.since, map_path=args.map, dry_run=args.dry_run,
+                             force=args.force, progress=None if args.json else stderr_progress)
+    if args.json:
+        print(json.dumps(summary.to_dict(), default=str, indent=2))
+    else:
+        print(file=sys.stderr)
+        print("\n".join(summary.lines()))
+    return 0
+
+
 COMMANDS = {
+    "import": cmd_import,
     "init-db": cmd_init_db, "audit": cmd_audit, "diagnose": cmd_diagnose,
     **{action.value: _support(action) for action in SupportAction},
     "rerun": cmd_rerun, "reprocess-callback": cmd_reprocess,

@@ -19,6 +19,7 @@ from sqlalchemy import Text as SAText
 from . import rules_sql
 from .domain import (
     INSUFFICIENT_CREDITS,
+    CallbackOutcome,
     ChatStatus,
     EntryType,
     EventKind,
@@ -26,6 +27,7 @@ from .domain import (
 )
 from .policy import BillingPolicy
 from .read.queries import ACTIVE_STATES, TERMINAL_STATES
+from .sources import findings as source_findings
 from .stores.schema import (
     account,
     ai_task,
@@ -33,6 +35,7 @@ from .stores.schema import (
     chat_session,
     credit_ledger,
     notification,
+    provider_callback,
     task_event,
 )
 
@@ -52,6 +55,7 @@ AUDIT_KINDS: dict[str, str] = {
     "success_without_urls": "SUCCESS without result URLs",
     "failed_without_error_code": "FAILED without an error code",
     "multiple_terminal_events": "More than one terminal transition",
+    "callback_applied_twice": "Callback applied twice",
     "notification_missing": "Terminal task without its notification",
     "notification_wrong_kind": "Notification of the wrong kind",
     "notification_duplicate": "Duplicate outcome notification",
@@ -60,6 +64,7 @@ AUDIT_KINDS: dict[str, str] = {
     "chat_reserve_not_settled": "Chat reserve not settled",
     "chat_overcharge": "Chat charged more than reserved",
     "chat_refund_mismatch": "Chat settlement does not net to the charge",
+    **source_findings.KINDS,  # found only in a database imported from a production source
 }
 
 
@@ -208,6 +213,15 @@ def multiple_terminal_events(c: _Ctx) -> Select:
             .where(task_event.c.kind.in_(terminal)).group_by(task_id).having(func.count() > 1))
 
 
+def callback_applied_twice(c: _Ctx) -> Select:
+    """A task that more than one provider callback was applied to: a redelivery (or a delivery
+    racing a poll) must be recorded as a duplicate, never applied again."""
+    cb = provider_callback
+    return (select(cb.c.task_id.label("task_id"), func.count().label("applied_callbacks"))
+            .where(cb.c.outcome == str(CallbackOutcome.APPLIED), cb.c.task_id.is_not(None))
+            .group_by(cb.c.task_id).having(func.count() > 1))
+
+
 def _expected_kind():
     return rules_sql.outcome_notification(T.c.status, T.c.error_code)
 
@@ -251,7 +265,8 @@ def stuck_past_timeout(c: _Ctx) -> Select:
 
 def consume_without_task(c: _Ctx) -> Select:
     no_task = ~exists().where(T.c.id == L.c.task_id)
-    return select(*_LEDGER_COLS).where(_is_charge(), or_(L.c.task_id.is_(None), no_task))
+    return select(*_LEDGER_COLS).where(_is_charge(), or_(L.c.task_id.is_(None), no_task),
+                                       ~source_findings.text_task_charge())
 
 
 _MSG_COLS = (M.c.id.label("message_id"), M.c.session_id, chat_session.c.user_id, M.c.status, M.c.reserved_credits,
@@ -287,4 +302,5 @@ def chat_refund_mismatch(c: _Ctx) -> Select:
                    or_(net != -func.coalesce(M.c.charged_credits, 0), refunds > 1)))
 
 
-CHECKS: dict[str, Callable[[_Ctx], Select | None]] = {kind: globals()[kind] for kind in AUDIT_KINDS}
+CHECKS: dict[str, Callable[[_Ctx], Select | None]] = {
+    kind: source_findings.CHECKS.get(kind) or globals()[kind] for kind in AUDIT_KINDS}

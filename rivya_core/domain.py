@@ -63,6 +63,7 @@ class EntryType(StrEnum):
     CHAT_REFUND = "chat_refund"
     CHAT_CHARGE = "chat_charge"
     ADJUSTMENT = "adjustment"
+    EXPIRE = "expire"  # credits left on a grant when it expired (imported sources, rivya_core.sources)
 
 
 class NotificationKind(StrEnum):

@@ -49,6 +49,9 @@ class BillingPolicy:
     duplicate_window_s: float = 600.0
     # crash recovery: resume an interrupted task (charge/submit) or fail it (and refund)
     recover_resubmit: bool = True
+    # grants that expire (a sign-up gift, in the ShipAny shape of a run): days until gift credits lapse;
+    # None: they never do. Left out of to_dict while None, so older policies keep their digest.
+    credit_expiry_days: float | None = None
 
     def price(self, model_id: str, base_credits: int) -> int:
         if model_id in self.price_overrides:
@@ -83,6 +86,8 @@ class BillingPolicy:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "credit_expiry_days" and v is None:
+                continue
             if isinstance(v, frozenset):
                 v = sorted(v)
             elif isinstance(v, tuple):
@@ -162,6 +167,10 @@ def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise bad("must map categories to seconds")
             value = {str(k): number("positive_seconds", v, f"{where}.{k}") for k, v in value.items()}
+        elif key == "credit_expiry_days":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3650:
+                raise bad("must be a number of days above 0, at most 3650")
+            value = float(value)
         elif key == "duplicate_runs":
             if not isinstance(value, str) or value not in ("warn", "block"):
                 raise bad("must be 'warn' or 'block'")

@@ -20,8 +20,8 @@ again, a new PostgreSQL backend every few deliveries.
 The same process can run the polling sweep (`poll_every` seconds, in a thread),
 so a deployment needs nothing else. With `workers` > 1 the listening socket is
 opened once and N forked worker processes accept on it (each with its own
-service and connection pool); the parent runs the polling sweep, once, and stops
-the workers when it is stopped or when one of them dies. On SQLite the workers
+service and connection pool); the parent runs the polling sweep, once, replaces
+a worker that dies, and stops the workers when it is stopped. On SQLite the workers
 take turns to write through a lock on the database file, instead of SQLite's
 busy-wait.
 """
@@ -35,13 +35,14 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from typing import Any
 
 import anyio.to_thread
 from anyio import CapacityLimiter
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -56,6 +57,10 @@ from .wiring import Wired
 log = logging.getLogger("rivya.receiver")
 
 DEFAULT_THREADS = 8  # callbacks one receiver process handles at once
+REQUEST_TIMEOUT_S = 15.0
+SWEEP_TIMEOUT_S = 600.0   # a polling pass still running by then is left behind and the next one starts
+RESTART_QUICK_S = 5.0      # a worker that dies sooner than this after its start is restarted after a pause
+RESTART_PAUSE_MAX_S = 10.0  # doubling from 0.2 s, at most this  # a delivery not handled by then is answered 503 (the provider retries)
 
 REJECTED = {CallbackOutcome.MALFORMED: 400, CallbackOutcome.REJECTED_SIGNATURE: 401,
             CallbackOutcome.REJECTED_STALE: 401}
@@ -83,11 +88,14 @@ class PollLoop:
     each pass (the alert push, rivya_core.support.alert_push.AlertPusher, bounded by its own deadline); its
     failure is logged and never stops the sweep."""
 
-    def __init__(self, service: LifecycleService, every: float, after: Callable[[], Any] | None = None):
+    def __init__(self, service: LifecycleService, every: float, after: Callable[[], Any] | None = None, *,
+                 sweep_timeout_s: float | None = None):
         self.service, self.every, self.after = service, every, after
+        self.sweep_timeout_s = SWEEP_TIMEOUT_S if sweep_timeout_s is None else sweep_timeout_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rivya-poll", daemon=True)
         self.sweeps = 0
+        self.abandoned = 0   # sweeps still running past sweep_timeout_s, left to end on their own
 
     def start(self) -> None:
         self._thread.start()
@@ -97,22 +105,36 @@ class PollLoop:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        """Each pass in a thread of its own, waited for up to sweep_timeout_s: a pass stuck on a
+        connection that never answers (no timeout ends a read the server never replies to) is left
+        behind, logged, and the next pass starts on another connection."""
         while not self._stop.wait(self.every):
+            sweep = threading.Thread(target=self._sweep, name="rivya-poll-sweep", daemon=True)
+            sweep.start()
+            deadline = time.monotonic() + self.sweep_timeout_s
+            while sweep.is_alive() and not self._stop.is_set() and time.monotonic() < deadline:
+                sweep.join(0.05)
+            if sweep.is_alive() and not self._stop.is_set():
+                self.abandoned += 1
+                log.warning("poll sweep still running after %.0f s; the next one starts beside it",
+                            self.sweep_timeout_s)
+
+    def _sweep(self) -> None:
+        try:
+            report = self.service.poll()
+            self.sweeps += 1
+            if report.checked:
+                log.info("poll: checked %d, finished %d", report.checked,
+                         report.succeeded + report.failed + report.timed_out)
+        except Exception as exc:  # a sweep that fails is tried again at the next tick
+            log.warning("poll sweep failed: %s", type(exc).__name__)
+        if self.after is not None:
             try:
-                report = self.service.poll()
-                self.sweeps += 1
-                if report.checked:
-                    log.info("poll: checked %d, finished %d", report.checked,
-                             report.succeeded + report.failed + report.timed_out)
-            except Exception as exc:  # a sweep that fails is tried again at the next tick
-                log.warning("poll sweep failed: %s", type(exc).__name__)
-            if self.after is not None:
-                try:
-                    report = self.after()
-                    for n in getattr(report, "failed", []):
-                        log.warning("alert %s (%s) not delivered: %s", n.key, n.state, n.error)
-                except Exception as exc:
-                    log.warning("alert push failed: %s", type(exc).__name__)
+                report = self.after()
+                for n in getattr(report, "failed", []):
+                    log.warning("alert %s (%s) not delivered: %s", n.key, n.state, n.error)
+            except Exception as exc:
+                log.warning("alert push failed: %s", type(exc).__name__)
 
 
 class OneWriter:
@@ -147,19 +169,44 @@ def pool_size_for(threads: int) -> int:
     return threads + 1
 
 
+def _statement_timeout(engine: Any, seconds: float) -> None:
+    """Every PostgreSQL session the engine hands out ends a statement (a lock wait included)
+    after `seconds`: set once per connection, when the pool first hands it out."""
+    ms = max(1, int(seconds * 1000))
+
+    @event.listens_for(engine, "checkout")
+    def _set(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if record.info.get("rivya_statement_timeout") == ms:
+            return
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET statement_timeout = {ms}")
+        dbapi_conn.commit()
+        record.info["rivya_statement_timeout"] = ms
+
+
 def create_app(service: LifecycleService, *, engine: Engine | None = None, max_body: int = MAX_CALLBACK_BODY,
                poll_every: float | None = None, threads: int = DEFAULT_THREADS,
-               after_sweep: Callable[[], Any] | None = None) -> Starlette:
+               after_sweep: Callable[[], Any] | None = None,
+               request_timeout_s: float = REQUEST_TIMEOUT_S) -> Starlette:
     """The receiver's app over `service`. `engine`: the SQL database the service's store writes
     (`wiring.Wired.engine`): /healthz checks it answers, and on SQLite callbacks queue for its one
-    writer; None (a store without a database) skips both."""
+    writer; None (a store without a database) skips both. request_timeout_s: a delivery (or a
+    health check) not answered by then gets a 503, and on PostgreSQL each statement on `engine`
+    gives up after that long too, so no request hangs on a lock, a dead connection or a database
+    that stopped answering; a delivery whose work committed after its 503 is recorded as a
+    duplicate when the provider sends it again."""
     if threads < 1:
         raise ValueError("a receiver needs at least one callback thread")
+    if not request_timeout_s > 0:
+        raise ValueError("a receiver needs a request timeout above 0")
     limiter = CapacityLimiter(threads)
 
     async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
+        with anyio.fail_after(request_timeout_s):  # the thread is left to end on its own timeouts
+            return await anyio.to_thread.run_sync(partial(fn, *args), limiter=limiter, abandon_on_cancel=True)
 
+    if engine is not None and engine.dialect.name == "postgresql":
+        _statement_timeout(engine, request_timeout_s)
     one_writer = OneWriter(engine.url.database) if engine is not None and engine.dialect.name == "sqlite" else None
 
     def handle(provider: str, headers: Any, body: bytes, ref: str | None) -> Any:
@@ -232,8 +279,10 @@ def warm_webhook_keys(service: LifecycleService) -> int:
 def serve(make_service: Callable[[], Wired], host: str = "127.0.0.1", port: int = 8080, *,
           poll_every: float | None = 30.0, max_body: int = MAX_CALLBACK_BODY, workers: int = 1,
           threads: int = DEFAULT_THREADS, alerts_notify: str | None = None) -> int:
-    """Serve until stopped; the exit status (non-zero when a worker died). make_service builds
-    each process's service and engine (`wiring.wire`, its pool sized by pool_size_for(threads)). alerts_notify: the alert
+    """Serve until stopped (exit status 0). With workers > 1 a worker that dies is replaced by a
+    new one (after a doubling pause when workers keep dying at start); the deliveries it held
+    get no answer, and the provider sends them again. make_service builds each process's service
+    and engine (`wiring.wire`, its pool sized by pool_size_for(threads)). alerts_notify: the alert
     webhook the sweep pushes alerts to after each pass (rivya_core.support.alert_push)."""
     import uvicorn
 
@@ -248,7 +297,7 @@ def serve(make_service: Callable[[], Wired], host: str = "127.0.0.1", port: int 
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
-    children = [_fork_worker(make_service, sock, max_body, threads) for _ in range(workers)]
+    children = {_fork_worker(make_service, sock, max_body, threads): time.monotonic() for _ in range(workers)}
     stopping = threading.Event()
 
     def stop(_signum: int, _frame: Any) -> None:
@@ -257,7 +306,7 @@ def serve(make_service: Callable[[], Wired], host: str = "127.0.0.1", port: int 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     loop: PollLoop | None = None
-    status = 0
+    quick_deaths = 0
     try:
         if poll_every:  # the parent's own service and pool, built after the forks
             wired = make_service()
@@ -265,11 +314,15 @@ def serve(make_service: Callable[[], Wired], host: str = "127.0.0.1", port: int 
             loop.start()
         while not stopping.is_set():
             pid, _ = os.waitpid(-1, os.WNOHANG)
-            if pid in children:  # a worker died: stop the others (a supervisor restarts the receiver)
-                log.warning("receiver worker %d exited; stopping", pid)
-                children.remove(pid)
-                status = 1
-                break
+            if pid in children:  # a worker died (killed, or failed to start): another takes its place
+                lived = time.monotonic() - children.pop(pid)
+                quick_deaths = quick_deaths + 1 if lived < RESTART_QUICK_S else 0
+                pause = min(RESTART_PAUSE_MAX_S, 0.1 * 2 ** quick_deaths) if quick_deaths else 0.0
+                log.warning("receiver worker %d exited after %.1f s; starting another in %.1f s", pid, lived, pause)
+                if stopping.wait(pause):
+                    break
+                children[_fork_worker(make_service, sock, max_body, threads)] = time.monotonic()
+                continue
             stopping.wait(0.2)
     finally:
         if loop:
@@ -281,7 +334,7 @@ def serve(make_service: Callable[[], Wired], host: str = "127.0.0.1", port: int 
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         sock.close()
-    return status
+    return 0
 
 
 def _pusher(wired: Wired, url: str | None) -> Callable[[], Any] | None:

@@ -12,6 +12,7 @@
   serve-provider --flavor replicate|fal --port N [--scenario FILE] [--seed S] [--config-out FILE]
   live --flavor replicate|fal --tasks N --db URL [--scenario FILE] [--seed S] [--speed F]
   receiver-load --db URL [--tasks N] [--concurrency C]
+  faults --db URL --flavor replicate|fal --tasks N --fault KIND [--seed S] [--speed X]
 
 sweep, compare and chaos run their jobs on Dask distributed: a local cluster
 of one process per core by default (`--workers N`; `--workers 0` runs them in
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--progress", action="store_true", help="show the progress bar even when not a terminal")
     r.add_argument("--force", action="store_true",
                    help="replace a SQLite file that already holds data (never empties a server database)")
+    r.add_argument("--policy", metavar="FILE", help="run under this billing policy TOML instead of the "
+                   "scenario's own (e.g. data/policies/gift_expires_14_days.toml)")
+    r.add_argument("--shape", choices=["rivya", "shipany"], default="rivya",
+                   help="rivya (default): the data contract; shipany: the ShipAny template's schema, written "
+                        "by its own credit code paths (docs/import.md)")
 
     rp = sub.add_parser("replay", help="re-run a recorded run and compare fingerprints",
                         description="Re-run the run recorded in a database (its sim_run row; by fingerprint, "
@@ -99,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     from .history_cli import add_parsers as add_history_parsers
 
     add_history_parsers(sub)
-    from .bench import add_parser as add_bench_parser
+    from .benchmarks.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
     from .chaos import add_parser as add_chaos_parser
@@ -109,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     from .receiver_load import add_parser as add_load_parser
 
     add_load_parser(sub)
+    from .faults import add_parser as add_faults_parser
+
+    add_faults_parser(sub)
     sp = sub.add_parser("serve-provider", help="serve the mock farm over HTTP in a real provider's protocol",
                         description="Serve every catalogue provider over HTTP as a Replicate-style or fal-style "
                         "API, with the scenario's generation times and faults, and deliver signed webhooks "
@@ -153,7 +162,20 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.realtime is not None and not a.realtime > 0:
         raise RivyaError("--realtime must be a positive factor", code="bad_argument")
     scenario = load_scenario(a.scenario)
+    if a.policy:
+        from rivya_core.policy import BillingPolicy
+
+        scenario = scenario.with_policy(BillingPolicy.load(a.policy))
     bar = progress_bar(a)
+    if a.shape == "shipany":
+        if a.realtime is not None:
+            raise RivyaError("--realtime writes the contract as it goes; it cannot be combined with --shape shipany",
+                             code="bad_argument")
+        from .shipany_shape import run_shipany
+
+        shaped = run_shipany(scenario, a.db, seed=a.seed, tasks=a.tasks, force=a.force, progress=bar)
+        print(json.dumps(shaped.to_dict(), indent=1, default=str) if a.json else shaped.render_text())
+        return 0 if shaped.ok else EXIT_VIOLATION
     summary = run_scenario(scenario, a.db, seed=a.seed, tasks=a.tasks, progress=bar, realtime=a.realtime,
                            force=a.force)
     print(json.dumps(summary.to_dict(), indent=1, default=str) if a.json else summary.render_text())
@@ -248,7 +270,7 @@ def cmd_list(_a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .bench import cmd_bench as bench
+    from .benchmarks.cli import cmd_bench as bench
 
     return bench(a)
 
@@ -301,6 +323,12 @@ def cmd_receiver_load(a: argparse.Namespace) -> int:
     return load(a)
 
 
+def cmd_faults(a: argparse.Namespace) -> int:
+    from .faults import cmd_faults as faults
+
+    return faults(a)
+
+
 def cmd_history(a: argparse.Namespace) -> int:
     from .history_cli import COMMANDS as HISTORY
 
@@ -310,7 +338,7 @@ def cmd_history(a: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "sweep": cmd_sweep, "list": cmd_list,
             "bench": cmd_bench, "chaos": cmd_chaos, "backtest": cmd_history, "calibrate": cmd_history,
             "fork": cmd_history, "serve-provider": cmd_serve_provider, "live": cmd_live,
-            "receiver-load": cmd_receiver_load}
+            "receiver-load": cmd_receiver_load, "faults": cmd_faults}
 
 
 def main(argv: list[str] | None = None) -> int:

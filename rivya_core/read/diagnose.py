@@ -24,6 +24,8 @@ from .. import rules, verdicts
 from ..domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, TaskStatus
 from ..policy import DEFAULT_POLICY, BillingPolicy
 from ..results import provider_retention_s
+from ..sources import checklist as source_checklist
+from ..sources.facts import NATIVE, SourceFacts, source_facts
 from ..verdicts import Severity
 from .alerts import provider_incident
 from .queries import ACTIVE_STATES, Bind, jsonable, resolve_now, task_detail
@@ -36,6 +38,9 @@ _USER_ADVICE = {
     "nsfw": "tell the user to rephrase the prompt (content policy)",
     "moderation": "tell the user to rephrase the prompt (moderation)",
     "reference_too_large": "tell the user to upload a smaller reference file",
+    # an imported source's cancel (rivya_core.sources): its credits were kept, as the template keeps them
+    "upstream_canceled": "tell the user the task was canceled upstream; its credits were kept (a support "
+                         "refund gives them back)",
 }
 
 
@@ -108,6 +113,9 @@ def diagnose(bind: Bind, task_id: int, policy: BillingPolicy = DEFAULT_POLICY, n
     if t["status"] in ACTIVE_STATES and policy.stuck_for(t["category"]) <= _age_s(t, at) \
             < policy.timeout_for(t["category"]):  # stuck: is a named provider incident on it?
         detail = {**detail, "provider_incident": provider_incident(bind, t["provider"], task_id, at)}
+    facts = source_facts(bind)
+    if facts.imported:  # what the source never recorded, and the grants its findings are about
+        detail = {**detail, "facts": facts, "source_grants": source_checklist.source_grants_of(bind, detail["ledger"])}
     diag = checklist_for_task(detail, policy, at)
     if with_signals:
         t = detail["task"]
@@ -128,17 +136,21 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
     age_s = _age_s(t, now)
     stuck_s, timeout_s = policy.stuck_for(t["category"]), policy.timeout_for(t["category"])
     events = d["events"]
+    facts: SourceFacts = d.get("facts") or NATIVE
+    unrecorded = source_checklist.unrecorded
 
     items = [
         _type_item(t, d.get("chat_message"), [e for e in d["ledger"] if e["task_id"] != tid]),
         _credits_item(t, consumes, for_credits),
-        _callbacks_item(d["callbacks"]),
-        _polling_item(events, status, age_s, stuck_s),
+        unrecorded("callbacks", facts, ChecklistItem) or _callbacks_item(d["callbacks"]),
+        unrecorded("polling", facts, ChecklistItem) or _polling_item(events, status, age_s, stuck_s),
         _history_item(t, events, age_s, now),
-        _notification_item(t, d["notifications"], for_credits),
+        unrecorded("notification", facts, ChecklistItem) or _notification_item(t, d["notifications"], for_credits),
         _failure_item(t),
         _refund_item(t, policy, consumes, refunds, charged, refunded),
     ]
+    if facts.imported:
+        items.append(source_checklist.source_item(t, mine, d.get("source_grants") or [], facts, ChecklistItem))
     reads = _stuck_reads(t, events, stuck_s, d.get("provider_incident"))
     verdict, action, how = _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
                                     reads)

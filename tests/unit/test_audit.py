@@ -146,6 +146,13 @@ def d_terminal_twice(db, ids):
     db.event(ids["ok"], "succeeded")
 
 
+def d_callback_applied_twice(db, ids):
+    db.callback(ids["ok"], "up-ok", outcome="applied")
+    db.callback(ids["ok"], "up-ok", outcome="applied")
+    db.callback(ids["kept"], "up-kept", outcome="applied")      # once: fine
+    db.callback(ids["kept"], "up-kept", outcome="duplicate")    # a repeat recorded as one: fine
+
+
 def d_notification_missing(db, ids):
     db.success(ids["ann"], notify=False)
 
@@ -181,7 +188,26 @@ def d_chat_mismatch(db, ids):
     db.ledger(ids["ann"], "chat_refund", 1, msg_id=ids["chat"], key="chat_refund:again")
 
 
+def d_canceled_not_refunded(db, ids):
+    db.failed(ids["ann"], failure_class="user", error_code="upstream_canceled", refund=False)
+
+
+def d_refund_onto_expired_grant(db, ids):
+    t = db.failed(ids["ann"], failure_class="provider", error_code="provider_error")
+    db.ledger(ids["ann"], "expire", -10, task_id=t, key=f"shipany:lost-refund:refund:{t}")
+
+
+def d_grant_below_zero(db, ids):
+    with db.engine.begin() as conn:
+        conn.execute(s.source_grant.insert().values(
+            external_ref="g-1", user_id=ids["ann"], credits=10, remaining_credits=-4, replayed_remaining=-4, live=0,
+            status="active", created_at=NOW))
+
+
 DEFECTS = [
+    ("canceled_not_refunded", d_canceled_not_refunded, 1),
+    ("refund_onto_expired_grant", d_refund_onto_expired_grant, 1),
+    ("grant_below_zero", d_grant_below_zero, 1),
     ("ledger_running_sum", d_running_sum, 1),
     ("negative_balance", d_negative, 1),
     ("balance_mismatch", d_balance, 1),
@@ -198,6 +224,7 @@ DEFECTS = [
     ("success_without_urls", d_success_null_urls, 1),
     ("failed_without_error_code", d_failed_no_code, 1),
     ("multiple_terminal_events", d_terminal_twice, 1),
+    ("callback_applied_twice", d_callback_applied_twice, 1),
     ("notification_missing", d_notification_missing, 1),
     ("notification_wrong_kind", d_notification_wrong, 1),
     ("notification_duplicate", d_notification_duplicate, 1),

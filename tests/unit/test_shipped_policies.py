@@ -20,12 +20,14 @@ PROMISES = {
     "poll_every_10s": {"poll_interval_s": 10.0},
     "lean_chat_reservation": {"chat_reserve_margin": 1.0},
     "block_duplicate_runs": {"duplicate_runs": "block"},
+    "gift_expires_14_days": {"credit_expiry_days": 14.0},
+    "gift_expires_30_days": {"credit_expiry_days": 30.0},
 }
 
 
 def _changed(policy: BillingPolicy) -> dict:
     base = DEFAULT_POLICY.to_dict()
-    return {k: v for k, v in policy.to_dict().items() if k not in ("name", "description") and v != base[k]}
+    return {k: v for k, v in policy.to_dict().items() if k not in ("name", "description") and v != base.get(k)}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
