@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from rivya_core.domain import SupportAction
 from tests.dashboard.conftest import PAGE_TITLES, metrics, texts
 
 PAGES = {p: PAGE_TITLES[p] for p in ("pages/overview.py", "pages/live_tasks.py", "pages/task_inspector.py",
@@ -107,8 +108,15 @@ def _by_label(elements, label):
     return next(e for e in elements if e.label == label)
 
 
+# The inspector's action radio offers SupportAction members under these words (pages/task_inspector.py)
+ACTION_BY_WORDS = {"Re-check upstream": SupportAction.RECHECK, "Issue the due refund": SupportAction.REFUND,
+                   "Mark stuck task failed": SupportAction.MARK_FAILED}
+
+
 def _run_action(at, action: str, operator: str = "Dana", reason: str = "user asked"):
-    _by_label(at.radio, "Action").set_value(action)
+    radio = _by_label(at.radio, "Action")
+    assert action in radio.options, radio.options
+    radio.set_value(ACTION_BY_WORDS[action])
     _by_label(at.text_input, "Operator name").input(operator)
     _by_label(at.text_input, "Reason (kept in the task's timeline)").input(reason)
     _by_label(at.button, next(b.label for b in at.button if b.label.startswith("Run action"))).click().run()
@@ -170,7 +178,7 @@ def test_signed_in_operator_acts_under_their_own_name(open_page, seeded_url, mon
     at.run()
     name = _by_label(at.text_input, "Operator name")
     assert name.value == "olga" and name.disabled  # nobody can type another name in
-    _by_label(at.radio, "Action").set_value("Issue the due refund")
+    _by_label(at.radio, "Action").set_value(ACTION_BY_WORDS["Issue the due refund"])
     _by_label(at.text_input, "Reason (kept in the task's timeline)").input("user asked")
     _by_label(at.button, next(b.label for b in at.button if b.label.startswith("Run action"))).click().run()
     assert not at.exception and "Issue the due refund on task #2: done" in texts(at)
