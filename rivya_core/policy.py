@@ -49,6 +49,10 @@ class BillingPolicy:
     duplicate_window_s: float = 600.0
     # crash recovery: resume an interrupted task (charge/submit) or fail it (and refund)
     recover_resubmit: bool = True
+    # money: what one credit sells for (USD, the catalogue's provider prices' currency: rivya_core.cost)
+    credit_value: float = 0.05
+    # ask the provider to stop a job we gave up on (timeout, support mark failed: rivya_core.upstream_cancel)
+    upstream_cancel: bool = True
 
     def price(self, model_id: str, base_credits: int) -> int:
         if model_id in self.price_overrides:
@@ -114,7 +118,7 @@ _CLASSES = {c.value for c in FailureClass}
 
 _NUMBER_KIND = {"price_multiplier": "multiplier", "chat_reserve_margin": "margin",
                 "poll_interval_s": "positive_seconds", "duplicate_window_s": "positive_seconds",
-                "submit_retries": "submit_retries"}
+                "submit_retries": "submit_retries", "credit_value": "money"}
 
 
 def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -150,7 +154,7 @@ def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
             if not isinstance(value, list) or not all(isinstance(v, str) and v in _CLASSES for v in value):
                 raise bad(f"must be a list of names drawn from {sorted(_CLASSES)}")
             value = frozenset(value)
-        elif key in ("chat_allow_overrun", "recover_resubmit"):
+        elif key in ("chat_allow_overrun", "recover_resubmit", "upstream_cancel"):
             if not isinstance(value, bool):
                 raise bad("must be true or false")
         elif key == "recheck_backoff_s":
