@@ -407,3 +407,4 @@ class EventKind(StrEnum):
     DUPLICATE_WARNING = "duplicate_warning"
     RERUN = "rerun"                  # support re-ran this task; detail: rerun_task_id, courtesy
     RERUN_OF = "rerun_of"            # this task is a re-run; detail: original_task_id, courtesy
+    UPSTREAM_CANCEL = "upstream_cancel"  # we asked the provider to stop a job we gave up on; detail: answer, detail

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from . import limits, rules, webhooks
+from . import limits, rules, upstream_cancel, webhooks
 from .catalog import Catalog
 from .clock import ManualClock, act_time
 from .domain import (
@@ -155,6 +156,7 @@ class LifecycleService:
         self.sleep: Callable[[float], None] = time.sleep
         self.retry_counts: Counter[int] = Counter()
         self.retries_total = 0
+        self._local = threading.local()  # per thread: the current unit's upstream cancels
 
     def __repr__(self) -> str:  # never show secrets
         return f"LifecycleService(providers={sorted(self.providers)}, policy={self.policy.name!r})"
@@ -165,7 +167,9 @@ class LifecycleService:
         """Run one unit of work; a lost race is re-run after a jittered exponential pause
         ("full jitter": uniform in [0, min(cap, base * 2**attempt)]). How many retries each
         unit needed is counted in `retry_counts` (retries -> units) and `retries_total`."""
+        local = self._local
         for attempt in range(MAX_RETRIES):
+            local.cancels = None  # jobs this unit gives up on (upstream_cancel.defer), asked to stop once it commits
             try:
                 with self.store.begin() as tx:
                     result = step(tx)
@@ -175,6 +179,9 @@ class LifecycleService:
                     raise
                 self.sleep(self.retry_rng.uniform(0.0, min(self.retry_cap, self.retry_base * 2 ** attempt)))
                 continue
+            if local.cancels:
+                jobs, local.cancels = local.cancels, None
+                upstream_cancel.send(self, jobs)
             if attempt:
                 self._count_retries(attempt)
             else:  # the usual case, inlined (four units a task)
@@ -387,7 +394,8 @@ class LifecycleService:
                 return self._park(tx, record, parsed, ref)
             if task.terminal:
                 cb = tx.add_callback(replace(record, task_id=task.id, outcome=_Outcome.DUPLICATE,
-                                             detail=_already(task.status)))
+                                             detail=upstream_cancel.late_detail(task, parsed.state)
+                                             or _already(task.status)))
             else:  # the insert itself turns a webhook id already applied or deferred into a duplicate
                 cb = tx.add_callback_unless_seen(replace(record, task_id=task.id, outcome=_callback_outcome(parsed)),
                                                  WEBHOOK_SEEN)
@@ -584,6 +592,8 @@ class LifecycleService:
                               settled_at=now, next_check_at=None):
             return
         self._event(tx, task.id, _Event.FAILED, path=path, error_code=code, failure_class=str(failure_class))
+        if upstream_cancel.gives_up(task, code, self.policy):
+            upstream_cancel.defer(self._local, task, code, now)
         refund = self._refund_if_due(tx, task, failure_class)
         kind = rules.outcome_notification(_Status.FAILED, code)
         if kind == NotificationKind.INSUFFICIENT_CREDITS:
