@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import and_, case, exists, func, literal, select
 
-from . import rules
+from . import rules, upstream_cancel
 from .alerts import provider_incident
 from .audit import CHAT_SETTLE_GRACE_S
 from .domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, NotFound, TaskStatus
@@ -152,6 +152,9 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
         _failure_item(t),
         _refund_item(t, policy, consumes, refunds, charged, refunded),
     ]
+    cancel_item = _upstream_cancel_item(t, events, refunded)
+    if cancel_item is not None:  # only for a task we gave up on, or whose output came after its failure
+        items.append(cancel_item)
     reads = _stuck_reads(t, events, stuck_s, d.get("provider_incident"))
     verdict, action, how = _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
                                     reads)
@@ -311,6 +314,27 @@ def _notification_item(t, notes, for_credits) -> ChecklistItem:
         return ChecklistItem("notification", q, f"Duplicate: {len(matching)} {expected} notifications.", FAIL, notes)
     read = f", read at {_when(notes[0]['read_at'])}" if notes[0]["read_at"] else ", unread"
     return ChecklistItem("notification", q, f"Yes: {expected} at {_when(notes[0]['created_at'])}{read}.", OK, notes)
+
+
+def _upstream_cancel_item(t, events, refunded) -> ChecklistItem | None:
+    """Did we ask the provider to stop the job we gave up on, and did its output arrive late?"""
+    cancel, late = upstream_cancel.story(events)
+    if cancel is None and not late:
+        return None
+    q = "Did we ask the provider to stop the job, and did its output arrive after the failure?"
+    parts = []
+    if cancel is not None:
+        d = cancel.get("detail") or {}
+        said = f"{d.get('answer')}" + (f" ({d['detail']})" if d.get("detail") else "")
+        parts.append(f"Cancel asked at {_when(cancel['at'])} after the {d.get('reason', 'failure')}; "
+                     f"the provider answered {said}")
+    if late:
+        money = f"the user was refunded {refunded} credits" if refunded else "the user was not refunded"
+        parts.append(f"the output arrived late ({_cap(len(late), 'success callback')} after the failure, from "
+                     f"{_when(late[0]['at'])}), recorded as a duplicate: the task stays FAILED and {money}")
+    status = WARN if late else INFO
+    return ChecklistItem("upstream_cancel", q, "; ".join(parts) + ".", status,
+                         [_slim(e) for e in ([cancel] if cancel else []) + late])
 
 
 def _failure_item(t) -> ChecklistItem:

@@ -164,6 +164,7 @@ class Task:
     next_check_at: datetime | None = None
     check_attempts: int = 0
     rerun_of: int | None = None  # the task support re-ran this one from (ai_task.rerun_of)
+    provider_run_s: float | None = None  # billable run seconds the provider reported (ai_task.provider_run_s)
 
     def __post_init__(self) -> None:
         # rows come from stores and callers as plain strings: typed here, once per row built. A

@@ -156,6 +156,7 @@ class LifecycleService:
         self.sleep: Callable[[float], None] = time.sleep
         self.retry_counts: Counter[int] = Counter()
         self.retries_total = 0
+        upstream_cancel.arm(self.providers.values(), policy, catalog)  # Cancel-After on the clients that send it
         self._local = threading.local()  # per thread: the current unit's upstream cancels
 
     def __repr__(self) -> str:  # never show secrets
@@ -555,6 +556,8 @@ class LifecycleService:
     def _apply_status(self, tx: Tx, task: Task, status: UpstreamStatus | _Parsed, path: str) -> bool:
         """Finish a GENERATING task when what the provider says settles it (a failure, or
         success with URLs); True when it did. Anything else changes nothing here."""
+        if status.run_s is not None and status.state in (_Upstream.FAILED, _Upstream.SUCCEEDED):
+            tx.update_task(task.id, None, provider_run_s=status.run_s)  # what the provider bills (rivya_core.cost)
         if status.state == _Upstream.FAILED:
             self._finish_failed(tx, task, status.error_code or "provider_failed",
                                 status.error_message or "the provider reported a failure",
@@ -965,6 +968,7 @@ class _Parsed:  # read, never changed; not frozen: a frozen dataclass sets each 
     error_code: str | None
     error_message: str | None
     failure_class: FailureClass | None
+    run_s: float | None = None  # billable run seconds the provider reported (rivya_core.cost)
 
 
 _STATES = {s.value: s for s in (_Upstream.SUCCEEDED, _Upstream.FAILED, _Upstream.RUNNING)}
@@ -1026,7 +1030,8 @@ def _parse_with(fmt: CallbackFormat, raw: bytes) -> _Parsed | str:
     if isinstance(got, str):
         return got
     upstream_id, st = got
-    return _Parsed(upstream_id, st.state, tuple(st.result_urls), st.error_code, st.error_message, st.failure_class)
+    return _Parsed(upstream_id, st.state, tuple(st.result_urls), st.error_code, st.error_message, st.failure_class,
+                   st.run_s)
 
 
 def _epoch(naive_utc: datetime) -> float:

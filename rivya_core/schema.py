@@ -68,6 +68,8 @@ ai_task = Table(
     Column("check_attempts", Integer, nullable=False, default=0),
     # the task support re-ran this one from (rivya_core.rerun); added after version 1 (init_db migrates)
     Column("rerun_of", Id),
+    # billable run seconds the provider reported for the job (rivya_core.cost); added after version 1
+    Column("provider_run_s", Float),
     Index("ix_ai_task_user_created", "user_id", "created_at"),
     Index("ix_ai_task_status_created", "status", "created_at"),
     Index("ix_ai_task_upstream", "upstream_task_id"),

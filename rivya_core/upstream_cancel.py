@@ -51,6 +51,18 @@ def cancel_after_header(seconds: float) -> str:
     return f"{max(1, math.ceil(seconds))}s"
 
 
+def arm(providers: Any, policy: BillingPolicy, catalog: Any) -> None:
+    """Give each provider client that sends a deadline (a `cancel_after` attribute, e.g. the
+    Replicate client) the rule: model id -> seconds (the model's category's timeout), or None."""
+    def seconds(model_id: str) -> float | None:
+        spec = catalog.get(model_id)
+        return cancel_after_s(policy, spec.category) if spec is not None else None
+
+    for p in providers:
+        if hasattr(p, "cancel_after") and getattr(p, "cancel_after", None) is None:
+            p.cancel_after = seconds
+
+
 def defer(local: Any, task: Task, code: str, at: datetime) -> None:
     """Remember, for the unit of work running on this thread (`local.cancels`, which the service
     resets per attempt), to cancel this task's job once the unit commits. `at`: the failure's time,
@@ -116,5 +128,5 @@ def story(events: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[dic
     return cancel, late
 
 
-__all__ = ["GIVE_UP_CODES", "LATE_SUCCESS", "EVENT", "gives_up", "cancel_after_s", "cancel_after_header", "defer",
+__all__ = ["GIVE_UP_CODES", "LATE_SUCCESS", "EVENT", "gives_up", "cancel_after_s", "cancel_after_header", "arm", "defer",
            "ask", "send", "late_detail", "story"]
