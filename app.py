@@ -15,7 +15,7 @@ from pages._access import access_gate, can_act
 from pages._links import open_picked_task
 from pages._source import data_source_sidebar, default_url
 from pages._text import plain
-from rivya_core import db
+from rivya_core.stores import db
 from simulations.demo import ensure_demo_data
 
 # (file, title, icon, section) in the order a support person needs them.

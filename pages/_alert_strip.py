@@ -1,5 +1,5 @@
 """The Overview's alert strip: stuck tasks past k × their model's p95 and degraded providers,
-each linking to the Incidents page with its bulk filter prepared (rules: rivya_core.alerts).
+each linking to the Incidents page with its bulk filter prepared (rules: rivya_core.read.alerts).
 
     alert_strip(policy) -> None
 """
@@ -11,8 +11,9 @@ import streamlit as st
 from pages._cache import cached_df
 from pages._source import current_url, default_url
 from pages._text import plain
-from rivya_core import alert_push, alerts
 from rivya_core.policy import BillingPolicy
+from rivya_core.read import alerts
+from rivya_core.support import alert_push
 
 INCIDENTS = "pages/incidents.py"
 ACTION_WORDS = {"recheck": "re-check", "refund": "refund", "mark-failed": "mark failed"}

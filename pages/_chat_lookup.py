@@ -1,5 +1,5 @@
 """The inspector's chat-turn lookup: chat is billed without an ai_task, so a settlement complaint
-starts from a message id, a session id or the user; the checklist is rivya_core.diagnose's.
+starts from a message id, a session id or the user; the checklist is rivya_core.read.diagnose's.
 
     chat_lookup(engine, policy) -> None
 """
@@ -12,8 +12,8 @@ import streamlit as st
 from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_table, verdict_box
-from rivya_core import queries, user_view
-from rivya_core.diagnose import diagnose_chat_message
+from rivya_core.read import queries, user_view
+from rivya_core.read.diagnose import diagnose_chat_message
 
 
 def chat_lookup(engine, policy) -> None:

@@ -13,8 +13,8 @@ from pages._jobs import start_job
 from pages._render import show_table
 from pages._source import current_url
 from pages._text import plain
-from rivya_core import db
 from rivya_core.policy import BillingPolicy
+from rivya_core.stores import db
 from simulations.backtest import describe_window
 from simulations.scenarios import POLICY_DIR
 

@@ -2,9 +2,9 @@
 
     rerun_links(engine, task) -> None     "re-run of task #N" / "re-run as #M" with buttons that open them
     rerun_form(task_id, policy) -> None   operators: re-run the task for its user (courtesy optional); the
-                                          outcome (rivya_core.rerun.describe_rerun) and a button to the new task
+                                          outcome (rivya_core.support.rerun.describe_rerun) and a button to the new task
     rerun_acted(task_id) -> bool          a re-run result waits to be shown for this task
-    export_button(engine, task_id) -> None  the task's whole record as one JSON file (rivya_core.export)
+    export_button(engine, task_id) -> None  the task's whole record as one JSON file (rivya_core.read.export)
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pages._cache import cached_df
 from pages._links import open_task
 from pages._support import support_service
 from pages._text import plain
-from rivya_core import rerun
 from rivya_core.domain import RivyaError
-from rivya_core.export import task_record_json
 from rivya_core.policy import BillingPolicy
+from rivya_core.read.export import task_record_json
+from rivya_core.support import rerun
 
 RESULT = "rerun_result"  # (task id, "done" | "refused", headline (Markdown), details (plain text), new task id or None)
 

@@ -22,7 +22,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from pages._source import ROOT, runs_dir
-from rivya_core import db
+from rivya_core.stores import db
 from simulations import quotas
 
 

@@ -40,8 +40,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pages._access import access_config, ensure_reader
 from pages._text import plain
-from rivya_core import access, db
+from rivya_core import access
 from rivya_core.domain import RivyaError
+from rivya_core.stores import db
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -179,8 +180,8 @@ def get_engine(url: str) -> Engine:
 
 @st.cache_resource(show_spinner=False)
 def _open(url: str) -> Engine:
-    """rivya_core.db.open_reader, cached: a read engine, so pages never wait for a
-    realtime simulation's write lock (support actions go through rivya_core.service)."""
+    """rivya_core.stores.db.open_reader, cached: a read engine, so pages never wait for a
+    realtime simulation's write lock (support actions go through rivya_core.wiring)."""
     return db.open_reader(url)
 
 

@@ -7,7 +7,7 @@
     support_service(policy: BillingPolicy) -> LifecycleService
         The service support actions go through, over current_url(). On a simulation
         database its providers answer from the farm's recorded jobs and its clock is
-        pinned at the database's latest time (rivya_core.service provider sources;
+        pinned at the database's latest time (rivya_core.wiring provider sources;
         importing this module registers the simulations package's).
     who_sees_what(task, ledger, policy) -> str
         The support form's sentence on who reads what: the operator's name and reason are
@@ -27,11 +27,12 @@ from sqlalchemy import Engine
 from pages._cache import cached_df
 from pages._source import current_url
 from pages._text import plain
-from rivya_core import db
 from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.policy import BillingPolicy
+from rivya_core.stores import db
+from rivya_core.stores.sql import open_store
 
-try:  # registers the simulation databases' recorded providers with rivya_core.service
+try:  # registers the simulation databases' recorded providers with rivya_core.wiring
     import simulations.recorded  # noqa: F401
 except ModuleNotFoundError:
     pass
@@ -39,7 +40,7 @@ except ModuleNotFoundError:
 
 def support_service(policy: BillingPolicy):
     """A LifecycleService over the current database for support actions (see module doc)."""
-    from rivya_core.service import service_for_url
+    from rivya_core.wiring import service_for_url
 
     return service_for_url(current_url(), policy=policy)
 
@@ -67,7 +68,7 @@ def record_audit_now(policy: BillingPolicy, row_cap: int):
     from rivya_core.audit import run_and_record
 
     by = (st.session_state.get("user") if access_config().enabled else None) or "an operator in open mode"
-    engine = db.open_store(current_url()).engine
+    engine = open_store(current_url()).engine
     try:
         return run_and_record(engine, policy, row_cap=row_cap, stored_by=by)
     finally:
@@ -85,7 +86,7 @@ def _recorded_policy(engine: Engine, url: str) -> tuple[BillingPolicy, str] | No
 
 def policy_in_force() -> tuple[BillingPolicy, str]:
     """(policy, where it comes from) for the current database; a bad policy source reads as a warning."""
-    from rivya_core.service import POLICY_ENV, policy_from
+    from rivya_core.wiring import POLICY_ENV, policy_from
 
     url = current_url()
     try:

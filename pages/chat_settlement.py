@@ -9,7 +9,7 @@ from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
-from rivya_core import ledger_views as lv
+from rivya_core.read import ledger_views as lv
 
 LIMIT = 200
 enter_page()

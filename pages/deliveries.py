@@ -1,5 +1,5 @@
 """Webhook deliveries: every provider callback across tasks, filtered, counted, read as text; operators
-re-process a parked callback once its task exists (rivya_core.deliveries)."""
+re-process a parked callback once its task exists (rivya_core.read.deliveries)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service
 from pages._text import plain
-from rivya_core import deliveries
 from rivya_core.domain import RivyaError
+from rivya_core.read import deliveries
+from rivya_core.support.reprocess import reprocess_callback
 
 PAGE_SIZE = 50
 RESULT = "reprocess_result"  # (callback id, "done" | "refused", headline, details, task id or None)
@@ -45,7 +46,7 @@ def _label(r: dict) -> str:
 def _reprocess(callback_id: int, operator: str, reason: str) -> None:
     policy, _ = policy_in_force()
     try:
-        done = deliveries.reprocess_callback(support_service(policy), callback_id, operator, reason)
+        done = reprocess_callback(support_service(policy), callback_id, operator, reason)
     except RivyaError as exc:
         code = getattr(exc, "reason", None) or exc.code
         st.session_state[RESULT] = (callback_id, "refused", f"Re-processing callback #{callback_id} was refused "

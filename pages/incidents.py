@@ -1,6 +1,6 @@
 """Incidents: bulk remediation by filter — dry run first, then execute as a named incident; the incidents so far.
 
-The rules live in rivya_core.bulk (filter, dry run, execution through the support actions).
+The rules live in rivya_core.support.bulk (filter, dry run, execution through the support actions).
 A link may prepare the form: ?action=recheck&provider=kinetica&status=GENERATING&min_age_s=900
 (the Overview's alert strip builds such links).
 """
@@ -17,9 +17,10 @@ from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db, require_tables
 from pages._support import policy_in_force, support_service
 from pages._text import plain
-from rivya_core import bulk, reports
 from rivya_core.domain import RivyaError, TaskStatus
+from rivya_core.read import reports
 from rivya_core.rules import support_failure_notice
+from rivya_core.support import bulk
 
 ACTION_LABELS = {"recheck": "Re-check upstream", "refund": "Refund if due", "mark-failed": "Mark failed (stuck only)"}
 ANY = "any"

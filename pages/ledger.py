@@ -12,11 +12,12 @@ from pages._render import show_errors, show_flows, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force
 from pages._text import plain
-from rivya_core import audit, db
-from rivya_core import ledger_views as lv
+from rivya_core import audit
 from rivya_core.domain import EntryType
-from rivya_core.queries import find_accounts
-from rivya_core.reports import credit_breakdown
+from rivya_core.read import ledger_views as lv
+from rivya_core.read.queries import find_accounts
+from rivya_core.read.reports import credit_breakdown
+from rivya_core.stores import db
 
 PAGE_SIZE = 50
 ENTRY_TYPES = [t.value for t in EntryType]

@@ -16,8 +16,8 @@ from pages._runs import realtime_run, start_realtime_run
 from pages._source import ROOT, current_url, enter_page, open_db, use_database
 from pages._support import policy_in_force
 from pages._text import plain
-from rivya_core import queries, reports
 from rivya_core.domain import RivyaError
+from rivya_core.read import queries, reports
 
 REFRESH_S = 3
 DEMO_SCENARIO = ROOT / "data" / "scenarios" / "baseline.toml"

@@ -10,9 +10,9 @@ from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
 from pages._text import plain
-from rivya_core import ledger_views as lv
-from rivya_core import queries
 from rivya_core.domain import NotificationKind
+from rivya_core.read import ledger_views as lv
+from rivya_core.read import queries
 
 PAGE_SIZE = 50
 

@@ -13,7 +13,7 @@ from pages._render import show_errors, show_flows, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force
 from pages._text import plain
-from rivya_core import queries, reports
+from rivya_core.read import queries, reports
 
 STATE_COLORS = {"WAITING": "#9e9e9e", "GENERATING": "#1f77b4", "SUCCESS": "#2ca02c", "FAILED": "#d62728"}
 

@@ -12,8 +12,9 @@ from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, record_audit_now
 from pages._text import plain
-from rivya_core import audit, reports
-from rivya_core.schema import CONTRACT_TABLES
+from rivya_core import audit
+from rivya_core.read import reports
+from rivya_core.stores.schema import CONTRACT_TABLES
 
 ROW_CAP = 200
 # Money findings first, in the order a support person reads them.

@@ -20,11 +20,11 @@ from pages._render import show_table
 from pages._runs import new_run_url, realtime_run, start_realtime_run
 from pages._source import enter_page, get_engine, runs_dir, use_database
 from pages._text import plain
-from rivya_core import ledger_views as lv
 from rivya_core.audit import ledger_sums
 from rivya_core.credits import chat_figures
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
+from rivya_core.read import ledger_views as lv
 from simulations import kpis, quotas
 from simulations.runner import explain_tasks
 from simulations.scenarios import POLICY_DIR, describe_own_policy, list_scenarios, load_scenario

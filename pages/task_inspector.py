@@ -16,9 +16,9 @@ from pages._rerun import export_button, rerun_acted, rerun_form, rerun_links
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service, who_sees_what
 from pages._text import plain
-from rivya_core import queries, reports, user_view
-from rivya_core.diagnose import diagnose, recheck_signals
 from rivya_core.domain import NotFound, RivyaError
+from rivya_core.read import queries, reports, user_view
+from rivya_core.read.diagnose import diagnose, recheck_signals
 
 enter_page()
 st.title("Task inspector")

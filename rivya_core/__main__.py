@@ -17,8 +17,9 @@ from datetime import datetime
 from . import limits
 from .cli import OneLineParser, number, run_command
 from .clock import WallClock
-from .db import DEFAULT_URL, open_reader, open_store
-from .queries import naive_utc
+from .read.queries import naive_utc
+from .stores.db import DEFAULT_URL, open_reader
+from .stores.sql import open_store
 
 
 def _db(p: argparse.ArgumentParser) -> None:
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _service(args: argparse.Namespace, pool_size: int | None = None):
-    from .service import policy_from, service_for_url
+    from .wiring import policy_from, service_for_url
 
     _provider_sources()
     return service_for_url(args.db, policy=policy_from(args.policy), pool_size=pool_size)
@@ -166,7 +167,7 @@ def _service(args: argparse.Namespace, pool_size: int | None = None):
 def _provider_sources() -> None:
     """On a simulation database, support actions and `recover` ask the farm's recorded
     jobs on the run's own clock: the simulations package registers that source
-    (rivya_core.service.register_provider_source) when it is installed."""
+    (rivya_core.wiring.register_provider_source) when it is installed."""
     try:
         importlib.import_module("simulations.recorded")
     except ModuleNotFoundError as exc:
@@ -185,7 +186,7 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit
-    from .service import policy_from
+    from .wiring import policy_from
 
     engine = open_store(args.db).engine if args.record else open_reader(args.db)
     report = audit(engine, policy_from(args.policy), args.at, record=args.record,
@@ -203,9 +204,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from .diagnose import diagnose, diagnose_chat_message
     from .domain import ValidationError
-    from .service import policy_from
+    from .read.diagnose import diagnose, diagnose_chat_message
+    from .wiring import policy_from
 
     if (args.task_id is None) == (args.chat_message is None):
         raise ValidationError("give a task id or --chat-message N (one of them)")
@@ -232,7 +233,7 @@ def _support(action: str):
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from .rerun import describe_rerun, support_rerun
+    from .support.rerun import describe_rerun, support_rerun
 
     svc = _service(args)
     task = support_rerun(svc, args.task_id, args.operator, args.reason, courtesy=args.courtesy)
@@ -245,7 +246,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    from .deliveries import reprocess_callback
+    from .support.reprocess import reprocess_callback
 
     done = reprocess_callback(_service(args), args.callback_id, args.operator, args.reason)
     print(f"task {done.task_id}: {done.text}")
@@ -253,7 +254,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_export_task(args: argparse.Namespace) -> int:
-    from .export import task_record_json
+    from .read.export import task_record_json
     from .targets import file_target
 
     out = file_target(args.output, args.force) if args.output else None  # refused before anything is read
@@ -271,9 +272,9 @@ def cmd_export_task(args: argparse.Namespace) -> int:
 
 
 def cmd_bulk(args: argparse.Namespace) -> int:
-    from . import bulk
     from .domain import ActionRefused
     from .rules import SupportRefusal
+    from .support import bulk
 
     flt = bulk.BulkFilter.parse(args.filter)
     if not args.dry_run and (not (args.operator or "").strip() or not (args.reason or "").strip()):
@@ -335,9 +336,9 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from .alert_push import push_alerts
-    from .alerts import alerts
-    from .service import policy_from
+    from .read.alerts import alerts
+    from .support.alert_push import push_alerts
+    from .wiring import policy_from
 
     engine = open_store(args.db).engine if args.notify else open_reader(args.db)
     try:
@@ -367,8 +368,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from .alert_push import NOTIFY_ENV, check_notify_url
     from .receiver import DEFAULT_THREADS, pool_size_for, serve
+    from .support.alert_push import NOTIFY_ENV, check_notify_url
 
     notify = args.alerts_notify or os.environ.get(NOTIFY_ENV) or None
     if notify:

@@ -181,7 +181,7 @@ def may_type_url(role: Role | None, cfg: AccessConfig) -> bool:
 
 
 def _same_url(a: str, b: str) -> bool:
-    from .db import normalize_url
+    from .stores.db import normalize_url
 
     try:
         return normalize_url(a) == normalize_url(b)
@@ -192,7 +192,7 @@ def _same_url(a: str, b: str) -> bool:
 def simulation_file(requested: str, sim_dirs: Iterable[Path]) -> Path | None:
     """The resolved file when `requested` (a SQLite URL or path) names an existing `*.db` file directly
     inside one of `sim_dirs` (symbolic links resolved first, so none leads out), else None."""
-    from .db import sqlite_path
+    from .stores.db import sqlite_path
 
     try:
         path = sqlite_path(requested)

@@ -40,7 +40,6 @@ from sqlalchemy import Text as SAText
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import rules, rules_sql
-from .db import add_missing_columns
 from .domain import (
     INSUFFICIENT_CREDITS,
     ChatStatus,
@@ -51,8 +50,9 @@ from .domain import (
     ValidationError,
 )
 from .policy import DEFAULT_POLICY, BillingPolicy
-from .queries import ACTIVE_STATES, TERMINAL_STATES, Bind, connect, jsonable, reference_now
-from .schema import (
+from .read.queries import ACTIVE_STATES, TERMINAL_STATES, Bind, connect, jsonable, reference_now
+from .stores.db import add_missing_columns
+from .stores.schema import (
     account,
     ai_task,
     audit_run,

@@ -77,7 +77,7 @@ async def _body(request: Request, limit: int) -> bytes:
 
 class PollLoop:
     """The polling sweep every `every` seconds in a daemon thread, until stopped. `after`: run after
-    each pass (the alert push, rivya_core.alert_push.AlertPusher, bounded by its own deadline); its
+    each pass (the alert push, rivya_core.support.alert_push.AlertPusher, bounded by its own deadline); its
     failure is logged and never stops the sweep."""
 
     def __init__(self, service: LifecycleService, every: float, after: Callable[[], Any] | None = None):
@@ -210,7 +210,7 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
           threads: int = DEFAULT_THREADS, alerts_notify: str | None = None) -> int:
     """Serve until stopped; the exit status (non-zero when a worker died). make_service builds
     each process's service (its pool sized by pool_size_for(threads)). alerts_notify: the alert
-    webhook the sweep pushes alerts to after each pass (rivya_core.alert_push)."""
+    webhook the sweep pushes alerts to after each pass (rivya_core.support.alert_push)."""
     import uvicorn
 
     if workers <= 1:
@@ -263,7 +263,7 @@ def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1",
 def _pusher(service: LifecycleService, url: str | None) -> Callable[[], Any] | None:
     if not url:
         return None
-    from .alert_push import AlertPusher
+    from .support.alert_push import AlertPusher
 
     return AlertPusher(service.store.engine, service.policy, url)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from sqlalchemy import MetaData, Table, inspect, select
 
-from . import schema
-from .db import make_engine, safe_url, sqlite_path
 from .domain import RivyaError
+from .stores import schema
+from .stores.db import make_engine, safe_url, sqlite_path
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 COMPANIONS = ("-wal", "-shm", "-journal")

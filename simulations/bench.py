@@ -328,15 +328,15 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
     """(kind, name, call) for every dashboard data function, on sample rows of the database."""
     from sqlalchemy import func, select
 
-    from rivya_core import alerts as al
     from rivya_core import audit as au
-    from rivya_core import bulk as bk
-    from rivya_core import ledger_views as lv
-    from rivya_core import queries as q
-    from rivya_core import reports as rp
-    from rivya_core import user_view as uv
-    from rivya_core.diagnose import diagnose
-    from rivya_core.schema import account, ai_task, chat_message, chat_session, credit_ledger
+    from rivya_core.read import alerts as al
+    from rivya_core.read import ledger_views as lv
+    from rivya_core.read import queries as q
+    from rivya_core.read import reports as rp
+    from rivya_core.read import user_view as uv
+    from rivya_core.read.diagnose import diagnose
+    from rivya_core.stores.schema import account, ai_task, chat_message, chat_session, credit_ledger
+    from rivya_core.support import bulk as bk
 
     with engine.connect() as conn:
         top = conn.scalar(select(func.max(ai_task.c.id)))
@@ -402,7 +402,7 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
 
 def dashboard(url: str, reps: int = 3, only: str = "") -> dict[str, Any]:
     """Median wall time of each dashboard data function on the database at url."""
-    from rivya_core.db import make_engine
+    from rivya_core.stores.db import make_engine
 
     engine = make_engine(url)
     target = {"lookup": LOOKUP_TARGET_S, "page": PAGE_TARGET_S, "audit": AUDIT_TARGET_S}
@@ -540,13 +540,13 @@ BROAD_DAYS = 14  # bench --bulk: the window of the broad dry runs
 
 
 def bulk(url: str) -> dict[str, Any]:
-    """Dry-run and execution rates of rivya_core.bulk on a temporary copy of the SQLite database at url."""
+    """Dry-run and execution rates of rivya_core.support.bulk on a temporary copy of the SQLite database at url."""
     import sqlite3
 
-    from rivya_core import bulk as bulk_actions
-    from rivya_core.db import sqlite_path
     from rivya_core.policy import BillingPolicy
-    from rivya_core.service import service_for_url
+    from rivya_core.stores.db import sqlite_path
+    from rivya_core.support import bulk as bulk_actions
+    from rivya_core.wiring import service_for_url
 
     from . import recorded  # noqa: F401  (the recorded providers answer re-checks)
 
@@ -579,7 +579,7 @@ def bulk(url: str) -> dict[str, Any]:
             out[f"dry_run_{label}"] = {"filter": flt.describe(), "matched": p.matched, "would_act": p.would_act,
                                         "would_refuse": p.would_refuse, "seconds": round(time.perf_counter() - t0, 3),
                                         "cpu_seconds": round(time.process_time() - c0, 3)}
-        from rivya_core import alerts
+        from rivya_core.read import alerts
 
         t0 = time.perf_counter()
         found = alerts.alerts(svc.store.engine, svc.policy)

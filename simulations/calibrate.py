@@ -40,11 +40,11 @@ from typing import Any
 
 from sqlalchemy import Engine, inspect, select
 
-from rivya_core import schema
 from rivya_core.catalog import default_catalog
 from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, EventKind
 from rivya_core.policy import DEFAULT_POLICY
-from rivya_core.queries import connect
+from rivya_core.read.queries import connect
+from rivya_core.stores import schema
 
 from .farm import CONTENT_POLICY, MODEL_ERROR, UPSTREAM_TIMEOUT
 from .history import HistoryError, seconds

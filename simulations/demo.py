@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import func, inspect, select
 
-from rivya_core import schema
-from rivya_core.db import make_engine
 from rivya_core.domain import RivyaError, TaskStatus
 from rivya_core.lifecycle import LifecycleService
+from rivya_core.stores import schema
+from rivya_core.stores.db import make_engine
 from rivya_core.validation import GenerationRequest
 
 from .runner import run_scenario

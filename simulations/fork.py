@@ -26,12 +26,12 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, inspect, or_, select
 
-from rivya_core import schema
 from rivya_core.catalog import default_catalog
-from rivya_core.db import make_engine
 from rivya_core.domain import EventKind, NotFound, RivyaError, TaskStatus
 from rivya_core.policy import DEFAULT_POLICY
-from rivya_core.queries import connect
+from rivya_core.read.queries import connect
+from rivya_core.stores import schema
+from rivya_core.stores.db import make_engine
 
 from .history import seconds
 from .scenarios import Population, ProviderConfig, Range, Scenario, ScriptEvent, parse_scenario

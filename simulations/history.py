@@ -23,10 +23,10 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
 
-from rivya_core import schema
 from rivya_core.catalog import Catalog, default_catalog
 from rivya_core.domain import INSUFFICIENT_CREDITS, EventKind, RivyaError
-from rivya_core.queries import connect
+from rivya_core.read.queries import connect
+from rivya_core.stores import schema
 
 EPOCH = datetime(1970, 1, 1)
 

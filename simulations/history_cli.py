@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from rivya_core.cli import number
-from rivya_core.db import open_reader
 from rivya_core.domain import RivyaError
 from rivya_core.policy import DEFAULT_POLICY, BillingPolicy
+from rivya_core.stores.db import open_reader
 
 EXIT_VIOLATION = 1
 

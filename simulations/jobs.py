@@ -163,7 +163,7 @@ def do_sweep(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
 def do_backtest(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     from datetime import datetime
 
-    from rivya_core.db import open_reader
+    from rivya_core.stores.db import open_reader
 
     from .backtest import backtest
     from .history import load_history

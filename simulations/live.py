@@ -29,16 +29,17 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from rivya_core import schema
 from rivya_core.audit import audit
 from rivya_core.catalog import Catalog, default_catalog
 from rivya_core.clock import WallClock
-from rivya_core.db import has_rows, open_store, safe_url
 from rivya_core.domain import ACTIVE, RivyaError, ValidationError
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.policy import BillingPolicy
 from rivya_core.providers.config import build_clients, parse_providers
 from rivya_core.receiver import DEFAULT_THREADS, create_app, pool_size_for
+from rivya_core.stores import schema
+from rivya_core.stores.db import has_rows, safe_url
+from rivya_core.stores.sql import open_store
 from rivya_core.tomlfile import parse as parse_toml
 from rivya_core.validation import validate
 

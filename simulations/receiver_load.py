@@ -42,16 +42,18 @@ import httpx
 import psutil
 from sqlalchemy import event, func, select
 
-from rivya_core import schema, webhooks
+from rivya_core import webhooks
 from rivya_core.audit import audit
 from rivya_core.catalog import default_catalog
 from rivya_core.cli import number
 from rivya_core.clock import WallClock
-from rivya_core.db import has_rows, open_store, safe_url
 from rivya_core.domain import RivyaError
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.ports import UpstreamStatus
 from rivya_core.receiver import DEFAULT_THREADS, OneWriter, pool_size_for
+from rivya_core.stores import schema
+from rivya_core.stores.db import has_rows, safe_url
+from rivya_core.stores.sql import open_store
 
 from .live import free_port, stop_process
 

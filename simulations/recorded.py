@@ -7,7 +7,7 @@ the farm: `status` and `find` answer what the farm knew when the row was last
 written, and `submit` refuses, since that provider is gone.
 
 Importing this module registers `recorded_environment` with
-`rivya_core.service.register_provider_source`, so the support actions of the
+`rivya_core.wiring.register_provider_source`, so the support actions of the
 CLI (`python -m rivya_core recheck/recover --db ...`) and of the dashboard use
 recorded providers on a simulation database, on a clock pinned at the
 database's latest recorded time (its times are in the run's own time base),
@@ -27,8 +27,8 @@ from rivya_core.catalog import default_catalog
 from rivya_core.clock import ManualClock
 from rivya_core.policy import BillingPolicy
 from rivya_core.ports import Provider, ProviderError, UpstreamStatus
-from rivya_core.queries import latest_timestamp
-from rivya_core.service import Recorded, register_provider_source
+from rivya_core.read.queries import latest_timestamp
+from rivya_core.wiring import Recorded, register_provider_source
 
 from .clock import EPOCH
 from .scenarios import parse_scenario
@@ -85,7 +85,7 @@ def providers_for(engine: Engine) -> dict[str, Provider]:
 
 
 def recorded_environment(engine: Engine) -> Recorded | None:
-    """The provider source registered with rivya_core.service: recorded providers and
+    """The provider source registered with rivya_core.wiring: recorded providers and
     a clock pinned at the database's latest recorded time, for a simulation database."""
     providers = providers_for(engine)
     if not providers:

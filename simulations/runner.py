@@ -31,12 +31,13 @@ import simpy
 import simpy.rt
 from sqlalchemy import func, select
 
-from rivya_core import cost, schema, upstream_cancel
+from rivya_core import cost, upstream_cancel
 from rivya_core.audit import audit
 from rivya_core.catalog import default_catalog
-from rivya_core.db import init_db, make_engine, sqlite_path
 from rivya_core.domain import ACTIVE, RivyaError
 from rivya_core.lifecycle import LifecycleService
+from rivya_core.stores import schema
+from rivya_core.stores.db import init_db, make_engine, sqlite_path
 from rivya_core.targets import ensure_fresh
 
 from . import kpis as kpis_def

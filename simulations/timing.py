@@ -23,11 +23,11 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from rivya_core import schema
-from rivya_core.db import make_engine
 from rivya_core.domain import EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
-from rivya_core.queries import connect
+from rivya_core.read.queries import connect
+from rivya_core.stores import schema
+from rivya_core.stores.db import make_engine
 
 from . import kpis
 from .fork import fork_story

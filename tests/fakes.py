@@ -12,7 +12,7 @@ from rivya_core.clock import ManualClock
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.policy import DEFAULT_POLICY, BillingPolicy
 from rivya_core.ports import ProviderError, UpstreamStatus
-from rivya_core.store_memory import MemoryStore
+from rivya_core.stores.memory import MemoryStore
 
 SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1"  # base64 of a test key
 OLD_SECRET = "whsec_" + "b2xkLXNlY3JldC1rZXktMDEyMzQ1Njc4OQ=="

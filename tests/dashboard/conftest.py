@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from rivya_core import clock, db
+from rivya_core import clock
+from rivya_core.stores import db
 from tests.conftest import skip_or_fail_in_ci
 from tests.dashboard.seed import T0, seed
 
@@ -105,7 +106,7 @@ def support_events(url: str) -> list[tuple[int, dict]]:
     """(task id, detail) of every support_action event, in id order."""
     from sqlalchemy import select
 
-    from rivya_core import schema
+    from rivya_core.stores import schema
 
     engine = db.make_engine(url)
     try:
@@ -122,7 +123,7 @@ def audit_runs(url: str) -> int:
     """How many audit runs the database holds (0 when it has no audit_run table)."""
     from sqlalchemy import func, inspect, select
 
-    from rivya_core.schema import audit_run
+    from rivya_core.stores.schema import audit_run
 
     engine = db.open_reader(url)
     try:
@@ -221,9 +222,33 @@ def browser():
 
 
 def settle(page) -> None:
-    """Wait until the script run has finished (Streamlit's running indicator gone)."""
+    """Wait until the script run has finished: the app says its script is not running (a widget
+    change marks it `rerunRequested` at once, before the running indicator shows) and the running
+    indicator is gone."""
     page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=120_000)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=120_000)
+
+
+def choose(page, label: str, option: str, *, exact: bool = True, timeout_s: float = 90) -> None:
+    """Pick `option` in the Streamlit selectbox labelled `label`. A click on a box that a rerun is
+    redrawing opens nothing, or the options it had before; so settle, open, and when the option is
+    not offered within a few seconds close the list and try again, until `timeout_s`."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        settle(page)
+        page.get_by_role("combobox", name=label, exact=True).click()
+        offered = (page.get_by_role("option", name=option, exact=True) if exact
+                   else page.get_by_role("option").filter(has_text=option))
+        try:
+            offered.first.click(timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
+            page.keyboard.press("Escape")
 
 
 def open_settled(browser, url: str, height: int = 1000):

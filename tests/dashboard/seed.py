@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import insert
 
-from rivya_core import db, schema
+from rivya_core.stores import db, schema
 
 T0 = datetime(2026, 4, 1, 12, 0, 0)
 

@@ -5,7 +5,7 @@ recorded providers answer support actions as on a simulation database."""
 
 from __future__ import annotations
 
-from rivya_core.db import open_store
+from rivya_core.stores.sql import open_store
 from tests.fakes import IMAGE, callback, make_service
 
 HOSTILE_ERROR = "**boom** <b>x</b> [click](http://evil.example)"

@@ -162,7 +162,6 @@ def test_an_action_that_changes_the_task_shows_its_outcome_where_it_ran(server, 
     page.get_by_role("button", name=f"Run action on task #{waiting}").click()
     page.wait_for_selector(f"text=Task #{waiting} — FAILED", timeout=60_000)
     settle(page)
-    page.wait_for_timeout(1000)
     done = page.locator('[data-testid="stAlert"]').filter(has_text=f"Re-check upstream on task #{waiting}: done")
-    assert done.first.is_visible()
+    done.first.wait_for(state="visible", timeout=60_000)  # shown in the tab it ran from, not a hidden one
     assert "Traceback" not in server.log_text()[seen:]

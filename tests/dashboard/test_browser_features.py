@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from rivya_core import db, schema
-from tests.dashboard.conftest import open_settled, serve, settle
+from rivya_core.stores import db, schema
+from tests.dashboard.conftest import choose, open_settled, serve, settle
 from tests.dashboard.support_seed import HOSTILE_ERROR, support_seed
 
 pytestmark = pytest.mark.browser
@@ -42,8 +42,7 @@ def test_find_a_task_rerun_it_and_follow_the_link_to_the_new_task(support_server
     search.fill("vera@example.com")
     search.press("Enter")
     page.wait_for_selector("text=2 tasks match", timeout=60_000)
-    page.get_by_role("combobox", name="Task", exact=True).click()
-    page.get_by_role("option").filter(has_text=f"#{ids['failed']} · FAILED").click()
+    choose(page, "Task", f"#{ids['failed']} · FAILED", exact=False)
     page.wait_for_selector(f"text=Task #{ids['failed']} — FAILED", timeout=60_000)
     settle(page)
     page.get_by_role("tab", name="Support actions").click()
@@ -75,13 +74,10 @@ def test_open_the_delivery_log_filter_and_reprocess_a_parked_callback(support_se
     settle(page)
     assert HOSTILE_ERROR in page.locator('[data-testid="stCode"]').first.inner_text()  # the malformed body, as text
     assert page.locator("a[href='http://evil.example']").count() == 0
-    page.get_by_role("combobox", name="Outcome").click()
-    page.get_by_role("option", name="unknown_task", exact=True).click()
+    choose(page, "Outcome", "unknown_task")
     page.keyboard.press("Escape")
     page.wait_for_selector("text=Deliveries 1–2 of 2", timeout=60_000)
-    settle(page)
-    page.get_by_role("combobox", name="Delivery", exact=True).click()
-    page.get_by_role("option").filter(has_text=f"#{ids['parked']} · unknown_task").click()
+    choose(page, "Delivery", f"#{ids['parked']} · unknown_task", exact=False)
     page.wait_for_selector(f"text=Task #{ids['holder']} now holds this upstream id", timeout=60_000)
     settle(page)  # the form of the delivery shown before is gone
     page.get_by_label("Operator name").fill("Dana")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.dashboard.conftest import open_settled, settle, support_events
+from tests.dashboard.conftest import choose, open_settled, settle, support_events
 
 pytestmark = pytest.mark.browser
 
@@ -17,12 +17,6 @@ EVERY_PAGE = ["", "live_tasks", "task_inspector?task=1", "task_inspector?task=2"
 
 def _tracebacks(log: str) -> list[str]:
     return [chunk[:400] for chunk in log.split("Traceback (most recent call last)")[1:]]
-
-
-def _choose(page, label: str, option: str) -> None:
-    """Pick `option` in the Streamlit selectbox labelled `label`."""
-    page.get_by_role("combobox", name=label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def _search(browser, served: str, query: str, matches: str):
@@ -40,7 +34,7 @@ def test_search_pick_the_second_result_then_act_lands_on_that_task(seeded_server
     before = support_events(url)
     page = _search(browser, served, "ana@example.com", "2 tasks match")
     page.wait_for_selector("text=Task #2 — FAILED", timeout=60_000)  # newest first
-    _choose(page, "Task", "#1 · SUCCESS · img-fast · ana@example.com · a red fox in snow")
+    choose(page, "Task", "#1 · SUCCESS · img-fast · ana@example.com · a red fox in snow")
     page.wait_for_selector("text=Task #1 — SUCCESS", timeout=60_000)
     settle(page)
     page.wait_for_timeout(1500)  # any late rerun that would jump back has happened by now
@@ -126,11 +120,13 @@ def test_search_pick_mark_failed_then_read_the_confirmation_and_what_the_custome
     served, url = seeded_server
     before = support_events(url)
     page = _search(browser, served, "bo@example.com", "2 tasks match")
-    _choose(page, "Task", "#3 · GENERATING · vid-pro · bo@example.com · waves at dusk")
+    choose(page, "Task", "#3 · GENERATING · vid-pro · bo@example.com · waves at dusk")
     page.wait_for_selector("text=Task #3 — GENERATING", timeout=60_000)
     settle(page)
-    verdict = page.locator('[data-testid="stAlert"]').filter(has_text="Verdict").first
-    assert "stuck" in verdict.inner_text() and verdict.locator('[data-testid="stAlertContentWarning"]').count() == 1
+    # The verdict of task #3 (the page showed the newest match's verdict before the pick redrew it)
+    verdict = page.locator('[data-testid="stAlert"]').filter(has_text="Verdict").filter(has_text="stuck").first
+    verdict.wait_for(state="visible", timeout=60_000)
+    assert verdict.locator('[data-testid="stAlertContentWarning"]').count() == 1
 
     page.get_by_role("tab", name="Support actions").click()
     assert page.get_by_text("Your video from vid-pro could not be completed; your 50 credits were refunded.",

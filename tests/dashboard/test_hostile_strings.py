@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import insert, update
 
-from rivya_core import db, schema
+from rivya_core.stores import db, schema
 from simulations.live import free_port
 from tests.dashboard.conftest import app_pages, serve, settle, sign_in
 from tests.dashboard.seed import seed

@@ -88,7 +88,7 @@ def test_inspector_and_user_page_offer_the_fork_download(sim_url):
 
 
 def test_the_forked_story_is_a_scenario_run_accepts(sim_url):
-    from rivya_core.db import open_reader
+    from rivya_core.stores.db import open_reader
     from simulations.fork import fork_story
 
     engine = open_reader(sim_url)

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from rivya_core import db
 from rivya_core.audit import ledger_sums
 from rivya_core.credits import chat_figures
+from rivya_core.stores import db
 from simulations import jobs
 from simulations.scenarios import list_scenarios, load_scenario
 from simulations.writer import read_sim_runs

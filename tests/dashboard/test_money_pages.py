@@ -1,4 +1,4 @@
-"""The money and lab pages: rivya_core.ledger_views on a small known database, and page smoke tests.
+"""The money and lab pages: rivya_core.read.ledger_views on a small known database, and page smoke tests.
 
 The known database (`seed`) is written with SQLAlchemy Core so the numbers are
 fixed by hand: alice has 82 credits (grant 100, a settled task, a refunded
@@ -15,17 +15,9 @@ import pytest
 from sqlalchemy import create_engine, insert, update
 from streamlit.testing.v1 import AppTest
 
-from rivya_core import db
-from rivya_core import ledger_views as lv
-from rivya_core.schema import (
-    account,
-    ai_task,
-    chat_message,
-    chat_session,
-    credit_ledger,
-    metadata,
-    notification,
-)
+from rivya_core.read import ledger_views as lv
+from rivya_core.stores import db
+from rivya_core.stores.schema import account, ai_task, chat_message, chat_session, credit_ledger, metadata, notification
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 
@@ -322,7 +314,7 @@ def test_lab_charts_read_a_window_ending_at_the_latest_row(engine):
 
 
 def test_throughput_shows_the_latest_days_and_says_which(engine):
-    from rivya_core import reports
+    from rivya_core.read import reports
 
     whole = reports.throughput(engine, days=None)
     start, end = whole.attrs["window"]

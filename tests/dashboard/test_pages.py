@@ -174,8 +174,8 @@ def test_signed_in_operator_acts_under_their_own_name(open_page, seeded_url, mon
     _by_label(at.text_input, "Reason (kept in the task's timeline)").input("user asked")
     _by_label(at.button, next(b.label for b in at.button if b.label.startswith("Run action"))).click().run()
     assert not at.exception and "Issue the due refund on task #2: done" in texts(at)
-    from rivya_core.db import make_engine
-    from rivya_core.queries import task_detail
+    from rivya_core.read.queries import task_detail
+    from rivya_core.stores.db import make_engine
 
     actions = [e["detail"] for e in task_detail(make_engine(seeded_url), 2)["events"] if e["kind"] == "support_action"]
     assert actions[-1]["operator"] == "olga"
@@ -212,8 +212,8 @@ def test_a_stuck_task_s_verdict_is_a_warning_even_when_every_item_reads_fine(ope
     no checklist item warns, yet the verdict is stuck and drawn as a warning, never a success."""
     from sqlalchemy import insert
 
-    from rivya_core import schema
-    from rivya_core.db import make_engine
+    from rivya_core.stores import schema
+    from rivya_core.stores.db import make_engine
     from tests.dashboard.seed import T0
 
     engine = make_engine(seeded_url)
@@ -262,8 +262,8 @@ def test_the_support_forms_say_who_sees_what(open_page, seeded_url):
 
 
 def test_marking_failed_from_the_inspector_keeps_the_reason_from_the_customer(open_page, seeded_url):
-    from rivya_core.db import make_engine
-    from rivya_core.queries import task_detail
+    from rivya_core.read.queries import task_detail
+    from rivya_core.stores.db import make_engine
 
     at = open_page(seeded_url, "pages/task_inspector.py", task="3")
     _run_action(at, "Mark stuck task failed", operator="Dana", reason="motion hang; upstream lost the job")

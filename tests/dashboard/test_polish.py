@@ -13,7 +13,8 @@ import pytest
 import streamlit as st
 from sqlalchemy import update
 
-from rivya_core import db, reports, schema
+from rivya_core.read import reports
+from rivya_core.stores import db, schema
 from tests.dashboard.conftest import PAGE_TITLES, metrics, pin_wall_clock, texts
 from tests.dashboard.seed import T0, seed
 

@@ -42,8 +42,8 @@ def test_an_operator_runs_the_audit_and_it_is_stored(signed, seeded_url):
 def test_an_audit_run_that_cannot_be_stored_is_one_message_and_the_page_still_shows(signed, seeded_url):
     import sqlite3
 
-    from rivya_core import db
-    from rivya_core.schema import audit_run
+    from rivya_core.stores import db
+    from rivya_core.stores.schema import audit_run
 
     engine = db.make_engine(seeded_url)
     audit_run.create(engine, checkfirst=True)

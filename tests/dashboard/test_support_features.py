@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from rivya_core import db, schema
+from rivya_core.stores import db, schema
 from tests.dashboard.conftest import texts
 from tests.dashboard.support_seed import HOSTILE_ERROR, support_seed
 

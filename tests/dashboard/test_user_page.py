@@ -59,7 +59,7 @@ def test_inspector_answers_whether_the_outcome_was_seen(open_page, seeded_url):
 
 
 def test_inspector_finds_a_chat_turn_by_user_and_answers_its_checklist(open_page, tmp_path):
-    from rivya_core.db import open_store
+    from rivya_core.stores.sql import open_store
     from tests.fakes import make_service
 
     url = f"sqlite:///{tmp_path / 'chat.db'}"

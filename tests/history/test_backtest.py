@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from rivya_core.db import open_reader
 from rivya_core.policy import BillingPolicy
+from rivya_core.stores.db import open_reader
 from simulations.__main__ import main
 from simulations.backtest import backtest
 from simulations.history import load_history
@@ -145,9 +145,9 @@ def _write_skewed_history(url: str) -> None:
 
     from rivya_core.catalog import default_catalog
     from rivya_core.clock import ManualClock
-    from rivya_core.db import open_store
     from rivya_core.lifecycle import LifecycleService
     from rivya_core.policy import DEFAULT_POLICY
+    from rivya_core.stores.sql import open_store
     from rivya_core.validation import GenerationRequest
     from tests.fakes import SECRET, FakeProvider
 

@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from rivya_core.db import open_reader
+from rivya_core.stores.db import open_reader
 from simulations.__main__ import main
 from simulations.fork import check_fork, fork_story, task_timeline
 from simulations.runner import run_scenario

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rivya_core.db import open_store
+from rivya_core.stores.sql import open_store
 from tests.fakes import make_service
 
 

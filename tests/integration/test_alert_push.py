@@ -13,11 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rivya_core import alert_push, alerts
-from rivya_core.db import open_store
 from rivya_core.domain import RivyaError, ValidationError
 from rivya_core.policy import BillingPolicy
+from rivya_core.read import alerts
 from rivya_core.receiver import PollLoop
+from rivya_core.stores.sql import open_store
+from rivya_core.support import alert_push
 from tests.fakes import IMAGE, callback, make_service
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rivya_core import alerts, bulk
-from rivya_core.db import open_store
 from rivya_core.policy import BillingPolicy
+from rivya_core.read import alerts
+from rivya_core.stores.sql import open_store
+from rivya_core.support import bulk
 from tests.fakes import IMAGE, callback, make_service
 
 
@@ -107,8 +108,8 @@ def test_the_docs_name_the_action_each_stuck_alert_prepares(tmp_path):
     from datetime import timedelta
     from pathlib import Path
 
-    from rivya_core.db import make_engine
     from rivya_core.policy import DEFAULT_POLICY
+    from rivya_core.stores.db import make_engine
     from tests.dashboard.seed import T0, seed
 
     url = f"sqlite:///{tmp_path / 'seeded.db'}"

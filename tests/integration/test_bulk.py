@@ -9,12 +9,12 @@ import sys
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from rivya_core import bulk
 from rivya_core.audit import audit
-from rivya_core.db import open_store
 from rivya_core.domain import ActionRefused, TaskStatus
 from rivya_core.policy import BillingPolicy
 from rivya_core.rules import SupportRefusal
+from rivya_core.stores.sql import open_store
+from rivya_core.support import bulk
 from tests.fakes import IMAGE, callback, make_service
 
 

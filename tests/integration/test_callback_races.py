@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import text
 
 from rivya_core.audit import audit
-from rivya_core.db import open_store
 from rivya_core.domain import TaskStatus
-from rivya_core.store_memory import MemoryStore
+from rivya_core.stores.memory import MemoryStore
+from rivya_core.stores.sql import open_store
 from tests.fakes import IMAGE, callback, make_service
 
 

@@ -7,10 +7,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert, select
 
-from rivya_core import schema
-from rivya_core.deliveries import delivery_log, delivery_providers, reprocess_callback
 from rivya_core.domain import ActionRefused, NotFound, TaskStatus
+from rivya_core.read.deliveries import delivery_log, delivery_providers
 from rivya_core.rules import ReprocessRefusal, SupportRefusal
+from rivya_core.stores import schema
+from rivya_core.support.reprocess import reprocess_callback
 from tests.fakes import IMAGE, callback
 
 

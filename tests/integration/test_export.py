@@ -1,4 +1,4 @@
-"""A task's whole record as one JSON document (rivya_core.export, `export-task`), on SQLite and PostgreSQL."""
+"""A task's whole record as one JSON document (rivya_core.read.export, `export-task`), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from rivya_core import rerun
-from rivya_core.db import open_store
 from rivya_core.domain import NotFound
-from rivya_core.export import FORMAT, task_record, task_record_json
+from rivya_core.read.export import FORMAT, task_record, task_record_json
+from rivya_core.stores.sql import open_store
+from rivya_core.support import rerun
 from tests.fakes import IMAGE, callback, make_service
 
 HOSTILE = "**bold** <img src=x onerror=alert(1)> [link](http://evil.example) \u202e"

@@ -7,8 +7,9 @@ from datetime import datetime
 
 from sqlalchemy import MetaData, Table, inspect, select, text
 
-from rivya_core import db, schema
 from rivya_core.audit import audit
+from rivya_core.stores import db, schema
+from rivya_core.stores.sql import open_store
 
 
 def _version_1(engine) -> None:
@@ -57,6 +58,6 @@ def test_reading_an_older_database_names_the_missing_columns_and_the_upgrade(db_
         assert "credit_ledger.support" in str(exc) and "init-db" in str(exc)
     else:
         raise AssertionError("an older database was read as if it were current")
-    upgraded = db.open_store(db_url, create=True)  # what init-db does
+    upgraded = open_store(db_url, create=True)  # what init-db does
     upgraded.engine.dispose()
     db.open_reader(db_url).dispose()

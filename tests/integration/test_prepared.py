@@ -1,4 +1,4 @@
-"""db.Prepared (the batch writer's executemany) stores exactly what SQLAlchemy's own
+"""rows.Prepared (the batch writer's executemany) stores exactly what SQLAlchemy's own
 conn.execute(stmt, rows) stores, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import bindparam, insert, select, text, update
 
-from rivya_core import schema
-from rivya_core.db import Prepared, init_db, make_engine, row_values
 from rivya_core.domain import Task, TaskEvent
+from rivya_core.stores import schema
+from rivya_core.stores.db import init_db, make_engine
+from rivya_core.stores.rows import Prepared, row_values
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)  # microsecond 0: SQLite still stores ".000000"
 OLD = datetime(999, 1, 2)  # a three-digit year is padded to four

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import DBAPIError
 
-from rivya_core import db, schema
 from rivya_core.domain import SchemaMissing, StoreUnavailable
+from rivya_core.stores import db, schema
 from tests.dashboard.seed import seed
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,9 +18,9 @@ from sqlalchemy import create_engine, make_url, text
 from starlette.testclient import TestClient
 
 from rivya_core.clock import WallClock
-from rivya_core.db import open_store
 from rivya_core.domain import TaskStatus
 from rivya_core.receiver import create_app
+from rivya_core.stores.sql import open_store
 from simulations.live import free_port
 from tests.fakes import IMAGE, SECRET, callback, make_service
 
@@ -91,8 +91,8 @@ def test_health_and_the_polling_sweep_in_the_same_process(env):
 
 def test_health_says_when_the_database_is_gone(env, tmp_path):
     svc, clock, providers, user = env
-    from rivya_core.db import make_engine
-    from rivya_core.store_sql import SqlStore
+    from rivya_core.stores.db import make_engine
+    from rivya_core.stores.sql import SqlStore
 
     svc.store = SqlStore(make_engine(f"sqlite:///{tmp_path}/no-such-dir/x.db"))
     with TestClient(create_app(svc)) as http:

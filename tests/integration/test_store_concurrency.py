@@ -8,9 +8,9 @@ from datetime import datetime
 
 import pytest
 
-from rivya_core.db import open_store
 from rivya_core.domain import InsufficientCredits
 from rivya_core.ports import RetryableConflict
+from rivya_core.stores.sql import open_store
 
 T0 = datetime(2025, 3, 1, 9, 0, 0)
 THREADS, POSTS, PRICE = 8, 50, 7

@@ -13,8 +13,6 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from rivya_core import schema
-from rivya_core.db import make_engine, normalize_url, open_store, require_schema, snapshot_to_engine
 from rivya_core.domain import (
     Category,
     ChatMessage,
@@ -29,8 +27,11 @@ from rivya_core.domain import (
     TaskStatus,
     ValidationError,
 )
-from rivya_core.store_memory import MemoryStore
-from rivya_core.store_sql import SqlStore
+from rivya_core.stores import schema
+from rivya_core.stores.db import make_engine, normalize_url, require_schema
+from rivya_core.stores.memory import MemoryStore
+from rivya_core.stores.rows import snapshot_to_engine
+from rivya_core.stores.sql import SqlStore, open_store
 from simulations.buffer import StreamingStore
 
 T0 = datetime(2025, 3, 1, 9, 0, 0)
@@ -296,7 +297,7 @@ def test_snapshot_holds_everything(store, uid):
     assert snap.accounts[0].balance == 5
 
 
-# --- opening databases (rivya_core.db) ------------------------------------------------
+# --- opening databases (rivya_core.stores.db) ------------------------------------------------
 
 
 @pytest.mark.parametrize(("given", "expected"), [
@@ -396,8 +397,8 @@ def test_snapshot_to_engine_reproduces_a_memory_store():
 def test_init_db_adds_indexes_an_older_database_lacks(db_url):
     from sqlalchemy import inspect
 
-    from rivya_core.db import init_db, make_engine
-    from rivya_core.schema import credit_ledger
+    from rivya_core.stores.db import init_db, make_engine
+    from rivya_core.stores.schema import credit_ledger
 
     engine = make_engine(db_url)
     init_db(engine)

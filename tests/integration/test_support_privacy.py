@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from rivya_core import bulk
-from rivya_core.db import open_store
 from rivya_core.policy import BillingPolicy
+from rivya_core.stores.sql import open_store
+from rivya_core.support import bulk
 from tests.fakes import IMAGE, callback, make_service
 
 OPERATOR, REASON, INCIDENT = "Quentin Opsworth", "kinetica hang; upstream lost the job", "ops-incident-7741"

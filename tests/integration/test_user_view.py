@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from rivya_core import queries, user_view
-from rivya_core.db import open_store
+from rivya_core.read import queries, user_view
+from rivya_core.stores.sql import open_store
 from tests.fakes import IMAGE, callback, make_service
 
 

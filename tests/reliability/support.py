@@ -15,10 +15,10 @@ from typing import Any
 
 from rivya_core import rules
 from rivya_core.audit import CHAT_SETTLE_GRACE_S, audit
-from rivya_core.db import snapshot_to_engine
 from rivya_core.domain import INSUFFICIENT_CREDITS, ChatStatus, EntryType, TaskStatus
 from rivya_core.policy import DEFAULT_POLICY, BillingPolicy
 from rivya_core.ports import Snapshot, UpstreamStatus
+from rivya_core.stores.rows import snapshot_to_engine
 
 TERMINAL = {TaskStatus.SUCCESS.value, TaskStatus.FAILED.value}
 CHAT_TYPES = {EntryType.CHAT_RESERVE, EntryType.CHAT_CHARGE, EntryType.CHAT_REFUND}

@@ -9,8 +9,8 @@ import multiprocessing as mp
 import pytest
 
 from rivya_core.audit import conservation
-from rivya_core.db import init_db, make_engine
-from rivya_core.store_sql import SqlStore
+from rivya_core.stores.db import init_db, make_engine
+from rivya_core.stores.sql import SqlStore
 
 from .workload import services
 

@@ -8,9 +8,9 @@ import threading
 
 from rivya_core.catalog import default_catalog
 from rivya_core.clock import ManualClock
-from rivya_core.db import init_db, make_engine
 from rivya_core.lifecycle import LifecycleService
-from rivya_core.store_sql import SqlStore
+from rivya_core.stores.db import init_db, make_engine
+from rivya_core.stores.sql import SqlStore
 from tests.fakes import IMAGE, SECRET, FakeProvider, callback
 
 ROUNDS = 12

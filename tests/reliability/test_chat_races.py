@@ -12,9 +12,9 @@ from collections import defaultdict
 import pytest
 
 from rivya_core.audit import conservation
-from rivya_core.db import init_db, make_engine
 from rivya_core.domain import ChatStatus
-from rivya_core.store_sql import SqlStore
+from rivya_core.stores.db import init_db, make_engine
+from rivya_core.stores.sql import SqlStore
 
 from .workload import services
 

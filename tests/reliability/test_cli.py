@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import create_engine
 
 from rivya_core.audit import audit
-from rivya_core.db import make_engine, open_store
+from rivya_core.stores.db import make_engine
+from rivya_core.stores.sql import open_store
 from rivya_core.validation import validate
 from tests.fakes import IMAGE, make_service
 

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from rivya_core.audit import audit, conservation
-from rivya_core.db import init_db, make_engine
-from rivya_core.schema import ai_task, credit_ledger
-from rivya_core.store_sql import SqlStore
+from rivya_core.stores.db import init_db, make_engine
+from rivya_core.stores.schema import ai_task, credit_ledger
+from rivya_core.stores.sql import SqlStore
 
 from .workload import FINISH_POLICY, services
 

@@ -14,11 +14,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from rivya_core.db import init_db, make_engine
 from rivya_core.domain import ActionRefused
 from rivya_core.lifecycle import LifecycleService
-from rivya_core.store_memory import MemoryStore
-from rivya_core.store_sql import SqlStore
+from rivya_core.stores.db import init_db, make_engine
+from rivya_core.stores.memory import MemoryStore
+from rivya_core.stores.sql import SqlStore
 from tests.fakes import IMAGE, SECRET, callback, make_service
 
 from .support import audit_snapshot, invariant_violations

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from rivya_core.audit import audit
-from rivya_core.db import make_engine
-from rivya_core.queries import latest_timestamp
-from rivya_core.store_sql import SqlStore
+from rivya_core.read.queries import latest_timestamp
+from rivya_core.stores.db import make_engine
+from rivya_core.stores.sql import SqlStore
 from simulations.chaos import chaos_scenario, draw_faults
 from simulations.runner import run_scenario
 from simulations.scenarios import load_scenario

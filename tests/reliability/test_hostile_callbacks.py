@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 
 from rivya_core import webhooks
-from rivya_core.db import init_db, make_engine
 from rivya_core.lifecycle import STORED_BODY_LIMIT
-from rivya_core.store_memory import MemoryStore
-from rivya_core.store_sql import SqlStore
+from rivya_core.stores.db import init_db, make_engine
+from rivya_core.stores.memory import MemoryStore
+from rivya_core.stores.sql import SqlStore
 from tests.fakes import IMAGE, callback, make_service
 
 from .hostile import KINDS, generate

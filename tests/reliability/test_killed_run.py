@@ -18,8 +18,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from rivya_core import schema
-from rivya_core.db import make_engine
+from rivya_core.stores import schema
+from rivya_core.stores.db import make_engine
 from simulations.writer import read_sim_runs
 
 ROOT = Path(__file__).resolve().parents[2]

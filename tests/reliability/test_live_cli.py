@@ -53,7 +53,7 @@ def test_serve_provider_never_overwrites_a_config_file(tmp_path):
 
 
 def test_live_refuses_a_database_that_holds_tasks(tmp_path):
-    from rivya_core.db import open_store
+    from rivya_core.stores.sql import open_store
     from tests.fakes import IMAGE, make_service
 
     db = tmp_path / "busy.db"

@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
-from rivya_core import schema
 from rivya_core.catalog import default_catalog
 from rivya_core.clock import WallClock
-from rivya_core.db import open_store
 from rivya_core.domain import TaskStatus
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.providers.config import build_clients, load_providers
+from rivya_core.stores import schema
+from rivya_core.stores.sql import open_store
 from simulations.httpfarm import FakeProvider, providers_toml
 from simulations.live import ServerThread, run_live, scaled_policy
 from simulations.scenarios import ProviderConfig, load_scenario

@@ -7,8 +7,8 @@ import logging
 import random
 
 from rivya_core import webhooks
-from rivya_core.db import init_db, make_engine
-from rivya_core.store_sql import SqlStore
+from rivya_core.stores.db import init_db, make_engine
+from rivya_core.stores.sql import SqlStore
 from tests.fakes import IMAGE, callback, make_service
 
 rng = random.Random(11)

@@ -21,11 +21,11 @@ from sqlalchemy import event
 from rivya_core import webhooks
 from rivya_core.catalog import default_catalog
 from rivya_core.clock import WallClock
-from rivya_core.db import make_engine
 from rivya_core.domain import ActionRefused, FailureClass, NotFound
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.policy import BillingPolicy
-from rivya_core.store_sql import SqlStore
+from rivya_core.stores.db import make_engine
+from rivya_core.stores.sql import SqlStore
 
 from .support import HashProvider, upstream_truth
 

@@ -86,7 +86,7 @@ def test_bulk_bench_reports_a_refused_filter_and_runs_the_rest(tmp_path, monkeyp
     """`bench --bulk` on a history larger than bulk.MAX_TASKS: the over-broad dry run is reported as
     refused (it used to end the benchmark), the others and the executions are timed; the second
     execution of the same incident changes nothing."""
-    from rivya_core import bulk as bulk_actions
+    from rivya_core.support import bulk as bulk_actions
 
     bench.make_db(str(tmp_path / "b.db"), 120)
     monkeypatch.setattr(bulk_actions, "MAX_TASKS", 3)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from rivya_core import credits, reports, schema
+from rivya_core import credits
 from rivya_core.audit import ledger_sums
-from rivya_core.db import make_engine
+from rivya_core.read import reports
+from rivya_core.stores import schema
+from rivya_core.stores.db import make_engine
 from simulations.runner import run_scenario
 from simulations.scenarios import load_scenario
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rivya_core import alerts, bulk, db
 from rivya_core.audit import audit
-from rivya_core.diagnose import diagnose
 from rivya_core.policy import DEFAULT_POLICY
+from rivya_core.read import alerts
+from rivya_core.read.diagnose import diagnose
 from rivya_core.rules import NextAction
-from rivya_core.service import service_for_url
+from rivya_core.stores import db
+from rivya_core.support import bulk
+from rivya_core.wiring import service_for_url
 from simulations import recorded  # noqa: F401  (registers the recorded providers)
 from simulations.demo import ensure_demo_data
 
@@ -100,8 +102,8 @@ def test_on_the_demo_acts_and_ages_are_never_before_the_last_poll(tmp_path):
     """The demo's writer drains tasks out of time order: the newest event by id is not the latest.
     A stuck kinetica task's last poll is at T; the judged "now", the support act on it and the
     incident that acts on its neighbours are all at T or later."""
-    from rivya_core import queries
-    from rivya_core.schema import incident
+    from rivya_core.read import queries
+    from rivya_core.stores.schema import incident
 
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     ensure_demo_data(url)

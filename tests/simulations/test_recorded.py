@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from rivya_core import schema
-from rivya_core.db import init_db, make_engine
 from rivya_core.ports import ProviderError
-from rivya_core.queries import latest_timestamp
-from rivya_core.service import service_for_url
+from rivya_core.read.queries import latest_timestamp
+from rivya_core.stores import schema
+from rivya_core.stores.db import init_db, make_engine
+from rivya_core.wiring import service_for_url
 from simulations.recorded import REFUSAL, RecordedProvider, providers_for
 from simulations.runner import Run
 from simulations.scenarios import load_scenario

@@ -146,9 +146,9 @@ def test_realtime_mode_writes_as_it_goes_and_tells_the_same_story(tmp_path):
 def test_chaos_into_postgresql_has_no_violations_and_the_sqlite_fingerprint(pg_url, run_small):
     from sqlalchemy import func, select
 
-    from rivya_core import schema
     from rivya_core.audit import audit
-    from rivya_core.db import make_engine
+    from rivya_core.stores import schema
+    from rivya_core.stores.db import make_engine
     from simulations.runner import run_scenario
     from simulations.writer import read_sim_runs
 
@@ -174,7 +174,7 @@ def test_chaos_into_postgresql_has_no_violations_and_the_sqlite_fingerprint(pg_u
 
 def test_demo_data_seeds_an_empty_database_once(tmp_path):
     from rivya_core.audit import audit
-    from rivya_core.db import make_engine
+    from rivya_core.stores.db import make_engine
     from simulations.demo import ensure_demo_data
 
     path = tmp_path / "demo.db"

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import CheckConstraint, MetaData, create_engine, event, insert, update
 
-from rivya_core import schema as s
+from rivya_core.stores import schema as s
 
 T0 = datetime(2026, 4, 1, 12, 0, 0)
 

@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from rivya_core import schema as s
 from rivya_core.audit import AUDIT_KINDS, ROW_CAP, audit, conservation
 from rivya_core.domain import ValidationError
 from rivya_core.policy import DEFAULT_POLICY
+from rivya_core.stores import schema as s
 
 from .dbrows import T0, Rows, make_engine
 
@@ -339,7 +339,7 @@ def test_a_database_without_the_audit_run_table_reads_none_and_gets_it(db, clean
 
 def test_an_audit_that_cannot_be_stored_says_so_with_a_typed_error(db, clean, db_url):
     from rivya_core import audit as audit_mod
-    from rivya_core.db import make_engine as store_engine
+    from rivya_core.stores.db import make_engine as store_engine
 
     audit(db.engine, now=NOW, record=True)  # the table exists: the failure below is the write itself
     reader = store_engine(db_url, read_only=True)

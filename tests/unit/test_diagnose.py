@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 
 from rivya_core import rules
-from rivya_core.diagnose import diagnose, diagnose_chat_message, recheck_signals
 from rivya_core.domain import NotFound
 from rivya_core.policy import DEFAULT_POLICY
+from rivya_core.read.diagnose import diagnose, diagnose_chat_message, recheck_signals
 
 from .dbrows import T0, Rows, make_engine
 
@@ -296,7 +296,7 @@ def _stuck_with_reads(db, *reads, provider="alpha"):
 
 
 def _incident(db, name, *, provider="alpha", minutes=7, finished=True):
-    from rivya_core.schema import incident
+    from rivya_core.stores.schema import incident
 
     at = T0 + timedelta(minutes=minutes)
     return db._insert(incident, name=name, action="recheck", filter={"provider": provider}, operator="sam",

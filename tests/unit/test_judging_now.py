@@ -11,14 +11,15 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from rivya_core import clock, queries, reports
+from rivya_core import clock
 from rivya_core.audit import audit
-from rivya_core.db import make_engine
-from rivya_core.diagnose import diagnose, recheck_signals
 from rivya_core.domain import ActionRefused
 from rivya_core.policy import DEFAULT_POLICY
+from rivya_core.read import queries, reports
+from rivya_core.read.diagnose import diagnose, recheck_signals
 from rivya_core.rules import Verdict
-from rivya_core.service import service_for_url
+from rivya_core.stores.db import make_engine
+from rivya_core.wiring import service_for_url
 from tests.dashboard.seed import seed
 
 LATEST = datetime(2026, 4, 1, 14, 8)
@@ -99,7 +100,7 @@ def _poll_then_older_rows_written_later(engine):
     writer drains tasks in eviction order, not in time order)."""
     from sqlalchemy import insert
 
-    from rivya_core import schema
+    from rivya_core.stores import schema
 
     with engine.begin() as conn:
         conn.execute(insert(schema.task_event).values(task_id=3, at=POLL_AT, kind="poll", detail={"state": "running"}))
@@ -115,8 +116,8 @@ def _events(engine, task_id):
 
 
 def test_after_a_poll_at_t_acts_ages_and_incidents_are_at_t_or_later(seeded, monkeypatch):
-    from rivya_core import bulk
-    from rivya_core.schema import incident
+    from rivya_core.stores.schema import incident
+    from rivya_core.support import bulk
 
     url, engine = seeded
     _poll_then_older_rows_written_later(engine)

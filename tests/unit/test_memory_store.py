@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from rivya_core.domain import InsufficientCredits, Task, TaskStatus
-from rivya_core.store_memory import MemoryStore
+from rivya_core.stores.memory import MemoryStore
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 

@@ -362,7 +362,7 @@ def _fal_service(mock):
     from rivya_core.catalog import default_catalog
     from rivya_core.clock import ManualClock
     from rivya_core.lifecycle import LifecycleService
-    from rivya_core.store_memory import MemoryStore
+    from rivya_core.stores.memory import MemoryStore
 
     catalog = default_catalog()
     model = next(m for m in catalog.models if m.provider == "kinetica" and m.runtime == "async_task" and m.direct_generation)

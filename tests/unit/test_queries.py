@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from rivya_core import queries as q
 from rivya_core.domain import NotFound
-from rivya_core.schema import ai_task, credit_ledger
+from rivya_core.read import queries as q
+from rivya_core.stores.schema import ai_task, credit_ledger
 
 from .dbrows import T0, Rows, make_engine
 
@@ -164,7 +164,7 @@ def test_latest_timestamp_and_resolve_now(db, world):
 
 
 def test_active_studio_and_the_live_tasks_report_agree_on_which_tasks_and_their_last_event(db, world):
-    from rivya_core import reports
+    from rivya_core.read import reports
 
     # created first but submitted last: both lists order by when the task started (submitted, else created)
     late = db.task(world["bob"], status="GENERATING", prompt="late start", category="video", model="vid-1",
@@ -191,7 +191,7 @@ def test_a_tasks_callbacks_are_read_through_the_task_and_upstream_indexes(tmp_pa
     (provider, webhook_id) index: every callback of the provider (0.6 s at a million tasks)."""
     from sqlalchemy.dialects import sqlite
 
-    from rivya_core.db import open_store
+    from rivya_core.stores.sql import open_store
 
     store = open_store(f"sqlite:///{tmp_path / 'q.db'}", create=True)
     try:

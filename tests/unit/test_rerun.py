@@ -1,13 +1,13 @@
-"""Re-run for the user (rivya_core.rerun) over the memory store with fake providers: the lifecycle's
+"""Re-run for the user (rivya_core.support.rerun) over the memory store with fake providers: the lifecycle's
 own submit path, the links both ways, courtesy refunds, and every refusal changing nothing."""
 
 from __future__ import annotations
 
 import pytest
 
-from rivya_core import rerun
 from rivya_core.domain import ActionRefused, EntryType, TaskStatus
 from rivya_core.rules import RerunRefusal, SupportRefusal
+from rivya_core.support import rerun
 from tests.fakes import IMAGE, callback, make_service
 
 OPERATOR, REASON = "Dana Support", "user asked again after the outage"

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from rivya_core.lifecycle import MAX_RETRIES
+from rivya_core.lifecycle.base import MAX_RETRIES
 from rivya_core.ports import RetryableConflict
 from tests.fakes import make_service
 

@@ -36,13 +36,13 @@ from sqlalchemy import Engine
 
 from .catalog import default_catalog
 from .clock import ManualClock, WallClock
-from .db import open_store
 from .domain import ActionRefused, ValidationError
 from .lifecycle import LifecycleService
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .ports import Clock, Provider
-from .queries import reference_now
+from .read.queries import reference_now
 from .rules import SupportRefusal
+from .stores.sql import open_store
 
 SECRETS_ENV = "RIVYA_WEBHOOK_SECRETS"
 POLICY_ENV = "RIVYA_POLICY"

@@ -10,7 +10,7 @@ task an alert calls stuck may be marked failed.
 Degradation: a provider whose failure rate (provider and infrastructure failures)
 or p95 latency over the last hour is far above its own baseline (the day before).
 
-Each alert carries a prepared bulk filter (rivya_core.bulk.BulkFilter) and the
+Each alert carries a prepared bulk filter (rivya_core.support.bulk.BulkFilter) and the
 action support would try first, so the dashboard links straight to a dry run.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 
 from sqlalchemy import Select, and_, case, func, select
 
-from .bulk import BulkFilter, covering_incident
-from .domain import ACTIVE, FailureClass, TaskStatus
-from .policy import DEFAULT_POLICY, BillingPolicy
+from ..domain import ACTIVE, FailureClass, TaskStatus
+from ..policy import DEFAULT_POLICY, BillingPolicy
+from ..support.bulk import BulkFilter, covering_incident
 from .queries import Bind, connect
 
 STUCK_K = 2.0  # a task is stuck past k × its model's p95 time-to-terminal
@@ -50,7 +50,7 @@ def p95(values: list[float]) -> float | None:
 
 
 def _started():
-    from .schema import ai_task
+    from ..stores.schema import ai_task
 
     return func.coalesce(ai_task.c.submitted_at, ai_task.c.created_at)
 
@@ -68,7 +68,7 @@ class ModelThreshold:
 def model_thresholds(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None,
                      k: float = STUCK_K, history: int = HISTORY_TASKS) -> dict[str, ModelThreshold]:
     """Per model: the observed p95 time-to-terminal of its latest finished tasks and the stuck threshold."""
-    from .schema import ai_task
+    from ..stores.schema import ai_task
 
     q = select(ai_task.c.model, ai_task.c.category, _started(), ai_task.c.finished_at).where(
         ai_task.c.finished_at.is_not(None))
@@ -156,7 +156,7 @@ class Alerts:
 
 def stuck_alerts(bind: Bind, policy: BillingPolicy, now: datetime, k: float = STUCK_K) -> list[StuckAlert]:
     """One alert per model with running tasks past its threshold, most stuck first."""
-    from .schema import ai_task
+    from ..stores.schema import ai_task
 
     thresholds = model_thresholds(bind, policy, now, k)
     q = select(ai_task.c.model, ai_task.c.provider, ai_task.c.status, _started()).where(
@@ -185,7 +185,7 @@ def degradation_queries(now: datetime, window_s: float = WINDOW_S,
     the window's successes and of a recent baseline sample. Each reads a time range of the finished-at
     index; the status is tested as an expression so that no database walks every SUCCESS task
     through the status index instead (SQLite's choice for `status = ?`, a scan of the whole history)."""
-    from .schema import ai_task
+    from ..stores.schema import ai_task
 
     start, base_start = now - timedelta(seconds=window_s), now - timedelta(seconds=window_s + baseline_s)
     t = ai_task.c
@@ -239,7 +239,7 @@ def alerts(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | N
 
 def provider_incident(bind: Bind, provider: str, task_id: int, now: datetime) -> str | None:
     """A named provider incident covering a task of `provider` at `now`, in words: an open incident
-    naming the provider that has not acted on the task (rivya_core.bulk.covering_incident), else a
+    naming the provider that has not acted on the task (rivya_core.support.bulk.covering_incident), else a
     degradation alert on the provider; None when neither."""
     found = covering_incident(bind, provider, task_id, now)
     if found is not None:

@@ -12,16 +12,9 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, Float, Integer, case, cast, func, select
 
+from ..stores.schema import account, ai_task, chat_message, chat_session, credit_ledger, notification
 from .queries import ACTIVE_STATES, connect
 from .reports import read_frame
-from .schema import (
-    account,
-    ai_task,
-    chat_message,
-    chat_session,
-    credit_ledger,
-    notification,
-)
 
 MAX_ROWS = 5000
 

@@ -26,8 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from . import db
-from .domain import (
+from ..domain import (
     WEBHOOK_SEEN_OUTCOMES,
     Account,
     CallbackOutcome,
@@ -46,7 +45,9 @@ from .domain import (
     ValidationError,
     replayed_entry,
 )
-from .ports import PostResult, RetryableConflict, Snapshot
+from ..ports import PostResult, RetryableConflict, Snapshot
+from .db import _checked_engine, _first_line
+from .rows import SNAPSHOT_TABLES, row_values
 from .schema import (
     account,
     ai_task,
@@ -82,7 +83,7 @@ def _naive(value: Any) -> Any:
 
 
 def _values(table: Any, row: Any, skip_id: bool) -> dict[str, Any]:
-    vals = {k: _naive(v) for k, v in db.row_values(table, row).items()}
+    vals = {k: _naive(v) for k, v in row_values(table, row).items()}
     if skip_id:
         vals.pop("id", None)
     return vals
@@ -183,7 +184,7 @@ class SqlStore:
         snap = Snapshot()
         reader = self.engine.execution_options(sqlite_begin="DEFERRED")  # one consistent read, no write lock
         with _translated(), reader.begin() as conn:
-            for attr, (table, cls) in db.SNAPSHOT_TABLES.items():
+            for attr, (table, cls) in SNAPSHOT_TABLES.items():
                 rows = conn.execute(select(table).order_by(table.c.id))
                 setattr(snap, attr, [_to(cls, r) for r in rows])
         return snap
@@ -198,7 +199,7 @@ def _translated() -> Iterator[None]:
         yield
     except DBAPIError as exc:
         if is_retryable(exc):
-            raise RetryableConflict(db._first_line(exc)) from exc
+            raise RetryableConflict(_first_line(exc)) from exc
         raise
 
 
@@ -468,3 +469,12 @@ class SqlTx:
         if expect_status is not None:
             stmt = stmt.where(chat_message.c.status.in_([str(s) for s in expect_status]))
         return self.conn.execute(stmt.values({k: _naive(v) for k, v in fields.items()})).rowcount == 1
+
+
+def open_store(url: str, *, create: bool = False, pool_size: int | None = None) -> SqlStore:
+    """Open (create=True: also create) the SQL store at url.
+
+    Raises StoreUnavailable for a malformed URL, an unreachable server or a
+    missing SQLite file, SchemaMissing for a database without the tables.
+    """
+    return SqlStore(_checked_engine(url, create=create, pool_size=pool_size))

@@ -35,13 +35,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from . import rules
-from .domain import ACTIVE, EntryType, EventKind, Task, ValidationError
-from .lifecycle import LifecycleService, _operator, consume_key, refund_key
-from .queries import Bind, connect, rows
-from .rules import Refusal
-from .schema import ai_task
-from .validation import NormalizedRequest, validate
+from .. import rules
+from ..domain import ACTIVE, EntryType, EventKind, Task, ValidationError
+from ..lifecycle import LifecycleService, consume_key, refund_key
+from ..lifecycle.support import checked_operator
+from ..read.queries import Bind, connect, rows
+from ..rules import Refusal
+from ..stores.schema import ai_task
+from ..validation import NormalizedRequest, validate
 
 ACTION = "rerun"
 TWIN_SCAN = 1000  # running tasks of the user read to find a same-model, same-prompt run
@@ -61,7 +62,7 @@ def support_rerun(svc: LifecycleService, task_id: int, operator: str, reason: st
     """A new task with the original's request, linked to it both ways, submitted as `submit` does;
     returns it as it stands after submission (GENERATING, or FAILED as the lifecycle decided).
     Raises ActionRefused (rules.RerunRefusal, SupportRefusal), NotFound."""
-    operator, reason = _operator(operator, reason)
+    operator, reason = checked_operator(operator, reason)
     svc = svc._tx(lambda tx: svc._acting(tx, task_id))  # on the clock of an operator's act (clock.act_time)
     original = svc.task(task_id)
     try:

@@ -25,7 +25,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from .domain import (
+from ..domain import (
     ACTIVE,
     TASK_ENUM_FIELDS,
     WEBHOOK_SEEN_OUTCOMES,
@@ -46,7 +46,7 @@ from .domain import (
     ValidationError,
     replayed_entry,
 )
-from .ports import PostResult, Snapshot
+from ..ports import PostResult, Snapshot
 
 _TASK_FIELDS = frozenset(f.name for f in dc_fields(Task))
 _MESSAGE_FIELDS = frozenset(f.name for f in dc_fields(ChatMessage))

@@ -22,13 +22,13 @@ from typing import Any
 
 from sqlalchemy import and_, case, exists, func, literal, select
 
-from . import rules, upstream_cancel
+from .. import rules, upstream_cancel
+from ..audit import CHAT_SETTLE_GRACE_S
+from ..domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, NotFound, TaskStatus
+from ..policy import DEFAULT_POLICY, BillingPolicy
+from ..stores.schema import ai_task, chat_message, chat_session, credit_ledger
 from .alerts import provider_incident
-from .audit import CHAT_SETTLE_GRACE_S
-from .domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, NotFound, TaskStatus
-from .policy import DEFAULT_POLICY, BillingPolicy
 from .queries import ACTIVE_STATES, Bind, connect, jsonable, resolve_now, rows, task_detail
-from .schema import ai_task, chat_message, chat_session, credit_ledger
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 _USER_ADVICE = {

@@ -66,7 +66,7 @@ ai_task = Table(
     Column("settled_at", DateTime),
     Column("next_check_at", DateTime),
     Column("check_attempts", Integer, nullable=False, default=0),
-    # the task support re-ran this one from (rivya_core.rerun); added after version 1 (init_db migrates)
+    # the task support re-ran this one from (rivya_core.support.rerun); added after version 1 (init_db migrates)
     Column("rerun_of", Id),
     # billable run seconds the provider reported for the job (rivya_core.cost); added after version 1
     Column("provider_run_s", Float),
@@ -225,7 +225,7 @@ audit_run = Table(
     Index("ix_audit_run_policy", "policy_key", "id"),
 )
 
-# Not a contract table: a named bulk remediation (rivya_core.bulk). Each task it touched has a
+# Not a contract table: a named bulk remediation (rivya_core.support.bulk). Each task it touched has a
 # support_action event whose detail carries `incident` = this id; the counters sum its runs.
 incident = Table(
     "incident",
@@ -246,7 +246,7 @@ incident = Table(
     UniqueConstraint("name", name="uq_incident_name"),
 )
 
-# Not a contract table: which alerts were pushed to the alert webhook (rivya_core.alert_push), so a
+# Not a contract table: which alerts were pushed to the alert webhook (rivya_core.support.alert_push), so a
 # second run sends nothing new and a cleared alert is announced once. `state`: quiet (nothing
 # announced, or announced cleared), raised, or raising / clearing while a sender holds the claim
 # (until `claimed_until`, wall clock UTC).

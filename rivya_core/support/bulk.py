@@ -28,11 +28,11 @@ from typing import Any
 
 from sqlalchemy import Engine, func, insert, inspect, or_, select, update
 
-from .db import missing_tables
-from .domain import ACTIVE, ActionRefused, EntryType, EventKind, FailureClass, Task, TaskStatus, ValidationError
-from .queries import connect, latest_timestamp, naive_utc
-from .rules import RefundFacts, Refusal, SupportRefusal, credits_outcome, mark_failed_refund
-from .schema import account, ai_task, credit_ledger, incident, task_event
+from ..domain import ACTIVE, ActionRefused, EntryType, EventKind, FailureClass, Task, TaskStatus, ValidationError
+from ..read.queries import connect, latest_timestamp, naive_utc
+from ..rules import RefundFacts, Refusal, SupportRefusal, credits_outcome, mark_failed_refund
+from ..stores.db import missing_tables
+from ..stores.schema import account, ai_task, credit_ledger, incident, task_event
 
 ACTIONS = ("recheck", "refund", "mark-failed")
 MAX_TASKS = 200_000  # one incident acts on at most this many tasks: narrow the filter beyond it

@@ -19,9 +19,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, func, or_, select, update
 
-from . import clock
-from .domain import ACTIVE, TERMINAL, NotFound
-from .schema import (
+from .. import clock
+from ..domain import ACTIVE, TERMINAL, NotFound
+from ..stores.schema import (
     account,
     ai_task,
     chat_message,

@@ -2,7 +2,7 @@
 
 Every query aggregates in SQL or carries a LIMIT, so a page never pulls a whole
 table into memory however large the database. Functions take a SQLAlchemy
-Engine and only read the data-contract tables of rivya_core.schema; they work
+Engine and only read the data-contract tables of rivya_core.stores.schema; they work
 unchanged on SQLite and PostgreSQL.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, func, or_, select
 
-from . import rules
-from .audit import current_audit, ledger_sums
-from .domain import ACTIVE, Category, RivyaError, TaskStatus
-from .policy import DEFAULT_POLICY, BillingPolicy
+from .. import rules
+from ..audit import current_audit, ledger_sums
+from ..domain import ACTIVE, Category, RivyaError, TaskStatus
+from ..policy import DEFAULT_POLICY, BillingPolicy
+from ..stores.schema import account, ai_task, credit_ledger
 from .queries import active_started, connect, last_events, like_escape, match_active
-from .schema import account, ai_task, credit_ledger
 
 MAX_ROWS = 500
 
@@ -231,7 +231,7 @@ def filter_options(engine: Engine, limit: int = 200) -> dict[str, list[str]]:
     other value an active task has (so the filters offer choices before the first task runs)."""
     known: dict[str, set[str]] = {"category": {c.value for c in Category}, "model": set(), "provider": set()}
     try:
-        from .catalog import default_catalog
+        from ..catalog import default_catalog
 
         cat = default_catalog()
         known["model"] |= set(cat.ids())

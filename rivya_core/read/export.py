@@ -18,9 +18,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from ..stores.schema import parked_callback
+from ..support.rerun import reruns_of
 from .queries import Bind, connect, jsonable, rows, task_detail
-from .rerun import reruns_of
-from .schema import parked_callback
 
 FORMAT = "rivya.task_record/1"
 

@@ -1,4 +1,4 @@
-"""Push alerts: the alert strip's alerts (rivya_core.alerts) POSTed to a webhook once when they appear
+"""Push alerts: the alert strip's alerts (rivya_core.read.alerts) POSTed to a webhook once when they appear
 and once when they clear.
 
     alert_key(alert) -> str                    an alert's identity across runs ("stuck:lumen:lumen-flash")
@@ -34,11 +34,11 @@ from sqlalchemy import Engine, inspect, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from . import clock
-from .alerts import Alerts, DegradationAlert, StuckAlert
-from .domain import RivyaError, ValidationError
-from .queries import Bind, connect, jsonable, rows
-from .schema import alert_notice
+from .. import clock
+from ..domain import RivyaError, ValidationError
+from ..read.alerts import Alerts, DegradationAlert, StuckAlert
+from ..read.queries import Bind, connect, jsonable, rows
+from ..stores.schema import alert_notice
 
 NOTIFY_ENV = "RIVYA_ALERTS_NOTIFY"
 QUIET, RAISED, RAISING, CLEARING = "quiet", "raised", "raising", "clearing"
@@ -232,7 +232,7 @@ class AlertPusher:
         return f"AlertPusher(deadline_s={self.deadline_s})"
 
     def __call__(self) -> PushReport:
-        from .alerts import alerts
+        from ..read.alerts import alerts
 
         self.last = push_alerts(self.engine, alerts(self.engine, self.policy), self.url, deadline_s=self.deadline_s,
                                 **self.kw)

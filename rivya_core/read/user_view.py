@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import and_, select
 
-from .domain import NotificationKind
+from ..domain import NotificationKind
+from ..stores.schema import account, ai_task, chat_message, chat_session, notification
 from .queries import Bind, _as_id, _clean, _page, connect, find_accounts, naive_utc, rows
-from .schema import account, ai_task, chat_message, chat_session, notification
 
 OUTCOME_KINDS = [k.value for k in NotificationKind]
 
