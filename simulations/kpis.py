@@ -77,6 +77,27 @@ SIMULATED = ("revenue", "refunds", "failures_without_refund", "insufficient_cred
 MONEY = ("revenue_money", "provider_cost", "margin", "cost_saved")
 
 
+def group_keys(catalog: Catalog | None = None) -> tuple[str, ...]:
+    """The per-provider and per-model money columns of a sweep's results table, in catalogue order:
+    `margin@provider:NAME`, `provider_cost@provider:NAME`, `revenue_money@provider:NAME`, then
+    `margin@model:ID` (a run's RunSummary.money flattened; `group_value` reads one)."""
+    catalog = catalog or default_catalog()
+    keys = [f"{k}@provider:{p}" for p in catalog.providers() for k in ("margin", "provider_cost", "revenue_money")]
+    return tuple(keys + [f"margin@model:{m}" for m in catalog.ids()])
+
+
+def group_value(money: dict[str, dict[str, dict[str, float]]], key: str) -> float:
+    """One group_keys column of a run's RunSummary.money (0 when the group had nothing)."""
+    kpi, _, where = key.partition("@")
+    group, _, name = where.partition(":")
+    return float(money.get(group, {}).get(name, {}).get(kpi, 0.0))
+
+
+def group_label(key: str) -> str:
+    kpi, _, where = key.partition("@")
+    return f"{label(kpi)}, {where.replace(':', ' ', 1)}"
+
+
 def run_money(catalog: Catalog, policy: BillingPolicy, credits_by_model: dict[str, int],
               chat_tokens: dict[str, list[int]], billing: dict[str, Any]) -> dict[str, cost.Money]:
     """Per model: revenue in money, provider cost and cost saved of one simulated run, from the
@@ -151,4 +172,4 @@ def price_note(a: BillingPolicy, b: BillingPolicy, revenue_change: float | None 
     return text
 
 
-__all__ = ["Kpi", "DEFINITIONS", "SIMULATED", "MONEY", "run_money", "meaning", "label", "definition_lines", "relative", "price_note"]
+__all__ = ["Kpi", "DEFINITIONS", "SIMULATED", "MONEY", "run_money", "group_keys", "group_value", "group_label", "meaning", "label", "definition_lines", "relative", "price_note"]

@@ -20,6 +20,7 @@ PROMISES = {
     "poll_every_10s": {"poll_interval_s": 10.0},
     "lean_chat_reservation": {"chat_reserve_margin": 1.0},
     "block_duplicate_runs": {"duplicate_runs": "block"},
+    "no_upstream_cancel": {"upstream_cancel": False},
 }
 
 
