@@ -21,6 +21,7 @@ PROMISES = {
     "lean_chat_reservation": {"chat_reserve_margin": 1.0},
     "block_duplicate_runs": {"duplicate_runs": "block"},
     "no_upstream_cancel": {"upstream_cancel": False},
+    "give_up_after_20m": {"timeout_s": {"image": 900.0, "video": 1200.0, "audio": 1200.0}},
 }
 
 
