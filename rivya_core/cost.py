@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
 from .catalog import Catalog, ModelSpec
 from .policy import BillingPolicy
 

@@ -37,8 +37,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import httpx

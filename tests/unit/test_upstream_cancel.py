@@ -13,13 +13,13 @@ import respx
 from rivya_core import upstream_cancel
 from rivya_core.catalog import default_catalog
 from rivya_core.clock import ManualClock
-from rivya_core.read.diagnose import checklist_for_task
 from rivya_core.domain import TaskStatus
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.policy import DEFAULT_POLICY
 from rivya_core.ports import CancelAnswer, ProviderError, UpstreamCancel, UpstreamStatus
 from rivya_core.providers.fal import FalClient
 from rivya_core.providers.replicate import ReplicateClient
+from rivya_core.read.diagnose import checklist_for_task
 from rivya_core.stores.memory import MemoryStore
 from tests.fakes import IMAGE, SECRET, FakeProvider, callback
 
