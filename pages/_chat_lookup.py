@@ -13,7 +13,7 @@ from pages._cache import cached_df
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_table, verdict_box
 from rivya_core.read import queries, user_view
-from rivya_core.read.diagnose import diagnose_chat_message
+from rivya_core.read.chat_checklist import diagnose_chat_message
 
 
 def chat_lookup(engine, policy) -> None:

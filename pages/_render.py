@@ -11,7 +11,7 @@
         Turns RivyaError / SQLAlchemyError raised inside into st.error lines.
     verdict_box(diag, *, markdown=True) -> None
         A checklist's verdict and next action, in the colour of the verdict's severity
-        (rivya_core.rules.verdict_severity), and a line naming the items that failed or warn.
+        (rivya_core.verdicts.verdict_severity), and a line naming the items that failed or warn.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ SEVERITY_BOX = {"ok": st.success, "info": st.info, "warn": st.warning, "fail": s
 
 def verdict_box(diag: Any, *, markdown: bool = True) -> None:
     """The verdict drawn by its severity; items that fail or warn are named beneath it, whatever the verdict."""
-    from rivya_core.rules import verdict_severity
+    from rivya_core.verdicts import verdict_severity
 
     box = SEVERITY_BOX[verdict_severity(diag.verdict_code)]
     if markdown:

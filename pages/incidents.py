@@ -18,7 +18,7 @@ from pages._source import enter_page, open_db, require_tables
 from pages._support import policy_in_force, support_service
 from pages._text import plain
 from rivya_core.domain import RivyaError, TaskStatus
-from rivya_core.read import reports
+from rivya_core.read import incidents, reports
 from rivya_core.rules import support_failure_notice
 from rivya_core.support import bulk
 
@@ -38,11 +38,11 @@ ss = st.session_state
 
 def _prefill_from_link() -> None:
     """A link's query parameters set the form once (a later edit by the operator sticks)."""
-    qp = {k: v for k, v in st.query_params.to_dict().items() if k in (*bulk.BulkFilter.KEYS, "action")}
+    qp = {k: v for k, v in st.query_params.to_dict().items() if k in (*incidents.BulkFilter.KEYS, "action")}
     if not qp or ss.get("bulk_link_applied") == qp:
         return
     ss["bulk_link_applied"] = qp
-    for key in bulk.BulkFilter.KEYS:
+    for key in incidents.BulkFilter.KEYS:
         ss[f"bulk_{key}"] = qp.get(key, "")
     ss["bulk_status"] = [s for s in qp.get("status", "").upper().split(",") if s]
     if qp.get("action") in bulk.ACTIONS:
@@ -74,7 +74,7 @@ def filter_form() -> tuple[str, dict[str, str]]:
     c = st.columns(2)
     c[0].text_input("Created since (UTC)", key="bulk_since", placeholder="2026-12-01 14:00")
     c[1].text_input("Created before (UTC)", key="bulk_until", placeholder="2026-12-01 15:00")
-    raw = {k: ss.get(f"bulk_{k}") for k in bulk.BulkFilter.KEYS}
+    raw = {k: ss.get(f"bulk_{k}") for k in incidents.BulkFilter.KEYS}
     raw["status"] = ",".join(ss.get("bulk_status") or [])
     return action, {k: str(v).strip() for k, v in raw.items() if v not in (None, "", ANY)}
 
@@ -104,7 +104,7 @@ def show_plan(p: bulk.Plan) -> None:
             st.caption(f"The first {SHOWN_ROWS} of {p.matched:,} tasks (by id).")
 
 
-def execute_form(action: str, flt: bulk.BulkFilter, name: str, planned: bool) -> None:
+def execute_form(action: str, flt: incidents.BulkFilter, name: str, planned: bool) -> None:
     st.subheader("Execute as an incident")
     if not can_act():
         st.info("Executing needs the operator role; you are signed in as a viewer. A dry run shows what would happen.")
@@ -154,8 +154,8 @@ if require_tables(engine, ["incident"]):
     with show_errors():
         action, raw = filter_form()
         try:
-            flt = bulk.BulkFilter.from_dict(raw)
-        except bulk.BulkError as exc:  # quotes what was typed: plain text
+            flt = incidents.BulkFilter.from_dict(raw)
+        except incidents.BulkError as exc:  # quotes what was typed: plain text
             st.error(plain(exc.message))
             st.stop()
         st.text(f"Scope: {flt.describe()}")
@@ -166,7 +166,7 @@ if require_tables(engine, ["incident"]):
         key = (action, tuple(sorted(flt.to_params().items())), name)
         if st.button("Dry run", key="bulk_dry_run", icon=":material/preview:"):
             svc = support_service(policy)
-            existing = bulk.incident_by_name(svc.store.engine, name)
+            existing = incidents.incident_by_name(svc.store.engine, name)
             ss["bulk_plan"] = (key, bulk.plan(svc, action, flt, incident_id=existing["id"] if existing else None))
         planned = ss.get("bulk_plan")
         if planned and planned[0] == key:
@@ -175,7 +175,7 @@ if require_tables(engine, ["incident"]):
 
     st.subheader("Incidents so far")
     with show_errors():
-        found = pd.DataFrame(cached_df(bulk.incidents))
+        found = pd.DataFrame(cached_df(incidents.incidents))
         if found.empty:
             st.caption("No incident yet.")
         else:

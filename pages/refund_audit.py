@@ -12,7 +12,7 @@ from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, record_audit_now
 from pages._text import plain
-from rivya_core import audit
+from rivya_core import audit, audit_checks
 from rivya_core.read import reports
 from rivya_core.stores.schema import CONTRACT_TABLES
 
@@ -65,7 +65,7 @@ with show_errors():
     if report.ok:
         st.success("No finding: every refund, charge and notification checks out.")
 
-    table = pd.DataFrame([{"kind": audit.AUDIT_KINDS.get(k, k), "code": k, "rows": n,
+    table = pd.DataFrame([{"kind": audit_checks.AUDIT_KINDS.get(k, k), "code": k, "rows": n,
                            "money": k in MONEY_KINDS} for k, n in counts.items()])
     if not table.empty:
         table = table.sort_values(["rows", "money"], ascending=False)

@@ -18,7 +18,8 @@ from pages._support import policy_in_force, support_service, who_sees_what
 from pages._text import plain
 from rivya_core.domain import NotFound, RivyaError
 from rivya_core.read import queries, reports, user_view
-from rivya_core.read.diagnose import diagnose, recheck_signals
+from rivya_core.read.diagnose import diagnose
+from rivya_core.read.signals import recheck_signals
 
 enter_page()
 st.title("Task inspector")

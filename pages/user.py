@@ -18,7 +18,8 @@ from pages._text import plain
 from rivya_core.domain import TaskStatus
 from rivya_core.read import ledger_views as lv
 from rivya_core.read import queries, reports, user_view
-from rivya_core.read.diagnose import diagnose_chat_message, recheck_signals
+from rivya_core.read.chat_checklist import diagnose_chat_message
+from rivya_core.read.signals import recheck_signals
 
 WINDOWS = {"Any time": None, "Last 24 hours": 1.0, "Last 7 days": 7.0, "Last 30 days": 30.0}
 STATES = [s.value for s in TaskStatus]

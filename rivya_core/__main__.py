@@ -205,7 +205,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from .domain import ValidationError
-    from .read.diagnose import diagnose, diagnose_chat_message
+    from .read.chat_checklist import diagnose_chat_message
+    from .read.diagnose import diagnose
     from .wiring import policy_from
 
     if (args.task_id is None) == (args.chat_message is None):
@@ -273,17 +274,18 @@ def cmd_export_task(args: argparse.Namespace) -> int:
 
 def cmd_bulk(args: argparse.Namespace) -> int:
     from .domain import ActionRefused
+    from .read import incidents
     from .rules import SupportRefusal
     from .support import bulk
 
-    flt = bulk.BulkFilter.parse(args.filter)
+    flt = incidents.BulkFilter.parse(args.filter)
     if not args.dry_run and (not (args.operator or "").strip() or not (args.reason or "").strip()):
         raise ActionRefused("executing a bulk action needs --operator and --reason (or use --dry-run)",
                             reason=SupportRefusal.NO_REASON if (args.operator or "").strip()
                             else SupportRefusal.NO_OPERATOR)
     svc = _service(args)
     if args.dry_run:
-        existing = bulk.incident_by_name(svc.store.engine, args.name) if args.name else None
+        existing = incidents.incident_by_name(svc.store.engine, args.name) if args.name else None
         p = bulk.plan(svc, args.action, flt, incident_id=existing["id"] if existing else None)
         if args.json:
             print(json.dumps(p.to_dict(), default=str, indent=2))

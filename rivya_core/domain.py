@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 
 class TaskStatus(StrEnum):
@@ -94,29 +94,16 @@ class ChatStatus(StrEnum):
     FAILED = "failed"
 
 
-def members(enum: type[StrEnum]) -> dict[str, Any]:
-    """value -> member of a StrEnum: the lookup that types a value read from a row (a dict
-    lookup, several times cheaper than calling the enum per row)."""
-    return {m.value: m for m in enum}
+E = TypeVar("E", bound=StrEnum)
 
 
-def by_name(enum: type[StrEnum]) -> type:
-    """A plain class whose attributes are the enum's members (`by_name(TaskStatus).WAITING is
-    TaskStatus.WAITING`), for code that reads members on every task: on Python 3.11 a member read
-    as an Enum class attribute goes through EnumType.__getattr__'s hook (~750 instructions), a
-    plain class attribute is a cached lookup."""
-    return type(f"{enum.__name__}Members", (), dict(enum.__members__))
-
-
-_STATUS_OF = members(TaskStatus)
-_CATEGORY_OF = members(Category)
-_CLASS_OF = members(FailureClass)
-
-
-# The typed fields of a task row and each one's value -> member lookup: a store that keeps rows
-# as given types what it is handed (Task.__post_init__ types what is constructed).
-TASK_ENUM_FIELDS: dict[str, dict[str, Any]] = {
-    "status": _STATUS_OF, "category": _CATEGORY_OF, "failure_class": _CLASS_OF}
+def known(enum: type[E], value: Any) -> E | Any:
+    """The member of enum whose value is value, or value unchanged when this version does not
+    know it (a row read as stored stays readable; the audit reports the unknown value)."""
+    try:
+        return enum(value)
+    except ValueError:
+        return value
 
 
 # Error codes the lifecycle itself writes on ai_task.error_code.
@@ -170,10 +157,10 @@ class Task:
         # rows come from stores and callers as plain strings: typed here, once per row built. A
         # value this version does not know stays as read (the audit reports it) rather than
         # making the row unreadable.
-        self.status = _STATUS_OF.get(self.status, self.status)
-        self.category = _CATEGORY_OF.get(self.category, self.category)
+        self.status = known(TaskStatus, self.status)
+        self.category = known(Category, self.category)
         if self.failure_class is not None:
-            self.failure_class = _CLASS_OF.get(self.failure_class, self.failure_class)
+            self.failure_class = known(FailureClass, self.failure_class)
 
     @property
     def terminal(self) -> bool:
@@ -375,6 +362,16 @@ def replayed_entry(existing: LedgerEntry, user_id: int, entry_type: str, amount:
             f"idempotency key {existing.idempotency_key!r} was used for {existing.entry_type} of "
             f"{existing.amount} to account {existing.user_id}; refused {entry_type} of {amount} to account {user_id}")
     return existing
+
+
+def balance_after(balance: int, amount: int) -> int:
+    """The balance a ledger row of amount leaves on an account holding balance. The never-overdraw
+    rule of the data contract (balance_after is never negative): a row that would leave less than
+    zero is refused with InsufficientCredits, and nothing is written. Every store calls this."""
+    after = balance + int(amount)
+    if after < 0:
+        raise InsufficientCredits(f"balance {balance} cannot cover {-amount} credits (short by {-after})")
+    return after
 
 
 class SchemaMissing(RivyaError):

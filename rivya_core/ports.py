@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .domain import (
     Account,
@@ -26,7 +26,7 @@ from .domain import (
     RivyaError,
     Task,
     TaskEvent,
-    members,
+    known,
 )
 
 # --- Clock ----------------------------------------------------------------------
@@ -58,16 +58,14 @@ class UpstreamState(StrEnum):
     UNKNOWN = "unknown"    # the provider does not know the job, or could not be asked
 
 
-_FAULT_OF = members(ProviderFault)
-_STATE_OF = members(UpstreamState)
-_CLASS_OF = members(FailureClass)
+E = TypeVar("E", bound=StrEnum)
 
 
-def _member(lookup: dict[str, Any], value: Any, what: str) -> Any:
+def _member(enum: type[E], value: Any, what: str) -> E:
     try:
-        return lookup[value]
-    except (KeyError, TypeError):
-        raise ValueError(f"{what} {value!r} is not one of {', '.join(lookup)}") from None
+        return enum(value)
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not one of {', '.join(enum)}") from None
 
 
 class ProviderError(RivyaError):
@@ -77,7 +75,7 @@ class ProviderError(RivyaError):
     code = "provider_error"
 
     def __init__(self, kind: str, message: str):
-        kind = _member(_FAULT_OF, kind, "provider fault")
+        kind = _member(ProviderFault, kind, "provider fault")
         super().__init__(message, code=f"submit_{kind}")
         self.kind: ProviderFault = kind
 
@@ -96,10 +94,9 @@ class UpstreamStatus:
     run_s: float | None = None  # billable run seconds, when the provider reports them (rivya_core.cost)
 
     def __post_init__(self) -> None:
-        if self.state.__class__ is not UpstreamState:
-            object.__setattr__(self, "state", _member(_STATE_OF, self.state, "upstream state"))
+        object.__setattr__(self, "state", _member(UpstreamState, self.state, "upstream state"))
         if self.failure_class is not None:
-            object.__setattr__(self, "failure_class", _CLASS_OF.get(self.failure_class, self.failure_class))
+            object.__setattr__(self, "failure_class", known(FailureClass, self.failure_class))
 
 
 class CancelAnswer(StrEnum):
@@ -223,7 +220,6 @@ class Tx(Protocol):
 
     def entry(self, idempotency_key: str) -> LedgerEntry | None: ...
     def task_entries(self, task_id: int) -> list[LedgerEntry]: ...
-    def message_entries(self, chat_message_id: int) -> list[LedgerEntry]: ...
     def balance(self, user_id: int) -> int: ...
 
     # timeline, notifications, callbacks
@@ -234,8 +230,6 @@ class Tx(Protocol):
                          task_id: int | None = None, idempotency_key: str | None = None) -> bool:
         """False (and nothing written) when idempotency_key already exists."""
 
-    def task_notifications(self, task_id: int) -> list[Notification]: ...
-
     def add_callback(self, cb: ProviderCallback) -> ProviderCallback: ...
     def webhook_seen(self, provider: str, webhook_id: str) -> bool:
         """True when a callback with this id was already applied or deferred."""
@@ -244,7 +238,6 @@ class Tx(Protocol):
         """add_callback, except that when cb's webhook id was already applied or deferred
         (webhook_seen) the row is stored as a duplicate with seen_detail; returns the stored row."""
 
-    def task_callbacks(self, task_id: int) -> list[ProviderCallback]: ...
     def get_callback(self, callback_id: int) -> ProviderCallback | None: ...
     def parked_of(self, callback_id: int) -> ParkedCallback | None:
         """The parked copy of a recorded callback (claimed or not), None when it was never parked."""

@@ -76,9 +76,7 @@ class GenerationRequest:
     references: tuple[Reference, ...] = ()
 
 
-# Read-only by use, but not frozen: one is built per submission, and a frozen dataclass's __init__
-# sets each of the nine fields through object.__setattr__ (about 1% of a simulated task).
-@dataclass
+@dataclass(frozen=True)
 class NormalizedRequest:
     spec: ModelSpec = field(repr=False)
     model: str

@@ -330,13 +330,13 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
 
     from rivya_core import audit as au
     from rivya_core.read import alerts as al
+    from rivya_core.read import incidents
     from rivya_core.read import ledger_views as lv
     from rivya_core.read import queries as q
     from rivya_core.read import reports as rp
     from rivya_core.read import user_view as uv
     from rivya_core.read.diagnose import diagnose
     from rivya_core.stores.schema import account, ai_task, chat_message, chat_session, credit_ledger
-    from rivya_core.support import bulk as bk
 
     with engine.connect() as conn:
         top = conn.scalar(select(func.max(ai_task.c.id)))
@@ -394,7 +394,7 @@ def dashboard_calls(engine: Any) -> list[tuple[str, str, Any]]:
             e, busiest, statuses=("FAILED",), since=now - timedelta(days=7), limit=500)),
         ("user_view.outcome_seen", lambda: uv.outcome_seen(e, tid)),
         ("user_view.find_chat_messages", lambda: uv.find_chat_messages(e, email)),
-        ("bulk.incidents", lambda: bk.incidents(e)),
+        ("bulk.incidents", lambda: incidents.incidents(e)),
     ]
     return ([("lookup", n, f) for n, f in lookups] + [("page", n, f) for n, f in pages]
             + [("audit", "audit.audit", lambda: au.audit(e))])
@@ -544,6 +544,7 @@ def bulk(url: str) -> dict[str, Any]:
     import sqlite3
 
     from rivya_core.policy import BillingPolicy
+    from rivya_core.read import incidents
     from rivya_core.stores.db import sqlite_path
     from rivya_core.support import bulk as bulk_actions
     from rivya_core.wiring import service_for_url
@@ -564,16 +565,16 @@ def bulk(url: str) -> dict[str, Any]:
                                             / "refund_everything.toml"))
         out["tasks"] = svc.store.engine.connect().exec_driver_sql("select count(*) from ai_task").scalar()
         # The broad dry runs cover the latest BROAD_DAYS of creation: a filter matching more than
-        # bulk.MAX_TASKS is refused (narrow it), which on a million-task history the whole of it does.
+        # incidents.MAX_TASKS is refused (narrow it), which on a million-task history the whole of it does.
         since = svc.judge_clock.now() - timedelta(days=BROAD_DAYS)
         for label, action, states, start in (("refund_failed", "refund", ("FAILED",), None),
                                              ("refund_all_finished", "refund", ("FAILED", "SUCCESS"), since),
                                              ("mark_failed_succeeded", "mark-failed", ("SUCCESS",), since)):
-            flt = bulk_actions.BulkFilter(status=states, since=start)
+            flt = incidents.BulkFilter(status=states, since=start)
             t0, c0 = time.perf_counter(), time.process_time()
             try:
                 p = bulk_actions.plan(svc, action, flt)
-            except bulk_actions.BulkError as exc:
+            except incidents.BulkError as exc:
                 out[f"dry_run_{label}"] = {"filter": flt.describe(), "refused": str(exc)}
                 continue
             out[f"dry_run_{label}"] = {"filter": flt.describe(), "matched": p.matched, "would_act": p.would_act,
@@ -585,7 +586,7 @@ def bulk(url: str) -> dict[str, Any]:
         found = alerts.alerts(svc.store.engine, svc.policy)
         out["alerts"] = {"stuck": len(found.stuck), "degraded": len(found.degraded),
                          "seconds": round(time.perf_counter() - t0, 3)}
-        flt = bulk_actions.BulkFilter(status=("FAILED",))
+        flt = incidents.BulkFilter(status=("FAILED",))
         if "refused" in out["dry_run_refund_failed"]:
             out["execute_refund"] = {"refused": out["dry_run_refund_failed"]["refused"]}
         else:

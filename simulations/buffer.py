@@ -30,7 +30,9 @@ from rivya_core.domain import (
     TaskEvicted,
 )
 from rivya_core.ports import PostResult
-from rivya_core.stores.memory import MemoryStore, MemoryTx, _copy
+from rivya_core.stores.memory import MemoryStore
+from rivya_core.stores.memory_tables import _copy
+from rivya_core.stores.memory_tx import MemoryTx
 
 # (counter name, store dict attribute): tables whose rows never change after insert
 _APPEND_ONLY = (("credit_ledger", "ledger"), ("task_event", "events"), ("notification", "notifications"),

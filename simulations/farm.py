@@ -40,8 +40,9 @@ from typing import Any
 
 import simpy
 
-from rivya_core import jsontext, webhooks
+from rivya_core import webhooks
 from rivya_core.ports import CancelAnswer, ProviderError, UpstreamCancel, UpstreamStatus
+from rivya_core.stores import jsontext
 
 from .clock import SimClock
 from .scenarios import Outage, ProviderConfig

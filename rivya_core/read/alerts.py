@@ -26,7 +26,7 @@ from sqlalchemy import Select, and_, case, func, select
 
 from ..domain import ACTIVE, FailureClass, TaskStatus
 from ..policy import DEFAULT_POLICY, BillingPolicy
-from ..support.bulk import BulkFilter, covering_incident
+from .incidents import BulkFilter, covering_incident
 from .queries import Bind, connect
 
 STUCK_K = 2.0  # a task is stuck past k × its model's p95 time-to-terminal
@@ -239,7 +239,7 @@ def alerts(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | N
 
 def provider_incident(bind: Bind, provider: str, task_id: int, now: datetime) -> str | None:
     """A named provider incident covering a task of `provider` at `now`, in words: an open incident
-    naming the provider that has not acted on the task (rivya_core.support.bulk.covering_incident), else a
+    naming the provider that has not acted on the task (rivya_core.read.incidents.covering_incident), else a
     degradation alert on the provider; None when neither."""
     found = covering_incident(bind, provider, task_id, now)
     if found is not None:

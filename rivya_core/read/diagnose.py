@@ -7,9 +7,9 @@ said, and which status reads the provider failed (`poll_error`: while every read
 since the provider last answered failed, a stuck task is re-checked later, after
 looking for a provider incident); whether it is in history and was notified; whether the failure is the
 user's to correct; whether credits should be reversed and were. It ends with a
-verdict and the next action for support. `diagnose_chat_message` does the same
-for a chat turn's settlement, and `recheck_signals` raises the guide's
-"Recheck Before Running Again" signals for a user. Ages are judged at `now`,
+verdict and the next action for support. `chat_checklist.diagnose_chat_message`
+does the same for a chat turn's settlement, and `signals.recheck_signals` raises
+the guide's "Recheck Before Running Again" signals for a user. Ages are judged at `now`,
 which defaults to the latest timestamp in the database (see `audit`).
 """
 
@@ -20,15 +20,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, literal, select
-
-from .. import rules, upstream_cancel
-from ..audit import CHAT_SETTLE_GRACE_S
-from ..domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, NotFound, TaskStatus
+from .. import rules, upstream_cancel, verdicts
+from ..domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, TaskStatus
 from ..policy import DEFAULT_POLICY, BillingPolicy
-from ..stores.schema import ai_task, chat_message, chat_session, credit_ledger
 from .alerts import provider_incident
-from .queries import ACTIVE_STATES, Bind, connect, jsonable, resolve_now, rows, task_detail
+from .queries import ACTIVE_STATES, Bind, jsonable, resolve_now, task_detail
+from .signals import Signal, _cap, recheck_signals
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 _USER_ADVICE = {
@@ -51,13 +48,6 @@ class ChecklistItem:
 
 
 @dataclass
-class Signal:
-    kind: str
-    message: str
-    evidence: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
 class Diagnosis:
     subject: str  # "task" | "chat_message"
     id: int
@@ -67,8 +57,8 @@ class Diagnosis:
     next_action: str
     now: datetime
     signals: list[Signal] = field(default_factory=list)
-    verdict_code: rules.Verdict | None = None     # what pages and tests key on; `verdict` is its sentence
-    action_code: rules.NextAction | None = None   # likewise for `next_action`
+    verdict_code: verdicts.Verdict | None = None     # what pages and tests key on; `verdict` is its sentence
+    action_code: verdicts.NextAction | None = None   # likewise for `next_action`
 
     def item(self, key: str) -> ChecklistItem:
         return next(i for i in self.items if i.key == key)
@@ -91,10 +81,6 @@ def _when(value: Any) -> str:
     if isinstance(value, datetime):
         return f"{value:%Y-%m-%d %H:%M:%S}"
     return str(value)[:19] if value else "—"
-
-
-def _cap(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _age(seconds: float) -> str:
@@ -159,7 +145,7 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
     verdict, action, how = _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
                                     reads)
     task_type = "tool-backed chat" if t["chat_message_id"] is not None else t["category"]
-    return Diagnosis("task", tid, task_type, items, rules.VERDICT_TEXT[verdict], how or rules.ACTION_TEXT[action],
+    return Diagnosis("task", tid, task_type, items, verdicts.VERDICT_TEXT[verdict], how or verdicts.ACTION_TEXT[action],
                      now, verdict_code=verdict, action_code=action)
 
 
@@ -171,14 +157,14 @@ def _age_s(t: dict[str, Any], now: datetime) -> float:
 _READS = (EventKind.POLL, EventKind.RECHECK, EventKind.CALLBACK)
 
 
-def _stuck_reads(t, events, stuck_s, incident: str | None) -> rules.StuckReads:
+def _stuck_reads(t, events, stuck_s, incident: str | None) -> verdicts.StuckReads:
     """What upstream said since the task became stuck: the latest read's state (a poll, a re-check, or
     a callback reporting its state), whether every read since the provider last answered failed,
     and the named provider incident covering it (diagnose looks it up for a stuck task)."""
     stuck_at = (t["submitted_at"] or t["created_at"]) + timedelta(seconds=stuck_s)
     last = next((e for e in reversed(events) if e["kind"] in _READS and e["at"] >= stuck_at
                  and e["detail"].get("state")), None)
-    return rules.StuckReads(last["detail"]["state"] if last else None, bool(_failed_reads(events)[1]), incident,
+    return verdicts.StuckReads(last["detail"]["state"] if last else None, bool(_failed_reads(events)[1]), incident,
                             last["kind"] if last else None, last["at"] if last else None)
 
 
@@ -389,10 +375,10 @@ def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistIt
 
 
 def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
-             reads: rules.StuckReads) -> tuple[rules.Verdict, rules.NextAction, str | None]:
+             reads: verdicts.StuckReads) -> tuple[verdicts.Verdict, verdicts.NextAction, str | None]:
     """(verdict, next action, how to say the action when it depends on the task). `reads`: what the
-    upstream reads since the task became stuck found (rules.stuck_next_action decides with it)."""
-    V, A = rules.Verdict, rules.NextAction
+    upstream reads since the task became stuck found (verdicts.stuck_next_action decides with it)."""
+    V, A = verdicts.Verdict, verdicts.NextAction
     refund_item = next(i for i in items if i.key == "refund")
     status = t["status"]
     if status in ACTIVE_STATES:
@@ -400,7 +386,7 @@ def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, ti
             return V.STUCK_PAST_TIMEOUT, A.MARK_FAILED, f"mark failed (past the timeout): " \
                 f"{_mark_failed_money(charged, refunds, policy)}"
         if age_s >= stuck_s:
-            action = rules.stuck_next_action(reads)
+            action = verdicts.stuck_next_action(reads)
             return V.STUCK, action, _stuck_how(action, reads, t, charged, refunds, policy, timeout_s)
         return (V.GENERATING if status == TaskStatus.GENERATING else V.WAITING), A.WAIT, None
     if status == TaskStatus.SUCCESS:
@@ -439,9 +425,9 @@ def _mark_failed_money(charged, refunds, policy) -> str:
     return "no credits to refund"
 
 
-def _stuck_how(action, reads: rules.StuckReads, t, charged, refunds, policy, timeout_s) -> str | None:
+def _stuck_how(action, reads: verdicts.StuckReads, t, charged, refunds, policy, timeout_s) -> str | None:
     """The words of a stuck task's next action, with what the last read found and the deadline."""
-    A = rules.NextAction
+    A = verdicts.NextAction
     deadline = _when((t["submitted_at"] or t["created_at"]) + timedelta(seconds=timeout_s))
     read = f"the last upstream read ({reads.read_kind} at {_when(reads.read_at)})"
     if action == A.MARK_FAILED:
@@ -454,153 +440,3 @@ def _stuck_how(action, reads: rules.StuckReads, t, charged, refunds, policy, tim
         return (f"wait: the provider still reports it {reads.last_state} ({read}); past the timeout at "
                 f"{deadline}, mark it failed")
     return None
-
-
-# --- one chat turn -----------------------------------------------------------------------------
-
-
-def diagnose_chat_message(bind: Bind, message_id: int, policy: BillingPolicy = DEFAULT_POLICY,
-                          now: datetime | None = None, *, grace_s: float = CHAT_SETTLE_GRACE_S) -> Diagnosis:
-    """The checklist for a chat turn's settlement (and its tool-backed tasks); NotFound for a missing id."""
-    mid = message_id if isinstance(message_id, int) and 0 <= message_id < 2**63 else None
-    with connect(bind) as conn:
-        msg = conn.execute(select(*chat_message.c, chat_session.c.user_id, chat_session.c.model).select_from(
-            chat_message.outerjoin(chat_session, chat_session.c.id == chat_message.c.session_id)).where(
-            chat_message.c.id == mid)).first() if mid is not None else None
-        if msg is None:
-            raise NotFound(f"chat message {message_id} not found")
-        msg = dict(msg._mapping)
-        ledger = rows(conn.execute(select(*credit_ledger.c).where(credit_ledger.c.chat_message_id == mid)
-                                   .order_by(credit_ledger.c.id)))
-        tasks = [r[0] for r in conn.execute(select(ai_task.c.id).where(ai_task.c.chat_message_id == mid)
-                                            .order_by(ai_task.c.id).limit(20))]
-    at = resolve_now(bind, now)
-    tool = [diagnose(bind, tid, policy, at, with_signals=False) for tid in tasks]
-    return checklist_for_chat(msg, ledger, tool, policy, at, grace_s)
-
-
-def checklist_for_chat(msg, ledger, tool: list[Diagnosis], policy, now, grace_s) -> Diagnosis:
-    chat_rows = [e for e in ledger if e["entry_type"] in (EntryType.CHAT_RESERVE, EntryType.CHAT_CHARGE,
-                                                          EntryType.CHAT_REFUND)]
-    reserve = -sum(e["amount"] for e in chat_rows if e["entry_type"] == EntryType.CHAT_RESERVE)
-    chat_refunds = [e for e in chat_rows if e["entry_type"] == EntryType.CHAT_REFUND]
-    net = sum(e["amount"] for e in chat_rows)
-    charged = msg["charged_credits"] or 0
-    status = msg["status"]
-    kind = "tool-backed chat" if tool else "chat settlement"
-    type_item = ChecklistItem("task_type", "What type of task is this?", (
-        f"{kind.capitalize()}: turn #{msg['id']} in session #{msg['session_id']} ({msg['model']}); no ai_task, "
-        "billed by message-level settlement" + (f"; started {_cap(len(tool), 'generation task')}" if tool else "")
-        + "."), INFO, [_slim(msg, "content")])
-    q = "Were credits reserved first and settled after usage?"
-    age = (now - msg["created_at"]).total_seconds()
-    if status == "reserved":
-        late = age > grace_s
-        credit = ChecklistItem("credits", q, f"Reserved {reserve} credits {_age(age)} ago, not settled yet" + (
-            ", past the grace period." if late else "."), WARN if late else INFO, chat_rows)
-        verdict = ((rules.Verdict.CHAT_RESERVATION_OVERDUE, rules.NextAction.SETTLE_OR_FAIL_TURN) if late
-                   else (rules.Verdict.CHAT_RESERVED, rules.NextAction.WAIT))
-    else:
-        over = charged > (msg["reserved_credits"] or 0) and not policy.chat_allow_overrun
-        broken = net != -charged or len(chat_refunds) > 1 or over
-        credit = ChecklistItem("credits", q, f"{status}: reserved {reserve}, charged {charged}, refunded "
-                               f"{sum(e['amount'] for e in chat_refunds)} in {_cap(len(chat_refunds), 'refund')}; "
-                               f"ledger net {net}" + (" — does not match the charge." if broken else "."),
-                               FAIL if broken else OK, chat_rows)
-        V, A = rules.Verdict, rules.NextAction
-        if broken:
-            verdict = (V.CHAT_SETTLEMENT_MISMATCH, A.INVESTIGATE_LEDGER)
-        elif status == "failed":
-            verdict = (V.CHAT_FAILED_REFUNDED, A.NOTHING)
-        elif status == "refused":
-            verdict = (V.CHAT_REFUSED, A.TELL_USER_TOP_UP)
-        else:
-            verdict = (V.CHAT_SETTLED_REFUNDED if chat_refunds else V.CHAT_SETTLED, A.NOTHING)
-    code, action = verdict
-    verdict_text, action_text = rules.VERDICT_TEXT[code], rules.ACTION_TEXT[action]
-    items = [type_item, credit]
-    if tool:
-        bad = [d for d in tool if d.action_code != rules.NextAction.NOTHING
-               and d.verdict_code != rules.Verdict.GENERATING]
-        items.append(ChecklistItem("tool_tasks", "Did the tool-backed generations finish?", "; ".join(
-            f"task #{d.id}: {d.verdict}" for d in tool) + ".", WARN if bad else OK,
-            [{"task_id": d.id, "verdict": d.verdict, "next_action": d.next_action} for d in tool]))
-        if bad and action == rules.NextAction.NOTHING:
-            verdict_text += f"; tool task #{bad[0].id}: {bad[0].verdict}"
-            action, action_text = bad[0].action_code, bad[0].next_action
-    return Diagnosis("chat_message", msg["id"], kind, items, verdict_text, action_text, now,
-                     verdict_code=code, action_code=action)
-
-
-# --- "Recheck Before Running Again" -----------------------------------------------------------
-
-
-def _stuck_cutoff(policy: BillingPolicy, now: datetime):
-    per = {c: now - timedelta(seconds=policy.stuck_for(c)) for c in policy.stuck_after_s}
-    default = now - timedelta(seconds=policy.stuck_for("\0"))
-    return case(per, value=ai_task.c.category, else_=default) if per else literal(default)
-
-
-_SIG_COLS = (ai_task.c.id.label("task_id"), ai_task.c.model, ai_task.c.status, ai_task.c.reserved_credits,
-             ai_task.c.error_code, ai_task.c.failure_class, ai_task.c.created_at, ai_task.c.submitted_at)
-
-
-def recheck_signals(bind: Bind, user_id: int, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None,
-                    prompt: str | None = None, model: str | None = None) -> list[Signal]:
-    """The guide's reasons to recheck before running again, for one user (optionally one prompt/model)."""
-    at = resolve_now(bind, now)
-    t = ai_task.c
-    mine = t.user_id == user_id
-    same = and_(mine, t.prompt == prompt) if prompt is not None else mine
-    if model is not None:
-        same = and_(same, t.model == model)
-    started = func.coalesce(t.submitted_at, t.created_at)
-    too_long = and_(t.status.in_(ACTIVE_STATES), started < _stuck_cutoff(policy, at))
-    out: list[Signal] = []
-    with connect(bind) as conn:
-        fails = conn.execute(select(t.prompt, func.count().label("n")).where(same, t.status == TaskStatus.FAILED)
-                             .group_by(t.prompt).having(func.count() >= 2).order_by(func.count().desc()).limit(5))
-        for p, n in fails.all():
-            ev = rows(conn.execute(select(*_SIG_COLS).where(mine, t.prompt == p, t.status == TaskStatus.FAILED)
-                                   .order_by(t.id.desc()).limit(10)))
-            out.append(Signal("same_prompt_failing", f"The same prompt failed {n} times: {p[:80]!r}.", ev))
-        stuck = rows(conn.execute(select(*_SIG_COLS).where(mine, too_long).order_by(t.id).limit(20)))
-        if stuck:
-            out.append(Signal("in_progress_too_long", f"{_cap(len(stuck), 'task')} in progress past the stuck "
-                              "threshold: " + ", ".join(f"#{r['task_id']}" for r in stuck) + ".", stuck))
-        has = lambda et: exists().where(credit_ledger.c.task_id == t.id, credit_ledger.c.entry_type == et)  # noqa: E731
-        lost = rows(conn.execute(select(*_SIG_COLS).where(
-            mine, t.status != TaskStatus.SUCCESS, has(EntryType.CONSUME), ~has(EntryType.REFUND),
-            (t.status == TaskStatus.FAILED) | too_long).order_by(t.id).limit(20)))
-        if lost:
-            out.append(Signal("credits_without_output", f"Credits consumed without output or refund on "
-                              f"{_cap(len(lost), 'task')}: " + ", ".join(f"#{r['task_id']}" for r in lost) + ".",
-                              lost))
-        active = rows(conn.execute(select(*_SIG_COLS, t.prompt).where(same, t.status.in_(ACTIVE_STATES))
-                                   .order_by(t.id).limit(50)))
-        out += _duplicates(conn, user_id, active, policy, prompt, model)
-    return out
-
-
-def _duplicates(conn, user_id, active, policy, prompt, model) -> list[Signal]:
-    out, window = [], timedelta(seconds=policy.duplicate_window_s)
-    t = ai_task.c
-    for a in active:
-        running = rules.Run(a["task_id"], a["model"], a["prompt"], a["reserved_credits"], a["created_at"])
-        later = rows(conn.execute(select(*_SIG_COLS).where(
-            t.user_id == user_id, t.model == a["model"], t.prompt == a["prompt"], t.id > a["task_id"],
-            t.created_at >= a["created_at"], t.created_at <= a["created_at"] + window).order_by(t.id).limit(50)))
-        twins = [r for r in later if rules.heavier_duplicate(
-            rules.Run(r["task_id"], r["model"], a["prompt"], r["reserved_credits"], r["created_at"]), running,
-            policy)][:10]
-        if twins:
-            ev = [{k: v for k, v in a.items() if k != "prompt"}, *twins]
-            out.append(Signal("heavier_duplicate", f"Task #{a['task_id']} is still running and "
-                              f"{_cap(len(twins), 'same-prompt run')} as heavy or heavier started within "
-                              f"{int(policy.duplicate_window_s)} s: " + ", ".join(f"#{r['task_id']}" for r in twins)
-                              + ".", ev))
-        elif prompt is not None and model is not None:
-            out.append(Signal("heavier_duplicate", f"A run with the same model and prompt is still in progress "
-                              f"(#{a['task_id']}): wait for it before running again.",
-                              [{k: v for k, v in a.items() if k != "prompt"}]))
-    return out

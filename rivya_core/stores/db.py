@@ -31,9 +31,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateColumn, CreateTable
 
-from .. import jsontext
 from ..domain import SchemaMissing, StoreUnavailable
-from . import schema
+from . import jsontext, schema
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DB_PATH = REPO_ROOT / "data" / "rivya.db"

@@ -12,8 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, text
 
-from rivya_core import jsontext
-from rivya_core.domain import (
+from ..domain import (
     Account,
     ChatMessage,
     ChatSession,
@@ -23,9 +22,9 @@ from rivya_core.domain import (
     Task,
     TaskEvent,
 )
-from rivya_core.ports import Snapshot
-from rivya_core.stores import schema
-from rivya_core.stores.db import init_db, make_engine
+from ..ports import Snapshot
+from . import jsontext, schema
+from .db import init_db, make_engine
 
 BATCH = 2000
 

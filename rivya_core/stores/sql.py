@@ -33,16 +33,15 @@ from ..domain import (
     ChatMessage,
     ChatSession,
     ChatStatus,
-    InsufficientCredits,
     LedgerEntry,
     NotFound,
-    Notification,
     ParkedCallback,
     ProviderCallback,
     Task,
     TaskEvent,
     TaskStatus,
     ValidationError,
+    balance_after,
     replayed_entry,
 )
 from ..ports import PostResult, RetryableConflict, Snapshot
@@ -315,10 +314,7 @@ class SqlTx:
         ).scalar()
         if balance is None:
             raise NotFound(f"account {user_id} does not exist")
-        after = balance + int(amount)
-        if after < 0:
-            # The data contract forbids a negative balance_after.
-            raise InsufficientCredits(f"balance {balance} cannot cover {-amount} credits (short by {-after})")
+        after = balance_after(balance, amount)
         entry = LedgerEntry(id=0, user_id=user_id, entry_type=str(entry_type), amount=int(amount),
                             balance_after=after, idempotency_key=idempotency_key, created_at=_naive(at),
                             task_id=task_id, chat_message_id=chat_message_id, note=note,
@@ -337,10 +333,6 @@ class SqlTx:
 
     def task_entries(self, task_id: int) -> list[LedgerEntry]:
         return self._all(LedgerEntry, select(credit_ledger).where(credit_ledger.c.task_id == task_id)
-                         .order_by(credit_ledger.c.id))
-
-    def message_entries(self, chat_message_id: int) -> list[LedgerEntry]:
-        return self._all(LedgerEntry, select(credit_ledger).where(credit_ledger.c.chat_message_id == chat_message_id)
                          .order_by(credit_ledger.c.id))
 
     def balance(self, user_id: int) -> int:
@@ -370,10 +362,6 @@ class SqlTx:
             return True
         return self.conn.execute(_NOTIFICATION_ONCE[self.pg], values).scalar() is not None
 
-    def task_notifications(self, task_id: int) -> list[Notification]:
-        return self._all(Notification, select(notification).where(notification.c.task_id == task_id)
-                         .order_by(notification.c.id))
-
     def add_callback(self, cb: ProviderCallback) -> ProviderCallback:
         row = dataclasses.replace(cb, id=0)
         row.id = self._insert(provider_callback, row)
@@ -391,10 +379,6 @@ class SqlTx:
         cond = exists().where(provider_callback.c.provider == provider, provider_callback.c.webhook_id == webhook_id,
                               provider_callback.c.outcome.in_(_SEEN))
         return bool(self.conn.execute(select(cond)).scalar())
-
-    def task_callbacks(self, task_id: int) -> list[ProviderCallback]:
-        return self._all(ProviderCallback, select(provider_callback).where(provider_callback.c.task_id == task_id)
-                         .order_by(provider_callback.c.id))
 
     def get_callback(self, callback_id: int) -> ProviderCallback | None:
         return self._one(ProviderCallback, select(provider_callback).where(provider_callback.c.id == callback_id))

@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, inspect, text
 from rivya_core.audit import audit
 from rivya_core.domain import ActionRefused, TaskStatus
 from rivya_core.policy import BillingPolicy
+from rivya_core.read import incidents
 from rivya_core.rules import SupportRefusal
 from rivya_core.stores.sql import open_store
 from rivya_core.support import bulk
@@ -48,7 +49,7 @@ def outage(db_url):
 def test_dry_run_says_what_each_task_would_do_and_writes_nothing(outage):
     svc, clock, providers, store, failed, generating = outage
     before = store.snapshot()
-    p = bulk.plan(svc, "refund", bulk.BulkFilter.parse(["provider=lumen", "status=FAILED"]))
+    p = bulk.plan(svc, "refund", incidents.BulkFilter.parse(["provider=lumen", "status=FAILED"]))
     assert p.matched == 6 and p.would_act == 4 and p.would_refuse == 2
     assert p.credits == 4 * svc.task(failed[0]).reserved_credits
     assert p.refusals() == {"policy_keeps": 2}
@@ -60,7 +61,7 @@ def test_dry_run_says_what_each_task_would_do_and_writes_nothing(outage):
 
 def test_execute_acts_through_support_actions_and_a_second_run_changes_nothing(outage):
     svc, clock, providers, store, failed, generating = outage
-    flt = bulk.BulkFilter.parse(["provider=lumen", "status=FAILED"])
+    flt = incidents.BulkFilter.parse(["provider=lumen", "status=FAILED"])
     seen = []
     first = bulk.execute(svc, "refund", flt, operator="sam", reason="lumen outage", name="lumen 14:00",
                          progress=lambda done, total: seen.append((done, total)))
@@ -80,7 +81,7 @@ def test_execute_acts_through_support_actions_and_a_second_run_changes_nothing(o
     later = store.snapshot()
     assert (len(later.events), len(later.ledger), later.accounts) == (len(snap.events), len(snap.ledger),
                                                                      snap.accounts)
-    [row] = bulk.incidents(store.engine)
+    [row] = incidents.incidents(store.engine)
     assert (row["name"], row["runs"], row["acted"], row["refused"], row["credits_moved"]) == \
         ("lumen 14:00", 2, 4, 2, first.credits_moved)
     assert row["scope"] == "provider=lumen, status=FAILED"
@@ -90,17 +91,17 @@ def test_execute_acts_through_support_actions_and_a_second_run_changes_nothing(o
 
 def test_a_name_in_use_with_another_filter_is_refused(outage):
     svc, *_ = outage
-    bulk.execute(svc, "refund", bulk.BulkFilter(provider="lumen"), operator="sam", reason="r", name="inc")
-    with pytest.raises(bulk.BulkError, match="exists"):
-        bulk.execute(svc, "refund", bulk.BulkFilter(provider="other"), operator="sam", reason="r", name="inc")
+    bulk.execute(svc, "refund", incidents.BulkFilter(provider="lumen"), operator="sam", reason="r", name="inc")
+    with pytest.raises(incidents.BulkError, match="exists"):
+        bulk.execute(svc, "refund", incidents.BulkFilter(provider="other"), operator="sam", reason="r", name="inc")
     with pytest.raises(ActionRefused) as unexplained:
-        bulk.execute(svc, "refund", bulk.BulkFilter(provider="lumen"), operator="sam", reason=" ")
+        bulk.execute(svc, "refund", incidents.BulkFilter(provider="lumen"), operator="sam", reason=" ")
     assert unexplained.value.reason == SupportRefusal.NO_REASON
 
 
 def test_mark_failed_acts_on_stuck_tasks_only_and_recheck_asks_upstream(outage):
     svc, clock, providers, store, failed, generating = outage
-    flt = bulk.BulkFilter(status=("GENERATING",))
+    flt = incidents.BulkFilter(status=("GENERATING",))
     p = bulk.plan(svc, "mark-failed", flt)
     assert p.would_act == 0 and p.would_refuse == 2 and p.refusals() == {"not_stuck_yet": 2}
     upstream = svc.task(generating[0]).upstream_task_id
@@ -110,7 +111,7 @@ def test_mark_failed_acts_on_stuck_tasks_only_and_recheck_asks_upstream(outage):
     assert svc.task(generating[0]).status == TaskStatus.SUCCESS
     assert svc.task(generating[1]).status == TaskStatus.GENERATING
     clock.advance(svc.policy.stuck_for("image"))
-    aged = bulk.BulkFilter.parse(["status=GENERATING", "min_age_s=1m"])
+    aged = incidents.BulkFilter.parse(["status=GENERATING", "min_age_s=1m"])
     p = bulk.plan(svc, "mark-failed", aged)
     assert p.matched == 1 and p.would_act == 1 and p.credits == svc.task(generating[1]).reserved_credits
     run = bulk.execute(svc, "mark-failed", aged, operator="sam", reason="stuck in outage")
@@ -123,16 +124,16 @@ def test_mark_failed_acts_on_stuck_tasks_only_and_recheck_asks_upstream(outage):
     ("min_age_s=soon", "duration"), ("since=yesterday", "ISO time"), ("failure_class=cosmic", "failure_class"),
 ])
 def test_bad_filters_are_refused_by_name(clause, message):
-    with pytest.raises(bulk.BulkError, match=message):
-        bulk.BulkFilter.parse([clause])
+    with pytest.raises(incidents.BulkError, match=message):
+        incidents.BulkFilter.parse([clause])
 
 
 def test_filter_round_trips_through_its_parameters():
-    flt = bulk.BulkFilter.parse(["status=generating,waiting", "min_age_s=15m", "since=2026-12-01T10:00",
+    flt = incidents.BulkFilter.parse(["status=generating,waiting", "min_age_s=15m", "since=2026-12-01T10:00",
                                  "provider=kinetica", "user=7"])
     assert flt.status == ("GENERATING", "WAITING") and flt.min_age_s == 900
-    assert bulk.BulkFilter.parse(f"{k}={v}" for k, v in flt.to_params().items()) == flt
-    assert bulk.BulkFilter.from_dict(flt.to_dict()) == flt
+    assert incidents.BulkFilter.parse(f"{k}={v}" for k, v in flt.to_params().items()) == flt
+    assert incidents.BulkFilter.from_dict(flt.to_dict()) == flt
 
 
 def test_init_db_adds_the_incident_table_to_an_older_database(sqlite_url):
@@ -141,9 +142,9 @@ def test_init_db_adds_the_incident_table_to_an_older_database(sqlite_url):
     svc.create_account("old@example.com", "Old", grant=10)
     with store.engine.begin() as conn:
         conn.execute(text("DROP TABLE incident"))
-    assert bulk.incidents(store.engine) == []
-    with pytest.raises(bulk.BulkError, match="init-db"):
-        bulk.execute(svc, "refund", bulk.BulkFilter(), operator="sam", reason="r")
+    assert incidents.incidents(store.engine) == []
+    with pytest.raises(incidents.BulkError, match="init-db"):
+        bulk.execute(svc, "refund", incidents.BulkFilter(), operator="sam", reason="r")
     store.engine.dispose()
     assert _cli("init-db", "--db", sqlite_url).returncode == 0
     engine = create_engine(sqlite_url)
@@ -200,7 +201,7 @@ def test_a_bulk_result_says_the_money_per_task_and_in_sum(db_url):
         for i in range(3):
             svc.submit(user.id, {**IMAGE, "prompt": f"hang {i}"})
         clock.advance(svc.policy.stuck_for("image"))
-        kept = bulk.execute(svc, "mark-failed", bulk.BulkFilter(status=("GENERATING",)), operator="sam",
+        kept = bulk.execute(svc, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator="sam",
                             reason="hang", name="keep run")
         assert {o["detail"] for o in kept.outcomes} == {
             "task is FAILED; no refund: policy 'keep' keeps credits for infrastructure failures"}
@@ -209,7 +210,7 @@ def test_a_bulk_result_says_the_money_per_task_and_in_sum(db_url):
         more = [svc.submit(user.id, {**IMAGE, "prompt": f"again {i}"}) for i in range(2)]
         clock.advance(svc.policy.stuck_for("image"))
         svc.policy = BillingPolicy()
-        back = bulk.execute(svc, "mark-failed", bulk.BulkFilter(status=("GENERATING",)), operator="sam",
+        back = bulk.execute(svc, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator="sam",
                             reason="hang", name="refund run")
         each = more[0].reserved_credits
         assert {o["detail"] for o in back.outcomes} == {f"task is FAILED; refunded {each} credits"}

@@ -13,6 +13,7 @@ from rivya_core.audit import audit
 from rivya_core.domain import TaskStatus
 from rivya_core.stores.memory import MemoryStore
 from rivya_core.stores.sql import open_store
+from tests import reads
 from tests.fakes import IMAGE, callback, make_service
 
 
@@ -55,8 +56,8 @@ def test_a_result_that_arrives_before_the_upstream_id_is_parked_then_applied(svc
     assert task.status == TaskStatus.SUCCESS                     # applied when the id was stored
     assert task.result_urls == ["https://cdn.example/out.png"]
     with svc.store.begin() as tx:
-        [cb] = tx.task_callbacks(task.id)
         kinds = [e.kind for e in tx.task_events(task.id)]
+    [cb] = reads.task_callbacks(svc.store, task.id)
     assert cb.outcome == "applied" and cb.id == seen[0].callback_id
     assert kinds[kinds.index("submitted"):][:3] == ["submitted", "callback", "succeeded"]
     # the provider retries the same delivery: a duplicate, nothing changes
@@ -70,8 +71,7 @@ def test_parked_failure_and_progress_keep_arrival_order(svc_env):
     _early_caller(svc, clock, providers["lumen"], [("running", "p1"), ("failed", "f1")])
     task = svc.submit(user.id, IMAGE)
     assert task.status == TaskStatus.FAILED and task.failure_class == "provider"
-    with svc.store.begin() as tx:
-        assert [c.outcome for c in tx.task_callbacks(task.id)] == ["progress", "applied"]
+    assert [c.outcome for c in reads.task_callbacks(svc.store, task.id)] == ["progress", "applied"]
     assert svc.balance(user.id) == 100                           # refunded once
 
 
@@ -170,8 +170,7 @@ def test_a_callback_that_waits_on_the_write_of_its_upstream_id_is_applied_not_pa
         assert blocked == [True]
         assert [r.outcome for r in seen] == ["applied"] and seen[0].task_id == task.id
         assert svc.task(task.id).status == TaskStatus.SUCCESS
-        with store.begin() as tx:
-            assert [c.outcome for c in tx.task_callbacks(task.id)] == ["applied"]
+        assert [c.outcome for c in reads.task_callbacks(store, task.id)] == ["applied"]
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM parked_callback")).scalar() == 0  # never parked
     finally:
@@ -203,7 +202,7 @@ def test_concurrent_deliveries_of_one_webhook_take_effect_once(pg_url, state):
         assert sorted(results) == sorted([first] + ["duplicate"] * 7)
         with store.begin() as tx:
             kinds = [e.kind for e in tx.task_events(task.id)]
-            notes = tx.task_notifications(task.id)
+        notes = reads.task_notifications(store, task.id)
         assert kinds.count("callback") == 8
         assert kinds.count("deferred" if state == "deferred" else "succeeded") == 1
         assert len(notes) == (0 if state == "deferred" else 1)

@@ -12,8 +12,9 @@ from rivya_core.audit import audit
 from rivya_core.domain import ActionRefused, TaskStatus
 from rivya_core.policy import BillingPolicy
 from rivya_core.read.diagnose import diagnose
-from rivya_core.rules import MarkFailedRefusal, NextAction, RefundRefusal, Verdict
+from rivya_core.rules import MarkFailedRefusal, RefundRefusal
 from rivya_core.stores.sql import open_store
+from rivya_core.verdicts import NextAction, Verdict
 from tests.fakes import IMAGE, callback, make_service
 
 

@@ -15,9 +15,9 @@ from sqlalchemy import MetaData, Table, inspect, select
 from rivya_core.audit import audit
 from rivya_core.domain import TaskStatus
 from rivya_core.read.diagnose import diagnose
-from rivya_core.rules import Verdict
 from rivya_core.stores import db, schema
 from rivya_core.support import rerun
+from rivya_core.verdicts import Verdict
 from tests.fakes import IMAGE, callback
 
 

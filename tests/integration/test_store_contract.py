@@ -33,6 +33,7 @@ from rivya_core.stores.memory import MemoryStore
 from rivya_core.stores.rows import snapshot_to_engine
 from rivya_core.stores.sql import SqlStore, open_store
 from simulations.buffer import StreamingStore
+from tests import reads
 
 T0 = datetime(2025, 3, 1, 9, 0, 0)
 G, W, S, F = TaskStatus.GENERATING, TaskStatus.WAITING, TaskStatus.SUCCESS, TaskStatus.FAILED
@@ -142,9 +143,9 @@ def test_ledger_post_running_balance_and_refusal(store, uid):
     with store.begin() as tx:
         assert tx.balance(uid) == 55 and tx.entry("consume-2") is None
         assert [e.amount for e in tx.task_entries(7)] == [-30, 30]
-        assert [e.idempotency_key for e in tx.message_entries(3)] == ["reserve-1"]
         assert tx.entry("grant-1").note == "welcome"
         assert tx.get_account(uid).balance == 55
+    assert [e.idempotency_key for e in reads.message_entries(store, 3)] == ["reserve-1"]
     with pytest.raises(NotFound), store.begin() as tx:
         tx.post(999, "grant", 5, "nobody", T0)
 
@@ -224,10 +225,10 @@ def test_events_notifications_callbacks(store, uid):
         events = tx.task_events(tid)
         assert [(e.kind, e.detail) for e in events] == [("created", {"by": "test", "n": [1]}),
                                                         ("charged", {"amount": 10})]
-        assert [n.kind for n in tx.task_notifications(tid)] == ["generation_failed"]
-        assert [c.outcome for c in tx.task_callbacks(tid)] == ["applied", "rejected_signature"]
         assert tx.webhook_seen("prov", "wh-1") and tx.webhook_seen("prov", "wh-3")
         assert not tx.webhook_seen("prov", "wh-2") and not tx.webhook_seen("other", "wh-1")
+    assert [n.kind for n in reads.task_notifications(store, tid)] == ["generation_failed"]
+    assert [c.outcome for c in reads.task_callbacks(store, tid)] == ["applied", "rejected_signature"]
     assert len(store.snapshot().notifications) == 3
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from rivya_core.policy import BillingPolicy
+from rivya_core.read import incidents
 from rivya_core.stores.sql import open_store
 from rivya_core.support import bulk
 from tests.fakes import IMAGE, callback, make_service
@@ -97,7 +98,7 @@ def test_a_bulk_incident_s_name_reason_and_operator_stay_internal(env):
     svc, clock, providers, store, user = env
     tasks = [svc.submit(user.id, {**IMAGE, "prompt": f"p{i}"}) for i in range(3)]
     clock.advance(svc.policy.stuck_for("image"))
-    result = bulk.execute(svc, "mark-failed", bulk.BulkFilter(status=("GENERATING",)), operator=OPERATOR,
+    result = bulk.execute(svc, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator=OPERATOR,
                           reason=REASON, name=INCIDENT)
     assert result.acted == 3
     assert_internal_stays_internal(store, user.id)

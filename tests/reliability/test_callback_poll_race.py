@@ -11,6 +11,7 @@ from rivya_core.clock import ManualClock
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.stores.db import init_db, make_engine
 from rivya_core.stores.sql import SqlStore
+from tests import reads
 from tests.fakes import IMAGE, SECRET, FakeProvider, callback
 
 ROUNDS = 12
@@ -61,9 +62,9 @@ def test_callback_and_poll_racing_one_task_apply_once(db_url):
         assert results["poll"].checked == 1
         assert svc.task(task.id).status == "SUCCESS"
         with store.begin() as tx:
-            notes = tx.task_notifications(task.id)
             events = tx.task_events(task.id)
-            cbs = tx.task_callbacks(task.id)
+        notes = reads.task_notifications(store, task.id)
+        cbs = reads.task_callbacks(store, task.id)
         assert [n.kind for n in notes] == ["generation_success"]
         assert [e.kind for e in events].count("succeeded") == 1
         [cb] = cbs

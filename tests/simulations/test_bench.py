@@ -83,7 +83,7 @@ def test_dashboard_timing_covers_every_page_and_each_call_runs(tmp_path):
 
 
 def test_bulk_bench_reports_a_refused_filter_and_runs_the_rest(tmp_path, monkeypatch):
-    """`bench --bulk` on a history larger than bulk.MAX_TASKS: the over-broad dry run is reported as
+    """`bench --bulk` on a history larger than incidents.MAX_TASKS: the over-broad dry run is reported as
     refused (it used to end the benchmark), the others and the executions are timed; the second
     execution of the same incident changes nothing."""
     from rivya_core.support import bulk as bulk_actions

@@ -6,11 +6,11 @@ from datetime import datetime
 
 from rivya_core.audit import audit
 from rivya_core.policy import DEFAULT_POLICY
-from rivya_core.read import alerts
+from rivya_core.read import alerts, incidents
 from rivya_core.read.diagnose import diagnose
-from rivya_core.rules import NextAction
 from rivya_core.stores import db
 from rivya_core.support import bulk
+from rivya_core.verdicts import NextAction
 from rivya_core.wiring import service_for_url
 from simulations import recorded  # noqa: F401  (registers the recorded providers)
 from simulations.demo import ensure_demo_data
@@ -120,7 +120,7 @@ def test_on_the_demo_acts_and_ages_are_never_before_the_last_poll(tmp_path):
         events = queries.task_detail(engine, task_id)["events"]
         assert [e["at"] for e in events] == sorted(e["at"] for e in events)
         assert all(e["at"] >= t for e in events if e["kind"] in ("support_action", "failed", "refunded", "notified"))
-        bulk.execute(svc, "mark-failed", bulk.BulkFilter(provider="kinetica", status=("GENERATING",),
+        bulk.execute(svc, "mark-failed", incidents.BulkFilter(provider="kinetica", status=("GENERATING",),
                                                          min_age_s=1800), operator="sam", reason="kinetica hang",
                      name="kinetica hang")
         with engine.connect() as conn:

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from rivya_core.audit import AUDIT_KINDS, ROW_CAP, audit, conservation
+from rivya_core.audit import ROW_CAP, audit, conservation
+from rivya_core.audit_checks import AUDIT_KINDS
 from rivya_core.domain import ValidationError
 from rivya_core.policy import DEFAULT_POLICY
 from rivya_core.stores import schema as s
@@ -357,7 +358,7 @@ def test_an_audit_that_cannot_be_stored_says_so_with_a_typed_error(db, clean, db
 def _check_plan(tmp_path, kind: str) -> str:
     from sqlalchemy.dialects import sqlite
 
-    from rivya_core.audit import CHECKS, _Ctx
+    from rivya_core.audit_checks import CHECKS, _Ctx
 
     engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
     try:

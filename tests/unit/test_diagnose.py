@@ -8,14 +8,16 @@ from datetime import timedelta
 
 import pytest
 
-from rivya_core import rules
+from rivya_core import verdicts
 from rivya_core.domain import NotFound
 from rivya_core.policy import DEFAULT_POLICY
-from rivya_core.read.diagnose import diagnose, diagnose_chat_message, recheck_signals
+from rivya_core.read.chat_checklist import diagnose_chat_message
+from rivya_core.read.diagnose import diagnose
+from rivya_core.read.signals import recheck_signals
 
 from .dbrows import T0, Rows, make_engine
 
-V, A = rules.Verdict, rules.NextAction
+V, A = verdicts.Verdict, verdicts.NextAction
 
 S = timedelta(seconds=1)
 
@@ -130,7 +132,7 @@ def test_running_task_by_age(db, minutes, verdict, action):
     submitted(db, tid)
     d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=minutes))
     assert (d.verdict_code, d.action_code) == (verdict, action)
-    assert d.verdict == rules.VERDICT_TEXT[verdict] and d.next_action.startswith(rules.ACTION_TEXT[action])
+    assert d.verdict == verdicts.VERDICT_TEXT[verdict] and d.next_action.startswith(verdicts.ACTION_TEXT[action])
     if action == A.MARK_FAILED:  # with what it does to the credits
         assert d.next_action.endswith("marking it failed refunds its 10 credits")
     assert d.item("history").answer.startswith("Not yet: GENERATING")

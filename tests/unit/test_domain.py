@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import itertools
 
-from rivya_core.domain import ACTIVE, ALLOWED_MOVES, TERMINAL, TaskStatus, sources_of
+import pytest
+
+from rivya_core.domain import (
+    ACTIVE,
+    ALLOWED_MOVES,
+    TERMINAL,
+    InsufficientCredits,
+    TaskStatus,
+    balance_after,
+    sources_of,
+)
 
 S = TaskStatus
 
@@ -25,3 +35,11 @@ def test_sources_are_what_the_lifecycle_compare_and_sets_on():
     assert sources_of(S.SUCCESS) == {S.GENERATING}
     assert sources_of(S.FAILED) == ACTIVE
     assert sources_of(S.WAITING) == frozenset()
+
+
+def test_a_ledger_row_may_empty_an_account_but_never_overdraw_it():
+    assert balance_after(55, -55) == 0
+    assert balance_after(0, 30) == 30
+    with pytest.raises(InsufficientCredits) as err:
+        balance_after(55, -56)
+    assert "short by 1" in err.value.message and err.value.code == "insufficient_credits"

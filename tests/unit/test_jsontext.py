@@ -1,4 +1,4 @@
-"""rivya_core.jsontext writes the same text as the json.dumps call each function names."""
+"""rivya_core.stores.jsontext writes the same text as the json.dumps call each function names."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from rivya_core import jsontext
+from rivya_core.stores import jsontext
 
 VALUES = [
     {"b": 1, "a": [1, 2.5, None, True, False, "\u00e9\u2603\n\"x\\"], "c": {"z": {}, "y": []}},

@@ -16,9 +16,10 @@ from rivya_core.audit import audit
 from rivya_core.domain import ActionRefused
 from rivya_core.policy import DEFAULT_POLICY
 from rivya_core.read import queries, reports
-from rivya_core.read.diagnose import diagnose, recheck_signals
-from rivya_core.rules import Verdict
+from rivya_core.read.diagnose import diagnose
+from rivya_core.read.signals import recheck_signals
 from rivya_core.stores.db import make_engine
+from rivya_core.verdicts import Verdict
 from rivya_core.wiring import service_for_url
 from tests.dashboard.seed import seed
 
@@ -116,6 +117,7 @@ def _events(engine, task_id):
 
 
 def test_after_a_poll_at_t_acts_ages_and_incidents_are_at_t_or_later(seeded, monkeypatch):
+    from rivya_core.read import incidents
     from rivya_core.stores.schema import incident
     from rivya_core.support import bulk
 
@@ -129,7 +131,7 @@ def test_after_a_poll_at_t_acts_ages_and_incidents_are_at_t_or_later(seeded, mon
         after = [e for e in _events(engine, 3) if e["at"] is not None]
         assert [e["at"] for e in after] == sorted(e["at"] for e in after)  # the timeline never goes back
         assert {e["kind"]: e["at"] for e in after}["support_action"] >= POLL_AT
-        result = bulk.execute(svc, "mark-failed", bulk.BulkFilter(status=("WAITING",)), operator="Dana",
+        result = bulk.execute(svc, "mark-failed", incidents.BulkFilter(status=("WAITING",)), operator="Dana",
                               reason="crash leftovers", name="waiting 14:08")
         assert result.acted == 1
         with engine.connect() as conn:

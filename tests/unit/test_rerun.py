@@ -8,6 +8,7 @@ import pytest
 from rivya_core.domain import ActionRefused, EntryType, TaskStatus
 from rivya_core.rules import RerunRefusal, SupportRefusal
 from rivya_core.support import rerun
+from tests import reads
 from tests.fakes import IMAGE, callback, make_service
 
 OPERATOR, REASON = "Dana Support", "user asked again after the outage"
@@ -78,7 +79,7 @@ def test_the_user_never_sees_who_reran_it_or_why(env):
     new = rerun.support_rerun(svc, original.id, OPERATOR, REASON)
     svc.handle_callback("lumen", *callback(clock, new.upstream_task_id, state="failed", msg_id="n",
                                            error_code="model_error", failure_class="provider"))
-    notes = svc._tx(lambda tx: tx.task_notifications(new.id))
+    notes = reads.task_notifications(svc.store, new.id)
     assert notes and all(OPERATOR not in n.body + n.title and REASON not in n.body + n.title for n in notes)
     task = svc.task(new.id)
     assert OPERATOR not in (task.error_message or "") and REASON not in (task.error_message or "")

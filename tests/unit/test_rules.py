@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, create_engine, insert, select
 
-from rivya_core import rules, rules_sql
+from rivya_core import rules, rules_sql, verdicts
 from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, FailureClass, NotificationKind, TaskStatus
 from rivya_core.policy import BillingPolicy
 
@@ -169,14 +169,14 @@ def test_reprocess_refusals():
 
 
 def test_every_verdict_has_one_severity_and_stuck_is_never_a_success():
-    S, V = rules.Severity, rules.Verdict
-    assert {v: rules.verdict_severity(v) for v in V}.keys() == set(V)  # total: a new verdict needs its colour
-    assert rules.verdict_severity(V.STUCK) == S.WARN
-    assert rules.verdict_severity(V.STUCK_PAST_TIMEOUT) == S.FAIL
-    assert rules.verdict_severity(V.REFUND_DUE) == S.FAIL
-    assert rules.verdict_severity(V.DELIVERED) == S.OK
-    assert rules.verdict_severity(V.GENERATING) == S.INFO
-    assert {rules.verdict_severity(v) for v in V if "stuck" in v or "overdue" in v or "mismatch" in v
+    S, V = verdicts.Severity, verdicts.Verdict
+    assert {v: verdicts.verdict_severity(v) for v in V}.keys() == set(V)  # total: a new verdict needs its colour
+    assert verdicts.verdict_severity(V.STUCK) == S.WARN
+    assert verdicts.verdict_severity(V.STUCK_PAST_TIMEOUT) == S.FAIL
+    assert verdicts.verdict_severity(V.REFUND_DUE) == S.FAIL
+    assert verdicts.verdict_severity(V.DELIVERED) == S.OK
+    assert verdicts.verdict_severity(V.GENERATING) == S.INFO
+    assert {verdicts.verdict_severity(v) for v in V if "stuck" in v or "overdue" in v or "mismatch" in v
             or "inconsistent" in v or "but" in v or "without" in v}.isdisjoint({S.OK, S.INFO})
 
 
