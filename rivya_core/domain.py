@@ -112,6 +112,7 @@ TIMEOUT = "timeout"
 NO_RESULT_URLS = "no_result_urls"
 MARKED_FAILED = "marked_failed_by_operator"
 INTERRUPTED = "interrupted"
+OUTPUT_COPY_FAILED = "output_copy_failed"   # the outputs could not be copied into our result store
 
 
 # --- rows -----------------------------------------------------------------
@@ -406,3 +407,4 @@ class EventKind(StrEnum):
     RERUN = "rerun"                  # support re-ran this task; detail: rerun_task_id, courtesy
     RERUN_OF = "rerun_of"            # this task is a re-run; detail: original_task_id, courtesy
     UPSTREAM_CANCEL = "upstream_cancel"  # we asked the provider to stop a job we gave up on; detail: answer, detail
+    OUTPUT_COPY = "output_copy"      # outputs copied into our result store; detail: provider_urls, copied | error

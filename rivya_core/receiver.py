@@ -45,7 +45,8 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .domain import CallbackOutcome
 from .lifecycle import MAX_CALLBACK_BODY, LifecycleService
@@ -195,14 +196,32 @@ def create_app(service: LifecycleService, *, max_body: int = MAX_CALLBACK_BODY,
         loop = PollLoop(service, poll_every, after_sweep) if poll_every else None
         if loop:
             loop.start()
+        # fetched webhook keys (fal's JWKS, Replicate's signing secret) read at start, in the
+        # background: a provider that does not answer delays no start, its first delivery tries again
+        threading.Thread(target=warm_webhook_keys, args=(service,), name="webhook-keys", daemon=True).start()
         try:
             yield
         finally:
             if loop:
                 loop.stop()
 
-    return Starlette(routes=[Route("/webhooks/{provider}", webhook, methods=["POST"]),
-                             Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)
+    routes: list[Any] = [Route("/webhooks/{provider}", webhook, methods=["POST"]),
+                         Route("/healthz", healthz, methods=["GET"])]
+    folder = getattr(getattr(service.results, "store", None), "root", None)
+    if folder is not None:  # the result store's files, read-only, for RIVYA_RESULTS_BASE_URL = <public>/results
+        routes.append(Mount("/results", StaticFiles(directory=folder, check_dir=False)))
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def warm_webhook_keys(service: LifecycleService) -> int:
+    """Fetch now the webhook keys each provider client reads from its provider; how many it held."""
+    held = 0
+    for client in service.providers.values():
+        fmt = getattr(client, "callbacks", None)
+        fetched = getattr(fmt, "jwks", None) or getattr(fmt, "fetched", None)
+        if fetched is not None:
+            held += bool(fetched.current())
+    return held
 
 
 def serve(make_service: Callable[[], LifecycleService], host: str = "127.0.0.1", port: int = 8080, *,

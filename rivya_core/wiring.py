@@ -109,6 +109,7 @@ def service_for_url(url: str, *, providers: Mapping[str, Provider] | None = None
     database's latest recorded time). Otherwise: the configured live clients
     (rivya_core.providers.config), on wall time. pool_size: see db.make_engine."""
     store = open_store(url, create=create, pool_size=pool_size)
+    results = None
     if providers is None:
         found = recorded_for(store.engine)
         if found is not None:
@@ -118,11 +119,13 @@ def service_for_url(url: str, *, providers: Mapping[str, Provider] | None = None
             providers, clock = found.providers, clock or found.clock
         else:
             from .providers.config import build_clients, load_providers
+            from .results import copier_from_env
 
             providers = build_clients(load_providers())
+            results = copier_from_env() if providers else None  # live: outputs copied before SUCCESS
     return LifecycleService(store, clock or WallClock(), providers or {},
                             default_catalog(), policy or policy_from(), secrets=secrets_from_env(),
-                            judge_clock=judging_clock(store.engine))
+                            judge_clock=judging_clock(store.engine), results=results)
 
 
 def judging_clock(engine: Engine) -> Clock:

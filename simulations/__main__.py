@@ -125,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--config-out", metavar="FILE",
                     help="write the RIVYA_PROVIDERS file a deployment needs to use this fake (its test keys)")
     sp.add_argument("--force", action="store_true", help="overwrite --config-out if it exists")
+    sp.add_argument("--rate-limit", type=number("realtime"), metavar="N",
+                    help="answer 429 with Retry-After past N submissions a second per provider (default: no limit)")
 
     lv = sub.add_parser("live", help="a run over real HTTP: receiver + fake provider + the real clients",
                         description="Start the webhook receiver and the fake provider on 127.0.0.1, submit N "
@@ -263,9 +265,9 @@ def cmd_serve_provider(a: argparse.Namespace) -> int:
     from .httpfarm import FakeProvider, providers_toml
     from .scenarios import load_scenario
 
-    if not 0 < a.port < 65536 or not a.speed > 0:
-        raise RivyaError("--port must be 1-65535 and --speed positive", code="bad_argument")
-    fake = FakeProvider(a.flavor, load_scenario(a.scenario), a.seed, speed=a.speed)
+    if not 0 < a.port < 65536 or not a.speed > 0 or (a.rate_limit is not None and not a.rate_limit > 0):
+        raise RivyaError("--port must be 1-65535, --speed and --rate-limit positive", code="bad_argument")
+    fake = FakeProvider(a.flavor, load_scenario(a.scenario), a.seed, speed=a.speed, rate_limit_per_s=a.rate_limit)
     base = f"http://{a.host}:{a.port}"
     if a.config_out:
         out = Path(a.config_out)

@@ -20,8 +20,9 @@ Faults, as the scenario says: submissions refused (422), failing (500) or stalli
 past the client's timeout; outcomes (content policy, model error, upstream timeout,
 lost job, success without URLs); callbacks early, lost, duplicated, reordered (a
 "processing" report overtaken by the final one), forged (a key the deployment does
-not hold), stale, malformed. Replicate also sends its `start` webhook at once, which
-races the caller's write of the upstream id, as the real API does. fal's traps: a
+not hold), stale, malformed. Replicate sends its `start` webhook at once when the
+filter asks for it (ours does), which races the caller's write of the upstream id,
+as the real API does. fal's traps: a
 failed job reports COMPLETED and its result answers 422; a success whose payload is
 null (webhook `payload: null` with `payload_error`, result `null`).
 
@@ -38,7 +39,9 @@ byte-for-byte reproducible; the draws are.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
 import re
 import time
 import uuid
@@ -63,6 +66,47 @@ FLAVORS = ("replicate", "fal")
 TOKEN = "fake-provider-token"        # what the fake expects as the API token/key (not a secret)
 FAL_USER = "rivya-qa"
 DELIVERY_ATTEMPTS = 4                # a delivery answered 5xx or not at all is retried (then dropped)
+REPLICATE_EVENTS = ("start", "output", "logs", "completed")  # the events a webhook_events_filter may name
+# without a filter Replicate sends "whenever there are new outputs or the prediction has finished"
+DEFAULT_EVENTS = ("output", "completed")
+FAL_JWKS_PATH = "/.well-known/jwks.json"
+REPLICATE_SECRET_PATH = "/v1/webhooks/default/secret"
+# the farm's failure codes as fal's model error types
+FAL_ERROR_TYPES = {"content_policy_violation": "content_policy_violation", "model_error": "internal_server_error"}
+
+
+OUTPUT_EXT = {"image": "png", "video": "mp4", "audio": "mp3"}
+OUTPUT_TYPES = {"png": "image/png", "mp4": "video/mp4", "mp3": "audio/mpeg", "bin": "application/octet-stream"}
+
+
+def output_bytes(job_id: str) -> bytes:
+    """A job's output as the fake serves it: a few KiB derived from its id (not a real image)."""
+    return b"".join(hashlib.sha256(f"{job_id}:{i}".encode()).digest() for i in range(64))
+
+
+def version_id(model: str) -> str:
+    """The fake's 64-hex version id of a catalogue model (stable, derived from its name)."""
+    return hashlib.sha256(f"rivya-fake-version:{model}".encode()).hexdigest()
+
+
+class RateLimit:
+    """At most `per_s` create requests a wall second per provider (a token bucket): over it,
+    429 with Retry-After, as the real APIs throttle. Decided before any draw, so the draws
+    of the jobs that are created do not move."""
+
+    def __init__(self, per_s: float):
+        self.per_s = float(per_s)
+        self._tokens: dict[str, tuple[float, float]] = {}
+
+    def take(self, provider: str, now: float) -> float:
+        """0 when a request may go now; else the seconds until it may."""
+        tokens, at = self._tokens.get(provider, (self.per_s, now))
+        tokens = min(self.per_s, tokens + (now - at) * self.per_s)
+        if tokens >= 1.0:
+            self._tokens[provider] = (tokens - 1.0, now)
+            return 0.0
+        self._tokens[provider] = (tokens, now)
+        return (1.0 - tokens) / self.per_s
 
 
 @dataclass
@@ -74,6 +118,8 @@ class FakeJob:
     category: str
     webhook: str | None
     created: float
+    events: tuple[str, ...] = DEFAULT_EVENTS  # replicate: the webhook_events_filter asked for
+    origin: str = ""                 # the fake's own base URL, as the submission reached it (outputs served there)
     state: str = "queued"            # queued | running | succeeded | failed | lost | canceled
     urls: tuple[str, ...] = ()
     error: tuple[str, str, str] | None = None
@@ -129,7 +175,7 @@ def providers_toml(flavor: str, base_url: str, webhook_base: str, keys: Keys, pr
         else:
             out.append(f'key = "{TOKEN}"')
             out.append(f'app = "rivya/{name}"')
-            out.append(f'public_keys = ["{keys.public_key(name)}"]')
+            out.append(f'jwks_url = "{base_url.rstrip("/")}{FAL_JWKS_PATH}"')  # the fake publishes its keys
         out.append("")
     return "\n".join(out)
 
@@ -147,7 +193,7 @@ class FakeProvider:
     """The HTTP farm: `app` is the ASGI app; `quiet()` says when nothing more will be sent."""
 
     def __init__(self, flavor: str, scenario: Scenario, seed: int | None = None, *, speed: float = 1.0,
-                 stall_s: float = 35.0, catalog: Catalog | None = None):
+                 stall_s: float = 35.0, catalog: Catalog | None = None, rate_limit_per_s: float | None = None):
         if flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {FLAVORS}")
         self.flavor = flavor
@@ -163,6 +209,7 @@ class FakeProvider:
         self.by_ref: dict[tuple[str, str], str] = {}
         self.slots: dict[str, asyncio.Semaphore] = {}
         self.stats = FakeStats()
+        self.rate_limit = RateLimit(rate_limit_per_s) if rate_limit_per_s else None
         self.started = time.monotonic()
         self._msg = 0
         self._tasks: set[asyncio.Task] = set()
@@ -191,11 +238,17 @@ class FakeProvider:
     # --- creating jobs --------------------------------------------------------------------
 
     def _create(self, provider: str, model: str, webhook: str | None,
+                events: tuple[str, ...] = DEFAULT_EVENTS, origin: str = "",
                 cancel_after_s: float | None = None) -> tuple[int, dict[str, Any] | FakeJob]:
         """(HTTP status, error body) for a refused submission, or (200, job)."""
         spec = self.catalog.get(model)
         if spec is None or spec.provider != provider:
             return 404, {"detail": f"no model {model!r}"}
+        if self.rate_limit is not None:
+            wait = self.rate_limit.take(provider, time.monotonic())
+            if wait > 0:
+                self.stats.submit_faults["throttled"] += 1
+                return 429, {"detail": "Request was throttled.", "retry_after": max(1, math.ceil(wait))}
         task_ref = httpx.URL(webhook).params.get("ref", "") if webhook else ""
         task_ref = task_ref or uuid.uuid4().hex
         known = self.by_ref.get((provider, task_ref))
@@ -215,13 +268,13 @@ class FakeProvider:
                 self.stats.submit_faults[kind] += 1
                 return {"refused": 422, "error": 500, "timeout": -1}[kind], {"detail": f"submission {kind}"}
         jid = self._job_id(provider, task_ref)
-        job = FakeJob(jid, provider, task_ref, model, spec.category, webhook, time.time())
+        job = FakeJob(jid, provider, task_ref, model, spec.category, webhook, time.time(), events, origin.rstrip("/"))
         if cancel_after_s is not None:
             job.deadline = self.sim_now() + cancel_after_s * self.speed  # the header is in wall seconds
         self.jobs[jid] = job
         self.by_ref[(provider, task_ref)] = jid
         self._spawn(self._run(job, rng))
-        if self.flavor == "replicate" and webhook:
+        if self.flavor == "replicate" and webhook and "start" in events:
             self._deliver(job, self._body(job, "starting"), 0.0, "start")
         return 200, job
 
@@ -254,8 +307,12 @@ class FakeProvider:
                 return
             job.state, job.started = "running", self.sim_now()
             hooks = job.webhook is not None
-            if hooks and self.flavor == "replicate" and cfg.reorder and cb["reorder"] < cfg.reorder:
-                self._deliver(job, self._body(job, "processing"), gen_s + delays[3] + 5.0, "progress")
+            # a progress report overtaken by the final one: "processing" when output or logs events
+            # were asked for, else the start event; none when the filter asks for neither
+            late = ("processing" if {"output", "logs"} & set(job.events)
+                    else "starting" if "start" in job.events else None)
+            if hooks and self.flavor == "replicate" and late and cfg.reorder and cb["reorder"] < cfg.reorder:
+                self._deliver(job, self._body(job, late), gen_s + delays[3] + 5.0, "progress")
             if hooks and cfg.early and cb["early"] < cfg.early:
                 self._deliver(job, self._early_body(job), gen_s * early_at, "early", only_if_running=True)
             run_for = gen_s if job.deadline is None else min(gen_s, job.deadline - job.started)
@@ -290,8 +347,10 @@ class FakeProvider:
         outage = self._outage(job.provider)
         job.state, job.error, with_urls = drawn_outcome(cfg, outage, u)
         if with_urls:
-            ext = {"image": "png", "video": "mp4", "audio": "mp3"}.get(job.category, "bin")
-            job.urls = (f"https://cdn.{job.provider}.example/{job.id}.{ext}",)
+            ext = OUTPUT_EXT.get(job.category, "bin")
+            # served by the fake itself (GET /outputs/...), so a deployment can copy it into its result store
+            job.urls = (f"{job.origin}/outputs/{job.id}.{ext}" if job.origin
+                        else f"https://cdn.{job.provider}.example/{job.id}.{ext}",)
 
     def _cancel(self, job: FakeJob) -> None:
         """Stop a job now: it bills no more and sends nothing more (its run loop sees the state)."""
@@ -313,15 +372,27 @@ class FakeProvider:
             status = "aborted"  # terminated upstream before a result: not billed upstream
         if output is ...:
             output = list(job.urls) or None if status == "succeeded" else None
+        base = f"/v1/predictions/{job.id}"
         run_s = job.run_s()
-        return {"id": job.id, "model": job.model, "version": "fake", "status": status,
-                "input": {"prompt": "(kept private)"}, "output": output, "error": error, "logs": None,
-                "metrics": {} if run_s is None else {"predict_time": run_s}, "webhook": job.webhook, "webhook_events_filter": ["start", "completed"],
+        return {"id": job.id, "model": f"{job.provider}/{job.model}", "version": version_id(job.model),
+                "status": status, "input": {"prompt": "(kept private)"}, "output": output, "error": error,
+                "logs": None, "metrics": {} if run_s is None else {"predict_time": run_s}, "webhook": job.webhook,
+                "webhook_events_filter": list(job.events), "urls": {"get": base, "cancel": base + "/cancel"},
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created))}
 
+    def fal_error(self, job: FakeJob) -> tuple[int, dict[str, Any]]:
+        """A failed job's error as fal structures it: a model error's typed `detail` list (422),
+        or a request error's `detail` + `error_type` (504 for a timeout)."""
+        code, message = (job.error[0], job.error[1]) if job.error else ("model_error", "the request failed")
+        if code == UPSTREAM_TIMEOUT[0]:
+            return 504, {"detail": "Request timed out", "error_type": "request_timeout"}
+        kind = FAL_ERROR_TYPES.get(code, "internal_server_error")
+        return 422, {"detail": [{"loc": ["body", "prompt"] if kind == "content_policy_violation" else ["body"],
+                                 "msg": message, "type": kind}]}
+
     def fal_result(self, job: FakeJob) -> tuple[int, Any]:
-        if job.state == "failed":  # the trap: COMPLETED, then the result fetch answers 4xx
-            return 422, {"detail": job.error[1] if job.error else "the request failed"}
+        if job.state == "failed":  # the trap: COMPLETED, then the result fetch answers an error
+            return self.fal_error(job)
         if job.state == "succeeded" and not job.urls:
             return 200, None           # the other trap: success with a null payload
         kind = {"image": "images", "video": "video", "audio": "audio"}.get(job.category, "images")
@@ -341,8 +412,9 @@ class FakeProvider:
         if self.flavor == "replicate":
             return self._body(job, None if job.state != "succeeded" else "succeeded")
         if job.state == "failed":
+            status, payload = self.fal_error(job)
             return _json({"request_id": job.id, "gateway_request_id": job.id, "status": "ERROR",
-                          "error": job.error[1] if job.error else "failed", "payload": {"detail": []}})
+                          "error": f"Invalid status code: {status}", "payload": payload})
         _status, payload = self.fal_result(job)
         doc: dict[str, Any] = {"request_id": job.id, "gateway_request_id": job.id, "status": "OK",
                                "payload": payload}
@@ -395,6 +467,19 @@ class FakeProvider:
         finally:
             job.pending -= 1
 
+    def _model_of_version(self, version: Any) -> str:
+        """The catalogue model a `version` names: a 64-hex version id (version_id), `owner/name`,
+        `owner/name:version`, or a bare catalogue model id; "" when it names none."""
+        if not isinstance(version, str) or not version:
+            return ""
+        name, _sep, vid = version.partition(":")
+        model = name.rsplit("/", 1)[-1]
+        if not _sep and len(name) == 64 and "/" not in name:
+            return next((m for m in self.catalog.ids() if version_id(m) == name), "")
+        if vid and vid != version_id(model):
+            return ""
+        return model
+
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=32))
@@ -406,16 +491,18 @@ class FakeProvider:
         want = f"Bearer {TOKEN}" if self.flavor == "replicate" else f"Key {TOKEN}"
         return request.headers.get("authorization") == want
 
-    async def _submit_answer(self, status: int, got: Any) -> Response:
+    async def _submit_answer(self, status: int, got: Any, origin: str = "") -> Response:
         if status == -1:  # a stall past the caller's timeout: no job was made
             await asyncio.sleep(self.stall_s)
             return JSONResponse({"detail": "timed out"}, status_code=504)
+        if status == 429:
+            return JSONResponse(got, status_code=429, headers={"Retry-After": str(got["retry_after"])})
         if status != 200:
             return JSONResponse(got, status_code=status)
         job = got
         if self.flavor == "replicate":
             return JSONResponse(self.prediction(job), status_code=201)
-        base = f"/rivya/{job.provider}/requests/{job.id}"
+        base = f"{origin.rstrip('/')}/rivya/{job.provider}/requests/{job.id}"
         return JSONResponse({"request_id": job.id, "gateway_request_id": job.id, "status_url": base + "/status",
                              "response_url": base, "cancel_url": base + "/cancel", "queue_position": 0})
 
@@ -435,15 +522,36 @@ class FakeProvider:
             doc = await body_json(request)
             if not isinstance(doc, dict) or not isinstance(doc.get("input"), dict):
                 return JSONResponse({"detail": "input is required"}, status_code=422)
+            events = doc.get("webhook_events_filter", list(DEFAULT_EVENTS))
+            if not isinstance(events, list) or not events or not set(events) <= set(REPLICATE_EVENTS):
+                return JSONResponse({"detail": "webhook_events_filter must list start, output, logs, completed"},
+                                    status_code=422)
             p = request.path_params
-            model = p.get("name") or doc.get("version") or ""
+            model = p.get("name") or self._model_of_version(doc.get("version"))
             spec = self.catalog.get(model)
             deadline = parse_cancel_after(request.headers.get("cancel-after"))
             if deadline == -1.0:
                 return JSONResponse({"detail": "Cancel-After is not a duration such as 30s, 5m or 1h"},
                                     status_code=422)
-            status, got = self._create(spec.provider if spec else "", model, doc.get("webhook"), deadline)
+            status, got = self._create(spec.provider if spec else "", model, doc.get("webhook"),
+                                       tuple(e for e in REPLICATE_EVENTS if e in events), str(request.base_url),
+                                       deadline)
             return await self._submit_answer(status, got)
+
+        async def rep_secret(request: Request) -> Response:
+            if not self._authorized(request):
+                return unauthorized()
+            # one account-wide secret, as Replicate has: the fake signs every provider with its own,
+            # so it answers with the secret of the provider named in `?provider=` (default: the first)
+            name = request.query_params.get("provider") or self.provider_names[0]
+            if name not in self.keys.secrets:
+                return JSONResponse({"detail": "Not found."}, status_code=404)
+            return JSONResponse({"key": self.keys.secrets[name]})
+
+        async def fal_jwks(_request: Request) -> Response:
+            keys = [{"kty": "OKP", "crv": "Ed25519", "kid": name, "use": "sig", "x": self.keys.public_key(name)}
+                    for name in self.provider_names]
+            return JSONResponse({"keys": keys})
 
         async def rep_get(request: Request) -> Response:
             if not self._authorized(request):
@@ -470,8 +578,9 @@ class FakeProvider:
             doc = await body_json(request)
             if not isinstance(doc, dict):
                 return JSONResponse({"detail": [{"msg": "body must be an object"}]}, status_code=422)
-            status, got = self._create(p["app"], p["model"], request.query_params.get("fal_webhook"))
-            return await self._submit_answer(status, got)
+            status, got = self._create(p["app"], p["model"], request.query_params.get("fal_webhook"),
+                                       origin=str(request.base_url))
+            return await self._submit_answer(status, got, str(request.base_url))
 
         def fal_job(request: Request) -> FakeJob | None:
             job = self.jobs.get(request.path_params["id"])
@@ -485,10 +594,12 @@ class FakeProvider:
                 return JSONResponse({"detail": "Request not found"}, status_code=404)
             state = {"queued": "IN_QUEUE", "running": "IN_PROGRESS", "lost": "IN_PROGRESS"}.get(
                 job.state, "COMPLETED")
-            doc: dict[str, Any] = {"status": state, "queue_position": 0 if state == "IN_QUEUE" else None}
-            if state == "COMPLETED" and job.run_s() is not None:
-                doc["metrics"] = {"inference_time": job.run_s()}
-            return JSONResponse(doc, status_code=202 if state != "COMPLETED" else 200)
+            base = f"{str(request.base_url).rstrip('/')}/rivya/{job.provider}/requests/{job.id}"
+            metrics = {"inference_time": job.run_s()} if state == "COMPLETED" and job.run_s() is not None else {}
+            return JSONResponse({"status": state, "request_id": job.id, "response_url": base,
+                                 "status_url": base + "/status", "cancel_url": base + "/cancel",
+                                 "queue_position": 0 if state == "IN_QUEUE" else None, "logs": None,
+                                 "metrics": metrics}, status_code=202 if state != "COMPLETED" else 200)
 
         async def fal_result(request: Request) -> Response:
             if not self._authorized(request):
@@ -501,7 +612,9 @@ class FakeProvider:
             if job.state in ("canceled", "aborted"):
                 return JSONResponse({"detail": "Request was cancelled"}, status_code=400)
             status, payload = self.fal_result(job)
-            return Response(_json(payload), status_code=status, media_type="application/json")
+            headers = {"X-Fal-Error-Type": payload["error_type"]} if isinstance(payload, dict) and \
+                payload.get("error_type") else None
+            return Response(_json(payload), status_code=status, media_type="application/json", headers=headers)
 
         async def fal_cancel(request: Request) -> Response:
             if not self._authorized(request):
@@ -514,21 +627,31 @@ class FakeProvider:
                 return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
             return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
 
+        async def output(request: Request) -> Response:
+            jid, _dot, ext = request.path_params["name"].partition(".")
+            job = self.jobs.get(jid)
+            if job is None or job.state != "succeeded" or not job.urls or OUTPUT_TYPES.get(ext) is None:
+                return JSONResponse({"detail": "Not found."}, status_code=404)
+            return Response(output_bytes(job.id), media_type=OUTPUT_TYPES[ext])
+
         async def health(_request: Request) -> Response:
             return JSONResponse({"ok": True, "flavor": self.flavor, "jobs": len(self.jobs), "quiet": self.quiet()})
 
         if self.flavor == "replicate":
-            routes = [Route("/v1/models/{owner}/{name}/predictions", rep_create, methods=["POST"]),
+            routes = [Route(REPLICATE_SECRET_PATH, rep_secret, methods=["GET"]),
+                      Route("/v1/models/{owner}/{name}/predictions", rep_create, methods=["POST"]),
                       Route("/v1/models/{name}/predictions", rep_create, methods=["POST"]),
                       Route("/v1/predictions", rep_create, methods=["POST"]),
                       Route("/v1/predictions/{id}", rep_get, methods=["GET"]),
                       Route("/v1/predictions/{id}/cancel", rep_cancel, methods=["POST"])]
         else:
-            routes = [Route("/rivya/{app}/requests/{id}/status", fal_status, methods=["GET"]),
+            routes = [Route(FAL_JWKS_PATH, fal_jwks, methods=["GET"]),
+                      Route("/rivya/{app}/requests/{id}/status", fal_status, methods=["GET"]),
                       Route("/rivya/{app}/requests/{id}/cancel", fal_cancel, methods=["PUT"]),
                       Route("/rivya/{app}/requests/{id}", fal_result, methods=["GET"]),
                       Route("/rivya/{app}/{model}", fal_submit, methods=["POST"])]
-        return Starlette(routes=[Route("/healthz", health, methods=["GET"]), *routes])
+        return Starlette(routes=[Route("/healthz", health, methods=["GET"]),
+                                 Route("/outputs/{name}", output, methods=["GET"]), *routes])
 
 
 def parse_cancel_after(value: str | None) -> float | None:

@@ -13,7 +13,7 @@ compare-and-set, so a replayed step never charges, refunds or notifies twice.
 
 One module per job, over the shared base (`base`: the unit-of-work loop, events,
 idempotency keys): `reads`, `finishing` (settle, fail, refund, notify), `callbacks`
-(and parking), `submit`, `polling`, `accounts`, `chat`, `recovery`, `support`.
+(and parking), `outputs` (a success's outputs copied into our result store), `submit`, `polling`, `accounts`, `chat`, `recovery`, `support`.
 Each job is a class over the jobs it calls; `LifecycleService` joins them.
 """
 

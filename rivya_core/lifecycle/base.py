@@ -16,6 +16,7 @@ from ..catalog import Catalog
 from ..domain import EventKind
 from ..policy import DEFAULT_POLICY, BillingPolicy
 from ..ports import Clock, Provider, RetryableConflict, Store, Tx
+from ..results import ResultCopier
 
 T = TypeVar("T")
 
@@ -54,6 +55,7 @@ class LifecycleBase:
         callbacks_enabled: bool = True,
         judge_clock: Clock | None = None,
         retry_seed: int = 0,
+        results: ResultCopier | None = None,
     ):
         self.store = store
         self.clock = clock
@@ -64,6 +66,8 @@ class LifecycleBase:
         self.policy = policy
         self._secrets = {k: list(v) for k, v in (secrets or {}).items()}
         self.callbacks_enabled = callbacks_enabled
+        # outputs copied into our own store before SUCCESS (lifecycle.outputs); None: URLs kept as given
+        self.results = results
         # unit-of-work retries: the jitter has its own Random (never the global one), seedable for runs
         self.retry_rng = random.Random(retry_seed)
         self.retry_base = RETRY_BASE_SECONDS

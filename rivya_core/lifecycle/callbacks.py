@@ -22,7 +22,7 @@ from ..ports import (
     Tx,
 )
 from .base import MAX_CALLBACK_BODY, PARKED_DETAIL, STORED_BODY_LIMIT, WEBHOOK_SEEN
-from .finishing import Finishing
+from .outputs import Outputs
 from .parsing import (
     _CLASSES,
     _STATES,
@@ -43,7 +43,7 @@ class CallbackResult:
     reason: str | None = None
 
 
-class Callbacks(Finishing):
+class Callbacks(Outputs):
     def handle_callback(self, provider: str, headers: Mapping[str, str], body: bytes,
                         task_ref: str | None = None) -> CallbackResult:
         """Verify, record and route one delivery. `task_ref`: our own reference for the task
@@ -80,6 +80,7 @@ class Callbacks(Finishing):
             return reject(CallbackOutcome.MALFORMED, parsed)
         record.upstream_task_id = parsed.upstream_task_id[:200]
         ref = task_ref[:100] if isinstance(task_ref, str) and task_ref else None
+        parsed, copied = self._copy_for_callback(provider, parsed)
 
         def step(tx: Tx) -> CallbackResult:  # builds its own row: a retried attempt starts clean
             upstream_id = parsed.upstream_task_id
@@ -100,7 +101,11 @@ class Callbacks(Finishing):
                 cb = tx.add_callback_unless_seen(replace(record, task_id=task.id, outcome=_callback_outcome(parsed)),
                                                  WEBHOOK_SEEN)
             outcome = CallbackOutcome(cb.outcome)
-            self._take(tx, task, parsed, record.webhook_id, outcome, cb.id)
+            if copied is not None and outcome == CallbackOutcome.APPLIED and self._record_copy(tx, task, copied,
+                                                                                              "callback"):
+                self._callback_event(tx, task.id, parsed, record.webhook_id, outcome, cb.id)
+            else:
+                self._take(tx, task, parsed, record.webhook_id, outcome, cb.id)
             return CallbackResult(outcome, cb.id, task.id, cb.detail)
 
         return self._tx(step)

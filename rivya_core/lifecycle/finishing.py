@@ -38,6 +38,13 @@ class Finishing(Reads):
                                 status.failure_class or FailureClass.PROVIDER, path=path)
             return True
         if status.state == UpstreamState.SUCCEEDED and status.result_urls:
+            if self.results is not None and not self.results.owns_all(status.result_urls):
+                # not copied yet (a parked callback claimed here): never SUCCESS with the provider's URLs;
+                # the next check, due now, copies them (lifecycle.outputs)
+                self._event(tx, task.id, EventKind.OUTPUT_COPY, provider_urls=list(status.result_urls),
+                            pending=True, path=path)
+                tx.update_task(task.id, [TaskStatus.GENERATING], next_check_at=self._now())
+                return True
             self._finish_success(tx, task, list(status.result_urls), path=path)
             return True
         return False

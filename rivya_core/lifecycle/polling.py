@@ -20,7 +20,7 @@ from ..ports import (
     UpstreamState,
     UpstreamStatus,
 )
-from .finishing import Finishing
+from .outputs import Outputs
 
 
 @dataclass
@@ -32,7 +32,7 @@ class PollReport:
     still_running: int = 0
 
 
-class Polling(Finishing):
+class Polling(Outputs):
     def poll(self, limit: int = 1000) -> PollReport:
         report = PollReport()
         due = self._tx(lambda tx: tx.tasks_due_for_check(self._now(), limit))
@@ -61,6 +61,7 @@ class Polling(Finishing):
         if task.status != TaskStatus.GENERATING:
             return task
         status, fault = self._read_upstream(task)
+        status, copied = self._copy_outputs(task_id, status)
         path = "polling" if kind == EventKind.POLL else "recheck"
 
         def step(tx: Tx) -> Task | None:
@@ -77,6 +78,8 @@ class Polling(Finishing):
                 self._event(tx, task_id, kind, **detail, result=f"no-op: task already {current.status}")
                 return current
             self._event(tx, task_id, kind, **detail)
+            if copied is not None and self._record_copy(tx, current, copied, path):
+                return tx.get_task(task_id)
             if self._apply_status(tx, current, status, path=path):
                 return tx.get_task(task_id)
             elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()

@@ -14,6 +14,7 @@ One table per catalogue provider:
     token = "r8_..."                          # replicate: API token (fal: `key`)
     webhook_url = "https://rivya.example.com/webhooks/lumen"  # optional: no webhooks, polling only
     webhook_secrets = ["whsec_..."]           # replicate: Standard Webhooks secrets, newest first
+                                              # (none: read from GET {base_url}/webhooks/default/secret)
     models = { "lumen-flash" = "black-forest-labs/flux-schnell" }  # optional catalogue -> upstream
     timeout_s = 30                            # optional
     retries = 2                               # optional
@@ -22,7 +23,10 @@ One table per catalogue provider:
     api = "fal"
     key = "..."                               # fal API key
     app = "fal-ai/kling-video"                # the fal application requests queue under
-    public_keys = ["<base64url ED25519 key>"] # fal: webhook verification keys (JWKS `x`)
+    public_keys = ["<base64url ED25519 key>"] # fal: optional static webhook keys (JWKS `x`)
+    jwks_url = "https://rest.fal.ai/.well-known/jwks.json"  # fal: the published keys, fetched and
+                                              # cached 24 h; the default when base_url is fal's own
+                                              # (or unset); "" turns fetching off
 
 Unknown keys, a missing token, a bad URL are refused with ProviderConfigError naming
 the source, the provider and the key, never a value.
@@ -40,7 +44,9 @@ import httpx
 
 from .. import tomlfile, webhooks
 from ..domain import ValidationError
+from .fal import DEFAULT_BASE_URL as FAL_DEFAULT_BASE_URL
 from .fal import FalClient
+from .keys import FAL_JWKS_URL
 from .replicate import ReplicateClient
 
 PROVIDERS_ENV = "RIVYA_PROVIDERS"
@@ -48,7 +54,7 @@ SECRETS_TOML = Path(__file__).resolve().parent.parent.parent / ".streamlit" / "s
 APIS = ("replicate", "fal")
 _COMMON = {"api", "base_url", "webhook_url", "models", "timeout_s", "retries"}
 _KEYS = {"replicate": _COMMON | {"token", "webhook_secrets"},
-         "fal": _COMMON | {"key", "app", "public_keys"}}
+         "fal": _COMMON | {"key", "app", "public_keys", "jwks_url"}}
 _SECRET_FIELDS = ("token", "key", "webhook_secrets", "public_keys")
 
 
@@ -72,6 +78,7 @@ class ProviderSettings:
     token: str = field(default="", repr=False)
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     public_keys: tuple[str, ...] = field(default=(), repr=False)
+    jwks_url: str | None = None
 
     def client(self, transport: httpx.BaseTransport | None = None) -> ReplicateClient | FalClient:
         common: dict[str, Any] = {"webhook_url": self.webhook_url, "models": self.models,
@@ -80,7 +87,8 @@ class ProviderSettings:
             common["base_url"] = self.base_url
         if self.api == "replicate":
             return ReplicateClient(self.name, self.token, webhook_secrets=self.webhook_secrets, **common)
-        return FalClient(self.name, self.token, app=self.app or self.name, public_keys=self.public_keys, **common)
+        return FalClient(self.name, self.token, app=self.app or self.name, public_keys=self.public_keys,
+                         jwks_url=self.jwks_url, **common)
 
 
 def parse_providers(doc: Mapping[str, Any], source: str) -> dict[str, ProviderSettings]:
@@ -105,8 +113,10 @@ def _settings(name: str, t: Any, source: str) -> ProviderSettings:
     token = t.get(cred)
     if not isinstance(token, str) or not token.strip():
         raise ProviderConfigError(f"{where} needs `{cred}` (a non-empty string)")
-    for key in ("base_url", "webhook_url"):
+    for key in ("base_url", "webhook_url", "jwks_url"):
         url = t.get(key)
+        if key == "jwks_url" and url == "":
+            continue
         if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
             raise ProviderConfigError(f"{where} {key} must be an http(s) URL")
     models = t.get("models", {})
@@ -132,9 +142,18 @@ def _settings(name: str, t: Any, source: str) -> ProviderSettings:
     app = t.get("app")
     if app is not None and (not isinstance(app, str) or not app.strip("/")):
         raise ProviderConfigError(f"{where} app must be a fal application id such as owner/name")
+    jwks_url = t.get("jwks_url")
+    if api == "fal" and jwks_url is None and _is_fal_host(t.get("base_url")):
+        jwks_url = FAL_JWKS_URL
     return ProviderSettings(name=name, api=api, base_url=t.get("base_url"), webhook_url=t.get("webhook_url"),
                             models=dict(models), timeout_s=float(timeout), retries=retries, app=app,
-                            token=token.strip(), **lists)
+                            token=token.strip(), jwks_url=jwks_url or None, **lists)
+
+
+def _is_fal_host(base_url: str | None) -> bool:
+    """fal's own queue (or no base URL: the default): its published JWKS applies. Anything else
+    (a proxy, a test double) names its jwks_url itself or uses static keys."""
+    return base_url is None or httpx.URL(base_url).host == httpx.URL(FAL_DEFAULT_BASE_URL).host
 
 
 def load_providers(environ: Mapping[str, str] = os.environ,

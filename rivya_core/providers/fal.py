@@ -27,14 +27,29 @@ the result is fetched:
 
 A COMPLETED status carrying an `error` is failed at once, class provider.
 
+The submission's answer carries `status_url`, `response_url` and `cancel_url`:
+they are kept per request id and used for that request (a model queued under
+another application than `app` is asked where fal said), when they are on the
+base URL's own scheme and host (the API key is never sent elsewhere); a request
+this process did not submit is asked under `app`.
+
+Errors are classified from fal's structured error, not its wording (`classify`):
+a model error's `detail[].type` (`content_policy_violation` and the input
+validation types are the user's; `internal_server_error`, `generation_timeout`,
+`downstream_service_*`, `no_media_generated` the provider's), a request error's
+`error_type` or `X-Fal-Error-Type` header (`request_timeout`, `startup_timeout`
+-> `upstream_timeout`, `runner_*` -> `upstream_unavailable`, class
+infrastructure); the message text is the fallback only when neither is given.
+
 Webhooks: {"request_id", "status": "OK" | "ERROR", "payload", "error",
 "payload_error"}, signed with ED25519 (rivya_core.webhooks.verify_ed25519) with
-the deployment's configured public keys. OK with URLs -> succeeded; OK with a
-null payload (e.g. `payload_error`) -> succeeded without URLs (deferred, then the
-result is fetched); ERROR -> failed, class provider (class user when the error
-names the content policy or a safety check). fal sends no delivery id:
-the webhook id is the request id plus the body's digest, so a redelivery of the
-same body is a duplicate.
+the keys of fal's published JWKS (providers.keys.JwksKeys: fetched, cached 24 h,
+refetched when no key matches) plus any configured ones. OK with URLs ->
+succeeded; OK with a null payload (e.g. `payload_error`) -> succeeded without
+URLs (deferred, then the result is fetched); ERROR -> failed, classified from
+`payload.detail[].type` / `payload.error_type`. fal sends no delivery id: the
+webhook id is the request id plus the body's digest, so a redelivery of the same
+body is a duplicate.
 """
 
 from __future__ import annotations
@@ -42,6 +57,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,11 +68,72 @@ from .. import webhooks
 from ..domain import FailureClass
 from ..ports import CancelAnswer, ProviderError, ProviderFault, UpstreamCancel, UpstreamState, UpstreamStatus
 from .http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpApi, submit_error, urls_in, with_ref
+from .keys import JwksKeys
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
 STATES = {"IN_QUEUE": UpstreamState.QUEUED, "IN_PROGRESS": UpstreamState.RUNNING}
 RESULT_ERROR = ("upstream_result_error", FailureClass.PROVIDER)
 USER_ERRORS = ("nsfw", "safety", "content policy", "sensitive")
+HANDLES_KEPT = 10_000
+
+# fal's model error types (`detail[].type`): the input's fault, or the model's
+USER_ERROR_TYPES = frozenset({
+    "content_policy_violation", "image_too_large", "image_too_small", "image_load_error", "file_download_error",
+    "face_detection_error", "file_too_large", "unsupported_image_format", "unsupported_audio_format",
+    "unsupported_video_format", "audio_duration_too_long", "audio_duration_too_short", "video_duration_too_long",
+    "video_duration_too_short", "invalid_archive", "archive_file_count_below_minimum",
+    "archive_file_count_exceeds_maximum", "feature_not_supported", "one_of", "missing", "greater_than",
+    "greater_than_equal", "less_than", "less_than_equal", "string_too_short", "string_too_long",
+    "sequence_too_short", "sequence_too_long", "value_error", "type_error"})
+PROVIDER_ERROR_TYPES = frozenset({"internal_server_error", "generation_timeout", "downstream_service_error",
+                                  "downstream_service_unavailable", "no_media_generated"})
+# fal's request error types (`error_type`, header X-Fal-Error-Type): the platform's
+TIMEOUT_ERROR_TYPES = frozenset({"request_timeout", "startup_timeout"})
+ERROR_TYPE_HEADER = "x-fal-error-type"
+
+
+def classify(detail: Any, error_type: Any, message: str) -> tuple[str, FailureClass]:
+    """(error code, failure class) of a fal failure, from its structured error first:
+    `detail` a model error's list of typed errors, `error_type` a request error's type
+    (body field or X-Fal-Error-Type header); the message's words only when neither says."""
+    types = [d.get("type") for d in detail if isinstance(d, dict)] if isinstance(detail, list) else []
+    types = [t.split(".", 1)[0] if t.startswith("value_error.") or t.startswith("type_error.") else t
+             for t in types if isinstance(t, str)]
+    if "content_policy_violation" in types:
+        return "content_policy_violation", FailureClass.USER
+    if isinstance(error_type, str) and error_type:
+        if error_type in TIMEOUT_ERROR_TYPES:
+            return "upstream_timeout", FailureClass.INFRASTRUCTURE
+        if error_type.startswith("runner_") or error_type == "internal_error":
+            return "upstream_unavailable", FailureClass.INFRASTRUCTURE
+    if any(t in PROVIDER_ERROR_TYPES for t in types):
+        return "model_error", FailureClass.PROVIDER
+    if any(t in USER_ERROR_TYPES for t in types):
+        return "invalid_input", FailureClass.USER
+    if types or error_type:
+        return "upstream_error", FailureClass.PROVIDER
+    if any(w in message.lower() for w in USER_ERRORS):
+        return "content_policy_violation", FailureClass.USER
+    return "upstream_error", FailureClass.PROVIDER
+
+
+def _message_of(detail: Any, fallback: str) -> str:
+    if isinstance(detail, list):
+        msgs = [str(d.get("msg")) for d in detail if isinstance(d, dict) and d.get("msg")]
+        if msgs:
+            return "; ".join(msgs)[:2000]
+    if isinstance(detail, str) and detail:
+        return detail[:2000]
+    return fallback[:2000]
+
+
+def failed_status(body: Any, header_type: str | None, fallback: str) -> UpstreamStatus:
+    """A failure as fal describes it: a body {"detail": [...]} or {"detail": str, "error_type": ...}."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    error_type = (body.get("error_type") if isinstance(body, dict) else None) or header_type
+    message = _message_of(detail, fallback)
+    code, klass = classify(detail, error_type, message)
+    return UpstreamStatus(UpstreamState.FAILED, (), code, message, klass)
 
 
 def result_status(payload: Any, run_s: float | None = None) -> UpstreamStatus:
@@ -76,16 +154,28 @@ def seconds(value: Any) -> float | None:
 class FalWebhooks:
     """ED25519 signatures; the body is fal's webhook envelope."""
 
-    def __init__(self, public_keys: Sequence[str]):
+    def __init__(self, public_keys: Sequence[str], jwks: JwksKeys | None = None):
         self._keys = list(public_keys)
+        self.jwks = jwks
 
     def __repr__(self) -> str:
-        return f"FalWebhooks(public_keys={len(self._keys)})"
+        return f"FalWebhooks(public_keys={len(self._keys)}, jwks={self.jwks!r})"
+
+    def _current(self) -> list[str]:
+        return self.jwks.current() if self.jwks is not None else self._keys
 
     def verify(self, headers: Mapping[str, str], body: bytes, now_ts: float) -> str:
-        if not self._keys:
-            raise webhooks.WebhookError("no webhook public key configured for this provider", code="bad_signature")
-        request_id = webhooks.verify_ed25519(self._keys, headers, body, now_ts)
+        keys = self._current()
+        try:
+            if not keys:
+                raise webhooks.WebhookError("no webhook public key configured or published for this provider",
+                                            code="bad_signature")
+            request_id = webhooks.verify_ed25519(keys, headers, body, now_ts)
+        except webhooks.WebhookError as exc:
+            # no held key matches: the keys may have rotated -- refetch (bounded) and try once more
+            if exc.code != "bad_signature" or self.jwks is None or not self.jwks.refresh():
+                raise
+            request_id = webhooks.verify_ed25519(self.jwks.current(), headers, body, now_ts)
         return f"{request_id}:{hashlib.sha256(bytes(body)).hexdigest()[:32]}"
 
     def parse(self, body: bytes) -> tuple[str, UpstreamStatus] | str:
@@ -103,11 +193,12 @@ class FalWebhooks:
             return rid, result_status(doc.get("payload"))
         if status == "ERROR":
             error = doc.get("error")
-            message = str(error)[:2000] if error else "The request failed."
-            user = any(w in message.lower() for w in USER_ERRORS)
-            code = "content_policy_violation" if user else "upstream_error"
-            return rid, UpstreamStatus(UpstreamState.FAILED, (), code, message,
-                                       FailureClass.USER if user else FailureClass.PROVIDER)
+            fallback = str(error)[:2000] if error else "The request failed."
+            payload = doc.get("payload")
+            st = failed_status(payload, None, fallback)
+            if not isinstance(payload, dict) or not payload.get("detail"):
+                st = UpstreamStatus(st.state, (), st.error_code, fallback, st.failure_class)
+            return rid, st
         return "status is not OK or ERROR"
 
 
@@ -115,16 +206,20 @@ class FalClient:
     """One catalogue provider served by a fal-style queue API."""
 
     def __init__(self, name: str, key: str, *, app: str, base_url: str = DEFAULT_BASE_URL,
-                 webhook_url: str | None = None, public_keys: Sequence[str] = (),
+                 webhook_url: str | None = None, public_keys: Sequence[str] = (), jwks_url: str | None = None,
                  models: Mapping[str, str] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                  retries: int = DEFAULT_RETRIES, transport: httpx.BaseTransport | None = None):
         self.name = name
         self.app = app.strip("/")
         self.webhook_url = webhook_url
         self.models = dict(models or {})
-        self.callbacks = FalWebhooks(public_keys)
+        jwks = JwksKeys(jwks_url, public_keys, transport=transport) if jwks_url else None
+        self.callbacks = FalWebhooks(public_keys, jwks)
         self.api = HttpApi(base_url, f"Key {key}", timeout_s=timeout_s, retries=retries, transport=transport,
                            label=f"{name} (fal)")
+        self._origin = httpx.URL(base_url)
+        self._handles: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._handles_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FalClient({self.name!r}, app={self.app!r}, {self.api!r})"
@@ -139,11 +234,42 @@ class FalClient:
         rid = doc.get("request_id") if isinstance(doc, dict) else None
         if not isinstance(rid, str) or not rid:
             raise ProviderError(ProviderFault.ERROR, f"{self.api.label}: the answer names no request id")
+        self._keep_handle(rid, doc)
         return rid
 
-    def status(self, upstream_task_id: str) -> UpstreamStatus:
+    # --- where a request is asked about: fal's URLs from the submission, else under `app` ---
+
+    def _keep_handle(self, rid: str, doc: Mapping[str, Any]) -> None:
+        urls = {k: doc[k] for k in ("status_url", "response_url", "cancel_url")
+                if isinstance(doc.get(k), str) and self._same_origin(doc[k])}
+        if not urls:
+            return
+        with self._handles_lock:
+            self._handles[rid] = urls
+            self._handles.move_to_end(rid)
+            while len(self._handles) > HANDLES_KEPT:
+                self._handles.popitem(last=False)
+
+    def _same_origin(self, url: str) -> bool:
+        try:
+            u = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError):
+            return False
+        if not u.is_absolute_url:  # a path on the base URL's host
+            return url.startswith("/") and "//" not in url
+        return (u.scheme, u.host, u.port) == (self._origin.scheme, self._origin.host, self._origin.port)
+
+    def handle(self, upstream_task_id: str) -> dict[str, str]:
+        """The status, response and cancel URLs of a request (absolute, or paths on the base URL)."""
         base = f"{self.app}/requests/{upstream_task_id}"
-        resp = self.api.request("GET", f"{base}/status")
+        urls = {"status_url": f"{base}/status", "response_url": base, "cancel_url": f"{base}/cancel"}
+        with self._handles_lock:
+            urls.update(self._handles.get(upstream_task_id, {}))
+        return urls
+
+    def status(self, upstream_task_id: str) -> UpstreamStatus:
+        urls = self.handle(upstream_task_id)
+        resp = self.api.request("GET", urls["status_url"])
         if resp.status_code not in (200, 202):
             return UpstreamStatus(UpstreamState.UNKNOWN)
         doc = self.api.json(resp)
@@ -152,14 +278,23 @@ class FalClient:
             return UpstreamStatus(STATES[state])
         if state != "COMPLETED":
             return UpstreamStatus(UpstreamState.UNKNOWN)
-        if doc.get("error"):
-            return UpstreamStatus(UpstreamState.FAILED, (), "upstream_error", str(doc["error"])[:2000],
-                                  FailureClass.PROVIDER)
-        result = self.api.request("GET", base)
-        if 400 <= result.status_code < 500:  # COMPLETED, yet no result: the job failed
+        if doc.get("error") or doc.get("error_type"):
+            return failed_status({"detail": doc.get("error"), "error_type": doc.get("error_type")},
+                                 resp.headers.get(ERROR_TYPE_HEADER), str(doc.get("error") or "The request failed."))
+        result = self.api.request("GET", urls["response_url"])
+        header_type = result.headers.get(ERROR_TYPE_HEADER)
+        if 400 <= result.status_code < 500 or (result.status_code >= 500 and header_type):
+            # COMPLETED, yet no result: the job failed -- classified from fal's structured error when
+            # it gives one, else upstream_result_error (never polled until the timeout)
+            try:
+                body = result.json()
+            except ValueError:
+                body = None
+            fallback = f"the result fetch answered HTTP {result.status_code}"
+            if header_type or (isinstance(body, dict) and (body.get("error_type") or isinstance(body.get("detail"), list))):
+                return failed_status(body, header_type, fallback)
             code, klass = RESULT_ERROR
-            return UpstreamStatus(UpstreamState.FAILED, (), code,
-                                  f"the result fetch answered HTTP {result.status_code}", klass)
+            return UpstreamStatus(UpstreamState.FAILED, (), code, fallback, klass)
         if result.status_code != 200:
             return UpstreamStatus(UpstreamState.UNKNOWN)
         try:
@@ -171,7 +306,7 @@ class FalClient:
 
     def cancel(self, upstream_task_id: str) -> UpstreamCancel:
         """Ask fal to stop the request: removed from the queue, or a stop signal to its runner."""
-        resp = self.api.request("PUT", f"{self.app}/requests/{upstream_task_id}/cancel")
+        resp = self.api.request("PUT", self.handle(upstream_task_id)["cancel_url"])
         try:
             said = resp.json().get("status")
         except (ValueError, AttributeError):

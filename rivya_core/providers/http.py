@@ -7,11 +7,18 @@ when it never reached the server (connect error) or the server said "not now"
 POST that may have reached the server (read timeout, 500) is not retried here:
 creating a job twice would start two upstream jobs; the lifecycle's own
 `submit_retries` decides about re-submission.
+
+A 429 or 503 that carries `Retry-After` (seconds, or an HTTP date) is retried
+after that long instead of the backoff, when it is at most MAX_RETRY_AFTER_S;
+a longer one is not waited for: the answer is returned as it is (a submission
+then fails `submit_error`, and the lifecycle's policy decides what follows).
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -22,6 +29,25 @@ RETRY_STATUS = frozenset({429, 502, 503, 504})
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 2
 BACKOFF_S = 0.2
+MAX_RETRY_AFTER_S = 10.0
+
+
+def retry_after_s(resp: httpx.Response, now: datetime | None = None) -> float | None:
+    """The wait a 429/503 asks for in its Retry-After header, in seconds; None without one."""
+    if resp.status_code not in (429, 503):
+        return None
+    raw = (resp.headers.get("retry-after") or "").strip()
+    if not raw:
+        return None
+    if raw.isascii() and raw.isdigit():
+        return float(int(raw[:9]))
+    try:
+        at = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return max(0.0, (at - (now or datetime.now(UTC))).total_seconds())
 
 
 class HttpApi:
@@ -32,6 +58,8 @@ class HttpApi:
                  label: str = "provider"):
         self.label = label
         self.retries = max(0, int(retries))
+        self.max_retry_after_s = MAX_RETRY_AFTER_S
+        self.sleep = time.sleep
         self._client = httpx.Client(base_url=base_url.rstrip("/") + "/",
                                     headers={"Authorization": auth_header, "User-Agent": "rivya/1"},
                                     timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
@@ -48,6 +76,7 @@ class HttpApi:
         idempotent = method in ("GET", "PUT", "DELETE")
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            wait = BACKOFF_S * (2 ** attempt)
             try:
                 resp = self._client.request(method, path.lstrip("/"), **kwargs)
             except httpx.ConnectError as exc:
@@ -63,9 +92,14 @@ class HttpApi:
                                         f"{self.label}: HTTP failure ({type(exc).__name__})") from None
             else:
                 retry = resp.status_code in RETRY_STATUS or (idempotent and resp.status_code == 500)
+                asked = retry_after_s(resp)
+                if asked is not None and asked > self.max_retry_after_s:
+                    return resp  # not waited for: bounded
                 if not retry or last:
                     return resp
-            time.sleep(BACKOFF_S * (2 ** attempt))
+                if asked is not None:
+                    wait = asked
+            self.sleep(wait)
         raise AssertionError("unreachable")
 
     def json(self, resp: httpx.Response) -> Any:

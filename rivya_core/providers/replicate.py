@@ -29,7 +29,10 @@ Prediction status -> UpstreamStatus:
 
 Webhooks: the body is the prediction object, signed with Standard Webhooks
 (`webhook-id`, `-timestamp`, `-signature`, `whsec_` secrets): verified by
-rivya_core.webhooks.verify; the webhook id is the delivery's id.
+rivya_core.webhooks.verify; the webhook id is the delivery's id. Without a
+configured secret, the account's signing secret is read from `GET
+{base}/webhooks/default/secret` (providers.keys.FetchedSecret: on first use,
+kept 24 h, read again when a signature stops matching, at most once a minute).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from ..domain import FailureClass
 from ..ports import CancelAnswer, ProviderError, ProviderFault, UpstreamCancel, UpstreamState, UpstreamStatus
 from ..upstream_cancel import cancel_after_header
 from .http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpApi, submit_error, urls_in, with_ref
+from .keys import FetchedSecret
 
 DEFAULT_BASE_URL = "https://api.replicate.com/v1"
 EVENTS = ("start", "completed")
@@ -99,16 +103,25 @@ def _prediction_status(pred: Any) -> UpstreamStatus:
 class ReplicateWebhooks:
     """Standard Webhooks signatures; the body is a prediction object."""
 
-    def __init__(self, secrets: Sequence[str]):
+    def __init__(self, secrets: Sequence[str], fetched: FetchedSecret | None = None):
         self._secrets = list(secrets)
+        self.fetched = None if self._secrets else fetched
 
     def __repr__(self) -> str:
-        return f"ReplicateWebhooks(secrets={len(self._secrets)})"
+        return f"ReplicateWebhooks(secrets={len(self._secrets)}, fetched={self.fetched is not None})"
 
     def verify(self, headers: Mapping[str, str], body: bytes, now_ts: float) -> str:
-        if not self._secrets:
-            raise webhooks.WebhookError("no webhook secret configured for this provider", code="bad_signature")
-        return webhooks.verify(self._secrets, headers, body, now_ts)
+        secrets = self._secrets or (self.fetched.current() if self.fetched is not None else [])
+        try:
+            if not secrets:
+                raise webhooks.WebhookError("no webhook secret configured or fetched for this provider",
+                                            code="bad_signature")
+            return webhooks.verify(secrets, headers, body, now_ts)
+        except webhooks.WebhookError as exc:
+            # a fetched secret that stops matching may have been rotated: read it again (bounded)
+            if exc.code != "bad_signature" or self.fetched is None or not self.fetched.refresh():
+                raise
+            return webhooks.verify(self.fetched.current(), headers, body, now_ts)
 
     def parse(self, body: bytes) -> tuple[str, UpstreamStatus] | str:
         try:
@@ -136,10 +149,10 @@ class ReplicateClient:
         self.name = name
         self.webhook_url = webhook_url
         self.models = dict(models or {})
-        self.callbacks = ReplicateWebhooks(webhook_secrets)
         self.cancel_after: Callable[[str], float | None] | None = None  # set by upstream_cancel.arm
         self.api = HttpApi(base_url, f"Bearer {token}", timeout_s=timeout_s, retries=retries, transport=transport,
                            label=f"{name} (replicate)")
+        self.callbacks = ReplicateWebhooks(webhook_secrets, FetchedSecret(self._get_secret))
 
     def __repr__(self) -> str:
         return f"ReplicateClient({self.name!r}, {self.api!r})"
@@ -153,6 +166,12 @@ class ReplicateClient:
         if _VERSION.match(target):
             return "predictions", {"version": target, **body}
         return f"models/{target}/predictions", body
+
+    def _get_secret(self, path: str) -> httpx.Response:
+        try:
+            return self.api.request("GET", path)
+        except ProviderError:
+            return httpx.Response(599)
 
     def submit(self, task_ref: str, model: str, prompt: str, params: dict[str, Any]) -> str:
         path, body = self._create_request(task_ref, model, prompt, params)

@@ -23,6 +23,7 @@ from typing import Any
 from .. import rules, upstream_cancel, verdicts
 from ..domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, TaskStatus
 from ..policy import DEFAULT_POLICY, BillingPolicy
+from ..results import provider_retention_s
 from .alerts import provider_incident
 from .queries import ACTIVE_STATES, Bind, jsonable, resolve_now, task_detail
 from .signals import Signal, _cap, recheck_signals
@@ -133,7 +134,7 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
         _credits_item(t, consumes, for_credits),
         _callbacks_item(d["callbacks"]),
         _polling_item(events, status, age_s, stuck_s),
-        _history_item(t, events, age_s),
+        _history_item(t, events, age_s, now),
         _notification_item(t, d["notifications"], for_credits),
         _failure_item(t),
         _refund_item(t, policy, consumes, refunds, charged, refunded),
@@ -265,7 +266,7 @@ def _polling_item(events, status, age_s, stuck_s) -> ChecklistItem:
     return ChecklistItem("polling", q, said, WARN if status in ACTIVE_STATES else INFO, checks)
 
 
-def _history_item(t, events, age_s) -> ChecklistItem:
+def _history_item(t, events, age_s, now: datetime | None = None) -> ChecklistItem:
     q = "Is the task in history?"
     end = next((e for e in events if e["kind"] in (EventKind.SUCCEEDED, EventKind.FAILED)), None)
     path = f" (completed via {end['detail'].get('path')})" if end and end["detail"].get("path") else ""
@@ -274,6 +275,13 @@ def _history_item(t, events, age_s) -> ChecklistItem:
         if not urls:
             return ChecklistItem("history", q, "SUCCESS but without result URLs: nothing to show.", FAIL,
                                  [end] if end else [])
+        expired = _expired_provider_urls(urls, t["finished_at"], now)
+        if expired:
+            return ChecklistItem("history", q, f"Delivered at {_when(t['finished_at'])}, but "
+                                 f"{_cap(len(expired), 'result URL')} {'is' if len(expired) == 1 else 'are'} the "
+                                 "provider's own, past the time the provider keeps outputs: the link no longer "
+                                 "opens. The output is gone; re-run the task for the user.", WARN,
+                                 [{"result_urls": urls, "expired": expired}] + ([end] if end else []))
         return ChecklistItem("history", q, f"Yes: delivered at {_when(t['finished_at'])} with "
                              f"{_cap(len(urls), 'result URL')}{path}.", OK, [{"result_urls": urls}] + (
                                  [end] if end else []))
@@ -282,6 +290,14 @@ def _history_item(t, events, age_s) -> ChecklistItem:
                              f"{path}.", OK, [end] if end else [])
     return ChecklistItem("history", q, f"Not yet: {t['status']} for {_age(age_s)}, shown in the active "
                          "studio.", INFO)
+
+
+def _expired_provider_urls(urls: list[str], finished_at: Any, now: datetime | None) -> list[str]:
+    """The result URLs a provider serves and has deleted by `now` (results.provider_retention_s)."""
+    if not isinstance(finished_at, datetime) or now is None:
+        return []
+    age = (now - finished_at).total_seconds()
+    return [u for u in urls if (keep := provider_retention_s(u)) is not None and age > keep]
 
 
 def _notification_item(t, notes, for_credits) -> ChecklistItem:

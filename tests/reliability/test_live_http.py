@@ -71,6 +71,10 @@ def _support_recheck_from_the_dashboard(store, url, monkeypatch, tmp_path):
             time.sleep(0.05)
 
         monkeypatch.setenv("RIVYA_DEMO", "0")
+        # a live service copies outputs into its result store before SUCCESS: here from the fake on
+        # loopback (the QA-only allowance), into this test's folder
+        monkeypatch.setenv("RIVYA_RESULTS_DIR", str(tmp_path / "results"))
+        monkeypatch.setenv("RIVYA_RESULTS_TEST_ALLOW_HOSTS", "127.0.0.1")
         monkeypatch.setenv("RIVYA_DB_URL", url)
         monkeypatch.delenv("RIVYA_OPERATORS", raising=False)
         monkeypatch.delenv("RIVYA_VIEWERS", raising=False)
@@ -89,6 +93,7 @@ def _support_recheck_from_the_dashboard(store, url, monkeypatch, tmp_path):
         assert f"Re-check upstream on task #{task.id}: done. The task is now SUCCESS" in shown, shown
     after = svc.task(task.id)
     assert after.status == TaskStatus.SUCCESS and after.result_urls
+    assert all(u.startswith((tmp_path / "results").resolve().as_uri()) for u in after.result_urls)
     with store.begin() as tx:
         actions = [e.detail for e in tx.task_events(task.id) if e.kind == "support_action"]
     assert actions and actions[-1]["operator"] == "sam" and actions[-1]["action"] == "recheck"

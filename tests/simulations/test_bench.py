@@ -86,14 +86,14 @@ def test_bulk_bench_reports_a_refused_filter_and_runs_the_rest(tmp_path, monkeyp
     """`bench --bulk` on a history larger than incidents.MAX_TASKS: the over-broad dry run is reported as
     refused (it used to end the benchmark), the others and the executions are timed; the second
     execution of the same incident changes nothing."""
-    from rivya_core.support import bulk as bulk_actions
+    from rivya_core.read import incidents
 
     bench.make_db(str(tmp_path / "b.db"), 120)
-    monkeypatch.setattr(bulk_actions, "MAX_TASKS", 3)
+    monkeypatch.setattr(incidents, "MAX_TASKS", 3)
     out = bench.bulk(f"sqlite:///{tmp_path / 'b.db'}")
     assert "refused" in out["dry_run_refund_failed"] or out["dry_run_refund_failed"]["matched"] <= 3
     assert "refused" in out["dry_run_refund_all_finished"]
-    monkeypatch.setattr(bulk_actions, "MAX_TASKS", 200_000)
+    monkeypatch.setattr(incidents, "MAX_TASKS", 200_000)
     out = bench.bulk(f"sqlite:///{tmp_path / 'b.db'}")
     assert out["dry_run_refund_all_finished"]["matched"] > 0
     assert out["execute_again"]["acted"] == 0

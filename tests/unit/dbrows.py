@@ -102,7 +102,7 @@ class Rows:
 
     def success(self, user_id, *, credits=10, at=T0, notify=True, **kw) -> int:
         tid = self.task(user_id, status="SUCCESS", credits=credits, at=at, submitted_at=at + timedelta(seconds=1),
-                        finished_at=at + timedelta(seconds=60), urls=["https://cdn.example/r.png"],
+                        finished_at=at + timedelta(seconds=60), urls=kw.pop("urls", None) or ["https://cdn.example/r.png"],
                         upstream=kw.pop("upstream", None) or f"up-{self._n + 1}-{at.timestamp():.0f}", **kw)
         self.ledger(user_id, "consume", -credits, task_id=tid, key=f"consume:task:{tid}", at=at)
         if notify:

@@ -361,3 +361,19 @@ def test_unreachable_with_an_incident_waits_for_it(db):
     _incident(db, "alpha outage 12:07")
     d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=8))
     assert d.action_code == A.WAIT_FOR_INCIDENT
+
+
+def test_a_providers_url_past_its_retention_is_flagged(db):
+    """Replicate deletes API outputs about an hour after the prediction ends: a SUCCESS whose
+    URL is still the provider's is a dead link after that, and the checklist says so."""
+    url = "https://replicate.delivery/pbxt/abc123/out.png"
+    tid = db.success(db.uid, upstream="up-ret", urls=[url])
+    submitted(db, tid)
+    db.event(tid, "succeeded", at=T0 + 60 * S, path="callback", result_urls=1)
+    fresh = diagnose(db.engine, tid, now=T0 + 30 * 60 * S).item("history")
+    assert fresh.status == "ok"
+    late = diagnose(db.engine, tid, now=T0 + 2 * 3600 * S).item("history")
+    assert late.status == "warn" and "past the time the provider keeps outputs" in late.answer
+    assert late.evidence[0]["expired"] == [url]
+    ours = db.success(db.uid, upstream="up-ours", urls=["https://rivya.example.com/results/9/0-ab.png"])
+    assert diagnose(db.engine, ours, now=T0 + 48 * 3600 * S).item("history").status == "ok"
