@@ -11,12 +11,12 @@ import streamlit as st
 from pages._cache import cached_df
 from pages._source import current_url, default_url
 from pages._text import plain
+from rivya_core.domain import SupportAction
 from rivya_core.policy import BillingPolicy
 from rivya_core.read import alerts
 from rivya_core.support import alert_push
 
 INCIDENTS = "pages/incidents.py"
-ACTION_WORDS = {"recheck": "re-check", "refund": "refund", "mark-failed": "mark failed"}
 
 
 def _params(alert) -> dict[str, str]:
@@ -43,5 +43,5 @@ def alert_strip(policy: BillingPolicy) -> None:
             notice = pushed.get(alert_push.alert_key(alert))
             if notice and notice["state"] == alert_push.RAISED and notice["raised_at"]:
                 c1.caption(f"Pushed to the alert webhook at {notice['raised_at']:%Y-%m-%d %H:%M} UTC.")
-            label = f"Prepare bulk {ACTION_WORDS[alert.action]}"
+            label = f"Prepare bulk {SupportAction(alert.action).words}"
             c2.page_link(INCIDENTS, label=label, icon=":material/playlist_add_check:", query_params=_params(alert))

@@ -29,10 +29,11 @@ from rivya_core.domain import RivyaError
 
 def show_table(frame: Any, *, column_config: dict | None = None, **kwargs: Any) -> None:
     """A table people read: snake_case headers as words, "—" instead of None in text columns."""
+    from pages._imported import with_original_ids
     from pages._links import TASK_LINK, task_table
 
     config = dict(column_config or {})
-    frame = readable_frame(frame, skip=set(config))
+    frame = readable_frame(with_original_ids(frame), skip=set(config))
     for col in frame.columns:
         config.setdefault(col, st.column_config.Column(str(col).replace("_", " ")))
     links = [col for col, conf in config.items() if conf is TASK_LINK and col in frame.columns]

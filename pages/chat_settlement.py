@@ -6,6 +6,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages._cache import cached_df
+from pages._imported import not_recorded_note
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
@@ -16,6 +17,7 @@ enter_page()
 st.title("Chat settlement")
 st.caption("Token-priced chat reserves an estimate before a turn, charges the real usage after it and "
            "refunds the difference once.")
+not_recorded_note(None, "chat_billing")
 engine = open_db(["chat_session", "chat_message", "credit_ledger", "account"], need_rows="chat_message")
 
 with show_errors():

@@ -11,6 +11,7 @@ import streamlit as st
 
 from pages._access import access_config, can_act
 from pages._cache import cached_df
+from pages._imported import not_recorded_note
 from pages._links import TASK_LINK, open_task, with_task_links
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
@@ -30,6 +31,7 @@ st.title("Webhook deliveries")
 st.caption("Every provider callback as it arrived, newest first: what each delivery said and what it did. "
            "Bodies and fields are shown exactly as received.")
 engine = open_db(["provider_callback"])
+not_recorded_note(engine, "callbacks")
 
 
 def _window(day, end: bool) -> datetime | None:

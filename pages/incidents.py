@@ -17,12 +17,13 @@ from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db, require_tables
 from pages._support import policy_in_force, support_service
 from pages._text import plain
-from rivya_core.domain import RivyaError, TaskStatus
+from rivya_core.domain import RivyaError, SupportAction, TaskStatus
 from rivya_core.read import incidents, reports
 from rivya_core.rules import support_failure_notice
 from rivya_core.support import bulk
 
-ACTION_LABELS = {"recheck": "Re-check upstream", "refund": "Refund if due", "mark-failed": "Mark failed (stuck only)"}
+ACTION_LABELS = {SupportAction.RECHECK.value: "Re-check upstream", SupportAction.REFUND.value: "Refund if due",
+                 SupportAction.MARK_FAILED.value: "Mark failed (stuck only)"}
 ANY = "any"
 SHOWN_ROWS = 500
 

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._cache import cached_df
+from pages._imported import not_recorded_note
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table
 from pages._source import enter_page, open_db
@@ -20,6 +21,7 @@ enter_page()
 st.title("Notifications")
 st.caption("The notifications centre: the durable record of each task's outcome, as the user sees it.")
 engine = open_db(["notification", "account"])
+not_recorded_note(engine, "notifications")
 
 with show_errors():
     left, mid, right = st.columns([2, 1, 1])

@@ -9,6 +9,7 @@ import streamlit as st
 
 from pages._alert_strip import alert_strip
 from pages._cache import cached_df
+from pages._imported import not_recorded_note, source_facts_of
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_flows, show_table
 from pages._source import enter_page, open_db
@@ -25,6 +26,11 @@ engine = open_db()
 
 
 with show_errors():
+    imported = source_facts_of(engine)
+    if imported.imported:
+        st.caption(f"Imported from a {plain(imported.source)} database ({plain(imported.location or '')}): "
+                   "the source's own ids show beside ours. What it never recorded is not a violation:")
+        not_recorded_note(engine, *sorted(imported.not_recorded))
     states = cached_df(reports.tasks_by_state)
     total = sum(states.values())
     if total == 0:

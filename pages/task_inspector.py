@@ -10,13 +10,14 @@ from pages._access import access_config, can_act
 from pages._cache import cached_df
 from pages._chat_lookup import chat_lookup
 from pages._fork import fork_button
+from pages._imported import not_recorded_note
 from pages._links import RESULT_LINK, web_link
 from pages._render import show_errors, show_table, verdict_box
 from pages._rerun import export_button, rerun_acted, rerun_form, rerun_links
 from pages._source import enter_page, open_db
 from pages._support import policy_in_force, support_service, who_sees_what
 from pages._text import plain
-from rivya_core.domain import NotFound, RivyaError
+from rivya_core.domain import NotFound, RivyaError, SupportAction
 from rivya_core.read import queries, reports, user_view
 from rivya_core.read.diagnose import diagnose
 from rivya_core.read.signals import recheck_signals
@@ -84,21 +85,21 @@ def show_rows(rows: list[dict], empty: str, drop: tuple[str, ...] = ()) -> None:
         show_table(frame.drop(columns=list(drop), errors="ignore"), hide_index=True, width="stretch")
 
 
-ACTIONS = ("Re-check upstream", "Issue the due refund", "Mark stuck task failed")
+ACTIONS = {SupportAction.RECHECK: "Re-check upstream", SupportAction.REFUND: "Issue the due refund",
+           SupportAction.MARK_FAILED: "Mark stuck task failed"}
 
 
-def run_action(task_id: int, action: str, operator: str, reason: str) -> None:
+def run_action(task_id: int, action: SupportAction, operator: str, reason: str) -> None:
+    label = ACTIONS[action]
     try:
         svc = support_service(policy)
-        method = {"Re-check upstream": svc.support_recheck, "Issue the due refund": svc.support_refund,
-                  "Mark stuck task failed": svc.support_mark_failed}[action]
-        task = method(task_id, operator, reason)
+        task = svc.support(action, task_id, operator, reason)
     except RivyaError as exc:
         code = getattr(exc, "reason", None) or exc.code  # which refusal (rules' codes), else the error's code
-        st.session_state["action_result"] = (task_id, "refused", f"{action} on task #{task_id} refused "
+        st.session_state["action_result"] = (task_id, "refused", f"{label} on task #{task_id} refused "
                                              f"({code}): {plain(exc.message)}")
     else:
-        st.session_state["action_result"] = (task_id, "done", f"{action} on task #{task_id}: done. The task is now "
+        st.session_state["action_result"] = (task_id, "done", f"{label} on task #{task_id}: done. The task is now "
                                              f"{plain(task.status)}; {plain(svc.credits_outcome(task))}.")
     st.cache_data.clear()
     st.rerun()
@@ -115,7 +116,7 @@ def show_actions(task_id: int, task: dict, ledger: list[dict]) -> None:
     # The form belongs to one task: a submit can only ever act on the task whose form it came from.
     with st.form(f"support_action_{task_id}"):
         st.markdown(f"Acting on **task #{task_id}**.")
-        action = st.radio("Action", ACTIONS, horizontal=True)
+        action = st.radio("Action", list(ACTIONS), format_func=ACTIONS.get, horizontal=True)
         signed_in = st.session_state.get("user") if access_config().enabled else None
         operator = st.text_input("Operator name", value=signed_in or "", disabled=bool(signed_in))
         if signed_in:
@@ -164,7 +165,8 @@ def _write_link(query: str, task_id: int | None) -> None:
 def pick_task() -> int | None:
     _follow_deep_link()
     query = st.text_input("Find a task", key=QUERY_KEY,
-                          placeholder="task id, upstream id, user email or name, prompt text").strip()
+                          placeholder="task id (ours or the source's), upstream id, user email or name, "
+                                      "prompt text").strip()
     if not query:
         st.caption("Type a task id, an upstream id, a user's email or name, or words from the prompt.")
     chosen = _choose_task(query) if query else None
@@ -183,7 +185,7 @@ def _choose_task(query: str) -> int | None:
         ss["inspector_pick"] = ids[0]
         return ids[0]
     st.caption(f"{len(hits)} tasks match (newest first, at most 50).")
-    labels = {int(r.id): f"#{r.id} · {r.status} · {r.model} · {r.email or r.user_id} · {str(r.prompt)[:60]}"
+    labels = {int(r.id): f"#{r.id}{f' ({r.external_ref})' if getattr(r, 'external_ref', None) else ''} · {r.status} · {r.model} · {r.email or r.user_id} · {str(r.prompt)[:60]}"
               for r in hits.itertuples()}
     key = f"inspector_pick_{query}"  # one selection per search: a new search starts from its own first hit
     if key not in ss:
@@ -202,7 +204,8 @@ with show_errors():
             st.warning(f"Task {task_id} does not exist in this database.")
             st.stop()
         task, acct = detail["task"], detail["account"] or {}
-        st.header(f"Task #{task_id} — {plain(task['status'])}")
+        original = f" · original id {plain(task['external_ref'])}" if task.get("external_ref") else ""
+        st.header(f"Task #{task_id}{original} — {plain(task['status'])}")
         c1, c2, c3, c4 = st.columns(4)  # metric labels, values and help are all Markdown
         c1.metric("Status", plain(task["status"]))
         c2.metric("Model", plain(task["model"]), help=f"category {plain(task['category'])}, "
@@ -231,12 +234,15 @@ with show_errors():
         with tabs[0]:
             show_checklist(task_id, task["user_id"])
         with tabs[1]:
+            not_recorded_note(engine, "timeline")
             show_timeline(pd.DataFrame(detail["events"], columns=["id", "task_id", "at", "kind", "detail"]))
         with tabs[2]:
             show_rows(detail["ledger"], "No ledger row: this task never touched credits.")
         with tabs[3]:
+            not_recorded_note(engine, "callbacks")
             show_rows(detail["callbacks"], "No provider callback arrived for this task.", drop=("body",))
         with tabs[4]:
+            not_recorded_note(engine, "notifications")
             st.text("Did the user see the outcome? " + user_view.outcome_seen(engine, task_id)["answer"])
             for note in detail["notifications"]:  # the words the customer read, as text
                 st.text(f"The user was told ({note['kind']}, {reports.format_time(note['created_at'])}): "

@@ -10,6 +10,7 @@ import streamlit as st
 
 from pages._cache import cached_df
 from pages._fork import fork_button
+from pages._imported import not_recorded_note
 from pages._links import TASK_LINK, with_task_links
 from pages._render import show_errors, show_table, verdict_box
 from pages._source import enter_page, open_db
@@ -115,6 +116,8 @@ def chat_tab(user_id: int) -> None:
 
 
 def notifications_tab(user_id: int) -> None:
+    if not_recorded_note(engine, "notifications"):
+        return
     notes, total = cached_df(queries.notifications_centre, user_id, None, False, 200)
     unread = cached_df(queries.unread_counts, user_id)["total"]
     st.caption(f"{total:,} notification(s), {unread:,} unread; newest first.")

@@ -17,6 +17,7 @@ from datetime import datetime
 from . import limits
 from .cli import OneLineParser, number, run_command
 from .clock import WallClock
+from .domain import SupportAction
 from .read.queries import naive_utc
 from .stores.db import DEFAULT_URL, open_reader
 from .stores.sql import open_store
@@ -71,14 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-message", type=_task_id, metavar="N", help="a chat turn's settlement instead of a task")
     _db(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    for name, text in (("refund", "issue a refund that is due (refused with the reason otherwise)"),
-                       ("recheck", "re-check a generating task upstream"),
-                       ("mark-failed", "fail a task stuck past its threshold (refund by policy)")):
-        p = sub.add_parser(name, help=text)
+    for action, text in ((SupportAction.REFUND, "issue a refund that is due (refused with the reason otherwise)"),
+                         (SupportAction.RECHECK, "re-check a generating task upstream"),
+                         (SupportAction.MARK_FAILED, "fail a task stuck past its threshold (refund by policy)")):
+        p = sub.add_parser(action.value, help=text)
         p.add_argument("task_id", type=_task_id)
         _db(p)
-        p.add_argument("--operator", required=name != "recheck", default="cli", help="who is acting")
-        p.add_argument("--reason", required=name != "recheck", default="re-check requested", help="why")
+        optional = action is SupportAction.RECHECK
+        p.add_argument("--operator", required=not optional, default="cli", help="who is acting")
+        p.add_argument("--reason", required=not optional, default="re-check requested", help="why")
     p = _act(sub, "rerun", "task_id", "run a task again for its user: a new task with the same model, prompt and "
              "params, linked to the original, charged by the policy (--courtesy: refunded at once)",
              "why (kept on the original's timeline, never shown to the user)")
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite FILE when it already holds data")
     p = sub.add_parser("bulk", help="a support action on every task a filter matches, as a named incident "
                        "(--dry-run first: what each task would do)")
-    p.add_argument("action", choices=["recheck", "refund", "mark-failed"])
+    p.add_argument("action", choices=[a.value for a in SupportAction])
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="repeatable; keys: provider, model, category, status (comma-separated), error_code, "
                         "failure_class, min_age_s (seconds or 15m/2h/1d), since, until (ISO), user (id or email)")
@@ -130,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alerts-notify", metavar="URL", default=None,
                    help="after each polling sweep, POST new and cleared alerts to this webhook (default: "
                         "$RIVYA_ALERTS_NOTIFY; never printed)")
+    p = sub.add_parser("import", help="read a production database (read-only) into a contract database "
+                       "every page, audit and backtest reads (docs/import.md)")
+    p.add_argument("kind", choices=["shipany"], help="the source's schema family")
+    p.add_argument("--source", required=True, metavar="URL", help="the production database (only read)")
+    p.add_argument("--into", required=True, metavar="URL", help="the contract database to write (SQLite or PostgreSQL)")
+    p.add_argument("--since", type=_moment, metavar="ISO", help="read only rows updated since this time "
+                   "(default: since the last import of this source, minus an overlap; everything the first time)")
+    p.add_argument("--map", metavar="FILE.toml", help="table and column names of a fork (default: the template's, "
+                   "data/sources/shipany.toml)")
+    p.add_argument("--dry-run", action="store_true", help="read and derive everything, write nothing")
+    p.add_argument("--force", action="store_true", help="replace a SQLite target that holds other data")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
     p = sub.add_parser("alerts", help="the alert strip's alerts (stuck tasks, degraded providers); --notify "
                        "POSTs each new one to a webhook once, and again when it clears")
     _db(p)
@@ -195,7 +209,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), default=str, indent=2))
     elif report.ok:
         print(f"audit: no violations ({len(report.checked)} checks)")
-    else:
+    if not args.json:
+        for kind, said in report.not_recorded.items():
+            print(f"{kind}: not judged; {said}")
+    if not args.json and not report.ok:
         for f in report.findings:
             print(f"{f.kind}: {f.message}")
             for row in f.rows[:5]:
@@ -220,12 +237,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _support(action: str):
+def _support(action: SupportAction):
     def run(args: argparse.Namespace) -> int:
         svc = _service(args)
-        method = {"refund": svc.support_refund, "recheck": svc.support_recheck,
-                  "mark-failed": svc.support_mark_failed}[action]
-        task = method(args.task_id, args.operator, args.reason)
+        task = svc.support(action, args.task_id, args.operator, args.reason)
         print(f"task {task.id}: {task.status}" + (f" ({task.error_code})" if task.error_code else "")
               + f"; {svc.credits_outcome(task)}")
         return 0
@@ -396,9 +411,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  workers=args.workers, threads=threads, alerts_notify=notify)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from .sources.shipany import import_shipany, stderr_progress
+
+    summary = import_shipany(args.source, args.into, since=args.since, map_path=args.map, dry_run=args.dry_run,
+                             force=args.force, progress=None if args.json else stderr_progress)
+    if args.json:
+        print(json.dumps(summary.to_dict(), default=str, indent=2))
+    else:
+        print(file=sys.stderr)
+        print("\n".join(summary.lines()))
+    return 0
+
+
 COMMANDS = {
+    "import": cmd_import,
     "init-db": cmd_init_db, "audit": cmd_audit, "diagnose": cmd_diagnose,
-    "refund": _support("refund"), "recheck": _support("recheck"), "mark-failed": _support("mark-failed"),
+    **{action.value: _support(action) for action in SupportAction},
     "rerun": cmd_rerun, "reprocess-callback": cmd_reprocess,
     "export-task": cmd_export_task, "bulk": cmd_bulk, "recover": cmd_recover, "poll": cmd_poll, "serve": cmd_serve,
     "alerts": cmd_alerts,

@@ -47,6 +47,7 @@ from .domain import (
 )
 from .policy import DEFAULT_POLICY, BillingPolicy
 from .read.queries import Bind, connect, jsonable, reference_now
+from .sources import facts as source_facts
 from .stores.db import add_missing_columns
 from .stores.schema import (
     account,
@@ -86,6 +87,8 @@ class AuditReport:
     policy: str
     checked: list[str] = field(default_factory=list)
     now_why: str = ""  # why ages were judged at `now` (clock.judging_now)
+    # kinds not judged because the database's source never recorded their facts: kind -> what to say
+    not_recorded: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -105,7 +108,8 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "total": self.total, "now": self.now.isoformat(), "now_why": self.now_why,
-                "policy": self.policy, "counts": self.counts(), "findings": [f.to_dict() for f in self.findings]}
+                "policy": self.policy, "counts": self.counts(), "findings": [f.to_dict() for f in self.findings],
+                "not_recorded": dict(self.not_recorded)}
 
 
 
@@ -147,7 +151,12 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     judged = reference_now(bind, now)
     at = judged.at
     ctx = _Ctx(policy, at, bind.dialect.name, chat_grace_s)
-    todo = [(k, q) for k in kinds or CHECKS if (q := CHECKS[k](ctx)) is not None]
+    facts = source_facts.source_facts(bind)
+    not_recorded = {k: facts.describe(source_facts.AUDIT_NEEDS[k]) for k in kinds or CHECKS
+                    if not facts.audit_kind_recorded(k)}
+    tables = set(inspect(bind).get_table_names())
+    todo = [(k, q) for k in kinds or CHECKS if k not in not_recorded
+            and (k != "grant_below_zero" or "source_grant" in tables) and (q := CHECKS[k](ctx)) is not None]
 
     def run(item: tuple[str, Select]) -> tuple[str, int, list[dict[str, Any]]]:
         with connect(bind) as conn:
@@ -160,7 +169,7 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     else:
         results = [run(item) for item in todo]
     findings = [Finding(k, f"{AUDIT_KINDS[k]}: {n}", n, found) for k, n, found in results if n]
-    report = AuditReport(findings, at, policy.name, [k for k, _ in todo], judged.why)
+    report = AuditReport(findings, at, policy.name, [k for k, _ in todo], judged.why, not_recorded)
     if keep and isinstance(bind, Engine):
         record_audit(bind, report, policy, duration_s=time.perf_counter() - started, mark=mark,
                      stored_by=stored_by)
@@ -235,7 +244,7 @@ class StoredAudit:
         findings = [Finding(f["kind"], f["message"], int(f["count"]), list(f.get("rows", [])))
                     for f in r.get("findings", [])]
         return AuditReport(findings, datetime.fromisoformat(r["now"]), r["policy"], list(r.get("counts", {})),
-                           r.get("now_why", ""))
+                           r.get("now_why", ""), dict(r.get("not_recorded", {})))
 
 
 def policy_key(policy: BillingPolicy) -> str:

@@ -26,6 +26,7 @@ from .domain import (
 )
 from .policy import BillingPolicy
 from .read.queries import ACTIVE_STATES, TERMINAL_STATES
+from .sources import findings as source_findings
 from .stores.schema import (
     account,
     ai_task,
@@ -60,6 +61,7 @@ AUDIT_KINDS: dict[str, str] = {
     "chat_reserve_not_settled": "Chat reserve not settled",
     "chat_overcharge": "Chat charged more than reserved",
     "chat_refund_mismatch": "Chat settlement does not net to the charge",
+    **source_findings.KINDS,  # found only in a database imported from a production source
 }
 
 
@@ -251,7 +253,8 @@ def stuck_past_timeout(c: _Ctx) -> Select:
 
 def consume_without_task(c: _Ctx) -> Select:
     no_task = ~exists().where(T.c.id == L.c.task_id)
-    return select(*_LEDGER_COLS).where(_is_charge(), or_(L.c.task_id.is_(None), no_task))
+    return select(*_LEDGER_COLS).where(_is_charge(), or_(L.c.task_id.is_(None), no_task),
+                                       ~source_findings.text_task_charge())
 
 
 _MSG_COLS = (M.c.id.label("message_id"), M.c.session_id, chat_session.c.user_id, M.c.status, M.c.reserved_credits,
@@ -287,4 +290,5 @@ def chat_refund_mismatch(c: _Ctx) -> Select:
                    or_(net != -func.coalesce(M.c.charged_credits, 0), refunds > 1)))
 
 
-CHECKS: dict[str, Callable[[_Ctx], Select | None]] = {kind: globals()[kind] for kind in AUDIT_KINDS}
+CHECKS: dict[str, Callable[[_Ctx], Select | None]] = {
+    kind: source_findings.CHECKS.get(kind) or globals()[kind] for kind in AUDIT_KINDS}

@@ -63,6 +63,7 @@ class EntryType(StrEnum):
     CHAT_REFUND = "chat_refund"
     CHAT_CHARGE = "chat_charge"
     ADJUSTMENT = "adjustment"
+    EXPIRE = "expire"  # credits left on a grant when it expired (imported sources, rivya_core.sources)
 
 
 class NotificationKind(StrEnum):
@@ -381,6 +382,35 @@ class SchemaMissing(RivyaError):
 
 class StoreUnavailable(RivyaError):
     code = "store_unavailable"
+
+
+class SupportAction(StrEnum):
+    """A support action on one task: the task inspector, the CLI, bulk incidents and alerts'
+    suggestions all name it by this value (`incident.action` stores it). The lifecycle runs it
+    (`LifecycleService.support`, the one dispatch of support actions)."""
+
+    RECHECK = "recheck"
+    REFUND = "refund"
+    MARK_FAILED = "mark-failed"
+
+    @property
+    def event_name(self) -> str:
+        """`detail.action` of the support_action event it writes."""
+        return self.value.replace("-", "_")
+
+    @property
+    def words(self) -> str:
+        """The action in a sentence ("mark failed")."""
+        return {"recheck": "re-check"}.get(self.value, self.value.replace("-", " "))
+
+    @classmethod
+    def parse(cls, value: object) -> SupportAction:
+        """The action value names; ValidationError (code support_action_unknown) for anything else."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValidationError(f"support action {value!r} is not one of {', '.join(cls)}",
+                                  code="support_action_unknown") from None
 
 
 class EventKind(StrEnum):

@@ -53,6 +53,9 @@ class BillingPolicy:
     credit_value: float = 0.05
     # ask the provider to stop a job we gave up on (timeout, support mark failed: rivya_core.upstream_cancel)
     upstream_cancel: bool = True
+    # grants that expire (a sign-up gift, in the ShipAny shape of a run): days until gift credits lapse;
+    # None: they never do. Left out of to_dict while None, so older policies keep their digest.
+    credit_expiry_days: float | None = None
 
     def price(self, model_id: str, base_credits: int) -> int:
         if model_id in self.price_overrides:
@@ -87,6 +90,10 @@ class BillingPolicy:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "credit_expiry_days" and v is None:
+                continue
+            if f.name in _LEFT_OUT_AT_DEFAULT and v == _LEFT_OUT_AT_DEFAULT[f.name]:  # added later: same digest
+                continue
             if isinstance(v, frozenset):
                 v = sorted(v)
             elif isinstance(v, tuple):
@@ -113,6 +120,8 @@ class BillingPolicy:
 
 
 _FIELD_NAMES = {f.name for f in fields(BillingPolicy)}
+# keys added after policies were first stored (audit_run.policy_key digests to_dict): left out at their default
+_LEFT_OUT_AT_DEFAULT: dict[str, Any] = {"credit_value": 0.05, "upstream_cancel": True}
 _CLASSES = {c.value for c in FailureClass}
 
 
@@ -166,6 +175,10 @@ def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise bad("must map categories to seconds")
             value = {str(k): number("positive_seconds", v, f"{where}.{k}") for k, v in value.items()}
+        elif key == "credit_expiry_days":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3650:
+                raise bad("must be a number of days above 0, at most 3650")
+            value = float(value)
         elif key == "duplicate_runs":
             if not isinstance(value, str) or value not in ("warn", "block"):
                 raise bad("must be 'warn' or 'block'")

@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--progress", action="store_true", help="show the progress bar even when not a terminal")
     r.add_argument("--force", action="store_true",
                    help="replace a SQLite file that already holds data (never empties a server database)")
+    r.add_argument("--policy", metavar="FILE", help="run under this billing policy TOML instead of the "
+                   "scenario's own (e.g. data/policies/gift_expires_14_days.toml)")
+    r.add_argument("--shape", choices=["rivya", "shipany"], default="rivya",
+                   help="rivya (default): the data contract; shipany: the ShipAny template's schema, written "
+                        "by its own credit code paths (docs/import.md)")
 
     rp = sub.add_parser("replay", help="re-run a recorded run and compare fingerprints",
                         description="Re-run the run recorded in a database (its sim_run row; by fingerprint, "
@@ -99,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     from .history_cli import add_parsers as add_history_parsers
 
     add_history_parsers(sub)
-    from .bench import add_parser as add_bench_parser
+    from .benchmarks.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
     from .chaos import add_parser as add_chaos_parser
@@ -153,7 +158,20 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.realtime is not None and not a.realtime > 0:
         raise RivyaError("--realtime must be a positive factor", code="bad_argument")
     scenario = load_scenario(a.scenario)
+    if a.policy:
+        from rivya_core.policy import BillingPolicy
+
+        scenario = scenario.with_policy(BillingPolicy.load(a.policy))
     bar = progress_bar(a)
+    if a.shape == "shipany":
+        if a.realtime is not None:
+            raise RivyaError("--realtime writes the contract as it goes; it cannot be combined with --shape shipany",
+                             code="bad_argument")
+        from .shipany_shape import run_shipany
+
+        shaped = run_shipany(scenario, a.db, seed=a.seed, tasks=a.tasks, force=a.force, progress=bar)
+        print(json.dumps(shaped.to_dict(), indent=1, default=str) if a.json else shaped.render_text())
+        return 0 if shaped.ok else EXIT_VIOLATION
     summary = run_scenario(scenario, a.db, seed=a.seed, tasks=a.tasks, progress=bar, realtime=a.realtime,
                            force=a.force)
     print(json.dumps(summary.to_dict(), indent=1, default=str) if a.json else summary.render_text())
@@ -248,7 +266,7 @@ def cmd_list(_a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .bench import cmd_bench as bench
+    from .benchmarks.cli import cmd_bench as bench
 
     return bench(a)
 

@@ -50,9 +50,9 @@ from sqlalchemy import (
 
 from rivya_core.domain import RivyaError
 
+from .paths import ROOT, runs_dir
 from .quotas import pid_running
 
-ROOT = Path(__file__).resolve().parent.parent
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
 PROGRESS_EVERY_S = 0.5
@@ -86,10 +86,6 @@ class JobError(RivyaError):
 
 class Cancelled(BaseException):
     """Raised in a worker on SIGTERM: the job was cancelled."""
-
-
-def runs_dir() -> Path:
-    return Path(os.environ.get("RIVYA_RUNS_DIR") or ROOT / "data" / "runs")
 
 
 def _now() -> str:

@@ -45,8 +45,9 @@ from .buffer import StreamingStore
 from .clock import SimClock
 from .farm import Farm
 from .gctune import run_pace
+from .paths import ROOT, runs_dir
 from .reads import NotificationReads
-from .scenarios import Scenario, ScenarioError, check_run_bounds
+from .scenarios import Scenario, ScenarioError, check_run_bounds, drain_seconds
 from .streams import Streams
 from .users import Population
 from .writer import BatchWriter, beat, compact_sqlite, end_beat, relax_sqlite_sync, sim_metadata, write_sim_run
@@ -293,15 +294,6 @@ class Run:
         self.script_done = True
 
 
-def drain_seconds(sc: Scenario) -> float:
-    if sc.drain_s:
-        return sc.drain_s
-    p = sc.policy
-    longest = max([*p.timeout_s.values(), 0.0])
-    patience = sc.behaviour.patience_s * (sc.behaviour.max_retries + 2)
-    return longest + 2 * p.poll_interval_s + patience + 900.0
-
-
 def open_fresh(db_url: str, force: bool = False):
     """An engine on db_url with the schema and the simulation tables, for a run to
     write into; a target that already holds data is refused (rivya_core.targets),
@@ -434,8 +426,6 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
 def _sim_databases() -> list[Path]:
     """The SQLite files a fingerprint is looked up in: directly under data/ and the runs folder
     (RIVYA_RUNS_DIR), as the dashboard's data source lists them."""
-    from .jobs import ROOT, runs_dir
-
     found = [*sorted((ROOT / "data").glob("*.db")), *sorted(runs_dir().glob("*.db"))]
     return [p for p in dict.fromkeys(p.resolve() for p in found) if p.name != "jobs.db"]
 
@@ -482,8 +472,6 @@ def find_recorded(target: str) -> dict[str, Any]:
                 if str(rec.get("fingerprint", "")).startswith(target):
                     found.setdefault(rec["fingerprint"], rec)
     if len(found) != 1:
-        from .jobs import runs_dir
-
         why = "no recorded run" if not found else "more than one recorded run"
         raise RivyaError(f"{why} with fingerprint {target!r} in the simulation databases under data/ and "
                          f"{runs_dir()} (give the run's database URL instead)", code="replay_not_found")

@@ -112,6 +112,17 @@ class Population:
 
 
 @dataclass(frozen=True)
+class Grants:
+    """Grants that expire, as the ShipAny template keeps them (`run --shape shipany`): every user's
+    starting balance and top-ups are paid packs (never expiring); `signup_gift` credits are given at
+    sign-up and expire after the policy's `credit_expiry_days` (never, when it is unset). The
+    provider reports `canceled_fraction` of the failed generations as canceled (never refunded by
+    the template). The default shape ignores this table."""
+    signup_gift: int = pos(0, "whole_credits")
+    canceled_fraction: float = prob(0.0)
+
+
+@dataclass(frozen=True)
 class Arrivals:
     rate_per_hour: float = pos(600.0, "rate_per_hour")
     pattern: str = field(default="flat", metadata={"choices": ("flat", "daily", "bursts")})
@@ -189,6 +200,7 @@ class Scenario:
     callbacks: bool = True
     poll_tick_s: float = pos(10.0, "poll_tick_s")
     population: Population = Population()
+    grants: Grants = Grants()
     arrivals: Arrivals = Arrivals()
     mix: Mix = Mix()
     behaviour: Behaviour = Behaviour()
@@ -216,7 +228,7 @@ class Scenario:
 
 # --- writing ------------------------------------------------------------------------
 
-_SECTIONS = ("population", "arrivals", "mix", "behaviour", "farm")
+_SECTIONS = ("population", "grants", "arrivals", "mix", "behaviour", "farm")
 _TOP = ("name", "description", "seed", "horizon_s", "tasks", "drain_s", "callbacks", "poll_tick_s")
 
 
@@ -236,7 +248,7 @@ def _dump(sc: Scenario) -> str:
     for out in sc.outages:
         lines += ["", "[[outages]]", *(f"{k} = {_value(v)}" for k, v in _as_dict(out).items())]
     default_policy = BillingPolicy().to_dict()
-    policy = {k: v for k, v in sc.policy.to_dict().items() if v != default_policy[k] or k == "name"}
+    policy = {k: v for k, v in sc.policy.to_dict().items() if v != default_policy.get(k) or k == "name"}
     if policy != {"name": "default"}:
         lines += _table("policy", policy)
     for ev in sc.script:
@@ -298,7 +310,8 @@ def describe_own_policy(sc: Scenario, directory: Path | None = None) -> str:
         return f"{sc.policy.name}: {p.description or 'no description in ' + path.name} (the scenario's own " \
                f"policy is the same as data/policies/{path.name})"
     base = BillingPolicy().to_dict()
-    changed = {k: v for k, v in sc.policy.to_dict().items() if k not in ("name", "description") and v != base[k]}
+    changed = {k: v for k, v in sc.policy.to_dict().items()
+               if k not in ("name", "description") and v != base.get(k)}
     default = next((p for path, p in loaded if path.stem == "default"), None)
     rest = f"; the rest as data/policies/default.toml: {default.description}" if default and default.description \
         else ""
@@ -358,7 +371,7 @@ def _from_tables(raw: dict[str, Any], text: str, source: str, default_name: str)
     top = dict(raw.pop("scenario", {}))
     if not isinstance(top, dict):
         raise ScenarioError(f"{source}: [scenario] must be a table")
-    for key in ("population", "arrivals", "mix", "behaviour", "farm", "outages", "policy", "script"):
+    for key in ("population", "grants", "arrivals", "mix", "behaviour", "farm", "outages", "policy", "script"):
         if key in raw:
             top[key] = raw.pop(key)
     if raw:
@@ -402,13 +415,22 @@ def _from_tables(raw: dict[str, Any], text: str, source: str, default_name: str)
     return scen
 
 
+def drain_seconds(sc: Scenario) -> float:
+    """How long a run goes on after its last arrival: the scenario's drain_s, else the longest
+    timeout, two polling intervals and a user's patience through every retry, plus 15 minutes."""
+    if sc.drain_s:
+        return sc.drain_s
+    p = sc.policy
+    longest = max([*p.timeout_s.values(), 0.0])
+    patience = sc.behaviour.patience_s * (sc.behaviour.max_retries + 2)
+    return longest + 2 * p.poll_interval_s + patience + 900.0
+
+
 def check_run_bounds(sc: Scenario, tasks: int | None = None) -> None:
     """Refuse a scenario no run could finish: arrivals that never come or draw from an
     all-zero mix, script steps naming users that do not exist, or more polling ticks
     than limits.MAX_RUN_TICKS over the run's span (its arrivals or script, plus the
     drain), so no run can tick for ever. `tasks`: a --tasks override of the cap."""
-    from .runner import drain_seconds
-
     where = sc.path or "<scenario>"
     cap = sc.tasks if tasks is None else tasks
     if sc.script:

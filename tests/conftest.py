@@ -28,6 +28,36 @@ def _pg_reason() -> str | None:
         return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(exc).__name__}"
 
 
+# The fast loop (`pytest -m "not slow"`) leaves out every test that needs a browser or PostgreSQL;
+# these are marked here, from what the test uses, rather than one by one. Subprocess-heavy and
+# long tests carry `@pytest.mark.slow` (or a module's `pytestmark`) themselves.
+PG_FIXTURES = frozenset({"pg_server_url", "pg_url", "pg_seeded"})
+PG_PARAMS = frozenset({"postgresql", "postgres"})
+
+
+def needs_postgres(item: pytest.Item) -> bool:
+    """A test that uses a PostgreSQL fixture, or the PostgreSQL case of a store-parametrized fixture
+    (`db_url[postgresql]`, the contract suite's `postgresql`, ...)."""
+    if PG_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(isinstance(v, str) and v in PG_PARAMS for v in callspec.params.values())
+
+
+BROWSER_FIXTURES = frozenset({"browser", "seeded_server"})  # tests/dashboard/conftest.py: Chromium, a served app
+
+
+def needs_browser(item: pytest.Item) -> bool:
+    return item.get_closest_marker("browser") is not None or bool(
+        BROWSER_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_browser(item) or needs_postgres(item):
+            item.add_marker(pytest.mark.slow)
+
+
 def skip_or_fail_in_ci(reason: str) -> None:
     """Skip a test whose service is missing on a developer machine; fail it in CI, where nothing may skip."""
     if os.environ.get("CI"):

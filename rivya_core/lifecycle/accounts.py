@@ -5,15 +5,8 @@ from __future__ import annotations
 import uuid
 
 from .. import limits
-from ..domain import (
-    EntryType,
-    LedgerEntry,
-    NotFound,
-    ValidationError,
-)
-from ..ports import (
-    Tx,
-)
+from ..domain import EntryType, LedgerEntry, NotFound, ValidationError
+from ..ports import Tx
 from .reads import Reads
 
 

@@ -8,19 +8,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import upstream_cancel, webhooks
-from ..domain import (
-    CallbackOutcome,
-    EventKind,
-    ParkedCallback,
-    ProviderCallback,
-    Task,
-    TaskEvicted,
-    TaskStatus,
-)
-from ..ports import (
-    CallbackFormat,
-    Tx,
-)
+from ..domain import CallbackOutcome, EventKind, ParkedCallback, ProviderCallback, Task, TaskEvicted, TaskStatus
+from ..ports import CallbackFormat, Tx
 from .base import MAX_CALLBACK_BODY, PARKED_DETAIL, STORED_BODY_LIMIT, WEBHOOK_SEEN
 from .outputs import Outputs
 from .parsing import (

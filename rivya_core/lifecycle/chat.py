@@ -15,10 +15,7 @@ from ..domain import (
     TurnClosed,
     ValidationError,
 )
-from ..ports import (
-    RetryableConflict,
-    Tx,
-)
+from ..ports import RetryableConflict, Tx
 from ..validation import validate_chat_model
 from .reads import Reads
 

@@ -6,21 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from .. import rules, upstream_cancel
-from ..domain import (
-    EntryType,
-    EventKind,
-    FailureClass,
-    LedgerEntry,
-    NotificationKind,
-    Task,
-    TaskStatus,
-    sources_of,
-)
-from ..ports import (
-    Tx,
-    UpstreamState,
-    UpstreamStatus,
-)
+from ..domain import EntryType, EventKind, FailureClass, LedgerEntry, NotificationKind, Task, TaskStatus, sources_of
+from ..ports import Tx, UpstreamState, UpstreamStatus
 from .base import consume_key, notify_key, refund_key
 from .parsing import _Parsed
 from .reads import Reads

@@ -6,14 +6,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..domain import (
-    CallbackOutcome,
-    FailureClass,
-)
-from ..ports import (
-    CallbackFormat,
-    UpstreamState,
-)
+from ..domain import CallbackOutcome, FailureClass
+from ..ports import CallbackFormat, UpstreamState
 
 
 @dataclass(frozen=True)

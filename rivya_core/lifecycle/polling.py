@@ -6,20 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import rules
-from ..domain import (
-    NO_RESULT_URLS,
-    TIMEOUT,
-    EventKind,
-    FailureClass,
-    Task,
-    TaskStatus,
-)
-from ..ports import (
-    ProviderError,
-    Tx,
-    UpstreamState,
-    UpstreamStatus,
-)
+from ..domain import NO_RESULT_URLS, TIMEOUT, EventKind, FailureClass, Task, TaskStatus
+from ..ports import ProviderError, Tx, UpstreamState, UpstreamStatus
 from .outputs import Outputs
 
 

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from .. import limits
-from ..domain import (
-    NotFound,
-    Task,
-)
-from ..ports import (
-    Tx,
-)
+from ..domain import NotFound, Task
+from ..ports import Tx
 from .base import LifecycleBase
 
 

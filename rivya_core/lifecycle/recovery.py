@@ -7,20 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 from .. import limits, rules
-from ..domain import (
-    ACTIVE,
-    INTERRUPTED,
-    TIMEOUT,
-    EventKind,
-    FailureClass,
-    Task,
-    TaskStatus,
-    TurnClosed,
-)
-from ..ports import (
-    Tx,
-    UpstreamState,
-)
+from ..domain import ACTIVE, INTERRUPTED, TIMEOUT, EventKind, FailureClass, Task, TaskStatus, TurnClosed
+from ..ports import Tx, UpstreamState
 from .base import consume_key
 from .chat import Chat
 from .polling import Polling

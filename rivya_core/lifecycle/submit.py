@@ -19,11 +19,7 @@ from ..domain import (
     ValidationError,
     sources_of,
 )
-from ..ports import (
-    ProviderError,
-    ProviderFault,
-    Tx,
-)
+from ..ports import ProviderError, ProviderFault, Tx
 from ..validation import NormalizedRequest, validate
 from .base import consume_key
 from .callbacks import Callbacks

@@ -14,12 +14,12 @@ from ..domain import (
     ActionRefused,
     EventKind,
     LedgerEntry,
+    SupportAction,
     Task,
     TaskStatus,
+    ValidationError,
 )
-from ..ports import (
-    Tx,
-)
+from ..ports import Tx
 from ..rules import Refusal, SupportRefusal
 from .base import consume_key, refund_key
 from .recovery import Recovery
@@ -44,19 +44,44 @@ class Support(Recovery):
         task = self._task_in(tx, task_id, for_update=True)
         refusal = self.refund_refusal(tx, task)
         if refusal:
-            self._support_event(tx, task_id, operator, "refund", reason, refusal, incident_id)
+            self._support_event(tx, task_id, operator, SupportAction.REFUND.event_name, reason, refusal, incident_id)
             return refusal
         self._refund_if_due(tx, task, task.failure_class, support_note=rules.SUPPORT_REFUND_NOTE)
-        self._support_event(tx, task_id, operator, "refund", reason, "refunded", incident_id)
+        self._support_event(tx, task_id, operator, SupportAction.REFUND.event_name, reason, "refunded",
+                            incident_id)
         return tx.get_task(task_id)
 
-    def support_many(self, action: str, task_ids: list[int], operator: str, reason: str, *,
+    def support(self, action: SupportAction | str, task_id: int, operator: str, reason: str, *,
+                incident_id: int | None = None) -> Task:
+        """Run one support action on a task: the one dispatch of support actions (the inspector,
+        the CLI and bulk incidents call it). ValidationError for an unknown action; ActionRefused
+        with the refusal's code when the action may not run now."""
+        run = {SupportAction.RECHECK: self.support_recheck, SupportAction.REFUND: self.support_refund,
+               SupportAction.MARK_FAILED: self.support_mark_failed}[SupportAction.parse(action)]
+        return run(task_id, operator, reason, incident_id=incident_id)
+
+    def support_refusal(self, action: SupportAction | str, task: Task, charged: bool, refunded: bool) -> Refusal | None:
+        """Why `action` may not run on the task now, or None when it may, over facts already read
+        (whether the task was charged, refunded): the form bulk dry runs use for thousands of tasks."""
+        act = SupportAction.parse(action)
+        if act is SupportAction.REFUND:
+            return self.refund_refusal_for(task, charged, refunded)
+        if act is SupportAction.MARK_FAILED:
+            return self.mark_failed_refusal(task)
+        return self.recheck_refusal(task)
+
+    def support_many(self, action: SupportAction | str, task_ids: list[int], operator: str, reason: str, *,
                      incident_id: int | None = None) -> list[tuple[int, Task | Refusal]]:
         """`refund` or `mark-failed` on several tasks in one unit of work (a bulk incident's chunk):
         the very steps, refusals and events of support_refund / support_mark_failed, one commit.
         Returns (task id, the task after, or the refusal) per task."""
         operator, reason = checked_operator(operator, reason)
-        step = {"refund": type(self)._refund_step, "mark-failed": type(self)._mark_failed_step}[action]
+        steps = {SupportAction.REFUND: type(self)._refund_step, SupportAction.MARK_FAILED: type(self)._mark_failed_step}
+        act = SupportAction.parse(action)
+        if act not in steps:
+            raise ValidationError(f"{act} runs one task at a time (support), not in a batch",
+                                  code="support_action_unknown")
+        step = steps[act]
         ids = list(task_ids)
         return self._tx(lambda tx: [(i, step(self._acting(tx, i), tx, i, operator, reason, incident_id)) for i in ids])
 
@@ -128,7 +153,8 @@ class Support(Recovery):
         elif refusal is None:
             task = me._check(task_id, EventKind.RECHECK, reason=f"support: {operator}")
         result = refusal or (f"upstream checked; task is {task.status}" + (f" ({found})" if found else ""))
-        me._tx(lambda tx: me._support_event(tx, task_id, operator, "recheck", reason, result, incident_id))
+        me._tx(lambda tx: me._support_event(tx, task_id, operator, SupportAction.RECHECK.event_name, reason,
+                                                result, incident_id))
         return self._refused_or(refusal or task)
 
     def support_mark_failed(self, task_id: int, operator: str, reason: str, *,
@@ -142,11 +168,13 @@ class Support(Recovery):
         task = self._task_in(tx, task_id, for_update=True)
         refusal = self.mark_failed_refusal(task)
         if refusal:
-            self._support_event(tx, task_id, operator, "mark_failed", reason, refusal, incident_id)
+            self._support_event(tx, task_id, operator, SupportAction.MARK_FAILED.event_name, reason, refusal,
+                                incident_id)
             return refusal
         self._finish_failed(tx, task, MARKED_FAILED, rules.MARKED_FAILED_MESSAGE, rules.MARKED_FAILED_CLASS,
                             path="support")
-        self._support_event(tx, task_id, operator, "mark_failed", reason, "marked failed", incident_id)
+        self._support_event(tx, task_id, operator, SupportAction.MARK_FAILED.event_name, reason,
+                            "marked failed", incident_id)
         return tx.get_task(task_id)
 
     def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str,

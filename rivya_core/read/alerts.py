@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, case, func, select
 
-from ..domain import ACTIVE, FailureClass, TaskStatus
+from ..domain import ACTIVE, FailureClass, SupportAction, TaskStatus
 from ..policy import DEFAULT_POLICY, BillingPolicy
 from .incidents import BulkFilter, covering_incident
 from .queries import Bind, connect
@@ -104,7 +104,7 @@ class StuckAlert:
     generating: int  # of which GENERATING (the rest WAITING)
     oldest_s: float
     threshold: ModelThreshold
-    action: str  # the bulk action to try first
+    action: SupportAction  # the bulk action to try first
     filter: BulkFilter
 
     @property
@@ -124,7 +124,7 @@ class DegradationAlert:
     window_tasks: int
     value: float  # failure rate (0..1) or p95 seconds in the window
     baseline: float | None  # the same over the baseline (None: no baseline)
-    action: str
+    action: SupportAction
     filter: BulkFilter
 
     @property
@@ -172,7 +172,7 @@ def stuck_alerts(bind: Bind, policy: BillingPolicy, now: datetime, k: float = ST
     for (model, provider), found in groups.items():
         t = thresholds[model]
         generating = sum(1 for s, _ in found if s == TaskStatus.GENERATING)
-        action = "recheck"  # ask the provider first: a GENERATING task's job, a WAITING one's lost submission
+        action = SupportAction.RECHECK  # ask the provider first: a GENERATING task's job, a WAITING one's lost submission
         states = ("GENERATING",) if generating else ("WAITING",)
         flt = BulkFilter(provider=provider, model=model, status=states, min_age_s=float(math.ceil(t.threshold_s)))
         out.append(StuckAlert(model, provider, len(found), generating, max(a for _, a in found), t, action, flt))
@@ -220,11 +220,11 @@ def degradation_alerts(bind: Bind, now: datetime, window_s: float = WINDOW_S,
         rate, base_rate = wf / wn, (bf / bn if bn >= MIN_WINDOW_TASKS else None)
         if rate >= max(FAILURE_RATE_FACTOR * (base_rate or 0.0), (base_rate or 0.0) + FAILURE_RATE_MARGIN):
             flt = BulkFilter(provider=provider, status=("FAILED",), since=start - timedelta(seconds=window_s))
-            out.append(DegradationAlert(provider, "failure_rate", wn, rate, base_rate, "refund", flt))
+            out.append(DegradationAlert(provider, "failure_rate", wn, rate, base_rate, SupportAction.REFUND, flt))
         lat, base_lat = p95(wd), p95(bd) if len(bd) >= MIN_WINDOW_TASKS else None
         if lat is not None and base_lat and len(wd) >= MIN_WINDOW_TASKS and lat >= LATENCY_FACTOR * base_lat:
             flt = BulkFilter(provider=provider, status=("GENERATING",))
-            out.append(DegradationAlert(provider, "latency", len(wd), lat, base_lat, "recheck", flt))
+            out.append(DegradationAlert(provider, "latency", len(wd), lat, base_lat, SupportAction.RECHECK, flt))
     return out
 
 

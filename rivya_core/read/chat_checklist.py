@@ -11,7 +11,8 @@ from ..audit import CHAT_SETTLE_GRACE_S
 from ..domain import EntryType, NotFound
 from ..policy import DEFAULT_POLICY, BillingPolicy
 from ..stores.schema import ai_task, chat_message, chat_session, credit_ledger
-from .diagnose import FAIL, INFO, OK, WARN, ChecklistItem, Diagnosis, _age, _slim, diagnose
+from ..verdicts import Severity
+from .diagnose import ChecklistItem, Diagnosis, _age, _slim, diagnose
 from .queries import Bind, connect, resolve_now, rows
 from .signals import _cap
 
@@ -48,13 +49,13 @@ def checklist_for_chat(msg, ledger, tool: list[Diagnosis], policy, now, grace_s)
     type_item = ChecklistItem("task_type", "What type of task is this?", (
         f"{kind.capitalize()}: turn #{msg['id']} in session #{msg['session_id']} ({msg['model']}); no ai_task, "
         "billed by message-level settlement" + (f"; started {_cap(len(tool), 'generation task')}" if tool else "")
-        + "."), INFO, [_slim(msg, "content")])
+        + "."), Severity.INFO, [_slim(msg, "content")])
     q = "Were credits reserved first and settled after usage?"
     age = (now - msg["created_at"]).total_seconds()
     if status == "reserved":
         late = age > grace_s
         credit = ChecklistItem("credits", q, f"Reserved {reserve} credits {_age(age)} ago, not settled yet" + (
-            ", past the grace period." if late else "."), WARN if late else INFO, chat_rows)
+            ", past the grace period." if late else "."), Severity.WARN if late else Severity.INFO, chat_rows)
         verdict = ((verdicts.Verdict.CHAT_RESERVATION_OVERDUE, verdicts.NextAction.SETTLE_OR_FAIL_TURN) if late
                    else (verdicts.Verdict.CHAT_RESERVED, verdicts.NextAction.WAIT))
     else:
@@ -63,7 +64,7 @@ def checklist_for_chat(msg, ledger, tool: list[Diagnosis], policy, now, grace_s)
         credit = ChecklistItem("credits", q, f"{status}: reserved {reserve}, charged {charged}, refunded "
                                f"{sum(e['amount'] for e in chat_refunds)} in {_cap(len(chat_refunds), 'refund')}; "
                                f"ledger net {net}" + (" — does not match the charge." if broken else "."),
-                               FAIL if broken else OK, chat_rows)
+                               Severity.FAIL if broken else Severity.OK, chat_rows)
         V, A = verdicts.Verdict, verdicts.NextAction
         if broken:
             verdict = (V.CHAT_SETTLEMENT_MISMATCH, A.INVESTIGATE_LEDGER)
@@ -80,7 +81,7 @@ def checklist_for_chat(msg, ledger, tool: list[Diagnosis], policy, now, grace_s)
         bad = [d for d in tool if d.action_code != verdicts.NextAction.NOTHING
                and d.verdict_code != verdicts.Verdict.GENERATING]
         items.append(ChecklistItem("tool_tasks", "Did the tool-backed generations finish?", "; ".join(
-            f"task #{d.id}: {d.verdict}" for d in tool) + ".", WARN if bad else OK,
+            f"task #{d.id}: {d.verdict}" for d in tool) + ".", Severity.WARN if bad else Severity.OK,
             [{"task_id": d.id, "verdict": d.verdict, "next_action": d.next_action} for d in tool]))
         if bad and action == verdicts.NextAction.NOTHING:
             verdict_text += f"; tool task #{bad[0].id}: {bad[0].verdict}"

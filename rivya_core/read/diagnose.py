@@ -24,11 +24,13 @@ from .. import rules, upstream_cancel, verdicts
 from ..domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, TaskStatus
 from ..policy import DEFAULT_POLICY, BillingPolicy
 from ..results import provider_retention_s
+from ..sources import checklist as source_checklist
+from ..sources.facts import NATIVE, SourceFacts, source_facts
+from ..verdicts import Severity
 from .alerts import provider_incident
 from .queries import ACTIVE_STATES, Bind, jsonable, resolve_now, task_detail
 from .signals import Signal, _cap, recheck_signals
 
-OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 _USER_ADVICE = {
     "prompt_too_long": "tell the user to shorten the prompt",
     "prompt_empty": "tell the user to write a prompt",
@@ -36,6 +38,9 @@ _USER_ADVICE = {
     "nsfw": "tell the user to rephrase the prompt (content policy)",
     "moderation": "tell the user to rephrase the prompt (moderation)",
     "reference_too_large": "tell the user to upload a smaller reference file",
+    # an imported source's cancel (rivya_core.sources): its credits were kept, as the template keeps them
+    "upstream_canceled": "tell the user the task was canceled upstream; its credits were kept (a support "
+                         "refund gives them back)",
 }
 
 
@@ -44,7 +49,7 @@ class ChecklistItem:
     key: str
     question: str
     answer: str
-    status: str  # ok | warn | fail | info
+    status: Severity  # ok | warn | fail | info: its colour, the scale of a verdict's severity
     evidence: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -68,7 +73,7 @@ class Diagnosis:
         return jsonable(asdict(self))
 
     def render_text(self) -> str:
-        mark = {OK: "[ok]  ", WARN: "[warn]", FAIL: "[FAIL]", INFO: "[info]"}
+        mark = {Severity.OK: "[ok]  ", Severity.WARN: "[warn]", Severity.FAIL: "[FAIL]", Severity.INFO: "[info]"}
         lines = [f"{self.subject.replace('_', ' ')} #{self.id} ({self.task_type}) at {self.now:%Y-%m-%d %H:%M:%S}"]
         for it in self.items:
             lines += [f"{mark.get(it.status, it.status)} {it.question}", f"       {it.answer}"]
@@ -108,6 +113,9 @@ def diagnose(bind: Bind, task_id: int, policy: BillingPolicy = DEFAULT_POLICY, n
     if t["status"] in ACTIVE_STATES and policy.stuck_for(t["category"]) <= _age_s(t, at) \
             < policy.timeout_for(t["category"]):  # stuck: is a named provider incident on it?
         detail = {**detail, "provider_incident": provider_incident(bind, t["provider"], task_id, at)}
+    facts = source_facts(bind)
+    if facts.imported:  # what the source never recorded, and the grants its findings are about
+        detail = {**detail, "facts": facts, "source_grants": source_checklist.source_grants_of(bind, detail["ledger"])}
     diag = checklist_for_task(detail, policy, at)
     if with_signals:
         t = detail["task"]
@@ -128,20 +136,24 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
     age_s = _age_s(t, now)
     stuck_s, timeout_s = policy.stuck_for(t["category"]), policy.timeout_for(t["category"])
     events = d["events"]
+    facts: SourceFacts = d.get("facts") or NATIVE
+    unrecorded = source_checklist.unrecorded
 
     items = [
         _type_item(t, d.get("chat_message"), [e for e in d["ledger"] if e["task_id"] != tid]),
         _credits_item(t, consumes, for_credits),
-        _callbacks_item(d["callbacks"]),
-        _polling_item(events, status, age_s, stuck_s),
+        unrecorded("callbacks", facts, ChecklistItem) or _callbacks_item(d["callbacks"]),
+        unrecorded("polling", facts, ChecklistItem) or _polling_item(events, status, age_s, stuck_s),
         _history_item(t, events, age_s, now),
-        _notification_item(t, d["notifications"], for_credits),
+        unrecorded("notification", facts, ChecklistItem) or _notification_item(t, d["notifications"], for_credits),
         _failure_item(t),
         _refund_item(t, policy, consumes, refunds, charged, refunded),
     ]
     cancel_item = _upstream_cancel_item(t, events, refunded)
     if cancel_item is not None:  # only for a task we gave up on, or whose output came after its failure
         items.append(cancel_item)
+    if facts.imported:
+        items.append(source_checklist.source_item(t, mine, d.get("source_grants") or [], facts, ChecklistItem))
     reads = _stuck_reads(t, events, stuck_s, d.get("provider_incident"))
     verdict, action, how = _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
                                     reads)
@@ -176,12 +188,12 @@ def _type_item(t, msg, chat_rows) -> ChecklistItem:
     summary = {k: t[k] for k in ("id", "user_id", "model", "category", "provider", "status", "billing_type",
                                  "reserved_credits", "upstream_task_id", "chat_message_id", "created_at")}
     if t["chat_message_id"] is None:
-        return ChecklistItem("task_type", q, what[0].upper() + what[1:] + ".", INFO, [summary])
+        return ChecklistItem("task_type", q, what[0].upper() + what[1:] + ".", Severity.INFO, [summary])
     if msg is None:
         return ChecklistItem("task_type", q, f"Tool-backed chat: {what}, but chat message "
-                             f"#{t['chat_message_id']} is missing.", WARN, [summary])
+                             f"#{t['chat_message_id']} is missing.", Severity.WARN, [summary])
     return ChecklistItem("task_type", q, f"Tool-backed chat: {what}, started by chat message #{msg['id']} "
-                         "and billed on the task path.", INFO, [summary, msg, *chat_rows])
+                         "and billed on the task path.", Severity.INFO, [summary, msg, *chat_rows])
 
 
 def _credits_item(t, consumes, for_credits) -> ChecklistItem:
@@ -190,33 +202,33 @@ def _credits_item(t, consumes, for_credits) -> ChecklistItem:
     if for_credits:
         if consumes or t["upstream_task_id"]:
             return ChecklistItem("credits", q, "Failed for credits, yet charged or submitted upstream: "
-                                 "inconsistent.", FAIL, consumes)
+                                 "inconsistent.", Severity.FAIL, consumes)
         return ChecklistItem("credits", q, f"Not charged: the balance could not cover {t['reserved_credits']} "
                              "credits, so the task failed before submission and the provider was never called.",
-                             OK, consumes)
+                             Severity.OK, consumes)
     if not consumes:
         if t["upstream_task_id"]:
-            return ChecklistItem("credits", q, "Submitted upstream without any charge.", FAIL)
-        return ChecklistItem("credits", q, "No charge recorded (the task never reached the spend step).", INFO)
+            return ChecklistItem("credits", q, "Submitted upstream without any charge.", Severity.FAIL)
+        return ChecklistItem("credits", q, "No charge recorded (the task never reached the spend step).", Severity.INFO)
     if len(consumes) > 1:
-        return ChecklistItem("credits", q, f"Charged {len(consumes)} times.", FAIL, consumes)
+        return ChecklistItem("credits", q, f"Charged {len(consumes)} times.", Severity.FAIL, consumes)
     c = consumes[0]
     if sub is not None and c["created_at"] > sub:
         return ChecklistItem("credits", q, f"Charged {-c['amount']} credits at {_when(c['created_at'])}, after "
-                             f"submission at {_when(sub)}.", FAIL, consumes)
+                             f"submission at {_when(sub)}.", Severity.FAIL, consumes)
     when = f"before submission at {_when(sub)}" if sub else "not submitted upstream"
     return ChecklistItem("credits", q, f"Yes: {-c['amount']} credits consumed at {_when(c['created_at'])}, {when}.",
-                         OK, consumes)
+                         Severity.OK, consumes)
 
 
 def _callbacks_item(callbacks) -> ChecklistItem:
     q = "Did the provider call back, and what was each callback's verdict?"
     if not callbacks:
-        return ChecklistItem("callbacks", q, "No provider callback received.", INFO)
+        return ChecklistItem("callbacks", q, "No provider callback received.", Severity.INFO)
     counts = Counter(c["outcome"] for c in callbacks)
     said = ", ".join(f"{k} ×{n}" for k, n in counts.items())
     rejected = any(str(k).startswith("rejected") or k == "malformed" for k in counts)
-    status = OK if "applied" in counts else WARN if rejected else INFO
+    status = Severity.OK if "applied" in counts else Severity.WARN if rejected else Severity.INFO
     return ChecklistItem("callbacks", q, f"{_cap(len(callbacks), 'callback')}: {said}.", status,
                          [_slim(c) for c in callbacks])
 
@@ -247,23 +259,23 @@ def _polling_item(events, status, age_s, stuck_s) -> ChecklistItem:
     if not checks:
         stale = status in ACTIVE_STATES and age_s > stuck_s
         return ChecklistItem("polling", q, "No polls or re-checks recorded" + (
-            " although the task is past the stuck threshold." if stale else "."), WARN if stale else INFO)
+            " although the task is past the stuck threshold." if stale else "."), Severity.WARN if stale else Severity.INFO)
     counts = Counter(e["kind"] for e in checks if e["kind"] != EventKind.POLL_ERROR)
     last = next((e for e in reversed(checks) if e["kind"] not in (EventKind.DEFERRED, EventKind.POLL_ERROR)), None)
     tail = f"; last upstream state: {last['detail'].get('state')}" if last else ""
     parts = ", ".join(f"{k} ×{n}" for k, n in counts.items())
     errors, unanswered = _failed_reads(events)
     if not errors:
-        return ChecklistItem("polling", q, f"{parts}{tail}.", INFO, checks)
+        return ChecklistItem("polling", q, f"{parts}{tail}.", Severity.INFO, checks)
     faults = ", ".join(f"{k} ×{n}" for k, n in Counter(str(e["detail"].get("error_kind")) for e in errors).items())
     said = f"{parts}{tail}; {_cap(len(errors), 'status read')} failed ({faults})"
     if not unanswered:
-        return ChecklistItem("polling", q, f"{said}, and the provider answered since.", INFO, checks)
+        return ChecklistItem("polling", q, f"{said}, and the provider answered since.", Severity.INFO, checks)
     first, latest = unanswered[0], unanswered[-1]
     said += (f"; the provider has not answered since {_when(first['at'])} (latest: "
              f"{latest['detail'].get('message')}): upstream unreachable or erring. Polling asks again; "
              "while it fails, a re-check fails too — look for a provider incident.")
-    return ChecklistItem("polling", q, said, WARN if status in ACTIVE_STATES else INFO, checks)
+    return ChecklistItem("polling", q, said, Severity.WARN if status in ACTIVE_STATES else Severity.INFO, checks)
 
 
 def _history_item(t, events, age_s, now: datetime | None = None) -> ChecklistItem:
@@ -273,23 +285,23 @@ def _history_item(t, events, age_s, now: datetime | None = None) -> ChecklistIte
     if t["status"] == TaskStatus.SUCCESS:
         urls = t["result_urls"] or []
         if not urls:
-            return ChecklistItem("history", q, "SUCCESS but without result URLs: nothing to show.", FAIL,
+            return ChecklistItem("history", q, "SUCCESS but without result URLs: nothing to show.", Severity.FAIL,
                                  [end] if end else [])
         expired = _expired_provider_urls(urls, t["finished_at"], now)
         if expired:
             return ChecklistItem("history", q, f"Delivered at {_when(t['finished_at'])}, but "
                                  f"{_cap(len(expired), 'result URL')} {'is' if len(expired) == 1 else 'are'} the "
                                  "provider's own, past the time the provider keeps outputs: the link no longer "
-                                 "opens. The output is gone; re-run the task for the user.", WARN,
+                                 "opens. The output is gone; re-run the task for the user.", Severity.WARN,
                                  [{"result_urls": urls, "expired": expired}] + ([end] if end else []))
         return ChecklistItem("history", q, f"Yes: delivered at {_when(t['finished_at'])} with "
-                             f"{_cap(len(urls), 'result URL')}{path}.", OK, [{"result_urls": urls}] + (
+                             f"{_cap(len(urls), 'result URL')}{path}.", Severity.OK, [{"result_urls": urls}] + (
                                  [end] if end else []))
     if t["status"] == TaskStatus.FAILED:
         return ChecklistItem("history", q, f"Yes, as a failure at {_when(t['finished_at'])}: {t['error_code']}"
-                             f"{path}.", OK, [end] if end else [])
+                             f"{path}.", Severity.OK, [end] if end else [])
     return ChecklistItem("history", q, f"Not yet: {t['status']} for {_age(age_s)}, shown in the active "
-                         "studio.", INFO)
+                         "studio.", Severity.INFO)
 
 
 def _expired_provider_urls(urls: list[str], finished_at: Any, now: datetime | None) -> list[str]:
@@ -304,18 +316,18 @@ def _notification_item(t, notes, for_credits) -> ChecklistItem:
     q = "Was the user notified of the outcome?"
     if t["status"] not in TERMINAL:
         return ChecklistItem("notification", q, "None expected while the task runs." if not notes else
-                             "Notified although the task is still running.", INFO if not notes else WARN, notes)
+                             "Notified although the task is still running.", Severity.INFO if not notes else Severity.WARN, notes)
     expected = str(rules.outcome_notification(t["status"], t["error_code"]))
     matching = [n for n in notes if n["kind"] == expected]
     if not notes:
-        return ChecklistItem("notification", q, f"Missing: no {expected} notification.", FAIL)
+        return ChecklistItem("notification", q, f"Missing: no {expected} notification.", Severity.FAIL)
     if len(matching) != len(notes):
         return ChecklistItem("notification", q, f"Wrong kind: expected {expected}, found "
-                             f"{', '.join(n['kind'] for n in notes)}.", FAIL, notes)
+                             f"{', '.join(n['kind'] for n in notes)}.", Severity.FAIL, notes)
     if len(matching) > 1:
-        return ChecklistItem("notification", q, f"Duplicate: {len(matching)} {expected} notifications.", FAIL, notes)
+        return ChecklistItem("notification", q, f"Duplicate: {len(matching)} {expected} notifications.", Severity.FAIL, notes)
     read = f", read at {_when(notes[0]['read_at'])}" if notes[0]["read_at"] else ", unread"
-    return ChecklistItem("notification", q, f"Yes: {expected} at {_when(notes[0]['created_at'])}{read}.", OK, notes)
+    return ChecklistItem("notification", q, f"Yes: {expected} at {_when(notes[0]['created_at'])}{read}.", Severity.OK, notes)
 
 
 def _upstream_cancel_item(t, events, refunded) -> ChecklistItem | None:
@@ -334,7 +346,7 @@ def _upstream_cancel_item(t, events, refunded) -> ChecklistItem | None:
         money = f"the user was refunded {refunded} credits" if refunded else "the user was not refunded"
         parts.append(f"the output arrived late ({_cap(len(late), 'success callback')} after the failure, from "
                      f"{_when(late[0]['at'])}), recorded as a duplicate: the task stays FAILED and {money}")
-    status = WARN if late else INFO
+    status = Severity.WARN if late else Severity.INFO
     return ChecklistItem("upstream_cancel", q, "; ".join(parts) + ".", status,
                          [_slim(e) for e in ([cancel] if cancel else []) + late])
 
@@ -342,15 +354,15 @@ def _upstream_cancel_item(t, events, refunded) -> ChecklistItem | None:
 def _failure_item(t) -> ChecklistItem:
     q = "Is the failure user-correctable, or a provider/infrastructure/billing failure?"
     if t["status"] != TaskStatus.FAILED:
-        return ChecklistItem("failure", q, "Not failed.", INFO)
+        return ChecklistItem("failure", q, "Not failed.", Severity.INFO)
     fc = t["failure_class"]
     msg = f"{t['error_code']}: {t['error_message'] or ''}".rstrip(": .")
     what = {"user": "User-correctable", "provider": "Provider failure (not the user's fault)",
             "infrastructure": "Infrastructure failure (not the user's fault)",
             "billing": "Billing: not enough credits; the user can top up"}.get(fc)
     if what is None:
-        return ChecklistItem("failure", q, f"Failure class not recorded ({msg}).", WARN)
-    return ChecklistItem("failure", q, f"{what} — {msg}.", INFO,
+        return ChecklistItem("failure", q, f"Failure class not recorded ({msg}).", Severity.WARN)
+    return ChecklistItem("failure", q, f"{what} — {msg}.", Severity.INFO,
                          [{"error_code": t["error_code"], "failure_class": fc, "error_message": t["error_message"]}])
 
 
@@ -361,33 +373,33 @@ def _refund_item(t, policy, consumes, refunds, charged, refunded) -> ChecklistIt
     if rules.courtesy_refund(bool(support), t.get("rerun_of") is not None) and len(refunds) == 1 \
             and refunded <= charged and t["status"] != TaskStatus.FAILED:
         return ChecklistItem("refund", q, f"No, and none is due: a courtesy re-run of task #{t['rerun_of']}, "
-                             f"whose {refunded} credits support refunded at once.", OK, ev)
+                             f"whose {refunded} credits support refunded at once.", Severity.OK, ev)
     if t["status"] == TaskStatus.SUCCESS:
-        return (ChecklistItem("refund", q, f"No: delivered, yet refunded {refunded} credits.", FAIL, ev) if refunds
-                else ChecklistItem("refund", q, "No: delivered, nothing to reverse.", OK, ev))
+        return (ChecklistItem("refund", q, f"No: delivered, yet refunded {refunded} credits.", Severity.FAIL, ev) if refunds
+                else ChecklistItem("refund", q, "No: delivered, nothing to reverse.", Severity.OK, ev))
     if t["status"] != TaskStatus.FAILED:
-        return (ChecklistItem("refund", q, "Refunded although the task has not failed.", FAIL, ev) if refunds
-                else ChecklistItem("refund", q, "Not yet: decided when the task settles.", INFO, ev))
+        return (ChecklistItem("refund", q, "Refunded although the task has not failed.", Severity.FAIL, ev) if refunds
+                else ChecklistItem("refund", q, "Not yet: decided when the task settles.", Severity.INFO, ev))
     if not consumes:
-        return (ChecklistItem("refund", q, "Refunded although never charged.", FAIL, ev) if refunds
-                else ChecklistItem("refund", q, "No: never charged.", OK, ev))
+        return (ChecklistItem("refund", q, "Refunded although never charged.", Severity.FAIL, ev) if refunds
+                else ChecklistItem("refund", q, "No: never charged.", Severity.OK, ev))
     if len(refunds) > 1 or refunded > charged:
         return ChecklistItem("refund", q, f"Refunded {len(refunds)} times, {refunded} credits for a charge of "
-                             f"{charged}.", FAIL, ev)
+                             f"{charged}.", Severity.FAIL, ev)
     facts = rules.RefundFacts(t["status"], t["failure_class"], charged=True, refunded=False)
     if rules.refund_due(facts, policy):
         if refunds:
             return ChecklistItem("refund", q, f"Yes, and refunded {refunded} credits at {_when(refunds[0]['created_at'])}.",
-                                 OK, ev)
+                                 Severity.OK, ev)
         return ChecklistItem("refund", q, f"Yes ({t['failure_class']} failure under policy {policy.name!r}), but "
-                             f"not refunded: {charged} credits due.", FAIL, ev)
+                             f"not refunded: {charged} credits due.", Severity.FAIL, ev)
     why = f"No: policy {policy.name!r} keeps credits for {t['failure_class']} failures"
     if support:
         return ChecklistItem("refund", q, f"{why}; support refunded {refunded} credits as a goodwill gesture.",
-                             INFO, ev)
+                             Severity.INFO, ev)
     if refunds:
-        return ChecklistItem("refund", q, f"{why}, yet {refunded} credits were refunded.", WARN, ev)
-    return ChecklistItem("refund", q, f"{why}; {charged} credits kept.", OK, ev)
+        return ChecklistItem("refund", q, f"{why}, yet {refunded} credits were refunded.", Severity.WARN, ev)
+    return ChecklistItem("refund", q, f"{why}; {charged} credits kept.", Severity.OK, ev)
 
 
 def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, timeout_s,
@@ -408,7 +420,7 @@ def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, ti
     if status == TaskStatus.SUCCESS:
         if not t["result_urls"]:
             return V.SUCCESS_WITHOUT_URLS, A.RECHECK_UPSTREAM, None
-        if refund_item.status == FAIL:
+        if refund_item.status == Severity.FAIL:
             return V.DELIVERED_BUT_REFUNDED, A.INVESTIGATE_LEDGER, None
         return V.DELIVERED, A.NOTHING, None
     code = t["error_code"] or ""
@@ -420,7 +432,7 @@ def _verdict(t, policy, items, charged, refunds, for_credits, age_s, stuck_s, ti
         return V.FAILED_FOR_CREDITS, A.TELL_USER_TOP_UP, None
     if rules.refund_due(rules.RefundFacts(status, t["failure_class"], charged != 0, bool(refunds)), policy):
         return V.REFUND_DUE, A.ISSUE_REFUND, None
-    if refund_item.status in (FAIL, WARN):
+    if refund_item.status in (Severity.FAIL, Severity.WARN):
         return V.REFUND_INCONSISTENT, A.INVESTIGATE_LEDGER, None
     user = t["failure_class"] == "user"
     then = (A.TELL_USER_CORRECT, advice) if user else (A.NOTHING, None)

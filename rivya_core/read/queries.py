@@ -299,7 +299,7 @@ def _account_match(text: str):
 
 
 def find_tasks(bind: Bind, query: str, limit: int = 50) -> list[dict[str, Any]]:
-    """Tasks matching a task id, an upstream id (exact), a user's email (exact or
+    """Tasks matching a task id (ours, or an imported task's original id), an upstream id (exact), a user's email (exact or
     prefix) or name (substring, any case), or prompt text (substring, any case).
     Exact id/upstream hits answer alone; otherwise user and prompt matches, newest
     first. Each row carries `match` saying why it was found."""
@@ -307,7 +307,7 @@ def find_tasks(bind: Bind, query: str, limit: int = 50) -> list[dict[str, Any]]:
     limit, _ = _page(limit)
     if not text or not limit:
         return []
-    cols = [*_TASK_COLS, account.c.email, account.c.name.label("user_name")]
+    cols = [*_TASK_COLS, ai_task.c.external_ref, account.c.email, account.c.name.label("user_name")]
     base = select(*cols).select_from(ai_task.outerjoin(account, account.c.id == ai_task.c.user_id))
     order = (ai_task.c.created_at.desc(), ai_task.c.id.desc())
     out: dict[int, dict[str, Any]] = {}
@@ -322,6 +322,7 @@ def find_tasks(bind: Bind, query: str, limit: int = 50) -> list[dict[str, Any]]:
         if task_id is not None:
             add(conn.execute(base.where(ai_task.c.id == task_id)), "id")
         add(conn.execute(base.where(ai_task.c.upstream_task_id == text).order_by(*order).limit(limit)), "upstream")
+        add(conn.execute(base.where(ai_task.c.external_ref == text).limit(limit)), "original id")
         if out:
             return list(out.values())
         users = list(conn.scalars(select(account.c.id).where(_account_match(text)).limit(MAX_LIMIT)))

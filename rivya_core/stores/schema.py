@@ -38,7 +38,10 @@ account = Table(
     Column("name", String(200), nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("balance", BigInteger, nullable=False, default=0),  # cache of the ledger sum
+    # the source's own id of an imported user (rivya_core.sources); NULL for rows this project wrote
+    Column("external_ref", String(200)),
     CheckConstraint("balance >= 0", name="ck_account_balance_nonneg"),
+    Index("ix_account_external_ref", "external_ref", unique=True),
 )
 
 ai_task = Table(
@@ -70,6 +73,9 @@ ai_task = Table(
     Column("rerun_of", Id),
     # billable run seconds the provider reported for the job (rivya_core.cost); added after version 1
     Column("provider_run_s", Float),
+    # the source's own id of an imported task (rivya_core.sources); NULL for rows this project wrote
+    Column("external_ref", String(200)),
+    Index("ix_ai_task_external_ref", "external_ref", unique=True),
     Index("ix_ai_task_user_created", "user_id", "created_at"),
     Index("ix_ai_task_status_created", "status", "created_at"),
     Index("ix_ai_task_upstream", "upstream_task_id"),
@@ -95,6 +101,9 @@ credit_ledger = Table(
     Column("note", Text),
     # issued by a support action (not by the service's rules); added after version 1 (init_db migrates)
     Column("support", Boolean, nullable=False, default=False, server_default=false()),
+    # an imported entry derived from source rows: a JSON list naming them ("credit/<id>", ...);
+    # NULL for entries this project's service wrote (rivya_core.sources)
+    Column("derived_from", Text),
     UniqueConstraint("idempotency_key", name="uq_credit_ledger_idempotency_key"),
     CheckConstraint("amount <> 0", name="ck_credit_ledger_amount_nonzero"),
     CheckConstraint("balance_after >= 0", name="ck_credit_ledger_balance_nonneg"),
@@ -262,6 +271,45 @@ alert_notice = Table(
     Column("claimed_until", DateTime),
     Column("attempts", Integer, nullable=False, default=0),  # deliveries tried, all runs
     Column("last_error", Text),  # why the latest delivery failed (never the URL)
+)
+
+# Not a contract table: where an imported database's rows came from (rivya_core.sources). One row
+# per source; `not_recorded` lists the facts that source never had (callbacks, notifications,
+# timeline, chat_billing), which the audit, the checklist and the pages report as such.
+data_source = Table(
+    "data_source",
+    metadata,
+    Column("key", String(50), primary_key=True),  # the source kind, e.g. shipany
+    Column("source", String(500), nullable=False),  # its URL, password hidden
+    Column("not_recorded", JSON, nullable=False),  # facts the source does not have
+    Column("watermark", DateTime),  # the newest updated_at read (the next import reads from it minus the overlap)
+    Column("as_of", DateTime),  # the source's own latest time (grants expired by then are expired)
+    Column("imported_at", DateTime, nullable=False),  # wall clock (UTC) of the latest import
+    Column("imports", Integer, nullable=False, default=0),
+    Column("summary", JSON),  # the latest import's rows read and written per table
+)
+
+# Not a contract table: the grants of an imported source (ShipAny's `credit` rows of type grant),
+# kept to derive expiries and to judge findings only that source can have (a grant driven below
+# zero, credits refunded onto an expired grant). `remaining_credits` is the source's own figure;
+# `replayed_remaining` what its history adds up to; `live` what of it a balance still counts.
+source_grant = Table(
+    "source_grant",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("external_ref", String(200), nullable=False),
+    Column("user_id", Id, nullable=False),
+    Column("credits", BigInteger, nullable=False),
+    Column("remaining_credits", BigInteger, nullable=False),
+    Column("replayed_remaining", BigInteger, nullable=False),
+    Column("live", BigInteger, nullable=False),
+    Column("scene", String(50)),
+    Column("status", String(20), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("expires_at", DateTime),
+    Column("expired_at", DateTime),  # when its expire entry was written (NULL: not expired yet)
+    UniqueConstraint("external_ref", name="uq_source_grant_external_ref"),
+    Index("ix_source_grant_user", "user_id"),
 )
 
 schema_meta = Table(

@@ -4,13 +4,12 @@
     plan(svc, "recheck", flt)        # how many, what each would do, credits, refusals and why; writes nothing
     execute(svc, "recheck", flt, operator="sam", reason="kinetica outage", name="kinetica 14:00")
 
-Every action goes through the lifecycle service's own support actions
-(`support_recheck`, `support_refund`, `support_mark_failed`; refunds and mark-failed a hundred
-tasks per unit of work through `support_many`, the same steps), so refusals and
-the `support_action` events come from one place; each event carries the
-incident id (`detail.incident`). The dry run asks the same service for its
-refusals (`recheck_refusal`, `refund_refusal_for`, `mark_failed_refusal`) over
-facts read in bulk, so a plan over ten thousand tasks takes a few queries.
+Every action (a `SupportAction`) goes through the lifecycle service's own support actions
+(`support`; refunds and mark-failed a hundred tasks per unit of work through `support_many`,
+the same steps), so refusals and the `support_action` events come from one place; each event
+carries the incident id (`detail.incident`). The dry run asks the same service for its
+refusals (`support_refusal`) over facts read in bulk, so a plan over ten thousand tasks takes
+a few queries.
 
 The filter, the tasks it matches and the incidents so far are read by `read.incidents`.
 
@@ -30,14 +29,14 @@ from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
 
-from ..domain import ACTIVE, ActionRefused, EntryType, EventKind, TaskStatus
+from ..domain import ACTIVE, ActionRefused, EntryType, EventKind, SupportAction, TaskStatus, ValidationError
 from ..read.incidents import BulkError, BulkFilter, matching_tasks
 from ..read.queries import connect, latest_timestamp
 from ..rules import RefundFacts, Refusal, SupportRefusal, credits_outcome, mark_failed_refund
 from ..stores.db import missing_tables
 from ..stores.schema import credit_ledger, incident, task_event
 
-ACTIONS = ("recheck", "refund", "mark-failed")
+ACTIONS = tuple(a.value for a in SupportAction)
 CHUNK = 500  # task ids per IN (...) read
 PROGRESS_EVERY = 25
 ACT_CHUNK = 100  # refund / mark-failed: tasks per unit of work (one commit)
@@ -145,16 +144,17 @@ class Plan:
                 "refusal_texts": self.refusal_texts(), "tasks": [asdict(t) for t in self.tasks[:rows]]}
 
 
-def _check_action(action: str) -> str:
-    if action not in ACTIONS:
-        raise BulkError(f"action {action!r} is not one of {', '.join(ACTIONS)}")
-    return action
+def _check_action(action: SupportAction | str) -> SupportAction:
+    try:
+        return SupportAction.parse(action)
+    except ValidationError:
+        raise BulkError(f"action {action!r} is not one of {', '.join(ACTIONS)}") from None
 
 
-def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = None) -> Plan:
+def plan(svc: Any, action: SupportAction | str, flt: BulkFilter, *, incident_id: int | None = None) -> Plan:
     """What `action` would do to every task `flt` matches now; writes nothing. With
     `incident_id`, tasks that incident already handled are marked done."""
-    _check_action(action)
+    action = _check_action(action)
     engine = svc.store.engine
     now = svc.judge_clock.now()  # ages judged like the pages and mark-failed judge them
     tasks = matching_tasks(engine, flt, now)
@@ -164,17 +164,15 @@ def plan(svc: Any, action: str, flt: BulkFilter, *, incident_id: int | None = No
     out = Plan(action, flt, now)
     for t in tasks:
         credits = 0
-        if action == "refund":
-            refusal = svc.refund_refusal_for(t, t.id in charged, t.id in refunded)
+        refusal = svc.support_refusal(action, t, t.id in charged, t.id in refunded)
+        if action is SupportAction.REFUND:
             would = f"refund {charged.get(t.id, 0)} credits"
             credits = charged.get(t.id, 0)
-        elif action == "mark-failed":
-            refusal = svc.mark_failed_refusal(t)
+        elif action is SupportAction.MARK_FAILED:
             back = mark_failed_refund(charged.get(t.id, 0), t.id in refunded, svc.policy)
             would = "mark failed" + (f", refund {back} credits" if back else ", no refund")
             credits = back
         else:
-            refusal = svc.recheck_refusal(t)
             would = (f"ask {t.provider} for the result" if t.status != TaskStatus.WAITING else
                      f"ask {t.provider} for a job under the task's reference; else resubmit or fail it")
         age = (now - (t.submitted_at or t.created_at)).total_seconds()
@@ -228,11 +226,11 @@ def default_name(action: str, flt: BulkFilter) -> str:
     return f"{action}: {flt.describe()}"[:200]
 
 
-def open_incident(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: str,
+def open_incident(svc: Any, action: SupportAction | str, flt: BulkFilter, *, operator: str, reason: str,
                   name: str | None = None) -> int:
     """The id of the incident called `name` (default: the action and filter), created when new.
     An existing name with another action or filter is refused."""
-    _check_action(action)
+    action = _check_action(action)
     engine = svc.store.engine
     _require_table(engine)
     operator, reason = str(operator or "").strip(), str(reason or "").strip()
@@ -258,10 +256,11 @@ def open_incident(svc: Any, action: str, flt: BulkFilter, *, operator: str, reas
         )).inserted_primary_key[0])
 
 
-def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: str, name: str | None = None,
-            progress: Callable[[int, int], None] | None = None) -> RunResult:
+def execute(svc: Any, action: SupportAction | str, flt: BulkFilter, *, operator: str, reason: str,
+            name: str | None = None, progress: Callable[[int, int], None] | None = None) -> RunResult:
     """Run `action` on every task `flt` matches, as the named incident (see open_incident),
     through the service's support actions. Tasks this incident already handled are skipped."""
+    action = _check_action(action)
     incident_id = open_incident(svc, action, flt, operator=operator, reason=reason, name=name)
     engine = svc.store.engine
     with connect(engine) as conn:
@@ -290,10 +289,10 @@ def execute(svc: Any, action: str, flt: BulkFilter, *, operator: str, reason: st
 
     try:
         done_n = 0
-        if action == "recheck":  # asks a provider per task: one at a time
+        if action is SupportAction.RECHECK:  # asks a provider per task: one at a time
             for t in todo:
                 try:
-                    record(t.id, svc.support_recheck(t.id, inc.operator, inc.reason, incident_id=incident_id))
+                    record(t.id, svc.support(action, t.id, inc.operator, inc.reason, incident_id=incident_id))
                 except ActionRefused as exc:
                     record(t.id, Refusal(exc.reason, exc.message))
                 done_n += 1

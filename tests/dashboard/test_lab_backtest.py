@@ -35,6 +35,7 @@ def _page(name: str, url: str, role: str = "operator", signed_in: str | None = N
     return at
 
 
+@pytest.mark.slow  # the backtest is a job in a worker process
 def test_backtest_tab_shows_exact_and_simulated_figures_with_the_ci_chart(sim_url, tmp_path, monkeypatch):
     from rivya_core.access import Role
     from simulations import jobs
@@ -100,6 +101,7 @@ def test_the_forked_story_is_a_scenario_run_accepts(sim_url):
     assert parse_scenario(text).script
 
 
+@pytest.mark.slow  # the backtest is a job in a worker process
 def test_a_backtest_whose_self_check_fails_shows_as_failed_with_the_reason(tmp_path, monkeypatch):
     import sqlite3
 

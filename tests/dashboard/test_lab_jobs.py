@@ -13,6 +13,8 @@ from streamlit.testing.v1 import AppTest
 
 from simulations import jobs
 
+pytestmark = pytest.mark.slow  # every job runs in a worker process
+
 WAIT_S = 240
 
 

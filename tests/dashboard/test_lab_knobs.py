@@ -51,6 +51,7 @@ def test_every_scenario_shows_its_own_knobs_whatever_came_before(empty_url, tmp_
             assert shown[label] == pytest.approx(value), f"{name}: {label} shows {shown[label]}, the file says {value}"
 
 
+@pytest.mark.slow  # the run is a job in a worker process
 def test_a_lab_run_with_untouched_knobs_matches_the_cli_fingerprint(lab):  # noqa: F811
     """...and its result shows chat as finally charged, with the reservations beside it."""
     at = lab()

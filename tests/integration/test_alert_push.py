@@ -19,6 +19,7 @@ from rivya_core.read import alerts
 from rivya_core.receiver import PollLoop
 from rivya_core.stores.sql import open_store
 from rivya_core.support import alert_push
+from tests.cli import run_main
 from tests.fakes import IMAGE, callback, make_service
 
 
@@ -209,8 +210,7 @@ def test_cli_alerts_prints_and_notifies_once(env, sink, db_url):
     svc.grant(user.id, 1, note="later activity")  # the database's own clock moves past the default stuck floor
 
     def run(*extra):
-        return subprocess.run([sys.executable, "-m", "rivya_core", "alerts", "--db", db_url, *extra],
-                              capture_output=True, text=True, timeout=120)
+        return run_main("rivya_core", "alerts", "--db", db_url, *extra)
 
     plain = run()
     assert plain.returncode == 0 and "1 alert(s)" in plain.stdout and "stuck: 1 lumen-flash" in plain.stdout
@@ -221,6 +221,7 @@ def test_cli_alerts_prints_and_notifies_once(env, sink, db_url):
     assert len(sink.bodies) == 1 and "secret-token" not in first.stdout + second.stdout + first.stderr
 
 
+@pytest.mark.slow  # a server's process: it must refuse before it listens
 def test_serve_refuses_an_alert_webhook_it_could_not_use(sqlite_url):
     for extra in (["--alerts-notify", "ftp://127.0.0.1/x"], ["--alerts-notify", "http://127.0.0.1:9/x", "--poll-every", "0"]):
         got = subprocess.run([sys.executable, "-m", "rivya_core", "serve", "--db", sqlite_url, "--port", "9", *extra],

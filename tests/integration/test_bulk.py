@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
@@ -16,6 +14,7 @@ from rivya_core.read import incidents
 from rivya_core.rules import SupportRefusal
 from rivya_core.stores.sql import open_store
 from rivya_core.support import bulk
+from tests.cli import run_main
 from tests.fakes import IMAGE, callback, make_service
 
 
@@ -158,7 +157,7 @@ def test_init_db_adds_the_incident_table_to_an_older_database(sqlite_url):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "rivya_core", *args], capture_output=True, text=True, timeout=120)
+    return run_main("rivya_core", *args)
 
 
 def test_cli_dry_run_then_execute_twice(outage):

@@ -12,6 +12,7 @@ from rivya_core.read.deliveries import delivery_log, delivery_providers
 from rivya_core.rules import ReprocessRefusal, SupportRefusal
 from rivya_core.stores import schema
 from rivya_core.support.reprocess import reprocess_callback
+from tests.cli import run_main
 from tests.fakes import IMAGE, callback
 
 
@@ -153,15 +154,11 @@ def test_an_unknown_task_callback_whose_stored_body_does_not_parse_is_refused(en
 
 
 def test_cli_reprocess_callback(env, db_url):
-    import subprocess
-    import sys
-
     svc, clock, providers, store, user = env
     parked = _park(svc, clock, "lumen-job-70", "early")
     task = _holder(svc, user, "lumen-job-70")
-    run = lambda: subprocess.run([sys.executable, "-m", "rivya_core", "reprocess-callback",  # noqa: E731
-                                  str(parked.callback_id), "--db", db_url, "--operator", "Dana", "--reason", "late"],
-                                 capture_output=True, text=True, timeout=120)
+    run = lambda: run_main("rivya_core", "reprocess-callback",  # noqa: E731
+                           str(parked.callback_id), "--db", db_url, "--operator", "Dana", "--reason", "late")
     first, second = run(), run()
     assert first.returncode == 0 and f"task {task.id}: callback #{parked.callback_id} re-processed" in first.stdout
     assert second.returncode == 0 and "duplicate" in second.stdout, second.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -12,6 +10,7 @@ from rivya_core.domain import NotFound
 from rivya_core.read.export import FORMAT, task_record, task_record_json
 from rivya_core.stores.sql import open_store
 from rivya_core.support import rerun
+from tests.cli import run_main
 from tests.fakes import IMAGE, callback, make_service
 
 HOSTILE = "**bold** <img src=x onerror=alert(1)> [link](http://evil.example) \u202e"
@@ -47,8 +46,7 @@ def test_the_record_holds_every_part_of_the_task_as_stored(env):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "rivya_core", "export-task", *args], capture_output=True, text=True,
-                          timeout=120)
+    return run_main("rivya_core", "export-task", *args)
 
 
 def test_cli_export_task_to_stdout_and_to_a_file_that_it_never_overwrites_without_force(env, db_url, tmp_path):

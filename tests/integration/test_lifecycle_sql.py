@@ -3,9 +3,6 @@ with the audit run on what it wrote, and the core CLI on the same databases."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from rivya_core.audit import audit
@@ -15,6 +12,7 @@ from rivya_core.read.diagnose import diagnose
 from rivya_core.rules import MarkFailedRefusal, RefundRefusal
 from rivya_core.stores.sql import open_store
 from rivya_core.verdicts import NextAction, Verdict
+from tests.cli import run_main
 from tests.fakes import IMAGE, callback, make_service
 
 
@@ -76,7 +74,7 @@ def test_support_actions_on_sql_store(sql_env):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "rivya_core", *args], capture_output=True, text=True, timeout=120)
+    return run_main("rivya_core", *args)
 
 
 def test_cli_init_db_then_audit_is_clean(db_url):

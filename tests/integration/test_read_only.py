@@ -3,9 +3,6 @@ database file (bytes and mtime) as they found it, and a missing file is not crea
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from rivya_core.domain import SchemaMissing, StoreUnavailable
 from rivya_core.stores import db, schema
+from tests.cli import run_main
 from tests.dashboard.seed import seed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,10 +21,8 @@ def _state(path: Path) -> tuple[bytes, int]:
     return path.read_bytes(), path.stat().st_mtime_ns
 
 
-def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=180,
-                          cwd=ROOT, env=env)
+def _cli(module: str, *args: str):
+    return run_main(module, *args, cwd=ROOT, timeout=180)
 
 
 @pytest.fixture

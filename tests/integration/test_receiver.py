@@ -123,6 +123,7 @@ def _serve_two_workers(url: str, port: int, marks: str) -> None:
                             poll_every=0.1, workers=2))
 
 
+@pytest.mark.slow  # receiver worker processes
 def test_workers_accept_on_one_port_and_the_sweep_runs_once_in_the_parent(sqlite_url, tmp_path):
     store = open_store(sqlite_url, create=True)
     svc, clock, providers = make_service(store=store)
@@ -158,6 +159,7 @@ def test_workers_accept_on_one_port_and_the_sweep_runs_once_in_the_parent(sqlite
     assert all(t.status == TaskStatus.SUCCESS for t in svc.store.snapshot().tasks)
 
 
+@pytest.mark.slow  # receiver worker processes
 def test_when_a_worker_dies_the_receiver_stops_the_others_and_fails(sqlite_url, tmp_path):
     open_store(sqlite_url, create=True).engine.dispose()
     port = free_port()
@@ -178,6 +180,7 @@ def test_when_a_worker_dies_the_receiver_stops_the_others_and_fails(sqlite_url, 
     assert not second.is_running() or second.status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow  # receiver worker processes
 def test_receiver_load_counts_nothing_lost_or_doubled_with_two_workers_and_in_process(tmp_path):
     from simulations.receiver_load import run_load
 

@@ -6,8 +6,7 @@ refuse new jobs: the re-run fails at submission, linked, refunded by policy)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 
 import pytest
 from sqlalchemy import MetaData, Table, inspect, select
@@ -18,6 +17,7 @@ from rivya_core.read.diagnose import diagnose
 from rivya_core.stores import db, schema
 from rivya_core.support import rerun
 from rivya_core.verdicts import Verdict
+from tests.cli import run_main
 from tests.fakes import IMAGE, callback
 
 
@@ -78,9 +78,10 @@ def test_init_db_adds_rerun_of_to_an_older_database(db_url):
         engine.dispose()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rivya_core", *args], capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "RIVYA_PROVIDERS": ""})
+def _cli(*args: str):
+    """In process, with no RIVYA_ setting but an empty provider configuration."""
+    unset = tuple(k for k in os.environ if k.startswith("RIVYA_"))
+    return run_main("rivya_core", *args, env={"RIVYA_PROVIDERS": ""}, unset=unset)
 
 
 def test_cli_rerun_without_provider_clients_is_refused_and_writes_nothing(sql_env, db_url):

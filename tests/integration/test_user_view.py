@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from rivya_core.read import queries, user_view
 from rivya_core.stores.sql import open_store
+from tests.cli import run_main
 from tests.fakes import IMAGE, callback, make_service
 
 
@@ -72,4 +71,4 @@ def test_chat_turns_are_found_by_message_session_and_user_and_diagnosed_from_the
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "rivya_core", *args], capture_output=True, text=True, timeout=120)
+    return run_main("rivya_core", *args)

@@ -3,10 +3,8 @@ seed passes the audit and liveness, and a failure prints its replay command."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from simulations.chaos import FAULT_KINDS, SeedResult, draw_faults, run_chaos
+from tests.cli import run_main
 
 
 def test_fault_draws_are_deterministic_and_switch_every_kind_on_and_off():
@@ -18,7 +16,7 @@ def test_fault_draws_are_deterministic_and_switch_every_kind_on_and_off():
 
 
 def test_a_few_chaos_seeds_hold_every_invariant():
-    results = run_chaos(3, start=0, tasks=60)
+    results = run_chaos(3, start=0, tasks=60, workers=0)  # in this process: the engine is tested in test_sweep
     assert [r.seed for r in results] == [0, 1, 2]
     assert all(r.ok for r in results), [r.render(60) for r in results if not r.ok]
 
@@ -32,10 +30,8 @@ def test_a_failed_seed_prints_rows_and_replay_command():
 
 
 def test_chaos_command_exit_status():
-    ok = subprocess.run([sys.executable, "-m", "simulations", "chaos", "--seeds", "1", "--start", "5",
-                         "--tasks", "30"], capture_output=True, text=True, timeout=300)
+    ok = run_main("simulations", "chaos", "--seeds", "1", "--start", "5", "--tasks", "30", timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "zero violations" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "simulations", "chaos", "--seeds", "0"],
-                         capture_output=True, text=True, timeout=60)
+    bad = run_main("simulations", "chaos", "--seeds", "0", timeout=60)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr

@@ -1,11 +1,15 @@
 """Every CLI command given wrong arguments, a missing database or a database
 without the schema prints one clear line (no traceback) and exits non-zero;
-and `python -m rivya_core recover` repairs a crashed database idempotently."""
+and `python -m rivya_core recover` repairs a crashed database idempotently.
+
+The commands run in process (tests/cli.py); `python -m` itself is checked once per package."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
@@ -14,6 +18,7 @@ from rivya_core.audit import audit
 from rivya_core.stores.db import make_engine
 from rivya_core.stores.sql import open_store
 from rivya_core.validation import validate
+from tests.cli import run_main
 from tests.fakes import IMAGE, make_service
 
 CORE = ["init-db", "audit", "diagnose 1", "refund 1 --operator o --reason r", "recheck 1",
@@ -22,7 +27,8 @@ SIMS = ["run chaos --tasks 5", "replay", "compare chaos --policy a.toml --policy
 
 
 def _run(*args: str):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
+    assert args[0] == "-m"
+    return run_main(*args[1:])
 
 
 def _one_clear_line(proc) -> None:
@@ -40,15 +46,18 @@ def _one_clear_line(proc) -> None:
     ("simulations", "run no-such-scenario --db sqlite:///x.db"),
 ])
 def test_wrong_arguments(module, argv, tmp_path):
+    _one_clear_line(run_main(module, *argv.split(), cwd=tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module,argv", [("rivya_core", "nonsense"), ("simulations", "chaos --seeds 0")])
+def test_the_process_exits_non_zero_with_one_line(module, argv, tmp_path):
+    """The same through `python -m` in a fresh interpreter, from another directory."""
+    root = str(Path(__file__).resolve().parents[2])
     proc = subprocess.run([sys.executable, "-m", module, *argv.split()], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path, env=_env())
+                          timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode == 2
     _one_clear_line(proc)
-
-
-def _env():
-    import os
-
-    return {**os.environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[2])}
 
 
 @pytest.mark.parametrize("command", [c for c in CORE if c != "init-db"])

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from rivya_core.stores import schema
@@ -24,6 +25,8 @@ from simulations.writer import read_sim_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 T = schema.ai_task
+
+pytestmark = pytest.mark.slow  # kills a run in a child process
 
 
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.reliability.test_cli import _env, _one_clear_line
+from tests.cli import run_main
+from tests.reliability.test_cli import _one_clear_line
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(module: str, argv: list[str], cwd: Path, **env: str):
-    return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env={**_env(), **env})
+    """The command in process (tests/cli.py), from cwd, with env added."""
+    return run_main(module, *argv, cwd=cwd, env=env)
 
 
 @pytest.mark.parametrize("module,argv", [

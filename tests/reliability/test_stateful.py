@@ -5,6 +5,7 @@ store, drained, also passes rivya_core.audit loaded into SQLite."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -13,6 +14,8 @@ from rivya_core.domain import ActionRefused, InsufficientCredits
 from tests.fakes import callback, make_service
 
 from .support import TERMINAL, audit_snapshot, corruptions, differential, invariant_violations
+
+pytestmark = pytest.mark.slow  # long Hypothesis state machine runs
 
 MODELS = [("lumen-flash", {}), ("lumen-pro", {}), ("sonora-tts", {})]
 PROVIDER = {"lumen-flash": "lumen", "lumen-pro": "lumen", "sonora-tts": "sonora"}

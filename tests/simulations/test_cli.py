@@ -55,7 +55,8 @@ def test_run_json_then_replay_check(tmp_path, capsys, monkeypatch):
 
 def test_compare_prints_a_table_with_confidence_intervals(capsys):
     code = main(["compare", "chaos", "--policy", "data/policies/refund_everything.toml",
-                 "--policy", "data/policies/no_refunds.toml", "--replications", "3", "--tasks", "100", "--json"])
+                 "--policy", "data/policies/no_refunds.toml", "--replications", "3", "--tasks", "100", "--workers", "0",
+                 "--json"])  # in this process: the engine is tested in test_sweep
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     table = {row["kpi"]: row for row in report["table"]}

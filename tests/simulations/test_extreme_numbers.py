@@ -4,8 +4,7 @@ number of simulation steps (no run ticks for ever)."""
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+import pytest
 
 from rivya_core.domain import RivyaError
 from rivya_core.limits import MAX_RUN_TICKS
@@ -85,43 +84,65 @@ def _run_to_the_end(text: str, source: str) -> None:
         _one_line_naming(exc, source)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(sorted((s, k) for s, ks in SCENARIO_KEYS.items() for k in ks)), st.sampled_from(EXTREMES))
-def test_a_scenario_key_with_an_extreme_value_is_refused_in_one_line_or_runs_to_its_end(where, value):
+def _each_value(values: list[str], check) -> None:
+    """check(value) for every value; a failure names the value it failed on."""
+    for value in values:
+        try:
+            check(value)
+        except AssertionError as exc:
+            raise AssertionError(f"value {value!r}: {exc}") from exc
+
+
+# Every key with every extreme value (the grids are finite and small enough to run whole), one
+# test a key.
+@pytest.mark.parametrize("where", sorted((s, k) for s, ks in SCENARIO_KEYS.items() for k in ks),
+                         ids=lambda where: ".".join(where))
+def test_a_scenario_key_with_an_extreme_value_is_refused_in_one_line_or_runs_to_its_end(where):
     section, key = where
-    line = f"{key} = {value}"
-    if section == "scenario":
-        text = ARRIVALS.replace("[population]", f"{line}\n[population]") if key not in ARRIVALS else \
-            "\n".join(line if ln.startswith(f"{key} =") else ln for ln in ARRIVALS.splitlines())
-    elif section == "population" and key == "users":
-        text = ARRIVALS.replace("users = 2", line)
-    else:
-        text = ARRIVALS + f"[{section}]\n{line}\n"
-    _run_to_the_end(text, "extreme.toml")
+
+    def check(value: str) -> None:
+        line = f"{key} = {value}"
+        if section == "scenario":
+            text = ARRIVALS.replace("[population]", f"{line}\n[population]") if key not in ARRIVALS else \
+                "\n".join(line if ln.startswith(f"{key} =") else ln for ln in ARRIVALS.splitlines())
+        elif section == "population" and key == "users":
+            text = ARRIVALS.replace("users = 2", line)
+        else:
+            text = ARRIVALS + f"[{section}]\n{line}\n"
+        _run_to_the_end(text, "extreme.toml")
+
+    _each_value(EXTREMES, check)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(SCRIPT_KEYS), st.sampled_from(EXTREMES))
-def test_a_script_step_with_an_extreme_value_is_refused_in_one_line_or_runs_to_its_end(key, value):
-    steps = [dict(step) for step in STEPS]
-    steps[STEP_OF.get(key, 0)][key] = value
-    text = SCRIPTED + "".join("[[script]]\n" + "".join(f"{k} = {v}\n" for k, v in step.items()) for step in steps)
-    _run_to_the_end(text, "extreme.toml")
+@pytest.mark.parametrize("key", SCRIPT_KEYS)
+def test_a_script_step_with_an_extreme_value_is_refused_in_one_line_or_runs_to_its_end(key):
+    def check(value: str) -> None:
+        steps = [dict(step) for step in STEPS]
+        steps[STEP_OF.get(key, 0)][key] = value
+        text = SCRIPTED + "".join("[[script]]\n" + "".join(f"{k} = {v}\n" for k, v in step.items())
+                                  for step in steps)
+        _run_to_the_end(text, "extreme.toml")
+
+    _each_value(EXTREMES, check)
 
 
-@settings(max_examples=120, deadline=None)
-@given(key=st.sampled_from(SCENARIO_KEYS["policy"]),
-       value=st.sampled_from(EXTREMES + ["{image = inf}", "{image = 1e300}", "[1e300]", "[inf]", '[["user"]]',
-                                         '[{a = "user"}]']))
-def test_a_policy_file_with_an_extreme_value_is_refused_in_one_line_or_bounded(key, value, tmp_path_factory):
-    path = tmp_path_factory.mktemp("policy") / "extreme.toml"
-    path.write_text(f"[policy]\n{key} = {value}\n")
-    try:
-        policy = BillingPolicy.load(path)
-    except PolicyError as exc:
-        _one_line_naming(exc, str(path))
-        return
-    for v in policy.to_dict().values():  # whatever was accepted is a finite number within the year
-        for x in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v]):
-            if isinstance(x, int | float) and not isinstance(x, bool):
-                assert 0 <= x <= 1e9, (key, value, x)
+POLICY_EXTREMES = EXTREMES + ["{image = inf}", "{image = 1e300}", "[1e300]", "[inf]", '[["user"]]', '[{a = "user"}]']
+
+
+@pytest.mark.parametrize("key", SCENARIO_KEYS["policy"])
+def test_a_policy_file_with_an_extreme_value_is_refused_in_one_line_or_bounded(key, tmp_path):
+    path = tmp_path / "extreme.toml"
+
+    def check(value: str) -> None:
+        path.write_text(f"[policy]\n{key} = {value}\n")
+        try:
+            policy = BillingPolicy.load(path)
+        except PolicyError as exc:
+            _one_line_naming(exc, str(path))
+            return
+        for v in policy.to_dict().values():  # whatever was accepted is a finite number within the year
+            for x in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v]):
+                if isinstance(x, int | float) and not isinstance(x, bool):
+                    assert 0 <= x <= 1e9, (key, value, x)
+
+    _each_value(POLICY_EXTREMES, check)

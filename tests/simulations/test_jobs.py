@@ -32,6 +32,7 @@ def run_params(runs, tasks: int) -> dict:
             "url": f"sqlite:///{runs / f'run-{tasks}.db'}"}
 
 
+@pytest.mark.slow  # the job runs in a worker process
 def test_a_run_job_reports_progress_and_its_result(tmp_path):
     runs = tmp_path / "runs"
     job_id = jobs.submit("run", run_params(runs, 40), label="baseline, 40 tasks", owner="sam", runs=runs)
@@ -47,6 +48,7 @@ def test_a_run_job_reports_progress_and_its_result(tmp_path):
     assert [j["id"] for j in jobs.list_jobs(runs)] == [job_id]
 
 
+@pytest.mark.slow  # the job runs in a worker process
 def test_a_compare_job_returns_the_paired_table(tmp_path):
     runs = tmp_path / "runs"
     sc = load_scenario("chaos")
@@ -67,6 +69,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow  # the job runs in a worker process
 def test_cancel_stops_the_worker_and_its_process_group(tmp_path):
     runs = tmp_path / "runs"
     job_id = jobs.submit("run", run_params(runs, 500_000), label="long", runs=runs)
@@ -83,6 +86,7 @@ def test_cancel_stops_the_worker_and_its_process_group(tmp_path):
     assert not jobs.cancel(job_id, runs)  # already finished: nothing to do
 
 
+@pytest.mark.slow  # the job runs in a worker process
 def test_a_worker_that_dies_shows_as_failed_with_its_log(tmp_path):
     runs = tmp_path / "runs"
     job_id = jobs.submit("run", run_params(runs, 500_000), label="doomed", runs=runs)
@@ -93,6 +97,7 @@ def test_a_worker_that_dies_shows_as_failed_with_its_log(tmp_path):
     assert f"job {job_id}: run doomed" in jobs.log_tail(failed)
 
 
+@pytest.mark.slow  # the job runs in a worker process
 def test_a_job_that_raises_is_failed_with_the_error_and_traceback(tmp_path):
     runs = tmp_path / "runs"
     params = run_params(runs, 10)
@@ -124,6 +129,7 @@ def _tampered_history(tmp_path) -> str:
     return f"sqlite:///{path}"
 
 
+@pytest.mark.slow  # the job runs in a worker process
 def test_a_backtest_whose_self_check_fails_is_a_failed_job_with_the_reason_and_its_result(tmp_path):
     runs = tmp_path / "runs"
     pols = [BillingPolicy.load(f"data/policies/{n}.toml").to_dict() for n in ("default", "no_refunds")]

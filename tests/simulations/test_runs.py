@@ -39,6 +39,7 @@ def test_same_seed_same_bytes_and_fingerprint_other_seed_differs(run_small):
     assert c.fingerprint != a.fingerprint
 
 
+@pytest.mark.slow  # a run in each of two interpreters
 def test_same_seed_same_bytes_across_processes(tmp_path):
     """Two processes (different string-hash seeds, as two runs of the CLI have) write identical files."""
     code = ("import sys; from simulations.runner import run_scenario; from simulations.scenarios import load_scenario;"

@@ -37,6 +37,7 @@ def rows(frame: pd.DataFrame) -> list[dict]:
     return frame.drop(columns=["wall_s"]).to_dict("records")
 
 
+@pytest.mark.slow  # Dask worker processes
 def test_a_sweep_gives_the_same_rows_serially_on_a_local_cluster_and_on_an_existing_one(cluster):
     sweep = small_sweep(grid=parse_grid(["farm.capacity=4,12"]))
     serial = run_sweep(sweep, workers=0)
@@ -68,10 +69,11 @@ def boom_on_two(x: int) -> int:
     return x * 10
 
 
-@pytest.mark.parametrize("where", ["serial", "cluster"])
-def test_a_failed_job_is_reported_with_its_replay_and_the_rest_finish(where, cluster):
+@pytest.mark.parametrize("where", ["serial", pytest.param("cluster", marks=pytest.mark.slow)])  # Dask workers
+def test_a_failed_job_is_reported_with_its_replay_and_the_rest_finish(where, request):
     jobs = [Job(f"j{i}", boom_on_two, (i,), f"replay j{i}") for i in range(5)]
-    out = run_jobs(jobs, **({"workers": 0} if where == "serial" else {"scheduler": cluster}))
+    where_to = {"workers": 0} if where == "serial" else {"scheduler": request.getfixturevalue("cluster")}
+    out = run_jobs(jobs, **where_to)
     assert [o.key for o in out] == [f"j{i}" for i in range(5)]
     assert [o.value for o in out if o.ok] == [0, 10, 30, 40]
     (bad,) = [o for o in out if not o.ok]

@@ -181,7 +181,26 @@ def d_chat_mismatch(db, ids):
     db.ledger(ids["ann"], "chat_refund", 1, msg_id=ids["chat"], key="chat_refund:again")
 
 
+def d_canceled_not_refunded(db, ids):
+    db.failed(ids["ann"], failure_class="user", error_code="upstream_canceled", refund=False)
+
+
+def d_refund_onto_expired_grant(db, ids):
+    t = db.failed(ids["ann"], failure_class="provider", error_code="provider_error")
+    db.ledger(ids["ann"], "expire", -10, task_id=t, key=f"shipany:lost-refund:refund:{t}")
+
+
+def d_grant_below_zero(db, ids):
+    with db.engine.begin() as conn:
+        conn.execute(s.source_grant.insert().values(
+            external_ref="g-1", user_id=ids["ann"], credits=10, remaining_credits=-4, replayed_remaining=-4, live=0,
+            status="active", created_at=NOW))
+
+
 DEFECTS = [
+    ("canceled_not_refunded", d_canceled_not_refunded, 1),
+    ("refund_onto_expired_grant", d_refund_onto_expired_grant, 1),
+    ("grant_below_zero", d_grant_below_zero, 1),
     ("ledger_running_sum", d_running_sum, 1),
     ("negative_balance", d_negative, 1),
     ("balance_mismatch", d_balance, 1),

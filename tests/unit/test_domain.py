@@ -43,3 +43,14 @@ def test_a_ledger_row_may_empty_an_account_but_never_overdraw_it():
     with pytest.raises(InsufficientCredits) as err:
         balance_after(55, -56)
     assert "short by 1" in err.value.message and err.value.code == "insufficient_credits"
+
+
+def test_support_actions_are_one_enum_and_refuse_an_unknown_name():
+    from rivya_core.domain import SupportAction, ValidationError
+
+    assert [a.value for a in SupportAction] == ["recheck", "refund", "mark-failed"]
+    assert SupportAction.parse("mark-failed") is SupportAction.MARK_FAILED
+    assert SupportAction.MARK_FAILED.event_name == "mark_failed" and SupportAction.MARK_FAILED.words == "mark failed"
+    with pytest.raises(ValidationError) as err:
+        SupportAction.parse("delete")
+    assert err.value.code == "support_action_unknown"

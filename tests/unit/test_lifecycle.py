@@ -13,6 +13,7 @@ from rivya_core.domain import (
     IdempotencyConflict,
     InsufficientCredits,
     NotFound,
+    SupportAction,
     TaskStatus,
     TurnClosed,
     ValidationError,
@@ -503,6 +504,23 @@ def test_support_mark_failed_only_when_stuck(env):
         svc.support_mark_failed(task.id, "sam", "again")
     assert settled.value.reason == MarkFailedRefusal.NOT_ACTIVE
     assert svc.balance(user.id) == 100
+
+
+def test_one_dispatch_runs_each_support_action_by_its_name(env):
+    svc, clock, providers, user = env
+    task = svc.submit(user.id, IMAGE)
+    before = svc.store.snapshot()
+    with pytest.raises(ValidationError) as unknown:
+        svc.support("delete", task.id, "sam", "cleanup")
+    assert unknown.value.code == "support_action_unknown" and svc.store.snapshot() == before
+    with pytest.raises(ActionRefused) as young:
+        svc.support("mark-failed", task.id, "sam", "looks stuck")
+    assert young.value.reason == MarkFailedRefusal.NOT_STUCK_YET
+    clock.advance(svc.policy.stuck_for("image"))
+    failed = svc.support(SupportAction.MARK_FAILED, task.id, "sam", "looks stuck")
+    assert failed.status == TaskStatus.FAILED
+    actions = [e.detail["action"] for e in svc._tx(lambda tx: tx.task_events(task.id)) if e.kind == "support_action"]
+    assert actions == ["mark_failed", "mark_failed"]
 
 
 def test_support_recheck_applies_upstream_result(env):

@@ -22,12 +22,14 @@ PROMISES = {
     "block_duplicate_runs": {"duplicate_runs": "block"},
     "no_upstream_cancel": {"upstream_cancel": False},
     "give_up_after_20m": {"timeout_s": {"image": 900.0, "video": 1200.0, "audio": 1200.0}},
+    "gift_expires_14_days": {"credit_expiry_days": 14.0},
+    "gift_expires_30_days": {"credit_expiry_days": 30.0},
 }
 
 
 def _changed(policy: BillingPolicy) -> dict:
     base = DEFAULT_POLICY.to_dict()
-    return {k: v for k, v in policy.to_dict().items() if k not in ("name", "description") and v != base[k]}
+    return {k: v for k, v in policy.to_dict().items() if k not in ("name", "description") and v != base.get(k)}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
