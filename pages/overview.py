@@ -1,4 +1,5 @@
-"""Overview: tasks by state now, throughput and failures over time, credits, audit, recent generations."""
+"""Overview: tasks by state now, credits, audit, money (revenue, provider cost, margin), throughput and
+failures over time, recent generations."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pages._source import enter_page, open_db
 from pages._support import policy_in_force
 from pages._text import plain
 from rivya_core.read import queries, reports
+from rivya_core.read.money import money_by
 
 STATE_COLORS = {"WAITING": "#9e9e9e", "GENERATING": "#1f77b4", "SUCCESS": "#2ca02c", "FAILED": "#d62728"}
 
@@ -66,6 +68,27 @@ with show_errors():
                                            summary["judged_at"], summary["duration_s"], plain) + since)
     st.caption(f"Audit judged with {plain(policy_source)}.")
     st.page_link("pages/refund_audit.py", label="Open the refund audit", icon=":material/policy:")
+
+    st.subheader("Money")
+    money = cached_df(money_by, policy)
+    tot = money["total"]
+    cols = st.columns(3)
+    cols[0].metric(f"Revenue ({money['currency']})", f"{tot['revenue']:,.2f}")
+    cols[1].metric(f"Provider cost ({money['currency']})", f"{tot['provider_cost']:,.2f}")
+    cols[2].metric(f"Margin ({money['currency']})", f"{tot['margin']:,.2f}")
+    st.caption(f"Revenue: net credits × {money['credit_value']:g} {money['currency']} a credit ({plain(policy_source)}); "
+               f"provider cost at the catalogue's provider prices: exact for {tot['cost_exact_tasks']:,} tasks "
+               f"(reported run seconds, outputs, chat tokens), estimated for {tot['cost_estimated_tasks']:,} from "
+               "their submitted → finished time (queueing included: an upper bound).")
+    if money["provider"]:
+        by_provider = pd.DataFrame(money["provider"]).merge(
+            pd.DataFrame(money["daily"]), on="name", how="left").rename(columns={"name": "provider"})
+        show_table(by_provider, hide_index=True, width="stretch",
+                   column_config={"ci95": st.column_config.NumberColumn(
+                       "± 95% CI", help="half width of the 95% t interval of the mean daily margin, over days")})
+        with st.expander("By model"):
+            show_table(pd.DataFrame(money["model"]).rename(columns={"name": "model"}), hide_index=True,
+                       width="stretch")
 
     st.subheader("Throughput and failures over time")
     windows = {"Last 7 days": 7.0, "Last 30 days": 30.0, "Whole history": None}

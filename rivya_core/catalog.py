@@ -60,6 +60,21 @@ class Pricing:
 
 
 @dataclass(frozen=True)
+class ProviderPrice:
+    """What the provider bills us for one job of this model, in money (rivya_core.cost.CURRENCY):
+    per second of run time, per output, or per 1,000 tokens (chat)."""
+
+    unit: str                          # per_second | per_output | per_token
+    per_second: float = 0.0
+    per_output: float = 0.0
+    input_per_1k: float = 0.0
+    output_per_1k: float = 0.0
+
+
+PROVIDER_PRICE_UNITS = ("per_second", "per_output", "per_token")
+
+
+@dataclass(frozen=True)
 class Rules:
     """Model-specific extra rules (audio isolation: verified, bounded duration)."""
 
@@ -84,6 +99,7 @@ class ModelSpec:
     rules: Rules = Rules()
     tools: tuple[str, ...] = ()
     tool_models: tuple[tuple[str, str], ...] = ()
+    provider_price: ProviderPrice | None = None  # None: the catalogue does not say (cost unknown)
 
     @property
     def billing_type(self) -> str:
@@ -170,7 +186,7 @@ def default_catalog() -> Catalog:
 
 TOOL_CATEGORIES = {"image_generation": "image", "video_generation": "video", "audio_generation": "audio"}
 _MODEL_KEYS = {"id", "name", "category", "provider", "runtime", "direct_generation", "prompt", "params",
-               "references", "pricing", "rules", "tools", "tool_models"}
+               "references", "pricing", "rules", "tools", "tool_models", "provider_price"}
 _PRICING_KEYS = {"per_task": {"credits"}, "per_second": {"credits_per_second", "duration_param"},
                  "per_token": {"input_per_1k", "output_per_1k"}}
 
@@ -274,7 +290,29 @@ def _parse_model(w: _Where, entry: Any) -> ModelSpec:
         prompt_min=pmin, prompt_max=pmax, params=params, references=references, pricing=pricing,
         rules=_parse_rules(w, d.get("rules", {}), references), tools=tuple(tools),
         tool_models=tuple((t, w.text(m, f"tool_models.{t}")) for t, m in tool_models.items()),
+        provider_price=_parse_provider_price(w, d.get("provider_price"), category),
     )
+
+
+_PROVIDER_PRICE_KEYS = {"per_second": {"per_second"}, "per_output": {"per_output"},
+                        "per_token": {"input_per_1k", "output_per_1k"}}
+
+
+def _parse_provider_price(w: _Where, raw: Any, category: str) -> ProviderPrice | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise w.error("provider_price", "must be a table")
+    unit = w.text(raw.get("unit"), "provider_price.unit", PROVIDER_PRICE_UNITS)
+    d = w.table(raw, "provider_price", _PROVIDER_PRICE_KEYS[unit] | {"unit"})
+    if (unit == "per_token") != (category == "chat"):
+        raise w.error("provider_price.unit", "chat models, and only chat models, are billed per token upstream")
+    values = {}
+    for key in sorted(_PROVIDER_PRICE_KEYS[unit]):
+        if key not in d:
+            raise w.error(f"provider_price.{key}", f"is required for {unit} provider prices")
+        values[key] = float(w.number(d[key], f"provider_price.{key}"))
+    return ProviderPrice(unit, **values)
 
 
 def _typed(w: _Where, ptype: str, value: Any, field: str) -> Any:

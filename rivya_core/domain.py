@@ -153,6 +153,7 @@ class Task:
     next_check_at: datetime | None = None
     check_attempts: int = 0
     rerun_of: int | None = None  # the task support re-ran this one from (ai_task.rerun_of)
+    provider_run_s: float | None = None  # billable run seconds the provider reported (ai_task.provider_run_s)
 
     def __post_init__(self) -> None:
         # rows come from stores and callers as plain strings: typed here, once per row built. A
@@ -435,4 +436,5 @@ class EventKind(StrEnum):
     DUPLICATE_WARNING = "duplicate_warning"
     RERUN = "rerun"                  # support re-ran this task; detail: rerun_task_id, courtesy
     RERUN_OF = "rerun_of"            # this task is a re-run; detail: original_task_id, courtesy
+    UPSTREAM_CANCEL = "upstream_cancel"  # we asked the provider to stop a job we gave up on; detail: answer, detail
     OUTPUT_COPY = "output_copy"      # outputs copied into our result store; detail: provider_urls, copied | error

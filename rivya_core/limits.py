@@ -102,7 +102,8 @@ LIMITS: dict[str, Limit] = {
     "whole_credits": Limit(0, 1_000_000_000, whole=True),
     "tokens": Limit(0, 10_000_000, whole=True),
     "multiplier": Limit(0, 1000, above_low=True),           # price multiplier
-    "margin": Limit(1, 100),                                # chat reservation margin
+    "margin": Limit(1, 100),
+    "money": Limit(0, 1_000_000, above_low=True),           # a credit's money value                                # chat reservation margin
     "submit_retries": Limit(0, 10, whole=True),
     "backoff_steps": Limit(1, 100, whole=True),             # length of recheck_backoff_s
 }

@@ -49,6 +49,10 @@ class BillingPolicy:
     duplicate_window_s: float = 600.0
     # crash recovery: resume an interrupted task (charge/submit) or fail it (and refund)
     recover_resubmit: bool = True
+    # money: what one credit sells for (USD, the catalogue's provider prices' currency: rivya_core.cost)
+    credit_value: float = 0.05
+    # ask the provider to stop a job we gave up on (timeout, support mark failed: rivya_core.upstream_cancel)
+    upstream_cancel: bool = True
     # grants that expire (a sign-up gift, in the ShipAny shape of a run): days until gift credits lapse;
     # None: they never do. Left out of to_dict while None, so older policies keep their digest.
     credit_expiry_days: float | None = None
@@ -88,6 +92,8 @@ class BillingPolicy:
             v = getattr(self, f.name)
             if f.name == "credit_expiry_days" and v is None:
                 continue
+            if f.name in _LEFT_OUT_AT_DEFAULT and v == _LEFT_OUT_AT_DEFAULT[f.name]:  # added later: same digest
+                continue
             if isinstance(v, frozenset):
                 v = sorted(v)
             elif isinstance(v, tuple):
@@ -114,12 +120,14 @@ class BillingPolicy:
 
 
 _FIELD_NAMES = {f.name for f in fields(BillingPolicy)}
+# keys added after policies were first stored (audit_run.policy_key digests to_dict): left out at their default
+_LEFT_OUT_AT_DEFAULT: dict[str, Any] = {"credit_value": 0.05, "upstream_cancel": True}
 _CLASSES = {c.value for c in FailureClass}
 
 
 _NUMBER_KIND = {"price_multiplier": "multiplier", "chat_reserve_margin": "margin",
                 "poll_interval_s": "positive_seconds", "duplicate_window_s": "positive_seconds",
-                "submit_retries": "submit_retries"}
+                "submit_retries": "submit_retries", "credit_value": "money"}
 
 
 def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -155,7 +163,7 @@ def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
             if not isinstance(value, list) or not all(isinstance(v, str) and v in _CLASSES for v in value):
                 raise bad(f"must be a list of names drawn from {sorted(_CLASSES)}")
             value = frozenset(value)
-        elif key in ("chat_allow_overrun", "recover_resubmit"):
+        elif key in ("chat_allow_overrun", "recover_resubmit", "upstream_cancel"):
             if not isinstance(value, bool):
                 raise bad("must be true or false")
         elif key == "recheck_backoff_s":

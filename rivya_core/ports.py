@@ -91,11 +91,32 @@ class UpstreamStatus:
     error_code: str | None = None
     error_message: str | None = None
     failure_class: FailureClass | None = None
+    run_s: float | None = None  # billable run seconds, when the provider reports them (rivya_core.cost)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", _member(UpstreamState, self.state, "upstream state"))
         if self.failure_class is not None:
             object.__setattr__(self, "failure_class", known(FailureClass, self.failure_class))
+
+
+class CancelAnswer(StrEnum):
+    """What a provider answered when asked to stop a job (rivya_core.upstream_cancel)."""
+
+    CANCELED = "canceled"                  # stopped (or its stop was requested)
+    ALREADY_FINISHED = "already_finished"  # it had ended: nothing to stop
+    UNKNOWN = "unknown"                    # the provider does not know the job
+    ERROR = "error"                        # no usable answer (HTTP error, timeout)
+    UNSUPPORTED = "unsupported"            # this provider client cannot cancel
+
+
+@dataclass(frozen=True)
+class UpstreamCancel:
+    """A provider's answer to a cancel: `answer` a CancelAnswer, `detail` its words (HTTP status,
+    the provider's status), `run_s` the seconds billed when the answer says."""
+
+    answer: CancelAnswer
+    detail: str = ""
+    run_s: float | None = None
 
 
 class CallbackFormat(Protocol):
@@ -123,6 +144,9 @@ class Provider(Protocol):
 
     def find(self, task_ref: str) -> str | None:
         """Upstream id of the job started for task_ref, if any (crash recovery)."""
+
+    # optional: cancel(upstream_task_id) -> UpstreamCancel, asking the provider to stop a job the
+    # service gave up on (rivya_core.upstream_cancel); a client without it is answered UNSUPPORTED
 
 
 # --- Store ----------------------------------------------------------------------

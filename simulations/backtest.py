@@ -29,6 +29,13 @@ adjustments as recorded), so rejections follow from the balances each policy
 leaves. Everything is counted per policy, per model, per provider and per day
 (of the task or turn's creation), with the paired difference.
 
+Money (rivya_core.cost): revenue in money is each policy's revenue times its `credit_value`;
+provider cost is what each task that ran under the policy was billed — *exact* where the record
+says (the provider's reported run seconds `ai_task.provider_run_s`; for per-output prices, the
+outputs it delivered; chat tokens as recorded), *simulated* where it does not (a per-second model
+without reported seconds: its recorded submitted → finished time, queueing included, an upper
+bound) — and the report counts how many tasks each covers; margin is the difference.
+
 The self-check replays the history under the policy it was recorded under and
 compares with the database's own ledger row by row (amount and balance after),
 by entry type, and per account at the end of the window: any difference is a
@@ -44,7 +51,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from rivya_core import rules
+from rivya_core import cost, rules
 from rivya_core.credits import chat_figures
 from rivya_core.domain import INSUFFICIENT_CREDITS, EntryType, TaskStatus
 from rivya_core.policy import BillingPolicy
@@ -217,6 +224,25 @@ class PolicyResult:
     def kpis(self) -> dict[str, int]:
         return {k: int(self.totals[k]) for k in EXACT_KPIS}
 
+    def money(self, counts: Counter | None = None) -> dict[str, float]:
+        """Revenue (money), provider cost and margin, and how many tasks' cost is exact or simulated."""
+        c = self.totals if counts is None else counts
+        revenue = cost.money(c["revenue"], self.policy)
+        return {"revenue_money": round(revenue, 6), "provider_cost": round(c["provider_cost"], 6),
+                "margin": round(revenue - c["provider_cost"], 6), "cost_exact": int(c["cost_exact"]),
+                "cost_simulated": int(c["cost_simulated"])}
+
+
+def task_cost(spec: Any, t: TaskRow) -> tuple[float, bool]:
+    """What the provider billed for a recorded task, and whether the record says it exactly."""
+    price = spec.provider_price if spec is not None else None
+    if price is None or price.unit == "per_output":
+        return cost.job_cost(spec, None, t.outputs if t.status == TaskStatus.SUCCESS else 0), True
+    if t.run_s is not None:
+        return cost.job_cost(spec, t.run_s, 0), True
+    ran = (t.finished - t.submitted) if t.finished is not None and t.submitted is not None else 0.0
+    return cost.job_cost(spec, max(0.0, ran), 0), False
+
 
 def _at(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
@@ -288,6 +314,10 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
                 add(g, "charged", price)
                 add(g, "kept", price)
                 add(g, "revenue", price)
+                if t.submitted is not None:  # it reached the provider: what the provider billed for it
+                    billed, exact = task_cost(cat.get(t.model), t)
+                    g["provider_cost"] += billed
+                    add(g, "cost_exact" if exact else "cost_simulated")
                 if not tl.task_charged[i]:
                     add(g, "rejections_avoided")
                 if rows is not None:
@@ -353,6 +383,8 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
                     rows.append((EntryType.CHAT_REFUND.value, None, c.id, c.user_id, back, bal[c.user_id]))
             add(g, "chat_charged", charged)
             add(g, "revenue", charged)
+            if c.status == "settled":  # recorded tokens: the provider's bill, exactly
+                g["provider_cost"] += cost.chat_cost(cat.get(c.model), c.prompt_tokens, c.completion_tokens or 0)
     # turns still holding a reservation at the end: what they hold is spent so far
     for i, hold in enumerate(held):
         if hold:
@@ -490,6 +522,24 @@ class BacktestReport:
             out.append(row)
         return out
 
+    def money_table(self) -> dict[str, Any]:
+        """Revenue (money), provider cost and margin of A and B, in total and per provider and model;
+        `source` says how many tasks' cost the record gives exactly and how many are simulated."""
+        a, b = self.results[0], self.results[-1]
+
+        def pair(ma: dict[str, float], mb: dict[str, float]) -> dict[str, Any]:
+            out = {k: {"a": ma[k], "b": mb[k], "diff": round(mb[k] - ma[k], 6)}
+                   for k in ("revenue_money", "provider_cost", "margin")}
+            out["source"] = {"exact_tasks": mb["cost_exact"], "simulated_tasks": mb["cost_simulated"]}
+            return out
+
+        table: dict[str, Any] = {"currency": cost.CURRENCY, "total": pair(a.money(), b.money())}
+        for dim in ("provider", "model"):
+            keys = sorted({k for r in self.results for (d, k) in r.groups if d == dim})
+            table[f"by_{dim}"] = {k: pair(a.money(a.groups.get((dim, k), Counter())),
+                                          b.money(b.groups.get((dim, k), Counter()))) for k in keys}
+        return table
+
     def to_dict(self) -> dict[str, Any]:
         a, b = self.results[0], self.results[-1]
         ka, kb = a.kpis(), b.kpis()
@@ -501,6 +551,7 @@ class BacktestReport:
                              "meaning": KPI_HELP[k]} for k in EXACT_KPIS},
                 **{f"by_{d}": self.by(d) for d in DIMENSIONS},
             },
+            "money": self.money_table(),
             "self_check": {**self.self_check.to_dict(), "recorded_policy_from": self.recorded_from},
         }
         if self.timing is not None:
@@ -522,6 +573,14 @@ class BacktestReport:
         for row in self.by("model"):
             lines.append(f"  {row['model']:34} revenue {row['revenue_diff']:>+10,}  refunded {row['refunded_diff']:>+10,}"
                          f"  failures w/o refund {row['failures_without_refund_diff']:>+6,}")
+        money = self.money_table()
+        src = money["total"]["source"]
+        lines += ["", f"  money ({money['currency']}; provider cost exact for {src['exact_tasks']:,} tasks, simulated "
+                      f"for {src['simulated_tasks']:,} from their recorded submitted → finished time)"]
+        for name, row in [("total", money["total"]), *money["by_provider"].items()]:
+            lines.append(f"  {name:20}" + "".join(
+                f"  {k.replace('_money', '')} {row[k]['a']:,.2f} → {row[k]['b']:,.2f} ({row[k]['diff']:+,.2f})"
+                for k in ("revenue_money", "provider_cost", "margin")))
         sc = self.self_check
         lines += ["", f"self-check under the recorded policy {sc.policy!r} ({self.recorded_from}): "
                   + ("OK, the replay reproduces the recorded ledger to the credit"

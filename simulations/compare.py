@@ -25,6 +25,7 @@ from .sweep import (
     NO_GRID,
     Sweep,
     SweepResult,
+    group_table,
     legend,
     paired_ci,
     paired_table,
@@ -47,17 +48,20 @@ class CompareReport:
     table: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)  # key, error, replay of each failed job
     notes: list[str] = field(default_factory=list)  # what bends a change (kpis.price_note)
+    groups: list[dict[str, Any]] = field(default_factory=list)  # money per provider and model (sweep.group_table)
     result: SweepResult | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "policies": self.policies, "replications": self.replications,
-                "seeds": self.seeds, "table": self.table, "notes": self.notes, "runs": self.runs,
+                "seeds": self.seeds, "table": self.table, "groups": self.groups, "notes": self.notes, "runs": self.runs,
                 "failed": self.failed}
 
     def render_text(self) -> str:
         a, b = self.policies
         text = render_paired(f"scenario {self.scenario}: {self.replications} paired replications "
                              f"(seeds {self.seeds[0]}..)", a, b, self.table, self.notes)
+        if self.groups:
+            text += "\n\n" + render_paired("money by provider and model (USD)", a, b, self.groups)
         text += "\n\n" + legend()
         for f in self.failed:
             text += f"\nFAILED {f['key']}: {f['error']}\n  replay: {f['replay']}"
@@ -87,6 +91,7 @@ def report_from(result: SweepResult) -> CompareReport:
                                                                               "status", "error")}
                              for row in rows.to_dict("records")]
     report.table = paired_table(frame, (names[0], NO_GRID), (names[1], NO_GRID))
+    report.groups = group_table(frame, (names[0], NO_GRID), (names[1], NO_GRID))
     report.notes = price_notes(sw.policies[0], sw.policies[1], report.table)
     report.failed = [{"key": o.key, "error": o.error or "", "replay": o.replay} for o in result.failed]
     return report

@@ -18,6 +18,16 @@ changed (submitted, started, finished) and `job_rows()` hands them to the
 batch writer as `upstream_job` rows: the provider's own knowledge, persisted
 in the same transactions as the tasks, so a recorded provider can answer for
 the farm once the run is over (simulations/recorded.py).
+
+Billing (rivya_core.cost): each job is billed the seconds it ran (`billed_s`), successes and
+failures alike. A job we cancel (`cancel()`, the service's upstream cancel) stops at once, sends
+nothing more and is billed the seconds it ran (none when it was still queued); a job whose
+`Cancel-After` deadline passes (`deadline_for`, set by the runner from the policy's timeout when
+the policy cancels upstream) is aborted unbilled if it had not started, or stopped and billed up to
+the deadline. A lost job is a hung one: it bills on until it is canceled, reaches its deadline or
+the provider's own run limit (PROVIDER_MAX_RUN_S). `billing` sums, per model, the seconds and
+outputs billed and what stopping jobs saved against letting them run. None of this draws from a
+Random: the draws of a job are those of JOB_DRAWS, unchanged.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from typing import Any
 import simpy
 
 from rivya_core import webhooks
-from rivya_core.ports import ProviderError, UpstreamStatus
+from rivya_core.ports import CancelAnswer, ProviderError, UpstreamCancel, UpstreamStatus
 from rivya_core.stores import jsontext
 
 from .clock import SimClock
@@ -39,6 +49,7 @@ from .scenarios import Outage, ProviderConfig
 from .streams import Streams
 
 STALE_EXTRA_S = 420.0  # a stale delivery arrives this long after it was signed
+PROVIDER_MAX_RUN_S = 1800.0  # a provider stops a prediction after 30 minutes of running (Replicate's limit)
 # A job's draws, in order: 3 submit faults (refused, error, timeout), the generation
 # time, 5 outcome faults, 7 callback faults, the early callback's moment, 4 delays.
 JOB_DRAWS = (("submit", 3), ("latency", 1), ("outcome", 5), ("callback", 7), ("early_at", 1), ("delays", 4))
@@ -47,6 +58,8 @@ CONTENT_POLICY = ("content_policy_violation", "The prompt or reference was refus
 MODEL_ERROR = ("model_error", "The model failed while generating (internal error).", "provider")
 UPSTREAM_TIMEOUT = ("upstream_timeout", "The provider timed out while generating.", "infrastructure")
 OUTAGE_FAILURE = ("service_unavailable", "The provider is unavailable (outage).", "provider")
+CANCELED = ("upstream_canceled", "The job was canceled upstream.", "provider")
+ABORTED = ("upstream_aborted", "The job reached its deadline before it ran.", "infrastructure")
 
 
 def drawn_outcome(cfg: Any, outage: Any, u: list[float]) -> tuple[str, tuple[str, str, str] | None, bool]:
@@ -84,6 +97,24 @@ class Job:
     recorded: bool = False         # an upstream_job row exists (later writes update it)
     last_sent: tuple[str, Any] | None = None  # (message id, body) of the latest callback: scripted repeats
     rng: random.Random | None = field(default=None, repr=False, compare=False)  # past its submit draws
+    deadline: float | None = None  # Cancel-After: the simulated moment upstream stops the job
+    gen_s: float = 0.0             # how long it would run
+    canceled_at: float | None = None
+    billed: bool = False           # its bill is in Farm.billing
+    would_deliver: bool = False    # its drawn outcome delivers an output (what a per-output cancel saves)
+    proc: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class Bill:
+    """What a model's jobs were billed, and what stopping some of them saved."""
+
+    jobs: int = 0
+    run_s: float = 0.0
+    outputs: int = 0
+    canceled: int = 0              # stopped by our cancel or by their deadline
+    saved_s: float = 0.0
+    saved_outputs: int = 0
 
 
 @dataclass
@@ -101,6 +132,7 @@ class FarmStats:
     dropped: Counter = field(default_factory=Counter)  # lost callbacks
     submit_faults: Counter = field(default_factory=Counter)
     outcomes: Counter = field(default_factory=Counter)
+    cancels: Counter = field(default_factory=Counter)   # cancel answers: canceled | already_finished | unknown
 
 
 class MockProvider:
@@ -150,11 +182,30 @@ class MockProvider:
         upstream_id = f"{self.name}-{self._n:08d}"
         job = Job(upstream_id, task_ref, model, self.category_of(model), self.env.now, provider=self.name,
                   rng=rng)
+        if self.farm.deadline_for is not None:
+            job.deadline = self.env.now + self.farm.deadline_for(job.category)
         self.jobs[upstream_id] = job
         self.by_ref[task_ref] = upstream_id
         self.farm.touch(job)
-        self.env.process(self._run(job))
+        job.proc = self.env.process(self._run(job))
         return upstream_id
+
+    def cancel(self, upstream_task_id: str) -> UpstreamCancel:
+        """Stop a job (the service gave up on it): a queued or running job stops now and sends
+        nothing more; a hung (lost) job stops billing; a finished one is left as it is."""
+        job = self.jobs.get(upstream_task_id)
+        if job is None:
+            self.farm.stats.cancels["unknown"] += 1
+            return UpstreamCancel(CancelAnswer.UNKNOWN, "no such job")
+        if job.state in ("queued", "running", "lost"):
+            was = job.state
+            self._stop(job, CANCELED, canceled=True)
+            if job.proc is not None and job.proc.is_alive:
+                job.proc.interrupt("canceled")
+            self.farm.stats.cancels["canceled"] += 1
+            return UpstreamCancel(CancelAnswer.CANCELED, f"was {was}")
+        self.farm.stats.cancels["already_finished"] += 1
+        return UpstreamCancel(CancelAnswer.ALREADY_FINISHED, f"already {job.state}")
 
     def status(self, upstream_task_id: str) -> UpstreamStatus:
         job = self.jobs.get(upstream_task_id)
@@ -198,10 +249,24 @@ class MockProvider:
         cb_u = {k: rng.random() for k in ("early", "lost", "duplicate", "reorder", "forged", "stale", "malformed")}
         early_at = rng.uniform(0.2, 0.8)
         delays = [cfg.callback_delay_s.draw(rng.random()) for _ in range(4)]
+        job.gen_s = gen_s
+        job.would_deliver = forced.get("outcome") == "succeeded" or (
+            "outcome" not in forced and drawn_outcome(cfg, None, u_outcome)[2])
+        try:
+            yield from self._work(job, gen_s, u_outcome, cb_u, early_at, delays, forced)
+        except simpy.Interrupt:
+            return  # canceled (cancel() stopped and billed it): nothing more is sent
+
+    def _work(self, job: Job, gen_s: float, u_outcome: list[float], cb_u: dict[str, float], early_at: float,
+              delays: list[float], forced: dict[str, Any]):
+        cfg = self.cfg
         if forced.get("queue_s"):
             yield self.env.timeout(forced["queue_s"])
         with self.slots.request() as req:
             yield req
+            if job.deadline is not None and self.env.now >= job.deadline:
+                self._stop(job, ABORTED)  # its deadline passed in the queue: aborted, never ran, not billed
+                return
             job.state = "running"
             start = job.started_at = self.env.now
             self.farm.touch(job)
@@ -211,11 +276,17 @@ class MockProvider:
                            delay=gen_s + delays[3] + 5.0, kind="progress")
             if self.farm.callbacks_enabled and cfg.early and cb_u["early"] < cfg.early:
                 self.env.process(self._early(job, gen_s * early_at))
+            if job.deadline is not None and start + gen_s > job.deadline:
+                yield self.env.timeout(job.deadline - start)
+                self._stop(job, CANCELED, canceled=True)  # its deadline passed while it ran: stopped, billed so far
+                return
             yield self.env.timeout(gen_s)
         self._decide(job, u_outcome, forced)
         job.done_at = self.env.now
         self.farm.touch(job)
         self.farm.stats.outcomes[job.state if job.error is None else job.error[0]] += 1
+        if job.state != "lost":  # a lost job hangs on, billing, until stopped (cancel, deadline, run limit)
+            self.farm.bill(job, self.env.now)
         if job.state == "lost" or not self.farm.callbacks_enabled or forced.get("auto_callbacks") is False:
             return
         ok = job.state == "succeeded"
@@ -236,6 +307,19 @@ class MockProvider:
         if cb_u["malformed"] < cfg.malformed:
             bad = (b'{"type": "task.succeeded", "data": ' if start % 2 else b'{"type": "task.succeeded"}')
             self._send(job, self._next_msg(), bad, delay=delays[2], kind="malformed", raw=True)
+
+    def _stop(self, job: Job, error: tuple[str, str, str], canceled: bool = False) -> None:
+        """The job ends now, failed with `error`, billed the seconds it ran; nothing more is sent."""
+        now = self.env.now
+        hung = job.state == "lost"
+        job.state, job.error, job.result_urls = "failed", error, ()
+        if canceled:
+            job.canceled_at = now
+        if not hung:
+            job.done_at = now
+            self.farm.stats.outcomes[error[0]] += 1
+        self.farm.touch(job)
+        self.farm.bill(job, now, stopped=True, hung=hung)
 
     def _decide(self, job: Job, u: list[float], forced: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -322,6 +406,9 @@ class Farm:
         self.record_jobs = False
         self._changed: dict[str, Job] = {}   # jobs changed since the last job_rows(), in order
         self.stats = FarmStats()
+        self.billing: dict[str, Bill] = {}   # model -> what its jobs were billed
+        # category -> seconds after submission at which upstream stops a job (Cancel-After); None: no deadline
+        self.deadline_for: Callable[[str], float] | None = None
         self.inbox = simpy.Store(env)
         self.deliver: Callable[[str, dict[str, str], bytes], Any] | None = None
         secrets_rng = streams.get("secrets")
@@ -350,6 +437,46 @@ class Farm:
                 self.deliver(d.provider, d.headers, d.body)
             if d.job is not None:
                 d.job.pending_deliveries -= 1
+
+    def bill(self, job: Job, end: float, *, stopped: bool = False, hung: bool = False) -> None:
+        """Add a job's bill, once: the seconds it ran until `end` (a hung job: at most to its
+        deadline and the run limit). `stopped`: ended by a cancel or its deadline, so what it would
+        have run on (to its end, or a hung job to the run limit) counts as saved."""
+        if job.billed:
+            return
+        job.billed = True
+        b = self.billing.setdefault(job.model, Bill())
+        b.jobs += 1
+        start = job.started_at
+        if start is None:
+            ran, would = 0.0, job.gen_s
+        elif hung:
+            limit = start + PROVIDER_MAX_RUN_S
+            if job.deadline is not None:
+                limit = min(limit, job.deadline)
+            ran, would = max(0.0, min(end, limit) - start), PROVIDER_MAX_RUN_S
+        else:
+            ran, would = max(0.0, end - start), job.gen_s
+        b.run_s += ran
+        if job.state == "succeeded" and job.result_urls:
+            b.outputs += len(job.result_urls)
+        if stopped:
+            b.canceled += 1
+            b.saved_s += max(0.0, would - ran)
+            b.saved_outputs += int(job.would_deliver)
+
+    def settle_bills(self) -> None:
+        """Bill the jobs still hanging when the run ends (as if left alone: to their deadline or the
+        run limit), so a run's bill does not depend on whether the writer forgot them first."""
+        for p in self.providers.values():
+            for job in p.jobs.values():
+                if job.state == "lost" and not job.billed:
+                    self._bill_hung(job)
+
+    def _bill_hung(self, job: Job) -> None:
+        start = job.started_at if job.started_at is not None else job.submitted_at
+        cut = job.deadline is not None and job.deadline < start + PROVIDER_MAX_RUN_S
+        self.bill(job, start + PROVIDER_MAX_RUN_S, stopped=cut, hung=True)
 
     def touch(self, job: Job) -> None:
         if self.record_jobs:
@@ -397,3 +524,5 @@ class Farm:
         job = p.jobs.pop(upstream_id, None)
         if job is not None:
             p.by_ref.pop(job.task_ref, None)
+            if job.state == "lost" and not job.billed:
+                self._bill_hung(job)

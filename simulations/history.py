@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, and_, func, inspect, literal, select
 
 from rivya_core.catalog import Catalog, default_catalog
 from rivya_core.domain import INSUFFICIENT_CREDITS, EventKind, RivyaError
@@ -74,6 +74,8 @@ class TaskRow:
     submitted: float | None
     finished: float | None
     chat_message_id: int | None
+    run_s: float | None = None  # billable run seconds the provider reported (ai_task.provider_run_s)
+    outputs: int = 0            # result URLs delivered
 
 
 @dataclass(slots=True)
@@ -143,14 +145,19 @@ def load_history(engine: Engine, since: datetime | None = None, until: datetime 
         raise HistoryError("--until must be after --since", code="bad_argument")
     t, m, s, L = schema.ai_task.c, schema.chat_message.c, schema.chat_session.c, schema.credit_ledger.c
     with connect(engine) as conn:
+        # provider_run_s came after version 1: a database without it reads as "not reported"
+        has_run_s = "provider_run_s" in {c["name"] for c in inspect(conn).get_columns("ai_task")}
+        run_s = t.provider_run_s if has_run_s else literal(None)
         q = select(t.id, t.user_id, t.model, t.category, t.provider, t.prompt, t.params, t.status,
                    t.reserved_credits, t.error_code, t.failure_class, t.created_at, t.submitted_at,
-                   t.finished_at, t.chat_message_id).order_by(t.id)
+                   t.finished_at, t.chat_message_id, run_s, t.result_urls).order_by(t.id)
         w = _window(t.created_at, since, until)
         if w is not None:
             q = q.where(w)
         tasks = [TaskRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6] or {}, r[7], int(r[8]), r[9], r[10],
-                         seconds(r[11]), seconds(r[12]), seconds(r[13]), r[14]) for r in conn.execute(q)]
+                         seconds(r[11]), seconds(r[12]), seconds(r[13]), r[14],
+                         None if r[15] is None else float(r[15]), len(r[16]) if isinstance(r[16], list) else 0)
+                 for r in conn.execute(q)]
         q = (select(m.id, s.user_id, s.model, m.prompt_tokens, m.completion_tokens, m.reserved_credits,
                     m.charged_credits, m.status, m.created_at, m.settled_at)
              .join(schema.chat_session, s.id == m.session_id).where(m.role == "user").order_by(m.id))

@@ -26,6 +26,12 @@ as the real API does. fal's traps: a
 failed job reports COMPLETED and its result answers 422; a success whose payload is
 null (webhook `payload: null` with `payload_error`, result `null`).
 
+Cancel (the service's upstream cancel): a queued or running job canceled (Replicate `POST
+.../cancel`, fal `PUT .../cancel`) stops being billed and sends nothing more; a Replicate
+submission's `Cancel-After: <n>s` (or `<n>m`, `<n>h`) deadline aborts a job still queued at it
+(unbilled) and cancels one still running. What a job ran is reported as Replicate's
+`metrics.predict_time` and fal's `metrics.inference_time` (COMPLETED status), in simulated seconds.
+
 Order and timing of deliveries follow the wall clock, so a live database is not
 byte-for-byte reproducible; the draws are.
 """
@@ -36,6 +42,7 @@ import asyncio
 import hashlib
 import json
 import math
+import re
 import time
 import uuid
 from collections import Counter
@@ -117,6 +124,15 @@ class FakeJob:
     urls: tuple[str, ...] = ()
     error: tuple[str, str, str] | None = None
     pending: int = 0
+    deadline: float | None = None    # Cancel-After, in the farm's simulated seconds
+    started: float | None = None     # simulated seconds
+    ended: float | None = None       # simulated seconds: finished, canceled or aborted
+
+    def run_s(self) -> float | None:
+        """Billed run seconds: from start to its end (or to now while it runs); None before it ran."""
+        if self.started is None or self.ended is None:
+            return None
+        return round(max(0.0, self.ended - self.started), 3)
 
 
 @dataclass
@@ -170,6 +186,7 @@ class FakeStats:
     dropped: Counter = field(default_factory=Counter)
     submit_faults: Counter = field(default_factory=Counter)
     outcomes: Counter = field(default_factory=Counter)
+    cancels: Counter = field(default_factory=Counter)  # canceled jobs, by the state they were in
 
 
 class FakeProvider:
@@ -221,7 +238,8 @@ class FakeProvider:
     # --- creating jobs --------------------------------------------------------------------
 
     def _create(self, provider: str, model: str, webhook: str | None,
-                events: tuple[str, ...] = DEFAULT_EVENTS, origin: str = "") -> tuple[int, dict[str, Any] | FakeJob]:
+                events: tuple[str, ...] = DEFAULT_EVENTS, origin: str = "",
+                cancel_after_s: float | None = None) -> tuple[int, dict[str, Any] | FakeJob]:
         """(HTTP status, error body) for a refused submission, or (200, job)."""
         spec = self.catalog.get(model)
         if spec is None or spec.provider != provider:
@@ -251,6 +269,8 @@ class FakeProvider:
                 return {"refused": 422, "error": 500, "timeout": -1}[kind], {"detail": f"submission {kind}"}
         jid = self._job_id(provider, task_ref)
         job = FakeJob(jid, provider, task_ref, model, spec.category, webhook, time.time(), events, origin.rstrip("/"))
+        if cancel_after_s is not None:
+            job.deadline = self.sim_now() + cancel_after_s * self.speed  # the header is in wall seconds
         self.jobs[jid] = job
         self.by_ref[(provider, task_ref)] = jid
         self._spawn(self._run(job, rng))
@@ -282,7 +302,10 @@ class FakeProvider:
         async with slots:
             if job.state == "canceled":
                 return
-            job.state = "running"
+            if job.deadline is not None and self.sim_now() >= job.deadline:
+                job.state, job.ended = "aborted", self.sim_now()  # its deadline passed in the queue: never ran
+                return
+            job.state, job.started = "running", self.sim_now()
             hooks = job.webhook is not None
             # a progress report overtaken by the final one: "processing" when output or logs events
             # were asked for, else the start event; none when the filter asks for neither
@@ -292,9 +315,13 @@ class FakeProvider:
                 self._deliver(job, self._body(job, late), gen_s + delays[3] + 5.0, "progress")
             if hooks and cfg.early and cb["early"] < cfg.early:
                 self._deliver(job, self._early_body(job), gen_s * early_at, "early", only_if_running=True)
-            await self.sleep_sim(gen_s)
+            run_for = gen_s if job.deadline is None else min(gen_s, job.deadline - job.started)
+            await self.sleep_sim(run_for)
+            if job.state == "running" and run_for < gen_s:
+                job.state, job.ended = "canceled", self.sim_now()  # its deadline passed while it ran
         if job.state == "canceled":
             return
+        job.ended = self.sim_now()
         self._decide(job, u_outcome)
         self.stats.outcomes[job.state if job.error is None else job.error[0]] += 1
         if job.state == "lost" or not job.webhook:
@@ -325,6 +352,12 @@ class FakeProvider:
             job.urls = (f"{job.origin}/outputs/{job.id}.{ext}" if job.origin
                         else f"https://cdn.{job.provider}.example/{job.id}.{ext}",)
 
+    def _cancel(self, job: FakeJob) -> None:
+        """Stop a job now: it bills no more and sends nothing more (its run loop sees the state)."""
+        self.stats.cancels[job.state] += 1
+        job.state = "canceled"
+        job.ended = self.sim_now() if job.started is not None else None
+
     # --- what the API says about a job --------------------------------------------------
 
     def prediction(self, job: FakeJob, status: str | None = None, output: Any = ...) -> dict[str, Any]:
@@ -340,10 +373,11 @@ class FakeProvider:
         if output is ...:
             output = list(job.urls) or None if status == "succeeded" else None
         base = f"/v1/predictions/{job.id}"
+        run_s = job.run_s()
         return {"id": job.id, "model": f"{job.provider}/{job.model}", "version": version_id(job.model),
                 "status": status, "input": {"prompt": "(kept private)"}, "output": output, "error": error,
-                "logs": None, "metrics": {}, "webhook": job.webhook, "webhook_events_filter": list(job.events),
-                "urls": {"get": base, "cancel": base + "/cancel"},
+                "logs": None, "metrics": {} if run_s is None else {"predict_time": run_s}, "webhook": job.webhook,
+                "webhook_events_filter": list(job.events), "urls": {"get": base, "cancel": base + "/cancel"},
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created))}
 
     def fal_error(self, job: FakeJob) -> tuple[int, dict[str, Any]]:
@@ -495,8 +529,13 @@ class FakeProvider:
             p = request.path_params
             model = p.get("name") or self._model_of_version(doc.get("version"))
             spec = self.catalog.get(model)
+            deadline = parse_cancel_after(request.headers.get("cancel-after"))
+            if deadline == -1.0:
+                return JSONResponse({"detail": "Cancel-After is not a duration such as 30s, 5m or 1h"},
+                                    status_code=422)
             status, got = self._create(spec.provider if spec else "", model, doc.get("webhook"),
-                                       tuple(e for e in REPLICATE_EVENTS if e in events), str(request.base_url))
+                                       tuple(e for e in REPLICATE_EVENTS if e in events), str(request.base_url),
+                                       deadline)
             return await self._submit_answer(status, got)
 
         async def rep_secret(request: Request) -> Response:
@@ -529,7 +568,7 @@ class FakeProvider:
             if job is None:
                 return JSONResponse({"detail": "Not found."}, status_code=404)
             if job.state in ("queued", "running"):
-                job.state = "canceled"
+                self._cancel(job)
             return JSONResponse(self.prediction(job))
 
         async def fal_submit(request: Request) -> Response:
@@ -556,10 +595,11 @@ class FakeProvider:
             state = {"queued": "IN_QUEUE", "running": "IN_PROGRESS", "lost": "IN_PROGRESS"}.get(
                 job.state, "COMPLETED")
             base = f"{str(request.base_url).rstrip('/')}/rivya/{job.provider}/requests/{job.id}"
+            metrics = {"inference_time": job.run_s()} if state == "COMPLETED" and job.run_s() is not None else {}
             return JSONResponse({"status": state, "request_id": job.id, "response_url": base,
                                  "status_url": base + "/status", "cancel_url": base + "/cancel",
                                  "queue_position": 0 if state == "IN_QUEUE" else None, "logs": None,
-                                 "metrics": {}}, status_code=202 if state != "COMPLETED" else 200)
+                                 "metrics": metrics}, status_code=202 if state != "COMPLETED" else 200)
 
         async def fal_result(request: Request) -> Response:
             if not self._authorized(request):
@@ -569,7 +609,7 @@ class FakeProvider:
                 return JSONResponse({"detail": "Request not found"}, status_code=404)
             if job.state in ("queued", "running", "lost"):
                 return JSONResponse({"detail": "Request is still in progress"}, status_code=400)
-            if job.state == "canceled":
+            if job.state in ("canceled", "aborted"):
                 return JSONResponse({"detail": "Request was cancelled"}, status_code=400)
             status, payload = self.fal_result(job)
             headers = {"X-Fal-Error-Type": payload["error_type"]} if isinstance(payload, dict) and \
@@ -583,7 +623,7 @@ class FakeProvider:
             if job is None:
                 return JSONResponse({"detail": "Request not found"}, status_code=404)
             if job.state in ("queued", "running"):
-                job.state = "canceled"
+                self._cancel(job)
                 return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
             return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
 
@@ -612,6 +652,19 @@ class FakeProvider:
                       Route("/rivya/{app}/{model}", fal_submit, methods=["POST"])]
         return Starlette(routes=[Route("/healthz", health, methods=["GET"]),
                                  Route("/outputs/{name}", output, methods=["GET"]), *routes])
+
+
+def parse_cancel_after(value: str | None) -> float | None:
+    """A Cancel-After header's seconds (`90s`, `5m`, `1h`, `1h30m`); None when absent, -1.0 when
+    it is not such a duration."""
+    if value is None:
+        return None
+    text = value.strip()
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if not text or parts is None:
+        return -1.0
+    h, m, sec = parts.groups()
+    return int(h or 0) * 3600.0 + int(m or 0) * 60.0 + float(sec or 0)
 
 
 def _json(doc: Any) -> bytes:

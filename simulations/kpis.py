@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
+from rivya_core import cost
 from rivya_core.catalog import Catalog, default_catalog
 from rivya_core.policy import BillingPolicy
 
@@ -42,6 +44,15 @@ _ALL = (
     Kpi("stuck_tasks", "stuck tasks",
         "tasks that took longer than their category's stuck threshold to finish, or never finished"),
     Kpi("notifications", "notifications", "outcome notifications sent (one per finished task)"),
+    # money (rivya_core.cost: catalogue provider prices, the policy's credit value)
+    Kpi("revenue_money", "revenue (USD)", "net credits (the revenue KPI) times the policy's credit_value"),
+    Kpi("provider_cost", "provider cost (USD)",
+        "what the providers billed: each job's run seconds, outputs or tokens at the catalogue's provider_price "
+        "(failed and late-canceled jobs included; jobs canceled or aborted before they ran cost nothing)"),
+    Kpi("margin", "margin (USD)", "revenue (USD) − provider cost (USD)"),
+    Kpi("cost_saved", "cost saved by upstream cancel (USD)",
+        "what the jobs we stopped (our cancel, or their Cancel-After deadline) would have gone on billing: "
+        "to their end, or a hung job to the provider's 30-minute run limit"),
     # the backtest's exact part
     Kpi("tasks", "tasks", "recorded tasks that run under the policy (not blocked as duplicates)"),
     Kpi("charged", "charged (credits)", "task credits spent before submission"),
@@ -61,7 +72,48 @@ DEFINITIONS: dict[str, Kpi] = {k.key: k for k in _ALL}
 # what a simulated run reports, in this order (RunSummary.kpis, compare, sweep)
 SIMULATED = ("revenue", "refunds", "failures_without_refund", "insufficient_credit_rejections",
              "user_visible_failure_rate", "time_to_terminal_mean_s", "time_to_terminal_p95_s", "stuck_tasks",
-             "notifications")
+             "notifications", "revenue_money", "provider_cost", "margin", "cost_saved")
+MONEY = ("revenue_money", "provider_cost", "margin", "cost_saved")
+
+
+def group_keys(catalog: Catalog | None = None) -> tuple[str, ...]:
+    """The per-provider and per-model money columns of a sweep's results table, in catalogue order:
+    `margin@provider:NAME`, `provider_cost@provider:NAME`, `revenue_money@provider:NAME`, then
+    `margin@model:ID` (a run's RunSummary.money flattened; `group_value` reads one)."""
+    catalog = catalog or default_catalog()
+    keys = [f"{k}@provider:{p}" for p in catalog.providers() for k in ("margin", "provider_cost", "revenue_money")]
+    return tuple(keys + [f"margin@model:{m}" for m in catalog.ids()])
+
+
+def group_value(money: dict[str, dict[str, dict[str, float]]], key: str) -> float:
+    """One group_keys column of a run's RunSummary.money (0 when the group had nothing)."""
+    kpi, _, where = key.partition("@")
+    group, _, name = where.partition(":")
+    return float(money.get(group, {}).get(name, {}).get(kpi, 0.0))
+
+
+def group_label(key: str) -> str:
+    kpi, _, where = key.partition("@")
+    return f"{label(kpi)}, {where.replace(':', ' ', 1)}"
+
+
+def run_money(catalog: Catalog, policy: BillingPolicy, credits_by_model: dict[str, int],
+              chat_tokens: dict[str, list[int]], billing: dict[str, Any]) -> dict[str, cost.Money]:
+    """Per model: revenue in money, provider cost and cost saved of one simulated run, from the
+    writer's per-model credits and chat tokens and the farm's per-model bills (simulations.farm.Bill)."""
+    out: dict[str, cost.Money] = {}
+    for model, credits in credits_by_model.items():
+        out.setdefault(model, cost.Money()).revenue += cost.money(credits, policy)
+    for model, (prompt, completion) in chat_tokens.items():
+        out.setdefault(model, cost.Money()).provider_cost += cost.chat_cost(catalog.get(model), prompt, completion)
+    for model, bill in billing.items():
+        spec = catalog.get(model)
+        m = out.setdefault(model, cost.Money())
+        m.provider_cost += cost.job_cost(spec, bill.run_s, bill.outputs)
+        m.cost_saved += cost.job_cost(spec, bill.saved_s, bill.saved_outputs)
+        m.jobs += bill.jobs
+        m.canceled += bill.canceled
+    return out
 
 
 def meaning(key: str) -> str:
@@ -119,4 +171,4 @@ def price_note(a: BillingPolicy, b: BillingPolicy, revenue_change: float | None 
     return text
 
 
-__all__ = ["Kpi", "DEFINITIONS", "SIMULATED", "meaning", "label", "definition_lines", "relative", "price_note"]
+__all__ = ["Kpi", "DEFINITIONS", "SIMULATED", "MONEY", "run_money", "group_keys", "group_value", "group_label", "meaning", "label", "definition_lines", "relative", "price_note"]

@@ -31,6 +31,7 @@ import simpy
 import simpy.rt
 from sqlalchemy import func, select
 
+from rivya_core import cost, upstream_cancel
 from rivya_core.audit import audit
 from rivya_core.catalog import default_catalog
 from rivya_core.domain import ACTIVE, RivyaError
@@ -39,6 +40,7 @@ from rivya_core.stores import schema
 from rivya_core.stores.db import init_db, make_engine, sqlite_path
 from rivya_core.targets import ensure_fresh
 
+from . import kpis as kpis_def
 from .buffer import StreamingStore
 from .clock import SimClock
 from .farm import Farm
@@ -87,6 +89,7 @@ class RunSummary:
     users: dict[str, int] = field(default_factory=dict)
     arrivals: dict[str, int] = field(default_factory=dict)      # generation | chat | tool_chat
     task_sources: dict[str, int] = field(default_factory=dict)  # what made each task (TASK_SOURCES)
+    money: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # {"model"|"provider": {name: ...}}
     wall_seconds: float = 0.0   # not stored: differs between identical runs
 
     @property
@@ -201,6 +204,8 @@ class Run:
         self.svc = LifecycleService(self.store, self.clock, self.farm.providers, self.catalog, scenario.policy,
                                     self.farm.secrets, callbacks_enabled=scenario.callbacks, retry_seed=self.seed)
         self.farm.deliver = self.svc.handle_callback
+        if scenario.policy.upstream_cancel:  # submissions carry a Cancel-After deadline: the category's timeout
+            self.farm.deadline_for = lambda cat: upstream_cancel.cancel_after_s(scenario.policy, cat)
         self.writer: BatchWriter | None = None
         self.population = Population(self.env, self.svc, self.catalog, scenario, self.streams,
                                      self._read_task, self._pin)
@@ -393,6 +398,13 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
         "stuck_tasks": k.stuck,
         "notifications": k.notifications,
     }
+    run.farm.settle_bills()
+    per_model = kpis_def.run_money(run.catalog, run.sc.policy, k.credits_by_model, k.chat_tokens, run.farm.billing)
+    total = cost.totals(per_model)
+    kpis.update({"revenue_money": round(cost.money(net, run.sc.policy), 6),
+                 "provider_cost": round(total.provider_cost, 6),
+                 "margin": round(cost.money(net, run.sc.policy) - total.provider_cost, 6),
+                 "cost_saved": round(total.cost_saved, 6)})
     return RunSummary(
         fingerprint=writer.fingerprint(), seed=run.seed, scenario_name=run.sc.name, tasks=k.tasks,
         sim_seconds=round(run.env.now, 3),
@@ -407,6 +419,7 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
         farm={"sent": dict(run.farm.stats.sent), "dropped": dict(run.farm.stats.dropped),
               "submit_faults": dict(run.farm.stats.submit_faults), "outcomes": dict(run.farm.stats.outcomes)},
         users=users, arrivals=dict(sorted(run.population.arrivals_by_kind.items())),
+        money=cost.by_group(per_model, run.catalog),
         task_sources=dict(sorted(run.population.task_sources.items())))
 
 

@@ -37,9 +37,10 @@ from .scenarios import Scenario, with_overrides
 
 KPIS = tuple((k, kpis.label(k)) for k in kpis.SIMULATED)  # what each counts: simulations/kpis.py
 KPI_KEYS = tuple(k for k, _ in KPIS)
+GROUP_KEYS = kpis.group_keys()  # money per provider and per model (kpis.group_keys)
 # the columns of the results table, in order; wall_s is the only one that differs between identical sweeps
 COLUMNS = ("key", "policy", "grid", "replication", "seed", "status", "error", "replay", "fingerprint", "tasks",
-           "violations", "liveness_ok", *KPI_KEYS, "wall_s")
+           "violations", "liveness_ok", *KPI_KEYS, *GROUP_KEYS, "wall_s")
 NO_GRID = "-"
 
 # two-sided 95% t quantiles by degrees of freedom; beyond 120 the normal 1.96 is close enough
@@ -220,7 +221,7 @@ def sweep_job(scenario: Scenario, seed: int, tasks: int | None) -> dict[str, Any
     summary = run_in_tempdir(scenario, seed=seed, tasks=tasks, prefix="rivya-sweep-")
     return {"fingerprint": summary.fingerprint, "tasks": summary.tasks, "violations": len(summary.violations),
             "liveness_ok": summary.liveness_ok, **{k: summary.kpis[k] for k in KPI_KEYS},
-            "wall_s": round(summary.wall_seconds, 3)}
+            **{k: kpis.group_value(summary.money, k) for k in GROUP_KEYS}, "wall_s": round(summary.wall_seconds, 3)}
 
 
 # --- running and the results table -------------------------------------------------
@@ -273,15 +274,18 @@ def variant_labels(frame) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(frame["policy"], frame["grid"], strict=True)))
 
 
-def paired_table(frame, a: tuple[str, str], b: tuple[str, str]) -> list[dict[str, Any]]:
-    """Each KPI for variants a and b over the replications both finished: the means,
-    the paired difference b − a and its 95% confidence interval."""
+def paired_table(frame, a: tuple[str, str], b: tuple[str, str], keys: tuple[tuple[str, str], ...] = KPIS
+                 ) -> list[dict[str, Any]]:
+    """Each KPI (`keys`: (column, label) pairs) for variants a and b over the replications both
+    finished: the means, the paired difference b − a and its 95% confidence interval."""
     ok = frame[frame["status"] == "ok"]
     left = ok[(ok["policy"] == a[0]) & (ok["grid"] == a[1])].set_index("replication")
     right = ok[(ok["policy"] == b[0]) & (ok["grid"] == b[1])].set_index("replication")
     reps = sorted(set(left.index) & set(right.index))
     table = []
-    for key, label in KPIS:
+    for key, label in keys:
+        if key not in frame.columns:  # a results table written before this column existed
+            continue
         xa = [float(left.at[r, key]) for r in reps]
         xb = [float(right.at[r, key]) for r in reps]
         diff, lo, hi = paired_ci(xa, xb) if reps else (math.nan, math.nan, math.nan)
@@ -289,8 +293,18 @@ def paired_table(frame, a: tuple[str, str], b: tuple[str, str]) -> list[dict[str
         table.append({"kpi": key, "label": label, "policy_a": mean_a,
                       "policy_b": statistics.fmean(xb) if xb else math.nan, "diff": diff, "ci_low": lo,
                       "ci_high": hi, "rel": kpis.relative(diff, mean_a), "rel_ci_low": kpis.relative(lo, mean_a),
-                      "rel_ci_high": kpis.relative(hi, mean_a), "meaning": kpis.meaning(key)})
+                      "rel_ci_high": kpis.relative(hi, mean_a), "meaning": kpis.meaning(key.partition("@")[0])})
     return table
+
+
+GROUPS = tuple((k, kpis.group_label(k)) for k in GROUP_KEYS)
+
+
+def group_table(frame, a: tuple[str, str], b: tuple[str, str]) -> list[dict[str, Any]]:
+    """paired_table over the money of each provider and model (GROUP_KEYS), leaving out groups
+    with nothing in either variant."""
+    return [row for row in paired_table(frame, a, b, GROUPS)
+            if not (row["policy_a"] == 0 and row["policy_b"] == 0)]
 
 
 def price_notes(a: BillingPolicy, b: BillingPolicy, table: list[dict[str, Any]]) -> list[str]:
@@ -368,6 +382,7 @@ def render_text(result: SweepResult) -> str:
         table = paired_table(frame, first, other)
         lines += ["", render_paired(f"{lb} against {la} (paired by replication)", la, lb, table,
                                     price_notes(sw.policy_of(first[0]), sw.policy_of(other[0]), table))]
+        lines += ["", render_paired("money by provider and model (USD)", la, lb, group_table(frame, first, other))]
     lines += ["", legend()]
     for out in result.failed:
         lines += ["", f"FAILED {out.key}: {out.error}", f"  replay: {out.replay}"]

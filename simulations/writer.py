@@ -140,6 +140,8 @@ class Kpis:
     stuck: int = 0
     notifications: int = 0
     latencies: array = field(default_factory=lambda: array("d"))  # 8 bytes a task, not a float object
+    credits_by_model: Counter = field(default_factory=Counter)  # net credits paid per model (tasks and chat)
+    chat_tokens: dict = field(default_factory=dict)   # chat model -> [prompt tokens, completion tokens] settled
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -294,6 +296,13 @@ class BatchWriter:
         for m in done:
             if m.status == ChatStatus.REFUSED:
                 self.kpis.insufficient += 1
+            elif m.charged_credits:
+                session = self.store.sessions.get(m.session_id)
+                model = session.model if session is not None else "(unknown)"
+                self.kpis.credits_by_model[model] += m.charged_credits
+                tokens = self.kpis.chat_tokens.setdefault(model, [0, 0])
+                tokens[0] += m.prompt_tokens or 0
+                tokens[1] += m.completion_tokens or 0
             self.written_msgs.discard(m.id)
         return [m.id for m in done]
 
@@ -348,6 +357,9 @@ class BatchWriter:
         k.by_state[t.status] += 1
         charged = any(e.entry_type == EntryType.CONSUME for e in entries)
         refunded = any(e.entry_type == EntryType.REFUND for e in entries)
+        if charged:
+            k.credits_by_model[t.model] -= sum(e.amount for e in entries
+                                               if e.entry_type in (EntryType.CONSUME, EntryType.REFUND))
         if t.status == TaskStatus.FAILED:
             if t.error_code == "insufficient_credits":
                 k.insufficient += 1

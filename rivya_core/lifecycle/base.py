@@ -4,12 +4,14 @@ the clock of a step, timeline events and the idempotency keys of a task's ledger
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
+from .. import upstream_cancel
 from ..catalog import Catalog
 from ..domain import EventKind
 from ..policy import DEFAULT_POLICY, BillingPolicy
@@ -73,6 +75,8 @@ class LifecycleBase:
         self.sleep: Callable[[float], None] = time.sleep
         self.retry_counts: Counter[int] = Counter()
         self.retries_total = 0
+        upstream_cancel.arm(self.providers.values(), policy, catalog)  # Cancel-After on the clients that send it
+        self._local = threading.local()  # per thread: the current unit's upstream cancels
 
     def __repr__(self) -> str:  # never show secrets
         return f"LifecycleService(providers={sorted(self.providers)}, policy={self.policy.name!r})"
@@ -81,7 +85,9 @@ class LifecycleBase:
         """Run one unit of work; a lost race is re-run after a jittered exponential pause
         ("full jitter": uniform in [0, min(cap, base * 2**attempt)]). How many retries each
         unit needed is counted in `retry_counts` (retries -> units) and `retries_total`."""
+        local = self._local
         for attempt in range(MAX_RETRIES):
+            local.cancels = None  # jobs this unit gives up on (upstream_cancel.defer), asked to stop once it commits
             try:
                 with self.store.begin() as tx:
                     result = step(tx)
@@ -91,6 +97,9 @@ class LifecycleBase:
                     raise
                 self.sleep(self.retry_rng.uniform(0.0, min(self.retry_cap, self.retry_base * 2 ** attempt)))
                 continue
+            if local.cancels:
+                jobs, local.cancels = local.cancels, None
+                upstream_cancel.send(self, jobs)
             self._count_retries(attempt)
             return result
         raise AssertionError("unreachable")

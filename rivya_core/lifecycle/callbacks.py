@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .. import webhooks
+from .. import upstream_cancel, webhooks
 from ..domain import (
     CallbackOutcome,
     EventKind,
@@ -93,7 +93,8 @@ class Callbacks(Outputs):
                 return self._park(tx, record, parsed, ref)
             if task.terminal:
                 cb = tx.add_callback(replace(record, task_id=task.id, outcome=CallbackOutcome.DUPLICATE,
-                                             detail=_already(task.status)))
+                                             detail=upstream_cancel.late_detail(task, parsed.state)
+                                             or _already(task.status)))
             else:  # the insert itself turns a webhook id already applied or deferred into a duplicate
                 cb = tx.add_callback_unless_seen(replace(record, task_id=task.id, outcome=_callback_outcome(parsed)),
                                                  WEBHOOK_SEEN)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from .. import rules
+from .. import rules, upstream_cancel
 from ..domain import EntryType, EventKind, FailureClass, LedgerEntry, NotificationKind, Task, TaskStatus, sources_of
 from ..ports import Tx, UpstreamState, UpstreamStatus
 from .base import consume_key, notify_key, refund_key
@@ -17,6 +17,8 @@ class Finishing(Reads):
     def _apply_status(self, tx: Tx, task: Task, status: UpstreamStatus | _Parsed, path: str) -> bool:
         """Finish a GENERATING task when what the provider says settles it (a failure, or
         success with URLs); True when it did. Anything else changes nothing here."""
+        if status.run_s is not None and status.state in (UpstreamState.FAILED, UpstreamState.SUCCEEDED):
+            tx.update_task(task.id, None, provider_run_s=status.run_s)  # what the provider bills (rivya_core.cost)
         if status.state == UpstreamState.FAILED:
             self._finish_failed(tx, task, status.error_code or "provider_failed",
                                 status.error_message or "the provider reported a failure",
@@ -65,6 +67,8 @@ class Finishing(Reads):
                               settled_at=now, next_check_at=None):
             return
         self._event(tx, task.id, EventKind.FAILED, path=path, error_code=code, failure_class=str(failure_class))
+        if upstream_cancel.gives_up(task, code, self.policy):
+            upstream_cancel.defer(self._local, task, code, now)
         refund = self._refund_if_due(tx, task, failure_class)
         kind = rules.outcome_notification(TaskStatus.FAILED, code)
         if kind == NotificationKind.INSUFFICIENT_CREDITS:

@@ -18,6 +18,7 @@ class _Parsed:
     error_code: str | None
     error_message: str | None
     failure_class: FailureClass | None
+    run_s: float | None = None  # billable run seconds the provider reported (rivya_core.cost)
 
 
 _STATES = {s.value: s for s in (UpstreamState.SUCCEEDED, UpstreamState.FAILED, UpstreamState.RUNNING)}
@@ -79,7 +80,8 @@ def parse_with(fmt: CallbackFormat, raw: bytes) -> _Parsed | str:
     if isinstance(got, str):
         return got
     upstream_id, st = got
-    return _Parsed(upstream_id, st.state, tuple(st.result_urls), st.error_code, st.error_message, st.failure_class)
+    return _Parsed(upstream_id, st.state, tuple(st.result_urls), st.error_code, st.error_message, st.failure_class,
+                   st.run_s)
 
 
 def _epoch(naive_utc: datetime) -> float:

@@ -4,7 +4,11 @@
            header Authorization: Key ...) -> {"request_id": ..., ...}
   status:  GET  {base}/{app}/requests/{id}/status -> IN_QUEUE | IN_PROGRESS | COMPLETED
   result:  GET  {base}/{app}/requests/{id}         -> the output payload
-  cancel:  PUT  {base}/{app}/requests/{id}/cancel
+  cancel:  PUT  {base}/{app}/requests/{id}/cancel -> 202 CANCELLATION_REQUESTED | 400 ALREADY_COMPLETED
+           | 404 NOT_FOUND   (rivya_core.upstream_cancel: a job we gave up on)
+
+Run seconds (ai_task.provider_run_s): a COMPLETED status's `metrics.inference_time`, or a
+payload's `timings.inference`, when given.
 
 `endpoint` is the catalogue model mapped through `models` (default: `{app}/{model}`);
 `app` is the deployment's fal application (owner/name), under which every request
@@ -52,6 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -61,7 +66,7 @@ import httpx
 
 from .. import webhooks
 from ..domain import FailureClass
-from ..ports import ProviderError, ProviderFault, UpstreamState, UpstreamStatus
+from ..ports import CancelAnswer, ProviderError, ProviderFault, UpstreamCancel, UpstreamState, UpstreamStatus
 from .http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpApi, submit_error, urls_in, with_ref
 from .keys import JwksKeys
 
@@ -131,9 +136,19 @@ def failed_status(body: Any, header_type: str | None, fallback: str) -> Upstream
     return UpstreamStatus(UpstreamState.FAILED, (), code, message, klass)
 
 
-def result_status(payload: Any) -> UpstreamStatus:
+def result_status(payload: Any, run_s: float | None = None) -> UpstreamStatus:
     """A fetched or delivered payload: succeeded, with the URLs in it (maybe none)."""
-    return UpstreamStatus(UpstreamState.SUCCEEDED, urls_in(payload))
+    if run_s is None and isinstance(payload, dict):
+        timings = payload.get("timings")
+        run_s = seconds(timings.get("inference")) if isinstance(timings, dict) else None
+    return UpstreamStatus(UpstreamState.SUCCEEDED, urls_in(payload), run_s=run_s)
+
+
+def seconds(value: Any) -> float | None:
+    """A reported duration in seconds, None unless a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
 
 
 class FalWebhooks:
@@ -286,11 +301,24 @@ class FalClient:
             payload = result.json()
         except ValueError:
             return UpstreamStatus(UpstreamState.UNKNOWN)
-        return result_status(payload)
+        metrics = doc.get("metrics")
+        return result_status(payload, seconds(metrics.get("inference_time")) if isinstance(metrics, dict) else None)
 
-    def cancel(self, upstream_task_id: str) -> bool:
+    def cancel(self, upstream_task_id: str) -> UpstreamCancel:
+        """Ask fal to stop the request: removed from the queue, or a stop signal to its runner."""
         resp = self.api.request("PUT", self.handle(upstream_task_id)["cancel_url"])
-        return resp.status_code in (200, 202)
+        try:
+            said = resp.json().get("status")
+        except (ValueError, AttributeError):
+            said = None
+        detail = f"HTTP {resp.status_code}" + (f", {str(said)[:40]}" if said else "")
+        if resp.status_code in (200, 202):
+            return UpstreamCancel(CancelAnswer.CANCELED, detail)
+        if resp.status_code == 400 and said == "ALREADY_COMPLETED":
+            return UpstreamCancel(CancelAnswer.ALREADY_FINISHED, detail)
+        if resp.status_code == 404:
+            return UpstreamCancel(CancelAnswer.UNKNOWN, detail)
+        return UpstreamCancel(CancelAnswer.ERROR, detail)
 
     def find(self, task_ref: str) -> str | None:
         """The queue cannot be searched by our reference: None (recovery then relies on a

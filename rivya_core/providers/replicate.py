@@ -5,7 +5,13 @@
            a 64-hex version id); body {"input": {...}, "webhook": URL?ref=task-N,
            "webhook_events_filter": ["start", "completed"]}; header Authorization: Bearer
   get:     GET  {base}/predictions/{id}
-  cancel:  POST {base}/predictions/{id}/cancel
+  cancel:  POST {base}/predictions/{id}/cancel   (rivya_core.upstream_cancel: a job we gave up on)
+
+A submission carries `Cancel-After: <seconds>s` when the service armed the client
+(`cancel_after`: model id -> seconds, the category's timeout): Replicate then stops the
+prediction at that deadline (status `aborted` if it never started, unbilled; `canceled` if it
+was running). `metrics.predict_time`, when present, is the billed run time: kept as the
+status's `run_s` (ai_task.provider_run_s).
 
 Prediction status -> UpstreamStatus:
 
@@ -32,15 +38,18 @@ kept 24 h, read again when a signature stops matching, at most once a minute).
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from .. import webhooks
 from ..domain import FailureClass
-from ..ports import ProviderError, ProviderFault, UpstreamState, UpstreamStatus
+from ..ports import CancelAnswer, ProviderError, ProviderFault, UpstreamCancel, UpstreamState, UpstreamStatus
+from ..upstream_cancel import cancel_after_header
 from .http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpApi, submit_error, urls_in, with_ref
 from .keys import FetchedSecret
 
@@ -55,8 +64,23 @@ FAILED = {"canceled": ("upstream_canceled", "The prediction was canceled upstrea
                         FailureClass.INFRASTRUCTURE)}
 
 
+def predict_time(pred: Any) -> float | None:
+    """The prediction's billed run seconds (`metrics.predict_time`), None when not given."""
+    metrics = pred.get("metrics") if isinstance(pred, dict) else None
+    value = metrics.get("predict_time") if isinstance(metrics, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
 def prediction_status(pred: Any) -> UpstreamStatus:
     """What a prediction object says, as the core's UpstreamStatus."""
+    status = _prediction_status(pred)
+    run_s = predict_time(pred)
+    return status if run_s is None else replace(status, run_s=run_s)
+
+
+def _prediction_status(pred: Any) -> UpstreamStatus:
     if not isinstance(pred, dict):
         return UpstreamStatus(UpstreamState.UNKNOWN)
     status = pred.get("status")
@@ -125,6 +149,7 @@ class ReplicateClient:
         self.name = name
         self.webhook_url = webhook_url
         self.models = dict(models or {})
+        self.cancel_after: Callable[[str], float | None] | None = None  # set by upstream_cancel.arm
         self.api = HttpApi(base_url, f"Bearer {token}", timeout_s=timeout_s, retries=retries, transport=transport,
                            label=f"{name} (replicate)")
         self.callbacks = ReplicateWebhooks(webhook_secrets, FetchedSecret(self._get_secret))
@@ -150,7 +175,9 @@ class ReplicateClient:
 
     def submit(self, task_ref: str, model: str, prompt: str, params: dict[str, Any]) -> str:
         path, body = self._create_request(task_ref, model, prompt, params)
-        resp = self.api.request("POST", path, json=body)
+        deadline = self.cancel_after(model) if self.cancel_after is not None else None
+        headers = {"Cancel-After": cancel_after_header(deadline)} if deadline else None
+        resp = self.api.request("POST", path, json=body, headers=headers)
         if resp.status_code not in (200, 201, 202):
             raise submit_error(self.api.label, resp)
         pred = self.api.json(resp)
@@ -165,11 +192,21 @@ class ReplicateClient:
             return UpstreamStatus(UpstreamState.UNKNOWN)
         return prediction_status(self.api.json(resp))
 
-    def cancel(self, upstream_task_id: str) -> UpstreamStatus:
+    def cancel(self, upstream_task_id: str) -> UpstreamCancel:
+        """Ask Replicate to stop the prediction: the answer as the prediction now stands."""
         resp = self.api.request("POST", f"predictions/{upstream_task_id}/cancel")
+        if resp.status_code == 404:
+            return UpstreamCancel(CancelAnswer.UNKNOWN, "HTTP 404: no such prediction")
         if resp.status_code != 200:
-            return UpstreamStatus(UpstreamState.UNKNOWN)
-        return prediction_status(self.api.json(resp))
+            return UpstreamCancel(CancelAnswer.ERROR, f"HTTP {resp.status_code}")
+        pred = self.api.json(resp)
+        status = pred.get("status") if isinstance(pred, dict) else None
+        said = f"HTTP 200, status {str(status)[:30]}"
+        if status in ("canceled", "aborted", "starting", "processing"):  # stopped, or its stop is under way
+            return UpstreamCancel(CancelAnswer.CANCELED, said, predict_time(pred))
+        if status in ("succeeded", "failed"):
+            return UpstreamCancel(CancelAnswer.ALREADY_FINISHED, said, predict_time(pred))
+        return UpstreamCancel(CancelAnswer.ERROR, said)
 
     def find(self, task_ref: str) -> str | None:
         """The predictions API cannot be searched by our reference: None (recovery then

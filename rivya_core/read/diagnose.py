@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .. import rules, verdicts
+from .. import rules, upstream_cancel, verdicts
 from ..domain import INSUFFICIENT_CREDITS, TERMINAL, EntryType, EventKind, TaskStatus
 from ..policy import DEFAULT_POLICY, BillingPolicy
 from ..results import provider_retention_s
@@ -149,6 +149,9 @@ def checklist_for_task(d: dict[str, Any], policy: BillingPolicy, now: datetime) 
         _failure_item(t),
         _refund_item(t, policy, consumes, refunds, charged, refunded),
     ]
+    cancel_item = _upstream_cancel_item(t, events, refunded)
+    if cancel_item is not None:  # only for a task we gave up on, or whose output came after its failure
+        items.append(cancel_item)
     if facts.imported:
         items.append(source_checklist.source_item(t, mine, d.get("source_grants") or [], facts, ChecklistItem))
     reads = _stuck_reads(t, events, stuck_s, d.get("provider_incident"))
@@ -325,6 +328,27 @@ def _notification_item(t, notes, for_credits) -> ChecklistItem:
         return ChecklistItem("notification", q, f"Duplicate: {len(matching)} {expected} notifications.", Severity.FAIL, notes)
     read = f", read at {_when(notes[0]['read_at'])}" if notes[0]["read_at"] else ", unread"
     return ChecklistItem("notification", q, f"Yes: {expected} at {_when(notes[0]['created_at'])}{read}.", Severity.OK, notes)
+
+
+def _upstream_cancel_item(t, events, refunded) -> ChecklistItem | None:
+    """Did we ask the provider to stop the job we gave up on, and did its output arrive late?"""
+    cancel, late = upstream_cancel.story(events)
+    if cancel is None and not late:
+        return None
+    q = "Did we ask the provider to stop the job, and did its output arrive after the failure?"
+    parts = []
+    if cancel is not None:
+        d = cancel.get("detail") or {}
+        said = f"{d.get('answer')}" + (f" ({d['detail']})" if d.get("detail") else "")
+        parts.append(f"Cancel asked at {_when(cancel['at'])} after the {d.get('reason', 'failure')}; "
+                     f"the provider answered {said}")
+    if late:
+        money = f"the user was refunded {refunded} credits" if refunded else "the user was not refunded"
+        parts.append(f"the output arrived late ({_cap(len(late), 'success callback')} after the failure, from "
+                     f"{_when(late[0]['at'])}), recorded as a duplicate: the task stays FAILED and {money}")
+    status = Severity.WARN if late else Severity.INFO
+    return ChecklistItem("upstream_cancel", q, "; ".join(parts) + ".", status,
+                         [_slim(e) for e in ([cancel] if cancel else []) + late])
 
 
 def _failure_item(t) -> ChecklistItem:

@@ -71,6 +71,8 @@ ai_task = Table(
     Column("check_attempts", Integer, nullable=False, default=0),
     # the task support re-ran this one from (rivya_core.support.rerun); added after version 1 (init_db migrates)
     Column("rerun_of", Id),
+    # billable run seconds the provider reported for the job (rivya_core.cost); added after version 1
+    Column("provider_run_s", Float),
     # the source's own id of an imported task (rivya_core.sources); NULL for rows this project wrote
     Column("external_ref", String(200)),
     Index("ix_ai_task_external_ref", "external_ref", unique=True),

@@ -51,6 +51,13 @@ def test_overview_shows_known_numbers(open_page, seeded_url):
     assert "1 violation" in texts(at).replace("**", "")
 
 
+def test_overview_shows_revenue_cost_and_margin_in_money(open_page, seeded_url):
+    m = metrics(open_page(seeded_url))
+    # 70 credits charged, none refunded, at the default 0.05 USD a credit; the seed's models have no
+    # provider price in the catalogue, so they cost nothing upstream
+    assert (m["Revenue (USD)"], m["Provider cost (USD)"], m["Margin (USD)"]) == ("3.50", "0.00", "3.50")
+
+
 def test_empty_overview_says_there_is_nothing_yet(open_page, empty_url):
     at = open_page(empty_url, "pages/overview.py")
     assert metrics(at)["All tasks"] == "0"

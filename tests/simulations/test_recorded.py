@@ -42,8 +42,11 @@ def test_recorded_provider_agrees_with_the_outcomes_of_a_finished_run(run_small)
             assert (status.state, status.error_code, status.failure_class) == ("failed", t.error_code,
                                                                              t.failure_class)
             checked["FAILED"] += 1
-        elif t.error_code == "timeout":  # lost upstream, or a success that never delivered URLs
-            assert status.state == "unknown" or (status.state == "succeeded" and not status.result_urls)
+        elif t.error_code == "timeout":  # lost upstream (then canceled by us), or a success without URLs
+            assert (status.state, status.error_code) == ("failed", "upstream_canceled") or \
+                (status.state == "succeeded" and not status.result_urls)
+        elif t.error_code in ("upstream_canceled", "upstream_aborted"):  # stopped at its Cancel-After deadline
+            assert (status.state, status.error_code) == ("failed", t.error_code)
     assert min(checked.values()) > 0, checked
     assert providers["lumen"].status("lumen-no-such-job").state == "unknown"
     with pytest.raises(ProviderError) as refused:

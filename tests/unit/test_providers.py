@@ -145,7 +145,7 @@ def test_replicate_unreachable_status_is_unknown_to_the_core(replicate):
 def test_replicate_cancel(replicate):
     client, mock = replicate
     mock.post("/predictions/p/cancel").respond(200, json=prediction("canceled", pid="p"))
-    assert client.cancel("p").error_code == "upstream_canceled"
+    assert client.cancel("p").answer == "canceled"  # more in tests/unit/test_upstream_cancel.py
 
 
 def test_replicate_webhook_is_standard_webhooks_over_the_prediction():
@@ -223,7 +223,7 @@ def test_fal_completed_with_error_and_result_5xx(fal):
 def test_fal_cancel(fal):
     client, mock = fal
     mock.put("/acme/kin/requests/r1/cancel").respond(202, json={"status": "CANCELLATION_REQUESTED"})
-    assert client.cancel("r1")
+    assert client.cancel("r1").answer == "canceled"
 
 
 def _fal_delivery(doc, seed=SEED, ts=NOW, rid="r1"):

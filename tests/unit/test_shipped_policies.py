@@ -20,6 +20,8 @@ PROMISES = {
     "poll_every_10s": {"poll_interval_s": 10.0},
     "lean_chat_reservation": {"chat_reserve_margin": 1.0},
     "block_duplicate_runs": {"duplicate_runs": "block"},
+    "no_upstream_cancel": {"upstream_cancel": False},
+    "give_up_after_20m": {"timeout_s": {"image": 900.0, "video": 1200.0, "audio": 1200.0}},
     "gift_expires_14_days": {"credit_expiry_days": 14.0},
     "gift_expires_30_days": {"credit_expiry_days": 30.0},
 }
