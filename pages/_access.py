@@ -1,12 +1,12 @@
 """Who may read and who may act: the sign-in gate and the role checks pages make.
 
-    access_config() -> AccessConfig        users and roles from the environment / st.secrets
-    access_gate() -> None                  login form when access control is on; st.stop() until signed in
-    ensure_reader() -> None                a page reached without passing app.py's gate stops here
-    can_act() -> bool                      the signed-in user (or everybody, access off) may act: support
-                                           actions, audits, simulation runs, anything that writes
-    operator_only(what) -> bool            can_act(), and for a viewer an info line saying `what` needs the
-                                           operator role: `if operator_only("Running the audit"): <button>`
+access_config() -> AccessConfig        users and roles from the environment / st.secrets
+access_gate() -> None                  login form when access control is on; st.stop() until signed in
+ensure_reader() -> None                a page reached without passing app.py's gate stops here
+can_act() -> bool                      the signed-in user (or everybody, access off) may act: support
+                                       actions, audits, simulation runs, anything that writes
+operator_only(what) -> bool            can_act(), and for a viewer an info line saying `what` needs the
+                                       operator role: `if operator_only("Running the audit"): <button>`
 """
 
 from __future__ import annotations
@@ -40,13 +40,16 @@ def access_gate() -> None:
     ss = st.session_state
     if not cfg.enabled:
         if not access.local_client(_client_ip()):
-            st.error("Access control is off (no users configured), so this dashboard answers only on this "
-                     "machine. Set RIVYA_OPERATORS / RIVYA_VIEWERS (or [access] in secrets) to serve it further.")
+            st.error(
+                "Access control is off (no users configured), so this dashboard answers only on this "
+                "machine. Set RIVYA_OPERATORS / RIVYA_VIEWERS (or [access] in secrets) to serve it further."
+            )
             st.stop()
         ss["role"] = access.Role.OPERATOR
         ss["user"] = None
-        st.sidebar.caption(":material/lock_open: Access control is off (no users configured): "
-                           "serve this dashboard on localhost only.")
+        st.sidebar.caption(
+            ":material/lock_open: Access control is off (no users configured): serve this dashboard on localhost only."
+        )
         return
     if ss.get("user") and ss.get("user") in cfg.users:
         with st.sidebar:

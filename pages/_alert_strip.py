@@ -29,9 +29,11 @@ def _params(alert) -> dict[str, str]:
 def alert_strip(policy: BillingPolicy) -> None:
     found = cached_df(alerts.alerts, policy)
     if not found.count:
-        st.success(f"No alert: no task running past its model's {alerts.STUCK_K:g} × p95, and no provider far "
-                   f"above its baseline in the last hour (judged at {found.now:%Y-%m-%d %H:%M} UTC).",
-                   icon=":material/verified:")
+        st.success(
+            f"No alert: no task running past its model's {alerts.STUCK_K:g} × p95, and no provider far "
+            f"above its baseline in the last hour (judged at {found.now:%Y-%m-%d %H:%M} UTC).",
+            icon=":material/verified:",
+        )
         return
     with st.container(border=True):
         st.markdown(f"**:material/notifications_active: {found.count} alert(s)** at {found.now:%Y-%m-%d %H:%M} UTC")

@@ -1,11 +1,11 @@
 """The one cache for query results a page shows.
 
-    cached_df(fn, *args, **kwargs) -> Any
-        fn(engine, *args, **kwargs) for the current URL, cached with
-        st.cache_data(ttl=CACHE_TTL_S). fn must be a module-level function
-        taking an Engine first; args must be hashable (str, int, tuples).
-    cached_at(url, fn, *args, **kwargs) -> Any
-        The same for another database than the session's (a run the page just made).
+cached_df(fn, *args, **kwargs) -> Any
+    fn(engine, *args, **kwargs) for the current URL, cached with
+    st.cache_data(ttl=CACHE_TTL_S). fn must be a module-level function
+    taking an Engine first; args must be hashable (str, int, tuples).
+cached_at(url, fn, *args, **kwargs) -> Any
+    The same for another database than the session's (a run the page just made).
 """
 
 from __future__ import annotations

@@ -17,10 +17,12 @@ from rivya_core.read.chat_checklist import diagnose_chat_message
 
 
 def chat_lookup(engine, policy) -> None:
-    with st.expander("Chat turns: find one by message id, session id or user", expanded=bool(st.session_state.get(
-            "chat_query"))):
-        query = st.text_input("Find a chat turn", key="chat_query",
-                              placeholder="message id, session id, user email or name")
+    with st.expander(
+        "Chat turns: find one by message id, session id or user", expanded=bool(st.session_state.get("chat_query"))
+    ):
+        query = st.text_input(
+            "Find a chat turn", key="chat_query", placeholder="message id, session id, user email or name"
+        )
         if not query.strip():
             st.caption("Chat turns are billed by message (reserve, settle, refund the difference), not as tasks.")
             return
@@ -28,8 +30,11 @@ def chat_lookup(engine, policy) -> None:
         if not found:
             st.warning("No chat turn matches that.")
             return
-        labels = {int(r["message_id"]): f"message #{r['message_id']} · session #{r['session_id']} · "
-                                        f"{r['status']} · {r['email'] or r['user_id']} ({r['match']})" for r in found}
+        labels = {
+            int(r["message_id"]): f"message #{r['message_id']} · session #{r['session_id']} · "
+            f"{r['status']} · {r['email'] or r['user_id']} ({r['match']})"
+            for r in found
+        }
         show_table(pd.DataFrame(found))
         message_id = st.selectbox("Chat turn", list(labels), format_func=labels.get, key="chat_pick")
         d = diagnose_chat_message(engine, message_id, policy)

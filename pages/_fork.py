@@ -17,7 +17,12 @@ def fork_button(engine: Engine, *, task_id: int | None = None, user_id: int | No
     except RivyaError as exc:
         st.caption(f"Cannot fork this into a scenario: {plain(exc.message)}")
         return
-    st.download_button("Fork into a scenario", story.to_toml(), file_name=f"fork-{what}.toml", mime="text/plain",
-                       key=f"fork_{what}",
-                       help="A [[script]] scenario that replays what was recorded; run it with "
-                            f"`python -m simulations run fork-{what}.toml --db URL`, edit one line to ask what-if.")
+    st.download_button(
+        "Fork into a scenario",
+        story.to_toml(),
+        file_name=f"fork-{what}.toml",
+        mime="text/plain",
+        key=f"fork_{what}",
+        help="A [[script]] scenario that replays what was recorded; run it with "
+        f"`python -m simulations run fork-{what}.toml --db URL`, edit one line to ask what-if.",
+    )

@@ -1,11 +1,11 @@
 """What pages say on a database imported from a production source (rivya_core.sources).
 
-    source_facts_of(engine) -> SourceFacts
-        Which facts the database's source recorded (cached per engine).
-    not_recorded_note(engine, *facts) -> bool
-        An info line per fact the source never recorded ("not recorded by this source"); True when any.
-    with_original_ids(frame) -> frame
-        Beside each task or user id column, the source's original id (the current database's).
+source_facts_of(engine) -> SourceFacts
+    Which facts the database's source recorded (cached per engine).
+not_recorded_note(engine, *facts) -> bool
+    An info line per fact the source never recorded ("not recorded by this source"); True when any.
+with_original_ids(frame) -> frame
+    Beside each task or user id column, the source's original id (the current database's).
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ def not_recorded_note(engine: Any, *facts: str) -> bool:
     f = source_facts_of(engine)
     missing = [x for x in facts if not f.has(x)]
     for x in missing:
-        st.info(plain(f"{source_facts.FACTS[x][0].upper()}{source_facts.FACTS[x][1:]}: "
-                      f"{source_facts.NOT_RECORDED} ({f.source})."))
+        st.info(
+            plain(
+                f"{source_facts.FACTS[x][0].upper()}{source_facts.FACTS[x][1:]}: "
+                f"{source_facts.NOT_RECORDED} ({f.source})."
+            )
+        )
     return bool(missing)
 
 

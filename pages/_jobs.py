@@ -1,15 +1,15 @@
 """The Simulation lab's background jobs: the shared list, live progress, cancel, results.
 
-    start_job(kind, params, label, *, tasks, users, db="") -> int | None
-        simulations.jobs.submit with the signed-in user as owner, admitted by simulations.quotas
-        (tasks and users per run, runs at once, disk); None, with a message, when refused
-        (viewers read, operators start and cancel jobs).
-    jobs_panel(renderers) -> None
-        Every background job (newest first, the same list in every tab and session), refreshed
-        every few seconds in a fragment so the rest of the page stays usable: status, progress,
-        a Cancel button for running jobs, "Show result" for finished ones, the reason and the log of
-        failed ones (a result its verdict does not trust, simulations.jobs.verdict, stays readable).
-        The chosen result is drawn below the list by renderers[kind](job).
+start_job(kind, params, label, *, tasks, users, db="") -> int | None
+    simulations.jobs.submit with the signed-in user as owner, admitted by simulations.quotas
+    (tasks and users per run, runs at once, disk); None, with a message, when refused
+    (viewers read, operators start and cancel jobs).
+jobs_panel(renderers) -> None
+    Every background job (newest first, the same list in every tab and session), refreshed
+    every few seconds in a fragment so the rest of the page stays usable: status, progress,
+    a Cancel button for running jobs, "Show result" for finished ones, the reason and the log of
+    failed ones (a result its verdict does not trust, simulations.jobs.verdict, stays readable).
+    The chosen result is drawn below the list by renderers[kind](job).
 """
 
 from __future__ import annotations
@@ -26,8 +26,13 @@ from rivya_core.domain import RivyaError
 from simulations import jobs, quotas
 
 REFRESH_S = 2.0
-ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "done": ":material/check_circle:",
-         "failed": ":material/error:", "cancelled": ":material/cancel:"}
+ICONS = {
+    "queued": ":material/schedule:",
+    "running": ":material/autorenew:",
+    "done": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+}
 VIEW = "lab_job_view"
 
 
@@ -53,8 +58,10 @@ def start_job(kind: str, params: dict[str, Any], label: str, *, tasks: int, user
 
 def jobs_panel(renderers: dict[str, Callable[[dict[str, Any]], None]]) -> None:
     st.subheader("Background jobs")
-    st.caption("Runs, comparisons and sweeps started here run in their own worker process; this list is "
-               "shared by every tab and refreshes itself. Leave the page and come back: they keep going.")
+    st.caption(
+        "Runs, comparisons and sweeps started here run in their own worker process; this list is "
+        "shared by every tab and refreshes itself. Leave the page and come back: they keep going."
+    )
     _job_list()
     view = st.session_state.get(VIEW)
     if view is not None:
@@ -90,8 +97,11 @@ def _job_row(job: dict[str, Any]) -> None:
         top = st.columns([6, 2, 2])
         top[0].markdown(f"{ICONS.get(status, '')} **#{job['id']} {job['kind']}** · {status}")
         top[0].text(job["label"])  # labels carry scenario and policy names: plain text
-        top[0].caption(f"started {job['created_at']} UTC" + (f" by {plain(job['owner'])}" if job["owner"] else "")
-                       + (f", finished {job['finished_at']}" if job["finished_at"] else ""))
+        top[0].caption(
+            f"started {job['created_at']} UTC"
+            + (f" by {plain(job['owner'])}" if job["owner"] else "")
+            + (f", finished {job['finished_at']}" if job["finished_at"] else "")
+        )
         if status in jobs.ACTIVE:
             top[0].progress(float(job["progress"] or 0.0), text=str(job["message"] or status)[:80])
             if can_act() and top[1].button("Cancel", key=f"cancel_{job['id']}", icon=":material/stop:"):
@@ -102,7 +112,8 @@ def _job_row(job: dict[str, Any]) -> None:
             top[0].text(f"{'Failed' if job['result'] is not None else 'Error'}: {job['error'] or 'failed'}")  # plain
             with top[0].expander("Log"):
                 st.code(jobs.log_tail(job) or "(no output)", language=None)
-        if job["result"] is not None and top[1].button("Show result", key=f"show_{job['id']}",
-                                                       type="primary" if status == "done" else "secondary"):
+        if job["result"] is not None and top[1].button(
+            "Show result", key=f"show_{job['id']}", type="primary" if status == "done" else "secondary"
+        ):
             st.session_state[VIEW] = job["id"]
             st.rerun(scope="app")

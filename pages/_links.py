@@ -1,23 +1,23 @@
 """Links between pages and to one task in the inspector.
 
-    INSPECTOR: the inspector's page file.
-    task_url(task_id: int) -> str
-        Relative URL of the inspector for one task (for st.column_config.LinkColumn),
-        keeping ?db= when the session reads another database than the default.
-    with_task_links(frame, source="task_id") -> DataFrame; TASK_LINK
-        A "task" column of inspector links, and the column config that shows it. A table
-        shown by pages._render.show_table with TASK_LINK opens the task of the row the
-        operator selects in the inspector, in the same tab (a link column would open a
-        new browser tab, a new session that takes seconds to start).
-    open_task(task_id: int | str, db: str | None = None) -> None
-        Switch to the inspector on one task in this session (same tab).
-    task_table(frame, link_col, **dataframe_kwargs) -> None
-        st.dataframe of `frame` whose `link_col` holds task_url()s: shown as "#N", and
-        selecting a row opens that task (open_task).
-    web_link(url) -> str | None
-        url when it may be offered as a link (an absolute http or https URL with a host), else None:
-        result URLs come from providers and are shown as text, linked only through this check.
-    RESULT_LINK: the LinkColumn that shows web_link's output as "open".
+INSPECTOR: the inspector's page file.
+task_url(task_id: int) -> str
+    Relative URL of the inspector for one task (for st.column_config.LinkColumn),
+    keeping ?db= when the session reads another database than the default.
+with_task_links(frame, source="task_id") -> DataFrame; TASK_LINK
+    A "task" column of inspector links, and the column config that shows it. A table
+    shown by pages._render.show_table with TASK_LINK opens the task of the row the
+    operator selects in the inspector, in the same tab (a link column would open a
+    new browser tab, a new session that takes seconds to start).
+open_task(task_id: int | str, db: str | None = None) -> None
+    Switch to the inspector on one task in this session (same tab).
+task_table(frame, link_col, **dataframe_kwargs) -> None
+    st.dataframe of `frame` whose `link_col` holds task_url()s: shown as "#N", and
+    selecting a row opens that task (open_task).
+web_link(url) -> str | None
+    url when it may be offered as a link (an absolute http or https URL with a host), else None:
+    result URLs come from providers and are shown as text, linked only through this check.
+RESULT_LINK: the LinkColumn that shows web_link's output as "open".
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def task_url(task_id: int) -> str:
     return f"task_inspector?task={int(task_id)}{suffix}"
 
 
-RESULT_LINK = st.column_config.LinkColumn("link", display_text="open",
-                                          help="Opens the result in a new tab (http and https URLs only)")
+RESULT_LINK = st.column_config.LinkColumn(
+    "link", display_text="open", help="Opens the result in a new tab (http and https URLs only)"
+)
 
 
 def web_link(url: Any) -> str | None:
@@ -104,16 +105,24 @@ def task_table(frame: Any, link_col: str, **kwargs: Any) -> None:
     given = config.get(link_col)
     label = given.get("label") if isinstance(given, dict) else None
     config[link_col] = st.column_config.TextColumn(label or link_col, help=OPEN_HELP, width="small")
-    key = kwargs.pop("key", None) or "task_table_" + hashlib.sha1(
-        repr((list(frame.columns), targets)).encode()).hexdigest()[:16]
+    key = (
+        kwargs.pop("key", None)
+        or "task_table_" + hashlib.sha1(repr((list(frame.columns), targets)).encode()).hexdigest()[:16]
+    )
 
     def picked() -> None:
         rows = st.session_state[key].selection.rows
         if rows and targets[rows[0]]:
             st.session_state[PICKED] = targets[rows[0]]
 
-    st.dataframe(shown, column_config=config, on_select=picked, selection_mode="single-row", key=key,
-                 **{"hide_index": True, "width": "stretch", **kwargs})
+    st.dataframe(
+        shown,
+        column_config=config,
+        on_select=picked,
+        selection_mode="single-row",
+        key=key,
+        **{"hide_index": True, "width": "stretch", **kwargs},
+    )
 
 
 def open_picked_task() -> None:

@@ -1,17 +1,17 @@
 """How pages show things: untrusted text as text, tables people read, credit flows that add up, errors as lines.
 
-    (untrusted text goes through pages._text.plain, imported here for the error lines)
+(untrusted text goes through pages._text.plain, imported here for the error lines)
 
-    show_table(frame, *, column_config=None, **kwargs) -> None
-        st.dataframe (full width, no index) with headers in words ("error_code" ->
-        "error code") and a dash for missing text, except in configured columns.
-    show_flows(flows, total_label, total_help=None) -> None
-        The credit cards that add up (granted − charged + refunded − chat = total), sum spelled out.
-    show_errors() -> context manager
-        Turns RivyaError / SQLAlchemyError raised inside into st.error lines.
-    verdict_box(diag, *, markdown=True) -> None
-        A checklist's verdict and next action, in the colour of the verdict's severity
-        (rivya_core.verdicts.verdict_severity), and a line naming the items that failed or warn.
+show_table(frame, *, column_config=None, **kwargs) -> None
+    st.dataframe (full width, no index) with headers in words ("error_code" ->
+    "error code") and a dash for missing text, except in configured columns.
+show_flows(flows, total_label, total_help=None) -> None
+    The credit cards that add up (granted − charged + refunded − chat = total), sum spelled out.
+show_errors() -> context manager
+    Turns RivyaError / SQLAlchemyError raised inside into st.error lines.
+verdict_box(diag, *, markdown=True) -> None
+    A checklist's verdict and next action, in the colour of the verdict's severity
+    (rivya_core.verdicts.verdict_severity), and a line naming the items that failed or warn.
 """
 
 from __future__ import annotations
@@ -76,15 +76,20 @@ def show_flows(flows: dict[str, int], total_label: str, total_help: str | None =
     c[0].metric("Granted", f"{flows['granted']:,}", help="Grants (starting balance, top-ups) and adjustments")
     c[1].metric("Charged for tasks", f"{flows['task_charged']:,}", help="`consume` rows")
     c[2].metric("Refunded for tasks", f"{flows['task_refunded']:,}", help="`refund` rows")
-    c[3].metric("Chat charged", f"{flows['chat_charged']:,}",
-                help=f"What users were finally charged for chat: {flows['chat_reserved']:,} reserved before "
-                     f"the turns ran, {flows['chat_refunded']:,} of it returned unused at settlement")
+    c[3].metric(
+        "Chat charged",
+        f"{flows['chat_charged']:,}",
+        help=f"What users were finally charged for chat: {flows['chat_reserved']:,} reserved before "
+        f"the turns ran, {flows['chat_refunded']:,} of it returned unused at settlement",
+    )
     c[4].metric(total_label, f"{flows['balance']:,}", help=total_help)
     other = f" + {flows['other']:,} other" if flows["other"] else ""
-    st.caption(f"{flows['granted']:,} granted − {flows['task_charged']:,} charged for tasks + "
-               f"{flows['task_refunded']:,} refunded for tasks − {flows['chat_charged']:,} chat charged{other} "
-               f"= **{flows['balance']:,}** ({total_label.lower()}). Chat reservations: "
-               f"{flows['chat_reserved']:,}, of which {flows['chat_refunded']:,} returned.")
+    st.caption(
+        f"{flows['granted']:,} granted − {flows['task_charged']:,} charged for tasks + "
+        f"{flows['task_refunded']:,} refunded for tasks − {flows['chat_charged']:,} chat charged{other} "
+        f"= **{flows['balance']:,}** ({total_label.lower()}). Chat reservations: "
+        f"{flows['chat_reserved']:,}, of which {flows['chat_refunded']:,} returned."
+    )
 
 
 SEVERITY_BOX = {"ok": st.success, "info": st.info, "warn": st.warning, "fail": st.error}
@@ -101,8 +106,10 @@ def verdict_box(diag: Any, *, markdown: bool = True) -> None:
         box(f"Verdict: {plain(diag.verdict)}. Next action: {plain(diag.next_action)}.")
     flagged = [i for i in diag.items if i.status in ("fail", "warn")]
     if flagged:
-        st.caption("Checklist items to look at: " + "; ".join(
-            f"{'failed' if i.status == 'fail' else 'warns'}: {plain(i.question)}" for i in flagged))
+        st.caption(
+            "Checklist items to look at: "
+            + "; ".join(f"{'failed' if i.status == 'fail' else 'warns'}: {plain(i.question)}" for i in flagged)
+        )
 
 
 @contextmanager

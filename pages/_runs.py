@@ -1,14 +1,14 @@
 """Simulation runs started from the dashboard, in a background process.
 
-    new_run_url(name: str) -> str
-        A fresh sqlite URL under data/runs (RIVYA_RUNS_DIR) for a simulation run.
-    start_realtime_run(scenario, factor: float, tasks: int | None = None) -> dict
-        `python -m simulations run SCENARIO --realtime FACTOR --db <new run db>` in a
-        background process, admitted by simulations.quotas (raises QuotaExceeded); keeps a copy of the scenario next to the database (so
-        every session judges the unfinished run with its policy), waits for its
-        schema, remembers it for the session and returns {"popen", "url", "log", "scenario"}.
-    realtime_run() -> dict | None
-        The realtime run this session started last (same dict), if any.
+new_run_url(name: str) -> str
+    A fresh sqlite URL under data/runs (RIVYA_RUNS_DIR) for a simulation run.
+start_realtime_run(scenario, factor: float, tasks: int | None = None) -> dict
+    `python -m simulations run SCENARIO --realtime FACTOR --db <new run db>` in a
+    background process, admitted by simulations.quotas (raises QuotaExceeded); keeps a copy of the scenario next to the database (so
+    every session judges the unfinished run with its policy), waits for its
+    schema, remembers it for the session and returns {"popen", "url", "log", "scenario"}.
+realtime_run() -> dict | None
+    The realtime run this session started last (same dict), if any.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def _schema_ready(url: str) -> bool:
         engine.dispose()
 
 
-def start_realtime_run(scenario: Any, factor: float, tasks: int | None = None, *,
-                       wait_s: float = 20.0) -> dict[str, Any]:
+def start_realtime_run(
+    scenario: Any, factor: float, tasks: int | None = None, *, wait_s: float = 20.0
+) -> dict[str, Any]:
     """Run `scenario` (a Scenario, edited or not, or a scenario file or name) at `factor`
     simulated seconds per wall second in a background process writing into a new
     database; return once its schema exists (or the process ended). The scenario
@@ -67,8 +68,19 @@ def start_realtime_run(scenario: Any, factor: float, tasks: int | None = None, *
     url = new_run_url(f"{sc.name}-live")
     log_path = db.sqlite_path(url).with_suffix(".log")
     sidecar = scenario_sidecar(db.sqlite_path(url))
-    cmd = [sys.executable, "-m", "simulations", "run", str(sidecar), "--db", url, "--realtime", f"{float(factor):g}",
-           "--tasks", str(tasks)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulations",
+        "run",
+        str(sidecar),
+        "--db",
+        url,
+        "--realtime",
+        f"{float(factor):g}",
+        "--tasks",
+        str(tasks),
+    ]
     popen: subprocess.Popen | None = None
 
     def launch() -> int:

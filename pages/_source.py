@@ -1,31 +1,31 @@
 """The database a session reads: the sidebar picker, ?db= in the address bar, the cached read engine.
 
-    default_url() -> str
-        RIVYA_DB_URL from the environment, else sqlite:///<repo>/data/rivya.db.
-    enter_page() -> None
-        Call first on a page that reads no database: routes a deep link opened in a
-        fresh session through app.py (navigation, gate) and checks sign-in.
-    current_url() -> str
-        The database the session reads: st.session_state["db_url"], else the
-        ?db= query parameter, else default_url().
-    use_database(url: str) -> None
-        Make url the session's data source: st.session_state["db_url"], ?db= kept
-        in sync (left out when the URL holds a password), cached query results cleared.
-    data_source_sidebar() -> str
-        The sidebar picker: the default database, the configured sources, a simulation
-        database under data/ or data/runs/, and a free-form SQLAlchemy URL where
-        rivya_core.access.may_type_url allows it (open mode; operators with allow_any_url).
-    runs_dir() -> Path
-        Where simulation runs started from the dashboard go (RIVYA_RUNS_DIR, else data/runs).
-    get_engine(url: str) -> Engine
-        st.cache_resource read engine per URL (on SQLite a plain deferred BEGIN, so a
-        page never queues behind a writer); raises StoreUnavailable / SchemaMissing.
-    open_db(tables=(), *, need_rows: str | None = None) -> Engine
-        Engine for current_url() with the schema checked and `tables` present (and
-        `need_rows` not empty); otherwise says why (require_tables) and stops the page.
-    require_tables(engine, tables, *, need_rows: str | None = None) -> bool
-        st.warning naming the tables an older database lacks, st.info when
-        `need_rows` is empty; True when the page can go on.
+default_url() -> str
+    RIVYA_DB_URL from the environment, else sqlite:///<repo>/data/rivya.db.
+enter_page() -> None
+    Call first on a page that reads no database: routes a deep link opened in a
+    fresh session through app.py (navigation, gate) and checks sign-in.
+current_url() -> str
+    The database the session reads: st.session_state["db_url"], else the
+    ?db= query parameter, else default_url().
+use_database(url: str) -> None
+    Make url the session's data source: st.session_state["db_url"], ?db= kept
+    in sync (left out when the URL holds a password), cached query results cleared.
+data_source_sidebar() -> str
+    The sidebar picker: the default database, the configured sources, a simulation
+    database under data/ or data/runs/, and a free-form SQLAlchemy URL where
+    rivya_core.access.may_type_url allows it (open mode; operators with allow_any_url).
+runs_dir() -> Path
+    Where simulation runs started from the dashboard go (RIVYA_RUNS_DIR, else data/runs).
+get_engine(url: str) -> Engine
+    st.cache_resource read engine per URL (on SQLite a plain deferred BEGIN, so a
+    page never queues behind a writer); raises StoreUnavailable / SchemaMissing.
+open_db(tables=(), *, need_rows: str | None = None) -> Engine
+    Engine for current_url() with the schema checked and `tables` present (and
+    `need_rows` not empty); otherwise says why (require_tables) and stops the page.
+require_tables(engine, tables, *, need_rows: str | None = None) -> bool
+    st.warning naming the tables an older database lacks, st.info when
+    `need_rows` is empty; True when the page can go on.
 """
 
 from __future__ import annotations
@@ -59,8 +59,14 @@ def _ensure_app_ran() -> None:
         return
     import inspect as _inspect
 
-    page = next((Path(f.filename) for f in _inspect.stack() if Path(f.filename).parent == ROOT / "pages"
-                 and not Path(f.filename).name.startswith("_")), None)
+    page = next(
+        (
+            Path(f.filename)
+            for f in _inspect.stack()
+            if Path(f.filename).parent == ROOT / "pages" and not Path(f.filename).name.startswith("_")
+        ),
+        None,
+    )
     if page is not None:
         st.session_state["pending_page"] = (f"pages/{page.name}", dict(st.query_params.to_dict()))
     st.switch_page(str(ROOT / "app.py"))
@@ -89,8 +95,9 @@ def current_url() -> str:
     ss = st.session_state
     requested = ss.get("db_url") or st.query_params.get("db") or default_url()
     try:
-        url = access.choose_source(requested, ss.get("role"), access_config(), default=default_url(),
-                                   sim_dirs=(DATA, runs_dir()))
+        url = access.choose_source(
+            requested, ss.get("role"), access_config(), default=default_url(), sim_dirs=(DATA, runs_dir())
+        )
     except access.SourceRefused as exc:
         ss["db_refused"] = exc.message
         url = default_url()
@@ -150,15 +157,19 @@ def data_source_sidebar() -> str:
     with st.sidebar:
         st.caption(f"Reading {plain(db.safe_url(url))}")
         with st.expander("Data source", expanded=False):
-            choice = st.selectbox("Database", [default_label, *runs, *([other_label] if typing_allowed else [])],
-                                  key="ds_choice")
+            choice = st.selectbox(
+                "Database", [default_label, *runs, *([other_label] if typing_allowed else [])], key="ds_choice"
+            )
             if not typing_allowed:
-                st.caption("The default database, the configured sources and the simulation databases"
-                           + (" (free-form URLs: an operator, when allowed)." if cfg.enabled else "."))
+                st.caption(
+                    "The default database, the configured sources and the simulation databases"
+                    + (" (free-form URLs: an operator, when allowed)." if cfg.enabled else ".")
+                )
             typed = ""
             if choice == other_label:
-                typed = st.text_input("SQLAlchemy URL", key="ds_url",
-                                      placeholder="postgresql+psycopg://user@host:5432/rivya")
+                typed = st.text_input(
+                    "SQLAlchemy URL", key="ds_url", placeholder="postgresql+psycopg://user@host:5432/rivya"
+                )
             if st.button("Use this database", key="ds_apply", width="stretch"):
                 target = default_url() if choice == default_label else runs.get(choice, typed.strip())
                 if target:
@@ -207,8 +218,10 @@ def require_tables(engine: Engine, tables: tuple[str, ...] | list[str], *, need_
     present = set(inspect(engine).get_table_names())
     missing = [t for t in tables if t not in present]
     if missing:
-        st.warning(f"This database has no {', '.join(f'`{t}`' for t in missing)} table: it was made by an "
-                   "older version. This section needs it; the rest of the dashboard still works.")
+        st.warning(
+            f"This database has no {', '.join(f'`{t}`' for t in missing)} table: it was made by an "
+            "older version. This section needs it; the rest of the dashboard still works."
+        )
         return False
     if need_rows and not db.has_rows(engine, need_rows):
         st.info(f"Nothing here yet: the `{need_rows}` table is empty.")

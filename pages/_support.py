@@ -1,21 +1,21 @@
 """Support actions on the session's database, and the billing policy it is judged with.
 
-    policy_in_force() -> tuple[BillingPolicy, str]
-        The billing policy to judge the current database with, and a sentence saying
-        where it comes from (it quotes names a database recorded: show it through plain()): a simulation database's recorded scenario, a realtime
-        run this session started, else RIVYA_POLICY or the default.
-    support_service(policy: BillingPolicy) -> LifecycleService
-        The service support actions go through, over current_url()'s one cached writable store
-        (support_engine(): its engine, for bulk incidents). On a simulation
-        database its providers answer from the farm's recorded jobs and its clock is
-        pinned at the database's latest time (rivya_core.wiring provider sources;
-        importing this module registers the simulations package's).
-    who_sees_what(task, ledger, policy) -> str
-        The support form's sentence on who reads what: the operator's name and reason are
-        internal (the timeline); what the customer is told if the task is marked failed.
-    record_audit_now(policy, row_cap) -> StoredAudit
-        Run the whole audit on the current database and store it in `audit_run` (an
-        operator's act: the only page path that writes it; pages read through read-only engines).
+policy_in_force() -> tuple[BillingPolicy, str]
+    The billing policy to judge the current database with, and a sentence saying
+    where it comes from (it quotes names a database recorded: show it through plain()): a simulation database's recorded scenario, a realtime
+    run this session started, else RIVYA_POLICY or the default.
+support_service(policy: BillingPolicy) -> LifecycleService
+    The service support actions go through, over current_url()'s one cached writable store
+    (support_engine(): its engine, for bulk incidents). On a simulation
+    database its providers answer from the farm's recorded jobs and its clock is
+    pinned at the database's latest time (rivya_core.wiring provider sources;
+    importing this module registers the simulations package's).
+who_sees_what(task, ledger, policy) -> str
+    The support form's sentence on who reads what: the operator's name and reason are
+    internal (the timeline); what the customer is told if the task is marked failed.
+record_audit_now(policy, row_cap) -> StoredAudit
+    Run the whole audit on the current database and store it in `audit_run` (an
+    operator's act: the only page path that writes it; pages read through read-only engines).
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ def who_sees_what(task: dict, ledger: list[dict], policy: BillingPolicy) -> str:
     """Markdown: who reads what the operator writes, and what the customer is told (rivya_core.rules)."""
     from rivya_core.rules import mark_failed_refund, support_failure_notice
 
-    internal = ("**Who sees what.** Your name and the reason are internal: they go into the task's timeline "
-                "(its support action event), never to the customer.")
+    internal = (
+        "**Who sees what.** Your name and the reason are internal: they go into the task's timeline "
+        "(its support action event), never to the customer."
+    )
     if task["status"] not in ACTIVE:
         return f"{internal} A refund sends the customer no message (their balance shows it as `support refund`)."
     mine = [e for e in ledger if e.get("task_id") == task["id"]]
@@ -72,8 +74,10 @@ def who_sees_what(task: dict, ledger: list[dict], policy: BillingPolicy) -> str:
     refunded = any(e["entry_type"] == "refund" for e in mine)
     back = mark_failed_refund(charged, refunded, policy)
     told = support_failure_notice(task["category"], task["model"], charged, back)[1]
-    return (f"{internal} If you mark the task failed, the customer is told: {plain(told)} A refund sends no message (their balance shows it as "
-            "`support refund`); a re-check tells them only the task's outcome, if it finishes the task.")
+    return (
+        f"{internal} If you mark the task failed, the customer is told: {plain(told)} A refund sends no message (their balance shows it as "
+        "`support refund`); a re-check tells them only the task's outcome, if it finishes the task."
+    )
 
 
 def record_audit_now(policy: BillingPolicy, row_cap: int):
@@ -105,8 +109,10 @@ def policy_in_force() -> tuple[BillingPolicy, str]:
             return found
         policy = policy_from()
     except RivyaError as exc:
-        st.warning(f"Could not read the billing policy for this database ({plain(exc.message)}); "
-                   "judging with the default policy.")
+        st.warning(
+            f"Could not read the billing policy for this database ({plain(exc.message)}); "
+            "judging with the default policy."
+        )
         return BillingPolicy(), "the default policy"
     if os.environ.get(POLICY_ENV):
         return policy, f"policy `{policy.name}` from {POLICY_ENV} ({os.environ[POLICY_ENV]})"

@@ -23,13 +23,26 @@ from rivya_core.support.reprocess import reprocess_callback
 
 PAGE_SIZE = 50
 RESULT = "reprocess_result"  # (callback id, "done" | "refused", headline, details, task id or None)
-COLUMNS = ["id", "received_at", "provider", "outcome", "signature_valid", "webhook_id", "upstream_task_id", "task",
-           "parked", "reprocessable", "detail"]
+COLUMNS = [
+    "id",
+    "received_at",
+    "provider",
+    "outcome",
+    "signature_valid",
+    "webhook_id",
+    "upstream_task_id",
+    "task",
+    "parked",
+    "reprocessable",
+    "detail",
+]
 
 enter_page()
 st.title("Webhook deliveries")
-st.caption("Every provider callback as it arrived, newest first: what each delivery said and what it did. "
-           "Bodies and fields are shown exactly as received.")
+st.caption(
+    "Every provider callback as it arrived, newest first: what each delivery said and what it did. "
+    "Bodies and fields are shown exactly as received."
+)
 engine = open_db(["provider_callback"])
 not_recorded_note(engine, "callbacks")
 
@@ -41,8 +54,10 @@ def _window(day, end: bool) -> datetime | None:
 
 
 def _label(r: dict) -> str:
-    return (f"#{r['id']} · {r['outcome']} · {r['provider']} · {r['upstream_task_id'] or 'no upstream id'} · "
-            f"{r['received_at']:%Y-%m-%d %H:%M:%S}")
+    return (
+        f"#{r['id']} · {r['outcome']} · {r['provider']} · {r['upstream_task_id'] or 'no upstream id'} · "
+        f"{r['received_at']:%Y-%m-%d %H:%M:%S}"
+    )
 
 
 def _reprocess(callback_id: int, operator: str, reason: str) -> None:
@@ -51,11 +66,21 @@ def _reprocess(callback_id: int, operator: str, reason: str) -> None:
         done = reprocess_callback(support_service(policy), callback_id, operator, reason)
     except RivyaError as exc:
         code = getattr(exc, "reason", None) or exc.code
-        st.session_state[RESULT] = (callback_id, "refused", f"Re-processing callback #{callback_id} was refused "
-                                    f"({plain(code)}).", exc.message, None)
+        st.session_state[RESULT] = (
+            callback_id,
+            "refused",
+            f"Re-processing callback #{callback_id} was refused ({plain(code)}).",
+            exc.message,
+            None,
+        )
     else:
-        st.session_state[RESULT] = (callback_id, "done", f"Callback #{callback_id} re-processed for task "
-                                    f"#{done.task_id}: {plain(done.outcome)}.", done.text, done.task_id)
+        st.session_state[RESULT] = (
+            callback_id,
+            "done",
+            f"Callback #{callback_id} re-processed for task #{done.task_id}: {plain(done.outcome)}.",
+            done.text,
+            done.task_id,
+        )
     st.cache_data.clear()
     st.rerun()
 
@@ -74,8 +99,7 @@ def show_result() -> None:
 
 def show_delivery(row: dict) -> None:
     fields = {k: v for k, v in row.items() if k != "body"}
-    st.json({k: (v.isoformat(sep=" ") if isinstance(v, datetime) else v) for k, v in fields.items()},
-            expanded=False)
+    st.json({k: (v.isoformat(sep=" ") if isinstance(v, datetime) else v) for k, v in fields.items()}, expanded=False)
     st.caption("Body as received (at most 4 KiB stored)")
     st.code(row["body"] or "", language=None, wrap_lines=True)
     if row["outcome"] != "unknown_task" and not row["parked"]:
@@ -84,11 +108,15 @@ def show_delivery(row: dict) -> None:
         st.info("Re-processing a callback needs the operator role; you are signed in as a viewer.")
         return
     if row["claimed_task_id"] is not None:
-        st.caption(f"Already applied to task #{row['claimed_task_id']}: re-processing it again is recorded as a "
-                   "duplicate and changes nothing.")
+        st.caption(
+            f"Already applied to task #{row['claimed_task_id']}: re-processing it again is recorded as a "
+            "duplicate and changes nothing."
+        )
     elif row["reprocessable"]:
-        st.caption(f"Task #{row['holder_task_id']} now holds this upstream id: re-processing applies this callback "
-                   "(and any other parked callback of that id, in arrival order) to it.")
+        st.caption(
+            f"Task #{row['holder_task_id']} now holds this upstream id: re-processing applies this callback "
+            "(and any other parked callback of that id, in arrival order) to it."
+        )
     else:
         st.caption("No task holds this upstream id yet: the callback stays parked, and re-processing is refused.")
     with st.form(f"reprocess_{row['id']}"):
@@ -110,8 +138,15 @@ with show_errors():
     since = c3.date_input("From (UTC)", value=None)
     until = c4.date_input("Until (UTC, inclusive)", value=None)
     args = (tuple(providers), tuple(outcomes), _window(since, False), _window(until, True))
-    first = cached_df(deliveries.delivery_log, providers=args[0], outcomes=args[1], since=args[2], until=args[3],
-                      limit=PAGE_SIZE, offset=0)
+    first = cached_df(
+        deliveries.delivery_log,
+        providers=args[0],
+        outcomes=args[1],
+        since=args[2],
+        until=args[3],
+        limit=PAGE_SIZE,
+        offset=0,
+    )
     if first.total == 0:
         st.info("No delivery matches.")
         st.stop()
@@ -123,14 +158,26 @@ with show_errors():
     page = 1
     if pages > 1:
         page = int(st.number_input(f"Page (of {pages:,}; {first.total:,} deliveries, newest first)", 1, pages, 1))
-    shown = first if page == 1 else cached_df(deliveries.delivery_log, providers=args[0], outcomes=args[1],
-                                              since=args[2], until=args[3], limit=PAGE_SIZE,
-                                              offset=(page - 1) * PAGE_SIZE)
-    st.caption(f"Deliveries {(page - 1) * PAGE_SIZE + 1:,}–{(page - 1) * PAGE_SIZE + len(shown.rows):,} of "
-               f"{first.total:,}.")
+    shown = (
+        first
+        if page == 1
+        else cached_df(
+            deliveries.delivery_log,
+            providers=args[0],
+            outcomes=args[1],
+            since=args[2],
+            until=args[3],
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+        )
+    )
+    st.caption(
+        f"Deliveries {(page - 1) * PAGE_SIZE + 1:,}–{(page - 1) * PAGE_SIZE + len(shown.rows):,} of {first.total:,}."
+    )
     frame = with_task_links(pd.DataFrame(shown.rows))
-    show_table(frame[COLUMNS], column_config={"task": TASK_LINK, "id": st.column_config.NumberColumn("delivery",
-                                                                                                      format="%d")})
+    show_table(
+        frame[COLUMNS], column_config={"task": TASK_LINK, "id": st.column_config.NumberColumn("delivery", format="%d")}
+    )
     labels = {r["id"]: _label(r) for r in shown.rows}
     pick = st.selectbox("Delivery", list(labels), format_func=labels.get, key=f"delivery_pick_{args}_{page}")
     show_delivery(next(r for r in shown.rows if r["id"] == pick))

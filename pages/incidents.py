@@ -22,16 +22,21 @@ from rivya_core.read import incidents, reports
 from rivya_core.rules import support_failure_notice
 from rivya_core.support import bulk
 
-ACTION_LABELS = {SupportAction.RECHECK.value: "Re-check upstream", SupportAction.REFUND.value: "Refund if due",
-                 SupportAction.MARK_FAILED.value: "Mark failed (stuck only)"}
+ACTION_LABELS = {
+    SupportAction.RECHECK.value: "Re-check upstream",
+    SupportAction.REFUND.value: "Refund if due",
+    SupportAction.MARK_FAILED.value: "Mark failed (stuck only)",
+}
 ANY = "any"
 SHOWN_ROWS = 500
 
 enter_page()
 st.title("Incidents")
-st.caption("Act on many tasks at once: pick them by filter, dry-run the action to see what each task would do, "
-           "then execute it as a named incident. Every task gets its own `support_action` event carrying the "
-           "incident id; executing the same incident again skips the tasks it already handled.")
+st.caption(
+    "Act on many tasks at once: pick them by filter, dry-run the action to see what each task would do, "
+    "then execute it as a named incident. Every task gets its own `support_action` event carrying the "
+    "incident id; executing the same incident again skips the tasks it already handled."
+)
 engine = open_db()
 policy, policy_source = policy_in_force()
 ss = st.session_state
@@ -57,8 +62,7 @@ def _choices(options: list[str], key: str) -> list[str]:
 
 def filter_form() -> tuple[str, dict[str, str]]:
     options = cached_df(reports.filter_options)
-    action = st.radio("Action", list(ACTION_LABELS), format_func=ACTION_LABELS.get, horizontal=True,
-                      key="bulk_action")
+    action = st.radio("Action", list(ACTION_LABELS), format_func=ACTION_LABELS.get, horizontal=True, key="bulk_action")
     c = st.columns(4)
     for col, name in zip(c[:3], ("provider", "model", "category"), strict=True):
         if ss.get(f"bulk_{name}") in ("", None):
@@ -67,10 +71,18 @@ def filter_form() -> tuple[str, dict[str, str]]:
     c[3].multiselect("Status", [s.value for s in TaskStatus], key="bulk_status")
     c = st.columns(4)
     c[0].text_input("Error code", key="bulk_error_code")
-    c[1].selectbox("Failure class", ["", "user", "provider", "infrastructure", "billing"], key="bulk_failure_class",
-                   format_func=lambda v: v or ANY)
-    c[2].text_input("Running for at least", key="bulk_min_age_s", placeholder="e.g. 900, 15m, 2h",
-                    help="Age from submission (else creation), judged like mark-failed judges it")
+    c[1].selectbox(
+        "Failure class",
+        ["", "user", "provider", "infrastructure", "billing"],
+        key="bulk_failure_class",
+        format_func=lambda v: v or ANY,
+    )
+    c[2].text_input(
+        "Running for at least",
+        key="bulk_min_age_s",
+        placeholder="e.g. 900, 15m, 2h",
+        help="Age from submission (else creation), judged like mark-failed judges it",
+    )
     c[3].text_input("User (id or email)", key="bulk_user")
     c = st.columns(2)
     c[0].text_input("Created since (UTC)", key="bulk_since", placeholder="2026-12-01 14:00")
@@ -87,19 +99,33 @@ def show_plan(p: bulk.Plan) -> None:
     m[2].metric("Would be refused", f"{p.would_refuse:,}")
     m[3].metric("Already handled", f"{p.already_done:,}", help="By an earlier run of the incident named below")
     m[4].metric("Credits back to users", f"{p.credits:,}")
-    st.caption(f"Dry run at {p.now:%Y-%m-%d %H:%M:%S} UTC (the clock support actions use on this database), "
-               f"judged with {plain(policy_source)}. Nothing was changed.")
+    st.caption(
+        f"Dry run at {p.now:%Y-%m-%d %H:%M:%S} UTC (the clock support actions use on this database), "
+        f"judged with {plain(policy_source)}. Nothing was changed."
+    )
     if p.refusals():
         st.write("Refusals, and why")
         texts = p.refusal_texts()
-        show_table(pd.DataFrame([{"refusal": code, "tasks": n, "why": texts[code]}
-                                 for code, n in p.refusals().items()]))
+        show_table(
+            pd.DataFrame([{"refusal": code, "tasks": n, "why": texts[code]} for code, n in p.refusals().items()])
+        )
     if p.tasks:
         frame = pd.DataFrame([t.__dict__ for t in p.tasks[:SHOWN_ROWS]])
         frame["age_s"] = frame["age_s"].round(0)
         frame = with_task_links(frame)
-        cols = ["task", "status", "model", "provider", "error_code", "age_s", "would", "credits", "refusal_code",
-                "refusal", "done"]
+        cols = [
+            "task",
+            "status",
+            "model",
+            "provider",
+            "error_code",
+            "age_s",
+            "would",
+            "credits",
+            "refusal_code",
+            "refusal",
+            "done",
+        ]
         show_table(frame[cols], column_config={"task": TASK_LINK})
         if p.matched > SHOWN_ROWS:
             st.caption(f"The first {SHOWN_ROWS} of {p.matched:,} tasks (by id).")
@@ -116,11 +142,13 @@ def execute_form(action: str, flt: incidents.BulkFilter, name: str, planned: boo
     reason = c[1].text_input("Reason (kept on every task's timeline)", key="bulk_reason")
     operator = signed_in or operator
     example = support_failure_notice("video", "kinetica-v2", 24, 24)[1]
-    st.caption("**Who sees what.** Your name, the reason and the incident name are internal: they go on every "
-               "task's timeline and in the incidents list, never to the customers. The customer of a task "
-               "marked failed is told only that their task could not be completed and what happened to its "
-               f"credits (e.g. {plain(example)}, or that they were not refunded when the policy keeps them); a "
-               "refund sends no message; a re-check tells them only the task's outcome, if it finishes the task.")
+    st.caption(
+        "**Who sees what.** Your name, the reason and the incident name are internal: they go on every "
+        "task's timeline and in the incidents list, never to the customers. The customer of a task "
+        "marked failed is told only that their task could not be completed and what happened to its "
+        f"credits (e.g. {plain(example)}, or that they were not refunded when the policy keeps them); a "
+        "refund sends no message; a re-check tells them only the task's outcome, if it finishes the task."
+    )
     if not planned:
         st.caption("Dry-run this action and filter first; then it can be executed.")
     if st.button("Execute incident", type="primary", disabled=not planned, key="bulk_execute"):
@@ -134,14 +162,25 @@ def execute_form(action: str, flt: incidents.BulkFilter, name: str, planned: boo
 
         try:
             svc = support_service(policy)
-            r = bulk.execute(svc, support_engine(), action, flt, operator=operator.strip(), reason=reason.strip(),
-                             name=name, progress=progress)
+            r = bulk.execute(
+                svc,
+                support_engine(),
+                action,
+                flt,
+                operator=operator.strip(),
+                reason=reason.strip(),
+                name=name,
+                progress=progress,
+            )
         except RivyaError as exc:
             ss["bulk_result"] = ("refused", plain(exc.message))
         else:
-            ss["bulk_result"] = ("done", f"Incident {r.incident_id}: {r.matched:,} matched, {r.acted:,} acted on, "
-                                         f"{r.refused:,} refused, {r.skipped:,} already handled by an earlier run; "
-                                         f"{r.money()}.")
+            ss["bulk_result"] = (
+                "done",
+                f"Incident {r.incident_id}: {r.matched:,} matched, {r.acted:,} acted on, "
+                f"{r.refused:,} refused, {r.skipped:,} already handled by an earlier run; "
+                f"{r.money()}.",
+            )
         ss.pop("bulk_plan", None)
         st.cache_data.clear()
         st.rerun()
@@ -160,15 +199,22 @@ if require_tables(engine, ["incident"]):
             st.error(plain(exc.message))
             st.stop()
         st.text(f"Scope: {flt.describe()}")
-        typed = st.text_input("Incident name", key="bulk_name", placeholder=bulk.default_name(action, flt),
-                              help="Names the incident when executed; a name executed before: its handled "
-                                   "tasks are skipped (the dry run counts them as already handled)")
+        typed = st.text_input(
+            "Incident name",
+            key="bulk_name",
+            placeholder=bulk.default_name(action, flt),
+            help="Names the incident when executed; a name executed before: its handled "
+            "tasks are skipped (the dry run counts them as already handled)",
+        )
         name = typed.strip() or bulk.default_name(action, flt)
         key = (action, tuple(sorted(flt.to_params().items())), name)
         if st.button("Dry run", key="bulk_dry_run", icon=":material/preview:"):
             svc = support_service(policy)
             existing = incidents.incident_by_name(support_engine(), name)
-            ss["bulk_plan"] = (key, bulk.plan(svc, support_engine(), action, flt, incident_id=existing["id"] if existing else None))
+            ss["bulk_plan"] = (
+                key,
+                bulk.plan(svc, support_engine(), action, flt, incident_id=existing["id"] if existing else None),
+            )
         planned = ss.get("bulk_plan")
         if planned and planned[0] == key:
             show_plan(planned[1])
@@ -180,6 +226,23 @@ if require_tables(engine, ["incident"]):
         if found.empty:
             st.caption("No incident yet.")
         else:
-            show_table(found[["id", "name", "action", "scope", "operator", "reason", "created_at", "finished_at",
-                              "runs", "matched", "acted", "refused", "credits_moved"]],
-                       column_config={"id": st.column_config.NumberColumn("incident", format="%d")})
+            show_table(
+                found[
+                    [
+                        "id",
+                        "name",
+                        "action",
+                        "scope",
+                        "operator",
+                        "reason",
+                        "created_at",
+                        "finished_at",
+                        "runs",
+                        "matched",
+                        "acted",
+                        "refused",
+                        "credits_moved",
+                    ]
+                ],
+                column_config={"id": st.column_config.NumberColumn("incident", format="%d")},
+            )

@@ -25,8 +25,9 @@ not_recorded_note(engine, "notifications")
 
 with show_errors():
     left, mid, right = st.columns([2, 1, 1])
-    who = left.text_input("User", placeholder="email, name or account id — empty for all users",
-                          value=st.query_params.get("user", ""))
+    who = left.text_input(
+        "User", placeholder="email, name or account id — empty for all users", value=st.query_params.get("user", "")
+    )
     user_id = None
     if who.strip():
         found = queries.find_accounts(engine, who, limit=50)
@@ -41,11 +42,21 @@ with show_errors():
     kinds = cached_df(lv.notification_kinds, user_id)
     unread = int(kinds["unread"].sum()) if not kinds.empty else 0
     cols = st.columns(1 + max(1, len(kinds)))
-    cols[0].metric("Unread", f"{unread:,}", f"of {int(kinds['total'].sum()) if not kinds.empty else 0:,}",
-                   delta_color="off", delta_arrow="off")
+    cols[0].metric(
+        "Unread",
+        f"{unread:,}",
+        f"of {int(kinds['total'].sum()) if not kinds.empty else 0:,}",
+        delta_color="off",
+        delta_arrow="off",
+    )
     for col, row in zip(cols[1:], kinds.itertuples(), strict=False):
-        col.metric(plain(str(row.kind).replace("_", " ").capitalize()), f"{row.unread:,} unread", f"{row.total:,} in all",
-                   delta_color="off", delta_arrow="off")
+        col.metric(
+            plain(str(row.kind).replace("_", " ").capitalize()),
+            f"{row.unread:,} unread",
+            f"{row.total:,} in all",
+            delta_color="off",
+            delta_arrow="off",
+        )
 
     kind_arg = None if kind == "all" else kind
     rows, total = cached_df(queries.notifications_centre, user_id, kind_arg, unread_only, PAGE_SIZE, 0)
@@ -55,13 +66,26 @@ with show_errors():
     pages = max(1, -(-total // PAGE_SIZE))
     if pages > 1:
         page = int(st.number_input(f"Page (of {pages}; {total:,} notifications, newest first)", 1, pages, 1))
-        rows, total = cached_df(queries.notifications_centre, user_id, kind_arg, unread_only, PAGE_SIZE,
-                                (page - 1) * PAGE_SIZE)
+        rows, total = cached_df(
+            queries.notifications_centre, user_id, kind_arg, unread_only, PAGE_SIZE, (page - 1) * PAGE_SIZE
+        )
     frame = with_task_links(pd.DataFrame(rows))
     frame["unread"] = frame["read_at"].isna()
     show_table(
-        frame, width="stretch", hide_index=True,
-        column_order=["created_at", "unread", "kind", "title", "body", "user_id", "task", "task_status",
-                      "task_model", "read_at"],
+        frame,
+        width="stretch",
+        hide_index=True,
+        column_order=[
+            "created_at",
+            "unread",
+            "kind",
+            "title",
+            "body",
+            "user_id",
+            "task",
+            "task_status",
+            "task_model",
+            "read_at",
+        ],
         column_config={"task": TASK_LINK, "unread": st.column_config.CheckboxColumn("unread")},
     )

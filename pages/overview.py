@@ -28,14 +28,18 @@ engine = open_db()
 with show_errors():
     imported = source_facts_of(engine)
     if imported.imported:
-        st.caption(f"Imported from a {plain(imported.source)} database ({plain(imported.location or '')}): "
-                   "the source's own ids show beside ours. What it never recorded is not a violation:")
+        st.caption(
+            f"Imported from a {plain(imported.source)} database ({plain(imported.location or '')}): "
+            "the source's own ids show beside ours. What it never recorded is not a violation:"
+        )
         not_recorded_note(engine, *sorted(imported.not_recorded))
     states = cached_df(reports.tasks_by_state)
     total = sum(states.values())
     if total == 0:
-        st.info("This database has no tasks yet. Run a simulation from the Simulation lab, "
-                "or pick a simulation database under *Data source* in the sidebar.")
+        st.info(
+            "This database has no tasks yet. Run a simulation from the Simulation lab, "
+            "or pick a simulation database under *Data source* in the sidebar."
+        )
     cols = st.columns(len(states) + 1)
     cols[0].metric("All tasks", f"{total:,}")
     for col, (state, n) in zip(cols[1:], states.items(), strict=True):
@@ -47,16 +51,20 @@ with show_errors():
     credits = cached_df(reports.credit_totals)
     show_flows(credits, "Left in balances", "The sum of every ledger row")
     if credits["account_balances"] != credits["balance"]:
-        st.warning(f"The accounts' cached balances sum to {credits['account_balances']:,}, not "
-                   f"{credits['balance']:,}: see *Conservation across accounts* on the Ledger page.")
+        st.warning(
+            f"The accounts' cached balances sum to {credits['account_balances']:,}, not "
+            f"{credits['balance']:,}: see *Conservation across accounts* on the Ledger page."
+        )
     policy, policy_source = policy_in_force()
     summary = cached_df(reports.audit_summary, policy)
     if summary is None:
         st.caption("Audit: not available in this version.")
     elif summary["total"] is None:
-        st.info("Audit: no stored result for this policy yet. On a database this size the audit takes "
-                "seconds, so this page shows the latest stored one: run it on the Refund audit page "
-                "(or `python -m rivya_core audit --record`).")
+        st.info(
+            "Audit: no stored result for this policy yet. On a database this size the audit takes "
+            "seconds, so this page shows the latest stored one: run it on the Refund audit page "
+            "(or `python -m rivya_core audit --record`)."
+        )
     elif summary["total"] == 0:
         st.success("Audit: no violations of the billing and lifecycle invariants.")
     else:
@@ -64,8 +72,17 @@ with show_errors():
         st.error(f"Audit: **{summary['total']:,}** violation(s) of the billing and lifecycle invariants — {kinds}")
     if summary is not None and summary["ran_at"] is not None:
         since = "" if summary["fresh"] else " Rows were added since: run it again on the Refund audit page."
-        st.caption(reports.audit_provenance(summary["stored"], summary["ran_at"], summary["stored_by"],
-                                           summary["judged_at"], summary["duration_s"], plain) + since)
+        st.caption(
+            reports.audit_provenance(
+                summary["stored"],
+                summary["ran_at"],
+                summary["stored_by"],
+                summary["judged_at"],
+                summary["duration_s"],
+                plain,
+            )
+            + since
+        )
     st.caption(f"Audit judged with {plain(policy_source)}.")
     st.page_link("pages/refund_audit.py", label="Open the refund audit", icon=":material/policy:")
 
@@ -76,33 +93,57 @@ with show_errors():
     cols[0].metric(f"Revenue ({money['currency']})", f"{tot['revenue']:,.2f}")
     cols[1].metric(f"Provider cost ({money['currency']})", f"{tot['provider_cost']:,.2f}")
     cols[2].metric(f"Margin ({money['currency']})", f"{tot['margin']:,.2f}")
-    st.caption(f"Revenue: net credits × {money['credit_value']:g} {money['currency']} a credit ({plain(policy_source)}); "
-               f"provider cost at the catalogue's provider prices: exact for {tot['cost_exact_tasks']:,} tasks "
-               f"(reported run seconds, outputs, chat tokens), estimated for {tot['cost_estimated_tasks']:,} from "
-               "their submitted → finished time (queueing included: an upper bound).")
+    st.caption(
+        f"Revenue: net credits × {money['credit_value']:g} {money['currency']} a credit ({plain(policy_source)}); "
+        f"provider cost at the catalogue's provider prices: exact for {tot['cost_exact_tasks']:,} tasks "
+        f"(reported run seconds, outputs, chat tokens), estimated for {tot['cost_estimated_tasks']:,} from "
+        "their submitted → finished time (queueing included: an upper bound)."
+    )
     if money["provider"]:
-        by_provider = pd.DataFrame(money["provider"]).merge(
-            pd.DataFrame(money["daily"]), on="name", how="left").rename(columns={"name": "provider"})
-        show_table(by_provider, hide_index=True, width="stretch",
-                   column_config={"ci95": st.column_config.NumberColumn(
-                       "± 95% CI", help="half width of the 95% t interval of the mean daily margin, over days")})
+        by_provider = (
+            pd.DataFrame(money["provider"])
+            .merge(pd.DataFrame(money["daily"]), on="name", how="left")
+            .rename(columns={"name": "provider"})
+        )
+        show_table(
+            by_provider,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "ci95": st.column_config.NumberColumn(
+                    "± 95% CI", help="half width of the 95% t interval of the mean daily margin, over days"
+                )
+            },
+        )
         with st.expander("By model"):
-            show_table(pd.DataFrame(money["model"]).rename(columns={"name": "model"}), hide_index=True,
-                       width="stretch")
+            show_table(pd.DataFrame(money["model"]).rename(columns={"name": "model"}), hide_index=True, width="stretch")
 
     st.subheader("Throughput and failures over time")
     windows = {"Last 7 days": 7.0, "Last 30 days": 30.0, "Whole history": None}
-    window = st.segmented_control("Window", list(windows), default="Last 7 days", key="throughput_window",
-                                  help="Ends at the newest finished task; longer windows read more rows")
+    window = st.segmented_control(
+        "Window",
+        list(windows),
+        default="Last 7 days",
+        key="throughput_window",
+        help="Ends at the newest finished task; longer windows read more rows",
+    )
     flow = cached_df(reports.throughput, windows.get(window or "Last 7 days"))
     if flow.empty:
         st.caption("No finished task yet.")
     else:
         start, end = flow.attrs.get("window", (None, None))
-        st.caption(f"Tasks finished from {reports.format_time(start)} to {reports.format_time(end)} UTC "
-                   f"({(window or 'Last 7 days').lower()} of this database's history).")
-        fig = px.bar(flow, x="bucket", y="tasks", color="status", color_discrete_map=STATE_COLORS,
-                     labels={"bucket": "finished at (UTC)", "tasks": "tasks finished"})
+        st.caption(
+            f"Tasks finished from {reports.format_time(start)} to {reports.format_time(end)} UTC "
+            f"({(window or 'Last 7 days').lower()} of this database's history)."
+        )
+        fig = px.bar(
+            flow,
+            x="bucket",
+            y="tasks",
+            color="status",
+            color_discrete_map=STATE_COLORS,
+            labels={"bucket": "finished at (UTC)", "tasks": "tasks finished"},
+        )
         fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), legend_title_text="")
         st.plotly_chart(fig, width="stretch")
     failures = cached_df(reports.failures_by_code)
@@ -116,9 +157,21 @@ with show_errors():
         st.caption("No generation yet.")
     else:
         recent = with_task_links(recent, "id")
-        show = ["task", "id", "status", "category", "model", "user_id", "reserved_credits",
-                "error_code", "created_at", "finished_at"]
+        show = [
+            "task",
+            "id",
+            "status",
+            "category",
+            "model",
+            "user_id",
+            "reserved_credits",
+            "error_code",
+            "created_at",
+            "finished_at",
+        ]
         show_table(
-            recent[[c for c in show if c in recent.columns]], hide_index=True, width="stretch",
+            recent[[c for c in show if c in recent.columns]],
+            hide_index=True,
+            width="stretch",
             column_config={"task": TASK_LINK},
         )

@@ -28,8 +28,12 @@ engine = open_db()
 policy, policy_source = policy_in_force()
 
 
-STATUS_ICON = {"ok": ":material/check_circle:", "warn": ":material/warning:", "fail": ":material/error:",
-               "info": ":material/info:"}
+STATUS_ICON = {
+    "ok": ":material/check_circle:",
+    "warn": ":material/warning:",
+    "fail": ":material/error:",
+    "info": ":material/info:",
+}
 
 
 def show_checklist(task_id: int, user_id: int) -> None:
@@ -55,10 +59,15 @@ def show_results(urls: list) -> None:
     """Result URLs as text; a link only where the URL is http(s) (web_link), never an image."""
     st.caption("Results")
     urls = urls if isinstance(urls, list) else [urls]
-    frame = pd.DataFrame({"url": [str(u) for u in urls],
-                          "link": pd.Series([web_link(u) for u in urls], dtype="string")})
-    st.dataframe(frame, hide_index=True, width="stretch",
-                 column_config={"url": st.column_config.TextColumn("result URL"), "link": RESULT_LINK})
+    frame = pd.DataFrame(
+        {"url": [str(u) for u in urls], "link": pd.Series([web_link(u) for u in urls], dtype="string")}
+    )
+    st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        column_config={"url": st.column_config.TextColumn("result URL"), "link": RESULT_LINK},
+    )
 
 
 def show_timeline(events: pd.DataFrame) -> None:
@@ -71,10 +80,16 @@ def show_timeline(events: pd.DataFrame) -> None:
     fig.update_layout(height=max(220, 30 * events["kind"].nunique()), margin=dict(l=10, r=10, t=10, b=10))
     st.plotly_chart(fig, width="stretch")
     table = events[["id", "at", "kind", "detail"]].assign(detail=events["detail"].map(reports.describe_detail))
-    show_table(table, hide_index=True, width="stretch",
-                 column_config={"id": st.column_config.NumberColumn("event", format="%d", width="small"),
-                                "at": st.column_config.DatetimeColumn("at (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-                                "detail": st.column_config.TextColumn("detail", width="large")})
+    show_table(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "id": st.column_config.NumberColumn("event", format="%d", width="small"),
+            "at": st.column_config.DatetimeColumn("at (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "detail": st.column_config.TextColumn("detail", width="large"),
+        },
+    )
 
 
 def show_rows(rows: list[dict], empty: str, drop: tuple[str, ...] = ()) -> None:
@@ -85,8 +100,11 @@ def show_rows(rows: list[dict], empty: str, drop: tuple[str, ...] = ()) -> None:
         show_table(frame.drop(columns=list(drop), errors="ignore"), hide_index=True, width="stretch")
 
 
-ACTIONS = {SupportAction.RECHECK: "Re-check upstream", SupportAction.REFUND: "Issue the due refund",
-           SupportAction.MARK_FAILED: "Mark stuck task failed"}
+ACTIONS = {
+    SupportAction.RECHECK: "Re-check upstream",
+    SupportAction.REFUND: "Issue the due refund",
+    SupportAction.MARK_FAILED: "Mark stuck task failed",
+}
 
 
 def run_action(task_id: int, action: SupportAction, operator: str, reason: str) -> None:
@@ -96,11 +114,18 @@ def run_action(task_id: int, action: SupportAction, operator: str, reason: str) 
         task = svc.support(action, task_id, operator, reason)
     except RivyaError as exc:
         code = getattr(exc, "reason", None) or exc.code  # which refusal (rules' codes), else the error's code
-        st.session_state["action_result"] = (task_id, "refused", f"{label} on task #{task_id} refused "
-                                             f"({code}): {plain(exc.message)}")
+        st.session_state["action_result"] = (
+            task_id,
+            "refused",
+            f"{label} on task #{task_id} refused ({code}): {plain(exc.message)}",
+        )
     else:
-        st.session_state["action_result"] = (task_id, "done", f"{label} on task #{task_id}: done. The task is now "
-                                             f"{plain(task.status)}; {plain(svc.credits_outcome(task))}.")
+        st.session_state["action_result"] = (
+            task_id,
+            "done",
+            f"{label} on task #{task_id}: done. The task is now "
+            f"{plain(task.status)}; {plain(svc.credits_outcome(task))}.",
+        )
     st.cache_data.clear()
     st.rerun()
 
@@ -164,9 +189,11 @@ def _write_link(query: str, task_id: int | None) -> None:
 
 def pick_task() -> int | None:
     _follow_deep_link()
-    query = st.text_input("Find a task", key=QUERY_KEY,
-                          placeholder="task id (ours or the source's), upstream id, user email or name, "
-                                      "prompt text").strip()
+    query = st.text_input(
+        "Find a task",
+        key=QUERY_KEY,
+        placeholder="task id (ours or the source's), upstream id, user email or name, prompt text",
+    ).strip()
     if not query:
         st.caption("Type a task id, an upstream id, a user's email or name, or words from the prompt.")
     chosen = _choose_task(query) if query else None
@@ -185,8 +212,12 @@ def _choose_task(query: str) -> int | None:
         ss["inspector_pick"] = ids[0]
         return ids[0]
     st.caption(f"{len(hits)} tasks match (newest first, at most 50).")
-    labels = {int(r.id): f"#{r.id}{f' ({r.external_ref})' if getattr(r, 'external_ref', None) else ''} · {r.status} · {r.model} · {r.email or r.user_id} · {str(r.prompt)[:60]}"
-              for r in hits.itertuples()}
+    labels = {
+        int(
+            r.id
+        ): f"#{r.id}{f' ({r.external_ref})' if getattr(r, 'external_ref', None) else ''} · {r.status} · {r.model} · {r.email or r.user_id} · {str(r.prompt)[:60]}"
+        for r in hits.itertuples()
+    }
     key = f"inspector_pick_{query}"  # one selection per search: a new search starts from its own first hit
     if key not in ss:
         ss[key] = ss.get("inspector_pick") if ss.get("inspector_pick") in labels else ids[0]
@@ -208,17 +239,27 @@ with show_errors():
         st.header(f"Task #{task_id}{original} — {plain(task['status'])}")
         c1, c2, c3, c4 = st.columns(4)  # metric labels, values and help are all Markdown
         c1.metric("Status", plain(task["status"]))
-        c2.metric("Model", plain(task["model"]), help=f"category {plain(task['category'])}, "
-                                                    f"provider {plain(task['provider'])}")
+        c2.metric(
+            "Model",
+            plain(task["model"]),
+            help=f"category {plain(task['category'])}, provider {plain(task['provider'])}",
+        )
         c3.metric("Credits reserved", f"{task['reserved_credits']:,}")
-        c4.metric("User", plain(acct.get("name", f"user {task['user_id']}")),
-                  help=plain(acct["email"]) if acct.get("email") else None)
-        st.caption(f"User {task['user_id']} · {plain(acct.get('email', 'no account row'))} · provider "
-                   f"{plain(task['provider'])} · upstream id {plain(task.get('upstream_task_id') or '—')} · "
-                   f"created {reports.format_time(task['created_at'])}")
+        c4.metric(
+            "User",
+            plain(acct.get("name", f"user {task['user_id']}")),
+            help=plain(acct["email"]) if acct.get("email") else None,
+        )
+        st.caption(
+            f"User {task['user_id']} · {plain(acct.get('email', 'no account row'))} · provider "
+            f"{plain(task['provider'])} · upstream id {plain(task.get('upstream_task_id') or '—')} · "
+            f"created {reports.format_time(task['created_at'])}"
+        )
         if task.get("error_code"):
-            st.error(f"**{plain(task['error_code'])}** ({plain(task.get('failure_class') or 'no class')}): "
-                     f"{plain(task.get('error_message') or '')}")
+            st.error(
+                f"**{plain(task['error_code'])}** ({plain(task.get('failure_class') or 'no class')}): "
+                f"{plain(task.get('error_message') or '')}"
+            )
         if task.get("result_urls"):
             show_results(task["result_urls"])
         with st.expander("Task row"):
@@ -229,8 +270,10 @@ with show_errors():
         # Right after an action, its outcome shows in the tab it ran from: an action that changes the task
         # redraws what stands above the tabs, and the tabs would otherwise start again at the Checklist.
         acted = (st.session_state.get("action_result") or (None,))[0] == task_id or rerun_acted(task_id)
-        tabs = st.tabs(["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"],
-                       default="Support actions" if acted else None)
+        tabs = st.tabs(
+            ["Checklist", "Timeline", "Ledger", "Callbacks", "Notifications", "Support actions"],
+            default="Support actions" if acted else None,
+        )
         with tabs[0]:
             show_checklist(task_id, task["user_id"])
         with tabs[1]:
@@ -245,8 +288,10 @@ with show_errors():
             not_recorded_note(engine, "notifications")
             st.text("Did the user see the outcome? " + user_view.outcome_seen(engine, task_id)["answer"])
             for note in detail["notifications"]:  # the words the customer read, as text
-                st.text(f"The user was told ({note['kind']}, {reports.format_time(note['created_at'])}): "
-                        f"{note['title']}. {note['body']}")
+                st.text(
+                    f"The user was told ({note['kind']}, {reports.format_time(note['created_at'])}): "
+                    f"{note['title']}. {note['body']}"
+                )
             show_rows(detail["notifications"], "No notification for this task.")
         with tabs[5]:
             show_actions(task_id, task, detail["ledger"])

@@ -61,25 +61,55 @@ def tasks_tab(user_id: int, now) -> None:
     window = c[4].selectbox("Created", list(WINDOWS), key="user_window")
     days = WINDOWS[window]
     since = now - timedelta(days=days) if days else None
-    found = pd.DataFrame(cached_df(user_view.user_tasks, user_id, statuses=tuple(statuses or ()),
-                                   categories=tuple(categories), models=tuple(models), providers=tuple(providers),
-                                   since=since, limit=500))
+    found = pd.DataFrame(
+        cached_df(
+            user_view.user_tasks,
+            user_id,
+            statuses=tuple(statuses or ()),
+            categories=tuple(categories),
+            models=tuple(models),
+            providers=tuple(providers),
+            since=since,
+            limit=500,
+        )
+    )
     if found.empty:
         st.info("No task matches these filters.")
         return
-    st.caption(f"{len(found):,} task(s), newest first (at most 500)"
-               + (f"; created since {since:%Y-%m-%d %H:%M} UTC" if since else "")
-               + ". *Read* is when the user opened the outcome notification.")
+    st.caption(
+        f"{len(found):,} task(s), newest first (at most 500)"
+        + (f"; created since {since:%Y-%m-%d %H:%M} UTC" if since else "")
+        + ". *Read* is when the user opened the outcome notification."
+    )
     found = with_task_links(found, "id")
-    cols = ["task", "status", "category", "model", "provider", "prompt", "reserved_credits", "error_code",
-            "created_at", "finished_at", "notified", "read_at"]
-    show_table(found[cols], column_config={
-        "task": TASK_LINK, "prompt": st.column_config.TextColumn("prompt", width="medium"),
-        "read_at": st.column_config.DatetimeColumn("read (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-        "notified": st.column_config.TextColumn("outcome notification")}, key="user_tasks_table")
+    cols = [
+        "task",
+        "status",
+        "category",
+        "model",
+        "provider",
+        "prompt",
+        "reserved_credits",
+        "error_code",
+        "created_at",
+        "finished_at",
+        "notified",
+        "read_at",
+    ]
+    show_table(
+        found[cols],
+        column_config={
+            "task": TASK_LINK,
+            "prompt": st.column_config.TextColumn("prompt", width="medium"),
+            "read_at": st.column_config.DatetimeColumn("read (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "notified": st.column_config.TextColumn("outcome notification"),
+        },
+        key="user_tasks_table",
+    )
     ids = [int(i) for i in found["id"]]
-    pick = st.selectbox("Did the user see the outcome of task…", ids, key="user_seen_task",
-                        format_func=lambda i: f"#{i}")
+    pick = st.selectbox(
+        "Did the user see the outcome of task…", ids, key="user_seen_task", format_func=lambda i: f"#{i}"
+    )
     if pick is not None:
         st.text(user_view.outcome_seen(engine, pick, now)["answer"])
 
@@ -106,8 +136,12 @@ def chat_tab(user_id: int) -> None:
         st.caption("No turn in this session.")
         return
     show_table(with_task_links(turns), column_config={"task": TASK_LINK})
-    turn = st.selectbox("Check a turn's settlement", [int(m) for m in turns["message_id"]], key="user_turn",
-                        format_func=lambda m: f"message #{m}")
+    turn = st.selectbox(
+        "Check a turn's settlement",
+        [int(m) for m in turns["message_id"]],
+        key="user_turn",
+        format_func=lambda m: f"message #{m}",
+    )
     if turn is not None:
         d = diagnose_chat_message(engine, turn, policy)
         verdict_box(d, markdown=False)
@@ -123,8 +157,10 @@ def notifications_tab(user_id: int) -> None:
     st.caption(f"{total:,} notification(s), {unread:,} unread; newest first.")
     if notes:
         frame = with_task_links(pd.DataFrame(notes))
-        show_table(frame[["task", "kind", "title", "body", "created_at", "read_at", "task_status"]],
-                   column_config={"task": TASK_LINK})
+        show_table(
+            frame[["task", "kind", "title", "body", "created_at", "read_at", "task_status"]],
+            column_config={"task": TASK_LINK},
+        )
 
 
 def signals_tab(user_id: int) -> None:

@@ -61,6 +61,7 @@ class AccessConfigError(RivyaError):
 
 class SourceRefused(RivyaError):
     """A data source this session may not read (the message never repeats the requested URL)."""
+
     code = "data_source_refused"
 
 
@@ -94,7 +95,7 @@ class AccessConfig:
 def _check(stored: str, given: str) -> bool:
     if stored.startswith("sha256:"):
         digest = hashlib.sha256(given.encode("utf-8")).hexdigest()
-        return hmac.compare_digest(stored[len("sha256:"):].lower().encode(), digest.encode())
+        return hmac.compare_digest(stored[len("sha256:") :].lower().encode(), digest.encode())
     return hmac.compare_digest(stored.encode("utf-8"), given.encode("utf-8"))
 
 
@@ -153,10 +154,12 @@ def load_config(env: Mapping[str, str] | None = None, secrets: Mapping[str, Any]
     if section is not None and not isinstance(section, Mapping):
         raise AccessConfigError("secrets [access]: must be a table")
     section = section or {}
-    viewers = (_parse_table(section.get("viewers", {}), Role.VIEWER, "secrets access.viewers")
-               | _parse_env(env.get("RIVYA_VIEWERS", ""), Role.VIEWER, "RIVYA_VIEWERS"))
-    operators = (_parse_table(section.get("operators", {}), Role.OPERATOR, "secrets access.operators")
-                 | _parse_env(env.get("RIVYA_OPERATORS", ""), Role.OPERATOR, "RIVYA_OPERATORS"))
+    viewers = _parse_table(section.get("viewers", {}), Role.VIEWER, "secrets access.viewers") | _parse_env(
+        env.get("RIVYA_VIEWERS", ""), Role.VIEWER, "RIVYA_VIEWERS"
+    )
+    operators = _parse_table(section.get("operators", {}), Role.OPERATOR, "secrets access.operators") | _parse_env(
+        env.get("RIVYA_OPERATORS", ""), Role.OPERATOR, "RIVYA_OPERATORS"
+    )
     users = viewers | operators  # operators last: a name listed as both is an operator
     sources = _parse_sources(section.get("sources", {}), "secrets access.sources")
     allow_any_url = _flag(section.get("allow_any_url", False), "secrets access.allow_any_url")
@@ -208,8 +211,9 @@ def simulation_file(requested: str, sim_dirs: Iterable[Path]) -> Path | None:
     return resolved if resolved.suffix == ".db" and resolved.is_file() and resolved.parent in homes else None
 
 
-def choose_source(requested: str, role: Role | None, cfg: AccessConfig, *, default: str,
-                  sim_dirs: Iterable[Path]) -> str:
+def choose_source(
+    requested: str, role: Role | None, cfg: AccessConfig, *, default: str, sim_dirs: Iterable[Path]
+) -> str:
     """The database URL a session with `role` reads when it asks for `requested` (a URL, a
     SQLite path or a configured source's name); raises SourceRefused when it may not."""
     requested = (requested or "").strip()
@@ -227,10 +231,15 @@ def choose_source(requested: str, role: Role | None, cfg: AccessConfig, *, defau
         return f"sqlite:///{found}"
     if may_type_url(role, cfg):
         return requested
-    raise SourceRefused("that database is not among the data sources this dashboard offers (the default "
-                        "database, the configured sources and the simulation databases under data/); "
-                        + ("free-form URLs are switched off (allow_any_url)" if role == Role.OPERATOR
-                           else "only an operator may read a free-form URL"))
+    raise SourceRefused(
+        "that database is not among the data sources this dashboard offers (the default "
+        "database, the configured sources and the simulation databases under data/); "
+        + (
+            "free-form URLs are switched off (allow_any_url)"
+            if role == Role.OPERATOR
+            else "only an operator may read a free-form URL"
+        )
+    )
 
 
 def local_client(ip_address: str | None) -> bool:

@@ -63,7 +63,6 @@ ROW_CAP = 50
 CHAT_SETTLE_GRACE_S = 600.0  # a chat reservation older than this and still open is a finding
 
 
-
 @dataclass
 class Finding:
     kind: str
@@ -76,8 +75,13 @@ class Finding:
         return AUDIT_KINDS.get(self.kind, self.kind)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "title": self.title, "message": self.message, "count": self.count,
-                "rows": jsonable(self.rows)}
+        return {
+            "kind": self.kind,
+            "title": self.title,
+            "message": self.message,
+            "count": self.count,
+            "rows": jsonable(self.rows),
+        }
 
 
 @dataclass
@@ -107,11 +111,16 @@ class AuditReport:
         return {k: found.get(k, 0) for k in self.checked}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "total": self.total, "now": self.now.isoformat(), "now_why": self.now_why,
-                "policy": self.policy, "counts": self.counts(), "findings": [f.to_dict() for f in self.findings],
-                "not_recorded": dict(self.not_recorded)}
-
-
+        return {
+            "ok": self.ok,
+            "total": self.total,
+            "now": self.now.isoformat(),
+            "now_why": self.now_why,
+            "policy": self.policy,
+            "counts": self.counts(),
+            "findings": [f.to_dict() for f in self.findings],
+            "not_recorded": dict(self.not_recorded),
+        }
 
 
 def _run(conn, q: Select, cap: int) -> tuple[int, list[dict[str, Any]]]:
@@ -133,10 +142,18 @@ def _parallel(bind: Bind) -> bool:
     return bind.dialect.name != "sqlite" or bind.url.database not in (None, "", ":memory:")
 
 
-def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None, *,
-          kinds: list[str] | None = None, row_cap: int = ROW_CAP,
-          chat_grace_s: float = CHAT_SETTLE_GRACE_S, workers: int | None = None,
-          record: bool = False, stored_by: str | None = None) -> AuditReport:
+def audit(
+    bind: Bind,
+    policy: BillingPolicy = DEFAULT_POLICY,
+    now: datetime | None = None,
+    *,
+    kinds: list[str] | None = None,
+    row_cap: int = ROW_CAP,
+    chat_grace_s: float = CHAT_SETTLE_GRACE_S,
+    workers: int | None = None,
+    record: bool = False,
+    stored_by: str | None = None,
+) -> AuditReport:
     """Run every check (or `kinds`) and report the violated ones with their rows.
     On an Engine the checks run on `workers` connections at once (default: up to 4).
     `record=True` (a full audit on an Engine) also stores the report with
@@ -152,11 +169,17 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     at = judged.at
     ctx = _Ctx(policy, at, bind.dialect.name, chat_grace_s)
     facts = source_facts.source_facts(bind)
-    not_recorded = {k: facts.describe(source_facts.AUDIT_NEEDS[k]) for k in kinds or CHECKS
-                    if not facts.audit_kind_recorded(k)}
+    not_recorded = {
+        k: facts.describe(source_facts.AUDIT_NEEDS[k]) for k in kinds or CHECKS if not facts.audit_kind_recorded(k)
+    }
     tables = set(inspect(bind).get_table_names())
-    todo = [(k, q) for k in kinds or CHECKS if k not in not_recorded
-            and (k != "grant_below_zero" or "source_grant" in tables) and (q := CHECKS[k](ctx)) is not None]
+    todo = [
+        (k, q)
+        for k in kinds or CHECKS
+        if k not in not_recorded
+        and (k != "grant_below_zero" or "source_grant" in tables)
+        and (q := CHECKS[k](ctx)) is not None
+    ]
 
     def run(item: tuple[str, Select]) -> tuple[str, int, list[dict[str, Any]]]:
         with connect(bind) as conn:
@@ -171,16 +194,21 @@ def audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | No
     findings = [Finding(k, f"{AUDIT_KINDS[k]}: {n}", n, found) for k, n, found in results if n]
     report = AuditReport(findings, at, policy.name, [k for k, _ in todo], judged.why, not_recorded)
     if keep and isinstance(bind, Engine):
-        record_audit(bind, report, policy, duration_s=time.perf_counter() - started, mark=mark,
-                     stored_by=stored_by)
+        record_audit(bind, report, policy, duration_s=time.perf_counter() - started, mark=mark, stored_by=stored_by)
     return report
 
 
 def ledger_sums(bind: Bind) -> dict[str, int]:
     """The whole ledger's amounts summed per entry type: the one place credits by type are computed."""
     with connect(bind) as conn:
-        return {t: int(v or 0) for t, v in conn.execute(
-            select(credit_ledger.c.entry_type, func.sum(credit_ledger.c.amount)).group_by(credit_ledger.c.entry_type))}
+        return {
+            t: int(v or 0)
+            for t, v in conn.execute(
+                select(credit_ledger.c.entry_type, func.sum(credit_ledger.c.amount)).group_by(
+                    credit_ledger.c.entry_type
+                )
+            )
+        }
 
 
 def ledger_users_without_account(limit: int) -> Select:
@@ -208,11 +236,18 @@ def conservation(bind: Bind, row_cap: int = ROW_CAP) -> dict[str, Any]:
         "grants": of(EntryType.GRANT),
         "charged": flows.task_charged + flows.chat_reserved + flows.chat_overrun,  # gross: reservations as held
         "refunded": flows.task_refunded + flows.chat_refunded,
-        "consumes": of(EntryType.CONSUME), "refunds": of(EntryType.REFUND),
-        "chat_reserves": of(EntryType.CHAT_RESERVE), "chat_charges": of(EntryType.CHAT_CHARGE),
-        "chat_refunds": of(EntryType.CHAT_REFUND), "adjustments": of(EntryType.ADJUSTMENT),
-        "by_type": by_type, "ledger_total": ledger_total, "balances_total": balances,
-        "broken_count": broken_count, "broken_accounts": jsonable(broken), "ledger_users_without_account": orphans,
+        "consumes": of(EntryType.CONSUME),
+        "refunds": of(EntryType.REFUND),
+        "chat_reserves": of(EntryType.CHAT_RESERVE),
+        "chat_charges": of(EntryType.CHAT_CHARGE),
+        "chat_refunds": of(EntryType.CHAT_REFUND),
+        "adjustments": of(EntryType.ADJUSTMENT),
+        "by_type": by_type,
+        "ledger_total": ledger_total,
+        "balances_total": balances,
+        "broken_count": broken_count,
+        "broken_accounts": jsonable(broken),
+        "ledger_users_without_account": orphans,
     }
     out["ok"] = ledger_total == balances and not broken_count and not orphans
     return out
@@ -227,6 +262,7 @@ class StoredAudit:
     `fresh` is False when rows were added to the database after it ran. The same shape holds an
     audit computed now and not stored (`run_now`): `stored` is False; `stored_by` names who
     stored a stored one (None on rows older than the column)."""
+
     ran_at: datetime
     judged_at: datetime
     policy: str
@@ -241,10 +277,17 @@ class StoredAudit:
     def as_report(self) -> AuditReport:
         """The stored report as an AuditReport (rows as stored: JSON values)."""
         r = self.report
-        findings = [Finding(f["kind"], f["message"], int(f["count"]), list(f.get("rows", [])))
-                    for f in r.get("findings", [])]
-        return AuditReport(findings, datetime.fromisoformat(r["now"]), r["policy"], list(r.get("counts", {})),
-                           r.get("now_why", ""), dict(r.get("not_recorded", {})))
+        findings = [
+            Finding(f["kind"], f["message"], int(f["count"]), list(f.get("rows", []))) for f in r.get("findings", [])
+        ]
+        return AuditReport(
+            findings,
+            datetime.fromisoformat(r["now"]),
+            r["policy"],
+            list(r.get("counts", {})),
+            r.get("now_why", ""),
+            dict(r.get("not_recorded", {})),
+        )
 
 
 def policy_key(policy: BillingPolicy) -> str:
@@ -272,21 +315,36 @@ class AuditNotRecorded(RivyaError):
     code = "audit_not_recorded"
 
 
-def record_audit(engine: Engine, report: AuditReport, policy: BillingPolicy, *, duration_s: float = 0.0,
-                 mark: str | None = None, conservation_result: dict[str, Any] | None = None,
-                 stored_by: str | None = None) -> None:
+def record_audit(
+    engine: Engine,
+    report: AuditReport,
+    policy: BillingPolicy,
+    *,
+    duration_s: float = 0.0,
+    mark: str | None = None,
+    conservation_result: dict[str, Any] | None = None,
+    stored_by: str | None = None,
+) -> None:
     """Store `report` in `audit_run` under `stored_by` (creating the table, or the columns it
     lacks, on an older database). Raises AuditNotRecorded when the database refuses the write."""
     try:
         audit_run.create(engine, checkfirst=True)
         add_missing_columns(engine, audit_run.name)
         with engine.begin() as conn:
-            conn.execute(insert(audit_run).values(
-                ran_at=_wall_now(), judged_at=report.now, policy=report.policy, policy_key=policy_key(policy),
-                data_mark=mark if mark is not None else data_mark(engine), total=report.total,
-                duration_s=float(duration_s), report=report.to_dict(),
-                conservation=jsonable(conservation_result) if conservation_result is not None else None,
-                stored_by=str(stored_by)[:100] if stored_by else None))
+            conn.execute(
+                insert(audit_run).values(
+                    ran_at=_wall_now(),
+                    judged_at=report.now,
+                    policy=report.policy,
+                    policy_key=policy_key(policy),
+                    data_mark=mark if mark is not None else data_mark(engine),
+                    total=report.total,
+                    duration_s=float(duration_s),
+                    report=report.to_dict(),
+                    conservation=jsonable(conservation_result) if conservation_result is not None else None,
+                    stored_by=str(stored_by)[:100] if stored_by else None,
+                )
+            )
     except SQLAlchemyError as exc:
         lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
         raise AuditNotRecorded(f"the audit ran but could not be stored: {lines[0]}") from exc
@@ -297,14 +355,30 @@ def latest_audit(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY) -> StoredAu
     with connect(bind) as conn:
         if not inspect(conn).has_table(audit_run.name):
             return None
-        row = conn.execute(select(audit_run).where(audit_run.c.policy_key == policy_key(policy))
-                           .order_by(audit_run.c.id.desc()).limit(1)).mappings().first()
+        row = (
+            conn.execute(
+                select(audit_run)
+                .where(audit_run.c.policy_key == policy_key(policy))
+                .order_by(audit_run.c.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
     if row is None:
         return None
     report = row["report"] if isinstance(row["report"], dict) else json.loads(row["report"])
-    return StoredAudit(row["ran_at"], row["judged_at"], row["policy"], int(row["total"]), float(row["duration_s"]),
-                       report, row["conservation"], row["data_mark"] == data_mark(bind),
-                       stored_by=row.get("stored_by"))
+    return StoredAudit(
+        row["ran_at"],
+        row["judged_at"],
+        row["policy"],
+        int(row["total"]),
+        float(row["duration_s"]),
+        report,
+        row["conservation"],
+        row["data_mark"] == data_mark(bind),
+        stored_by=row.get("stored_by"),
+    )
 
 
 def run_now(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: int = ROW_CAP) -> StoredAudit:
@@ -313,23 +387,41 @@ def run_now(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: 
     started, mark = time.perf_counter(), data_mark(engine)
     report = audit(engine, policy, row_cap=row_cap, record=False)
     cons = conservation(engine, row_cap)
-    return StoredAudit(_wall_now(), report.now, report.policy, report.total, time.perf_counter() - started,
-                       report.to_dict(), jsonable(cons), mark == data_mark(engine), stored=False)
+    return StoredAudit(
+        _wall_now(),
+        report.now,
+        report.policy,
+        report.total,
+        time.perf_counter() - started,
+        report.to_dict(),
+        jsonable(cons),
+        mark == data_mark(engine),
+        stored=False,
+    )
 
 
-def run_and_record(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *,
-                   row_cap: int = ROW_CAP, stored_by: str | None = None) -> StoredAudit:
+def run_and_record(
+    engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: int = ROW_CAP, stored_by: str | None = None
+) -> StoredAudit:
     """Run the whole audit and conservation now, store both under `stored_by` (an operator's
     act: it writes `audit_run`), and return them as stored."""
     mark = data_mark(engine)
     result = run_now(engine, policy, row_cap=row_cap)
-    record_audit(engine, result.as_report(), policy, duration_s=result.duration_s, mark=mark,
-                 conservation_result=result.conservation, stored_by=stored_by)
+    record_audit(
+        engine,
+        result.as_report(),
+        policy,
+        duration_s=result.duration_s,
+        mark=mark,
+        conservation_result=result.conservation,
+        stored_by=stored_by,
+    )
     return replace(result, stored=True, stored_by=stored_by)
 
 
-def current_audit(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: int = ROW_CAP,
-                  run_below_tasks: int = 50_000) -> StoredAudit | None:
+def current_audit(
+    engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, *, row_cap: int = ROW_CAP, run_below_tasks: int = 50_000
+) -> StoredAudit | None:
     """The stored audit for `policy`; when there is none or it is stale and the database holds
     fewer than `run_below_tasks` tasks (seconds of work at most), one run now (`run_now`: read
     only, not stored). On a bigger database a stale result is returned as such and a missing one

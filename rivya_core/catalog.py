@@ -52,11 +52,11 @@ class ReferenceSpec:
 @dataclass(frozen=True)
 class Pricing:
     billing_type: str
-    credits: int = 0                   # per_task
-    credits_per_second: float = 0.0    # per_second
+    credits: int = 0  # per_task
+    credits_per_second: float = 0.0  # per_second
     duration_param: str | None = None  # per_second
-    input_per_1k: float = 0.0          # per_token
-    output_per_1k: float = 0.0         # per_token
+    input_per_1k: float = 0.0  # per_token
+    output_per_1k: float = 0.0  # per_token
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ProviderPrice:
     """What the provider bills us for one job of this model, in money (rivya_core.cost.CURRENCY):
     per second of run time, per output, or per 1,000 tokens (chat)."""
 
-    unit: str                          # per_second | per_output | per_token
+    unit: str  # per_second | per_output | per_token
     per_second: float = 0.0
     per_output: float = 0.0
     input_per_1k: float = 0.0
@@ -185,10 +185,27 @@ def default_catalog() -> Catalog:
 # --- loading: every field checked, every error names file, model and field --------
 
 TOOL_CATEGORIES = {"image_generation": "image", "video_generation": "video", "audio_generation": "audio"}
-_MODEL_KEYS = {"id", "name", "category", "provider", "runtime", "direct_generation", "prompt", "params",
-               "references", "pricing", "rules", "tools", "tool_models", "provider_price"}
-_PRICING_KEYS = {"per_task": {"credits"}, "per_second": {"credits_per_second", "duration_param"},
-                 "per_token": {"input_per_1k", "output_per_1k"}}
+_MODEL_KEYS = {
+    "id",
+    "name",
+    "category",
+    "provider",
+    "runtime",
+    "direct_generation",
+    "prompt",
+    "params",
+    "references",
+    "pricing",
+    "rules",
+    "tools",
+    "tool_models",
+    "provider_price",
+}
+_PRICING_KEYS = {
+    "per_task": {"credits"},
+    "per_second": {"credits_per_second", "duration_param"},
+    "per_token": {"input_per_1k", "output_per_1k"},
+}
 
 
 class _Where:
@@ -252,7 +269,8 @@ def _parse_catalog(raw: dict[str, Any], source: str) -> tuple[ModelSpec, ...]:
             found = by_id.get(target)
             if found is None or found.category != TOOL_CATEGORIES[tool] or found.runtime != "async_task":
                 raise _Where(source, m.id).error(
-                    f"tool_models.{tool}", f"{target!r} is not an async {TOOL_CATEGORIES[tool]} model in this catalogue")
+                    f"tool_models.{tool}", f"{target!r} is not an async {TOOL_CATEGORIES[tool]} model in this catalogue"
+                )
     return tuple(models)
 
 
@@ -284,18 +302,29 @@ def _parse_model(w: _Where, entry: Any) -> ModelSpec:
         raise w.error("tools", "only chat models call tools")
     tool_models = w.table(d.get("tool_models", {}), "tool_models", set(tools))
     return ModelSpec(
-        id=w.text(d["id"], "id"), name=w.text(d["name"], "name"), category=category,
-        provider=w.text(d["provider"], "provider"), runtime=runtime,
+        id=w.text(d["id"], "id"),
+        name=w.text(d["name"], "name"),
+        category=category,
+        provider=w.text(d["provider"], "provider"),
+        runtime=runtime,
         direct_generation=w.flag(d["direct_generation"], "direct_generation"),
-        prompt_min=pmin, prompt_max=pmax, params=params, references=references, pricing=pricing,
-        rules=_parse_rules(w, d.get("rules", {}), references), tools=tuple(tools),
+        prompt_min=pmin,
+        prompt_max=pmax,
+        params=params,
+        references=references,
+        pricing=pricing,
+        rules=_parse_rules(w, d.get("rules", {}), references),
+        tools=tuple(tools),
         tool_models=tuple((t, w.text(m, f"tool_models.{t}")) for t, m in tool_models.items()),
         provider_price=_parse_provider_price(w, d.get("provider_price"), category),
     )
 
 
-_PROVIDER_PRICE_KEYS = {"per_second": {"per_second"}, "per_output": {"per_output"},
-                        "per_token": {"input_per_1k", "output_per_1k"}}
+_PROVIDER_PRICE_KEYS = {
+    "per_second": {"per_second"},
+    "per_output": {"per_output"},
+    "per_token": {"input_per_1k", "output_per_1k"},
+}
 
 
 def _parse_provider_price(w: _Where, raw: Any, category: str) -> ProviderPrice | None:
@@ -373,9 +402,14 @@ def _parse_references(w: _Where, raw: Any) -> tuple[ReferenceSpec, ...]:
         kind = w.text(d.get("kind"), f"{f}.kind", REFERENCE_KINDS)
         if any(r.kind == kind for r in out):
             raise w.error(f"{f}.kind", f"{kind!r} is listed twice")
-        out.append(ReferenceSpec(kind, w.whole(d.get("max_count"), f"{f}.max_count", 1),
-                                 w.whole(d.get("max_size_bytes"), f"{f}.max_size_bytes", 1),
-                                 w.flag(d.get("required", False), f"{f}.required")))
+        out.append(
+            ReferenceSpec(
+                kind,
+                w.whole(d.get("max_count"), f"{f}.max_count", 1),
+                w.whole(d.get("max_size_bytes"), f"{f}.max_size_bytes", 1),
+                w.flag(d.get("required", False), f"{f}.required"),
+            )
+        )
     return tuple(out)
 
 
@@ -393,10 +427,16 @@ def _parse_pricing(w: _Where, raw: Any, params: tuple[ParamSpec, ...]) -> Pricin
         name = w.text(d["duration_param"], "pricing.duration_param")
         if not any(p.name == name and p.type in ("int", "float") for p in params):
             raise w.error("pricing.duration_param", f"{name!r} is not a numeric parameter of this model")
-        return Pricing(btype, credits_per_second=w.number(d["credits_per_second"], "pricing.credits_per_second",
-                                                          positive=True), duration_param=name)
-    return Pricing(btype, input_per_1k=w.number(d["input_per_1k"], "pricing.input_per_1k"),
-                   output_per_1k=w.number(d["output_per_1k"], "pricing.output_per_1k"))
+        return Pricing(
+            btype,
+            credits_per_second=w.number(d["credits_per_second"], "pricing.credits_per_second", positive=True),
+            duration_param=name,
+        )
+    return Pricing(
+        btype,
+        input_per_1k=w.number(d["input_per_1k"], "pricing.input_per_1k"),
+        output_per_1k=w.number(d["output_per_1k"], "pricing.output_per_1k"),
+    )
 
 
 def _parse_rules(w: _Where, raw: Any, references: tuple[ReferenceSpec, ...]) -> Rules:
@@ -406,6 +446,8 @@ def _parse_rules(w: _Where, raw: Any, references: tuple[ReferenceSpec, ...]) -> 
     kind = w.text(d.get("verify_duration_kind"), "rules.verify_duration_kind", REFERENCE_KINDS)
     if not any(r.kind == kind for r in references):
         raise w.error("rules.verify_duration_kind", f"the model accepts no {kind} reference")
-    return Rules(kind, w.number(d.get("max_duration_s"), "rules.max_duration_s", positive=True),
-                 w.number(d.get("duration_tolerance_s", 1.0), "rules.duration_tolerance_s"))
-
+    return Rules(
+        kind,
+        w.number(d.get("max_duration_s"), "rules.max_duration_s", positive=True),
+        w.number(d.get("duration_tolerance_s", 1.0), "rules.duration_tolerance_s"),
+    )

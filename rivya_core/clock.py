@@ -43,8 +43,12 @@ def judging_now(latest: datetime | None, wall: datetime) -> JudgedAt:
     if latest > wall:
         return JudgedAt(latest, "latest activity in the database, which runs ahead of the wall clock", False)
     if wall - latest > STOPPED_AFTER:
-        return JudgedAt(latest, "latest activity in the database: nothing recorded for over a day, "
-                                "so its clock stopped there (a simulation or an idle copy)", False)
+        return JudgedAt(
+            latest,
+            "latest activity in the database: nothing recorded for over a day, "
+            "so its clock stopped there (a simulation or an idle copy)",
+            False,
+        )
     return JudgedAt(wall, "wall clock: the database is live", True)
 
 

@@ -80,9 +80,14 @@ class Money:
         self.canceled += other.canceled
 
     def to_dict(self) -> dict[str, float]:
-        return {"revenue": round(self.revenue, 6), "provider_cost": round(self.provider_cost, 6),
-                "margin": round(self.margin, 6), "cost_saved": round(self.cost_saved, 6),
-                "jobs": self.jobs, "canceled": self.canceled}
+        return {
+            "revenue": round(self.revenue, 6),
+            "provider_cost": round(self.provider_cost, 6),
+            "margin": round(self.margin, 6),
+            "cost_saved": round(self.cost_saved, 6),
+            "jobs": self.jobs,
+            "canceled": self.canceled,
+        }
 
 
 def by_group(per_model: Mapping[str, Money], catalog: Catalog) -> dict[str, dict[str, dict[str, float]]]:
@@ -91,8 +96,10 @@ def by_group(per_model: Mapping[str, Money], catalog: Catalog) -> dict[str, dict
     for model_id, m in per_model.items():
         spec = catalog.get(model_id)
         providers.setdefault(spec.provider if spec else "(unknown)", Money()).add(m)
-    return {"model": {k: per_model[k].to_dict() for k in sorted(per_model)},
-            "provider": {k: providers[k].to_dict() for k in sorted(providers)}}
+    return {
+        "model": {k: per_model[k].to_dict() for k in sorted(per_model)},
+        "provider": {k: providers[k].to_dict() for k in sorted(providers)},
+    }
 
 
 def totals(per_model: Mapping[str, Money]) -> Money:

@@ -19,9 +19,9 @@ from .domain import EntryType
 
 @dataclass(frozen=True)
 class ChatFigures:
-    reserved: int   # held before the turns ran (gross reservations)
-    overrun: int    # charged beyond a reservation (policies allowing overrun)
-    refunded: int   # unused reservations returned at settlement
+    reserved: int  # held before the turns ran (gross reservations)
+    overrun: int  # charged beyond a reservation (policies allowing overrun)
+    refunded: int  # unused reservations returned at settlement
 
     @property
     def charged(self) -> int:
@@ -32,5 +32,6 @@ class ChatFigures:
 def chat_figures(by_type: Mapping[str, int]) -> ChatFigures:
     """ChatFigures from signed ledger sums per entry type (audit.ledger_sums, or a run's counters)."""
     of = lambda t: int(by_type.get(t.value, 0) or 0)  # noqa: E731
-    return ChatFigures(reserved=-of(EntryType.CHAT_RESERVE), overrun=-of(EntryType.CHAT_CHARGE),
-                       refunded=of(EntryType.CHAT_REFUND))
+    return ChatFigures(
+        reserved=-of(EntryType.CHAT_RESERVE), overrun=-of(EntryType.CHAT_CHARGE), refunded=of(EntryType.CHAT_REFUND)
+    )

@@ -32,7 +32,8 @@ ALLOWED_MOVES: dict[TaskStatus, frozenset[TaskStatus]] = {
 
 
 _SOURCES: dict[TaskStatus, frozenset[TaskStatus]] = {
-    new: frozenset(s for s, targets in ALLOWED_MOVES.items() if new in targets) for new in TaskStatus}
+    new: frozenset(s for s, targets in ALLOWED_MOVES.items() if new in targets) for new in TaskStatus
+}
 
 
 def sources_of(new: TaskStatus) -> frozenset[TaskStatus]:
@@ -80,7 +81,7 @@ class CallbackOutcome(StrEnum):
     REJECTED_STALE = "rejected_stale"
     UNKNOWN_TASK = "unknown_task"
     MALFORMED = "malformed"
-    PROGRESS = "progress"            # a valid "still running" report: recorded, nothing changes
+    PROGRESS = "progress"  # a valid "still running" report: recorded, nothing changes
 
 
 # A webhook id counts as seen once a delivery carrying it was applied or deferred: a later delivery
@@ -113,7 +114,7 @@ TIMEOUT = "timeout"
 NO_RESULT_URLS = "no_result_urls"
 MARKED_FAILED = "marked_failed_by_operator"
 INTERRUPTED = "interrupted"
-OUTPUT_COPY_FAILED = "output_copy_failed"   # the outputs could not be copied into our result store
+OUTPUT_COPY_FAILED = "output_copy_failed"  # the outputs could not be copied into our result store
 
 
 # --- rows -----------------------------------------------------------------
@@ -227,17 +228,17 @@ class ParkedCallback:
     Kept until a task takes that upstream id, then applied to it."""
 
     id: int
-    callback_id: int                 # its provider_callback row
+    callback_id: int  # its provider_callback row
     provider: str
     upstream_task_id: str
     received_at: datetime
-    state: str                       # succeeded | failed | running
+    state: str  # succeeded | failed | running
     webhook_id: str | None = None
     result_urls: list[str] | None = None
     error_code: str | None = None
     error_message: str | None = None
     failure_class: str | None = None
-    task_ref: str | None = None      # our reference from the webhook URL, when it carried one
+    task_ref: str | None = None  # our reference from the webhook URL, when it carried one
     claimed_task_id: int | None = None
     claimed_at: datetime | None = None
 
@@ -362,7 +363,8 @@ def replayed_entry(existing: LedgerEntry, user_id: int, entry_type: str, amount:
     if (existing.user_id, str(existing.entry_type), existing.amount) != asked:
         raise IdempotencyConflict(
             f"idempotency key {existing.idempotency_key!r} was used for {existing.entry_type} of "
-            f"{existing.amount} to account {existing.user_id}; refused {entry_type} of {amount} to account {user_id}")
+            f"{existing.amount} to account {existing.user_id}; refused {entry_type} of {amount} to account {user_id}"
+        )
     return existing
 
 
@@ -409,8 +411,9 @@ class SupportAction(StrEnum):
         try:
             return cls(value)
         except ValueError:
-            raise ValidationError(f"support action {value!r} is not one of {', '.join(cls)}",
-                                  code="support_action_unknown") from None
+            raise ValidationError(
+                f"support action {value!r} is not one of {', '.join(cls)}", code="support_action_unknown"
+            ) from None
 
 
 class EventKind(StrEnum):
@@ -421,20 +424,20 @@ class EventKind(StrEnum):
     CHARGE_REFUSED = "charge_refused"
     SUBMITTED = "submitted"
     SUBMIT_FAILED = "submit_failed"
-    CALLBACK = "callback"            # detail: webhook_id, outcome, state
-    DEFERRED = "deferred"            # early callback; detail: attempt, next_check_in_s
-    RECHECK = "recheck"              # upstream status re-read; detail: state, reason
-    POLL = "poll"                    # polling sweep read; detail: state
-    POLL_ERROR = "poll_error"        # a status read the provider failed; detail: error_kind, message, path
+    CALLBACK = "callback"  # detail: webhook_id, outcome, state
+    DEFERRED = "deferred"  # early callback; detail: attempt, next_check_in_s
+    RECHECK = "recheck"  # upstream status re-read; detail: state, reason
+    POLL = "poll"  # polling sweep read; detail: state
+    POLL_ERROR = "poll_error"  # a status read the provider failed; detail: error_kind, message, path
     SUCCEEDED = "succeeded"
-    FAILED = "failed"                # detail: error_code, failure_class
-    REFUNDED = "refunded"            # detail: amount, reason
+    FAILED = "failed"  # detail: error_code, failure_class
+    REFUNDED = "refunded"  # detail: amount, reason
     REFUND_SKIPPED = "refund_skipped"  # policy keeps the credits; detail: reason
-    NOTIFIED = "notified"            # detail: kind
+    NOTIFIED = "notified"  # detail: kind
     SUPPORT_ACTION = "support_action"  # detail: operator, action, reason, result; refusal (its code) when refused
-    RECOVERED = "recovered"          # crash-recovery sweep; detail: what
+    RECOVERED = "recovered"  # crash-recovery sweep; detail: what
     DUPLICATE_WARNING = "duplicate_warning"
-    RERUN = "rerun"                  # support re-ran this task; detail: rerun_task_id, courtesy
-    RERUN_OF = "rerun_of"            # this task is a re-run; detail: original_task_id, courtesy
+    RERUN = "rerun"  # support re-ran this task; detail: rerun_task_id, courtesy
+    RERUN_OF = "rerun_of"  # this task is a re-run; detail: original_task_id, courtesy
     UPSTREAM_CANCEL = "upstream_cancel"  # we asked the provider to stop a job we gave up on; detail: answer, detail
-    OUTPUT_COPY = "output_copy"      # outputs copied into our result store; detail: provider_urls, copied | error
+    OUTPUT_COPY = "output_copy"  # outputs copied into our result store; detail: provider_urls, copied | error

@@ -74,38 +74,40 @@ def _show(value: Any) -> str:
 
 LIMITS: dict[str, Limit] = {
     # command lines
-    "id": Limit(1, MAX_INT64, whole=True),                 # task, message, account ids
+    "id": Limit(1, MAX_INT64, whole=True),  # task, message, account ids
     "seed": Limit(0, MAX_INT64, whole=True),
-    "tasks": Limit(1, 10_000_000, whole=True),              # tasks in one run (--tasks)
-    "grace_s": Limit(0, 10 * YEAR_S),                       # recover --grace
-    "realtime": Limit(0, 1e6, above_low=True),              # simulated seconds per wall second
+    "tasks": Limit(1, 10_000_000, whole=True),  # tasks in one run (--tasks)
+    "grace_s": Limit(0, 10 * YEAR_S),  # recover --grace
+    "realtime": Limit(0, 1e6, above_low=True),  # simulated seconds per wall second
     "replications": Limit(1, 1000, whole=True),
     "workers": Limit(1, 256, whole=True),
-    "seeds": Limit(1, 100_000, whole=True),                 # chaos --seeds
-    "resamples": Limit(1, 100_000, whole=True),             # backtest --resamples
+    "seeds": Limit(1, 100_000, whole=True),  # chaos --seeds
+    "resamples": Limit(1, 100_000, whole=True),  # backtest --resamples
     "port": Limit(1, 65_535, whole=True),
-    "sweep_s": Limit(0, DAY_S, above_low=True),             # poll --every
-    "poll_every_s": Limit(0, DAY_S),                        # serve --poll-every (0: never)
+    "sweep_s": Limit(0, DAY_S, above_low=True),  # poll --every
+    "poll_every_s": Limit(0, DAY_S),  # serve --poll-every (0: never)
     # scenario and policy files
     "probability": Limit(0, 1),
-    "seconds": Limit(0, YEAR_S),                            # times and durations in a scenario or policy
+    "seconds": Limit(0, YEAR_S),  # times and durations in a scenario or policy
     "positive_seconds": Limit(0, YEAR_S, above_low=True),
     "poll_tick_s": Limit(0.1, 3600),
-    "scenario_tasks": Limit(0, 10_000_000, whole=True),     # 0: the horizon decides
+    "scenario_tasks": Limit(0, 10_000_000, whole=True),  # 0: the horizon decides
     "users": Limit(1, 1_000_000, whole=True),
-    "index": Limit(0, 1_000_000, whole=True),               # script: user, task and chat indexes
-    "count": Limit(1, 1_000_000, whole=True),               # capacities, burst sizes
+    "index": Limit(0, 1_000_000, whole=True),  # script: user, task and chat indexes
+    "count": Limit(1, 1_000_000, whole=True),  # capacities, burst sizes
     "retries": Limit(0, 100, whole=True),
     "rate_per_hour": Limit(0, 10_000_000),
     "weight": Limit(0, 1_000_000),
-    "credits": Limit(0, 1_000_000_000),                     # balances, grants, top-ups, price overrides
+    "credits": Limit(0, 1_000_000_000),  # balances, grants, top-ups, price overrides
     "whole_credits": Limit(0, 1_000_000_000, whole=True),
     "tokens": Limit(0, 10_000_000, whole=True),
-    "multiplier": Limit(0, 1000, above_low=True),           # price multiplier
+    "multiplier": Limit(0, 1000, above_low=True),  # price multiplier
     "margin": Limit(1, 100),
-    "money": Limit(0, 1_000_000, above_low=True),           # a credit's money value                                # chat reservation margin
+    "money": Limit(
+        0, 1_000_000, above_low=True
+    ),  # a credit's money value                                # chat reservation margin
     "submit_retries": Limit(0, 10, whole=True),
-    "backoff_steps": Limit(1, 100, whole=True),             # length of recheck_backoff_s
+    "backoff_steps": Limit(1, 100, whole=True),  # length of recheck_backoff_s
 }
 
 

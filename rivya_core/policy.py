@@ -125,9 +125,14 @@ _LEFT_OUT_AT_DEFAULT: dict[str, Any] = {"credit_value": 0.05, "upstream_cancel":
 _CLASSES = {c.value for c in FailureClass}
 
 
-_NUMBER_KIND = {"price_multiplier": "multiplier", "chat_reserve_margin": "margin",
-                "poll_interval_s": "positive_seconds", "duplicate_window_s": "positive_seconds",
-                "submit_retries": "submit_retries", "credit_value": "money"}
+_NUMBER_KIND = {
+    "price_multiplier": "multiplier",
+    "chat_reserve_margin": "margin",
+    "poll_interval_s": "positive_seconds",
+    "duplicate_window_s": "positive_seconds",
+    "submit_retries": "submit_retries",
+    "credit_value": "money",
+}
 
 
 def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:

@@ -43,9 +43,9 @@ class Clock(Protocol):
 class ProviderFault(StrEnum):
     """How a submission (or a status read) failed to reach a provider's job."""
 
-    REFUSED = "refused"    # the provider said no (a 4xx): resubmitting will not help
-    ERROR = "error"        # the provider erred or could not be reached
-    TIMEOUT = "timeout"    # no answer within the timeout
+    REFUSED = "refused"  # the provider said no (a 4xx): resubmitting will not help
+    ERROR = "error"  # the provider erred or could not be reached
+    TIMEOUT = "timeout"  # no answer within the timeout
 
 
 class UpstreamState(StrEnum):
@@ -55,7 +55,7 @@ class UpstreamState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    UNKNOWN = "unknown"    # the provider does not know the job, or could not be asked
+    UNKNOWN = "unknown"  # the provider does not know the job, or could not be asked
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -102,11 +102,11 @@ class UpstreamStatus:
 class CancelAnswer(StrEnum):
     """What a provider answered when asked to stop a job (rivya_core.upstream_cancel)."""
 
-    CANCELED = "canceled"                  # stopped (or its stop was requested)
+    CANCELED = "canceled"  # stopped (or its stop was requested)
     ALREADY_FINISHED = "already_finished"  # it had ended: nothing to stop
-    UNKNOWN = "unknown"                    # the provider does not know the job
-    ERROR = "error"                        # no usable answer (HTTP error, timeout)
-    UNSUPPORTED = "unsupported"            # this provider client cannot cancel
+    UNKNOWN = "unknown"  # the provider does not know the job
+    ERROR = "error"  # no usable answer (HTTP error, timeout)
+    UNSUPPORTED = "unsupported"  # this provider client cannot cancel
 
 
 @dataclass(frozen=True)
@@ -203,14 +203,25 @@ class Tx(Protocol):
     def active_tasks_older_than(self, cutoff: datetime, limit: int) -> list[Task]:
         """WAITING or GENERATING tasks created before cutoff, oldest first."""
 
-    def user_tasks(self, user_id: int, *, statuses: Iterable[str] | None = None,
-                   since: datetime | None = None, limit: int = 100) -> list[Task]:
+    def user_tasks(
+        self, user_id: int, *, statuses: Iterable[str] | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[Task]:
         """A user's tasks, newest first."""
 
     # ledger
-    def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
-             support: bool = False) -> PostResult:
+    def post(
+        self,
+        user_id: int,
+        entry_type: str,
+        amount: int,
+        idempotency_key: str,
+        at: datetime,
+        *,
+        task_id: int | None = None,
+        chat_message_id: int | None = None,
+        note: str | None = None,
+        support: bool = False,
+    ) -> PostResult:
         """Append a ledger row atomically: lock the account, compute
         balance_after, refuse (InsufficientCredits) if it would go below zero,
         write the row and the cached balance. An existing idempotency_key
@@ -226,8 +237,17 @@ class Tx(Protocol):
     def add_event(self, task_id: int, kind: str, detail: dict[str, Any], at: datetime) -> None: ...
     def task_events(self, task_id: int) -> list[TaskEvent]: ...
 
-    def add_notification(self, user_id: int, kind: str, title: str, body: str, at: datetime, *,
-                         task_id: int | None = None, idempotency_key: str | None = None) -> bool:
+    def add_notification(
+        self,
+        user_id: int,
+        kind: str,
+        title: str,
+        body: str,
+        at: datetime,
+        *,
+        task_id: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> bool:
         """False (and nothing written) when idempotency_key already exists."""
 
     def add_callback(self, cb: ProviderCallback) -> ProviderCallback: ...
@@ -267,6 +287,7 @@ class Tx(Protocol):
         """Compare-and-set like update_task: write only if the message's status is
         in expect_status (any when None). True when the row changed; NotFound when
         there is no such message."""
+
     def reserved_messages_older_than(self, cutoff: datetime, limit: int) -> list[ChatMessage]:
         """Chat turns still holding a reservation, created before cutoff, oldest first."""
 

@@ -58,12 +58,17 @@ log = logging.getLogger("rivya.receiver")
 
 DEFAULT_THREADS = 8  # callbacks one receiver process handles at once
 REQUEST_TIMEOUT_S = 15.0
-SWEEP_TIMEOUT_S = 600.0   # a polling pass still running by then is left behind and the next one starts
-RESTART_QUICK_S = 5.0      # a worker that dies sooner than this after its start is restarted after a pause
-RESTART_PAUSE_MAX_S = 10.0  # doubling from 0.2 s, at most this  # a delivery not handled by then is answered 503 (the provider retries)
+SWEEP_TIMEOUT_S = 600.0  # a polling pass still running by then is left behind and the next one starts
+RESTART_QUICK_S = 5.0  # a worker that dies sooner than this after its start is restarted after a pause
+RESTART_PAUSE_MAX_S = (
+    10.0  # doubling from 0.2 s, at most this  # a delivery not handled by then is answered 503 (the provider retries)
+)
 
-REJECTED = {CallbackOutcome.MALFORMED: 400, CallbackOutcome.REJECTED_SIGNATURE: 401,
-            CallbackOutcome.REJECTED_STALE: 401}
+REJECTED = {
+    CallbackOutcome.MALFORMED: 400,
+    CallbackOutcome.REJECTED_SIGNATURE: 401,
+    CallbackOutcome.REJECTED_STALE: 401,
+}
 
 
 class TooLarge(Exception):
@@ -88,14 +93,20 @@ class PollLoop:
     each pass (the alert push, rivya_core.support.alert_push.AlertPusher, bounded by its own deadline); its
     failure is logged and never stops the sweep."""
 
-    def __init__(self, service: LifecycleService, every: float, after: Callable[[], Any] | None = None, *,
-                 sweep_timeout_s: float | None = None):
+    def __init__(
+        self,
+        service: LifecycleService,
+        every: float,
+        after: Callable[[], Any] | None = None,
+        *,
+        sweep_timeout_s: float | None = None,
+    ):
         self.service, self.every, self.after = service, every, after
         self.sweep_timeout_s = SWEEP_TIMEOUT_S if sweep_timeout_s is None else sweep_timeout_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rivya-poll", daemon=True)
         self.sweeps = 0
-        self.abandoned = 0   # sweeps still running past sweep_timeout_s, left to end on their own
+        self.abandoned = 0  # sweeps still running past sweep_timeout_s, left to end on their own
 
     def start(self) -> None:
         self._thread.start()
@@ -116,16 +127,18 @@ class PollLoop:
                 sweep.join(0.05)
             if sweep.is_alive() and not self._stop.is_set():
                 self.abandoned += 1
-                log.warning("poll sweep still running after %.0f s; the next one starts beside it",
-                            self.sweep_timeout_s)
+                log.warning(
+                    "poll sweep still running after %.0f s; the next one starts beside it", self.sweep_timeout_s
+                )
 
     def _sweep(self) -> None:
         try:
             report = self.service.poll()
             self.sweeps += 1
             if report.checked:
-                log.info("poll: checked %d, finished %d", report.checked,
-                         report.succeeded + report.failed + report.timed_out)
+                log.info(
+                    "poll: checked %d, finished %d", report.checked, report.succeeded + report.failed + report.timed_out
+                )
         except Exception as exc:  # a sweep that fails is tried again at the next tick
             log.warning("poll sweep failed: %s", type(exc).__name__)
         if self.after is not None:
@@ -184,10 +197,16 @@ def _statement_timeout(engine: Any, seconds: float) -> None:
         record.info["rivya_statement_timeout"] = ms
 
 
-def create_app(service: LifecycleService, *, engine: Engine | None = None, max_body: int = MAX_CALLBACK_BODY,
-               poll_every: float | None = None, threads: int = DEFAULT_THREADS,
-               after_sweep: Callable[[], Any] | None = None,
-               request_timeout_s: float = REQUEST_TIMEOUT_S) -> Starlette:
+def create_app(
+    service: LifecycleService,
+    *,
+    engine: Engine | None = None,
+    max_body: int = MAX_CALLBACK_BODY,
+    poll_every: float | None = None,
+    threads: int = DEFAULT_THREADS,
+    after_sweep: Callable[[], Any] | None = None,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+) -> Starlette:
     """The receiver's app over `service`. `engine`: the SQL database the service's store writes
     (`wiring.Wired.engine`): /healthz checks it answers, and on SQLite callbacks queue for its one
     writer; None (a store without a database) skips both. request_timeout_s: a delivery (or a
@@ -257,8 +276,10 @@ def create_app(service: LifecycleService, *, engine: Engine | None = None, max_b
             if loop:
                 loop.stop()
 
-    routes: list[Any] = [Route("/webhooks/{provider}", webhook, methods=["POST"]),
-                         Route("/healthz", healthz, methods=["GET"])]
+    routes: list[Any] = [
+        Route("/webhooks/{provider}", webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
     folder = getattr(getattr(service.results, "store", None), "root", None)
     if folder is not None:  # the result store's files, read-only, for RIVYA_RESULTS_BASE_URL = <public>/results
         routes.append(Mount("/results", StaticFiles(directory=folder, check_dir=False)))
@@ -276,9 +297,17 @@ def warm_webhook_keys(service: LifecycleService) -> int:
     return held
 
 
-def serve(make_service: Callable[[], Wired], host: str = "127.0.0.1", port: int = 8080, *,
-          poll_every: float | None = 30.0, max_body: int = MAX_CALLBACK_BODY, workers: int = 1,
-          threads: int = DEFAULT_THREADS, alerts_notify: str | None = None) -> int:
+def serve(
+    make_service: Callable[[], Wired],
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    poll_every: float | None = 30.0,
+    max_body: int = MAX_CALLBACK_BODY,
+    workers: int = 1,
+    threads: int = DEFAULT_THREADS,
+    alerts_notify: str | None = None,
+) -> int:
     """Serve until stopped (exit status 0). With workers > 1 a worker that dies is replaced by a
     new one (after a doubling pause when workers keep dying at start); the deliveries it held
     get no answer, and the provider sends them again. make_service builds each process's service
@@ -288,8 +317,14 @@ def serve(make_service: Callable[[], Wired], host: str = "127.0.0.1", port: int 
 
     if workers <= 1:
         wired = make_service()
-        app = create_app(wired.service, engine=wired.engine, max_body=max_body, poll_every=poll_every,
-                         threads=threads, after_sweep=_pusher(wired, alerts_notify))
+        app = create_app(
+            wired.service,
+            engine=wired.engine,
+            max_body=max_body,
+            poll_every=poll_every,
+            threads=threads,
+            after_sweep=_pusher(wired, alerts_notify),
+        )
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return 0
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -317,7 +352,7 @@ def serve(make_service: Callable[[], Wired], host: str = "127.0.0.1", port: int 
             if pid in children:  # a worker died (killed, or failed to start): another takes its place
                 lived = time.monotonic() - children.pop(pid)
                 quick_deaths = quick_deaths + 1 if lived < RESTART_QUICK_S else 0
-                pause = min(RESTART_PAUSE_MAX_S, 0.1 * 2 ** quick_deaths) if quick_deaths else 0.0
+                pause = min(RESTART_PAUSE_MAX_S, 0.1 * 2**quick_deaths) if quick_deaths else 0.0
                 log.warning("receiver worker %d exited after %.1f s; starting another in %.1f s", pid, lived, pause)
                 if stopping.wait(pause):
                     break
@@ -343,8 +378,7 @@ def _pusher(wired: Wired, url: str | None) -> Callable[[], Any] | None:
     return AlertPusher(wired.engine, wired.service.policy, url)
 
 
-def _fork_worker(make_service: Callable[[], Wired], sock: socket.socket, max_body: int,
-                 threads: int) -> int:
+def _fork_worker(make_service: Callable[[], Wired], sock: socket.socket, max_body: int, threads: int) -> int:
     pid = os.fork()
     if pid:
         return pid

@@ -67,7 +67,7 @@ TEST_ALLOW_HOSTS_ENV = "RIVYA_RESULTS_TEST_ALLOW_HOSTS"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "::1", "localhost"})
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
 OUTPUT_COPY_FAILED = "output_copy_failed"
-COPY_DEADLINE_S = 900.0            # from the first failed copy: well inside Replicate's ~1 h retention
+COPY_DEADLINE_S = 900.0  # from the first failed copy: well inside Replicate's ~1 h retention
 # How long a provider keeps an API output, by the host that serves it: Replicate deletes a
 # prediction's files made through the API about an hour after it ends.
 PROVIDER_RETENTION_S = {"replicate.delivery": 3600.0}
@@ -75,9 +75,18 @@ MAX_BYTES = 512 * 1024 * 1024
 FETCH_DEADLINE_S = 120.0
 MAX_REDIRECTS = 3
 ALLOWED_TYPES = ("image/", "video/", "audio/", "model/", "application/octet-stream")
-EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif",
-              "video/mp4": ".mp4", "video/webm": ".webm", "audio/mpeg": ".mp3", "audio/wav": ".wav",
-              "audio/x-wav": ".wav", "audio/ogg": ".ogg"}
+EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "audio/mpeg": ".mp3",
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/ogg": ".ogg",
+}
 
 
 class CopyError(RivyaError):
@@ -144,8 +153,16 @@ class LocalFolderStore:
 
 
 class S3Store:
-    def __init__(self, bucket: str, *, prefix: str = "", base_url: str | None = None,
-                 endpoint_url: str | None = None, region: str | None = None, client: Any = None):
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        base_url: str | None = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        client: Any = None,
+    ):
         if client is None:
             import boto3  # type: ignore[import-untyped]
 
@@ -182,8 +199,15 @@ def _blocked(addr: str) -> bool:
     ip = ipaddress.ip_address(addr)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-            or ip.is_unspecified or not ip.is_global)
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
 
 
 Resolver = Callable[[str, int], Sequence[str]]
@@ -209,7 +233,7 @@ class SafeFetcher:
     max_bytes: int = MAX_BYTES
     deadline_s: float = FETCH_DEADLINE_S
     allowed_types: tuple[str, ...] = ALLOWED_TYPES
-    allow_hosts: frozenset[str] = frozenset()      # test-only: hosts exempt from the address check
+    allow_hosts: frozenset[str] = frozenset()  # test-only: hosts exempt from the address check
     resolver: Resolver = system_resolver
     transport: httpx.BaseTransport | None = None
     clock: Callable[[], float] = time.monotonic
@@ -217,9 +241,13 @@ class SafeFetcher:
 
     def _http(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(timeout=httpx.Timeout(min(30.0, self.deadline_s), connect=10.0),
-                                        follow_redirects=False, transport=self.transport, trust_env=False,
-                                        headers={"User-Agent": "rivya-results/1"})
+            self._client = httpx.Client(
+                timeout=httpx.Timeout(min(30.0, self.deadline_s), connect=10.0),
+                follow_redirects=False,
+                transport=self.transport,
+                trust_env=False,
+                headers={"User-Agent": "rivya-results/1"},
+            )
         return self._client
 
     def _pinned(self, url: httpx.URL) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
@@ -244,8 +272,9 @@ class SafeFetcher:
             raise CopyError("the output's host does not resolve", permanent=False)
         bad = [a for a in addrs if _blocked(a)]
         if bad:
-            raise CopyError("an output URL that points into a private, loopback or link-local network is refused",
-                            permanent=True)
+            raise CopyError(
+                "an output URL that points into a private, loopback or link-local network is refused", permanent=True
+            )
         if literal is not None:
             return url, {}, {}
         pinned = url.copy_with(host=addrs[0])
@@ -326,8 +355,7 @@ def result_key(task_id: int, index: int, source: str, content_type: str) -> str:
 class ResultCopier:
     """Fetch each provider URL safely and put it in the store; our URLs in the same order."""
 
-    def __init__(self, store: ResultStore, fetcher: SafeFetcher | None = None,
-                 deadline_s: float = COPY_DEADLINE_S):
+    def __init__(self, store: ResultStore, fetcher: SafeFetcher | None = None, deadline_s: float = COPY_DEADLINE_S):
         self.store = store
         self.fetcher = fetcher or SafeFetcher()
         self.deadline_s = deadline_s
@@ -347,11 +375,13 @@ class ResultCopier:
                 continue
             got = self.fetcher.fetch(source)
             try:
-                ours.append(self.store.put(result_key(task_id, i, source, got.content_type), got.file,
-                                           got.content_type))
+                ours.append(
+                    self.store.put(result_key(task_id, i, source, got.content_type), got.file, got.content_type)
+                )
             except OSError as exc:
-                raise CopyError(f"the result store could not write the output ({type(exc).__name__})",
-                                permanent=False) from None
+                raise CopyError(
+                    f"the result store could not write the output ({type(exc).__name__})", permanent=False
+                ) from None
             finally:
                 got.file.close()
         return tuple(ours)
@@ -364,11 +394,19 @@ def copier_from_env(environ: Mapping[str, str] | None = None) -> ResultCopier:
     base_url = env.get(RESULTS_BASE_URL_ENV) or None
     allow = frozenset(h.strip() for h in env.get(TEST_ALLOW_HOSTS_ENV, "").split(",") if h.strip())
     if allow - LOOPBACK_NAMES:
-        raise ValidationError(f"{TEST_ALLOW_HOSTS_ENV} may name only loopback hosts (127.0.0.1, ::1, localhost)",
-                              code="results_invalid")
+        raise ValidationError(
+            f"{TEST_ALLOW_HOSTS_ENV} may name only loopback hosts (127.0.0.1, ::1, localhost)", code="results_invalid"
+        )
     fetcher = SafeFetcher(allow_hosts=allow)
     bucket = env.get(RESULTS_S3_BUCKET_ENV)
     if bucket:
-        return ResultCopier(S3Store(bucket, prefix=env.get(RESULTS_S3_PREFIX_ENV, ""), base_url=base_url,
-                                    endpoint_url=env.get(RESULTS_S3_ENDPOINT_ENV) or None), fetcher)
+        return ResultCopier(
+            S3Store(
+                bucket,
+                prefix=env.get(RESULTS_S3_PREFIX_ENV, ""),
+                base_url=base_url,
+                endpoint_url=env.get(RESULTS_S3_ENDPOINT_ENV) or None,
+            ),
+            fetcher,
+        )
     return ResultCopier(LocalFolderStore(env.get(RESULTS_DIR_ENV) or DEFAULT_DIR, base_url), fetcher)

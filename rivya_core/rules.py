@@ -46,7 +46,10 @@ def task_ref(task_id: int) -> str:
 
 
 SUBMIT_FAILURE_CLASS: Mapping[str, FailureClass] = {
-    "refused": FailureClass.PROVIDER, "error": FailureClass.PROVIDER, "timeout": FailureClass.INFRASTRUCTURE}
+    "refused": FailureClass.PROVIDER,
+    "error": FailureClass.PROVIDER,
+    "timeout": FailureClass.INFRASTRUCTURE,
+}
 
 
 def submit_failure_class(fault: str) -> FailureClass:
@@ -117,13 +120,15 @@ def credits_outcome(facts: RefundFacts, charged: int, refunded: int, policy: Bil
     return f"no refund: {refund_refusal_text(code, facts, policy)}"
 
 
-def refund_allowed(status: str, failure_class: str | None, support: bool, policy: BillingPolicy,
-                   rerun: bool = False) -> bool:
+def refund_allowed(
+    status: str, failure_class: str | None, support: bool, policy: BillingPolicy, rerun: bool = False
+) -> bool:
     """May a task refund row exist: a support refund (its own fact on the row) on a failed task,
     a failed task whose class the policy reverses, or a courtesy re-run's refund in any state
     (`rerun`: the task is a re-run, ai_task.rerun_of set). (Once per charged task is `refund_refusal`'s.)"""
     return courtesy_refund(support, rerun) or (
-        status == TaskStatus.FAILED and (bool(support) or policy.refunds(failure_class)))
+        status == TaskStatus.FAILED and (bool(support) or policy.refunds(failure_class))
+    )
 
 
 def courtesy_refund(support: bool, rerun: bool) -> bool:
@@ -138,7 +143,7 @@ def courtesy_refund(support: bool, rerun: bool) -> bool:
 class MarkFailedRefusal(StrEnum):
     """Why support may not mark a task failed."""
 
-    NOT_ACTIVE = "not_active"        # already settled: only waiting or generating tasks
+    NOT_ACTIVE = "not_active"  # already settled: only waiting or generating tasks
     NOT_STUCK_YET = "not_stuck_yet"  # younger than its category's stuck threshold
 
 
@@ -147,7 +152,7 @@ class RecheckRefusal(StrEnum):
 
     NOT_ACTIVE = "not_active"
     NO_PROVIDER_CLIENT = "no_provider_client"  # this environment has no client for the task's provider
-    NOT_STUCK_YET = "not_stuck_yet"            # a waiting task's submission may still be in flight
+    NOT_STUCK_YET = "not_stuck_yet"  # a waiting task's submission may still be in flight
 
 
 class SupportRefusal(StrEnum):
@@ -173,8 +178,8 @@ class Refusal:
 @dataclass(frozen=True)
 class StuckFacts:
     status: str
-    age_s: float           # since submission, else creation, at the clock support judges with
-    stuck_after_s: float   # the policy's stuck threshold for the task's category
+    age_s: float  # since submission, else creation, at the clock support judges with
+    stuck_after_s: float  # the policy's stuck threshold for the task's category
 
 
 def mark_failed_refusal(facts: StuckFacts) -> MarkFailedRefusal | None:
@@ -198,8 +203,9 @@ def recheck_refusal(facts: StuckFacts, has_client: bool) -> RecheckRefusal | Non
     return None
 
 
-def stuck_refusal_text(refusal: MarkFailedRefusal | RecheckRefusal, facts: StuckFacts, action: str,
-                       provider: str = "") -> str:
+def stuck_refusal_text(
+    refusal: MarkFailedRefusal | RecheckRefusal, facts: StuckFacts, action: str, provider: str = ""
+) -> str:
     if refusal == MarkFailedRefusal.NOT_ACTIVE:  # the same value in both enums
         return f"task is {facts.status}; only waiting or generating tasks {action}"
     if refusal == RecheckRefusal.NO_PROVIDER_CLIENT:
@@ -211,17 +217,17 @@ class RerunRefusal(StrEnum):
     """Why support may not re-run a task for its user now (the guide's "recheck before running
     again": a run of the same prompt that is still going must finish first)."""
 
-    ORIGINAL_RUNNING = "original_running"    # the task itself still waits or generates
+    ORIGINAL_RUNNING = "original_running"  # the task itself still waits or generates
     DUPLICATE_RUNNING = "duplicate_running"  # another run of the user's, same model and prompt, still runs
     NO_PROVIDER_CLIENT = "no_provider_client"  # no client here for the model's provider: it would fail at submission
-    REQUEST_INVALID = "request_invalid"      # the task's model, prompt and params no longer pass validation
+    REQUEST_INVALID = "request_invalid"  # the task's model, prompt and params no longer pass validation
 
 
 @dataclass(frozen=True)
 class RerunFacts:
-    status: str                     # the original task's status
+    status: str  # the original task's status
     running_twins: tuple[int, ...]  # the user's other running tasks with the same model and prompt
-    has_client: bool                # this environment has a client for the task's provider
+    has_client: bool  # this environment has a client for the task's provider
 
 
 def rerun_refusal(facts: RerunFacts) -> RerunRefusal | None:
@@ -238,31 +244,35 @@ def rerun_refusal(facts: RerunFacts) -> RerunRefusal | None:
 
 def rerun_refusal_text(refusal: RerunRefusal, facts: RerunFacts, provider: str = "") -> str:
     if refusal == RerunRefusal.ORIGINAL_RUNNING:
-        return (f"the task is still {facts.status}: wait for it, re-check it upstream, or mark it failed once "
-                "it is stuck, before running it again")
+        return (
+            f"the task is still {facts.status}: wait for it, re-check it upstream, or mark it failed once "
+            "it is stuck, before running it again"
+        )
     if refusal == RerunRefusal.REQUEST_INVALID:
         return "the task's request no longer passes validation; nothing was created"
     if refusal == RerunRefusal.DUPLICATE_RUNNING:
         twins = ", ".join(f"#{t}" for t in facts.running_twins[:10])
         return f"a run of the same model and prompt is still in progress ({twins}): wait for it before running again"
-    return (f"no client for provider {provider!r} in this environment: a re-run would fail at submission and "
-            "tell the user their generation failed; nothing was created")
+    return (
+        f"no client for provider {provider!r} in this environment: a re-run would fail at submission and "
+        "tell the user their generation failed; nothing was created"
+    )
 
 
 class ReprocessRefusal(StrEnum):
     """Why support may not re-process a recorded provider callback."""
 
-    NOT_PARKED = "not_parked"      # only a parked (unknown_task) callback waits for its task
-    NO_TASK_YET = "no_task_yet"    # no task holds its upstream id yet: it stays parked
+    NOT_PARKED = "not_parked"  # only a parked (unknown_task) callback waits for its task
+    NO_TASK_YET = "no_task_yet"  # no task holds its upstream id yet: it stays parked
     BODY_UNREADABLE = "body_unreadable"  # recorded before parking: its stored body no longer parses
 
 
 @dataclass(frozen=True)
 class ReprocessFacts:
-    outcome: str       # provider_callback.outcome as recorded now
-    parked: bool       # it has a parked copy (parked_callback)
-    claimed: bool      # that copy was claimed by a task already (applied once: a repeat is a duplicate)
-    task_found: bool   # a task holds its upstream id at its provider now
+    outcome: str  # provider_callback.outcome as recorded now
+    parked: bool  # it has a parked copy (parked_callback)
+    claimed: bool  # that copy was claimed by a task already (applied once: a repeat is a duplicate)
+    task_found: bool  # a task holds its upstream id at its provider now
 
 
 def reprocess_refusal(facts: ReprocessFacts) -> ReprocessRefusal | None:
@@ -323,9 +333,12 @@ def support_failure_notice(category: str, model: str, charged: int, refunded: in
 
 # Which flow each entry type's amount belongs to; charges are stored negative and shown positive.
 FLOW_OF: Mapping[str, str] = {
-    EntryType.GRANT: "granted", EntryType.ADJUSTMENT: "granted",
-    EntryType.CONSUME: "task_charged", EntryType.REFUND: "task_refunded",
-    EntryType.CHAT_RESERVE: "chat_reserved", EntryType.CHAT_CHARGE: "chat_overrun",
+    EntryType.GRANT: "granted",
+    EntryType.ADJUSTMENT: "granted",
+    EntryType.CONSUME: "task_charged",
+    EntryType.REFUND: "task_refunded",
+    EntryType.CHAT_RESERVE: "chat_reserved",
+    EntryType.CHAT_CHARGE: "chat_overrun",
     EntryType.CHAT_REFUND: "chat_refunded",
 }
 _OUTFLOWS = frozenset({"task_charged", "chat_reserved", "chat_overrun"})
@@ -338,13 +351,13 @@ class CreditFlows:
     where chat_charged is what users were finally charged for chat (credits.ChatFigures:
     reservations + overrun − refunds)."""
 
-    granted: int = 0        # grants and adjustments
-    task_charged: int = 0   # consume
+    granted: int = 0  # grants and adjustments
+    task_charged: int = 0  # consume
     task_refunded: int = 0  # refund
     chat_reserved: int = 0  # chat_reserve (gross reservations)
-    chat_overrun: int = 0   # chat_charge (beyond a reservation)
+    chat_overrun: int = 0  # chat_charge (beyond a reservation)
     chat_refunded: int = 0  # chat_refund (unused reservations returned)
-    other: int = 0          # an entry type this version does not know
+    other: int = 0  # an entry type this version does not know
 
     @property
     def chat(self) -> ChatFigures:
@@ -421,6 +434,10 @@ def heavier_duplicate(new: Run, running: Run, policy: BillingPolicy) -> bool:
     """`new` repeats `running` (same model and prompt, started within the duplicate window
     after it) and costs at least as much: warned or blocked as the policy's `duplicate_runs` says."""
     gap = (new.created_at - running.created_at).total_seconds()
-    return (new.task_id != running.task_id and new.model == running.model and new.prompt == running.prompt
-            and 0 <= gap <= policy.duplicate_window_s
-            and policy.is_heavier_duplicate(new.credits, running.credits))
+    return (
+        new.task_id != running.task_id
+        and new.model == running.model
+        and new.prompt == running.prompt
+        and 0 <= gap <= policy.duplicate_window_s
+        and policy.is_heavier_duplicate(new.credits, running.credits)
+    )

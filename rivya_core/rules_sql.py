@@ -26,12 +26,13 @@ def _true(flag: Any) -> Any:
     return flag.is_(True) if hasattr(flag, "is_") else literal(bool(flag))
 
 
-def refund_allowed(status: Any, failure_class: Any, support: Any, policy: BillingPolicy,
-                   rerun: Any = False) -> Any:
+def refund_allowed(status: Any, failure_class: Any, support: Any, policy: BillingPolicy, rerun: Any = False) -> Any:
     """rules.refund_allowed: a courtesy re-run's refund, or a failed task refunded by support or in a
     class the policy reverses. `rerun`: a boolean expression (e.g. `ai_task.rerun_of IS NOT NULL`)."""
-    return or_(courtesy_refund(support, rerun),
-               and_(status == TaskStatus.FAILED.value, or_(_true(support), _reverses(failure_class, policy))))
+    return or_(
+        courtesy_refund(support, rerun),
+        and_(status == TaskStatus.FAILED.value, or_(_true(support), _reverses(failure_class, policy))),
+    )
 
 
 def courtesy_refund(support: Any, rerun: Any) -> Any:
@@ -46,11 +47,17 @@ def refund_due(status: Any, failure_class: Any, charged: Any, refunded: Any, pol
 
 def outcome_notification(status: Any, error_code: Any) -> Any:
     """rules.outcome_notification: the notification kind a settled task sends, NULL while it runs."""
+
     def kind(status_value: str, code: str | None) -> str | None:
         found = _py_outcome_notification(status_value, code)
         return found.value if found is not None else None
 
-    return case((status == TaskStatus.SUCCESS.value, kind(TaskStatus.SUCCESS, None)),
-                (and_(status == TaskStatus.FAILED.value, error_code == INSUFFICIENT_CREDITS),
-                 kind(TaskStatus.FAILED, INSUFFICIENT_CREDITS)),
-                (status == TaskStatus.FAILED.value, kind(TaskStatus.FAILED, "")), else_=None)
+    return case(
+        (status == TaskStatus.SUCCESS.value, kind(TaskStatus.SUCCESS, None)),
+        (
+            and_(status == TaskStatus.FAILED.value, error_code == INSUFFICIENT_CREDITS),
+            kind(TaskStatus.FAILED, INSUFFICIENT_CREDITS),
+        ),
+        (status == TaskStatus.FAILED.value, kind(TaskStatus.FAILED, "")),
+        else_=None,
+    )

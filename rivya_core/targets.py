@@ -53,10 +53,16 @@ def _file_occupied(path: Path) -> str | None:
             return f"{path} is a non-empty file that is not a SQLite database"
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)  # read-only: never writes
     try:
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                            "AND name NOT LIKE 'sqlite_%'")]
-        full = [n for n in names if n not in IGNORED_TABLES
-                and conn.execute(f'SELECT 1 FROM "{n.replace(chr(34), chr(34) * 2)}" LIMIT 1').fetchone()]
+        names = [
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        ]
+        full = [
+            n
+            for n in names
+            if n not in IGNORED_TABLES
+            and conn.execute(f'SELECT 1 FROM "{n.replace(chr(34), chr(34) * 2)}" LIMIT 1').fetchone()
+        ]
     except sqlite3.DatabaseError as exc:
         return f"{path} cannot be read as a SQLite database ({exc})"
     finally:
@@ -83,11 +89,14 @@ def ensure_fresh(url: str, *, force: bool, command: str) -> None:
         return
     path = sqlite_path(url)
     if not force:
-        raise TargetOccupied(f"{reason}; {command} writes only into a fresh database "
-                             f"(pass --force to replace {'the file' if path else 'it'})")
+        raise TargetOccupied(
+            f"{reason}; {command} writes only into a fresh database "
+            f"(pass --force to replace {'the file' if path else 'it'})"
+        )
     if path is None:
-        raise TargetOccupied(f"{reason}; --force replaces SQLite files only: empty or drop this database "
-                             "yourself, or give a new one")
+        raise TargetOccupied(
+            f"{reason}; --force replaces SQLite files only: empty or drop this database yourself, or give a new one"
+        )
     if not path.is_file():
         raise TargetOccupied(f"{path} is not a regular file; not replaced even with --force")
     for suffix in ("", *COMPANIONS):
@@ -130,10 +139,12 @@ def ensure_initialisable(url: str, *, force: bool) -> None:
     if reason is None:
         return
     path = sqlite_path(url)
-    if path is not None and (not path.is_file() or path.read_bytes()[:len(SQLITE_MAGIC)] != SQLITE_MAGIC):
+    if path is not None and (not path.is_file() or path.read_bytes()[: len(SQLITE_MAGIC)] != SQLITE_MAGIC):
         raise TargetOccupied(f"{reason}; init-db never writes into it")
     ours = {"schema_meta", *schema.CONTRACT_TABLES}
     if _table_names(url) & ours or force:
         return
-    raise TargetOccupied(f"{reason} and is not a Rivya database; pass --force to add the Rivya tables "
-                         "beside its own (nothing is dropped)")
+    raise TargetOccupied(
+        f"{reason} and is not a Rivya database; pass --force to add the Rivya tables "
+        "beside its own (nothing is dropped)"
+    )

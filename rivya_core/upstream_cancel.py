@@ -54,6 +54,7 @@ def cancel_after_header(seconds: float) -> str:
 def arm(providers: Any, policy: BillingPolicy, catalog: Any) -> None:
     """Give each provider client that sends a deadline (a `cancel_after` attribute, e.g. the
     Replicate client) the rule: model id -> seconds (the model's category's timeout), or None."""
+
     def seconds(model_id: str) -> float | None:
         spec = catalog.get(model_id)
         return cancel_after_s(policy, spec.category) if spec is not None else None
@@ -89,13 +90,19 @@ def ask(provider: Any, upstream_task_id: str) -> UpstreamCancel:
 
 def send(svc: Any, jobs: list[tuple[int, str, str, str, datetime]]) -> None:
     """Ask each provider to stop each job, then record each answer on its task's timeline."""
-    answers = [(task_id, upstream_id, code, at, ask(svc.providers.get(provider), upstream_id))
-               for task_id, provider, upstream_id, code, at in jobs]
+    answers = [
+        (task_id, upstream_id, code, at, ask(svc.providers.get(provider), upstream_id))
+        for task_id, provider, upstream_id, code, at in jobs
+    ]
 
     def step(tx: Any) -> None:
         for task_id, upstream_id, code, at, a in answers:
-            detail: dict[str, Any] = {"answer": str(a.answer), "detail": a.detail, "upstream_task_id": upstream_id,
-                                      "reason": code}
+            detail: dict[str, Any] = {
+                "answer": str(a.answer),
+                "detail": a.detail,
+                "upstream_task_id": upstream_id,
+                "reason": code,
+            }
             if a.run_s is not None:
                 detail["run_s"] = a.run_s
             tx.add_event(task_id, EVENT, detail, at)
@@ -122,11 +129,27 @@ def story(events: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[dic
             failed = True
         elif kind == EVENT:
             cancel = e
-        elif kind == "callback" and failed and detail.get("state") == "succeeded" \
-                and detail.get("outcome") == "duplicate":
+        elif (
+            kind == "callback"
+            and failed
+            and detail.get("state") == "succeeded"
+            and detail.get("outcome") == "duplicate"
+        ):
             late.append(e)
     return cancel, late
 
 
-__all__ = ["GIVE_UP_CODES", "LATE_SUCCESS", "EVENT", "gives_up", "cancel_after_s", "cancel_after_header", "arm", "defer",
-           "ask", "send", "late_detail", "story"]
+__all__ = [
+    "GIVE_UP_CODES",
+    "LATE_SUCCESS",
+    "EVENT",
+    "gives_up",
+    "cancel_after_s",
+    "cancel_after_header",
+    "arm",
+    "defer",
+    "ask",
+    "send",
+    "late_detail",
+    "story",
+]

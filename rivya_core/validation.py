@@ -44,7 +44,8 @@ VALIDATION_CODES: dict[str, str] = {
     "duration_mismatch": "a file whose declared duration disagrees with the measured one",
 }
 NOT_USER_CORRECTABLE = frozenset(
-    {"request_malformed", "model_not_found", "direct_generation_disabled", "runtime_not_async", "runtime_not_chat"})
+    {"request_malformed", "model_not_found", "direct_generation_disabled", "runtime_not_async", "runtime_not_chat"}
+)
 
 REQUEST_KEYS = ("model", "prompt", "params", "references")
 REFERENCE_KEYS = ("kind", "name", "size_bytes", "declared_duration_s", "measured_duration_s")
@@ -108,8 +109,17 @@ def validate(catalog: Catalog, request: Any) -> NormalizedRequest:
     norm_params = _check_params(spec, params)
     references = _check_references(spec, refs)
     _check_rules(spec, references)
-    return NormalizedRequest(spec, spec.id, spec.category, spec.provider, prompt, norm_params, references,
-                             spec.billing_type, spec.base_credits(norm_params))
+    return NormalizedRequest(
+        spec,
+        spec.id,
+        spec.category,
+        spec.provider,
+        prompt,
+        norm_params,
+        references,
+        spec.billing_type,
+        spec.base_credits(norm_params),
+    )
 
 
 def validate_chat_model(catalog: Catalog, model_id: Any) -> ModelSpec:
@@ -128,12 +138,16 @@ def _unpack(request: Any) -> tuple[Any, Any, Any, Any]:
     if isinstance(request, GenerationRequest):
         return request.model, request.prompt, request.params, request.references
     if not isinstance(request, Mapping):
-        raise reject("request_malformed", f"The request must be a record with a model and a prompt, "
-                                          f"not {type(request).__name__}.")
+        raise reject(
+            "request_malformed",
+            f"The request must be a record with a model and a prompt, not {type(request).__name__}.",
+        )
     unknown = [k for k in request if k not in REQUEST_KEYS]
     if unknown:
-        raise reject("request_malformed", f"The request has an unexpected field {show(unknown[0])}; "
-                                          f"expected only {', '.join(REQUEST_KEYS)}.")
+        raise reject(
+            "request_malformed",
+            f"The request has an unexpected field {show(unknown[0])}; expected only {', '.join(REQUEST_KEYS)}.",
+        )
     return request.get("model"), request.get("prompt"), request.get("params"), request.get("references")
 
 
@@ -144,8 +158,10 @@ def _check_model(catalog: Catalog, model_id: Any) -> ModelSpec:
             raise reject("model_not_found", "No model was chosen for this request.")
         raise reject("model_not_found", f"There is no model called {show(model_id)} in the catalogue.")
     if not spec.direct_generation:
-        raise reject("direct_generation_disabled",
-                     f"{spec.name} cannot be started directly; it is not open for direct generation.")
+        raise reject(
+            "direct_generation_disabled",
+            f"{spec.name} cannot be started directly; it is not open for direct generation.",
+        )
     if spec.runtime != "async_task":
         how = "in a chat session" if spec.runtime == "chat" else "instantly (sync), not as a background task"
         raise reject("runtime_not_async", f"{spec.name} runs {how}; it cannot be submitted as a generation task.")
@@ -161,14 +177,20 @@ def _check_prompt(spec: ModelSpec, prompt: Any) -> str:
     if not prompt and spec.prompt_min > 0:
         raise reject("prompt_empty", f"The prompt is empty; {spec.name} needs a description of what to make.")
     if len(prompt) > spec.prompt_max:
-        raise reject("prompt_too_long", f"The prompt has {len(prompt)} characters; {spec.name} accepts at most "
-                                        f"{spec.prompt_max}. Please shorten it.")
+        raise reject(
+            "prompt_too_long",
+            f"The prompt has {len(prompt)} characters; {spec.name} accepts at most "
+            f"{spec.prompt_max}. Please shorten it.",
+        )
     if len(prompt) < spec.prompt_min:
-        raise reject("prompt_too_short", f"The prompt has {len(prompt)} characters; {spec.name} needs at least "
-                                         f"{spec.prompt_min}.")
+        raise reject(
+            "prompt_too_short",
+            f"The prompt has {len(prompt)} characters; {spec.name} needs at least {spec.prompt_min}.",
+        )
     if _BAD_CHARS.search(prompt):
-        raise reject("prompt_invalid", "The prompt contains control characters or broken unicode; "
-                                       "please retype it without them.")
+        raise reject(
+            "prompt_invalid", "The prompt contains control characters or broken unicode; please retype it without them."
+        )
     return prompt
 
 
@@ -176,8 +198,9 @@ def _check_params(spec: ModelSpec, params: Any) -> dict[str, Any]:
     if params is None:
         params = {}
     if not isinstance(params, Mapping):
-        raise reject("request_malformed", f"The settings must be a record of name and value, "
-                                          f"not {type(params).__name__}.")
+        raise reject(
+            "request_malformed", f"The settings must be a record of name and value, not {type(params).__name__}."
+        )
     known = {p.name for p in spec.params}
     for key in params:
         if key not in known:
@@ -203,8 +226,10 @@ def _coerce(p: ParamSpec, value: Any) -> Any:
     if number is not None and ((p.min is not None and number < p.min) or (p.max is not None and number > p.max)):
         raise reject("param_out_of_range", f"The setting {p.name!r} must be {_bounds(p)}; got {show(value)}.")
     if p.max_length is not None and isinstance(converted, str) and len(converted) > p.max_length:
-        raise reject("param_invalid", f"The setting {p.name!r} can be at most {p.max_length} characters; "
-                                      f"it has {len(converted)}.")
+        raise reject(
+            "param_invalid",
+            f"The setting {p.name!r} can be at most {p.max_length} characters; it has {len(converted)}.",
+        )
     return converted
 
 
@@ -276,20 +301,26 @@ def _check_references(spec: ModelSpec, refs: Any) -> tuple[Reference, ...]:
     for ref in out:
         if spec.reference(ref.kind) is None:
             kinds = ", ".join(r.kind for r in spec.references) or "no files"
-            raise reject("reference_not_accepted", f"{spec.name} does not accept {ref.kind} files "
-                                                   f"(it accepts: {kinds}).")
+            raise reject(
+                "reference_not_accepted", f"{spec.name} does not accept {ref.kind} files (it accepts: {kinds})."
+            )
     for rs in spec.references:
         count = sum(1 for r in out if r.kind == rs.kind)
         if count > rs.max_count:
-            raise reject("too_many_references", f"{spec.name} accepts at most {rs.max_count} {rs.kind} "
-                                                f"file(s); {count} were attached.")
+            raise reject(
+                "too_many_references",
+                f"{spec.name} accepts at most {rs.max_count} {rs.kind} file(s); {count} were attached.",
+            )
         if rs.required and count == 0:
             raise reject("reference_missing", f"{spec.name} needs an uploaded {rs.kind} file; please attach one.")
     for ref in out:
         limit = spec.reference(ref.kind).max_size_bytes  # type: ignore[union-attr]
         if ref.size_bytes > limit:
-            raise reject("reference_too_large", f"The {ref.kind} file {ref.name!r} is {_mb(ref.size_bytes)}; "
-                                                f"{spec.name} accepts files up to {_mb(limit)}.")
+            raise reject(
+                "reference_too_large",
+                f"The {ref.kind} file {ref.name!r} is {_mb(ref.size_bytes)}; "
+                f"{spec.name} accepts files up to {_mb(limit)}.",
+            )
     return out
 
 
@@ -338,15 +369,27 @@ def _check_rules(spec: ModelSpec, references: tuple[Reference, ...]) -> None:
             continue
         label = f"The {ref.kind} file {ref.name!r}" if ref.name else f"The {ref.kind} file"
         if ref.declared_duration_s is not None and limit is not None and ref.declared_duration_s > limit:
-            raise reject("duration_too_long", f"{label} is {ref.declared_duration_s:g} s long; "
-                                              f"{spec.name} accepts at most {limit:g} s.")
+            raise reject(
+                "duration_too_long",
+                f"{label} is {ref.declared_duration_s:g} s long; {spec.name} accepts at most {limit:g} s.",
+            )
         if ref.measured_duration_s is None:
-            raise reject("duration_unverified", f"{label} has not had its duration verified yet; wait for the "
-                                                "upload check to finish, or upload it again.")
+            raise reject(
+                "duration_unverified",
+                f"{label} has not had its duration verified yet; wait for the "
+                "upload check to finish, or upload it again.",
+            )
         if limit is not None and ref.measured_duration_s > limit:
-            raise reject("duration_too_long", f"{label} measures {ref.measured_duration_s:g} s; "
-                                              f"{spec.name} accepts at most {limit:g} s.")
-        if (ref.declared_duration_s is not None
-                and abs(ref.declared_duration_s - ref.measured_duration_s) > rules.duration_tolerance_s):
-            raise reject("duration_mismatch", f"{label} was declared as {ref.declared_duration_s:g} s but measures "
-                                              f"{ref.measured_duration_s:g} s; please upload it again.")
+            raise reject(
+                "duration_too_long",
+                f"{label} measures {ref.measured_duration_s:g} s; {spec.name} accepts at most {limit:g} s.",
+            )
+        if (
+            ref.declared_duration_s is not None
+            and abs(ref.declared_duration_s - ref.measured_duration_s) > rules.duration_tolerance_s
+        ):
+            raise reject(
+                "duration_mismatch",
+                f"{label} was declared as {ref.declared_duration_s:g} s but measures "
+                f"{ref.measured_duration_s:g} s; please upload it again.",
+            )

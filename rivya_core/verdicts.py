@@ -114,7 +114,7 @@ class NextAction(StrEnum):
     NOTHING = "nothing"
     WAIT = "wait"
     RECHECK_UPSTREAM = "recheck_upstream"
-    RECHECK_LATER = "recheck_later"    # stuck, but the provider failed the latest status reads
+    RECHECK_LATER = "recheck_later"  # stuck, but the provider failed the latest status reads
     WAIT_FOR_INCIDENT = "wait_for_incident"  # stuck, found nothing, and a named provider incident covers it
     MARK_FAILED = "mark_failed"
     ISSUE_REFUND = "issue_refund"
@@ -129,7 +129,7 @@ ACTION_TEXT: Mapping[NextAction, str] = {
     NextAction.WAIT: "nothing to do (wait)",
     NextAction.RECHECK_UPSTREAM: "re-check upstream",
     NextAction.RECHECK_LATER: "re-check later: the provider failed the latest status reads (upstream "
-                              "unreachable or erring) — look for a provider incident first",
+    "unreachable or erring) — look for a provider incident first",
     NextAction.WAIT_FOR_INCIDENT: "wait for the provider incident",  # diagnose names it
     NextAction.MARK_FAILED: "mark failed",  # diagnose says why and what it does to the credits
     NextAction.ISSUE_REFUND: "issue the due refund",
@@ -145,9 +145,9 @@ class StuckReads:
     """What the upstream reads said of a task past its stuck threshold (diagnose gathers it)."""
 
     last_state: str | None  # what the latest read since the task became stuck found; None: no read since
-    unreachable: bool       # every status read since the provider last answered failed
-    incident: str | None    # a named provider incident covering the task's provider, if any
-    read_kind: str | None = None       # which read that was (poll, recheck, callback), and when
+    unreachable: bool  # every status read since the provider last answered failed
+    incident: str | None  # a named provider incident covering the task's provider, if any
+    read_kind: str | None = None  # which read that was (poll, recheck, callback), and when
     read_at: datetime | None = None
 
 

@@ -123,8 +123,9 @@ def verify(secrets: Sequence[str], headers: Mapping[str, str], body: bytes, now_
     if not matched:
         raise WebhookError("callback signature does not match any configured secret", code="bad_signature")
     if abs(now_ts - ts) > TOLERANCE_S:
-        raise WebhookError(f"callback timestamp is {int(now_ts - ts)} s away from now (tolerance {TOLERANCE_S} s)",
-                           code="stale")
+        raise WebhookError(
+            f"callback timestamp is {int(now_ts - ts)} s away from now (tolerance {TOLERANCE_S} s)", code="stale"
+        )
     return msg_id
 
 
@@ -136,8 +137,12 @@ def verify(secrets: Sequence[str], headers: Mapping[str, str], body: bytes, now_
 # any of the deployment's configured public keys (32 bytes, base64url as in a JWKS `x`,
 # base64 or hex). Same ±TOLERANCE_S window as above.
 
-FAL_HEADERS = ("x-fal-webhook-request-id", "x-fal-webhook-user-id", "x-fal-webhook-timestamp",
-               "x-fal-webhook-signature")
+FAL_HEADERS = (
+    "x-fal-webhook-request-id",
+    "x-fal-webhook-user-id",
+    "x-fal-webhook-timestamp",
+    "x-fal-webhook-signature",
+)
 
 
 def ed25519_key_bytes(key: str) -> bytes:
@@ -184,8 +189,10 @@ def verify_ed25519(public_keys: Sequence[str], headers: Mapping[str, str], body:
 
     request_id, user_id, ts_raw, sig_hex = _headers(headers, FAL_HEADERS)
     if not request_id or not user_id or not ts_raw or not sig_hex:
-        raise WebhookError("callback is missing an x-fal-webhook-request-id, -user-id, -timestamp or -signature "
-                           "header", code="missing_headers")
+        raise WebhookError(
+            "callback is missing an x-fal-webhook-request-id, -user-id, -timestamp or -signature header",
+            code="missing_headers",
+        )
     if not ts_raw.isascii() or not ts_raw.isdigit() or len(ts_raw) > 12:
         raise WebhookError("x-fal-webhook-timestamp is not a Unix time in seconds", code="malformed")
     if not isinstance(body, (bytes, bytearray)):
@@ -208,6 +215,7 @@ def verify_ed25519(public_keys: Sequence[str], headers: Mapping[str, str], body:
         raise WebhookError("callback signature does not match any configured public key", code="bad_signature")
     ts = int(ts_raw)
     if abs(now_ts - ts) > TOLERANCE_S:
-        raise WebhookError(f"callback timestamp is {int(now_ts - ts)} s away from now (tolerance {TOLERANCE_S} s)",
-                           code="stale")
+        raise WebhookError(
+            f"callback timestamp is {int(now_ts - ts)} s away from now (tolerance {TOLERANCE_S} s)", code="stale"
+        )
     return request_id

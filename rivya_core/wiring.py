@@ -58,10 +58,12 @@ def secrets_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, list[
     try:
         data = json.loads(raw)
     except ValueError:
-        raise ValidationError(f"{SECRETS_ENV} is not JSON (expected {{provider: [secret, ...]}})",
-                              code="secrets_invalid") from None
+        raise ValidationError(
+            f"{SECRETS_ENV} is not JSON (expected {{provider: [secret, ...]}})", code="secrets_invalid"
+        ) from None
     if not isinstance(data, dict) or not all(
-            isinstance(v, list) and all(isinstance(s, str) for s in v) for v in data.values()):
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in data.values()
+    ):
         raise ValidationError(f"{SECRETS_ENV} must map each provider to a list of secrets", code="secrets_invalid")
     return data
 
@@ -114,9 +116,15 @@ class Wired:
         self.engine.dispose()
 
 
-def wire(url: str, *, providers: Mapping[str, Provider] | None = None,
-         policy: BillingPolicy | None = None, clock: Clock | None = None,
-         create: bool = False, pool_size: int | None = None) -> Wired:
+def wire(
+    url: str,
+    *,
+    providers: Mapping[str, Provider] | None = None,
+    policy: BillingPolicy | None = None,
+    clock: Clock | None = None,
+    create: bool = False,
+    pool_size: int | None = None,
+) -> Wired:
     """A service over the database at url, with its engine. Raises StoreUnavailable/SchemaMissing;
     ActionRefused (SOURCE_BUSY) when the database's provider source says no action may run now
     (the engine is disposed then). See service_for_store; pool_size: see db.make_engine."""
@@ -133,8 +141,13 @@ def service_for_url(url: str, **options: Any) -> LifecycleService:
     return wire(url, **options).service
 
 
-def service_for_store(store: SqlStore, *, providers: Mapping[str, Provider] | None = None,
-                      policy: BillingPolicy | None = None, clock: Clock | None = None) -> LifecycleService:
+def service_for_store(
+    store: SqlStore,
+    *,
+    providers: Mapping[str, Provider] | None = None,
+    policy: BillingPolicy | None = None,
+    clock: Clock | None = None,
+) -> LifecycleService:
     """A service over an open SQL store (a caller that keeps one store per database, such as the
     dashboard, builds its services here: no new engine per action).
 
@@ -154,9 +167,16 @@ def service_for_store(store: SqlStore, *, providers: Mapping[str, Provider] | No
         else:
             providers = build_clients(load_providers())
             results = copier_from_env() if providers else None  # live: outputs copied before SUCCESS
-    return LifecycleService(store, clock or WallClock(), providers or {},
-                            default_catalog(), policy or policy_from(), secrets=secrets_from_env(),
-                            judge_clock=judging_clock(store.engine), results=results)
+    return LifecycleService(
+        store,
+        clock or WallClock(),
+        providers or {},
+        default_catalog(),
+        policy or policy_from(),
+        secrets=secrets_from_env(),
+        judge_clock=judging_clock(store.engine),
+        results=results,
+    )
 
 
 def judging_clock(engine: Engine) -> Clock:

@@ -40,40 +40,69 @@ EXIT_VIOLATION = 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m simulations", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(
+        prog="python -m simulations",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run a scenario into a database", description="Run a scenario, write every "
-                       "row to --db, print the summary; exit 1 on any invariant violation.")
+    r = sub.add_parser(
+        "run",
+        help="run a scenario into a database",
+        description="Run a scenario, write every row to --db, print the summary; exit 1 on any invariant violation.",
+    )
     r.add_argument("scenario", help="scenario file or name in data/scenarios")
     r.add_argument("--db", required=True, help="database URL (sqlite:///path.db or postgresql://...)")
     r.add_argument("--seed", type=number("seed"), help="master seed (default: the scenario's)")
     r.add_argument("--tasks", type=number("tasks"), help="stop arrivals after this many (default: the scenario's)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
-    r.add_argument("--realtime", type=number("realtime"), metavar="FACTOR",
-                   help="follow the wall clock: FACTOR simulated seconds per wall second")
+    r.add_argument(
+        "--realtime",
+        type=number("realtime"),
+        metavar="FACTOR",
+        help="follow the wall clock: FACTOR simulated seconds per wall second",
+    )
     r.add_argument("--progress", action="store_true", help="show the progress bar even when not a terminal")
-    r.add_argument("--force", action="store_true",
-                   help="replace a SQLite file that already holds data (never empties a server database)")
-    r.add_argument("--policy", metavar="FILE", help="run under this billing policy TOML instead of the "
-                   "scenario's own (e.g. data/policies/gift_expires_14_days.toml)")
-    r.add_argument("--shape", choices=["rivya", "shipany"], default="rivya",
-                   help="rivya (default): the data contract; shipany: the ShipAny template's schema, written "
-                        "by its own credit code paths (docs/import.md)")
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a SQLite file that already holds data (never empties a server database)",
+    )
+    r.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="run under this billing policy TOML instead of the "
+        "scenario's own (e.g. data/policies/gift_expires_14_days.toml)",
+    )
+    r.add_argument(
+        "--shape",
+        choices=["rivya", "shipany"],
+        default="rivya",
+        help="rivya (default): the data contract; shipany: the ShipAny template's schema, written "
+        "by its own credit code paths (docs/import.md)",
+    )
 
-    rp = sub.add_parser("replay", help="re-run a recorded run and compare fingerprints",
-                        description="Re-run the run recorded in a database (its sim_run row; by fingerprint, "
-                        "found among the simulation databases under data/ and the runs folder) from its stored "
-                        "scenario and seed, into a temporary database, and compare fingerprints.")
-    rp.add_argument("target", help="database URL, or the fingerprint of a run under data/ or the runs folder "
-                    "(a unique prefix is enough)")
+    rp = sub.add_parser(
+        "replay",
+        help="re-run a recorded run and compare fingerprints",
+        description="Re-run the run recorded in a database (its sim_run row; by fingerprint, "
+        "found among the simulation databases under data/ and the runs folder) from its stored "
+        "scenario and seed, into a temporary database, and compare fingerprints.",
+    )
+    rp.add_argument(
+        "target",
+        help="database URL, or the fingerprint of a run under data/ or the runs folder (a unique prefix is enough)",
+    )
     rp.add_argument("--check", action="store_true", help="exit 1 when the fingerprint differs")
     rp.add_argument("--json", action="store_true")
 
-    c = sub.add_parser("compare", help="compare two billing policies on the same seeds",
-                       description="Run both policies on the same seeds (common random numbers) and report "
-                       "each KPI with the paired difference and its 95%% confidence interval.")
+    c = sub.add_parser(
+        "compare",
+        help="compare two billing policies on the same seeds",
+        description="Run both policies on the same seeds (common random numbers) and report "
+        "each KPI with the paired difference and its 95%% confidence interval.",
+    )
     c.add_argument("scenario")
     c.add_argument("--policy", action="append", required=True, help="policy TOML file (give exactly two)")
     c.add_argument("--replications", type=number("replications"), default=4)
@@ -81,21 +110,34 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     add_engine_flags(c)
 
-    s = sub.add_parser("sweep", help="many policies x grid points x replications on Dask",
-                       description="Run every (policy, grid point) x replication as one job (seed: the master "
-                       "seed + the replication, so variants share their draws), collect the KPI rows in one "
-                       "table, print each variant's means and the paired differences against the first variant "
-                       "with 95%% confidence intervals. Exit 1 when a job failed or broke an invariant.")
+    s = sub.add_parser(
+        "sweep",
+        help="many policies x grid points x replications on Dask",
+        description="Run every (policy, grid point) x replication as one job (seed: the master "
+        "seed + the replication, so variants share their draws), collect the KPI rows in one "
+        "table, print each variant's means and the paired differences against the first variant "
+        "with 95%% confidence intervals. Exit 1 when a job failed or broke an invariant.",
+    )
     s.add_argument("scenario")
-    s.add_argument("--policy", action="append", default=[], help="policy TOML file (repeatable; default: the "
-                   "scenario's own)")
-    s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a scenario key and its values, e.g. farm.capacity=8,12 (repeatable: the product)")
+    s.add_argument(
+        "--policy", action="append", default=[], help="policy TOML file (repeatable; default: the scenario's own)"
+    )
+    s.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a scenario key and its values, e.g. farm.capacity=8,12 (repeatable: the product)",
+    )
     s.add_argument("--replications", type=number("replications"), default=4)
     s.add_argument("--seed", type=number("seed"), help="master seed (default: the scenario's)")
     s.add_argument("--tasks", type=number("tasks"), help="arrivals per job (default: the scenario's)")
-    s.add_argument("-o", "--output", metavar="FILE", help="write the results table and the sweep's definition "
-                   "to FILE (.db: SQLite, .parquet: Parquet)")
+    s.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the results table and the sweep's definition to FILE (.db: SQLite, .parquet: Parquet)",
+    )
     s.add_argument("--force", action="store_true", help="replace an output file that already holds data")
     s.add_argument("--only", metavar="KEY", help="run just this job (the replay of a failed one)")
     s.add_argument("--json", action="store_true")
@@ -118,36 +160,61 @@ def _parser() -> argparse.ArgumentParser:
     from .faults import add_parser as add_faults_parser
 
     add_faults_parser(sub)
-    sp = sub.add_parser("serve-provider", help="serve the mock farm over HTTP in a real provider's protocol",
-                        description="Serve every catalogue provider over HTTP as a Replicate-style or fal-style "
-                        "API, with the scenario's generation times and faults, and deliver signed webhooks "
-                        "over real HTTP to the webhook URL each submission names.")
+    sp = sub.add_parser(
+        "serve-provider",
+        help="serve the mock farm over HTTP in a real provider's protocol",
+        description="Serve every catalogue provider over HTTP as a Replicate-style or fal-style "
+        "API, with the scenario's generation times and faults, and deliver signed webhooks "
+        "over real HTTP to the webhook URL each submission names.",
+    )
     sp.add_argument("--flavor", required=True, choices=("replicate", "fal"))
     sp.add_argument("--port", type=number("port"), required=True)
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sp.add_argument("--scenario", default="baseline", help="scenario file or name (default: baseline)")
     sp.add_argument("--seed", type=number("seed"), help="master seed (default: the scenario's)")
-    sp.add_argument("--speed", type=number("realtime"), default=1.0,
-                    help="simulated seconds per wall second for generation and callback delays (default 1)")
-    sp.add_argument("--receiver", default="http://127.0.0.1:8080", metavar="URL",
-                    help="the webhook receiver's base URL, written into --config-out (default http://127.0.0.1:8080)")
-    sp.add_argument("--config-out", metavar="FILE",
-                    help="write the RIVYA_PROVIDERS file a deployment needs to use this fake (its test keys)")
+    sp.add_argument(
+        "--speed",
+        type=number("realtime"),
+        default=1.0,
+        help="simulated seconds per wall second for generation and callback delays (default 1)",
+    )
+    sp.add_argument(
+        "--receiver",
+        default="http://127.0.0.1:8080",
+        metavar="URL",
+        help="the webhook receiver's base URL, written into --config-out (default http://127.0.0.1:8080)",
+    )
+    sp.add_argument(
+        "--config-out",
+        metavar="FILE",
+        help="write the RIVYA_PROVIDERS file a deployment needs to use this fake (its test keys)",
+    )
     sp.add_argument("--force", action="store_true", help="overwrite --config-out if it exists")
-    sp.add_argument("--rate-limit", type=number("realtime"), metavar="N",
-                    help="answer 429 with Retry-After past N submissions a second per provider (default: no limit)")
+    sp.add_argument(
+        "--rate-limit",
+        type=number("realtime"),
+        metavar="N",
+        help="answer 429 with Retry-After past N submissions a second per provider (default: no limit)",
+    )
 
-    lv = sub.add_parser("live", help="a run over real HTTP: receiver + fake provider + the real clients",
-                        description="Start the webhook receiver and the fake provider on 127.0.0.1, submit N "
-                        "tasks through the real provider client, wait until every task is terminal, print the "
-                        "summary; exit 1 on any invariant violation or a task left active.")
+    lv = sub.add_parser(
+        "live",
+        help="a run over real HTTP: receiver + fake provider + the real clients",
+        description="Start the webhook receiver and the fake provider on 127.0.0.1, submit N "
+        "tasks through the real provider client, wait until every task is terminal, print the "
+        "summary; exit 1 on any invariant violation or a task left active.",
+    )
     lv.add_argument("--flavor", required=True, choices=("replicate", "fal"))
     lv.add_argument("--tasks", type=number("tasks"), required=True)
     lv.add_argument("--db", required=True, help="database URL (sqlite:///path.db or postgresql://...)")
     lv.add_argument("--scenario", default="baseline", help="scenario file or name (default: baseline)")
     lv.add_argument("--seed", type=number("seed"), help="master seed (default: the scenario's)")
-    lv.add_argument("--speed", type=number("realtime"), default=120.0,
-                    help="simulated seconds per wall second; the policy's waits scale with it (default 120)")
+    lv.add_argument(
+        "--speed",
+        type=number("realtime"),
+        default=120.0,
+        help="simulated seconds per wall second; the policy's waits scale with it (default 120)",
+    )
     lv.add_argument("--force", action="store_true", help="add the run to a database that already holds tasks")
     lv.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
@@ -169,15 +236,16 @@ def cmd_run(a: argparse.Namespace) -> int:
     bar = progress_bar(a)
     if a.shape == "shipany":
         if a.realtime is not None:
-            raise RivyaError("--realtime writes the contract as it goes; it cannot be combined with --shape shipany",
-                             code="bad_argument")
+            raise RivyaError(
+                "--realtime writes the contract as it goes; it cannot be combined with --shape shipany",
+                code="bad_argument",
+            )
         from .shipany_shape import run_shipany
 
         shaped = run_shipany(scenario, a.db, seed=a.seed, tasks=a.tasks, force=a.force, progress=bar)
         print(json.dumps(shaped.to_dict(), indent=1, default=str) if a.json else shaped.render_text())
         return 0 if shaped.ok else EXIT_VIOLATION
-    summary = run_scenario(scenario, a.db, seed=a.seed, tasks=a.tasks, progress=bar, realtime=a.realtime,
-                           force=a.force)
+    summary = run_scenario(scenario, a.db, seed=a.seed, tasks=a.tasks, progress=bar, realtime=a.realtime, force=a.force)
     print(json.dumps(summary.to_dict(), indent=1, default=str) if a.json else summary.render_text())
     return 0 if summary.ok else EXIT_VIOLATION
 
@@ -190,13 +258,20 @@ def cmd_replay(a: argparse.Namespace) -> int:
     scenario = parse_scenario(rec["scenario_toml"], f"<recorded {rec['scenario_name']}>", rec["scenario_name"])
     summary = run_in_tempdir(scenario, seed=rec["seed"], tasks=rec["tasks"] or None, prefix="rivya-replay-")
     same = summary.fingerprint == rec["fingerprint"]
-    out = {"recorded": rec["fingerprint"], "replayed": summary.fingerprint, "match": same,
-           "scenario": rec["scenario_name"], "seed": rec["seed"]}
+    out = {
+        "recorded": rec["fingerprint"],
+        "replayed": summary.fingerprint,
+        "match": same,
+        "scenario": rec["scenario_name"],
+        "seed": rec["seed"],
+    }
     if a.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{rec['scenario_name']} seed {rec['seed']}: recorded {rec['fingerprint'][:16]} "
-              f"replayed {summary.fingerprint[:16]} -> {'MATCH' if same else 'DIFFERENT'}")
+        print(
+            f"{rec['scenario_name']} seed {rec['seed']}: recorded {rec['fingerprint'][:16]} "
+            f"replayed {summary.fingerprint[:16]} -> {'MATCH' if same else 'DIFFERENT'}"
+        )
     return EXIT_VIOLATION if (a.check and not same) else 0
 
 
@@ -222,10 +297,27 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise RivyaError("--replications and --tasks must be at least 1", code="bad_argument")
     _engine_flags(a)
     scenario = load_scenario(a.scenario)
-    command = ["python", "-m", "simulations", "sweep", a.scenario, *[x for p in a.policy for x in ("--policy", p)],
-               "--replications", str(a.replications), *(["--tasks", str(a.tasks)] if a.tasks else [])]
-    report = compare(scenario, _policies(a.policy), a.replications, workers=a.workers, tasks=a.tasks,
-                     scheduler=a.scheduler, progress=progress_bar(a), command=tuple(command))
+    command = [
+        "python",
+        "-m",
+        "simulations",
+        "sweep",
+        a.scenario,
+        *[x for p in a.policy for x in ("--policy", p)],
+        "--replications",
+        str(a.replications),
+        *(["--tasks", str(a.tasks)] if a.tasks else []),
+    ]
+    report = compare(
+        scenario,
+        _policies(a.policy),
+        a.replications,
+        workers=a.workers,
+        tasks=a.tasks,
+        scheduler=a.scheduler,
+        progress=progress_bar(a),
+        command=tuple(command),
+    )
     print(json.dumps(report.to_dict(), indent=1, default=str) if a.json else report.render_text())
     return EXIT_VIOLATION if report.failed else 0
 
@@ -238,20 +330,39 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     if a.output:
         check_output(a.output, a.force)
     scenario = load_scenario(a.scenario)
-    command = ["python", "-m", "simulations", "sweep", a.scenario, *[x for p in a.policy for x in ("--policy", p)],
-               *[x for g in a.grid for x in ("--grid", g)], "--replications", str(a.replications),
-               *(["--seed", str(a.seed)] if a.seed is not None else []),
-               *(["--tasks", str(a.tasks)] if a.tasks else [])]
-    sweep = Sweep(scenario, tuple(_policies(a.policy)), parse_grid(a.grid), a.replications, a.seed, a.tasks,
-                  tuple(command))
+    command = [
+        "python",
+        "-m",
+        "simulations",
+        "sweep",
+        a.scenario,
+        *[x for p in a.policy for x in ("--policy", p)],
+        *[x for g in a.grid for x in ("--grid", g)],
+        "--replications",
+        str(a.replications),
+        *(["--seed", str(a.seed)] if a.seed is not None else []),
+        *(["--tasks", str(a.tasks)] if a.tasks else []),
+    ]
+    sweep = Sweep(
+        scenario, tuple(_policies(a.policy)), parse_grid(a.grid), a.replications, a.seed, a.tasks, tuple(command)
+    )
     sweep.variants()  # a bad grid key or value is refused before any job runs
     result = run_sweep(sweep, workers=a.workers, scheduler=a.scheduler, progress=progress_bar(a), only=a.only)
     if a.output:
         write_results(result, a.output, a.force)
     if a.json:
-        print(json.dumps({"definition": sweep.definition(), "variants": mean_table(result.frame),
-                          "failed": [{"key": o.key, "error": o.error, "replay": o.replay} for o in result.failed],
-                          "output": a.output}, indent=1, default=str))
+        print(
+            json.dumps(
+                {
+                    "definition": sweep.definition(),
+                    "variants": mean_table(result.frame),
+                    "failed": [{"key": o.key, "error": o.error, "replay": o.replay} for o in result.failed],
+                    "output": a.output,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     else:
         print(render_text(result) + (f"\nresults: {a.output}" if a.output else ""))
     return 0 if result.ok else EXIT_VIOLATION
@@ -298,9 +409,12 @@ def cmd_serve_provider(a: argparse.Namespace) -> int:
         out.write_text(providers_toml(a.flavor, base, a.receiver, fake.keys, fake.provider_names))
     import uvicorn
 
-    print(f"fake {a.flavor} provider for {', '.join(fake.provider_names)} on {base} "
-          f"(scenario {fake.scenario.name}, seed {fake.seed}, speed {a.speed:g})"
-          + (f"; deployment config in {a.config_out}" if a.config_out else ""), flush=True)
+    print(
+        f"fake {a.flavor} provider for {', '.join(fake.provider_names)} on {base} "
+        f"(scenario {fake.scenario.name}, seed {fake.seed}, speed {a.speed:g})"
+        + (f"; deployment config in {a.config_out}" if a.config_out else ""),
+        flush=True,
+    )
     uvicorn.run(fake.app, host=a.host, port=a.port, log_level="warning", access_log=False)
     return 0
 
@@ -311,8 +425,16 @@ def cmd_live(a: argparse.Namespace) -> int:
 
     if a.tasks < 1 or not a.speed > 0:
         raise RivyaError("--tasks must be at least 1 and --speed positive", code="bad_argument")
-    summary, _farm = run_live(load_scenario(a.scenario), a.flavor, a.tasks, a.db, seed=a.seed, speed=a.speed,
-                              force=a.force, progress=Bar(sys.stderr.isatty() and not a.json))
+    summary, _farm = run_live(
+        load_scenario(a.scenario),
+        a.flavor,
+        a.tasks,
+        a.db,
+        seed=a.seed,
+        speed=a.speed,
+        force=a.force,
+        progress=Bar(sys.stderr.isatty() and not a.json),
+    )
     print(json.dumps(summary.to_dict(), indent=1, default=str) if a.json else summary.render_text())
     return 0 if summary.ok else EXIT_VIOLATION
 
@@ -335,10 +457,22 @@ def cmd_history(a: argparse.Namespace) -> int:
     return HISTORY[a.command](a)
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "compare": cmd_compare, "sweep": cmd_sweep, "list": cmd_list,
-            "bench": cmd_bench, "chaos": cmd_chaos, "backtest": cmd_history, "calibrate": cmd_history,
-            "fork": cmd_history, "serve-provider": cmd_serve_provider, "live": cmd_live,
-            "receiver-load": cmd_receiver_load, "faults": cmd_faults}
+COMMANDS = {
+    "run": cmd_run,
+    "replay": cmd_replay,
+    "compare": cmd_compare,
+    "sweep": cmd_sweep,
+    "list": cmd_list,
+    "bench": cmd_bench,
+    "chaos": cmd_chaos,
+    "backtest": cmd_history,
+    "calibrate": cmd_history,
+    "fork": cmd_history,
+    "serve-provider": cmd_serve_provider,
+    "live": cmd_live,
+    "receiver-load": cmd_receiver_load,
+    "faults": cmd_faults,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

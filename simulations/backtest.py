@@ -59,8 +59,19 @@ from rivya_core.policy import BillingPolicy
 from . import kpis
 from .history import ChatRow, History, LedgerRow, TaskRow
 
-EXACT_KPIS = ("tasks", "charged", "refunded", "kept", "chat_charged", "revenue", "failures_without_refund",
-              "insufficient_credit_rejections", "rejections_caused", "rejections_avoided", "duplicates_blocked")
+EXACT_KPIS = (
+    "tasks",
+    "charged",
+    "refunded",
+    "kept",
+    "chat_charged",
+    "revenue",
+    "failures_without_refund",
+    "insufficient_credit_rejections",
+    "rejections_caused",
+    "rejections_avoided",
+    "duplicates_blocked",
+)
 KPI_HELP = {k: kpis.meaning(k) for k in EXACT_KPIS}  # what each counts: simulations/kpis.py
 DIMENSIONS = ("model", "provider", "day")
 
@@ -72,11 +83,11 @@ _PASS, _CHARGE, _FINISH, _RESERVE, _SETTLE = range(5)
 class Timeline:
     """The policy-independent order of everything that moved (or could move) credits."""
 
-    events: list[tuple[int, int]]            # (kind, index into tasks / chats / ledger)
-    task_base: list[int | None]              # catalogue base credits of each task (None: model unknown)
-    chat_full: list[int | None]              # full-answer credits of each chat turn's reservation
-    chat_used: list[int | None]              # credits of each turn's recorded usage
-    task_charged: list[bool]                 # the history charged it
+    events: list[tuple[int, int]]  # (kind, index into tasks / chats / ledger)
+    task_base: list[int | None]  # catalogue base credits of each task (None: model unknown)
+    chat_full: list[int | None]  # full-answer credits of each chat turn's reservation
+    chat_used: list[int | None]  # credits of each turn's recorded usage
+    task_charged: list[bool]  # the history charged it
     chat_reserved: list[bool]
 
 
@@ -96,11 +107,11 @@ def build_timeline(h: History, recorded: BillingPolicy) -> Timeline:
     times = reached(h.ledger)
     tix = {t.id: i for i, t in enumerate(h.tasks)}
     cix = {c.id: i for i, c in enumerate(h.chats)}
-    keyed: list[tuple[float, float, int, int, int]] = []   # (position, time, kind, index, seq)
+    keyed: list[tuple[float, float, int, int, int]] = []  # (position, time, kind, index, seq)
     charged = [False] * len(h.tasks)
     refunded = [False] * len(h.tasks)
     reserved = [False] * len(h.chats)
-    charged_at = [0] * len(h.tasks)   # ledger position of each task's charge
+    charged_at = [0] * len(h.tasks)  # ledger position of each task's charge
     reserved_at = [0] * len(h.chats)  # ... and of each chat turn's reservation
     settled = [False] * len(h.chats)
     for i, r in enumerate(h.ledger):
@@ -228,9 +239,13 @@ class PolicyResult:
         """Revenue (money), provider cost and margin, and how many tasks' cost is exact or simulated."""
         c = self.totals if counts is None else counts
         revenue = cost.money(c["revenue"], self.policy)
-        return {"revenue_money": round(revenue, 6), "provider_cost": round(c["provider_cost"], 6),
-                "margin": round(revenue - c["provider_cost"], 6), "cost_exact": int(c["cost_exact"]),
-                "cost_simulated": int(c["cost_simulated"])}
+        return {
+            "revenue_money": round(revenue, 6),
+            "provider_cost": round(c["provider_cost"], 6),
+            "margin": round(revenue - c["provider_cost"], 6),
+            "cost_exact": int(c["cost_exact"]),
+            "cost_simulated": int(c["cost_simulated"]),
+        }
 
 
 def task_cost(spec: Any, t: TaskRow) -> tuple[float, bool]:
@@ -288,8 +303,11 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
             t: TaskRow = h.tasks[i]
             g = gs(t.model, t.provider, t.created)
             base = tl.task_base[i]
-            price = policy.price(t.model, base) if base is not None else (
-                int(policy.price_overrides[t.model]) if t.model in policy.price_overrides else t.reserved)
+            price = (
+                policy.price(t.model, base)
+                if base is not None
+                else (int(policy.price_overrides[t.model]) if t.model in policy.price_overrides else t.reserved)
+            )
             if block:
                 key = (t.user_id, t.model, t.prompt)
                 mine = running[key]
@@ -298,8 +316,13 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
                 for j in mine:
                     o = h.tasks[j]
                     end = ended[j] if ended[j] is not None else (o.finished if o.finished is not None else float("inf"))
-                    if end > t.created and o.created >= t.created - window and rules.heavier_duplicate(
-                            new, rules.Run(o.id, o.model, o.prompt, spent[j] or price, _at(o.created)), policy):
+                    if (
+                        end > t.created
+                        and o.created >= t.created - window
+                        and rules.heavier_duplicate(
+                            new, rules.Run(o.id, o.model, o.prompt, spent[j] or price, _at(o.created)), policy
+                        )
+                    ):
                         dup = True
                         break
                 if dup:
@@ -333,8 +356,9 @@ def replay(h: History, tl: Timeline, policy: BillingPolicy, *, record: bool = Fa
             if not amount:
                 continue
             g = gs(t.model, t.provider, t.created)
-            if rules.refund_due(rules.RefundFacts(TaskStatus.FAILED, t.failure_class, charged=True, refunded=False),
-                                policy):
+            if rules.refund_due(
+                rules.RefundFacts(TaskStatus.FAILED, t.failure_class, charged=True, refunded=False), policy
+            ):
                 bal[t.user_id] += amount
                 add(g, "refunded", amount)
                 add(g, "kept", -amount)
@@ -413,8 +437,14 @@ class SelfCheck:
     diverging: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy, "ok": self.ok, "rows_compared": self.rows_compared,
-                "recorded": self.recorded, "replayed": self.replayed, "first_diverging_rows": self.diverging}
+        return {
+            "policy": self.policy,
+            "ok": self.ok,
+            "rows_compared": self.rows_compared,
+            "recorded": self.recorded,
+            "replayed": self.replayed,
+            "first_diverging_rows": self.diverging,
+        }
 
 
 def _sums(rows: list[tuple[str, int]]) -> dict[str, int]:
@@ -437,14 +467,31 @@ def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5
         b = mine[k] if k < len(mine) else None
         ra = (a.entry_type, a.task_id, a.chat_message_id, a.user_id, a.amount, a.balance_after) if a else None
         if ra != b:
-            diverging.append({"position": k,
-                              "recorded": None if a is None else {
-                                  "id": a.id, "entry_type": a.entry_type, "task_id": a.task_id,
-                                  "chat_message_id": a.chat_message_id, "user_id": a.user_id, "amount": a.amount,
-                                  "balance_after": a.balance_after},
-                              "replayed": None if b is None else dict(zip(
-                                  ("entry_type", "task_id", "chat_message_id", "user_id", "amount", "balance_after"),
-                                  b, strict=True))})
+            diverging.append(
+                {
+                    "position": k,
+                    "recorded": None
+                    if a is None
+                    else {
+                        "id": a.id,
+                        "entry_type": a.entry_type,
+                        "task_id": a.task_id,
+                        "chat_message_id": a.chat_message_id,
+                        "user_id": a.user_id,
+                        "amount": a.amount,
+                        "balance_after": a.balance_after,
+                    },
+                    "replayed": None
+                    if b is None
+                    else dict(
+                        zip(
+                            ("entry_type", "task_id", "chat_message_id", "user_id", "amount", "balance_after"),
+                            b,
+                            strict=True,
+                        )
+                    ),
+                }
+            )
             if len(diverging) >= limit:
                 break
     rec_sums = _sums([(r.entry_type, r.amount) for r in theirs])
@@ -452,19 +499,27 @@ def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5
     final_rec: dict[int, int] = dict(h.opening)
     for r in theirs:
         final_rec[r.user_id] = r.balance_after
-    bad_users = sorted(u for u in set(final_rec) | set(res.balances)
-                       if final_rec.get(u, 0) != res.balances.get(u, 0))
+    bad_users = sorted(u for u in set(final_rec) | set(res.balances) if final_rec.get(u, 0) != res.balances.get(u, 0))
     if bad_users and not diverging:
         u = bad_users[0]
-        diverging.append({"account": u, "recorded_balance": final_rec.get(u, 0),
-                          "replayed_balance": res.balances.get(u, 0)})
-    recorded_kpis = {"charged": -rec_sums.get("consume", 0), "refunded": rec_sums.get("refund", 0),
-                     "kept": -rec_sums.get("consume", 0) - rec_sums.get("refund", 0),
-                     "chat_charged": chat_figures(rec_sums).charged,
-                     "accounts_differing": 0}
+        diverging.append(
+            {"account": u, "recorded_balance": final_rec.get(u, 0), "replayed_balance": res.balances.get(u, 0)}
+        )
+    recorded_kpis = {
+        "charged": -rec_sums.get("consume", 0),
+        "refunded": rec_sums.get("refund", 0),
+        "kept": -rec_sums.get("consume", 0) - rec_sums.get("refund", 0),
+        "chat_charged": chat_figures(rec_sums).charged,
+        "accounts_differing": 0,
+    }
     k = res.kpis()
-    replayed_kpis = {"charged": k["charged"], "refunded": k["refunded"], "kept": k["kept"],
-                     "chat_charged": k["chat_charged"], "accounts_differing": len(bad_users)}
+    replayed_kpis = {
+        "charged": k["charged"],
+        "refunded": k["refunded"],
+        "kept": k["kept"],
+        "chat_charged": k["chat_charged"],
+        "accounts_differing": len(bad_users),
+    }
     ok = not diverging and rec_sums == rep_sums and recorded_kpis == replayed_kpis
     if not ok and not diverging:
         diverging.append({"totals": "by entry type", "recorded": rec_sums, "replayed": rep_sums})
@@ -478,6 +533,7 @@ def self_check(h: History, tl: Timeline, recorded: BillingPolicy, limit: int = 5
 def describe_window(w: dict[str, Any]) -> str:
     """The window a report covers, in dates: the bounds asked for, else the first and the latest
     record it holds (`window` of BacktestReport.to_dict)."""
+
     def day(iso: str | None) -> str:
         return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S") if iso else ""
 
@@ -489,8 +545,11 @@ def describe_window(w: dict[str, Any]) -> str:
     if not w["since"] and not w["until"]:
         return f"recorded {day(w['first'])} to {day(w['last'])} UTC (the whole history)"
     start = f"{day(w['since'])} (the window's start)" if w["since"] else f"{day(w['first'])} (the first record)"
-    end = f"{day(w['until'])} UTC (the window's end, exclusive)" if w["until"] else \
-        f"{day(w['last'])} UTC (the latest record)"
+    end = (
+        f"{day(w['until'])} UTC (the window's end, exclusive)"
+        if w["until"]
+        else f"{day(w['last'])} UTC (the latest record)"
+    )
     return f"from {start} to {end}"
 
 
@@ -514,8 +573,17 @@ class BacktestReport:
         for key in keys:
             ga, gb = a.groups.get((dim, key), Counter()), b.groups.get((dim, key), Counter())
             row: dict[str, Any] = {dim: key}
-            for kpi in ("tasks", "charged", "refunded", "kept", "chat_charged", "revenue",
-                        "failures_without_refund", "insufficient_credit_rejections", "duplicates_blocked"):
+            for kpi in (
+                "tasks",
+                "charged",
+                "refunded",
+                "kept",
+                "chat_charged",
+                "revenue",
+                "failures_without_refund",
+                "insufficient_credit_rejections",
+                "duplicates_blocked",
+            ):
                 row[f"{kpi}_a"] = int(ga[kpi])
                 row[f"{kpi}_b"] = int(gb[kpi])
                 row[f"{kpi}_diff"] = int(gb[kpi] - ga[kpi])
@@ -528,16 +596,20 @@ class BacktestReport:
         a, b = self.results[0], self.results[-1]
 
         def pair(ma: dict[str, float], mb: dict[str, float]) -> dict[str, Any]:
-            out = {k: {"a": ma[k], "b": mb[k], "diff": round(mb[k] - ma[k], 6)}
-                   for k in ("revenue_money", "provider_cost", "margin")}
+            out = {
+                k: {"a": ma[k], "b": mb[k], "diff": round(mb[k] - ma[k], 6)}
+                for k in ("revenue_money", "provider_cost", "margin")
+            }
             out["source"] = {"exact_tasks": mb["cost_exact"], "simulated_tasks": mb["cost_simulated"]}
             return out
 
         table: dict[str, Any] = {"currency": cost.CURRENCY, "total": pair(a.money(), b.money())}
         for dim in ("provider", "model"):
             keys = sorted({k for r in self.results for (d, k) in r.groups if d == dim})
-            table[f"by_{dim}"] = {k: pair(a.money(a.groups.get((dim, k), Counter())),
-                                          b.money(b.groups.get((dim, k), Counter()))) for k in keys}
+            table[f"by_{dim}"] = {
+                k: pair(a.money(a.groups.get((dim, k), Counter())), b.money(b.groups.get((dim, k), Counter())))
+                for k in keys
+            }
         return table
 
     def to_dict(self) -> dict[str, Any]:
@@ -547,8 +619,10 @@ class BacktestReport:
             "window": self.window,
             "policies": [p.name for p in self.policies],
             "exact": {
-                "kpis": {k: {"a": ka[k], "b": kb[k], "diff": kb[k] - ka[k], "source": "exact",
-                             "meaning": KPI_HELP[k]} for k in EXACT_KPIS},
+                "kpis": {
+                    k: {"a": ka[k], "b": kb[k], "diff": kb[k] - ka[k], "source": "exact", "meaning": KPI_HELP[k]}
+                    for k in EXACT_KPIS
+                },
                 **{f"by_{d}": self.by(d) for d in DIMENSIONS},
             },
             "money": self.money_table(),
@@ -563,28 +637,46 @@ class BacktestReport:
         ka, kb = a.kpis(), b.kpis()
         na, nb = a.policy.name, b.policy.name
         w = self.window
-        lines = [f"backtest {w['tasks']} tasks, {w['chat_turns']} chat turns, {w['ledger_rows']} ledger rows "
-                 f"{describe_window(w)}",
-                 "", f"exact part (re-applied to every recorded task and chat turn): A = {na}, B = {nb}",
-                 f"  {'kpi':34}{'A':>14}{'B':>14}{'B - A':>14}"]
+        lines = [
+            f"backtest {w['tasks']} tasks, {w['chat_turns']} chat turns, {w['ledger_rows']} ledger rows "
+            f"{describe_window(w)}",
+            "",
+            f"exact part (re-applied to every recorded task and chat turn): A = {na}, B = {nb}",
+            f"  {'kpi':34}{'A':>14}{'B':>14}{'B - A':>14}",
+        ]
         for k in EXACT_KPIS:
             lines.append(f"  {k:34}{ka[k]:>14,}{kb[k]:>14,}{kb[k] - ka[k]:>+14,}")
         lines += ["", "  by model (revenue, refunded, failures without refund: B - A)"]
         for row in self.by("model"):
-            lines.append(f"  {row['model']:34} revenue {row['revenue_diff']:>+10,}  refunded {row['refunded_diff']:>+10,}"
-                         f"  failures w/o refund {row['failures_without_refund_diff']:>+6,}")
+            lines.append(
+                f"  {row['model']:34} revenue {row['revenue_diff']:>+10,}  refunded {row['refunded_diff']:>+10,}"
+                f"  failures w/o refund {row['failures_without_refund_diff']:>+6,}"
+            )
         money = self.money_table()
         src = money["total"]["source"]
-        lines += ["", f"  money ({money['currency']}; provider cost exact for {src['exact_tasks']:,} tasks, simulated "
-                      f"for {src['simulated_tasks']:,} from their recorded submitted → finished time)"]
+        lines += [
+            "",
+            f"  money ({money['currency']}; provider cost exact for {src['exact_tasks']:,} tasks, simulated "
+            f"for {src['simulated_tasks']:,} from their recorded submitted → finished time)",
+        ]
         for name, row in [("total", money["total"]), *money["by_provider"].items()]:
-            lines.append(f"  {name:20}" + "".join(
-                f"  {k.replace('_money', '')} {row[k]['a']:,.2f} → {row[k]['b']:,.2f} ({row[k]['diff']:+,.2f})"
-                for k in ("revenue_money", "provider_cost", "margin")))
+            lines.append(
+                f"  {name:20}"
+                + "".join(
+                    f"  {k.replace('_money', '')} {row[k]['a']:,.2f} → {row[k]['b']:,.2f} ({row[k]['diff']:+,.2f})"
+                    for k in ("revenue_money", "provider_cost", "margin")
+                )
+            )
         sc = self.self_check
-        lines += ["", f"self-check under the recorded policy {sc.policy!r} ({self.recorded_from}): "
-                  + ("OK, the replay reproduces the recorded ledger to the credit"
-                     f" ({sc.rows_compared:,} rows)" if sc.ok else "FAILED")]
+        lines += [
+            "",
+            f"self-check under the recorded policy {sc.policy!r} ({self.recorded_from}): "
+            + (
+                f"OK, the replay reproduces the recorded ledger to the credit ({sc.rows_compared:,} rows)"
+                if sc.ok
+                else "FAILED"
+            ),
+        ]
         if not sc.ok:
             lines += [f"  {json.dumps(d, default=str)}" for d in sc.diverging]
         if self.timing is not None:
@@ -598,8 +690,13 @@ def backtest(h: History, policies: list[BillingPolicy], recorded: BillingPolicy,
     same = lambda p: replace(p, name="") == replace(recorded, name="")  # noqa: E731
     results = [replace(as_recorded, policy=p) if same(p) else replay(h, tl, p) for p in policies]
     first, last = h.span()
-    window = {"since": h.since.isoformat() if h.since else None, "until": h.until.isoformat() if h.until else None,
-              "first": _at(first).isoformat() if first is not None else None,
-              "last": _at(last).isoformat() if last is not None else None,
-              "tasks": len(h.tasks), "chat_turns": len(h.chats), "ledger_rows": len(h.ledger)}
+    window = {
+        "since": h.since.isoformat() if h.since else None,
+        "until": h.until.isoformat() if h.until else None,
+        "first": _at(first).isoformat() if first is not None else None,
+        "last": _at(last).isoformat() if last is not None else None,
+        "tasks": len(h.tasks),
+        "chat_turns": len(h.chats),
+        "ledger_rows": len(h.ledger),
+    }
     return BacktestReport(window, policies, results, check, recorded_from)

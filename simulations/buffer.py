@@ -35,8 +35,13 @@ from rivya_core.stores.memory_tables import _copy
 from rivya_core.stores.memory_tx import MemoryTx
 
 # (counter name, store dict attribute): tables whose rows never change after insert
-_APPEND_ONLY = (("credit_ledger", "ledger"), ("task_event", "events"), ("notification", "notifications"),
-                ("provider_callback", "callbacks"), ("chat_session", "sessions"))
+_APPEND_ONLY = (
+    ("credit_ledger", "ledger"),
+    ("task_event", "events"),
+    ("notification", "notifications"),
+    ("provider_callback", "callbacks"),
+    ("chat_session", "sessions"),
+)
 TOMBSTONES = 10_000  # evicted tasks remembered; the oldest leave the window first
 
 
@@ -97,14 +102,33 @@ class StreamingTx(MemoryTx):
             tid = s._tomb_upstream.get(key)
         return self.get_task(tid) if tid is not None else None
 
-    def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
-             support: bool = False) -> PostResult:
+    def post(
+        self,
+        user_id: int,
+        entry_type: str,
+        amount: int,
+        idempotency_key: str,
+        at: datetime,
+        *,
+        task_id: int | None = None,
+        chat_message_id: int | None = None,
+        note: str | None = None,
+        support: bool = False,
+    ) -> PostResult:
         s = self.s
         if task_id is not None and task_id in s._tombs and idempotency_key not in s._entry_key:
             raise s._tombs[task_id].error(task_id)
-        return super().post(user_id, entry_type, amount, idempotency_key, at, task_id=task_id,
-                            chat_message_id=chat_message_id, note=note, support=support)
+        return super().post(
+            user_id,
+            entry_type,
+            amount,
+            idempotency_key,
+            at,
+            task_id=task_id,
+            chat_message_id=chat_message_id,
+            note=note,
+            support=support,
+        )
 
 
 class StreamingStore(MemoryStore):
@@ -130,8 +154,19 @@ class StreamingStore(MemoryStore):
     def counts(self) -> dict[str, int]:
         """Rows held in memory per table, plus remembered tombstones."""
         with self._lock:
-            held = {name: len(getattr(self, name)) for name in (
-                "accounts", "tasks", "ledger", "events", "notifications", "callbacks", "sessions", "messages")}
+            held = {
+                name: len(getattr(self, name))
+                for name in (
+                    "accounts",
+                    "tasks",
+                    "ledger",
+                    "events",
+                    "notifications",
+                    "callbacks",
+                    "sessions",
+                    "messages",
+                )
+            }
             held["tombstones"] = len(self._tombs)
             return held
 
@@ -234,8 +269,11 @@ class StreamingStore(MemoryStore):
         return msg_id is not None and msg_id in self.messages
 
     def _drained_all(self, task_id: int) -> bool:
-        for counter, index in (("task_event", self._task_events), ("notification", self._task_notes),
-                               ("provider_callback", self._task_cbs)):
+        for counter, index in (
+            ("task_event", self._task_events),
+            ("notification", self._task_notes),
+            ("provider_callback", self._task_cbs),
+        ):
             ids = index.get(task_id)
             if ids and ids[-1] > self._drained[counter]:
                 return False

@@ -72,8 +72,10 @@ class Calibration:
     not_fitted: list[str] = field(default_factory=list)
 
     def to_toml(self) -> str:
-        lines = ["# Calibrated from recorded history by `python -m simulations calibrate`.",
-                 "# estimate (sample size, standard error):"]
+        lines = [
+            "# Calibrated from recorded history by `python -m simulations calibrate`.",
+            "# estimate (sample size, standard error):",
+        ]
         for k, e in self.estimates.items():
             se = f", se {e.se:.4g}" if e.se is not None else ""
             lines.append(f"#   {k} = {e.value:.6g} (n {e.n}{se}){' ' + e.note if e.note else ''}")
@@ -100,11 +102,18 @@ def _quantiles(xs: list[float]) -> Range | None:
     return Range(pts[0], pts[-1], tuple(pts))
 
 
-def calibrate(engine: Engine, since: datetime | None = None, until: datetime | None = None,
-              name: str = "calibrated") -> Calibration:
+def calibrate(
+    engine: Engine, since: datetime | None = None, until: datetime | None = None, name: str = "calibrated"
+) -> Calibration:
     cat = default_catalog()
-    t, m, s, L, e, cb = (schema.ai_task.c, schema.chat_message.c, schema.chat_session.c, schema.credit_ledger.c,
-                         schema.task_event.c, schema.provider_callback.c)
+    t, m, s, L, e, cb = (
+        schema.ai_task.c,
+        schema.chat_message.c,
+        schema.chat_session.c,
+        schema.credit_ledger.c,
+        schema.task_event.c,
+        schema.provider_callback.c,
+    )
 
     def window(q, col):
         if since is not None:
@@ -115,32 +124,86 @@ def calibrate(engine: Engine, since: datetime | None = None, until: datetime | N
 
     tables = set(inspect(engine).get_table_names())
     with connect(engine) as conn:
-        tasks = list(conn.execute(window(select(t.id, t.user_id, t.model, t.category, t.provider, t.prompt,
-                                                t.status, t.error_code, t.upstream_task_id, t.created_at,
-                                                t.submitted_at, t.chat_message_id), t.created_at).order_by(t.id)))
-        chats = list(conn.execute(window(
-            select(m.id, s.user_id, s.model, m.prompt_tokens, m.completion_tokens, m.reserved_credits, m.status,
-                   m.created_at).join(schema.chat_session, s.id == m.session_id).where(m.role == "user"),
-            m.created_at).order_by(m.id)))
+        tasks = list(
+            conn.execute(
+                window(
+                    select(
+                        t.id,
+                        t.user_id,
+                        t.model,
+                        t.category,
+                        t.provider,
+                        t.prompt,
+                        t.status,
+                        t.error_code,
+                        t.upstream_task_id,
+                        t.created_at,
+                        t.submitted_at,
+                        t.chat_message_id,
+                    ),
+                    t.created_at,
+                ).order_by(t.id)
+            )
+        )
+        chats = list(
+            conn.execute(
+                window(
+                    select(
+                        m.id,
+                        s.user_id,
+                        s.model,
+                        m.prompt_tokens,
+                        m.completion_tokens,
+                        m.reserved_credits,
+                        m.status,
+                        m.created_at,
+                    )
+                    .join(schema.chat_session, s.id == m.session_id)
+                    .where(m.role == "user"),
+                    m.created_at,
+                ).order_by(m.id)
+            )
+        )
         if not tasks and not chats:
             raise HistoryError("no task or chat turn in that window: nothing to calibrate from", code="history_empty")
         accounts = list(conn.execute(select(schema.account.c.id, schema.account.c.created_at)))
-        grants = list(conn.execute(select(L.user_id, L.amount, L.created_at).where(
-            L.entry_type == EntryType.GRANT.value).order_by(L.id)))
+        grants = list(
+            conn.execute(
+                select(L.user_id, L.amount, L.created_at).where(L.entry_type == EntryType.GRANT.value).order_by(L.id)
+            )
+        )
         task_ids = {x.id for x in tasks}
         events: dict[int, list[Any]] = defaultdict(list)
-        for ev in conn.execute(window(select(e.task_id, e.at, e.kind, e.detail).where(e.kind.in_(
-                [EventKind.CALLBACK.value, EventKind.SUBMIT_FAILED.value])), e.at).order_by(e.id)):
+        for ev in conn.execute(
+            window(
+                select(e.task_id, e.at, e.kind, e.detail).where(
+                    e.kind.in_([EventKind.CALLBACK.value, EventKind.SUBMIT_FAILED.value])
+                ),
+                e.at,
+            ).order_by(e.id)
+        ):
             if ev.task_id in task_ids:
                 events[ev.task_id].append(ev)
-        unlinked = Counter((r.provider, r.outcome) for r in conn.execute(window(
-            select(cb.provider, cb.outcome).where(cb.task_id.is_(None)), cb.received_at)))
+        unlinked = Counter(
+            (r.provider, r.outcome)
+            for r in conn.execute(window(select(cb.provider, cb.outcome).where(cb.task_id.is_(None)), cb.received_at))
+        )
         received = {r.id: r.received_at for r in conn.execute(window(select(cb.id, cb.received_at), cb.received_at))}
         jobs = {}
         if upstream_job.name in tables:
             j = upstream_job.c
-            for r in conn.execute(select(j.provider, j.upstream_task_id, j.state, j.result_urls, j.error_code,
-                                         j.submitted_at, j.started_at, j.done_at)):
+            for r in conn.execute(
+                select(
+                    j.provider,
+                    j.upstream_task_id,
+                    j.state,
+                    j.result_urls,
+                    j.error_code,
+                    j.submitted_at,
+                    j.started_at,
+                    j.done_at,
+                )
+            ):
                 jobs[(r.provider, r.upstream_task_id)] = r
     recorded = None
     if "sim_run" in tables:
@@ -151,8 +214,7 @@ def calibrate(engine: Engine, since: datetime | None = None, until: datetime | N
     est: dict[str, Estimate] = {}
 
     # --- arrivals ---------------------------------------------------------------------
-    times = [seconds(x.created_at) for x in tasks if x.chat_message_id is None] + \
-        [seconds(c.created_at) for c in chats]
+    times = [seconds(x.created_at) for x in tasks if x.chat_message_id is None] + [seconds(c.created_at) for c in chats]
     start = seconds(since) if since is not None else min(times)
     end = seconds(until) if until is not None else max(times)
     span = max(end - start, 1.0)
@@ -187,25 +249,31 @@ def calibrate(engine: Engine, since: datetime | None = None, until: datetime | N
     broke = [b for b in balances if b < BROKE_BELOW]
     rich = [b for b in balances if b >= BROKE_BELOW] or balances
     refusals = sum(1 for x in tasks if x.error_code == INSUFFICIENT_CREDITS) + sum(
-        1 for c in chats if c.status == "refused")
+        1 for c in chats if c.status == "refused"
+    )
     est["population.users"] = Estimate(len(accounts), len(accounts))
     est["population.broke_fraction"] = _rate(len(broke), len(balances))
     if refusals:
         est["population.topup_probability"] = Estimate(min(1.0, len(topups) / refusals), refusals)
     population = Population(
-        users=max(1, len(accounts)), balance=Range(float(min(rich)), float(max(rich))) if rich else Range(0, 0),
+        users=max(1, len(accounts)),
+        balance=Range(float(min(rich)), float(max(rich))) if rich else Range(0, 0),
         broke_fraction=round(len(broke) / len(balances), 4) if balances else 0.0,
         broke_balance=Range(float(min(broke)), float(max(broke))) if broke else Population().broke_balance,
         topup_probability=round(min(1.0, len(topups) / refusals), 4) if refusals else Population().topup_probability,
-        topup_amount=int(statistics.median(topups)) if topups else Population().topup_amount)
+        topup_amount=int(statistics.median(topups)) if topups else Population().topup_amount,
+    )
 
     # --- mix --------------------------------------------------------------------------
     tool_msgs = {x.chat_message_id for x in tasks if x.chat_message_id is not None}
     by_cat = Counter(x.category for x in first_attempts)
     n_chat = sum(1 for c in chats if c.id not in tool_msgs)
     n_tool = len(chats) - n_chat
-    for k, v in (*((c, by_cat.get(c, 0)) for c in ("image", "video", "audio")), ("chat", n_chat),
-                 ("tool_chat", n_tool)):
+    for k, v in (
+        *((c, by_cat.get(c, 0)) for c in ("image", "video", "audio")),
+        ("chat", n_chat),
+        ("tool_chat", n_tool),
+    ):
         est[f"mix.{k}"] = _rate(v, arrivals_n)
     models = Counter(x.model for x in first_attempts) + Counter(c.model for c in chats)
     weights = {}
@@ -213,7 +281,9 @@ def calibrate(engine: Engine, since: datetime | None = None, until: datetime | N
         spec = cat.get(mid)
         if spec is None:
             continue
-        pool_total = sum(v for k2, v in models.items() if cat.get(k2) is not None and cat.get(k2).category == spec.category)
+        pool_total = sum(
+            v for k2, v in models.items() if cat.get(k2) is not None and cat.get(k2).category == spec.category
+        )
         weights[mid] = round(n / pool_total, 4) if pool_total else 0.0
     policy = recorded.policy if recorded is not None else DEFAULT_POLICY
     chat_kw: dict[str, Any] = {}
@@ -239,9 +309,15 @@ def calibrate(engine: Engine, since: datetime | None = None, until: datetime | N
         failed = sum(1 for c in settled if c.status == "failed")
         est["mix.chat_failure"] = _rate(failed, len(settled))
         chat_kw["chat_failure"] = round(failed / len(settled), 4) if settled else 0.0
-    mix = Mix(image=round(by_cat.get("image", 0) / arrivals_n, 4), video=round(by_cat.get("video", 0) / arrivals_n, 4),
-              audio=round(by_cat.get("audio", 0) / arrivals_n, 4), chat=round(n_chat / arrivals_n, 4),
-              tool_chat=round(n_tool / arrivals_n, 4), models=weights, **chat_kw)
+    mix = Mix(
+        image=round(by_cat.get("image", 0) / arrivals_n, 4),
+        video=round(by_cat.get("video", 0) / arrivals_n, 4),
+        audio=round(by_cat.get("audio", 0) / arrivals_n, 4),
+        chat=round(n_chat / arrivals_n, 4),
+        tool_chat=round(n_tool / arrivals_n, 4),
+        models=weights,
+        **chat_kw,
+    )
 
     # --- providers --------------------------------------------------------------------
     providers: dict[str, ProviderConfig] = {}
@@ -270,7 +346,9 @@ def calibrate(engine: Engine, since: datetime | None = None, until: datetime | N
             job = jobs.get((pname, x.upstream_task_id))
             evs = [ev for ev in events.get(x.id, ()) if ev.kind == EventKind.CALLBACK and isinstance(ev.detail, dict)]
             callbacks_seen = callbacks_seen or bool(evs)
-            finals = [ev for ev in evs if ev.detail.get("outcome") != "deferred" and ev.detail.get("state") != "running"]
+            finals = [
+                ev for ev in evs if ev.detail.get("outcome") != "deferred" and ev.detail.get("state") != "running"
+            ]
             if job is not None:
                 if job.state == "lost":
                     outcomes["lost"] += 1
@@ -303,8 +381,12 @@ def calibrate(engine: Engine, since: datetime | None = None, until: datetime | N
             rest = n - lost
             est[f"farm.providers.{pname}.lost_job"] = _rate(lost, n)
             kw["lost_job"] = round(lost / n, 4) if n else 0.0
-            for key, code in (("content_policy", CONTENT_POLICY[0]), ("model_error", MODEL_ERROR[0]),
-                              ("upstream_timeout", UPSTREAM_TIMEOUT[0]), ("no_urls", "no_urls")):
+            for key, code in (
+                ("content_policy", CONTENT_POLICY[0]),
+                ("model_error", MODEL_ERROR[0]),
+                ("upstream_timeout", UPSTREAM_TIMEOUT[0]),
+                ("no_urls", "no_urls"),
+            ):
                 r = _rate(outcomes[code], rest)
                 est[f"farm.providers.{pname}.{key}"] = r
                 kw[key] = round(r.value, 4)
@@ -346,19 +428,33 @@ def calibrate(engine: Engine, since: datetime | None = None, until: datetime | N
             kw["capacity"] = recorded.provider_config(pname).capacity
         providers[pname] = replace(ProviderConfig(), **kw)
 
-    sc = Scenario(name=name, description=f"Calibrated from {len(tasks)} tasks and {len(chats)} chat turns "
-                  f"over {span / 3600:.1f} h of recorded history.",
-                  seed=1, horizon_s=round(span, 3), tasks=arrivals_n,
-                  callbacks=callbacks_seen or (recorded.callbacks if recorded is not None else True),
-                  poll_tick_s=recorded.poll_tick_s if recorded is not None else 10.0,
-                  population=population, arrivals=arrivals, mix=mix, behaviour=Behaviour(),
-                  providers=providers, policy=policy)
+    sc = Scenario(
+        name=name,
+        description=f"Calibrated from {len(tasks)} tasks and {len(chats)} chat turns "
+        f"over {span / 3600:.1f} h of recorded history.",
+        seed=1,
+        horizon_s=round(span, 3),
+        tasks=arrivals_n,
+        callbacks=callbacks_seen or (recorded.callbacks if recorded is not None else True),
+        poll_tick_s=recorded.poll_tick_s if recorded is not None else 10.0,
+        population=population,
+        arrivals=arrivals,
+        mix=mix,
+        behaviour=Behaviour(),
+        providers=providers,
+        policy=policy,
+    )
     sc = parse_scenario(sc.to_toml(), f"<calibrated {name}>", name)  # what the file will hold
-    not_fitted = ["behaviour (retries, resubmits, heavy duplicates, heeding re-checks, patience)", "outages",
-                  "provider capacity" + (" (taken from the recorded run)" if recorded is not None else "")]
+    not_fitted = [
+        "behaviour (retries, resubmits, heavy duplicates, heeding re-checks, patience)",
+        "outages",
+        "provider capacity" + (" (taken from the recorded run)" if recorded is not None else ""),
+    ]
     if not jobs:
-        not_fitted.append("outcome faults and callback delays (no provider record `upstream_job`; generation "
-                          "time is measured from submission to the first final callback)")
+        not_fitted.append(
+            "outcome faults and callback delays (no provider record `upstream_job`; generation "
+            "time is measured from submission to the first final callback)"
+        )
     return Calibration(sc, est, not_fitted)
 
 

@@ -19,9 +19,23 @@ from rivya_core.limits import MAX_INT64
 
 from .scenarios import Scenario, load_scenario
 
-FAULT_KINDS = ("submit_refused", "submit_error", "submit_timeout", "content_policy", "model_error",
-               "upstream_timeout", "lost_job", "no_urls", "early", "lost", "duplicate", "reorder", "forged",
-               "stale", "malformed")
+FAULT_KINDS = (
+    "submit_refused",
+    "submit_error",
+    "submit_timeout",
+    "content_policy",
+    "model_error",
+    "upstream_timeout",
+    "lost_job",
+    "no_urls",
+    "early",
+    "lost",
+    "duplicate",
+    "reorder",
+    "forged",
+    "stale",
+    "malformed",
+)
 MAX_RATE = {"early": 0.4, "lost": 0.4, "duplicate": 0.4, "reorder": 0.3, "forged": 0.3, "stale": 0.3}
 DEFAULT_RATE_CAP = 0.15
 ON_PROBABILITY = 0.5
@@ -61,18 +75,23 @@ class SeedResult:
 def draw_faults(seed: int) -> tuple[dict[str, float], int]:
     """The active fault kinds with their rates, and the run seed, for one chaos seed."""
     rng = random.Random(f"chaos:{seed}")
-    faults = {k: round(rng.uniform(0.005, MAX_RATE.get(k, DEFAULT_RATE_CAP)), 4)
-              for k in FAULT_KINDS if rng.random() < ON_PROBABILITY}
+    faults = {
+        k: round(rng.uniform(0.005, MAX_RATE.get(k, DEFAULT_RATE_CAP)), 4)
+        for k in FAULT_KINDS
+        if rng.random() < ON_PROBABILITY
+    }
     return faults, rng.randrange(2**31)
 
 
 def chaos_scenario(base: Scenario, faults: dict[str, float]) -> Scenario:
     """base with every fault off except the drawn ones, for every provider."""
+
     def configure(cfg):
         return replace(cfg, **{k: faults.get(k, 0.0) for k in FAULT_KINDS})
 
-    return replace(base, farm=configure(base.farm),
-                   providers={name: configure(cfg) for name, cfg in base.providers.items()})
+    return replace(
+        base, farm=configure(base.farm), providers={name: configure(cfg) for name, cfg in base.providers.items()}
+    )
 
 
 def run_seed(seed: int, tasks: int = DEFAULT_TASKS, base: Scenario | None = None) -> SeedResult:
@@ -85,24 +104,42 @@ def run_seed(seed: int, tasks: int = DEFAULT_TASKS, base: Scenario | None = None
         summary = run_in_tempdir(scenario, seed=run_seed_, tasks=tasks, prefix="rivya-chaos-")
     except Exception as exc:  # noqa: BLE001 - a crash is a failed seed, reported with its replay
         return SeedResult(seed, run_seed_, faults, False, False, error=f"{type(exc).__name__}: {exc}")
-    return SeedResult(seed, run_seed_, faults, summary.ok, summary.liveness_ok, list(summary.violations),
-                      summary.fingerprint)
+    return SeedResult(
+        seed, run_seed_, faults, summary.ok, summary.liveness_ok, list(summary.violations), summary.fingerprint
+    )
 
 
-def run_chaos(seeds: int, start: int = 0, tasks: int = DEFAULT_TASKS, report=None, *, workers: int | None = None,
-              scheduler: str | None = None, progress=None) -> list[SeedResult]:
+def run_chaos(
+    seeds: int,
+    start: int = 0,
+    tasks: int = DEFAULT_TASKS,
+    report=None,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress=None,
+) -> list[SeedResult]:
     """Run seeds start..start+seeds-1 as jobs on the experiment engine (engine.py:
     a local cluster by default, workers=0 in this process, or scheduler=ADDRESS);
     report(result) is called for each, in seed order, once all finished."""
     from .engine import Job, run_jobs
 
     base = load_scenario("chaos")
-    jobs = [Job(f"seed{seed}", run_seed, (seed, tasks, base),
-                f"python -m simulations chaos --seeds 1 --start {seed} --tasks {tasks}")
-            for seed in range(start, start + seeds)]
+    jobs = [
+        Job(
+            f"seed{seed}",
+            run_seed,
+            (seed, tasks, base),
+            f"python -m simulations chaos --seeds 1 --start {seed} --tasks {tasks}",
+        )
+        for seed in range(start, start + seeds)
+    ]
     results = []
-    for seed, out in zip(range(start, start + seeds), run_jobs(jobs, workers=workers, scheduler=scheduler,
-                                                               progress=progress), strict=True):
+    for seed, out in zip(
+        range(start, start + seeds),
+        run_jobs(jobs, workers=workers, scheduler=scheduler, progress=progress),
+        strict=True,
+    ):
         if out.ok:
             result = out.value
         else:  # the job itself died (a killed worker): a failed seed all the same
@@ -118,12 +155,17 @@ def run_chaos(seeds: int, start: int = 0, tasks: int = DEFAULT_TASKS, report=Non
 
 
 def add_parser(sub: Any) -> None:
-    c = sub.add_parser("chaos", help="run randomized fault seeds; exit 1 when any seed breaks an invariant",
-                       description="For each seed draw the active fault kinds and their rates, run the chaos "
-                       "scenario, check every invariant and liveness; print failing seeds with a replay command.")
+    c = sub.add_parser(
+        "chaos",
+        help="run randomized fault seeds; exit 1 when any seed breaks an invariant",
+        description="For each seed draw the active fault kinds and their rates, run the chaos "
+        "scenario, check every invariant and liveness; print failing seeds with a replay command.",
+    )
     c.add_argument("--seeds", type=number("seeds"), required=True, help="how many seeds to run")
     c.add_argument("--start", type=number("seed"), default=0, help="first seed (default 0)")
-    c.add_argument("--tasks", type=number("tasks"), default=DEFAULT_TASKS, help=f"tasks per seed (default {DEFAULT_TASKS})")
+    c.add_argument(
+        "--tasks", type=number("tasks"), default=DEFAULT_TASKS, help=f"tasks per seed (default {DEFAULT_TASKS})"
+    )
     from .cli_engine import add_engine_flags
 
     add_engine_flags(c)
@@ -145,8 +187,11 @@ def cmd_chaos(a: Any) -> int:
 
     from .cli_engine import progress_bar
 
-    results = run_chaos(a.seeds, a.start, a.tasks, report, workers=a.workers, scheduler=a.scheduler,
-                        progress=progress_bar(a))
-    print(f"chaos: {len(results)} seed(s) from {a.start}, {len(failed)} failed"
-          + (f": {', '.join(str(r.seed) for r in failed)}" if failed else ", zero violations"))
+    results = run_chaos(
+        a.seeds, a.start, a.tasks, report, workers=a.workers, scheduler=a.scheduler, progress=progress_bar(a)
+    )
+    print(
+        f"chaos: {len(results)} seed(s) from {a.start}, {len(failed)} failed"
+        + (f": {', '.join(str(r.seed) for r in failed)}" if failed else ", zero violations")
+    )
     return 1 if failed else 0

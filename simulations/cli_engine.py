@@ -29,10 +29,17 @@ class Bar:
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes of a local Dask cluster (default: one per core; 0: run in this process)")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run on an existing Dask cluster, e.g. tcp://host:8786 (its workers need this project)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes of a local Dask cluster (default: one per core; 0: run in this process)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on an existing Dask cluster, e.g. tcp://host:8786 (its workers need this project)",
+    )
     p.add_argument("--progress", action="store_true", help="show the progress bar even when not a terminal")
 
 

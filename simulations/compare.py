@@ -52,14 +52,27 @@ class CompareReport:
     result: SweepResult | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "policies": self.policies, "replications": self.replications,
-                "seeds": self.seeds, "table": self.table, "groups": self.groups, "notes": self.notes, "runs": self.runs,
-                "failed": self.failed}
+        return {
+            "scenario": self.scenario,
+            "policies": self.policies,
+            "replications": self.replications,
+            "seeds": self.seeds,
+            "table": self.table,
+            "groups": self.groups,
+            "notes": self.notes,
+            "runs": self.runs,
+            "failed": self.failed,
+        }
 
     def render_text(self) -> str:
         a, b = self.policies
-        text = render_paired(f"scenario {self.scenario}: {self.replications} paired replications "
-                             f"(seeds {self.seeds[0]}..)", a, b, self.table, self.notes)
+        text = render_paired(
+            f"scenario {self.scenario}: {self.replications} paired replications (seeds {self.seeds[0]}..)",
+            a,
+            b,
+            self.table,
+            self.notes,
+        )
         if self.groups:
             text += "\n\n" + render_paired("money by provider and model (USD)", a, b, self.groups)
         text += "\n\n" + legend()
@@ -68,9 +81,17 @@ class CompareReport:
         return text
 
 
-def compare(scenario: Scenario, policies: list[BillingPolicy], replications: int, workers: int | None = None,
-            tasks: int | None = None, *, scheduler: str | None = None, progress=None,
-            command: tuple[str, ...] = ()) -> CompareReport:
+def compare(
+    scenario: Scenario,
+    policies: list[BillingPolicy],
+    replications: int,
+    workers: int | None = None,
+    tasks: int | None = None,
+    *,
+    scheduler: str | None = None,
+    progress=None,
+    command: tuple[str, ...] = (),
+) -> CompareReport:
     if len(policies) != 2:
         raise ValueError("compare takes exactly two policies")
     if replications < 1:
@@ -83,13 +104,15 @@ def compare(scenario: Scenario, policies: list[BillingPolicy], replications: int
 def report_from(result: SweepResult) -> CompareReport:
     sw, frame = result.sweep, result.frame
     names = list(sw.names)
-    report = CompareReport(sw.scenario.name, names, sw.replications,
-                           [sw.seed_for(r) for r in range(sw.replications)], result=result)
+    report = CompareReport(
+        sw.scenario.name, names, sw.replications, [sw.seed_for(r) for r in range(sw.replications)], result=result
+    )
     for name in names:
         rows = frame[(frame["policy"] == name) & (frame["status"] == "ok")]
-        report.runs[name] = [{k: _plain(v) for k, v in row.items() if k not in ("key", "policy", "grid", "replay",
-                                                                              "status", "error")}
-                             for row in rows.to_dict("records")]
+        report.runs[name] = [
+            {k: _plain(v) for k, v in row.items() if k not in ("key", "policy", "grid", "replay", "status", "error")}
+            for row in rows.to_dict("records")
+        ]
     report.table = paired_table(frame, (names[0], NO_GRID), (names[1], NO_GRID))
     report.groups = group_table(frame, (names[0], NO_GRID), (names[1], NO_GRID))
     report.notes = price_notes(sw.policies[0], sw.policies[1], report.table)
@@ -102,4 +125,3 @@ def _plain(v: Any) -> Any:
     if hasattr(v, "item"):
         return v.item()
     return v
-

@@ -32,8 +32,7 @@ CRASH_SPACING_S = 45.0
 DEMO_SCENARIO = Path(__file__).resolve().parent.parent / "data" / "demo.toml"
 
 
-def ensure_demo_data(url: str, progress: Callable[[float, str], None] | None = None,
-                     tasks: int = DEMO_TASKS) -> bool:
+def ensure_demo_data(url: str, progress: Callable[[float, str], None] | None = None, tasks: int = DEMO_TASKS) -> bool:
     """Seed `url` with a baseline run when it holds no tasks. True when it seeded."""
     engine = make_engine(url)
     try:
@@ -43,8 +42,9 @@ def ensure_demo_data(url: str, progress: Callable[[float, str], None] | None = N
                     return False
     finally:
         engine.dispose()
-    run_scenario(load_scenario(str(DEMO_SCENARIO)), url, tasks=tasks, progress=progress,
-                 processes=(dying_submission_worker,))
+    run_scenario(
+        load_scenario(str(DEMO_SCENARIO)), url, tasks=tasks, progress=progress, processes=(dying_submission_worker,)
+    )
     return True
 
 
@@ -67,13 +67,23 @@ def dying_submission_worker(run: Any, count: int = CRASHED_SUBMISSIONS):
     earlier; its draws come from a stream of its own, so the run's other draws do not move."""
     sc, env, pop = run.sc, run.env, run.population
     before = round(CRASH_BEFORE_END_S * sc.arrivals.rate_per_hour / 3600.0)
-    while env.now < sc.horizon_s - CRASH_BEFORE_END_S and not (
-            run.max_tasks and pop.arrived >= run.max_tasks - before) and not pop.arrivals_done:
+    while (
+        env.now < sc.horizon_s - CRASH_BEFORE_END_S
+        and not (run.max_tasks and pop.arrived >= run.max_tasks - before)
+        and not pop.arrivals_done
+    ):
         yield env.timeout(15.0)
     if pop.arrivals_done:
         return
-    worker = LifecycleService(run.store, run.clock, {p: _DyingProvider() for p in run.catalog.providers()},
-                              run.catalog, sc.policy, run.farm.secrets, callbacks_enabled=sc.callbacks)
+    worker = LifecycleService(
+        run.store,
+        run.clock,
+        {p: _DyingProvider() for p in run.catalog.providers()},
+        run.catalog,
+        sc.policy,
+        run.farm.secrets,
+        callbacks_enabled=sc.callbacks,
+    )
     rng = run.streams.get("demo_crash")
     models = [m for m in pop.models["image"] if not any(r.required for r in m.references)]
     made = tries = 0

@@ -35,10 +35,10 @@ class EngineError(RivyaError):
 
 @dataclass(frozen=True)
 class Job:
-    key: str                        # stable and readable: what the job is, never when it ran
-    fn: Callable[..., Any]          # module level, so a worker process can import it
+    key: str  # stable and readable: what the job is, never when it ran
+    fn: Callable[..., Any]  # module level, so a worker process can import it
     args: tuple[Any, ...]
-    replay: str = ""                # the command that runs this job alone
+    replay: str = ""  # the command that runs this job alone
 
 
 @dataclass
@@ -60,15 +60,16 @@ def check_flags(workers: int | None, scheduler: str | None) -> None:
     if workers is not None and not 0 <= workers <= 256:
         raise EngineError("--workers must be 0 (in this process) to 256", code="bad_argument")
     if workers is not None and scheduler:
-        raise EngineError("give --workers (a local cluster) or --scheduler (an existing one), not both",
-                          code="bad_argument")
+        raise EngineError(
+            "give --workers (a local cluster) or --scheduler (an existing one), not both", code="bad_argument"
+        )
     if scheduler is not None and "://" not in scheduler:
-        raise EngineError(f"--scheduler {scheduler!r}: expected an address like tcp://host:8786",
-                          code="bad_argument")
+        raise EngineError(f"--scheduler {scheduler!r}: expected an address like tcp://host:8786", code="bad_argument")
 
 
-def run_jobs(jobs: Sequence[Job], *, workers: int | None = None, scheduler: str | None = None,
-             progress: Progress | None = None) -> list[Outcome]:
+def run_jobs(
+    jobs: Sequence[Job], *, workers: int | None = None, scheduler: str | None = None, progress: Progress | None = None
+) -> list[Outcome]:
     check_flags(workers, scheduler)
     if not jobs:
         return []
@@ -107,12 +108,19 @@ def local_cluster(workers: int):
     scheduler's small HTTP server takes a free port (never a fixed one)."""
     from distributed import LocalCluster
 
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.ERROR,
+    )
 
 
-def _distributed(jobs: Sequence[Job], workers: int | None, scheduler: str | None,
-                 progress: Progress | None) -> list[Outcome]:
+def _distributed(
+    jobs: Sequence[Job], workers: int | None, scheduler: str | None, progress: Progress | None
+) -> list[Outcome]:
     from distributed import Client, as_completed
 
     cluster = None
@@ -124,12 +132,12 @@ def _distributed(jobs: Sequence[Job], workers: int | None, scheduler: str | None
             try:
                 client = Client(scheduler, timeout="10s")
             except OSError as exc:
-                raise EngineError(f"cannot reach the scheduler at {scheduler}: {_describe(exc)}",
-                                  code="scheduler_unreachable") from None
+                raise EngineError(
+                    f"cannot reach the scheduler at {scheduler}: {_describe(exc)}", code="scheduler_unreachable"
+                ) from None
         with client:
             token = uuid4().hex[:8]  # Dask keys are per cluster; a second sweep must not reuse the first's
-            futures = {client.submit(j.fn, *j.args, key=f"{j.key}#{token}", pure=False): i
-                       for i, j in enumerate(jobs)}
+            futures = {client.submit(j.fn, *j.args, key=f"{j.key}#{token}", pure=False): i for i, j in enumerate(jobs)}
             out: list[Outcome | None] = [None] * len(jobs)
             done = failed = 0
             for fut in as_completed(futures):

@@ -54,7 +54,11 @@ PROVIDER_MAX_RUN_S = 1800.0  # a provider stops a prediction after 30 minutes of
 # time, 5 outcome faults, 7 callback faults, the early callback's moment, 4 delays.
 JOB_DRAWS = (("submit", 3), ("latency", 1), ("outcome", 5), ("callback", 7), ("early_at", 1), ("delays", 4))
 
-CONTENT_POLICY = ("content_policy_violation", "The prompt or reference was refused by the provider's content policy.", "user")
+CONTENT_POLICY = (
+    "content_policy_violation",
+    "The prompt or reference was refused by the provider's content policy.",
+    "user",
+)
 MODEL_ERROR = ("model_error", "The model failed while generating (internal error).", "provider")
 UPSTREAM_TIMEOUT = ("upstream_timeout", "The provider timed out while generating.", "infrastructure")
 OUTAGE_FAILURE = ("service_unavailable", "The provider is unavailable (outage).", "provider")
@@ -86,22 +90,22 @@ class Job:
     model: str
     category: str
     submitted_at: float
-    state: str = "queued"          # queued | running | succeeded | failed | lost
+    state: str = "queued"  # queued | running | succeeded | failed | lost
     done_at: float | None = None
     result_urls: tuple[str, ...] = ()
     error: tuple[str, str, str] | None = None
     pending_deliveries: int = 0
-    lose_next: int = 0             # scripted: drop the next N callbacks
+    lose_next: int = 0  # scripted: drop the next N callbacks
     provider: str = ""
     started_at: float | None = None
-    recorded: bool = False         # an upstream_job row exists (later writes update it)
+    recorded: bool = False  # an upstream_job row exists (later writes update it)
     last_sent: tuple[str, Any] | None = None  # (message id, body) of the latest callback: scripted repeats
     rng: random.Random | None = field(default=None, repr=False, compare=False)  # past its submit draws
     deadline: float | None = None  # Cancel-After: the simulated moment upstream stops the job
-    gen_s: float = 0.0             # how long it would run
+    gen_s: float = 0.0  # how long it would run
     canceled_at: float | None = None
-    billed: bool = False           # its bill is in Farm.billing
-    would_deliver: bool = False    # its drawn outcome delivers an output (what a per-output cancel saves)
+    billed: bool = False  # its bill is in Farm.billing
+    would_deliver: bool = False  # its drawn outcome delivers an output (what a per-output cancel saves)
     proc: Any = field(default=None, repr=False, compare=False)
 
 
@@ -112,7 +116,7 @@ class Bill:
     jobs: int = 0
     run_s: float = 0.0
     outputs: int = 0
-    canceled: int = 0              # stopped by our cancel or by their deadline
+    canceled: int = 0  # stopped by our cancel or by their deadline
     saved_s: float = 0.0
     saved_outputs: int = 0
 
@@ -122,24 +126,33 @@ class Delivery:
     provider: str
     headers: dict[str, str]
     body: bytes
-    kind: str                      # final, early, duplicate, progress, forged, stale, malformed
+    kind: str  # final, early, duplicate, progress, forged, stale, malformed
     job: Job | None = None
 
 
 @dataclass
 class FarmStats:
-    sent: Counter = field(default_factory=Counter)     # deliveries by kind
+    sent: Counter = field(default_factory=Counter)  # deliveries by kind
     dropped: Counter = field(default_factory=Counter)  # lost callbacks
     submit_faults: Counter = field(default_factory=Counter)
     outcomes: Counter = field(default_factory=Counter)
-    cancels: Counter = field(default_factory=Counter)   # cancel answers: canceled | already_finished | unknown
+    cancels: Counter = field(default_factory=Counter)  # cancel answers: canceled | already_finished | unknown
 
 
 class MockProvider:
     """One upstream service. `category_of(model)` maps a model id to its category."""
 
-    def __init__(self, name: str, env: simpy.Environment, clock: SimClock, cfg: ProviderConfig, streams: Streams,
-                 secret: str, category_of: Callable[[str], str], farm: Farm):
+    def __init__(
+        self,
+        name: str,
+        env: simpy.Environment,
+        clock: SimClock,
+        cfg: ProviderConfig,
+        streams: Streams,
+        secret: str,
+        category_of: Callable[[str], str],
+        farm: Farm,
+    ):
         self.name = name
         self.env = env
         self.clock = clock
@@ -154,7 +167,7 @@ class MockProvider:
         self.outages: list[Outage] = []
         self._n = 0
         self._msg = 0
-        self.scripted: dict[str, dict[str, Any]] = {}   # task_ref -> forced outcome/gen_s
+        self.scripted: dict[str, dict[str, Any]] = {}  # task_ref -> forced outcome/gen_s
 
     # --- the Provider port -----------------------------------------------------------
 
@@ -172,16 +185,17 @@ class MockProvider:
             raise ProviderError(kind, f"{self.name}: upstream unavailable ({kind})")
         rng = self._job_rng(task_ref)
         u_submit = [rng.random() for _ in range(3)]
-        for kind, p, u in (("refused", self.cfg.submit_refused, u_submit[0]),
-                           ("error", self.cfg.submit_error, u_submit[1]),
-                           ("timeout", self.cfg.submit_timeout, u_submit[2])):
+        for kind, p, u in (
+            ("refused", self.cfg.submit_refused, u_submit[0]),
+            ("error", self.cfg.submit_error, u_submit[1]),
+            ("timeout", self.cfg.submit_timeout, u_submit[2]),
+        ):
             if p and u < p:
                 self.farm.stats.submit_faults[kind] += 1
                 raise ProviderError(kind, f"{self.name}: submission {kind}")
         self._n += 1
         upstream_id = f"{self.name}-{self._n:08d}"
-        job = Job(upstream_id, task_ref, model, self.category_of(model), self.env.now, provider=self.name,
-                  rng=rng)
+        job = Job(upstream_id, task_ref, model, self.category_of(model), self.env.now, provider=self.name, rng=rng)
         if self.farm.deadline_for is not None:
             job.deadline = self.env.now + self.farm.deadline_for(job.category)
         self.jobs[upstream_id] = job
@@ -251,14 +265,23 @@ class MockProvider:
         delays = [cfg.callback_delay_s.draw(rng.random()) for _ in range(4)]
         job.gen_s = gen_s
         job.would_deliver = forced.get("outcome") == "succeeded" or (
-            "outcome" not in forced and drawn_outcome(cfg, None, u_outcome)[2])
+            "outcome" not in forced and drawn_outcome(cfg, None, u_outcome)[2]
+        )
         try:
             yield from self._work(job, gen_s, u_outcome, cb_u, early_at, delays, forced)
         except simpy.Interrupt:
             return  # canceled (cancel() stopped and billed it): nothing more is sent
 
-    def _work(self, job: Job, gen_s: float, u_outcome: list[float], cb_u: dict[str, float], early_at: float,
-              delays: list[float], forced: dict[str, Any]):
+    def _work(
+        self,
+        job: Job,
+        gen_s: float,
+        u_outcome: list[float],
+        cb_u: dict[str, float],
+        early_at: float,
+        delays: list[float],
+        forced: dict[str, Any],
+    ):
         cfg = self.cfg
         if forced.get("queue_s"):
             yield self.env.timeout(forced["queue_s"])
@@ -272,8 +295,13 @@ class MockProvider:
             self.farm.touch(job)
             if self.farm.callbacks_enabled and cfg.reorder and cb_u["reorder"] < cfg.reorder:
                 # a progress callback that is overtaken by the final one
-                self._send(job, self._next_msg(), self._body(job, "task.progress", "running"),
-                           delay=gen_s + delays[3] + 5.0, kind="progress")
+                self._send(
+                    job,
+                    self._next_msg(),
+                    self._body(job, "task.progress", "running"),
+                    delay=gen_s + delays[3] + 5.0,
+                    kind="progress",
+                )
             if self.farm.callbacks_enabled and cfg.early and cb_u["early"] < cfg.early:
                 self.env.process(self._early(job, gen_s * early_at))
             if job.deadline is not None and start + gen_s > job.deadline:
@@ -305,7 +333,7 @@ class MockProvider:
             fake = self._body(job, "task.succeeded", "succeeded", urls=(f"https://evil.example/{job.upstream_id}.png",))
             self._send(job, self._next_msg(), fake, delay=delays[2], kind="forged", secret=self.farm.forger_secret)
         if cb_u["malformed"] < cfg.malformed:
-            bad = (b'{"type": "task.succeeded", "data": ' if start % 2 else b'{"type": "task.succeeded"}')
+            bad = b'{"type": "task.succeeded", "data": ' if start % 2 else b'{"type": "task.succeeded"}'
             self._send(job, self._next_msg(), bad, delay=delays[2], kind="malformed", raw=True)
 
     def _stop(self, job: Job, error: tuple[str, str, str], canceled: bool = False) -> None:
@@ -343,8 +371,9 @@ class MockProvider:
     def _early(self, job: Job, after_s: float):
         yield self.env.timeout(after_s)
         if job.state in ("queued", "running"):
-            self._send(job, self._next_msg(), self._body(job, "task.succeeded", "succeeded", urls=()),
-                       delay=0.0, kind="early")
+            self._send(
+                job, self._next_msg(), self._body(job, "task.succeeded", "succeeded", urls=()), delay=0.0, kind="early"
+            )
 
     def send_early_now(self, job: Job) -> None:
         """Scripted: an early 'succeeded' callback without URLs, right now."""
@@ -364,8 +393,9 @@ class MockProvider:
 
     def send_final_now(self, job: Job) -> None:
         ok = job.state == "succeeded"
-        self._send(job, self._next_msg(), self._body(job, "task.succeeded" if ok else "task.failed", job.state),
-                   0.0, "final")
+        self._send(
+            job, self._next_msg(), self._body(job, "task.succeeded" if ok else "task.failed", job.state), 0.0, "final"
+        )
 
     # --- callbacks -----------------------------------------------------------------------
 
@@ -375,14 +405,21 @@ class MockProvider:
 
     def _body(self, job: Job, type_: str, state: str, urls: tuple[str, ...] | None = None) -> dict[str, Any]:
         err = job.error if state == "failed" else None
-        return {"type": type_, "data": {
-            "upstream_task_id": job.upstream_id, "state": state,
-            "result_urls": list(job.result_urls if urls is None else urls),
-            "error_code": err[0] if err else None, "error_message": err[1] if err else None,
-            "failure_class": err[2] if err else None}}
+        return {
+            "type": type_,
+            "data": {
+                "upstream_task_id": job.upstream_id,
+                "state": state,
+                "result_urls": list(job.result_urls if urls is None else urls),
+                "error_code": err[0] if err else None,
+                "error_message": err[1] if err else None,
+                "failure_class": err[2] if err else None,
+            },
+        }
 
-    def _send(self, job: Job, msg_id: str, body: Any, delay: float, kind: str, *,
-              secret: str | None = None, raw: bool = False) -> None:
+    def _send(
+        self, job: Job, msg_id: str, body: Any, delay: float, kind: str, *, secret: str | None = None, raw: bool = False
+    ) -> None:
         data = body if raw else jsontext.compact(body).encode()
         if kind in ("final", "early", "progress"):
             job.last_sent = (msg_id, body)
@@ -397,16 +434,24 @@ class Farm:
     """All providers plus the delivery Store and the process that hands each
     arriving callback to `deliver(provider, headers, body)` (the service)."""
 
-    def __init__(self, env: simpy.Environment, clock: SimClock, streams: Streams, provider_names: list[str],
-                 config_for: Callable[[str], ProviderConfig], category_of: Callable[[str], str],
-                 callbacks_enabled: bool, outages: tuple[Outage, ...] = ()):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        clock: SimClock,
+        streams: Streams,
+        provider_names: list[str],
+        config_for: Callable[[str], ProviderConfig],
+        category_of: Callable[[str], str],
+        callbacks_enabled: bool,
+        outages: tuple[Outage, ...] = (),
+    ):
         self.env = env
         self.clock = clock
         self.callbacks_enabled = callbacks_enabled
         self.record_jobs = False
-        self._changed: dict[str, Job] = {}   # jobs changed since the last job_rows(), in order
+        self._changed: dict[str, Job] = {}  # jobs changed since the last job_rows(), in order
         self.stats = FarmStats()
-        self.billing: dict[str, Bill] = {}   # model -> what its jobs were billed
+        self.billing: dict[str, Bill] = {}  # model -> what its jobs were billed
         # category -> seconds after submission at which upstream stops a job (Cancel-After); None: no deadline
         self.deadline_for: Callable[[str], float] | None = None
         self.inbox = simpy.Store(env)
@@ -495,12 +540,20 @@ class Farm:
     def _job_row(self, job: Job) -> dict[str, Any]:
         code, message, klass = (job.error or MODEL_ERROR) if job.state == "failed" else (None, None, None)
         at = self.clock.at
-        return {"provider": job.provider, "upstream_task_id": job.upstream_id, "task_ref": job.task_ref,
-                "model": job.model, "state": job.state, "result_urls": list(job.result_urls) or None,
-                "error_code": code, "error_message": message, "failure_class": klass,
-                "submitted_at": at(job.submitted_at),
-                "started_at": None if job.started_at is None else at(job.started_at),
-                "done_at": None if job.done_at is None else at(job.done_at)}
+        return {
+            "provider": job.provider,
+            "upstream_task_id": job.upstream_id,
+            "task_ref": job.task_ref,
+            "model": job.model,
+            "state": job.state,
+            "result_urls": list(job.result_urls) or None,
+            "error_code": code,
+            "error_message": message,
+            "failure_class": klass,
+            "submitted_at": at(job.submitted_at),
+            "started_at": None if job.started_at is None else at(job.started_at),
+            "done_at": None if job.done_at is None else at(job.done_at),
+        }
 
     def job_for_ref(self, task_ref: str) -> Job | None:
         for p in self.providers.values():
@@ -514,8 +567,7 @@ class Farm:
         if upstream_id is None:
             return True
         job = self.providers[provider].jobs.get(upstream_id) if provider in self.providers else None
-        return job is None or (job.done_at is not None and job.pending_deliveries == 0
-                               and job.state != "running")
+        return job is None or (job.done_at is not None and job.pending_deliveries == 0 and job.state != "running")
 
     def forget(self, provider: str, upstream_id: str) -> None:
         p = self.providers.get(provider)

@@ -98,23 +98,27 @@ from .streams import Streams
 FAULTS = ("kill-worker", "restart-db", "drop-connections", "slow-provider", "provider-down")
 SQLITE_FAULTS = ("kill-worker", "slow-provider", "provider-down")
 WORKERS = 2
-THREADS = 4          # each receiver process's callback threads (and its connections, one more for the sweep)
-FAL_TRIES = 10       # fal: a delivery is tried up to 10 times over 2 hours
+THREADS = 4  # each receiver process's callback threads (and its connections, one more for the sweep)
+FAL_TRIES = 10  # fal: a delivery is tried up to 10 times over 2 hours
 FAL_SPAN_S = 7200.0
 FAL_FIRST_PAUSE_S = FAL_SPAN_S / (2 ** (FAL_TRIES - 1) - 1)  # pauses double: their sum is the span
 KILLS = 3
 WINDOWS = 2
 # the audit checks behind each counted figure (one definition: rivya_core.audit)
-COUNTED = {"charged_twice": "charged_twice", "refunded_twice": "double_refund",
-           "notifications_missing": "notification_missing", "notifications_doubled": "notification_duplicate",
-           "callbacks_applied_twice": "callback_applied_twice"}
+COUNTED = {
+    "charged_twice": "charged_twice",
+    "refunded_twice": "double_refund",
+    "notifications_missing": "notification_missing",
+    "notifications_doubled": "notification_duplicate",
+    "callbacks_applied_twice": "callback_applied_twice",
+}
 
 
 @dataclass
 class Window:
-    start: float   # seconds after the run's start (monotonic)
+    start: float  # seconds after the run's start (monotonic)
     end: float
-    in_flight: int = 0      # tasks active when it began
+    in_flight: int = 0  # tasks active when it began
     recovered_s: float | None = None  # after its end, until the receiver answered healthy (all workers up)
     victim_busy: bool = False  # kill-worker: the worker killed held the write lock / an open transaction
 
@@ -124,7 +128,7 @@ class Attempt:
     kind: str
     sent: float
     answered: float
-    status: int     # 0: no answer (connection refused or reset, timeout)
+    status: int  # 0: no answer (connection refused or reset, timeout)
 
 
 @dataclass
@@ -156,9 +160,16 @@ class FaultReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.charged_twice or self.refunded_twice or self.notifications_missing
-                    or self.notifications_doubled or self.callbacks_applied_twice or self.audit_findings
-                    or self.acked_while_down)
+        return not (
+            self.lost
+            or self.charged_twice
+            or self.refunded_twice
+            or self.notifications_missing
+            or self.notifications_doubled
+            or self.callbacks_applied_twice
+            or self.audit_findings
+            or self.acked_while_down
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -169,30 +180,41 @@ class FaultReport:
             busy = ", killed mid-delivery" if w["victim_busy"] else ""
             return busy + ("" if r is None else f", healthy {r:.2f} s after")
 
-        lines = [f"{self.fault} on {self.database} ({self.flavor}): {self.tasks} tasks, seed {self.seed}, "
-                 f"speed {self.speed:g}, {self.wall_s:.1f} s",
-                 "  faults: " + "; ".join(f"{w['start']:.2f}-{w['end']:.2f} s ({w['in_flight']} in flight"
-                                          f"{recovered(w)})" for w in self.windows),
-                 f"  every task terminal {self.drain_s:.1f} s after the last fault ended; states "
-                 + ", ".join(f"{k} {v}" for k, v in sorted(self.states.items()))
-                 + (" (failed: " + ", ".join(f"{k} {v}" for k, v in sorted(self.failed_by_code.items())) + ")"
-                    if self.failed_by_code else ""),
-                 "  provider saw: " + ", ".join(f"{k} {v}" for k, v in sorted(self.answers.items()))
-                 + ("; gave up on " + ", ".join(f"{k} {v}" for k, v in sorted(self.gave_up.items()))
-                    if self.gave_up else "")
-                 + ("; its API answers " + ", ".join(f"{k} {v}" for k, v in sorted(self.api_faults.items()))
-                    if self.api_faults else ""),
-                 f"  lost {self.lost}, charged twice {self.charged_twice}, refunded twice {self.refunded_twice}, "
-                 f"notifications missing {self.notifications_missing}, doubled {self.notifications_doubled}, "
-                 f"callbacks applied twice {self.callbacks_applied_twice}, acknowledged while the database was "
-                 f"down {self.acked_while_down}, audit findings "
-                 + (", ".join(f"{k} {v}" for k, v in sorted(self.audit_findings.items())) or "0"),
-                 *(f"  note: {n}" for n in self.notes),
-                 "  OK" if self.ok else "  FAILED"]
+        lines = [
+            f"{self.fault} on {self.database} ({self.flavor}): {self.tasks} tasks, seed {self.seed}, "
+            f"speed {self.speed:g}, {self.wall_s:.1f} s",
+            "  faults: "
+            + "; ".join(
+                f"{w['start']:.2f}-{w['end']:.2f} s ({w['in_flight']} in flight{recovered(w)})" for w in self.windows
+            ),
+            f"  every task terminal {self.drain_s:.1f} s after the last fault ended; states "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.states.items()))
+            + (
+                " (failed: " + ", ".join(f"{k} {v}" for k, v in sorted(self.failed_by_code.items())) + ")"
+                if self.failed_by_code
+                else ""
+            ),
+            "  provider saw: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.answers.items()))
+            + ("; gave up on " + ", ".join(f"{k} {v}" for k, v in sorted(self.gave_up.items())) if self.gave_up else "")
+            + (
+                "; its API answers " + ", ".join(f"{k} {v}" for k, v in sorted(self.api_faults.items()))
+                if self.api_faults
+                else ""
+            ),
+            f"  lost {self.lost}, charged twice {self.charged_twice}, refunded twice {self.refunded_twice}, "
+            f"notifications missing {self.notifications_missing}, doubled {self.notifications_doubled}, "
+            f"callbacks applied twice {self.callbacks_applied_twice}, acknowledged while the database was "
+            f"down {self.acked_while_down}, audit findings "
+            + (", ".join(f"{k} {v}" for k, v in sorted(self.audit_findings.items())) or "0"),
+            *(f"  note: {n}" for n in self.notes),
+            "  OK" if self.ok else "  FAILED",
+        ]
         return "\n".join(lines)
 
 
 # --- the provider with a retry policy, an API that can be slow or down, and a log of answers --------
+
 
 class FaultyProvider(FakeProvider):
     """The HTTP farm with the fault switches: `slow` / `down` (set by the schedule), the flavor's
@@ -205,7 +227,7 @@ class FaultyProvider(FakeProvider):
         self.slow_s = CLIENT_TIMEOUT_S * 1.5
         self.attempts: list[Attempt] = []
         self.gave_up: Counter = Counter()
-        self.api_faults: Counter = Counter()   # API answers refused (down) or late (slow)
+        self.api_faults: Counter = Counter()  # API answers refused (down) or late (slow)
         self.t0 = time.monotonic()
         inner: Any = self.app
 
@@ -215,8 +237,9 @@ class FaultyProvider(FakeProvider):
             if self.down.is_set():
                 self.api_faults["refused"] += 1
                 body = b'{"detail":"the provider is unavailable"}'
-                await send({"type": "http.response.start", "status": 503,
-                            "headers": [(b"content-type", b"application/json")]})
+                await send(
+                    {"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"application/json")]}
+                )
                 return await send({"type": "http.response.body", "body": body})
             slow = self.slow.is_set()
             if slow:
@@ -234,7 +257,7 @@ class FaultyProvider(FakeProvider):
     def pauses(self) -> list[float]:
         """Wall seconds before each retry of a delivery."""
         if self.flavor == "fal":
-            return [FAL_FIRST_PAUSE_S * 2 ** i / self.speed for i in range(FAL_TRIES - 1)]
+            return [FAL_FIRST_PAUSE_S * 2**i / self.speed for i in range(FAL_TRIES - 1)]
         return [0.2 * (i + 1) for i in range(DELIVERY_ATTEMPTS - 1)]
 
     async def _until_up(self) -> None:
@@ -243,8 +266,17 @@ class FaultyProvider(FakeProvider):
         if self.slow.is_set():
             await asyncio.sleep(self.slow_s)
 
-    async def _send(self, job: FakeJob, body: bytes, delay_s: float, kind: str, msg_id: str, ts_offset: float,
-                    forged: bool, only_if_running: bool) -> None:
+    async def _send(
+        self,
+        job: FakeJob,
+        body: bytes,
+        delay_s: float,
+        kind: str,
+        msg_id: str,
+        ts_offset: float,
+        forged: bool,
+        only_if_running: bool,
+    ) -> None:
         try:
             await self.sleep_sim(delay_s)
             if only_if_running and job.state not in ("queued", "running"):
@@ -278,6 +310,7 @@ class FaultyProvider(FakeProvider):
 
 
 # --- a TCP proxy in front of PostgreSQL ------------------------------------------------------------
+
 
 class TcpProxy:
     """127.0.0.1:port -> target, a thread a direction per connection. `drop()` resets every
@@ -354,9 +387,13 @@ class TcpProxy:
 
 # --- the run ------------------------------------------------------------------------------------
 
+
 def _admin_engine(url: str) -> Any:
-    return create_engine(make_url(normalize_url(url)).set(database="postgres"), isolation_level="AUTOCOMMIT",
-                         connect_args={"connect_timeout": 10})
+    return create_engine(
+        make_url(normalize_url(url)).set(database="postgres"),
+        isolation_level="AUTOCOMMIT",
+        connect_args={"connect_timeout": 10},
+    )
 
 
 def _other_sessions(admin: Any, name: str) -> int:
@@ -373,8 +410,9 @@ def check_arguments(db_url: str, fault: str, tasks: int, speed: float) -> str:
         raise ValidationError("--tasks must be at least 1 and --speed positive", code="bad_argument")
     dialect = make_url(normalize_url(db_url)).get_backend_name()
     if dialect == "sqlite" and fault not in SQLITE_FAULTS:
-        raise ValidationError(f"--fault {fault} needs PostgreSQL (on SQLite: {', '.join(SQLITE_FAULTS)})",
-                              code="bad_argument")
+        raise ValidationError(
+            f"--fault {fault} needs PostgreSQL (on SQLite: {', '.join(SQLITE_FAULTS)})", code="bad_argument"
+        )
     if dialect not in ("sqlite", "postgresql"):
         raise ValidationError("--db must be a SQLite or PostgreSQL URL", code="bad_argument")
     return dialect
@@ -397,8 +435,18 @@ def schedule(fault: str, seed: int) -> list[tuple[float, float]]:
     return out
 
 
-def run_faults(db_url: str, flavor: str, tasks: int, fault: str, *, seed: int | None = None, speed: float = 60.0,
-               force: bool = False, deadline_s: float | None = None, scenario: Scenario | None = None) -> FaultReport:
+def run_faults(
+    db_url: str,
+    flavor: str,
+    tasks: int,
+    fault: str,
+    *,
+    seed: int | None = None,
+    speed: float = 60.0,
+    force: bool = False,
+    deadline_s: float | None = None,
+    scenario: Scenario | None = None,
+) -> FaultReport:
     dialect = check_arguments(db_url, fault, tasks, speed)
     scenario = scenario or load_scenario("baseline")
     seed = scenario.seed if seed is None else int(seed)
@@ -413,8 +461,11 @@ def run_faults(db_url: str, flavor: str, tasks: int, fault: str, *, seed: int | 
             raise
         if others:
             admin.dispose()
-            raise RivyaError(f"database {name} has {others} other session(s); restart-db ends every session of "
-                             "the database: give the run a database of its own", code="db_shared")
+            raise RivyaError(
+                f"database {name} has {others} other session(s); restart-db ends every session of "
+                "the database: give the run a database of its own",
+                code="db_shared",
+            )
     try:
         store = open_store(db_url, create=True, pool_size=SUBMITTERS + 2)
     except Exception:
@@ -423,8 +474,10 @@ def run_faults(db_url: str, flavor: str, tasks: int, fault: str, *, seed: int | 
         raise
     try:
         if has_rows(store.engine, "ai_task") and not force:
-            raise RivyaError(f"database {safe_url(db_url)} already holds tasks; pass --force to add a fault run "
-                             "to it", code="db_not_empty")
+            raise RivyaError(
+                f"database {safe_url(db_url)} already holds tasks; pass --force to add a fault run to it",
+                code="db_not_empty",
+            )
         return _run(store, admin, db_url, dialect, scenario, flavor, tasks, fault, seed, speed, deadline_s)
     finally:
         store.engine.dispose()
@@ -432,8 +485,19 @@ def run_faults(db_url: str, flavor: str, tasks: int, fault: str, *, seed: int | 
             admin.dispose()
 
 
-def _run(store: Any, admin: Any, db_url: str, dialect: str, scenario: Scenario, flavor: str, tasks: int,
-         fault: str, seed: int, speed: float, deadline_s: float | None) -> FaultReport:
+def _run(
+    store: Any,
+    admin: Any,
+    db_url: str,
+    dialect: str,
+    scenario: Scenario,
+    flavor: str,
+    tasks: int,
+    fault: str,
+    seed: int,
+    speed: float,
+    deadline_s: float | None,
+) -> FaultReport:
     started = time.monotonic()
     catalog = default_catalog()
     policy = scaled_policy(scenario.policy, speed)
@@ -449,8 +513,14 @@ def _run(store: Any, admin: Any, db_url: str, dialect: str, scenario: Scenario, 
         receiver_url = u.set(host=HOST, port=proxy.port).render_as_string(hide_password=False)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="rivya-faults-") as tmp, ServerThread(fake.app) as farm_server:
-        toml = providers_toml(flavor, farm_server.url, f"http://{HOST}:{receiver_port}", fake.keys,
-                              fake.provider_names, timeout_s=CLIENT_TIMEOUT_S)
+        toml = providers_toml(
+            flavor,
+            farm_server.url,
+            f"http://{HOST}:{receiver_port}",
+            fake.keys,
+            fake.provider_names,
+            timeout_s=CLIENT_TIMEOUT_S,
+        )
         policy_file = Path(tmp) / "policy.toml"
         policy_file.write_text("\n".join(_table("policy", policy.to_dict())) + "\n")
         receiver = _start_receiver(receiver_url, receiver_port, toml, policy_file, policy.poll_interval_s, tmp)
@@ -474,8 +544,7 @@ def _run(store: Any, admin: Any, db_url: str, dialect: str, scenario: Scenario, 
                 except ValidationError:
                     pass  # refused before a task existed
 
-            injector = _Injector(fault, seed, plan, windows, fake, proxy, admin, db_url, receiver, base, store,
-                                 started)
+            injector = _Injector(fault, seed, plan, windows, fake, proxy, admin, db_url, receiver, base, store, started)
             if fault != "restart-db":
                 injector.start()
             with ThreadPoolExecutor(SUBMITTERS) as pool:
@@ -504,18 +573,51 @@ def _run(store: Any, admin: Any, db_url: str, dialect: str, scenario: Scenario, 
             stop_process(receiver, grace_s=30)
             if proxy is not None:
                 proxy.drop()
-    return _report(store, fault, flavor, dialect, tasks, seed, speed, policy, fake, windows, drained,
-                   time.monotonic() - started, submitted[0], notes)
+    return _report(
+        store,
+        fault,
+        flavor,
+        dialect,
+        tasks,
+        seed,
+        speed,
+        policy,
+        fake,
+        windows,
+        drained,
+        time.monotonic() - started,
+        submitted[0],
+        notes,
+    )
 
 
 def _start_receiver(url: str, port: int, toml: str, policy_file: Path, poll_every: float, tmp: str) -> Any:
     env = {**os.environ, "RIVYA_PROVIDERS": toml, "RIVYA_WEBHOOK_SECRETS": ""}
     env.pop("RIVYA_ALERTS_NOTIFY", None)
     log = open(Path(tmp) / "receiver.log", "wb")  # noqa: SIM115 - the child writes it until stopped
-    proc = subprocess.Popen([sys.executable, "-m", "rivya_core", "serve", "--db", url, "--port", str(port),
-                             "--workers", str(WORKERS), "--threads", str(THREADS), "--policy", str(policy_file),
-                             "--poll-every", f"{max(0.1, min(1.0, poll_every)):g}"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rivya_core",
+            "serve",
+            "--db",
+            url,
+            "--port",
+            str(port),
+            "--workers",
+            str(WORKERS),
+            "--threads",
+            str(THREADS),
+            "--policy",
+            str(policy_file),
+            "--poll-every",
+            f"{max(0.1, min(1.0, poll_every)):g}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     deadline = time.monotonic() + 60
     while not _healthy(f"http://{HOST}:{port}", proc.pid):
@@ -549,10 +651,21 @@ def _healthy(base: str, pid: int) -> bool:
 class _Injector(threading.Thread):
     """Applies the fault windows at their moments and measures each recovery."""
 
-    def __init__(self, fault: str, seed: int, plan: list[tuple[float, float]], windows: list[Window],
-                 fake: FaultyProvider,
-                 proxy: TcpProxy | None, admin: Any, db_url: str, receiver: Any, base: str, store: Any,
-                 started: float):
+    def __init__(
+        self,
+        fault: str,
+        seed: int,
+        plan: list[tuple[float, float]],
+        windows: list[Window],
+        fake: FaultyProvider,
+        proxy: TcpProxy | None,
+        admin: Any,
+        db_url: str,
+        receiver: Any,
+        base: str,
+        store: Any,
+        started: float,
+    ):
         super().__init__(daemon=True, name="faults-injector")
         self.fault, self.plan, self.windows, self.fake, self.proxy = fault, plan, windows, fake, proxy
         self.admin, self.receiver, self.base, self.store, self.started = admin, receiver, base, store, started
@@ -627,16 +740,25 @@ class _Injector(threading.Thread):
         with open("/proc/locks") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) > 5 and parts[1] == "FLOCK" and parts[3] == "WRITE" \
-                        and parts[5].rsplit(":", 1)[-1] == inode:
+                if (
+                    len(parts) > 5
+                    and parts[1] == "FLOCK"
+                    and parts[3] == "WRITE"
+                    and parts[5].rsplit(":", 1)[-1] == inode
+                ):
                     held.add(int(parts[4]))
         return held
 
     def _waiting_on_a_lock(self, workers: list[int]) -> set[int]:
         with self.store.engine.connect() as conn:
-            ports = set(conn.scalars(text(
-                "SELECT client_port FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'")).all())
+            ports = set(
+                conn.scalars(
+                    text(
+                        "SELECT client_port FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'"
+                    )
+                ).all()
+            )
         out = set()
         for pid in workers:
             with contextlib.suppress(psutil.Error):
@@ -648,8 +770,13 @@ class _Injector(threading.Thread):
         if self.fault == "restart-db":
             with self.admin.connect() as conn:
                 conn.execute(text(f'ALTER DATABASE "{self.db_name}" ALLOW_CONNECTIONS false'))
-                conn.execute(text("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                                  "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": self.db_name})
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                        "WHERE datname = :d AND pid <> pg_backend_pid()"
+                    ),
+                    {"d": self.db_name},
+                )
         elif self.fault == "drop-connections" and self.proxy is not None:
             self.proxy.drop()
         elif self.fault == "slow-provider":
@@ -684,8 +811,9 @@ def _active(store: Any, quiet: bool = False) -> int:
     for _ in range(1 if quiet else 200):
         try:
             with store.engine.connect() as conn:
-                return int(conn.scalar(select(func.count()).select_from(t).where(
-                    t.c.status.in_([str(s) for s in ACTIVE]))))
+                return int(
+                    conn.scalar(select(func.count()).select_from(t).where(t.c.status.in_([str(s) for s in ACTIVE])))
+                )
         except Exception:  # noqa: BLE001 - the database is down: ask again
             if quiet:
                 return -1
@@ -693,43 +821,84 @@ def _active(store: Any, quiet: bool = False) -> int:
     raise RivyaError("the database did not come back within 50 s", code="db_unavailable")
 
 
-def _report(store: Any, fault: str, flavor: str, dialect: str, tasks: int, seed: int, speed: float, policy: Any,
-            fake: FaultyProvider, windows: list[Window], drained: float, wall: float, submitted: int,
-            notes: list[str]) -> FaultReport:
+def _report(
+    store: Any,
+    fault: str,
+    flavor: str,
+    dialect: str,
+    tasks: int,
+    seed: int,
+    speed: float,
+    policy: Any,
+    fake: FaultyProvider,
+    windows: list[Window],
+    drained: float,
+    wall: float,
+    submitted: int,
+    notes: list[str],
+) -> FaultReport:
     t = schema.ai_task
     with store.engine.connect() as conn:
         states = {str(k): int(v) for k, v in conn.execute(select(t.c.status, func.count()).group_by(t.c.status))}
-        failed = {str(k): int(v) for k, v in conn.execute(select(t.c.error_code, func.count()).where(
-            t.c.status == "FAILED").group_by(t.c.error_code))}
+        failed = {
+            str(k): int(v)
+            for k, v in conn.execute(
+                select(t.c.error_code, func.count()).where(t.c.status == "FAILED").group_by(t.c.error_code)
+            )
+        }
     counts = audit(store.engine, policy, WallClock().now()).counts()
     findings = {k: n for k, n in counts.items() if n}
     down = [(w.start, w.end) for w in windows] if fault in ("restart-db", "drop-connections") else []
-    acked = sum(1 for a in fake.attempts if 0 < a.status < 500
-                and any(s + 0.05 <= a.sent and a.answered <= e for s, e in down))
+    acked = sum(
+        1 for a in fake.attempts if 0 < a.status < 500 and any(s + 0.05 <= a.sent and a.answered <= e for s, e in down)
+    )
     answers = Counter("no answer" if a.status == 0 else f"{a.status // 100}xx" for a in fake.attempts)
     lost = sum(n for s, n in states.items() if s in {str(a) for a in ACTIVE})
     return FaultReport(
-        fault=fault, flavor=flavor, database=dialect, tasks=sum(states.values()), seed=seed, speed=speed, lost=lost,
+        fault=fault,
+        flavor=flavor,
+        database=dialect,
+        tasks=sum(states.values()),
+        seed=seed,
+        speed=speed,
+        lost=lost,
         **{name: counts.get(kind, 0) for name, kind in COUNTED.items()},
-        audit_findings=findings, acked_while_down=acked, answers=dict(answers), api_faults=dict(fake.api_faults), gave_up=dict(fake.gave_up),
-        windows=[asdict(w) for w in windows], states=states, failed_by_code=failed, drain_s=max(0.0, drained), wall_s=wall,
-        submitted=submitted, notes=notes)
+        audit_findings=findings,
+        acked_while_down=acked,
+        answers=dict(answers),
+        api_faults=dict(fake.api_faults),
+        gave_up=dict(fake.gave_up),
+        windows=[asdict(w) for w in windows],
+        states=states,
+        failed_by_code=failed,
+        drain_s=max(0.0, drained),
+        wall_s=wall,
+        submitted=submitted,
+        notes=notes,
+    )
 
 
 # --- the command -----------------------------------------------------------------------------------
 
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("faults", help="the live stack under one fault: nothing lost or doubled",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--db", required=True, help="a database of the run's own (refused when it holds tasks, unless "
-                                               "--force)")
+    p = sub.add_parser(
+        "faults", help="the live stack under one fault: nothing lost or doubled", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--db", required=True, help="a database of the run's own (refused when it holds tasks, unless --force)"
+    )
     p.add_argument("--flavor", required=True, choices=("replicate", "fal"))
     p.add_argument("--tasks", type=number("tasks"), required=True)
     p.add_argument("--fault", required=True, choices=FAULTS)
     p.add_argument("--seed", type=number("seed"), help="master seed (default: the baseline scenario's)")
-    p.add_argument("--speed", type=number("realtime"), default=60.0,
-                   help="simulated seconds per wall second; the policy's waits and the provider's retry "
-                        "pauses scale with it (default 60)")
+    p.add_argument(
+        "--speed",
+        type=number("realtime"),
+        default=60.0,
+        help="simulated seconds per wall second; the policy's waits and the provider's retry "
+        "pauses scale with it (default 60)",
+    )
     p.add_argument("--force", action="store_true", help="add the run to a database that already holds tasks")
     p.add_argument("--json", action="store_true")
 

@@ -50,8 +50,9 @@ def parse_time(text: str | None, what: str) -> datetime | None:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise HistoryError(f"{what} {text!r} is not an ISO date or date-time (2026-11-01 or 2026-11-01T12:00)",
-                           code="bad_argument") from None
+        raise HistoryError(
+            f"{what} {text!r} is not an ISO date or date-time (2026-11-01 or 2026-11-01T12:00)", code="bad_argument"
+        ) from None
     if dt.tzinfo is not None:
         dt = dt.replace(tzinfo=None) - dt.utcoffset()
     return dt
@@ -75,7 +76,7 @@ class TaskRow:
     finished: float | None
     chat_message_id: int | None
     run_s: float | None = None  # billable run seconds the provider reported (ai_task.provider_run_s)
-    outputs: int = 0            # result URLs delivered
+    outputs: int = 0  # result URLs delivered
 
 
 @dataclass(slots=True)
@@ -111,8 +112,8 @@ class History:
     until: datetime | None
     tasks: list[TaskRow]
     chats: list[ChatRow]
-    ledger: list[LedgerRow]                      # the window's rows and its tasks' later rows, in id order
-    opening: dict[int, int]                      # balance of each account when the window opens
+    ledger: list[LedgerRow]  # the window's rows and its tasks' later rows, in id order
+    opening: dict[int, int]  # balance of each account when the window opens
     refused_balance: dict[int, int] = field(default_factory=dict)  # task refused for credits -> balance it saw
     catalog: Catalog = field(default_factory=default_catalog)
 
@@ -139,8 +140,9 @@ def _window(col, since: datetime | None, until: datetime | None):
     return and_(*conds) if conds else None
 
 
-def load_history(engine: Engine, since: datetime | None = None, until: datetime | None = None,
-                 catalog: Catalog | None = None) -> History:
+def load_history(
+    engine: Engine, since: datetime | None = None, until: datetime | None = None, catalog: Catalog | None = None
+) -> History:
     if since is not None and until is not None and until <= since:
         raise HistoryError("--until must be after --since", code="bad_argument")
     t, m, s, L = schema.ai_task.c, schema.chat_message.c, schema.chat_session.c, schema.credit_ledger.c
@@ -148,28 +150,79 @@ def load_history(engine: Engine, since: datetime | None = None, until: datetime 
         # provider_run_s came after version 1: a database without it reads as "not reported"
         has_run_s = "provider_run_s" in {c["name"] for c in inspect(conn).get_columns("ai_task")}
         run_s = t.provider_run_s if has_run_s else literal(None)
-        q = select(t.id, t.user_id, t.model, t.category, t.provider, t.prompt, t.params, t.status,
-                   t.reserved_credits, t.error_code, t.failure_class, t.created_at, t.submitted_at,
-                   t.finished_at, t.chat_message_id, run_s, t.result_urls).order_by(t.id)
+        q = select(
+            t.id,
+            t.user_id,
+            t.model,
+            t.category,
+            t.provider,
+            t.prompt,
+            t.params,
+            t.status,
+            t.reserved_credits,
+            t.error_code,
+            t.failure_class,
+            t.created_at,
+            t.submitted_at,
+            t.finished_at,
+            t.chat_message_id,
+            run_s,
+            t.result_urls,
+        ).order_by(t.id)
         w = _window(t.created_at, since, until)
         if w is not None:
             q = q.where(w)
-        tasks = [TaskRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6] or {}, r[7], int(r[8]), r[9], r[10],
-                         seconds(r[11]), seconds(r[12]), seconds(r[13]), r[14],
-                         None if r[15] is None else float(r[15]), len(r[16]) if isinstance(r[16], list) else 0)
-                 for r in conn.execute(q)]
-        q = (select(m.id, s.user_id, s.model, m.prompt_tokens, m.completion_tokens, m.reserved_credits,
-                    m.charged_credits, m.status, m.created_at, m.settled_at)
-             .join(schema.chat_session, s.id == m.session_id).where(m.role == "user").order_by(m.id))
+        tasks = [
+            TaskRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6] or {},
+                r[7],
+                int(r[8]),
+                r[9],
+                r[10],
+                seconds(r[11]),
+                seconds(r[12]),
+                seconds(r[13]),
+                r[14],
+                None if r[15] is None else float(r[15]),
+                len(r[16]) if isinstance(r[16], list) else 0,
+            )
+            for r in conn.execute(q)
+        ]
+        q = (
+            select(
+                m.id,
+                s.user_id,
+                s.model,
+                m.prompt_tokens,
+                m.completion_tokens,
+                m.reserved_credits,
+                m.charged_credits,
+                m.status,
+                m.created_at,
+                m.settled_at,
+            )
+            .join(schema.chat_session, s.id == m.session_id)
+            .where(m.role == "user")
+            .order_by(m.id)
+        )
         w = _window(m.created_at, since, until)
         if w is not None:
             q = q.where(w)
-        chats = [ChatRow(r[0], r[1], r[2], int(r[3] or 0), r[4], int(r[5] or 0), r[6], r[7], seconds(r[8]),
-                         seconds(r[9])) for r in conn.execute(q)]
+        chats = [
+            ChatRow(r[0], r[1], r[2], int(r[3] or 0), r[4], int(r[5] or 0), r[6], r[7], seconds(r[8]), seconds(r[9]))
+            for r in conn.execute(q)
+        ]
         task_ids = {x.id for x in tasks}
         msg_ids = {x.id for x in chats}
-        q = select(L.id, L.user_id, L.entry_type, L.amount, L.balance_after, L.task_id, L.chat_message_id,
-                   L.created_at).order_by(L.id)
+        q = select(
+            L.id, L.user_id, L.entry_type, L.amount, L.balance_after, L.task_id, L.chat_message_id, L.created_at
+        ).order_by(L.id)
         if since is not None:  # a refund after the window of a task inside it belongs to it
             q = q.where(L.created_at >= since)
         ledger = []
@@ -184,10 +237,13 @@ def load_history(engine: Engine, since: datetime | None = None, until: datetime 
                 ledger.append(row)
         opening: dict[int, int] = {}
         if since is not None:
-            last = (select(L.user_id, func.max(L.id).label("last_id")).where(L.created_at < since)
-                    .group_by(L.user_id).subquery())
-            for uid, bal in conn.execute(select(L.user_id, L.balance_after)
-                                         .join(last, L.id == last.c.last_id)):
+            last = (
+                select(L.user_id, func.max(L.id).label("last_id"))
+                .where(L.created_at < since)
+                .group_by(L.user_id)
+                .subquery()
+            )
+            for uid, bal in conn.execute(select(L.user_id, L.balance_after).join(last, L.id == last.c.last_id)):
                 opening[uid] = int(bal)
         refused_balance: dict[int, int] = {}
         refused = {x.id for x in tasks if x.error_code == INSUFFICIENT_CREDITS}

@@ -16,24 +16,33 @@ EXIT_VIOLATION = 1
 
 
 def add_parsers(sub) -> None:
-    b = sub.add_parser("backtest", help="re-apply billing policies to recorded history",
-                       description="Re-apply two billing policies to every recorded task and chat turn of a "
-                       "database (the exact part), check that the recorded policy reproduces its ledger "
-                       "(exit 1 when not), and re-simulate what changes time trace-driven.")
+    b = sub.add_parser(
+        "backtest",
+        help="re-apply billing policies to recorded history",
+        description="Re-apply two billing policies to every recorded task and chat turn of a "
+        "database (the exact part), check that the recorded policy reproduces its ledger "
+        "(exit 1 when not), and re-simulate what changes time trace-driven.",
+    )
     b.add_argument("--db", required=True, help="database URL (sqlite:///path.db or postgresql://...)")
     b.add_argument("--since", help="window start (ISO date or date-time, UTC; inclusive)")
     b.add_argument("--until", help="window end (ISO date or date-time, UTC; exclusive)")
     b.add_argument("--policy", action="append", required=True, help="policy TOML file (give exactly two)")
-    b.add_argument("--recorded-policy", help="the policy the history was recorded under (default: a simulation "
-                   "database's own; otherwise the default policy)")
+    b.add_argument(
+        "--recorded-policy",
+        help="the policy the history was recorded under (default: a simulation "
+        "database's own; otherwise the default policy)",
+    )
     b.add_argument("--exact-only", action="store_true", help="skip the timing part (the trace-driven re-run)")
     b.add_argument("--resamples", type=number("resamples"), default=1000, help="bootstrap resamples of the timing part")
     b.add_argument("--json", action="store_true")
 
-    c = sub.add_parser("calibrate", help="fit a scenario to recorded history",
-                       description="Fit arrivals, population, mix, per-provider generation times and callback "
-                       "delays (empirical quantiles) and fault rates from a database; write a scenario file "
-                       "that `run` accepts.")
+    c = sub.add_parser(
+        "calibrate",
+        help="fit a scenario to recorded history",
+        description="Fit arrivals, population, mix, per-provider generation times and callback "
+        "delays (empirical quantiles) and fault rates from a database; write a scenario file "
+        "that `run` accepts.",
+    )
     c.add_argument("--db", required=True, help="database URL")
     c.add_argument("--since", help="window start (ISO, UTC)")
     c.add_argument("--until", help="window end (ISO, UTC)")
@@ -41,10 +50,13 @@ def add_parsers(sub) -> None:
     c.add_argument("--force", action="store_true", help="overwrite the output file")
     c.add_argument("--json", action="store_true", help="print the estimates as JSON")
 
-    f = sub.add_parser("fork", help="fork a recorded task or account into a replayable scripted scenario",
-                       description="Write a [[script]] scenario that replays what the database recorded for one "
-                       "task, or for one account's tasks and chat turns in a window; `run` it to reproduce "
-                       "the timeline, edit one line to ask what-if.")
+    f = sub.add_parser(
+        "fork",
+        help="fork a recorded task or account into a replayable scripted scenario",
+        description="Write a [[script]] scenario that replays what the database recorded for one "
+        "task, or for one account's tasks and chat turns in a window; `run` it to reproduce "
+        "the timeline, edit one line to ask what-if.",
+    )
     who = f.add_mutually_exclusive_group(required=True)
     who.add_argument("--task", type=number("id"), help="task id")
     who.add_argument("--user", type=number("id"), help="account id")
@@ -53,8 +65,11 @@ def add_parsers(sub) -> None:
     f.add_argument("--until", help="with --user: window end (ISO, UTC)")
     f.add_argument("-o", "--output", required=True, help="story file to write (.toml)")
     f.add_argument("--force", action="store_true", help="overwrite the output file")
-    f.add_argument("--check", action="store_true", help="run the story and compare it with the recorded "
-                   "timeline; exit 1 on a difference")
+    f.add_argument(
+        "--check",
+        action="store_true",
+        help="run the story and compare it with the recorded timeline; exit 1 on a difference",
+    )
 
 
 def recorded_policy_for(engine, path: str | None) -> tuple[BillingPolicy, str]:
@@ -116,8 +131,10 @@ def cmd_fork(a: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     out.write_text(story.to_toml(), encoding="utf-8")
-    print(f"wrote {out}: {len(story.task_ids)} task(s), {len(story.chat_ids)} chat turn(s), "
-          f"{len(story.scenario.script)} scripted steps; run it with `python -m simulations run {out} --db URL`")
+    print(
+        f"wrote {out}: {len(story.task_ids)} task(s), {len(story.chat_ids)} chat turn(s), "
+        f"{len(story.scenario.script)} scripted steps; run it with `python -m simulations run {out} --db URL`"
+    )
     if diffs is None:
         return 0
     if diffs:

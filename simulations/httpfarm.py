@@ -63,9 +63,9 @@ from .scenarios import Outage, ProviderConfig, Scenario
 from .streams import Streams
 
 FLAVORS = ("replicate", "fal")
-TOKEN = "fake-provider-token"        # what the fake expects as the API token/key (not a secret)
+TOKEN = "fake-provider-token"  # what the fake expects as the API token/key (not a secret)
 FAL_USER = "rivya-qa"
-DELIVERY_ATTEMPTS = 4                # a delivery answered 5xx or not at all is retried (then dropped)
+DELIVERY_ATTEMPTS = 4  # a delivery answered 5xx or not at all is retried (then dropped)
 REPLICATE_EVENTS = ("start", "output", "logs", "completed")  # the events a webhook_events_filter may name
 # without a filter Replicate sends "whenever there are new outputs or the prediction has finished"
 DEFAULT_EVENTS = ("output", "completed")
@@ -119,14 +119,14 @@ class FakeJob:
     webhook: str | None
     created: float
     events: tuple[str, ...] = DEFAULT_EVENTS  # replicate: the webhook_events_filter asked for
-    origin: str = ""                 # the fake's own base URL, as the submission reached it (outputs served there)
-    state: str = "queued"            # queued | running | succeeded | failed | lost | canceled
+    origin: str = ""  # the fake's own base URL, as the submission reached it (outputs served there)
+    state: str = "queued"  # queued | running | succeeded | failed | lost | canceled
     urls: tuple[str, ...] = ()
     error: tuple[str, str, str] | None = None
     pending: int = 0
-    deadline: float | None = None    # Cancel-After, in the farm's simulated seconds
-    started: float | None = None     # simulated seconds
-    ended: float | None = None       # simulated seconds: finished, canceled or aborted
+    deadline: float | None = None  # Cancel-After, in the farm's simulated seconds
+    started: float | None = None  # simulated seconds
+    ended: float | None = None  # simulated seconds: finished, canceled or aborted
 
     def run_s(self) -> float | None:
         """Billed run seconds: from start to its end (or to now while it runs); None before it ran."""
@@ -139,8 +139,8 @@ class FakeJob:
 class Keys:
     """What a deployment must configure to talk to this fake (and the forger's key it must not)."""
 
-    secrets: dict[str, str]          # replicate: provider -> whsec_ secret
-    seeds: dict[str, str]            # fal: provider -> ED25519 private seed (hex)
+    secrets: dict[str, str]  # replicate: provider -> whsec_ secret
+    seeds: dict[str, str]  # fal: provider -> ED25519 private seed (hex)
     forger_secret: str
     forger_seed: str
 
@@ -158,8 +158,9 @@ def make_keys(streams: Streams, providers: list[str]) -> Keys:
     return Keys(secrets, seeds, webhooks.generate_secret(forger), bytes(forger.getrandbits(8) for _ in range(32)).hex())
 
 
-def providers_toml(flavor: str, base_url: str, webhook_base: str, keys: Keys, providers: list[str],
-                   timeout_s: float = 30.0) -> str:
+def providers_toml(
+    flavor: str, base_url: str, webhook_base: str, keys: Keys, providers: list[str], timeout_s: float = 30.0
+) -> str:
     """A RIVYA_PROVIDERS file that points a deployment at this fake (contains its test keys)."""
     out = []
     for name in sorted(providers):
@@ -192,8 +193,17 @@ class FakeStats:
 class FakeProvider:
     """The HTTP farm: `app` is the ASGI app; `quiet()` says when nothing more will be sent."""
 
-    def __init__(self, flavor: str, scenario: Scenario, seed: int | None = None, *, speed: float = 1.0,
-                 stall_s: float = 35.0, catalog: Catalog | None = None, rate_limit_per_s: float | None = None):
+    def __init__(
+        self,
+        flavor: str,
+        scenario: Scenario,
+        seed: int | None = None,
+        *,
+        speed: float = 1.0,
+        stall_s: float = 35.0,
+        catalog: Catalog | None = None,
+        rate_limit_per_s: float | None = None,
+    ):
         if flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {FLAVORS}")
         self.flavor = flavor
@@ -237,9 +247,15 @@ class FakeProvider:
 
     # --- creating jobs --------------------------------------------------------------------
 
-    def _create(self, provider: str, model: str, webhook: str | None,
-                events: tuple[str, ...] = DEFAULT_EVENTS, origin: str = "",
-                cancel_after_s: float | None = None) -> tuple[int, dict[str, Any] | FakeJob]:
+    def _create(
+        self,
+        provider: str,
+        model: str,
+        webhook: str | None,
+        events: tuple[str, ...] = DEFAULT_EVENTS,
+        origin: str = "",
+        cancel_after_s: float | None = None,
+    ) -> tuple[int, dict[str, Any] | FakeJob]:
         """(HTTP status, error body) for a refused submission, or (200, job)."""
         spec = self.catalog.get(model)
         if spec is None or spec.provider != provider:
@@ -262,8 +278,11 @@ class FakeProvider:
         rng = self.streams.keyed(f"job:{provider}", task_ref)
         cfg = self.cfg(provider)
         u_submit = [rng.random() for _ in range(3)]
-        for kind, p, u in (("refused", cfg.submit_refused, u_submit[0]), ("error", cfg.submit_error, u_submit[1]),
-                           ("timeout", cfg.submit_timeout, u_submit[2])):
+        for kind, p, u in (
+            ("refused", cfg.submit_refused, u_submit[0]),
+            ("error", cfg.submit_error, u_submit[1]),
+            ("timeout", cfg.submit_timeout, u_submit[2]),
+        ):
             if p and u < p:
                 self.stats.submit_faults[kind] += 1
                 return {"refused": 422, "error": 500, "timeout": -1}[kind], {"detail": f"submission {kind}"}
@@ -309,8 +328,9 @@ class FakeProvider:
             hooks = job.webhook is not None
             # a progress report overtaken by the final one: "processing" when output or logs events
             # were asked for, else the start event; none when the filter asks for neither
-            late = ("processing" if {"output", "logs"} & set(job.events)
-                    else "starting" if "start" in job.events else None)
+            late = (
+                "processing" if {"output", "logs"} & set(job.events) else "starting" if "start" in job.events else None
+            )
             if hooks and self.flavor == "replicate" and late and cfg.reorder and cb["reorder"] < cfg.reorder:
                 self._deliver(job, self._body(job, late), gen_s + delays[3] + 5.0, "progress")
             if hooks and cfg.early and cb["early"] < cfg.early:
@@ -349,8 +369,11 @@ class FakeProvider:
         if with_urls:
             ext = OUTPUT_EXT.get(job.category, "bin")
             # served by the fake itself (GET /outputs/...), so a deployment can copy it into its result store
-            job.urls = (f"{job.origin}/outputs/{job.id}.{ext}" if job.origin
-                        else f"https://cdn.{job.provider}.example/{job.id}.{ext}",)
+            job.urls = (
+                f"{job.origin}/outputs/{job.id}.{ext}"
+                if job.origin
+                else f"https://cdn.{job.provider}.example/{job.id}.{ext}",
+            )
 
     def _cancel(self, job: FakeJob) -> None:
         """Stop a job now: it bills no more and sends nothing more (its run loop sees the state)."""
@@ -363,22 +386,35 @@ class FakeProvider:
     def prediction(self, job: FakeJob, status: str | None = None, output: Any = ...) -> dict[str, Any]:
         """A Replicate prediction object for the job (as it is, or as `status` says)."""
         status = status or {"queued": "starting", "running": "processing", "lost": "processing"}.get(
-            job.state, job.state)
+            job.state, job.state
+        )
         error = None
         if status == "failed" and job.error:
-            error = {"content_policy_violation": "NSFW content detected in the input (safety checker)",
-                     "model_error": "CUDA error: the model crashed while generating"}.get(job.error[0], job.error[1])
+            error = {
+                "content_policy_violation": "NSFW content detected in the input (safety checker)",
+                "model_error": "CUDA error: the model crashed while generating",
+            }.get(job.error[0], job.error[1])
         if status == "failed" and job.error and job.error[0] == UPSTREAM_TIMEOUT[0]:
             status = "aborted"  # terminated upstream before a result: not billed upstream
         if output is ...:
             output = list(job.urls) or None if status == "succeeded" else None
         base = f"/v1/predictions/{job.id}"
         run_s = job.run_s()
-        return {"id": job.id, "model": f"{job.provider}/{job.model}", "version": version_id(job.model),
-                "status": status, "input": {"prompt": "(kept private)"}, "output": output, "error": error,
-                "logs": None, "metrics": {} if run_s is None else {"predict_time": run_s}, "webhook": job.webhook,
-                "webhook_events_filter": list(job.events), "urls": {"get": base, "cancel": base + "/cancel"},
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created))}
+        return {
+            "id": job.id,
+            "model": f"{job.provider}/{job.model}",
+            "version": version_id(job.model),
+            "status": status,
+            "input": {"prompt": "(kept private)"},
+            "output": output,
+            "error": error,
+            "logs": None,
+            "metrics": {} if run_s is None else {"predict_time": run_s},
+            "webhook": job.webhook,
+            "webhook_events_filter": list(job.events),
+            "urls": {"get": base, "cancel": base + "/cancel"},
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created)),
+        }
 
     def fal_error(self, job: FakeJob) -> tuple[int, dict[str, Any]]:
         """A failed job's error as fal structures it: a model error's typed `detail` list (422),
@@ -387,14 +423,21 @@ class FakeProvider:
         if code == UPSTREAM_TIMEOUT[0]:
             return 504, {"detail": "Request timed out", "error_type": "request_timeout"}
         kind = FAL_ERROR_TYPES.get(code, "internal_server_error")
-        return 422, {"detail": [{"loc": ["body", "prompt"] if kind == "content_policy_violation" else ["body"],
-                                 "msg": message, "type": kind}]}
+        return 422, {
+            "detail": [
+                {
+                    "loc": ["body", "prompt"] if kind == "content_policy_violation" else ["body"],
+                    "msg": message,
+                    "type": kind,
+                }
+            ]
+        }
 
     def fal_result(self, job: FakeJob) -> tuple[int, Any]:
         if job.state == "failed":  # the trap: COMPLETED, then the result fetch answers an error
             return self.fal_error(job)
         if job.state == "succeeded" and not job.urls:
-            return 200, None           # the other trap: success with a null payload
+            return 200, None  # the other trap: success with a null payload
         kind = {"image": "images", "video": "video", "audio": "audio"}.get(job.category, "images")
         files = [{"url": u, "content_type": "application/octet-stream"} for u in job.urls]
         return 200, {kind: files if kind == "images" else files[0], "seed": 42}
@@ -405,19 +448,32 @@ class FakeProvider:
     def _early_body(self, job: FakeJob) -> bytes:
         if self.flavor == "replicate":
             return _json(self.prediction(job, "succeeded", output=None))
-        return _json({"request_id": job.id, "gateway_request_id": job.id, "status": "OK", "payload": None,
-                      "payload_error": "the result is not ready"})
+        return _json(
+            {
+                "request_id": job.id,
+                "gateway_request_id": job.id,
+                "status": "OK",
+                "payload": None,
+                "payload_error": "the result is not ready",
+            }
+        )
 
     def _final_body(self, job: FakeJob) -> bytes:
         if self.flavor == "replicate":
             return self._body(job, None if job.state != "succeeded" else "succeeded")
         if job.state == "failed":
             status, payload = self.fal_error(job)
-            return _json({"request_id": job.id, "gateway_request_id": job.id, "status": "ERROR",
-                          "error": f"Invalid status code: {status}", "payload": payload})
+            return _json(
+                {
+                    "request_id": job.id,
+                    "gateway_request_id": job.id,
+                    "status": "ERROR",
+                    "error": f"Invalid status code: {status}",
+                    "payload": payload,
+                }
+            )
         _status, payload = self.fal_result(job)
-        doc: dict[str, Any] = {"request_id": job.id, "gateway_request_id": job.id, "status": "OK",
-                               "payload": payload}
+        doc: dict[str, Any] = {"request_id": job.id, "gateway_request_id": job.id, "status": "OK", "payload": payload}
         if payload is None:
             doc["payload_error"] = "payload could not be serialised"
         return _json(doc)
@@ -434,14 +490,34 @@ class FakeProvider:
         self._msg += 1
         return f"msg_{self._msg:08d}"
 
-    def _deliver(self, job: FakeJob, body: bytes, delay_s: float, kind: str, *, msg_id: str | None = None,
-                 ts_offset: float = 0.0, forged: bool = False, only_if_running: bool = False) -> None:
+    def _deliver(
+        self,
+        job: FakeJob,
+        body: bytes,
+        delay_s: float,
+        kind: str,
+        *,
+        msg_id: str | None = None,
+        ts_offset: float = 0.0,
+        forged: bool = False,
+        only_if_running: bool = False,
+    ) -> None:
         job.pending += 1
-        self._spawn(self._send(job, body, delay_s, kind, msg_id or self._next_msg(), ts_offset, forged,
-                               only_if_running))
+        self._spawn(
+            self._send(job, body, delay_s, kind, msg_id or self._next_msg(), ts_offset, forged, only_if_running)
+        )
 
-    async def _send(self, job: FakeJob, body: bytes, delay_s: float, kind: str, msg_id: str, ts_offset: float,
-                    forged: bool, only_if_running: bool) -> None:
+    async def _send(
+        self,
+        job: FakeJob,
+        body: bytes,
+        delay_s: float,
+        kind: str,
+        msg_id: str,
+        ts_offset: float,
+        forged: bool,
+        only_if_running: bool,
+    ) -> None:
         try:
             await self.sleep_sim(delay_s)
             if only_if_running and job.state not in ("queued", "running"):
@@ -503,8 +579,16 @@ class FakeProvider:
         if self.flavor == "replicate":
             return JSONResponse(self.prediction(job), status_code=201)
         base = f"{origin.rstrip('/')}/rivya/{job.provider}/requests/{job.id}"
-        return JSONResponse({"request_id": job.id, "gateway_request_id": job.id, "status_url": base + "/status",
-                             "response_url": base, "cancel_url": base + "/cancel", "queue_position": 0})
+        return JSONResponse(
+            {
+                "request_id": job.id,
+                "gateway_request_id": job.id,
+                "status_url": base + "/status",
+                "response_url": base,
+                "cancel_url": base + "/cancel",
+                "queue_position": 0,
+            }
+        )
 
     def _app(self) -> Starlette:
         def unauthorized() -> JSONResponse:
@@ -524,18 +608,23 @@ class FakeProvider:
                 return JSONResponse({"detail": "input is required"}, status_code=422)
             events = doc.get("webhook_events_filter", list(DEFAULT_EVENTS))
             if not isinstance(events, list) or not events or not set(events) <= set(REPLICATE_EVENTS):
-                return JSONResponse({"detail": "webhook_events_filter must list start, output, logs, completed"},
-                                    status_code=422)
+                return JSONResponse(
+                    {"detail": "webhook_events_filter must list start, output, logs, completed"}, status_code=422
+                )
             p = request.path_params
             model = p.get("name") or self._model_of_version(doc.get("version"))
             spec = self.catalog.get(model)
             deadline = parse_cancel_after(request.headers.get("cancel-after"))
             if deadline == -1.0:
-                return JSONResponse({"detail": "Cancel-After is not a duration such as 30s, 5m or 1h"},
-                                    status_code=422)
-            status, got = self._create(spec.provider if spec else "", model, doc.get("webhook"),
-                                       tuple(e for e in REPLICATE_EVENTS if e in events), str(request.base_url),
-                                       deadline)
+                return JSONResponse({"detail": "Cancel-After is not a duration such as 30s, 5m or 1h"}, status_code=422)
+            status, got = self._create(
+                spec.provider if spec else "",
+                model,
+                doc.get("webhook"),
+                tuple(e for e in REPLICATE_EVENTS if e in events),
+                str(request.base_url),
+                deadline,
+            )
             return await self._submit_answer(status, got)
 
         async def rep_secret(request: Request) -> Response:
@@ -549,8 +638,10 @@ class FakeProvider:
             return JSONResponse({"key": self.keys.secrets[name]})
 
         async def fal_jwks(_request: Request) -> Response:
-            keys = [{"kty": "OKP", "crv": "Ed25519", "kid": name, "use": "sig", "x": self.keys.public_key(name)}
-                    for name in self.provider_names]
+            keys = [
+                {"kty": "OKP", "crv": "Ed25519", "kid": name, "use": "sig", "x": self.keys.public_key(name)}
+                for name in self.provider_names
+            ]
             return JSONResponse({"keys": keys})
 
         async def rep_get(request: Request) -> Response:
@@ -578,8 +669,9 @@ class FakeProvider:
             doc = await body_json(request)
             if not isinstance(doc, dict):
                 return JSONResponse({"detail": [{"msg": "body must be an object"}]}, status_code=422)
-            status, got = self._create(p["app"], p["model"], request.query_params.get("fal_webhook"),
-                                       origin=str(request.base_url))
+            status, got = self._create(
+                p["app"], p["model"], request.query_params.get("fal_webhook"), origin=str(request.base_url)
+            )
             return await self._submit_answer(status, got, str(request.base_url))
 
         def fal_job(request: Request) -> FakeJob | None:
@@ -592,14 +684,22 @@ class FakeProvider:
             job = fal_job(request)
             if job is None:
                 return JSONResponse({"detail": "Request not found"}, status_code=404)
-            state = {"queued": "IN_QUEUE", "running": "IN_PROGRESS", "lost": "IN_PROGRESS"}.get(
-                job.state, "COMPLETED")
+            state = {"queued": "IN_QUEUE", "running": "IN_PROGRESS", "lost": "IN_PROGRESS"}.get(job.state, "COMPLETED")
             base = f"{str(request.base_url).rstrip('/')}/rivya/{job.provider}/requests/{job.id}"
             metrics = {"inference_time": job.run_s()} if state == "COMPLETED" and job.run_s() is not None else {}
-            return JSONResponse({"status": state, "request_id": job.id, "response_url": base,
-                                 "status_url": base + "/status", "cancel_url": base + "/cancel",
-                                 "queue_position": 0 if state == "IN_QUEUE" else None, "logs": None,
-                                 "metrics": metrics}, status_code=202 if state != "COMPLETED" else 200)
+            return JSONResponse(
+                {
+                    "status": state,
+                    "request_id": job.id,
+                    "response_url": base,
+                    "status_url": base + "/status",
+                    "cancel_url": base + "/cancel",
+                    "queue_position": 0 if state == "IN_QUEUE" else None,
+                    "logs": None,
+                    "metrics": metrics,
+                },
+                status_code=202 if state != "COMPLETED" else 200,
+            )
 
         async def fal_result(request: Request) -> Response:
             if not self._authorized(request):
@@ -612,8 +712,11 @@ class FakeProvider:
             if job.state in ("canceled", "aborted"):
                 return JSONResponse({"detail": "Request was cancelled"}, status_code=400)
             status, payload = self.fal_result(job)
-            headers = {"X-Fal-Error-Type": payload["error_type"]} if isinstance(payload, dict) and \
-                payload.get("error_type") else None
+            headers = (
+                {"X-Fal-Error-Type": payload["error_type"]}
+                if isinstance(payload, dict) and payload.get("error_type")
+                else None
+            )
             return Response(_json(payload), status_code=status, media_type="application/json", headers=headers)
 
         async def fal_cancel(request: Request) -> Response:
@@ -638,20 +741,29 @@ class FakeProvider:
             return JSONResponse({"ok": True, "flavor": self.flavor, "jobs": len(self.jobs), "quiet": self.quiet()})
 
         if self.flavor == "replicate":
-            routes = [Route(REPLICATE_SECRET_PATH, rep_secret, methods=["GET"]),
-                      Route("/v1/models/{owner}/{name}/predictions", rep_create, methods=["POST"]),
-                      Route("/v1/models/{name}/predictions", rep_create, methods=["POST"]),
-                      Route("/v1/predictions", rep_create, methods=["POST"]),
-                      Route("/v1/predictions/{id}", rep_get, methods=["GET"]),
-                      Route("/v1/predictions/{id}/cancel", rep_cancel, methods=["POST"])]
+            routes = [
+                Route(REPLICATE_SECRET_PATH, rep_secret, methods=["GET"]),
+                Route("/v1/models/{owner}/{name}/predictions", rep_create, methods=["POST"]),
+                Route("/v1/models/{name}/predictions", rep_create, methods=["POST"]),
+                Route("/v1/predictions", rep_create, methods=["POST"]),
+                Route("/v1/predictions/{id}", rep_get, methods=["GET"]),
+                Route("/v1/predictions/{id}/cancel", rep_cancel, methods=["POST"]),
+            ]
         else:
-            routes = [Route(FAL_JWKS_PATH, fal_jwks, methods=["GET"]),
-                      Route("/rivya/{app}/requests/{id}/status", fal_status, methods=["GET"]),
-                      Route("/rivya/{app}/requests/{id}/cancel", fal_cancel, methods=["PUT"]),
-                      Route("/rivya/{app}/requests/{id}", fal_result, methods=["GET"]),
-                      Route("/rivya/{app}/{model}", fal_submit, methods=["POST"])]
-        return Starlette(routes=[Route("/healthz", health, methods=["GET"]),
-                                 Route("/outputs/{name}", output, methods=["GET"]), *routes])
+            routes = [
+                Route(FAL_JWKS_PATH, fal_jwks, methods=["GET"]),
+                Route("/rivya/{app}/requests/{id}/status", fal_status, methods=["GET"]),
+                Route("/rivya/{app}/requests/{id}/cancel", fal_cancel, methods=["PUT"]),
+                Route("/rivya/{app}/requests/{id}", fal_result, methods=["GET"]),
+                Route("/rivya/{app}/{model}", fal_submit, methods=["POST"]),
+            ]
+        return Starlette(
+            routes=[
+                Route("/healthz", health, methods=["GET"]),
+                Route("/outputs/{name}", output, methods=["GET"]),
+                *routes,
+            ]
+        )
 
 
 def parse_cancel_after(value: str | None) -> float | None:

@@ -60,7 +60,8 @@ CANCEL_GRACE_S = 3.0
 
 metadata = MetaData()
 lab_job = Table(
-    "lab_job", metadata,
+    "lab_job",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("kind", String(20), nullable=False),
     Column("label", Text, nullable=False),
@@ -119,8 +120,11 @@ Progress = Callable[[float, str], None]
 def _scenario(params: dict[str, Any]):
     from .scenarios import parse_scenario
 
-    return parse_scenario(params["scenario_toml"], f"<job {params.get('scenario_name', 'scenario')}>",
-                          params.get("scenario_name", "scenario"))
+    return parse_scenario(
+        params["scenario_toml"],
+        f"<job {params.get('scenario_name', 'scenario')}>",
+        params.get("scenario_name", "scenario"),
+    )
 
 
 def _policies(params: dict[str, Any]):
@@ -139,8 +143,14 @@ def do_run(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
 def do_compare(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     from .compare import compare
 
-    report = compare(_scenario(params), list(_policies(params)), int(params["replications"]),
-                     workers=params.get("workers"), tasks=params.get("tasks"), progress=progress)
+    report = compare(
+        _scenario(params),
+        list(_policies(params)),
+        int(params["replications"]),
+        workers=params.get("workers"),
+        tasks=params.get("tasks"),
+        progress=progress,
+    )
     return report.to_dict()
 
 
@@ -148,12 +158,15 @@ def do_sweep(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     from .sweep import Sweep, mean_table, run_sweep, write_results
 
     grid = tuple((k, tuple(v)) for k, v in params.get("grid", []))
-    sweep = Sweep(_scenario(params), _policies(params), grid, int(params["replications"]),
-                  tasks=params.get("tasks"))
+    sweep = Sweep(_scenario(params), _policies(params), grid, int(params["replications"]), tasks=params.get("tasks"))
     result = run_sweep(sweep, workers=params.get("workers"), progress=progress)
     out = write_results(result, params["output"], force=False) if params.get("output") else None
-    return {"definition": sweep.definition(), "variants": mean_table(result.frame),
-            "failed": [{"key": o.key, "error": o.error} for o in result.failed], "output": str(out or "")}
+    return {
+        "definition": sweep.definition(),
+        "variants": mean_table(result.frame),
+        "failed": [{"key": o.key, "error": o.error} for o in result.failed],
+        "output": str(out or ""),
+    }
 
 
 def do_backtest(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -184,7 +197,11 @@ def do_backtest(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
 
 
 KINDS: dict[str, Callable[[dict[str, Any], Progress], dict[str, Any]]] = {
-    "run": do_run, "compare": do_compare, "sweep": do_sweep, "backtest": do_backtest}
+    "run": do_run,
+    "compare": do_compare,
+    "sweep": do_sweep,
+    "backtest": do_backtest,
+}
 
 
 # --- whether a finished result can be trusted ----------------------------------------
@@ -208,8 +225,10 @@ def _replications_verdict(result: dict[str, Any]) -> str | None:
     if not failed:
         return None
     first = failed[0]
-    return (f"{len(failed)} replication job(s) failed (first {first.get('key')}: {first.get('error')}): "
-            "the figures cover only the jobs that finished")
+    return (
+        f"{len(failed)} replication job(s) failed (first {first.get('key')}: {first.get('error')}): "
+        "the figures cover only the jobs that finished"
+    )
 
 
 def _backtest_verdict(result: dict[str, Any]) -> str | None:
@@ -218,14 +237,19 @@ def _backtest_verdict(result: dict[str, Any]) -> str | None:
         return None
     rows = sc.get("first_diverging_rows") or [{}]
     where = ", ".join(f"{k} {v}" for k, v in rows[0].items() if k in ("position", "account", "totals")) or "totals"
-    return (f"the self-check failed: replaying the history under its recorded policy {sc.get('policy')!r} does "
-            f"not reproduce the database's ledger (first difference at {where}), so the figures are not "
-            "trustworthy")
+    return (
+        f"the self-check failed: replaying the history under its recorded policy {sc.get('policy')!r} does "
+        f"not reproduce the database's ledger (first difference at {where}), so the figures are not "
+        "trustworthy"
+    )
 
 
 VERDICTS: dict[str, Callable[[dict[str, Any]], str | None]] = {
-    "run": _run_verdict, "compare": _replications_verdict, "sweep": _replications_verdict,
-    "backtest": _backtest_verdict}
+    "run": _run_verdict,
+    "compare": _replications_verdict,
+    "sweep": _replications_verdict,
+    "backtest": _backtest_verdict,
+}
 
 
 def verdict(kind: str, result: dict[str, Any]) -> str | None:
@@ -236,8 +260,11 @@ def verdict(kind: str, result: dict[str, Any]) -> str | None:
     return judge(result) if judge is not None else None
 
 
-def register(kind: str, fn: Callable[[dict[str, Any], Progress], dict[str, Any]],
-             judge: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+def register(
+    kind: str,
+    fn: Callable[[dict[str, Any], Progress], dict[str, Any]],
+    judge: Callable[[dict[str, Any]], str | None] | None = None,
+) -> None:
     """Another kind of background job: fn(params, progress) -> result; judge(result) -> why the
     result cannot be trusted, or None (see verdict)."""
     KINDS[kind] = fn
@@ -250,8 +277,7 @@ def register(kind: str, fn: Callable[[dict[str, Any], Progress], dict[str, Any]]
 _CHILDREN: dict[int, subprocess.Popen] = {}  # workers this process started, reaped by refresh()
 
 
-def submit(kind: str, params: dict[str, Any], *, label: str, owner: str | None = None,
-           runs: Path | None = None) -> int:
+def submit(kind: str, params: dict[str, Any], *, label: str, owner: str | None = None, runs: Path | None = None) -> int:
     """Record the job and start its worker; returns the job id at once."""
     if kind not in KINDS:
         raise JobError(f"unknown job kind {kind!r} (known: {', '.join(sorted(KINDS))})", code="bad_argument")
@@ -260,15 +286,30 @@ def submit(kind: str, params: dict[str, Any], *, label: str, owner: str | None =
     logs = runs / "jobs"
     logs.mkdir(parents=True, exist_ok=True)
     with eng.begin() as conn:
-        job_id = conn.execute(insert(lab_job).values(
-            kind=kind, label=label, params=json.dumps(params, default=str), status="queued", progress=0.0,
-            message="starting", owner=owner, created_at=_now(), log="")).inserted_primary_key[0]
+        job_id = conn.execute(
+            insert(lab_job).values(
+                kind=kind,
+                label=label,
+                params=json.dumps(params, default=str),
+                status="queued",
+                progress=0.0,
+                message="starting",
+                owner=owner,
+                created_at=_now(),
+                log="",
+            )
+        ).inserted_primary_key[0]
         log = logs / f"{job_id}.log"
         conn.execute(update(lab_job).where(lab_job.c.id == job_id).values(log=str(log)))
     with open(log, "w") as fh:  # the worker keeps its own handle
-        popen = subprocess.Popen([sys.executable, "-m", "simulations.jobs", "work", str(job_id), "--runs", str(runs)],
-                                 cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "simulations.jobs", "work", str(job_id), "--runs", str(runs)],
+            cwd=ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     _CHILDREN[popen.pid] = popen
     with eng.begin() as conn:
         conn.execute(update(lab_job).where(lab_job.c.id == job_id, lab_job.c.pid.is_(None)).values(pid=popen.pid))
@@ -291,13 +332,22 @@ def refresh(runs: Path | None = None) -> None:
     """Mark jobs whose worker is gone without finishing as failed (the log stays)."""
     eng = _engine(runs)
     with eng.begin() as conn:
-        rows = conn.execute(select(lab_job.c.id, lab_job.c.pid, lab_job.c.status, lab_job.c.created_at)
-                            .where(lab_job.c.status.in_(ACTIVE))).all()
+        rows = conn.execute(
+            select(lab_job.c.id, lab_job.c.pid, lab_job.c.status, lab_job.c.created_at).where(
+                lab_job.c.status.in_(ACTIVE)
+            )
+        ).all()
         for job_id, pid, _status, _created in rows:
             if pid and not _alive(pid):
-                conn.execute(update(lab_job).where(lab_job.c.id == job_id, lab_job.c.status.in_(ACTIVE)).values(
-                    status="failed", finished_at=_now(),
-                    error="the worker process ended without a result (killed or crashed); see its log"))
+                conn.execute(
+                    update(lab_job)
+                    .where(lab_job.c.id == job_id, lab_job.c.status.in_(ACTIVE))
+                    .values(
+                        status="failed",
+                        finished_at=_now(),
+                        error="the worker process ended without a result (killed or crashed); see its log",
+                    )
+                )
 
 
 def _row(r: Any) -> dict[str, Any]:
@@ -337,8 +387,11 @@ def cancel(job_id: int, runs: Path | None = None) -> bool:
     eng = _engine(runs)
     with eng.begin() as conn:
         pid = conn.execute(select(lab_job.c.pid).where(lab_job.c.id == int(job_id))).scalar()
-        n = conn.execute(update(lab_job).where(lab_job.c.id == int(job_id), lab_job.c.status.in_(ACTIVE)).values(
-            status="cancelled", finished_at=_now(), message="cancelled")).rowcount
+        n = conn.execute(
+            update(lab_job)
+            .where(lab_job.c.id == int(job_id), lab_job.c.status.in_(ACTIVE))
+            .values(status="cancelled", finished_at=_now(), message="cancelled")
+        ).rowcount
     if not n:
         return False
     if pid:
@@ -363,8 +416,9 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def _set(eng, job_id: int, **values: Any) -> int:
     with eng.begin() as conn:
-        return conn.execute(update(lab_job).where(lab_job.c.id == job_id, lab_job.c.status.in_(ACTIVE))
-                            .values(**values)).rowcount
+        return conn.execute(
+            update(lab_job).where(lab_job.c.id == job_id, lab_job.c.status.in_(ACTIVE)).values(**values)
+        ).rowcount
 
 
 def work(job_id: int, runs: Path | None = None) -> int:
@@ -399,8 +453,16 @@ def work(job_id: int, runs: Path | None = None) -> int:
         _set(eng, job_id, status="failed", finished_at=_now(), error=f"{type(exc).__name__}: {message}")
         return 1
     problem = verdict(job["kind"], result)
-    _set(eng, job_id, status="failed" if problem else "done", progress=1.0, message="failed" if problem else "done",
-         finished_at=_now(), result=json.dumps(result, default=str), error=problem)
+    _set(
+        eng,
+        job_id,
+        status="failed" if problem else "done",
+        progress=1.0,
+        message="failed" if problem else "done",
+        finished_at=_now(),
+        result=json.dumps(result, default=str),
+        error=problem,
+    )
     print(f"failed: {problem}" if problem else "done", flush=True)
     return 1 if problem else 0
 

@@ -26,33 +26,63 @@ class Kpi:
 
 _ALL = (
     # simulated runs (run summary, compare, sweep)
-    Kpi("revenue", "revenue (net credits)",
-        "credits users paid: task credits charged − task credits refunded + chat credits charged"),
-    Kpi("refunds", "refunds (credits)",
-        "task credits refunded for failures the policy reverses (a chat reservation's unused part is not a refund)"),
-    Kpi("failures_without_refund", "failures without refund",
+    Kpi(
+        "revenue",
+        "revenue (net credits)",
+        "credits users paid: task credits charged − task credits refunded + chat credits charged",
+    ),
+    Kpi(
+        "refunds",
+        "refunds (credits)",
+        "task credits refunded for failures the policy reverses (a chat reservation's unused part is not a refund)",
+    ),
+    Kpi(
+        "failures_without_refund",
+        "failures without refund",
         "tasks charged, then failed, that got no refund (the policy keeps that failure class, or a due refund "
-        "never came)"),
-    Kpi("insufficient_credit_rejections", "insufficient-credit rejections",
-        "tasks and chat turns refused because the balance could not cover the price"),
-    Kpi("user_visible_failure_rate", "user-visible failure rate",
-        "tasks that ended FAILED for any reason but credits, as a share of all tasks"),
-    Kpi("time_to_terminal_mean_s", "time to terminal, mean (s)",
-        "mean seconds from a task's creation to SUCCESS or FAILED"),
-    Kpi("time_to_terminal_p95_s", "time to terminal, p95 (s)",
-        "95th percentile of the seconds from a task's creation to SUCCESS or FAILED"),
-    Kpi("stuck_tasks", "stuck tasks",
-        "tasks that took longer than their category's stuck threshold to finish, or never finished"),
+        "never came)",
+    ),
+    Kpi(
+        "insufficient_credit_rejections",
+        "insufficient-credit rejections",
+        "tasks and chat turns refused because the balance could not cover the price",
+    ),
+    Kpi(
+        "user_visible_failure_rate",
+        "user-visible failure rate",
+        "tasks that ended FAILED for any reason but credits, as a share of all tasks",
+    ),
+    Kpi(
+        "time_to_terminal_mean_s",
+        "time to terminal, mean (s)",
+        "mean seconds from a task's creation to SUCCESS or FAILED",
+    ),
+    Kpi(
+        "time_to_terminal_p95_s",
+        "time to terminal, p95 (s)",
+        "95th percentile of the seconds from a task's creation to SUCCESS or FAILED",
+    ),
+    Kpi(
+        "stuck_tasks",
+        "stuck tasks",
+        "tasks that took longer than their category's stuck threshold to finish, or never finished",
+    ),
     Kpi("notifications", "notifications", "outcome notifications sent (one per finished task)"),
     # money (rivya_core.cost: catalogue provider prices, the policy's credit value)
     Kpi("revenue_money", "revenue (USD)", "net credits (the revenue KPI) times the policy's credit_value"),
-    Kpi("provider_cost", "provider cost (USD)",
+    Kpi(
+        "provider_cost",
+        "provider cost (USD)",
         "what the providers billed: each job's run seconds, outputs or tokens at the catalogue's provider_price "
-        "(failed and late-canceled jobs included; jobs canceled or aborted before they ran cost nothing)"),
+        "(failed and late-canceled jobs included; jobs canceled or aborted before they ran cost nothing)",
+    ),
     Kpi("margin", "margin (USD)", "revenue (USD) − provider cost (USD)"),
-    Kpi("cost_saved", "cost saved by upstream cancel (USD)",
+    Kpi(
+        "cost_saved",
+        "cost saved by upstream cancel (USD)",
         "what the jobs we stopped (our cancel, or their Cancel-After deadline) would have gone on billing: "
-        "to their end, or a hung job to the provider's 30-minute run limit"),
+        "to their end, or a hung job to the provider's 30-minute run limit",
+    ),
     # the backtest's exact part
     Kpi("tasks", "tasks", "recorded tasks that run under the policy (not blocked as duplicates)"),
     Kpi("charged", "charged (credits)", "task credits spent before submission"),
@@ -60,8 +90,7 @@ _ALL = (
     Kpi("kept", "kept (credits)", "task credits charged and not refunded"),
     Kpi("chat_charged", "chat charged (credits)", "chat credits charged on the turns' usage"),
     Kpi("rejections_caused", "rejections caused", "refused for credits under the policy, though the history ran them"),
-    Kpi("rejections_avoided", "rejections avoided",
-        "refused for credits in the history, affordable under the policy"),
+    Kpi("rejections_avoided", "rejections avoided", "refused for credits in the history, affordable under the policy"),
     Kpi("duplicates_blocked", "duplicates blocked", "tasks the policy blocks as heavier duplicates of a running task"),
     # the backtest's timing part
     Kpi("timeouts", "timeouts", "tasks failed by the hard timeout"),
@@ -70,9 +99,21 @@ _ALL = (
 )
 DEFINITIONS: dict[str, Kpi] = {k.key: k for k in _ALL}
 # what a simulated run reports, in this order (RunSummary.kpis, compare, sweep)
-SIMULATED = ("revenue", "refunds", "failures_without_refund", "insufficient_credit_rejections",
-             "user_visible_failure_rate", "time_to_terminal_mean_s", "time_to_terminal_p95_s", "stuck_tasks",
-             "notifications", "revenue_money", "provider_cost", "margin", "cost_saved")
+SIMULATED = (
+    "revenue",
+    "refunds",
+    "failures_without_refund",
+    "insufficient_credit_rejections",
+    "user_visible_failure_rate",
+    "time_to_terminal_mean_s",
+    "time_to_terminal_p95_s",
+    "stuck_tasks",
+    "notifications",
+    "revenue_money",
+    "provider_cost",
+    "margin",
+    "cost_saved",
+)
 MONEY = ("revenue_money", "provider_cost", "margin", "cost_saved")
 
 
@@ -97,8 +138,13 @@ def group_label(key: str) -> str:
     return f"{label(kpi)}, {where.replace(':', ' ', 1)}"
 
 
-def run_money(catalog: Catalog, policy: BillingPolicy, credits_by_model: dict[str, int],
-              chat_tokens: dict[str, list[int]], billing: dict[str, Any]) -> dict[str, cost.Money]:
+def run_money(
+    catalog: Catalog,
+    policy: BillingPolicy,
+    credits_by_model: dict[str, int],
+    chat_tokens: dict[str, list[int]],
+    billing: dict[str, Any],
+) -> dict[str, cost.Money]:
     """Per model: revenue in money, provider cost and cost saved of one simulated run, from the
     writer's per-model credits and chat tokens and the farm's per-model bills (simulations.farm.Bill)."""
     out: dict[str, cost.Money] = {}
@@ -136,8 +182,9 @@ def relative(diff: float, base: float) -> float:
     return diff / abs(base)
 
 
-def price_note(a: BillingPolicy, b: BillingPolicy, revenue_change: float | None = None,
-               catalog: Catalog | None = None) -> str | None:
+def price_note(
+    a: BillingPolicy, b: BillingPolicy, revenue_change: float | None = None, catalog: Catalog | None = None
+) -> str | None:
     """Why B's task prices are not A's times the multiplier ratio, and what else moves revenue;
     None when both price every task the same. revenue_change: revenue's relative change B vs A."""
     if (a.price_multiplier, a.price_overrides) == (b.price_multiplier, b.price_overrides):
@@ -164,11 +211,27 @@ def price_note(a: BillingPolicy, b: BillingPolicy, revenue_change: float | None 
         if ratio != 1 and abs(revenue_change - (ratio - 1)) < 0.005:
             text += f" Revenue changed {100 * revenue_change:+.1f}%, as the price change."
         else:
-            text += (f" Revenue changed {100 * revenue_change:+.1f}%"
-                     + (f", not {100 * (ratio - 1):+.1f}%" if ratio != 1 else "")
-                     + ": the rounding above, chat credits (token-priced, not scaled by the multiplier), and "
-                     "refunds and insufficient-credit rejections that follow the new prices.")
+            text += (
+                f" Revenue changed {100 * revenue_change:+.1f}%"
+                + (f", not {100 * (ratio - 1):+.1f}%" if ratio != 1 else "")
+                + ": the rounding above, chat credits (token-priced, not scaled by the multiplier), and "
+                "refunds and insufficient-credit rejections that follow the new prices."
+            )
     return text
 
 
-__all__ = ["Kpi", "DEFINITIONS", "SIMULATED", "MONEY", "run_money", "group_keys", "group_value", "group_label", "meaning", "label", "definition_lines", "relative", "price_note"]
+__all__ = [
+    "Kpi",
+    "DEFINITIONS",
+    "SIMULATED",
+    "MONEY",
+    "run_money",
+    "group_keys",
+    "group_value",
+    "group_label",
+    "meaning",
+    "label",
+    "definition_lines",
+    "relative",
+    "price_note",
+]

@@ -49,7 +49,7 @@ from .scenarios import Scenario
 from .streams import Streams
 
 HOST = "127.0.0.1"
-CLIENT_TIMEOUT_S = 2.0   # the real clients' timeout in a live run; a stalled submission waits longer
+CLIENT_TIMEOUT_S = 2.0  # the real clients' timeout in a live run; a stalled submission waits longer
 SUBMITTERS = 8
 
 
@@ -76,8 +76,16 @@ class ServerThread:
         import uvicorn
 
         self.port = port or free_port()
-        config = uvicorn.Config(app, host=HOST, port=self.port, log_level="warning", access_log=False,
-                                lifespan="on", timeout_keep_alive=30, backlog=2048)
+        config = uvicorn.Config(
+            app,
+            host=HOST,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_keep_alive=30,
+            backlog=2048,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 
@@ -102,11 +110,13 @@ class ServerThread:
 def scaled_policy(policy: BillingPolicy, speed: float) -> BillingPolicy:
     """The policy's waits divided by speed (its money rules unchanged)."""
     return dataclasses.replace(
-        policy, poll_interval_s=policy.poll_interval_s / speed,
+        policy,
+        poll_interval_s=policy.poll_interval_s / speed,
         recheck_backoff_s=tuple(s / speed for s in policy.recheck_backoff_s),
         stuck_after_s={k: v / speed for k, v in policy.stuck_after_s.items()},
         timeout_s={k: v / speed for k, v in policy.timeout_s.items()},
-        duplicate_window_s=policy.duplicate_window_s / speed)
+        duplicate_window_s=policy.duplicate_window_s / speed,
+    )
 
 
 def _requests(catalog: Catalog, scenario: Scenario, streams: Streams, n: int) -> list[dict[str, Any]]:
@@ -130,7 +140,7 @@ def _requests(catalog: Catalog, scenario: Scenario, streams: Streams, n: int) ->
         model = rng.choice(by_cat[cat])
         spec = catalog.get(model)
         prompt = f"live task {i}: a {rng.choice(['calm', 'stormy', 'bright', 'quiet'])} scene"
-        out.append({"model": model, "prompt": prompt.ljust(spec.prompt_min, ".")[:spec.prompt_max], "params": {}})
+        out.append({"model": model, "prompt": prompt.ljust(spec.prompt_min, ".")[: spec.prompt_max], "params": {}})
     return out
 
 
@@ -145,23 +155,42 @@ def _accounts(svc: LifecycleService, scenario: Scenario, streams: Streams) -> li
     return ids
 
 
-def run_live(scenario: Scenario, flavor: str, tasks: int, db_url: str, *, seed: int | None = None,
-             speed: float = 120.0, force: bool = False, timeout_s: float | None = None,
-             progress: Any = None) -> tuple[RunSummary, dict[str, Any]]:
+def run_live(
+    scenario: Scenario,
+    flavor: str,
+    tasks: int,
+    db_url: str,
+    *,
+    seed: int | None = None,
+    speed: float = 120.0,
+    force: bool = False,
+    timeout_s: float | None = None,
+    progress: Any = None,
+) -> tuple[RunSummary, dict[str, Any]]:
     """Run N tasks live; (summary, farm stats). Refuses a database holding tasks unless force."""
     # one connection for each receiver thread, the sweep and each submitter
     store = open_store(db_url, create=True, pool_size=pool_size_for(DEFAULT_THREADS) + SUBMITTERS)
     try:
         if has_rows(store.engine, "ai_task") and not force:
-            raise RivyaError(f"database {safe_url(db_url)} already holds tasks; pass --force to add a live run "
-                             "to it", code="db_not_empty")
+            raise RivyaError(
+                f"database {safe_url(db_url)} already holds tasks; pass --force to add a live run to it",
+                code="db_not_empty",
+            )
         return _run(store, scenario, flavor, tasks, seed, speed, timeout_s, progress)
     finally:
         store.engine.dispose()
 
 
-def _run(store: Any, scenario: Scenario, flavor: str, tasks: int, seed: int | None, speed: float,
-         timeout_s: float | None, progress: Any) -> tuple[RunSummary, dict[str, Any]]:
+def _run(
+    store: Any,
+    scenario: Scenario,
+    flavor: str,
+    tasks: int,
+    seed: int | None,
+    speed: float,
+    timeout_s: float | None,
+    progress: Any,
+) -> tuple[RunSummary, dict[str, Any]]:
     started = time.monotonic()
     seed = scenario.seed if seed is None else int(seed)
     catalog = default_catalog()
@@ -169,8 +198,14 @@ def _run(store: Any, scenario: Scenario, flavor: str, tasks: int, seed: int | No
     fake = FakeProvider(flavor, scenario, seed, speed=speed, stall_s=CLIENT_TIMEOUT_S * 1.5, catalog=catalog)
     receiver_port = free_port()
     with ServerThread(fake.app) as farm_server:
-        text = providers_toml(flavor, farm_server.url, f"http://{HOST}:{receiver_port}", fake.keys,
-                              fake.provider_names, timeout_s=CLIENT_TIMEOUT_S)
+        text = providers_toml(
+            flavor,
+            farm_server.url,
+            f"http://{HOST}:{receiver_port}",
+            fake.keys,
+            fake.provider_names,
+            timeout_s=CLIENT_TIMEOUT_S,
+        )
         clients = build_clients(parse_providers(parse_toml(text, "<live>", RivyaError), "<live>"))
         svc = LifecycleService(store, WallClock(), clients, catalog, policy)
         app = create_app(svc, engine=store.engine, poll_every=max(0.1, min(1.0, policy.poll_interval_s)))
@@ -204,8 +239,12 @@ def _run(store: Any, scenario: Scenario, flavor: str, tasks: int, seed: int | No
     if progress:
         progress(1.0, "done")
     summary = _summary(store, scenario, seed, policy, time.monotonic() - started, speed, fake)
-    farm = {"sent": dict(fake.stats.sent), "dropped": dict(fake.stats.dropped),
-            "submit_faults": dict(fake.stats.submit_faults), "outcomes": dict(fake.stats.outcomes)}
+    farm = {
+        "sent": dict(fake.stats.sent),
+        "dropped": dict(fake.stats.dropped),
+        "submit_faults": dict(fake.stats.submit_faults),
+        "outcomes": dict(fake.stats.outcomes),
+    }
     return summary, farm
 
 
@@ -215,8 +254,9 @@ def _active(store: Any) -> int:
         return conn.scalar(select(func.count()).select_from(t).where(t.c.status.in_([str(s) for s in ACTIVE])))
 
 
-def _summary(store: Any, scenario: Scenario, seed: int, policy: BillingPolicy, wall: float, speed: float,
-             fake: FakeProvider) -> RunSummary:
+def _summary(
+    store: Any, scenario: Scenario, seed: int, policy: BillingPolicy, wall: float, speed: float, fake: FakeProvider
+) -> RunSummary:
     t, cb, led, ev = schema.ai_task, schema.provider_callback, schema.credit_ledger, schema.task_event
     with store.engine.connect() as conn:
         states = dict(conn.execute(select(t.c.status, func.count()).group_by(t.c.status)).all())
@@ -224,13 +264,20 @@ def _summary(store: Any, scenario: Scenario, seed: int, policy: BillingPolicy, w
         sums = dict(conn.execute(select(led.c.entry_type, func.sum(led.c.amount)).group_by(led.c.entry_type)).all())
         finished = conn.execute(select(ev.c.kind, ev.c.detail).where(ev.c.kind.in_(["succeeded", "failed"]))).all()
         deferrals = conn.scalar(select(func.count()).select_from(ev).where(ev.c.kind == "deferred"))
-        lat = sorted((f - c).total_seconds() for c, f in conn.execute(
-            select(t.c.created_at, t.c.finished_at).where(t.c.finished_at.is_not(None))).all())
+        lat = sorted(
+            (f - c).total_seconds()
+            for c, f in conn.execute(select(t.c.created_at, t.c.finished_at).where(t.c.finished_at.is_not(None))).all()
+        )
     paths = Counter(f"{kind}:{(d or {}).get('path', '?')}" for kind, d in finished)
     report = audit(store.engine, policy, WallClock().now())
     charged, refunded = -int(sums.get("consume") or 0), int(sums.get("refund") or 0)
-    credits = {"charged": charged, "refunded": refunded, "net": charged - refunded,
-               "chat_charged": 0, "chat_refunded": 0}
+    credits = {
+        "charged": charged,
+        "refunded": refunded,
+        "net": charged - refunded,
+        "chat_charged": 0,
+        "chat_refunded": 0,
+    }
 
     def pct(q: float) -> float:
         return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else 0.0
@@ -239,14 +286,25 @@ def _summary(store: Any, scenario: Scenario, seed: int, policy: BillingPolicy, w
     body = {"states": states, "outcomes": outcomes, "credits": credits, "paths": dict(paths)}
     return RunSummary(
         fingerprint="live-" + hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest(),
-        seed=seed, scenario_name=f"{scenario.name} (live, {fake.flavor})", tasks=sum(states.values()),
-        sim_seconds=wall * speed, counts_by_state={str(k): v for k, v in states.items()},
-        counts_by_outcome={str(k): v for k, v in outcomes.items()}, credits=credits,
-        completion_paths=dict(paths), deferrals=int(deferrals or 0),
-        rejected_callbacks={o: n for o, n in outcomes.items()
-                            if o not in ("applied", "duplicate", "deferred", "progress")},
+        seed=seed,
+        scenario_name=f"{scenario.name} (live, {fake.flavor})",
+        tasks=sum(states.values()),
+        sim_seconds=wall * speed,
+        counts_by_state={str(k): v for k, v in states.items()},
+        counts_by_outcome={str(k): v for k, v in outcomes.items()},
+        credits=credits,
+        completion_paths=dict(paths),
+        deferrals=int(deferrals or 0),
+        rejected_callbacks={
+            o: n for o, n in outcomes.items() if o not in ("applied", "duplicate", "deferred", "progress")
+        },
         latency_percentiles={"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
-        violations=[{"kind": f.kind, "message": f.message} for f in report.findings], liveness_ok=active == 0,
-        farm={"sent": dict(fake.stats.sent), "dropped": dict(fake.stats.dropped),
-              "submit_faults": dict(fake.stats.submit_faults)},
-        wall_seconds=wall)
+        violations=[{"kind": f.kind, "message": f.message} for f in report.findings],
+        liveness_ok=active == 0,
+        farm={
+            "sent": dict(fake.stats.sent),
+            "dropped": dict(fake.stats.dropped),
+            "submit_faults": dict(fake.stats.submit_faults),
+        },
+        wall_seconds=wall,
+    )

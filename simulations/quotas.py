@@ -51,8 +51,12 @@ class Quotas:
     max_concurrent: int = 2
     max_disk_mb: int = 2_048
 
-    ENV = {"max_tasks": "RIVYA_QUOTA_TASKS", "max_users": "RIVYA_QUOTA_USERS",
-           "max_concurrent": "RIVYA_QUOTA_RUNS", "max_disk_mb": "RIVYA_QUOTA_DISK_MB"}
+    ENV = {
+        "max_tasks": "RIVYA_QUOTA_TASKS",
+        "max_users": "RIVYA_QUOTA_USERS",
+        "max_concurrent": "RIVYA_QUOTA_RUNS",
+        "max_disk_mb": "RIVYA_QUOTA_DISK_MB",
+    }
     RANGE = (1, 10_000_000)
 
     @classmethod
@@ -140,16 +144,20 @@ def check(quotas: Quotas, runs_dir: Path, *, tasks: int, users: int) -> None:
         raise QuotaExceeded(f"{users:,} users is over the quota of {quotas.max_users:,} users per run")
     running = len(active_runs(runs_dir))
     if running >= quotas.max_concurrent:
-        raise QuotaExceeded(f"{running} run(s) in progress: the quota is {quotas.max_concurrent} at once; "
-                            "wait for one to finish")
+        raise QuotaExceeded(
+            f"{running} run(s) in progress: the quota is {quotas.max_concurrent} at once; wait for one to finish"
+        )
     used = disk_used(runs_dir)
     if used >= quotas.max_disk_mb * MiB:
-        raise QuotaExceeded(f"the runs folder holds {used / MiB:,.0f} MiB, the quota is {quotas.max_disk_mb:,} MiB; "
-                            "clean up old runs first")
+        raise QuotaExceeded(
+            f"the runs folder holds {used / MiB:,.0f} MiB, the quota is {quotas.max_disk_mb:,} MiB; "
+            "clean up old runs first"
+        )
 
 
-def admit(runs_dir: Path, *, tasks: int, users: int, db: str, launch: Callable[[], int],
-          quotas: Quotas | None = None) -> int:
+def admit(
+    runs_dir: Path, *, tasks: int, users: int, db: str, launch: Callable[[], int], quotas: Quotas | None = None
+) -> int:
     """Check every quota and, still under the folder's lock, call `launch()` (it starts the run and
     returns the pid of the process running it) and record the run as active until that process ends.
     Returns the pid."""
@@ -170,7 +178,8 @@ def running(runs_dir: Path, *, tasks: int, users: int, db: str, quotas: Quotas |
     with _locked(runs_dir):
         check(quotas, runs_dir, tasks=tasks, users=users)
         (_markers(runs_dir) / f"{token}.json").write_text(
-            json.dumps({"pid": os.getpid(), "db": db, "tasks": tasks, "users": users}))
+            json.dumps({"pid": os.getpid(), "db": db, "tasks": tasks, "users": users})
+        )
     try:
         yield
     finally:
@@ -192,15 +201,15 @@ def cleanup(runs_dir: Path, *, keep: int) -> Cleanup:
     runs_dir = Path(runs_dir)
     with _locked(runs_dir):
         busy = {Path(str(info.get("db", "")).removeprefix("sqlite:///")).resolve() for info in active_runs(runs_dir)}
-        dbs = sorted((p for p in runs_dir.glob("*.db") if p.name != "jobs.db"),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
+        dbs = sorted(
+            (p for p in runs_dir.glob("*.db") if p.name != "jobs.db"), key=lambda p: p.stat().st_mtime, reverse=True
+        )
         removed, freed, kept_active = [], 0, 0
         for path in dbs[keep:]:
             if path.resolve() in busy:
                 kept_active += 1
                 continue
-            for f in (path, *(Path(f"{path}{s}") for s in SIDE_SUFFIXES),
-                      *(path.with_suffix(s) for s in SIDE_FILES)):
+            for f in (path, *(Path(f"{path}{s}") for s in SIDE_SUFFIXES), *(path.with_suffix(s) for s in SIDE_FILES)):
                 try:
                     size = f.stat().st_size
                     f.unlink()

@@ -100,18 +100,29 @@ class LoadResult:
     def render_text(self) -> str:
         how = "in process" if self.workers == 0 else f"{self.workers} receiver process" + "es" * (self.workers > 1)
         sql = "" if self.statements_per_callback is None else f", {self.statements_per_callback:.2f} SQL statements"
-        return (f"{self.database} ({how}): {self.valid} valid callbacks (+{self.duplicates} redeliveries) in "
-                f"{self.seconds:.1f} s -> {self.valid_per_s:,.0f} valid callbacks/s "
-                f"({self.requests_per_s:,.0f} requests/s), latency p50 {self.p50_ms:.1f} ms p99 {self.p99_ms:.1f} ms, "
-                f"concurrency {self.concurrency}; {self.cpu_ms_per_callback:.2f} CPU ms{sql} per valid callback"
-                + ("" if self.workers == 0 else f" (the sender: {self.sender_cpu_ms_per_callback:.2f} CPU ms)") + "; "
-                f"lost {self.lost}, doubled {self.doubled}, errors {self.errors}, "
-                f"audit {'clean' if self.audit_ok else 'FINDINGS'}; load average "
-                + " ".join(f"{x:.1f}" for x in self.load_average))
+        return (
+            f"{self.database} ({how}): {self.valid} valid callbacks (+{self.duplicates} redeliveries) in "
+            f"{self.seconds:.1f} s -> {self.valid_per_s:,.0f} valid callbacks/s "
+            f"({self.requests_per_s:,.0f} requests/s), latency p50 {self.p50_ms:.1f} ms p99 {self.p99_ms:.1f} ms, "
+            f"concurrency {self.concurrency}; {self.cpu_ms_per_callback:.2f} CPU ms{sql} per valid callback"
+            + ("" if self.workers == 0 else f" (the sender: {self.sender_cpu_ms_per_callback:.2f} CPU ms)")
+            + "; "
+            f"lost {self.lost}, doubled {self.doubled}, errors {self.errors}, "
+            f"audit {'clean' if self.audit_ok else 'FINDINGS'}; load average "
+            + " ".join(f"{x:.1f}" for x in self.load_average)
+        )
 
 
-def run_load(url: str, tasks: int = 2000, concurrency: int = 16, duplicates: float = 0.1, seed: int = 1,
-             force: bool = False, workers: int = 1, threads: int = DEFAULT_THREADS) -> LoadResult:
+def run_load(
+    url: str,
+    tasks: int = 2000,
+    concurrency: int = 16,
+    duplicates: float = 0.1,
+    seed: int = 1,
+    force: bool = False,
+    workers: int = 1,
+    threads: int = DEFAULT_THREADS,
+) -> LoadResult:
     """workers: receiver processes (0: no HTTP, handle_callback in this process, from `concurrency`
     threads); threads: callbacks each receiver process handles at once (`serve --threads`)."""
     # this process's pool: a connection for each of its threads (the setup's 8, or the in-process senders)
@@ -120,12 +131,20 @@ def run_load(url: str, tasks: int = 2000, concurrency: int = 16, duplicates: flo
         if has_rows(store.engine, "ai_task") and not force:
             raise RivyaError(f"database {safe_url(url)} already holds tasks; pass --force", code="db_not_empty")
         secret = webhooks.generate_secret(random.Random(seed))
-        svc = LifecycleService(store, WallClock(), {PROVIDER: StubProvider()}, default_catalog(),
-                               secrets={PROVIDER: [secret]})
+        svc = LifecycleService(
+            store, WallClock(), {PROVIDER: StubProvider()}, default_catalog(), secrets={PROVIDER: [secret]}
+        )
         users = [svc.create_account(f"load{i}@qa.example", f"Load {i}", grant=10**9).id for i in range(50)]
         with ThreadPoolExecutor(8) as pool:
-            made = list(pool.map(lambda i: svc.submit(users[i % len(users)], {
-                "model": MODEL, "prompt": f"load test task {i} of a lighthouse", "params": {}}), range(tasks)))
+            made = list(
+                pool.map(
+                    lambda i: svc.submit(
+                        users[i % len(users)],
+                        {"model": MODEL, "prompt": f"load test task {i} of a lighthouse", "params": {}},
+                    ),
+                    range(tasks),
+                )
+            )
         ids = [t.upstream_task_id for t in made]
         rng = random.Random(seed)
         deliveries = [(uid, f"msg_{n}") for n, uid in enumerate(ids)]
@@ -142,16 +161,24 @@ def run_load(url: str, tasks: int = 2000, concurrency: int = 16, duplicates: flo
 
 
 def _delivery(secret: str, uid: str, msg: str) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps({"type": "task.succeeded", "data": {
-        "upstream_task_id": uid, "state": "succeeded", "result_urls": [f"https://cdn.example/{uid}.png"]}}).encode()
+    body = json.dumps(
+        {
+            "type": "task.succeeded",
+            "data": {"upstream_task_id": uid, "state": "succeeded", "result_urls": [f"https://cdn.example/{uid}.png"]},
+        }
+    ).encode()
     return body, webhooks.signed_headers(secret, msg, int(time.time()), body)
 
 
 Signed = tuple[bytes, dict[str, str]]
 
 
-def _run_bounded(deliveries: list[Signed], concurrency: int, send: Callable[[Any, bytes, dict[str, str]], int],
-                 client: Callable[[], Any]) -> dict[str, Any]:
+def _run_bounded(
+    deliveries: list[Signed],
+    concurrency: int,
+    send: Callable[[Any, bytes, dict[str, str]], int],
+    client: Callable[[], Any],
+) -> dict[str, Any]:
     """Every delivery through send(client, body, headers) -> status, from `concurrency` threads."""
     latencies: list[float] = []
     statuses: Counter = Counter()
@@ -178,8 +205,12 @@ def _run_bounded(deliveries: list[Signed], concurrency: int, send: Callable[[Any
         t.start()
     for t in threads:
         t.join()
-    return {"seconds": time.perf_counter() - start, "latencies": sorted(latencies), "statuses": statuses,
-            "sender_cpu": time.process_time() - cpu0}
+    return {
+        "seconds": time.perf_counter() - start,
+        "latencies": sorted(latencies),
+        "statuses": statuses,
+        "sender_cpu": time.process_time() - cpu0,
+    }
 
 
 def _cpu_seconds(procs: list[psutil.Process]) -> float:
@@ -218,13 +249,32 @@ def _direct(svc: LifecycleService, deliveries: list[Signed], concurrency: int) -
     return r
 
 
-def _blast(url: str, secret: str, deliveries: list[Signed], concurrency: int, workers: int,
-           threads: int) -> dict[str, Any]:
+def _blast(
+    url: str, secret: str, deliveries: list[Signed], concurrency: int, workers: int, threads: int
+) -> dict[str, Any]:
     port = free_port()
     env = {**os.environ, "RIVYA_WEBHOOK_SECRETS": json.dumps({PROVIDER: [secret]}), "RIVYA_PROVIDERS": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "rivya_core", "serve", "--db", url, "--port", str(port),
-                             "--poll-every", "0", "--workers", str(workers), "--threads", str(threads)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rivya_core",
+            "serve",
+            "--db",
+            url,
+            "--port",
+            str(port),
+            "--poll-every",
+            "0",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -235,8 +285,9 @@ def _blast(url: str, secret: str, deliveries: list[Signed], concurrency: int, wo
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RivyaError("the receiver did not start: " + (proc.stderr.read() or b"").decode()[-300:],
-                                 code="server_failed")
+                raise RivyaError(
+                    "the receiver did not start: " + (proc.stderr.read() or b"").decode()[-300:], code="server_failed"
+                )
             time.sleep(0.1)
 
         def send(conn: http.client.HTTPConnection, body: bytes, headers: dict[str, str]) -> int:
@@ -252,16 +303,28 @@ def _blast(url: str, secret: str, deliveries: list[Signed], concurrency: int, wo
         receiver = psutil.Process(proc.pid)
         procs = [receiver, *receiver.children(recursive=True)]
         cpu0 = _cpu_seconds(procs)
-        r = _run_bounded(deliveries, concurrency, send,
-                         lambda: contextlib.closing(http.client.HTTPConnection("127.0.0.1", port, timeout=30)))
+        r = _run_bounded(
+            deliveries,
+            concurrency,
+            send,
+            lambda: contextlib.closing(http.client.HTTPConnection("127.0.0.1", port, timeout=30)),
+        )
         r["cpu"] = _cpu_seconds(procs) - cpu0
         return r
     finally:
         stop_process(proc, grace_s=30)
 
 
-def _check(store: Any, url: str, svc: LifecycleService, made: list, deliveries: list, r: dict[str, Any],
-           concurrency: int, workers: int) -> LoadResult:
+def _check(
+    store: Any,
+    url: str,
+    svc: LifecycleService,
+    made: list,
+    deliveries: list,
+    r: dict[str, Any],
+    concurrency: int,
+    workers: int,
+) -> LoadResult:
     t, cb, note, led = schema.ai_task, schema.provider_callback, schema.notification, schema.credit_ledger
     with store.engine.connect() as conn:
         success = conn.scalar(select(func.count()).select_from(t).where(t.c.status == "SUCCESS"))
@@ -273,35 +336,56 @@ def _check(store: Any, url: str, svc: LifecycleService, made: list, deliveries: 
     ok = r["statuses"].get(200, 0)
     report = audit(store.engine, svc.policy, WallClock().now())
     return LoadResult(
-        database=store.engine.dialect.name, tasks=n, sent=len(deliveries), valid=n, duplicates=len(deliveries) - n,
-        seconds=r["seconds"], valid_per_s=n / r["seconds"], requests_per_s=len(deliveries) / r["seconds"],
-        p50_ms=lat[len(lat) // 2] * 1000 if lat else 0.0, p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
-        if lat else 0.0, concurrency=concurrency, errors=len(deliveries) - ok,
+        database=store.engine.dialect.name,
+        tasks=n,
+        sent=len(deliveries),
+        valid=n,
+        duplicates=len(deliveries) - n,
+        seconds=r["seconds"],
+        valid_per_s=n / r["seconds"],
+        requests_per_s=len(deliveries) / r["seconds"],
+        p50_ms=lat[len(lat) // 2] * 1000 if lat else 0.0,
+        p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else 0.0,
+        concurrency=concurrency,
+        errors=len(deliveries) - ok,
         lost=max(n - success, n - outcomes.get("applied", 0), len(deliveries) - sum(outcomes.values())),
         doubled=max(0, notes - n) + refunds + max(0, outcomes.get("applied", 0) - n),
-        audit_ok=report.ok, workers=workers, cpu_ms_per_callback=r["cpu"] * 1000 / n,
+        audit_ok=report.ok,
+        workers=workers,
+        cpu_ms_per_callback=r["cpu"] * 1000 / n,
         sender_cpu_ms_per_callback=r["sender_cpu"] * 1000 / n,
         statements_per_callback=r["statements"] / n if "statements" in r else None,
-        load_average=tuple(round(x, 2) for x in os.getloadavg()))
+        load_average=tuple(round(x, 2) for x in os.getloadavg()),
+    )
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("receiver-load", help="valid callbacks per second the webhook receiver holds on loopback",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "receiver-load",
+        help="valid callbacks per second the webhook receiver holds on loopback",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--db", required=True, help="a fresh database URL (refused when it holds tasks, unless --force)")
     p.add_argument("--tasks", type=number("tasks"), default=2000)
-    p.add_argument("--concurrency", type=number("workers"), default=16,
-                   help="requests in flight at most (default 16)")
-    p.add_argument("--duplicates", type=number("probability"), default=0.1,
-                   help="fraction of exact redeliveries (default 0.1)")
-    p.add_argument("--workers", type=number("workers"), default=1,
-                   help="receiver processes (`serve --workers`, default 1)")
-    p.add_argument("--threads", type=number("workers"), default=DEFAULT_THREADS,
-                   help=f"callbacks each receiver process handles at once (`serve --threads`, default "
-                        f"{DEFAULT_THREADS})")
-    p.add_argument("--in-process", action="store_true",
-                   help="no HTTP: the deliveries go straight to handle_callback in this process, which "
-                        "counts the CPU and the SQL statements per callback")
+    p.add_argument("--concurrency", type=number("workers"), default=16, help="requests in flight at most (default 16)")
+    p.add_argument(
+        "--duplicates", type=number("probability"), default=0.1, help="fraction of exact redeliveries (default 0.1)"
+    )
+    p.add_argument(
+        "--workers", type=number("workers"), default=1, help="receiver processes (`serve --workers`, default 1)"
+    )
+    p.add_argument(
+        "--threads",
+        type=number("workers"),
+        default=DEFAULT_THREADS,
+        help=f"callbacks each receiver process handles at once (`serve --threads`, default {DEFAULT_THREADS})",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="no HTTP: the deliveries go straight to handle_callback in this process, which "
+        "counts the CPU and the SQL statements per callback",
+    )
     p.add_argument("--force", action="store_true")
     p.add_argument("--json", action="store_true")
 
@@ -309,7 +393,14 @@ def add_parser(sub: Any) -> None:
 def cmd_receiver_load(a: argparse.Namespace) -> int:
     if a.tasks < 1 or not 1 <= a.concurrency <= 256 or not 0 <= a.duplicates <= 1:
         raise RivyaError("--tasks >= 1, --concurrency 1-256, --duplicates 0-1", code="bad_argument")
-    res = run_load(a.db, a.tasks, a.concurrency, a.duplicates, force=a.force, workers=0 if a.in_process else a.workers,
-                   threads=a.threads)
+    res = run_load(
+        a.db,
+        a.tasks,
+        a.concurrency,
+        a.duplicates,
+        force=a.force,
+        workers=0 if a.in_process else a.workers,
+        threads=a.threads,
+    )
     print(json.dumps(asdict(res), indent=1) if a.json else res.render_text())
     return 0 if res.audit_ok and not res.lost and not res.doubled and not res.errors else 1

@@ -54,22 +54,25 @@ class RecordedProvider:
     def status(self, upstream_task_id: str) -> UpstreamStatus:
         t = upstream_job.c
         with self.engine.connect() as conn:
-            row = conn.execute(select(upstream_job).where(
-                t.provider == self.name, t.upstream_task_id == upstream_task_id)).first()
+            row = conn.execute(
+                select(upstream_job).where(t.provider == self.name, t.upstream_task_id == upstream_task_id)
+            ).first()
         if row is None or row.state == "lost":
             return UpstreamStatus("unknown")
         if row.state == "succeeded":
             return UpstreamStatus("succeeded", tuple(row.result_urls or ()))
         if row.state == "failed":
-            return UpstreamStatus("failed", error_code=row.error_code, error_message=row.error_message,
-                                  failure_class=row.failure_class)
+            return UpstreamStatus(
+                "failed", error_code=row.error_code, error_message=row.error_message, failure_class=row.failure_class
+            )
         return UpstreamStatus(row.state)
 
     def find(self, task_ref: str) -> str | None:
         t = upstream_job.c
         with self.engine.connect() as conn:
-            return conn.execute(select(t.upstream_task_id).where(
-                t.provider == self.name, t.task_ref == task_ref).limit(1)).scalar()
+            return conn.execute(
+                select(t.upstream_task_id).where(t.provider == self.name, t.task_ref == task_ref).limit(1)
+            ).scalar()
 
 
 def has_recorded_jobs(engine: Engine) -> bool:
@@ -92,8 +95,10 @@ def recorded_environment(engine: Engine) -> Recorded | None:
         return None
     busy = None
     if still_writing(engine):
-        busy = ("a simulation is still writing this database; support actions wait until the run ends "
-                "(the run would overwrite their changes)")
+        busy = (
+            "a simulation is still writing this database; support actions wait until the run ends "
+            "(the run would overwrite their changes)"
+        )
     return Recorded(providers, ManualClock(latest_timestamp(engine) or EPOCH), busy=busy)
 
 
@@ -122,12 +127,20 @@ def recorded_policy(engine: Engine, db_path: Path | None = None) -> tuple[Billin
     sidecar = scenario_sidecar(db_path) if db_path is not None else None
     if sidecar is not None and sidecar.is_file():
         sc = parse_scenario(sidecar.read_text(encoding="utf-8"), str(sidecar), default_name=sidecar.stem)
-        return sc.policy, (f"the policy of scenario `{sc.name}` (a realtime run still writing; its run "
-                           "record is stored when it ends)")
+        return sc.policy, (
+            f"the policy of scenario `{sc.name}` (a realtime run still writing; its run record is stored when it ends)"
+        )
     return None
 
 
 register_provider_source(recorded_environment)
 
-__all__ = ["RecordedProvider", "providers_for", "recorded_environment", "has_recorded_jobs", "recorded_policy",
-           "scenario_sidecar", "REFUSAL"]
+__all__ = [
+    "RecordedProvider",
+    "providers_for",
+    "recorded_environment",
+    "has_recorded_jobs",
+    "recorded_policy",
+    "scenario_sidecar",
+    "REFUSAL",
+]

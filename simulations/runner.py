@@ -52,9 +52,9 @@ from .streams import Streams
 from .users import Population
 from .writer import BatchWriter, beat, compact_sqlite, end_beat, relax_sqlite_sync, sim_metadata, write_sim_run
 
-FLUSH_EVERY_S = 60.0       # simulated seconds between checks for a batch write
-FLUSH_MIN_TASKS = 2000     # ... which happens once this many new tasks exist
-FLUSH_MAX_GAP_S = 3600.0   # ... or this many simulated seconds went by
+FLUSH_EVERY_S = 60.0  # simulated seconds between checks for a batch write
+FLUSH_MIN_TASKS = 2000  # ... which happens once this many new tasks exist
+FLUSH_MAX_GAP_S = 3600.0  # ... or this many simulated seconds went by
 REALTIME_FLUSH_WALL_S = 1.0
 # Evicted tasks the store keeps a tombstone of. The writer evicts only tasks the
 # farm will send nothing more about, so the window only guards against a stray
@@ -87,10 +87,10 @@ class RunSummary:
     events: dict[str, int] = field(default_factory=dict)
     farm: dict[str, dict[str, int]] = field(default_factory=dict)
     users: dict[str, int] = field(default_factory=dict)
-    arrivals: dict[str, int] = field(default_factory=dict)      # generation | chat | tool_chat
+    arrivals: dict[str, int] = field(default_factory=dict)  # generation | chat | tool_chat
     task_sources: dict[str, int] = field(default_factory=dict)  # what made each task (TASK_SOURCES)
     money: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # {"model"|"provider": {name: ...}}
-    wall_seconds: float = 0.0   # not stored: differs between identical runs
+    wall_seconds: float = 0.0  # not stored: differs between identical runs
 
     @property
     def ok(self) -> bool:
@@ -112,8 +112,11 @@ class RunSummary:
         lines = [
             f"scenario {self.scenario_name}  seed {self.seed}  fingerprint {self.fingerprint[:16]}",
             f"tasks {self.tasks} over {self.sim_seconds:,.0f} simulated s"
-            + (f" in {self.wall_seconds:.1f} s wall ({self.tasks / self.wall_seconds:,.0f} tasks/s)"
-               if self.wall_seconds > 0 else ""),
+            + (
+                f" in {self.wall_seconds:.1f} s wall ({self.tasks / self.wall_seconds:,.0f} tasks/s)"
+                if self.wall_seconds > 0
+                else ""
+            ),
             *([f"arrivals:    {self.tasks_explained()}"] if self.tasks_explained() else []),
             "by state:    " + _kv(self.counts_by_state),
             "callbacks:   " + _kv(self.counts_by_outcome),
@@ -148,8 +151,10 @@ def explain_tasks(tasks: int, arrivals: dict[str, int], sources: dict[str, int])
     chat, tool = a.get("chat", 0) + a.get("tool_chat", 0), a.get("tool_chat", 0)
     head = f"{tasks:,} tasks"
     if a:
-        head += (f" from {sum(a.values()):,} arrivals ({a.get('generation', 0):,} generation requests and "
-                 f"{chat:,} chat turns, {tool:,} of them tool-backed)")
+        head += (
+            f" from {sum(a.values()):,} arrivals ({a.get('generation', 0):,} generation requests and "
+            f"{chat:,} chat turns, {tool:,} of them tool-backed)"
+        )
     parts = []
     if a.get("generation") or t.get("generation"):
         parts.append(f"{t.get('generation', 0):,} from generation requests")
@@ -160,14 +165,17 @@ def explain_tasks(tasks: int, arrivals: dict[str, int], sources: dict[str, int])
         parts.append(f"{t.get('tool_chat', 0):,} started by tool-backed chat turns")
     reruns = {k: t.get(k, 0) for k in ("retry", "resubmit", "duplicate_heavy")}
     if any(reruns.values()):
-        parts.append(f"{sum(reruns.values()):,} users' reruns ({reruns['retry']:,} retries after a failure, "
-                     f"{reruns['resubmit']:,} resubmits while running, {reruns['duplicate_heavy']:,} "
-                     "heavier duplicates)")
-    parts += [f"{n:,} {TASK_SOURCES.get(k, k)}" for k, n in t.items()
-              if k not in ("generation", "tool_chat", *reruns)]
-    return head + (": " + "; ".join(parts) if parts else "") + (
-        ". Chat turns are billed apart, not tasks." if chat else ".")
-
+        parts.append(
+            f"{sum(reruns.values()):,} users' reruns ({reruns['retry']:,} retries after a failure, "
+            f"{reruns['resubmit']:,} resubmits while running, {reruns['duplicate_heavy']:,} "
+            "heavier duplicates)"
+        )
+    parts += [f"{n:,} {TASK_SOURCES.get(k, k)}" for k, n in t.items() if k not in ("generation", "tool_chat", *reruns)]
+    return (
+        head
+        + (": " + "; ".join(parts) if parts else "")
+        + (". Chat turns are billed apart, not tasks." if chat else ".")
+    )
 
 
 def _kv(d: dict[str, Any]) -> str:
@@ -177,8 +185,9 @@ def _kv(d: dict[str, Any]) -> str:
 class Run:
     """The wiring of one run. Kept as an object so tests can look inside."""
 
-    def __init__(self, scenario: Scenario, *, seed: int | None = None, tasks: int | None = None,
-                 realtime: float | None = None):
+    def __init__(
+        self, scenario: Scenario, *, seed: int | None = None, tasks: int | None = None, realtime: float | None = None
+    ):
         self.sc = scenario
         self.seed = scenario.seed if seed is None else int(seed)
         self.max_tasks = scenario.tasks if tasks is None else int(tasks)
@@ -196,19 +205,38 @@ class Run:
         unknown = sorted(set(scenario.providers) | {o.provider for o in scenario.outages})
         unknown = [n for n in unknown if n not in names]
         if unknown:
-            raise ScenarioError(f"{scenario.path}: key 'farm.providers.{unknown[0]}': no such provider in the "
-                                f"catalogue (known: {', '.join(names)})")
+            raise ScenarioError(
+                f"{scenario.path}: key 'farm.providers.{unknown[0]}': no such provider in the "
+                f"catalogue (known: {', '.join(names)})"
+            )
         category = {m.id: m.category for m in self.catalog.models}
-        self.farm = Farm(self.env, self.clock, self.streams, names, scenario.provider_config,
-                         lambda model: category.get(model, "image"), scenario.callbacks, scenario.outages)
-        self.svc = LifecycleService(self.store, self.clock, self.farm.providers, self.catalog, scenario.policy,
-                                    self.farm.secrets, callbacks_enabled=scenario.callbacks, retry_seed=self.seed)
+        self.farm = Farm(
+            self.env,
+            self.clock,
+            self.streams,
+            names,
+            scenario.provider_config,
+            lambda model: category.get(model, "image"),
+            scenario.callbacks,
+            scenario.outages,
+        )
+        self.svc = LifecycleService(
+            self.store,
+            self.clock,
+            self.farm.providers,
+            self.catalog,
+            scenario.policy,
+            self.farm.secrets,
+            callbacks_enabled=scenario.callbacks,
+            retry_seed=self.seed,
+        )
         self.farm.deliver = self.svc.handle_callback
         if scenario.policy.upstream_cancel:  # submissions carry a Cancel-After deadline: the category's timeout
             self.farm.deadline_for = lambda cat: upstream_cancel.cancel_after_s(scenario.policy, cat)
         self.writer: BatchWriter | None = None
-        self.population = Population(self.env, self.svc, self.catalog, scenario, self.streams,
-                                     self._read_task, self._pin)
+        self.population = Population(
+            self.env, self.svc, self.catalog, scenario, self.streams, self._read_task, self._pin
+        )
         self.script_tasks: list[int] = []
         self.script_done = not scenario.script
 
@@ -228,10 +256,16 @@ class Run:
         sc, env, farm = self.sc, self.env, self.farm
         if engine is not None:
             self.writer = BatchWriter(
-                engine, self.store, sc.policy, realtime=bool(self.realtime),
+                engine,
+                self.store,
+                sc.policy,
+                realtime=bool(self.realtime),
                 quiet=lambda t: farm.quiet(t.provider, t.upstream_task_id),
-                forget=lambda t: farm.forget(t.provider, t.upstream_task_id), jobs=farm.job_rows,
-                reads=NotificationReads.for_behaviour(self.streams, sc.behaviour), now=self.clock.now)
+                forget=lambda t: farm.forget(t.provider, t.upstream_task_id),
+                jobs=farm.job_rows,
+                reads=NotificationReads.for_behaviour(self.streams, sc.behaviour),
+                now=self.clock.now,
+            )
             farm.record_jobs = True
         self.population.create_accounts()
         if sc.script:
@@ -305,19 +339,30 @@ def open_fresh(db_url: str, force: bool = False):
         init_db(engine)
         sim_metadata.create_all(engine)
         with engine.connect() as conn:
-            if conn.scalar(select(func.count()).select_from(schema.ai_task)) or \
-                    conn.scalar(select(func.count()).select_from(schema.account)):
-                raise RunError(f"database {engine.url.render_as_string(hide_password=True)} already holds data; "
-                               "a run writes into a fresh database")
+            if conn.scalar(select(func.count()).select_from(schema.ai_task)) or conn.scalar(
+                select(func.count()).select_from(schema.account)
+            ):
+                raise RunError(
+                    f"database {engine.url.render_as_string(hide_password=True)} already holds data; "
+                    "a run writes into a fresh database"
+                )
     except BaseException:
         engine.dispose()
         raise
     return engine
 
 
-def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, tasks: int | None = None,
-                 progress: Callable[[float, str], None] | None = None, realtime: float | None = None,
-                 force: bool = False, processes: Sequence[Callable[[Run], Any]] = ()) -> RunSummary:
+def run_scenario(
+    scenario: Scenario,
+    db_url: str,
+    *,
+    seed: int | None = None,
+    tasks: int | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    realtime: float | None = None,
+    force: bool = False,
+    processes: Sequence[Callable[[Run], Any]] = (),
+) -> RunSummary:
     """Run scenario into db_url and nowhere else (its sim_run row records scenario, seed and
     fingerprint: what `replay` needs). processes: more SimPy processes on the run's clock, each
     process(run) started with the run's own (the demo's dying submission worker)."""
@@ -334,16 +379,16 @@ def run_scenario(scenario: Scenario, db_url: str, *, seed: int | None = None, ta
     return summary
 
 
-def run_in_tempdir(scenario: Scenario, *, seed: int | None = None, tasks: int | None = None,
-                   prefix: str = "rivya-run-") -> RunSummary:
+def run_in_tempdir(
+    scenario: Scenario, *, seed: int | None = None, tasks: int | None = None, prefix: str = "rivya-run-"
+) -> RunSummary:
     """run_scenario into a temporary SQLite file, gone afterwards (chaos seeds,
     policy comparisons, replays: only the summary is kept)."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         return run_scenario(scenario, f"sqlite:///{Path(tmp) / 'run.db'}", seed=seed, tasks=tasks)
 
 
-def _execute(run: Run, engine, progress, wall0: float,
-             processes: Sequence[Callable[[Run], Any]] = ()) -> RunSummary:
+def _execute(run: Run, engine, progress, wall0: float, processes: Sequence[Callable[[Run], Any]] = ()) -> RunSummary:
     sc, env = run.sc, run.env
     writer = run.start(engine)
     for process in processes:
@@ -364,14 +409,26 @@ def _execute(run: Run, engine, progress, wall0: float,
         progress(0.98, "audit")
     report = audit(engine, sc.policy)  # not recorded: a stored audit holds wall times, not in a run's bytes
     with engine.connect() as conn:
-        left = conn.scalar(select(func.count()).select_from(schema.ai_task)
-                           .where(schema.ai_task.c.status.in_([str(s) for s in ACTIVE])))
+        left = conn.scalar(
+            select(func.count())
+            .select_from(schema.ai_task)
+            .where(schema.ai_task.c.status.in_([str(s) for s in ACTIVE]))
+        )
     summary = _summarize(run, writer, report, left == 0)
     summary.wall_seconds = time.perf_counter() - wall0
-    write_sim_run(engine, {
-        "scenario_name": sc.name, "scenario_toml": sc.to_toml(), "seed": run.seed,
-        "tasks": run.max_tasks, "fingerprint": summary.fingerprint, "started_at": run.clock.at(0),
-        "finished_at": run.clock.now(), "summary": json.loads(json.dumps(summary.stored(), default=str))})
+    write_sim_run(
+        engine,
+        {
+            "scenario_name": sc.name,
+            "scenario_toml": sc.to_toml(),
+            "seed": run.seed,
+            "tasks": run.max_tasks,
+            "fingerprint": summary.fingerprint,
+            "started_at": run.clock.at(0),
+            "finished_at": run.clock.now(),
+            "summary": json.loads(json.dumps(summary.stored(), default=str)),
+        },
+    )
     if run.realtime:
         end_beat(engine)
     if progress is not None:
@@ -401,26 +458,51 @@ def _summarize(run: Run, writer: BatchWriter, report, live_ok: bool) -> RunSumma
     run.farm.settle_bills()
     per_model = kpis_def.run_money(run.catalog, run.sc.policy, k.credits_by_model, k.chat_tokens, run.farm.billing)
     total = cost.totals(per_model)
-    kpis.update({"revenue_money": round(cost.money(net, run.sc.policy), 6),
-                 "provider_cost": round(total.provider_cost, 6),
-                 "margin": round(cost.money(net, run.sc.policy) - total.provider_cost, 6),
-                 "cost_saved": round(total.cost_saved, 6)})
+    kpis.update(
+        {
+            "revenue_money": round(cost.money(net, run.sc.policy), 6),
+            "provider_cost": round(total.provider_cost, 6),
+            "margin": round(cost.money(net, run.sc.policy) - total.provider_cost, 6),
+            "cost_saved": round(total.cost_saved, 6),
+        }
+    )
     return RunSummary(
-        fingerprint=writer.fingerprint(), seed=run.seed, scenario_name=run.sc.name, tasks=k.tasks,
+        fingerprint=writer.fingerprint(),
+        seed=run.seed,
+        scenario_name=run.sc.name,
+        tasks=k.tasks,
         sim_seconds=round(run.env.now, 3),
-        counts_by_state=dict(k.by_state), counts_by_outcome=outcomes,
-        credits={"charged": flows.task_charged, "refunded": flows.task_refunded, "chat_charged": flows.chat_charged,
-                 "chat_reserved": flows.chat_reserved, "chat_overrun": flows.chat_overrun,
-                 "chat_refunded": flows.chat_refunded, "net": net, "granted": flows.granted},
-        completion_paths=dict(k.paths), deferrals=k.events.get("deferred", 0), rejected_callbacks=rejected,
+        counts_by_state=dict(k.by_state),
+        counts_by_outcome=outcomes,
+        credits={
+            "charged": flows.task_charged,
+            "refunded": flows.task_refunded,
+            "chat_charged": flows.chat_charged,
+            "chat_reserved": flows.chat_reserved,
+            "chat_overrun": flows.chat_overrun,
+            "chat_refunded": flows.chat_refunded,
+            "net": net,
+            "granted": flows.granted,
+        },
+        completion_paths=dict(k.paths),
+        deferrals=k.events.get("deferred", 0),
+        rejected_callbacks=rejected,
         latency_percentiles={"p50": k.percentile(0.5), "p90": k.percentile(0.9), "p99": k.percentile(0.99)},
         violations=[{"kind": f.kind, "message": f.message, "count": f.count} for f in report.findings],
-        liveness_ok=live_ok, kpis=kpis, events=dict(k.events),
-        farm={"sent": dict(run.farm.stats.sent), "dropped": dict(run.farm.stats.dropped),
-              "submit_faults": dict(run.farm.stats.submit_faults), "outcomes": dict(run.farm.stats.outcomes)},
-        users=users, arrivals=dict(sorted(run.population.arrivals_by_kind.items())),
+        liveness_ok=live_ok,
+        kpis=kpis,
+        events=dict(k.events),
+        farm={
+            "sent": dict(run.farm.stats.sent),
+            "dropped": dict(run.farm.stats.dropped),
+            "submit_faults": dict(run.farm.stats.submit_faults),
+            "outcomes": dict(run.farm.stats.outcomes),
+        },
+        users=users,
+        arrivals=dict(sorted(run.population.arrivals_by_kind.items())),
         money=cost.by_group(per_model, run.catalog),
-        task_sources=dict(sorted(run.population.task_sources.items())))
+        task_sources=dict(sorted(run.population.task_sources.items())),
+    )
 
 
 def _sim_databases() -> list[Path]:
@@ -473,9 +555,22 @@ def find_recorded(target: str) -> dict[str, Any]:
                     found.setdefault(rec["fingerprint"], rec)
     if len(found) != 1:
         why = "no recorded run" if not found else "more than one recorded run"
-        raise RivyaError(f"{why} with fingerprint {target!r} in the simulation databases under data/ and "
-                         f"{runs_dir()} (give the run's database URL instead)", code="replay_not_found")
+        raise RivyaError(
+            f"{why} with fingerprint {target!r} in the simulation databases under data/ and "
+            f"{runs_dir()} (give the run's database URL instead)",
+            code="replay_not_found",
+        )
     return next(iter(found.values()))
 
 
-__all__ = ["Run", "RunSummary", "explain_tasks", "RunError", "open_fresh", "run_scenario", "run_in_tempdir", "find_recorded", "drain_seconds"]
+__all__ = [
+    "Run",
+    "RunSummary",
+    "explain_tasks",
+    "RunError",
+    "open_fresh",
+    "run_scenario",
+    "run_in_tempdir",
+    "find_recorded",
+    "drain_seconds",
+]

@@ -74,11 +74,11 @@ class ProviderConfig:
     submit_refused: float = prob()
     submit_error: float = prob()
     submit_timeout: float = prob()
-    content_policy: float = prob()   # failure, class user
-    model_error: float = prob()      # failure, class provider
+    content_policy: float = prob()  # failure, class user
+    model_error: float = prob()  # failure, class provider
     upstream_timeout: float = prob()  # failure reported, class infrastructure
-    lost_job: float = prob()         # the provider silently loses the job
-    no_urls: float = prob()          # success without result URLs
+    lost_job: float = prob()  # the provider silently loses the job
+    no_urls: float = prob()  # success without result URLs
     callback_delay_s: Range = ranged(Range(0.2, 3.0), "seconds")
     early: float = prob()
     lost: float = prob()
@@ -105,9 +105,9 @@ class Outage:
 class Population:
     users: int = pos(50, "users")
     balance: Range = ranged(Range(200.0, 2000.0), "credits")
-    broke_fraction: float = prob(0.0)      # users who start near zero
+    broke_fraction: float = prob(0.0)  # users who start near zero
     broke_balance: Range = ranged(Range(0.0, 20.0), "credits")
-    topup_probability: float = prob(0.3)    # after an insufficient-credit refusal
+    topup_probability: float = prob(0.3)  # after an insufficient-credit refusal
     topup_amount: int = pos(500, "whole_credits", min=1)
 
 
@@ -118,6 +118,7 @@ class Grants:
     sign-up and expire after the policy's `credit_expiry_days` (never, when it is unset). The
     provider reports `canceled_fraction` of the failed generations as canceled (never refunded by
     the template). The default shape ignores this table."""
+
     signup_gift: int = pos(0, "whole_credits")
     canceled_fraction: float = prob(0.0)
 
@@ -126,7 +127,7 @@ class Grants:
 class Arrivals:
     rate_per_hour: float = pos(600.0, "rate_per_hour")
     pattern: str = field(default="flat", metadata={"choices": ("flat", "daily", "bursts")})
-    daily_amplitude: float = prob(0.6)      # daily: rate * (1 + a*sin)
+    daily_amplitude: float = prob(0.6)  # daily: rate * (1 + a*sin)
     burst_every_s: float = pos(600.0, "seconds", min=1.0)
     burst_size: int = pos(20, "count")
 
@@ -141,7 +142,7 @@ class Mix:
     chat_prompt_tokens: Range = ranged(Range(50.0, 1500.0), "tokens")
     chat_max_output_tokens: int = pos(800, "tokens", min=1)
     chat_failure: float = prob(0.02)
-    chat_overrun: float = prob(0.0)         # completion beyond the max asked
+    chat_overrun: float = prob(0.0)  # completion beyond the max asked
     models: dict[str, float] = field(default_factory=dict)  # weight of each model in its category (default: even)
 
 
@@ -154,7 +155,9 @@ class Behaviour:
     max_retries: int = pos(2, "retries")
     patience_s: float = pos(300.0, "seconds", min=1.0)  # how long a user waits before acting on a running task
     read_never: float = prob(0.2)  # share of notifications their user never opens
-    read_median_s: float = pos(900.0, "seconds", min=1.0, max=30 * 86400.0)  # median delay before a notification is read
+    read_median_s: float = pos(
+        900.0, "seconds", min=1.0, max=30 * 86400.0
+    )  # median delay before a notification is read
     read_spread: float = pos(1.2, "weight", max=5.0)  # log-normal sigma of that delay
 
 
@@ -164,25 +167,39 @@ class ScriptEvent:
     callback_repeat, lose_next_callback, poll, recheck, grant, chat."""
 
     at: float = pos(0.0, "seconds")
-    action: str = field(default="poll", metadata={"choices": (
-        "submit", "callback", "callback_early", "callback_progress", "callback_repeat", "lose_next_callback",
-        "poll", "recheck", "grant", "chat")})
+    action: str = field(
+        default="poll",
+        metadata={
+            "choices": (
+                "submit",
+                "callback",
+                "callback_early",
+                "callback_progress",
+                "callback_repeat",
+                "lose_next_callback",
+                "poll",
+                "recheck",
+                "grant",
+                "chat",
+            )
+        },
+    )
     user: int = pos(0, "index")
     model: str = ""
     prompt: str = "a scripted prompt"
-    task: int = pos(0, "index")        # 1-based index of the scripted submit it refers to
+    task: int = pos(0, "index")  # 1-based index of the scripted submit it refers to
     amount: int = pos(0, "whole_credits")
     outcome: str = field(default="succeeded", metadata={"choices": ("succeeded", "failed", "lost", "no_urls")})
-    gen_s: float = pos(0.0, "seconds")   # scripted generation time (0: drawn); chat: seconds until the turn settles
+    gen_s: float = pos(0.0, "seconds")  # scripted generation time (0: drawn); chat: seconds until the turn settles
     # submit: what the provider does, as recorded
     params: dict[str, Any] = field(default_factory=dict)
-    error_code: str = ""      # outcome "failed": the provider's error (default: a model error)
+    error_code: str = ""  # outcome "failed": the provider's error (default: a model error)
     error_message: str = ""
     failure_class: str = field(default="", metadata={"choices": ("", "user", "provider", "infrastructure")})
     submit_fault: str = field(default="", metadata={"choices": ("", "refused", "error", "timeout")})
     auto_callbacks: bool = True  # false: the provider sends only the callbacks the script lists
     queue_s: float = pos(0.0, "seconds")  # seconds the job waits in the provider's queue before it runs
-    chat: int = pos(0, "index")        # submit: 1-based index of the scripted chat turn whose tool call it is
+    chat: int = pos(0, "index")  # submit: 1-based index of the scripted chat turn whose tool call it is
     # chat: one turn (reserve now, settle or fail after gen_s)
     prompt_tokens: int = pos(0, "tokens")
     max_output_tokens: int = pos(0, "tokens")
@@ -195,8 +212,8 @@ class Scenario:
     description: str = ""
     seed: int = pos(1, "seed")
     horizon_s: float = pos(3600.0, "seconds")
-    tasks: int = pos(0, "scenario_tasks")   # 0: no cap, the horizon decides
-    drain_s: float = pos(0.0, "seconds")    # 0: the policy's longest timeout plus margin
+    tasks: int = pos(0, "scenario_tasks")  # 0: no cap, the horizon decides
+    drain_s: float = pos(0.0, "seconds")  # 0: the policy's longest timeout plus margin
     callbacks: bool = True
     poll_tick_s: float = pos(10.0, "poll_tick_s")
     population: Population = Population()
@@ -237,10 +254,16 @@ def _dump(sc: Scenario) -> str:
     it reads like a hand-written file. No TOML writer ships with Python; this one
     covers what a scenario holds: numbers, booleans, strings, lists, tables."""
     lines = ["[scenario]"]
-    defaults = {"description": "", "seed": 1, "horizon_s": 3600.0, "tasks": 0, "drain_s": 0.0,
-                "callbacks": True, "poll_tick_s": 10.0}
-    lines += [f"{k} = {_value(getattr(sc, k))}" for k in _TOP
-              if k == "name" or getattr(sc, k) != defaults[k]]
+    defaults = {
+        "description": "",
+        "seed": 1,
+        "horizon_s": 3600.0,
+        "tasks": 0,
+        "drain_s": 0.0,
+        "callbacks": True,
+        "poll_tick_s": 10.0,
+    }
+    lines += [f"{k} = {_value(getattr(sc, k))}" for k in _TOP if k == "name" or getattr(sc, k) != defaults[k]]
     for name in _SECTIONS:
         lines += _table(name, _changed(getattr(sc, name), type(getattr(sc, name))()))
     for pname, cfg in sorted(sc.providers.items()):
@@ -252,8 +275,15 @@ def _dump(sc: Scenario) -> str:
     if policy != {"name": "default"}:
         lines += _table("policy", policy)
     for ev in sc.script:
-        lines += ["", "[[script]]", *(f"{k} = {_value(v)}" for k, v in _as_dict(ev).items()
-                                      if k in ("at", "action") or v != getattr(_NO_EVENT, k))]
+        lines += [
+            "",
+            "[[script]]",
+            *(
+                f"{k} = {_value(v)}"
+                for k, v in _as_dict(ev).items()
+                if k in ("at", "action") or v != getattr(_NO_EVENT, k)
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -307,16 +337,19 @@ def describe_own_policy(sc: Scenario, directory: Path | None = None) -> str:
     same = next(((path, p) for path, p in loaded if replace(p, name="") == replace(sc.policy, name="")), None)
     if same is not None:
         path, p = same
-        return f"{sc.policy.name}: {p.description or 'no description in ' + path.name} (the scenario's own " \
-               f"policy is the same as data/policies/{path.name})"
+        return (
+            f"{sc.policy.name}: {p.description or 'no description in ' + path.name} (the scenario's own "
+            f"policy is the same as data/policies/{path.name})"
+        )
     base = BillingPolicy().to_dict()
-    changed = {k: v for k, v in sc.policy.to_dict().items()
-               if k not in ("name", "description") and v != base.get(k)}
+    changed = {k: v for k, v in sc.policy.to_dict().items() if k not in ("name", "description") and v != base.get(k)}
     default = next((p for path, p in loaded if path.stem == "default"), None)
-    rest = f"; the rest as data/policies/default.toml: {default.description}" if default and default.description \
-        else ""
-    return (f"{sc.policy.name} with " + ", ".join(f"{k} = {_value(v)}" for k, v in changed.items())
-            + f" (set in the scenario's [policy] table){rest}")
+    rest = f"; the rest as data/policies/default.toml: {default.description}" if default and default.description else ""
+    return (
+        f"{sc.policy.name} with "
+        + ", ".join(f"{k} = {_value(v)}" for k, v in changed.items())
+        + f" (set in the scenario's [policy] table){rest}"
+    )
 
 
 # --- loading ------------------------------------------------------------------------
@@ -400,8 +433,13 @@ def _from_tables(raw: dict[str, Any], text: str, source: str, default_name: str)
     for pname, table in top.get("providers", {}).items():
         if not isinstance(table, dict):
             raise ScenarioError(f"{source}: key 'farm.providers.{pname}': must be a table")
-        provs[pname] = _build(ProviderConfig, {**_as_dict(scen.farm), **table}, source, f"farm.providers.{pname}.",
-                              known=_fields(ProviderConfig))
+        provs[pname] = _build(
+            ProviderConfig,
+            {**_as_dict(scen.farm), **table},
+            source,
+            f"farm.providers.{pname}.",
+            known=_fields(ProviderConfig),
+        )
     updates["providers"] = provs
     from dataclasses import replace
 
@@ -436,28 +474,36 @@ def check_run_bounds(sc: Scenario, tasks: int | None = None) -> None:
     if sc.script:
         for i, ev in enumerate(sc.script):
             if ev.action in ("submit", "chat", "grant") and ev.user >= sc.population.users:
-                raise ScenarioError(f"{where}: key 'script[{i}].user': user {ev.user} does not exist "
-                                    f"(users are numbered 0 to {sc.population.users - 1})")
+                raise ScenarioError(
+                    f"{where}: key 'script[{i}].user': user {ev.user} does not exist "
+                    f"(users are numbered 0 to {sc.population.users - 1})"
+                )
             if ev.action == "grant" and ev.amount < 1:
                 raise ScenarioError(f"{where}: key 'script[{i}].amount': a grant must be at least 1 credit")
         arrivals_s = max(ev.at for ev in sc.script)
     else:
         m, rate = sc.mix, sc.arrivals.rate_per_hour
         if not m.image + m.video + m.audio + m.chat + m.tool_chat > 0:
-            raise ScenarioError(f"{where}: key 'mix': the weights of image, video, audio, chat and tool_chat "
-                                "are all 0; at least one must be above 0")
+            raise ScenarioError(
+                f"{where}: key 'mix': the weights of image, video, audio, chat and tool_chat "
+                "are all 0; at least one must be above 0"
+            )
         if rate <= 0:
             raise ScenarioError(f"{where}: key 'arrivals.rate_per_hour': must be above 0 for a run with arrivals")
         if cap == 0 and rate * sc.horizon_s / 3600 > limits.LIMITS["scenario_tasks"].high:
-            raise ScenarioError(f"{where}: key 'arrivals.rate_per_hour': {rate:g} an hour over {sc.horizon_s:g} s "
-                                f"makes more than {limits.LIMITS['scenario_tasks'].high:,.0f} tasks; set `tasks`")
+            raise ScenarioError(
+                f"{where}: key 'arrivals.rate_per_hour': {rate:g} an hour over {sc.horizon_s:g} s "
+                f"makes more than {limits.LIMITS['scenario_tasks'].high:,.0f} tasks; set `tasks`"
+            )
         arrivals_s = sc.horizon_s if sc.horizon_s > 0 else cap * 3600 / rate
     span = arrivals_s + drain_seconds(sc)
     ticks = span / sc.poll_tick_s
     if ticks > limits.MAX_RUN_TICKS:
-        raise ScenarioError(f"{where}: key 'poll_tick_s': a tick of {sc.poll_tick_s:g} s over this run's "
-                            f"{span:,.0f} simulated s is {ticks:,.0f} ticks (at most {limits.MAX_RUN_TICKS:,}); "
-                            "raise poll_tick_s or shorten the horizon, the task count, the script or the timeouts")
+        raise ScenarioError(
+            f"{where}: key 'poll_tick_s': a tick of {sc.poll_tick_s:g} s over this run's "
+            f"{span:,.0f} simulated s is {ticks:,.0f} ticks (at most {limits.MAX_RUN_TICKS:,}); "
+            "raise poll_tick_s or shorten the horizon, the task count, the script or the timeouts"
+        )
 
 
 def _fields(cls: type) -> set[str]:
@@ -480,8 +526,9 @@ def _build(cls: type, table: Any, source: str, prefix: str, known: set[str] | No
             raise ScenarioError(f"{source}: unknown key '{prefix}{key}'")
         f = next(f for f in fields(cls) if f.name == key)
         kwargs[key] = _coerce(hints[key], value, f.metadata, source, prefix + key)
-    missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
-               and f.name not in kwargs]
+    missing = [
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in kwargs
+    ]
     if missing:
         raise ScenarioError(f"{source}: key '{prefix}{missing[0]}': required")
     return cls(**kwargs)
@@ -521,15 +568,21 @@ def _coerce(tp: Any, value: Any, meta: Any, source: str, key: str) -> Any:
         limit = replace(limits.LIMITS[meta["kind"]], whole=False)
         if isinstance(value, dict):
             q = value.get("quantiles")
-            if set(value) != {"quantiles"} or not isinstance(q, list) or not 2 <= len(q) <= 1001 \
-                    or not all(limit.ok(v) for v in q) or any(b < a for a, b in zip(q, q[1:], strict=False)):
-                raise bad("must be {quantiles = [q0, ..., q100]}: at least two non-decreasing numbers, each "
-                          + limit.describe())
+            if (
+                set(value) != {"quantiles"}
+                or not isinstance(q, list)
+                or not 2 <= len(q) <= 1001
+                or not all(limit.ok(v) for v in q)
+                or any(b < a for a, b in zip(q, q[1:], strict=False))
+            ):
+                raise bad(
+                    "must be {quantiles = [q0, ..., q100]}: at least two non-decreasing numbers, each "
+                    + limit.describe()
+                )
             return Range(float(q[0]), float(q[-1]), tuple(float(v) for v in q))
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = [value, value]
-        if not isinstance(value, list) or len(value) != 2 or not all(limit.ok(v) for v in value) \
-                or value[1] < value[0]:
+        if not isinstance(value, list) or len(value) != 2 or not all(limit.ok(v) for v in value) or value[1] < value[0]:
             raise bad(f"must be [low, high] with low <= high, each {limit.describe()}")
         return Range(float(value[0]), float(value[1]))
     if origin is tuple:

@@ -44,18 +44,28 @@ def play(run: Any):
             if ev.chat and not 1 <= ev.chat <= len(chats):
                 raise ScenarioError(f"{where}.chat: refers to scripted chat turn #{ev.chat}, which has not happened")
             provider = farm.providers[spec.provider]
-            forced = {"outcome": ev.outcome, "gen_s": ev.gen_s or None, "submit_fault": ev.submit_fault,
-                      "auto_callbacks": ev.auto_callbacks, "queue_s": ev.queue_s}
+            forced = {
+                "outcome": ev.outcome,
+                "gen_s": ev.gen_s or None,
+                "submit_fault": ev.submit_fault,
+                "auto_callbacks": ev.auto_callbacks,
+                "queue_s": ev.queue_s,
+            }
             if ev.error_code:
-                forced["error"] = (ev.error_code, ev.error_message or f"{ev.error_code} (scripted)",
-                                   ev.failure_class or "provider")
+                forced["error"] = (
+                    ev.error_code,
+                    ev.error_message or f"{ev.error_code} (scripted)",
+                    ev.failure_class or "provider",
+                )
             # the task id is known only after submit; the provider is told by its task_ref
             next_ref = rules.task_ref(run.store.last_id("ai_task") + 1)
             provider.scripted[next_ref] = forced
             try:
-                task = svc.submit(users[ev.user], GenerationRequest(spec.id, ev.prompt, dict(ev.params),
-                                                                    _required_files(spec)),
-                                  chat_message_id=chats[ev.chat - 1] if ev.chat else None)
+                task = svc.submit(
+                    users[ev.user],
+                    GenerationRequest(spec.id, ev.prompt, dict(ev.params), _required_files(spec)),
+                    chat_message_id=chats[ev.chat - 1] if ev.chat else None,
+                )
             except RivyaError as exc:
                 raise ScenarioError(f"{where}: submit refused ({exc.code}: {exc.message})") from None
             run.script_tasks.append(task.id)
@@ -92,8 +102,11 @@ def play(run: Any):
 
 def _required_files(spec: Any) -> tuple[Reference, ...]:
     """The files a model requires, small and verified (a story does not carry uploads)."""
-    return tuple(Reference(r.kind, f"scripted.{r.kind}", 1024, *((10.0, 10.0) if r.kind == "audio" else ()))
-                 for r in spec.references if r.required)
+    return tuple(
+        Reference(r.kind, f"scripted.{r.kind}", 1024, *((10.0, 10.0) if r.kind == "audio" else ()))
+        for r in spec.references
+        if r.required
+    )
 
 
 def _chat_turn(run: Any, ev: Any, user_id: int, where: str) -> int:

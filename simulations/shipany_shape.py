@@ -33,33 +33,66 @@ from rivya_core.stores.rows import Prepared
 metadata = MetaData()
 
 user = Table(
-    "user", metadata,
-    Column("id", Text, primary_key=True), Column("name", Text, nullable=False), Column("email", Text, unique=True),
-    Column("email_verified", Integer), Column("image", Text),
-    Column("created_at", DateTime, nullable=False), Column("updated_at", DateTime, nullable=False),
+    "user",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("email", Text, unique=True),
+    Column("email_verified", Integer),
+    Column("image", Text),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
 )
 ai_task = Table(
-    "ai_task", metadata,
-    Column("id", Text, primary_key=True), Column("user_id", Text, nullable=False), Column("media_type", Text),
-    Column("provider", Text), Column("model", Text), Column("prompt", Text), Column("options", Text),
-    Column("status", Text, nullable=False), Column("created_at", DateTime, nullable=False),
-    Column("updated_at", DateTime, nullable=False), Column("deleted_at", DateTime), Column("task_id", Text),
-    Column("task_info", Text), Column("task_result", Text), Column("cost_credits", Integer),
-    Column("scene", Text), Column("credit_id", Text),
+    "ai_task",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("media_type", Text),
+    Column("provider", Text),
+    Column("model", Text),
+    Column("prompt", Text),
+    Column("options", Text),
+    Column("status", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("deleted_at", DateTime),
+    Column("task_id", Text),
+    Column("task_info", Text),
+    Column("task_result", Text),
+    Column("cost_credits", Integer),
+    Column("scene", Text),
+    Column("credit_id", Text),
 )
 credit = Table(
-    "credit", metadata,
-    Column("id", Text, primary_key=True), Column("user_id", Text, nullable=False), Column("user_email", Text),
-    Column("order_no", Text), Column("subscription_no", Text), Column("transaction_no", Text, unique=True),
-    Column("transaction_type", Text, nullable=False), Column("transaction_scene", Text),
-    Column("credits", BigInteger, nullable=False), Column("remaining_credits", BigInteger),
-    Column("description", Text), Column("expires_at", DateTime), Column("status", Text, nullable=False),
-    Column("created_at", DateTime, nullable=False), Column("updated_at", DateTime, nullable=False),
-    Column("deleted_at", DateTime), Column("consumed_detail", Text), Column("metadata", Text),
+    "credit",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("user_email", Text),
+    Column("order_no", Text),
+    Column("subscription_no", Text),
+    Column("transaction_no", Text, unique=True),
+    Column("transaction_type", Text, nullable=False),
+    Column("transaction_scene", Text),
+    Column("credits", BigInteger, nullable=False),
+    Column("remaining_credits", BigInteger),
+    Column("description", Text),
+    Column("expires_at", DateTime),
+    Column("status", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("deleted_at", DateTime),
+    Column("consumed_detail", Text),
+    Column("metadata", Text),
 )
 TABLES = (user, ai_task, credit)
-URL_KEY = {"image": ("images", "imageUrl"), "video": ("videos", "videoUrl"), "music": ("songs", "audioUrl"),
-           "speech": ("songs", "audioUrl")}
+URL_KEY = {
+    "image": ("images", "imageUrl"),
+    "video": ("videos", "videoUrl"),
+    "music": ("songs", "audioUrl"),
+    "speech": ("songs", "audioUrl"),
+}
 
 
 def create_schema(engine: Engine) -> None:
@@ -91,19 +124,42 @@ class ShipAnyWriter:
 
     def add_user(self, name: str, email: str, at: datetime) -> str:
         uid = self.new_id()
-        self.users.append({"id": uid, "name": name, "email": email, "email_verified": 1, "image": None,
-                           "created_at": at, "updated_at": at})
+        self.users.append(
+            {
+                "id": uid,
+                "name": name,
+                "email": email,
+                "email_verified": 1,
+                "image": None,
+                "created_at": at,
+                "updated_at": at,
+            }
+        )
         self.grants[uid] = []
         return uid
 
     def grant(self, user_id: str, credits: int, scene: str, at: datetime, expires_at: datetime | None = None) -> str:
         gid = self.new_id()
         self.credits[gid] = {
-            "id": gid, "user_id": user_id, "user_email": None, "order_no": None, "subscription_no": None,
-            "transaction_no": gid, "transaction_type": "grant", "transaction_scene": scene, "credits": credits,
-            "remaining_credits": credits, "description": f"{scene} credits", "expires_at": expires_at,
-            "status": "active", "created_at": at, "updated_at": at, "deleted_at": None,
-            "consumed_detail": None, "metadata": None}
+            "id": gid,
+            "user_id": user_id,
+            "user_email": None,
+            "order_no": None,
+            "subscription_no": None,
+            "transaction_no": gid,
+            "transaction_type": "grant",
+            "transaction_scene": scene,
+            "credits": credits,
+            "remaining_credits": credits,
+            "description": f"{scene} credits",
+            "expires_at": expires_at,
+            "status": "active",
+            "created_at": at,
+            "updated_at": at,
+            "deleted_at": None,
+            "consumed_detail": None,
+            "metadata": None,
+        }
         self.grants[user_id].append(_Grant(gid, credits, expires_at, at))
         return gid
 
@@ -111,9 +167,20 @@ class ShipAnyWriter:
         """SUM(remaining_credits) over the user's active grants that have not expired."""
         return sum(g.remaining for g in self.grants[user_id] if g.expires_at is None or g.expires_at > at)
 
-    def generate(self, user_id: str, *, media_type: str, provider: str, model: str, prompt: str,
-                 options: dict[str, Any], cost: int, at: datetime, upstream_id: str,
-                 status: str = "processing") -> str | None:
+    def generate(
+        self,
+        user_id: str,
+        *,
+        media_type: str,
+        provider: str,
+        model: str,
+        prompt: str,
+        options: dict[str, Any],
+        cost: int,
+        at: datetime,
+        upstream_id: str,
+        status: str = "processing",
+    ) -> str | None:
         """The task row and its FIFO consume in one step; None when the unexpired credits do not cover it."""
         if cost > 0 and self.balance(user_id, at) < cost:
             self.refused += 1
@@ -134,29 +201,63 @@ class ShipAnyWriter:
                 if not left:
                     break
             self.credits[cid] = {
-                "id": cid, "user_id": user_id, "user_email": None, "order_no": None, "subscription_no": None,
-                "transaction_no": cid, "transaction_type": "consume", "transaction_scene": None, "credits": -cost,
-                "remaining_credits": 0, "description": f"{media_type} generation", "expires_at": None,
-                "status": "active", "created_at": at, "updated_at": at, "deleted_at": None,
-                "consumed_detail": json.dumps(detail), "metadata": json.dumps({"type": "ai-task", "taskId": tid})}
+                "id": cid,
+                "user_id": user_id,
+                "user_email": None,
+                "order_no": None,
+                "subscription_no": None,
+                "transaction_no": cid,
+                "transaction_type": "consume",
+                "transaction_scene": None,
+                "credits": -cost,
+                "remaining_credits": 0,
+                "description": f"{media_type} generation",
+                "expires_at": None,
+                "status": "active",
+                "created_at": at,
+                "updated_at": at,
+                "deleted_at": None,
+                "consumed_detail": json.dumps(detail),
+                "metadata": json.dumps({"type": "ai-task", "taskId": tid}),
+            }
         self.tasks[tid] = {
-            "id": tid, "user_id": user_id, "media_type": media_type, "provider": provider, "model": model,
-            "prompt": prompt, "options": json.dumps(options, sort_keys=True), "status": status, "created_at": at,
-            "updated_at": at, "deleted_at": None, "task_id": upstream_id, "task_info": None, "task_result": None,
-            "cost_credits": cost, "scene": "generate", "credit_id": cid}
+            "id": tid,
+            "user_id": user_id,
+            "media_type": media_type,
+            "provider": provider,
+            "model": model,
+            "prompt": prompt,
+            "options": json.dumps(options, sort_keys=True),
+            "status": status,
+            "created_at": at,
+            "updated_at": at,
+            "deleted_at": None,
+            "task_id": upstream_id,
+            "task_info": None,
+            "task_result": None,
+            "cost_credits": cost,
+            "scene": "generate",
+            "credit_id": cid,
+        }
         return tid
 
     def succeed(self, task_id: str, urls: list[str], at: datetime) -> None:
         t = self.tasks[task_id]
         key, url_key = URL_KEY.get(t["media_type"], ("images", "imageUrl"))
-        t.update(status="success", updated_at=at,
-                 task_info=json.dumps({"status": "success", key: [{url_key: u} for u in urls]}))
+        t.update(
+            status="success",
+            updated_at=at,
+            task_info=json.dumps({"status": "success", key: [{url_key: u} for u in urls]}),
+        )
 
     def fail(self, task_id: str, code: str, message: str, at: datetime) -> None:
         """`failed`: the consume's credits go back onto their grants (expired or not), the consume row deleted."""
         t = self.tasks[task_id]
-        t.update(status="failed", updated_at=at,
-                 task_info=json.dumps({"status": "failed", "errorCode": code, "errorMessage": message}))
+        t.update(
+            status="failed",
+            updated_at=at,
+            task_info=json.dumps({"status": "failed", "errorCode": code, "errorMessage": message}),
+        )
         self.refund(task_id, at)
 
     def refund(self, task_id: str, at: datetime) -> None:
@@ -175,8 +276,9 @@ class ShipAnyWriter:
 
     def cancel(self, task_id: str, at: datetime) -> None:
         """`canceled`: not refunded."""
-        self.tasks[task_id].update(status="canceled", updated_at=at,
-                                   task_info=json.dumps({"status": "canceled", "errorMessage": "canceled"}))
+        self.tasks[task_id].update(
+            status="canceled", updated_at=at, task_info=json.dumps({"status": "canceled", "errorMessage": "canceled"})
+        )
 
     def expire_due(self, at: datetime) -> None:
         """Grants whose expiry passed get `status = expired` (what the template's balance query ignores anyway)."""
@@ -189,11 +291,14 @@ class ShipAnyWriter:
         """Insert every row held (in batches); returns rows per table."""
         counts = {}
         with engine.begin() as conn:
-            for table, rows in ((user, self.users), (ai_task, list(self.tasks.values())),
-                                (credit, list(self.credits.values()))):
+            for table, rows in (
+                (user, self.users),
+                (ai_task, list(self.tasks.values())),
+                (credit, list(self.credits.values())),
+            ):
                 stmt = Prepared(insert(table), conn.dialect, [c.name for c in table.columns])
                 for start in range(0, len(rows), 5000):
-                    stmt.run(conn, rows[start:start + 5000])
+                    stmt.run(conn, rows[start : start + 5000])
                 counts[table.name] = len(rows)
         return counts
 
@@ -203,8 +308,9 @@ def upsert_changed(engine: Engine, tasks: list[dict[str, Any]], credits: list[di
     with engine.begin() as conn:
         for table, rows in ((ai_task, tasks), (credit, credits)):
             for r in rows:
-                conn.execute(update(table).where(table.c.id == r["id"]).values(
-                    {k: v for k, v in r.items() if k != "id"}))
+                conn.execute(
+                    update(table).where(table.c.id == r["id"]).values({k: v for k, v in r.items() if k != "id"})
+                )
 
 
 # --- a scenario's run in the template's shape -------------------------------------------------
@@ -229,18 +335,33 @@ class ShapeSummary:
     def render_text(self) -> str:
         rows = ", ".join(f"{n:,} {t}" for t, n in self.rows.items())
         expiry = f"{self.gift_expiry_days:g} days" if self.gift_expiry_days else "never"
-        return (self.run.render_text() + f"\nShipAny shape: {rows}; {self.refused:,} generation(s) refused for too "
-                f"few unexpired credits, {self.canceled:,} reported canceled (not refunded); sign-up gifts expire: "
-                f"{expiry}")
+        return (
+            self.run.render_text() + f"\nShipAny shape: {rows}; {self.refused:,} generation(s) refused for too "
+            f"few unexpired credits, {self.canceled:,} reported canceled (not refunded); sign-up gifts expire: "
+            f"{expiry}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.run.to_dict(), "shipany": {"rows": self.rows, "refused": self.refused,
-                                                  "canceled": self.canceled,
-                                                  "gift_expiry_days": self.gift_expiry_days}}
+        return {
+            **self.run.to_dict(),
+            "shipany": {
+                "rows": self.rows,
+                "refused": self.refused,
+                "canceled": self.canceled,
+                "gift_expiry_days": self.gift_expiry_days,
+            },
+        }
 
 
-def run_shipany(scenario: Any, db_url: str, *, seed: int | None = None, tasks: int | None = None,
-                force: bool = False, progress: Any = None) -> ShapeSummary:
+def run_shipany(
+    scenario: Any,
+    db_url: str,
+    *,
+    seed: int | None = None,
+    tasks: int | None = None,
+    force: bool = False,
+    progress: Any = None,
+) -> ShapeSummary:
     """Run `scenario` (the ordinary run, into a temporary database of its own) and write what it
     did into `db_url` in the ShipAny template's schema by the template's credit code paths: users
     with their paid packs (starting balance, top-ups) and sign-up gift, every generation that
@@ -267,9 +388,13 @@ def run_shipany(scenario: Any, db_url: str, *, seed: int | None = None, tasks: i
         engine = make_engine(url, read_only=True)
         with engine.connect() as conn:
             accounts = list(conn.execute(select(contract.account).order_by(contract.account.c.id)).mappings())
-            grants = list(conn.execute(select(contract.credit_ledger).where(
-                contract.credit_ledger.c.entry_type == EntryType.GRANT.value).order_by(contract.credit_ledger.c.id))
-                .mappings())
+            grants = list(
+                conn.execute(
+                    select(contract.credit_ledger)
+                    .where(contract.credit_ledger.c.entry_type == EntryType.GRANT.value)
+                    .order_by(contract.credit_ledger.c.id)
+                ).mappings()
+            )
             tasks_ = list(conn.execute(select(contract.ai_task).order_by(contract.ai_task.c.id)).mappings())
         engine.dispose()
     rng = random.Random(f"{summary.seed}:shipany")
@@ -296,10 +421,17 @@ def run_shipany(scenario: Any, db_url: str, *, seed: int | None = None, tasks: i
         if kind == "grant":
             w.grant(uid[row["user_id"]], int(row["amount"]), "payment", at)
         elif kind == "start":
-            tid = w.generate(uid[row["user_id"]], media_type=MEDIA_OF.get(row["category"], "image"),
-                             provider=row["provider"], model=row["model"], prompt=row["prompt"],
-                             options=row["params"] if isinstance(row["params"], dict) else {},
-                             cost=int(row["reserved_credits"]), at=at, upstream_id=row["upstream_task_id"])
+            tid = w.generate(
+                uid[row["user_id"]],
+                media_type=MEDIA_OF.get(row["category"], "image"),
+                provider=row["provider"],
+                model=row["model"],
+                prompt=row["prompt"],
+                options=row["params"] if isinstance(row["params"], dict) else {},
+                cost=int(row["reserved_credits"]),
+                at=at,
+                upstream_id=row["upstream_task_id"],
+            )
             if tid is not None:
                 started[row["id"]] = tid
         elif row["id"] in started:

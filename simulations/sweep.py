@@ -39,15 +39,61 @@ KPIS = tuple((k, kpis.label(k)) for k in kpis.SIMULATED)  # what each counts: si
 KPI_KEYS = tuple(k for k, _ in KPIS)
 GROUP_KEYS = kpis.group_keys()  # money per provider and per model (kpis.group_keys)
 # the columns of the results table, in order; wall_s is the only one that differs between identical sweeps
-COLUMNS = ("key", "policy", "grid", "replication", "seed", "status", "error", "replay", "fingerprint", "tasks",
-           "violations", "liveness_ok", *KPI_KEYS, *GROUP_KEYS, "wall_s")
+COLUMNS = (
+    "key",
+    "policy",
+    "grid",
+    "replication",
+    "seed",
+    "status",
+    "error",
+    "replay",
+    "fingerprint",
+    "tasks",
+    "violations",
+    "liveness_ok",
+    *KPI_KEYS,
+    *GROUP_KEYS,
+    "wall_s",
+)
 NO_GRID = "-"
 
 # two-sided 95% t quantiles by degrees of freedom; beyond 120 the normal 1.96 is close enough
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-        20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
-        29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+_T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    21: 2.080,
+    22: 2.074,
+    23: 2.069,
+    24: 2.064,
+    25: 2.060,
+    26: 2.056,
+    27: 2.052,
+    28: 2.048,
+    29: 2.045,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+    120: 1.980,
+}
 
 
 class SweepError(RivyaError):
@@ -79,8 +125,8 @@ def paired_ci(a: list[float], b: list[float]) -> tuple[float, float, float]:
 
 @dataclass(frozen=True)
 class Variant:
-    policy: str          # the policy's name (made unique within the sweep)
-    grid: str            # "k=v,k2=v2" or NO_GRID
+    policy: str  # the policy's name (made unique within the sweep)
+    grid: str  # "k=v,k2=v2" or NO_GRID
     scenario: Scenario
 
     @property
@@ -94,9 +140,9 @@ class Sweep:
     policies: tuple[BillingPolicy, ...]
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     replications: int = 4
-    seed: int | None = None          # master seed; default the scenario's
-    tasks: int | None = None         # arrivals per job; default the scenario's
-    command: tuple[str, ...] = ()    # the command line that starts this sweep (for replay commands)
+    seed: int | None = None  # master seed; default the scenario's
+    tasks: int | None = None  # arrivals per job; default the scenario's
+    command: tuple[str, ...] = ()  # the command line that starts this sweep (for replay commands)
     names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -109,8 +155,9 @@ class Sweep:
         object.__setattr__(self, "names", unique_names([p.name for p in self.policies]))
         for key, _ in self.grid:
             if key.split(".")[-1] in ("seed", "name"):
-                raise SweepError(f"--grid {key}: seeds come from --seed and the replication; names are fixed",
-                                 code="bad_argument")
+                raise SweepError(
+                    f"--grid {key}: seeds come from --seed and the replication; names are fixed", code="bad_argument"
+                )
 
     @property
     def master_seed(self) -> int:
@@ -151,12 +198,17 @@ class Sweep:
         return shlex.join([*self.command, "--only", key, "--workers", "0"])
 
     def definition(self) -> dict[str, Any]:
-        return {"scenario": self.scenario.name, "scenario_toml": self.scenario.to_toml(),
-                "policies": [{"name": n, **p.to_dict()} for n, p in zip(self.names, self.policies, strict=True)],
-                "grid": {k: list(v) for k, v in self.grid}, "replications": self.replications,
-                "master_seed": self.master_seed, "tasks": self.tasks, "jobs": len(self.policies)
-                * len(self.points()) * self.replications, "command": shlex.join(self.command) if self.command
-                else ""}
+        return {
+            "scenario": self.scenario.name,
+            "scenario_toml": self.scenario.to_toml(),
+            "policies": [{"name": n, **p.to_dict()} for n, p in zip(self.names, self.policies, strict=True)],
+            "grid": {k: list(v) for k, v in self.grid},
+            "replications": self.replications,
+            "master_seed": self.master_seed,
+            "tasks": self.tasks,
+            "jobs": len(self.policies) * len(self.points()) * self.replications,
+            "command": shlex.join(self.command) if self.command else "",
+        }
 
 
 def unique_names(names: list[str]) -> tuple[str, ...]:
@@ -219,9 +271,15 @@ def sweep_job(scenario: Scenario, seed: int, tasks: int | None) -> dict[str, Any
     from .runner import run_in_tempdir
 
     summary = run_in_tempdir(scenario, seed=seed, tasks=tasks, prefix="rivya-sweep-")
-    return {"fingerprint": summary.fingerprint, "tasks": summary.tasks, "violations": len(summary.violations),
-            "liveness_ok": summary.liveness_ok, **{k: summary.kpis[k] for k in KPI_KEYS},
-            **{k: kpis.group_value(summary.money, k) for k in GROUP_KEYS}, "wall_s": round(summary.wall_seconds, 3)}
+    return {
+        "fingerprint": summary.fingerprint,
+        "tasks": summary.tasks,
+        "violations": len(summary.violations),
+        "liveness_ok": summary.liveness_ok,
+        **{k: summary.kpis[k] for k in KPI_KEYS},
+        **{k: kpis.group_value(summary.money, k) for k in GROUP_KEYS},
+        "wall_s": round(summary.wall_seconds, 3),
+    }
 
 
 # --- running and the results table -------------------------------------------------
@@ -230,23 +288,29 @@ def sweep_job(scenario: Scenario, seed: int, tasks: int | None) -> dict[str, Any
 @dataclass
 class SweepResult:
     sweep: Sweep
-    frame: Any                      # pandas DataFrame with COLUMNS, one row per job in key order
+    frame: Any  # pandas DataFrame with COLUMNS, one row per job in key order
     failed: list[Outcome] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not bool((self.frame["violations"].fillna(0) > 0).any()) \
+        return (
+            not self.failed
+            and not bool((self.frame["violations"].fillna(0) > 0).any())
             and bool(self.frame["liveness_ok"].fillna(True).astype(bool).all())
+        )
 
 
-def run_sweep(sweep: Sweep, *, workers: int | None = None, scheduler: str | None = None, progress=None,
-              only: str | None = None) -> SweepResult:
+def run_sweep(
+    sweep: Sweep, *, workers: int | None = None, scheduler: str | None = None, progress=None, only: str | None = None
+) -> SweepResult:
     jobs = sweep.jobs()
     if only is not None:
         jobs = [j for j in jobs if j.key == only]
         if not jobs:
-            raise SweepError(f"--only {only!r}: no such job in this sweep (keys look like "
-                             f"{sweep.jobs()[0].key!r})", code="bad_argument")
+            raise SweepError(
+                f"--only {only!r}: no such job in this sweep (keys look like {sweep.jobs()[0].key!r})",
+                code="bad_argument",
+            )
     outcomes = run_jobs(jobs, workers=workers, scheduler=scheduler, progress=progress)
     return SweepResult(sweep, results_frame(sweep, jobs, outcomes), [o for o in outcomes if not o.ok])
 
@@ -257,9 +321,16 @@ def results_frame(sweep: Sweep, jobs: list[Job], outcomes: list[Outcome]):
     rows = []
     for job, out in zip(jobs, outcomes, strict=True):
         policy, grid, rep = job.key.rsplit("|", 2)
-        row: dict[str, Any] = {"key": job.key, "policy": policy, "grid": grid, "replication": int(rep[1:]),
-                               "seed": job.args[1], "status": "ok" if out.ok else "failed", "error": out.error or "",
-                               "replay": job.replay}
+        row: dict[str, Any] = {
+            "key": job.key,
+            "policy": policy,
+            "grid": grid,
+            "replication": int(rep[1:]),
+            "seed": job.args[1],
+            "status": "ok" if out.ok else "failed",
+            "error": out.error or "",
+            "replay": job.replay,
+        }
         row.update(out.value or {})
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -274,8 +345,9 @@ def variant_labels(frame) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(frame["policy"], frame["grid"], strict=True)))
 
 
-def paired_table(frame, a: tuple[str, str], b: tuple[str, str], keys: tuple[tuple[str, str], ...] = KPIS
-                 ) -> list[dict[str, Any]]:
+def paired_table(
+    frame, a: tuple[str, str], b: tuple[str, str], keys: tuple[tuple[str, str], ...] = KPIS
+) -> list[dict[str, Any]]:
     """Each KPI (`keys`: (column, label) pairs) for variants a and b over the replications both
     finished: the means, the paired difference b − a and its 95% confidence interval."""
     ok = frame[frame["status"] == "ok"]
@@ -290,10 +362,21 @@ def paired_table(frame, a: tuple[str, str], b: tuple[str, str], keys: tuple[tupl
         xb = [float(right.at[r, key]) for r in reps]
         diff, lo, hi = paired_ci(xa, xb) if reps else (math.nan, math.nan, math.nan)
         mean_a = statistics.fmean(xa) if xa else math.nan
-        table.append({"kpi": key, "label": label, "policy_a": mean_a,
-                      "policy_b": statistics.fmean(xb) if xb else math.nan, "diff": diff, "ci_low": lo,
-                      "ci_high": hi, "rel": kpis.relative(diff, mean_a), "rel_ci_low": kpis.relative(lo, mean_a),
-                      "rel_ci_high": kpis.relative(hi, mean_a), "meaning": kpis.meaning(key.partition("@")[0])})
+        table.append(
+            {
+                "kpi": key,
+                "label": label,
+                "policy_a": mean_a,
+                "policy_b": statistics.fmean(xb) if xb else math.nan,
+                "diff": diff,
+                "ci_low": lo,
+                "ci_high": hi,
+                "rel": kpis.relative(diff, mean_a),
+                "rel_ci_low": kpis.relative(lo, mean_a),
+                "rel_ci_high": kpis.relative(hi, mean_a),
+                "meaning": kpis.meaning(key.partition("@")[0]),
+            }
+        )
     return table
 
 
@@ -303,8 +386,7 @@ GROUPS = tuple((k, kpis.group_label(k)) for k in GROUP_KEYS)
 def group_table(frame, a: tuple[str, str], b: tuple[str, str]) -> list[dict[str, Any]]:
     """paired_table over the money of each provider and model (GROUP_KEYS), leaving out groups
     with nothing in either variant."""
-    return [row for row in paired_table(frame, a, b, GROUPS)
-            if not (row["policy_a"] == 0 and row["policy_b"] == 0)]
+    return [row for row in paired_table(frame, a, b, GROUPS) if not (row["policy_a"] == 0 and row["policy_b"] == 0)]
 
 
 def price_notes(a: BillingPolicy, b: BillingPolicy, table: list[dict[str, Any]]) -> list[str]:
@@ -320,14 +402,16 @@ def mean_table(frame) -> list[dict[str, Any]]:
     ok = frame[frame["status"] == "ok"]
     for policy, grid in variant_labels(frame):
         sub = ok[(ok["policy"] == policy) & (ok["grid"] == grid)]
-        row: dict[str, Any] = {"policy": policy, "grid": grid, "jobs_ok": len(sub),
-                               "jobs_failed": int(((frame["policy"] == policy) & (frame["grid"] == grid)).sum())
-                               - len(sub)}
+        row: dict[str, Any] = {
+            "policy": policy,
+            "grid": grid,
+            "jobs_ok": len(sub),
+            "jobs_failed": int(((frame["policy"] == policy) & (frame["grid"] == grid)).sum()) - len(sub),
+        }
         for key in KPI_KEYS:
             xs = [float(x) for x in sub[key]]
             row[key] = statistics.fmean(xs) if xs else math.nan
-            row[f"{key}_ci"] = t95(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 \
-                else math.nan
+            row[f"{key}_ci"] = t95(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
         out.append(row)
     return out
 
@@ -350,28 +434,37 @@ def render_paired(title: str, a: str, b: str, table: list[dict[str, Any]], notes
         rel = row.get("rel", math.nan)
         if not math.isnan(rel) and not math.isnan(row["ci_low"]):
             ci += f"; [{pct(row['rel_ci_low'])}, {pct(row['rel_ci_high'])}]"
-        lines.append(f"{row['label']:34} {fmt(row['policy_a']):>14} {fmt(row['policy_b']):>14} "
-                     f"{fmt(row['diff']):>12} {pct(rel):>8}   {ci}")
+        lines.append(
+            f"{row['label']:34} {fmt(row['policy_a']):>14} {fmt(row['policy_b']):>14} "
+            f"{fmt(row['diff']):>12} {pct(rel):>8}   {ci}"
+        )
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 
 
 def legend() -> str:
     """What each KPI of a run counts, one line each (the change column is relative to A's mean)."""
-    return "\n".join(["what each KPI counts (change: the difference as a share of A's mean):",
-                      *[f"  {line}" for line in kpis.definition_lines(KPI_KEYS)]])
+    return "\n".join(
+        [
+            "what each KPI counts (change: the difference as a share of A's mean):",
+            *[f"  {line}" for line in kpis.definition_lines(KPI_KEYS)],
+        ]
+    )
 
 
 def render_text(result: SweepResult) -> str:
     sw, frame = result.sweep, result.frame
     variants = variant_labels(frame)
-    lines = [f"sweep {sw.scenario.name}: {len(variants)} variant(s) x {sw.replications} replication(s), "
-             f"seeds {sw.master_seed}..{sw.seed_for(sw.replications - 1)}, {len(frame)} job(s), "
-             f"{len(result.failed)} failed"]
+    lines = [
+        f"sweep {sw.scenario.name}: {len(variants)} variant(s) x {sw.replications} replication(s), "
+        f"seeds {sw.master_seed}..{sw.seed_for(sw.replications - 1)}, {len(frame)} job(s), "
+        f"{len(result.failed)} failed"
+    ]
     for row in mean_table(frame):
         label = row["policy"] if row["grid"] == NO_GRID else f"{row['policy']} [{row['grid']}]"
-        lines.append(f"\n{label}: {row['jobs_ok']} ok" + (f", {row['jobs_failed']} failed" if row["jobs_failed"]
-                                                           else ""))
+        lines.append(
+            f"\n{label}: {row['jobs_ok']} ok" + (f", {row['jobs_failed']} failed" if row["jobs_failed"] else "")
+        )
         for key, name in KPIS:
             ci = row[f"{key}_ci"]
             lines.append(f"  {name:34} {fmt(row[key]):>14}" + ("" if math.isnan(ci) else f"  ± {fmt(ci)}"))
@@ -380,8 +473,16 @@ def render_text(result: SweepResult) -> str:
         la = first[0] if first[1] == NO_GRID else f"{first[0]} [{first[1]}]"
         lb = other[0] if other[1] == NO_GRID else f"{other[0]} [{other[1]}]"
         table = paired_table(frame, first, other)
-        lines += ["", render_paired(f"{lb} against {la} (paired by replication)", la, lb, table,
-                                    price_notes(sw.policy_of(first[0]), sw.policy_of(other[0]), table))]
+        lines += [
+            "",
+            render_paired(
+                f"{lb} against {la} (paired by replication)",
+                la,
+                lb,
+                table,
+                price_notes(sw.policy_of(first[0]), sw.policy_of(other[0]), table),
+            ),
+        ]
         lines += ["", render_paired("money by provider and model (USD)", la, lb, group_table(frame, first, other))]
     lines += ["", legend()]
     for out in result.failed:
@@ -461,5 +562,18 @@ def read_results(path: str | Path) -> tuple[dict[str, Any], Any]:
     return definition, frame
 
 
-__all__ = ["Sweep", "SweepResult", "SweepError", "run_sweep", "paired_table", "mean_table", "parse_grid",
-           "write_results", "read_results", "render_text", "sweep_job", "KPIS", "COLUMNS"]
+__all__ = [
+    "Sweep",
+    "SweepResult",
+    "SweepError",
+    "run_sweep",
+    "paired_table",
+    "mean_table",
+    "parse_grid",
+    "write_results",
+    "read_results",
+    "render_text",
+    "sweep_job",
+    "KPIS",
+    "COLUMNS",
+]

@@ -35,8 +35,18 @@ from .history import History, seconds
 
 MIN_DAYS = 7
 RESAMPLES = 1000
-TIMING_KPIS = {k: kpis.meaning(k) for k in ("time_to_terminal_mean_s", "timeouts", "user_visible_failures",
-                                            "failures_without_refund", "refunded", "kept", "unfinished")}
+TIMING_KPIS = {
+    k: kpis.meaning(k)
+    for k in (
+        "time_to_terminal_mean_s",
+        "timeouts",
+        "user_visible_failures",
+        "failures_without_refund",
+        "refunded",
+        "kept",
+        "unfinished",
+    )
+}
 
 
 def _outcomes(url: str, n_tasks: int) -> list[dict[str, Any]]:
@@ -45,11 +55,11 @@ def _outcomes(url: str, n_tasks: int) -> list[dict[str, Any]]:
     t, L = schema.ai_task.c, schema.credit_ledger.c
     try:
         with connect(engine) as conn:
-            tasks = list(conn.execute(select(t.id, t.status, t.error_code, t.created_at, t.finished_at)
-                                      .order_by(t.id)))
+            tasks = list(conn.execute(select(t.id, t.status, t.error_code, t.created_at, t.finished_at).order_by(t.id)))
             money: dict[int, dict[str, int]] = defaultdict(lambda: {"consume": 0, "refund": 0})
-            for tid, et, amount in conn.execute(select(L.task_id, L.entry_type, L.amount)
-                                                .where(L.task_id.is_not(None))):
+            for tid, et, amount in conn.execute(
+                select(L.task_id, L.entry_type, L.amount).where(L.task_id.is_not(None))
+            ):
                 if et in (EntryType.CONSUME, EntryType.REFUND):
                     money[tid][et] += int(amount)
     finally:
@@ -58,9 +68,15 @@ def _outcomes(url: str, n_tasks: int) -> list[dict[str, Any]]:
     for row in tasks[:n_tasks]:
         mo = money.get(row.id, {"consume": 0, "refund": 0})
         done = row.status in (TaskStatus.SUCCESS, TaskStatus.FAILED)
-        out.append({"status": row.status, "timeout": row.error_code == "timeout",
-                    "latency": (seconds(row.finished_at) - seconds(row.created_at)) if done and row.finished_at
-                    else None, "charged": -mo["consume"], "refunded": mo["refund"]})
+        out.append(
+            {
+                "status": row.status,
+                "timeout": row.error_code == "timeout",
+                "latency": (seconds(row.finished_at) - seconds(row.created_at)) if done and row.finished_at else None,
+                "charged": -mo["consume"],
+                "refunded": mo["refund"],
+            }
+        )
     return out
 
 
@@ -92,8 +108,15 @@ def _aggregate(sums: dict[Any, dict[str, float]], keys: list[Any]) -> dict[str, 
     return out
 
 
-def timing_part(engine: Engine, history: History, policies: list[BillingPolicy], *, resamples: int = RESAMPLES,
-                seed: int = 0, progress=None) -> dict[str, Any]:
+def timing_part(
+    engine: Engine,
+    history: History,
+    policies: list[BillingPolicy],
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    progress=None,
+) -> dict[str, Any]:
     from .runner import run_scenario
 
     story = fork_story(engine, everyone=True, since=history.since, until=history.until, as_file=False)
@@ -124,16 +147,30 @@ def timing_part(engine: Engine, history: History, policies: list[BillingPolicy],
         a, b = point[0][k], point[-1][k]
         d = sorted(draws[k])
         ci = (d[int(0.025 * (len(d) - 1))], d[int(0.975 * (len(d) - 1))]) if d else None
-        kpis[k] = {"a": round(a, 3), "b": round(b, 3), "diff": round(b - a, 3),
-                   "ci95": None if ci is None else [round(ci[0], 3), round(ci[1], 3)],
-                   "source": "simulated", "meaning": meaning}
+        kpis[k] = {
+            "a": round(a, 3),
+            "b": round(b, 3),
+            "diff": round(b - a, 3),
+            "ci95": None if ci is None else [round(ci[0], 3), round(ci[1], 3)],
+            "source": "simulated",
+            "meaning": meaning,
+        }
     unit = "days" if by_day else "accounts"
-    text = [f"timing part (trace-driven re-run of {len(story.task_ids)} tasks and {len(story.chat_ids)} chat turns, "
-            f"recorded arrivals, generation times, callbacks and outcomes; only the policy differs): "
-            f"95% CI by bootstrap over {len(keys)} {unit}",
-            f"  {'kpi (simulated)':34}{'A':>12}{'B':>12}{'B - A':>12}  95% CI"]
+    text = [
+        f"timing part (trace-driven re-run of {len(story.task_ids)} tasks and {len(story.chat_ids)} chat turns, "
+        f"recorded arrivals, generation times, callbacks and outcomes; only the policy differs): "
+        f"95% CI by bootstrap over {len(keys)} {unit}",
+        f"  {'kpi (simulated)':34}{'A':>12}{'B':>12}{'B - A':>12}  95% CI",
+    ]
     for k, v in kpis.items():
         ci = f"[{v['ci95'][0]:+,.1f}, {v['ci95'][1]:+,.1f}]" if v["ci95"] else ""
         text.append(f"  {k:34}{v['a']:>12,.1f}{v['b']:>12,.1f}{v['diff']:>+12,.1f}  {ci}")
-    return {"kpis": kpis, "resampled": unit, "units": len(keys), "resamples": resamples,
-            "tasks": len(story.task_ids), "chat_turns": len(story.chat_ids), "text": text}
+    return {
+        "kpis": kpis,
+        "resampled": unit,
+        "units": len(keys),
+        "resamples": resamples,
+        "tasks": len(story.task_ids),
+        "chat_turns": len(story.chat_ids),
+        "text": text,
+    }

@@ -39,7 +39,7 @@ class Intent:
     these 15 fields through object.__setattr__, which made building one cost several times more."""
 
     user: int
-    kind: str                # generation | chat | tool_chat
+    kind: str  # generation | chat | tool_chat
     request: GenerationRequest | None
     chat_model: str = ""
     content: str = ""
@@ -56,8 +56,16 @@ class Intent:
 
 
 class Population:
-    def __init__(self, env: simpy.Environment, svc: Any, catalog: Catalog, scenario: Scenario, streams: Streams,
-                 read_task: Callable[[int], Any], pin: Callable[[int, bool], None]):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        svc: Any,
+        catalog: Catalog,
+        scenario: Scenario,
+        streams: Streams,
+        read_task: Callable[[int], Any],
+        pin: Callable[[int, bool], None],
+    ):
         self.env = env
         self.svc = svc
         self.catalog = catalog
@@ -67,11 +75,11 @@ class Population:
         self.pin = pin
         self.user_ids: list[int] = []
         self.sessions: dict[tuple[int, str], int] = {}
-        self.failures: Counter = Counter()      # (user, prompt) -> failed count
+        self.failures: Counter = Counter()  # (user, prompt) -> failed count
         self.stats: Counter = Counter()
         self.arrived = 0
         self.arrivals_by_kind: Counter = Counter()  # generation | chat | tool_chat
-        self.task_sources: Counter = Counter()      # what made each task: see RunSummary.tasks_explained
+        self.task_sources: Counter = Counter()  # what made each task: see RunSummary.tasks_explained
         self.arrivals_done = False
         self.open_chats = 0
         self._topups = 0
@@ -81,8 +89,13 @@ class Population:
         self.tool_chat_models = [m for m in self.chat_models if m.tool_models]
         m = scenario.mix
         self._kinds = ("image", "video", "audio", "chat", "tool_chat")
-        self._kind_weights = [m.image, m.video, m.audio, m.chat if self.chat_models else 0,
-                              m.tool_chat if self.tool_chat_models else 0]
+        self._kind_weights = [
+            m.image,
+            m.video,
+            m.audio,
+            m.chat if self.chat_models else 0,
+            m.tool_chat if self.tool_chat_models else 0,
+        ]
         # draw()'s four streams, looked up once (Streams.get returns the same Random every time)
         self._draw_streams = tuple(streams.get(n) for n in ("users", "mix", "sizes", "behaviour"))
         fake = Faker("en_US")
@@ -146,9 +159,13 @@ class Population:
         s = [sizes.random() for _ in range(4)]
         b = [beh.random() for _ in range(6)]
         bh = self.sc.behaviour
-        flags = dict(retry=b[0] < bh.retry_failed, resubmit=b[1] < bh.resubmit_running,
-                     duplicate_heavy=b[2] < bh.duplicate_heavy, heed=b[3] < bh.heed_recheck,
-                     topup=b[4] < self.sc.population.topup_probability)
+        flags = dict(
+            retry=b[0] < bh.retry_failed,
+            resubmit=b[1] < bh.resubmit_running,
+            duplicate_heavy=b[2] < bh.duplicate_heavy,
+            heed=b[3] < bh.heed_recheck,
+            topup=b[4] < self.sc.population.topup_probability,
+        )
         if kind in ("chat", "tool_chat"):
             pool = self.chat_models if kind == "chat" else self.tool_chat_models
             spec = _pick(pool, pick, m.models)
@@ -159,8 +176,19 @@ class Population:
             tool_req = None
             if kind == "tool_chat":
                 tool_req = GenerationRequest(spec.tool_models[0][1], prompt, {})
-            return Intent(user, kind, tool_req, spec.id, prompt, pt, max_out, ct, b[5] < m.chat_failure,
-                          1.0 + 20.0 * s[3], **flags)
+            return Intent(
+                user,
+                kind,
+                tool_req,
+                spec.id,
+                prompt,
+                pt,
+                max_out,
+                ct,
+                b[5] < m.chat_failure,
+                1.0 + 20.0 * s[3],
+                **flags,
+            )
         pool = self.models.get(kind) or [m for ms in self.models.values() for m in ms]
         spec = _pick(pool, pick, m.models)
         return Intent(user, "generation", _request(spec, prompt, s), **flags)
@@ -212,8 +240,11 @@ class Population:
                 acted = True
                 if intent.duplicate_heavy:
                     self.stats["duplicate_heavy"] += 1
-                    self.submit(intent.user, _heavier(self.catalog.get(intent.request.model), intent.request),
-                                source="duplicate_heavy")
+                    self.submit(
+                        intent.user,
+                        _heavier(self.catalog.get(intent.request.model), intent.request),
+                        source="duplicate_heavy",
+                    )
                 if intent.resubmit:
                     if intent.heed:
                         self.stats["user_recheck"] += 1
@@ -224,15 +255,14 @@ class Population:
                     else:
                         self.stats["resubmit_running"] += 1
                         self.submit(intent.user, intent.request, source="resubmit")
-            if (task.status != TaskStatus.FAILED or not intent.retry or attempt >= bh.max_retries
-                    or self.arrivals_done):
+            if task.status != TaskStatus.FAILED or not intent.retry or attempt >= bh.max_retries or self.arrivals_done:
                 return
             key = (intent.user, intent.request.prompt)
             self.failures[key] += 1
             if task.failure_class == FailureClass.BILLING:
                 return
             if intent.heed and (self.failures[key] >= 2 or task.failure_class == FailureClass.USER):
-                self.stats["retry_withheld"] += 1   # the recheck signal says: do not rerun unchanged
+                self.stats["retry_withheld"] += 1  # the recheck signal says: do not rerun unchanged
                 return
             self.stats["retry"] += 1
             again = self.submit(intent.user, intent.request, source="retry")

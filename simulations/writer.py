@@ -63,7 +63,8 @@ from .reads import NotificationReads
 
 sim_metadata = MetaData()
 sim_run = Table(
-    "sim_run", sim_metadata,
+    "sim_run",
+    sim_metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("scenario_name", String(200), nullable=False),
     Column("scenario_toml", Text, nullable=False),
@@ -78,7 +79,8 @@ sim_run = Table(
 # flush (wall time) and deleted when the run ends, so support tools can tell a
 # database a simulation is still writing from one a run left behind.
 sim_live = Table(
-    "sim_live", sim_metadata,
+    "sim_live",
+    sim_metadata,
     Column("id", Integer, primary_key=True),
     Column("pid", Integer, nullable=False),
     Column("heartbeat_at", DateTime, nullable=False),
@@ -86,7 +88,8 @@ sim_live = Table(
 # What the mock provider farm knew about each job when the row was last written
 # (times in the run's own time base): the recorded provider answers from it.
 upstream_job = Table(
-    "upstream_job", sim_metadata,
+    "upstream_job",
+    sim_metadata,
     Column("provider", String(50), primary_key=True),
     Column("upstream_task_id", String(200), primary_key=True),
     Column("task_ref", String(200), nullable=False, index=True),
@@ -141,7 +144,7 @@ class Kpis:
     notifications: int = 0
     latencies: array = field(default_factory=lambda: array("d"))  # 8 bytes a task, not a float object
     credits_by_model: Counter = field(default_factory=Counter)  # net credits paid per model (tasks and chat)
-    chat_tokens: dict = field(default_factory=dict)   # chat model -> [prompt tokens, completion tokens] settled
+    chat_tokens: dict = field(default_factory=dict)  # chat model -> [prompt tokens, completion tokens] settled
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -158,25 +161,34 @@ class Kpis:
 
 
 class BatchWriter:
-    def __init__(self, engine: Engine, store: StreamingStore, policy: BillingPolicy, *,
-                 quiet: Callable[[Any], bool], forget: Callable[[Any], None], realtime: bool = False,
-                 jobs: Callable[[], tuple[list[dict], list[dict]]] | None = None,
-                 reads: NotificationReads | None = None, now: Callable[[], datetime] | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        store: StreamingStore,
+        policy: BillingPolicy,
+        *,
+        quiet: Callable[[Any], bool],
+        forget: Callable[[Any], None],
+        realtime: bool = False,
+        jobs: Callable[[], tuple[list[dict], list[dict]]] | None = None,
+        reads: NotificationReads | None = None,
+        now: Callable[[], datetime] | None = None,
+    ):
         self.engine = engine
         self.store = store
         self.policy = policy
-        self.quiet = quiet          # task -> True when nothing more will arrive for it
-        self.forget = forget        # task -> drop the provider's job
+        self.quiet = quiet  # task -> True when nothing more will arrive for it
+        self.forget = forget  # task -> drop the provider's job
         self.realtime = realtime
-        self.jobs = jobs            # () -> (new, changed) upstream_job rows since the last call
-        self.reads = reads          # simulated users opening their notifications (None: nobody reads)
-        self.now = now              # the run's clock: reads up to it are written at each flush
+        self.jobs = jobs  # () -> (new, changed) upstream_job rows since the last call
+        self.reads = reads  # simulated users opening their notifications (None: nobody reads)
+        self.now = now  # the run's clock: reads up to it are written at each flush
         self.pinned: Counter = Counter()
-        self.written_tasks: set[int] = set()   # held tasks already inserted (later writes update them)
+        self.written_tasks: set[int] = set()  # held tasks already inserted (later writes update them)
         self.written_msgs: set[int] = set()
-        self.top_ids: dict[str, int] = {}      # PostgreSQL: highest id written per table, this flush
+        self.top_ids: dict[str, int] = {}  # PostgreSQL: highest id written per table, this flush
         self.hashers = {name: hashlib.sha256() for name in FINGERPRINTED}
-        self.finished: dict[int, None] = {}   # terminal tasks not yet evicted, in finishing order
+        self.finished: dict[int, None] = {}  # terminal tasks not yet evicted, in finishing order
         self.kpis = Kpis()
         self._prepared: dict[tuple[Any, ...], Prepared] = {}
 
@@ -213,8 +225,9 @@ class BatchWriter:
             if self.reads is not None and self.now is not None:
                 read = self.reads.due(self.now())
                 if read:
-                    self._update(conn, schema.notification, ("id",), [{"id": r["_id"], "read_at": r["_read_at"]}
-                                                                      for r in read])
+                    self._update(
+                        conn, schema.notification, ("id",), [{"id": r["_id"], "read_at": r["_read_at"]} for r in read]
+                    )
             settled = self._flush_messages(conn, final)
             done = self._flush_tasks(conn, touched, final)
             moved = sorted({e.user_id for e in changes.ledger} - {a.id for a in changes.accounts})
@@ -247,8 +260,9 @@ class BatchWriter:
     def _insert(self, conn: Any, table: Table, rows: list[dict[str, Any]]) -> None:
         """INSERT rows (dicts with the same keys, the table's column names)."""
         if rows:
-            self._statement(conn, ("insert", table.name), tuple(rows[0]), lambda keys: (insert(table), keys, None)
-                            ).run(conn, rows)
+            self._statement(conn, ("insert", table.name), tuple(rows[0]), lambda keys: (insert(table), keys, None)).run(
+                conn, rows
+            )
 
     def _update(self, conn: Any, table: Table, key: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
         """UPDATE, for each row (dicts with the same keys, column names), the row whose
@@ -257,8 +271,11 @@ class BatchWriter:
             return
 
         def build(keys: tuple[str, ...]) -> tuple[Any, list[str], dict[str, str]]:
-            stmt = update(table).where(*(table.c[k] == bindparam(f"_{k}") for k in key)).values(
-                {c: bindparam(f"_{c}") for c in keys if c not in key})
+            stmt = (
+                update(table)
+                .where(*(table.c[k] == bindparam(f"_{k}") for k in key))
+                .values({c: bindparam(f"_{c}") for c in keys if c not in key})
+            )
             return stmt, [f"_{k}" for k in keys], {f"_{k}": k for k in keys}
 
         self._statement(conn, ("update", table.name, key), tuple(rows[0]), build).run(conn, rows)
@@ -358,8 +375,9 @@ class BatchWriter:
         charged = any(e.entry_type == EntryType.CONSUME for e in entries)
         refunded = any(e.entry_type == EntryType.REFUND for e in entries)
         if charged:
-            k.credits_by_model[t.model] -= sum(e.amount for e in entries
-                                               if e.entry_type in (EntryType.CONSUME, EntryType.REFUND))
+            k.credits_by_model[t.model] -= sum(
+                e.amount for e in entries if e.entry_type in (EntryType.CONSUME, EntryType.REFUND)
+            )
         if t.status == TaskStatus.FAILED:
             if t.error_code == "insufficient_credits":
                 k.insufficient += 1

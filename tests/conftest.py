@@ -49,7 +49,8 @@ BROWSER_FIXTURES = frozenset({"browser", "seeded_server"})  # tests/dashboard/co
 
 def needs_browser(item: pytest.Item) -> bool:
     return item.get_closest_marker("browser") is not None or bool(
-        BROWSER_FIXTURES & set(getattr(item, "fixturenames", ())))
+        BROWSER_FIXTURES & set(getattr(item, "fixturenames", ()))
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

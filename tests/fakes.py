@@ -60,14 +60,34 @@ class FakeProvider:
         self.jobs[upstream_id] = UpstreamStatus("failed", (), code, f"{code} upstream", klass)
 
 
-def callback(clock, upstream_id: str, state="succeeded", urls=("https://cdn.example/out.png",), *,
-             msg_id="msg_1", secret=SECRET, ts=None, error_code=None, failure_class=None, body=None):
+def callback(
+    clock,
+    upstream_id: str,
+    state="succeeded",
+    urls=("https://cdn.example/out.png",),
+    *,
+    msg_id="msg_1",
+    secret=SECRET,
+    ts=None,
+    error_code=None,
+    failure_class=None,
+    body=None,
+):
     """A signed callback as the provider would send it: (headers, raw body)."""
     if body is None:
-        body = json.dumps({"type": f"task.{state}", "data": {
-            "upstream_task_id": upstream_id, "state": state, "result_urls": list(urls) if state == "succeeded" else [],
-            "error_code": error_code, "error_message": error_code and f"{error_code} happened",
-            "failure_class": failure_class}}).encode()
+        body = json.dumps(
+            {
+                "type": f"task.{state}",
+                "data": {
+                    "upstream_task_id": upstream_id,
+                    "state": state,
+                    "result_urls": list(urls) if state == "succeeded" else [],
+                    "error_code": error_code,
+                    "error_message": error_code and f"{error_code} happened",
+                    "failure_class": failure_class,
+                },
+            }
+        ).encode()
     ts = int((clock.now() - __import__("datetime").datetime(1970, 1, 1)).total_seconds()) if ts is None else ts
     return webhooks.signed_headers(secret, msg_id, ts, body), body
 
@@ -76,9 +96,15 @@ def make_service(policy: BillingPolicy = DEFAULT_POLICY, callbacks_enabled=True,
     clock = ManualClock()
     catalog = default_catalog()
     providers = {name: FakeProvider(name) for name in catalog.providers()}
-    svc = LifecycleService(store or MemoryStore(), clock, providers, catalog, policy,
-                           secrets=secrets or {name: [SECRET] for name in providers},
-                           callbacks_enabled=callbacks_enabled)
+    svc = LifecycleService(
+        store or MemoryStore(),
+        clock,
+        providers,
+        catalog,
+        policy,
+        secrets=secrets or {name: [SECRET] for name in providers},
+        callbacks_enabled=callbacks_enabled,
+    )
     return svc, clock, providers
 
 

@@ -60,12 +60,15 @@ def select_only_role(db_url: str):
 
 def table_dump(url: str) -> dict[str, list[tuple]]:
     """Every row of the source's three tables, sorted: what a test compares before and after."""
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://")
-                           else url)
+    engine = create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://") else url
+    )
     try:
         with engine.connect() as conn:
-            return {t: sorted(tuple(str(v) for v in r) for r in conn.execute(text(f'SELECT * FROM "{t}"')))
-                    for t in ("user", "ai_task", "credit")}
+            return {
+                t: sorted(tuple(str(v) for v in r) for r in conn.execute(text(f'SELECT * FROM "{t}"')))
+                for t in ("user", "ai_task", "credit")
+            }
     finally:
         engine.dispose()
 
@@ -98,8 +101,18 @@ def hand_written(writer: ShipAnyWriter | None = None) -> tuple[ShipAnyWriter, Pl
     tasks = {}
 
     def gen(user, media, cost, at, **kw):
-        return w.generate(user, media_type=media, provider="lumen", model=f"{media}-model", prompt=f"a {media}",
-                          options={"size": "1024"}, cost=cost, at=at, upstream_id=f"up-{len(tasks)}", **kw)
+        return w.generate(
+            user,
+            media_type=media,
+            provider="lumen",
+            model=f"{media}-model",
+            prompt=f"a {media}",
+            options={"size": "1024"},
+            cost=cost,
+            at=at,
+            upstream_id=f"up-{len(tasks)}",
+            **kw,
+        )
 
     tasks["delivered"] = gen(ann, "image", 10, T0 + 2 * h)
     w.succeed(tasks["delivered"], ["https://cdn.example/1.png"], T0 + 2 * h + timedelta(minutes=1))
@@ -127,11 +140,20 @@ def hand_written(writer: ShipAnyWriter | None = None) -> tuple[ShipAnyWriter, Pl
     orphan = w.new_id()
     w.credits[small]["remaining_credits"] -= 3
     next(g for g in w.grants[cy] if g.id == small).remaining -= 3
-    w.credits[orphan] = dict(w.credits[small], id=orphan, transaction_no=orphan, transaction_type="consume",
-                             transaction_scene=None, credits=-3, remaining_credits=0, expires_at=None,
-                             created_at=T0 + 9 * h, updated_at=T0 + 9 * h,
-                             consumed_detail=json.dumps([{"creditId": small, "creditsConsumed": 3}]),
-                             metadata=json.dumps({"type": "ai-task", "taskId": w.new_id()}))
+    w.credits[orphan] = dict(
+        w.credits[small],
+        id=orphan,
+        transaction_no=orphan,
+        transaction_type="consume",
+        transaction_scene=None,
+        credits=-3,
+        remaining_credits=0,
+        expires_at=None,
+        created_at=T0 + 9 * h,
+        updated_at=T0 + 9 * h,
+        consumed_detail=json.dumps([{"creditId": small, "creditsConsumed": 3}]),
+        metadata=json.dumps({"type": "ai-task", "taskId": w.new_id()}),
+    )
     # two consumes racing on the same grant (no row lock): both read 7 left and took 6
     tasks["race_a"] = gen(cy, "image", 6, T0 + 10 * h)
     tasks["race_b"] = gen(cy, "image", 6, T0 + 10 * h + timedelta(seconds=1))
@@ -146,13 +168,21 @@ def hand_written(writer: ShipAnyWriter | None = None) -> tuple[ShipAnyWriter, Pl
     w.credits[small]["remaining_credits"] -= 6
     assert w.credits[small]["remaining_credits"] < 0 and w.credits[award]["remaining_credits"] == 50
     w.expire_due(T0 + 30 * h)
-    return w, Planted(tasks["canceled"], tasks["refunded_after_expiry"], orphan, tasks["refunded_twice"],
-                      tasks["empty_success"], small, tasks)
+    return w, Planted(
+        tasks["canceled"],
+        tasks["refunded_after_expiry"],
+        orphan,
+        tasks["refunded_twice"],
+        tasks["empty_success"],
+        small,
+        tasks,
+    )
 
 
 def build_source(url: str, writer: ShipAnyWriter) -> None:
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://")
-                           else url)
+    engine = create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://") else url
+    )
     try:
         create_schema(engine)
         writer.flush(engine)

@@ -105,7 +105,9 @@ def _is_checkable_path(span: str) -> bool:
         return False
     if any(c in span for c in "<>*{}"):  # placeholders and globs
         return False
-    if span.endswith((".db", ".log")) or span.startswith(("data/runs", "data/results")):  # written at run time, not in git
+    if span.endswith((".db", ".log")) or span.startswith(
+        ("data/runs", "data/results")
+    ):  # written at run time, not in git
         return False
     return span.rstrip("/") not in NOT_IN_REPO
 

@@ -26,8 +26,17 @@ from .polling import PollReport
 from .recovery import RecoveryReport
 from .support import Support
 
-__all__ = ["MAX_CALLBACK_BODY", "STORED_BODY_LIMIT", "CallbackResult", "LifecycleService", "PollReport",
-           "RecoveryReport", "consume_key", "notify_key", "refund_key"]
+__all__ = [
+    "MAX_CALLBACK_BODY",
+    "STORED_BODY_LIMIT",
+    "CallbackResult",
+    "LifecycleService",
+    "PollReport",
+    "RecoveryReport",
+    "consume_key",
+    "notify_key",
+    "refund_key",
+]
 
 
 class LifecycleService(Accounts, Support):

@@ -13,13 +13,15 @@ from .reads import Reads
 class Accounts(Reads):
     def create_account(self, email: str, name: str, grant: int = 0):
         if not isinstance(email, str) or not email.strip() or len(email) > 320:
-            raise ValidationError("an account needs a non-empty e-mail address of at most 320 characters",
-                                  code="email_invalid")
+            raise ValidationError(
+                "an account needs a non-empty e-mail address of at most 320 characters", code="email_invalid"
+            )
         if not isinstance(name, str) or len(name) > 200:
             raise ValidationError("an account name is text of at most 200 characters", code="name_invalid")
         if not isinstance(grant, int) or not limits.LIMITS["whole_credits"].ok(grant):
-            raise ValidationError(f"a sign-up grant must be {limits.describe('whole_credits')} credits",
-                                  code="grant_invalid")
+            raise ValidationError(
+                f"a sign-up grant must be {limits.describe('whole_credits')} credits", code="grant_invalid"
+            )
 
         def step(tx: Tx):
             if tx.account_by_email(email) is not None:
@@ -33,8 +35,9 @@ class Accounts(Reads):
 
     def grant(self, user_id: int, amount: int, note: str = "top-up", key: str | None = None) -> LedgerEntry:
         if not isinstance(amount, int) or amount == 0 or not limits.LIMITS["whole_credits"].ok(amount):
-            raise ValidationError(f"a grant must be {limits.describe('whole_credits')} credits, not 0",
-                                  code="grant_invalid")
+            raise ValidationError(
+                f"a grant must be {limits.describe('whole_credits')} credits, not 0", code="grant_invalid"
+            )
 
         def step(tx: Tx) -> LedgerEntry:
             if tx.get_account(user_id) is None:

@@ -95,7 +95,7 @@ class LifecycleBase:
                 if attempt == MAX_RETRIES - 1:
                     self._count_retries(attempt)
                     raise
-                self.sleep(self.retry_rng.uniform(0.0, min(self.retry_cap, self.retry_base * 2 ** attempt)))
+                self.sleep(self.retry_rng.uniform(0.0, min(self.retry_cap, self.retry_base * 2**attempt)))
                 continue
             if local.cancels:
                 jobs, local.cancels = local.cancels, None

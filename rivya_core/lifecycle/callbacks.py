@@ -41,16 +41,23 @@ class CallbackResult:
 
 
 class Callbacks(Outputs):
-    def handle_callback(self, provider: str, headers: Mapping[str, str], body: bytes,
-                        task_ref: str | None = None) -> CallbackResult:
+    def handle_callback(
+        self, provider: str, headers: Mapping[str, str], body: bytes, task_ref: str | None = None
+    ) -> CallbackResult:
         """Verify, record and route one delivery. `task_ref`: our own reference for the task
         when the webhook URL carried it (unsigned: it only links a parked callback to its task)."""
         now = self._now()
         provider = str(provider)[:50]
         raw = bytes(body) if isinstance(body, (bytes, bytearray)) else b""
         stored = raw[:STORED_BODY_LIMIT].decode("utf-8", "replace")
-        record = ProviderCallback(id=0, provider=provider, received_at=now, signature_valid=False,
-                                  outcome=CallbackOutcome.MALFORMED, body=stored)
+        record = ProviderCallback(
+            id=0,
+            provider=provider,
+            received_at=now,
+            signature_valid=False,
+            outcome=CallbackOutcome.MALFORMED,
+            body=stored,
+        )
 
         def reject(outcome: CallbackOutcome, reason: str) -> CallbackResult:
             cb = self._tx(lambda tx: tx.add_callback(replace(record, outcome=outcome, detail=reason)))
@@ -65,12 +72,16 @@ class Callbacks(Outputs):
         headers = headers if isinstance(headers, Mapping) else {}
         now_ts = now.timestamp() if now.tzinfo else _epoch(now)
         try:
-            webhook_id = (fmt.verify(headers, raw, now_ts) if fmt is not None
-                          else webhooks.verify(secrets or [], headers, raw, now_ts))
+            webhook_id = (
+                fmt.verify(headers, raw, now_ts)
+                if fmt is not None
+                else webhooks.verify(secrets or [], headers, raw, now_ts)
+            )
             record.webhook_id = webhook_id[:200]
         except webhooks.WebhookError as exc:
-            outcome = {"stale": CallbackOutcome.REJECTED_STALE,
-                       "malformed": CallbackOutcome.MALFORMED}.get(exc.code, CallbackOutcome.REJECTED_SIGNATURE)
+            outcome = {"stale": CallbackOutcome.REJECTED_STALE, "malformed": CallbackOutcome.MALFORMED}.get(
+                exc.code, CallbackOutcome.REJECTED_SIGNATURE
+            )
             return reject(outcome, exc.message)
         record.signature_valid = True
         parsed = parse_with(fmt, raw) if fmt else parse_callback(raw)
@@ -92,15 +103,24 @@ class Callbacks(Outputs):
             if task is None:
                 return self._park(tx, record, parsed, ref)
             if task.terminal:
-                cb = tx.add_callback(replace(record, task_id=task.id, outcome=CallbackOutcome.DUPLICATE,
-                                             detail=upstream_cancel.late_detail(task, parsed.state)
-                                             or _already(task.status)))
+                cb = tx.add_callback(
+                    replace(
+                        record,
+                        task_id=task.id,
+                        outcome=CallbackOutcome.DUPLICATE,
+                        detail=upstream_cancel.late_detail(task, parsed.state) or _already(task.status),
+                    )
+                )
             else:  # the insert itself turns a webhook id already applied or deferred into a duplicate
-                cb = tx.add_callback_unless_seen(replace(record, task_id=task.id, outcome=_callback_outcome(parsed)),
-                                                 WEBHOOK_SEEN)
+                cb = tx.add_callback_unless_seen(
+                    replace(record, task_id=task.id, outcome=_callback_outcome(parsed)), WEBHOOK_SEEN
+                )
             outcome = CallbackOutcome(cb.outcome)
-            if copied is not None and outcome == CallbackOutcome.APPLIED and self._record_copy(tx, task, copied,
-                                                                                              "callback"):
+            if (
+                copied is not None
+                and outcome == CallbackOutcome.APPLIED
+                and self._record_copy(tx, task, copied, "callback")
+            ):
                 self._callback_event(tx, task.id, parsed, record.webhook_id, outcome, cb.id)
             else:
                 self._take(tx, task, parsed, record.webhook_id, outcome, cb.id)
@@ -124,13 +144,37 @@ class Callbacks(Outputs):
         self._callback_event(tx, gone.task_id, parsed, record.webhook_id, outcome, cb.id)
         return CallbackResult(outcome, cb.id, gone.task_id, detail)
 
-    def _callback_event(self, tx: Tx, task_id: int, parsed: _Parsed, webhook_id: str | None,
-                        outcome: CallbackOutcome, callback_id: int, **extra: Any) -> None:
-        self._event(tx, task_id, EventKind.CALLBACK, webhook_id=webhook_id, outcome=str(outcome),
-                    state=parsed.state, callback_id=callback_id, **extra)
+    def _callback_event(
+        self,
+        tx: Tx,
+        task_id: int,
+        parsed: _Parsed,
+        webhook_id: str | None,
+        outcome: CallbackOutcome,
+        callback_id: int,
+        **extra: Any,
+    ) -> None:
+        self._event(
+            tx,
+            task_id,
+            EventKind.CALLBACK,
+            webhook_id=webhook_id,
+            outcome=str(outcome),
+            state=parsed.state,
+            callback_id=callback_id,
+            **extra,
+        )
 
-    def _take(self, tx: Tx, task: Task, parsed: _Parsed, webhook_id: str | None, outcome: CallbackOutcome,
-              callback_id: int, **extra: Any) -> None:
+    def _take(
+        self,
+        tx: Tx,
+        task: Task,
+        parsed: _Parsed,
+        webhook_id: str | None,
+        outcome: CallbackOutcome,
+        callback_id: int,
+        **extra: Any,
+    ) -> None:
         self._callback_event(tx, task.id, parsed, webhook_id, outcome, callback_id, **extra)
         if outcome == CallbackOutcome.DEFERRED:
             self._defer(tx, task)
@@ -141,13 +185,23 @@ class Callbacks(Outputs):
         """A valid callback for an upstream id no task holds yet: kept, and applied by
         _mark_generating when a task takes that id (the provider answered before our write)."""
         owner = self._task_for_ref(tx, record.provider, ref)
-        cb = tx.add_callback(replace(record, task_id=owner, outcome=CallbackOutcome.UNKNOWN_TASK,
-                                     detail=PARKED_DETAIL))
-        tx.park_callback(ParkedCallback(
-            id=0, callback_id=cb.id, provider=record.provider, upstream_task_id=parsed.upstream_task_id,
-            received_at=record.received_at, state=parsed.state, webhook_id=record.webhook_id,
-            result_urls=list(parsed.result_urls) or None, error_code=parsed.error_code,
-            error_message=parsed.error_message, failure_class=parsed.failure_class, task_ref=ref))
+        cb = tx.add_callback(replace(record, task_id=owner, outcome=CallbackOutcome.UNKNOWN_TASK, detail=PARKED_DETAIL))
+        tx.park_callback(
+            ParkedCallback(
+                id=0,
+                callback_id=cb.id,
+                provider=record.provider,
+                upstream_task_id=parsed.upstream_task_id,
+                received_at=record.received_at,
+                state=parsed.state,
+                webhook_id=record.webhook_id,
+                result_urls=list(parsed.result_urls) or None,
+                error_code=parsed.error_code,
+                error_message=parsed.error_message,
+                failure_class=parsed.failure_class,
+                task_ref=ref,
+            )
+        )
         return CallbackResult(cb.outcome, cb.id, owner, PARKED_DETAIL)
 
     @staticmethod
@@ -164,9 +218,14 @@ class Callbacks(Outputs):
         tx.lock_upstream(provider, upstream_id)
         claimed = []
         for p in tx.claim_parked(provider, upstream_id, task_id, self._now()):
-            parsed = _Parsed(p.upstream_task_id, known(UpstreamState, p.state), tuple(p.result_urls or ()),
-                             p.error_code, p.error_message,
-                             known(FailureClass, p.failure_class) if p.failure_class is not None else None)
+            parsed = _Parsed(
+                p.upstream_task_id,
+                known(UpstreamState, p.state),
+                tuple(p.result_urls or ()),
+                p.error_code,
+                p.error_message,
+                known(FailureClass, p.failure_class) if p.failure_class is not None else None,
+            )
             task = self._task_in(tx, task_id, for_update=True)
             outcome, detail = self._route(tx, task, parsed, p.webhook_id)
             tx.settle_callback(p.callback_id, task_id, outcome, detail or "parked until the upstream id was stored")

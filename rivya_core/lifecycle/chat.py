@@ -30,7 +30,9 @@ class Chat(Reads):
 
         return self._tx(step)
 
-    def chat_turn_reserve(self, session_id: int, content: str, prompt_tokens: int, max_output_tokens: int) -> ChatMessage:
+    def chat_turn_reserve(
+        self, session_id: int, content: str, prompt_tokens: int, max_output_tokens: int
+    ) -> ChatMessage:
         for name, value in (("prompt_tokens", prompt_tokens), ("max_output_tokens", max_output_tokens)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValidationError(f"{name} must be a non-negative whole number", code="param_invalid")
@@ -46,30 +48,61 @@ class Chat(Reads):
         estimate = self.policy.chat_reservation(spec.chat_credits(prompt_tokens, max_output_tokens))
 
         def step(tx: Tx) -> ChatMessage:
-            msg = tx.add_message(ChatMessage(id=0, session_id=session_id, role="user", content=str(content)[:20000],
-                                             created_at=self._now(), prompt_tokens=prompt_tokens,
-                                             reserved_credits=estimate, status=ChatStatus.RESERVED))
-            tx.post(session.user_id, EntryType.CHAT_RESERVE, -estimate, f"chat_reserve:msg:{msg.id}", self._now(),
-                    chat_message_id=msg.id, note=f"reserve for {session.model}")
+            msg = tx.add_message(
+                ChatMessage(
+                    id=0,
+                    session_id=session_id,
+                    role="user",
+                    content=str(content)[:20000],
+                    created_at=self._now(),
+                    prompt_tokens=prompt_tokens,
+                    reserved_credits=estimate,
+                    status=ChatStatus.RESERVED,
+                )
+            )
+            tx.post(
+                session.user_id,
+                EntryType.CHAT_RESERVE,
+                -estimate,
+                f"chat_reserve:msg:{msg.id}",
+                self._now(),
+                chat_message_id=msg.id,
+                note=f"reserve for {session.model}",
+            )
             return self._message_in(tx, msg.id)
 
         try:
             return self._tx(step)
         except InsufficientCredits as exc:
-            self._tx(lambda tx: tx.add_message(ChatMessage(
-                id=0, session_id=session_id, role="user", content=str(content)[:20000], created_at=self._now(),
-                prompt_tokens=prompt_tokens, reserved_credits=0, charged_credits=0, status=ChatStatus.REFUSED)))
+            self._tx(
+                lambda tx: tx.add_message(
+                    ChatMessage(
+                        id=0,
+                        session_id=session_id,
+                        role="user",
+                        content=str(content)[:20000],
+                        created_at=self._now(),
+                        prompt_tokens=prompt_tokens,
+                        reserved_credits=0,
+                        charged_credits=0,
+                        status=ChatStatus.REFUSED,
+                    )
+                )
+            )
             raise InsufficientCredits(f"this turn needs up to {estimate} credits: {exc.message}") from None
 
     def chat_turn_settle(self, message_id: int, prompt_tokens: int, completion_tokens: int) -> ChatMessage:
         """Settle a reserved turn on its real usage, exactly once: the row is locked and
         moved compare-and-set. A replay with the same usage returns the settled turn; any
         other action on a closed turn is refused (TurnClosed) and changes nothing."""
+
         def step(tx: Tx) -> ChatMessage:
             msg, session = self._reserved_message(tx, message_id)
             if msg.status != ChatStatus.RESERVED:
-                if msg.status == ChatStatus.SETTLED and \
-                        (msg.prompt_tokens, msg.completion_tokens) == (prompt_tokens, completion_tokens):
+                if msg.status == ChatStatus.SETTLED and (msg.prompt_tokens, msg.completion_tokens) == (
+                    prompt_tokens,
+                    completion_tokens,
+                ):
                     return msg
                 raise TurnClosed(msg.id, msg.status)
             spec = validate_chat_model(self.catalog, session.model)
@@ -77,14 +110,27 @@ class Chat(Reads):
             charged, overrun = self.policy.chat_settlement(actual, msg.reserved_credits)
             if overrun:
                 try:
-                    tx.post(session.user_id, EntryType.CHAT_CHARGE, -overrun,
-                            f"chat_charge:msg:{msg.id}", self._now(), chat_message_id=msg.id, note="usage over reservation")
+                    tx.post(
+                        session.user_id,
+                        EntryType.CHAT_CHARGE,
+                        -overrun,
+                        f"chat_charge:msg:{msg.id}",
+                        self._now(),
+                        chat_message_id=msg.id,
+                        note="usage over reservation",
+                    )
                     charged += overrun
                 except InsufficientCredits:
                     pass  # the overrun cannot be covered: the charge stays at the reservation
             self._chat_refund(tx, session.user_id, msg, msg.reserved_credits - charged, "unused reservation")
-            self._close_turn(tx, msg.id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                             charged_credits=charged, status=ChatStatus.SETTLED)
+            self._close_turn(
+                tx,
+                msg.id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                charged_credits=charged,
+                status=ChatStatus.SETTLED,
+            )
             return self._message_in(tx, msg.id)
 
         return self._tx(step)
@@ -92,6 +138,7 @@ class Chat(Reads):
     def chat_turn_fail(self, message_id: int, reason: str = "chat turn failed") -> ChatMessage:
         """Fail a reserved turn and release its whole reservation, exactly once. A replay
         returns the failed turn; a settled turn is refused (TurnClosed)."""
+
         def step(tx: Tx) -> ChatMessage:
             msg, session = self._reserved_message(tx, message_id)
             if msg.status != ChatStatus.RESERVED:
@@ -114,5 +161,12 @@ class Chat(Reads):
 
     def _chat_refund(self, tx: Tx, user_id: int, msg: ChatMessage, amount: int, note: str) -> None:
         if amount > 0:
-            tx.post(user_id, EntryType.CHAT_REFUND, amount, f"chat_refund:msg:{msg.id}", self._now(),
-                    chat_message_id=msg.id, note=note)
+            tx.post(
+                user_id,
+                EntryType.CHAT_REFUND,
+                amount,
+                f"chat_refund:msg:{msg.id}",
+                self._now(),
+                chat_message_id=msg.id,
+                note=note,
+            )

@@ -24,16 +24,20 @@ from .parsing import _Parsed
 
 @dataclass(frozen=True)
 class Copied:
-    sources: list[str]              # the provider's URLs
-    error: CopyError | None         # None: copied
+    sources: list[str]  # the provider's URLs
+    error: CopyError | None  # None: copied
 
 
 class Outputs(Finishing):
     def _copy_outputs(self, task_id: int, status: Any) -> tuple[Any, Copied | None]:
         """Outside any unit of work: a success's outputs copied into the result store. The status
         carrying our URLs, and what happened (None: nothing to copy)."""
-        if (self.results is None or status.state != UpstreamState.SUCCEEDED or not status.result_urls
-                or self.results.owns_all(status.result_urls)):
+        if (
+            self.results is None
+            or status.state != UpstreamState.SUCCEEDED
+            or not status.result_urls
+            or self.results.owns_all(status.result_urls)
+        ):
             return status, None
         sources = list(status.result_urls)
         try:
@@ -59,18 +63,33 @@ class Outputs(Finishing):
         """The copy on the timeline (the provider's URLs kept there); True when it failed and
         was handled here (retried on the re-check backoff, or failed past the deadline)."""
         if copied.error is None:
-            self._event(tx, task.id, EventKind.OUTPUT_COPY, provider_urls=copied.sources,
-                        copied=len(copied.sources), path=path)
+            self._event(
+                tx, task.id, EventKind.OUTPUT_COPY, provider_urls=copied.sources, copied=len(copied.sources), path=path
+            )
             return False
         exc = copied.error
-        first = next((e.at for e in tx.task_events(task.id)
-                      if e.kind == EventKind.OUTPUT_COPY and e.detail.get("error")), None)
-        self._event(tx, task.id, EventKind.OUTPUT_COPY, provider_urls=copied.sources, error=exc.message,
-                    permanent=exc.permanent, path=path)
+        first = next(
+            (e.at for e in tx.task_events(task.id) if e.kind == EventKind.OUTPUT_COPY and e.detail.get("error")), None
+        )
+        self._event(
+            tx,
+            task.id,
+            EventKind.OUTPUT_COPY,
+            provider_urls=copied.sources,
+            error=exc.message,
+            permanent=exc.permanent,
+            path=path,
+        )
         deadline_s = self.results.deadline_s if self.results is not None else 0.0
         if exc.permanent or (first is not None and (self._now() - first).total_seconds() >= deadline_s):
-            self._finish_failed(tx, task, OUTPUT_COPY_FAILED, f"the outputs could not be copied: {exc.message}",
-                                FailureClass.INFRASTRUCTURE, path=path)
+            self._finish_failed(
+                tx,
+                task,
+                OUTPUT_COPY_FAILED,
+                f"the outputs could not be copied: {exc.message}",
+                FailureClass.INFRASTRUCTURE,
+                path=path,
+            )
         else:
             self._schedule_next_check(tx, task)
         return True

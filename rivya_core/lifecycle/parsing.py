@@ -24,8 +24,6 @@ class _Parsed:
 _STATES = {s.value: s for s in (UpstreamState.SUCCEEDED, UpstreamState.FAILED, UpstreamState.RUNNING)}
 
 
-
-
 _CLASSES = {c.value: c for c in FailureClass if c is not FailureClass.BILLING}
 
 
@@ -54,9 +52,14 @@ def parse_callback(raw: bytes) -> _Parsed | str:
     code, message = data.get("error_code"), data.get("error_message")
     if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):
         return "data.error_code / error_message are not strings"
-    return _Parsed(upstream, _STATES[state], tuple(urls), code[:80] if code is not None else None,
-                   message[:2000] if message is not None else None,
-                   _CLASSES[klass] if klass is not None else None)
+    return _Parsed(
+        upstream,
+        _STATES[state],
+        tuple(urls),
+        code[:80] if code is not None else None,
+        message[:2000] if message is not None else None,
+        _CLASSES[klass] if klass is not None else None,
+    )
 
 
 def _already(status: str) -> str:
@@ -80,8 +83,9 @@ def parse_with(fmt: CallbackFormat, raw: bytes) -> _Parsed | str:
     if isinstance(got, str):
         return got
     upstream_id, st = got
-    return _Parsed(upstream_id, st.state, tuple(st.result_urls), st.error_code, st.error_message, st.failure_class,
-                   st.run_s)
+    return _Parsed(
+        upstream_id, st.state, tuple(st.result_urls), st.error_code, st.error_message, st.failure_class, st.run_s
+    )
 
 
 def _epoch(naive_utc: datetime) -> float:

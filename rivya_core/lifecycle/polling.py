@@ -57,8 +57,7 @@ class Polling(Outputs):
             if current is None:
                 return None
             if fault is not None:  # the read failed: on the timeline, then handled as "unknown"
-                self._event(tx, task_id, EventKind.POLL_ERROR, error_kind=fault.kind, message=fault.message,
-                            path=path)
+                self._event(tx, task_id, EventKind.POLL_ERROR, error_kind=fault.kind, message=fault.message, path=path)
             detail: dict[str, Any] = {"state": status.state}
             if reason:
                 detail["reason"] = reason
@@ -73,11 +72,23 @@ class Polling(Outputs):
             elapsed = (self._now() - (current.submitted_at or current.created_at)).total_seconds()
             limit = self.policy.timeout_for(current.category)
             if status.state == UpstreamState.SUCCEEDED and rules.rechecks_spent(current.check_attempts, self.policy):
-                self._finish_failed(tx, current, NO_RESULT_URLS, "the provider reported success but never "
-                                    "delivered result URLs", FailureClass.PROVIDER, path=path)
+                self._finish_failed(
+                    tx,
+                    current,
+                    NO_RESULT_URLS,
+                    "the provider reported success but never delivered result URLs",
+                    FailureClass.PROVIDER,
+                    path=path,
+                )
             elif elapsed >= limit:
-                self._finish_failed(tx, current, TIMEOUT, f"no result after {int(elapsed)} s (limit {int(limit)} s)",
-                                    FailureClass.INFRASTRUCTURE, path=path)
+                self._finish_failed(
+                    tx,
+                    current,
+                    TIMEOUT,
+                    f"no result after {int(elapsed)} s (limit {int(limit)} s)",
+                    FailureClass.INFRASTRUCTURE,
+                    path=path,
+                )
             else:
                 self._schedule_next_check(tx, current)
             return tx.get_task(task_id)

@@ -50,11 +50,14 @@ class Recovery(Submitting, Polling, Chat):
 
     def _recover_one(self, task: Task) -> str | None:
         if task.status == TaskStatus.GENERATING:
-            overdue = (self._now() - (task.submitted_at or task.created_at)).total_seconds() >= \
-                self.policy.timeout_for(task.category)
+            overdue = (self._now() - (task.submitted_at or task.created_at)).total_seconds() >= self.policy.timeout_for(
+                task.category
+            )
             if task.provider in self.providers:
                 status = self._upstream_status(task)
-                settles = status.state == UpstreamState.FAILED or (status.state == UpstreamState.SUCCEEDED and status.result_urls)
+                settles = status.state == UpstreamState.FAILED or (
+                    status.state == UpstreamState.SUCCEEDED and status.result_urls
+                )
                 if not (overdue or settles):
                     return None  # still running upstream: polling carries on; a re-check here would
                     #              spend the task's re-check backoff, so a second recover would differ
@@ -81,8 +84,11 @@ class Recovery(Submitting, Polling, Chat):
                 return "charge refused: failed for credits"
             after = self._submit_upstream(task.id)
             return f"resumed: {after.status}"
-        self._tx(lambda tx: self._fail_interrupted(tx, task.id, INTERRUPTED,
-                                                   "the task was interrupted before it reached the provider"))
+        self._tx(
+            lambda tx: self._fail_interrupted(
+                tx, task.id, INTERRUPTED, "the task was interrupted before it reached the provider"
+            )
+        )
         return "failed: interrupted before submission" + (" (refunded)" if charged else "")
 
     def _adopt_upstream(self, tx: Tx, task_id: int, upstream_id: str) -> None:

@@ -32,19 +32,20 @@ def _run_of(task: Task) -> rules.Run:
 
 class Submitting(Callbacks):
     def submit(self, user_id: int, request: Any, *, chat_message_id: int | None = None) -> Task:
-        req = validate(self.catalog, request)                       # 1. validate (raises, writes nothing)
+        req = validate(self.catalog, request)  # 1. validate (raises, writes nothing)
         credits = self.policy.price(req.model, req.base_credits)
         task = self._tx(lambda tx: self._create(tx, user_id, req, credits, chat_message_id))  # 2. ai_task WAITING
-        if not self._tx(lambda tx: self._charge(tx, task.id)):      # 3. spend before submission
+        if not self._tx(lambda tx: self._charge(tx, task.id)):  # 3. spend before submission
             return self.task(task.id)
-        return self._submit_upstream(task.id, task)                 # 4. provider job, GENERATING
+        return self._submit_upstream(task.id, task)  # 4. provider job, GENERATING
 
     def _heavier_duplicate(self, tx: Tx, user_id: int, req: NormalizedRequest, credits: int) -> Task | None:
         """A running task of this user with the same prompt that this one outweighs; raises when
         the policy blocks such a run (before anything is written)."""
         now = self._now()
-        running = tx.user_tasks(user_id, statuses=ACTIVE, since=now - timedelta(seconds=self.policy.duplicate_window_s),
-                                limit=50)
+        running = tx.user_tasks(
+            user_id, statuses=ACTIVE, since=now - timedelta(seconds=self.policy.duplicate_window_s), limit=50
+        )
         dup = None
         if running:  # most submissions: no running task of this user in the window
             new = rules.Run(0, req.model, req.prompt, credits, now)
@@ -52,19 +53,39 @@ class Submitting(Callbacks):
         if dup is not None and self.policy.duplicate_runs == "block":
             raise ValidationError(
                 f"task {dup.id} with the same prompt is still running; wait for it before a heavier duplicate run",
-                code="duplicate_run")
+                code="duplicate_run",
+            )
         return dup
 
-    def _create(self, tx: Tx, user_id: int, req: NormalizedRequest, credits: int,
-                chat_message_id: int | None, rerun_of: int | None = None) -> Task:
+    def _create(
+        self,
+        tx: Tx,
+        user_id: int,
+        req: NormalizedRequest,
+        credits: int,
+        chat_message_id: int | None,
+        rerun_of: int | None = None,
+    ) -> Task:
         if tx.get_account(user_id) is None:
             raise NotFound(f"no account {user_id}")
         duplicate = self._heavier_duplicate(tx, user_id, req, credits)  # may refuse: nothing written yet
-        task = tx.insert_task(Task(
-            id=0, user_id=user_id, model=req.model, category=Category(req.category), prompt=req.prompt,
-            params=dict(req.params), status=TaskStatus.WAITING, billing_type=req.billing_type,
-            reserved_credits=credits, provider=req.provider, created_at=self._now(),
-            chat_message_id=chat_message_id, rerun_of=rerun_of))
+        task = tx.insert_task(
+            Task(
+                id=0,
+                user_id=user_id,
+                model=req.model,
+                category=Category(req.category),
+                prompt=req.prompt,
+                params=dict(req.params),
+                status=TaskStatus.WAITING,
+                billing_type=req.billing_type,
+                reserved_credits=credits,
+                provider=req.provider,
+                created_at=self._now(),
+                chat_message_id=chat_message_id,
+                rerun_of=rerun_of,
+            )
+        )
         self._event(tx, task.id, EventKind.CREATED, model=req.model, credits=credits, billing_type=req.billing_type)
         if duplicate is not None:
             self._event(tx, task.id, EventKind.DUPLICATE_WARNING, running_task_id=duplicate.id)
@@ -78,17 +99,29 @@ class Submitting(Callbacks):
         if tx.entry(consume_key(task_id)) is not None:
             return True
         try:
-            res = tx.post(task.user_id, EntryType.CONSUME, -task.reserved_credits, consume_key(task_id),
-                          self._now(), task_id=task_id, chat_message_id=task.chat_message_id)
+            res = tx.post(
+                task.user_id,
+                EntryType.CONSUME,
+                -task.reserved_credits,
+                consume_key(task_id),
+                self._now(),
+                task_id=task_id,
+                chat_message_id=task.chat_message_id,
+            )
         except InsufficientCredits:
-            self._event(tx, task_id, EventKind.CHARGE_REFUSED, needed=task.reserved_credits,
-                        balance=tx.balance(task.user_id))
-            self._finish_failed(tx, task, INSUFFICIENT_CREDITS,
-                                f"{task.reserved_credits} credits needed, {tx.balance(task.user_id)} available",
-                                FailureClass.BILLING, path="charge")
+            self._event(
+                tx, task_id, EventKind.CHARGE_REFUSED, needed=task.reserved_credits, balance=tx.balance(task.user_id)
+            )
+            self._finish_failed(
+                tx,
+                task,
+                INSUFFICIENT_CREDITS,
+                f"{task.reserved_credits} credits needed, {tx.balance(task.user_id)} available",
+                FailureClass.BILLING,
+                path="charge",
+            )
             return False
-        self._event(tx, task_id, EventKind.CHARGED, amount=task.reserved_credits,
-                    balance_after=res.entry.balance_after)
+        self._event(tx, task_id, EventKind.CHARGED, amount=task.reserved_credits, balance_after=res.entry.balance_after)
         return True
 
     def _submit_upstream(self, task_id: int, task: Task | None = None) -> Task:
@@ -115,8 +148,9 @@ class Submitting(Callbacks):
             if upstream_id is None:
                 fault = error or ProviderError(ProviderFault.ERROR, "the provider gave no job id")
                 self._event(tx, task_id, EventKind.SUBMIT_FAILED, fault=fault.kind, message=fault.message)
-                self._finish_failed(tx, current, fault.code, fault.message,
-                                    rules.submit_failure_class(fault.kind), path="submit")
+                self._finish_failed(
+                    tx, current, fault.code, fault.message, rules.submit_failure_class(fault.kind), path="submit"
+                )
             else:
                 self._mark_generating(tx, current, upstream_id)
             return self._task_in(tx, task_id)
@@ -126,7 +160,14 @@ class Submitting(Callbacks):
     def _mark_generating(self, tx: Tx, task: Task, upstream_id: str) -> None:
         now = self._now()
         first_check = rules.first_check_in(task.category, self.callbacks_enabled, self.policy)
-        tx.update_task(task.id, sources_of(TaskStatus.GENERATING), status=TaskStatus.GENERATING, upstream_task_id=upstream_id,
-                       submitted_at=now, next_check_at=now + timedelta(seconds=first_check), check_attempts=0)
+        tx.update_task(
+            task.id,
+            sources_of(TaskStatus.GENERATING),
+            status=TaskStatus.GENERATING,
+            upstream_task_id=upstream_id,
+            submitted_at=now,
+            next_check_at=now + timedelta(seconds=first_check),
+            check_attempts=0,
+        )
         self._event(tx, task.id, EventKind.SUBMITTED, upstream_task_id=upstream_id, provider=task.provider)
         self._claim_parked(tx, task.id, task.provider, upstream_id)

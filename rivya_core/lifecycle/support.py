@@ -36,28 +36,31 @@ def checked_operator(operator: Any, reason: Any) -> tuple[str, str]:
 class Support(Recovery):
     def support_refund(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = checked_operator(operator, reason)
-        return self._refused_or(self._tx(lambda tx: self._acting(tx, task_id)._refund_step(
-            tx, task_id, operator, reason, incident_id)))
+        return self._refused_or(
+            self._tx(lambda tx: self._acting(tx, task_id)._refund_step(tx, task_id, operator, reason, incident_id))
+        )
 
-    def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str,
-                     incident_id: int | None) -> Task | Refusal:
+    def _refund_step(self, tx: Tx, task_id: int, operator: str, reason: str, incident_id: int | None) -> Task | Refusal:
         task = self._task_in(tx, task_id, for_update=True)
         refusal = self.refund_refusal(tx, task)
         if refusal:
             self._support_event(tx, task_id, operator, SupportAction.REFUND.event_name, reason, refusal, incident_id)
             return refusal
         self._refund_if_due(tx, task, task.failure_class, support_note=rules.SUPPORT_REFUND_NOTE)
-        self._support_event(tx, task_id, operator, SupportAction.REFUND.event_name, reason, "refunded",
-                            incident_id)
+        self._support_event(tx, task_id, operator, SupportAction.REFUND.event_name, reason, "refunded", incident_id)
         return self._task_in(tx, task_id)
 
-    def support(self, action: SupportAction | str, task_id: int, operator: str, reason: str, *,
-                incident_id: int | None = None) -> Task:
+    def support(
+        self, action: SupportAction | str, task_id: int, operator: str, reason: str, *, incident_id: int | None = None
+    ) -> Task:
         """Run one support action on a task: the one dispatch of support actions (the inspector,
         the CLI and bulk incidents call it). ValidationError for an unknown action; ActionRefused
         with the refusal's code when the action may not run now."""
-        run = {SupportAction.RECHECK: self.support_recheck, SupportAction.REFUND: self.support_refund,
-               SupportAction.MARK_FAILED: self.support_mark_failed}[SupportAction.parse(action)]
+        run = {
+            SupportAction.RECHECK: self.support_recheck,
+            SupportAction.REFUND: self.support_refund,
+            SupportAction.MARK_FAILED: self.support_mark_failed,
+        }[SupportAction.parse(action)]
         return run(task_id, operator, reason, incident_id=incident_id)
 
     def support_refusal(self, action: SupportAction | str, task: Task, charged: bool, refunded: bool) -> Refusal | None:
@@ -70,8 +73,15 @@ class Support(Recovery):
             return self.mark_failed_refusal(task)
         return self.recheck_refusal(task)
 
-    def support_many(self, action: SupportAction | str, task_ids: list[int], operator: str, reason: str, *,
-                     incident_id: int | None = None) -> list[tuple[int, Task | Refusal]]:
+    def support_many(
+        self,
+        action: SupportAction | str,
+        task_ids: list[int],
+        operator: str,
+        reason: str,
+        *,
+        incident_id: int | None = None,
+    ) -> list[tuple[int, Task | Refusal]]:
         """`refund` or `mark-failed` on several tasks in one unit of work (a bulk incident's chunk):
         the very steps, refusals and events of support_refund / support_mark_failed, one commit.
         Returns (task id, the task after, or the refusal) per task."""
@@ -79,8 +89,9 @@ class Support(Recovery):
         steps = {SupportAction.REFUND: type(self)._refund_step, SupportAction.MARK_FAILED: type(self)._mark_failed_step}
         act = SupportAction.parse(action)
         if act not in steps:
-            raise ValidationError(f"{act} runs one task at a time (support), not in a batch",
-                                  code="support_action_unknown")
+            raise ValidationError(
+                f"{act} runs one task at a time (support), not in a batch", code="support_action_unknown"
+            )
         step = steps[act]
         ids = list(task_ids)
         return self._tx(lambda tx: [(i, step(self._acting(tx, i), tx, i, operator, reason, incident_id)) for i in ids])
@@ -113,13 +124,15 @@ class Support(Recovery):
 
     def credits_outcome(self, task: Task) -> str:
         """What happened to the task's credits, in the operator's words (rules.credits_outcome)."""
+
         def read(tx: Tx) -> tuple[LedgerEntry | None, LedgerEntry | None]:
             return tx.entry(consume_key(task.id)), tx.entry(refund_key(task.id))
 
         charge, refund = self._tx(read)
         facts = rules.RefundFacts(task.status, task.failure_class, charge is not None, refund is not None)
-        return rules.credits_outcome(facts, -charge.amount if charge else 0, refund.amount if refund else 0,
-                                     self.policy)
+        return rules.credits_outcome(
+            facts, -charge.amount if charge else 0, refund.amount if refund else 0, self.policy
+        )
 
     def _stuck_facts(self, task: Task) -> rules.StuckFacts:
         """The task's age judged at judge_clock (the same moment the pages and the checklist judge it at)."""
@@ -132,8 +145,11 @@ class Support(Recovery):
         task's reference, as `recover` does for one task."""
         facts = self._stuck_facts(task)
         code = rules.recheck_refusal(facts, task.provider in self.providers)
-        return None if code is None else Refusal(
-            code, rules.stuck_refusal_text(code, facts, "are re-checked", task.provider))
+        return (
+            None
+            if code is None
+            else Refusal(code, rules.stuck_refusal_text(code, facts, "are re-checked", task.provider))
+        )
 
     def mark_failed_refusal(self, task: Task) -> Refusal | None:
         """Why support cannot mark this task failed now, or None when it is stuck (rules.mark_failed_refusal)."""
@@ -153,39 +169,62 @@ class Support(Recovery):
         elif refusal is None:
             task = me._check(task_id, EventKind.RECHECK, reason=f"support: {operator}") or me.task(task_id)
         result = refusal or (f"upstream checked; task is {task.status}" + (f" ({found})" if found else ""))
-        me._tx(lambda tx: me._support_event(tx, task_id, operator, SupportAction.RECHECK.event_name, reason,
-                                                result, incident_id))
+        me._tx(
+            lambda tx: me._support_event(
+                tx, task_id, operator, SupportAction.RECHECK.event_name, reason, result, incident_id
+            )
+        )
         return self._refused_or(refusal or task)
 
-    def support_mark_failed(self, task_id: int, operator: str, reason: str, *,
-                            incident_id: int | None = None) -> Task:
+    def support_mark_failed(self, task_id: int, operator: str, reason: str, *, incident_id: int | None = None) -> Task:
         operator, reason = checked_operator(operator, reason)
-        return self._refused_or(self._tx(lambda tx: self._acting(tx, task_id)._mark_failed_step(
-            tx, task_id, operator, reason, incident_id)))
+        return self._refused_or(
+            self._tx(lambda tx: self._acting(tx, task_id)._mark_failed_step(tx, task_id, operator, reason, incident_id))
+        )
 
-    def _mark_failed_step(self, tx: Tx, task_id: int, operator: str, reason: str,
-                          incident_id: int | None) -> Task | Refusal:
+    def _mark_failed_step(
+        self, tx: Tx, task_id: int, operator: str, reason: str, incident_id: int | None
+    ) -> Task | Refusal:
         task = self._task_in(tx, task_id, for_update=True)
         refusal = self.mark_failed_refusal(task)
         if refusal:
-            self._support_event(tx, task_id, operator, SupportAction.MARK_FAILED.event_name, reason, refusal,
-                                incident_id)
+            self._support_event(
+                tx, task_id, operator, SupportAction.MARK_FAILED.event_name, reason, refusal, incident_id
+            )
             return refusal
-        self._finish_failed(tx, task, MARKED_FAILED, rules.MARKED_FAILED_MESSAGE, rules.MARKED_FAILED_CLASS,
-                            path="support")
-        self._support_event(tx, task_id, operator, SupportAction.MARK_FAILED.event_name, reason,
-                            "marked failed", incident_id)
+        self._finish_failed(
+            tx, task, MARKED_FAILED, rules.MARKED_FAILED_MESSAGE, rules.MARKED_FAILED_CLASS, path="support"
+        )
+        self._support_event(
+            tx, task_id, operator, SupportAction.MARK_FAILED.event_name, reason, "marked failed", incident_id
+        )
         return self._task_in(tx, task_id)
 
-    def _support_event(self, tx: Tx, task_id: int, operator: str, action: str, reason: str,
-                       result: str | Refusal, incident_id: int | None = None) -> None:
+    def _support_event(
+        self,
+        tx: Tx,
+        task_id: int,
+        operator: str,
+        action: str,
+        reason: str,
+        result: str | Refusal,
+        incident_id: int | None = None,
+    ) -> None:
         """detail: operator, action, reason, result (a sentence); a refused action adds `refusal`, its code."""
         extra: dict[str, Any] = {} if incident_id is None else {"incident": int(incident_id)}
         if isinstance(result, Refusal):
             extra["refusal"] = str(result.code)
             result = f"refused: {result.text}"
-        self._event(tx, task_id, EventKind.SUPPORT_ACTION, operator=operator, action=action, reason=reason,
-                    result=result, **extra)
+        self._event(
+            tx,
+            task_id,
+            EventKind.SUPPORT_ACTION,
+            operator=operator,
+            action=action,
+            reason=reason,
+            result=result,
+            **extra,
+        )
 
     @staticmethod
     def _refused_or(result: Task | Refusal) -> Task:

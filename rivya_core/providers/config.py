@@ -53,8 +53,10 @@ PROVIDERS_ENV = "RIVYA_PROVIDERS"
 SECRETS_TOML = Path(__file__).resolve().parent.parent.parent / ".streamlit" / "secrets.toml"
 APIS = ("replicate", "fal")
 _COMMON = {"api", "base_url", "webhook_url", "models", "timeout_s", "retries"}
-_KEYS = {"replicate": _COMMON | {"token", "webhook_secrets"},
-         "fal": _COMMON | {"key", "app", "public_keys", "jwks_url"}}
+_KEYS = {
+    "replicate": _COMMON | {"token", "webhook_secrets"},
+    "fal": _COMMON | {"key", "app", "public_keys", "jwks_url"},
+}
 _SECRET_FIELDS = ("token", "key", "webhook_secrets", "public_keys")
 
 
@@ -81,14 +83,25 @@ class ProviderSettings:
     jwks_url: str | None = None
 
     def client(self, transport: httpx.BaseTransport | None = None) -> ReplicateClient | FalClient:
-        common: dict[str, Any] = {"webhook_url": self.webhook_url, "models": self.models,
-                                  "timeout_s": self.timeout_s, "retries": self.retries, "transport": transport}
+        common: dict[str, Any] = {
+            "webhook_url": self.webhook_url,
+            "models": self.models,
+            "timeout_s": self.timeout_s,
+            "retries": self.retries,
+            "transport": transport,
+        }
         if self.base_url:
             common["base_url"] = self.base_url
         if self.api == "replicate":
             return ReplicateClient(self.name, self.token, webhook_secrets=self.webhook_secrets, **common)
-        return FalClient(self.name, self.token, app=self.app or self.name, public_keys=self.public_keys,
-                         jwks_url=self.jwks_url, **common)
+        return FalClient(
+            self.name,
+            self.token,
+            app=self.app or self.name,
+            public_keys=self.public_keys,
+            jwks_url=self.jwks_url,
+            **common,
+        )
 
 
 def parse_providers(doc: Mapping[str, Any], source: str) -> dict[str, ProviderSettings]:
@@ -145,9 +158,19 @@ def _settings(name: str, t: Any, source: str) -> ProviderSettings:
     jwks_url = t.get("jwks_url")
     if api == "fal" and jwks_url is None and _is_fal_host(t.get("base_url")):
         jwks_url = FAL_JWKS_URL
-    return ProviderSettings(name=name, api=api, base_url=t.get("base_url"), webhook_url=t.get("webhook_url"),
-                            models=dict(models), timeout_s=float(timeout), retries=retries, app=app,
-                            token=token.strip(), jwks_url=jwks_url or None, **lists)
+    return ProviderSettings(
+        name=name,
+        api=api,
+        base_url=t.get("base_url"),
+        webhook_url=t.get("webhook_url"),
+        models=dict(models),
+        timeout_s=float(timeout),
+        retries=retries,
+        app=app,
+        token=token.strip(),
+        jwks_url=jwks_url or None,
+        **lists,
+    )
 
 
 def _is_fal_host(base_url: str | None) -> bool:
@@ -156,8 +179,9 @@ def _is_fal_host(base_url: str | None) -> bool:
     return base_url is None or httpx.URL(base_url).host == httpx.URL(FAL_DEFAULT_BASE_URL).host
 
 
-def load_providers(environ: Mapping[str, str] = os.environ,
-                   secrets_toml: Path = SECRETS_TOML) -> dict[str, ProviderSettings]:
+def load_providers(
+    environ: Mapping[str, str] = os.environ, secrets_toml: Path = SECRETS_TOML
+) -> dict[str, ProviderSettings]:
     """The configured providers (empty when nothing is configured)."""
     raw = environ.get(PROVIDERS_ENV, "").strip()
     if raw:
@@ -169,6 +193,7 @@ def load_providers(environ: Mapping[str, str] = os.environ,
     return {}
 
 
-def build_clients(settings: Mapping[str, ProviderSettings],
-                  transport: httpx.BaseTransport | None = None) -> dict[str, ReplicateClient | FalClient]:
+def build_clients(
+    settings: Mapping[str, ProviderSettings], transport: httpx.BaseTransport | None = None
+) -> dict[str, ReplicateClient | FalClient]:
     return {name: s.client(transport) for name, s in settings.items()}

@@ -77,16 +77,49 @@ USER_ERRORS = ("nsfw", "safety", "content policy", "sensitive")
 HANDLES_KEPT = 10_000
 
 # fal's model error types (`detail[].type`): the input's fault, or the model's
-USER_ERROR_TYPES = frozenset({
-    "content_policy_violation", "image_too_large", "image_too_small", "image_load_error", "file_download_error",
-    "face_detection_error", "file_too_large", "unsupported_image_format", "unsupported_audio_format",
-    "unsupported_video_format", "audio_duration_too_long", "audio_duration_too_short", "video_duration_too_long",
-    "video_duration_too_short", "invalid_archive", "archive_file_count_below_minimum",
-    "archive_file_count_exceeds_maximum", "feature_not_supported", "one_of", "missing", "greater_than",
-    "greater_than_equal", "less_than", "less_than_equal", "string_too_short", "string_too_long",
-    "sequence_too_short", "sequence_too_long", "value_error", "type_error"})
-PROVIDER_ERROR_TYPES = frozenset({"internal_server_error", "generation_timeout", "downstream_service_error",
-                                  "downstream_service_unavailable", "no_media_generated"})
+USER_ERROR_TYPES = frozenset(
+    {
+        "content_policy_violation",
+        "image_too_large",
+        "image_too_small",
+        "image_load_error",
+        "file_download_error",
+        "face_detection_error",
+        "file_too_large",
+        "unsupported_image_format",
+        "unsupported_audio_format",
+        "unsupported_video_format",
+        "audio_duration_too_long",
+        "audio_duration_too_short",
+        "video_duration_too_long",
+        "video_duration_too_short",
+        "invalid_archive",
+        "archive_file_count_below_minimum",
+        "archive_file_count_exceeds_maximum",
+        "feature_not_supported",
+        "one_of",
+        "missing",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "string_too_short",
+        "string_too_long",
+        "sequence_too_short",
+        "sequence_too_long",
+        "value_error",
+        "type_error",
+    }
+)
+PROVIDER_ERROR_TYPES = frozenset(
+    {
+        "internal_server_error",
+        "generation_timeout",
+        "downstream_service_error",
+        "downstream_service_unavailable",
+        "no_media_generated",
+    }
+)
 # fal's request error types (`error_type`, header X-Fal-Error-Type): the platform's
 TIMEOUT_ERROR_TYPES = frozenset({"request_timeout", "startup_timeout"})
 ERROR_TYPE_HEADER = "x-fal-error-type"
@@ -97,8 +130,11 @@ def classify(detail: Any, error_type: Any, message: str) -> tuple[str, FailureCl
     `detail` a model error's list of typed errors, `error_type` a request error's type
     (body field or X-Fal-Error-Type header); the message's words only when neither says."""
     types = [d.get("type") for d in detail if isinstance(d, dict)] if isinstance(detail, list) else []
-    types = [t.split(".", 1)[0] if t.startswith("value_error.") or t.startswith("type_error.") else t
-             for t in types if isinstance(t, str)]
+    types = [
+        t.split(".", 1)[0] if t.startswith("value_error.") or t.startswith("type_error.") else t
+        for t in types
+        if isinstance(t, str)
+    ]
     if "content_policy_violation" in types:
         return "content_policy_violation", FailureClass.USER
     if isinstance(error_type, str) and error_type:
@@ -168,8 +204,9 @@ class FalWebhooks:
         keys = self._current()
         try:
             if not keys:
-                raise webhooks.WebhookError("no webhook public key configured or published for this provider",
-                                            code="bad_signature")
+                raise webhooks.WebhookError(
+                    "no webhook public key configured or published for this provider", code="bad_signature"
+                )
             request_id = webhooks.verify_ed25519(keys, headers, body, now_ts)
         except webhooks.WebhookError as exc:
             # no held key matches: the keys may have rotated -- refetch (bounded) and try once more
@@ -205,18 +242,30 @@ class FalWebhooks:
 class FalClient:
     """One catalogue provider served by a fal-style queue API."""
 
-    def __init__(self, name: str, key: str, *, app: str, base_url: str = DEFAULT_BASE_URL,
-                 webhook_url: str | None = None, public_keys: Sequence[str] = (), jwks_url: str | None = None,
-                 models: Mapping[str, str] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 retries: int = DEFAULT_RETRIES, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        name: str,
+        key: str,
+        *,
+        app: str,
+        base_url: str = DEFAULT_BASE_URL,
+        webhook_url: str | None = None,
+        public_keys: Sequence[str] = (),
+        jwks_url: str | None = None,
+        models: Mapping[str, str] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.name = name
         self.app = app.strip("/")
         self.webhook_url = webhook_url
         self.models = dict(models or {})
         jwks = JwksKeys(jwks_url, public_keys, transport=transport) if jwks_url else None
         self.callbacks = FalWebhooks(public_keys, jwks)
-        self.api = HttpApi(base_url, f"Key {key}", timeout_s=timeout_s, retries=retries, transport=transport,
-                           label=f"{name} (fal)")
+        self.api = HttpApi(
+            base_url, f"Key {key}", timeout_s=timeout_s, retries=retries, transport=transport, label=f"{name} (fal)"
+        )
         self._origin = httpx.URL(base_url)
         self._handles: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._handles_lock = threading.Lock()
@@ -240,8 +289,11 @@ class FalClient:
     # --- where a request is asked about: fal's URLs from the submission, else under `app` ---
 
     def _keep_handle(self, rid: str, doc: Mapping[str, Any]) -> None:
-        urls = {k: doc[k] for k in ("status_url", "response_url", "cancel_url")
-                if isinstance(doc.get(k), str) and self._same_origin(doc[k])}
+        urls = {
+            k: doc[k]
+            for k in ("status_url", "response_url", "cancel_url")
+            if isinstance(doc.get(k), str) and self._same_origin(doc[k])
+        }
         if not urls:
             return
         with self._handles_lock:
@@ -279,8 +331,11 @@ class FalClient:
         if state != "COMPLETED":
             return UpstreamStatus(UpstreamState.UNKNOWN)
         if doc.get("error") or doc.get("error_type"):
-            return failed_status({"detail": doc.get("error"), "error_type": doc.get("error_type")},
-                                 resp.headers.get(ERROR_TYPE_HEADER), str(doc.get("error") or "The request failed."))
+            return failed_status(
+                {"detail": doc.get("error"), "error_type": doc.get("error_type")},
+                resp.headers.get(ERROR_TYPE_HEADER),
+                str(doc.get("error") or "The request failed."),
+            )
         result = self.api.request("GET", urls["response_url"])
         header_type = result.headers.get(ERROR_TYPE_HEADER)
         if 400 <= result.status_code < 500 or (result.status_code >= 500 and header_type):
@@ -291,7 +346,9 @@ class FalClient:
             except ValueError:
                 body = None
             fallback = f"the result fetch answered HTTP {result.status_code}"
-            if header_type or (isinstance(body, dict) and (body.get("error_type") or isinstance(body.get("detail"), list))):
+            if header_type or (
+                isinstance(body, dict) and (body.get("error_type") or isinstance(body.get("detail"), list))
+            ):
                 return failed_status(body, header_type, fallback)
             code, klass = RESULT_ERROR
             return UpstreamStatus(UpstreamState.FAILED, (), code, fallback, klass)

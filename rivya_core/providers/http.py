@@ -53,17 +53,26 @@ def retry_after_s(resp: httpx.Response, now: datetime | None = None) -> float | 
 class HttpApi:
     """A base URL, an auth header and the retry rules. Never shows its headers."""
 
-    def __init__(self, base_url: str, auth_header: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 retries: int = DEFAULT_RETRIES, transport: httpx.BaseTransport | None = None,
-                 label: str = "provider"):
+    def __init__(
+        self,
+        base_url: str,
+        auth_header: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        transport: httpx.BaseTransport | None = None,
+        label: str = "provider",
+    ):
         self.label = label
         self.retries = max(0, int(retries))
         self.max_retry_after_s = MAX_RETRY_AFTER_S
         self.sleep = time.sleep
-        self._client = httpx.Client(base_url=base_url.rstrip("/") + "/",
-                                    headers={"Authorization": auth_header, "User-Agent": "rivya/1"},
-                                    timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-                                    transport=transport)
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/") + "/",
+            headers={"Authorization": auth_header, "User-Agent": "rivya/1"},
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            transport=transport,
+        )
 
     def __repr__(self) -> str:
         return f"HttpApi({self.label}, base_url={str(self._client.base_url)!r})"
@@ -76,20 +85,22 @@ class HttpApi:
         idempotent = method in ("GET", "PUT", "DELETE")
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
-            wait = BACKOFF_S * (2 ** attempt)
+            wait = BACKOFF_S * (2**attempt)
             try:
                 resp = self._client.request(method, path.lstrip("/"), **kwargs)
             except httpx.ConnectError as exc:
                 if last:
-                    raise ProviderError(ProviderFault.ERROR,
-                                        f"{self.label}: cannot connect ({type(exc).__name__})") from None
+                    raise ProviderError(
+                        ProviderFault.ERROR, f"{self.label}: cannot connect ({type(exc).__name__})"
+                    ) from None
             except httpx.TimeoutException:
                 if last or not idempotent:
                     raise ProviderError(ProviderFault.TIMEOUT, f"{self.label}: no answer within the timeout") from None
             except httpx.HTTPError as exc:
                 if last or not idempotent:
-                    raise ProviderError(ProviderFault.ERROR,
-                                        f"{self.label}: HTTP failure ({type(exc).__name__})") from None
+                    raise ProviderError(
+                        ProviderFault.ERROR, f"{self.label}: HTTP failure ({type(exc).__name__})"
+                    ) from None
             else:
                 retry = resp.status_code in RETRY_STATUS or (idempotent and resp.status_code == 500)
                 asked = retry_after_s(resp)

@@ -62,14 +62,15 @@ def jwks_public_keys(doc: Any) -> list[str]:
 class _Fetched:
     """A value fetched with `fetch()` (None: the fetch failed), cached and refreshed on demand."""
 
-    def __init__(self, fetch: Callable[[], list[str] | None], *, ttl_s: float, min_refetch_s: float,
-                 clock: Callable[[], float]):
+    def __init__(
+        self, fetch: Callable[[], list[str] | None], *, ttl_s: float, min_refetch_s: float, clock: Callable[[], float]
+    ):
         self._fetch = fetch
         self.ttl_s, self.min_refetch_s = ttl_s, min_refetch_s
         self._clock = clock
         self._values: list[str] = []
-        self._fetched_at: float | None = None   # last successful fetch
-        self._tried_at: float | None = None     # last attempt
+        self._fetched_at: float | None = None  # last successful fetch
+        self._tried_at: float | None = None  # last attempt
         self._lock = threading.Lock()
         self.fetches = 0
 
@@ -119,15 +120,24 @@ def _get_json(client: httpx.Client, url: str) -> Any | None:
 class JwksKeys(_Fetched):
     """Configured static keys plus the ones published at a JWKS URL (no credential is sent)."""
 
-    def __init__(self, url: str, static: Sequence[str] = (), *, ttl_s: float = TTL_S,
-                 min_refetch_s: float = MIN_REFETCH_S, transport: httpx.BaseTransport | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        url: str,
+        static: Sequence[str] = (),
+        *,
+        ttl_s: float = TTL_S,
+        min_refetch_s: float = MIN_REFETCH_S,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.url = url
         self._static = list(static)
-        self._http = httpx.Client(timeout=FETCH_TIMEOUT_S, transport=transport, follow_redirects=False,
-                                  headers={"User-Agent": "rivya/1"})
-        super().__init__(lambda: jwks_public_keys(_get_json(self._http, url)), ttl_s=ttl_s,
-                         min_refetch_s=min_refetch_s, clock=clock)
+        self._http = httpx.Client(
+            timeout=FETCH_TIMEOUT_S, transport=transport, follow_redirects=False, headers={"User-Agent": "rivya/1"}
+        )
+        super().__init__(
+            lambda: jwks_public_keys(_get_json(self._http, url)), ttl_s=ttl_s, min_refetch_s=min_refetch_s, clock=clock
+        )
 
     def __repr__(self) -> str:
         return f"JwksKeys({self.url!r}, static={len(self._static)})"
@@ -139,8 +149,14 @@ class JwksKeys(_Fetched):
 class FetchedSecret(_Fetched):
     """Replicate's default webhook signing secret, read with the API token."""
 
-    def __init__(self, get: Callable[[str], httpx.Response], *, ttl_s: float = TTL_S,
-                 min_refetch_s: float = MIN_REFETCH_S, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        get: Callable[[str], httpx.Response],
+        *,
+        ttl_s: float = TTL_S,
+        min_refetch_s: float = MIN_REFETCH_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         def fetch() -> list[str] | None:
             try:
                 resp = get(REPLICATE_SECRET_PATH)

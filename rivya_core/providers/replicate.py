@@ -59,9 +59,10 @@ _VERSION = re.compile(r"^[0-9a-f]{64}$")
 _USER_ERRORS = ("nsfw", "safety", "content policy", "sensitive")
 
 STATES = {"starting": UpstreamState.QUEUED, "processing": UpstreamState.RUNNING}
-FAILED = {"canceled": ("upstream_canceled", "The prediction was canceled upstream.", FailureClass.PROVIDER),
-          "aborted": ("upstream_aborted", "The prediction was aborted before it ran.",
-                        FailureClass.INFRASTRUCTURE)}
+FAILED = {
+    "canceled": ("upstream_canceled", "The prediction was canceled upstream.", FailureClass.PROVIDER),
+    "aborted": ("upstream_aborted", "The prediction was aborted before it ran.", FailureClass.INFRASTRUCTURE),
+}
 
 
 def predict_time(pred: Any) -> float | None:
@@ -92,8 +93,13 @@ def _prediction_status(pred: Any) -> UpstreamStatus:
         error = pred.get("error")
         message = str(error)[:2000] if error else "The prediction failed."
         user = any(w in message.lower() for w in _USER_ERRORS)
-        return UpstreamStatus(UpstreamState.FAILED, (), "content_policy_violation" if user else "model_error", message,
-                              FailureClass.USER if user else FailureClass.PROVIDER)
+        return UpstreamStatus(
+            UpstreamState.FAILED,
+            (),
+            "content_policy_violation" if user else "model_error",
+            message,
+            FailureClass.USER if user else FailureClass.PROVIDER,
+        )
     if status in FAILED:
         code, message, klass = FAILED[status]
         return UpstreamStatus(UpstreamState.FAILED, (), code, message, klass)
@@ -114,8 +120,9 @@ class ReplicateWebhooks:
         secrets = self._secrets or (self.fetched.current() if self.fetched is not None else [])
         try:
             if not secrets:
-                raise webhooks.WebhookError("no webhook secret configured or fetched for this provider",
-                                            code="bad_signature")
+                raise webhooks.WebhookError(
+                    "no webhook secret configured or fetched for this provider", code="bad_signature"
+                )
             return webhooks.verify(secrets, headers, body, now_ts)
         except webhooks.WebhookError as exc:
             # a fetched secret that stops matching may have been rotated: read it again (bounded)
@@ -142,16 +149,31 @@ class ReplicateWebhooks:
 class ReplicateClient:
     """One catalogue provider served by a Replicate-style API."""
 
-    def __init__(self, name: str, token: str, *, base_url: str = DEFAULT_BASE_URL, webhook_url: str | None = None,
-                 webhook_secrets: Sequence[str] = (), models: Mapping[str, str] | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        name: str,
+        token: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        webhook_url: str | None = None,
+        webhook_secrets: Sequence[str] = (),
+        models: Mapping[str, str] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.name = name
         self.webhook_url = webhook_url
         self.models = dict(models or {})
         self.cancel_after: Callable[[str], float | None] | None = None  # set by upstream_cancel.arm
-        self.api = HttpApi(base_url, f"Bearer {token}", timeout_s=timeout_s, retries=retries, transport=transport,
-                           label=f"{name} (replicate)")
+        self.api = HttpApi(
+            base_url,
+            f"Bearer {token}",
+            timeout_s=timeout_s,
+            retries=retries,
+            transport=transport,
+            label=f"{name} (replicate)",
+        )
         self.callbacks = ReplicateWebhooks(webhook_secrets, FetchedSecret(self._get_secret))
 
     def __repr__(self) -> str:

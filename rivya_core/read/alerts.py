@@ -65,13 +65,19 @@ class ModelThreshold:
     threshold_s: float  # max(floor, k × p95)
 
 
-def model_thresholds(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None,
-                     k: float = STUCK_K, history: int = HISTORY_TASKS) -> dict[str, ModelThreshold]:
+def model_thresholds(
+    bind: Bind,
+    policy: BillingPolicy = DEFAULT_POLICY,
+    now: datetime | None = None,
+    k: float = STUCK_K,
+    history: int = HISTORY_TASKS,
+) -> dict[str, ModelThreshold]:
     """Per model: the observed p95 time-to-terminal of its latest finished tasks and the stuck threshold."""
     from ..stores.schema import ai_task
 
     q = select(ai_task.c.model, ai_task.c.category, _started(), ai_task.c.finished_at).where(
-        ai_task.c.finished_at.is_not(None))
+        ai_task.c.finished_at.is_not(None)
+    )
     if now is not None:
         q = q.where(ai_task.c.finished_at <= now)
     q = q.order_by(ai_task.c.finished_at.desc()).limit(history)
@@ -82,17 +88,20 @@ def model_thresholds(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: da
             if started is not None and finished is not None:
                 durations[model].append(max(0.0, (finished - started).total_seconds()))
                 categories[model] = category
-        for model, category in conn.execute(select(ai_task.c.model, ai_task.c.category)
-                                            .where(ai_task.c.status.in_([s.value for s in ACTIVE]))
-                                            .group_by(ai_task.c.model, ai_task.c.category)):
+        for model, category in conn.execute(
+            select(ai_task.c.model, ai_task.c.category)
+            .where(ai_task.c.status.in_([s.value for s in ACTIVE]))
+            .group_by(ai_task.c.model, ai_task.c.category)
+        ):
             categories.setdefault(model, category)
     out = {}
     for model, category in sorted(categories.items()):
         seen = durations.get(model, [])
         observed = p95(seen) if len(seen) >= MIN_HISTORY else None
         floor = policy.stuck_for(category)
-        out[model] = ModelThreshold(model, category, observed, len(seen), floor,
-                                    max(floor, k * observed) if observed is not None else floor)
+        out[model] = ModelThreshold(
+            model, category, observed, len(seen), floor, max(floor, k * observed) if observed is not None else floor
+        )
     return out
 
 
@@ -110,11 +119,16 @@ class StuckAlert:
     @property
     def message(self) -> str:
         t = self.threshold
-        basis = (f"{STUCK_K:g} × p95 {t.p95_s:,.0f} s over {t.finished:,} finished tasks"
-                 if t.p95_s is not None and t.threshold_s > t.floor_s else f"the {t.category} floor")
+        basis = (
+            f"{STUCK_K:g} × p95 {t.p95_s:,.0f} s over {t.finished:,} finished tasks"
+            if t.p95_s is not None and t.threshold_s > t.floor_s
+            else f"the {t.category} floor"
+        )
         state = "running" if self.generating else "waiting to be submitted"  # WAITING only: never reached it
-        return (f"{self.stuck:,} {self.model} task(s) on {self.provider} {state} past {t.threshold_s:,.0f} s "
-                f"({basis}); the oldest for {self.oldest_s / 60:,.0f} min")
+        return (
+            f"{self.stuck:,} {self.model} task(s) on {self.provider} {state} past {t.threshold_s:,.0f} s "
+            f"({basis}); the oldest for {self.oldest_s / 60:,.0f} min"
+        )
 
 
 @dataclass(frozen=True)
@@ -131,10 +145,14 @@ class DegradationAlert:
     def message(self) -> str:
         if self.kind == "failure_rate":
             base = f"{self.baseline:.0%}" if self.baseline is not None else "no baseline"
-            return (f"{self.provider}: {self.value:.0%} of {self.window_tasks:,} tasks failed in the last hour "
-                    f"(provider or infrastructure), against {base} the day before")
-        return (f"{self.provider}: p95 time-to-result {self.value:,.0f} s in the last hour over "
-                f"{self.window_tasks:,} tasks, against {self.baseline:,.0f} s the day before")
+            return (
+                f"{self.provider}: {self.value:.0%} of {self.window_tasks:,} tasks failed in the last hour "
+                f"(provider or infrastructure), against {base} the day before"
+            )
+        return (
+            f"{self.provider}: p95 time-to-result {self.value:,.0f} s in the last hour over "
+            f"{self.window_tasks:,} tasks, against {self.baseline:,.0f} s the day before"
+        )
 
 
 @dataclass
@@ -148,10 +166,13 @@ class Alerts:
         return len(self.stuck) + len(self.degraded)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"now": self.now.isoformat(sep=" "),
-                "stuck": [{"message": a.message, "action": a.action, "filter": a.filter.to_dict()} for a in self.stuck],
-                "degraded": [{"message": a.message, "action": a.action, "filter": a.filter.to_dict()}
-                             for a in self.degraded]}
+        return {
+            "now": self.now.isoformat(sep=" "),
+            "stuck": [{"message": a.message, "action": a.action, "filter": a.filter.to_dict()} for a in self.stuck],
+            "degraded": [
+                {"message": a.message, "action": a.action, "filter": a.filter.to_dict()} for a in self.degraded
+            ],
+        }
 
 
 def stuck_alerts(bind: Bind, policy: BillingPolicy, now: datetime, k: float = STUCK_K) -> list[StuckAlert]:
@@ -160,7 +181,8 @@ def stuck_alerts(bind: Bind, policy: BillingPolicy, now: datetime, k: float = ST
 
     thresholds = model_thresholds(bind, policy, now, k)
     q = select(ai_task.c.model, ai_task.c.provider, ai_task.c.status, _started()).where(
-        ai_task.c.status.in_([s.value for s in ACTIVE]))
+        ai_task.c.status.in_([s.value for s in ACTIVE])
+    )
     groups: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
     with connect(bind) as conn:
         for model, provider, status, started in conn.execute(q):
@@ -172,15 +194,18 @@ def stuck_alerts(bind: Bind, policy: BillingPolicy, now: datetime, k: float = ST
     for (model, provider), found in groups.items():
         t = thresholds[model]
         generating = sum(1 for s, _ in found if s == TaskStatus.GENERATING)
-        action = SupportAction.RECHECK  # ask the provider first: a GENERATING task's job, a WAITING one's lost submission
+        action = (
+            SupportAction.RECHECK
+        )  # ask the provider first: a GENERATING task's job, a WAITING one's lost submission
         states = ("GENERATING",) if generating else ("WAITING",)
         flt = BulkFilter(provider=provider, model=model, status=states, min_age_s=float(math.ceil(t.threshold_s)))
         out.append(StuckAlert(model, provider, len(found), generating, max(a for _, a in found), t, action, flt))
     return sorted(out, key=lambda a: (-a.stuck, a.model))
 
 
-def degradation_queries(now: datetime, window_s: float = WINDOW_S,
-                        baseline_s: float = BASELINE_S) -> tuple[Select, Select, Select]:
+def degradation_queries(
+    now: datetime, window_s: float = WINDOW_S, baseline_s: float = BASELINE_S
+) -> tuple[Select, Select, Select]:
     """The degradation alerts' reads: finished counts per provider and window, and the durations of
     the window's successes and of a recent baseline sample. Each reads a time range of the finished-at
     index; the status is tested as an expression so that no database walks every SUCCESS task
@@ -191,16 +216,24 @@ def degradation_queries(now: datetime, window_s: float = WINDOW_S,
     t = ai_task.c
     in_window = case((t.finished_at > start, 1), else_=0)
     faulted = case((and_(t.status == TaskStatus.FAILED.value, t.failure_class.in_(PROVIDER_FAULTS)), 1), else_=0)
-    counts = (select(t.provider, in_window.label("w"), func.count(), func.sum(faulted))
-              .where(t.finished_at > base_start, t.finished_at <= now).group_by(t.provider, in_window))
+    counts = (
+        select(t.provider, in_window.label("w"), func.count(), func.sum(faulted))
+        .where(t.finished_at > base_start, t.finished_at <= now)
+        .group_by(t.provider, in_window)
+    )
     took = select(t.provider, _started(), t.finished_at).where((t.status + "") == TaskStatus.SUCCESS.value)
-    return (counts, took.where(t.finished_at > start, t.finished_at <= now),
-            took.where(t.finished_at > base_start, t.finished_at <= start)
-            .order_by(t.finished_at.desc()).limit(HISTORY_TASKS))
+    return (
+        counts,
+        took.where(t.finished_at > start, t.finished_at <= now),
+        took.where(t.finished_at > base_start, t.finished_at <= start)
+        .order_by(t.finished_at.desc())
+        .limit(HISTORY_TASKS),
+    )
 
 
-def degradation_alerts(bind: Bind, now: datetime, window_s: float = WINDOW_S,
-                       baseline_s: float = BASELINE_S) -> list[DegradationAlert]:
+def degradation_alerts(
+    bind: Bind, now: datetime, window_s: float = WINDOW_S, baseline_s: float = BASELINE_S
+) -> list[DegradationAlert]:
     """Providers whose last hour is far worse than the day before it."""
     start = now - timedelta(seconds=window_s)
     counts, took_window, took_baseline = degradation_queries(now, window_s, baseline_s)
@@ -228,8 +261,9 @@ def degradation_alerts(bind: Bind, now: datetime, window_s: float = WINDOW_S,
     return out
 
 
-def alerts(bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None,
-           k: float = STUCK_K) -> Alerts:
+def alerts(
+    bind: Bind, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None, k: float = STUCK_K
+) -> Alerts:
     """Every alert at `now` (default: the database's latest recorded time, queries.resolve_now)."""
     from .queries import resolve_now
 

@@ -29,7 +29,7 @@ OUTCOMES = [o.value for o in CallbackOutcome]
 class DeliveryPage:
     rows: list[dict[str, Any]]
     total: int
-    counts: dict[str, int]     # outcome -> deliveries over the whole filter
+    counts: dict[str, int]  # outcome -> deliveries over the whole filter
     limit: int
     offset: int
 
@@ -47,9 +47,16 @@ def _filtered(q, providers, outcomes, since, until):
     return q
 
 
-def delivery_log(bind: Bind, *, providers: tuple[str, ...] = (), outcomes: tuple[str, ...] = (),
-                 since: datetime | None = None, until: datetime | None = None, limit: int = 50,
-                 offset: int = 0) -> DeliveryPage:
+def delivery_log(
+    bind: Bind,
+    *,
+    providers: tuple[str, ...] = (),
+    outcomes: tuple[str, ...] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> DeliveryPage:
     """See the module doc. The page reads the received-at index backwards; the counts are one grouped
     read over the filter."""
     limit, offset = _page(limit, offset)
@@ -61,11 +68,26 @@ def delivery_log(bind: Bind, *, providers: tuple[str, ...] = (), outcomes: tuple
         found = rows(conn.execute(page_q))
         counts = {str(o): int(n) for o, n in conn.execute(count_q)}
         ids = [r["id"] for r in found]
-        parked = {r.callback_id: r for r in conn.execute(
-            select(parked_callback.c.callback_id, parked_callback.c.claimed_task_id, parked_callback.c.claimed_at,
-                   parked_callback.c.task_ref).where(parked_callback.c.callback_id.in_(ids)))} if ids else {}
-        waiting = {(r["provider"], r["upstream_task_id"]) for r in found
-                   if r["upstream_task_id"] and r["outcome"] == CallbackOutcome.UNKNOWN_TASK}
+        parked = (
+            {
+                r.callback_id: r
+                for r in conn.execute(
+                    select(
+                        parked_callback.c.callback_id,
+                        parked_callback.c.claimed_task_id,
+                        parked_callback.c.claimed_at,
+                        parked_callback.c.task_ref,
+                    ).where(parked_callback.c.callback_id.in_(ids))
+                )
+            }
+            if ids
+            else {}
+        )
+        waiting = {
+            (r["provider"], r["upstream_task_id"])
+            for r in found
+            if r["upstream_task_id"] and r["outcome"] == CallbackOutcome.UNKNOWN_TASK
+        }
         holders = _holders(conn, waiting)
     for r in found:
         p = parked.get(r["id"])
@@ -74,8 +96,9 @@ def delivery_log(bind: Bind, *, providers: tuple[str, ...] = (), outcomes: tuple
         r["claimed_task_id"] = p.claimed_task_id if p is not None else None
         r["claimed_at"] = p.claimed_at if p is not None else None
         r["holder_task_id"] = holder
-        facts = rules.ReprocessFacts(r["outcome"], p is not None, p is not None and p.claimed_task_id is not None,
-                                     holder is not None)
+        facts = rules.ReprocessFacts(
+            r["outcome"], p is not None, p is not None and p.claimed_task_id is not None, holder is not None
+        )
         r["reprocessable"] = rules.reprocess_refusal(facts) is None and not facts.claimed
     ordered = {o: counts[o] for o in OUTCOMES if o in counts}
     ordered.update({o: n for o, n in sorted(counts.items()) if o not in ordered})
@@ -87,9 +110,11 @@ def _holders(conn: Any, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int
     if not keys:
         return {}
     t = ai_task.c
-    q = (select(t.provider, t.upstream_task_id, func.max(t.id))
-         .where(t.upstream_task_id.in_(sorted({u for _, u in keys})))
-         .group_by(t.provider, t.upstream_task_id))
+    q = (
+        select(t.provider, t.upstream_task_id, func.max(t.id))
+        .where(t.upstream_task_id.in_(sorted({u for _, u in keys})))
+        .group_by(t.provider, t.upstream_task_id)
+    )
     return {(p, u): int(i) for p, u, i in conn.execute(q) if (p, u) in keys}
 
 

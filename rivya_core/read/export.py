@@ -31,20 +31,31 @@ def task_record(bind: Bind, task_id: int) -> dict[str, Any]:
     t = d["task"]
     ids = [c["id"] for c in d["callbacks"]]
     with connect(bind) as conn:
-        parked = rows(conn.execute(select(*parked_callback.c).where(parked_callback.c.callback_id.in_(ids))
-                                   .order_by(parked_callback.c.id))) if ids else []
-    return jsonable({
-        "format": FORMAT,
-        "task": t,
-        "timeline": d["events"],
-        "ledger": d["ledger"],
-        "callbacks": d["callbacks"],
-        "parked_callbacks": parked,
-        "notifications": d["notifications"],
-        "chat_message": d["chat_message"],
-        "rerun_of": t.get("rerun_of"),
-        "reruns": [r["id"] for r in reruns_of(bind, t["id"])],
-    })
+        parked = (
+            rows(
+                conn.execute(
+                    select(*parked_callback.c)
+                    .where(parked_callback.c.callback_id.in_(ids))
+                    .order_by(parked_callback.c.id)
+                )
+            )
+            if ids
+            else []
+        )
+    return jsonable(
+        {
+            "format": FORMAT,
+            "task": t,
+            "timeline": d["events"],
+            "ledger": d["ledger"],
+            "callbacks": d["callbacks"],
+            "parked_callbacks": parked,
+            "notifications": d["notifications"],
+            "chat_message": d["chat_message"],
+            "rerun_of": t.get("rerun_of"),
+            "reruns": [r["id"] for r in reruns_of(bind, t["id"])],
+        }
+    )
 
 
 def task_record_json(bind: Bind, task_id: int) -> str:

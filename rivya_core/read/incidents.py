@@ -20,9 +20,24 @@ from .queries import connect, naive_utc
 
 MAX_TASKS = 200_000  # one incident acts on at most this many tasks: narrow the filter beyond it
 # what the refusal checks read: no prompt, params or result URLs (JSON per row would double a plan's time)
-_TASK_FIELDS = ("id", "user_id", "model", "category", "status", "billing_type", "reserved_credits", "provider",
-                "upstream_task_id", "error_code", "failure_class", "chat_message_id", "created_at", "submitted_at",
-                "finished_at", "check_attempts")
+_TASK_FIELDS = (
+    "id",
+    "user_id",
+    "model",
+    "category",
+    "status",
+    "billing_type",
+    "reserved_credits",
+    "provider",
+    "upstream_task_id",
+    "error_code",
+    "failure_class",
+    "chat_message_id",
+    "created_at",
+    "submitted_at",
+    "finished_at",
+    "check_attempts",
+)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -50,8 +65,18 @@ class BulkFilter:
     until: datetime | None = None
     user: str | None = None
 
-    KEYS = ("provider", "model", "category", "status", "error_code", "failure_class", "min_age_s", "since",
-            "until", "user")
+    KEYS = (
+        "provider",
+        "model",
+        "category",
+        "status",
+        "error_code",
+        "failure_class",
+        "min_age_s",
+        "since",
+        "until",
+        "user",
+    )
 
     @classmethod
     def parse(cls, clauses: Iterable[str]) -> BulkFilter:
@@ -85,8 +110,7 @@ class BulkFilter:
                 out[key] = states
             elif key == "failure_class":
                 if str(value) not in {c.value for c in FailureClass}:
-                    raise BulkError(f"failure_class {value!r} is not one of "
-                                    f"{', '.join(c.value for c in FailureClass)}")
+                    raise BulkError(f"failure_class {value!r} is not one of {', '.join(c.value for c in FailureClass)}")
                 out[key] = str(value)
             elif key == "min_age_s":
                 out[key] = _seconds(value)
@@ -107,14 +131,21 @@ class BulkFilter:
         for key, value in asdict(self).items():
             if value is None or value == ():
                 continue
-            out[key] = value.isoformat(sep=" ") if isinstance(value, datetime) else \
-                list(value) if isinstance(value, tuple) else value
+            out[key] = (
+                value.isoformat(sep=" ")
+                if isinstance(value, datetime)
+                else list(value)
+                if isinstance(value, tuple)
+                else value
+            )
         return out
 
     def to_params(self) -> dict[str, str]:
         """As flat string parameters (a URL's query, `--filter` clauses)."""
-        return {k: ",".join(v) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
-                for k, v in self.to_dict().items()}
+        return {
+            k: ",".join(v) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
+            for k, v in self.to_dict().items()
+        }
 
     def describe(self) -> str:
         params = self.to_params()
@@ -144,9 +175,13 @@ def _time(key: str, value: Any) -> datetime:
 
 
 def _where(q, flt: BulkFilter, now: datetime):
-    for col, value in ((ai_task.c.provider, flt.provider), (ai_task.c.model, flt.model),
-                       (ai_task.c.category, flt.category), (ai_task.c.error_code, flt.error_code),
-                       (ai_task.c.failure_class, flt.failure_class)):
+    for col, value in (
+        (ai_task.c.provider, flt.provider),
+        (ai_task.c.model, flt.model),
+        (ai_task.c.category, flt.category),
+        (ai_task.c.error_code, flt.error_code),
+        (ai_task.c.failure_class, flt.failure_class),
+    ):
         if value is not None:
             q = q.where(col == value)
     if flt.status:
@@ -201,9 +236,12 @@ def covering_incident(bind: Any, provider: str, task_id: int, now: datetime) -> 
     with connect(bind) as conn:
         if not inspect(conn).has_table(incident.name):  # an older database: no incident yet
             return None
-        found = conn.execute(select(incident).where(
-            or_(incident.c.finished_at.is_(None), incident.c.finished_at >= since), incident.c.created_at <= now)
-            .order_by(incident.c.id.desc()).limit(50)).all()
+        found = conn.execute(
+            select(incident)
+            .where(or_(incident.c.finished_at.is_(None), incident.c.finished_at >= since), incident.c.created_at <= now)
+            .order_by(incident.c.id.desc())
+            .limit(50)
+        ).all()
         mine = [dict(r._mapping) for r in found if (r.filter or {}).get("provider") == provider]
         if not mine:
             return None
@@ -213,8 +251,9 @@ def covering_incident(bind: Any, provider: str, task_id: int, now: datetime) -> 
 
 def handled_by_any(conn: Any, task_id: int) -> set[int]:
     """The incidents that acted on this task (its support_action events' `incident`)."""
-    q = select(task_event.c.detail).where(task_event.c.task_id == task_id,
-                                          task_event.c.kind == EventKind.SUPPORT_ACTION.value)
+    q = select(task_event.c.detail).where(
+        task_event.c.task_id == task_id, task_event.c.kind == EventKind.SUPPORT_ACTION.value
+    )
     return {int(d["incident"]) for (d,) in conn.execute(q) if isinstance(d, dict) and d.get("incident")}
 
 

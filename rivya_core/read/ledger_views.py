@@ -154,9 +154,12 @@ def chat_sessions(engine: Engine, user_id: int | None = None, limit: int = 200) 
         top = top.where(chat_session.c.user_id == user_id)
     ids = select(top.subquery().c.id)
     per_session = (
-        select(chat_message.c.session_id, func.count().label("messages"),
-               func.sum(chat_message.c.reserved_credits).label("reserved"),
-               func.sum(chat_message.c.charged_credits).label("charged"))
+        select(
+            chat_message.c.session_id,
+            func.count().label("messages"),
+            func.sum(chat_message.c.reserved_credits).label("reserved"),
+            func.sum(chat_message.c.charged_credits).label("charged"),
+        )
         .where(chat_message.c.session_id.in_(ids))
         .group_by(chat_message.c.session_id)
         .subquery()
@@ -181,9 +184,11 @@ def chat_sessions(engine: Engine, user_id: int | None = None, limit: int = 200) 
             func.coalesce(per_session.c.charged, 0).label("charged"),
             func.coalesce(refunds.c.refunded, 0).label("refunded"),
         )
-        .select_from(chat_session.outerjoin(account, account.c.id == chat_session.c.user_id)
-                     .outerjoin(per_session, per_session.c.session_id == chat_session.c.id)
-                     .outerjoin(refunds, refunds.c.session_id == chat_session.c.id))
+        .select_from(
+            chat_session.outerjoin(account, account.c.id == chat_session.c.user_id)
+            .outerjoin(per_session, per_session.c.session_id == chat_session.c.id)
+            .outerjoin(refunds, refunds.c.session_id == chat_session.c.id)
+        )
         .where(chat_session.c.id.in_(ids))
         .order_by(chat_session.c.id.desc())
     )
@@ -349,8 +354,11 @@ def credit_flow(engine: Engine, buckets: int = 60, window_s: float | None = WIND
         return pd.DataFrame(columns=["t_s", "entry_type", "credits", "width_s"])
     first, start, width = w
     b = cast((epoch_seconds(engine, credit_ledger.c.created_at) - _to_epoch(start)) / width, Integer).label("b")
-    inner = (select(b, credit_ledger.c.entry_type, credit_ledger.c.amount)
-             .where(credit_ledger.c.created_at >= start.to_pydatetime()).subquery())
+    inner = (
+        select(b, credit_ledger.c.entry_type, credit_ledger.c.amount)
+        .where(credit_ledger.c.created_at >= start.to_pydatetime())
+        .subquery()
+    )
     stmt = (
         select(inner.c.b, inner.c.entry_type, func.sum(inner.c.amount).label("credits"))
         .group_by(inner.c.b, inner.c.entry_type)

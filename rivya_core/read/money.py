@@ -31,8 +31,21 @@ from .ledger_views import epoch_seconds
 from .queries import connect
 
 # two-sided 95% t quantiles by degrees of freedom (as simulations.sweep); 1.96 beyond 30
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        15: 2.131, 20: 2.086, 30: 2.042}
+_T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
 
 
 def t95(df: int) -> float:
@@ -45,38 +58,66 @@ def _rows(engine: Engine) -> list[dict[str, Any]]:
     """One row per (model, provider, day) with what the money needs."""
     t, L = ai_task.c, credit_ledger.c
     day = func.date(t.created_at)
-    charged = (select(L.task_id, func.sum(L.amount).label("net"))
-               .where(L.task_id.is_not(None), L.entry_type.in_(("consume", "refund")))
-               .group_by(L.task_id).subquery())
+    charged = (
+        select(L.task_id, func.sum(L.amount).label("net"))
+        .where(L.task_id.is_not(None), L.entry_type.in_(("consume", "refund")))
+        .group_by(L.task_id)
+        .subquery()
+    )
     ran = epoch_seconds(engine, t.finished_at) - epoch_seconds(engine, t.submitted_at)
-    q = (select(t.model, t.provider, day.label("day"),
-                func.count().label("tasks"),
-                func.coalesce(func.sum(-charged.c.net), 0).label("credits"),
-                func.count(t.provider_run_s).label("reported"),
-                func.coalesce(func.sum(t.provider_run_s), 0.0).label("reported_s"),
-                func.sum(case((t.status == "SUCCESS", 1), else_=0)).label("successes"),
-                func.sum(case(((t.provider_run_s.is_(None)) & t.submitted_at.is_not(None)
-                               & t.finished_at.is_not(None), 1), else_=0)).label("estimated"),
-                func.coalesce(func.sum(case(((t.provider_run_s.is_(None)) & t.submitted_at.is_not(None)
-                                             & t.finished_at.is_not(None), ran), else_=0.0)), 0.0).label("estimated_s"))
-         .select_from(ai_task.outerjoin(charged, charged.c.task_id == t.id))
-         .where(t.upstream_task_id.is_not(None) | charged.c.net.is_not(None))
-         .group_by(t.model, t.provider, day))
+    q = (
+        select(
+            t.model,
+            t.provider,
+            day.label("day"),
+            func.count().label("tasks"),
+            func.coalesce(func.sum(-charged.c.net), 0).label("credits"),
+            func.count(t.provider_run_s).label("reported"),
+            func.coalesce(func.sum(t.provider_run_s), 0.0).label("reported_s"),
+            func.sum(case((t.status == "SUCCESS", 1), else_=0)).label("successes"),
+            func.sum(
+                case(
+                    ((t.provider_run_s.is_(None)) & t.submitted_at.is_not(None) & t.finished_at.is_not(None), 1),
+                    else_=0,
+                )
+            ).label("estimated"),
+            func.coalesce(
+                func.sum(
+                    case(
+                        ((t.provider_run_s.is_(None)) & t.submitted_at.is_not(None) & t.finished_at.is_not(None), ran),
+                        else_=0.0,
+                    )
+                ),
+                0.0,
+            ).label("estimated_s"),
+        )
+        .select_from(ai_task.outerjoin(charged, charged.c.task_id == t.id))
+        .where(t.upstream_task_id.is_not(None) | charged.c.net.is_not(None))
+        .group_by(t.model, t.provider, day)
+    )
     m, s = chat_message.c, chat_session.c
     cday = func.date(m.created_at)
-    chat = (select(s.model, cday.label("day"), func.coalesce(func.sum(m.charged_credits), 0).label("credits"),
-                   func.coalesce(func.sum(m.prompt_tokens), 0).label("prompt"),
-                   func.coalesce(func.sum(m.completion_tokens), 0).label("completion"))
-            .join(chat_session, s.id == m.session_id)
-            .where(m.role == "user", m.status == "settled").group_by(s.model, cday))
+    chat = (
+        select(
+            s.model,
+            cday.label("day"),
+            func.coalesce(func.sum(m.charged_credits), 0).label("credits"),
+            func.coalesce(func.sum(m.prompt_tokens), 0).label("prompt"),
+            func.coalesce(func.sum(m.completion_tokens), 0).label("completion"),
+        )
+        .join(chat_session, s.id == m.session_id)
+        .where(m.role == "user", m.status == "settled")
+        .group_by(s.model, cday)
+    )
     with connect(engine) as conn:
         out = [dict(r._mapping) | {"kind": "task"} for r in conn.execute(q)]
         out += [dict(r._mapping) | {"kind": "chat"} for r in conn.execute(chat)]
     return out
 
 
-def _money_of(row: dict[str, Any], catalog: Catalog, policy: BillingPolicy) -> tuple[str, str, str, cost.Money,
-                                                                                       int, int]:
+def _money_of(
+    row: dict[str, Any], catalog: Catalog, policy: BillingPolicy
+) -> tuple[str, str, str, cost.Money, int, int]:
     spec = catalog.get(row["model"])
     provider = row.get("provider") or (spec.provider if spec else "(unknown)")
     m = cost.Money(revenue=cost.money(int(row["credits"] or 0), policy))
@@ -89,8 +130,9 @@ def _money_of(row: dict[str, Any], catalog: Catalog, policy: BillingPolicy) -> t
             m.provider_cost = cost.job_cost(spec, None, int(row["successes"] or 0))
             exact = int(row["tasks"])
         else:
-            m.provider_cost = cost.job_cost(spec, float(row["reported_s"] or 0), 0) + \
-                cost.job_cost(spec, float(row["estimated_s"] or 0), 0)
+            m.provider_cost = cost.job_cost(spec, float(row["reported_s"] or 0), 0) + cost.job_cost(
+                spec, float(row["estimated_s"] or 0), 0
+            )
             exact, estimated = int(row["reported"] or 0), int(row["estimated"] or 0)
         m.jobs = int(row["tasks"])
     return provider, row["model"], str(row["day"]), m, exact, estimated
@@ -105,8 +147,7 @@ class _Tally:
     estimated: int = 0
 
 
-def money_by(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, catalog: Catalog | None = None
-             ) -> dict[str, Any]:
+def money_by(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, catalog: Catalog | None = None) -> dict[str, Any]:
     """{"total": {...}, "provider": [rows], "model": [rows], "daily": [rows]}: revenue (money),
     provider cost, margin, and the tasks whose cost is exact or estimated; `daily` per provider:
     days, mean daily margin and its 95% half width."""
@@ -124,19 +165,35 @@ def money_by(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, catalog: Ca
 
     def line(name: str, tally: _Tally) -> dict[str, Any]:
         money = tally.money
-        return {"name": name, "revenue": round(money.revenue, 2), "provider_cost": round(money.provider_cost, 2),
-                "margin": round(money.margin, 2), "cost_exact_tasks": tally.exact,
-                "cost_estimated_tasks": tally.estimated}
+        return {
+            "name": name,
+            "revenue": round(money.revenue, 2),
+            "provider_cost": round(money.provider_cost, 2),
+            "margin": round(money.margin, 2),
+            "cost_exact_tasks": tally.exact,
+            "cost_estimated_tasks": tally.estimated,
+        }
 
     daily = []
     for provider in sorted(per_day):
         xs = list(per_day[provider].values())
         half = t95(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
-        daily.append({"name": provider, "days": len(xs), "mean_daily_margin": round(statistics.fmean(xs), 2),
-                      "ci95": None if math.isnan(half) else round(half, 2)})
-    return {"currency": cost.CURRENCY, "credit_value": policy.credit_value, "total": line("total", total),
-            "provider": [line(k, v) for k, v in sorted(groups["provider"].items())],
-            "model": [line(k, v) for k, v in sorted(groups["model"].items())], "daily": daily}
+        daily.append(
+            {
+                "name": provider,
+                "days": len(xs),
+                "mean_daily_margin": round(statistics.fmean(xs), 2),
+                "ci95": None if math.isnan(half) else round(half, 2),
+            }
+        )
+    return {
+        "currency": cost.CURRENCY,
+        "credit_value": policy.credit_value,
+        "total": line("total", total),
+        "provider": [line(k, v) for k, v in sorted(groups["provider"].items())],
+        "model": [line(k, v) for k, v in sorted(groups["model"].items())],
+        "daily": daily,
+    }
 
 
 __all__ = ["money_by", "t95"]

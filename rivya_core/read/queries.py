@@ -143,16 +143,30 @@ def task_callbacks(task_id: int, upstream_task_id: str | None, provider: str) ->
     (provider, webhook_id) index and walked every callback of that provider (0.6 s at a million)."""
     cond = provider_callback.c.task_id == task_id
     if upstream_task_id:
-        cond = or_(cond, (provider_callback.c.upstream_task_id == upstream_task_id)
-                   & ((provider_callback.c.provider + "") == provider))
+        cond = or_(
+            cond,
+            (provider_callback.c.upstream_task_id == upstream_task_id)
+            & ((provider_callback.c.provider + "") == provider),
+        )
     return select(*provider_callback.c).where(cond).order_by(provider_callback.c.id)
 
 
 _TASK_COLS = [
-    ai_task.c.id, ai_task.c.user_id, ai_task.c.model, ai_task.c.category, ai_task.c.prompt,
-    ai_task.c.status, ai_task.c.reserved_credits, ai_task.c.provider, ai_task.c.upstream_task_id,
-    ai_task.c.error_code, ai_task.c.failure_class, ai_task.c.chat_message_id,
-    ai_task.c.created_at, ai_task.c.submitted_at, ai_task.c.finished_at,
+    ai_task.c.id,
+    ai_task.c.user_id,
+    ai_task.c.model,
+    ai_task.c.category,
+    ai_task.c.prompt,
+    ai_task.c.status,
+    ai_task.c.reserved_credits,
+    ai_task.c.provider,
+    ai_task.c.upstream_task_id,
+    ai_task.c.error_code,
+    ai_task.c.failure_class,
+    ai_task.c.chat_message_id,
+    ai_task.c.created_at,
+    ai_task.c.submitted_at,
+    ai_task.c.finished_at,
 ]
 
 
@@ -161,8 +175,15 @@ def active_started():
     return func.coalesce(ai_task.c.submitted_at, ai_task.c.created_at)
 
 
-def match_active(q, *, statuses: Iterable[str] | None = None, category: Iterable[str] = (),
-                 model: Iterable[str] = (), provider: Iterable[str] = (), user_id: int | None = None):
+def match_active(
+    q,
+    *,
+    statuses: Iterable[str] | None = None,
+    category: Iterable[str] = (),
+    model: Iterable[str] = (),
+    provider: Iterable[str] = (),
+    user_id: int | None = None,
+):
     """The one rule for which running tasks a list shows and in what order: WAITING/GENERATING
     (narrowed to `statuses`; a status that is not running matches nothing), each given filter
     as "one of these values", oldest start first. The studio and the live tasks report use it."""
@@ -181,16 +202,28 @@ def last_events(bind: Bind, task_ids: list[int]) -> dict[int, tuple[str, Any]]:
     """{task_id: (kind, at)} of each task's newest event (by id): one query for a page of tasks."""
     if not task_ids:
         return {}
-    newest = (select(func.max(task_event.c.id).label("id")).where(task_event.c.task_id.in_(task_ids))
-              .group_by(task_event.c.task_id).subquery())
+    newest = (
+        select(func.max(task_event.c.id).label("id"))
+        .where(task_event.c.task_id.in_(task_ids))
+        .group_by(task_event.c.task_id)
+        .subquery()
+    )
     stmt = select(task_event.c.task_id, task_event.c.kind, task_event.c.at).join(newest, newest.c.id == task_event.c.id)
     with connect(bind) as conn:
         return {int(t): (k, at) for t, k, at in conn.execute(stmt)}
 
 
-def active_studio(bind: Bind, user_id: int | None = None, *, status: str | None = None,
-                  category: str | None = None, model: str | None = None, provider: str | None = None,
-                  limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+def active_studio(
+    bind: Bind,
+    user_id: int | None = None,
+    *,
+    status: str | None = None,
+    category: str | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
     """Running tasks (WAITING/GENERATING), oldest start first, with their last event and its time.
     user_id None: across all users (the live tasks page)."""
     limit, offset = _page(limit, offset)
@@ -198,8 +231,18 @@ def active_studio(bind: Bind, user_id: int | None = None, *, status: str | None 
     def one(value: str | None) -> tuple[str, ...]:
         return () if value is None else (value,)
 
-    q = match_active(select(*_TASK_COLS), statuses=None if status is None else (status,), category=one(category),
-                     model=one(model), provider=one(provider), user_id=user_id).limit(limit).offset(offset)
+    q = (
+        match_active(
+            select(*_TASK_COLS),
+            statuses=None if status is None else (status,),
+            category=one(category),
+            model=one(model),
+            provider=one(provider),
+            user_id=user_id,
+        )
+        .limit(limit)
+        .offset(offset)
+    )
     with connect(bind) as conn:
         found = rows(conn.execute(q))
         last = last_events(conn, [r["id"] for r in found])
@@ -219,10 +262,13 @@ def history(bind: Bind, user_id: int | None = None, limit: int = 50, offset: int
             return rows(conn.execute(q.order_by(*order).limit(limit).offset(offset)))
         # one backward walk of (status, created_at) per state, merged: status IN (...)
         # ORDER BY created_at made SQLite sort every settled task of the database
-        found = [r for state in TERMINAL_STATES
-                 for r in conn.execute(q.where(ai_task.c.status == state).order_by(*order).limit(limit + offset))]
+        found = [
+            r
+            for state in TERMINAL_STATES
+            for r in conn.execute(q.where(ai_task.c.status == state).order_by(*order).limit(limit + offset))
+        ]
         found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        return rows(found[offset:offset + limit])
+        return rows(found[offset : offset + limit])
 
 
 def _notification_filter(q, user_id, kind, unread_only):
@@ -235,9 +281,14 @@ def _notification_filter(q, user_id, kind, unread_only):
     return q
 
 
-def notifications_centre(bind: Bind, user_id: int | None = None, kind: str | None = None,
-                         unread_only: bool = False, limit: int = 50,
-                         offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+def notifications_centre(
+    bind: Bind,
+    user_id: int | None = None,
+    kind: str | None = None,
+    unread_only: bool = False,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[dict[str, Any]], int]:
     """Notifications newest first, each with its task's status and model, and the total."""
     limit, offset = _page(limit, offset)
     cols = [*notification.c, ai_task.c.status.label("task_status"), ai_task.c.model.label("task_model")]
@@ -262,8 +313,11 @@ def mark_read(bind: Bind, notification_ids: Iterable[int], at: datetime) -> int:
     ids = sorted({int(i) for i in notification_ids})
     if not ids:
         return 0
-    stmt = (update(notification).where(notification.c.id.in_(ids), notification.c.read_at.is_(None))
-            .values(read_at=naive_utc(at)))
+    stmt = (
+        update(notification)
+        .where(notification.c.id.in_(ids), notification.c.read_at.is_(None))
+        .values(read_at=naive_utc(at))
+    )
     if isinstance(bind, Connection):
         return bind.execute(stmt).rowcount
     with bind.begin() as conn:
@@ -333,8 +387,11 @@ def find_tasks(bind: Bind, query: str, limit: int = 50) -> list[dict[str, Any]]:
         if len(users) <= PER_ACCOUNT_WALKS:
             # one backward walk of (user_id, created_at) per account: an IN list would
             # sort every task the accounts own (a million-task database: 8k per user)
-            found = [r for uid in users for r in conn.execute(
-                base.where(ai_task.c.user_id == uid).order_by(*order).limit(limit))]
+            found = [
+                r
+                for uid in users
+                for r in conn.execute(base.where(ai_task.c.user_id == uid).order_by(*order).limit(limit))
+            ]
             found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
             add(found, "user")
         else:
@@ -380,8 +437,7 @@ def task_detail(bind: Bind, task_id: int) -> dict[str, Any]:
             msg = conn.execute(select(*chat_message.c).where(chat_message.c.id == task["chat_message_id"])).first()
         ledger = conn.execute(select(*credit_ledger.c).where(ledger_cond).order_by(credit_ledger.c.id))
         callbacks = conn.execute(task_callbacks(tid, task["upstream_task_id"], task["provider"]))
-        notes = conn.execute(select(*notification.c).where(notification.c.task_id == tid)
-                             .order_by(notification.c.id))
+        notes = conn.execute(select(*notification.c).where(notification.c.task_id == tid).order_by(notification.c.id))
         return {
             "task": task,
             "account": dict(acct._mapping) if acct else None,

@@ -165,16 +165,39 @@ def audit_summary(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY) -> dic
     None when a big database has no stored audit yet."""
     stored = current_audit(engine, policy)
     if stored is None:
-        return {"total": None, "kinds": {}, "policy": policy.name, "ran_at": None, "judged_at": None,
-                "fresh": False, "duration_s": None, "stored": False, "stored_by": None}
+        return {
+            "total": None,
+            "kinds": {},
+            "policy": policy.name,
+            "ran_at": None,
+            "judged_at": None,
+            "fresh": False,
+            "duration_s": None,
+            "stored": False,
+            "stored_by": None,
+        }
     kinds = {f["title"]: int(f["count"]) for f in stored.report.get("findings", [])}
-    return {"total": stored.total, "kinds": kinds, "policy": stored.policy, "ran_at": stored.ran_at,
-            "judged_at": stored.judged_at, "fresh": stored.fresh, "duration_s": stored.duration_s,
-            "stored": stored.stored, "stored_by": stored.stored_by}
+    return {
+        "total": stored.total,
+        "kinds": kinds,
+        "policy": stored.policy,
+        "ran_at": stored.ran_at,
+        "judged_at": stored.judged_at,
+        "fresh": stored.fresh,
+        "duration_s": stored.duration_s,
+        "stored": stored.stored,
+        "stored_by": stored.stored_by,
+    }
 
 
-def audit_provenance(stored: bool, ran_at: Any, stored_by: str | None, judged_at: Any,
-                     duration_s: float | None, quote: Callable[[str], str] = str) -> str:
+def audit_provenance(
+    stored: bool,
+    ran_at: Any,
+    stored_by: str | None,
+    judged_at: Any,
+    duration_s: float | None,
+    quote: Callable[[str], str] = str,
+) -> str:
     """Which audit a page shows: one stored in `audit_run` (when, by whom) or one computed now.
     `quote` shows the name (typed by a person: a page passes its plain-text helper)."""
     judged = f"judged at {format_time(judged_at)}, took {duration_s or 0:.1f} s"
@@ -267,11 +290,21 @@ def active_tasks(
     started = active_started().label("started_at")
     stmt = match_active(
         select(
-            ai_task.c.id, ai_task.c.status, ai_task.c.category, ai_task.c.model, ai_task.c.provider,
-            ai_task.c.upstream_task_id, account.c.email, ai_task.c.reserved_credits, started,
+            ai_task.c.id,
+            ai_task.c.status,
+            ai_task.c.category,
+            ai_task.c.model,
+            ai_task.c.provider,
+            ai_task.c.upstream_task_id,
+            account.c.email,
+            ai_task.c.reserved_credits,
+            started,
             ai_task.c.check_attempts,
         ).select_from(ai_task.outerjoin(account, account.c.id == ai_task.c.user_id)),
-        statuses=statuses, category=category, model=model, provider=provider,
+        statuses=statuses,
+        category=category,
+        model=model,
+        provider=provider,
     )
     if user.strip():
         stmt = stmt.where(_user_match(user.strip()))
@@ -291,10 +324,10 @@ def active_tasks(
 
 def _user_match(q: str):
     pattern = "%" + like_escape(q) + "%"
-    conds: list[ColumnElement[bool]] = [account.c.email.ilike(pattern, escape="\\"),
-                                        account.c.name.ilike(pattern, escape="\\")]
+    conds: list[ColumnElement[bool]] = [
+        account.c.email.ilike(pattern, escape="\\"),
+        account.c.name.ilike(pattern, escape="\\"),
+    ]
     if q.isdigit():
         conds.append(ai_task.c.user_id == int(q))
     return or_(*conds)
-
-

@@ -33,8 +33,9 @@ def unrecorded(key: str, facts: SourceFacts, item: type) -> Any:
     fact, question = ITEM_FACT[key]
     if facts.has(fact):
         return None
-    return item(key, question, f"{NOT_RECORDED[0].upper()}{NOT_RECORDED[1:]} ({facts.source}): {FACTS[fact]}.",
-                Severity.INFO)
+    return item(
+        key, question, f"{NOT_RECORDED[0].upper()}{NOT_RECORDED[1:]} ({facts.source}): {FACTS[fact]}.", Severity.INFO
+    )
 
 
 def source_grants_of(bind: Bind, ledger: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -49,12 +50,16 @@ def source_grants_of(bind: Bind, ledger: list[dict[str, Any]]) -> list[dict[str,
     if not refs:
         return []
     with connect(bind) as conn:
-        return rows(conn.execute(select(*source_grant.c).where(source_grant.c.external_ref.in_(sorted(refs)))
-                                 .order_by(source_grant.c.id)))
+        return rows(
+            conn.execute(
+                select(*source_grant.c).where(source_grant.c.external_ref.in_(sorted(refs))).order_by(source_grant.c.id)
+            )
+        )
 
 
-def source_item(t: dict[str, Any], mine: list[dict[str, Any]], grants: list[dict[str, Any]], facts: SourceFacts,
-                item: type) -> Any:
+def source_item(
+    t: dict[str, Any], mine: list[dict[str, Any]], grants: list[dict[str, Any]], facts: SourceFacts, item: type
+) -> Any:
     """Does the source's own record show a problem with this task's credits? (its findings, for one task)"""
     q = f"Does the source's own record ({facts.source}) show a problem with this task's credits?"
     said: list[str] = []
@@ -66,8 +71,10 @@ def source_item(t: dict[str, Any], mine: list[dict[str, Any]], grants: list[dict
         said.append(f"canceled and not refunded: {-sum(e['amount'] for e in consumes)} credits kept")
         bad += consumes
     if lost:
-        said.append(f"refunded onto a grant that had already expired: {-sum(e['amount'] for e in lost)} "
-                    "credits lost to the user")
+        said.append(
+            f"refunded onto a grant that had already expired: {-sum(e['amount'] for e in lost)} "
+            "credits lost to the user"
+        )
         bad += lost
     if len(refunds) > 1:
         said.append(f"refunded {len(refunds)} times")
@@ -76,10 +83,19 @@ def source_item(t: dict[str, Any], mine: list[dict[str, Any]], grants: list[dict
         said.append("success with no output")
     below = [g for g in grants if g["remaining_credits"] < 0]
     if below:
-        said.append("drew on a grant the source shows below zero (" + ", ".join(
-            f"{g['external_ref']}: {g['remaining_credits']}" for g in below) + ")")
+        said.append(
+            "drew on a grant the source shows below zero ("
+            + ", ".join(f"{g['external_ref']}: {g['remaining_credits']}" for g in below)
+            + ")"
+        )
         bad += below
     if not said:
-        return item("source", q, "No: none of the source's own findings (canceled not refunded, refund onto an "
-                    "expired grant, refunded twice, success with no output, grant below zero) applies.", Severity.OK, grants)
+        return item(
+            "source",
+            q,
+            "No: none of the source's own findings (canceled not refunded, refund onto an "
+            "expired grant, refunded twice, success with no output, grant below zero) applies.",
+            Severity.OK,
+            grants,
+        )
     return item("source", q, "Yes: " + "; ".join(said) + ".", Severity.FAIL, bad or grants)

@@ -72,8 +72,11 @@ def source_facts(bind: Bind) -> SourceFacts:
     with connect(bind) as conn:
         if not inspect(conn).has_table(data_source.name):
             return NATIVE
-        row = conn.execute(select(data_source.c.key, data_source.c.source, data_source.c.not_recorded)
-                           .order_by(data_source.c.key).limit(1)).first()
+        row = conn.execute(
+            select(data_source.c.key, data_source.c.source, data_source.c.not_recorded)
+            .order_by(data_source.c.key)
+            .limit(1)
+        ).first()
     if row is None:
         return NATIVE
     missing = row.not_recorded
@@ -96,7 +99,14 @@ def external_refs(bind: Bind, kind: str, ids: list[int]) -> dict[int, str]:
         if "external_ref" not in {c["name"] for c in inspect(conn).get_columns(table.name)}:
             return out
         for start in range(0, len(wanted), 1000):
-            out.update({int(i): str(ref) for i, ref in conn.execute(
-                select(table.c.id, table.c.external_ref).where(table.c.id.in_(wanted[start:start + 1000]),
-                                                               table.c.external_ref.is_not(None)))})
+            out.update(
+                {
+                    int(i): str(ref)
+                    for i, ref in conn.execute(
+                        select(table.c.id, table.c.external_ref).where(
+                            table.c.id.in_(wanted[start : start + 1000]), table.c.external_ref.is_not(None)
+                        )
+                    )
+                }
+            )
     return out

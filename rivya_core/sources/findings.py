@@ -41,28 +41,61 @@ def _has(entry_type: str) -> Any:
 
 
 def canceled_not_refunded(_c: Any) -> Select:
-    return (select(T.c.id.label("task_id"), T.c.external_ref, T.c.user_id, T.c.model, T.c.status, T.c.error_code,
-                   T.c.reserved_credits, T.c.created_at, T.c.finished_at)
-            .where(T.c.status == TaskStatus.FAILED.value, T.c.error_code == CANCELED,
-                   _has(EntryType.CONSUME.value), ~_has(EntryType.REFUND.value)))
+    return select(
+        T.c.id.label("task_id"),
+        T.c.external_ref,
+        T.c.user_id,
+        T.c.model,
+        T.c.status,
+        T.c.error_code,
+        T.c.reserved_credits,
+        T.c.created_at,
+        T.c.finished_at,
+    ).where(
+        T.c.status == TaskStatus.FAILED.value,
+        T.c.error_code == CANCELED,
+        _has(EntryType.CONSUME.value),
+        ~_has(EntryType.REFUND.value),
+    )
 
 
 def refund_onto_expired_grant(_c: Any) -> Select:
-    return (select(L.c.id.label("ledger_id"), L.c.user_id, L.c.task_id, T.c.external_ref, L.c.amount,
-                   L.c.created_at, L.c.derived_from, L.c.note)
-            .select_from(L.outerjoin(T, T.c.id == L.c.task_id))
-            .where(L.c.entry_type == EntryType.EXPIRE.value, L.c.idempotency_key.like(LOST_REFUND_KEY)))
+    return (
+        select(
+            L.c.id.label("ledger_id"),
+            L.c.user_id,
+            L.c.task_id,
+            T.c.external_ref,
+            L.c.amount,
+            L.c.created_at,
+            L.c.derived_from,
+            L.c.note,
+        )
+        .select_from(L.outerjoin(T, T.c.id == L.c.task_id))
+        .where(L.c.entry_type == EntryType.EXPIRE.value, L.c.idempotency_key.like(LOST_REFUND_KEY))
+    )
 
 
 def grant_below_zero(_c: Any) -> Select:
     g = source_grant
-    return (select(g.c.id.label("grant_id"), g.c.external_ref, g.c.user_id, g.c.credits, g.c.remaining_credits,
-                   g.c.scene, g.c.status, g.c.created_at, g.c.expires_at)
-            .where(g.c.remaining_credits < 0))
+    return select(
+        g.c.id.label("grant_id"),
+        g.c.external_ref,
+        g.c.user_id,
+        g.c.credits,
+        g.c.remaining_credits,
+        g.c.scene,
+        g.c.status,
+        g.c.created_at,
+        g.c.expires_at,
+    ).where(g.c.remaining_credits < 0)
 
 
-CHECKS = {"canceled_not_refunded": canceled_not_refunded, "refund_onto_expired_grant": refund_onto_expired_grant,
-          "grant_below_zero": grant_below_zero}
+CHECKS = {
+    "canceled_not_refunded": canceled_not_refunded,
+    "refund_onto_expired_grant": refund_onto_expired_grant,
+    "grant_below_zero": grant_below_zero,
+}
 
 
 def text_task_charge() -> Any:

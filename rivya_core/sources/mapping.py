@@ -69,19 +69,23 @@ def load_map(path: str | Path | None = None) -> SourceMap:
     over = _check_names(tomlfile.load(path, MappingError, "mapping"), str(path))
     for logical, actual in over.get("tables", {}).items():
         if logical not in tables:
-            raise MappingError(f"{path}: [tables] {logical!r} is not a table the importer reads "
-                               f"(one of: {', '.join(tables)})")
+            raise MappingError(
+                f"{path}: [tables] {logical!r} is not a table the importer reads (one of: {', '.join(tables)})"
+            )
         tables[logical] = _name(actual, path, f"[tables] {logical}")
     for logical_table, cols in over.get("columns", {}).items():
         if logical_table not in columns:
-            raise MappingError(f"{path}: [columns.{logical_table}] is not a table the importer reads "
-                               f"(one of: {', '.join(columns)})")
+            raise MappingError(
+                f"{path}: [columns.{logical_table}] is not a table the importer reads (one of: {', '.join(columns)})"
+            )
         if not isinstance(cols, dict):
             raise MappingError(f"{path}: [columns.{logical_table}] must be a table of names")
         for logical, actual in cols.items():
             if logical not in columns[logical_table]:
-                raise MappingError(f"{path}: [columns.{logical_table}] {logical!r} is not a column the importer "
-                                   f"reads (one of: {', '.join(columns[logical_table])})")
+                raise MappingError(
+                    f"{path}: [columns.{logical_table}] {logical!r} is not a column the importer "
+                    f"reads (one of: {', '.join(columns[logical_table])})"
+                )
             columns[logical_table][logical] = _name(actual, path, f"[columns.{logical_table}] {logical}")
     return SourceMap(tables, columns)
 

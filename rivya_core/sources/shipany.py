@@ -56,8 +56,16 @@ from .shipany_source import (
 __all__ = ["draws", "import_shipany", "result_urls", "stderr_progress"]
 
 
-def import_shipany(source: str, into: str, *, since: datetime | None = None, map_path: str | None = None,
-                   dry_run: bool = False, force: bool = False, progress: Progress | None = None) -> ImportSummary:
+def import_shipany(
+    source: str,
+    into: str,
+    *,
+    since: datetime | None = None,
+    map_path: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ImportSummary:
     """Import the ShipAny-style database at `source` into the contract database at `into`."""
     started = time.perf_counter()
     smap = load_map(map_path)
@@ -70,8 +78,14 @@ def import_shipany(source: str, into: str, *, since: datetime | None = None, map
                 mark = _ts(previous.get("watermark")) if previous else None
                 if since is None and mark is not None:
                     since = mark - OVERLAP
-                summary = ImportSummary(safe_url(normalize_url(source)), safe_url(normalize_url(into)), since,
-                                        src.latest(), _ts(previous["watermark"]) if previous else None, dry_run)
+                summary = ImportSummary(
+                    safe_url(normalize_url(source)),
+                    safe_url(normalize_url(into)),
+                    since,
+                    src.latest(),
+                    _ts(previous["watermark"]) if previous else None,
+                    dry_run,
+                )
                 with tgt.begin() as conn:
                     Importer(src, conn, summary, progress or (lambda _stage, _n: None)).run(previous)
                     if dry_run:

@@ -86,7 +86,7 @@ class Importer:
         if stmt is None:
             stmt = self._prepared[key] = Prepared(insert(table), self.conn.dialect, list(rows[0]))
         for start in range(0, len(rows), CHUNK):
-            stmt.run(self.conn, rows[start:start + CHUNK])
+            stmt.run(self.conn, rows[start : start + CHUNK])
 
     def _next_id(self, table: Any) -> int:
         return int(self.conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar()) + 1
@@ -108,14 +108,17 @@ class Importer:
     def _lookup_users(self, refs: Iterable[str]) -> None:
         need = [r for r in set(refs) if r not in self.users]
         for start in range(0, len(need), 1000):
-            part = need[start:start + 1000]
-            for local, ref in self.conn.execute(select(account.c.id, account.c.external_ref)
-                                                .where(account.c.external_ref.in_(part))):
+            part = need[start : start + 1000]
+            for local, ref in self.conn.execute(
+                select(account.c.id, account.c.external_ref).where(account.c.external_ref.in_(part))
+            ):
                 self.users[ref] = local
 
     def _email_free(self, email: str, ref: str) -> str:
-        taken = email in self.emails or self.conn.execute(
-            select(account.c.id).where(account.c.email == email)).first() is not None
+        taken = (
+            email in self.emails
+            or self.conn.execute(select(account.c.id).where(account.c.email == email)).first() is not None
+        )
         if taken:
             email = f"{ref}+{email}"[:320]
         self.emails.add(email)
@@ -145,15 +148,24 @@ class Importer:
                 continue
             email = self._email_free(str(r.email or f"{ref}@source.invalid")[:320], ref)
             self.users[ref] = self.next_account
-            new.append({"id": self.next_account, "email": email, "name": name,
-                        "created_at": created or datetime(1970, 1, 1), "balance": 0, "external_ref": ref})
+            new.append(
+                {
+                    "id": self.next_account,
+                    "email": email,
+                    "name": name,
+                    "created_at": created or datetime(1970, 1, 1),
+                    "balance": 0,
+                    "external_ref": ref,
+                }
+            )
             self.next_account += 1
         if new:
             self._insert(account, new)
             self.s.written["account"] += len(new)
         if changed:
-            self.conn.execute(update(account).where(account.c.id == bindparam("b_id"))
-                              .values(name=bindparam("name")), changed)
+            self.conn.execute(
+                update(account).where(account.c.id == bindparam("b_id")).values(name=bindparam("name")), changed
+            )
             self.s.updated["account"] += len(changed)
         self.progress("users", self.s.read["user"])
 
@@ -165,9 +177,16 @@ class Importer:
         if ref not in self.users:
             email = self._email_free(f"{ref}@missing-user.invalid"[:320], ref)
             self.users[ref] = self.next_account
-            self.conn.execute(insert(account).values(
-                id=self.next_account, email=email, name="(not in the source's user table)",
-                created_at=at or datetime(1970, 1, 1), balance=0, external_ref=ref))
+            self.conn.execute(
+                insert(account).values(
+                    id=self.next_account,
+                    email=email,
+                    name="(not in the source's user table)",
+                    created_at=at or datetime(1970, 1, 1),
+                    balance=0,
+                    external_ref=ref,
+                )
+            )
             self.next_account += 1
             self.s.written["account"] += 1
             self.s.apart["users missing from the user table (placeholder accounts)"] += 1
@@ -190,8 +209,16 @@ class Importer:
         refs = [str(r.id) for r in rows]
         existing = {}
         for start in range(0, len(refs), 1000):
-            existing.update({ref: local for local, ref in self.conn.execute(
-                select(ai_task.c.id, ai_task.c.external_ref).where(ai_task.c.external_ref.in_(refs[start:start + 1000])))})
+            existing.update(
+                {
+                    ref: local
+                    for local, ref in self.conn.execute(
+                        select(ai_task.c.id, ai_task.c.external_ref).where(
+                            ai_task.c.external_ref.in_(refs[start : start + 1000])
+                        )
+                    )
+                }
+            )
         self._lookup_users(str(r.user_id) for r in rows)
         new, changed = [], []
         for r in rows:
@@ -217,8 +244,10 @@ class Importer:
             self.s.written["ai_task"] += len(new)
         if changed:
             cols = [c for c in changed[0] if c != "b_id"]
-            self.conn.execute(update(ai_task).where(ai_task.c.id == bindparam("b_id"))
-                              .values({c: bindparam(c) for c in cols}), changed)
+            self.conn.execute(
+                update(ai_task).where(ai_task.c.id == bindparam("b_id")).values({c: bindparam(c) for c in cols}),
+                changed,
+            )
             self.s.updated["ai_task"] += len(changed)
         self.progress("tasks", self.s.read["ai_task"])
 
@@ -243,13 +272,24 @@ class Importer:
                 message = str(info.get("errorMessage") or "the provider reported a failure")
                 klass = "provider"
         return {
-            "model": str(r.model or "unknown")[:100], "category": CATEGORY[str(r.media_type).lower()],
-            "prompt": str(r.prompt or ""), "params": params, "status": status.value, "billing_type": "per_task",
-            "reserved_credits": max(0, _int(r.cost_credits)), "provider": str(r.provider or "unknown")[:50],
+            "model": str(r.model or "unknown")[:100],
+            "category": CATEGORY[str(r.media_type).lower()],
+            "prompt": str(r.prompt or ""),
+            "params": params,
+            "status": status.value,
+            "billing_type": "per_task",
+            "reserved_credits": max(0, _int(r.cost_credits)),
+            "provider": str(r.provider or "unknown")[:50],
             "upstream_task_id": str(r.task_id)[:200] if r.task_id else None,
-            "result_urls": urls or None, "error_code": code, "error_message": message, "failure_class": klass,
-            "created_at": created, "submitted_at": created if r.task_id else None, "finished_at": finished,
-            "settled_at": finished, "check_attempts": 0,
+            "result_urls": urls or None,
+            "error_code": code,
+            "error_message": message,
+            "failure_class": klass,
+            "created_at": created,
+            "submitted_at": created if r.task_id else None,
+            "finished_at": finished,
+            "settled_at": finished,
+            "check_attempts": 0,
         }
 
     # credits -----------------------------------------------------------------------------
@@ -267,13 +307,25 @@ class Importer:
         if chunk:
             self._credit_chunk(chunk)
         # users with no new credit row whose grants expired since the last import
-        due = [u for (u,) in self.conn.execute(
-            select(source_grant.c.user_id).distinct().where(source_grant.c.expired_at.is_(None),
-                                                             source_grant.c.expires_at.is_not(None),
-                                                             source_grant.c.expires_at <= self.s.as_of))
-            if u not in self.processed_users] if self.s.as_of else []
+        due = (
+            [
+                u
+                for (u,) in self.conn.execute(
+                    select(source_grant.c.user_id)
+                    .distinct()
+                    .where(
+                        source_grant.c.expired_at.is_(None),
+                        source_grant.c.expires_at.is_not(None),
+                        source_grant.c.expires_at <= self.s.as_of,
+                    )
+                )
+                if u not in self.processed_users
+            ]
+            if self.s.as_of
+            else []
+        )
         for start in range(0, len(due), 1000):
-            self._replay({u: [] for u in due[start:start + 1000]}, {})
+            self._replay({u: [] for u in due[start : start + 1000]}, {})
 
     def _credit_chunk(self, rows: list[Any]) -> None:
         self.s.read["credit"] += len(rows)
@@ -299,8 +351,16 @@ class Importer:
         locals_ = {}
         refs = sorted({ref for ref, media in task_ref.values() if ref and media in CATEGORY})
         for start in range(0, len(refs), 1000):
-            locals_.update({ref: local for local, ref in self.conn.execute(
-                select(ai_task.c.id, ai_task.c.external_ref).where(ai_task.c.external_ref.in_(refs[start:start + 1000])))})
+            locals_.update(
+                {
+                    ref: local
+                    for local, ref in self.conn.execute(
+                        select(ai_task.c.id, ai_task.c.external_ref).where(
+                            ai_task.c.external_ref.in_(refs[start : start + 1000])
+                        )
+                    )
+                }
+            )
         self.task_links = {cid: (ref, media, locals_.get(ref)) for cid, (ref, media) in task_ref.items()}
         self._replay(by_user, self.task_links)
         self.progress("credits", self.s.read["credit"])
@@ -309,17 +369,34 @@ class Importer:
         out = {}
         for row in self.conn.execute(select(source_grant).where(source_grant.c.user_id.in_(user_ids))).mappings():
             out[row["external_ref"]] = _Grant(
-                ref=row["external_ref"], local_id=row["id"], user_id=row["user_id"], credits=row["credits"],
-                remaining=row["remaining_credits"], replayed=row["replayed_remaining"], live=row["live"],
-                scene=row["scene"], status=row["status"], created_at=row["created_at"],
-                expires_at=row["expires_at"], expired_at=row["expired_at"], new=False, dirty=False)
+                ref=row["external_ref"],
+                local_id=row["id"],
+                user_id=row["user_id"],
+                credits=row["credits"],
+                remaining=row["remaining_credits"],
+                replayed=row["replayed_remaining"],
+                live=row["live"],
+                scene=row["scene"],
+                status=row["status"],
+                created_at=row["created_at"],
+                expires_at=row["expires_at"],
+                expired_at=row["expired_at"],
+                new=False,
+                dirty=False,
+            )
         return out
 
     def _existing_keys(self, keys: list[str]) -> set[str]:
         got: set[str] = set()
         for start in range(0, len(keys), 1000):
-            got.update(k for (k,) in self.conn.execute(select(credit_ledger.c.idempotency_key)
-                                                       .where(credit_ledger.c.idempotency_key.in_(keys[start:start + 1000]))))
+            got.update(
+                k
+                for (k,) in self.conn.execute(
+                    select(credit_ledger.c.idempotency_key).where(
+                        credit_ledger.c.idempotency_key.in_(keys[start : start + 1000])
+                    )
+                )
+            )
         return got
 
     def _replay(self, by_user: dict[int, list[Any]], links: dict[str, Any]) -> None:
@@ -336,15 +413,17 @@ class Importer:
         done = self._existing_keys(keys)
         entries: list[dict[str, Any]] = []
         for user in users:
-            balances[user] = self._replay_user(user, by_user[user], grants, links, done, int(balances.get(user, 0)),
-                                               entries)
+            balances[user] = self._replay_user(
+                user, by_user[user], grants, links, done, int(balances.get(user, 0)), entries
+            )
         if entries:
             self._insert(credit_ledger, entries)
             self.s.written["credit_ledger"] += len(entries)
         changed = [{"b_id": u, "balance": b} for u, b in balances.items()]
         if changed:
-            self.conn.execute(update(account).where(account.c.id == bindparam("b_id"))
-                              .values(balance=bindparam("balance")), changed)
+            self.conn.execute(
+                update(account).where(account.c.id == bindparam("b_id")).values(balance=bindparam("balance")), changed
+            )
         new = [g for g in grants.values() if g.new]
         if new:
             self._insert(source_grant, [self._grant_values(g) for g in new])
@@ -352,18 +431,40 @@ class Importer:
         dirty = [dict(self._grant_values(g), b_id=g.local_id) for g in grants.values() if g.dirty and not g.new]
         if dirty:
             cols = ["remaining_credits", "replayed_remaining", "live", "status", "expires_at", "expired_at"]
-            self.conn.execute(update(source_grant).where(source_grant.c.id == bindparam("b_id"))
-                              .values({c: bindparam(c) for c in cols}), dirty)
+            self.conn.execute(
+                update(source_grant)
+                .where(source_grant.c.id == bindparam("b_id"))
+                .values({c: bindparam(c) for c in cols}),
+                dirty,
+            )
             self.s.updated["source_grant"] += len(dirty)
 
     @staticmethod
     def _grant_values(g: _Grant) -> dict[str, Any]:
-        return {"external_ref": g.ref, "user_id": g.user_id, "credits": g.credits, "remaining_credits": g.remaining,
-                "replayed_remaining": g.replayed, "live": g.live, "scene": g.scene, "status": g.status,
-                "created_at": g.created_at, "expires_at": g.expires_at, "expired_at": g.expired_at}
+        return {
+            "external_ref": g.ref,
+            "user_id": g.user_id,
+            "credits": g.credits,
+            "remaining_credits": g.remaining,
+            "replayed_remaining": g.replayed,
+            "live": g.live,
+            "scene": g.scene,
+            "status": g.status,
+            "created_at": g.created_at,
+            "expires_at": g.expires_at,
+            "expired_at": g.expired_at,
+        }
 
-    def _replay_user(self, user: int, rows: list[Any], grants: dict[str, _Grant], links: dict[str, Any],
-                     done: set[str], balance: int, entries: list[dict[str, Any]]) -> int:
+    def _replay_user(
+        self,
+        user: int,
+        rows: list[Any],
+        grants: dict[str, _Grant],
+        links: dict[str, Any],
+        done: set[str],
+        balance: int,
+        entries: list[dict[str, Any]],
+    ) -> int:
         events: list[tuple[datetime, int, str, str, Any]] = []  # (at, order, kind, ref, row)
         deleted: list[Any] = []
         for r in rows:
@@ -372,8 +473,16 @@ class Importer:
             if kind == "grant":
                 g = grants.get(cid)
                 if g is None:
-                    g = grants[cid] = _Grant(ref=cid, user_id=user, credits=_int(r.credits), replayed=0, live=0,
-                                             created_at=created, expired_at=None, new=True)
+                    g = grants[cid] = _Grant(
+                        ref=cid,
+                        user_id=user,
+                        credits=_int(r.credits),
+                        replayed=0,
+                        live=0,
+                        created_at=created,
+                        expired_at=None,
+                        new=True,
+                    )
                 g.remaining = _int(r.remaining_credits)
                 g.status = str(r.status or "active")[:20]
                 g.scene = str(r.transaction_scene)[:50] if r.transaction_scene else None
@@ -402,13 +511,26 @@ class Importer:
                 events.append((ends, 3, "expire", g.ref, None))
         events.sort(key=lambda e: (e[0], e[1], e[3]))
 
-        def entry(kind: str, amount: int, at: datetime, key: str, sources: list[str], note: str,
-                  task_id: int | None = None) -> None:
+        def entry(
+            kind: str, amount: int, at: datetime, key: str, sources: list[str], note: str, task_id: int | None = None
+        ) -> None:
             nonlocal balance
             balance += amount
-            entries.append({"user_id": user, "entry_type": kind, "amount": amount, "balance_after": balance,
-                            "task_id": task_id, "chat_message_id": None, "idempotency_key": key, "created_at": at,
-                            "note": note, "support": False, "derived_from": json.dumps(sources)})
+            entries.append(
+                {
+                    "user_id": user,
+                    "entry_type": kind,
+                    "amount": amount,
+                    "balance_after": balance,
+                    "task_id": task_id,
+                    "chat_message_id": None,
+                    "idempotency_key": key,
+                    "created_at": at,
+                    "note": note,
+                    "support": False,
+                    "derived_from": json.dumps(sources),
+                }
+            )
 
         def put_back(r: Any, at: datetime, key_kind: str, note: str) -> None:
             cid = str(r.id)
@@ -431,8 +553,15 @@ class Importer:
             sources = [f"credit/{cid}", *names] + ([f"ai_task/{ref}"] if ref else [])
             entry(EntryType.REFUND.value, amount, at, f"{SOURCE}:{key_kind}:{cid}", sources, note, local)
             if lost and min(lost, balance) > 0:
-                entry(EntryType.EXPIRE.value, -min(lost, balance), at, f"{SOURCE}:lost-refund:{key_kind}:{cid}",
-                      sources, f"refunded onto grant(s) that had already expired: {lost} credits lost", local)
+                entry(
+                    EntryType.EXPIRE.value,
+                    -min(lost, balance),
+                    at,
+                    f"{SOURCE}:lost-refund:{key_kind}:{cid}",
+                    sources,
+                    f"refunded onto grant(s) that had already expired: {lost} credits lost",
+                    local,
+                )
 
         for at, _order, kind, ref, r in events:
             if kind == "grant":
@@ -440,8 +569,14 @@ class Importer:
                 g.replayed += g.credits
                 g.live += g.credits
                 if g.credits > 0:
-                    entry(EntryType.GRANT.value, g.credits, at, f"{SOURCE}:grant:{ref}", [f"credit/{ref}"],
-                          f"grant ({g.scene or 'unspecified'})")
+                    entry(
+                        EntryType.GRANT.value,
+                        g.credits,
+                        at,
+                        f"{SOURCE}:grant:{ref}",
+                        [f"credit/{ref}"],
+                        f"grant ({g.scene or 'unspecified'})",
+                    )
             elif kind == "consume":
                 cost = abs(_int(r.credits)) or sum(n for _g, n in draws(r.consumed_detail))
                 names = []
@@ -479,16 +614,23 @@ class Importer:
                 g.expired_at = at
                 g.dirty = True
                 if left > 0:
-                    entry(EntryType.EXPIRE.value, -left, at, f"{SOURCE}:expire:{ref}", [f"credit/{ref}"],
-                          "credits left on the grant when it expired")
+                    entry(
+                        EntryType.EXPIRE.value,
+                        -left,
+                        at,
+                        f"{SOURCE}:expire:{ref}",
+                        [f"credit/{ref}"],
+                        "credits left on the grant when it expired",
+                    )
         # credits a grant shows put back once more than its history explains: a task refunded twice
         for r in deleted:
             cid = str(r.id)
             if f"{SOURCE}:refund-again:{cid}" in done:
                 continue
             pairs = draws(r.consumed_detail)
-            if pairs and all(gref in grants and grants[gref].remaining - grants[gref].replayed >= n
-                             for gref, n in pairs):
+            if pairs and all(
+                gref in grants and grants[gref].remaining - grants[gref].replayed >= n for gref, n in pairs
+            ):
                 back = _ts(r.deleted_at) or _ts(r.updated_at) or _ts(r.created_at) or datetime(1970, 1, 1)
                 at = back + timedelta(microseconds=1)
                 put_back(r, at, "refund-again", "credits put back onto the grant(s) a second time")

@@ -25,18 +25,51 @@ OVERLAP = timedelta(minutes=15)  # rows updated this long before the watermark a
 CHUNK = 5000
 NOT_RECORDED = ("callbacks", "notifications", "timeline", "chat_billing")
 
-STATUS = {"pending": TaskStatus.GENERATING, "processing": TaskStatus.GENERATING, "success": TaskStatus.SUCCESS,
-          "failed": TaskStatus.FAILED, "canceled": TaskStatus.FAILED, "cancelled": TaskStatus.FAILED}
+STATUS = {
+    "pending": TaskStatus.GENERATING,
+    "processing": TaskStatus.GENERATING,
+    "success": TaskStatus.SUCCESS,
+    "failed": TaskStatus.FAILED,
+    "canceled": TaskStatus.FAILED,
+    "cancelled": TaskStatus.FAILED,
+}
 CATEGORY = {"image": "image", "video": "video", "music": "audio", "speech": "audio", "audio": "audio"}
 CANCELED = "upstream_canceled"
 FAILED_WITHOUT_CODE = "upstream_failed"
 URL_KEYS = (("images", "imageUrl"), ("videos", "videoUrl"), ("songs", "audioUrl"), ("audios", "audioUrl"))
 
 USER_COLS = ["id", "name", "email", "created_at", "updated_at"]
-TASK_COLS = ["id", "user_id", "media_type", "provider", "model", "prompt", "options", "status", "created_at",
-             "updated_at", "task_id", "task_info", "cost_credits", "credit_id"]
-CREDIT_COLS = ["id", "user_id", "transaction_type", "transaction_scene", "credits", "remaining_credits",
-               "expires_at", "status", "created_at", "updated_at", "deleted_at", "consumed_detail", "metadata"]
+TASK_COLS = [
+    "id",
+    "user_id",
+    "media_type",
+    "provider",
+    "model",
+    "prompt",
+    "options",
+    "status",
+    "created_at",
+    "updated_at",
+    "task_id",
+    "task_info",
+    "cost_credits",
+    "credit_id",
+]
+CREDIT_COLS = [
+    "id",
+    "user_id",
+    "transaction_type",
+    "transaction_scene",
+    "credits",
+    "remaining_credits",
+    "expires_at",
+    "status",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+    "consumed_detail",
+    "metadata",
+]
 
 
 class SourceError(RivyaError):
@@ -61,15 +94,25 @@ class ImportSummary:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "into": self.into, "since": _iso(self.since), "as_of": _iso(self.as_of),
-                "watermark": _iso(self.watermark), "dry_run": self.dry_run, "read": dict(self.read),
-                "written": dict(self.written), "updated": dict(self.updated), "apart": dict(self.apart),
-                "seconds": round(self.seconds, 3)}
+        return {
+            "source": self.source,
+            "into": self.into,
+            "since": _iso(self.since),
+            "as_of": _iso(self.as_of),
+            "watermark": _iso(self.watermark),
+            "dry_run": self.dry_run,
+            "read": dict(self.read),
+            "written": dict(self.written),
+            "updated": dict(self.updated),
+            "apart": dict(self.apart),
+            "seconds": round(self.seconds, 3),
+        }
 
     def lines(self) -> list[str]:
         head = ("dry run (nothing written): " if self.dry_run else "") + (
-            f"imported {self.source} into {self.into}" + (f" (rows updated since {self.since:%Y-%m-%d %H:%M:%S})"
-                                                         if self.since else " (everything)"))
+            f"imported {self.source} into {self.into}"
+            + (f" (rows updated since {self.since:%Y-%m-%d %H:%M:%S})" if self.since else " (everything)")
+        )
         out = [head]
         for t in ("user", "ai_task", "credit"):
             out.append(f"    read {t:<9} {self.read.get(t, 0):>10,}")
@@ -77,8 +120,10 @@ class ImportSummary:
             out.append(f"    {t:<14} {self.written.get(t, 0):>10,} written  {self.updated.get(t, 0):>10,} updated")
         for what, n in sorted(self.apart.items()):
             out.append(f"    counted apart: {what} {n:,}")
-        out.append(f"    source time {_iso(self.as_of) or '-'}; next import reads from "
-                   f"{_iso(self.watermark - OVERLAP) if self.watermark else 'the start'}; {self.seconds:.1f} s")
+        out.append(
+            f"    source time {_iso(self.as_of) or '-'}; next import reads from "
+            f"{_iso(self.watermark - OVERLAP) if self.watermark else 'the start'}; {self.seconds:.1f} s"
+        )
         return out
 
 
@@ -160,8 +205,9 @@ def open_source(url: str) -> Engine:
     except DBAPIError as exc:
         engine.dispose()
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise StoreUnavailable(f"cannot read source {safe_url(normalize_url(url))}: "
-                               f"{first[0] if first else type(exc).__name__}") from None
+        raise StoreUnavailable(
+            f"cannot read source {safe_url(normalize_url(url))}: {first[0] if first else type(exc).__name__}"
+        ) from None
     return engine
 
 
@@ -195,14 +241,19 @@ class ReadOnlySource:
         have = set(insp.get_table_names())
         missing_tables = [self.smap.name(t) for t in ("user", "ai_task", "credit") if self.smap.name(t) not in have]
         if missing_tables:
-            raise SourceError(f"the source lacks the table(s) {', '.join(missing_tables)} "
-                              f"(expected {', '.join(self.smap.name(t) for t in ('user', 'ai_task', 'credit'))}; "
-                              "rename with --map FILE.toml)")
+            raise SourceError(
+                f"the source lacks the table(s) {', '.join(missing_tables)} "
+                f"(expected {', '.join(self.smap.name(t) for t in ('user', 'ai_task', 'credit'))}; "
+                "rename with --map FILE.toml)"
+            )
         gaps = []
         for logical, cols in (("user", USER_COLS), ("ai_task", TASK_COLS), ("credit", CREDIT_COLS)):
             present = {c["name"] for c in insp.get_columns(self.smap.name(logical))}
-            gaps += [f"{self.smap.name(logical)}.{self.smap.column_name(logical, c)}" for c in cols
-                     if self.smap.column_name(logical, c) not in present]
+            gaps += [
+                f"{self.smap.name(logical)}.{self.smap.column_name(logical, c)}"
+                for c in cols
+                if self.smap.column_name(logical, c) not in present
+            ]
         if gaps:
             raise SourceError(f"the source lacks the column(s) {', '.join(gaps)} (rename with --map FILE.toml)")
 
@@ -222,8 +273,9 @@ class ReadOnlySource:
 
     def rows(self, logical: str, cols: list[str], since: datetime | None, order: list[str]) -> Iterator[Any]:
         t, labelled = self._table(logical, cols)
-        changed = func.coalesce(t.c[self.smap.column_name(logical, "updated_at")],
-                                t.c[self.smap.column_name(logical, "created_at")])
+        changed = func.coalesce(
+            t.c[self.smap.column_name(logical, "updated_at")], t.c[self.smap.column_name(logical, "created_at")]
+        )
         q = select(*labelled)
         if since is not None:
             q = q.where(changed >= self._param(since))
@@ -244,11 +296,11 @@ class ReadOnlySource:
         cid, tid = (t.c[self.smap.column_name("ai_task", c)] for c in ("credit_id", "id"))
         out = []
         for start in range(0, len(task_ids), 1000):
-            out += list(self.conn.execute(select(*labelled).where(tid.in_(task_ids[start:start + 1000]))))
+            out += list(self.conn.execute(select(*labelled).where(tid.in_(task_ids[start : start + 1000]))))
         claimed = {str(r.credit_id) for r in out if r.credit_id is not None}
         rest = [c for c in consume_ids if c not in claimed]
         for start in range(0, len(rest), 1000):
-            out += list(self.conn.execute(select(*labelled).where(cid.in_(rest[start:start + 1000]))))
+            out += list(self.conn.execute(select(*labelled).where(cid.in_(rest[start : start + 1000]))))
         return out
 
 
@@ -277,8 +329,10 @@ def _prepare_target(into: str, *, force: bool, dry_run: bool) -> tuple[Engine, d
             probe.dispose()
         if previous is None:
             if dry_run and not force:
-                raise TargetOccupied(f"{reason}; import writes only into a fresh database or one an earlier "
-                                     "import of this source wrote (pass --force to replace a SQLite file)")
+                raise TargetOccupied(
+                    f"{reason}; import writes only into a fresh database or one an earlier "
+                    "import of this source wrote (pass --force to replace a SQLite file)"
+                )
             ensure_fresh(into, force=force, command="import")
     if dry_run and reason is None:
         engine = make_engine("sqlite://")  # a fresh target: the dry run writes into memory, nothing on disk
@@ -309,17 +363,27 @@ def record_import(conn: Any, summary: ImportSummary, previous: dict[str, Any] | 
 
     from ..stores.schema import account, ai_task, credit_ledger, source_grant
 
-    values = {"source": summary.source, "not_recorded": list(NOT_RECORDED), "watermark": summary.watermark,
-              "as_of": summary.as_of, "imported_at": datetime.now(UTC).replace(tzinfo=None),
-              "imports": int(previous["imports"]) + 1 if previous else 1, "summary": summary.to_dict()}
+    values = {
+        "source": summary.source,
+        "not_recorded": list(NOT_RECORDED),
+        "watermark": summary.watermark,
+        "as_of": summary.as_of,
+        "imported_at": datetime.now(UTC).replace(tzinfo=None),
+        "imports": int(previous["imports"]) + 1 if previous else 1,
+        "summary": summary.to_dict(),
+    }
     if previous:
         conn.execute(update(data_source).where(data_source.c.key == SOURCE).values(**values))
     else:
         conn.execute(insert(data_source).values(key=SOURCE, **values))
     if conn.dialect.name == "postgresql":
         for t in (account, ai_task, credit_ledger, source_grant):
-            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{t.name}', 'id'), "
-                              f"GREATEST((SELECT max(id) FROM {t.name}), 1))"))
+            conn.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{t.name}', 'id'), "
+                    f"GREATEST((SELECT max(id) FROM {t.name}), 1))"
+                )
+            )
 
 
 assert set(NOT_RECORDED) <= set(FACTS)

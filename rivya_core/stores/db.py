@@ -48,7 +48,7 @@ def normalize_url(url: str) -> str:
         raise StoreUnavailable("no database URL given")
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     if "://" not in url:
         return f"sqlite:///{url}"
     return url
@@ -100,7 +100,8 @@ def make_engine(url: str, *, read_only: bool = False, pool_size: int | None = No
         raise StoreUnavailable(
             f"no driver installed for {u.drivername!r} (database URL {safe_url(url)!r}): the Python module "
             f"{getattr(exc, 'name', None) or exc} is missing; install it, or pick a supported database "
-            "(sqlite:///path.db or postgresql+psycopg://...)") from None
+            "(sqlite:///path.db or postgresql+psycopg://...)"
+        ) from None
 
 
 def _read_only_sqlite_url(u: Any) -> Any:
@@ -160,7 +161,7 @@ def init_db(engine: Engine) -> None:
 # support refunds were once marked only by a note starting with "support:".
 _BACKFILL = {
     ("credit_ledger", "support"): "UPDATE credit_ledger SET support = TRUE "
-                                  "WHERE entry_type = 'refund' AND note LIKE 'support:%'",
+    "WHERE entry_type = 'refund' AND note LIKE 'support:%'",
 }
 
 

@@ -21,13 +21,24 @@ _CACHE_LIMIT = 1 << 14  # datetimes remembered (by `_str` and `naive_iso`) befor
 # several flushes of instants (a run of 20,000 tasks peaked 11 MiB higher with 1 << 16)
 
 
-def _make(*, sort_keys: bool, separators: tuple[str, str], default: Callable[[Any], Any] | None) -> Callable[[Any], str]:
+def _make(
+    *, sort_keys: bool, separators: tuple[str, str], default: Callable[[Any], Any] | None
+) -> Callable[[Any], str]:
     make = getattr(_encoder, "c_make_encoder", None)
     if make is None:  # no C accelerator (another interpreter): json itself
         return json.JSONEncoder(sort_keys=sort_keys, separators=separators, default=default).encode
     item_sep, key_sep = separators
-    c = make(None, default or json.JSONEncoder().default, _encoder.encode_basestring_ascii, None,
-             key_sep, item_sep, sort_keys, False, True)
+    c = make(
+        None,
+        default or json.JSONEncoder().default,
+        _encoder.encode_basestring_ascii,
+        None,
+        key_sep,
+        item_sep,
+        sort_keys,
+        False,
+        True,
+    )
 
     def dumps(value: Any) -> str:
         return "".join(c(value, 0))

@@ -76,8 +76,11 @@ _JSON_FIELDS: dict[type, tuple[str, ...]] = {Task: ("params", "result_urls"), Ta
 # StrEnum members (status, category, failure_class: value -> member).
 _TASK_TYPED: dict[str, dict[str, Any] | None] = {
     **dict.fromkeys(_JSON_FIELDS[Task]),
-    **{name: {m.value: m for m in enum} for name, enum in
-       (("status", TaskStatus), ("category", Category), ("failure_class", FailureClass))}}
+    **{
+        name: {m.value: m for m in enum}
+        for name, enum in (("status", TaskStatus), ("category", Category), ("failure_class", FailureClass))
+    },
+}
 
 
 def _copy(row: Any) -> Any:
@@ -142,7 +145,6 @@ class MemoryTables:
         self._task_events: dict[int, list[int]] = defaultdict(list)
         self._task_cbs: dict[int, list[int]] = defaultdict(list)
         self._webhooks: set[tuple[str, str]] = set()
-
 
     def _drop_user_active(self, task: Task) -> None:
         ids = self._user_active.get(task.user_id)

@@ -109,8 +109,9 @@ class MemoryTx:
         state.update(fields)  # scalars as given; then the few fields that need more (one or two a call)
         for name in _TASK_TYPED.keys() & fields.keys():
             value, typed = fields[name], _TASK_TYPED[name]
-            state[name] = _clone(value) if isinstance(value, _CONTAINERS) else \
-                value if typed is None else typed.get(value, value)
+            state[name] = (
+                _clone(value) if isinstance(value, _CONTAINERS) else value if typed is None else typed.get(value, value)
+            )
         s._index_task(task)
 
         def undo() -> None:
@@ -142,8 +143,9 @@ class MemoryTx:
         rows.sort(key=lambda t: (t.created_at, t.id))
         return [_copy(t) for t in rows[:limit]]
 
-    def user_tasks(self, user_id: int, *, statuses: Iterable[str] | None = None,
-                   since: datetime | None = None, limit: int = 100) -> list[Task]:
+    def user_tasks(
+        self, user_id: int, *, statuses: Iterable[str] | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[Task]:
         s = self.s
         wanted = {str(x) for x in statuses} if statuses is not None else None
         if wanted is not None and wanted <= _ACTIVE_NAMES:  # only live tasks: not the user's whole history
@@ -158,9 +160,19 @@ class MemoryTx:
         return [_copy(t) for t in rows[:limit]]
 
     # ledger
-    def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
-             support: bool = False) -> PostResult:
+    def post(
+        self,
+        user_id: int,
+        entry_type: str,
+        amount: int,
+        idempotency_key: str,
+        at: datetime,
+        *,
+        task_id: int | None = None,
+        chat_message_id: int | None = None,
+        note: str | None = None,
+        support: bool = False,
+    ) -> PostResult:
         s = self.s
         existing = s._entry_key.get(idempotency_key)
         if existing is not None:
@@ -171,10 +183,19 @@ class MemoryTx:
         if acc is None:
             raise NotFound(f"account {user_id} does not exist")
         after = balance_after(acc.balance, amount)
-        entry = LedgerEntry(id=s._new_id("credit_ledger"), user_id=user_id, entry_type=str(entry_type),
-                            amount=int(amount), balance_after=after, idempotency_key=idempotency_key,
-                            created_at=at, task_id=task_id, chat_message_id=chat_message_id, note=note,
-                            support=bool(support))
+        entry = LedgerEntry(
+            id=s._new_id("credit_ledger"),
+            user_id=user_id,
+            entry_type=str(entry_type),
+            amount=int(amount),
+            balance_after=after,
+            idempotency_key=idempotency_key,
+            created_at=at,
+            task_id=task_id,
+            chat_message_id=chat_message_id,
+            note=note,
+            support=bool(support),
+        )
         old_balance = acc.balance
         acc.balance = after
         s._entry_key[idempotency_key] = entry.id
@@ -227,13 +248,30 @@ class MemoryTx:
     def task_events(self, task_id: int) -> list[TaskEvent]:
         return [_copy(self.s.events[e]) for e in self.s._task_events.get(task_id, ())]
 
-    def add_notification(self, user_id: int, kind: str, title: str, body: str, at: datetime, *,
-                         task_id: int | None = None, idempotency_key: str | None = None) -> bool:
+    def add_notification(
+        self,
+        user_id: int,
+        kind: str,
+        title: str,
+        body: str,
+        at: datetime,
+        *,
+        task_id: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> bool:
         s = self.s
         if idempotency_key is not None and idempotency_key in s._note_key:
             return False
-        note = Notification(id=s._new_id("notification"), user_id=user_id, kind=str(kind), title=title,
-                            body=body, created_at=at, task_id=task_id, idempotency_key=idempotency_key)
+        note = Notification(
+            id=s._new_id("notification"),
+            user_id=user_id,
+            kind=str(kind),
+            title=title,
+            body=body,
+            created_at=at,
+            task_id=task_id,
+            idempotency_key=idempotency_key,
+        )
         if idempotency_key is not None:
             s._note_key[idempotency_key] = note.id
         if task_id is not None:
@@ -318,15 +356,24 @@ class MemoryTx:
         return _copy(row)
 
     def parked_upstream_for_ref(self, provider: str, task_ref: str) -> str | None:
-        return next((p.upstream_task_id for p in self.s.parked.values() if p.provider == provider
-                     and p.task_ref == task_ref and p.claimed_task_id is None), None)
+        return next(
+            (
+                p.upstream_task_id
+                for p in self.s.parked.values()
+                if p.provider == provider and p.task_ref == task_ref and p.claimed_task_id is None
+            ),
+            None,
+        )
 
     def claim_parked(self, provider: str, upstream_task_id: str, task_id: int, at: datetime) -> list[ParkedCallback]:
         s = self.s
         if not s.parked:
             return []
-        found = [p for p in s.parked.values() if p.provider == provider and p.upstream_task_id == upstream_task_id
-                 and p.claimed_task_id is None]
+        found = [
+            p
+            for p in s.parked.values()
+            if p.provider == provider and p.upstream_task_id == upstream_task_id and p.claimed_task_id is None
+        ]
         for p in found:
             p.claimed_task_id, p.claimed_at = task_id, at
 

@@ -66,12 +66,14 @@ def write_snapshot(engine: Engine, snapshot: Snapshot) -> None:
         for attr, (table, _cls) in SNAPSHOT_TABLES.items():
             rows = getattr(snapshot, attr)
             for start in range(0, len(rows), BATCH):
-                conn.execute(insert(table), [row_values(table, r) for r in rows[start:start + BATCH]])
+                conn.execute(insert(table), [row_values(table, r) for r in rows[start : start + BATCH]])
             if rows and engine.dialect.name == "postgresql":
-                conn.execute(text(
-                    f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
-                    f"(SELECT max(id) FROM {table.name}))"
-                ))
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                        f"(SELECT max(id) FROM {table.name}))"
+                    )
+                )
 
 
 def snapshot_to_engine(snapshot: Snapshot, url: str = "sqlite://") -> Engine:
@@ -142,8 +144,10 @@ def _faster(proc: Any) -> Any:
             return value.isoformat(" ", "microseconds")
         return proc(value)
 
-    return _Inlined(process, '((_iso_seen(x) or _iso(x)) if (x := {value}).__class__ is _datetime '
-                             'and x.tzinfo is None else {proc}(x))')  # each instant's text formatted once (naive_iso)
+    return _Inlined(
+        process,
+        "((_iso_seen(x) or _iso(x)) if (x := {value}).__class__ is _datetime and x.tzinfo is None else {proc}(x))",
+    )  # each instant's text formatted once (naive_iso)
 
 
 def _row_function(entries: list[tuple[str, str, Any]], positional: bool) -> Callable[[Any], Any]:
@@ -151,8 +155,12 @@ def _row_function(entries: list[tuple[str, str, Any]], positional: bool) -> Call
     parameters, a tuple (positional) or a dict by bind name, each value through its processor. Built
     as source once per statement (as collections.namedtuple builds its class), so a row costs one
     call instead of a loop over its columns; the fast processors of `_faster` are written inline."""
-    env: dict[str, Any] = {"_dumps": jsontext.dumps, "_datetime": datetime, "_iso": jsontext.naive_iso,
-                           "_iso_seen": jsontext.NAIVE_ISO.get}
+    env: dict[str, Any] = {
+        "_dumps": jsontext.dumps,
+        "_datetime": datetime,
+        "_iso": jsontext.naive_iso,
+        "_iso_seen": jsontext.NAIVE_ISO.get,
+    }
     parts = []
     for i, (name, key, proc) in enumerate(entries):
         value = f"v[{key!r}]"
@@ -196,8 +204,9 @@ class Prepared:
                 procs[name] = proc
         self.procs = procs
         self.source = source or {}
-        self.row = _row_function([(name, self.source.get(name, name), procs.get(name)) for name in self.names],
-                                 self.positional)
+        self.row = _row_function(
+            [(name, self.source.get(name, name), procs.get(name)) for name in self.names], self.positional
+        )
 
     def params(self, rows: Iterable[dict[str, Any]]) -> list[Any]:
         return list(map(self.row, rows))

@@ -104,9 +104,15 @@ def _plain_and_locked(stmt: Any) -> tuple[Any, Any]:
 
 
 _TASK_BY_ID = _plain_and_locked(select(ai_task).where(ai_task.c.id == bindparam("task_id")))
-_TASK_BY_UPSTREAM = _plain_and_locked(select(ai_task).where(
-    ai_task.c.upstream_task_id == bindparam("upstream_task_id"), ai_task.c.provider == bindparam("provider"),
-).order_by(ai_task.c.id.desc()).limit(1))
+_TASK_BY_UPSTREAM = _plain_and_locked(
+    select(ai_task)
+    .where(
+        ai_task.c.upstream_task_id == bindparam("upstream_task_id"),
+        ai_task.c.provider == bindparam("provider"),
+    )
+    .order_by(ai_task.c.id.desc())
+    .limit(1)
+)
 
 
 def _constants(column: Any, values: Iterable[str]) -> list[Any]:
@@ -129,15 +135,20 @@ def _callback_unless_seen() -> Any:
     """INSERT a callback whose outcome turns into duplicate (with :seen_detail) when its webhook id
     was already applied or deferred for its provider; RETURNING the row's id, outcome and detail."""
     cb = provider_callback
-    seen = exists().where(cb.c.provider == bindparam("provider"), cb.c.webhook_id == bindparam("webhook_id"),
-                          cb.c.outcome.in_(_constants(cb.c.outcome, _SEEN)))
+    seen = exists().where(
+        cb.c.provider == bindparam("provider"),
+        cb.c.webhook_id == bindparam("webhook_id"),
+        cb.c.outcome.in_(_constants(cb.c.outcome, _SEEN)),
+    )
     names = [c.name for c in cb.c if c.name != "id"]
     values: dict[str, Any] = {name: bindparam(name, type_=cb.c[name].type) for name in names}
-    values["outcome"] = case((seen, literal(CallbackOutcome.DUPLICATE.value, cb.c.outcome.type)),
-                             else_=values["outcome"])
+    values["outcome"] = case(
+        (seen, literal(CallbackOutcome.DUPLICATE.value, cb.c.outcome.type)), else_=values["outcome"]
+    )
     values["detail"] = case((seen, bindparam("seen_detail", type_=cb.c.detail.type)), else_=values["detail"])
-    return (insert(cb).from_select(names, select(*[values[n] for n in names]))
-            .returning(cb.c.id, cb.c.outcome, cb.c.detail))
+    return (
+        insert(cb).from_select(names, select(*[values[n] for n in names])).returning(cb.c.id, cb.c.outcome, cb.c.detail)
+    )
 
 
 _CALLBACK_UNLESS_SEEN = _callback_unless_seen()
@@ -227,10 +238,12 @@ class SqlTx:
         res = self.conn.execute(insert(table).values(**_values(table, row, skip_id=not explicit)))
         new_id = _stored(res.inserted_primary_key, f"the id of a new {table.name} row")[0]
         if explicit and self.pg:
-            self.conn.execute(text(
-                f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
-                f"GREATEST((SELECT max(id) FROM {table.name}), 1))"
-            ))
+            self.conn.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                    f"GREATEST((SELECT max(id) FROM {table.name}), 1))"
+                )
+            )
         return int(new_id)
 
     def _upsert(self, table: Any) -> Any:
@@ -240,8 +253,12 @@ class SqlTx:
     def add_account(self, email: str, name: str, at: datetime) -> Account:
         acc = Account(id=0, email=email, name=name, created_at=_naive(at), balance=0)
         # ON CONFLICT: a racing sign-up with the same e-mail waits for the winner, then writes nothing
-        stmt = (self._upsert(account).values(**_values(account, acc, skip_id=True))
-                .on_conflict_do_nothing(index_elements=["email"]).returning(account.c.id))
+        stmt = (
+            self._upsert(account)
+            .values(**_values(account, acc, skip_id=True))
+            .on_conflict_do_nothing(index_elements=["email"])
+            .returning(account.c.id)
+        )
         new_id = self.conn.execute(stmt).scalar()
         if new_id is None:
             raise ValidationError(f"an account with email {email!r} already exists", code="account_exists")
@@ -267,8 +284,9 @@ class SqlTx:
     def task_by_upstream(self, provider: str, upstream_task_id: str, *, for_update: bool = False) -> Task | None:
         if "\x00" in provider or "\x00" in upstream_task_id:  # never stored (see _naive): no such task
             return None
-        row = self.conn.execute(_TASK_BY_UPSTREAM[for_update],
-                                {"upstream_task_id": upstream_task_id, "provider": provider}).first()
+        row = self.conn.execute(
+            _TASK_BY_UPSTREAM[for_update], {"upstream_task_id": upstream_task_id, "provider": provider}
+        ).first()
         return _to(Task, row) if row is not None else None
 
     def update_task(self, task_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
@@ -284,18 +302,32 @@ class SqlTx:
         return self.conn.execute(_task_update(tuple(fields), expect), params).rowcount == 1
 
     def tasks_due_for_check(self, now: datetime, limit: int) -> list[Task]:
-        return self._all(Task, select(ai_task).where(
-            ai_task.c.status == TaskStatus.GENERATING.value, ai_task.c.next_check_at <= _naive(now),
-        ).order_by(ai_task.c.next_check_at, ai_task.c.id).limit(limit))
+        return self._all(
+            Task,
+            select(ai_task)
+            .where(
+                ai_task.c.status == TaskStatus.GENERATING.value,
+                ai_task.c.next_check_at <= _naive(now),
+            )
+            .order_by(ai_task.c.next_check_at, ai_task.c.id)
+            .limit(limit),
+        )
 
     def active_tasks_older_than(self, cutoff: datetime, limit: int) -> list[Task]:
-        return self._all(Task, select(ai_task).where(
-            ai_task.c.status.in_([TaskStatus.WAITING.value, TaskStatus.GENERATING.value]),
-            ai_task.c.created_at < _naive(cutoff),
-        ).order_by(ai_task.c.created_at, ai_task.c.id).limit(limit))
+        return self._all(
+            Task,
+            select(ai_task)
+            .where(
+                ai_task.c.status.in_([TaskStatus.WAITING.value, TaskStatus.GENERATING.value]),
+                ai_task.c.created_at < _naive(cutoff),
+            )
+            .order_by(ai_task.c.created_at, ai_task.c.id)
+            .limit(limit),
+        )
 
-    def user_tasks(self, user_id: int, *, statuses: Iterable[str] | None = None,
-                   since: datetime | None = None, limit: int = 100) -> list[Task]:
+    def user_tasks(
+        self, user_id: int, *, statuses: Iterable[str] | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[Task]:
         stmt = select(ai_task).where(ai_task.c.user_id == user_id)
         if statuses is not None:
             stmt = stmt.where(ai_task.c.status.in_([str(s) for s in statuses]))
@@ -304,26 +336,47 @@ class SqlTx:
         return self._all(Task, stmt.order_by(ai_task.c.created_at.desc(), ai_task.c.id.desc()).limit(limit))
 
     # ledger
-    def post(self, user_id: int, entry_type: str, amount: int, idempotency_key: str, at: datetime, *,
-             task_id: int | None = None, chat_message_id: int | None = None, note: str | None = None,
-             support: bool = False) -> PostResult:
+    def post(
+        self,
+        user_id: int,
+        entry_type: str,
+        amount: int,
+        idempotency_key: str,
+        at: datetime,
+        *,
+        task_id: int | None = None,
+        chat_message_id: int | None = None,
+        note: str | None = None,
+        support: bool = False,
+    ) -> PostResult:
         existing = self.entry(idempotency_key)
         if existing is not None:
             return PostResult(replayed_entry(existing, user_id, entry_type, amount), created=False)
         if amount == 0:
             raise ValueError("a ledger amount is never 0")
-        balance = self.conn.execute(
-            select(account.c.balance).where(account.c.id == user_id).with_for_update()
-        ).scalar()
+        balance = self.conn.execute(select(account.c.balance).where(account.c.id == user_id).with_for_update()).scalar()
         if balance is None:
             raise NotFound(f"account {user_id} does not exist")
         after = balance_after(balance, amount)
-        entry = LedgerEntry(id=0, user_id=user_id, entry_type=str(entry_type), amount=int(amount),
-                            balance_after=after, idempotency_key=idempotency_key, created_at=_naive(at),
-                            task_id=task_id, chat_message_id=chat_message_id, note=note,
-                            support=bool(support))
-        stmt = (self._upsert(credit_ledger).values(**_values(credit_ledger, entry, skip_id=True))
-                .on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(credit_ledger.c.id))
+        entry = LedgerEntry(
+            id=0,
+            user_id=user_id,
+            entry_type=str(entry_type),
+            amount=int(amount),
+            balance_after=after,
+            idempotency_key=idempotency_key,
+            created_at=_naive(at),
+            task_id=task_id,
+            chat_message_id=chat_message_id,
+            note=note,
+            support=bool(support),
+        )
+        stmt = (
+            self._upsert(credit_ledger)
+            .values(**_values(credit_ledger, entry, skip_id=True))
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(credit_ledger.c.id)
+        )
         new_id = self.conn.execute(stmt).scalar()
         if new_id is None:  # a concurrent unit of work posted this key first
             existing = _stored(self.entry(idempotency_key), f"ledger entry {idempotency_key!r}")
@@ -336,8 +389,9 @@ class SqlTx:
         return self._one(LedgerEntry, select(credit_ledger).where(credit_ledger.c.idempotency_key == idempotency_key))
 
     def task_entries(self, task_id: int) -> list[LedgerEntry]:
-        return self._all(LedgerEntry, select(credit_ledger).where(credit_ledger.c.task_id == task_id)
-                         .order_by(credit_ledger.c.id))
+        return self._all(
+            LedgerEntry, select(credit_ledger).where(credit_ledger.c.task_id == task_id).order_by(credit_ledger.c.id)
+        )
 
     def balance(self, user_id: int) -> int:
         return int(self.conn.execute(select(account.c.balance).where(account.c.id == user_id)).scalar() or 0)
@@ -357,10 +411,26 @@ class SqlTx:
         self.flush_events()
         return self._all(TaskEvent, select(task_event).where(task_event.c.task_id == task_id).order_by(task_event.c.id))
 
-    def add_notification(self, user_id: int, kind: str, title: str, body: str, at: datetime, *,
-                         task_id: int | None = None, idempotency_key: str | None = None) -> bool:
-        values = {"user_id": user_id, "kind": str(kind), "title": title, "body": body, "created_at": _naive(at),
-                  "task_id": task_id, "idempotency_key": idempotency_key}
+    def add_notification(
+        self,
+        user_id: int,
+        kind: str,
+        title: str,
+        body: str,
+        at: datetime,
+        *,
+        task_id: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        values = {
+            "user_id": user_id,
+            "kind": str(kind),
+            "title": title,
+            "body": body,
+            "created_at": _naive(at),
+            "task_id": task_id,
+            "idempotency_key": idempotency_key,
+        }
         if idempotency_key is None:
             self.conn.execute(_NOTIFICATION_INSERT, values)
             return True
@@ -380,26 +450,38 @@ class SqlTx:
         return dataclasses.replace(cb, id=int(row.id), outcome=CallbackOutcome(row.outcome), detail=row.detail)
 
     def webhook_seen(self, provider: str, webhook_id: str) -> bool:
-        cond = exists().where(provider_callback.c.provider == provider, provider_callback.c.webhook_id == webhook_id,
-                              provider_callback.c.outcome.in_(_SEEN))
+        cond = exists().where(
+            provider_callback.c.provider == provider,
+            provider_callback.c.webhook_id == webhook_id,
+            provider_callback.c.outcome.in_(_SEEN),
+        )
         return bool(self.conn.execute(select(cond)).scalar())
 
     def get_callback(self, callback_id: int) -> ProviderCallback | None:
         return self._one(ProviderCallback, select(provider_callback).where(provider_callback.c.id == callback_id))
 
     def parked_of(self, callback_id: int) -> ParkedCallback | None:
-        return self._one(ParkedCallback, select(parked_callback).where(parked_callback.c.callback_id == callback_id)
-                         .order_by(parked_callback.c.id).limit(1))
+        return self._one(
+            ParkedCallback,
+            select(parked_callback)
+            .where(parked_callback.c.callback_id == callback_id)
+            .order_by(parked_callback.c.id)
+            .limit(1),
+        )
 
     def settle_callback(self, callback_id: int, task_id: int, outcome: str, detail: str | None) -> None:
-        self.conn.execute(update(provider_callback).where(provider_callback.c.id == callback_id)
-                          .values(task_id=task_id, outcome=str(outcome), detail=detail))
+        self.conn.execute(
+            update(provider_callback)
+            .where(provider_callback.c.id == callback_id)
+            .values(task_id=task_id, outcome=str(outcome), detail=detail)
+        )
 
     def lock_upstream(self, provider: str, upstream_task_id: str) -> None:
         if self.pg:  # SQLite serialises writers already (BEGIN IMMEDIATE)
             digest = hashlib.sha256(f"upstream:{provider}:{upstream_task_id}".encode("utf-8", "replace")).digest()
-            self.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                              {"k": int.from_bytes(digest[:8], "big", signed=True)})
+            self.conn.execute(
+                text("SELECT pg_advisory_xact_lock(:k)"), {"k": int.from_bytes(digest[:8], "big", signed=True)}
+            )
 
     def park_callback(self, parked: ParkedCallback) -> ParkedCallback:
         row = dataclasses.replace(parked, id=0)
@@ -407,17 +489,34 @@ class SqlTx:
         return row
 
     def parked_upstream_for_ref(self, provider: str, task_ref: str) -> str | None:
-        return self.conn.execute(select(parked_callback.c.upstream_task_id).where(
-            parked_callback.c.provider == provider, parked_callback.c.task_ref == task_ref,
-            parked_callback.c.claimed_task_id.is_(None)).order_by(parked_callback.c.id).limit(1)).scalar()
+        return self.conn.execute(
+            select(parked_callback.c.upstream_task_id)
+            .where(
+                parked_callback.c.provider == provider,
+                parked_callback.c.task_ref == task_ref,
+                parked_callback.c.claimed_task_id.is_(None),
+            )
+            .order_by(parked_callback.c.id)
+            .limit(1)
+        ).scalar()
 
     def claim_parked(self, provider: str, upstream_task_id: str, task_id: int, at: datetime) -> list[ParkedCallback]:
-        found = self._all(ParkedCallback, select(parked_callback).where(
-            parked_callback.c.provider == provider, parked_callback.c.upstream_task_id == upstream_task_id,
-            parked_callback.c.claimed_task_id.is_(None)).order_by(parked_callback.c.id))
+        found = self._all(
+            ParkedCallback,
+            select(parked_callback)
+            .where(
+                parked_callback.c.provider == provider,
+                parked_callback.c.upstream_task_id == upstream_task_id,
+                parked_callback.c.claimed_task_id.is_(None),
+            )
+            .order_by(parked_callback.c.id),
+        )
         if found:
-            self.conn.execute(update(parked_callback).where(parked_callback.c.id.in_([p.id for p in found]))
-                              .values(claimed_task_id=task_id, claimed_at=_naive(at)))
+            self.conn.execute(
+                update(parked_callback)
+                .where(parked_callback.c.id.in_([p.id for p in found]))
+                .values(claimed_task_id=task_id, claimed_at=_naive(at))
+            )
         return found
 
     # chat
@@ -439,10 +538,16 @@ class SqlTx:
         return self._one(ChatMessage, stmt.with_for_update() if for_update else stmt)
 
     def reserved_messages_older_than(self, cutoff: datetime, limit: int) -> list[ChatMessage]:
-        return self._all(ChatMessage, select(chat_message).where(
-            chat_message.c.status == ChatStatus.RESERVED.value,
-            chat_message.c.created_at < _naive(cutoff),
-        ).order_by(chat_message.c.created_at, chat_message.c.id).limit(limit))
+        return self._all(
+            ChatMessage,
+            select(chat_message)
+            .where(
+                chat_message.c.status == ChatStatus.RESERVED.value,
+                chat_message.c.created_at < _naive(cutoff),
+            )
+            .order_by(chat_message.c.created_at, chat_message.c.id)
+            .limit(limit),
+        )
 
     def update_message(self, message_id: int, expect_status: Iterable[str] | None = None, **fields: Any) -> bool:
         unknown = sorted(k for k in fields if k not in chat_message.c or k == "id")

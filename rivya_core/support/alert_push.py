@@ -42,11 +42,11 @@ from ..stores.schema import alert_notice
 
 NOTIFY_ENV = "RIVYA_ALERTS_NOTIFY"
 QUIET, RAISED, RAISING, CLEARING = "quiet", "raised", "raising", "clearing"
-TIMEOUT_S = 5.0       # one delivery attempt
-ATTEMPTS = 3          # per notice and run
+TIMEOUT_S = 5.0  # one delivery attempt
+ATTEMPTS = 3  # per notice and run
 BACKOFF_S = (0.5, 2.0)  # between attempts (bounded by the pass's deadline)
-DEADLINE_S = 15.0     # a whole pass
-LEASE_S = 60.0        # a claim older than this was left by a sender that died: another may take it
+DEADLINE_S = 15.0  # a whole pass
+LEASE_S = 60.0  # a claim older than this was left by a sender that died: another may take it
 
 Alert = StuckAlert | DegradationAlert
 
@@ -59,9 +59,18 @@ def alert_key(alert: Alert) -> str:
 
 def alert_doc(alert: Alert, state: str, judged_at: datetime) -> dict[str, Any]:
     kind = "stuck" if isinstance(alert, StuckAlert) else "degraded"
-    return jsonable({"key": alert_key(alert), "kind": kind, "state": state, "message": alert.message,
-                     "provider": alert.provider, "action": alert.action, "filter": alert.filter.to_dict(),
-                     "judged_at": judged_at})
+    return jsonable(
+        {
+            "key": alert_key(alert),
+            "kind": kind,
+            "state": state,
+            "message": alert.message,
+            "provider": alert.provider,
+            "action": alert.action,
+            "filter": alert.filter.to_dict(),
+            "judged_at": judged_at,
+        }
+    )
 
 
 def payload(doc: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +88,7 @@ def check_notify_url(url: str) -> str:
 @dataclass
 class Notice:
     key: str
-    state: str            # raised | cleared: what was announced (or tried)
+    state: str  # raised | cleared: what was announced (or tried)
     message: str
     delivered: bool = False
     attempts: int = 0
@@ -90,7 +99,7 @@ class Notice:
 class PushReport:
     judged_at: datetime
     notices: list[Notice] = field(default_factory=list)
-    held: list[str] = field(default_factory=list)      # another sender holds the claim
+    held: list[str] = field(default_factory=list)  # another sender holds the claim
     deferred: list[str] = field(default_factory=list)  # the deadline came first: the next run sends them
 
     @property
@@ -98,8 +107,14 @@ class PushReport:
         return [n for n in self.notices if not n.delivered]
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({"judged_at": self.judged_at, "held": self.held, "deferred": self.deferred,
-                         "notices": [vars(n) for n in self.notices]})
+        return jsonable(
+            {
+                "judged_at": self.judged_at,
+                "held": self.held,
+                "deferred": self.deferred,
+                "notices": [vars(n) for n in self.notices],
+            }
+        )
 
 
 def has_notice_table(bind: Bind) -> bool:
@@ -114,15 +129,27 @@ def notice_states(bind: Bind) -> dict[str, dict[str, Any]]:
         return {r["key"]: r for r in rows(conn.execute(select(*alert_notice.c)))}
 
 
-def push_alerts(engine: Engine, found: Alerts, url: str, *, timeout_s: float = TIMEOUT_S, attempts: int = ATTEMPTS,
-                backoff_s: tuple[float, ...] = BACKOFF_S, deadline_s: float = DEADLINE_S,
-                sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic,
-                transport: httpx.BaseTransport | None = None) -> PushReport:
+def push_alerts(
+    engine: Engine,
+    found: Alerts,
+    url: str,
+    *,
+    timeout_s: float = TIMEOUT_S,
+    attempts: int = ATTEMPTS,
+    backoff_s: tuple[float, ...] = BACKOFF_S,
+    deadline_s: float = DEADLINE_S,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+    transport: httpx.BaseTransport | None = None,
+) -> PushReport:
     """See the module doc. Raises RivyaError when the database has no alert_notice table."""
     url = check_notify_url(url)
     if not has_notice_table(engine):
-        raise RivyaError("this database has no alert_notice table (an older schema): run "
-                         "`python -m rivya_core init-db --db URL` first", code="schema_missing")
+        raise RivyaError(
+            "this database has no alert_notice table (an older schema): run "
+            "`python -m rivya_core init-db --db URL` first",
+            code="schema_missing",
+        )
     end = monotonic() + deadline_s
     alerts: list[StuckAlert | DegradationAlert] = [*found.stuck, *found.degraded]
     current = {alert_key(a): a for a in alerts}
@@ -137,11 +164,23 @@ def push_alerts(engine: Engine, found: Alerts, url: str, *, timeout_s: float = T
             return row["state"] == CLEARING  # an expired claim: back to what it was before
         return row["state"] in (RAISED, CLEARING)
 
-    work = [(k, RAISED, alert_doc(a, RAISED, found.now)) for k, a in sorted(current.items())
-            if not announced(known.get(k))]
-    work += [(k, "cleared", {**(known[k]["alert"] or {"key": k, "kind": k.split(":")[0]}), "state": "cleared",
-                             "message": known[k]["message"] or k, "judged_at": jsonable(found.now)})
-             for k in sorted(known) if k not in current and announced(known[k])]
+    work = [
+        (k, RAISED, alert_doc(a, RAISED, found.now)) for k, a in sorted(current.items()) if not announced(known.get(k))
+    ]
+    work += [
+        (
+            k,
+            "cleared",
+            {
+                **(known[k]["alert"] or {"key": k, "kind": k.split(":")[0]}),
+                "state": "cleared",
+                "message": known[k]["message"] or k,
+                "judged_at": jsonable(found.now),
+            },
+        )
+        for k in sorted(known)
+        if k not in current and announced(known[k])
+    ]
     with httpx.Client(timeout=timeout_s, transport=transport, follow_redirects=False) as client:
         for key, state, doc in work:
             if monotonic() >= end:
@@ -152,7 +191,8 @@ def push_alerts(engine: Engine, found: Alerts, url: str, *, timeout_s: float = T
                 continue
             notice = Notice(key, state, doc["message"])
             notice.delivered, notice.attempts, notice.error = _deliver(
-                client, url, payload(doc), attempts, backoff_s, timeout_s, end, sleep, monotonic)
+                client, url, payload(doc), attempts, backoff_s, timeout_s, end, sleep, monotonic
+            )
             _finish(engine, key, state, notice, doc)
             report.notices.append(notice)
     return report
@@ -166,16 +206,28 @@ def _claim(engine: Engine, key: str, state: str, now: datetime) -> bool:
     with engine.begin() as conn:
         if state == RAISED:
             insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            made = conn.execute(insert(alert_notice).values(key=key, state=RAISING, claimed_until=lease, attempts=0)
-                                .on_conflict_do_nothing(index_elements=["key"]).returning(c.key)).scalar()
+            made = conn.execute(
+                insert(alert_notice)
+                .values(key=key, state=RAISING, claimed_until=lease, attempts=0)
+                .on_conflict_do_nothing(index_elements=["key"])
+                .returning(c.key)
+            ).scalar()
             if made is not None:
                 return True
             cond = or_(c.state == QUIET, (c.state == RAISING) & expired)
-            return conn.execute(update(alert_notice).where(c.key == key, cond)
-                                .values(state=RAISING, claimed_until=lease)).rowcount == 1
+            return (
+                conn.execute(
+                    update(alert_notice).where(c.key == key, cond).values(state=RAISING, claimed_until=lease)
+                ).rowcount
+                == 1
+            )
         cond = or_(c.state == RAISED, (c.state == CLEARING) & expired)
-        return conn.execute(update(alert_notice).where(c.key == key, cond)
-                            .values(state=CLEARING, claimed_until=lease)).rowcount == 1
+        return (
+            conn.execute(
+                update(alert_notice).where(c.key == key, cond).values(state=CLEARING, claimed_until=lease)
+            ).rowcount
+            == 1
+        )
 
 
 def _finish(engine: Engine, key: str, state: str, notice: Notice, doc: dict[str, Any]) -> None:
@@ -187,14 +239,29 @@ def _finish(engine: Engine, key: str, state: str, notice: Notice, doc: dict[str,
     else:
         values = dict(state=QUIET, cleared_at=now) if ok else dict(state=RAISED)
     with engine.begin() as conn:
-        conn.execute(update(alert_notice).where(c.key == key, c.state == (RAISING if state == RAISED else CLEARING))
-                     .values(claimed_until=None, attempts=c.attempts + notice.attempts,
-                             last_error=None if ok else notice.error, **values))
+        conn.execute(
+            update(alert_notice)
+            .where(c.key == key, c.state == (RAISING if state == RAISED else CLEARING))
+            .values(
+                claimed_until=None,
+                attempts=c.attempts + notice.attempts,
+                last_error=None if ok else notice.error,
+                **values,
+            )
+        )
 
 
-def _deliver(client: httpx.Client, url: str, body: dict[str, Any], attempts: int, backoff_s: tuple[float, ...],
-             timeout_s: float, end: float, sleep: Callable[[float], None],
-             monotonic: Callable[[], float]) -> tuple[bool, int, str | None]:
+def _deliver(
+    client: httpx.Client,
+    url: str,
+    body: dict[str, Any],
+    attempts: int,
+    backoff_s: tuple[float, ...],
+    timeout_s: float,
+    end: float,
+    sleep: Callable[[float], None],
+    monotonic: Callable[[], float],
+) -> tuple[bool, int, str | None]:
     """(delivered, attempts made, why not). A 2xx delivers; a 4xx other than 408/429 will not get
     better and is not retried; connection errors, timeouts and other answers are, with backoff."""
     error: str | None = None
@@ -235,7 +302,8 @@ class AlertPusher:
     def __call__(self) -> PushReport:
         from ..read.alerts import alerts
 
-        self.last = push_alerts(self.engine, alerts(self.engine, self.policy), self.url, deadline_s=self.deadline_s,
-                                **self.kw)
+        self.last = push_alerts(
+            self.engine, alerts(self.engine, self.policy), self.url, deadline_s=self.deadline_s, **self.kw
+        )
         self.passes += 1
         return self.last

@@ -47,7 +47,7 @@ ACT_CHUNK = 100  # refund / mark-failed: tasks per unit of work (one commit)
 
 def _chunks(ids: Sequence[int]) -> Iterable[list[int]]:
     for start in range(0, len(ids), CHUNK):
-        yield list(ids[start:start + CHUNK])
+        yield list(ids[start : start + CHUNK])
 
 
 def _money_facts(engine: Engine, ids: Sequence[int]) -> tuple[dict[int, int], set[int]]:
@@ -59,7 +59,8 @@ def _money_facts(engine: Engine, ids: Sequence[int]) -> tuple[dict[int, int], se
             # by task id only: with the entry type in the WHERE, SQLite walks the (entry_type, amount)
             # index over every consume row of the database instead of each task's few rows
             q = select(credit_ledger.c.task_id, credit_ledger.c.entry_type, credit_ledger.c.amount).where(
-                credit_ledger.c.task_id.in_(chunk))
+                credit_ledger.c.task_id.in_(chunk)
+            )
             for task_id, kind, amount in conn.execute(q):
                 if kind == EntryType.CONSUME:
                     charged[task_id] = -int(amount)
@@ -74,7 +75,8 @@ def handled_by(engine: Engine, incident_id: int, ids: Sequence[int]) -> set[int]
     with connect(engine) as conn:
         for chunk in _chunks(ids):
             q = select(task_event.c.task_id, task_event.c.detail).where(
-                task_event.c.task_id.in_(chunk), task_event.c.kind == EventKind.SUPPORT_ACTION.value)
+                task_event.c.task_id.in_(chunk), task_event.c.kind == EventKind.SUPPORT_ACTION.value
+            )
             for task_id, detail in conn.execute(q):
                 if isinstance(detail, dict) and detail.get("incident") == incident_id:
                     done.add(task_id)
@@ -129,8 +131,9 @@ class Plan:
 
     def refusals(self) -> dict[str, int]:
         """Refusal codes with how many tasks each, most first."""
-        return dict(Counter(t.refusal_code for t in self.tasks if t.refusal_code is not None and not t.done)
-                    .most_common())
+        return dict(
+            Counter(t.refusal_code for t in self.tasks if t.refusal_code is not None and not t.done).most_common()
+        )
 
     def refusal_texts(self) -> dict[str, str]:
         """Each refusal code's sentence for people (numbers folded, e.g. ages: "task is N s old…")."""
@@ -141,10 +144,19 @@ class Plan:
         return out
 
     def to_dict(self, rows: int | None = None) -> dict[str, Any]:
-        return {"action": self.action, "filter": self.filter.to_dict(), "now": self.now.isoformat(sep=" "),
-                "matched": self.matched, "would_act": self.would_act, "would_refuse": self.would_refuse,
-                "already_done": self.already_done, "credits": self.credits, "refusals": self.refusals(),
-                "refusal_texts": self.refusal_texts(), "tasks": [asdict(t) for t in self.tasks[:rows]]}
+        return {
+            "action": self.action,
+            "filter": self.filter.to_dict(),
+            "now": self.now.isoformat(sep=" "),
+            "matched": self.matched,
+            "would_act": self.would_act,
+            "would_refuse": self.would_refuse,
+            "already_done": self.already_done,
+            "credits": self.credits,
+            "refusals": self.refusals(),
+            "refusal_texts": self.refusal_texts(),
+            "tasks": [asdict(t) for t in self.tasks[:rows]],
+        }
 
 
 def _check_action(action: SupportAction | str) -> SupportAction:
@@ -154,8 +166,9 @@ def _check_action(action: SupportAction | str) -> SupportAction:
         raise BulkError(f"action {action!r} is not one of {', '.join(ACTIONS)}") from None
 
 
-def plan(svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilter, *,
-         incident_id: int | None = None) -> Plan:
+def plan(
+    svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilter, *, incident_id: int | None = None
+) -> Plan:
     """What `action` would do to every task `flt` matches now; writes nothing. With
     `incident_id`, tasks that incident already handled are marked done."""
     action = _check_action(action)
@@ -176,12 +189,28 @@ def plan(svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilter,
             would = "mark failed" + (f", refund {back} credits" if back else ", no refund")
             credits = back
         else:
-            would = (f"ask {t.provider} for the result" if t.status != TaskStatus.WAITING else
-                     f"ask {t.provider} for a job under the task's reference; else resubmit or fail it")
+            would = (
+                f"ask {t.provider} for the result"
+                if t.status != TaskStatus.WAITING
+                else f"ask {t.provider} for a job under the task's reference; else resubmit or fail it"
+            )
         age = (now - (t.submitted_at or t.created_at)).total_seconds()
-        out.tasks.append(PlannedTask(t.id, t.user_id, t.status, t.model, t.provider, t.error_code, age,
-                                     "refused" if refusal else would, 0 if refusal else credits,
-                                     refusal and refusal.text, refusal and str(refusal.code), t.id in done))
+        out.tasks.append(
+            PlannedTask(
+                t.id,
+                t.user_id,
+                t.status,
+                t.model,
+                t.provider,
+                t.error_code,
+                age,
+                "refused" if refusal else would,
+                0 if refusal else credits,
+                refusal and refusal.text,
+                refusal and str(refusal.code),
+                t.id in done,
+            )
+        )
     return out
 
 
@@ -204,10 +233,14 @@ class RunResult:
         """The credits of the run in one sentence: how many went back on how many tasks, and why the
         tasks acted on without a refund got none (counted by reason)."""
         refunded = [o for o in self.outcomes if o.get("refunded")]
-        kept = Counter(o["money"] for o in self.outcomes if o["outcome"] == "done" and not o.get("refunded")
-                       and o.get("money", "").startswith("no refund"))
-        said = (f"{self.credits_moved:,} credits refunded on {len(refunded)} task(s)" if refunded
-                else "no credits refunded")
+        kept = Counter(
+            o["money"]
+            for o in self.outcomes
+            if o["outcome"] == "done" and not o.get("refunded") and o.get("money", "").startswith("no refund")
+        )
+        said = (
+            f"{self.credits_moved:,} credits refunded on {len(refunded)} task(s)" if refunded else "no credits refunded"
+        )
         for why, n in kept.most_common():
             said += f"; {n} task(s) without a refund: {why.removeprefix('no refund: ')}"
         return said
@@ -221,16 +254,26 @@ class RunResult:
 
 def _require_table(engine: Engine) -> None:
     if missing_tables(engine, ["incident"]):
-        raise BulkError("this database has no incident table (an older schema): run "
-                        "`python -m rivya_core init-db --db URL` first", code="schema_missing")
+        raise BulkError(
+            "this database has no incident table (an older schema): run `python -m rivya_core init-db --db URL` first",
+            code="schema_missing",
+        )
 
 
 def default_name(action: str, flt: BulkFilter) -> str:
     return f"{action}: {flt.describe()}"[:200]
 
 
-def open_incident(svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilter, *, operator: str,
-                  reason: str, name: str | None = None) -> int:
+def open_incident(
+    svc: Any,
+    engine: Engine,
+    action: SupportAction | str,
+    flt: BulkFilter,
+    *,
+    operator: str,
+    reason: str,
+    name: str | None = None,
+) -> int:
     """The id of the incident called `name` (default: the action and filter), created when new.
     An existing name with another action or filter is refused."""
     action = _check_action(action)
@@ -244,24 +287,48 @@ def open_incident(svc: Any, engine: Engine, action: SupportAction | str, flt: Bu
     if len(name) > 200:
         raise BulkError("an incident name has at most 200 characters")
     with engine.begin() as conn:
-        row = conn.execute(select(incident.c.id, incident.c.action, incident.c.filter)
-                           .where(incident.c.name == name)).first()
+        row = conn.execute(
+            select(incident.c.id, incident.c.action, incident.c.filter).where(incident.c.name == name)
+        ).first()
         if row is not None:
             if row.action != action or dict(row.filter or {}) != flt.to_dict():
-                raise BulkError(f"incident {name!r} exists with action {row.action} and filter "
-                                f"{BulkFilter.from_dict(row.filter).describe()}; give this one another name",
-                                code="incident_exists")
+                raise BulkError(
+                    f"incident {name!r} exists with action {row.action} and filter "
+                    f"{BulkFilter.from_dict(row.filter).describe()}; give this one another name",
+                    code="incident_exists",
+                )
             return int(row.id)
-        new = conn.execute(insert(incident).values(
-            name=name, action=action, filter=flt.to_dict(), operator=operator[:100], reason=reason[:2000],
-            created_at=svc.act_time(latest_timestamp(engine)), runs=0, matched=0, acted=0, refused=0, credits_moved=0,
-        ).returning(incident.c.id)).scalar_one()
+        new = conn.execute(
+            insert(incident)
+            .values(
+                name=name,
+                action=action,
+                filter=flt.to_dict(),
+                operator=operator[:100],
+                reason=reason[:2000],
+                created_at=svc.act_time(latest_timestamp(engine)),
+                runs=0,
+                matched=0,
+                acted=0,
+                refused=0,
+                credits_moved=0,
+            )
+            .returning(incident.c.id)
+        ).scalar_one()
         return int(new)
 
 
-def execute(svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilter, *, operator: str,
-            reason: str, name: str | None = None,
-            progress: Callable[[int, int], None] | None = None) -> RunResult:
+def execute(
+    svc: Any,
+    engine: Engine,
+    action: SupportAction | str,
+    flt: BulkFilter,
+    *,
+    operator: str,
+    reason: str,
+    name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunResult:
     """Run `action` on every task `flt` matches, as the named incident (see open_incident),
     through the service's support actions. Tasks this incident already handled are skipped."""
     action = _check_action(action)
@@ -284,13 +351,21 @@ def execute(svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilt
     def record(task_id: int, after: Any) -> None:
         if isinstance(after, Refusal):
             result.refused += 1
-            result.outcomes.append({"task_id": task_id, "outcome": "refused", "detail": after.text,
-                                    "refusal": str(after.code)})
+            result.outcomes.append(
+                {"task_id": task_id, "outcome": "refused", "detail": after.text, "refusal": str(after.code)}
+            )
         else:
             result.acted += 1
             acted_ids.append(task_id)
-            result.outcomes.append({"task_id": task_id, "outcome": "done", "detail": f"task is {after.status}",
-                                    "status": after.status, "failure_class": after.failure_class})
+            result.outcomes.append(
+                {
+                    "task_id": task_id,
+                    "outcome": "done",
+                    "detail": f"task is {after.status}",
+                    "status": after.status,
+                    "failure_class": after.failure_class,
+                }
+            )
 
     try:
         done_n = 0
@@ -307,9 +382,10 @@ def execute(svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilt
                     progress(done_n, len(todo))
         else:  # the same support steps, ACT_CHUNK tasks per unit of work
             for start in range(0, len(todo), ACT_CHUNK):
-                chunk = [t.id for t in todo[start:start + ACT_CHUNK]]
-                for task_id, after in svc.support_many(action, chunk, inc.operator, inc.reason,
-                                                       incident_id=incident_id):
+                chunk = [t.id for t in todo[start : start + ACT_CHUNK]]
+                for task_id, after in svc.support_many(
+                    action, chunk, inc.operator, inc.reason, incident_id=incident_id
+                ):
                     record(task_id, after)
                 done_n += len(chunk)
                 if progress is not None:
@@ -319,10 +395,18 @@ def execute(svc: Any, engine: Engine, action: SupportAction | str, flt: BulkFilt
         result.credits_moved = sum(moved.values())
         _say_money(result, engine, moved, svc.policy)
         with engine.begin() as conn:
-            conn.execute(update(incident).where(incident.c.id == incident_id).values(
-                finished_at=svc.act_time(latest_timestamp(engine)), runs=incident.c.runs + 1, matched=result.matched,
-                acted=incident.c.acted + result.acted, refused=incident.c.refused + result.refused,
-                credits_moved=incident.c.credits_moved + result.credits_moved))
+            conn.execute(
+                update(incident)
+                .where(incident.c.id == incident_id)
+                .values(
+                    finished_at=svc.act_time(latest_timestamp(engine)),
+                    runs=incident.c.runs + 1,
+                    matched=result.matched,
+                    acted=incident.c.acted + result.acted,
+                    refused=incident.c.refused + result.refused,
+                    credits_moved=incident.c.credits_moved + result.credits_moved,
+                )
+            )
     if progress is not None and not todo:
         progress(0, 0)
     return result
@@ -332,7 +416,8 @@ def _refunded_since(engine: Engine, ids: Sequence[int], ledger_mark: int) -> dic
     """Credits refunded to each of `ids` by ledger rows written after `ledger_mark` (read by the id range)."""
     wanted = set(ids)
     q = select(credit_ledger.c.task_id, credit_ledger.c.entry_type, credit_ledger.c.amount).where(
-        credit_ledger.c.id > ledger_mark)
+        credit_ledger.c.id > ledger_mark
+    )
     moved: dict[int, int] = {}
     with connect(engine) as conn:
         for task_id, kind, amount in conn.execute(q):
@@ -346,8 +431,7 @@ def _say_money(result: RunResult, engine: Engine, moved: Mapping[int, int], poli
     done = [o for o in result.outcomes if o["outcome"] == "done"]
     charged, refunded = _money_facts(engine, [o["task_id"] for o in done])
     for o in done:
-        facts = RefundFacts(o.pop("status"), o.pop("failure_class"), o["task_id"] in charged,
-                            o["task_id"] in refunded)
+        facts = RefundFacts(o.pop("status"), o.pop("failure_class"), o["task_id"] in charged, o["task_id"] in refunded)
         o["refunded"] = moved.get(o["task_id"], 0)
         o["money"] = credits_outcome(facts, charged.get(o["task_id"], 0), o["refunded"], policy)
         o["detail"] += f"; {o['money']}"

@@ -29,11 +29,12 @@ from ..rules import Refusal
 
 ACTION = "reprocess_callback"
 
+
 @dataclass
 class Reprocessed:
     callback_id: int
     task_id: int
-    outcome: str                 # the callback's outcome after it (duplicate for a repeat)
+    outcome: str  # the callback's outcome after it (duplicate for a repeat)
     applied: list[tuple[int, str]] = field(default_factory=list)  # (callback id, outcome) claimed, arrival order
     text: str = ""
 
@@ -47,8 +48,7 @@ def reprocess_callback(svc: LifecycleService, callback_id: int, operator: str, r
     return result
 
 
-def _reprocess(svc: LifecycleService, tx: Any, callback_id: int, operator: str,
-               reason: str) -> Reprocessed | Refusal:
+def _reprocess(svc: LifecycleService, tx: Any, callback_id: int, operator: str, reason: str) -> Reprocessed | Refusal:
     cb = tx.get_callback(callback_id)
     if cb is None:
         raise NotFound(f"no provider callback {callback_id}")
@@ -66,10 +66,20 @@ def _reprocess(svc: LifecycleService, tx: Any, callback_id: int, operator: str,
     if parked is not None and parked.claimed_task_id is not None:  # applied once already: a duplicate, nothing changes
         owner = parked.claimed_task_id
         svc = svc._acting(tx, owner)  # on the clock of an operator's act (clock.act_time)
-        svc._event(tx, owner, EventKind.CALLBACK, webhook_id=cb.webhook_id, outcome=str(CallbackOutcome.DUPLICATE),
-                   state=parked.state, callback_id=cb.id, reprocessed=True)
-        said = (f"duplicate: callback #{cb.id} was already applied to this task at {parked.claimed_at:%Y-%m-%d %H:%M:%S} "
-                f"UTC ({cb.outcome}); nothing changed")
+        svc._event(
+            tx,
+            owner,
+            EventKind.CALLBACK,
+            webhook_id=cb.webhook_id,
+            outcome=str(CallbackOutcome.DUPLICATE),
+            state=parked.state,
+            callback_id=cb.id,
+            reprocessed=True,
+        )
+        said = (
+            f"duplicate: callback #{cb.id} was already applied to this task at {parked.claimed_at:%Y-%m-%d %H:%M:%S} "
+            f"UTC ({cb.outcome}); nothing changed"
+        )
         svc._support_event(tx, owner, operator, ACTION, reason, said)
         return Reprocessed(cb.id, owner, str(CallbackOutcome.DUPLICATE), [], said)
     if task is None:  # reprocess_refusal refused this already: no task holds the upstream id
@@ -84,8 +94,9 @@ def _reprocess(svc: LifecycleService, tx: Any, callback_id: int, operator: str,
     applied = svc._claim_parked(tx, task.id, cb.provider, upstream)
     outcome = next((o for i, o in applied if i == cb.id), str(tx.get_callback(cb.id).outcome))
     others = len(applied) - 1
-    said = (f"callback #{cb.id} re-processed for upstream id {upstream}: {outcome}"
-            + (f", with {others} more parked callback(s) of that upstream id, in arrival order" if others > 0 else ""))
+    said = f"callback #{cb.id} re-processed for upstream id {upstream}: {outcome}" + (
+        f", with {others} more parked callback(s) of that upstream id, in arrival order" if others > 0 else ""
+    )
     svc._support_event(tx, task.id, operator, ACTION, reason, said)
     return Reprocessed(cb.id, task.id, outcome, applied, said)
 
@@ -98,21 +109,36 @@ def _parked_from_body(svc: LifecycleService, cb: ProviderCallback) -> ParkedCall
         why = parsed if isinstance(parsed, str) else "its body names another upstream id"
         code = rules.ReprocessRefusal.BODY_UNREADABLE
         return Refusal(code, f"callback #{cb.id}'s stored body cannot be read again ({why}); it stays as recorded")
-    return ParkedCallback(id=0, callback_id=cb.id, provider=cb.provider, upstream_task_id=parsed.upstream_task_id,
-                          received_at=cb.received_at, state=str(parsed.state), webhook_id=cb.webhook_id,
-                          result_urls=list(parsed.result_urls) or None, error_code=parsed.error_code,
-                          error_message=parsed.error_message,
-                          failure_class=None if parsed.failure_class is None else str(parsed.failure_class))
+    return ParkedCallback(
+        id=0,
+        callback_id=cb.id,
+        provider=cb.provider,
+        upstream_task_id=parsed.upstream_task_id,
+        received_at=cb.received_at,
+        state=str(parsed.state),
+        webhook_id=cb.webhook_id,
+        result_urls=list(parsed.result_urls) or None,
+        error_code=parsed.error_code,
+        error_message=parsed.error_message,
+        failure_class=None if parsed.failure_class is None else str(parsed.failure_class),
+    )
 
 
-def _refusal_text(code: rules.ReprocessRefusal, cb: ProviderCallback, parked: ParkedCallback | None,
-                  upstream: str | None) -> str:
+def _refusal_text(
+    code: rules.ReprocessRefusal, cb: ProviderCallback, parked: ParkedCallback | None, upstream: str | None
+) -> str:
     if code == rules.ReprocessRefusal.NOT_PARKED:
-        return (f"callback #{cb.id} is {cb.outcome}, not parked: only a callback that waited for its task "
-                "is re-processed (a rejected or malformed one never is)")
+        return (
+            f"callback #{cb.id} is {cb.outcome}, not parked: only a callback that waited for its task "
+            "is re-processed (a rejected or malformed one never is)"
+        )
     hint = ""
     if parked is not None and parked.task_ref:
-        hint = (f"; its reference names {parked.task_ref}: once that task is stuck waiting, Re-check upstream "
-                "(or `recover`) adopts this upstream id and applies the callback")
-    return (f"no task holds upstream id {upstream} at {cb.provider} yet: callback #{cb.id} stays parked and is "
-            f"applied when a task takes that id{hint}")
+        hint = (
+            f"; its reference names {parked.task_ref}: once that task is stuck waiting, Re-check upstream "
+            "(or `recover`) adopts this upstream id and applies the callback"
+        )
+    return (
+        f"no task holds upstream id {upstream} at {cb.provider} yet: callback #{cb.id} stays parked and is "
+        f"applied when a task takes that id{hint}"
+    )

@@ -50,15 +50,17 @@ TWIN_SCAN = 1000  # running tasks of the user read to find a same-model, same-pr
 
 def rerun_refusal(svc: LifecycleService, tx: Any, task: Task) -> Refusal | None:
     """Why support may not re-run `task` now, or None (rules.rerun_refusal over the store's facts)."""
-    twins = tuple(t.id for t in tx.user_tasks(task.user_id, statuses=ACTIVE, limit=TWIN_SCAN)
-                  if t.id != task.id and t.model == task.model and t.prompt == task.prompt)
+    twins = tuple(
+        t.id
+        for t in tx.user_tasks(task.user_id, statuses=ACTIVE, limit=TWIN_SCAN)
+        if t.id != task.id and t.model == task.model and t.prompt == task.prompt
+    )
     facts = rules.RerunFacts(task.status, tuple(sorted(twins)), task.provider in svc.providers)
     code = rules.rerun_refusal(facts)
     return None if code is None else Refusal(code, rules.rerun_refusal_text(code, facts, task.provider))
 
 
-def support_rerun(svc: LifecycleService, task_id: int, operator: str, reason: str, *,
-                  courtesy: bool = False) -> Task:
+def support_rerun(svc: LifecycleService, task_id: int, operator: str, reason: str, *, courtesy: bool = False) -> Task:
     """A new task with the original's request, linked to it both ways, submitted as `submit` does;
     returns it as it stands after submission (GENERATING, or FAILED as the lifecycle decided).
     Raises ActionRefused (rules.RerunRefusal, SupportRefusal), NotFound."""
@@ -66,8 +68,9 @@ def support_rerun(svc: LifecycleService, task_id: int, operator: str, reason: st
     svc = svc._tx(lambda tx: svc._acting(tx, task_id))  # on the clock of an operator's act (clock.act_time)
     original = svc.task(task_id)
     try:
-        req = validate(svc.catalog, {"model": original.model, "prompt": original.prompt,
-                                     "params": dict(original.params or {})})
+        req = validate(
+            svc.catalog, {"model": original.model, "prompt": original.prompt, "params": dict(original.params or {})}
+        )
     except ValidationError as exc:
         code = rules.RerunRefusal.REQUEST_INVALID
         said = rules.rerun_refusal_text(code, rules.RerunFacts(original.status, (), True))
@@ -78,11 +81,19 @@ def support_rerun(svc: LifecycleService, task_id: int, operator: str, reason: st
     new = svc._refused_or(svc._tx(lambda tx: _create(svc, tx, task_id, req, credits, operator, reason, courtesy)))
     if not svc._tx(lambda tx: _charge(svc, tx, new.id, courtesy)):  # 3. spend before submission
         return svc.task(new.id)
-    return svc._submit_upstream(new.id, new)                          # 4. provider job, GENERATING
+    return svc._submit_upstream(new.id, new)  # 4. provider job, GENERATING
 
 
-def _create(svc: LifecycleService, tx: Any, task_id: int, req: NormalizedRequest, credits: int, operator: str,
-            reason: str, courtesy: bool) -> Task | Refusal:
+def _create(
+    svc: LifecycleService,
+    tx: Any,
+    task_id: int,
+    req: NormalizedRequest,
+    credits: int,
+    operator: str,
+    reason: str,
+    courtesy: bool,
+) -> Task | Refusal:
     """Step 2 for a re-run, with the refusal decided under the original's row lock (two operators
     re-running one task: the second finds the first's new task running and is refused)."""
     original = svc._task_in(tx, task_id, for_update=True)
@@ -93,8 +104,14 @@ def _create(svc: LifecycleService, tx: Any, task_id: int, req: NormalizedRequest
     new = svc._create(tx, original.user_id, req, credits, None, rerun_of=original.id)
     svc._event(tx, new.id, EventKind.RERUN_OF, original_task_id=original.id, courtesy=courtesy)
     svc._event(tx, original.id, EventKind.RERUN, rerun_task_id=new.id, courtesy=courtesy)
-    svc._support_event(tx, task_id, operator, ACTION, reason,
-                       f"re-run as task #{new.id}" + (" (courtesy: its charge refunded at once)" if courtesy else ""))
+    svc._support_event(
+        tx,
+        task_id,
+        operator,
+        ACTION,
+        reason,
+        f"re-run as task #{new.id}" + (" (courtesy: its charge refunded at once)" if courtesy else ""),
+    )
     return new
 
 
@@ -105,9 +122,17 @@ def _charge(svc: LifecycleService, tx: Any, task_id: int, courtesy: bool) -> boo
     if courtesy:
         task = tx.get_task(task_id)
         charge = tx.entry(consume_key(task_id))
-        res = tx.post(task.user_id, EntryType.REFUND, -charge.amount, refund_key(task_id), svc._now(),
-                      task_id=task_id, chat_message_id=task.chat_message_id, support=True,
-                      note=f"courtesy re-run of task #{task.rerun_of}: charge refunded by support")
+        res = tx.post(
+            task.user_id,
+            EntryType.REFUND,
+            -charge.amount,
+            refund_key(task_id),
+            svc._now(),
+            task_id=task_id,
+            chat_message_id=task.chat_message_id,
+            support=True,
+            note=f"courtesy re-run of task #{task.rerun_of}: charge refunded by support",
+        )
         if res.created:
             svc._event(tx, task_id, EventKind.REFUNDED, amount=-charge.amount, reason="courtesy")
     return True
@@ -117,8 +142,13 @@ def reruns_of(bind: Bind, task_id: int) -> list[dict[str, Any]]:
     """The tasks re-run from `task_id`, oldest first (id, status, created_at)."""
     t = ai_task.c
     with connect(bind) as conn:
-        return rows(conn.execute(select(t.id, t.status, t.created_at, t.reserved_credits)
-                                 .where(t.rerun_of == int(task_id)).order_by(t.id)))
+        return rows(
+            conn.execute(
+                select(t.id, t.status, t.created_at, t.reserved_credits)
+                .where(t.rerun_of == int(task_id))
+                .order_by(t.id)
+            )
+        )
 
 
 def describe_rerun(svc: LifecycleService, original_id: int, task: Task) -> dict[str, Any]:
@@ -132,15 +162,29 @@ def describe_rerun(svc: LifecycleService, original_id: int, task: Task) -> dict[
     courtesy = rules.courtesy_refund(bool(refunds) and all(e.support for e in refunds), task.rerun_of is not None)
     head = f"task #{task.id}, a re-run of task #{original_id}"
     if task.error_code == "insufficient_credits":
-        text = (f"{head}, failed for credits ({task.error_message}): nothing was charged, and the user was "
-                "told they need more credits")
+        text = (
+            f"{head}, failed for credits ({task.error_message}): nothing was charged, and the user was "
+            "told they need more credits"
+        )
     elif task.status == "FAILED":
-        money = (f"its {charged} credits were refunded" + (" at once (courtesy)" if courtesy else " by policy")
-                 if refunded else f"its {charged} credits were kept under the policy" if charged else "nothing was charged")
+        money = (
+            f"its {charged} credits were refunded" + (" at once (courtesy)" if courtesy else " by policy")
+            if refunded
+            else f"its {charged} credits were kept under the policy"
+            if charged
+            else "nothing was charged"
+        )
         text = f"{head}, failed ({task.error_code}: {task.error_message}); {money}"
     else:
         money = f"charged {charged} credits" + (", refunded at once (courtesy)" if courtesy else " by the policy")
         where = f" at {task.provider} (upstream id {task.upstream_task_id})" if task.upstream_task_id else ""
         text = f"{head}, is {task.status}{where}; {money}"
-    return {"task_id": task.id, "rerun_of": original_id, "status": str(task.status), "charged": charged,
-            "refunded": refunded, "courtesy": courtesy, "text": text[0].upper() + text[1:] + "."}
+    return {
+        "task_id": task.id,
+        "rerun_of": original_id,
+        "status": str(task.status),
+        "charged": charged,
+        "refunded": refunded,
+        "courtesy": courtesy,
+        "text": text[0].upper() + text[1:] + ".",
+    }

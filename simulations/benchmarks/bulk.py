@@ -86,7 +86,9 @@ def bulk(url: str) -> dict[str, Any]:
             out["execute_refund"] = {"refused": out["dry_run_refund_failed"]["refused"]}
         else:
             t0, c0 = time.perf_counter(), time.process_time()
-            r = bulk_actions.execute(svc, engine, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
+            r = bulk_actions.execute(
+                svc, engine, "refund", flt, operator="bench", reason="bulk benchmark", name="bench"
+            )
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             out["execute_refund"] = {
                 "matched": r.matched,
@@ -99,7 +101,9 @@ def bulk(url: str) -> dict[str, Any]:
                 "tasks_per_cpu_s": round(r.matched / dc, 1) if dc else None,
             }
             t0 = time.perf_counter()
-            again = bulk_actions.execute(svc, engine, "refund", flt, operator="bench", reason="bulk benchmark", name="bench")
+            again = bulk_actions.execute(
+                svc, engine, "refund", flt, operator="bench", reason="bulk benchmark", name="bench"
+            )
             out["execute_again"] = {
                 "acted": again.acted,
                 "refused": again.refused,

@@ -62,9 +62,14 @@ def _arguments(b: argparse.ArgumentParser) -> None:
     )
     b.add_argument("--dbs", default="sqlite,postgres", help="with --growth: sqlite, postgres or both")
     b.add_argument("--jobs", type=int, default=40, help="with --engine: jobs in the sweep (default 40)")
-    b.add_argument("--import", dest="import_tasks", type=number("tasks"), metavar="N",
-                   help="instead: build a ShipAny-style SQLite source of N tasks and time `import shipany` of it "
-                        "into SQLite, then an incremental import of 1%% new tasks")
+    b.add_argument(
+        "--import",
+        dest="import_tasks",
+        type=number("tasks"),
+        metavar="N",
+        help="instead: build a ShipAny-style SQLite source of N tasks and time `import shipany` of it "
+        "into SQLite, then an incremental import of 1%% new tasks",
+    )
     b.add_argument("--child", choices=lifecycle.MODES, help=argparse.SUPPRESS)
     b.add_argument("--workdir", help=argparse.SUPPRESS)
 

@@ -30,13 +30,14 @@ from ..shipany_shape import ShipAnyWriter, create_schema
 T0 = datetime(2026, 1, 1)
 SPAN = timedelta(days=60)
 MEDIA = (("image", 0.6, 4), ("video", 0.2, 20), ("music", 0.12, 8), ("speech", 0.05, 2), ("text", 0.03, 1))
-INDEXES = ("CREATE INDEX ix_ai_task_updated ON ai_task (updated_at)",
-           "CREATE INDEX ix_credit_user ON credit (user_id, created_at)",
-           "CREATE INDEX ix_credit_updated ON credit (updated_at)")
+INDEXES = (
+    "CREATE INDEX ix_ai_task_updated ON ai_task (updated_at)",
+    "CREATE INDEX ix_credit_user ON credit (user_id, created_at)",
+    "CREATE INDEX ix_credit_updated ON credit (updated_at)",
+)
 
 
-def _user_story(w: ShipAnyWriter, rng: random.Random, i: int, n_tasks: int, start: datetime,
-                end: datetime) -> None:
+def _user_story(w: ShipAnyWriter, rng: random.Random, i: int, n_tasks: int, start: datetime, end: datetime) -> None:
     joined = start + timedelta(seconds=rng.random() * (end - start).total_seconds() * 0.5)
     uid = w.add_user(f"User {i}", f"user{i}@example.com", joined)
     w.grant(uid, 50, "gift", joined, joined + timedelta(days=14))
@@ -52,8 +53,17 @@ def _user_story(w: ShipAnyWriter, rng: random.Random, i: int, n_tasks: int, star
                 break
         if w.balance(uid, at) < cost:
             w.grant(uid, 500, "payment", at - timedelta(seconds=1))
-        tid = w.generate(uid, media_type=media, provider="lumen", model=f"{media}-v1", prompt=f"prompt {i}-{k}",
-                         options={"seed": k}, cost=cost, at=at, upstream_id=f"up-{i}-{k}")
+        tid = w.generate(
+            uid,
+            media_type=media,
+            provider="lumen",
+            model=f"{media}-v1",
+            prompt=f"prompt {i}-{k}",
+            options={"seed": k},
+            cost=cost,
+            at=at,
+            upstream_id=f"up-{i}-{k}",
+        )
         done = at + timedelta(seconds=20 + rng.random() * 300)
         if done > end:
             continue  # still processing
@@ -116,14 +126,23 @@ def _child_import(source: Path, into: Path) -> dict[str, Any]:
     started = time.perf_counter()
     cpu0 = time.process_time()
     summary = import_shipany(f"sqlite:///{source}", f"sqlite:///{into}")
-    return {"wall_s": round(time.perf_counter() - started, 2), "cpu_s": round(time.process_time() - cpu0, 2),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "read": dict(summary.read), "written": dict(summary.written), "updated": dict(summary.updated)}
+    return {
+        "wall_s": round(time.perf_counter() - started, 2),
+        "cpu_s": round(time.process_time() - cpu0, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "read": dict(summary.read),
+        "written": dict(summary.written),
+        "updated": dict(summary.updated),
+    }
 
 
 def _run_child(source: Path, into: Path) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "simulations.benchmarks.shipany_import", "--child", str(source), str(into)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "simulations.benchmarks.shipany_import", "--child", str(source), str(into)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -140,18 +159,26 @@ def bench_import(tasks: int, workdir: str | None = None) -> dict[str, Any]:
         full = _run_child(source, into)
         added = change_one_percent(source, tasks)
         incremental = _run_child(source, into)
-        return {"tasks": tasks, "source_rows": counts, "source_build_s": round(made, 1), "import": full,
-                "incremental_new_tasks": added, "incremental": incremental}
+        return {
+            "tasks": tasks,
+            "source_rows": counts,
+            "source_build_s": round(made, 1),
+            "import": full,
+            "incremental_new_tasks": added,
+            "incremental": incremental,
+        }
 
 
 def render(r: dict[str, Any]) -> str:
     f, i = r["import"], r["incremental"]
-    return (f"ShipAny source: {r['source_rows']['ai_task']:,} tasks, {r['source_rows']['credit']:,} credit rows, "
-            f"{r['source_rows']['user']:,} users (built in {r['source_build_s']} s)\n"
-            f"import into SQLite: {f['wall_s']} s wall, {f['cpu_s']} CPU-s, peak RSS {f['peak_rss_mib']} MiB; "
-            f"wrote {f['written']}\n"
-            f"incremental import of {r['incremental_new_tasks']:,} new tasks: {i['wall_s']} s wall, "
-            f"{i['cpu_s']} CPU-s, peak RSS {i['peak_rss_mib']} MiB; read {i['read']}, wrote {i['written']}")
+    return (
+        f"ShipAny source: {r['source_rows']['ai_task']:,} tasks, {r['source_rows']['credit']:,} credit rows, "
+        f"{r['source_rows']['user']:,} users (built in {r['source_build_s']} s)\n"
+        f"import into SQLite: {f['wall_s']} s wall, {f['cpu_s']} CPU-s, peak RSS {f['peak_rss_mib']} MiB; "
+        f"wrote {f['written']}\n"
+        f"incremental import of {r['incremental_new_tasks']:,} new tasks: {i['wall_s']} s wall, "
+        f"{i['cpu_s']} CPU-s, peak RSS {i['peak_rss_mib']} MiB; read {i['read']}, wrote {i['written']}"
+    )
 
 
 if __name__ == "__main__":

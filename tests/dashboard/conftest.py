@@ -69,8 +69,11 @@ def open_page(monkeypatch):
 def _app_page_rows() -> list[tuple[str, str]]:
     """(file, title) of every page in app.py's PAGES, read from its source (importing app.py runs it)."""
     tree = ast.parse(APP.read_text(encoding="utf-8"))
-    rows = next(ast.literal_eval(node.value) for node in tree.body
-                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PAGES" for t in node.targets))
+    rows = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PAGES" for t in node.targets)
+    )
     return [(path, title) for path, title, *_rest in rows]
 
 
@@ -111,9 +114,11 @@ def support_events(url: str) -> list[tuple[int, dict]]:
     engine = db.make_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(select(schema.task_event.c.task_id, schema.task_event.c.detail)
-                                .where(schema.task_event.c.kind == "support_action")
-                                .order_by(schema.task_event.c.id)).all()
+            rows = conn.execute(
+                select(schema.task_event.c.task_id, schema.task_event.c.detail)
+                .where(schema.task_event.c.kind == "support_action")
+                .order_by(schema.task_event.c.id)
+            ).all()
     finally:
         engine.dispose()
     return [(r.task_id, r.detail) for r in rows]
@@ -139,8 +144,6 @@ def audit_runs(url: str) -> int:
 
 ROOT = APP.parent
 CHROMIUM = Path("/usr/bin/chromium")
-
-
 
 
 def _wait_healthy(base: str, proc: subprocess.Popen, limit_s: float = 60) -> None:
@@ -182,10 +185,27 @@ def serve(env_extra: dict[str, str], log: Path | None = None) -> Iterator[Served
         if key not in env_extra:
             env.pop(key, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
     base = Served(f"http://127.0.0.1:{port}")
     base.log = log
@@ -215,8 +235,10 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM),
-                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         yield b
         b.close()
 
@@ -240,8 +262,11 @@ def choose(page, label: str, option: str, *, exact: bool = True, timeout_s: floa
     while True:
         settle(page)
         page.get_by_role("combobox", name=label, exact=True).click()
-        offered = (page.get_by_role("option", name=option, exact=True) if exact
-                   else page.get_by_role("option").filter(has_text=option))
+        offered = (
+            page.get_by_role("option", name=option, exact=True)
+            if exact
+            else page.get_by_role("option").filter(has_text=option)
+        )
         try:
             offered.first.click(timeout=5_000)
             return

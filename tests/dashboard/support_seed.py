@@ -19,8 +19,17 @@ def support_seed(url: str) -> dict[str, int]:
     user = svc.create_account("vera@example.com", "Vera Ortiz", grant=100)
     failed = svc.submit(user.id, {**IMAGE, "prompt": "a lighthouse in a storm"})
     clock.advance(30)
-    svc.handle_callback("lumen", *callback(clock, failed.upstream_task_id, state="failed", msg_id="fail-1",
-                                           error_code="model_error", failure_class="provider"))
+    svc.handle_callback(
+        "lumen",
+        *callback(
+            clock,
+            failed.upstream_task_id,
+            state="failed",
+            msg_id="fail-1",
+            error_code="model_error",
+            failure_class="provider",
+        ),
+    )
     clock.advance(30)
     parked = svc.handle_callback("lumen", *callback(clock, "lumen-job-99", msg_id="early-99"))
     lonely = svc.handle_callback("lumen", *callback(clock, "lumen-job-404", msg_id="early-404"))

@@ -48,8 +48,10 @@ def test_malformed_secret_is_named():
 
 
 def test_operators_win_over_viewers_whichever_source_names_them():
-    both_ways = load_config({"RIVYA_VIEWERS": "ann:a1", "RIVYA_OPERATORS": "bob:b1"},
-                            {"access": {"operators": {"ann": "a2"}, "viewers": {"bob": "b2"}}})
+    both_ways = load_config(
+        {"RIVYA_VIEWERS": "ann:a1", "RIVYA_OPERATORS": "bob:b1"},
+        {"access": {"operators": {"ann": "a2"}, "viewers": {"bob": "b2"}}},
+    )
     assert both_ways.users["ann"][0] == Role.OPERATOR and both_ways.users["bob"][0] == Role.OPERATOR
     assert both_ways.authenticate("ann", "a2") == Role.OPERATOR  # the operator entry's password
     assert both_ways.authenticate("ann", "a1") is None
@@ -93,13 +95,21 @@ def test_signed_in_users_choose_among_the_offered_sources(homes, role):
     assert _choose("", role, cfg, homes) == homes["default"]
     assert _choose("team", role, cfg, homes) == "postgresql://reader@127.0.0.1:5432/team"
     assert _choose("postgresql+psycopg://reader@127.0.0.1:5432/team", role, cfg, homes).endswith("/team")
-    assert _choose(f"sqlite:///{homes['data'] / 'chaos.db'}", role, cfg, homes) == \
-        f"sqlite:///{(homes['data'] / 'chaos.db').resolve()}"
+    assert (
+        _choose(f"sqlite:///{homes['data'] / 'chaos.db'}", role, cfg, homes)
+        == f"sqlite:///{(homes['data'] / 'chaos.db').resolve()}"
+    )
     assert _choose(str(homes["runs"] / "r1.db"), role, cfg, homes).endswith("runs/r1.db")
-    refused = [f"sqlite:///{homes['elsewhere'] / 'secret.db'}", f"sqlite:///{homes['data'] / 'link.db'}",
-               f"sqlite:///{homes['data'] / 'runs' / '..' / '..' / 'elsewhere' / 'secret.db'}",
-               f"sqlite:///{homes['data'] / 'notes.txt'}", f"sqlite:///{homes['data'] / 'missing.db'}",
-               "postgresql://postgres@127.0.0.1:5432/test", "/etc/passwd", "nonsense://"]
+    refused = [
+        f"sqlite:///{homes['elsewhere'] / 'secret.db'}",
+        f"sqlite:///{homes['data'] / 'link.db'}",
+        f"sqlite:///{homes['data'] / 'runs' / '..' / '..' / 'elsewhere' / 'secret.db'}",
+        f"sqlite:///{homes['data'] / 'notes.txt'}",
+        f"sqlite:///{homes['data'] / 'missing.db'}",
+        "postgresql://postgres@127.0.0.1:5432/test",
+        "/etc/passwd",
+        "nonsense://",
+    ]
     for url in refused:
         with pytest.raises(SourceRefused) as err:
             _choose(url, role, cfg, homes)
@@ -108,17 +118,24 @@ def test_signed_in_users_choose_among_the_offered_sources(homes, role):
 
 
 def test_free_form_urls_only_for_operators_and_only_when_allowed(homes):
-    for cfg in (load_config({**SIGNED, "RIVYA_ALLOW_ANY_URL": "1"}),
-                load_config({}, {"access": {"operators": {"olga": "pw2"}, "allow_any_url": True}})):
+    for cfg in (
+        load_config({**SIGNED, "RIVYA_ALLOW_ANY_URL": "1"}),
+        load_config({}, {"access": {"operators": {"olga": "pw2"}, "allow_any_url": True}}),
+    ):
         assert _choose("postgresql://x@127.0.0.1/other", Role.OPERATOR, cfg, homes) == "postgresql://x@127.0.0.1/other"
         assert may_type_url(Role.OPERATOR, cfg) and not may_type_url(Role.VIEWER, cfg)
         with pytest.raises(SourceRefused, match="only an operator"):
             _choose("postgresql://x@127.0.0.1/other", Role.VIEWER, cfg, homes)
 
 
-@pytest.mark.parametrize("env, where", [({"RIVYA_DATA_SOURCES": "team=x"}, "RIVYA_DATA_SOURCES"),
-                                        ({"RIVYA_DATA_SOURCES": '{"team": 3}'}, "RIVYA_DATA_SOURCES.team"),
-                                        ({"RIVYA_ALLOW_ANY_URL": "maybe"}, "RIVYA_ALLOW_ANY_URL")])
+@pytest.mark.parametrize(
+    "env, where",
+    [
+        ({"RIVYA_DATA_SOURCES": "team=x"}, "RIVYA_DATA_SOURCES"),
+        ({"RIVYA_DATA_SOURCES": '{"team": 3}'}, "RIVYA_DATA_SOURCES.team"),
+        ({"RIVYA_ALLOW_ANY_URL": "maybe"}, "RIVYA_ALLOW_ANY_URL"),
+    ],
+)
 def test_malformed_source_settings_are_named(env, where):
     with pytest.raises(AccessConfigError, match=where):
         load_config(env)

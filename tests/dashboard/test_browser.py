@@ -137,8 +137,10 @@ def test_a_task_row_opens_the_inspector_in_the_same_tab_quickly(server, browser,
     page.screenshot(path=str(tmp_path_factory.mktemp("nav") / "inspector_from_table.png"), full_page=True)
     for name, times in (("task header shown", shown), ("page settled", settled)):
         times.sort()
-        print(f"\ntable -> inspector, {name} (s): median {times[len(times) // 2]:.2f}, "
-              f"min {times[0]:.2f}, max {times[-1]:.2f} over {len(times)}")
+        print(
+            f"\ntable -> inspector, {name} (s): median {times[len(times) // 2]:.2f}, "
+            f"min {times[0]:.2f}, max {times[-1]:.2f} over {len(times)}"
+        )
     context.close()
 
 

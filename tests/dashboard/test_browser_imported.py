@@ -60,7 +60,8 @@ def test_the_inspector_finds_a_task_by_its_original_id(imported_server, browser)
     search.fill(planted.refunded_after_expiry)
     search.press("Enter")
     header = page.locator("h2").first
-    expect(header).to_contain_text(f"Task #{ids[planted.refunded_after_expiry]} · original id "
-                                   f"{planted.refunded_after_expiry}", timeout=60_000)
+    expect(header).to_contain_text(
+        f"Task #{ids[planted.refunded_after_expiry]} · original id {planted.refunded_after_expiry}", timeout=60_000
+    )
     settle(page)
     expect(page.get_by_text("refunded onto a grant that had already expired").first).to_be_visible()

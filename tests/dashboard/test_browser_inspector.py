@@ -11,8 +11,18 @@ from tests.dashboard.conftest import choose, open_settled, settle, support_event
 
 pytestmark = pytest.mark.browser
 
-EVERY_PAGE = ["", "live_tasks", "task_inspector?task=1", "task_inspector?task=2", "checklist", "notifications",
-              "ledger", "refund_audit", "chat_settlement", "simulation_lab"]
+EVERY_PAGE = [
+    "",
+    "live_tasks",
+    "task_inspector?task=1",
+    "task_inspector?task=2",
+    "checklist",
+    "notifications",
+    "ledger",
+    "refund_audit",
+    "chat_settlement",
+    "simulation_lab",
+]
 
 
 def _tracebacks(log: str) -> list[str]:
@@ -50,14 +60,18 @@ def test_search_pick_the_second_result_then_act_lands_on_that_task(seeded_server
     assert button.is_visible()  # the button names the task it acts on
     button.click()
     page.wait_for_selector("text=refused", timeout=60_000)
-    assert page.locator('[data-testid="stAlert"]').filter(has_text="refused").first.inner_text().startswith(
-        "Issue the due refund on task #1 refused")
+    assert (
+        page.locator('[data-testid="stAlert"]')
+        .filter(has_text="refused")
+        .first.inner_text()
+        .startswith("Issue the due refund on task #1 refused")
+    )
     settle(page)
     page.wait_for_timeout(1000)
     assert page.locator('[data-testid="stAlert"]').filter(has_text="refused").first.is_visible()  # not in a hidden tab
     page.screenshot(path=str(served.log.parent / "inspector_action.png"), full_page=True)
 
-    new = support_events(url)[len(before):]
+    new = support_events(url)[len(before) :]
     assert [task for task, _ in new] == [1], new  # on the task shown, and on no other
     assert new[0][1]["action"] == "refund" and new[0][1]["operator"] == "Dana"
     assert _tracebacks(served.log_text()) == []
@@ -129,8 +143,9 @@ def test_search_pick_mark_failed_then_read_the_confirmation_and_what_the_custome
     assert verdict.locator('[data-testid="stAlertContentWarning"]').count() == 1
 
     page.get_by_role("tab", name="Support actions").click()
-    assert page.get_by_text("Your video from vid-pro could not be completed; your 50 credits were refunded.",
-                            exact=False).first.is_visible()  # who sees what, before acting
+    assert page.get_by_text(
+        "Your video from vid-pro could not be completed; your 50 credits were refunded.", exact=False
+    ).first.is_visible()  # who sees what, before acting
     page.get_by_text("Mark stuck task failed", exact=True).click()
     page.get_by_label("Operator name").fill("Dana")
     page.get_by_label("Reason (kept in the task's timeline)").fill("motion hang; upstream lost the job")
@@ -138,16 +153,20 @@ def test_search_pick_mark_failed_then_read_the_confirmation_and_what_the_custome
     page.wait_for_selector("text=The task is now FAILED", timeout=60_000)
     settle(page)
     done = page.locator('[data-testid="stAlert"]').filter(has_text="The task is now FAILED").first
-    assert done.inner_text().strip() == ("Mark stuck task failed on task #3: done. The task is now FAILED; "
-                                         "refunded 50 credits.")
+    assert done.inner_text().strip() == (
+        "Mark stuck task failed on task #3: done. The task is now FAILED; refunded 50 credits."
+    )
 
     page.get_by_role("tab", name="Notifications").click()
-    told = page.get_by_text("Your video from vid-pro could not be completed; your 50 credits were refunded.",
-                            exact=False)
+    told = page.get_by_text(
+        "Your video from vid-pro could not be completed; your 50 credits were refunded.", exact=False
+    )
     told.last.wait_for(timeout=30_000)
     panel = page.get_by_role("tabpanel", name="Notifications").inner_text()
     assert "Dana" not in panel and "hang" not in panel
     page.screenshot(path=str(served.log.parent / "inspector_mark_failed.png"), full_page=True)
-    new = support_events(url)[len(before):]
-    assert [(task, d["operator"], d["reason"]) for task, d in new] == [(3, "Dana", "motion hang; upstream lost the job")]
+    new = support_events(url)[len(before) :]
+    assert [(task, d["operator"], d["reason"]) for task, d in new] == [
+        (3, "Dana", "motion hang; upstream lost the job")
+    ]
     assert _tracebacks(served.log_text()) == []

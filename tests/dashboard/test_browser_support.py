@@ -54,8 +54,11 @@ def test_bulk_dry_run_execute_then_execute_again(seeded_server, browser, tmp_pat
     page.get_by_role("button", name="Dry run").click()
     page.wait_for_selector("text=Tasks matched", timeout=60_000)
     settle(page)
-    assert (_metric(page, "Tasks matched"), _metric(page, "Would act on"),
-            _metric(page, "Credits back to users")) == ("1", "1", "10")
+    assert (_metric(page, "Tasks matched"), _metric(page, "Would act on"), _metric(page, "Credits back to users")) == (
+        "1",
+        "1",
+        "10",
+    )
     assert support_events(url) == []
     page.get_by_role("textbox", name="Operator").fill("sam")
     page.get_by_role("textbox", name="Reason (kept on every task's timeline)").fill("pixa was down")
@@ -64,8 +67,10 @@ def test_bulk_dry_run_execute_then_execute_again(seeded_server, browser, tmp_pat
     page.get_by_role("button", name="Execute incident").click()
     page.wait_for_selector("text=1 acted on", timeout=60_000)
     settle(page)
-    assert "10 credits refunded on 1 task(s)" in page.locator('[data-testid="stAlert"]').filter(
-        has_text="1 acted on").first.inner_text()  # the money of the run
+    assert (
+        "10 credits refunded on 1 task(s)"
+        in page.locator('[data-testid="stAlert"]').filter(has_text="1 acted on").first.inner_text()
+    )  # the money of the run
     assert "never to the customers" in page.inner_text("body")  # the form says who sees what
     [(task_id, detail)] = support_events(url)
     assert task_id == 2 and detail["incident"] == 1 and detail["operator"] == "sam"

@@ -49,8 +49,10 @@ def canary():
 def hostile(canary: str, where: str) -> str:
     """Every way Markdown or HTML could make a browser fetch or link: images, links, autolinks,
     raw HTML, Streamlit's colour directive, LaTeX, an e-mail autolink, a line that starts a block."""
-    return (f"{where} ![i]({canary}/img/{where}) [click]({canary}/link/{where}) {canary}/bare/{where} "
-            f"<img src='{canary}/html/{where}'> :red[{where}] $x^2$ mail@canary.test\n# {where}")
+    return (
+        f"{where} ![i]({canary}/img/{where}) [click]({canary}/link/{where}) {canary}/bare/{where} "
+        f"<img src='{canary}/html/{where}'> :red[{where}] $x^2$ mail@canary.test\n# {where}"
+    )
 
 
 def _seed_hostile(url: str, canary: str) -> None:
@@ -59,20 +61,33 @@ def _seed_hostile(url: str, canary: str) -> None:
     engine = db.make_engine(url)
     with engine.begin() as conn:
         for uid in (1, 2):
-            conn.execute(update(schema.account).where(schema.account.c.id == uid).values(
-                name=h(f"name{uid}"), email=h(f"email{uid}")))
+            conn.execute(
+                update(schema.account)
+                .where(schema.account.c.id == uid)
+                .values(name=h(f"name{uid}"), email=h(f"email{uid}"))
+            )
         conn.execute(update(schema.ai_task).values(prompt=h("prompt"), upstream_task_id=h("upstream")))
-        conn.execute(update(schema.ai_task).where(schema.ai_task.c.id == 2).values(
-            error_code=h("code"), error_message=h("message")))
-        conn.execute(update(schema.ai_task).where(schema.ai_task.c.id == 1).values(
-            result_urls=[f"{canary}/result.png", f"javascript:fetch('{canary}/js')", h("result")]))
+        conn.execute(
+            update(schema.ai_task)
+            .where(schema.ai_task.c.id == 2)
+            .values(error_code=h("code"), error_message=h("message"))
+        )
+        conn.execute(
+            update(schema.ai_task)
+            .where(schema.ai_task.c.id == 1)
+            .values(result_urls=[f"{canary}/result.png", f"javascript:fetch('{canary}/js')", h("result")])
+        )
         conn.execute(update(schema.notification).values(title=h("title"), body=h("body")))
         conn.execute(update(schema.provider_callback).values(body=h("callback"), detail=h("detail")))
         at = datetime(2026, 4, 1, 12, 30)
-        conn.execute(insert(schema.chat_session).values(id=1, user_id=1, model="chat-s", title=h("session"),
-                                                        created_at=at))
-        conn.execute(insert(schema.chat_message).values(id=1, session_id=1, role="user", content=h("chat"),
-                                                        reserved_credits=0, status="settled", created_at=at))
+        conn.execute(
+            insert(schema.chat_session).values(id=1, user_id=1, model="chat-s", title=h("session"), created_at=at)
+        )
+        conn.execute(
+            insert(schema.chat_message).values(
+                id=1, session_id=1, role="user", content=h("chat"), reserved_credits=0, status="settled", created_at=at
+            )
+        )
     engine.dispose()
 
 
@@ -90,16 +105,30 @@ def open_server(hostile_db):
 
 @pytest.fixture(scope="module")
 def signed_server(hostile_db):
-    yield from serve({"RIVYA_DB_URL": hostile_db, "RIVYA_DEMO": "0", "RIVYA_OPERATORS": "olga:correct-horse",
-                       "RIVYA_VIEWERS": "vera:pw1"})
+    yield from serve(
+        {
+            "RIVYA_DB_URL": hostile_db,
+            "RIVYA_DEMO": "0",
+            "RIVYA_OPERATORS": "olga:correct-horse",
+            "RIVYA_VIEWERS": "vera:pw1",
+        }
+    )
 
 
 def _paths(canary: str) -> list[str]:
     db_param = quote(hostile(canary, "dbparam"), safe="")
     paths = [path for path, _title in app_pages()]
-    paths += ["task_inspector?task=1", "task_inspector?task=2", "task_inspector?task=" + quote(hostile(canary, "query")),
-              "ledger?user=1", "notifications?user=1", f"?db={db_param}", f"task_inspector?task=2&db={db_param}",
-              f"simulation_lab?db={db_param}", f"refund_audit?db={db_param}"]
+    paths += [
+        "task_inspector?task=1",
+        "task_inspector?task=2",
+        "task_inspector?task=" + quote(hostile(canary, "query")),
+        "ledger?user=1",
+        "notifications?user=1",
+        f"?db={db_param}",
+        f"task_inspector?task=2&db={db_param}",
+        f"simulation_lab?db={db_param}",
+        f"refund_audit?db={db_param}",
+    ]
     return paths
 
 
@@ -107,7 +136,9 @@ def _aimed_at(page, canary: str) -> list[str]:
     found = page.eval_on_selector_all(
         "a[href], img[src], [style*='url(']",
         "(els, c) => els.map(e => e.getAttribute('href') || e.getAttribute('src') || e.getAttribute('style'))"
-        ".filter(v => v && v.includes(c))", canary)
+        ".filter(v => v && v.includes(c))",
+        canary,
+    )
     return found
 
 

@@ -41,8 +41,9 @@ def test_dry_run_then_execute_then_execute_again(open_page, seeded_url):
 
 def test_viewers_dry_run_but_do_not_execute(open_page, seeded_url, monkeypatch):
     monkeypatch.setenv("RIVYA_VIEWERS", "vic:pw")
-    at = open_page(seeded_url, "pages/incidents.py", session={"user": "vic", "role": "viewer"},
-                   action="refund", provider="pixa")
+    at = open_page(
+        seeded_url, "pages/incidents.py", session={"user": "vic", "role": "viewer"}, action="refund", provider="pixa"
+    )
     assert not at.exception
     at.button(key="bulk_dry_run").click().run()
     assert metrics(at)["Would act on"] == "1"

@@ -111,8 +111,10 @@ def test_a_backtest_whose_self_check_fails_shows_as_failed_with_the_reason(tmp_p
     path = tmp_path / "tampered.db"
     run_scenario(load_scenario("lost_callbacks"), f"sqlite:///{path}", tasks=60)
     with sqlite3.connect(path) as conn:  # a charge one credit dearer than the recorded policy's price
-        conn.execute("update credit_ledger set amount = amount - 1, balance_after = balance_after - 1 "
-                     "where id = (select min(id) from credit_ledger where entry_type = 'consume')")
+        conn.execute(
+            "update credit_ledger set amount = amount - 1, balance_after = balance_after - 1 "
+            "where id = (select min(id) from credit_ledger where entry_type = 'consume')"
+        )
     monkeypatch.setenv("RIVYA_RUNS_DIR", str(tmp_path / "runs"))
     at = AppTest.from_file(str(ROOT / "pages" / "simulation_lab.py"), default_timeout=180)
     at.session_state["db_url"] = f"sqlite:///{path}"

@@ -37,7 +37,9 @@ def lab(tmp_path, monkeypatch, empty_url, open_page):
 
 
 def button(at: AppTest, label: str, key_prefix: str | None = None):
-    return next(b for b in at.button if b.label == label and (key_prefix is None or (b.key or "").startswith(key_prefix)))
+    return next(
+        b for b in at.button if b.label == label and (key_prefix is None or (b.key or "").startswith(key_prefix))
+    )
 
 
 def shown(at: AppTest) -> str:

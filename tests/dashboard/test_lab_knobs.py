@@ -18,8 +18,23 @@ from simulations.writer import read_sim_runs
 from tests.dashboard.test_lab_jobs import button, lab, wait_job  # noqa: F401  (lab: a fixture)
 from tests.dashboard.test_money_pages import ROOT, run_page
 
-FAULTS = ["early", "lost", "duplicate", "reorder", "forged", "stale", "malformed", "submit_refused",
-          "submit_error", "submit_timeout", "content_policy", "model_error", "upstream_timeout", "lost_job", "no_urls"]
+FAULTS = [
+    "early",
+    "lost",
+    "duplicate",
+    "reorder",
+    "forged",
+    "stale",
+    "malformed",
+    "submit_refused",
+    "submit_error",
+    "submit_timeout",
+    "content_policy",
+    "model_error",
+    "upstream_timeout",
+    "lost_job",
+    "no_urls",
+]
 
 
 def shown_knobs(at) -> dict:
@@ -32,8 +47,15 @@ def shown_knobs(at) -> dict:
 def file_knobs(name: str) -> dict:
     sc = load_scenario(name)
     want = {f.replace("_", " "): getattr(sc.farm, f) for f in FAULTS}
-    want.update({"Arrivals": sc.tasks or 500, "Seed": sc.seed, "Users": sc.population.users,
-                 "Callbacks on": sc.callbacks, "Users starting with almost no credits": sc.population.broke_fraction})
+    want.update(
+        {
+            "Arrivals": sc.tasks or 500,
+            "Seed": sc.seed,
+            "Users": sc.population.users,
+            "Callbacks on": sc.callbacks,
+            "Users starting with almost no credits": sc.population.broke_fraction,
+        }
+    )
     return want
 
 
@@ -72,9 +94,26 @@ def test_a_lab_run_with_untouched_knobs_matches_the_cli_fingerprint(lab):  # noq
         chat = chat_figures(ledger_sums(engine))
     finally:
         engine.dispose()
-    cli = subprocess.run([sys.executable, "-m", "simulations", "run", "lost_callbacks", "--seed", str(sc.seed),
-                          "--tasks", str(tasks), "--db", f"sqlite:///{lab.runs.parent / 'cli.db'}", "--json"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulations",
+            "run",
+            "lost_callbacks",
+            "--seed",
+            str(sc.seed),
+            "--tasks",
+            str(tasks),
+            "--db",
+            f"sqlite:///{lab.runs.parent / 'cli.db'}",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr
     assert ran["fingerprint"] == json.loads(cli.stdout)["fingerprint"]
 

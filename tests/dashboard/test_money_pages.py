@@ -28,10 +28,25 @@ def at(minutes: float) -> datetime:
 
 def _task(id_, user, status, credits, minutes, **kw):
     row = {
-        "id": id_, "user_id": user, "model": "flux-pro", "category": "image", "prompt": f"prompt {id_}", "params": {},
-        "status": status, "billing_type": "per_task", "reserved_credits": credits, "provider": "farm-a",
-        "upstream_task_id": f"up-{id_}", "created_at": at(minutes), "submitted_at": at(minutes), "check_attempts": 0,
-        "result_urls": None, "error_code": None, "failure_class": None, "settled_at": None, "chat_message_id": None,
+        "id": id_,
+        "user_id": user,
+        "model": "flux-pro",
+        "category": "image",
+        "prompt": f"prompt {id_}",
+        "params": {},
+        "status": status,
+        "billing_type": "per_task",
+        "reserved_credits": credits,
+        "provider": "farm-a",
+        "upstream_task_id": f"up-{id_}",
+        "created_at": at(minutes),
+        "submitted_at": at(minutes),
+        "check_attempts": 0,
+        "result_urls": None,
+        "error_code": None,
+        "failure_class": None,
+        "settled_at": None,
+        "chat_message_id": None,
         "finished_at": at(minutes + 2) if status in ("SUCCESS", "FAILED") else None,
     }
     row.update(kw)
@@ -40,8 +55,16 @@ def _task(id_, user, status, credits, minutes, **kw):
 
 def _entry(id_, user, kind, amount, after, minutes, task=None, msg=None):
     return {
-        "id": id_, "user_id": user, "entry_type": kind, "amount": amount, "balance_after": after, "task_id": task,
-        "chat_message_id": msg, "idempotency_key": f"k{id_}", "created_at": at(minutes), "note": kind,
+        "id": id_,
+        "user_id": user,
+        "entry_type": kind,
+        "amount": amount,
+        "balance_after": after,
+        "task_id": task,
+        "chat_message_id": msg,
+        "idempotency_key": f"k{id_}",
+        "created_at": at(minutes),
+        "note": kind,
     }
 
 
@@ -50,41 +73,104 @@ def seed(url: str):
     engine = create_engine(url)
     metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(insert(account), [
-            {"id": 1, "email": "alice@example.com", "name": "Alice Doe", "created_at": T0, "balance": 82},
-            {"id": 2, "email": "bob@example.com", "name": "Bob Roe", "created_at": T0, "balance": 0},
-        ])
-        conn.execute(insert(ai_task), [
-            _task(1, 1, "SUCCESS", 10, 1, result_urls=["https://cdn/x.png"], settled_at=at(3)),
-            _task(2, 1, "FAILED", 20, 4, error_code="provider_error", failure_class="provider"),
-            _task(3, 2, "FAILED", 50, 5, error_code="provider_error", failure_class="provider"),
-            _task(4, 1, "GENERATING", 0, 9, chat_message_id=1, billing_type="tool"),
-        ])
-        conn.execute(insert(credit_ledger), [
-            _entry(1, 1, "grant", 100, 100, 0),
-            _entry(2, 1, "consume", -10, 90, 1, task=1),
-            _entry(3, 1, "consume", -20, 70, 4, task=2),
-            _entry(4, 1, "refund", 20, 90, 6, task=2),
-            _entry(5, 1, "chat_reserve", -12, 78, 8, msg=1),
-            _entry(6, 1, "chat_refund", 4, 82, 10, msg=1),
-            _entry(7, 2, "grant", 50, 50, 0),
-            _entry(8, 2, "consume", -50, 0, 5, task=3),
-        ])
-        conn.execute(insert(chat_session), [{"id": 1, "user_id": 1, "model": "chat-small", "title": "Help", "created_at": at(7)}])
-        conn.execute(insert(chat_message), [
-            {"id": 1, "session_id": 1, "role": "assistant", "content": "hi", "prompt_tokens": 10, "completion_tokens": 5,
-                 "reserved_credits": 12, "charged_credits": 8, "status": "settled", "created_at": at(8), "settled_at": at(10)},
-            {"id": 2, "session_id": 1, "role": "assistant", "content": "more", "prompt_tokens": 10, "completion_tokens": None,
-                 "reserved_credits": 6, "charged_credits": None, "status": "reserved", "created_at": at(11), "settled_at": None},
-        ])
-        conn.execute(insert(notification), [
-            {"id": 1, "user_id": 1, "task_id": 1, "kind": "generation_success", "title": "Done", "body": "b", "created_at": at(3),
-                 "read_at": None},
-            {"id": 2, "user_id": 1, "task_id": 2, "kind": "generation_failed", "title": "Failed", "body": "b", "created_at": at(6),
-                 "read_at": at(7)},
-            {"id": 3, "user_id": 2, "task_id": 3, "kind": "generation_failed", "title": "Failed", "body": "b", "created_at": at(7),
-                 "read_at": None},
-        ])
+        conn.execute(
+            insert(account),
+            [
+                {"id": 1, "email": "alice@example.com", "name": "Alice Doe", "created_at": T0, "balance": 82},
+                {"id": 2, "email": "bob@example.com", "name": "Bob Roe", "created_at": T0, "balance": 0},
+            ],
+        )
+        conn.execute(
+            insert(ai_task),
+            [
+                _task(1, 1, "SUCCESS", 10, 1, result_urls=["https://cdn/x.png"], settled_at=at(3)),
+                _task(2, 1, "FAILED", 20, 4, error_code="provider_error", failure_class="provider"),
+                _task(3, 2, "FAILED", 50, 5, error_code="provider_error", failure_class="provider"),
+                _task(4, 1, "GENERATING", 0, 9, chat_message_id=1, billing_type="tool"),
+            ],
+        )
+        conn.execute(
+            insert(credit_ledger),
+            [
+                _entry(1, 1, "grant", 100, 100, 0),
+                _entry(2, 1, "consume", -10, 90, 1, task=1),
+                _entry(3, 1, "consume", -20, 70, 4, task=2),
+                _entry(4, 1, "refund", 20, 90, 6, task=2),
+                _entry(5, 1, "chat_reserve", -12, 78, 8, msg=1),
+                _entry(6, 1, "chat_refund", 4, 82, 10, msg=1),
+                _entry(7, 2, "grant", 50, 50, 0),
+                _entry(8, 2, "consume", -50, 0, 5, task=3),
+            ],
+        )
+        conn.execute(
+            insert(chat_session), [{"id": 1, "user_id": 1, "model": "chat-small", "title": "Help", "created_at": at(7)}]
+        )
+        conn.execute(
+            insert(chat_message),
+            [
+                {
+                    "id": 1,
+                    "session_id": 1,
+                    "role": "assistant",
+                    "content": "hi",
+                    "prompt_tokens": 10,
+                    "completion_tokens": 5,
+                    "reserved_credits": 12,
+                    "charged_credits": 8,
+                    "status": "settled",
+                    "created_at": at(8),
+                    "settled_at": at(10),
+                },
+                {
+                    "id": 2,
+                    "session_id": 1,
+                    "role": "assistant",
+                    "content": "more",
+                    "prompt_tokens": 10,
+                    "completion_tokens": None,
+                    "reserved_credits": 6,
+                    "charged_credits": None,
+                    "status": "reserved",
+                    "created_at": at(11),
+                    "settled_at": None,
+                },
+            ],
+        )
+        conn.execute(
+            insert(notification),
+            [
+                {
+                    "id": 1,
+                    "user_id": 1,
+                    "task_id": 1,
+                    "kind": "generation_success",
+                    "title": "Done",
+                    "body": "b",
+                    "created_at": at(3),
+                    "read_at": None,
+                },
+                {
+                    "id": 2,
+                    "user_id": 1,
+                    "task_id": 2,
+                    "kind": "generation_failed",
+                    "title": "Failed",
+                    "body": "b",
+                    "created_at": at(6),
+                    "read_at": at(7),
+                },
+                {
+                    "id": 3,
+                    "user_id": 2,
+                    "task_id": 3,
+                    "kind": "generation_failed",
+                    "title": "Failed",
+                    "body": "b",
+                    "created_at": at(7),
+                    "read_at": None,
+                },
+            ],
+        )
     return engine
 
 
@@ -126,8 +212,7 @@ def test_ledger_page_paginates_and_filters(engine):
 
 def test_chat_credits(engine):
     c = lv.chat_credits(engine)
-    assert c == {"messages": 2, "reserved": 18, "charged": 8, "refunded": 4, "open_reservations": 1,
-                 "open_credits": 6}
+    assert c == {"messages": 2, "reserved": 18, "charged": 8, "refunded": 4, "open_reservations": 1, "open_credits": 6}
     assert lv.chat_credits(engine, user_id=2)["messages"] == 0
 
 
@@ -291,8 +376,9 @@ def test_chat_settlement_page(seeded_url):
     assert tool["task"].tolist() == ["#4"]  # selecting the row opens task 4 in the inspector, same tab
 
 
-@pytest.mark.parametrize("page", ["ledger.py", "refund_audit.py", "notifications.py", "chat_settlement.py",
-                                  "simulation_lab.py"])
+@pytest.mark.parametrize(
+    "page", ["ledger.py", "refund_audit.py", "notifications.py", "chat_settlement.py", "simulation_lab.py"]
+)
 def test_page_on_empty_and_bad_database(page, empty_url):
     assert run_page(page, empty_url).main  # renders with a message, no exception
     at = run_page(page, BAD_URL)

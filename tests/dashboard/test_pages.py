@@ -9,8 +9,10 @@ import pytest
 from rivya_core.domain import SupportAction
 from tests.dashboard.conftest import PAGE_TITLES, metrics, texts
 
-PAGES = {p: PAGE_TITLES[p] for p in ("pages/overview.py", "pages/live_tasks.py", "pages/task_inspector.py",
-                                     "pages/checklist.py")}
+PAGES = {
+    p: PAGE_TITLES[p]
+    for p in ("pages/overview.py", "pages/live_tasks.py", "pages/task_inspector.py", "pages/checklist.py")
+}
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -116,8 +118,11 @@ def _by_label(elements, label):
 
 
 # The inspector's action radio offers SupportAction members under these words (pages/task_inspector.py)
-ACTION_BY_WORDS = {"Re-check upstream": SupportAction.RECHECK, "Issue the due refund": SupportAction.REFUND,
-                   "Mark stuck task failed": SupportAction.MARK_FAILED}
+ACTION_BY_WORDS = {
+    "Re-check upstream": SupportAction.RECHECK,
+    "Issue the due refund": SupportAction.REFUND,
+    "Mark stuck task failed": SupportAction.MARK_FAILED,
+}
 
 
 def _run_action(at, action: str, operator: str = "Dana", reason: str = "user asked"):
@@ -216,8 +221,9 @@ def test_a_stuck_waiting_task_of_the_demo_is_finished_by_the_inspectors_recheck(
     assert not at.exception
     assert f"Re-check upstream on task #{waiting}: done. The task is now FAILED; refunded " in texts(at)
     with engine.connect() as conn:
-        refunds = conn.scalar(text("select count(*) from credit_ledger where entry_type = 'refund' "
-                                   "and task_id = :t"), {"t": waiting})
+        refunds = conn.scalar(
+            text("select count(*) from credit_ledger where entry_type = 'refund' and task_id = :t"), {"t": waiting}
+        )
     engine.dispose()
     assert refunds == 1
 
@@ -233,8 +239,11 @@ def test_a_stuck_task_s_verdict_is_a_warning_even_when_every_item_reads_fine(ope
 
     engine = make_engine(seeded_url)
     with engine.begin() as conn:
-        conn.execute(insert(schema.task_event).values(task_id=3, at=T0 + timedelta(minutes=127), kind="poll",
-                                                      detail={"state": "running"}))
+        conn.execute(
+            insert(schema.task_event).values(
+                task_id=3, at=T0 + timedelta(minutes=127), kind="poll", detail={"state": "running"}
+            )
+        )
     engine.dispose()
     at = open_page(seeded_url, "pages/task_inspector.py", task="3")
     assert not at.exception
@@ -309,5 +318,7 @@ def test_the_confirmation_says_why_no_credits_went_back(open_page, seeded_url, m
     at = open_page(seeded_url, "pages/task_inspector.py", task="3")
     _run_action(at, "Mark stuck task failed")
     shown = texts(at).replace("`", "")  # the policy's name comes from a file: shown as plain text
-    assert ("Mark stuck task failed on task #3: done. The task is now FAILED; no refund: policy 'keep' keeps "
-            "credits for infrastructure failures.") in shown
+    assert (
+        "Mark stuck task failed on task #3: done. The task is now FAILED; no refund: policy 'keep' keeps "
+        "credits for infrastructure failures."
+    ) in shown

@@ -33,9 +33,16 @@ def shown_table(element):
 def finish_active_tasks(url: str) -> None:
     engine = db.make_engine(url)
     with engine.begin() as conn:
-        conn.execute(update(schema.ai_task).where(schema.ai_task.c.id.in_([3, 4]))
-                     .values(status="FAILED", error_code="timeout", failure_class="infrastructure",
-                             finished_at=schema.ai_task.c.created_at))
+        conn.execute(
+            update(schema.ai_task)
+            .where(schema.ai_task.c.id.in_([3, 4]))
+            .values(
+                status="FAILED",
+                error_code="timeout",
+                failure_class="infrastructure",
+                finished_at=schema.ai_task.c.created_at,
+            )
+        )
     engine.dispose()
 
 
@@ -74,7 +81,8 @@ def test_live_ages_use_the_wall_clock_while_the_database_is_live(open_page, seed
 def test_event_details_read_as_a_sentence():
     assert reports.describe_detail({"outcome": "applied", "attempt": 2}) == "outcome: applied · attempt: 2"
     assert reports.describe_detail({"result_urls": ["a", "b"], "error_code": None}) == (
-        "result urls: a, b · error code: —")
+        "result urls: a, b · error code: —"
+    )
     assert reports.describe_detail({}) == "—" and reports.describe_detail(None) == "—"
 
 
@@ -107,20 +115,36 @@ def test_idle_live_tasks_says_so_and_starts_a_realtime_demo(open_page, seeded_ur
 
 
 def test_credit_breakdown_adds_up_to_the_balance():
-    by_type = {"grant": 100, "adjustment": 5, "consume": -30, "refund": 20, "chat_reserve": -12, "chat_refund": 4,
-               "chat_charge": -1}
+    by_type = {
+        "grant": 100,
+        "adjustment": 5,
+        "consume": -30,
+        "refund": 20,
+        "chat_reserve": -12,
+        "chat_refund": 4,
+        "chat_charge": -1,
+    }
     b = reports.credit_breakdown(by_type)
     # chat: 12 reserved + 1 overrun − 4 returned = 9 finally charged; reservations apart
-    assert (b["granted"], b["task_charged"], b["task_refunded"], b["chat_charged"], b["chat_reserved"],
-            b["chat_refunded"]) == (105, 30, 20, 9, 12, 4)
+    assert (
+        b["granted"],
+        b["task_charged"],
+        b["task_refunded"],
+        b["chat_charged"],
+        b["chat_reserved"],
+        b["chat_refunded"],
+    ) == (105, 30, 20, 9, 12, 4)
     assert b["granted"] - b["task_charged"] + b["task_refunded"] - b["chat_charged"] == b["balance"] == 86
     assert b["other"] == 0
     assert reports.credit_breakdown({"grant": 10, "bonus": 3})["other"] == 3
 
 
 def test_overview_credit_cards_add_up(open_page, seeded_url):
-    m = {k: int(v.replace(",", "")) for k, v in metrics(open_page(seeded_url)).items()
-         if k in ("Granted", "Charged for tasks", "Refunded for tasks", "Chat charged", "Left in balances")}
+    m = {
+        k: int(v.replace(",", ""))
+        for k, v in metrics(open_page(seeded_url)).items()
+        if k in ("Granted", "Charged for tasks", "Refunded for tasks", "Chat charged", "Left in balances")
+    }
     assert m["Granted"] - m["Charged for tasks"] + m["Refunded for tasks"] - m["Chat charged"] == m["Left in balances"]
 
 
@@ -145,8 +169,19 @@ def _record_run(url: str, policy_toml: str) -> None:
 
     engine = db.make_engine(url)
     toml = f"[scenario]\nseed = 7\ntasks = 4\n{policy_toml}"
-    write_sim_run(engine, {"scenario_name": "frugal", "scenario_toml": toml, "seed": 7, "tasks": 4,
-                           "fingerprint": "f" * 64, "started_at": T0, "finished_at": T0, "summary": {}})
+    write_sim_run(
+        engine,
+        {
+            "scenario_name": "frugal",
+            "scenario_toml": toml,
+            "seed": 7,
+            "tasks": 4,
+            "fingerprint": "f" * 64,
+            "started_at": T0,
+            "finished_at": T0,
+            "summary": {},
+        },
+    )
     engine.dispose()
 
 
@@ -228,7 +263,9 @@ def test_throughput_buckets_on_postgresql(pg_seeded):
     finally:
         engine.dispose()
     assert [(str(b), s, n) for b, s, n in flow[["bucket", "status", "tasks"]].itertuples(index=False)] == [
-        ("2026-04-01 12:02:00", "SUCCESS", 1), ("2026-04-01 12:07:00", "FAILED", 1)]
+        ("2026-04-01 12:02:00", "SUCCESS", 1),
+        ("2026-04-01 12:07:00", "FAILED", 1),
+    ]
 
 
 @pytest.mark.parametrize("page", ALL_PAGES)

@@ -25,7 +25,9 @@ def test_a_text_column_of_mixed_values_converts_to_arrow(values):
 
 
 def test_flags_read_as_words_and_configured_columns_are_left_alone():
-    frame = pd.DataFrame({"support": pd.Series([True, False], dtype=object), "raw": pd.Series([True, None], dtype=object)})
+    frame = pd.DataFrame(
+        {"support": pd.Series([True, False], dtype=object), "raw": pd.Series([True, None], dtype=object)}
+    )
     out = readable_frame(frame, skip={"raw"})
     assert list(out["support"]) == ["yes", "no"]
     assert out["raw"].iloc[0] is True

@@ -107,9 +107,15 @@ def test_open_mode_reads_any_database_and_says_it_is_local_only(open_page, seede
 
 # --- simulations: operators only, within quotas -------------------------------------------------
 
-WRITING_BUTTONS = {"Run in the background", "Start realtime run", "Compare in the background",
-                   "Sweep in the background", "Backtest in the background", "Delete older runs",
-                   "Start a realtime demo run"}
+WRITING_BUTTONS = {
+    "Run in the background",
+    "Start realtime run",
+    "Compare in the background",
+    "Sweep in the background",
+    "Backtest in the background",
+    "Delete older runs",
+    "Start a realtime demo run",
+}
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ def test_the_shipped_config_binds_localhost_only():
 def test_the_docs_say_how_to_serve_a_team_behind_the_login():
     doc = (ROOT / "docs" / "access.md").read_text(encoding="utf-8")
     assert "--server.address 0.0.0.0" in doc
-    team = doc[doc.index("--server.address 0.0.0.0") - 600:doc.index("--server.address 0.0.0.0") + 600]
+    team = doc[doc.index("--server.address 0.0.0.0") - 600 : doc.index("--server.address 0.0.0.0") + 600]
     assert "RIVYA_OPERATORS" in team and "TLS" in team
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "this machine only" in readme and "(docs/access.md)" in readme

@@ -33,8 +33,9 @@ def test_rerun_from_the_inspector_links_the_new_task(open_page, support_url):
     url, ids = support_url
     at = open_page(url, "pages/task_inspector.py", task=str(ids["failed"]))
     _labelled(at.text_input, "Re-run by (your name)").input("Dana")
-    _labelled(at.text_input, "Reason for the re-run (kept on the task's timeline, never shown to the user)") \
-        .input("Vera asked again")
+    _labelled(at.text_input, "Reason for the re-run (kept on the task's timeline, never shown to the user)").input(
+        "Vera asked again"
+    )
     _labelled(at.button, f"Re-run task #{ids['failed']} for the user").click().run()
     new_id = ids["holder"] + 1
     shown = texts(at)
@@ -52,8 +53,9 @@ def test_a_refused_rerun_says_why(open_page, support_url):
     url, ids = support_url
     at = open_page(url, "pages/task_inspector.py", task=str(ids["holder"]))  # still GENERATING
     _labelled(at.text_input, "Re-run by (your name)").input("Dana")
-    _labelled(at.text_input, "Reason for the re-run (kept on the task's timeline, never shown to the user)") \
-        .input("again")
+    _labelled(at.text_input, "Reason for the re-run (kept on the task's timeline, never shown to the user)").input(
+        "again"
+    )
     _labelled(at.button, f"Re-run task #{ids['holder']} for the user").click().run()
     assert "refused (`original_running`)" in texts(at) and any("still GENERATING" in t.value for t in at.text)
 

@@ -15,7 +15,9 @@ def _table(at, key="user_tasks_table"):
 def _mark_read(url, notification_task, at):
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("update notification set read_at = :at where task_id = :t"), {"at": at, "t": notification_task})
+        conn.execute(
+            text("update notification set read_at = :at where task_id = :t"), {"at": at, "t": notification_task}
+        )
     engine.dispose()
 
 
@@ -54,8 +56,11 @@ def test_inspector_answers_whether_the_outcome_was_seen(open_page, seeded_url):
     _mark_read(seeded_url, 2, "2026-04-01 12:10:00")
     at = open_page(seeded_url, "pages/task_inspector.py", task="2")
     assert not at.exception
-    assert any(t.value.startswith("Did the user see the outcome? Yes: the generation failed notification")
-               and "3 min later" in t.value for t in at.text)
+    assert any(
+        t.value.startswith("Did the user see the outcome? Yes: the generation failed notification")
+        and "3 min later" in t.value
+        for t in at.text
+    )
 
 
 def test_inspector_finds_a_chat_turn_by_user_and_answers_its_checklist(open_page, tmp_path):

@@ -18,8 +18,12 @@ def write_small_history(url: str) -> dict[str, int]:
     lumen = providers["lumen"]
     user = svc.create_account("ada@example.com", "Ada", grant=10).id
     ids = {}
-    for name, model, outcome in (("ok", "lumen-flash", "succeed"), ("content", "lumen-pro", "content"),
-                                 ("model_error", "lumen-flash", "provider"), ("refused", "lumen-pro", None)):
+    for name, model, outcome in (
+        ("ok", "lumen-flash", "succeed"),
+        ("content", "lumen-pro", "content"),
+        ("model_error", "lumen-flash", "provider"),
+        ("refused", "lumen-pro", None),
+    ):
         clock.advance(60)
         task = svc.submit(user, GenerationRequest(model, f"prompt {name}", {}))
         ids[name] = task.id

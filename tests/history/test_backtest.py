@@ -32,8 +32,11 @@ def _run_backtest(capsys, *argv) -> tuple[int, dict]:
 
 def test_known_policy_change_matches_the_hand_computed_figures(small_history, tmp_path, capsys):
     url, ids = small_history
-    cheap = _policy(tmp_path, "half_price_refund_all", 'price_multiplier = 0.5\n'
-                    'refund_classes = ["user", "provider", "infrastructure"]')
+    cheap = _policy(
+        tmp_path,
+        "half_price_refund_all",
+        'price_multiplier = 0.5\nrefund_classes = ["user", "provider", "infrastructure"]',
+    )
     code, rep = _run_backtest(capsys, "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy", cheap)
     assert code == 0
     k = {name: (v["a"], v["b"]) for name, v in rep["exact"]["kpis"].items()}
@@ -73,10 +76,13 @@ def test_self_check_fails_with_the_first_diverging_row_when_the_ledger_was_tampe
     url, ids = small_history
     path = url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
-        conn.execute("update credit_ledger set amount = amount - 1, balance_after = balance_after - 1 "
-                     "where entry_type = 'refund'")
-    code, rep = _run_backtest(capsys, "--db", url, "--policy", f"{POLICIES}/default.toml",
-                              "--policy", f"{POLICIES}/no_refunds.toml")
+        conn.execute(
+            "update credit_ledger set amount = amount - 1, balance_after = balance_after - 1 "
+            "where entry_type = 'refund'"
+        )
+    code, rep = _run_backtest(
+        capsys, "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy", f"{POLICIES}/no_refunds.toml"
+    )
     assert code == 1
     first = rep["self_check"]["first_diverging_rows"][0]
     assert first["recorded"]["entry_type"] == "refund" and first["recorded"]["amount"] == 1
@@ -86,8 +92,22 @@ def test_self_check_fails_with_the_first_diverging_row_when_the_ledger_was_tampe
 def test_bad_arguments_are_one_line(small_history, capsys):
     url, _ = small_history
     assert main(["backtest", "--db", url, "--policy", f"{POLICIES}/default.toml"]) == 2
-    assert main(["backtest", "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy",
-                 f"{POLICIES}/default.toml", "--since", "yesterday"]) == 2
+    assert (
+        main(
+            [
+                "backtest",
+                "--db",
+                url,
+                "--policy",
+                f"{POLICIES}/default.toml",
+                "--policy",
+                f"{POLICIES}/default.toml",
+                "--since",
+                "yesterday",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
 
@@ -95,8 +115,19 @@ def test_bad_arguments_are_one_line(small_history, capsys):
 def test_a_window_counts_only_its_tasks_and_still_checks_out(small_history, capsys):
     url, ids = small_history
     # tasks are created at 12:01, 12:02:30, 12:04, 12:05:30; the chat turn at 12:07
-    code, rep = _run_backtest(capsys, "--db", url, "--since", "2026-01-01T12:03", "--until", "2026-01-01T12:06",
-                              "--policy", f"{POLICIES}/default.toml", "--policy", f"{POLICIES}/no_refunds.toml")
+    code, rep = _run_backtest(
+        capsys,
+        "--db",
+        url,
+        "--since",
+        "2026-01-01T12:03",
+        "--until",
+        "2026-01-01T12:06",
+        "--policy",
+        f"{POLICIES}/default.toml",
+        "--policy",
+        f"{POLICIES}/no_refunds.toml",
+    )
     assert code == 0, rep["self_check"]
     assert rep["window"]["tasks"] == 2 and rep["window"]["chat_turns"] == 0
     assert rep["exact"]["kpis"]["charged"]["a"] == 2
@@ -107,8 +138,9 @@ def test_a_window_counts_only_its_tasks_and_still_checks_out(small_history, caps
 def test_self_check_on_every_shipped_scenario(scenario, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'run.db'}"
     run_scenario(load_scenario(scenario), url, tasks=250)
-    code, rep = _run_backtest(capsys, "--db", url, "--policy", f"{POLICIES}/default.toml",
-                              "--policy", f"{POLICIES}/premium_prices.toml")
+    code, rep = _run_backtest(
+        capsys, "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy", f"{POLICIES}/premium_prices.toml"
+    )
     assert rep["self_check"]["ok"], rep["self_check"]["first_diverging_rows"]
     assert code == 0
     assert rep["self_check"]["rows_compared"] > 0
@@ -117,8 +149,9 @@ def test_self_check_on_every_shipped_scenario(scenario, tmp_path, capsys):
 @pytest.mark.parametrize("scenario", ["credit_shortfall", "chaos"])
 def test_self_check_on_postgresql(scenario, pg_url, capsys):
     run_scenario(load_scenario(scenario), pg_url, tasks=250)
-    code, rep = _run_backtest(capsys, "--db", pg_url, "--policy", f"{POLICIES}/default.toml",
-                              "--policy", f"{POLICIES}/refund_everything.toml")
+    code, rep = _run_backtest(
+        capsys, "--db", pg_url, "--policy", f"{POLICIES}/default.toml", "--policy", f"{POLICIES}/refund_everything.toml"
+    )
     assert code == 0, rep["self_check"]["first_diverging_rows"]
     assert rep["exact"]["kpis"]["refunded"]["diff"] >= 0
 
@@ -127,8 +160,9 @@ def test_blocking_heavier_duplicates_blocks_only_warned_runs(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'chaos.db'}"
     run_scenario(load_scenario("chaos"), url, tasks=600)
     with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-        warned = conn.execute("select count(distinct task_id) from task_event where kind = 'duplicate_warning'"
-                              ).fetchone()[0]
+        warned = conn.execute(
+            "select count(distinct task_id) from task_event where kind = 'duplicate_warning'"
+        ).fetchone()[0]
     block = _policy(tmp_path, "block", 'duplicate_runs = "block"')
     code, rep = _run_backtest(capsys, "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy", block)
     assert code == 0 and warned > 0
@@ -155,21 +189,23 @@ def _write_skewed_history(url: str) -> None:
     catalog = default_catalog()
     providers = {name: FakeProvider(name) for name in catalog.providers()}
     ahead, behind = ManualClock(datetime(2026, 1, 1, 12, 10)), ManualClock(datetime(2026, 1, 1, 12, 5))
-    a, b = (LifecycleService(store, clock, providers, catalog, DEFAULT_POLICY,
-                             secrets={n: [SECRET] for n in providers}) for clock in (ahead, behind))
+    a, b = (
+        LifecycleService(store, clock, providers, catalog, DEFAULT_POLICY, secrets={n: [SECRET] for n in providers})
+        for clock in (ahead, behind)
+    )
     lumen = providers["lumen"]
-    user = a.create_account("ada@example.com", "Ada", grant=20).id            # 12:10, balance 20
-    flash = a.submit(user, GenerationRequest("lumen-flash", "first", {}))     # 12:10, 18
-    pro = b.submit(user, GenerationRequest("lumen-pro", "second", {}))        # 12:05 (id after 12:10), 12
+    user = a.create_account("ada@example.com", "Ada", grant=20).id  # 12:10, balance 20
+    flash = a.submit(user, GenerationRequest("lumen-flash", "first", {}))  # 12:10, 18
+    pro = b.submit(user, GenerationRequest("lumen-pro", "second", {}))  # 12:05 (id after 12:10), 12
     ahead.advance(60)
     lumen.fail(flash.upstream_task_id, "model_error", "provider")
-    a.recheck(flash.id)                                                       # 12:11 refund 2, 14
+    a.recheck(flash.id)  # 12:11 refund 2, 14
     behind.advance(30)
     lumen.fail(pro.upstream_task_id, "content_policy_violation", "user")
-    b.recheck(pro.id)                                                         # 12:05:30, kept
-    b.submit(user, GenerationRequest("lumen-pro", "third", {}))               # 12:05:30, 8
-    b.submit(user, GenerationRequest("lumen-pro", "fourth", {}))              # 12:05:30, 2
-    b.submit(user, GenerationRequest("lumen-pro", "fifth", {}))               # refused for credits (2 left)
+    b.recheck(pro.id)  # 12:05:30, kept
+    b.submit(user, GenerationRequest("lumen-pro", "third", {}))  # 12:05:30, 8
+    b.submit(user, GenerationRequest("lumen-pro", "fourth", {}))  # 12:05:30, 2
+    b.submit(user, GenerationRequest("lumen-pro", "fifth", {}))  # refused for credits (2 left)
     store.engine.dispose()
 
 
@@ -179,8 +215,9 @@ def test_self_check_passes_when_ledger_ids_and_timestamps_disagree(tmp_path, cap
     with sqlite3.connect(tmp_path / "skewed.db") as conn:  # the history really is out of order
         ids = [r[0] for r in conn.execute("select id from credit_ledger order by created_at, id")]
     assert ids != sorted(ids)
-    code, rep = _run_backtest(capsys, "--db", url, "--policy", f"{POLICIES}/default.toml",
-                              "--policy", f"{POLICIES}/refund_everything.toml")
+    code, rep = _run_backtest(
+        capsys, "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy", f"{POLICIES}/refund_everything.toml"
+    )
     assert rep["self_check"]["ok"], rep["self_check"]["first_diverging_rows"]
     assert code == 0
     k = rep["exact"]["kpis"]
@@ -190,14 +227,42 @@ def test_self_check_passes_when_ledger_ids_and_timestamps_disagree(tmp_path, cap
 
 def test_the_text_report_names_the_windows_dates(small_history, capsys):
     url, _ = small_history
-    assert main(["backtest", "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy",
-                 f"{POLICIES}/no_refunds.toml", "--exact-only"]) == 0
+    assert (
+        main(
+            [
+                "backtest",
+                "--db",
+                url,
+                "--policy",
+                f"{POLICIES}/default.toml",
+                "--policy",
+                f"{POLICIES}/no_refunds.toml",
+                "--exact-only",
+            ]
+        )
+        == 0
+    )
     head = capsys.readouterr().out.splitlines()[0]
     assert "start .. end" not in head
     # the small history: the grant at 12:00, the chat turn settled at 12:07:05
     assert "2026-01-01 12:00:00 to 2026-01-01 12:07:05 UTC (the whole history)" in head, head
-    assert main(["backtest", "--db", url, "--policy", f"{POLICIES}/default.toml", "--policy",
-                 f"{POLICIES}/no_refunds.toml", "--exact-only", "--since", "2026-01-01T12:03"]) == 0
+    assert (
+        main(
+            [
+                "backtest",
+                "--db",
+                url,
+                "--policy",
+                f"{POLICIES}/default.toml",
+                "--policy",
+                f"{POLICIES}/no_refunds.toml",
+                "--exact-only",
+                "--since",
+                "2026-01-01T12:03",
+            ]
+        )
+        == 0
+    )
     head = capsys.readouterr().out.splitlines()[0]
     assert "from 2026-01-01 12:03:00 (the window's start) to 2026-01-01 12:07:05 UTC (the latest record)" in head, head
 

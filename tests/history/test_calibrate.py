@@ -114,7 +114,9 @@ def test_the_written_scenario_runs_and_lands_near_the_history(known, capsys):
     assert main(["calibrate", "--db", url, "-o", str(out)]) == 2  # no overwrite without --force
     capsys.readouterr()
     doc = tomllib.loads(out.read_text())
-    assert abs(doc["scenario"]["tasks"] - 1800) <= 18  # a repeat of user, model and prompt within an hour reads as a retry
+    assert (
+        abs(doc["scenario"]["tasks"] - 1800) <= 18
+    )  # a repeat of user, model and prompt within an hour reads as a retry
     calibrated = load_scenario(out)
     again = run_scenario(calibrated, f"sqlite:///{tmp / 'again.db'}", seed=5)
     engine = open_reader(url)

@@ -31,7 +31,8 @@ def shortfall_db(tmp_path_factory):
 def _task_with(path, having: str) -> int:
     with sqlite3.connect(path) as conn:
         row = conn.execute(
-            "select task_id from task_event group by task_id having " + having + " order by task_id limit 1").fetchone()
+            "select task_id from task_event group by task_id having " + having + " order by task_id limit 1"
+        ).fetchone()
     assert row, f"no task with {having}"
     return row[0]
 
@@ -39,11 +40,11 @@ def _task_with(path, having: str) -> int:
 CASES = {
     "early then applied": "sum(kind = 'deferred') > 0 and sum(json_extract(detail, '$.outcome') = 'applied') > 0",
     "early, final lost, finished by re-check": "sum(kind = 'deferred') > 0 and sum(kind = 'callback') = 1 "
-                                              "and sum(kind = 'succeeded' and json_extract(detail, '$.path') = "
-                                              "'recheck') > 0",
+    "and sum(kind = 'succeeded' and json_extract(detail, '$.path') = "
+    "'recheck') > 0",
     "duplicate callback": "sum(json_extract(detail, '$.outcome') = 'duplicate') > 0",
     "callback lost, finished by polling": "sum(kind = 'submitted') > 0 and sum(kind = 'callback') = 0 "
-                                          "and sum(kind = 'poll') > 0 and sum(kind in ('succeeded', 'failed')) > 0",
+    "and sum(kind = 'poll') > 0 and sum(kind in ('succeeded', 'failed')) > 0",
     "refunded failure": "sum(kind = 'refunded') > 0",
 }
 
@@ -65,7 +66,8 @@ def test_fork_of_an_account_reproduces_its_chat_turns_tool_tasks_and_refusals(sh
         user = conn.execute(
             "select s.user_id from chat_message m join chat_session s on s.id = m.session_id "
             "join ai_task t on t.user_id = s.user_id and t.error_code = 'insufficient_credits' "
-            "group by s.user_id order by count(distinct m.id) desc limit 1").fetchone()[0]
+            "group by s.user_id order by count(distinct m.id) desc limit 1"
+        ).fetchone()[0]
     engine = open_reader(f"sqlite:///{shortfall_db}")
     try:
         story = fork_story(engine, user_id=user)
@@ -94,9 +96,12 @@ def test_the_cli_writes_a_story_that_run_accepts_and_refuses_to_overwrite(chaos_
 
 def test_qa_edits_one_line_and_the_story_answers_what_if(chaos_db, tmp_path):
     """'callback 30 s later': the task now finishes 30 s later, by the same callback."""
-    task = _task_with(chaos_db, "sum(kind = 'callback') = 1 and sum(json_extract(detail, '$.outcome') = 'applied') = 1 "
-                                "and sum(kind = 'succeeded') = 1 and sum(kind = 'deferred') = 0 "
-                                "and sum(kind = 'duplicate_warning') = 0")
+    task = _task_with(
+        chaos_db,
+        "sum(kind = 'callback') = 1 and sum(json_extract(detail, '$.outcome') = 'applied') = 1 "
+        "and sum(kind = 'succeeded') = 1 and sum(kind = 'deferred') = 0 "
+        "and sum(kind = 'duplicate_warning') = 0",
+    )
     engine = open_reader(f"sqlite:///{chaos_db}")
     try:
         recorded = task_timeline(engine, task)
@@ -105,9 +110,9 @@ def test_qa_edits_one_line_and_the_story_answers_what_if(chaos_db, tmp_path):
         engine.dispose()
     doc = tomllib.loads(text)
     cb = next(s for s in doc["script"] if s["action"] == "callback")
-    old_line = f"at = {cb['at']!r}\naction = \"callback\""
+    old_line = f'at = {cb["at"]!r}\naction = "callback"'
     assert old_line in text
-    edited = text.replace(old_line, f"at = {cb['at'] + 30.0!r}\naction = \"callback\"")
+    edited = text.replace(old_line, f'at = {cb["at"] + 30.0!r}\naction = "callback"')
     path = tmp_path / "later.toml"
     path.write_text(edited)
     url = f"sqlite:///{tmp_path / 'later.db'}"
@@ -130,8 +135,9 @@ def test_fork_from_postgresql_reproduces_an_early_callback_task(pg_url):
     engine = open_reader(pg_url)
     try:
         with engine.connect() as conn:
-            task = conn.execute(text("select task_id from task_event where kind = 'deferred' "
-                                     "order by task_id limit 1")).scalar()
+            task = conn.execute(
+                text("select task_id from task_event where kind = 'deferred' order by task_id limit 1")
+            ).scalar()
         assert task is not None
         story = fork_story(engine, task_id=task)
         assert any(ev.action == "callback_early" for ev in story.scenario.script)

@@ -23,14 +23,27 @@ def lost_db(tmp_path_factory):
 def test_a_shorter_video_timeout_changes_time_not_money_and_says_what_is_simulated(lost_db, tmp_path, capsys):
     short = tmp_path / "short.toml"
     short.write_text('[policy]\nname = "short_video_timeout"\ntimeout_s = {image = 900, video = 1200, audio = 1800}\n')
-    code = main(["backtest", "--db", f"sqlite:///{lost_db}", "--policy", "data/policies/default.toml",
-                 "--policy", str(short), "--json", "--resamples", "200"])
+    code = main(
+        [
+            "backtest",
+            "--db",
+            f"sqlite:///{lost_db}",
+            "--policy",
+            "data/policies/default.toml",
+            "--policy",
+            str(short),
+            "--json",
+            "--resamples",
+            "200",
+        ]
+    )
     rep = json.loads(capsys.readouterr().out)
     assert code == 0
     timing = rep["timing"]["kpis"]
     with sqlite3.connect(lost_db) as conn:
-        failed, timeouts = conn.execute("select count(*), sum(error_code = 'timeout') from ai_task "
-                                        "where status = 'FAILED'").fetchone()
+        failed, timeouts = conn.execute(
+            "select count(*), sum(error_code = 'timeout') from ai_task where status = 'FAILED'"
+        ).fetchone()
     # under the recorded policy the trace-driven re-run is the history
     assert timing["user_visible_failures"]["a"] == failed
     assert timing["timeouts"]["a"] == timeouts
@@ -46,6 +59,20 @@ def test_a_shorter_video_timeout_changes_time_not_money_and_says_what_is_simulat
 
 
 def test_exact_only_skips_the_re_run(lost_db, capsys):
-    assert main(["backtest", "--db", f"sqlite:///{lost_db}", "--policy", "data/policies/default.toml",
-                 "--policy", "data/policies/no_refunds.toml", "--json", "--exact-only"]) == 0
+    assert (
+        main(
+            [
+                "backtest",
+                "--db",
+                f"sqlite:///{lost_db}",
+                "--policy",
+                "data/policies/default.toml",
+                "--policy",
+                "data/policies/no_refunds.toml",
+                "--json",
+                "--exact-only",
+            ]
+        )
+        == 0
+    )
     assert "timing" not in json.loads(capsys.readouterr().out)

@@ -112,8 +112,9 @@ def test_a_sink_that_is_down_is_retried_with_a_bounded_backoff_and_tried_again_n
         s.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
     pauses = []
-    report = alert_push.push_alerts(store.engine, _found(svc, clock), down, attempts=3, backoff_s=(0.5, 2.0),
-                                    sleep=pauses.append)
+    report = alert_push.push_alerts(
+        store.engine, _found(svc, clock), down, attempts=3, backoff_s=(0.5, 2.0), sleep=pauses.append
+    )
     [n] = report.notices
     assert (n.delivered, n.attempts) == (False, 3) and "did not answer" in n.error and "127.0.0.1" not in n.error
     assert pauses == [0.5, 2.0]  # two pauses between three attempts, each as the backoff says
@@ -144,8 +145,9 @@ def test_a_sink_that_hangs_stops_at_the_deadline_and_the_rest_waits_for_the_next
     hang.listen(8)  # accepts connections into the backlog and never answers
     try:
         url = f"http://127.0.0.1:{hang.getsockname()[1]}/hook"
-        report = alert_push.push_alerts(store.engine, _found(svc, clock), url, timeout_s=0.2, attempts=5,
-                                        backoff_s=(0.05,), deadline_s=0.5)
+        report = alert_push.push_alerts(
+            store.engine, _found(svc, clock), url, timeout_s=0.2, attempts=5, backoff_s=(0.05,), deadline_s=0.5
+        )
         tried = [n for n in report.notices]
         assert tried and not any(n.delivered for n in tried) and all(n.attempts < 5 for n in tried)
         assert all("ReadTimeout" in (n.error or "") or "deadline" in (n.error or "") for n in tried)
@@ -223,8 +225,15 @@ def test_cli_alerts_prints_and_notifies_once(env, sink, db_url):
 
 @pytest.mark.slow  # a server's process: it must refuse before it listens
 def test_serve_refuses_an_alert_webhook_it_could_not_use(sqlite_url):
-    for extra in (["--alerts-notify", "ftp://127.0.0.1/x"], ["--alerts-notify", "http://127.0.0.1:9/x", "--poll-every", "0"]):
-        got = subprocess.run([sys.executable, "-m", "rivya_core", "serve", "--db", sqlite_url, "--port", "9", *extra],
-                             capture_output=True, text=True, timeout=60)
+    for extra in (
+        ["--alerts-notify", "ftp://127.0.0.1/x"],
+        ["--alerts-notify", "http://127.0.0.1:9/x", "--poll-every", "0"],
+    ):
+        got = subprocess.run(
+            [sys.executable, "-m", "rivya_core", "serve", "--db", sqlite_url, "--port", "9", *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert got.returncode == 2 and len(got.stderr.strip().splitlines()) == 1, got.stderr
         assert "127.0.0.1:9" not in got.stderr

@@ -33,8 +33,17 @@ def outage(db_url):
     for i in range(6):
         t = svc.submit(users[i % 3].id, {**IMAGE, "prompt": f"outage {i}"})
         klass = "provider" if i < 4 else "user"
-        svc.handle_callback("lumen", *callback(clock, t.upstream_task_id, state="failed", msg_id=f"f{i}",
-                                               error_code="model_error" if i < 4 else "nsfw", failure_class=klass))
+        svc.handle_callback(
+            "lumen",
+            *callback(
+                clock,
+                t.upstream_task_id,
+                state="failed",
+                msg_id=f"f{i}",
+                error_code="model_error" if i < 4 else "nsfw",
+                failure_class=klass,
+            ),
+        )
         failed.append(t.id)
     ok = svc.submit(users[0].id, {**IMAGE, "prompt": "fine"})
     svc.handle_callback("lumen", *callback(clock, ok.upstream_task_id, msg_id="ok"))
@@ -62,8 +71,16 @@ def test_execute_acts_through_support_actions_and_a_second_run_changes_nothing(o
     svc, clock, providers, store, failed, generating = outage
     flt = incidents.BulkFilter.parse(["provider=lumen", "status=FAILED"])
     seen = []
-    first = bulk.execute(svc, svc.store.engine, "refund", flt, operator="sam", reason="lumen outage", name="lumen 14:00",
-                         progress=lambda done, total: seen.append((done, total)))
+    first = bulk.execute(
+        svc,
+        svc.store.engine,
+        "refund",
+        flt,
+        operator="sam",
+        reason="lumen outage",
+        name="lumen 14:00",
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert (first.matched, first.acted, first.refused, first.skipped) == (6, 4, 2, 0)
     assert sorted(o.get("refusal", "") for o in first.outcomes) == ["", "", "", "", "policy_keeps", "policy_keeps"]
     assert first.credits_moved == 4 * svc.task(failed[0]).reserved_credits
@@ -74,15 +91,21 @@ def test_execute_acts_through_support_actions_and_a_second_run_changes_nothing(o
     assert all(e.detail["operator"] == "sam" and e.detail["reason"] == "lumen outage" for e in events)
     snap = store.snapshot()
 
-    again = bulk.execute(svc, svc.store.engine, "refund", flt, operator="sam", reason="lumen outage", name="lumen 14:00")
+    again = bulk.execute(
+        svc, svc.store.engine, "refund", flt, operator="sam", reason="lumen outage", name="lumen 14:00"
+    )
     assert again.incident_id == first.incident_id
     assert (again.acted, again.refused, again.skipped, again.credits_moved) == (0, 0, 6, 0)
     later = store.snapshot()
-    assert (len(later.events), len(later.ledger), later.accounts) == (len(snap.events), len(snap.ledger),
-                                                                     snap.accounts)
+    assert (len(later.events), len(later.ledger), later.accounts) == (len(snap.events), len(snap.ledger), snap.accounts)
     [row] = incidents.incidents(store.engine)
-    assert (row["name"], row["runs"], row["acted"], row["refused"], row["credits_moved"]) == \
-        ("lumen 14:00", 2, 4, 2, first.credits_moved)
+    assert (row["name"], row["runs"], row["acted"], row["refused"], row["credits_moved"]) == (
+        "lumen 14:00",
+        2,
+        4,
+        2,
+        first.credits_moved,
+    )
     assert row["scope"] == "provider=lumen, status=FAILED"
     assert bulk.plan(svc, svc.store.engine, "refund", flt, incident_id=first.incident_id).already_done == 6
     assert audit(store.engine, svc.policy, now=clock.now()).ok
@@ -90,11 +113,23 @@ def test_execute_acts_through_support_actions_and_a_second_run_changes_nothing(o
 
 def test_a_name_in_use_with_another_filter_is_refused(outage):
     svc, *_ = outage
-    bulk.execute(svc, svc.store.engine, "refund", incidents.BulkFilter(provider="lumen"), operator="sam", reason="r", name="inc")
+    bulk.execute(
+        svc, svc.store.engine, "refund", incidents.BulkFilter(provider="lumen"), operator="sam", reason="r", name="inc"
+    )
     with pytest.raises(incidents.BulkError, match="exists"):
-        bulk.execute(svc, svc.store.engine, "refund", incidents.BulkFilter(provider="other"), operator="sam", reason="r", name="inc")
+        bulk.execute(
+            svc,
+            svc.store.engine,
+            "refund",
+            incidents.BulkFilter(provider="other"),
+            operator="sam",
+            reason="r",
+            name="inc",
+        )
     with pytest.raises(ActionRefused) as unexplained:
-        bulk.execute(svc, svc.store.engine, "refund", incidents.BulkFilter(provider="lumen"), operator="sam", reason=" ")
+        bulk.execute(
+            svc, svc.store.engine, "refund", incidents.BulkFilter(provider="lumen"), operator="sam", reason=" "
+        )
     assert unexplained.value.reason == SupportRefusal.NO_REASON
 
 
@@ -118,18 +153,26 @@ def test_mark_failed_acts_on_stuck_tasks_only_and_recheck_asks_upstream(outage):
     assert svc.task(generating[1]).error_code == "marked_failed_by_operator"
 
 
-@pytest.mark.parametrize("clause, message", [
-    ("provider", "key=value"), ("colour=red", "unknown filter key"), ("status=DONE", "status DONE"),
-    ("min_age_s=soon", "duration"), ("since=yesterday", "ISO time"), ("failure_class=cosmic", "failure_class"),
-])
+@pytest.mark.parametrize(
+    "clause, message",
+    [
+        ("provider", "key=value"),
+        ("colour=red", "unknown filter key"),
+        ("status=DONE", "status DONE"),
+        ("min_age_s=soon", "duration"),
+        ("since=yesterday", "ISO time"),
+        ("failure_class=cosmic", "failure_class"),
+    ],
+)
 def test_bad_filters_are_refused_by_name(clause, message):
     with pytest.raises(incidents.BulkError, match=message):
         incidents.BulkFilter.parse([clause])
 
 
 def test_filter_round_trips_through_its_parameters():
-    flt = incidents.BulkFilter.parse(["status=generating,waiting", "min_age_s=15m", "since=2026-12-01T10:00",
-                                 "provider=kinetica", "user=7"])
+    flt = incidents.BulkFilter.parse(
+        ["status=generating,waiting", "min_age_s=15m", "since=2026-12-01T10:00", "provider=kinetica", "user=7"]
+    )
     assert flt.status == ("GENERATING", "WAITING") and flt.min_age_s == 900
     assert incidents.BulkFilter.parse(f"{k}={v}" for k, v in flt.to_params().items()) == flt
     assert incidents.BulkFilter.from_dict(flt.to_dict()) == flt
@@ -163,8 +206,19 @@ def _cli(*args):
 def test_cli_dry_run_then_execute_twice(outage):
     svc, clock, providers, store, failed, generating = outage
     url = store.engine.url.render_as_string(hide_password=False)
-    common = ["--filter", "provider=lumen", "--filter", "status=FAILED", "--db", url,
-              "--operator", "sam", "--reason", "lumen outage", "--json"]
+    common = [
+        "--filter",
+        "provider=lumen",
+        "--filter",
+        "status=FAILED",
+        "--db",
+        url,
+        "--operator",
+        "sam",
+        "--reason",
+        "lumen outage",
+        "--json",
+    ]
     n_events = len(store.snapshot().events)
     dry = _cli("bulk", "refund", "--dry-run", *common)
     assert dry.returncode == 0, dry.stderr
@@ -182,9 +236,11 @@ def test_cli_dry_run_then_execute_twice(outage):
 
 def test_cli_errors_are_one_line(sqlite_url):
     assert _cli("init-db", "--db", sqlite_url).returncode == 0
-    for args in (["bulk", "refund", "--filter", "colour=red", "--operator", "s", "--reason", "r"],
-                 ["bulk", "explode", "--operator", "s", "--reason", "r"],
-                 ["bulk", "refund", "--filter", "provider=x"]):
+    for args in (
+        ["bulk", "refund", "--filter", "colour=red", "--operator", "s", "--reason", "r"],
+        ["bulk", "explode", "--operator", "s", "--reason", "r"],
+        ["bulk", "refund", "--filter", "provider=x"],
+    ):
         out = _cli(*args, "--db", sqlite_url)
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
@@ -194,23 +250,38 @@ def test_a_bulk_result_says_the_money_per_task_and_in_sum(db_url):
     sentence say that no credits went back, and why; under the default, how many did."""
     store = open_store(db_url, create=True)
     try:
-        svc, clock, providers = make_service(policy=BillingPolicy(name="keep", refund_classes=frozenset()),
-                                             store=store)
+        svc, clock, providers = make_service(policy=BillingPolicy(name="keep", refund_classes=frozenset()), store=store)
         user = svc.create_account("k@example.com", "K", grant=500)
         for i in range(3):
             svc.submit(user.id, {**IMAGE, "prompt": f"hang {i}"})
         clock.advance(svc.policy.stuck_for("image"))
-        kept = bulk.execute(svc, svc.store.engine, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator="sam",
-                            reason="hang", name="keep run")
+        kept = bulk.execute(
+            svc,
+            svc.store.engine,
+            "mark-failed",
+            incidents.BulkFilter(status=("GENERATING",)),
+            operator="sam",
+            reason="hang",
+            name="keep run",
+        )
         assert {o["detail"] for o in kept.outcomes} == {
-            "task is FAILED; no refund: policy 'keep' keeps credits for infrastructure failures"}
-        assert kept.money() == ("no credits refunded; 3 task(s) without a refund: policy 'keep' keeps credits "
-                                "for infrastructure failures")
+            "task is FAILED; no refund: policy 'keep' keeps credits for infrastructure failures"
+        }
+        assert kept.money() == (
+            "no credits refunded; 3 task(s) without a refund: policy 'keep' keeps credits for infrastructure failures"
+        )
         more = [svc.submit(user.id, {**IMAGE, "prompt": f"again {i}"}) for i in range(2)]
         clock.advance(svc.policy.stuck_for("image"))
         svc.policy = BillingPolicy()
-        back = bulk.execute(svc, svc.store.engine, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator="sam",
-                            reason="hang", name="refund run")
+        back = bulk.execute(
+            svc,
+            svc.store.engine,
+            "mark-failed",
+            incidents.BulkFilter(status=("GENERATING",)),
+            operator="sam",
+            reason="hang",
+            name="refund run",
+        )
         each = more[0].reserved_credits
         assert {o["detail"] for o in back.outcomes} == {f"task is FAILED; refunded {each} credits"}
         assert back.money() == f"{2 * each} credits refunded on 2 task(s)"

@@ -39,8 +39,11 @@ def _early_caller(svc, clock, provider, deliveries):
     def submit(task_ref, model, prompt, params):
         upstream = real_submit(task_ref, model, prompt, params)
         for state, msg in deliveries:
-            seen.append(svc.handle_callback(provider.name, *callback(clock, upstream, state=state, msg_id=msg),
-                                            task_ref=task_ref))
+            seen.append(
+                svc.handle_callback(
+                    provider.name, *callback(clock, upstream, state=state, msg_id=msg), task_ref=task_ref
+                )
+            )
         return upstream
 
     provider.submit = submit
@@ -51,15 +54,15 @@ def test_a_result_that_arrives_before_the_upstream_id_is_parked_then_applied(svc
     svc, clock, providers, user = svc_env
     seen = _early_caller(svc, clock, providers["lumen"], [("succeeded", "m1")])
     task = svc.submit(user.id, IMAGE)
-    assert [r.outcome for r in seen] == ["unknown_task"]        # recorded at arrival: no task had the id
-    assert seen[0].task_id == task.id                            # linked by our reference in the URL
-    assert task.status == TaskStatus.SUCCESS                     # applied when the id was stored
+    assert [r.outcome for r in seen] == ["unknown_task"]  # recorded at arrival: no task had the id
+    assert seen[0].task_id == task.id  # linked by our reference in the URL
+    assert task.status == TaskStatus.SUCCESS  # applied when the id was stored
     assert task.result_urls == ["https://cdn.example/out.png"]
     with svc.store.begin() as tx:
         kinds = [e.kind for e in tx.task_events(task.id)]
     [cb] = reads.task_callbacks(svc.store, task.id)
     assert cb.outcome == "applied" and cb.id == seen[0].callback_id
-    assert kinds[kinds.index("submitted"):][:3] == ["submitted", "callback", "succeeded"]
+    assert kinds[kinds.index("submitted") :][:3] == ["submitted", "callback", "succeeded"]
     # the provider retries the same delivery: a duplicate, nothing changes
     again = svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, msg_id="m1"))
     assert again.outcome == "duplicate"
@@ -72,7 +75,7 @@ def test_parked_failure_and_progress_keep_arrival_order(svc_env):
     task = svc.submit(user.id, IMAGE)
     assert task.status == TaskStatus.FAILED and task.failure_class == "provider"
     assert [c.outcome for c in reads.task_callbacks(svc.store, task.id)] == ["progress", "applied"]
-    assert svc.balance(user.id) == 100                           # refunded once
+    assert svc.balance(user.id) == 100  # refunded once
 
 
 def test_a_parked_callback_nobody_claims_changes_nothing(svc_env):
@@ -127,8 +130,9 @@ def test_recovery_adopts_the_upstream_id_of_a_callback_parked_under_the_tasks_re
     assert task.status == TaskStatus.WAITING and seen[0].outcome == "unknown_task" and seen[0].task_id == task.id
     clock.advance(120)
     report = svc.recover(grace_s=60)
-    assert report.actions == [{"task_id": task.id, "action":
-                               "stored the upstream id of a callback parked under this task's reference"}]
+    assert report.actions == [
+        {"task_id": task.id, "action": "stored the upstream id of a callback parked under this task's reference"}
+    ]
     done = svc.task(task.id)
     assert done.status == TaskStatus.SUCCESS and done.upstream_task_id == "lumen-job-1"
     assert svc.recover(grace_s=60).actions == []
@@ -139,8 +143,12 @@ def _wait_until_blocked(engine, timeout=10.0):
     deadline = time.monotonic() + timeout
     with engine.connect() as conn:
         while time.monotonic() < deadline:
-            if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                 "AND wait_event_type = 'Lock'")).scalar():
+            if conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            ).scalar():
                 return True
             conn.rollback()
             time.sleep(0.02)
@@ -158,8 +166,9 @@ def test_a_callback_that_waits_on_the_write_of_its_upstream_id_is_applied_not_pa
 
         def claim_then_race(tx, task_id, provider, upstream_id):
             real_claim(tx, task_id, provider, upstream_id)  # nothing parked yet; the unit of work is still open
-            racer = threading.Thread(target=lambda: seen.append(svc.handle_callback(
-                provider, *callback(clock, upstream_id, msg_id="m1"))))
+            racer = threading.Thread(
+                target=lambda: seen.append(svc.handle_callback(provider, *callback(clock, upstream_id, msg_id="m1")))
+            )
             racer.start()
             blocked.append(_wait_until_blocked(store.engine))
             svc._racer = racer

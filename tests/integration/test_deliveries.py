@@ -48,10 +48,14 @@ def test_the_log_lists_every_delivery_newest_first_with_counts_filters_and_pages
     clock.advance(10)
     svc.handle_callback("kinetica", {}, b"not json")
     page = delivery_log(store.engine)
-    assert [r["outcome"] for r in page.rows] == ["rejected_signature", "unknown_task", "rejected_signature",
-                                                "duplicate", "applied"]
-    assert page.total == 5 and page.counts == {"applied": 1, "duplicate": 1, "rejected_signature": 2,
-                                               "unknown_task": 1}
+    assert [r["outcome"] for r in page.rows] == [
+        "rejected_signature",
+        "unknown_task",
+        "rejected_signature",
+        "duplicate",
+        "applied",
+    ]
+    assert page.total == 5 and page.counts == {"applied": 1, "duplicate": 1, "rejected_signature": 2, "unknown_task": 1}
     assert page.rows[1]["parked"] and not page.rows[1]["reprocessable"]  # no task holds lumen-job-77 yet
     assert {"body", "webhook_id", "signature_valid", "detail", "upstream_task_id"} <= set(page.rows[0])
     assert delivery_providers(store.engine) == ["kinetica", "lumen"]
@@ -78,16 +82,26 @@ def test_a_parked_callback_is_reprocessed_once_its_task_exists_and_a_repeat_is_a
     assert svc.task(task.id).status == TaskStatus.SUCCESS
     [row] = [r for r in delivery_log(store.engine).rows if r["id"] == parked.callback_id]
     assert (row["outcome"], row["task_id"], row["claimed_task_id"], row["reprocessable"]) == (
-        "applied", task.id, task.id, False)
+        "applied",
+        task.id,
+        task.id,
+        False,
+    )
     before = store.snapshot()
     again = reprocess_callback(svc, parked.callback_id, "Kim", "clicked twice")
     assert again.outcome == "duplicate" and again.applied == [] and "already applied" in again.text
     after = store.snapshot()
     assert (after.tasks, after.ledger, after.notifications, after.callbacks) == (
-        before.tasks, before.ledger, before.notifications, before.callbacks)
+        before.tasks,
+        before.ledger,
+        before.notifications,
+        before.callbacks,
+    )
     new = [e for e in after.events if e not in before.events]
     assert [(e.kind, e.detail.get("outcome") or e.detail.get("operator")) for e in new] == [
-        ("callback", "duplicate"), ("support_action", "Kim")]
+        ("callback", "duplicate"),
+        ("support_action", "Kim"),
+    ]
     support = [e for e in after.events if e.kind == "support_action" and e.task_id == task.id]
     assert support[0].detail["action"] == "reprocess_callback" and support[0].detail["operator"] == "Dana"
     notes = [n for n in after.notifications if n.task_id == task.id]
@@ -124,10 +138,20 @@ def test_only_parked_callbacks_are_reprocessed(env):
 def _legacy_unknown(store, clock, upstream, body):
     """An unknown_task row as a version before parking recorded it: no parked copy."""
     with store.engine.begin() as conn:
-        return conn.execute(insert(schema.provider_callback).values(
-            provider="lumen", webhook_id="legacy-1", upstream_task_id=upstream, received_at=clock.now(),
-            signature_valid=True, outcome="unknown_task", body=body, detail="no task has this upstream id")
-            .returning(schema.provider_callback.c.id)).scalar()
+        return conn.execute(
+            insert(schema.provider_callback)
+            .values(
+                provider="lumen",
+                webhook_id="legacy-1",
+                upstream_task_id=upstream,
+                received_at=clock.now(),
+                signature_valid=True,
+                outcome="unknown_task",
+                body=body,
+                detail="no task has this upstream id",
+            )
+            .returning(schema.provider_callback.c.id)
+        ).scalar()
 
 
 def test_an_unknown_task_callback_recorded_before_parking_is_parked_from_its_body_then_applied(env):
@@ -138,8 +162,9 @@ def test_an_unknown_task_callback_recorded_before_parking_is_parked_from_its_bod
     got = reprocess_callback(svc, cid, "Dana", "old row")
     assert got.outcome == "applied" and svc.task(task.id).status == TaskStatus.SUCCESS
     with store.engine.connect() as conn:
-        claimed = conn.execute(select(schema.parked_callback.c.claimed_task_id)
-                               .where(schema.parked_callback.c.callback_id == cid)).scalar()
+        claimed = conn.execute(
+            select(schema.parked_callback.c.claimed_task_id).where(schema.parked_callback.c.callback_id == cid)
+        ).scalar()
     assert claimed == task.id
     assert reprocess_callback(svc, cid, "Dana", "old row").outcome == "duplicate"
 
@@ -157,8 +182,13 @@ def test_cli_reprocess_callback(env, db_url):
     svc, clock, providers, store, user = env
     parked = _park(svc, clock, "lumen-job-70", "early")
     task = _holder(svc, user, "lumen-job-70")
-    run = lambda: run_main("rivya_core", "reprocess-callback",  # noqa: E731
-                           str(parked.callback_id), "--db", db_url, "--operator", "Dana", "--reason", "late")
+
+    def run():
+        return run_main(
+            "rivya_core", "reprocess-callback", str(parked.callback_id), "--db", db_url,
+            "--operator", "Dana", "--reason", "late",
+        )  # fmt: skip
+
     first, second = run(), run()
     assert first.returncode == 0 and f"task {task.id}: callback #{parked.callback_id} re-processed" in first.stdout
     assert second.returncode == 0 and "duplicate" in second.stdout, second.stderr

@@ -22,8 +22,12 @@ def env(db_url):
     svc, clock, providers = make_service(store=store)
     user = svc.create_account("x@example.com", "X", grant=100)
     t = svc.submit(user.id, {**IMAGE, "prompt": HOSTILE})
-    svc.handle_callback("lumen", *callback(clock, t.upstream_task_id, state="failed", msg_id="f",
-                                           error_code="model_error", failure_class="provider"))
+    svc.handle_callback(
+        "lumen",
+        *callback(
+            clock, t.upstream_task_id, state="failed", msg_id="f", error_code="model_error", failure_class="provider"
+        ),
+    )
     again = rerun.support_rerun(svc, t.id, "Dana", "asked again")
     yield svc, store, t, again
     store.engine.dispose()
@@ -35,7 +39,9 @@ def test_the_record_holds_every_part_of_the_task_as_stored(env):
     assert rec["format"] == FORMAT and rec["task"]["id"] == t.id and rec["task"]["prompt"] == HOSTILE
     assert [e["kind"] for e in rec["timeline"]][:3] == ["created", "charged", "submitted"]
     assert {e["entry_type"] for e in rec["ledger"]} == {"consume", "refund"}
-    assert [c["outcome"] for c in rec["callbacks"]] == ["applied"] and '"state": "failed"' in rec["callbacks"][0]["body"]
+    assert [c["outcome"] for c in rec["callbacks"]] == ["applied"] and '"state": "failed"' in rec["callbacks"][0][
+        "body"
+    ]
     assert [n["kind"] for n in rec["notifications"]] == ["generation_failed"]
     assert rec["reruns"] == [again.id] and rec["rerun_of"] is None
     assert task_record(store.engine, again.id)["rerun_of"] == t.id

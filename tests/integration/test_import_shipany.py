@@ -53,8 +53,13 @@ def _dump(url) -> dict[str, list[tuple]]:
     engine = make_engine(url, read_only=True)
     try:
         with engine.connect() as conn:
-            return {t: [tuple(r) for r in conn.execute(select(schema.metadata.tables[t]).order_by(
-                schema.metadata.tables[t].c.id))] for t in ("account", "ai_task", "credit_ledger", "source_grant")}
+            return {
+                t: [
+                    tuple(r)
+                    for r in conn.execute(select(schema.metadata.tables[t]).order_by(schema.metadata.tables[t].c.id))
+                ]
+                for t in ("account", "ai_task", "credit_ledger", "source_grant")
+            }
     finally:
         engine.dispose()
 
@@ -85,9 +90,15 @@ def test_every_planted_finding_is_found_and_nothing_else(planted_source, tmp_pat
         report = audit(engine)
         found = {f.kind: f.rows for f in report.findings}
         task_of = {kind: sorted(r.get("task_id") for r in rows) for kind, rows in found.items()}
-        assert set(found) == {"canceled_not_refunded", "refund_onto_expired_grant", "consume_without_task",
-                              "double_refund", "refund_exceeds_charge", "success_without_urls",
-                              "grant_below_zero"}, report.counts()
+        assert set(found) == {
+            "canceled_not_refunded",
+            "refund_onto_expired_grant",
+            "consume_without_task",
+            "double_refund",
+            "refund_exceeds_charge",
+            "success_without_urls",
+            "grant_below_zero",
+        }, report.counts()
         assert task_of["canceled_not_refunded"] == [ids[planted.canceled]]
         assert task_of["refund_onto_expired_grant"] == [ids[planted.refunded_after_expiry]]
         assert task_of["double_refund"] == [ids[planted.refunded_twice]]
@@ -99,9 +110,15 @@ def test_every_planted_finding_is_found_and_nothing_else(planted_source, tmp_pat
         [grant] = found["grant_below_zero"]
         assert grant["external_ref"] == planted.below_zero_grant and grant["remaining_credits"] == -5
         # the facts the source never had are said, not failed
-        assert set(report.not_recorded) == {"notification_missing", "notification_wrong_kind",
-                                            "notification_duplicate", "multiple_terminal_events",
-                                            "chat_reserve_not_settled", "chat_overcharge", "chat_refund_mismatch"}
+        assert set(report.not_recorded) == {
+            "notification_missing",
+            "notification_wrong_kind",
+            "notification_duplicate",
+            "multiple_terminal_events",
+            "chat_reserve_not_settled",
+            "chat_overcharge",
+            "chat_refund_mismatch",
+        }
         assert all("not recorded by this source" in said for said in report.not_recorded.values())
         # the checklist answers them for one task
         items = {i.key: i for i in diagnose(engine, ids[planted.canceled]).items}
@@ -131,7 +148,9 @@ def test_statuses_media_and_results_map_as_the_schema_notes_say(planted_source, 
         engine.dispose()
     t = planted.tasks
     assert t["text"] not in rows  # counted apart
-    assert rows[t["delivered"]].status == "SUCCESS" and rows[t["delivered"]].result_urls == ["https://cdn.example/1.png"]
+    assert rows[t["delivered"]].status == "SUCCESS" and rows[t["delivered"]].result_urls == [
+        "https://cdn.example/1.png"
+    ]
     assert rows[t["song"]].category == "audio" and rows[t["running"]].category == "audio"
     assert rows[t["running"]].status == "GENERATING"
     assert rows[t["canceled"]].error_code == "upstream_canceled" and rows[t["canceled"]].status == "FAILED"
@@ -172,14 +191,26 @@ def test_incremental_imports_write_nothing_twice(pg, tmp_path):
         w.succeed(planted.tasks["running"], ["https://cdn.example/late.mp3"], later)
         dee = w.add_user("Dee", "dee@example.com", later)
         w.grant(dee, 20, "payment", later)
-        new = w.generate(dee, media_type="image", provider="lumen", model="image-model", prompt="new",
-                         options={}, cost=5, at=later, upstream_id="up-new")
+        new = w.generate(
+            dee,
+            media_type="image",
+            provider="lumen",
+            model="image-model",
+            prompt="new",
+            options={},
+            cost=5,
+            at=later,
+            upstream_id="up-new",
+        )
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
         with engine.begin() as conn:  # the test writes as the owner; the importer reads as the role
             from simulations.shipany_shape import ai_task, credit, user
 
-            conn.execute(ai_task.update().where(ai_task.c.id == planted.tasks["running"]).values(
-                status="success", updated_at=later, task_info=w.tasks[planted.tasks["running"]]["task_info"]))
+            conn.execute(
+                ai_task.update()
+                .where(ai_task.c.id == planted.tasks["running"])
+                .values(status="success", updated_at=later, task_info=w.tasks[planted.tasks["running"]]["task_info"])
+            )
             conn.execute(user.insert(), [w.users[-1]])
             conn.execute(credit.insert(), [r for r in w.credits.values() if r["user_id"] == dee])
             conn.execute(ai_task.insert(), [w.tasks[new]])
@@ -194,8 +225,8 @@ def test_incremental_imports_write_nothing_twice(pg, tmp_path):
     assert second_summary.written["credit_ledger"] == 2  # Dee's grant and consume
     assert third == second  # twice: the same rows
     assert third_summary.written.get("credit_ledger", 0) == 0 and third_summary.written.get("ai_task", 0) == 0
-    assert [r[0] for r in first["ai_task"]] == [r[0] for r in second["ai_task"]][:len(first["ai_task"])]
-    assert first["credit_ledger"] == second["credit_ledger"][:len(first["credit_ledger"])]  # nothing renumbered
+    assert [r[0] for r in first["ai_task"]] == [r[0] for r in second["ai_task"]][: len(first["ai_task"])]
+    assert first["credit_ledger"] == second["credit_ledger"][: len(first["credit_ledger"])]  # nothing renumbered
 
 
 def test_round_trip_run_shipany_import_audit_backtest(pg, tmp_path, capsys):
@@ -222,14 +253,26 @@ def test_round_trip_run_shipany_import_audit_backtest(pg, tmp_path, capsys):
         assert set(counts) <= {"canceled_not_refunded", "refund_onto_expired_grant"}, counts
         assert counts.get("canceled_not_refunded", 0) == shaped.canceled
         with engine.connect() as conn:
-            expired = conn.execute(select(schema.credit_ledger.c.id).where(
-                schema.credit_ledger.c.entry_type == "expire")).first()
+            expired = conn.execute(
+                select(schema.credit_ledger.c.id).where(schema.credit_ledger.c.entry_type == "expire")
+            ).first()
         assert expired is not None  # sign-up gifts lapsed after the policy's 6 hours
     finally:
         engine.dispose()
     capsys.readouterr()
-    code = sim_main(["backtest", "--db", into, "--policy", "data/policies/default.toml",
-                     "--policy", "data/policies/no_refunds.toml", "--resamples", "50"])
+    code = sim_main(
+        [
+            "backtest",
+            "--db",
+            into,
+            "--policy",
+            "data/policies/default.toml",
+            "--policy",
+            "data/policies/no_refunds.toml",
+            "--resamples",
+            "50",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "reproduces the recorded ledger" in out
 

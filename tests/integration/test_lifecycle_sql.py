@@ -37,8 +37,17 @@ def test_every_path_on_sql_store_leaves_a_clean_audit(sql_env):
 
     svc.handle_callback("lumen", *callback(clock, ok.upstream_task_id, msg_id="a"))
     svc.handle_callback("lumen", *callback(clock, ok.upstream_task_id, msg_id="a"))  # duplicate
-    svc.handle_callback("lumen", *callback(clock, failed.upstream_task_id, state="failed", msg_id="b",
-                                           error_code="model_error", failure_class="provider"))
+    svc.handle_callback(
+        "lumen",
+        *callback(
+            clock,
+            failed.upstream_task_id,
+            state="failed",
+            msg_id="b",
+            error_code="model_error",
+            failure_class="provider",
+        ),
+    )
     svc.handle_callback("lumen", *callback(clock, early.upstream_task_id, urls=(), msg_id="c"))
     svc.handle_callback("lumen", *callback(clock, ok.upstream_task_id, secret="whsec_Zm9yZ2Vk", msg_id="d"))
     providers["lumen"].succeed(early.upstream_task_id)
@@ -68,8 +77,11 @@ def test_support_actions_on_sql_store(sql_env):
         svc.support_refund(task.id, "sam", "again")
     assert again.value.reason == RefundRefusal.ALREADY_REFUNDED
     actions = [e.detail for e in store.snapshot().events if e.kind == "support_action"]
-    assert [(a["operator"], a["action"]) for a in actions] == [("sam", "mark_failed"), ("sam", "mark_failed"),
-                                                               ("sam", "refund")]
+    assert [(a["operator"], a["action"]) for a in actions] == [
+        ("sam", "mark_failed"),
+        ("sam", "mark_failed"),
+        ("sam", "refund"),
+    ]
     assert audit(store.engine, svc.policy, now=clock.now()).ok
 
 
@@ -93,8 +105,10 @@ def test_the_checklist_explains_status_reads_the_provider_failed(sql_env):
     svc.recheck(task.id, reason="support asked")
     d = diagnose(store.engine, task.id, svc.policy, now=clock.now())
     assert (d.verdict_code, d.action_code) == (Verdict.STUCK, NextAction.RECHECK_LATER)
-    assert d.item("polling").status == "warn" and "2 status reads failed (timeout ×1, error ×1)" in \
-        d.item("polling").answer
+    assert (
+        d.item("polling").status == "warn"
+        and "2 status reads failed (timeout ×1, error ×1)" in d.item("polling").answer
+    )
     providers["lumen"].succeed(task.upstream_task_id)  # the provider answers again
     clock.advance(1)
     svc.recheck(task.id)
@@ -107,8 +121,9 @@ def test_cli_diagnose_and_refusals_on_a_real_story(sqlite_url):
     svc, clock, providers = make_service(store=store)
     user = svc.create_account("c@example.com", "C", grant=50)
     task = svc.submit(user.id, IMAGE)
-    svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="nsfw",
-                                           failure_class="user"))
+    svc.handle_callback(
+        "lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="nsfw", failure_class="user")
+    )
     store.engine.dispose()
     shown = _cli("diagnose", str(task.id), "--db", sqlite_url)
     assert shown.returncode == 0 and "Traceback" not in shown.stderr and shown.stdout.strip()
@@ -117,13 +132,16 @@ def test_cli_diagnose_and_refusals_on_a_real_story(sqlite_url):
     assert len(refused.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args", [
-    ["audit", "--db", "sqlite:////nonexistent/dir/x.db"],
-    ["audit", "--db", "postgresql://nobody@127.0.0.1:1/none"],
-    ["diagnose", "notanumber"],
-    ["refund", "1"],
-    ["nonsense"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["audit", "--db", "sqlite:////nonexistent/dir/x.db"],
+        ["audit", "--db", "postgresql://nobody@127.0.0.1:1/none"],
+        ["diagnose", "notanumber"],
+        ["refund", "1"],
+        ["nonsense"],
+    ],
+)
 def test_cli_errors_are_one_line(args):
     out = _cli(*args)
     assert out.returncode != 0
@@ -147,8 +165,10 @@ def test_cli_support_action_says_the_money(sqlite_url):
     svc, clock, providers = make_service(policy=BillingPolicy(refund_classes=frozenset()), store=store)
     user = svc.create_account("m@example.com", "M", grant=50)
     task = svc.submit(user.id, IMAGE)
-    svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="model_error",
-                                           failure_class="provider"))  # kept then; the default reverses it
+    svc.handle_callback(
+        "lumen",
+        *callback(clock, task.upstream_task_id, state="failed", error_code="model_error", failure_class="provider"),
+    )  # kept then; the default reverses it
     store.engine.dispose()
     done = _cli("refund", str(task.id), "--db", sqlite_url, "--operator", "sam", "--reason", "asked")
     assert done.returncode == 0, done.stderr

@@ -28,18 +28,25 @@ def test_init_db_adds_the_support_column_and_carries_over_support_refunds(db_url
         _version_1(engine)
         at = datetime(2026, 4, 1, 12, 0, 0)
         with engine.begin() as conn:
-            conn.execute(schema.account.insert().values(id=1, email="a@example.com", name="A", balance=20,
-                                                        created_at=at))
-            conn.execute(text("INSERT INTO credit_ledger (id, user_id, entry_type, amount, balance_after, "
-                              "idempotency_key, created_at, note) VALUES "
-                              "(1, 1, 'grant', 10, 10, 'g', :at, 'sign-up grant'), "
-                              "(2, 1, 'refund', 10, 20, 'r', :at, 'support: kim: goodwill')"), {"at": at})
+            conn.execute(
+                schema.account.insert().values(id=1, email="a@example.com", name="A", balance=20, created_at=at)
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO credit_ledger (id, user_id, entry_type, amount, balance_after, "
+                    "idempotency_key, created_at, note) VALUES "
+                    "(1, 1, 'grant', 10, 10, 'g', :at, 'sign-up grant'), "
+                    "(2, 1, 'refund', 10, 20, 'r', :at, 'support: kim: goodwill')"
+                ),
+                {"at": at},
+            )
         assert "support" not in {c["name"] for c in inspect(engine).get_columns("credit_ledger")}
         db.init_db(engine)
         db.init_db(engine)  # idempotent
         with engine.connect() as conn:
-            got = conn.execute(select(schema.credit_ledger.c.id, schema.credit_ledger.c.support)
-                               .order_by(schema.credit_ledger.c.id)).all()
+            got = conn.execute(
+                select(schema.credit_ledger.c.id, schema.credit_ledger.c.support).order_by(schema.credit_ledger.c.id)
+            ).all()
         assert [(i, bool(s)) for i, s in got] == [(1, False), (2, True)]
         assert audit(engine, now=at).ok  # the migrated database reads like a current one
     finally:

@@ -54,8 +54,7 @@ def test_a_sqlite_reader_reads_but_cannot_write(seeded):
         with engine.connect() as conn:
             assert conn.scalar(select(schema.ai_task.c.id).where(schema.ai_task.c.id == 1)) == 1
         with pytest.raises(DBAPIError, match="readonly"), engine.begin() as conn:
-            conn.execute(insert(schema.task_event).values(task_id=1, at=seed.__globals__["T0"], kind="x",
-                                                           detail={}))
+            conn.execute(insert(schema.task_event).values(task_id=1, at=seed.__globals__["T0"], kind="x", detail={}))
     finally:
         engine.dispose()
     assert _state(seeded) == before

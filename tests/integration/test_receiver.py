@@ -44,7 +44,7 @@ def test_deliveries_are_answered_by_outcome_and_recorded(env):
     task = svc.submit(user.id, IMAGE)
     with TestClient(create_app(svc, engine=svc.store.engine)) as http:
         headers, body = callback(clock, task.upstream_task_id, state="running", msg_id="p")
-        assert http.post("/webhooks/lumen", content=body, headers=headers).status_code == 200     # progress
+        assert http.post("/webhooks/lumen", content=body, headers=headers).status_code == 200  # progress
         headers, body = callback(clock, task.upstream_task_id, msg_id="a")
         r = http.post("/webhooks/lumen", content=body, headers=headers)
         assert r.status_code == 200 and r.json()["outcome"] == "applied"
@@ -59,8 +59,16 @@ def test_deliveries_are_answered_by_outcome_and_recorded(env):
         assert http.post("/webhooks/lumen", content=unknown_b, headers=unknown_h).status_code == 200
         assert http.post("/webhooks/nobody", content=body, headers=headers).status_code == 401
     assert svc.task(task.id).status == TaskStatus.SUCCESS
-    assert outcomes(svc) == ["progress", "applied", "duplicate", "rejected_signature", "rejected_stale",
-                             "malformed", "unknown_task", "rejected_signature"]
+    assert outcomes(svc) == [
+        "progress",
+        "applied",
+        "duplicate",
+        "rejected_signature",
+        "rejected_stale",
+        "malformed",
+        "unknown_task",
+        "rejected_signature",
+    ]
 
 
 def test_oversized_bodies_are_refused_before_being_read_whole(env):
@@ -81,7 +89,7 @@ def test_health_and_the_polling_sweep_in_the_same_process(env):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
     providers["lumen"].succeed(task.upstream_task_id)
-    clock.advance(3600)   # past the first check
+    clock.advance(3600)  # past the first check
     with TestClient(create_app(svc, engine=svc.store.engine, poll_every=0.05)) as http:
         assert http.get("/healthz").json()["ok"] is True
         deadline = time.monotonic() + 20
@@ -120,14 +128,12 @@ def _serve_two_workers(url: str, port: int, marks: str) -> None:
         return real_create_app(svc, **kw)
 
     receiver.PollLoop, receiver.create_app = NotedPoll, create_app
-    os._exit(receiver.serve(lambda: _wired(url), "127.0.0.1", port,
-                            poll_every=0.1, workers=2))
+    os._exit(receiver.serve(lambda: _wired(url), "127.0.0.1", port, poll_every=0.1, workers=2))
 
 
 def _wired(url):
     store = open_store(url)
     return Wired(make_service(store=store)[0], store.engine)
-
 
 
 @pytest.mark.slow  # receiver worker processes
@@ -138,8 +144,7 @@ def test_workers_accept_on_one_port_and_the_sweep_runs_once_in_the_parent(sqlite
     tasks = [svc.submit(user.id, {**IMAGE, "prompt": f"workers {i}"}) for i in range(20)]
     store.engine.dispose()
     marks, port = tmp_path / "marks", free_port()
-    server = multiprocessing.get_context("fork").Process(target=_serve_two_workers,
-                                                         args=(sqlite_url, port, str(marks)))
+    server = multiprocessing.get_context("fork").Process(target=_serve_two_workers, args=(sqlite_url, port, str(marks)))
     server.start()
     try:
         base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
@@ -150,8 +155,10 @@ def test_workers_accept_on_one_port_and_the_sweep_runs_once_in_the_parent(sqlite
             except httpx.HTTPError:
                 time.sleep(0.05)
         with httpx.Client(base_url=base, timeout=30) as http:
-            answers = [http.post("/webhooks/lumen", content=body, headers=headers).json()["outcome"]
-                       for headers, body in (callback(clock, t.upstream_task_id, msg_id=f"w{t.id}") for t in tasks)]
+            answers = [
+                http.post("/webhooks/lumen", content=body, headers=headers).json()["outcome"]
+                for headers, body in (callback(clock, t.upstream_task_id, msg_id=f"w{t.id}") for t in tasks)
+            ]
         assert answers == ["applied"] * len(tasks)
         workers = {c.pid for c in psutil.Process(server.pid).children()}
         time.sleep(0.5)  # a few sweep intervals
@@ -161,8 +168,7 @@ def test_workers_accept_on_one_port_and_the_sweep_runs_once_in_the_parent(sqlite
     assert server.exitcode == 0 and len(workers) == 2
     lines = marks.read_text().splitlines()
     assert sorted(lines) == sorted([f"app {pid} None" for pid in workers] + [f"poll {server.pid}"])
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                   for pid in workers)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers)
     assert all(t.status == TaskStatus.SUCCESS for t in svc.store.snapshot().tasks)
 
 
@@ -209,8 +215,13 @@ def _sessions_opened(url: str) -> int:
     try:
         with eng.connect() as conn:
             deadline = time.monotonic() + 30
-            while conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND pid <> "
-                                   "pg_backend_pid()"), {"d": name}) and time.monotonic() < deadline:
+            while (
+                conn.scalar(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
+                    {"d": name},
+                )
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             return int(conn.scalar(text("SELECT sessions FROM pg_stat_database WHERE datname = :d"), {"d": name}))
     finally:
@@ -228,8 +239,12 @@ def test_deliveries_in_flight_share_the_receivers_connections(pg_url):
     before = _sessions_opened(pg_url)
     port = free_port()
     env = {**os.environ, "RIVYA_WEBHOOK_SECRETS": json.dumps({"lumen": [SECRET]}), "RIVYA_PROVIDERS": ""}
-    server = subprocess.Popen([sys.executable, "-m", "rivya_core", "serve", "--db", pg_url, "--port", str(port),
-                               "--poll-every", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rivya_core", "serve", "--db", pg_url, "--port", str(port), "--poll-every", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -67,8 +67,10 @@ def test_a_killed_worker_is_replaced_and_the_receiver_keeps_serving(sqlite_url):
         replaced = _workers(server.pid, 2)
         assert server.is_alive() and second in replaced and first not in replaced
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            answers = [http.post("/webhooks/lumen", content=body, headers=headers).json()["outcome"]
-                       for headers, body in (callback(clock, t.upstream_task_id, msg_id=f"r{t.id}") for t in tasks)]
+            answers = [
+                http.post("/webhooks/lumen", content=body, headers=headers).json()["outcome"]
+                for headers, body in (callback(clock, t.upstream_task_id, msg_id=f"r{t.id}") for t in tasks)
+            ]
         assert answers == ["applied"] * len(tasks)
     finally:
         os.kill(server.pid, signal.SIGTERM)
@@ -83,8 +85,15 @@ def _admin(url: str):
 
 def _terminate_sessions(admin, name: str) -> int:
     with admin.connect() as conn:
-        return len(conn.execute(text("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                                     "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": name}).all())
+        return len(
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                    "WHERE datname = :d AND pid <> pg_backend_pid()"
+                ),
+                {"d": name},
+            ).all()
+        )
 
 
 def test_after_the_databases_sessions_are_terminated_the_pool_recovers_by_itself(pg_url):
@@ -96,6 +105,7 @@ def test_after_the_databases_sessions_are_terminated_the_pool_recovers_by_itself
     admin = _admin(pg_url)
     try:
         with TestClient(create_app(svc, engine=store.engine, threads=2)) as http:
+
             def post(task):
                 headers, body = callback(clock, task.upstream_task_id, msg_id=f"t{task.id}")
                 return http.post("/webhooks/lumen", content=body, headers=headers)
@@ -106,7 +116,7 @@ def test_after_the_databases_sessions_are_terminated_the_pool_recovers_by_itself
             try:
                 assert _terminate_sessions(admin, name) >= 1
                 down = post(tasks[1])
-                assert down.status_code == 503          # retried by the provider, never acknowledged
+                assert down.status_code == 503  # retried by the provider, never acknowledged
                 assert http.get("/healthz").status_code == 503
             finally:
                 with admin.connect() as conn:
@@ -122,8 +132,14 @@ def test_after_the_databases_sessions_are_terminated_the_pool_recovers_by_itself
 
 def _waiting_on_a_lock(engine) -> bool:
     with engine.connect() as conn:
-        return bool(conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                     "AND wait_event_type = 'Lock'")))
+        return bool(
+            conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            )
+        )
 
 
 def test_a_delivery_waiting_on_a_lock_answers_503_within_its_timeout(pg_url):
@@ -140,8 +156,10 @@ def test_a_delivery_waiting_on_a_lock_answers_503_within_its_timeout(pg_url):
             headers, body = callback(clock, task.upstream_task_id, msg_id="locked")
             with holder.connect() as conn:
                 conn.execute(text("SELECT id FROM ai_task WHERE id = :i FOR UPDATE"), {"i": task.id})
-                sender = threading.Thread(target=lambda: answers.append(
-                    http.post("/webhooks/lumen", content=body, headers=headers)), daemon=True)
+                sender = threading.Thread(
+                    target=lambda: answers.append(http.post("/webhooks/lumen", content=body, headers=headers)),
+                    daemon=True,
+                )
                 started = time.monotonic()
                 sender.start()
                 sender.join(20)

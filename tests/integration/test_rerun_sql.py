@@ -28,8 +28,17 @@ def sql_env(sql_user_env):
 
 def _failed(svc, clock, user, prompt="a lighthouse at dusk"):
     t = svc.submit(user.id, {**IMAGE, "prompt": prompt})
-    svc.handle_callback("lumen", *callback(clock, t.upstream_task_id, state="failed", msg_id=f"f{t.id}",
-                                           error_code="model_error", failure_class="provider"))
+    svc.handle_callback(
+        "lumen",
+        *callback(
+            clock,
+            t.upstream_task_id,
+            state="failed",
+            msg_id=f"f{t.id}",
+            error_code="model_error",
+            failure_class="provider",
+        ),
+    )
     return svc.task(t.id)
 
 
@@ -39,8 +48,17 @@ def test_courtesy_reruns_pass_the_audit_in_every_state_and_read_as_settled(sql_e
     running = rerun.support_rerun(svc, _failed(svc, clock, user, "two").id, "Dana", "goodwill", courtesy=True)
     failed = rerun.support_rerun(svc, _failed(svc, clock, user, "three").id, "Dana", "goodwill", courtesy=True)
     svc.handle_callback("lumen", *callback(clock, delivered.upstream_task_id, msg_id="ok"))
-    svc.handle_callback("lumen", *callback(clock, failed.upstream_task_id, state="failed", msg_id="no",
-                                           error_code="model_error", failure_class="provider"))
+    svc.handle_callback(
+        "lumen",
+        *callback(
+            clock,
+            failed.upstream_task_id,
+            state="failed",
+            msg_id="no",
+            error_code="model_error",
+            failure_class="provider",
+        ),
+    )
     assert [svc.task(t.id).status for t in (delivered, running, failed)] == ["SUCCESS", "GENERATING", "FAILED"]
     report = audit(store.engine, svc.policy, now=clock.now())
     assert report.ok, report.findings
@@ -54,8 +72,18 @@ def test_a_support_refund_on_a_delivered_task_that_is_no_rerun_stays_a_violation
     svc, clock, providers, store, user = sql_env
     t = svc.submit(user.id, IMAGE)
     svc.handle_callback("lumen", *callback(clock, t.upstream_task_id, msg_id="ok"))
-    svc._tx(lambda tx: tx.post(user.id, "refund", t.reserved_credits, f"refund:task:{t.id}", clock.now(),
-                               task_id=t.id, support=True, note="goodwill"))
+    svc._tx(
+        lambda tx: tx.post(
+            user.id,
+            "refund",
+            t.reserved_credits,
+            f"refund:task:{t.id}",
+            clock.now(),
+            task_id=t.id,
+            support=True,
+            note="goodwill",
+        )
+    )
     kinds = {f.kind for f in audit(store.engine, svc.policy, now=clock.now()).findings}
     assert "refund_on_success" in kinds
 
@@ -65,8 +93,11 @@ def test_init_db_adds_rerun_of_to_an_older_database(db_url):
     try:
         old = MetaData()
         for table in schema.metadata.sorted_tables:
-            Table(table.name, old, *[c._copy() for c in table.columns
-                                     if not (table.name == "ai_task" and c.name == "rerun_of")])
+            Table(
+                table.name,
+                old,
+                *[c._copy() for c in table.columns if not (table.name == "ai_task" and c.name == "rerun_of")],
+            )
         old.create_all(engine)
         with pytest.raises(db.SchemaMissing, match="ai_task.rerun_of"):
             db.require_schema(engine)
@@ -108,7 +139,9 @@ def test_cli_rerun_on_a_simulation_database_fails_at_submission_linked_and_refun
     assert said["refunded"] == said["charged"] == new.reserved_credits and "refunded by policy" in said["text"]
     assert new.created_at == clock.now()  # the database's own clock (pinned at its latest time)
     with store.engine.connect() as conn:
-        kinds = [r.kind for r in conn.execute(select(schema.task_event.c.kind)
-                                              .where(schema.task_event.c.task_id == original.id))]
+        kinds = [
+            r.kind
+            for r in conn.execute(select(schema.task_event.c.kind).where(schema.task_event.c.task_id == original.id))
+        ]
     assert "rerun" in kinds and kinds[-1] == "support_action"
     assert audit(store.engine, svc.policy, now=clock.now()).ok

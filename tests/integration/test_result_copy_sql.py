@@ -45,12 +45,16 @@ def test_callback_copy_then_success_on_sql(sql_user_env, cdn, tmp_path):
 
 def test_refused_copy_fails_and_refunds_on_sql(sql_user_env, cdn, tmp_path):
     svc, clock, providers, _store, user = sql_user_env
-    svc.results = ResultCopier(LocalFolderStore(tmp_path / "results"),
-                               SafeFetcher(allow_hosts=frozenset({"127.0.0.1"})))
+    svc.results = ResultCopier(
+        LocalFolderStore(tmp_path / "results"), SafeFetcher(allow_hosts=frozenset({"127.0.0.1"}))
+    )
     before = svc.balance(user.id)
     task = svc.submit(user.id, IMAGE)
     providers["lumen"].succeed(task.upstream_task_id, [f"{cdn}/page.html"])
     done = svc.recheck(task.id)
-    assert (done.status, done.error_code, done.failure_class) == (TaskStatus.FAILED, OUTPUT_COPY_FAILED,
-                                                                  "infrastructure")
+    assert (done.status, done.error_code, done.failure_class) == (
+        TaskStatus.FAILED,
+        OUTPUT_COPY_FAILED,
+        "infrastructure",
+    )
     assert svc.balance(user.id) == before

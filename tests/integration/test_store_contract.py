@@ -51,9 +51,22 @@ def store(request, tmp_path):
 
 
 def task(user_id: int, **kw) -> Task:
-    return Task(**{"id": 0, "user_id": user_id, "model": "flux", "category": "image", "prompt": "a cat",
-                   "params": {"size": "1024", "refs": [1, 2]}, "status": W, "billing_type": "per_task",
-                   "reserved_credits": 10, "provider": "prov", "created_at": T0, **kw})
+    return Task(
+        **{
+            "id": 0,
+            "user_id": user_id,
+            "model": "flux",
+            "category": "image",
+            "prompt": "a cat",
+            "params": {"size": "1024", "refs": [1, 2]},
+            "status": W,
+            "billing_type": "per_task",
+            "reserved_credits": 10,
+            "provider": "prov",
+            "created_at": T0,
+            **kw,
+        }
+    )
 
 
 @pytest.fixture
@@ -211,20 +224,52 @@ def test_events_notifications_callbacks(store, uid):
         tx.add_event(tid, "created", {"by": "test", "n": [1]}, T0)
         tx.add_event(tid, "charged", {"amount": 10}, T0 + timedelta(seconds=1))
         assert tx.add_notification(uid, "generation_failed", "Failed", "body", T0, task_id=tid, idempotency_key="nk")
-        assert not tx.add_notification(uid, "generation_failed", "Failed", "body", T0, task_id=tid,
-                                       idempotency_key="nk")
+        assert not tx.add_notification(
+            uid, "generation_failed", "Failed", "body", T0, task_id=tid, idempotency_key="nk"
+        )
         assert tx.add_notification(uid, "insufficient_credits", "Low", "body", T0)
         assert tx.add_notification(uid, "insufficient_credits", "Low", "body", T0)
-        cb = tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=True,
-                                              outcome="applied", body="{}", webhook_id="wh-1", task_id=tid))
-        tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=False,
-                                         outcome="rejected_signature", body="{}", webhook_id="wh-2", task_id=tid))
-        tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=True,
-                                         outcome="deferred", body="{}", webhook_id="wh-3"))
+        cb = tx.add_callback(
+            ProviderCallback(
+                id=0,
+                provider="prov",
+                received_at=T0,
+                signature_valid=True,
+                outcome="applied",
+                body="{}",
+                webhook_id="wh-1",
+                task_id=tid,
+            )
+        )
+        tx.add_callback(
+            ProviderCallback(
+                id=0,
+                provider="prov",
+                received_at=T0,
+                signature_valid=False,
+                outcome="rejected_signature",
+                body="{}",
+                webhook_id="wh-2",
+                task_id=tid,
+            )
+        )
+        tx.add_callback(
+            ProviderCallback(
+                id=0,
+                provider="prov",
+                received_at=T0,
+                signature_valid=True,
+                outcome="deferred",
+                body="{}",
+                webhook_id="wh-3",
+            )
+        )
         assert cb.id > 0
         events = tx.task_events(tid)
-        assert [(e.kind, e.detail) for e in events] == [("created", {"by": "test", "n": [1]}),
-                                                        ("charged", {"amount": 10})]
+        assert [(e.kind, e.detail) for e in events] == [
+            ("created", {"by": "test", "n": [1]}),
+            ("charged", {"amount": 10}),
+        ]
         assert tx.webhook_seen("prov", "wh-1") and tx.webhook_seen("prov", "wh-3")
         assert not tx.webhook_seen("prov", "wh-2") and not tx.webhook_seen("other", "wh-1")
     assert [n.kind for n in reads.task_notifications(store, tid)] == ["generation_failed"]
@@ -254,8 +299,10 @@ def test_due_for_check_and_active(store, uid):
 def test_user_tasks_order_and_filters(store, uid):
     with store.begin() as tx:
         other = tx.add_account("bob@example.com", "Bob", T0).id
-        ids = [tx.insert_task(task(uid, created_at=T0 + timedelta(minutes=m), status=s)).id
-               for m, s in [(5, S), (1, F), (9, G), (3, S)]]
+        ids = [
+            tx.insert_task(task(uid, created_at=T0 + timedelta(minutes=m), status=s)).id
+            for m, s in [(5, S), (1, F), (9, G), (3, S)]
+        ]
         tx.insert_task(task(other))
         assert [t.id for t in tx.user_tasks(uid)] == [ids[2], ids[0], ids[3], ids[1]]
         assert [t.id for t in tx.user_tasks(uid, statuses=[S])] == [ids[0], ids[3]]
@@ -268,17 +315,29 @@ def test_chat_sessions_and_messages(store, uid):
     with store.begin() as tx:
         s = tx.add_session(uid, "gpt", "hello", T0)
         assert tx.get_session(s.id) == s and tx.get_session(999) is None
-        m = tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="hi", created_at=T0,
-                                       prompt_tokens=5, reserved_credits=12))
+        m = tx.add_message(
+            ChatMessage(
+                id=0, session_id=s.id, role="user", content="hi", created_at=T0, prompt_tokens=5, reserved_credits=12
+            )
+        )
         assert m.id > 0 and m.status == "reserved" and m.charged_credits is None
-        assert tx.update_message(m.id, ["reserved"], status="settled", charged_credits=8, completion_tokens=40,
-                                 settled_at=T0)
+        assert tx.update_message(
+            m.id, ["reserved"], status="settled", charged_credits=8, completion_tokens=40, settled_at=T0
+        )
         assert not tx.update_message(m.id, ["reserved"], status="failed", charged_credits=0)  # compare-and-set
         got = tx.get_message(m.id, for_update=True)
         assert (got.status, got.charged_credits, got.completion_tokens, got.settled_at) == ("settled", 8, 40, T0)
         assert tx.get_message(999) is None
-        open_turn = tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="later",
-                                               created_at=T0 + timedelta(seconds=5), reserved_credits=3))
+        open_turn = tx.add_message(
+            ChatMessage(
+                id=0,
+                session_id=s.id,
+                role="user",
+                content="later",
+                created_at=T0 + timedelta(seconds=5),
+                reserved_credits=3,
+            )
+        )
         assert [m.id for m in tx.reserved_messages_older_than(T0 + timedelta(seconds=6), 10)] == [open_turn.id]
         assert tx.reserved_messages_older_than(T0 + timedelta(seconds=5), 10) == []
     with pytest.raises(NotFound), store.begin() as tx:
@@ -293,22 +352,31 @@ def test_snapshot_holds_everything(store, uid):
         s = tx.add_session(uid, "gpt", "t", T0)
         tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="x", created_at=T0))
     snap = store.snapshot()
-    assert [len(snap.accounts), len(snap.tasks), len(snap.ledger), len(snap.events), len(snap.sessions),
-            len(snap.messages)] == [1, 1, 1, 1, 1, 1]
+    assert [
+        len(snap.accounts),
+        len(snap.tasks),
+        len(snap.ledger),
+        len(snap.events),
+        len(snap.sessions),
+        len(snap.messages),
+    ] == [1, 1, 1, 1, 1, 1]
     assert snap.accounts[0].balance == 5
 
 
 # --- opening databases (rivya_core.stores.db) ------------------------------------------------
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
-    ("postgres://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
-    ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
-    ("data/rivya.db", "sqlite:///data/rivya.db"),
-    ("/tmp/x.db", "sqlite:////tmp/x.db"),
-    ("sqlite://", "sqlite://"),
-])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgres://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("data/rivya.db", "sqlite:///data/rivya.db"),
+        ("/tmp/x.db", "sqlite:////tmp/x.db"),
+        ("sqlite://", "sqlite://"),
+    ],
+)
 def test_normalize_url(given, expected):
     assert normalize_url(given) == expected
 
@@ -384,8 +452,18 @@ def test_snapshot_to_engine_reproduces_a_memory_store():
         tx.add_notification(uid, "generation_success", "t", "b", T0, task_id=tid, idempotency_key="n")
         s = tx.add_session(uid, "gpt", "t", T0)
         tx.add_message(ChatMessage(id=0, session_id=s.id, role="user", content="x", created_at=T0))
-        tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=True,
-                                         outcome="applied", body="{}", webhook_id="w", task_id=tid))
+        tx.add_callback(
+            ProviderCallback(
+                id=0,
+                provider="prov",
+                received_at=T0,
+                signature_valid=True,
+                outcome="applied",
+                body="{}",
+                webhook_id="w",
+                task_id=tid,
+            )
+        )
     engine = snapshot_to_engine(mem.snapshot())
     sql = SqlStore(engine)
     assert sql.snapshot() == mem.snapshot()
@@ -413,8 +491,15 @@ def test_init_db_adds_indexes_an_older_database_lacks(db_url):
 
 def test_a_callback_whose_webhook_id_was_applied_or_deferred_is_stored_as_a_duplicate(store, uid):
     def row(webhook_id, outcome="applied"):
-        return ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=True, outcome=outcome,
-                                body="{}", webhook_id=webhook_id)
+        return ProviderCallback(
+            id=0,
+            provider="prov",
+            received_at=T0,
+            signature_valid=True,
+            outcome=outcome,
+            body="{}",
+            webhook_id=webhook_id,
+        )
 
     with store.begin() as tx:
         first = tx.add_callback_unless_seen(row("wh-1"), "seen before")
@@ -428,8 +513,12 @@ def test_a_callback_whose_webhook_id_was_applied_or_deferred_is_stored_as_a_dupl
     assert not_seen.outcome == "deferred" and elsewhere.outcome == "applied"
     stored = {c.id: (c.outcome, c.detail) for c in store.snapshot().callbacks}
     assert [stored[c.id] for c in (first, again, other, not_seen, elsewhere)] == [
-        ("applied", None), ("duplicate", "seen before"), ("duplicate", "seen before"), ("deferred", None),
-        ("applied", None)]
+        ("applied", None),
+        ("duplicate", "seen before"),
+        ("duplicate", "seen before"),
+        ("deferred", None),
+        ("applied", None),
+    ]
 
 
 def test_events_keep_their_order_and_leave_with_a_rolled_back_nested_unit(store, uid):
@@ -453,22 +542,51 @@ def test_a_recorded_callback_and_its_parked_copy_read_back_by_id(store, uid):
     from rivya_core.domain import ParkedCallback
 
     with store.begin() as tx:
-        cb = tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=True,
-                                              outcome="unknown_task", body='{"a": 1}', webhook_id="wh-9",
-                                              upstream_task_id="up-9", detail="parked"))
-        plain = tx.add_callback(ProviderCallback(id=0, provider="prov", received_at=T0, signature_valid=False,
-                                                 outcome="rejected_signature", body="{}"))
-        tx.park_callback(ParkedCallback(id=0, callback_id=cb.id, provider="prov", upstream_task_id="up-9",
-                                        received_at=T0, state="succeeded", webhook_id="wh-9",
-                                        result_urls=["https://cdn.example/9.png"]))
+        cb = tx.add_callback(
+            ProviderCallback(
+                id=0,
+                provider="prov",
+                received_at=T0,
+                signature_valid=True,
+                outcome="unknown_task",
+                body='{"a": 1}',
+                webhook_id="wh-9",
+                upstream_task_id="up-9",
+                detail="parked",
+            )
+        )
+        plain = tx.add_callback(
+            ProviderCallback(
+                id=0, provider="prov", received_at=T0, signature_valid=False, outcome="rejected_signature", body="{}"
+            )
+        )
+        tx.park_callback(
+            ParkedCallback(
+                id=0,
+                callback_id=cb.id,
+                provider="prov",
+                upstream_task_id="up-9",
+                received_at=T0,
+                state="succeeded",
+                webhook_id="wh-9",
+                result_urls=["https://cdn.example/9.png"],
+            )
+        )
     with store.begin() as tx:
         got = tx.get_callback(cb.id)
-        assert (got.outcome, got.body, got.upstream_task_id, got.detail) == ("unknown_task", '{"a": 1}', "up-9",
-                                                                            "parked")
+        assert (got.outcome, got.body, got.upstream_task_id, got.detail) == (
+            "unknown_task",
+            '{"a": 1}',
+            "up-9",
+            "parked",
+        )
         assert tx.get_callback(plain.id).outcome == "rejected_signature" and tx.get_callback(10**9) is None
         parked = tx.parked_of(cb.id)
         assert (parked.upstream_task_id, parked.result_urls, parked.claimed_task_id) == (
-            "up-9", ["https://cdn.example/9.png"], None)
+            "up-9",
+            ["https://cdn.example/9.png"],
+            None,
+        )
         assert tx.parked_of(plain.id) is None
         tid = tx.insert_task(task(uid, upstream_task_id="up-9", provider="prov")).id
         tx.claim_parked("prov", "up-9", tid, T0)

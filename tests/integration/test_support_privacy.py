@@ -29,9 +29,11 @@ def env(db_url):
 def customer_sees(store, user_id: int) -> list[str]:
     """Every field of this user's that the product shows the customer."""
     snap = store.snapshot()
-    return ([f"{n.title} {n.body}" for n in snap.notifications if n.user_id == user_id]
-            + [t.error_message or "" for t in snap.tasks if t.user_id == user_id]
-            + [e.note or "" for e in snap.ledger if e.user_id == user_id])
+    return (
+        [f"{n.title} {n.body}" for n in snap.notifications if n.user_id == user_id]
+        + [t.error_message or "" for t in snap.tasks if t.user_id == user_id]
+        + [e.note or "" for e in snap.ledger if e.user_id == user_id]
+    )
 
 
 def assert_internal_stays_internal(store, user_id: int) -> None:
@@ -58,8 +60,9 @@ def test_mark_failed_tells_the_customer_what_happened_and_that_the_credits_came_
     failed = svc.support_mark_failed(task.id, OPERATOR, REASON)
     assert_internal_stays_internal(store, user.id)
     note = _notice(store, task.id)
-    assert note.body == (f"Your image from {task.model} could not be completed; your {task.reserved_credits} "
-                         "credits were refunded.")
+    assert note.body == (
+        f"Your image from {task.model} could not be completed; your {task.reserved_credits} credits were refunded."
+    )
     assert failed.error_message and "support" in failed.error_message
 
 
@@ -71,8 +74,10 @@ def test_mark_failed_under_a_policy_that_keeps_the_credits_says_so(db_url):
         task = _stuck(svc, clock, user)
         svc.support_mark_failed(task.id, OPERATOR, REASON)
         assert_internal_stays_internal(store, user.id)
-        assert _notice(store, task.id).body == (f"Your image from {task.model} could not be completed; your "
-                                                f"{task.reserved_credits} credits were not refunded.")
+        assert _notice(store, task.id).body == (
+            f"Your image from {task.model} could not be completed; your "
+            f"{task.reserved_credits} credits were not refunded."
+        )
         assert svc.balance(user.id) == 500 - task.reserved_credits
     finally:
         store.engine.dispose()
@@ -82,8 +87,10 @@ def test_a_support_refund_note_and_a_recheck_carry_no_operator_words(env):
     svc, clock, providers, store, user = env
     svc.policy = BillingPolicy(refund_classes=frozenset())
     task = svc.submit(user.id, IMAGE)
-    svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="model_error",
-                                           failure_class="provider"))
+    svc.handle_callback(
+        "lumen",
+        *callback(clock, task.upstream_task_id, state="failed", error_code="model_error", failure_class="provider"),
+    )
     svc.policy = BillingPolicy()  # the refund is due now
     svc.support_refund(task.id, OPERATOR, REASON)
     running = svc.submit(user.id, {**IMAGE, "prompt": "another"})
@@ -98,10 +105,18 @@ def test_a_bulk_incident_s_name_reason_and_operator_stay_internal(env):
     svc, clock, providers, store, user = env
     tasks = [svc.submit(user.id, {**IMAGE, "prompt": f"p{i}"}) for i in range(3)]
     clock.advance(svc.policy.stuck_for("image"))
-    result = bulk.execute(svc, svc.store.engine, "mark-failed", incidents.BulkFilter(status=("GENERATING",)), operator=OPERATOR,
-                          reason=REASON, name=INCIDENT)
+    result = bulk.execute(
+        svc,
+        svc.store.engine,
+        "mark-failed",
+        incidents.BulkFilter(status=("GENERATING",)),
+        operator=OPERATOR,
+        reason=REASON,
+        name=INCIDENT,
+    )
     assert result.acted == 3
     assert_internal_stays_internal(store, user.id)
     assert {_notice(store, t.id).body for t in tasks} == {
         f"Your image from {tasks[0].model} could not be completed; your {tasks[0].reserved_credits} "
-        "credits were refunded."}
+        "credits were refunded."
+    }

@@ -20,8 +20,9 @@ from tests.fakes import IMAGE, SECRET, FakeProvider, callback
 
 class Canceling(FakeProvider):
     def cancel(self, upstream_task_id: str) -> UpstreamCancel:
-        self.jobs[upstream_task_id] = UpstreamStatus("failed", (), "upstream_canceled", "canceled", "provider",
-                                                     run_s=61.5)
+        self.jobs[upstream_task_id] = UpstreamStatus(
+            "failed", (), "upstream_canceled", "canceled", "provider", run_s=61.5
+        )
         return UpstreamCancel(CancelAnswer.CANCELED, "HTTP 200, status canceled", 61.5)
 
 
@@ -42,18 +43,33 @@ def test_timeout_cancel_late_success_and_run_seconds_in_the_database(db_url):
         assert svc.handle_callback("lumen", headers, body).outcome == "duplicate"
 
         with store.engine.connect() as conn:
-            ev = conn.execute(select(schema.task_event.c.detail).where(
-                schema.task_event.c.task_id == task.id, schema.task_event.c.kind == "upstream_cancel")).scalars().all()
+            ev = (
+                conn.execute(
+                    select(schema.task_event.c.detail).where(
+                        schema.task_event.c.task_id == task.id, schema.task_event.c.kind == "upstream_cancel"
+                    )
+                )
+                .scalars()
+                .all()
+            )
             row = conn.execute(select(schema.ai_task).where(schema.ai_task.c.id == task.id)).one()._mapping
-        assert ev == [{"answer": "canceled", "detail": "HTTP 200, status canceled",
-                       "upstream_task_id": task.upstream_task_id, "reason": "timeout", "run_s": 61.5}]
+        assert ev == [
+            {
+                "answer": "canceled",
+                "detail": "HTTP 200, status canceled",
+                "upstream_task_id": task.upstream_task_id,
+                "reason": "timeout",
+                "run_s": 61.5,
+            }
+        ]
         assert (row["status"], row["error_code"]) == ("FAILED", "timeout")
         answer = diagnose(store.engine, task.id, svc.policy, now=clock.now()).item("upstream_cancel").answer
         assert "refunded 2 credits" in answer and "arrived late" in answer
 
         second = svc.submit(user.id, IMAGE)
         providers["lumen"].jobs[second.upstream_task_id] = UpstreamStatus(
-            "succeeded", ("https://cdn.example/b.png",), run_s=7.25)
+            "succeeded", ("https://cdn.example/b.png",), run_s=7.25
+        )
         clock.advance(svc.policy.stuck_for("image"))
         svc.poll()
         with store.engine.connect() as conn:
@@ -68,14 +84,31 @@ def test_init_db_adds_provider_run_s_to_an_older_database(db_url):
     try:
         old = MetaData()
         for table in schema.metadata.sorted_tables:
-            Table(table.name, old, *[c._copy() for c in table.columns
-                                     if not (table.name == "ai_task" and c.name == "provider_run_s")])
+            Table(
+                table.name,
+                old,
+                *[c._copy() for c in table.columns if not (table.name == "ai_task" and c.name == "provider_run_s")],
+            )
         old.create_all(engine)
         with engine.begin() as conn:
-            conn.execute(old.tables["ai_task"].insert().values(
-                id=1, user_id=1, model="lumen-flash", category="image", prompt="p", params={}, status="SUCCESS",
-                billing_type="per_task", reserved_credits=2, provider="lumen", created_at=datetime(2026, 4, 1),
-                check_attempts=0))
+            conn.execute(
+                old.tables["ai_task"]
+                .insert()
+                .values(
+                    id=1,
+                    user_id=1,
+                    model="lumen-flash",
+                    category="image",
+                    prompt="p",
+                    params={},
+                    status="SUCCESS",
+                    billing_type="per_task",
+                    reserved_credits=2,
+                    provider="lumen",
+                    created_at=datetime(2026, 4, 1),
+                    check_attempts=0,
+                )
+            )
         assert db.missing_columns(engine) == ["ai_task.provider_run_s"]
         db.init_db(engine)
         assert "provider_run_s" in {c["name"] for c in inspect(engine).get_columns("ai_task")}

@@ -64,8 +64,11 @@ def test_chat_turns_are_found_by_message_session_and_user_and_diagnosed_from_the
     assert doc["subject"] == "chat_message" and doc["id"] == turn.id and doc["verdict_code"] == "chat_settled_refunded"
     text_out = _cli("diagnose", "--chat-message", str(turn.id), "--db", url)
     assert "chat message #" in text_out.stdout and "Verdict:" in text_out.stdout
-    for args in (["diagnose", "--db", url], ["diagnose", "1", "--chat-message", "2", "--db", url],
-                 ["diagnose", "--chat-message", "999", "--db", url]):
+    for args in (
+        ["diagnose", "--db", url],
+        ["diagnose", "1", "--chat-message", "2", "--db", url],
+        ["diagnose", "--chat-message", "999", "--db", url],
+    ):
         bad = _cli(*args)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 

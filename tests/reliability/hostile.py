@@ -10,10 +10,28 @@ from typing import Any
 from rivya_core import webhooks
 from rivya_core.lifecycle import MAX_CALLBACK_BODY
 
-KINDS = ("forged", "changed_body", "stale", "future", "replayed_id", "missing_header", "duplicated_header",
-         "non_json", "wrong_shape", "unknown_upstream", "other_provider_task", "oversized", "unicode",
-         "control_chars", "bad_timestamp", "no_secret_provider", "other_provider_secret", "not_bytes",
-         "progress_on_terminal", "success_on_terminal")
+KINDS = (
+    "forged",
+    "changed_body",
+    "stale",
+    "future",
+    "replayed_id",
+    "missing_header",
+    "duplicated_header",
+    "non_json",
+    "wrong_shape",
+    "unknown_upstream",
+    "other_provider_task",
+    "oversized",
+    "unicode",
+    "control_chars",
+    "bad_timestamp",
+    "no_secret_provider",
+    "other_provider_secret",
+    "not_bytes",
+    "progress_on_terminal",
+    "success_on_terminal",
+)
 
 
 @dataclass
@@ -26,10 +44,19 @@ class Hostile:
 
 
 def _doc(upstream: str, state: str = "succeeded") -> bytes:
-    return json.dumps({"type": f"task.{state}", "data": {
-        "upstream_task_id": upstream, "state": state,
-        "result_urls": ["https://cdn.example/x.png"] if state == "succeeded" else [],
-        "error_code": None if state != "failed" else "x", "error_message": None, "failure_class": None}}).encode()
+    return json.dumps(
+        {
+            "type": f"task.{state}",
+            "data": {
+                "upstream_task_id": upstream,
+                "state": state,
+                "result_urls": ["https://cdn.example/x.png"] if state == "succeeded" else [],
+                "error_code": None if state != "failed" else "x",
+                "error_message": None,
+                "failure_class": None,
+            },
+        }
+    ).encode()
 
 
 def _junk(rng: random.Random, n: int) -> str:
@@ -74,12 +101,21 @@ def generate(rng: random.Random, now_ts: int, env: dict[str, Any]) -> Hostile:
         b = rng.choice([b"", b"{", b"not json", b"\xff\xfe\x00", _junk(rng, 40).encode("utf-8", "surrogatepass")])
         return Hostile(kind, "lumen", signed(b), b, "malformed")
     if kind == "wrong_shape":
-        doc = rng.choice([[], 1, "x", None, {"data": []}, {"data": {"upstream_task_id": 5, "state": "succeeded"}},
-                          {"data": {"upstream_task_id": live, "state": "exploded"}},
-                          {"data": {"upstream_task_id": live, "state": "succeeded", "result_urls": "nope"}},
-                          {"data": {"upstream_task_id": live, "state": "failed", "failure_class": "billing"}},
-                          {"data": {"upstream_task_id": "", "state": "failed"}},
-                          {"data": {"upstream_task_id": live, "state": "failed", "error_code": 7}}])
+        doc = rng.choice(
+            [
+                [],
+                1,
+                "x",
+                None,
+                {"data": []},
+                {"data": {"upstream_task_id": 5, "state": "succeeded"}},
+                {"data": {"upstream_task_id": live, "state": "exploded"}},
+                {"data": {"upstream_task_id": live, "state": "succeeded", "result_urls": "nope"}},
+                {"data": {"upstream_task_id": live, "state": "failed", "failure_class": "billing"}},
+                {"data": {"upstream_task_id": "", "state": "failed"}},
+                {"data": {"upstream_task_id": live, "state": "failed", "error_code": 7}},
+            ]
+        )
         b = json.dumps(doc).encode()
         return Hostile(kind, "lumen", signed(b), b, "malformed")
     if kind == "unknown_upstream":
@@ -105,8 +141,9 @@ def generate(rng: random.Random, now_ts: int, env: dict[str, Any]) -> Hostile:
         h["webhook-timestamp"] = rng.choice(["", "-5", "1e9", "\u0661\u0662", " 17", "9" * 20, _junk(rng, 5)])
         return Hostile(kind, "lumen", h, body, "rejected_signature" if not h["webhook-timestamp"] else "malformed")
     if kind == "no_secret_provider":
-        return Hostile(kind, rng.choice(["nobody", "", "lumen\x00", "\u4e2d"]), signed(body), body,
-                       "rejected_signature")
+        return Hostile(
+            kind, rng.choice(["nobody", "", "lumen\x00", "\u4e2d"]), signed(body), body, "rejected_signature"
+        )
     if kind == "other_provider_secret":
         return Hostile(kind, "lumen", signed(body, env["secrets"]["other"]), body, "rejected_signature")
     if kind == "not_bytes":

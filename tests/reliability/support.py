@@ -55,8 +55,9 @@ class HashProvider:
         return f"{self.name}-{task_ref}"
 
 
-def violations_by_kind(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY,
-                       now: datetime | None = None) -> dict[str, list[str]]:
+def violations_by_kind(
+    snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY, now: datetime | None = None
+) -> dict[str, list[str]]:
     """Every DESIGN.md invariant over the rows, in plain Python, decided by `rivya_core.rules`:
     the violations found, keyed by the audit kind that checks the same invariant in SQL (kinds
     the audit has no query for are prefixed `py_`). `now` judges ages (stuck tasks, open chat
@@ -68,8 +69,9 @@ def violations_by_kind(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY,
         if e.amount == 0:
             bad["py_amount_zero"].append(f"ledger {e.id}: amount 0")
         if e.balance_after != running[e.user_id]:
-            bad["ledger_running_sum"].append(f"ledger {e.id}: balance_after {e.balance_after} != running sum "
-                                             f"{running[e.user_id]}")
+            bad["ledger_running_sum"].append(
+                f"ledger {e.id}: balance_after {e.balance_after} != running sum {running[e.user_id]}"
+            )
         if e.balance_after < 0:
             bad["negative_balance"].append(f"ledger {e.id}: negative balance_after")
     for a in snap.accounts:
@@ -89,8 +91,12 @@ def violations_by_kind(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY,
         t = tasks.get(e.task_id)
         if e.entry_type == EntryType.CONSUME and t is not None and t.submitted_at and e.created_at > t.submitted_at:
             bad["charged_after_submit"].append(f"task {t.id}: charged after submission")
-        if e.entry_type == EntryType.REFUND and t is not None and t.status != TaskStatus.SUCCESS \
-                and not rules.refund_allowed(t.status, t.failure_class, e.support, policy, t.rerun_of is not None):
+        if (
+            e.entry_type == EntryType.REFUND
+            and t is not None
+            and t.status != TaskStatus.SUCCESS
+            and not rules.refund_allowed(t.status, t.failure_class, e.support, policy, t.rerun_of is not None)
+        ):
             bad["refund_not_due"].append(f"ledger {e.id}: refund of task {t.id} ({t.status}, {t.failure_class})")
     support_refunded = {e.task_id for e in snap.ledger if e.entry_type == EntryType.REFUND and e.support}
     notes: dict[int, list[str]] = defaultdict(list)
@@ -137,11 +143,14 @@ def violations_by_kind(snap: Snapshot, policy: BillingPolicy = DEFAULT_POLICY,
                 bad["py_terminal_event"].append(f"{where}: {terminal_events[t.id]} terminal transitions")
         elif notes[t.id] or terminal_events[t.id]:
             bad["py_active_yet_finished"].append(f"{where}: active yet notified or finished")
-        elif now is not None and (now - (t.submitted_at or t.created_at)).total_seconds() > \
-                policy.timeout_for(t.category):
+        elif now is not None and (now - (t.submitted_at or t.created_at)).total_seconds() > policy.timeout_for(
+            t.category
+        ):
             bad["stuck_past_timeout"].append(f"{where}: past the timeout")
-    chat = {m.id: [e for e in snap.ledger if e.chat_message_id == m.id and e.entry_type in CHAT_TYPES]
-            for m in snap.messages}
+    chat = {
+        m.id: [e for e in snap.ledger if e.chat_message_id == m.id and e.entry_type in CHAT_TYPES]
+        for m in snap.messages
+    }
     for m in snap.messages:
         if m.charged_credits is not None and m.charged_credits > m.reserved_credits and not policy.chat_allow_overrun:
             bad["chat_overcharge"].append(f"chat message {m.id}: charged more than reserved")
@@ -200,7 +209,9 @@ def corruptions(snap: Snapshot) -> list[tuple[str, Snapshot]]:
     refund = next((e for e in snap.ledger if e.entry_type == EntryType.REFUND), None)
     if refund is not None:
         s = copy.deepcopy(snap)
-        s.ledger.append(dataclasses.replace(refund, id=ledger_ids + 1, idempotency_key="again:" + refund.idempotency_key))
+        s.ledger.append(
+            dataclasses.replace(refund, id=ledger_ids + 1, idempotency_key="again:" + refund.idempotency_key)
+        )
         out.append(("refund repeated", s))
         s = copy.deepcopy(snap)
         s.ledger = [e for e in s.ledger if e.id != refund.id]
@@ -211,13 +222,29 @@ def corruptions(snap: Snapshot) -> list[tuple[str, Snapshot]]:
         t = next(t for t in s.tasks if t.id == success.id)
         t.status, t.error_code = TaskStatus.FAILED.value, None
         out.append(("success turned failure without a code", s))
-    kept = next((t for t in snap.tasks if t.status == TaskStatus.FAILED and not t.error_code == INSUFFICIENT_CREDITS
-                 and any(e.task_id == t.id and e.entry_type == EntryType.CONSUME for e in snap.ledger)), None)
+    kept = next(
+        (
+            t
+            for t in snap.tasks
+            if t.status == TaskStatus.FAILED
+            and not t.error_code == INSUFFICIENT_CREDITS
+            and any(e.task_id == t.id and e.entry_type == EntryType.CONSUME for e in snap.ledger)
+        ),
+        None,
+    )
     if kept is not None:
         s = copy.deepcopy(snap)
         charge = next(e for e in s.ledger if e.task_id == kept.id and e.entry_type == EntryType.CONSUME)
-        s.ledger.append(dataclasses.replace(charge, id=ledger_ids + 1, entry_type=EntryType.REFUND.value,
-                                            amount=-charge.amount, idempotency_key=f"goodwill:{kept.id}",
-                                            support=False, note="support: reads like one, is not one"))
+        s.ledger.append(
+            dataclasses.replace(
+                charge,
+                id=ledger_ids + 1,
+                entry_type=EntryType.REFUND.value,
+                amount=-charge.amount,
+                idempotency_key=f"goodwill:{kept.id}",
+                support=False,
+                note="support: reads like one, is not one",
+            )
+        )
         out.append(("refund without the rules' leave", s))
     return out

@@ -22,8 +22,13 @@ JSON = st.recursive(
 STATES = ("succeeded", "failed", "running")
 CLASSES = ("user", "provider", "infrastructure")
 URL = "https://cdn.example/out.png"
-REFUSED = {CallbackOutcome.MALFORMED, CallbackOutcome.UNKNOWN_TASK, CallbackOutcome.DUPLICATE,
-           CallbackOutcome.REJECTED_SIGNATURE, CallbackOutcome.REJECTED_STALE}
+REFUSED = {
+    CallbackOutcome.MALFORMED,
+    CallbackOutcome.UNKNOWN_TASK,
+    CallbackOutcome.DUPLICATE,
+    CallbackOutcome.REJECTED_SIGNATURE,
+    CallbackOutcome.REJECTED_STALE,
+}
 
 
 def _valid(field: str, value) -> bool:
@@ -31,8 +36,11 @@ def _valid(field: str, value) -> bool:
     if field == "state":
         return isinstance(value, str) and value in STATES
     if field == "result_urls":
-        return value is None or (isinstance(value, list) and len(value) <= 50
-                                 and all(isinstance(u, str) and 0 < len(u) <= 2000 for u in value))
+        return value is None or (
+            isinstance(value, list)
+            and len(value) <= 50
+            and all(isinstance(u, str) and 0 < len(u) <= 2000 for u in value)
+        )
     if field == "failure_class":
         return value is None or (isinstance(value, str) and value in CLASSES)
     if field in ("error_code", "error_message"):
@@ -41,9 +49,13 @@ def _valid(field: str, value) -> bool:
 
 
 FIELDS = ("state", "result_urls", "error_code", "error_message", "failure_class")
-GOOD = {"state": st.sampled_from(STATES), "result_urls": st.just([URL]) | st.just([]) | st.none(),
-        "error_code": st.none() | st.just("model_error"), "error_message": st.none() | st.just("it broke"),
-        "failure_class": st.none() | st.sampled_from(CLASSES)}
+GOOD = {
+    "state": st.sampled_from(STATES),
+    "result_urls": st.just([URL]) | st.just([]) | st.none(),
+    "error_code": st.none() | st.just("model_error"),
+    "error_message": st.none() | st.just("it broke"),
+    "failure_class": st.none() | st.sampled_from(CLASSES),
+}
 
 
 @st.composite
@@ -82,5 +94,10 @@ def test_signed_callback_of_any_shape_is_recorded_and_wrong_shapes_change_nothin
     else:  # a well-formed body for a generating task is taken (applied, deferred or recorded as progress)
         assert result.outcome not in REFUSED, result
     if result.outcome in (CallbackOutcome.MALFORMED, CallbackOutcome.UNKNOWN_TASK):
-        assert (after.tasks, after.ledger, after.notifications, after.events, after.accounts) == \
-            (before.tasks, before.ledger, before.notifications, before.events, before.accounts)
+        assert (after.tasks, after.ledger, after.notifications, after.events, after.accounts) == (
+            before.tasks,
+            before.ledger,
+            before.notifications,
+            before.events,
+            before.accounts,
+        )

@@ -22,8 +22,14 @@ def test_a_few_chaos_seeds_hold_every_invariant():
 
 
 def test_a_failed_seed_prints_rows_and_replay_command():
-    bad = SeedResult(7, 1, {"lost": 0.2}, False, True,
-                     [{"kind": "double_refund", "message": "Double refund: 1", "rows": [{"task_id": 3}]}])
+    bad = SeedResult(
+        7,
+        1,
+        {"lost": 0.2},
+        False,
+        True,
+        [{"kind": "double_refund", "message": "Double refund: 1", "rows": [{"task_id": 3}]}],
+    )
     text = bad.render(50)
     assert "seed 7: FAILED" in text and "double_refund" in text and "{'task_id': 3}" in text
     assert "python -m simulations chaos --seeds 1 --start 7 --tasks 50" in text

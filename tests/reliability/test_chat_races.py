@@ -125,8 +125,10 @@ def test_racing_settle_and_fail_settle_each_turn_exactly_once(pg_url):
         if answer[0] == "ok":
             msg = messages[msg_id]
             if (answer[1], answer[2]) != (str(msg.status), msg.charged_credits):
-                bad.append(f"message {msg_id}: {action} answered {answer[1:]} but the turn is "
-                           f"{msg.status}/{msg.charged_credits}")
+                bad.append(
+                    f"message {msg_id}: {action} answered {answer[1:]} but the turn is "
+                    f"{msg.status}/{msg.charged_credits}"
+                )
     assert bad == []
     assert cons["ok"], cons
     # the races really happened: some loser was told the turn was already closed

@@ -21,8 +21,16 @@ from rivya_core.validation import validate
 from tests.cli import run_main
 from tests.fakes import IMAGE, make_service
 
-CORE = ["init-db", "audit", "diagnose 1", "refund 1 --operator o --reason r", "recheck 1",
-        "mark-failed 1 --operator o --reason r", "recover", "poll"]
+CORE = [
+    "init-db",
+    "audit",
+    "diagnose 1",
+    "refund 1 --operator o --reason r",
+    "recheck 1",
+    "mark-failed 1 --operator o --reason r",
+    "recover",
+    "poll",
+]
 SIMS = ["run chaos --tasks 5", "replay", "compare chaos --policy a.toml --policy b.toml", "chaos --seeds 1"]
 
 
@@ -38,13 +46,22 @@ def _one_clear_line(proc) -> None:
     assert len(lines) == 1 and "error" in lines[0], proc.stderr  # argparse may add its usage line
 
 
-@pytest.mark.parametrize("module,argv", [
-    ("rivya_core", ""), ("rivya_core", "nonsense"), ("rivya_core", "diagnose notanumber"),
-    ("rivya_core", "audit --db"), ("rivya_core", "refund 1"), ("rivya_core", "recover --grace x"),
-    ("simulations", ""), ("simulations", "nonsense"), ("simulations", "chaos --seeds 0"),
-    *[("simulations", argv) for argv in ("run", "chaos", "chaos --seeds x", "compare chaos")],
-    ("simulations", "run no-such-scenario --db sqlite:///x.db"),
-])
+@pytest.mark.parametrize(
+    "module,argv",
+    [
+        ("rivya_core", ""),
+        ("rivya_core", "nonsense"),
+        ("rivya_core", "diagnose notanumber"),
+        ("rivya_core", "audit --db"),
+        ("rivya_core", "refund 1"),
+        ("rivya_core", "recover --grace x"),
+        ("simulations", ""),
+        ("simulations", "nonsense"),
+        ("simulations", "chaos --seeds 0"),
+        *[("simulations", argv) for argv in ("run", "chaos", "chaos --seeds x", "compare chaos")],
+        ("simulations", "run no-such-scenario --db sqlite:///x.db"),
+    ],
+)
 def test_wrong_arguments(module, argv, tmp_path):
     _one_clear_line(run_main(module, *argv.split(), cwd=tmp_path))
 
@@ -54,8 +71,14 @@ def test_wrong_arguments(module, argv, tmp_path):
 def test_the_process_exits_non_zero_with_one_line(module, argv, tmp_path):
     """The same through `python -m` in a fresh interpreter, from another directory."""
     root = str(Path(__file__).resolve().parents[2])
-    proc = subprocess.run([sys.executable, "-m", module, *argv.split()], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *argv.split()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": root},
+    )
     assert proc.returncode == 2
     _one_clear_line(proc)
 
@@ -64,8 +87,13 @@ def test_the_process_exits_non_zero_with_one_line(module, argv, tmp_path):
 def test_core_missing_database_and_missing_schema(command, tmp_path, pg_server_url):
     empty = tmp_path / "empty.db"
     create_engine(f"sqlite:///{empty}").connect().close()
-    for url in (str(tmp_path / "absent.db"), f"sqlite:///{empty}", "postgresql://nobody@127.0.0.1:1/none",
-                "postgresql+psycopg://postgres@127.0.0.1:5432/rivya_no_such_db", "mysql+nodriver://x"):
+    for url in (
+        str(tmp_path / "absent.db"),
+        f"sqlite:///{empty}",
+        "postgresql://nobody@127.0.0.1:1/none",
+        "postgresql+psycopg://postgres@127.0.0.1:5432/rivya_no_such_db",
+        "mysql+nodriver://x",
+    ):
         _one_clear_line(_run("-m", "rivya_core", *command.split(), "--db", url))
 
 

@@ -69,6 +69,7 @@ def test_concurrent_bank_workload_keeps_the_ledger_exact(db_url):
     snap = SqlStore(engine).snapshot()
     engine.dispose()
     from .support import invariant_violations
+
     assert invariant_violations(snap, FINISH_POLICY) == []
     # the workload really raced: shortfalls, callbacks of every kind, support refunds both ways
     assert totals["submit:FAILED"] > per_worker, totals

@@ -51,7 +51,7 @@ def workload(svc, clock, providers, user_id: int, tag: str) -> None:
     """submit (success by callback, failure by poll, a shortfall), a duplicate and an early callback."""
     a = svc.submit(user_id, {**IMAGE, "prompt": f"{tag} a"})
     b = svc.submit(user_id, {**IMAGE, "prompt": f"{tag} b"})
-    svc.submit(user_id, {"model": "lumen-pro", "prompt": f"{tag} too dear"})   # shortfall
+    svc.submit(user_id, {"model": "lumen-pro", "prompt": f"{tag} too dear"})  # shortfall
     svc.handle_callback("lumen", *callback(clock, a.upstream_task_id, urls=(), msg_id=f"{tag}-early"))
     providers["lumen"].succeed(a.upstream_task_id)
     svc.handle_callback("lumen", *callback(clock, a.upstream_task_id, msg_id=f"{tag}-a"))
@@ -113,7 +113,8 @@ def _run_crash_case(inner, n: int, after_commit: bool, tag: str) -> None:
     # nothing lost: every job the provider accepted belongs to a settled task, charged once
     upstream_ids = {t.upstream_task_id for t in mine if t.upstream_task_id}
     assert set(providers["lumen"].refs.values()) <= upstream_ids | {
-        t.upstream_task_id for t in snap.tasks if t.user_id != user.id}
+        t.upstream_task_id for t in snap.tasks if t.user_id != user.id
+    }
     new_keys = [e.idempotency_key for e in snap.ledger if e.idempotency_key not in charged_before]
     assert len(new_keys) == len(set(new_keys))
     for t in mine:  # and no refund is left due afterwards

@@ -25,16 +25,23 @@ def _ok(report):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault,flavor", [("kill-worker", "replicate"), ("restart-db", "fal"),
-                                          ("drop-connections", "replicate"), ("slow-provider", "fal"),
-                                          ("provider-down", "replicate")])
+@pytest.mark.parametrize(
+    "fault,flavor",
+    [
+        ("kill-worker", "replicate"),
+        ("restart-db", "fal"),
+        ("drop-connections", "replicate"),
+        ("slow-provider", "fal"),
+        ("provider-down", "replicate"),
+    ],
+)
 def test_each_fault_on_postgresql_loses_and_doubles_nothing(pg_url, fault, flavor):
     report = run_faults(pg_url, flavor, TASKS, fault, speed=SPEED)
     _ok(report)
     if fault == "kill-worker":
         # a worker was killed in the middle of a delivery, which the provider then sent again
         assert any(w["victim_busy"] for w in report.windows) and report.answers.get("no answer", 0) >= 1
-        assert all(w["recovered_s"] is not None for w in report.windows)   # replaced each time
+        assert all(w["recovered_s"] is not None for w in report.windows)  # replaced each time
     if fault in ("restart-db", "drop-connections"):
         assert report.answers.get("5xx", 0) >= 1 and report.acked_while_down == 0
         assert all(w["recovered_s"] is not None for w in report.windows)
@@ -53,8 +60,25 @@ def test_on_sqlite_a_worker_killed_holding_the_write_lock_loses_nothing(sqlite_u
 
 def test_a_fault_that_needs_postgresql_is_refused_on_sqlite_in_one_line(tmp_path):
     db = tmp_path / "x.db"
-    r = subprocess.run([sys.executable, "-m", "simulations", "faults", "--db", f"sqlite:///{db}", "--flavor", "fal",
-                        "--tasks", "5", "--fault", "restart-db"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulations",
+            "faults",
+            "--db",
+            f"sqlite:///{db}",
+            "--flavor",
+            "fal",
+            "--tasks",
+            "5",
+            "--fault",
+            "restart-db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "needs PostgreSQL" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not db.exists()
 

@@ -31,13 +31,18 @@ def _world(store):
     done, applied = [], []
     for i in range(4):
         t = svc.submit(user.id, {**IMAGE, "prompt": f"done {i}"})
-        res = svc.handle_callback("lumen", *callback(clock, t.upstream_task_id, msg_id=f"applied-{i}",
-                                                     secret=secrets["lumen"]))
+        res = svc.handle_callback(
+            "lumen", *callback(clock, t.upstream_task_id, msg_id=f"applied-{i}", secret=secrets["lumen"])
+        )
         assert res.outcome == "applied"
         done.append(t.upstream_task_id)
         applied.append(f"applied-{i}")
-    env = {"secrets": {"lumen": secrets["lumen"], "other": secrets["sonora"]},
-           "generating": {"lumen": live, "other": other}, "terminal": done, "applied_ids": applied}
+    env = {
+        "secrets": {"lumen": secrets["lumen"], "other": secrets["sonora"]},
+        "generating": {"lumen": live, "other": other},
+        "terminal": done,
+        "applied_ids": applied,
+    }
     return svc, clock, env
 
 
@@ -68,8 +73,9 @@ def _fuzz(store, n: int, seed: int):
     assert {e.kind for e in new_events} <= {"callback"}  # duplicates are noted on the timeline, nothing else
     assert all(e.detail["outcome"] == "duplicate" for e in new_events)
     assert all(len(c.body or "") <= STORED_BODY_LIMIT for c in snap.callbacks)
-    assert all(not c.signature_valid for c in snap.callbacks[n_cbs:]
-               if c.outcome in ("rejected_signature", "rejected_stale"))
+    assert all(
+        not c.signature_valid for c in snap.callbacks[n_cbs:] if c.outcome in ("rejected_signature", "rejected_stale")
+    )
     return seen
 
 

@@ -30,8 +30,7 @@ pytestmark = pytest.mark.slow  # kills a run in a child process
 
 
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 # `python -m simulations run ...` whose process SIGKILLs itself once its second batch has committed.
@@ -53,8 +52,13 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 def _kill_after_two_batches(url: str) -> None:
-    run = subprocess.run([sys.executable, "-c", _KILLED_RUN, "run", "data/scenarios/chaos.toml",
-                          "--tasks", "3000", "--db", url], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, "run", "data/scenarios/chaos.toml", "--tasks", "3000", "--db", url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == -signal.SIGKILL, f"the run ended before it was killed: {run.stderr[-500:]}"
 
 
@@ -64,8 +68,9 @@ def _state(engine) -> dict:
             "statuses": dict(conn.execute(select(T.c.status, func.count()).group_by(T.c.status)).all()),
             "ledger": conn.execute(select(schema.credit_ledger).order_by(schema.credit_ledger.c.id)).all(),
             "notifications": conn.scalar(select(func.count()).select_from(schema.notification)),
-            "messages": conn.execute(select(schema.chat_message.c.id, schema.chat_message.c.status)
-                                     .order_by(schema.chat_message.c.id)).all(),
+            "messages": conn.execute(
+                select(schema.chat_message.c.id, schema.chat_message.c.status).order_by(schema.chat_message.c.id)
+            ).all(),
         }
 
 

@@ -17,13 +17,20 @@ def _run(module: str, argv: list[str], cwd: Path, **env: str):
     return run_main(module, *argv, cwd=cwd, env=env)
 
 
-@pytest.mark.parametrize("module,argv", [
-    ("rivya_core", "serve --port abc"), ("rivya_core", "serve --port 0"), ("rivya_core", "poll --every 0"),
-    ("rivya_core", "poll --every x"),
-    ("simulations", "serve-provider --flavor openai --port 9"), ("simulations", "serve-provider --flavor fal"),
-    ("simulations", "live --flavor fal --tasks 5"), ("simulations", "live --flavor fal --tasks 0 --db x.db"),
-    ("simulations", "receiver-load --db x.db --tasks 0"),
-])
+@pytest.mark.parametrize(
+    "module,argv",
+    [
+        ("rivya_core", "serve --port abc"),
+        ("rivya_core", "serve --port 0"),
+        ("rivya_core", "poll --every 0"),
+        ("rivya_core", "poll --every x"),
+        ("simulations", "serve-provider --flavor openai --port 9"),
+        ("simulations", "serve-provider --flavor fal"),
+        ("simulations", "live --flavor fal --tasks 5"),
+        ("simulations", "live --flavor fal --tasks 0 --db x.db"),
+        ("simulations", "receiver-load --db x.db --tasks 0"),
+    ],
+)
 def test_wrong_arguments(module, argv, tmp_path):
     proc = _run(module, argv.split(), tmp_path)
     _one_clear_line(proc)
@@ -45,8 +52,7 @@ def test_a_bad_provider_configuration_is_one_line_without_the_secret(tmp_path):
 def test_serve_provider_never_overwrites_a_config_file(tmp_path):
     out = tmp_path / "providers.toml"
     out.write_text("keep me")
-    proc = _run("simulations", ["serve-provider", "--flavor", "fal", "--port", "9", "--config-out", str(out)],
-                tmp_path)
+    proc = _run("simulations", ["serve-provider", "--flavor", "fal", "--port", "9", "--config-out", str(out)], tmp_path)
     _one_clear_line(proc)
     assert out.read_text() == "keep me"
 
@@ -61,7 +67,6 @@ def test_live_refuses_a_database_that_holds_tasks(tmp_path):
     svc.submit(svc.create_account("a@example.com", "A", grant=100).id, IMAGE)
     store.engine.dispose()
     before = db.read_bytes()
-    proc = _run("simulations", ["live", "--flavor", "replicate", "--tasks", "1", "--db", f"sqlite:///{db}"],
-                tmp_path)
+    proc = _run("simulations", ["live", "--flavor", "replicate", "--tasks", "1", "--db", f"sqlite:///{db}"], tmp_path)
     _one_clear_line(proc)
     assert "--force" in proc.stderr and db.read_bytes() == before

@@ -31,7 +31,7 @@ SPEED = 600.0
 @pytest.mark.parametrize("flavor", ["replicate", "fal"])
 def test_chaos_over_real_http_every_task_terminal_audit_clean(flavor, pg_url, monkeypatch, tmp_path):
     summary, farm = run_live(load_scenario("chaos"), flavor, 500, pg_url, speed=SPEED)
-    assert summary.ok, summary.render_text()                       # every task terminal, no audit finding
+    assert summary.ok, summary.render_text()  # every task terminal, no audit finding
     assert summary.tasks == 500 and set(summary.counts_by_state) <= {"SUCCESS", "FAILED"}
     sent, outcomes = farm["sent"], summary.counts_by_outcome
     assert sent.get("forged") and sent.get("stale") and sent.get("malformed"), sent
@@ -63,8 +63,9 @@ def _support_recheck_from_the_dashboard(store, url, monkeypatch, tmp_path):
             c.webhook_url = None  # no callback: only a re-check can tell
         svc = LifecycleService(store, WallClock(), clients, default_catalog(), scaled_policy(scenario.policy, SPEED))
         user = svc.create_account("support-case@qa.example", "Support Case", grant=1000)
-        task = svc.submit(user.id, {"model": "lumen-flash", "prompt": "a lighthouse at dusk, for support",
-                                    "params": {}})
+        task = svc.submit(
+            user.id, {"model": "lumen-flash", "prompt": "a lighthouse at dusk, for support", "params": {}}
+        )
         assert task.status == TaskStatus.GENERATING
         deadline = time.monotonic() + 30
         while fake.jobs[task.upstream_task_id].state in ("queued", "running") and time.monotonic() < deadline:

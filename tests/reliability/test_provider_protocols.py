@@ -27,7 +27,7 @@ from simulations.live import ServerThread
 from simulations.scenarios import ProviderConfig, load_scenario
 
 SPEED = 600.0
-MODEL = "lumen-flash"       # a replicate-served catalogue model (provider lumen)
+MODEL = "lumen-flash"  # a replicate-served catalogue model (provider lumen)
 
 
 def _quiet_scenario():
@@ -79,7 +79,7 @@ def test_official_replicate_client_creates_waits_reads_output(fake_replicate):
     pred.wait()
     assert pred.status == "succeeded"
     assert isinstance(pred.output, list) and pred.output[0] == f"{url}/outputs/{pred.id}.png"
-    got = httpx.get(pred.output[0])   # the fake serves its outputs, so a deployment can copy them
+    got = httpx.get(pred.output[0])  # the fake serves its outputs, so a deployment can copy them
     assert got.status_code == 200 and got.headers["content-type"] == "image/png" and got.content
     again = client.predictions.get(pred.id)
     assert again.output == pred.output and again.version == version_id(MODEL)
@@ -119,9 +119,10 @@ def test_official_client_reads_the_default_webhook_secret(fake_replicate):
     assert client.webhooks.default.secret().key == fake.keys.secrets[fake.provider_names[0]]
 
 
-@pytest.mark.parametrize("events, expected", [(["completed"], ["succeeded"]),
-                                              (["start", "completed"], ["starting", "succeeded"]),
-                                              (None, ["succeeded"])])   # default: output and completed
+@pytest.mark.parametrize(
+    "events, expected",
+    [(["completed"], ["succeeded"]), (["start", "completed"], ["starting", "succeeded"]), (None, ["succeeded"])],
+)  # default: output and completed
 def test_webhook_events_filter_is_honoured(fake_replicate, events, expected):
     fake, url = fake_replicate
     cap = Capture()
@@ -134,25 +135,30 @@ def test_webhook_events_filter_is_honoured(fake_replicate, events, expected):
         pred.wait()
         _wait(lambda: fake.jobs[pred.id].pending == 0 and "succeeded" in cap.statuses())
         assert cap.statuses() == expected
-        assert fake.prediction(fake.jobs[pred.id])["webhook_events_filter"] == (
-            events or ["output", "completed"])
+        assert fake.prediction(fake.jobs[pred.id])["webhook_events_filter"] == (events or ["output", "completed"])
 
 
 def test_429_carries_retry_after_and_our_client_waits_for_it():
     fake = FakeProvider("replicate", _quiet_scenario(), speed=SPEED, rate_limit_per_s=1.0)
     with ServerThread(fake.app) as server:
-        raw = httpx.post(f"{server.url}/v1/models/lumen/{MODEL}/predictions", json={"input": {"prompt": "a"}},
-                         headers={"Authorization": f"Bearer {TOKEN}"})
+        raw = httpx.post(
+            f"{server.url}/v1/models/lumen/{MODEL}/predictions",
+            json={"input": {"prompt": "a"}},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
         assert raw.status_code == 201
-        throttled = httpx.post(f"{server.url}/v1/models/lumen/{MODEL}/predictions", json={"input": {"prompt": "b"}},
-                               headers={"Authorization": f"Bearer {TOKEN}"})
+        throttled = httpx.post(
+            f"{server.url}/v1/models/lumen/{MODEL}/predictions",
+            json={"input": {"prompt": "b"}},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
         assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) >= 1
         client = ReplicateClient("lumen", TOKEN, base_url=f"{server.url}/v1", retries=2)
         waits: list[float] = []
         client.api.sleep = lambda s: (waits.append(s), time.sleep(s))
         ids = {client.submit(f"task-{i}", MODEL, "throttled", {}) for i in range(2)}
         assert len(ids) == 2 and fake.stats.submit_faults["throttled"] >= 2
-        assert waits and all(w >= 1.0 for w in waits)   # the server's Retry-After, not the 0.2 s backoff
+        assert waits and all(w >= 1.0 for w in waits)  # the server's Retry-After, not the 0.2 s backoff
 
 
 def test_replicate_secret_is_fetched_when_none_is_configured(fake_replicate):
@@ -163,11 +169,11 @@ def test_replicate_secret_is_fetched_when_none_is_configured(fake_replicate):
     headers = webhooks.signed_headers(fake.keys.secrets[name], "msg_1", int(time.time()), body)
     assert client.callbacks.verify(headers, body, time.time()) == "msg_1"
     assert client.callbacks.verify(headers, body, time.time()) == "msg_1"
-    assert client.callbacks.fetched.fetches == 1   # cached, not read per delivery
+    assert client.callbacks.fetched.fetches == 1  # cached, not read per delivery
     forged = webhooks.signed_headers(fake.keys.forger_secret, "msg_2", int(time.time()), body)
     with pytest.raises(webhooks.WebhookError):
         client.callbacks.verify(forged, body, time.time())
-    assert client.callbacks.fetched.fetches == 1   # re-read at most once a minute
+    assert client.callbacks.fetched.fetches == 1  # re-read at most once a minute
 
 
 class JwksServer:
@@ -179,15 +185,20 @@ class JwksServer:
 
         async def jwks(_request: Request) -> Response:
             self.hits += 1
-            return JSONResponse({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": webhooks.ed25519_public_key(s)}
-                                          for s in self.seeds] + [{"kty": "RSA", "n": "x", "e": "AQAB"}]})
+            return JSONResponse(
+                {
+                    "keys": [{"kty": "OKP", "crv": "Ed25519", "x": webhooks.ed25519_public_key(s)} for s in self.seeds]
+                    + [{"kty": "RSA", "n": "x", "e": "AQAB"}]
+                }
+            )
 
         self.app = Starlette(routes=[Route("/.well-known/jwks.json", jwks, methods=["GET"])])
 
 
 def _fal_delivery(seed: str, rid: str = "req-1") -> tuple[dict[str, str], bytes]:
     body = b'{"request_id": "%s", "status": "OK", "payload": {"images": [{"url": "https://x.example/a.png"}]}}' % (
-        rid.encode())
+        rid.encode()
+    )
     return webhooks.ed25519_headers(seed, rid, "user", int(time.time()), body), body
 
 
@@ -201,19 +212,19 @@ def test_fal_keys_come_from_the_jwks_cached_and_refetched_on_rotation():
         for _ in range(3):
             headers, body = _fal_delivery(old)
             assert client.callbacks.verify(headers, body, time.time()).startswith("req-1:")
-        assert srv.hits == 1                                   # fetched once, cached
-        srv.seeds = [new]                                      # fal rotates its key
+        assert srv.hits == 1  # fetched once, cached
+        srv.seeds = [new]  # fal rotates its key
         clock[0] += 61
         headers, body = _fal_delivery(new, "req-2")
         assert client.callbacks.verify(headers, body, time.time()).startswith("req-2:")
-        assert srv.hits == 2                                   # an unknown key: refetched at once
+        assert srv.hits == 2  # an unknown key: refetched at once
         headers, body = _fal_delivery(evil, "req-3")
-        for _ in range(5):                                     # forged: refused, and no fetch storm
+        for _ in range(5):  # forged: refused, and no fetch storm
             with pytest.raises(webhooks.WebhookError) as err:
                 client.callbacks.verify(headers, body, time.time())
             assert err.value.code == "bad_signature"
         assert srv.hits == 2
-        clock[0] += 24 * 3600                                  # the cache expires after 24 h
+        clock[0] += 24 * 3600  # the cache expires after 24 h
         headers, body = _fal_delivery(new, "req-4")
         client.callbacks.verify(headers, body, time.time())
         assert srv.hits == 3
@@ -225,7 +236,7 @@ def test_a_jwks_that_cannot_be_fetched_keeps_the_keys_held():
     with ServerThread(srv.app) as server:
         keys = JwksKeys(f"{server.url}/.well-known/jwks.json", min_refetch_s=0)
         assert keys.current() == [webhooks.ed25519_public_key(seed)]
-    assert keys.refresh() is False                            # the server is gone: nothing changes
+    assert keys.refresh() is False  # the server is gone: nothing changes
     assert keys.current() == [webhooks.ed25519_public_key(seed)]
 
 
@@ -233,8 +244,9 @@ def test_fal_client_uses_the_jwks_the_fake_publishes():
     fake = FakeProvider("fal", _quiet_scenario(), speed=SPEED)
     with ServerThread(fake.app) as server:
         name = "kinetica"
-        client = FalClient(name, TOKEN, app=f"rivya/{name}", base_url=server.url,
-                           jwks_url=f"{server.url}/.well-known/jwks.json")
+        client = FalClient(
+            name, TOKEN, app=f"rivya/{name}", base_url=server.url, jwks_url=f"{server.url}/.well-known/jwks.json"
+        )
         headers, body = _fal_delivery(fake.keys.seeds[name])
         assert client.callbacks.verify(headers, body, time.time()).startswith("req-1:")
 

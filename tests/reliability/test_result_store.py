@@ -44,16 +44,18 @@ class Misbehaving:
                 for _ in range(50):
                     yield b"x" * 10
                     await asyncio.sleep(0.1)
+
             return StreamingResponse(drip(), media_type="image/png")
 
         async def huge(request: Request) -> Response:
             async def flood():
                 for _ in range(64):
                     yield b"\0" * 65536
-            return StreamingResponse(flood(), media_type="video/mp4")   # no Content-Length: caught streaming
+
+            return StreamingResponse(flood(), media_type="video/mp4")  # no Content-Length: caught streaming
 
         async def huge_declared(request: Request) -> Response:
-            return Response(b"\0" * 10, media_type="video/mp4", headers={"Content-Length": str(10 ** 10)})
+            return Response(b"\0" * 10, media_type="video/mp4", headers={"Content-Length": str(10**10)})
 
         async def html(request: Request) -> Response:
             return Response("<html>not an image</html>", media_type="text/html")
@@ -72,10 +74,18 @@ class Misbehaving:
                 return Response("busy", status_code=503)
             return Response(PNG, media_type="image/png")
 
-        self.app = Starlette(routes=[
-            Route("/ok.png", ok), Route("/slow.png", slow), Route("/huge.mp4", huge),
-            Route("/huge-declared.mp4", huge_declared), Route("/page.html", html),
-            Route("/elsewhere.png", elsewhere), Route("/same-host.png", same_host), Route("/flaky.png", flaky)])
+        self.app = Starlette(
+            routes=[
+                Route("/ok.png", ok),
+                Route("/slow.png", slow),
+                Route("/huge.mp4", huge),
+                Route("/huge-declared.mp4", huge_declared),
+                Route("/page.html", html),
+                Route("/elsewhere.png", elsewhere),
+                Route("/same-host.png", same_host),
+                Route("/flaky.png", flaky),
+            ]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +96,7 @@ def server():
 
 
 def _fetcher(**kw) -> SafeFetcher:
-    kw.setdefault("allow_hosts", frozenset({"127.0.0.1"}))   # the test-only loopback allowance
+    kw.setdefault("allow_hosts", frozenset({"127.0.0.1"}))  # the test-only loopback allowance
     return SafeFetcher(**kw)
 
 
@@ -96,13 +106,16 @@ def test_a_good_output_is_fetched(server):
     assert got.content_type == "image/png" and got.file.read() == PNG and got.size == len(PNG)
 
 
-@pytest.mark.parametrize("path, permanent, words", [
-    ("/slow.png", False, "did not arrive within"),
-    ("/huge.mp4", True, "over"),
-    ("/huge-declared.mp4", True, "over"),
-    ("/page.html", True, "type 'text/html'"),
-    ("/elsewhere.png", True, "another host"),
-])
+@pytest.mark.parametrize(
+    "path, permanent, words",
+    [
+        ("/slow.png", False, "did not arrive within"),
+        ("/huge.mp4", True, "over"),
+        ("/huge-declared.mp4", True, "over"),
+        ("/page.html", True, "type 'text/html'"),
+        ("/elsewhere.png", True, "another host"),
+    ],
+)
 def test_a_misbehaving_server_is_refused(server, path, permanent, words):
     _bad, url = server
     with pytest.raises(CopyError) as err:
@@ -115,17 +128,20 @@ def test_a_same_host_redirect_is_followed(server):
     assert _fetcher().fetch(f"{url}/same-host.png").file.read() == PNG
 
 
-@pytest.mark.parametrize("target, resolved", [
-    ("http://127.0.0.1:9/x.png", None),            # loopback, not on the allowance
-    ("http://[::1]:9/x.png", None),
-    ("http://169.254.169.254/latest/meta-data", None),   # the cloud metadata address
-    ("http://10.1.2.3/x.png", None),
-    ("http://[::ffff:127.0.0.1]/x.png", None),
-    ("http://cdn.example/x.png", ["10.0.0.7"]),   # a public-looking name that resolves inside
-    ("http://cdn.example/x.png", ["93.184.216.34", "192.168.1.1"]),   # any private answer refuses
-    ("file:///etc/passwd", None),
-    ("http://user:pw@cdn.example/x.png", ["93.184.216.34"]),
-])
+@pytest.mark.parametrize(
+    "target, resolved",
+    [
+        ("http://127.0.0.1:9/x.png", None),  # loopback, not on the allowance
+        ("http://[::1]:9/x.png", None),
+        ("http://169.254.169.254/latest/meta-data", None),  # the cloud metadata address
+        ("http://10.1.2.3/x.png", None),
+        ("http://[::ffff:127.0.0.1]/x.png", None),
+        ("http://cdn.example/x.png", ["10.0.0.7"]),  # a public-looking name that resolves inside
+        ("http://cdn.example/x.png", ["93.184.216.34", "192.168.1.1"]),  # any private answer refuses
+        ("file:///etc/passwd", None),
+        ("http://user:pw@cdn.example/x.png", ["93.184.216.34"]),
+    ],
+)
 def test_never_fetches_from_a_private_address(target, resolved):
     asked: list[str] = []
 
@@ -203,7 +219,7 @@ def test_a_wrong_type_fails_the_task_with_its_own_code_and_refunds(server, tmp_p
     lumen.succeed(task.upstream_task_id, [f"{url}/page.html"])
     done = svc.recheck(task.id)
     assert done.status == TaskStatus.FAILED and done.error_code == OUTPUT_COPY_FAILED
-    assert done.failure_class == "infrastructure" and svc.balance(user.id) == before   # refunded by the policy
+    assert done.failure_class == "infrastructure" and svc.balance(user.id) == before  # refunded by the policy
 
 
 def test_a_failed_copy_is_retried_then_succeeds(server, tmp_path):
@@ -213,7 +229,7 @@ def test_a_failed_copy_is_retried_then_succeeds(server, tmp_path):
     bad.flaky_left = 1
     lumen.succeed(task.upstream_task_id, [f"{url}/flaky.png"])
     first = svc.recheck(task.id)
-    assert first.status == TaskStatus.GENERATING and first.next_check_at is not None   # rescheduled
+    assert first.status == TaskStatus.GENERATING and first.next_check_at is not None  # rescheduled
     clock.advance(30)
     done = svc.recheck(task.id)
     assert done.status == TaskStatus.SUCCESS and store.owns(done.result_urls[0])
@@ -226,7 +242,7 @@ def test_outputs_that_cannot_be_copied_before_the_deadline_fail_the_task(server,
     svc, clock, lumen, _store, user = _service(tmp_path)
     before = svc.balance(user.id)
     task = svc.submit(user.id, IMAGE)
-    bad.flaky_left = 10 ** 6
+    bad.flaky_left = 10**6
     lumen.succeed(task.upstream_task_id, [f"{url}/flaky.png"])
     assert svc.recheck(task.id).status == TaskStatus.GENERATING
     clock.advance(300)
@@ -287,14 +303,22 @@ def test_outputs_go_to_an_s3_bucket_when_one_is_configured(server, tmp_path, mon
     from rivya_core.results import copier_from_env
 
     _bad, url = server
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
         monkeypatch.setenv(k, v)
     with mock_aws():
         s3 = boto3.client("s3", region_name="eu-west-1")
         s3.create_bucket(Bucket="rivya-results", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-        copier = copier_from_env({"RIVYA_RESULTS_S3_BUCKET": "rivya-results", "RIVYA_RESULTS_S3_PREFIX": "prod",
-                                  "RIVYA_RESULTS_BASE_URL": "https://results.rivya.example"})
+        copier = copier_from_env(
+            {
+                "RIVYA_RESULTS_S3_BUCKET": "rivya-results",
+                "RIVYA_RESULTS_S3_PREFIX": "prod",
+                "RIVYA_RESULTS_BASE_URL": "https://results.rivya.example",
+            }
+        )
         copier.fetcher = _fetcher()
         svc, clock, providers = make_service()
         svc.results = copier

@@ -36,19 +36,27 @@ def test_rotation_secrets_and_no_leaks(db_url, caplog):
         svc.handle_callback("lumen", *callback(clock, tasks[0].upstream_task_id, msg_id="a", secret=NEW["lumen"])),
         svc.handle_callback("lumen", *callback(clock, tasks[1].upstream_task_id, msg_id="b", secret=OLD["lumen"])),
         svc.handle_callback("lumen", *callback(clock, tasks[2].upstream_task_id, msg_id="c", secret=NEW["sonora"])),
-        svc.handle_callback("lumen", *callback(clock, tasks[3].upstream_task_id, msg_id="d",
-                                               secret=webhooks.generate_secret(rng))),
+        svc.handle_callback(
+            "lumen", *callback(clock, tasks[3].upstream_task_id, msg_id="d", secret=webhooks.generate_secret(rng))
+        ),
         svc.handle_callback("parley", *callback(clock, "x", msg_id="e", secret=NEW["lumen"])),
         svc.handle_callback("nobody", *callback(clock, "x", msg_id="f", secret=NEW["lumen"])),
     ]
-    assert [o.outcome for o in outcomes] == ["applied", "applied", "rejected_signature", "rejected_signature",
-                                             "rejected_signature", "rejected_signature"]
+    assert [o.outcome for o in outcomes] == [
+        "applied",
+        "applied",
+        "rejected_signature",
+        "rejected_signature",
+        "rejected_signature",
+        "rejected_signature",
+    ]
     # after the window closes the old secret is refused
     svc._secrets["lumen"] = [NEW["lumen"]]
     late = svc.handle_callback("lumen", *callback(clock, tasks[2].upstream_task_id, msg_id="g", secret=OLD["lumen"]))
     assert late.outcome == "rejected_signature"
-    haystack = "\n".join([_all_text(svc.store), caplog.text, repr(svc), str(svc),
-                          *(o.reason or "" for o in [*outcomes, late])])
+    haystack = "\n".join(
+        [_all_text(svc.store), caplog.text, repr(svc), str(svc), *(o.reason or "" for o in [*outcomes, late])]
+    )
     assert "INSERT INTO provider_callback" in caplog.text  # the SQL log was captured, so it is searched too
     for secret in [*NEW.values(), *OLD.values(), BROKEN]:
         for needle in (secret, secret.removeprefix("whsec_")):

@@ -38,14 +38,18 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule(user=st.integers(0, 2), model=st.sampled_from(MODELS), n=st.integers(0, 9))
     def submit(self, user, model, n):
-        task = self.svc.submit(self.users[user % len(self.users)], {"model": model[0], "prompt": f"p{n}",
-                                                                   "params": model[1]})
+        task = self.svc.submit(
+            self.users[user % len(self.users)], {"model": model[0], "prompt": f"p{n}", "params": model[1]}
+        )
         if task.upstream_task_id:
             self.tasks.append((task.id, PROVIDER[model[0]], task.upstream_task_id))
 
     @precondition(lambda self: self.tasks)
-    @rule(i=st.integers(0, 10**6), outcome=st.sampled_from(["succeeded", "failed", "early", "running"]),
-          klass=st.sampled_from(["user", "provider", "infrastructure"]))
+    @rule(
+        i=st.integers(0, 10**6),
+        outcome=st.sampled_from(["succeeded", "failed", "early", "running"]),
+        klass=st.sampled_from(["user", "provider", "infrastructure"]),
+    )
     def good_callback(self, i, outcome, klass):
         _, provider, upstream = self.tasks[i % len(self.tasks)]
         if outcome == "early":
@@ -73,8 +77,12 @@ class Lifecycle(RuleBasedStateMachine):
             result = self._cb(upstream, "kinetica" if provider != "kinetica" else "lumen")
         after = self.svc.store.snapshot()
         assert result.outcome in ("rejected_signature", "rejected_stale", "malformed", "unknown_task")
-        assert (after.tasks, after.ledger, after.notifications, after.events) == \
-               (before.tasks, before.ledger, before.notifications, before.events)
+        assert (after.tasks, after.ledger, after.notifications, after.events) == (
+            before.tasks,
+            before.ledger,
+            before.notifications,
+            before.events,
+        )
 
     @precondition(lambda self: self.msg)
     @rule(n=st.integers(1, 10**6))
@@ -86,7 +94,8 @@ class Lifecycle(RuleBasedStateMachine):
             after = self.svc.store.snapshot()
             # a replayed id never changes money; it may only apply when that id was never applied
             assert after.ledger == before.ledger or f"m{n % self.msg + 1}" not in {
-                c.webhook_id for c in before.callbacks if c.outcome in ("applied", "deferred")}
+                c.webhook_id for c in before.callbacks if c.outcome in ("applied", "deferred")
+            }
 
     @rule(seconds=st.sampled_from([1, 30, 300, 900, 3600]))
     def time_passes(self, seconds):
@@ -144,6 +153,7 @@ class Lifecycle(RuleBasedStateMachine):
             assert differential(bad, found, self.svc.policy, self.clock.now()) == {}, damage
 
 
-Lifecycle.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
-                                       suppress_health_check=[HealthCheck.too_slow])
+Lifecycle.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestLifecycle = Lifecycle.TestCase

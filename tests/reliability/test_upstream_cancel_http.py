@@ -33,7 +33,7 @@ def _wait(condition, seconds=20.0):
 
 @pytest.mark.parametrize("flavor", ["replicate", "fal"])
 def test_support_mark_failed_cancels_the_job_at_the_fake_provider(flavor):
-    farm = ProviderConfig(capacity=4, video_s=Range(3000.0, 3000.0))   # runs far longer than the test
+    farm = ProviderConfig(capacity=4, video_s=Range(3000.0, 3000.0))  # runs far longer than the test
     scenario = dataclasses.replace(load_scenario("baseline"), farm=farm, providers={}, outages=())
     fake = FakeProvider(flavor, scenario, speed=1.0)
     with ServerThread(fake.app) as server:
@@ -73,10 +73,16 @@ def test_the_fake_aborts_a_job_whose_cancel_after_passed_in_the_queue_and_report
         api = httpx.Client(base_url=server.url + "/v1", headers={"Authorization": "Bearer fake-provider-token"})
         hook = "http://127.0.0.1:9/webhooks/lumen?ref="
         first = api.post("/models/lumen-flash/predictions", json={"input": {"prompt": "a"}, "webhook": hook + "t1"})
-        second = api.post("/models/lumen-flash/predictions", json={"input": {"prompt": "b"}, "webhook": hook + "t2"},
-                          headers={"Cancel-After": "0.2s"})
-        bad = api.post("/models/lumen-flash/predictions", json={"input": {"prompt": "c"}, "webhook": hook + "t3"},
-                       headers={"Cancel-After": "soon"})
+        second = api.post(
+            "/models/lumen-flash/predictions",
+            json={"input": {"prompt": "b"}, "webhook": hook + "t2"},
+            headers={"Cancel-After": "0.2s"},
+        )
+        bad = api.post(
+            "/models/lumen-flash/predictions",
+            json={"input": {"prompt": "c"}, "webhook": hook + "t3"},
+            headers={"Cancel-After": "soon"},
+        )
         assert (first.status_code, second.status_code, bad.status_code) == (201, 201, 422)
         a, b = first.json()["id"], second.json()["id"]
         _wait(lambda: fake.jobs[a].state == "succeeded" and fake.jobs[b].state == "aborted")

@@ -30,8 +30,7 @@ from rivya_core.stores.sql import SqlStore
 from .support import HashProvider, upstream_truth
 
 SECRET = webhooks.generate_secret(random.Random(5))
-FINISH_POLICY = BillingPolicy(name="support-refunds-provider",
-                              refund_classes=frozenset({FailureClass.INFRASTRUCTURE}))
+FINISH_POLICY = BillingPolicy(name="support-refunds-provider", refund_classes=frozenset({FailureClass.INFRASTRUCTURE}))
 PROMPT_MODEL = "lumen-flash"
 
 
@@ -68,8 +67,12 @@ def services(url: str):
     def svc(clock, policy):
         return LifecycleService(store, clock, providers, catalog, policy, secrets=secrets)
 
-    return store, svc(WallClock(), FINISH_POLICY), svc(AheadClock(3600), FINISH_POLICY), \
-        svc(WallClock(), BillingPolicy())
+    return (
+        store,
+        svc(WallClock(), FINISH_POLICY),
+        svc(AheadClock(3600), FINISH_POLICY),
+        svc(WallClock(), BillingPolicy()),
+    )
 
 
 def _body(upstream_id: str, early: bool = False) -> bytes:
@@ -77,10 +80,19 @@ def _body(upstream_id: str, early: bool = False) -> bytes:
 
     truth = upstream_truth(upstream_id)
     urls = [] if early else list(truth.result_urls)
-    return json.dumps({"type": f"task.{truth.state}", "data": {
-        "upstream_task_id": upstream_id, "state": truth.state, "result_urls": urls,
-        "error_code": truth.error_code, "error_message": truth.error_message,
-        "failure_class": truth.failure_class}}).encode()
+    return json.dumps(
+        {
+            "type": f"task.{truth.state}",
+            "data": {
+                "upstream_task_id": upstream_id,
+                "state": truth.state,
+                "result_urls": urls,
+                "error_code": truth.error_code,
+                "error_message": truth.error_message,
+                "failure_class": truth.failure_class,
+            },
+        }
+    ).encode()
 
 
 def send_callback(svc, upstream_id: str, msg_id: str, early: bool = False):
@@ -105,7 +117,9 @@ def run_worker(args: tuple[str, int, int, list[int]]) -> dict[str, int]:
             if task.upstream_task_id and roll < 0.5:
                 msg = f"w{worker}-{j}"
                 if rng.random() < 0.2:
-                    seen["cb:" + send_callback(finisher, task.upstream_task_id, msg + "-early", early=True).outcome] += 1
+                    seen[
+                        "cb:" + send_callback(finisher, task.upstream_task_id, msg + "-early", early=True).outcome
+                    ] += 1
                 seen["cb:" + send_callback(finisher, task.upstream_task_id, msg).outcome] += 1
                 if rng.random() < 0.3:  # the provider retries the same delivery
                     seen["cb:" + send_callback(finisher, task.upstream_task_id, msg).outcome] += 1

@@ -83,8 +83,13 @@ def test_dashboard_timing_covers_every_page_and_each_call_runs(tmp_path):
     database.make_db(str(tmp_path / "d.db"), 60)
     out = dashboard.dashboard(url, reps=1)
     names = {c["name"] for c in out["calls"]}
-    assert {"alerts.alerts", "user_view.user_tasks", "user_view.outcome_seen", "bulk.incidents",
-            "diagnose.diagnose"} <= names
+    assert {
+        "alerts.alerts",
+        "user_view.user_tasks",
+        "user_view.outcome_seen",
+        "bulk.incidents",
+        "diagnose.diagnose",
+    } <= names
     assert all(c["median_s"] >= 0 for c in out["calls"])
 
 

@@ -78,8 +78,11 @@ def test_get_task_of_an_evicted_task_raises_never_a_hollow_row():
     svc, clock, user, [task] = _finished_service()
     svc.store.drain_changes()
     svc.store.evict([task.id])
-    for read in (lambda tx: tx.get_task(task.id), lambda tx: tx.get_task(task.id, for_update=True),
-                 lambda tx: tx.task_by_upstream(task.provider, task.upstream_task_id)):
+    for read in (
+        lambda tx: tx.get_task(task.id),
+        lambda tx: tx.get_task(task.id, for_update=True),
+        lambda tx: tx.task_by_upstream(task.provider, task.upstream_task_id),
+    ):
         with pytest.raises(RivyaError) as err, svc.store.begin() as tx:
             read(tx)
         assert err.value.code == "task_evicted" and err.value.task_id == task.id

@@ -1,4 +1,4 @@
-""""Chat charged" means one thing everywhere: what users were finally charged for their chat turns
+""" "Chat charged" means one thing everywhere: what users were finally charged for their chat turns
 (reservations plus any overrun charge, less the unused part refunded), the sum of the messages'
 charged_credits once every turn settled. Reservations are a separate figure."""
 
@@ -29,8 +29,11 @@ def test_the_summary_reports_what_users_were_finally_charged(chat_run):
     summary, engine, _ = chat_run
     with engine.connect() as conn:
         final = conn.scalar(select(func.coalesce(func.sum(schema.chat_message.c.charged_credits), 0)))
-        reserved = -conn.scalar(select(func.coalesce(func.sum(schema.credit_ledger.c.amount), 0))
-                                .where(schema.credit_ledger.c.entry_type == "chat_reserve"))
+        reserved = -conn.scalar(
+            select(func.coalesce(func.sum(schema.credit_ledger.c.amount), 0)).where(
+                schema.credit_ledger.c.entry_type == "chat_reserve"
+            )
+        )
     assert summary.ok
     assert 0 < final < reserved  # the run has turns that used less than they reserved
     c = summary.credits

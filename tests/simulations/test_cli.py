@@ -9,15 +9,18 @@ import pytest
 from simulations.__main__ import main
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["run", "no_such_scenario", "--db", "sqlite:///{tmp}/x.db"], "no such scenario file"),
-    (["run", "baseline", "--db", "nope://x"], "malformed database URL"),
-    (["run", "baseline", "--db", "sqlite:///{tmp}/x.db", "--tasks", "0"], "--tasks"),
-    (["compare", "baseline", "--policy", "data/policies/default.toml"], "exactly two"),
-    (["compare", "baseline", "--policy", "missing.toml", "--policy", "missing.toml"], "no such policy file"),
-    (["replay", "sqlite:///{tmp}/missing.db"], "no SQLite database"),
-    (["replay", "0000deadbeef"], "no recorded run"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["run", "no_such_scenario", "--db", "sqlite:///{tmp}/x.db"], "no such scenario file"),
+        (["run", "baseline", "--db", "nope://x"], "malformed database URL"),
+        (["run", "baseline", "--db", "sqlite:///{tmp}/x.db", "--tasks", "0"], "--tasks"),
+        (["compare", "baseline", "--policy", "data/policies/default.toml"], "exactly two"),
+        (["compare", "baseline", "--policy", "missing.toml", "--policy", "missing.toml"], "no such policy file"),
+        (["replay", "sqlite:///{tmp}/missing.db"], "no SQLite database"),
+        (["replay", "0000deadbeef"], "no recorded run"),
+    ],
+)
 def test_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     try:
@@ -54,9 +57,23 @@ def test_run_json_then_replay_check(tmp_path, capsys, monkeypatch):
 
 
 def test_compare_prints_a_table_with_confidence_intervals(capsys):
-    code = main(["compare", "chaos", "--policy", "data/policies/refund_everything.toml",
-                 "--policy", "data/policies/no_refunds.toml", "--replications", "3", "--tasks", "100", "--workers", "0",
-                 "--json"])  # in this process: the engine is tested in test_sweep
+    code = main(
+        [
+            "compare",
+            "chaos",
+            "--policy",
+            "data/policies/refund_everything.toml",
+            "--policy",
+            "data/policies/no_refunds.toml",
+            "--replications",
+            "3",
+            "--tasks",
+            "100",
+            "--workers",
+            "0",
+            "--json",
+        ]
+    )  # in this process: the engine is tested in test_sweep
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     table = {row["kpi"]: row for row in report["table"]}

@@ -9,8 +9,20 @@ import pytest
 
 from simulations.__main__ import main
 
-PREMIUM = ["compare", "baseline", "--policy", "data/policies/default.toml", "--policy",
-           "data/policies/premium_prices.toml", "--replications", "2", "--tasks", "80", "--workers", "0"]
+PREMIUM = [
+    "compare",
+    "baseline",
+    "--policy",
+    "data/policies/default.toml",
+    "--policy",
+    "data/policies/premium_prices.toml",
+    "--replications",
+    "2",
+    "--tasks",
+    "80",
+    "--workers",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +66,26 @@ def test_the_text_report_shows_changes_definitions_and_the_note(capsys):
 
 
 def test_policies_with_the_same_prices_get_no_price_note(capsys):
-    assert main(["compare", "baseline", "--policy", "data/policies/default.toml", "--policy",
-                 "data/policies/no_refunds.toml", "--replications", "2", "--tasks", "40", "--workers", "0",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "baseline",
+                "--policy",
+                "data/policies/default.toml",
+                "--policy",
+                "data/policies/no_refunds.toml",
+                "--replications",
+                "2",
+                "--tasks",
+                "40",
+                "--workers",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["notes"] == []
 
 

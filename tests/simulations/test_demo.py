@@ -22,11 +22,14 @@ def test_demo_has_running_and_stuck_tasks_an_incident_and_alerts_that_lead_to_bu
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     assert ensure_demo_data(url) is True
     path = tmp_path / "demo.db"
-    running = dict(rows(path, "select status, count(*) from ai_task where status in ('WAITING','GENERATING') "
-                              "group by status"))
+    running = dict(
+        rows(path, "select status, count(*) from ai_task where status in ('WAITING','GENERATING') group by status")
+    )
     assert running.get("GENERATING", 0) >= 20
     assert running.get("WAITING", 0) >= 3  # submissions cut off by a worker that died after charging
-    outage = rows(path, "select count(*) from ai_task where provider = 'kinetica' and error_code = 'service_unavailable'")
+    outage = rows(
+        path, "select count(*) from ai_task where provider = 'kinetica' and error_code = 'service_unavailable'"
+    )
     assert outage[0][0] >= 20
 
     engine = db.open_reader(url)
@@ -45,8 +48,9 @@ def test_demo_has_running_and_stuck_tasks_an_incident_and_alerts_that_lead_to_bu
     p = bulk.plan(svc, svc.store.engine, crashed.action, crashed.filter)
     assert crashed.action == "recheck" and crashed.generating == 0 and p.would_act == crashed.stuck
     assert "waiting to be submitted past" in crashed.message and "running" not in crashed.message
-    assert {t.would for t in p.tasks} == {f"ask {crashed.provider} for a job under the task's reference; "
-                                          "else resubmit or fail it"}  # what a re-check does to a WAITING task
+    assert {t.would for t in p.tasks} == {
+        f"ask {crashed.provider} for a job under the task's reference; else resubmit or fail it"
+    }  # what a re-check does to a WAITING task
     svc.store.engine.dispose()
 
 
@@ -56,8 +60,11 @@ def test_demo_waiting_tasks_are_charged_crash_leftovers_that_recover_finishes(tm
     path = tmp_path / "demo.db"
     waiting = [r[0] for r in rows(path, "select id from ai_task where status = 'WAITING' order by id")]
     assert len(waiting) >= 3
-    charged = rows(path, "select count(distinct task_id) from credit_ledger where entry_type = 'consume' "
-                         f"and task_id in ({','.join(map(str, waiting))})")[0][0]
+    charged = rows(
+        path,
+        "select count(distinct task_id) from credit_ledger where entry_type = 'consume' "
+        f"and task_id in ({','.join(map(str, waiting))})",
+    )[0][0]
     assert charged == len(waiting)  # charged before submission, as the guide orders
     svc = service_for_url(url)  # the recorded providers, on the database's own clock
     for task_id in waiting:  # the checklist's next action is one the dashboard can take
@@ -69,8 +76,11 @@ def test_demo_waiting_tasks_are_charged_crash_leftovers_that_recover_finishes(tm
     assert {a["task_id"] for a in report.actions if "task_id" in a} >= set(waiting[1:])
     finished = rows(path, f"select status from ai_task where id in ({','.join(map(str, waiting))})")
     assert {s for (s,) in finished} == {"FAILED"}
-    refunded = rows(path, "select count(distinct task_id) from credit_ledger where entry_type = 'refund' "
-                          f"and task_id in ({','.join(map(str, waiting))})")[0][0]
+    refunded = rows(
+        path,
+        "select count(distinct task_id) from credit_ledger where entry_type = 'refund' "
+        f"and task_id in ({','.join(map(str, waiting))})",
+    )[0][0]
     assert refunded == len(waiting)
     engine = db.open_reader(url)
     report = audit(engine, DEFAULT_POLICY)
@@ -91,8 +101,19 @@ def test_demo_history_runs_forward_in_time_and_its_backtest_self_checks(tmp_path
     for table, col in (("credit_ledger", "created_at"), ("ai_task", "created_at"), ("task_event", "at")):
         back = rows(path, f"select count(*) from {table} a join {table} b on b.id = a.id + 1 and b.{col} < a.{col}")
         assert back == [(0,)], f"{table}: a row dated before the row written just before it"
-    code = main(["backtest", "--db", url, "--policy", "data/policies/default.toml",
-                 "--policy", "data/policies/refund_everything.toml", "--exact-only", "--json"])
+    code = main(
+        [
+            "backtest",
+            "--db",
+            url,
+            "--policy",
+            "data/policies/default.toml",
+            "--policy",
+            "data/policies/refund_everything.toml",
+            "--exact-only",
+            "--json",
+        ]
+    )
     check = json.loads(capsys.readouterr().out)["self_check"]
     assert check["ok"], check["first_diverging_rows"]
     assert code == 0
@@ -108,9 +129,12 @@ def test_on_the_demo_acts_and_ages_are_never_before_the_last_poll(tmp_path):
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     ensure_demo_data(url)
     path = tmp_path / "demo.db"
-    [(task_id, last_poll)] = rows(path, "select e.task_id, max(e.at) from task_event e join ai_task t on t.id = "
-                                        "e.task_id where t.status = 'GENERATING' and t.provider = 'kinetica' and "
-                                        "e.kind = 'poll' group by e.task_id order by max(e.at) desc, e.task_id limit 1")
+    [(task_id, last_poll)] = rows(
+        path,
+        "select e.task_id, max(e.at) from task_event e join ai_task t on t.id = "
+        "e.task_id where t.status = 'GENERATING' and t.provider = 'kinetica' and "
+        "e.kind = 'poll' group by e.task_id order by max(e.at) desc, e.task_id limit 1",
+    )
     svc = service_for_url(url)
     try:
         engine = svc.store.engine
@@ -120,9 +144,15 @@ def test_on_the_demo_acts_and_ages_are_never_before_the_last_poll(tmp_path):
         events = queries.task_detail(engine, task_id)["events"]
         assert [e["at"] for e in events] == sorted(e["at"] for e in events)
         assert all(e["at"] >= t for e in events if e["kind"] in ("support_action", "failed", "refunded", "notified"))
-        bulk.execute(svc, svc.store.engine, "mark-failed", incidents.BulkFilter(provider="kinetica", status=("GENERATING",),
-                                                         min_age_s=1800), operator="sam", reason="kinetica hang",
-                     name="kinetica hang")
+        bulk.execute(
+            svc,
+            svc.store.engine,
+            "mark-failed",
+            incidents.BulkFilter(provider="kinetica", status=("GENERATING",), min_age_s=1800),
+            operator="sam",
+            reason="kinetica hang",
+            name="kinetica hang",
+        )
         with engine.connect() as conn:
             created = conn.execute(incident.select()).first()._mapping["created_at"]
         assert created >= t

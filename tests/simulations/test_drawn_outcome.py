@@ -27,7 +27,8 @@ def test_the_rule_in_order_of_precedence():
 def test_the_http_farm_decides_outages_like_the_in_process_farm(mode, state, error):
     scenario = dataclasses.replace(load_scenario("baseline"), outages=(Outage("kinetica", 0.0, 1e9, mode),))
     farm = FakeProvider("fal", scenario, seed=1)
-    job = FakeJob(id="j1", provider="kinetica", task_ref="task-1", model="m", category="video",
-                  webhook=None, created=0.0)
+    job = FakeJob(
+        id="j1", provider="kinetica", task_ref="task-1", model="m", category="video", webhook=None, created=0.0
+    )
     farm._decide(job, NO_FAULT)
     assert (job.state, job.error, job.urls) == (state, error, ())

@@ -23,11 +23,15 @@ def test_every_shipped_scenario_round_trips_through_to_toml(path):
 def edited_chaos():
     sc = load_scenario("chaos")
     knobs = {"lost": 0.3, "early": 0.0, "capacity": 3}
-    return replace(sc, description='edited "knobs" \\ ünïcode\ttab', callbacks=True,
-                   population=replace(sc.population, users=17, broke_fraction=0.25),
-                   farm=replace(sc.farm, **knobs),
-                   providers={n: replace(p, **knobs) for n, p in sc.providers.items()},
-                   policy=BillingPolicy.load(POLICY_DIR / "no_refunds.toml"))
+    return replace(
+        sc,
+        description='edited "knobs" \\ ünïcode\ttab',
+        callbacks=True,
+        population=replace(sc.population, users=17, broke_fraction=0.25),
+        farm=replace(sc.farm, **knobs),
+        providers={n: replace(p, **knobs) for n, p in sc.providers.items()},
+        policy=BillingPolicy.load(POLICY_DIR / "no_refunds.toml"),
+    )
 
 
 def test_an_edited_scenario_round_trips_and_differs_from_its_file():

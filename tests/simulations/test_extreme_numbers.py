@@ -12,9 +12,30 @@ from rivya_core.policy import BillingPolicy, PolicyError
 from simulations.runner import Run, drain_seconds
 from simulations.scenarios import ScenarioError, parse_scenario
 
-EXTREMES = ["0", "-1", "1e-300", "0.1", "1.5", "7", "1e300", "1e308", "inf", "-inf", "nan",
-            "99999999999999999999999", "9223372036854775808", "[1, 2]", "[[1]]", "[]", "{a = 1}",
-            "[{a = 1}]", '"x"', "true", "[0, 1e300]", "{quantiles = [0, inf]}"]
+EXTREMES = [
+    "0",
+    "-1",
+    "1e-300",
+    "0.1",
+    "1.5",
+    "7",
+    "1e300",
+    "1e308",
+    "inf",
+    "-inf",
+    "nan",
+    "99999999999999999999999",
+    "9223372036854775808",
+    "[1, 2]",
+    "[[1]]",
+    "[]",
+    "{a = 1}",
+    "[{a = 1}]",
+    '"x"',
+    "true",
+    "[0, 1e300]",
+    "{quantiles = [0, inf]}",
+]
 ARRIVALS = """[scenario]
 name = "extreme"
 horizon_s = 0
@@ -32,8 +53,16 @@ users = 2
 """
 STEPS = [  # a submit, a chat turn and a grant; the extreme value goes into the step that uses the key
     {"at": "1", "action": '"submit"', "user": "0", "model": '"lumen-flash"'},
-    {"at": "2", "action": '"chat"', "user": "1", "model": '"parley-chat"', "prompt_tokens": "10",
-     "max_output_tokens": "20", "completion_tokens": "5", "gen_s": "3"},
+    {
+        "at": "2",
+        "action": '"chat"',
+        "user": "1",
+        "model": '"parley-chat"',
+        "prompt_tokens": "10",
+        "max_output_tokens": "20",
+        "completion_tokens": "5",
+        "gen_s": "3",
+    },
     {"at": "3", "action": '"grant"', "user": "0", "amount": "5"},
 ]
 STEP_OF = {"amount": 2, "prompt_tokens": 1, "max_output_tokens": 1, "completion_tokens": 1}
@@ -41,15 +70,43 @@ SCENARIO_KEYS = {
     "scenario": ["seed", "horizon_s", "tasks", "drain_s", "poll_tick_s"],
     "population": ["users", "balance", "broke_fraction", "broke_balance", "topup_amount"],
     "arrivals": ["rate_per_hour", "daily_amplitude", "burst_every_s", "burst_size"],
-    "mix": ["image", "video", "audio", "chat", "tool_chat", "chat_prompt_tokens", "chat_max_output_tokens",
-            "chat_failure", "models"],
+    "mix": [
+        "image",
+        "video",
+        "audio",
+        "chat",
+        "tool_chat",
+        "chat_prompt_tokens",
+        "chat_max_output_tokens",
+        "chat_failure",
+        "models",
+    ],
     "behaviour": ["retry_failed", "max_retries", "patience_s"],
     "farm": ["capacity", "image_s", "callback_delay_s", "lost_job", "early", "no_urls"],
-    "policy": ["price_multiplier", "price_overrides", "refund_classes", "chat_reserve_margin", "submit_retries",
-               "poll_interval_s", "recheck_backoff_s", "stuck_after_s", "timeout_s", "duplicate_window_s"],
+    "policy": [
+        "price_multiplier",
+        "price_overrides",
+        "refund_classes",
+        "chat_reserve_margin",
+        "submit_retries",
+        "poll_interval_s",
+        "recheck_backoff_s",
+        "stuck_after_s",
+        "timeout_s",
+        "duplicate_window_s",
+    ],
 }
-SCRIPT_KEYS = ["at", "user", "amount", "gen_s", "task", "chat", "prompt_tokens", "max_output_tokens",
-               "completion_tokens"]
+SCRIPT_KEYS = [
+    "at",
+    "user",
+    "amount",
+    "gen_s",
+    "task",
+    "chat",
+    "prompt_tokens",
+    "max_output_tokens",
+    "completion_tokens",
+]
 STEP_FACTOR = 20  # simulation events per poll tick, generously (poller, monitor, a few arrivals and callbacks)
 
 
@@ -95,16 +152,20 @@ def _each_value(values: list[str], check) -> None:
 
 # Every key with every extreme value (the grids are finite and small enough to run whole), one
 # test a key.
-@pytest.mark.parametrize("where", sorted((s, k) for s, ks in SCENARIO_KEYS.items() for k in ks),
-                         ids=lambda where: ".".join(where))
+@pytest.mark.parametrize(
+    "where", sorted((s, k) for s, ks in SCENARIO_KEYS.items() for k in ks), ids=lambda where: ".".join(where)
+)
 def test_a_scenario_key_with_an_extreme_value_is_refused_in_one_line_or_runs_to_its_end(where):
     section, key = where
 
     def check(value: str) -> None:
         line = f"{key} = {value}"
         if section == "scenario":
-            text = ARRIVALS.replace("[population]", f"{line}\n[population]") if key not in ARRIVALS else \
-                "\n".join(line if ln.startswith(f"{key} =") else ln for ln in ARRIVALS.splitlines())
+            text = (
+                ARRIVALS.replace("[population]", f"{line}\n[population]")
+                if key not in ARRIVALS
+                else "\n".join(line if ln.startswith(f"{key} =") else ln for ln in ARRIVALS.splitlines())
+            )
         elif section == "population" and key == "users":
             text = ARRIVALS.replace("users = 2", line)
         else:
@@ -119,8 +180,7 @@ def test_a_script_step_with_an_extreme_value_is_refused_in_one_line_or_runs_to_i
     def check(value: str) -> None:
         steps = [dict(step) for step in STEPS]
         steps[STEP_OF.get(key, 0)][key] = value
-        text = SCRIPTED + "".join("[[script]]\n" + "".join(f"{k} = {v}\n" for k, v in step.items())
-                                  for step in steps)
+        text = SCRIPTED + "".join("[[script]]\n" + "".join(f"{k} = {v}\n" for k, v in step.items()) for step in steps)
         _run_to_the_end(text, "extreme.toml")
 
     _each_value(EXTREMES, check)
@@ -141,7 +201,7 @@ def test_a_policy_file_with_an_extreme_value_is_refused_in_one_line_or_bounded(k
             _one_line_naming(exc, str(path))
             return
         for v in policy.to_dict().values():  # whatever was accepted is a finite number within the year
-            for x in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v]):
+            for x in v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v]:
                 if isinstance(x, int | float) and not isinstance(x, bool):
                     assert 0 <= x <= 1e9, (key, value, x)
 

@@ -41,7 +41,7 @@ def test_a_job_canceled_while_running_stops_billing_and_sends_no_success():
     answer = p.cancel(a)
     assert (answer.answer, answer.detail) == ("canceled", "was running")
     env.run(until=100)
-    assert delivered == []                                        # no success, no failure callback
+    assert delivered == []  # no success, no failure callback
     st = p.status(a)
     assert (st.state, st.error_code) == ("failed", "upstream_canceled")
     bill = farm.billing["lumen-upscale"]
@@ -68,14 +68,14 @@ def test_a_deadline_aborts_a_job_still_queued_and_stops_one_running_past_it():
     first, second = p.submit("task-1", "lumen-upscale", "x", {}), p.submit("task-2", "lumen-upscale", "y", {})
     env.run(until=100)
     assert p.status(first).state == "succeeded"
-    st = p.status(second)     # started at 10, its deadline at 15: stopped after 5 s of its 10
+    st = p.status(second)  # started at 10, its deadline at 15: stopped after 5 s of its 10
     assert (st.state, st.error_code) == ("failed", "upstream_canceled")
     farm2_env, farm2, p2, _ = _farm(capacity=1, gen_s=20.0)
     farm2.deadline_for = lambda category: 15.0
     p2.submit("task-1", "lumen-upscale", "x", {})
     late = p2.submit("task-2", "lumen-upscale", "y", {})
     farm2_env.run(until=100)
-    assert p2.status(late).error_code == "upstream_aborted"       # its deadline passed in the queue
+    assert p2.status(late).error_code == "upstream_aborted"  # its deadline passed in the queue
     assert farm.billing["lumen-upscale"].run_s == 15.0 and len(delivered) == 1
 
 
@@ -90,7 +90,7 @@ def test_a_hung_job_bills_until_canceled_or_the_providers_run_limit():
     env2, farm2, p2, _ = _farm(lost_job=1.0)
     p2.submit("task-1", "lumen-upscale", "x", {})
     env2.run(until=100)
-    farm2.settle_bills()                                           # left alone: to the run limit
+    farm2.settle_bills()  # left alone: to the run limit
     assert farm2.billing["lumen-upscale"].run_s == PROVIDER_MAX_RUN_S
 
 

@@ -28,8 +28,12 @@ def wait_for(runs, job_id, predicate, what: str):
 
 def run_params(runs, tasks: int) -> dict:
     sc = load_scenario("baseline")
-    return {"scenario_toml": sc.to_toml(), "scenario_name": sc.name, "tasks": tasks,
-            "url": f"sqlite:///{runs / f'run-{tasks}.db'}"}
+    return {
+        "scenario_toml": sc.to_toml(),
+        "scenario_name": sc.name,
+        "tasks": tasks,
+        "url": f"sqlite:///{runs / f'run-{tasks}.db'}",
+    }
 
 
 @pytest.mark.slow  # the job runs in a worker process
@@ -53,8 +57,19 @@ def test_a_compare_job_returns_the_paired_table(tmp_path):
     runs = tmp_path / "runs"
     sc = load_scenario("chaos")
     pols = [BillingPolicy.load(f"data/policies/{n}.toml").to_dict() for n in ("default", "no_refunds")]
-    job_id = jobs.submit("compare", {"scenario_toml": sc.to_toml(), "scenario_name": "chaos", "policies": pols,
-                                     "replications": 2, "tasks": 30, "workers": 0}, label="cmp", runs=runs)
+    job_id = jobs.submit(
+        "compare",
+        {
+            "scenario_toml": sc.to_toml(),
+            "scenario_name": "chaos",
+            "policies": pols,
+            "replications": 2,
+            "tasks": 30,
+            "workers": 0,
+        },
+        label="cmp",
+        runs=runs,
+    )
     done = wait_for(runs, job_id, lambda j: j["status"] in jobs.FINISHED, "finished")
     assert done["status"] == "done", jobs.log_tail(done)
     table = {r["kpi"]: r for r in done["result"]["table"]}
@@ -123,8 +138,10 @@ def _tampered_history(tmp_path) -> str:
     path = tmp_path / "tampered.db"
     run_scenario(load_scenario("lost_callbacks"), f"sqlite:///{path}", tasks=60)
     with sqlite3.connect(path) as conn:
-        n = conn.execute("update credit_ledger set amount = amount - 1, balance_after = balance_after - 1 "
-                         "where id = (select min(id) from credit_ledger where entry_type = 'consume')").rowcount
+        n = conn.execute(
+            "update credit_ledger set amount = amount - 1, balance_after = balance_after - 1 "
+            "where id = (select min(id) from credit_ledger where entry_type = 'consume')"
+        ).rowcount
     assert n == 1
     return f"sqlite:///{path}"
 
@@ -147,8 +164,10 @@ def test_a_jobs_verdict_follows_its_commands_exit_status():
     assert jobs.verdict("backtest", ok_bt) is None
     assert "position 7" in jobs.verdict("backtest", bad_bt)
     assert jobs.verdict("run", {"summary": {"violations": [], "liveness_ok": True}}) is None
-    assert "refund_missing" in jobs.verdict("run", {"summary": {"violations": [
-        {"kind": "refund_missing", "message": "m", "count": 2}], "liveness_ok": True}})
+    assert "refund_missing" in jobs.verdict(
+        "run",
+        {"summary": {"violations": [{"kind": "refund_missing", "message": "m", "count": 2}], "liveness_ok": True}},
+    )
     assert "left active" in jobs.verdict("run", {"summary": {"violations": [], "liveness_ok": False}})
     assert jobs.verdict("compare", {"failed": []}) is None
     assert "1 replication job" in jobs.verdict("compare", {"failed": [{"key": "a|-|r0", "error": "boom"}]})

@@ -29,10 +29,13 @@ def _refused(capsys, code: int) -> str:
     return err
 
 
-@pytest.mark.parametrize("argv", [
-    ["bench", "--make-db", "{path}", "--tasks", "20"],
-    ["run", "chaos", "--db", "sqlite:///{path}", "--tasks", "5"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--make-db", "{path}", "--tasks", "20"],
+        ["run", "chaos", "--db", "sqlite:///{path}", "--tasks", "5"],
+    ],
+)
 @pytest.mark.parametrize("kind", ["text", "sqlite"])
 def test_simulation_writers_refuse_a_target_that_holds_data(argv, kind, tmp_path, capsys):
     path = tmp_path / "target"
@@ -97,6 +100,8 @@ def test_run_on_postgresql_with_data_is_refused_even_with_force(pg_url, capsys):
         err = _refused(capsys, sim_main(["run", "chaos", "--db", pg_url, "--tasks", "5", *extra]))
         assert "notes" in err
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM information_schema.tables "
-                                 "WHERE table_schema = 'public'")).scalar() == 1
+        assert (
+            conn.execute(text("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")).scalar()
+            == 1
+        )
     eng.dispose()

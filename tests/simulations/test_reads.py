@@ -30,7 +30,9 @@ def test_reads_are_part_of_the_run_and_replay_byte_for_byte(run_small):
     assert rows(pc, "select count(read_at) from notification") == [(0,)]
     assert c.fingerprint != a.fingerprint
     # what happened to tasks is untouched by who reads what (the read draws are their own stream)
-    assert rows(pa, "select id, status from ai_task order by id") == rows(pc, "select id, status from ai_task order by id")
+    assert rows(pa, "select id, status from ai_task order by id") == rows(
+        pc, "select id, status from ai_task order by id"
+    )
 
 
 def test_a_read_is_written_only_once_the_clock_passes_it():

@@ -39,12 +39,12 @@ def test_recorded_provider_agrees_with_the_outcomes_of_a_finished_run(run_small)
             assert status.state == "succeeded" and list(status.result_urls) == t.result_urls
             checked["SUCCESS"] += 1
         elif t.error_code in FARM_CODES:
-            assert (status.state, status.error_code, status.failure_class) == ("failed", t.error_code,
-                                                                             t.failure_class)
+            assert (status.state, status.error_code, status.failure_class) == ("failed", t.error_code, t.failure_class)
             checked["FAILED"] += 1
         elif t.error_code == "timeout":  # lost upstream (then canceled by us), or a success without URLs
-            assert (status.state, status.error_code) == ("failed", "upstream_canceled") or \
-                (status.state == "succeeded" and not status.result_urls)
+            assert (status.state, status.error_code) == ("failed", "upstream_canceled") or (
+                status.state == "succeeded" and not status.result_urls
+            )
         elif t.error_code in ("upstream_canceled", "upstream_aborted"):  # stopped at its Cancel-After deadline
             assert (status.state, status.error_code) == ("failed", t.error_code)
     assert min(checked.values()) > 0, checked
@@ -80,17 +80,23 @@ def test_support_recheck_on_an_unfinished_database_settles_a_job_the_farm_finish
     engine = make_engine(sqlite_url)
     j, t = upstream_job.c, schema.ai_task.c
     with engine.connect() as conn:
-        waiting = conn.execute(select(t.id, j.result_urls).join(upstream_job, (j.provider == t.provider) & (
-            j.upstream_task_id == t.upstream_task_id)).where(t.status == "GENERATING", j.state == "succeeded")
-            .order_by(t.id)).first()
-        running = conn.execute(select(t.id).join(upstream_job, (j.provider == t.provider) & (
-            j.upstream_task_id == t.upstream_task_id)).where(t.status == "GENERATING", j.state == "running")).first()
+        waiting = conn.execute(
+            select(t.id, j.result_urls)
+            .join(upstream_job, (j.provider == t.provider) & (j.upstream_task_id == t.upstream_task_id))
+            .where(t.status == "GENERATING", j.state == "succeeded")
+            .order_by(t.id)
+        ).first()
+        running = conn.execute(
+            select(t.id)
+            .join(upstream_job, (j.provider == t.provider) & (j.upstream_task_id == t.upstream_task_id))
+            .where(t.status == "GENERATING", j.state == "running")
+        ).first()
     assert waiting is not None and running is not None
     pinned = latest_timestamp(engine)
 
     svc = service_for_url(sqlite_url)
     assert all(isinstance(p, RecordedProvider) for p in svc.providers.values())
-    assert svc.clock.now() == pinned   # the run's own time, not wall time
+    assert svc.clock.now() == pinned  # the run's own time, not wall time
     task = svc.support_recheck(waiting.id, "ops", "user says it never arrived")
     assert task.status == "SUCCESS" and task.result_urls == waiting.result_urls
     assert task.finished_at == pinned
@@ -113,8 +119,9 @@ def test_support_actions_wait_while_a_realtime_run_is_still_writing(sqlite_url):
         service_for_url(sqlite_url)
     assert busy.value.reason == SupportRefusal.SOURCE_BUSY and "still writing" in busy.value.message
     with engine.begin() as conn:  # the run was killed a minute ago: its heartbeat went stale
-        conn.execute(sim_live.update().values(heartbeat_at=datetime.now(UTC).replace(tzinfo=None)
-                                              - timedelta(seconds=60)))
+        conn.execute(
+            sim_live.update().values(heartbeat_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=60))
+        )
     assert service_for_url(sqlite_url).providers
     beat(engine, 1234)
     end_beat(engine)  # a run that ended removes its heartbeat

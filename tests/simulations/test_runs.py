@@ -42,13 +42,20 @@ def test_same_seed_same_bytes_and_fingerprint_other_seed_differs(run_small):
 @pytest.mark.slow  # a run in each of two interpreters
 def test_same_seed_same_bytes_across_processes(tmp_path):
     """Two processes (different string-hash seeds, as two runs of the CLI have) write identical files."""
-    code = ("import sys; from simulations.runner import run_scenario; from simulations.scenarios import load_scenario;"
-            "run_scenario(load_scenario('chaos'), sys.argv[1], tasks=60)")
+    code = (
+        "import sys; from simulations.runner import run_scenario; from simulations.scenarios import load_scenario;"
+        "run_scenario(load_scenario('chaos'), sys.argv[1], tasks=60)"
+    )
     files = []
     for hash_seed in ("1", "2"):
         path = tmp_path / f"h{hash_seed}.db"
-        subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}"], cwd=ROOT, check=True, timeout=300,
-                       env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        subprocess.run(
+            [sys.executable, "-c", code, f"sqlite:///{path}"],
+            cwd=ROOT,
+            check=True,
+            timeout=300,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        )
         files.append(path.read_bytes())
     assert files[0] == files[1]
 
@@ -62,7 +69,7 @@ def test_chaos_exercises_every_fault_kind(run_small):
     sent = summary.farm["sent"]
     for kind in ("early", "duplicate", "forged", "stale", "malformed", "progress"):
         assert sent.get(kind, 0) > 0, (kind, sent)
-    assert summary.farm["dropped"].get("final", 0) > 0          # lost callbacks
+    assert summary.farm["dropped"].get("final", 0) > 0  # lost callbacks
     assert set(summary.farm["submit_faults"]) == {"refused", "error", "timeout"}
     kinds = dict(rows(path, "select kind, count(*) from task_event group by kind"))
     for kind in ("deferred", "poll", "recheck", "refunded", "refund_skipped", "submit_failed", "charge_refused"):
@@ -79,12 +86,15 @@ def test_changing_only_the_refund_policy_keeps_arrivals_and_latencies(tmp_path):
     sc = load_scenario("provider_outage")
     db_a, db_b = tmp_path / "a.db", tmp_path / "b.db"
     run_scenario(sc, f"sqlite:///{db_a}", tasks=150)
-    run_scenario(sc.with_policy(BillingPolicy(name="no_refunds", refund_classes=frozenset())),
-                 f"sqlite:///{db_b}", tasks=150)
+    run_scenario(
+        sc.with_policy(BillingPolicy(name="no_refunds", refund_classes=frozenset())), f"sqlite:///{db_b}", tasks=150
+    )
     q = "select id, created_at, model, prompt from ai_task order by id"
     assert rows(db_a, q) == rows(db_b, q)
-    lat = ("select t.id, (julianday(t.finished_at) - julianday(t.submitted_at)) from ai_task t "
-           "where t.status = 'SUCCESS' and t.id in (select task_id from provider_callback) order by t.id")
+    lat = (
+        "select t.id, (julianday(t.finished_at) - julianday(t.submitted_at)) from ai_task t "
+        "where t.status = 'SUCCESS' and t.id in (select task_id from provider_callback) order by t.id"
+    )
     assert rows(db_a, lat) == rows(db_b, lat)
     refunds = "select count(*) from credit_ledger where entry_type = 'refund'"
     assert rows(db_a, refunds)[0][0] > 0 and rows(db_b, refunds) == [(0,)]
@@ -101,13 +111,23 @@ def test_scripted_story_replays_exactly(run_small):
     summary, path = run_small("scripted_early_then_lost", tasks=None)
     story = rows(path, "select task_id, strftime('%H:%M:%S', at), kind from task_event order by id")
     assert story == [
-        (1, "00:00:10", "created"), (1, "00:00:10", "charged"), (1, "00:00:10", "submitted"),
-        (1, "00:00:20", "callback"), (1, "00:00:20", "deferred"), (1, "00:00:25", "recheck"),
-        (2, "00:00:30", "created"), (2, "00:00:30", "charged"), (2, "00:00:30", "submitted"),
+        (1, "00:00:10", "created"),
+        (1, "00:00:10", "charged"),
+        (1, "00:00:10", "submitted"),
+        (1, "00:00:20", "callback"),
+        (1, "00:00:20", "deferred"),
+        (1, "00:00:25", "recheck"),
+        (2, "00:00:30", "created"),
+        (2, "00:00:30", "charged"),
+        (2, "00:00:30", "submitted"),
         (1, "00:00:40", "recheck"),
-        (2, "00:01:02", "callback"), (2, "00:01:02", "failed"), (2, "00:01:02", "refunded"),
+        (2, "00:01:02", "callback"),
+        (2, "00:01:02", "failed"),
+        (2, "00:01:02", "refunded"),
         (2, "00:01:02", "notified"),
-        (1, "00:01:25", "recheck"), (1, "00:01:25", "succeeded"), (1, "00:01:25", "notified"),
+        (1, "00:01:25", "recheck"),
+        (1, "00:01:25", "succeeded"),
+        (1, "00:01:25", "notified"),
     ]
     assert rows(path, "select id, status from ai_task order by id") == [(1, "SUCCESS"), (2, "FAILED")]
     assert summary.farm["dropped"] == {"final": 1}
@@ -162,8 +182,11 @@ def test_chaos_into_postgresql_has_no_violations_and_the_sqlite_fingerprint(pg_u
         assert report.ok, [(f.kind, f.message) for f in report.findings]
         with engine.connect() as conn:
             tasks = conn.scalar(select(func.count()).select_from(schema.ai_task))
-            active = conn.scalar(select(func.count()).select_from(schema.ai_task)
-                                 .where(schema.ai_task.c.status.in_(["WAITING", "GENERATING"])))
+            active = conn.scalar(
+                select(func.count())
+                .select_from(schema.ai_task)
+                .where(schema.ai_task.c.status.in_(["WAITING", "GENERATING"]))
+            )
         [stored] = read_sim_runs(engine)
     finally:
         engine.dispose()

@@ -6,8 +6,18 @@ import pytest
 
 from simulations.scenarios import ScenarioError, list_scenarios, load_scenario, parse_scenario
 
-SHIPPED = {"baseline", "early_callbacks", "lost_callbacks", "polling_only", "forged_callbacks",
-           "provider_outage", "credit_shortfall", "chat_heavy", "chaos", "scripted_early_then_lost"}
+SHIPPED = {
+    "baseline",
+    "early_callbacks",
+    "lost_callbacks",
+    "polling_only",
+    "forged_callbacks",
+    "provider_outage",
+    "credit_shortfall",
+    "chat_heavy",
+    "chaos",
+    "scripted_early_then_lost",
+}
 
 
 def test_every_required_scenario_ships_and_loads():
@@ -18,19 +28,22 @@ def test_every_required_scenario_ships_and_loads():
         assert sc.name == path.stem and sc.source
 
 
-@pytest.mark.parametrize("text, key, reason", [
-    ("[scenario]\nsede = 1\n", "sede", "unknown key"),
-    ("[farm]\nearly = 1.5\n", "early", "must be a number from 0 to 1, not 1.5"),
-    ("[farm]\ncapacity = 0\n", "capacity", "must be a whole number from 1 to 1_000_000, not 0"),
-    ("[population]\nusers = 'many'\n", "population.users", "must be a whole number from 1 to"),
-    ("[arrivals]\npattern = 'weekly'\n", "arrivals.pattern", "must be one of"),
-    ("[farm.providers.lumen]\nlost = -1\n", "farm.providers.lumen.lost", "must be a number from 0 to 1, not -1"),
-    ("[policy]\nrefund_classes = ['nobody']\n", "refund_classes", "must be a list"),
-    ("[[outages]]\nprovider = 'lumen'\nstart_s = 10\nend_s = 5\n", "outages[0].end_s", "after start_s"),
-    ("[[script]]\nat = 1\naction = 'explode'\n", "script[0].action", "must be one of"),
-    ("[farm]\nimage_s = [5, 1]\n", "image_s", "low <= high"),
-    ("bogus = 1\n", "bogus", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "text, key, reason",
+    [
+        ("[scenario]\nsede = 1\n", "sede", "unknown key"),
+        ("[farm]\nearly = 1.5\n", "early", "must be a number from 0 to 1, not 1.5"),
+        ("[farm]\ncapacity = 0\n", "capacity", "must be a whole number from 1 to 1_000_000, not 0"),
+        ("[population]\nusers = 'many'\n", "population.users", "must be a whole number from 1 to"),
+        ("[arrivals]\npattern = 'weekly'\n", "arrivals.pattern", "must be one of"),
+        ("[farm.providers.lumen]\nlost = -1\n", "farm.providers.lumen.lost", "must be a number from 0 to 1, not -1"),
+        ("[policy]\nrefund_classes = ['nobody']\n", "refund_classes", "must be a list"),
+        ("[[outages]]\nprovider = 'lumen'\nstart_s = 10\nend_s = 5\n", "outages[0].end_s", "after start_s"),
+        ("[[script]]\nat = 1\naction = 'explode'\n", "script[0].action", "must be one of"),
+        ("[farm]\nimage_s = [5, 1]\n", "image_s", "low <= high"),
+        ("bogus = 1\n", "bogus", "unknown key"),
+    ],
+)
 def test_bad_values_are_refused_naming_file_key_and_reason(text, key, reason):
     with pytest.raises(ScenarioError) as err:
         parse_scenario(text, "data/scenarios/bad.toml")

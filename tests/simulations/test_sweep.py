@@ -29,8 +29,14 @@ def cluster():
 
 
 def small_sweep(replications: int = 2, tasks: int = 40, grid: tuple = ()) -> Sweep:
-    return Sweep(load_scenario("chaos"), tuple(BillingPolicy.load(p) for p in POLICIES), grid, replications,
-                 tasks=tasks, command=("python", "-m", "simulations", "sweep", "chaos"))
+    return Sweep(
+        load_scenario("chaos"),
+        tuple(BillingPolicy.load(p) for p in POLICIES),
+        grid,
+        replications,
+        tasks=tasks,
+        command=("python", "-m", "simulations", "sweep", "chaos"),
+    )
 
 
 def rows(frame: pd.DataFrame) -> list[dict]:
@@ -82,17 +88,34 @@ def test_a_failed_job_is_reported_with_its_replay_and_the_rest_finish(where, req
 
 def test_a_failed_sweep_job_prints_a_replay_command_that_runs_it_alone(capsys, tmp_path):
     # a provider the catalogue does not know: the scenario parses, the run refuses it
-    code = main(["sweep", "chaos", "--grid", "farm.providers.nosuch.capacity=3", "--replications", "2",
-                 "--tasks", "20", "--workers", "0", "-o", str(tmp_path / "r.db")])
+    code = main(
+        [
+            "sweep",
+            "chaos",
+            "--grid",
+            "farm.providers.nosuch.capacity=3",
+            "--replications",
+            "2",
+            "--tasks",
+            "20",
+            "--workers",
+            "0",
+            "-o",
+            str(tmp_path / "r.db"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert "FAILED default|farm.providers.nosuch.capacity=3|r1: ScenarioError" in out
     replay = [ln.split("replay: ", 1)[1] for ln in out.splitlines() if "replay: " in ln]
     assert len(replay) == 2
     argv = shlex.split(replay[1])
-    assert argv[:4] == ["python", "-m", "simulations", "sweep"] and argv[-4:] == ["--only", "default|farm.providers."
-                                                                                "nosuch.capacity=3|r1", "--workers",
-                                                                                "0"]
+    assert argv[:4] == ["python", "-m", "simulations", "sweep"] and argv[-4:] == [
+        "--only",
+        "default|farm.providers.nosuch.capacity=3|r1",
+        "--workers",
+        "0",
+    ]
     assert main(argv[3:] + ["--json"]) == 1
     replayed = json.loads(capsys.readouterr().out)
     assert [f["key"] for f in replayed["failed"]] == ["default|farm.providers.nosuch.capacity=3|r1"]
@@ -106,8 +129,10 @@ def test_results_table_round_trips_with_the_definition_in_sqlite_and_parquet(tmp
         path = write_results(result, tmp_path / name)
         definition, frame = read_results(path)
         assert definition == json.loads(json.dumps(result.sweep.definition()))
-        assert definition["replications"] == 2 and [p["name"] for p in definition["policies"]] == \
-            ["default", "no_refunds"]
+        assert definition["replications"] == 2 and [p["name"] for p in definition["policies"]] == [
+            "default",
+            "no_refunds",
+        ]
         assert rows(frame) == rows(result.frame)
     with pytest.raises(Exception, match="already holds data"):
         write_results(result, tmp_path / "r.db")
@@ -117,35 +142,58 @@ def test_results_table_round_trips_with_the_definition_in_sqlite_and_parquet(tmp
 @pytest.mark.slow
 def test_two_policies_by_fifty_replications_of_baseline_match_compare(cluster, tmp_path):
     out = tmp_path / "sweep.db"
-    assert main(["sweep", "baseline", "--policy", POLICIES[0], "--policy", POLICIES[1], "--replications", "50",
-                 "--tasks", "12", "--scheduler", cluster, "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "baseline",
+                "--policy",
+                POLICIES[0],
+                "--policy",
+                POLICIES[1],
+                "--replications",
+                "50",
+                "--tasks",
+                "12",
+                "--scheduler",
+                cluster,
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     definition, frame = read_results(out)
     assert len(frame) == 100 and (frame["status"] == "ok").all()
     sweep_table = paired_table(frame, ("default", NO_GRID), ("no_refunds", NO_GRID))
-    report = compare(load_scenario("baseline"), [BillingPolicy.load(p) for p in POLICIES], 50, tasks=12,
-                     scheduler=cluster)
+    report = compare(
+        load_scenario("baseline"), [BillingPolicy.load(p) for p in POLICIES], 50, tasks=12, scheduler=cluster
+    )
     assert report.seeds == sorted(set(frame["seed"])) == [definition["master_seed"] + r for r in range(50)]
     assert sweep_table == report.table
     refunds = {r["kpi"]: r for r in report.table}["refunds"]
     assert refunds["ci_low"] <= refunds["diff"] <= refunds["ci_high"]
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["sweep", "baseline", "--workers", "-1"], "--workers"),
-    (["sweep", "baseline", "--workers", "257"], "--workers"),
-    (["sweep", "baseline", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
-    (["sweep", "baseline", "--scheduler", "nonsense"], "tcp://host:8786"),
-    (["sweep", "baseline", "--grid", "farm.capacity"], "key=value1,value2"),
-    (["sweep", "baseline", "--grid", "farm.no_such_knob=1,2"], "no_such_knob"),
-    (["sweep", "baseline", "--grid", "farm.capacity=-3"], "farm.capacity"),
-    (["sweep", "baseline", "--grid", "seed=1,2"], "seeds come from"),
-    (["sweep", "baseline", "--replications", "0"], "--replications"),
-    (["sweep", "baseline", "--only", "nope", "--workers", "0"], "no such job"),
-    (["sweep", "baseline", "-o", "{tmp}/r.csv"], ".parquet"),
-    (["sweep", "baseline", "-o", "{tmp}/full.db"], "already holds data"),
-    (["compare", "baseline", "--policy", POLICIES[0], "--policy", POLICIES[1], "--workers", "-2"], "--workers"),
-    (["chaos", "--seeds", "1", "--scheduler", "nonsense"], "tcp://host:8786"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["sweep", "baseline", "--workers", "-1"], "--workers"),
+        (["sweep", "baseline", "--workers", "257"], "--workers"),
+        (["sweep", "baseline", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
+        (["sweep", "baseline", "--scheduler", "nonsense"], "tcp://host:8786"),
+        (["sweep", "baseline", "--grid", "farm.capacity"], "key=value1,value2"),
+        (["sweep", "baseline", "--grid", "farm.no_such_knob=1,2"], "no_such_knob"),
+        (["sweep", "baseline", "--grid", "farm.capacity=-3"], "farm.capacity"),
+        (["sweep", "baseline", "--grid", "seed=1,2"], "seeds come from"),
+        (["sweep", "baseline", "--replications", "0"], "--replications"),
+        (["sweep", "baseline", "--only", "nope", "--workers", "0"], "no such job"),
+        (["sweep", "baseline", "-o", "{tmp}/r.csv"], ".parquet"),
+        (["sweep", "baseline", "-o", "{tmp}/full.db"], "already holds data"),
+        (["compare", "baseline", "--policy", POLICIES[0], "--policy", POLICIES[1], "--workers", "-2"], "--workers"),
+        (["chaos", "--seeds", "1", "--scheduler", "nonsense"], "tcp://host:8786"),
+    ],
+)
 def test_engine_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
     (tmp_path / "full.db").write_bytes(b"x")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -161,7 +209,25 @@ def test_engine_errors_are_one_clear_line(argv, needle, tmp_path, capsys):
 def test_chaos_and_compare_take_the_engine_flags(capsys):
     assert main(["chaos", "--seeds", "2", "--start", "3", "--tasks", "30", "--workers", "0"]) == 0
     assert "2 seed(s) from 3, 0 failed" in capsys.readouterr().out
-    assert main(["compare", "chaos", "--policy", POLICIES[0], "--policy", POLICIES[1], "--replications", "2",
-                 "--tasks", "30", "--workers", "0", "--json"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "chaos",
+                "--policy",
+                POLICIES[0],
+                "--policy",
+                POLICIES[1],
+                "--replications",
+                "2",
+                "--tasks",
+                "30",
+                "--workers",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["failed"] == [] and len(report["runs"]["default"]) == 2

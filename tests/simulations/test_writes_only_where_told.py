@@ -24,8 +24,25 @@ def test_run_chaos_and_compare_leave_no_files_behind(tmp_path, monkeypatch, caps
     db = tmp_path / "run.db"
     assert main(["run", "lost_callbacks", "--db", f"sqlite:///{db}", "--tasks", "30"]) == 0
     assert main(["chaos", "--seeds", "2", "--tasks", "20", "--workers", "0"]) == 0
-    assert main(["compare", "baseline", "--policy", "data/policies/default.toml", "--policy",
-                 "data/policies/premium_prices.toml", "--replications", "2", "--tasks", "20", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "baseline",
+                "--policy",
+                "data/policies/default.toml",
+                "--policy",
+                "data/policies/premium_prices.toml",
+                "--replications",
+                "2",
+                "--tasks",
+                "20",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert sorted(p.name for p in runs.iterdir()) == []
     assert sorted(p.name for p in scratch.iterdir()) == []

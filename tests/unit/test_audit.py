@@ -31,13 +31,26 @@ def build_clean(db: Rows) -> dict[str, int]:
     ids["refunded"] = db.failed(ann, failure_class="infrastructure", error_code="timeout")
     ids["kept"] = db.failed(ann, failure_class="user", error_code="content_policy", refund=False)
     ids["support"] = db.failed(ann, failure_class="user", error_code="content_policy", refund=False)
-    db.ledger(ann, "refund", 10, task_id=ids["support"], key=f"refund:task:{ids['support']}",
-              note="goodwill (operator=kim)", support=True)
+    db.ledger(
+        ann,
+        "refund",
+        10,
+        task_id=ids["support"],
+        key=f"refund:task:{ids['support']}",
+        note="goodwill (operator=kim)",
+        support=True,
+    )
     ids["broke"] = db.broke(bob, credits=50)
-    ids["running"] = db.task(ann, status="GENERATING", upstream="up-run", at=NOW - timedelta(minutes=2),
-                             submitted_at=NOW - timedelta(minutes=2))
-    db.ledger(ann, "consume", -10, task_id=ids["running"], key=f"consume:task:{ids['running']}",
-              at=NOW - timedelta(minutes=2))
+    ids["running"] = db.task(
+        ann,
+        status="GENERATING",
+        upstream="up-run",
+        at=NOW - timedelta(minutes=2),
+        submitted_at=NOW - timedelta(minutes=2),
+    )
+    db.ledger(
+        ann, "consume", -10, task_id=ids["running"], key=f"consume:task:{ids['running']}", at=NOW - timedelta(minutes=2)
+    )
     ids["chat"] = db.chat_settled(ann, reserved=12, charged=8)
     sid = db.session(ann)
     ids["chat_failed"] = db.message(sid, reserved=6, charged=0, status="failed")
@@ -149,8 +162,8 @@ def d_terminal_twice(db, ids):
 def d_callback_applied_twice(db, ids):
     db.callback(ids["ok"], "up-ok", outcome="applied")
     db.callback(ids["ok"], "up-ok", outcome="applied")
-    db.callback(ids["kept"], "up-kept", outcome="applied")      # once: fine
-    db.callback(ids["kept"], "up-kept", outcome="duplicate")    # a repeat recorded as one: fine
+    db.callback(ids["kept"], "up-kept", outcome="applied")  # once: fine
+    db.callback(ids["kept"], "up-kept", outcome="duplicate")  # a repeat recorded as one: fine
 
 
 def d_notification_missing(db, ids):
@@ -167,8 +180,13 @@ def d_notification_duplicate(db, ids):
 
 
 def d_stuck(db, ids):
-    db.task(ids["ann"], status="GENERATING", upstream="up-stuck", at=NOW - timedelta(hours=1),
-            submitted_at=NOW - timedelta(hours=1))
+    db.task(
+        ids["ann"],
+        status="GENERATING",
+        upstream="up-stuck",
+        at=NOW - timedelta(hours=1),
+        submitted_at=NOW - timedelta(hours=1),
+    )
 
 
 def d_consume_no_task(db, ids):
@@ -199,9 +217,18 @@ def d_refund_onto_expired_grant(db, ids):
 
 def d_grant_below_zero(db, ids):
     with db.engine.begin() as conn:
-        conn.execute(s.source_grant.insert().values(
-            external_ref="g-1", user_id=ids["ann"], credits=10, remaining_credits=-4, replayed_remaining=-4, live=0,
-            status="active", created_at=NOW))
+        conn.execute(
+            s.source_grant.insert().values(
+                external_ref="g-1",
+                user_id=ids["ann"],
+                credits=10,
+                remaining_credits=-4,
+                replayed_remaining=-4,
+                live=0,
+                status="active",
+                created_at=NOW,
+            )
+        )
 
 
 DEFECTS = [
@@ -293,6 +320,7 @@ def test_unknown_kind_is_a_typed_error(db):
 
 def test_to_dict_is_json_ready(db, clean):
     import json
+
     d_stuck(db, clean)
     json.dumps(audit(db.engine, now=NOW).to_dict())
 
@@ -432,8 +460,9 @@ def test_ledger_users_without_account_look_up_each_user_once(tmp_path):
 
     engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
     try:
-        sql = str(ledger_users_without_account(50).compile(dialect=sqlite.dialect(),
-                                                          compile_kwargs={"literal_binds": True}))
+        sql = str(
+            ledger_users_without_account(50).compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
+        )
         with engine.connect() as conn:
             rows = list(conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
     finally:

@@ -113,8 +113,11 @@ def _load_bad(tmp_path, text: str) -> str:
         ("max = 100 }", "max = 0 }", "prompt.max"),
         ("min = 1, max = 100", "min = 200, max = 100", "prompt.min"),
         ("credits = 2", "credits = -2", "pricing.credits"),
-        ('type = "per_task", credits = 2', 'type = "per_second", credits_per_second = 1, duration_param = "x"',
-         "pricing.duration_param"),
+        (
+            'type = "per_task", credits = 2',
+            'type = "per_second", credits_per_second = 1, duration_param = "x"',
+            "pricing.duration_param",
+        ),
         ('type = "per_task", credits = 2', 'type = "per_token", input_per_1k = 1, output_per_1k = 1', "pricing.type"),
         ('type = "per_task", credits = 2', 'type = "per_task"', "pricing.credits"),
         ('type = "int"', 'type = "complex"', "params.width.type"),

@@ -121,11 +121,14 @@ def test_missing_notification_is_a_failed_item(db):
     assert diagnose(db.engine, tid).item("notification").status == "fail"
 
 
-@pytest.mark.parametrize("minutes, verdict, action", [
-    (1, V.GENERATING, A.WAIT),
-    (8, V.STUCK, A.RECHECK_UPSTREAM),
-    (20, V.STUCK_PAST_TIMEOUT, A.MARK_FAILED),
-])
+@pytest.mark.parametrize(
+    "minutes, verdict, action",
+    [
+        (1, V.GENERATING, A.WAIT),
+        (8, V.STUCK, A.RECHECK_UPSTREAM),
+        (20, V.STUCK_PAST_TIMEOUT, A.MARK_FAILED),
+    ],
+)
 def test_running_task_by_age(db, minutes, verdict, action):
     tid = db.task(db.uid, status="GENERATING", upstream="up-run", submitted_at=T0)
     db.ledger(db.uid, "consume", -10, task_id=tid, key=f"consume:task:{tid}")
@@ -147,11 +150,14 @@ def failed_read(db, tid, at, kind, path="polling"):
     db.event(tid, "poll" if path == "polling" else "recheck", at=at, state="unknown")
 
 
-@pytest.mark.parametrize("minutes, verdict, action", [
-    (4, V.GENERATING, A.WAIT),                  # within normal time: polling asks again by itself
-    (9, V.STUCK, A.RECHECK_LATER),              # stuck while the provider does not answer: not a re-check now
-    (20, V.STUCK_PAST_TIMEOUT, A.MARK_FAILED),
-])
+@pytest.mark.parametrize(
+    "minutes, verdict, action",
+    [
+        (4, V.GENERATING, A.WAIT),  # within normal time: polling asks again by itself
+        (9, V.STUCK, A.RECHECK_LATER),  # stuck while the provider does not answer: not a re-check now
+        (20, V.STUCK_PAST_TIMEOUT, A.MARK_FAILED),
+    ],
+)
 def test_poll_errors_are_shown_and_steer_the_next_action(db, minutes, verdict, action):
     tid = db.task(db.uid, status="GENERATING", upstream="up-err", submitted_at=T0)
     db.ledger(db.uid, "consume", -10, task_id=tid, key=f"consume:task:{tid}")
@@ -261,8 +267,15 @@ def test_in_progress_too_long_and_credits_without_output(db):
 
 def test_heavier_duplicate_run(db):
     first = db.task(db.uid, status="GENERATING", prompt="a whale", credits=10, upstream="u1", submitted_at=T0)
-    db.task(db.uid, status="GENERATING", prompt="a whale", credits=20, upstream="u2", at=T0 + 60 * S,
-            submitted_at=T0 + 60 * S)
+    db.task(
+        db.uid,
+        status="GENERATING",
+        prompt="a whale",
+        credits=20,
+        upstream="u2",
+        at=T0 + 60 * S,
+        submitted_at=T0 + 60 * S,
+    )
     db.task(db.uid, status="SUCCESS", prompt="a whale", credits=30, at=T0 + timedelta(hours=2), urls=["x"])
     sig = recheck_signals(db.engine, db.uid, now=T0 + 90 * S)
     assert kinds(sig) == ["heavier_duplicate"] and sig[0].evidence[0]["task_id"] == first
@@ -288,8 +301,9 @@ def test_signal_inputs_are_parameters(db):
 def _stuck_with_reads(db, *reads, provider="alpha"):
     """A GENERATING image task charged 10 credits, submitted at T0 (stuck after 5 min, past the
     timeout after 15), with the given (minutes, kind, state) upstream reads."""
-    tid = db.task(db.uid, status="GENERATING", upstream=f"up-{len(reads)}-{provider}", submitted_at=T0,
-                  provider=provider)
+    tid = db.task(
+        db.uid, status="GENERATING", upstream=f"up-{len(reads)}-{provider}", submitted_at=T0, provider=provider
+    )
     db.ledger(db.uid, "consume", -10, task_id=tid, key=f"consume:task:{tid}")
     submitted(db, tid)
     for minutes, kind, state in reads:
@@ -301,9 +315,21 @@ def _incident(db, name, *, provider="alpha", minutes=7, finished=True):
     from rivya_core.stores.schema import incident
 
     at = T0 + timedelta(minutes=minutes)
-    return db._insert(incident, name=name, action="recheck", filter={"provider": provider}, operator="sam",
-                      reason="provider down", created_at=at, finished_at=at if finished else None, runs=1,
-                      matched=1, acted=1, refused=0, credits_moved=0)
+    return db._insert(
+        incident,
+        name=name,
+        action="recheck",
+        filter={"provider": provider},
+        operator="sam",
+        reason="provider down",
+        created_at=at,
+        finished_at=at if finished else None,
+        runs=1,
+        matched=1,
+        acted=1,
+        refused=0,
+        credits_moved=0,
+    )
 
 
 def test_a_recheck_that_found_nothing_leads_to_mark_failed_with_its_refund(db):
@@ -341,8 +367,16 @@ def test_an_open_incident_on_the_provider_means_wait_for_it_by_name(db):
 def test_an_incident_that_already_acted_on_the_task_no_longer_covers_it(db):
     tid = _stuck_with_reads(db, (6, "recheck", "unknown"))
     inc = _incident(db, "alpha outage 12:07")
-    db.event(tid, "support_action", at=T0 + timedelta(minutes=7), operator="sam", action="recheck",
-             reason="provider down", result="upstream checked; task is GENERATING", incident=inc)
+    db.event(
+        tid,
+        "support_action",
+        at=T0 + timedelta(minutes=7),
+        operator="sam",
+        action="recheck",
+        reason="provider down",
+        result="upstream checked; task is GENERATING",
+        incident=inc,
+    )
     d = diagnose(db.engine, tid, now=T0 + timedelta(minutes=8))
     assert d.action_code == A.MARK_FAILED
 

@@ -21,8 +21,12 @@ S = TaskStatus
 
 def test_exactly_the_four_moves_of_the_guide():
     allowed = {(a, b) for a, b in itertools.product(S, S) if b in ALLOWED_MOVES[a]}
-    assert allowed == {(S.WAITING, S.GENERATING), (S.WAITING, S.FAILED),
-                       (S.GENERATING, S.SUCCESS), (S.GENERATING, S.FAILED)}
+    assert allowed == {
+        (S.WAITING, S.GENERATING),
+        (S.WAITING, S.FAILED),
+        (S.GENERATING, S.SUCCESS),
+        (S.GENERATING, S.FAILED),
+    }
 
 
 def test_terminal_states_absorb_everything():

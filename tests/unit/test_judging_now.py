@@ -67,8 +67,15 @@ def test_a_live_database_is_judged_at_the_wall_clock_everywhere(seeded, monkeypa
     wall = LATEST + timedelta(minutes=22)  # the database is live; task 4 has waited 22 minutes
     monkeypatch.setattr(clock, "wall_now", lambda: wall)
     got = _answers(url, engine)
-    assert got == {"reference": wall, "diagnose at": wall, "audit at": wall, "live says stuck": True,
-                   "checklist says stuck": True, "signals say stuck": True, "mark failed allowed": True}
+    assert got == {
+        "reference": wall,
+        "diagnose at": wall,
+        "audit at": wall,
+        "live says stuck": True,
+        "checklist says stuck": True,
+        "signals say stuck": True,
+        "mark failed allowed": True,
+    }
 
 
 def test_an_idle_copy_is_judged_at_its_latest_activity_everywhere(seeded, monkeypatch):
@@ -76,8 +83,15 @@ def test_an_idle_copy_is_judged_at_its_latest_activity_everywhere(seeded, monkey
     wall = LATEST + timedelta(days=4)  # a copy nobody wrote to for days: its own clock stopped at 14:08
     monkeypatch.setattr(clock, "wall_now", lambda: wall)
     got = _answers(url, engine)
-    assert got == {"reference": LATEST, "diagnose at": LATEST, "audit at": LATEST, "live says stuck": False,
-                   "checklist says stuck": False, "signals say stuck": False, "mark failed allowed": False}
+    assert got == {
+        "reference": LATEST,
+        "diagnose at": LATEST,
+        "audit at": LATEST,
+        "live says stuck": False,
+        "checklist says stuck": False,
+        "signals say stuck": False,
+        "mark failed allowed": False,
+    }
 
 
 def test_the_rule_names_its_reason():
@@ -105,11 +119,19 @@ def _poll_then_older_rows_written_later(engine):
 
     with engine.begin() as conn:
         conn.execute(insert(schema.task_event).values(task_id=3, at=POLL_AT, kind="poll", detail={"state": "running"}))
-        conn.execute(insert(schema.task_event).values(task_id=1, at=LATEST - timedelta(hours=2), kind="notified",
-                                                      detail={}))
-        conn.execute(insert(schema.credit_ledger).values(
-            user_id=2, entry_type="grant", amount=5, balance_after=155, idempotency_key="g-late",
-            created_at=LATEST - timedelta(hours=2)))
+        conn.execute(
+            insert(schema.task_event).values(task_id=1, at=LATEST - timedelta(hours=2), kind="notified", detail={})
+        )
+        conn.execute(
+            insert(schema.credit_ledger).values(
+                user_id=2,
+                entry_type="grant",
+                amount=5,
+                balance_after=155,
+                idempotency_key="g-late",
+                created_at=LATEST - timedelta(hours=2),
+            )
+        )
 
 
 def _events(engine, task_id):
@@ -131,8 +153,15 @@ def test_after_a_poll_at_t_acts_ages_and_incidents_are_at_t_or_later(seeded, mon
         after = [e for e in _events(engine, 3) if e["at"] is not None]
         assert [e["at"] for e in after] == sorted(e["at"] for e in after)  # the timeline never goes back
         assert {e["kind"]: e["at"] for e in after}["support_action"] >= POLL_AT
-        result = bulk.execute(svc, svc.store.engine, "mark-failed", incidents.BulkFilter(status=("WAITING",)), operator="Dana",
-                              reason="crash leftovers", name="waiting 14:08")
+        result = bulk.execute(
+            svc,
+            svc.store.engine,
+            "mark-failed",
+            incidents.BulkFilter(status=("WAITING",)),
+            operator="Dana",
+            reason="crash leftovers",
+            name="waiting 14:08",
+        )
         assert result.acted == 1
         with engine.connect() as conn:
             created, finished = conn.execute(incident.select()).first()._mapping["created_at"], None

@@ -175,8 +175,15 @@ def test_stale_and_future_callbacks_are_rejected(env, offset):
     _unchanged(svc, task.id, user.id, bal)
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"data": {"state": "succeeded"}}',
-                                  b'{"data": {"upstream_task_id": "x", "state": "exploded"}}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"data": {"state": "succeeded"}}',
+        b'{"data": {"upstream_task_id": "x", "state": "exploded"}}',
+    ],
+)
 def test_malformed_bodies_are_recorded_not_applied(env, body):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
@@ -222,8 +229,12 @@ def test_duplicate_webhook_id_has_no_effect(env):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
     svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, msg_id="same"))
-    again = svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed",
-                                                   error_code="boom", failure_class="provider", msg_id="same"))
+    again = svc.handle_callback(
+        "lumen",
+        *callback(
+            clock, task.upstream_task_id, state="failed", error_code="boom", failure_class="provider", msg_id="same"
+        ),
+    )
     assert again.outcome == CallbackOutcome.DUPLICATE
     assert svc.task(task.id).status == TaskStatus.SUCCESS
     assert notifications(svc, task.id) == ["generation_success"]
@@ -267,8 +278,10 @@ def test_success_without_urls_forever_fails_after_rechecks(env):
 def test_failure_refund_follows_policy(env, klass, refunded):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
-    svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed",
-                                           error_code="content_policy", failure_class=klass))
+    svc.handle_callback(
+        "lumen",
+        *callback(clock, task.upstream_task_id, state="failed", error_code="content_policy", failure_class=klass),
+    )
     failed = svc.task(task.id)
     assert failed.status == TaskStatus.FAILED and failed.failure_class == klass
     refunds = [r for r in ledger(svc, task.id) if r.entry_type == "refund"]
@@ -282,8 +295,10 @@ def test_policy_without_infrastructure_refunds():
     svc, clock, providers = make_service(BillingPolicy(refund_classes=frozenset({"provider"})))
     user = svc.create_account("p@example.com", "P", grant=100)
     task = svc.submit(user.id, IMAGE)
-    svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="lost",
-                                           failure_class="infrastructure"))
+    svc.handle_callback(
+        "lumen",
+        *callback(clock, task.upstream_task_id, state="failed", error_code="lost", failure_class="infrastructure"),
+    )
     assert [r.entry_type for r in ledger(svc, task.id)] == ["consume"]
 
 
@@ -337,7 +352,6 @@ def test_poll_losing_to_callback_is_a_recorded_noop(env):
     assert noops and noops[-1].detail["result"].startswith("no-op")
 
 
-
 def test_a_provider_error_on_a_status_read_is_recorded_and_changes_nothing_else(env):
     svc, clock, providers, user = env
     task = svc.submit(user.id, IMAGE)
@@ -347,8 +361,10 @@ def test_a_provider_error_on_a_status_read_is_recorded_and_changes_nothing_else(
     assert svc.poll().still_running == 1
     svc.recheck(task.id, reason="support asked")
     errors = [e for e in svc.store.snapshot().events if e.task_id == task.id and e.kind == "poll_error"]
-    assert [(e.detail["error_kind"], e.detail["path"]) for e in errors] == [("timeout", "polling"),
-                                                                          ("error", "recheck")]
+    assert [(e.detail["error_kind"], e.detail["path"]) for e in errors] == [
+        ("timeout", "polling"),
+        ("error", "recheck"),
+    ]
     assert errors[0].detail["message"] == "status read: upstream said timeout"
     after = svc.task(task.id)
     assert after.status == TaskStatus.GENERATING and after.error_code is None
@@ -357,6 +373,7 @@ def test_a_provider_error_on_a_status_read_is_recorded_and_changes_nothing_else(
     providers["lumen"].succeed(task.upstream_task_id)  # the next read that answers settles it as usual
     assert svc.recheck(task.id).status == TaskStatus.SUCCESS
     assert len([e for e in svc.store.snapshot().events if e.kind == "poll_error"]) == 2
+
 
 # --- chat --------------------------------------------------------------------------------
 
@@ -383,9 +400,11 @@ def test_a_closed_chat_turn_is_settled_or_failed_exactly_once(env):
     svc.chat_turn_settle(settled.id, 2000, 500)
     svc.chat_turn_fail(failed.id)
     before = svc.store.snapshot()
-    for act, code in ((lambda: svc.chat_turn_settle(settled.id, 2000, 3000), "chat_already_settled"),
-                      (lambda: svc.chat_turn_fail(settled.id), "chat_already_settled"),
-                      (lambda: svc.chat_turn_settle(failed.id, 2000, 500), "chat_already_failed")):
+    for act, code in (
+        (lambda: svc.chat_turn_settle(settled.id, 2000, 3000), "chat_already_settled"),
+        (lambda: svc.chat_turn_fail(settled.id), "chat_already_settled"),
+        (lambda: svc.chat_turn_settle(failed.id, 2000, 500), "chat_already_failed"),
+    ):
         with pytest.raises(TurnClosed) as err:
             act()
         assert err.value.code == code
@@ -442,8 +461,9 @@ def test_support_refund_only_when_due(env):
     with pytest.raises(ActionRefused) as running:
         svc.support_refund(task.id, "sam", "user asked")
     assert running.value.reason == RefundRefusal.NOT_FAILED and "GENERATING" in running.value.message
-    svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="nsfw",
-                                           failure_class="user"))
+    svc.handle_callback(
+        "lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="nsfw", failure_class="user")
+    )
     with pytest.raises(ActionRefused) as kept:
         svc.support_refund(task.id, "sam", "user asked")
     assert kept.value.reason == RefundRefusal.POLICY_KEEPS
@@ -451,7 +471,7 @@ def test_support_refund_only_when_due(env):
     actions = [e.detail for e in svc.store.snapshot().events if e.kind == "support_action"]
     assert [a["operator"] for a in actions] == ["sam", "sam"]
     assert [a["refusal"] for a in actions] == ["not_failed", "policy_keeps"]  # the code on the timeline
-    assert all(a["result"].startswith("refused: ") for a in actions)        # the sentence, as before
+    assert all(a["result"].startswith("refused: ") for a in actions)  # the sentence, as before
     with pytest.raises(ActionRefused) as anonymous:
         svc.support_refund(task.id, " ", "why")
     assert anonymous.value.reason == SupportRefusal.NO_OPERATOR
@@ -481,8 +501,9 @@ def test_support_refund_issues_a_due_refund_once():
     svc, clock, providers = make_service(BillingPolicy(refund_classes=frozenset()))
     user = svc.create_account("s@example.com", "S", grant=100)
     task = svc.submit(user.id, IMAGE)
-    svc.handle_callback("lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="x",
-                                           failure_class="provider"))
+    svc.handle_callback(
+        "lumen", *callback(clock, task.upstream_task_id, state="failed", error_code="x", failure_class="provider")
+    )
     svc.policy = BillingPolicy()  # the policy now reverses provider failures: the refund is due
     svc.support_refund(task.id, "sam", "policy changed")
     with pytest.raises(ActionRefused) as again:
@@ -581,12 +602,20 @@ def test_grant_key_reused_with_other_parameters_is_refused(env):
     assert (after.ledger, after.accounts) == (before.ledger, before.accounts)
 
 
-@pytest.mark.parametrize("email, grant, code", [
-    ("x@example.com", 1.5, "grant_invalid"), ("x@example.com", -1, "grant_invalid"),
-    ("x@example.com", True, "grant_invalid"), ("x@example.com", "5", "grant_invalid"),
-    ("x@example.com", 10**30, "grant_invalid"),
-    ("", 0, "email_invalid"), ("   ", 0, "email_invalid"), (None, 0, "email_invalid"), (["a@b"], 0, "email_invalid"),
-])
+@pytest.mark.parametrize(
+    "email, grant, code",
+    [
+        ("x@example.com", 1.5, "grant_invalid"),
+        ("x@example.com", -1, "grant_invalid"),
+        ("x@example.com", True, "grant_invalid"),
+        ("x@example.com", "5", "grant_invalid"),
+        ("x@example.com", 10**30, "grant_invalid"),
+        ("", 0, "email_invalid"),
+        ("   ", 0, "email_invalid"),
+        (None, 0, "email_invalid"),
+        (["a@b"], 0, "email_invalid"),
+    ],
+)
 def test_create_account_refuses_bad_email_or_grant(email, grant, code):
     svc, clock, providers = make_service()
     with pytest.raises(ValidationError) as err:

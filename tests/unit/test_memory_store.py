@@ -15,9 +15,22 @@ T0 = datetime(2025, 1, 1, 12, 0, 0)
 
 
 def _task(user_id: int, **kw) -> Task:
-    return Task(**{"id": 0, "user_id": user_id, "model": "m", "category": "image", "prompt": "p",
-                   "params": {"n": [1]}, "status": TaskStatus.GENERATING, "billing_type": "per_task",
-                   "reserved_credits": 5, "provider": "prov", "created_at": T0, **kw})
+    return Task(
+        **{
+            "id": 0,
+            "user_id": user_id,
+            "model": "m",
+            "category": "image",
+            "prompt": "p",
+            "params": {"n": [1]},
+            "status": TaskStatus.GENERATING,
+            "billing_type": "per_task",
+            "reserved_credits": 5,
+            "provider": "prov",
+            "created_at": T0,
+            **kw,
+        }
+    )
 
 
 @pytest.fixture

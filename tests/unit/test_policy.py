@@ -19,8 +19,8 @@ def test_default_refunds_provider_and_infrastructure_failures_only():
 
 def test_price_multiplier_overrides_and_a_floor_of_one_credit():
     p = BillingPolicy(price_multiplier=1.5, price_overrides={"lumen-pro": 9})
-    assert p.price("lumen-flash", 2) == 3          # ceil(2 * 1.5)
-    assert p.price("lumen-pro", 6) == 9            # the override wins
+    assert p.price("lumen-flash", 2) == 3  # ceil(2 * 1.5)
+    assert p.price("lumen-pro", 6) == 9  # the override wins
     assert BillingPolicy(price_multiplier=0.01).price("lumen-flash", 2) == 1
     assert BillingPolicy(price_overrides={"x": 0}).price("x", 5) == 1  # a task is never free
 
@@ -43,19 +43,22 @@ def test_every_shipped_policy_file_loads():
         assert BillingPolicy.load(f).name == f.stem
 
 
-@pytest.mark.parametrize("body,reason", [
-    ("[policy]\nrefund_everything = true\n", "unknown policy key 'refund_everything'"),
-    ("[policy]\nrefund_classes = ['provider', 'gremlins']\n", "'refund_classes'"),
-    ("[policy]\nprice_multiplier = -1\n", "'price_multiplier': must be a number above 0 to 1000, not -1"),
-    ("[policy]\nchat_reserve_margin = 0.5\n", "must be a number from 1 to 100, not 0.5"),
-    ("[policy]\nsubmit_retries = 99\n", "'submit_retries'"),
-    ("[policy]\nduplicate_runs = 'sometimes'\n", "'warn' or 'block'"),
-    ("[policy]\nrecheck_backoff_s = []\n", "'recheck_backoff_s'"),
-    ("[policy]\ntimeout_s = { image = 0 }\n", "'timeout_s'"),
-    ("[policy]\nchat_allow_overrun = 'yes'\n", "true or false"),
-    ("policy = 3\n", "[policy] must be a table"),
-    ("this is = not toml [", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "body,reason",
+    [
+        ("[policy]\nrefund_everything = true\n", "unknown policy key 'refund_everything'"),
+        ("[policy]\nrefund_classes = ['provider', 'gremlins']\n", "'refund_classes'"),
+        ("[policy]\nprice_multiplier = -1\n", "'price_multiplier': must be a number above 0 to 1000, not -1"),
+        ("[policy]\nchat_reserve_margin = 0.5\n", "must be a number from 1 to 100, not 0.5"),
+        ("[policy]\nsubmit_retries = 99\n", "'submit_retries'"),
+        ("[policy]\nduplicate_runs = 'sometimes'\n", "'warn' or 'block'"),
+        ("[policy]\nrecheck_backoff_s = []\n", "'recheck_backoff_s'"),
+        ("[policy]\ntimeout_s = { image = 0 }\n", "'timeout_s'"),
+        ("[policy]\nchat_allow_overrun = 'yes'\n", "true or false"),
+        ("policy = 3\n", "[policy] must be a table"),
+        ("this is = not toml [", "not valid TOML"),
+    ],
+)
 def test_bad_policy_files_are_refused_naming_file_and_key(tmp_path, body, reason):
     f = tmp_path / "bad.toml"
     f.write_text(body)

@@ -20,29 +20,52 @@ from tests.fakes import SECRET
 R = "https://api.replicate.test/v1"
 F = "https://queue.fal.test"
 HOOK = "https://rivya.test/webhooks/lumen"
-SEED = "11" * 32          # an ED25519 private seed (hex), for tests only
+SEED = "11" * 32  # an ED25519 private seed (hex), for tests only
 OTHER_SEED = "22" * 32
 NOW = 1_760_000_000
 
 
 def prediction(status, output=None, error=None, pid="ufawqhfynnddngldkgtslldrkq"):
-    return {"id": pid, "version": "5c7d", "status": status, "input": {"prompt": "x"}, "output": output,
-            "error": error, "logs": None, "metrics": {}, "created_at": "2025-01-01T00:00:00Z",
-            "urls": {"get": f"{R}/predictions/{pid}", "cancel": f"{R}/predictions/{pid}/cancel"}}
+    return {
+        "id": pid,
+        "version": "5c7d",
+        "status": status,
+        "input": {"prompt": "x"},
+        "output": output,
+        "error": error,
+        "logs": None,
+        "metrics": {},
+        "created_at": "2025-01-01T00:00:00Z",
+        "urls": {"get": f"{R}/predictions/{pid}", "cancel": f"{R}/predictions/{pid}/cancel"},
+    }
 
 
 @pytest.fixture
 def replicate():
-    client = ReplicateClient("lumen", "r8_secret_token", base_url=R, webhook_url=HOOK, webhook_secrets=[SECRET],
-                             models={"lumen-flash": "acme/flash"}, retries=1)
+    client = ReplicateClient(
+        "lumen",
+        "r8_secret_token",
+        base_url=R,
+        webhook_url=HOOK,
+        webhook_secrets=[SECRET],
+        models={"lumen-flash": "acme/flash"},
+        retries=1,
+    )
     with respx.mock(base_url=R, assert_all_called=False) as mock:
         yield client, mock
 
 
 @pytest.fixture
 def fal():
-    client = FalClient("kinetica", "fal_secret_key", app="acme/kin", base_url=F, webhook_url=HOOK,
-                       public_keys=[webhooks.ed25519_public_key(SEED)], retries=1)
+    client = FalClient(
+        "kinetica",
+        "fal_secret_key",
+        app="acme/kin",
+        base_url=F,
+        webhook_url=HOOK,
+        public_keys=[webhooks.ed25519_public_key(SEED)],
+        retries=1,
+    )
     with respx.mock(base_url=F, assert_all_called=False) as mock:
         yield client, mock
 
@@ -57,8 +80,11 @@ def test_replicate_create_sends_input_webhook_filter_and_bearer(replicate):
     req = route.calls.last.request
     assert req.headers["authorization"] == "Bearer r8_secret_token"
     body = json.loads(req.content)
-    assert body == {"input": {"prompt": "a fox", "steps": 4}, "webhook": HOOK + "?ref=task-7",
-                    "webhook_events_filter": ["start", "completed"]}
+    assert body == {
+        "input": {"prompt": "a fox", "steps": 4},
+        "webhook": HOOK + "?ref=task-7",
+        "webhook_events_filter": ["start", "completed"],
+    }
 
 
 def test_replicate_create_by_version_id(replicate):
@@ -76,7 +102,7 @@ def test_replicate_create_errors_map_to_provider_errors(replicate, status, kind)
     with pytest.raises(ProviderError) as err:
         client.submit("task-1", "lumen-flash", "x", {})
     assert err.value.kind == kind and "r8_secret_token" not in err.value.message
-    assert route.call_count == (2 if status == 503 else 1)   # only "not now" answers are retried on create
+    assert route.call_count == (2 if status == 503 else 1)  # only "not now" answers are retried on create
 
 
 def test_replicate_create_timeout_is_not_retried(replicate):
@@ -87,24 +113,41 @@ def test_replicate_create_timeout_is_not_retried(replicate):
     assert err.value.kind == "timeout" and route.call_count == 1
 
 
-@pytest.mark.parametrize("pred, expected", [
-    (prediction("starting"), UpstreamStatus("queued")),
-    (prediction("processing"), UpstreamStatus("running")),
-    (prediction("succeeded", ["https://replicate.delivery/a.png", "https://replicate.delivery/b.png"]),
-     UpstreamStatus("succeeded", ("https://replicate.delivery/a.png", "https://replicate.delivery/b.png"))),
-    (prediction("succeeded", "https://replicate.delivery/v.mp4"),
-     UpstreamStatus("succeeded", ("https://replicate.delivery/v.mp4",))),
-    (prediction("succeeded", None), UpstreamStatus("succeeded", ())),
-    (prediction("failed", error="CUDA out of memory"),
-     UpstreamStatus("failed", (), "model_error", "CUDA out of memory", "provider")),
-    (prediction("failed", error="NSFW content detected"),
-     UpstreamStatus("failed", (), "content_policy_violation", "NSFW content detected", "user")),
-    (prediction("canceled"), UpstreamStatus("failed", (), "upstream_canceled",
-                                            "The prediction was canceled upstream.", "provider")),
-    (prediction("aborted"), UpstreamStatus("failed", (), "upstream_aborted",
-                                           "The prediction was aborted before it ran.", "infrastructure")),
-    (prediction("weird"), UpstreamStatus("unknown")),
-])
+@pytest.mark.parametrize(
+    "pred, expected",
+    [
+        (prediction("starting"), UpstreamStatus("queued")),
+        (prediction("processing"), UpstreamStatus("running")),
+        (
+            prediction("succeeded", ["https://replicate.delivery/a.png", "https://replicate.delivery/b.png"]),
+            UpstreamStatus("succeeded", ("https://replicate.delivery/a.png", "https://replicate.delivery/b.png")),
+        ),
+        (
+            prediction("succeeded", "https://replicate.delivery/v.mp4"),
+            UpstreamStatus("succeeded", ("https://replicate.delivery/v.mp4",)),
+        ),
+        (prediction("succeeded", None), UpstreamStatus("succeeded", ())),
+        (
+            prediction("failed", error="CUDA out of memory"),
+            UpstreamStatus("failed", (), "model_error", "CUDA out of memory", "provider"),
+        ),
+        (
+            prediction("failed", error="NSFW content detected"),
+            UpstreamStatus("failed", (), "content_policy_violation", "NSFW content detected", "user"),
+        ),
+        (
+            prediction("canceled"),
+            UpstreamStatus("failed", (), "upstream_canceled", "The prediction was canceled upstream.", "provider"),
+        ),
+        (
+            prediction("aborted"),
+            UpstreamStatus(
+                "failed", (), "upstream_aborted", "The prediction was aborted before it ran.", "infrastructure"
+            ),
+        ),
+        (prediction("weird"), UpstreamStatus("unknown")),
+    ],
+)
 def test_replicate_every_state(replicate, pred, expected):
     client, mock = replicate
     mock.get(f"/predictions/{pred['id']}").respond(200, json=pred)
@@ -117,7 +160,7 @@ def test_replicate_every_state(replicate, pred, expected):
 def test_statuses_and_faults_are_typed_and_unknown_ones_refused():
     st = UpstreamStatus("failed", failure_class="user")
     assert st.state is UpstreamState.FAILED and st.failure_class is FailureClass.USER
-    assert UpstreamStatus(UpstreamState.RUNNING).state == "running"   # equal to the string
+    assert UpstreamStatus(UpstreamState.RUNNING).state == "running"  # equal to the string
     err = ProviderError("timeout", "slow")
     assert err.kind is ProviderFault.TIMEOUT and err.code == "submit_timeout"
     with pytest.raises(ValueError, match="upstream state 'done'"):
@@ -128,8 +171,9 @@ def test_statuses_and_faults_are_typed_and_unknown_ones_refused():
 
 def test_replicate_get_retries_a_server_error_then_answers(replicate):
     client, mock = replicate
-    route = mock.get("/predictions/p").mock(side_effect=[httpx.Response(500), httpx.Response(
-        200, json=prediction("processing", pid="p"))])
+    route = mock.get("/predictions/p").mock(
+        side_effect=[httpx.Response(500), httpx.Response(200, json=prediction("processing", pid="p"))]
+    )
     assert client.status("p").state == "running" and route.call_count == 2
 
 
@@ -137,7 +181,7 @@ def test_replicate_unreachable_status_is_unknown_to_the_core(replicate):
     client, mock = replicate
     mock.get("/predictions/p").mock(side_effect=httpx.ConnectError("refused"))
     with pytest.raises(ProviderError):
-        client.status("p")   # the lifecycle reads a ProviderError from status() as "unknown"
+        client.status("p")  # the lifecycle reads a ProviderError from status() as "unknown"
     mock.get("/predictions/q").respond(404, json={"detail": "Not found."})
     assert client.status("q").state == "unknown"
 
@@ -164,9 +208,14 @@ def test_replicate_webhook_is_standard_webhooks_over_the_prediction():
 
 def test_fal_submit_sends_webhook_query_and_key(fal):
     client, mock = fal
-    route = mock.post("/acme/kin/kinetica-v1").respond(200, json={
-        "request_id": "024ca5b1", "gateway_request_id": "024ca5b1",
-        "status_url": f"{F}/acme/kin/requests/024ca5b1/status"})
+    route = mock.post("/acme/kin/kinetica-v1").respond(
+        200,
+        json={
+            "request_id": "024ca5b1",
+            "gateway_request_id": "024ca5b1",
+            "status_url": f"{F}/acme/kin/requests/024ca5b1/status",
+        },
+    )
     assert client.submit("task-3", "kinetica-v1", "a wave", {"seconds": 5}) == "024ca5b1"
     req = route.calls.last.request
     assert req.headers["authorization"] == "Key fal_secret_key"
@@ -217,7 +266,7 @@ def test_fal_completed_with_error_and_result_5xx(fal):
     assert client.status("r1").state == "failed"
     mock.get("/acme/kin/requests/r2/status").respond(200, json={"status": "COMPLETED"})
     mock.get("/acme/kin/requests/r2").respond(503)
-    assert client.status("r2").state == "unknown"   # asked again later
+    assert client.status("r2").state == "unknown"  # asked again later
 
 
 def test_fal_cancel(fal):
@@ -233,18 +282,26 @@ def _fal_delivery(doc, seed=SEED, ts=NOW, rid="r1"):
 
 def test_fal_webhook_ok_error_and_null_payload():
     client = FalClient("kinetica", "k", app="acme/kin", public_keys=[webhooks.ed25519_public_key(SEED)])
-    ok = {"request_id": "r1", "gateway_request_id": "r1", "status": "OK",
-          "payload": {"images": [{"url": "https://fal.media/a.png", "width": 1024}]}}
+    ok = {
+        "request_id": "r1",
+        "gateway_request_id": "r1",
+        "status": "OK",
+        "payload": {"images": [{"url": "https://fal.media/a.png", "width": 1024}]},
+    }
     headers, body = _fal_delivery(ok)
     wid = client.callbacks.verify(headers, body, NOW)
-    assert wid.startswith("r1:") and client.callbacks.verify(headers, body, NOW) == wid   # a redelivery: same id
+    assert wid.startswith("r1:") and client.callbacks.verify(headers, body, NOW) == wid  # a redelivery: same id
     assert client.callbacks.parse(body) == ("r1", UpstreamStatus("succeeded", ("https://fal.media/a.png",)))
     null = {"request_id": "r1", "status": "OK", "payload": None, "payload_error": "not JSON serialisable"}
     assert client.callbacks.parse(json.dumps(null).encode()) == ("r1", UpstreamStatus("succeeded", ()))
     err = {"request_id": "r1", "status": "ERROR", "error": "Invalid status code: 422", "payload": {"detail": []}}
     rid, st = client.callbacks.parse(json.dumps(err).encode())
-    assert (rid, st.state, st.failure_class, st.error_message) == ("r1", "failed", "provider",
-                                                                    "Invalid status code: 422")
+    assert (rid, st.state, st.failure_class, st.error_message) == (
+        "r1",
+        "failed",
+        "provider",
+        "Invalid status code: 422",
+    )
     assert isinstance(client.callbacks.parse(b'{"request_id": "r1", "status": "MAYBE"}'), str)
 
 
@@ -256,10 +313,10 @@ def test_ed25519_valid_tampered_wrong_key_stale_and_rotation():
     headers, body = _fal_delivery({"request_id": "r1", "status": "OK", "payload": {}})
     assert webhooks.verify_ed25519(keys, headers, body, NOW) == "r1"
     with pytest.raises(webhooks.WebhookError) as err:
-        webhooks.verify_ed25519(keys, headers, body.replace(b"OK", b"ERROR"), NOW)       # tampered body
+        webhooks.verify_ed25519(keys, headers, body.replace(b"OK", b"ERROR"), NOW)  # tampered body
     assert err.value.code == "bad_signature"
     for name in ("x-fal-webhook-request-id", "x-fal-webhook-user-id", "x-fal-webhook-timestamp"):
-        forged = {**headers, name: headers[name] + "1"}                                   # tampered header
+        forged = {**headers, name: headers[name] + "1"}  # tampered header
         with pytest.raises(webhooks.WebhookError) as err:
             webhooks.verify_ed25519(keys, forged, body, NOW)
         assert err.value.code == "bad_signature"
@@ -267,12 +324,12 @@ def test_ed25519_valid_tampered_wrong_key_stale_and_rotation():
         webhooks.verify_ed25519([webhooks.ed25519_public_key(OTHER_SEED)], headers, body, NOW)  # wrong key
     assert err.value.code == "bad_signature"
     with pytest.raises(webhooks.WebhookError) as err:
-        webhooks.verify_ed25519(keys, headers, body, NOW + 301)                            # stale
+        webhooks.verify_ed25519(keys, headers, body, NOW + 301)  # stale
     assert err.value.code == "stale"
     with pytest.raises(webhooks.WebhookError) as err:
-        webhooks.verify_ed25519(keys, headers, body, NOW - 301)                            # from the future
+        webhooks.verify_ed25519(keys, headers, body, NOW - 301)  # from the future
     assert err.value.code == "stale"
-    rotated = [webhooks.ed25519_public_key(OTHER_SEED), *keys]                             # key rotation
+    rotated = [webhooks.ed25519_public_key(OTHER_SEED), *keys]  # key rotation
     assert webhooks.verify_ed25519(rotated, headers, body, NOW + 300) == "r1"
 
 
@@ -330,18 +387,24 @@ def test_config_from_env_text_file_and_secrets_toml(tmp_path):
         assert secret not in shown
 
 
-@pytest.mark.parametrize("change, says", [
-    ('api = "replicate"', "api must be one of"),
-    ('token = "r8_very_secret"', "needs `token`"),
-    ('models = { "lumen-flash" = "acme/flash" }', "unknown key(s): modles"),
-    (f'webhook_secrets = ["{SECRET}"]', "webhook_secrets"),
-    (f'webhook_url = "{HOOK}"', "webhook_url must be an http(s) URL"),
-])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ('api = "replicate"', "api must be one of"),
+        ('token = "r8_very_secret"', "needs `token`"),
+        ('models = { "lumen-flash" = "acme/flash" }', "unknown key(s): modles"),
+        (f'webhook_secrets = ["{SECRET}"]', "webhook_secrets"),
+        (f'webhook_url = "{HOOK}"', "webhook_url must be an http(s) URL"),
+    ],
+)
 def test_config_errors_name_the_key_never_the_value(change, says):
-    bad = {'api = "replicate"': 'api = "openai"', 'token = "r8_very_secret"': 'token = ""',
-           'models = { "lumen-flash" = "acme/flash" }': 'modles = {}',
-           f'webhook_secrets = ["{SECRET}"]': 'webhook_secrets = ["whsec_!!not-base64!!"]',
-           f'webhook_url = "{HOOK}"': 'webhook_url = "ftp://r8_very_secret"'}[change]
+    bad = {
+        'api = "replicate"': 'api = "openai"',
+        'token = "r8_very_secret"': 'token = ""',
+        'models = { "lumen-flash" = "acme/flash" }': "modles = {}",
+        f'webhook_secrets = ["{SECRET}"]': 'webhook_secrets = ["whsec_!!not-base64!!"]',
+        f'webhook_url = "{HOOK}"': 'webhook_url = "ftp://r8_very_secret"',
+    }[change]
     with pytest.raises(ProviderConfigError) as err:
         load_providers({"RIVYA_PROVIDERS": CONFIG.replace(change, bad)})
     assert says in err.value.message
@@ -365,9 +428,18 @@ def _fal_service(mock):
     from rivya_core.stores.memory import MemoryStore
 
     catalog = default_catalog()
-    model = next(m for m in catalog.models if m.provider == "kinetica" and m.runtime == "async_task" and m.direct_generation)
-    client = FalClient("kinetica", "k", app="acme/kin", base_url=F, webhook_url=HOOK,
-                       public_keys=[webhooks.ed25519_public_key(SEED)], retries=0)
+    model = next(
+        m for m in catalog.models if m.provider == "kinetica" and m.runtime == "async_task" and m.direct_generation
+    )
+    client = FalClient(
+        "kinetica",
+        "k",
+        app="acme/kin",
+        base_url=F,
+        webhook_url=HOOK,
+        public_keys=[webhooks.ed25519_public_key(SEED)],
+        retries=0,
+    )
     clock = ManualClock(datetime.fromtimestamp(NOW, tz=None).replace(year=2025))
     svc = LifecycleService(MemoryStore(), clock, {"kinetica": client}, catalog)
     user = svc.create_account("k@example.com", "K", grant=10_000)

@@ -39,8 +39,16 @@ def world(db):
     db.grant(bob)
     t_ok = db.success(ann, prompt="a red fox in snow", upstream="up-fox", at=T0)
     t_fail = db.failed(bob, prompt="100% pure_water", at=T0 + timedelta(minutes=1))
-    t_run = db.task(ann, status="GENERATING", prompt="a slow video", category="video", model="vid-1",
-                    upstream="up-slow", at=T0 + timedelta(minutes=2), submitted_at=T0 + timedelta(minutes=2))
+    t_run = db.task(
+        ann,
+        status="GENERATING",
+        prompt="a slow video",
+        category="video",
+        model="vid-1",
+        upstream="up-slow",
+        at=T0 + timedelta(minutes=2),
+        submitted_at=T0 + timedelta(minutes=2),
+    )
     db.event(t_run, "created", at=T0 + timedelta(minutes=2))
     db.event(t_run, "submitted", at=T0 + timedelta(minutes=2))
     t_wait = db.task(bob, status="WAITING", prompt="queued thing", at=T0 + timedelta(minutes=3))
@@ -87,16 +95,19 @@ def test_recent_generations(db, world):
     assert ids(q.recent_generations(db.engine, world["ann"])) == [world["run"], world["ok"]]
 
 
-@pytest.mark.parametrize("key, expect, why", [
-    ("id", "ok", "id"),
-    ("up-slow", "run", "upstream"),
-    ("ann@example.com", ["run", "ok"], "user"),
-    ("bob@stu", ["wait", "fail"], "user"),
-    ("STONE", ["wait", "fail"], "user"),
-    ("RED FOX", "ok", "prompt"),
-    ("100%", "fail", "prompt"),
-    ("pure_water", "fail", "prompt"),
-])
+@pytest.mark.parametrize(
+    "key, expect, why",
+    [
+        ("id", "ok", "id"),
+        ("up-slow", "run", "upstream"),
+        ("ann@example.com", ["run", "ok"], "user"),
+        ("bob@stu", ["wait", "fail"], "user"),
+        ("STONE", ["wait", "fail"], "user"),
+        ("RED FOX", "ok", "prompt"),
+        ("100%", "fail", "prompt"),
+        ("pure_water", "fail", "prompt"),
+    ],
+)
 def test_find_tasks_by_every_key(db, world, key, expect, why):
     query = str(world["ok"]) if key == "id" else key
     found = q.find_tasks(db.engine, query)
@@ -167,22 +178,39 @@ def test_active_studio_and_the_live_tasks_report_agree_on_which_tasks_and_their_
     from rivya_core.read import reports
 
     # created first but submitted last: both lists order by when the task started (submitted, else created)
-    late = db.task(world["bob"], status="GENERATING", prompt="late start", category="video", model="vid-1",
-                   upstream="up-late", at=T0 - timedelta(minutes=5), submitted_at=T0 + timedelta(minutes=4))
+    late = db.task(
+        world["bob"],
+        status="GENERATING",
+        prompt="late start",
+        category="video",
+        model="vid-1",
+        upstream="up-late",
+        at=T0 - timedelta(minutes=5),
+        submitted_at=T0 + timedelta(minutes=4),
+    )
     db.event(late, "created", at=T0 - timedelta(minutes=5))
     db.event(late, "submitted", at=T0 + timedelta(minutes=4))
     db.event(late, "poll", at=T0 + timedelta(minutes=6))
     now = T0 + timedelta(hours=1)
-    for filters in ({}, {"status": "GENERATING"}, {"status": "WAITING"}, {"category": "video"},
-                    {"model": "vid-1", "provider": "alpha"}):
+    for filters in (
+        {},
+        {"status": "GENERATING"},
+        {"status": "WAITING"},
+        {"category": "video"},
+        {"model": "vid-1", "provider": "alpha"},
+    ):
         studio = q.active_studio(db.engine, **filters)
-        live = reports.active_tasks(db.engine, now=now, **({"statuses": (filters["status"],)} if "status" in filters
-                                                          else {}),
-                                    **{k: (v,) for k, v in filters.items() if k != "status"})
+        live = reports.active_tasks(
+            db.engine,
+            now=now,
+            **({"statuses": (filters["status"],)} if "status" in filters else {}),
+            **{k: (v,) for k, v in filters.items() if k != "status"},
+        )
         assert ids(studio) == [int(i) for i in live["id"]], filters
-        assert [(r["last_event"], r["last_event_at"]) for r in studio] == \
-            [(None if e is None or e != e else e, None if a is None or a != a else a)
-             for e, a in zip(live["last_event"], live["last_event_at"], strict=True)], filters
+        assert [(r["last_event"], r["last_event_at"]) for r in studio] == [
+            (None if e is None or e != e else e, None if a is None or a != a else a)
+            for e, a in zip(live["last_event"], live["last_event_at"], strict=True)
+        ], filters
     assert ids(q.active_studio(db.engine)) == [world["run"], world["wait"], late]
 
 
@@ -195,8 +223,11 @@ def test_a_tasks_callbacks_are_read_through_the_task_and_upstream_indexes(tmp_pa
 
     store = open_store(f"sqlite:///{tmp_path / 'q.db'}", create=True)
     try:
-        sql = str(q.task_callbacks(7, "up-7", "lumen").compile(dialect=sqlite.dialect(),
-                                                               compile_kwargs={"literal_binds": True}))
+        sql = str(
+            q.task_callbacks(7, "up-7", "lumen").compile(
+                dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}
+            )
+        )
         with store.engine.connect() as conn:
             plan = " / ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
         assert "ix_provider_callback_task" in plan and "ix_provider_callback_upstream" in plan, plan

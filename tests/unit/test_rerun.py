@@ -23,8 +23,17 @@ def env():
 
 def _failed(svc, clock, user, prompt="a lighthouse at dusk"):
     t = svc.submit(user.id, {**IMAGE, "prompt": prompt, "params": {"width": 512}})
-    svc.handle_callback("lumen", *callback(clock, t.upstream_task_id, state="failed", msg_id=f"f{t.id}",
-                                           error_code="model_error", failure_class="provider"))
+    svc.handle_callback(
+        "lumen",
+        *callback(
+            clock,
+            t.upstream_task_id,
+            state="failed",
+            msg_id=f"f{t.id}",
+            error_code="model_error",
+            failure_class="provider",
+        ),
+    )
     return svc.task(t.id)
 
 
@@ -62,12 +71,23 @@ def test_a_courtesy_rerun_gives_its_charge_back_at_once_and_is_never_refunded_tw
     new = rerun.support_rerun(svc, original.id, OPERATOR, REASON, courtesy=True)
     entries = svc._tx(lambda tx: tx.task_entries(new.id))
     assert [(e.entry_type, e.amount, e.support) for e in entries] == [
-        (EntryType.CONSUME, -new.reserved_credits, False), (EntryType.REFUND, new.reserved_credits, True)]
+        (EntryType.CONSUME, -new.reserved_credits, False),
+        (EntryType.REFUND, new.reserved_credits, True),
+    ]
     assert OPERATOR not in entries[1].note and REASON not in entries[1].note
     assert svc.balance(user.id) == before
     assert new.status == TaskStatus.GENERATING  # still submitted upstream
-    svc.handle_callback("lumen", *callback(clock, new.upstream_task_id, state="failed", msg_id="again",
-                                           error_code="model_error", failure_class="provider"))
+    svc.handle_callback(
+        "lumen",
+        *callback(
+            clock,
+            new.upstream_task_id,
+            state="failed",
+            msg_id="again",
+            error_code="model_error",
+            failure_class="provider",
+        ),
+    )
     refunds = [e for e in svc._tx(lambda tx: tx.task_entries(new.id)) if e.entry_type == EntryType.REFUND]
     assert len(refunds) == 1 and svc.balance(user.id) == before  # the policy's refund is the same entry
     assert rerun.describe_rerun(svc, original.id, svc.task(new.id))["courtesy"] is True
@@ -77,8 +97,12 @@ def test_the_user_never_sees_who_reran_it_or_why(env):
     svc, clock, providers, user = env
     original = _failed(svc, clock, user)
     new = rerun.support_rerun(svc, original.id, OPERATOR, REASON)
-    svc.handle_callback("lumen", *callback(clock, new.upstream_task_id, state="failed", msg_id="n",
-                                           error_code="model_error", failure_class="provider"))
+    svc.handle_callback(
+        "lumen",
+        *callback(
+            clock, new.upstream_task_id, state="failed", msg_id="n", error_code="model_error", failure_class="provider"
+        ),
+    )
     notes = reads.task_notifications(svc.store, new.id)
     assert notes and all(OPERATOR not in n.body + n.title and REASON not in n.body + n.title for n in notes)
     task = svc.task(new.id)
@@ -136,8 +160,9 @@ def test_refused_when_the_request_no_longer_validates(env):
     assert err.value.reason == RerunRefusal.REQUEST_INVALID and "param_unknown" in err.value.message
 
 
-@pytest.mark.parametrize("operator,reason,code", [("", REASON, SupportRefusal.NO_OPERATOR),
-                                                  (OPERATOR, "  ", SupportRefusal.NO_REASON)])
+@pytest.mark.parametrize(
+    "operator,reason,code", [("", REASON, SupportRefusal.NO_OPERATOR), (OPERATOR, "  ", SupportRefusal.NO_REASON)]
+)
 def test_a_rerun_needs_an_operator_and_a_reason(env, operator, reason, code):
     svc, clock, providers, user = env
     original = _failed(svc, clock, user)

@@ -16,8 +16,11 @@ from rivya_core.policy import BillingPolicy
 STATUSES = [s.value for s in TaskStatus]
 CLASSES = [None, *(c.value for c in FailureClass)]
 CODES = [None, INSUFFICIENT_CREDITS, "timeout", "content_policy"]
-POLICIES = [BillingPolicy(), BillingPolicy(name="all", refund_classes=frozenset(FailureClass)),
-            BillingPolicy(name="none", refund_classes=frozenset())]
+POLICIES = [
+    BillingPolicy(),
+    BillingPolicy(name="all", refund_classes=frozenset(FailureClass)),
+    BillingPolicy(name="none", refund_classes=frozenset()),
+]
 T0 = datetime(2026, 4, 1, 12, 0, 0)
 
 
@@ -25,16 +28,37 @@ T0 = datetime(2026, 4, 1, 12, 0, 0)
 def facts():
     """Every combination of status, failure class, error code, charged, refunded, support and re-run, as rows."""
     md = MetaData()
-    table = Table("facts", md, Column("id", Integer, primary_key=True), Column("status", String),
-                  Column("failure_class", String), Column("error_code", String), Column("charged", Boolean),
-                  Column("refunded", Boolean), Column("support", Boolean), Column("rerun", Boolean))
+    table = Table(
+        "facts",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("status", String),
+        Column("failure_class", String),
+        Column("error_code", String),
+        Column("charged", Boolean),
+        Column("refunded", Boolean),
+        Column("support", Boolean),
+        Column("rerun", Boolean),
+    )
     engine = create_engine("sqlite://")
     md.create_all(engine)
-    combos = list(itertools.product(STATUSES, CLASSES, CODES, (False, True), (False, True), (False, True, None),
-                                    (False, True)))
+    combos = list(
+        itertools.product(STATUSES, CLASSES, CODES, (False, True), (False, True), (False, True, None), (False, True))
+    )
     with engine.begin() as conn:
-        conn.execute(insert(table), [dict(zip(("status", "failure_class", "error_code", "charged", "refunded",
-                                               "support", "rerun"), c, strict=True)) for c in combos])
+        conn.execute(
+            insert(table),
+            [
+                dict(
+                    zip(
+                        ("status", "failure_class", "error_code", "charged", "refunded", "support", "rerun"),
+                        c,
+                        strict=True,
+                    )
+                )
+                for c in combos
+            ],
+        )
     yield engine, table
     engine.dispose()
 
@@ -43,11 +67,19 @@ def facts():
 def test_the_sql_forms_agree_with_the_rules_on_every_fact(facts, policy):
     engine, t = facts
     c = t.c
-    q = select(c.status, c.failure_class, c.error_code, c.charged, c.refunded, c.support, c.rerun,
-               rules_sql.outcome_notification(c.status, c.error_code).label("kind"),
-               rules_sql.refund_due(c.status, c.failure_class, c.charged, c.refunded, policy).label("due"),
-               rules_sql.refund_allowed(c.status, c.failure_class, c.support, policy, c.rerun).label("allowed"),
-               rules_sql.courtesy_refund(c.support, c.rerun).label("courtesy"))
+    q = select(
+        c.status,
+        c.failure_class,
+        c.error_code,
+        c.charged,
+        c.refunded,
+        c.support,
+        c.rerun,
+        rules_sql.outcome_notification(c.status, c.error_code).label("kind"),
+        rules_sql.refund_due(c.status, c.failure_class, c.charged, c.refunded, policy).label("due"),
+        rules_sql.refund_allowed(c.status, c.failure_class, c.support, policy, c.rerun).label("allowed"),
+        rules_sql.courtesy_refund(c.support, c.rerun).label("courtesy"),
+    )
     with engine.connect() as conn:
         found = conn.execute(q).all()
     assert len(found) == len(STATUSES) * len(CLASSES) * len(CODES) * 24
@@ -55,8 +87,12 @@ def test_the_sql_forms_agree_with_the_rules_on_every_fact(facts, policy):
         facts_ = rules.RefundFacts(status, fc, bool(charged), bool(refunded))
         assert kind == rules.outcome_notification(status, code)
         assert bool(due) is rules.refund_due(facts_, policy), (status, fc, charged, refunded)
-        assert bool(allowed) is rules.refund_allowed(status, fc, bool(support), policy, bool(rerun)), \
-            (status, fc, support, rerun)
+        assert bool(allowed) is rules.refund_allowed(status, fc, bool(support), policy, bool(rerun)), (
+            status,
+            fc,
+            support,
+            rerun,
+        )
         assert bool(courtesy) is rules.courtesy_refund(bool(support), bool(rerun)), (support, rerun)
 
 
@@ -104,10 +140,14 @@ def test_mark_failed_and_recheck_refusals():
     assert rules.recheck_refusal(f("WAITING", 10, 300), True) == rules.RecheckRefusal.NOT_STUCK_YET
     assert rules.recheck_refusal(f("WAITING", 300, 300), True) is None
     young = f("WAITING", 10.7, 300)
-    assert rules.stuck_refusal_text(rules.RecheckRefusal.NOT_STUCK_YET, young, "are re-checked") == \
-        "task is 10 s old; it counts as stuck after 300 s"
-    assert rules.stuck_refusal_text(rules.MarkFailedRefusal.NOT_ACTIVE, f("SUCCESS", 0, 1), "can be marked failed") \
+    assert (
+        rules.stuck_refusal_text(rules.RecheckRefusal.NOT_STUCK_YET, young, "are re-checked")
+        == "task is 10 s old; it counts as stuck after 300 s"
+    )
+    assert (
+        rules.stuck_refusal_text(rules.MarkFailedRefusal.NOT_ACTIVE, f("SUCCESS", 0, 1), "can be marked failed")
         == "task is SUCCESS; only waiting or generating tasks can be marked failed"
+    )
 
 
 def test_outcome_notification():
@@ -118,11 +158,26 @@ def test_outcome_notification():
 
 
 def test_credit_flows_add_up_to_the_ledger_total():
-    sums = {EntryType.GRANT: 500, EntryType.ADJUSTMENT: 20, EntryType.CONSUME: -120, EntryType.REFUND: 40,
-            EntryType.CHAT_RESERVE: -30, EntryType.CHAT_CHARGE: -5, EntryType.CHAT_REFUND: 10, "bonus": 7}
+    sums = {
+        EntryType.GRANT: 500,
+        EntryType.ADJUSTMENT: 20,
+        EntryType.CONSUME: -120,
+        EntryType.REFUND: 40,
+        EntryType.CHAT_RESERVE: -30,
+        EntryType.CHAT_CHARGE: -5,
+        EntryType.CHAT_REFUND: 10,
+        "bonus": 7,
+    }
     f = rules.credit_flows(sums)
-    assert (f.granted, f.task_charged, f.task_refunded, f.chat_reserved, f.chat_overrun, f.chat_refunded,
-            f.other) == (520, 120, 40, 30, 5, 10, 7)
+    assert (f.granted, f.task_charged, f.task_refunded, f.chat_reserved, f.chat_overrun, f.chat_refunded, f.other) == (
+        520,
+        120,
+        40,
+        30,
+        5,
+        10,
+        7,
+    )
     assert f.chat_charged == 25 and f.charged == 145  # chat as finally charged: 30 reserved + 5 over − 10 back
     assert f.balance == sum(sums.values())
     assert f.as_dict()["balance"] == f.balance and f.as_dict()["chat_charged"] == 25
@@ -176,8 +231,11 @@ def test_every_verdict_has_one_severity_and_stuck_is_never_a_success():
     assert verdicts.verdict_severity(V.REFUND_DUE) == S.FAIL
     assert verdicts.verdict_severity(V.DELIVERED) == S.OK
     assert verdicts.verdict_severity(V.GENERATING) == S.INFO
-    assert {verdicts.verdict_severity(v) for v in V if "stuck" in v or "overdue" in v or "mismatch" in v
-            or "inconsistent" in v or "but" in v or "without" in v}.isdisjoint({S.OK, S.INFO})
+    assert {
+        verdicts.verdict_severity(v)
+        for v in V
+        if "stuck" in v or "overdue" in v or "mismatch" in v or "inconsistent" in v or "but" in v or "without" in v
+    }.isdisjoint({S.OK, S.INFO})
 
 
 def test_marking_failed_refunds_what_the_policy_reverses_and_the_notice_says_it():
@@ -186,7 +244,8 @@ def test_marking_failed_refunds_what_the_policy_reverses_and_the_notice_says_it(
     assert rules.mark_failed_refund(24, True, BillingPolicy()) == 0 and rules.mark_failed_refund(0, False, keep) == 0
     assert rules.mark_failed_refund(24, False, keep) == 0
     body = rules.support_failure_notice
-    assert body("video", "kinetica-v2", 24, 24)[1] == ("Your video from kinetica-v2 could not be completed; "
-                                                       "your 24 credits were refunded.")
+    assert body("video", "kinetica-v2", 24, 24)[1] == (
+        "Your video from kinetica-v2 could not be completed; your 24 credits were refunded."
+    )
     assert body("video", "kinetica-v2", 24, 0)[1].endswith("your 24 credits were not refunded.")
     assert body("image", "lumen-flash", 0, 0)[1].endswith("nothing was charged.")

@@ -15,17 +15,23 @@ from tests.shipany_source import build_source, hand_written
 
 def test_the_shipped_map_holds_the_template_s_names():
     m = load_map()
-    assert (m.name("ai_task"), m.name("credit"), m.column_name("credit", "consumed_detail")) == \
-        ("ai_task", "credit", "consumed_detail")
+    assert (m.name("ai_task"), m.name("credit"), m.column_name("credit", "consumed_detail")) == (
+        "ai_task",
+        "credit",
+        "consumed_detail",
+    )
 
 
-@pytest.mark.parametrize("text, says", [
-    ('[tables]\ncredits = "x"\n', "'credits' is not a table the importer reads"),
-    ('[columns.credit]\nconsumed = "x"\n', "'consumed' is not a column the importer reads"),
-    ('[columns.ai_task]\nstatus = ""\n', "must be a non-empty name"),
-    ('[renames]\n', "unknown section [renames]"),
-    ('tables = 3\n', "[tables] must be a table of names"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ('[tables]\ncredits = "x"\n', "'credits' is not a table the importer reads"),
+        ('[columns.credit]\nconsumed = "x"\n', "'consumed' is not a column the importer reads"),
+        ('[columns.ai_task]\nstatus = ""\n', "must be a non-empty name"),
+        ("[renames]\n", "unknown section [renames]"),
+        ("tables = 3\n", "[tables] must be a table of names"),
+    ],
+)
 def test_a_bad_map_file_is_refused_naming_what(tmp_path, text, says):
     path = tmp_path / "fork.toml"
     path.write_text(text)
@@ -40,8 +46,7 @@ def test_task_info_and_consumed_detail_as_the_template_writes_them():
 
     assert result_urls(json.loads(info)) == ["https://a/1.png", "https://a/s.mp3"]
     assert result_urls("not json") == [] and result_urls(None) == []
-    assert draws('[{"creditId": "g1", "creditsConsumed": 3}, {"creditId": "g2", "creditsConsumed": 0}]') == \
-        [("g1", 3)]
+    assert draws('[{"creditId": "g1", "creditsConsumed": 3}, {"creditId": "g2", "creditsConsumed": 0}]') == [("g1", 3)]
     assert draws("garbage") == [] and draws(None) == []
 
 

@@ -45,9 +45,9 @@ def test_lost_races_back_off_with_growing_jittered_pauses_and_are_counted():
     assert svc.balance(acct.id) == 10
     assert len(pauses) == 4
     for attempt, pause in enumerate(pauses):
-        assert 0 <= pause <= svc.retry_base * 2 ** attempt
-    assert svc.retry_counts[4] == 1       # one unit needed 4 retries
-    assert svc.retry_counts[0] >= 1       # later units needed none
+        assert 0 <= pause <= svc.retry_base * 2**attempt
+    assert svc.retry_counts[4] == 1  # one unit needed 4 retries
+    assert svc.retry_counts[0] >= 1  # later units needed none
     assert svc.retries_total == 4
 
 

@@ -43,8 +43,9 @@ def _service(policy=DEFAULT_POLICY):
     clock = ManualClock()
     catalog = default_catalog()
     providers = {name: CancelingProvider(name) for name in catalog.providers()}
-    svc = LifecycleService(MemoryStore(), clock, providers, catalog, policy,
-                           secrets={name: [SECRET] for name in providers})
+    svc = LifecycleService(
+        MemoryStore(), clock, providers, catalog, policy, secrets={name: [SECRET] for name in providers}
+    )
     user = svc.create_account("ada@example.com", "Ada", grant=100)
     return svc, clock, providers, user
 
@@ -68,8 +69,12 @@ def test_a_timed_out_task_has_its_job_canceled_and_the_answer_on_its_timeline():
     assert (failed.status, failed.error_code) == ("FAILED", "timeout")
     assert providers["lumen"].cancels == [task.upstream_task_id]
     [ev] = _events(svc, task.id, "upstream_cancel")
-    assert ev.detail == {"answer": "canceled", "detail": "stopped", "upstream_task_id": task.upstream_task_id,
-                         "reason": "timeout"}
+    assert ev.detail == {
+        "answer": "canceled",
+        "detail": "stopped",
+        "upstream_task_id": task.upstream_task_id,
+        "reason": "timeout",
+    }
     kinds = [e.kind for e in _events(svc, task.id)]
     assert kinds.index("failed") < kinds.index("upstream_cancel")
     assert svc.balance(user.id) == 100  # refunded, as before
@@ -99,10 +104,14 @@ def test_a_late_success_callback_is_a_late_duplicate_and_the_failure_and_refund_
     # the checklist tells support the user was refunded and the output came late
     snap = svc.store.snapshot()
     rows = lambda xs: [x.__dict__ | {"kind": str(getattr(x, "kind", ""))} for x in xs if x.task_id == task.id]  # noqa: E731
-    detail = {"task": after.__dict__ | {"status": str(after.status)}, "events": rows(snap.events),
-              "ledger": [e.__dict__ | {"entry_type": str(e.entry_type)} for e in snap.ledger if e.task_id == task.id],
-              "callbacks": [c.__dict__ for c in snap.callbacks if c.task_id == task.id],
-              "notifications": rows(snap.notifications), "chat_message": None}
+    detail = {
+        "task": after.__dict__ | {"status": str(after.status)},
+        "events": rows(snap.events),
+        "ledger": [e.__dict__ | {"entry_type": str(e.entry_type)} for e in snap.ledger if e.task_id == task.id],
+        "callbacks": [c.__dict__ for c in snap.callbacks if c.task_id == task.id],
+        "notifications": rows(snap.notifications),
+        "chat_message": None,
+    }
     item = checklist_for_task(detail, svc.policy, clock.now()).item("upstream_cancel")
     assert item.status == "warn"
     assert "refunded 2 credits" in item.answer and "arrived late" in item.answer and "canceled" in item.answer
@@ -134,8 +143,7 @@ def test_no_cancel_when_the_policy_turns_it_off_or_the_provider_failed_the_job_i
 
     svc, clock, providers, user = _service()
     task = svc.submit(user.id, IMAGE)
-    headers, body = callback(clock, task.upstream_task_id, "failed", error_code="model_error",
-                             failure_class="provider")
+    headers, body = callback(clock, task.upstream_task_id, "failed", error_code="model_error", failure_class="provider")
     svc.handle_callback("lumen", headers, body)
     assert svc.task(task.id).status == "FAILED" and providers["lumen"].cancels == []
 
@@ -154,25 +162,34 @@ def test_the_policy_key_is_checked():
 
 
 def _prediction(status, pid="p1", predict_time=None, output=None):
-    return {"id": pid, "status": status, "output": output, "error": None,
-            "metrics": {} if predict_time is None else {"predict_time": predict_time}}
+    return {
+        "id": pid,
+        "status": status,
+        "output": output,
+        "error": None,
+        "metrics": {} if predict_time is None else {"predict_time": predict_time},
+    }
 
 
 @pytest.fixture
 def replicate():
-    client = ReplicateClient("lumen", "t", base_url=R, webhook_url="https://rivya.test/webhooks/lumen",
-                             webhook_secrets=[SECRET], retries=0)
+    client = ReplicateClient(
+        "lumen", "t", base_url=R, webhook_url="https://rivya.test/webhooks/lumen", webhook_secrets=[SECRET], retries=0
+    )
     with respx.mock(base_url=R, assert_all_called=False) as mock:
         yield client, mock
 
 
-@pytest.mark.parametrize("code, doc, answer", [
-    (200, _prediction("canceled", predict_time=3.5), "canceled"),
-    (200, _prediction("processing"), "canceled"),
-    (200, _prediction("succeeded", output=["https://x.test/a.png"]), "already_finished"),
-    (404, {"detail": "Not found."}, "unknown"),
-    (500, {"detail": "boom"}, "error"),
-])
+@pytest.mark.parametrize(
+    "code, doc, answer",
+    [
+        (200, _prediction("canceled", predict_time=3.5), "canceled"),
+        (200, _prediction("processing"), "canceled"),
+        (200, _prediction("succeeded", output=["https://x.test/a.png"]), "already_finished"),
+        (404, {"detail": "Not found."}, "unknown"),
+        (500, {"detail": "boom"}, "error"),
+    ],
+)
 def test_replicate_cancel_answers(replicate, code, doc, answer):
     client, mock = replicate
     mock.post("/predictions/p1/cancel").respond(code, json=doc)
@@ -188,10 +205,11 @@ def test_replicate_submission_carries_cancel_after_from_the_category_timeout(rep
     svc = LifecycleService(MemoryStore(), ManualClock(), {"lumen": client}, default_catalog())
     user = svc.create_account("a@example.com", "A", grant=10)
     svc.submit(user.id, IMAGE)
-    assert route.calls.last.request.headers["cancel-after"] == "900s"   # image: 15 minutes
+    assert route.calls.last.request.headers["cancel-after"] == "900s"  # image: 15 minutes
     off = ReplicateClient("lumen", "t", base_url=R, retries=0)
-    LifecycleService(MemoryStore(), ManualClock(), {"lumen": off}, default_catalog(),
-                     replace(DEFAULT_POLICY, upstream_cancel=False))
+    LifecycleService(
+        MemoryStore(), ManualClock(), {"lumen": off}, default_catalog(), replace(DEFAULT_POLICY, upstream_cancel=False)
+    )
     off.submit("task-9", "lumen-flash", "x", {})
     assert "cancel-after" not in route.calls.last.request.headers
 
@@ -205,8 +223,11 @@ def test_reported_run_seconds_are_stored_on_the_task(replicate):
     body = json.dumps(_prediction("succeeded", predict_time=4.25, output=["https://x.test/a.png"])).encode()
     from rivya_core import webhooks
 
-    ts = int(svc.clock.now().timestamp()) if svc.clock.now().tzinfo else int(
-        (svc.clock.now() - __import__("datetime").datetime(1970, 1, 1)).total_seconds())
+    ts = (
+        int(svc.clock.now().timestamp())
+        if svc.clock.now().tzinfo
+        else int((svc.clock.now() - __import__("datetime").datetime(1970, 1, 1)).total_seconds())
+    )
     svc.handle_callback("lumen", webhooks.signed_headers(SECRET, "msg_1", ts, body), body)
     done = svc.task(task.id)
     assert (done.status, done.provider_run_s) == ("SUCCESS", 4.25)
@@ -224,12 +245,15 @@ def fal():
         yield client, mock
 
 
-@pytest.mark.parametrize("code, doc, answer", [
-    (202, {"status": "CANCELLATION_REQUESTED"}, "canceled"),
-    (400, {"status": "ALREADY_COMPLETED"}, "already_finished"),
-    (404, {"status": "NOT_FOUND"}, "unknown"),
-    (503, {"detail": "later"}, "error"),
-])
+@pytest.mark.parametrize(
+    "code, doc, answer",
+    [
+        (202, {"status": "CANCELLATION_REQUESTED"}, "canceled"),
+        (400, {"status": "ALREADY_COMPLETED"}, "already_finished"),
+        (404, {"status": "NOT_FOUND"}, "unknown"),
+        (503, {"detail": "later"}, "error"),
+    ],
+)
 def test_fal_cancel_answers(fal, code, doc, answer):
     client, mock = fal
     mock.put("/acme/kin/requests/r1/cancel").respond(code, json=doc)
@@ -239,13 +263,15 @@ def test_fal_cancel_answers(fal, code, doc, answer):
 
 def test_fal_reports_inference_time_from_the_status_or_the_payload(fal):
     client, mock = fal
-    mock.get("/acme/kin/requests/r1/status").respond(200, json={"status": "COMPLETED",
-                                                                "metrics": {"inference_time": 12.5}})
+    mock.get("/acme/kin/requests/r1/status").respond(
+        200, json={"status": "COMPLETED", "metrics": {"inference_time": 12.5}}
+    )
     mock.get("/acme/kin/requests/r1").respond(200, json={"video": {"url": "https://fal.media/v.mp4"}})
     assert client.status("r1").run_s == 12.5
     mock.get("/acme/kin/requests/r2/status").respond(200, json={"status": "COMPLETED"})
-    mock.get("/acme/kin/requests/r2").respond(200, json={"images": [{"url": "https://fal.media/a.png"}],
-                                                         "timings": {"inference": 0.75}})
+    mock.get("/acme/kin/requests/r2").respond(
+        200, json={"images": [{"url": "https://fal.media/a.png"}], "timings": {"inference": 0.75}}
+    )
     assert client.status("r2") == UpstreamStatus("succeeded", ("https://fal.media/a.png",), run_s=0.75)
 
 

@@ -63,13 +63,16 @@ def test_only_v1_signatures_count():
     assert code_of([SECRET], headers) == "bad_signature"
 
 
-@pytest.mark.parametrize("mutate,code", [
-    (lambda h: h.pop("webhook-signature"), "missing_headers"),
-    (lambda h: h.pop("webhook-id"), "missing_headers"),
-    (lambda h: h.update({"webhook-timestamp": "soon"}), "malformed"),
-    (lambda h: h.update({"Webhook-Id": "second"}), "malformed"),
-    (lambda h: h.update({"webhook-signature": "v1," + "A" * 5000}), "malformed"),
-])
+@pytest.mark.parametrize(
+    "mutate,code",
+    [
+        (lambda h: h.pop("webhook-signature"), "missing_headers"),
+        (lambda h: h.pop("webhook-id"), "missing_headers"),
+        (lambda h: h.update({"webhook-timestamp": "soon"}), "malformed"),
+        (lambda h: h.update({"Webhook-Id": "second"}), "malformed"),
+        (lambda h: h.update({"webhook-signature": "v1," + "A" * 5000}), "malformed"),
+    ],
+)
 def test_missing_doubled_or_malformed_headers(mutate, code):
     headers = signed_headers(SECRET, "m", TS, BODY)
     mutate(headers)
