@@ -30,6 +30,7 @@ from typing import Any
 
 from rivya_core.domain import RivyaError
 from rivya_core.policy import BillingPolicy
+from rivya_core.stats import t95
 
 from . import kpis
 from .engine import Job, Outcome, run_jobs
@@ -58,56 +59,10 @@ COLUMNS = (
 )
 NO_GRID = "-"
 
-# two-sided 95% t quantiles by degrees of freedom; beyond 120 the normal 1.96 is close enough
-_T95 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    11: 2.201,
-    12: 2.179,
-    13: 2.160,
-    14: 2.145,
-    15: 2.131,
-    16: 2.120,
-    17: 2.110,
-    18: 2.101,
-    19: 2.093,
-    20: 2.086,
-    21: 2.080,
-    22: 2.074,
-    23: 2.069,
-    24: 2.064,
-    25: 2.060,
-    26: 2.056,
-    27: 2.052,
-    28: 2.048,
-    29: 2.045,
-    30: 2.042,
-    40: 2.021,
-    60: 2.000,
-    120: 1.980,
-}
-
 
 class SweepError(RivyaError):
     code = "bad_sweep"
     user_correctable = True
-
-
-def t95(df: int) -> float:
-    if df <= 0:
-        return math.inf
-    for k in sorted(_T95):
-        if k >= df:
-            return _T95[k]
-    return 1.960
 
 
 def paired_ci(a: list[float], b: list[float]) -> tuple[float, float, float]:

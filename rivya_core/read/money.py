@@ -26,32 +26,10 @@ from sqlalchemy import Engine, case, func, select
 from .. import cost
 from ..catalog import Catalog, default_catalog
 from ..policy import DEFAULT_POLICY, BillingPolicy
+from ..stats import t95
 from ..stores.schema import ai_task, chat_message, chat_session, credit_ledger
 from .ledger_views import epoch_seconds
 from .queries import connect
-
-# two-sided 95% t quantiles by degrees of freedom (as simulations.sweep); 1.96 beyond 30
-_T95 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    15: 2.131,
-    20: 2.086,
-    30: 2.042,
-}
-
-
-def t95(df: int) -> float:
-    if df < 1:
-        return math.nan
-    return next((v for k, v in sorted(_T95.items()) if df <= k), 1.96)
 
 
 def _rows(engine: Engine) -> list[dict[str, Any]]:
@@ -196,4 +174,4 @@ def money_by(engine: Engine, policy: BillingPolicy = DEFAULT_POLICY, catalog: Ca
     }
 
 
-__all__ = ["money_by", "t95"]
+__all__ = ["money_by"]
