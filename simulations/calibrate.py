@@ -46,7 +46,7 @@ from rivya_core.policy import DEFAULT_POLICY
 from rivya_core.read.queries import connect
 from rivya_core.stores import schema
 
-from .farm import CONTENT_POLICY, MODEL_ERROR, UPSTREAM_TIMEOUT
+from .farm import CONTENT_POLICY, HUNG_CANCELED, MODEL_ERROR, UPSTREAM_TIMEOUT
 from .history import HistoryError, seconds
 from .scenarios import Arrivals, Behaviour, Mix, Population, ProviderConfig, Range, Scenario, parse_scenario
 from .writer import read_sim_runs, upstream_job
@@ -81,6 +81,12 @@ class Calibration:
             lines.append(f"#   {k} = {e.value:.6g} (n {e.n}{se}){' ' + e.note if e.note else ''}")
         lines.append("# not fitted (defaults kept): " + "; ".join(self.not_fitted))
         return "\n".join(lines) + "\n" + self.scenario.to_toml()
+
+
+def _hung(job) -> bool:
+    """The provider lost the job: it hangs (state `lost`), or it hung until our cancel or its
+    deadline stopped it (the farm records that as HUNG_CANCELED)."""
+    return job.state == "lost" or (job.error_code, job.error_message) == HUNG_CANCELED[:2]
 
 
 def _rate(k: int, n: int) -> Estimate:
@@ -199,6 +205,7 @@ def calibrate(
                     j.state,
                     j.result_urls,
                     j.error_code,
+                    j.error_message,
                     j.submitted_at,
                     j.started_at,
                     j.done_at,
@@ -350,7 +357,7 @@ def calibrate(
                 ev for ev in evs if ev.detail.get("outcome") != "deferred" and ev.detail.get("state") != "running"
             ]
             if job is not None:
-                if job.state == "lost":
+                if _hung(job):
                     outcomes["lost"] += 1
                 elif job.state == "failed":
                     outcomes[job.error_code or MODEL_ERROR[0]] += 1

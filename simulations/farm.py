@@ -63,6 +63,9 @@ MODEL_ERROR = ("model_error", "The model failed while generating (internal error
 UPSTREAM_TIMEOUT = ("upstream_timeout", "The provider timed out while generating.", "infrastructure")
 OUTAGE_FAILURE = ("service_unavailable", "The provider is unavailable (outage).", "provider")
 CANCELED = ("upstream_canceled", "The job was canceled upstream.", "provider")
+# A job that had hung (the provider lost it) and was then stopped: its record says so, so that
+# calibration still counts it lost
+HUNG_CANCELED = ("upstream_canceled", "The job hung and was canceled upstream.", "provider")
 ABORTED = ("upstream_aborted", "The job reached its deadline before it ran.", "infrastructure")
 
 
@@ -340,6 +343,8 @@ class MockProvider:
         """The job ends now, failed with `error`, billed the seconds it ran; nothing more is sent."""
         now = self.env.now
         hung = job.state == "lost"
+        if hung and error == CANCELED:
+            error = HUNG_CANCELED
         job.state, job.error, job.result_urls = "failed", error, ()
         if canceled:
             job.canceled_at = now

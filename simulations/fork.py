@@ -33,9 +33,13 @@ from rivya_core.read.queries import connect
 from rivya_core.stores import schema
 from rivya_core.stores.db import make_engine
 
+from .farm import ABORTED, CANCELED
 from .history import seconds
 from .scenarios import Population, ProviderConfig, Range, Scenario, ScriptEvent, parse_scenario
 from .writer import read_sim_runs, upstream_job
+
+# A provider job that our cancel or its Cancel-After deadline stopped: its own end is unknown
+STOPPED_UPSTREAM = (CANCELED[0], ABORTED[0])
 
 LEAD_S = 5.0  # the story starts at least this long before its first recorded step
 DEFAULT_TICK_S = 10.0
@@ -327,6 +331,8 @@ def _submit(x: Any, events: list[Any], job: Any, rel, chat: int) -> ScriptEvent:
         state = job.state
         if state == "succeeded":
             fields["outcome"] = "succeeded" if job.result_urls else "no_urls"
+        elif state == "failed" and job.error_code in STOPPED_UPSTREAM:
+            fields["outcome"] = "lost"  # stopped by a cancel or its deadline: how it would have ended is not recorded
         elif state == "failed":
             fields.update(
                 outcome="failed",

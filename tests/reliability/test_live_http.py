@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from rivya_core.catalog import default_catalog
 from rivya_core.clock import WallClock
-from rivya_core.domain import TaskStatus
+from rivya_core.domain import SupportAction, TaskStatus
 from rivya_core.lifecycle import LifecycleService
 from rivya_core.providers.config import build_clients, load_providers
 from rivya_core.stores import schema
@@ -85,7 +85,7 @@ def _support_recheck_from_the_dashboard(store, url, monkeypatch, tmp_path):
         at.switch_page("pages/task_inspector.py").run()
         assert not at.exception
         [radio] = [r for r in at.radio if r.label == "Action"]
-        radio.set_value("Re-check upstream")
+        radio.set_value(SupportAction.RECHECK)  # offered as "Re-check upstream"
         at.text_input[1].input("sam")
         at.text_input[2].input("user says the image never arrived")
         at.button[0].click().run()
