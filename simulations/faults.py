@@ -593,6 +593,8 @@ def _run(
 
 def _start_receiver(url: str, port: int, toml: str, policy_file: Path, poll_every: float, tmp: str) -> Any:
     env = {**os.environ, "RIVYA_PROVIDERS": toml, "RIVYA_WEBHOOK_SECRETS": ""}
+    # the receiver copies outputs before SUCCESS: into the run's own folder, from the loopback fake
+    env.update(RIVYA_RESULTS_DIR=str(Path(tmp) / "results"), RIVYA_RESULTS_TEST_ALLOW_HOSTS=HOST)
     env.pop("RIVYA_ALERTS_NOTIFY", None)
     log = open(Path(tmp) / "receiver.log", "wb")  # noqa: SIM115 - the child writes it until stopped
     proc = subprocess.Popen(
