@@ -5,7 +5,8 @@ are in flight, and nothing may be lost or doubled.
 [--speed X] [--json]` runs the live stack on 127.0.0.1: `python -m rivya_core serve --workers 2`
 (its polling sweep in the parent) in its own processes, the fake provider (simulations.httpfarm)
 over HTTP, N tasks submitted through the real clients from this process; it injects the fault on
-a schedule drawn from the seed while the tasks are in flight, lets the provider redeliver by its
+a schedule drawn from the seed while the tasks are in flight (the tasks go in one wave per fault
+window, so each window meets a wave still running), lets the provider redeliver by its
 retry policy, waits until every task is terminal (or a deadline), then checks.
 
 Faults (what each does exactly):
@@ -18,8 +19,8 @@ Faults (what each does exactly):
   `pg_terminate_backend` on every session of that one database (by datname), a drawn 1.5-3 s
   with the database refusing sessions, then `ALLOW_CONNECTIONS true`: what the receiver sees of
   a PostgreSQL restart, without touching the server other databases share. Refused unless the
-  database has no session but this run's (give it a database of its own). The window starts
-  when the submissions have ended, since this process's own submissions meet it too.
+  database has no session but this run's (give it a database of its own). Each window starts
+  when its wave's submissions have ended, since this process's own submissions meet it too.
 - drop-connections (PostgreSQL): the receiver reaches PostgreSQL through a TCP proxy on
   127.0.0.1; twice, the proxy resets every connection it carries and refuses new ones for a
   drawn 1.5-3 s, then listens again. Only the receiver's sessions are affected.
@@ -57,7 +58,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -419,20 +420,21 @@ def check_arguments(db_url: str, fault: str, tasks: int, speed: float) -> str:
 
 
 def schedule(fault: str, seed: int) -> list[tuple[float, float]]:
-    """(start, length) of each fault window in wall seconds after its anchor, drawn from the seed."""
+    """(delay, length) of each fault window, in wall seconds, drawn from the seed. The tasks are
+    submitted in one wave per window; a window begins `delay` after its wave was released (for
+    restart-db: after its wave's submissions ended), so every window meets tasks in flight
+    however quickly the previous wave finished."""
     rng = Streams(seed).get(f"faults:{fault}")
-    at, out = rng.uniform(0.3, 1.0), []
     if fault == "kill-worker":
-        for _ in range(KILLS):
-            out.append((at, 0.0))
-            at += rng.uniform(0.8, 2.0)
-        return out
+        return [(rng.uniform(0.3, 1.0), 0.0) for _ in range(KILLS)]
     low, high = (1.5, 3.0) if fault in ("restart-db", "drop-connections") else (3.0, 6.0)
-    for _ in range(WINDOWS):
-        length = rng.uniform(low, high)
-        out.append((at, length))
-        at += length + rng.uniform(1.0, 3.0)
-    return out
+    return [(rng.uniform(0.3, 1.0), rng.uniform(low, high)) for _ in range(WINDOWS)]
+
+
+def waves(count: int, windows: int) -> list[range]:
+    """The submissions split into one consecutive wave per fault window, as even as they go."""
+    cuts = [round(count * k / windows) for k in range(windows + 1)]
+    return [range(cuts[k], cuts[k + 1]) for k in range(windows)]
 
 
 def run_faults(
@@ -544,16 +546,19 @@ def _run(
                 except ValidationError:
                     pass  # refused before a task existed
 
-            injector = _Injector(fault, seed, plan, windows, fake, proxy, admin, db_url, receiver, base, store, started)
-            if fault != "restart-db":
-                injector.start()
+            injector = _Injector(fault, seed, windows, fake, proxy, admin, db_url, receiver, base, store, started)
+            sent: list[Any] = []
             with ThreadPoolExecutor(SUBMITTERS) as pool:
-                list(pool.map(submit, range(len(requests))))
-            if fault == "restart-db":  # this process's submissions are over: the database's turn
-                injector.start()
-            injector.join()
-            if injector.error is not None:
-                raise RivyaError(f"the fault could not be injected: {injector.error}", code="fault_failed")
+                for (delay, length), wave in zip(plan, waves(len(requests), len(plan)), strict=True):
+                    sent += [pool.submit(submit, i) for i in wave]
+                    if fault == "restart-db":  # this process's submissions meet it too: theirs first
+                        wait(sent)
+                    try:
+                        injector.window(delay, length)
+                    except Exception as exc:  # noqa: BLE001 - the fault is cleared, the run reports it
+                        raise RivyaError(f"the fault could not be injected: {exc}", code="fault_failed") from exc
+            for f in sent:
+                f.result()  # a submission that broke (not refused by validation) breaks the run
             last_end = max((w.end for w in windows), default=time.monotonic() - started)
             longest = max(policy.timeout_s.values(), default=600.0)
             deadline = time.monotonic() + (deadline_s or longest + 60.0)
@@ -650,14 +655,13 @@ def _healthy(base: str, pid: int) -> bool:
         return False
 
 
-class _Injector(threading.Thread):
-    """Applies the fault windows at their moments and measures each recovery."""
+class _Injector:
+    """Applies one fault window at a time, on the run's own thread, and measures its recovery."""
 
     def __init__(
         self,
         fault: str,
         seed: int,
-        plan: list[tuple[float, float]],
         windows: list[Window],
         fake: FaultyProvider,
         proxy: TcpProxy | None,
@@ -668,40 +672,36 @@ class _Injector(threading.Thread):
         store: Any,
         started: float,
     ):
-        super().__init__(daemon=True, name="faults-injector")
-        self.fault, self.plan, self.windows, self.fake, self.proxy = fault, plan, windows, fake, proxy
+        self.fault, self.windows, self.fake, self.proxy = fault, windows, fake, proxy
         self.admin, self.receiver, self.base, self.store, self.started = admin, receiver, base, store, started
         self.db_name = make_url(normalize_url(db_url)).database
         self.victims = Streams(seed).get(f"faults:victims:{fault}")  # which worker each kill takes
-        self.error: BaseException | None = None
 
     def now(self) -> float:
         return time.monotonic() - self.started
 
-    def run(self) -> None:
+    def window(self, delay: float, length: float) -> None:
+        """Wait `delay`, apply the fault for `length` seconds (a kill is a moment), record the
+        window. On any error the fault is cleared before the error goes on."""
         try:
-            anchor = self.now()
-            for offset, length in self.plan:
-                time.sleep(max(0.0, anchor + offset - self.now()))
-                in_flight = _active(self.store, quiet=True)
+            time.sleep(delay)
+            in_flight = _active(self.store, quiet=True)
+            busy = False
+            if self.fault == "kill-worker":
+                victim, busy = self._victim()
                 begin = self.now()
-                busy = False
-                if self.fault == "kill-worker":
-                    victim, busy = self._victim()
-                    begin = self.now()
-                    if victim is not None:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(victim, signal.SIGKILL)
-                else:
-                    self._begin()
-                    begin = self.now()  # in effect from here
-                    time.sleep(length)
-                    self._end()
-                w = Window(begin, self.now(), in_flight, victim_busy=busy)
-                self.windows.append(w)
-                w.recovered_s = self._recovery(w.end)
-        except BaseException as exc:  # noqa: BLE001 - reported by the run, the windows cleared
-            self.error = exc
+                if victim is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(victim, signal.SIGKILL)
+            else:
+                self._begin()
+                begin = self.now()  # in effect from here
+                time.sleep(length)
+                self._end()
+            w = Window(begin, self.now(), in_flight, victim_busy=busy)
+            self.windows.append(w)
+            w.recovered_s = self._recovery(w.end)
+        except BaseException:
             self._end()
             raise
 
