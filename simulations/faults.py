@@ -68,7 +68,6 @@ import psutil
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from rivya_core import webhooks
 from rivya_core.audit import audit
 from rivya_core.catalog import default_catalog
 from rivya_core.cli import number
@@ -81,7 +80,7 @@ from rivya_core.stores.db import has_rows, normalize_url, safe_url
 from rivya_core.stores.sql import open_store
 from rivya_core.tomlfile import parse as parse_toml
 
-from .httpfarm import DELIVERY_ATTEMPTS, FAL_USER, FakeJob, FakeProvider, providers_toml
+from .httpfarm import FakeProvider, providers_toml
 from .live import (
     CLIENT_TIMEOUT_S,
     HOST,
@@ -256,10 +255,10 @@ class FaultyProvider(FakeProvider):
         self.app: Any = app
 
     def pauses(self) -> list[float]:
-        """Wall seconds before each retry of a delivery."""
+        """Wall seconds before each retry of a delivery: fal's policy, else the fake's own."""
         if self.flavor == "fal":
             return [FAL_FIRST_PAUSE_S * 2**i / self.speed for i in range(FAL_TRIES - 1)]
-        return [0.2 * (i + 1) for i in range(DELIVERY_ATTEMPTS - 1)]
+        return super().pauses()
 
     async def _until_up(self) -> None:
         while self.down.is_set():
@@ -267,47 +266,11 @@ class FaultyProvider(FakeProvider):
         if self.slow.is_set():
             await asyncio.sleep(self.slow_s)
 
-    async def _send(
-        self,
-        job: FakeJob,
-        body: bytes,
-        delay_s: float,
-        kind: str,
-        msg_id: str,
-        ts_offset: float,
-        forged: bool,
-        only_if_running: bool,
-    ) -> None:
-        try:
-            await self.sleep_sim(delay_s)
-            if only_if_running and job.state not in ("queued", "running"):
-                return
-            self.stats.sent[kind] += 1
-            for pause in [*self.pauses(), None]:
-                await self._until_up()
-                ts = int(time.time() + ts_offset)
-                if self.flavor == "replicate":
-                    secret = self.keys.forger_secret if forged else self.keys.secrets[job.provider]
-                    headers = webhooks.signed_headers(secret, msg_id, ts, body)
-                else:
-                    seed = self.keys.forger_seed if forged else self.keys.seeds[job.provider]
-                    headers = webhooks.ed25519_headers(seed, job.id, FAL_USER, ts, body)
-                headers["content-type"] = "application/json"
-                sent = time.monotonic() - self.t0
-                try:
-                    resp = await self._client().post(str(job.webhook), content=body, headers=headers)
-                    status = resp.status_code
-                except httpx.HTTPError:
-                    status = 0
-                self.attempts.append(Attempt(kind, sent, time.monotonic() - self.t0, status))
-                if 0 < status < 500:
-                    return
-                if pause is not None:
-                    await asyncio.sleep(pause)
-            self.stats.dropped[f"{kind}_undeliverable"] += 1
-            self.gave_up[kind] += 1
-        finally:
-            job.pending -= 1
+    def _answered(self, kind: str, sent: float, status: int) -> None:
+        self.attempts.append(Attempt(kind, sent - self.t0, time.monotonic() - self.t0, status))
+
+    def _gave_up(self, kind: str) -> None:
+        self.gave_up[kind] += 1
 
 
 # --- a TCP proxy in front of PostgreSQL ------------------------------------------------------------

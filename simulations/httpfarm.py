@@ -523,7 +523,8 @@ class FakeProvider:
             if only_if_running and job.state not in ("queued", "running"):
                 return
             self.stats.sent[kind] += 1
-            for attempt in range(DELIVERY_ATTEMPTS):
+            for pause in [*self.pauses(), None]:
+                await self._until_up()
                 ts = int(time.time() + ts_offset)
                 if self.flavor == "replicate":
                     secret = self.keys.forger_secret if forged else self.keys.secrets[job.provider]
@@ -532,16 +533,36 @@ class FakeProvider:
                     seed = self.keys.forger_seed if forged else self.keys.seeds[job.provider]
                     headers = webhooks.ed25519_headers(seed, job.id, FAL_USER, ts, body)
                 headers["content-type"] = "application/json"
+                sent = time.monotonic()
                 try:
-                    resp = await self._client().post(job.webhook, content=body, headers=headers)
-                    if resp.status_code < 500:
-                        return
+                    resp = await self._client().post(str(job.webhook), content=body, headers=headers)
+                    status = resp.status_code
                 except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2 * (attempt + 1))
+                    status = 0  # no answer
+                self._answered(kind, sent, status)
+                if 0 < status < 500:
+                    return  # a 2xx or 4xx answer ends a delivery
+                if pause is not None:
+                    await asyncio.sleep(pause)
             self.stats.dropped[f"{kind}_undeliverable"] += 1
+            self._gave_up(kind)
         finally:
             job.pending -= 1
+
+    # the delivery's retry policy and what is noted of it (simulations.faults overrides these)
+
+    def pauses(self) -> list[float]:
+        """Wall seconds before each retry of a delivery answered 5xx or not at all."""
+        return [0.2 * (i + 1) for i in range(DELIVERY_ATTEMPTS - 1)]
+
+    async def _until_up(self) -> None:
+        """Before each attempt: wait while the provider is down (never, here)."""
+
+    def _answered(self, kind: str, sent: float, status: int) -> None:
+        """One attempt's answer (0: none), `sent` on the monotonic clock."""
+
+    def _gave_up(self, kind: str) -> None:
+        """A delivery dropped after its last attempt."""
 
     def _model_of_version(self, version: Any) -> str:
         """The catalogue model a `version` names: a 64-hex version id (version_id), `owner/name`,
