@@ -111,6 +111,14 @@ class Job:
     would_deliver: bool = False  # its drawn outcome delivers an output (what a per-output cancel saves)
     proc: Any = field(default=None, repr=False, compare=False)
 
+    def run_s(self) -> float | None:
+        """The seconds it ran, as the provider reports them once it has ended (Replicate's
+        `metrics.predict_time`): None until then, 0 for a job that never left the queue."""
+        end = self.done_at if self.done_at is not None else self.canceled_at
+        if end is None or self.state not in ("succeeded", "failed"):
+            return None
+        return 0.0 if self.started_at is None else round(max(0.0, end - self.started_at), 3)
+
 
 @dataclass
 class Bill:
@@ -229,10 +237,10 @@ class MockProvider:
         if job is None or job.state == "lost":
             return UpstreamStatus("unknown")
         if job.state == "succeeded":
-            return UpstreamStatus("succeeded", job.result_urls)
+            return UpstreamStatus("succeeded", job.result_urls, run_s=job.run_s())
         if job.state == "failed":
             code, msg, cls = job.error or MODEL_ERROR
-            return UpstreamStatus("failed", error_code=code, error_message=msg, failure_class=cls)
+            return UpstreamStatus("failed", error_code=code, error_message=msg, failure_class=cls, run_s=job.run_s())
         return UpstreamStatus(job.state)
 
     def find(self, task_ref: str) -> str | None:
@@ -410,17 +418,17 @@ class MockProvider:
 
     def _body(self, job: Job, type_: str, state: str, urls: tuple[str, ...] | None = None) -> dict[str, Any]:
         err = job.error if state == "failed" else None
-        return {
-            "type": type_,
-            "data": {
-                "upstream_task_id": job.upstream_id,
-                "state": state,
-                "result_urls": list(job.result_urls if urls is None else urls),
-                "error_code": err[0] if err else None,
-                "error_message": err[1] if err else None,
-                "failure_class": err[2] if err else None,
-            },
+        data = {
+            "upstream_task_id": job.upstream_id,
+            "state": state,
+            "result_urls": list(job.result_urls if urls is None else urls),
+            "error_code": err[0] if err else None,
+            "error_message": err[1] if err else None,
+            "failure_class": err[2] if err else None,
         }
+        if state == job.state and (run_s := job.run_s()) is not None:
+            data["run_s"] = run_s  # a final answer says what the job is billed
+        return {"type": type_, "data": data}
 
     def _send(
         self, job: Job, msg_id: str, body: Any, delay: float, kind: str, *, secret: str | None = None, raw: bool = False
