@@ -30,8 +30,11 @@ A COMPLETED status carrying an `error` is failed at once, class provider.
 The submission's answer carries `status_url`, `response_url` and `cancel_url`:
 they are kept per request id and used for that request (a model queued under
 another application than `app` is asked where fal said), when they are on the
-base URL's own scheme and host (the API key is never sent elsewhere); a request
-this process did not submit is asked under `app`.
+base URL's own scheme and host (the API key is never sent elsewhere). A request
+this process did not submit (the receiver's polling sweep, a restart) is asked
+under `app`, then, on a 404, under each other application a mapped endpoint
+belongs to (its `owner/name`: fal queues a request under the endpoint id without
+its subpath); where it answered is kept for its later questions.
 
 Errors are classified from fal's structured error, not its wording (`classify`):
 a model error's `detail[].type` (`content_policy_violation` and the input
@@ -269,6 +272,11 @@ class FalClient:
         self._origin = httpx.URL(base_url)
         self._handles: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._handles_lock = threading.Lock()
+        # the applications a request of this provider may be queued under: `app`, then the
+        # `owner/name` of each mapped endpoint that is another
+        self._apps = list(
+            dict.fromkeys([self.app, *("/".join(e.strip("/").split("/")[:2]) for e in self.models.values())])
+        )
 
     def __repr__(self) -> str:
         return f"FalClient({self.name!r}, app={self.app!r}, {self.api!r})"
@@ -294,8 +302,10 @@ class FalClient:
             for k in ("status_url", "response_url", "cancel_url")
             if isinstance(doc.get(k), str) and self._same_origin(doc[k])
         }
-        if not urls:
-            return
+        if urls:
+            self._remember(rid, urls)
+
+    def _remember(self, rid: str, urls: dict[str, str]) -> None:
         with self._handles_lock:
             self._handles[rid] = urls
             self._handles.move_to_end(rid)
@@ -313,15 +323,40 @@ class FalClient:
 
     def handle(self, upstream_task_id: str) -> dict[str, str]:
         """The status, response and cancel URLs of a request (absolute, or paths on the base URL)."""
-        base = f"{self.app}/requests/{upstream_task_id}"
-        urls = {"status_url": f"{base}/status", "response_url": base, "cancel_url": f"{base}/cancel"}
+        return self._places(upstream_task_id)[0]
+
+    def _places(self, upstream_task_id: str) -> list[dict[str, str]]:
+        """Where a request may be asked about, in order: where fal said at its submission, else
+        under `app`, then under each other application a model is served from (fal queues a
+        request under its endpoint id without the subpath: `owner/name`)."""
         with self._handles_lock:
-            urls.update(self._handles.get(upstream_task_id, {}))
-        return urls
+            kept = self._handles.get(upstream_task_id)
+        apps = [self.app] if kept else self._apps
+        out = []
+        for app in apps:
+            base = f"{app}/requests/{upstream_task_id}"
+            out.append(
+                {"status_url": f"{base}/status", "response_url": base, "cancel_url": f"{base}/cancel", **(kept or {})}
+            )
+        return out
+
+    def _ask(self, method: str, key: str, upstream_task_id: str) -> tuple[httpx.Response, dict[str, str]]:
+        """The first answer over the request's places that is not a 404, with the place that gave
+        it (remembered for the request's later questions); when every place says 404, the last
+        404 with the first place."""
+        first, *others = self._places(upstream_task_id)
+        resp = self.api.request(method, first[key])
+        for urls in others:
+            if resp.status_code != 404:
+                break
+            resp = self.api.request(method, urls[key])
+            if resp.status_code != 404:
+                self._remember(upstream_task_id, urls)
+                return resp, urls
+        return resp, first
 
     def status(self, upstream_task_id: str) -> UpstreamStatus:
-        urls = self.handle(upstream_task_id)
-        resp = self.api.request("GET", urls["status_url"])
+        resp, urls = self._ask("GET", "status_url", upstream_task_id)
         if resp.status_code not in (200, 202):
             return UpstreamStatus(UpstreamState.UNKNOWN)
         doc = self.api.json(resp)
@@ -363,7 +398,7 @@ class FalClient:
 
     def cancel(self, upstream_task_id: str) -> UpstreamCancel:
         """Ask fal to stop the request: removed from the queue, or a stop signal to its runner."""
-        resp = self.api.request("PUT", self.handle(upstream_task_id)["cancel_url"])
+        resp, _urls = self._ask("PUT", "cancel_url", upstream_task_id)
         try:
             said = resp.json().get("status")
         except (ValueError, AttributeError):

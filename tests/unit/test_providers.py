@@ -474,3 +474,22 @@ def test_fal_trap_null_payload_is_never_success(fal):
     done = svc.task(task.id)
     assert done.status == "FAILED" and done.error_code == "no_result_urls" and not done.result_urls
     assert svc.balance(user.id) == 10_000
+
+
+def test_fal_a_request_another_process_submitted_is_found_under_its_models_app():
+    """A model served from another fal application than `app` (fal asks a request's status under
+    the endpoint id without its subpath): a process that did not submit it (the receiver's
+    polling sweep, a restart) holds no handle, and must still find it there, not report it lost."""
+    client = FalClient("kinetica", "k", app="acme/kin", base_url=F, models={"vid-v2": "other/video/v2/text"}, retries=1)
+    with respx.mock(base_url=F, assert_all_called=False) as mock:
+        mock.get("/acme/kin/requests/r9/status").respond(404, json={"detail": "Request not found"})
+        mock.put("/acme/kin/requests/r9/cancel").respond(404, json={"detail": "Request not found"})
+        mock.get("/other/video/requests/r9/status").respond(200, json={"status": "COMPLETED"})
+        mock.get("/other/video/requests/r9").respond(200, json={"video": {"url": "https://fal.media/v.mp4"}})
+        cancel = mock.put("/other/video/requests/r9/cancel").respond(400, json={"status": "ALREADY_COMPLETED"})
+        assert client.status("r9") == UpstreamStatus("succeeded", ("https://fal.media/v.mp4",))
+        assert client.cancel("r9").answer == "already_finished" and cancel.called
+        # a request no application knows stays unknown (asked again later), never failed
+        for app in ("acme/kin", "other/video"):
+            mock.get(f"/{app}/requests/gone/status").respond(404, json={"detail": "Request not found"})
+        assert client.status("gone").state == "unknown"
