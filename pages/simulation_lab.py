@@ -343,7 +343,7 @@ def runs_folder() -> None:
             delta_color="off",
             delta_arrow="off",
         )
-        c[2].metric("Tasks per run", f"≤ {limits.max_tasks:,}")
+        c[2].metric("Arrivals per run", f"≤ {limits.max_tasks:,}", help=ARRIVALS_HELP)
         c[3].metric("Users per run", f"≤ {limits.max_users:,}")
         if not operator_only("Cleaning up old runs"):
             return

@@ -4,7 +4,7 @@ Every run started from the dashboard writes under one runs folder (RIVYA_RUNS_DI
 data/runs). Before it starts, `admit` checks, under a lock on that folder so two sessions
 cannot both take the last slot:
 
-    tasks per run         at most RIVYA_QUOTA_TASKS    (default 20,000)
+    arrivals per run      at most RIVYA_QUOTA_TASKS    (default 20,000; generation requests and chat turns)
     users per run         at most RIVYA_QUOTA_USERS    (default 10,000)
     runs at once          at most RIVYA_QUOTA_RUNS     (default 2; realtime and lab runs together)
     disk under the folder at most RIVYA_QUOTA_DISK_MB  (default 2,048 MiB; a run is refused once it is used)
@@ -137,9 +137,12 @@ def _locked(runs_dir: Path) -> Iterator[None]:
 
 
 def check(quotas: Quotas, runs_dir: Path, *, tasks: int, users: int) -> None:
-    """Raise QuotaExceeded when a run of `tasks` tasks and `users` users may not start now."""
+    """Raise QuotaExceeded when a run of `tasks` arrivals and `users` users may not start now."""
     if tasks > quotas.max_tasks:
-        raise QuotaExceeded(f"{tasks:,} tasks is over the quota of {quotas.max_tasks:,} tasks per run")
+        raise QuotaExceeded(
+            f"{tasks:,} arrivals is over the quota of {quotas.max_tasks:,} arrivals per run "
+            "(generation requests and chat turns, what --tasks counts)"
+        )
     if users > quotas.max_users:
         raise QuotaExceeded(f"{users:,} users is over the quota of {quotas.max_users:,} users per run")
     running = len(active_runs(runs_dir))

@@ -148,10 +148,10 @@ def test_an_operator_run_over_the_task_quota_is_refused_and_writes_nothing(signe
     assert at.number_input[0].value > 100  # the scenario's own size
     next(b for b in at.button if b.label == "Run in the background").click().run()
     assert not at.exception
-    assert "quota of 100 tasks" in texts(at)
+    assert "quota of 100 arrivals per run" in texts(at)
     assert not list(runs.glob("*.db")) and not list(runs.glob("jobs/*.log"))  # no job was started
     next(b for b in at.button if b.label == "Start realtime run").click().run()
-    assert "quota of 100 tasks" in texts(at)
+    assert "quota of 100 arrivals per run" in texts(at)
     assert not list(runs.glob("*.db")) and not list(runs.glob("*.toml"))
 
 

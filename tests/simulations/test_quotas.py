@@ -33,7 +33,7 @@ def test_a_bad_quota_setting_is_named(value):
 def test_tasks_and_users_per_run(tmp_path):
     q = Quotas(max_tasks=100, max_users=10)
     quotas.check(q, tmp_path, tasks=100, users=10)
-    with pytest.raises(QuotaExceeded, match="quota of 100 tasks"):
+    with pytest.raises(QuotaExceeded, match="101 arrivals is over the quota of 100 arrivals per run"):
         quotas.check(q, tmp_path, tasks=101, users=1)
     with pytest.raises(QuotaExceeded, match="quota of 10 users"):
         quotas.check(q, tmp_path, tasks=1, users=11)
