@@ -151,9 +151,10 @@ class PollLoop:
 
 
 class OneWriter:
-    """SQLite takes one writer at a time: callbacks queue here instead of in SQLite's
-    busy-wait, the threads of this process on a lock and the processes on an
-    exclusive flock of the database file (SQLite itself uses fcntl locks, which do
+    """SQLite takes one writer at a time: units of work queue here instead of in SQLite's
+    busy-wait (SqlStore.write_gate, taken around each outermost unit, never across the
+    network work between them), the threads of this process on a lock and the processes
+    on an exclusive flock of the database file (SQLite itself uses fcntl locks, which do
     not interact with flock on Linux)."""
 
     def __init__(self, path: str | None):
@@ -226,13 +227,13 @@ def create_app(
 
     if engine is not None and engine.dialect.name == "postgresql":
         _statement_timeout(engine, request_timeout_s)
-    one_writer = OneWriter(engine.url.database) if engine is not None and engine.dialect.name == "sqlite" else None
+    if engine is not None and engine.dialect.name == "sqlite" and hasattr(service.store, "write_gate"):
+        # one writer at a time across the receiver's processes, per unit of work: the network
+        # work between units (an output copy) holds no lock
+        service.store.write_gate = OneWriter(engine.url.database).held
 
     def handle(provider: str, headers: Any, body: bytes, ref: str | None) -> Any:
-        if one_writer is None:
-            return service.handle_callback(provider, headers, body, ref)
-        with one_writer.held():
-            return service.handle_callback(provider, headers, body, ref)
+        return service.handle_callback(provider, headers, body, ref)
 
     async def webhook(request: Request) -> JSONResponse:
         provider = request.path_params["provider"]

@@ -16,8 +16,8 @@ import dataclasses
 import functools
 import hashlib
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -169,6 +169,9 @@ class SqlStore:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._local = threading.local()
+        # taken around each outermost unit of work when set (the receiver's one writer on SQLite:
+        # rivya_core.receiver.OneWriter); what runs between units (a network call) never holds it
+        self.write_gate: Callable[[], AbstractContextManager[None]] | None = None
 
     @contextmanager
     def begin(self) -> Iterator[SqlTx]:
@@ -184,7 +187,8 @@ class SqlStore:
                         outer.pending_events.clear()  # rolled back with the savepoint
                         raise
             return
-        with _translated(), self.engine.begin() as conn:
+        gate = self.write_gate() if self.write_gate is not None else nullcontext()
+        with gate, _translated(), self.engine.begin() as conn:
             tx = SqlTx(conn)
             self._local.tx = tx
             try:

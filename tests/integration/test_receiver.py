@@ -269,3 +269,44 @@ def test_deliveries_in_flight_share_the_receivers_connections(pg_url):
     assert answers == ["applied"] * len(tasks)
     opened = _sessions_opened(pg_url) - before
     assert opened <= 12, f"the receiver opened {opened} connections for {len(tasks)} deliveries"
+
+
+class _WriterLockSpy:
+    """A result copier that notes whether the receiver's one-writer flock on the SQLite file is
+    held while it copies (a second open file description cannot take it then)."""
+
+    def __init__(self, path):
+        self.path, self.held_while_copying = path, []
+
+    def owns_all(self, urls):
+        return all(u.startswith("https://ours.example/") for u in urls)
+
+    def copy(self, task_id, urls):
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            self.held_while_copying.append(False)
+        except BlockingIOError:
+            self.held_while_copying.append(True)
+        finally:
+            os.close(fd)
+        return tuple(f"https://ours.example/{task_id}-{i}.png" for i, _ in enumerate(urls))
+
+
+def test_on_sqlite_the_output_copy_runs_without_the_writer_lock(env):
+    """The one-writer lock serializes the units of work of every receiver process; a delivery's
+    output copy (a network fetch, up to minutes) must not hold it, or one slow result host
+    stalls every delivery and the polling sweep behind it."""
+    svc, clock, providers, user = env
+    spy = svc.results = _WriterLockSpy(make_url(svc.store.engine.url).database)
+    task = svc.submit(user.id, IMAGE)
+    with TestClient(create_app(svc, engine=svc.store.engine)) as http:
+        headers, body = callback(clock, task.upstream_task_id, msg_id="a")
+        assert http.post("/webhooks/lumen", content=body, headers=headers).json()["outcome"] == "applied"
+    assert svc.task(task.id).status == TaskStatus.SUCCESS and svc.task(task.id).result_urls[0].startswith(
+        "https://ours"
+    )
+    assert spy.held_while_copying == [False]
