@@ -22,11 +22,21 @@ own (`upstream_job.billed_s`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .catalog import Catalog, ModelSpec
 from .policy import BillingPolicy
+
+
+def reported_seconds(value: object) -> float | None:
+    """A run time a provider reported (Replicate's `metrics.predict_time`, fal's timings, the
+    native callback's `run_s`): a finite number >= 0 as a float, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
 
 CURRENCY = "USD"
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from ..cost import reported_seconds
 from ..domain import CallbackOutcome, FailureClass
 from ..ports import CallbackFormat, UpstreamState
 
@@ -54,9 +54,7 @@ def parse_callback(raw: bytes) -> _Parsed | str:
     if code is not None and not isinstance(code, str) or message is not None and not isinstance(message, str):
         return "data.error_code / error_message are not strings"
     run_s = data.get("run_s")
-    if run_s is not None and (
-        isinstance(run_s, bool) or not isinstance(run_s, int | float) or not math.isfinite(run_s) or run_s < 0
-    ):
+    if run_s is not None and reported_seconds(run_s) is None:
         return "data.run_s is not a number of seconds"
     return _Parsed(
         upstream,
@@ -65,7 +63,7 @@ def parse_callback(raw: bytes) -> _Parsed | str:
         code[:80] if code is not None else None,
         message[:2000] if message is not None else None,
         _CLASSES[klass] if klass is not None else None,
-        float(run_s) if run_s is not None else None,
+        reported_seconds(run_s),
     )
 
 

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -68,6 +67,7 @@ from typing import Any
 import httpx
 
 from .. import webhooks
+from ..cost import reported_seconds
 from ..domain import FailureClass
 from ..ports import CancelAnswer, ProviderError, ProviderFault, UpstreamCancel, UpstreamState, UpstreamStatus
 from .http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpApi, submit_error, urls_in, with_ref
@@ -179,15 +179,8 @@ def result_status(payload: Any, run_s: float | None = None) -> UpstreamStatus:
     """A fetched or delivered payload: succeeded, with the URLs in it (maybe none)."""
     if run_s is None and isinstance(payload, dict):
         timings = payload.get("timings")
-        run_s = seconds(timings.get("inference")) if isinstance(timings, dict) else None
+        run_s = reported_seconds(timings.get("inference")) if isinstance(timings, dict) else None
     return UpstreamStatus(UpstreamState.SUCCEEDED, urls_in(payload), run_s=run_s)
-
-
-def seconds(value: Any) -> float | None:
-    """A reported duration in seconds, None unless a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        return None
-    return float(value)
 
 
 class FalWebhooks:
@@ -394,7 +387,9 @@ class FalClient:
         except ValueError:
             return UpstreamStatus(UpstreamState.UNKNOWN)
         metrics = doc.get("metrics")
-        return result_status(payload, seconds(metrics.get("inference_time")) if isinstance(metrics, dict) else None)
+        return result_status(
+            payload, reported_seconds(metrics.get("inference_time")) if isinstance(metrics, dict) else None
+        )
 
     def cancel(self, upstream_task_id: str) -> UpstreamCancel:
         """Ask fal to stop the request: removed from the queue, or a stop signal to its runner."""

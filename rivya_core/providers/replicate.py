@@ -38,7 +38,6 @@ kept 24 h, read again when a signature stops matching, at most once a minute).
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -47,6 +46,7 @@ from typing import Any
 import httpx
 
 from .. import webhooks
+from ..cost import reported_seconds
 from ..domain import FailureClass
 from ..ports import CancelAnswer, ProviderError, ProviderFault, UpstreamCancel, UpstreamState, UpstreamStatus
 from ..upstream_cancel import cancel_after_header
@@ -68,10 +68,7 @@ FAILED = {
 def predict_time(pred: Any) -> float | None:
     """The prediction's billed run seconds (`metrics.predict_time`), None when not given."""
     metrics = pred.get("metrics") if isinstance(pred, dict) else None
-    value = metrics.get("predict_time") if isinstance(metrics, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        return None
-    return float(value)
+    return reported_seconds(metrics.get("predict_time")) if isinstance(metrics, dict) else None
 
 
 def prediction_status(pred: Any) -> UpstreamStatus:
